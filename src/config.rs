@@ -1,0 +1,594 @@
+//! # Configuration: TOML file, then flags, then environment, validated once.
+//!
+//! [`RawConfig`] is what a file or the command line says, every field optional; it only
+//! parses. [`Config::resolve`] merges the layers (flags win over the file, the file over the
+//! built-in defaults), checks every value and builds the resolved [`Config`] that the rest of
+//! veil reads. A bad value is an error that names the key and what is wrong, before anything
+//! starts listening.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Public API hosts of the LLM providers veil intercepts by default. `*.` matches any
+/// subdomain (not the bare domain).
+pub const DEFAULT_INTERCEPT: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "api.mistral.ai",
+    "api.groq.com",
+    "api.together.xyz",
+    "api.together.ai",
+    "openrouter.ai",
+    "api.deepseek.com",
+    "api.x.ai",
+    "api.cohere.com",
+    "api.cohere.ai",
+    "*.openai.azure.com",
+];
+
+/// Gateway routes built in: `/NAME/...` goes to `BASE/...`.
+pub const DEFAULT_ROUTES: &[(&str, &str)] = &[
+    ("openai", "https://api.openai.com"),
+    ("anthropic", "https://api.anthropic.com"),
+    ("gemini", "https://generativelanguage.googleapis.com"),
+    ("mistral", "https://api.mistral.ai"),
+    ("groq", "https://api.groq.com"),
+    ("openrouter", "https://openrouter.ai"),
+    ("deepseek", "https://api.deepseek.com"),
+    ("xai", "https://api.x.ai"),
+];
+
+/// What the recording queue does when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Audit {
+    /// Traffic always flows; an exchange that cannot be queued is dropped, counted and logged.
+    #[default]
+    BestEffort,
+    /// A request that cannot be recorded is refused with 503 before it goes upstream.
+    Required,
+}
+
+/// Every setting as a file or the flags state it: all optional, parsed but not yet checked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Proxy listen address.
+    pub listen: Option<String>,
+    /// Rules file.
+    pub rules: Option<PathBuf>,
+    /// Keys directory.
+    pub keys: Option<PathBuf>,
+    /// Data directory.
+    pub data: Option<PathBuf>,
+    /// OTLP/HTTP base endpoint.
+    pub otlp_endpoint: Option<String>,
+    /// Hosts to intercept (`HOST[:PORT]`, `*.domain`, `@defaults`).
+    pub intercept: Option<Vec<String>>,
+    /// `HOST:PORT:ADDR[:PORT]` overrides.
+    pub resolve: Option<Vec<String>>,
+    /// Extra PEM trust roots for upstream TLS.
+    pub upstream_ca: Option<Vec<PathBuf>>,
+    /// Admin API listen address.
+    pub admin_listen: Option<String>,
+    /// Ports CONNECT may reach (default `[443]`).
+    pub allow_ports: Option<Vec<u16>>,
+    /// Per-body capture limit (`32MiB`).
+    pub capture_limit: Option<String>,
+    /// `best-effort` or `required`.
+    pub audit: Option<Audit>,
+    /// Capacity of the recording queue, in exchanges.
+    pub queue_capacity: Option<usize>,
+    /// Upstream connect timeout (`10s`).
+    pub connect_timeout: Option<String>,
+    /// Time allowed for upstream response headers (`300s`).
+    pub upstream_timeout: Option<String>,
+    /// Bounded drain on shutdown (`10s`).
+    pub drain_timeout: Option<String>,
+    /// Maximum concurrent client connections.
+    pub max_connections: Option<usize>,
+    /// Gateway routes: name → base URL.
+    pub routes: Option<BTreeMap<String, String>>,
+    /// Sealed-store retention (`30d`).
+    pub retention: Option<String>,
+}
+
+impl RawConfig {
+    /// Reads a TOML config file. Errors name the file, line and column.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            ConfigError(format!("{}:{line}:{col}: {}", path.display(), e.message()))
+        })
+    }
+
+    /// Overlays `other` on `self`: every field `other` sets wins.
+    pub fn overlay(self, other: RawConfig) -> RawConfig {
+        RawConfig {
+            listen: other.listen.or(self.listen),
+            rules: other.rules.or(self.rules),
+            keys: other.keys.or(self.keys),
+            data: other.data.or(self.data),
+            otlp_endpoint: other.otlp_endpoint.or(self.otlp_endpoint),
+            intercept: other.intercept.or(self.intercept),
+            resolve: other.resolve.or(self.resolve),
+            upstream_ca: other.upstream_ca.or(self.upstream_ca),
+            admin_listen: other.admin_listen.or(self.admin_listen),
+            allow_ports: other.allow_ports.or(self.allow_ports),
+            capture_limit: other.capture_limit.or(self.capture_limit),
+            audit: other.audit.or(self.audit),
+            queue_capacity: other.queue_capacity.or(self.queue_capacity),
+            connect_timeout: other.connect_timeout.or(self.connect_timeout),
+            upstream_timeout: other.upstream_timeout.or(self.upstream_timeout),
+            drain_timeout: other.drain_timeout.or(self.drain_timeout),
+            max_connections: other.max_connections.or(self.max_connections),
+            routes: match (self.routes, other.routes) {
+                (Some(mut a), Some(b)) => {
+                    a.extend(b);
+                    Some(a)
+                }
+                (a, b) => b.or(a),
+            },
+            retention: other.retention.or(self.retention),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// A configuration error: says which key and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: &str, why: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {why}"))
+}
+
+/// One host pattern of the intercept set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// Lowercase host, or the domain after `*.` when `wildcard`.
+    pub host: String,
+    /// `*.domain`: any subdomain of `host` matches.
+    pub wildcard: bool,
+    /// Only this port matches, when set.
+    pub port: Option<u16>,
+}
+
+impl HostPattern {
+    /// Parses `HOST`, `HOST:PORT`, `*.DOMAIN` or `*.DOMAIN:PORT`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (
+                h.to_string(),
+                Some(p.parse::<u16>().map_err(|_| format!("bad port in {s:?}"))?),
+            ),
+            _ => (s.clone(), None),
+        };
+        let (host, wildcard) = match host.strip_prefix("*.") {
+            Some(rest) => (rest.to_string(), true),
+            None => (host, false),
+        };
+        if host.is_empty()
+            || host.contains('*')
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            return Err(format!("bad host pattern {s:?}"));
+        }
+        Ok(HostPattern {
+            host,
+            wildcard,
+            port,
+        })
+    }
+
+    /// True when `host:port` (host lowercase) matches.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        if self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        if self.wildcard {
+            host.len() > self.host.len() + 1
+                && host.ends_with(&self.host)
+                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
+        } else {
+            host == self.host
+        }
+    }
+}
+
+/// One `--resolve HOST:PORT:ADDR[:PORT]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveRule {
+    /// Host the app addresses (lowercase).
+    pub host: String,
+    /// Port the app addresses.
+    pub port: u16,
+    /// Where veil connects instead.
+    pub target: SocketAddr,
+}
+
+impl ResolveRule {
+    /// Parses `HOST:PORT:ADDR[:PORT]`; IPv6 addresses go in brackets (`[::1]`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = || format!("expected HOST:PORT:ADDR[:PORT], got {s:?}");
+        let (host, rest) = s.split_once(':').ok_or_else(err)?;
+        let (port, addr) = rest.split_once(':').ok_or_else(err)?;
+        let port: u16 = port.parse().map_err(|_| err())?;
+        let target = if let Ok(ip) = addr.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            SocketAddr::new(ip, port)
+        } else {
+            addr.parse::<SocketAddr>().map_err(|_| err())?
+        };
+        if host.is_empty() {
+            return Err(err());
+        }
+        Ok(ResolveRule {
+            host: host.to_ascii_lowercase(),
+            port,
+            target,
+        })
+    }
+}
+
+/// A gateway route: `/name/...` → `base` + `...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRoute {
+    /// The first path segment.
+    pub name: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Upstream host.
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Path prefix on the upstream (no trailing slash; may be empty).
+    pub prefix: String,
+}
+
+impl GatewayRoute {
+    fn parse(name: &str, base: &str) -> Result<Self, String> {
+        let uri: http::Uri = base.parse().map_err(|e| format!("{base:?}: {e}"))?;
+        let scheme = uri
+            .scheme_str()
+            .filter(|s| *s == "https" || *s == "http")
+            .ok_or_else(|| format!("{base:?}: scheme must be http or https"))?
+            .to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{base:?}: no host"))?
+            .to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        if name.is_empty() || name.contains('/') {
+            return Err(format!("bad route name {name:?}"));
+        }
+        Ok(GatewayRoute {
+            name: name.to_string(),
+            scheme,
+            host,
+            port,
+            prefix: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// The resolved configuration: every value checked, every default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proxy listen address (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// Rules file (default `rules/default.toml`).
+    pub rules: PathBuf,
+    /// Keys directory (default `./keys`).
+    pub keys: PathBuf,
+    /// Data directory (default `./data`).
+    pub data: PathBuf,
+    /// OTLP/HTTP base endpoint (flag, file, then `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
+    /// Hosts to intercept.
+    pub intercept: Vec<HostPattern>,
+    /// Connection overrides.
+    pub resolve: Vec<ResolveRule>,
+    /// Extra PEM trust roots for upstream TLS.
+    pub upstream_ca: Vec<PathBuf>,
+    /// Admin API address, off when `None`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Ports CONNECT may reach (intercept patterns with a port are allowed too).
+    pub allow_ports: Vec<u16>,
+    /// Per-body capture limit in bytes (default 32 MiB).
+    pub capture_limit: usize,
+    /// Recording queue policy.
+    pub audit: Audit,
+    /// Recording queue capacity (default 4096 exchanges).
+    pub queue_capacity: usize,
+    /// Upstream connect timeout (default 10 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for upstream response headers (default 300 s: long completions).
+    pub upstream_timeout: Duration,
+    /// Bounded drain on shutdown (default 10 s).
+    pub drain_timeout: Duration,
+    /// Maximum concurrent client connections (default 10,000).
+    pub max_connections: usize,
+    /// Gateway routes by name.
+    pub routes: BTreeMap<String, GatewayRoute>,
+    /// Sealed-store retention, if any.
+    pub retention: Option<Duration>,
+}
+
+impl Config {
+    /// Merges `file` (if any) under `flags`, applies defaults and checks every value.
+    pub fn resolve(file: Option<RawConfig>, flags: RawConfig) -> Result<Config, ConfigError> {
+        let raw = file.unwrap_or_default().overlay(flags);
+        let listen = parse_addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
+        let admin_listen = raw
+            .admin_listen
+            .as_deref()
+            .map(|a| parse_addr("admin_listen", a))
+            .transpose()?;
+        let mut intercept = Vec::new();
+        let patterns = raw
+            .intercept
+            .unwrap_or_else(|| vec!["@defaults".to_string()]);
+        for p in &patterns {
+            if p == "@defaults" {
+                for d in DEFAULT_INTERCEPT {
+                    intercept.push(HostPattern::parse(d).expect("invariant: defaults parse"));
+                }
+            } else {
+                intercept.push(HostPattern::parse(p).map_err(|e| bad("intercept", e))?);
+            }
+        }
+        let resolve = raw
+            .resolve
+            .unwrap_or_default()
+            .iter()
+            .map(|r| ResolveRule::parse(r).map_err(|e| bad("resolve", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut routes = BTreeMap::new();
+        for (name, base) in DEFAULT_ROUTES {
+            let route = GatewayRoute::parse(name, base).expect("invariant: defaults parse");
+            routes.insert(name.to_string(), route);
+        }
+        for (name, base) in raw.routes.unwrap_or_default() {
+            let route = GatewayRoute::parse(&name, &base).map_err(|e| bad("routes", e))?;
+            routes.insert(name, route);
+        }
+        let otlp_endpoint = raw
+            .otlp_endpoint
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|s| !s.is_empty());
+        let queue_capacity = raw.queue_capacity.unwrap_or(4096);
+        if queue_capacity == 0 {
+            return Err(bad("queue_capacity", "must be at least 1"));
+        }
+        let max_connections = raw.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            return Err(bad("max_connections", "must be at least 1"));
+        }
+        Ok(Config {
+            listen,
+            rules: raw
+                .rules
+                .unwrap_or_else(|| PathBuf::from("rules/default.toml")),
+            keys: raw.keys.unwrap_or_else(|| PathBuf::from("keys")),
+            data: raw.data.unwrap_or_else(|| PathBuf::from("data")),
+            otlp_endpoint,
+            intercept,
+            resolve,
+            upstream_ca: raw.upstream_ca.unwrap_or_default(),
+            admin_listen,
+            allow_ports: raw.allow_ports.unwrap_or_else(|| vec![443]),
+            capture_limit: opt(raw.capture_limit, "capture_limit", parse_size, 32 << 20)?,
+            audit: raw.audit.unwrap_or_default(),
+            queue_capacity,
+            connect_timeout: opt(
+                raw.connect_timeout,
+                "connect_timeout",
+                parse_duration,
+                Duration::from_secs(10),
+            )?,
+            upstream_timeout: opt(
+                raw.upstream_timeout,
+                "upstream_timeout",
+                parse_duration,
+                Duration::from_secs(300),
+            )?,
+            drain_timeout: opt(
+                raw.drain_timeout,
+                "drain_timeout",
+                parse_duration,
+                Duration::from_secs(10),
+            )?,
+            max_connections,
+            routes,
+            retention: raw
+                .retention
+                .as_deref()
+                .map(|r| parse_duration(r).map_err(|e| bad("retention", e)))
+                .transpose()?,
+        })
+    }
+
+    /// True when CONNECT/absolute-form traffic to `host:port` is intercepted.
+    pub fn is_intercepted(&self, host: &str, port: u16) -> bool {
+        self.intercept.iter().any(|p| p.matches(host, port))
+    }
+
+    /// True when CONNECT may reach `port`.
+    pub fn is_port_allowed(&self, host: &str, port: u16) -> bool {
+        self.allow_ports.contains(&port)
+            || self
+                .intercept
+                .iter()
+                .any(|p| p.port == Some(port) && p.matches(host, port))
+    }
+
+    /// Path of the CA certificate in the keys dir.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.keys.join(crate::proxy::mitm::CA_CERT_FILE)
+    }
+}
+
+fn opt<T>(
+    v: Option<String>,
+    key: &str,
+    parse: fn(&str) -> Result<T, String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match v {
+        Some(s) => parse(&s).map_err(|e| bad(key, e)),
+        None => Ok(default),
+    }
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| bad(key, format!("expected IP:PORT, got {s:?}")))
+}
+
+/// Parses `500ms`, `10s`, `5m`, `2h`, `30d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 10s, 5m, 2h, 30d)"))?;
+    let secs = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses `1024`, `64KiB`, `32MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("bad size unit in {s:?} (KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        let p = HostPattern::parse("*.openai.azure.com").unwrap();
+        assert!(p.matches("myco.openai.azure.com", 443));
+        assert!(!p.matches("openai.azure.com", 443));
+        assert!(!p.matches("evilopenai.azure.com", 443));
+        let p = HostPattern::parse("API.openai.com:8443").unwrap();
+        assert!(p.matches("api.openai.com", 8443));
+        assert!(!p.matches("api.openai.com", 443));
+        assert!(HostPattern::parse("a*b.com").is_err());
+        assert!(HostPattern::parse("host:notaport").is_err());
+    }
+
+    #[test]
+    fn resolve_rules() {
+        let r = ResolveRule::parse("api.openai.com:443:127.0.0.1:9443").unwrap();
+        assert_eq!(r.target, "127.0.0.1:9443".parse().unwrap());
+        let r = ResolveRule::parse("api.openai.com:443:127.0.0.1").unwrap();
+        assert_eq!(r.target, "127.0.0.1:443".parse().unwrap());
+        let r = ResolveRule::parse("h:443:[::1]:8443").unwrap();
+        assert_eq!(r.target, "[::1]:8443".parse().unwrap());
+        let r = ResolveRule::parse("h:443:::1").unwrap();
+        assert_eq!(r.target, "[::1]:443".parse().unwrap());
+        assert!(ResolveRule::parse("h:443").is_err());
+        assert!(ResolveRule::parse("h:x:127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn defaults_and_overlay() {
+        let file: RawConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\ncapture_limit = \"1MiB\"\n").unwrap();
+        let flags = RawConfig {
+            listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(Some(file), flags).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.capture_limit, 1 << 20);
+        assert!(c.is_intercepted("api.openai.com", 443));
+        assert!(c.is_intercepted("x.openai.azure.com", 443));
+        assert!(!c.is_intercepted("example.com", 443));
+        assert!(c.routes.contains_key("openai"));
+        assert!(c.is_port_allowed("example.com", 443));
+        assert!(!c.is_port_allowed("example.com", 22));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_position() {
+        let err = Config::resolve(
+            None,
+            RawConfig {
+                capture_limit: Some("lots".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("capture_limit:"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("veil.toml");
+        std::fs::write(&path, "listen = \"x\"\nbogus = 1\n").unwrap();
+        let err = RawConfig::from_file(&path).unwrap_err();
+        assert!(err.0.contains("veil.toml:2:1"), "{err}");
+        assert!(err.0.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert!(parse_duration("3 weeks").is_err());
+        assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
+        assert!(parse_size("12XB").is_err());
+    }
+}

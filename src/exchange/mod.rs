@@ -1,0 +1,361 @@
+//! # The exchange: one intercepted request/response pair, as the proxy saw it.
+//!
+//! Step 2 of the flow (`proxy → exchange → redact → {export, seal}`). The proxy's capture
+//! produces exactly one [`Exchange`] per intercepted request, whatever happened to it
+//! (completed, failed upstream, aborted by either side), and hands it to the recording queue.
+//!
+//! An `Exchange` holds raw captured bytes. Credentials have already been replaced by keyed
+//! fingerprints before the value is built (see `proxy::capture`), so nothing downstream
+//! ever sees an API key, a bearer token or a cookie. Request bodies and response bodies are
+//! kept as the chunks that crossed the wire (clones of `Bytes`, no copy); decoding
+//! `Content-Encoding` happens here, off the hot path, with a bound.
+//!
+//! This module must never touch the network, the rules, OTLP or crypto.
+
+pub mod decode;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+/// The request ID: a UUIDv7, so IDs sort by creation time. Sent to the app as
+/// `x-veil-request-id` and used as the key of the sealed store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExchangeId(uuid::Uuid);
+
+impl ExchangeId {
+    /// A fresh, time-ordered ID.
+    pub fn new() -> Self {
+        ExchangeId(uuid::Uuid::now_v7())
+    }
+
+    /// The 16 raw bytes (big-endian UUID layout).
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Rebuilds an ID from its 16 raw bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        ExchangeId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// The creation time embedded in a UUIDv7, if this is one.
+    pub fn timestamp(&self) -> Option<SystemTime> {
+        let ts = self.0.get_timestamp()?;
+        let (secs, nanos) = ts.to_unix();
+        Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+    }
+}
+
+impl Default for ExchangeId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ExchangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for ExchangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExchangeId({self})")
+    }
+}
+
+/// Error returned when a string is not a request ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseIdError(String);
+
+impl fmt::Display for ParseIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a request id (expected a UUID): {:?}", self.0)
+    }
+}
+
+impl std::error::Error for ParseIdError {}
+
+impl FromStr for ExchangeId {
+    type Err = ParseIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s.trim())
+            .map(ExchangeId)
+            .map_err(|_| ParseIdError(s.chars().take(64).collect()))
+    }
+}
+
+/// How the app reached veil for this exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `CONNECT host:port` to an intercepted host, TLS terminated with a minted leaf.
+    Intercept,
+    /// An origin-form request to a named gateway route (`/openai/v1/...`).
+    Gateway {
+        /// The route name (`openai`, `anthropic`, ...).
+        name: String,
+    },
+    /// An absolute-form plain-HTTP proxy request (`GET http://host/path`).
+    PlainHttp,
+}
+
+/// Where the exchange was sent: what the app addressed, before any `--resolve` override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `https` or `http`.
+    pub scheme: String,
+    /// Host name as the app addressed it (lowercase), e.g. `api.openai.com`.
+    pub host: String,
+    /// Port as the app addressed it.
+    pub port: u16,
+}
+
+/// A captured body: the chunks that crossed the wire, bounded.
+#[derive(Clone, Default)]
+pub struct Body {
+    /// The captured chunks, in order. Their total length is at most the capture limit.
+    pub chunks: Vec<Bytes>,
+    /// Total bytes that crossed the wire, including any beyond the capture limit.
+    pub wire_len: u64,
+    /// True when `wire_len` exceeded the capture limit and `chunks` hold only a prefix.
+    pub truncated: bool,
+    /// The `Content-Encoding` the bytes are in (`gzip`, `br`, `zstd`, `deflate`), if any.
+    pub content_encoding: Option<String>,
+}
+
+impl Body {
+    /// The captured bytes as one buffer (no copy when there is a single chunk).
+    pub fn bytes(&self) -> Bytes {
+        match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks[0].clone(),
+            _ => {
+                let len = self.chunks.iter().map(Bytes::len).sum();
+                let mut buf = BytesMut::with_capacity(len);
+                for chunk in &self.chunks {
+                    buf.extend_from_slice(chunk);
+                }
+                buf.freeze()
+            }
+        }
+    }
+
+    /// Number of captured bytes (not counting what was cut off by the limit).
+    pub fn captured_len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// The body with its `Content-Encoding` removed, at most `limit` decoded bytes.
+    ///
+    /// Returns the bytes unchanged when there is no encoding. A body that decodes to more
+    /// than `limit` bytes (a decompression bomb, or a very large body) is an error, never an
+    /// allocation of unbounded size.
+    pub fn decoded(&self, limit: usize) -> Result<Bytes, decode::DecodeError> {
+        decode::decode(self.content_encoding.as_deref(), &self.bytes(), limit)
+    }
+}
+
+impl fmt::Debug for Body {
+    // Bodies may hold PII: Debug shows sizes only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Body")
+            .field("captured_len", &self.captured_len())
+            .field("wire_len", &self.wire_len)
+            .field("truncated", &self.truncated)
+            .field("content_encoding", &self.content_encoding)
+            .finish()
+    }
+}
+
+/// Header list: lowercase names, values as text (lossy for non-UTF-8 bytes), in wire order.
+/// Credential headers are already replaced by fingerprints.
+pub type Headers = Vec<(String, String)>;
+
+/// Offsets from [`Exchange::started_at`] (monotonic clock).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// The last byte of the request body was sent upstream.
+    pub request_end: Option<Duration>,
+    /// Upstream response headers arrived.
+    pub response_headers: Option<Duration>,
+    /// The first response body byte arrived from upstream.
+    pub first_byte: Option<Duration>,
+    /// The exchange ended (completed, failed or aborted).
+    pub end: Duration,
+}
+
+/// Why an upstream request failed before a response arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Name resolution or TCP connect failed.
+    Connect,
+    /// The TLS handshake failed (certificate not trusted, wrong name, protocol error).
+    Tls,
+    /// No response headers within the upstream timeout.
+    Timeout,
+    /// The connection broke or the peer spoke invalid HTTP.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Short stable name (`connect`, `tls`, `timeout`, `protocol`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// How the exchange ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both bodies were passed through to the end.
+    Complete,
+    /// The app went away (or reset the stream) before the response ended.
+    ClientAborted,
+    /// The upstream connection broke mid-response.
+    UpstreamAborted {
+        /// What went wrong, for operators (no content).
+        reason: String,
+    },
+    /// No response from upstream; veil answered with a 502/504 itself.
+    UpstreamFailed {
+        /// The failure class.
+        kind: UpstreamFailure,
+        /// What went wrong, for operators (no content).
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// True for the two aborted variants.
+    pub fn is_aborted(&self) -> bool {
+        matches!(
+            self,
+            Outcome::ClientAborted | Outcome::UpstreamAborted { .. }
+        )
+    }
+
+    /// Short stable name (`complete`, `client_aborted`, `upstream_aborted`, `upstream_failed`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::UpstreamAborted { .. } => "upstream_aborted",
+            Outcome::UpstreamFailed { .. } => "upstream_failed",
+        }
+    }
+}
+
+/// One intercepted request/response pair. Built once by the proxy's capture, read by
+/// every later step; nothing mutates it after the hand-off.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The request ID (also in `x-veil-request-id` on the response).
+    pub id: ExchangeId,
+    /// Wall-clock time the request arrived.
+    pub started_at: SystemTime,
+    /// Monotonic offsets of the exchange's milestones.
+    pub timings: Timings,
+    /// The app's address, when known.
+    pub client_addr: Option<SocketAddr>,
+    /// How the app reached veil.
+    pub route: Route,
+    /// What the app addressed.
+    pub upstream: Upstream,
+    /// HTTP version the app spoke to veil (`HTTP/1.1`, `HTTP/2.0`).
+    pub client_version: String,
+    /// Request method.
+    pub method: String,
+    /// Path and query as sent upstream, with credential query parameters (`key=`) fingerprinted.
+    pub path: String,
+    /// Request headers as sent upstream (credentials fingerprinted, `x-veil-*` removed).
+    pub request_headers: Headers,
+    /// The `x-veil-*` request headers the app sent (name lowercase, prefix kept), stripped
+    /// before the request went upstream. E.g. `("x-veil-feature", "seo-audit")`.
+    pub tags: Headers,
+    /// Keyed fingerprint of the API key the app sent (`fp_…`), if any: attributes spend per key.
+    pub api_key_fingerprint: Option<String>,
+    /// The request body as captured.
+    pub request_body: Body,
+    /// Upstream response status (absent when no response arrived).
+    pub status: Option<u16>,
+    /// Response headers as received (credentials such as `set-cookie` fingerprinted).
+    pub response_headers: Headers,
+    /// The response body as captured.
+    pub response_body: Body,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl Exchange {
+    /// The first value of request header `name` (lowercase).
+    pub fn request_header(&self, name: &str) -> Option<&str> {
+        find_header(&self.request_headers, name)
+    }
+
+    /// The first value of response header `name` (lowercase).
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        find_header(&self.response_headers, name)
+    }
+
+    /// The value of tag `x-veil-<name>`, e.g. `tag("feature")`.
+    pub fn tag(&self, name: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k.strip_prefix("x-veil-") == Some(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when either body was cut at the capture limit.
+    pub fn is_truncated(&self) -> bool {
+        self.request_body.truncated || self.response_body.truncated
+    }
+}
+
+fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_round_trips_and_orders_by_time() {
+        let a = ExchangeId::new();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = ExchangeId::new();
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<ExchangeId>().unwrap(), a);
+        assert_eq!(ExchangeId::from_bytes(*a.as_bytes()), a);
+        assert!(a.timestamp().unwrap() <= SystemTime::now());
+        assert!("not-an-id".parse::<ExchangeId>().is_err());
+    }
+
+    #[test]
+    fn body_concatenates_chunks_and_hides_content_in_debug() {
+        let body = Body {
+            chunks: vec![
+                Bytes::from_static(b"secret-"),
+                Bytes::from_static(b"prompt"),
+            ],
+            wire_len: 13,
+            truncated: false,
+            content_encoding: None,
+        };
+        assert_eq!(&body.bytes()[..], b"secret-prompt");
+        assert_eq!(body.captured_len(), 13);
+        assert!(!format!("{body:?}").contains("secret"));
+    }
+}

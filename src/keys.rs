@@ -1,0 +1,397 @@
+//! # Keys: the master secrets and the purpose keys derived from them.
+//!
+//! The keys dir holds `master.keys` (mode 0600): one line per master secret, `k<id>:<64 hex>`,
+//! oldest first. `VEIL_MASTER_KEY` may carry the same text instead (or a bare 64-hex secret,
+//! which is key id 1). New writes use the newest key ([`Keyring::current`]); every older id stays
+//! readable.
+//!
+//! Each purpose gets its own key, derived with `blake3::derive_key` and a context string that
+//! names the purpose, so a key leaked from one use (say, the pseudonym key) reveals nothing
+//! about another (say, seal wrapping). Identity keys (pseudonyms, content hashes, API key
+//! fingerprints) are always derived from the *oldest* secret, [`Keyring::identity`]: they must
+//! stay stable across rotations or pseudonyms would change and `forget --user` would miss old
+//! records.
+//!
+//! Secret-holding types zeroize on drop and print `<redacted>` in `Debug`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use zeroize::{Zeroize, Zeroizing};
+
+/// File name of the master secrets inside the keys dir.
+pub const MASTER_FILE: &str = "master.keys";
+/// Environment variable that may carry the master secrets instead of the file.
+pub const MASTER_ENV: &str = "VEIL_MASTER_KEY";
+
+/// Identifies one master secret. Written next to everything encrypted or wrapped with it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct KeyId(pub u32);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "k{}", self.0)
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        s.strip_prefix('k')
+            .and_then(|n| n.parse().ok())
+            .map(KeyId)
+            .ok_or_else(|| KeyError::Invalid(format!("bad key id {s:?} (expected k<number>)")))
+    }
+}
+
+/// What a derived key is for. Each variant has its own derivation context.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Purpose {
+    /// Keyed BLAKE3 of user IDs and detector matches (`u_…`, `[EMAIL:e_…]`).
+    Pseudonym,
+    /// Keyed BLAKE3 of content fields (`h_…`).
+    ContentHash,
+    /// Keyed BLAKE3 of credentials (`fp_…`), so spend can be attributed per API key.
+    Fingerprint,
+    /// AES-256-GCM key for `encrypt` fields (`enc:v1:…`).
+    FieldEncryption,
+    /// AES-256-GCM key that wraps the per-exchange data keys of the sealed store.
+    SealWrap,
+}
+
+impl Purpose {
+    fn context(self) -> &'static str {
+        match self {
+            Purpose::Pseudonym => "veil 2026-11 pseudonym v1",
+            Purpose::ContentHash => "veil 2026-11 content hash v1",
+            Purpose::Fingerprint => "veil 2026-11 credential fingerprint v1",
+            Purpose::FieldEncryption => "veil 2026-11 field encryption v1",
+            Purpose::SealWrap => "veil 2026-11 seal wrap v1",
+        }
+    }
+}
+
+/// A 256-bit key derived for one purpose. Zeroized on drop.
+#[derive(Clone)]
+pub struct DerivedKey(Zeroizing<[u8; 32]>);
+
+impl DerivedKey {
+    /// The raw key bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Keyed BLAKE3 of `data` under this key.
+    pub fn mac(&self, data: &[u8]) -> blake3::Hash {
+        blake3::keyed_hash(&self.0, data)
+    }
+}
+
+impl fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DerivedKey(<redacted>)")
+    }
+}
+
+/// One master secret. Zeroized on drop.
+pub struct MasterKey {
+    id: KeyId,
+    secret: Zeroizing<[u8; 32]>,
+}
+
+impl MasterKey {
+    /// Wraps raw secret bytes.
+    pub fn from_bytes(id: KeyId, secret: [u8; 32]) -> Self {
+        MasterKey {
+            id,
+            secret: Zeroizing::new(secret),
+        }
+    }
+
+    /// A fresh random secret.
+    pub fn generate(id: KeyId) -> Self {
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret);
+        let key = Self::from_bytes(id, secret);
+        secret.zeroize();
+        key
+    }
+
+    /// This secret's id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The key for `purpose`.
+    pub fn derive(&self, purpose: Purpose) -> DerivedKey {
+        DerivedKey(Zeroizing::new(blake3::derive_key(
+            purpose.context(),
+            &self.secret[..],
+        )))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey({}, <redacted>)", self.id)
+    }
+}
+
+/// Why keys could not be loaded or saved.
+#[derive(Debug)]
+pub enum KeyError {
+    /// No master secret in the keys dir or the environment.
+    Missing(PathBuf),
+    /// The file or variable does not hold valid keys.
+    Invalid(String),
+    /// Reading or writing the keys dir failed.
+    Io(PathBuf, std::io::Error),
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Missing(p) => write!(
+                f,
+                "no master key: {} does not exist and {MASTER_ENV} is not set (run `veil run` once to create keys, or copy the keys dir of the instance that wrote the data)",
+                p.display()
+            ),
+            KeyError::Invalid(why) => write!(f, "invalid master key: {why}"),
+            KeyError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// All master secrets, by id.
+pub struct Keyring {
+    keys: BTreeMap<KeyId, MasterKey>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.keys.keys()).finish()
+    }
+}
+
+impl Keyring {
+    /// A keyring holding exactly `key` (tests and tools).
+    pub fn single(key: MasterKey) -> Self {
+        let mut keys = BTreeMap::new();
+        keys.insert(key.id, key);
+        Keyring { keys }
+    }
+
+    /// Loads the keys from `VEIL_MASTER_KEY` or `<dir>/master.keys`; missing → error.
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        if let Ok(text) = std::env::var(MASTER_ENV) {
+            let text = Zeroizing::new(text);
+            return Self::parse(&text).map_err(|e| match e {
+                KeyError::Invalid(why) => KeyError::Invalid(format!("{MASTER_ENV}: {why}")),
+                other => other,
+            });
+        }
+        let path = dir.join(MASTER_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                Self::parse(&text).map_err(|e| match e {
+                    KeyError::Invalid(why) => {
+                        KeyError::Invalid(format!("{}: {why}", path.display()))
+                    }
+                    other => other,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::Missing(path)),
+            Err(e) => Err(KeyError::Io(path, e)),
+        }
+    }
+
+    /// Loads the keys, creating `<dir>/master.keys` (0600) with one fresh secret if neither
+    /// the file nor the environment variable exists.
+    pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
+        match Self::load(dir) {
+            Err(KeyError::Missing(path)) => {
+                let ring = Keyring::single(MasterKey::generate(KeyId(1)));
+                ring.save(dir)?;
+                tracing::info!(path = %path.display(), "created master key");
+                Ok(ring)
+            }
+            other => other,
+        }
+    }
+
+    /// Parses `k<id>:<hex>` lines, or a single bare hex secret (id 1).
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut keys = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (id, hex) = match line.split_once(':') {
+                Some((id, hex)) => (id.parse::<KeyId>()?, hex),
+                None => (KeyId(1), line),
+            };
+            let secret = parse_hex32(hex).ok_or_else(|| {
+                KeyError::Invalid(format!("line {}: expected 64 hex digits", n + 1))
+            })?;
+            if keys.insert(id, MasterKey::from_bytes(id, secret)).is_some() {
+                return Err(KeyError::Invalid(format!("key id {id} appears twice")));
+            }
+        }
+        if keys.is_empty() {
+            return Err(KeyError::Invalid("no key found".into()));
+        }
+        Ok(Keyring { keys })
+    }
+
+    /// Writes `<dir>/master.keys` with mode 0600 (atomically: temp file + rename).
+    pub fn save(&self, dir: &Path) -> Result<(), KeyError> {
+        let mut text = Zeroizing::new(String::new());
+        for key in self.keys.values() {
+            text.push_str(&format!("{}:", key.id));
+            for b in key.secret.iter() {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+        }
+        write_secret_file(&dir.join(MASTER_FILE), text.as_bytes())
+    }
+
+    /// The newest key: used for every new wrap and encryption.
+    pub fn current(&self) -> &MasterKey {
+        self.keys
+            .values()
+            .next_back()
+            .expect("invariant: a keyring is never empty")
+    }
+
+    /// The oldest key: identity keys (pseudonyms, hashes, fingerprints) derive from it so they
+    /// stay stable across rotations.
+    pub fn identity(&self) -> &MasterKey {
+        self.keys
+            .values()
+            .next()
+            .expect("invariant: a keyring is never empty")
+    }
+
+    /// The key with `id`, if this keyring has it.
+    pub fn get(&self, id: KeyId) -> Option<&MasterKey> {
+        self.keys.get(&id)
+    }
+
+    /// Every key id, oldest first.
+    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.keys.keys().copied()
+    }
+
+    /// Adds a fresh key with the next id and returns that id. The caller saves.
+    pub fn rotate(&mut self) -> KeyId {
+        let id = KeyId(self.current().id.0 + 1);
+        self.keys.insert(id, MasterKey::generate(id));
+        id
+    }
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Writes a secret file with mode 0600 from the start (never world-readable, not even briefly),
+/// via a temp file and rename so a crash leaves the old file or the new one.
+pub fn write_secret_file(path: &Path, data: &[u8]) -> Result<(), KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| KeyError::Io(dir.to_path_buf(), e))?;
+    let tmp = path.with_extension("tmp");
+    let io = |e| KeyError::Io(tmp.clone(), e);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    file.write_all(data).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| KeyError::Io(path.to_path_buf(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn purposes_derive_distinct_keys() {
+        let key = MasterKey::from_bytes(KeyId(1), [7; 32]);
+        let all = [
+            Purpose::Pseudonym,
+            Purpose::ContentHash,
+            Purpose::Fingerprint,
+            Purpose::FieldEncryption,
+            Purpose::SealWrap,
+        ];
+        let derived: Vec<[u8; 32]> = all.iter().map(|p| *key.derive(*p).bytes()).collect();
+        for i in 0..derived.len() {
+            for j in i + 1..derived.len() {
+                assert_ne!(derived[i], derived[j]);
+            }
+        }
+        assert!(!format!("{key:?}").contains("07"));
+    }
+
+    #[test]
+    fn create_save_load_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::load_or_create(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path().join(MASTER_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let first = *ring.current().derive(Purpose::Pseudonym).bytes();
+
+        let mut again = Keyring::load_or_create(dir.path()).unwrap();
+        assert_eq!(*again.current().derive(Purpose::Pseudonym).bytes(), first);
+
+        let id = again.rotate();
+        again.save(dir.path()).unwrap();
+        let loaded = Keyring::load(dir.path()).unwrap();
+        assert_eq!(loaded.current().id(), id);
+        assert_eq!(loaded.identity().id(), KeyId(1));
+        assert_eq!(*loaded.identity().derive(Purpose::Pseudonym).bytes(), first);
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        assert!(matches!(Keyring::parse(""), Err(KeyError::Invalid(_))));
+        assert!(matches!(
+            Keyring::parse("k1:abcd"),
+            Err(KeyError::Invalid(_))
+        ));
+        let hex = "ab".repeat(32);
+        assert!(Keyring::parse(&hex).is_ok());
+        assert!(Keyring::parse(&format!("k1:{hex}\nk1:{hex}")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Keyring::load(dir.path()),
+            Err(KeyError::Missing(_))
+        ));
+    }
+}

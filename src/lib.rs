@@ -1,0 +1,28 @@
+//! # veil: a privacy-enforcing log redaction proxy for LLM traffic
+//!
+//! ## Layout
+//! ```text
+//! app ──CONNECT / gateway / absolute-form──▶ proxy ──▶ upstream LLM provider
+//!                                              │ (tee, bounded, off the hot path)
+//!                                              ▼
+//!                                          Exchange ──▶ redact ──▶ Record ──▶ export (OTLP)
+//!                                              └────────────────────────────▶ seal (encrypted store)
+//! ```
+//! - [`proxy`]: the hot path. Listener, CONNECT and tunnels, TLS interception with minted
+//!   leaves, the upstream client, the tee that captures bodies. Knows nothing of rules, OTLP or
+//!   crypto beyond fingerprinting credentials.
+//! - [`exchange`]: the [`Exchange`](exchange::Exchange) handed from the proxy to everything
+//!   else, and bounded body decoding.
+//! - [`record`]: the [`Record`](record::Record), one redacted ledger entry.
+//! - [`keys`]: master secrets and purpose keys.
+//! - [`config`]: file + flags + environment, validated once.
+//! - [`cli`]: the `veil` command line.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+pub mod cli;
+pub mod config;
+pub mod exchange;
+pub mod keys;
+pub mod proxy;
+pub mod record;

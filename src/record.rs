@@ -1,0 +1,123 @@
+//! # The record: one redacted ledger entry, safe to ship anywhere.
+//!
+//! Built by the pipeline from an [`Exchange`](crate::exchange::Exchange), its parsed
+//! conversation and the compiled rules; read by the exporter (`export/`), which turns it into
+//! one OTLP span, one log record and metric points. Nothing in a `Record` may be raw PII, a raw
+//! user ID or a credential: content fields hold only what the rules produced (scrubbed, hashed,
+//! encrypted or nothing), identities hold pseudonyms.
+//!
+//! The message fields use the JSON shapes of `gen_ai.input.messages`,
+//! `gen_ai.output.messages` and `gen_ai.system_instructions` (see `shared/otel-genai.md`), so
+//! the exporter serializes them as they are.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+/// A parsed W3C `traceparent` (plus `tracestate`) from the app's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// Trace ID (never all zero).
+    pub trace_id: [u8; 16],
+    /// The app's span ID, the parent of veil's span (never all zero).
+    pub parent_span_id: [u8; 8],
+    /// W3C trace flags (bit 0 = sampled).
+    pub flags: u8,
+    /// The incoming `tracestate`, passed on unchanged.
+    pub trace_state: Option<String>,
+}
+
+/// Token counts as the provider reported them. Absent counts are `None`, never 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input (prompt) tokens, including cached ones.
+    pub input_tokens: Option<u64>,
+    /// Output (completion) tokens, including reasoning ones.
+    pub output_tokens: Option<u64>,
+    /// Input tokens read from the provider's prompt cache.
+    pub cache_read_tokens: Option<u64>,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_creation_tokens: Option<u64>,
+    /// Output tokens spent on reasoning.
+    pub reasoning_tokens: Option<u64>,
+}
+
+/// One redacted exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The request ID (`x-veil-request-id`), as text.
+    pub request_id: String,
+    /// When the request arrived.
+    pub start: SystemTime,
+    /// Total duration of the exchange.
+    pub duration: Duration,
+    /// Time from the request to the first response chunk (streaming) or body byte.
+    pub time_to_first_chunk: Option<Duration>,
+    /// The app's trace context; veil's span becomes its child.
+    pub trace_parent: Option<TraceParent>,
+    /// `gen_ai.provider.name` (`openai`, `anthropic`, `gcp.gemini`, ...), or `unknown`.
+    pub provider: String,
+    /// `gen_ai.operation.name` (`chat`, `embeddings`, `generate_content`, ...), or `unknown`.
+    pub operation: String,
+    /// `gen_ai.request.model`.
+    pub request_model: Option<String>,
+    /// `gen_ai.response.model`.
+    pub response_model: Option<String>,
+    /// `gen_ai.response.id`.
+    pub response_id: Option<String>,
+    /// `gen_ai.conversation.id`, when the API has one.
+    pub conversation_id: Option<String>,
+    /// `server.address`: the host the app addressed.
+    pub server_address: String,
+    /// `server.port`.
+    pub server_port: u16,
+    /// HTTP status from upstream (absent when none arrived).
+    pub status: Option<u16>,
+    /// `error.type`: the HTTP status or the provider's error type or veil's failure class.
+    pub error_type: Option<String>,
+    /// `gen_ai.response.finish_reasons`.
+    pub finish_reasons: Vec<String>,
+    /// Token usage.
+    pub usage: Usage,
+    /// `gen_ai.request.stream`.
+    pub stream: bool,
+    /// Request parameters that are not content (`temperature`, `max_tokens`, `top_p`, ...).
+    pub request_params: BTreeMap<String, serde_json::Value>,
+    /// Estimated cost in USD; absent when the model's price is unknown (never a fake 0).
+    pub cost_usd: Option<f64>,
+    /// Pseudonymized user (`u_…`): `user.id` and `enduser.pseudo.id`.
+    pub user_pseudonym: Option<String>,
+    /// The `x-veil-feature` tag.
+    pub feature: Option<String>,
+    /// Keyed fingerprint of the API key (`fp_…`).
+    pub api_key_fingerprint: Option<String>,
+    /// Digest of the compiled rules that produced this record.
+    pub rules_digest: String,
+    /// Redaction counts by detector name (`EMAIL` → 3).
+    pub redactions: BTreeMap<String, u64>,
+    /// Redactions in the request content.
+    pub redactions_input: u64,
+    /// Redactions in the response content.
+    pub redactions_output: u64,
+    /// A body was cut at the capture limit.
+    pub truncated: bool,
+    /// The exchange was aborted by either side.
+    pub aborted: bool,
+    /// `complete`, `client_aborted`, `upstream_aborted`, `upstream_failed`.
+    pub outcome: String,
+    /// Redacted `gen_ai.system_instructions`, if the rules let any content out.
+    pub system_instructions: Option<serde_json::Value>,
+    /// Redacted `gen_ai.input.messages`, if the rules let any content out.
+    pub input_messages: Option<serde_json::Value>,
+    /// Redacted `gen_ai.output.messages`, if the rules let any content out.
+    pub output_messages: Option<serde_json::Value>,
+    /// Names of the tools offered to the model.
+    pub tool_names: Vec<String>,
+    /// Request headers on the rules' export allowlist.
+    pub request_headers: Vec<(String, String)>,
+    /// Response headers on the rules' export allowlist.
+    pub response_headers: Vec<(String, String)>,
+    /// Request and response body sizes on the wire.
+    pub request_bytes: u64,
+    /// Response body size on the wire.
+    pub response_bytes: u64,
+}
