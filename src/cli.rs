@@ -1,8 +1,233 @@
 //! # The `veil` command line: parses arguments and calls the library.
+//!
+//! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Audit, Config, RawConfig};
+
+/// veil: a privacy-enforcing log redaction proxy for LLM traffic.
+#[derive(Debug, Parser)]
+#[command(name = "veil", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (HTTPS_PROXY and gateway mode on one port).
+    Run(Box<RunArgs>),
+    /// The interception CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Print the shell lines that point an app at veil.
+    Env(CommonArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the path of the CA certificate apps must trust (created if missing).
+    Path(CommonArgs),
+}
+
+/// Flags shared by every command that reads the config.
+#[derive(Debug, Clone, Args)]
+struct CommonArgs {
+    /// TOML config file (same keys as the flags).
+    #[arg(long, value_name = "FILE", env = "VEIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Keys directory (CA, master key) [default: ./keys].
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
+    /// Proxy listen address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Rules file [default: rules/default.toml].
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Data directory (records, spool, sealed store) [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// OTLP/HTTP endpoint [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Host to intercept, HOST[:PORT] or *.DOMAIN; repeatable; `@defaults` adds the built-in
+    /// LLM provider hosts [default: @defaults].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    intercept: Vec<String>,
+    /// Connect to ADDR[:PORT] for what the app addresses as HOST:PORT (TLS still verified for
+    /// HOST); repeatable.
+    #[arg(long, value_name = "HOST:PORT:ADDR[:PORT]")]
+    resolve: Vec<String>,
+    /// Extra PEM trust roots for upstream TLS; repeatable.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+    /// Admin API address (off unless set).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Ports CONNECT may reach; repeatable [default: 443].
+    #[arg(long = "allow-port", value_name = "PORT")]
+    allow_ports: Vec<u16>,
+    /// What to do when an exchange cannot be recorded.
+    #[arg(long, value_enum)]
+    audit: Option<AuditArg>,
+    /// Per-body capture limit, e.g. 32MiB [default: 32MiB].
+    #[arg(long, value_name = "SIZE")]
+    capture_limit: Option<String>,
+    /// Upstream response-header timeout, e.g. 300s [default: 300s].
+    #[arg(long, value_name = "DURATION")]
+    upstream_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuditArg {
+    /// Traffic always flows; unrecordable exchanges are counted and logged.
+    BestEffort,
+    /// Refuse (503) a request that cannot be recorded.
+    Required,
+}
+
+impl CommonArgs {
+    fn raw(&self) -> RawConfig {
+        RawConfig {
+            keys: self.keys.clone(),
+            listen: self.listen.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn resolve(&self, flags: RawConfig) -> anyhow::Result<Config> {
+        let file = self
+            .config
+            .as_deref()
+            .map(RawConfig::from_file)
+            .transpose()?;
+        Ok(Config::resolve(file, self.raw().overlay(flags))?)
+    }
+}
+
+impl RunArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        self.common.resolve(RawConfig {
+            rules: self.rules.clone(),
+            data: self.data.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            intercept: non_empty(&self.intercept),
+            resolve: non_empty(&self.resolve),
+            upstream_ca: (!self.upstream_ca.is_empty()).then(|| self.upstream_ca.clone()),
+            admin_listen: self.admin_listen.clone(),
+            allow_ports: (!self.allow_ports.is_empty()).then(|| self.allow_ports.clone()),
+            audit: self.audit.map(|a| match a {
+                AuditArg::BestEffort => Audit::BestEffort,
+                AuditArg::Required => Audit::Required,
+            }),
+            capture_limit: self.capture_limit.clone(),
+            upstream_timeout: self.upstream_timeout.clone(),
+            ..Default::default()
+        })
+    }
+}
 
 /// Entry point of the `veil` binary.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    init_logging();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("veil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Ca {
+            command: CaCommand::Path(common),
+        } => {
+            let config = common.resolve(RawConfig::default())?;
+            std::fs::create_dir_all(&config.keys)?;
+            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(&config.keys)?;
+            println!("{}", absolute(ca.cert_path()).display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(common) => {
+            let config = common.resolve(RawConfig::default())?;
+            std::fs::create_dir_all(&config.keys)?;
+            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(&config.keys)?;
+            let bundle = crate::server::write_trust_bundle(&config.keys, ca.cert_pem())?;
+            let proxy = format!("http://{}", config.listen);
+            let ca_path = absolute(ca.cert_path());
+            let bundle = absolute(&bundle);
+            println!("# Point an app at veil: eval \"$(veil env)\"");
+            println!("export HTTPS_PROXY={proxy}");
+            println!("export https_proxy={proxy}");
+            println!("export NO_PROXY=localhost,127.0.0.1,::1");
+            println!("export no_proxy=localhost,127.0.0.1,::1");
+            println!(
+                "# System roots + veil's CA (these variables replace a client's trust store)."
+            );
+            println!("export SSL_CERT_FILE={}", bundle.display());
+            println!("export REQUESTS_CA_BUNDLE={}", bundle.display());
+            println!("export CURL_CA_BUNDLE={}", bundle.display());
+            println!("# Node adds this to its built-in roots.");
+            println!("export NODE_EXTRA_CA_CERTS={}", ca_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    let prepared = crate::server::Prepared::load(config)?;
+    let ca_path = absolute(prepared.ca.cert_path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (running, done) =
+            crate::server::start(prepared, crate::server::shutdown_signal()).await?;
+        tracing::info!(
+            listen = %running.addr,
+            ca = %ca_path.display(),
+            "veil is running: HTTPS_PROXY=http://{} (trust the CA above), or gateway http://{}/openai/v1",
+            running.addr,
+            running.addr
+        );
+        done.await?;
+        tracing::info!(
+            exchanges = running.consumer.exchanges.load(std::sync::atomic::Ordering::Relaxed),
+            "veil stopped"
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

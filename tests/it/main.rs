@@ -1,0 +1,7 @@
+//! veil's integration tests: one binary, real sockets on 127.0.0.1, real TLS.
+//! The only fake is the LLM provider (`support::mock_llm`).
+
+mod support;
+
+mod certs;
+mod proxy;

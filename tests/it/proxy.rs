@@ -1,0 +1,621 @@
+//! The proxy core (issue #2): interception, streaming, capture, failures, hand-off.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+use crate::support::harness::{
+    Client, Proto, ReqBody, Veil, body_text, connect, get, post_json, tls_client,
+};
+use crate::support::mock_llm::{Alpn, Mock, openai_completion};
+use veil::exchange::{Outcome, Route, UpstreamFailure};
+
+fn chat_request() -> serde_json::Value {
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello"}]
+    })
+}
+
+#[tokio::test]
+async fn h1_and_h2_clients_against_h1_and_h2_upstreams() {
+    for upstream in [Alpn::Http1Only, Alpn::H2AndHttp1] {
+        let mock = Mock::start(upstream).await;
+        let mut veil = Veil::start(&mock).await;
+        for proto in [Proto::Http1, Proto::H2] {
+            let ctx = format!("client {proto:?}, upstream {upstream:?}");
+            let mut client =
+                Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, proto).await;
+            let resp = client
+                .send(post_json(
+                    "api.openai.com",
+                    "/v1/chat/completions",
+                    &chat_request(),
+                ))
+                .await;
+            assert_eq!(resp.status(), 200, "{ctx}");
+            let id = resp.headers()["x-veil-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body = body_text(resp).await;
+            assert_eq!(body, openai_completion("gpt-4o-mini").to_string(), "{ctx}");
+
+            let seen = mock.seen().pop().unwrap();
+            let expected_version = match upstream {
+                Alpn::Http1Only => http::Version::HTTP_11,
+                Alpn::H2AndHttp1 => http::Version::HTTP_2,
+            };
+            assert_eq!(
+                seen.version, expected_version,
+                "{ctx}: upstream protocol chosen by ALPN"
+            );
+            assert_eq!(seen.path, "/v1/chat/completions");
+
+            let ex = veil.next_exchange().await;
+            assert_eq!(
+                ex.id.to_string(),
+                id,
+                "{ctx}: header carries the exchange id"
+            );
+            assert_eq!(ex.outcome, Outcome::Complete, "{ctx}");
+            assert_eq!(ex.status, Some(200));
+            assert_eq!(ex.route, Route::Intercept);
+            assert_eq!(ex.upstream.host, "api.openai.com");
+            assert_eq!(ex.method, "POST");
+            assert_eq!(
+                ex.request_body.bytes(),
+                Bytes::from(chat_request().to_string())
+            );
+            assert_eq!(ex.response_body.bytes(), Bytes::from(body));
+            assert!(ex.timings.response_headers.is_some() && ex.timings.first_byte.is_some());
+            assert!(ex.timings.end >= ex.timings.first_byte.unwrap());
+        }
+        veil.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn sse_chunks_reach_the_client_before_the_next_is_sent() {
+    for proto in [Proto::Http1, Proto::H2] {
+        let mock = Mock::start(Alpn::H2AndHttp1).await;
+        let mut veil = Veil::start(&mock).await;
+        let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, proto).await;
+        let resp = client.send(get("api.openai.com", "/slow")).await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"data: first\n\n");
+        // The mock sets this flag only after a 200 ms pause, just before sending chunk two.
+        assert!(
+            !mock.second_chunk_sent.load(Ordering::SeqCst),
+            "{proto:?}: first chunk arrived only after the second was sent: veil buffered the stream"
+        );
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"data: second\n\n");
+        let ex = veil.next_exchange().await;
+        assert_eq!(
+            &ex.response_body.bytes()[..],
+            b"data: first\n\ndata: second\n\n"
+        );
+        assert_eq!(ex.outcome, Outcome::Complete);
+        veil.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_stream_upstream_frame_by_frame() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let mut veil = Veil::start(&mock).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let stream = ReceiverStream(rx);
+    let req: Request<ReqBody> = Request::post("https://api.openai.com/echo-stream")
+        .header("host", "api.openai.com")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    tx.send(Bytes::from_static(b"chunk-one;")).await.unwrap();
+    let resp = client.send(req).await;
+    let mut body = resp.into_body();
+    // The upstream echoes what it has received; chunk one comes back while chunk two has not
+    // even been produced, so veil cannot have waited for the whole request body.
+    let echoed = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("chunk one echoed before the request body ended")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&echoed[..], b"chunk-one;");
+    tx.send(Bytes::from_static(b"chunk-two")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"chunk-two");
+    let ex = veil.next_exchange().await;
+    assert_eq!(&ex.request_body.bytes()[..], b"chunk-one;chunk-two");
+    assert_eq!(&ex.response_body.bytes()[..], b"chunk-one;chunk-two");
+    veil.stop().await;
+}
+
+struct ReceiverStream(mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Frame<Bytes>, std::convert::Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn gzip_is_recorded_decoded_and_delivered_byte_identical() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start(&mock).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let mut req = get("api.openai.com", "/gzip");
+    req.headers_mut()
+        .insert("accept-encoding", "gzip".parse().unwrap());
+    let resp = client.send(req).await;
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let delivered = resp.into_body().collect().await.unwrap().to_bytes();
+    let plain = openai_completion("gpt-4o-mini").to_string();
+    let expected_gz = {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(plain.as_bytes()).unwrap();
+        enc.finish().unwrap()
+    };
+    assert_eq!(
+        &delivered[..],
+        &expected_gz[..],
+        "client gets the upstream's bytes untouched"
+    );
+    let ex = veil.next_exchange().await;
+    assert_eq!(ex.response_body.content_encoding.as_deref(), Some("gzip"));
+    assert_eq!(&ex.response_body.bytes()[..], &expected_gz[..]);
+    assert_eq!(
+        ex.response_body.decoded(1 << 20).unwrap(),
+        Bytes::from(plain)
+    );
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn other_hosts_are_tunnelled_blind_with_the_real_certificate() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start(&mock).await;
+    // example.test is not intercepted: the TLS session is with the mock itself.
+    let (code, stream) = connect(veil.addr, "example.test", 443).await;
+    assert_eq!(code, 200);
+    let tls = tokio_rustls::TlsConnector::from(tls_client(&mock.ca_pem, &[b"http/1.1"]))
+        .connect("example.test".try_into().unwrap(), stream)
+        .await
+        .expect("the mock's own certificate, verified against the mock's CA");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::post("/v1/chat/completions")
+                .header("host", "example.test")
+                .body(Full::new(Bytes::from(chat_request().to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().get("x-veil-request-id").is_none(),
+        "not intercepted"
+    );
+
+    // Trusting only veil's CA must fail: veil did not mint a leaf for this host.
+    let (_, stream) = connect(veil.addr, "example.test", 443).await;
+    let err = tokio_rustls::TlsConnector::from(tls_client(&veil.ca_pem, &[b"http/1.1"]))
+        .connect("example.test".try_into().unwrap(), stream)
+        .await;
+    assert!(err.is_err(), "tunnel must not be intercepted");
+    veil.assert_no_exchange(Duration::from_millis(300)).await;
+    assert!(veil.stats.tunnels.load(Ordering::Relaxed) >= 1);
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_routes_forward_without_a_ca() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let mut veil = Veil::start(&mock).await;
+    let stream = tokio::net::TcpStream::connect(veil.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::post("/openai/v1/chat/completions?trace=1")
+                .header("host", veil.addr.to_string())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(chat_request().to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-veil-request-id"));
+    let seen = mock.seen().pop().unwrap();
+    assert_eq!(seen.path, "/v1/chat/completions?trace=1");
+    let authority = seen
+        .headers
+        .get("host")
+        .map(|h| h.to_str().unwrap().to_string());
+    // h2 upstreams carry the authority in :authority, h1 in Host.
+    assert!(
+        authority.is_none() || authority.as_deref() == Some("api.openai.com"),
+        "{authority:?}"
+    );
+    let ex = veil.next_exchange().await;
+    assert_eq!(
+        ex.route,
+        Route::Gateway {
+            name: "openai".into()
+        }
+    );
+    assert_eq!(ex.upstream.host, "api.openai.com");
+
+    let resp = send
+        .send_request(
+            Request::get("/nope/v1/models")
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("no gateway route") && text.contains("openai"),
+        "{text}"
+    );
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_502_with_a_json_reason() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut veil = Veil::start_with(&mock, |raw| {
+        raw.resolve = Some(vec![format!("api.openai.com:443:{closed}")]);
+    })
+    .await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let resp = client
+        .send(post_json(
+            "api.openai.com",
+            "/v1/chat/completions",
+            &chat_request(),
+        ))
+        .await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_connect", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&closed.to_string()), "says where: {msg}");
+    let ex = veil.next_exchange().await;
+    assert!(
+        matches!(
+            ex.outcome,
+            Outcome::UpstreamFailed {
+                kind: UpstreamFailure::Connect,
+                ..
+            }
+        ),
+        "{:?}",
+        ex.outcome
+    );
+    assert_eq!(ex.status, None);
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_a_502() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| raw.upstream_ca = None).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let resp = client
+        .send(post_json(
+            "api.openai.com",
+            "/v1/chat/completions",
+            &chat_request(),
+        ))
+        .await;
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_tls", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("certificate"),
+        "{body}"
+    );
+    assert!(
+        mock.seen().is_empty(),
+        "nothing was sent to an unverified upstream"
+    );
+    let ex = veil.next_exchange().await;
+    assert!(matches!(
+        ex.outcome,
+        Outcome::UpstreamFailed {
+            kind: UpstreamFailure::Tls,
+            ..
+        }
+    ));
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_a_504() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| raw.upstream_timeout = Some("300ms".into())).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let started = std::time::Instant::now();
+    let resp = client.send(get("api.openai.com", "/hang")).await;
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let body: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    let ex = veil.next_exchange().await;
+    assert!(matches!(
+        ex.outcome,
+        Outcome::UpstreamFailed {
+            kind: UpstreamFailure::Timeout,
+            ..
+        }
+    ));
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn client_abort_mid_stream_yields_one_aborted_exchange() {
+    for proto in [Proto::Http1, Proto::H2] {
+        let mock = Mock::start(Alpn::H2AndHttp1).await;
+        let mut veil = Veil::start(&mock).await;
+        let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, proto).await;
+        let resp = client.send(get("api.openai.com", "/abort-stream")).await;
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"data: partial\n\n");
+        drop(body);
+        drop(client);
+        let ex = veil.next_exchange().await;
+        assert_eq!(ex.outcome, Outcome::ClientAborted, "{proto:?}");
+        assert_eq!(&ex.response_body.bytes()[..], b"data: partial\n\n");
+        veil.assert_no_exchange(Duration::from_millis(300)).await;
+        veil.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn veil_headers_are_recorded_and_never_reach_the_upstream() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start(&mock).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let mut req = post_json("api.openai.com", "/v1/chat/completions", &chat_request());
+    req.headers_mut()
+        .insert("x-veil-feature", "seo-audit".parse().unwrap());
+    req.headers_mut()
+        .insert("x-veil-user", "alice@example.com".parse().unwrap());
+    let resp = client.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let seen = mock.seen().pop().unwrap();
+    let leaked: Vec<_> = seen
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-veil"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "x-veil-* reached the upstream: {leaked:?}"
+    );
+    let ex = veil.next_exchange().await;
+    assert_eq!(ex.tag("feature"), Some("seo-audit"));
+    assert_eq!(ex.tag("user"), Some("alice@example.com"));
+    assert!(
+        ex.request_headers
+            .iter()
+            .all(|(k, _)| !k.starts_with("x-veil"))
+    );
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_are_forwarded_but_never_in_the_exchange() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let mut veil = Veil::start(&mock).await;
+    for proto in [Proto::Http1, Proto::H2] {
+        let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, proto).await;
+        let mut req = post_json(
+            "api.openai.com",
+            "/v1/chat/completions?key=AIzaQUERYSECRET",
+            &chat_request(),
+        );
+        let h = req.headers_mut();
+        h.insert(
+            "authorization",
+            "Bearer sk-proj-BEARERSECRET".parse().unwrap(),
+        );
+        h.insert("x-api-key", "sk-ant-XAPIKEYSECRET".parse().unwrap());
+        h.insert("api-key", "AZUREKEYSECRET".parse().unwrap());
+        h.insert("x-goog-api-key", "GOOGKEYSECRET".parse().unwrap());
+        h.insert("cookie", "session=COOKIESECRET".parse().unwrap());
+        let resp = client.send(req).await;
+        assert_eq!(resp.status(), 200);
+        let seen = mock.seen().pop().unwrap();
+        assert_eq!(
+            seen.headers["authorization"], "Bearer sk-proj-BEARERSECRET",
+            "forwarded intact"
+        );
+        assert!(seen.path.contains("key=AIzaQUERYSECRET"));
+        let ex = veil.next_exchange().await;
+        let dump = format!("{ex:?} {:?} {:?}", ex.request_headers, ex.path);
+        for secret in [
+            "QUERYSECRET",
+            "BEARERSECRET",
+            "XAPIKEYSECRET",
+            "AZUREKEYSECRET",
+            "GOOGKEYSECRET",
+            "COOKIESECRET",
+        ] {
+            assert!(
+                !dump.contains(secret),
+                "{proto:?}: {secret} leaked into the exchange: {dump}"
+            );
+        }
+        let fp = ex
+            .api_key_fingerprint
+            .clone()
+            .expect("API key fingerprinted");
+        assert!(fp.starts_with("fp_") && fp.len() == 19, "{fp}");
+        assert_eq!(ex.request_header("authorization"), Some(fp.as_str()));
+    }
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_capture_limit_are_forwarded_whole_and_marked_truncated() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| raw.capture_limit = Some("1KiB".into())).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let resp = client.send(get("api.openai.com", "/big?n=100000")).await;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 100_000);
+    let ex = veil.next_exchange().await;
+    assert!(ex.response_body.truncated && ex.is_truncated());
+    assert_eq!(ex.response_body.captured_len(), 1024);
+    assert_eq!(ex.response_body.wire_len, 100_000);
+    assert_eq!(ex.outcome, Outcome::Complete);
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn connect_to_other_ports_is_refused() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let veil = Veil::start(&mock).await;
+    let (code, _) = connect(veil.addr, "example.test", 22).await;
+    assert_eq!(code, 403);
+    let (code, _) = connect(veil.addr, "api.openai.com", 8443).await;
+    assert_eq!(code, 403);
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn audit_required_refuses_what_it_cannot_record() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| {
+        raw.queue_capacity = Some(1);
+        raw.audit = Some(veil::config::Audit::Required);
+    })
+    .await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let resp = client
+        .send(post_json(
+            "api.openai.com",
+            "/v1/chat/completions",
+            &chat_request(),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    body_text(resp).await;
+    // The queue (capacity 1) now holds that exchange and nobody consumes it.
+    let resp = client
+        .send(post_json(
+            "api.openai.com",
+            "/v1/chat/completions",
+            &chat_request(),
+        ))
+        .await;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    assert_eq!(body["error"]["code"], "audit_unavailable");
+    assert_eq!(
+        mock.seen().len(),
+        1,
+        "the refused request never went upstream"
+    );
+    assert_eq!(veil.stats.capture.refused.load(Ordering::Relaxed), 1);
+    veil.next_exchange().await;
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let veil = Veil::start_with(&mock, |raw| raw.queue_capacity = Some(1)).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    for _ in 0..3 {
+        let resp = client
+            .send(post_json(
+                "api.openai.com",
+                "/v1/chat/completions",
+                &chat_request(),
+            ))
+            .await;
+        assert_eq!(resp.status(), 200);
+        body_text(resp).await;
+    }
+    // Drops are counted when the last tee lets go, just after the body ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(veil.stats.capture.recorded.load(Ordering::Relaxed), 1);
+    assert_eq!(veil.stats.capture.dropped.load(Ordering::Relaxed), 2);
+    veil.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_streams_finish() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start(&mock).await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let resp = client.send(get("api.openai.com", "/slow")).await;
+    let mut body = resp.into_body();
+    body.frame().await.unwrap().unwrap();
+    let ex_rx = std::mem::replace(&mut veil.exchanges, mpsc::channel(1).1);
+    let addr = veil.addr;
+    let stopping = tokio::spawn(veil.stop());
+    // While draining, veil accepts no new connections...
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed on shutdown"
+    );
+    // ...but the in-flight stream completes.
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"data: second\n\n");
+    stopping.await.unwrap();
+    let mut ex_rx = ex_rx;
+    let ex = ex_rx
+        .recv()
+        .await
+        .expect("the drained exchange was recorded");
+    assert_eq!(ex.outcome, Outcome::Complete);
+}

@@ -1,0 +1,437 @@
+//! A fake LLM provider: a TLS server on 127.0.0.1:0 with its own test CA, speaking HTTP/1.1
+//! and h2 (by ALPN), OpenAI- and Anthropic-shaped, plus routes that exercise streaming,
+//! compression, hangs and aborts. It records every request it receives.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// Host names the mock's certificate is valid for.
+pub const MOCK_HOSTS: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "example.test",
+    "localhost",
+];
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    #[allow(dead_code, reason = "kept for failure dumps")]
+    pub method: String,
+    pub path: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    #[allow(dead_code, reason = "kept for failure dumps")]
+    pub body: Bytes,
+}
+
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub ca_path: PathBuf,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Set just before /slow sends its second chunk.
+    pub second_chunk_sent: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    Http1Only,
+    H2AndHttp1,
+}
+
+impl Mock {
+    pub async fn start(alpn: Alpn) -> Mock {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mock provider test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_params =
+            CertificateParams::new(MOCK_HOSTS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let ca_path = dir.path().join("mock-ca.pem");
+        std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        tls.alpn_protocols = match alpn {
+            Alpn::Http1Only => vec![b"http/1.1".to_vec()],
+            Alpn::H2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let second = Arc::new(AtomicBool::new(false));
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let state = State {
+            seen: seen.clone(),
+            second: second.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = &mut stop_rx => break,
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                };
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Mock {
+            addr,
+            ca_pem: ca_cert.pem(),
+            ca_path,
+            seen,
+            second_chunk_sent: second,
+            _dir: dir,
+            _stop: stop_tx,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+type MockBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+#[derive(Clone)]
+struct State {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    second: Arc<AtomicBool>,
+}
+
+fn full(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<MockBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body.into()).boxed())
+        .unwrap()
+}
+
+/// A body fed by a channel: the test controls when each frame goes out.
+fn channel_body() -> (mpsc::Sender<Bytes>, MockBody) {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let stream = futures_stream(rx);
+    (tx, StreamBody::new(stream).boxed())
+}
+
+fn futures_stream(
+    rx: mpsc::Receiver<Bytes>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static {
+    ChannelStream(rx)
+}
+
+struct ChannelStream(mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for ChannelStream {
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn sse(status: StatusCode) -> (mpsc::Sender<Bytes>, Response<MockBody>) {
+    let (tx, body) = channel_body();
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(body)
+        .unwrap();
+    (tx, resp)
+}
+
+/// 2 KB of assistant text, as in the benchmark scenario.
+pub fn completion_text() -> String {
+    "The quick brown fox jumps over the lazy dog. ".repeat(45)
+}
+
+impl State {
+    async fn handle(&self, req: Request<Incoming>) -> Response<MockBody> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        if path == "/echo-stream" {
+            // Echo each request frame as it arrives: proves request bodies stream.
+            let (tx, resp_body) = channel_body();
+            tokio::spawn(async move {
+                let mut body = body;
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(data).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            return Response::new(resp_body);
+        }
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        self.seen.lock().unwrap().push(Seen {
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let stream = json["stream"].as_bool().unwrap_or(false);
+        let model = json["model"].as_str().unwrap_or("gpt-4o-mini").to_string();
+        match path.as_str() {
+            "/v1/chat/completions" if stream => {
+                openai_stream(&model, parts.headers.get("x-mock-chunks"))
+            }
+            "/v1/chat/completions" => full(
+                StatusCode::OK,
+                "application/json",
+                openai_completion(&model).to_string(),
+            ),
+            "/v1/messages" if stream => anthropic_stream(&model),
+            "/v1/messages" => full(
+                StatusCode::OK,
+                "application/json",
+                anthropic_message(&model).to_string(),
+            ),
+            "/gzip" => {
+                use std::io::Write;
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(openai_completion(&model).to_string().as_bytes())
+                    .unwrap();
+                let gz = enc.finish().unwrap();
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .header("content-encoding", "gzip")
+                    .body(Full::new(Bytes::from(gz)).boxed())
+                    .unwrap()
+            }
+            "/slow" => {
+                let (tx, resp) = sse(StatusCode::OK);
+                let second = self.second.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Bytes::from_static(b"data: first\n\n")).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    second.store(true, Ordering::SeqCst);
+                    let _ = tx.send(Bytes::from_static(b"data: second\n\n")).await;
+                });
+                resp
+            }
+            "/hang" => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                full(StatusCode::OK, "text/plain", "late")
+            }
+            "/abort-stream" => {
+                let (tx, resp) = sse(StatusCode::OK);
+                tokio::spawn(async move {
+                    let _ = tx.send(Bytes::from_static(b"data: partial\n\n")).await;
+                    // Keep the stream open until the client goes away.
+                    tx.closed().await;
+                });
+                resp
+            }
+            "/big" => {
+                let n: usize = parts
+                    .uri
+                    .query()
+                    .and_then(|q| q.strip_prefix("n="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1 << 20);
+                full(StatusCode::OK, "application/octet-stream", vec![b'x'; n])
+            }
+            "/error" => full(
+                StatusCode::TOO_MANY_REQUESTS,
+                "application/json",
+                r#"{"error":{"message":"Rate limit reached","type":"rate_limit_error"}}"#,
+            ),
+            _ => full(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                r#"{"error":{"message":"mock: no such route"}}"#,
+            ),
+        }
+    }
+}
+
+pub fn openai_completion(model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "chatcmpl-mock123",
+        "object": "chat.completion",
+        "created": 1_795_183_387,
+        "model": format!("{model}-2024-07-18"),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": completion_text(), "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 52, "completion_tokens": 19, "total_tokens": 71},
+        "system_fingerprint": "fp_mock"
+    })
+}
+
+fn openai_stream(model: &str, chunks: Option<&http::HeaderValue>) -> Response<MockBody> {
+    // x-mock-chunks: "N,MS" sends N content chunks MS milliseconds apart.
+    let (n, gap) = chunks
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(','))
+        .and_then(|(n, ms)| Some((n.parse().ok()?, ms.parse().ok()?)))
+        .unwrap_or((3usize, 0u64));
+    let (tx, resp) = sse(StatusCode::OK);
+    let model = format!("{model}-2024-07-18");
+    tokio::spawn(async move {
+        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+            serde_json::json!({
+                "id": "chatcmpl-mockstream",
+                "object": "chat.completion.chunk",
+                "created": 1_795_183_387,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+            })
+        };
+        let mut events = vec![chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+        )];
+        for i in 0..n {
+            events.push(chunk(
+                serde_json::json!({"content": format!("part{i} ")}),
+                None,
+            ));
+        }
+        events.push(chunk(serde_json::json!({}), Some("stop")));
+        events.push(serde_json::json!({
+            "id": "chatcmpl-mockstream", "object": "chat.completion.chunk", "created": 1_795_183_387,
+            "model": model, "choices": [],
+            "usage": {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
+        }));
+        for (i, ev) in events.iter().enumerate() {
+            if i > 1 && gap > 0 {
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+            }
+            if tx
+                .send(Bytes::from(format!("data: {ev}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    resp
+}
+
+pub fn anthropic_message(model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "msg_mock123",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "Hello from the mock Claude."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": 25, "output_tokens": 8}
+    })
+}
+
+fn anthropic_stream(model: &str) -> Response<MockBody> {
+    let (tx, resp) = sse(StatusCode::OK);
+    let model = model.to_string();
+    tokio::spawn(async move {
+        let events = [
+            (
+                "message_start",
+                serde_json::json!({"type": "message_start", "message": {
+                "id": "msg_mockstream", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+            ),
+            (
+                "content_block_start",
+                serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            (
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello from "}}),
+            ),
+            (
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "the mock Claude."}}),
+            ),
+            (
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 0}),
+            ),
+            (
+                "message_delta",
+                serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 8}}),
+            ),
+            ("message_stop", serde_json::json!({"type": "message_stop"})),
+        ];
+        for (name, data) in events {
+            if tx
+                .send(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    resp
+}
