@@ -4,4 +4,6 @@
 mod support;
 
 mod certs;
+mod cli;
 mod proxy;
+mod sdk;

@@ -1,0 +1,181 @@
+//! The `veil` binary: first run, `ca path`, `env`, config errors, signals, and curl through it.
+
+use std::process::Command;
+
+use crate::support::mock_llm::{Alpn, Mock};
+use crate::support::process::{VeilProcess, resolve_args, veil};
+
+fn run_args(mock: &Mock) -> Vec<String> {
+    let mut args = resolve_args(mock.addr);
+    args.push("--upstream-ca".into());
+    args.push(mock.ca_path.display().to_string());
+    args
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_creates_keys_and_later_runs_reuse_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = run_args(&mock);
+    let mut veil1 = VeilProcess::start(&strs(&args), dir.path());
+    let ca = std::fs::read_to_string(dir.path().join("keys/ca.pem")).unwrap();
+    for secret in ["keys/ca.key", "keys/master.keys"] {
+        let mode = std::fs::metadata(dir.path().join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret} must be 0600");
+    }
+    let status = veil1.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM exits 0: {status:?}\n{}",
+        veil1.stderr()
+    );
+    let mut veil2 = VeilProcess::start(&strs(&args), dir.path());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("keys/ca.pem")).unwrap(),
+        ca,
+        "CA reused"
+    );
+    assert!(veil2.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_https_proxy_h1_h2_and_streaming() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = VeilProcess::start(&strs(&run_args(&mock)), dir.path());
+    let ca = dir.path().join("keys/ca.pem");
+    let proxy = format!("http://{}", proc.addr);
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    for http in ["--http1.1", "--http2"] {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", http, "-D", "-", "--cacert"])
+            .arg(&ca)
+            .env("HTTPS_PROXY", &proxy)
+            .env_remove("NO_PROXY")
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "authorization: Bearer sk-test-CURLSECRET",
+            ])
+            .args(["-d", body, "https://api.openai.com/v1/chat/completions"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl {http}: {text}{}\nveil:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            proc.stderr()
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("x-veil-request-id: "),
+            "{text}"
+        );
+        assert!(text.contains("chatcmpl-mock123"), "{text}");
+        if http == "--http2" {
+            assert!(
+                text.contains("HTTP/2 200"),
+                "curl negotiated h2 with veil: {text}"
+            );
+        }
+    }
+    // Streaming: -N disables curl's buffering; every SSE event arrives.
+    let out = Command::new("curl")
+        .args(["-sS", "-N", "--cacert"])
+        .arg(&ca)
+        .env("HTTPS_PROXY", &proxy)
+        .args(["-H", "content-type: application/json"])
+        .args([
+            "-d",
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+        ])
+        .arg("https://api.openai.com/v1/chat/completions")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("part2") && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
+    assert!(
+        !proc.stderr().contains("CURLSECRET"),
+        "credential in veil's log"
+    );
+    assert!(proc.terminate().success());
+}
+
+#[test]
+fn ca_path_and_env_point_at_the_same_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = veil(&["ca", "path"], dir.path());
+    assert!(out.status.success(), "{out:?}");
+    let path = String::from_utf8(out.stdout).unwrap();
+    let path = std::path::Path::new(path.trim());
+    assert!(
+        path.is_absolute() && path.ends_with("keys/ca.pem"),
+        "{path:?}"
+    );
+    assert!(
+        std::fs::read_to_string(path)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let out = veil(&["env", "--listen", "127.0.0.1:9999"], dir.path());
+    assert!(out.status.success());
+    let env = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        env.contains("export HTTPS_PROXY=http://127.0.0.1:9999"),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("NODE_EXTRA_CA_CERTS={}", path.display())),
+        "{env}"
+    );
+    let bundle = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export SSL_CERT_FILE="))
+        .unwrap();
+    let bundle = std::fs::read_to_string(bundle).unwrap();
+    let ca = std::fs::read_to_string(path).unwrap();
+    assert!(
+        bundle.ends_with(&ca),
+        "the bundle carries veil's CA after the system roots"
+    );
+}
+
+#[test]
+fn bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("veil.toml"),
+        "listen = \"127.0.0.1:0\"\ncapture_limt = \"1MiB\"\n",
+    )
+    .unwrap();
+    let out = veil(&["run", "--config", "veil.toml"], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("veil.toml:2:1") && err.contains("capture_limt"),
+        "{err}"
+    );
+
+    let out = veil(
+        &["run", "--listen", "127.0.0.1:0", "--resolve", "nonsense"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resolve:") && err.contains("HOST:PORT:ADDR"),
+        "{err}"
+    );
+}

@@ -1,0 +1,116 @@
+//! The real `veil` binary as a child process, with its stderr captured so a failing assertion
+//! can show what veil said (ripgrep `TestCommand` style).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn veil_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_veil"))
+}
+
+/// Runs `veil ARGS` to completion.
+pub fn veil(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(veil_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("VEIL_MASTER_KEY")
+        .output()
+        .expect("veil runs")
+}
+
+pub struct VeilProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl VeilProcess {
+    /// Starts `veil run ARGS` in `cwd` and waits until it listens.
+    pub fn start(args: &[&str], cwd: &Path) -> VeilProcess {
+        let mut child = Command::new(veil_bin())
+            .arg("run")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("VEIL_MASTER_KEY")
+            .env("VEIL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("veil starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("HTTPS_PROXY=http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    if let Ok(addr) = addr.parse() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "veil did not start listening; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        VeilProcess {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM (through kill(1): no `unsafe` here) and waits for the exit, bounded.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "veil did not exit after SIGTERM; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for VeilProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--resolve` flags sending every mock host to `mock`.
+pub fn resolve_args(mock: SocketAddr) -> Vec<String> {
+    super::mock_llm::MOCK_HOSTS
+        .iter()
+        .flat_map(|h| ["--resolve".to_string(), format!("{h}:443:{mock}")])
+        .collect()
+}
