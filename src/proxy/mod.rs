@@ -587,6 +587,7 @@ impl Shared {
             self.client.request(Request::from_parts(parts, body)),
         )
         .await;
+        let recorded = recording.is_some();
         let failure = match sent {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
@@ -604,7 +605,9 @@ impl Shared {
                     }
                     None => TeeBody::passthrough(body),
                 };
-                parts.headers.insert(REQUEST_ID_HEADER, id_header(id));
+                if recorded {
+                    parts.headers.insert(REQUEST_ID_HEADER, id_header(id));
+                }
                 return Response::from_parts(parts, Either::Left(body));
             }
             Ok(Err(e)) => forward::classify(&e, &shown),
@@ -626,7 +629,7 @@ impl Shared {
             rec.upstream_failed(failure.kind, failure.message.clone());
         }
         tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
-        upstream_error_response(&failure, Some(id))
+        upstream_error_response(&failure, recorded.then_some(id))
     }
 }
 

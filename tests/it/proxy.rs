@@ -619,3 +619,69 @@ async fn shutdown_lets_in_flight_streams_finish() {
         .expect("the drained exchange was recorded");
     assert_eq!(ex.outcome, Outcome::Complete);
 }
+
+/// A plain-HTTP server on 127.0.0.1:0 answering every request with its path.
+async fn plain_http_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path_and_query().unwrap().to_string();
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(format!("plain:{path}")),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn absolute_form_plain_http_is_forwarded_and_recorded_only_when_intercepted() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let plain = plain_http_server().await;
+    let mut veil = Veil::start_with(&mock, |raw| {
+        raw.intercept = Some(vec![
+            "@defaults".into(),
+            format!("127.0.0.1:{}", plain.port()),
+        ]);
+    })
+    .await;
+    let other = plain_http_server().await;
+    for (addr, recorded) in [(plain, true), (other, false)] {
+        let stream = tokio::net::TcpStream::connect(veil.addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = send
+            .send_request(
+                Request::get(format!("http://{addr}/v1/models?x=1"))
+                    .header("host", addr.to_string())
+                    .header("x-veil-feature", "plain")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers().contains_key("x-veil-request-id"), recorded);
+        assert_eq!(body_text(resp).await, "plain:/v1/models?x=1");
+        if recorded {
+            let ex = veil.next_exchange().await;
+            assert_eq!(ex.route, Route::PlainHttp);
+            assert_eq!(ex.upstream.scheme, "http");
+            assert_eq!(ex.tag("feature"), Some("plain"));
+        } else {
+            veil.assert_no_exchange(Duration::from_millis(200)).await;
+        }
+    }
+    veil.stop().await;
+}

@@ -108,6 +108,8 @@ impl Mock {
                 let acceptor = acceptor.clone();
                 let state = state.clone();
                 tokio::spawn(async move {
+                    // Like any real server: no Nagle delay on small streamed writes.
+                    let _ = stream.set_nodelay(true);
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };

@@ -1,0 +1,298 @@
+//! Load benchmark of the hot path: direct to the upstream versus through veil, in one run.
+//!
+//! `cargo bench --bench load` (or `benches/load.sh`). It starts the mock provider in-process,
+//! the release `veil` binary as a child process (so its CPU and memory are its own), then:
+//! - requests/s and latency p50/p99 for a ~2 KB non-streaming completion over keep-alive TLS
+//!   at 1, 8 and 64 connections, direct and through veil;
+//! - time to first chunk of a stream of 50 chunks 5 ms apart, direct and through veil;
+//! - veil's peak RSS with 1,000 idle keep-alive intercepted client connections.
+//!
+//! Everything binds 127.0.0.1; every loop is bounded in time and count. `LOAD_SECS` sets the
+//! measurement window per scenario (default 4 s).
+
+#[path = "../tests/it/support/mock_llm.rs"]
+#[allow(dead_code)]
+mod mock_llm;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use mock_llm::{Alpn, Mock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Veil,
+}
+
+struct Setup {
+    mock: Mock,
+    veil: SocketAddr,
+    veil_ca: String,
+    veil_pid: u32,
+}
+
+fn tls_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn open(setup: &Setup, path: Path) -> SendRequest<Full<Bytes>> {
+    let (stream, ca) = match path {
+        Path::Direct => (
+            TcpStream::connect(setup.mock.addr).await.unwrap(),
+            &setup.mock.ca_pem,
+        ),
+        Path::Veil => {
+            let mut s = TcpStream::connect(setup.veil).await.unwrap();
+            s.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(s.read(&mut b).await.unwrap(), 1);
+                head.push(b[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 200"));
+            (s, &setup.veil_ca)
+        }
+    };
+    stream.set_nodelay(true).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls_client(ca))
+        .connect("api.openai.com".try_into().unwrap(), stream)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn completion_request(stream_chunks: Option<&str>) -> Request<Full<Bytes>> {
+    let body = if stream_chunks.is_some() {
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Write a haiku about latency."}]}"#
+    } else {
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write a haiku about latency."}]}"#
+    };
+    let mut req = Request::post("/v1/chat/completions")
+        .header("host", "api.openai.com")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-bench")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    if let Some(chunks) = stream_chunks {
+        req.headers_mut()
+            .insert("x-mock-chunks", chunks.parse().unwrap());
+    }
+    req
+}
+
+struct Stats {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+async fn throughput(setup: &Setup, path: Path, conns: usize, window: Duration) -> Stats {
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        clients.push(open(setup, path).await);
+    }
+    // Warm up pools and caches.
+    for c in clients.iter_mut() {
+        let resp = c.send_request(completion_request(None)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let deadline = Instant::now() + window;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(4096);
+                // Bounded by time and by count.
+                while Instant::now() < deadline && lat.len() < 1_000_000 {
+                    c.ready().await.unwrap();
+                    let t = Instant::now();
+                    let resp = c.send_request(completion_request(None)).await.unwrap();
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert!(body.len() > 2000);
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                lat
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    Stats {
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+async fn time_to_first_chunk(setup: &Setup, path: Path, runs: usize) -> f64 {
+    let mut c = open(setup, path).await;
+    let mut ttfc = Vec::new();
+    for _ in 0..runs {
+        c.ready().await.unwrap();
+        let t = Instant::now();
+        let resp = c
+            .send_request(completion_request(Some("50,5")))
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        // The role chunk comes at once, content chunks 5 ms apart: time to the first content.
+        let mut frames = 0;
+        let mut first = None;
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap_or_default();
+            if first.is_none() && data.windows(6).any(|w| w == b"part0 ") {
+                first = Some(t.elapsed());
+            }
+            frames += 1;
+        }
+        assert!(
+            frames >= 50,
+            "stream arrived in {frames} frames: something buffered"
+        );
+        ttfc.push(first.expect("first content chunk seen").as_secs_f64() * 1000.0);
+    }
+    ttfc.sort_by(f64::total_cmp);
+    ttfc[ttfc.len() / 2]
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Kills the veil child however the benchmark ends (a panic included).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_veil(mock: &Mock, dir: &std::path::Path) -> (KillOnDrop, SocketAddr) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--resolve", &format!("api.openai.com:443:{}", mock.addr)])
+            .arg("--upstream-ca")
+            .arg(&mock.ca_path)
+            .current_dir(dir)
+            .env("VEIL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("veil binary"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return (child, addr);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("veil did not start");
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let window = Duration::from_secs(
+        std::env::var("LOAD_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(4),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mock = Mock::start(Alpn::Http1Only).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (child, veil) = start_veil(&mock, dir.path());
+        let veil_ca = std::fs::read_to_string(dir.path().join("keys/ca.pem")).unwrap();
+        let setup = Setup { mock, veil, veil_ca, veil_pid: child.0.id() };
+        let idle_rss = rss_kib(setup.veil_pid).0;
+
+        println!("## veil load benchmark ({}s per scenario, 2 KB completion, HTTP/1.1 keep-alive TLS)", window.as_secs());
+        println!("| connections | direct req/s | veil req/s | ratio | direct p50 µs | veil p50 µs | added p50 µs | direct p99 µs | veil p99 µs | added p99 µs |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        for conns in [1, 8, 64] {
+            let d = throughput(&setup, Path::Direct, conns, window).await;
+            let v = throughput(&setup, Path::Veil, conns, window).await;
+            println!(
+                "| {conns} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:.0} | {:.0} | {:+.0} |",
+                d.rps, v.rps, v.rps / d.rps, d.p50_us, v.p50_us, v.p50_us - d.p50_us, d.p99_us, v.p99_us, v.p99_us - d.p99_us
+            );
+        }
+        let d = time_to_first_chunk(&setup, Path::Direct, 20).await;
+        let v = time_to_first_chunk(&setup, Path::Veil, 20).await;
+        println!("\ntime to first chunk (50 chunks, 5 ms apart; median of 20): direct {d:.2} ms, veil {v:.2} ms, added {:+.2} ms", v - d);
+
+        let mut idle = Vec::new();
+        for _ in 0..1000 {
+            let mut c = open(&setup, Path::Veil).await;
+            let resp = c.send_request(completion_request(None)).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+            idle.push(c);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rss, hwm) = rss_kib(setup.veil_pid);
+        println!(
+            "veil RSS: {:.1} MB at start; {:.1} MB with 1,000 idle keep-alive intercepted connections (peak {:.1} MB over the whole run)",
+            idle_rss as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+        drop(idle);
+        drop(child);
+    });
+}
