@@ -83,6 +83,8 @@ pub struct Metrics {
     /// Exchanges that could not be recorded, e.g. the recording queue was full
     /// (`veil.exchanges.dropped`). Incremented by whoever drops them.
     pub exchanges_dropped: Counter,
+    /// Batches the collector accepted (`veil.export.batches.delivered`).
+    pub batches_delivered: Counter,
     /// Export attempts that failed, retryable or not (`veil.export.failures`).
     pub export_failures: Counter,
     /// Batches given up without delivery: non-retryable answers, oversize payloads

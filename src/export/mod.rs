@@ -600,6 +600,7 @@ impl OtlpSender {
                     let from_spool = direct.is_none();
                     match attempt {
                         Attempt::Delivered => {
+                            self.metrics.batches_delivered.inc();
                             self.failures = 0;
                             next_try = Instant::now();
                             direct = None;

@@ -830,7 +830,14 @@ pub fn metrics_request(
             })),
         });
     }
-    let counters: [(&str, &str, &str, u64, bool); 8] = [
+    let counters: [(&str, &str, &str, u64, bool); 9] = [
+        (
+            "veil.export.batches.delivered",
+            "Batches the collector accepted.",
+            "{batch}",
+            m.batches_delivered.get(),
+            true,
+        ),
         (
             "veil.exchanges",
             "Exchanges recorded.",

@@ -218,20 +218,22 @@ fn classify(
         }
         return Attempt::Delivered;
     }
-    let message = body
-        .map(|b| {
-            if json {
-                serde_json::from_slice::<serde_json::Value>(&b)
-                    .ok()
-                    .and_then(|v| v.get("message")?.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            } else {
-                RpcStatus::decode(b.as_ref())
-                    .map(|s| s.message)
-                    .unwrap_or_default()
-            }
-        })
-        .unwrap_or_else(|| "(answer body over 4 MiB)".to_string());
+    let Some(body) = body else {
+        // Over 4 MiB: not a collector's answer; never retried (otel-genai.md §2).
+        return Attempt::Reject {
+            why: format!("{url} answered {status} with a body over 4 MiB"),
+        };
+    };
+    let message = if json {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+            .unwrap_or_default()
+    } else {
+        RpcStatus::decode(body.as_ref())
+            .map(|s| s.message)
+            .unwrap_or_default()
+    };
     let why = format!("{url} answered {status} {message}")
         .trim_end()
         .to_string();

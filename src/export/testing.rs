@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -40,8 +40,10 @@ pub struct Received {
     pub content_encoding: Option<String>,
     /// Decompressed body.
     pub body: Bytes,
-    /// The status answered.
+    /// The status answered (0 when the receiver hung instead).
     pub answered: u16,
+    /// When it arrived (tokio's clock, so paused-time tests can measure delays).
+    pub at: tokio::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,10 @@ struct State {
     received: Mutex<Vec<Received>>,
     /// Status to answer (200 = accept).
     status: AtomicU16,
+    /// `Retry-After` to send with error answers.
+    retry_after: Mutex<Option<String>>,
+    /// Read the request, then never answer.
+    hang: AtomicBool,
 }
 
 /// A running receiver. Dropping it stops it.
@@ -91,19 +97,27 @@ async fn serve_conn(stream: tokio::net::TcpStream, state: Arc<State>) {
             } else {
                 raw
             };
+            let hang = state.hang.load(Ordering::SeqCst);
             let status = state.status.load(Ordering::SeqCst);
             state.received.lock().unwrap().push(Received {
                 path,
                 content_type: content_type.clone(),
                 content_encoding,
                 body,
-                answered: status,
+                answered: if hang { 0 } else { status },
+                at: tokio::time::Instant::now(),
             });
+            if hang {
+                std::future::pending::<()>().await;
+            }
             let mut resp = Response::new(Full::new(Bytes::new()));
             *resp.status_mut() = StatusCode::from_u16(status).unwrap();
             if status == 200 {
                 resp.headers_mut()
                     .insert("content-type", content_type.parse().unwrap());
+            } else if let Some(ra) = state.retry_after.lock().unwrap().clone() {
+                resp.headers_mut()
+                    .insert("retry-after", ra.parse().unwrap());
             }
             Ok::<_, hyper::Error>(resp)
         }
@@ -151,6 +165,16 @@ impl Receiver {
     /// Answer `status` from now on.
     pub fn answer(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Send `Retry-After: value` with error answers.
+    pub fn retry_after(&self, value: Option<&str>) {
+        *self.state.retry_after.lock().unwrap() = value.map(str::to_string);
+    }
+
+    /// Read requests but never answer them (a hung collector), or stop doing so.
+    pub fn hang(&self, on: bool) {
+        self.state.hang.store(on, Ordering::SeqCst);
     }
 
     /// Stops listening and drops every connection: connections are refused.

@@ -756,3 +756,70 @@ async fn python_opentelemetry_proto_decodes_our_protobuf() {
     assert_eq!(v["resource"]["service.name"], "veil");
     assert_eq!(v["resource"]["host.name"], "host-a");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_collector_times_out_and_the_batch_is_spooled() {
+    let rx = Receiver::start().await;
+    rx.hang(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(
+        dir.path(),
+        Some(&rx.endpoint()),
+        &[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "5000")],
+    );
+    s.retry_initial = Duration::from_secs(1);
+    s.retry_max = Duration::from_secs(2);
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let metrics = exporter.metrics();
+    let t0 = tokio::time::Instant::now();
+    exporter
+        .handle()
+        .try_send(testing::base_record("hung"))
+        .unwrap();
+    let failed = wait_until(Duration::from_secs(60), || {
+        metrics.export_failures.get() >= 2 && metrics.spool_bytes.get() > 0
+    })
+    .await;
+    assert!(failed, "no timeout seen");
+    // The traces attempt waited its 5 s timeout (virtual time) before giving up.
+    assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(rx.spans().is_empty());
+    rx.hang(false);
+    let ok = wait_until(Duration::from_secs(60), || span_counts(&rx).len() == 1).await;
+    let report = exporter.shutdown(Duration::from_secs(30)).await;
+    assert!(ok && report.drained, "{report:?}");
+    assert_eq!(span_counts(&rx)["hung"], 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let rx = Receiver::start().await;
+    rx.answer(429);
+    rx.retry_after(Some("7"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Some(&rx.endpoint()), &[]);
+    s.retry_initial = Duration::from_millis(10);
+    s.retry_max = Duration::from_secs(60);
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    exporter
+        .handle()
+        .try_send(testing::base_record("ra"))
+        .unwrap();
+    let traces = |rx: &Receiver| -> Vec<testing::Received> {
+        rx.received()
+            .into_iter()
+            .filter(|r| r.path == "/v1/traces")
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(5), || !traces(&rx).is_empty()).await);
+    rx.answer(200);
+    assert!(wait_until(Duration::from_secs(30), || span_counts(&rx).len() == 1).await);
+    let got = traces(&rx);
+    assert_eq!(got.len(), 2, "one refused attempt, one delivery");
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(7) && gap < Duration::from_secs(8),
+        "retried after {gap:?}, not after Retry-After: 7"
+    );
+    exporter.shutdown(Duration::from_secs(5)).await;
+}
