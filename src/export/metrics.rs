@@ -152,7 +152,14 @@ pub enum SeriesValue {
     Str(String),
     /// An integer attribute.
     Int(i64),
+    /// A boolean attribute.
+    Bool(bool),
 }
+
+/// Most series one histogram keeps. The model name comes from the app's request, so an app
+/// could otherwise grow memory without bound; past this, points go to one overflow series
+/// marked `otel.metric.overflow = true`, as the OpenTelemetry SDKs do.
+pub const MAX_SERIES: usize = 2000;
 
 /// The GenAI client histograms, keyed by metric name and attribute set.
 #[derive(Debug, Default)]
@@ -164,9 +171,13 @@ pub struct Histograms {
 impl Histograms {
     /// Records `v` into `metric` for the series `key`.
     pub fn record(&mut self, metric: &'static str, bounds: &'static [f64], key: SeriesKey, v: f64) {
-        self.series
-            .entry(metric)
-            .or_default()
+        let series = self.series.entry(metric).or_default();
+        let key = if series.len() >= MAX_SERIES && !series.contains_key(&key) {
+            vec![("otel.metric.overflow", SeriesValue::Bool(true))]
+        } else {
+            key
+        };
+        series
             .entry(key)
             .or_insert_with(|| Histogram::new(bounds))
             .record(v);
@@ -195,6 +206,19 @@ mod tests {
         assert_eq!(h.count, 3);
         assert_eq!(h.min, 1.0);
         assert_eq!(h.max, 1e9);
+    }
+
+    #[test]
+    fn series_are_capped() {
+        let mut h = Histograms::default();
+        for i in 0..(MAX_SERIES + 10) {
+            let key = vec![("gen_ai.request.model", SeriesValue::Str(format!("m{i}")))];
+            h.record("x", DURATION_BUCKETS, key, 1.0);
+        }
+        let series = &h.series["x"];
+        assert_eq!(series.len(), MAX_SERIES + 1);
+        let overflow = vec![("otel.metric.overflow", SeriesValue::Bool(true))];
+        assert_eq!(series[&overflow].count, 10);
     }
 
     #[test]

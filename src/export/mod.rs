@@ -210,7 +210,6 @@ impl Exporter {
         let settings = Arc::new(settings);
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let client = OtlpClient::new();
         let mut senders = Vec::new();
         let mut sender_txs = Vec::new();
         for signal in Signal::ALL {
@@ -237,7 +236,8 @@ impl Exporter {
                         signal,
                         url: url.clone(),
                         settings: settings.clone(),
-                        client: client.clone(),
+                        // One client per signal: each may have its own TLS files.
+                        client: OtlpClient::with_tls(&settings.signal(signal).tls)?,
                         spool,
                         metrics: metrics.clone(),
                         failures: 0,

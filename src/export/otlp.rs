@@ -748,6 +748,7 @@ fn series_attrs(k: &SeriesKey) -> Vec<KeyValue> {
         .map(|(name, v)| match v {
             SeriesValue::Str(s) => kv(name, str_value(s)),
             SeriesValue::Int(i) => kv(name, int_value(*i)),
+            SeriesValue::Bool(b) => kv(name, bool_value(*b)),
         })
         .collect()
 }

@@ -8,7 +8,8 @@
 //! Owns: the HTTP client (hyper-util legacy client over hyper-rustls, keep-alive pooled).
 //! Never touches the spool or records.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
 use super::otlp::{Encoding, Signal};
+use super::settings::TlsFiles;
 
 /// Largest uncompressed batch sent: the OTLP limit of 64 MiB (otel-genai.md §2).
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
@@ -68,18 +70,61 @@ impl Default for OtlpClient {
     }
 }
 
+fn read_pem(path: &Path, what: &str) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))
+}
+
 impl OtlpClient {
     /// A client trusting the webpki roots, for `http://` and `https://` endpoints.
     pub fn new() -> Self {
+        Self::with_tls(&TlsFiles::default()).expect("invariant: no files to load")
+    }
+
+    /// A client that also trusts `tls.ca` and presents `tls.client_cert` (mTLS). Errors
+    /// name the file.
+    pub fn with_tls(tls_files: &TlsFiles) -> io::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        if let Some(ca) = &tls_files.ca {
+            let pem = read_pem(ca, "OTLP certificate")?;
+            let mut n = 0;
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                roots.add(cert?).map_err(|e| {
+                    io::Error::other(format!("OTLP certificate {}: {e}", ca.display()))
+                })?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(io::Error::other(format!(
+                    "OTLP certificate {}: no PEM certificate in it",
+                    ca.display()
+                )));
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("invariant: ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let tls = match (&tls_files.client_cert, &tls_files.client_key) {
+            (Some(cert), Some(key)) => {
+                let pem = read_pem(cert, "OTLP client certificate")?;
+                let chain = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>()?;
+                let pem = read_pem(key, "OTLP client key")?;
+                let key_der = rustls_pemfile::private_key(&mut &pem[..])?.ok_or_else(|| {
+                    io::Error::other(format!(
+                        "OTLP client key {}: no PEM key in it",
+                        key.display()
+                    ))
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| io::Error::other(format!("OTLP client certificate: {e}")))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -89,7 +134,7 @@ impl OtlpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        OtlpClient { client }
+        Ok(OtlpClient { client })
     }
 
     /// One attempt: POST `payload` to `url`, within `timeout`.
@@ -349,6 +394,39 @@ mod tests {
             "u",
         );
         assert_eq!(a, Attempt::Delivered);
+    }
+
+    #[test]
+    fn tls_files_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = OtlpClient::with_tls(&TlsFiles {
+            ca: Some(missing.clone()),
+            ..TlsFiles::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = OtlpClient::with_tls(&TlsFiles {
+            ca: Some(empty),
+            ..TlsFiles::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        // A real CA file loads.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["collector.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, ca.pem()).unwrap();
+        OtlpClient::with_tls(&TlsFiles {
+            ca: Some(pem),
+            ..TlsFiles::default()
+        })
+        .unwrap();
     }
 
     #[test]

@@ -40,6 +40,20 @@ pub struct SignalSettings {
     pub gzip: bool,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// TLS material for `https://` endpoints.
+    pub tls: TlsFiles,
+}
+
+/// PEM files for TLS toward the collector (`_CERTIFICATE`, `_CLIENT_CERTIFICATE`,
+/// `_CLIENT_KEY`); loaded when the exporter starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Extra trust roots, added to the webpki roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain for mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key for mTLS.
+    pub client_key: Option<PathBuf>,
 }
 
 /// Everything the exporter needs, resolved once.
@@ -164,12 +178,24 @@ impl ExporterSettings {
                     headers.push((k, v));
                 }
             }
+            let tls = TlsFiles {
+                ca: pick("CERTIFICATE").map(|(_, p)| PathBuf::from(p)),
+                client_cert: pick("CLIENT_CERTIFICATE").map(|(_, p)| PathBuf::from(p)),
+                client_key: pick("CLIENT_KEY").map(|(_, p)| PathBuf::from(p)),
+            };
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                return Err(SettingsError(format!(
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY \
+                     (or their {up}_ forms) must be set together"
+                )));
+            }
             signals.push(SignalSettings {
                 destination,
                 encoding,
                 headers,
                 gzip,
                 timeout,
+                tls,
             });
         }
         let host = get("HOSTNAME").or_else(|| {
@@ -307,6 +333,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "localhost:4318"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem"),
         ] {
             let err = ExporterSettings::resolve(None, "d".into(), &env(&[(k, v)])).unwrap_err();
             assert!(err.to_string().contains(k), "{err}");
