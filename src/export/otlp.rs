@@ -503,7 +503,10 @@ fn content(r: &Record) -> Vec<(&'static str, &serde_json::Value)> {
 
 /// The CLIENT span of one record.
 pub fn record_span(r: &Record, ids: &SpanIds) -> Span {
-    let mut attributes = record_attributes(r);
+    span_with(r, ids, record_attributes(r))
+}
+
+fn span_with(r: &Record, ids: &SpanIds, mut attributes: Vec<KeyValue>) -> Span {
     for (name, v) in content(r) {
         // On spans, content is a JSON string (otel-genai.md §1.2).
         attributes.push(kv(name, str_value(&v.to_string())));
@@ -544,6 +547,10 @@ pub fn record_span(r: &Record, ids: &SpanIds) -> Span {
 /// The log event of one record: the span's attributes, the redacted content as a structured
 /// kvlist body, correlated to the span.
 pub fn record_log(r: &Record, ids: &SpanIds) -> LogRecord {
+    log_with(r, ids, record_attributes(r))
+}
+
+fn log_with(r: &Record, ids: &SpanIds, attributes: Vec<KeyValue>) -> LogRecord {
     let body = KeyValueList {
         values: content(r)
             .into_iter()
@@ -560,7 +567,7 @@ pub fn record_log(r: &Record, ids: &SpanIds) -> LogRecord {
         body: Some(AnyValue {
             value: Some(any_value::Value::KvlistValue(body)),
         }),
-        attributes: record_attributes(r),
+        attributes,
         dropped_attributes_count: 0,
         flags: ids.flags & 0xff,
         trace_id: ids.trace_id.to_vec(),
@@ -692,8 +699,10 @@ impl Batch {
     /// Adds one record's span and log event.
     pub fn push_record(&mut self, r: &Record) {
         let ids = SpanIds::for_record(r);
-        self.spans.push(record_span(r, &ids));
-        self.logs.push(record_log(r, &ids));
+        // Built once: the log event carries the span's attributes.
+        let attributes = record_attributes(r);
+        self.spans.push(span_with(r, &ids, attributes.clone()));
+        self.logs.push(log_with(r, &ids, attributes));
     }
 
     /// Number of items (spans plus logs).
