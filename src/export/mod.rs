@@ -15,6 +15,26 @@
 //!                                            └─▶ metrics sender ▶ POST /v1/metrics ⇄ spool/metrics/
 //! ```
 //!
+//! ## Wiring (in `veil run`)
+//! ```no_run
+//! # async fn run(config: veil::config::Config, record: veil::record::Record) -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use veil::export::Exporter;
+//!
+//! // Inside the tokio runtime. Errors name the bad OTEL_* variable or TLS file.
+//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok())?;
+//! let handle = exporter.handle(); // clone into the pipeline workers
+//! if let Err(e) = handle.try_send(record) {
+//!     // Full (or shut down): never waits. Best-effort audit: count and go on.
+//!     handle.metrics().exchanges_dropped.inc();
+//!     tracing::warn!(error = %e, "record dropped");
+//! }
+//! // On shutdown, after the pipeline has drained: bounded flush, the rest stays spooled.
+//! let report = exporter.shutdown(config.drain_timeout).await;
+//! # let _ = (report, Duration::ZERO);
+//! # Ok(()) }
+//! ```
+//!
 //! Owns: `<data>/spool/` and `<data>/records/`, and its network connections to the collector.
 //! Reads `Record`s (already redacted) and audit events only: never an `Exchange`, never raw
 //! content, never keys.
