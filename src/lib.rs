@@ -23,6 +23,7 @@
 pub mod cli;
 pub mod config;
 pub mod exchange;
+pub mod export;
 pub mod keys;
 pub mod proxy;
 pub mod record;
