@@ -20,9 +20,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod exchange;
 pub mod keys;
 pub mod proxy;
 pub mod record;
+pub mod seal;
