@@ -18,7 +18,7 @@ pub mod cli;
 pub mod envelope;
 pub mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 
