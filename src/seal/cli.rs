@@ -583,11 +583,11 @@ mod tests {
         let d = dirs(root.path());
         let ring = Keyring::load_or_create(&d.keys).unwrap();
         let _held = SealStore::open(&d.data, ring, SealOptions::default()).unwrap();
-        let err = run_compact(&d).err().expect("locked");
+        let err = run_compact(&d).expect_err("locked");
         let msg = format!("{err:#}");
         assert!(msg.contains("--admin"), "{msg}");
         let missing = dirs(&root.path().join("nowhere"));
-        let err = run_compact(&missing).err().expect("no keys");
+        let err = run_compact(&missing).expect_err("no keys");
         assert!(format!("{err:#}").contains("no master key"), "{err:#}");
     }
 

@@ -78,10 +78,10 @@ pub fn is_credential_header(name: &str) -> bool {
 }
 
 /// A 256-bit data key, zeroized on drop.
-pub(crate) type DataKey = Zeroizing<[u8; 32]>;
+pub type DataKey = Zeroizing<[u8; 32]>;
 
 /// A fresh random data key.
-pub(crate) fn fresh_data_key() -> DataKey {
+pub fn fresh_data_key() -> DataKey {
     let mut k = Zeroizing::new([0u8; 32]);
     rand::fill(&mut k[..]);
     k
@@ -332,11 +332,8 @@ pub(crate) fn decode_payload(plain: Bytes) -> Result<Exchange, SealError> {
 // === frame ===
 
 /// Serializes and seals `ex` under `data_key` into one frame ready to append to a segment.
-pub(crate) fn seal_frame(
-    ex: &Exchange,
-    data_key: &DataKey,
-    key_id: KeyId,
-) -> Result<Vec<u8>, SealError> {
+/// Public for benchmarks and tools; the store calls it from [`super::SealStore::submit`].
+pub fn seal_frame(ex: &Exchange, data_key: &DataKey, key_id: KeyId) -> Result<Vec<u8>, SealError> {
     let mut buf = vec![0u8; FRAME_HEADER];
     encode_payload(ex, &mut buf)?;
     let mut nonce = [0u8; 12];
