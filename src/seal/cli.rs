@@ -592,6 +592,69 @@ mod tests {
     }
 
     #[test]
+    fn locked_store_goes_through_the_admin_api() {
+        let root = tempfile::tempdir().unwrap();
+        let mut d = dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let token = AdminToken::load_or_create(&d.keys).unwrap();
+        let store = SealStore::open(
+            &d.data,
+            Keyring::load(&d.keys).unwrap(),
+            SealOptions {
+                keys_dir: Some(d.keys.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let dave = pseudonymize_user(&ring, "dave");
+        let a = openai_chat();
+        let b = openai_chat();
+        store.seal_blocking(&a, None).unwrap();
+        store.seal_blocking(&b, Some(&dave)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        d.admin = Some(listener.local_addr().unwrap());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(crate::admin::serve(listener, store.clone(), token, async {
+            let _ = rx.await;
+        }));
+        let unseal = UnsealArgs {
+            id: a.id.to_string(),
+            raw: false,
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_unseal(&unseal, &d).unwrap(), ExitCode::SUCCESS);
+        let forget = ForgetArgs {
+            ids: vec![a.id.to_string()],
+            user: None,
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::from(1));
+        let by_user = ForgetArgs {
+            ids: vec![],
+            user: Some("dave".into()),
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_forget(&by_user, &d).unwrap(), ExitCode::SUCCESS);
+        assert!(store.is_empty().unwrap());
+        assert_eq!(run_keys_rotate(&d).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(store.keyring().current().id(), crate::keys::KeyId(2));
+        assert_eq!(run_compact(&d).unwrap(), ExitCode::SUCCESS);
+        // A wrong token is refused with a clear error.
+        std::fs::write(d.keys.join(crate::admin::TOKEN_FILE), "nope").unwrap();
+        let err = run_compact(&d).expect_err("wrong token");
+        assert!(format!("{err:#}").contains("refused the token"), "{err:#}");
+        stop.send(()).unwrap();
+        drop(rt);
+    }
+
+    #[test]
     fn json_view_has_text_and_wire_bytes() {
         let ex = openai_chat();
         let v = exchange_to_json(&ex);

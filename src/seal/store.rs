@@ -659,6 +659,31 @@ impl SealStore {
         self.purge_before(cutoff, actor)
     }
 
+    /// The retention loop for `veil run`: every `interval`, purges exchanges older than
+    /// `older_than` (on a blocking thread), until `shutdown` resolves. Errors are logged and
+    /// retried at the next tick; a purge never blocks the async runtime.
+    pub async fn run_retention(
+        self,
+        older_than: Duration,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let store = self.clone();
+            match tokio::task::spawn_blocking(move || store.purge(older_than, "retention")).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(purged = n, "retention purge"),
+                Ok(Err(e)) => tracing::error!(error = %e, "retention purge failed"),
+                Err(e) => tracing::error!(error = %e, "retention purge task failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
     /// Moves live frames out of segments with dead bytes and deletes emptied segments.
     pub fn compact(&self) -> Result<CompactStats, SealError> {
         let (ack, rx) = oneshot::channel();
