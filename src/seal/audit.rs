@@ -144,6 +144,18 @@ impl AuditSink for JsonlAuditSink {
     }
 }
 
+/// Sends every event to each of several sinks in order (e.g. the JSONL file and OTLP).
+#[derive(Debug, Clone, Default)]
+pub struct FanoutAuditSink(pub Vec<std::sync::Arc<dyn AuditSink>>);
+
+impl AuditSink for FanoutAuditSink {
+    fn emit(&self, event: &AuditEvent) {
+        for sink in &self.0 {
+            sink.emit(event);
+        }
+    }
+}
+
 /// Formats a time as RFC 3339 UTC with milliseconds (`2026-11-22T04:25:56.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();

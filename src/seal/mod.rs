@@ -22,7 +22,7 @@ pub(crate) mod tests;
 
 use std::fmt;
 
-pub use audit::{AuditEvent, AuditKind, AuditSink, JsonlAuditSink};
+pub use audit::{AuditEvent, AuditKind, AuditSink, FanoutAuditSink, JsonlAuditSink};
 pub use store::{CompactStats, ForgetOutcome, IndexEntry, SealAck, SealOptions, SealStore};
 
 /// What kind of failure a [`SealError`] is. Callers branch on this, never on the message.
