@@ -734,3 +734,33 @@ fn sigkill_mid_load_loses_nothing_acknowledged() {
             .unwrap_or_else(|e| panic!("{id} corrupt after crash: {e}"));
     }
 }
+
+// === envelope properties ===
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #[test]
+    fn envelope_round_trips_any_chunks_and_headers(
+        req in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..5),
+        resp in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..5),
+        headers in proptest::collection::vec(("[a-zA-Z-]{1,12}", "\\PC{0,20}"), 0..6),
+        status in proptest::option::of(100u16..600),
+    ) {
+        let mut ex = openai_chat();
+        ex.request_body.chunks = req.into_iter().map(Bytes::from).collect();
+        ex.response_body.chunks = resp.into_iter().map(Bytes::from).collect();
+        ex.request_headers = headers;
+        ex.status = status;
+        let key = envelope::fresh_data_key();
+        let frame = envelope::seal_frame(&ex, &key, KeyId(3)).unwrap();
+        let h = envelope::parse_frame_header(&frame).unwrap();
+        proptest::prop_assert!(envelope::frame_crc_ok(&frame, &h));
+        let back = envelope::open_frame(frame.clone(), ex.id, &key).unwrap();
+        assert_same(&ex, &back);
+        // Any other id, or any other key, is an authentication failure.
+        let other = envelope::open_frame(frame.clone(), ExchangeId::new(), &key).unwrap_err();
+        proptest::prop_assert_eq!(other.kind(), ErrorKind::Corrupt);
+        let wrong = envelope::open_frame(frame, ex.id, &envelope::fresh_data_key()).unwrap_err();
+        proptest::prop_assert_eq!(wrong.kind(), ErrorKind::Authentication);
+    }
+}
