@@ -323,6 +323,15 @@ impl SealStore {
                 .map_err(|e| io_err(d.display(), e))?;
         }
         let index_path = dir.join("index.redb");
+        // redb would create the file with the umask's mode; make it 0600 first (an empty file
+        // is one redb initializes).
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&index_path)
+            .map_err(|e| io_err(index_path.display(), e))?;
         let db = Database::create(&index_path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => SealError::new(
                 ErrorKind::Locked,

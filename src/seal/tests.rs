@@ -248,6 +248,11 @@ fn round_trip_and_no_plaintext_on_disk() {
     ];
     let files = all_files(dir.path());
     let names: Vec<_> = files.iter().map(|(p, _)| p.clone()).collect();
+    for p in &names {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
     assert!(files.len() >= 3, "{names:?}");
     for (path, bytes) in &files {
         for n in &needles {
