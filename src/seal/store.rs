@@ -1122,8 +1122,7 @@ impl Writer {
         if found.is_empty() {
             return Ok(out);
         }
-        // 1. Shred: zero the wrapped keys and the ciphertext, and make that durable before
-        //    anything says the exchange is gone.
+        // 1. Shred: zero the wrapped keys and the ciphertext.
         let zeros = [0u8; SLOT_LEN];
         let mut touched: BTreeMap<u32, File> = BTreeMap::new();
         for (_, e) in &found {
@@ -1151,10 +1150,11 @@ impl Writer {
                     .map_err(|er| io_err("segment", er))?;
             }
         }
+        // Only the slot zeroing must be durable before we say "gone": without its data key the
+        // ciphertext is noise even if a crash undoes the zeroing, so the segments are not
+        // fsynced here (one fsync fewer per forget; the next batch or the OS flushes them).
         self.slots.sync_data().map_err(|e| io_err("keyslots", e))?;
-        for f in touched.values() {
-            f.sync_data().map_err(|e| io_err("segment", e))?;
-        }
+        drop(touched);
         // 2. Unindex.
         let txn = self.db.begin_write().map_err(db_err)?;
         {
