@@ -121,6 +121,19 @@ fn bench_group_commit(c: &mut Criterion) {
     let mut g = c.benchmark_group("group_commit");
     g.measurement_time(Duration::from_secs(8)).sample_size(10);
     const N: usize = 1000;
+    let probe: Vec<_> = (0..N).map(|_| exchange(600, 1200)).collect();
+    let acks: Vec<_> = probe
+        .iter()
+        .map(|e| s.submit(e, None).expect("submit"))
+        .collect();
+    for a in acks {
+        a.wait().expect("durable");
+    }
+    assert_eq!(
+        s.len().expect("len"),
+        N as u64,
+        "every acked exchange is indexed"
+    );
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("small_1000_in_flight", |b| {
         b.iter_batched(
@@ -138,7 +151,6 @@ fn bench_group_commit(c: &mut Criterion) {
         )
     });
     g.finish();
-    assert!(s.len().expect("len") >= N as u64);
 }
 
 fn forget_latency() {
