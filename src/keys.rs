@@ -298,6 +298,40 @@ impl Keyring {
     }
 }
 
+/// Prefix of user pseudonyms.
+pub const USER_PSEUDONYM_PREFIX: &str = "u_";
+
+/// The pseudonym of raw user ID `raw_user`: `u_` followed by the first 16 hex digits (64 bits)
+/// of keyed BLAKE3 of the UTF-8 bytes of `raw_user` under
+/// `keyring.identity().derive(Purpose::Pseudonym)`.
+///
+/// This is the one definition every part of veil uses (the rules engine for `x-veil-user` and
+/// detected user IDs, the sealed store's index, `veil forget --user`), so a pseudonym computed
+/// anywhere matches the others. It derives from the *identity* (oldest) key, so it survives key
+/// rotation. 64 bits keep collisions negligible for any realistic number of users while
+/// staying short in logs. The raw ID is used as given (no trimming or case folding).
+pub fn pseudonymize_user(keyring: &Keyring, raw_user: &str) -> String {
+    let mac = keyring
+        .identity()
+        .derive(Purpose::Pseudonym)
+        .mac(raw_user.as_bytes());
+    let mut out = String::with_capacity(18);
+    out.push_str(USER_PSEUDONYM_PREFIX);
+    for b in &mac.as_bytes()[..8] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// True when `s` has the shape of a user pseudonym (`u_` + 16 lowercase hex digits).
+pub fn is_user_pseudonym(s: &str) -> bool {
+    s.strip_prefix(USER_PSEUDONYM_PREFIX).is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim().as_bytes();
     if hex.len() != 64 {
@@ -376,6 +410,26 @@ mod tests {
         assert_eq!(loaded.current().id(), id);
         assert_eq!(loaded.identity().id(), KeyId(1));
         assert_eq!(*loaded.identity().derive(Purpose::Pseudonym).bytes(), first);
+    }
+
+    #[test]
+    fn pseudonyms_are_keyed_stable_and_shaped() {
+        let mut ring = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
+        let p = pseudonymize_user(&ring, "alice@example.com");
+        assert!(is_user_pseudonym(&p), "{p}");
+        assert!(!p.contains("alice"));
+        let expected = blake3::keyed_hash(
+            ring.identity().derive(Purpose::Pseudonym).bytes(),
+            b"alice@example.com",
+        );
+        assert_eq!(&p[2..], &expected.to_hex()[..16]);
+        assert_ne!(p, pseudonymize_user(&ring, "bob@example.com"));
+        ring.rotate();
+        assert_eq!(p, pseudonymize_user(&ring, "alice@example.com"));
+        let other = Keyring::single(MasterKey::from_bytes(KeyId(1), [8; 32]));
+        assert_ne!(p, pseudonymize_user(&other, "alice@example.com"));
+        assert!(!is_user_pseudonym("alice"));
+        assert!(!is_user_pseudonym("u_0123456789ABCDEF"));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod exchange;
@@ -27,4 +28,5 @@ pub mod export;
 pub mod keys;
 pub mod proxy;
 pub mod record;
+pub mod seal;
 pub mod server;

@@ -1,0 +1,670 @@
+//! # Seal CLI: `unseal`, `forget`, `purge`, `keys rotate|rewrap`, `compact`.
+//!
+//! Owns the clap arguments of the operator commands on the sealed store and their glue. It
+//! opens the store directly when it can; when a running `veil run` holds the store (redb's
+//! exclusive lock), it goes through that instance's admin API (`--admin ADDR`, else config
+//! `admin_listen`) with the admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`). Neither
+//! working is a clear error. It never touches the proxy, the rules or OTLP.
+//!
+//! Every `run_*` returns `Ok(ExitCode)` (0 success, 1 when something asked for was not found)
+//! or an error whose `{:#}` display is meant for the operator.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use http::{Method, StatusCode};
+
+use super::{SealOptions, SealStore, audit::rfc3339};
+use crate::admin::{AdminClient, AdminToken, percent_encode};
+use crate::config::Config;
+use crate::exchange::{Body, Exchange, ExchangeId, Outcome, Route};
+use crate::keys::{Keyring, pseudonymize_user};
+
+/// Decoded bodies larger than this are shown as base64 of the captured bytes instead.
+const DECODE_LIMIT: usize = 64 << 20;
+
+/// Where the sealed store lives and how to reach a running veil that holds it.
+#[derive(Debug, Clone)]
+pub struct StoreDirs {
+    /// Data dir (`<data>/sealed/` is the store).
+    pub data: PathBuf,
+    /// Keys dir (master keys, admin token).
+    pub keys: PathBuf,
+    /// Admin API of a running veil, used when the store is locked.
+    pub admin: Option<SocketAddr>,
+    /// Configured retention (default for `purge`).
+    pub retention: Option<Duration>,
+}
+
+impl StoreDirs {
+    /// From the resolved config; `admin` (the `--admin` flag) wins over `admin_listen`.
+    pub fn from_config(cfg: &Config, admin: Option<SocketAddr>) -> Self {
+        StoreDirs {
+            data: cfg.data.clone(),
+            keys: cfg.keys.clone(),
+            admin: admin.or(cfg.admin_listen),
+            retention: cfg.retention,
+        }
+    }
+}
+
+/// The sealed-store subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum SealCommand {
+    /// Decrypt one sealed exchange and print it as JSON (audited).
+    Unseal(UnsealArgs),
+    /// Destroy sealed exchanges by request ID or by user (crypto-shredding, with receipts).
+    Forget(ForgetArgs),
+    /// Destroy sealed exchanges older than a duration.
+    Purge(PurgeArgs),
+    /// Master key management.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Reclaim disk space left by forgotten exchanges.
+    Compact(AdminArg),
+}
+
+/// `--admin ADDR`, shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArg {
+    /// Admin API of a running veil, used when it holds the store (default: `admin_listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+}
+
+/// `veil unseal ID [--raw]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnsealArgs {
+    /// The request ID (`x-veil-request-id`).
+    pub id: String,
+    /// Print the captured bodies (request, then response) as they crossed the wire instead of JSON.
+    #[arg(long)]
+    pub raw: bool,
+    /// Why you are reading it (recorded in the audit log).
+    #[arg(long, default_value = "operator request")]
+    pub reason: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArg,
+}
+
+/// `veil forget ID… | --user USER [--reason R]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForgetArgs {
+    /// Request IDs to forget.
+    #[arg(required_unless_present = "user", conflicts_with = "user")]
+    pub ids: Vec<String>,
+    /// Forget every exchange of this raw user ID (pseudonymized here, never stored or logged).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Why (recorded in the receipts and the audit log).
+    #[arg(long, default_value = "deletion request")]
+    pub reason: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArg,
+}
+
+/// `veil purge [--older-than 30d]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PurgeArgs {
+    /// Age limit (`30d`, `12h`); default: the configured `retention`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub older_than: Option<Duration>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArg,
+}
+
+/// `veil keys …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Add a new master key; new writes use it, older ones stay readable.
+    Rotate(AdminArg),
+    /// Re-wrap every stored data key under the newest master key.
+    Rewrap(AdminArg),
+}
+
+/// Runs one subcommand against `cfg`.
+pub fn run(cmd: &SealCommand, cfg: &Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SealCommand::Unseal(a) => run_unseal(a, &StoreDirs::from_config(cfg, a.admin.admin)),
+        SealCommand::Forget(a) => run_forget(a, &StoreDirs::from_config(cfg, a.admin.admin)),
+        SealCommand::Purge(a) => run_purge(a, &StoreDirs::from_config(cfg, a.admin.admin)),
+        SealCommand::Keys(KeysCommand::Rotate(a)) => {
+            run_keys_rotate(&StoreDirs::from_config(cfg, a.admin))
+        }
+        SealCommand::Keys(KeysCommand::Rewrap(a)) => {
+            run_keys_rewrap(&StoreDirs::from_config(cfg, a.admin))
+        }
+        SealCommand::Compact(a) => run_compact(&StoreDirs::from_config(cfg, a.admin)),
+    }
+}
+
+/// Who is acting, for the audit trail: `cli:<unix user>`.
+fn actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+enum Target {
+    Local(SealStore),
+    Remote(AdminClient),
+}
+
+fn target(dirs: &StoreDirs) -> anyhow::Result<Target> {
+    let keyring = Keyring::load(&dirs.keys).context("cannot load the master keys")?;
+    match SealStore::open(
+        &dirs.data,
+        keyring,
+        SealOptions {
+            keys_dir: Some(dirs.keys.clone()),
+            ..Default::default()
+        },
+    ) {
+        Ok(s) => Ok(Target::Local(s)),
+        Err(e) if e.is_locked() => {
+            let addr = dirs.admin.ok_or_else(|| {
+                anyhow!(
+                    "{e}; to act through that veil, pass --admin ADDR or set admin_listen in the config"
+                )
+            })?;
+            let token = AdminToken::load(&dirs.keys).with_context(|| {
+                format!("{e}; and no admin token to reach it at {addr} (set VEIL_ADMIN_TOKEN or use the keys dir of that veil)")
+            })?;
+            Ok(Target::Remote(AdminClient {
+                addr,
+                token,
+                actor: actor(),
+            }))
+        }
+        Err(e) => Err(anyhow!(e).context(format!(
+            "cannot open the sealed store in {}",
+            dirs.data.display()
+        ))),
+    }
+}
+
+fn remote(
+    client: &AdminClient,
+    method: Method,
+    path: &str,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let (status, v) = rt
+        .block_on(client.request(method, path))
+        .map_err(|e| anyhow!(e))?;
+    if status == StatusCode::UNAUTHORIZED {
+        bail!(
+            "the admin API at {} refused the token (check VEIL_ADMIN_TOKEN / admin.token)",
+            client.addr
+        );
+    }
+    Ok((status, v))
+}
+
+fn remote_ok(
+    client: &AdminClient,
+    method: Method,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let (status, v) = remote(client, method, path)?;
+    if !status.is_success() {
+        bail!(
+            "admin API: {status}: {}",
+            v["error"].as_str().unwrap_or("unknown error")
+        );
+    }
+    Ok(v)
+}
+
+fn parse_id(s: &str) -> anyhow::Result<ExchangeId> {
+    s.parse::<ExchangeId>().map_err(|e| anyhow!(e))
+}
+
+/// `veil unseal ID [--raw]`.
+pub fn run_unseal(args: &UnsealArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let id = parse_id(&args.id)?;
+    let json = match target(dirs)? {
+        Target::Local(store) => {
+            let ex = store
+                .unseal(id, &actor(), &args.reason)
+                .map_err(|e| anyhow!(e))?;
+            if args.raw {
+                write_raw(&ex)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            exchange_to_json(&ex)
+        }
+        Target::Remote(c) => {
+            let v = remote_ok(
+                &c,
+                Method::GET,
+                &format!("/v1/exchanges/{id}?reason={}", percent_encode(&args.reason)),
+            )?;
+            if args.raw {
+                let mut out = std::io::stdout().lock();
+                for which in ["request_body", "response_body"] {
+                    out.write_all(&raw_from_json(&v[which]))?;
+                    out.write_all(b"\n")?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            v
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_raw(ex: &Exchange) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(&ex.request_body.bytes())?;
+    out.write_all(b"\n")?;
+    out.write_all(&ex.response_body.bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn raw_from_json(body: &serde_json::Value) -> Vec<u8> {
+    if let Some(b) = body["wire_base64"].as_str() {
+        base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
+/// `veil forget ID… | --user USER`: exits 1 when any ID was unknown (the known ones are
+/// still forgotten).
+pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let actor = actor();
+    let target = target(dirs)?;
+    if let Some(user) = &args.user {
+        let (pseudonym, ids) = match &target {
+            Target::Local(store) => {
+                let p = pseudonymize_user(&store.keyring(), user);
+                let ids = store
+                    .forget_user(&p, &actor, &args.reason)
+                    .map_err(|e| anyhow!(e))?;
+                (p, ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+            }
+            Target::Remote(c) => {
+                let v = remote_ok(
+                    c,
+                    Method::DELETE,
+                    &format!(
+                        "/v1/users/{}/exchanges?reason={}",
+                        percent_encode(user),
+                        percent_encode(&args.reason)
+                    ),
+                )?;
+                let ids = v["forgotten"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (v["user"].as_str().unwrap_or("?").to_string(), ids)
+            }
+        };
+        for id in &ids {
+            println!("forgotten {id}");
+        }
+        if ids.is_empty() {
+            eprintln!("no sealed exchanges for user {pseudonym}");
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!("forgot {} exchange(s) of user {pseudonym}", ids.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ids = args
+        .ids
+        .iter()
+        .map(|s| parse_id(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut unknown = 0;
+    match &target {
+        Target::Local(store) => {
+            for o in store
+                .forget(&ids, &actor, &args.reason)
+                .map_err(|e| anyhow!(e))?
+            {
+                if o.forgotten {
+                    println!("forgotten {}", o.id);
+                } else {
+                    eprintln!("unknown {} (never sealed, or already forgotten)", o.id);
+                    unknown += 1;
+                }
+            }
+        }
+        Target::Remote(c) => {
+            for id in &ids {
+                let (status, v) = remote(
+                    c,
+                    Method::DELETE,
+                    &format!("/v1/exchanges/{id}?reason={}", percent_encode(&args.reason)),
+                )?;
+                match status {
+                    StatusCode::OK => println!("forgotten {id}"),
+                    StatusCode::NOT_FOUND => {
+                        eprintln!("unknown {id} (never sealed, or already forgotten)");
+                        unknown += 1;
+                    }
+                    s => bail!("admin API: {s}: {}", v["error"].as_str().unwrap_or("?")),
+                }
+            }
+        }
+    }
+    Ok(if unknown > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `veil purge [--older-than D]` (default: configured `retention`).
+pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let older = args.older_than.or(dirs.retention).ok_or_else(|| {
+        anyhow!("nothing to purge by: pass --older-than (e.g. 30d) or set retention in the config")
+    })?;
+    let n = match target(dirs)? {
+        Target::Local(store) => store.purge(older, &actor()).map_err(|e| anyhow!(e))?,
+        Target::Remote(c) => {
+            let v = remote_ok(
+                &c,
+                Method::POST,
+                &format!("/v1/purge?older_than={}s", older.as_secs()),
+            )?;
+            v["purged"].as_u64().unwrap_or(0) as usize
+        }
+    };
+    println!("purged {n} exchange(s) older than {}s", older.as_secs());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil compact`.
+pub fn run_compact(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let v = match target(dirs)? {
+        Target::Local(store) => {
+            let s = store.compact().map_err(|e| anyhow!(e))?;
+            serde_json::json!({
+                "segments_removed": s.segments_removed,
+                "frames_moved": s.frames_moved,
+                "bytes_reclaimed": s.bytes_reclaimed,
+            })
+        }
+        Target::Remote(c) => remote_ok(&c, Method::POST, "/v1/compact")?,
+    };
+    println!("{v}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil keys rotate`: adds a key to `<keys>/master.keys`. A running veil (reachable through
+/// the admin API) is told to reload; otherwise the next start picks it up.
+pub fn run_keys_rotate(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    if std::env::var(crate::keys::MASTER_ENV).is_ok() {
+        bail!(
+            "the master keys come from {}: rotate by adding a `k<id>:<hex>` line to that variable",
+            crate::keys::MASTER_ENV
+        );
+    }
+    let mut ring = Keyring::load(&dirs.keys).context("cannot load the master keys")?;
+    let id = ring.rotate();
+    ring.save(&dirs.keys)
+        .context("cannot save the master keys")?;
+    println!(
+        "new master key {id}: new seals use it; run `veil keys rewrap` to re-wrap older data keys"
+    );
+    if let (Some(addr), Ok(token)) = (dirs.admin, AdminToken::load(&dirs.keys)) {
+        let client = AdminClient {
+            addr,
+            token,
+            actor: actor(),
+        };
+        match remote_ok(&client, Method::POST, "/v1/keys/reload") {
+            Ok(_) => println!("the running veil at {addr} reloaded its keys"),
+            Err(e) => eprintln!(
+                "note: could not tell a running veil to reload ({e:#}); restart it to use {id}"
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil keys rewrap`.
+pub fn run_keys_rewrap(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let n = match target(dirs)? {
+        Target::Local(store) => store.rewrap(&actor()).map_err(|e| anyhow!(e))?,
+        Target::Remote(c) => {
+            let v = remote_ok(&c, Method::POST, "/v1/keys/rewrap")?;
+            v["rewrapped"].as_u64().unwrap_or(0) as usize
+        }
+    };
+    println!("re-wrapped {n} data key(s) under the newest master key");
+    Ok(ExitCode::SUCCESS)
+}
+
+// === JSON view ===
+
+fn body_json(b: &Body) -> serde_json::Value {
+    let raw = b.bytes();
+    let mut v = serde_json::json!({
+        "captured_len": raw.len(),
+        "wire_len": b.wire_len,
+        "truncated": b.truncated,
+        "content_encoding": b.content_encoding,
+        "chunks": b.chunks.len(),
+        "wire_base64": base64::engine::general_purpose::STANDARD.encode(&raw),
+    });
+    match b.decoded(DECODE_LIMIT) {
+        Ok(d) => match std::str::from_utf8(&d) {
+            Ok(text) => v["text"] = serde_json::Value::String(text.to_string()),
+            Err(_) => {
+                v["decoded_base64"] =
+                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&d))
+            }
+        },
+        Err(e) => v["decode_error"] = serde_json::Value::String(e.to_string()),
+    }
+    v
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The JSON an operator sees for an unsealed exchange: every field; bodies as `text` (after
+/// `Content-Encoding` is removed) when UTF-8, else `decoded_base64`, and always `wire_base64`
+/// (the captured bytes as they crossed the wire).
+pub fn exchange_to_json(ex: &Exchange) -> serde_json::Value {
+    serde_json::json!({
+        "id": ex.id.to_string(),
+        "started_at": rfc3339(ex.started_at),
+        "timings_ms": {
+            "request_end": ex.timings.request_end.map(ms),
+            "response_headers": ex.timings.response_headers.map(ms),
+            "first_byte": ex.timings.first_byte.map(ms),
+            "end": ms(ex.timings.end),
+        },
+        "client_addr": ex.client_addr.map(|a| a.to_string()),
+        "route": match &ex.route {
+            Route::Intercept => serde_json::json!({"kind": "intercept"}),
+            Route::Gateway { name } => serde_json::json!({"kind": "gateway", "name": name}),
+            Route::PlainHttp => serde_json::json!({"kind": "plain_http"}),
+        },
+        "upstream": {"scheme": ex.upstream.scheme, "host": ex.upstream.host, "port": ex.upstream.port},
+        "client_version": ex.client_version,
+        "method": ex.method,
+        "path": ex.path,
+        "request_headers": ex.request_headers,
+        "tags": ex.tags,
+        "api_key_fingerprint": ex.api_key_fingerprint,
+        "request_body": body_json(&ex.request_body),
+        "status": ex.status,
+        "response_headers": ex.response_headers,
+        "response_body": body_json(&ex.response_body),
+        "outcome": match &ex.outcome {
+            Outcome::UpstreamAborted { reason } => serde_json::json!({"kind": ex.outcome.as_str(), "reason": reason}),
+            Outcome::UpstreamFailed { kind, reason } => serde_json::json!({"kind": ex.outcome.as_str(), "failure": kind.as_str(), "reason": reason}),
+            _ => serde_json::json!({"kind": ex.outcome.as_str()}),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::tests::openai_chat;
+
+    fn dirs(root: &std::path::Path) -> StoreDirs {
+        StoreDirs {
+            data: root.join("data"),
+            keys: root.join("keys"),
+            admin: None,
+            retention: None,
+        }
+    }
+
+    #[test]
+    fn forget_unknown_exits_nonzero_and_known_zero() {
+        let root = tempfile::tempdir().unwrap();
+        let d = dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let user = pseudonymize_user(&ring, "carol");
+        let ex = openai_chat();
+        {
+            let store = SealStore::open(&d.data, ring, SealOptions::default()).unwrap();
+            store.seal_blocking(&ex, Some(&user)).unwrap();
+        }
+        let args = |ids: Vec<String>, user: Option<&str>| ForgetArgs {
+            ids,
+            user: user.map(str::to_string),
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        let unknown = ExchangeId::new().to_string();
+        assert_eq!(
+            run_forget(&args(vec![unknown], None), &d).unwrap(),
+            ExitCode::from(1)
+        );
+        assert_eq!(
+            run_forget(&args(vec![], Some("carol")), &d).unwrap(),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            run_forget(&args(vec![ex.id.to_string()], None), &d).unwrap(),
+            ExitCode::from(1),
+            "already forgotten by user"
+        );
+        let audit = std::fs::read_to_string(d.data.join("audit.jsonl")).unwrap();
+        assert!(audit.contains(&ex.id.to_string()));
+        assert!(audit.contains(&user));
+        assert!(!audit.contains("carol"), "raw user id in the audit log");
+    }
+
+    #[test]
+    fn locked_store_without_admin_is_a_clear_error() {
+        let root = tempfile::tempdir().unwrap();
+        let d = dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let _held = SealStore::open(&d.data, ring, SealOptions::default()).unwrap();
+        let err = run_compact(&d).expect_err("locked");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--admin"), "{msg}");
+        let missing = dirs(&root.path().join("nowhere"));
+        let err = run_compact(&missing).expect_err("no keys");
+        assert!(format!("{err:#}").contains("no master key"), "{err:#}");
+    }
+
+    #[test]
+    fn locked_store_goes_through_the_admin_api() {
+        let root = tempfile::tempdir().unwrap();
+        let mut d = dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let token = AdminToken::load_or_create(&d.keys).unwrap();
+        let store = SealStore::open(
+            &d.data,
+            Keyring::load(&d.keys).unwrap(),
+            SealOptions {
+                keys_dir: Some(d.keys.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let dave = pseudonymize_user(&ring, "dave");
+        let a = openai_chat();
+        let b = openai_chat();
+        store.seal_blocking(&a, None).unwrap();
+        store.seal_blocking(&b, Some(&dave)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        d.admin = Some(listener.local_addr().unwrap());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(crate::admin::serve(listener, store.clone(), token, async {
+            let _ = rx.await;
+        }));
+        let unseal = UnsealArgs {
+            id: a.id.to_string(),
+            raw: false,
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_unseal(&unseal, &d).unwrap(), ExitCode::SUCCESS);
+        let forget = ForgetArgs {
+            ids: vec![a.id.to_string()],
+            user: None,
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::from(1));
+        let by_user = ForgetArgs {
+            ids: vec![],
+            user: Some("dave".into()),
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_forget(&by_user, &d).unwrap(), ExitCode::SUCCESS);
+        assert!(store.is_empty().unwrap());
+        assert_eq!(run_keys_rotate(&d).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(store.keyring().current().id(), crate::keys::KeyId(2));
+        assert_eq!(run_compact(&d).unwrap(), ExitCode::SUCCESS);
+        // A wrong token is refused with a clear error.
+        std::fs::write(d.keys.join(crate::admin::TOKEN_FILE), "nope").unwrap();
+        let err = run_compact(&d).expect_err("wrong token");
+        assert!(format!("{err:#}").contains("refused the token"), "{err:#}");
+        stop.send(()).unwrap();
+        drop(rt);
+    }
+
+    #[test]
+    fn json_view_has_text_and_wire_bytes() {
+        let ex = openai_chat();
+        let v = exchange_to_json(&ex);
+        assert!(
+            v["request_body"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("gpt-4o")
+        );
+        assert_eq!(raw_from_json(&v["response_body"]), ex.response_body.bytes());
+        assert_eq!(v["outcome"]["kind"], "complete");
+    }
+}

@@ -1,0 +1,533 @@
+//! # Envelope: the sealed payload format and its two layers of AES-256-GCM.
+//!
+//! Owns the byte layouts of a sealed exchange (the *frame* written to a segment) and of a
+//! wrapped data key (the *key slot*), and the only code that encrypts or decrypts them. It
+//! never touches files, the index or the network: [`super::store`] decides where bytes go.
+//!
+//! ## Payload (plaintext, format version 1)
+//! ```text
+//! u8 version = 1 | u32 LE meta_len | meta JSON | request body chunks | response body chunks
+//! ```
+//! The meta JSON holds every field of the [`Exchange`] except the body bytes, plus each body
+//! chunk's length so chunk boundaries survive. Bodies are copied raw (no base64): large
+//! payloads cost one copy and one pass of AES-GCM.
+//!
+//! ## Frame (what a segment holds)
+//! ```text
+//! u32 BE magic "VEF1" | u32 LE ct_len | u32 LE crc32(rest) | id[16] | u32 LE key_id | nonce[12] | ciphertext+tag[ct_len]
+//! ```
+//! Sealed with a fresh random 256-bit data key and a random 96-bit nonce; the associated data
+//! is `"veil-seal-v1" ‖ id ‖ key_id`, so a frame moved under another request ID fails
+//! authentication. The CRC is for crash recovery (finding a torn tail); authenticity is the
+//! GCM tag's job.
+//!
+//! ## Key slot (96 bytes, stored apart from the payload)
+//! ```text
+//! u32 BE magic "VKS1" | u32 LE crc32(rest) | id[16] | u32 LE key_id | nonce[12] | wrapped key+tag[48] | zero[40]
+//! ```
+//! The data key is wrapped with AES-256-GCM under `Purpose::SealWrap` of master key `key_id`,
+//! associated data `"veil-wrap-v1" ‖ id ‖ key_id`. Forgetting overwrites the slot with zeros.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{ErrorKind, SealError};
+use crate::exchange::{
+    Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
+};
+use crate::keys::{DerivedKey, KeyId};
+
+/// Current payload format version.
+pub const FORMAT_VERSION: u8 = 1;
+/// Frame magic, "VEF1".
+pub const FRAME_MAGIC: u32 = 0x5645_4631;
+/// Bytes before the ciphertext in a frame.
+pub const FRAME_HEADER: usize = 4 + 4 + 4 + 16 + 4 + 12;
+/// Key slot magic, "VKS1".
+pub const SLOT_MAGIC: u32 = 0x564B_5331;
+/// Size of one key slot: 88 bytes used, padded to 128 so a slot never straddles a 512-byte
+/// sector and an in-place overwrite (forget, rewrap) cannot tear.
+pub const SLOT_LEN: usize = 128;
+const TAG_LEN: usize = 16;
+const SEAL_AAD: &[u8] = b"veil-seal-v1";
+const WRAP_AAD: &[u8] = b"veil-wrap-v1";
+
+/// Request headers that carry credentials. The proxy already fingerprints them; the seal
+/// drops them again by name, so a capture bug can never put a credential on disk.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+    "set-cookie",
+];
+
+/// True when `name` (any case) is a credential header.
+pub fn is_credential_header(name: &str) -> bool {
+    CREDENTIAL_HEADERS
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// A 256-bit data key, zeroized on drop.
+pub type DataKey = Zeroizing<[u8; 32]>;
+
+/// A fresh random data key.
+pub fn fresh_data_key() -> DataKey {
+    let mut k = Zeroizing::new([0u8; 32]);
+    rand::fill(&mut k[..]);
+    k
+}
+
+fn aad(prefix: &[u8], id: ExchangeId, key_id: KeyId) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a[..12].copy_from_slice(prefix);
+    a[12..28].copy_from_slice(id.as_bytes());
+    a[28..].copy_from_slice(&key_id.0.to_le_bytes());
+    a
+}
+
+// === payload ===
+
+#[derive(Serialize, Deserialize)]
+struct BodyMeta {
+    chunks: Vec<u64>,
+    wire_len: u64,
+    truncated: bool,
+    content_encoding: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RouteMeta {
+    Intercept,
+    Gateway { name: String },
+    PlainHttp,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum OutcomeMeta {
+    Complete,
+    ClientAborted,
+    UpstreamAborted { reason: String },
+    UpstreamFailed { failure: String, reason: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct MetaV1 {
+    id: String,
+    started_at_ns: u128,
+    request_end_ns: Option<u64>,
+    response_headers_ns: Option<u64>,
+    first_byte_ns: Option<u64>,
+    end_ns: u64,
+    client_addr: Option<String>,
+    route: RouteMeta,
+    scheme: String,
+    host: String,
+    port: u16,
+    client_version: String,
+    method: String,
+    path: String,
+    request_headers: Headers,
+    tags: Headers,
+    api_key_fingerprint: Option<String>,
+    request_body: BodyMeta,
+    status: Option<u16>,
+    response_headers: Headers,
+    response_body: BodyMeta,
+    outcome: OutcomeMeta,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn body_meta(b: &Body) -> BodyMeta {
+    BodyMeta {
+        chunks: b.chunks.iter().map(|c| c.len() as u64).collect(),
+        wire_len: b.wire_len,
+        truncated: b.truncated,
+        content_encoding: b.content_encoding.clone(),
+    }
+}
+
+fn scrub(headers: &Headers) -> Headers {
+    headers
+        .iter()
+        .filter(|(k, _)| !is_credential_header(k))
+        .cloned()
+        .collect()
+}
+
+/// Serializes `ex` (credential headers dropped) into `out`, after whatever `out` holds.
+fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
+    let meta = MetaV1 {
+        id: ex.id.to_string(),
+        started_at_ns: ex
+            .started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+        request_end_ns: ex.timings.request_end.map(ns),
+        response_headers_ns: ex.timings.response_headers.map(ns),
+        first_byte_ns: ex.timings.first_byte.map(ns),
+        end_ns: ns(ex.timings.end),
+        client_addr: ex.client_addr.map(|a| a.to_string()),
+        route: match &ex.route {
+            Route::Intercept => RouteMeta::Intercept,
+            Route::Gateway { name } => RouteMeta::Gateway { name: name.clone() },
+            Route::PlainHttp => RouteMeta::PlainHttp,
+        },
+        scheme: ex.upstream.scheme.clone(),
+        host: ex.upstream.host.clone(),
+        port: ex.upstream.port,
+        client_version: ex.client_version.clone(),
+        method: ex.method.clone(),
+        path: ex.path.clone(),
+        request_headers: scrub(&ex.request_headers),
+        tags: ex.tags.clone(),
+        api_key_fingerprint: ex.api_key_fingerprint.clone(),
+        request_body: body_meta(&ex.request_body),
+        status: ex.status,
+        response_headers: scrub(&ex.response_headers),
+        response_body: body_meta(&ex.response_body),
+        outcome: match &ex.outcome {
+            Outcome::Complete => OutcomeMeta::Complete,
+            Outcome::ClientAborted => OutcomeMeta::ClientAborted,
+            Outcome::UpstreamAborted { reason } => OutcomeMeta::UpstreamAborted {
+                reason: reason.clone(),
+            },
+            Outcome::UpstreamFailed { kind, reason } => OutcomeMeta::UpstreamFailed {
+                failure: kind.as_str().to_string(),
+                reason: reason.clone(),
+            },
+        },
+    };
+    let json = serde_json::to_vec(&meta)
+        .map_err(|e| SealError::new(ErrorKind::Format, format!("encode: {e}")))?;
+    let meta_len = u32::try_from(json.len())
+        .map_err(|_| SealError::new(ErrorKind::Format, "metadata too large"))?;
+    out.reserve(5 + json.len() + ex.request_body.captured_len() + ex.response_body.captured_len());
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&meta_len.to_le_bytes());
+    out.extend_from_slice(&json);
+    for c in ex
+        .request_body
+        .chunks
+        .iter()
+        .chain(&ex.response_body.chunks)
+    {
+        out.extend_from_slice(c);
+    }
+    Ok(())
+}
+
+fn bad(why: impl std::fmt::Display) -> SealError {
+    SealError::new(ErrorKind::Format, why)
+}
+
+fn take_body(meta: BodyMeta, all: &Bytes, pos: &mut usize) -> Result<Body, SealError> {
+    let mut chunks = Vec::with_capacity(meta.chunks.len());
+    for len in meta.chunks {
+        let len = usize::try_from(len).map_err(|_| bad("chunk length"))?;
+        let end = pos
+            .checked_add(len)
+            .filter(|e| *e <= all.len())
+            .ok_or_else(|| bad("payload shorter than its chunk table"))?;
+        chunks.push(all.slice(*pos..end));
+        *pos = end;
+    }
+    Ok(Body {
+        chunks,
+        wire_len: meta.wire_len,
+        truncated: meta.truncated,
+        content_encoding: meta.content_encoding,
+    })
+}
+
+/// Parses a decrypted payload back into an [`Exchange`] (body chunks share `plain`).
+pub(crate) fn decode_payload(plain: Bytes) -> Result<Exchange, SealError> {
+    if plain.len() < 5 {
+        return Err(bad("payload too short"));
+    }
+    if plain[0] != FORMAT_VERSION {
+        return Err(bad(format!(
+            "unknown payload format version {} (this veil reads {FORMAT_VERSION})",
+            plain[0]
+        )));
+    }
+    let meta_len = u32::from_le_bytes(plain[1..5].try_into().expect("invariant: 4 bytes")) as usize;
+    let meta_end = 5usize
+        .checked_add(meta_len)
+        .filter(|e| *e <= plain.len())
+        .ok_or_else(|| bad("metadata length out of range"))?;
+    let meta: MetaV1 =
+        serde_json::from_slice(&plain[5..meta_end]).map_err(|e| bad(format!("metadata: {e}")))?;
+    let mut pos = meta_end;
+    let request_body = take_body(meta.request_body, &plain, &mut pos)?;
+    let response_body = take_body(meta.response_body, &plain, &mut pos)?;
+    let failure = |s: &str| match s {
+        "connect" => UpstreamFailure::Connect,
+        "tls" => UpstreamFailure::Tls,
+        "timeout" => UpstreamFailure::Timeout,
+        _ => UpstreamFailure::Protocol,
+    };
+    let secs = (meta.started_at_ns / 1_000_000_000) as u64;
+    let nanos = (meta.started_at_ns % 1_000_000_000) as u32;
+    Ok(Exchange {
+        id: meta.id.parse().map_err(|_| bad("bad id in metadata"))?,
+        started_at: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+        timings: Timings {
+            request_end: meta.request_end_ns.map(Duration::from_nanos),
+            response_headers: meta.response_headers_ns.map(Duration::from_nanos),
+            first_byte: meta.first_byte_ns.map(Duration::from_nanos),
+            end: Duration::from_nanos(meta.end_ns),
+        },
+        client_addr: meta
+            .client_addr
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok()),
+        route: match meta.route {
+            RouteMeta::Intercept => Route::Intercept,
+            RouteMeta::Gateway { name } => Route::Gateway { name },
+            RouteMeta::PlainHttp => Route::PlainHttp,
+        },
+        upstream: Upstream {
+            scheme: meta.scheme,
+            host: meta.host,
+            port: meta.port,
+        },
+        client_version: meta.client_version,
+        method: meta.method,
+        path: meta.path,
+        request_headers: meta.request_headers,
+        tags: meta.tags,
+        api_key_fingerprint: meta.api_key_fingerprint,
+        request_body,
+        status: meta.status,
+        response_headers: meta.response_headers,
+        response_body,
+        outcome: match meta.outcome {
+            OutcomeMeta::Complete => Outcome::Complete,
+            OutcomeMeta::ClientAborted => Outcome::ClientAborted,
+            OutcomeMeta::UpstreamAborted { reason } => Outcome::UpstreamAborted { reason },
+            OutcomeMeta::UpstreamFailed { failure: f, reason } => Outcome::UpstreamFailed {
+                kind: failure(&f),
+                reason,
+            },
+        },
+    })
+}
+
+// === frame ===
+
+/// Serializes and seals `ex` under `data_key` into one frame ready to append to a segment.
+/// Public for benchmarks and tools; the store calls it from [`super::SealStore::submit`].
+pub fn seal_frame(ex: &Exchange, data_key: &DataKey, key_id: KeyId) -> Result<Vec<u8>, SealError> {
+    let mut buf = vec![0u8; FRAME_HEADER];
+    encode_payload(ex, &mut buf)?;
+    let mut nonce = [0u8; 12];
+    rand::fill(&mut nonce);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&data_key[..]));
+    let tag = cipher
+        .encrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &aad(SEAL_AAD, ex.id, key_id),
+            &mut buf[FRAME_HEADER..],
+        )
+        .map_err(|_| SealError::new(ErrorKind::Format, "payload too large to seal"))?;
+    buf.extend_from_slice(&tag);
+    let ct_len = u32::try_from(buf.len() - FRAME_HEADER)
+        .map_err(|_| SealError::new(ErrorKind::Format, "payload over 4 GiB"))?;
+    buf[0..4].copy_from_slice(&FRAME_MAGIC.to_be_bytes());
+    buf[4..8].copy_from_slice(&ct_len.to_le_bytes());
+    buf[12..28].copy_from_slice(ex.id.as_bytes());
+    buf[28..32].copy_from_slice(&key_id.0.to_le_bytes());
+    buf[32..44].copy_from_slice(&nonce);
+    let crc = crc32fast::hash(&buf[12..]);
+    buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf)
+}
+
+/// What a frame header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    /// Ciphertext length including the tag.
+    pub ct_len: u32,
+    /// Stored CRC of everything after the CRC field.
+    pub crc: u32,
+    /// Request id.
+    pub id: ExchangeId,
+    /// Master key id the data key was first wrapped with (part of the associated data).
+    pub key_id: KeyId,
+}
+
+impl FrameHeader {
+    /// Total frame length.
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER + self.ct_len as usize
+    }
+}
+
+/// Parses a frame header; `None` when the magic is wrong or the bytes are too short.
+pub(crate) fn parse_frame_header(b: &[u8]) -> Option<FrameHeader> {
+    if b.len() < FRAME_HEADER || b[0..4] != FRAME_MAGIC.to_be_bytes() {
+        return None;
+    }
+    let u32le = |r: std::ops::Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes"));
+    let ct_len = u32le(4..8);
+    if (ct_len as usize) < TAG_LEN {
+        return None;
+    }
+    Some(FrameHeader {
+        ct_len,
+        crc: u32le(8..12),
+        id: ExchangeId::from_bytes(b[12..28].try_into().expect("16 bytes")),
+        key_id: KeyId(u32le(28..32)),
+    })
+}
+
+/// True when a whole frame's CRC matches.
+pub(crate) fn frame_crc_ok(frame: &[u8], h: &FrameHeader) -> bool {
+    frame.len() == h.frame_len() && crc32fast::hash(&frame[12..]) == h.crc
+}
+
+/// Decrypts a whole frame (its header already checked to name `id`) and parses it.
+pub(crate) fn open_frame(
+    mut frame: Vec<u8>,
+    id: ExchangeId,
+    data_key: &DataKey,
+) -> Result<Exchange, SealError> {
+    let h = parse_frame_header(&frame).ok_or_else(|| {
+        SealError::new(
+            ErrorKind::Corrupt,
+            format!("{id}: no valid frame at the indexed offset"),
+        )
+    })?;
+    if h.id != id || frame.len() != h.frame_len() {
+        return Err(SealError::new(
+            ErrorKind::Corrupt,
+            format!("{id}: the indexed frame belongs to another request or is short"),
+        ));
+    }
+    let crc_ok = frame_crc_ok(&frame, &h);
+    let nonce: [u8; 12] = frame[32..44].try_into().expect("12 bytes");
+    let tag_at = frame.len() - TAG_LEN;
+    let tag: [u8; 16] = frame[tag_at..].try_into().expect("16 bytes");
+    frame.truncate(tag_at);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&data_key[..]));
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &aad(SEAL_AAD, id, h.key_id),
+            &mut frame[FRAME_HEADER..],
+            Tag::from_slice(&tag),
+        )
+        .map_err(|_| {
+            SealError::new(
+                ErrorKind::Authentication,
+                format!(
+                    "{id}: payload failed authentication (tampered or corrupted; checksum {}), nothing returned",
+                    if crc_ok { "matches, so likely tampered" } else { "also mismatches" }
+                ),
+            )
+        })?;
+    let mut plain = frame;
+    plain.drain(..FRAME_HEADER);
+    decode_payload(Bytes::from(plain))
+}
+
+// === key slot ===
+
+/// Wraps `data_key` for `id` under `wrap` (the SealWrap key of master `key_id`).
+pub(crate) fn wrap_slot(
+    id: ExchangeId,
+    data_key: &DataKey,
+    key_id: KeyId,
+    wrap: &DerivedKey,
+) -> [u8; SLOT_LEN] {
+    let mut slot = [0u8; SLOT_LEN];
+    slot[0..4].copy_from_slice(&SLOT_MAGIC.to_be_bytes());
+    slot[8..24].copy_from_slice(id.as_bytes());
+    slot[24..28].copy_from_slice(&key_id.0.to_le_bytes());
+    let mut nonce = [0u8; 12];
+    rand::fill(&mut nonce);
+    slot[28..40].copy_from_slice(&nonce);
+    slot[40..72].copy_from_slice(&data_key[..]);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(wrap.bytes()));
+    let tag = cipher
+        .encrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &aad(WRAP_AAD, id, key_id),
+            &mut slot[40..72],
+        )
+        .expect("invariant: 32 bytes always fit AES-GCM");
+    slot[72..88].copy_from_slice(&tag);
+    let crc = crc32fast::hash(&slot[8..]);
+    slot[4..8].copy_from_slice(&crc.to_le_bytes());
+    slot
+}
+
+/// The master key id a slot was wrapped under, after checking it belongs to `id`.
+pub(crate) fn slot_key_id(slot: &[u8; SLOT_LEN], id: ExchangeId) -> Result<KeyId, SealError> {
+    if slot.iter().all(|b| *b == 0) {
+        return Err(SealError::new(
+            ErrorKind::NotFound,
+            format!("{id}: data key destroyed (forgotten)"),
+        ));
+    }
+    let crc = u32::from_le_bytes(slot[4..8].try_into().expect("4 bytes"));
+    if slot[0..4] != SLOT_MAGIC.to_be_bytes() || crc32fast::hash(&slot[8..]) != crc {
+        return Err(SealError::new(
+            ErrorKind::Corrupt,
+            format!("{id}: wrapped data key is corrupt"),
+        ));
+    }
+    if slot[8..24] != id.as_bytes()[..] {
+        return Err(SealError::new(
+            ErrorKind::Corrupt,
+            format!("{id}: key slot belongs to another request"),
+        ));
+    }
+    Ok(KeyId(u32::from_le_bytes(
+        slot[24..28].try_into().expect("4 bytes"),
+    )))
+}
+
+/// Unwraps the data key in `slot` with `wrap` (the SealWrap key of the slot's key id).
+pub(crate) fn unwrap_slot(
+    slot: &[u8; SLOT_LEN],
+    id: ExchangeId,
+    wrap: &DerivedKey,
+) -> Result<DataKey, SealError> {
+    let key_id = slot_key_id(slot, id)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&slot[40..72]);
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(wrap.bytes()));
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&slot[28..40]),
+            &aad(WRAP_AAD, id, key_id),
+            &mut key[..],
+            Tag::from_slice(&slot[72..88]),
+        )
+        .map_err(|_| {
+            SealError::new(
+                ErrorKind::WrongKey,
+                format!(
+                    "{id}: master key {key_id} does not unwrap this data key (wrong master key for this store?)"
+                ),
+            )
+        })?;
+    Ok(key)
+}

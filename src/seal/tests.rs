@@ -1,0 +1,771 @@
+//! Sealed store tests: round trips, no plaintext on disk, keys, tampering, forget, retention,
+//! rotation, crash recovery.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::exchange::{Body, Exchange, ExchangeId, Outcome, Route, Timings, Upstream};
+use crate::keys::{KeyId, Keyring, MasterKey, pseudonymize_user};
+
+const PROMPT: &str = "PLANTED-PROMPT: my diagnosis is hypertension, call me at +1-555-0100";
+const SECRET: &str = "sk-PLANTEDsecretKEY0123456789abcdefABCDEF";
+const COMPLETION: &str = "PLANTED-COMPLETION: reduce salt intake";
+
+#[derive(Debug, Default)]
+pub(crate) struct MemorySink(pub Mutex<Vec<AuditEvent>>);
+
+impl AuditSink for MemorySink {
+    fn emit(&self, event: &AuditEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+pub(crate) fn ring(seed: u8) -> Keyring {
+    Keyring::single(MasterKey::from_bytes(KeyId(1), [seed; 32]))
+}
+
+fn open(dir: &Path, keyring: Keyring) -> (SealStore, Arc<MemorySink>) {
+    let sink = Arc::new(MemorySink::default());
+    let store = SealStore::open(
+        dir,
+        keyring,
+        SealOptions {
+            audit: Some(sink.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (store, sink)
+}
+
+fn body(chunks: &[&[u8]]) -> Body {
+    let chunks: Vec<Bytes> = chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect();
+    Body {
+        wire_len: chunks.iter().map(|c| c.len() as u64).sum(),
+        chunks,
+        truncated: false,
+        content_encoding: None,
+    }
+}
+
+pub(crate) fn openai_chat() -> Exchange {
+    let req = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{PROMPT}"}}],"user":"alice"}}"#
+    );
+    let resp = format!(
+        r#"{{"id":"chatcmpl-1","choices":[{{"message":{{"role":"assistant","content":"{COMPLETION}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":12,"completion_tokens":5}}}}"#
+    );
+    Exchange {
+        id: ExchangeId::new(),
+        started_at: SystemTime::now(),
+        timings: Timings {
+            request_end: Some(Duration::from_millis(2)),
+            response_headers: Some(Duration::from_millis(300)),
+            first_byte: Some(Duration::from_millis(301)),
+            end: Duration::from_millis(320),
+        },
+        client_addr: Some("127.0.0.1:50000".parse().unwrap()),
+        route: Route::Intercept,
+        upstream: Upstream {
+            scheme: "https".into(),
+            host: "api.openai.com".into(),
+            port: 443,
+        },
+        client_version: "HTTP/1.1".into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        request_headers: vec![
+            ("content-type".into(), "application/json".into()),
+            // A capture bug let a credential through: the seal must drop it anyway.
+            ("authorization".into(), format!("Bearer {SECRET}")),
+            ("X-Api-Key".into(), SECRET.into()),
+            ("cookie".into(), format!("session={SECRET}")),
+        ],
+        tags: vec![("x-veil-feature".into(), "triage".into())],
+        api_key_fingerprint: Some("fp_0123456789abcdef".into()),
+        request_body: body(&[req.as_bytes()]),
+        status: Some(200),
+        response_headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("set-cookie".into(), format!("s={SECRET}")),
+        ],
+        response_body: body(&[resp.as_bytes()]),
+        outcome: Outcome::Complete,
+    }
+}
+
+fn anthropic_stream() -> Exchange {
+    let mut ex = openai_chat();
+    ex.id = ExchangeId::new();
+    ex.route = Route::Gateway {
+        name: "anthropic".into(),
+    };
+    ex.upstream.host = "api.anthropic.com".into();
+    ex.path = "/v1/messages".into();
+    ex.request_headers = vec![("anthropic-version".into(), "2023-06-01".into())];
+    ex.request_body = body(&[format!(
+        r#"{{"model":"claude-sonnet-4","stream":true,"messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#
+    )
+    .as_bytes()]);
+    let (a, b) = COMPLETION.split_at(10);
+    ex.response_body = body(&[
+        b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n",
+        format!("event: content_block_delta\ndata: {{\"delta\":{{\"text\":\"{a}\"}}}}\n\n")
+            .as_bytes(),
+        format!("event: content_block_delta\ndata: {{\"delta\":{{\"text\":\"{b}\"}}}}\n\n")
+            .as_bytes(),
+        b"event: message_stop\ndata: {}\n\n",
+    ]);
+    ex.outcome = Outcome::ClientAborted;
+    ex
+}
+
+fn gzip_body() -> Exchange {
+    use flate2::{Compression, write::GzEncoder};
+    let mut ex = openai_chat();
+    ex.id = ExchangeId::new();
+    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+    enc.write_all(format!(r#"{{"answer":"{COMPLETION}"}}"#).as_bytes())
+        .unwrap();
+    let gz = enc.finish().unwrap();
+    ex.response_body = body(&[&gz[..10], &gz[10..]]);
+    ex.response_body.content_encoding = Some("gzip".into());
+    ex
+}
+
+fn truncated_body() -> Exchange {
+    let mut ex = openai_chat();
+    ex.id = ExchangeId::new();
+    let big = PROMPT.repeat(2000);
+    ex.request_body = body(&[&big.as_bytes()[..40_000]]);
+    ex.request_body.wire_len = big.len() as u64;
+    ex.request_body.truncated = true;
+    ex.status = None;
+    ex.outcome = Outcome::UpstreamFailed {
+        kind: crate::exchange::UpstreamFailure::Timeout,
+        reason: "no headers in 300s".into(),
+    };
+    ex
+}
+
+fn all_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn assert_same(a: &Exchange, b: &Exchange) {
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.started_at, b.started_at);
+    assert_eq!(a.timings, b.timings);
+    assert_eq!(a.client_addr, b.client_addr);
+    assert_eq!(a.route, b.route);
+    assert_eq!(a.upstream, b.upstream);
+    assert_eq!(a.method, b.method);
+    assert_eq!(a.path, b.path);
+    let scrubbed: Vec<_> = a
+        .request_headers
+        .iter()
+        .filter(|(k, _)| !envelope::is_credential_header(k))
+        .cloned()
+        .collect();
+    assert_eq!(scrubbed, b.request_headers);
+    assert_eq!(a.tags, b.tags);
+    assert_eq!(a.api_key_fingerprint, b.api_key_fingerprint);
+    assert_eq!(a.status, b.status);
+    assert_eq!(a.outcome, b.outcome);
+    for (x, y) in [
+        (&a.request_body, &b.request_body),
+        (&a.response_body, &b.response_body),
+    ] {
+        assert_eq!(x.chunks, y.chunks);
+        assert_eq!(x.wire_len, y.wire_len);
+        assert_eq!(x.truncated, y.truncated);
+        assert_eq!(x.content_encoding, y.content_encoding);
+    }
+}
+
+// === round trip and confidentiality ===
+
+#[test]
+fn round_trip_and_no_plaintext_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sink) = open(dir.path(), ring(1));
+    let exs = [
+        openai_chat(),
+        anthropic_stream(),
+        gzip_body(),
+        truncated_body(),
+    ];
+    let user = pseudonymize_user(&ring(1), "alice@example.com");
+    for ex in &exs {
+        store.seal_blocking(ex, Some(&user)).unwrap();
+    }
+    for ex in &exs {
+        let back = store.unseal(ex.id, "test", "round trip").unwrap();
+        assert_same(ex, &back);
+        assert!(back.request_header("authorization").is_none());
+        assert!(back.response_header("set-cookie").is_none());
+    }
+    let gz = exs[2].response_body.decoded(1 << 20).unwrap();
+    assert!(contains(&gz, COMPLETION.as_bytes()));
+    assert_eq!(sink.0.lock().unwrap().len(), 4);
+    assert!(
+        sink.0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|e| e.kind == AuditKind::Unseal && e.user.as_deref() == Some(&user[..]))
+    );
+    drop(store);
+    let gz_raw = exs[2].response_body.bytes();
+    let needles: Vec<&[u8]> = vec![
+        PROMPT.as_bytes(),
+        &PROMPT.as_bytes()[..20],
+        SECRET.as_bytes(),
+        COMPLETION.as_bytes(),
+        &gz_raw[10..40],
+        b"alice",
+        b"hypertension",
+        b"gpt-4o",
+        b"api.openai.com",
+    ];
+    let files = all_files(dir.path());
+    let names: Vec<_> = files.iter().map(|(p, _)| p.clone()).collect();
+    for p in &names {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+    assert!(files.len() >= 3, "{names:?}");
+    for (path, bytes) in &files {
+        for n in &needles {
+            assert!(
+                !contains(bytes, n),
+                "{} contains plaintext {:?}",
+                path.display(),
+                String::from_utf8_lossy(n)
+            );
+        }
+    }
+}
+
+#[test]
+fn raw_user_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let err = store
+        .submit(&openai_chat(), Some("alice@example.com"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Format);
+    assert!(store.is_empty().unwrap());
+}
+
+#[test]
+fn duplicate_id_is_refused_and_original_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let ex = openai_chat();
+    store.seal_blocking(&ex, None).unwrap();
+    let mut again = ex.clone();
+    again.path = "/other".into();
+    let err = store.seal_blocking(&again, None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Duplicate);
+    assert_eq!(store.unseal(ex.id, "t", "t").unwrap().path, ex.path);
+}
+
+// === keys and tampering ===
+
+#[test]
+fn wrong_or_missing_key_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = openai_chat();
+    {
+        let (store, _) = open(dir.path(), ring(1));
+        store.seal_blocking(&ex, None).unwrap();
+    }
+    let (store, sink) = open(dir.path(), ring(2));
+    let err = store.unseal(ex.id, "t", "t").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongKey, "{err}");
+    assert!(err.to_string().contains("k1"), "{err}");
+    drop(store);
+    let other = Keyring::single(MasterKey::from_bytes(KeyId(7), [1; 32]));
+    let (store, _) = open(dir.path(), other);
+    let err = store.unseal(ex.id, "t", "t").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyMissing, "{err}");
+    assert!(
+        sink.0.lock().unwrap().is_empty(),
+        "failed unseals reveal nothing"
+    );
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("sealed/segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn flipped_ciphertext_bit_fails_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let ex = openai_chat();
+    store.seal_blocking(&ex, None).unwrap();
+    let e = store.entry(ex.id).unwrap().unwrap();
+    let seg = &segment_files(dir.path())[0];
+    let mut bytes = std::fs::read(seg).unwrap();
+    let at = (e.offset + envelope::FRAME_HEADER as u64 + 30) as usize;
+    bytes[at] ^= 0x04;
+    std::fs::write(seg, &bytes).unwrap();
+    let err = store.unseal(ex.id, "t", "t").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Authentication, "{err}");
+    // A frame moved under another id fails too (the id is associated data).
+    let ex2 = openai_chat();
+    store.seal_blocking(&ex2, None).unwrap();
+    assert!(store.unseal(ex2.id, "t", "t").is_ok());
+}
+
+#[test]
+fn flipped_key_slot_bit_is_not_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let ex = openai_chat();
+    store.seal_blocking(&ex, None).unwrap();
+    let e = store.entry(ex.id).unwrap().unwrap();
+    let path = dir.path().join("sealed/keyslots");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[e.slot as usize * envelope::SLOT_LEN + 50] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = store.unseal(ex.id, "t", "t").unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Corrupt | ErrorKind::WrongKey),
+        "{err:?}"
+    );
+}
+
+// === forget ===
+
+#[test]
+fn forget_destroys_and_compaction_removes_ciphertext() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sink) = open(dir.path(), ring(1));
+    let keep = openai_chat();
+    let gone = anthropic_stream();
+    store.seal_blocking(&keep, None).unwrap();
+    store.seal_blocking(&gone, None).unwrap();
+    let e = store.entry(gone.id).unwrap().unwrap();
+    let seg = std::fs::read(&segment_files(dir.path())[0]).unwrap();
+    let ct = seg[e.offset as usize + envelope::FRAME_HEADER..][..64].to_vec();
+    let slots = std::fs::read(dir.path().join("sealed/keyslots")).unwrap();
+    let wrapped = slots[e.slot as usize * envelope::SLOT_LEN + 40..][..48].to_vec();
+
+    let out = store
+        .forget(&[gone.id], "cli:test", "GDPR art. 17")
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![ForgetOutcome {
+            id: gone.id,
+            forgotten: true
+        }]
+    );
+    let err = store.unseal(gone.id, "t", "t").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(store.entry(gone.id).unwrap().is_none());
+    // The wrapped key and the ciphertext are zeroed at once, before compaction.
+    let files = all_files(dir.path());
+    for (p, b) in &files {
+        assert!(
+            !contains(b, &wrapped),
+            "wrapped key left in {}",
+            p.display()
+        );
+        assert!(!contains(b, &ct), "ciphertext left in {}", p.display());
+    }
+    let receipts = std::fs::read_to_string(dir.path().join("sealed/receipts.jsonl")).unwrap();
+    assert!(receipts.contains(&gone.id.to_string()));
+    assert!(receipts.contains("GDPR art. 17"));
+    assert!(!receipts.contains(&keep.id.to_string()));
+    {
+        let ev = sink.0.lock().unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].kind, AuditKind::Forget);
+        assert_eq!(ev[0].request_id, gone.id);
+        assert_eq!(ev[0].actor, "cli:test");
+    }
+    // Twice is harmless; unknown ids say so.
+    let again = store.forget(&[gone.id], "t", "again").unwrap();
+    assert!(!again[0].forgotten);
+    assert_eq!(sink.0.lock().unwrap().len(), 1);
+
+    let before: u64 = segment_files(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let stats = store.compact().unwrap();
+    assert_eq!(stats.frames_moved, 1);
+    assert!(stats.bytes_reclaimed >= e.len as u64, "{stats:?}");
+    let after: u64 = segment_files(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(after + u64::from(e.len) <= before, "{before} -> {after}");
+    assert_same(&keep, &store.unseal(keep.id, "t", "t").unwrap());
+    // Slot reuse after forget does not disturb the survivor.
+    let next = gzip_body();
+    store.seal_blocking(&next, None).unwrap();
+    assert_eq!(store.entry(next.id).unwrap().unwrap().slot, e.slot);
+    assert_same(&next, &store.unseal(next.id, "t", "t").unwrap());
+    assert_same(&keep, &store.unseal(keep.id, "t", "t").unwrap());
+    drop(store);
+    let (store, _) = open(dir.path(), ring(1));
+    assert_same(&keep, &store.unseal(keep.id, "t", "t").unwrap());
+    assert_same(&next, &store.unseal(next.id, "t", "t").unwrap());
+    assert!(store.unseal(gone.id, "t", "t").is_err());
+}
+
+#[test]
+fn forget_by_user_removes_exactly_that_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let alice = pseudonymize_user(&ring(1), "alice");
+    let bob = pseudonymize_user(&ring(1), "bob");
+    let mut by = Vec::new();
+    for i in 0..9 {
+        let ex = openai_chat();
+        let user = match i % 3 {
+            0 => Some(alice.as_str()),
+            1 => Some(bob.as_str()),
+            _ => None,
+        };
+        store.seal_blocking(&ex, user).unwrap();
+        by.push((ex.id, i % 3));
+    }
+    let gone = store.forget_user(&alice, "t", "user request").unwrap();
+    assert_eq!(gone.len(), 3);
+    for (id, who) in &by {
+        let present = store.entry(*id).unwrap().is_some();
+        assert_eq!(present, *who != 0, "{id} of user {who}");
+    }
+    assert!(store.ids_for_user(&alice).unwrap().is_empty());
+    assert_eq!(store.ids_for_user(&bob).unwrap().len(), 3);
+    assert!(store.forget_user(&alice, "t", "again").unwrap().is_empty());
+}
+
+#[test]
+fn retention_purges_exactly_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sink) = open(dir.path(), ring(1));
+    let now = SystemTime::now();
+    let mut old = Vec::new();
+    let mut young = Vec::new();
+    for age_days in [40u64, 31, 29, 1, 0] {
+        let mut ex = openai_chat();
+        ex.started_at = now - Duration::from_secs(age_days * 86_400);
+        store.seal_blocking(&ex, None).unwrap();
+        if age_days > 30 { &mut old } else { &mut young }.push(ex.id);
+    }
+    let n = store
+        .purge_before(now - Duration::from_secs(30 * 86_400), "retention")
+        .unwrap();
+    assert_eq!(n, 2);
+    for id in &old {
+        assert!(store.entry(*id).unwrap().is_none());
+    }
+    for id in &young {
+        assert!(store.unseal(*id, "t", "t").is_ok());
+    }
+    let purges: Vec<_> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == AuditKind::Purge)
+        .map(|e| e.request_id)
+        .collect();
+    assert_eq!(purges.len(), 2);
+    assert_eq!(
+        store.purge(Duration::from_secs(30 * 86_400), "r").unwrap(),
+        0
+    );
+}
+
+// === rotation ===
+
+#[test]
+fn rotation_and_rewrap_keep_everything_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let mut kr = Keyring::load_or_create(&keys).unwrap();
+    let (store, sink) = open(&dir.path().join("data"), Keyring::load(&keys).unwrap());
+    let a = openai_chat();
+    store.seal_blocking(&a, None).unwrap();
+    let new_id = kr.rotate();
+    kr.save(&keys).unwrap();
+    store.set_keyring(Keyring::load(&keys).unwrap());
+    let b = anthropic_stream();
+    store.seal_blocking(&b, None).unwrap();
+    assert_same(&a, &store.unseal(a.id, "t", "t").unwrap());
+    assert_same(&b, &store.unseal(b.id, "t", "t").unwrap());
+    assert_eq!(store.rewrap("t").unwrap(), 1);
+    assert_eq!(store.rewrap("t").unwrap(), 0, "rewrap is idempotent");
+    assert_eq!(
+        sink.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == AuditKind::Rewrap)
+            .count(),
+        1
+    );
+    drop(store);
+    // Only the newest key remains: everything still opens.
+    let text = std::fs::read_to_string(keys.join(crate::keys::MASTER_FILE)).unwrap();
+    let newest: String = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{new_id}:")))
+        .collect();
+    let (store, _) = open(&dir.path().join("data"), Keyring::parse(&newest).unwrap());
+    assert_same(&a, &store.unseal(a.id, "t", "t").unwrap());
+    assert_same(&b, &store.unseal(b.id, "t", "t").unwrap());
+}
+
+// === concurrency, locking, crash recovery ===
+
+#[test]
+fn group_commit_acks_everything_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let exs: Vec<Exchange> = (0..500).map(|_| openai_chat()).collect();
+    let acks: Vec<SealAck> = exs.iter().map(|e| store.submit(e, None).unwrap()).collect();
+    for (a, e) in acks.into_iter().zip(&exs) {
+        assert_eq!(a.wait().unwrap(), e.id);
+    }
+    drop(store);
+    let (store, _) = open(dir.path(), ring(1));
+    assert_eq!(store.len().unwrap(), 500);
+    for e in exs.iter().step_by(37) {
+        assert_same(e, &store.unseal(e.id, "t", "t").unwrap());
+    }
+}
+
+#[test]
+fn second_open_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, _) = open(dir.path(), ring(1));
+    let err = SealStore::open(dir.path(), ring(1), SealOptions::default()).unwrap_err();
+    assert!(err.is_locked(), "{err:?}");
+}
+
+#[test]
+fn small_segments_roll_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SealStore::open(
+        dir.path(),
+        ring(1),
+        SealOptions {
+            segment_max: Some(4096),
+            audit: Some(Arc::new(MemorySink::default())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let exs: Vec<Exchange> = (0..40).map(|_| openai_chat()).collect();
+    for e in &exs {
+        store.seal_blocking(e, None).unwrap();
+    }
+    assert!(segment_files(dir.path()).len() > 3);
+    let ids: Vec<_> = exs.iter().step_by(2).map(|e| e.id).collect();
+    store.forget(&ids, "t", "t").unwrap();
+    store.compact().unwrap();
+    for (i, e) in exs.iter().enumerate() {
+        assert_eq!(store.unseal(e.id, "t", "t").is_ok(), i % 2 == 1, "{i}");
+    }
+    drop(store);
+    let (store, _) = open(dir.path(), ring(1));
+    assert_eq!(store.len().unwrap(), 20);
+    for e in exs.iter().skip(1).step_by(2) {
+        assert_same(e, &store.unseal(e.id, "t", "t").unwrap());
+    }
+}
+
+#[test]
+fn torn_tail_is_discarded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let exs: Vec<Exchange> = (0..3).map(|_| openai_chat()).collect();
+    {
+        let (store, _) = open(dir.path(), ring(1));
+        for e in &exs {
+            store.seal_blocking(e, None).unwrap();
+        }
+    }
+    let seg = segment_files(dir.path())[0].clone();
+    let good_len = std::fs::metadata(&seg).unwrap().len();
+    // A half-written frame after the committed ones, as a crash mid-write leaves it.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    let partial =
+        envelope::seal_frame(&openai_chat(), &envelope::fresh_data_key(), KeyId(1)).unwrap();
+    f.write_all(&partial[..partial.len() / 2]).unwrap();
+    drop(f);
+    let (store, _) = open(dir.path(), ring(1));
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+    for e in &exs {
+        assert_same(e, &store.unseal(e.id, "t", "t").unwrap());
+    }
+    let more = openai_chat();
+    store.seal_blocking(&more, None).unwrap();
+    assert_same(&more, &store.unseal(more.id, "t", "t").unwrap());
+}
+
+#[test]
+fn segment_truncated_mid_entry_keeps_the_whole_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let exs: Vec<Exchange> = (0..4).map(|_| openai_chat()).collect();
+    let last = {
+        let (store, _) = open(dir.path(), ring(1));
+        for e in &exs {
+            store.seal_blocking(e, None).unwrap();
+        }
+        store.entry(exs[3].id).unwrap().unwrap()
+    };
+    let seg = segment_files(dir.path())[0].clone();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(last.offset + u64::from(last.len) / 2).unwrap();
+    drop(f);
+    let (store, _) = open(dir.path(), ring(1));
+    for e in &exs[..3] {
+        assert_same(e, &store.unseal(e.id, "t", "t").unwrap());
+    }
+    let err = store.unseal(exs[3].id, "t", "t").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert_eq!(store.len().unwrap(), 3);
+    let receipts = std::fs::read_to_string(dir.path().join("sealed/receipts.jsonl")).unwrap();
+    assert!(receipts.contains("lost: segment truncated"));
+    let more = openai_chat();
+    store.seal_blocking(&more, None).unwrap();
+    drop(store);
+    let (store, _) = open(dir.path(), ring(1));
+    assert_same(&more, &store.unseal(more.id, "t", "t").unwrap());
+    assert_eq!(store.len().unwrap(), 4);
+}
+
+/// Child side of the crash test: seals in a loop and prints `ACK <id>` for each durable one.
+/// Runs only when the parent sets `VEIL_SEAL_CRASH_DIR`.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("VEIL_SEAL_CRASH_DIR") else {
+        return;
+    };
+    let store = SealStore::open(Path::new(&dir), ring(9), SealOptions::default()).unwrap();
+    let mut out = std::io::stdout().lock();
+    let mut n = 0usize;
+    loop {
+        let acks: Vec<SealAck> = (0..16)
+            .map(|i| {
+                let mut ex = openai_chat();
+                ex.response_body = body(&[&vec![b'x'; 1000 + (n + i) * 997 % 150_000]]);
+                store.submit(&ex, None).unwrap()
+            })
+            .collect();
+        for a in acks {
+            let id = a.wait().unwrap();
+            writeln!(out, "ACK {id}").unwrap();
+            out.flush().unwrap();
+        }
+        n += 16;
+    }
+}
+
+#[test]
+fn sigkill_mid_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "seal::tests::crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VEIL_SEAL_CRASH_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if let Some(id) = line.strip_prefix("ACK ") {
+            acked.push(id.trim().parse::<ExchangeId>().unwrap());
+            if acked.len() >= 400 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(acked.len() >= 400, "child acked only {}", acked.len());
+    let (store, _) = open(dir.path(), ring(9));
+    for id in &acked {
+        store
+            .unseal(*id, "t", "t")
+            .unwrap_or_else(|e| panic!("acknowledged {id} lost: {e}"));
+    }
+    // Nothing in the index is corrupt, acknowledged or not.
+    let all = store.ids().unwrap();
+    assert!(all.len() >= acked.len());
+    for id in all {
+        store
+            .unseal(id, "t", "t")
+            .unwrap_or_else(|e| panic!("{id} corrupt after crash: {e}"));
+    }
+}
+
+// === envelope properties ===
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #[test]
+    fn envelope_round_trips_any_chunks_and_headers(
+        req in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..5),
+        resp in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 0..5),
+        headers in proptest::collection::vec(("[a-zA-Z-]{1,12}", "\\PC{0,20}"), 0..6),
+        status in proptest::option::of(100u16..600),
+    ) {
+        let mut ex = openai_chat();
+        ex.request_body.chunks = req.into_iter().map(Bytes::from).collect();
+        ex.response_body.chunks = resp.into_iter().map(Bytes::from).collect();
+        ex.request_headers = headers;
+        ex.status = status;
+        let key = envelope::fresh_data_key();
+        let frame = envelope::seal_frame(&ex, &key, KeyId(3)).unwrap();
+        let h = envelope::parse_frame_header(&frame).unwrap();
+        proptest::prop_assert!(envelope::frame_crc_ok(&frame, &h));
+        let back = envelope::open_frame(frame.clone(), ex.id, &key).unwrap();
+        assert_same(&ex, &back);
+        // Any other id, or any other key, is an authentication failure.
+        let other = envelope::open_frame(frame.clone(), ExchangeId::new(), &key).unwrap_err();
+        proptest::prop_assert_eq!(other.kind(), ErrorKind::Corrupt);
+        let wrong = envelope::open_frame(frame, ex.id, &envelope::fresh_data_key()).unwrap_err();
+        proptest::prop_assert_eq!(wrong.kind(), ErrorKind::Authentication);
+    }
+}
