@@ -13,6 +13,8 @@ use crate::config::{Audit, Config, RawConfig};
 #[derive(Debug, Parser)]
 #[command(name = "veil", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,24 +29,36 @@ enum Command {
         command: CaCommand,
     },
     /// Print the shell lines that point an app at veil.
-    Env(CommonArgs),
+    Env(ListenArg),
+    /// Print the recorded exchanges, one line each (from `<data>/records/`).
+    Tail(crate::export::tail::TailArgs),
+    #[command(flatten)]
+    Seal(crate::seal::cli::SealCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum CaCommand {
     /// Print the path of the CA certificate apps must trust (created if missing).
-    Path(CommonArgs),
+    Path,
 }
 
-/// Flags shared by every command that reads the config.
+/// Flags every command understands (before or after the subcommand).
 #[derive(Debug, Clone, Args)]
-struct CommonArgs {
-    /// TOML config file (same keys as the flags).
-    #[arg(long, value_name = "FILE", env = "VEIL_CONFIG")]
+struct GlobalArgs {
+    /// TOML config file (same keys as the `run` flags).
+    #[arg(long, global = true, value_name = "FILE", env = "VEIL_CONFIG")]
     config: Option<PathBuf>,
-    /// Keys directory (CA, master key) [default: ./keys].
-    #[arg(long, value_name = "DIR")]
+    /// Keys directory (CA, master keys, admin token) [default: ./keys].
+    #[arg(long, global = true, value_name = "DIR")]
     keys: Option<PathBuf>,
+    /// Data directory (records, spool, sealed store) [default: ./data].
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+/// `--listen`.
+#[derive(Debug, Clone, Args)]
+struct ListenArg {
     /// Proxy listen address [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
@@ -53,13 +67,10 @@ struct CommonArgs {
 #[derive(Debug, Args)]
 struct RunArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    listen: ListenArg,
     /// Rules file [default: rules/default.toml].
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
-    /// Data directory (records, spool, sealed store) [default: ./data].
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
     /// OTLP/HTTP endpoint [default: $OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
@@ -99,31 +110,29 @@ enum AuditArg {
     Required,
 }
 
-impl CommonArgs {
-    fn raw(&self) -> RawConfig {
-        RawConfig {
-            keys: self.keys.clone(),
-            listen: self.listen.clone(),
-            ..Default::default()
-        }
-    }
-
+impl GlobalArgs {
+    /// The config file (if any) overlaid with the global flags and then `flags`.
     fn resolve(&self, flags: RawConfig) -> anyhow::Result<Config> {
         let file = self
             .config
             .as_deref()
             .map(RawConfig::from_file)
             .transpose()?;
-        Ok(Config::resolve(file, self.raw().overlay(flags))?)
+        let global = RawConfig {
+            keys: self.keys.clone(),
+            data: self.data.clone(),
+            ..Default::default()
+        };
+        Ok(Config::resolve(file, global.overlay(flags))?)
     }
 }
 
 impl RunArgs {
-    fn config(&self) -> anyhow::Result<Config> {
+    fn config(&self, global: &GlobalArgs) -> anyhow::Result<Config> {
         let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        self.common.resolve(RawConfig {
+        global.resolve(RawConfig {
+            listen: self.listen.listen.clone(),
             rules: self.rules.clone(),
-            data: self.data.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
             intercept: non_empty(&self.intercept),
             resolve: non_empty(&self.resolve),
@@ -164,19 +173,31 @@ fn init_logging() {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = cli.global;
     match cli.command {
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, &global),
         Command::Ca {
-            command: CaCommand::Path(common),
+            command: CaCommand::Path,
         } => {
-            let config = common.resolve(RawConfig::default())?;
+            let config = global.resolve(RawConfig::default())?;
             std::fs::create_dir_all(&config.keys)?;
             let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(&config.keys)?;
             println!("{}", absolute(ca.cert_path()).display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Env(common) => {
-            let config = common.resolve(RawConfig::default())?;
+        Command::Tail(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            crate::export::tail::run_tail(args, &config.data)
+        }
+        Command::Seal(cmd) => {
+            let config = global.resolve(RawConfig::default())?;
+            crate::seal::cli::run(&cmd, &config)
+        }
+        Command::Env(listen) => {
+            let config = global.resolve(RawConfig {
+                listen: listen.listen,
+                ..Default::default()
+            })?;
             std::fs::create_dir_all(&config.keys)?;
             let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(&config.keys)?;
             let bundle = crate::server::write_trust_bundle(&config.keys, ca.cert_pem())?;
@@ -205,8 +226,8 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config()?;
+fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config(global)?;
     let prepared = crate::server::Prepared::load(config)?;
     let ca_path = absolute(prepared.ca.cert_path());
     let runtime = tokio::runtime::Builder::new_multi_thread()
