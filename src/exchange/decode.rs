@@ -125,7 +125,6 @@ impl Write for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     fn gzip(data: &[u8]) -> Bytes {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
