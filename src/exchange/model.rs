@@ -307,7 +307,8 @@ pub struct Conversation {
     /// Estimated cost in USD from the pricing table; `None` for an unknown model or no usage.
     pub cost_usd: Option<f64>,
     /// The raw end-user ID (OpenAI `user`/`safety_identifier`, Anthropic
-    /// `metadata.user_id`, `x-veil-user`, or a configured JSON path). PII: pseudonymize it.
+    /// `metadata.user_id`, a configured JSON path, or the `x-veil-user` tag; later ones in
+    /// that list win, the explicit tag above all). PII: pseudonymize it.
     pub user_id: Option<String>,
     /// The `x-veil-feature` tag.
     pub feature: Option<String>,
@@ -324,7 +325,8 @@ pub struct Conversation {
     pub error_message: Option<String>,
     /// The request was not understood; content fields are empty. See `opaque_reason`.
     pub opaque: bool,
-    /// Why the exchange (or its response) was not understood, for operators. No content.
+    /// Why the exchange was not understood (set with `opaque`), or why part of a streamed
+    /// response was dropped (an event over the size limit), for operators. No content.
     pub opaque_reason: Option<String>,
     /// The exchange was aborted, or the event stream was cut mid-event.
     pub aborted: bool,

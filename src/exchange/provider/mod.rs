@@ -455,7 +455,14 @@ fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation) {
     let Ok(v) = serde_json::from_str::<Value>(data) else {
         return; // a non-JSON event (keep-alive text) carries nothing for the model
     };
-    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+    // Anthropic and OpenAI Chat put an `error` object in the event; the Responses API
+    // sends `{"type":"error","code","message"}` itself.
+    let err = match v.get("error").filter(|e| !e.is_null()) {
+        Some(e) => Some(e.clone()),
+        None if v.get("type").and_then(Value::as_str) == Some("error") => Some(v.clone()),
+        None => None,
+    };
+    if let Some(err) = err {
         let (kind, message) = error_info(&serde_json::json!({ "error": err }));
         c.error_type = kind.or_else(|| Some("_OTHER".into()));
         c.error_message = message;

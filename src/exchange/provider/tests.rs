@@ -1342,3 +1342,22 @@ proptest! {
         let _ = run(&exchange(host, path, &req, 200, SSE, &resp));
     }
 }
+
+#[test]
+fn responses_stream_error_event_sets_the_error_type() {
+    let stream = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-4.1\",\"status\":\"in_progress\",\"output\":[]}}\n\n\
+event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"The server had an error.\"}\n\n";
+    let req = streaming(&fixture("openai/responses_request.json"));
+    let c = run(&exchange(
+        "api.openai.com",
+        "/v1/responses",
+        &req,
+        200,
+        SSE,
+        stream,
+    ));
+    assert_eq!(c.error_type.as_deref(), Some("server_error"));
+    assert_eq!(c.error_message.as_deref(), Some("The server had an error."));
+    assert_eq!(c.response_id.as_deref(), Some("resp_1"));
+    assert!(c.output_messages.is_empty());
+}
