@@ -146,6 +146,7 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
 
     // Gemini: `/v1beta/models/{model}:{method}` (Vertex: `…/publishers/google/models/…`).
     if let Some((before, method)) = path.rsplit_once(':')
+        && !method.contains('/')
         && let Some(idx) = before.rfind("/models/")
     {
         let model = &before[idx + "/models/".len()..];
