@@ -1361,3 +1361,80 @@ event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"
     assert_eq!(c.response_id.as_deref(), Some("resp_1"));
     assert!(c.output_messages.is_empty());
 }
+
+// === legacy Completions and Gemini embeddings ===
+
+#[test]
+fn openai_legacy_completions_json_and_stream() {
+    let req = fixture("openai/completions_request.json");
+    let whole = run(&exchange(
+        "api.openai.com",
+        "/v1/completions",
+        &req,
+        200,
+        JSON,
+        &fixture("openai/completions_response.json"),
+    ));
+    assert_eq!(whole.operation, "text_completion");
+    assert_eq!(whole.api_type, None);
+    assert_eq!(
+        whole.request_model.as_deref(),
+        Some("gpt-3.5-turbo-instruct")
+    );
+    assert_eq!(whole.user_id.as_deref(), Some("user-legacy-3"));
+    assert_eq!(whole.params["max_tokens"], json!(16));
+    assert_eq!(
+        whole.input_messages[0].parts,
+        [text("Write a tagline for an ice cream shop.")]
+    );
+    assert_eq!(
+        whole.output_messages,
+        [out(
+            vec![text("\n\nScoops of happiness in every cone.")],
+            "length"
+        )]
+    );
+    assert_eq!(whole.usage.input_tokens, Some(9));
+    assert_eq!(whole.usage.output_tokens, Some(16));
+    assert!(
+        whole.cost_usd.is_none(),
+        "gpt-3.5-turbo-instruct is not gpt-3.5-turbo"
+    );
+
+    let ex = exchange(
+        "api.openai.com",
+        "/v1/completions",
+        &streaming(&req),
+        200,
+        SSE,
+        &fixture("openai/completions_stream.sse"),
+    );
+    assert_same_result(&run(&ex), &whole);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn gemini_embed_content() {
+    let ex = exchange(
+        "generativelanguage.googleapis.com",
+        "/v1beta/models/gemini-embedding-001:embedContent",
+        &fixture("gemini/embed_request.json"),
+        200,
+        JSON,
+        &fixture("gemini/embed_response.json"),
+    );
+    let c = run(&ex);
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("gcp.gemini", "embeddings")
+    );
+    assert_eq!(c.request_model.as_deref(), Some("gemini-embedding-001"));
+    assert_eq!(
+        c.input_messages[0].parts,
+        [text("What is the meaning of life?")]
+    );
+    assert_eq!(c.params["embeddings.dimension.count"], json!(768));
+    assert_eq!(c.usage, Usage::default(), "embedContent reports no usage");
+    assert_eq!(c.cost_usd, None);
+    assert!(!c.opaque);
+}
