@@ -1,7 +1,7 @@
 //! Bounded `Content-Encoding` decoding for captured bodies (never for forwarded bytes).
 //!
 //! The client always receives the original bytes; this only produces the text the record and
-//! the seal see. Every decoder writes through [`Bounded`], which fails as soon as the output
+//! the seal see. Every decoder writes through `Bounded`, which fails as soon as the output
 //! would exceed the limit, so a decompression bomb costs at most `limit` bytes of memory.
 
 use std::fmt;

@@ -13,6 +13,15 @@
 //! This module must never touch the network, the rules, OTLP or crypto.
 
 pub mod decode;
+pub mod model;
+pub mod pricing;
+pub mod provider;
+pub mod sse;
+pub mod traceparent;
+
+pub use model::Conversation;
+pub use pricing::Pricing;
+pub use provider::{ParseOptions, parse};
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,0 +1,77 @@
+//! `exchange::parse` on arbitrary bodies for every dialect: never panics, always returns
+//! a model whose sizes match the input.
+#![no_main]
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use veil::exchange::{
+    Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream, parse,
+};
+
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("api.openai.com", "/v1/chat/completions"),
+    ("api.openai.com", "/v1/responses"),
+    ("api.openai.com", "/v1/embeddings"),
+    ("api.openai.com", "/v1/completions"),
+    ("api.anthropic.com", "/v1/messages"),
+    ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+    ("generativelanguage.googleapis.com", "/v1beta/models/gemini-embedding-001:embedContent"),
+];
+
+fn body(bytes: &[u8], chunk: usize) -> Body {
+    Body {
+        chunks: bytes.chunks(chunk).map(Bytes::copy_from_slice).collect(),
+        wire_len: bytes.len() as u64,
+        truncated: false,
+        content_encoding: None,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    // Header bytes: endpoint, content type, status class, split point, chunk size.
+    let [which, kind, status, split, chunk, rest @ ..] = data else {
+        return;
+    };
+    let (host, path) = ENDPOINTS[usize::from(*which) % ENDPOINTS.len()];
+    let split = (usize::from(*split) * rest.len()) / 256;
+    let (req, resp) = rest.split_at(split);
+    let ctype = if kind % 2 == 0 { "text/event-stream" } else { "application/json" };
+    let ex = Exchange {
+        id: ExchangeId::new(),
+        started_at: SystemTime::UNIX_EPOCH,
+        timings: Timings {
+            first_byte: Some(Duration::from_millis(10)),
+            end: Duration::from_millis(20),
+            ..Timings::default()
+        },
+        client_addr: None,
+        route: Route::Intercept,
+        upstream: Upstream {
+            scheme: "https".into(),
+            host: host.into(),
+            port: 443,
+        },
+        client_version: "HTTP/1.1".into(),
+        method: "POST".into(),
+        path: path.into(),
+        request_headers: Vec::new(),
+        tags: Vec::new(),
+        api_key_fingerprint: None,
+        request_body: body(req, usize::from(*chunk) + 1),
+        status: Some(if status % 4 == 0 { 429 } else { 200 }),
+        response_headers: vec![("content-type".into(), ctype.into())],
+        response_body: body(resp, usize::from(*chunk) + 1),
+        outcome: Outcome::Complete,
+    };
+    let opts = ParseOptions {
+        max_event: 4096,
+        decode_limit: 1 << 20,
+        ..ParseOptions::default()
+    };
+    let c = parse(&ex, &opts, &Pricing::builtin());
+    assert_eq!(c.request_bytes, req.len() as u64);
+    assert_eq!(c.finish_reasons.len(), c.output_messages.len());
+});

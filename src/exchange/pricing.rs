@@ -1,0 +1,312 @@
+//! Cost estimates: a pricing table (USD per million tokens) and model-name matching.
+//!
+//! Part of the exchange step. The table ships as `rules/pricing.toml`, compiled in with
+//! `include_str!` so a fresh install prices the main models; an operator file in the same
+//! format is merged over it (entry by entry), so a negotiated rate or a new model needs no
+//! release. Unknown models cost `None`, never 0: a fake zero would hide spend in dashboards.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::record::Usage;
+
+/// The built-in table.
+const BUILTIN: &str = include_str!("../../rules/pricing.toml");
+
+/// Prices of one model, USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Uncached input tokens.
+    pub input: f64,
+    /// Output tokens (reasoning included).
+    pub output: f64,
+    /// Input tokens read from the prompt cache; the input price when absent.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// Input tokens written to the prompt cache; the input price when absent.
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricingFile {
+    #[serde(default)]
+    aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    models: BTreeMap<String, BTreeMap<String, Price>>,
+}
+
+/// A pricing table: per provider, per model name (or name prefix, see [`Pricing::price`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pricing {
+    models: BTreeMap<String, BTreeMap<String, Price>>,
+    /// Provider → provider whose table it shares (`azure.ai.openai` → `openai`).
+    aliases: BTreeMap<String, String>,
+}
+
+/// A pricing file that could not be read or is invalid; names the file and position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricingError(String);
+
+impl fmt::Display for PricingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PricingError {}
+
+impl Pricing {
+    /// The table shipped with veil (`rules/pricing.toml`).
+    pub fn builtin() -> Pricing {
+        // The built-in file is tested (`builtin_table_parses`), so failing here is a build bug.
+        Pricing::from_toml(BUILTIN, "rules/pricing.toml")
+            .expect("invariant: the built-in pricing table parses")
+    }
+
+    /// Parses a table in the `rules/pricing.toml` format; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Pricing, PricingError> {
+        let file: PricingFile = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            PricingError(format!("{origin}:{line}:{col}: {}", e.message()))
+        })?;
+        for (provider, models) in &file.models {
+            for (model, p) in models {
+                let prices = [Some(p.input), Some(p.output), p.cached_input, p.cache_write];
+                if prices
+                    .into_iter()
+                    .flatten()
+                    .any(|v| !v.is_finite() || v < 0.0)
+                {
+                    return Err(PricingError(format!(
+                        "{origin}: models.{provider}.{model:?}: prices must be finite and >= 0"
+                    )));
+                }
+            }
+        }
+        Ok(Pricing {
+            models: file.models,
+            aliases: file.aliases,
+        })
+    }
+
+    /// The built-in table with the operator's file at `path` merged over it.
+    pub fn load(path: &Path) -> Result<Pricing, PricingError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PricingError(format!("{}: {e}", path.display())))?;
+        let user = Pricing::from_toml(&text, &path.display().to_string())?;
+        let mut table = Pricing::builtin();
+        table.merge(user);
+        Ok(table)
+    }
+
+    /// Merges `other` over `self`: its entries replace same-named ones, others are added.
+    pub fn merge(&mut self, other: Pricing) {
+        for (provider, models) in other.models {
+            self.models.entry(provider).or_default().extend(models);
+        }
+        self.aliases.extend(other.aliases);
+    }
+
+    /// The price of `model` at `provider`.
+    ///
+    /// Exact name first; otherwise the longest entry that `model` extends with only a
+    /// version suffix: `-`/`@`/`:`-separated tokens that are digits or `latest`, `preview`,
+    /// `exp`. Why not a plain prefix match: `gpt-4o-mini` would then be billed as `gpt-4o`
+    /// whenever its own entry is missing, a 16× error; an unknown variant must be `None`.
+    pub fn price(&self, provider: &str, model: &str) -> Option<&Price> {
+        let table = self.models.get(provider).or_else(|| {
+            self.aliases
+                .get(provider)
+                .and_then(|target| self.models.get(target))
+        })?;
+        let model = model.trim();
+        let model = model.strip_prefix("models/").unwrap_or(model);
+        if let Some(p) = table.get(model) {
+            return Some(p);
+        }
+        table
+            .iter()
+            .filter(|(name, _)| {
+                model
+                    .strip_prefix(name.as_str())
+                    .is_some_and(is_version_suffix)
+            })
+            .max_by_key(|(name, _)| name.len())
+            .map(|(_, p)| p)
+    }
+
+    /// Estimated cost in USD of `usage` for `model`, or `None` when the model is not priced
+    /// or the provider reported no token counts.
+    ///
+    /// `usage.input_tokens` includes cached tokens (see [`Usage`]), so cache reads and
+    /// writes are subtracted from it and billed at their own rates: never twice.
+    pub fn cost(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
+        if usage.input_tokens.is_none() && usage.output_tokens.is_none() {
+            return None;
+        }
+        let p = self.price(provider, model)?;
+        let input = usage.input_tokens.unwrap_or(0);
+        let read = usage.cache_read_tokens.unwrap_or(0);
+        let write = usage.cache_creation_tokens.unwrap_or(0);
+        let uncached = input.saturating_sub(read).saturating_sub(write);
+        let output = usage.output_tokens.unwrap_or(0);
+        let micro = uncached as f64 * p.input
+            + read as f64 * p.cached_input.unwrap_or(p.input)
+            + write as f64 * p.cache_write.unwrap_or(p.input)
+            + output as f64 * p.output;
+        Some(micro / 1_000_000.0)
+    }
+}
+
+fn is_version_suffix(rest: &str) -> bool {
+    let Some(tail) = rest.strip_prefix(['-', '@', ':']) else {
+        return false;
+    };
+    tail.split(['-', '@', ':']).all(|token| {
+        (!token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()))
+            || matches!(token, "latest" | "preview" | "exp")
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(input: u64, output: u64) -> Usage {
+        Usage {
+            input_tokens: Some(input),
+            output_tokens: Some(output),
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn builtin_table_parses_and_prices_the_main_models() {
+        let p = Pricing::builtin();
+        for (provider, model) in [
+            ("openai", "gpt-4o"),
+            ("openai", "gpt-4o-mini"),
+            ("openai", "gpt-5"),
+            ("anthropic", "claude-sonnet-4-5"),
+            ("gcp.gemini", "gemini-2.5-flash"),
+            ("mistral_ai", "mistral-large"),
+            ("deepseek", "deepseek-chat"),
+        ] {
+            assert!(p.price(provider, model).is_some(), "{provider} {model}");
+        }
+    }
+
+    #[test]
+    fn price_matches_dated_names_but_not_other_variants() {
+        let p = Pricing::builtin();
+        assert_eq!(p.price("openai", "gpt-4o-2024-08-06").unwrap().input, 2.50);
+        assert_eq!(
+            p.price("openai", "gpt-4o-mini-2024-07-18").unwrap().input,
+            0.15
+        );
+        assert_eq!(p.price("openai", "gpt-4o-mini").unwrap().input, 0.15);
+        assert!(p.price("openai", "gpt-4o-audio-preview").is_none());
+        assert!(p.price("openai", "gpt-4o2").is_none());
+        assert_eq!(
+            p.price("anthropic", "claude-sonnet-4-20250514")
+                .unwrap()
+                .output,
+            15.0
+        );
+        assert_eq!(
+            p.price("anthropic", "claude-opus-4-1-20250805")
+                .unwrap()
+                .input,
+            15.0
+        );
+        assert_eq!(
+            p.price("gcp.gemini", "models/gemini-1.5-pro-002")
+                .unwrap()
+                .output,
+            5.0
+        );
+        assert_eq!(
+            p.price("gcp.vertex_ai", "gemini-2.5-flash-preview-05-20")
+                .unwrap()
+                .input,
+            0.30
+        );
+        assert_eq!(p.price("azure.ai.openai", "gpt-4o").unwrap().input, 2.50);
+        assert!(p.price("openai", "my-finetune").is_none());
+        assert!(p.price("nobody", "gpt-4o").is_none());
+    }
+
+    #[test]
+    fn cost_bills_cached_tokens_once_at_their_rate() {
+        let p = Pricing::builtin();
+        // gpt-4o: 1M input of which 400k cached, 100k output.
+        let u = Usage {
+            cache_read_tokens: Some(400_000),
+            ..usage(1_000_000, 100_000)
+        };
+        let cost = p.cost("openai", "gpt-4o", &u).unwrap();
+        assert!(
+            (cost - (0.6 * 2.5 + 0.4 * 1.25 + 0.1 * 10.0)).abs() < 1e-9,
+            "{cost}"
+        );
+        // Anthropic: writes at the write rate.
+        let u = Usage {
+            cache_read_tokens: Some(100_000),
+            cache_creation_tokens: Some(200_000),
+            ..usage(1_000_000, 0)
+        };
+        let cost = p.cost("anthropic", "claude-sonnet-4", &u).unwrap();
+        assert!(
+            (cost - (0.7 * 3.0 + 0.1 * 0.3 + 0.2 * 3.75)).abs() < 1e-9,
+            "{cost}"
+        );
+    }
+
+    #[test]
+    fn cost_is_none_for_unknown_models_or_missing_usage() {
+        let p = Pricing::builtin();
+        assert_eq!(p.cost("openai", "unknown-model", &usage(10, 10)), None);
+        assert_eq!(p.cost("openai", "gpt-4o", &Usage::default()), None);
+        assert_eq!(p.cost("openai", "gpt-4o", &usage(0, 0)), Some(0.0));
+    }
+
+    #[test]
+    fn user_file_merges_over_builtin() {
+        let mut p = Pricing::builtin();
+        let user = Pricing::from_toml(
+            "[models.openai]\n\"gpt-4o\" = { input = 1.0, output = 2.0 }\n\"my-ft\" = { input = 3.0, output = 4.0 }\n",
+            "user.toml",
+        )
+        .unwrap();
+        p.merge(user);
+        assert_eq!(p.price("openai", "gpt-4o").unwrap().input, 1.0);
+        assert_eq!(p.price("openai", "my-ft").unwrap().output, 4.0);
+        assert_eq!(p.price("openai", "gpt-4o-mini").unwrap().input, 0.15);
+    }
+
+    #[test]
+    fn bad_files_name_the_position_or_entry() {
+        let err =
+            Pricing::from_toml("[models.openai]\n\"x\" = { input = 1.0 }\n", "f.toml").unwrap_err();
+        assert!(err.0.starts_with("f.toml:2:"), "{err}");
+        let err = Pricing::from_toml(
+            "[models.openai]\n\"x\" = { input = -1.0, output = 1.0 }\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(err.0.contains("\"x\""), "{err}");
+    }
+}

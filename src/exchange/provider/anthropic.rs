@@ -1,0 +1,251 @@
+//! Anthropic Messages API (`POST /v1/messages`), JSON and streamed.
+//!
+//! The stream (`message_start`, `content_block_start/delta/stop`, `message_delta`,
+//! `message_stop`) is folded back into a `message` object, tool inputs rebuilt from their
+//! `input_json_delta` fragments, and parsed like a non-streamed response.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    UNFINISHED, arguments, blob, copy_number, copy_stop, finish_reason, media_from_url, str_of,
+    text_or_blocks, u64_of,
+};
+use crate::exchange::model::{Conversation, InputMessage, Modality, OutputMessage, Part, Role};
+use crate::record::Usage;
+
+/// A Messages request.
+pub(super) fn request(req: &Value, c: &mut Conversation) {
+    c.request_model = str_of(req, "model");
+    copy_number(c, req, "max_tokens", "max_tokens");
+    copy_number(c, req, "temperature", "temperature");
+    copy_number(c, req, "top_p", "top_p");
+    copy_number(c, req, "top_k", "top_k");
+    copy_stop(c, req, "stop_sequences");
+    c.stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    c.user_id = req.get("metadata").and_then(|m| str_of(m, "user_id"));
+    for tool in req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        c.tool_names
+            .extend(str_of(tool, "name").or_else(|| str_of(tool, "type")));
+    }
+    c.system_instructions = blocks(req.get("system"));
+    for m in req
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("assistant") => Role::Assistant,
+            _ => Role::User,
+        };
+        c.input_messages.push(InputMessage {
+            role,
+            parts: blocks(m.get("content")),
+            name: None,
+        });
+    }
+}
+
+/// Content that is a string or a list of blocks.
+fn blocks(content: Option<&Value>) -> Vec<Part> {
+    match content {
+        Some(Value::String(s)) => vec![Part::text(s.clone())],
+        Some(Value::Array(items)) => items.iter().filter_map(block).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn block(b: &Value) -> Option<Part> {
+    let kind = b.get("type").and_then(Value::as_str)?;
+    Some(match kind {
+        "text" => Part::text(str_of(b, "text").unwrap_or_default()),
+        "image" | "document" => {
+            let fallback = (kind == "image").then_some(Modality::Image);
+            let src = b.get("source").unwrap_or(&Value::Null);
+            match src.get("type").and_then(Value::as_str) {
+                Some("base64") => blob(
+                    src.get("media_type").and_then(Value::as_str),
+                    src.get("data").and_then(Value::as_str),
+                    fallback,
+                ),
+                Some("url") => media_from_url(&str_of(src, "url")?, fallback),
+                Some("file") => Part::File {
+                    modality: fallback,
+                    file_id: str_of(src, "file_id")?,
+                },
+                // Plain-text documents are content: keep them so redaction sees them.
+                Some("text") => Part::text(str_of(src, "data").unwrap_or_default()),
+                _ => Part::Other {
+                    kind: kind.to_string(),
+                },
+            }
+        }
+        "tool_use" => Part::ToolCall {
+            id: str_of(b, "id"),
+            name: str_of(b, "name").unwrap_or_default(),
+            arguments: b.get("input").and_then(arguments),
+        },
+        "tool_result" => Part::ToolCallResponse {
+            id: str_of(b, "tool_use_id"),
+            response: b.get("content").map(text_or_blocks).unwrap_or(Value::Null),
+        },
+        "thinking" => Part::Reasoning {
+            content: str_of(b, "thinking").unwrap_or_default(),
+        },
+        // Encrypted by Anthropic: present, but nothing readable.
+        "redacted_thinking" => Part::Reasoning {
+            content: String::new(),
+        },
+        other => Part::Other {
+            kind: other.to_string(),
+        },
+    })
+}
+
+/// Anthropic usage: `input_tokens` excludes cache reads and writes, the GenAI
+/// convention includes them, so they are summed.
+fn usage(u: &Value) -> Usage {
+    let read = u64_of(u, "cache_read_input_tokens");
+    let write = u64_of(u, "cache_creation_input_tokens");
+    Usage {
+        input_tokens: u64_of(u, "input_tokens").map(|i| i + read.unwrap_or(0) + write.unwrap_or(0)),
+        output_tokens: u64_of(u, "output_tokens"),
+        cache_read_tokens: read,
+        cache_creation_tokens: write,
+        reasoning_tokens: None,
+    }
+}
+
+/// A `message` response object.
+pub(super) fn response(resp: &Value, c: &mut Conversation) {
+    c.response_id = str_of(resp, "id");
+    c.response_model = str_of(resp, "model");
+    if let Some(u) = resp.get("usage").filter(|u| u.is_object()) {
+        c.usage = usage(u);
+    }
+    let parts = blocks(resp.get("content"));
+    let reason = resp.get("stop_reason").and_then(Value::as_str);
+    if parts.is_empty() && reason.is_none() {
+        return;
+    }
+    c.output_messages.push(OutputMessage {
+        role: Role::Assistant,
+        parts,
+        finish_reason: reason.map_or_else(|| UNFINISHED.to_string(), finish_reason),
+    });
+}
+
+#[derive(Default)]
+struct Block {
+    start: Value,
+    text: String,
+    json: String,
+    thinking: String,
+}
+
+/// Accumulates streamed events into a `message`.
+#[derive(Default)]
+pub(super) struct Stream {
+    message: Option<Value>,
+    usage: Map<String, Value>,
+    blocks: BTreeMap<u64, Block>,
+    stop_reason: Option<String>,
+}
+
+impl Stream {
+    pub(super) fn event(&mut self, v: &Value) {
+        let idx = u64_of(v, "index").unwrap_or(0);
+        match v.get("type").and_then(Value::as_str).unwrap_or("") {
+            "message_start" => {
+                if let Some(m) = v.get("message") {
+                    self.merge_usage(m.get("usage"));
+                    self.message = Some(m.clone());
+                }
+            }
+            "content_block_start" => {
+                let start = v.get("content_block").cloned().unwrap_or(Value::Null);
+                self.blocks.insert(
+                    idx,
+                    Block {
+                        start,
+                        ..Block::default()
+                    },
+                );
+            }
+            "content_block_delta" => {
+                let d = v.get("delta").unwrap_or(&Value::Null);
+                let b = self.blocks.entry(idx).or_default();
+                let s = |k| d.get(k).and_then(Value::as_str).unwrap_or("");
+                match d.get("type").and_then(Value::as_str).unwrap_or("") {
+                    "text_delta" => b.text.push_str(s("text")),
+                    "input_json_delta" => b.json.push_str(s("partial_json")),
+                    "thinking_delta" => b.thinking.push_str(s("thinking")),
+                    _ => {} // signature_delta, citations_delta: no content to keep
+                }
+            }
+            "message_delta" => {
+                if let Some(r) = v
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str)
+                {
+                    self.stop_reason = Some(r.to_string());
+                }
+                self.merge_usage(v.get("usage"));
+            }
+            _ => {} // content_block_stop, message_stop, ping, error (read by the driver)
+        }
+    }
+
+    /// `message_delta` usage counts are cumulative: later values replace earlier ones.
+    fn merge_usage(&mut self, u: Option<&Value>) {
+        if let Some(Value::Object(u)) = u {
+            for (k, v) in u {
+                if !v.is_null() {
+                    self.usage.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    pub(super) fn finish(self, c: &mut Conversation) {
+        let content: Vec<Value> = self
+            .blocks
+            .into_values()
+            .map(|b| {
+                let mut start = b.start;
+                match start.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let mut text = str_of(&start, "text").unwrap_or_default();
+                        text.push_str(&b.text);
+                        start["text"] = text.into();
+                    }
+                    Some("tool_use" | "server_tool_use") if !b.json.is_empty() => {
+                        start["input"] = serde_json::from_str(&b.json).unwrap_or(b.json.into());
+                    }
+                    Some("thinking") => {
+                        let mut thinking = str_of(&start, "thinking").unwrap_or_default();
+                        thinking.push_str(&b.thinking);
+                        start["thinking"] = thinking.into();
+                    }
+                    _ => {}
+                }
+                start
+            })
+            .collect();
+        let mut msg = self.message.unwrap_or_else(|| json!({}));
+        if let Some(obj) = msg.as_object_mut() {
+            obj.insert("content".into(), content.into());
+            obj.insert("stop_reason".into(), self.stop_reason.into());
+            obj.insert("usage".into(), Value::Object(self.usage));
+        }
+        response(&msg, c);
+    }
+}

@@ -1,0 +1,695 @@
+//! Provider detection and the parse driver: [`Exchange`] → [`Conversation`].
+//!
+//! Part of the exchange step, off the hot path. [`detect`] names the provider and the API
+//! from the host and path the request was sent to (gateway routes included: their
+//! `upstream.host` is the real provider and their path is the upstream path). [`parse`]
+//! then decodes the bodies (bounded), runs the dialect's request and response parsers, and
+//! fills the metadata every record needs whatever happened: sizes, status, timings, tags,
+//! identity, trace context and cost.
+//!
+//! `parse` is infallible on purpose: the pipeline must record every exchange, so anything
+//! not understood (unknown endpoint, undecodable or non-JSON body, truncated capture)
+//! becomes an *opaque* conversation with `operation = "unknown"` rather than an error.
+//!
+//! The dialect modules (`openai`, `anthropic`, `gemini`) read `serde_json::Value`s and never
+//! index blindly: every field is optional, because the input is whatever crossed the wire.
+//! Streams are folded back into the non-streamed response shape of the same API and then
+//! parsed by the same function, so a streamed and a non-streamed response of the same
+//! content produce the same model by construction.
+
+mod anthropic;
+mod gemini;
+mod openai;
+#[cfg(test)]
+mod tests;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::model::{Conversation, ConversationTimings, Modality, Part, UNKNOWN};
+use super::pricing::Pricing;
+use super::sse::{SseError, SseEvent, SseParser};
+use super::{Exchange, Outcome, traceparent};
+
+/// Knobs for [`parse`].
+#[derive(Debug, Clone)]
+pub struct ParseOptions {
+    /// Largest decoded body veil parses, in bytes (bounds decompression).
+    pub decode_limit: usize,
+    /// Largest single server-sent event, in bytes.
+    pub max_event: usize,
+    /// Extra JSON paths in the request body holding the end-user ID, dotted
+    /// (`metadata.customer_id`, `extra_body.user`; numeric segments index arrays). Tried in
+    /// order, before the provider's own field (`user`, `metadata.user_id`).
+    pub user_id_paths: Vec<String>,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            // Twice the default capture limit: a compressed 32 MiB capture of JSON rarely
+            // inflates further, and anything bigger is not worth holding in memory twice.
+            decode_limit: 64 << 20,
+            max_event: super::sse::DEFAULT_MAX_EVENT,
+            user_id_paths: Vec::new(),
+        }
+    }
+}
+
+/// The API dialect of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI Chat Completions (`/chat/completions`), and every compatible server.
+    OpenAiChat,
+    /// OpenAI Responses (`/responses`).
+    OpenAiResponses,
+    /// OpenAI Embeddings (`/embeddings`).
+    OpenAiEmbeddings,
+    /// OpenAI legacy Completions (`/completions`).
+    OpenAiCompletions,
+    /// Anthropic Messages (`/v1/messages`).
+    AnthropicMessages,
+    /// Gemini `generateContent` / `streamGenerateContent` (Generative Language or Vertex AI).
+    GeminiGenerate,
+    /// Gemini `embedContent` / `batchEmbedContents`.
+    GeminiEmbed,
+}
+
+/// What [`detect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `gen_ai.provider.name`.
+    pub provider: String,
+    /// `gen_ai.operation.name`.
+    pub operation: &'static str,
+    /// The dialect to parse.
+    pub api: Api,
+    /// The model named in the path (Gemini `models/{m}:…`, Azure deployments).
+    pub path_model: Option<String>,
+    /// The path asks for a stream (Gemini `streamGenerateContent`).
+    pub path_stream: bool,
+}
+
+/// `gen_ai.provider.name` for a host, `None` when veil does not know the host.
+///
+/// Known values from the GenAI registry where one exists (`mistral_ai`, `x_ai`, …).
+pub fn provider_for_host(host: &str) -> Option<&'static str> {
+    let host = host.trim_end_matches('.');
+    let exact = match host {
+        "api.openai.com" => Some("openai"),
+        "api.anthropic.com" => Some("anthropic"),
+        "generativelanguage.googleapis.com" => Some("gcp.gemini"),
+        "api.mistral.ai" => Some("mistral_ai"),
+        "api.groq.com" => Some("groq"),
+        "api.deepseek.com" => Some("deepseek"),
+        "api.x.ai" => Some("x_ai"),
+        "api.perplexity.ai" => Some("perplexity"),
+        "api.cohere.com" | "api.cohere.ai" => Some("cohere"),
+        "openrouter.ai" => Some("openrouter"),
+        "api.together.xyz" | "api.together.ai" => Some("together_ai"),
+        "api.fireworks.ai" => Some("fireworks_ai"),
+        _ => None,
+    };
+    exact.or_else(|| {
+        if host.ends_with(".openai.azure.com") || host.ends_with(".cognitiveservices.azure.com") {
+            Some("azure.ai.openai")
+        } else if host == "aiplatform.googleapis.com"
+            || host.ends_with("-aiplatform.googleapis.com")
+        {
+            Some("gcp.vertex_ai")
+        } else {
+            None
+        }
+    })
+}
+
+/// Names the provider, operation and dialect of an exchange from its method, host and path.
+///
+/// Path rules match on suffixes so that any prefix works: `/v1/chat/completions`,
+/// `/openai/v1/…`, `/api/v1/…` (OpenRouter), `/openai/deployments/{d}/chat/completions`
+/// (Azure). An OpenAI-shaped path on an unknown host (vLLM, Ollama, LiteLLM, …) is
+/// `openai_compatible`. Returns `None` for anything else, which makes the exchange opaque.
+pub fn detect(ex: &Exchange) -> Option<Target> {
+    if !ex.method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let (path, _query) = ex.path.split_once('?').unwrap_or((&ex.path, ""));
+    let path = path.trim_end_matches('/');
+    let host_provider = provider_for_host(&ex.upstream.host);
+    let target = |provider: &str, operation, api| Target {
+        provider: provider.to_string(),
+        operation,
+        api,
+        path_model: None,
+        path_stream: false,
+    };
+
+    // Gemini: `/v1beta/models/{model}:{method}` (Vertex: `…/publishers/google/models/…`).
+    if let Some((before, method)) = path.rsplit_once(':')
+        && !method.contains('/')
+        && let Some(idx) = before.rfind("/models/")
+    {
+        let model = &before[idx + "/models/".len()..];
+        let (operation, api, stream) = match method {
+            "generateContent" => ("generate_content", Api::GeminiGenerate, false),
+            "streamGenerateContent" => ("generate_content", Api::GeminiGenerate, true),
+            "embedContent" | "batchEmbedContents" => ("embeddings", Api::GeminiEmbed, false),
+            _ => return None,
+        };
+        if model.is_empty() || model.contains('/') {
+            return None;
+        }
+        return Some(Target {
+            path_model: Some(model.to_string()),
+            path_stream: stream,
+            ..target(host_provider.unwrap_or("gcp.gemini"), operation, api)
+        });
+    }
+
+    if path.ends_with("/v1/messages") || path == "/messages" {
+        return Some(target(
+            host_provider.unwrap_or("anthropic_compatible"),
+            "chat",
+            Api::AnthropicMessages,
+        ));
+    }
+
+    let (operation, api) = if path.ends_with("/chat/completions") {
+        ("chat", Api::OpenAiChat)
+    } else if path.ends_with("/responses") {
+        ("chat", Api::OpenAiResponses)
+    } else if path.ends_with("/embeddings") {
+        ("embeddings", Api::OpenAiEmbeddings)
+    } else if path.ends_with("/completions") {
+        ("text_completion", Api::OpenAiCompletions)
+    } else {
+        return None;
+    };
+    let mut t = target(host_provider.unwrap_or("openai_compatible"), operation, api);
+    // Azure: `/openai/deployments/{deployment}/…`; the deployment stands in for the model.
+    if let Some(rest) = path.split("/openai/deployments/").nth(1) {
+        t.path_model = rest.split('/').next().map(str::to_string);
+    }
+    Some(t)
+}
+
+/// Parses one exchange into the normalized model. Never fails and never panics: what is
+/// not understood is reported through [`Conversation::opaque`] and `opaque_reason`.
+pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversation {
+    let mut c = base(ex);
+    let target = detect(ex);
+    if let Some(t) = &target {
+        c.provider = t.provider.clone();
+    }
+    let understood = match &target {
+        Some(t) => parse_bodies(ex, t, opts, &mut c),
+        None => Err("unrecognized endpoint".to_string()),
+    };
+    if let Err(reason) = understood {
+        make_opaque(&mut c, reason);
+    }
+    finish(ex, pricing, &mut c);
+    c
+}
+
+/// The metadata that needs no body parsing.
+fn base(ex: &Exchange) -> Conversation {
+    Conversation {
+        provider: provider_for_host(&ex.upstream.host)
+            .unwrap_or(UNKNOWN)
+            .to_string(),
+        operation: UNKNOWN.to_string(),
+        api_type: None,
+        server_address: ex.upstream.host.clone(),
+        server_port: ex.upstream.port,
+        request_model: None,
+        response_model: None,
+        response_id: None,
+        conversation_id: None,
+        params: Default::default(),
+        stream: false,
+        output_type: None,
+        system_instructions: Vec::new(),
+        input_messages: Vec::new(),
+        output_messages: Vec::new(),
+        finish_reasons: Vec::new(),
+        usage: Default::default(),
+        tool_names: Vec::new(),
+        cost_usd: None,
+        user_id: None,
+        feature: ex.tag("feature").map(str::to_string),
+        trace_parent: ex
+            .request_header("traceparent")
+            .and_then(|tp| traceparent::parse(tp, ex.request_header("tracestate"))),
+        timings: ConversationTimings::default(),
+        status: ex.status,
+        error_type: None,
+        error_message: None,
+        opaque: false,
+        opaque_reason: None,
+        aborted: ex.outcome.is_aborted(),
+        truncated: ex.is_truncated(),
+        request_bytes: ex.request_body.wire_len,
+        response_bytes: ex.response_body.wire_len,
+        chunk_count: 0,
+    }
+}
+
+/// Drops everything parsed from content: an opaque record carries metadata only.
+fn make_opaque(c: &mut Conversation, reason: String) {
+    c.opaque = true;
+    c.opaque_reason = Some(reason);
+    c.operation = UNKNOWN.to_string();
+    c.api_type = None;
+    c.request_model = None;
+    c.response_model = None;
+    c.response_id = None;
+    c.conversation_id = None;
+    c.params.clear();
+    c.output_type = None;
+    c.system_instructions.clear();
+    c.input_messages.clear();
+    c.output_messages.clear();
+    c.usage = Default::default();
+    c.tool_names.clear();
+    c.user_id = None;
+    c.chunk_count = 0;
+}
+
+fn parse_bodies(
+    ex: &Exchange,
+    t: &Target,
+    opts: &ParseOptions,
+    c: &mut Conversation,
+) -> Result<(), String> {
+    if ex.request_body.truncated {
+        return Err("request body truncated at the capture limit".into());
+    }
+    let raw = ex
+        .request_body
+        .decoded(opts.decode_limit)
+        .map_err(|e| format!("request body: {e}"))?;
+    let req: Value =
+        serde_json::from_slice(&raw).map_err(|_| "request body is not JSON".to_string())?;
+    if !req.is_object() {
+        return Err("request body is not a JSON object".into());
+    }
+    c.operation = t.operation.to_string();
+    match t.api {
+        Api::OpenAiChat => openai::chat_request(&req, c),
+        Api::OpenAiCompletions => openai::completions_request(&req, c),
+        Api::OpenAiResponses => openai::responses_request(&req, c),
+        Api::OpenAiEmbeddings => openai::embeddings_request(&req, c),
+        Api::AnthropicMessages => anthropic::request(&req, c),
+        Api::GeminiGenerate => gemini::request(&req, c),
+        Api::GeminiEmbed => gemini::embed_request(&req, c),
+    }
+    if c.request_model.is_none() {
+        c.request_model = t.path_model.clone();
+    }
+    c.stream |= t.path_stream;
+    for path in &opts.user_id_paths {
+        if let Some(id) = json_path(&req, path).and_then(scalar_string) {
+            c.user_id = Some(id);
+            break;
+        }
+    }
+    parse_response(ex, t, opts, c)
+}
+
+fn parse_response(
+    ex: &Exchange,
+    t: &Target,
+    opts: &ParseOptions,
+    c: &mut Conversation,
+) -> Result<(), String> {
+    let Some(status) = ex.status else {
+        if let Outcome::UpstreamFailed { kind, .. } = &ex.outcome {
+            c.error_type = Some(kind.as_str().to_string());
+        }
+        return Ok(());
+    };
+    let content_type = ex
+        .response_header("content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    // Decoding without an encoding is the identity; keep the wire chunks then, so the
+    // SSE parser sees them as they arrived (and nothing is copied).
+    let chunks: Vec<Bytes> = if ex.response_body.content_encoding.is_none() {
+        ex.response_body.chunks.clone()
+    } else {
+        match ex.response_body.decoded(opts.decode_limit) {
+            Ok(b) => vec![b],
+            Err(e) if status < 400 => return Err(format!("response body: {e}")),
+            Err(_) => Vec::new(),
+        }
+    };
+    if status >= 400 {
+        let body = join(&chunks);
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let (kind, message) = parsed.as_ref().map(error_info).unwrap_or((None, None));
+        c.error_type = Some(kind.unwrap_or_else(|| status.to_string()));
+        c.error_message = message;
+        return Ok(());
+    }
+    let first = first_non_space(&chunks);
+    let is_sse = content_type.contains("text/event-stream")
+        || (!content_type.contains("json")
+            && matches!(first, Some(b'd' | b'e' | b':' | b'i' | b'r')));
+    if is_sse {
+        c.stream = true;
+        return parse_sse(&chunks, t, opts, c, ex.response_body.truncated);
+    }
+    let body = join(&chunks);
+    if t.api == Api::GeminiGenerate && first == Some(b'[') {
+        c.stream = true;
+        return gemini::json_array_stream(&body, c, ex.response_body.truncated);
+    }
+    if ex.response_body.truncated {
+        return Err("response body truncated at the capture limit".into());
+    }
+    let resp: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        // An empty body (HEAD-like answers, 204) has nothing to parse.
+        Err(_) if body.iter().all(u8::is_ascii_whitespace) => return Ok(()),
+        Err(_) => return Err("response body is not JSON".into()),
+    };
+    match t.api {
+        Api::OpenAiChat | Api::OpenAiCompletions => openai::chat_response(&resp, c),
+        Api::OpenAiResponses => openai::responses_response(&resp, c),
+        Api::OpenAiEmbeddings => openai::embeddings_response(&resp, c),
+        Api::AnthropicMessages => anthropic::response(&resp, c),
+        Api::GeminiGenerate => gemini::response(&resp, c),
+        Api::GeminiEmbed => {}
+    }
+    Ok(())
+}
+
+/// A dialect's stream accumulator.
+enum Stream {
+    Chat(openai::ChatStream),
+    Responses(openai::ResponsesStream),
+    Anthropic(anthropic::Stream),
+    Gemini(gemini::Stream),
+}
+
+fn parse_sse(
+    chunks: &[Bytes],
+    t: &Target,
+    opts: &ParseOptions,
+    c: &mut Conversation,
+    truncated: bool,
+) -> Result<(), String> {
+    let mut acc = match t.api {
+        Api::OpenAiChat | Api::OpenAiCompletions => Stream::Chat(Default::default()),
+        Api::OpenAiResponses => Stream::Responses(Default::default()),
+        Api::AnthropicMessages => Stream::Anthropic(Default::default()),
+        Api::GeminiGenerate => Stream::Gemini(Default::default()),
+        Api::OpenAiEmbeddings | Api::GeminiEmbed => {
+            return Err("unexpected event stream for this endpoint".into());
+        }
+    };
+    let mut parser = SseParser::new(opts.max_event);
+    let mut failure = None;
+    'chunks: for chunk in chunks {
+        parser.push(chunk);
+        loop {
+            match parser.next_event() {
+                Ok(Some(ev)) => on_event(&mut acc, &ev, c),
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break 'chunks;
+                }
+            }
+        }
+    }
+    if failure.is_none() {
+        failure = parser.finish().err();
+    }
+    match failure {
+        Some(SseError::Aborted) => c.aborted = true,
+        Some(e @ SseError::TooLarge(_)) => {
+            c.aborted = true;
+            c.opaque_reason = Some(e.to_string());
+        }
+        None => {}
+    }
+    if truncated {
+        c.aborted = true;
+    }
+    match acc {
+        Stream::Chat(s) => s.finish(c),
+        Stream::Responses(s) => s.finish(c),
+        Stream::Anthropic(s) => s.finish(c),
+        Stream::Gemini(s) => s.finish(c),
+    }
+    Ok(())
+}
+
+fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation) {
+    c.chunk_count += 1;
+    let data = ev.data.trim();
+    if data == "[DONE]" || data.is_empty() {
+        return;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return; // a non-JSON event (keep-alive text) carries nothing for the model
+    };
+    // Anthropic and OpenAI Chat put an `error` object in the event; the Responses API
+    // sends `{"type":"error","code","message"}` itself.
+    let err = match v.get("error").filter(|e| !e.is_null()) {
+        Some(e) => Some(e.clone()),
+        None if v.get("type").and_then(Value::as_str) == Some("error") => Some(v.clone()),
+        None => None,
+    };
+    if let Some(err) = err {
+        let (kind, message) = error_info(&serde_json::json!({ "error": err }));
+        c.error_type = kind.or_else(|| Some("_OTHER".into()));
+        c.error_message = message;
+    }
+    match acc {
+        Stream::Chat(s) => s.event(&v),
+        Stream::Responses(s) => s.event(&v),
+        Stream::Anthropic(s) => s.event(&v),
+        Stream::Gemini(s) => s.event(&v),
+    }
+}
+
+/// Fills what depends on the parsed content: finish reasons, identity, cost, rates.
+fn finish(ex: &Exchange, pricing: &Pricing, c: &mut Conversation) {
+    c.finish_reasons = c
+        .output_messages
+        .iter()
+        .map(|m| m.finish_reason.clone())
+        .collect();
+    if let Some(user) = ex.tag("user").filter(|u| !u.is_empty()) {
+        c.user_id = Some(user.to_string());
+    }
+    if let Some(conv) = ex.tag("conversation").filter(|u| !u.is_empty()) {
+        c.conversation_id = Some(conv.to_string());
+    }
+    if c.error_type.is_none()
+        && let Some(status) = ex.status.filter(|s| *s >= 400)
+    {
+        c.error_type = Some(status.to_string());
+    }
+    let model = c.response_model.as_deref().or(c.request_model.as_deref());
+    c.cost_usd = model.and_then(|m| pricing.cost(&c.provider, m, &c.usage));
+    if c.cost_usd.is_none()
+        && let Some(m) = c.request_model.as_deref()
+    {
+        // A fine-tune or deployment alias in the response, a list name in the request.
+        c.cost_usd = pricing.cost(&c.provider, m, &c.usage);
+    }
+
+    let t = &ex.timings;
+    c.timings.duration = t.end;
+    c.timings.time_to_first_chunk = t.first_byte;
+    let window = match (c.stream, t.first_byte) {
+        (true, Some(first)) => t.end.saturating_sub(first),
+        _ => t.end,
+    };
+    c.timings.output_tokens_per_second = match c.usage.output_tokens {
+        Some(n) if !window.is_zero() => Some(n as f64 / window.as_secs_f64()),
+        _ => None,
+    };
+}
+
+// === shared helpers for the dialect modules ===
+
+fn join(chunks: &[Bytes]) -> Bytes {
+    match chunks {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => Bytes::from(many.concat()),
+    }
+}
+
+fn first_non_space(chunks: &[Bytes]) -> Option<u8> {
+    chunks
+        .iter()
+        .flat_map(|c| c.iter())
+        .find(|b| !b.is_ascii_whitespace())
+        .copied()
+}
+
+/// A provider error body's type and message. Handles OpenAI
+/// `{"error":{"type","code","message"}}`, Anthropic `{"type":"error","error":{"type",
+/// "message"}}` and Gemini `{"error":{"code":429,"status","message"}}` (also wrapped in an
+/// array). The type is a string code when there is one, else the type, else the status.
+fn error_info(v: &Value) -> (Option<String>, Option<String>) {
+    let v = match v {
+        Value::Array(items) => items.first().unwrap_or(&Value::Null),
+        other => other,
+    };
+    let err = match v.get("error") {
+        Some(e @ Value::Object(_)) => e,
+        Some(Value::String(s)) => return (None, Some(s.clone())),
+        _ => return (None, None),
+    };
+    let kind = str_of(err, "code")
+        .or_else(|| str_of(err, "type"))
+        .or_else(|| str_of(err, "status"));
+    (kind, str_of(err, "message"))
+}
+
+/// A non-empty string field.
+fn str_of(v: &Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The first of two spellings (Gemini accepts both `camelCase` and `snake_case`).
+fn get2<'a>(v: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
+    v.get(camel)
+        .or_else(|| v.get(snake))
+        .filter(|x| !x.is_null())
+}
+
+/// A non-negative integer field.
+fn u64_of(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+/// Copies a numeric parameter under its `gen_ai.request.` suffix.
+fn copy_number(c: &mut Conversation, from: &Value, key: &str, as_name: &str) {
+    if let Some(n) = from.get(key).filter(|n| n.is_number()) {
+        c.params.insert(as_name.to_string(), n.clone());
+    }
+}
+
+/// `stop`: a string or an array of strings → `stop_sequences` (always an array).
+fn copy_stop(c: &mut Conversation, from: &Value, key: &str) {
+    let stops: Vec<Value> = match from.get(key) {
+        Some(Value::String(s)) => vec![Value::String(s.clone())],
+        Some(Value::Array(a)) => a.iter().filter(|s| s.is_string()).cloned().collect(),
+        _ => return,
+    };
+    if !stops.is_empty() {
+        c.params
+            .insert("stop_sequences".to_string(), Value::Array(stops));
+    }
+}
+
+/// Tool-call arguments: JSON when the provider's string parses, the raw string otherwise.
+fn arguments(raw: &Value) -> Option<Value> {
+    match raw {
+        Value::Null => None,
+        Value::String(s) if s.trim().is_empty() => None,
+        Value::String(s) => Some(serde_json::from_str(s).unwrap_or_else(|_| raw.clone())),
+        other => Some(other.clone()),
+    }
+}
+
+/// A media reference from a URL: `data:` URLs become a blob *without* the bytes.
+fn media_from_url(url: &str, modality: Option<Modality>) -> Part {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest.split_once(',').unwrap_or((rest, ""));
+        let mime = meta.split(';').next().filter(|m| !m.is_empty());
+        return Part::Blob {
+            modality: mime.and_then(Modality::from_mime).or(modality),
+            mime_type: mime.map(str::to_string),
+            byte_len: Some(if meta.ends_with(";base64") {
+                base64_len(data)
+            } else {
+                data.len() as u64
+            }),
+        };
+    }
+    Part::Uri {
+        modality,
+        uri: url.to_string(),
+    }
+}
+
+/// Decoded size of base64 text, without decoding it.
+fn base64_len(data: &str) -> u64 {
+    let clean = data.trim_end_matches('=').len() as u64;
+    clean * 3 / 4
+}
+
+/// Inline base64 media → blob reference.
+fn blob(mime: Option<&str>, data: Option<&str>, fallback: Option<Modality>) -> Part {
+    Part::Blob {
+        modality: mime.and_then(Modality::from_mime).or(fallback),
+        mime_type: mime.map(str::to_string),
+        byte_len: data.map(base64_len),
+    }
+}
+
+/// Text of a tool result that may be a string or a list of text blocks.
+fn text_or_blocks(v: &Value) -> Value {
+    match v {
+        Value::Array(items) => {
+            let texts: Vec<&str> = items
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect();
+            if texts.len() == items.len() {
+                Value::String(texts.join("\n"))
+            } else {
+                v.clone()
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+/// Follows a dotted path (`metadata.user_id`, `items.0.id`).
+fn json_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .filter(|s| !s.is_empty())
+        .try_fold(v, |cur, seg| match cur {
+            Value::Object(m) => m.get(seg),
+            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+}
+
+/// A user ID must be a scalar: strings as they are, numbers as text.
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Normalizes a finish reason to the GenAI values where one applies.
+fn finish_reason(raw: &str) -> String {
+    match raw {
+        "stop" | "end_turn" | "stop_sequence" | "STOP" | "completed" => "stop".into(),
+        "length" | "max_tokens" | "MAX_TOKENS" | "max_output_tokens" => "length".into(),
+        "tool_calls" | "function_call" | "tool_use" => "tool_call".into(),
+        "content_filter" | "refusal" | "SAFETY" | "RECITATION" | "BLOCKLIST"
+        | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => "content_filter".into(),
+        "MALFORMED_FUNCTION_CALL" | "error" | "failed" => "error".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+/// The finish reason of a choice that never finished (a cut stream).
+const UNFINISHED: &str = "unknown";

@@ -1,0 +1,746 @@
+//! OpenAI dialects: Chat Completions, Responses, Embeddings and legacy Completions.
+//!
+//! Also every OpenAI-compatible server (Azure OpenAI, vLLM, Ollama, OpenRouter, Groq,
+//! Together, DeepSeek, Mistral…): their extensions that carry content (`reasoning_content`)
+//! are read, the rest is ignored. Streams are folded back into the non-streamed response
+//! object and parsed by the same function (see the parent module).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    UNFINISHED, arguments, copy_number, copy_stop, finish_reason, media_from_url, str_of,
+    text_or_blocks, u64_of,
+};
+use crate::exchange::model::{Conversation, InputMessage, Modality, OutputMessage, Part, Role};
+use crate::record::Usage;
+
+// === shared ===
+
+/// Sampling parameters common to the OpenAI dialects.
+fn params(req: &Value, c: &mut Conversation) {
+    copy_number(c, req, "temperature", "temperature");
+    copy_number(c, req, "top_p", "top_p");
+    copy_number(c, req, "frequency_penalty", "frequency_penalty");
+    copy_number(c, req, "presence_penalty", "presence_penalty");
+    copy_number(c, req, "seed", "seed");
+    // Newest name first: `max_tokens` is deprecated for o-series models in favour of
+    // `max_completion_tokens`; the Responses API says `max_output_tokens`.
+    for key in ["max_completion_tokens", "max_output_tokens", "max_tokens"] {
+        if req.get(key).is_some_and(Value::is_number) {
+            copy_number(c, req, key, "max_tokens");
+            break;
+        }
+    }
+    copy_stop(c, req, "stop");
+    if let Some(n) = u64_of(req, "n").filter(|n| *n != 1) {
+        c.params.insert("choice.count".into(), n.into());
+    }
+    c.stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    c.request_model = str_of(req, "model");
+    // `safety_identifier` replaces `user` for abuse detection; prefer it when both are sent.
+    c.user_id = str_of(req, "safety_identifier").or_else(|| str_of(req, "user"));
+}
+
+/// `response_format` / `text.format` type → `gen_ai.output.type`.
+fn output_type(format: Option<&Value>) -> Option<String> {
+    let kind = format?.get("type")?.as_str()?;
+    Some(match kind {
+        "json_object" | "json_schema" => "json".to_string(),
+        other => other.to_string(),
+    })
+}
+
+/// Tool names from `tools` (Chat: `{type, function:{name}}`; Responses: `{type, name}`;
+/// built-in tools: their type) and the legacy `functions`.
+fn tool_names(req: &Value, c: &mut Conversation) {
+    for tool in req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = tool
+            .get("function")
+            .and_then(|f| str_of(f, "name"))
+            .or_else(|| str_of(tool, "name"))
+            .or_else(|| str_of(tool, "type"));
+        c.tool_names.extend(name);
+    }
+    for f in req
+        .get("functions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        c.tool_names.extend(str_of(f, "name"));
+    }
+}
+
+/// `usage` in either naming family (`prompt_tokens`… or `input_tokens`…).
+fn usage(u: &Value) -> Usage {
+    let input = u64_of(u, "prompt_tokens").or_else(|| u64_of(u, "input_tokens"));
+    let output = u64_of(u, "completion_tokens").or_else(|| u64_of(u, "output_tokens"));
+    let in_details = u
+        .get("prompt_tokens_details")
+        .or_else(|| u.get("input_tokens_details"))
+        .unwrap_or(&Value::Null);
+    let out_details = u
+        .get("completion_tokens_details")
+        .or_else(|| u.get("output_tokens_details"))
+        .unwrap_or(&Value::Null);
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+        // DeepSeek reports cache hits at the top level.
+        cache_read_tokens: u64_of(in_details, "cached_tokens")
+            .or_else(|| u64_of(u, "prompt_cache_hit_tokens")),
+        cache_creation_tokens: None,
+        reasoning_tokens: u64_of(out_details, "reasoning_tokens"),
+    }
+}
+
+fn role(raw: Option<&str>) -> Role {
+    match raw {
+        Some("system" | "developer") => Role::System,
+        Some("assistant") => Role::Assistant,
+        Some("tool" | "function") => Role::Tool,
+        _ => Role::User,
+    }
+}
+
+/// A content part of either dialect (Chat `text`/`image_url`/…, Responses
+/// `input_text`/`input_image`/…).
+fn content_part(p: &Value) -> Option<Part> {
+    let kind = p.get("type").and_then(Value::as_str).unwrap_or("text");
+    Some(match kind {
+        "text" | "input_text" | "output_text" => Part::text(str_of(p, "text").unwrap_or_default()),
+        "refusal" => Part::Refusal {
+            content: str_of(p, "refusal").unwrap_or_default(),
+        },
+        "image_url" => {
+            let url = p
+                .get("image_url")
+                .and_then(|u| u.as_str().map(str::to_string).or_else(|| str_of(u, "url")))?;
+            media_from_url(&url, Some(Modality::Image))
+        }
+        "input_image" => match (str_of(p, "image_url"), str_of(p, "file_id")) {
+            (Some(url), _) => media_from_url(&url, Some(Modality::Image)),
+            (None, Some(file_id)) => Part::File {
+                modality: Some(Modality::Image),
+                file_id,
+            },
+            (None, None) => return None,
+        },
+        "input_audio" => {
+            let audio = p.get("input_audio").unwrap_or(p);
+            super::blob(
+                str_of(audio, "format")
+                    .map(|f| format!("audio/{f}"))
+                    .as_deref(),
+                audio.get("data").and_then(Value::as_str),
+                Some(Modality::Audio),
+            )
+        }
+        "file" | "input_file" => {
+            let file = p.get("file").unwrap_or(p);
+            if let Some(file_id) = str_of(file, "file_id") {
+                Part::File {
+                    modality: None,
+                    file_id,
+                }
+            } else if let Some(data) = str_of(file, "file_data") {
+                media_from_url(&data, None)
+            } else if let Some(url) = str_of(file, "file_url") {
+                media_from_url(&url, None)
+            } else {
+                return None;
+            }
+        }
+        other => Part::Other {
+            kind: other.to_string(),
+        },
+    })
+}
+
+fn content_parts(content: Option<&Value>) -> Vec<Part> {
+    match content {
+        Some(Value::String(s)) => vec![Part::text(s.clone())],
+        Some(Value::Array(items)) => items.iter().filter_map(content_part).collect(),
+        _ => Vec::new(),
+    }
+}
+
+// === Chat Completions ===
+
+/// A Chat Completions request.
+pub(super) fn chat_request(req: &Value, c: &mut Conversation) {
+    c.api_type = Some("chat_completions".into());
+    params(req, c);
+    c.output_type = output_type(req.get("response_format"));
+    tool_names(req, c);
+    for m in req
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        c.input_messages.push(chat_message(m));
+    }
+}
+
+fn chat_message(m: &Value) -> InputMessage {
+    let role = role(m.get("role").and_then(Value::as_str));
+    let mut parts = Vec::new();
+    if role == Role::Tool {
+        let response = m.get("content").map(text_or_blocks).unwrap_or(Value::Null);
+        parts.push(Part::ToolCallResponse {
+            id: str_of(m, "tool_call_id"),
+            response,
+        });
+    } else {
+        parts.extend(content_parts(m.get("content")));
+    }
+    if let Some(refusal) = str_of(m, "refusal") {
+        parts.push(Part::Refusal { content: refusal });
+    }
+    parts.extend(tool_calls(m));
+    InputMessage {
+        role,
+        parts,
+        // A `function` message's name is the function's, not a participant's.
+        name: if role == Role::Tool {
+            None
+        } else {
+            str_of(m, "name")
+        },
+    }
+}
+
+/// `tool_calls` (and legacy `function_call`) of an assistant message.
+fn tool_calls(m: &Value) -> Vec<Part> {
+    let mut parts = Vec::new();
+    for call in m
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let f = call.get("function").unwrap_or(&Value::Null);
+        parts.push(Part::ToolCall {
+            id: str_of(call, "id"),
+            name: str_of(f, "name")
+                .or_else(|| str_of(call, "type"))
+                .unwrap_or_default(),
+            arguments: f.get("arguments").and_then(arguments),
+        });
+    }
+    if let Some(f) = m.get("function_call").filter(|f| f.is_object()) {
+        parts.push(Part::ToolCall {
+            id: None,
+            name: str_of(f, "name").unwrap_or_default(),
+            arguments: f.get("arguments").and_then(arguments),
+        });
+    }
+    parts
+}
+
+/// A Chat Completions (or legacy Completions) response object.
+pub(super) fn chat_response(resp: &Value, c: &mut Conversation) {
+    c.response_id = str_of(resp, "id");
+    c.response_model = str_of(resp, "model");
+    if let Some(u) = resp.get("usage").filter(|u| u.is_object()) {
+        c.usage = usage(u);
+    }
+    let mut choices: Vec<&Value> = resp
+        .get("choices")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    choices.sort_by_key(|ch| u64_of(ch, "index").unwrap_or(0));
+    for ch in choices {
+        let mut parts = Vec::new();
+        if let Some(text) = str_of(ch, "text") {
+            parts.push(Part::text(text)); // legacy Completions
+        }
+        if let Some(m) = ch.get("message").filter(|m| m.is_object()) {
+            if let Some(reasoning) =
+                str_of(m, "reasoning_content").or_else(|| str_of(m, "reasoning"))
+            {
+                parts.push(Part::Reasoning { content: reasoning });
+            }
+            if let Some(text) = str_of(m, "content") {
+                parts.push(Part::text(text));
+            }
+            if let Some(refusal) = str_of(m, "refusal") {
+                parts.push(Part::Refusal { content: refusal });
+            }
+            if let Some(audio) = m.get("audio").filter(|a| a.is_object()) {
+                parts.push(super::blob(
+                    None,
+                    audio.get("data").and_then(Value::as_str),
+                    Some(Modality::Audio),
+                ));
+            }
+            parts.extend(tool_calls(m));
+        }
+        c.output_messages.push(OutputMessage {
+            role: Role::Assistant,
+            parts,
+            finish_reason: ch
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .map_or_else(|| UNFINISHED.to_string(), finish_reason),
+        });
+    }
+}
+
+#[derive(Default)]
+struct ToolDelta {
+    id: Option<String>,
+    kind: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Default)]
+struct ChoiceDelta {
+    text: String,
+    legacy_text: String,
+    reasoning: String,
+    refusal: String,
+    tools: BTreeMap<u64, ToolDelta>,
+    finish: Option<String>,
+}
+
+/// Accumulates `chat.completion.chunk` events (and legacy completion chunks).
+#[derive(Default)]
+pub(super) struct ChatStream {
+    id: Option<String>,
+    model: Option<String>,
+    usage: Option<Value>,
+    choices: BTreeMap<u64, ChoiceDelta>,
+}
+
+impl ChatStream {
+    pub(super) fn event(&mut self, v: &Value) {
+        if self.id.is_none() {
+            self.id = str_of(v, "id");
+        }
+        if self.model.is_none() {
+            self.model = str_of(v, "model");
+        }
+        // With `stream_options.include_usage` the usage arrives on a last chunk with no
+        // choices; some compatible servers send it on every chunk, so the last one wins.
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(u.clone());
+        }
+        for ch in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let acc = self
+                .choices
+                .entry(u64_of(ch, "index").unwrap_or(0))
+                .or_default();
+            if let Some(t) = ch.get("text").and_then(Value::as_str) {
+                acc.legacy_text.push_str(t);
+            }
+            if let Some(f) = ch.get("finish_reason").and_then(Value::as_str) {
+                acc.finish = Some(f.to_string());
+            }
+            let Some(d) = ch.get("delta").filter(|d| d.is_object()) else {
+                continue;
+            };
+            if let Some(t) = d.get("content").and_then(Value::as_str) {
+                acc.text.push_str(t);
+            }
+            for key in ["reasoning_content", "reasoning"] {
+                if let Some(t) = d.get(key).and_then(Value::as_str) {
+                    acc.reasoning.push_str(t);
+                }
+            }
+            if let Some(t) = d.get("refusal").and_then(Value::as_str) {
+                acc.refusal.push_str(t);
+            }
+            for (pos, call) in d
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                // `index` identifies the call across chunks; fall back to position.
+                let idx = u64_of(call, "index").unwrap_or(pos as u64);
+                let tool = acc.tools.entry(idx).or_default();
+                if tool.id.is_none() {
+                    tool.id = str_of(call, "id");
+                }
+                if tool.kind.is_none() {
+                    tool.kind = str_of(call, "type");
+                }
+                if let Some(f) = call.get("function") {
+                    if let Some(n) = f.get("name").and_then(Value::as_str) {
+                        tool.name.push_str(n);
+                    }
+                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                        tool.arguments.push_str(a);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds the chunks into a `chat.completion` object and parses that.
+    pub(super) fn finish(self, c: &mut Conversation) {
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .map(|(index, ch)| {
+                let mut message = Map::new();
+                message.insert("role".into(), "assistant".into());
+                let some = |s: String| if s.is_empty() { Value::Null } else { s.into() };
+                message.insert("content".into(), some(ch.text));
+                message.insert("refusal".into(), some(ch.refusal));
+                message.insert("reasoning_content".into(), some(ch.reasoning));
+                if !ch.tools.is_empty() {
+                    let calls: Vec<Value> = ch
+                        .tools
+                        .into_values()
+                        .map(|t| {
+                            json!({"id": t.id, "type": t.kind,
+                                   "function": {"name": t.name, "arguments": t.arguments}})
+                        })
+                        .collect();
+                    message.insert("tool_calls".into(), calls.into());
+                }
+                let mut choice = json!({"index": index, "message": message,
+                                        "finish_reason": ch.finish});
+                if !ch.legacy_text.is_empty() {
+                    choice["text"] = ch.legacy_text.into();
+                }
+                choice
+            })
+            .collect();
+        let resp = json!({"id": self.id, "model": self.model, "choices": choices,
+                          "usage": self.usage});
+        chat_response(&resp, c);
+    }
+}
+
+// === legacy Completions ===
+
+/// A legacy Completions request: `prompt` is a string or a list of strings.
+pub(super) fn completions_request(req: &Value, c: &mut Conversation) {
+    params(req, c);
+    let prompts: Vec<String> = match req.get("prompt") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for p in prompts {
+        c.input_messages.push(InputMessage {
+            role: Role::User,
+            parts: vec![Part::text(p)],
+            name: None,
+        });
+    }
+}
+
+// === Embeddings ===
+
+/// An Embeddings request: each input string becomes a text part of one user message
+/// (token-ID inputs carry no text and are skipped).
+pub(super) fn embeddings_request(req: &Value, c: &mut Conversation) {
+    c.request_model = str_of(req, "model");
+    c.user_id = str_of(req, "user");
+    let texts: Vec<Part> = match req.get("input") {
+        Some(Value::String(s)) => vec![Part::text(s.clone())],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|p| p.as_str().map(Part::text))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !texts.is_empty() {
+        c.input_messages.push(InputMessage {
+            role: Role::User,
+            parts: texts,
+            name: None,
+        });
+    }
+    if let Some(d) = u64_of(req, "dimensions") {
+        c.params
+            .insert("embeddings.dimension.count".into(), d.into());
+    }
+}
+
+/// An Embeddings response: model and usage only (vectors are not content worth keeping).
+pub(super) fn embeddings_response(resp: &Value, c: &mut Conversation) {
+    c.response_model = str_of(resp, "model");
+    if let Some(u) = resp.get("usage").filter(|u| u.is_object()) {
+        c.usage = usage(u);
+    }
+}
+
+// === Responses ===
+
+/// A Responses API request.
+pub(super) fn responses_request(req: &Value, c: &mut Conversation) {
+    c.api_type = Some("responses".into());
+    params(req, c);
+    c.output_type = output_type(req.get("text").and_then(|t| t.get("format")));
+    tool_names(req, c);
+    c.conversation_id = match req.get("conversation") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(obj @ Value::Object(_)) => str_of(obj, "id"),
+        _ => None,
+    }
+    .or_else(|| str_of(req, "previous_response_id"));
+    match req.get("instructions") {
+        Some(Value::String(s)) => c.system_instructions.push(Part::text(s.clone())),
+        Some(Value::Array(items)) => {
+            for item in items {
+                c.system_instructions
+                    .extend(content_parts(item.get("content")));
+            }
+        }
+        _ => {}
+    }
+    match req.get("input") {
+        Some(Value::String(s)) => c.input_messages.push(InputMessage {
+            role: Role::User,
+            parts: vec![Part::text(s.clone())],
+            name: None,
+        }),
+        Some(Value::Array(items)) => {
+            for item in items {
+                input_item(item, &mut c.input_messages);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One Responses input item. Tool calls and reasoning join the preceding assistant
+/// message, as they would in a Chat transcript.
+fn input_item(item: &Value, out: &mut Vec<InputMessage>) {
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
+    let assistant_part = match kind {
+        "message" => {
+            out.push(InputMessage {
+                role: role(item.get("role").and_then(Value::as_str)),
+                parts: content_parts(item.get("content")),
+                name: None,
+            });
+            return;
+        }
+        "function_call_output" | "custom_tool_call_output" => {
+            out.push(InputMessage {
+                role: Role::Tool,
+                parts: vec![Part::ToolCallResponse {
+                    id: str_of(item, "call_id"),
+                    response: item
+                        .get("output")
+                        .map(text_or_blocks)
+                        .unwrap_or(Value::Null),
+                }],
+                name: None,
+            });
+            return;
+        }
+        "function_call" | "custom_tool_call" => Part::ToolCall {
+            id: str_of(item, "call_id"),
+            name: str_of(item, "name").unwrap_or_default(),
+            arguments: item
+                .get("arguments")
+                .or_else(|| item.get("input"))
+                .and_then(arguments),
+        },
+        "reasoning" => Part::Reasoning {
+            content: reasoning_text(item),
+        },
+        other => Part::Other {
+            kind: other.to_string(),
+        },
+    };
+    match out.last_mut() {
+        Some(last) if last.role == Role::Assistant => last.parts.push(assistant_part),
+        _ => out.push(InputMessage {
+            role: Role::Assistant,
+            parts: vec![assistant_part],
+            name: None,
+        }),
+    }
+}
+
+fn reasoning_text(item: &Value) -> String {
+    let texts: Vec<&str> = ["summary", "content"]
+        .iter()
+        .filter_map(|k| item.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|s| s.get("text").and_then(Value::as_str))
+        .collect();
+    texts.join("\n")
+}
+
+/// A Responses API `response` object: all output items form one assistant message.
+pub(super) fn responses_response(resp: &Value, c: &mut Conversation) {
+    c.response_id = str_of(resp, "id");
+    c.response_model = str_of(resp, "model");
+    if let Some(u) = resp.get("usage").filter(|u| u.is_object()) {
+        c.usage = usage(u);
+    }
+    if let Some(err) = resp.get("error").filter(|e| e.is_object()) {
+        c.error_type = str_of(err, "code").or_else(|| Some("_OTHER".into()));
+        c.error_message = str_of(err, "message");
+    }
+    let mut parts = Vec::new();
+    let mut called_tool = false;
+    for item in resp
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match item.get("type").and_then(Value::as_str).unwrap_or("") {
+            "message" => parts.extend(content_parts(item.get("content"))),
+            "function_call" | "custom_tool_call" => {
+                called_tool = true;
+                parts.push(Part::ToolCall {
+                    id: str_of(item, "call_id"),
+                    name: str_of(item, "name").unwrap_or_default(),
+                    arguments: item
+                        .get("arguments")
+                        .or_else(|| item.get("input"))
+                        .and_then(arguments),
+                });
+            }
+            "reasoning" => parts.push(Part::Reasoning {
+                content: reasoning_text(item),
+            }),
+            other => parts.push(Part::Other {
+                kind: other.to_string(),
+            }),
+        }
+    }
+    let status = resp.get("status").and_then(Value::as_str);
+    let reason = match status {
+        Some("completed") if called_tool => "tool_call".to_string(),
+        Some("completed") => "stop".to_string(),
+        Some("incomplete") => resp
+            .get("incomplete_details")
+            .and_then(|d| d.get("reason"))
+            .and_then(Value::as_str)
+            .map_or_else(|| "length".to_string(), finish_reason),
+        Some("failed") => "error".to_string(),
+        Some(other @ "cancelled") => other.to_string(),
+        _ => UNFINISHED.to_string(),
+    };
+    if !parts.is_empty() || status.is_some_and(|s| s != "in_progress") {
+        c.output_messages.push(OutputMessage {
+            role: Role::Assistant,
+            parts,
+            finish_reason: reason,
+        });
+    }
+}
+
+/// Accumulates Responses streaming events. The terminal event (`response.completed`,
+/// `.incomplete`, `.failed`) repeats the whole response, which is then used as is; a cut
+/// stream is rebuilt from the `output_item` events and deltas seen so far.
+#[derive(Default)]
+pub(super) struct ResponsesStream {
+    response: Option<Value>,
+    final_response: Option<Value>,
+    items: BTreeMap<u64, Value>,
+    done: BTreeMap<u64, Value>,
+    text: BTreeMap<u64, String>,
+    args: BTreeMap<u64, String>,
+    reasoning: BTreeMap<u64, String>,
+}
+
+impl ResponsesStream {
+    pub(super) fn event(&mut self, v: &Value) {
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+        let idx = u64_of(v, "output_index").unwrap_or(0);
+        let delta = || v.get("delta").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "response.created" | "response.in_progress" => {
+                self.response = v.get("response").cloned();
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.final_response = v.get("response").cloned();
+            }
+            "response.output_item.added" => {
+                if let Some(item) = v.get("item") {
+                    self.items.insert(idx, item.clone());
+                }
+            }
+            "response.output_item.done" => {
+                if let Some(item) = v.get("item") {
+                    self.done.insert(idx, item.clone());
+                }
+            }
+            "response.output_text.delta" | "response.refusal.delta" => {
+                self.text.entry(idx).or_default().push_str(delta());
+            }
+            "response.function_call_arguments.delta" => {
+                self.args.entry(idx).or_default().push_str(delta());
+            }
+            "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
+                self.reasoning.entry(idx).or_default().push_str(delta());
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn finish(mut self, c: &mut Conversation) {
+        if let Some(resp) = self.final_response {
+            responses_response(&resp, c);
+            return;
+        }
+        let mut resp = self.response.take().unwrap_or_else(|| json!({}));
+        let indexes: std::collections::BTreeSet<u64> =
+            self.items.keys().chain(self.done.keys()).copied().collect();
+        let output: Vec<Value> = indexes
+            .into_iter()
+            .filter_map(|i| {
+                if let Some(item) = self.done.remove(&i) {
+                    return Some(item);
+                }
+                let mut item = self.items.remove(&i)?;
+                match item.get("type").and_then(Value::as_str) {
+                    Some("message") => {
+                        let text = self.text.remove(&i).unwrap_or_default();
+                        item["content"] = json!([{"type": "output_text", "text": text}]);
+                    }
+                    Some("function_call") => {
+                        item["arguments"] = self.args.remove(&i).unwrap_or_default().into();
+                    }
+                    Some("reasoning") => {
+                        let text = self.reasoning.remove(&i).unwrap_or_default();
+                        item["summary"] = json!([{"type": "summary_text", "text": text}]);
+                    }
+                    _ => {}
+                }
+                Some(item)
+            })
+            .collect();
+        if let Some(obj) = resp.as_object_mut() {
+            obj.insert("output".into(), output.into());
+            // The stream never said how it ended.
+            obj.insert("status".into(), "in_progress".into());
+        }
+        responses_response(&resp, c);
+    }
+}

@@ -1,0 +1,1440 @@
+//! Fixture tests: every provider, operation and mode, asserted field by field; streams
+//! re-parsed split at every byte boundary and compared with their non-streamed twin.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::exchange::model::{InputMessage, Modality, OutputMessage, Part, Role};
+use crate::exchange::{Body, ExchangeId, Route, Timings, Upstream, UpstreamFailure};
+use crate::record::Usage;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/providers/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+fn body(chunks: Vec<Bytes>) -> Body {
+    let len = chunks.iter().map(Bytes::len).sum::<usize>() as u64;
+    Body {
+        chunks,
+        wire_len: len,
+        truncated: false,
+        content_encoding: None,
+    }
+}
+
+/// A completed exchange to `https://{host}{path}`.
+fn exchange(host: &str, path: &str, req: &[u8], status: u16, ctype: &str, resp: &[u8]) -> Exchange {
+    Exchange {
+        id: ExchangeId::new(),
+        started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_183_387),
+        timings: Timings {
+            request_end: Some(Duration::from_millis(5)),
+            response_headers: Some(Duration::from_millis(300)),
+            first_byte: Some(Duration::from_millis(320)),
+            end: Duration::from_millis(1320),
+        },
+        client_addr: None,
+        route: Route::Intercept,
+        upstream: Upstream {
+            scheme: "https".into(),
+            host: host.into(),
+            port: 443,
+        },
+        client_version: "HTTP/1.1".into(),
+        method: "POST".into(),
+        path: path.into(),
+        request_headers: vec![("content-type".into(), "application/json".into())],
+        tags: Vec::new(),
+        api_key_fingerprint: Some("fp_test".into()),
+        request_body: body(vec![Bytes::copy_from_slice(req)]),
+        status: Some(status),
+        response_headers: vec![("content-type".into(), ctype.into())],
+        response_body: body(vec![Bytes::copy_from_slice(resp)]),
+        outcome: Outcome::Complete,
+    }
+}
+
+fn run(ex: &Exchange) -> Conversation {
+    parse(ex, &ParseOptions::default(), &Pricing::builtin())
+}
+
+/// The request fixture with `"stream": true` added.
+fn streaming(req: &[u8]) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(req).unwrap();
+    v["stream"] = true.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn text(s: &str) -> Part {
+    Part::text(s)
+}
+
+fn out(parts: Vec<Part>, finish: &str) -> OutputMessage {
+    OutputMessage {
+        role: Role::Assistant,
+        parts,
+        finish_reason: finish.into(),
+    }
+}
+
+/// What a streamed and a non-streamed response of the same content must agree on.
+fn assert_same_result(streamed: &Conversation, whole: &Conversation) {
+    assert!(streamed.stream, "streamed exchange not marked stream");
+    assert!(streamed.chunk_count > 0);
+    assert!(!streamed.aborted && !streamed.opaque, "{streamed:?}");
+    assert_eq!(streamed.usage, whole.usage, "usage");
+    assert_eq!(
+        streamed.finish_reasons, whole.finish_reasons,
+        "finish reasons"
+    );
+    assert_eq!(streamed.output_messages, whole.output_messages, "output");
+    assert_eq!(streamed.response_id, whole.response_id, "response id");
+    assert_eq!(
+        streamed.response_model, whole.response_model,
+        "response model"
+    );
+    assert_eq!(streamed.cost_usd, whole.cost_usd, "cost");
+    assert_eq!(streamed.input_messages, whole.input_messages, "input");
+}
+
+/// Re-parses `ex` with its response body split at every byte boundary, and in many random
+/// pieces, asserting the same model each time.
+fn assert_split_invariant(ex: &Exchange) {
+    let expected = run(ex);
+    let whole = ex.response_body.bytes();
+    for cut in 0..=whole.len() {
+        let mut split = ex.clone();
+        split.response_body = body(vec![whole.slice(..cut), whole.slice(cut..)]);
+        assert_eq!(run(&split), expected, "split at byte {cut}");
+    }
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
+    runner
+        .run(
+            &proptest::collection::vec(0..whole.len(), 0..16),
+            |mut cuts| {
+                cuts.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut at = 0;
+                for c in cuts.into_iter().chain([whole.len()]) {
+                    chunks.push(whole.slice(at..c));
+                    at = c;
+                }
+                let mut split = ex.clone();
+                split.response_body = body(chunks);
+                prop_assert_eq!(run(&split), expected.clone());
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+const SSE: &str = "text/event-stream; charset=utf-8";
+const JSON: &str = "application/json";
+
+// === detect ===
+
+#[test]
+fn detect_names_provider_operation_and_dialect() {
+    type Want = Option<(&'static str, &'static str, Api)>;
+    let cases: &[(&str, &str, Want)] = &[
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some(("openai", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "api.openai.com",
+            "/v1/responses",
+            Some(("openai", "chat", Api::OpenAiResponses)),
+        ),
+        (
+            "api.openai.com",
+            "/v1/embeddings",
+            Some(("openai", "embeddings", Api::OpenAiEmbeddings)),
+        ),
+        (
+            "api.openai.com",
+            "/v1/completions",
+            Some(("openai", "text_completion", Api::OpenAiCompletions)),
+        ),
+        (
+            "api.anthropic.com",
+            "/v1/messages",
+            Some(("anthropic", "chat", Api::AnthropicMessages)),
+        ),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            Some(("gcp.gemini", "generate_content", Api::GeminiGenerate)),
+        ),
+        (
+            "us-central1-aiplatform.googleapis.com",
+            "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent",
+            Some(("gcp.vertex_ai", "generate_content", Api::GeminiGenerate)),
+        ),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-embedding-001:embedContent",
+            Some(("gcp.gemini", "embeddings", Api::GeminiEmbed)),
+        ),
+        (
+            "myco.openai.azure.com",
+            "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+            Some(("azure.ai.openai", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "openrouter.ai",
+            "/api/v1/chat/completions",
+            Some(("openrouter", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "api.groq.com",
+            "/openai/v1/chat/completions",
+            Some(("groq", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "api.together.xyz",
+            "/v1/chat/completions",
+            Some(("together_ai", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "api.mistral.ai",
+            "/v1/chat/completions",
+            Some(("mistral_ai", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "api.deepseek.com",
+            "/chat/completions",
+            Some(("deepseek", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "localhost",
+            "/v1/chat/completions",
+            Some(("openai_compatible", "chat", Api::OpenAiChat)),
+        ),
+        (
+            "vllm.internal",
+            "/v1/completions",
+            Some((
+                "openai_compatible",
+                "text_completion",
+                Api::OpenAiCompletions,
+            )),
+        ),
+        ("api.openai.com", "/v1/files", None),
+        ("api.openai.com", "/v1/threads/t_1/messages", None),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-flash:countTokens",
+            None,
+        ),
+        ("example.com", "/", None),
+    ];
+    for (host, path, want) in cases {
+        let ex = exchange(host, path, b"{}", 200, JSON, b"{}");
+        let got = detect(&ex).map(|t| (t.provider, t.operation, t.api));
+        let want = want.map(|(p, o, a)| (p.to_string(), o, a));
+        assert_eq!(got, want, "{host}{path}");
+    }
+    let azure = exchange(
+        "myco.openai.azure.com",
+        "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+        b"{}",
+        200,
+        JSON,
+        b"{}",
+    );
+    assert_eq!(
+        detect(&azure).unwrap().path_model.as_deref(),
+        Some("prod-gpt4o")
+    );
+    let mut get = exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        b"",
+        200,
+        JSON,
+        b"{}",
+    );
+    get.method = "GET".into();
+    assert_eq!(detect(&get), None);
+}
+
+#[test]
+fn gateway_exchanges_are_detected_by_their_upstream() {
+    let mut ex = exchange(
+        "api.anthropic.com",
+        "/v1/messages",
+        &fixture("anthropic/messages_request.json"),
+        200,
+        JSON,
+        &fixture("anthropic/messages_response.json"),
+    );
+    ex.route = Route::Gateway {
+        name: "anthropic".into(),
+    };
+    let c = run(&ex);
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("anthropic", "chat")
+    );
+    assert_eq!(c.server_address, "api.anthropic.com");
+}
+
+// === OpenAI Chat Completions ===
+
+fn chat_tools(resp: &str, ctype: &str, stream: bool) -> Exchange {
+    let req = fixture("openai/chat_tools_request.json");
+    let req = if stream { streaming(&req) } else { req };
+    exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &req,
+        200,
+        ctype,
+        &fixture(resp),
+    )
+}
+
+#[test]
+fn openai_chat_request_and_tool_call_response() {
+    let c = run(&chat_tools("openai/chat_tools_response.json", JSON, false));
+    assert!(!c.opaque, "{:?}", c.opaque_reason);
+    assert_eq!(c.provider, "openai");
+    assert_eq!(c.operation, "chat");
+    assert_eq!(c.api_type.as_deref(), Some("chat_completions"));
+    assert_eq!(
+        (c.server_address.as_str(), c.server_port),
+        ("api.openai.com", 443)
+    );
+    assert_eq!(c.request_model.as_deref(), Some("gpt-4o"));
+    assert_eq!(c.response_model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(
+        c.response_id.as_deref(),
+        Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG")
+    );
+    assert!(!c.stream);
+    assert_eq!(
+        c.user_id.as_deref(),
+        Some("sid-5b1c9e"),
+        "safety_identifier wins over user"
+    );
+    assert_eq!(c.tool_names, ["get_weather", "get_time"]);
+    assert_eq!(c.output_type, None);
+    assert_eq!(c.params["temperature"], json!(0.2));
+    assert_eq!(c.params["top_p"], json!(0.9));
+    assert_eq!(c.params["max_tokens"], json!(300));
+    assert_eq!(c.params["stop_sequences"], json!(["END"]));
+    assert_eq!(c.params["seed"], json!(42));
+    assert!(!c.params.contains_key("choice.count"));
+    assert!(
+        c.system_instructions.is_empty(),
+        "chat system messages stay in input"
+    );
+
+    assert_eq!(c.input_messages.len(), 6);
+    assert_eq!(c.input_messages[0].role, Role::System);
+    assert_eq!(
+        c.input_messages[1],
+        InputMessage {
+            role: Role::User,
+            parts: vec![
+                text("What's the weather and time where this was taken? It's Paris."),
+                Part::Blob {
+                    modality: Some(Modality::Image),
+                    mime_type: Some("image/png".into()),
+                    byte_len: Some(70),
+                },
+                Part::Uri {
+                    modality: Some(Modality::Image),
+                    uri: "https://example.com/paris.jpg".into(),
+                },
+            ],
+            name: Some("alice".into()),
+        }
+    );
+    assert_eq!(
+        c.input_messages[2].parts,
+        [Part::ToolCall {
+            id: Some("call_prev1".into()),
+            name: "get_weather".into(),
+            arguments: Some(json!({"location": "Lyon"})),
+        }]
+    );
+    assert_eq!(
+        c.input_messages[3],
+        InputMessage {
+            role: Role::Tool,
+            parts: vec![Part::ToolCallResponse {
+                id: Some("call_prev1".into()),
+                response: json!("{\"temp_c\":21}"),
+            }],
+            name: None,
+        }
+    );
+
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![
+                Part::ToolCall {
+                    id: Some("call_abc123".into()),
+                    name: "get_weather".into(),
+                    arguments: Some(json!({"location": "Paris, France", "unit": "celsius"})),
+                },
+                Part::ToolCall {
+                    id: Some("call_def456".into()),
+                    name: "get_time".into(),
+                    arguments: Some(json!({"timezone": "Europe/Paris"})),
+                },
+            ],
+            "tool_call",
+        )]
+    );
+    assert_eq!(c.finish_reasons, ["tool_call"]);
+    assert_eq!(
+        c.usage,
+        Usage {
+            input_tokens: Some(1117),
+            output_tokens: Some(46),
+            cache_read_tokens: Some(1024),
+            cache_creation_tokens: None,
+            reasoning_tokens: Some(0),
+        }
+    );
+    // gpt-4o-2024-08-06 → gpt-4o: 93 uncached at 2.50, 1024 cached at 1.25, 46 out at 10.
+    let want = (93.0 * 2.5 + 1024.0 * 1.25 + 46.0 * 10.0) / 1e6;
+    assert!(
+        (c.cost_usd.unwrap() - want).abs() < 1e-12,
+        "{:?}",
+        c.cost_usd
+    );
+    assert_eq!(c.timings.duration, Duration::from_millis(1320));
+    assert_eq!(
+        c.timings.time_to_first_chunk,
+        Some(Duration::from_millis(320))
+    );
+    let tps = c.timings.output_tokens_per_second.unwrap();
+    assert!((tps - 46.0 / 1.32).abs() < 1e-9, "{tps}");
+    assert_eq!(c.status, Some(200));
+    assert_eq!(c.error_type, None);
+    assert_eq!(c.chunk_count, 0);
+}
+
+#[test]
+fn openai_chat_messages_serialize_to_genai_json() {
+    let c = run(&chat_tools("openai/chat_tools_response.json", JSON, false));
+    let input = c.input_messages_json();
+    assert_eq!(
+        input[1]["parts"][1],
+        json!({"type": "blob", "modality": "image", "mime_type": "image/png", "byte_len": 70})
+    );
+    assert!(
+        !input.to_string().contains("iVBORw0KGgo"),
+        "image bytes leaked"
+    );
+    assert_eq!(
+        c.output_messages_json(),
+        json!([{"role": "assistant", "finish_reason": "tool_call", "parts": [
+            {"type": "tool_call", "id": "call_abc123", "name": "get_weather",
+             "arguments": {"location": "Paris, France", "unit": "celsius"}},
+            {"type": "tool_call", "id": "call_def456", "name": "get_time",
+             "arguments": {"timezone": "Europe/Paris"}}]}])
+    );
+}
+
+#[test]
+fn openai_chat_stream_with_tool_argument_deltas_equals_json() {
+    let whole = run(&chat_tools("openai/chat_tools_response.json", JSON, false));
+    let ex = chat_tools("openai/chat_tools_stream.sse", SSE, true);
+    let streamed = run(&ex);
+    assert_same_result(&streamed, &whole);
+    assert_eq!(streamed.chunk_count, 10);
+    // Streaming: tokens/s over first byte → end (1 s).
+    assert_eq!(streamed.timings.output_tokens_per_second, Some(46.0));
+    assert_split_invariant(&ex);
+}
+
+fn chat_n2(resp: &str, ctype: &str, stream: bool) -> Exchange {
+    let req = fixture("openai/chat_n2_request.json");
+    let req = if stream { streaming(&req) } else { req };
+    exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &req,
+        200,
+        ctype,
+        &fixture(resp),
+    )
+}
+
+#[test]
+fn openai_chat_n2_choices_json_and_stream() {
+    let whole = run(&chat_n2("openai/chat_n2_response.json", JSON, false));
+    assert_eq!(whole.params["choice.count"], json!(2));
+    assert_eq!(whole.params["max_tokens"], json!(12));
+    assert_eq!(whole.params["presence_penalty"], json!(0.5));
+    assert_eq!(whole.params["frequency_penalty"], json!(0.1));
+    assert_eq!(whole.params["stop_sequences"], json!(["\n\n", "###"]));
+    assert_eq!(whole.output_type.as_deref(), Some("json"));
+    assert_eq!(whole.finish_reasons, ["stop", "length"]);
+    assert_eq!(
+        whole.output_messages[0].parts,
+        [text("{\"fr\": \"Bonjour, je m'appelle Jane Doe.\"}")]
+    );
+    assert_eq!(
+        whole.output_messages[1].parts,
+        [text("{\"fr\": \"Bonjour, mon nom est")]
+    );
+    assert_eq!(whole.usage.input_tokens, Some(25));
+    assert_eq!(whole.usage.cache_read_tokens, Some(0));
+    assert_eq!(whole.user_id, None);
+    // gpt-4o-mini-2024-07-18 must be priced as gpt-4o-mini, not gpt-4o.
+    let want = (25.0 * 0.15 + 24.0 * 0.60) / 1e6;
+    assert!((whole.cost_usd.unwrap() - want).abs() < 1e-12);
+
+    let ex = chat_n2("openai/chat_n2_stream.sse", SSE, true);
+    assert_same_result(&run(&ex), &whole);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn openai_refusal_is_its_own_part() {
+    let ex = exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &fixture("openai/chat_n2_request.json"),
+        200,
+        JSON,
+        &fixture("openai/chat_refusal_response.json"),
+    );
+    let c = run(&ex);
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![Part::Refusal {
+                content: "I'm sorry, I can't help with that.".into()
+            }],
+            "stop"
+        )]
+    );
+    assert_eq!(c.usage.cache_read_tokens, None, "absent is None, never 0");
+    assert_eq!(c.usage.reasoning_tokens, None);
+}
+
+#[test]
+fn openai_stream_cut_mid_event_keeps_what_was_seen() {
+    let full = fixture("openai/chat_n2_stream.sse");
+    let text = String::from_utf8(full).unwrap();
+    // Cut inside the event that carries choice 1's second delta.
+    let cut = text.find("mon nom est").unwrap();
+    let mut ex = chat_n2("openai/chat_n2_stream.sse", SSE, true);
+    ex.response_body = body(vec![Bytes::copy_from_slice(&text.as_bytes()[..cut])]);
+    ex.outcome = Outcome::UpstreamAborted {
+        reason: "connection reset".into(),
+    };
+    let c = run(&ex);
+    assert!(c.aborted && !c.opaque);
+    assert_eq!(c.response_id.as_deref(), Some("chatcmpl-AXj2kq0n2"));
+    assert_eq!(
+        c.output_messages,
+        [
+            out(
+                vec![text_part("{\"fr\": \"Bonjour, je m'appelle Jane Doe.\"}")],
+                "unknown"
+            ),
+            out(vec![text_part("{\"fr\": \"Bonjour, ")], "unknown"),
+        ]
+    );
+    assert_eq!(c.usage, Usage::default());
+    assert_eq!(c.cost_usd, None);
+}
+
+fn text_part(s: &str) -> Part {
+    Part::text(s)
+}
+
+#[test]
+fn azure_and_compatible_servers_parse_as_openai_chat() {
+    let mut req: Value = serde_json::from_slice(&fixture("openai/chat_n2_request.json")).unwrap();
+    req.as_object_mut().unwrap().remove("model");
+    let ex = exchange(
+        "myco.openai.azure.com",
+        "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+        &serde_json::to_vec(&req).unwrap(),
+        200,
+        JSON,
+        &fixture("openai/chat_n2_response.json"),
+    );
+    let c = run(&ex);
+    assert_eq!(c.provider, "azure.ai.openai");
+    assert_eq!(c.request_model.as_deref(), Some("prod-gpt4o"));
+    assert_eq!(c.finish_reasons, ["stop", "length"]);
+    assert!(c.cost_usd.is_some(), "azure prices alias openai's");
+
+    let mut ex = chat_n2("openai/chat_n2_stream.sse", SSE, true);
+    ex.upstream.host = "127.0.0.1".into();
+    ex.upstream.port = 11434;
+    let c = run(&ex);
+    assert_eq!(c.provider, "openai_compatible");
+    assert_eq!(c.finish_reasons, ["stop", "length"]);
+    assert_eq!(c.cost_usd, None, "unknown provider: no price, not 0");
+}
+
+#[test]
+fn openai_error_bodies_give_the_error_type() {
+    let req = fixture("openai/chat_n2_request.json");
+    let c = run(&exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &req,
+        429,
+        JSON,
+        &fixture("openai/error_429.json"),
+    ));
+    assert_eq!(c.error_type.as_deref(), Some("rate_limit_exceeded"));
+    assert!(c.error_message.unwrap().starts_with("Rate limit reached"));
+    assert!(!c.opaque);
+    assert_eq!(c.request_model.as_deref(), Some("gpt-4o-mini"));
+    assert!(c.output_messages.is_empty() && c.finish_reasons.is_empty());
+
+    let c = run(&exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &req,
+        400,
+        JSON,
+        &fixture("openai/error_400.json"),
+    ));
+    assert_eq!(c.error_type.as_deref(), Some("invalid_request_error"));
+
+    let c = run(&exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &req,
+        502,
+        "text/html",
+        b"<html>Bad gateway</html>",
+    ));
+    assert_eq!(c.error_type.as_deref(), Some("502"));
+    assert!(!c.opaque);
+}
+
+// === OpenAI Responses ===
+
+fn responses(resp: &str, ctype: &str, stream: bool) -> Exchange {
+    let req = fixture("openai/responses_request.json");
+    let req = if stream { streaming(&req) } else { req };
+    exchange(
+        "api.openai.com",
+        "/v1/responses",
+        &req,
+        200,
+        ctype,
+        &fixture(resp),
+    )
+}
+
+#[test]
+fn openai_responses_request_and_response() {
+    let c = run(&responses("openai/responses_response.json", JSON, false));
+    assert_eq!(c.api_type.as_deref(), Some("responses"));
+    assert_eq!(c.operation, "chat");
+    assert_eq!(c.request_model.as_deref(), Some("gpt-4.1"));
+    assert_eq!(c.response_model.as_deref(), Some("gpt-4.1-2025-04-14"));
+    assert_eq!(c.conversation_id.as_deref(), Some("resp_prev_68af"));
+    assert_eq!(c.user_id.as_deref(), Some("sid-responses-1"));
+    assert_eq!(c.output_type.as_deref(), Some("json"));
+    assert_eq!(c.params["max_tokens"], json!(500));
+    assert_eq!(c.tool_names, ["get_weather", "web_search_preview"]);
+    assert_eq!(
+        c.system_instructions,
+        [text("You are a concise travel assistant.")]
+    );
+    assert_eq!(
+        c.input_messages,
+        [
+            InputMessage {
+                role: Role::User,
+                parts: vec![
+                    text("What's the weather in Paris? My email is jane@example.com."),
+                    Part::Uri {
+                        modality: Some(Modality::Image),
+                        uri: "https://example.com/paris.jpg".into()
+                    },
+                    Part::File {
+                        modality: None,
+                        file_id: "file-6F2ksmvXxt4VdoqmHRw6kL".into()
+                    },
+                ],
+                name: None,
+            },
+            InputMessage {
+                role: Role::Assistant,
+                parts: vec![
+                    Part::Reasoning {
+                        content: "Need the weather tool.".into()
+                    },
+                    Part::ToolCall {
+                        id: Some("call_1".into()),
+                        name: "get_weather".into(),
+                        arguments: Some(json!({"city": "Paris"})),
+                    },
+                ],
+                name: None,
+            },
+            InputMessage {
+                role: Role::Tool,
+                parts: vec![Part::ToolCallResponse {
+                    id: Some("call_1".into()),
+                    response: json!("{\"temp_c\":18,\"sky\":\"sunny\"}"),
+                }],
+                name: None,
+            },
+        ]
+    );
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![
+                Part::Reasoning {
+                    content: "Format as JSON.".into()
+                },
+                text("{\"city\":\"Paris\",\"summary\":\"18 °C and sunny\"}"),
+            ],
+            "stop"
+        )]
+    );
+    assert_eq!(
+        c.usage,
+        Usage {
+            input_tokens: Some(328),
+            output_tokens: Some(52),
+            cache_read_tokens: Some(256),
+            cache_creation_tokens: None,
+            reasoning_tokens: Some(32),
+        }
+    );
+    let want = (72.0 * 2.0 + 256.0 * 0.5 + 52.0 * 8.0) / 1e6;
+    assert!((c.cost_usd.unwrap() - want).abs() < 1e-12);
+}
+
+#[test]
+fn openai_responses_stream_equals_json() {
+    let whole = run(&responses("openai/responses_response.json", JSON, false));
+    let ex = responses("openai/responses_stream.sse", SSE, true);
+    assert_same_result(&run(&ex), &whole);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn openai_responses_stream_cut_before_completion_is_rebuilt_from_items() {
+    let full = String::from_utf8(fixture("openai/responses_stream.sse")).unwrap();
+    let cut = full.find("event: response.completed").unwrap();
+    let mut ex = responses("openai/responses_stream.sse", SSE, true);
+    ex.response_body = body(vec![Bytes::copy_from_slice(&full.as_bytes()[..cut])]);
+    ex.outcome = Outcome::ClientAborted;
+    let c = run(&ex);
+    assert!(c.aborted);
+    assert_eq!(
+        c.response_id.as_deref(),
+        Some("resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b")
+    );
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![
+                Part::Reasoning {
+                    content: "Format as JSON.".into()
+                },
+                text("{\"city\":\"Paris\",\"summary\":\"18 °C and sunny\"}"),
+            ],
+            "unknown"
+        )]
+    );
+    assert_eq!(c.usage.input_tokens, None);
+
+    // Cut even earlier: the message item was added, only text deltas arrived.
+    let cut = full.find("event: response.output_text.done").unwrap();
+    ex.response_body = body(vec![Bytes::copy_from_slice(&full.as_bytes()[..cut])]);
+    let c = run(&ex);
+    assert_eq!(
+        c.output_messages[0].parts[1],
+        text("{\"city\":\"Paris\",\"summary\":\"18 °C and sunny\"}")
+    );
+}
+
+// === OpenAI Embeddings ===
+
+#[test]
+fn openai_embeddings() {
+    let ex = exchange(
+        "api.openai.com",
+        "/v1/embeddings",
+        &fixture("openai/embeddings_request.json"),
+        200,
+        JSON,
+        &fixture("openai/embeddings_response.json"),
+    );
+    let c = run(&ex);
+    assert_eq!(c.operation, "embeddings");
+    assert_eq!(c.request_model.as_deref(), Some("text-embedding-3-small"));
+    assert_eq!(c.response_model.as_deref(), Some("text-embedding-3-small"));
+    assert_eq!(c.user_id.as_deref(), Some("user-emb-9"));
+    assert_eq!(c.params["embeddings.dimension.count"], json!(256));
+    assert_eq!(
+        c.input_messages[0].parts,
+        [
+            text("The food was delicious and the waiter was friendly."),
+            text("Call me at +1 555 0100.")
+        ]
+    );
+    assert!(c.output_messages.is_empty());
+    assert_eq!(c.usage.input_tokens, Some(19));
+    assert_eq!(c.usage.output_tokens, None);
+    assert!((c.cost_usd.unwrap() - 19.0 * 0.02 / 1e6).abs() < 1e-15);
+}
+
+// === Anthropic ===
+
+fn anthropic(resp: &str, ctype: &str, stream: bool) -> Exchange {
+    let req = fixture("anthropic/messages_request.json");
+    let req = if stream { streaming(&req) } else { req };
+    exchange(
+        "api.anthropic.com",
+        "/v1/messages",
+        &req,
+        200,
+        ctype,
+        &fixture(resp),
+    )
+}
+
+#[test]
+fn anthropic_messages_request_and_response() {
+    let c = run(&anthropic("anthropic/messages_response.json", JSON, false));
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("anthropic", "chat")
+    );
+    assert_eq!(c.api_type, None);
+    assert_eq!(
+        c.request_model.as_deref(),
+        Some("claude-sonnet-4-5-20250929")
+    );
+    assert_eq!(
+        c.response_model.as_deref(),
+        Some("claude-sonnet-4-5-20250929")
+    );
+    assert_eq!(c.response_id.as_deref(), Some("msg_01Aq9w938a90dw8q"));
+    assert_eq!(c.user_id.as_deref(), Some("usr_8f14e45fceea167a"));
+    assert_eq!(c.params["max_tokens"], json!(2048));
+    assert_eq!(c.params["stop_sequences"], json!(["\n\nHuman:"]));
+    assert_eq!(c.tool_names, ["get_weather", "get_forecast"]);
+    assert_eq!(
+        c.system_instructions,
+        [
+            text("You are a helpful weather bot."),
+            text("Always cite the tool you used.")
+        ]
+    );
+    assert_eq!(
+        c.input_messages,
+        [
+            InputMessage {
+                role: Role::User,
+                parts: vec![
+                    Part::Blob {
+                        modality: Some(Modality::Image),
+                        mime_type: Some("image/png".into()),
+                        byte_len: Some(70),
+                    },
+                    text("What's the weather where this photo was taken? It's Paris."),
+                ],
+                name: None,
+            },
+            InputMessage {
+                role: Role::Assistant,
+                parts: vec![
+                    Part::Reasoning {
+                        content: "The user wants the weather in Paris. I should call get_weather."
+                            .into()
+                    },
+                    Part::ToolCall {
+                        id: Some("toolu_01A09q90qw90lq917835lq9".into()),
+                        name: "get_weather".into(),
+                        arguments: Some(json!({"location": "Paris, France"})),
+                    },
+                ],
+                name: None,
+            },
+            InputMessage {
+                role: Role::User,
+                parts: vec![Part::ToolCallResponse {
+                    id: Some("toolu_01A09q90qw90lq917835lq9".into()),
+                    response: json!("18°C, sunny"),
+                }],
+                name: None,
+            },
+        ]
+    );
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![
+                Part::Reasoning {
+                    content: "I have the weather. Let me also get tomorrow's forecast.".into()
+                },
+                text("It's 18°C and sunny in Paris. Let me check tomorrow too."),
+                Part::ToolCall {
+                    id: Some("toolu_02".into()),
+                    name: "get_forecast".into(),
+                    arguments: Some(json!({"location": "Paris, France", "days": 1})),
+                },
+            ],
+            "tool_call"
+        )]
+    );
+    // input_tokens excludes the cache on Anthropic; the model includes it.
+    assert_eq!(
+        c.usage,
+        Usage {
+            input_tokens: Some(472 + 1822),
+            output_tokens: Some(96),
+            cache_read_tokens: Some(1822),
+            cache_creation_tokens: Some(0),
+            reasoning_tokens: None,
+        }
+    );
+    let want = (472.0 * 3.0 + 1822.0 * 0.30 + 96.0 * 15.0) / 1e6;
+    assert!(
+        (c.cost_usd.unwrap() - want).abs() < 1e-12,
+        "{:?}",
+        c.cost_usd
+    );
+    assert_eq!(
+        c.system_instructions_json(),
+        json!([{"type": "text", "content": "You are a helpful weather bot."},
+               {"type": "text", "content": "Always cite the tool you used."}])
+    );
+}
+
+#[test]
+fn anthropic_stream_equals_json() {
+    let whole = run(&anthropic("anthropic/messages_response.json", JSON, false));
+    let ex = anthropic("anthropic/messages_stream.sse", SSE, true);
+    let streamed = run(&ex);
+    assert_same_result(&streamed, &whole);
+    assert_eq!(streamed.chunk_count, 18);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn anthropic_errors_in_body_and_mid_stream() {
+    let mut ex = anthropic("anthropic/error_529.json", JSON, false);
+    ex.status = Some(529);
+    let c = run(&ex);
+    assert_eq!(c.error_type.as_deref(), Some("overloaded_error"));
+    assert_eq!(c.error_message.as_deref(), Some("Overloaded"));
+
+    let c = run(&anthropic("anthropic/stream_error.sse", SSE, true));
+    assert_eq!(c.error_type.as_deref(), Some("overloaded_error"));
+    assert_eq!(c.output_messages, [out(vec![text("Partial")], "unknown")]);
+    assert_eq!(c.usage.input_tokens, Some(12));
+}
+
+// === Gemini ===
+
+fn gemini(method: &str, resp: &str, ctype: &str) -> Exchange {
+    exchange(
+        "generativelanguage.googleapis.com",
+        &format!("/v1beta/models/gemini-2.5-flash:{method}"),
+        &fixture("gemini/generate_request.json"),
+        200,
+        ctype,
+        &fixture(resp),
+    )
+}
+
+#[test]
+fn gemini_generate_content_request_and_response() {
+    let c = run(&gemini(
+        "generateContent",
+        "gemini/generate_response.json",
+        JSON,
+    ));
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("gcp.gemini", "generate_content")
+    );
+    assert_eq!(c.request_model.as_deref(), Some("gemini-2.5-flash"));
+    assert_eq!(c.response_model.as_deref(), Some("gemini-2.5-flash"));
+    assert_eq!(c.response_id.as_deref(), Some("mAitaLmkHPPlz7IPvtfUqQ4"));
+    assert!(!c.stream);
+    assert_eq!(c.params["temperature"], json!(0.7));
+    assert_eq!(c.params["top_p"], json!(0.95));
+    assert_eq!(c.params["top_k"], json!(40));
+    assert_eq!(c.params["max_tokens"], json!(800));
+    assert_eq!(c.params["stop_sequences"], json!(["END"]));
+    assert!(!c.params.contains_key("choice.count"));
+    assert_eq!(c.output_type.as_deref(), Some("text"));
+    assert_eq!(c.tool_names, ["get_weather", "googleSearch"]);
+    assert_eq!(
+        c.system_instructions,
+        [text("You are a cheerful assistant.")]
+    );
+    assert_eq!(
+        c.input_messages,
+        [
+            InputMessage {
+                role: Role::User,
+                parts: vec![
+                    text("Describe this picture and check the weather in Paris."),
+                    Part::Blob {
+                        modality: Some(Modality::Image),
+                        mime_type: Some("image/jpeg".into()),
+                        byte_len: Some(28),
+                    },
+                ],
+                name: None,
+            },
+            InputMessage {
+                role: Role::Assistant,
+                parts: vec![Part::ToolCall {
+                    id: None,
+                    name: "get_weather".into(),
+                    arguments: Some(json!({"city": "Paris"})),
+                }],
+                name: None,
+            },
+            InputMessage {
+                role: Role::User,
+                parts: vec![Part::ToolCallResponse {
+                    id: None,
+                    response: json!({"temp_c": 18, "sky": "sunny"}),
+                }],
+                name: None,
+            },
+        ]
+    );
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![text(
+                "A sunny street in Paris. It's 18°C and sunny there today!"
+            )],
+            "stop"
+        )]
+    );
+    assert_eq!(
+        c.usage,
+        Usage {
+            input_tokens: Some(1290),
+            output_tokens: Some(18 + 42),
+            cache_read_tokens: Some(1024),
+            cache_creation_tokens: None,
+            reasoning_tokens: Some(42),
+        }
+    );
+    let want = (266.0 * 0.30 + 1024.0 * 0.03 + 60.0 * 2.50) / 1e6;
+    assert!((c.cost_usd.unwrap() - want).abs() < 1e-12);
+}
+
+#[test]
+fn gemini_sse_and_json_array_streams_equal_json() {
+    let whole = run(&gemini(
+        "generateContent",
+        "gemini/generate_response.json",
+        JSON,
+    ));
+    let sse = gemini("streamGenerateContent?alt=sse", "gemini/stream.sse", SSE);
+    let streamed = run(&sse);
+    assert_same_result(&streamed, &whole);
+    assert_eq!(streamed.chunk_count, 3);
+    assert_split_invariant(&sse);
+
+    let array = gemini("streamGenerateContent", "gemini/stream.json", JSON);
+    let streamed = run(&array);
+    assert_same_result(&streamed, &whole);
+    assert_split_invariant(&array);
+
+    // Cut the array mid-element: the earlier elements are kept, the model is aborted.
+    let raw = fixture("gemini/stream.json");
+    let text = String::from_utf8(raw).unwrap();
+    let cut = text.find("and sunny there").unwrap();
+    let mut ex = array.clone();
+    ex.response_body = body(vec![Bytes::copy_from_slice(&text.as_bytes()[..cut])]);
+    let c = run(&ex);
+    assert!(c.aborted && !c.opaque);
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![text_part("A sunny street in Paris. It's 18°C")],
+            "unknown"
+        )]
+    );
+}
+
+#[test]
+fn gemini_function_call_and_thought_parts() {
+    let mut ex = gemini(
+        "generateContent",
+        "gemini/function_call_response.json",
+        JSON,
+    );
+    ex.path = "/v1beta/models/gemini-2.0-flash:generateContent".into();
+    let c = run(&ex);
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![
+                Part::Reasoning {
+                    content: "Let me check.".into()
+                },
+                Part::ToolCall {
+                    id: None,
+                    name: "get_weather".into(),
+                    arguments: Some(json!({"city": "Paris"})),
+                },
+            ],
+            "tool_call"
+        )]
+    );
+    assert_eq!(c.usage.output_tokens, Some(12));
+    assert_eq!(c.usage.reasoning_tokens, None);
+    assert_eq!(c.response_model.as_deref(), Some("gemini-2.0-flash-001"));
+    assert!(
+        c.cost_usd.is_some(),
+        "gemini-2.0-flash-001 → gemini-2.0-flash"
+    );
+}
+
+#[test]
+fn gemini_error_body() {
+    let mut ex = gemini("generateContent", "gemini/error_429.json", JSON);
+    ex.status = Some(429);
+    let c = run(&ex);
+    assert_eq!(c.error_type.as_deref(), Some("RESOURCE_EXHAUSTED"));
+    assert_eq!(c.request_model.as_deref(), Some("gemini-2.5-flash"));
+}
+
+// === opaque exchanges ===
+
+#[test]
+fn opaque_exchanges_keep_metadata_and_drop_content() {
+    let good = fixture("openai/chat_n2_request.json");
+    let resp = fixture("openai/chat_n2_response.json");
+    let mut cases = Vec::new();
+    cases.push((
+        "unrecognized endpoint",
+        exchange("api.openai.com", "/v1/files", &good, 200, JSON, &resp),
+    ));
+    cases.push((
+        "request body is not JSON",
+        exchange(
+            "api.openai.com",
+            "/v1/chat/completions",
+            b"{\"model\": ",
+            200,
+            JSON,
+            &resp,
+        ),
+    ));
+    let mut truncated = exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &good,
+        200,
+        JSON,
+        &resp,
+    );
+    truncated.request_body.truncated = true;
+    truncated.request_body.wire_len = 99_999_999;
+    cases.push(("request body truncated at the capture limit", truncated));
+    let mut bad_gzip = exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &good,
+        200,
+        JSON,
+        &resp,
+    );
+    bad_gzip.request_body.content_encoding = Some("gzip".into());
+    cases.push(("request body: corrupt", bad_gzip));
+    cases.push((
+        "response body is not JSON",
+        exchange(
+            "api.openai.com",
+            "/v1/chat/completions",
+            &good,
+            200,
+            JSON,
+            b"<html>",
+        ),
+    ));
+    for (reason, ex) in cases {
+        let c = run(&ex);
+        assert!(c.opaque, "{reason}");
+        assert!(
+            c.opaque_reason.as_deref().unwrap().starts_with(reason),
+            "{reason}: {:?}",
+            c.opaque_reason
+        );
+        assert_eq!(c.operation, "unknown");
+        assert_eq!(c.provider, "openai", "provider by host still known");
+        assert_eq!(c.status, Some(200));
+        assert_eq!(c.request_bytes, ex.request_body.wire_len);
+        assert_eq!(c.response_bytes, ex.response_body.wire_len);
+        assert_eq!(c.timings.duration, Duration::from_millis(1320));
+        assert!(c.input_messages.is_empty() && c.output_messages.is_empty());
+        assert_eq!((c.request_model, c.cost_usd), (None, None));
+    }
+    let c = run(&exchange(
+        "unknown.example",
+        "/x",
+        b"\xff",
+        404,
+        "text/plain",
+        b"nope",
+    ));
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("unknown", "unknown")
+    );
+    assert_eq!(c.error_type.as_deref(), Some("404"));
+}
+
+#[test]
+fn upstream_failure_is_the_error_type() {
+    let mut ex = chat_n2("openai/chat_n2_response.json", JSON, false);
+    ex.status = None;
+    ex.response_body = Body::default();
+    ex.outcome = Outcome::UpstreamFailed {
+        kind: UpstreamFailure::Timeout,
+        reason: "no headers in 300s".into(),
+    };
+    let c = run(&ex);
+    assert!(!c.opaque);
+    assert_eq!(c.error_type.as_deref(), Some("timeout"));
+    assert_eq!(c.request_model.as_deref(), Some("gpt-4o-mini"));
+    assert!(c.output_messages.is_empty());
+}
+
+#[test]
+fn gzip_encoded_stream_is_decoded_first() {
+    use std::io::Write as _;
+    let raw = fixture("anthropic/messages_stream.sse");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&raw).unwrap();
+    let gz = enc.finish().unwrap();
+    let mut ex = anthropic("anthropic/messages_stream.sse", SSE, true);
+    ex.response_body = body(vec![Bytes::from(gz)]);
+    ex.response_body.content_encoding = Some("gzip".into());
+    let c = run(&ex);
+    assert_eq!(c.finish_reasons, ["tool_call"]);
+    assert_eq!(c.usage.output_tokens, Some(96));
+}
+
+// === identity and tags ===
+
+#[test]
+fn identity_tags_and_trace_context() {
+    let mut ex = chat_tools("openai/chat_tools_response.json", JSON, false);
+    ex.request_headers.push((
+        "traceparent".into(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    ));
+    ex.request_headers
+        .push(("tracestate".into(), "congo=t61rcWkgMzE".into()));
+    ex.tags.push(("x-veil-feature".into(), "seo-audit".into()));
+    let c = run(&ex);
+    assert_eq!(c.feature.as_deref(), Some("seo-audit"));
+    let tp = c.trace_parent.unwrap();
+    assert_eq!(tp.parent_span_id[7], 0xb7);
+    assert_eq!(tp.trace_state.as_deref(), Some("congo=t61rcWkgMzE"));
+
+    // Configured paths beat the provider's field; the explicit tag beats both.
+    let opts = ParseOptions {
+        user_id_paths: vec![
+            "missing.path".into(),
+            "stream_options.include_usage".into(),
+            "seed".into(),
+        ],
+        ..ParseOptions::default()
+    };
+    let c = parse(&ex, &opts, &Pricing::builtin());
+    assert_eq!(
+        c.user_id.as_deref(),
+        Some("42"),
+        "bools are not IDs; numbers are"
+    );
+    ex.tags.push(("x-veil-user".into(), "tagged-user".into()));
+    ex.tags
+        .push(("x-veil-conversation".into(), "conv-7".into()));
+    let c = parse(&ex, &opts, &Pricing::builtin());
+    assert_eq!(c.user_id.as_deref(), Some("tagged-user"));
+    assert_eq!(c.conversation_id.as_deref(), Some("conv-7"));
+
+    ex.request_headers.retain(|(k, _)| k != "traceparent");
+    ex.request_headers.push((
+        "traceparent".into(),
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01".into(),
+    ));
+    assert_eq!(run(&ex).trace_parent, None);
+}
+
+// === robustness ===
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Arbitrary bytes as either body, for every dialect: no panic, and sizes always kept.
+    #[test]
+    fn arbitrary_bodies_never_panic(
+        which in 0usize..7,
+        req in proptest::collection::vec(any::<u8>(), 0..256),
+        resp in proptest::collection::vec(any::<u8>(), 0..256),
+        sse in any::<bool>(),
+    ) {
+        let (host, path) = [
+            ("api.openai.com", "/v1/chat/completions"),
+            ("api.openai.com", "/v1/responses"),
+            ("api.openai.com", "/v1/embeddings"),
+            ("api.openai.com", "/v1/completions"),
+            ("api.anthropic.com", "/v1/messages"),
+            ("generativelanguage.googleapis.com", "/v1beta/models/g:streamGenerateContent"),
+            ("generativelanguage.googleapis.com", "/v1beta/models/g:embedContent"),
+        ][which];
+        let ex = exchange(host, path, &req, 200, if sse { SSE } else { JSON }, &resp);
+        let c = run(&ex);
+        prop_assert_eq!(c.request_bytes, req.len() as u64);
+        prop_assert_eq!(c.finish_reasons.len(), c.output_messages.len());
+    }
+
+    /// Mutated fixtures (valid JSON shapes with wrong types) never panic.
+    #[test]
+    fn mutated_stream_fixtures_never_panic(
+        which in 0usize..5,
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let (host, path, req, resp) = [
+            ("api.openai.com", "/v1/chat/completions", "openai/chat_tools_request.json", "openai/chat_tools_stream.sse"),
+            ("api.openai.com", "/v1/responses", "openai/responses_request.json", "openai/responses_stream.sse"),
+            ("api.anthropic.com", "/v1/messages", "anthropic/messages_request.json", "anthropic/messages_stream.sse"),
+            ("generativelanguage.googleapis.com", "/v1beta/models/g:streamGenerateContent", "gemini/generate_request.json", "gemini/stream.json"),
+            ("generativelanguage.googleapis.com", "/v1beta/models/g:streamGenerateContent?alt=sse", "gemini/generate_request.json", "gemini/stream.sse"),
+        ][which];
+        let mut req = fixture(req);
+        let mut resp = fixture(resp);
+        for (i, (at, byte)) in flips.into_iter().enumerate() {
+            let target = if i % 2 == 0 { &mut resp } else { &mut req };
+            let idx = at.index(target.len());
+            target[idx] = byte;
+        }
+        let _ = run(&exchange(host, path, &req, 200, SSE, &resp));
+    }
+}
+
+#[test]
+fn responses_stream_error_event_sets_the_error_type() {
+    let stream = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-4.1\",\"status\":\"in_progress\",\"output\":[]}}\n\n\
+event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"The server had an error.\"}\n\n";
+    let req = streaming(&fixture("openai/responses_request.json"));
+    let c = run(&exchange(
+        "api.openai.com",
+        "/v1/responses",
+        &req,
+        200,
+        SSE,
+        stream,
+    ));
+    assert_eq!(c.error_type.as_deref(), Some("server_error"));
+    assert_eq!(c.error_message.as_deref(), Some("The server had an error."));
+    assert_eq!(c.response_id.as_deref(), Some("resp_1"));
+    assert!(c.output_messages.is_empty());
+}
+
+// === legacy Completions and Gemini embeddings ===
+
+#[test]
+fn openai_legacy_completions_json_and_stream() {
+    let req = fixture("openai/completions_request.json");
+    let whole = run(&exchange(
+        "api.openai.com",
+        "/v1/completions",
+        &req,
+        200,
+        JSON,
+        &fixture("openai/completions_response.json"),
+    ));
+    assert_eq!(whole.operation, "text_completion");
+    assert_eq!(whole.api_type, None);
+    assert_eq!(
+        whole.request_model.as_deref(),
+        Some("gpt-3.5-turbo-instruct")
+    );
+    assert_eq!(whole.user_id.as_deref(), Some("user-legacy-3"));
+    assert_eq!(whole.params["max_tokens"], json!(16));
+    assert_eq!(
+        whole.input_messages[0].parts,
+        [text("Write a tagline for an ice cream shop.")]
+    );
+    assert_eq!(
+        whole.output_messages,
+        [out(
+            vec![text("\n\nScoops of happiness in every cone.")],
+            "length"
+        )]
+    );
+    assert_eq!(whole.usage.input_tokens, Some(9));
+    assert_eq!(whole.usage.output_tokens, Some(16));
+    assert!(
+        whole.cost_usd.is_none(),
+        "gpt-3.5-turbo-instruct is not gpt-3.5-turbo"
+    );
+
+    let ex = exchange(
+        "api.openai.com",
+        "/v1/completions",
+        &streaming(&req),
+        200,
+        SSE,
+        &fixture("openai/completions_stream.sse"),
+    );
+    assert_same_result(&run(&ex), &whole);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn gemini_embed_content() {
+    let ex = exchange(
+        "generativelanguage.googleapis.com",
+        "/v1beta/models/gemini-embedding-001:embedContent",
+        &fixture("gemini/embed_request.json"),
+        200,
+        JSON,
+        &fixture("gemini/embed_response.json"),
+    );
+    let c = run(&ex);
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("gcp.gemini", "embeddings")
+    );
+    assert_eq!(c.request_model.as_deref(), Some("gemini-embedding-001"));
+    assert_eq!(
+        c.input_messages[0].parts,
+        [text("What is the meaning of life?")]
+    );
+    assert_eq!(c.params["embeddings.dimension.count"], json!(768));
+    assert_eq!(c.usage, Usage::default(), "embedContent reports no usage");
+    assert_eq!(c.cost_usd, None);
+    assert!(!c.opaque);
+}
