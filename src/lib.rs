@@ -26,3 +26,4 @@ pub mod exchange;
 pub mod keys;
 pub mod proxy;
 pub mod record;
+pub mod redact;
