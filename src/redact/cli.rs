@@ -190,7 +190,7 @@ fn test_report(
     let scope = rules.scope_for(&key);
 
     let mut rows = Vec::new();
-    collect_matches(&body, &mut String::from("$"), rules, scope, &mut rows);
+    collect_matches(&body, &mut String::from("$"), scope, &mut rows);
     let mut redacted = body;
     let counts = rules.redact_json(&mut redacted, target, scope);
 
@@ -215,11 +215,9 @@ fn test_report(
 fn collect_matches(
     v: &Value,
     path: &mut String,
-    rules: &CompiledRules,
     scope: &super::Scope,
     rows: &mut Vec<(String, String, String)>,
 ) {
-    let _ = rules;
     match v {
         Value::String(s) => {
             let mut found = Vec::new();
@@ -237,7 +235,7 @@ fn collect_matches(
                 let len = path.len();
                 path.push('.');
                 path.push_str(k);
-                collect_matches(c, path, rules, scope, rows);
+                collect_matches(c, path, scope, rows);
                 path.truncate(len);
             }
         }
@@ -245,7 +243,7 @@ fn collect_matches(
             for (i, c) in a.iter().enumerate() {
                 let len = path.len();
                 let _ = write!(path, "[{i}]");
-                collect_matches(c, path, rules, scope, rows);
+                collect_matches(c, path, scope, rows);
                 path.truncate(len);
             }
         }

@@ -467,7 +467,7 @@ impl ScannerSpec {
 #[derive(Debug)]
 struct Pattern {
     detector: usize,
-    re: regex::Regex,
+    re: meta::Regex,
     check: Option<Check>,
     group: bool,
     context: Vec<String>,
@@ -636,11 +636,14 @@ impl Scanner {
                     ),
                 ));
             }
-            let re = regex::RegexBuilder::new(&p.regex)
-                .size_limit(USER_REGEX_SIZE_LIMIT * 4)
-                .dfa_size_limit(USER_REGEX_SIZE_LIMIT * 2)
-                .nest_limit(64)
-                .build()
+            let re = meta::Regex::builder()
+                .syntax(regex_automata::util::syntax::Config::new().nest_limit(64))
+                .configure(
+                    meta::Config::new()
+                        .nfa_size_limit(Some(USER_REGEX_SIZE_LIMIT * 4))
+                        .hybrid_cache_capacity(USER_REGEX_SIZE_LIMIT * 2),
+                )
+                .build(&p.regex)
                 .map_err(|e| ScanBuildError::Pattern(i, e.to_string()))?;
             if p.user {
                 // Bounded separately and more tightly than built-ins.
@@ -757,12 +760,28 @@ impl Scanner {
         }
         if !self.groups.is_empty() {
             let open = self.prefilter.open(text);
+            let full = 0..text.len();
+            let whole = std::slice::from_ref(&full);
+            let mut digits = None;
             for g in self.groups.iter().filter(|g| open.allows(g.gate)) {
+                // Digit-led patterns only run near digits: prose between numbers is skipped.
+                let windows: &[Range<usize>] = if g.gate == Gate::Digit {
+                    digits.get_or_insert_with(|| digit_windows(text))
+                } else {
+                    whole
+                };
                 let mut which = PatternSet::new(g.set.pattern_len());
-                g.set
-                    .which_overlapping_matches(&Input::new(text), &mut which);
+                for w in windows {
+                    g.set
+                        .which_overlapping_matches(&Input::new(text).range(w.clone()), &mut which);
+                }
                 for pid in which.iter() {
-                    self.locate(&self.patterns[g.members[pid.as_usize()]], text, out);
+                    self.locate(
+                        &self.patterns[g.members[pid.as_usize()]],
+                        text,
+                        windows,
+                        out,
+                    );
                 }
             }
         }
@@ -771,41 +790,45 @@ impl Scanner {
 
     /// Runs one pattern over `text`, validating candidates. A rejected candidate restarts the
     /// search one character later, so it cannot hide a valid match that overlaps it.
-    fn locate(&self, p: &Pattern, text: &str, out: &mut Vec<Found>) {
-        let mut at = 0;
-        let mut caps = p.group.then(|| p.re.capture_locations());
-        while at < text.len() {
-            let whole = match caps.as_mut() {
-                Some(c) => p.re.captures_read_at(c, text, at),
-                None => p.re.find_at(text, at),
-            };
-            let Some(m) = whole else { break };
-            let mut r = m.start()..m.end();
-            if let Some(c) = caps.as_ref()
-                && let Some((s, e)) = c.get(1)
-            {
-                r = s..e;
-            }
-            let ok = (r.start < r.end)
-                .then_some(r.clone())
-                .and_then(|r| match p.check {
-                    Some(check) => check(text, r),
-                    None => Some(r),
-                })
-                .filter(|r| r.start < r.end && self.context_ok(p, text, r));
-            match ok {
-                Some(r) => {
-                    out.push(Found {
-                        start: r.start,
-                        end: r.end,
-                        detector: p.detector,
-                    });
-                    at = m.end().max(m.start() + 1);
+    fn locate(&self, p: &Pattern, text: &str, windows: &[Range<usize>], out: &mut Vec<Found>) {
+        let mut caps = p.group.then(|| p.re.create_captures());
+        for w in windows {
+            let mut at = w.start;
+            while at < w.end {
+                let input = Input::new(text).range(at..w.end);
+                let (whole, group) = match caps.as_mut() {
+                    Some(c) => {
+                        p.re.search_captures(&input, c);
+                        (
+                            c.get_match().map(|m| m.range()),
+                            c.get_group(1).map(|g| g.range()),
+                        )
+                    }
+                    None => (p.re.search(&input).map(|m| m.range()), None),
+                };
+                let Some(m) = whole else { break };
+                let r = group.unwrap_or(m.clone());
+                let ok = (r.start < r.end)
+                    .then_some(r)
+                    .and_then(|r| match p.check {
+                        Some(check) => check(text, r),
+                        None => Some(r),
+                    })
+                    .filter(|r| r.start < r.end && self.context_ok(p, text, r));
+                match ok {
+                    Some(r) => {
+                        out.push(Found {
+                            start: r.start,
+                            end: r.end,
+                            detector: p.detector,
+                        });
+                        at = m.end.max(m.start + 1);
+                    }
+                    None => at = m.start + 1,
                 }
-                None => at = m.start() + 1,
-            }
-            while at < text.len() && !text.is_char_boundary(at) {
-                at += 1;
+                while at < text.len() && !text.is_char_boundary(at) {
+                    at += 1;
+                }
             }
         }
     }
@@ -826,6 +849,36 @@ impl Scanner {
         let around = text[a..b].to_ascii_lowercase();
         p.context.iter().any(|w| around.contains(w.as_str()))
     }
+}
+
+/// How far around a digit a digit-led match may reach (the longest label + date, `date of
+/// birth is September 10, 1975`, and an IBAN's letter groups fit well inside).
+const DIGIT_PAD: usize = 64;
+
+/// Merged byte ranges within [`DIGIT_PAD`] of an ASCII digit, on char boundaries.
+fn digit_windows(text: &str) -> Vec<Range<usize>> {
+    let b = text.as_bytes();
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (i, c) in b.iter().enumerate() {
+        if !c.is_ascii_digit() {
+            continue;
+        }
+        let s = i.saturating_sub(DIGIT_PAD);
+        let e = (i + 1 + DIGIT_PAD).min(b.len());
+        match out.last_mut() {
+            Some(last) if s <= last.end => last.end = e,
+            _ => out.push(s..e),
+        }
+    }
+    for w in &mut out {
+        while !text.is_char_boundary(w.start) {
+            w.start -= 1;
+        }
+        while !text.is_char_boundary(w.end) {
+            w.end += 1;
+        }
+    }
+    out
 }
 
 /// True when the range starts and ends at word edges (Unicode letters and digits).
