@@ -28,5 +28,6 @@ pub mod export;
 pub mod keys;
 pub mod proxy;
 pub mod record;
+pub mod redact;
 pub mod seal;
 pub mod server;

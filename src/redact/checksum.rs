@@ -1,0 +1,561 @@
+//! # Checksums and shape checks that run on detector candidates only.
+//!
+//! A regex finds *candidates*; the functions here decide whether a candidate really is what
+//! the detector claims (a payment card passes Luhn, an IBAN passes ISO 7064 mod 97-10, an SSN
+//! is not in a never-issued range, an IP address is not part of a version string). They see
+//! the whole text and the candidate's byte range so they can look at the characters around
+//! it, and they may shrink the range (a greedy regex can swallow a trailing group). They never
+//! allocate on the common path and never panic on any input.
+
+use std::ops::Range;
+
+/// A candidate check: `Some(range)` (possibly narrowed) accepts, `None` rejects.
+pub(crate) type Check = fn(&str, Range<usize>) -> Option<Range<usize>>;
+
+/// The character just before byte `i` (if any).
+fn prev_char(text: &str, i: usize) -> Option<char> {
+    text.get(..i)?.chars().next_back()
+}
+
+/// The character at byte `i` (if any).
+fn next_char(text: &str, i: usize) -> Option<char> {
+    text.get(i..)?.chars().next()
+}
+
+/// True when the candidate is not glued to a letter or digit on either side.
+fn isolated(text: &str, r: &Range<usize>) -> bool {
+    !prev_char(text, r.start).is_some_and(char::is_alphanumeric)
+        && !next_char(text, r.end).is_some_and(char::is_alphanumeric)
+}
+
+/// Luhn (mod 10) over ASCII digits, ignoring everything else.
+pub(crate) fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
+    let mut sum = 0u32;
+    let mut n = 0usize;
+    for (i, d) in digits.rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+        n += 1;
+    }
+    n > 0 && sum.is_multiple_of(10)
+}
+
+/// Payment card: known issuer prefix and length, card-style grouping, Luhn. Tries shorter
+/// group-aligned prefixes when the greedy candidate swallowed a trailing number.
+pub(crate) fn card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = text.get(r.clone())?;
+    let sep = s.bytes().find(|b| !b.is_ascii_digit());
+    // Byte ranges of the digit groups within `s`.
+    let mut groups: Vec<Range<usize>> = Vec::with_capacity(6);
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if !b.is_ascii_digit() {
+            if Some(b) != sep {
+                return None; // mixed separators: "1234 5678-9012"
+            }
+            groups.push(start..i);
+            start = i + 1;
+        }
+    }
+    groups.push(start..s.len());
+    for k in (1..=groups.len()).rev() {
+        let lens: Vec<usize> = groups[..k].iter().map(|g| g.len()).collect();
+        let end = groups[k - 1].end;
+        let digits = &s.as_bytes()[..end];
+        let n: usize = lens.iter().sum();
+        if !card_grouping(&lens) || !card_issuer(s.as_bytes(), n, k == 1) {
+            continue;
+        }
+        // A well-formed number that fails Luhn is not a card: do not look for a shorter one
+        // inside it (a 4-4-4-4 reference would otherwise yield a 4-4-4 "card" 10% of the time).
+        if !luhn(digits.iter().copied().filter(u8::is_ascii_digit)) {
+            return None;
+        }
+        let out = r.start..r.start + end;
+        return (isolated(text, &out) && !continues_card(text, out.start)).then_some(out);
+    }
+    None
+}
+
+/// True when a 4-digit group joined by a space or dash precedes `start`: the candidate is the
+/// tail of a longer card-shaped number (which already failed on its own).
+fn continues_card(text: &str, start: usize) -> bool {
+    let before = text.get(..start).unwrap_or("").as_bytes();
+    let Some((&sep, rest)) = before.split_last() else {
+        return false;
+    };
+    if sep != b' ' && sep != b'-' {
+        return false;
+    }
+    let run = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    run == 4 && (rest.len() == 4 || !rest[rest.len() - 5].is_ascii_alphanumeric())
+}
+
+fn card_grouping(lens: &[usize]) -> bool {
+    match lens {
+        [n] => (12..=19).contains(n),
+        [4, 6, 5] | [4, 6, 4] => true,
+        [4, 4, 4] => true,
+        [4, 4, 4, last] | [4, 4, 4, 4, last] => (1..=4).contains(last),
+        _ => false,
+    }
+}
+
+/// Issuer identification number ranges (ISO/IEC 7812 as published by the networks) and the
+/// lengths each network issues. `bare` candidates (no separators) must be 13+ digits.
+fn card_issuer(s: &[u8], n: usize, bare: bool) -> bool {
+    let d = |i: usize| s.get(i).map_or(0, |b| u32::from(b.wrapping_sub(b'0')));
+    let p2 = d(0) * 10 + d(1);
+    let p4 = p2 * 100 + d(2) * 10 + d(3);
+    // Bare 12-digit numbers only for Maestro, the one network that issues 12-digit PANs.
+    let maestro = p2 == 50 || (56..=69).contains(&p2) || p4 == 604;
+    if bare && n < 13 && !(n == 12 && maestro) {
+        return false;
+    }
+    if p4 == 604 {
+        return (12..=19).contains(&n); // Maestro UK (0604xx)
+    }
+    match d(0) {
+        4 => matches!(n, 13 | 16 | 19),              // Visa
+        2 => (2221..=2720).contains(&p4) && n == 16, // Mastercard 2-series
+        5 => (51..=55).contains(&p2) && n == 16 || p2 == 50 || p2 >= 56, // Mastercard, Maestro
+        3 => match p2 {
+            34 | 37 => n == 15,                          // Amex
+            30 | 36 | 38 | 39 => (14..=19).contains(&n), // Diners
+            35 => (16..=19).contains(&n),                // JCB
+            _ => false,
+        },
+        6 => (12..=19).contains(&n), // Discover, UnionPay, Maestro
+        _ => false,
+    }
+}
+
+/// IBAN lengths per country (SWIFT IBAN registry).
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BI", 27),
+    ("BR", 29),
+    ("BY", 28),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DJ", 27),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FK", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HN", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("LY", 25),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MN", 20),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NI", 28),
+    ("NL", 18),
+    ("NO", 15),
+    ("OM", 23),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("RU", 33),
+    ("SA", 24),
+    ("SC", 31),
+    ("SD", 18),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("SO", 23),
+    ("ST", 25),
+    ("SV", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("XK", 20),
+    ("YE", 30),
+];
+
+/// ISO 7064 mod 97-10 over an IBAN's alphanumerics (country and check digits moved last).
+pub(crate) fn iban_mod97(chars: &[u8]) -> bool {
+    if chars.len() < 5 {
+        return false;
+    }
+    let mut rem: u32 = 0;
+    for &c in chars[4..].iter().chain(&chars[..4]) {
+        let v = match c {
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'A'..=b'Z' => u32::from(c - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// IBAN: the country's registered length, then mod 97. Narrows to exactly that length.
+pub(crate) fn iban(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = text.get(r.clone())?.as_bytes();
+    let country = std::str::from_utf8(s.get(..2)?).ok()?;
+    let len = IBAN_LENGTHS.iter().find(|(c, _)| *c == country)?.1;
+    let mut chars = Vec::with_capacity(len);
+    let mut end = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if b == b' ' {
+            continue;
+        }
+        chars.push(b);
+        if chars.len() == len {
+            end = i + 1;
+            break;
+        }
+    }
+    if chars.len() != len || !iban_mod97(&chars) {
+        return None;
+    }
+    let out = r.start..r.start + end;
+    isolated(text, &out).then_some(out)
+}
+
+/// US SSN: never-issued areas (000, 666, 900-999), group 00 and serial 0000 are rejected, and
+/// the number must not be one piece of a longer dashed or dotted sequence.
+pub(crate) fn ssn(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = text.get(r.clone())?;
+    let d: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
+    if d.len() != 9 {
+        return None;
+    }
+    let area = &d[..3];
+    if area == b"000"
+        || area == b"666"
+        || area[0] == b'9'
+        || &d[3..5] == b"00"
+        || &d[5..] == b"0000"
+    {
+        return None;
+    }
+    let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '.');
+    if glued(prev_char(text, r.start))
+        || next_char(text, r.end).is_some_and(|c| c == '-' || c.is_alphanumeric())
+    {
+        return None;
+    }
+    Some(r)
+}
+
+/// Counts ASCII digits.
+fn digit_count(s: &str) -> usize {
+    s.bytes().filter(u8::is_ascii_digit).count()
+}
+
+/// Trims trailing digit groups (separated by space, dot, dash or slash) until at most
+/// `max` digits remain; `None` if fewer than `min` remain.
+fn trim_groups(text: &str, r: Range<usize>, min: usize, max: usize) -> Option<Range<usize>> {
+    let mut end = r.end;
+    loop {
+        let s = text.get(r.start..end)?;
+        let n = digit_count(s);
+        if n < min {
+            return None;
+        }
+        if n <= max {
+            let s = s.trim_end_matches(|c: char| !c.is_ascii_digit() && c != ')');
+            return Some(r.start..r.start + s.len());
+        }
+        let cut = s.rfind([' ', '.', '-', '/'])?;
+        end = r.start + cut;
+    }
+}
+
+/// International phone number (`+CC …`): E.164 allows at most 15 digits; 8 is the shortest
+/// plausible international number. A trunk `(0)` does not count.
+pub(crate) fn phone_intl(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    if prev_char(text, r.start).is_some_and(|c| c.is_alphanumeric() || c == '+') {
+        return None;
+    }
+    let s = text.get(r.clone())?;
+    let trunk = usize::from(s.contains("(0)"));
+    let out = trim_groups(text, r, 8 + trunk, 15 + trunk)?;
+    (!next_char(text, out.end).is_some_and(|c| c.is_alphanumeric())).then_some(out)
+}
+
+/// True when the candidate continues a number to its left (`5718 0592 …`: the tail of a
+/// longer digit sequence is not a phone number of its own).
+fn continues_number(text: &str, start: usize) -> bool {
+    let mut it = text.get(..start).unwrap_or("").chars().rev();
+    matches!((it.next(), it.next()), (Some(' ' | '-' | '.' | '/'), Some(c)) if c.is_ascii_digit())
+}
+
+/// North American number (NANP): the regex already pins the 3-3-4 shape; here we reject
+/// numbers glued to other digits or dots (pieces of IPs, versions, longer dashed IDs).
+pub(crate) fn phone_nanp(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let glued = |c: Option<char>| {
+        c.is_some_and(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '+' | '/'))
+    };
+    if glued(prev_char(text, r.start))
+        || glued(next_char(text, r.end))
+        || continues_number(text, r.start)
+    {
+        return None;
+    }
+    Some(r)
+}
+
+/// National number with a trunk prefix 0 (most of Europe): 9 to 13 digits in total.
+pub(crate) fn phone_national(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let glued = |c: Option<char>| {
+        c.is_some_and(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '+' | '/' | ':'))
+    };
+    if glued(prev_char(text, r.start)) || continues_number(text, r.start) {
+        return None;
+    }
+    let out = trim_groups(text, r, 9, 13)?;
+    (!glued(next_char(text, out.end))).then_some(out)
+}
+
+/// IPv4: not a piece of a longer dotted sequence (`1.2.3.4.5`, versions `v1.2.3.4`).
+pub(crate) fn ipv4(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let before = prev_char(text, r.start);
+    if before.is_some_and(|c| c.is_alphanumeric() || c == '.' || c == '-') {
+        return None;
+    }
+    let after = text.get(r.end..).unwrap_or("");
+    let mut it = after.chars();
+    match (it.next(), it.next()) {
+        (Some('.' | '-'), Some(c)) if c.is_ascii_alphanumeric() => return None,
+        (Some(c), _) if c.is_alphanumeric() => return None,
+        _ => {}
+    }
+    Some(r)
+}
+
+/// IPv6: the candidate must parse as an address with at least two non-empty groups, and not be
+/// glued to identifier characters (`std::fmt`, `a:b:c` labels, MAC addresses do not parse).
+pub(crate) fn ipv6(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = text.get(r.clone())?;
+    let s = if s.ends_with("::") {
+        s
+    } else {
+        s.trim_end_matches(':')
+    };
+    let out = r.start..r.start + s.len();
+    let glued = |c: Option<char>| {
+        c.is_some_and(|c| c.is_alphanumeric() || c == ':' || c == '.' || c == '_')
+    };
+    if glued(prev_char(text, out.start)) || glued(next_char(text, out.end)) {
+        return None;
+    }
+    if s.split(':').filter(|g| !g.is_empty()).count() < 2 {
+        return None;
+    }
+    s.parse::<std::net::Ipv6Addr>().ok().map(|_| out)
+}
+
+/// Generic token behind `Bearer`: at least one digit (words are not tokens).
+pub(crate) fn token(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = text.get(r.clone())?;
+    s.bytes().any(|b| b.is_ascii_digit()).then_some(r)
+}
+
+/// A fixed-alphabet secret must end where its alphabet ends (not a prefix of a longer run).
+pub(crate) fn secret_end(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let glued = next_char(text, r.end)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '+' | '=' | '_' | '-'));
+    (!glued).then_some(r)
+}
+
+/// Validator names usable by custom regex detectors in a rules file.
+pub(crate) fn by_name(name: &str) -> Option<Check> {
+    Some(match name {
+        "luhn" => |text, r| {
+            let s = text.get(r.clone())?;
+            let d = s.bytes().filter(u8::is_ascii_digit);
+            luhn(d).then_some(r)
+        },
+        "mod97" | "iban" => iban,
+        "card" => card,
+        "ssn" => ssn,
+        "ipv4" => ipv4,
+        "ipv6" => ipv6,
+        _ => return None,
+    })
+}
+
+/// Names accepted by [`by_name`], for error messages.
+pub(crate) const VALIDATOR_NAMES: &str = "luhn, mod97, card, ssn, ipv4, ipv6";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(f: Check, s: &str) -> bool {
+        f(s, 0..s.len()) == Some(0..s.len())
+    }
+
+    #[test]
+    fn luhn_table() {
+        for (s, ok) in [
+            ("4111111111111111", true),
+            ("4111111111111112", false),
+            ("79927398713", true),
+            ("0", true),
+            ("", false),
+        ] {
+            assert_eq!(luhn(s.bytes()), ok, "{s}");
+        }
+    }
+
+    #[test]
+    fn card_table() {
+        for (s, ok) in [
+            ("4111 1111 1111 1111", true),
+            ("4111-1111-1111-1111", true),
+            ("4111111111111111", true),
+            ("3782 822463 10005", true),    // Amex 4-6-5
+            ("5555555555554444", true),     // Mastercard
+            ("2223003122003222", true),     // Mastercard 2-series
+            ("4111 1111-1111 1111", false), // mixed separators
+            ("4111111111111112", false),    // Luhn
+            ("1111111111111117", false),    // no issuer starts with 1
+            ("411 1111 1111 11111", false), // grouping
+            ("378282246310005", true),
+            ("37828224631000", false), // Amex must be 15
+        ] {
+            assert_eq!(whole(card, s), ok, "{s}");
+        }
+        // A trailing group swallowed by the regex is trimmed.
+        let t = "4111 1111 1111 1111 12";
+        assert_eq!(card(t, 0..t.len()), Some(0..19));
+    }
+
+    #[test]
+    fn iban_table() {
+        for (s, ok) in [
+            ("GB82WEST12345698765432", true),
+            ("GB82 WEST 1234 5698 7654 32", true),
+            ("DE89370400440532013000", true),
+            ("DE89370400440532013001", false), // mod 97
+            ("GB82WEST1234569876543", false),  // short
+            ("ZZ82WEST12345698765432", false), // unknown country
+        ] {
+            assert_eq!(whole(iban, s), ok, "{s}");
+        }
+        let t = "GB82WEST12345698765432X";
+        assert_eq!(
+            iban(t, 0..t.len()),
+            None,
+            "glued letter after the exact length"
+        );
+        let t = "GB82 WEST 1234 5698 7654 32 99";
+        assert_eq!(iban(t, 0..t.len()), Some(0..27));
+    }
+
+    #[test]
+    fn ssn_table() {
+        for (s, ok) in [
+            ("123-45-6789", true),
+            ("000-12-3456", false),
+            ("666-12-3456", false),
+            ("912-12-3456", false),
+            ("123-00-4567", false),
+            ("123-45-0000", false),
+        ] {
+            assert_eq!(whole(ssn, s), ok, "{s}");
+        }
+        let t = "9-123-45-6789";
+        assert_eq!(ssn(t, 2..t.len()), None);
+    }
+
+    #[test]
+    fn ip_table() {
+        assert!(whole(ipv4, "10.0.0.1"));
+        let t = "v1.2.3.4";
+        assert_eq!(ipv4(t, 1..t.len()), None);
+        let t = "1.2.3.4.5";
+        assert_eq!(ipv4(t, 0..7), None);
+        for (s, ok) in [
+            ("2001:db8::1", true),
+            ("fe80::1:2:3", true),
+            ("1:2:3:4:5:6:7:8", true),
+            ("::1", false),
+            ("12:30:45", false),
+            ("00:1a:2b:3c:4d:5e", false),
+            ("de::", false),
+        ] {
+            assert_eq!(whole(ipv6, s), ok, "{s}");
+        }
+    }
+
+    #[test]
+    fn phone_trim() {
+        let t = "+1 303 396 7205 2021 1234";
+        assert_eq!(
+            phone_intl(t, 0..t.len()),
+            Some(0..20),
+            "at most 15 digits (E.164)"
+        );
+        let t = "+1 2";
+        assert_eq!(phone_intl(t, 0..t.len()), None);
+        let t = "030 79744470";
+        assert_eq!(phone_national(t, 0..t.len()), Some(0..t.len()));
+        let t = "01 07";
+        assert_eq!(phone_national(t, 0..t.len()), None);
+    }
+}

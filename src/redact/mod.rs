@@ -1,0 +1,766 @@
+//! # Redact: compiled rules turn an exchange's content into what a record may carry.
+//!
+//! Step 3 of the flow (`proxy → exchange → redact → {export, seal}`). This module owns the
+//! rules file format (`rules/README.md`), its compiler, the detectors and the JSON walk. It
+//! never touches the network, OTLP or the sealed store; it reads keys only through
+//! [`Keyring`] derivations.
+//!
+//! ```text
+//! rules.toml ──rules::compile──▶ CompiledRules ──scope_for(ScopeKey)──▶ &Scope
+//!                                    │
+//!            redact_json(&mut Value, Target, &Scope) ──▶ Counts (per detector)
+//!            redact_text(&str, &Scope)              ──▶ (String, Counts)
+//!            pseudonymize_user, header_allowed, filter_headers, find_user
+//! ```
+//!
+//! A [`CompiledRules`] is immutable, `Send + Sync`, and meant to sit behind an `Arc`;
+//! reloading is compiling a new one and swapping the `Arc` (the old one stays if the new file
+//! fails to compile).
+//!
+//! ## Example
+//! ```
+//! use veil::keys::{Keyring, MasterKey, KeyId};
+//! use veil::redact::{CompiledRules, ScopeKey, Target};
+//!
+//! let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
+//! let rules = CompiledRules::from_str(r#"
+//!     version = 1
+//!     default = "scrub"
+//!     [identity]
+//!     json = ["$.user"]
+//!     [[fields]]
+//!     path = "$.model"
+//!     action = "keep"
+//!     [detectors]
+//!     builtin = ["all"]
+//! "#, &keys).unwrap();
+//! let scope = rules.scope_for(&ScopeKey::default());
+//! let mut body = serde_json::json!({
+//!     "model": "gpt-4o", "user": "alice@example.com",
+//!     "messages": [{"role": "user", "content": "mail me at bob@example.com"}]
+//! });
+//! let counts = rules.redact_json(&mut body, Target::Request, scope);
+//! assert_eq!(body["messages"][0]["content"], "mail me at [EMAIL]");
+//! assert!(body["user"].as_str().unwrap().starts_with("u_"));
+//! assert_eq!(counts.get("EMAIL"), 1);
+//! ```
+
+pub mod action;
+pub mod checksum;
+pub mod cli;
+pub mod detect;
+pub mod eval;
+pub mod jsonpath;
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde_json::Value;
+
+pub use action::{DecryptError, decrypt_field};
+pub use detect::{Found, InlineAction, Scanner};
+pub use jsonpath::JsonPath;
+pub use rules::{CREDENTIAL_HEADERS, RulesError};
+
+use action::FieldKeys;
+use jsonpath::Step;
+
+use crate::keys::Keyring;
+
+/// Which JSON document is being redacted. Field rules may be limited to some targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The raw request body.
+    Request,
+    /// The raw response body (or the reassembled stream).
+    Response,
+    /// The normalized `gen_ai.input.messages` JSON.
+    InputMessages,
+    /// The normalized `gen_ai.output.messages` JSON.
+    OutputMessages,
+    /// The normalized `gen_ai.system_instructions` JSON.
+    SystemInstructions,
+}
+
+impl Target {
+    const ALL_BITS: u8 = 0b11111;
+
+    fn bit(self) -> u8 {
+        match self {
+            Target::Request => 1,
+            Target::Response => 2,
+            Target::InputMessages => 4,
+            Target::OutputMessages => 8,
+            Target::SystemInstructions => 16,
+        }
+    }
+
+    fn bits_by_name(s: &str) -> Option<u8> {
+        Some(match s {
+            "request" => 1,
+            "response" => 2,
+            "input_messages" => 4,
+            "output_messages" => 8,
+            "system_instructions" => 16,
+            "messages" => 4 | 8 | 16,
+            "all" => Self::ALL_BITS,
+            _ => return None,
+        })
+    }
+}
+
+/// What a field rule (or the default) does to the node it names and everything below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldAction {
+    /// Left as is.
+    Keep,
+    /// Removed (an array element becomes `null`, so indices keep their meaning).
+    Drop,
+    /// Every string runs through the detectors; matches are replaced inline.
+    Scrub,
+    /// Every string/number becomes `h_<32 hex>` (keyed BLAKE3).
+    Hash,
+    /// Every string/number becomes `p_<16 hex>` (keyed BLAKE3, pseudonym key).
+    Pseudonymize,
+    /// Every string/number becomes `enc:v1:<key id>:<base64url>` (AES-256-GCM).
+    Encrypt,
+}
+
+impl FieldAction {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "keep" => FieldAction::Keep,
+            "drop" => FieldAction::Drop,
+            "scrub" => FieldAction::Scrub,
+            "hash" => FieldAction::Hash,
+            "pseudonymize" => FieldAction::Pseudonymize,
+            "encrypt" => FieldAction::Encrypt,
+            _ => return None,
+        })
+    }
+}
+
+/// A `*`-wildcard pattern (scope matches, header allowlist).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Glob(String);
+
+impl Glob {
+    fn new(s: &str) -> Glob {
+        Glob(s.trim().to_string())
+    }
+
+    fn lowercase(self) -> Glob {
+        Glob(self.0.to_ascii_lowercase())
+    }
+
+    /// Whole-string match; `*` matches any run of characters.
+    fn matches(&self, s: &str) -> bool {
+        let p = self.0.as_bytes();
+        let t = s.as_bytes();
+        // Classic two-pointer wildcard match with one backtrack point: linear-ish, no recursion.
+        let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+        while j < t.len() {
+            if i < p.len() && p[i] != b'*' && p[i] == t[j] {
+                i += 1;
+                j += 1;
+            } else if i < p.len() && p[i] == b'*' {
+                star = Some(i);
+                mark = j;
+                i += 1;
+            } else if let Some(s) = star {
+                i = s + 1;
+                mark += 1;
+                j = mark;
+            } else {
+                return false;
+            }
+        }
+        p[i..].iter().all(|&c| c == b'*')
+    }
+}
+
+/// One field rule: a selector, an action, and the targets it applies to.
+#[derive(Clone, Debug)]
+pub(crate) struct FieldRule {
+    path: JsonPath,
+    action: FieldAction,
+    targets: u8,
+}
+
+/// When a scope applies. Every criterion set must match; unset ones match anything.
+#[derive(Clone, Debug)]
+pub(crate) struct ScopeMatch {
+    host: Option<Glob>,
+    route: Option<Glob>,
+    model: Option<Glob>,
+    feature: Option<Glob>,
+}
+
+impl ScopeMatch {
+    fn matches(&self, key: &ScopeKey<'_>) -> bool {
+        fn one(g: &Option<Glob>, v: Option<&str>, lower: bool) -> bool {
+            match (g, v) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(g), Some(v)) if lower => g.matches(&v.to_ascii_lowercase()),
+                (Some(g), Some(v)) => g.matches(v),
+            }
+        }
+        one(&self.host, key.host, true)
+            && one(&self.route, key.route, false)
+            && one(&self.model, key.model, false)
+            && one(&self.feature, key.feature, false)
+    }
+}
+
+/// What selects a scope for one exchange.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeKey<'a> {
+    /// Upstream host as the app addressed it (`api.openai.com`).
+    pub host: Option<&'a str>,
+    /// Request path without the query (`/v1/chat/completions`).
+    pub route: Option<&'a str>,
+    /// Requested model (`gpt-4o-mini`).
+    pub model: Option<&'a str>,
+    /// The `x-veil-feature` tag.
+    pub feature: Option<&'a str>,
+}
+
+/// The rules that apply to one exchange: field rules, default, detectors.
+#[derive(Debug)]
+pub struct Scope {
+    name: String,
+    default: FieldAction,
+    fields: Vec<FieldRule>,
+    scanner: Scanner,
+}
+
+impl Scope {
+    /// The scope's name (`default` for the top level of the file).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The action for content fields no rule names.
+    pub fn default_action(&self) -> FieldAction {
+        self.default
+    }
+
+    /// The compiled detectors.
+    pub fn scanner(&self) -> &Scanner {
+        &self.scanner
+    }
+}
+
+/// Redaction counts by detector label (`EMAIL` → 3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    by_detector: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn add(&mut self, label: &str) {
+        match self.by_detector.get_mut(label) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_detector.insert(label.to_string(), 1);
+            }
+        }
+    }
+
+    /// Count for one detector (0 when it never matched).
+    pub fn get(&self, label: &str) -> u64 {
+        self.by_detector.get(label).copied().unwrap_or(0)
+    }
+
+    /// Sum over detectors.
+    pub fn total(&self) -> u64 {
+        self.by_detector.values().sum()
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Counts) {
+        for (k, v) in &other.by_detector {
+            *self.by_detector.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// `(label, count)` pairs, sorted by label.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.by_detector.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// The map, as [`Record::redactions`](crate::record::Record::redactions) wants it.
+    pub fn into_map(self) -> BTreeMap<String, u64> {
+        self.by_detector
+    }
+}
+
+/// A compiled rules file. Immutable, `Send + Sync`; share it behind an `Arc`.
+pub struct CompiledRules {
+    digest: String,
+    identity_paths: Vec<JsonPath>,
+    identity_headers: Vec<String>,
+    header_allow: Vec<Glob>,
+    base: Scope,
+    scopes: Vec<(ScopeMatch, Scope)>,
+    keys: FieldKeys,
+}
+
+impl fmt::Debug for CompiledRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledRules")
+            .field("digest", &self.digest)
+            .field(
+                "scopes",
+                &self
+                    .scopes
+                    .iter()
+                    .map(|(_, s)| s.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Upper bound on scrub passes over one string (see `scrub_str`); real text needs 2 at most.
+const MAX_PASSES: usize = 4;
+
+/// What happens to a node after it was visited.
+#[derive(PartialEq, Eq)]
+enum Fate {
+    Stay,
+    Drop,
+}
+
+/// Result of scrubbing one string.
+enum Scrubbed {
+    Same,
+    Changed(String),
+    Drop,
+}
+
+impl CompiledRules {
+    /// Loads and compiles a rules file. Dictionary files are resolved relative to it.
+    pub fn load(path: &Path, keys: &Keyring) -> Result<CompiledRules, RulesError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RulesError::io(&name, &e))?;
+        rules::compile(&text, &name, path.parent(), keys)
+    }
+
+    /// Compiles rules text (dictionary `file`s resolve against the current directory).
+    #[allow(clippy::should_implement_trait)] // needs keys; FromStr cannot take them
+    pub fn from_str(text: &str, keys: &Keyring) -> Result<CompiledRules, RulesError> {
+        rules::compile(text, "<string>", None, keys)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        digest: String,
+        identity_paths: Vec<JsonPath>,
+        identity_headers: Vec<String>,
+        header_allow: Vec<Glob>,
+        base: Scope,
+        scopes: Vec<(ScopeMatch, Scope)>,
+        keys: &Keyring,
+    ) -> CompiledRules {
+        CompiledRules {
+            digest,
+            identity_paths,
+            identity_headers,
+            header_allow,
+            base,
+            scopes,
+            keys: FieldKeys::new(keys),
+        }
+    }
+
+    /// Hex digest (32 digits) of the format version, the file text and any dictionary files:
+    /// goes into every record as `rules_digest`.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The scope for an exchange: the first `[[scopes]]` entry (in file order) whose every
+    /// `match` criterion matches, else the top level of the file.
+    pub fn scope_for(&self, key: &ScopeKey<'_>) -> &Scope {
+        self.scopes
+            .iter()
+            .find(|(m, _)| m.matches(key))
+            .map_or(&self.base, |(_, s)| s)
+    }
+
+    /// The top-level scope.
+    pub fn base_scope(&self) -> &Scope {
+        &self.base
+    }
+
+    /// `u_<16 hex>`: keyed, stable across restarts and instances sharing the keys.
+    pub fn pseudonymize_user(&self, id: &str) -> String {
+        self.keys.user(id)
+    }
+
+    /// True when a header may be exported: on the allowlist and never a credential.
+    pub fn header_allowed(&self, name: &str) -> bool {
+        let name = name.trim().to_ascii_lowercase();
+        !CREDENTIAL_HEADERS.contains(&name.as_str())
+            && !self.identity_headers.contains(&name)
+            && self.header_allow.iter().any(|g| g.matches(&name))
+    }
+
+    /// The allowed headers, names lowercased, values scrubbed by the base scope's detectors.
+    pub fn filter_headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        let mut counts = Counts::default();
+        headers
+            .iter()
+            .filter(|(k, _)| self.header_allowed(k))
+            .filter_map(
+                |(k, v)| match self.scrub_str(v, &self.base, &mut counts, &mut found) {
+                    Scrubbed::Same => Some((k.to_ascii_lowercase(), v.clone())),
+                    Scrubbed::Changed(s) => Some((k.to_ascii_lowercase(), s)),
+                    Scrubbed::Drop => None,
+                },
+            )
+            .collect()
+    }
+
+    /// The user's pseudonym, from the first identity header present, else the first identity
+    /// JSON path holding a string or number in `request`.
+    pub fn find_user(
+        &self,
+        request: Option<&Value>,
+        headers: &[(String, String)],
+    ) -> Option<String> {
+        for h in &self.identity_headers {
+            if let Some((_, v)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h))
+                && !v.trim().is_empty()
+            {
+                return Some(self.pseudonymize_user(v.trim()));
+            }
+        }
+        let request = request?;
+        let mut path = Vec::new();
+        let mut hit = None;
+        self.find_identity(request, &mut path, &mut hit);
+        hit.map(|v| self.pseudonymize_user(&v))
+    }
+
+    fn find_identity<'a>(&self, v: &'a Value, path: &mut Vec<Step<'a>>, hit: &mut Option<String>) {
+        if hit.is_some() {
+            return;
+        }
+        if self.identity_paths.iter().any(|p| p.matches(path)) {
+            match v {
+                Value::String(s) if !s.is_empty() => *hit = Some(s.clone()),
+                Value::Number(n) => *hit = Some(n.to_string()),
+                _ => {}
+            }
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                for (k, c) in m {
+                    path.push(Step::Key(k));
+                    self.find_identity(c, path, hit);
+                    path.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, c) in a.iter().enumerate() {
+                    path.push(Step::Index(i));
+                    self.find_identity(c, path, hit);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Redacts a JSON document in place under `scope` and returns what the detectors found.
+    /// The document stays valid JSON; only dropped fields disappear (array elements become
+    /// `null`). A dropped root becomes `null`.
+    pub fn redact_json(&self, v: &mut Value, target: Target, scope: &Scope) -> Counts {
+        let mut counts = Counts::default();
+        let mut path: Vec<OwnedStep> = Vec::new();
+        let mut found = Vec::new();
+        let rules: Vec<&FieldRule> = scope
+            .fields
+            .iter()
+            .filter(|r| r.targets & target.bit() != 0)
+            .collect();
+        let mut w = Walk {
+            rules: &rules,
+            scope,
+            counts: &mut counts,
+            found: &mut found,
+            path: &mut path,
+        };
+        if self.walk(v, &mut w) == Fate::Drop {
+            *v = Value::Null;
+        }
+        counts
+    }
+
+    /// Scrubs one text with `scope`'s detectors. A `drop_field` match empties the text.
+    pub fn redact_text(&self, text: &str, scope: &Scope) -> (String, Counts) {
+        let mut counts = Counts::default();
+        let mut found = Vec::new();
+        let out = match self.scrub_str(text, scope, &mut counts, &mut found) {
+            Scrubbed::Same => text.to_string(),
+            Scrubbed::Changed(s) => s,
+            Scrubbed::Drop => String::new(),
+        };
+        (out, counts)
+    }
+
+    fn walk(&self, v: &mut Value, w: &mut Walk<'_>) -> Fate {
+        let steps: Vec<Step<'_>> = w.path.iter().map(OwnedStep::as_step).collect();
+        if !self.identity_paths.is_empty() && self.identity_paths.iter().any(|p| p.matches(&steps))
+        {
+            return self.transform(v, w, &|k: &FieldKeys, s: &str| k.user(s));
+        }
+        if let Some(rule) = w.rules.iter().find(|r| r.path.matches(&steps)) {
+            return self.apply(rule.action, v, w);
+        }
+        drop(steps);
+        match v {
+            Value::Object(map) => {
+                let old = std::mem::take(map);
+                for (k, mut c) in old {
+                    let key = match self.scrub_key(&k, w) {
+                        Some(key) => key,
+                        None => continue,
+                    };
+                    w.path.push(OwnedStep::Key(k));
+                    let fate = self.walk(&mut c, w);
+                    w.path.pop();
+                    if fate == Fate::Stay {
+                        map.insert(key, c);
+                    }
+                }
+                Fate::Stay
+            }
+            Value::Array(items) => {
+                for (i, c) in items.iter_mut().enumerate() {
+                    w.path.push(OwnedStep::Index(i));
+                    if self.walk(c, w) == Fate::Drop {
+                        *c = Value::Null;
+                    }
+                    w.path.pop();
+                }
+                Fate::Stay
+            }
+            Value::String(_) | Value::Number(_) => self.apply(w.scope.default, v, w),
+            Value::Bool(_) | Value::Null => Fate::Stay,
+        }
+    }
+
+    /// Applies a field action to a whole subtree.
+    fn apply(&self, action: FieldAction, v: &mut Value, w: &mut Walk<'_>) -> Fate {
+        match action {
+            FieldAction::Keep => Fate::Stay,
+            FieldAction::Drop => Fate::Drop,
+            FieldAction::Scrub => self.scrub_tree(v, w),
+            FieldAction::Hash => self.transform(v, w, &|k: &FieldKeys, s: &str| k.hash(s)),
+            FieldAction::Pseudonymize => {
+                self.transform(v, w, &|k: &FieldKeys, s: &str| k.tagged("p", b"field\0", s))
+            }
+            FieldAction::Encrypt => self.transform(v, w, &|k: &FieldKeys, s: &str| k.encrypt(s)),
+        }
+    }
+
+    fn scrub_tree(&self, v: &mut Value, w: &mut Walk<'_>) -> Fate {
+        match v {
+            Value::String(s) => match self.scrub_str(s, w.scope, w.counts, w.found) {
+                Scrubbed::Same => Fate::Stay,
+                Scrubbed::Changed(n) => {
+                    *s = n;
+                    Fate::Stay
+                }
+                Scrubbed::Drop => Fate::Drop,
+            },
+            Value::Number(n) => {
+                let text = n.to_string();
+                match self.scrub_str(&text, w.scope, w.counts, w.found) {
+                    Scrubbed::Same => Fate::Stay,
+                    Scrubbed::Changed(n) => {
+                        *v = Value::String(n);
+                        Fate::Stay
+                    }
+                    Scrubbed::Drop => Fate::Drop,
+                }
+            }
+            Value::Object(map) => {
+                let old = std::mem::take(map);
+                for (k, mut c) in old {
+                    let Some(key) = self.scrub_key(&k, w) else {
+                        continue;
+                    };
+                    if self.scrub_tree(&mut c, w) == Fate::Stay {
+                        map.insert(key, c);
+                    }
+                }
+                Fate::Stay
+            }
+            Value::Array(items) => {
+                for c in items.iter_mut() {
+                    if self.scrub_tree(c, w) == Fate::Drop {
+                        *c = Value::Null;
+                    }
+                }
+                Fate::Stay
+            }
+            Value::Bool(_) | Value::Null => Fate::Stay,
+        }
+    }
+
+    /// Replaces every string and number leaf with `f(leaf)`; object keys are scrubbed.
+    fn transform(
+        &self,
+        v: &mut Value,
+        w: &mut Walk<'_>,
+        f: &dyn Fn(&FieldKeys, &str) -> String,
+    ) -> Fate {
+        match v {
+            Value::String(s) => *s = f(&self.keys, s),
+            Value::Number(n) => *v = Value::String(f(&self.keys, &n.to_string())),
+            Value::Object(map) => {
+                let old = std::mem::take(map);
+                for (k, mut c) in old {
+                    let Some(key) = self.scrub_key(&k, w) else {
+                        continue;
+                    };
+                    self.transform(&mut c, w, f);
+                    map.insert(key, c);
+                }
+            }
+            Value::Array(items) => {
+                for c in items.iter_mut() {
+                    self.transform(c, w, f);
+                }
+            }
+            Value::Bool(_) | Value::Null => {}
+        }
+        Fate::Stay
+    }
+
+    /// Object keys can carry PII too (`{"bob@example.com": …}`): they are scrubbed by the
+    /// detectors whatever the field action. `None` drops the entry.
+    fn scrub_key(&self, k: &str, w: &mut Walk<'_>) -> Option<String> {
+        match self.scrub_str(k, w.scope, w.counts, w.found) {
+            Scrubbed::Same => Some(k.to_string()),
+            Scrubbed::Changed(s) => Some(s),
+            Scrubbed::Drop => None,
+        }
+    }
+
+    /// Scrubs until nothing matches any more (at most [`MAX_PASSES`] passes). One pass is not
+    /// always enough: validators look at neighbours, and masking a match can turn a glued,
+    /// rejected neighbour into a clean one (`(415) 555-2671(415) 555-2671`). Running to the
+    /// fixpoint makes redaction idempotent; the extra pass costs only for strings that matched.
+    fn scrub_str(
+        &self,
+        s: &str,
+        scope: &Scope,
+        counts: &mut Counts,
+        found: &mut Vec<Found>,
+    ) -> Scrubbed {
+        let mut current = match self.scrub_once(s, scope, counts, found) {
+            Scrubbed::Changed(c) => c,
+            other => return other,
+        };
+        for _ in 1..MAX_PASSES {
+            match self.scrub_once(&current, scope, counts, found) {
+                Scrubbed::Same => break,
+                Scrubbed::Changed(c) => current = c,
+                Scrubbed::Drop => return Scrubbed::Drop,
+            }
+        }
+        Scrubbed::Changed(current)
+    }
+
+    fn scrub_once(
+        &self,
+        s: &str,
+        scope: &Scope,
+        counts: &mut Counts,
+        found: &mut Vec<Found>,
+    ) -> Scrubbed {
+        scope.scanner.find(s, found);
+        if found.is_empty() {
+            return Scrubbed::Same;
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut last = 0;
+        for f in found.iter() {
+            let d = scope.scanner.detector(f.detector);
+            counts.add(&d.label);
+            out.push_str(&s[last..f.start]);
+            let value = &s[f.start..f.end];
+            match d.action {
+                InlineAction::DropField => return Scrubbed::Drop,
+                InlineAction::Mask => {
+                    out.push('[');
+                    out.push_str(&d.label);
+                    out.push(']');
+                }
+                InlineAction::Pseudonymize => {
+                    let c = d
+                        .label
+                        .chars()
+                        .next()
+                        .filter(char::is_ascii_alphabetic)
+                        .unwrap_or('p')
+                        .to_ascii_lowercase();
+                    let mut domain = d.label.as_bytes().to_vec();
+                    domain.push(0);
+                    let p = self.keys.tagged(&c.to_string(), &domain, value);
+                    out.push_str(&format!("[{}:{p}]", d.label));
+                }
+                InlineAction::Hash => {
+                    let mut domain = d.label.as_bytes().to_vec();
+                    domain.push(0);
+                    out.push_str(&format!(
+                        "[{}:{}]",
+                        d.label,
+                        self.keys.hash_short(&domain, value)
+                    ));
+                }
+            }
+            last = f.end;
+        }
+        out.push_str(&s[last..]);
+        Scrubbed::Changed(out)
+    }
+}
+
+/// A step of the current path, owned so the tree can be mutated while walking.
+enum OwnedStep {
+    Key(String),
+    Index(usize),
+}
+
+impl OwnedStep {
+    fn as_step(&self) -> Step<'_> {
+        match self {
+            OwnedStep::Key(k) => Step::Key(k),
+            OwnedStep::Index(i) => Step::Index(*i),
+        }
+    }
+}
+
+/// State of one `redact_json` walk.
+struct Walk<'a> {
+    rules: &'a [&'a FieldRule],
+    scope: &'a Scope,
+    counts: &'a mut Counts,
+    found: &'a mut Vec<Found>,
+    path: &'a mut Vec<OwnedStep>,
+}
+
+#[cfg(test)]
+mod tests;
