@@ -311,10 +311,18 @@ pub const USER_PSEUDONYM_PREFIX: &str = "u_";
 /// rotation. 64 bits keep collisions negligible for any realistic number of users while
 /// staying short in logs. The raw ID is used as given (no trimming or case folding).
 pub fn pseudonymize_user(keyring: &Keyring, raw_user: &str) -> String {
-    let mac = keyring
-        .identity()
-        .derive(Purpose::Pseudonym)
-        .mac(raw_user.as_bytes());
+    pseudonymize_user_with(&keyring.identity().derive(Purpose::Pseudonym), raw_user)
+}
+
+/// [`pseudonymize_user`] with the pseudonym key already derived (the rules engine holds it).
+/// The one definition of a user pseudonym: the sealed store's index, `forget --user` and the
+/// exported records must all agree, or a deletion request would miss records. The `user\0`
+/// domain keeps user pseudonyms apart from detector pseudonyms made with the same key.
+pub fn pseudonymize_user_with(pseudonym_key: &DerivedKey, raw_user: &str) -> String {
+    let mut h = blake3::Hasher::new_keyed(pseudonym_key.bytes());
+    h.update(b"user\0");
+    h.update(raw_user.as_bytes());
+    let mac = h.finalize();
     let mut out = String::with_capacity(18);
     out.push_str(USER_PSEUDONYM_PREFIX);
     for b in &mac.as_bytes()[..8] {
@@ -420,7 +428,7 @@ mod tests {
         assert!(!p.contains("alice"));
         let expected = blake3::keyed_hash(
             ring.identity().derive(Purpose::Pseudonym).bytes(),
-            b"alice@example.com",
+            b"user\0alice@example.com",
         );
         assert_eq!(&p[2..], &expected.to_hex()[..16]);
         assert_ne!(p, pseudonymize_user(&ring, "bob@example.com"));
@@ -430,6 +438,20 @@ mod tests {
         assert_ne!(p, pseudonymize_user(&other, "alice@example.com"));
         assert!(!is_user_pseudonym("alice"));
         assert!(!is_user_pseudonym("u_0123456789ABCDEF"));
+    }
+
+    #[test]
+    fn rules_engine_and_store_agree_on_user_pseudonyms() {
+        // forget --user pseudonymizes with keys::pseudonymize_user; records get theirs from
+        // the rules engine. A mismatch would make deletion requests miss records.
+        let ring = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
+        let rules = crate::redact::CompiledRules::from_str("version = 1\n", &ring).unwrap();
+        for user in ["alice@example.com", "42", "Bob"] {
+            assert_eq!(
+                rules.pseudonymize_user(user),
+                pseudonymize_user(&ring, user)
+            );
+        }
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl FieldKeys {
 
     /// `u_<16 hex>`: the user pseudonym.
     pub(crate) fn user(&self, id: &str) -> String {
-        self.tagged("u", b"user\0", id)
+        crate::keys::pseudonymize_user_with(&self.pseudonym, id)
     }
 
     /// `<p>_<16 hex>` keyed by `domain` (a detector label or `field`).
