@@ -32,6 +32,13 @@ enum Command {
     Env(ListenArg),
     /// Print the recorded exchanges, one line each (from `<data>/records/`).
     Tail(crate::export::tail::TailArgs),
+    /// Check or try a rules file.
+    Rules {
+        #[command(subcommand)]
+        command: crate::redact::cli::RulesCommand,
+    },
+    /// Decrypt an `enc:v1:` value from a record (needs the master keys).
+    Decrypt(crate::redact::cli::DecryptArgs),
     #[command(flatten)]
     Seal(crate::seal::cli::SealCommand),
 }
@@ -189,6 +196,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = global.resolve(RawConfig::default())?;
             crate::export::tail::run_tail(args, &config.data)
         }
+        Command::Rules { command } => {
+            let config = global.resolve(RawConfig::default())?;
+            crate::redact::cli::run_rules(command, &config.keys)
+        }
+        Command::Decrypt(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            crate::redact::cli::run_decrypt(args, &config.keys)
+        }
         Command::Seal(cmd) => {
             let config = global.resolve(RawConfig::default())?;
             crate::seal::cli::run(&cmd, &config)
@@ -245,7 +260,7 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         );
         done.await?;
         tracing::info!(
-            exchanges = running.consumer.exchanges.load(std::sync::atomic::Ordering::Relaxed),
+            exchanges = running.pipeline.processed.load(std::sync::atomic::Ordering::Relaxed),
             "veil stopped"
         );
         anyhow::Ok(())

@@ -97,6 +97,10 @@ pub struct RawConfig {
     pub routes: Option<BTreeMap<String, String>>,
     /// Sealed-store retention (`30d`).
     pub retention: Option<String>,
+    /// Pricing file merged over the built-in `rules/pricing.toml`.
+    pub pricing: Option<PathBuf>,
+    /// Threads that parse, redact, export and seal (default 1).
+    pub pipeline_workers: Option<usize>,
 }
 
 impl RawConfig {
@@ -138,6 +142,8 @@ impl RawConfig {
                 (a, b) => b.or(a),
             },
             retention: other.retention.or(self.retention),
+            pricing: other.pricing.or(self.pricing),
+            pipeline_workers: other.pipeline_workers.or(self.pipeline_workers),
         }
     }
 }
@@ -305,6 +311,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Rules file (default `rules/default.toml`).
     pub rules: PathBuf,
+    /// True when no rules file was named: a missing `rules/default.toml` then falls back to
+    /// the copy built into the binary instead of failing.
+    pub rules_is_default: bool,
     /// Keys directory (default `./keys`).
     pub keys: PathBuf,
     /// Data directory (default `./data`).
@@ -339,6 +348,10 @@ pub struct Config {
     pub routes: BTreeMap<String, GatewayRoute>,
     /// Sealed-store retention, if any.
     pub retention: Option<Duration>,
+    /// User pricing file merged over the built-in table, if any.
+    pub pricing: Option<PathBuf>,
+    /// Pipeline threads (default 1: one core parses and redacts while the other forwards).
+    pub pipeline_workers: usize,
 }
 
 impl Config {
@@ -393,6 +406,7 @@ impl Config {
         }
         Ok(Config {
             listen,
+            rules_is_default: raw.rules.is_none(),
             rules: raw
                 .rules
                 .unwrap_or_else(|| PathBuf::from("rules/default.toml")),
@@ -432,6 +446,12 @@ impl Config {
                 .as_deref()
                 .map(|r| parse_duration(r).map_err(|e| bad("retention", e)))
                 .transpose()?,
+            pricing: raw.pricing,
+            pipeline_workers: match raw.pipeline_workers {
+                Some(0) => return Err(bad("pipeline_workers", "must be at least 1")),
+                Some(n) => n,
+                None => 1,
+            },
         })
     }
 

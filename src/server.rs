@@ -1,29 +1,36 @@
-//! # `veil run`: wires config, keys, CA, proxy and the recording consumer together.
+//! # `veil run`: wires config, keys, CA, proxy, pipeline, exporter and sealed store.
 //!
 //! One why per stage:
 //! - keys first: the fingerprint key must exist before the first credential is seen;
-//! - the CA next: intercepting without it is impossible, so a broken CA stops startup;
+//! - the rules next: a bad rules file stops startup with file:line:col, before any traffic;
+//! - the CA: intercepting without it is impossible, so a broken CA stops startup too;
+//! - the exporter and the sealed store open their spools and segments before the listener
+//!   binds, so records of the first request have somewhere to go;
 //! - the recording queue is bounded (`queue_capacity`): the proxy `try_send`s into it and a
-//!   slow consumer costs drops (counted), never latency;
-//! - the proxy serves until SIGINT/SIGTERM, then drains in-flight exchanges (bounded);
-//! - the consumer is drained last, after every sender is gone.
+//!   slow pipeline costs counted drops (or 503s in audit-required mode), never latency;
+//! - on SIGINT/SIGTERM the proxy drains in-flight exchanges (bounded), then the pipeline
+//!   empties the queue, then the exporter flushes (or spools) what it holds, then the store
+//!   closes after its last group commit.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::exchange::Exchange;
+use crate::exchange::{Exchange, Pricing};
+use crate::export::{Exporter, ExporterHandle};
 use crate::keys::{Keyring, Purpose};
+use crate::pipeline::{Pipeline, PipelineStats, RulesHandle};
 use crate::proxy::capture::Fingerprinter;
 use crate::proxy::mitm::CertificateAuthority;
 use crate::proxy::{Proxy, ProxyStats};
+use crate::seal::{AuditSink, FanoutAuditSink, JsonlAuditSink, SealOptions, SealStore};
 
 /// Name of the trust bundle (system roots + veil's CA) written next to the CA.
 pub const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
@@ -35,46 +42,67 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// Counts of what the recording consumer saw.
-#[derive(Debug, Default)]
-pub struct ConsumerStats {
-    /// Exchanges received from the queue.
-    pub exchanges: AtomicU64,
-}
+/// How often the retention policy is applied while running.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(300);
 
 /// A running veil: where it listens and how to observe it.
 #[derive(Debug)]
 pub struct Running {
     /// The proxy's bound address.
     pub addr: SocketAddr,
+    /// The admin API's bound address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     /// Proxy counters.
     pub stats: Arc<ProxyStats>,
-    /// Recording consumer counters.
-    pub consumer: Arc<ConsumerStats>,
+    /// Pipeline counters.
+    pub pipeline: Arc<PipelineStats>,
+    /// The rules in force (reloaded on SIGHUP).
+    pub rules: Arc<RulesHandle>,
 }
 
-/// Everything `veil run` needs before it binds: keys, CA, fingerprinter.
+/// Everything `veil run` needs before it binds: keys, rules, pricing, CA.
 #[derive(Debug)]
 pub struct Prepared {
     /// The resolved config.
     pub config: Config,
     /// Master keys.
     pub keyring: Keyring,
+    /// The compiled rules.
+    pub rules: Arc<RulesHandle>,
+    /// Prices.
+    pub pricing: Arc<Pricing>,
     /// veil's CA.
     pub ca: Arc<CertificateAuthority>,
 }
 
 impl Prepared {
-    /// Creates (first run) or loads keys and CA, and writes the trust bundle.
+    /// Creates (first run) or loads keys and CA, compiles the rules, loads prices, and writes
+    /// the trust bundle.
     pub fn load(config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.keys)
             .map_err(|e| anyhow::anyhow!("keys dir {}: {e}", config.keys.display()))?;
         let keyring = Keyring::load_or_create(&config.keys)?;
+        let rules = if config.rules_is_default && !config.rules.exists() {
+            tracing::info!(
+                "{} not found: using the built-in default rules (pseudonymize users, scrub all content)",
+                config.rules.display()
+            );
+            RulesHandle::builtin_default(config.rules.clone(), &keyring)?
+        } else {
+            RulesHandle::load(config.rules.clone(), &keyring)?
+        };
+        let rules = Arc::new(rules);
+        let pricing = match &config.pricing {
+            Some(path) => Pricing::load(path)?,
+            None => Pricing::builtin(),
+        };
         let ca = Arc::new(CertificateAuthority::load_or_create(&config.keys)?);
         write_trust_bundle(&config.keys, ca.cert_pem())?;
         Ok(Prepared {
             config,
             keyring,
+            rules,
+            pricing: Arc::new(pricing),
             ca,
         })
     }
@@ -101,7 +129,27 @@ pub fn write_trust_bundle(keys: &Path, ca_pem: &str) -> anyhow::Result<PathBuf> 
     Ok(path)
 }
 
-/// Binds the proxy, spawns it and the recording consumer, and returns at once. The proxy
+/// Audit events of the sealed store, forwarded as OTLP log records.
+#[derive(Debug)]
+struct OtlpAudit(ExporterHandle);
+
+impl AuditSink for OtlpAudit {
+    fn emit(&self, event: &crate::seal::AuditEvent) {
+        let event = crate::export::AuditEvent {
+            kind: event.kind.as_str().to_string(),
+            request_id: event.request_id.to_string(),
+            time: event.time,
+            actor: event.actor.clone(),
+            reason: Some(event.reason.clone()),
+            user_pseudonym: event.user.clone(),
+        };
+        if self.0.try_send_audit(event).is_err() {
+            tracing::warn!("exporter queue full: audit event kept in audit.jsonl only");
+        }
+    }
+}
+
+/// Binds the proxy (and the admin API), starts every stage, and returns at once. Everything
 /// stops when `shutdown` resolves; `done` resolves when everything has drained.
 pub async fn start(
     prepared: Prepared,
@@ -110,60 +158,177 @@ pub async fn start(
     let Prepared {
         config,
         keyring,
+        rules,
+        pricing,
         ca,
     } = prepared;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    let admin_listener = match config.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on admin_listen {a}: {e}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+
+    let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok())?;
+    let audit: Arc<dyn AuditSink> = Arc::new(FanoutAuditSink(vec![
+        Arc::new(JsonlAuditSink::new(config.data.join("audit.jsonl"))),
+        Arc::new(OtlpAudit(exporter.handle())),
+    ]));
+    let store = SealStore::open(
+        &config.data,
+        Keyring::load(&config.keys)?,
+        SealOptions {
+            keys_dir: Some(config.keys.clone()),
+            audit: Some(audit),
+            segment_max: None,
+        },
+    )
+    .map_err(|e| {
+        if e.is_locked() {
+            anyhow::anyhow!(
+                "{e}: is another veil running with --data {}?",
+                config.data.display()
+            )
+        } else {
+            anyhow::anyhow!("sealed store: {e}")
+        }
+    })?;
+
     let fingerprinter = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
     let (tx, rx) = mpsc::channel::<Exchange>(config.queue_capacity);
+    let pipeline_stats = Arc::new(PipelineStats::default());
+    let pipeline = Pipeline {
+        rules: rules.clone(),
+        pricing,
+        parse: Default::default(),
+        exporter: Some(exporter.handle()),
+        store: Some(store.clone()),
+        stats: pipeline_stats.clone(),
+    };
+    let workers = pipeline.spawn(rx, config.pipeline_workers);
+
+    let cancel = CancellationToken::new();
+    let retention = config.retention;
+    let drain = config.drain_timeout;
+    let keys_dir = config.keys.clone();
     let proxy = Proxy::try_new(config, ca, fingerprinter, tx)?;
     let stats = proxy.stats();
-    let consumer = Arc::new(ConsumerStats::default());
-    let consumer_task = tokio::spawn(consume(rx, consumer.clone()));
-    let done = tokio::spawn(async move {
-        proxy.serve(listener, shutdown).await;
-        // Every sender lives in the proxy; once it is gone the consumer sees the end of the
-        // queue. Connections cut at the drain timeout may still hold one briefly, so bound it.
-        if tokio::time::timeout(Duration::from_secs(5), consumer_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("recording consumer did not drain within 5s");
+
+    if let Some(listener) = admin_listener {
+        let token = crate::admin::AdminToken::load_or_create(&keys_dir)?;
+        let store = store.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            crate::admin::serve(listener, store, token, cancel.cancelled_owned()).await;
+        });
+    }
+    if let Some(older_than) = retention {
+        tokio::spawn(store.clone().run_retention(
+            older_than,
+            RETENTION_INTERVAL,
+            cancel.clone().cancelled_owned(),
+        ));
+    }
+    // Installed now, before the listener is announced: SIGHUP's default action is to exit.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hup) => {
+            tokio::spawn(reload_on_sighup(
+                hup,
+                rules.clone(),
+                keys_dir,
+                cancel.clone(),
+            ));
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler: rules reload disabled")
+        }
+    }
+
+    let done = tokio::spawn(async move {
+        let stop = cancel.clone();
+        proxy
+            .serve(listener, async move {
+                shutdown.await;
+                stop.cancel();
+            })
+            .await;
+        cancel.cancel();
+        // The proxy held every sender: the workers now drain the queue and exit.
+        let joined = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        if tokio::time::timeout(drain, joined).await.is_err() {
+            tracing::warn!("pipeline did not drain within {}s", drain.as_secs());
+        }
+        let report = exporter.shutdown(drain).await;
+        tracing::info!(?report, "exporter stopped");
+        drop(store);
     });
     Ok((
         Running {
             addr,
+            admin_addr,
             stats,
-            consumer,
+            pipeline: pipeline_stats,
+            rules,
         },
         done,
     ))
 }
 
-/// The recording consumer. Until the pipeline lands it only counts: it must not write content.
-async fn consume(mut rx: mpsc::Receiver<Exchange>, stats: Arc<ConsumerStats>) {
-    while let Some(exchange) = rx.recv().await {
-        stats.exchanges.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            exchange.id = %exchange.id,
-            host = %exchange.upstream.host,
-            status = exchange.status,
-            outcome = exchange.outcome.as_str(),
-            "exchange recorded"
-        );
+/// Reloads the rules on every SIGHUP; a file that fails to compile is logged and the old rules
+/// stay in force.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    rules: Arc<RulesHandle>,
+    keys: PathBuf,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        let rules = rules.clone();
+        let keys = keys.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let keyring = Keyring::load(&keys).map_err(|e| e.to_string())?;
+            rules.reload(&keyring).map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(Ok(digest)) => tracing::info!(rules.digest = %digest, "rules reloaded"),
+            Ok(Err(e)) => {
+                tracing::error!("rules reload rejected, previous rules stay in force: {e}")
+            }
+            Err(e) => tracing::error!("rules reload failed: {e}"),
+        }
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal that arrives right after startup is not fatal.
+/// Must be called inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("invariant: SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("invariant: SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -9,7 +9,7 @@
 //!     Decrypt(veil::redact::cli::DecryptArgs),
 //! }
 //! // Command::Rules(c) => veil::redact::cli::run_rules(c, &keys_dir),
-//! // Command::Decrypt(a) => veil::redact::cli::run_decrypt(a),
+//! // Command::Decrypt(a) => veil::redact::cli::run_decrypt(a, &config.keys),
 //! ```
 
 use std::fmt::Write as _;
@@ -80,14 +80,11 @@ impl From<TargetArg> for Target {
     }
 }
 
-/// `veil decrypt VALUE --keys DIR`
+/// `veil decrypt VALUE` (the keys dir is the global `--keys`, or `VEIL_MASTER_KEY`).
 #[derive(Debug, clap::Args)]
 pub struct DecryptArgs {
     /// An `enc:v1:<key id>:<data>` value from a record.
     pub value: String,
-    /// The keys dir holding `master.keys` (or set `VEIL_MASTER_KEY`).
-    #[arg(long, default_value = "keys")]
-    pub keys: PathBuf,
 }
 
 /// Keys for compiling: the real ones when present (so `rules test` shows the pseudonyms
@@ -252,8 +249,8 @@ fn collect_matches(
 }
 
 /// Runs `veil decrypt`: prints the plaintext of one encrypted field.
-pub fn run_decrypt(args: DecryptArgs) -> anyhow::Result<ExitCode> {
-    let keys = Keyring::load(&args.keys)?;
+pub fn run_decrypt(args: DecryptArgs, keys_dir: &Path) -> anyhow::Result<ExitCode> {
+    let keys = Keyring::load(keys_dir)?;
     match decrypt_field(&args.value, &keys) {
         Ok(p) => {
             println!("{p}");
@@ -300,11 +297,8 @@ mod tests {
         assert!(
             matches!(c.cmd, Cmd::Rules(RulesCommand::Test { ref provider, .. }) if provider.as_deref() == Some("openai"))
         );
-        let c =
-            Cli::try_parse_from(["veil", "decrypt", "enc:v1:k1:x", "--keys", "/tmp/k"]).unwrap();
-        assert!(
-            matches!(c.cmd, Cmd::Decrypt(DecryptArgs { ref keys, .. }) if keys == Path::new("/tmp/k"))
-        );
+        let c = Cli::try_parse_from(["veil", "decrypt", "enc:v1:k1:x"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Decrypt(DecryptArgs { ref value }) if value == "enc:v1:k1:x"));
         assert!(Cli::try_parse_from(["veil", "rules", "check"]).is_err());
     }
 
@@ -331,18 +325,16 @@ mod tests {
         r.redact_json(&mut v, Target::Request, r.base_scope());
         let value = v["a"].as_str().unwrap().to_string();
         assert_eq!(
-            run_decrypt(DecryptArgs {
-                value,
-                keys: k.clone()
-            })
-            .unwrap(),
+            run_decrypt(DecryptArgs { value }, &k).unwrap(),
             ExitCode::SUCCESS
         );
         assert_eq!(
-            run_decrypt(DecryptArgs {
-                value: "enc:v1:k1:AAAA".into(),
-                keys: k
-            })
+            run_decrypt(
+                DecryptArgs {
+                    value: "enc:v1:k1:AAAA".into()
+                },
+                &k
+            )
             .unwrap(),
             ExitCode::FAILURE
         );

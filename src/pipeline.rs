@@ -1,0 +1,319 @@
+//! # The pipeline: `Exchange → Conversation → rules → Record → {export, seal}`.
+//!
+//! Off the hot path. The proxy hands finished exchanges to a bounded queue; worker threads
+//! (plain OS threads, so parsing and scanning never steal the async runtime that forwards
+//! traffic) take them one by one:
+//! 1. parse the provider's JSON / SSE into a [`Conversation`](crate::exchange::Conversation);
+//! 2. redact it under the compiled rules of the exchange's scope into a [`Record`];
+//! 3. hand the record to the exporter (`try_send`: a full exporter queue is a counted drop);
+//! 4. seal the full exchange under its request ID (the store encrypts on this thread and
+//!    group-commits on its own; a failure is logged and counted, never retried into memory).
+//!
+//! The rules can be swapped while traffic flows ([`RulesHandle::reload`], on SIGHUP): each
+//! exchange is processed under the rules current when its processing starts, and its record
+//! carries that rules digest.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::exchange::{self, Conversation, Exchange, ParseOptions, Pricing};
+use crate::export::ExporterHandle;
+use crate::keys::Keyring;
+use crate::record::Record;
+use crate::redact::{CompiledRules, Counts, ScopeKey, Target};
+use crate::seal::SealStore;
+
+/// The shipped default profile (`rules/default.toml`).
+pub const BUILTIN_DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+
+/// The compiled rules in force, swappable at run time.
+#[derive(Debug)]
+pub struct RulesHandle {
+    path: PathBuf,
+    current: RwLock<Arc<CompiledRules>>,
+}
+
+impl RulesHandle {
+    /// Loads and compiles `path`. A bad file is an error naming file, line and column.
+    pub fn load(path: PathBuf, keys: &Keyring) -> Result<Self, crate::redact::RulesError> {
+        let rules = CompiledRules::load(&path, keys)?;
+        Ok(RulesHandle {
+            path,
+            current: RwLock::new(Arc::new(rules)),
+        })
+    }
+
+    /// The shipped `rules/default.toml`, compiled into the binary: used when `veil run` starts
+    /// outside a checkout and no `--rules` was given. Reload re-reads `path` if it appears.
+    pub fn builtin_default(
+        path: PathBuf,
+        keys: &Keyring,
+    ) -> Result<Self, crate::redact::RulesError> {
+        let rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, keys)?;
+        Ok(Self::from_rules(path, rules))
+    }
+
+    /// Wraps already compiled rules (tests, tools).
+    pub fn from_rules(path: PathBuf, rules: CompiledRules) -> Self {
+        RulesHandle {
+            path,
+            current: RwLock::new(Arc::new(rules)),
+        }
+    }
+
+    /// The rules in force.
+    pub fn current(&self) -> Arc<CompiledRules> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Recompiles the rules file. On success the new rules apply to every exchange processed
+    /// from now on and their digest is returned; on failure the old rules stay in force and the
+    /// error (file:line:col) is returned for logging.
+    pub fn reload(&self, keys: &Keyring) -> Result<String, crate::redact::RulesError> {
+        let rules = CompiledRules::load(&self.path, keys)?;
+        let digest = rules.digest().to_string();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+        Ok(digest)
+    }
+}
+
+/// Counters of the pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Exchanges processed.
+    pub processed: AtomicU64,
+    /// Records the exporter refused (its queue was full or closed).
+    pub export_dropped: AtomicU64,
+    /// Exchanges the store refused or failed to make durable.
+    pub seal_failed: AtomicU64,
+}
+
+/// What the workers need.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The rules in force.
+    pub rules: Arc<RulesHandle>,
+    /// Prices for cost estimates.
+    pub pricing: Arc<Pricing>,
+    /// Parser bounds and extra user-ID paths.
+    pub parse: ParseOptions,
+    /// Where records go.
+    pub exporter: Option<ExporterHandle>,
+    /// Where full exchanges go.
+    pub store: Option<SealStore>,
+    /// Counters.
+    pub stats: Arc<PipelineStats>,
+}
+
+impl Pipeline {
+    /// Starts `workers` threads consuming `rx`. They exit when every sender is gone and the
+    /// queue is empty; join the returned handles to wait for that.
+    pub fn spawn(
+        self,
+        rx: mpsc::Receiver<Exchange>,
+        workers: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        let rx = Arc::new(Mutex::new(rx));
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        (0..workers.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                let this = self.clone();
+                let runtime = runtime.clone();
+                std::thread::Builder::new()
+                    .name(format!("veil-pipeline-{i}"))
+                    .spawn(move || {
+                        loop {
+                            // One receiver shared by the workers; the lock is held only while
+                            // waiting for the next exchange.
+                            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+                            let Some(exchange) = next else { break };
+                            this.process(exchange, runtime.as_ref());
+                        }
+                    })
+                    .expect("invariant: a pipeline thread can be spawned")
+            })
+            .collect()
+    }
+
+    /// Processes one exchange: record to the exporter, exchange to the store.
+    pub fn process(&self, exchange: Exchange, runtime: Option<&tokio::runtime::Handle>) {
+        let _span = tracing::debug_span!("process_exchange", exchange.id = %exchange.id).entered();
+        let rules = self.rules.current();
+        let conversation = exchange::parse(&exchange, &self.parse, &self.pricing);
+        let record = build_record(&exchange, &conversation, &rules);
+        let user = record.user_pseudonym.clone();
+        self.stats.processed.fetch_add(1, Ordering::Relaxed);
+        if let Some(exporter) = &self.exporter
+            && let Err(e) = exporter.try_send(record)
+        {
+            let n = self.stats.export_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            exporter.metrics().exchanges_dropped.inc();
+            if n == 1 || n % 1000 == 0 {
+                tracing::warn!(
+                    exchange.id = %exchange.id,
+                    dropped_total = n,
+                    full = e.is_full(),
+                    "exporter queue refused a record"
+                );
+            }
+        }
+        if let Some(store) = &self.store {
+            match store.submit(&exchange, user.as_deref()) {
+                Ok(ack) => {
+                    let stats = self.stats.clone();
+                    let wait = async move {
+                        if let Err(e) = ack.durable().await {
+                            stats.seal_failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "sealing failed");
+                        }
+                    };
+                    match runtime {
+                        Some(rt) => {
+                            rt.spawn(wait);
+                        }
+                        None => futures_block_on(wait),
+                    }
+                }
+                Err(e) => {
+                    self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(exchange.id = %exchange.id, error = %e, "cannot seal exchange");
+                }
+            }
+        }
+    }
+}
+
+/// Waits for `fut` on this thread (no runtime: tests and tools).
+fn futures_block_on(fut: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("invariant: a current-thread runtime builds")
+        .block_on(fut);
+}
+
+/// Builds the redacted record of one exchange. Nothing raw leaves here: content goes through
+/// the scope's rules, the user ID through the pseudonym key, headers through the allowlist.
+pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -> Record {
+    let route = ex.path.split('?').next().unwrap_or("/");
+    let scope = rules.scope_for(&ScopeKey {
+        host: Some(&conv.server_address),
+        route: Some(route),
+        model: conv.request_model.as_deref(),
+        feature: conv.feature.as_deref(),
+    });
+
+    let mut all = Counts::default();
+    let redact = |value: Value, target: Target, counts: &mut Counts| -> Option<Value> {
+        let mut value = value;
+        if is_empty(&value) {
+            return None;
+        }
+        let found = rules.redact_json(&mut value, target, scope);
+        counts.merge(&found);
+        (!is_empty(&value)).then_some(value)
+    };
+    let mut input = Counts::default();
+    let system_instructions = redact(
+        conv.system_instructions_json(),
+        Target::SystemInstructions,
+        &mut input,
+    );
+    let input_messages = redact(
+        conv.input_messages_json(),
+        Target::InputMessages,
+        &mut input,
+    );
+    let mut output = Counts::default();
+    let output_messages = redact(
+        conv.output_messages_json(),
+        Target::OutputMessages,
+        &mut output,
+    );
+    all.merge(&input);
+    all.merge(&output);
+
+    // Request parameters are not content, but stop sequences are free text.
+    let request_params = conv
+        .params
+        .iter()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            if !matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null) {
+                let found = rules.redact_json(&mut v, Target::Request, scope);
+                all.merge(&found);
+            }
+            (k.clone(), v)
+        })
+        .collect();
+
+    // The user: the rules file's identity headers/paths first, then what the parser found.
+    let mut identity_headers = ex.tags.clone();
+    identity_headers.extend(ex.request_headers.iter().cloned());
+    let request_json: Option<Value> = ex
+        .request_body
+        .decoded(64 << 20)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let user_pseudonym = rules
+        .find_user(request_json.as_ref(), &identity_headers)
+        .or_else(|| conv.user_id.as_deref().map(|u| rules.pseudonymize_user(u)));
+
+    Record {
+        request_id: ex.id.to_string(),
+        start: ex.started_at,
+        duration: conv.timings.duration,
+        time_to_first_chunk: conv.timings.time_to_first_chunk,
+        trace_parent: conv.trace_parent.clone(),
+        provider: conv.provider.clone(),
+        operation: conv.operation.clone(),
+        request_model: conv.request_model.clone(),
+        response_model: conv.response_model.clone(),
+        response_id: conv.response_id.clone(),
+        conversation_id: conv.conversation_id.clone(),
+        server_address: conv.server_address.clone(),
+        server_port: conv.server_port,
+        status: conv.status,
+        error_type: conv.error_type.clone(),
+        finish_reasons: conv.finish_reasons.clone(),
+        usage: conv.usage.clone(),
+        stream: conv.stream,
+        request_params,
+        cost_usd: conv.cost_usd,
+        user_pseudonym,
+        feature: conv.feature.clone(),
+        api_key_fingerprint: ex.api_key_fingerprint.clone(),
+        rules_digest: rules.digest().to_string(),
+        redactions: all.into_map(),
+        redactions_input: input.total(),
+        redactions_output: output.total(),
+        truncated: conv.truncated || ex.is_truncated(),
+        aborted: conv.aborted || ex.outcome.is_aborted(),
+        outcome: ex.outcome.as_str().to_string(),
+        system_instructions,
+        input_messages,
+        output_messages,
+        tool_names: conv.tool_names.clone(),
+        request_headers: rules.filter_headers(&ex.request_headers),
+        response_headers: rules.filter_headers(&ex.response_headers),
+        request_bytes: conv.request_bytes,
+        response_bytes: conv.response_bytes,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
