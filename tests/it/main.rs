@@ -6,4 +6,5 @@ mod support;
 mod certs;
 mod cli;
 mod proxy;
+mod records;
 mod sdk;

@@ -223,11 +223,15 @@ impl Client {
                     .as_str()
                     .parse()
                     .unwrap();
+                s.ready().await.unwrap();
                 s.send_request(Request::from_parts(parts, body))
                     .await
                     .unwrap()
             }
-            Client::H2(s) => s.send_request(req).await.unwrap(),
+            Client::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
         }
     }
 }

@@ -1,3 +1,4 @@
 pub mod harness;
 pub mod mock_llm;
+pub mod otlp;
 pub mod process;
