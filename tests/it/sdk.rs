@@ -6,6 +6,7 @@
 use std::process::Command;
 
 use crate::support::mock_llm::{Alpn, Mock};
+use crate::support::otlp::{Receiver, attr};
 use crate::support::process::{VeilProcess, resolve_args};
 
 /// True when the SDKs can be imported; panics under CI if they cannot.
@@ -58,11 +59,14 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
         return;
     }
     let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut args = resolve_args(mock.addr);
     args.extend([
         "--upstream-ca".to_string(),
         mock.ca_path.display().to_string(),
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = VeilProcess::start(&args, dir.path());
@@ -119,5 +123,71 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
         !proc.stderr().contains("PYTHONSECRET"),
         "credential in veil's log"
     );
+    // What veil understood of each exchange matches what the SDK sent and received.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let span_of = |id: &str| {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| attr(s, "veil.request.id").as_deref() == Some(id))
+    };
+    for r in &results {
+        let id = r["request_id"].as_str().unwrap();
+        let span = loop {
+            if let Some(s) = span_of(id) {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "no span for {r}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let case = r["case"].as_str().unwrap();
+        let ctx = format!("{case}: {span:?}");
+        assert_eq!(
+            attr(&span, "gen_ai.response.model").as_deref(),
+            r["model"].as_str(),
+            "{ctx}"
+        );
+        assert_eq!(
+            attr(&span, "gen_ai.usage.input_tokens"),
+            Some(r["input_tokens"].to_string()),
+            "{ctx}"
+        );
+        assert_eq!(
+            attr(&span, "gen_ai.usage.output_tokens"),
+            Some(r["output_tokens"].to_string()),
+            "{ctx}"
+        );
+        // Finish reasons are normalized to the GenAI conventions' values.
+        let finish = match r["finish"].as_str().unwrap() {
+            "end_turn" | "stop_sequence" => "stop",
+            "max_tokens" => "length",
+            "tool_use" | "tool_calls" => "tool_call",
+            other => other,
+        };
+        assert_eq!(
+            attr(&span, "gen_ai.response.finish_reasons").as_deref(),
+            Some(finish),
+            "{ctx}"
+        );
+        let provider = if case.starts_with("openai") {
+            "openai"
+        } else {
+            "anthropic"
+        };
+        assert_eq!(
+            attr(&span, "gen_ai.provider.name").as_deref(),
+            Some(provider),
+            "{ctx}"
+        );
+        assert_eq!(
+            attr(&span, "gen_ai.request.stream").as_deref() == Some("true"),
+            case.ends_with("stream"),
+            "{ctx}"
+        );
+    }
+    // The OpenAI `user` and Anthropic `metadata.user_id` became pseudonyms.
+    let first = span_of(results[0]["request_id"].as_str().unwrap()).unwrap();
+    let user = attr(&first, "user.id").expect("pseudonymized user");
+    assert!(user.starts_with("u_") && !user.contains("alice"), "{user}");
     assert!(proc.terminate().success());
 }
