@@ -437,3 +437,81 @@ async fn spooled_records_survive_sigkill_and_are_delivered_on_restart() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rules_and_keeps_the_old_ones_when_the_new_file_is_bad() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(repo.join("rules/default.toml"), &rules).unwrap();
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+        "--otlp-endpoint".to_string(),
+        receiver.endpoint(),
+        "--rules".to_string(),
+        rules.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = VeilProcess::start(&args, dir.path());
+    let ca = std::fs::read_to_string(dir.path().join("keys/ca.pem")).unwrap();
+    let mut client = Client::connect(proc.addr, "api.openai.com", &ca, Proto::Http1).await;
+
+    let first = next_digest(&mut client, &receiver).await;
+
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+    };
+    std::fs::write(&rules, "version = 1\ndefault = \"shred\"\n").unwrap();
+    hup(proc.child.id());
+    eventually(
+        "reload rejected in the log",
+        Duration::from_secs(10),
+        || proc.stderr().contains("rules reload rejected"),
+    )
+    .await;
+    assert!(
+        proc.stderr().contains("rules.toml:2"),
+        "error names file and line: {}",
+        proc.stderr()
+    );
+    assert_eq!(
+        next_digest(&mut client, &receiver).await,
+        first,
+        "old rules stay in force"
+    );
+
+    std::fs::copy(repo.join("rules/strict.toml"), &rules).unwrap();
+    hup(proc.child.id());
+    eventually(
+        "reload accepted in the log",
+        Duration::from_secs(10),
+        || proc.stderr().contains("rules reloaded"),
+    )
+    .await;
+    let second = next_digest(&mut client, &receiver).await;
+    assert_ne!(second, first, "records carry the new rules' digest");
+}
+
+async fn next_digest(client: &mut Client, receiver: &Receiver) -> String {
+    let (ids, _) = timed_requests(client, 1).await;
+    let id = ids[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = receiver
+            .spans()
+            .into_iter()
+            .find(|s| attr(s, "veil.request.id").as_deref() == Some(id.as_str()))
+        {
+            return attr(&s, "veil.rules.digest").expect("rules digest on every record");
+        }
+        assert!(Instant::now() < deadline, "span for {id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
