@@ -156,7 +156,7 @@ impl Pipeline {
         {
             let n = self.stats.export_dropped.fetch_add(1, Ordering::Relaxed) + 1;
             exporter.metrics().exchanges_dropped.inc();
-            if n == 1 || n % 1000 == 0 {
+            if n == 1 || n.is_multiple_of(1000) {
                 tracing::warn!(
                     exchange.id = %exchange.id,
                     dropped_total = n,

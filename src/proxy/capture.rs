@@ -163,7 +163,7 @@ impl Sink {
                     let n = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     // Log the first drop and then every 1000th, so a stuck consumer cannot
                     // flood the log.
-                    if n == 1 || n % 1000 == 0 {
+                    if n == 1 || n.is_multiple_of(1000) {
                         tracing::warn!(
                             exchange.id = %ex.id,
                             dropped_total = n,
