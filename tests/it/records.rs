@@ -411,7 +411,7 @@ async fn spooled_records_survive_sigkill_and_are_delivered_on_restart() {
     // Wait until the batches are on disk in the spool, then kill without warning.
     let spool = dir.path().join("data/spool");
     eventually("records spooled", Duration::from_secs(30), || {
-        spool.exists() && all_file_bytes(&spool).len() >= 1 && {
+        spool.exists() && !all_file_bytes(&spool).is_empty() && {
             let traces = spool.join("traces");
             traces.exists()
                 && std::fs::read_dir(&traces)
