@@ -195,7 +195,9 @@ async fn handle(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !token.verify(presented.trim()) {
-        tracing::warn!(peer = %peer, path = %path, "admin request without a valid token");
+        // Only the route's first two segments: the rest may be a raw user ID.
+        let route: String = path.split('/').take(3).collect::<Vec<_>>().join("/");
+        tracing::warn!(peer = %peer, route = %route, "admin request without a valid token");
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut()
             .insert("www-authenticate", http::HeaderValue::from_static("Bearer"));

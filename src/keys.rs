@@ -361,10 +361,14 @@ pub fn write_secret_file(path: &Path, data: &[u8]) -> Result<(), KeyError> {
     fs::create_dir_all(dir).map_err(|e| KeyError::Io(dir.to_path_buf(), e))?;
     let tmp = path.with_extension("tmp");
     let io = |e| KeyError::Io(tmp.clone(), e);
+    // A stale temp file (or a symlink planted there) must not lend us its mode or target.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;

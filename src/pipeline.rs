@@ -254,6 +254,22 @@ pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -
         })
         .collect();
 
+    // Label-like fields come from the app or the provider and could carry anything (an email
+    // as a model alias, free text in an error code): detectors and a length cap apply.
+    let mut label = |s: &str| -> String {
+        let capped: String = s.chars().take(MAX_LABEL_CHARS).collect();
+        let (text, found) = rules.redact_text(&capped, scope);
+        all.merge(&found);
+        text
+    };
+    let request_model = conv.request_model.as_deref().map(&mut label);
+    let response_model = conv.response_model.as_deref().map(&mut label);
+    let conversation_id = conv.conversation_id.as_deref().map(&mut label);
+    let feature = conv.feature.as_deref().map(&mut label);
+    let error_type = conv.error_type.as_deref().map(&mut label);
+    let response_id = conv.response_id.as_deref().map(&mut label);
+    let tool_names: Vec<String> = conv.tool_names.iter().map(|t| label(t)).collect();
+
     // The user: the rules file's identity headers/paths first, then what the parser found.
     let mut identity_headers = ex.tags.clone();
     identity_headers.extend(ex.request_headers.iter().cloned());
@@ -274,21 +290,21 @@ pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -
         trace_parent: conv.trace_parent.clone(),
         provider: conv.provider.clone(),
         operation: conv.operation.clone(),
-        request_model: conv.request_model.clone(),
-        response_model: conv.response_model.clone(),
-        response_id: conv.response_id.clone(),
-        conversation_id: conv.conversation_id.clone(),
+        request_model,
+        response_model,
+        response_id,
+        conversation_id,
         server_address: conv.server_address.clone(),
         server_port: conv.server_port,
         status: conv.status,
-        error_type: conv.error_type.clone(),
+        error_type,
         finish_reasons: conv.finish_reasons.clone(),
         usage: conv.usage.clone(),
         stream: conv.stream,
         request_params,
         cost_usd: conv.cost_usd,
         user_pseudonym,
-        feature: conv.feature.clone(),
+        feature,
         api_key_fingerprint: ex.api_key_fingerprint.clone(),
         rules_digest: rules.digest().to_string(),
         redactions: all.into_map(),
@@ -300,13 +316,17 @@ pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -
         system_instructions,
         input_messages,
         output_messages,
-        tool_names: conv.tool_names.clone(),
+        tool_names,
         request_headers: rules.filter_headers(&ex.request_headers),
         response_headers: rules.filter_headers(&ex.response_headers),
         request_bytes: conv.request_bytes,
         response_bytes: conv.response_bytes,
     }
 }
+
+/// Longest label (model, feature, conversation id, error type, tool name) exported. Real ones
+/// are short; a long one is an app putting content where metadata belongs.
+const MAX_LABEL_CHARS: usize = 256;
 
 fn is_empty(v: &Value) -> bool {
     match v {

@@ -162,6 +162,12 @@ pub async fn start(
         pricing,
         ca,
     } = prepared;
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "the proxy listens beyond loopback: anyone who can reach it can use it");
+    }
+    if let Some(a) = config.admin_listen.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(admin_listen = %a, "the admin API is plain HTTP beyond loopback: the bearer token and unsealed exchanges cross the network in clear");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

@@ -6,7 +6,7 @@
 //!
 //! Owns: files under `<data>/records/`. Never touches the network or records.
 
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -53,8 +53,16 @@ pub fn ledger_path(data: &Path, signal: Signal, t: SystemTime) -> PathBuf {
 /// Appends one JSON request as a line (the payload must hold no newline: compact JSON).
 pub fn append(data: &Path, signal: Signal, json: &[u8], t: SystemTime) -> io::Result<()> {
     let path = ledger_path(data, signal, t);
-    fs::create_dir_all(records_dir(data))?;
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    // Records hold redacted content, still nobody else's business: 0700 dir, 0600 files.
+    crate::export::spool::private_dir(&records_dir(data))?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?
+    };
     let mut line = Vec::with_capacity(json.len() + 1);
     line.extend_from_slice(json);
     line.push(b'\n');

@@ -90,7 +90,7 @@ fn decode_frame(buf: &[u8]) -> Option<(Encoding, &[u8])> {
 impl Spool {
     /// Opens (creating) the spool at `dir`, indexing the batches a previous run left.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
-        fs::create_dir_all(dir)?;
+        private_dir(dir)?;
         let mut entries = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -150,7 +150,15 @@ impl Spool {
         let path = self.path(seq);
         let tmp = path.with_extension("tmp");
         {
-            let mut f = fs::File::create(&tmp)?;
+            let mut f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?
+            };
             let e = enc_byte(enc);
             let mut header = [0u8; HEADER];
             header[..4].copy_from_slice(MAGIC);
@@ -215,6 +223,16 @@ impl Spool {
             None => 0,
         }
     }
+}
+
+/// Creates `dir` (and parents) readable by the owner only (0700): spooled batches and the
+/// JSON ledger hold redacted content that other local users have no business reading.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]

@@ -30,6 +30,14 @@ pub struct TailArgs {
     pub lines: usize,
 }
 
+/// `line` with control characters replaced, so a model name or feature tag chosen by an app
+/// cannot move the operator's cursor or recolor the terminal.
+fn printable(line: &str) -> String {
+    line.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
 /// One exchange, as a readable line.
 fn span_line(span: &Value) -> Option<String> {
     let attrs = span.get("attributes")?.as_array()?;
@@ -204,7 +212,7 @@ pub fn run_tail(args: TailArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     {
         let mut out = stdout.lock();
         for line in &first[skip..] {
-            writeln!(out, "{line}")?;
+            writeln!(out, "{}", printable(line))?;
         }
     }
     if !args.follow {
@@ -215,7 +223,7 @@ pub fn run_tail(args: TailArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
         let lines = follower.poll()?;
         let mut out = stdout.lock();
         for line in lines {
-            if writeln!(out, "{line}").is_err() {
+            if writeln!(out, "{}", printable(&line)).is_err() {
                 // The reader went away (`veil tail -f | head`): stop quietly.
                 return Ok(ExitCode::SUCCESS);
             }

@@ -38,8 +38,21 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
-/// Query parameters whose values are credentials (Gemini's `?key=`).
-const CREDENTIAL_PARAMS: &[&str] = &["key", "api_key", "api-key"];
+/// Query parameters whose values are credentials: Gemini's `?key=`, OAuth's `access_token`, and
+/// the common spellings of API keys and tokens. Compared after percent-decoding and lowercasing
+/// the name, so `k%65y=` is caught too.
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "key",
+    "api_key",
+    "api-key",
+    "apikey",
+    "x-goog-api-key",
+    "access_token",
+    "token",
+    "auth",
+    "sig",
+    "signature",
+];
 
 /// Counters of the hand-off, shared with whoever reports metrics.
 #[derive(Debug, Default)]
@@ -118,7 +131,7 @@ impl Fingerprinter {
                 out.push('&');
             }
             match pair.split_once('=') {
-                Some((k, v)) if CREDENTIAL_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                Some((k, v)) if is_credential_param(k) => {
                     let fp = self.fingerprint(v);
                     api_key.get_or_insert_with(|| fp.clone());
                     out.push_str(k);
@@ -130,6 +143,35 @@ impl Fingerprinter {
         }
         (out, api_key)
     }
+}
+
+fn is_credential_param(name: &str) -> bool {
+    let decoded = percent_decode(name).to_ascii_lowercase();
+    CREDENTIAL_PARAMS.contains(&decoded.as_str())
+}
+
+/// Percent-decodes `s` (invalid escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// The secret part of a credential header value: the token of `Bearer <token>`, else all.
@@ -560,6 +602,10 @@ mod tests {
         assert!(path.starts_with("/v1beta/models/g:generateContent?alt=sse&key=fp_"));
         assert!(key.is_some());
         assert_eq!(fp.record_path("/v1/x").0, "/v1/x");
+        // OAuth tokens and percent-encoded names are credentials too.
+        let (path, _) = fp.record_path("/x?access_token=ya29.SECRET&k%65y=AIzaSECRET2&alt=json");
+        assert!(!path.contains("SECRET"), "{path}");
+        assert!(path.ends_with("&alt=json"), "{path}");
     }
 
     #[test]
