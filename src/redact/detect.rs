@@ -115,7 +115,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             check: None,
             group: false,
         }],
-        triggers: &[Trigger::Literal(&["-----begin"])],
+        triggers: &[Trigger::Literal(&["-----BEGIN"])],
     },
     Builtin {
         key: "jwt",
@@ -126,7 +126,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"(?-u:\b)eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
             checksum::secret_end,
         )],
-        triggers: &[Trigger::Literal(&["eyj"])],
+        triggers: &[Trigger::Literal(&["eyJ"])],
     },
     Builtin {
         key: "anthropic_api_key",
@@ -205,7 +205,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "google_api_key",
         label: "GOOGLE_API_KEY",
         patterns: &[pat(r"(?-u:\b)AIza[0-9A-Za-z_\-]{35}", checksum::secret_end)],
-        triggers: &[Trigger::Literal(&["aiza"])],
+        triggers: &[Trigger::Literal(&["AIza"])],
     },
     Builtin {
         key: "aws_access_key_id",
@@ -215,7 +215,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
             checksum::secret_end,
         )],
-        triggers: &[Trigger::Literal(&["akia", "asia", "abia", "acca"])],
+        triggers: &[Trigger::Literal(&["AKIA", "ASIA", "ABIA", "ACCA"])],
     },
     Builtin {
         key: "aws_secret_access_key",
@@ -226,7 +226,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"(?i:aws.?secret.?access.?key|aws.?secret.?key|secret.?access.?key)[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40})",
             Some(checksum::secret_end),
         )],
-        triggers: &[Trigger::Literal(&["secret"])],
+        triggers: &[Trigger::Literal(&["secret", "Secret", "SECRET"])],
     },
     Builtin {
         key: "bearer_token",
@@ -236,7 +236,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             r"(?i:(?-u:\b)bearer)[ \t]+([A-Za-z0-9._~+/\-]{16,}=*)",
             Some(checksum::token),
         )],
-        triggers: &[Trigger::Literal(&["bearer"])],
+        triggers: &[Trigger::Literal(&["bearer", "Bearer", "BEARER"])],
     },
     Builtin {
         key: "email",
@@ -400,7 +400,7 @@ pub(crate) enum Gate {
     At,
     /// Text has `:` followed by a hex digit or `:`.
     Colon,
-    /// Text has one of the built-in literals (`sk-`, `ghp_`, `eyJ`, `-----begin`, ...).
+    /// Text has one of the built-in literals (`sk-`, `ghp_`, `eyJ`, `-----BEGIN`, ...).
     Literal,
     /// Custom patterns: always scanned.
     Always,
@@ -569,8 +569,11 @@ impl Prefilter {
             }
         }
         if !lits.is_empty() {
+            // Case-sensitive on purpose: it keeps the SIMD (Teddy) prefilter, 3x faster than
+            // ASCII-case-insensitive search here. Literals list the casings that occur.
+            // Leftmost-first (not standard) semantics: only those use the packed Teddy searcher.
             p.literals = AhoCorasick::builder()
-                .ascii_case_insensitive(true)
+                .match_kind(aho_corasick::MatchKind::LeftmostFirst)
                 .build(&lits)
                 .ok();
             if p.literals.is_none() {
@@ -590,24 +593,24 @@ impl Prefilter {
                 literal: true,
             };
         }
+        // Separate simple passes (each vectorizes or uses memchr) beat one branchy loop.
         let b = text.as_bytes();
-        let mut o = Open::default();
-        for (i, &c) in b.iter().enumerate() {
-            if !self.bytes[c as usize] {
-                continue;
-            }
-            match c {
-                b'0'..=b'9' => o.digit = true,
-                b'@' => o.at = true,
-                b':' => {
-                    o.colon |= self.colon
-                        && b.get(i + 1)
-                            .is_some_and(|n| *n == b':' || n.is_ascii_hexdigit())
+        let mut o = Open {
+            digit: self.bytes[b'0' as usize] && b.iter().any(u8::is_ascii_digit),
+            at: self.bytes[b'@' as usize] && b.contains(&b'@'),
+            ..Open::default()
+        };
+        if self.colon {
+            let mut rest = b;
+            while let Some(i) = rest.iter().position(|&c| c == b':') {
+                if rest
+                    .get(i + 1)
+                    .is_some_and(|n| *n == b':' || n.is_ascii_hexdigit())
+                {
+                    o.colon = true;
+                    break;
                 }
-                _ => {}
-            }
-            if o.digit && o.at && (o.colon || !self.colon) {
-                break;
+                rest = &rest[i + 1..];
             }
         }
         o.literal = self.literals.as_ref().is_some_and(|ac| ac.is_match(text));
@@ -762,13 +765,19 @@ impl Scanner {
             let open = self.prefilter.open(text);
             let full = 0..text.len();
             let whole = std::slice::from_ref(&full);
-            let mut digits = None;
+            let (mut digits, mut ats, mut colons) = (None, None, None);
             for g in self.groups.iter().filter(|g| open.allows(g.gate)) {
-                // Digit-led patterns only run near digits: prose between numbers is skipped.
-                let windows: &[Range<usize>] = if g.gate == Gate::Digit {
-                    digits.get_or_insert_with(|| digit_windows(text))
-                } else {
-                    whole
+                // Gated patterns only run near their trigger: prose in between is skipped.
+                let windows: &[Range<usize>] = match g.gate {
+                    Gate::Digit => digits.get_or_insert_with(|| {
+                        windows(text, |c| c.is_ascii_digit(), DIGIT_PAD, DIGIT_PAD)
+                    }),
+                    Gate::At => {
+                        ats.get_or_insert_with(|| windows(text, |c| c == b'@', AT_PAD.0, AT_PAD.1))
+                    }
+                    Gate::Colon => colons
+                        .get_or_insert_with(|| windows(text, |c| c == b':', COLON_PAD, COLON_PAD)),
+                    Gate::Literal | Gate::Always => whole,
                 };
                 let mut which = PatternSet::new(g.set.pattern_len());
                 for w in windows {
@@ -854,19 +863,26 @@ impl Scanner {
 /// How far around a digit a digit-led match may reach (the longest label + date, `date of
 /// birth is September 10, 1975`, and an IBAN's letter groups fit well inside).
 const DIGIT_PAD: usize = 64;
+/// An email reaches at most 64 bytes left of its `@` (RFC 5321 local-part limit) and 255 right
+/// (domain limit).
+const AT_PAD: (usize, usize) = (64, 255);
+/// The longest IPv6 text form is 45 bytes.
+const COLON_PAD: usize = 48;
 
-/// Merged byte ranges within [`DIGIT_PAD`] of an ASCII digit, on char boundaries.
-fn digit_windows(text: &str) -> Vec<Range<usize>> {
+/// Merged byte ranges reaching `before` bytes left and `after` bytes right of every byte
+/// for which `hit` holds, snapped to char boundaries. Gated patterns search only these: a
+/// match cannot lie outside them, and look-around still sees the whole text.
+fn windows(text: &str, hit: impl Fn(u8) -> bool, before: usize, after: usize) -> Vec<Range<usize>> {
     let b = text.as_bytes();
     let mut out: Vec<Range<usize>> = Vec::new();
-    for (i, c) in b.iter().enumerate() {
-        if !c.is_ascii_digit() {
+    for (i, &c) in b.iter().enumerate() {
+        if !hit(c) {
             continue;
         }
-        let s = i.saturating_sub(DIGIT_PAD);
-        let e = (i + 1 + DIGIT_PAD).min(b.len());
+        let s = i.saturating_sub(before);
+        let e = (i + 1 + after).min(b.len());
         match out.last_mut() {
-            Some(last) if s <= last.end => last.end = e,
+            Some(last) if s <= last.end => last.end = last.end.max(e),
             _ => out.push(s..e),
         }
     }
