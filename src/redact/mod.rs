@@ -444,41 +444,18 @@ impl CompiledRules {
             }
         }
         let request = request?;
-        let mut path = Vec::new();
-        let mut hit = None;
-        self.find_identity(request, &mut path, &mut hit);
-        hit.map(|v| self.pseudonymize_user(&v))
-    }
-
-    fn find_identity<'a>(&self, v: &'a Value, path: &mut Vec<Step<'a>>, hit: &mut Option<String>) {
-        if hit.is_some() {
-            return;
-        }
-        if self.identity_paths.iter().any(|p| p.matches(path)) {
-            match v {
-                Value::String(s) if !s.is_empty() => *hit = Some(s.clone()),
-                Value::Number(n) => *hit = Some(n.to_string()),
-                _ => {}
+        // In the order the rules file lists them: the first path that holds a value names the
+        // user. (Walking the document once would follow its key order instead, which serde_json
+        // sorts, and a `prompt_cache_key` would win over `user`.)
+        for identity in &self.identity_paths {
+            let mut path = Vec::new();
+            let mut hit = None;
+            find_identity(identity, request, &mut path, &mut hit);
+            if let Some(v) = hit {
+                return Some(self.pseudonymize_user(&v));
             }
-            return;
         }
-        match v {
-            Value::Object(m) => {
-                for (k, c) in m {
-                    path.push(Step::Key(k));
-                    self.find_identity(c, path, hit);
-                    path.pop();
-                }
-            }
-            Value::Array(a) => {
-                for (i, c) in a.iter().enumerate() {
-                    path.push(Step::Index(i));
-                    self.find_identity(c, path, hit);
-                    path.pop();
-                }
-            }
-            _ => {}
-        }
+        None
     }
 
     /// Redacts a JSON document in place under `scope` and returns what the detectors found.
@@ -764,6 +741,43 @@ struct Walk<'a> {
     counts: &'a mut Counts,
     found: &'a mut Vec<Found>,
     path: &'a mut Vec<OwnedStep>,
+}
+
+/// The first string or number under `identity` in `v` (depth first), into `hit`.
+fn find_identity<'a>(
+    identity: &JsonPath,
+    v: &'a Value,
+    path: &mut Vec<Step<'a>>,
+    hit: &mut Option<String>,
+) {
+    if hit.is_some() {
+        return;
+    }
+    if identity.matches(path) {
+        match v {
+            Value::String(s) if !s.is_empty() => *hit = Some(s.clone()),
+            Value::Number(n) => *hit = Some(n.to_string()),
+            _ => {}
+        }
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, c) in m {
+                path.push(Step::Key(k));
+                find_identity(identity, c, path, hit);
+                path.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                path.push(Step::Index(i));
+                find_identity(identity, c, path, hit);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

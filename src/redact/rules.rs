@@ -73,8 +73,9 @@ struct RawField {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDetectors {
+    /// `None` (not written) at the top level means every built-in.
     #[serde(default)]
-    builtin: Vec<Spanned<String>>,
+    builtin: Option<Vec<Spanned<String>>>,
     action: Option<Spanned<String>>,
     #[serde(default)]
     actions: BTreeMap<String, Spanned<String>>,
@@ -314,6 +315,21 @@ struct Origins {
     dicts: Vec<(Range<usize>, String)>,
 }
 
+/// Built-in detectors no rules file can turn off: secrets and credentials.
+const ALWAYS_ON: &[&str] = &[
+    "private_key",
+    "jwt",
+    "anthropic_api_key",
+    "openai_api_key",
+    "github_token",
+    "slack_token",
+    "stripe_secret_key",
+    "google_api_key",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "bearer_token",
+];
+
 fn detectors(
     ctx: &Ctx<'_>,
     layers: &[(&RawDetectors, &str)],
@@ -328,7 +344,20 @@ fn detectors(
     // Default inline action: last layer that sets one.
     let mut default = InlineAction::Mask;
     let mut actions: BTreeMap<String, InlineAction> = BTreeMap::new();
-    let mut builtins: Vec<&'static detect::Builtin> = Vec::new();
+    // Secrets and credentials are masked by every rules file: "no credential leaves" is a
+    // promise of veil, not an option of the profile. A top level without a `builtin` list
+    // gets every built-in, so a minimal file (`version = 1`) scrubs like the default profile.
+    let mut builtins: Vec<&'static detect::Builtin> = detect::BUILTINS
+        .iter()
+        .filter(|b| ALWAYS_ON.contains(&b.key))
+        .collect();
+    if layers.first().is_some_and(|(raw, _)| raw.builtin.is_none()) {
+        for x in detect::BUILTINS {
+            if !builtins.iter().any(|y| y.key == x.key) {
+                builtins.push(x);
+            }
+        }
+    }
     for (raw, prefix) in layers {
         if let Some(a) = &raw.action {
             default = inline_action(ctx, a, &format!("{prefix}detectors.action"))?;
@@ -337,7 +366,7 @@ fn detectors(
             let rule = format!("{prefix}detectors.actions.{name}");
             actions.insert(name.clone(), inline_action(ctx, a, &rule)?);
         }
-        for b in &raw.builtin {
+        for b in raw.builtin.iter().flatten() {
             let rule = format!("{prefix}detectors.builtin");
             if b.get_ref() == "all" {
                 for x in detect::BUILTINS {

@@ -667,3 +667,67 @@ fn pii_corpus_thresholds() {
         );
     }
 }
+
+// See: security review of the integrated tree (identity order, minimal files, strict paths).
+mod review_regressions {
+    use crate::keys::{KeyId, Keyring, MasterKey};
+    use crate::redact::{CompiledRules, Target};
+
+    fn ring() -> Keyring {
+        Keyring::single(MasterKey::from_bytes(KeyId(1), [9; 32]))
+    }
+
+    #[test]
+    fn identity_paths_are_tried_in_file_order_not_key_order() {
+        let keys = ring();
+        let rules = CompiledRules::from_str(
+            "version = 1\n[identity]\njson = [\"$.user\", \"$.safety_identifier\", \"$.aaa_cache\"]\n",
+            &keys,
+        )
+        .unwrap();
+        let body = serde_json::json!({"aaa_cache": "cache-v2", "safety_identifier": "alice"});
+        assert_eq!(
+            rules.find_user(Some(&body), &[]),
+            Some(crate::keys::pseudonymize_user(&keys, "alice"))
+        );
+    }
+
+    #[test]
+    fn a_minimal_file_still_masks_pii_and_secrets_cannot_be_turned_off() {
+        let keys = ring();
+        let text = "mail alice@example.com key sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+        let minimal = CompiledRules::from_str("version = 1\n", &keys).unwrap();
+        let (out, _) = minimal.redact_text(text, minimal.base_scope());
+        assert!(
+            !out.contains("alice@example.com") && !out.contains("sk-proj-"),
+            "{out}"
+        );
+        let email_only =
+            CompiledRules::from_str("version = 1\n[detectors]\nbuiltin = [\"email\"]\n", &keys)
+                .unwrap();
+        let (out, _) = email_only.redact_text(text, email_only.base_scope());
+        assert!(
+            !out.contains("sk-proj-"),
+            "secret detectors are always on: {out}"
+        );
+    }
+
+    #[test]
+    fn strict_hashes_tool_arguments_that_reuse_structural_key_names() {
+        let keys = ring();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/strict.toml"))
+                .unwrap();
+        let rules = CompiledRules::from_str(&text, &keys).unwrap();
+        let mut v = serde_json::json!([{"role": "assistant", "parts": [
+            {"type": "tool_call", "name": "lookup", "arguments": {"type": "Patient John Smith has HIV"}}
+        ]}]);
+        rules.redact_json(&mut v, Target::OutputMessages, rules.base_scope());
+        let out = v.to_string();
+        assert!(!out.contains("John Smith"), "{out}");
+        assert!(
+            out.contains("\"role\":\"assistant\""),
+            "structure stays readable: {out}"
+        );
+    }
+}
