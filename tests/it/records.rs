@@ -287,13 +287,39 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
     );
     let out = veil(&["unseal", &id, "--admin", &admin_addr], dir.path());
     assert!(!out.status.success(), "unseal after forget must fail");
+    // Forgetting twice is harmless: it reports the id as unknown (exit 1) and changes nothing.
     let out = veil(&["forget", &id, "--admin", &admin_addr], dir.path());
-    let _ = out; // forgetting twice is harmless (exit code reports the unknown id)
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
     assert!(
         audit.contains("\"unseal\"") && audit.contains("\"forget\"") && audit.contains(&id),
         "{audit}"
     );
+    // The same events reach the collector as OTLP log records carrying the request id.
+    eventually(
+        "unseal and forget audit events at the collector",
+        Duration::from_secs(20),
+        || {
+            let logs: Vec<_> = receiver
+                .received()
+                .into_iter()
+                .filter(|r| r.path == "/v1/logs")
+                .collect();
+            let has = |kind: &str| {
+                logs.iter()
+                    .any(|r| contains(&r.body, &id) && contains(&r.body, kind))
+            };
+            has("unseal")
+                && has("forget")
+                && logs.iter().any(|r| contains(&r.body, "GDPR request 42"))
+        },
+    )
+    .await;
 
     // veil keeps serving.
     let mut client = Client::connect(
