@@ -50,6 +50,8 @@ pub enum ErrorKind {
     Io,
     /// The store's writer has stopped.
     Closed,
+    /// Too many exchanges already wait for the disk; this one was not sealed.
+    Busy,
 }
 
 /// An error from the sealed store: a [`kind`](SealError::kind) plus a message for humans

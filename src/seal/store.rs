@@ -192,12 +192,29 @@ impl SealAck {
 }
 
 struct SealJob {
+    /// Counts this job as in flight until it is dropped (written, failed or discarded).
+    _pending: PendingGuard,
     id: ExchangeId,
     frame: Vec<u8>,
     slot: [u8; SLOT_LEN],
     time: SystemTime,
     user: Option<String>,
     ack: oneshot::Sender<Result<(), SealError>>,
+}
+
+/// Most seal jobs queued for the writer at once. The queue itself is unbounded (operator
+/// commands must never be refused), so this is what bounds its memory: past it, `submit`
+/// refuses with [`ErrorKind::Busy`] and the caller counts a lost seal instead of the process
+/// growing without limit while the disk lags.
+pub const MAX_PENDING_SEALS: usize = 4096;
+
+/// Decrements the in-flight count when a seal job goes away.
+struct PendingGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 enum Command {
@@ -235,6 +252,8 @@ struct Inner {
     audit: Arc<dyn AuditSink>,
     tx: Mutex<Option<mpsc::UnboundedSender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Seal jobs submitted and not yet dropped by the writer.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -378,6 +397,7 @@ impl SealStore {
                 audit,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
+                pending: Arc::default(),
             }),
         })
     }
@@ -429,8 +449,9 @@ impl SealStore {
     /// blocks on I/O; the returned [`SealAck`] resolves once the exchange is durable.
     ///
     /// `user` must be a pseudonym from [`crate::keys::pseudonymize_user`] (`u_` + 16 hex):
-    /// the index is not encrypted, so a raw user ID is refused. The queue is unbounded;
-    /// callers bound it by bounding how many acks they have outstanding.
+    /// the index is not encrypted, so a raw user ID is refused. At most
+    /// [`MAX_PENDING_SEALS`] jobs wait for the writer; past that this fails with
+    /// [`ErrorKind::Busy`] instead of queueing without bound.
     pub fn submit(&self, exchange: &Exchange, user: Option<&str>) -> Result<SealAck, SealError> {
         if let Some(u) = user
             && !crate::keys::is_user_pseudonym(u)
@@ -440,6 +461,15 @@ impl SealStore {
                 "user must be a pseudonym (u_ + 16 hex, see keys::pseudonymize_user), not a raw user id",
             ));
         }
+        let pending = &self.inner.pending;
+        if pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_PENDING_SEALS {
+            pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return Err(SealError::new(
+                ErrorKind::Busy,
+                format!("{MAX_PENDING_SEALS} exchanges already wait for the disk; not sealed"),
+            ));
+        }
+        let guard = PendingGuard(pending.clone());
         let ring = self.keyring();
         let master = ring.current();
         let data_key = envelope::fresh_data_key();
@@ -452,6 +482,7 @@ impl SealStore {
         );
         let (ack, rx) = oneshot::channel();
         self.send(Command::Seal(SealJob {
+            _pending: guard,
             id: exchange.id,
             frame,
             slot,
@@ -1332,5 +1363,56 @@ impl Writer {
             });
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    #[test]
+    fn submit_refuses_past_the_pending_bound_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SealStore::open(
+            dir.path(),
+            crate::seal::tests::ring(3),
+            SealOptions::default(),
+        )
+        .unwrap();
+        // Pretend the disk lags: the bound is reached.
+        store
+            .inner
+            .pending
+            .store(MAX_PENDING_SEALS, std::sync::atomic::Ordering::SeqCst);
+        let ex = crate::seal::tests::openai_chat();
+        let err = store.submit(&ex, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy);
+        assert_eq!(
+            store
+                .inner
+                .pending
+                .load(std::sync::atomic::Ordering::SeqCst),
+            MAX_PENDING_SEALS,
+            "a refused job is not counted"
+        );
+        store
+            .inner
+            .pending
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        store.submit(&ex, None).unwrap().wait().unwrap();
+        // The writer drops the job just after acknowledging it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store
+            .inner
+            .pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a written job no longer counts"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
