@@ -221,11 +221,7 @@ impl Shared {
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(shared.route(req, addr).await) }
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let builder = http_server();
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         let mut conn = pin!(conn);
         let result = tokio::select! {
@@ -375,11 +371,7 @@ impl Shared {
                 Ok::<_, Infallible>(shared.forward(req, &target, &pq, addr).await)
             }
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let builder = http_server();
         let conn = builder.serve_connection(TokioIo::new(tls), svc);
         let mut conn = pin!(conn);
         let result = tokio::select! {
@@ -631,6 +623,17 @@ impl Shared {
         tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
         upstream_error_response(&failure, recorded.then_some(id))
     }
+}
+
+/// The HTTP server for app connections (the proxy port and intercepted TLS): HTTP/1.1 or h2
+/// by preface, with a bound on how long a request head may take.
+fn http_server() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
 }
 
 /// Where a forwarded request goes and whether it is recorded.

@@ -81,7 +81,8 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
             "openai.chat",
             "openai.chat.stream",
             "anthropic.messages",
-            "anthropic.messages.stream"
+            "anthropic.messages.stream",
+            "openai.chat.tools"
         ]
     );
     for r in &results {
@@ -102,7 +103,7 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
 
     // What reached the provider: the SDKs' own requests, credentials intact, through veil.
     let seen = mock.seen();
-    assert_eq!(seen.len(), 4);
+    assert_eq!(seen.len(), 5);
     assert_eq!(
         seen[0].headers["authorization"],
         "Bearer sk-proj-PYTHONSECRET0123456789"
@@ -185,6 +186,20 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
             "{ctx}"
         );
     }
+    // The tool call the model made is in the recorded output, by name, and the offered tool too.
+    let tools = &results[4];
+    assert_eq!(tools["tool_calls"], serde_json::json!(["get_weather"]));
+    let span = span_of(tools["request_id"].as_str().unwrap()).unwrap();
+    let output = attr(&span, "gen_ai.output.messages").expect("output messages");
+    assert!(
+        output.contains("\"tool_call\"") && output.contains("get_weather"),
+        "{output}"
+    );
+    assert_eq!(
+        attr(&span, "veil.tool.names").as_deref(),
+        Some("get_weather")
+    );
+
     // The OpenAI `user` and Anthropic `metadata.user_id` became pseudonyms.
     let first = span_of(results[0]["request_id"].as_str().unwrap()).unwrap();
     let user = attr(&first, "user.id").expect("pseudonymized user");

@@ -61,6 +61,35 @@ def openai_calls():
     )
 
 
+def openai_tool_call():
+    client = openai.OpenAI(api_key="sk-proj-PYTHONSECRET0123456789")
+    tools = [{
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=tools,
+    )
+    done = raw.parse()
+    calls = done.choices[0].message.tool_calls or []
+    emit(
+        "openai.chat.tools",
+        raw.headers.get("x-veil-request-id"),
+        model=done.model,
+        text="",
+        finish=done.choices[0].finish_reason,
+        input_tokens=done.usage.prompt_tokens,
+        output_tokens=done.usage.completion_tokens,
+        tool_calls=[c.function.name for c in calls],
+    )
+
+
 def anthropic_calls():
     client = anthropic.Anthropic(api_key="sk-ant-api03-PYTHONSECRET0123456789")
     raw = client.messages.with_raw_response.create(
@@ -103,4 +132,5 @@ def anthropic_calls():
 if __name__ == "__main__":
     openai_calls()
     anthropic_calls()
+    openai_tool_call()
     sys.exit(0)

@@ -235,6 +235,11 @@ impl State {
         let stream = json["stream"].as_bool().unwrap_or(false);
         let model = json["model"].as_str().unwrap_or("gpt-4o-mini").to_string();
         match path.as_str() {
+            "/v1/chat/completions" if json["tools"].is_array() => full(
+                StatusCode::OK,
+                "application/json",
+                openai_tool_call(&model, &json).to_string(),
+            ),
             "/v1/chat/completions" if stream => {
                 openai_stream(&model, parts.headers.get("x-mock-chunks"))
             }
@@ -307,6 +312,29 @@ impl State {
             ),
         }
     }
+}
+
+/// A completion that calls the first tool offered, as OpenAI answers `tools` requests.
+pub fn openai_tool_call(model: &str, request: &serde_json::Value) -> serde_json::Value {
+    let name = request["tools"][0]["function"]["name"]
+        .as_str()
+        .unwrap_or("unknown");
+    serde_json::json!({
+        "id": "chatcmpl-mocktool",
+        "object": "chat.completion",
+        "created": 1_795_183_387,
+        "model": format!("{model}-2024-07-18"),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                "id": "call_mock1", "type": "function",
+                "function": {"name": name, "arguments": "{\"city\":\"Paris\"}"}
+            }]},
+            "logprobs": null,
+            "finish_reason": "tool_calls"
+        }],
+        "usage": {"prompt_tokens": 80, "completion_tokens": 17, "total_tokens": 97}
+    })
 }
 
 pub fn openai_completion(model: &str) -> serde_json::Value {
