@@ -596,7 +596,10 @@ impl CompiledRules {
         }
     }
 
-    /// Replaces every string and number leaf with `f(leaf)`; object keys are scrubbed.
+    /// Replaces every string and number leaf with `f(leaf)`, and every object key below the
+    /// node with `f(key)`: inside a hashed or encrypted subtree (tool arguments, tool results)
+    /// a key is content too (`{"Alice Johnson": {...}}`). `f` is deterministic per input for
+    /// hash and pseudonym, so distinct keys stay distinct.
     fn transform(
         &self,
         v: &mut Value,
@@ -609,9 +612,7 @@ impl CompiledRules {
             Value::Object(map) => {
                 let old = std::mem::take(map);
                 for (k, mut c) in old {
-                    let Some(key) = self.scrub_key(&k, w) else {
-                        continue;
-                    };
+                    let key = f(&self.keys, &k);
                     self.transform(&mut c, w, f);
                     map.insert(key, c);
                 }

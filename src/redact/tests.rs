@@ -730,4 +730,28 @@ mod review_regressions {
             "structure stays readable: {out}"
         );
     }
+
+    #[test]
+    fn hashed_and_encrypted_subtrees_hide_object_keys_too() {
+        let keys = ring();
+        for profile in ["strict", "encrypted"] {
+            let path = format!("{}/rules/{profile}.toml", env!("CARGO_MANIFEST_DIR"));
+            let rules =
+                CompiledRules::from_str(&std::fs::read_to_string(path).unwrap(), &keys).unwrap();
+            let mut v = serde_json::json!([{"role": "tool", "parts": [
+                {"type": "tool_call_response", "id": "call_1",
+                 "response": {"Alice Johnson": {"balance": 1200}}}
+            ]}]);
+            rules.redact_json(&mut v, Target::InputMessages, rules.base_scope());
+            let out = v.to_string();
+            assert!(
+                !out.contains("Alice Johnson") && !out.contains("1200"),
+                "{profile}: {out}"
+            );
+            assert!(
+                out.contains("\"role\":\"tool\""),
+                "{profile}: structure stays: {out}"
+            );
+        }
+    }
 }
