@@ -499,7 +499,7 @@ impl CompiledRules {
         let steps: Vec<Step<'_>> = w.path.iter().map(OwnedStep::as_step).collect();
         if !self.identity_paths.is_empty() && self.identity_paths.iter().any(|p| p.matches(&steps))
         {
-            return self.transform(v, w, &|k: &FieldKeys, s: &str| k.user(s));
+            return self.transform(v, &|k: &FieldKeys, s: &str| k.user(s));
         }
         if let Some(rule) = w.rules.iter().find(|r| r.path.matches(&steps)) {
             return self.apply(rule.action, v, w);
@@ -543,11 +543,11 @@ impl CompiledRules {
             FieldAction::Keep => Fate::Stay,
             FieldAction::Drop => Fate::Drop,
             FieldAction::Scrub => self.scrub_tree(v, w),
-            FieldAction::Hash => self.transform(v, w, &|k: &FieldKeys, s: &str| k.hash(s)),
+            FieldAction::Hash => self.transform(v, &|k: &FieldKeys, s: &str| k.hash(s)),
             FieldAction::Pseudonymize => {
-                self.transform(v, w, &|k: &FieldKeys, s: &str| k.tagged("p", b"field\0", s))
+                self.transform(v, &|k: &FieldKeys, s: &str| k.tagged("p", b"field\0", s))
             }
-            FieldAction::Encrypt => self.transform(v, w, &|k: &FieldKeys, s: &str| k.encrypt(s)),
+            FieldAction::Encrypt => self.transform(v, &|k: &FieldKeys, s: &str| k.encrypt(s)),
         }
     }
 
@@ -600,12 +600,7 @@ impl CompiledRules {
     /// node with `f(key)`: inside a hashed or encrypted subtree (tool arguments, tool results)
     /// a key is content too (`{"Alice Johnson": {...}}`). `f` is deterministic per input for
     /// hash and pseudonym, so distinct keys stay distinct.
-    fn transform(
-        &self,
-        v: &mut Value,
-        w: &mut Walk<'_>,
-        f: &dyn Fn(&FieldKeys, &str) -> String,
-    ) -> Fate {
+    fn transform(&self, v: &mut Value, f: &dyn Fn(&FieldKeys, &str) -> String) -> Fate {
         match v {
             Value::String(s) => *s = f(&self.keys, s),
             Value::Number(n) => *v = Value::String(f(&self.keys, &n.to_string())),
@@ -613,13 +608,13 @@ impl CompiledRules {
                 let old = std::mem::take(map);
                 for (k, mut c) in old {
                     let key = f(&self.keys, &k);
-                    self.transform(&mut c, w, f);
+                    self.transform(&mut c, f);
                     map.insert(key, c);
                 }
             }
             Value::Array(items) => {
                 for c in items.iter_mut() {
-                    self.transform(c, w, f);
+                    self.transform(c, f);
                 }
             }
             Value::Bool(_) | Value::Null => {}
