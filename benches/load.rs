@@ -217,6 +217,35 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// CPU seconds per thread name of `pid` (user + system), largest first: where veil's time goes.
+fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    let tick = 100.0; // USER_HZ on Linux
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            // comm is in parentheses and may contain spaces; fields follow the last ')'.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close]
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+                .to_string();
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let (utime, stime) = (
+                fields[11].parse::<f64>().unwrap_or(0.0),
+                fields[12].parse::<f64>().unwrap_or(0.0),
+            );
+            *by_name.entry(name).or_default() += (utime + stime) / tick;
+        }
+    }
+    let mut v: Vec<_> = by_name.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
 fn start_veil(mock: &Mock, dir: &std::path::Path) -> (KillOnDrop, SocketAddr) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -299,6 +328,9 @@ fn main() {
             );
         }
 
+        let threads = cpu_by_thread(setup.veil_pid);
+        let shown: Vec<String> = threads.iter().take(6).map(|(n, s)| format!("{n} {s:.2}s")).collect();
+        println!("\nveil CPU by thread over the run: {}", shown.join(", "));
         drop(child);
     });
 }
