@@ -5,7 +5,8 @@
 //! - the rules next: a bad rules file stops startup with file:line:col, before any traffic;
 //! - the CA: intercepting without it is impossible, so a broken CA stops startup too;
 //! - the exporter and the sealed store open their spools and segments before the listener
-//!   binds, so records of the first request have somewhere to go;
+//!   binds, so records of the first request have somewhere to go; the exporter runs on its own
+//!   runtime so its batch encoding never stalls forwarding;
 //! - the recording queue is bounded (`queue_capacity`): the proxy `try_send`s into it and a
 //!   slow pipeline costs counted drops (or 503s in audit-required mode), never latency;
 //! - on SIGINT/SIGTERM the proxy drains in-flight exchanges (bounded), then the pipeline
@@ -185,7 +186,18 @@ pub async fn start(
         .map(TcpListener::local_addr)
         .transpose()?;
 
-    let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok())?;
+    // The exporter gets its own runtime and worker thread: it builds and encodes whole batches
+    // (milliseconds of CPU at a time), which on the forwarding runtime would stall the tasks
+    // that move traffic and show up as p99 latency.
+    let export_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("veil-export")
+        .enable_all()
+        .build()?;
+    let exporter = {
+        let _in_export_runtime = export_rt.enter();
+        Exporter::from_config(&config, &|k| std::env::var(k).ok())?
+    };
     let audit: Arc<dyn AuditSink> = Arc::new(FanoutAuditSink(vec![
         Arc::new(JsonlAuditSink::new(config.data.join("audit.jsonl"))),
         Arc::new(OtlpAudit(exporter.handle())),
@@ -280,6 +292,8 @@ pub async fn start(
         }
         let report = exporter.shutdown(drain).await;
         tracing::info!(?report, "exporter stopped");
+        // Its tasks have finished; a runtime cannot be dropped in place from async code.
+        export_rt.shutdown_background();
         drop(store);
     });
     Ok((
