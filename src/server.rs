@@ -130,6 +130,27 @@ pub fn write_trust_bundle(keys: &Path, ca_pem: &str) -> anyhow::Result<PathBuf> 
     Ok(path)
 }
 
+/// A runtime that may be dropped from async code (startup errors, shutdown): dropping a tokio
+/// runtime in place there panics, so it is shut down in the background instead.
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackgroundRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("invariant: present until dropped")
+            .handle()
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Audit events of the sealed store, forwarded as OTLP log records.
 #[derive(Debug)]
 struct OtlpAudit(ExporterHandle);
@@ -189,13 +210,15 @@ pub async fn start(
     // The exporter gets its own runtime and worker thread: it builds and encodes whole batches
     // (milliseconds of CPU at a time), which on the forwarding runtime would stall the tasks
     // that move traffic and show up as p99 latency.
-    let export_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("veil-export")
-        .enable_all()
-        .build()?;
+    let export_rt = BackgroundRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("veil-export")
+            .enable_all()
+            .build()?,
+    ));
     let exporter = {
-        let _in_export_runtime = export_rt.enter();
+        let _in_export_runtime = export_rt.handle().enter();
         Exporter::from_config(&config, &|k| std::env::var(k).ok())?
     };
     let audit: Arc<dyn AuditSink> = Arc::new(FanoutAuditSink(vec![
@@ -292,8 +315,7 @@ pub async fn start(
         }
         let report = exporter.shutdown(drain).await;
         tracing::info!(?report, "exporter stopped");
-        // Its tasks have finished; a runtime cannot be dropped in place from async code.
-        export_rt.shutdown_background();
+        drop(export_rt);
         drop(store);
     });
     Ok((

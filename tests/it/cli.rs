@@ -179,3 +179,19 @@ fn bad_config_names_file_line_and_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_veil_on_the_same_data_dir_fails_cleanly() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = run_args(&mock);
+    let mut first = VeilProcess::start(&strs(&args), dir.path());
+    let out = veil(&["run", "--listen", "127.0.0.1:0"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("in use") && !err.contains("panicked"), "{err}");
+    assert!(
+        first.terminate().success(),
+        "the first keeps running and stops cleanly"
+    );
+}
