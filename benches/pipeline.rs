@@ -117,6 +117,15 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    g.bench_function("otlp_json_span_and_log", |b| {
+        // What the local ledger writes when no collector is configured.
+        b.iter(|| {
+            let ids = SpanIds::for_record(&record);
+            let span = record_span(&record, &ids);
+            let log = record_log(&record, &ids);
+            black_box((encode(&span, Encoding::Json), encode(&log, Encoding::Json)))
+        })
+    });
     g.bench_function("seal_envelope", |b| {
         b.iter(|| black_box(seal_frame(black_box(&ex), &fresh_data_key(), KeyId(1)).unwrap()))
     });
