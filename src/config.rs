@@ -468,11 +468,6 @@ impl Config {
                 .iter()
                 .any(|p| p.port == Some(port) && p.matches(host, port))
     }
-
-    /// Path of the CA certificate in the keys dir.
-    pub fn ca_cert_path(&self) -> PathBuf {
-        self.keys.join(crate::proxy::mitm::CA_CERT_FILE)
-    }
 }
 
 fn opt<T>(

@@ -322,12 +322,10 @@ pub fn pseudonymize_user_with(pseudonym_key: &DerivedKey, raw_user: &str) -> Str
     let mut h = blake3::Hasher::new_keyed(pseudonym_key.bytes());
     h.update(b"user\0");
     h.update(raw_user.as_bytes());
-    let mac = h.finalize();
+    let hex = h.finalize().to_hex();
     let mut out = String::with_capacity(18);
     out.push_str(USER_PSEUDONYM_PREFIX);
-    for b in &mac.as_bytes()[..8] {
-        out.push_str(&format!("{b:02x}"));
-    }
+    out.push_str(&hex[..16]);
     out
 }
 

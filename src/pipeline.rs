@@ -167,21 +167,24 @@ impl Pipeline {
         }
         if let Some(store) = &self.store {
             match store.submit(&exchange, user.as_deref()) {
-                Ok(ack) => {
-                    let stats = self.stats.clone();
-                    let wait = async move {
-                        if let Err(e) = ack.durable().await {
-                            stats.seal_failed.fetch_add(1, Ordering::Relaxed);
+                Ok(ack) => match runtime {
+                    Some(rt) => {
+                        let stats = self.stats.clone();
+                        rt.spawn(async move {
+                            if let Err(e) = ack.durable().await {
+                                stats.seal_failed.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(error = %e, "sealing failed");
+                            }
+                        });
+                    }
+                    // No runtime (tests, tools): wait on this thread.
+                    None => {
+                        if let Err(e) = ack.wait() {
+                            self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(error = %e, "sealing failed");
                         }
-                    };
-                    match runtime {
-                        Some(rt) => {
-                            rt.spawn(wait);
-                        }
-                        None => futures_block_on(wait),
                     }
-                }
+                },
                 Err(e) => {
                     self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(exchange.id = %exchange.id, error = %e, "cannot seal exchange");
@@ -189,14 +192,6 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// Waits for `fut` on this thread (no runtime: tests and tools).
-fn futures_block_on(fut: impl std::future::Future<Output = ()>) {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("invariant: a current-thread runtime builds")
-        .block_on(fut);
 }
 
 /// Builds the redacted record of one exchange. Nothing raw leaves here: content goes through

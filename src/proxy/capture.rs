@@ -80,12 +80,10 @@ impl Fingerprinter {
 
     /// `fp_` + the first 8 bytes of the keyed BLAKE3 of `secret`, in hex.
     pub fn fingerprint(&self, secret: &str) -> String {
-        let hash = self.key.mac(secret.as_bytes());
+        let hex = self.key.mac(secret.as_bytes()).to_hex();
         let mut out = String::with_capacity(19);
         out.push_str("fp_");
-        for b in &hash.as_bytes()[..8] {
-            out.push_str(&format!("{b:02x}"));
-        }
+        out.push_str(&hex[..16]);
         out
     }
 
