@@ -223,14 +223,7 @@ impl Shared {
         });
         let builder = http_server();
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let mut conn = pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.cancel.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
+        let result = until_cancelled(conn, &self.cancel, |c| c.graceful_shutdown()).await;
         if let Err(e) = result {
             log_conn_error("client connection", &*e);
         }
@@ -373,14 +366,7 @@ impl Shared {
         });
         let builder = http_server();
         let conn = builder.serve_connection(TokioIo::new(tls), svc);
-        let mut conn = pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.cancel.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
+        let result = until_cancelled(conn, &self.cancel, |c| c.graceful_shutdown()).await;
         if let Err(e) = result {
             log_conn_error("intercepted connection", &*e);
         }
@@ -634,6 +620,23 @@ fn http_server() -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder
+}
+
+/// Drives `conn` to the end; when shutdown begins, asks it to finish gracefully (in-flight
+/// requests complete, no new ones start) and keeps driving it.
+async fn until_cancelled<C: Future>(
+    conn: C,
+    cancel: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> C::Output {
+    let mut conn = pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = cancel.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
 }
 
 /// Where a forwarded request goes and whether it is recorded.
