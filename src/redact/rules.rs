@@ -447,7 +447,6 @@ fn detectors(
                 gate: detect::Gate::Always,
             });
             origins.patterns.push(Some((r.pattern.span(), rule)));
-            spec.has_custom = true;
         }
         for d in &raw.dictionary {
             let rule = format!("{prefix}detectors.dictionary {:?}", d.name.get_ref());

@@ -755,3 +755,41 @@ mod review_regressions {
         }
     }
 }
+
+/// The prefilter and windows never change what is found: on every text of the corpus (real
+/// shapes of PII next to look-alikes), the gated scan equals a scan of every pattern over the
+/// whole text.
+#[test]
+fn pii_corpus_gated_scan_equals_exhaustive_scan() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pii/dev.jsonl");
+    let Ok(corpus) = std::fs::read_to_string(&path) else {
+        eprintln!("skipping: {} not found", path.display());
+        return;
+    };
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => a.iter().for_each(|c| strings(c, out)),
+            Value::Object(m) => m.values().for_each(|c| strings(c, out)),
+            _ => {}
+        }
+    }
+    let r = compile(DEFAULT);
+    let scanner = r.base_scope().scanner();
+    let (mut gated, mut all) = (Vec::new(), Vec::new());
+    let mut texts = 0;
+    let mut found = 0;
+    for line in corpus.lines() {
+        let record: Value = serde_json::from_str(line).expect("corpus line is JSON");
+        let mut out = Vec::new();
+        strings(&record["request"], &mut out);
+        for text in out {
+            scanner.find(text, &mut gated);
+            scanner.find_exhaustive(text, &mut all);
+            assert_eq!(gated, all, "text: {text:?}");
+            texts += 1;
+            found += gated.len();
+        }
+    }
+    assert!(texts > 1000 && found > 1000, "{texts} texts, {found} found");
+}
