@@ -234,19 +234,21 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "aws_secret_access_key",
         label: "AWS_SECRET_ACCESS_KEY",
         // 40 base64 characters look like any hash, so only with a label in front
-        // (`AWS_SECRET_ACCESS_KEY=`, `"SecretAccessKey": "`, `aws_secret_key: `).
+        // (`AWS_SECRET_ACCESS_KEY=`, `"SecretAccessKey": "`, `aws_secret_key: `). `secret` in
+        // the three casings the literal pass looks for, so the pattern and its gate agree.
         patterns: &[grp(
-            r"(?i:aws.?secret.?access.?key|aws.?secret.?key|secret.?access.?key)[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40})",
+            r"(?:(?i:aws).?(?:secret|Secret|SECRET).?(?i:access.?)?(?i:key)|(?:secret|Secret|SECRET).?(?i:access.?key))[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40})",
             Some(checksum::secret_end),
         )],
-        trigger: Trigger::Literal(&["secret", "Secret", "SECRET"], 4),
+        trigger: Trigger::Literal(&["secret", "Secret", "SECRET"], 7),
     },
     Builtin {
         key: "bearer_token",
         label: "BEARER_TOKEN",
-        // RFC 6750 `Bearer <b64token>`; the word stays, the token goes.
+        // RFC 6750 `Bearer <b64token>`; the word stays, the token goes. The three casings the
+        // literal pass looks for (case-insensitive SIMD search is 3x slower).
         patterns: &[grp(
-            r"(?i:(?-u:\b)bearer)[ \t]+([A-Za-z0-9._~+/\-]{16,}=*)",
+            r"(?-u:\b)(?:bearer|Bearer|BEARER)[ \t]+([A-Za-z0-9._~+/\-]{16,}=*)",
             Some(checksum::token),
         )],
         trigger: Trigger::Literal(&["bearer", "Bearer", "BEARER"], 0),
@@ -1456,7 +1458,9 @@ mod tests {
         "AWS secret key: ",
         "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         "Bearer ",
+        "BEarer ",
         "bearer abc123def456ghi789jkl",
+        "sEcReT_access_key=",
         "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJB",
         "\n-----END RSA PRIVATE KEY-----",
         "the",
