@@ -25,12 +25,24 @@ enum Sel {
     Any,
 }
 
+/// Anything that reads as a path step: borrowed steps, or the owned steps of a walk that
+/// mutates the tree (so matching needs no per-node conversion).
+pub(crate) trait AsStep {
+    fn as_step(&self) -> Step<'_>;
+}
+
+impl AsStep for Step<'_> {
+    fn as_step(&self) -> Step<'_> {
+        self.clone()
+    }
+}
+
 impl Sel {
-    fn matches(&self, step: &Step<'_>) -> bool {
+    fn matches(&self, step: Step<'_>) -> bool {
         match (self, step) {
             (Sel::Any, _) => true,
             (Sel::Name(n), Step::Key(k)) => n == k,
-            (Sel::Index(i), Step::Index(j)) => i == j,
+            (Sel::Index(i), Step::Index(j)) => *i == j,
             _ => false,
         }
     }
@@ -134,7 +146,7 @@ impl JsonPath {
     }
 
     /// True when this selector names the node at `path` exactly.
-    pub(crate) fn matches(&self, path: &[Step<'_>]) -> bool {
+    pub(crate) fn matches<S: AsStep>(&self, path: &[S]) -> bool {
         match_segs(&self.segs, path)
     }
 
@@ -144,15 +156,14 @@ impl JsonPath {
     }
 }
 
-fn match_segs(segs: &[Seg], path: &[Step<'_>]) -> bool {
+fn match_segs<S: AsStep>(segs: &[Seg], path: &[S]) -> bool {
     match segs.split_first() {
         None => path.is_empty(),
         Some((Seg::Child(sel), rest)) => {
-            path.first().is_some_and(|s| sel.matches(s)) && match_segs(rest, &path[1..])
+            path.first().is_some_and(|s| sel.matches(s.as_step())) && match_segs(rest, &path[1..])
         }
-        Some((Seg::Descendant(sel), rest)) => {
-            (0..path.len()).any(|i| sel.matches(&path[i]) && match_segs(rest, &path[i + 1..]))
-        }
+        Some((Seg::Descendant(sel), rest)) => (0..path.len())
+            .any(|i| sel.matches(path[i].as_step()) && match_segs(rest, &path[i + 1..])),
     }
 }
 

@@ -65,7 +65,7 @@ pub use jsonpath::JsonPath;
 pub use rules::{CREDENTIAL_HEADERS, RulesError};
 
 use action::FieldKeys;
-use jsonpath::Step;
+use jsonpath::{AsStep, Step};
 
 use crate::keys::Keyring;
 
@@ -338,10 +338,21 @@ enum Fate {
 }
 
 /// Result of scrubbing one string.
+#[derive(PartialEq, Eq)]
 enum Scrubbed {
     Same,
     Changed(String),
     Drop,
+}
+
+impl Scrubbed {
+    /// The changed text, or `original` when nothing changed.
+    fn or(self, original: String) -> String {
+        match self {
+            Scrubbed::Changed(s) => s,
+            Scrubbed::Same | Scrubbed::Drop => original,
+        }
+    }
 }
 
 impl CompiledRules {
@@ -496,28 +507,29 @@ impl CompiledRules {
     }
 
     fn walk(&self, v: &mut Value, w: &mut Walk<'_>) -> Fate {
-        let steps: Vec<Step<'_>> = w.path.iter().map(OwnedStep::as_step).collect();
-        if !self.identity_paths.is_empty() && self.identity_paths.iter().any(|p| p.matches(&steps))
-        {
+        if self.identity_paths.iter().any(|p| p.matches(w.path)) {
             return self.transform(v, &|k: &FieldKeys, s: &str| k.user(s));
         }
-        if let Some(rule) = w.rules.iter().find(|r| r.path.matches(&steps)) {
+        let rules = w.rules;
+        if let Some(rule) = rules.iter().find(|r| r.path.matches(w.path)) {
             return self.apply(rule.action, v, w);
         }
-        drop(steps);
         match v {
             Value::Object(map) => {
+                // Keys move into the path and back out: no copy of a key, no copy of a value.
                 let old = std::mem::take(map);
                 for (k, mut c) in old {
-                    let key = match self.scrub_key(&k, w) {
-                        Some(key) => key,
-                        None => continue,
-                    };
+                    let key = self.scrub_key(&k, w);
+                    if key == Scrubbed::Drop {
+                        continue;
+                    }
                     w.path.push(OwnedStep::Key(k));
                     let fate = self.walk(&mut c, w);
-                    w.path.pop();
+                    let Some(OwnedStep::Key(k)) = w.path.pop() else {
+                        unreachable!("invariant: the walk pops the key it pushed");
+                    };
                     if fate == Fate::Stay {
-                        map.insert(key, c);
+                        map.insert(key.or(k), c);
                     }
                 }
                 Fate::Stay
@@ -575,11 +587,9 @@ impl CompiledRules {
             Value::Object(map) => {
                 let old = std::mem::take(map);
                 for (k, mut c) in old {
-                    let Some(key) = self.scrub_key(&k, w) else {
-                        continue;
-                    };
-                    if self.scrub_tree(&mut c, w) == Fate::Stay {
-                        map.insert(key, c);
+                    let key = self.scrub_key(&k, w);
+                    if key != Scrubbed::Drop && self.scrub_tree(&mut c, w) == Fate::Stay {
+                        map.insert(key.or(k), c);
                     }
                 }
                 Fate::Stay
@@ -623,13 +633,9 @@ impl CompiledRules {
     }
 
     /// Object keys can carry PII too (`{"bob@example.com": …}`): they are scrubbed by the
-    /// detectors whatever the field action. `None` drops the entry.
-    fn scrub_key(&self, k: &str, w: &mut Walk<'_>) -> Option<String> {
-        match self.scrub_str(k, w.scope, w.counts, w.found) {
-            Scrubbed::Same => Some(k.to_string()),
-            Scrubbed::Changed(s) => Some(s),
-            Scrubbed::Drop => None,
-        }
+    /// detectors whatever the field action. `Drop` drops the entry.
+    fn scrub_key(&self, k: &str, w: &mut Walk<'_>) -> Scrubbed {
+        self.scrub_str(k, w.scope, w.counts, w.found)
     }
 
     /// Scrubs until nothing matches any more (at most [`MAX_PASSES`] passes). One pass is not
@@ -721,7 +727,7 @@ enum OwnedStep {
     Index(usize),
 }
 
-impl OwnedStep {
+impl AsStep for OwnedStep {
     fn as_step(&self) -> Step<'_> {
         match self {
             OwnedStep::Key(k) => Step::Key(k),
