@@ -114,6 +114,7 @@ fn completion_request(stream_chunks: Option<&str>) -> Request<Full<Bytes>> {
 }
 
 struct Stats {
+    requests: usize,
     rps: f64,
     p50_us: f64,
     p99_us: f64,
@@ -157,6 +158,7 @@ async fn throughput(setup: &Setup, path: Path, conns: usize, window: Duration) -
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
     Stats {
+        requests: all.len(),
         rps: all.len() as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
@@ -319,18 +321,70 @@ fn main() {
         println!("## veil load benchmark ({}s per scenario, 2 KB completion, HTTP/1.1 keep-alive TLS)", window.as_secs());
         println!("| connections | direct req/s | veil req/s | ratio | direct p50 µs | veil p50 µs | added p50 µs | direct p99 µs | veil p99 µs | added p99 µs |");
         println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let mut through_veil = 1000 + 20;
         for conns in [1, 8, 64] {
             let d = throughput(&setup, Path::Direct, conns, window).await;
             let v = throughput(&setup, Path::Veil, conns, window).await;
+            through_veil += v.requests;
             println!(
                 "| {conns} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:.0} | {:.0} | {:+.0} |",
                 d.rps, v.rps, v.rps / d.rps, d.p50_us, v.p50_us, v.p50_us - d.p50_us, d.p99_us, v.p99_us, v.p99_us - d.p99_us
             );
         }
 
+        // What recording wrote: the OTLP/JSON ledger (no collector here) and the sealed store.
+        // Recording may still be catching up: wait until the ledger stops growing.
+        let data = dir.path().join("data");
+        let mut recorded = 0;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = ledger_spans(&data.join("records"));
+            if now == recorded {
+                break;
+            }
+            recorded = now;
+        }
+        println!(
+            "\nrecorded: {recorded} spans in the ledger for {through_veil} exchanges counted through veil (warm-ups not counted; fewer spans = records dropped under load)"
+        );
+        let per = |sub: &str| dir_bytes(&data.join(sub)) as f64 / recorded.max(1) as f64;
+        println!(
+            "written per recorded exchange: ledger {:.0} B, sealed store {:.0} B",
+            per("records"),
+            per("sealed")
+        );
+
         let threads = cpu_by_thread(setup.veil_pid);
         let shown: Vec<String> = threads.iter().take(6).map(|(n, s)| format!("{n} {s:.2}s")).collect();
         println!("\nveil CPU by thread over the run: {}", shown.join(", "));
         drop(child);
     });
+}
+
+/// Total size of the files under `dir` (recursively); 0 when it does not exist.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Spans in the OTLP/JSON traces ledger: one `veil.request.id` attribute per recorded exchange.
+fn ledger_spans(records: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(records) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("traces-"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|text| text.matches("\"veil.request.id\"").count())
+        .sum()
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod exchange;
 pub mod export;
 pub mod keys;
+pub mod os;
 pub mod pipeline;
 pub mod proxy;
 pub mod record;

@@ -110,6 +110,8 @@ pub struct Pipeline {
     pub store: Option<SealStore>,
     /// Counters.
     pub stats: Arc<PipelineStats>,
+    /// Niceness of the worker threads (see [`crate::os::RECORDING_NICE`]; 0 = as the caller).
+    pub nice: i32,
 }
 
 impl Pipeline {
@@ -130,6 +132,7 @@ impl Pipeline {
                 std::thread::Builder::new()
                     .name(format!("veil-pipeline-{i}"))
                     .spawn(move || {
+                        crate::os::lower_thread_priority(this.nice);
                         loop {
                             // One receiver shared by the workers; the lock is held only while
                             // waiting for the next exchange.

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Audit, Config};
 use crate::exchange::{Exchange, Pricing};
 use crate::export::{Exporter, ExporterHandle};
 use crate::keys::{Keyring, Purpose};
@@ -207,6 +207,14 @@ pub async fn start(
         .map(TcpListener::local_addr)
         .transpose()?;
 
+    // Recording (pipeline, exporter, seal writer) runs below forwarding when traffic comes
+    // first (best-effort): on busy cores the scheduler serves forwarding, recording catches
+    // up later or, past its queue, drops (counted). When every exchange must be recorded, it
+    // competes as an equal and back-pressure slows traffic instead.
+    let nice = match config.audit {
+        Audit::BestEffort => crate::os::RECORDING_NICE,
+        Audit::Required => 0,
+    };
     // The exporter gets its own runtime and worker thread: it builds and encodes whole batches
     // (milliseconds of CPU at a time), which on the forwarding runtime would stall the tasks
     // that move traffic and show up as p99 latency.
@@ -214,6 +222,7 @@ pub async fn start(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("veil-export")
+            .on_thread_start(move || crate::os::lower_thread_priority(nice))
             .enable_all()
             .build()?,
     ));
@@ -232,6 +241,7 @@ pub async fn start(
             keys_dir: Some(config.keys.clone()),
             audit: Some(audit),
             segment_max: None,
+            writer_nice: nice,
         },
     )
     .map_err(|e| {
@@ -255,6 +265,7 @@ pub async fn start(
         exporter: Some(exporter.handle()),
         store: Some(store.clone()),
         stats: pipeline_stats.clone(),
+        nice,
     };
     let workers = pipeline.spawn(rx, config.pipeline_workers);
 

@@ -84,6 +84,8 @@ pub struct SealOptions {
     pub audit: Option<Arc<dyn AuditSink>>,
     /// Segment size before rolling (default [`DEFAULT_SEGMENT_MAX`]).
     pub segment_max: Option<u64>,
+    /// Niceness of the writer thread (see [`crate::os::RECORDING_NICE`]; 0 = as the caller).
+    pub writer_nice: i32,
 }
 
 /// Where one sealed exchange lives (what the index says). No secrets.
@@ -388,9 +390,13 @@ impl SealStore {
             opts.segment_max.unwrap_or(DEFAULT_SEGMENT_MAX),
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let nice = opts.writer_nice;
         let handle = std::thread::Builder::new()
             .name("veil-seal-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                crate::os::lower_thread_priority(nice);
+                writer.run(rx)
+            })
             .map_err(|e| io_err("spawn writer", e))?;
         Ok(SealStore {
             inner: Arc::new(Inner {

@@ -195,3 +195,64 @@ async fn a_second_veil_on_the_same_data_dir_fails_cleanly() {
         "the first keeps running and stops cleanly"
     );
 }
+
+/// Niceness of each thread of process `pid`, by thread name (`/proc/PID/task/*/stat`).
+fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string();
+        // Fields after the name start at field 3 (state); niceness is field 19.
+        let nice = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((name, nice));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_threads_run_below_forwarding_unless_audit_is_required() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let base = veil::os::thread_niceness();
+    for (extra, recording) in [
+        (vec![], base.max(veil::os::RECORDING_NICE)),
+        (vec!["--audit", "required"], base),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let base_args = run_args(&mock);
+        let mut args = strs(&base_args);
+        args.extend(extra.iter().copied());
+        let mut v = VeilProcess::start(&args, dir.path());
+        let threads = thread_niceness(v.child.id());
+        let of = |prefix: &str| -> Vec<i32> {
+            threads
+                .iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .map(|(_, nice)| *nice)
+                .collect()
+        };
+        for name in ["veil-pipeline", "veil-export", "veil-seal-wri"] {
+            let nice = of(name);
+            assert!(!nice.is_empty(), "no {name} thread in {threads:?}");
+            assert!(
+                nice.iter().all(|n| *n == recording),
+                "{extra:?}: {name} runs at {nice:?}, want {recording}"
+            );
+        }
+        let forwarding = of("tokio-rt-worker");
+        assert!(
+            !forwarding.is_empty() && forwarding.iter().all(|n| *n == base),
+            "forwarding threads keep the process's priority: {forwarding:?}"
+        );
+        assert!(v.terminate().success());
+    }
+}
