@@ -188,7 +188,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = global.resolve(RawConfig::default())?;
             std::fs::create_dir_all(&config.keys)?;
-            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(&config.keys)?;
+            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(
+                &config.keys,
+                crate::proxy::mitm::CaScope::of(&config),
+            )?;
             println!("{}", absolute(ca.cert_path()).display());
             Ok(ExitCode::SUCCESS)
         }
@@ -214,7 +217,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             })?;
             std::fs::create_dir_all(&config.keys)?;
-            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(&config.keys)?;
+            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(
+                &config.keys,
+                crate::proxy::mitm::CaScope::of(&config),
+            )?;
             let bundle = crate::server::write_trust_bundle(&config.keys, ca.cert_pem())?;
             let proxy = format!("http://{}", config.listen);
             let ca_path = absolute(ca.cert_path());

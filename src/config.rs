@@ -101,6 +101,8 @@ pub struct RawConfig {
     pub pricing: Option<PathBuf>,
     /// Threads that parse, redact, export and seal (default 1).
     pub pipeline_workers: Option<usize>,
+    /// A CA created by this veil may sign only for the intercepted hosts (default true).
+    pub ca_name_constraints: Option<bool>,
 }
 
 impl RawConfig {
@@ -144,6 +146,7 @@ impl RawConfig {
             retention: other.retention.or(self.retention),
             pricing: other.pricing.or(self.pricing),
             pipeline_workers: other.pipeline_workers.or(self.pipeline_workers),
+            ca_name_constraints: other.ca_name_constraints.or(self.ca_name_constraints),
         }
     }
 }
@@ -352,6 +355,8 @@ pub struct Config {
     pub pricing: Option<PathBuf>,
     /// Pipeline threads (default 1: one core parses and redacts while the other forwards).
     pub pipeline_workers: usize,
+    /// A new CA carries X.509 name constraints limited to the intercepted hosts.
+    pub ca_name_constraints: bool,
 }
 
 impl Config {
@@ -447,6 +452,7 @@ impl Config {
                 .map(|r| parse_duration(r).map_err(|e| bad("retention", e)))
                 .transpose()?,
             pricing: raw.pricing,
+            ca_name_constraints: raw.ca_name_constraints.unwrap_or(true),
             pipeline_workers: match raw.pipeline_workers {
                 Some(0) => return Err(bad("pipeline_workers", "must be at least 1")),
                 Some(n) => n,

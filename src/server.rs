@@ -97,7 +97,10 @@ impl Prepared {
             Some(path) => Pricing::load(path)?,
             None => Pricing::builtin(),
         };
-        let ca = Arc::new(CertificateAuthority::load_or_create(&config.keys)?);
+        let ca = Arc::new(CertificateAuthority::load_or_create(
+            &config.keys,
+            crate::proxy::mitm::CaScope::of(&config),
+        )?);
         write_trust_bundle(&config.keys, ca.cert_pem())?;
         Ok(Prepared {
             config,

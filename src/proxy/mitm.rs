@@ -19,9 +19,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, SerialNumber,
 };
+
+use crate::config::HostPattern;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -70,14 +73,120 @@ impl fmt::Debug for CertificateAuthority {
     }
 }
 
+/// The hosts a CA is for. A new CA carries X.509 name constraints limited to them (when
+/// `constrain`), so a stolen CA key cannot impersonate any other site to apps that trust it;
+/// an existing CA is checked against them on every load.
+#[derive(Debug, Clone, Copy)]
+pub struct CaScope<'a> {
+    /// The hosts veil intercepts.
+    pub hosts: &'a [HostPattern],
+    /// A new CA may sign only for `hosts`.
+    pub constrain: bool,
+}
+
+impl<'a> CaScope<'a> {
+    /// The scope `config` asks for.
+    pub fn of(config: &'a crate::config::Config) -> CaScope<'a> {
+        CaScope {
+            hosts: &config.intercept,
+            constrain: config.ca_name_constraints,
+        }
+    }
+
+    /// No hosts, no constraints (tests and tools).
+    pub const ANY: CaScope<'static> = CaScope {
+        hosts: &[],
+        constrain: false,
+    };
+}
+
+/// The permitted subtrees for `hosts`: a DNS name covers itself and its subdomains (RFC 5280
+/// §4.2.1.10), so `*.openai.azure.com` becomes `openai.azure.com`; an IP address becomes a
+/// single-address subnet.
+fn permitted_subtrees(hosts: &[HostPattern]) -> Vec<GeneralSubtree> {
+    let mut out: Vec<GeneralSubtree> = Vec::new();
+    for h in hosts {
+        let t = match h.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                ip,
+                if ip.is_ipv4() { 32 } else { 128 },
+            )),
+            Err(_) => GeneralSubtree::DnsName(h.host.clone()),
+        };
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// Hosts of `hosts` that name constraints `nc` do not allow a leaf for.
+fn outside(nc: &NameConstraints, hosts: &[HostPattern]) -> Vec<String> {
+    let dns_in = |d: &str, host: &str| {
+        let d = d.trim_start_matches('.').to_ascii_lowercase();
+        d.is_empty() || host == d || host.ends_with(&format!(".{d}"))
+    };
+    let ip_in = |c: &CidrSubnet, ip: std::net::IpAddr| match (c, ip) {
+        (CidrSubnet::V4(net, mask), std::net::IpAddr::V4(a)) => {
+            (0..4).all(|i| a.octets()[i] & mask[i] == net[i] & mask[i])
+        }
+        (CidrSubnet::V6(net, mask), std::net::IpAddr::V6(a)) => {
+            (0..16).all(|i| a.octets()[i] & mask[i] == net[i] & mask[i])
+        }
+        _ => false,
+    };
+    // A name type with no permitted subtree is unconstrained; an excluded one always loses.
+    let allowed = |host: &str| match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let hit = |v: &[GeneralSubtree]| {
+                v.iter()
+                    .any(|t| matches!(t, GeneralSubtree::IpAddress(c) if ip_in(c, ip)))
+            };
+            let constrained = nc
+                .permitted_subtrees
+                .iter()
+                .any(|t| matches!(t, GeneralSubtree::IpAddress(_)));
+            (!constrained || hit(&nc.permitted_subtrees)) && !hit(&nc.excluded_subtrees)
+        }
+        Err(_) => {
+            let hit = |v: &[GeneralSubtree]| {
+                v.iter()
+                    .any(|t| matches!(t, GeneralSubtree::DnsName(d) if dns_in(d, host)))
+            };
+            let constrained = nc
+                .permitted_subtrees
+                .iter()
+                .any(|t| matches!(t, GeneralSubtree::DnsName(_)));
+            (!constrained || hit(&nc.permitted_subtrees)) && !hit(&nc.excluded_subtrees)
+        }
+    };
+    hosts
+        .iter()
+        .filter(|h| !allowed(&h.host))
+        .map(|h| {
+            if h.wildcard {
+                format!("*.{}", h.host)
+            } else {
+                h.host.clone()
+            }
+        })
+        .collect()
+}
+
 impl CertificateAuthority {
-    /// Loads `ca.pem` + `ca.key` from `dir`, creating both on first run.
-    pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
+    /// Loads `ca.pem` + `ca.key` from `dir`, creating both on first run (name-constrained to
+    /// `scope`'s hosts when it says so). A loaded CA whose name constraints leave out one of
+    /// `scope`'s hosts is an error: apps would reject every leaf for that host.
+    pub fn load_or_create(dir: &Path, scope: CaScope<'_>) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         match (cert_path.exists(), key_path.exists()) {
-            (true, true) => Self::load(&cert_path, &key_path),
-            (false, false) => Self::create(&cert_path, &key_path),
+            (true, true) => {
+                let ca = Self::load(&cert_path, &key_path)?;
+                ca.check_scope(scope, &key_path)?;
+                Ok(ca)
+            }
+            (false, false) => Self::create(&cert_path, &key_path, scope),
             (true, false) => Err(CaError(format!(
                 "{} exists but {} is missing: restore the key or remove the certificate to start over",
                 cert_path.display(),
@@ -117,7 +226,58 @@ impl CertificateAuthority {
         })
     }
 
-    fn create(cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+    /// The CA's DNS and IP name constraints, if it has any (other name types do not bear on
+    /// the hosts veil signs for).
+    pub fn name_constraints(&self) -> Option<NameConstraints> {
+        use x509_parser::extensions::GeneralName;
+        let der = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .next()?
+            .ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+        let nc = cert.name_constraints().ok()??.value;
+        let convert = |v: &Option<Vec<x509_parser::extensions::GeneralSubtree<'_>>>| {
+            v.iter()
+                .flatten()
+                .filter_map(|t| match &t.base {
+                    GeneralName::DNSName(d) => Some(GeneralSubtree::DnsName(d.to_string())),
+                    GeneralName::IPAddress(b) if b.len() == 8 => Some(GeneralSubtree::IpAddress(
+                        CidrSubnet::V4(b[..4].try_into().ok()?, b[4..].try_into().ok()?),
+                    )),
+                    GeneralName::IPAddress(b) if b.len() == 32 => Some(GeneralSubtree::IpAddress(
+                        CidrSubnet::V6(b[..16].try_into().ok()?, b[16..].try_into().ok()?),
+                    )),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let nc = NameConstraints {
+            permitted_subtrees: convert(&nc.permitted_subtrees),
+            excluded_subtrees: convert(&nc.excluded_subtrees),
+        };
+        (!nc.permitted_subtrees.is_empty() || !nc.excluded_subtrees.is_empty()).then_some(nc)
+    }
+
+    fn check_scope(&self, scope: CaScope<'_>, key_path: &Path) -> Result<(), CaError> {
+        let Some(nc) = self.name_constraints() else {
+            return Ok(());
+        };
+        let out = outside(&nc, scope.hosts);
+        if out.is_empty() {
+            return Ok(());
+        }
+        Err(CaError(format!(
+            "{}: this CA may sign only for the hosts it was created for (X.509 name constraints), \
+             and veil is set to intercept {} outside them; apps would reject those leaves. \
+             Remove {} and {} to create a CA for the current intercept list (apps must then \
+             trust the new one), or stop intercepting those hosts",
+            self.cert_path.display(),
+            out.join(", "),
+            self.cert_path.display(),
+            key_path.display()
+        )))
+    }
+
+    fn create(cert_path: &Path, key_path: &Path, scope: CaScope<'_>) -> Result<Self, CaError> {
         let key = KeyPair::generate().map_err(|e| CaError(format!("generating CA key: {e}")))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -138,6 +298,12 @@ impl CertificateAuthority {
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_LIFETIME;
         params.serial_number = Some(random_serial());
+        if scope.constrain && !scope.hosts.is_empty() {
+            params.name_constraints = Some(NameConstraints {
+                permitted_subtrees: permitted_subtrees(scope.hosts),
+                excluded_subtrees: Vec::new(),
+            });
+        }
         let cert = params
             .self_signed(&key)
             .map_err(|e| CaError(format!("signing CA certificate: {e}")))?;
@@ -336,8 +502,8 @@ mod tests {
     #[test]
     fn ca_is_created_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = CertificateAuthority::load_or_create(dir.path()).unwrap();
-        let again = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        let ca = CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap();
+        let again = CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap();
         assert_eq!(ca.cert_pem(), again.cert_pem());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
@@ -350,16 +516,195 @@ mod tests {
     #[test]
     fn half_present_ca_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        CertificateAuthority::load_or_create(dir.path()).unwrap();
+        CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap();
         std::fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
-        let err = CertificateAuthority::load_or_create(dir.path()).unwrap_err();
+        let err = CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap_err();
         assert!(err.to_string().contains("ca.key is missing"), "{err}");
+    }
+
+    fn patterns(hosts: &[&str]) -> Vec<HostPattern> {
+        hosts
+            .iter()
+            .map(|h| HostPattern::parse(h).unwrap())
+            .collect()
+    }
+
+    /// webpki's verdict on a leaf of `ca` for `host`.
+    fn webpki_verdict(ca: &CertificateAuthority, leaf: &[u8], host: &str) -> Result<(), String> {
+        let ca_der = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let anchor = webpki::anchor_from_trusted_cert(&ca_der).unwrap();
+        let leaf = CertificateDer::from(leaf.to_vec());
+        let cert = webpki::EndEntityCert::try_from(&leaf).unwrap();
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            rustls::pki_types::UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+        cert.verify_is_valid_for_subject_name(&name)
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// openssl's verdict, a second independent verifier.
+    fn openssl_verdict(ca: &CertificateAuthority, leaf: &[u8], host: &str) -> Result<(), String> {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(leaf);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        );
+        std::fs::write(dir.path().join("leaf.pem"), pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "verify",
+                "-purpose",
+                "sslserver",
+                "-verify_hostname",
+                host,
+                "-CAfile",
+            ])
+            .arg(ca.cert_path())
+            .arg(dir.path().join("leaf.pem"))
+            .output()
+            .expect("openssl is installed");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr))
+        }
+    }
+
+    #[test]
+    fn constrained_ca_signs_only_for_the_intercepted_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = patterns(&["api.openai.com", "*.openai.azure.com"]);
+        let scope = CaScope {
+            hosts: &hosts,
+            constrain: true,
+        };
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), scope).unwrap());
+        let nc = ca
+            .name_constraints()
+            .expect("the new CA is name-constrained");
+        assert_eq!(
+            nc.permitted_subtrees,
+            vec![
+                GeneralSubtree::DnsName("api.openai.com".into()),
+                GeneralSubtree::DnsName("openai.azure.com".into()),
+            ]
+        );
+        // A leaf for an intercepted host passes both verifiers; a leaf for any other site,
+        // signed with the same CA key (what a thief of ca.key would do), fails both.
+        let resolver = LeafResolver::new(ca.clone());
+        for host in ["api.openai.com", "eastus.openai.azure.com"] {
+            let leaf = resolver.leaf(host).unwrap().cert[0].to_vec();
+            webpki_verdict(&ca, &leaf, host).unwrap_or_else(|e| panic!("{host}: {e}"));
+            openssl_verdict(&ca, &leaf, host).unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        for host in ["www.mybank.example", "api.openai.com.evil.example"] {
+            let leaf = resolver.leaf(host).unwrap().cert[0].to_vec();
+            let e = webpki_verdict(&ca, &leaf, host).unwrap_err();
+            assert!(e.contains("NameConstraint"), "{host}: {e}");
+            let e = openssl_verdict(&ca, &leaf, host).unwrap_err();
+            assert!(e.contains("subtree violation"), "{host}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_constrained_ca_must_cover_the_intercept_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = patterns(&["api.openai.com", "*.openai.azure.com", "127.0.0.1"]);
+        CertificateAuthority::load_or_create(
+            dir.path(),
+            CaScope {
+                hosts: &first,
+                constrain: true,
+            },
+        )
+        .unwrap();
+        // The same or a narrower list loads; subdomains of a permitted name are inside it.
+        for ok in [
+            vec!["api.openai.com"],
+            vec!["x.api.openai.com", "*.openai.azure.com", "127.0.0.1"],
+            vec![],
+        ] {
+            let hosts = patterns(&ok);
+            let scope = CaScope {
+                hosts: &hosts,
+                constrain: true,
+            };
+            CertificateAuthority::load_or_create(dir.path(), scope)
+                .unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        // A host outside it is refused at load, whatever `constrain` says now, with a way out.
+        for constrain in [true, false] {
+            let hosts = patterns(&[
+                "api.openai.com",
+                "api.mistral.ai",
+                "*.azure.com",
+                "10.0.0.1",
+            ]);
+            let err = CertificateAuthority::load_or_create(
+                dir.path(),
+                CaScope {
+                    hosts: &hosts,
+                    constrain,
+                },
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("api.mistral.ai, *.azure.com, 10.0.0.1")
+                    && err.contains("ca.pem")
+                    && err.contains("ca.key"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unconstrained_ca_takes_any_intercept_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = patterns(&["api.openai.com"]);
+        let ca = CertificateAuthority::load_or_create(
+            dir.path(),
+            CaScope {
+                hosts: &hosts,
+                constrain: false,
+            },
+        )
+        .unwrap();
+        assert!(ca.name_constraints().is_none());
+        let other = patterns(&["llm.internal.example"]);
+        CertificateAuthority::load_or_create(
+            dir.path(),
+            CaScope {
+                hosts: &other,
+                constrain: true,
+            },
+        )
+        .expect("constraints apply to new CAs only");
     }
 
     #[test]
     fn concurrent_first_handshakes_mint_once() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap());
         let resolver = Arc::new(LeafResolver::new(ca));
         let leaves: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
@@ -380,7 +725,7 @@ mod tests {
     #[test]
     fn serials_are_unique_and_cache_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap());
         let resolver = LeafResolver::with_capacity(ca, 4);
         let mut serials = std::collections::HashSet::new();
         for i in 0..10 {

@@ -21,7 +21,7 @@ use veil::config::{Config, RawConfig};
 use veil::exchange::Exchange;
 use veil::keys::{Keyring, Purpose};
 use veil::proxy::capture::Fingerprinter;
-use veil::proxy::mitm::CertificateAuthority;
+use veil::proxy::mitm::{CaScope, CertificateAuthority};
 use veil::proxy::{Proxy, ProxyStats};
 
 use super::mock_llm::Mock;
@@ -67,7 +67,9 @@ impl Veil {
         let keys = tempfile::tempdir().unwrap();
         let config = config_for(mock, keys.path(), tweak);
         let keyring = Keyring::load_or_create(keys.path()).unwrap();
-        let ca = Arc::new(CertificateAuthority::load_or_create(keys.path()).unwrap());
+        let ca = Arc::new(
+            CertificateAuthority::load_or_create(keys.path(), CaScope::of(&config)).unwrap(),
+        );
         let ca_pem = ca.cert_pem().to_string();
         let ca_path = ca.cert_path().to_path_buf();
         let fp = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
