@@ -135,30 +135,25 @@ fn outside(nc: &NameConstraints, hosts: &[HostPattern]) -> Vec<String> {
         }
         _ => false,
     };
+    // Whether subtree `t` matches `host`; `None` when it constrains another name type.
+    let judge = |t: &GeneralSubtree, host: &str, ip: Option<std::net::IpAddr>| match (t, ip) {
+        (GeneralSubtree::DnsName(d), None) => Some(dns_in(d, host)),
+        (GeneralSubtree::IpAddress(c), Some(ip)) => Some(ip_in(c, ip)),
+        _ => None,
+    };
     // A name type with no permitted subtree is unconstrained; an excluded one always loses.
-    let allowed = |host: &str| match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => {
-            let hit = |v: &[GeneralSubtree]| {
-                v.iter()
-                    .any(|t| matches!(t, GeneralSubtree::IpAddress(c) if ip_in(c, ip)))
-            };
-            let constrained = nc
-                .permitted_subtrees
+    let allowed = |host: &str| {
+        let ip = host.parse().ok();
+        let permitted: Vec<bool> = nc
+            .permitted_subtrees
+            .iter()
+            .filter_map(|t| judge(t, host, ip))
+            .collect();
+        (permitted.is_empty() || permitted.contains(&true))
+            && !nc
+                .excluded_subtrees
                 .iter()
-                .any(|t| matches!(t, GeneralSubtree::IpAddress(_)));
-            (!constrained || hit(&nc.permitted_subtrees)) && !hit(&nc.excluded_subtrees)
-        }
-        Err(_) => {
-            let hit = |v: &[GeneralSubtree]| {
-                v.iter()
-                    .any(|t| matches!(t, GeneralSubtree::DnsName(d) if dns_in(d, host)))
-            };
-            let constrained = nc
-                .permitted_subtrees
-                .iter()
-                .any(|t| matches!(t, GeneralSubtree::DnsName(_)));
-            (!constrained || hit(&nc.permitted_subtrees)) && !hit(&nc.excluded_subtrees)
-        }
+                .any(|t| judge(t, host, ip) == Some(true))
     };
     hosts
         .iter()
@@ -675,6 +670,38 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn coverage_follows_rfc_5280_per_name_type() {
+        let nc = NameConstraints {
+            permitted_subtrees: vec![
+                GeneralSubtree::DnsName("example.com".into()),
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                    "10.1.0.0".parse().unwrap(),
+                    16,
+                )),
+            ],
+            excluded_subtrees: vec![GeneralSubtree::DnsName("bad.example.com".into())],
+        };
+        let hosts = patterns(&[
+            "example.com",
+            "api.example.com",
+            "x.bad.example.com",
+            "notexample.com",
+            "10.1.2.3",
+            "10.2.0.1",
+        ]);
+        assert_eq!(
+            outside(&nc, &hosts),
+            vec!["x.bad.example.com", "notexample.com", "10.2.0.1"]
+        );
+        // No IP subtree at all: IP hosts are unconstrained.
+        let dns_only = NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName("example.com".into())],
+            excluded_subtrees: vec![],
+        };
+        assert!(outside(&dns_only, &patterns(&["192.0.2.1"])).is_empty());
     }
 
     #[test]
