@@ -91,7 +91,7 @@ pub struct PipelineStats {
     pub processed: AtomicU64,
     /// Records the exporter refused (its queue was full or closed).
     pub export_dropped: AtomicU64,
-    /// Exchanges the store refused or failed to make durable.
+    /// Exchanges the store refused (failures after queueing: `SealStore::detached_failures`).
     pub seal_failed: AtomicU64,
 }
 
@@ -123,12 +123,10 @@ impl Pipeline {
         workers: usize,
     ) -> Vec<std::thread::JoinHandle<()>> {
         let rx = Arc::new(Mutex::new(rx));
-        let runtime = tokio::runtime::Handle::try_current().ok();
         (0..workers.max(1))
             .map(|i| {
                 let rx = rx.clone();
                 let this = self.clone();
-                let runtime = runtime.clone();
                 std::thread::Builder::new()
                     .name(format!("veil-pipeline-{i}"))
                     .spawn(move || {
@@ -138,7 +136,7 @@ impl Pipeline {
                             // waiting for the next exchange.
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
                             let Some(exchange) = next else { break };
-                            this.process(exchange, runtime.as_ref());
+                            this.process(exchange);
                         }
                     })
                     .expect("invariant: a pipeline thread can be spawned")
@@ -147,7 +145,7 @@ impl Pipeline {
     }
 
     /// Processes one exchange: record to the exporter, exchange to the store.
-    pub fn process(&self, exchange: Exchange, runtime: Option<&tokio::runtime::Handle>) {
+    pub fn process(&self, exchange: Exchange) {
         let _span = tracing::debug_span!("process_exchange", exchange.id = %exchange.id).entered();
         let rules = self.rules.current();
         let conversation = exchange::parse(&exchange, &self.parse, &self.pricing);
@@ -168,31 +166,12 @@ impl Pipeline {
                 );
             }
         }
-        if let Some(store) = &self.store {
-            match store.submit(&exchange, user.as_deref()) {
-                Ok(ack) => match runtime {
-                    Some(rt) => {
-                        let stats = self.stats.clone();
-                        rt.spawn(async move {
-                            if let Err(e) = ack.durable().await {
-                                stats.seal_failed.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(error = %e, "sealing failed");
-                            }
-                        });
-                    }
-                    // No runtime (tests, tools): wait on this thread.
-                    None => {
-                        if let Err(e) = ack.wait() {
-                            self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "sealing failed");
-                        }
-                    }
-                },
-                Err(e) => {
-                    self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(exchange.id = %exchange.id, error = %e, "cannot seal exchange");
-                }
-            }
+        if let Some(store) = &self.store
+            && let Err(e) = store.submit_detached(&exchange, user.as_deref())
+        {
+            // Failures after queueing are logged and counted by the store's writer.
+            self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(exchange.id = %exchange.id, error = %e, "cannot seal exchange");
         }
     }
 }

@@ -206,7 +206,8 @@ struct SealJob {
     slot: [u8; SLOT_LEN],
     time: SystemTime,
     user: Option<String>,
-    ack: oneshot::Sender<Result<(), SealError>>,
+    /// Who waits for durability; `None` when detached (failures are counted by the writer).
+    ack: Option<oneshot::Sender<Result<(), SealError>>>,
 }
 
 /// Most seal jobs queued for the writer at once. The queue itself is unbounded (operator
@@ -261,6 +262,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Seal jobs submitted and not yet dropped by the writer.
     pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Detached seal jobs that failed after they were queued.
+    detached_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -389,6 +392,7 @@ impl SealStore {
             audit.clone(),
             opts.segment_max.unwrap_or(DEFAULT_SEGMENT_MAX),
         )?;
+        let detached_failed = writer.detached_failed.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let nice = opts.writer_nice;
         let handle = std::thread::Builder::new()
@@ -409,6 +413,7 @@ impl SealStore {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
                 pending: Arc::default(),
+                detached_failed,
             }),
         })
     }
@@ -464,6 +469,31 @@ impl SealStore {
     /// [`MAX_PENDING_SEALS`] jobs wait for the writer; past that this fails with
     /// [`ErrorKind::Busy`] instead of queueing without bound.
     pub fn submit(&self, exchange: &Exchange, user: Option<&str>) -> Result<SealAck, SealError> {
+        let (ack, rx) = oneshot::channel();
+        self.enqueue(exchange, user, Some(ack))?;
+        Ok(SealAck {
+            id: exchange.id,
+            rx,
+        })
+    }
+
+    /// [`SealStore::submit`] with nobody waiting: for the pipeline, which must not park a task
+    /// per exchange on the forwarding runtime just to count failures. A failure after queueing
+    /// is logged by the writer and counted in [`SealStore::detached_failures`].
+    pub fn submit_detached(
+        &self,
+        exchange: &Exchange,
+        user: Option<&str>,
+    ) -> Result<(), SealError> {
+        self.enqueue(exchange, user, None)
+    }
+
+    fn enqueue(
+        &self,
+        exchange: &Exchange,
+        user: Option<&str>,
+        ack: Option<oneshot::Sender<Result<(), SealError>>>,
+    ) -> Result<(), SealError> {
         if let Some(u) = user
             && !crate::keys::is_user_pseudonym(u)
         {
@@ -491,7 +521,6 @@ impl SealStore {
             master.id(),
             &master.derive(Purpose::SealWrap),
         );
-        let (ack, rx) = oneshot::channel();
         self.send(Command::Seal(SealJob {
             _pending: guard,
             id: exchange.id,
@@ -500,11 +529,14 @@ impl SealStore {
             time: exchange.started_at,
             user: user.map(str::to_string),
             ack,
-        }))?;
-        Ok(SealAck {
-            id: exchange.id,
-            rx,
-        })
+        }))
+    }
+
+    /// Detached seal jobs that failed after they were queued (the writer also logs each).
+    pub fn detached_failures(&self) -> u64 {
+        self.inner
+            .detached_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Seals `exchange` and waits until it is durable.
@@ -772,6 +804,8 @@ struct Writer {
     stage: Vec<u8>,
     /// When the last seal batch was committed (paces group commit).
     last_commit: std::time::Instant,
+    /// Shared with [`Inner::detached_failed`].
+    detached_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn meta_get(db: &Database, key: &str) -> Result<Option<u64>, SealError> {
@@ -837,6 +871,7 @@ impl Writer {
             free,
             stage: Vec::new(),
             last_commit: std::time::Instant::now() - COMMIT_INTERVAL,
+            detached_failed: Arc::default(),
         };
         if file_len < SEG_HEADER {
             w.seg
@@ -1014,13 +1049,25 @@ impl Writer {
             self.next_slot = start_next;
             self.free = start_free;
         }
-        for (ack, r) in acks {
+        for (id, ack, r) in acks {
             let r = match (&result, r) {
                 (_, Err(e)) => Err(e),
                 (Err(e), Ok(())) => Err(e.clone()),
                 (Ok(()), Ok(())) => Ok(()),
             };
-            let _ = ack.send(r);
+            match (ack, r) {
+                (Some(ack), r) => {
+                    let _ = ack.send(r);
+                }
+                (None, Err(e)) => {
+                    let n = self
+                        .detached_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    tracing::error!(exchange.id = %id, error = %e, failed_total = n, "sealing failed");
+                }
+                (None, Ok(())) => {}
+            }
         }
     }
 
@@ -1029,7 +1076,8 @@ impl Writer {
         &mut self,
         batch: Vec<SealJob>,
         acks: &mut Vec<(
-            oneshot::Sender<Result<(), SealError>>,
+            ExchangeId,
+            Option<oneshot::Sender<Result<(), SealError>>>,
             Result<(), SealError>,
         )>,
     ) -> Result<(), SealError> {
@@ -1051,7 +1099,7 @@ impl Writer {
         for job in batch {
             if existing.contains(&job.id) || !seen.insert(job.id) {
                 let e = SealError::new(ErrorKind::Duplicate, format!("{}: already sealed", job.id));
-                acks.push((job.ack, Err(e)));
+                acks.push((job.id, job.ack, Err(e)));
                 continue;
             }
             let flen = job.frame.len() as u64;
@@ -1093,7 +1141,7 @@ impl Writer {
                     user: job.user,
                 },
             ));
-            acks.push((job.ack, Ok(())));
+            acks.push((job.id, job.ack, Ok(())));
         }
         self.flush_stage(stage_at)?;
         if entries.is_empty() {

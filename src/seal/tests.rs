@@ -290,6 +290,22 @@ fn duplicate_id_is_refused_and_original_kept() {
     assert_eq!(store.unseal(ex.id, "t", "t").unwrap().path, ex.path);
 }
 
+#[test]
+fn detached_seals_are_durable_and_their_failures_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let ex = openai_chat();
+    store.submit_detached(&ex, None).unwrap();
+    // A detached duplicate fails after queueing: nobody waits, the writer counts it.
+    let mut again = ex.clone();
+    again.path = "/other".into();
+    store.submit_detached(&again, None).unwrap();
+    // The writer takes jobs in order: once a later seal is durable, so are the earlier ones.
+    store.seal_blocking(&anthropic_stream(), None).unwrap();
+    assert_eq!(store.unseal(ex.id, "t", "t").unwrap().path, ex.path);
+    assert_eq!(store.detached_failures(), 1);
+}
+
 // === keys and tampering ===
 
 #[test]
