@@ -111,9 +111,10 @@ struct RunArgs {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum AuditArg {
-    /// Traffic always flows; unrecordable exchanges are counted and logged.
+    /// Traffic always flows and comes first (recording runs at nice 10); unrecordable
+    /// exchanges are counted and logged.
     BestEffort,
-    /// Refuse (503) a request that cannot be recorded.
+    /// Refuse (503) a request that cannot be recorded; recording keeps pace, traffic slows.
     Required,
 }
 
