@@ -5,6 +5,7 @@ mod support;
 
 mod certs;
 mod cli;
+mod hostile;
 mod proxy;
 mod records;
 mod sdk;

@@ -1,0 +1,1 @@
+//! Recording under pressure: overflowing numbers, queue drops, audit = "required", crashes.

@@ -1,0 +1,1 @@
+//! Redaction on hostile text: match-dense prompts, secrets with neighbours, broken JSON escapes.
