@@ -99,7 +99,7 @@ pub struct RawConfig {
     pub retention: Option<String>,
     /// Pricing file merged over the built-in `rules/pricing.toml`.
     pub pricing: Option<PathBuf>,
-    /// Threads that parse, redact, export and seal (default 1).
+    /// Threads that parse, redact, export and seal (default: half the cores).
     pub pipeline_workers: Option<usize>,
     /// A CA created by this veil may sign only for the intercepted hosts (default true).
     pub ca_name_constraints: Option<bool>,
@@ -353,7 +353,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// User pricing file merged over the built-in table, if any.
     pub pricing: Option<PathBuf>,
-    /// Pipeline threads (default 1: one core parses and redacts while the other forwards).
+    /// Pipeline threads (default [`default_pipeline_workers`]: half the cores, one on a
+    /// 2-core machine, so one core parses and redacts while the other forwards).
     pub pipeline_workers: usize,
     /// A new CA carries X.509 name constraints limited to the intercepted hosts.
     pub ca_name_constraints: bool,
@@ -401,14 +402,14 @@ impl Config {
             .otlp_endpoint
             .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
             .filter(|s| !s.is_empty());
-        let queue_capacity = raw.queue_capacity.unwrap_or(4096);
-        if queue_capacity == 0 {
-            return Err(bad("queue_capacity", "must be at least 1"));
-        }
-        let max_connections = raw.max_connections.unwrap_or(10_000);
-        if max_connections == 0 {
-            return Err(bad("max_connections", "must be at least 1"));
-        }
+        let queue_capacity = bounded("queue_capacity", raw.queue_capacity, 4096, MAX_COUNT)?;
+        let max_connections = bounded("max_connections", raw.max_connections, 10_000, MAX_COUNT)?;
+        let pipeline_workers = bounded(
+            "pipeline_workers",
+            raw.pipeline_workers,
+            default_pipeline_workers(),
+            MAX_PIPELINE_WORKERS,
+        )?;
         Ok(Config {
             listen,
             rules_is_default: raw.rules.is_none(),
@@ -423,19 +424,24 @@ impl Config {
             upstream_ca: raw.upstream_ca.unwrap_or_default(),
             admin_listen,
             allow_ports: raw.allow_ports.unwrap_or_else(|| vec![443]),
-            capture_limit: opt(raw.capture_limit, "capture_limit", parse_size, 32 << 20)?,
+            capture_limit: opt(
+                raw.capture_limit,
+                "capture_limit",
+                parse_capture_limit,
+                32 << 20,
+            )?,
             audit: raw.audit.unwrap_or_default(),
             queue_capacity,
             connect_timeout: opt(
                 raw.connect_timeout,
                 "connect_timeout",
-                parse_duration,
+                parse_timeout,
                 Duration::from_secs(10),
             )?,
             upstream_timeout: opt(
                 raw.upstream_timeout,
                 "upstream_timeout",
-                parse_duration,
+                parse_timeout,
                 Duration::from_secs(300),
             )?,
             drain_timeout: opt(
@@ -449,15 +455,11 @@ impl Config {
             retention: raw
                 .retention
                 .as_deref()
-                .map(|r| parse_duration(r).map_err(|e| bad("retention", e)))
+                .map(|r| parse_timeout(r).map_err(|e| bad("retention", e)))
                 .transpose()?,
             pricing: raw.pricing,
             ca_name_constraints: raw.ca_name_constraints.unwrap_or(true),
-            pipeline_workers: match raw.pipeline_workers {
-                Some(0) => return Err(bad("pipeline_workers", "must be at least 1")),
-                Some(n) => n,
-                None => 1,
-            },
+            pipeline_workers,
         })
     }
 
@@ -488,48 +490,127 @@ fn opt<T>(
     }
 }
 
+/// Largest queue or connection count accepted: tokio's semaphores and bounded channels panic
+/// above `usize::MAX >> 3` permits, and no machine holds a million connections or queued
+/// exchanges anyway.
+pub const MAX_COUNT: usize = 1 << 20;
+
+/// Most pipeline threads: each is a whole OS thread doing CPU work; more than a big machine's
+/// cores only adds contention.
+pub const MAX_PIPELINE_WORKERS: usize = 256;
+
+/// Pipeline threads when the config says nothing: half the machine's cores (at least one),
+/// so recording keeps up on big machines while forwarding keeps the other half. One on a
+/// 2-core machine.
+pub fn default_pipeline_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().div_ceil(2))
+        .clamp(1, 16)
+}
+
+/// A count that must be in `1..=max`; `default` when unset.
+fn bounded(key: &str, v: Option<usize>, default: usize, max: usize) -> Result<usize, ConfigError> {
+    match v.unwrap_or(default) {
+        0 => Err(bad(key, "must be at least 1")),
+        n if n > max => Err(bad(key, format!("{n} is too large (at most {max})"))),
+        n => Ok(n),
+    }
+}
+
+/// Largest `capture_limit`: a sealed exchange holds both bodies in one frame whose length
+/// the store records in 32 bits, and an exchange is held in memory while it is recorded.
+pub const MAX_CAPTURE_LIMIT: usize = 1 << 30;
+
+fn parse_capture_limit(s: &str) -> Result<usize, String> {
+    match parse_size(s)? {
+        n if n > MAX_CAPTURE_LIMIT => Err(format!("{s:?} is too large (at most 1GiB)")),
+        n => Ok(n),
+    }
+}
+
+/// A duration that must not be zero (a zero timeout or retention would fail or purge
+/// everything at once).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?} must be more than zero")),
+        d => Ok(d),
+    }
+}
+
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse()
         .map_err(|_| bad(key, format!("expected IP:PORT, got {s:?}")))
 }
 
+/// Longest duration veil accepts anywhere (100 years of 365 days): retention, purge ages and
+/// timeouts beyond it are typos or attacks, and a bound keeps `now ± duration` representable
+/// for `SystemTime` and tokio's timers alike.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Largest size veil accepts (1 TiB): far above any capture limit or spool bound, far below
+/// where `usize` arithmetic on it could overflow.
+pub const MAX_SIZE: u64 = 1 << 40;
+
 /// Parses `500ms`, `10s`, `5m`, `2h`, `30d` (a bare number is seconds).
+///
+/// Errors: a missing or non-decimal number, an unknown unit, or a value above
+/// [`MAX_DURATION`]. The arithmetic is checked: a value too large is an error, never a
+/// smaller duration (`144115188075855872d` once wrapped to 0 s and purged everything).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 10s, 5m, 2h, 30d)"))?;
-    let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let too_large = || format!("duration {s:?} is too large (at most 100 years, e.g. 36500d)");
+    if num.is_empty() {
+        return Err(format!("bad duration {s:?} (e.g. 500ms, 10s, 5m, 2h, 30d)"));
+    }
+    // Digits only, so the one parse failure left is overflow.
+    let n: u64 = num.parse().map_err(|_| too_large())?;
+    let millis_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
     };
-    Ok(Duration::from_secs(secs))
+    let d = n
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(too_large)?;
+    Ok(d)
 }
 
 /// Parses `1024`, `64KiB`, `32MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+///
+/// Errors: a missing or non-decimal number, an unknown unit, or a value above [`MAX_SIZE`]
+/// (checked arithmetic: never a smaller size).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+    let too_large = || format!("size {s:?} is too large (at most 1TiB)");
+    if num.is_empty() {
+        return Err(format!("bad size {s:?} (e.g. 4096, 64KiB, 32MiB, 1GiB)"));
+    }
+    let n: u64 = num.parse().map_err(|_| too_large())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kib" | "k" => 1 << 10,
         "mib" | "m" => 1 << 20,
         "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         _ => return Err(format!("bad size unit in {s:?} (KiB, MiB, GiB)")),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))
+        .filter(|n| *n <= MAX_SIZE)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(too_large)
 }
 
 #[cfg(test)]
@@ -609,7 +690,80 @@ mod tests {
             Duration::from_secs(30 * 86_400)
         );
         assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("d").is_err());
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
         assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
+        assert_eq!(parse_size("1TiB").unwrap(), 1 << 40);
         assert!(parse_size("12XB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    // See: veil#10. Each of these once wrapped to a small duration (0 s for the first two):
+    // `veil purge --older-than 4611686018427387904m` purged everything sealed seconds before.
+    #[test]
+    fn overflowing_durations_are_errors_not_smaller_values() {
+        for s in [
+            "144115188075855872d",
+            "4611686018427387904m",
+            "213503982334602d",
+            "18446744073709551615s",
+            "18446744073709551616",
+            "99999999999999999999999999ms",
+            "36501d",
+        ] {
+            let err = parse_duration(s).unwrap_err();
+            assert!(err.contains("too large"), "{s}: {err}");
+        }
+    }
+
+    // See: veil#10.
+    #[test]
+    fn overflowing_sizes_are_errors_not_smaller_values() {
+        for s in [
+            "18446744073709551615KiB",
+            "17179869184GiB",
+            "1025GiB",
+            "99999999999999999999",
+        ] {
+            let err = parse_size(s).unwrap_err();
+            assert!(err.contains("too large"), "{s}: {err}");
+        }
+    }
+
+    // See: veil#10. `retention = "144115188075855872d"` once purged every exchange.
+    #[test]
+    fn config_rejects_overflowing_and_zero_values() {
+        let cases: &[(&str, &str)] = &[
+            ("retention = \"144115188075855872d\"", "retention:"),
+            ("retention = \"0s\"", "retention:"),
+            (
+                "upstream_timeout = \"4611686018427387904m\"",
+                "upstream_timeout:",
+            ),
+            ("connect_timeout = \"0ms\"", "connect_timeout:"),
+            ("capture_limit = \"17179869184GiB\"", "capture_limit:"),
+            ("capture_limit = \"2GiB\"", "capture_limit:"),
+            ("queue_capacity = 2305843009213693952", "queue_capacity:"),
+            ("max_connections = 0", "max_connections:"),
+            ("pipeline_workers = 100000", "pipeline_workers:"),
+        ];
+        for (line, key) in cases {
+            let raw: RawConfig = toml::from_str(line).unwrap();
+            let err = Config::resolve(Some(raw), RawConfig::default()).unwrap_err();
+            assert!(err.0.starts_with(key), "{line}: {err}");
+        }
+        // A port out of range is refused by the file parser itself, with its position.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("veil.toml");
+        std::fs::write(&path, "allow_ports = [443, 99999]\n").unwrap();
+        let err = RawConfig::from_file(&path).unwrap_err();
+        assert!(err.0.contains("veil.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn pipeline_workers_default_to_half_the_cores() {
+        let c = Config::resolve(None, RawConfig::default()).unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.pipeline_workers, cores.div_ceil(2).clamp(1, 16));
     }
 }

@@ -1,1 +1,153 @@
 //! Recording under pressure: overflowing numbers, queue drops, audit = "required", crashes.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::mock_llm::{Alpn, Mock};
+use crate::support::process::{VeilProcess, resolve_args, veil};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(mock: &Mock, dir: &Path, extra: &[&str]) -> VeilProcess {
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    VeilProcess::start(&args, dir)
+}
+
+/// One chat completion through `proc` with curl; returns its request id.
+fn chat(proc: &VeilProcess, dir: &Path) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-D", "-", "--cacert"])
+        .arg(dir.join("keys/ca.pem"))
+        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
+        .args(["-H", "content-type: application/json"])
+        .args([
+            "-d",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        ])
+        .arg("https://api.openai.com/v1/chat/completions")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "curl: {text}\n{}", proc.stderr());
+    text.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-veil-request-id: ")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("x-veil-request-id")
+}
+
+/// True when `veil unseal ID` (through the running veil's admin API when given) finds it.
+fn unsealable(dir: &Path, id: &str, admin: Option<&str>) -> bool {
+    let mut args = vec!["unseal", id];
+    if let Some(a) = admin {
+        args.extend(["--admin", a]);
+    }
+    veil(&args, dir).status.success()
+}
+
+// See: veil#10. `POST /v1/purge?older_than=144115188075855872d` once wrapped to 0 s and
+// destroyed exchanges sealed seconds earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_purge_older_than_144115188075855872d_is_refused_and_destroys_nothing() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut proc = start(&mock, dir.path(), &["--admin-listen", &admin]);
+    let id = chat(&proc, dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !unsealable(dir.path(), &id, Some(&admin)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} was never sealed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(dir.path().join("keys/admin.token")).unwrap();
+    for age in [
+        "144115188075855872d",
+        "4611686018427387904m",
+        "18446744073709551616s",
+    ] {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("authorization: Bearer {}", token.trim()))
+            .arg(format!("http://{admin}/v1/purge?older_than={age}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.ends_with("\n400"), "{age}: {text}");
+        assert!(text.contains("too large"), "{age}: {text}");
+        assert!(
+            unsealable(dir.path(), &id, Some(&admin)),
+            "{age} destroyed {id}"
+        );
+    }
+    assert!(proc.terminate().success());
+}
+
+// See: veil#10. `veil purge --older-than 4611686018427387904m` once purged everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_purge_older_than_4611686018427387904m_is_refused_and_destroys_nothing() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = start(&mock, dir.path(), &[]);
+    let id = chat(&proc, dir.path());
+    assert!(proc.terminate().success());
+    assert!(
+        unsealable(dir.path(), &id, None),
+        "{id} sealed before the purge"
+    );
+    for age in ["4611686018427387904m", "144115188075855872d"] {
+        let out = veil(&["purge", "--older-than", age], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "usage error: {stderr}");
+        assert!(stderr.contains("too large"), "{stderr}");
+    }
+    assert!(
+        unsealable(dir.path(), &id, None),
+        "the refused purges kept {id}"
+    );
+}
+
+// See: veil#10. `retention = "144115188075855872d"` once made the retention loop purge every
+// exchange within five minutes of start.
+#[test]
+fn retention_144115188075855872d_in_the_config_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("veil.toml");
+    std::fs::write(&config, "retention = \"144115188075855872d\"\n").unwrap();
+    let out = veil(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("retention:") && stderr.contains("too large"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("keys").exists(),
+        "nothing created before the config is valid"
+    );
+}
