@@ -85,6 +85,8 @@ pub struct RawConfig {
     pub audit: Option<Audit>,
     /// Capacity of the recording queue, in exchanges.
     pub queue_capacity: Option<usize>,
+    /// Most captured body bytes the recording queue holds (`256MiB`).
+    pub queue_max_bytes: Option<String>,
     /// Upstream connect timeout (`10s`).
     pub connect_timeout: Option<String>,
     /// Time allowed for upstream response headers (`300s`).
@@ -132,6 +134,7 @@ impl RawConfig {
             capture_limit: other.capture_limit.or(self.capture_limit),
             audit: other.audit.or(self.audit),
             queue_capacity: other.queue_capacity.or(self.queue_capacity),
+            queue_max_bytes: other.queue_max_bytes.or(self.queue_max_bytes),
             connect_timeout: other.connect_timeout.or(self.connect_timeout),
             upstream_timeout: other.upstream_timeout.or(self.upstream_timeout),
             drain_timeout: other.drain_timeout.or(self.drain_timeout),
@@ -339,6 +342,9 @@ pub struct Config {
     pub audit: Audit,
     /// Recording queue capacity (default 4096 exchanges).
     pub queue_capacity: usize,
+    /// Most captured body bytes waiting in the recording queue or being processed (default
+    /// 256 MiB): past it, best-effort drops (counted) and audit-required refuses (503).
+    pub queue_max_bytes: usize,
     /// Upstream connect timeout (default 10 s).
     pub connect_timeout: Duration,
     /// Time allowed for upstream response headers (default 300 s: long completions).
@@ -432,6 +438,12 @@ impl Config {
             )?,
             audit: raw.audit.unwrap_or_default(),
             queue_capacity,
+            queue_max_bytes: opt(
+                raw.queue_max_bytes,
+                "queue_max_bytes",
+                parse_size,
+                256 << 20,
+            )?,
             connect_timeout: opt(
                 raw.connect_timeout,
                 "connect_timeout",

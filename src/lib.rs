@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod exchange;
 pub mod export;
 pub mod keys;

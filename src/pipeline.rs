@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 
+use crate::exchange::queue::ExchangeReceiver;
 use crate::exchange::{self, Conversation, Exchange, ParseOptions, Pricing};
 use crate::export::ExporterHandle;
 use crate::keys::Keyring;
@@ -95,6 +95,21 @@ pub struct PipelineStats {
     pub seal_failed: AtomicU64,
 }
 
+/// What the pipeline does when the next step has no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HandOff {
+    /// Drop and count (audit best-effort): recording never holds anything back.
+    #[default]
+    Drop,
+    /// Wait for room (audit required): an exchange admitted by the proxy was promised a
+    /// record and a seal, so the pipeline waits and the back-pressure reaches the recording
+    /// queue, where the proxy refuses new requests with 503.
+    Wait,
+}
+
+/// How long a waiting hand-off sleeps between tries when the sealed store is busy.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What the workers need.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -112,16 +127,14 @@ pub struct Pipeline {
     pub stats: Arc<PipelineStats>,
     /// Niceness of the worker threads (see [`crate::os::RECORDING_NICE`]; 0 = as the caller).
     pub nice: i32,
+    /// Drop or wait when the exporter or the store has no room.
+    pub hand_off: HandOff,
 }
 
 impl Pipeline {
     /// Starts `workers` threads consuming `rx`. They exit when every sender is gone and the
     /// queue is empty; join the returned handles to wait for that.
-    pub fn spawn(
-        self,
-        rx: mpsc::Receiver<Exchange>,
-        workers: usize,
-    ) -> Vec<std::thread::JoinHandle<()>> {
+    pub fn spawn(self, rx: ExchangeReceiver, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         let rx = Arc::new(Mutex::new(rx));
         (0..workers.max(1))
             .map(|i| {
@@ -136,7 +149,9 @@ impl Pipeline {
                             // waiting for the next exchange.
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
                             let Some(exchange) = next else { break };
-                            this.process(exchange);
+                            // The exchange's bytes count against the queue's byte bound until
+                            // it is dropped here, after processing.
+                            this.process(&exchange);
                         }
                     })
                     .expect("invariant: a pipeline thread can be spawned")
@@ -145,33 +160,44 @@ impl Pipeline {
     }
 
     /// Processes one exchange: record to the exporter, exchange to the store.
-    pub fn process(&self, exchange: Exchange) {
+    pub fn process(&self, exchange: &Exchange) {
         let _span = tracing::debug_span!("process_exchange", exchange.id = %exchange.id).entered();
         let rules = self.rules.current();
-        let conversation = exchange::parse(&exchange, &self.parse, &self.pricing);
-        let record = build_record(&exchange, &conversation, &rules);
+        let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
+        let record = build_record(exchange, &conversation, &rules);
         let user = record.user_pseudonym.clone();
         self.stats.processed.fetch_add(1, Ordering::Relaxed);
-        if let Some(exporter) = &self.exporter
-            && let Err(e) = exporter.try_send(record)
-        {
-            let n = self.stats.export_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            exporter.metrics().exchanges_dropped.inc();
-            if n == 1 || n.is_multiple_of(1000) {
-                tracing::warn!(
-                    exchange.id = %exchange.id,
-                    dropped_total = n,
-                    full = e.is_full(),
-                    "exporter queue refused a record"
-                );
+        if let Some(exporter) = &self.exporter {
+            let sent = match self.hand_off {
+                HandOff::Drop => exporter.try_send(record),
+                HandOff::Wait => exporter.send_blocking(record),
+            };
+            if let Err(e) = sent {
+                let n = self.stats.export_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                exporter.metrics().exchanges_dropped.inc();
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(
+                        exchange.id = %exchange.id,
+                        dropped_total = n,
+                        full = e.is_full(),
+                        "exporter queue refused a record"
+                    );
+                }
             }
         }
-        if let Some(store) = &self.store
-            && let Err(e) = store.submit_detached(&exchange, user.as_deref())
-        {
-            // Failures after queueing are logged and counted by the store's writer.
-            self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(exchange.id = %exchange.id, error = %e, "cannot seal exchange");
+        if let Some(store) = &self.store {
+            let mut result = store.submit_detached(exchange, user.as_deref());
+            while self.hand_off == HandOff::Wait
+                && matches!(&result, Err(e) if e.kind() == crate::seal::ErrorKind::Busy)
+            {
+                std::thread::sleep(BUSY_RETRY);
+                result = store.submit_detached(exchange, user.as_deref());
+            }
+            if let Err(e) = result {
+                // Failures after queueing are logged and counted by the store's writer.
+                self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(exchange.id = %exchange.id, error = %e, "cannot seal exchange");
+            }
         }
     }
 }

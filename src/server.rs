@@ -20,11 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Audit, Config};
-use crate::exchange::{Exchange, Pricing};
+use crate::exchange::Pricing;
 use crate::export::{Exporter, ExporterHandle};
 use crate::keys::{Keyring, Purpose};
 use crate::pipeline::{Pipeline, PipelineStats, RulesHandle};
@@ -229,9 +228,14 @@ pub async fn start(
             .enable_all()
             .build()?,
     ));
+    let (tx, rx) = crate::exchange::queue::channel(config.queue_capacity, config.queue_max_bytes);
     let exporter = {
         let _in_export_runtime = export_rt.handle().enter();
-        Exporter::from_config(&config, &|k| std::env::var(k).ok())?
+        let metrics = crate::export::Metrics {
+            recording_queue: Some(rx.counters().clone()),
+            ..Default::default()
+        };
+        Exporter::from_config(&config, &|k| std::env::var(k).ok(), metrics)?
     };
     let audit: Arc<dyn AuditSink> = Arc::new(FanoutAuditSink(vec![
         Arc::new(JsonlAuditSink::new(config.data.join("audit.jsonl"))),
@@ -259,7 +263,6 @@ pub async fn start(
     })?;
 
     let fingerprinter = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
-    let (tx, rx) = mpsc::channel::<Exchange>(config.queue_capacity);
     let pipeline_stats = Arc::new(PipelineStats::default());
     let pipeline = Pipeline {
         rules: rules.clone(),
@@ -269,6 +272,10 @@ pub async fn start(
         store: Some(store.clone()),
         stats: pipeline_stats.clone(),
         nice,
+        hand_off: match config.audit {
+            Audit::BestEffort => crate::pipeline::HandOff::Drop,
+            Audit::Required => crate::pipeline::HandOff::Wait,
+        },
     };
     let workers = pipeline.spawn(rx, config.pipeline_workers);
 

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod model;
 pub mod pricing;
 pub mod provider;
+pub mod queue;
 pub mod sse;
 pub mod traceparent;
 

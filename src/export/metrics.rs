@@ -8,7 +8,6 @@
 //! Owns: numbers only. Never touches a record's content.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bucket bounds of `gen_ai.client.token.usage`, as the semantic conventions recommend
 /// (powers of 4 from 1 to 64 Mi tokens: covers one-token pings up to long-context prompts).
@@ -23,56 +22,7 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
 
-/// A monotonic counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down (the spool's size).
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
-
-impl Gauge {
-    /// Sets the value.
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Subtracts `n`, saturating at zero.
-    pub fn sub(&self, n: u64) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(n))
-            });
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub use crate::counters::{Counter, Gauge};
 
 /// veil's own counters, shared by the proxy, the pipeline and the exporter
 /// (`Arc<Metrics>`). Exported as OTLP sums/gauges named `veil.*` with the other metrics.
@@ -80,9 +30,12 @@ impl Gauge {
 pub struct Metrics {
     /// Records accepted by the exporter (`veil.exchanges`).
     pub exchanges: Counter,
-    /// Exchanges that could not be recorded, e.g. the recording queue was full
-    /// (`veil.exchanges.dropped`). Incremented by whoever drops them.
+    /// Records the exporter's own queue refused (`veil.exchanges.dropped` with
+    /// `veil.drop.reason = export_queue_full`). Incremented by the pipeline.
     pub exchanges_dropped: Counter,
+    /// The recording queue's counters (proxy → pipeline drops and audit-required refusals),
+    /// exported with the others when set.
+    pub recording_queue: Option<std::sync::Arc<crate::exchange::queue::QueueCounters>>,
     /// Batches the collector accepted (`veil.export.batches.delivered`).
     pub batches_delivered: Counter,
     /// Export attempts that failed, retryable or not (`veil.export.failures`).

@@ -22,7 +22,7 @@
 //! use veil::export::Exporter;
 //!
 //! // Inside the tokio runtime. Errors name the bad OTEL_* variable or TLS file.
-//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok())?;
+//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok(), Default::default())?;
 //! let handle = exporter.handle(); // clone into the pipeline workers
 //! if let Err(e) = handle.try_send(record) {
 //!     // Full (or shut down): never waits. Best-effort audit: count and go on.
@@ -152,6 +152,21 @@ impl ExporterHandle {
             })
     }
 
+    /// Queues one record, waiting for room (audit required: the pipeline must not drop what
+    /// the proxy admitted). Call from an OS thread, never from inside the async runtime.
+    /// Fails only when the exporter has shut down.
+    pub fn send_blocking(&self, record: Record) -> Result<(), TrySendError<Record>> {
+        self.tx
+            .blocking_send(Item::Record(Box::new(record)))
+            .map_err(|e| match e.0 {
+                Item::Record(r) => TrySendError {
+                    item: r,
+                    closed: true,
+                },
+                _ => unreachable!("invariant: a record was sent"),
+            })
+    }
+
     /// Queues one audit event without waiting, as an OTLP log record.
     pub fn try_send_audit(&self, event: AuditEvent) -> Result<(), TrySendError<AuditEvent>> {
         self.tx.try_send(Item::Audit(event)).map_err(|e| match e {
@@ -213,15 +228,18 @@ impl Drop for Exporter {
 
 impl Exporter {
     /// Resolves settings from the config and `env` (use `|k| std::env::var(k).ok()` in the
-    /// binary) and starts the exporter. Must run inside a tokio runtime.
+    /// binary) and starts the exporter with `metrics` as its counters (set
+    /// [`Metrics::recording_queue`] to export the proxy's drops). Must run inside a tokio
+    /// runtime.
     pub fn from_config(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
+        metrics: Metrics,
     ) -> anyhow::Result<Exporter> {
         let mut settings =
             ExporterSettings::resolve(config.otlp_endpoint.as_deref(), config.data.clone(), env)?;
         settings.queue_capacity = config.queue_capacity;
-        Ok(Exporter::start(settings, Arc::new(Metrics::default()))?)
+        Ok(Exporter::start(settings, Arc::new(metrics))?)
     }
 
     /// Starts the exporter with resolved settings, opening the spools (their batches are

@@ -840,7 +840,7 @@ pub fn metrics_request(
             })),
         });
     }
-    let counters: [(&str, &str, &str, u64, bool); 9] = [
+    let counters: [(&str, &str, &str, u64, bool); 8] = [
         (
             "veil.export.batches.delivered",
             "Batches the collector accepted.",
@@ -853,13 +853,6 @@ pub fn metrics_request(
             "Exchanges recorded.",
             "{exchange}",
             m.exchanges.get(),
-            true,
-        ),
-        (
-            "veil.exchanges.dropped",
-            "Exchanges that could not be recorded.",
-            "{exchange}",
-            m.exchanges_dropped.get(),
             true,
         ),
         (
@@ -908,6 +901,45 @@ pub fn metrics_request(
     for (name, desc, unit, v, mono) in counters {
         metrics.push(sum_metric(name, desc, unit, v, mono, start, now));
     }
+    // Every place an exchange can be lost, as one metric: operators sum it or split it by
+    // `veil.drop.reason` (the recording queue's drops once went unreported here).
+    let q = m.recording_queue.as_deref();
+    let get = |c: Option<&crate::counters::Counter>| c.map_or(0, |c| c.get());
+    let mut dropped = sum_metric(
+        "veil.exchanges.dropped",
+        "Exchanges that could not be recorded, by where they were lost.",
+        "{exchange}",
+        0,
+        true,
+        start,
+        now,
+    );
+    if let Some(metric::Data::Sum(sum)) = &mut dropped.data {
+        let template = sum.data_points.pop().expect("invariant: one point");
+        for (reason, v) in [
+            ("recording_queue_full", get(q.map(|q| &q.dropped_full))),
+            ("recording_queue_bytes", get(q.map(|q| &q.dropped_bytes))),
+            ("recording_stopped", get(q.map(|q| &q.dropped_closed))),
+            ("export_queue_full", m.exchanges_dropped.get()),
+        ] {
+            let mut p = template.clone();
+            p.attributes = vec![kv("veil.drop.reason", str_value(reason))];
+            p.value = Some(number_data_point::Value::AsInt(
+                i64::try_from(v).unwrap_or(i64::MAX),
+            ));
+            sum.data_points.push(p);
+        }
+    }
+    metrics.push(dropped);
+    metrics.push(sum_metric(
+        "veil.exchanges.refused",
+        "Requests refused with 503 because they could not be recorded (audit = required).",
+        "{request}",
+        get(q.map(|q| &q.refused)),
+        true,
+        start,
+        now,
+    ));
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(res.to_proto()),

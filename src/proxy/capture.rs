@@ -12,20 +12,18 @@
 //! path never waits on recording.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-use http::HeaderMap;
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::mpsc;
-
+use crate::exchange::queue::{ExchangeSender, Reservation};
 use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
 };
 use crate::keys::DerivedKey;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 
 /// Request headers whose values are credentials: never recorded, only fingerprinted.
 pub const CREDENTIAL_HEADERS: &[&str] = &[
@@ -53,17 +51,6 @@ const CREDENTIAL_PARAMS: &[&str] = &[
     "sig",
     "signature",
 ];
-
-/// Counters of the hand-off, shared with whoever reports metrics.
-#[derive(Debug, Default)]
-pub struct CaptureStats {
-    /// Exchanges handed to the recording queue.
-    pub recorded: AtomicU64,
-    /// Exchanges dropped because the queue was full (best-effort mode).
-    pub dropped: AtomicU64,
-    /// Requests refused with 503 because no queue slot was free (audit-required mode).
-    pub refused: AtomicU64,
-}
 
 /// Keyed fingerprints of credentials (`fp_` + 16 hex), so spend can be attributed per key
 /// without ever storing the key.
@@ -186,40 +173,20 @@ fn credential_value<'a>(name: &str, value: &'a str) -> &'a str {
 /// Where a finished exchange goes.
 #[derive(Debug)]
 pub enum Sink {
-    /// Best-effort: `try_send` at the end; a full queue drops and counts.
-    BestEffort(mpsc::Sender<Exchange>, Arc<CaptureStats>),
-    /// Audit-required: a slot reserved before the request went upstream.
-    Reserved(mpsc::OwnedPermit<Exchange>, Arc<CaptureStats>),
+    /// Best-effort: `try_send` at the end; a full queue drops and counts (in the queue).
+    BestEffort(ExchangeSender),
+    /// Audit-required: room reserved before the request went upstream.
+    Reserved(Reservation),
 }
 
 impl Sink {
     fn emit(self, exchange: Exchange) {
         match self {
-            Sink::BestEffort(tx, stats) => match tx.try_send(exchange) {
-                Ok(()) => {
-                    stats.recorded.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Full(ex)) => {
-                    let n = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    // Log the first drop and then every 1000th, so a stuck consumer cannot
-                    // flood the log.
-                    if n == 1 || n.is_multiple_of(1000) {
-                        tracing::warn!(
-                            exchange.id = %ex.id,
-                            dropped_total = n,
-                            "recording queue full: exchange not recorded (audit = best-effort)"
-                        );
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(ex)) => {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(exchange.id = %ex.id, "recording queue closed: exchange not recorded");
-                }
-            },
-            Sink::Reserved(permit, stats) => {
-                permit.send(exchange);
-                stats.recorded.fetch_add(1, Ordering::Relaxed);
+            // A refusal is counted and logged by the queue.
+            Sink::BestEffort(tx) => {
+                let _ = tx.try_send(exchange);
             }
+            Sink::Reserved(r) => r.send(exchange),
         }
     }
 }
@@ -620,9 +587,8 @@ mod tests {
 
     #[tokio::test]
     async fn exchange_is_emitted_once_with_both_bodies() {
-        let (tx, mut rx) = mpsc::channel(4);
-        let stats = Arc::new(CaptureStats::default());
-        let rec = Recording::start(meta(), Sink::BestEffort(tx, stats.clone()));
+        let (tx, mut rx) = crate::exchange::queue::channel(4, 1 << 20);
+        let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
         let req = TeeBody::recording(
             Full::new(Bytes::from_static(b"{\"q\":1}")),
             Side::Request,
@@ -639,7 +605,7 @@ mod tests {
         drop(rec);
         assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"q\":1}");
         assert!(
-            rx.try_recv().is_err(),
+            rx.try_recv().is_none(),
             "not emitted while the response is in flight"
         );
         assert_eq!(
@@ -651,16 +617,15 @@ mod tests {
         assert_eq!(&ex.request_body.bytes()[..], b"{\"q\":1}");
         assert_eq!(&ex.response_body.bytes()[..], b"data: a\n\ndata: b\n\n");
         assert!(ex.timings.first_byte.is_some());
-        assert!(rx.try_recv().is_err(), "exactly once");
-        assert_eq!(stats.recorded.load(Ordering::Relaxed), 1);
+        assert!(rx.try_recv().is_none(), "exactly once");
+        assert_eq!(tx.counters().queued.get(), 1);
     }
 
     #[tokio::test]
     async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
-        let (tx, mut rx) = mpsc::channel(1);
-        let stats = Arc::new(CaptureStats::default());
+        let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20);
         for _ in 0..2 {
-            let rec = Recording::start(meta(), Sink::BestEffort(tx.clone(), stats.clone()));
+            let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
             rec.lock().unwrap().response_head(200, vec![], None);
             let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
                 vec![Ok(Frame::data(Bytes::from_static(b"partial")))];
@@ -676,7 +641,7 @@ mod tests {
         let ex = rx.try_recv().unwrap();
         assert_eq!(ex.outcome, Outcome::ClientAborted);
         assert_eq!(&ex.response_body.bytes()[..], b"partial");
-        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(tx.counters().dropped_full.get(), 1);
     }
 
     /// A minimal stream over a vector, optionally never ending afterwards.

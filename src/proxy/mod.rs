@@ -36,16 +36,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Audit, Config};
-use crate::exchange::{Exchange, ExchangeId, Route, Upstream, UpstreamFailure};
-use capture::{
-    CaptureStats, Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody,
-};
+use crate::exchange::queue::{ExchangeSender, QueueCounters};
+use crate::exchange::{ExchangeId, Route, Upstream, UpstreamFailure};
+use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use forward::{UpstreamClient, UpstreamError};
 use mitm::{CertificateAuthority, LeafResolver};
 
@@ -63,8 +62,8 @@ pub type ProxyBody = Either<TeeBody<Incoming>, Full<Bytes>>;
 /// Counters of the proxy, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
-    /// Recording hand-off counters.
-    pub capture: Arc<CaptureStats>,
+    /// Recording hand-off counters (the queue's own).
+    pub capture: Arc<QueueCounters>,
     /// Client connections accepted.
     pub connections: AtomicU64,
     /// CONNECT tunnels passed through blind.
@@ -105,7 +104,7 @@ struct Shared {
     /// Credential fingerprints for recorded headers.
     fingerprinter: Fingerprinter,
     /// The recording queue; the proxy only ever `try_send`s or reserves.
-    queue: mpsc::Sender<Exchange>,
+    queue: ExchangeSender,
     /// Counters.
     stats: Arc<ProxyStats>,
     /// Fired when shutdown begins: connections finish in-flight requests and close.
@@ -128,11 +127,15 @@ impl Proxy {
         config: Config,
         ca: Arc<CertificateAuthority>,
         fingerprinter: Fingerprinter,
-        queue: mpsc::Sender<Exchange>,
+        queue: ExchangeSender,
     ) -> Result<Self, ProxyError> {
         let client = forward::client(&config).map_err(ProxyError)?;
         let resolver = Arc::new(LeafResolver::new(ca));
         let tls = TlsAcceptor::from(mitm::server_config(resolver));
+        let stats = Arc::new(ProxyStats {
+            capture: queue.counters().clone(),
+            ..Default::default()
+        });
         Ok(Proxy {
             shared: Arc::new(Shared {
                 resolver: forward::Resolver::new(config.resolve.clone()),
@@ -141,7 +144,7 @@ impl Proxy {
                 tls,
                 fingerprinter,
                 queue,
-                stats: Arc::new(ProxyStats::default()),
+                stats,
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
@@ -484,17 +487,16 @@ impl Shared {
         let shown = format!("{}:{}", target.host, target.port);
         let recording = if target.record {
             let sink = match self.config.audit {
-                Audit::BestEffort => {
-                    Sink::BestEffort(self.queue.clone(), self.stats.capture.clone())
-                }
-                Audit::Required => match self.queue.clone().try_reserve_owned() {
-                    Ok(permit) => Sink::Reserved(permit, self.stats.capture.clone()),
-                    Err(_) => {
-                        self.stats.capture.refused.fetch_add(1, Ordering::Relaxed);
+                Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
+                Audit::Required => match self.queue.try_reserve() {
+                    Ok(reservation) => Sink::Reserved(reservation),
+                    Err(why) => {
                         return json_error(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "audit_unavailable",
-                            "veil cannot record this request (recording queue full) and audit = \"required\"; retry later",
+                            &format!(
+                                "veil cannot record this request ({why}) and audit = \"required\"; retry later"
+                            ),
                             Some(id),
                         );
                     }

@@ -563,7 +563,7 @@ async fn audit_required_refuses_what_it_cannot_record() {
         1,
         "the refused request never went upstream"
     );
-    assert_eq!(veil.stats.capture.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(veil.stats.capture.refused.get(), 1);
     veil.next_exchange().await;
     veil.stop().await;
 }
@@ -586,8 +586,8 @@ async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
     }
     // Drops are counted when the last tee lets go, just after the body ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(veil.stats.capture.recorded.load(Ordering::Relaxed), 1);
-    assert_eq!(veil.stats.capture.dropped.load(Ordering::Relaxed), 2);
+    assert_eq!(veil.stats.capture.queued.get(), 1);
+    assert_eq!(veil.stats.capture.dropped(), 2);
     veil.stop().await;
 }
 
@@ -599,7 +599,7 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let resp = client.send(get("api.openai.com", "/slow")).await;
     let mut body = resp.into_body();
     body.frame().await.unwrap().unwrap();
-    let ex_rx = std::mem::replace(&mut veil.exchanges, mpsc::channel(1).1);
+    let ex_rx = std::mem::replace(&mut veil.exchanges, veil::exchange::queue::channel(1, 1).1);
     let addr = veil.addr;
     let stopping = tokio::spawn(veil.stop());
     // While draining, veil accepts no new connections...

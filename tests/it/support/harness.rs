@@ -15,10 +15,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use veil::config::{Config, RawConfig};
 use veil::exchange::Exchange;
+use veil::exchange::queue::ExchangeReceiver;
 use veil::keys::{Keyring, Purpose};
 use veil::proxy::capture::Fingerprinter;
 use veil::proxy::mitm::{CaScope, CertificateAuthority};
@@ -30,7 +31,7 @@ pub struct Veil {
     pub addr: SocketAddr,
     pub ca_pem: String,
     pub ca_path: std::path::PathBuf,
-    pub exchanges: mpsc::Receiver<Exchange>,
+    pub exchanges: ExchangeReceiver,
     pub stats: Arc<ProxyStats>,
     _keys: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -73,7 +74,8 @@ impl Veil {
         let ca_pem = ca.cert_pem().to_string();
         let ca_path = ca.cert_path().to_path_buf();
         let fp = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (tx, rx) =
+            veil::exchange::queue::channel(config.queue_capacity, config.queue_max_bytes);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let proxy = Proxy::try_new(config, ca, fp, tx).unwrap();
@@ -100,12 +102,13 @@ impl Veil {
             .await
             .expect("an exchange was recorded within 5 s")
             .expect("queue open")
+            .into_exchange()
     }
 
     /// Asserts no further exchange arrives within `wait`.
     pub async fn assert_no_exchange(&mut self, wait: Duration) {
         if let Ok(Some(ex)) = tokio::time::timeout(wait, self.exchanges.recv()).await {
-            panic!("unexpected extra exchange: {ex:?}");
+            panic!("unexpected extra exchange: {:?}", ex.exchange());
         }
     }
 

@@ -1,0 +1,476 @@
+//! # The recording queue: finished exchanges from the proxy to the pipeline, bounded twice.
+//!
+//! The seam between the hot path and recording. The proxy hands each finished [`Exchange`]
+//! over with [`ExchangeSender::try_send`] (best-effort: never waits, a full queue is a counted
+//! drop) or through a [`Reservation`] taken before the request went upstream (audit
+//! required: a request that cannot be recorded is refused instead). The pipeline takes
+//! [`Queued`] exchanges and holds each until it is processed.
+//!
+//! The queue is bounded in **count** (`queue_capacity`) and in **bytes** (`queue_max_bytes`):
+//! an exchange's captured bodies stay in memory from hand-off until the pipeline is done with
+//! it, so a burst of forty 20 MB prompts once held ~900 MB while a count bound of 4096 was
+//! nowhere near. Bytes are released when the [`Queued`] is dropped, i.e. after processing,
+//! which is when the memory is actually freed.
+//!
+//! Every refusal is counted in [`QueueCounters`] (exported as `veil.exchanges.dropped` and
+//! `veil.exchanges.refused`) and logged at most once per [`LOG_EVERY`] with the count since the
+//! last line.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Exchange;
+use crate::counters::{Counter, Gauge, LogEvery};
+
+/// How often a repeated drop is logged (the count since the last line is in the line).
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counters of the recording hand-off.
+#[derive(Debug)]
+pub struct QueueCounters {
+    /// Exchanges handed to the pipeline.
+    pub queued: Counter,
+    /// Exchanges dropped because the queue held `queue_capacity` exchanges (best-effort).
+    pub dropped_full: Counter,
+    /// Exchanges dropped because the queue held `queue_max_bytes` of bodies (best-effort).
+    pub dropped_bytes: Counter,
+    /// Exchanges dropped because recording had stopped (shutdown).
+    pub dropped_closed: Counter,
+    /// Requests refused with 503 before going upstream because no room could be reserved
+    /// (audit required).
+    pub refused: Counter,
+    /// Captured body bytes waiting in the queue or being processed.
+    pub bytes: Gauge,
+    log: LogEvery,
+}
+
+impl Default for QueueCounters {
+    fn default() -> Self {
+        QueueCounters {
+            queued: Counter::default(),
+            dropped_full: Counter::default(),
+            dropped_bytes: Counter::default(),
+            dropped_closed: Counter::default(),
+            refused: Counter::default(),
+            bytes: Gauge::default(),
+            log: LogEvery::new(LOG_EVERY),
+        }
+    }
+}
+
+impl QueueCounters {
+    /// Every exchange not recorded because of the queue (all three drop reasons).
+    pub fn dropped(&self) -> u64 {
+        self.dropped_full.get() + self.dropped_bytes.get() + self.dropped_closed.get()
+    }
+}
+
+/// Why the queue did not take an exchange (best-effort) or a reservation (audit required).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `queue_capacity` exchanges are waiting.
+    Full,
+    /// `queue_max_bytes` of captured bodies are waiting.
+    Bytes,
+    /// Recording has stopped.
+    Closed,
+}
+
+impl Refusal {
+    /// Short stable name (`full`, `bytes`, `closed`), used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Full => "full",
+            Refusal::Bytes => "bytes",
+            Refusal::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Full => "recording queue full",
+            Refusal::Bytes => "recording queue holds its byte limit",
+            Refusal::Closed => "recording has stopped",
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Captured bytes handed over and not yet released by the consumer.
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    counters: Arc<QueueCounters>,
+}
+
+impl Shared {
+    /// Takes `n` bytes of the budget. A lone exchange bigger than the whole budget is still
+    /// taken when nothing else waits, so one huge exchange is recorded rather than never.
+    fn take(&self, n: usize) -> bool {
+        let mut cur = self.bytes.load(Ordering::Relaxed);
+        loop {
+            let fits = cur.checked_add(n).is_some_and(|t| t <= self.max_bytes) || cur == 0;
+            if !fits {
+                return false;
+            }
+            match self.bytes.compare_exchange_weak(
+                cur,
+                cur.saturating_add(n),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.counters.bytes.add(n as u64);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.counters.bytes.sub(n as u64);
+    }
+
+    fn refuse(&self, why: Refusal, counter: &Counter, what: &str) {
+        counter.inc();
+        if let Some(n) = self.counters.log.hit() {
+            tracing::warn!(
+                reason = why.as_str(),
+                since_last_line = n,
+                dropped_total = self.counters.dropped(),
+                refused_total = self.counters.refused.get(),
+                "{why}: {what}"
+            );
+        }
+    }
+}
+
+/// Creates a queue holding at most `capacity` exchanges and `max_bytes` of captured bodies.
+///
+/// # Panics
+/// When `capacity` is 0 or above tokio's limit (`usize::MAX >> 3`); the config bounds it.
+pub fn channel(capacity: usize, max_bytes: usize) -> (ExchangeSender, ExchangeReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let shared = Arc::new(Shared {
+        bytes: AtomicUsize::new(0),
+        max_bytes,
+        counters: Arc::new(QueueCounters::default()),
+    });
+    (
+        ExchangeSender {
+            tx,
+            shared: shared.clone(),
+        },
+        ExchangeReceiver { rx, shared },
+    )
+}
+
+/// The proxy's side of the queue. Cheap to clone; never waits.
+#[derive(Debug, Clone)]
+pub struct ExchangeSender {
+    tx: mpsc::Sender<Queued>,
+    shared: Arc<Shared>,
+}
+
+impl ExchangeSender {
+    /// Hands `exchange` over without waiting (best-effort). On refusal the exchange is dropped
+    /// here, counted and logged (rate-limited); the reason is returned.
+    pub fn try_send(&self, exchange: Exchange) -> Result<(), Refusal> {
+        let c = &self.shared.counters;
+        let n = size_of_exchange(&exchange);
+        if !self.shared.take(n) {
+            self.shared.refuse(
+                Refusal::Bytes,
+                &c.dropped_bytes,
+                "exchange not recorded (audit = best-effort)",
+            );
+            return Err(Refusal::Bytes);
+        }
+        let queued = Queued::new(exchange, n, self.shared.clone());
+        match self.tx.try_send(queued) {
+            Ok(()) => {
+                c.queued.inc();
+                Ok(())
+            }
+            Err(e) => {
+                // Dropping the refused `Queued` gives its bytes back.
+                let (why, counter) = match e {
+                    mpsc::error::TrySendError::Full(_) => (Refusal::Full, &c.dropped_full),
+                    mpsc::error::TrySendError::Closed(_) => (Refusal::Closed, &c.dropped_closed),
+                };
+                self.shared
+                    .refuse(why, counter, "exchange not recorded (audit = best-effort)");
+                Err(why)
+            }
+        }
+    }
+
+    /// Reserves room for one exchange before its request goes upstream (audit required):
+    /// a slot, and the promise that the byte budget is not already used up. The exchange's
+    /// bytes are added when it is sent, so the queue may exceed `max_bytes` by what the
+    /// requests in flight capture (each bounded by `capture_limit`). A refusal is counted in
+    /// [`QueueCounters::refused`].
+    pub fn try_reserve(&self) -> Result<Reservation, Refusal> {
+        let c = &self.shared.counters;
+        let used = self.shared.bytes.load(Ordering::Relaxed);
+        if used > 0 && used >= self.shared.max_bytes {
+            self.shared.refuse(
+                Refusal::Bytes,
+                &c.refused,
+                "request refused (audit = required)",
+            );
+            return Err(Refusal::Bytes);
+        }
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Ok(Reservation {
+                permit,
+                shared: self.shared.clone(),
+            }),
+            Err(e) => {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => Refusal::Full,
+                    mpsc::error::TrySendError::Closed(_) => Refusal::Closed,
+                };
+                self.shared
+                    .refuse(why, &c.refused, "request refused (audit = required)");
+                Err(why)
+            }
+        }
+    }
+
+    /// The hand-off counters.
+    pub fn counters(&self) -> &Arc<QueueCounters> {
+        &self.shared.counters
+    }
+
+    /// Exchanges waiting (not yet taken by the pipeline).
+    pub fn len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// True when no exchange waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Room for one exchange, reserved before its request went upstream (audit required).
+#[derive(Debug)]
+pub struct Reservation {
+    permit: mpsc::OwnedPermit<Queued>,
+    shared: Arc<Shared>,
+}
+
+impl Reservation {
+    /// Hands `exchange` over; never fails and never waits.
+    pub fn send(self, exchange: Exchange) {
+        let n = size_of_exchange(&exchange);
+        self.shared.bytes.fetch_add(n, Ordering::AcqRel);
+        self.shared.counters.bytes.add(n as u64);
+        self.shared.counters.queued.inc();
+        self.permit
+            .send(Queued::new(exchange, n, self.shared.clone()));
+    }
+}
+
+/// The pipeline's side of the queue.
+#[derive(Debug)]
+pub struct ExchangeReceiver {
+    rx: mpsc::Receiver<Queued>,
+    shared: Arc<Shared>,
+}
+
+impl ExchangeReceiver {
+    /// The next exchange; `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Queued> {
+        self.rx.recv().await
+    }
+
+    /// [`ExchangeReceiver::recv`] for OS threads outside the async runtime.
+    pub fn blocking_recv(&mut self) -> Option<Queued> {
+        self.rx.blocking_recv()
+    }
+
+    /// The next exchange if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<Queued> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The hand-off counters.
+    pub fn counters(&self) -> &Arc<QueueCounters> {
+        &self.shared.counters
+    }
+}
+
+/// One exchange taken from the queue. Its bytes count against `queue_max_bytes` until this is
+/// dropped (or [`Queued::into_exchange`] is called): hold it while processing.
+pub struct Queued {
+    exchange: Exchange,
+    bytes: usize,
+    shared: Arc<Shared>,
+}
+
+impl Queued {
+    fn new(exchange: Exchange, bytes: usize, shared: Arc<Shared>) -> Self {
+        Queued {
+            exchange,
+            bytes,
+            shared,
+        }
+    }
+
+    /// The exchange.
+    pub fn exchange(&self) -> &Exchange {
+        &self.exchange
+    }
+
+    /// Releases the exchange's bytes from the budget and returns it (tests and tools that
+    /// keep exchanges past processing).
+    pub fn into_exchange(mut self) -> Exchange {
+        std::mem::replace(&mut self.exchange, empty_exchange())
+    }
+}
+
+impl std::ops::Deref for Queued {
+    type Target = Exchange;
+    fn deref(&self) -> &Exchange {
+        &self.exchange
+    }
+}
+
+impl fmt::Debug for Queued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queued")
+            .field("id", &self.exchange.id)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.shared.release(self.bytes);
+    }
+}
+
+/// What an exchange costs the byte budget: its captured bodies (the headers are small and
+/// bounded by hyper's limits).
+fn size_of_exchange(ex: &Exchange) -> usize {
+    ex.request_body
+        .captured_len()
+        .saturating_add(ex.response_body.captured_len())
+}
+
+fn empty_exchange() -> Exchange {
+    Exchange {
+        id: super::ExchangeId::from_bytes([0; 16]),
+        started_at: std::time::SystemTime::UNIX_EPOCH,
+        timings: Default::default(),
+        client_addr: None,
+        route: super::Route::Intercept,
+        upstream: super::Upstream {
+            scheme: String::new(),
+            host: String::new(),
+            port: 0,
+        },
+        client_version: String::new(),
+        method: String::new(),
+        path: String::new(),
+        request_headers: Vec::new(),
+        tags: Vec::new(),
+        api_key_fingerprint: None,
+        request_body: Default::default(),
+        status: None,
+        response_headers: Vec::new(),
+        response_body: Default::default(),
+        outcome: super::Outcome::Complete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn exchange_of(bytes: usize) -> Exchange {
+        let mut ex = empty_exchange();
+        ex.id = super::super::ExchangeId::new();
+        ex.request_body.chunks = vec![Bytes::from(vec![b'x'; bytes])];
+        ex
+    }
+
+    // See: veil#10. Forty 20 MB prompts once sat in a queue bounded only in count.
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_releases_them_after_processing() {
+        let (tx, mut rx) = channel(100, 50);
+        tx.try_send(exchange_of(30)).unwrap();
+        assert_eq!(tx.try_send(exchange_of(30)), Err(Refusal::Bytes));
+        tx.try_send(exchange_of(20)).unwrap();
+        let c = tx.counters().clone();
+        assert_eq!((c.queued.get(), c.dropped_bytes.get()), (2, 1));
+        assert_eq!(c.bytes.get(), 50);
+        let first = rx.blocking_recv().unwrap();
+        // Taken but not processed: its bytes still count.
+        assert_eq!(tx.try_send(exchange_of(10)), Err(Refusal::Bytes));
+        drop(first);
+        assert_eq!(c.bytes.get(), 20);
+        tx.try_send(exchange_of(10)).unwrap();
+        assert_eq!(c.dropped(), 2);
+    }
+
+    #[test]
+    fn a_lone_exchange_larger_than_the_budget_is_still_recorded() {
+        let (tx, mut rx) = channel(4, 10);
+        tx.try_send(exchange_of(100)).unwrap();
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Bytes));
+        let ex = rx.blocking_recv().unwrap().into_exchange();
+        assert_eq!(ex.request_body.captured_len(), 100);
+        assert_eq!(
+            tx.counters().bytes.get(),
+            0,
+            "into_exchange releases the bytes"
+        );
+    }
+
+    #[test]
+    fn count_bound_and_closed_queue_are_counted_apart() {
+        let (tx, rx) = channel(1, 1 << 20);
+        tx.try_send(exchange_of(1)).unwrap();
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Full));
+        assert_eq!(
+            tx.counters().bytes.get(),
+            1,
+            "a refused exchange gives its bytes back"
+        );
+        drop(rx);
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Closed));
+        let c = tx.counters();
+        assert_eq!((c.dropped_full.get(), c.dropped_closed.get()), (1, 1));
+    }
+
+    #[test]
+    fn reservations_refuse_past_either_bound_and_count_it() {
+        let (tx, mut rx) = channel(2, 10);
+        let r = tx.try_reserve().unwrap();
+        r.send(exchange_of(11));
+        // The byte budget is used up: no new reservation until the pipeline is done with it.
+        assert_eq!(tx.try_reserve().unwrap_err(), Refusal::Bytes);
+        let taken = rx.blocking_recv().unwrap();
+        assert_eq!(tx.try_reserve().unwrap_err(), Refusal::Bytes);
+        drop(taken);
+        let a = tx.try_reserve().unwrap();
+        let _b = tx.try_reserve().unwrap();
+        assert_eq!(tx.try_reserve().unwrap_err(), Refusal::Full);
+        drop(a);
+        assert_eq!(tx.counters().refused.get(), 3);
+        assert_eq!(tx.counters().dropped(), 0, "refusals are not drops");
+    }
+}
