@@ -9,9 +9,10 @@
 //!   runtime so its batch encoding never stalls forwarding;
 //! - the recording queue is bounded (`queue_capacity`): the proxy `try_send`s into it and a
 //!   slow pipeline costs counted drops (or 503s in audit-required mode), never latency;
-//! - on SIGINT/SIGTERM the proxy drains in-flight exchanges (bounded), then the pipeline
-//!   empties the queue, then the exporter flushes (or spools) what it holds, then the store
-//!   closes after its last group commit.
+//! - on SIGINT/SIGTERM the proxy drains in-flight exchanges, then the pipeline empties the
+//!   queue, then the exporter flushes (or spools) what it holds, then the store closes after
+//!   its last group commit: all within one `drain_timeout` (connections get four fifths of
+//!   it at most, recording the rest), so the exit never outlasts it by more than a fsync.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +42,15 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/cert.pem",
 ];
+
+/// Share of `drain_timeout` kept for recording when connections use up the rest: a fifth,
+/// at least 500 ms (but never more than the whole budget).
+fn recording_share(drain: Duration) -> Duration {
+    (drain / 5).max(Duration::from_millis(500)).min(drain)
+}
+
+/// The last group commit may run this much past `drain_timeout`: one batch's fsyncs.
+const SEAL_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// How often the retention policy is applied while running.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(300);
@@ -282,6 +292,12 @@ pub async fn start(
     let cancel = CancellationToken::new();
     let retention = config.retention;
     let drain = config.drain_timeout;
+    let queue_counters = tx.counters().clone();
+    // One budget for the whole shutdown: in-flight connections get most of it, and what they
+    // leave (at least RECORDING_SHARE of it) goes to emptying the recording queue, flushing the
+    // exporter and the last group commit.
+    let mut config = config;
+    config.drain_timeout = drain.saturating_sub(recording_share(drain));
     let keys_dir = config.keys.clone();
     let proxy = Proxy::try_new(config, ca, fingerprinter, tx)?;
     let stats = proxy.stats();
@@ -316,28 +332,60 @@ pub async fn start(
         }
     }
 
+    let processed = pipeline_stats.clone();
     let done = tokio::spawn(async move {
         let stop = cancel.clone();
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
         proxy
             .serve(listener, async move {
                 shutdown.await;
+                let _ = deadline_tx.send(tokio::time::Instant::now() + drain);
                 stop.cancel();
             })
             .await;
         cancel.cancel();
+        let deadline = deadline_rx
+            .await
+            .unwrap_or_else(|_| tokio::time::Instant::now() + drain);
         // The proxy held every sender: the workers now drain the queue and exit.
         let joined = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
             }
         });
-        if tokio::time::timeout(drain, joined).await.is_err() {
-            tracing::warn!("pipeline did not drain within {}s", drain.as_secs());
+        if tokio::time::timeout_at(deadline, joined).await.is_err() {
+            let left = queue_counters.queued.get().saturating_sub(
+                processed
+                    .processed
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            tracing::error!(
+                exchanges = left,
+                drain_timeout_s = drain.as_secs_f32(),
+                "drain_timeout reached: {left} exchanges still waiting to be recorded are lost"
+            );
         }
-        let report = exporter.shutdown(drain).await;
-        tracing::info!(?report, "exporter stopped");
+        let report = exporter
+            .shutdown(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+        if report.drained {
+            tracing::info!("exporter flushed");
+        } else {
+            tracing::warn!(
+                spooled_batches = report.spooled_batches,
+                "exporter stopped at drain_timeout; undelivered batches stay spooled for the next start"
+            );
+        }
         drop(export_rt);
-        drop(store);
+        // The last group commit, bounded too: a disk that stalls past the deadline loses what
+        // is still queued for it (the writer logs and counts it).
+        let closing = tokio::task::spawn_blocking(move || drop(store));
+        if tokio::time::timeout_at(deadline + SEAL_CLOSE_GRACE, closing)
+            .await
+            .is_err()
+        {
+            tracing::error!("sealed store still writing at drain_timeout; exiting without it");
+        }
     });
     Ok((
         Running {

@@ -151,3 +151,62 @@ fn retention_144115188075855872d_in_the_config_refuses_to_start() {
         "nothing created before the config is valid"
     );
 }
+
+// See: veil#10. With a backlog (requests still hanging, a collector that never answers),
+// SIGTERM once took 35 s to exit although drain_timeout was 10 s: each stage (connections,
+// pipeline, exporter) waited a whole drain_timeout of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_hanging_requests_and_a_dead_collector_exits_within_drain_timeout() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("veil.toml");
+    std::fs::write(&config, "drain_timeout = \"2s\"\n").unwrap();
+    // Nothing listens there: every export attempt fails and the batches spool.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut proc = start(
+        &mock,
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--otlp-endpoint",
+            &dead,
+        ],
+    );
+    chat(&proc, dir.path());
+    let hanging: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            Command::new("curl")
+                .args(["-sS", "--max-time", "30", "--cacert"])
+                .arg(dir.path().join("keys/ca.pem"))
+                .env("HTTPS_PROXY", format!("http://{}", proc.addr))
+                .arg("https://api.openai.com/hang")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Let the four requests reach the mock and hang there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mock.seen().iter().filter(|s| s.path == "/hang").count() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hanging requests never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let t0 = std::time::Instant::now();
+    let status = proc.terminate();
+    let took = t0.elapsed();
+    assert!(status.success(), "{status:?}\n{}", proc.stderr());
+    assert!(
+        took < std::time::Duration::from_millis(3500),
+        "exit took {took:?} with drain_timeout = 2s\n{}",
+        proc.stderr()
+    );
+    for mut c in hanging {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
