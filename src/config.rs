@@ -87,6 +87,8 @@ pub struct RawConfig {
     pub queue_capacity: Option<usize>,
     /// Most captured body bytes the recording queue holds (`256MiB`).
     pub queue_max_bytes: Option<String>,
+    /// Free space the data disk must keep (`256MiB`); below it recording is degraded.
+    pub disk_reserve: Option<String>,
     /// Upstream connect timeout (`10s`).
     pub connect_timeout: Option<String>,
     /// Time allowed for upstream response headers (`300s`).
@@ -135,6 +137,7 @@ impl RawConfig {
             audit: other.audit.or(self.audit),
             queue_capacity: other.queue_capacity.or(self.queue_capacity),
             queue_max_bytes: other.queue_max_bytes.or(self.queue_max_bytes),
+            disk_reserve: other.disk_reserve.or(self.disk_reserve),
             connect_timeout: other.connect_timeout.or(self.connect_timeout),
             upstream_timeout: other.upstream_timeout.or(self.upstream_timeout),
             drain_timeout: other.drain_timeout.or(self.drain_timeout),
@@ -345,6 +348,10 @@ pub struct Config {
     /// Most captured body bytes waiting in the recording queue or being processed (default
     /// 256 MiB): past it, best-effort drops (counted) and audit-required refuses (503).
     pub queue_max_bytes: usize,
+    /// Free space the data disk must keep (default 256 MiB). Below it recording counts as
+    /// degraded: `/healthz` says so and `audit = "required"` refuses requests (503) before
+    /// the disk is full rather than after a write failed.
+    pub disk_reserve: u64,
     /// Upstream connect timeout (default 10 s).
     pub connect_timeout: Duration,
     /// Time allowed for upstream response headers (default 300 s: long completions).
@@ -444,6 +451,7 @@ impl Config {
                 parse_size,
                 256 << 20,
             )?,
+            disk_reserve: opt(raw.disk_reserve, "disk_reserve", parse_size, 256 << 20)? as u64,
             connect_timeout: opt(
                 raw.connect_timeout,
                 "connect_timeout",

@@ -26,6 +26,7 @@ pub mod config;
 pub mod counters;
 pub mod exchange;
 pub mod export;
+pub mod health;
 pub mod keys;
 pub mod os;
 pub mod pipeline;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Audit, Config};
 use crate::exchange::Pricing;
 use crate::export::{Exporter, ExporterHandle};
+use crate::health::{Health, Part};
 use crate::keys::{Keyring, Purpose};
 use crate::pipeline::{Pipeline, PipelineStats, RulesHandle};
 use crate::proxy::capture::Fingerprinter;
@@ -68,6 +69,8 @@ pub struct Running {
     pub pipeline: Arc<PipelineStats>,
     /// The rules in force (reloaded on SIGHUP).
     pub rules: Arc<RulesHandle>,
+    /// Whether recording can be made durable now.
+    pub health: Arc<Health>,
 }
 
 /// Everything `veil run` needs before it binds: keys, rules, pricing, CA.
@@ -239,10 +242,12 @@ pub async fn start(
             .build()?,
     ));
     let (tx, rx) = crate::exchange::queue::channel(config.queue_capacity, config.queue_max_bytes);
+    let health = Arc::new(Health::default());
     let exporter = {
         let _in_export_runtime = export_rt.handle().enter();
         let metrics = crate::export::Metrics {
             recording_queue: Some(rx.counters().clone()),
+            health: Some(health.clone()),
             ..Default::default()
         };
         Exporter::from_config(&config, &|k| std::env::var(k).ok(), metrics)?
@@ -299,7 +304,9 @@ pub async fn start(
     let mut config = config;
     config.drain_timeout = drain.saturating_sub(recording_share(drain));
     let keys_dir = config.keys.clone();
-    let proxy = Proxy::try_new(config, ca, fingerprinter, tx)?;
+    let data_dir = config.data.clone();
+    let disk_reserve = config.disk_reserve;
+    let proxy = Proxy::try_new(config, ca, fingerprinter, tx)?.with_health(health.clone());
     let stats = proxy.stats();
 
     if let Some(listener) = admin_listener {
@@ -310,6 +317,12 @@ pub async fn start(
             crate::admin::serve(listener, store, token, cancel.cancelled_owned()).await;
         });
     }
+    tokio::spawn(watch_disk(
+        data_dir,
+        disk_reserve,
+        health.clone(),
+        cancel.clone(),
+    ));
     if let Some(older_than) = retention {
         tokio::spawn(store.clone().run_retention(
             older_than,
@@ -394,9 +407,66 @@ pub async fn start(
             stats,
             pipeline: pipeline_stats,
             rules,
+            health,
         },
         done,
     ))
+}
+
+/// How often the data disk's free space is checked.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches the data disk every [`DISK_CHECK_INTERVAL`]: below `reserve` free bytes recording
+/// is degraded ([`Part::Disk`]), so `audit = "required"` refuses requests before a write
+/// fails rather than after. While records writes are degraded it also probes the disk with a
+/// small synced write, so recording recovers once space returns even if no traffic comes to
+/// retry it (under `audit = "required"` none would: it is all refused).
+async fn watch_disk(data: PathBuf, reserve: u64, health: Arc<Health>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(DISK_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let h = health.clone();
+        let dir = data.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let free = crate::health::free_bytes(&dir);
+            let probe = h.is_degraded(Part::Records).then(|| probe_write(&dir));
+            (free, probe)
+        })
+        .await;
+        let Ok((free, probe)) = checked else { continue };
+        match free {
+            Ok(free) if free < reserve => health.degrade(
+                Part::Disk,
+                format!(
+                    "{} MiB free on {}, below disk_reserve ({} MiB)",
+                    free >> 20,
+                    data.display(),
+                    reserve >> 20
+                ),
+            ),
+            Ok(_) => health.recover(Part::Disk),
+            Err(e) => health.degrade(Part::Disk, format!("{}: {e}", data.display())),
+        }
+        if let Some(Ok(())) = probe {
+            health.recover(Part::Records);
+        }
+    }
+}
+
+/// Writes, syncs and removes a small file in `dir`: can veil write there now?
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".write-probe");
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 /// Reloads the rules on every SIGHUP; a file that fails to compile is logged and the old rules

@@ -36,6 +36,9 @@ pub struct Metrics {
     /// The recording queue's counters (proxy → pipeline drops and audit-required refusals),
     /// exported with the others when set.
     pub recording_queue: Option<std::sync::Arc<crate::exchange::queue::QueueCounters>>,
+    /// Where the exporter reports whether records can be written (ledger and spool writes
+    /// mark [`crate::health::Part::Records`] degraded or recovered).
+    pub health: Option<std::sync::Arc<crate::health::Health>>,
     /// Batches the collector accepted (`veil.export.batches.delivered`).
     pub batches_delivered: Counter,
     /// Export attempts that failed, retryable or not (`veil.export.failures`).
@@ -51,6 +54,15 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     /// Audit events accepted by the exporter (`veil.audit.events`).
     pub audit_events: Counter,
+}
+
+impl Metrics {
+    /// Reports a records write's result to the shared health, if any.
+    pub fn observe_write<E: std::fmt::Display>(&self, result: &Result<(), E>) {
+        if let Some(h) = &self.health {
+            h.observe(crate::health::Part::Records, result);
+        }
+    }
 }
 
 /// One fixed-bound histogram (cumulative since the exporter started).

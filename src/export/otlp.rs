@@ -931,6 +931,26 @@ pub fn metrics_request(
         }
     }
     metrics.push(dropped);
+    if let Some(h) = &m.health {
+        metrics.push(sum_metric(
+            "veil.recording.degradations",
+            "Times recording went from healthy to degraded (disk full, write failures).",
+            "{event}",
+            h.degradations.get(),
+            true,
+            start,
+            now,
+        ));
+        metrics.push(sum_metric(
+            "veil.recording.degraded",
+            "1 while recording is degraded (see /healthz for why), else 0.",
+            "1",
+            u64::from(!h.is_ok()),
+            false,
+            start,
+            now,
+        ));
+    }
     metrics.push(sum_metric(
         "veil.exchanges.refused",
         "Requests refused with 503 because they could not be recorded (audit = required).",

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Audit, Config};
 use crate::exchange::queue::{ExchangeSender, QueueCounters};
 use crate::exchange::{ExchangeId, Route, Upstream, UpstreamFailure};
+use crate::health::Health;
 use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use forward::{UpstreamClient, UpstreamError};
 use mitm::{CertificateAuthority, LeafResolver};
@@ -105,6 +106,8 @@ struct Shared {
     fingerprinter: Fingerprinter,
     /// The recording queue; the proxy only ever `try_send`s or reserves.
     queue: ExchangeSender,
+    /// Whether recording can be made durable now (audit = required admits only then).
+    health: Option<Arc<Health>>,
     /// Counters.
     stats: Arc<ProxyStats>,
     /// Fired when shutdown begins: connections finish in-flight requests and close.
@@ -144,11 +147,23 @@ impl Proxy {
                 tls,
                 fingerprinter,
                 queue,
+                health: None,
                 stats,
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
         })
+    }
+
+    /// Admits requests under `audit = "required"` only while `health` says recording can be
+    /// made durable (checked per request: one atomic load). Call right after
+    /// [`Proxy::try_new`], before the proxy is cloned or served.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.health = Some(health),
+            None => tracing::error!("with_health called on a shared proxy: ignored"),
+        }
+        self
     }
 
     /// The proxy's counters.
@@ -488,6 +503,22 @@ impl Shared {
         let recording = if target.record {
             let sink = match self.config.audit {
                 Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
+                Audit::Required if self.health.as_ref().is_some_and(|h| !h.is_ok()) => {
+                    let why = self
+                        .health
+                        .as_ref()
+                        .map(|h| h.summary())
+                        .unwrap_or_default();
+                    self.stats.capture.refused.inc();
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "audit_unavailable",
+                        &format!(
+                            "veil cannot make this request's record durable ({why}) and audit = \"required\"; retry later"
+                        ),
+                        Some(id),
+                    );
+                }
                 Audit::Required => match self.queue.try_reserve() {
                     Ok(reservation) => Sink::Reserved(reservation),
                     Err(why) => {

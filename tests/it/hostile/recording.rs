@@ -210,3 +210,59 @@ async fn sigterm_with_hanging_requests_and_a_dead_collector_exits_within_drain_t
         let _ = c.wait();
     }
 }
+
+// See: veil#10. On a full data disk `audit = "required"` answered 200 to 90 of 90 requests
+// and 35 were never sealed: admission trusted a free queue slot, not the write path. Here the
+// recording health (fed by the writers and the disk watcher) says a write failed: requests are
+// refused before they go upstream, and admitted again once recording recovers.
+#[tokio::test]
+async fn audit_required_refuses_while_recording_is_degraded_and_admits_after_recovery() {
+    use crate::support::harness::{Client, Proto, Veil, body_text, post_json};
+    use veil::health::Part;
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| {
+        raw.audit = Some(veil::config::Audit::Required);
+    })
+    .await;
+    let chat = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    veil.health.degrade(
+        Part::Seal,
+        "index commit: No space left on device (os error 28)",
+    );
+    let resp = client
+        .send(post_json("api.openai.com", "/v1/chat/completions", &chat))
+        .await;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+    assert_eq!(body["error"]["code"], "audit_unavailable");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("seal: index commit: No space left"), "{msg}");
+    assert!(
+        mock.seen().is_empty(),
+        "the refused request never went upstream"
+    );
+    assert_eq!(veil.stats.capture.refused.get(), 1);
+
+    veil.health.recover(Part::Seal);
+    let resp = client
+        .send(post_json("api.openai.com", "/v1/chat/completions", &chat))
+        .await;
+    assert_eq!(resp.status(), 200);
+    body_text(resp).await;
+    assert_eq!(mock.seen().len(), 1);
+    veil.next_exchange().await;
+
+    // Best-effort ignores the health: traffic always flows.
+    veil.stop().await;
+    let mut veil = Veil::start(&mock).await;
+    veil.health.degrade(Part::Disk, "1 MiB free");
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let resp = client
+        .send(post_json("api.openai.com", "/v1/chat/completions", &chat))
+        .await;
+    assert_eq!(resp.status(), 200);
+    body_text(resp).await;
+    veil.next_exchange().await;
+    veil.stop().await;
+}

@@ -33,6 +33,8 @@ pub struct Veil {
     pub ca_path: std::path::PathBuf,
     pub exchanges: ExchangeReceiver,
     pub stats: Arc<ProxyStats>,
+    /// The recording health the proxy consults under `audit = "required"`.
+    pub health: Arc<veil::health::Health>,
     _keys: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
@@ -78,7 +80,10 @@ impl Veil {
             veil::exchange::queue::channel(config.queue_capacity, config.queue_max_bytes);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Proxy::try_new(config, ca, fp, tx).unwrap();
+        let health = Arc::new(veil::health::Health::default());
+        let proxy = Proxy::try_new(config, ca, fp, tx)
+            .unwrap()
+            .with_health(health.clone());
         let stats = proxy.stats();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let done = tokio::spawn(proxy.serve(listener, async {
@@ -90,6 +95,7 @@ impl Veil {
             ca_path,
             exchanges: rx,
             stats,
+            health,
             _keys: keys,
             stop: Some(stop_tx),
             done: Some(done),
