@@ -80,8 +80,8 @@ impl Prepared {
     /// Creates (first run) or loads keys and CA, compiles the rules, loads prices, and writes
     /// the trust bundle.
     pub fn load(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.keys)
-            .map_err(|e| anyhow::anyhow!("keys dir {}: {e}", config.keys.display()))?;
+        crate::keys::prepare_keys_dir(&config.keys)
+            .map_err(|e| anyhow::anyhow!("keys dir: {e}"))?;
         let keyring = Keyring::load_or_create(&config.keys)?;
         let rules = if config.rules_is_default && !config.rules.exists() {
             tracing::info!(
