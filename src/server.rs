@@ -181,7 +181,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
     let Prepared {
-        config,
+        mut config,
         keyring,
         rules,
         pricing,
@@ -209,6 +209,8 @@ pub async fn start(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    // The bound address (the config may say port 0): the proxy refuses to forward to it.
+    config.admin_listen = admin_addr;
 
     // Recording (pipeline, exporter, seal writer) runs below forwarding when traffic comes
     // first (best-effort): on busy cores the scheduler serves forwarding, recording catches
@@ -276,6 +278,7 @@ pub async fn start(
     let retention = config.retention;
     let drain = config.drain_timeout;
     let keys_dir = config.keys.clone();
+    let limits = crate::proxy::conn::Limits::of(&config);
     let proxy = Proxy::try_new(config, ca, fingerprinter, tx)?;
     let stats = proxy.stats();
 
@@ -284,7 +287,8 @@ pub async fn start(
         let store = store.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            crate::admin::serve(listener, store, token, cancel.cancelled_owned()).await;
+            crate::admin::serve_with(listener, store, token, limits, cancel.cancelled_owned())
+                .await;
         });
     }
     if let Some(older_than) = retention {
