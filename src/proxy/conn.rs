@@ -196,7 +196,7 @@ pub enum Ended<T> {
 }
 
 /// Drives `conn` to its end under `activity`'s clock: closes it (gracefully, then by dropping
-/// it after [`CLOSE_GRACE`]) when [`Limits`] say so, and asks it to finish gracefully when
+/// it after a 1 s grace) when [`Limits`] say so, and asks it to finish gracefully when
 /// `cancel` fires (shutdown; the caller bounds that drain).
 pub async fn drive<C: Future>(
     conn: C,

@@ -261,7 +261,7 @@ impl Proxy {
 }
 
 /// Rate-limited logging of accept failures: the first at once, then one line with a count at
-/// most every [`ACCEPT_LOG_EVERY`].
+/// most every 10 s.
 #[derive(Debug, Default)]
 pub struct AcceptFailures {
     last_logged: Option<Instant>,
