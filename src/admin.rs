@@ -19,12 +19,19 @@
 //! `VEIL_ADMIN_TOKEN` or `<keys>/admin.token` (created 0600 with 256 random bits if missing)
 //! and is compared in constant time. An `x-veil-actor` request header (the CLI sends
 //! `cli:<user>`) is appended to the audit actor, which is always `admin:<peer address>`.
+//!
+//! Connections are bounded in number ([`ADMIN_MAX_CONNECTIONS`]) and in time, by the same
+//! clock as the proxy's ([`crate::proxy::conn`]): a request head is due `header_read_timeout`
+//! after the connection opens (or after its first byte, later on a kept-alive connection), a
+//! connection with no request in flight closes after `idle_timeout`, and a long request (a
+//! compaction, a rewrap) is never cut.
 
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,9 +39,14 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use zeroize::Zeroizing;
 
 use crate::keys::{KeyError, pseudonymize_user, write_secret_file};
+use crate::proxy::conn::{Activity, Ended, Limits, Tracked, Watched, drive};
+use crate::proxy::{ACCEPT_RETRY, AcceptFailures};
 use crate::seal::{ErrorKind, SealError, SealStore};
 
 /// File name of the admin token inside the keys dir.
@@ -43,6 +55,10 @@ pub const TOKEN_FILE: &str = "admin.token";
 pub const TOKEN_ENV: &str = "VEIL_ADMIN_TOKEN";
 /// How long in-flight admin requests may run after shutdown is signalled.
 const DRAIN: Duration = Duration::from_secs(10);
+/// At most this many admin connections at once; more wait in the kernel's backlog. The admin
+/// API serves a few operators and scripts (the CLI opens one connection per command), and must
+/// not be a way to use up veil's file descriptors.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// The admin bearer token. Zeroized on drop; `Debug` prints `<redacted>`.
 #[derive(Clone)]
@@ -309,44 +325,91 @@ async fn handle(
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish (bounded by 10 s).
+/// finish (bounded by 10 s). Connection limits are the config defaults (10 s to send a request
+/// head, 120 s idle); [`serve_with`] takes them from the config.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: SealStore,
     token: AdminToken,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limits = Limits {
+        header_read: Duration::from_secs(10),
+        idle: Duration::from_secs(120),
+    };
+    serve_with(listener, store, token, limits, shutdown).await;
+}
+
+/// [`serve`] with the connection time limits `limits` (`header_read_timeout`, `idle_timeout`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: SealStore,
+    token: AdminToken,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let mut failures = AcceptFailures::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let store = store.clone();
-                let token = token.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    handle(req, store.clone(), token.clone(), peer)
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+        // A permit first: at the cap, connections wait in the backlog instead of being
+        // accepted and starved.
+        let permit = tokio::select! {
+            biased;
             () = &mut shutdown => break,
-        }
+            p = slots.clone().acquire_owned() => p.expect("invariant: the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                failures.note("admin", &e);
+                drop(permit);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                }
+            }
+        };
+        let activity = Activity::new();
+        let store = store.clone();
+        let token = token.clone();
+        let watched = activity.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let in_flight = watched.begin(req.version());
+            let answer = handle(req, store.clone(), token.clone(), peer);
+            async move {
+                let resp = answer.await?;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
+        });
+        // hyper's own head timer is off: its clock would also cut idle keep-alive connections
+        // after the head limit (see proxy::conn).
+        let conn = hyper::server::conn::http1::Builder::new()
+            .header_read_timeout(None)
+            .serve_connection(TokioIo::new(Watched::new(stream, activity.clone())), svc);
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            if let Ended::TimedOut(why) =
+                drive(conn, &activity, limits, &cancel, |c| c.graceful_shutdown()).await
+            {
+                tracing::debug!(reason = why.as_str(), "closing admin connection");
+            }
+        });
     }
     drop(listener);
+    cancel.cancel();
+    tracker.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = tracker.wait() => {}
         () = tokio::time::sleep(DRAIN) => tracing::warn!("admin API drain timed out"),
     }
 }

@@ -188,7 +188,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: CaCommand::Path,
         } => {
             let config = global.resolve(RawConfig::default())?;
-            std::fs::create_dir_all(&config.keys)?;
+            crate::keys::prepare_keys_dir(&config.keys)?;
             let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(
                 &config.keys,
                 crate::proxy::mitm::CaScope::of(&config),
@@ -217,7 +217,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen: listen.listen,
                 ..Default::default()
             })?;
-            std::fs::create_dir_all(&config.keys)?;
+            crate::keys::prepare_keys_dir(&config.keys)?;
             let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(
                 &config.keys,
                 crate::proxy::mitm::CaScope::of(&config),

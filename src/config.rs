@@ -77,7 +77,7 @@ pub struct RawConfig {
     pub upstream_ca: Option<Vec<PathBuf>>,
     /// Admin API listen address.
     pub admin_listen: Option<String>,
-    /// Ports CONNECT may reach (default `[443]`).
+    /// Ports CONNECT and absolute-form requests may reach (default `[443]`).
     pub allow_ports: Option<Vec<u16>>,
     /// Per-body capture limit (`32MiB`).
     pub capture_limit: Option<String>,
@@ -107,6 +107,16 @@ pub struct RawConfig {
     pub pipeline_workers: Option<usize>,
     /// A CA created by this veil may sign only for the intercepted hosts (default true).
     pub ca_name_constraints: Option<bool>,
+    /// Time allowed for an app's TLS handshake on an intercepted CONNECT (`10s`).
+    pub handshake_timeout: Option<String>,
+    /// Time allowed for a request head, from connection start or its first byte (`10s`).
+    pub header_read_timeout: Option<String>,
+    /// A client connection with no request in flight is closed after this (`120s`).
+    pub idle_timeout: Option<String>,
+    /// A blind CONNECT tunnel with no byte either way is closed after this (`10m`).
+    pub tunnel_idle_timeout: Option<String>,
+    /// Let apps reach loopback, link-local and unspecified addresses (default false).
+    pub allow_local_targets: Option<bool>,
 }
 
 impl RawConfig {
@@ -153,6 +163,11 @@ impl RawConfig {
             pricing: other.pricing.or(self.pricing),
             pipeline_workers: other.pipeline_workers.or(self.pipeline_workers),
             ca_name_constraints: other.ca_name_constraints.or(self.ca_name_constraints),
+            handshake_timeout: other.handshake_timeout.or(self.handshake_timeout),
+            header_read_timeout: other.header_read_timeout.or(self.header_read_timeout),
+            idle_timeout: other.idle_timeout.or(self.idle_timeout),
+            tunnel_idle_timeout: other.tunnel_idle_timeout.or(self.tunnel_idle_timeout),
+            allow_local_targets: other.allow_local_targets.or(self.allow_local_targets),
         }
     }
 }
@@ -286,7 +301,9 @@ pub struct GatewayRoute {
 }
 
 impl GatewayRoute {
-    fn parse(name: &str, base: &str) -> Result<Self, String> {
+    /// Parses route `name` with base URL `base` (`http[s]://host[:port][/prefix]`). A port
+    /// that is not a number in 1..=65535 is an error, never the scheme's default.
+    pub fn parse(name: &str, base: &str) -> Result<Self, String> {
         let uri: http::Uri = base.parse().map_err(|e| format!("{base:?}: {e}"))?;
         let scheme = uri
             .scheme_str()
@@ -297,8 +314,9 @@ impl GatewayRoute {
             .host()
             .ok_or_else(|| format!("{base:?}: no host"))?
             .to_ascii_lowercase();
-        let port = uri
-            .port_u16()
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let port = authority_port(authority)
+            .map_err(|e| format!("{base:?}: {e}"))?
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
         if name.is_empty() || name.contains('/') {
             return Err(format!("bad route name {name:?}"));
@@ -310,6 +328,45 @@ impl GatewayRoute {
             port,
             prefix: uri.path().trim_end_matches('/').to_string(),
         })
+    }
+}
+
+/// The port of an authority (`host`, `host:port`, `[v6]:port`, `user@host:port`): `Ok(None)`
+/// when there is none (or it is empty, which RFC 3986 §3.2.3 reads as the scheme's default),
+/// an error when it is not a decimal number in 1..=65535.
+///
+/// `http::uri::Authority::port_u16` answers `None` for `host:99999` too, and a caller that then
+/// falls back to a default sends traffic to a port nobody asked for (veil#10); this tells the
+/// two apart.
+pub fn authority_port(authority: &str) -> Result<Option<u16>, String> {
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = if let Some(rest) = hostport.strip_prefix('[') {
+        let (_, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("unterminated IPv6 address in {authority:?}"))?;
+        match after {
+            "" => return Ok(None),
+            _ => after.strip_prefix(':').ok_or_else(|| {
+                format!("unexpected {after:?} after the address in {authority:?}")
+            })?,
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((_, p)) => p,
+            None => return Ok(None),
+        }
+    };
+    if port.is_empty() {
+        return Ok(None);
+    }
+    // Digits only: `u16::from_str` would also take a leading `+`.
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {port:?} is not a number"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a destination".to_string()),
+        Ok(p) => Ok(Some(p)),
+        Err(_) => Err(format!("port {port} is out of range (1-65535)")),
     }
 }
 
@@ -337,7 +394,9 @@ pub struct Config {
     pub upstream_ca: Vec<PathBuf>,
     /// Admin API address, off when `None`.
     pub admin_listen: Option<SocketAddr>,
-    /// Ports CONNECT may reach (intercept patterns with a port are allowed too).
+    /// Ports CONNECT and absolute-form (`GET http://host:port/`) requests may reach; intercept
+    /// patterns with a port are allowed too. Gateway routes are not subject to it (the operator
+    /// named their ports).
     pub allow_ports: Vec<u16>,
     /// Per-body capture limit in bytes (default 32 MiB).
     pub capture_limit: usize,
@@ -371,6 +430,30 @@ pub struct Config {
     pub pipeline_workers: usize,
     /// A new CA carries X.509 name constraints limited to the intercepted hosts.
     pub ca_name_constraints: bool,
+    /// Time allowed for an app's TLS handshake on an intercepted CONNECT, from the `200` to
+    /// the finished handshake (default 10 s). Past it the connection is closed.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a request head (default 10 s): the first request of a connection (or
+    /// of a TLS session inside CONNECT) must be complete this long after the connection is
+    /// ready; a later HTTP/1 request must be complete this long after its first byte. Past it
+    /// the connection is closed. Slowloris-style sockets are bounded by it.
+    pub header_read_timeout: Duration,
+    /// A client connection (proxy port, intercepted TLS, admin API) with no request in flight
+    /// is closed this long after its last response ended (default 120 s: longer than common
+    /// client pools keep idle connections, Go's 90 s and hyper's 90 s, so the client closes
+    /// first and no request races the close). A request in flight is never cut by it, however
+    /// long its response streams.
+    pub idle_timeout: Duration,
+    /// A blind CONNECT tunnel is closed once no byte has crossed it either way for this long
+    /// (default 10 min; checked every quarter of it, so closed within 1.25× of it). Long-lived
+    /// tunnels that carry anything, even keep-alive pings, stay open.
+    pub tunnel_idle_timeout: Duration,
+    /// Apps may reach loopback (`127.0.0.0/8`, `::1`), link-local (`169.254.0.0/16` with the
+    /// cloud metadata address, `fe80::/10`) and unspecified (`0.0.0.0`, `::`) addresses through
+    /// CONNECT and absolute-form requests (default false: refused with 403). `--resolve` rules
+    /// and operator-configured gateway routes reach such addresses regardless; veil's own
+    /// listeners stay refused unless a `--resolve` rule or route names them.
+    pub allow_local_targets: bool,
 }
 
 impl Config {
@@ -422,6 +505,22 @@ impl Config {
             raw.pipeline_workers,
             default_pipeline_workers(),
             MAX_PIPELINE_WORKERS,
+        )?;
+        let handshake_timeout = positive(
+            raw.handshake_timeout,
+            "handshake_timeout",
+            Duration::from_secs(10),
+        )?;
+        let header_read_timeout = positive(
+            raw.header_read_timeout,
+            "header_read_timeout",
+            Duration::from_secs(10),
+        )?;
+        let idle_timeout = positive(raw.idle_timeout, "idle_timeout", Duration::from_secs(120))?;
+        let tunnel_idle_timeout = positive(
+            raw.tunnel_idle_timeout,
+            "tunnel_idle_timeout",
+            Duration::from_secs(600),
         )?;
         Ok(Config {
             listen,
@@ -479,6 +578,11 @@ impl Config {
                 .transpose()?,
             pricing: raw.pricing,
             ca_name_constraints: raw.ca_name_constraints.unwrap_or(true),
+            handshake_timeout,
+            header_read_timeout,
+            idle_timeout,
+            tunnel_idle_timeout,
+            allow_local_targets: raw.allow_local_targets.unwrap_or(false),
             pipeline_workers,
         })
     }
@@ -488,7 +592,7 @@ impl Config {
         self.intercept.iter().any(|p| p.matches(host, port))
     }
 
-    /// True when CONNECT may reach `port`.
+    /// True when CONNECT or an absolute-form request may reach `port` of `host`.
     pub fn is_port_allowed(&self, host: &str, port: u16) -> bool {
         self.allow_ports.contains(&port)
             || self
@@ -555,6 +659,19 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         Duration::ZERO => Err(format!("{s:?} must be more than zero")),
         d => Ok(d),
     }
+}
+
+/// A duration setting that must be above zero: a zero timeout would close every connection at
+/// once (there is no "off"; a large value such as `30d` is the way to relax one).
+fn positive(v: Option<String>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let d = opt(v, key, parse_duration, default)?;
+    if d.is_zero() {
+        return Err(bad(
+            key,
+            "must be above zero (use a large value to relax it)",
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -700,6 +817,95 @@ mod tests {
         let err = RawConfig::from_file(&path).unwrap_err();
         assert!(err.0.contains("veil.toml:2:1"), "{err}");
         assert!(err.0.contains("bogus"), "{err}");
+    }
+
+    // See: veil#10
+    #[test]
+    fn host_99999_is_a_bad_port_not_443() {
+        for (authority, expected) in [
+            ("host:443", Ok(Some(443))),
+            ("host:8443", Ok(Some(8443))),
+            ("host", Ok(None)),
+            ("host:", Ok(None)),
+            ("[::1]:8080", Ok(Some(8080))),
+            ("[::1]", Ok(None)),
+            ("user:pw@host:81", Ok(Some(81))),
+            ("user:pw@host", Ok(None)),
+            ("host:65535", Ok(Some(65535))),
+        ] {
+            assert_eq!(authority_port(authority), expected, "{authority}");
+        }
+        for bad in [
+            "host:99999",
+            "host:65536",
+            "host:18446744073709551617",
+            "host:0",
+            "host:+80",
+            "host:8o",
+            "host:-1",
+            "[::1]x",
+            "[::1",
+        ] {
+            assert!(authority_port(bad).is_err(), "{bad}");
+        }
+        assert!(
+            authority_port("host:99999")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        // A gateway route with such a port is a config error, not a route to 443.
+        for base in ["https://gw.example:99999", "http://gw.example:0/v1"] {
+            let err = Config::resolve(
+                None,
+                RawConfig {
+                    routes: Some([("gw".to_string(), base.to_string())].into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert!(err.0.starts_with("routes:"), "{base}: {err}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_refuse_zero() {
+        let c = Config::resolve(None, RawConfig::default()).unwrap();
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.tunnel_idle_timeout, Duration::from_secs(600));
+        assert!(!c.allow_local_targets);
+        let file: RawConfig = toml::from_str(
+            "handshake_timeout = \"3s\"\nheader_read_timeout = \"2s\"\nidle_timeout = \"1m\"\n\
+             tunnel_idle_timeout = \"1h\"\nallow_local_targets = true\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Some(file), RawConfig::default()).unwrap();
+        assert_eq!(
+            (
+                c.handshake_timeout,
+                c.header_read_timeout,
+                c.idle_timeout,
+                c.tunnel_idle_timeout
+            ),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(2),
+                Duration::from_secs(60),
+                Duration::from_secs(3600)
+            )
+        );
+        assert!(c.allow_local_targets);
+        for key in [
+            "handshake_timeout",
+            "header_read_timeout",
+            "idle_timeout",
+            "tunnel_idle_timeout",
+        ] {
+            let file: RawConfig = toml::from_str(&format!("{key} = \"0s\"\n")).unwrap();
+            let err = Config::resolve(Some(file), RawConfig::default()).unwrap_err();
+            assert!(err.0.starts_with(&format!("{key}:")), "{err}");
+        }
     }
 
     #[test]

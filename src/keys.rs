@@ -13,6 +13,11 @@
 //! records.
 //!
 //! Secret-holding types zeroize on drop and print `<redacted>` in `Debug`.
+//!
+//! The keys dir itself is created 0700 ([`prepare_keys_dir`]): the secrets in it are 0600
+//! already, but a listable dir tells every local user which keys exist and when they changed,
+//! and a dir others can write to would let them swap `ca.pem`. An existing dir that group or
+//! others can enter gets a warning at start (veil does not change modes it did not set).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -351,12 +356,48 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Creates `dir` and any missing parents with mode 0700 (before the umask, which can only
+/// narrow it); directories that already exist keep their mode.
+pub fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| KeyError::Io(dir.to_path_buf(), e))
+}
+
+/// The permission bits of `path` when group or others have any access to it (`None` when
+/// only the owner has, or it cannot be read).
+pub fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+/// Creates the keys dir 0700 on first run, or warns when an existing one is open to group or
+/// others (with the `chmod` that fixes it). Every command that writes into the keys dir calls
+/// this first.
+pub fn prepare_keys_dir(dir: &Path) -> Result<(), KeyError> {
+    create_private_dir(dir)?;
+    if let Some(mode) = loose_mode(dir) {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format!("{mode:o}"),
+            "the keys dir is open to other local users (they can list it, and see when keys change); run `chmod 700 {}`",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes a secret file with mode 0600 from the start (never world-readable, not even briefly),
-/// via a temp file and rename so a crash leaves the old file or the new one.
+/// via a temp file and rename so a crash leaves the old file or the new one. A missing parent
+/// dir is created 0700.
 pub fn write_secret_file(path: &Path, data: &[u8]) -> Result<(), KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| KeyError::Io(dir.to_path_buf(), e))?;
+    create_private_dir(dir)?;
     let tmp = path.with_extension("tmp");
     let io = |e| KeyError::Io(tmp.clone(), e);
     // A stale temp file (or a symlink planted there) must not lend us its mode or target.
@@ -454,6 +495,30 @@ mod tests {
                 pseudonymize_user(&ring, user)
             );
         }
+    }
+
+    // See: veil#10
+    #[test]
+    fn keys_dir_0755() {
+        // The keys dir (and missing parents) is created 0700; an existing 0755 one is flagged.
+        let root = tempfile::tempdir().unwrap();
+        let keys = root.path().join("deploy/keys");
+        prepare_keys_dir(&keys).unwrap();
+        for dir in [&keys, &root.path().join("deploy")] {
+            let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+        assert_eq!(loose_mode(&keys), None);
+        // Secrets written into a missing dir create it 0700 too.
+        let other = root.path().join("other/keys");
+        Keyring::load_or_create(&other).unwrap();
+        assert_eq!(loose_mode(&other), None);
+
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_keys_dir(&keys).unwrap();
+        assert_eq!(loose_mode(&keys), Some(0o755), "left as found, and flagged");
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o710)).unwrap();
+        assert_eq!(loose_mode(&keys), Some(0o710));
     }
 
     #[test]

@@ -92,8 +92,8 @@ impl Prepared {
     /// Creates (first run) or loads keys and CA, compiles the rules, loads prices, and writes
     /// the trust bundle.
     pub fn load(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.keys)
-            .map_err(|e| anyhow::anyhow!("keys dir {}: {e}", config.keys.display()))?;
+        crate::keys::prepare_keys_dir(&config.keys)
+            .map_err(|e| anyhow::anyhow!("keys dir: {e}"))?;
         let keyring = Keyring::load_or_create(&config.keys)?;
         let rules = if config.rules_is_default && !config.rules.exists() {
             tracing::info!(
@@ -193,7 +193,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
     let Prepared {
-        config,
+        mut config,
         keyring,
         rules,
         pricing,
@@ -221,6 +221,8 @@ pub async fn start(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    // The bound address (the config may say port 0): the proxy refuses to forward to it.
+    config.admin_listen = admin_addr;
 
     // Recording (pipeline, exporter, seal writer) runs below forwarding when traffic comes
     // first (best-effort): on busy cores the scheduler serves forwarding, recording catches
@@ -301,11 +303,11 @@ pub async fn start(
     // One budget for the whole shutdown: in-flight connections get most of it, and what they
     // leave (at least RECORDING_SHARE of it) goes to emptying the recording queue, flushing the
     // exporter and the last group commit.
-    let mut config = config;
     config.drain_timeout = drain.saturating_sub(recording_share(drain));
     let keys_dir = config.keys.clone();
     let data_dir = config.data.clone();
     let disk_reserve = config.disk_reserve;
+    let limits = crate::proxy::conn::Limits::of(&config);
     let proxy = Proxy::try_new(config, ca, fingerprinter, tx)?.with_health(health.clone());
     let stats = proxy.stats();
 
@@ -314,7 +316,8 @@ pub async fn start(
         let store = store.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            crate::admin::serve(listener, store, token, cancel.cancelled_owned()).await;
+            crate::admin::serve_with(listener, store, token, limits, cancel.cancelled_owned())
+                .await;
         });
     }
     tokio::spawn(watch_disk(

@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -100,24 +102,69 @@ impl<'a> CaScope<'a> {
     };
 }
 
-/// The permitted subtrees for `hosts`: a DNS name covers itself and its subdomains (RFC 5280
-/// §4.2.1.10), so `*.openai.azure.com` becomes `openai.azure.com`; an IP address becomes a
-/// single-address subnet.
-fn permitted_subtrees(hosts: &[HostPattern]) -> Vec<GeneralSubtree> {
-    let mut out: Vec<GeneralSubtree> = Vec::new();
+/// The name constraints of a new CA for `hosts` (RFC 5280 §4.2.1.10).
+///
+/// Permitted: a DNS name covers itself and its subdomains, so `*.openai.azure.com` becomes
+/// `openai.azure.com`; an IP address becomes a single-address subnet.
+///
+/// IP addresses are constrained too, always: RFC 5280 leaves a name type without a permitted
+/// subtree unconstrained, so a CA with DNS subtrees only would still sign `IP:10.0.0.1` for a
+/// thief of `ca.key` (veil#10). An IP family with no intercepted address gets an excluded
+/// subtree covering all of it (`0.0.0.0/0`, `::/0`); a family with intercepted addresses is
+/// already narrowed by their permitted subnets.
+fn name_constraints_for(hosts: &[HostPattern]) -> NameConstraints {
+    let mut permitted: Vec<GeneralSubtree> = Vec::new();
+    let (mut v4, mut v6) = (false, false);
     for h in hosts {
-        let t = match h.host.parse::<std::net::IpAddr>() {
-            Ok(ip) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
-                ip,
-                if ip.is_ipv4() { 32 } else { 128 },
-            )),
+        let t = match h.host.parse::<IpAddr>() {
+            Ok(ip) => {
+                v4 |= ip.is_ipv4();
+                v6 |= ip.is_ipv6();
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                    ip,
+                    if ip.is_ipv4() { 32 } else { 128 },
+                ))
+            }
             Err(_) => GeneralSubtree::DnsName(h.host.clone()),
         };
-        if !out.contains(&t) {
-            out.push(t);
+        if !permitted.contains(&t) {
+            permitted.push(t);
         }
     }
-    out
+    let mut excluded = Vec::new();
+    if !v4 {
+        excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            0,
+        )));
+    }
+    if !v6 {
+        excluded.push(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            0,
+        )));
+    }
+    NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: excluded,
+    }
+}
+
+/// What a thief of `ca.key` could still sign that apps trusting this CA would accept, when
+/// the CA's name constraints leave IP addresses (or everything) open; `None` when both DNS
+/// names and IP addresses are constrained.
+fn constraint_gap(nc: Option<&NameConstraints>) -> Option<&'static str> {
+    let Some(nc) = nc else {
+        return Some("it has no name constraints: a stolen ca.key can impersonate any site");
+    };
+    let ip = |t: &GeneralSubtree| matches!(t, GeneralSubtree::IpAddress(_));
+    if nc.permitted_subtrees.iter().any(ip) || nc.excluded_subtrees.iter().any(ip) {
+        return None;
+    }
+    Some(
+        "its name constraints cover DNS names only: a stolen ca.key can still sign certificates \
+         for any IP address",
+    )
 }
 
 /// Hosts of `hosts` that name constraints `nc` do not allow a leaf for.
@@ -179,6 +226,17 @@ impl CertificateAuthority {
             (true, true) => {
                 let ca = Self::load(&cert_path, &key_path)?;
                 ca.check_scope(scope, &key_path)?;
+                if scope.constrain
+                    && let Some(gap) = constraint_gap(ca.name_constraints().as_ref())
+                {
+                    tracing::warn!(
+                        "{}: {gap}. Remove {} and {} and restart veil to create a CA constrained \
+                         to the intercepted hosts (apps must then trust the new ca.pem)",
+                        cert_path.display(),
+                        cert_path.display(),
+                        key_path.display()
+                    );
+                }
                 Ok(ca)
             }
             (false, false) => Self::create(&cert_path, &key_path, scope),
@@ -294,10 +352,7 @@ impl CertificateAuthority {
         params.not_after = now + CA_LIFETIME;
         params.serial_number = Some(random_serial());
         if scope.constrain && !scope.hosts.is_empty() {
-            params.name_constraints = Some(NameConstraints {
-                permitted_subtrees: permitted_subtrees(scope.hosts),
-                excluded_subtrees: Vec::new(),
-            });
+            params.name_constraints = Some(name_constraints_for(scope.hosts));
         }
         let cert = params
             .self_signed(&key)
@@ -331,7 +386,13 @@ impl CertificateAuthority {
         let mut params = CertificateParams::new(vec![host.to_string()])
             .map_err(|e| CaError(format!("bad host name {host:?}: {e}")))?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, host);
+        // An IP host lives in the SAN only (RFC 6125 §6.2.1: never matched against the CN).
+        // As a CN it would fail openssl's name-constraint check, which reads a CN made of
+        // digits and dots as a DNS name outside the CA's DNS subtrees. With an empty subject
+        // rcgen marks the SAN critical, as RFC 5280 §4.1.2.6 asks.
+        if host.parse::<IpAddr>().is_err() {
+            dn.push(DnType::CommonName, host);
+        }
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -381,6 +442,8 @@ pub struct LeafResolver {
     signing_key: Arc<dyn rustls::sign::SigningKey>,
     cache: Mutex<HashMap<String, (Instant, Slot)>>,
     capacity: usize,
+    /// Leaves minted so far (shared with the proxy's counters).
+    minted: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for LeafResolver {
@@ -409,7 +472,21 @@ impl LeafResolver {
             signing_key,
             cache: Mutex::new(HashMap::new()),
             capacity,
+            minted: Arc::default(),
         }
+    }
+
+    /// The count of leaves minted (cache misses), live.
+    pub fn minted_counter(&self) -> Arc<AtomicU64> {
+        self.minted.clone()
+    }
+
+    /// True when a fresh leaf for `host` is cached.
+    pub fn is_cached(&self, host: &str) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&host.to_ascii_lowercase())
+            .is_some_and(|(born, slot)| born.elapsed() < LEAF_CACHE_TTL && slot.get().is_some())
     }
 
     /// The leaf for `host`: from the cache, or minted now (once, however many callers race).
@@ -442,6 +519,7 @@ impl LeafResolver {
 
     fn mint(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         let _span = tracing::debug_span!("mint_leaf", host).entered();
+        self.minted.fetch_add(1, Ordering::Relaxed);
         match self.ca.mint(host, &self.leaf_key) {
             Ok(der) => Some(Arc::new(CertifiedKey::new(
                 vec![der],
@@ -475,6 +553,28 @@ impl ResolvesServerCert for LeafResolver {
         // No SNI (an IP address, or an old client): we cannot know which name to sign.
         self.leaf(hello.server_name()?)
     }
+}
+
+/// Serves one leaf whatever the ClientHello says (a client that sent no SNI).
+#[derive(Debug)]
+struct OneLeaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OneLeaf {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// `base` serving `leaf` to every client: for handshakes without SNI, where the proxy already
+/// knows the host from CONNECT. One config per such connection; clients that send SNI (all
+/// of them for DNS names) share `base`.
+pub fn server_config_for(
+    base: &rustls::ServerConfig,
+    leaf: Arc<CertifiedKey>,
+) -> Arc<rustls::ServerConfig> {
+    let mut config = base.clone();
+    config.cert_resolver = Arc::new(OneLeaf(leaf));
+    Arc::new(config)
 }
 
 /// The one `ServerConfig` for every intercepted host: leaves by SNI, ALPN h2 then http/1.1.
@@ -563,12 +663,17 @@ mod tests {
             lines.join("\n")
         );
         std::fs::write(dir.path().join("leaf.pem"), pem).unwrap();
+        let name_flag = if host.parse::<IpAddr>().is_ok() {
+            "-verify_ip"
+        } else {
+            "-verify_hostname"
+        };
         let out = std::process::Command::new("openssl")
             .args([
                 "verify",
                 "-purpose",
                 "sslserver",
-                "-verify_hostname",
+                name_flag,
                 host,
                 "-CAfile",
             ])
@@ -618,6 +723,105 @@ mod tests {
             let e = openssl_verdict(&ca, &leaf, host).unwrap_err();
             assert!(e.contains("subtree violation"), "{host}: {e}");
         }
+    }
+
+    /// Both verifiers reject a leaf for `host` signed by `ca`'s key for a name-constraint
+    /// reason.
+    fn assert_constraint_rejects(ca: &CertificateAuthority, host: &str) {
+        let leaf = ca.mint(host, &KeyPair::generate().unwrap()).unwrap();
+        let e = webpki_verdict(ca, &leaf, host).unwrap_err();
+        assert!(e.contains("NameConstraint"), "{host}: {e}");
+        let e = openssl_verdict(ca, &leaf, host).unwrap_err();
+        assert!(e.contains("subtree violation"), "{host}: {e}");
+    }
+
+    // See: veil#10
+    #[test]
+    fn ip_10_0_0_1_leaf_signed_with_a_stolen_ca_key() {
+        // The CA of a DNS-only intercept list excludes every IPv4 and IPv6 address, so a thief
+        // of ca.key cannot sign IP:10.0.0.1 (or any address) for apps that trust it.
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = patterns(&["api.openai.com"]);
+        let scope = CaScope {
+            hosts: &hosts,
+            constrain: true,
+        };
+        let ca = CertificateAuthority::load_or_create(dir.path(), scope).unwrap();
+        let nc = ca.name_constraints().unwrap();
+        assert_eq!(
+            nc.excluded_subtrees,
+            vec![
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    0
+                )),
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    0
+                )),
+            ]
+        );
+        for host in ["10.0.0.1", "127.0.0.1", "::1"] {
+            assert_constraint_rejects(&ca, host);
+        }
+        // DNS leaves inside the list still pass both verifiers.
+        let leaf = ca
+            .mint("api.openai.com", &KeyPair::generate().unwrap())
+            .unwrap();
+        webpki_verdict(&ca, &leaf, "api.openai.com").unwrap();
+        openssl_verdict(&ca, &leaf, "api.openai.com").unwrap();
+        assert_eq!(constraint_gap(Some(&nc)), None);
+        // Intercepting an IP later is outside the CA: refused at load with the way out.
+        let later = patterns(&["api.openai.com", "10.0.0.1"]);
+        let err = CertificateAuthority::load_or_create(
+            dir.path(),
+            CaScope {
+                hosts: &later,
+                constrain: true,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("10.0.0.1") && err.contains("ca.key"), "{err}");
+    }
+
+    // See: veil#10
+    #[test]
+    fn an_intercepted_ip_narrows_its_family_and_excludes_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = patterns(&["api.openai.com", "127.0.0.1"]);
+        let scope = CaScope {
+            hosts: &hosts,
+            constrain: true,
+        };
+        let ca = CertificateAuthority::load_or_create(dir.path(), scope).unwrap();
+        let leaf = ca.mint("127.0.0.1", &KeyPair::generate().unwrap()).unwrap();
+        webpki_verdict(&ca, &leaf, "127.0.0.1").unwrap();
+        openssl_verdict(&ca, &leaf, "127.0.0.1").unwrap();
+        for host in ["10.0.0.1", "127.0.0.2", "::1"] {
+            assert_constraint_rejects(&ca, host);
+        }
+    }
+
+    // See: veil#10
+    #[test]
+    fn a_ca_without_an_ip_constraint_is_flagged() {
+        // What a CA created before veil#10 carries: DNS subtrees only.
+        let dns_only = NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName("api.openai.com".into())],
+            excluded_subtrees: vec![],
+        };
+        let gap = constraint_gap(Some(&dns_only)).unwrap();
+        assert!(gap.contains("IP address"), "{gap}");
+        assert!(
+            constraint_gap(None)
+                .unwrap()
+                .contains("no name constraints")
+        );
+        assert_eq!(
+            constraint_gap(Some(&name_constraints_for(&patterns(&["api.openai.com"])))),
+            None
+        );
     }
 
     #[test]

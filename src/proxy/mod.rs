@@ -6,15 +6,25 @@
 //! queue with `try_send` (see [`capture`]).
 //!
 //! ```text
-//! accept (semaphore permit first) ──▶ HTTP/1.1 or h2c on the proxy port
-//!   CONNECT host:port ── port not allowed ──▶ 403
-//!        ├─ intercepted ──▶ 200, TLS with a minted leaf, h2/http1 by ALPN ──▶ forward()
-//!        └─ otherwise ───▶ connect upstream (502 if it fails), 200, blind byte copy
-//!   GET http://host/…  (absolute form) ──▶ forward() (recorded if the host is intercepted)
+//! accept (semaphore permit first; it lives as long as the connection, tunnel or TLS session)
+//!   ──▶ HTTP/1.1 or h2c on the proxy port, under the connection clock (conn::drive)
+//!   CONNECT host:port ── bad port ──▶ 400; port not allowed or local/own address ──▶ 403
+//!        ├─ intercepted ──▶ 200, ClientHello read, SNI must be the CONNECT host (else closed,
+//!        │                  no leaf minted), TLS with a minted leaf, h2/http1 by ALPN ──▶ forward()
+//!        └─ otherwise ───▶ connect upstream (checked address; 502 if it fails), 200, blind
+//!                          byte copy until either side closes or it carries nothing for
+//!                          tunnel_idle_timeout
+//!   GET http://host/…  (absolute form) ── same port and address rules as CONNECT ──▶ forward()
+//!                                          (recorded if the host is intercepted)
 //!   /NAME/…            (gateway route)  ──▶ forward() to the route's base URL
 //! ```
+//!
+//! Every upstream connection, pooled or tunnelled, is opened by [`forward::Resolver`], which
+//! refuses loopback, link-local, unspecified and veil's own addresses unless the operator named
+//! the destination ([`forward::Destinations`]).
 
 pub mod capture;
+pub mod conn;
 pub mod forward;
 pub mod mitm;
 
@@ -36,26 +46,39 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Audit, Config};
+use crate::config::{Audit, Config, authority_port};
 use crate::exchange::queue::{ExchangeSender, QueueCounters};
 use crate::exchange::{ExchangeId, Route, Upstream, UpstreamFailure};
 use crate::health::Health;
 use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
-use forward::{UpstreamClient, UpstreamError};
+use conn::{Activity, Ended, Tracked, Watched};
+use forward::{Destinations, UpstreamClient, UpstreamError};
 use mitm::{CertificateAuthority, LeafResolver};
 
 /// The response header that carries the request ID.
 pub const REQUEST_ID_HEADER: &str = "x-veil-request-id";
 
-/// A TLS handshake with the app must finish within this; a silent client must not hold a task.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for an HTTP/1 request head, against slowloris-style idle sockets.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed `accept` (out of file descriptors, usually) before trying again.
+/// Fixed and short: the condition clears as soon as connections close (the idle clock closes
+/// them), and a doubling backoff kept veil deaf for up to a minute after it had (veil#10).
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Accept failures are logged at most this often (with a count), so a descriptor shortage
+/// does not also flood the log.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// h2 connections to apps are pinged this often when quiet, so a peer that vanished (no FIN,
+/// NAT dropped) is noticed during a long silent stream instead of holding its slot.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and closed when a ping is not answered within this.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A connection's place under `max_connections`: held by the connection task and by any tunnel
+/// or TLS session it turns into, released when the last of them ends.
+type Slot = Arc<OwnedSemaphorePermit>;
 
 /// The body veil answers with: an upstream body passing through the tee, or veil's own.
 pub type ProxyBody = Either<TeeBody<Incoming>, Full<Bytes>>;
@@ -73,6 +96,14 @@ pub struct ProxyStats {
     pub intercepted: AtomicU64,
     /// Requests that got a 502/504 from veil.
     pub upstream_errors: AtomicU64,
+    /// Requests refused with 403: a port outside `allow_ports`, or a destination veil does
+    /// not connect to for apps (loopback, link-local, unspecified, its own listeners).
+    pub refused: AtomicU64,
+    /// Client connections and tunnels closed by a clock: TLS handshake, request head, idle
+    /// keep-alive or tunnel idle timeout.
+    pub timed_out: AtomicU64,
+    /// Leaf certificates minted (not served from the cache).
+    pub leaves_minted: Arc<AtomicU64>,
 }
 
 /// Why the proxy could not be built.
@@ -98,10 +129,15 @@ struct Shared {
     config: Arc<Config>,
     /// Pooled upstream client shared by every connection.
     client: UpstreamClient<TeeBody<Incoming>>,
-    /// `--resolve` overrides, for blind tunnels (the client has its own copy).
+    /// `--resolve` overrides and the destination policy, for blind tunnels and literal checks
+    /// (the client holds a clone).
     resolver: forward::Resolver,
-    /// TLS toward apps, leaves minted per SNI.
-    tls: TlsAcceptor,
+    /// TLS toward apps, leaves minted per SNI (checked against the CONNECT host first).
+    tls: Arc<rustls::ServerConfig>,
+    /// Mints and caches the leaves behind `tls`.
+    leaves: Arc<LeafResolver>,
+    /// Header-read and idle limits of app connections.
+    limits: conn::Limits,
     /// Credential fingerprints for recorded headers.
     fingerprinter: Fingerprinter,
     /// The recording queue; the proxy only ever `try_send`s or reserves.
@@ -132,19 +168,24 @@ impl Proxy {
         fingerprinter: Fingerprinter,
         queue: ExchangeSender,
     ) -> Result<Self, ProxyError> {
-        let client = forward::client(&config).map_err(ProxyError)?;
-        let resolver = Arc::new(LeafResolver::new(ca));
-        let tls = TlsAcceptor::from(mitm::server_config(resolver));
+        let resolver =
+            forward::Resolver::new(config.resolve.clone(), Arc::new(Destinations::of(&config)));
+        let client = forward::client(&config, resolver.clone()).map_err(ProxyError)?;
+        let leaves = Arc::new(LeafResolver::new(ca));
+        let tls = mitm::server_config(leaves.clone());
         let stats = Arc::new(ProxyStats {
             capture: queue.counters().clone(),
-            ..Default::default()
+            leaves_minted: leaves.minted_counter(),
+            ..ProxyStats::default()
         });
         Ok(Proxy {
             shared: Arc::new(Shared {
-                resolver: forward::Resolver::new(config.resolve.clone()),
+                resolver,
+                limits: conn::Limits::of(&config),
                 config: Arc::new(config),
                 client,
                 tls,
+                leaves,
                 fingerprinter,
                 queue,
                 health: None,
@@ -175,9 +216,12 @@ impl Proxy {
     /// exchanges finish (bounded by `drain_timeout`) and returns.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
+        if let Ok(bound) = listener.local_addr() {
+            shared.resolver.destinations().set_bound(bound);
+        }
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let mut shutdown = pin!(shutdown);
-        let mut backoff = Duration::from_secs(1);
+        let mut failures = AcceptFailures::default();
         loop {
             // Take a permit before accepting: at the limit, connections wait in the kernel's
             // backlog instead of being accepted and starved.
@@ -192,25 +236,25 @@ impl Proxy {
                 r = listener.accept() => r,
             };
             let (stream, addr) = match accepted {
-                Ok(ok) => {
-                    backoff = Duration::from_secs(1);
-                    ok
-                }
+                Ok(ok) => ok,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning or
-                    // exiting, 1 s doubling to 64 s.
-                    tracing::warn!(error = %e, backoff_s = backoff.as_secs(), "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(64));
-                    continue;
+                    // Out of file descriptors and the like: neither spin nor exit; retry soon.
+                    failures.note("proxy", &e);
+                    drop(permit);
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                    }
                 }
             };
             let _ = stream.set_nodelay(true);
             shared.stats.connections.fetch_add(1, Ordering::Relaxed);
             let conn_shared = shared.clone();
             shared.tracker.spawn(async move {
-                conn_shared.serve_client(stream, addr).await;
-                drop(permit);
+                conn_shared
+                    .serve_client(stream, addr, Arc::new(permit))
+                    .await;
             });
         }
         drop(listener);
@@ -231,19 +275,79 @@ impl Proxy {
     }
 }
 
+/// Rate-limited logging of accept failures: the first at once, then one line with a count at
+/// most every 10 s.
+#[derive(Debug, Default)]
+pub struct AcceptFailures {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptFailures {
+    /// Notes one failure of the `what` listener.
+    pub fn note(&mut self, what: &str, err: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            listener = what,
+            error = %err,
+            retry_ms = ACCEPT_RETRY.as_millis() as u64,
+            failures_since_last_log = self.suppressed,
+            "accept failed (out of file descriptors? see ulimit -n and max_connections)"
+        );
+        self.last_logged = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 impl Shared {
     /// Serves one app connection on the proxy port (HTTP/1.1 with upgrades, or h2c).
-    async fn serve_client(self: Arc<Self>, stream: TcpStream, addr: SocketAddr) {
+    async fn serve_client(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, slot: Slot) {
+        let activity = Activity::new();
         let shared = self.clone();
-        let svc = service_fn(move |req| {
+        let watched = activity.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(shared.route(req, addr).await) }
+            let slot = slot.clone();
+            let in_flight = watched.begin(req.version());
+            async move {
+                let resp = shared.route(req, addr, slot).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
         });
         let builder = http_server();
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let result = until_cancelled(conn, &self.cancel, |c| c.graceful_shutdown()).await;
-        if let Err(e) = result {
-            log_conn_error("client connection", &*e);
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        self.finish("client connection", conn, &activity, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
+    }
+
+    /// Drives one app connection under its clock, counting and logging how it ended.
+    async fn finish<C, E>(
+        &self,
+        what: &'static str,
+        conn: C,
+        activity: &Activity,
+        graceful: impl Fn(std::pin::Pin<&mut C>),
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync>,
+    {
+        match conn::drive(conn, activity, self.limits, &self.cancel, graceful).await {
+            Ended::Done(Ok(())) => {}
+            Ended::Done(Err(e)) => log_conn_error(what, &*e),
+            Ended::TimedOut(why) => {
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason = why.as_str(), "closing {what}");
+            }
         }
     }
 
@@ -252,9 +356,10 @@ impl Shared {
         self: &Arc<Self>,
         req: Request<Incoming>,
         addr: SocketAddr,
+        slot: Slot,
     ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
-            return self.connect(req, addr).await;
+            return self.connect(req, addr, slot).await;
         }
         if req.uri().scheme().is_some() && req.uri().authority().is_some() {
             return self.absolute(req, addr).await;
@@ -262,10 +367,34 @@ impl Shared {
         self.gateway(req, addr).await
     }
 
+    /// Applies the rules every proxied destination obeys, CONNECT or absolute-form: the port
+    /// must be allowed and the address one veil may reach for apps (checked here for IP
+    /// literals, at connect time for names). `Some` is veil's 403.
+    fn refuse(&self, host: &str, port: u16, what: &str) -> Option<Response<ProxyBody>> {
+        if !self.config.is_port_allowed(host, port) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Some(json_error(
+                StatusCode::FORBIDDEN,
+                "port_not_allowed",
+                &format!(
+                    "{what} to port {port} is not allowed (allowed: {:?}; see allow_ports)",
+                    self.config.allow_ports
+                ),
+                None,
+            ));
+        }
+        if let Err(e) = self.resolver.check_literal(host, port) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Some(upstream_error_response(&e, None));
+        }
+        None
+    }
+
     async fn connect(
         self: &Arc<Self>,
         req: Request<Incoming>,
         addr: SocketAddr,
+        slot: Slot,
     ) -> Response<ProxyBody> {
         let Some(authority) = req.uri().authority().cloned() else {
             return json_error(
@@ -279,23 +408,35 @@ impl Shared {
             .host()
             .trim_matches(['[', ']'])
             .to_ascii_lowercase();
-        let port = authority.port_u16().unwrap_or(443);
-        if !self.config.is_port_allowed(&host, port) {
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "port_not_allowed",
-                &format!(
-                    "CONNECT to port {port} is not allowed (allowed: {:?}; see allow_ports)",
-                    self.config.allow_ports
-                ),
-                None,
-            );
+        // RFC 9110 §9.3.6: the target is host:port. A missing or bad port is the app's error,
+        // never a default (`host:99999` used to become 443).
+        let port = match authority_port(authority.as_str()) {
+            Ok(Some(port)) => port,
+            Ok(None) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("CONNECT needs host:port, got {:?}", authority.as_str()),
+                    None,
+                );
+            }
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_port",
+                    &format!("bad CONNECT target {:?}: {e}", authority.as_str()),
+                    None,
+                );
+            }
+        };
+        if let Some(refusal) = self.refuse(&host, port, "CONNECT") {
+            return refusal;
         }
         if self.config.is_intercepted(&host, port) {
             let shared = self.clone();
             self.tracker.spawn(async move {
                 match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => shared.intercept(upgraded, host, port, addr).await,
+                    Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
                     Err(e) => log_conn_error("CONNECT upgrade", &e),
                 }
             });
@@ -309,58 +450,92 @@ impl Shared {
         {
             Ok(s) => s,
             Err(e) => {
-                self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                let counter = if e.refused {
+                    &self.stats.refused
+                } else {
+                    &self.stats.upstream_errors
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 return upstream_error_response(&e, None);
             }
         };
         let stats = self.stats.clone();
+        let idle = self.config.tunnel_idle_timeout;
         self.tracker.spawn(async move {
+            let _slot = slot;
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(u) => u,
                 Err(e) => return log_conn_error("CONNECT upgrade", &e),
             };
             stats.tunnels.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let mut app = TokioIo::new(upgraded);
-            let mut upstream = upstream;
+            let duration_ms = || started.elapsed().as_millis() as u64;
             // Metadata only: which host, how many bytes, how long. Never content.
-            match tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
-                Ok((up, down)) => tracing::debug!(host, port, bytes_up = up, bytes_down = down, duration_ms = started.elapsed().as_millis() as u64, "tunnel closed"),
-                Err(e) => tracing::debug!(host, port, error = %e, duration_ms = started.elapsed().as_millis() as u64, "tunnel ended with error"),
+            match conn::copy_tunnel(TokioIo::new(upgraded), upstream, idle).await {
+                conn::TunnelEnd::Closed { up, down } => tracing::debug!(host, port, bytes_up = up, bytes_down = down, duration_ms = duration_ms(), "tunnel closed"),
+                conn::TunnelEnd::Failed(e) => tracing::debug!(host, port, error = %e, duration_ms = duration_ms(), "tunnel ended with error"),
+                conn::TunnelEnd::Idle => {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(host, port, duration_ms = duration_ms(), "tunnel closed: nothing crossed it for tunnel_idle_timeout");
+                }
             }
         });
         empty_ok()
     }
 
     /// Terminates the app's TLS with a minted leaf and serves HTTP/1.1 or h2 inside.
+    ///
+    /// The ClientHello is read before any certificate is chosen: an SNI other than the CONNECT
+    /// host closes the connection before a leaf is minted (or else an app could get a leaf for
+    /// any name through an allowed tunnel, and fill the leaf cache with names); no SNI (an IP
+    /// host, or an old client) gets the leaf for the CONNECT host.
     async fn intercept(
         self: Arc<Self>,
         upgraded: hyper::upgrade::Upgraded,
         host: String,
         port: u16,
         addr: SocketAddr,
+        _slot: Slot,
     ) {
-        let accepted =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(TokioIo::new(upgraded))).await;
-        let tls = match accepted {
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(
+                rustls::server::Acceptor::default(),
+                TokioIo::new(upgraded),
+            )
+            .await
+            .map_err(Handshake::Io)?;
+            let config = match start.client_hello().server_name() {
+                Some(sni) if sni.eq_ignore_ascii_case(&host) => self.tls.clone(),
+                Some(sni) => return Err(Handshake::WrongSni(sni.to_string())),
+                None => {
+                    let leaf = self.leaves.leaf(&host).ok_or(Handshake::NoLeaf)?;
+                    mitm::server_config_for(&self.tls, leaf)
+                }
+            };
+            start.into_stream(config).await.map_err(Handshake::Io)
+        };
+        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+            Ok(Err(Handshake::WrongSni(sni))) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    host,
+                    sni,
+                    "SNI does not match the CONNECT host; closing before any certificate is minted"
+                );
+                return;
+            }
+            Ok(Err(Handshake::NoLeaf)) => return, // mint() logged why
+            Ok(Err(Handshake::Io(e))) => {
                 tracing::warn!(host, error = %e, "TLS handshake with app failed (does it trust veil's CA? see `veil ca path`)");
                 return;
             }
             Err(_) => {
-                tracing::debug!(host, "TLS handshake with app timed out");
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(host, "TLS handshake with app timed out (handshake_timeout)");
                 return;
             }
         };
-        // The leaf was minted for the SNI; it must be the host the app CONNECTed to, or an
-        // app could obtain a leaf for any name through an allowed tunnel.
-        if let Some(sni) = tls.get_ref().1.server_name()
-            && !sni.eq_ignore_ascii_case(&host)
-        {
-            tracing::warn!(host, sni, "SNI does not match the CONNECT host; closing");
-            return;
-        }
         let shared = self.clone();
         let target = Arc::new(Target {
             scheme: "https",
@@ -370,24 +545,31 @@ impl Shared {
             route: Route::Intercept,
             record: true,
         });
+        // The session's clock starts now: its first request head is due header_read_timeout
+        // after the handshake.
+        let activity = Activity::new();
+        let watched = activity.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
             let target = target.clone();
+            let in_flight = watched.begin(req.version());
             async move {
                 let pq = req
                     .uri()
                     .path_and_query()
                     .map_or("/", |p| p.as_str())
                     .to_string();
-                Ok::<_, Infallible>(shared.forward(req, &target, &pq, addr).await)
+                let resp = shared.forward(req, &target, &pq, addr).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
         });
         let builder = http_server();
-        let conn = builder.serve_connection(TokioIo::new(tls), svc);
-        let result = until_cancelled(conn, &self.cancel, |c| c.graceful_shutdown()).await;
-        if let Err(e) = result {
-            log_conn_error("intercepted connection", &*e);
-        }
+        let io = TokioIo::new(Watched::new(tls, activity.clone()));
+        let conn = builder.serve_connection(io, svc);
+        self.finish("intercepted connection", conn, &activity, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
     }
 
     /// `GET http://host/path` through the proxy: plain HTTP, recorded if the host is intercepted.
@@ -414,9 +596,23 @@ impl Shared {
             .unwrap_or_default()
             .trim_matches(['[', ']'])
             .to_ascii_lowercase();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let port = match authority_port(authority) {
+            Ok(port) => port.unwrap_or(if scheme == "https" { 443 } else { 80 }),
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_port",
+                    &format!("bad URL authority {authority:?}: {e}"),
+                    None,
+                );
+            }
+        };
+        // The same rules as CONNECT: without them veil was an open proxy to any port of any
+        // address it can reach, its own admin API included (veil#10).
+        if let Some(refusal) = self.refuse(&host, port, "a request") {
+            return refusal;
+        }
         let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let target = Target {
             scheme,
@@ -622,15 +818,20 @@ impl Shared {
                 return Response::from_parts(parts, Either::Left(body));
             }
             Ok(Err(e)) => forward::classify(&e, &shown),
-            Err(_) => UpstreamError {
-                kind: UpstreamFailure::Timeout,
-                message: format!(
+            Err(_) => UpstreamError::new(
+                UpstreamFailure::Timeout,
+                format!(
                     "no response headers from upstream {shown} within {}s",
                     self.config.upstream_timeout.as_secs_f32()
                 ),
-            },
+            ),
         };
-        self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        let counter = if failure.refused {
+            &self.stats.refused
+        } else {
+            &self.stats.upstream_errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some(rec) = &recording {
             let mut rec = lock(rec);
             if rec.request_body_failed() {
@@ -645,31 +846,27 @@ impl Shared {
 }
 
 /// The HTTP server for app connections (the proxy port and intercepted TLS): HTTP/1.1 or h2
-/// by preface, with a bound on how long a request head may take.
+/// by preface. Head-read and idle limits come from [`conn::drive`], not hyper's
+/// `header_read_timeout` (see [`conn`] for why it is switched off); h2 connections are pinged
+/// when quiet so dead peers are noticed.
 fn http_server() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().header_read_timeout(None);
     builder
-        .http1()
+        .http2()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }
 
-/// Drives `conn` to the end; when shutdown begins, asks it to finish gracefully (in-flight
-/// requests complete, no new ones start) and keeps driving it.
-async fn until_cancelled<C: Future>(
-    conn: C,
-    cancel: &CancellationToken,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
-) -> C::Output {
-    let mut conn = pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        _ = cancel.cancelled() => {
-            graceful(conn.as_mut());
-            conn.await
-        }
-    }
+/// How reading the ClientHello and finishing the TLS handshake with an app can fail.
+enum Handshake {
+    Io(std::io::Error),
+    /// The ClientHello named another host than the CONNECT target.
+    WrongSni(String),
+    /// No leaf could be minted for the CONNECT host (logged by the resolver).
+    NoLeaf,
 }
 
 /// Where a forwarded request goes and whether it is recorded.
@@ -772,12 +969,7 @@ fn empty_ok() -> Response<ProxyBody> {
 }
 
 fn upstream_error_response(err: &UpstreamError, id: Option<ExchangeId>) -> Response<ProxyBody> {
-    json_error(
-        err.status(),
-        &format!("upstream_{}", err.kind.as_str()),
-        &err.message,
-        id,
-    )
+    json_error(err.status(), &err.code(), &err.message, id)
 }
 
 /// veil's own error: a short JSON body shaped like the providers' (`error.message`), so SDKs

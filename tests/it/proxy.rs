@@ -647,15 +647,24 @@ async fn plain_http_server() -> std::net::SocketAddr {
 async fn absolute_form_plain_http_is_forwarded_and_recorded_only_when_intercepted() {
     let mock = Mock::start(Alpn::Http1Only).await;
     let plain = plain_http_server().await;
+    let other = plain_http_server().await;
+    // Both servers are on loopback: reachable only because `--resolve` rules name them
+    // (veil#10), and on ports allow_ports (or a port-specific intercept pattern) permits.
     let mut veil = Veil::start_with(&mock, |raw| {
         raw.intercept = Some(vec![
             "@defaults".into(),
-            format!("127.0.0.1:{}", plain.port()),
+            format!("plain.test:{}", plain.port()),
         ]);
+        raw.allow_ports = Some(vec![443, other.port()]);
+        let resolve = raw.resolve.get_or_insert_with(Vec::new);
+        resolve.push(format!("plain.test:{}:{plain}", plain.port()));
+        resolve.push(format!("other.test:{}:{other}", other.port()));
     })
     .await;
-    let other = plain_http_server().await;
-    for (addr, recorded) in [(plain, true), (other, false)] {
+    for (addr, recorded) in [
+        (format!("plain.test:{}", plain.port()), true),
+        (format!("other.test:{}", other.port()), false),
+    ] {
         let stream = tokio::net::TcpStream::connect(veil.addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -664,7 +673,7 @@ async fn absolute_form_plain_http_is_forwarded_and_recorded_only_when_intercepte
         let resp = send
             .send_request(
                 Request::get(format!("http://{addr}/v1/models?x=1"))
-                    .header("host", addr.to_string())
+                    .header("host", addr.clone())
                     .header("x-veil-feature", "plain")
                     .body(Full::new(Bytes::new()))
                     .unwrap(),
