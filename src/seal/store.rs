@@ -1233,9 +1233,23 @@ impl Receipt {
     }
 }
 
+/// True when every table exists (any store that committed once): then opening needs no write,
+/// so a store on a full disk still opens, and reads, unseals and a purge that reports "nothing
+/// destroyed" still work.
+fn tables_exist(db: &Database) -> bool {
+    let Ok(txn) = db.begin_read() else {
+        return false;
+    };
+    txn.open_table(EXCHANGES).is_ok()
+        && txn.open_multimap_table(BY_USER).is_ok()
+        && txn.open_table(BY_TIME).is_ok()
+        && txn.open_table(FREE_SLOTS).is_ok()
+        && txn.open_table(META).is_ok()
+}
+
 fn load_index(dir: &Path, index: &Index) -> Result<Loaded, SealError> {
     let db = index.get()?;
-    {
+    if !tables_exist(&db) {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(EXCHANGES).map_err(db_err)?;
         txn.open_multimap_table(BY_USER).map_err(db_err)?;

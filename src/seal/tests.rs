@@ -925,6 +925,40 @@ fn purge_on_a_full_disk_destroys_nothing_without_a_receipt() {
 
 // See: veil#10
 #[test]
+fn store_on_a_full_disk_opens_reads_and_refuses_to_destroy_without_a_receipt() {
+    let Some(fs) = Tmpfs::mount(
+        "store_on_a_full_disk_opens_reads_and_refuses_to_destroy_without_a_receipt",
+        "4m",
+    ) else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let ex = aged(40);
+    {
+        let (store, _) = open(&data, ring(1));
+        store.seal_blocking(&ex, None).unwrap();
+    }
+    fs.fill();
+    // As `veil purge` does on a disk that filled up while veil was stopped.
+    let (store, sink) = open(&data, ring(1));
+    assert_same(&ex, &store.unseal(ex.id, "t", "t").unwrap());
+    let err = store
+        .purge(Duration::from_secs(30 * 86_400), "cli:ops")
+        .unwrap_err();
+    assert_eq!(err.not_destroyed(), &[ex.id], "{err}");
+    assert!(err.destroyed().is_empty() && err.pending().is_empty());
+    assert_eq!(sink.0.lock().unwrap().len(), 1, "the unseal only");
+    fs.free();
+    assert_eq!(
+        store
+            .purge(Duration::from_secs(30 * 86_400), "cli:ops")
+            .unwrap(),
+        vec![ex.id]
+    );
+}
+
+// See: veil#10
+#[test]
 fn purge_whose_index_commit_fails_is_completed_by_recovery() {
     let Some(fs) = Tmpfs::mount(
         "purge_whose_index_commit_fails_is_completed_by_recovery",
@@ -1281,9 +1315,17 @@ impl Tmpfs {
         }
     }
 
-    /// Gives back what [`Tmpfs::fill`] took.
+    /// Gives back what [`Tmpfs::fill`] took. Truncates before unlinking: a process another
+    /// test is spawning at that moment may hold an inherited descriptor of the filler until it
+    /// execs, and an unlinked file's pages are freed only when the last descriptor closes.
     pub(crate) fn free(&self) {
-        std::fs::remove_file(self.path().join("filler")).unwrap();
+        let filler = self.path().join("filler");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .and_then(|f| f.set_len(0))
+            .unwrap();
+        std::fs::remove_file(&filler).unwrap();
     }
 }
 
