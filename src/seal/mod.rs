@@ -8,7 +8,7 @@
 //!   data key wrapped by the master key's `SealWrap` purpose key).
 //! - [`store`]: segments, key slots and the redb index; one writer thread with group commit;
 //!   crash recovery; forget (crypto-shredding), retention purge, compaction, rewrap.
-//! - [`audit`]: [`AuditEvent`](audit::AuditEvent) and the [`AuditSink`](audit::AuditSink) seam
+//! - [`audit`]: [`AuditEvent`] and the [`AuditSink`] seam
 //!   (fallible: an action that cannot be audited is refused).
 //! - [`health`]: [`Health`] (ok, or degraded since when and why), the lock-free
 //!   [`SealHealth`] handle for admission checks, and [`StoreStats`] counters.

@@ -30,7 +30,7 @@
 //! A failed write (ENOSPC in a segment, the key slots, the receipts or the index commit) makes
 //! the store *degraded* ([`super::health`]): seals are refused at once, destructive commands
 //! destroy nothing. redb refuses every transaction after one I/O error, so the index handle is
-//! swappable ([`Index`]): readers hold it for one transaction at a time, and recovery drops and
+//! swappable (`Index`): readers hold it for one transaction at a time, and recovery drops and
 //! reopens it. The writer retries every [`RETRY_INTERVAL`] and before every operator command: it
 //! first checks that [`PROBE_LEN`] bytes can be written and synced, then reopens the index if
 //! redb is poisoned, and reloads its whole state from the committed index exactly as at open
