@@ -1042,7 +1042,12 @@ impl SealStore {
     ///
     /// All or nothing for the IDs found: on error, [`ForgetError`] says which were destroyed
     /// and which were not. Nothing is destroyed without its receipt and audit entry.
-    pub fn forget(&self, ids: &[ExchangeId], actor: &str, reason: &str) -> ForgetResult {
+    pub fn forget(
+        &self,
+        ids: &[ExchangeId],
+        actor: &str,
+        reason: &str,
+    ) -> Result<Vec<ForgetOutcome>, ForgetError> {
         self.forget_inner(ids.to_vec(), AuditKind::Forget, actor, reason)
     }
 
