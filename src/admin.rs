@@ -6,11 +6,16 @@
 //!
 //! | method and path | what |
 //! | --- | --- |
-//! | `GET /healthz` | `ok` (no token needed) |
+//! | `GET /healthz` | `200 ok` when sealing works; `503` and a JSON body (`status`, and `sealing` with `since`, `last_error` and the failure counters) while the sealed store is degraded (no token needed) |
 //! | `GET /v1/exchanges/{id}[?reason=R]` | unseal (audited); the exchange as JSON |
 //! | `DELETE /v1/exchanges/{id}[?reason=R]` | forget one; 404 when unknown |
 //! | `DELETE /v1/users/{user}/exchanges[?reason=R]` | forget a user's; `{user}` is the *raw* user ID (percent-encoded), pseudonymized here with the store's keyring |
-//! | `POST /v1/purge?older_than=30d` | retention purge now |
+//! | `POST /v1/purge?older_than=30d` | retention purge now; `purged` (a count) and `ids` |
+//!
+//! A destructive request that fails answers with what it did anyway: `error`, plus
+//! `destroyed`, `pending` (receipted, unreadable, shredding completed on recovery) and
+//! `not_destroyed` (untouched) ID lists; 503 when the store is degraded or the audit log cannot
+//! be written (retry later), 500 for other failures.
 //! | `POST /v1/compact` | compaction pass |
 //! | `POST /v1/keys/reload` | re-read the keys dir (after `veil keys rotate`) |
 //! | `POST /v1/keys/rewrap` | reload, then rewrap every data key under the newest key |
@@ -47,7 +52,7 @@ use zeroize::Zeroizing;
 use crate::keys::{KeyError, pseudonymize_user, write_secret_file};
 use crate::proxy::conn::{Activity, Ended, Limits, Tracked, Watched, drive};
 use crate::proxy::{ACCEPT_RETRY, AcceptFailures};
-use crate::seal::{ErrorKind, SealError, SealStore};
+use crate::seal::{ErrorKind, ForgetError, Health, SealError, SealStore};
 
 /// File name of the admin token inside the keys dir.
 pub const TOKEN_FILE: &str = "admin.token";
@@ -137,13 +142,66 @@ fn error(status: StatusCode, msg: impl fmt::Display) -> Response<Body> {
     json(status, serde_json::json!({ "error": msg.to_string() }))
 }
 
-fn seal_error(e: &SealError) -> Response<Body> {
-    let status = match e.kind() {
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::KeyMissing | ErrorKind::WrongKey => StatusCode::CONFLICT,
+        // Nothing was done and a retry may work: the disk fills up, the audit log is
+        // unwritable, the queue is full.
+        ErrorKind::Degraded | ErrorKind::Audit | ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e)
+    }
+}
+
+fn seal_error(e: &SealError) -> Response<Body> {
+    error(status_of(e.kind()), e)
+}
+
+fn ids_json(ids: &[crate::exchange::ExchangeId]) -> serde_json::Value {
+    ids.iter().map(|i| i.to_string()).collect()
+}
+
+/// A failed destructive request: the error and exactly what was and was not destroyed.
+fn forget_error(e: &ForgetError, extra: serde_json::Value) -> Response<Body> {
+    let mut v = serde_json::json!({
+        "error": e.to_string(),
+        "destroyed": ids_json(e.destroyed()),
+        "pending": ids_json(e.pending()),
+        "not_destroyed": ids_json(e.not_destroyed()),
+    });
+    if let (Some(o), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
+        o.extend(x);
+    }
+    json(status_of(e.kind()), v)
+}
+
+/// `GET /healthz`: `200 ok` while sealing works; `503` with the reason while the sealed store
+/// is degraded. 503, not 200 with a body, because monitors look at the status: a degraded
+/// store loses seals (best-effort) or refuses requests (`audit = "required"`), and either
+/// needs an operator. It is not a liveness signal: restarting veil does not free disk space.
+fn healthz(store: &SealStore) -> Response<Body> {
+    match store.health() {
+        Health::Ok => Response::builder()
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"ok\n")))
+            .expect("invariant: static response parts are valid"),
+        Health::Degraded { since, last_error } => {
+            let stats = store.stats();
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "status": "degraded",
+                    "sealing": {
+                        "since": crate::seal::audit::rfc3339(since),
+                        "last_error": last_error,
+                        "failed_commits": stats.failed_commits,
+                        "recoveries": stats.recoveries,
+                        "detached_failures": stats.detached_failures,
+                    },
+                }),
+            )
+        }
+    }
 }
 
 /// Decodes `%XX` escapes (and leaves everything else as is).
@@ -194,6 +252,20 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|_| Err(SealError::new(ErrorKind::Closed, "admin task panicked")))
 }
 
+async fn blocking_forget<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ForgetError> + Send + 'static,
+) -> Result<T, ForgetError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        Err(ForgetError::nothing(
+            SealError::new(
+                ErrorKind::Closed,
+                "admin task panicked: receipts.jsonl lists what was destroyed",
+            ),
+            Vec::new(),
+        ))
+    })
+}
+
 async fn handle(
     req: Request<Incoming>,
     store: SealStore,
@@ -202,7 +274,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/healthz" && req.method() == Method::GET {
-        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+        return Ok(healthz(&store));
     }
     let presented = req
         .headers()
@@ -243,7 +315,7 @@ async fn handle(
                     Err(e) => seal_error(&e),
                 }
             } else {
-                match blocking(move || store.forget(&[id], &actor, &reason)).await {
+                match blocking_forget(move || store.forget(&[id], &actor, &reason)).await {
                     Ok(out) if out.first().is_some_and(|o| o.forgotten) => json(
                         StatusCode::OK,
                         serde_json::json!({"request_id": id.to_string(), "forgotten": true}),
@@ -253,7 +325,10 @@ async fn handle(
                         serde_json::json!({"request_id": id.to_string(), "forgotten": false,
                             "error": "no sealed exchange with this id (never sealed, or already forgotten)"}),
                     ),
-                    Err(e) => seal_error(&e),
+                    Err(e) => forget_error(
+                        &e,
+                        serde_json::json!({"request_id": id.to_string(), "forgotten": false}),
+                    ),
                 }
             }
         }
@@ -263,15 +338,12 @@ async fn handle(
             };
             let pseudonym = pseudonymize_user(&store.keyring(), &raw);
             let p = pseudonym.clone();
-            match blocking(move || store.forget_user(&p, &actor, &reason)).await {
+            match blocking_forget(move || store.forget_user(&p, &actor, &reason)).await {
                 Ok(ids) => json(
                     StatusCode::OK,
-                    serde_json::json!({
-                        "user": pseudonym,
-                        "forgotten": ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-                    }),
+                    serde_json::json!({ "user": pseudonym, "forgotten": ids_json(&ids) }),
                 ),
-                Err(e) => seal_error(&e),
+                Err(e) => forget_error(&e, serde_json::json!({ "user": pseudonym })),
             }
         }
         (&Method::POST, ["v1", "purge"]) => {
@@ -282,9 +354,12 @@ async fn handle(
                 Ok(d) => d,
                 Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
             };
-            match blocking(move || store.purge(older, &actor)).await {
-                Ok(n) => json(StatusCode::OK, serde_json::json!({ "purged": n })),
-                Err(e) => seal_error(&e),
+            match blocking_forget(move || store.purge(older, &actor)).await {
+                Ok(ids) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "purged": ids.len(), "ids": ids_json(&ids) }),
+                ),
+                Err(e) => forget_error(&e, serde_json::json!({ "purged": e.destroyed().len() })),
             }
         }
         (&Method::POST, ["v1", "compact"]) => match blocking(move || store.compact()).await {
@@ -580,6 +655,107 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((s, v["purged"].as_u64()), (StatusCode::OK, Some(0)));
+        stop.send(()).unwrap();
+    }
+
+    // See: veil#10
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn healthz_reports_a_degraded_store_with_503_until_it_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SealStore::open(
+            dir.path(),
+            ring(1),
+            crate::seal::SealOptions {
+                audit: Some(Arc::new(MemorySink::default())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let token = AdminToken::from_secret("t");
+        let (addr, stop) = start(store.clone(), token.clone()).await;
+        let client = AdminClient {
+            addr,
+            token,
+            actor: "cli:test".into(),
+        };
+        let (s, _) = client.request(Method::GET, "/healthz").await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+        store.degrade_for_test("segments/00000001.seg: No space left on device (os error 28)");
+        let (s, v) = client.request(Method::GET, "/healthz").await.unwrap();
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert_eq!(v["status"], "degraded");
+        assert!(
+            v["sealing"]["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("No space left"),
+            "{v}"
+        );
+        assert!(
+            v["sealing"]["since"].as_str().unwrap().ends_with('Z'),
+            "{v}"
+        );
+        assert_eq!(v["sealing"]["failed_commits"], 1);
+        assert_eq!(v["sealing"]["recoveries"], 0);
+        // An operator command recovers first (the disk here has room), and health follows.
+        let (s, v) = client.request(Method::POST, "/v1/compact").await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _) = client.request(Method::GET, "/healthz").await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(store.stats().recoveries, 1);
+        stop.send(()).unwrap();
+    }
+
+    // See: veil#10
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_forget_and_purge_answer_with_what_was_and_was_not_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SealStore::open(dir.path(), ring(1), Default::default()).unwrap();
+        let mut old = openai_chat();
+        old.started_at -= Duration::from_secs(40 * 86_400);
+        store.seal(&old, None).await.unwrap();
+        // The audit log cannot be written (a directory where the file should be).
+        std::fs::create_dir(dir.path().join("audit.jsonl")).unwrap();
+        let token = AdminToken::from_secret("t");
+        let (addr, stop) = start(store.clone(), token.clone()).await;
+        let client = AdminClient {
+            addr,
+            token,
+            actor: "cli:test".into(),
+        };
+        let (s, v) = client
+            .request(Method::DELETE, &format!("/v1/exchanges/{}", old.id))
+            .await
+            .unwrap();
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert_eq!(v["forgotten"], false);
+        assert_eq!(v["not_destroyed"], serde_json::json!([old.id.to_string()]));
+        assert_eq!(v["destroyed"], serde_json::json!([]));
+        let (s, v) = client
+            .request(Method::POST, "/v1/purge?older_than=30d")
+            .await
+            .unwrap();
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert_eq!(v["purged"], 0);
+        assert_eq!(v["not_destroyed"], serde_json::json!([old.id.to_string()]));
+        let (s, v) = client
+            .request(Method::GET, &format!("/v1/exchanges/{}", old.id))
+            .await
+            .unwrap();
+        assert_eq!(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unseal fails closed: {v}"
+        );
+        assert!(v.get("request_body").is_none());
+        std::fs::remove_dir(dir.path().join("audit.jsonl")).unwrap();
+        let (s, v) = client
+            .request(Method::POST, "/v1/purge?older_than=30d")
+            .await
+            .unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["purged"], 1);
+        assert_eq!(v["ids"], serde_json::json!([old.id.to_string()]));
         stop.send(()).unwrap();
     }
 

@@ -171,7 +171,9 @@ impl Drop for BackgroundRuntime {
 struct OtlpAudit(ExporterHandle);
 
 impl AuditSink for OtlpAudit {
-    fn emit(&self, event: &crate::seal::AuditEvent) {
+    /// Best-effort: never fails the action (`audit.jsonl`, before it in the fanout, is the
+    /// durable record).
+    fn emit(&self, event: &crate::seal::AuditEvent) -> Result<(), crate::seal::AuditError> {
         let event = crate::export::AuditEvent {
             kind: event.kind.as_str().to_string(),
             request_id: event.request_id.to_string(),
@@ -183,6 +185,7 @@ impl AuditSink for OtlpAudit {
         if self.0.try_send_audit(event).is_err() {
             tracing::warn!("exporter queue full: audit event kept in audit.jsonl only");
         }
+        Ok(())
     }
 }
 

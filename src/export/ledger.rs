@@ -7,7 +7,7 @@
 //! Owns: files under `<data>/records/`. Never touches the network or records.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,29 +51,97 @@ pub fn ledger_path(data: &Path, signal: Signal, t: SystemTime) -> PathBuf {
 }
 
 /// Appends one JSON request as a line (the payload must hold no newline: compact JSON).
+///
+/// A failed write leaves no partial line: a torn tail from an earlier failure or crash is cut
+/// before appending, and a write that fails part-way (ENOSPC) is cut back before the error is
+/// returned, so the next line always starts on a line of its own (veil#10: the next batch was
+/// appended to half a line). Not fsynced: the ledger is a best-effort copy of what the exporter
+/// sends; one writer per file (the exporter's ledger task per signal).
 pub fn append(data: &Path, signal: Signal, json: &[u8], t: SystemTime) -> io::Result<()> {
     let path = ledger_path(data, signal, t);
     // Records hold redacted content, still nobody else's business: 0700 dir, 0600 files.
     crate::export::spool::private_dir(&records_dir(data))?;
-    let mut f = {
+    let f = {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o600)
-            .open(path)?
+            .open(&path)?
     };
+    let cut = crate::os::truncate_torn_line(&f)?;
+    if cut > 0 {
+        tracing::warn!(file = %path.display(), bytes = cut, "ledger: cut a torn last line left by an earlier failed write");
+    }
     let mut line = Vec::with_capacity(json.len() + 1);
     line.extend_from_slice(json);
     line.push(b'\n');
     // One write per line so concurrent readers never see half a line joined to another.
-    f.write_all(&line)
+    crate::os::append_lines(&f, &line, false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect()
+    }
+
+    // See: veil#10
+    #[test]
+    fn partial_ledger_line_after_enospc_is_cut_before_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_321_410);
+        append(dir.path(), Signal::Traces, br#"{"batch":1}"#, t).unwrap();
+        // The half line a write cut short by ENOSPC leaves behind.
+        let path = ledger_path(dir.path(), Signal::Traces, t);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, br#"{"resourceSpans":[{"reso"#).unwrap();
+        drop(f);
+        append(dir.path(), Signal::Traces, br#"{"batch":2}"#, t).unwrap();
+        let got = lines(&path);
+        assert_eq!(
+            got,
+            [
+                serde_json::json!({"batch":1}),
+                serde_json::json!({"batch":2})
+            ]
+        );
+    }
+
+    // See: veil#10
+    #[test]
+    fn ledger_write_on_a_full_disk_fails_whole_and_the_next_batch_parses() {
+        let Some(fs) = crate::seal::tests::Tmpfs::mount(
+            "ledger_write_on_a_full_disk_fails_whole_and_the_next_batch_parses",
+            "1m",
+        ) else {
+            return;
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_321_410);
+        append(fs.path(), Signal::Logs, br#"{"batch":1}"#, t).unwrap();
+        fs.fill();
+        let big = format!(r#"{{"batch":2,"pad":"{}"}}"#, "x".repeat(64 << 10));
+        let err = append(fs.path(), Signal::Logs, big.as_bytes(), t).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "{err}");
+        fs.free();
+        append(fs.path(), Signal::Logs, br#"{"batch":3}"#, t).unwrap();
+        let got = lines(&ledger_path(fs.path(), Signal::Logs, t));
+        assert_eq!(
+            got,
+            [
+                serde_json::json!({"batch":1}),
+                serde_json::json!({"batch":3})
+            ]
+        );
+    }
 
     #[test]
     fn dates() {

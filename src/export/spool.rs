@@ -9,9 +9,10 @@
 //!
 //! Files are written once under a temporary name and renamed into place, never modified, and
 //! deleted when their batch is delivered (or given up). Replay is in sequence order, so
-//! batches leave in the order they were spooled, also after a restart. A crash mid-write
-//! leaves at most a `.tmp` file, discarded on open; a frame whose length or checksum does not
-//! match (a torn or corrupted write) is discarded and logged, never sent.
+//! batches leave in the order they were spooled, also after a restart. A failed write (a full
+//! disk) removes its `.tmp` file and counts nothing; a crash mid-write leaves at most a `.tmp`
+//! file, discarded on open; a frame whose length or checksum does not match (a torn or
+//! corrupted write) is discarded and logged, never sent.
 //!
 //! Rejected alternative: one append-only segment log plus a persisted read cursor. It saves
 //! inodes, but needs a cursor file rewritten per delivered batch and compaction of
@@ -149,7 +150,7 @@ impl Spool {
         let seq = self.next_seq;
         let path = self.path(seq);
         let tmp = path.with_extension("tmp");
-        {
+        let written = (|| {
             let mut f = {
                 use std::os::unix::fs::OpenOptionsExt;
                 fs::OpenOptions::new()
@@ -167,8 +168,15 @@ impl Spool {
             header[9..13].copy_from_slice(&frame_crc(e, payload).to_le_bytes());
             f.write_all(&header)?;
             f.write_all(payload)?;
+            drop(f);
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            // A failed write (ENOSPC) leaves nothing: no partial `.tmp` holding the space the
+            // disk lacks, no entry, no bytes counted, and the sequence number is reused.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, &path)?;
         self.next_seq += 1;
         let size = (HEADER + payload.len()) as u64;
         self.entries.push_back((seq, size));
@@ -277,6 +285,49 @@ mod tests {
         assert_eq!(lost.bytes, 2 * (HEADER as u64 + 100));
         assert_eq!(s.len(), 3);
         assert_eq!(s.front().0.unwrap().1, vec![2; 100]);
+    }
+
+    // See: veil#10
+    #[test]
+    fn spool_write_on_a_full_disk_leaves_no_garbage_to_replay_or_count() {
+        let Some(fs) = crate::seal::tests::Tmpfs::mount(
+            "spool_write_on_a_full_disk_leaves_no_garbage_to_replay_or_count",
+            "1m",
+        ) else {
+            return;
+        };
+        let dir = fs.path().join("spool");
+        let mut s = Spool::open(&dir, 1 << 30).unwrap();
+        s.push(Encoding::Protobuf, b"first").unwrap();
+        fs.fill();
+        let err = s.push(Encoding::Protobuf, &[7u8; 256 << 10]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "{err}");
+        assert_eq!(
+            (s.len(), s.bytes()),
+            (1, HEADER as u64 + 5),
+            "nothing counted"
+        );
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            1,
+            "no partial .tmp left holding space: {names:?}"
+        );
+        fs.free();
+        s.push(Encoding::Json, b"second").unwrap();
+        drop(s);
+        let mut s = Spool::open(&dir, 1 << 30).unwrap();
+        assert_eq!(s.front().0.unwrap().1, b"first");
+        s.pop_front();
+        assert_eq!(
+            s.front(),
+            (Some((Encoding::Json, b"second".to_vec())), Loss::default())
+        );
+        s.pop_front();
+        assert!(s.is_empty());
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! # Audit: who read or destroyed which sealed exchange, and when.
 //!
 //! Owns [`AuditEvent`] and the [`AuditSink`] seam. Every unseal, forget, retention purge and
-//! rewrap in [`super::store`] emits one event per request ID. The default sink,
-//! [`JsonlAuditSink`], appends one JSON line per event to `<data>/audit.jsonl` and logs it via
-//! `tracing`; the OTLP exporter implements [`AuditSink`] to ship the same events.
+//! rewrap in [`super::store`] emits one event per request ID, *before* the action is reported:
+//! a sink that cannot record the event makes the action fail closed. The default sink,
+//! [`JsonlAuditSink`], appends one JSON line per event to `<data>/audit.jsonl`, fsyncs, and
+//! logs it via `tracing`; the OTLP exporter implements [`AuditSink`] (best-effort) to ship the
+//! same events.
 //!
 //! Events carry IDs, pseudonyms and reasons only: never content, never a raw user ID. This
 //! module must never touch keys, the store's files or the network.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -76,16 +77,50 @@ impl AuditEvent {
     }
 }
 
-/// Where audit events go. Implementations must not block for long (they run on the store's
-/// caller threads) and must not fail the action: an action already done is reported even if
-/// the sink is broken, and the sink logs its own trouble.
-pub trait AuditSink: Send + Sync + fmt::Debug {
-    /// Records one event.
-    fn emit(&self, event: &AuditEvent);
+/// An audit entry that could not be recorded durably. The action it describes must then not
+/// be reported as done: `unseal` returns no plaintext, `forget` destroys nothing (veil#10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditError(String);
+
+impl AuditError {
+    /// An error with a message for humans (a path and the OS error; never content).
+    pub fn new(msg: impl fmt::Display) -> Self {
+        AuditError(msg.to_string())
+    }
 }
 
-/// The default sink: `<data>/audit.jsonl` (append-only, one JSON object per line) plus a
-/// `tracing` info line per event.
+impl fmt::Display for AuditError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AuditError {}
+
+/// Where audit events go.
+///
+/// The store calls a sink *before* it reports an action: an `Err` means "not recorded", and
+/// the store then fails the action closed (no plaintext from `unseal`; nothing destroyed by
+/// `forget` or `purge`). A durable sink (the local `audit.jsonl`) returns `Ok` only once the
+/// events are on disk; a best-effort one (OTLP forwarding) returns `Ok` and logs its own
+/// trouble. Implementations must not block for long (they run on the store's threads).
+pub trait AuditSink: Send + Sync + fmt::Debug {
+    /// Records one event.
+    fn emit(&self, event: &AuditEvent) -> Result<(), AuditError>;
+
+    /// Records several events, all or none where the sink can promise it (the JSONL sink
+    /// writes them with one write and one fsync). The default emits them one by one and stops
+    /// at the first error.
+    fn emit_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        events.iter().try_for_each(|e| self.emit(e))
+    }
+}
+
+/// The default sink: `<data>/audit.jsonl` (append-only, one JSON object per line, fsynced
+/// before [`AuditSink::emit`] returns) plus a `tracing` info line per event.
+///
+/// A write that fails part-way (ENOSPC) is cut back, so no half line is left, and a torn tail
+/// left by a crash is cut before the next append; the error is returned, never swallowed.
 #[derive(Debug)]
 pub struct JsonlAuditSink {
     path: PathBuf,
@@ -105,54 +140,83 @@ impl JsonlAuditSink {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
 
-impl AuditSink for JsonlAuditSink {
-    fn emit(&self, event: &AuditEvent) {
-        tracing::info!(
-            audit.kind = event.kind.as_str(),
-            exchange.id = %event.request_id,
-            user.pseudonym = event.user.as_deref().unwrap_or("-"),
-            audit.actor = %event.actor,
-            audit.reason = %event.reason,
-            "sealed store audit event"
-        );
-        let mut line = event.to_json().to_string();
-        line.push('\n');
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            use std::os::unix::fs::OpenOptionsExt;
-            match OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(&self.path)
-            {
-                Ok(f) => *guard = Some(f),
-                Err(e) => {
-                    tracing::error!(path = %self.path.display(), error = %e, "cannot open audit log");
-                    return;
-                }
-            }
+    fn open(&self) -> std::io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        let cut = crate::os::truncate_torn_line(&f)?;
+        if cut > 0 {
+            tracing::warn!(path = %self.path.display(), bytes = cut, "audit log: cut a torn last line");
         }
-        if let Some(f) = guard.as_mut()
-            && let Err(e) = f.write_all(line.as_bytes())
-        {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot write audit log");
-            *guard = None;
-        }
+        Ok(f)
     }
 }
 
-/// Sends every event to each of several sinks in order (e.g. the JSONL file and OTLP).
+impl AuditSink for JsonlAuditSink {
+    fn emit(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        self.emit_all(std::slice::from_ref(event))
+    }
+
+    fn emit_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut lines = String::new();
+        for event in events {
+            lines.push_str(&event.to_json().to_string());
+            lines.push('\n');
+        }
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match guard.as_ref() {
+            Some(f) => crate::os::append_lines(f, lines.as_bytes(), true),
+            None => self.open().and_then(|f| {
+                let r = crate::os::append_lines(&f, lines.as_bytes(), true);
+                *guard = Some(f);
+                r
+            }),
+        };
+        if let Err(e) = result {
+            tracing::error!(path = %self.path.display(), error = %e, events = events.len(), "cannot write the audit log: the action is refused");
+            // Reopen next time: that also cuts a torn tail the failed write may have left.
+            *guard = None;
+            return Err(AuditError::new(format!(
+                "audit log {}: {e}",
+                self.path.display()
+            )));
+        }
+        drop(guard);
+        for event in events {
+            tracing::info!(
+                audit.kind = event.kind.as_str(),
+                exchange.id = %event.request_id,
+                user.pseudonym = event.user.as_deref().unwrap_or("-"),
+                audit.actor = %event.actor,
+                audit.reason = %event.reason,
+                "sealed store audit event"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sends every event to each of several sinks in order (e.g. the JSONL file, then OTLP) and
+/// stops at the first that fails, returning its error: put the durable sink first, so a
+/// best-effort one never ships an event for an action that was then refused.
 #[derive(Debug, Clone, Default)]
 pub struct FanoutAuditSink(pub Vec<std::sync::Arc<dyn AuditSink>>);
 
 impl AuditSink for FanoutAuditSink {
-    fn emit(&self, event: &AuditEvent) {
-        for sink in &self.0 {
-            sink.emit(event);
-        }
+    fn emit(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        self.emit_all(std::slice::from_ref(event))
+    }
+
+    fn emit_all(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        self.0.iter().try_for_each(|sink| sink.emit_all(events))
     }
 }
 
@@ -185,6 +249,80 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn event(reason: &str) -> AuditEvent {
+        AuditEvent {
+            kind: AuditKind::Unseal,
+            request_id: ExchangeId::new(),
+            user: None,
+            time: SystemTime::now(),
+            actor: "cli:test".into(),
+            reason: reason.into(),
+        }
+    }
+
+    // See: veil#10
+    #[test]
+    fn partial_audit_line_is_cut_before_the_next_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // What a write that failed half-way (ENOSPC) and a crash before the cut leave.
+        std::fs::write(&path, "{\"kind\":\"unseal\",\"request_id\":\"01").unwrap();
+        let sink = JsonlAuditSink::new(&path);
+        sink.emit(&event("first")).unwrap();
+        sink.emit_all(&[event("second"), event("third")]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let reasons: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].to_string())
+            .collect();
+        assert_eq!(reasons, ["\"first\"", "\"second\"", "\"third\""]);
+    }
+
+    // See: veil#10
+    #[test]
+    fn unwritable_audit_log_is_an_error_not_a_log_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::create_dir(&path).unwrap();
+        let sink = FanoutAuditSink(vec![std::sync::Arc::new(JsonlAuditSink::new(&path))]);
+        let err = sink.emit(&event("x")).unwrap_err();
+        assert!(err.to_string().contains("audit.jsonl"), "{err}");
+        std::fs::remove_dir(&path).unwrap();
+        sink.emit(&event("y")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    // See: veil#10
+    #[test]
+    fn full_disk_audit_write_fails_and_leaves_no_half_line() {
+        let Some(fs) = crate::seal::tests::Tmpfs::mount(
+            "full_disk_audit_write_fails_and_leaves_no_half_line",
+            "1m",
+        ) else {
+            return;
+        };
+        let path = fs.path().join("audit.jsonl");
+        let sink = JsonlAuditSink::new(&path);
+        sink.emit(&event("before")).unwrap();
+        fs.fill();
+        // Enough lines that they cannot fit in the page the file already has.
+        let many: Vec<AuditEvent> = (0..64).map(|_| event("while full")).collect();
+        let err = sink.emit_all(&many).unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().lines().count(),
+            1,
+            "cut back: no half line, none of the failed batch"
+        );
+        fs.free();
+        sink.emit(&event("after")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert_eq!(text.lines().count(), 2);
+    }
 
     #[test]
     fn rfc3339_known_dates() {

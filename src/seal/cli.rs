@@ -6,8 +6,9 @@
 //! `admin_listen`) with the admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`). Neither
 //! working is a clear error. It never touches the proxy, the rules or OTLP.
 //!
-//! Every `run_*` returns `Ok(ExitCode)` (0 success, 1 when something asked for was not found)
-//! or an error whose `{:#}` display is meant for the operator.
+//! Every `run_*` returns `Ok(ExitCode)` (0 success, 1 when something asked for was not found,
+//! 2 when a destructive command failed: it then prints exactly what was destroyed and what was
+//! not) or an error whose `{:#}` display is meant for the operator.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -287,8 +288,87 @@ fn raw_from_json(body: &serde_json::Value) -> Vec<u8> {
     }
 }
 
+fn id_list(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn strings(ids: &[ExchangeId]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}
+
+/// What a failed destructive command did, for the operator (veil#10: a purge on a full disk
+/// reported only "failed"). Destroyed IDs go to stdout like on success (`<verb> ID`); IDs
+/// receipted but not yet shredded too, marked; untouched ones to stderr as `NOT <verb> ID`;
+/// then the error and the counts. Exit code 2.
+fn report_failure(
+    verb: &str,
+    destroyed: &[String],
+    pending: &[String],
+    not_destroyed: &[String],
+    error: &str,
+) -> ExitCode {
+    for id in destroyed {
+        println!("{verb} {id}");
+    }
+    for id in pending {
+        println!(
+            "{verb} {id} (receipt written, no longer readable; shredding its data key completes when the store recovers)"
+        );
+    }
+    for id in not_destroyed {
+        eprintln!("NOT {verb} {id}");
+    }
+    eprintln!("error: {error}");
+    eprintln!(
+        "{} destroyed, {} receipted with shredding pending, {} NOT destroyed (still sealed, no receipt)",
+        destroyed.len(),
+        pending.len(),
+        not_destroyed.len()
+    );
+    ExitCode::from(2)
+}
+
+fn report_forget_error(verb: &str, e: &super::ForgetError) -> ExitCode {
+    report_failure(
+        verb,
+        &strings(e.destroyed()),
+        &strings(e.pending()),
+        &strings(e.not_destroyed()),
+        &e.error().to_string(),
+    )
+}
+
+/// A failed admin API answer to a destructive request: the lists it carries.
+fn report_remote_failure(
+    verb: &str,
+    status: StatusCode,
+    v: &serde_json::Value,
+    mut not_reached: Vec<String>,
+    mut destroyed_before: Vec<String>,
+) -> ExitCode {
+    destroyed_before.extend(id_list(&v["destroyed"]));
+    let mut not_destroyed = id_list(&v["not_destroyed"]);
+    not_destroyed.append(&mut not_reached);
+    report_failure(
+        verb,
+        &destroyed_before,
+        &id_list(&v["pending"]),
+        &not_destroyed,
+        &format!(
+            "admin API: {status}: {}",
+            v["error"].as_str().unwrap_or("unknown error")
+        ),
+    )
+}
+
 /// `veil forget ID… | --user USER`: exits 1 when any ID was unknown (the known ones are
-/// still forgotten).
+/// still forgotten), 2 when the forget failed (what was and was not destroyed is printed).
 pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let actor = actor();
     let target = target(dirs)?;
@@ -296,13 +376,16 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         let (pseudonym, ids) = match &target {
             Target::Local(store) => {
                 let p = pseudonymize_user(&store.keyring(), user);
-                let ids = store
-                    .forget_user(&p, &actor, &args.reason)
-                    .map_err(|e| anyhow!(e))?;
-                (p, ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+                match store.forget_user(&p, &actor, &args.reason) {
+                    Ok(ids) => (p, strings(&ids)),
+                    Err(e) => {
+                        eprintln!("forgetting the exchanges of user {p} failed");
+                        return Ok(report_forget_error("forgotten", &e));
+                    }
+                }
             }
             Target::Remote(c) => {
-                let v = remote_ok(
+                let (status, v) = remote(
                     c,
                     Method::DELETE,
                     &format!(
@@ -311,15 +394,18 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
                         percent_encode(&args.reason)
                     ),
                 )?;
-                let ids = v["forgotten"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (v["user"].as_str().unwrap_or("?").to_string(), ids)
+                let p = v["user"].as_str().unwrap_or("?").to_string();
+                if !status.is_success() {
+                    eprintln!("forgetting the exchanges of user {p} failed");
+                    return Ok(report_remote_failure(
+                        "forgotten",
+                        status,
+                        &v,
+                        Vec::new(),
+                        Vec::new(),
+                    ));
+                }
+                (p, id_list(&v["forgotten"]))
             }
         };
         for id in &ids {
@@ -339,34 +425,62 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut unknown = 0;
     match &target {
-        Target::Local(store) => {
-            for o in store
-                .forget(&ids, &actor, &args.reason)
-                .map_err(|e| anyhow!(e))?
-            {
-                if o.forgotten {
-                    println!("forgotten {}", o.id);
-                } else {
-                    eprintln!("unknown {} (never sealed, or already forgotten)", o.id);
-                    unknown += 1;
+        Target::Local(store) => match store.forget(&ids, &actor, &args.reason) {
+            Ok(out) => {
+                for o in out {
+                    if o.forgotten {
+                        println!("forgotten {}", o.id);
+                    } else {
+                        eprintln!("unknown {} (never sealed, or already forgotten)", o.id);
+                        unknown += 1;
+                    }
                 }
             }
-        }
+            Err(e) => return Ok(report_forget_error("forgotten", &e)),
+        },
         Target::Remote(c) => {
-            for id in &ids {
-                let (status, v) = remote(
+            // One request per ID: on a failure, the ones before it are destroyed and the ones
+            // after it were never sent.
+            let mut done = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let sent = remote(
                     c,
                     Method::DELETE,
                     &format!("/v1/exchanges/{id}?reason={}", percent_encode(&args.reason)),
-                )?;
+                );
+                let (status, v) = match sent {
+                    Ok(x) => x,
+                    Err(e) => {
+                        return Ok(report_failure(
+                            "forgotten",
+                            &done,
+                            &[],
+                            &strings(&ids[i + 1..]),
+                            &format!(
+                                "{e:#}; the outcome for {id} is unknown (check receipts.jsonl)"
+                            ),
+                        ));
+                    }
+                };
                 match status {
-                    StatusCode::OK => println!("forgotten {id}"),
+                    StatusCode::OK => done.push(id.to_string()),
                     StatusCode::NOT_FOUND => {
                         eprintln!("unknown {id} (never sealed, or already forgotten)");
                         unknown += 1;
                     }
-                    s => bail!("admin API: {s}: {}", v["error"].as_str().unwrap_or("?")),
+                    s => {
+                        return Ok(report_remote_failure(
+                            "forgotten",
+                            s,
+                            &v,
+                            strings(&ids[i + 1..]),
+                            done,
+                        ));
+                    }
                 }
+            }
+            for id in &done {
+                println!("forgotten {id}");
             }
         }
     }
@@ -377,23 +491,44 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
     })
 }
 
-/// `veil purge [--older-than D]` (default: configured `retention`).
+/// `veil purge [--older-than D]` (default: configured `retention`): prints `purged ID` for
+/// every exchange destroyed, then a count; exits 2 when the purge failed part-way (what was
+/// and was not destroyed is printed).
 pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let older = args.older_than.or(dirs.retention).ok_or_else(|| {
         anyhow!("nothing to purge by: pass --older-than (e.g. 30d) or set retention in the config")
     })?;
-    let n = match target(dirs)? {
-        Target::Local(store) => store.purge(older, &actor()).map_err(|e| anyhow!(e))?,
+    let ids = match target(dirs)? {
+        Target::Local(store) => match store.purge(older, &actor()) {
+            Ok(ids) => strings(&ids),
+            Err(e) => return Ok(report_forget_error("purged", &e)),
+        },
         Target::Remote(c) => {
-            let v = remote_ok(
+            let (status, v) = remote(
                 &c,
                 Method::POST,
                 &format!("/v1/purge?older_than={}s", older.as_secs()),
             )?;
-            v["purged"].as_u64().unwrap_or(0) as usize
+            if !status.is_success() {
+                return Ok(report_remote_failure(
+                    "purged",
+                    status,
+                    &v,
+                    Vec::new(),
+                    Vec::new(),
+                ));
+            }
+            id_list(&v["ids"])
         }
     };
-    println!("purged {n} exchange(s) older than {}s", older.as_secs());
+    for id in &ids {
+        println!("purged {id}");
+    }
+    println!(
+        "purged {} exchange(s) older than {}s",
+        ids.len(),
+        older.as_secs()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

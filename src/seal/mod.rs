@@ -8,7 +8,10 @@
 //!   data key wrapped by the master key's `SealWrap` purpose key).
 //! - [`store`]: segments, key slots and the redb index; one writer thread with group commit;
 //!   crash recovery; forget (crypto-shredding), retention purge, compaction, rewrap.
-//! - [`audit`]: [`AuditEvent`](audit::AuditEvent) and the [`AuditSink`](audit::AuditSink) seam.
+//! - [`audit`]: [`AuditEvent`] and the [`AuditSink`] seam
+//!   (fallible: an action that cannot be audited is refused).
+//! - [`health`]: [`Health`] (ok, or degraded since when and why), the lock-free
+//!   [`SealHealth`] handle for admission checks, and [`StoreStats`] counters.
 //! - [`cli`]: the `unseal`, `forget`, `purge`, `keys`, `compact` subcommands.
 //!
 //! See `docs/sealed-store.md` for the on-disk layout and the operator's view.
@@ -16,14 +19,18 @@
 pub mod audit;
 pub mod cli;
 pub mod envelope;
+pub mod health;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::fmt;
 
-pub use audit::{AuditEvent, AuditKind, AuditSink, FanoutAuditSink, JsonlAuditSink};
-pub use store::{CompactStats, ForgetOutcome, IndexEntry, SealAck, SealOptions, SealStore};
+pub use audit::{AuditError, AuditEvent, AuditKind, AuditSink, FanoutAuditSink, JsonlAuditSink};
+pub use health::{Health, SealHealth, StoreStats};
+pub use store::{
+    CompactStats, ForgetError, ForgetOutcome, IndexEntry, SealAck, SealOptions, SealStore,
+};
 
 /// What kind of failure a [`SealError`] is. Callers branch on this, never on the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,13 @@ pub enum ErrorKind {
     Closed,
     /// Too many exchanges already wait for the disk; this one was not sealed.
     Busy,
+    /// A write failed earlier and the store has not recovered yet (the disk is still full, or
+    /// the index could not be reopened): nothing was written. Retried on its own; see
+    /// [`SealStore::health`].
+    Degraded,
+    /// The audit entry could not be written durably, so the action was refused: `unseal`
+    /// returns nothing, `forget` and `purge` destroy nothing.
+    Audit,
 }
 
 /// An error from the sealed store: a [`kind`](SealError::kind) plus a message for humans

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -20,8 +21,9 @@ const COMPLETION: &str = "PLANTED-COMPLETION: reduce salt intake";
 pub(crate) struct MemorySink(pub Mutex<Vec<AuditEvent>>);
 
 impl AuditSink for MemorySink {
-    fn emit(&self, event: &AuditEvent) {
+    fn emit(&self, event: &AuditEvent) -> Result<(), AuditError> {
         self.0.lock().unwrap().push(event.clone());
+        Ok(())
     }
 }
 
@@ -500,10 +502,12 @@ fn retention_purges_exactly_the_old_ones() {
         store.seal_blocking(&ex, None).unwrap();
         if age_days > 30 { &mut old } else { &mut young }.push(ex.id);
     }
-    let n = store
+    let mut purged = store
         .purge_before(now - Duration::from_secs(30 * 86_400), "retention")
         .unwrap();
-    assert_eq!(n, 2);
+    purged.sort();
+    old.sort();
+    assert_eq!(purged, old, "purge reports exactly what it destroyed");
     for id in &old {
         assert!(store.entry(*id).unwrap().is_none());
     }
@@ -519,9 +523,11 @@ fn retention_purges_exactly_the_old_ones() {
         .map(|e| e.request_id)
         .collect();
     assert_eq!(purges.len(), 2);
-    assert_eq!(
-        store.purge(Duration::from_secs(30 * 86_400), "r").unwrap(),
-        0
+    assert!(
+        store
+            .purge(Duration::from_secs(30 * 86_400), "r")
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -753,6 +759,588 @@ fn sigkill_mid_load_loses_nothing_acknowledged() {
         store
             .unseal(id, "t", "t")
             .unwrap_or_else(|e| panic!("{id} corrupt after crash: {e}"));
+    }
+}
+
+// === failures: a full disk, an unwritable audit log, races (veil#10) ===
+
+fn receipts(data: &Path) -> String {
+    std::fs::read_to_string(data.join("sealed/receipts.jsonl")).unwrap_or_default()
+}
+
+/// Waits (bounded) until the store's health is ok again.
+fn wait_healthy(store: &SealStore, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !store.health().is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still degraded after {within:?}: {:?}",
+            store.health()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// See: veil#10
+#[test]
+fn one_failed_commit_on_a_full_disk_recovers_without_restart() {
+    let Some(fs) = Tmpfs::mount(
+        "one_failed_commit_on_a_full_disk_recovers_without_restart",
+        "4m",
+    ) else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let (store, sink) = open(&data, ring(1));
+    let handle = store.health_handle();
+    let before: Vec<Exchange> = (0..2).map(|_| openai_chat()).collect();
+    for e in &before {
+        store.seal_blocking(e, None).unwrap();
+    }
+    assert!(handle.is_ok());
+
+    fs.fill();
+    let lost = openai_chat();
+    let err = store.seal_blocking(&lost, None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    // The frame and the key slot still fit in pages the files already have: what fails is the
+    // index commit, which poisons redb ("re-open the database") until the handle is reopened.
+    assert!(
+        err.to_string().starts_with("index:") && err.to_string().contains("No space left"),
+        "expected ENOSPC in the index commit: {err}"
+    );
+    assert!(!handle.is_ok(), "the lock-free handle says degraded");
+    let Health::Degraded { last_error, .. } = store.health() else {
+        panic!("degraded expected after ENOSPC: {:?}", store.health());
+    };
+    assert!(last_error.contains("No space left"), "{last_error}");
+    assert_eq!(store.stats().failed_commits, 1);
+    // While degraded: seals are refused at once, forget destroys nothing.
+    let refused = store.submit(&openai_chat(), None).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Degraded, "{refused}");
+    let fe = store.forget(&[before[0].id], "t", "full disk").unwrap_err();
+    assert!(fe.destroyed().is_empty() && fe.pending().is_empty(), "{fe}");
+    assert_eq!(fe.not_destroyed(), &[before[0].id]);
+    assert!(!receipts(&data).contains(&before[0].id.to_string()));
+    assert!(
+        sink.0.lock().unwrap().is_empty(),
+        "no audit event for a forget that did not happen"
+    );
+
+    // Space returns: the next forget works at once, without a restart (it recovers first).
+    fs.free();
+    let out = store.forget(&[before[0].id], "t", "space is back").unwrap();
+    assert!(out[0].forgotten);
+    assert!(handle.is_ok(), "{:?}", store.health());
+    assert_eq!(store.stats().recoveries, 1);
+    assert!(
+        store
+            .unseal(before[0].id, "t", "t")
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(receipts(&data).contains(&before[0].id.to_string()));
+    // ... and so does the next seal; the failed one left nothing behind.
+    let after = openai_chat();
+    store.seal_blocking(&after, None).unwrap();
+    assert!(store.entry(lost.id).unwrap().is_none());
+    for e in before[1..].iter().chain([&after]) {
+        assert_same(e, &store.unseal(e.id, "t", "t").unwrap());
+    }
+    drop(store);
+    let (store, _) = open(&data, ring(1));
+    assert_eq!(store.len().unwrap(), 2);
+    for e in before[1..].iter().chain([&after]) {
+        assert_same(e, &store.unseal(e.id, "t", "t").unwrap());
+    }
+}
+
+fn aged(days: u64) -> Exchange {
+    let mut ex = openai_chat();
+    ex.started_at = SystemTime::now() - Duration::from_secs(days * 86_400);
+    ex
+}
+
+fn sorted(mut v: Vec<ExchangeId>) -> Vec<ExchangeId> {
+    v.sort();
+    v
+}
+
+// See: veil#10
+#[test]
+fn purge_on_a_full_disk_destroys_nothing_without_a_receipt() {
+    let Some(fs) = Tmpfs::mount(
+        "purge_on_a_full_disk_destroys_nothing_without_a_receipt",
+        "4m",
+    ) else {
+        return;
+    };
+    let data = fs.path().join("data");
+    // The real audit log, on the same full disk.
+    let store = SealStore::open(&data, ring(1), SealOptions::default()).unwrap();
+    let old: Vec<Exchange> = (0..5).map(|_| aged(40)).collect();
+    let young = aged(1);
+    for e in old.iter().chain([&young]) {
+        store.seal_blocking(e, None).unwrap();
+    }
+    let old_ids = sorted(old.iter().map(|e| e.id).collect());
+    let month = Duration::from_secs(30 * 86_400);
+
+    fs.fill();
+    let err = store.purge(month, "retention").unwrap_err();
+    // Every eligible exchange is accounted for, in exactly one list.
+    let mut all = err.destroyed().to_vec();
+    all.extend_from_slice(err.pending());
+    all.extend_from_slice(err.not_destroyed());
+    assert_eq!(sorted(all), old_ids, "{err}");
+    // A full disk cannot take the receipts, and without a receipt nothing is destroyed.
+    assert!(
+        err.destroyed().is_empty() && err.pending().is_empty(),
+        "{err}"
+    );
+    let audit = std::fs::read_to_string(data.join("audit.jsonl")).unwrap_or_default();
+    for id in err.not_destroyed() {
+        assert!(!receipts(&data).contains(&id.to_string()));
+        assert!(!audit.contains(&id.to_string()));
+    }
+    assert!(
+        receipts(&data).is_empty(),
+        "no half receipt left behind: {:?}",
+        receipts(&data)
+    );
+
+    fs.free();
+    for e in &old {
+        assert_same(e, &store.unseal(e.id, "t", "still here").unwrap());
+    }
+    let purged = store.purge(month, "retention").unwrap();
+    assert_eq!(sorted(purged), old_ids);
+    let r = receipts(&data);
+    assert_eq!(r.lines().count(), old.len());
+    for line in r.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    assert_same(&young, &store.unseal(young.id, "t", "t").unwrap());
+}
+
+// See: veil#10
+#[test]
+fn store_on_a_full_disk_opens_reads_and_refuses_to_destroy_without_a_receipt() {
+    let Some(fs) = Tmpfs::mount(
+        "store_on_a_full_disk_opens_reads_and_refuses_to_destroy_without_a_receipt",
+        "4m",
+    ) else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let ex = aged(40);
+    {
+        let (store, _) = open(&data, ring(1));
+        store.seal_blocking(&ex, None).unwrap();
+    }
+    fs.fill();
+    // As `veil purge` does on a disk that filled up while veil was stopped.
+    let (store, sink) = open(&data, ring(1));
+    assert_same(&ex, &store.unseal(ex.id, "t", "t").unwrap());
+    let err = store
+        .purge(Duration::from_secs(30 * 86_400), "cli:ops")
+        .unwrap_err();
+    assert_eq!(err.not_destroyed(), &[ex.id], "{err}");
+    assert!(err.destroyed().is_empty() && err.pending().is_empty());
+    assert_eq!(sink.0.lock().unwrap().len(), 1, "the unseal only");
+    fs.free();
+    assert_eq!(
+        store
+            .purge(Duration::from_secs(30 * 86_400), "cli:ops")
+            .unwrap(),
+        vec![ex.id]
+    );
+}
+
+// See: veil#10
+#[test]
+fn purge_whose_index_commit_fails_is_completed_by_recovery() {
+    let Some(fs) = Tmpfs::mount(
+        "purge_whose_index_commit_fails_is_completed_by_recovery",
+        "4m",
+    ) else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let store = SealStore::open(&data, ring(1), SealOptions::default()).unwrap();
+    let old: Vec<Exchange> = (0..5).map(|_| aged(40)).collect();
+    let young = aged(1);
+    let first = aged(50);
+    for e in old.iter().chain([&young, &first]) {
+        store.seal_blocking(e, None).unwrap();
+    }
+    // One forget first, so receipts.jsonl and audit.jsonl each have a page with room: on the
+    // full disk the receipts and audit entries still fit, the index commit does not.
+    store.forget(&[first.id], "t", "t").unwrap();
+    let old_ids = sorted(old.iter().map(|e| e.id).collect());
+
+    fs.fill();
+    let destroyed = store
+        .purge(Duration::from_secs(30 * 86_400), "retention")
+        .unwrap();
+    assert_eq!(
+        sorted(destroyed),
+        old_ids,
+        "keys shredded: reported destroyed"
+    );
+    assert!(!store.health().is_ok(), "the index commit failed: degraded");
+    for e in &old {
+        let err = store.unseal(e.id, "t", "t").unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+    let count = |text: &str, id: &ExchangeId| text.matches(&id.to_string()).count();
+    fs.free();
+    wait_healthy(&store, Duration::from_secs(5));
+    // Recovery replayed the receipts past the checkpoint: entries gone, nothing written twice.
+    assert_eq!(store.len().unwrap(), 1);
+    let audit = std::fs::read_to_string(data.join("audit.jsonl")).unwrap();
+    for id in &old_ids {
+        assert!(store.entry(*id).unwrap().is_none());
+        assert_eq!(count(&receipts(&data), id), 1);
+        assert_eq!(count(&audit, id), 1, "one audit entry, not two");
+    }
+    drop(store);
+    let store = SealStore::open(&data, ring(1), SealOptions::default()).unwrap();
+    assert_eq!(store.ids().unwrap(), vec![young.id]);
+    assert_same(&young, &store.unseal(young.id, "t", "t").unwrap());
+}
+
+// See: veil#10
+#[test]
+fn forget_interrupted_after_its_receipt_is_completed_at_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (openai_chat(), openai_chat());
+    let slot = {
+        let (store, _) = open(dir.path(), ring(1));
+        store.seal_blocking(&a, None).unwrap();
+        store.seal_blocking(&b, None).unwrap();
+        store.entry(a.id).unwrap().unwrap().slot
+    };
+    // The state a crash leaves between the write-ahead receipt and the shredding.
+    let line = serde_json::json!({"request_id": a.id.to_string(), "time": "2026-11-22T04:25:56.123Z",
+        "kind": "forget", "reason": "GDPR art. 17", "actor": "cli:alice", "user": null});
+    std::fs::write(
+        dir.path().join("sealed/receipts.jsonl"),
+        format!("{line}\n"),
+    )
+    .unwrap();
+    let (store, sink) = open(dir.path(), ring(1));
+    assert!(store.entry(a.id).unwrap().is_none());
+    assert!(store.unseal(a.id, "t", "t").unwrap_err().is_not_found());
+    let slots = std::fs::read(dir.path().join("sealed/keyslots")).unwrap();
+    let at = slot as usize * envelope::SLOT_LEN;
+    assert!(
+        slots[at..at + envelope::SLOT_LEN].iter().all(|&x| x == 0),
+        "the data key is shredded"
+    );
+    {
+        let ev = sink.0.lock().unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!((ev[0].request_id, ev[0].kind), (a.id, AuditKind::Forget));
+        assert_eq!(ev[0].actor, "cli:alice");
+        assert!(ev[0].reason.starts_with("GDPR art. 17"), "{}", ev[0].reason);
+    }
+    assert_same(&b, &store.unseal(b.id, "t", "t").unwrap());
+    drop(store);
+    // Completed once: the next open has nothing to replay.
+    let (store, sink) = open(dir.path(), ring(1));
+    assert_eq!(store.ids().unwrap(), vec![b.id]);
+    assert!(sink.0.lock().unwrap().is_empty());
+    assert_eq!(receipts(dir.path()).lines().count(), 1);
+}
+
+// See: veil#10
+#[test]
+fn torn_receipt_line_is_cut_and_destroys_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (openai_chat(), openai_chat());
+    {
+        let (store, _) = open(dir.path(), ring(1));
+        store.seal_blocking(&a, None).unwrap();
+        store.seal_blocking(&b, None).unwrap();
+    }
+    // Half a receipt, as a write that failed part-way and could not be cut back leaves it.
+    std::fs::write(
+        dir.path().join("sealed/receipts.jsonl"),
+        format!("{{\"request_id\":\"{}\",\"ti", a.id),
+    )
+    .unwrap();
+    let (store, sink) = open(dir.path(), ring(1));
+    assert_same(&a, &store.unseal(a.id, "t", "t").unwrap());
+    assert!(receipts(dir.path()).is_empty(), "the torn line is cut");
+    store.forget(&[b.id], "t", "t").unwrap();
+    let r = receipts(dir.path());
+    assert_eq!(r.lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(r.lines().next().unwrap()).unwrap();
+    assert_eq!(v["request_id"], b.id.to_string());
+    assert_eq!(sink.0.lock().unwrap().len(), 2, "one unseal, one forget");
+}
+
+/// An audit sink that can be made to fail, like a full or read-only audit disk.
+#[derive(Debug, Default)]
+struct SwitchSink {
+    fail: std::sync::atomic::AtomicBool,
+    events: Mutex<Vec<AuditEvent>>,
+}
+
+impl AuditSink for SwitchSink {
+    fn emit(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AuditError::new("audit log: No space left on device"));
+        }
+        self.events.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+// See: veil#10
+#[test]
+fn unseal_with_an_unwritable_audit_log_returns_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    // The real JSONL sink; its file replaced by a directory, which even root cannot append to.
+    let store = SealStore::open(dir.path(), ring(1), SealOptions::default()).unwrap();
+    let ex = openai_chat();
+    store.seal_blocking(&ex, None).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    std::fs::create_dir(&audit).unwrap();
+    let err = store.unseal(ex.id, "cli:mallory", "curious").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Audit, "{err}");
+    assert!(!err.to_string().contains("PLANTED"), "{err}");
+    std::fs::remove_dir(&audit).unwrap();
+    assert_same(&ex, &store.unseal(ex.id, "cli:alice", "ticket 7").unwrap());
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        1,
+        "only the unseal that returned data: {lines}"
+    );
+    assert!(lines.contains("ticket 7") && !lines.contains("curious"));
+}
+
+// See: veil#10
+#[test]
+fn forget_that_cannot_be_audited_destroys_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(SwitchSink::default());
+    let store = SealStore::open(
+        dir.path(),
+        ring(1),
+        SealOptions {
+            audit: Some(sink.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let alice = pseudonymize_user(&ring(1), "alice");
+    let (a, b) = (openai_chat(), openai_chat());
+    store.seal_blocking(&a, Some(&alice)).unwrap();
+    store.seal_blocking(&b, Some(&alice)).unwrap();
+    sink.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = store.forget_user(&alice, "t", "erasure").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Audit, "{err}");
+    assert_eq!(
+        sorted(err.not_destroyed().to_vec()),
+        sorted(vec![a.id, b.id])
+    );
+    assert!(err.destroyed().is_empty() && err.pending().is_empty());
+    assert!(
+        receipts(dir.path()).is_empty(),
+        "the receipts were withdrawn"
+    );
+    assert!(
+        store.health().is_ok(),
+        "an audit failure is not a store failure"
+    );
+    sink.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_same(&a, &store.unseal(a.id, "t", "t").unwrap());
+    let gone = store.forget_user(&alice, "t", "erasure").unwrap();
+    assert_eq!(sorted(gone), sorted(vec![a.id, b.id]));
+    assert_eq!(receipts(dir.path()).lines().count(), 2);
+    let kinds: Vec<AuditKind> = sink.events.lock().unwrap().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![AuditKind::Unseal, AuditKind::Forget, AuditKind::Forget]
+    );
+}
+
+// See: veil#10
+#[test]
+fn racing_unseal_and_forget_answers_not_found_never_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SealStore::open(
+        dir.path(),
+        ring(1),
+        SealOptions {
+            // Small segments, so compaction really moves frames under the readers.
+            segment_max: Some(16 << 10),
+            audit: Some(Arc::new(MemorySink::default())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    const N: usize = 300;
+    let exs: Vec<Exchange> = (0..N).map(|_| openai_chat()).collect();
+    for chunk in exs.chunks(50) {
+        let acks: Vec<SealAck> = chunk
+            .iter()
+            .map(|e| store.submit(e, None).unwrap())
+            .collect();
+        for a in acks {
+            a.wait().unwrap();
+        }
+    }
+    let ids: Vec<ExchangeId> = exs.iter().map(|e| e.id).collect();
+    // The forgetter announces the id it is about to forget; the reader unseals exactly that
+    // one, over and over, so reads land in every phase of the forget (before, during the
+    // shredding, between shredding and unindexing, after). Bounded: N forgets, and the reader
+    // stops when they are done or after 200,000 reads.
+    let current = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (not_found, read) = std::thread::scope(|s| {
+        let forgetter = s.spawn(|| {
+            for (i, id) in ids.iter().enumerate() {
+                current.store(i, std::sync::atomic::Ordering::SeqCst);
+                store.forget(&[*id], "t", "race").unwrap();
+                if i % 50 == 49 {
+                    store.compact().unwrap();
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let reader = s.spawn(|| {
+            let (mut not_found, mut read) = (0usize, 0usize);
+            for _ in 0..200_000 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let i = current.load(std::sync::atomic::Ordering::SeqCst);
+                // The one being forgotten, and the next one (which compaction may move).
+                for j in [i, (i + 1).min(N - 1)] {
+                    match store.unseal(ids[j], "t", "race") {
+                        Ok(back) => {
+                            assert_same(&exs[j], &back);
+                            read += 1;
+                        }
+                        Err(err) if err.is_not_found() => not_found += 1,
+                        Err(err) => panic!("{}: raced a forget and got {err:?}", ids[j]),
+                    }
+                }
+            }
+            (not_found, read)
+        });
+        forgetter.join().unwrap();
+        reader.join().unwrap()
+    });
+    assert!(
+        not_found > 0 && read > 0,
+        "the reader met the forgetter: {read} read, {not_found} not found"
+    );
+    assert!(store.is_empty().unwrap());
+}
+
+// === a real full disk ===
+
+/// A small tmpfs mounted for one test, so "disk full" is a real ENOSPC from the kernel, not a
+/// mock. Mounting needs root: without it [`Tmpfs::mount`] prints a visible notice and returns
+/// `None` (the test then checks nothing and says so), and under `CI=true` it panics instead,
+/// because there the disk-full tests are mandatory. Unmounted on drop.
+pub(crate) struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub(crate) fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        let skip = |why: String| {
+            let msg = format!("{test}: {why}; this disk-full test did NOT run");
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{msg} (mandatory under CI=true: run the tests as root)");
+            }
+            eprintln!("NOTICE: {msg}");
+            None
+        };
+        if !rustix::process::geteuid().is_root() {
+            return skip("needs root to mount a tmpfs".into());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => skip(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => skip(format!("cannot run mount: {e}")),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system to the last byte (a filler file written until ENOSPC).
+    pub(crate) fn fill(&self) {
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = vec![0xa5u8; 4096];
+        let mut total = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(28), "ENOSPC expected: {e}");
+                    break;
+                }
+            }
+            assert!(total < 1 << 30, "a small tmpfs never takes 1 GiB");
+        }
+        // Bytes that fit in a partly used page: take them too.
+        for _ in 0..4096 {
+            if f.write(&[0xa5]).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Gives back what [`Tmpfs::fill`] took. Truncates before unlinking: a process another
+    /// test is spawning at that moment may hold an inherited descriptor of the filler until it
+    /// execs, and an unlinked file's pages are freed only when the last descriptor closes.
+    pub(crate) fn free(&self) {
+        let filler = self.path().join("filler");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .and_then(|f| f.set_len(0))
+            .unwrap();
+        std::fs::remove_file(&filler).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            // Busy (a file still open): detach it so the temp dir can go.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
     }
 }
 
