@@ -6,19 +6,19 @@
 //!
 //! | method and path | what |
 //! | --- | --- |
-//! | `GET /healthz` | `200 ok` when sealing works; `503` and a JSON body (`status`, and `sealing` with `since`, `last_error` and the failure counters) while the sealed store is degraded (no token needed) |
+//! | `GET /healthz` | `200 ok` when recording works; `503` and a JSON body while it is degraded: `status`, `sealing` (`since`, `last_error`, failure counters) when the sealed store is, and `recording` (`part`: `records` or `disk`, `since`, `reason`) for the rest (no token needed) |
 //! | `GET /v1/exchanges/{id}[?reason=R]` | unseal (audited); the exchange as JSON |
 //! | `DELETE /v1/exchanges/{id}[?reason=R]` | forget one; 404 when unknown |
 //! | `DELETE /v1/users/{user}/exchanges[?reason=R]` | forget a user's; `{user}` is the *raw* user ID (percent-encoded), pseudonymized here with the store's keyring |
 //! | `POST /v1/purge?older_than=30d` | retention purge now; `purged` (a count) and `ids` |
+//! | `POST /v1/compact` | compaction pass |
+//! | `POST /v1/keys/reload` | re-read the keys dir (after `veil keys rotate`) |
+//! | `POST /v1/keys/rewrap` | reload, then rewrap every data key under the newest key |
 //!
 //! A destructive request that fails answers with what it did anyway: `error`, plus
 //! `destroyed`, `pending` (receipted, unreadable, shredding completed on recovery) and
 //! `not_destroyed` (untouched) ID lists; 503 when the store is degraded or the audit log cannot
 //! be written (retry later), 500 for other failures.
-//! | `POST /v1/compact` | compaction pass |
-//! | `POST /v1/keys/reload` | re-read the keys dir (after `veil keys rotate`) |
-//! | `POST /v1/keys/rewrap` | reload, then rewrap every data key under the newest key |
 //!
 //! Every `/v1` request needs `Authorization: Bearer <token>`; the token comes from
 //! `VEIL_ADMIN_TOKEN` or `<keys>/admin.token` (created 0600 with 256 random bits if missing)
@@ -180,7 +180,26 @@ fn forget_error(e: &ForgetError, extra: serde_json::Value) -> Response<Body> {
 /// store loses seals (best-effort) or refuses requests (`audit = "required"`), and either
 /// needs an operator. It is not a liveness signal: restarting veil does not free disk space.
 fn healthz(store: &SealStore) -> Response<Body> {
+    // Everything recording depends on (records writes, free disk), when veil shares it.
+    let others: Vec<serde_json::Value> = store
+        .recording_health()
+        .map(|h| h.report())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.part != crate::health::Part::Seal)
+        .map(|p| {
+            serde_json::json!({
+                "part": p.part.as_str(),
+                "since": crate::seal::audit::rfc3339(p.since),
+                "reason": p.reason,
+            })
+        })
+        .collect();
     match store.health() {
+        Health::Ok if !others.is_empty() => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "degraded", "recording": others }),
+        ),
         Health::Ok => Response::builder()
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from_static(b"ok\n")))
@@ -198,6 +217,7 @@ fn healthz(store: &SealStore) -> Response<Body> {
                         "recoveries": stats.recoveries,
                         "detached_failures": stats.detached_failures,
                     },
+                    "recording": others,
                 }),
             )
         }

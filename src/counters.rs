@@ -70,6 +70,13 @@ pub struct LogEvery {
     epoch: std::time::Instant,
 }
 
+impl Default for LogEvery {
+    /// At most one line per 10 s.
+    fn default() -> Self {
+        LogEvery::new(std::time::Duration::from_secs(10))
+    }
+}
+
 impl LogEvery {
     /// At most one line per `every`.
     pub fn new(every: std::time::Duration) -> Self {

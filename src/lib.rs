@@ -27,6 +27,7 @@ pub mod counters;
 pub mod exchange;
 pub mod export;
 pub mod health;
+pub mod journal;
 pub mod keys;
 pub mod os;
 pub mod pipeline;

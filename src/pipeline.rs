@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
 
-use crate::exchange::queue::ExchangeReceiver;
+use crate::counters::LogEvery;
+use crate::exchange::queue::{ExchangeReceiver, Queued};
 use crate::exchange::{self, Conversation, Exchange, ParseOptions, Pricing};
 use crate::export::ExporterHandle;
 use crate::keys::Keyring;
@@ -93,6 +94,10 @@ pub struct PipelineStats {
     pub export_dropped: AtomicU64,
     /// Exchanges the store refused (failures after queueing: `SealStore::detached_failures`).
     pub seal_failed: AtomicU64,
+    /// Rate limit of the "exporter queue refused a record" line.
+    log_export: LogEvery,
+    /// Rate limit of the "cannot seal exchange" line (a degraded store refuses every one).
+    log_seal: LogEvery,
 }
 
 /// What the pipeline does when the next step has no room.
@@ -159,8 +164,18 @@ impl Pipeline {
             .collect()
     }
 
-    /// Processes one exchange: record to the exporter, exchange to the store.
-    pub fn process(&self, exchange: &Exchange) {
+    /// Processes one exchange taken from the queue: record to the exporter, exchange to the
+    /// store; its journal slot is marked dropped here when a hand-off drops it (counted), and
+    /// recorded or sealed by the exporter and the store once durable.
+    pub fn process(&self, queued: &Queued) {
+        let exchange: &Exchange = queued;
+        let slot = queued.slot();
+        let dropped = |why: &str| {
+            if let (Some(j), Some(s)) = (queued.journal(), slot) {
+                j.dropped(s);
+            }
+            tracing::trace!(exchange.id = %exchange.id, why, "journal: dropped");
+        };
         let _span = tracing::debug_span!("process_exchange", exchange.id = %exchange.id).entered();
         let rules = self.rules.current();
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
@@ -169,16 +184,18 @@ impl Pipeline {
         self.stats.processed.fetch_add(1, Ordering::Relaxed);
         if let Some(exporter) = &self.exporter {
             let sent = match self.hand_off {
-                HandOff::Drop => exporter.try_send(record),
-                HandOff::Wait => exporter.send_blocking(record),
+                HandOff::Drop => exporter.try_send_journaled(record, slot),
+                HandOff::Wait => exporter.send_blocking(record, slot),
             };
             if let Err(e) = sent {
+                dropped("export queue");
                 let n = self.stats.export_dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 exporter.metrics().exchanges_dropped.inc();
-                if n == 1 || n.is_multiple_of(1000) {
+                if let Some(since) = self.stats.log_export.hit() {
                     tracing::warn!(
                         exchange.id = %exchange.id,
                         dropped_total = n,
+                        since_last_line = since,
                         full = e.is_full(),
                         "exporter queue refused a record"
                     );
@@ -186,17 +203,35 @@ impl Pipeline {
             }
         }
         if let Some(store) = &self.store {
-            let mut result = store.submit_detached(exchange, user.as_deref());
+            // The store tells the journal how the seal ended: durable, or failed (counted by
+            // the store's writer, so a crash does not report it again).
+            let on_done = || -> crate::seal::OnDone {
+                let mark = queued.journal().cloned().zip(slot);
+                Box::new(move |durable| {
+                    if let Some((j, s)) = mark {
+                        if durable { j.sealed(s) } else { j.dropped(s) }
+                    }
+                })
+            };
+            let mut result = store.submit_detached_then(exchange, user.as_deref(), on_done());
             while self.hand_off == HandOff::Wait
                 && matches!(&result, Err(e) if e.kind() == crate::seal::ErrorKind::Busy)
             {
                 std::thread::sleep(BUSY_RETRY);
-                result = store.submit_detached(exchange, user.as_deref());
+                result = store.submit_detached_then(exchange, user.as_deref(), on_done());
             }
             if let Err(e) = result {
-                // Failures after queueing are logged and counted by the store's writer.
-                self.stats.seal_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(exchange.id = %exchange.id, error = %e, "cannot seal exchange");
+                dropped("seal refused");
+                let n = self.stats.seal_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(since) = self.stats.log_seal.hit() {
+                    tracing::error!(
+                        exchange.id = %exchange.id,
+                        error = %e,
+                        refused_total = n,
+                        since_last_line = since,
+                        "cannot seal exchange"
+                    );
+                }
             }
         }
     }

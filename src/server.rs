@@ -27,6 +27,7 @@ use crate::config::{Audit, Config};
 use crate::exchange::Pricing;
 use crate::export::{Exporter, ExporterHandle};
 use crate::health::{Health, Part};
+use crate::journal::{CrashReport, Journal};
 use crate::keys::{Keyring, Purpose};
 use crate::pipeline::{Pipeline, PipelineStats, RulesHandle};
 use crate::proxy::capture::Fingerprinter;
@@ -246,7 +247,20 @@ pub async fn start(
             .enable_all()
             .build()?,
     ));
-    let (tx, rx) = crate::exchange::queue::channel(config.queue_capacity, config.queue_max_bytes);
+    // The journal first: it tells what a previous crash left unrecorded before anything new
+    // is written over it.
+    crate::export::spool::private_dir(&config.data)
+        .map_err(|e| anyhow::anyhow!("data dir {}: {e}", config.data.display()))?;
+    let (journal, crashed) = Journal::open(&config.data).map_err(|e| {
+        anyhow::anyhow!("{}: {e}", config.data.join(crate::journal::FILE).display())
+    })?;
+    report_crash(&crashed, &config.data);
+    let journal = Arc::new(journal);
+    let (tx, rx) = crate::exchange::queue::channel_journaled(
+        config.queue_capacity,
+        config.queue_max_bytes,
+        Some(journal.clone()),
+    );
     let health = Arc::new(Health::default());
     let exporter = {
         let _in_export_runtime = export_rt.handle().enter();
@@ -255,7 +269,12 @@ pub async fn start(
             health: Some(health.clone()),
             ..Default::default()
         };
-        Exporter::from_config(&config, &|k| std::env::var(k).ok(), metrics)?
+        Exporter::from_config(
+            &config,
+            &|k| std::env::var(k).ok(),
+            metrics,
+            Some(journal.clone()),
+        )?
     };
     let audit: Arc<dyn AuditSink> = Arc::new(FanoutAuditSink(vec![
         Arc::new(JsonlAuditSink::new(config.data.join("audit.jsonl"))),
@@ -269,6 +288,7 @@ pub async fn start(
             audit: Some(audit),
             segment_max: None,
             writer_nice: nice,
+            recording_health: Some(health.clone()),
         },
     )
     .map_err(|e| {
@@ -417,6 +437,22 @@ pub async fn start(
         },
         done,
     ))
+}
+
+/// Logs what the previous run acknowledged to apps but never recorded (see [`crate::journal`]).
+fn report_crash(report: &CrashReport, data: &Path) {
+    if report.lost.is_empty() {
+        return;
+    }
+    tracing::error!(
+        exchanges = report.lost.len(),
+        sealed_only = report.sealed_only,
+        recorded_only = report.recorded_only,
+        first = %report.lost[0],
+        list = %data.join(crate::journal::UNRECORDED_FILE).display(),
+        "the previous run stopped before recording {} exchanges it had answered (crash or kill); their request ids are listed in the file above",
+        report.lost.len()
+    );
 }
 
 /// How often the data disk's free space is checked.

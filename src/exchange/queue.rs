@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::Exchange;
 use crate::counters::{Counter, Gauge, LogEvery};
+use crate::journal::{Journal, Slot};
 
 /// How often a repeated drop is logged (the count since the last line is in the line).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -107,6 +108,8 @@ struct Shared {
     bytes: AtomicUsize,
     max_bytes: usize,
     counters: Arc<QueueCounters>,
+    /// Notes each hand-off, so a crash's losses can be counted at the next start.
+    journal: Option<Arc<Journal>>,
 }
 
 impl Shared {
@@ -158,11 +161,22 @@ impl Shared {
 /// # Panics
 /// When `capacity` is 0 or above tokio's limit (`usize::MAX >> 3`); the config bounds it.
 pub fn channel(capacity: usize, max_bytes: usize) -> (ExchangeSender, ExchangeReceiver) {
+    channel_journaled(capacity, max_bytes, None)
+}
+
+/// [`channel`] that notes every hand-off in `journal` (one `pwrite` per exchange): each
+/// [`Queued`] then carries its journal [`Slot`] for the steps that make it durable.
+pub fn channel_journaled(
+    capacity: usize,
+    max_bytes: usize,
+    journal: Option<Arc<Journal>>,
+) -> (ExchangeSender, ExchangeReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
         max_bytes,
         counters: Arc::new(QueueCounters::default()),
+        journal,
     });
     (
         ExchangeSender {
@@ -194,13 +208,25 @@ impl ExchangeSender {
             );
             return Err(Refusal::Bytes);
         }
-        let queued = Queued::new(exchange, n, self.shared.clone());
+        let mut queued = Queued::new(exchange, n, self.shared.clone());
+        // Noted before the send: once sent, the pipeline may already be done with it.
+        queued.slot = self
+            .shared
+            .journal
+            .as_ref()
+            .map(|j| j.acknowledge(queued.id));
         match self.tx.try_send(queued) {
             Ok(()) => {
                 c.queued.inc();
                 Ok(())
             }
             Err(e) => {
+                let refused = match &e {
+                    mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                };
+                if let (Some(j), Some(s)) = (&self.shared.journal, refused.slot) {
+                    j.dropped(s);
+                }
                 // Dropping the refused `Queued` gives its bytes back.
                 let (why, counter) = match e {
                     mpsc::error::TrySendError::Full(_) => (Refusal::Full, &c.dropped_full),
@@ -276,8 +302,13 @@ impl Reservation {
         self.shared.bytes.fetch_add(n, Ordering::AcqRel);
         self.shared.counters.bytes.add(n as u64);
         self.shared.counters.queued.inc();
-        self.permit
-            .send(Queued::new(exchange, n, self.shared.clone()));
+        let mut queued = Queued::new(exchange, n, self.shared.clone());
+        queued.slot = self
+            .shared
+            .journal
+            .as_ref()
+            .map(|j| j.acknowledge(queued.id));
+        self.permit.send(queued);
     }
 }
 
@@ -316,6 +347,7 @@ pub struct Queued {
     exchange: Exchange,
     bytes: usize,
     shared: Arc<Shared>,
+    slot: Option<Slot>,
 }
 
 impl Queued {
@@ -324,7 +356,19 @@ impl Queued {
             exchange,
             bytes,
             shared,
+            slot: None,
         }
+    }
+
+    /// The exchange's journal slot, when the queue keeps a journal: mark it sealed and
+    /// recorded (or dropped) as the steps finish.
+    pub fn slot(&self) -> Option<Slot> {
+        self.slot
+    }
+
+    /// The queue's journal, if any.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.shared.journal.as_ref()
     }
 
     /// The exchange.

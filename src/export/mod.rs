@@ -22,7 +22,7 @@
 //! use veil::export::Exporter;
 //!
 //! // Inside the tokio runtime. Errors name the bad OTEL_* variable or TLS file.
-//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok(), Default::default())?;
+//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok(), Default::default(), None)?;
 //! let handle = exporter.handle(); // clone into the pipeline workers
 //! if let Err(e) = handle.try_send(record) {
 //!     // Full (or shut down): never waits. Best-effort audit: count and go on.
@@ -65,6 +65,7 @@ pub use otlp::{AuditEvent, Encoding, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError};
 
 use crate::config::Config;
+use crate::journal::{Journal, Slot};
 use crate::record::Record;
 use metrics::Histograms;
 use otlp::Batch;
@@ -75,8 +76,57 @@ use spool::Spool;
 const SENDER_QUEUE: usize = 16;
 
 enum Item {
-    Record(Box<Record>),
+    /// A record, with the journal slot of its exchange when it has one.
+    Record(Box<Record>, Option<Slot>),
     Audit(AuditEvent),
+}
+
+/// One encoded request on its way to a signal's sender, and who to tell once it is durable.
+struct Payload {
+    body: Bytes,
+    done: Option<Arc<BatchDone>>,
+}
+
+impl Payload {
+    fn new(body: Bytes) -> Self {
+        Payload { body, done: None }
+    }
+
+    /// The payload is durable (written, spooled or delivered) or definitely lost.
+    fn complete(&self, durable: bool) {
+        if let Some(d) = &self.done {
+            d.complete(durable);
+        }
+    }
+}
+
+/// The records of one batch travel as two payloads (traces and logs); they are recorded
+/// when both are durable. Marks the journal slots of the batch's exchanges then: recorded,
+/// or dropped when a payload was lost (that loss is counted where it happened).
+struct BatchDone {
+    remaining: std::sync::atomic::AtomicUsize,
+    lost: std::sync::atomic::AtomicBool,
+    slots: Vec<Slot>,
+    journal: Arc<Journal>,
+}
+
+impl BatchDone {
+    fn complete(&self, durable: bool) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        if !durable {
+            self.lost.store(true, Release);
+        }
+        if self.remaining.fetch_sub(1, AcqRel) == 1 {
+            let lost = self.lost.load(Acquire);
+            for s in &self.slots {
+                if lost {
+                    self.journal.dropped(*s);
+                } else {
+                    self.journal.recorded(*s);
+                }
+            }
+        }
+    }
 }
 
 /// Why [`ExporterHandle::try_send`] refused an item; the item comes back.
@@ -137,14 +187,24 @@ impl ExporterHandle {
     /// error and nothing is counted: the caller decides (count it in
     /// [`Metrics::exchanges_dropped`], or refuse the request under `audit = "required"`).
     pub fn try_send(&self, record: Record) -> Result<(), TrySendError<Record>> {
+        self.try_send_journaled(record, None)
+    }
+
+    /// [`ExporterHandle::try_send`] for a record whose exchange holds journal slot `slot`:
+    /// the slot is marked recorded once the record is durable.
+    pub fn try_send_journaled(
+        &self,
+        record: Record,
+        slot: Option<Slot>,
+    ) -> Result<(), TrySendError<Record>> {
         self.tx
-            .try_send(Item::Record(Box::new(record)))
+            .try_send(Item::Record(Box::new(record), slot))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(Item::Record(r)) => TrySendError {
+                mpsc::error::TrySendError::Full(Item::Record(r, _)) => TrySendError {
                     item: r,
                     closed: false,
                 },
-                mpsc::error::TrySendError::Closed(Item::Record(r)) => TrySendError {
+                mpsc::error::TrySendError::Closed(Item::Record(r, _)) => TrySendError {
                     item: r,
                     closed: true,
                 },
@@ -155,11 +215,15 @@ impl ExporterHandle {
     /// Queues one record, waiting for room (audit required: the pipeline must not drop what
     /// the proxy admitted). Call from an OS thread, never from inside the async runtime.
     /// Fails only when the exporter has shut down.
-    pub fn send_blocking(&self, record: Record) -> Result<(), TrySendError<Record>> {
+    pub fn send_blocking(
+        &self,
+        record: Record,
+        slot: Option<Slot>,
+    ) -> Result<(), TrySendError<Record>> {
         self.tx
-            .blocking_send(Item::Record(Box::new(record)))
+            .blocking_send(Item::Record(Box::new(record), slot))
             .map_err(|e| match e.0 {
-                Item::Record(r) => TrySendError {
+                Item::Record(r, _) => TrySendError {
                     item: r,
                     closed: true,
                 },
@@ -229,16 +293,18 @@ impl Drop for Exporter {
 impl Exporter {
     /// Resolves settings from the config and `env` (use `|k| std::env::var(k).ok()` in the
     /// binary) and starts the exporter with `metrics` as its counters (set
-    /// [`Metrics::recording_queue`] to export the proxy's drops). Must run inside a tokio
-    /// runtime.
+    /// [`Metrics::recording_queue`] to export the proxy's drops), marking records durable in
+    /// `journal` when given. Must run inside a tokio runtime.
     pub fn from_config(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
         metrics: Metrics,
+        journal: Option<Arc<Journal>>,
     ) -> anyhow::Result<Exporter> {
         let mut settings =
             ExporterSettings::resolve(config.otlp_endpoint.as_deref(), config.data.clone(), env)?;
         settings.queue_capacity = config.queue_capacity;
+        settings.journal = journal;
         Ok(Exporter::start(settings, Arc::new(metrics))?)
     }
 
@@ -251,7 +317,7 @@ impl Exporter {
         let mut senders = Vec::new();
         let mut sender_txs = Vec::new();
         for signal in Signal::ALL {
-            let (stx, srx) = mpsc::channel::<Bytes>(SENDER_QUEUE);
+            let (stx, srx) = mpsc::channel::<Payload>(SENDER_QUEUE);
             let task = match &settings.signal(signal).destination {
                 Destination::File => {
                     let data = settings.data_dir.clone();
@@ -294,6 +360,7 @@ impl Exporter {
             started: SystemTime::now(),
             batch: Batch::default(),
             records_in_batch: 0,
+            slots: Vec::new(),
             sender_txs,
         };
         let batcher = tokio::spawn(batcher.run(rx, shutdown_rx));
@@ -371,8 +438,10 @@ struct Batcher {
     started: SystemTime,
     batch: Batch,
     records_in_batch: usize,
+    /// Journal slots of the records in `batch`.
+    slots: Vec<Slot>,
     /// In [`Signal::ALL`] order.
-    sender_txs: Vec<mpsc::Sender<Bytes>>,
+    sender_txs: Vec<mpsc::Sender<Payload>>,
 }
 
 impl Batcher {
@@ -430,7 +499,8 @@ impl Batcher {
 
     fn push(&mut self, item: Item) {
         match item {
-            Item::Record(r) => {
+            Item::Record(r, slot) => {
+                self.slots.extend(slot);
                 self.metrics.exchanges.inc();
                 self.batch.push_record(&r);
                 otlp::observe(&mut self.histograms, &r);
@@ -454,13 +524,37 @@ impl Batcher {
     async fn flush(&mut self) {
         self.records_in_batch = 0;
         let res = &self.settings.resource;
-        if let Some(req) = self.batch.traces_request(res) {
-            let body = otlp::encode(&req, self.encoding(Signal::Traces));
-            self.hand_over(Signal::Traces, body).await;
+        let traces = self.batch.traces_request(res).map(|req| {
+            Payload::new(Bytes::from(otlp::encode(
+                &req,
+                self.encoding(Signal::Traces),
+            )))
+        });
+        let logs = self
+            .batch
+            .logs_request(res)
+            .map(|req| Payload::new(Bytes::from(otlp::encode(&req, self.encoding(Signal::Logs)))));
+        let mut payloads: Vec<(Signal, Payload)> = [(Signal::Traces, traces), (Signal::Logs, logs)]
+            .into_iter()
+            .filter_map(|(s, p)| p.map(|p| (s, p)))
+            .collect();
+        let slots = std::mem::take(&mut self.slots);
+        if let Some(journal) = &self.settings.journal
+            && !slots.is_empty()
+            && !payloads.is_empty()
+        {
+            let done = Arc::new(BatchDone {
+                remaining: payloads.len().into(),
+                lost: false.into(),
+                slots,
+                journal: journal.clone(),
+            });
+            for (_, p) in &mut payloads {
+                p.done = Some(done.clone());
+            }
         }
-        if let Some(req) = self.batch.logs_request(res) {
-            let body = otlp::encode(&req, self.encoding(Signal::Logs));
-            self.hand_over(Signal::Logs, body).await;
+        for (signal, payload) in payloads {
+            self.hand_over(signal, payload).await;
         }
     }
 
@@ -473,20 +567,18 @@ impl Batcher {
             SystemTime::now(),
         );
         let body = otlp::encode(&req, self.encoding(Signal::Metrics));
-        self.hand_over(Signal::Metrics, body).await;
+        self.hand_over(Signal::Metrics, Payload::new(Bytes::from(body)))
+            .await;
     }
 
     /// Waits for room at the sender: the batcher is off the hot path, and the senders never
     /// block long (they spool while the collector is away), so back-pressure ends at the
     /// record channel, where `try_send` reports it.
-    async fn hand_over(&self, signal: Signal, body: Vec<u8>) {
-        if self.sender_txs[signal as usize]
-            .send(Bytes::from(body))
-            .await
-            .is_err()
-        {
+    async fn hand_over(&self, signal: Signal, payload: Payload) {
+        if let Err(e) = self.sender_txs[signal as usize].send(payload).await {
             tracing::error!(signal = signal.name(), "export: sender stopped; batch lost");
             self.metrics.batches_rejected.inc();
+            e.0.complete(false);
         }
     }
 }
@@ -496,15 +588,17 @@ impl Batcher {
 async fn run_ledger(
     data: std::path::PathBuf,
     signal: Signal,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Payload>,
     metrics: Arc<Metrics>,
 ) -> usize {
-    while let Some(body) = rx.recv().await {
+    while let Some(payload) = rx.recv().await {
         let dir = data.clone();
+        let body = payload.body.clone();
         let res = tokio::task::spawn_blocking(move || {
             ledger::append(&dir, signal, &body, SystemTime::now())
         })
         .await;
+        payload.complete(matches!(res, Ok(Ok(()))));
         let err = match res {
             Ok(Ok(())) => {
                 metrics.observe_write::<String>(&Ok(()));
@@ -554,8 +648,12 @@ impl OtlpSender {
         ))
     }
 
-    fn spool(&mut self, enc: Encoding, body: &[u8]) {
-        match self.spool.push(enc, body) {
+    /// Spools `payload`; it counts as durable once it is in the spool.
+    fn spool(&mut self, enc: Encoding, payload: &Payload) {
+        let body = &payload.body[..];
+        let pushed = self.spool.push(enc, body);
+        payload.complete(pushed.is_ok());
+        match pushed {
             Ok(loss) => {
                 self.metrics.observe_write::<String>(&Ok(()));
                 self.metrics.spool_bytes.add((body.len() + 13) as u64);
@@ -606,7 +704,7 @@ impl OtlpSender {
     /// number of batches left in the spool.
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Bytes>,
+        mut rx: mpsc::Receiver<Payload>,
         mut stop: watch::Receiver<bool>,
     ) -> usize {
         let enc = self.settings.signal(self.signal).encoding;
@@ -614,7 +712,7 @@ impl OtlpSender {
         let mut next_try = Instant::now();
         // The attempt in flight, and the direct (not yet spooled) payload it carries.
         let mut inflight: Option<InFlight> = None;
-        let mut direct: Option<Bytes> = None;
+        let mut direct: Option<Payload> = None;
         loop {
             if !open && inflight.is_none() && self.spool.is_empty() {
                 break;
@@ -633,13 +731,13 @@ impl OtlpSender {
                 }
                 msg = rx.recv(), if can_read => match msg {
                     None => open = false,
-                    Some(body) => {
+                    Some(payload) => {
                         if inflight.is_none() && self.spool.is_empty() && Instant::now() >= next_try {
-                            inflight = Some(self.attempt(enc, body.clone()));
-                            direct = Some(body);
+                            inflight = Some(self.attempt(enc, payload.body.clone()));
+                            direct = Some(payload);
                         } else {
                             // Behind a failure or older batches: keep the order.
-                            self.spool(enc, &body);
+                            self.spool(enc, &payload);
                         }
                     }
                 },
@@ -652,7 +750,9 @@ impl OtlpSender {
                             self.metrics.batches_delivered.inc();
                             self.failures = 0;
                             next_try = Instant::now();
-                            direct = None;
+                            if let Some(p) = direct.take() {
+                                p.complete(true);
+                            }
                             if from_spool {
                                 let n = self.spool.pop_front();
                                 self.metrics.spool_bytes.sub(n);
@@ -662,7 +762,9 @@ impl OtlpSender {
                             self.metrics.export_failures.inc();
                             self.metrics.batches_rejected.inc();
                             tracing::error!(signal = self.signal.name(), %why, "export: batch rejected, not retried");
-                            direct = None;
+                            if let Some(p) = direct.take() {
+                                p.complete(false);
+                            }
                             if from_spool {
                                 let n = self.spool.pop_front();
                                 self.metrics.spool_bytes.sub(n);

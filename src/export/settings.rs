@@ -79,6 +79,8 @@ pub struct ExporterSettings {
     pub retry_initial: Duration,
     /// Largest retry delay.
     pub retry_max: Duration,
+    /// Where to note that a record is durable (see [`crate::journal`]); none in tests.
+    pub journal: Option<std::sync::Arc<crate::journal::Journal>>,
 }
 
 /// An invalid setting: names the variable and what is wrong.
@@ -217,6 +219,7 @@ impl ExporterSettings {
             spool_max_bytes: DEFAULT_SPOOL_MAX,
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
+            journal: None,
         })
     }
 

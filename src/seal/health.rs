@@ -85,6 +85,8 @@ pub(crate) struct HealthState {
     failed_commits: AtomicU64,
     recoveries: AtomicU64,
     pub(crate) detached_failures: AtomicU64,
+    /// veil's recording health, told of every change ([`crate::health::Part::Seal`]).
+    pub(crate) shared: Option<Arc<crate::health::Health>>,
 }
 
 impl Default for HealthState {
@@ -95,11 +97,20 @@ impl Default for HealthState {
             failed_commits: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
             detached_failures: AtomicU64::new(0),
+            shared: None,
         }
     }
 }
 
 impl HealthState {
+    /// A healthy state that reports its changes to `shared` too.
+    pub(crate) fn reporting_to(shared: Option<Arc<crate::health::Health>>) -> Self {
+        HealthState {
+            shared,
+            ..HealthState::default()
+        }
+    }
+
     pub(crate) fn is_ok(&self) -> bool {
         self.ok.load(Ordering::Acquire)
     }
@@ -129,6 +140,9 @@ impl HealthState {
         *d = Some((since, error.to_string()));
         // Stored under the lock, so `get` and `is_ok` never disagree for long.
         self.ok.store(false, Ordering::Release);
+        if let Some(h) = &self.shared {
+            h.degrade(crate::health::Part::Seal, error);
+        }
         first
     }
 
@@ -140,6 +154,9 @@ impl HealthState {
             self.recoveries.fetch_add(1, Ordering::Relaxed);
         }
         self.ok.store(true, Ordering::Release);
+        if let Some(h) = &self.shared {
+            h.recover(crate::health::Part::Seal);
+        }
         since
     }
 

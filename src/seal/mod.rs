@@ -29,7 +29,7 @@ use std::fmt;
 pub use audit::{AuditError, AuditEvent, AuditKind, AuditSink, FanoutAuditSink, JsonlAuditSink};
 pub use health::{Health, SealHealth, StoreStats};
 pub use store::{
-    CompactStats, ForgetError, ForgetOutcome, IndexEntry, SealAck, SealOptions, SealStore,
+    CompactStats, ForgetError, ForgetOutcome, IndexEntry, OnDone, SealAck, SealOptions, SealStore,
 };
 
 /// What kind of failure a [`SealError`] is. Callers branch on this, never on the message.

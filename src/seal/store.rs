@@ -119,6 +119,10 @@ pub struct SealOptions {
     pub segment_max: Option<u64>,
     /// Niceness of the writer thread (see [`crate::os::RECORDING_NICE`]; 0 = as the caller).
     pub writer_nice: i32,
+    /// veil's recording health: the store marks [`crate::health::Part::Seal`] degraded and
+    /// recovered in it as its own health changes, so the proxy's admission check and
+    /// `/healthz` see sealing failures the moment the writer does.
+    pub recording_health: Option<Arc<crate::health::Health>>,
 }
 
 /// Where one sealed exchange lives (what the index says). No secrets.
@@ -336,6 +340,31 @@ struct SealJob {
     user: Option<String>,
     /// Who waits for durability; `None` when detached (failures are counted by the writer).
     ack: Option<oneshot::Sender<Result<(), SealError>>>,
+    /// Told whether the exchange became durable (detached callers that need to know).
+    done: Option<Done>,
+}
+
+/// A callback told once whether a detached seal became durable: `true` after its commit,
+/// `false` when it failed or was dropped unwritten (refused while degraded, cut off by a
+/// failing batch, left in the queue at shutdown), so the caller never waits forever.
+pub type OnDone = Box<dyn FnOnce(bool) + Send>;
+
+struct Done(Option<OnDone>);
+
+impl Done {
+    fn durable(mut self) {
+        if let Some(f) = self.0.take() {
+            f(true);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(false);
+        }
+    }
 }
 
 /// Most seal jobs queued for the writer at once. The queue itself is unbounded (operator
@@ -612,7 +641,7 @@ impl SealStore {
             .audit
             .clone()
             .unwrap_or_else(|| Arc::new(JsonlAuditSink::new(data.join("audit.jsonl"))));
-        let health = Arc::new(HealthState::default());
+        let health = Arc::new(HealthState::reporting_to(opts.recording_health.clone()));
         let doomed: Arc<Mutex<HashSet<ExchangeId>>> = Arc::default();
         let writer = Writer::open(
             dir.clone(),
@@ -680,6 +709,11 @@ impl SealStore {
         self.inner.health.stats()
     }
 
+    /// veil's recording health this store reports into ([`SealOptions::recording_health`]).
+    pub fn recording_health(&self) -> Option<&Arc<crate::health::Health>> {
+        self.inner.health.shared.as_ref()
+    }
+
     /// The keyring in use.
     pub fn keyring(&self) -> Arc<Keyring> {
         self.inner
@@ -729,7 +763,7 @@ impl SealStore {
     /// [`ErrorKind::Degraded`], before encrypting anything.
     pub fn submit(&self, exchange: &Exchange, user: Option<&str>) -> Result<SealAck, SealError> {
         let (ack, rx) = oneshot::channel();
-        self.enqueue(exchange, user, Some(ack))?;
+        self.enqueue(exchange, user, Some(ack), None)?;
         Ok(SealAck {
             id: exchange.id,
             rx,
@@ -744,7 +778,20 @@ impl SealStore {
         exchange: &Exchange,
         user: Option<&str>,
     ) -> Result<(), SealError> {
-        self.enqueue(exchange, user, None)
+        self.enqueue(exchange, user, None, None)
+    }
+
+    /// [`SealStore::submit_detached`] that calls `on_done` once the outcome is known: `true`
+    /// when the exchange is durable, `false` when it will never be (see [`OnDone`]). When this
+    /// returns an error, `on_done` is not called (the caller has the error in hand), except
+    /// for [`ErrorKind::Closed`], where the job was built and dropped: it says `false` too.
+    pub fn submit_detached_then(
+        &self,
+        exchange: &Exchange,
+        user: Option<&str>,
+        on_done: OnDone,
+    ) -> Result<(), SealError> {
+        self.enqueue(exchange, user, None, Some(on_done))
     }
 
     fn enqueue(
@@ -752,6 +799,7 @@ impl SealStore {
         exchange: &Exchange,
         user: Option<&str>,
         ack: Option<oneshot::Sender<Result<(), SealError>>>,
+        on_done: Option<OnDone>,
     ) -> Result<(), SealError> {
         if let Some(u) = user
             && !crate::keys::is_user_pseudonym(u)
@@ -791,6 +839,8 @@ impl SealStore {
             time: exchange.started_at,
             user: user.map(str::to_string),
             ack,
+            // From here on the writer owns the outcome: dropped unwritten counts as `false`.
+            done: on_done.map(|f| Done(Some(f))),
         }))
     }
 
@@ -1784,6 +1834,7 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: Vec<SealJob>) {
+        let jobs = batch.len();
         let mut acks = Vec::with_capacity(batch.len());
         let result = self.write_batch(batch, &mut acks);
         if let Err(e) = &result {
@@ -1791,8 +1842,17 @@ impl Writer {
             // allocation and free list may be ahead of the index, so recovery reloads them
             // and cuts whatever the batch wrote past the committed length.
             self.fail(e);
+            // Jobs the failing write never reached were dropped inside it: count them too.
+            let unreached = jobs.saturating_sub(acks.len()) as u64;
+            self.health
+                .detached_failures
+                .fetch_add(unreached, Ordering::Relaxed);
         }
-        for (id, ack, r) in acks {
+        let mut logged = false;
+        for (id, ack, done, r) in acks {
+            if let (Some(done), Ok(()), Ok(())) = (done, &r, &result) {
+                done.durable();
+            }
             let r = match (&result, r) {
                 (_, Err(e)) => Err(e),
                 (Err(e), Ok(())) => Err(e.clone()),
@@ -1808,7 +1868,11 @@ impl Writer {
                         .detached_failures
                         .fetch_add(1, Ordering::Relaxed)
                         + 1;
-                    tracing::error!(exchange.id = %id, error = %e, failed_total = n, "sealing failed");
+                    // One line per failed batch: a full disk fails every exchange of it.
+                    if !logged {
+                        logged = true;
+                        tracing::error!(exchange.id = %id, error = %e, failed_total = n, "sealing failed");
+                    }
                 }
                 (None, Ok(())) => {}
             }
@@ -1822,6 +1886,7 @@ impl Writer {
         acks: &mut Vec<(
             ExchangeId,
             Option<oneshot::Sender<Result<(), SealError>>>,
+            Option<Done>,
             Result<(), SealError>,
         )>,
     ) -> Result<(), SealError> {
@@ -1845,7 +1910,7 @@ impl Writer {
         for job in batch {
             if existing.contains(&job.id) || !seen.insert(job.id) {
                 let e = SealError::new(ErrorKind::Duplicate, format!("{}: already sealed", job.id));
-                acks.push((job.id, job.ack, Err(e)));
+                acks.push((job.id, job.ack, job.done, Err(e)));
                 continue;
             }
             let flen = job.frame.len() as u64;
@@ -1887,7 +1952,7 @@ impl Writer {
                     user: job.user,
                 },
             ));
-            acks.push((job.id, job.ack, Ok(())));
+            acks.push((job.id, job.ack, job.done, Ok(())));
         }
         self.flush_stage(stage_at)?;
         if entries.is_empty() {

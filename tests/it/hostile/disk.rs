@@ -103,8 +103,14 @@ fn free_port() -> u16 {
 /// `veil run` in `cwd` (keys there) with `--data data`, the mock as every provider, and the
 /// admin API on `admin`.
 fn start(mock: &Mock, cwd: &Path, data: &Path, admin: u16) -> VeilProcess {
+    // The disk is a few MiB: keep the free-space reserve below it, or recording counts as
+    // degraded from the start.
+    let config = cwd.join("veil.toml");
+    std::fs::write(&config, "disk_reserve = \"64KiB\"\n").unwrap();
     let mut args = resolve_args(mock.addr);
     args.extend([
+        "--config".to_string(),
+        config.display().to_string(),
         "--upstream-ca".to_string(),
         mock.ca_path.display().to_string(),
         "--data".to_string(),

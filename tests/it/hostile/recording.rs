@@ -266,3 +266,92 @@ async fn audit_required_refuses_while_recording_is_degraded_and_admits_after_rec
     veil.next_exchange().await;
     veil.stop().await;
 }
+
+/// Every file under `dir`, concatenated (for "is this id anywhere in the records" checks).
+fn all_text_under(dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.push_str(&all_text_under(&p));
+        } else if let Ok(t) = std::fs::read_to_string(&p) {
+            out.push_str(&t);
+        }
+    }
+    out
+}
+
+// See: veil#10. SIGKILL lost the last ~0.3 s of records without any count, also with
+// audit = "required". The journal makes the loss countable: after a kill in the middle of
+// recording, the restart names every exchange that was answered but not recorded, and
+// nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_answers_is_counted_at_the_next_start() {
+    for audit in ["best-effort", "required"] {
+        sigkill_counted(&["--audit", audit]).await;
+    }
+}
+
+async fn sigkill_counted(flags: &[&str]) {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = start(&mock, dir.path(), flags);
+    // Records are batched for up to a second: killing right after the answers catches most
+    // of them in memory.
+    let ids: Vec<String> = (0..20).map(|_| chat(&proc, dir.path())).collect();
+    proc.child.kill().unwrap();
+    proc.child.wait().unwrap();
+
+    let mut again = start(&mock, dir.path(), flags);
+    let listed: Vec<String> = std::fs::read_to_string(dir.path().join("data/unrecorded.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        !listed.is_empty(),
+        "records still batched at the kill are reported lost"
+    );
+    let stderr = again.stderr();
+    assert!(
+        stderr.contains(&format!("before recording {} exchanges", listed.len())),
+        "{stderr}"
+    );
+    assert!(again.terminate().success());
+
+    // Ground truth, read after the fact: sealed (unseal works) and recorded (the id is in
+    // the records ledger).
+    let records = all_text_under(&dir.path().join("data/records"));
+    let mut false_alarms = 0;
+    for id in &ids {
+        let sealed = unsealable(dir.path(), id, None);
+        let recorded = records.contains(id.as_str());
+        let is_listed = listed.contains(id);
+        // The guarantee: nothing answered is lost without being listed.
+        assert!(
+            (sealed && recorded) || is_listed,
+            "{id} sealed={sealed} recorded={recorded} but not listed as unrecorded"
+        );
+        // A kill between a durable write and its journal mark lists a recorded exchange:
+        // a window of microseconds, so at most a stray one.
+        if sealed && recorded && is_listed {
+            false_alarms += 1;
+        }
+    }
+    assert!(
+        false_alarms <= 1,
+        "{false_alarms} recorded exchanges listed as lost"
+    );
+    assert!(
+        listed.iter().all(|l| ids.contains(l)),
+        "only answered exchanges are listed: {listed:?}"
+    );
+}
