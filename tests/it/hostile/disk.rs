@@ -431,3 +431,113 @@ async fn unseal_with_an_unwritable_audit_log_prints_no_plaintext() {
     );
     assert!(proc.terminate().success(), "{}", proc.stderr());
 }
+
+// See: veil#10. On a full data disk `audit = "required"` answered 200 to 90 of 90 requests
+// and 35 of them were never sealed. Now: what veil answers 200 to is sealed; once the disk
+// cannot take more, requests are refused with 503 before they go upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_required_on_a_filling_disk_answers_only_what_it_sealed() {
+    let Some(fs) = Tmpfs::mount(
+        "audit_required_on_a_filling_disk_answers_only_what_it_sealed",
+        "16m",
+    ) else {
+        return;
+    };
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let data = fs.path().join("data");
+    let config = cwd.path().join("veil.toml");
+    std::fs::write(&config, "audit = \"required\"\ndisk_reserve = \"4MiB\"\n").unwrap();
+    let mut args = resolve_args(mock.addr);
+    args.extend(
+        [
+            "--config",
+            config.to_str().unwrap(),
+            "--upstream-ca",
+            mock.ca_path.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = VeilProcess::start(&args, cwd.path());
+    // 256 KiB prompts of words that do not compress: each exchange writes about half a MiB
+    // (sealed copy and record).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let prompt: String = (0..32_768)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:07x} ", x & 0xfff_ffff)
+        })
+        .collect();
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": prompt}]
+    })
+    .to_string();
+    let body_file = cwd.path().join("body.json");
+    std::fs::write(&body_file, &body).unwrap();
+    let mut answered = Vec::new();
+    let mut refused = 0;
+    for _ in 0..80 {
+        let out = Command::new("curl")
+            .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+            .arg(cwd.path().join("keys/ca.pem"))
+            .env("HTTPS_PROXY", format!("http://{}", proc.addr))
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(format!("@{}", body_file.display()))
+            .arg("https://api.openai.com/v1/chat/completions")
+            .output()
+            .unwrap();
+        let heads = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        // The last head is the provider's (or veil's) answer; the first, CONNECT's `200`.
+        let head = &heads[heads.rfind("http/").unwrap_or(0)..];
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-veil-request-id: "))
+            .map(|v| v.trim().to_string());
+        if head.starts_with("http/1.1 200") || head.starts_with("http/2 200") {
+            answered.push(id.expect("a 200 carries its request id"));
+        } else if head.starts_with("http/1.1 503") || head.starts_with("http/2 503") {
+            assert!(id.is_some(), "a refusal carries its request id too: {head}");
+            refused += 1;
+            if refused >= 5 {
+                break;
+            }
+        } else {
+            panic!("unexpected answer: {head}\n{}", proc.stderr());
+        }
+    }
+    assert!(
+        refused >= 5,
+        "the filling disk never made veil refuse; answered {}",
+        answered.len()
+    );
+    assert!(
+        answered.len() >= 3,
+        "some requests fit before the reserve: {}",
+        answered.len()
+    );
+    assert_eq!(
+        mock.seen().len(),
+        answered.len(),
+        "refused requests never went upstream"
+    );
+    assert!(proc.terminate().success(), "{}", proc.stderr());
+    // Unsealing writes an audit entry: give the space back first.
+    for id in &answered {
+        let out = veil(
+            &["unseal", id, "--data", data.to_str().unwrap()],
+            cwd.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{id} was answered 200 but is not sealed: {:?}\nveil said:\n{}",
+            text(&out),
+            proc.stderr()
+        );
+    }
+}
