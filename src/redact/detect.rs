@@ -31,6 +31,7 @@
 //! Patterns use ASCII word boundaries (`(?-u:\b)`) so the lazy DFA never has to give up on
 //! non-ASCII text; letters outside ASCII are matched explicitly where they matter (emails).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ use aho_corasick::AhoCorasick;
 use regex_automata::meta;
 use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 
+use super::budget::{Exceeded, Meter};
 use super::checksum::{self, Check};
 
 /// What to put in place of a match inside a text.
@@ -98,6 +100,22 @@ struct Pat {
     check: Option<Check>,
     /// Mask capture group 1 instead of the whole match (context words stay readable).
     group: bool,
+    /// A closing line the match extends to when one is reachable (PEM blocks).
+    footer: Option<Footer>,
+}
+
+/// A closing line a match extends to: the first occurrence of `re` after the match that is
+/// reachable through `body` bytes only. Found by substring search plus a memo, never by one
+/// regex with a lazy body: that regex had to scan to the first non-body byte to learn that no
+/// footer follows, from every header again (quadratic on prose full of headers, veil#10).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Footer {
+    /// The footer's fixed first bytes (`-----END`).
+    pub lit: &'static str,
+    /// The whole footer, matched anchored where `lit` occurs.
+    pub re: &'static str,
+    /// Bytes the text between the match and the footer may consist of.
+    pub body: fn(u8) -> bool,
 }
 
 const fn pat(re: &'static str, check: Check) -> Pat {
@@ -105,6 +123,7 @@ const fn pat(re: &'static str, check: Check) -> Pat {
         re,
         check: Some(check),
         group: false,
+        footer: None,
     }
 }
 
@@ -113,22 +132,41 @@ const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         re,
         check,
         group: true,
+        footer: None,
     }
+}
+
+/// What a PEM body may hold before its END line: base64, RFC 1421 headers (`Proc-Type: 4,
+/// ENCRYPTED`, `DEK-Info: AES-128-CBC,…`), line breaks, spaces (keys pasted on one line) and
+/// `\` (a `\n` escaped inside a JSON string or a shell variable).
+fn pem_body(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b.is_ascii_whitespace() || b"+/=:,.-\\".contains(&b)
 }
 
 /// Built-in detectors, in priority order (earlier wins a tie on length). Patterns follow the
 /// formats' specifications (E.164, ISO 13616, ISO/IEC 7812, RFC 4291, RFC 7519, RFC 7468, the
 /// vendors' documented token prefixes), not any corpus.
+///
+/// Secrets end where their alphabet ends (veil#10): each token pattern is greedy over the
+/// format's alphabet, and its check ([`checksum::key`]) only asks that the token is not glued
+/// to a letter or digit before it, nor to more of its own alphabet after it. Whatever else
+/// follows (`/`, `=`, `+`, `?`, `&`, `#`, quotes, brackets, punctuation, space, newline) ends
+/// the token and the token is masked. `rules/README.md` lists each format's alphabet.
 pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "private_key",
         label: "PRIVATE_KEY",
-        // RFC 7468 PEM (and PGP armor). A block cut before its END line is masked to the end
-        // of its base64 body so a truncated key never leaks.
+        // RFC 7468 PEM (and PGP armor): the header, then up to the END line when one follows
+        // (the footer), else to the end of the base64 body, so a truncated key never leaks.
         patterns: &[Pat {
-            re: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s:,.\-\\]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\r\n\\]*)",
+            re: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[A-Za-z0-9+/=\r\n\\]*",
             check: None,
             group: false,
+            footer: Some(Footer {
+                lit: "-----END",
+                re: r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
+                body: pem_body,
+            }),
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -136,10 +174,12 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "jwt",
         label: "JWT",
         // RFC 7519 compact JWS: base64url(header) . base64url(payload) . signature; the
-        // header is a JSON object, so it starts with `eyJ` (`{"`).
+        // header is a JSON object, so it starts with `eyJ` (`{"`). Segments are unpadded
+        // (RFC 7515 §2), so the token ends where base64url ends: a `.` or `=` after the
+        // signature is the text's, not the token's.
         patterns: &[pat(
-            r"(?-u:\b)eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
-            checksum::secret_end,
+            r"eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
         )],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
@@ -147,8 +187,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "anthropic_api_key",
         label: "ANTHROPIC_API_KEY",
         patterns: &[pat(
-            r"(?-u:\b)sk-ant-[A-Za-z0-9_\-]{20,}",
-            checksum::secret_end,
+            r"sk-ant-[A-Za-z0-9_\-]{20,}",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
         )],
         trigger: Trigger::Literal(&["sk-ant-"], 0),
     },
@@ -156,7 +196,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "openai_api_key",
         label: "OPENAI_API_KEY",
         // `sk-`, `sk-proj-`, `sk-svcacct-`, `sk-admin-` then a long token.
-        patterns: &[pat(r"(?-u:\b)sk-[A-Za-z0-9_\-]{20,}", checksum::secret_end)],
+        patterns: &[pat(
+            r"sk-[A-Za-z0-9_\-]{20,}",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
+        )],
         trigger: Trigger::Literal(&["sk-"], 0),
     },
     Builtin {
@@ -164,12 +207,12 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         label: "GITHUB_TOKEN",
         patterns: &[
             pat(
-                r"(?-u:\b)gh[pousr]_[A-Za-z0-9]{36,255}",
-                checksum::secret_end,
+                r"gh[pousr]_[A-Za-z0-9]{36,}",
+                checksum::key::<{ checksum::ALNUM }, { 4 + 255 }>,
             ),
             pat(
-                r"(?-u:\b)github_pat_[A-Za-z0-9_]{22,255}",
-                checksum::secret_end,
+                r"github_pat_[A-Za-z0-9_]{22,}",
+                checksum::key::<{ checksum::ALNUM_UNDERSCORE }, { 11 + 255 }>,
             ),
         ],
         trigger: Trigger::Literal(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"], 0),
@@ -179,16 +222,16 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         label: "SLACK_TOKEN",
         patterns: &[
             pat(
-                r"(?-u:\b)xox[abposer]-[A-Za-z0-9\-]{10,250}",
-                checksum::secret_end,
+                r"xox[abposer]-[A-Za-z0-9\-]{10,}",
+                checksum::key::<{ checksum::ALNUM_DASH }, { 5 + 250 }>,
             ),
             pat(
-                r"(?-u:\b)xapp-[0-9]-[A-Za-z0-9\-]{10,250}",
-                checksum::secret_end,
+                r"xapp-[0-9]-[A-Za-z0-9\-]{10,}",
+                checksum::key::<{ checksum::ALNUM_DASH }, { 7 + 250 }>,
             ),
             pat(
                 r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_\-]{20,}",
-                checksum::secret_end,
+                checksum::key::<{ checksum::URL_PATH }, { checksum::ANY_LEN }>,
             ),
         ],
         trigger: Trigger::Literal(&["xox", "xapp-", "https://hooks.slack.com"], 0),
@@ -196,14 +239,18 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "stripe_secret_key",
         label: "STRIPE_SECRET_KEY",
-        // Secret and restricted keys, live or test, and webhook signing secrets.
+        // Secret and restricted keys, live or test, and webhook signing secrets (Stripe's
+        // are alphanumeric; Standard Webhooks' `whsec_` secrets are base64, padding included).
         // Publishable keys (`pk_`) are public by design and left alone.
         patterns: &[
             pat(
-                r"(?-u:\b)[sr]k_(?:live|test)_[A-Za-z0-9]{16,247}",
-                checksum::secret_end,
+                r"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                checksum::key::<{ checksum::ALNUM }, { 8 + 247 }>,
             ),
-            pat(r"(?-u:\b)whsec_[A-Za-z0-9]{24,}", checksum::secret_end),
+            pat(
+                r"whsec_[A-Za-z0-9+/]{24,}={0,2}",
+                checksum::key::<{ checksum::B64 }, { checksum::ANY_LEN }>,
+            ),
         ],
         trigger: Trigger::Literal(
             &[
@@ -217,7 +264,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "google_api_key",
         label: "GOOGLE_API_KEY",
-        patterns: &[pat(r"(?-u:\b)AIza[0-9A-Za-z_\-]{35}", checksum::secret_end)],
+        patterns: &[pat(
+            r"AIza[0-9A-Za-z_\-]{35,}",
+            checksum::key::<{ checksum::B64URL }, { 4 + 35 }>,
+        )],
         trigger: Trigger::Literal(&["AIza"], 0),
     },
     Builtin {
@@ -225,8 +275,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         label: "AWS_ACCESS_KEY_ID",
         // Long-term (AKIA) and temporary (ASIA) access key ids, plus the bearer/CA prefixes.
         patterns: &[pat(
-            r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
-            checksum::secret_end,
+            r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16,}",
+            checksum::key::<{ checksum::UPPER_DIGIT }, { 4 + 16 }>,
         )],
         trigger: Trigger::Literal(&["AKIA", "ASIA", "ABIA", "ACCA"], 0),
     },
@@ -236,9 +286,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // 40 base64 characters look like any hash, so only with a label in front
         // (`AWS_SECRET_ACCESS_KEY=`, `"SecretAccessKey": "`, `aws_secret_key: `). `secret` in
         // the three casings the literal pass looks for, so the pattern and its gate agree.
+        // The key's alphabet holds `/` and `+`, so nothing after 40 of them tells where it
+        // ends: after a label the whole run is masked (a longer run is still secret).
         patterns: &[grp(
-            r"(?:(?i:aws).?(?:secret|Secret|SECRET).?(?i:access.?)?(?i:key)|(?:secret|Secret|SECRET).?(?i:access.?key))[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40})",
-            Some(checksum::secret_end),
+            r"(?:(?i:aws).?(?:secret|Secret|SECRET).?(?i:access.?)?(?i:key)|(?:secret|Secret|SECRET).?(?i:access.?key))[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40,})",
+            None,
         )],
         trigger: Trigger::Literal(&["secret", "Secret", "SECRET"], 7),
     },
@@ -262,6 +314,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             re: r"[A-Za-z0-9._%+'\-\x{80}-\x{10FFFF}]+@[A-Za-z0-9\-\x{80}-\x{10FFFF}]+(?:\.[A-Za-z0-9\-\x{80}-\x{10FFFF}]+)*\.[A-Za-z\x{80}-\x{10FFFF}]{2,63}",
             check: None,
             group: false,
+            footer: None,
         }],
         trigger: Trigger::At,
     },
@@ -402,13 +455,16 @@ pub(crate) struct PatternSpec {
     pub user: bool,
     /// Which prefilter condition the pattern runs under.
     pub gate: Gate,
+    /// A closing line the match extends to (built-ins only).
+    pub footer: Option<Footer>,
 }
 
 /// The prefilter condition under which a pattern can match, and so how it is searched:
 /// - `Digit`, `At`, `Colon`: one multi-pattern set per gate, run only over windows around the
 ///   trigger. One set of all ~27 built-ins made the overlapping lazy DFA explode (digit-led
 ///   patterns multiply each other's states: 12 MB/s measured); per-gate sets stay small.
-/// - `Literal`: no set; each pattern is tried, anchored, where one of its literals occurs.
+/// - `Literal`: no set; the pattern is searched from where one of its literals first occurs,
+///   and again only from literals past the candidate it found.
 /// - `Always` (custom patterns): one set over the whole text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Gate {
@@ -481,6 +537,7 @@ impl ScannerSpec {
                 window: 0,
                 user: false,
                 gate: Gate::of(b.trigger),
+                footer: p.footer,
             });
         }
         detector
@@ -496,6 +553,8 @@ struct Pattern {
     group: bool,
     context: Vec<String>,
     window: usize,
+    /// The compiled footer regex and the body bytes (see [`Footer`]).
+    footer: Option<(Footer, meta::Regex)>,
 }
 
 /// Why a scanner could not be built. Carries the index of the offending pattern or dictionary.
@@ -644,6 +703,14 @@ impl Scanner {
                     ));
                 }
             }
+            let footer = match p.footer {
+                Some(f) => Some((
+                    f,
+                    meta::Regex::new(f.re)
+                        .map_err(|e| ScanBuildError::Pattern(i, e.to_string()))?,
+                )),
+                None => None,
+            };
             patterns.push(Pattern {
                 detector: p.detector,
                 re,
@@ -651,6 +718,7 @@ impl Scanner {
                 group: p.group,
                 context: p.context.iter().map(|w| w.to_ascii_lowercase()).collect(),
                 window: p.window,
+                footer,
             });
         }
         let mut keys: Vec<u8> = spec
@@ -747,16 +815,42 @@ impl Scanner {
 
     /// Every accepted match in `text`, sorted by start, never overlapping.
     pub fn find(&self, text: &str, out: &mut Vec<Found>) {
+        // An unlimited meter cannot be exceeded.
+        let _ = self.find_within(text, out, &mut Meter::unlimited());
+    }
+
+    /// [`Scanner::find`], charging the work to `meter`. On `Err` the budget ran out part way
+    /// and `out` is cleared: a partial list of matches must never be used to mask a text.
+    pub fn find_within(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        meter: &mut Meter,
+    ) -> Result<(), Exceeded> {
+        let r = self.find_gated(text, out, &mut Ctx::new(meter));
+        if r.is_err() {
+            out.clear();
+        }
+        r
+    }
+
+    fn find_gated(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         out.clear();
         if text.is_empty() {
-            return;
+            return Ok(());
         }
-        self.find_dict(text, out);
+        self.find_dict(text, out, cx)?;
         if let Some(lits) = &self.literals {
-            self.find_literals(lits, text, out);
+            self.find_literals(lits, text, out, cx)?;
         }
         if !self.groups.is_empty() {
             let w = Windows::of(text, self.want);
+            cx.meter.work(text.len())?;
             let full = 0..text.len();
             let whole = std::slice::from_ref(&full);
             for g in &self.groups {
@@ -766,10 +860,10 @@ impl Scanner {
                     Gate::Colon => &w.colon,
                     Gate::Always | Gate::Literal(..) => whole,
                 };
-                self.scan_group(g, text, ranges, out);
+                self.scan_group(g, text, ranges, out, cx)?;
             }
         }
-        resolve(&self.detectors, out);
+        resolve(&self.detectors, out, cx.meter)
     }
 
     /// What [`Scanner::find`] would return with no prefilter at all: every pattern searched
@@ -780,17 +874,27 @@ impl Scanner {
         if text.is_empty() {
             return;
         }
-        self.find_dict(text, out);
+        let mut meter = Meter::unlimited();
+        let mut cx = Ctx::new(&mut meter);
+        // Unlimited: these cannot fail.
+        let _ = self.find_dict(text, out, &mut cx);
         for p in &self.patterns {
-            self.locate(p, text, 0..text.len(), out);
+            let _ = self.locate(p, text, 0..text.len(), out, &mut cx);
         }
-        resolve(&self.detectors, out);
+        let _ = resolve(&self.detectors, out, cx.meter);
     }
 
-    fn find_dict(&self, text: &str, out: &mut Vec<Found>) {
+    fn find_dict(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         if let Some((ac, owner)) = &self.dict {
+            cx.meter.work(text.len())?;
             for m in ac.find_iter(text) {
                 let r = m.start()..m.end();
+                cx.meter.work(1)?;
                 if whole_word(text, &r) {
                     out.push(Found {
                         start: r.start,
@@ -800,52 +904,105 @@ impl Scanner {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Every occurrence of a literal (overlapping ones too: the search resumes one byte after
-    /// each hit) gets its patterns tried anchored at it, and up to `back` bytes before it. As
-    /// in [`Scanner::locate`], a pattern is not tried again inside its own accepted match.
-    fn find_literals(&self, lits: &Literals, text: &str, out: &mut Vec<Found>) {
+    /// The literal pass: one Aho-Corasick search finds every occurrence of every literal
+    /// (overlapping ones too: it resumes one byte after each hit). A pattern is searched,
+    /// unanchored, from the first of its occurrences; the candidate found is kept until the
+    /// pass reaches it, and the next search starts where [`Scanner::locate`] would resume.
+    /// So each pattern meets exactly the candidates `locate` over the whole text would, and
+    /// looks at each byte about once: occurrences before a known candidate cost nothing.
+    ///
+    /// The previous pass tried every occurrence anchored. A pattern that scans far before it
+    /// fails (`eyJ` then a long run with no `.`) then scanned the same run again from every
+    /// occurrence inside it: quadratic in the run (veil#10).
+    fn find_literals(
+        &self,
+        lits: &Literals,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
+        let mut state: Vec<LitState> = Vec::new();
         let mut pos = 0;
-        // Per pattern: where it may start again (the end of its last accepted match).
-        let mut resume: Vec<usize> = Vec::new();
         while pos < text.len() {
             let span = aho_corasick::Input::new(text).span(pos..text.len());
-            let Some(m) = lits.ac.find(span) else { break };
-            if resume.is_empty() {
-                resume.resize(self.patterns.len(), 0);
+            let Some(m) = lits.ac.find(span) else {
+                cx.meter.work(text.len() - pos)?;
+                break;
+            };
+            cx.meter.work(m.start() + 1 - pos)?;
+            if state.is_empty() {
+                state.resize(self.patterns.len(), LitState::default());
             }
             for &(pi, back) in &lits.owners[m.pattern().as_usize()] {
                 let p = &self.patterns[pi];
-                for s in m.start().saturating_sub(back)..=m.start() {
-                    if s < resume[pi] || !text.is_char_boundary(s) {
-                        continue;
+                let st = &mut state[pi];
+                // Candidates of this occurrence start in `[a, m.start()]`.
+                let mut a = m.start().saturating_sub(back);
+                while !text.is_char_boundary(a) {
+                    a += 1;
+                }
+                loop {
+                    let cand = match &st.next {
+                        Next::Done => break,
+                        Next::At(c) => c.clone(),
+                        Next::Unknown => {
+                            // No candidate starts in `[st.pos, a)`: each one starts at most
+                            // `back` bytes before an occurrence of its literal.
+                            let from = st.pos.max(a);
+                            if from >= text.len() {
+                                st.next = Next::Done;
+                                break;
+                            }
+                            let input = Input::new(text).range(from..);
+                            match self.candidate(p, text, &input, cx)? {
+                                Some(c) => {
+                                    st.next = Next::At(c.clone());
+                                    c
+                                }
+                                None => {
+                                    st.next = Next::Done;
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    if cand.0.start > m.start() {
+                        break; // a later occurrence's candidate
                     }
-                    let input = Input::new(text).range(s..).anchored(Anchored::Yes);
-                    if let Some((whole, r)) = self.candidate(p, &input)
-                        && self.accept(p, text, r, out)
-                    {
-                        resume[pi] = whole.end.max(whole.start + 1);
-                    }
+                    st.next = Next::Unknown;
+                    let accepted = self.accept(p, text, cand.1, out, cx)?;
+                    st.pos = resume_at(text, &cand.0, accepted);
                 }
             }
             pos = m.start() + 1;
         }
+        Ok(())
     }
 
     /// Runs a gate's patterns over its windows: the set says which occur in a window, then
     /// only those are located in it.
-    fn scan_group(&self, g: &Group, text: &str, ranges: &[Range<usize>], out: &mut Vec<Found>) {
+    fn scan_group(
+        &self,
+        g: &Group,
+        text: &str,
+        ranges: &[Range<usize>],
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         let Some(set) = &g.set else {
             let p = &self.patterns[g.members[0]];
             for w in ranges {
-                self.locate(p, text, w.clone(), out);
+                self.locate(p, text, w.clone(), out, cx)?;
             }
-            return;
+            return Ok(());
         };
         let mut which = PatternSet::new(set.pattern_len());
         for w in ranges {
             which.clear();
+            cx.meter.work(w.len())?;
             set.which_overlapping_matches(&Input::new(text).range(w.clone()), &mut which);
             for pid in which.iter() {
                 self.locate(
@@ -853,27 +1010,66 @@ impl Scanner {
                     text,
                     w.clone(),
                     out,
-                );
+                    cx,
+                )?;
             }
         }
+        Ok(())
     }
 
-    /// The match of `p` in `input`, and the range to mask (capture group 1 or the whole).
-    fn candidate(&self, p: &Pattern, input: &Input<'_>) -> Option<(Range<usize>, Range<usize>)> {
-        if p.group {
+    /// The leftmost match of `p` in `input`, and the range to mask (capture group 1 or the
+    /// whole), extended to its footer when one is reachable.
+    ///
+    /// Work charged: the bytes from the search start to the match end (or to the end of the
+    /// input when nothing matched). The engine may look a little past a match end while a
+    /// longer match is still possible; for every built-in that is bounded by the pattern
+    /// (the footer search, which used to be the unbounded case, is charged separately).
+    fn candidate(
+        &self,
+        p: &Pattern,
+        text: &str,
+        input: &Input<'_>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<Option<Candidate>, Exceeded> {
+        let from = input.start();
+        let found = if p.group {
             let mut caps = p.re.create_captures();
             p.re.search_captures(input, &mut caps);
-            let m = caps.get_match()?.range();
-            let r = caps.get_group(1).map_or(m.clone(), |g| g.range());
-            Some((m, r))
+            caps.get_match().map(|m| {
+                let m = m.range();
+                let r = caps.get_group(1).map_or(m.clone(), |g| g.range());
+                (m, r)
+            })
         } else {
-            let m = p.re.search(input)?.range();
-            Some((m.clone(), m))
+            p.re.search(input).map(|m| (m.range(), m.range()))
+        };
+        let Some((mut m, mut r)) = found else {
+            cx.meter.work(input.end() - from + 1)?;
+            return Ok(None);
+        };
+        cx.meter.work(m.end - from + 1)?;
+        if let Some((footer, re)) = &p.footer
+            && let Some(end) = footer_end(footer, re, text, m.end, cx)?
+        {
+            let whole_masked = r == m;
+            m.end = end;
+            if whole_masked {
+                r.end = end;
+            }
         }
+        Ok(Some((m, r)))
     }
 
     /// Validates a candidate and records it. Returns whether it was accepted.
-    fn accept(&self, p: &Pattern, text: &str, r: Range<usize>, out: &mut Vec<Found>) -> bool {
+    fn accept(
+        &self,
+        p: &Pattern,
+        text: &str,
+        r: Range<usize>,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<bool, Exceeded> {
+        cx.meter.work(r.len() + 1)?;
         let ok = (r.start < r.end)
             .then_some(r)
             .and_then(|r| match p.check {
@@ -881,7 +1077,7 @@ impl Scanner {
                 None => Some(r),
             })
             .filter(|r| r.start < r.end && self.context_ok(p, text, r));
-        match ok {
+        Ok(match ok {
             Some(r) => {
                 out.push(Found {
                     start: r.start,
@@ -891,28 +1087,30 @@ impl Scanner {
                 true
             }
             None => false,
-        }
+        })
     }
 
-    /// Runs one pattern over window `w` of `text`, validating candidates. A rejected candidate
-    /// restarts the search one character later, so it cannot hide a valid match that
-    /// overlaps it.
-    fn locate(&self, p: &Pattern, text: &str, w: Range<usize>, out: &mut Vec<Found>) {
+    /// Runs one pattern over window `w` of `text`, validating candidates. After an accepted
+    /// candidate the search resumes at its end; after a rejected one, one character later, so
+    /// that it cannot hide a valid match overlapping it (see [`resume_at`] for the limit).
+    fn locate(
+        &self,
+        p: &Pattern,
+        text: &str,
+        w: Range<usize>,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         let mut at = w.start;
         while at < w.end {
             let input = Input::new(text).range(at..w.end);
-            let Some((m, r)) = self.candidate(p, &input) else {
+            let Some((m, r)) = self.candidate(p, text, &input, cx)? else {
                 break;
             };
-            at = if self.accept(p, text, r, out) {
-                m.end.max(m.start + 1)
-            } else {
-                m.start + 1
-            };
-            while at < text.len() && !text.is_char_boundary(at) {
-                at += 1;
-            }
+            let accepted = self.accept(p, text, r, out, cx)?;
+            at = resume_at(text, &m, accepted);
         }
+        Ok(())
     }
 
     /// Context words (custom detectors): one must appear within `window` bytes around the match.
@@ -931,6 +1129,128 @@ impl Scanner {
         let around = text[a..b].to_ascii_lowercase();
         p.context.iter().any(|w| around.contains(w.as_str()))
     }
+}
+
+/// Per-scan state: the meter, and the footer memo of the pattern that has one.
+struct Ctx<'m> {
+    meter: &'m mut Meter,
+    footer: FooterMemo,
+}
+
+impl<'m> Ctx<'m> {
+    fn new(meter: &'m mut Meter) -> Ctx<'m> {
+        Ctx {
+            meter,
+            footer: FooterMemo::default(),
+        }
+    }
+}
+
+/// A regex match and the range to mask in it (the whole match, or capture group 1).
+type Candidate = (Range<usize>, Range<usize>);
+
+/// Where one literal-gated pattern stands in the literal pass.
+#[derive(Clone, Debug, Default)]
+struct LitState {
+    /// Every candidate starting before this is settled.
+    pos: usize,
+    /// The leftmost candidate at or after the position last searched from.
+    next: Next,
+}
+
+#[derive(Clone, Debug, Default)]
+enum Next {
+    /// Not searched since `pos` moved.
+    #[default]
+    Unknown,
+    /// This candidate, not yet validated.
+    At(Candidate),
+    /// No candidate at or after the last search start.
+    Done,
+}
+
+/// Longest rejected candidate after which the search restarts one character later; past it
+/// the search resumes at the candidate's end. Restarting inside a long rejected candidate
+/// costs its length again for every restart: quadratic in the candidate (veil#10: a custom
+/// `[0-9 ]+` with `validator = "luhn"` on a long run of digits; `xoxb-` repeated, when the
+/// Slack pattern stopped at 250 characters and was rejected for the ones glued after it).
+/// Every built-in PII candidate is shorter (the longest, an international phone number or a
+/// labelled date, is under 100 bytes). Secret candidates are whole runs of their alphabet, so
+/// a longer rejected one is a run that is not a token, and neither is its tail. Custom
+/// patterns: a valid match overlapping a rejected candidate longer than this is not found
+/// (documented in `rules/README.md`).
+const RESTART_SPAN: usize = 128;
+
+/// Where a search resumes after candidate `m`: its end if accepted; one character later if
+/// rejected and short, so an overlapping valid match is still found; its end if rejected and
+/// longer than [`RESTART_SPAN`].
+fn resume_at(text: &str, m: &Range<usize>, accepted: bool) -> usize {
+    let mut at = if accepted || m.len() > RESTART_SPAN {
+        m.end.max(m.start + 1)
+    } else {
+        m.start + 1
+    };
+    while at < text.len() && !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+/// What the footer search learnt, valid for later queries that start inside it (queries come
+/// in increasing order, so each byte is looked at about once per scan).
+#[derive(Debug, Default)]
+struct FooterMemo {
+    /// `(from, dead)`: the first byte at or after `from` that a body cannot hold is `dead`.
+    dead: Option<(usize, usize)>,
+    /// `(from, footer)`: the first footer (start, end) at or after `from`.
+    next: Option<(usize, Option<(usize, usize)>)>,
+}
+
+/// The end of the first footer after `from` that is reachable through body bytes only.
+fn footer_end(
+    f: &Footer,
+    re: &meta::Regex,
+    text: &str,
+    from: usize,
+    cx: &mut Ctx<'_>,
+) -> Result<Option<usize>, Exceeded> {
+    let memo = &mut cx.footer;
+    let dead = match memo.dead {
+        Some((a, d)) if a <= from && from <= d => d,
+        _ => {
+            let d = text.as_bytes()[from..]
+                .iter()
+                .position(|&b| !(f.body)(b))
+                .map_or(text.len(), |i| from + i);
+            cx.meter.work(d - from + 1)?;
+            memo.dead = Some((from, d));
+            d
+        }
+    };
+    let next = match memo.next {
+        Some((a, n)) if a <= from && n.is_none_or(|(s, _)| from <= s) => n,
+        _ => {
+            let mut at = from;
+            let mut found = None;
+            while let Some(i) = text[at..].find(f.lit) {
+                let s = at + i;
+                cx.meter.work(i + f.lit.len())?;
+                if let Some(m) = re.search(&Input::new(text).range(s..).anchored(Anchored::Yes)) {
+                    cx.meter.work(m.len())?;
+                    found = Some((s, m.end()));
+                    break;
+                }
+                at = s + 1;
+            }
+            if found.is_none() {
+                cx.meter.work(text.len() - at + 1)?;
+            }
+            memo.next = Some((from, found));
+            found
+        }
+    };
+    // The footer's own bytes are body bytes, so a footer starting before `dead` ends by it.
+    Ok(next.filter(|(s, _)| *s < dead).map(|(_, e)| e))
 }
 
 /// Fewest digits in one cluster (digit runs joined by at most [`MAX_CLUSTER_GAP`] of
@@ -1138,11 +1458,24 @@ fn whole_word(text: &str, r: &Range<usize>) -> bool {
 
 /// Keeps a non-overlapping subset: longest first, then priority, then leftmost; then sorts by
 /// start. Deterministic for any input order.
-fn resolve(detectors: &[Detector], found: &mut Vec<Found>) {
-    if found.len() < 2 {
-        return;
+///
+/// O(m log m): the kept matches are disjoint, so among those starting before a candidate's
+/// end only the last one can overlap it, and an ordered map finds that one. The first version
+/// compared each candidate with every kept match: quadratic in the number of matches, seconds
+/// for a 4 MB prompt of repeated email addresses (veil#10).
+fn resolve(
+    detectors: &[Detector],
+    found: &mut Vec<Found>,
+    meter: &mut Meter,
+) -> Result<(), Exceeded> {
+    let m = found.len();
+    if m < 2 {
+        return Ok(());
     }
-    found.sort_by_key(|f| {
+    // A sort and m probes of a map holding at most m entries: m·log2(m) each.
+    let log = (usize::BITS - m.leading_zeros()) as usize;
+    meter.work(2 * m * log)?;
+    found.sort_unstable_by_key(|f| {
         (
             std::cmp::Reverse(f.end - f.start),
             detectors[f.detector].priority,
@@ -1150,14 +1483,23 @@ fn resolve(detectors: &[Detector], found: &mut Vec<Found>) {
             f.detector,
         )
     });
-    let mut kept: Vec<Found> = Vec::with_capacity(found.len());
+    // start -> (end, detector) of the kept matches.
+    let mut kept: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     for f in found.drain(..) {
-        if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
-            kept.push(f);
+        let overlaps = kept
+            .range(..f.end)
+            .next_back()
+            .is_some_and(|(_, &(end, _))| end > f.start);
+        if !overlaps {
+            kept.insert(f.start, (f.end, f.detector));
         }
     }
-    kept.sort_by_key(|f| f.start);
-    *found = kept;
+    found.extend(kept.into_iter().map(|(start, (end, detector))| Found {
+        start,
+        end,
+        detector,
+    }));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1617,6 +1959,7 @@ mod tests {
             window: 0,
             user: true,
             gate: Gate::Always,
+            footer: None,
         };
         spec.patterns.push(p.clone());
         assert!(matches!(

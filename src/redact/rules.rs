@@ -445,6 +445,7 @@ fn detectors(
                 window: r.window.unwrap_or(32),
                 user: true,
                 gate: detect::Gate::Always,
+                footer: None,
             });
             origins.patterns.push(Some((r.pattern.span(), rule)));
         }
