@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Exchanges that could not be recorded, e.g. the recording queue was full
     /// (`veil.exchanges.dropped`). Incremented by whoever drops them.
     pub exchanges_dropped: Counter,
+    /// Records accepted without their content because redacting it exceeded the redaction
+    /// budget (`veil.exchanges.content_dropped`; the record says why in `veil.content_dropped`).
+    pub content_dropped: Counter,
     /// Batches the collector accepted (`veil.export.batches.delivered`).
     pub batches_delivered: Counter,
     /// Export attempts that failed, retryable or not (`veil.export.failures`).

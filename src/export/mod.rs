@@ -414,6 +414,9 @@ impl Batcher {
         match item {
             Item::Record(r) => {
                 self.metrics.exchanges.inc();
+                if r.content_dropped.is_some() {
+                    self.metrics.content_dropped.inc();
+                }
                 self.batch.push_record(&r);
                 otlp::observe(&mut self.histograms, &r);
                 self.records_in_batch += 1;
