@@ -461,7 +461,9 @@ pub(crate) fn key<const A: u8, const MAX: usize>(
 ) -> Option<Range<usize>> {
     let b = text.as_bytes();
     let glued_left = r.start > 0 && b.get(r.start - 1).is_some_and(u8::is_ascii_alphanumeric);
-    let glued_right = b.get(r.end).is_some_and(|&c| in_alphabet::<A>(c));
+    // Only a bounded format can be glued on the right: an unbounded pattern is greedy over
+    // its alphabet, and where it stops (after `=` padding, say) is where the token ends.
+    let glued_right = MAX != ANY_LEN && b.get(r.end).is_some_and(|&c| in_alphabet::<A>(c));
     (!glued_left && !glued_right && r.len() <= MAX).then_some(r)
 }
 

@@ -1973,4 +1973,372 @@ mod tests {
             Err(ScanBuildError::Pattern(0, _))
         ));
     }
+
+    // === secrets end where the secret ends (veil#10) ===
+
+    /// One valid token per secret pattern: (label, text before it, the token, the neighbours
+    /// that belong to the format's alphabet and so extend the token, fixed length: a longer
+    /// run of the alphabet is another thing, not this token).
+    const SECRETS: &[(&str, &str, &str, &str, bool)] = &[
+        (
+            "PRIVATE_KEY",
+            "",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeK\n-----END RSA PRIVATE KEY-----",
+            "",
+            false,
+        ),
+        (
+            "JWT",
+            "",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "-_",
+            false,
+        ),
+        (
+            "ANTHROPIC_API_KEY",
+            "",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789_-abcdefghijklmnopqrstuvwxyzAA",
+            "-_",
+            false,
+        ),
+        (
+            "OPENAI_API_KEY",
+            "",
+            "sk-proj-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV",
+            "-_",
+            false,
+        ),
+        (
+            "GITHUB_TOKEN",
+            "",
+            "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            "",
+            false,
+        ),
+        (
+            "GITHUB_TOKEN",
+            "",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+            "_",
+            false,
+        ),
+        (
+            "SLACK_TOKEN",
+            "",
+            "xoxb-1234567890-1234567890123-abcdefghijABCDEFGHIJ",
+            "-",
+            false,
+        ),
+        (
+            "SLACK_TOKEN",
+            "",
+            "xapp-1-A0123456789-1234567890123-abcdef0123456789",
+            "-",
+            false,
+        ),
+        (
+            "SLACK_TOKEN",
+            "",
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "/_-",
+            false,
+        ),
+        (
+            "STRIPE_SECRET_KEY",
+            "",
+            "sk_live_abcdefghijklmnop0123ABCD",
+            "",
+            false,
+        ),
+        (
+            "STRIPE_SECRET_KEY",
+            "",
+            "whsec_abcdefghijklmnopqrstuvwxyz012345",
+            "+/=",
+            false,
+        ),
+        (
+            "GOOGLE_API_KEY",
+            "",
+            "AIzaSyA-abcdefghijklmnopqrstuvwxyz01234",
+            "-_",
+            true,
+        ),
+        ("AWS_ACCESS_KEY_ID", "", "AKIAIOSFODNN7EXAMPLE", "", true),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "aws_secret_access_key=",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "/+",
+            false,
+        ),
+        (
+            "BEARER_TOKEN",
+            "Authorization: Bearer ",
+            "abc123def456ghi789jkl",
+            "-._~+/=",
+            false,
+        ),
+    ];
+
+    /// Characters that may follow or precede a token: everything the issue lists (`/`, `=`,
+    /// `+`, `?`, `&`, `#`, quotes, punctuation, brackets, whitespace, newline), the ASCII
+    /// punctuation left over, `-` and `_` (in some alphabets), non-ASCII, and nothing at all.
+    const NEIGHBOURS: &[&str] = &[
+        "", "/", "=", "+", "?", "&", "#", "\"", "'", "`", ".", ",", ";", ":", "!", "(", ")", "[",
+        "]", "{", "}", "<", ">", "|", "\\", "*", "%", "@", "~", "$", "^", " ", "\t", "\n", "\r\n",
+        "-", "_", "é", "日",
+    ];
+
+    /// Both engines, and that they agree.
+    fn both(s: &Scanner, text: &str) -> Vec<(String, Range<usize>)> {
+        let (mut gated, mut all) = (Vec::new(), Vec::new());
+        s.find(text, &mut gated);
+        s.find_exhaustive(text, &mut all);
+        assert_eq!(gated, all, "gated and exhaustive scans differ on {text:?}");
+        gated
+            .iter()
+            .map(|f| (s.label(f.detector).to_string(), f.start..f.end))
+            .collect()
+    }
+
+    // See: veil#10
+    #[test]
+    fn every_secret_is_masked_whatever_follows_or_precedes_it() {
+        let s = all();
+        let mut checked = 0;
+        for &(label, label_text, token, alphabet, fixed) in SECRETS {
+            for &n in NEIGHBOURS {
+                let joins = n.len() == 1 && alphabet.contains(n);
+                // After the token.
+                let text = format!("{label_text}{token}{n}");
+                let at = label_text.len()..label_text.len() + token.len();
+                let got = both(&s, &text);
+                let hit = got.iter().find(|(l, _)| l == label);
+                match (joins, fixed) {
+                    (false, _) => assert!(
+                        hit.is_some_and(|(_, r)| *r == at),
+                        "{label} followed by {n:?}: want exactly {at:?}, got {got:?} in {text:?}"
+                    ),
+                    (true, false) => assert!(
+                        hit.is_some_and(|(_, r)| r.start == at.start && r.end >= at.end),
+                        "{label} followed by {n:?} (its alphabet): want it covered, got {got:?}"
+                    ),
+                    // A fixed-length token glued to more of its alphabet is a longer run.
+                    (true, true) => assert!(hit.is_none(), "{label}+{n:?}: {got:?}"),
+                }
+                // Before it (before its label, for the labelled formats). `_` is a word
+                // character: `x_Bearer` is not the word Bearer.
+                if n == "_" && label == "BEARER_TOKEN" {
+                    continue;
+                }
+                let text = format!("{n}{label_text}{token} tail");
+                let at = n.len() + label_text.len()..n.len() + label_text.len() + token.len();
+                let got = both(&s, &text);
+                assert!(
+                    got.iter().any(|(l, r)| l == label && *r == at),
+                    "{label} preceded by {n:?}: want exactly {at:?}, got {got:?}"
+                );
+                // Both sides at once, inside a sentence and inside a URL.
+                for (pre, post) in [("see ", " now"), ("https://gw.example/k/", "/usage?x=1")] {
+                    let text = format!("{pre}{n}{label_text}{token}{n}{post}");
+                    let start = pre.len() + n.len() + label_text.len();
+                    let got = both(&s, &text);
+                    assert!(
+                        got.iter().any(|(l, r)| l == label
+                            && r.start == start
+                            && r.end >= start + token.len())
+                            || (joins && fixed),
+                        "{label} between {n:?}s in {text:?}: got {got:?}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, SECRETS.len() * NEIGHBOURS.len() - 1);
+        // Every secret built-in has a row.
+        for b in BUILTINS
+            .iter()
+            .filter(|b| matches!(b.trigger, Trigger::Literal(..)))
+        {
+            assert!(
+                SECRETS.iter().any(|(l, ..)| *l == b.label),
+                "{} has no row",
+                b.label
+            );
+        }
+    }
+
+    // See: veil#10
+    #[test]
+    fn sk_proj_key_in_a_url_path_followed_by_slash_is_masked() {
+        let key = format!(
+            "sk-proj-{}",
+            "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kM9nP2rS5uV8"
+        );
+        assert_eq!(key.len(), 8 + 48);
+        let text = format!("GET https://gw.example/keys/{key}/usage HTTP/1.1");
+        let start = text.find("sk-").unwrap();
+        let got = both(&all(), &text);
+        assert_eq!(
+            got,
+            vec![("OPENAI_API_KEY".to_string(), start..start + key.len())]
+        );
+    }
+
+    // See: veil#10
+    #[test]
+    fn akia_followed_by_slash_is_masked() {
+        let got = both(&all(), "AKIAIOSFODNN7EXAMPLE/x");
+        assert_eq!(got, vec![("AWS_ACCESS_KEY_ID".to_string(), 0..20)]);
+    }
+
+    #[test]
+    fn tokens_glued_to_a_word_or_too_long_are_not_tokens() {
+        let s = all();
+        for text in [
+            "xsk-proj-abcdefghijklmnopqrstuvwxyz012345",
+            "task-management-system-design-and-more",
+            "AKIAIOSFODNN7EXAMPLEX",
+            "XAKIAIOSFODNN7EXAMPLE",
+            "AIzaSyA-abcdefghijklmnopqrstuvwxyz012345",
+            "aeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+        ] {
+            assert_eq!(both(&s, text), vec![], "{text}");
+        }
+        // 255 is GitHub's longest token body; a longer run is not one.
+        let long = format!("ghp_{}", "a".repeat(256));
+        assert_eq!(both(&s, &long), vec![]);
+        let ok = format!("ghp_{}", "a".repeat(255));
+        assert_eq!(both(&s, &ok).len(), 1);
+    }
+
+    // === PEM blocks: the footer found without a lazy regex (veil#10) ===
+
+    #[test]
+    fn pem_block_extends_to_its_footer_only_through_body_bytes() {
+        let s = all();
+        let head = "-----BEGIN PRIVATE KEY-----";
+        let foot = "-----END PRIVATE KEY-----";
+        // Across lines, spaces, escaped newlines and RFC 1421 headers.
+        for body in [
+            "\nMIIBOg+/=\n",
+            " MIIB OgIB ",
+            "\\nMIIB\\n",
+            "\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,3F17\n\nMIIB\n",
+        ] {
+            let text = format!("x {head}{body}{foot} y");
+            let got = both(&s, &text);
+            assert_eq!(
+                got,
+                vec![("PRIVATE_KEY".to_string(), 2..text.len() - 2)],
+                "{body:?}"
+            );
+        }
+        // A byte no body holds (`!`) stops the block: masked to the end of its base64.
+        let text = format!("{head}\nMIIB\n! {foot}");
+        let end = head.len() + "\nMIIB\n".len();
+        assert_eq!(both(&s, &text), vec![("PRIVATE_KEY".to_string(), 0..end)]);
+        // The first PRIVATE footer counts, not a PUBLIC one before it.
+        let text = format!("{head}\nAB\n-----END PUBLIC KEY-----\nCD\n{foot}!");
+        assert_eq!(
+            both(&s, &text),
+            vec![("PRIVATE_KEY".to_string(), 0..text.len() - 1)]
+        );
+        // Many headers in prose and one footer far away: each header is its own block up to
+        // the footer... the first one covers everything, including the later headers.
+        let text = format!("{}{foot}", format!("{head} lorem ipsum ").repeat(50));
+        assert_eq!(
+            both(&s, &text),
+            vec![("PRIVATE_KEY".to_string(), 0..text.len())]
+        );
+        // Headers in prose with a non-body byte after each: each masks only itself.
+        let text = format!("{head} lorem ipsum! ").repeat(50);
+        let got = both(&s, &text);
+        assert_eq!(got.len(), 50);
+        assert!(got.iter().all(|(_, r)| r.len() == head.len()), "{got:?}");
+    }
+
+    // === cost: linear in the text, whatever the density of matches (veil#10) ===
+
+    /// The first `resolve`: every candidate against every kept match.
+    fn resolve_quadratic(detectors: &[Detector], found: &mut Vec<Found>) {
+        found.sort_by_key(|f| {
+            (
+                std::cmp::Reverse(f.end - f.start),
+                detectors[f.detector].priority,
+                f.start,
+                f.detector,
+            )
+        });
+        let mut kept: Vec<Found> = Vec::new();
+        for f in found.drain(..) {
+            if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
+                kept.push(f);
+            }
+        }
+        kept.sort_by_key(|f| f.start);
+        *found = kept;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn resolve_keeps_what_the_quadratic_version_kept(
+            spans in proptest::collection::vec((0usize..200, 1usize..30, 0usize..3), 0..120)
+        ) {
+            let detectors: Vec<Detector> = (0..3)
+                .map(|i| Detector {
+                    label: format!("D{i}").into(),
+                    action: InlineAction::Mask,
+                    priority: 2 - i as u32,
+                })
+                .collect();
+            let found: Vec<Found> = spans
+                .iter()
+                .map(|&(start, len, detector)| Found { start, end: start + len, detector })
+                .collect();
+            let (mut fast, mut slow) = (found.clone(), found);
+            resolve(&detectors, &mut fast, &mut Meter::unlimited()).unwrap();
+            resolve_quadratic(&detectors, &mut slow);
+            proptest::prop_assert_eq!(fast, slow);
+        }
+    }
+
+    // See: veil#10
+    #[test]
+    fn a_long_rejected_custom_candidate_is_not_rescanned_from_every_character() {
+        let mut spec = ScannerSpec::default();
+        spec.detectors.push(Detector {
+            label: "CARDISH".into(),
+            action: InlineAction::Mask,
+            priority: 100,
+        });
+        spec.patterns.push(PatternSpec {
+            detector: 0,
+            regex: "[0-9][0-9 ]+[0-9]".into(),
+            check: checksum::by_name("luhn"),
+            group: false,
+            context: vec![],
+            window: 0,
+            user: true,
+            gate: Gate::Always,
+            footer: None,
+        });
+        let s = Scanner::build(&spec).unwrap();
+        let mut per_byte = Vec::new();
+        for n in [4_000usize, 32_000] {
+            // `1` repeated fails Luhn unless the count is a multiple of 5... so one trailing
+            // `2` makes every suffix fail.
+            let text = format!("{}2", "1".repeat(n - 1));
+            let mut meter = Meter::unlimited();
+            let mut out = Vec::new();
+            s.find_within(&text, &mut out, &mut meter).unwrap();
+            per_byte.push(meter.work_done() as f64 / n as f64);
+        }
+        // Restarting one character after each rejection was 2 000 and 16 000 units per byte.
+        assert!(per_byte[1] < 10.0, "{per_byte:?}");
+        assert!(per_byte[1] < per_byte[0] * 1.5, "{per_byte:?}");
+    }
 }
