@@ -102,6 +102,10 @@ struct Pat {
     group: bool,
     /// A closing line the match extends to when one is reachable (PEM blocks).
     footer: Option<Footer>,
+    /// The bytes of the run every match starts with, when an attempt may scan that run
+    /// whole before failing (see [`Scanner::find_literals`]). Only for patterns where a
+    /// failed attempt at `x` implies one at every later start in the run.
+    lead: Option<fn(u8) -> bool>,
 }
 
 /// A closing line a match extends to: the first occurrence of `re` after the match that is
@@ -124,6 +128,7 @@ const fn pat(re: &'static str, check: Check) -> Pat {
         check: Some(check),
         group: false,
         footer: None,
+        lead: None,
     }
 }
 
@@ -133,6 +138,7 @@ const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         check,
         group: true,
         footer: None,
+        lead: None,
     }
 }
 
@@ -167,6 +173,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 re: r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
                 body: pem_body,
             }),
+            lead: None,
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -177,10 +184,15 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // header is a JSON object, so it starts with `eyJ` (`{"`). Segments are unpadded
         // (RFC 7515 §2), so the token ends where base64url ends: a `.` or `=` after the
         // signature is the text's, not the token's.
-        patterns: &[pat(
-            r"eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
-            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
-        )],
+        // A failed attempt can scan a long header: the header run is its lead (an `eyJ` later
+        // in the same run has the same `.`, or lack of one, after it).
+        patterns: &[Pat {
+            re: r"eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
+            check: Some(checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>),
+            group: false,
+            footer: None,
+            lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
+        }],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
     Builtin {
@@ -315,6 +327,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             check: None,
             group: false,
             footer: None,
+            lead: None,
         }],
         trigger: Trigger::At,
     },
@@ -457,14 +470,15 @@ pub(crate) struct PatternSpec {
     pub gate: Gate,
     /// A closing line the match extends to (built-ins only).
     pub footer: Option<Footer>,
+    /// The leading run a failed attempt may have scanned (built-ins only, see [`Pat`]).
+    pub lead: Option<fn(u8) -> bool>,
 }
 
 /// The prefilter condition under which a pattern can match, and so how it is searched:
 /// - `Digit`, `At`, `Colon`: one multi-pattern set per gate, run only over windows around the
 ///   trigger. One set of all ~27 built-ins made the overlapping lazy DFA explode (digit-led
 ///   patterns multiply each other's states: 12 MB/s measured); per-gate sets stay small.
-/// - `Literal`: no set; the pattern is searched from where one of its literals first occurs,
-///   and again only from literals past the candidate it found.
+/// - `Literal`: no set; each pattern is tried, anchored, where one of its literals occurs.
 /// - `Always` (custom patterns): one set over the whole text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Gate {
@@ -538,6 +552,7 @@ impl ScannerSpec {
                 user: false,
                 gate: Gate::of(b.trigger),
                 footer: p.footer,
+                lead: p.lead,
             });
         }
         detector
@@ -555,6 +570,8 @@ struct Pattern {
     window: usize,
     /// The compiled footer regex and the body bytes (see [`Footer`]).
     footer: Option<(Footer, meta::Regex)>,
+    /// See [`Pat::lead`].
+    lead: Option<fn(u8) -> bool>,
 }
 
 /// Why a scanner could not be built. Carries the index of the offending pattern or dictionary.
@@ -719,6 +736,7 @@ impl Scanner {
                 context: p.context.iter().map(|w| w.to_ascii_lowercase()).collect(),
                 window: p.window,
                 footer,
+                lead: p.lead,
             });
         }
         let mut keys: Vec<u8> = spec
@@ -908,15 +926,19 @@ impl Scanner {
     }
 
     /// The literal pass: one Aho-Corasick search finds every occurrence of every literal
-    /// (overlapping ones too: it resumes one byte after each hit). A pattern is searched,
-    /// unanchored, from the first of its occurrences; the candidate found is kept until the
-    /// pass reaches it, and the next search starts where [`Scanner::locate`] would resume.
-    /// So each pattern meets exactly the candidates `locate` over the whole text would, and
-    /// looks at each byte about once: occurrences before a known candidate cost nothing.
+    /// (overlapping ones too: it resumes one byte after each hit), and the patterns owning
+    /// that literal are tried there, anchored, and up to `back` bytes before it. No regex runs
+    /// over the text. After a candidate, a pattern is not tried again before where
+    /// [`Scanner::locate`] would resume ([`resume_at`]), so the gated scan meets exactly the
+    /// candidates of an exhaustive `locate` over the whole text.
     ///
-    /// The previous pass tried every occurrence anchored. A pattern that scans far before it
-    /// fails (`eyJ` then a long run with no `.`) then scanned the same run again from every
-    /// occurrence inside it: quadratic in the run (veil#10).
+    /// Cost stays linear because an anchored attempt that fails is short: a token pattern
+    /// (prefix, then a run of its alphabet) fails only when the run is shorter than its
+    /// minimum, a label pattern within its bounded label. The exception is a pattern whose
+    /// attempt can run on before failing: a JWT whose header never meets its `.`. Such a
+    /// pattern names its leading run ([`Pat::lead`]); a failure there means every start later
+    /// in the same run fails too (the same run, then the same text after it), so the pass
+    /// skips the run instead of rescanning it from every `eyJ` inside (veil#10).
     fn find_literals(
         &self,
         lits: &Literals,
@@ -924,7 +946,8 @@ impl Scanner {
         out: &mut Vec<Found>,
         cx: &mut Ctx<'_>,
     ) -> Result<(), Exceeded> {
-        let mut state: Vec<LitState> = Vec::new();
+        // Per pattern: where it may start again.
+        let mut resume: Vec<usize> = Vec::new();
         let mut pos = 0;
         while pos < text.len() {
             let span = aho_corasick::Input::new(text).span(pos..text.len());
@@ -933,48 +956,31 @@ impl Scanner {
                 break;
             };
             cx.meter.work(m.start() + 1 - pos)?;
-            if state.is_empty() {
-                state.resize(self.patterns.len(), LitState::default());
+            if resume.is_empty() {
+                resume.resize(self.patterns.len(), 0);
             }
             for &(pi, back) in &lits.owners[m.pattern().as_usize()] {
                 let p = &self.patterns[pi];
-                let st = &mut state[pi];
-                // Candidates of this occurrence start in `[a, m.start()]`.
-                let mut a = m.start().saturating_sub(back);
-                while !text.is_char_boundary(a) {
-                    a += 1;
-                }
-                loop {
-                    let cand = match &st.next {
-                        Next::Done => break,
-                        Next::At(c) => c.clone(),
-                        Next::Unknown => {
-                            // No candidate starts in `[st.pos, a)`: each one starts at most
-                            // `back` bytes before an occurrence of its literal.
-                            let from = st.pos.max(a);
-                            if from >= text.len() {
-                                st.next = Next::Done;
-                                break;
-                            }
-                            let input = Input::new(text).range(from..);
-                            match self.candidate(p, text, &input, cx)? {
-                                Some(c) => {
-                                    st.next = Next::At(c.clone());
-                                    c
-                                }
-                                None => {
-                                    st.next = Next::Done;
-                                    break;
-                                }
-                            }
-                        }
-                    };
-                    if cand.0.start > m.start() {
-                        break; // a later occurrence's candidate
+                for x in m.start().saturating_sub(back)..=m.start() {
+                    if x < resume[pi] || !text.is_char_boundary(x) {
+                        continue;
                     }
-                    st.next = Next::Unknown;
-                    let accepted = self.accept(p, text, cand.1, out, cx)?;
-                    st.pos = resume_at(text, &cand.0, accepted);
+                    let input = Input::new(text).range(x..).anchored(Anchored::Yes);
+                    match self.candidate(p, text, &input, cx)? {
+                        Some((whole, r)) => {
+                            let accepted = self.accept(p, text, r, out, cx)?;
+                            resume[pi] = resume_at(text, &whole, accepted);
+                        }
+                        None => match p.lead {
+                            Some(lead) => {
+                                let run = text.as_bytes()[x..].iter().take_while(|&&b| lead(b));
+                                let end = x + run.count();
+                                cx.meter.work(end - x + 1)?;
+                                resume[pi] = end.max(x + 1);
+                            }
+                            None => cx.meter.work(m.len())?,
+                        },
+                    }
                 }
             }
             pos = m.start() + 1;
@@ -1044,7 +1050,11 @@ impl Scanner {
             p.re.search(input).map(|m| (m.range(), m.range()))
         };
         let Some((mut m, mut r)) = found else {
-            cx.meter.work(input.end() - from + 1)?;
+            // Unanchored: the engine looked at the whole input. Anchored: the caller knows
+            // better (see `find_literals`).
+            if input.get_anchored() == Anchored::No {
+                cx.meter.work(input.end() - from + 1)?;
+            }
             return Ok(None);
         };
         cx.meter.work(m.end - from + 1)?;
@@ -1148,26 +1158,6 @@ impl<'m> Ctx<'m> {
 
 /// A regex match and the range to mask in it (the whole match, or capture group 1).
 type Candidate = (Range<usize>, Range<usize>);
-
-/// Where one literal-gated pattern stands in the literal pass.
-#[derive(Clone, Debug, Default)]
-struct LitState {
-    /// Every candidate starting before this is settled.
-    pos: usize,
-    /// The leftmost candidate at or after the position last searched from.
-    next: Next,
-}
-
-#[derive(Clone, Debug, Default)]
-enum Next {
-    /// Not searched since `pos` moved.
-    #[default]
-    Unknown,
-    /// This candidate, not yet validated.
-    At(Candidate),
-    /// No candidate at or after the last search start.
-    Done,
-}
 
 /// Longest rejected candidate after which the search restarts one character later; past it
 /// the search resumes at the candidate's end. Restarting inside a long rejected candidate
@@ -1456,6 +1446,9 @@ fn whole_word(text: &str, r: &Range<usize>) -> bool {
         && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
+/// Up to this many candidates, [`resolve`] compares each with the kept ones directly.
+const SMALL_RESOLVE: usize = 32;
+
 /// Keeps a non-overlapping subset: longest first, then priority, then leftmost; then sorts by
 /// start. Deterministic for any input order.
 ///
@@ -1483,6 +1476,24 @@ fn resolve(
             f.detector,
         )
     });
+    if m <= SMALL_RESOLVE {
+        // Few matches (the common case: a chat message holds a handful): comparing with each
+        // kept one costs at most SMALL_RESOLVE² comparisons and allocates nothing.
+        let mut kept = 0;
+        for i in 0..m {
+            let f = found[i];
+            if found[..kept]
+                .iter()
+                .all(|k| f.end <= k.start || f.start >= k.end)
+            {
+                found[kept] = f;
+                kept += 1;
+            }
+        }
+        found.truncate(kept);
+        found.sort_unstable_by_key(|f| f.start);
+        return Ok(());
+    }
     // start -> (end, detector) of the kept matches.
     let mut kept: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     for f in found.drain(..) {
@@ -1960,6 +1971,7 @@ mod tests {
             user: true,
             gate: Gate::Always,
             footer: None,
+            lead: None,
         };
         spec.patterns.push(p.clone());
         assert!(matches!(
@@ -2325,6 +2337,7 @@ mod tests {
             user: true,
             gate: Gate::Always,
             footer: None,
+            lead: None,
         });
         let s = Scanner::build(&spec).unwrap();
         let mut per_byte = Vec::new();

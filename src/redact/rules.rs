@@ -446,6 +446,7 @@ fn detectors(
                 user: true,
                 gate: detect::Gate::Always,
                 footer: None,
+                lead: None,
             });
             origins.patterns.push(Some((r.pattern.span(), rule)));
         }
