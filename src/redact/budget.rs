@@ -56,7 +56,7 @@ impl Budget {
     /// Starts metering against this budget. The CPU clock is the calling thread's: use the
     /// meter on the thread that started it (it is not `Send`).
     ///
-    /// The clock is first read after [`CHECK_EVERY`] work units, not here: reading a thread's
+    /// The clock is first read after 64 Ki work units, not here: reading a thread's
     /// CPU clock is a system call (about 1 µs on a VM, 10% of building a typical record),
     /// and most exchanges never get that far. So the CPU limit counts from there, and the
     /// first ~64 KiB of text (well under a millisecond) are not counted against it.

@@ -2,7 +2,7 @@
 //!
 //! `file → RawRules (serde, spans kept) → CompiledRules`. The raw layer only mirrors the
 //! file; every check that needs meaning (actions, paths, regexes, header names) happens in
-//! [`compile`], which reports the first problem as `file:line:col: message (in <rule>)` using
+//! `compile`, which reports the first problem as `file:line:col: message (in <rule>)` using
 //! the span of the offending value. The format itself is documented in `rules/README.md`.
 
 use std::collections::BTreeMap;
