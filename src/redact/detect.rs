@@ -28,6 +28,17 @@
 //! validator (a 16-digit number failing Luhn) would hide a valid, shorter match of another
 //! detector starting at the same place, and because "longest wins" needs every candidate.
 //!
+//! ## Cost
+//!
+//! Linear in the text whatever the density of matches (veil#10): overlaps are resolved in
+//! O(m log m); a rejected candidate is retried one character later only when it is short
+//! (`RESTART_SPAN`); a PEM block's END line is found by substring search with a memo
+//! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
+//! (`Pat::lead`). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
+//! matches, when its budget runs out. The property test
+//! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
+//! fuzz target keep it so.
+//!
 //! Patterns use ASCII word boundaries (`(?-u:\b)`) so the lazy DFA never has to give up on
 //! non-ASCII text; letters outside ASCII are matched explicitly where they matter (emails).
 
