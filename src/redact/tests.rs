@@ -99,6 +99,13 @@ fn errors_have_positions_and_rules() {
             13,
             "unknown validator",
         ),
+        // See: veil#10
+        (
+            "version = 1\n[[detectors.regex]]\nname = \"X\"\npattern = \"a\"\ncontext = [\"k\"]\nwindow = 100000000\n",
+            6,
+            10,
+            "at most 1024",
+        ),
     ];
     for (text, line, col, msg) in cases {
         let e = err(text);
