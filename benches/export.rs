@@ -82,6 +82,8 @@ fn record(i: usize) -> Record {
         response_headers: Vec::new(),
         request_bytes: 300,
         response_bytes: 900,
+        content_dropped: None,
+        parse_error: None,
     }
 }
 

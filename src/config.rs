@@ -89,6 +89,8 @@ pub struct RawConfig {
     pub queue_max_bytes: Option<String>,
     /// Free space the data disk must keep (`256MiB`); below it recording is degraded.
     pub disk_reserve: Option<String>,
+    /// Per-exchange redaction limits (`{ bytes = "8MiB", cpu = "1s" }`).
+    pub redaction_budget: Option<RawBudget>,
     /// Upstream connect timeout (`10s`).
     pub connect_timeout: Option<String>,
     /// Time allowed for upstream response headers (`300s`).
@@ -148,6 +150,13 @@ impl RawConfig {
             queue_capacity: other.queue_capacity.or(self.queue_capacity),
             queue_max_bytes: other.queue_max_bytes.or(self.queue_max_bytes),
             disk_reserve: other.disk_reserve.or(self.disk_reserve),
+            redaction_budget: match (self.redaction_budget, other.redaction_budget) {
+                (Some(a), Some(b)) => Some(RawBudget {
+                    bytes: b.bytes.or(a.bytes),
+                    cpu: b.cpu.or(a.cpu),
+                }),
+                (a, b) => b.or(a),
+            },
             connect_timeout: other.connect_timeout.or(self.connect_timeout),
             upstream_timeout: other.upstream_timeout.or(self.upstream_timeout),
             drain_timeout: other.drain_timeout.or(self.drain_timeout),
@@ -177,6 +186,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// `redaction_budget = { bytes = "8MiB", cpu = "1s" }` as the file states it (either part may
+/// be left out: it keeps its default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Most bytes of text redacted per exchange.
+    pub bytes: Option<String>,
+    /// Most CPU time spent redacting one exchange.
+    pub cpu: Option<String>,
 }
 
 /// A configuration error: says which key and what is wrong.
@@ -411,6 +431,9 @@ pub struct Config {
     /// degraded: `/healthz` says so and `audit = "required"` refuses requests (503) before
     /// the disk is full rather than after a write failed.
     pub disk_reserve: u64,
+    /// Per-exchange redaction limits (default 8 MiB of text, 1 s of CPU): past either the
+    /// exchange's content is dropped from its record, whole, marked and counted.
+    pub redaction_budget: crate::redact::Budget,
     /// Upstream connect timeout (default 10 s).
     pub connect_timeout: Duration,
     /// Time allowed for upstream response headers (default 300 s: long completions).
@@ -551,6 +574,7 @@ impl Config {
                 256 << 20,
             )?,
             disk_reserve: opt(raw.disk_reserve, "disk_reserve", parse_size, 256 << 20)? as u64,
+            redaction_budget: redaction_budget(raw.redaction_budget.unwrap_or_default())?,
             connect_timeout: opt(
                 raw.connect_timeout,
                 "connect_timeout",
@@ -672,6 +696,19 @@ fn positive(v: Option<String>, key: &str, default: Duration) -> Result<Duration,
         ));
     }
     Ok(d)
+}
+
+fn redaction_budget(raw: RawBudget) -> Result<crate::redact::Budget, ConfigError> {
+    let default = crate::redact::Budget::DEFAULT;
+    let max_bytes = match raw.bytes {
+        Some(b) => parse_size(&b).map_err(|e| bad("redaction_budget.bytes", e))? as u64,
+        None => default.max_bytes,
+    };
+    let max_cpu = match raw.cpu {
+        Some(c) => parse_timeout(&c).map_err(|e| bad("redaction_budget.cpu", e))?,
+        None => default.max_cpu,
+    };
+    Ok(crate::redact::Budget { max_bytes, max_cpu })
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -972,6 +1009,14 @@ mod tests {
             ("queue_capacity = 2305843009213693952", "queue_capacity:"),
             ("max_connections = 0", "max_connections:"),
             ("pipeline_workers = 100000", "pipeline_workers:"),
+            (
+                "redaction_budget = { bytes = \"18446744073709551615KiB\" }",
+                "redaction_budget.bytes:",
+            ),
+            (
+                "redaction_budget = { cpu = \"0s\" }",
+                "redaction_budget.cpu:",
+            ),
         ];
         for (line, key) in cases {
             let raw: RawConfig = toml::from_str(line).unwrap();
@@ -984,6 +1029,20 @@ mod tests {
         std::fs::write(&path, "allow_ports = [443, 99999]\n").unwrap();
         let err = RawConfig::from_file(&path).unwrap_err();
         assert!(err.0.contains("veil.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn redaction_budget_defaults_and_overrides_each_part() {
+        let c = Config::resolve(None, RawConfig::default()).unwrap();
+        assert_eq!(c.redaction_budget, crate::redact::Budget::DEFAULT);
+        let raw: RawConfig = toml::from_str("redaction_budget = { bytes = \"1MiB\" }").unwrap();
+        let c = Config::resolve(Some(raw), RawConfig::default()).unwrap();
+        assert_eq!(c.redaction_budget.max_bytes, 1 << 20);
+        assert_eq!(
+            c.redaction_budget.max_cpu,
+            crate::redact::Budget::DEFAULT.max_cpu
+        );
+        assert!(toml::from_str::<RawConfig>("redaction_budget = { bites = \"1\" }").is_err());
     }
 
     #[test]

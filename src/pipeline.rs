@@ -13,6 +13,7 @@
 //! exchange is processed under the rules current when its processing starts, and its record
 //! carries that rules digest.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +26,7 @@ use crate::exchange::{self, Conversation, Exchange, ParseOptions, Pricing};
 use crate::export::ExporterHandle;
 use crate::keys::Keyring;
 use crate::record::Record;
-use crate::redact::{CompiledRules, Counts, ScopeKey, Target};
+use crate::redact::{Budget, CompiledRules, Counts, ScopeKey, Target};
 use crate::seal::SealStore;
 
 /// The shipped default profile (`rules/default.toml`).
@@ -134,6 +135,8 @@ pub struct Pipeline {
     pub nice: i32,
     /// Drop or wait when the exporter or the store has no room.
     pub hand_off: HandOff,
+    /// What redacting one exchange may cost before its content is dropped from the record.
+    pub redaction_budget: Budget,
 }
 
 impl Pipeline {
@@ -179,7 +182,7 @@ impl Pipeline {
         let _span = tracing::debug_span!("process_exchange", exchange.id = %exchange.id).entered();
         let rules = self.rules.current();
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
-        let record = build_record(exchange, &conversation, &rules);
+        let record = build_record_within(exchange, &conversation, &rules, self.redaction_budget);
         let user = record.user_pseudonym.clone();
         self.stats.processed.fetch_add(1, Ordering::Relaxed);
         if let Some(exporter) = &self.exporter {
@@ -237,9 +240,26 @@ impl Pipeline {
     }
 }
 
+/// Builds the redacted record of one exchange under the default redaction budget
+/// ([`Budget::DEFAULT`]); see [`build_record_within`].
+pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -> Record {
+    build_record_within(ex, conv, rules, Budget::DEFAULT)
+}
+
 /// Builds the redacted record of one exchange. Nothing raw leaves here: content goes through
 /// the scope's rules, the user ID through the pseudonym key, headers through the allowlist.
-pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -> Record {
+///
+/// Content (system instructions, input and output messages, free-text request parameters) is
+/// redacted under `budget`. When it runs out, all of it is left out of the record, none kept
+/// half redacted, and [`Record::content_dropped`] says which limit; the metadata (model,
+/// tokens, cost, status, labels, headers: each bounded in size) is recorded as usual, and the
+/// redaction counts then cover that metadata only.
+pub fn build_record_within(
+    ex: &Exchange,
+    conv: &Conversation,
+    rules: &CompiledRules,
+    budget: Budget,
+) -> Record {
     let route = ex.path.split('?').next().unwrap_or("/");
     let scope = rules.scope_for(&ScopeKey {
         host: Some(&conv.server_address),
@@ -248,49 +268,71 @@ pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -
         feature: conv.feature.as_deref(),
     });
 
-    let mut all = Counts::default();
-    let redact = |value: Value, target: Target, counts: &mut Counts| -> Option<Value> {
+    let mut meter = budget.start();
+    let mut redact = |value: Value, target: Target, counts: &mut Counts| -> Option<Value> {
         let mut value = value;
         if is_empty(&value) {
             return None;
         }
-        let found = rules.redact_json(&mut value, target, scope);
+        // After an overrun every call fails at once (the meter stays exceeded).
+        let found = rules
+            .redact_json_within(&mut value, target, scope, &mut meter)
+            .ok()?;
         counts.merge(&found);
         (!is_empty(&value)).then_some(value)
     };
     let mut input = Counts::default();
-    let system_instructions = redact(
+    let mut system_instructions = redact(
         conv.system_instructions_json(),
         Target::SystemInstructions,
         &mut input,
     );
-    let input_messages = redact(
+    let mut input_messages = redact(
         conv.input_messages_json(),
         Target::InputMessages,
         &mut input,
     );
     let mut output = Counts::default();
-    let output_messages = redact(
+    let mut output_messages = redact(
         conv.output_messages_json(),
         Target::OutputMessages,
         &mut output,
     );
-    all.merge(&input);
-    all.merge(&output);
 
     // Request parameters are not content, but stop sequences are free text.
-    let request_params = conv
+    let mut params_found = Counts::default();
+    let mut request_params: BTreeMap<String, Value> = conv
         .params
         .iter()
-        .map(|(k, v)| {
-            let mut v = v.clone();
-            if !matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null) {
-                let found = rules.redact_json(&mut v, Target::Request, scope);
-                all.merge(&found);
+        .filter_map(|(k, v)| {
+            if matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null) {
+                return Some((k.clone(), v.clone()));
             }
-            (k.clone(), v)
+            let mut v = v.clone();
+            let found = rules
+                .redact_json_within(&mut v, Target::Request, scope, &mut meter)
+                .ok()?;
+            params_found.merge(&found);
+            Some((k.clone(), v))
         })
         .collect();
+
+    let content_dropped = meter.exceeded().map(|e| e.reason());
+    let mut all = Counts::default();
+    if content_dropped.is_some() {
+        // All or nothing: what was redacted before the budget ran out goes too, so the
+        // record never holds part of the content (nor counts of what it does not hold).
+        system_instructions = None;
+        input_messages = None;
+        output_messages = None;
+        request_params.retain(|_, v| matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null));
+        input = Counts::default();
+        output = Counts::default();
+    } else {
+        all.merge(&input);
+        all.merge(&output);
+        all.merge(&params_found);
+    }
 
     // Label-like fields come from the app or the provider and could carry anything (an email
     // as a model alias, free text in an error code): detectors and a length cap apply.
@@ -315,7 +357,7 @@ pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -
         .request_body
         .decoded(64 << 20)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+        .and_then(|b| exchange::json::from_slice(&b).ok());
     let user_pseudonym = rules
         .find_user(request_json.as_ref(), &identity_headers)
         .or_else(|| conv.user_id.as_deref().map(|u| rules.pseudonymize_user(u)));
@@ -359,6 +401,8 @@ pub fn build_record(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -
         response_headers: rules.filter_headers(&ex.response_headers),
         request_bytes: conv.request_bytes,
         response_bytes: conv.response_bytes,
+        content_dropped,
+        parse_error: conv.parse_error.clone(),
     }
 }
 

@@ -120,4 +120,13 @@ pub struct Record {
     pub request_bytes: u64,
     /// Response body size on the wire.
     pub response_bytes: u64,
+    /// Why the content fields are absent although the rules would have let content out:
+    /// `redaction_bytes` or `redaction_cpu`, the redaction budget ran out (see
+    /// [`Budget`](crate::redact::Budget)). Content is then dropped whole, never kept half
+    /// redacted; the metadata (model, tokens, cost, status) is still recorded.
+    pub content_dropped: Option<&'static str>,
+    /// Why a body, or part of a streamed one, could not be parsed (`request body is not JSON:
+    /// expected value at line 1 column 1`, `2 stream event(s) are not JSON`). Short, never
+    /// content. See [`Conversation::parse_error`](crate::exchange::Conversation::parse_error).
+    pub parse_error: Option<String>,
 }

@@ -312,6 +312,7 @@ pub async fn start(
         store: Some(store.clone()),
         stats: pipeline_stats.clone(),
         nice,
+        redaction_budget: config.redaction_budget,
         hand_off: match config.audit {
             Audit::BestEffort => crate::pipeline::HandOff::Drop,
             Audit::Required => crate::pipeline::HandOff::Wait,

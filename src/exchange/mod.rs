@@ -13,6 +13,7 @@
 //! This module must never touch the network, the rules, OTLP or crypto.
 
 pub mod decode;
+pub mod json;
 pub mod model;
 pub mod pricing;
 pub mod provider;

@@ -328,6 +328,12 @@ pub struct Conversation {
     /// Why the exchange was not understood (set with `opaque`), or why part of a streamed
     /// response was dropped (an event over the size limit), for operators. No content.
     pub opaque_reason: Option<String>,
+    /// Why a body, or part of a streamed one, could not be parsed: set with `opaque` when the
+    /// request or response body was not understood (not JSON, undecodable, cut at the capture
+    /// limit), and without it when stream events were lost (not JSON, over the size limit).
+    /// Short, for operators; no content. `None` for an unrecognized endpoint (nothing was
+    /// meant to be parsed) and when everything parsed.
+    pub parse_error: Option<String>,
     /// The exchange was aborted, or the event stream was cut mid-event.
     pub aborted: bool,
     /// A body was cut at the capture limit.

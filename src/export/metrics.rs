@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Where the exporter reports whether records can be written (ledger and spool writes
     /// mark [`crate::health::Part::Records`] degraded or recovered).
     pub health: Option<std::sync::Arc<crate::health::Health>>,
+    /// Records accepted without their content because redacting it exceeded the redaction
+    /// budget (`veil.exchanges.content_dropped`; the record says why in `veil.content_dropped`).
+    pub content_dropped: Counter,
     /// Batches the collector accepted (`veil.export.batches.delivered`).
     pub batches_delivered: Counter,
     /// Export attempts that failed, retryable or not (`veil.export.failures`).

@@ -502,6 +502,9 @@ impl Batcher {
             Item::Record(r, slot) => {
                 self.slots.extend(slot);
                 self.metrics.exchanges.inc();
+                if r.content_dropped.is_some() {
+                    self.metrics.content_dropped.inc();
+                }
                 self.batch.push_record(&r);
                 otlp::observe(&mut self.histograms, &r);
                 self.records_in_batch += 1;

@@ -465,6 +465,12 @@ fn record_attributes(r: &Record) -> Vec<KeyValue> {
     }
     a.push(kv("veil.truncated", bool_value(r.truncated)));
     a.push(kv("veil.aborted", bool_value(r.aborted)));
+    if let Some(reason) = r.content_dropped {
+        a.push(kv("veil.content_dropped", str_value(reason)));
+    }
+    if let Some(e) = &r.parse_error {
+        a.push(kv("veil.parse_error", str_value(e)));
+    }
     if let Some(fp) = &r.api_key_fingerprint {
         a.push(kv("veil.api_key.fingerprint", str_value(fp)));
     }
@@ -840,7 +846,7 @@ pub fn metrics_request(
             })),
         });
     }
-    let counters: [(&str, &str, &str, u64, bool); 8] = [
+    let counters: [(&str, &str, &str, u64, bool); 9] = [
         (
             "veil.export.batches.delivered",
             "Batches the collector accepted.",
@@ -853,6 +859,13 @@ pub fn metrics_request(
             "Exchanges recorded.",
             "{exchange}",
             m.exchanges.get(),
+            true,
+        ),
+        (
+            "veil.exchanges.content_dropped",
+            "Exchanges recorded without their content: redaction exceeded its budget.",
+            "{exchange}",
+            m.content_dropped.get(),
             true,
         ),
         (

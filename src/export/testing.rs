@@ -384,6 +384,8 @@ pub fn base_record(id: &str) -> Record {
         response_headers: Vec::new(),
         request_bytes: 300,
         response_bytes: 900,
+        content_dropped: None,
+        parse_error: None,
     }
 }
 

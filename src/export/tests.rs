@@ -886,3 +886,57 @@ fn every_drop_point_is_exported_under_veil_exchanges_dropped() {
         Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(7))
     );
 }
+
+// See: veil#10
+#[tokio::test]
+async fn content_dropped_and_parse_error_are_attributes_and_the_drop_is_counted() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut dropped = testing::base_record("r-dropped");
+    dropped.content_dropped = Some("redaction_bytes");
+    let mut unparsed = testing::opaque("r-unparsed");
+    unparsed.parse_error = Some("request body is not JSON: expected value at line 1".into());
+    let recs = vec![dropped, unparsed, testing::openai_chat("r-plain")];
+    let metrics = export_all(settings(dir.path(), Some(&rx.endpoint()), &[]), recs).await;
+    assert_eq!(metrics.content_dropped.get(), 1);
+
+    let spans: BTreeMap<String, BTreeMap<String, _>> = rx
+        .spans()
+        .into_iter()
+        .map(|s| {
+            let a = attrs(&s.attributes);
+            (testing::s(&a, "veil.request.id").unwrap(), a)
+        })
+        .collect();
+    assert_eq!(
+        testing::s(&spans["r-dropped"], "veil.content_dropped").as_deref(),
+        Some("redaction_bytes")
+    );
+    assert_eq!(
+        testing::s(&spans["r-unparsed"], "veil.parse_error").as_deref(),
+        Some("request body is not JSON: expected value at line 1")
+    );
+    for (id, a) in &spans {
+        if id != "r-dropped" {
+            assert!(testing::s(a, "veil.content_dropped").is_none(), "{id}");
+        }
+        if id != "r-unparsed" {
+            assert!(testing::s(a, "veil.parse_error").is_none(), "{id}");
+        }
+    }
+    let m = rx.metrics();
+    let last = m.last().expect("a metrics export at shutdown");
+    let counter = last.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "veil.exchanges.content_dropped")
+        .expect("veil.exchanges.content_dropped is exported");
+    let Some(metric::Data::Sum(sum)) = &counter.data else {
+        panic!("veil.exchanges.content_dropped is not a sum");
+    };
+    assert!(sum.is_monotonic);
+    assert_eq!(
+        sum.data_points[0].value,
+        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(1))
+    );
+}

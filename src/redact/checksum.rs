@@ -414,12 +414,61 @@ pub(crate) fn token(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     s.bytes().any(|b| b.is_ascii_digit()).then_some(r)
 }
 
-/// A fixed-alphabet secret must end where its alphabet ends (not a prefix of a longer run).
-pub(crate) fn secret_end(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    let glued = next_char(text, r.end)
-        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '+' | '=' | '_' | '-'));
-    (!glued).then_some(r)
+/// Token alphabets for [`key`]: which bytes belong to a format (see `rules/README.md`).
+/// `[A-Za-z0-9_-]`: OpenAI, Anthropic and Google keys, JWT segments.
+pub(crate) const B64URL: u8 = 0;
+/// `[A-Za-z0-9]`: GitHub classic tokens, Stripe keys.
+pub(crate) const ALNUM: u8 = 2;
+/// `[A-Za-z0-9_]`: GitHub fine-grained tokens.
+pub(crate) const ALNUM_UNDERSCORE: u8 = 3;
+/// `[A-Za-z0-9-]`: Slack tokens.
+pub(crate) const ALNUM_DASH: u8 = 4;
+/// `[A-Z0-9]`: AWS access key ids.
+pub(crate) const UPPER_DIGIT: u8 = 5;
+/// `[A-Za-z0-9/_-]`: the path of a Slack webhook URL.
+pub(crate) const URL_PATH: u8 = 6;
+/// `[A-Za-z0-9+/=]`: base64 with padding (`whsec_` webhook secrets).
+pub(crate) const B64: u8 = 7;
+
+/// True when byte `b` belongs to alphabet `A` (one of the constants above).
+pub(crate) fn in_alphabet<const A: u8>(b: u8) -> bool {
+    let extra: &[u8] = match A {
+        B64URL => b"_-",
+        ALNUM => b"",
+        ALNUM_UNDERSCORE => b"_",
+        ALNUM_DASH => b"-",
+        UPPER_DIGIT => return b.is_ascii_uppercase() || b.is_ascii_digit(),
+        URL_PATH => b"/_-",
+        B64 => b"+/=",
+        _ => return false,
+    };
+    b.is_ascii_alphanumeric() || extra.contains(&b)
 }
+
+/// A secret token is delimited, not merely found: it may not continue a word to its left
+/// (`task-management…` is not an `sk-` key) nor be followed by more of its alphabet `A`, and
+/// it is at most `MAX` bytes long, prefix included. The patterns are greedy over the
+/// alphabet, so a candidate is the whole run: a run longer than the format allows (300
+/// characters after `ghp_`) is not a token, and neither is its tail. Anything else on either
+/// side (`/`, `=`, `+`, `?`, `&`, `#`, quotes, brackets, punctuation, whitespace, non-ASCII,
+/// the end of the text) ends the token, and the token is masked.
+///
+/// The previous check refused `/`, `+`, `=`, `_` and `-` after every token, which let
+/// `https://gw.example/keys/sk-proj-…/usage` and `AKIA…/x` through in clear (veil#10).
+pub(crate) fn key<const A: u8, const MAX: usize>(
+    text: &str,
+    r: Range<usize>,
+) -> Option<Range<usize>> {
+    let b = text.as_bytes();
+    let glued_left = r.start > 0 && b.get(r.start - 1).is_some_and(u8::is_ascii_alphanumeric);
+    // Only a bounded format can be glued on the right: an unbounded pattern is greedy over
+    // its alphabet, and where it stops (after `=` padding, say) is where the token ends.
+    let glued_right = MAX != ANY_LEN && b.get(r.end).is_some_and(|&c| in_alphabet::<A>(c));
+    (!glued_left && !glued_right && r.len() <= MAX).then_some(r)
+}
+
+/// No length limit for [`key`].
+pub(crate) const ANY_LEN: usize = usize::MAX;
 
 /// Validator names usable by custom regex detectors in a rules file.
 pub(crate) fn by_name(name: &str) -> Option<Check> {

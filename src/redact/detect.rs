@@ -28,9 +28,21 @@
 //! validator (a 16-digit number failing Luhn) would hide a valid, shorter match of another
 //! detector starting at the same place, and because "longest wins" needs every candidate.
 //!
+//! ## Cost
+//!
+//! Linear in the text whatever the density of matches (veil#10): overlaps are resolved in
+//! O(m log m); a rejected candidate is retried one character later only when it is short
+//! (`RESTART_SPAN`); a PEM block's END line is found by substring search with a memo
+//! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
+//! (`Pat::lead`). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
+//! matches, when its budget runs out. The property test
+//! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
+//! fuzz target keep it so.
+//!
 //! Patterns use ASCII word boundaries (`(?-u:\b)`) so the lazy DFA never has to give up on
 //! non-ASCII text; letters outside ASCII are matched explicitly where they matter (emails).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -38,6 +50,7 @@ use aho_corasick::AhoCorasick;
 use regex_automata::meta;
 use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 
+use super::budget::{Exceeded, Meter};
 use super::checksum::{self, Check};
 
 /// What to put in place of a match inside a text.
@@ -98,6 +111,26 @@ struct Pat {
     check: Option<Check>,
     /// Mask capture group 1 instead of the whole match (context words stay readable).
     group: bool,
+    /// A closing line the match extends to when one is reachable (PEM blocks).
+    footer: Option<Footer>,
+    /// The bytes of the run every match starts with, when an attempt may scan that run
+    /// whole before failing (see [`Scanner::find_literals`]). Only for patterns where a
+    /// failed attempt at `x` implies one at every later start in the run.
+    lead: Option<fn(u8) -> bool>,
+}
+
+/// A closing line a match extends to: the first occurrence of `re` after the match that is
+/// reachable through `body` bytes only. Found by substring search plus a memo, never by one
+/// regex with a lazy body: that regex had to scan to the first non-body byte to learn that no
+/// footer follows, from every header again (quadratic on prose full of headers, veil#10).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Footer {
+    /// The footer's fixed first bytes (`-----END`).
+    pub lit: &'static str,
+    /// The whole footer, matched anchored where `lit` occurs.
+    pub re: &'static str,
+    /// Bytes the text between the match and the footer may consist of.
+    pub body: fn(u8) -> bool,
 }
 
 const fn pat(re: &'static str, check: Check) -> Pat {
@@ -105,6 +138,8 @@ const fn pat(re: &'static str, check: Check) -> Pat {
         re,
         check: Some(check),
         group: false,
+        footer: None,
+        lead: None,
     }
 }
 
@@ -113,22 +148,43 @@ const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         re,
         check,
         group: true,
+        footer: None,
+        lead: None,
     }
+}
+
+/// What a PEM body may hold before its END line: base64, RFC 1421 headers (`Proc-Type: 4,
+/// ENCRYPTED`, `DEK-Info: AES-128-CBC,…`), line breaks, spaces (keys pasted on one line) and
+/// `\` (a `\n` escaped inside a JSON string or a shell variable).
+fn pem_body(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b.is_ascii_whitespace() || b"+/=:,.-\\".contains(&b)
 }
 
 /// Built-in detectors, in priority order (earlier wins a tie on length). Patterns follow the
 /// formats' specifications (E.164, ISO 13616, ISO/IEC 7812, RFC 4291, RFC 7519, RFC 7468, the
 /// vendors' documented token prefixes), not any corpus.
+///
+/// Secrets end where their alphabet ends (veil#10): each token pattern is greedy over the
+/// format's alphabet, and its check ([`checksum::key`]) only asks that the token is not glued
+/// to a letter or digit before it, nor to more of its own alphabet after it. Whatever else
+/// follows (`/`, `=`, `+`, `?`, `&`, `#`, quotes, brackets, punctuation, space, newline) ends
+/// the token and the token is masked. `rules/README.md` lists each format's alphabet.
 pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "private_key",
         label: "PRIVATE_KEY",
-        // RFC 7468 PEM (and PGP armor). A block cut before its END line is masked to the end
-        // of its base64 body so a truncated key never leaks.
+        // RFC 7468 PEM (and PGP armor): the header, then up to the END line when one follows
+        // (the footer), else to the end of the base64 body, so a truncated key never leaks.
         patterns: &[Pat {
-            re: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s:,.\-\\]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\r\n\\]*)",
+            re: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[A-Za-z0-9+/=\r\n\\]*",
             check: None,
             group: false,
+            footer: Some(Footer {
+                lit: "-----END",
+                re: r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
+                body: pem_body,
+            }),
+            lead: None,
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -136,19 +192,26 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "jwt",
         label: "JWT",
         // RFC 7519 compact JWS: base64url(header) . base64url(payload) . signature; the
-        // header is a JSON object, so it starts with `eyJ` (`{"`).
-        patterns: &[pat(
-            r"(?-u:\b)eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
-            checksum::secret_end,
-        )],
+        // header is a JSON object, so it starts with `eyJ` (`{"`). Segments are unpadded
+        // (RFC 7515 §2), so the token ends where base64url ends: a `.` or `=` after the
+        // signature is the text's, not the token's.
+        // A failed attempt can scan a long header: the header run is its lead (an `eyJ` later
+        // in the same run has the same `.`, or lack of one, after it).
+        patterns: &[Pat {
+            re: r"eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
+            check: Some(checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>),
+            group: false,
+            footer: None,
+            lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
+        }],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
     Builtin {
         key: "anthropic_api_key",
         label: "ANTHROPIC_API_KEY",
         patterns: &[pat(
-            r"(?-u:\b)sk-ant-[A-Za-z0-9_\-]{20,}",
-            checksum::secret_end,
+            r"sk-ant-[A-Za-z0-9_\-]{20,}",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
         )],
         trigger: Trigger::Literal(&["sk-ant-"], 0),
     },
@@ -156,7 +219,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "openai_api_key",
         label: "OPENAI_API_KEY",
         // `sk-`, `sk-proj-`, `sk-svcacct-`, `sk-admin-` then a long token.
-        patterns: &[pat(r"(?-u:\b)sk-[A-Za-z0-9_\-]{20,}", checksum::secret_end)],
+        patterns: &[pat(
+            r"sk-[A-Za-z0-9_\-]{20,}",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
+        )],
         trigger: Trigger::Literal(&["sk-"], 0),
     },
     Builtin {
@@ -164,12 +230,12 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         label: "GITHUB_TOKEN",
         patterns: &[
             pat(
-                r"(?-u:\b)gh[pousr]_[A-Za-z0-9]{36,255}",
-                checksum::secret_end,
+                r"gh[pousr]_[A-Za-z0-9]{36,}",
+                checksum::key::<{ checksum::ALNUM }, { 4 + 255 }>,
             ),
             pat(
-                r"(?-u:\b)github_pat_[A-Za-z0-9_]{22,255}",
-                checksum::secret_end,
+                r"github_pat_[A-Za-z0-9_]{22,}",
+                checksum::key::<{ checksum::ALNUM_UNDERSCORE }, { 11 + 255 }>,
             ),
         ],
         trigger: Trigger::Literal(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"], 0),
@@ -179,16 +245,16 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         label: "SLACK_TOKEN",
         patterns: &[
             pat(
-                r"(?-u:\b)xox[abposer]-[A-Za-z0-9\-]{10,250}",
-                checksum::secret_end,
+                r"xox[abposer]-[A-Za-z0-9\-]{10,}",
+                checksum::key::<{ checksum::ALNUM_DASH }, { 5 + 250 }>,
             ),
             pat(
-                r"(?-u:\b)xapp-[0-9]-[A-Za-z0-9\-]{10,250}",
-                checksum::secret_end,
+                r"xapp-[0-9]-[A-Za-z0-9\-]{10,}",
+                checksum::key::<{ checksum::ALNUM_DASH }, { 7 + 250 }>,
             ),
             pat(
                 r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_\-]{20,}",
-                checksum::secret_end,
+                checksum::key::<{ checksum::URL_PATH }, { checksum::ANY_LEN }>,
             ),
         ],
         trigger: Trigger::Literal(&["xox", "xapp-", "https://hooks.slack.com"], 0),
@@ -196,14 +262,18 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "stripe_secret_key",
         label: "STRIPE_SECRET_KEY",
-        // Secret and restricted keys, live or test, and webhook signing secrets.
+        // Secret and restricted keys, live or test, and webhook signing secrets (Stripe's
+        // are alphanumeric; Standard Webhooks' `whsec_` secrets are base64, padding included).
         // Publishable keys (`pk_`) are public by design and left alone.
         patterns: &[
             pat(
-                r"(?-u:\b)[sr]k_(?:live|test)_[A-Za-z0-9]{16,247}",
-                checksum::secret_end,
+                r"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                checksum::key::<{ checksum::ALNUM }, { 8 + 247 }>,
             ),
-            pat(r"(?-u:\b)whsec_[A-Za-z0-9]{24,}", checksum::secret_end),
+            pat(
+                r"whsec_[A-Za-z0-9+/]{24,}={0,2}",
+                checksum::key::<{ checksum::B64 }, { checksum::ANY_LEN }>,
+            ),
         ],
         trigger: Trigger::Literal(
             &[
@@ -217,7 +287,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "google_api_key",
         label: "GOOGLE_API_KEY",
-        patterns: &[pat(r"(?-u:\b)AIza[0-9A-Za-z_\-]{35}", checksum::secret_end)],
+        patterns: &[pat(
+            r"AIza[0-9A-Za-z_\-]{35,}",
+            checksum::key::<{ checksum::B64URL }, { 4 + 35 }>,
+        )],
         trigger: Trigger::Literal(&["AIza"], 0),
     },
     Builtin {
@@ -225,8 +298,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         label: "AWS_ACCESS_KEY_ID",
         // Long-term (AKIA) and temporary (ASIA) access key ids, plus the bearer/CA prefixes.
         patterns: &[pat(
-            r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
-            checksum::secret_end,
+            r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16,}",
+            checksum::key::<{ checksum::UPPER_DIGIT }, { 4 + 16 }>,
         )],
         trigger: Trigger::Literal(&["AKIA", "ASIA", "ABIA", "ACCA"], 0),
     },
@@ -236,9 +309,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // 40 base64 characters look like any hash, so only with a label in front
         // (`AWS_SECRET_ACCESS_KEY=`, `"SecretAccessKey": "`, `aws_secret_key: `). `secret` in
         // the three casings the literal pass looks for, so the pattern and its gate agree.
+        // The key's alphabet holds `/` and `+`, so nothing after 40 of them tells where it
+        // ends: after a label the whole run is masked (a longer run is still secret).
         patterns: &[grp(
-            r"(?:(?i:aws).?(?:secret|Secret|SECRET).?(?i:access.?)?(?i:key)|(?:secret|Secret|SECRET).?(?i:access.?key))[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40})",
-            Some(checksum::secret_end),
+            r"(?:(?i:aws).?(?:secret|Secret|SECRET).?(?i:access.?)?(?i:key)|(?:secret|Secret|SECRET).?(?i:access.?key))[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40,})",
+            None,
         )],
         trigger: Trigger::Literal(&["secret", "Secret", "SECRET"], 7),
     },
@@ -262,6 +337,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             re: r"[A-Za-z0-9._%+'\-\x{80}-\x{10FFFF}]+@[A-Za-z0-9\-\x{80}-\x{10FFFF}]+(?:\.[A-Za-z0-9\-\x{80}-\x{10FFFF}]+)*\.[A-Za-z\x{80}-\x{10FFFF}]{2,63}",
             check: None,
             group: false,
+            footer: None,
+            lead: None,
         }],
         trigger: Trigger::At,
     },
@@ -402,6 +479,10 @@ pub(crate) struct PatternSpec {
     pub user: bool,
     /// Which prefilter condition the pattern runs under.
     pub gate: Gate,
+    /// A closing line the match extends to (built-ins only).
+    pub footer: Option<Footer>,
+    /// The leading run a failed attempt may have scanned (built-ins only, see [`Pat`]).
+    pub lead: Option<fn(u8) -> bool>,
 }
 
 /// The prefilter condition under which a pattern can match, and so how it is searched:
@@ -481,6 +562,8 @@ impl ScannerSpec {
                 window: 0,
                 user: false,
                 gate: Gate::of(b.trigger),
+                footer: p.footer,
+                lead: p.lead,
             });
         }
         detector
@@ -496,6 +579,10 @@ struct Pattern {
     group: bool,
     context: Vec<String>,
     window: usize,
+    /// The compiled footer regex and the body bytes (see [`Footer`]).
+    footer: Option<(Footer, meta::Regex)>,
+    /// See [`Pat::lead`].
+    lead: Option<fn(u8) -> bool>,
 }
 
 /// Why a scanner could not be built. Carries the index of the offending pattern or dictionary.
@@ -644,6 +731,14 @@ impl Scanner {
                     ));
                 }
             }
+            let footer = match p.footer {
+                Some(f) => Some((
+                    f,
+                    meta::Regex::new(f.re)
+                        .map_err(|e| ScanBuildError::Pattern(i, e.to_string()))?,
+                )),
+                None => None,
+            };
             patterns.push(Pattern {
                 detector: p.detector,
                 re,
@@ -651,6 +746,8 @@ impl Scanner {
                 group: p.group,
                 context: p.context.iter().map(|w| w.to_ascii_lowercase()).collect(),
                 window: p.window,
+                footer,
+                lead: p.lead,
             });
         }
         let mut keys: Vec<u8> = spec
@@ -747,16 +844,42 @@ impl Scanner {
 
     /// Every accepted match in `text`, sorted by start, never overlapping.
     pub fn find(&self, text: &str, out: &mut Vec<Found>) {
+        // An unlimited meter cannot be exceeded.
+        let _ = self.find_within(text, out, &mut Meter::unlimited());
+    }
+
+    /// [`Scanner::find`], charging the work to `meter`. On `Err` the budget ran out part way
+    /// and `out` is cleared: a partial list of matches must never be used to mask a text.
+    pub fn find_within(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        meter: &mut Meter,
+    ) -> Result<(), Exceeded> {
+        let r = self.find_gated(text, out, &mut Ctx::new(meter));
+        if r.is_err() {
+            out.clear();
+        }
+        r
+    }
+
+    fn find_gated(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         out.clear();
         if text.is_empty() {
-            return;
+            return Ok(());
         }
-        self.find_dict(text, out);
+        self.find_dict(text, out, cx)?;
         if let Some(lits) = &self.literals {
-            self.find_literals(lits, text, out);
+            self.find_literals(lits, text, out, cx)?;
         }
         if !self.groups.is_empty() {
             let w = Windows::of(text, self.want);
+            cx.meter.work(text.len())?;
             let full = 0..text.len();
             let whole = std::slice::from_ref(&full);
             for g in &self.groups {
@@ -766,10 +889,10 @@ impl Scanner {
                     Gate::Colon => &w.colon,
                     Gate::Always | Gate::Literal(..) => whole,
                 };
-                self.scan_group(g, text, ranges, out);
+                self.scan_group(g, text, ranges, out, cx)?;
             }
         }
-        resolve(&self.detectors, out);
+        resolve(&self.detectors, out, cx.meter)
     }
 
     /// What [`Scanner::find`] would return with no prefilter at all: every pattern searched
@@ -780,17 +903,27 @@ impl Scanner {
         if text.is_empty() {
             return;
         }
-        self.find_dict(text, out);
+        let mut meter = Meter::unlimited();
+        let mut cx = Ctx::new(&mut meter);
+        // Unlimited: these cannot fail.
+        let _ = self.find_dict(text, out, &mut cx);
         for p in &self.patterns {
-            self.locate(p, text, 0..text.len(), out);
+            let _ = self.locate(p, text, 0..text.len(), out, &mut cx);
         }
-        resolve(&self.detectors, out);
+        let _ = resolve(&self.detectors, out, cx.meter);
     }
 
-    fn find_dict(&self, text: &str, out: &mut Vec<Found>) {
+    fn find_dict(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         if let Some((ac, owner)) = &self.dict {
+            cx.meter.work(text.len())?;
             for m in ac.find_iter(text) {
                 let r = m.start()..m.end();
+                cx.meter.work(1)?;
                 if whole_word(text, &r) {
                     out.push(Found {
                         start: r.start,
@@ -800,52 +933,93 @@ impl Scanner {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Every occurrence of a literal (overlapping ones too: the search resumes one byte after
-    /// each hit) gets its patterns tried anchored at it, and up to `back` bytes before it. As
-    /// in [`Scanner::locate`], a pattern is not tried again inside its own accepted match.
-    fn find_literals(&self, lits: &Literals, text: &str, out: &mut Vec<Found>) {
-        let mut pos = 0;
-        // Per pattern: where it may start again (the end of its last accepted match).
+    /// The literal pass: one Aho-Corasick search finds every occurrence of every literal
+    /// (overlapping ones too: it resumes one byte after each hit), and the patterns owning
+    /// that literal are tried there, anchored, and up to `back` bytes before it. No regex runs
+    /// over the text. After a candidate, a pattern is not tried again before where
+    /// [`Scanner::locate`] would resume ([`resume_at`]), so the gated scan meets exactly the
+    /// candidates of an exhaustive `locate` over the whole text.
+    ///
+    /// Cost stays linear because an anchored attempt that fails is short: a token pattern
+    /// (prefix, then a run of its alphabet) fails only when the run is shorter than its
+    /// minimum, a label pattern within its bounded label. The exception is a pattern whose
+    /// attempt can run on before failing: a JWT whose header never meets its `.`. Such a
+    /// pattern names its leading run ([`Pat::lead`]); a failure there means every start later
+    /// in the same run fails too (the same run, then the same text after it), so the pass
+    /// skips the run instead of rescanning it from every `eyJ` inside (veil#10).
+    fn find_literals(
+        &self,
+        lits: &Literals,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
+        // Per pattern: where it may start again.
         let mut resume: Vec<usize> = Vec::new();
+        let mut pos = 0;
         while pos < text.len() {
             let span = aho_corasick::Input::new(text).span(pos..text.len());
-            let Some(m) = lits.ac.find(span) else { break };
+            let Some(m) = lits.ac.find(span) else {
+                cx.meter.work(text.len() - pos)?;
+                break;
+            };
+            cx.meter.work(m.start() + 1 - pos)?;
             if resume.is_empty() {
                 resume.resize(self.patterns.len(), 0);
             }
             for &(pi, back) in &lits.owners[m.pattern().as_usize()] {
                 let p = &self.patterns[pi];
-                for s in m.start().saturating_sub(back)..=m.start() {
-                    if s < resume[pi] || !text.is_char_boundary(s) {
+                for x in m.start().saturating_sub(back)..=m.start() {
+                    if x < resume[pi] || !text.is_char_boundary(x) {
                         continue;
                     }
-                    let input = Input::new(text).range(s..).anchored(Anchored::Yes);
-                    if let Some((whole, r)) = self.candidate(p, &input)
-                        && self.accept(p, text, r, out)
-                    {
-                        resume[pi] = whole.end.max(whole.start + 1);
+                    let input = Input::new(text).range(x..).anchored(Anchored::Yes);
+                    match self.candidate(p, text, &input, cx)? {
+                        Some((whole, r)) => {
+                            let accepted = self.accept(p, text, r, out, cx)?;
+                            resume[pi] = resume_at(text, &whole, accepted);
+                        }
+                        None => match p.lead {
+                            Some(lead) => {
+                                let run = text.as_bytes()[x..].iter().take_while(|&&b| lead(b));
+                                let end = x + run.count();
+                                cx.meter.work(end - x + 1)?;
+                                resume[pi] = end.max(x + 1);
+                            }
+                            None => cx.meter.work(m.len())?,
+                        },
                     }
                 }
             }
             pos = m.start() + 1;
         }
+        Ok(())
     }
 
     /// Runs a gate's patterns over its windows: the set says which occur in a window, then
     /// only those are located in it.
-    fn scan_group(&self, g: &Group, text: &str, ranges: &[Range<usize>], out: &mut Vec<Found>) {
+    fn scan_group(
+        &self,
+        g: &Group,
+        text: &str,
+        ranges: &[Range<usize>],
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         let Some(set) = &g.set else {
             let p = &self.patterns[g.members[0]];
             for w in ranges {
-                self.locate(p, text, w.clone(), out);
+                self.locate(p, text, w.clone(), out, cx)?;
             }
-            return;
+            return Ok(());
         };
         let mut which = PatternSet::new(set.pattern_len());
         for w in ranges {
             which.clear();
+            cx.meter.work(w.len())?;
             set.which_overlapping_matches(&Input::new(text).range(w.clone()), &mut which);
             for pid in which.iter() {
                 self.locate(
@@ -853,27 +1027,70 @@ impl Scanner {
                     text,
                     w.clone(),
                     out,
-                );
+                    cx,
+                )?;
             }
         }
+        Ok(())
     }
 
-    /// The match of `p` in `input`, and the range to mask (capture group 1 or the whole).
-    fn candidate(&self, p: &Pattern, input: &Input<'_>) -> Option<(Range<usize>, Range<usize>)> {
-        if p.group {
+    /// The leftmost match of `p` in `input`, and the range to mask (capture group 1 or the
+    /// whole), extended to its footer when one is reachable.
+    ///
+    /// Work charged: the bytes from the search start to the match end (or to the end of the
+    /// input when nothing matched). The engine may look a little past a match end while a
+    /// longer match is still possible; for every built-in that is bounded by the pattern
+    /// (the footer search, which used to be the unbounded case, is charged separately).
+    fn candidate(
+        &self,
+        p: &Pattern,
+        text: &str,
+        input: &Input<'_>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<Option<Candidate>, Exceeded> {
+        let from = input.start();
+        let found = if p.group {
             let mut caps = p.re.create_captures();
             p.re.search_captures(input, &mut caps);
-            let m = caps.get_match()?.range();
-            let r = caps.get_group(1).map_or(m.clone(), |g| g.range());
-            Some((m, r))
+            caps.get_match().map(|m| {
+                let m = m.range();
+                let r = caps.get_group(1).map_or(m.clone(), |g| g.range());
+                (m, r)
+            })
         } else {
-            let m = p.re.search(input)?.range();
-            Some((m.clone(), m))
+            p.re.search(input).map(|m| (m.range(), m.range()))
+        };
+        let Some((mut m, mut r)) = found else {
+            // Unanchored: the engine looked at the whole input. Anchored: the caller knows
+            // better (see `find_literals`).
+            if input.get_anchored() == Anchored::No {
+                cx.meter.work(input.end() - from + 1)?;
+            }
+            return Ok(None);
+        };
+        cx.meter.work(m.end - from + 1)?;
+        if let Some((footer, re)) = &p.footer
+            && let Some(end) = footer_end(footer, re, text, m.end, cx)?
+        {
+            let whole_masked = r == m;
+            m.end = end;
+            if whole_masked {
+                r.end = end;
+            }
         }
+        Ok(Some((m, r)))
     }
 
     /// Validates a candidate and records it. Returns whether it was accepted.
-    fn accept(&self, p: &Pattern, text: &str, r: Range<usize>, out: &mut Vec<Found>) -> bool {
+    fn accept(
+        &self,
+        p: &Pattern,
+        text: &str,
+        r: Range<usize>,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<bool, Exceeded> {
+        cx.meter.work(r.len() + 1)?;
         let ok = (r.start < r.end)
             .then_some(r)
             .and_then(|r| match p.check {
@@ -881,7 +1098,7 @@ impl Scanner {
                 None => Some(r),
             })
             .filter(|r| r.start < r.end && self.context_ok(p, text, r));
-        match ok {
+        Ok(match ok {
             Some(r) => {
                 out.push(Found {
                     start: r.start,
@@ -891,28 +1108,30 @@ impl Scanner {
                 true
             }
             None => false,
-        }
+        })
     }
 
-    /// Runs one pattern over window `w` of `text`, validating candidates. A rejected candidate
-    /// restarts the search one character later, so it cannot hide a valid match that
-    /// overlaps it.
-    fn locate(&self, p: &Pattern, text: &str, w: Range<usize>, out: &mut Vec<Found>) {
+    /// Runs one pattern over window `w` of `text`, validating candidates. After an accepted
+    /// candidate the search resumes at its end; after a rejected one, one character later, so
+    /// that it cannot hide a valid match overlapping it (see [`resume_at`] for the limit).
+    fn locate(
+        &self,
+        p: &Pattern,
+        text: &str,
+        w: Range<usize>,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
         let mut at = w.start;
         while at < w.end {
             let input = Input::new(text).range(at..w.end);
-            let Some((m, r)) = self.candidate(p, &input) else {
+            let Some((m, r)) = self.candidate(p, text, &input, cx)? else {
                 break;
             };
-            at = if self.accept(p, text, r, out) {
-                m.end.max(m.start + 1)
-            } else {
-                m.start + 1
-            };
-            while at < text.len() && !text.is_char_boundary(at) {
-                at += 1;
-            }
+            let accepted = self.accept(p, text, r, out, cx)?;
+            at = resume_at(text, &m, accepted);
         }
+        Ok(())
     }
 
     /// Context words (custom detectors): one must appear within `window` bytes around the match.
@@ -931,6 +1150,108 @@ impl Scanner {
         let around = text[a..b].to_ascii_lowercase();
         p.context.iter().any(|w| around.contains(w.as_str()))
     }
+}
+
+/// Per-scan state: the meter, and the footer memo of the pattern that has one.
+struct Ctx<'m> {
+    meter: &'m mut Meter,
+    footer: FooterMemo,
+}
+
+impl<'m> Ctx<'m> {
+    fn new(meter: &'m mut Meter) -> Ctx<'m> {
+        Ctx {
+            meter,
+            footer: FooterMemo::default(),
+        }
+    }
+}
+
+/// A regex match and the range to mask in it (the whole match, or capture group 1).
+type Candidate = (Range<usize>, Range<usize>);
+
+/// Longest rejected candidate after which the search restarts one character later; past it
+/// the search resumes at the candidate's end. Restarting inside a long rejected candidate
+/// costs its length again for every restart: quadratic in the candidate (veil#10: a custom
+/// `[0-9 ]+` with `validator = "luhn"` on a long run of digits; `xoxb-` repeated, when the
+/// Slack pattern stopped at 250 characters and was rejected for the ones glued after it).
+/// Every built-in PII candidate is shorter (the longest, an international phone number or a
+/// labelled date, is under 100 bytes). Secret candidates are whole runs of their alphabet, so
+/// a longer rejected one is a run that is not a token, and neither is its tail. Custom
+/// patterns: a valid match overlapping a rejected candidate longer than this is not found
+/// (documented in `rules/README.md`).
+const RESTART_SPAN: usize = 128;
+
+/// Where a search resumes after candidate `m`: its end if accepted; one character later if
+/// rejected and short, so an overlapping valid match is still found; its end if rejected and
+/// longer than [`RESTART_SPAN`].
+fn resume_at(text: &str, m: &Range<usize>, accepted: bool) -> usize {
+    let mut at = if accepted || m.len() > RESTART_SPAN {
+        m.end.max(m.start + 1)
+    } else {
+        m.start + 1
+    };
+    while at < text.len() && !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+/// What the footer search learnt, valid for later queries that start inside it (queries come
+/// in increasing order, so each byte is looked at about once per scan).
+#[derive(Debug, Default)]
+struct FooterMemo {
+    /// `(from, dead)`: the first byte at or after `from` that a body cannot hold is `dead`.
+    dead: Option<(usize, usize)>,
+    /// `(from, footer)`: the first footer (start, end) at or after `from`.
+    next: Option<(usize, Option<(usize, usize)>)>,
+}
+
+/// The end of the first footer after `from` that is reachable through body bytes only.
+fn footer_end(
+    f: &Footer,
+    re: &meta::Regex,
+    text: &str,
+    from: usize,
+    cx: &mut Ctx<'_>,
+) -> Result<Option<usize>, Exceeded> {
+    let memo = &mut cx.footer;
+    let dead = match memo.dead {
+        Some((a, d)) if a <= from && from <= d => d,
+        _ => {
+            let d = text.as_bytes()[from..]
+                .iter()
+                .position(|&b| !(f.body)(b))
+                .map_or(text.len(), |i| from + i);
+            cx.meter.work(d - from + 1)?;
+            memo.dead = Some((from, d));
+            d
+        }
+    };
+    let next = match memo.next {
+        Some((a, n)) if a <= from && n.is_none_or(|(s, _)| from <= s) => n,
+        _ => {
+            let mut at = from;
+            let mut found = None;
+            while let Some(i) = text[at..].find(f.lit) {
+                let s = at + i;
+                cx.meter.work(i + f.lit.len())?;
+                if let Some(m) = re.search(&Input::new(text).range(s..).anchored(Anchored::Yes)) {
+                    cx.meter.work(m.len())?;
+                    found = Some((s, m.end()));
+                    break;
+                }
+                at = s + 1;
+            }
+            if found.is_none() {
+                cx.meter.work(text.len() - at + 1)?;
+            }
+            memo.next = Some((from, found));
+            found
+        }
+    };
+    // The footer's own bytes are body bytes, so a footer starting before `dead` ends by it.
+    Ok(next.filter(|(s, _)| *s < dead).map(|(_, e)| e))
 }
 
 /// Fewest digits in one cluster (digit runs joined by at most [`MAX_CLUSTER_GAP`] of
@@ -1136,13 +1457,29 @@ fn whole_word(text: &str, r: &Range<usize>) -> bool {
         && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
+/// Up to this many candidates, [`resolve`] compares each with the kept ones directly.
+const SMALL_RESOLVE: usize = 32;
+
 /// Keeps a non-overlapping subset: longest first, then priority, then leftmost; then sorts by
 /// start. Deterministic for any input order.
-fn resolve(detectors: &[Detector], found: &mut Vec<Found>) {
-    if found.len() < 2 {
-        return;
+///
+/// O(m log m): the kept matches are disjoint, so among those starting before a candidate's
+/// end only the last one can overlap it, and an ordered map finds that one. The first version
+/// compared each candidate with every kept match: quadratic in the number of matches, seconds
+/// for a 4 MB prompt of repeated email addresses (veil#10).
+fn resolve(
+    detectors: &[Detector],
+    found: &mut Vec<Found>,
+    meter: &mut Meter,
+) -> Result<(), Exceeded> {
+    let m = found.len();
+    if m < 2 {
+        return Ok(());
     }
-    found.sort_by_key(|f| {
+    // A sort and m probes of a map holding at most m entries: m·log2(m) each.
+    let log = (usize::BITS - m.leading_zeros()) as usize;
+    meter.work(2 * m * log)?;
+    found.sort_unstable_by_key(|f| {
         (
             std::cmp::Reverse(f.end - f.start),
             detectors[f.detector].priority,
@@ -1150,14 +1487,41 @@ fn resolve(detectors: &[Detector], found: &mut Vec<Found>) {
             f.detector,
         )
     });
-    let mut kept: Vec<Found> = Vec::with_capacity(found.len());
+    if m <= SMALL_RESOLVE {
+        // Few matches (the common case: a chat message holds a handful): comparing with each
+        // kept one costs at most SMALL_RESOLVE² comparisons and allocates nothing.
+        let mut kept = 0;
+        for i in 0..m {
+            let f = found[i];
+            if found[..kept]
+                .iter()
+                .all(|k| f.end <= k.start || f.start >= k.end)
+            {
+                found[kept] = f;
+                kept += 1;
+            }
+        }
+        found.truncate(kept);
+        found.sort_unstable_by_key(|f| f.start);
+        return Ok(());
+    }
+    // start -> (end, detector) of the kept matches.
+    let mut kept: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     for f in found.drain(..) {
-        if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
-            kept.push(f);
+        let overlaps = kept
+            .range(..f.end)
+            .next_back()
+            .is_some_and(|(_, &(end, _))| end > f.start);
+        if !overlaps {
+            kept.insert(f.start, (f.end, f.detector));
         }
     }
-    kept.sort_by_key(|f| f.start);
-    *found = kept;
+    found.extend(kept.into_iter().map(|(start, (end, detector))| Found {
+        start,
+        end,
+        detector,
+    }));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1617,6 +1981,8 @@ mod tests {
             window: 0,
             user: true,
             gate: Gate::Always,
+            footer: None,
+            lead: None,
         };
         spec.patterns.push(p.clone());
         assert!(matches!(
@@ -1629,5 +1995,374 @@ mod tests {
             Scanner::build(&spec),
             Err(ScanBuildError::Pattern(0, _))
         ));
+    }
+
+    // === secrets end where the secret ends (veil#10) ===
+
+    /// One valid token per secret pattern: (label, text before it, the token, the neighbours
+    /// that belong to the format's alphabet and so extend the token, fixed length: a longer
+    /// run of the alphabet is another thing, not this token).
+    const SECRETS: &[(&str, &str, &str, &str, bool)] = &[
+        (
+            "PRIVATE_KEY",
+            "",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeK\n-----END RSA PRIVATE KEY-----",
+            "",
+            false,
+        ),
+        (
+            "JWT",
+            "",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "-_",
+            false,
+        ),
+        (
+            "ANTHROPIC_API_KEY",
+            "",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789_-abcdefghijklmnopqrstuvwxyzAA",
+            "-_",
+            false,
+        ),
+        (
+            "OPENAI_API_KEY",
+            "",
+            "sk-proj-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV",
+            "-_",
+            false,
+        ),
+        (
+            "GITHUB_TOKEN",
+            "",
+            "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            "",
+            false,
+        ),
+        (
+            "GITHUB_TOKEN",
+            "",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+            "_",
+            false,
+        ),
+        (
+            "SLACK_TOKEN",
+            "",
+            "xoxb-1234567890-1234567890123-abcdefghijABCDEFGHIJ",
+            "-",
+            false,
+        ),
+        (
+            "SLACK_TOKEN",
+            "",
+            "xapp-1-A0123456789-1234567890123-abcdef0123456789",
+            "-",
+            false,
+        ),
+        (
+            "SLACK_TOKEN",
+            "",
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "/_-",
+            false,
+        ),
+        (
+            "STRIPE_SECRET_KEY",
+            "",
+            "sk_live_abcdefghijklmnop0123ABCD",
+            "",
+            false,
+        ),
+        (
+            "STRIPE_SECRET_KEY",
+            "",
+            "whsec_abcdefghijklmnopqrstuvwxyz012345",
+            "+/=",
+            false,
+        ),
+        (
+            "GOOGLE_API_KEY",
+            "",
+            "AIzaSyA-abcdefghijklmnopqrstuvwxyz01234",
+            "-_",
+            true,
+        ),
+        ("AWS_ACCESS_KEY_ID", "", "AKIAIOSFODNN7EXAMPLE", "", true),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "aws_secret_access_key=",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "/+",
+            false,
+        ),
+        (
+            "BEARER_TOKEN",
+            "Authorization: Bearer ",
+            "abc123def456ghi789jkl",
+            "-._~+/=",
+            false,
+        ),
+    ];
+
+    /// Characters that may follow or precede a token: everything the issue lists (`/`, `=`,
+    /// `+`, `?`, `&`, `#`, quotes, punctuation, brackets, whitespace, newline), the ASCII
+    /// punctuation left over, `-` and `_` (in some alphabets), non-ASCII, and nothing at all.
+    const NEIGHBOURS: &[&str] = &[
+        "", "/", "=", "+", "?", "&", "#", "\"", "'", "`", ".", ",", ";", ":", "!", "(", ")", "[",
+        "]", "{", "}", "<", ">", "|", "\\", "*", "%", "@", "~", "$", "^", " ", "\t", "\n", "\r\n",
+        "-", "_", "é", "日",
+    ];
+
+    /// Both engines, and that they agree.
+    fn both(s: &Scanner, text: &str) -> Vec<(String, Range<usize>)> {
+        let (mut gated, mut all) = (Vec::new(), Vec::new());
+        s.find(text, &mut gated);
+        s.find_exhaustive(text, &mut all);
+        assert_eq!(gated, all, "gated and exhaustive scans differ on {text:?}");
+        gated
+            .iter()
+            .map(|f| (s.label(f.detector).to_string(), f.start..f.end))
+            .collect()
+    }
+
+    // See: veil#10
+    #[test]
+    fn every_secret_is_masked_whatever_follows_or_precedes_it() {
+        let s = all();
+        let mut checked = 0;
+        for &(label, label_text, token, alphabet, fixed) in SECRETS {
+            for &n in NEIGHBOURS {
+                let joins = n.len() == 1 && alphabet.contains(n);
+                // After the token.
+                let text = format!("{label_text}{token}{n}");
+                let at = label_text.len()..label_text.len() + token.len();
+                let got = both(&s, &text);
+                let hit = got.iter().find(|(l, _)| l == label);
+                match (joins, fixed) {
+                    (false, _) => assert!(
+                        hit.is_some_and(|(_, r)| *r == at),
+                        "{label} followed by {n:?}: want exactly {at:?}, got {got:?} in {text:?}"
+                    ),
+                    (true, false) => assert!(
+                        hit.is_some_and(|(_, r)| r.start == at.start && r.end >= at.end),
+                        "{label} followed by {n:?} (its alphabet): want it covered, got {got:?}"
+                    ),
+                    // A fixed-length token glued to more of its alphabet is a longer run.
+                    (true, true) => assert!(hit.is_none(), "{label}+{n:?}: {got:?}"),
+                }
+                // Before it (before its label, for the labelled formats). `_` is a word
+                // character: `x_Bearer` is not the word Bearer.
+                if n == "_" && label == "BEARER_TOKEN" {
+                    continue;
+                }
+                let text = format!("{n}{label_text}{token} tail");
+                let at = n.len() + label_text.len()..n.len() + label_text.len() + token.len();
+                let got = both(&s, &text);
+                assert!(
+                    got.iter().any(|(l, r)| l == label && *r == at),
+                    "{label} preceded by {n:?}: want exactly {at:?}, got {got:?}"
+                );
+                // Both sides at once, inside a sentence and inside a URL.
+                for (pre, post) in [("see ", " now"), ("https://gw.example/k/", "/usage?x=1")] {
+                    let text = format!("{pre}{n}{label_text}{token}{n}{post}");
+                    let start = pre.len() + n.len() + label_text.len();
+                    let got = both(&s, &text);
+                    assert!(
+                        got.iter().any(|(l, r)| l == label
+                            && r.start == start
+                            && r.end >= start + token.len())
+                            || (joins && fixed),
+                        "{label} between {n:?}s in {text:?}: got {got:?}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, SECRETS.len() * NEIGHBOURS.len() - 1);
+        // Every secret built-in has a row.
+        for b in BUILTINS
+            .iter()
+            .filter(|b| matches!(b.trigger, Trigger::Literal(..)))
+        {
+            assert!(
+                SECRETS.iter().any(|(l, ..)| *l == b.label),
+                "{} has no row",
+                b.label
+            );
+        }
+    }
+
+    // See: veil#10
+    #[test]
+    fn sk_proj_key_in_a_url_path_followed_by_slash_is_masked() {
+        let key = format!(
+            "sk-proj-{}",
+            "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kM9nP2rS5uV8"
+        );
+        assert_eq!(key.len(), 8 + 48);
+        let text = format!("GET https://gw.example/keys/{key}/usage HTTP/1.1");
+        let start = text.find("sk-").unwrap();
+        let got = both(&all(), &text);
+        assert_eq!(
+            got,
+            vec![("OPENAI_API_KEY".to_string(), start..start + key.len())]
+        );
+    }
+
+    // See: veil#10
+    #[test]
+    fn akia_followed_by_slash_is_masked() {
+        let got = both(&all(), "AKIAIOSFODNN7EXAMPLE/x");
+        assert_eq!(got, vec![("AWS_ACCESS_KEY_ID".to_string(), 0..20)]);
+    }
+
+    #[test]
+    fn tokens_glued_to_a_word_or_too_long_are_not_tokens() {
+        let s = all();
+        for text in [
+            "xsk-proj-abcdefghijklmnopqrstuvwxyz012345",
+            "task-management-system-design-and-more",
+            "AKIAIOSFODNN7EXAMPLEX",
+            "XAKIAIOSFODNN7EXAMPLE",
+            "AIzaSyA-abcdefghijklmnopqrstuvwxyz012345",
+            "aeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+        ] {
+            assert_eq!(both(&s, text), vec![], "{text}");
+        }
+        // 255 is GitHub's longest token body; a longer run is not one.
+        let long = format!("ghp_{}", "a".repeat(256));
+        assert_eq!(both(&s, &long), vec![]);
+        let ok = format!("ghp_{}", "a".repeat(255));
+        assert_eq!(both(&s, &ok).len(), 1);
+    }
+
+    // === PEM blocks: the footer found without a lazy regex (veil#10) ===
+
+    #[test]
+    fn pem_block_extends_to_its_footer_only_through_body_bytes() {
+        let s = all();
+        let head = "-----BEGIN PRIVATE KEY-----";
+        let foot = "-----END PRIVATE KEY-----";
+        // Across lines, spaces, escaped newlines and RFC 1421 headers.
+        for body in [
+            "\nMIIBOg+/=\n",
+            " MIIB OgIB ",
+            "\\nMIIB\\n",
+            "\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,3F17\n\nMIIB\n",
+        ] {
+            let text = format!("x {head}{body}{foot} y");
+            let got = both(&s, &text);
+            assert_eq!(
+                got,
+                vec![("PRIVATE_KEY".to_string(), 2..text.len() - 2)],
+                "{body:?}"
+            );
+        }
+        // A byte no body holds (`!`) stops the block: masked to the end of its base64.
+        let text = format!("{head}\nMIIB\n! {foot}");
+        let end = head.len() + "\nMIIB\n".len();
+        assert_eq!(both(&s, &text), vec![("PRIVATE_KEY".to_string(), 0..end)]);
+        // The first PRIVATE footer counts, not a PUBLIC one before it.
+        let text = format!("{head}\nAB\n-----END PUBLIC KEY-----\nCD\n{foot}!");
+        assert_eq!(
+            both(&s, &text),
+            vec![("PRIVATE_KEY".to_string(), 0..text.len() - 1)]
+        );
+        // Many headers in prose and one footer far away: each header is its own block up to
+        // the footer... the first one covers everything, including the later headers.
+        let text = format!("{}{foot}", format!("{head} lorem ipsum ").repeat(50));
+        assert_eq!(
+            both(&s, &text),
+            vec![("PRIVATE_KEY".to_string(), 0..text.len())]
+        );
+        // Headers in prose with a non-body byte after each: each masks only itself.
+        let text = format!("{head} lorem ipsum! ").repeat(50);
+        let got = both(&s, &text);
+        assert_eq!(got.len(), 50);
+        assert!(got.iter().all(|(_, r)| r.len() == head.len()), "{got:?}");
+    }
+
+    // === cost: linear in the text, whatever the density of matches (veil#10) ===
+
+    /// The first `resolve`: every candidate against every kept match.
+    fn resolve_quadratic(detectors: &[Detector], found: &mut Vec<Found>) {
+        found.sort_by_key(|f| {
+            (
+                std::cmp::Reverse(f.end - f.start),
+                detectors[f.detector].priority,
+                f.start,
+                f.detector,
+            )
+        });
+        let mut kept: Vec<Found> = Vec::new();
+        for f in found.drain(..) {
+            if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
+                kept.push(f);
+            }
+        }
+        kept.sort_by_key(|f| f.start);
+        *found = kept;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn resolve_keeps_what_the_quadratic_version_kept(
+            spans in proptest::collection::vec((0usize..200, 1usize..30, 0usize..3), 0..120)
+        ) {
+            let detectors: Vec<Detector> = (0..3)
+                .map(|i| Detector {
+                    label: format!("D{i}").into(),
+                    action: InlineAction::Mask,
+                    priority: 2 - i as u32,
+                })
+                .collect();
+            let found: Vec<Found> = spans
+                .iter()
+                .map(|&(start, len, detector)| Found { start, end: start + len, detector })
+                .collect();
+            let (mut fast, mut slow) = (found.clone(), found);
+            resolve(&detectors, &mut fast, &mut Meter::unlimited()).unwrap();
+            resolve_quadratic(&detectors, &mut slow);
+            proptest::prop_assert_eq!(fast, slow);
+        }
+    }
+
+    // See: veil#10
+    #[test]
+    fn a_long_rejected_custom_candidate_is_not_rescanned_from_every_character() {
+        let mut spec = ScannerSpec::default();
+        spec.detectors.push(Detector {
+            label: "CARDISH".into(),
+            action: InlineAction::Mask,
+            priority: 100,
+        });
+        spec.patterns.push(PatternSpec {
+            detector: 0,
+            regex: "[0-9][0-9 ]+[0-9]".into(),
+            check: checksum::by_name("luhn"),
+            group: false,
+            context: vec![],
+            window: 0,
+            user: true,
+            gate: Gate::Always,
+            footer: None,
+            lead: None,
+        });
+        let s = Scanner::build(&spec).unwrap();
+        let mut per_byte = Vec::new();
+        for n in [4_000usize, 32_000] {
+            // Zeros then a one: every suffix has a Luhn sum of 1, so every candidate fails.
+            let text = format!("{}1", "0".repeat(n - 1));
+            let mut meter = Meter::unlimited();
+            let mut out = Vec::new();
+            s.find_within(&text, &mut out, &mut meter).unwrap();
+            per_byte.push(meter.work_done() as f64 / n as f64);
+        }
+        // Restarting one character after each rejection costs n/2 units per byte: 2 000 and
+        // 16 000 here.
+        assert!(per_byte[1] < 10.0, "{per_byte:?}");
+        assert!(per_byte[1] < per_byte[0] * 1.5, "{per_byte:?}");
     }
 }

@@ -10,8 +10,15 @@
 //!                                    │
 //!            redact_json(&mut Value, Target, &Scope) ──▶ Counts (per detector)
 //!            redact_text(&str, &Scope)              ──▶ (String, Counts)
+//!            redact_json_within / redact_text_within (.., &mut Meter): the same under a
+//!                                                      Budget, or Err(Exceeded) and nothing
 //!            pseudonymize_user, header_allowed, filter_headers, find_user
 //! ```
+//!
+//! Cost is linear in the text: one scan per string (a second only where something was
+//! masked), overlap resolution in O(m log m) for m matches. A [`Budget`] bounds what one
+//! exchange may spend; past it the `_within` calls return [`Exceeded`] and leave nothing
+//! half redacted behind (see [`budget`]).
 //!
 //! A [`CompiledRules`] is immutable, `Send + Sync`, and meant to sit behind an `Arc`;
 //! reloading is compiling a new one and swapping the `Arc` (the old one stays if the new file
@@ -46,6 +53,7 @@
 //! ```
 
 pub mod action;
+pub mod budget;
 pub mod checksum;
 pub mod cli;
 pub mod detect;
@@ -60,6 +68,7 @@ use std::path::Path;
 use serde_json::Value;
 
 pub use action::{DecryptError, decrypt_field};
+pub use budget::{Budget, Exceeded, Meter};
 pub use detect::{Found, InlineAction, Scanner};
 pub use jsonpath::JsonPath;
 pub use rules::{CREDENTIAL_HEADERS, RulesError};
@@ -427,16 +436,18 @@ impl CompiledRules {
     pub fn filter_headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
         let mut found = Vec::new();
         let mut counts = Counts::default();
+        // Headers are bounded by the proxy's header limits: not metered.
+        let mut meter = Meter::unlimited();
         headers
             .iter()
             .filter(|(k, _)| self.header_allowed(k))
-            .filter_map(
-                |(k, v)| match self.scrub_str(v, &self.base, &mut counts, &mut found) {
-                    Scrubbed::Same => Some((k.to_ascii_lowercase(), v.clone())),
-                    Scrubbed::Changed(s) => Some((k.to_ascii_lowercase(), s)),
-                    Scrubbed::Drop => None,
-                },
-            )
+            .filter_map(|(k, v)| {
+                match self.scrub_str(v, &self.base, &mut counts, &mut found, &mut meter) {
+                    Ok(Scrubbed::Same) => Some((k.to_ascii_lowercase(), v.clone())),
+                    Ok(Scrubbed::Changed(s)) => Some((k.to_ascii_lowercase(), s)),
+                    Ok(Scrubbed::Drop) | Err(_) => None,
+                }
+            })
             .collect()
     }
 
@@ -471,8 +482,26 @@ impl CompiledRules {
 
     /// Redacts a JSON document in place under `scope` and returns what the detectors found.
     /// The document stays valid JSON; only dropped fields disappear (array elements become
-    /// `null`). A dropped root becomes `null`.
+    /// `null`). A dropped root becomes `null`. No cost limit: see
+    /// [`CompiledRules::redact_json_within`].
     pub fn redact_json(&self, v: &mut Value, target: Target, scope: &Scope) -> Counts {
+        let mut meter = Meter::unlimited();
+        // An unlimited meter cannot be exceeded.
+        self.redact_json_within(v, target, scope, &mut meter)
+            .unwrap_or_default()
+    }
+
+    /// [`CompiledRules::redact_json`] under a budget. When `meter` runs out part way, the
+    /// whole document becomes `null` and the error says which limit: a document is redacted
+    /// completely or not at all, never left half redacted with raw text after the point where
+    /// the scan stopped.
+    pub fn redact_json_within(
+        &self,
+        v: &mut Value,
+        target: Target,
+        scope: &Scope,
+        meter: &mut Meter,
+    ) -> Result<Counts, Exceeded> {
         let mut counts = Counts::default();
         let mut path: Vec<OwnedStep> = Vec::new();
         let mut found = Vec::new();
@@ -487,28 +516,47 @@ impl CompiledRules {
             counts: &mut counts,
             found: &mut found,
             path: &mut path,
+            meter,
         };
-        if self.walk(v, &mut w) == Fate::Drop {
-            *v = Value::Null;
+        match self.walk(v, &mut w) {
+            Ok(Fate::Stay) => {}
+            Ok(Fate::Drop) => *v = Value::Null,
+            Err(e) => {
+                *v = Value::Null;
+                return Err(e);
+            }
         }
-        counts
+        Ok(counts)
     }
 
     /// Scrubs one text with `scope`'s detectors. A `drop_field` match empties the text.
     pub fn redact_text(&self, text: &str, scope: &Scope) -> (String, Counts) {
+        let mut meter = Meter::unlimited();
+        // An unlimited meter cannot be exceeded.
+        self.redact_text_within(text, scope, &mut meter)
+            .unwrap_or_default()
+    }
+
+    /// [`CompiledRules::redact_text`] under a budget; on `Err` there is no text at all.
+    pub fn redact_text_within(
+        &self,
+        text: &str,
+        scope: &Scope,
+        meter: &mut Meter,
+    ) -> Result<(String, Counts), Exceeded> {
         let mut counts = Counts::default();
         let mut found = Vec::new();
-        let out = match self.scrub_str(text, scope, &mut counts, &mut found) {
+        let out = match self.scrub_str(text, scope, &mut counts, &mut found, meter)? {
             Scrubbed::Same => text.to_string(),
             Scrubbed::Changed(s) => s,
             Scrubbed::Drop => String::new(),
         };
-        (out, counts)
+        Ok((out, counts))
     }
 
-    fn walk(&self, v: &mut Value, w: &mut Walk<'_>) -> Fate {
+    fn walk(&self, v: &mut Value, w: &mut Walk<'_>) -> Result<Fate, Exceeded> {
         if self.identity_paths.iter().any(|p| p.matches(w.path)) {
-            return self.transform(v, &|k: &FieldKeys, s: &str| k.user(s));
+            return Ok(self.transform(v, &|k: &FieldKeys, s: &str| k.user(s)));
         }
         let rules = w.rules;
         if let Some(rule) = rules.iter().find(|r| r.path.matches(w.path)) {
@@ -519,7 +567,7 @@ impl CompiledRules {
                 // Keys move into the path and back out: no copy of a key, no copy of a value.
                 let old = std::mem::take(map);
                 for (k, mut c) in old {
-                    let key = self.scrub_key(&k, w);
+                    let key = self.scrub_key(&k, w)?;
                     if key == Scrubbed::Drop {
                         continue;
                     }
@@ -528,44 +576,50 @@ impl CompiledRules {
                     let Some(OwnedStep::Key(k)) = w.path.pop() else {
                         unreachable!("invariant: the walk pops the key it pushed");
                     };
-                    if fate == Fate::Stay {
+                    if fate? == Fate::Stay {
                         map.insert(key.or(k), c);
                     }
                 }
-                Fate::Stay
+                Ok(Fate::Stay)
             }
             Value::Array(items) => {
                 for (i, c) in items.iter_mut().enumerate() {
                     w.path.push(OwnedStep::Index(i));
-                    if self.walk(c, w) == Fate::Drop {
+                    let fate = self.walk(c, w);
+                    w.path.pop();
+                    if fate? == Fate::Drop {
                         *c = Value::Null;
                     }
-                    w.path.pop();
                 }
-                Fate::Stay
+                Ok(Fate::Stay)
             }
             Value::String(_) | Value::Number(_) => self.apply(w.scope.default, v, w),
-            Value::Bool(_) | Value::Null => Fate::Stay,
+            Value::Bool(_) | Value::Null => Ok(Fate::Stay),
         }
     }
 
     /// Applies a field action to a whole subtree.
-    fn apply(&self, action: FieldAction, v: &mut Value, w: &mut Walk<'_>) -> Fate {
-        match action {
+    fn apply(
+        &self,
+        action: FieldAction,
+        v: &mut Value,
+        w: &mut Walk<'_>,
+    ) -> Result<Fate, Exceeded> {
+        Ok(match action {
             FieldAction::Keep => Fate::Stay,
             FieldAction::Drop => Fate::Drop,
-            FieldAction::Scrub => self.scrub_tree(v, w),
+            FieldAction::Scrub => return self.scrub_tree(v, w),
             FieldAction::Hash => self.transform(v, &|k: &FieldKeys, s: &str| k.hash(s)),
             FieldAction::Pseudonymize => {
                 self.transform(v, &|k: &FieldKeys, s: &str| k.tagged("p", b"field\0", s))
             }
             FieldAction::Encrypt => self.transform(v, &|k: &FieldKeys, s: &str| k.encrypt(s)),
-        }
+        })
     }
 
-    fn scrub_tree(&self, v: &mut Value, w: &mut Walk<'_>) -> Fate {
-        match v {
-            Value::String(s) => match self.scrub_str(s, w.scope, w.counts, w.found) {
+    fn scrub_tree(&self, v: &mut Value, w: &mut Walk<'_>) -> Result<Fate, Exceeded> {
+        Ok(match v {
+            Value::String(s) => match self.scrub_str(s, w.scope, w.counts, w.found, w.meter)? {
                 Scrubbed::Same => Fate::Stay,
                 Scrubbed::Changed(n) => {
                     *s = n;
@@ -575,7 +629,7 @@ impl CompiledRules {
             },
             Value::Number(n) => {
                 let text = n.to_string();
-                match self.scrub_str(&text, w.scope, w.counts, w.found) {
+                match self.scrub_str(&text, w.scope, w.counts, w.found, w.meter)? {
                     Scrubbed::Same => Fate::Stay,
                     Scrubbed::Changed(n) => {
                         *v = Value::String(n);
@@ -587,8 +641,8 @@ impl CompiledRules {
             Value::Object(map) => {
                 let old = std::mem::take(map);
                 for (k, mut c) in old {
-                    let key = self.scrub_key(&k, w);
-                    if key != Scrubbed::Drop && self.scrub_tree(&mut c, w) == Fate::Stay {
+                    let key = self.scrub_key(&k, w)?;
+                    if key != Scrubbed::Drop && self.scrub_tree(&mut c, w)? == Fate::Stay {
                         map.insert(key.or(k), c);
                     }
                 }
@@ -596,14 +650,14 @@ impl CompiledRules {
             }
             Value::Array(items) => {
                 for c in items.iter_mut() {
-                    if self.scrub_tree(c, w) == Fate::Drop {
+                    if self.scrub_tree(c, w)? == Fate::Drop {
                         *c = Value::Null;
                     }
                 }
                 Fate::Stay
             }
             Value::Bool(_) | Value::Null => Fate::Stay,
-        }
+        })
     }
 
     /// Replaces every string and number leaf with `f(leaf)`, and every object key below the
@@ -634,36 +688,41 @@ impl CompiledRules {
 
     /// Object keys can carry PII too (`{"bob@example.com": …}`): they are scrubbed by the
     /// detectors whatever the field action. `Drop` drops the entry.
-    fn scrub_key(&self, k: &str, w: &mut Walk<'_>) -> Scrubbed {
-        self.scrub_str(k, w.scope, w.counts, w.found)
+    fn scrub_key(&self, k: &str, w: &mut Walk<'_>) -> Result<Scrubbed, Exceeded> {
+        self.scrub_str(k, w.scope, w.counts, w.found, w.meter)
     }
 
     /// Scrubs until nothing matches any more (at most [`MAX_PASSES`] passes). One pass is not
     /// always enough: validators look at neighbours, and masking a match can turn a glued,
     /// rejected neighbour into a clean one (`(415) 555-2671(415) 555-2671`). Running to the
     /// fixpoint makes redaction idempotent; the extra pass costs only for strings that matched.
+    ///
+    /// The string is charged to the meter's byte budget once, before the first pass: the later
+    /// passes rescan text that was already paid for (they cost work, not budget bytes).
     fn scrub_str(
         &self,
         s: &str,
         scope: &Scope,
         counts: &mut Counts,
         found: &mut Vec<Found>,
-    ) -> Scrubbed {
-        let mut current = match self.scrub_once(s, scope, counts, found) {
+        meter: &mut Meter,
+    ) -> Result<Scrubbed, Exceeded> {
+        meter.scan(s.len())?;
+        let mut current = match self.scrub_once(s, scope, counts, found, meter)? {
             Scrubbed::Changed(c) => c,
-            other => return other,
+            other => return Ok(other),
         };
         for _ in 1..MAX_PASSES {
-            match self.scrub_once(&current, scope, counts, found) {
-                Scrubbed::Same => return Scrubbed::Changed(current),
+            match self.scrub_once(&current, scope, counts, found, meter)? {
+                Scrubbed::Same => return Ok(Scrubbed::Changed(current)),
                 Scrubbed::Changed(c) => current = c,
-                Scrubbed::Drop => return Scrubbed::Drop,
+                Scrubbed::Drop => return Ok(Scrubbed::Drop),
             }
         }
         // Still changing: a long chain of glued look-alikes, each unmasking the next (only
         // adversarial input does this; the fuzzer found one). Drop the field rather than emit
         // text whose redaction has not settled.
-        Scrubbed::Drop
+        Ok(Scrubbed::Drop)
     }
 
     fn scrub_once(
@@ -672,11 +731,14 @@ impl CompiledRules {
         scope: &Scope,
         counts: &mut Counts,
         found: &mut Vec<Found>,
-    ) -> Scrubbed {
-        scope.scanner.find(s, found);
+        meter: &mut Meter,
+    ) -> Result<Scrubbed, Exceeded> {
+        scope.scanner.find_within(s, found, meter)?;
         if found.is_empty() {
-            return Scrubbed::Same;
+            return Ok(Scrubbed::Same);
         }
+        // Building the output is one more pass over the text.
+        meter.work(s.len())?;
         let mut out = String::with_capacity(s.len());
         let mut last = 0;
         for f in found.iter() {
@@ -685,7 +747,7 @@ impl CompiledRules {
             out.push_str(&s[last..f.start]);
             let value = &s[f.start..f.end];
             match d.action {
-                InlineAction::DropField => return Scrubbed::Drop,
+                InlineAction::DropField => return Ok(Scrubbed::Drop),
                 InlineAction::Mask => {
                     out.push('[');
                     out.push_str(&d.label);
@@ -717,7 +779,7 @@ impl CompiledRules {
             last = f.end;
         }
         out.push_str(&s[last..]);
-        Scrubbed::Changed(out)
+        Ok(Scrubbed::Changed(out))
     }
 }
 
@@ -743,6 +805,7 @@ struct Walk<'a> {
     counts: &'a mut Counts,
     found: &'a mut Vec<Found>,
     path: &'a mut Vec<OwnedStep>,
+    meter: &'a mut Meter,
 }
 
 /// The first string or number under `identity` in `v` (depth first), into `hit`.

@@ -2,7 +2,7 @@
 //!
 //! `file → RawRules (serde, spans kept) → CompiledRules`. The raw layer only mirrors the
 //! file; every check that needs meaning (actions, paths, regexes, header names) happens in
-//! [`compile`], which reports the first problem as `file:line:col: message (in <rule>)` using
+//! `compile`, which reports the first problem as `file:line:col: message (in <rule>)` using
 //! the span of the offending value. The format itself is documented in `rules/README.md`.
 
 use std::collections::BTreeMap;
@@ -85,6 +85,13 @@ struct RawDetectors {
     dictionary: Vec<RawDict>,
 }
 
+/// Context window of a custom detector when the file gives none, in bytes on each side.
+const DEFAULT_CONTEXT_WINDOW: usize = 32;
+/// Largest context window: each candidate reads this many bytes on each side, so an unbounded
+/// one made match-dense text cost candidates x text (veil#10). A context word is a label
+/// near its value; 1 KiB is a paragraph.
+const MAX_CONTEXT_WINDOW: usize = 1024;
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct RawRegex {
@@ -93,7 +100,7 @@ struct RawRegex {
     validator: Option<Spanned<String>>,
     #[serde(default)]
     context: Vec<String>,
-    window: Option<usize>,
+    window: Option<Spanned<usize>>,
     action: Option<Spanned<String>>,
 }
 
@@ -429,6 +436,21 @@ fn detectors(
                     )
                 })?),
             };
+            let window = match &r.window {
+                None => DEFAULT_CONTEXT_WINDOW,
+                Some(w) if *w.get_ref() <= MAX_CONTEXT_WINDOW => *w.get_ref(),
+                Some(w) => {
+                    return Err(ctx.at(
+                        w.span(),
+                        Some(rule.clone()),
+                        format!(
+                            "window is {} bytes; at most {MAX_CONTEXT_WINDOW} (every candidate \
+                             reads this much text on each side)",
+                            w.get_ref()
+                        ),
+                    ));
+                }
+            };
             let detector = spec.detectors.len();
             spec.detectors.push(detect::Detector {
                 label: label.into(),
@@ -442,9 +464,11 @@ fn detectors(
                 check,
                 group: false,
                 context: r.context.clone(),
-                window: r.window.unwrap_or(32),
+                window,
                 user: true,
                 gate: detect::Gate::Always,
+                footer: None,
+                lead: None,
             });
             origins.patterns.push(Some((r.pattern.span(), rule)));
         }

@@ -99,6 +99,13 @@ fn errors_have_positions_and_rules() {
             13,
             "unknown validator",
         ),
+        // See: veil#10
+        (
+            "version = 1\n[[detectors.regex]]\nname = \"X\"\npattern = \"a\"\ncontext = [\"k\"]\nwindow = 100000000\n",
+            6,
+            10,
+            "at most 1024",
+        ),
     ];
     for (text, line, col, msg) in cases {
         let e = err(text);
@@ -610,6 +617,221 @@ mod props {
                 prop_assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end));
             }
         }
+    }
+}
+
+// === cost: linear, and bounded by a budget (veil#10) ===
+
+mod cost {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+    use std::sync::LazyLock;
+
+    static DEF: LazyLock<CompiledRules> = LazyLock::new(|| compile(DEFAULT));
+
+    /// Units an adversary repeats: every detector's values, the look-alikes its validator
+    /// rejects, the prefixes of every secret, glued and separated, and the shapes that made
+    /// some pass super-linear before veil#10 (repeated emails, PEM headers in prose, `-eyJ`
+    /// runs, `xoxb-` runs, colon runs).
+    const DENSE: &[&str] = &[
+        "lorem ipsum alice@example.com sit amet ",
+        "a@b.cc.-.-",
+        "x.y@",
+        "-----BEGIN PRIVATE KEY----- lorem ",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n",
+        "-----END PRIVATE KEY-----",
+        "-eyJabcdefgh",
+        "eyJabcdefghij.abcd.",
+        "sk-",
+        "sk-proj-abcdefghijklmnopqrstuvwxyz012345/",
+        "sk-ant-",
+        "ghp_",
+        "github_pat_",
+        "xoxb-",
+        "xapp-1-",
+        "https://hooks.slack.com/services/",
+        "sk_live_",
+        "whsec_",
+        "AIza",
+        "AKIA",
+        "AKIAIOSFODNN7EXAMPLE",
+        "aws_secret_access_key=",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "Bearer abc123def456ghi789jkl ",
+        "bearer ",
+        "4111 1111 1111 1111 ",
+        "4444444444444444",
+        "4444 ",
+        "GB82 WEST 1234 5698 7654 32 ",
+        "GB82",
+        "123-45-6789",
+        "SSN: 123456789 ",
+        "+44 20 7946 0958 ",
+        "(415) 555-2671",
+        "030 12345678 ",
+        "192.168.1.20",
+        "1.2.3.4.",
+        "2001:db8::1 ",
+        "::",
+        "1:2:3:",
+        "born on 12/03/1990 ",
+        "DOB ",
+        "0",
+        "-",
+        "/",
+        ".",
+        " ",
+        "\n",
+        "é",
+    ];
+
+    fn unit() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(DENSE.to_vec()), 1..6)
+            .prop_map(|v| v.concat())
+    }
+
+    /// Work units per byte to redact `unit` repeated to at least `n` bytes.
+    fn work_per_byte(unit: &str, n: usize) -> f64 {
+        let text = unit.repeat(n.div_ceil(unit.len()));
+        let mut meter = Meter::unlimited();
+        let r = &*DEF;
+        r.redact_text_within(&text, r.base_scope(), &mut meter)
+            .expect("an unlimited meter");
+        meter.work_done() as f64 / text.len() as f64
+    }
+
+    /// The most work per byte any generated text may cost. Measured worst: about 40 (runs of
+    /// IPv6 look-alikes, where every position starts a candidate the validator rejects).
+    const MAX_WORK_PER_BYTE: f64 = 120.0;
+
+    proptest! {
+        // Deterministic: a fixed seed, and work counted rather than timed, so the test cannot
+        // flake on a loaded machine.
+        #![proptest_config(Config {
+            cases: 96,
+            rng_seed: RngSeed::Fixed(0x7e11_0010),
+            failure_persistence: None,
+            ..Config::default()
+        })]
+
+        // See: veil#10
+        #[test]
+        fn work_per_byte_stays_flat_on_match_dense_text(unit in unit()) {
+            let small = work_per_byte(&unit, 2 << 10);
+            let large = work_per_byte(&unit, 16 << 10);
+            // Eight times the text may cost eight times the work, plus the log factor of
+            // sorting matches; a quadratic pass costs 64 times.
+            prop_assert!(
+                large <= small * 1.5 + 1.0,
+                "{unit:?}: {small:.1} units/byte at 2 KiB, {large:.1} at 16 KiB"
+            );
+            prop_assert!(large <= MAX_WORK_PER_BYTE, "{unit:?}: {large:.1} units/byte");
+        }
+    }
+
+    // See: veil#10
+    #[test]
+    fn lorem_ipsum_alice_at_example_com_repeated_costs_the_same_per_byte_at_any_size() {
+        // The input of the report, at 16 KiB and 128 KiB (a quadratic overlap resolution
+        // cost 8 times as much per byte at the larger size).
+        let unit = "lorem ipsum alice@example.com sit amet ";
+        let small = work_per_byte(unit, 16 << 10);
+        let large = work_per_byte(unit, 128 << 10);
+        assert!(large <= small * 1.2, "{small:.2} vs {large:.2} units/byte");
+    }
+
+    // See: veil#10
+    #[test]
+    fn past_the_byte_budget_the_document_is_dropped_whole_not_half_redacted() {
+        let r = compile(DEFAULT);
+        let scope = r.base_scope();
+        let doc = json!({
+            "a": "mail alice@example.com",
+            "b": "and bob@example.com too",
+        });
+        // Enough for the first string (and the keys), not for the second.
+        let budget = Budget {
+            max_bytes: 30,
+            max_cpu: std::time::Duration::MAX,
+        };
+        let mut v = doc.clone();
+        let mut meter = budget.start();
+        let e = r
+            .redact_json_within(&mut v, Target::Request, scope, &mut meter)
+            .unwrap_err();
+        assert_eq!(e, Exceeded::Bytes);
+        assert_eq!(
+            v,
+            Value::Null,
+            "nothing is left, not even the redacted first string"
+        );
+        assert_eq!(meter.exceeded(), Some(Exceeded::Bytes));
+        // The same document fits a larger budget and is redacted as usual.
+        let mut v = doc.clone();
+        let mut meter = Budget {
+            max_bytes: 1000,
+            ..budget
+        }
+        .start();
+        let counts = r
+            .redact_json_within(&mut v, Target::Request, scope, &mut meter)
+            .unwrap();
+        assert_eq!(counts.get("EMAIL"), 2);
+        assert_eq!(v["b"], "and [EMAIL] too");
+        assert_eq!(
+            meter.bytes_scanned(),
+            (1 + 22 + 1 + 23) as u64,
+            "keys and values, once"
+        );
+        // Text: all or nothing too.
+        let mut meter = budget.start();
+        assert_eq!(
+            r.redact_text_within("x".repeat(31).as_str(), scope, &mut meter),
+            Err(Exceeded::Bytes)
+        );
+    }
+
+    // See: veil#10
+    #[test]
+    fn past_the_cpu_budget_a_scan_stops_and_returns_no_matches() {
+        let r = compile(DEFAULT);
+        let text = "lorem ipsum alice@example.com sit amet ".repeat(20_000);
+        let mut unlimited = Meter::unlimited();
+        let mut found = Vec::new();
+        r.base_scope()
+            .scanner()
+            .find_within(&text, &mut found, &mut unlimited)
+            .unwrap();
+        assert_eq!(found.len(), 20_000);
+        let mut meter = Budget {
+            max_bytes: u64::MAX,
+            max_cpu: std::time::Duration::ZERO,
+        }
+        .start();
+        let mut found = vec![Found {
+            start: 0,
+            end: 1,
+            detector: 0,
+        }];
+        let e = r
+            .base_scope()
+            .scanner()
+            .find_within(&text, &mut found, &mut meter)
+            .unwrap_err();
+        assert_eq!(e, Exceeded::Cpu);
+        assert!(
+            found.is_empty(),
+            "a partial list of matches is never returned"
+        );
+        // The first clock read (after the literal pass) starts the clock, the second (after
+        // the trigger pass) finds it past zero: the windows were never searched.
+        assert!(
+            meter.work_done() < unlimited.work_done() / 2 + text.len() as u64,
+            "{} of {} units",
+            meter.work_done(),
+            unlimited.work_done()
+        );
     }
 }
 

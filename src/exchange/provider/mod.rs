@@ -29,7 +29,7 @@ use serde_json::Value;
 use super::model::{Conversation, ConversationTimings, Modality, Part, UNKNOWN};
 use super::pricing::Pricing;
 use super::sse::{SseError, SseEvent, SseParser};
-use super::{Exchange, Outcome, traceparent};
+use super::{Exchange, Outcome, json, traceparent};
 
 /// Knobs for [`parse`].
 #[derive(Debug, Clone)]
@@ -206,6 +206,10 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
         None => Err("unrecognized endpoint".to_string()),
     };
     if let Err(reason) = understood {
+        // With a target every failure is about a body; without one nothing was parsed.
+        if target.is_some() {
+            c.parse_error = Some(reason.clone());
+        }
         make_opaque(&mut c, reason);
     }
     finish(ex, pricing, &mut c);
@@ -247,6 +251,7 @@ fn base(ex: &Exchange) -> Conversation {
         error_message: None,
         opaque: false,
         opaque_reason: None,
+        parse_error: None,
         aborted: ex.outcome.is_aborted(),
         truncated: ex.is_truncated(),
         request_bytes: ex.request_body.wire_len,
@@ -289,8 +294,7 @@ fn parse_bodies(
         .request_body
         .decoded(opts.decode_limit)
         .map_err(|e| format!("request body: {e}"))?;
-    let req: Value =
-        serde_json::from_slice(&raw).map_err(|_| "request body is not JSON".to_string())?;
+    let req: Value = json::from_slice(&raw).map_err(|e| not_json("request", &e))?;
     if !req.is_object() {
         return Err("request body is not a JSON object".into());
     }
@@ -346,7 +350,7 @@ fn parse_response(
     };
     if status >= 400 {
         let body = join(&chunks);
-        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let parsed: Option<Value> = json::from_slice(&body).ok();
         let (kind, message) = parsed.as_ref().map(error_info).unwrap_or((None, None));
         c.error_type = Some(kind.unwrap_or_else(|| status.to_string()));
         c.error_message = message;
@@ -363,16 +367,19 @@ fn parse_response(
     let body = join(&chunks);
     if t.api == Api::GeminiGenerate && first == Some(b'[') {
         c.stream = true;
+        // Parsed element by element, so lone surrogates are rewritten up front (the scan is
+        // cheap and copies nothing when there is none).
+        let body = json::repair_surrogates(&body);
         return gemini::json_array_stream(&body, c, ex.response_body.truncated);
     }
     if ex.response_body.truncated {
         return Err("response body truncated at the capture limit".into());
     }
-    let resp: Value = match serde_json::from_slice(&body) {
+    let resp: Value = match json::from_slice(&body) {
         Ok(v) => v,
         // An empty body (HEAD-like answers, 204) has nothing to parse.
         Err(_) if body.iter().all(u8::is_ascii_whitespace) => return Ok(()),
-        Err(_) => return Err("response body is not JSON".into()),
+        Err(e) => return Err(not_json("response", &e)),
     };
     match t.api {
         Api::OpenAiChat | Api::OpenAiCompletions => openai::chat_response(&resp, c),
@@ -411,11 +418,12 @@ fn parse_sse(
     };
     let mut parser = SseParser::new(opts.max_event);
     let mut failure = None;
+    let mut unparsed = 0u64;
     'chunks: for chunk in chunks {
         parser.push(chunk);
         loop {
             match parser.next_event() {
-                Ok(Some(ev)) => on_event(&mut acc, &ev, c),
+                Ok(Some(ev)) => on_event(&mut acc, &ev, c, &mut unparsed),
                 Ok(None) => break,
                 Err(e) => {
                     failure = Some(e);
@@ -427,11 +435,15 @@ fn parse_sse(
     if failure.is_none() {
         failure = parser.finish().err();
     }
+    if unparsed > 0 {
+        c.parse_error = Some(format!("{unparsed} stream event(s) are not JSON"));
+    }
     match failure {
         Some(SseError::Aborted) => c.aborted = true,
         Some(e @ SseError::TooLarge(_)) => {
             c.aborted = true;
             c.opaque_reason = Some(e.to_string());
+            c.parse_error = Some(e.to_string());
         }
         None => {}
     }
@@ -447,14 +459,20 @@ fn parse_sse(
     Ok(())
 }
 
-fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation) {
+/// Folds one event into the accumulator. `unparsed` counts events that look like JSON (an
+/// object or array) but do not parse: content or usage lost, so the record says so.
+fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation, unparsed: &mut u64) {
     c.chunk_count += 1;
     let data = ev.data.trim();
     if data == "[DONE]" || data.is_empty() {
         return;
     }
-    let Ok(v) = serde_json::from_str::<Value>(data) else {
-        return; // a non-JSON event (keep-alive text) carries nothing for the model
+    let Ok(v) = json::from_str(data) else {
+        // A non-JSON event (keep-alive text) carries nothing for the model.
+        if data.starts_with(['{', '[']) {
+            *unparsed += 1;
+        }
+        return;
     };
     // Anthropic and OpenAI Chat put an `error` object in the event; the Responses API
     // sends `{"type":"error","code","message"}` itself.
@@ -517,6 +535,24 @@ fn finish(ex: &Exchange, pricing: &Pricing, c: &mut Conversation) {
 }
 
 // === shared helpers for the dialect modules ===
+
+/// Longest parse error kept: serde_json's messages are a fixed phrase and a position.
+const MAX_PARSE_ERROR: usize = 120;
+
+/// `"{which} body is not JSON: {serde's fault and position}"`, capped. serde_json's message for
+/// a document parsed into a `Value` names the kind of fault and the line and column only (no
+/// content: there is no "invalid type" error when any value is acceptable).
+fn not_json(which: &str, e: &serde_json::Error) -> String {
+    let mut s = format!("{which} body is not JSON: {e}");
+    if s.len() > MAX_PARSE_ERROR {
+        let mut cut = MAX_PARSE_ERROR;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
 
 fn join(chunks: &[Bytes]) -> Bytes {
     match chunks {

@@ -1438,3 +1438,137 @@ fn gemini_embed_content() {
     assert_eq!(c.cost_usd, None);
     assert!(!c.opaque);
 }
+
+// === lone surrogates and parse errors (veil#10) ===
+
+/// `haystack` with the first `from` replaced by `to`.
+fn splice(haystack: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = String::from_utf8(haystack.to_vec()).unwrap();
+    assert!(text.contains(from), "{from:?} not in the fixture");
+    text.replacen(from, to, 1).into_bytes()
+}
+
+// See: veil#10
+#[test]
+fn lone_ud800_escape_in_a_prompt_keeps_model_tokens_and_cost() {
+    let clean = chat_n2("openai/chat_n2_response.json", JSON, false);
+    let mut ex = clean.clone();
+    // Half an emoji and a lone low surrogate, as JSON.stringify writes them.
+    let req = splice(
+        &fixture("openai/chat_n2_request.json"),
+        "my name is",
+        r"my \ud83d name \udc00 is",
+    );
+    ex.request_body = body(vec![Bytes::from(req)]);
+    let c = run(&ex);
+    let want = run(&clean);
+    assert!(!c.opaque, "{:?}", c.opaque_reason);
+    assert_eq!(c.parse_error, None);
+    assert_eq!(c.request_model, want.request_model);
+    assert_eq!(c.response_model, want.response_model);
+    assert_eq!(c.usage, want.usage);
+    assert_eq!(c.cost_usd, want.cost_usd);
+    assert_eq!(
+        c.input_messages[1].parts,
+        [text("Good morning, my \u{fffd} name \u{fffd} is Jane Doe.")]
+    );
+}
+
+// See: veil#10
+#[test]
+fn lone_ud800_escape_in_a_stream_event_keeps_the_event() {
+    let clean = chat_n2("openai/chat_n2_stream.sse", SSE, true);
+    let want = run(&clean);
+    let mut ex = clean.clone();
+    let sse = splice(
+        &fixture("openai/chat_n2_stream.sse"),
+        r#""content":"{\"fr\": \"Bonjour, "}"#,
+        r#""content":"{\"fr\": \"Bonjour\ud800, "}"#,
+    );
+    ex.response_body = body(vec![Bytes::from(sse)]);
+    let c = run(&ex);
+    assert_eq!(c.parse_error, None);
+    assert_eq!(c.usage, want.usage);
+    assert_eq!(c.cost_usd, want.cost_usd);
+    assert_eq!(
+        c.output_messages[0].parts,
+        [text(
+            "{\"fr\": \"Bonjour\u{fffd}, je m'appelle Jane Doe.\"}"
+        )]
+    );
+    assert_eq!(c.output_messages[1].parts, want.output_messages[1].parts);
+
+    // The same in a Gemini JSON array stream (parsed element by element).
+    let array = gemini("streamGenerateContent", "gemini/stream.json", JSON);
+    let want = run(&array);
+    let mut ex = array.clone();
+    let raw = splice(
+        &fixture("gemini/stream.json"),
+        "A sunny street",
+        r"A sunny \udfff street",
+    );
+    ex.response_body = body(vec![Bytes::from(raw)]);
+    let c = run(&ex);
+    assert!(!c.aborted);
+    assert_eq!(c.usage, want.usage);
+    let Part::Text { content } = &c.output_messages[0].parts[0] else {
+        panic!("{:?}", c.output_messages);
+    };
+    assert!(
+        content.starts_with("A sunny \u{fffd} street in Paris"),
+        "{content}"
+    );
+}
+
+// See: veil#10
+#[test]
+fn a_body_that_is_not_json_says_why_and_a_lost_stream_event_is_counted() {
+    let mut ex = chat_n2("openai/chat_n2_response.json", JSON, false);
+    ex.request_body = body(vec![Bytes::from_static(
+        br#"{"model": "gpt-4o-mini", "messages": [{"content": "Jane Do"#,
+    )]);
+    let c = run(&ex);
+    assert!(c.opaque);
+    let why = c.parse_error.as_deref().unwrap();
+    assert!(
+        why.starts_with("request body is not JSON: EOF while parsing a string"),
+        "{why}"
+    );
+    assert!(!why.contains("Jane"), "no content in the reason: {why}");
+
+    let mut ex = chat_n2("openai/chat_n2_response.json", JSON, false);
+    ex.response_body = body(vec![Bytes::from_static(b"{\"id\": 1,")]);
+    let c = run(&ex);
+    assert!(
+        c.parse_error
+            .as_deref()
+            .unwrap()
+            .starts_with("response body is not JSON"),
+        "{:?}",
+        c.parse_error
+    );
+
+    // A stream event that looks like JSON but is not: the rest of the stream still counts.
+    let clean = chat_n2("openai/chat_n2_stream.sse", SSE, true);
+    let want = run(&clean);
+    let mut ex = clean.clone();
+    let sse = splice(
+        &fixture("openai/chat_n2_stream.sse"),
+        "data: {\"id\"",
+        "data: {\"broken\"\n\ndata: {\"id\"",
+    );
+    ex.response_body = body(vec![Bytes::from(sse)]);
+    let c = run(&ex);
+    assert_eq!(
+        c.parse_error.as_deref(),
+        Some("1 stream event(s) are not JSON")
+    );
+    assert_eq!(c.usage, want.usage);
+    assert_eq!(c.output_messages, want.output_messages);
+
+    // Nothing was meant to be parsed: no parse error.
+    let c = run(&exchange("unknown.example", "/x", b"\xff", 200, JSON, b"{"));
+    assert!(c.opaque && c.parse_error.is_none());
+    // Everything parsed: none either.
+    assert_eq!(want.parse_error, None);
+}

@@ -1,0 +1,126 @@
+//! Redaction of match-dense text stays linear (veil#10): the fuzzer's bytes pick a short unit
+//! (pieces that trigger every detector, their look-alikes and prefixes, plus the raw bytes
+//! themselves) and a size from 256 KiB to 1 MiB; the unit repeated to that size is redacted
+//! under the shipped default profile. Two bounds:
+//! - work units per byte (counted by the redaction meter, deterministic) at most
+//!   `MAX_WORK_PER_BYTE`: catches a pass that charges super-linear work;
+//! - wall-clock time per byte at most `MAX_NANOS_PER_BYTE`: catches what the units do not
+//!   see (a regex that scans far past its match end, as the PEM footer search once did).
+//!   Generous: a release build takes at most ~0.15 µs per byte on the slowest text found,
+//!   and an instrumented fuzz build a few times that; the quadratic passes fixed in veil#10
+//!   took several µs per byte already at these sizes.
+#![no_main]
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use veil::keys::{KeyId, Keyring, MasterKey};
+use veil::redact::{CompiledRules, Meter};
+
+static RULES: LazyLock<CompiledRules> = LazyLock::new(|| {
+    let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [1; 32]));
+    CompiledRules::from_str(include_str!("../../rules/default.toml"), &keys).expect("default rules")
+});
+
+/// What a unit is made of (the same families as `redact::tests::cost::DENSE`).
+const PIECES: &[&str] = &[
+    "lorem ipsum alice@example.com sit amet ",
+    "a@b.cc.-.-",
+    "x.y@",
+    "-----BEGIN PRIVATE KEY----- lorem ",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n",
+    "-----END PRIVATE KEY-----",
+    "-eyJabcdefgh",
+    "eyJabcdefghij.abcd.",
+    "sk-",
+    "sk-proj-abcdefghijklmnopqrstuvwxyz012345/",
+    "sk-ant-",
+    "ghp_",
+    "github_pat_",
+    "xoxb-",
+    "xapp-1-",
+    "https://hooks.slack.com/services/",
+    "sk_live_",
+    "whsec_",
+    "AIza",
+    "AKIA",
+    "AKIAIOSFODNN7EXAMPLE",
+    "aws_secret_access_key=",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "Bearer abc123def456ghi789jkl ",
+    "bearer ",
+    "4111 1111 1111 1111 ",
+    "4444444444444444",
+    "4444 ",
+    "GB82 WEST 1234 5698 7654 32 ",
+    "GB82",
+    "123-45-6789",
+    "SSN: 123456789 ",
+    "+44 20 7946 0958 ",
+    "(415) 555-2671",
+    "030 12345678 ",
+    "192.168.1.20",
+    "1.2.3.4.",
+    "2001:db8::1 ",
+    "::",
+    "1:2:3:",
+    "born on 12/03/1990 ",
+    "DOB ",
+    "0",
+    "-",
+    "/",
+    ".",
+    " ",
+    "\n",
+    "é",
+];
+
+/// Deterministic bound: the slowest text found costs about 40 units per byte.
+const MAX_WORK_PER_BYTE: u64 = 200;
+/// Time bound: 5 µs per byte (5 s for 1 MiB).
+const MAX_NANOS_PER_BYTE: u128 = 5_000;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&size, rest)) = data.split_first() else {
+        return;
+    };
+    // The unit: a piece per byte below 0x80, raw text for the rest (at most 64 bytes in all).
+    let mut unit = String::new();
+    let mut raw = Vec::new();
+    for &b in rest.iter().take(64) {
+        if b < 0x80 {
+            unit.push_str(&String::from_utf8_lossy(&raw));
+            raw.clear();
+            unit.push_str(PIECES[b as usize % PIECES.len()]);
+        } else {
+            raw.push(b & 0x7f);
+        }
+    }
+    unit.push_str(&String::from_utf8_lossy(&raw));
+    if unit.is_empty() {
+        return;
+    }
+    let len = (256 << 10) + (usize::from(size) << 12) * 3; // 256 KiB .. ~1 MiB
+    let text = unit.repeat(len.div_ceil(unit.len()));
+
+    let rules = &*RULES;
+    let mut meter = Meter::unlimited();
+    let started = Instant::now();
+    let (out, _) = rules
+        .redact_text_within(&text, rules.base_scope(), &mut meter)
+        .expect("an unlimited meter is never exceeded");
+    let nanos = started.elapsed().as_nanos();
+    std::hint::black_box(out);
+    let n = text.len() as u64;
+    assert!(
+        meter.work_done() <= MAX_WORK_PER_BYTE * n,
+        "{} work units per byte for {unit:?} x {n} bytes",
+        meter.work_done() / n
+    );
+    assert!(
+        nanos <= MAX_NANOS_PER_BYTE * u128::from(n),
+        "{} ns per byte for {unit:?} x {n} bytes",
+        nanos / u128::from(n)
+    );
+});
