@@ -940,3 +940,41 @@ async fn content_dropped_and_parse_error_are_attributes_and_the_drop_is_counted(
         Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(1))
     );
 }
+
+// See: veil#10. Under load, audit = "required" once dropped exchanges already answered 200 at
+// the pipeline → exporter hand-off (1,534 in one 8 s run): the pipeline used `try_send` there
+// too. `send_blocking` waits for room; only a shut-down exporter refuses.
+#[test]
+fn send_blocking_waits_for_room_instead_of_dropping() {
+    let (tx, mut rx) = mpsc::channel(1);
+    let handle = ExporterHandle {
+        tx,
+        metrics: Arc::new(Metrics::default()),
+    };
+    handle
+        .try_send(testing::openai_chat("r-1"))
+        .expect("room for one");
+    assert!(
+        handle.try_send(testing::openai_chat("r-2")).is_err(),
+        "best-effort would drop the second"
+    );
+    let waiting = {
+        let handle = handle.clone();
+        std::thread::spawn(move || handle.send_blocking(testing::openai_chat("r-2"), None))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!waiting.is_finished(), "waits while the queue is full");
+    assert!(matches!(rx.blocking_recv(), Some(Item::Record(..))));
+    waiting.join().unwrap().expect("sent once there was room");
+    let Some(Item::Record(r, _)) = rx.blocking_recv() else {
+        panic!("the waiting record arrived");
+    };
+    assert_eq!(r.request_id, "r-2");
+    drop(rx);
+    assert!(
+        handle
+            .send_blocking(testing::openai_chat("r-3"), None)
+            .unwrap_err()
+            .is_closed()
+    );
+}
