@@ -373,12 +373,22 @@ impl Drop for Done {
 /// growing without limit while the disk lags.
 pub const MAX_PENDING_SEALS: usize = 4096;
 
-/// Decrements the in-flight count when a seal job goes away.
-struct PendingGuard(Arc<AtomicUsize>);
+/// Most bytes of sealed frames queued for the writer at once (a count alone let forty 20 MB
+/// exchanges wait in memory while the disk caught up). A lone frame larger than this is still
+/// taken when nothing else waits.
+pub const MAX_PENDING_SEAL_BYTES: usize = 256 << 20;
+
+/// Gives back a seal job's place (one job, its bytes) when it goes away.
+struct PendingGuard {
+    jobs: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+    len: usize,
+}
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.jobs.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(self.len, Ordering::AcqRel);
     }
 }
 
@@ -425,6 +435,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Seal jobs submitted and not yet dropped by the writer.
     pending: Arc<AtomicUsize>,
+    /// Bytes of the seal jobs in `pending`.
+    pending_bytes: Arc<AtomicUsize>,
     /// Set by the writer, read by everyone (`/healthz`, admission checks, `submit`).
     health: Arc<HealthState>,
     /// Exchanges whose forget is committed (receipt written) but whose index entries are not
@@ -672,6 +684,7 @@ impl SealStore {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
                 pending: Arc::default(),
+                pending_bytes: Arc::default(),
                 health,
                 doomed,
             }),
@@ -757,7 +770,8 @@ impl SealStore {
     ///
     /// `user` must be a pseudonym from [`crate::keys::pseudonymize_user`] (`u_` + 16 hex):
     /// the index is not encrypted, so a raw user ID is refused. At most
-    /// [`MAX_PENDING_SEALS`] jobs wait for the writer; past that this fails with
+    /// [`MAX_PENDING_SEALS`] jobs and [`MAX_PENDING_SEAL_BYTES`] of frames wait for the
+    /// writer; past either this fails with
     /// [`ErrorKind::Busy`] instead of queueing without bound. While the store is degraded
     /// (a write failed and it has not recovered) this fails at once with
     /// [`ErrorKind::Degraded`], before encrypting anything.
@@ -820,7 +834,29 @@ impl SealStore {
                 format!("{MAX_PENDING_SEALS} exchanges already wait for the disk; not sealed"),
             ));
         }
-        let guard = PendingGuard(pending.clone());
+        // The frame is the two bodies plus metadata: reserve their size before encrypting.
+        let len = exchange
+            .request_body
+            .captured_len()
+            .saturating_add(exchange.response_body.captured_len())
+            .saturating_add(4096);
+        let bytes = &self.inner.pending_bytes;
+        let before = bytes.fetch_add(len, Ordering::AcqRel);
+        let guard = PendingGuard {
+            jobs: pending.clone(),
+            bytes: bytes.clone(),
+            len,
+        };
+        if before > 0 && before.saturating_add(len) > MAX_PENDING_SEAL_BYTES {
+            drop(guard);
+            return Err(SealError::new(
+                ErrorKind::Busy,
+                format!(
+                    "{} MiB of exchanges already wait for the disk; not sealed",
+                    before >> 20
+                ),
+            ));
+        }
         let ring = self.keyring();
         let master = ring.current();
         let data_key = envelope::fresh_data_key();
@@ -2372,6 +2408,43 @@ impl Writer {
 #[cfg(test)]
 mod pending_tests {
     use super::*;
+
+    // See: veil#10. Forty 20 MB exchanges once waited for the disk in memory, bounded only
+    // by a count of 4096 jobs.
+    #[test]
+    fn submit_refuses_past_the_pending_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SealStore::open(
+            dir.path(),
+            crate::seal::tests::ring(3),
+            SealOptions::default(),
+        )
+        .unwrap();
+        let mut big = crate::seal::tests::openai_chat();
+        big.request_body.chunks = vec![bytes::Bytes::from(vec![b'x'; 20 << 20])];
+        // Pretend 250 MiB of frames already wait: one more 20 MB exchange is refused.
+        store.inner.pending_bytes.store(250 << 20, Ordering::SeqCst);
+        let err = store.submit(&big, None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy);
+        assert!(err.to_string().contains("250 MiB"), "{err}");
+        assert_eq!(
+            store.inner.pending_bytes.load(Ordering::SeqCst),
+            250 << 20,
+            "a refused job gives its bytes back"
+        );
+        // Nothing waiting: even a frame over the bound alone is taken, and its bytes come back.
+        store.inner.pending_bytes.store(0, Ordering::SeqCst);
+        big.request_body.chunks = vec![bytes::Bytes::from(vec![b'x'; 300 << 20])];
+        store.submit(&big, None).unwrap().wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.inner.pending_bytes.load(Ordering::SeqCst) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bytes released after the write"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn submit_refuses_past_the_pending_bound_and_recovers() {
