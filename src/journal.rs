@@ -19,9 +19,13 @@
 //! the ring starts over.
 //!
 //! The ring must be larger than what can be in flight at once (queue, pipeline, exporter
-//! batches, pending seals): [`SLOTS`] is 64 Ki against at most 4096 queued plus 4096 pending
-//! seals plus a few export batches. A slot overwritten while still pending is counted in
-//! [`Journal::overwritten`] (and says the journal's count is a lower bound).
+//! batches, pending seals): at least [`SLOTS`] (64 Ki), more when `queue_capacity` asks for
+//! it ([`slots_for`]). A slot overwritten while still pending is counted in
+//! [`Journal::overwritten`] and logged (the crash count is then a lower bound); a mark checks
+//! the slot still holds its exchange's ID, so a late mark never lands on another exchange.
+//!
+//! The file is locked (`flock`) for as long as the journal is open: a second veil started on
+//! the same data dir fails before it reads or resets the ring of the one running.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -32,8 +36,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::counters::Counter;
 use crate::exchange::ExchangeId;
 
-/// Slots in the ring (2 MiB file).
+/// Fewest slots in the ring (2 MiB file).
 pub const SLOTS: u64 = 64 * 1024;
+
+/// Slots for a recording queue of `queue_capacity`: twice what can be in flight at once (the
+/// queue, the sealed store's pending jobs, 16 Ki for the exporter's batches and queue),
+/// rounded up to a power of two, at least [`SLOTS`].
+pub fn slots_for(queue_capacity: usize) -> u64 {
+    let in_flight = (queue_capacity as u64)
+        .saturating_add(crate::seal::store::MAX_PENDING_SEALS as u64)
+        .saturating_add(16 * 1024);
+    in_flight.saturating_mul(2).next_power_of_two().max(SLOTS)
+}
+
 const SLOT_LEN: u64 = 32;
 const HEADER_LEN: u64 = 32;
 const MAGIC: &[u8; 8] = b"VEILJRN1";
@@ -48,9 +63,13 @@ pub const FILE: &str = "recording.journal";
 /// Where the IDs of exchanges lost in a crash are appended (one JSON object per line).
 pub const UNRECORDED_FILE: &str = "unrecorded.jsonl";
 
-/// A journal slot held by one exchange on its way through recording.
+/// A journal slot held by one exchange on its way through recording (its index and the ID
+/// written there, checked before every mark).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot(u64);
+pub struct Slot {
+    index: u64,
+    id: ExchangeId,
+}
 
 /// What the previous run left unrecorded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +87,7 @@ pub struct CrashReport {
 pub struct Journal {
     file: File,
     path: PathBuf,
+    slots: u64,
     next: AtomicU64,
     /// Slots reused while their exchange was still pending (the crash count may be low).
     pub overwritten: Counter,
@@ -76,37 +96,54 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens `<data>/recording.journal`, reports what a previous run left unrecorded (and
-    /// appends those IDs to `<data>/unrecorded.jsonl`), and starts a fresh ring.
+    /// Opens `<data>/recording.journal` with `slots` slots (see [`slots_for`]), reports what
+    /// a previous run left unrecorded (and appends those IDs to `<data>/unrecorded.jsonl`),
+    /// and starts a fresh ring.
     ///
-    /// Errors: the data dir or the journal cannot be read or written.
-    pub fn open(data: &Path) -> io::Result<(Journal, CrashReport)> {
+    /// Errors: the data dir or the journal cannot be read or written, or another process
+    /// holds the journal (`ErrorKind::WouldBlock`: a veil already runs on this data dir).
+    pub fn open(data: &Path, slots: u64) -> io::Result<(Journal, CrashReport)> {
+        use std::io::Read;
         let path = data.join(FILE);
-        let report = match std::fs::read(&path) {
-            Ok(bytes) => read_ring(&bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => CrashReport::default(),
-            Err(e) => return Err(e),
-        };
-        if !report.lost.is_empty() {
-            append_unrecorded(&data.join(UNRECORDED_FILE), &report.lost)?;
-        }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .mode(0o600)
             .open(&path)?;
+        // Held until the journal is dropped: the lock is what makes reading and resetting the
+        // ring safe.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another process (is a veil already running with this data dir?): {e}",
+                        path.display()
+                    ),
+                )
+            },
+        )?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let report = read_ring(&bytes);
+        if !report.lost.is_empty() {
+            append_unrecorded(&data.join(UNRECORDED_FILE), &report.lost)?;
+        }
+        let slots = slots.max(1);
+        file.set_len(0)?;
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
-        header[8..16].copy_from_slice(&SLOTS.to_le_bytes());
+        header[8..16].copy_from_slice(&slots.to_le_bytes());
         file.write_all_at(&header, 0)?;
-        file.set_len(HEADER_LEN + SLOTS * SLOT_LEN)?;
+        file.set_len(HEADER_LEN + slots * SLOT_LEN)?;
         file.sync_all()?;
         Ok((
             Journal {
                 file,
                 path,
+                slots,
                 next: AtomicU64::new(0),
                 overwritten: Counter::default(),
                 write_errors: Counter::default(),
@@ -124,12 +161,22 @@ impl Journal {
     /// `pwrite` of 32 bytes.
     pub fn acknowledge(&self, id: ExchangeId) -> Slot {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(seq % SLOTS);
+        let slot = Slot {
+            index: seq % self.slots,
+            id,
+        };
         let at = offset(slot);
-        if seq >= SLOTS {
+        if seq >= self.slots {
             let mut old = [0u8; SLOT_LEN as usize];
-            if self.file.read_exact_at(&mut old, at).is_ok() && is_lost(&old) {
-                self.overwritten.inc();
+            if self.file.read_exact_at(&mut old, at).is_ok()
+                && is_lost(&old)
+                && self.overwritten.inc() == 1
+            {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    slots = self.slots,
+                    "recording journal wrapped over exchanges still being recorded: a crash count would be low (raise queue_capacity's journal or lower the load)"
+                );
             }
         }
         let mut buf = [0u8; SLOT_LEN as usize];
@@ -141,18 +188,34 @@ impl Journal {
 
     /// Notes that `slot`'s sealed copy is committed.
     pub fn sealed(&self, slot: Slot) {
-        self.write(&[1], offset(slot) + SEALED);
+        self.mark(slot, SEALED);
     }
 
     /// Notes that `slot`'s record is written (ledger, spool or collector).
     pub fn recorded(&self, slot: Slot) {
-        self.write(&[1], offset(slot) + RECORDED);
+        self.mark(slot, RECORDED);
     }
 
     /// Notes that `slot` was dropped on purpose (best-effort, counted where it was dropped),
     /// so a crash does not report it again.
     pub fn dropped(&self, slot: Slot) {
-        self.write(&[1], offset(slot) + DROPPED);
+        self.mark(slot, DROPPED);
+    }
+
+    /// Sets one flag byte of `slot`, if the slot still holds `slot`'s exchange (a ring that
+    /// wrapped has given it to another one; its mark must not land there).
+    fn mark(&self, slot: Slot, flag: u64) {
+        let at = offset(slot);
+        let mut id = [0u8; 16];
+        match self.file.read_exact_at(&mut id, at) {
+            Ok(()) if id == *slot.id.as_bytes() => self.write(&[1], at + flag),
+            Ok(()) => {}
+            Err(e) => {
+                if self.write_errors.inc() == 1 {
+                    tracing::warn!(path = %self.path.display(), error = %e, "recording journal read failed; a crash count may be low");
+                }
+            }
+        }
     }
 
     fn write(&self, buf: &[u8], at: u64) {
@@ -172,7 +235,7 @@ impl PartialEq for Journal {
 }
 
 fn offset(slot: Slot) -> u64 {
-    HEADER_LEN + slot.0 * SLOT_LEN
+    HEADER_LEN + slot.index * SLOT_LEN
 }
 
 fn is_lost(slot: &[u8]) -> bool {
@@ -226,7 +289,7 @@ mod tests {
     #[test]
     fn a_restart_reports_what_was_acknowledged_but_not_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, report) = Journal::open(dir.path()).unwrap();
+        let (j, report) = Journal::open(dir.path(), SLOTS).unwrap();
         assert!(report.lost.is_empty());
         let ids: Vec<ExchangeId> = (0..5).map(|_| ExchangeId::new()).collect();
         let slots: Vec<Slot> = ids.iter().map(|id| j.acknowledge(*id)).collect();
@@ -237,7 +300,7 @@ mod tests {
         j.recorded(slots[2]);
         j.dropped(slots[4]);
         drop(j); // as a SIGKILL would leave it: no shutdown step
-        let (j2, report) = Journal::open(dir.path()).unwrap();
+        let (j2, report) = Journal::open(dir.path(), SLOTS).unwrap();
         assert_eq!(report.lost, vec![ids[1], ids[2], ids[3]]);
         assert_eq!((report.sealed_only, report.recorded_only), (1, 1));
         let unrecorded = std::fs::read_to_string(dir.path().join(UNRECORDED_FILE)).unwrap();
@@ -245,7 +308,7 @@ mod tests {
         assert!(unrecorded.contains(&ids[3].to_string()));
         drop(j2);
         // The ring started over: a clean restart reports nothing new.
-        let (_, report) = Journal::open(dir.path()).unwrap();
+        let (_, report) = Journal::open(dir.path(), SLOTS).unwrap();
         assert!(report.lost.is_empty());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(FILE))
@@ -258,7 +321,7 @@ mod tests {
     #[test]
     fn a_reused_slot_still_pending_is_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(dir.path()).unwrap();
+        let (j, _) = Journal::open(dir.path(), SLOTS).unwrap();
         let first = j.acknowledge(ExchangeId::new());
         for _ in 1..SLOTS {
             let s = j.acknowledge(ExchangeId::new());
@@ -266,7 +329,7 @@ mod tests {
         }
         assert_eq!(j.overwritten.get(), 0);
         let again = j.acknowledge(ExchangeId::new());
-        assert_eq!(again, first);
+        assert_eq!(again.index, first.index);
         assert_eq!(
             j.overwritten.get(),
             1,
@@ -275,10 +338,53 @@ mod tests {
     }
 
     #[test]
+    fn a_late_mark_never_lands_on_the_exchange_that_took_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 2).unwrap();
+        let a = j.acknowledge(ExchangeId::new());
+        let b = j.acknowledge(ExchangeId::new());
+        j.dropped(b);
+        let c = j.acknowledge(ExchangeId::new()); // the ring wrapped: c took a's slot
+        assert_eq!(j.overwritten.get(), 1, "a was still pending");
+        j.sealed(a);
+        j.recorded(a); // too late for a; must not mark c
+        drop(j);
+        let (_, report) = Journal::open(dir.path(), 2).unwrap();
+        assert_eq!(report.lost, vec![c.id], "c was never recorded");
+    }
+
+    #[test]
+    fn a_second_veil_on_the_same_data_dir_cannot_open_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), SLOTS).unwrap();
+        let pending = j.acknowledge(ExchangeId::new());
+        let err = Journal::open(dir.path(), SLOTS).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert!(
+            !dir.path().join(UNRECORDED_FILE).exists(),
+            "the running veil's in-flight exchange was not reported as lost"
+        );
+        drop(j);
+        let (_, report) = Journal::open(dir.path(), SLOTS).unwrap();
+        assert_eq!(report.lost, vec![pending.id]);
+    }
+
+    #[test]
+    fn the_ring_grows_with_the_queue() {
+        assert_eq!(
+            slots_for(4096),
+            SLOTS,
+            "the default queue fits the smallest ring"
+        );
+        assert!(slots_for(1 << 20) >= 4 << 20);
+    }
+
+    #[test]
     fn a_foreign_or_torn_file_reports_nothing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), b"not a journal").unwrap();
-        let (_, report) = Journal::open(dir.path()).unwrap();
+        let (_, report) = Journal::open(dir.path(), SLOTS).unwrap();
         assert!(report.lost.is_empty());
     }
 }

@@ -348,7 +348,12 @@ pub fn build_record_within(
     let feature = conv.feature.as_deref().map(&mut label);
     let error_type = conv.error_type.as_deref().map(&mut label);
     let response_id = conv.response_id.as_deref().map(&mut label);
-    let tool_names: Vec<String> = conv.tool_names.iter().map(|t| label(t)).collect();
+    let tool_names: Vec<String> = conv
+        .tool_names
+        .iter()
+        .take(MAX_TOOL_NAMES)
+        .map(|t| label(t))
+        .collect();
 
     // The user: the rules file's identity headers/paths first, then what the parser found.
     let mut identity_headers = ex.tags.clone();
@@ -405,6 +410,11 @@ pub fn build_record_within(
         parse_error: conv.parse_error.clone(),
     }
 }
+
+/// Most tool names recorded per exchange. Real requests offer a few dozen tools; the names are
+/// redacted outside the content budget, so an app sending thousands must not buy unbudgeted
+/// scanning with them (256 × 256 characters at most).
+const MAX_TOOL_NAMES: usize = 256;
 
 /// Longest label (model, feature, conversation id, error type, tool name) exported. Real ones
 /// are short; a long one is an app putting content where metadata belongs.

@@ -51,6 +51,10 @@ fn recording_share(drain: Duration) -> Duration {
     (drain / 5).max(Duration::from_millis(500)).min(drain)
 }
 
+/// The exporter's shutdown always gets at least this long: encoding and writing (or
+/// spooling) the last batch.
+const EXPORT_FLOOR: Duration = Duration::from_millis(300);
+
 /// The last group commit may run this much past `drain_timeout`: one batch's fsyncs.
 const SEAL_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
@@ -251,8 +255,13 @@ pub async fn start(
     // is written over it.
     crate::export::spool::private_dir(&config.data)
         .map_err(|e| anyhow::anyhow!("data dir {}: {e}", config.data.display()))?;
-    let (journal, crashed) = Journal::open(&config.data).map_err(|e| {
-        anyhow::anyhow!("{}: {e}", config.data.join(crate::journal::FILE).display())
+    let (journal, crashed) = Journal::open(
+        &config.data,
+        crate::journal::slots_for(config.queue_capacity),
+    )
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => anyhow::anyhow!("{e}"),
+        _ => anyhow::anyhow!("{}: {e}", config.data.join(crate::journal::FILE).display()),
     })?;
     report_crash(&crashed, &config.data);
     let journal = Arc::new(journal);
@@ -406,8 +415,14 @@ pub async fn start(
                 "drain_timeout reached: {left} exchanges still waiting to be recorded are lost"
             );
         }
+        // A floor, so the batch the pipeline just handed over is flushed even when connections
+        // used the whole budget.
         let report = exporter
-            .shutdown(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .shutdown(
+                deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(EXPORT_FLOOR),
+            )
             .await;
         if report.drained {
             tracing::info!("exporter flushed");
@@ -492,7 +507,7 @@ async fn watch_disk(
         let dir = data.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let free = crate::health::free_bytes(&dir);
-            let probe = h.is_degraded(Part::Records).then(|| probe_write(&dir));
+            let probe = h.is_degraded(Part::Records).then(|| probe_records(&dir));
             (free, probe)
         })
         .await;
@@ -520,6 +535,24 @@ async fn watch_disk(
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
+}
+
+/// Can records be written again? Probes the directories the exporter writes to (the records
+/// ledger, the export spools), not merely the data dir: a failure that is not about free
+/// space (permissions, I/O errors, quotas) must keep recording degraded.
+fn probe_records(data: &Path) -> std::io::Result<()> {
+    let dirs: Vec<PathBuf> = [
+        data.join("records"),
+        data.join("spool").join("traces"),
+        data.join("spool").join("logs"),
+    ]
+    .into_iter()
+    .filter(|d| d.is_dir())
+    .collect();
+    if dirs.is_empty() {
+        return probe_write(data);
+    }
+    dirs.iter().try_for_each(|d| probe_write(d))
 }
 
 /// Writes, syncs and removes a small file in `dir`: can veil write there now?

@@ -60,8 +60,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Reports a records write's result to the shared health, if any.
-    pub fn observe_write<E: std::fmt::Display>(&self, result: &Result<(), E>) {
+    /// Reports a records write's result to the shared health, if any. Only the writes that
+    /// carry records (traces and logs) count: a metrics payload landing says nothing about
+    /// whether records can be written, and must not clear a records failure.
+    pub fn observe_write<E: std::fmt::Display>(
+        &self,
+        signal: super::Signal,
+        result: &Result<(), E>,
+    ) {
+        if signal == super::Signal::Metrics {
+            return;
+        }
         if let Some(h) = &self.health {
             h.observe(crate::health::Part::Records, result);
         }
@@ -187,6 +196,27 @@ mod tests {
         assert_eq!(series.len(), MAX_SERIES + 1);
         let overflow = vec![("otel.metric.overflow", SeriesValue::Bool(true))];
         assert_eq!(series[&overflow].count, 10);
+    }
+
+    // See: veil#10 (review). A metrics payload landing once cleared a records failure, so
+    // audit = "required" admitted requests whose records could not be written.
+    #[test]
+    fn only_records_writes_clear_a_records_failure() {
+        use crate::health::{Health, Part};
+        let health = std::sync::Arc::new(Health::default());
+        let m = Metrics {
+            health: Some(health.clone()),
+            ..Default::default()
+        };
+        m.observe_write(super::super::Signal::Traces, &Err("EDQUOT"));
+        assert!(health.is_degraded(Part::Records));
+        m.observe_write::<&str>(super::super::Signal::Metrics, &Ok(()));
+        assert!(
+            health.is_degraded(Part::Records),
+            "a metrics write says nothing"
+        );
+        m.observe_write::<&str>(super::super::Signal::Logs, &Ok(()));
+        assert!(health.is_ok());
     }
 
     #[test]

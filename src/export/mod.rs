@@ -604,16 +604,19 @@ async fn run_ledger(
         payload.complete(matches!(res, Ok(Ok(()))));
         let err = match res {
             Ok(Ok(())) => {
-                metrics.observe_write::<String>(&Ok(()));
+                metrics.observe_write::<String>(signal, &Ok(()));
                 continue;
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
-        metrics.observe_write(&Err(format!(
-            "records ledger {}: {err}",
-            ledger::records_dir(&data).display()
-        )));
+        metrics.observe_write(
+            signal,
+            &Err(format!(
+                "records ledger {}: {err}",
+                ledger::records_dir(&data).display()
+            )),
+        );
         metrics.export_failures.inc();
         tracing::error!(signal = signal.name(), error = %err, dir = %ledger::records_dir(&data).display(), "export: could not write the records ledger");
     }
@@ -658,13 +661,15 @@ impl OtlpSender {
         payload.complete(pushed.is_ok());
         match pushed {
             Ok(loss) => {
-                self.metrics.observe_write::<String>(&Ok(()));
+                self.metrics.observe_write::<String>(self.signal, &Ok(()));
                 self.metrics.spool_bytes.add((body.len() + 13) as u64);
                 self.account_loss(loss, "spool full: oldest batches dropped");
             }
             Err(e) => {
-                self.metrics
-                    .observe_write(&Err(format!("export spool ({}): {e}", self.signal.name())));
+                self.metrics.observe_write(
+                    self.signal,
+                    &Err(format!("export spool ({}): {e}", self.signal.name())),
+                );
                 self.metrics.batches_rejected.inc();
                 tracing::error!(signal = self.signal.name(), error = %e, "export: could not spool a batch; it is lost");
             }
@@ -749,7 +754,7 @@ impl OtlpSender {
                     let from_spool = direct.is_none();
                     match attempt {
                         Attempt::Delivered => {
-                            self.metrics.observe_write::<String>(&Ok(()));
+                            self.metrics.observe_write::<String>(self.signal, &Ok(()));
                             self.metrics.batches_delivered.inc();
                             self.failures = 0;
                             next_try = Instant::now();

@@ -180,6 +180,10 @@ fn is_same_listener(own: SocketAddr, ip: IpAddr, port: u16) -> bool {
     if own_ip == ip {
         return true;
     }
+    // Connecting to 0.0.0.0 or :: reaches the loopback interface on Linux.
+    if ip.is_unspecified() && own_ip.is_loopback() {
+        return true;
+    }
     if !own_ip.is_unspecified() {
         return false;
     }
@@ -564,6 +568,11 @@ mod tests {
         d.set_bound(addr("0.0.0.0:9900"));
         assert!(d.refusal(addr("127.0.0.1:9901")).is_some(), "admin");
         assert_eq!(d.refusal(addr("127.0.0.1:9902")), None);
+        // The admin API on 127.0.0.1: 0.0.0.0 and :: reach it too (Linux connects them to
+        // loopback). See: veil#10 (review).
+        for via in ["0.0.0.0:9901", "[::]:9901"] {
+            assert!(d.refusal(addr(via)).is_some(), "{via}");
+        }
         // Listening on 0.0.0.0: loopback, unspecified and every local address reach it.
         for own in [
             "127.0.0.1:9900",

@@ -353,6 +353,10 @@ impl CertificateAuthority {
         params.serial_number = Some(random_serial());
         if scope.constrain && !scope.hosts.is_empty() {
             params.name_constraints = Some(name_constraints_for(scope.hosts));
+        } else if scope.constrain {
+            tracing::warn!(
+                "no host is intercepted: the new CA carries no name constraints (a stolen key could sign for any site); set `intercept` before the CA is created"
+            );
         }
         let cert = params
             .self_signed(&key)

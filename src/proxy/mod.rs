@@ -56,7 +56,7 @@ use crate::exchange::queue::{ExchangeSender, QueueCounters};
 use crate::exchange::{ExchangeId, Route, Upstream, UpstreamFailure};
 use crate::health::Health;
 use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
-use conn::{Activity, Ended, Tracked, Watched};
+use conn::{Activity, Ended, StallClock, Tracked, Watched};
 use forward::{Destinations, UpstreamClient, UpstreamError};
 use mitm::{CertificateAuthority, LeafResolver};
 
@@ -128,7 +128,7 @@ struct Shared {
     /// Resolved settings; never change while serving.
     config: Arc<Config>,
     /// Pooled upstream client shared by every connection.
-    client: UpstreamClient<TeeBody<Incoming>>,
+    client: UpstreamClient<TeeBody<StallClock<Incoming>>>,
     /// `--resolve` overrides and the destination policy, for blind tunnels and literal checks
     /// (the client holds a clone).
     resolver: forward::Resolver,
@@ -148,6 +148,9 @@ struct Shared {
     stats: Arc<ProxyStats>,
     /// Fired when shutdown begins: connections finish in-flight requests and close.
     cancel: CancellationToken,
+    /// Fired when the drain time is up: connections still open are dropped, so the exchanges
+    /// they carry end (recorded as aborted) and recording can drain and stop.
+    kill: CancellationToken,
     /// Every connection and tunnel task, so shutdown can wait for them (bounded).
     tracker: TaskTracker,
 }
@@ -191,6 +194,7 @@ impl Proxy {
                 health: None,
                 stats,
                 cancel: CancellationToken::new(),
+                kill: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
         })
@@ -251,7 +255,7 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             shared.stats.connections.fetch_add(1, Ordering::Relaxed);
             let conn_shared = shared.clone();
-            shared.tracker.spawn(async move {
+            shared.spawn(async move {
                 conn_shared
                     .serve_client(stream, addr, Arc::new(permit))
                     .await;
@@ -271,6 +275,10 @@ impl Proxy {
                 "drain timeout ({}s) reached; cutting remaining connections",
                 drain.as_secs()
             );
+            // Dropping the connections ends their exchanges (recorded as client_aborted) and
+            // lets go of the recording queue, so the pipeline can drain and stop.
+            shared.kill.cancel();
+            let _ = tokio::time::timeout(KILL_GRACE, shared.tracker.wait()).await;
         }
     }
 }
@@ -306,7 +314,22 @@ impl AcceptFailures {
     }
 }
 
+/// How long cut connections get to let go of their tasks after the drain time is up.
+const KILL_GRACE: Duration = Duration::from_millis(200);
+
 impl Shared {
+    /// Spawns a connection or tunnel task: tracked (shutdown waits for it, bounded) and
+    /// dropped when the drain time is up.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let kill = self.kill.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = kill.cancelled() => {}
+            }
+        });
+    }
+
     /// Serves one app connection on the proxy port (HTTP/1.1 with upgrades, or h2c).
     async fn serve_client(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, slot: Slot) {
         let activity = Activity::new();
@@ -434,7 +457,7 @@ impl Shared {
         }
         if self.config.is_intercepted(&host, port) {
             let shared = self.clone();
-            self.tracker.spawn(async move {
+            self.spawn(async move {
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
                     Err(e) => log_conn_error("CONNECT upgrade", &e),
@@ -461,7 +484,7 @@ impl Shared {
         };
         let stats = self.stats.clone();
         let idle = self.config.tunnel_idle_timeout;
-        self.tracker.spawn(async move {
+        self.spawn(async move {
             let _slot = slot;
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(u) => u,
@@ -783,6 +806,8 @@ impl Shared {
         // hyper-util picks h2 by ALPN per connection; a request marked HTTP/2 would be refused
         // on an HTTP/1 connection.
         parts.version = Version::HTTP_11;
+        // A body that stops arriving ends the request instead of holding its slot.
+        let body = StallClock::new(body, self.limits.header_read);
         let body = match &recording {
             Some(rec) => {
                 TeeBody::recording(body, Side::Request, self.config.capture_limit, rec.clone())
@@ -817,6 +842,22 @@ impl Shared {
                 }
                 return Response::from_parts(parts, Either::Left(body));
             }
+            Ok(Err(e)) if request_body_stalled(&e) => {
+                // The app's side: its upload stopped. Not the upstream's fault, not a 502.
+                if let Some(rec) = &recording {
+                    lock(rec).upstream_failed(UpstreamFailure::Protocol, e.to_string());
+                }
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_body_timeout",
+                    &format!(
+                        "the request body stalled: nothing arrived for {}s (header_read_timeout)",
+                        self.limits.header_read.as_secs_f32()
+                    ),
+                    recorded.then_some(id),
+                );
+            }
             Ok(Err(e)) => forward::classify(&e, &shown),
             Err(_) => UpstreamError::new(
                 UpstreamFailure::Timeout,
@@ -843,6 +884,20 @@ impl Shared {
         tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
         upstream_error_response(&failure, recorded.then_some(id))
     }
+}
+
+/// True when `err` is a request body that stopped arriving ([`conn::BodyError::Stalled`]).
+fn request_body_stalled(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<conn::BodyError<hyper::Error>>()
+            .is_some_and(|b| b.is_stalled())
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// The HTTP server for app connections (the proxy port and intercepted TLS): HTTP/1.1 or h2

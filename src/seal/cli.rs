@@ -507,7 +507,7 @@ pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode>
             let (status, v) = remote(
                 &c,
                 Method::POST,
-                &format!("/v1/purge?older_than={}s", older.as_secs()),
+                &format!("/v1/purge?older_than={}ms", older.as_millis()),
             )?;
             if !status.is_success() {
                 return Ok(report_remote_failure(

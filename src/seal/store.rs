@@ -226,6 +226,18 @@ impl ForgetError {
         }
     }
 
+    /// Nothing was destroyed yet, but receipts for `ids` are still on disk and could not be
+    /// withdrawn: a restart before the store recovers would complete them, so they are
+    /// reported as pending rather than as not destroyed. See: veil#10 (review).
+    pub(crate) fn receipted(error: SealError, ids: Vec<ExchangeId>) -> Self {
+        ForgetError {
+            error,
+            destroyed: Vec::new(),
+            pending: ids,
+            not_destroyed: Vec::new(),
+        }
+    }
+
     /// Why it failed.
     pub fn error(&self) -> &SealError {
         &self.error
@@ -2066,6 +2078,12 @@ impl Writer {
         Ok((found, out))
     }
 
+    /// True when `receipts.jsonl` still holds bytes past `before` (a failed append or
+    /// withdrawal could not cut them back), or when that cannot be told.
+    fn receipts_left_past(&self, before: u64) -> bool {
+        self.receipts.metadata().map_or(true, |m| m.len() > before)
+    }
+
     fn forget(
         &mut self,
         ids: Vec<ExchangeId>,
@@ -2112,6 +2130,9 @@ impl Writer {
             // append_lines cut it back; if that failed too, recovery cuts it first.
             self.receipts_rollback = Some(before);
             self.fail(&e);
+            if self.receipts_left_past(before) {
+                return Err(ForgetError::receipted(e, found_ids));
+            }
             return Err(ForgetError::nothing(e, found_ids));
         }
         self.receipts_len += lines.len() as u64;
@@ -2141,6 +2162,8 @@ impl Writer {
             {
                 self.receipts_rollback = Some(before);
                 self.fail(&io_err("receipts.jsonl: withdrawing receipts", te));
+                self.receipts_len = before;
+                return Err(ForgetError::receipted(err, found_ids));
             }
             self.receipts_len = before;
             return Err(ForgetError::nothing(err, found_ids));

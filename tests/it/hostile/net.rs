@@ -835,3 +835,56 @@ async fn timeouts_and_refusals_log_no_content() {
         "the log says what happened:\n{log}"
     );
 }
+
+// See: veil#10 (review). A request whose head arrives and whose body never does counted as
+// in flight, which no connection clock cuts: with `max_connections = 1`, one such request held
+// the only slot until the upstream gave up (300 s by default).
+#[tokio::test]
+async fn content_length_100000_and_then_nothing_is_a_408_and_frees_the_slot() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let veil = veil_with(&mock, "1s", "30s", |raw| raw.max_connections = Some(1)).await;
+    let mut stalled = TcpStream::connect(veil.addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"model\":",
+        )
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "veil never answered the stalled upload");
+    let took = t0.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_body_timeout"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?} with header_read_timeout = 1s"
+    );
+    // The only slot is free again: a real client is served.
+    let mut client = tokio::time::timeout(
+        Duration::from_secs(5),
+        Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1),
+    )
+    .await
+    .expect("the slot was released");
+    let resp = client
+        .send(post_json(
+            "api.openai.com",
+            "/v1/chat/completions",
+            &serde_json::json!({"model": "gpt-4o-mini", "messages": []}),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    veil.stop().await;
+}

@@ -355,3 +355,65 @@ async fn sigkill_counted(flags: &[&str]) {
         "only answered exchanges are listed: {listed:?}"
     );
 }
+
+// See: veil#10 (review). When a request outlived the connection drain, its task kept holding
+// the recording queue open: the pipeline waited for it until the deadline and the exporter got
+// no time, so the last batch (answered exchanges included) was lost at a clean SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_request_outliving_the_drain_still_delivers_the_last_batch() {
+    use crate::support::otlp::{Receiver, attr};
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("veil.toml");
+    std::fs::write(&config, "drain_timeout = \"2s\"\n").unwrap();
+    let endpoint = receiver.endpoint();
+    let mut proc = start(
+        &mock,
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+    );
+    let mut hanging = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(dir.path().join("keys/ca.pem"))
+        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
+        .arg("https://api.openai.com/hang")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !mock.seen().iter().any(|s| s.path == "/hang") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hanging request never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Answered just before the signal: its record is still in the exporter's batch (a second).
+    let answered = chat(&proc, dir.path());
+    assert!(proc.terminate().success(), "{}", proc.stderr());
+    let _ = hanging.kill();
+    let _ = hanging.wait();
+    let spans = receiver.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| attr(s, "veil.request.id").as_deref() == Some(answered.as_str())),
+        "the answered exchange's record was lost at shutdown; veil said:\n{}",
+        proc.stderr()
+    );
+    // The request cut at the deadline is recorded too, as aborted.
+    assert!(
+        spans
+            .iter()
+            .any(|s| attr(s, "veil.outcome").as_deref() == Some("client_aborted")),
+        "the cut request left no record; veil said:\n{}",
+        proc.stderr()
+    );
+}
