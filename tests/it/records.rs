@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::support::harness::{Client, Proto, body_text, post_json};
 use crate::support::mock_llm::{Alpn, Mock};
 use crate::support::otlp::{Receiver, attr};
-use crate::support::process::{VeilProcess, resolve_args, veil};
+use crate::support::process::{VeilProcess, free_port, resolve_args, veil};
 
 /// Raw values planted in requests; none may appear outside the sealed store.
 const PLANTED: &[&str] = &[
@@ -20,14 +20,6 @@ const PLANTED: &[&str] = &[
     "sk-proj-PLANTEDSECRETKEY0123456789",
     "customer-7781-raw-id",
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(mock: &Mock, dir: &Path, otlp: &str, admin_port: u16) -> VeilProcess {
     let mut args = resolve_args(mock.addr);
@@ -44,27 +36,10 @@ fn start(mock: &Mock, dir: &Path, otlp: &str, admin_port: u16) -> VeilProcess {
 }
 
 fn curl_chat(proc: &VeilProcess, dir: &Path, body: &str, extra: &[&str]) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "-D", "-", "--cacert"])
-        .arg(dir.join("keys/ca.pem"))
-        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
-        .args(["-H", "content-type: application/json"])
-        .args(["-H", &format!("authorization: Bearer {}", PLANTED[4])])
-        .args(extra)
-        .args(["-d", body, "https://api.openai.com/v1/chat/completions"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "curl: {text}\n{}", proc.stderr());
-    let id = text
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-veil-request-id: ")
-                .map(|v| v.trim().to_string())
-        })
-        .expect("x-veil-request-id");
-    (id, text)
+    let auth = format!("authorization: Bearer {}", PLANTED[4]);
+    let mut args = vec!["-H", auth.as_str()];
+    args.extend_from_slice(extra);
+    crate::support::process::curl_chat(proc, dir, body, &args)
 }
 
 /// Waits (bounded) until `pred` holds.

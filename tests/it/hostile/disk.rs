@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use veil::admin::{AdminClient, AdminToken};
 
 use crate::support::mock_llm::{Alpn, Mock};
-use crate::support::process::{VeilProcess, resolve_args, veil};
+use crate::support::process::{VeilProcess, free_port, resolve_args, veil};
 
 /// A tmpfs mounted for one test (see the module docs). Unmounted on drop.
 struct Tmpfs {
@@ -92,14 +92,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `veil run` in `cwd` (keys there) with `--data data`, the mock as every provider, and the
 /// admin API on `admin`.
 fn start(mock: &Mock, cwd: &Path, data: &Path, admin: u16) -> VeilProcess {
@@ -130,23 +122,7 @@ fn curl_chat(proc: &VeilProcess, cwd: &Path, prompt: &str) -> String {
         "messages": [{"role": "user", "content": prompt}]
     })
     .to_string();
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "-D", "-", "--cacert"])
-        .arg(cwd.join("keys/ca.pem"))
-        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
-        .args(["-H", "content-type: application/json"])
-        .args(["-d", &body, "https://api.openai.com/v1/chat/completions"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "curl: {text}\n{}", proc.stderr());
-    text.lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-veil-request-id: ")
-                .map(|v| v.trim().to_string())
-        })
-        .expect("x-veil-request-id")
+    crate::support::process::curl_chat(proc, cwd, &body, &[]).0
 }
 
 async fn healthz(admin: u16) -> (StatusCode, serde_json::Value) {

@@ -4,15 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::mock_llm::{Alpn, Mock};
-use crate::support::process::{VeilProcess, resolve_args, veil};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::process::{VeilProcess, free_port, resolve_args, veil};
 
 fn start(mock: &Mock, dir: &Path, extra: &[&str]) -> VeilProcess {
     let mut args = resolve_args(mock.addr);
@@ -27,27 +19,8 @@ fn start(mock: &Mock, dir: &Path, extra: &[&str]) -> VeilProcess {
 
 /// One chat completion through `proc` with curl; returns its request id.
 fn chat(proc: &VeilProcess, dir: &Path) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "-D", "-", "--cacert"])
-        .arg(dir.join("keys/ca.pem"))
-        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
-        .args(["-H", "content-type: application/json"])
-        .args([
-            "-d",
-            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
-        ])
-        .arg("https://api.openai.com/v1/chat/completions")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "curl: {text}\n{}", proc.stderr());
-    text.lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-veil-request-id: ")
-                .map(|v| v.trim().to_string())
-        })
-        .expect("x-veil-request-id")
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    crate::support::process::curl_chat(proc, dir, body, &[]).0
 }
 
 /// True when `veil unseal ID` (through the running veil's admin API when given) finds it.

@@ -114,3 +114,43 @@ pub fn resolve_args(mock: SocketAddr) -> Vec<String> {
         .flat_map(|h| ["--resolve".to_string(), format!("{h}:443:{mock}")])
         .collect()
 }
+
+/// A port nobody listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// POSTs `body` to the chat completions API through `proc` with curl (trusting the CA under
+/// `cwd/keys`, plus `extra` curl arguments); the answer must be a success. Returns the request
+/// id veil assigned and curl's output (headers and body).
+pub fn curl_chat(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-D", "-", "--cacert"])
+        .arg(cwd.join("keys/ca.pem"))
+        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
+        .args(["-H", "content-type: application/json"])
+        .args(extra)
+        .args(["-d", body, "https://api.openai.com/v1/chat/completions"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "curl: {text}{}\nveil said:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proc.stderr()
+    );
+    let id = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-veil-request-id: ")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("x-veil-request-id");
+    (id, text)
+}
