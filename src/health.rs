@@ -24,18 +24,21 @@ pub enum Part {
     Records,
     /// The data disk has less free space than `disk_reserve`.
     Disk,
+    /// The SQLite ledger cannot commit (disk full, locked, I/O error).
+    Ledger,
 }
 
 impl Part {
     /// Every part, in report order.
-    pub const ALL: [Part; 3] = [Part::Seal, Part::Records, Part::Disk];
+    pub const ALL: [Part; 4] = [Part::Seal, Part::Records, Part::Disk, Part::Ledger];
 
-    /// Short stable name (`seal`, `records`, `disk`).
+    /// Short stable name (`seal`, `records`, `disk`, `ledger`).
     pub fn as_str(self) -> &'static str {
         match self {
             Part::Seal => "seal",
             Part::Records => "records",
             Part::Disk => "disk",
+            Part::Ledger => "ledger",
         }
     }
 
@@ -55,7 +58,7 @@ struct State {
 pub struct Health {
     /// One bit per degraded [`Part`].
     degraded: AtomicU32,
-    states: [Mutex<State>; 3],
+    states: [Mutex<State>; 4],
     /// Times recording went from healthy to degraded (`veil.recording.degraded`).
     pub degradations: Counter,
 }

@@ -29,6 +29,7 @@ pub mod export;
 pub mod health;
 pub mod journal;
 pub mod keys;
+pub mod ledger;
 pub mod os;
 pub mod pipeline;
 pub mod proxy;

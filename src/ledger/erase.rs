@@ -1,0 +1,138 @@
+//! # Erasure in the ledger: forget by request id, by user, or by age.
+//!
+//! GDPR Art. 17 erasure as the sealed store does it, applied to the ledger: the exchange's
+//! content row is deleted and its user pseudonym cleared; the row stays, marked `forgotten`,
+//! with the metadata the rollup and the bill need (model, tokens, cost, status), which holds no
+//! personal data once the pseudonym is gone.
+//!
+//! Deleted bytes must not survive in the file: every connection runs with `secure_delete`
+//! (SQLite overwrites deleted content with zeros), and after the erase the WAL, which still
+//! holds the pages as they were written, is checkpointed into the database and truncated to
+//! zero bytes. If a reader (a long `veil sql`) keeps the checkpoint from finishing within
+//! [`WIPE_WAIT`], the erase still succeeds and [`Erased::wal_wiped`] says the WAL was not yet
+//! truncated; the writer's next bounds check truncates it.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{LedgerError, row, schema};
+
+/// How long an erase retries the WAL checkpoint while a reader holds old pages.
+pub const WIPE_WAIT: Duration = Duration::from_secs(2);
+
+/// What an erase removed from the ledger, for the receipt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    /// Exchange rows newly marked forgotten (user pseudonym cleared).
+    pub rows: u64,
+    /// Content rows deleted.
+    pub content: u64,
+    /// Request ids of the rows erased (for `--user`, the exchanges the ledger knew of).
+    pub request_ids: Vec<String>,
+    /// The WAL was checkpointed and truncated, so no old page remains in it.
+    pub wal_wiped: bool,
+    /// There was no ledger file (nothing to erase).
+    pub no_ledger: bool,
+}
+
+/// Forgets exchanges by request id.
+///
+/// # Errors
+/// [`LedgerError`] when the ledger cannot be opened or written (locked past
+/// [`schema::BUSY_TIMEOUT`], disk full).
+pub fn forget_ids(path: &Path, ids: &[String]) -> Result<Erased, LedgerError> {
+    erase(path, |conn| {
+        let mut found = Vec::new();
+        let mut q = conn.prepare_cached("SELECT id FROM exchanges WHERE request_id = ?1")?;
+        for id in ids {
+            if let Some(rowid) = q.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+                found.push((rowid, id.clone()));
+            }
+        }
+        Ok(found)
+    })
+}
+
+/// Forgets every exchange of user pseudonym `user` (`u_…`).
+///
+/// # Errors
+/// As [`forget_ids`].
+pub fn forget_user(path: &Path, user: &str) -> Result<Erased, LedgerError> {
+    erase(path, |conn| {
+        let mut q = conn.prepare_cached("SELECT id, request_id FROM exchanges WHERE user = ?1")?;
+        q.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    })
+}
+
+/// Forgets every exchange that started before `cutoff` (a retention purge).
+///
+/// # Errors
+/// As [`forget_ids`].
+pub fn forget_before(path: &Path, cutoff: SystemTime) -> Result<Erased, LedgerError> {
+    let cutoff = row::iso_utc(cutoff);
+    erase(path, |conn| {
+        let mut q = conn.prepare_cached(
+            "SELECT e.id, e.request_id FROM exchanges e WHERE e.start < ?1
+             AND (e.forgotten = 0 OR EXISTS (SELECT 1 FROM content c WHERE c.exchange = e.id))",
+        )?;
+        q.query_map([&cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    })
+}
+
+/// Runs one erase: `select` finds `(rowid, request_id)` pairs inside the write transaction,
+/// then their content goes and their pseudonym is cleared; then the WAL is wiped.
+fn erase(
+    path: &Path,
+    select: impl FnOnce(&Connection) -> rusqlite::Result<Vec<(i64, String)>>,
+) -> Result<Erased, LedgerError> {
+    let Some(mut conn) = schema::open_eraser(path)? else {
+        return Ok(Erased {
+            no_ledger: true,
+            wal_wiped: true,
+            ..Erased::default()
+        });
+    };
+    let mut erased = Erased::default();
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let found = select(&tx)?;
+        let mut del = tx.prepare_cached("DELETE FROM content WHERE exchange = ?1")?;
+        let mut upd = tx.prepare_cached(
+            "UPDATE exchanges SET user = NULL, forgotten = 1 WHERE id = ?1 AND forgotten = 0",
+        )?;
+        for (rowid, request_id) in found {
+            erased.content += del.execute([rowid])? as u64;
+            erased.rows += upd.execute(params![rowid])? as u64;
+            erased.request_ids.push(request_id);
+        }
+    }
+    tx.commit()?;
+    erased.wal_wiped = wipe_wal(&conn);
+    Ok(erased)
+}
+
+/// Checkpoints the WAL into the database and truncates it, retrying while readers hold
+/// pages, up to [`WIPE_WAIT`]. Returns whether it completed.
+pub fn wipe_wal(conn: &Connection) -> bool {
+    let until = Instant::now() + WIPE_WAIT;
+    loop {
+        // Row: (busy, frames in the WAL, frames checkpointed); busy = 0 when it completed.
+        let busy = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap_or(1);
+        if busy == 0 {
+            return true;
+        }
+        if Instant::now() >= until {
+            tracing::warn!("ledger WAL still in use by a reader: truncated at the next check");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

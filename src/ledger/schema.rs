@@ -1,0 +1,318 @@
+//! # The ledger's schema and how a connection to it is opened.
+//!
+//! One place defines the tables (documented column by column in `docs/ledger.md`), the schema
+//! version and the pragmas every connection sets, so the writer, the eraser and the read-only
+//! query connections cannot disagree about them.
+//!
+//! The version lives in SQLite's own `PRAGMA user_version` and the file is marked as veil's
+//! with `PRAGMA application_id` (`0x7665696c`, "veil"), the mechanism SQLite documents for
+//! application file formats (<https://www.sqlite.org/pragma.html#pragma_application_id>).
+//!
+//! Never touched here: records, content, keys. Only files and connections.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::LedgerError;
+
+/// Schema version this veil writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of a veil ledger: the bytes `veil`.
+pub const APPLICATION_ID: i64 = 0x7665_696c;
+
+/// How long a connection waits for another one's lock before an operation fails with
+/// "database is locked" (the writer, an erase and `veil sql` can meet).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Version 1. `start` is ISO 8601 UTC with microseconds and a `Z`
+/// (`2026-11-29T12:00:00.123456Z`): fixed width, so text order is time order and SQLite's
+/// date functions read it as it is.
+const DDL_V1: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE exchanges (
+    id                 INTEGER PRIMARY KEY,
+    request_id         TEXT    NOT NULL UNIQUE,
+    trace_id           TEXT,
+    span_id            TEXT,
+    parent_span_id     TEXT,
+    start              TEXT    NOT NULL,
+    provider           TEXT    NOT NULL,
+    operation          TEXT    NOT NULL,
+    request_model      TEXT,
+    response_model     TEXT,
+    user               TEXT,
+    feature            TEXT,
+    conversation       TEXT,
+    api_key_fp         TEXT,
+    status             INTEGER,
+    outcome            TEXT    NOT NULL,
+    error_type         TEXT,
+    finish_reasons     TEXT,
+    stream             INTEGER NOT NULL,
+    input_tokens       INTEGER,
+    output_tokens      INTEGER,
+    cache_read_tokens  INTEGER,
+    cache_write_tokens INTEGER,
+    reasoning_tokens   INTEGER,
+    cost_nusd          INTEGER,
+    duration_us        INTEGER NOT NULL,
+    ttfc_us            INTEGER,
+    tool_calls         INTEGER,
+    request_bytes      INTEGER NOT NULL,
+    response_bytes     INTEGER NOT NULL,
+    redactions_input   INTEGER NOT NULL,
+    redactions_output  INTEGER NOT NULL,
+    redactions         TEXT,
+    rules_digest       TEXT    NOT NULL,
+    content_dropped    TEXT,
+    parse_error        TEXT,
+    forgotten          INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX exchanges_start ON exchanges (start);
+CREATE INDEX exchanges_user ON exchanges (user) WHERE user IS NOT NULL;
+
+CREATE TABLE content (
+    exchange            INTEGER PRIMARY KEY REFERENCES exchanges (id) ON DELETE CASCADE,
+    system_instructions TEXT,
+    input_messages      TEXT,
+    output_messages     TEXT
+);
+
+CREATE TABLE daily (
+    day                TEXT    NOT NULL,
+    provider           TEXT    NOT NULL,
+    model              TEXT    NOT NULL,
+    feature            TEXT    NOT NULL,
+    api_key_fp         TEXT    NOT NULL,
+    requests           INTEGER NOT NULL,
+    errors             INTEGER NOT NULL,
+    input_tokens       INTEGER NOT NULL,
+    output_tokens      INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens   INTEGER NOT NULL,
+    cost_nusd          INTEGER NOT NULL,
+    PRIMARY KEY (day, provider, model, feature, api_key_fp)
+) WITHOUT ROWID;
+";
+
+/// Opens (creating if needed) the ledger for writing: WAL, `synchronous = NORMAL` (a
+/// committed transaction survives a killed process; a power cut may lose the last ones),
+/// `secure_delete` (deleted content is overwritten, not left in free pages), incremental
+/// auto-vacuum (space comes back without a full `VACUUM`).
+///
+/// A file that is not a database, or fails `quick_check`, is moved aside to
+/// `ledger.db.corrupt-<unix seconds>` (with its `-wal`/`-shm`) and a new ledger is created;
+/// the returned path names where it went. A ledger from a newer schema version, or a file
+/// that is another application's SQLite database, is an error: it is never touched.
+///
+/// # Errors
+/// [`LedgerError::Open`] (unreadable path, a directory, no permission), [`LedgerError::Newer`],
+/// [`LedgerError::Foreign`].
+pub fn open_writer(path: &Path) -> Result<(Connection, Option<PathBuf>), LedgerError> {
+    if path.is_dir() {
+        return Err(LedgerError::open(
+            path,
+            "is a directory; set `ledger_path` to a file path",
+        ));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::keys::create_private_dir(dir).map_err(|e| LedgerError::open(dir, e))?;
+    }
+    match try_open_writer(path) {
+        Ok(conn) => Ok((conn, None)),
+        Err(Fault::Corrupt(why)) => {
+            let aside = move_aside(path)?;
+            tracing::error!(
+                ledger = %path.display(),
+                moved_to = %aside.display(),
+                reason = %why,
+                "the ledger is corrupt: moved aside, starting a new one (the old file is kept \
+                 for recovery with the sqlite3 shell's .recover)"
+            );
+            let conn = try_open_writer(path).map_err(|f| f.into_error(path))?;
+            Ok((conn, Some(aside)))
+        }
+        Err(f) => Err(f.into_error(path)),
+    }
+}
+
+/// Opens an existing ledger read-only for queries: the connection cannot write (opened
+/// read-only and `query_only`), whatever SQL it is given.
+///
+/// # Errors
+/// [`LedgerError::Missing`] when there is no ledger at `path`, [`LedgerError::Open`],
+/// [`LedgerError::Newer`], [`LedgerError::Foreign`].
+pub fn open_read_only(path: &Path) -> Result<Connection, LedgerError> {
+    if !path.is_file() {
+        return Err(LedgerError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| LedgerError::open(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .and_then(|_| conn.pragma_update(None, "query_only", true))
+        .map_err(|e| LedgerError::open(path, e))?;
+    check_version(&conn).map_err(|f| f.into_error(path))?;
+    Ok(conn)
+}
+
+/// Opens an existing ledger for an erase (forget, purge): like the writer's connection, with
+/// `secure_delete` on, but never creates or migrates. `Ok(None)` when there is no ledger.
+///
+/// # Errors
+/// As [`open_read_only`], except a missing file.
+pub fn open_eraser(path: &Path) -> Result<Option<Connection>, LedgerError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| LedgerError::open(path, e))?;
+    set_pragmas(&conn).map_err(|f| f.into_error(path))?;
+    check_version(&conn).map_err(|f| f.into_error(path))?;
+    Ok(Some(conn))
+}
+
+/// Why an open failed, before it is tied to a path.
+enum Fault {
+    Corrupt(String),
+    Newer(i64),
+    Foreign(i64),
+    Other(String),
+}
+
+impl Fault {
+    fn into_error(self, path: &Path) -> LedgerError {
+        match self {
+            Fault::Corrupt(why) => LedgerError::open(path, format!("corrupt: {why}")),
+            Fault::Newer(v) => LedgerError::Newer {
+                path: path.to_path_buf(),
+                found: v,
+            },
+            Fault::Foreign(id) => LedgerError::Foreign {
+                path: path.to_path_buf(),
+                application_id: id,
+            },
+            Fault::Other(e) => LedgerError::open(path, e),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                Fault::Corrupt(e.to_string())
+            }
+            _ => Fault::Other(e.to_string()),
+        }
+    }
+}
+
+fn set_pragmas(conn: &Connection) -> Result<(), Fault> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The journal mode answers with a row; `pragma_update_and_check` reads it.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Fault::Other(format!(
+            "the file system refused WAL (journal_mode stayed {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "secure_delete", true)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // A WAL left large after a burst is truncated back to this at each checkpoint.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    Ok(())
+}
+
+fn check_version(conn: &Connection) -> Result<i64, Fault> {
+    let app: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if app != 0 && app != APPLICATION_ID {
+        return Err(Fault::Foreign(app));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Fault::Newer(version));
+    }
+    Ok(version)
+}
+
+fn try_open_writer(path: &Path) -> Result<Connection, Fault> {
+    make_private(path)
+        .map_err(|e| Fault::Other(format!("cannot create the ledger file with mode 0600: {e}")))?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // auto_vacuum only takes effect before the first table exists.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    set_pragmas(&conn)?;
+    let version = check_version(&conn)?;
+    let ok: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0))?;
+    if ok != "ok" {
+        return Err(Fault::Corrupt(ok));
+    }
+    if version == 0 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(DDL_V1)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
+/// Creates the file 0600 before SQLite does (SQLite would use 0644 less the umask), or
+/// narrows an existing one to 0600. SQLite gives the `-wal` and `-shm` files the database
+/// file's mode, so they are private too.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn move_aside(path: &Path) -> Result<PathBuf, LedgerError> {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{secs}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).map_err(|e| LedgerError::open(path, e))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = aside.as_os_str().to_owned();
+        to.push(suffix);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LedgerError::open(Path::new(&from), e)),
+        }
+    }
+    Ok(aside)
+}

@@ -1,0 +1,485 @@
+//! The ledger end to end on a real SQLite file: write, roll up, report, erase, bound, refuse.
+
+use std::time::{Duration, SystemTime};
+
+use super::report::{Dim, Filter, report};
+use super::testing::*;
+use super::*;
+
+fn send(ledger: &Ledger, records: Vec<crate::record::Record>) {
+    let h = ledger.handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.send_blocking(records, Some(Box::new(move |ok| tx.send(ok).unwrap())));
+    assert!(rx.recv().unwrap(), "the batch is committed");
+}
+
+fn count(path: &std::path::Path, sql: &str) -> i64 {
+    let conn = schema::open_read_only(path).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn a_batch_becomes_rows_content_and_a_rollup_in_one_transaction() {
+    let (_d, path, ledger) = ledger();
+    send(
+        &ledger,
+        vec![
+            openai_chat("r1"),
+            anthropic_stream("r2"),
+            upstream_error("r3"),
+        ],
+    );
+    assert_eq!(ledger.counters().rows.get(), 3);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM exchanges"), 3);
+    // r1 and r2 carry content, r3 does not.
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM content"), 2);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT cost_nusd FROM exchanges WHERE request_id = 'r1'"
+        ),
+        19_200
+    );
+    assert_eq!(
+        count(&path, "SELECT SUM(requests) FROM daily"),
+        3,
+        "the rollup counts every exchange"
+    );
+    assert_eq!(count(&path, "SELECT SUM(errors) FROM daily"), 1);
+    let conn = schema::open_read_only(&path).unwrap();
+    let (start, trace, fp): (String, String, String) = conn
+        .query_row(
+            "SELECT start, trace_id, api_key_fp FROM exchanges WHERE request_id = 'r1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(start, "2026-11-20T14:03:07.000000Z");
+    assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(fp, "fp_1a2b");
+}
+
+#[test]
+fn a_replayed_request_id_is_not_counted_twice() {
+    let (_d, path, ledger) = ledger();
+    send(&ledger, vec![openai_chat("r1")]);
+    send(&ledger, vec![openai_chat("r1"), openai_chat("r2")]);
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM exchanges"), 2);
+    assert_eq!(count(&path, "SELECT SUM(requests) FROM daily"), 2);
+}
+
+#[test]
+fn the_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, path, ledger) = ledger();
+    send(&ledger, vec![openai_chat("r1")]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    assert_eq!(mode(std::path::Path::new(&wal)), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+}
+
+#[test]
+fn report_totals_are_the_exact_sums_of_the_rows() {
+    let (_d, path, ledger) = ledger();
+    let mut records = Vec::new();
+    for i in 0..30u64 {
+        let mut r = if i % 3 == 0 {
+            anthropic_stream("x")
+        } else {
+            openai_chat("x")
+        };
+        r.request_id = format!("r{i}");
+        r.feature = Some(if i % 2 == 0 { "billing" } else { "search" }.into());
+        r.duration = Duration::from_millis(100 + i);
+        r.cost_usd = Some(0.000_001 * (i + 1) as f64);
+        records.push(r);
+    }
+    send(&ledger, records);
+    let conn = schema::open_read_only(&path).unwrap();
+    let rep = report(&conn, &[Dim::Feature], &Filter::default()).unwrap();
+    assert_eq!(rep.total.requests, 30);
+    // Σ (i+1) µUSD for i in 0..30 = 465 µUSD.
+    assert_eq!(rep.total.cost_nusd, 465_000);
+    assert_eq!(rep.rows.len(), 2);
+    let sum: i128 = rep.rows.iter().map(|r| r.cost_nusd).sum();
+    assert_eq!(sum, rep.total.cost_nusd);
+    let billing = rep
+        .rows
+        .iter()
+        .find(|r| r.group == vec![Some("billing".to_string())])
+        .unwrap();
+    assert_eq!(billing.requests, 15);
+    // Durations 100, 102, ..., 128 ms: median (nearest rank 8 of 15) is 114 ms.
+    assert_eq!(billing.duration_ms.p50, Some(114.0));
+    assert_eq!(billing.duration_ms.p99, Some(128.0));
+    // Filter: only the search feature.
+    let f = Filter {
+        equals: vec![(Dim::Feature, "search".into())],
+        ..Filter::default()
+    };
+    assert_eq!(report(&conn, &[], &f).unwrap().total.requests, 15);
+}
+
+#[test]
+fn since_and_until_bound_the_report_by_start_time() {
+    let (_d, path, ledger) = ledger();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+    let records = (0..10u64)
+        .map(|i| {
+            let mut r = openai_chat("x");
+            r.request_id = format!("r{i}");
+            r.start = t0 + Duration::from_secs(3600 * i);
+            r
+        })
+        .collect();
+    send(&ledger, records);
+    let conn = schema::open_read_only(&path).unwrap();
+    let f = Filter {
+        since: Some(t0 + Duration::from_secs(3600 * 2)),
+        until: Some(t0 + Duration::from_secs(3600 * 5)),
+        equals: Vec::new(),
+    };
+    let rep = report(&conn, &[Dim::Hour], &f).unwrap();
+    assert_eq!(rep.total.requests, 3);
+    let hours: Vec<_> = rep
+        .rows
+        .iter()
+        .map(|r| r.group[0].clone().unwrap())
+        .collect();
+    assert_eq!(
+        hours,
+        ["2026-11-18T13:00", "2026-11-18T14:00", "2026-11-18T15:00"]
+    );
+}
+
+#[test]
+fn cards_group_a_traced_task_into_one_and_lone_calls_into_their_own() {
+    let (_d, path, ledger) = ledger();
+    let mut records = Vec::new();
+    for i in 0..3 {
+        // One agent run: three calls sharing the app's trace.
+        let mut r = openai_chat("x");
+        r.request_id = format!("agent{i}");
+        r.feature = Some("agent".into());
+        r.conversation_id = None;
+        r.cost_usd = Some(0.001);
+        records.push(r);
+    }
+    for i in 0..2 {
+        let mut r = record("x");
+        r.request_id = format!("lone{i}");
+        r.feature = Some("agent".into());
+        r.cost_usd = Some(0.002);
+        records.push(r);
+    }
+    send(&ledger, records);
+    let conn = schema::open_read_only(&path).unwrap();
+    let cards = cards::cards(&conn, &Filter::default()).unwrap();
+    assert_eq!(cards.len(), 1);
+    let c = &cards[0];
+    assert_eq!(c.tasks, 3, "one traced task and two lone calls");
+    assert_eq!(c.calls, 5);
+    assert_eq!(c.cost_total_nusd, 7_000_000);
+    assert_eq!(c.cost_p90_usd, Some(0.003));
+    assert_eq!(c.cost_p50_usd, Some(0.002));
+}
+
+#[test]
+fn sql_cannot_write_and_is_stopped_at_its_time_limit() {
+    let (_d, path, ledger) = ledger();
+    send(&ledger, vec![openai_chat("r1")]);
+    let conn = schema::open_read_only(&path).unwrap();
+    for write in [
+        "DELETE FROM exchanges",
+        "DROP TABLE content",
+        "UPDATE exchanges SET user = 'x'",
+        "PRAGMA user_version = 9",
+        "INSERT INTO meta VALUES ('a', 'b')",
+    ] {
+        let e = sql::query(&conn, write, Duration::from_secs(5), 10).unwrap_err();
+        assert!(
+            e.to_string().contains("readonly")
+                || e.to_string().contains("read-only")
+                || e.to_string().contains("query_only")
+                || e.to_string().contains("attempt to write"),
+            "{write}: {e}"
+        );
+    }
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM exchanges"), 1);
+    let slow =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n";
+    let t = std::time::Instant::now();
+    let e = sql::query(&conn, slow, Duration::from_millis(200), 10).unwrap_err();
+    assert!(e.to_string().contains("longer than"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let ok = sql::query(
+        &conn,
+        "SELECT request_id, cost_nusd FROM exchanges",
+        Duration::from_secs(5),
+        10,
+    )
+    .unwrap();
+    assert_eq!(ok.columns, ["request_id", "cost_nusd"]);
+    assert_eq!(
+        ok.rows,
+        vec![vec![serde_json::json!("r1"), serde_json::json!(19_200)]]
+    );
+}
+
+#[test]
+fn forget_removes_content_and_pseudonym_from_every_file_byte() {
+    let (_d, path, ledger) = ledger();
+    let secret = "[PERSON_1] unique-forgettable-phrase-7731";
+    let mut r = openai_chat("r1");
+    r.input_messages =
+        Some(serde_json::json!([{"role":"user","parts":[{"type":"text","content":secret}]}]));
+    r.user_pseudonym = Some("u_0123456789abcdef".into());
+    let mut keep = openai_chat("r2");
+    keep.input_messages = Some(
+        serde_json::json!([{"role":"user","parts":[{"type":"text","content":"kept-phrase-1177"}]}]),
+    );
+    send(&ledger, vec![r, keep]);
+    assert!(contains(
+        &file_bytes(&path),
+        "unique-forgettable-phrase-7731"
+    ));
+    let erased = erase::forget_ids(&path, &["r1".into(), "nope".into()]).unwrap();
+    assert_eq!((erased.rows, erased.content), (1, 1));
+    assert_eq!(erased.request_ids, ["r1"]);
+    assert!(erased.wal_wiped);
+    let bytes = file_bytes(&path);
+    assert!(
+        !contains(&bytes, "unique-forgettable-phrase-7731"),
+        "content survives in the files"
+    );
+    assert!(
+        !contains(&bytes, "u_0123456789abcdef"),
+        "the pseudonym survives in the files"
+    );
+    assert!(
+        contains(&bytes, "kept-phrase-1177"),
+        "other exchanges are untouched"
+    );
+    // The row stays for the bill, marked forgotten; the rollup is unchanged.
+    assert_eq!(
+        count(
+            &path,
+            "SELECT forgotten FROM exchanges WHERE request_id = 'r1'"
+        ),
+        1
+    );
+    assert_eq!(count(&path, "SELECT SUM(requests) FROM daily"), 2);
+    // Forgetting again erases nothing new.
+    let again = erase::forget_ids(&path, &["r1".into()]).unwrap();
+    assert_eq!((again.rows, again.content), (0, 0));
+}
+
+#[test]
+fn forget_by_user_reaches_every_exchange_of_that_pseudonym() {
+    let (_d, path, ledger) = ledger();
+    let records = (0..5)
+        .map(|i| {
+            let mut r = openai_chat("x");
+            r.request_id = format!("r{i}");
+            r.user_pseudonym = Some(
+                if i < 3 {
+                    "u_aaaaaaaaaaaaaaaa"
+                } else {
+                    "u_bbbbbbbbbbbbbbbb"
+                }
+                .into(),
+            );
+            r
+        })
+        .collect();
+    send(&ledger, records);
+    let erased = erase::forget_user(&path, "u_aaaaaaaaaaaaaaaa").unwrap();
+    assert_eq!(erased.rows, 3);
+    assert_eq!(erased.request_ids.len(), 3);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchanges WHERE user = 'u_aaaaaaaaaaaaaaaa'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchanges WHERE user = 'u_bbbbbbbbbbbbbbbb'"
+        ),
+        2
+    );
+}
+
+#[test]
+fn erasing_without_a_ledger_says_so_and_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = erase::forget_ids(&dir.path().join("ledger.db"), &["r1".into()]).unwrap();
+    assert!(e.no_ledger);
+    assert!(
+        !dir.path().join("ledger.db").exists(),
+        "an erase never creates a ledger"
+    );
+}
+
+#[test]
+fn retention_removes_old_content_then_old_rows_and_keeps_the_rollup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.check_every = Duration::from_secs(3600);
+    settings.content_retention = Duration::from_secs(10 * 86_400);
+    settings.retention = Duration::from_secs(100 * 86_400);
+    let ledger = Ledger::open(settings, None).unwrap();
+    let now = SystemTime::now();
+    let aged = |id: &str, days: u64| {
+        let mut r = openai_chat(id);
+        r.input_messages = Some(
+            serde_json::json!([{"role":"user","parts":[{"type":"text","content":format!("content-of-{id}")}]}]),
+        );
+        r.start = now - Duration::from_secs(days * 86_400);
+        r
+    };
+    send(
+        &ledger,
+        vec![aged("fresh", 1), aged("month", 30), aged("year", 365)],
+    );
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM exchanges"),
+        2,
+        "the year-old row is gone"
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM content c JOIN exchanges e ON e.id = c.exchange WHERE e.request_id = 'fresh'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM content"),
+        1,
+        "the month-old content is gone"
+    );
+    assert_eq!(
+        count(&path, "SELECT SUM(requests) FROM daily"),
+        3,
+        "the rollup outlives rows"
+    );
+    assert_eq!(ledger.counters().rows_evicted.get(), 1);
+    assert_eq!(ledger.counters().content_evicted.get(), 2);
+    assert!(!contains(&file_bytes(&path), "content-of-year"));
+}
+
+#[test]
+fn max_size_evicts_the_oldest_content_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.check_every = Duration::from_secs(3600);
+    settings.max_size = 256 * 1024;
+    let ledger = Ledger::open(settings, None).unwrap();
+    let big = "y".repeat(4000);
+    let records = (0..200)
+        .map(|i| {
+            let mut r = openai_chat("x");
+            r.request_id = format!("r{i:03}");
+            r.start = SystemTime::now() - Duration::from_secs(1000 - i);
+            r.input_messages =
+                Some(serde_json::json!([{"role":"user","parts":[{"type":"text","content":big}]}]));
+            r
+        })
+        .collect();
+    send(&ledger, records);
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert!(ledger.counters().bytes.get() <= 256 * 1024);
+    let kept = count(&path, "SELECT COUNT(*) FROM content");
+    assert!(kept > 0 && kept < 200, "{kept} content rows kept");
+    // The newest content is what stays.
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM content c JOIN exchanges e ON e.id = c.exchange WHERE e.request_id = 'r199'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM exchanges"),
+        200,
+        "metadata rows stay while content suffices"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_moved_aside_and_a_newer_or_foreign_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+    let (_conn, aside) = schema::open_writer(&path).unwrap();
+    let aside = aside.expect("moved aside");
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        vec![0x5a; 64 * 1024],
+        "kept, not truncated"
+    );
+    drop(_conn);
+
+    let newer = dir.path().join("newer.db");
+    {
+        let c = rusqlite::Connection::open(&newer).unwrap();
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let e = schema::open_writer(&newer).err().unwrap();
+    assert!(e.to_string().contains("schema version 99"), "{e}");
+    let foreign = dir.path().join("foreign.db");
+    {
+        let c = rusqlite::Connection::open(&foreign).unwrap();
+        c.pragma_update(None, "application_id", 42).unwrap();
+        c.execute_batch("CREATE TABLE t (x)").unwrap();
+    }
+    let e = schema::open_writer(&foreign).err().unwrap();
+    assert!(e.to_string().contains("not a veil ledger"), "{e}");
+    let e = schema::open_writer(dir.path()).err().unwrap();
+    assert!(e.to_string().contains("is a directory"), "{e}");
+}
+
+#[test]
+fn a_failed_write_drops_counts_and_degrades_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.check_every = Duration::from_secs(3600);
+    let health = std::sync::Arc::new(crate::health::Health::default());
+    let ledger = Ledger::open(settings, Some(health.clone())).unwrap();
+    send(&ledger, vec![openai_chat("r1")]);
+    // Another connection holds the write lock past the busy timeout: the batch fails.
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    ledger.handle().send_blocking(
+        vec![openai_chat("r2")],
+        Some(Box::new(move |ok| tx.send(ok).unwrap())),
+    );
+    assert!(
+        !rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        "reported dropped"
+    );
+    assert_eq!(ledger.counters().dropped.get(), 1);
+    assert!(health.is_degraded(crate::health::Part::Ledger));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert!(
+        !health.is_degraded(crate::health::Part::Ledger),
+        "the probe write recovers it"
+    );
+}

@@ -1,0 +1,341 @@
+//! # The ledger writer: one thread, one transaction per group of batches, bounds on a clock.
+//!
+//! Takes batches of records from the channel, and everything already queued behind the first
+//! (up to [`GROUP_ROWS`]), and commits them in one transaction: one `exchanges` row per
+//! record, one `content` row when the rules let content out, and one upsert per `daily` key of
+//! the group (summed in memory first, so the rollup costs a few statements per transaction,
+//! not one per exchange). A failed transaction rolls back whole: its records are dropped,
+//! counted, and the ledger is marked degraded in [`Health`] until a later write succeeds.
+//!
+//! Bounds ([`Writer::enforce_bounds`]) run on the ticker's clock, in chunks of
+//! [`CHUNK`] rows per transaction so a check never holds the write lock long.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, params};
+use tokio::sync::mpsc;
+
+use super::row::{self, DayKey, DaySums};
+use super::{LedgerCounters, LedgerSettings, Msg};
+use crate::health::{Health, Part};
+use crate::record::Record;
+
+/// Most exchange rows committed in one transaction.
+const GROUP_ROWS: usize = 4096;
+
+/// Rows deleted per transaction by a bounds check.
+const CHUNK: i64 = 5_000;
+
+const INSERT_EXCHANGE: &str = "INSERT OR IGNORE INTO exchanges (
+    request_id, trace_id, span_id, parent_span_id, start, provider, operation, request_model, response_model,
+    user, feature, conversation, api_key_fp, status, outcome, error_type, finish_reasons,
+    stream, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+    reasoning_tokens, cost_nusd, duration_us, ttfc_us, tool_calls, request_bytes,
+    response_bytes, redactions_input, redactions_output, redactions, rules_digest,
+    content_dropped, parse_error)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)";
+
+const INSERT_CONTENT: &str = "INSERT INTO content
+    (exchange, system_instructions, input_messages, output_messages) VALUES (?1, ?2, ?3, ?4)";
+
+const UPSERT_DAILY: &str = "INSERT INTO daily (day, provider, model, feature, api_key_fp,
+    requests, errors, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+    reasoning_tokens, cost_nusd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+    ON CONFLICT (day, provider, model, feature, api_key_fp) DO UPDATE SET
+    requests = requests + excluded.requests, errors = errors + excluded.errors,
+    input_tokens = input_tokens + excluded.input_tokens,
+    output_tokens = output_tokens + excluded.output_tokens,
+    cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+    cost_nusd = cost_nusd + excluded.cost_nusd";
+
+pub(super) struct Writer {
+    conn: Connection,
+    settings: LedgerSettings,
+    counters: Arc<LedgerCounters>,
+    health: Option<Arc<Health>>,
+    /// Highest exchange id whose content the content-retention sweep has passed.
+    content_swept_to: i64,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        settings: LedgerSettings,
+        counters: Arc<LedgerCounters>,
+        health: Option<Arc<Health>>,
+    ) -> Self {
+        Writer {
+            conn,
+            settings,
+            counters,
+            health,
+            content_swept_to: 0,
+        }
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        self.enforce_bounds();
+        while let Some(first) = rx.blocking_recv() {
+            let mut records = Vec::new();
+            let mut dones = Vec::new();
+            let mut flushes = Vec::new();
+            let mut check = false;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Batch(batch, done) => {
+                        records.extend(batch);
+                        dones.extend(done);
+                    }
+                    Msg::Check => check = true,
+                    Msg::Flush(tx) => flushes.push(tx),
+                }
+                if records.len() < GROUP_ROWS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !records.is_empty() {
+                let result = self.write(&records);
+                match &result {
+                    Ok(n) => {
+                        self.counters.rows.add(*n);
+                    }
+                    Err(e) => {
+                        self.counters.failures.inc();
+                        self.counters.dropped.add(records.len() as u64);
+                        tracing::warn!(error = %e, records = records.len(), "ledger write failed: records dropped");
+                    }
+                }
+                if let Some(h) = &self.health {
+                    h.observe(Part::Ledger, &result.as_ref().map(|_| ()));
+                }
+                let ok = result.is_ok();
+                for done in dones {
+                    done(ok);
+                }
+            }
+            if check {
+                self.enforce_bounds();
+            }
+            for tx in flushes {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Commits `records` in one transaction; returns how many rows were new (a record whose
+    /// request id is already in the ledger, replayed after a crash, is skipped).
+    fn write(&mut self, records: &[Record]) -> rusqlite::Result<u64> {
+        let tx = self.conn.transaction()?;
+        let mut written = 0;
+        {
+            let mut ins = tx.prepare_cached(INSERT_EXCHANGE)?;
+            let mut ins_content = tx.prepare_cached(INSERT_CONTENT)?;
+            let mut days: HashMap<DayKey, DaySums> = HashMap::new();
+            for r in records {
+                let start = row::iso_utc(r.start);
+                // The app's trace: veil's own span ids are chosen by the OTLP encoder and are
+                // not known here yet (span_id stays NULL until records carry them).
+                let (trace_id, parent_span_id) = match &r.trace_parent {
+                    Some(tp) => (
+                        Some(row::hex(&tp.trace_id)),
+                        Some(row::hex(&tp.parent_span_id)),
+                    ),
+                    None => (None, None),
+                };
+                let span_id: Option<String> = None;
+                let redactions = (!r.redactions.is_empty())
+                    .then(|| serde_json::to_string(&r.redactions).unwrap_or_default());
+                let finish = (!r.finish_reasons.is_empty()).then(|| r.finish_reasons.join(","));
+                let tok = |t: Option<u64>| t.map(row::int);
+                let n = ins.execute(params![
+                    r.request_id,
+                    trace_id,
+                    span_id,
+                    parent_span_id,
+                    start,
+                    r.provider,
+                    r.operation,
+                    r.request_model,
+                    r.response_model,
+                    r.user_pseudonym,
+                    r.feature,
+                    r.conversation_id,
+                    r.api_key_fingerprint,
+                    r.status,
+                    r.outcome,
+                    r.error_type,
+                    finish,
+                    r.stream,
+                    tok(r.usage.input_tokens),
+                    tok(r.usage.output_tokens),
+                    tok(r.usage.cache_read_tokens),
+                    tok(r.usage.cache_creation_tokens),
+                    tok(r.usage.reasoning_tokens),
+                    r.cost_usd.and_then(row::nano_usd),
+                    row::micros(r.duration),
+                    r.time_to_first_chunk.map(row::micros),
+                    row::tool_calls(r),
+                    row::int(r.request_bytes),
+                    row::int(r.response_bytes),
+                    row::int(r.redactions_input),
+                    row::int(r.redactions_output),
+                    redactions,
+                    r.rules_digest,
+                    r.content_dropped,
+                    r.parse_error,
+                ])?;
+                if n == 0 {
+                    continue;
+                }
+                written += 1;
+                if let Some([sys, input, output]) = row::content(r) {
+                    ins_content.execute(params![tx.last_insert_rowid(), sys, input, output])?;
+                }
+                days.entry(row::day_key(r, &start)).or_default().add(r);
+            }
+            let mut up = tx.prepare_cached(UPSERT_DAILY)?;
+            for (k, s) in days {
+                up.execute(params![
+                    k.day,
+                    k.provider,
+                    k.model,
+                    k.feature,
+                    k.api_key_fp,
+                    s.requests,
+                    s.errors,
+                    s.input_tokens,
+                    s.output_tokens,
+                    s.cache_read_tokens,
+                    s.cache_write_tokens,
+                    s.reasoning_tokens,
+                    s.cost_nusd
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(written)
+    }
+
+    /// Deletes what the bounds say must go: content past `content_retention`, rows past
+    /// `retention`, then, while the pages in use exceed `max_size`, the oldest content and then
+    /// the oldest rows; gives the freed pages back to the file system. While the ledger is
+    /// degraded, also probes with a small write so it recovers once the disk has room again.
+    /// Failures are logged and counted, and retried at the next check.
+    pub(super) fn enforce_bounds(&mut self) {
+        let result = self.bounds();
+        if let Err(e) = &result {
+            self.counters.failures.inc();
+            tracing::warn!(error = %e, "ledger bounds check failed; retried at the next check");
+        }
+        if let Some(h) = self.health.as_ref().filter(|h| h.is_degraded(Part::Ledger)) {
+            let probe = self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?1)",
+                [row::iso_utc(SystemTime::now())],
+            );
+            h.observe(Part::Ledger, &probe.map(|_| ()));
+        }
+    }
+
+    fn bounds(&mut self) -> rusqlite::Result<()> {
+        let now = SystemTime::now();
+        let cutoff = |age| row::iso_utc(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH));
+        let content_cutoff = cutoff(self.settings.content_retention);
+        loop {
+            let ids: Vec<i64> = {
+                let mut q = self.conn.prepare_cached(
+                    "SELECT id FROM exchanges WHERE id > ?1 AND start < ?2 ORDER BY id LIMIT ?3",
+                )?;
+                q.query_map(params![self.content_swept_to, content_cutoff, CHUNK], |r| {
+                    r.get(0)
+                })?
+                .collect::<rusqlite::Result<_>>()?
+            };
+            let Some(&last) = ids.last() else { break };
+            let n = self.delete_content_up_to(&ids)?;
+            self.counters.content_evicted.add(n);
+            self.content_swept_to = last;
+            if (ids.len() as i64) < CHUNK {
+                break;
+            }
+        }
+        let rows_cutoff = cutoff(self.settings.retention);
+        loop {
+            let n = self.conn.execute(
+                "DELETE FROM exchanges WHERE id IN
+                 (SELECT id FROM exchanges WHERE start < ?1 ORDER BY start LIMIT ?2)",
+                params![rows_cutoff, CHUNK],
+            )? as u64;
+            self.counters.rows_evicted.add(n);
+            if n < CHUNK as u64 {
+                break;
+            }
+        }
+        while self.used_bytes()? > self.settings.max_size {
+            // 5 % of the content per step: fine enough not to evict much more than needed.
+            let step = (self.count("content")? / 20).clamp(1, CHUNK);
+            let n = self.conn.execute(
+                "DELETE FROM content WHERE exchange IN
+                 (SELECT exchange FROM content ORDER BY exchange LIMIT ?1)",
+                [step],
+            )? as u64;
+            if n > 0 {
+                self.counters.content_evicted.add(n);
+                continue;
+            }
+            let step = (self.count("exchanges")? / 20).clamp(1, CHUNK);
+            let n = self.conn.execute(
+                "DELETE FROM exchanges WHERE id IN
+                 (SELECT id FROM exchanges ORDER BY start LIMIT ?1)",
+                [step],
+            )? as u64;
+            self.counters.rows_evicted.add(n);
+            if n == 0 {
+                break;
+            }
+        }
+        self.conn.execute_batch("PRAGMA incremental_vacuum")?;
+        // An erase that met a reader left the WAL untruncated: finish its wipe now.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        let used = self.used_bytes()?;
+        self.counters.bytes.set(used);
+        Ok(())
+    }
+
+    fn delete_content_up_to(&self, ids: &[i64]) -> rusqlite::Result<u64> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut n = 0;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM content WHERE exchange = ?1")?;
+            for id in ids {
+                n += del.execute([id])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn count(&self, table: &'static str) -> rusqlite::Result<i64> {
+        self.conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+    }
+
+    /// Bytes of pages holding data (the file less its free pages).
+    fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0))
+    }
+}
