@@ -119,6 +119,17 @@ pub struct RawConfig {
     pub tunnel_idle_timeout: Option<String>,
     /// Let apps reach loopback, link-local and unspecified addresses (default false).
     pub allow_local_targets: Option<bool>,
+    /// Write the SQLite ledger `<data>/ledger.db` (default true).
+    pub ledger: Option<bool>,
+    /// Ledger content rows are deleted after this (`30d`).
+    pub ledger_content_retention: Option<String>,
+    /// Ledger exchange rows are deleted after this (`400d`); the daily rollup stays.
+    pub ledger_retention: Option<String>,
+    /// Past this size the ledger drops its oldest content, then its oldest rows (`2GiB`).
+    pub ledger_max_size: Option<String>,
+    /// Also write records as OTLP/JSON lines under `<data>/records/` when no OTLP endpoint
+    /// is set (default false).
+    pub records_files: Option<bool>,
 }
 
 impl RawConfig {
@@ -177,6 +188,13 @@ impl RawConfig {
             idle_timeout: other.idle_timeout.or(self.idle_timeout),
             tunnel_idle_timeout: other.tunnel_idle_timeout.or(self.tunnel_idle_timeout),
             allow_local_targets: other.allow_local_targets.or(self.allow_local_targets),
+            ledger: other.ledger.or(self.ledger),
+            ledger_content_retention: other
+                .ledger_content_retention
+                .or(self.ledger_content_retention),
+            ledger_retention: other.ledger_retention.or(self.ledger_retention),
+            ledger_max_size: other.ledger_max_size.or(self.ledger_max_size),
+            records_files: other.records_files.or(self.records_files),
         }
     }
 }
@@ -477,6 +495,11 @@ pub struct Config {
     /// and operator-configured gateway routes reach such addresses regardless; veil's own
     /// listeners stay refused unless a `--resolve` rule or route names them.
     pub allow_local_targets: bool,
+    /// The SQLite ledger: where, and how long it keeps what; `None` when `ledger = false`.
+    pub ledger: Option<crate::ledger::LedgerSettings>,
+    /// With no OTLP endpoint, also append records as OTLP/JSON lines under
+    /// `<data>/records/` (`records_files`, default false; the ledger is the default sink).
+    pub records_files: bool,
 }
 
 impl Config {
@@ -517,6 +540,25 @@ impl Config {
             let route = GatewayRoute::parse(&name, &base).map_err(|e| bad("routes", e))?;
             routes.insert(name, route);
         }
+        let data = raw.data.clone().unwrap_or_else(|| PathBuf::from("data"));
+        let ledger = if raw.ledger.unwrap_or(true) {
+            let mut l = crate::ledger::LedgerSettings::new(
+                data.join(crate::ledger::FILE_NAME),
+            );
+            if let Some(v) = &raw.ledger_content_retention {
+                l.content_retention =
+                    parse_timeout(v).map_err(|e| bad("ledger_content_retention", e))?;
+            }
+            if let Some(v) = &raw.ledger_retention {
+                l.retention = parse_timeout(v).map_err(|e| bad("ledger_retention", e))?;
+            }
+            if let Some(v) = &raw.ledger_max_size {
+                l.max_size = parse_size(v).map_err(|e| bad("ledger_max_size", e))? as u64;
+            }
+            Some(l)
+        } else {
+            None
+        };
         let otlp_endpoint = raw
             .otlp_endpoint
             .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
@@ -552,7 +594,7 @@ impl Config {
                 .rules
                 .unwrap_or_else(|| PathBuf::from("rules/default.toml")),
             keys: raw.keys.unwrap_or_else(|| PathBuf::from("keys")),
-            data: raw.data.unwrap_or_else(|| PathBuf::from("data")),
+            data,
             otlp_endpoint,
             intercept,
             resolve,
@@ -608,6 +650,8 @@ impl Config {
             tunnel_idle_timeout,
             allow_local_targets: raw.allow_local_targets.unwrap_or(false),
             pipeline_workers,
+            ledger,
+            records_files: raw.records_files.unwrap_or(false),
         })
     }
 
@@ -993,6 +1037,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_ledger_is_on_by_default_in_the_data_dir_and_can_be_turned_off() {
+        let c = Config::resolve(None, RawConfig::default()).unwrap();
+        let l = c.ledger.expect("on by default");
+        assert_eq!(l.path, PathBuf::from("data/ledger.db"));
+        assert_eq!(l.content_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(l.retention, Duration::from_secs(400 * 86_400));
+        assert_eq!(l.max_size, 2 << 30);
+        assert!(!c.records_files);
+        let raw: RawConfig = toml::from_str(
+            "data = \"/d\"\nledger_content_retention = \"7d\"\nledger_max_size = \"1GiB\"\nrecords_files = true",
+        )
+        .unwrap();
+        let c = Config::resolve(Some(raw), RawConfig::default()).unwrap();
+        let l = c.ledger.unwrap();
+        assert_eq!(l.path, PathBuf::from("/d/ledger.db"));
+        assert_eq!(l.content_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(l.max_size, 1 << 30);
+        assert!(c.records_files);
+        let raw: RawConfig = toml::from_str("ledger = false").unwrap();
+        assert!(Config::resolve(Some(raw), RawConfig::default()).unwrap().ledger.is_none());
+    }
+
     // See: veil#10. `retention = "144115188075855872d"` once purged every exchange.
     #[test]
     fn config_rejects_overflowing_and_zero_values() {
@@ -1017,6 +1084,15 @@ mod tests {
                 "redaction_budget = { cpu = \"0s\" }",
                 "redaction_budget.cpu:",
             ),
+            (
+                "ledger_retention = \"144115188075855872d\"",
+                "ledger_retention:",
+            ),
+            (
+                "ledger_content_retention = \"0s\"",
+                "ledger_content_retention:",
+            ),
+            ("ledger_max_size = \"17179869184GiB\"", "ledger_max_size:"),
         ];
         for (line, key) in cases {
             let raw: RawConfig = toml::from_str(line).unwrap();
