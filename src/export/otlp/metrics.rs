@@ -4,7 +4,7 @@
 //! histograms (`gen_ai.client.token.usage`, `gen_ai.client.operation.duration`,
 //! `gen_ai.client.operation.time_to_first_chunk`, otel-genai.md §1.3) that the batcher keeps;
 //! [`metrics_request`] turns them, plus veil's own counters (`veil.*`,
-//! [`Metrics`](crate::export::Metrics)), into one `ExportMetricsServiceRequest`.
+//! [`Metrics`]), into one `ExportMetricsServiceRequest`.
 //!
 //! Owns: metric names, units, descriptions and series attributes. The counters themselves
 //! live in `export::metrics`; this file only reads them.
