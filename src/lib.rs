@@ -17,8 +17,9 @@
 //! - [`keys`]: master secrets and purpose keys.
 //! - [`config`]: file + flags + environment, validated once.
 //! - [`cli`]: the `veil` command line.
-#![forbid(unsafe_code)]
-#![deny(missing_docs, missing_debug_implementations)]
+// The other lints live in Cargo.toml `[lints]`, for every target; missing_docs only here:
+// in [lints] it would also hit the benches, whose criterion_group! emits undocumented pub fns.
+#![deny(missing_docs)]
 
 pub mod admin;
 pub mod cli;

@@ -1,0 +1,231 @@
+//! # Batcher: records and audit events → encoded OTLP requests, one per signal.
+//!
+//! The exporter's middle stage: a tokio task drains the handle's queue
+//! ([`super::handle`]), gathers records into a [`Batch`] (flushed at `batch_max` records or
+//! `batch_age`), keeps the cumulative histograms, encodes each request ([`super::otlp`]) and
+//! hands it as a [`Payload`] to the signal's delivery task ([`super::deliver`]). Journal
+//! slots ride along in [`BatchDone`] and are marked once both payloads are durable.
+//!
+//! Owns: batch timing and the journal marks. Never touches the network or the spool.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::handle::Item;
+use super::metrics::Histograms;
+use super::otlp::{self, Batch};
+use super::{Destination, Encoding, ExporterSettings, Metrics, Signal};
+use crate::journal::{Journal, Slot};
+
+/// One encoded request on its way to a signal's sender, and who to tell once it is durable.
+pub(super) struct Payload {
+    pub(super) body: Bytes,
+    pub(super) done: Option<Arc<BatchDone>>,
+}
+
+impl Payload {
+    pub(super) fn new(body: Bytes) -> Self {
+        Payload { body, done: None }
+    }
+
+    /// The payload is durable (written, spooled or delivered) or definitely lost.
+    pub(super) fn complete(&self, durable: bool) {
+        if let Some(d) = &self.done {
+            d.complete(durable);
+        }
+    }
+}
+
+/// The records of one batch travel as two payloads (traces and logs); they are recorded
+/// when both are durable. Marks the journal slots of the batch's exchanges then: recorded,
+/// or dropped when a payload was lost (that loss is counted where it happened).
+pub(super) struct BatchDone {
+    remaining: std::sync::atomic::AtomicUsize,
+    lost: std::sync::atomic::AtomicBool,
+    slots: Vec<Slot>,
+    journal: Arc<Journal>,
+}
+
+impl BatchDone {
+    fn complete(&self, durable: bool) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        if !durable {
+            self.lost.store(true, Release);
+        }
+        if self.remaining.fetch_sub(1, AcqRel) == 1 {
+            let lost = self.lost.load(Acquire);
+            for s in &self.slots {
+                if lost {
+                    self.journal.dropped(*s);
+                } else {
+                    self.journal.recorded(*s);
+                }
+            }
+        }
+    }
+}
+
+/// Accumulates records into batches and cumulative metrics; encodes and hands requests to the
+/// per-signal senders.
+pub(super) struct Batcher {
+    pub(super) settings: Arc<ExporterSettings>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) histograms: Histograms,
+    pub(super) started: SystemTime,
+    pub(super) batch: Batch,
+    pub(super) records_in_batch: usize,
+    /// Journal slots of the records in `batch`.
+    pub(super) slots: Vec<Slot>,
+    /// In [`Signal::ALL`] order.
+    pub(super) sender_txs: Vec<mpsc::Sender<Payload>>,
+}
+
+impl Batcher {
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Item>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) {
+        let far = Duration::from_secs(86_400 * 365);
+        let mut batch_deadline = Instant::now() + far;
+        let mut metrics_tick = tokio::time::interval(self.settings.metrics_interval);
+        metrics_tick.tick().await;
+        let mut exported_exchanges = 0;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                item = rx.recv() => match item {
+                    None => break,
+                    Some(item) => {
+                        if self.batch.is_empty() {
+                            batch_deadline = Instant::now() + self.settings.batch_age;
+                        }
+                        self.push(item);
+                        if self.records_in_batch >= self.settings.batch_max
+                            || self.batch.len() >= 2 * self.settings.batch_max
+                        {
+                            self.flush().await;
+                            batch_deadline = Instant::now() + far;
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(batch_deadline), if !self.batch.is_empty() => {
+                    self.flush().await;
+                    batch_deadline = Instant::now() + far;
+                }
+                _ = metrics_tick.tick() => {
+                    // Only when something changed: no empty envelopes for an idle proxy.
+                    let now = self.metrics.exchanges.get() + self.metrics.audit_events.get();
+                    if now != exported_exchanges {
+                        exported_exchanges = now;
+                        self.flush_metrics().await;
+                    }
+                }
+            }
+        }
+        // Drain what is queued (bounded by the channel's capacity), then the last batch.
+        rx.close();
+        while let Ok(item) = rx.try_recv() {
+            self.push(item);
+            if self.records_in_batch >= self.settings.batch_max {
+                self.flush().await;
+            }
+        }
+        self.flush().await;
+        if !self.histograms.is_empty() {
+            self.flush_metrics().await;
+        }
+    }
+
+    fn push(&mut self, item: Item) {
+        match item {
+            Item::Record(r, slot) => {
+                self.slots.extend(slot);
+                self.metrics.exchanges.inc();
+                if r.content_dropped.is_some() {
+                    self.metrics.content_dropped.inc();
+                }
+                self.batch.push_record(&r);
+                otlp::observe(&mut self.histograms, &r);
+                self.records_in_batch += 1;
+            }
+            Item::Audit(a) => {
+                self.metrics.audit_events.inc();
+                self.batch.logs.push(otlp::audit_log(&a));
+            }
+        }
+    }
+
+    fn encoding(&self, signal: Signal) -> Encoding {
+        match self.settings.signal(signal).destination {
+            // The ledger is OTLP/JSON lines whatever the wire protocol.
+            Destination::File => Encoding::Json,
+            Destination::Otlp(_) => self.settings.signal(signal).encoding,
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.records_in_batch = 0;
+        let res = &self.settings.resource;
+        let traces = self.batch.traces_request(res).map(|req| {
+            Payload::new(Bytes::from(otlp::encode(
+                &req,
+                self.encoding(Signal::Traces),
+            )))
+        });
+        let logs = self
+            .batch
+            .logs_request(res)
+            .map(|req| Payload::new(Bytes::from(otlp::encode(&req, self.encoding(Signal::Logs)))));
+        let mut payloads: Vec<(Signal, Payload)> = [(Signal::Traces, traces), (Signal::Logs, logs)]
+            .into_iter()
+            .filter_map(|(s, p)| p.map(|p| (s, p)))
+            .collect();
+        let slots = std::mem::take(&mut self.slots);
+        if let Some(journal) = &self.settings.journal
+            && !slots.is_empty()
+            && !payloads.is_empty()
+        {
+            let done = Arc::new(BatchDone {
+                remaining: payloads.len().into(),
+                lost: false.into(),
+                slots,
+                journal: journal.clone(),
+            });
+            for (_, p) in &mut payloads {
+                p.done = Some(done.clone());
+            }
+        }
+        for (signal, payload) in payloads {
+            self.hand_over(signal, payload).await;
+        }
+    }
+
+    async fn flush_metrics(&mut self) {
+        let req = otlp::metrics_request(
+            &self.settings.resource,
+            &self.histograms,
+            &self.metrics,
+            self.started,
+            SystemTime::now(),
+        );
+        let body = otlp::encode(&req, self.encoding(Signal::Metrics));
+        self.hand_over(Signal::Metrics, Payload::new(Bytes::from(body)))
+            .await;
+    }
+
+    /// Waits for room at the sender: the batcher is off the hot path, and the senders never
+    /// block long (they spool while the collector is away), so back-pressure ends at the
+    /// record channel, where `try_send` reports it.
+    async fn hand_over(&self, signal: Signal, payload: Payload) {
+        if let Err(e) = self.sender_txs[signal as usize].send(payload).await {
+            tracing::error!(signal = signal.name(), "export: sender stopped; batch lost");
+            self.metrics.batches_rejected.inc();
+            e.0.complete(false);
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! # Delivery: one task per signal that makes each encoded request durable.
+//!
+//! The exporter's last stage. With no endpoint, [`run_ledger`] appends each payload to the
+//! OTLP/JSON ledger under `<data>/records/` ([`super::ledger`]). With one, [`OtlpSender`]
+//! POSTs it ([`super::sender`]) while the collector answers, spools it ([`super::spool`])
+//! while it does not, and replays the spool in order (backoff with jitter, `Retry-After`).
+//! Either way the payload's [`BatchDone`](super::batcher) hears whether it became durable.
+//!
+//! Owns: retry timing and the spool's byte counters. Never builds or encodes a request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::batcher::Payload;
+use super::sender::{Attempt, OtlpClient};
+use super::spool::{self, Spool};
+use super::{Encoding, ExporterSettings, Metrics, Signal, ledger};
+
+pub(super) async fn run_ledger(
+    data: std::path::PathBuf,
+    signal: Signal,
+    mut rx: mpsc::Receiver<Payload>,
+    metrics: Arc<Metrics>,
+) -> usize {
+    while let Some(payload) = rx.recv().await {
+        let dir = data.clone();
+        let body = payload.body.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            ledger::append(&dir, signal, &body, SystemTime::now())
+        })
+        .await;
+        payload.complete(matches!(res, Ok(Ok(()))));
+        let err = match res {
+            Ok(Ok(())) => {
+                metrics.observe_write::<String>(signal, &Ok(()));
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        metrics.observe_write(
+            signal,
+            &Err(format!(
+                "records ledger {}: {err}",
+                ledger::records_dir(&data).display()
+            )),
+        );
+        metrics.export_failures.inc();
+        tracing::error!(signal = signal.name(), error = %err, dir = %ledger::records_dir(&data).display(), "export: could not write the records ledger");
+    }
+    0
+}
+
+// === impl OtlpSender ===
+
+type InFlight = Pin<Box<dyn Future<Output = Attempt> + Send>>;
+
+/// One signal's delivery loop: direct sends while the collector is healthy, the spool while
+/// it is not.
+pub(super) struct OtlpSender {
+    pub(super) signal: Signal,
+    pub(super) url: String,
+    pub(super) settings: Arc<ExporterSettings>,
+    pub(super) client: OtlpClient,
+    pub(super) spool: Spool,
+    pub(super) metrics: Arc<Metrics>,
+    /// Consecutive failed attempts (drives the backoff).
+    pub(super) failures: u32,
+}
+
+impl OtlpSender {
+    fn attempt(&self, enc: Encoding, body: Bytes) -> InFlight {
+        let s = self.settings.signal(self.signal);
+        Box::pin(self.client.clone().send(
+            self.url.clone(),
+            self.signal,
+            enc,
+            body,
+            s.headers.clone(),
+            s.gzip,
+            s.timeout,
+        ))
+    }
+
+    /// Spools `payload`; it counts as durable once it is in the spool.
+    fn spool(&mut self, enc: Encoding, payload: &Payload) {
+        let body = &payload.body[..];
+        let pushed = self.spool.push(enc, body);
+        payload.complete(pushed.is_ok());
+        match pushed {
+            Ok(loss) => {
+                self.metrics.observe_write::<String>(self.signal, &Ok(()));
+                self.metrics.spool_bytes.add((body.len() + 13) as u64);
+                self.account_loss(loss, "spool full: oldest batches dropped");
+            }
+            Err(e) => {
+                self.metrics.observe_write(
+                    self.signal,
+                    &Err(format!("export spool ({}): {e}", self.signal.name())),
+                );
+                self.metrics.batches_rejected.inc();
+                tracing::error!(signal = self.signal.name(), error = %e, "export: could not spool a batch; it is lost");
+            }
+        }
+    }
+
+    fn account_loss(&self, loss: spool::Loss, why: &str) {
+        if loss.batches > 0 {
+            self.metrics.spool_bytes.sub(loss.bytes);
+            self.metrics.spool_batches_dropped.add(loss.batches);
+            self.metrics.spool_bytes_dropped.add(loss.bytes);
+            tracing::error!(
+                signal = self.signal.name(),
+                batches = loss.batches,
+                bytes = loss.bytes,
+                "export: {why}"
+            );
+        }
+    }
+
+    /// Delay before the next attempt: `Retry-After` when given (capped at `retry_max`), else
+    /// exponential from `retry_initial` with full jitter in [d/2, d].
+    fn backoff(&mut self, after: Option<Duration>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let max = self.settings.retry_max;
+        if let Some(a) = after {
+            return a.min(max);
+        }
+        let exp = self.failures.saturating_sub(1).min(20);
+        let d = self
+            .settings
+            .retry_initial
+            .saturating_mul(1 << exp)
+            .min(max);
+        let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
+        d.mul_f64(jitter)
+    }
+
+    /// Runs until the batcher is gone and the spool is empty, or until `stop`; returns the
+    /// number of batches left in the spool.
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Payload>,
+        mut stop: watch::Receiver<bool>,
+    ) -> usize {
+        let enc = self.settings.signal(self.signal).encoding;
+        let mut open = true;
+        let mut next_try = Instant::now();
+        // The attempt in flight, and the direct (not yet spooled) payload it carries.
+        let mut inflight: Option<InFlight> = None;
+        let mut direct: Option<Payload> = None;
+        loop {
+            if !open && inflight.is_none() && self.spool.is_empty() {
+                break;
+            }
+            let can_read = open && direct.is_none();
+            let can_replay = inflight.is_none() && !self.spool.is_empty();
+            tokio::select! {
+                _ = stop.changed() => {
+                    if let Some(b) = direct.take() {
+                        self.spool(enc, &b);
+                    }
+                    while let Ok(b) = rx.try_recv() {
+                        self.spool(enc, &b);
+                    }
+                    break;
+                }
+                msg = rx.recv(), if can_read => match msg {
+                    None => open = false,
+                    Some(payload) => {
+                        if inflight.is_none() && self.spool.is_empty() && Instant::now() >= next_try {
+                            inflight = Some(self.attempt(enc, payload.body.clone()));
+                            direct = Some(payload);
+                        } else {
+                            // Behind a failure or older batches: keep the order.
+                            self.spool(enc, &payload);
+                        }
+                    }
+                },
+                attempt = async { inflight.as_mut().expect("invariant: guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    let from_spool = direct.is_none();
+                    match attempt {
+                        Attempt::Delivered => {
+                            self.metrics.observe_write::<String>(self.signal, &Ok(()));
+                            self.metrics.batches_delivered.inc();
+                            self.failures = 0;
+                            next_try = Instant::now();
+                            if let Some(p) = direct.take() {
+                                p.complete(true);
+                            }
+                            if from_spool {
+                                let n = self.spool.pop_front();
+                                self.metrics.spool_bytes.sub(n);
+                            }
+                        }
+                        Attempt::Reject { why } => {
+                            self.metrics.export_failures.inc();
+                            self.metrics.batches_rejected.inc();
+                            tracing::error!(signal = self.signal.name(), %why, "export: batch rejected, not retried");
+                            if let Some(p) = direct.take() {
+                                p.complete(false);
+                            }
+                            if from_spool {
+                                let n = self.spool.pop_front();
+                                self.metrics.spool_bytes.sub(n);
+                            }
+                        }
+                        Attempt::Retry { after, why } => {
+                            self.metrics.export_failures.inc();
+                            let delay = self.backoff(after);
+                            tracing::warn!(signal = self.signal.name(), %why, retry_in = ?delay, spooled = self.spool.len(), "export: collector unavailable, spooling");
+                            next_try = Instant::now() + delay;
+                            if let Some(b) = direct.take() {
+                                self.spool(enc, &b);
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_try), if can_replay => {
+                    let (front, loss) = self.spool.front();
+                    self.account_loss(loss, "corrupted spooled batches discarded");
+                    if let Some((e, body)) = front {
+                        inflight = Some(self.attempt(e, Bytes::from(body)));
+                    }
+                }
+            }
+        }
+        self.spool.len()
+    }
+}

@@ -1,0 +1,148 @@
+//! # Exporter handle: the pipeline's side of the export queue.
+//!
+//! Where a [`Record`] enters export: pipeline workers (and the admin server, for audit
+//! events) hold a cloneable [`ExporterHandle`] and queue items on a bounded channel that the
+//! batcher (`export::batcher`) drains. `try_send` never waits and gives the record back when
+//! the queue is full; `send_blocking` waits (audit required) and is for OS threads only.
+//!
+//! Owns: the queue's sending side and the shape of its items. Never encodes, sends or
+//! counts a drop itself (the caller decides what a full queue means).
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{AuditEvent, Metrics};
+use crate::journal::Slot;
+use crate::record::Record;
+
+/// What travels from the pipeline to the batcher.
+pub(super) enum Item {
+    /// A record, with the journal slot of its exchange when it has one.
+    Record(Box<Record>, Option<Slot>),
+    Audit(AuditEvent),
+}
+
+/// Why [`ExporterHandle::try_send`] refused an item; the item comes back.
+#[derive(Debug)]
+pub struct TrySendError<T> {
+    /// Boxed: a `Record` is large, and the error path should not copy it around.
+    item: Box<T>,
+    closed: bool,
+}
+
+impl<T> TrySendError<T> {
+    /// True when the queue was full (the exporter is behind); false when it is shut down.
+    pub fn is_full(&self) -> bool {
+        !self.closed
+    }
+
+    /// True when the exporter has shut down.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The refused item.
+    pub fn into_inner(self) -> T {
+        *self.item
+    }
+}
+
+impl<T> fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.closed {
+            f.write_str("exporter is shut down")
+        } else {
+            f.write_str("export queue is full")
+        }
+    }
+}
+
+impl<T: fmt::Debug> std::error::Error for TrySendError<T> {}
+
+/// The cheap, cloneable side the pipeline holds: queue records and audit events, reach the
+/// counters. Never waits.
+#[derive(Clone)]
+pub struct ExporterHandle {
+    pub(super) tx: mpsc::Sender<Item>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for ExporterHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExporterHandle")
+            .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
+            .finish()
+    }
+}
+
+impl ExporterHandle {
+    /// Queues one record without waiting. On a full queue the record comes back in the
+    /// error and nothing is counted: the caller decides (count it in
+    /// [`Metrics::exchanges_dropped`], or refuse the request under `audit = "required"`).
+    pub fn try_send(&self, record: Record) -> Result<(), TrySendError<Record>> {
+        self.try_send_journaled(record, None)
+    }
+
+    /// [`ExporterHandle::try_send`] for a record whose exchange holds journal slot `slot`:
+    /// the slot is marked recorded once the record is durable.
+    pub fn try_send_journaled(
+        &self,
+        record: Record,
+        slot: Option<Slot>,
+    ) -> Result<(), TrySendError<Record>> {
+        self.tx
+            .try_send(Item::Record(Box::new(record), slot))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(Item::Record(r, _)) => TrySendError {
+                    item: r,
+                    closed: false,
+                },
+                mpsc::error::TrySendError::Closed(Item::Record(r, _)) => TrySendError {
+                    item: r,
+                    closed: true,
+                },
+                _ => unreachable!("invariant: a record was sent"),
+            })
+    }
+
+    /// Queues one record, waiting for room (audit required: the pipeline must not drop what
+    /// the proxy admitted). Call from an OS thread, never from inside the async runtime.
+    /// Fails only when the exporter has shut down.
+    pub fn send_blocking(
+        &self,
+        record: Record,
+        slot: Option<Slot>,
+    ) -> Result<(), TrySendError<Record>> {
+        self.tx
+            .blocking_send(Item::Record(Box::new(record), slot))
+            .map_err(|e| match e.0 {
+                Item::Record(r, _) => TrySendError {
+                    item: r,
+                    closed: true,
+                },
+                _ => unreachable!("invariant: a record was sent"),
+            })
+    }
+
+    /// Queues one audit event without waiting, as an OTLP log record.
+    pub fn try_send_audit(&self, event: AuditEvent) -> Result<(), TrySendError<AuditEvent>> {
+        self.tx.try_send(Item::Audit(event)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(Item::Audit(a)) => TrySendError {
+                item: Box::new(a),
+                closed: false,
+            },
+            mpsc::error::TrySendError::Closed(Item::Audit(a)) => TrySendError {
+                item: Box::new(a),
+                closed: true,
+            },
+            _ => unreachable!("invariant: an audit event was sent"),
+        })
+    }
+
+    /// The shared counters (`veil.exchanges.dropped` and the others).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}

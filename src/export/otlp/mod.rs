@@ -1,0 +1,118 @@
+//! # OTLP encoding: `Record` → span, log record and metric points.
+//!
+//! Builds the `opentelemetry-proto` messages for one batch, following the GenAI semantic
+//! conventions v1.41.1 (`shared/otel-genai.md` §1) and veil's own `veil.*` attributes, and
+//! encodes them as protobuf or OTLP/JSON.
+//!
+//! Place in the flow: called by the exporter's batcher (`export::batcher`) for every record
+//! and audit event; its output (encoded bytes) goes to the per-signal senders. The stages,
+//! one file each:
+//! - `attributes`: `Record` → the attribute list shared by span and log (no content);
+//! - `span`: the CLIENT span and its IDs (W3C parent);
+//! - `log`: the log event of a record (content as body) and of an audit event;
+//! - `metrics`: histogram points per record and the metrics request;
+//! - `batch`: spans and logs gathered into the traces and logs requests;
+//! - `resource`: the OTLP resource (`service.name`, `OTEL_RESOURCE_ATTRIBUTES`).
+//!
+//! This file holds the wire vocabulary ([`Signal`], [`Encoding`], [`encode`]) and the
+//! instrumentation scope.
+//!
+//! Owns: attribute names, span/log/metric shapes, trace IDs, the resource. Reads [`Record`]s
+//! and [`AuditEvent`]s only, whose content is already redacted; it must never see an
+//! `Exchange` or raw content, and never touches the network or the disk.
+//!
+//! [`Record`]: crate::record::Record
+
+mod attributes;
+mod batch;
+mod log;
+mod metrics;
+mod resource;
+mod span;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use prost::Message;
+
+pub use attributes::{is_failed, json_to_any};
+pub use batch::Batch;
+pub use log::{AuditEvent, audit_log, record_log};
+pub use metrics::{metrics_request, observe};
+pub use resource::{ResourceInfo, parse_key_values};
+pub use span::{SpanIds, record_span, span_name};
+
+/// Schema of the attribute names veil emits (semconv v1.41, see otel-genai.md §0).
+pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.0";
+
+/// Instrumentation scope name.
+pub const SCOPE_NAME: &str = "veil";
+
+/// `event_name` of the per-exchange log record (otel-genai.md §1.2).
+pub const EVENT_NAME: &str = "gen_ai.client.inference.operation.details";
+
+/// Which of the three OTLP signals a payload carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    /// `ExportTraceServiceRequest`, `/v1/traces`.
+    Traces,
+    /// `ExportLogsServiceRequest`, `/v1/logs`.
+    Logs,
+    /// `ExportMetricsServiceRequest`, `/v1/metrics`.
+    Metrics,
+}
+
+impl Signal {
+    /// All signals, in a fixed order.
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Logs, Signal::Metrics];
+
+    /// `traces`, `logs`, `metrics`: the URL path segment, file and directory name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
+        }
+    }
+}
+
+/// How a payload is encoded on the wire and in the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `application/x-protobuf` (OTLP default).
+    Protobuf,
+    /// `application/json` (OTLP/JSON).
+    Json,
+}
+
+impl Encoding {
+    /// The `Content-Type` (exactly; Phoenix refuses parameters, otel-genai.md §7).
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+pub(super) fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE_NAME.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        attributes: Vec::new(),
+        dropped_attributes_count: 0,
+    }
+}
+
+pub(super) fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Encodes a request in `enc`. JSON through the crate's serde (hex IDs, string int64s).
+pub fn encode<M: Message + serde::Serialize>(msg: &M, enc: Encoding) -> Vec<u8> {
+    match enc {
+        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(msg).expect("invariant: OTLP messages serialize"),
+    }
+}

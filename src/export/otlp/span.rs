@@ -1,0 +1,121 @@
+//! # OTLP span: one CLIENT span per record, child of the app's `traceparent` when it sent one.
+//!
+//! Second stage of the OTLP encoder: takes the attributes from
+//! [`attributes`](super::attributes), adds the content as JSON strings, sets the span's
+//! identity ([`SpanIds`]), times and ERROR status. The [`log`](super::log) stage reuses the
+//! same [`SpanIds`] so the log event correlates to the span.
+//!
+//! Owns: trace and span IDs, the span name and status. Never encodes or sends.
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
+
+use super::attributes::{content, is_failed, kv, record_attributes, str_value};
+use super::unix_nanos;
+use crate::record::Record;
+
+/// `Span.flags` bits telling that the parent's remoteness is known (0x100) and that it is
+/// remote (0x200): the app's span lives in another process (otel-genai.md §2).
+const FLAGS_PARENT_REMOTE: u32 = 0x300;
+
+fn random_nonzero<const N: usize>() -> [u8; N] {
+    // Bounded: a zero draw has probability 2^-64 or less; the counter only guards the loop.
+    for _ in 0..16 {
+        let id: [u8; N] = rand::random();
+        if id.iter().any(|b| *b != 0) {
+            return id;
+        }
+    }
+    let mut id = [0u8; N];
+    id[N - 1] = 1;
+    id
+}
+
+/// The span identity of one exchange: its trace, its own ID, its parent and flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanIds {
+    /// 16-byte trace ID.
+    pub trace_id: [u8; 16],
+    /// veil's 8-byte span ID (random).
+    pub span_id: [u8; 8],
+    /// The app's span, when it sent a `traceparent`.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// `Span.flags`: W3C flags in bits 0-7, plus 0x300 under a remote parent.
+    pub flags: u32,
+    /// The incoming `tracestate`.
+    pub trace_state: String,
+}
+
+impl SpanIds {
+    /// The child of `record.trace_parent`, or a new random trace (flags `03`: sampled,
+    /// random trace ID; otel-genai.md §3).
+    pub fn for_record(record: &Record) -> Self {
+        match &record.trace_parent {
+            Some(tp) => SpanIds {
+                trace_id: tp.trace_id,
+                span_id: random_nonzero(),
+                parent_span_id: Some(tp.parent_span_id),
+                flags: u32::from(tp.flags) | FLAGS_PARENT_REMOTE,
+                trace_state: tp.trace_state.clone().unwrap_or_default(),
+            },
+            None => SpanIds {
+                trace_id: random_nonzero(),
+                span_id: random_nonzero(),
+                parent_span_id: None,
+                flags: 0x03,
+                trace_state: String::new(),
+            },
+        }
+    }
+}
+
+/// The span name: `{operation} {model}`, or the operation alone without a model.
+pub fn span_name(r: &Record) -> String {
+    match &r.request_model {
+        Some(m) if !m.is_empty() => format!("{} {m}", r.operation),
+        _ => r.operation.clone(),
+    }
+}
+
+/// The CLIENT span of one record.
+pub fn record_span(r: &Record, ids: &SpanIds) -> Span {
+    span_with(r, ids, record_attributes(r))
+}
+
+pub(super) fn span_with(r: &Record, ids: &SpanIds, mut attributes: Vec<KeyValue>) -> Span {
+    for (name, v) in content(r) {
+        // On spans, content is a JSON string (otel-genai.md §1.2).
+        attributes.push(kv(name, str_value(&v.to_string())));
+    }
+    let start = unix_nanos(r.start);
+    let end = unix_nanos(r.start + r.duration);
+    let status = if is_failed(r) {
+        let message = match (r.status, &r.error_type) {
+            (Some(s), Some(e)) => format!("upstream answered {s} ({e})"),
+            (Some(s), None) => format!("upstream answered {s}"),
+            (None, Some(e)) => format!("exchange failed: {e} ({})", r.outcome),
+            (None, None) => format!("exchange failed ({})", r.outcome),
+        };
+        Some(Status { message, code: 2 })
+    } else {
+        None
+    };
+    Span {
+        trace_id: ids.trace_id.to_vec(),
+        span_id: ids.span_id.to_vec(),
+        trace_state: ids.trace_state.clone(),
+        parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: ids.flags,
+        name: span_name(r),
+        kind: span::SpanKind::Client as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        dropped_attributes_count: 0,
+        events: Vec::new(),
+        dropped_events_count: 0,
+        links: Vec::new(),
+        dropped_links_count: 0,
+        status,
+    }
+}

@@ -1,0 +1,250 @@
+//! Delivery: outages, rejections, the bounded spool, crashes, timeouts and `Retry-After` ([`super::super::deliver`]).
+
+use super::*;
+
+#[tokio::test]
+async fn outage_loses_nothing_and_duplicates_nothing() {
+    let mut rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Some(&rx.endpoint()), &[]);
+    s.batch_max = 4;
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let h = exporter.handle();
+    let mut n = 0;
+    let mut send = |count: usize| {
+        for _ in 0..count {
+            h.try_send(testing::base_record(&format!("req-{n:04}")))
+                .unwrap();
+            n += 1;
+        }
+    };
+    // Healthy, then 503, then connections refused, then healthy again.
+    send(10);
+    assert!(wait_until(Duration::from_secs(10), || span_counts(&rx).len() == 10).await);
+    rx.answer(503);
+    send(10);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(10);
+    rx.stop();
+    send(10);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(10);
+    assert!(
+        exporter.metrics().spool_bytes.get() > 0,
+        "nothing was spooled during the outage"
+    );
+    assert!(exporter.metrics().export_failures.get() > 0);
+    rx.answer(200);
+    rx.restart().await;
+    send(10);
+    let done = wait_until(Duration::from_secs(20), || span_counts(&rx).len() == 60).await;
+    let metrics = exporter.metrics();
+    let report = exporter.shutdown(Duration::from_secs(10)).await;
+    let counts = span_counts(&rx);
+    assert!(done, "only {} of 60 arrived: {counts:?}", counts.len());
+    for i in 0..60 {
+        let id = format!("req-{i:04}");
+        assert_eq!(counts.get(&id), Some(&1), "{id}: {counts:?}");
+    }
+    assert!(report.drained, "{report:?}");
+    assert_eq!(metrics.spool_bytes.get(), 0);
+    assert_eq!(metrics.spool_batches_dropped.get(), 0);
+    assert_eq!(metrics.batches_rejected.get(), 0);
+    // 503 answers were seen and not counted as delivered.
+    assert!(rx.received().iter().any(|r| r.answered == 503));
+}
+
+#[tokio::test]
+async fn non_retryable_answers_are_dropped_and_counted() {
+    let rx = Receiver::start().await;
+    rx.answer(400);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = {
+        let exporter = Exporter::start(
+            settings(dir.path(), Some(&rx.endpoint()), &[]),
+            Arc::default(),
+        )
+        .unwrap();
+        exporter
+            .handle()
+            .try_send(testing::base_record("bad"))
+            .unwrap();
+        let m = exporter.metrics();
+        let report = exporter.shutdown(Duration::from_secs(5)).await;
+        assert!(report.drained);
+        m
+    };
+    // Each request was tried exactly once: never retried, never spooled.
+    let traces: Vec<_> = rx
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/v1/traces")
+        .collect();
+    assert_eq!(traces.len(), 1);
+    assert!(
+        metrics.batches_rejected.get() >= 2,
+        "traces and logs rejected"
+    );
+    assert_eq!(metrics.spool_bytes.get(), 0);
+}
+
+#[tokio::test]
+async fn spool_is_bounded_and_counts_what_it_drops() {
+    let mut rx = Receiver::start().await;
+    let endpoint = rx.endpoint();
+    rx.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Some(&endpoint), &[]);
+    s.batch_max = 1;
+    s.spool_max_bytes = 6_000;
+    let exporter = Exporter::start(s.clone(), Arc::default()).unwrap();
+    let h = exporter.handle();
+    let metrics = exporter.metrics();
+    for i in 0..40 {
+        h.try_send(testing::base_record(&format!("b-{i:02}")))
+            .unwrap();
+        // One batch per record: give the batcher its 20 ms batch age now and then.
+        if i % 8 == 7 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    let report = exporter.shutdown(Duration::from_millis(300)).await;
+    assert!(!report.drained);
+    assert!(metrics.spool_batches_dropped.get() > 0, "nothing dropped");
+    assert!(metrics.spool_bytes_dropped.get() > 0);
+    let on_disk: u64 = std::fs::read_dir(dir.path().join("spool/traces"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 6_000, "spool holds {on_disk} bytes");
+    // The collector returns: what survived is the newest, delivered once, in order.
+    rx.restart().await;
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let ok = wait_until(Duration::from_secs(10), || {
+        span_counts(&rx).contains_key("b-39")
+    })
+    .await;
+    let report = exporter.shutdown(Duration::from_secs(5)).await;
+    assert!(ok && report.drained, "{report:?}");
+    let counts = span_counts(&rx);
+    assert!(
+        !counts.contains_key("b-00"),
+        "oldest should have been dropped"
+    );
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let order: Vec<String> = rx
+        .spans()
+        .iter()
+        .map(|s| testing::s(&attrs(&s.attributes), "veil.request.id").unwrap())
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "replay out of order");
+}
+
+#[tokio::test]
+async fn spooled_batches_survive_a_crash() {
+    let mut rx = Receiver::start().await;
+    let endpoint = rx.endpoint();
+    rx.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path(), Some(&endpoint), &[]);
+    let exporter = Exporter::start(s.clone(), Arc::default()).unwrap();
+    for i in 0..20 {
+        exporter
+            .handle()
+            .try_send(testing::base_record(&format!("c-{i:02}")))
+            .unwrap();
+    }
+    // Wait until both the traces and the logs batches are spooled, then crash (no flush).
+    let spool = dir.path().join("spool");
+    let spooled = wait_until(Duration::from_secs(10), || {
+        ["traces", "logs"].iter().all(|sig| {
+            std::fs::read_dir(spool.join(sig))
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .any(|e| e.path().extension().is_some_and(|x| x == "batch"))
+                })
+                .unwrap_or(false)
+        })
+    })
+    .await;
+    assert!(spooled, "nothing reached the spool");
+    drop(exporter);
+    rx.restart().await;
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let ok = wait_until(Duration::from_secs(10), || span_counts(&rx).len() == 20).await;
+    let report = exporter.shutdown(Duration::from_secs(5)).await;
+    let counts = span_counts(&rx);
+    assert!(ok, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    assert_eq!(rx.logs().len(), 20);
+    assert!(report.drained);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_collector_times_out_and_the_batch_is_spooled() {
+    let rx = Receiver::start().await;
+    rx.hang(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(
+        dir.path(),
+        Some(&rx.endpoint()),
+        &[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "5000")],
+    );
+    s.retry_initial = Duration::from_secs(1);
+    s.retry_max = Duration::from_secs(2);
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let metrics = exporter.metrics();
+    let t0 = tokio::time::Instant::now();
+    exporter
+        .handle()
+        .try_send(testing::base_record("hung"))
+        .unwrap();
+    let failed = wait_until(Duration::from_secs(60), || {
+        metrics.export_failures.get() >= 2 && metrics.spool_bytes.get() > 0
+    })
+    .await;
+    assert!(failed, "no timeout seen");
+    // The traces attempt waited its 5 s timeout (virtual time) before giving up.
+    assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(rx.spans().is_empty());
+    rx.hang(false);
+    let ok = wait_until(Duration::from_secs(60), || span_counts(&rx).len() == 1).await;
+    let report = exporter.shutdown(Duration::from_secs(30)).await;
+    assert!(ok && report.drained, "{report:?}");
+    assert_eq!(span_counts(&rx)["hung"], 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let rx = Receiver::start().await;
+    rx.answer(429);
+    rx.retry_after(Some("7"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Some(&rx.endpoint()), &[]);
+    s.retry_initial = Duration::from_millis(10);
+    s.retry_max = Duration::from_secs(60);
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    exporter
+        .handle()
+        .try_send(testing::base_record("ra"))
+        .unwrap();
+    let traces = |rx: &Receiver| -> Vec<testing::Received> {
+        rx.received()
+            .into_iter()
+            .filter(|r| r.path == "/v1/traces")
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(5), || !traces(&rx).is_empty()).await);
+    rx.answer(200);
+    assert!(wait_until(Duration::from_secs(30), || span_counts(&rx).len() == 1).await);
+    let got = traces(&rx);
+    assert_eq!(got.len(), 2, "one refused attempt, one delivery");
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(7) && gap < Duration::from_secs(8),
+        "retried after {gap:?}, not after Retry-After: 7"
+    );
+    exporter.shutdown(Duration::from_secs(5)).await;
+}
