@@ -271,6 +271,13 @@ pub async fn start(
         Some(journal.clone()),
     );
     let health = Arc::new(Health::default());
+    let ledger = match config.ledger.clone() {
+        Some(mut settings) => {
+            settings.nice = nice;
+            Some(crate::ledger::Ledger::open(settings, Some(health.clone()))?)
+        }
+        None => None,
+    };
     let exporter = {
         let _in_export_runtime = export_rt.handle().enter();
         let metrics = crate::export::Metrics {
@@ -283,6 +290,7 @@ pub async fn start(
             &|k| std::env::var(k).ok(),
             metrics,
             Some(journal.clone()),
+            ledger.as_ref().map(crate::ledger::Ledger::handle),
         )?
     };
     let audit: Arc<dyn AuditSink> = Arc::new(FanoutAuditSink(vec![
@@ -433,6 +441,16 @@ pub async fn start(
             );
         }
         drop(export_rt);
+        // The exporter has handed over its last batch: the ledger commits what it holds.
+        if let Some(ledger) = ledger {
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(EXPORT_FLOOR);
+            let closed = tokio::task::spawn_blocking(move || ledger.shutdown(left)).await;
+            if !matches!(closed, Ok(true)) {
+                tracing::error!("ledger still writing at drain_timeout; exiting without it");
+            }
+        }
         // The last group commit, bounded too: a disk that stalls past the deadline loses what
         // is still queued for it (the writer logs and counts it).
         let closing = tokio::task::spawn_blocking(move || drop(store));

@@ -20,6 +20,8 @@ use super::metrics::Histograms;
 use super::otlp::{self, Batch};
 use super::{Destination, Encoding, ExporterSettings, Metrics, Signal};
 use crate::journal::{Journal, Slot};
+use crate::ledger::LedgerHandle;
+use crate::record::Record;
 
 /// One encoded request on its way to a signal's sender, and who to tell once it is durable.
 pub(super) struct Payload {
@@ -78,10 +80,14 @@ pub(super) struct Batcher {
     pub(super) started: SystemTime,
     pub(super) batch: Batch,
     pub(super) records_in_batch: usize,
+    /// The records of the batch, for the ledger (empty without one).
+    pub(super) records: Vec<Record>,
     /// Journal slots of the records in `batch`.
     pub(super) slots: Vec<Slot>,
-    /// In [`Signal::ALL`] order.
-    pub(super) sender_txs: Vec<mpsc::Sender<Payload>>,
+    /// In [`Signal::ALL`] order; `None` for a signal that goes nowhere ([`Destination::Off`]).
+    pub(super) sender_txs: Vec<Option<mpsc::Sender<Payload>>>,
+    /// The SQLite ledger, when on.
+    pub(super) ledger: Option<LedgerHandle>,
 }
 
 impl Batcher {
@@ -101,7 +107,7 @@ impl Batcher {
                 item = rx.recv() => match item {
                     None => break,
                     Some(item) => {
-                        if self.batch.is_empty() {
+                        if !self.pending() {
                             batch_deadline = Instant::now() + self.settings.batch_age;
                         }
                         self.push(item);
@@ -113,14 +119,14 @@ impl Batcher {
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(batch_deadline), if !self.batch.is_empty() => {
+                _ = tokio::time::sleep_until(batch_deadline), if self.pending() => {
                     self.flush().await;
                     batch_deadline = Instant::now() + far;
                 }
                 _ = metrics_tick.tick() => {
                     // Only when something changed: no empty envelopes for an idle proxy.
                     let now = self.metrics.exchanges.get() + self.metrics.audit_events.get();
-                    if now != exported_exchanges {
+                    if now != exported_exchanges && self.exports(Signal::Metrics) {
                         exported_exchanges = now;
                         self.flush_metrics().await;
                     }
@@ -136,9 +142,19 @@ impl Batcher {
             }
         }
         self.flush().await;
-        if !self.histograms.is_empty() {
+        if !self.histograms.is_empty() && self.exports(Signal::Metrics) {
             self.flush_metrics().await;
         }
+    }
+
+    /// Whether a record or an audit event waits to be flushed.
+    fn pending(&self) -> bool {
+        self.records_in_batch > 0 || !self.batch.is_empty()
+    }
+
+    /// Whether `signal` goes anywhere (an OTLP endpoint or records files).
+    fn exports(&self, signal: Signal) -> bool {
+        self.sender_txs[signal as usize].is_some()
     }
 
     fn push(&mut self, item: Item) {
@@ -149,13 +165,26 @@ impl Batcher {
                 if r.content_dropped.is_some() {
                     self.metrics.content_dropped.inc();
                 }
-                self.batch.push_record(&r);
-                otlp::observe(&mut self.histograms, &r);
+                // Spans and logs are built only for a signal that goes somewhere: with the
+                // ledger as the only sink, no OTLP is encoded at all.
+                if self.exports(Signal::Traces) || self.exports(Signal::Logs) {
+                    self.batch.push_record(&r);
+                }
+                if self.exports(Signal::Metrics) {
+                    otlp::observe(&mut self.histograms, &r);
+                }
                 self.records_in_batch += 1;
+                if self.ledger.is_some() {
+                    self.records.push(*r);
+                }
             }
             Item::Audit(a) => {
                 self.metrics.audit_events.inc();
-                self.batch.logs.push(otlp::audit_log(&a));
+                // The sealed store keeps its own durable audit log; this is the copy for
+                // the collector or the records files.
+                if self.exports(Signal::Logs) {
+                    self.batch.logs.push(otlp::audit_log(&a));
+                }
             }
         }
     }
@@ -164,7 +193,7 @@ impl Batcher {
         match self.settings.signal(signal).destination {
             // The ledger is OTLP/JSON lines whatever the wire protocol.
             Destination::File => Encoding::Json,
-            Destination::Otlp(_) => self.settings.signal(signal).encoding,
+            Destination::Otlp(_) | Destination::Off => self.settings.signal(signal).encoding,
         }
     }
 
@@ -185,13 +214,18 @@ impl Batcher {
             .into_iter()
             .filter_map(|(s, p)| p.map(|p| (s, p)))
             .collect();
+        payloads.retain(|(s, _)| self.exports(*s));
+        let records = std::mem::take(&mut self.records);
         let slots = std::mem::take(&mut self.slots);
+        let to_ledger = self.ledger.is_some() && !records.is_empty();
+        let parts = payloads.len() + usize::from(to_ledger);
+        let mut ledger_done: Option<crate::ledger::Done> = None;
         if let Some(journal) = &self.settings.journal
             && !slots.is_empty()
-            && !payloads.is_empty()
+            && parts > 0
         {
             let done = Arc::new(BatchDone {
-                remaining: payloads.len().into(),
+                remaining: parts.into(),
                 lost: false.into(),
                 slots,
                 journal: journal.clone(),
@@ -199,9 +233,15 @@ impl Batcher {
             for (_, p) in &mut payloads {
                 p.done = Some(done.clone());
             }
+            if to_ledger {
+                ledger_done = Some(Box::new(move |ok| done.complete(ok)));
+            }
         }
         for (signal, payload) in payloads {
             self.hand_over(signal, payload).await;
+        }
+        if let (Some(ledger), true) = (&self.ledger, to_ledger) {
+            ledger.send(records, ledger_done).await;
         }
     }
 
@@ -222,7 +262,10 @@ impl Batcher {
     /// block long (they spool while the collector is away), so back-pressure ends at the
     /// record channel, where `try_send` reports it.
     async fn hand_over(&self, signal: Signal, payload: Payload) {
-        if let Err(e) = self.sender_txs[signal as usize].send(payload).await {
+        let Some(tx) = &self.sender_txs[signal as usize] else {
+            return;
+        };
+        if let Err(e) = tx.send(payload).await {
             tracing::error!(signal = signal.name(), "export: sender stopped; batch lost");
             self.metrics.batches_rejected.inc();
             e.0.complete(false);

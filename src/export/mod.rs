@@ -22,7 +22,7 @@
 //! use veil::export::Exporter;
 //!
 //! // Inside the tokio runtime. Errors name the bad OTEL_* variable or TLS file.
-//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok(), Default::default(), None)?;
+//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok(), Default::default(), None, None)?;
 //! let handle = exporter.handle(); // clone into the pipeline workers
 //! if let Err(e) = handle.try_send(record) {
 //!     // Full (or shut down): never waits. Best-effort audit: count and go on.
@@ -66,6 +66,7 @@ pub use otlp::{AuditEvent, Encoding, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError};
 
 use crate::config::Config;
+use crate::ledger::LedgerHandle;
 use crate::journal::Journal;
 use batcher::{Batcher, Payload};
 use deliver::{OtlpSender, run_ledger};
@@ -120,22 +121,41 @@ impl Exporter {
     /// binary) and starts the exporter with `metrics` as its counters (set
     /// [`Metrics::recording_queue`] to export the proxy's drops), marking records durable in
     /// `journal` when given. Must run inside a tokio runtime.
+    ///
+    /// Records also go to `ledger` when given. Without an OTLP endpoint, records are written
+    /// as OTLP/JSON lines under `<data>/records/` only when `records_files` is set or there is
+    /// no ledger (so they always land somewhere local).
     pub fn from_config(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
         metrics: Metrics,
         journal: Option<Arc<Journal>>,
+        ledger: Option<LedgerHandle>,
     ) -> anyhow::Result<Exporter> {
         let mut settings =
             ExporterSettings::resolve(config.otlp_endpoint.as_deref(), config.data.clone(), env)?;
+        if ledger.is_some() && !config.records_files {
+            settings = settings.without_files();
+        }
         settings.queue_capacity = config.queue_capacity;
         settings.journal = journal;
-        Ok(Exporter::start(settings, Arc::new(metrics))?)
+        Ok(Exporter::start_with_ledger(settings, Arc::new(metrics), ledger)?)
     }
 
     /// Starts the exporter with resolved settings, opening the spools (their batches are
     /// replayed first). Must run inside a tokio runtime.
     pub fn start(settings: ExporterSettings, metrics: Arc<Metrics>) -> std::io::Result<Exporter> {
+        Exporter::start_with_ledger(settings, metrics, None)
+    }
+
+    /// [`Exporter::start`], also handing every batch of records to the SQLite ledger; a
+    /// batch's journal slots are marked recorded once its OTLP payloads and its ledger
+    /// transaction are all durable.
+    pub fn start_with_ledger(
+        settings: ExporterSettings,
+        metrics: Arc<Metrics>,
+        ledger: Option<LedgerHandle>,
+    ) -> std::io::Result<Exporter> {
         let settings = Arc::new(settings);
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -144,6 +164,10 @@ impl Exporter {
         for signal in Signal::ALL {
             let (stx, srx) = mpsc::channel::<Payload>(SENDER_QUEUE);
             let task = match &settings.signal(signal).destination {
+                Destination::Off => {
+                    sender_txs.push(None);
+                    continue;
+                }
                 Destination::File => {
                     let data = settings.data_dir.clone();
                     let metrics = metrics.clone();
@@ -175,7 +199,7 @@ impl Exporter {
                 }
             };
             senders.push(task);
-            sender_txs.push(stx);
+            sender_txs.push(Some(stx));
         }
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let batcher = Batcher {
@@ -185,8 +209,10 @@ impl Exporter {
             started: SystemTime::now(),
             batch: Batch::default(),
             records_in_batch: 0,
+            records: Vec::new(),
             slots: Vec::new(),
             sender_txs,
+            ledger,
         };
         let batcher = tokio::spawn(batcher.run(rx, shutdown_rx));
         Ok(Exporter {

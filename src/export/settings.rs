@@ -23,8 +23,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Destination {
     /// POST to this full URL (already with `/v1/<signal>`).
     Otlp(String),
-    /// Append OTLP/JSON lines under `<data>/records/` (no collector configured).
+    /// Append OTLP/JSON lines under `<data>/records/` (no collector configured and
+    /// `records_files = true`, or the SQLite ledger turned off).
     File,
+    /// Nowhere: no collector configured and the SQLite ledger is the local sink. The signal
+    /// is not even encoded.
+    Off,
 }
 
 /// Settings of one signal's sender.
@@ -96,6 +100,17 @@ impl fmt::Display for SettingsError {
 impl std::error::Error for SettingsError {}
 
 impl ExporterSettings {
+    /// Turns the signals that would go to `<data>/records/` files off (the SQLite ledger is
+    /// the local sink instead); signals with an OTLP endpoint are unchanged.
+    pub fn without_files(mut self) -> Self {
+        for s in &mut self.signals {
+            if s.destination == Destination::File {
+                s.destination = Destination::Off;
+            }
+        }
+        self
+    }
+
     /// Resolves settings from the config's endpoint (`--otlp-endpoint`, which already falls
     /// back to `OTEL_EXPORTER_OTLP_ENDPOINT`), the data directory and the variables `env`
     /// returns. A signal with neither a base nor a per-signal endpoint goes to the file ledger.
