@@ -359,6 +359,10 @@ pub struct Conversation {
     pub response_bytes: u64,
     /// Number of stream events parsed (0 for non-streamed responses).
     pub chunk_count: u64,
+    /// The request body as the parse decoded and parsed it (any JSON value, also for an
+    /// endpoint veil does not understand), so the record step never decodes it again.
+    /// `None` when it is not JSON or could not be decoded. Raw content: redact before use.
+    pub request_json: Option<Value>,
 }
 
 impl Conversation {

@@ -5,10 +5,12 @@
 //! ([`Conversation::user_id`]: the provider's own field or the `x-veil-user` tag). Both end as
 //! `u_<16 hex>` from the one pseudonym function (`keys::pseudonymize_user`, through the
 //! rules), which the sealed store's index and `forget --user` use too.
+//!
+//! The request JSON is the one the provider parse already decoded and parsed
+//! ([`Conversation::request_json`]), also for an endpoint veil does not parse: the body is
+//! never decoded twice.
 
-use serde_json::Value;
-
-use crate::exchange::{self, Conversation, Exchange};
+use crate::exchange::{Conversation, Exchange};
 use crate::redact::CompiledRules;
 
 /// The pseudonym of the exchange's user, or `None` when nothing names one.
@@ -22,12 +24,7 @@ pub(super) fn user_pseudonym(
 ) -> Option<String> {
     let mut identity_headers = ex.tags.clone();
     identity_headers.extend(ex.request_headers.iter().cloned());
-    let request_json: Option<Value> = ex
-        .request_body
-        .decoded(64 << 20)
-        .ok()
-        .and_then(|b| exchange::json::from_slice(&b).ok());
     rules
-        .find_user(request_json.as_ref(), &identity_headers)
+        .find_user(conv.request_json.as_ref(), &identity_headers)
         .or_else(|| conv.user_id.as_deref().map(|u| rules.pseudonymize_user(u)))
 }
