@@ -38,21 +38,14 @@ pub fn build(ex: &Exchange, conv: &Conversation, rules: &CompiledRules) -> Recor
 /// tokens, cost, status, labels, headers: each bounded in size) is recorded as usual, and the
 /// redaction counts then cover that metadata only.
 ///
-/// The scope is chosen by the host the app addressed, the request path without its query, the
-/// requested model and the `x-veil-feature` tag ([`CompiledRules::scope_for`]).
+/// The scope is chosen by [`scope_key`].
 pub fn build_within(
     ex: &Exchange,
     conv: &Conversation,
     rules: &CompiledRules,
     budget: Budget,
 ) -> Record {
-    let route = ex.path.split('?').next().unwrap_or("/");
-    let scope = rules.scope_for(&ScopeKey {
-        host: Some(&conv.server_address),
-        route: Some(route),
-        model: conv.request_model.as_deref(),
-        feature: conv.feature.as_deref(),
-    });
+    let scope = rules.scope_for(&scope_key(ex, conv));
 
     let mut meter = budget.start();
     let mut redact = |value: Value, target: Target, counts: &mut Counts| -> Option<Value> {
@@ -184,6 +177,18 @@ pub fn build_within(
         response_bytes: conv.response_bytes,
         content_dropped,
         parse_error: conv.parse_error.clone(),
+    }
+}
+
+/// What selects the rules scope of an exchange ([`CompiledRules::scope_for`]): the host the
+/// app addressed, the request path without its query, the requested model and the
+/// `x-veil-feature` tag. `veil rules test` reports the scope through this same function.
+pub fn scope_key<'a>(ex: &'a Exchange, conv: &'a Conversation) -> ScopeKey<'a> {
+    ScopeKey {
+        host: Some(&conv.server_address),
+        route: Some(ex.path.split('?').next().unwrap_or("/")),
+        model: conv.request_model.as_deref(),
+        feature: conv.feature.as_deref(),
     }
 }
 

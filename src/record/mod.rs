@@ -22,7 +22,7 @@
 mod build;
 mod identity;
 
-pub use build::{build, build_within};
+pub use build::{build, build_within, scope_key};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
