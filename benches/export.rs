@@ -15,10 +15,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prost::Message;
+use veil::exchange::{TraceParent, Usage};
 use veil::export::otlp::{Batch, ResourceInfo};
 use veil::export::sender::{Attempt, OtlpClient};
 use veil::export::{Encoding, Exporter, ExporterSettings, Metrics, Signal, otlp};
-use veil::record::{Record, TraceParent, Usage};
+use veil::record::Record;
 
 /// Records per iteration: one full default batch.
 const BATCH: usize = 512;

@@ -15,8 +15,8 @@ use veil::exchange::{
 };
 use veil::export::otlp::{Encoding, SpanIds, encode, record_log, record_span};
 use veil::keys::{KeyId, Keyring, MasterKey};
-use veil::pipeline::{BUILTIN_DEFAULT_RULES, build_record};
-use veil::redact::CompiledRules;
+use veil::record;
+use veil::redact::{BUILTIN_DEFAULT_RULES, CompiledRules};
 use veil::seal::envelope::{fresh_data_key, seal_frame};
 
 fn body(bytes: &str) -> Body {
@@ -90,7 +90,7 @@ fn bench(c: &mut Criterion) {
     // Checked once before timing: the work being timed is the real work.
     let conv = parse(&ex, &opts, &pricing);
     assert_eq!(conv.usage.output_tokens, Some(410));
-    let record = build_record(&ex, &conv, &rules);
+    let record = record::build(&ex, &conv, &rules);
     let input = record.input_messages.as_ref().unwrap().to_string();
     assert!(
         !input.contains("dana.scully@example.com") && !input.contains("4111"),
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(parse(black_box(&ex), &opts, &pricing)))
     });
     g.bench_function("redact_to_record", |b| {
-        b.iter(|| black_box(build_record(black_box(&ex), &conv, &rules)))
+        b.iter(|| black_box(record::build(black_box(&ex), &conv, &rules)))
     });
     g.bench_function("otlp_encode_span_and_log", |b| {
         b.iter(|| {
@@ -132,7 +132,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("whole_exchange", |b| {
         b.iter(|| {
             let conv = parse(&ex, &opts, &pricing);
-            let record = build_record(&ex, &conv, &rules);
+            let record = record::build(&ex, &conv, &rules);
             let ids = SpanIds::for_record(&record);
             let span = encode(&record_span(&record, &ids), Encoding::Protobuf);
             let log = encode(&record_log(&record, &ids), Encoding::Protobuf);

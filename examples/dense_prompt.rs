@@ -1,6 +1,6 @@
 //! Cost of recording a match-dense prompt (veil#10): time per MB of
 //! `lorem ipsum alice@example.com sit amet ` repeated, through the whole record build
-//! (`exchange::parse` then `pipeline::build_record` under the shipped default rules).
+//! (`exchange::parse` then `record::build` under the shipped default rules).
 //!
 //! ```text
 //! cargo run --release --example dense_prompt -- [MB ...]        # default: 1 2 4 8
@@ -17,8 +17,8 @@ use veil::exchange::{
     Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream, parse,
 };
 use veil::keys::{KeyId, Keyring, MasterKey};
-use veil::pipeline::{BUILTIN_DEFAULT_RULES, build_record_within};
-use veil::redact::{Budget, CompiledRules};
+use veil::record;
+use veil::redact::{BUILTIN_DEFAULT_RULES, Budget, CompiledRules};
 
 /// The prompt of the report: one email every 39 bytes.
 const UNIT: &str = "lorem ipsum alice@example.com sit amet ";
@@ -87,7 +87,7 @@ fn main() {
     let (opts, pricing) = (ParseOptions::default(), Pricing::builtin());
     // Warm the lazy DFA caches once.
     let warm = exchange(1);
-    let _ = build_record_within(
+    let _ = record::build_within(
         &warm,
         &parse(&warm, &opts, &pricing),
         &rules,
@@ -97,11 +97,11 @@ fn main() {
         let ex = exchange(mb);
         let conv = parse(&ex, &opts, &pricing);
         let t = Instant::now();
-        let record = build_record_within(&ex, &conv, &rules, Budget::UNLIMITED);
+        let record = record::build_within(&ex, &conv, &rules, Budget::UNLIMITED);
         let secs = t.elapsed().as_secs_f64();
         let emails = record.redactions.get("EMAIL").copied().unwrap_or(0);
         let t = Instant::now();
-        let budgeted = build_record_within(&ex, &conv, &rules, Budget::DEFAULT);
+        let budgeted = record::build_within(&ex, &conv, &rules, Budget::DEFAULT);
         let budget_secs = t.elapsed().as_secs_f64();
         println!(
             "{mb:>3} MB  {secs:>8.3} s  {:>7.4} s/MB  emails masked {emails:>7}  default budget: {} in {budget_secs:.3} s",

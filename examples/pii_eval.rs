@@ -2,7 +2,7 @@
 //! format) with the corpus README's scoring rule.
 //!
 //! ```text
-//! cargo run --release --example pii_eval -- ../shared/pii/dev.jsonl [rules/default.toml] [--misses]
+//! cargo run --release --example pii_eval -- tests/fixtures/pii/dev.jsonl [rules/default.toml] [--misses]
 //! ```
 use std::path::Path;
 use std::process::ExitCode;

@@ -29,10 +29,11 @@ use crate::export::{Exporter, ExporterHandle};
 use crate::health::{Health, Part};
 use crate::journal::{CrashReport, Journal};
 use crate::keys::{Keyring, Purpose};
-use crate::pipeline::{Pipeline, PipelineStats, RulesHandle};
+use crate::pipeline::{Pipeline, PipelineStats};
 use crate::proxy::capture::Fingerprinter;
 use crate::proxy::mitm::CertificateAuthority;
 use crate::proxy::{Proxy, ProxyStats};
+use crate::redact::RulesHandle;
 use crate::seal::{AuditSink, FanoutAuditSink, JsonlAuditSink, SealOptions, SealStore};
 
 /// Name of the trust bundle (system roots + veil's CA) written next to the CA.

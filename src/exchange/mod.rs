@@ -21,9 +21,10 @@ pub mod queue;
 pub mod sse;
 pub mod traceparent;
 
-pub use model::Conversation;
+pub use model::{Conversation, Usage};
 pub use pricing::Pricing;
 pub use provider::{ParseOptions, parse};
+pub use traceparent::TraceParent;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -18,10 +18,25 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 
-use crate::record::{TraceParent, Usage};
+use super::traceparent::TraceParent;
 
 /// `gen_ai.provider.name` / `gen_ai.operation.name` value for what veil did not recognize.
 pub const UNKNOWN: &str = "unknown";
+
+/// Token counts as the provider reported them. Absent counts are `None`, never 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input (prompt) tokens, including cached ones.
+    pub input_tokens: Option<u64>,
+    /// Output (completion) tokens, including reasoning ones.
+    pub output_tokens: Option<u64>,
+    /// Input tokens read from the provider's prompt cache.
+    pub cache_read_tokens: Option<u64>,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_creation_tokens: Option<u64>,
+    /// Output tokens spent on reasoning.
+    pub reasoning_tokens: Option<u64>,
+}
 
 /// Media kind of a non-text part (`modality` in the GenAI schema).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -344,6 +359,10 @@ pub struct Conversation {
     pub response_bytes: u64,
     /// Number of stream events parsed (0 for non-streamed responses).
     pub chunk_count: u64,
+    /// The request body as the parse decoded and parsed it (any JSON value, also for an
+    /// endpoint veil does not understand), so the record step never decodes it again.
+    /// `None` when it is not JSON or could not be decoded. Raw content: redact before use.
+    pub request_json: Option<Value>,
 }
 
 impl Conversation {

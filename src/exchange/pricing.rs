@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::record::Usage;
+use crate::exchange::model::Usage;
 
 /// The built-in table.
 const BUILTIN: &str = include_str!("../../rules/pricing.toml");

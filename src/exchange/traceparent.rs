@@ -5,7 +5,18 @@
 //! summarized in `shared/otel-genai.md` §3: anything invalid means the whole header is
 //! ignored (a new trace is started), never a guess at what the app meant.
 
-use crate::record::TraceParent;
+/// A parsed W3C `traceparent` (plus `tracestate`) from the app's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// Trace ID (never all zero).
+    pub trace_id: [u8; 16],
+    /// The app's span ID, the parent of veil's span (never all zero).
+    pub parent_span_id: [u8; 8],
+    /// W3C trace flags (bit 0 = sampled).
+    pub flags: u8,
+    /// The incoming `tracestate`, passed on unchanged.
+    pub trace_state: Option<String>,
+}
 
 /// Parses a `traceparent` value, attaching `tracestate` when the parent is valid.
 ///

@@ -27,7 +27,8 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::record::{Record, TraceParent, Usage};
+use crate::exchange::{TraceParent, Usage};
+use crate::record::Record;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]

@@ -11,17 +11,31 @@
 //! // Command::Rules(c) => veil::redact::cli::run_rules(c, &keys_dir),
 //! // Command::Decrypt(a) => veil::redact::cli::run_decrypt(a, &config.keys),
 //! ```
+//!
+//! `rules test` previews exactly what ships: it wraps its input in an
+//! [`Exchange`](crate::exchange::Exchange), parses it with the provider parser and builds the
+//! record with [`record::build`](crate::record::build), the very calls `veil run` makes. Only
+//! `--raw` redacts the document as it is (the older mode, for checking a JSON path against a
+//! raw body). The redacted output goes to stdout alone, so it can be piped; the match report
+//! goes to stderr with every matched value shortened (`sk-pr…ABCD`), because a CI log is not
+//! a safe place for the secrets a rules test is about. `--show-matches` prints them whole.
 
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use serde_json::Value;
+use bytes::Bytes;
+use serde_json::{Map, Value};
 
 use super::{CompiledRules, ScopeKey, Target, decrypt_field};
+use crate::exchange::{
+    self, Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream,
+};
 use crate::keys::{KeyError, KeyId, Keyring, MasterKey};
+use crate::record::{self, Record};
 
 /// `veil rules …`
 #[derive(Debug, clap::Subcommand)]
@@ -31,25 +45,36 @@ pub enum RulesCommand {
         /// The rules file.
         file: PathBuf,
     },
-    /// Redact a JSON body read from stdin; print the result and what matched which detector.
+    /// Preview the record `veil run` would ship for a request read from stdin (and optionally
+    /// its response): the redacted content on stdout, what matched which detector on stderr.
     Test {
         /// The rules file.
         file: PathBuf,
-        /// Provider whose default host and route select the scope: openai, anthropic, gemini.
+        /// Provider whose host and route the exchange is sent to: openai (the default),
+        /// anthropic, gemini (needs --route, which names the model).
         #[arg(long)]
         provider: Option<String>,
-        /// Host for scope selection (overrides the provider's).
+        /// Host the exchange is sent to (overrides the provider's).
         #[arg(long)]
         host: Option<String>,
-        /// Route (request path) for scope selection (overrides the provider's).
+        /// Route (request path) of the exchange (overrides the provider's).
         #[arg(long)]
         route: Option<String>,
-        /// Feature tag (`x-veil-feature`) for scope selection.
+        /// Feature tag (`x-veil-feature`) of the exchange.
         #[arg(long)]
         feature: Option<String>,
-        /// Which document stdin holds.
-        #[arg(long, value_enum, default_value = "request")]
-        target: TargetArg,
+        /// The provider's response body (JSON, or a `text/event-stream` capture).
+        #[arg(long, value_name = "FILE")]
+        response: Option<PathBuf>,
+        /// Redact stdin as a raw document under --target instead of building the record.
+        #[arg(long)]
+        raw: bool,
+        /// Which document stdin holds (with --raw only; default: request).
+        #[arg(long, value_enum, requires = "raw")]
+        target: Option<TargetArg>,
+        /// Print matched values whole in the report (default: `sk-pr…ABCD`).
+        #[arg(long)]
+        show_matches: bool,
     },
 }
 
@@ -97,6 +122,15 @@ fn keys_or_ephemeral(dir: &Path) -> anyhow::Result<(Keyring, bool)> {
     }
 }
 
+/// Where `rules test` sends the exchange: host and route from `--provider`, each overridden
+/// by `--host` / `--route`.
+struct Destination<'a> {
+    provider: Option<&'a str>,
+    host: Option<&'a str>,
+    route: Option<&'a str>,
+    feature: Option<&'a str>,
+}
+
 /// Runs `veil rules …`. `keys_dir` is the configured keys dir.
 pub fn run_rules(cmd: RulesCommand, keys_dir: &Path) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -119,7 +153,10 @@ pub fn run_rules(cmd: RulesCommand, keys_dir: &Path) -> anyhow::Result<ExitCode>
             host,
             route,
             feature,
+            response,
+            raw,
             target,
+            show_matches,
         } => {
             let (keys, real) = keys_or_ephemeral(keys_dir)?;
             if !real {
@@ -135,29 +172,227 @@ pub fn run_rules(cmd: RulesCommand, keys_dir: &Path) -> anyhow::Result<ExitCode>
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let mut input = String::new();
+            let mut input = Vec::new();
             std::io::stdin()
-                .read_to_string(&mut input)
+                .read_to_end(&mut input)
                 .context("reading stdin")?;
-            let body: Value = serde_json::from_str(&input).context("stdin is not JSON")?;
-            let (out, table) = test_report(
-                &rules,
-                body,
-                provider.as_deref(),
-                host.as_deref(),
-                route.as_deref(),
-                feature.as_deref(),
-                target.into(),
-            )?;
+            let dest = Destination {
+                provider: provider.as_deref(),
+                host: host.as_deref(),
+                route: route.as_deref(),
+                feature: feature.as_deref(),
+            };
+            let (out, report) = if raw {
+                let body: Value = serde_json::from_slice(&input).context("stdin is not JSON")?;
+                test_report(
+                    &rules,
+                    body,
+                    dest.provider,
+                    dest.host,
+                    dest.route,
+                    dest.feature,
+                    target.unwrap_or(TargetArg::Request).into(),
+                    show_matches,
+                )?
+            } else {
+                let response = match &response {
+                    Some(p) => {
+                        Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                    }
+                    None => None,
+                };
+                preview(&rules, input, response, &dest, show_matches)?
+            };
             println!("{out}");
-            print!("{table}");
+            eprint!("{report}");
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// Redacts `body` and renders the output plus a match table (the testable core of
-/// `rules test`).
+/// The exchange `veil run` would hand the pipeline for this request (and response).
+fn test_exchange(
+    request: Vec<u8>,
+    response: Option<Vec<u8>>,
+    dest: &Destination<'_>,
+) -> anyhow::Result<Exchange> {
+    let (p_host, p_route) = match dest.provider.unwrap_or("openai") {
+        "openai" => ("api.openai.com", Some("/v1/chat/completions")),
+        "anthropic" => ("api.anthropic.com", Some("/v1/messages")),
+        // The model is part of a Gemini route; veil does not guess one.
+        "gemini" => ("generativelanguage.googleapis.com", None),
+        p => anyhow::bail!("unknown provider {p:?} (openai, anthropic, gemini)"),
+    };
+    let Some(route) = dest.route.or(p_route) else {
+        anyhow::bail!("--provider gemini needs --route /v1beta/models/MODEL:generateContent");
+    };
+    let body = |b: Vec<u8>| Body {
+        wire_len: b.len() as u64,
+        chunks: vec![Bytes::from(b)],
+        truncated: false,
+        content_encoding: None,
+    };
+    let json = ("content-type".to_string(), "application/json".to_string());
+    let (status, response_headers, response_body) = match response {
+        Some(r) => {
+            // What the provider would have said: a stream when it looks like one.
+            let first = r.iter().find(|b| !b.is_ascii_whitespace());
+            let content_type = if matches!(first, Some(b'{' | b'[')) {
+                "application/json"
+            } else {
+                "text/event-stream"
+            };
+            let headers = vec![("content-type".to_string(), content_type.to_string())];
+            (Some(200), headers, body(r))
+        }
+        None => (None, Vec::new(), body(Vec::new())),
+    };
+    Ok(Exchange {
+        id: ExchangeId::new(),
+        started_at: SystemTime::now(),
+        timings: Timings {
+            end: Duration::ZERO,
+            ..Timings::default()
+        },
+        client_addr: None,
+        route: Route::Intercept,
+        upstream: Upstream {
+            scheme: "https".into(),
+            host: dest.host.unwrap_or(p_host).to_string(),
+            port: 443,
+        },
+        client_version: "HTTP/1.1".into(),
+        method: "POST".into(),
+        path: route.to_string(),
+        request_headers: vec![json],
+        tags: dest
+            .feature
+            .map(|f| vec![("x-veil-feature".to_string(), f.to_string())])
+            .unwrap_or_default(),
+        api_key_fingerprint: None,
+        request_body: body(request),
+        status,
+        response_headers,
+        response_body,
+        outcome: Outcome::Complete,
+    })
+}
+
+/// Builds the record of one test exchange and renders its content fields (stdout) and the
+/// match report (stderr): the testable core of `rules test`.
+fn preview(
+    rules: &CompiledRules,
+    request: Vec<u8>,
+    response: Option<Vec<u8>>,
+    dest: &Destination<'_>,
+    show_matches: bool,
+) -> anyhow::Result<(String, String)> {
+    let ex = test_exchange(request, response, dest)?;
+    let conv = exchange::parse(&ex, &ParseOptions::default(), &Pricing::builtin());
+    let rec = record::build(&ex, &conv, rules);
+    let scope = rules.scope_for(&record::scope_key(&ex, &conv));
+
+    let mut rows = Vec::new();
+    let mut walk = |name: &str, v: &Value| {
+        collect_matches(v, &mut name.to_string(), scope, &mut rows);
+    };
+    walk("system_instructions", &conv.system_instructions_json());
+    walk("input_messages", &conv.input_messages_json());
+    walk("output_messages", &conv.output_messages_json());
+    for (k, v) in &conv.params {
+        walk(&format!("request_params.{k}"), v);
+    }
+
+    let mut t = String::new();
+    writeln!(
+        t,
+        "scope: {}   rules digest: {}",
+        scope.name(),
+        rules.digest()
+    )?;
+    if let Some(e) = &conv.parse_error {
+        writeln!(t, "note: {e}")?;
+    }
+    if let Some(d) = rec.content_dropped {
+        writeln!(
+            t,
+            "note: content dropped ({d}): the redaction budget ran out"
+        )?;
+    }
+    write_rows(&mut t, &rows, show_matches)?;
+    writeln!(
+        t,
+        "\nredactions recorded: {}",
+        rec.redactions.values().sum::<u64>()
+    )?;
+    for (label, n) in &rec.redactions {
+        writeln!(t, "  {label:<22} {n}")?;
+    }
+    Ok((serde_json::to_string_pretty(&content_fields(&rec))?, t))
+}
+
+/// The fields of a record that carry what the app or the provider wrote (content, free-text
+/// parameters, labels, the user pseudonym), as they ship. Absent ones are left out.
+fn content_fields(r: &Record) -> Value {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    };
+    put("system_instructions", r.system_instructions.clone());
+    put("input_messages", r.input_messages.clone());
+    put("output_messages", r.output_messages.clone());
+    put(
+        "request_params",
+        (!r.request_params.is_empty())
+            .then(|| Value::Object(r.request_params.clone().into_iter().collect())),
+    );
+    put(
+        "tool_names",
+        (!r.tool_names.is_empty()).then(|| Value::from(r.tool_names.clone())),
+    );
+    let label = |s: &Option<String>| s.clone().map(Value::String);
+    put("request_model", label(&r.request_model));
+    put("response_model", label(&r.response_model));
+    put("conversation_id", label(&r.conversation_id));
+    put("feature", label(&r.feature));
+    put("error_type", label(&r.error_type));
+    put("user_pseudonym", label(&r.user_pseudonym));
+    Value::Object(m)
+}
+
+/// A matched value as the report shows it by default: the first 5 and last 4 characters
+/// (`sk-pr…ABCD`), enough to tell matches apart; 12 characters or fewer are masked whole,
+/// since 9 of them would be most of the secret.
+pub fn shorten(value: &str) -> String {
+    let n = value.chars().count();
+    if n <= 12 {
+        return "*".repeat(n);
+    }
+    let head: String = value.chars().take(5).collect();
+    let tail: String = value.chars().skip(n - 4).collect();
+    format!("{head}…{tail}")
+}
+
+fn write_rows(
+    t: &mut String,
+    rows: &[(String, String, String)],
+    show_matches: bool,
+) -> std::fmt::Result {
+    writeln!(t, "{:<40} {:<22} match", "field", "detector")?;
+    for (path, label, value) in rows {
+        if show_matches {
+            writeln!(t, "{path:<40} {label:<22} {value:?}")?;
+        } else {
+            writeln!(t, "{path:<40} {label:<22} {:?}", shorten(value))?;
+        }
+    }
+    Ok(())
+}
+
+/// Redacts `body` as a raw document and renders the output plus a match table (`--raw`).
+#[allow(clippy::too_many_arguments)] // One per flag of `rules test --raw`; a struct would only rename them.
 fn test_report(
     rules: &CompiledRules,
     body: Value,
@@ -166,6 +401,7 @@ fn test_report(
     route: Option<&str>,
     feature: Option<&str>,
     target: Target,
+    show_matches: bool,
 ) -> anyhow::Result<(String, String)> {
     let (p_host, p_route) = match provider {
         None => (None, None),
@@ -198,10 +434,7 @@ fn test_report(
         scope.name(),
         rules.digest()
     )?;
-    writeln!(t, "{:<40} {:<22} match", "field", "detector")?;
-    for (path, label, value) in &rows {
-        writeln!(t, "{path:<40} {label:<22} {value:?}")?;
-    }
+    write_rows(&mut t, &rows, show_matches)?;
     writeln!(t, "\nredactions recorded: {}", counts.total())?;
     for (label, n) in counts.iter() {
         writeln!(t, "  {label:<22} {n}")?;
@@ -282,6 +515,72 @@ mod tests {
     }
 
     #[test]
+    fn target_is_an_option_of_the_raw_mode_only() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["veil", "rules", "test", "r.toml"];
+            v.extend_from_slice(extra);
+            Cli::try_parse_from(v)
+        };
+        assert!(args(&["--target", "response"]).is_err());
+        assert!(args(&["--raw", "--target", "response"]).is_ok());
+        assert!(args(&["--response", "resp.json", "--show-matches"]).is_ok());
+    }
+
+    #[test]
+    fn shorten_keeps_five_and_four_characters_and_masks_short_values_whole() {
+        assert_eq!(shorten("sk-proj-abcdefghijklmnopABCD"), "sk-pr…ABCD");
+        assert_eq!(shorten("bob@example.com"), "bob@e….com");
+        assert_eq!(shorten("123456789012"), "************");
+        assert_eq!(shorten("1234567890123"), "12345…0123");
+        assert_eq!(shorten("ü".repeat(20).as_str()), "üüüüü…üüüü");
+    }
+
+    #[test]
+    fn preview_is_the_record_that_ships_and_the_report_shortens_matches() {
+        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [9; 32]));
+        let r = CompiledRules::from_str(include_str!("../../rules/default.toml"), &keys).unwrap();
+        let request = serde_json::json!({"model": "gpt-4o", "user": "alice",
+            "messages": [{"role": "user", "content": "I am bob@example.com"}]});
+        let dest = Destination {
+            provider: None,
+            host: None,
+            route: None,
+            feature: Some("hr"),
+        };
+        let body = serde_json::to_vec(&request).unwrap();
+        let (out, report) = preview(&r, body.clone(), None, &dest, false).unwrap();
+
+        // The same record `veil run` builds for this exchange.
+        let ex = test_exchange(body, None, &dest).unwrap();
+        let conv = exchange::parse(&ex, &ParseOptions::default(), &Pricing::builtin());
+        let shipped = record::build(&ex, &conv, &r);
+        let out: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(out["input_messages"], shipped.input_messages.unwrap());
+        assert_eq!(
+            out["input_messages"][0]["parts"][0]["content"],
+            "I am [EMAIL]"
+        );
+        assert_eq!(out["feature"], "hr");
+        assert!(out["user_pseudonym"].as_str().unwrap().starts_with("u_"));
+        assert!(
+            report.contains("input_messages[0].parts[0].content")
+                && report.contains("EMAIL")
+                && report.contains("bob@e….com")
+                && !report.contains("bob@example.com"),
+            "{report}"
+        );
+        let (_, whole) =
+            preview(&r, serde_json::to_vec(&request).unwrap(), None, &dest, true).unwrap();
+        assert!(whole.contains("bob@example.com"), "{whole}");
+
+        let gemini = Destination {
+            provider: Some("gemini"),
+            ..dest
+        };
+        assert!(preview(&r, b"{}".to_vec(), None, &gemini, false).is_err());
+    }
+
+    #[test]
     fn arguments_parse() {
         let c = Cli::try_parse_from([
             "veil",
@@ -345,8 +644,17 @@ mod tests {
         let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [9; 32]));
         let r = CompiledRules::from_str(include_str!("../../rules/default.toml"), &keys).unwrap();
         let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "I am bob@example.com"}]});
-        let (out, table) =
-            test_report(&r, body, Some("openai"), None, None, None, Target::Request).unwrap();
+        let (out, table) = test_report(
+            &r,
+            body,
+            Some("openai"),
+            None,
+            None,
+            None,
+            Target::Request,
+            true,
+        )
+        .unwrap();
         assert!(
             out.contains("I am [EMAIL]") && !out.contains("bob@"),
             "{out}"
@@ -365,7 +673,8 @@ mod tests {
                 None,
                 None,
                 None,
-                Target::Request
+                Target::Request,
+                false
             )
             .is_err()
         );

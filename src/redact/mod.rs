@@ -58,6 +58,7 @@ pub mod checksum;
 pub mod cli;
 pub mod detect;
 pub mod eval;
+mod handle;
 pub mod jsonpath;
 pub mod rules;
 
@@ -70,6 +71,7 @@ use serde_json::Value;
 pub use action::{DecryptError, decrypt_field};
 pub use budget::{Budget, Exceeded, Meter};
 pub use detect::{Found, InlineAction, Scanner};
+pub use handle::{BUILTIN_DEFAULT_RULES, RulesHandle};
 pub use jsonpath::JsonPath;
 pub use rules::{CREDENTIAL_HEADERS, RulesError};
 

@@ -837,18 +837,19 @@ mod cost {
 
 // === the corpus ===
 
-/// Runs the evaluation on `../shared/pii/dev.jsonl` when it exists (CI keeps `shared/` beside
-/// the clone) and enforces the acceptance thresholds.
+/// The labelled development corpus, committed with the tests (`tests/fixtures/pii/`, a copy
+/// of `shared/pii/dev.jsonl`: synthetic, every value fake). A missing file is a failure, never
+/// a skip: a corpus test that passes without its corpus proves nothing.
+fn pii_corpus() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pii/dev.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the PII corpus {} cannot be read: {e}", path.display()))
+}
+
+/// Runs the evaluation on the PII corpus and enforces the acceptance thresholds.
 #[test]
 fn pii_corpus_thresholds() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pii/dev.jsonl");
-    let Ok(corpus) = std::fs::read_to_string(&path) else {
-        eprintln!(
-            "skipping pii_corpus_thresholds: {} not found",
-            path.display()
-        );
-        return;
-    };
+    let corpus = pii_corpus();
     let r = compile(DEFAULT);
     let report = eval::evaluate(&corpus, r.base_scope());
     eprintln!("{}", report.table());
@@ -983,11 +984,7 @@ mod review_regressions {
 /// whole text.
 #[test]
 fn pii_corpus_gated_scan_equals_exhaustive_scan() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pii/dev.jsonl");
-    let Ok(corpus) = std::fs::read_to_string(&path) else {
-        eprintln!("skipping: {} not found", path.display());
-        return;
-    };
+    let corpus = pii_corpus();
     fn strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
         match v {
             Value::String(s) => out.push(s),

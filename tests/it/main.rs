@@ -8,4 +8,5 @@ mod cli;
 mod hostile;
 mod proxy;
 mod records;
+mod rules_test;
 mod sdk;

@@ -12,8 +12,8 @@ use super::{
     UNFINISHED, arguments, blob, copy_number, copy_stop, finish_reason, media_from_url, str_of,
     text_or_blocks, u64_of,
 };
+use crate::exchange::model::Usage;
 use crate::exchange::model::{Conversation, InputMessage, Modality, OutputMessage, Part, Role};
-use crate::record::Usage;
 
 /// A Messages request.
 pub(super) fn request(req: &Value, c: &mut Conversation) {

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{UNFINISHED, arguments, blob, copy_number, finish_reason, get2, str_of, u64_of};
+use crate::exchange::model::Usage;
 use crate::exchange::model::{Conversation, InputMessage, OutputMessage, Part, Role};
-use crate::record::Usage;
 
 /// A `generateContent` / `streamGenerateContent` request (model and stream come from the
 /// path).

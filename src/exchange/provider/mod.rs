@@ -201,10 +201,14 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
     if let Some(t) = &target {
         c.provider = t.provider.clone();
     }
+    // Decoded and parsed once, whatever the endpoint: the record step looks the user up in
+    // it too (rules `[identity] json`), also where veil parses nothing else.
+    let request = request_json(ex, opts);
     let understood = match &target {
-        Some(t) => parse_bodies(ex, t, opts, &mut c),
+        Some(t) => parse_bodies(ex, t, &request, opts, &mut c),
         None => Err("unrecognized endpoint".to_string()),
     };
+    c.request_json = request.ok();
     if let Err(reason) = understood {
         // With a target every failure is about a body; without one nothing was parsed.
         if target.is_some() {
@@ -257,6 +261,7 @@ fn base(ex: &Exchange) -> Conversation {
         request_bytes: ex.request_body.wire_len,
         response_bytes: ex.response_body.wire_len,
         chunk_count: 0,
+        request_json: None,
     }
 }
 
@@ -281,39 +286,45 @@ fn make_opaque(c: &mut Conversation, reason: String) {
     c.chunk_count = 0;
 }
 
+/// The request body decoded (bounded by `decode_limit`) and parsed, or why not.
+fn request_json(ex: &Exchange, opts: &ParseOptions) -> Result<Value, String> {
+    let raw = ex
+        .request_body
+        .decoded(opts.decode_limit)
+        .map_err(|e| format!("request body: {e}"))?;
+    json::from_slice(&raw).map_err(|e| not_json("request", &e))
+}
+
 fn parse_bodies(
     ex: &Exchange,
     t: &Target,
+    request: &Result<Value, String>,
     opts: &ParseOptions,
     c: &mut Conversation,
 ) -> Result<(), String> {
     if ex.request_body.truncated {
         return Err("request body truncated at the capture limit".into());
     }
-    let raw = ex
-        .request_body
-        .decoded(opts.decode_limit)
-        .map_err(|e| format!("request body: {e}"))?;
-    let req: Value = json::from_slice(&raw).map_err(|e| not_json("request", &e))?;
+    let req = request.as_ref().map_err(Clone::clone)?;
     if !req.is_object() {
         return Err("request body is not a JSON object".into());
     }
     c.operation = t.operation.to_string();
     match t.api {
-        Api::OpenAiChat => openai::chat_request(&req, c),
-        Api::OpenAiCompletions => openai::completions_request(&req, c),
-        Api::OpenAiResponses => openai::responses_request(&req, c),
-        Api::OpenAiEmbeddings => openai::embeddings_request(&req, c),
-        Api::AnthropicMessages => anthropic::request(&req, c),
-        Api::GeminiGenerate => gemini::request(&req, c),
-        Api::GeminiEmbed => gemini::embed_request(&req, c),
+        Api::OpenAiChat => openai::chat_request(req, c),
+        Api::OpenAiCompletions => openai::completions_request(req, c),
+        Api::OpenAiResponses => openai::responses_request(req, c),
+        Api::OpenAiEmbeddings => openai::embeddings_request(req, c),
+        Api::AnthropicMessages => anthropic::request(req, c),
+        Api::GeminiGenerate => gemini::request(req, c),
+        Api::GeminiEmbed => gemini::embed_request(req, c),
     }
     if c.request_model.is_none() {
         c.request_model = t.path_model.clone();
     }
     c.stream |= t.path_stream;
     for path in &opts.user_id_paths {
-        if let Some(id) = json_path(&req, path).and_then(scalar_string) {
+        if let Some(id) = json_path(req, path).and_then(scalar_string) {
             c.user_id = Some(id);
             break;
         }

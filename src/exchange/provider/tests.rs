@@ -8,9 +8,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::exchange::model::Usage;
 use crate::exchange::model::{InputMessage, Modality, OutputMessage, Part, Role};
 use crate::exchange::{Body, ExchangeId, Route, Timings, Upstream, UpstreamFailure};
-use crate::record::Usage;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!(

@@ -373,8 +373,8 @@ fn chat_exchange(request: &serde_json::Value) -> veil::exchange::Exchange {
 fn past_the_redaction_budget_all_content_leaves_the_record_and_metadata_stays() {
     use veil::exchange::{ParseOptions, Pricing, parse};
     use veil::keys::{KeyId, Keyring, MasterKey};
-    use veil::pipeline::{BUILTIN_DEFAULT_RULES, build_record_within};
-    use veil::redact::{Budget, CompiledRules};
+    use veil::record;
+    use veil::redact::{BUILTIN_DEFAULT_RULES, Budget, CompiledRules};
 
     let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [3; 32]));
     let rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).unwrap();
@@ -389,7 +389,7 @@ fn past_the_redaction_budget_all_content_leaves_the_record_and_metadata_stays() 
     });
     let ex = chat_exchange(&request);
     let conv = parse(&ex, &ParseOptions::default(), &Pricing::builtin());
-    let full = build_record_within(&ex, &conv, &rules, Budget::UNLIMITED);
+    let full = record::build_within(&ex, &conv, &rules, Budget::UNLIMITED);
     assert_eq!(full.content_dropped, None);
     assert!(full.input_messages.is_some() && full.output_messages.is_some());
     assert_eq!(
@@ -403,7 +403,7 @@ fn past_the_redaction_budget_all_content_leaves_the_record_and_metadata_stays() 
         max_bytes: 200,
         max_cpu: Duration::MAX,
     };
-    let r = build_record_within(&ex, &conv, &rules, budget);
+    let r = record::build_within(&ex, &conv, &rules, budget);
     assert_eq!(r.content_dropped, Some("redaction_bytes"));
     assert_eq!(
         (

@@ -1,45 +1,33 @@
 //! # The record: one redacted ledger entry, safe to ship anywhere.
 //!
-//! Built by the pipeline from an [`Exchange`](crate::exchange::Exchange), its parsed
-//! conversation and the compiled rules; read by the exporter (`export/`), which turns it into
-//! one OTLP span, one log record and metric points. Nothing in a `Record` may be raw PII, a raw
-//! user ID or a credential: content fields hold only what the rules produced (scrubbed, hashed,
-//! encrypted or nothing), identities hold pseudonyms.
+//! Step 3 of the flow (`proxy → exchange → record → {export, seal}`). [`build`] turns an
+//! [`Exchange`](crate::exchange::Exchange), its parsed
+//! [`Conversation`](crate::exchange::Conversation) and the compiled rules into a [`Record`];
+//! the exporter (`export/`) reads it and turns it into one OTLP span, one log record and
+//! metric points. Nothing in a `Record` may be raw PII, a raw user ID or a credential: content
+//! fields hold only what the rules produced (scrubbed, hashed, encrypted or nothing),
+//! identities hold pseudonyms.
+//!
+//! - `build.rs`: content under the redaction budget, labels capped and scrubbed, headers
+//!   through the allowlist: [`build`] and [`build_within`].
+//! - `identity.rs`: which user the exchange belongs to, as a pseudonym.
 //!
 //! The message fields use the JSON shapes of `gen_ai.input.messages`,
 //! `gen_ai.output.messages` and `gen_ai.system_instructions` (see `shared/otel-genai.md`), so
 //! the exporter serializes them as they are.
+//!
+//! This module reads the exchange and the rules; it never touches the network, OTLP, the
+//! sealed store or the threads that run it (`pipeline`).
+
+mod build;
+mod identity;
+
+pub use build::{build, build_within, scope_key};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-/// A parsed W3C `traceparent` (plus `tracestate`) from the app's request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent {
-    /// Trace ID (never all zero).
-    pub trace_id: [u8; 16],
-    /// The app's span ID, the parent of veil's span (never all zero).
-    pub parent_span_id: [u8; 8],
-    /// W3C trace flags (bit 0 = sampled).
-    pub flags: u8,
-    /// The incoming `tracestate`, passed on unchanged.
-    pub trace_state: Option<String>,
-}
-
-/// Token counts as the provider reported them. Absent counts are `None`, never 0.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Input (prompt) tokens, including cached ones.
-    pub input_tokens: Option<u64>,
-    /// Output (completion) tokens, including reasoning ones.
-    pub output_tokens: Option<u64>,
-    /// Input tokens read from the provider's prompt cache.
-    pub cache_read_tokens: Option<u64>,
-    /// Input tokens written to the provider's prompt cache.
-    pub cache_creation_tokens: Option<u64>,
-    /// Output tokens spent on reasoning.
-    pub reasoning_tokens: Option<u64>,
-}
+use crate::exchange::{TraceParent, Usage};
 
 /// One redacted exchange.
 #[derive(Debug, Clone, PartialEq)]

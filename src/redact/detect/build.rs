@@ -1,0 +1,288 @@
+//! Compiling detectors: `ScannerSpec → Scanner`.
+//!
+//! Part of the redact step's detectors (`detect/`). Owns the source types the rules compiler
+//! fills ([`ScannerSpec`], [`PatternSpec`], [`DictSpec`], [`Detector`]), the gates patterns are
+//! grouped by ([`Gate`]), the limits on user regexes, and [`Scanner::build`]. Runs once per
+//! rules compile, never per exchange.
+
+use super::*;
+
+/// Limits for user-supplied regexes: big enough for any sane detector, small enough that a
+/// pathological pattern (`(a{1000}){1000}`) is a compile error, not an OOM. Matching itself
+/// is linear time in regex-automata, so no pattern can hang a scan.
+pub(crate) const USER_REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Longest user pattern accepted, in bytes.
+pub(crate) const USER_REGEX_MAX_LEN: usize = 4096;
+/// Lazy DFA cache per thread for the combined set: large enough that realistic text does
+/// not thrash it (a thrashing cache makes meta fall back to the much slower PikeVM).
+pub(super) const SET_CACHE: usize = 8 << 20;
+/// Size limit for the combined set's NFA (all built-ins take well under 1 MiB).
+pub(super) const SET_NFA_LIMIT: usize = 64 << 20;
+
+/// One detector of a scanner.
+#[derive(Clone, Debug)]
+pub(crate) struct Detector {
+    /// Label used in masks and counts.
+    pub label: Arc<str>,
+    /// What a match becomes.
+    pub action: InlineAction,
+    /// Lower wins a tie on length.
+    pub priority: u32,
+}
+
+/// Source of one regex pattern, before compilation.
+#[derive(Clone, Debug)]
+pub(crate) struct PatternSpec {
+    pub detector: usize,
+    pub regex: String,
+    pub check: Option<Check>,
+    pub group: bool,
+    pub context: Vec<String>,
+    pub window: usize,
+    pub user: bool,
+    /// Which prefilter condition the pattern runs under.
+    pub gate: Gate,
+    /// A closing line the match extends to (built-ins only).
+    pub footer: Option<Footer>,
+    /// The leading run a failed attempt may have scanned (built-ins only, see [`Pat`]).
+    pub lead: Option<fn(u8) -> bool>,
+}
+
+/// The prefilter condition under which a pattern can match, and so how it is searched:
+/// - `Digit`, `At`, `Colon`: one multi-pattern set per gate, run only over windows around the
+///   trigger. One set of all ~27 built-ins made the overlapping lazy DFA explode (digit-led
+///   patterns multiply each other's states: 12 MB/s measured); per-gate sets stay small.
+/// - `Literal`: no set; each pattern is tried, anchored, where one of its literals occurs.
+/// - `Always` (custom patterns): one set over the whole text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Gate {
+    /// A cluster of digits or an IBAN prefix (see [`Windows`]).
+    Digit,
+    /// An `@`.
+    At,
+    /// A `:` followed by a hex digit or `:`.
+    Colon,
+    /// One of the pattern's literals (`sk-`, `ghp_`, `eyJ`, `-----BEGIN`, ...).
+    Literal(&'static [&'static str], usize),
+    /// Custom patterns: always scanned.
+    Always,
+}
+
+impl Gate {
+    fn of(t: Trigger) -> Gate {
+        match t {
+            Trigger::Digit => Gate::Digit,
+            Trigger::At => Gate::At,
+            Trigger::Colon => Gate::Colon,
+            Trigger::Literal(words, back) => Gate::Literal(words, back),
+        }
+    }
+
+    /// Groups that share one set; literal patterns need none.
+    fn set_key(self) -> Option<u8> {
+        match self {
+            Gate::Digit => Some(0),
+            Gate::At => Some(1),
+            Gate::Colon => Some(2),
+            Gate::Always => Some(3),
+            Gate::Literal(..) => None,
+        }
+    }
+}
+
+/// Source of one dictionary, before compilation.
+#[derive(Clone, Debug)]
+pub(crate) struct DictSpec {
+    pub detector: usize,
+    pub words: Vec<String>,
+}
+
+/// Everything a scanner is built from.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ScannerSpec {
+    pub detectors: Vec<Detector>,
+    pub patterns: Vec<PatternSpec>,
+    pub dicts: Vec<DictSpec>,
+}
+
+impl ScannerSpec {
+    /// Adds built-in `b` as detector with `action` and returns its index.
+    pub fn add_builtin(&mut self, b: &'static Builtin, action: InlineAction) -> usize {
+        let priority = BUILTINS.iter().position(|x| x.key == b.key).unwrap_or(0) as u32;
+        let detector = self.detectors.len();
+        self.detectors.push(Detector {
+            label: b.label.into(),
+            action,
+            priority,
+        });
+        for p in b.patterns {
+            self.patterns.push(PatternSpec {
+                detector,
+                regex: p.re.to_string(),
+                check: p.check,
+                group: p.group,
+                context: Vec::new(),
+                window: 0,
+                user: false,
+                gate: Gate::of(b.trigger),
+                footer: p.footer,
+                lead: p.lead,
+            });
+        }
+        detector
+    }
+}
+
+/// A regex pattern ready to locate spans.
+#[derive(Debug)]
+pub(super) struct Pattern {
+    pub(super) detector: usize,
+    pub(super) re: meta::Regex,
+    pub(super) check: Option<Check>,
+    pub(super) group: bool,
+    pub(super) context: Vec<String>,
+    pub(super) window: usize,
+    /// The compiled footer regex and the body bytes (see [`Footer`]).
+    pub(super) footer: Option<(Footer, meta::Regex)>,
+    /// See [`Pat::lead`].
+    pub(super) lead: Option<fn(u8) -> bool>,
+}
+
+/// Why a scanner could not be built. Carries the index of the offending pattern or dictionary.
+#[derive(Debug)]
+pub(crate) enum ScanBuildError {
+    /// Pattern `usize` (index into `ScannerSpec::patterns`) failed.
+    Pattern(usize, String),
+    /// Dictionary (index into `ScannerSpec::dicts`) failed.
+    Dict(usize, String),
+    /// The combined set failed (too large).
+    Set(String),
+}
+
+impl Scanner {
+    /// Compiles a spec. Errors name the pattern or dictionary at fault.
+    pub(crate) fn build(spec: &ScannerSpec) -> Result<Scanner, ScanBuildError> {
+        let mut patterns = Vec::with_capacity(spec.patterns.len());
+        for (i, p) in spec.patterns.iter().enumerate() {
+            if p.user && p.regex.len() > USER_REGEX_MAX_LEN {
+                return Err(ScanBuildError::Pattern(
+                    i,
+                    format!(
+                        "pattern is {} bytes long (limit {USER_REGEX_MAX_LEN})",
+                        p.regex.len()
+                    ),
+                ));
+            }
+            let re = meta::Regex::builder()
+                .syntax(regex_automata::util::syntax::Config::new().nest_limit(64))
+                .configure(
+                    meta::Config::new()
+                        .nfa_size_limit(Some(USER_REGEX_SIZE_LIMIT * 4))
+                        .hybrid_cache_capacity(USER_REGEX_SIZE_LIMIT * 2),
+                )
+                .build(&p.regex)
+                .map_err(|e| ScanBuildError::Pattern(i, e.to_string()))?;
+            if p.user {
+                // Bounded separately and more tightly than built-ins.
+                regex::RegexBuilder::new(&p.regex)
+                    .size_limit(USER_REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| ScanBuildError::Pattern(i, e.to_string()))?;
+                if re.is_match("") {
+                    return Err(ScanBuildError::Pattern(
+                        i,
+                        "pattern matches the empty string".into(),
+                    ));
+                }
+            }
+            let footer = match p.footer {
+                Some(f) => Some((
+                    f,
+                    meta::Regex::new(f.re)
+                        .map_err(|e| ScanBuildError::Pattern(i, e.to_string()))?,
+                )),
+                None => None,
+            };
+            patterns.push(Pattern {
+                detector: p.detector,
+                re,
+                check: p.check,
+                group: p.group,
+                context: p.context.iter().map(|w| w.to_ascii_lowercase()).collect(),
+                window: p.window,
+                footer,
+                lead: p.lead,
+            });
+        }
+        let mut keys: Vec<u8> = spec
+            .patterns
+            .iter()
+            .filter_map(|p| p.gate.set_key())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut groups = Vec::with_capacity(keys.len());
+        let mut want = Want::default();
+        for key in keys {
+            let members: Vec<usize> = (0..spec.patterns.len())
+                .filter(|&i| spec.patterns[i].gate.set_key() == Some(key))
+                .collect();
+            let gate = spec.patterns[members[0]].gate;
+            match gate {
+                Gate::Digit => want.digit = true,
+                Gate::At => want.at = true,
+                Gate::Colon => want.colon = true,
+                Gate::Literal(..) | Gate::Always => {}
+            }
+            let set = if members.len() == 1 {
+                None
+            } else {
+                let res: Vec<&str> = members
+                    .iter()
+                    .map(|&i| spec.patterns[i].regex.as_str())
+                    .collect();
+                Some(
+                    meta::Regex::builder()
+                        .configure(
+                            meta::Config::new()
+                                .match_kind(MatchKind::All)
+                                .nfa_size_limit(Some(SET_NFA_LIMIT))
+                                .hybrid_cache_capacity(SET_CACHE),
+                        )
+                        .build_many(&res)
+                        .map_err(|e| ScanBuildError::Set(e.to_string()))?,
+                )
+            };
+            groups.push(Group { gate, set, members });
+        }
+        let dict = if spec.dicts.is_empty() {
+            None
+        } else {
+            let mut words = Vec::new();
+            let mut owner = Vec::new();
+            for d in &spec.dicts {
+                for w in &d.words {
+                    let w = w.trim();
+                    if !w.is_empty() {
+                        words.push(w.to_string());
+                        owner.push(d.detector);
+                    }
+                }
+            }
+            let ac = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&words)
+                .map_err(|e| ScanBuildError::Dict(0, e.to_string()))?;
+            Some((ac, owner))
+        };
+        Ok(Scanner {
+            detectors: spec.detectors.clone(),
+            patterns,
+            groups,
+            literals: build_literals(spec)?,
+            dict,
+            want,
+        })
+    }
+}

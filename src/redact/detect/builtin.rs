@@ -1,0 +1,374 @@
+//! The built-in detectors: patterns, validators, triggers, in priority order.
+//!
+//! Part of the redact step's detectors (`detect/`). Owns the table [`BUILTINS`] and what each
+//! entry promises the prefilter (its [`Trigger`]); [`build`](super::build) compiles the table,
+//! [`gates`](super::gates) and [`literals`](super::literals) rely on the triggers. Data and
+//! small predicates only: never scans, never compiles a regex.
+
+use super::*;
+
+/// What every match of a built-in detector contains, for the prefilter. Each variant is a
+/// *necessary* condition (see [`Windows`] and the literal pass in [`Scanner::find`]); the
+/// test `gated_scan_equals_exhaustive_scan` checks it against an unfiltered scan.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Trigger {
+    /// A cluster of at least [`MIN_CLUSTER_DIGITS`] digits, or an IBAN's `[A-Z]{2}[0-9]{2}`.
+    Digit,
+    /// An `@`.
+    At,
+    /// A `:` followed by a hex digit or another `:`.
+    Colon,
+    /// Every match *starts* with one of these literals, or at most `.1` bytes before one.
+    Literal(&'static [&'static str], usize),
+}
+
+/// One built-in detector: patterns, validator, and which part of a match to mask.
+#[derive(Debug)]
+pub(crate) struct Builtin {
+    /// Name in rules files (`email`).
+    pub key: &'static str,
+    /// Label in masks and counts (`EMAIL`).
+    pub label: &'static str,
+    pub(super) patterns: &'static [Pat],
+    pub(super) trigger: Trigger,
+}
+
+/// One pattern of a built-in detector.
+#[derive(Debug)]
+pub(super) struct Pat {
+    pub(super) re: &'static str,
+    pub(super) check: Option<Check>,
+    /// Mask capture group 1 instead of the whole match (context words stay readable).
+    pub(super) group: bool,
+    /// A closing line the match extends to when one is reachable (PEM blocks).
+    pub(super) footer: Option<Footer>,
+    /// The bytes of the run every match starts with, when an attempt may scan that run
+    /// whole before failing (see [`Scanner::find_literals`]). Only for patterns where a
+    /// failed attempt at `x` implies one at every later start in the run.
+    pub(super) lead: Option<fn(u8) -> bool>,
+}
+
+/// A closing line a match extends to: the first occurrence of `re` after the match that is
+/// reachable through `body` bytes only. Found by substring search plus a memo, never by one
+/// regex with a lazy body: that regex had to scan to the first non-body byte to learn that no
+/// footer follows, from every header again (quadratic on prose full of headers, veil#10).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Footer {
+    /// The footer's fixed first bytes (`-----END`).
+    pub lit: &'static str,
+    /// The whole footer, matched anchored where `lit` occurs.
+    pub re: &'static str,
+    /// Bytes the text between the match and the footer may consist of.
+    pub body: fn(u8) -> bool,
+}
+
+pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
+    Pat {
+        re,
+        check: Some(check),
+        group: false,
+        footer: None,
+        lead: None,
+    }
+}
+
+pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
+    Pat {
+        re,
+        check,
+        group: true,
+        footer: None,
+        lead: None,
+    }
+}
+
+/// What a PEM body may hold before its END line: base64, RFC 1421 headers (`Proc-Type: 4,
+/// ENCRYPTED`, `DEK-Info: AES-128-CBC,…`), line breaks, spaces (keys pasted on one line) and
+/// `\` (a `\n` escaped inside a JSON string or a shell variable).
+pub(super) fn pem_body(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b.is_ascii_whitespace() || b"+/=:,.-\\".contains(&b)
+}
+
+/// Built-in detectors, in priority order (earlier wins a tie on length). Patterns follow the
+/// formats' specifications (E.164, ISO 13616, ISO/IEC 7812, RFC 4291, RFC 7519, RFC 7468, the
+/// vendors' documented token prefixes), not any corpus.
+///
+/// Secrets end where their alphabet ends (veil#10): each token pattern is greedy over the
+/// format's alphabet, and its check ([`checksum::key`]) only asks that the token is not glued
+/// to a letter or digit before it, nor to more of its own alphabet after it. Whatever else
+/// follows (`/`, `=`, `+`, `?`, `&`, `#`, quotes, brackets, punctuation, space, newline) ends
+/// the token and the token is masked. `rules/README.md` lists each format's alphabet.
+pub(crate) const BUILTINS: &[Builtin] = &[
+    Builtin {
+        key: "private_key",
+        label: "PRIVATE_KEY",
+        // RFC 7468 PEM (and PGP armor): the header, then up to the END line when one follows
+        // (the footer), else to the end of the base64 body, so a truncated key never leaks.
+        patterns: &[Pat {
+            re: r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----[A-Za-z0-9+/=\r\n\\]*",
+            check: None,
+            group: false,
+            footer: Some(Footer {
+                lit: "-----END",
+                re: r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
+                body: pem_body,
+            }),
+            lead: None,
+        }],
+        trigger: Trigger::Literal(&["-----BEGIN"], 0),
+    },
+    Builtin {
+        key: "jwt",
+        label: "JWT",
+        // RFC 7519 compact JWS: base64url(header) . base64url(payload) . signature; the
+        // header is a JSON object, so it starts with `eyJ` (`{"`). Segments are unpadded
+        // (RFC 7515 §2), so the token ends where base64url ends: a `.` or `=` after the
+        // signature is the text's, not the token's.
+        // A failed attempt can scan a long header: the header run is its lead (an `eyJ` later
+        // in the same run has the same `.`, or lack of one, after it).
+        patterns: &[Pat {
+            re: r"eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",
+            check: Some(checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>),
+            group: false,
+            footer: None,
+            lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
+        }],
+        trigger: Trigger::Literal(&["eyJ"], 0),
+    },
+    Builtin {
+        key: "anthropic_api_key",
+        label: "ANTHROPIC_API_KEY",
+        patterns: &[pat(
+            r"sk-ant-[A-Za-z0-9_\-]{20,}",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
+        )],
+        trigger: Trigger::Literal(&["sk-ant-"], 0),
+    },
+    Builtin {
+        key: "openai_api_key",
+        label: "OPENAI_API_KEY",
+        // `sk-`, `sk-proj-`, `sk-svcacct-`, `sk-admin-` then a long token.
+        patterns: &[pat(
+            r"sk-[A-Za-z0-9_\-]{20,}",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
+        )],
+        trigger: Trigger::Literal(&["sk-"], 0),
+    },
+    Builtin {
+        key: "github_token",
+        label: "GITHUB_TOKEN",
+        patterns: &[
+            pat(
+                r"gh[pousr]_[A-Za-z0-9]{36,}",
+                checksum::key::<{ checksum::ALNUM }, { 4 + 255 }>,
+            ),
+            pat(
+                r"github_pat_[A-Za-z0-9_]{22,}",
+                checksum::key::<{ checksum::ALNUM_UNDERSCORE }, { 11 + 255 }>,
+            ),
+        ],
+        trigger: Trigger::Literal(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"], 0),
+    },
+    Builtin {
+        key: "slack_token",
+        label: "SLACK_TOKEN",
+        patterns: &[
+            pat(
+                r"xox[abposer]-[A-Za-z0-9\-]{10,}",
+                checksum::key::<{ checksum::ALNUM_DASH }, { 5 + 250 }>,
+            ),
+            pat(
+                r"xapp-[0-9]-[A-Za-z0-9\-]{10,}",
+                checksum::key::<{ checksum::ALNUM_DASH }, { 7 + 250 }>,
+            ),
+            pat(
+                r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_\-]{20,}",
+                checksum::key::<{ checksum::URL_PATH }, { checksum::ANY_LEN }>,
+            ),
+        ],
+        trigger: Trigger::Literal(&["xox", "xapp-", "https://hooks.slack.com"], 0),
+    },
+    Builtin {
+        key: "stripe_secret_key",
+        label: "STRIPE_SECRET_KEY",
+        // Secret and restricted keys, live or test, and webhook signing secrets (Stripe's
+        // are alphanumeric; Standard Webhooks' `whsec_` secrets are base64, padding included).
+        // Publishable keys (`pk_`) are public by design and left alone.
+        patterns: &[
+            pat(
+                r"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                checksum::key::<{ checksum::ALNUM }, { 8 + 247 }>,
+            ),
+            pat(
+                r"whsec_[A-Za-z0-9+/]{24,}={0,2}",
+                checksum::key::<{ checksum::B64 }, { checksum::ANY_LEN }>,
+            ),
+        ],
+        trigger: Trigger::Literal(
+            &[
+                // `sk_`, not `sk_live_` and `sk_test_`: fewer literals keep the SIMD search
+                // fast (3x here, measured with `cargo bench --bench redact`).
+                "sk_", "rk_", "whsec_",
+            ],
+            0,
+        ),
+    },
+    Builtin {
+        key: "google_api_key",
+        label: "GOOGLE_API_KEY",
+        patterns: &[pat(
+            r"AIza[0-9A-Za-z_\-]{35,}",
+            checksum::key::<{ checksum::B64URL }, { 4 + 35 }>,
+        )],
+        trigger: Trigger::Literal(&["AIza"], 0),
+    },
+    Builtin {
+        key: "aws_access_key_id",
+        label: "AWS_ACCESS_KEY_ID",
+        // Long-term (AKIA) and temporary (ASIA) access key ids, plus the bearer/CA prefixes.
+        patterns: &[pat(
+            r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16,}",
+            checksum::key::<{ checksum::UPPER_DIGIT }, { 4 + 16 }>,
+        )],
+        trigger: Trigger::Literal(&["AKIA", "ASIA", "ABIA", "ACCA"], 0),
+    },
+    Builtin {
+        key: "aws_secret_access_key",
+        label: "AWS_SECRET_ACCESS_KEY",
+        // 40 base64 characters look like any hash, so only with a label in front
+        // (`AWS_SECRET_ACCESS_KEY=`, `"SecretAccessKey": "`, `aws_secret_key: `). `secret` in
+        // the three casings the literal pass looks for, so the pattern and its gate agree.
+        // The key's alphabet holds `/` and `+`, so nothing after 40 of them tells where it
+        // ends: after a label the whole run is masked (a longer run is still secret).
+        patterns: &[grp(
+            r"(?:(?i:aws).?(?:secret|Secret|SECRET).?(?i:access.?)?(?i:key)|(?:secret|Secret|SECRET).?(?i:access.?key))[^A-Za-z0-9/+\n]{1,16}([A-Za-z0-9/+]{40,})",
+            None,
+        )],
+        trigger: Trigger::Literal(&["secret", "Secret", "SECRET"], 7),
+    },
+    Builtin {
+        key: "bearer_token",
+        label: "BEARER_TOKEN",
+        // RFC 6750 `Bearer <b64token>`; the word stays, the token goes. The three casings the
+        // literal pass looks for (case-insensitive SIMD search is 3x slower).
+        patterns: &[grp(
+            r"(?-u:\b)(?:bearer|Bearer|BEARER)[ \t]+([A-Za-z0-9._~+/\-]{16,}=*)",
+            Some(checksum::token),
+        )],
+        trigger: Trigger::Literal(&["bearer", "Bearer", "BEARER"], 0),
+    },
+    Builtin {
+        key: "email",
+        label: "EMAIL",
+        // RFC 5322 addr-spec, practical subset, with internationalized (UTF-8) local parts and
+        // domains (RFC 6531).
+        patterns: &[Pat {
+            re: r"[A-Za-z0-9._%+'\-\x{80}-\x{10FFFF}]+@[A-Za-z0-9\-\x{80}-\x{10FFFF}]+(?:\.[A-Za-z0-9\-\x{80}-\x{10FFFF}]+)*\.[A-Za-z\x{80}-\x{10FFFF}]{2,63}",
+            check: None,
+            group: false,
+            footer: None,
+            lead: None,
+        }],
+        trigger: Trigger::At,
+    },
+    Builtin {
+        key: "iban",
+        label: "IBAN",
+        // ISO 13616: country, 2 check digits, BBAN; printed in groups of 4.
+        patterns: &[pat(
+            r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,31}",
+            checksum::iban,
+        )],
+        trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "credit_card",
+        label: "CREDIT_CARD",
+        // ISO/IEC 7812 PAN, 12-19 digits, optionally grouped by spaces or dashes.
+        patterns: &[pat(
+            r"(?-u:\b)(?:[2-6][0-9]|06)(?:[ \-]?[0-9]){10,17}(?-u:\b)",
+            checksum::card,
+        )],
+        trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "us_ssn",
+        label: "US_SSN",
+        patterns: &[
+            pat(r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)", checksum::ssn),
+            pat(r"(?-u:\b)[0-9]{3} [0-9]{2} [0-9]{4}(?-u:\b)", checksum::ssn),
+            // Nine bare digits only after an SSN label (ASCII punctuation in between, so the
+            // label is never more than 38 bytes before the digits).
+            grp(
+                r"(?i:(?-u:\b)(?:ssn|social security(?: number| no\.?)?)(?-u:\b))[\x00-\x09\x0B-\x2F\x3A-\x40\x5B-\x60\x7B-\x7F]{0,6}(?:(?:is|was|number|no\.?|:|#)[\x00-\x09\x0B-\x2F\x3A-\x40\x5B-\x60\x7B-\x7F]{0,4})?([0-9]{9})(?-u:\b)",
+                Some(checksum::ssn),
+            ),
+        ],
+        trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "phone",
+        label: "PHONE",
+        patterns: &[
+            // E.164 international: +CC, optional trunk (0), groups of 1-5 digits.
+            pat(
+                r"\+[1-9][0-9]{0,3}(?:[ .\-]?\(0\))?(?:[ .\-]?\(?[0-9]{1,5}\)?){1,7}",
+                checksum::phone_intl,
+            ),
+            // NANP national: [1 ](NXX) NXX-XXXX, NXX-NXX-XXXX, NXX.NXX.XXXX, NXX NXX XXXX.
+            pat(
+                r"(?:(?-u:\b)1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ .\-]?|(?-u:\b)[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}(?-u:\b)",
+                checksum::phone_nanp,
+            ),
+            // National numbers with trunk prefix 0 (UK, DE, FR, ...): 0AA[A] NNNN[ NNNN].
+            pat(
+                r"(?:\(0[1-9][0-9]{0,3}\) ?|(?-u:\b)0[1-9][0-9]{0,3}[ /\-])[0-9]{2,8}(?:[ \-][0-9]{2,8}){0,3}(?-u:\b)",
+                checksum::phone_national,
+            ),
+        ],
+        trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "ipv6",
+        label: "IPV6",
+        // RFC 4291 text forms (full, compressed, IPv4-embedded); the parser decides.
+        patterns: &[pat(
+            r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{1,4})?",
+            checksum::ipv6,
+        )],
+        trigger: Trigger::Colon,
+    },
+    Builtin {
+        key: "ipv4",
+        label: "IPV4",
+        patterns: &[pat(
+            r"(?-u:\b)(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(?-u:\b)",
+            checksum::ipv4,
+        )],
+        trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "date_of_birth",
+        label: "DATE_OF_BIRTH",
+        // A date only counts as a birth date right after a label (born, DOB, date of birth).
+        patterns: &[grp(
+            r"(?i:(?-u:\b)(?:born(?: on)?|d\.?o\.?b\.?|date of birth|birth ?date|birthday|geboren(?: am)?|geburtsdatum)(?-u:\b))(?:[ \t]{0,4}(?:is|was|:|=))?[ \t]{0,4}((?:[0-9]{1,2}[./\-][0-9]{1,2}[./\-](?:19|20)?[0-9]{2})|(?:(?:19|20)[0-9]{2}-[0-9]{2}-[0-9]{2})|(?:(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]{0,7}\.? [0-9]{1,2}(?:st|nd|rd|th)?,? (?:19|20)[0-9]{2})|(?:[0-9]{1,2}(?:st|nd|rd|th)?\.? (?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|m\x{e4}r)[a-z]{0,7}\.?,? (?:19|20)[0-9]{2}))(?-u:\b)",
+            None,
+        )],
+        trigger: Trigger::Digit,
+    },
+];
+
+/// `(label, pattern)` for every built-in regex, in priority order: for baselines and tools
+/// (the naive one-regex-per-detector benchmark). Validators are not included.
+pub fn builtin_patterns() -> Vec<(&'static str, &'static str)> {
+    BUILTINS
+        .iter()
+        .flat_map(|b| b.patterns.iter().map(move |p| (b.label, p.re)))
+        .collect()
+}
+
+/// The built-in detector named `key` in rules files.
+pub(crate) fn builtin(key: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.key == key)
+}

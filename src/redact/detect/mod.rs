@@ -1,0 +1,519 @@
+//! # Detectors: find PII and secrets in a text, in one scan.
+//!
+//! A [`Scanner`] holds every detector of one scope, compiled together. Most text is prose
+//! with no PII, so the work is arranged to touch each byte of prose as few times as possible:
+//!
+//! 1. **Trigger pass.** One pass over the bytes, 32 at a time (a loop the compiler
+//!    vectorizes), finds the bytes gated detectors need: digits, `@`, `:`. Around them it
+//!    opens *windows*: a cluster of at least four digits (phones, cards, SSNs, IPs, dates),
+//!    an IBAN's `[A-Z]{2}[0-9]{2}`, the address characters around an `@`, the 48 bytes around
+//!    a `:` followed by a hex digit. Every gated match lies inside its trigger's window.
+//! 2. **Windows.** All patterns of one gate form one multi-pattern
+//!    [`regex_automata::meta::Regex`], asked only *which* patterns occur in a window
+//!    (`which_overlapping_matches`, one forward pass); those are then run on their own in that
+//!    window to get spans.
+//! 3. **Literals.** Secrets start with a fixed prefix (`sk-`, `ghp_`, `eyJ`, `-----BEGIN`,
+//!    `Bearer`, ...). One Aho-Corasick pass (SIMD Teddy) finds every occurrence, and only the
+//!    detectors owning that prefix are tried there, anchored: no regex runs over the text.
+//! 4. **Dictionaries**: one Aho-Corasick automaton (ASCII case-insensitive, leftmost-longest,
+//!    whole words only). **Custom regexes** have no known trigger: one set over the whole text.
+//!
+//! Candidates go through their validator (Luhn, mod 97, ranges, edge checks), then overlaps
+//! are resolved deterministically: the longest span wins, then the detector with the higher
+//! priority (lower number), then the leftmost. [`Scanner::find_exhaustive`] runs every pattern
+//! over the whole text; tests and a fuzz target check that the gated scan finds exactly the
+//! same.
+//!
+//! Why not one leftmost-first `find_iter` over the set? Because a candidate that fails its
+//! validator (a 16-digit number failing Luhn) would hide a valid, shorter match of another
+//! detector starting at the same place, and because "longest wins" needs every candidate.
+//!
+//! ## Cost
+//!
+//! Linear in the text whatever the density of matches (veil#10): overlaps are resolved in
+//! O(m log m); a rejected candidate is retried one character later only when it is short
+//! (`RESTART_SPAN`); a PEM block's END line is found by substring search with a memo
+//! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
+//! (`Pat::lead`). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
+//! matches, when its budget runs out. The property test
+//! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
+//! fuzz target keep it so.
+//!
+//! Patterns use ASCII word boundaries (`(?-u:\b)`) so the lazy DFA never has to give up on
+//! non-ASCII text; letters outside ASCII are matched explicitly where they matter (emails).
+//!
+//! ## Files, one stage each
+//!
+//! - `builtin.rs`: the built-in detectors (patterns, validators, triggers), in priority order.
+//! - `build.rs`: what a scanner is built from (`ScannerSpec`, filled by the rules compiler)
+//!   and `Scanner::build`.
+//! - `gates.rs`: the trigger pass (1) and its windows.
+//! - `literals.rs`: the literal pass (3) and the PEM footer search.
+//! - this file: [`Scanner`]'s scans (windows, dictionaries, custom sets, validation) and the
+//!   overlap resolution; `tests.rs`: their tests.
+//!
+//! A scanner is built once per rules compile and only read afterwards; nothing here touches
+//! JSON, records, keys or I/O.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use aho_corasick::AhoCorasick;
+use regex_automata::meta;
+use regex_automata::{Anchored, Input, MatchKind, PatternSet};
+
+use super::budget::{Exceeded, Meter};
+use super::checksum::{self, Check};
+
+mod build;
+mod builtin;
+mod gates;
+mod literals;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use build::*;
+pub use builtin::builtin_patterns;
+pub(crate) use builtin::*;
+use gates::*;
+use literals::*;
+
+/// What to put in place of a match inside a text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InlineAction {
+    /// `[EMAIL]`.
+    Mask,
+    /// `[EMAIL:e_1f3a…]`: keyed BLAKE3, so the same value links across records.
+    Pseudonymize,
+    /// `[EMAIL:h_1f3a…]`: keyed BLAKE3 under the content-hash key.
+    Hash,
+    /// The whole field holding the match is removed.
+    DropField,
+}
+
+impl InlineAction {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "mask" => InlineAction::Mask,
+            "pseudonymize" => InlineAction::Pseudonymize,
+            "hash" => InlineAction::Hash,
+            "drop_field" => InlineAction::DropField,
+            _ => return None,
+        })
+    }
+}
+
+/// One accepted match: a byte range of the scanned text and its detector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Start byte offset.
+    pub start: usize,
+    /// End byte offset (exclusive).
+    pub end: usize,
+    /// Index of the detector (see [`Scanner::label`]).
+    pub detector: usize,
+}
+
+/// All detectors of one scope, compiled for a single scan.
+#[derive(Debug)]
+pub struct Scanner {
+    detectors: Vec<Detector>,
+    patterns: Vec<Pattern>,
+    groups: Vec<Group>,
+    literals: Option<Literals>,
+    dict: Option<(AhoCorasick, Vec<usize>)>,
+    /// Which trigger windows the groups need.
+    want: Want,
+}
+
+/// The patterns of one gate, searched over that gate's windows.
+#[derive(Debug)]
+struct Group {
+    gate: Gate,
+    /// Multi-pattern set asked *which* members occur in a window; `None` for a single member
+    /// (it is located directly).
+    set: Option<meta::Regex>,
+    /// Index into `Scanner::patterns` for each pattern id of `set`.
+    members: Vec<usize>,
+}
+
+impl Scanner {
+    /// The detector with index `i`.
+    pub(crate) fn detector(&self, i: usize) -> &Detector {
+        &self.detectors[i]
+    }
+
+    /// Label (`EMAIL`) of detector `i`.
+    pub fn label(&self, i: usize) -> &str {
+        &self.detectors[i].label
+    }
+
+    /// Number of detectors.
+    pub fn len(&self) -> usize {
+        self.detectors.len()
+    }
+
+    /// True when the scanner has no detector at all.
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
+
+    /// Every accepted match in `text`, sorted by start, never overlapping.
+    pub fn find(&self, text: &str, out: &mut Vec<Found>) {
+        // An unlimited meter cannot be exceeded.
+        let _ = self.find_within(text, out, &mut Meter::unlimited());
+    }
+
+    /// [`Scanner::find`], charging the work to `meter`. On `Err` the budget ran out part way
+    /// and `out` is cleared: a partial list of matches must never be used to mask a text.
+    pub fn find_within(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        meter: &mut Meter,
+    ) -> Result<(), Exceeded> {
+        let r = self.find_gated(text, out, &mut Ctx::new(meter));
+        if r.is_err() {
+            out.clear();
+        }
+        r
+    }
+
+    fn find_gated(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
+        out.clear();
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.find_dict(text, out, cx)?;
+        if let Some(lits) = &self.literals {
+            self.find_literals(lits, text, out, cx)?;
+        }
+        if !self.groups.is_empty() {
+            let w = Windows::of(text, self.want);
+            cx.meter.work(text.len())?;
+            let full = 0..text.len();
+            let whole = std::slice::from_ref(&full);
+            for g in &self.groups {
+                let ranges: &[Range<usize>] = match g.gate {
+                    Gate::Digit => &w.digit,
+                    Gate::At => &w.at,
+                    Gate::Colon => &w.colon,
+                    Gate::Always | Gate::Literal(..) => whole,
+                };
+                self.scan_group(g, text, ranges, out, cx)?;
+            }
+        }
+        resolve(&self.detectors, out, cx.meter)
+    }
+
+    /// What [`Scanner::find`] would return with no prefilter at all: every pattern searched
+    /// over the whole text. Slow; the reference the gated scan is tested (and fuzzed) against.
+    #[doc(hidden)]
+    pub fn find_exhaustive(&self, text: &str, out: &mut Vec<Found>) {
+        out.clear();
+        if text.is_empty() {
+            return;
+        }
+        let mut meter = Meter::unlimited();
+        let mut cx = Ctx::new(&mut meter);
+        // Unlimited: these cannot fail.
+        let _ = self.find_dict(text, out, &mut cx);
+        for p in &self.patterns {
+            let _ = self.locate(p, text, 0..text.len(), out, &mut cx);
+        }
+        let _ = resolve(&self.detectors, out, cx.meter);
+    }
+
+    fn find_dict(
+        &self,
+        text: &str,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
+        if let Some((ac, owner)) = &self.dict {
+            cx.meter.work(text.len())?;
+            for m in ac.find_iter(text) {
+                let r = m.start()..m.end();
+                cx.meter.work(1)?;
+                if whole_word(text, &r) {
+                    out.push(Found {
+                        start: r.start,
+                        end: r.end,
+                        detector: owner[m.pattern().as_usize()],
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a gate's patterns over its windows: the set says which occur in a window, then
+    /// only those are located in it.
+    fn scan_group(
+        &self,
+        g: &Group,
+        text: &str,
+        ranges: &[Range<usize>],
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
+        let Some(set) = &g.set else {
+            let p = &self.patterns[g.members[0]];
+            for w in ranges {
+                self.locate(p, text, w.clone(), out, cx)?;
+            }
+            return Ok(());
+        };
+        let mut which = PatternSet::new(set.pattern_len());
+        for w in ranges {
+            which.clear();
+            cx.meter.work(w.len())?;
+            set.which_overlapping_matches(&Input::new(text).range(w.clone()), &mut which);
+            for pid in which.iter() {
+                self.locate(
+                    &self.patterns[g.members[pid.as_usize()]],
+                    text,
+                    w.clone(),
+                    out,
+                    cx,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The leftmost match of `p` in `input`, and the range to mask (capture group 1 or the
+    /// whole), extended to its footer when one is reachable.
+    ///
+    /// Work charged: the bytes from the search start to the match end (or to the end of the
+    /// input when nothing matched). The engine may look a little past a match end while a
+    /// longer match is still possible; for every built-in that is bounded by the pattern
+    /// (the footer search, which used to be the unbounded case, is charged separately).
+    fn candidate(
+        &self,
+        p: &Pattern,
+        text: &str,
+        input: &Input<'_>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<Option<Candidate>, Exceeded> {
+        let from = input.start();
+        let found = if p.group {
+            let mut caps = p.re.create_captures();
+            p.re.search_captures(input, &mut caps);
+            caps.get_match().map(|m| {
+                let m = m.range();
+                let r = caps.get_group(1).map_or(m.clone(), |g| g.range());
+                (m, r)
+            })
+        } else {
+            p.re.search(input).map(|m| (m.range(), m.range()))
+        };
+        let Some((mut m, mut r)) = found else {
+            // Unanchored: the engine looked at the whole input. Anchored: the caller knows
+            // better (see `find_literals`).
+            if input.get_anchored() == Anchored::No {
+                cx.meter.work(input.end() - from + 1)?;
+            }
+            return Ok(None);
+        };
+        cx.meter.work(m.end - from + 1)?;
+        if let Some((footer, re)) = &p.footer
+            && let Some(end) = footer_end(footer, re, text, m.end, cx)?
+        {
+            let whole_masked = r == m;
+            m.end = end;
+            if whole_masked {
+                r.end = end;
+            }
+        }
+        Ok(Some((m, r)))
+    }
+
+    /// Validates a candidate and records it. Returns whether it was accepted.
+    fn accept(
+        &self,
+        p: &Pattern,
+        text: &str,
+        r: Range<usize>,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<bool, Exceeded> {
+        cx.meter.work(r.len() + 1)?;
+        let ok = (r.start < r.end)
+            .then_some(r)
+            .and_then(|r| match p.check {
+                Some(check) => check(text, r),
+                None => Some(r),
+            })
+            .filter(|r| r.start < r.end && self.context_ok(p, text, r));
+        Ok(match ok {
+            Some(r) => {
+                out.push(Found {
+                    start: r.start,
+                    end: r.end,
+                    detector: p.detector,
+                });
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Runs one pattern over window `w` of `text`, validating candidates. After an accepted
+    /// candidate the search resumes at its end; after a rejected one, one character later, so
+    /// that it cannot hide a valid match overlapping it (see [`resume_at`] for the limit).
+    fn locate(
+        &self,
+        p: &Pattern,
+        text: &str,
+        w: Range<usize>,
+        out: &mut Vec<Found>,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), Exceeded> {
+        let mut at = w.start;
+        while at < w.end {
+            let input = Input::new(text).range(at..w.end);
+            let Some((m, r)) = self.candidate(p, text, &input, cx)? else {
+                break;
+            };
+            let accepted = self.accept(p, text, r, out, cx)?;
+            at = resume_at(text, &m, accepted);
+        }
+        Ok(())
+    }
+
+    /// Context words (custom detectors): one must appear within `window` bytes around the match.
+    fn context_ok(&self, p: &Pattern, text: &str, r: &Range<usize>) -> bool {
+        if p.context.is_empty() {
+            return true;
+        }
+        let mut a = r.start.saturating_sub(p.window);
+        while !text.is_char_boundary(a) {
+            a -= 1;
+        }
+        let mut b = (r.end + p.window).min(text.len());
+        while !text.is_char_boundary(b) {
+            b += 1;
+        }
+        let around = text[a..b].to_ascii_lowercase();
+        p.context.iter().any(|w| around.contains(w.as_str()))
+    }
+}
+
+/// Per-scan state: the meter, and the footer memo of the pattern that has one.
+struct Ctx<'m> {
+    meter: &'m mut Meter,
+    footer: FooterMemo,
+}
+
+impl<'m> Ctx<'m> {
+    fn new(meter: &'m mut Meter) -> Ctx<'m> {
+        Ctx {
+            meter,
+            footer: FooterMemo::default(),
+        }
+    }
+}
+
+/// A regex match and the range to mask in it (the whole match, or capture group 1).
+type Candidate = (Range<usize>, Range<usize>);
+
+/// Longest rejected candidate after which the search restarts one character later; past it
+/// the search resumes at the candidate's end. Restarting inside a long rejected candidate
+/// costs its length again for every restart: quadratic in the candidate (veil#10: a custom
+/// `[0-9 ]+` with `validator = "luhn"` on a long run of digits; `xoxb-` repeated, when the
+/// Slack pattern stopped at 250 characters and was rejected for the ones glued after it).
+/// Every built-in PII candidate is shorter (the longest, an international phone number or a
+/// labelled date, is under 100 bytes). Secret candidates are whole runs of their alphabet, so
+/// a longer rejected one is a run that is not a token, and neither is its tail. Custom
+/// patterns: a valid match overlapping a rejected candidate longer than this is not found
+/// (documented in `rules/README.md`).
+const RESTART_SPAN: usize = 128;
+
+/// Where a search resumes after candidate `m`: its end if accepted; one character later if
+/// rejected and short, so an overlapping valid match is still found; its end if rejected and
+/// longer than [`RESTART_SPAN`].
+fn resume_at(text: &str, m: &Range<usize>, accepted: bool) -> usize {
+    let mut at = if accepted || m.len() > RESTART_SPAN {
+        m.end.max(m.start + 1)
+    } else {
+        m.start + 1
+    };
+    while at < text.len() && !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Up to this many candidates, [`resolve`] compares each with the kept ones directly.
+const SMALL_RESOLVE: usize = 32;
+
+/// Keeps a non-overlapping subset: longest first, then priority, then leftmost; then sorts by
+/// start. Deterministic for any input order.
+///
+/// O(m log m): the kept matches are disjoint, so among those starting before a candidate's
+/// end only the last one can overlap it, and an ordered map finds that one. The first version
+/// compared each candidate with every kept match: quadratic in the number of matches, seconds
+/// for a 4 MB prompt of repeated email addresses (veil#10).
+fn resolve(
+    detectors: &[Detector],
+    found: &mut Vec<Found>,
+    meter: &mut Meter,
+) -> Result<(), Exceeded> {
+    let m = found.len();
+    if m < 2 {
+        return Ok(());
+    }
+    // A sort and m probes of a map holding at most m entries: m·log2(m) each.
+    let log = (usize::BITS - m.leading_zeros()) as usize;
+    meter.work(2 * m * log)?;
+    found.sort_unstable_by_key(|f| {
+        (
+            std::cmp::Reverse(f.end - f.start),
+            detectors[f.detector].priority,
+            f.start,
+            f.detector,
+        )
+    });
+    if m <= SMALL_RESOLVE {
+        // Few matches (the common case: a chat message holds a handful): comparing with each
+        // kept one costs at most SMALL_RESOLVE² comparisons and allocates nothing.
+        let mut kept = 0;
+        for i in 0..m {
+            let f = found[i];
+            if found[..kept]
+                .iter()
+                .all(|k| f.end <= k.start || f.start >= k.end)
+            {
+                found[kept] = f;
+                kept += 1;
+            }
+        }
+        found.truncate(kept);
+        found.sort_unstable_by_key(|f| f.start);
+        return Ok(());
+    }
+    // start -> (end, detector) of the kept matches.
+    let mut kept: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for f in found.drain(..) {
+        let overlaps = kept
+            .range(..f.end)
+            .next_back()
+            .is_some_and(|(_, &(end, _))| end > f.start);
+        if !overlaps {
+            kept.insert(f.start, (f.end, f.detector));
+        }
+    }
+    found.extend(kept.into_iter().map(|(start, (end, detector))| Found {
+        start,
+        end,
+        detector,
+    }));
+    Ok(())
+}

@@ -1,0 +1,842 @@
+//! Tests of the detectors: every built-in on its own, gated scan against exhaustive scan,
+//! the cost bounds, and the build errors.
+
+use super::*;
+
+fn all() -> Scanner {
+    let mut spec = ScannerSpec::default();
+    for b in BUILTINS {
+        spec.add_builtin(b, InlineAction::Mask);
+    }
+    Scanner::build(&spec).unwrap()
+}
+
+/// `(text, [(label, matched substring)])`.
+type Case = (&'static str, &'static [(&'static str, &'static str)]);
+
+fn check(scanner: &Scanner, cases: &[Case]) {
+    let mut out = Vec::new();
+    for (text, want) in cases {
+        scanner.find(text, &mut out);
+        let got: Vec<(&str, &str)> = out
+            .iter()
+            .map(|f| (scanner.label(f.detector), &text[f.start..f.end]))
+            .collect();
+        assert_eq!(&got, want, "text: {text:?}");
+    }
+}
+
+const POSITIVES: &[Case] = &[
+    (
+        "mail jane.doe+tag@example.co.uk now",
+        &[("EMAIL", "jane.doe+tag@example.co.uk")],
+    ),
+    ("luis.gieß@web.de", &[("EMAIL", "luis.gieß@web.de")]),
+    (
+        "call +44 20 7946 0958 today",
+        &[("PHONE", "+44 20 7946 0958")],
+    ),
+    ("call +49 (0)30 1234567.", &[("PHONE", "+49 (0)30 1234567")]),
+    ("call (415) 555-2671 or", &[("PHONE", "(415) 555-2671")]),
+    ("call 1 (415) 555-2671", &[("PHONE", "1 (415) 555-2671")]),
+    ("call 415.555.2671", &[("PHONE", "415.555.2671")]),
+    ("Tel 030 12345678", &[("PHONE", "030 12345678")]),
+    ("Tel 020 7946 0958", &[("PHONE", "020 7946 0958")]),
+    ("Tel 01 23 45 67 89", &[("PHONE", "01 23 45 67 89")]),
+    (
+        "card 4111 1111 1111 1111.",
+        &[("CREDIT_CARD", "4111 1111 1111 1111")],
+    ),
+    (
+        "card 4111-1111-1111-1111.",
+        &[("CREDIT_CARD", "4111-1111-1111-1111")],
+    ),
+    (
+        "card 378282246310005",
+        &[("CREDIT_CARD", "378282246310005")],
+    ),
+    (
+        "card 3782 822463 10005",
+        &[("CREDIT_CARD", "3782 822463 10005")],
+    ),
+    (
+        "IBAN GB82 WEST 1234 5698 7654 32, thanks",
+        &[("IBAN", "GB82 WEST 1234 5698 7654 32")],
+    ),
+    (
+        "IBAN DE89370400440532013000",
+        &[("IBAN", "DE89370400440532013000")],
+    ),
+    ("SSN 123-45-6789", &[("US_SSN", "123-45-6789")]),
+    ("SSN: 123456789", &[("US_SSN", "123456789")]),
+    ("ip=192.168.1.20 ok", &[("IPV4", "192.168.1.20")]),
+    (
+        "ip=2001:db8::8a2e:370:7334 ok",
+        &[("IPV6", "2001:db8::8a2e:370:7334")],
+    ),
+    (
+        "[fe80::1ff:fe23:4567:890a]:443",
+        &[("IPV6", "fe80::1ff:fe23:4567:890a")],
+    ),
+    (
+        "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_-123",
+        &[("JWT", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_-123")],
+    ),
+    (
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJB\n-----END RSA PRIVATE KEY-----!",
+        &[(
+            "PRIVATE_KEY",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJB\n-----END RSA PRIVATE KEY-----",
+        )],
+    ),
+    (
+        "-----BEGIN PRIVATE KEY-----\nMIIBOgIBAAJB",
+        &[("PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nMIIBOgIBAAJB")],
+    ),
+    (
+        "key AKIAIOSFODNN7EXAMPLE.",
+        &[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")],
+    ),
+    (
+        "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+        &[(
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        )],
+    ),
+    (
+        "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+        &[("GITHUB_TOKEN", "ghp_0123456789abcdefghijABCDEFGHIJ012345")],
+    ),
+    (
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+        &[(
+            "GITHUB_TOKEN",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+        )],
+    ),
+    (
+        "sk-proj-abcdefghijklmnopqrstuvwxyz012345",
+        &[("OPENAI_API_KEY", "sk-proj-abcdefghijklmnopqrstuvwxyz012345")],
+    ),
+    (
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz-_0123AA",
+        &[(
+            "ANTHROPIC_API_KEY",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyz-_0123AA",
+        )],
+    ),
+    (
+        "xoxb-1234567890-1234567890123-abcdefghijABCDEFGHIJ",
+        &[(
+            "SLACK_TOKEN",
+            "xoxb-1234567890-1234567890123-abcdefghijABCDEFGHIJ",
+        )],
+    ),
+    (
+        "sk_live_abcdefghijklmnop0123",
+        &[("STRIPE_SECRET_KEY", "sk_live_abcdefghijklmnop0123")],
+    ),
+    (
+        "AIzaSyA-abcdefghijklmnopqrstuvwxyz01234",
+        &[("GOOGLE_API_KEY", "AIzaSyA-abcdefghijklmnopqrstuvwxyz01234")],
+    ),
+    (
+        "Authorization: Bearer abc123def456ghi789jkl",
+        &[("BEARER_TOKEN", "abc123def456ghi789jkl")],
+    ),
+    (
+        "I was born on July 4, 1976 in",
+        &[("DATE_OF_BIRTH", "July 4, 1976")],
+    ),
+    ("dob=04/23/2002.", &[("DATE_OF_BIRTH", "04/23/2002")]),
+];
+
+/// Things that look like PII to a naive pattern but are not.
+const HARD_NEGATIVES: &[&str] = &[
+    "request id 3f2504e0-4f89-41d3-9a0c-0305e82c3301 failed",
+    "order 258-5178128-6570704 and ORD-95606371 and INV4885166594",
+    "order #508410165 shipped",
+    "at 2024-01-01T07:22:41Z and 2020-10-26 08:16:54,538 and 2022-02-14T07:59:33.176+00:00",
+    "epoch 1701220572",
+    "ledger 4111111111111112 and 5718 0592 7771 5526",
+    "version 2.32.10, 11.24.5-beta.6, v7.17.24, 8.3.5554.4412, 1.2.3.4.5",
+    "commit 2943221ca2b64a4146753388b8a4f8cfc86f2b01",
+    "sha256 e4266dbb276348bad8db72e780a6b9b6ba8d2c6e66afe0194c294aacf4877cb1",
+    "IBAN DE89370400440532013001 is wrong", // fails mod 97
+    "GB00 WEST 1234 5698 7654 32",          // fails mod 97
+    "time 12:30:45 and mac 00:1a:2b:3c:4d:5e and std::fmt::Display",
+    "SSN 000-12-3456 invalid, 666-12-3456 invalid",
+    "the bearer of bad news arrived yesterday",
+    "task-management-system-design",
+    "price 1.234,56 EUR and 3.14159",
+    "pk_live_abcdefghijklmnop0123",
+    "0.0.0.1.2",
+];
+
+#[test]
+fn builtin_positives() {
+    check(&all(), POSITIVES);
+}
+
+#[test]
+fn builtin_hard_negatives() {
+    let s = all();
+    let mut out = Vec::new();
+    for text in HARD_NEGATIVES {
+        s.find(text, &mut out);
+        let got: Vec<(&str, &str)> = out
+            .iter()
+            .map(|f| (s.label(f.detector), &text[f.start..f.end]))
+            .collect();
+        assert!(got.is_empty(), "{text:?} flagged {got:?}");
+    }
+}
+
+#[test]
+fn overlaps_resolve_longest_then_priority() {
+    // The JWT is longer than nothing else; the bearer token covers the same span and
+    // loses on priority.
+    let s = all();
+    let mut out = Vec::new();
+    let text = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl0";
+    s.find(text, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(s.label(out[0].detector), "JWT");
+    // Anthropic beats OpenAI on the same span.
+    let text = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz";
+    s.find(text, &mut out);
+    assert_eq!(s.label(out[0].detector), "ANTHROPIC_API_KEY");
+}
+
+#[test]
+fn rejected_candidate_does_not_hide_a_later_match() {
+    check(
+        &all(),
+        &[(
+            "ref 12345 4111 1111 1111 1111",
+            &[("CREDIT_CARD", "4111 1111 1111 1111")],
+        )],
+    );
+}
+
+#[test]
+fn windows_open_only_at_triggers() {
+    let all = Want {
+        digit: true,
+        at: true,
+        colon: true,
+    };
+    let w = |t: &str| Windows::of(t, all);
+    let prose = "Please summarise the meeting notes: budget is fine, see step 3 of 5.";
+    let o = w(prose);
+    assert!(
+        o.digit.is_empty() && o.at.is_empty() && o.colon.is_empty(),
+        "{o:?}"
+    );
+    // Four digits in one cluster, separators included.
+    assert_eq!(w("room 4711").digit, vec![0..9]);
+    assert_eq!(w("x 1.2.3.4").digit, vec![0..9]);
+    assert!(w("call (415) 555").digit.len() == 1);
+    assert!(w("v 1.2 and 3.4").digit.is_empty());
+    // An IBAN prefix opens a window even with few digits.
+    assert_eq!(w("GB82 WEST").digit, vec![0..9]);
+    assert!(w("xy82").digit.is_empty());
+    assert_eq!(w("a@b").at, vec![0..3]);
+    assert_eq!(w("dead::beef").colon, vec![0..10]);
+    assert!(w("Note: see").colon.is_empty());
+    // Only wanted gates are computed.
+    let o = Windows::of("a@b 4711", Want::default());
+    assert!(o.digit.is_empty() && o.at.is_empty());
+    // Windows are snapped to char boundaries.
+    let t = format!("{}4711", "é".repeat(40));
+    let o = w(&t);
+    assert!(t.is_char_boundary(o.digit[0].start) && o.digit[0].end == t.len());
+}
+
+/// Pieces the differential test glues together: values of every detector, their labels,
+/// separators and digits in odd places, prose, non-ASCII.
+const PIECES: &[&str] = &[
+    "jane.doe@example.com",
+    "+44 20 7946 0958",
+    "+49 (0)30 1234567",
+    "(415) 555-2671",
+    "1 (415) 555-2671",
+    "030 12345678",
+    "01 23 45 67 89",
+    "4111 1111 1111 1111",
+    "378282246310005",
+    "GB82 WEST 1234 5698 7654 32",
+    "DE89370400440532013000",
+    "123-45-6789",
+    "SSN: ",
+    "social security number is ",
+    "192.168.1.20",
+    "1.2.3.4",
+    "2001:db8::8a2e:370:7334",
+    "fe80::1",
+    "date of birth: ",
+    "born on ",
+    "DOB ",
+    "September 10th, 1975",
+    "10 Sep 1975",
+    "12/03/1990",
+    "1975-09-10",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+    "sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
+    "sk-proj-abcdefghijklmnopqrstuvwxyz012345",
+    "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+    "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+    "xoxb-1234567890-abcdefghij",
+    "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    "sk_live_abcdefghijklmnop0123",
+    "whsec_abcdefghijklmnopqrstuvwxyz01",
+    "AIzaSyA-abcdefghijklmnopqrstuvwxyz0123",
+    "AKIAIOSFODNN7EXAMPLE",
+    "aws_secret_access_key=",
+    "AWS secret key: ",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "Bearer ",
+    "BEarer ",
+    "bearer abc123def456ghi789jkl",
+    "sEcReT_access_key=",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJB",
+    "\n-----END RSA PRIVATE KEY-----",
+    "the",
+    "customer",
+    "invoice",
+    "version 3.1",
+    "step 2",
+    " ",
+    " ",
+    " ",
+    "-",
+    ".",
+    "/",
+    "(",
+    ")",
+    "+",
+    ":",
+    "::",
+    "@",
+    "0",
+    "7",
+    "42",
+    "555",
+    "2024",
+    "19",
+    "é",
+    "ß",
+    "日本",
+    "\n",
+    "\t",
+    "AB",
+    "12",
+    "x",
+    "_",
+];
+
+#[test]
+fn gated_scan_equals_exhaustive_scan() {
+    let s = all();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut found = 0;
+    for _ in 0..4000 {
+        let mut t = String::new();
+        for _ in 0..(1 + next() % 12) {
+            t.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            if next() % 3 == 0 {
+                t.push(' ');
+            }
+        }
+        s.find(&t, &mut a);
+        s.find_exhaustive(&t, &mut b);
+        assert_eq!(a, b, "text: {t:?}");
+        found += a.len();
+    }
+    assert!(found > 1000, "the generator should hit detectors ({found})");
+    // Found by the `scan_gates` fuzz target: a JWT whose payload holds another `eyJ`.
+    // The literal pass must not start a second match of a pattern inside its first.
+    let jwt = "exp: eyJhbGciOiJIUzUxMiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIzNDE1MTc1MjUiLCJuYW1lIjoiRWxpemFiZXRoIiwiIzNDE1MTc1MjUiLCJuYW1lIjoiRWxpemFiZXRoIiwiaWF0IjoxNzMzOTE1NzQ3fQ.cqZpyFZlFaiKE5-3iFnNu6pZJBjqTq2oiaWF0IjoxNzMzOTE1NzQ3fQ.cqZpyFZlFaiKE5-3iFnNu6pZJBjqTq2oIhICq3";
+    s.find(jwt, &mut a);
+    s.find_exhaustive(jwt, &mut b);
+    assert_eq!((a.len(), a[0].start), (1, 5));
+    assert_eq!(a, b);
+    for (text, _) in POSITIVES {
+        s.find(text, &mut a);
+        s.find_exhaustive(text, &mut b);
+        assert_eq!(a, b, "text: {text:?}");
+    }
+}
+
+#[test]
+fn trigger_mask_matches_a_byte_loop() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for len in 0..=32 {
+        for _ in 0..2000 {
+            let chunk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Bias towards the interesting bytes and their neighbours.
+                    match x % 4 {
+                        0 => b"/0189:;?@A\x7f"[(x >> 8) as usize % 11],
+                        1 => 0x80 | (x >> 8) as u8,
+                        _ => (x >> 8) as u8,
+                    }
+                })
+                .collect();
+            let want = chunk.iter().enumerate().fold(0u32, |m, (k, &c)| {
+                m | (u32::from(c.is_ascii_digit() || c == b':' || c == b'@') << k)
+            });
+            assert_eq!(triggers(&chunk), want, "{chunk:?}");
+        }
+    }
+}
+
+#[test]
+fn literal_prefixes_fold_into_the_shorter_literal() {
+    let s = all();
+    let lits = s.literals.as_ref().unwrap();
+    let n = lits.ac.patterns_len();
+    assert_eq!(n, lits.owners.len());
+    // `sk-ant-` hangs off `sk-`, so Anthropic and OpenAI keys both get tried.
+    let m = lits.ac.find("sk-ant-").unwrap();
+    assert_eq!(m.end() - m.start(), 3);
+    assert!(lits.owners[m.pattern().as_usize()].len() >= 2);
+}
+
+#[test]
+fn dictionary_is_whole_word_and_case_insensitive() {
+    let mut spec = ScannerSpec::default();
+    spec.detectors.push(Detector {
+        label: "CUSTOMER".into(),
+        action: InlineAction::Mask,
+        priority: 100,
+    });
+    spec.dicts.push(DictSpec {
+        detector: 0,
+        words: vec!["Acme Corp".into(), "Initech".into()],
+    });
+    let s = Scanner::build(&spec).unwrap();
+    check(
+        &s,
+        &[
+            (
+                "met ACME corp and initech.",
+                &[("CUSTOMER", "ACME corp"), ("CUSTOMER", "initech")],
+            ),
+            ("Initechs and xInitech", &[]),
+        ],
+    );
+}
+
+#[test]
+fn user_regex_limits() {
+    let mut spec = ScannerSpec::default();
+    spec.detectors.push(Detector {
+        label: "X".into(),
+        action: InlineAction::Mask,
+        priority: 100,
+    });
+    let mut p = PatternSpec {
+        detector: 0,
+        regex: "(a{1000}){1000}".into(),
+        check: None,
+        group: false,
+        context: vec![],
+        window: 0,
+        user: true,
+        gate: Gate::Always,
+        footer: None,
+        lead: None,
+    };
+    spec.patterns.push(p.clone());
+    assert!(matches!(
+        Scanner::build(&spec),
+        Err(ScanBuildError::Pattern(0, _))
+    ));
+    p.regex = "a*".into();
+    spec.patterns[0] = p;
+    assert!(matches!(
+        Scanner::build(&spec),
+        Err(ScanBuildError::Pattern(0, _))
+    ));
+}
+
+// === secrets end where the secret ends (veil#10) ===
+
+/// One valid token per secret pattern: (label, text before it, the token, the neighbours
+/// that belong to the format's alphabet and so extend the token, fixed length: a longer
+/// run of the alphabet is another thing, not this token).
+const SECRETS: &[(&str, &str, &str, &str, bool)] = &[
+    (
+        "PRIVATE_KEY",
+        "",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeK\n-----END RSA PRIVATE KEY-----",
+        "",
+        false,
+    ),
+    (
+        "JWT",
+        "",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "-_",
+        false,
+    ),
+    (
+        "ANTHROPIC_API_KEY",
+        "",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789_-abcdefghijklmnopqrstuvwxyzAA",
+        "-_",
+        false,
+    ),
+    (
+        "OPENAI_API_KEY",
+        "",
+        "sk-proj-abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV",
+        "-_",
+        false,
+    ),
+    (
+        "GITHUB_TOKEN",
+        "",
+        "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+        "",
+        false,
+    ),
+    (
+        "GITHUB_TOKEN",
+        "",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+        "_",
+        false,
+    ),
+    (
+        "SLACK_TOKEN",
+        "",
+        "xoxb-1234567890-1234567890123-abcdefghijABCDEFGHIJ",
+        "-",
+        false,
+    ),
+    (
+        "SLACK_TOKEN",
+        "",
+        "xapp-1-A0123456789-1234567890123-abcdef0123456789",
+        "-",
+        false,
+    ),
+    (
+        "SLACK_TOKEN",
+        "",
+        "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "/_-",
+        false,
+    ),
+    (
+        "STRIPE_SECRET_KEY",
+        "",
+        "sk_live_abcdefghijklmnop0123ABCD",
+        "",
+        false,
+    ),
+    (
+        "STRIPE_SECRET_KEY",
+        "",
+        "whsec_abcdefghijklmnopqrstuvwxyz012345",
+        "+/=",
+        false,
+    ),
+    (
+        "GOOGLE_API_KEY",
+        "",
+        "AIzaSyA-abcdefghijklmnopqrstuvwxyz01234",
+        "-_",
+        true,
+    ),
+    ("AWS_ACCESS_KEY_ID", "", "AKIAIOSFODNN7EXAMPLE", "", true),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "aws_secret_access_key=",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "/+",
+        false,
+    ),
+    (
+        "BEARER_TOKEN",
+        "Authorization: Bearer ",
+        "abc123def456ghi789jkl",
+        "-._~+/=",
+        false,
+    ),
+];
+
+/// Characters that may follow or precede a token: everything the issue lists (`/`, `=`,
+/// `+`, `?`, `&`, `#`, quotes, punctuation, brackets, whitespace, newline), the ASCII
+/// punctuation left over, `-` and `_` (in some alphabets), non-ASCII, and nothing at all.
+const NEIGHBOURS: &[&str] = &[
+    "", "/", "=", "+", "?", "&", "#", "\"", "'", "`", ".", ",", ";", ":", "!", "(", ")", "[", "]",
+    "{", "}", "<", ">", "|", "\\", "*", "%", "@", "~", "$", "^", " ", "\t", "\n", "\r\n", "-", "_",
+    "é", "日",
+];
+
+/// Both engines, and that they agree.
+fn both(s: &Scanner, text: &str) -> Vec<(String, Range<usize>)> {
+    let (mut gated, mut all) = (Vec::new(), Vec::new());
+    s.find(text, &mut gated);
+    s.find_exhaustive(text, &mut all);
+    assert_eq!(gated, all, "gated and exhaustive scans differ on {text:?}");
+    gated
+        .iter()
+        .map(|f| (s.label(f.detector).to_string(), f.start..f.end))
+        .collect()
+}
+
+// See: veil#10
+#[test]
+fn every_secret_is_masked_whatever_follows_or_precedes_it() {
+    let s = all();
+    let mut checked = 0;
+    for &(label, label_text, token, alphabet, fixed) in SECRETS {
+        for &n in NEIGHBOURS {
+            let joins = n.len() == 1 && alphabet.contains(n);
+            // After the token.
+            let text = format!("{label_text}{token}{n}");
+            let at = label_text.len()..label_text.len() + token.len();
+            let got = both(&s, &text);
+            let hit = got.iter().find(|(l, _)| l == label);
+            match (joins, fixed) {
+                (false, _) => assert!(
+                    hit.is_some_and(|(_, r)| *r == at),
+                    "{label} followed by {n:?}: want exactly {at:?}, got {got:?} in {text:?}"
+                ),
+                (true, false) => assert!(
+                    hit.is_some_and(|(_, r)| r.start == at.start && r.end >= at.end),
+                    "{label} followed by {n:?} (its alphabet): want it covered, got {got:?}"
+                ),
+                // A fixed-length token glued to more of its alphabet is a longer run.
+                (true, true) => assert!(hit.is_none(), "{label}+{n:?}: {got:?}"),
+            }
+            // Before it (before its label, for the labelled formats). `_` is a word
+            // character: `x_Bearer` is not the word Bearer.
+            if n == "_" && label == "BEARER_TOKEN" {
+                continue;
+            }
+            let text = format!("{n}{label_text}{token} tail");
+            let at = n.len() + label_text.len()..n.len() + label_text.len() + token.len();
+            let got = both(&s, &text);
+            assert!(
+                got.iter().any(|(l, r)| l == label && *r == at),
+                "{label} preceded by {n:?}: want exactly {at:?}, got {got:?}"
+            );
+            // Both sides at once, inside a sentence and inside a URL.
+            for (pre, post) in [("see ", " now"), ("https://gw.example/k/", "/usage?x=1")] {
+                let text = format!("{pre}{n}{label_text}{token}{n}{post}");
+                let start = pre.len() + n.len() + label_text.len();
+                let got = both(&s, &text);
+                assert!(
+                    got.iter().any(|(l, r)| l == label
+                        && r.start == start
+                        && r.end >= start + token.len())
+                        || (joins && fixed),
+                    "{label} between {n:?}s in {text:?}: got {got:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, SECRETS.len() * NEIGHBOURS.len() - 1);
+    // Every secret built-in has a row.
+    for b in BUILTINS
+        .iter()
+        .filter(|b| matches!(b.trigger, Trigger::Literal(..)))
+    {
+        assert!(
+            SECRETS.iter().any(|(l, ..)| *l == b.label),
+            "{} has no row",
+            b.label
+        );
+    }
+}
+
+// See: veil#10
+#[test]
+fn sk_proj_key_in_a_url_path_followed_by_slash_is_masked() {
+    let key = format!(
+        "sk-proj-{}",
+        "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kM9nP2rS5uV8"
+    );
+    assert_eq!(key.len(), 8 + 48);
+    let text = format!("GET https://gw.example/keys/{key}/usage HTTP/1.1");
+    let start = text.find("sk-").unwrap();
+    let got = both(&all(), &text);
+    assert_eq!(
+        got,
+        vec![("OPENAI_API_KEY".to_string(), start..start + key.len())]
+    );
+}
+
+// See: veil#10
+#[test]
+fn akia_followed_by_slash_is_masked() {
+    let got = both(&all(), "AKIAIOSFODNN7EXAMPLE/x");
+    assert_eq!(got, vec![("AWS_ACCESS_KEY_ID".to_string(), 0..20)]);
+}
+
+#[test]
+fn tokens_glued_to_a_word_or_too_long_are_not_tokens() {
+    let s = all();
+    for text in [
+        "xsk-proj-abcdefghijklmnopqrstuvwxyz012345",
+        "task-management-system-design-and-more",
+        "AKIAIOSFODNN7EXAMPLEX",
+        "XAKIAIOSFODNN7EXAMPLE",
+        "AIzaSyA-abcdefghijklmnopqrstuvwxyz012345",
+        "aeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+    ] {
+        assert_eq!(both(&s, text), vec![], "{text}");
+    }
+    // 255 is GitHub's longest token body; a longer run is not one.
+    let long = format!("ghp_{}", "a".repeat(256));
+    assert_eq!(both(&s, &long), vec![]);
+    let ok = format!("ghp_{}", "a".repeat(255));
+    assert_eq!(both(&s, &ok).len(), 1);
+}
+
+// === PEM blocks: the footer found without a lazy regex (veil#10) ===
+
+#[test]
+fn pem_block_extends_to_its_footer_only_through_body_bytes() {
+    let s = all();
+    let head = "-----BEGIN PRIVATE KEY-----";
+    let foot = "-----END PRIVATE KEY-----";
+    // Across lines, spaces, escaped newlines and RFC 1421 headers.
+    for body in [
+        "\nMIIBOg+/=\n",
+        " MIIB OgIB ",
+        "\\nMIIB\\n",
+        "\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,3F17\n\nMIIB\n",
+    ] {
+        let text = format!("x {head}{body}{foot} y");
+        let got = both(&s, &text);
+        assert_eq!(
+            got,
+            vec![("PRIVATE_KEY".to_string(), 2..text.len() - 2)],
+            "{body:?}"
+        );
+    }
+    // A byte no body holds (`!`) stops the block: masked to the end of its base64.
+    let text = format!("{head}\nMIIB\n! {foot}");
+    let end = head.len() + "\nMIIB\n".len();
+    assert_eq!(both(&s, &text), vec![("PRIVATE_KEY".to_string(), 0..end)]);
+    // The first PRIVATE footer counts, not a PUBLIC one before it.
+    let text = format!("{head}\nAB\n-----END PUBLIC KEY-----\nCD\n{foot}!");
+    assert_eq!(
+        both(&s, &text),
+        vec![("PRIVATE_KEY".to_string(), 0..text.len() - 1)]
+    );
+    // Many headers in prose and one footer far away: each header is its own block up to
+    // the footer... the first one covers everything, including the later headers.
+    let text = format!("{}{foot}", format!("{head} lorem ipsum ").repeat(50));
+    assert_eq!(
+        both(&s, &text),
+        vec![("PRIVATE_KEY".to_string(), 0..text.len())]
+    );
+    // Headers in prose with a non-body byte after each: each masks only itself.
+    let text = format!("{head} lorem ipsum! ").repeat(50);
+    let got = both(&s, &text);
+    assert_eq!(got.len(), 50);
+    assert!(got.iter().all(|(_, r)| r.len() == head.len()), "{got:?}");
+}
+
+// === cost: linear in the text, whatever the density of matches (veil#10) ===
+
+/// The first `resolve`: every candidate against every kept match.
+fn resolve_quadratic(detectors: &[Detector], found: &mut Vec<Found>) {
+    found.sort_by_key(|f| {
+        (
+            std::cmp::Reverse(f.end - f.start),
+            detectors[f.detector].priority,
+            f.start,
+            f.detector,
+        )
+    });
+    let mut kept: Vec<Found> = Vec::new();
+    for f in found.drain(..) {
+        if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
+            kept.push(f);
+        }
+    }
+    kept.sort_by_key(|f| f.start);
+    *found = kept;
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn resolve_keeps_what_the_quadratic_version_kept(
+        spans in proptest::collection::vec((0usize..200, 1usize..30, 0usize..3), 0..120)
+    ) {
+        let detectors: Vec<Detector> = (0..3)
+            .map(|i| Detector {
+                label: format!("D{i}").into(),
+                action: InlineAction::Mask,
+                priority: 2 - i as u32,
+            })
+            .collect();
+        let found: Vec<Found> = spans
+            .iter()
+            .map(|&(start, len, detector)| Found { start, end: start + len, detector })
+            .collect();
+        let (mut fast, mut slow) = (found.clone(), found);
+        resolve(&detectors, &mut fast, &mut Meter::unlimited()).unwrap();
+        resolve_quadratic(&detectors, &mut slow);
+        proptest::prop_assert_eq!(fast, slow);
+    }
+}
+
+// See: veil#10
+#[test]
+fn a_long_rejected_custom_candidate_is_not_rescanned_from_every_character() {
+    let mut spec = ScannerSpec::default();
+    spec.detectors.push(Detector {
+        label: "CARDISH".into(),
+        action: InlineAction::Mask,
+        priority: 100,
+    });
+    spec.patterns.push(PatternSpec {
+        detector: 0,
+        regex: "[0-9][0-9 ]+[0-9]".into(),
+        check: checksum::by_name("luhn"),
+        group: false,
+        context: vec![],
+        window: 0,
+        user: true,
+        gate: Gate::Always,
+        footer: None,
+        lead: None,
+    });
+    let s = Scanner::build(&spec).unwrap();
+    let mut per_byte = Vec::new();
+    for n in [4_000usize, 32_000] {
+        // Zeros then a one: every suffix has a Luhn sum of 1, so every candidate fails.
+        let text = format!("{}1", "0".repeat(n - 1));
+        let mut meter = Meter::unlimited();
+        let mut out = Vec::new();
+        s.find_within(&text, &mut out, &mut meter).unwrap();
+        per_byte.push(meter.work_done() as f64 / n as f64);
+    }
+    // Restarting one character after each rejection costs n/2 units per byte: 2 000 and
+    // 16 000 here.
+    assert!(per_byte[1] < 10.0, "{per_byte:?}");
+    assert!(per_byte[1] < per_byte[0] * 1.5, "{per_byte:?}");
+}
