@@ -27,6 +27,8 @@ pub mod capture;
 pub mod conn;
 pub mod forward;
 pub mod mitm;
+pub mod route;
+pub mod settings;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -51,14 +53,16 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Audit, Config, authority_port};
+use crate::config::Audit;
 use crate::exchange::queue::{ExchangeSender, QueueCounters};
-use crate::exchange::{ExchangeId, Route, Upstream, UpstreamFailure};
+use crate::exchange::{ExchangeId, Upstream, UpstreamFailure};
 use crate::health::Health;
 use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use conn::{Activity, Ended, StallClock, Tracked, Watched};
-use forward::{Destinations, UpstreamClient, UpstreamError};
+use forward::{UpstreamClient, UpstreamError};
 use mitm::{CertificateAuthority, LeafResolver};
+use route::{RequestHead, Route, Target};
+pub use settings::ProxySettings;
 
 /// The response header that carries the request ID.
 pub const REQUEST_ID_HEADER: &str = "x-veil-request-id";
@@ -125,19 +129,16 @@ pub struct Proxy {
 }
 
 struct Shared {
-    /// Resolved settings; never change while serving.
-    config: Arc<Config>,
+    /// Resolved settings; never change while serving. Its resolver (`--resolve` overrides
+    /// and the destination policy) serves blind tunnels and literal checks; the client holds
+    /// a clone.
+    settings: ProxySettings,
     /// Pooled upstream client shared by every connection.
     client: UpstreamClient<TeeBody<StallClock<Incoming>>>,
-    /// `--resolve` overrides and the destination policy, for blind tunnels and literal checks
-    /// (the client holds a clone).
-    resolver: forward::Resolver,
     /// TLS toward apps, leaves minted per SNI (checked against the CONNECT host first).
     tls: Arc<rustls::ServerConfig>,
     /// Mints and caches the leaves behind `tls`.
     leaves: Arc<LeafResolver>,
-    /// Header-read and idle limits of app connections.
-    limits: conn::Limits,
     /// Credential fingerprints for recorded headers.
     fingerprinter: Fingerprinter,
     /// The recording queue; the proxy only ever `try_send`s or reserves.
@@ -158,22 +159,21 @@ struct Shared {
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
-            .field("listen", &self.config.listen)
+            .field("listen", &self.settings.listen)
             .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
-    /// Builds the proxy. `queue` receives one [`Exchange`] per intercepted request.
+    /// Builds the proxy from its `settings` (see [`ProxySettings::from_config`]). `queue`
+    /// receives one [`Exchange`](crate::exchange::Exchange) per intercepted request.
     pub fn try_new(
-        config: Config,
+        settings: ProxySettings,
         ca: Arc<CertificateAuthority>,
         fingerprinter: Fingerprinter,
         queue: ExchangeSender,
     ) -> Result<Self, ProxyError> {
-        let resolver =
-            forward::Resolver::new(config.resolve.clone(), Arc::new(Destinations::of(&config)));
-        let client = forward::client(&config, resolver.clone()).map_err(ProxyError)?;
+        let client = forward::client(&settings).map_err(ProxyError)?;
         let leaves = Arc::new(LeafResolver::new(ca));
         let tls = mitm::server_config(leaves.clone());
         let stats = Arc::new(ProxyStats {
@@ -183,9 +183,7 @@ impl Proxy {
         });
         Ok(Proxy {
             shared: Arc::new(Shared {
-                resolver,
-                limits: conn::Limits::of(&config),
-                config: Arc::new(config),
+                settings,
                 client,
                 tls,
                 leaves,
@@ -221,9 +219,9 @@ impl Proxy {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
         if let Ok(bound) = listener.local_addr() {
-            shared.resolver.destinations().set_bound(bound);
+            shared.settings.resolver.destinations().set_bound(bound);
         }
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let limit = Arc::new(Semaphore::new(shared.settings.max_connections));
         let mut shutdown = pin!(shutdown);
         let mut failures = AcceptFailures::default();
         loop {
@@ -265,7 +263,7 @@ impl Proxy {
         tracing::info!("shutting down: no longer accepting, draining in-flight exchanges");
         shared.cancel.cancel();
         shared.tracker.close();
-        let drain = shared.config.drain_timeout;
+        let drain = shared.settings.drain_timeout;
         if tokio::time::timeout(drain, shared.tracker.wait())
             .await
             .is_err()
@@ -340,7 +338,7 @@ impl Shared {
             let slot = slot.clone();
             let in_flight = watched.begin(req.version());
             async move {
-                let resp = shared.route(req, addr, slot).await;
+                let resp = shared.dispatch(req, addr, slot).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
         });
@@ -364,7 +362,7 @@ impl Shared {
         C: Future<Output = Result<(), E>>,
         E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync>,
     {
-        match conn::drive(conn, activity, self.limits, &self.cancel, graceful).await {
+        match conn::drive(conn, activity, self.settings.limits, &self.cancel, graceful).await {
             Ended::Done(Ok(())) => {}
             Ended::Done(Err(e)) => log_conn_error(what, &*e),
             Ended::TimedOut(why) => {
@@ -374,101 +372,51 @@ impl Shared {
         }
     }
 
-    /// Decides what a request on the proxy port is: CONNECT, absolute-form, or gateway.
-    async fn route(
+    /// Serves one request on the proxy port as [`route::route`] decides: intercept, tunnel,
+    /// forward, or veil's own error.
+    async fn dispatch(
         self: &Arc<Self>,
         req: Request<Incoming>,
         addr: SocketAddr,
         slot: Slot,
     ) -> Response<ProxyBody> {
-        if req.method() == Method::CONNECT {
-            return self.connect(req, addr, slot).await;
-        }
-        if req.uri().scheme().is_some() && req.uri().authority().is_some() {
-            return self.absolute(req, addr).await;
-        }
-        self.gateway(req, addr).await
-    }
-
-    /// Applies the rules every proxied destination obeys, CONNECT or absolute-form: the port
-    /// must be allowed and the address one veil may reach for apps (checked here for IP
-    /// literals, at connect time for names). `Some` is veil's 403.
-    fn refuse(&self, host: &str, port: u16, what: &str) -> Option<Response<ProxyBody>> {
-        if !self.config.is_port_allowed(host, port) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Some(json_error(
-                StatusCode::FORBIDDEN,
-                "port_not_allowed",
-                &format!(
-                    "{what} to port {port} is not allowed (allowed: {:?}; see allow_ports)",
-                    self.config.allow_ports
-                ),
-                None,
-            ));
-        }
-        if let Err(e) = self.resolver.check_literal(host, port) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Some(upstream_error_response(&e, None));
-        }
-        None
-    }
-
-    async fn connect(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        addr: SocketAddr,
-        slot: Slot,
-    ) -> Response<ProxyBody> {
-        let Some(authority) = req.uri().authority().cloned() else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "CONNECT needs host:port",
-                None,
-            );
-        };
-        let host = authority
-            .host()
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        // RFC 9110 §9.3.6: the target is host:port. A missing or bad port is the app's error,
-        // never a default (`host:99999` used to become 443).
-        let port = match authority_port(authority.as_str()) {
-            Ok(Some(port)) => port,
-            Ok(None) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("CONNECT needs host:port, got {:?}", authority.as_str()),
-                    None,
-                );
+        match route::route(RequestHead::of(&req), &self.settings) {
+            Route::Intercept { host, port } => {
+                let shared = self.clone();
+                self.spawn(async move {
+                    match hyper::upgrade::on(req).await {
+                        Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
+                        Err(e) => log_conn_error("CONNECT upgrade", &e),
+                    }
+                });
+                empty_ok()
             }
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_port",
-                    &format!("bad CONNECT target {:?}: {e}", authority.as_str()),
-                    None,
-                );
-            }
-        };
-        if let Some(refusal) = self.refuse(&host, port, "CONNECT") {
-            return refusal;
-        }
-        if self.config.is_intercepted(&host, port) {
-            let shared = self.clone();
-            self.spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
-                    Err(e) => log_conn_error("CONNECT upgrade", &e),
+            Route::Tunnel { host, port } => self.tunnel(req, host, port, slot).await,
+            Route::Forward {
+                target,
+                path_and_query,
+            } => self.forward(req, &target, &path_and_query, addr).await,
+            Route::Reject(why) => {
+                if why.refused {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 }
-            });
-            return empty_ok();
+                json_error(why.status, &why.code, &why.message, None)
+            }
         }
-        // Blind tunnel: connect first, so an unreachable target is a 502, not a dead tunnel.
+    }
+
+    /// Blind tunnel: connect first, so an unreachable target is a 502, not a dead tunnel.
+    async fn tunnel(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        host: String,
+        port: u16,
+        slot: Slot,
+    ) -> Response<ProxyBody> {
         let upstream = match self
+            .settings
             .resolver
-            .connect(&host, port, self.config.connect_timeout)
+            .connect(&host, port, self.settings.connect_timeout)
             .await
         {
             Ok(s) => s,
@@ -483,7 +431,7 @@ impl Shared {
             }
         };
         let stats = self.stats.clone();
-        let idle = self.config.tunnel_idle_timeout;
+        let idle = self.settings.tunnel_idle_timeout;
         self.spawn(async move {
             let _slot = slot;
             let upgraded = match hyper::upgrade::on(req).await {
@@ -537,7 +485,7 @@ impl Shared {
             };
             start.into_stream(config).await.map_err(Handshake::Io)
         };
-        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(Handshake::WrongSni(sni))) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -565,7 +513,7 @@ impl Shared {
             host,
             port,
             prefix: String::new(),
-            route: Route::Intercept,
+            route: crate::exchange::Route::Intercept,
             record: true,
         });
         // The session's clock starts now: its first request head is due header_read_timeout
@@ -595,109 +543,6 @@ impl Shared {
         .await;
     }
 
-    /// `GET http://host/path` through the proxy: plain HTTP, recorded if the host is intercepted.
-    async fn absolute(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        addr: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let uri = req.uri();
-        let scheme = match uri.scheme_str() {
-            Some("http") => "http",
-            Some("https") => "https",
-            _ => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "only http:// and https:// URLs can be proxied",
-                    None,
-                );
-            }
-        };
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        let authority = uri.authority().map_or("", |a| a.as_str());
-        let port = match authority_port(authority) {
-            Ok(port) => port.unwrap_or(if scheme == "https" { 443 } else { 80 }),
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_port",
-                    &format!("bad URL authority {authority:?}: {e}"),
-                    None,
-                );
-            }
-        };
-        // The same rules as CONNECT: without them veil was an open proxy to any port of any
-        // address it can reach, its own admin API included (veil#10).
-        if let Some(refusal) = self.refuse(&host, port, "a request") {
-            return refusal;
-        }
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let target = Target {
-            scheme,
-            record: self.config.is_intercepted(&host, port),
-            host,
-            port,
-            prefix: String::new(),
-            route: Route::PlainHttp,
-        };
-        self.forward(req, &target, &pq, addr).await
-    }
-
-    /// `/NAME/rest` → the route's base URL + `/rest`.
-    async fn gateway(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        addr: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let trimmed = pq.trim_start_matches('/');
-        let name_end = trimmed.find(['/', '?']).unwrap_or(trimmed.len());
-        let name = &trimmed[..name_end];
-        let Some(route) = self.config.routes.get(name) else {
-            let names: Vec<&str> = self.config.routes.keys().map(String::as_str).collect();
-            return json_error(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                &format!(
-                    "no gateway route {name:?}; use http://{}/ROUTE/... with ROUTE one of: {} (or set HTTPS_PROXY to use veil as a proxy)",
-                    self.config.listen,
-                    names.join(", ")
-                ),
-                None,
-            );
-        };
-        let rest = &trimmed[name_end..];
-        let rest = if rest.starts_with('/') {
-            rest.to_string()
-        } else {
-            format!("/{rest}")
-        };
-        let target = Target {
-            scheme: if route.scheme == "https" {
-                "https"
-            } else {
-                "http"
-            },
-            host: route.host.clone(),
-            port: route.port,
-            prefix: route.prefix.clone(),
-            route: Route::Gateway {
-                name: route.name.clone(),
-            },
-            record: true,
-        };
-        self.forward(req, &target, &rest, addr).await
-    }
-
     /// Sends one request upstream and streams the response back, teeing both bodies into a
     /// recording when the target is recorded.
     async fn forward(
@@ -720,7 +565,7 @@ impl Shared {
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
         let shown = format!("{}:{}", target.host, target.port);
         let recording = if target.record {
-            let sink = match self.config.audit {
+            let sink = match self.settings.audit {
                 Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
                 Audit::Required if self.health.as_ref().is_some_and(|h| !h.is_ok()) => {
                     let why = self
@@ -807,15 +652,18 @@ impl Shared {
         // on an HTTP/1 connection.
         parts.version = Version::HTTP_11;
         // A body that stops arriving ends the request instead of holding its slot.
-        let body = StallClock::new(body, self.limits.header_read);
+        let body = StallClock::new(body, self.settings.limits.header_read);
         let body = match &recording {
-            Some(rec) => {
-                TeeBody::recording(body, Side::Request, self.config.capture_limit, rec.clone())
-            }
+            Some(rec) => TeeBody::recording(
+                body,
+                Side::Request,
+                self.settings.capture_limit,
+                rec.clone(),
+            ),
             None => TeeBody::passthrough(body),
         };
         let sent = tokio::time::timeout(
-            self.config.upstream_timeout,
+            self.settings.upstream_timeout,
             self.client.request(Request::from_parts(parts, body)),
         )
         .await;
@@ -833,7 +681,7 @@ impl Shared {
                             headers,
                             content_encoding(&parts.headers),
                         );
-                        TeeBody::recording(body, Side::Response, self.config.capture_limit, rec)
+                        TeeBody::recording(body, Side::Response, self.settings.capture_limit, rec)
                     }
                     None => TeeBody::passthrough(body),
                 };
@@ -853,7 +701,7 @@ impl Shared {
                     "request_body_timeout",
                     &format!(
                         "the request body stalled: nothing arrived for {}s (header_read_timeout)",
-                        self.limits.header_read.as_secs_f32()
+                        self.settings.limits.header_read.as_secs_f32()
                     ),
                     recorded.then_some(id),
                 );
@@ -863,7 +711,7 @@ impl Shared {
                 UpstreamFailure::Timeout,
                 format!(
                     "no response headers from upstream {shown} within {}s",
-                    self.config.upstream_timeout.as_secs_f32()
+                    self.settings.upstream_timeout.as_secs_f32()
                 ),
             ),
         };
@@ -922,18 +770,6 @@ enum Handshake {
     WrongSni(String),
     /// No leaf could be minted for the CONNECT host (logged by the resolver).
     NoLeaf,
-}
-
-/// Where a forwarded request goes and whether it is recorded.
-#[derive(Debug)]
-struct Target {
-    scheme: &'static str,
-    host: String,
-    port: u16,
-    /// Path prefix of a gateway route's base URL.
-    prefix: String,
-    route: Route,
-    record: bool,
 }
 
 fn lock(rec: &RecordingRef) -> std::sync::MutexGuard<'_, Recording> {
