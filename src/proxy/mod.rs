@@ -25,6 +25,7 @@
 
 pub mod capture;
 pub mod conn;
+pub mod error;
 pub mod forward;
 pub mod mitm;
 pub mod route;
@@ -59,6 +60,7 @@ use crate::exchange::{ExchangeId, Upstream, UpstreamFailure};
 use crate::health::Health;
 use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use conn::{Activity, Ended, StallClock, Tracked, Watched};
+use error::ProxyError;
 use forward::{UpstreamClient, UpstreamError};
 use mitm::{CertificateAuthority, LeafResolver};
 use route::{RequestHead, Route, Target};
@@ -98,8 +100,11 @@ pub struct ProxyStats {
     pub tunnels: AtomicU64,
     /// Requests forwarded with recording.
     pub intercepted: AtomicU64,
-    /// Requests that got a 502/504 from veil.
+    /// Requests that got a 502/504 from veil because of the upstream.
     pub upstream_errors: AtomicU64,
+    /// Forwarded requests whose app broke off its own upload (counted here, not as upstream
+    /// errors).
+    pub client_aborted: AtomicU64,
     /// Requests refused with 403: a port outside `allow_ports`, or a destination veil does
     /// not connect to for apps (loopback, link-local, unspecified, its own listeners).
     pub refused: AtomicU64,
@@ -112,15 +117,15 @@ pub struct ProxyStats {
 
 /// Why the proxy could not be built.
 #[derive(Debug)]
-pub struct ProxyError(String);
+pub struct BuildError(String);
 
-impl fmt::Display for ProxyError {
+impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for ProxyError {}
+impl std::error::Error for BuildError {}
 
 /// The proxy, ready to serve a listener.
 #[derive(Debug, Clone)]
@@ -172,8 +177,8 @@ impl Proxy {
         ca: Arc<CertificateAuthority>,
         fingerprinter: Fingerprinter,
         queue: ExchangeSender,
-    ) -> Result<Self, ProxyError> {
-        let client = forward::client(&settings).map_err(ProxyError)?;
+    ) -> Result<Self, BuildError> {
+        let client = forward::client(&settings).map_err(BuildError)?;
         let leaves = Arc::new(LeafResolver::new(ca));
         let tls = mitm::server_config(leaves.clone());
         let stats = Arc::new(ProxyStats {
@@ -396,12 +401,7 @@ impl Shared {
                 target,
                 path_and_query,
             } => self.forward(req, &target, &path_and_query, addr).await,
-            Route::Reject(why) => {
-                if why.refused {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                }
-                json_error(why.status, &why.code, &why.message, None)
-            }
+            Route::Reject(why) => self.answer(&why, None),
         }
     }
 
@@ -420,15 +420,7 @@ impl Shared {
             .await
         {
             Ok(s) => s,
-            Err(e) => {
-                let counter = if e.refused {
-                    &self.stats.refused
-                } else {
-                    &self.stats.upstream_errors
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                return upstream_error_response(&e, None);
-            }
+            Err(e) => return self.answer(&ProxyError::upstream(&e), None),
         };
         let stats = self.stats.clone();
         let idle = self.settings.tunnel_idle_timeout;
@@ -574,24 +566,20 @@ impl Shared {
                         .map(|h| h.summary())
                         .unwrap_or_default();
                     self.stats.capture.refused.inc();
-                    return json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "audit_unavailable",
-                        &format!(
+                    return self.answer(
+                        &ProxyError::audit_unavailable(format!(
                             "veil cannot make this request's record durable ({why}) and audit = \"required\"; retry later"
-                        ),
+                        )),
                         Some(id),
                     );
                 }
                 Audit::Required => match self.queue.try_reserve() {
                     Ok(reservation) => Sink::Reserved(reservation),
                     Err(why) => {
-                        return json_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "audit_unavailable",
-                            &format!(
+                        return self.answer(
+                            &ProxyError::audit_unavailable(format!(
                                 "veil cannot record this request ({why}) and audit = \"required\"; retry later"
-                            ),
+                            )),
                             Some(id),
                         );
                     }
@@ -639,10 +627,12 @@ impl Shared {
         {
             Ok(uri) => uri,
             Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("cannot build upstream URL: {e}"),
+                return self.answer(
+                    &ProxyError::internal(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("cannot build upstream URL: {e}"),
+                    ),
                     Some(id),
                 );
             }
@@ -668,7 +658,7 @@ impl Shared {
         )
         .await;
         let recorded = recording.is_some();
-        let failure = match sent {
+        let (failure, body_failed) = match sent {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -695,43 +685,74 @@ impl Shared {
                 if let Some(rec) = &recording {
                     lock(rec).upstream_failed(UpstreamFailure::Protocol, e.to_string());
                 }
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                return json_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_body_timeout",
-                    &format!(
+                return self.answer(
+                    &ProxyError::body_stalled(format!(
                         "the request body stalled: nothing arrived for {}s (header_read_timeout)",
                         self.settings.limits.header_read.as_secs_f32()
-                    ),
+                    )),
                     recorded.then_some(id),
                 );
             }
-            Ok(Err(e)) => forward::classify(&e, &shown),
-            Err(_) => UpstreamError::new(
-                UpstreamFailure::Timeout,
-                format!(
-                    "no response headers from upstream {shown} within {}s",
-                    self.settings.upstream_timeout.as_secs_f32()
+            Ok(Err(e)) => (forward::classify(&e, &shown), request_body_failed(&e)),
+            Err(_) => (
+                UpstreamError::new(
+                    UpstreamFailure::Timeout,
+                    format!(
+                        "no response headers from upstream {shown} within {}s",
+                        self.settings.upstream_timeout.as_secs_f32()
+                    ),
                 ),
+                false,
             ),
         };
-        let counter = if failure.refused {
-            &self.stats.refused
-        } else {
-            &self.stats.upstream_errors
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        // The app broke off its own upload (the recording or the error chain saw the request
+        // body fail): that is the app's side, not the upstream's, whatever hyper reported.
+        let body_failed = body_failed
+            || recording
+                .as_ref()
+                .is_some_and(|r| lock(r).request_body_failed());
         if let Some(rec) = &recording {
-            let mut rec = lock(rec);
-            if rec.request_body_failed() {
-                // The app broke off its own upload; that is not the upstream's fault.
-                tracing::debug!(exchange.id = %id, "app aborted while sending the request body");
-            }
-            rec.upstream_failed(failure.kind, failure.message.clone());
+            lock(rec).upstream_failed(failure.kind, failure.message.clone());
         }
-        tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
-        upstream_error_response(&failure, recorded.then_some(id))
+        let err = error::forward_failure(&failure, body_failed);
+        if err.side() == error::Side::Client {
+            tracing::debug!(exchange.id = %id, "app aborted while sending the request body");
+        } else {
+            tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
+        }
+        self.answer(&err, recorded.then_some(id))
     }
+
+    /// Answers with `err` (veil's JSON error), counting it under its
+    /// [`ProxyError::metric_label`].
+    fn answer(&self, err: &ProxyError, id: Option<ExchangeId>) -> Response<ProxyBody> {
+        let counter = match err.metric_label() {
+            "refused" => Some(&self.stats.refused),
+            "timed_out" => Some(&self.stats.timed_out),
+            "client_aborted" => Some(&self.stats.client_aborted),
+            "upstream_error" => Some(&self.stats.upstream_errors),
+            // Malformed requests were never counted; audit refusals are counted by the
+            // recording queue (capture.refused) where they arise.
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        json_error(err.status(), err.code(), err.message(), id)
+    }
+}
+
+/// True when `err` carries a failure of the app's request body ([`conn::BodyError`]): it
+/// broke off or stalled.
+fn request_body_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<conn::BodyError<hyper::Error>>().is_some() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// True when `err` is a request body that stopped arriving ([`conn::BodyError::Stalled`]).
@@ -857,10 +878,6 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 fn empty_ok() -> Response<ProxyBody> {
     Response::new(Either::Right(Full::new(Bytes::new())))
-}
-
-fn upstream_error_response(err: &UpstreamError, id: Option<ExchangeId>) -> Response<ProxyBody> {
-    json_error(err.status(), &err.code(), &err.message, id)
 }
 
 /// veil's own error: a short JSON body shaped like the providers' (`error.message`), so SDKs

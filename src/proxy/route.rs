@@ -24,6 +24,7 @@ use http::{Method, StatusCode, Uri};
 use crate::config::authority_port;
 use crate::exchange;
 
+use super::error::ProxyError;
 use super::settings::ProxySettings;
 
 /// The part of a request [`route`] reads: its method and target.
@@ -70,7 +71,7 @@ pub enum Route {
         path_and_query: String,
     },
     /// Answer with veil's own error and go nowhere.
-    Reject(Rejection),
+    Reject(ProxyError),
 }
 
 /// Where a forwarded request goes and whether it is recorded.
@@ -90,31 +91,6 @@ pub struct Target {
     pub record: bool,
 }
 
-/// Why veil refuses a request before it goes anywhere.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// The status veil answers with (400, 403 or 404).
-    pub status: StatusCode,
-    /// The `error.code` of veil's JSON answer.
-    pub code: String,
-    /// What went wrong, for the app (no content).
-    pub message: String,
-    /// A destination rule refused it (counted as refused); false for a malformed request or
-    /// an unknown gateway route.
-    pub refused: bool,
-}
-
-impl Rejection {
-    fn bad(status: StatusCode, code: &str, message: String) -> Route {
-        Route::Reject(Rejection {
-            status,
-            code: code.to_string(),
-            message,
-            refused: false,
-        })
-    }
-}
-
 /// Decides what the request with `head` is, under `settings` (see the module docs).
 pub fn route(head: RequestHead<'_>, settings: &ProxySettings) -> Route {
     if head.method == Method::CONNECT {
@@ -128,11 +104,11 @@ pub fn route(head: RequestHead<'_>, settings: &ProxySettings) -> Route {
 
 fn connect(uri: &Uri, settings: &ProxySettings) -> Route {
     let Some(authority) = uri.authority() else {
-        return Rejection::bad(
+        return Route::Reject(ProxyError::bad_request(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "CONNECT needs host:port".to_string(),
-        );
+        ));
     };
     let host = authority
         .host()
@@ -143,18 +119,18 @@ fn connect(uri: &Uri, settings: &ProxySettings) -> Route {
     let port = match authority_port(authority.as_str()) {
         Ok(Some(port)) => port,
         Ok(None) => {
-            return Rejection::bad(
+            return Route::Reject(ProxyError::bad_request(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!("CONNECT needs host:port, got {:?}", authority.as_str()),
-            );
+            ));
         }
         Err(e) => {
-            return Rejection::bad(
+            return Route::Reject(ProxyError::bad_request(
                 StatusCode::BAD_REQUEST,
                 "bad_port",
                 format!("bad CONNECT target {:?}: {e}", authority.as_str()),
-            );
+            ));
         }
     };
     if let Some(refusal) = refuse(settings, &host, port, "CONNECT") {
@@ -173,11 +149,11 @@ fn absolute(uri: &Uri, settings: &ProxySettings) -> Route {
         Some("http") => "http",
         Some("https") => "https",
         _ => {
-            return Rejection::bad(
+            return Route::Reject(ProxyError::bad_request(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "only http:// and https:// URLs can be proxied".to_string(),
-            );
+            ));
         }
     };
     let host = uri
@@ -189,11 +165,11 @@ fn absolute(uri: &Uri, settings: &ProxySettings) -> Route {
     let port = match authority_port(authority) {
         Ok(port) => port.unwrap_or(if scheme == "https" { 443 } else { 80 }),
         Err(e) => {
-            return Rejection::bad(
+            return Route::Reject(ProxyError::bad_request(
                 StatusCode::BAD_REQUEST,
                 "bad_port",
                 format!("bad URL authority {authority:?}: {e}"),
-            );
+            ));
         }
     };
     // The same rules as CONNECT: without them veil was an open proxy to any port of any
@@ -223,7 +199,7 @@ fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
     let name = &trimmed[..name_end];
     let Some(route) = settings.routes.get(name) else {
         let names: Vec<&str> = settings.routes.keys().map(String::as_str).collect();
-        return Rejection::bad(
+        return Route::Reject(ProxyError::bad_request(
             StatusCode::NOT_FOUND,
             "no_route",
             format!(
@@ -231,7 +207,7 @@ fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
                 settings.listen,
                 names.join(", ")
             ),
-        );
+        ));
     };
     let rest = &trimmed[name_end..];
     let path_and_query = if rest.starts_with('/') {
@@ -261,25 +237,15 @@ fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
 /// The rules every proxied destination obeys, CONNECT or absolute-form: the port must be
 /// allowed and the address one veil may reach for apps (checked here for IP literals, at
 /// connect time for names). `Some` is veil's 403.
-fn refuse(settings: &ProxySettings, host: &str, port: u16, what: &str) -> Option<Rejection> {
+fn refuse(settings: &ProxySettings, host: &str, port: u16, what: &str) -> Option<ProxyError> {
     if !settings.is_port_allowed(host, port) {
-        return Some(Rejection {
-            status: StatusCode::FORBIDDEN,
-            code: "port_not_allowed".to_string(),
-            message: format!(
-                "{what} to port {port} is not allowed (allowed: {:?}; see allow_ports)",
-                settings.allow_ports
-            ),
-            refused: true,
-        });
+        return Some(ProxyError::port_not_allowed(format!(
+            "{what} to port {port} is not allowed (allowed: {:?}; see allow_ports)",
+            settings.allow_ports
+        )));
     }
     if let Err(e) = settings.resolver.check_literal(host, port) {
-        return Some(Rejection {
-            status: e.status(),
-            code: e.code(),
-            message: e.message,
-            refused: true,
-        });
+        return Some(ProxyError::upstream(&e));
     }
     None
 }

@@ -22,7 +22,7 @@ fn decide(method: Method, uri: &str, s: &ProxySettings) -> Route {
     )
 }
 
-fn rejection(r: Route) -> Rejection {
+fn rejection(r: Route) -> ProxyError {
     match r {
         Route::Reject(why) => why,
         other => panic!("expected a rejection, got {other:?}"),
@@ -70,19 +70,19 @@ fn connect_to_another_host_is_a_blind_tunnel() {
 #[test]
 fn connect_to_a_port_not_allowed_is_refused() {
     let why = rejection(decide(Method::CONNECT, "example.com:22", &defaults()));
-    assert_eq!(why.status, StatusCode::FORBIDDEN);
-    assert_eq!(why.code, "port_not_allowed");
-    assert!(why.refused);
-    assert!(why.message.contains("port 22"), "{}", why.message);
+    assert_eq!(why.status(), StatusCode::FORBIDDEN);
+    assert_eq!(why.code(), "port_not_allowed");
+    assert!(why.is_refused());
+    assert!(why.message().contains("port 22"), "{}", why.message());
 }
 
 #[test]
 fn connect_to_loopback_is_refused_unless_local_targets_are_allowed() {
     for target in ["127.0.0.1:443", "[::1]:443", "169.254.169.254:443"] {
         let why = rejection(decide(Method::CONNECT, target, &defaults()));
-        assert_eq!(why.status, StatusCode::FORBIDDEN, "{target}");
-        assert_eq!(why.code, "destination_refused", "{target}");
-        assert!(why.refused, "{target}");
+        assert_eq!(why.status(), StatusCode::FORBIDDEN, "{target}");
+        assert_eq!(why.code(), "destination_refused", "{target}");
+        assert!(why.is_refused(), "{target}");
     }
     let open = settings(RawConfig {
         allow_local_targets: Some(true),
@@ -100,25 +100,25 @@ fn connect_to_loopback_is_refused_unless_local_targets_are_allowed() {
 #[test]
 fn connect_without_a_port_is_a_bad_request() {
     let why = rejection(decide(Method::CONNECT, "example.com", &defaults()));
-    assert_eq!(why.status, StatusCode::BAD_REQUEST);
-    assert_eq!(why.code, "bad_request");
-    assert!(!why.refused);
+    assert_eq!(why.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(why.code(), "bad_request");
+    assert!(!why.is_refused());
 }
 
 #[test]
 fn connect_without_an_authority_is_a_bad_request() {
     let why = rejection(decide(Method::CONNECT, "/just/a/path", &defaults()));
-    assert_eq!(why.status, StatusCode::BAD_REQUEST);
-    assert_eq!(why.message, "CONNECT needs host:port");
-    assert!(!why.refused);
+    assert_eq!(why.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(why.message(), "CONNECT needs host:port");
+    assert!(!why.is_refused());
 }
 
 #[test]
 fn connect_example_com_99999_is_a_bad_port() {
     let why = rejection(decide(Method::CONNECT, "example.com:99999", &defaults()));
-    assert_eq!(why.status, StatusCode::BAD_REQUEST);
-    assert_eq!(why.code, "bad_port");
-    assert!(!why.refused);
+    assert_eq!(why.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(why.code(), "bad_port");
+    assert!(!why.is_refused());
 }
 
 #[test]
@@ -166,24 +166,24 @@ fn absolute_form_obeys_the_destination_rules() {
     // Port 80 is not in the default allow_ports.
     let why = rejection(decide(Method::GET, "http://example.com/", &defaults()));
     assert_eq!(
-        (why.status, why.code.as_str()),
+        (why.status(), why.code()),
         (StatusCode::FORBIDDEN, "port_not_allowed")
     );
-    assert!(why.refused);
+    assert!(why.is_refused());
     let why = rejection(decide(Method::GET, "https://127.0.0.1/admin", &defaults()));
     assert_eq!(
-        (why.status, why.code.as_str()),
+        (why.status(), why.code()),
         (StatusCode::FORBIDDEN, "destination_refused")
     );
-    assert!(why.refused);
+    assert!(why.is_refused());
 }
 
 #[test]
 fn absolute_form_with_another_scheme_is_a_bad_request() {
     let why = rejection(decide(Method::GET, "ftp://example.com/file", &defaults()));
-    assert_eq!(why.status, StatusCode::BAD_REQUEST);
-    assert_eq!(why.code, "bad_request");
-    assert!(!why.refused);
+    assert_eq!(why.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(why.code(), "bad_request");
+    assert!(!why.is_refused());
 }
 
 #[test]
@@ -253,12 +253,12 @@ fn gateway_route_with_a_prefix_to_a_local_target() {
 #[test]
 fn unknown_gateway_route_is_404_naming_the_routes() {
     let why = rejection(decide(Method::GET, "/nope/v1/models", &defaults()));
-    assert_eq!(why.status, StatusCode::NOT_FOUND);
-    assert_eq!(why.code, "no_route");
-    assert!(!why.refused);
+    assert_eq!(why.status(), StatusCode::NOT_FOUND);
+    assert_eq!(why.code(), "no_route");
+    assert!(!why.is_refused());
     assert!(
-        why.message.contains("\"nope\"") && why.message.contains("openai"),
+        why.message().contains("\"nope\"") && why.message().contains("openai"),
         "{}",
-        why.message
+        why.message()
     );
 }
