@@ -27,6 +27,7 @@ pub mod capture;
 pub mod conn;
 pub mod error;
 pub mod forward;
+mod headers;
 pub mod mitm;
 pub mod route;
 pub mod settings;
@@ -41,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -62,6 +63,7 @@ use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, T
 use conn::{Activity, Ended, StallClock, Tracked, Watched};
 use error::ProxyError;
 use forward::{UpstreamClient, UpstreamError};
+use headers::{content_encoding, join_cookies, strip_hop_by_hop, take_veil_headers};
 use mitm::{CertificateAuthority, LeafResolver};
 use route::{RequestHead, Route, Target};
 pub use settings::ProxySettings;
@@ -801,81 +803,6 @@ fn id_header(id: ExchangeId) -> HeaderValue {
     HeaderValue::from_str(&id.to_string()).expect("invariant: a UUID is a valid header value")
 }
 
-fn content_encoding(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| !v.is_empty() && v != "identity")
-}
-
-/// Removes the `x-veil-*` headers (they tag the record and never go upstream) and returns them.
-fn take_veil_headers(headers: &mut HeaderMap) -> Vec<(String, String)> {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-veil-"))
-        .cloned()
-        .collect();
-    let mut tags = Vec::with_capacity(names.len());
-    for name in names {
-        for value in headers.get_all(&name) {
-            tags.push((
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            ));
-        }
-        headers.remove(&name);
-    }
-    tags
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection, not to the message.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
-    }
-}
-
-/// h2 sends one `cookie` header per crumb; HTTP/1.1 upstreams expect one header.
-fn join_cookies(headers: &mut HeaderMap) {
-    let cookies: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    if cookies.len() > 1 {
-        let joined = cookies.join(&b"; "[..]);
-        if let Ok(value) = HeaderValue::from_bytes(&joined) {
-            headers.insert(header::COOKIE, value);
-        }
-    }
-}
-
 fn empty_ok() -> Response<ProxyBody> {
     Response::new(Either::Right(Full::new(Bytes::new())))
 }
@@ -929,38 +856,4 @@ fn log_conn_error(what: &str, err: &(dyn std::error::Error + 'static)) {
         current = e.source();
     }
     tracing::debug!(error = %forward::chain(err), "{what} ended with an error");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veil_headers_are_taken_and_hop_by_hop_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert("x-veil-feature", "seo".parse().unwrap());
-        h.insert("x-veil-user", "alice".parse().unwrap());
-        h.insert("connection", "keep-alive, x-custom".parse().unwrap());
-        h.insert("x-custom", "1".parse().unwrap());
-        h.insert("te", "gzip".parse().unwrap());
-        h.insert("content-type", "application/json".parse().unwrap());
-        let tags = take_veil_headers(&mut h);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(tags.len(), 2);
-        assert!(h.keys().all(|k| !k.as_str().starts_with("x-veil-")));
-        assert!(
-            h.get("x-custom").is_none() && h.get("connection").is_none() && h.get("te").is_none()
-        );
-        assert!(h.get("content-type").is_some());
-    }
-
-    #[test]
-    fn cookies_are_joined_for_http1() {
-        let mut h = HeaderMap::new();
-        h.append("cookie", "a=1".parse().unwrap());
-        h.append("cookie", "b=2".parse().unwrap());
-        join_cookies(&mut h);
-        assert_eq!(h.get_all("cookie").iter().count(), 1);
-        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
-    }
 }
