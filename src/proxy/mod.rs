@@ -28,9 +28,11 @@ pub mod conn;
 pub mod error;
 pub mod forward;
 mod headers;
+mod intercept;
 pub mod mitm;
 pub mod route;
 pub mod settings;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -51,7 +53,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -407,136 +408,6 @@ impl Shared {
         }
     }
 
-    /// Blind tunnel: connect first, so an unreachable target is a 502, not a dead tunnel.
-    async fn tunnel(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        host: String,
-        port: u16,
-        slot: Slot,
-    ) -> Response<ProxyBody> {
-        let upstream = match self
-            .settings
-            .resolver
-            .connect(&host, port, self.settings.connect_timeout)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return self.answer(&ProxyError::upstream(&e), None),
-        };
-        let stats = self.stats.clone();
-        let idle = self.settings.tunnel_idle_timeout;
-        self.spawn(async move {
-            let _slot = slot;
-            let upgraded = match hyper::upgrade::on(req).await {
-                Ok(u) => u,
-                Err(e) => return log_conn_error("CONNECT upgrade", &e),
-            };
-            stats.tunnels.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let duration_ms = || started.elapsed().as_millis() as u64;
-            // Metadata only: which host, how many bytes, how long. Never content.
-            match conn::copy_tunnel(TokioIo::new(upgraded), upstream, idle).await {
-                conn::TunnelEnd::Closed { up, down } => tracing::debug!(host, port, bytes_up = up, bytes_down = down, duration_ms = duration_ms(), "tunnel closed"),
-                conn::TunnelEnd::Failed(e) => tracing::debug!(host, port, error = %e, duration_ms = duration_ms(), "tunnel ended with error"),
-                conn::TunnelEnd::Idle => {
-                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(host, port, duration_ms = duration_ms(), "tunnel closed: nothing crossed it for tunnel_idle_timeout");
-                }
-            }
-        });
-        empty_ok()
-    }
-
-    /// Terminates the app's TLS with a minted leaf and serves HTTP/1.1 or h2 inside.
-    ///
-    /// The ClientHello is read before any certificate is chosen: an SNI other than the CONNECT
-    /// host closes the connection before a leaf is minted (or else an app could get a leaf for
-    /// any name through an allowed tunnel, and fill the leaf cache with names); no SNI (an IP
-    /// host, or an old client) gets the leaf for the CONNECT host.
-    async fn intercept(
-        self: Arc<Self>,
-        upgraded: hyper::upgrade::Upgraded,
-        host: String,
-        port: u16,
-        addr: SocketAddr,
-        _slot: Slot,
-    ) {
-        let handshake = async {
-            let start = LazyConfigAcceptor::new(
-                rustls::server::Acceptor::default(),
-                TokioIo::new(upgraded),
-            )
-            .await
-            .map_err(Handshake::Io)?;
-            let config = match start.client_hello().server_name() {
-                Some(sni) if sni.eq_ignore_ascii_case(&host) => self.tls.clone(),
-                Some(sni) => return Err(Handshake::WrongSni(sni.to_string())),
-                None => {
-                    let leaf = self.leaves.leaf(&host).ok_or(Handshake::NoLeaf)?;
-                    mitm::server_config_for(&self.tls, leaf)
-                }
-            };
-            start.into_stream(config).await.map_err(Handshake::Io)
-        };
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(Handshake::WrongSni(sni))) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    host,
-                    sni,
-                    "SNI does not match the CONNECT host; closing before any certificate is minted"
-                );
-                return;
-            }
-            Ok(Err(Handshake::NoLeaf)) => return, // mint() logged why
-            Ok(Err(Handshake::Io(e))) => {
-                tracing::warn!(host, error = %e, "TLS handshake with app failed (does it trust veil's CA? see `veil ca path`)");
-                return;
-            }
-            Err(_) => {
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(host, "TLS handshake with app timed out (handshake_timeout)");
-                return;
-            }
-        };
-        let shared = self.clone();
-        let target = Arc::new(Target {
-            scheme: "https",
-            host,
-            port,
-            prefix: String::new(),
-            route: crate::exchange::Route::Intercept,
-            record: true,
-        });
-        // The session's clock starts now: its first request head is due header_read_timeout
-        // after the handshake.
-        let activity = Activity::new();
-        let watched = activity.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            let target = target.clone();
-            let in_flight = watched.begin(req.version());
-            async move {
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                let resp = shared.forward(req, &target, &pq, addr).await;
-                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
-            }
-        });
-        let builder = http_server();
-        let io = TokioIo::new(Watched::new(tls, activity.clone()));
-        let conn = builder.serve_connection(io, svc);
-        self.finish("intercepted connection", conn, &activity, |c| {
-            c.graceful_shutdown()
-        })
-        .await;
-    }
-
     /// Sends one request upstream and streams the response back, teeing both bodies into a
     /// recording when the target is recorded.
     async fn forward(
@@ -784,15 +655,6 @@ fn http_server() -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
-}
-
-/// How reading the ClientHello and finishing the TLS handshake with an app can fail.
-enum Handshake {
-    Io(std::io::Error),
-    /// The ClientHello named another host than the CONNECT target.
-    WrongSni(String),
-    /// No leaf could be minted for the CONNECT host (logged by the resolver).
-    NoLeaf,
 }
 
 fn lock(rec: &RecordingRef) -> std::sync::MutexGuard<'_, Recording> {
