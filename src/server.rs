@@ -32,7 +32,7 @@ use crate::keys::{Keyring, Purpose};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::proxy::capture::Fingerprinter;
 use crate::proxy::mitm::CertificateAuthority;
-use crate::proxy::{Proxy, ProxyStats};
+use crate::proxy::{Proxy, ProxySettings, ProxyStats};
 use crate::redact::RulesHandle;
 use crate::seal::{AuditSink, FanoutAuditSink, JsonlAuditSink, SealOptions, SealStore};
 
@@ -350,7 +350,8 @@ pub async fn start(
     let data_dir = config.data.clone();
     let disk_reserve = config.disk_reserve;
     let limits = crate::proxy::conn::Limits::of(&config);
-    let proxy = Proxy::try_new(config, ca, fingerprinter, tx)?.with_health(health.clone());
+    let proxy = Proxy::try_new(ProxySettings::from_config(&config), ca, fingerprinter, tx)?
+        .with_health(health.clone());
     let stats = proxy.stats();
 
     if let Some(listener) = admin_listener {

@@ -29,6 +29,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::config::{Config, ResolveRule};
+
+use super::settings::ProxySettings;
 use crate::exchange::UpstreamFailure;
 
 /// A classified upstream failure.
@@ -407,17 +409,18 @@ pub fn tls_client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::Cli
     Ok(config)
 }
 
-/// Builds the upstream client from the config; its connections go through `resolver`.
-pub fn client<B>(config: &Config, resolver: Resolver) -> Result<UpstreamClient<B>, String>
+/// Builds the upstream client from the proxy's settings; its connections go through
+/// `settings.resolver` (a clone: the policy is shared).
+pub fn client<B>(settings: &ProxySettings) -> Result<UpstreamClient<B>, String>
 where
     B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let tls = tls_client_config(&config.upstream_ca)?;
+    let tls = tls_client_config(&settings.upstream_ca)?;
     let connector = ResolveConnector {
-        resolver,
-        timeout: config.connect_timeout,
+        resolver: settings.resolver.clone(),
+        timeout: settings.connect_timeout,
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)

@@ -25,40 +25,50 @@
 
 pub mod capture;
 pub mod conn;
+pub mod error;
 pub mod forward;
+mod headers;
+mod intercept;
+mod listener;
 pub mod mitm;
+pub mod route;
+pub mod settings;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::LazyConfigAcceptor;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Audit, Config, authority_port};
+use crate::config::Audit;
 use crate::exchange::queue::{ExchangeSender, QueueCounters};
-use crate::exchange::{ExchangeId, Route, Upstream, UpstreamFailure};
+use crate::exchange::{ExchangeId, Upstream, UpstreamFailure};
 use crate::health::Health;
 use capture::{Fingerprinter, Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use conn::{Activity, Ended, StallClock, Tracked, Watched};
-use forward::{Destinations, UpstreamClient, UpstreamError};
+use error::ProxyError;
+use forward::{UpstreamClient, UpstreamError};
+use headers::{content_encoding, join_cookies, strip_hop_by_hop, take_veil_headers};
+pub use listener::AcceptFailures;
 use mitm::{CertificateAuthority, LeafResolver};
+use route::{RequestHead, Route, Target};
+pub use settings::ProxySettings;
 
 /// The response header that carries the request ID.
 pub const REQUEST_ID_HEADER: &str = "x-veil-request-id";
@@ -94,8 +104,11 @@ pub struct ProxyStats {
     pub tunnels: AtomicU64,
     /// Requests forwarded with recording.
     pub intercepted: AtomicU64,
-    /// Requests that got a 502/504 from veil.
+    /// Requests that got a 502/504 from veil because of the upstream.
     pub upstream_errors: AtomicU64,
+    /// Forwarded requests whose app broke off its own upload (counted here, not as upstream
+    /// errors).
+    pub client_aborted: AtomicU64,
     /// Requests refused with 403: a port outside `allow_ports`, or a destination veil does
     /// not connect to for apps (loopback, link-local, unspecified, its own listeners).
     pub refused: AtomicU64,
@@ -108,15 +121,15 @@ pub struct ProxyStats {
 
 /// Why the proxy could not be built.
 #[derive(Debug)]
-pub struct ProxyError(String);
+pub struct BuildError(String);
 
-impl fmt::Display for ProxyError {
+impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for ProxyError {}
+impl std::error::Error for BuildError {}
 
 /// The proxy, ready to serve a listener.
 #[derive(Debug, Clone)]
@@ -125,19 +138,16 @@ pub struct Proxy {
 }
 
 struct Shared {
-    /// Resolved settings; never change while serving.
-    config: Arc<Config>,
+    /// Resolved settings; never change while serving. Its resolver (`--resolve` overrides
+    /// and the destination policy) serves blind tunnels and literal checks; the client holds
+    /// a clone.
+    settings: ProxySettings,
     /// Pooled upstream client shared by every connection.
     client: UpstreamClient<TeeBody<StallClock<Incoming>>>,
-    /// `--resolve` overrides and the destination policy, for blind tunnels and literal checks
-    /// (the client holds a clone).
-    resolver: forward::Resolver,
     /// TLS toward apps, leaves minted per SNI (checked against the CONNECT host first).
     tls: Arc<rustls::ServerConfig>,
     /// Mints and caches the leaves behind `tls`.
     leaves: Arc<LeafResolver>,
-    /// Header-read and idle limits of app connections.
-    limits: conn::Limits,
     /// Credential fingerprints for recorded headers.
     fingerprinter: Fingerprinter,
     /// The recording queue; the proxy only ever `try_send`s or reserves.
@@ -158,22 +168,21 @@ struct Shared {
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
-            .field("listen", &self.config.listen)
+            .field("listen", &self.settings.listen)
             .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
-    /// Builds the proxy. `queue` receives one [`Exchange`] per intercepted request.
+    /// Builds the proxy from its `settings` (see [`ProxySettings::from_config`]). `queue`
+    /// receives one [`Exchange`](crate::exchange::Exchange) per intercepted request.
     pub fn try_new(
-        config: Config,
+        settings: ProxySettings,
         ca: Arc<CertificateAuthority>,
         fingerprinter: Fingerprinter,
         queue: ExchangeSender,
-    ) -> Result<Self, ProxyError> {
-        let resolver =
-            forward::Resolver::new(config.resolve.clone(), Arc::new(Destinations::of(&config)));
-        let client = forward::client(&config, resolver.clone()).map_err(ProxyError)?;
+    ) -> Result<Self, BuildError> {
+        let client = forward::client(&settings).map_err(BuildError)?;
         let leaves = Arc::new(LeafResolver::new(ca));
         let tls = mitm::server_config(leaves.clone());
         let stats = Arc::new(ProxyStats {
@@ -183,9 +192,7 @@ impl Proxy {
         });
         Ok(Proxy {
             shared: Arc::new(Shared {
-                resolver,
-                limits: conn::Limits::of(&config),
-                config: Arc::new(config),
+                settings,
                 client,
                 tls,
                 leaves,
@@ -215,107 +222,7 @@ impl Proxy {
     pub fn stats(&self) -> Arc<ProxyStats> {
         self.shared.stats.clone()
     }
-
-    /// Serves `listener` until `shutdown` resolves, then stops accepting, lets in-flight
-    /// exchanges finish (bounded by `drain_timeout`) and returns.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let shared = self.shared;
-        if let Ok(bound) = listener.local_addr() {
-            shared.resolver.destinations().set_bound(bound);
-        }
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
-        let mut shutdown = pin!(shutdown);
-        let mut failures = AcceptFailures::default();
-        loop {
-            // Take a permit before accepting: at the limit, connections wait in the kernel's
-            // backlog instead of being accepted and starved.
-            let permit = tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                p = limit.clone().acquire_owned() => p.expect("invariant: the semaphore is never closed"),
-            };
-            let accepted = tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                r = listener.accept() => r,
-            };
-            let (stream, addr) = match accepted {
-                Ok(ok) => ok,
-                Err(e) => {
-                    // Out of file descriptors and the like: neither spin nor exit; retry soon.
-                    failures.note("proxy", &e);
-                    drop(permit);
-                    tokio::select! {
-                        biased;
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(ACCEPT_RETRY) => continue,
-                    }
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-            let conn_shared = shared.clone();
-            shared.spawn(async move {
-                conn_shared
-                    .serve_client(stream, addr, Arc::new(permit))
-                    .await;
-            });
-        }
-        drop(listener);
-        tracing::info!("shutting down: no longer accepting, draining in-flight exchanges");
-        shared.cancel.cancel();
-        shared.tracker.close();
-        let drain = shared.config.drain_timeout;
-        if tokio::time::timeout(drain, shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                remaining = shared.tracker.len(),
-                "drain timeout ({}s) reached; cutting remaining connections",
-                drain.as_secs()
-            );
-            // Dropping the connections ends their exchanges (recorded as client_aborted) and
-            // lets go of the recording queue, so the pipeline can drain and stop.
-            shared.kill.cancel();
-            let _ = tokio::time::timeout(KILL_GRACE, shared.tracker.wait()).await;
-        }
-    }
 }
-
-/// Rate-limited logging of accept failures: the first at once, then one line with a count at
-/// most every 10 s.
-#[derive(Debug, Default)]
-pub struct AcceptFailures {
-    last_logged: Option<Instant>,
-    suppressed: u64,
-}
-
-impl AcceptFailures {
-    /// Notes one failure of the `what` listener.
-    pub fn note(&mut self, what: &str, err: &std::io::Error) {
-        let now = Instant::now();
-        if self
-            .last_logged
-            .is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_EVERY)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::warn!(
-            listener = what,
-            error = %err,
-            retry_ms = ACCEPT_RETRY.as_millis() as u64,
-            failures_since_last_log = self.suppressed,
-            "accept failed (out of file descriptors? see ulimit -n and max_connections)"
-        );
-        self.last_logged = Some(now);
-        self.suppressed = 0;
-    }
-}
-
-/// How long cut connections get to let go of their tasks after the drain time is up.
-const KILL_GRACE: Duration = Duration::from_millis(200);
 
 impl Shared {
     /// Spawns a connection or tunnel task: tracked (shutdown waits for it, bounded) and
@@ -340,7 +247,7 @@ impl Shared {
             let slot = slot.clone();
             let in_flight = watched.begin(req.version());
             async move {
-                let resp = shared.route(req, addr, slot).await;
+                let resp = shared.dispatch(req, addr, slot).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
         });
@@ -364,7 +271,7 @@ impl Shared {
         C: Future<Output = Result<(), E>>,
         E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync>,
     {
-        match conn::drive(conn, activity, self.limits, &self.cancel, graceful).await {
+        match conn::drive(conn, activity, self.settings.limits, &self.cancel, graceful).await {
             Ended::Done(Ok(())) => {}
             Ended::Done(Err(e)) => log_conn_error(what, &*e),
             Ended::TimedOut(why) => {
@@ -374,328 +281,32 @@ impl Shared {
         }
     }
 
-    /// Decides what a request on the proxy port is: CONNECT, absolute-form, or gateway.
-    async fn route(
+    /// Serves one request on the proxy port as [`route::route`] decides: intercept, tunnel,
+    /// forward, or veil's own error.
+    async fn dispatch(
         self: &Arc<Self>,
         req: Request<Incoming>,
         addr: SocketAddr,
         slot: Slot,
     ) -> Response<ProxyBody> {
-        if req.method() == Method::CONNECT {
-            return self.connect(req, addr, slot).await;
+        match route::route(RequestHead::of(&req), &self.settings) {
+            Route::Intercept { host, port } => {
+                let shared = self.clone();
+                self.spawn(async move {
+                    match hyper::upgrade::on(req).await {
+                        Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
+                        Err(e) => log_conn_error("CONNECT upgrade", &e),
+                    }
+                });
+                empty_ok()
+            }
+            Route::Tunnel { host, port } => self.tunnel(req, host, port, slot).await,
+            Route::Forward {
+                target,
+                path_and_query,
+            } => self.forward(req, &target, &path_and_query, addr).await,
+            Route::Reject(why) => self.answer(&why, None),
         }
-        if req.uri().scheme().is_some() && req.uri().authority().is_some() {
-            return self.absolute(req, addr).await;
-        }
-        self.gateway(req, addr).await
-    }
-
-    /// Applies the rules every proxied destination obeys, CONNECT or absolute-form: the port
-    /// must be allowed and the address one veil may reach for apps (checked here for IP
-    /// literals, at connect time for names). `Some` is veil's 403.
-    fn refuse(&self, host: &str, port: u16, what: &str) -> Option<Response<ProxyBody>> {
-        if !self.config.is_port_allowed(host, port) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Some(json_error(
-                StatusCode::FORBIDDEN,
-                "port_not_allowed",
-                &format!(
-                    "{what} to port {port} is not allowed (allowed: {:?}; see allow_ports)",
-                    self.config.allow_ports
-                ),
-                None,
-            ));
-        }
-        if let Err(e) = self.resolver.check_literal(host, port) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Some(upstream_error_response(&e, None));
-        }
-        None
-    }
-
-    async fn connect(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        addr: SocketAddr,
-        slot: Slot,
-    ) -> Response<ProxyBody> {
-        let Some(authority) = req.uri().authority().cloned() else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "CONNECT needs host:port",
-                None,
-            );
-        };
-        let host = authority
-            .host()
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        // RFC 9110 §9.3.6: the target is host:port. A missing or bad port is the app's error,
-        // never a default (`host:99999` used to become 443).
-        let port = match authority_port(authority.as_str()) {
-            Ok(Some(port)) => port,
-            Ok(None) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("CONNECT needs host:port, got {:?}", authority.as_str()),
-                    None,
-                );
-            }
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_port",
-                    &format!("bad CONNECT target {:?}: {e}", authority.as_str()),
-                    None,
-                );
-            }
-        };
-        if let Some(refusal) = self.refuse(&host, port, "CONNECT") {
-            return refusal;
-        }
-        if self.config.is_intercepted(&host, port) {
-            let shared = self.clone();
-            self.spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
-                    Err(e) => log_conn_error("CONNECT upgrade", &e),
-                }
-            });
-            return empty_ok();
-        }
-        // Blind tunnel: connect first, so an unreachable target is a 502, not a dead tunnel.
-        let upstream = match self
-            .resolver
-            .connect(&host, port, self.config.connect_timeout)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let counter = if e.refused {
-                    &self.stats.refused
-                } else {
-                    &self.stats.upstream_errors
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                return upstream_error_response(&e, None);
-            }
-        };
-        let stats = self.stats.clone();
-        let idle = self.config.tunnel_idle_timeout;
-        self.spawn(async move {
-            let _slot = slot;
-            let upgraded = match hyper::upgrade::on(req).await {
-                Ok(u) => u,
-                Err(e) => return log_conn_error("CONNECT upgrade", &e),
-            };
-            stats.tunnels.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let duration_ms = || started.elapsed().as_millis() as u64;
-            // Metadata only: which host, how many bytes, how long. Never content.
-            match conn::copy_tunnel(TokioIo::new(upgraded), upstream, idle).await {
-                conn::TunnelEnd::Closed { up, down } => tracing::debug!(host, port, bytes_up = up, bytes_down = down, duration_ms = duration_ms(), "tunnel closed"),
-                conn::TunnelEnd::Failed(e) => tracing::debug!(host, port, error = %e, duration_ms = duration_ms(), "tunnel ended with error"),
-                conn::TunnelEnd::Idle => {
-                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(host, port, duration_ms = duration_ms(), "tunnel closed: nothing crossed it for tunnel_idle_timeout");
-                }
-            }
-        });
-        empty_ok()
-    }
-
-    /// Terminates the app's TLS with a minted leaf and serves HTTP/1.1 or h2 inside.
-    ///
-    /// The ClientHello is read before any certificate is chosen: an SNI other than the CONNECT
-    /// host closes the connection before a leaf is minted (or else an app could get a leaf for
-    /// any name through an allowed tunnel, and fill the leaf cache with names); no SNI (an IP
-    /// host, or an old client) gets the leaf for the CONNECT host.
-    async fn intercept(
-        self: Arc<Self>,
-        upgraded: hyper::upgrade::Upgraded,
-        host: String,
-        port: u16,
-        addr: SocketAddr,
-        _slot: Slot,
-    ) {
-        let handshake = async {
-            let start = LazyConfigAcceptor::new(
-                rustls::server::Acceptor::default(),
-                TokioIo::new(upgraded),
-            )
-            .await
-            .map_err(Handshake::Io)?;
-            let config = match start.client_hello().server_name() {
-                Some(sni) if sni.eq_ignore_ascii_case(&host) => self.tls.clone(),
-                Some(sni) => return Err(Handshake::WrongSni(sni.to_string())),
-                None => {
-                    let leaf = self.leaves.leaf(&host).ok_or(Handshake::NoLeaf)?;
-                    mitm::server_config_for(&self.tls, leaf)
-                }
-            };
-            start.into_stream(config).await.map_err(Handshake::Io)
-        };
-        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(Handshake::WrongSni(sni))) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    host,
-                    sni,
-                    "SNI does not match the CONNECT host; closing before any certificate is minted"
-                );
-                return;
-            }
-            Ok(Err(Handshake::NoLeaf)) => return, // mint() logged why
-            Ok(Err(Handshake::Io(e))) => {
-                tracing::warn!(host, error = %e, "TLS handshake with app failed (does it trust veil's CA? see `veil ca path`)");
-                return;
-            }
-            Err(_) => {
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(host, "TLS handshake with app timed out (handshake_timeout)");
-                return;
-            }
-        };
-        let shared = self.clone();
-        let target = Arc::new(Target {
-            scheme: "https",
-            host,
-            port,
-            prefix: String::new(),
-            route: Route::Intercept,
-            record: true,
-        });
-        // The session's clock starts now: its first request head is due header_read_timeout
-        // after the handshake.
-        let activity = Activity::new();
-        let watched = activity.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            let target = target.clone();
-            let in_flight = watched.begin(req.version());
-            async move {
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                let resp = shared.forward(req, &target, &pq, addr).await;
-                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
-            }
-        });
-        let builder = http_server();
-        let io = TokioIo::new(Watched::new(tls, activity.clone()));
-        let conn = builder.serve_connection(io, svc);
-        self.finish("intercepted connection", conn, &activity, |c| {
-            c.graceful_shutdown()
-        })
-        .await;
-    }
-
-    /// `GET http://host/path` through the proxy: plain HTTP, recorded if the host is intercepted.
-    async fn absolute(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        addr: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let uri = req.uri();
-        let scheme = match uri.scheme_str() {
-            Some("http") => "http",
-            Some("https") => "https",
-            _ => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "only http:// and https:// URLs can be proxied",
-                    None,
-                );
-            }
-        };
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        let authority = uri.authority().map_or("", |a| a.as_str());
-        let port = match authority_port(authority) {
-            Ok(port) => port.unwrap_or(if scheme == "https" { 443 } else { 80 }),
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_port",
-                    &format!("bad URL authority {authority:?}: {e}"),
-                    None,
-                );
-            }
-        };
-        // The same rules as CONNECT: without them veil was an open proxy to any port of any
-        // address it can reach, its own admin API included (veil#10).
-        if let Some(refusal) = self.refuse(&host, port, "a request") {
-            return refusal;
-        }
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let target = Target {
-            scheme,
-            record: self.config.is_intercepted(&host, port),
-            host,
-            port,
-            prefix: String::new(),
-            route: Route::PlainHttp,
-        };
-        self.forward(req, &target, &pq, addr).await
-    }
-
-    /// `/NAME/rest` → the route's base URL + `/rest`.
-    async fn gateway(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        addr: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let trimmed = pq.trim_start_matches('/');
-        let name_end = trimmed.find(['/', '?']).unwrap_or(trimmed.len());
-        let name = &trimmed[..name_end];
-        let Some(route) = self.config.routes.get(name) else {
-            let names: Vec<&str> = self.config.routes.keys().map(String::as_str).collect();
-            return json_error(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                &format!(
-                    "no gateway route {name:?}; use http://{}/ROUTE/... with ROUTE one of: {} (or set HTTPS_PROXY to use veil as a proxy)",
-                    self.config.listen,
-                    names.join(", ")
-                ),
-                None,
-            );
-        };
-        let rest = &trimmed[name_end..];
-        let rest = if rest.starts_with('/') {
-            rest.to_string()
-        } else {
-            format!("/{rest}")
-        };
-        let target = Target {
-            scheme: if route.scheme == "https" {
-                "https"
-            } else {
-                "http"
-            },
-            host: route.host.clone(),
-            port: route.port,
-            prefix: route.prefix.clone(),
-            route: Route::Gateway {
-                name: route.name.clone(),
-            },
-            record: true,
-        };
-        self.forward(req, &target, &rest, addr).await
     }
 
     /// Sends one request upstream and streams the response back, teeing both bodies into a
@@ -720,7 +331,7 @@ impl Shared {
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
         let shown = format!("{}:{}", target.host, target.port);
         let recording = if target.record {
-            let sink = match self.config.audit {
+            let sink = match self.settings.audit {
                 Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
                 Audit::Required if self.health.as_ref().is_some_and(|h| !h.is_ok()) => {
                     let why = self
@@ -729,24 +340,20 @@ impl Shared {
                         .map(|h| h.summary())
                         .unwrap_or_default();
                     self.stats.capture.refused.inc();
-                    return json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "audit_unavailable",
-                        &format!(
+                    return self.answer(
+                        &ProxyError::audit_unavailable(format!(
                             "veil cannot make this request's record durable ({why}) and audit = \"required\"; retry later"
-                        ),
+                        )),
                         Some(id),
                     );
                 }
                 Audit::Required => match self.queue.try_reserve() {
                     Ok(reservation) => Sink::Reserved(reservation),
                     Err(why) => {
-                        return json_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "audit_unavailable",
-                            &format!(
+                        return self.answer(
+                            &ProxyError::audit_unavailable(format!(
                                 "veil cannot record this request ({why}) and audit = \"required\"; retry later"
-                            ),
+                            )),
                             Some(id),
                         );
                     }
@@ -794,10 +401,12 @@ impl Shared {
         {
             Ok(uri) => uri,
             Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("cannot build upstream URL: {e}"),
+                return self.answer(
+                    &ProxyError::internal(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("cannot build upstream URL: {e}"),
+                    ),
                     Some(id),
                 );
             }
@@ -807,20 +416,23 @@ impl Shared {
         // on an HTTP/1 connection.
         parts.version = Version::HTTP_11;
         // A body that stops arriving ends the request instead of holding its slot.
-        let body = StallClock::new(body, self.limits.header_read);
+        let body = StallClock::new(body, self.settings.limits.header_read);
         let body = match &recording {
-            Some(rec) => {
-                TeeBody::recording(body, Side::Request, self.config.capture_limit, rec.clone())
-            }
+            Some(rec) => TeeBody::recording(
+                body,
+                Side::Request,
+                self.settings.capture_limit,
+                rec.clone(),
+            ),
             None => TeeBody::passthrough(body),
         };
         let sent = tokio::time::timeout(
-            self.config.upstream_timeout,
+            self.settings.upstream_timeout,
             self.client.request(Request::from_parts(parts, body)),
         )
         .await;
         let recorded = recording.is_some();
-        let failure = match sent {
+        let (failure, body_failed) = match sent {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -833,7 +445,7 @@ impl Shared {
                             headers,
                             content_encoding(&parts.headers),
                         );
-                        TeeBody::recording(body, Side::Response, self.config.capture_limit, rec)
+                        TeeBody::recording(body, Side::Response, self.settings.capture_limit, rec)
                     }
                     None => TeeBody::passthrough(body),
                 };
@@ -847,43 +459,74 @@ impl Shared {
                 if let Some(rec) = &recording {
                     lock(rec).upstream_failed(UpstreamFailure::Protocol, e.to_string());
                 }
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                return json_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_body_timeout",
-                    &format!(
+                return self.answer(
+                    &ProxyError::body_stalled(format!(
                         "the request body stalled: nothing arrived for {}s (header_read_timeout)",
-                        self.limits.header_read.as_secs_f32()
-                    ),
+                        self.settings.limits.header_read.as_secs_f32()
+                    )),
                     recorded.then_some(id),
                 );
             }
-            Ok(Err(e)) => forward::classify(&e, &shown),
-            Err(_) => UpstreamError::new(
-                UpstreamFailure::Timeout,
-                format!(
-                    "no response headers from upstream {shown} within {}s",
-                    self.config.upstream_timeout.as_secs_f32()
+            Ok(Err(e)) => (forward::classify(&e, &shown), request_body_failed(&e)),
+            Err(_) => (
+                UpstreamError::new(
+                    UpstreamFailure::Timeout,
+                    format!(
+                        "no response headers from upstream {shown} within {}s",
+                        self.settings.upstream_timeout.as_secs_f32()
+                    ),
                 ),
+                false,
             ),
         };
-        let counter = if failure.refused {
-            &self.stats.refused
-        } else {
-            &self.stats.upstream_errors
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        // The app broke off its own upload (the recording or the error chain saw the request
+        // body fail): that is the app's side, not the upstream's, whatever hyper reported.
+        let body_failed = body_failed
+            || recording
+                .as_ref()
+                .is_some_and(|r| lock(r).request_body_failed());
         if let Some(rec) = &recording {
-            let mut rec = lock(rec);
-            if rec.request_body_failed() {
-                // The app broke off its own upload; that is not the upstream's fault.
-                tracing::debug!(exchange.id = %id, "app aborted while sending the request body");
-            }
-            rec.upstream_failed(failure.kind, failure.message.clone());
+            lock(rec).upstream_failed(failure.kind, failure.message.clone());
         }
-        tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
-        upstream_error_response(&failure, recorded.then_some(id))
+        let err = error::forward_failure(&failure, body_failed);
+        if err.side() == error::Side::Client {
+            tracing::debug!(exchange.id = %id, "app aborted while sending the request body");
+        } else {
+            tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
+        }
+        self.answer(&err, recorded.then_some(id))
     }
+
+    /// Answers with `err` (veil's JSON error), counting it under its
+    /// [`ProxyError::metric_label`].
+    fn answer(&self, err: &ProxyError, id: Option<ExchangeId>) -> Response<ProxyBody> {
+        let counter = match err.metric_label() {
+            "refused" => Some(&self.stats.refused),
+            "timed_out" => Some(&self.stats.timed_out),
+            "client_aborted" => Some(&self.stats.client_aborted),
+            "upstream_error" => Some(&self.stats.upstream_errors),
+            // Malformed requests were never counted; audit refusals are counted by the
+            // recording queue (capture.refused) where they arise.
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        json_error(err.status(), err.code(), err.message(), id)
+    }
+}
+
+/// True when `err` carries a failure of the app's request body ([`conn::BodyError`]): it
+/// broke off or stalled.
+fn request_body_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<conn::BodyError<hyper::Error>>().is_some() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// True when `err` is a request body that stopped arriving ([`conn::BodyError::Stalled`]).
@@ -915,27 +558,6 @@ fn http_server() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// How reading the ClientHello and finishing the TLS handshake with an app can fail.
-enum Handshake {
-    Io(std::io::Error),
-    /// The ClientHello named another host than the CONNECT target.
-    WrongSni(String),
-    /// No leaf could be minted for the CONNECT host (logged by the resolver).
-    NoLeaf,
-}
-
-/// Where a forwarded request goes and whether it is recorded.
-#[derive(Debug)]
-struct Target {
-    scheme: &'static str,
-    host: String,
-    port: u16,
-    /// Path prefix of a gateway route's base URL.
-    prefix: String,
-    route: Route,
-    record: bool,
-}
-
 fn lock(rec: &RecordingRef) -> std::sync::MutexGuard<'_, Recording> {
     rec.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -944,87 +566,8 @@ fn id_header(id: ExchangeId) -> HeaderValue {
     HeaderValue::from_str(&id.to_string()).expect("invariant: a UUID is a valid header value")
 }
 
-fn content_encoding(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| !v.is_empty() && v != "identity")
-}
-
-/// Removes the `x-veil-*` headers (they tag the record and never go upstream) and returns them.
-fn take_veil_headers(headers: &mut HeaderMap) -> Vec<(String, String)> {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-veil-"))
-        .cloned()
-        .collect();
-    let mut tags = Vec::with_capacity(names.len());
-    for name in names {
-        for value in headers.get_all(&name) {
-            tags.push((
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            ));
-        }
-        headers.remove(&name);
-    }
-    tags
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection, not to the message.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
-    }
-}
-
-/// h2 sends one `cookie` header per crumb; HTTP/1.1 upstreams expect one header.
-fn join_cookies(headers: &mut HeaderMap) {
-    let cookies: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    if cookies.len() > 1 {
-        let joined = cookies.join(&b"; "[..]);
-        if let Ok(value) = HeaderValue::from_bytes(&joined) {
-            headers.insert(header::COOKIE, value);
-        }
-    }
-}
-
 fn empty_ok() -> Response<ProxyBody> {
     Response::new(Either::Right(Full::new(Bytes::new())))
-}
-
-fn upstream_error_response(err: &UpstreamError, id: Option<ExchangeId>) -> Response<ProxyBody> {
-    json_error(err.status(), &err.code(), &err.message, id)
 }
 
 /// veil's own error: a short JSON body shaped like the providers' (`error.message`), so SDKs
@@ -1076,38 +619,4 @@ fn log_conn_error(what: &str, err: &(dyn std::error::Error + 'static)) {
         current = e.source();
     }
     tracing::debug!(error = %forward::chain(err), "{what} ended with an error");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veil_headers_are_taken_and_hop_by_hop_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert("x-veil-feature", "seo".parse().unwrap());
-        h.insert("x-veil-user", "alice".parse().unwrap());
-        h.insert("connection", "keep-alive, x-custom".parse().unwrap());
-        h.insert("x-custom", "1".parse().unwrap());
-        h.insert("te", "gzip".parse().unwrap());
-        h.insert("content-type", "application/json".parse().unwrap());
-        let tags = take_veil_headers(&mut h);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(tags.len(), 2);
-        assert!(h.keys().all(|k| !k.as_str().starts_with("x-veil-")));
-        assert!(
-            h.get("x-custom").is_none() && h.get("connection").is_none() && h.get("te").is_none()
-        );
-        assert!(h.get("content-type").is_some());
-    }
-
-    #[test]
-    fn cookies_are_joined_for_http1() {
-        let mut h = HeaderMap::new();
-        h.append("cookie", "a=1".parse().unwrap());
-        h.append("cookie", "b=2".parse().unwrap());
-        join_cookies(&mut h);
-        assert_eq!(h.get_all("cookie").iter().count(), 1);
-        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
-    }
 }

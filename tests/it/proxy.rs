@@ -694,3 +694,33 @@ async fn absolute_form_plain_http_is_forwarded_and_recorded_only_when_intercepte
     }
     veil.stop().await;
 }
+
+// See: veil#11
+#[tokio::test]
+async fn upload_broken_off_after_10_of_100000_bytes_is_the_apps_error_not_the_upstreams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let mut veil = Veil::start(&mock).await;
+    let mut app = tokio::net::TcpStream::connect(veil.addr).await.unwrap();
+    let head = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n",
+        veil.addr
+    );
+    app.write_all(head.as_bytes()).await.unwrap();
+    app.write_all(b"{\"model\":").await.unwrap();
+    // Let veil open the upstream request and start streaming the body, then break off the
+    // upload: the write half closes with 99,991 bytes still owed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut answer)).await;
+    let ex = veil.next_exchange().await;
+    assert_eq!(ex.outcome, Outcome::ClientAborted);
+    assert_eq!(
+        veil.stats.upstream_errors.load(Ordering::Relaxed),
+        0,
+        "the upstream did nothing wrong"
+    );
+    assert_eq!(veil.stats.client_aborted.load(Ordering::Relaxed), 1);
+    veil.stop().await;
+}

@@ -81,7 +81,7 @@ impl Veil {
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(veil::health::Health::default());
-        let proxy = Proxy::try_new(config, ca, fp, tx)
+        let proxy = Proxy::try_new(veil::proxy::ProxySettings::from_config(&config), ca, fp, tx)
             .unwrap()
             .with_health(health.clone());
         let stats = proxy.stats();

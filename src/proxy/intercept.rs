@@ -1,0 +1,126 @@
+//! # Intercept: CONNECT to an intercepted host, TLS terminated with a minted leaf.
+//!
+//! [`route`](super::route) said [`Route::Intercept`](super::route::Route::Intercept) and the
+//! listener answered 200. This stage reads the ClientHello before any certificate is chosen
+//! (the SNI must be the CONNECT host, else the connection is closed, counted as refused, and
+//! no leaf is minted), finishes TLS with the leaf from [`mitm`](super::mitm), and serves
+//! HTTP/1.1 or h2 (by ALPN) inside, every request going to the forward stage as a recorded
+//! [`exchange::Route::Intercept`]. It never talks to the upstream itself and never reads
+//! bodies.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::exchange;
+
+use super::conn::{Activity, Tracked, Watched};
+use super::route::Target;
+use super::{Shared, Slot, http_server, mitm};
+
+/// How reading the ClientHello and finishing the TLS handshake with an app can fail.
+enum Handshake {
+    Io(std::io::Error),
+    /// The ClientHello named another host than the CONNECT target.
+    WrongSni(String),
+    /// No leaf could be minted for the CONNECT host (logged by the resolver).
+    NoLeaf,
+}
+
+impl Shared {
+    /// Terminates the app's TLS with a minted leaf and serves HTTP/1.1 or h2 inside.
+    ///
+    /// The ClientHello is read before any certificate is chosen: an SNI other than the CONNECT
+    /// host closes the connection before a leaf is minted (or else an app could get a leaf for
+    /// any name through an allowed tunnel, and fill the leaf cache with names); no SNI (an IP
+    /// host, or an old client) gets the leaf for the CONNECT host.
+    pub(super) async fn intercept(
+        self: Arc<Self>,
+        upgraded: hyper::upgrade::Upgraded,
+        host: String,
+        port: u16,
+        addr: SocketAddr,
+        _slot: Slot,
+    ) {
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(
+                rustls::server::Acceptor::default(),
+                TokioIo::new(upgraded),
+            )
+            .await
+            .map_err(Handshake::Io)?;
+            let config = match start.client_hello().server_name() {
+                Some(sni) if sni.eq_ignore_ascii_case(&host) => self.tls.clone(),
+                Some(sni) => return Err(Handshake::WrongSni(sni.to_string())),
+                None => {
+                    let leaf = self.leaves.leaf(&host).ok_or(Handshake::NoLeaf)?;
+                    mitm::server_config_for(&self.tls, leaf)
+                }
+            };
+            start.into_stream(config).await.map_err(Handshake::Io)
+        };
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(Handshake::WrongSni(sni))) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    host,
+                    sni,
+                    "SNI does not match the CONNECT host; closing before any certificate is minted"
+                );
+                return;
+            }
+            Ok(Err(Handshake::NoLeaf)) => return, // mint() logged why
+            Ok(Err(Handshake::Io(e))) => {
+                tracing::warn!(host, error = %e, "TLS handshake with app failed (does it trust veil's CA? see `veil ca path`)");
+                return;
+            }
+            Err(_) => {
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(host, "TLS handshake with app timed out (handshake_timeout)");
+                return;
+            }
+        };
+        let shared = self.clone();
+        let target = Arc::new(Target {
+            scheme: "https",
+            host,
+            port,
+            prefix: String::new(),
+            route: exchange::Route::Intercept,
+            record: true,
+        });
+        // The session's clock starts now: its first request head is due header_read_timeout
+        // after the handshake.
+        let activity = Activity::new();
+        let watched = activity.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let target = target.clone();
+            let in_flight = watched.begin(req.version());
+            async move {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                let resp = shared.forward(req, &target, &pq, addr).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
+        });
+        let builder = http_server();
+        let io = TokioIo::new(Watched::new(tls, activity.clone()));
+        let conn = builder.serve_connection(io, svc);
+        self.finish("intercepted connection", conn, &activity, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
+    }
+}

@@ -1,0 +1,255 @@
+//! # Route: what a request on the proxy port asks for, decided without sockets.
+//!
+//! The listener hands every request head on the proxy port to [`route`], which answers with
+//! one [`Route`]: a blind tunnel, an interception, a forward (absolute-form or gateway), or a
+//! rejection carrying the status, code and message veil answers with. It is a pure function
+//! of the head and the [`ProxySettings`]: it never opens a socket, never resolves a name
+//! (names are checked when they resolve, in [`forward::Resolver`](super::forward::Resolver)),
+//! never counts and never logs; the caller does those with the route in hand.
+//!
+//! The rules, in order:
+//! - `CONNECT host:port`: a missing target or port is 400 `bad_request`, a bad port 400
+//!   `bad_port` (RFC 9110 §9.3.6: the target is host:port, never a default port); then the
+//!   destination rules below; then intercepted hosts are intercepted, others tunnelled.
+//! - `GET http://host/…` (absolute form): only `http` and `https` (else 400 `bad_request`), a
+//!   bad port 400 `bad_port`, then the destination rules; recorded if the host is intercepted.
+//! - anything else is a gateway path `/NAME/rest`: an unknown `NAME` is 404 `no_route`.
+//!
+//! Destination rules (CONNECT and absolute form alike, veil#10): the port must be allowed
+//! (else 403 `port_not_allowed`) and an IP literal must be an address veil may reach for apps
+//! (else 403 `destination_refused`). Both refusals are counted as refused by the caller.
+
+use http::{Method, StatusCode, Uri};
+
+use crate::config::authority_port;
+use crate::exchange;
+
+use super::error::ProxyError;
+use super::settings::ProxySettings;
+
+/// The part of a request [`route`] reads: its method and target.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request target as received (authority form for CONNECT).
+    pub uri: &'a Uri,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The head of `req`.
+    pub fn of<B>(req: &'a http::Request<B>) -> Self {
+        RequestHead {
+            method: req.method(),
+            uri: req.uri(),
+        }
+    }
+}
+
+/// What veil does with one request on the proxy port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// CONNECT to an intercepted host: answer 200, then terminate TLS with a minted leaf.
+    Intercept {
+        /// The CONNECT host, lowercase, without IPv6 brackets.
+        host: String,
+        /// The CONNECT port.
+        port: u16,
+    },
+    /// CONNECT to any other allowed host: connect upstream, answer 200, copy bytes blind.
+    Tunnel {
+        /// The CONNECT host, lowercase, without IPv6 brackets.
+        host: String,
+        /// The CONNECT port.
+        port: u16,
+    },
+    /// Send the request upstream (absolute form or a gateway route).
+    Forward {
+        /// Where it goes and whether it is recorded.
+        target: Target,
+        /// Path and query to send upstream, after [`Target::prefix`].
+        path_and_query: String,
+    },
+    /// Answer with veil's own error and go nowhere.
+    Reject(ProxyError),
+}
+
+/// Where a forwarded request goes and whether it is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Upstream host.
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Path prefix of a gateway route's base URL (empty otherwise).
+    pub prefix: String,
+    /// How the exchange reached veil, for the record.
+    pub route: exchange::Route,
+    /// Whether the exchange is recorded.
+    pub record: bool,
+}
+
+/// Decides what the request with `head` is, under `settings` (see the module docs).
+pub fn route(head: RequestHead<'_>, settings: &ProxySettings) -> Route {
+    if head.method == Method::CONNECT {
+        return connect(head.uri, settings);
+    }
+    if head.uri.scheme().is_some() && head.uri.authority().is_some() {
+        return absolute(head.uri, settings);
+    }
+    gateway(head.uri, settings)
+}
+
+fn connect(uri: &Uri, settings: &ProxySettings) -> Route {
+    let Some(authority) = uri.authority() else {
+        return Route::Reject(ProxyError::bad_request(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "CONNECT needs host:port".to_string(),
+        ));
+    };
+    let host = authority
+        .host()
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
+    // RFC 9110 §9.3.6: the target is host:port. A missing or bad port is the app's error,
+    // never a default (`host:99999` used to become 443).
+    let port = match authority_port(authority.as_str()) {
+        Ok(Some(port)) => port,
+        Ok(None) => {
+            return Route::Reject(ProxyError::bad_request(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("CONNECT needs host:port, got {:?}", authority.as_str()),
+            ));
+        }
+        Err(e) => {
+            return Route::Reject(ProxyError::bad_request(
+                StatusCode::BAD_REQUEST,
+                "bad_port",
+                format!("bad CONNECT target {:?}: {e}", authority.as_str()),
+            ));
+        }
+    };
+    if let Some(refusal) = refuse(settings, &host, port, "CONNECT") {
+        return Route::Reject(refusal);
+    }
+    if settings.is_intercepted(&host, port) {
+        Route::Intercept { host, port }
+    } else {
+        Route::Tunnel { host, port }
+    }
+}
+
+/// `GET http://host/path` through the proxy: plain HTTP, recorded if the host is intercepted.
+fn absolute(uri: &Uri, settings: &ProxySettings) -> Route {
+    let scheme = match uri.scheme_str() {
+        Some("http") => "http",
+        Some("https") => "https",
+        _ => {
+            return Route::Reject(ProxyError::bad_request(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "only http:// and https:// URLs can be proxied".to_string(),
+            ));
+        }
+    };
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let port = match authority_port(authority) {
+        Ok(port) => port.unwrap_or(if scheme == "https" { 443 } else { 80 }),
+        Err(e) => {
+            return Route::Reject(ProxyError::bad_request(
+                StatusCode::BAD_REQUEST,
+                "bad_port",
+                format!("bad URL authority {authority:?}: {e}"),
+            ));
+        }
+    };
+    // The same rules as CONNECT: without them veil was an open proxy to any port of any
+    // address it can reach, its own admin API included (veil#10).
+    if let Some(refusal) = refuse(settings, &host, port, "a request") {
+        return Route::Reject(refusal);
+    }
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    Route::Forward {
+        target: Target {
+            scheme,
+            record: settings.is_intercepted(&host, port),
+            host,
+            port,
+            prefix: String::new(),
+            route: exchange::Route::PlainHttp,
+        },
+        path_and_query,
+    }
+}
+
+/// `/NAME/rest` → the route's base URL + `/rest`.
+fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let trimmed = pq.trim_start_matches('/');
+    let name_end = trimmed.find(['/', '?']).unwrap_or(trimmed.len());
+    let name = &trimmed[..name_end];
+    let Some(route) = settings.routes.get(name) else {
+        let names: Vec<&str> = settings.routes.keys().map(String::as_str).collect();
+        return Route::Reject(ProxyError::bad_request(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!(
+                "no gateway route {name:?}; use http://{}/ROUTE/... with ROUTE one of: {} (or set HTTPS_PROXY to use veil as a proxy)",
+                settings.listen,
+                names.join(", ")
+            ),
+        ));
+    };
+    let rest = &trimmed[name_end..];
+    let path_and_query = if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    };
+    Route::Forward {
+        target: Target {
+            scheme: if route.scheme == "https" {
+                "https"
+            } else {
+                "http"
+            },
+            host: route.host.clone(),
+            port: route.port,
+            prefix: route.prefix.clone(),
+            route: exchange::Route::Gateway {
+                name: route.name.clone(),
+            },
+            record: true,
+        },
+        path_and_query,
+    }
+}
+
+/// The rules every proxied destination obeys, CONNECT or absolute-form: the port must be
+/// allowed and the address one veil may reach for apps (checked here for IP literals, at
+/// connect time for names). `Some` is veil's 403.
+fn refuse(settings: &ProxySettings, host: &str, port: u16, what: &str) -> Option<ProxyError> {
+    if !settings.is_port_allowed(host, port) {
+        return Some(ProxyError::port_not_allowed(format!(
+            "{what} to port {port} is not allowed (allowed: {:?}; see allow_ports)",
+            settings.allow_ports
+        )));
+    }
+    if let Err(e) = settings.resolver.check_literal(host, port) {
+        return Some(ProxyError::upstream(&e));
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "route_tests.rs"]
+mod tests;

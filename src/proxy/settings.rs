@@ -1,0 +1,132 @@
+//! # Proxy settings: the part of [`Config`] the proxy reads.
+//!
+//! Built once, in [`ProxySettings::from_config`], before the proxy serves; never changed
+//! afterwards. Everything under `proxy/` reads these instead of the whole [`Config`], so what
+//! the hot path depends on is listed in one struct (and a test can build one without rules,
+//! keys or exporter settings). This module never opens a socket and never reads a file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Audit, Config, GatewayRoute, HostPattern};
+
+use super::conn;
+use super::forward::{Destinations, Resolver};
+
+/// What the proxy needs from the configuration: where it listens, what it intercepts and may
+/// reach, its clocks and its limits.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Proxy listen address, as configured (may say port 0; named in the gateway's 404).
+    pub listen: SocketAddr,
+    /// Hosts whose TLS is terminated and whose exchanges are recorded.
+    pub intercept: Vec<HostPattern>,
+    /// Ports CONNECT and absolute-form requests may reach.
+    pub allow_ports: Vec<u16>,
+    /// Gateway routes by name (`/NAME/...`).
+    pub routes: BTreeMap<String, GatewayRoute>,
+    /// What happens when an exchange cannot be recorded.
+    pub audit: Audit,
+    /// Bytes of each body kept for the record, per side.
+    pub capture_limit: usize,
+    /// PEM files trusted for upstream TLS besides the web roots.
+    pub upstream_ca: Vec<PathBuf>,
+    /// Time allowed to connect to an upstream.
+    pub connect_timeout: Duration,
+    /// Time allowed for an upstream's response headers.
+    pub upstream_timeout: Duration,
+    /// Time allowed for the TLS handshake with an app.
+    pub handshake_timeout: Duration,
+    /// A blind tunnel carrying nothing either way this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Time in-flight exchanges get after shutdown begins.
+    pub drain_timeout: Duration,
+    /// Client connections served at once (the rest wait in the kernel's backlog).
+    pub max_connections: usize,
+    /// Head-read and idle limits of app connections.
+    pub limits: conn::Limits,
+    /// `--resolve` overrides and the destination policy ([`Destinations`]).
+    pub resolver: Resolver,
+}
+
+impl ProxySettings {
+    /// The proxy's settings from the resolved `config` (the one place the proxy reads it).
+    pub fn from_config(config: &Config) -> ProxySettings {
+        ProxySettings {
+            listen: config.listen,
+            intercept: config.intercept.clone(),
+            allow_ports: config.allow_ports.clone(),
+            routes: config.routes.clone(),
+            audit: config.audit,
+            capture_limit: config.capture_limit,
+            upstream_ca: config.upstream_ca.clone(),
+            connect_timeout: config.connect_timeout,
+            upstream_timeout: config.upstream_timeout,
+            handshake_timeout: config.handshake_timeout,
+            tunnel_idle_timeout: config.tunnel_idle_timeout,
+            drain_timeout: config.drain_timeout,
+            max_connections: config.max_connections,
+            limits: conn::Limits::of(config),
+            resolver: Resolver::new(config.resolve.clone(), Arc::new(Destinations::of(config))),
+        }
+    }
+
+    /// True when `host:port` is intercepted (same rule as [`Config::is_intercepted`]).
+    pub fn is_intercepted(&self, host: &str, port: u16) -> bool {
+        self.intercept.iter().any(|p| p.matches(host, port))
+    }
+
+    /// True when CONNECT or an absolute-form request may reach `port` of `host` (same rule as
+    /// [`Config::is_port_allowed`]: an allowed port, or an intercept pattern naming this port).
+    pub fn is_port_allowed(&self, host: &str, port: u16) -> bool {
+        self.allow_ports.contains(&port)
+            || self
+                .intercept
+                .iter()
+                .any(|p| p.port == Some(port) && p.matches(host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn config(raw: RawConfig) -> Config {
+        Config::resolve(None, raw).expect("test config resolves")
+    }
+
+    #[test]
+    fn settings_answer_as_the_config_does() {
+        let c = config(RawConfig {
+            intercept: Some(vec!["api.openai.com".into(), "llm.internal:8443".into()]),
+            ..RawConfig::default()
+        });
+        let s = ProxySettings::from_config(&c);
+        for (host, port) in [
+            ("api.openai.com", 443),
+            ("API.OPENAI.COM", 443),
+            ("llm.internal", 8443),
+            ("llm.internal", 443),
+            ("example.com", 443),
+            ("example.com", 8443),
+            ("api.openai.com", 22),
+        ] {
+            assert_eq!(
+                s.is_intercepted(host, port),
+                c.is_intercepted(host, port),
+                "{host}:{port}"
+            );
+            assert_eq!(
+                s.is_port_allowed(host, port),
+                c.is_port_allowed(host, port),
+                "{host}:{port}"
+            );
+        }
+        assert_eq!(s.routes, c.routes);
+        assert_eq!(s.limits, conn::Limits::of(&c));
+    }
+}
