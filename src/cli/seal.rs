@@ -1,6 +1,8 @@
 //! # Seal CLI: `unseal`, `forget`, `purge`, `keys rotate|rewrap`, `compact`.
 //!
-//! Owns the clap arguments of the operator commands on the sealed store and their glue. It
+//! The operator's end of the flow: it reads the sealed store ([`crate::seal`]) directly or
+//! through a running veil's admin API ([`crate::admin`]), and nothing else reads it. Owns the
+//! clap arguments of the operator commands on the sealed store and their glue. It
 //! opens the store directly when it can; when a running `veil run` holds the store (redb's
 //! exclusive lock), it goes through that instance's admin API (`--admin ADDR`, else config
 //! `admin_listen`) with the admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`). Neither
@@ -20,14 +22,11 @@ use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use http::{Method, StatusCode};
 
-use super::{SealOptions, SealStore, audit::rfc3339};
 use crate::admin::{AdminClient, AdminToken, percent_encode};
 use crate::config::Config;
-use crate::exchange::{Body, Exchange, ExchangeId, Outcome, Route};
+use crate::exchange::{Exchange, ExchangeId};
 use crate::keys::{Keyring, pseudonymize_user};
-
-/// Decoded bodies larger than this are shown as base64 of the captured bytes instead.
-const DECODE_LIMIT: usize = 64 << 20;
+use crate::seal::{ForgetError, SealOptions, SealStore};
 
 /// Where the sealed store lives and how to reach a running veil that holds it.
 #[derive(Debug, Clone)]
@@ -245,7 +244,7 @@ pub fn run_unseal(args: &UnsealArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
                 write_raw(&ex)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            exchange_to_json(&ex)
+            crate::admin::exchange_to_json(&ex)
         }
         Target::Remote(c) => {
             let v = remote_ok(
@@ -334,7 +333,7 @@ fn report_failure(
     ExitCode::from(2)
 }
 
-fn report_forget_error(verb: &str, e: &super::ForgetError) -> ExitCode {
+fn report_forget_error(verb: &str, e: &ForgetError) -> ExitCode {
     report_failure(
         verb,
         &strings(e.destroyed()),
@@ -594,73 +593,6 @@ pub fn run_keys_rewrap(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-// === JSON view ===
-
-fn body_json(b: &Body) -> serde_json::Value {
-    let raw = b.bytes();
-    let mut v = serde_json::json!({
-        "captured_len": raw.len(),
-        "wire_len": b.wire_len,
-        "truncated": b.truncated,
-        "content_encoding": b.content_encoding,
-        "chunks": b.chunks.len(),
-        "wire_base64": base64::engine::general_purpose::STANDARD.encode(&raw),
-    });
-    match b.decoded(DECODE_LIMIT) {
-        Ok(d) => match std::str::from_utf8(&d) {
-            Ok(text) => v["text"] = serde_json::Value::String(text.to_string()),
-            Err(_) => {
-                v["decoded_base64"] =
-                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&d))
-            }
-        },
-        Err(e) => v["decode_error"] = serde_json::Value::String(e.to_string()),
-    }
-    v
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The JSON an operator sees for an unsealed exchange: every field; bodies as `text` (after
-/// `Content-Encoding` is removed) when UTF-8, else `decoded_base64`, and always `wire_base64`
-/// (the captured bytes as they crossed the wire).
-pub fn exchange_to_json(ex: &Exchange) -> serde_json::Value {
-    serde_json::json!({
-        "id": ex.id.to_string(),
-        "started_at": rfc3339(ex.started_at),
-        "timings_ms": {
-            "request_end": ex.timings.request_end.map(ms),
-            "response_headers": ex.timings.response_headers.map(ms),
-            "first_byte": ex.timings.first_byte.map(ms),
-            "end": ms(ex.timings.end),
-        },
-        "client_addr": ex.client_addr.map(|a| a.to_string()),
-        "route": match &ex.route {
-            Route::Intercept => serde_json::json!({"kind": "intercept"}),
-            Route::Gateway { name } => serde_json::json!({"kind": "gateway", "name": name}),
-            Route::PlainHttp => serde_json::json!({"kind": "plain_http"}),
-        },
-        "upstream": {"scheme": ex.upstream.scheme, "host": ex.upstream.host, "port": ex.upstream.port},
-        "client_version": ex.client_version,
-        "method": ex.method,
-        "path": ex.path,
-        "request_headers": ex.request_headers,
-        "tags": ex.tags,
-        "api_key_fingerprint": ex.api_key_fingerprint,
-        "request_body": body_json(&ex.request_body),
-        "status": ex.status,
-        "response_headers": ex.response_headers,
-        "response_body": body_json(&ex.response_body),
-        "outcome": match &ex.outcome {
-            Outcome::UpstreamAborted { reason } => serde_json::json!({"kind": ex.outcome.as_str(), "reason": reason}),
-            Outcome::UpstreamFailed { kind, reason } => serde_json::json!({"kind": ex.outcome.as_str(), "failure": kind.as_str(), "reason": reason}),
-            _ => serde_json::json!({"kind": ex.outcome.as_str()}),
-        },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,7 +724,7 @@ mod tests {
     #[test]
     fn json_view_has_text_and_wire_bytes() {
         let ex = openai_chat();
-        let v = exchange_to_json(&ex);
+        let v = crate::admin::exchange_to_json(&ex);
         assert!(
             v["request_body"]["text"]
                 .as_str()
