@@ -7,12 +7,14 @@
 //! - this file: the clap types of every command and the dispatch; `run`, `ca`, `env`.
 //! - [`seal`]: `unseal`, `forget`, `purge`, `keys`, `compact` (local store or admin API).
 //! - [`tail`]: `veil tail`.
+//! - [`signal`]: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
 //! - `rules` and `decrypt` are still in [`crate::redact::cli`] (moving with the `rules test`
 //!   rework of veil#11).
 //!
 //! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
 
 mod seal;
+mod signal;
 mod tail;
 
 use std::path::PathBuf;
@@ -270,7 +272,7 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let (running, done) =
-            crate::server::start(prepared, crate::server::shutdown_signal()).await?;
+            crate::server::start(prepared, signal::shutdown_signal()?).await?;
         tracing::info!(
             listen = %running.addr,
             ca = %ca_path.display(),
