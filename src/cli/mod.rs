@@ -6,6 +6,8 @@
 //!
 //! - this file: the clap types of every command and the dispatch; `run`, `ca`, `env`.
 //! - [`seal`]: `unseal`, `forget`, `purge`, `keys`, `compact` (local store or admin API).
+//! - [`operator`]: [`operator::Operator`], the sealed store opened here or a running veil's
+//!   admin API, with one typed method per operator action.
 //! - [`tail`]: `veil tail`.
 //! - [`signal`]: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
 //! - `rules` and `decrypt` are still in [`crate::redact::cli`] (moving with the `rules test`
@@ -13,6 +15,7 @@
 //!
 //! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
 
+mod operator;
 mod seal;
 mod signal;
 mod tail;

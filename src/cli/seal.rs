@@ -2,17 +2,16 @@
 //!
 //! The operator's end of the flow: it reads the sealed store ([`crate::seal`]) directly or
 //! through a running veil's admin API ([`crate::admin`]), and nothing else reads it. Owns the
-//! clap arguments of the operator commands on the sealed store and their glue. It
-//! opens the store directly when it can; when a running `veil run` holds the store (redb's
-//! exclusive lock), it goes through that instance's admin API (`--admin ADDR`, else config
-//! `admin_listen`) with the admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`). Neither
-//! working is a clear error. It never touches the proxy, the rules or OTLP.
+//! clap arguments of the operator commands on the sealed store, what they print and their
+//! exit codes. What they act on is an [`Operator`]: the store opened directly when it can,
+//! else a running `veil run`'s admin API (`--admin ADDR`, else config `admin_listen`) with the
+//! admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`). Neither working is a clear error.
+//! It never touches the proxy, the rules or OTLP.
 //!
 //! Every `run_*` returns `Ok(ExitCode)` (0 success, 1 when something asked for was not found,
 //! 2 when a destructive command failed: it then prints exactly what was destroyed and what was
 //! not) or an error whose `{:#}` display is meant for the operator.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,13 +19,12 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
-use http::{Method, StatusCode};
 
-use crate::admin::{AdminClient, AdminToken, percent_encode};
+use super::operator::{Failure, Operator, Unsealed, client, remote_ok};
+use crate::admin::AdminToken;
 use crate::config::Config;
-use crate::exchange::{Exchange, ExchangeId};
-use crate::keys::{Keyring, pseudonymize_user};
-use crate::seal::{ForgetError, SealOptions, SealStore};
+use crate::exchange::ExchangeId;
+use crate::keys::Keyring;
 
 /// Where the sealed store lives and how to reach a running veil that holds it.
 #[derive(Debug, Clone)]
@@ -146,88 +144,6 @@ pub fn run(cmd: &SealCommand, cfg: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Who is acting, for the audit trail: `cli:<unix user>`.
-fn actor() -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
-}
-
-enum Target {
-    Local(SealStore),
-    Remote(AdminClient),
-}
-
-fn target(dirs: &StoreDirs) -> anyhow::Result<Target> {
-    let keyring = Keyring::load(&dirs.keys).context("cannot load the master keys")?;
-    match SealStore::open(
-        &dirs.data,
-        keyring,
-        SealOptions {
-            keys_dir: Some(dirs.keys.clone()),
-            ..Default::default()
-        },
-    ) {
-        Ok(s) => Ok(Target::Local(s)),
-        Err(e) if e.is_locked() => {
-            let addr = dirs.admin.ok_or_else(|| {
-                anyhow!(
-                    "{e}; to act through that veil, pass --admin ADDR or set admin_listen in the config"
-                )
-            })?;
-            let token = AdminToken::load(&dirs.keys).with_context(|| {
-                format!("{e}; and no admin token to reach it at {addr} (set VEIL_ADMIN_TOKEN or use the keys dir of that veil)")
-            })?;
-            Ok(Target::Remote(AdminClient {
-                addr,
-                token,
-                actor: actor(),
-            }))
-        }
-        Err(e) => Err(anyhow!(e).context(format!(
-            "cannot open the sealed store in {}",
-            dirs.data.display()
-        ))),
-    }
-}
-
-fn remote(
-    client: &AdminClient,
-    method: Method,
-    path: &str,
-) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let (status, v) = rt
-        .block_on(client.request(method, path))
-        .map_err(|e| anyhow!(e))?;
-    if status == StatusCode::UNAUTHORIZED {
-        bail!(
-            "the admin API at {} refused the token (check VEIL_ADMIN_TOKEN / admin.token)",
-            client.addr
-        );
-    }
-    Ok((status, v))
-}
-
-fn remote_ok(
-    client: &AdminClient,
-    method: Method,
-    path: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let (status, v) = remote(client, method, path)?;
-    if !status.is_success() {
-        bail!(
-            "admin API: {status}: {}",
-            v["error"].as_str().unwrap_or("unknown error")
-        );
-    }
-    Ok(v)
-}
-
 fn parse_id(s: &str) -> anyhow::Result<ExchangeId> {
     s.parse::<ExchangeId>().map_err(|e| anyhow!(e))
 }
@@ -235,49 +151,17 @@ fn parse_id(s: &str) -> anyhow::Result<ExchangeId> {
 /// `veil unseal ID [--raw]`.
 pub fn run_unseal(args: &UnsealArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let id = parse_id(&args.id)?;
-    let json = match target(dirs)? {
-        Target::Local(store) => {
-            let ex = store
-                .unseal(id, &actor(), &args.reason)
-                .map_err(|e| anyhow!(e))?;
-            if args.raw {
-                write_raw(&ex)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            crate::admin::exchange_to_json(&ex)
-        }
-        Target::Remote(c) => {
-            let v = remote_ok(
-                &c,
-                Method::GET,
-                &format!("/v1/exchanges/{id}?reason={}", percent_encode(&args.reason)),
-            )?;
-            if args.raw {
-                let mut out = std::io::stdout().lock();
-                for which in ["request_body", "response_body"] {
-                    out.write_all(&raw_from_json(&v[which]))?;
-                    out.write_all(b"\n")?;
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            v
-        }
-    };
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    let unsealed: Unsealed = Operator::open(dirs)?.unseal(id, &args.reason)?;
+    if args.raw {
+        unsealed.write_raw(&mut std::io::stdout().lock())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", serde_json::to_string_pretty(&unsealed.json())?);
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_raw(ex: &Exchange) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(&ex.request_body.bytes())?;
-    out.write_all(b"\n")?;
-    out.write_all(&ex.response_body.bytes())?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok(())
-}
-
-fn raw_from_json(body: &serde_json::Value) -> Vec<u8> {
+/// The `wire_base64` bytes of a body in the JSON view (empty when absent or malformed).
+pub(super) fn raw_from_json(body: &serde_json::Value) -> Vec<u8> {
     if let Some(b) = body["wire_base64"].as_str() {
         base64::engine::general_purpose::STANDARD
             .decode(b)
@@ -287,124 +171,46 @@ fn raw_from_json(body: &serde_json::Value) -> Vec<u8> {
     }
 }
 
-fn id_list(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn strings(ids: &[ExchangeId]) -> Vec<String> {
-    ids.iter().map(ToString::to_string).collect()
-}
-
 /// What a failed destructive command did, for the operator (veil#10: a purge on a full disk
-/// reported only "failed"). Destroyed IDs go to stdout like on success (`<verb> ID`); IDs
-/// receipted but not yet shredded too, marked; untouched ones to stderr as `NOT <verb> ID`;
-/// then the error and the counts. Exit code 2.
-fn report_failure(
-    verb: &str,
-    destroyed: &[String],
-    pending: &[String],
-    not_destroyed: &[String],
-    error: &str,
-) -> ExitCode {
-    for id in destroyed {
+/// reported only "failed"). IDs found unknown before the failure to stderr as `unknown ID`;
+/// destroyed IDs to stdout like on success (`<verb> ID`); IDs receipted but not yet shredded
+/// too, marked; untouched ones to stderr as `NOT <verb> ID`; then the error and the counts.
+/// Exit code 2.
+fn report_failure(verb: &str, f: &Failure) -> ExitCode {
+    for id in &f.unknown {
+        eprintln!("unknown {id} (never sealed, or already forgotten)");
+    }
+    for id in &f.destroyed {
         println!("{verb} {id}");
     }
-    for id in pending {
+    for id in &f.pending {
         println!(
             "{verb} {id} (receipt written, no longer readable; shredding its data key completes when the store recovers)"
         );
     }
-    for id in not_destroyed {
+    for id in &f.not_destroyed {
         eprintln!("NOT {verb} {id}");
     }
-    eprintln!("error: {error}");
+    eprintln!("error: {}", f.error);
     eprintln!(
         "{} destroyed, {} receipted with shredding pending, {} NOT destroyed (still sealed, no receipt)",
-        destroyed.len(),
-        pending.len(),
-        not_destroyed.len()
+        f.destroyed.len(),
+        f.pending.len(),
+        f.not_destroyed.len()
     );
     ExitCode::from(2)
-}
-
-fn report_forget_error(verb: &str, e: &ForgetError) -> ExitCode {
-    report_failure(
-        verb,
-        &strings(e.destroyed()),
-        &strings(e.pending()),
-        &strings(e.not_destroyed()),
-        &e.error().to_string(),
-    )
-}
-
-/// A failed admin API answer to a destructive request: the lists it carries.
-fn report_remote_failure(
-    verb: &str,
-    status: StatusCode,
-    v: &serde_json::Value,
-    mut not_reached: Vec<String>,
-    mut destroyed_before: Vec<String>,
-) -> ExitCode {
-    destroyed_before.extend(id_list(&v["destroyed"]));
-    let mut not_destroyed = id_list(&v["not_destroyed"]);
-    not_destroyed.append(&mut not_reached);
-    report_failure(
-        verb,
-        &destroyed_before,
-        &id_list(&v["pending"]),
-        &not_destroyed,
-        &format!(
-            "admin API: {status}: {}",
-            v["error"].as_str().unwrap_or("unknown error")
-        ),
-    )
 }
 
 /// `veil forget ID… | --user USER`: exits 1 when any ID was unknown (the known ones are
 /// still forgotten), 2 when the forget failed (what was and was not destroyed is printed).
 pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
-    let actor = actor();
-    let target = target(dirs)?;
+    let op = Operator::open(dirs)?;
     if let Some(user) = &args.user {
-        let (pseudonym, ids) = match &target {
-            Target::Local(store) => {
-                let p = pseudonymize_user(&store.keyring(), user);
-                match store.forget_user(&p, &actor, &args.reason) {
-                    Ok(ids) => (p, strings(&ids)),
-                    Err(e) => {
-                        eprintln!("forgetting the exchanges of user {p} failed");
-                        return Ok(report_forget_error("forgotten", &e));
-                    }
-                }
-            }
-            Target::Remote(c) => {
-                let (status, v) = remote(
-                    c,
-                    Method::DELETE,
-                    &format!(
-                        "/v1/users/{}/exchanges?reason={}",
-                        percent_encode(user),
-                        percent_encode(&args.reason)
-                    ),
-                )?;
-                let p = v["user"].as_str().unwrap_or("?").to_string();
-                if !status.is_success() {
-                    eprintln!("forgetting the exchanges of user {p} failed");
-                    return Ok(report_remote_failure(
-                        "forgotten",
-                        status,
-                        &v,
-                        Vec::new(),
-                        Vec::new(),
-                    ));
-                }
-                (p, id_list(&v["forgotten"]))
+        let (pseudonym, ids) = match op.forget_user(user, &args.reason)? {
+            (p, Ok(ids)) => (p, ids),
+            (p, Err(f)) => {
+                eprintln!("forgetting the exchanges of user {p} failed");
+                return Ok(report_failure("forgotten", &f));
             }
         };
         for id in &ids {
@@ -422,65 +228,17 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         .iter()
         .map(|s| parse_id(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let outcomes = match op.forget(&ids, &args.reason)? {
+        Ok(o) => o,
+        Err(f) => return Ok(report_failure("forgotten", &f)),
+    };
     let mut unknown = 0;
-    match &target {
-        Target::Local(store) => match store.forget(&ids, &actor, &args.reason) {
-            Ok(out) => {
-                for o in out {
-                    if o.forgotten {
-                        println!("forgotten {}", o.id);
-                    } else {
-                        eprintln!("unknown {} (never sealed, or already forgotten)", o.id);
-                        unknown += 1;
-                    }
-                }
-            }
-            Err(e) => return Ok(report_forget_error("forgotten", &e)),
-        },
-        Target::Remote(c) => {
-            // One request per ID: on a failure, the ones before it are destroyed and the ones
-            // after it were never sent.
-            let mut done = Vec::new();
-            for (i, id) in ids.iter().enumerate() {
-                let sent = remote(
-                    c,
-                    Method::DELETE,
-                    &format!("/v1/exchanges/{id}?reason={}", percent_encode(&args.reason)),
-                );
-                let (status, v) = match sent {
-                    Ok(x) => x,
-                    Err(e) => {
-                        return Ok(report_failure(
-                            "forgotten",
-                            &done,
-                            &[],
-                            &strings(&ids[i + 1..]),
-                            &format!(
-                                "{e:#}; the outcome for {id} is unknown (check receipts.jsonl)"
-                            ),
-                        ));
-                    }
-                };
-                match status {
-                    StatusCode::OK => done.push(id.to_string()),
-                    StatusCode::NOT_FOUND => {
-                        eprintln!("unknown {id} (never sealed, or already forgotten)");
-                        unknown += 1;
-                    }
-                    s => {
-                        return Ok(report_remote_failure(
-                            "forgotten",
-                            s,
-                            &v,
-                            strings(&ids[i + 1..]),
-                            done,
-                        ));
-                    }
-                }
-            }
-            for id in &done {
-                println!("forgotten {id}");
-            }
+    for (id, forgotten) in outcomes {
+        if forgotten {
+            println!("forgotten {id}");
+        } else {
+            eprintln!("unknown {id} (never sealed, or already forgotten)");
+            unknown += 1;
         }
     }
     Ok(if unknown > 0 {
@@ -497,28 +255,9 @@ pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode>
     let older = args.older_than.or(dirs.retention).ok_or_else(|| {
         anyhow!("nothing to purge by: pass --older-than (e.g. 30d) or set retention in the config")
     })?;
-    let ids = match target(dirs)? {
-        Target::Local(store) => match store.purge(older, &actor()) {
-            Ok(ids) => strings(&ids),
-            Err(e) => return Ok(report_forget_error("purged", &e)),
-        },
-        Target::Remote(c) => {
-            let (status, v) = remote(
-                &c,
-                Method::POST,
-                &format!("/v1/purge?older_than={}ms", older.as_millis()),
-            )?;
-            if !status.is_success() {
-                return Ok(report_remote_failure(
-                    "purged",
-                    status,
-                    &v,
-                    Vec::new(),
-                    Vec::new(),
-                ));
-            }
-            id_list(&v["ids"])
-        }
+    let ids = match Operator::open(dirs)?.purge(older)? {
+        Ok(ids) => ids,
+        Err(f) => return Ok(report_failure("purged", &f)),
     };
     for id in &ids {
         println!("purged {id}");
@@ -533,17 +272,7 @@ pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode>
 
 /// `veil compact`.
 pub fn run_compact(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
-    let v = match target(dirs)? {
-        Target::Local(store) => {
-            let s = store.compact().map_err(|e| anyhow!(e))?;
-            serde_json::json!({
-                "segments_removed": s.segments_removed,
-                "frames_moved": s.frames_moved,
-                "bytes_reclaimed": s.bytes_reclaimed,
-            })
-        }
-        Target::Remote(c) => remote_ok(&c, Method::POST, "/v1/compact")?,
-    };
+    let v = Operator::open(dirs)?.compact()?;
     println!("{v}");
     Ok(ExitCode::SUCCESS)
 }
@@ -565,12 +294,7 @@ pub fn run_keys_rotate(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
         "new master key {id}: new seals use it; run `veil keys rewrap` to re-wrap older data keys"
     );
     if let (Some(addr), Ok(token)) = (dirs.admin, AdminToken::load(&dirs.keys)) {
-        let client = AdminClient {
-            addr,
-            token,
-            actor: actor(),
-        };
-        match remote_ok(&client, Method::POST, "/v1/keys/reload") {
+        match remote_ok(&client(addr, token), http::Method::POST, "/v1/keys/reload") {
             Ok(_) => println!("the running veil at {addr} reloaded its keys"),
             Err(e) => eprintln!(
                 "note: could not tell a running veil to reload ({e:#}); restart it to use {id}"
@@ -582,13 +306,7 @@ pub fn run_keys_rotate(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
 
 /// `veil keys rewrap`.
 pub fn run_keys_rewrap(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
-    let n = match target(dirs)? {
-        Target::Local(store) => store.rewrap(&actor()).map_err(|e| anyhow!(e))?,
-        Target::Remote(c) => {
-            let v = remote_ok(&c, Method::POST, "/v1/keys/rewrap")?;
-            v["rewrapped"].as_u64().unwrap_or(0) as usize
-        }
-    };
+    let n = Operator::open(dirs)?.rewrap()?;
     println!("re-wrapped {n} data key(s) under the newest master key");
     Ok(ExitCode::SUCCESS)
 }
@@ -596,7 +314,9 @@ pub fn run_keys_rewrap(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::pseudonymize_user;
     use crate::seal::tests::openai_chat;
+    use crate::seal::{SealOptions, SealStore};
 
     fn dirs(root: &std::path::Path) -> StoreDirs {
         StoreDirs {
