@@ -380,3 +380,107 @@ fn id_list(v: &serde_json::Value) -> Vec<String> {
 fn strings(ids: &[ExchangeId]) -> Vec<String> {
     ids.iter().map(ToString::to_string).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::tests::openai_chat;
+
+    fn dirs(root: &std::path::Path) -> StoreDirs {
+        StoreDirs {
+            data: root.join("data"),
+            keys: root.join("keys"),
+            admin: None,
+            retention: None,
+        }
+    }
+
+    /// The point of [`Operator`]: the commands print the same thing whichever way the store
+    /// was reached, so each typed method must answer alike locally and through the admin API.
+    #[test]
+    fn local_and_remote_operators_answer_alike() {
+        let root = tempfile::tempdir().unwrap();
+        let mut d = dirs(root.path());
+        Keyring::load_or_create(&d.keys).unwrap();
+        let token = AdminToken::load_or_create(&d.keys).unwrap();
+        let a = openai_chat();
+        let mut old = openai_chat();
+        old.started_at -= Duration::from_secs(40 * 86_400);
+
+        // Local: nothing holds the store.
+        let local = {
+            let store =
+                SealStore::open(&d.data, Keyring::load(&d.keys).unwrap(), Default::default())
+                    .unwrap();
+            store.seal_blocking(&a, None).unwrap();
+            store.seal_blocking(&old, None).unwrap();
+            drop(store);
+            let op = Operator::open(&d).unwrap();
+            assert!(matches!(op, Operator::Local(_)));
+            let json = op.unseal(a.id, "test").unwrap().json();
+            let mut raw = Vec::new();
+            op.unseal(a.id, "test")
+                .unwrap()
+                .write_raw(&mut raw)
+                .unwrap();
+            let purged = op
+                .purge(Duration::from_secs(30 * 86_400))
+                .unwrap()
+                .ok()
+                .unwrap();
+            let forgot = op.forget(&[a.id, old.id], "test").unwrap().ok().unwrap();
+            (json, raw, purged, forgot)
+        };
+        assert_eq!(local.2, vec![old.id.to_string()]);
+        assert_eq!(
+            local.3,
+            vec![(a.id.to_string(), true), (old.id.to_string(), false)]
+        );
+
+        // Remote: a running veil holds a second store with the same exchanges.
+        d.data = root.path().join("second").join("data");
+        let store = SealStore::open(
+            &d.data,
+            Keyring::load(&d.keys).unwrap(),
+            SealOptions {
+                keys_dir: Some(d.keys.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        store.seal_blocking(&a, None).unwrap();
+        store.seal_blocking(&old, None).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        d.admin = Some(listener.local_addr().unwrap());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(crate::admin::serve(listener, store.clone(), token, async {
+            let _ = rx.await;
+        }));
+        let op = Operator::open(&d).unwrap();
+        assert!(matches!(op, Operator::Remote(_)));
+        assert_eq!(op.unseal(a.id, "test").unwrap().json(), local.0);
+        let mut raw = Vec::new();
+        op.unseal(a.id, "test")
+            .unwrap()
+            .write_raw(&mut raw)
+            .unwrap();
+        assert_eq!(raw, local.1);
+        assert_eq!(
+            op.purge(Duration::from_secs(30 * 86_400))
+                .unwrap()
+                .ok()
+                .unwrap(),
+            local.2
+        );
+        assert_eq!(
+            op.forget(&[a.id, old.id], "test").unwrap().ok().unwrap(),
+            local.3
+        );
+        assert!(store.is_empty().unwrap());
+        stop.send(()).unwrap();
+        drop(rt);
+    }
+}
