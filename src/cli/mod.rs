@@ -5,11 +5,11 @@
 //! (`server`, `seal`, `export`, `redact`, `admin`) and nothing calls into it but `main`.
 //!
 //! - this file: the clap types of every command and the dispatch; `run`, `ca`, `env`.
-//! - [`seal`]: `unseal`, `forget`, `purge`, `keys`, `compact` (local store or admin API).
-//! - [`operator`]: [`operator::Operator`], the sealed store opened here or a running veil's
+//! - `seal`: `unseal`, `forget`, `purge`, `keys`, `compact` (local store or admin API).
+//! - `operator`: `Operator`, the sealed store opened here or a running veil's
 //!   admin API, with one typed method per operator action.
-//! - [`tail`]: `veil tail`.
-//! - [`signal`]: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
+//! - `tail`: `veil tail`.
+//! - `signal`: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
 //! - `rules` and `decrypt` are still in [`crate::redact::cli`] (moving with the `rules test`
 //!   rework of veil#11).
 //!
