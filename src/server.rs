@@ -616,18 +616,3 @@ async fn reload_on_sighup(
         }
     }
 }
-
-/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when
-/// the future is first polled, so a signal that arrives right after startup is not fatal.
-/// Must be called inside the runtime.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("invariant: SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("invariant: SIGINT handler installs");
-    async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    }
-}

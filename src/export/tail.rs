@@ -1,42 +1,20 @@
-//! # `veil tail`: follow the records ledger, one readable line per exchange.
+//! # `veil tail`'s reader: the records ledger, one readable line per exchange.
 //!
 //! Reads the OTLP/JSON trace lines under `<data>/records/` (written by [`super::ledger`])
-//! and prints time, user pseudonym, feature, model, tokens, cost, latency and status.
+//! and renders time, user pseudonym, feature, model, tokens, cost, latency and status. The
+//! command itself (arguments, printing, following) is [`crate::cli`]'s `tail`.
 //!
 //! Owns: reading `<data>/records/`. Never writes anything, never touches the network.
 //! The ledger holds only redacted records; tail prints no content at all.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
 
 use super::ledger;
-
-/// Poll interval while following: short enough to feel live, long enough to cost nothing.
-const POLL: Duration = Duration::from_millis(500);
-
-/// Arguments of `veil tail`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TailArgs {
-    /// Keep running and print exchanges as they are recorded.
-    #[arg(short, long)]
-    pub follow: bool,
-    /// Print the last N exchanges first (0 = none).
-    #[arg(short = 'n', long, default_value_t = 10)]
-    pub lines: usize,
-}
-
-/// `line` with control characters replaced, so a model name or feature tag chosen by an app
-/// cannot move the operator's cursor or recolor the terminal.
-fn printable(line: &str) -> String {
-    line.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
-}
 
 /// One exchange, as a readable line.
 fn span_line(span: &Value) -> Option<String> {
@@ -151,6 +129,11 @@ impl Follower {
         }
     }
 
+    /// The directory followed (`<data>/records/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)
             .map(|rd| {
@@ -193,43 +176,5 @@ impl Follower {
             self.pos = Some((file, offset + n));
         }
         Ok(out)
-    }
-}
-
-/// Runs `veil tail`: prints the last `args.lines` exchanges, then follows when asked.
-pub fn run_tail(args: TailArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
-    let mut follower = Follower::new(data_dir);
-    let stdout = std::io::stdout();
-    if !follower.dir.exists() && !args.follow {
-        eprintln!(
-            "veil tail: no records yet in {} (records are written here when no OTLP endpoint is configured)",
-            follower.dir.display()
-        );
-        return Ok(ExitCode::from(1));
-    }
-    let first = follower.poll()?;
-    let skip = first.len().saturating_sub(args.lines);
-    {
-        let mut out = stdout.lock();
-        for line in &first[skip..] {
-            writeln!(out, "{}", printable(line))?;
-        }
-    }
-    if !args.follow {
-        return Ok(ExitCode::SUCCESS);
-    }
-    loop {
-        std::thread::sleep(POLL);
-        let lines = follower.poll()?;
-        let mut out = stdout.lock();
-        for line in lines {
-            if writeln!(out, "{}", printable(&line)).is_err() {
-                // The reader went away (`veil tail -f | head`): stop quietly.
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-        if out.flush().is_err() {
-            return Ok(ExitCode::SUCCESS);
-        }
     }
 }

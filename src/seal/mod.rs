@@ -2,7 +2,7 @@
 //!
 //! The last step of the flow (`proxy → exchange → {redact → export, seal}`). Reads an
 //! [`Exchange`](crate::exchange::Exchange) and nothing else: it never sees rules, records,
-//! OTLP or the network (the admin API in [`crate::admin`] calls into it).
+//! OTLP or the network (the admin API in [`crate::admin`] and the CLI call into it).
 //!
 //! - [`envelope`]: the payload format and the two AES-256-GCM layers (data key per exchange,
 //!   data key wrapped by the master key's `SealWrap` purpose key).
@@ -12,12 +12,13 @@
 //!   (fallible: an action that cannot be audited is refused).
 //! - [`health`]: [`Health`] (ok, or degraded since when and why), the lock-free
 //!   [`SealHealth`] handle for admission checks, and [`StoreStats`] counters.
-//! - [`cli`]: the `unseal`, `forget`, `purge`, `keys`, `compact` subcommands.
+//!
+//! The operator commands on the store (`unseal`, `forget`, `purge`, `keys`, `compact`) are in
+//! `crate::cli::seal`.
 //!
 //! See `docs/sealed-store.md` for the on-disk layout and the operator's view.
 
 pub mod audit;
-pub mod cli;
 pub mod envelope;
 pub mod health;
 pub mod store;

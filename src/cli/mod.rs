@@ -1,6 +1,24 @@
 //! # The `veil` command line: parses arguments and calls the library.
 //!
+//! The operator boundary: every front-end lives here (clap types, argument glue, printing,
+//! exit codes), so clap and anyhow stay out of the library's steps. It calls into the steps
+//! (`server`, `seal`, `export`, `redact`, `admin`) and nothing calls into it but `main`.
+//!
+//! - this file: the clap types of every command and the dispatch; `run`, `ca`, `env`.
+//! - `seal`: `unseal`, `forget`, `purge`, `keys`, `compact` (local store or admin API).
+//! - `operator`: `Operator`, the sealed store opened here or a running veil's
+//!   admin API, with one typed method per operator action.
+//! - `tail`: `veil tail`.
+//! - `signal`: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
+//! - `rules` and `decrypt` are still in [`crate::redact::cli`] (moving with the `rules test`
+//!   rework of veil#11).
+//!
 //! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
+
+mod operator;
+mod seal;
+mod signal;
+mod tail;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +49,7 @@ enum Command {
     /// Print the shell lines that point an app at veil.
     Env(ListenArg),
     /// Print the recorded exchanges, one line each (from `<data>/records/`).
-    Tail(crate::export::tail::TailArgs),
+    Tail(tail::TailArgs),
     /// Check or try a rules file.
     Rules {
         #[command(subcommand)]
@@ -40,7 +58,7 @@ enum Command {
     /// Decrypt an `enc:v1:` value from a record (needs the master keys).
     Decrypt(crate::redact::cli::DecryptArgs),
     #[command(flatten)]
-    Seal(crate::seal::cli::SealCommand),
+    Seal(seal::SealCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,7 +216,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tail(args) => {
             let config = global.resolve(RawConfig::default())?;
-            crate::export::tail::run_tail(args, &config.data)
+            tail::run_tail(args, &config.data)
         }
         Command::Rules { command } => {
             let config = global.resolve(RawConfig::default())?;
@@ -210,7 +228,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Seal(cmd) => {
             let config = global.resolve(RawConfig::default())?;
-            crate::seal::cli::run(&cmd, &config)
+            seal::run(&cmd, &config)
         }
         Command::Env(listen) => {
             let config = global.resolve(RawConfig {
@@ -257,7 +275,7 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let (running, done) =
-            crate::server::start(prepared, crate::server::shutdown_signal()).await?;
+            crate::server::start(prepared, signal::shutdown_signal()?).await?;
         tracing::info!(
             listen = %running.addr,
             ca = %ca_path.display(),

@@ -1,0 +1,253 @@
+//! Tests of the admin API over a real loopback socket: auth, unseal, forget, purge, health.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+use std::sync::Arc;
+
+use super::api::percent_decode;
+use super::*;
+use crate::keys::pseudonymize_user;
+use crate::seal::SealStore;
+use crate::seal::tests::{MemorySink, openai_chat, ring};
+
+async fn start(
+    store: SealStore,
+    token: AdminToken,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, store, token, async {
+        let _ = rx.await;
+    }));
+    (addr, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_unseal_forget_by_id_and_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(MemorySink::default());
+    let store = SealStore::open(
+        dir.path(),
+        ring(1),
+        crate::seal::SealOptions {
+            audit: Some(sink.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let alice = pseudonymize_user(&ring(1), "alice@example.com");
+    let a = openai_chat();
+    let b = openai_chat();
+    let c = openai_chat();
+    store.seal(&a, None).await.unwrap();
+    store.seal(&b, Some(&alice)).await.unwrap();
+    store.seal(&c, Some(&alice)).await.unwrap();
+    let token = AdminToken::from_secret("s3cret-token");
+    let (addr, stop) = start(store.clone(), token.clone()).await;
+    let client = |t: &str| AdminClient {
+        addr,
+        token: AdminToken::from_secret(t),
+        actor: "cli:test".into(),
+    };
+    let path = format!("/v1/exchanges/{}", a.id);
+    let (s, _) = client("").request(Method::GET, &path).await.unwrap();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = client("wrong").request(Method::GET, &path).await.unwrap();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = client("wrong")
+        .request(Method::DELETE, &path)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        store.entry(a.id).unwrap().is_some(),
+        "unauthorized forget did nothing"
+    );
+    assert!(sink.0.lock().unwrap().is_empty());
+    let (s, _) = client("").request(Method::GET, "/healthz").await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+
+    let ok = client("s3cret-token");
+    let (s, v) = ok.request(Method::GET, &path).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["id"], a.id.to_string());
+    assert!(
+        v["request_body"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("PLANTED-PROMPT")
+    );
+    {
+        let ev = sink.0.lock().unwrap();
+        assert_eq!(ev.len(), 1);
+        assert!(
+            ev[0].actor.starts_with("admin:127.0.0.1:"),
+            "{}",
+            ev[0].actor
+        );
+        assert!(ev[0].actor.ends_with("(cli:test)"), "{}", ev[0].actor);
+    }
+    let (s, _) = ok
+        .request(Method::DELETE, &format!("{path}?reason=user%20asked"))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = ok.request(Method::DELETE, &path).await.unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND, "second forget says unknown");
+    let (s, _) = ok.request(Method::GET, &path).await.unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, v) = ok
+        .request(
+            Method::DELETE,
+            &format!(
+                "/v1/users/{}/exchanges",
+                percent_encode("alice@example.com")
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["user"], alice);
+    assert_eq!(v["forgotten"].as_array().unwrap().len(), 2);
+    assert!(store.is_empty().unwrap());
+    let (s, _) = ok.request(Method::POST, "/v1/purge").await.unwrap();
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = ok
+        .request(Method::POST, "/v1/purge?older_than=30d")
+        .await
+        .unwrap();
+    assert_eq!((s, v["purged"].as_u64()), (StatusCode::OK, Some(0)));
+    stop.send(()).unwrap();
+}
+
+// See: veil#10
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_degraded_store_with_503_until_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SealStore::open(
+        dir.path(),
+        ring(1),
+        crate::seal::SealOptions {
+            audit: Some(Arc::new(MemorySink::default())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let token = AdminToken::from_secret("t");
+    let (addr, stop) = start(store.clone(), token.clone()).await;
+    let client = AdminClient {
+        addr,
+        token,
+        actor: "cli:test".into(),
+    };
+    let (s, _) = client.request(Method::GET, "/healthz").await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    store.degrade_for_test("segments/00000001.seg: No space left on device (os error 28)");
+    let (s, v) = client.request(Method::GET, "/healthz").await.unwrap();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["status"], "degraded");
+    assert!(
+        v["sealing"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{v}"
+    );
+    assert!(
+        v["sealing"]["since"].as_str().unwrap().ends_with('Z'),
+        "{v}"
+    );
+    assert_eq!(v["sealing"]["failed_commits"], 1);
+    assert_eq!(v["sealing"]["recoveries"], 0);
+    // An operator command recovers first (the disk here has room), and health follows.
+    let (s, v) = client.request(Method::POST, "/v1/compact").await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = client.request(Method::GET, "/healthz").await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(store.stats().recoveries, 1);
+    stop.send(()).unwrap();
+}
+
+// See: veil#10
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_forget_and_purge_answer_with_what_was_and_was_not_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SealStore::open(dir.path(), ring(1), Default::default()).unwrap();
+    let mut old = openai_chat();
+    old.started_at -= Duration::from_secs(40 * 86_400);
+    store.seal(&old, None).await.unwrap();
+    // The audit log cannot be written (a directory where the file should be).
+    std::fs::create_dir(dir.path().join("audit.jsonl")).unwrap();
+    let token = AdminToken::from_secret("t");
+    let (addr, stop) = start(store.clone(), token.clone()).await;
+    let client = AdminClient {
+        addr,
+        token,
+        actor: "cli:test".into(),
+    };
+    let (s, v) = client
+        .request(Method::DELETE, &format!("/v1/exchanges/{}", old.id))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["forgotten"], false);
+    assert_eq!(v["not_destroyed"], serde_json::json!([old.id.to_string()]));
+    assert_eq!(v["destroyed"], serde_json::json!([]));
+    let (s, v) = client
+        .request(Method::POST, "/v1/purge?older_than=30d")
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["purged"], 0);
+    assert_eq!(v["not_destroyed"], serde_json::json!([old.id.to_string()]));
+    let (s, v) = client
+        .request(Method::GET, &format!("/v1/exchanges/{}", old.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unseal fails closed: {v}"
+    );
+    assert!(v.get("request_body").is_none());
+    std::fs::remove_dir(dir.path().join("audit.jsonl")).unwrap();
+    let (s, v) = client
+        .request(Method::POST, "/v1/purge?older_than=30d")
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["purged"], 1);
+    assert_eq!(v["ids"], serde_json::json!([old.id.to_string()]));
+    stop.send(()).unwrap();
+}
+
+#[test]
+fn token_file_is_created_0600_and_debug_is_redacted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let t = AdminToken::load_or_create(dir.path()).unwrap();
+    let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(t.secret().len(), 64);
+    assert!(t.verify(t.secret()));
+    assert!(!t.verify(&t.secret()[..63]));
+    let again = AdminToken::load_or_create(dir.path()).unwrap();
+    assert_eq!(again.secret(), t.secret());
+    assert!(!format!("{t:?}").contains(t.secret()));
+}
+
+#[test]
+fn percent_coding_round_trips() {
+    for s in ["alice@example.com", "a b/c?d=e&f", "ünï"] {
+        assert_eq!(percent_decode(&percent_encode(s)).unwrap(), s);
+    }
+    assert!(percent_decode("%zz").is_none());
+}

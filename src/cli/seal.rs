@@ -1,0 +1,457 @@
+//! # Seal CLI: `unseal`, `forget`, `purge`, `keys rotate|rewrap`, `compact`.
+//!
+//! The operator's end of the flow: it reads the sealed store ([`crate::seal`]) directly or
+//! through a running veil's admin API ([`crate::admin`]), and nothing else reads it. Owns the
+//! clap arguments of the operator commands on the sealed store, what they print and their
+//! exit codes. What they act on is an [`Operator`]: the store opened directly when it can,
+//! else a running `veil run`'s admin API (`--admin ADDR`, else config `admin_listen`) with the
+//! admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`). Neither working is a clear error.
+//! It never touches the proxy, the rules or OTLP.
+//!
+//! Every `run_*` returns `Ok(ExitCode)` (0 success, 1 when something asked for was not found,
+//! 2 when a destructive command failed: it then prints exactly what was destroyed and what was
+//! not) or an error whose `{:#}` display is meant for the operator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+
+use super::operator::{Failure, Operator, Unsealed, client, remote_ok};
+use crate::admin::AdminToken;
+use crate::config::Config;
+use crate::exchange::ExchangeId;
+use crate::keys::Keyring;
+
+/// Where the sealed store lives and how to reach a running veil that holds it.
+#[derive(Debug, Clone)]
+pub struct StoreDirs {
+    /// Data dir (`<data>/sealed/` is the store).
+    pub data: PathBuf,
+    /// Keys dir (master keys, admin token).
+    pub keys: PathBuf,
+    /// Admin API of a running veil, used when the store is locked.
+    pub admin: Option<SocketAddr>,
+    /// Configured retention (default for `purge`).
+    pub retention: Option<Duration>,
+}
+
+impl StoreDirs {
+    /// From the resolved config; `admin` (the `--admin` flag) wins over `admin_listen`.
+    pub fn from_config(cfg: &Config, admin: Option<SocketAddr>) -> Self {
+        StoreDirs {
+            data: cfg.data.clone(),
+            keys: cfg.keys.clone(),
+            admin: admin.or(cfg.admin_listen),
+            retention: cfg.retention,
+        }
+    }
+}
+
+/// The sealed-store subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum SealCommand {
+    /// Decrypt one sealed exchange and print it as JSON (audited).
+    Unseal(UnsealArgs),
+    /// Destroy sealed exchanges by request ID or by user (crypto-shredding, with receipts).
+    Forget(ForgetArgs),
+    /// Destroy sealed exchanges older than a duration.
+    Purge(PurgeArgs),
+    /// Master key management.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Reclaim disk space left by forgotten exchanges.
+    Compact(AdminArg),
+}
+
+/// `--admin ADDR`, shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArg {
+    /// Admin API of a running veil, used when it holds the store (default: `admin_listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+}
+
+/// `veil unseal ID [--raw]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnsealArgs {
+    /// The request ID (`x-veil-request-id`).
+    pub id: String,
+    /// Print the captured bodies (request, then response) as they crossed the wire instead of JSON.
+    #[arg(long)]
+    pub raw: bool,
+    /// Why you are reading it (recorded in the audit log).
+    #[arg(long, default_value = "operator request")]
+    pub reason: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArg,
+}
+
+/// `veil forget ID… | --user USER [--reason R]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForgetArgs {
+    /// Request IDs to forget.
+    #[arg(required_unless_present = "user", conflicts_with = "user")]
+    pub ids: Vec<String>,
+    /// Forget every exchange of this raw user ID (pseudonymized here, never stored or logged).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Why (recorded in the receipts and the audit log).
+    #[arg(long, default_value = "deletion request")]
+    pub reason: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArg,
+}
+
+/// `veil purge [--older-than 30d]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PurgeArgs {
+    /// Age limit (`30d`, `12h`); default: the configured `retention`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub older_than: Option<Duration>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArg,
+}
+
+/// `veil keys …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Add a new master key; new writes use it, older ones stay readable.
+    Rotate(AdminArg),
+    /// Re-wrap every stored data key under the newest master key.
+    Rewrap(AdminArg),
+}
+
+/// Runs one subcommand against `cfg`.
+pub fn run(cmd: &SealCommand, cfg: &Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SealCommand::Unseal(a) => run_unseal(a, &StoreDirs::from_config(cfg, a.admin.admin)),
+        SealCommand::Forget(a) => run_forget(a, &StoreDirs::from_config(cfg, a.admin.admin)),
+        SealCommand::Purge(a) => run_purge(a, &StoreDirs::from_config(cfg, a.admin.admin)),
+        SealCommand::Keys(KeysCommand::Rotate(a)) => {
+            run_keys_rotate(&StoreDirs::from_config(cfg, a.admin))
+        }
+        SealCommand::Keys(KeysCommand::Rewrap(a)) => {
+            run_keys_rewrap(&StoreDirs::from_config(cfg, a.admin))
+        }
+        SealCommand::Compact(a) => run_compact(&StoreDirs::from_config(cfg, a.admin)),
+    }
+}
+
+fn parse_id(s: &str) -> anyhow::Result<ExchangeId> {
+    s.parse::<ExchangeId>().map_err(|e| anyhow!(e))
+}
+
+/// `veil unseal ID [--raw]`.
+pub fn run_unseal(args: &UnsealArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let id = parse_id(&args.id)?;
+    let unsealed: Unsealed = Operator::open(dirs)?.unseal(id, &args.reason)?;
+    if args.raw {
+        unsealed.write_raw(&mut std::io::stdout().lock())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", serde_json::to_string_pretty(&unsealed.json())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `wire_base64` bytes of a body in the JSON view (empty when absent or malformed).
+pub(super) fn raw_from_json(body: &serde_json::Value) -> Vec<u8> {
+    if let Some(b) = body["wire_base64"].as_str() {
+        base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
+/// What a failed destructive command did, for the operator (veil#10: a purge on a full disk
+/// reported only "failed"). IDs found unknown before the failure to stderr as `unknown ID`;
+/// destroyed IDs to stdout like on success (`<verb> ID`); IDs receipted but not yet shredded
+/// too, marked; untouched ones to stderr as `NOT <verb> ID`; then the error and the counts.
+/// Exit code 2.
+fn report_failure(verb: &str, f: &Failure) -> ExitCode {
+    for id in &f.unknown {
+        eprintln!("unknown {id} (never sealed, or already forgotten)");
+    }
+    for id in &f.destroyed {
+        println!("{verb} {id}");
+    }
+    for id in &f.pending {
+        println!(
+            "{verb} {id} (receipt written, no longer readable; shredding its data key completes when the store recovers)"
+        );
+    }
+    for id in &f.not_destroyed {
+        eprintln!("NOT {verb} {id}");
+    }
+    eprintln!("error: {}", f.error);
+    eprintln!(
+        "{} destroyed, {} receipted with shredding pending, {} NOT destroyed (still sealed, no receipt)",
+        f.destroyed.len(),
+        f.pending.len(),
+        f.not_destroyed.len()
+    );
+    ExitCode::from(2)
+}
+
+/// `veil forget ID… | --user USER`: exits 1 when any ID was unknown (the known ones are
+/// still forgotten), 2 when the forget failed (what was and was not destroyed is printed).
+pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let op = Operator::open(dirs)?;
+    if let Some(user) = &args.user {
+        let (pseudonym, ids) = match op.forget_user(user, &args.reason)? {
+            (p, Ok(ids)) => (p, ids),
+            (p, Err(f)) => {
+                eprintln!("forgetting the exchanges of user {p} failed");
+                return Ok(report_failure("forgotten", &f));
+            }
+        };
+        for id in &ids {
+            println!("forgotten {id}");
+        }
+        if ids.is_empty() {
+            eprintln!("no sealed exchanges for user {pseudonym}");
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!("forgot {} exchange(s) of user {pseudonym}", ids.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ids = args
+        .ids
+        .iter()
+        .map(|s| parse_id(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outcomes = match op.forget(&ids, &args.reason)? {
+        Ok(o) => o,
+        Err(f) => return Ok(report_failure("forgotten", &f)),
+    };
+    let mut unknown = 0;
+    for (id, forgotten) in outcomes {
+        if forgotten {
+            println!("forgotten {id}");
+        } else {
+            eprintln!("unknown {id} (never sealed, or already forgotten)");
+            unknown += 1;
+        }
+    }
+    Ok(if unknown > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `veil purge [--older-than D]` (default: configured `retention`): prints `purged ID` for
+/// every exchange destroyed, then a count; exits 2 when the purge failed part-way (what was
+/// and was not destroyed is printed).
+pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let older = args.older_than.or(dirs.retention).ok_or_else(|| {
+        anyhow!("nothing to purge by: pass --older-than (e.g. 30d) or set retention in the config")
+    })?;
+    let ids = match Operator::open(dirs)?.purge(older)? {
+        Ok(ids) => ids,
+        Err(f) => return Ok(report_failure("purged", &f)),
+    };
+    for id in &ids {
+        println!("purged {id}");
+    }
+    println!(
+        "purged {} exchange(s) older than {}s",
+        ids.len(),
+        older.as_secs()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil compact`.
+pub fn run_compact(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let v = Operator::open(dirs)?.compact()?;
+    println!("{v}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil keys rotate`: adds a key to `<keys>/master.keys`. A running veil (reachable through
+/// the admin API) is told to reload; otherwise the next start picks it up.
+pub fn run_keys_rotate(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    if std::env::var(crate::keys::MASTER_ENV).is_ok() {
+        bail!(
+            "the master keys come from {}: rotate by adding a `k<id>:<hex>` line to that variable",
+            crate::keys::MASTER_ENV
+        );
+    }
+    let mut ring = Keyring::load(&dirs.keys).context("cannot load the master keys")?;
+    let id = ring.rotate();
+    ring.save(&dirs.keys)
+        .context("cannot save the master keys")?;
+    println!(
+        "new master key {id}: new seals use it; run `veil keys rewrap` to re-wrap older data keys"
+    );
+    if let (Some(addr), Ok(token)) = (dirs.admin, AdminToken::load(&dirs.keys)) {
+        match remote_ok(&client(addr, token), http::Method::POST, "/v1/keys/reload") {
+            Ok(_) => println!("the running veil at {addr} reloaded its keys"),
+            Err(e) => eprintln!(
+                "note: could not tell a running veil to reload ({e:#}); restart it to use {id}"
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil keys rewrap`.
+pub fn run_keys_rewrap(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
+    let n = Operator::open(dirs)?.rewrap()?;
+    println!("re-wrapped {n} data key(s) under the newest master key");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::pseudonymize_user;
+    use crate::seal::tests::openai_chat;
+    use crate::seal::{SealOptions, SealStore};
+
+    fn dirs(root: &std::path::Path) -> StoreDirs {
+        StoreDirs {
+            data: root.join("data"),
+            keys: root.join("keys"),
+            admin: None,
+            retention: None,
+        }
+    }
+
+    #[test]
+    fn forget_unknown_exits_nonzero_and_known_zero() {
+        let root = tempfile::tempdir().unwrap();
+        let d = dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let user = pseudonymize_user(&ring, "carol");
+        let ex = openai_chat();
+        {
+            let store = SealStore::open(&d.data, ring, SealOptions::default()).unwrap();
+            store.seal_blocking(&ex, Some(&user)).unwrap();
+        }
+        let args = |ids: Vec<String>, user: Option<&str>| ForgetArgs {
+            ids,
+            user: user.map(str::to_string),
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        let unknown = ExchangeId::new().to_string();
+        assert_eq!(
+            run_forget(&args(vec![unknown], None), &d).unwrap(),
+            ExitCode::from(1)
+        );
+        assert_eq!(
+            run_forget(&args(vec![], Some("carol")), &d).unwrap(),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            run_forget(&args(vec![ex.id.to_string()], None), &d).unwrap(),
+            ExitCode::from(1),
+            "already forgotten by user"
+        );
+        let audit = std::fs::read_to_string(d.data.join("audit.jsonl")).unwrap();
+        assert!(audit.contains(&ex.id.to_string()));
+        assert!(audit.contains(&user));
+        assert!(!audit.contains("carol"), "raw user id in the audit log");
+    }
+
+    #[test]
+    fn locked_store_without_admin_is_a_clear_error() {
+        let root = tempfile::tempdir().unwrap();
+        let d = dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let _held = SealStore::open(&d.data, ring, SealOptions::default()).unwrap();
+        let err = run_compact(&d).expect_err("locked");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--admin"), "{msg}");
+        let missing = dirs(&root.path().join("nowhere"));
+        let err = run_compact(&missing).expect_err("no keys");
+        assert!(format!("{err:#}").contains("no master key"), "{err:#}");
+    }
+
+    #[test]
+    fn locked_store_goes_through_the_admin_api() {
+        let root = tempfile::tempdir().unwrap();
+        let mut d = dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let token = AdminToken::load_or_create(&d.keys).unwrap();
+        let store = SealStore::open(
+            &d.data,
+            Keyring::load(&d.keys).unwrap(),
+            SealOptions {
+                keys_dir: Some(d.keys.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let dave = pseudonymize_user(&ring, "dave");
+        let a = openai_chat();
+        let b = openai_chat();
+        store.seal_blocking(&a, None).unwrap();
+        store.seal_blocking(&b, Some(&dave)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        d.admin = Some(listener.local_addr().unwrap());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(crate::admin::serve(listener, store.clone(), token, async {
+            let _ = rx.await;
+        }));
+        let unseal = UnsealArgs {
+            id: a.id.to_string(),
+            raw: false,
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_unseal(&unseal, &d).unwrap(), ExitCode::SUCCESS);
+        let forget = ForgetArgs {
+            ids: vec![a.id.to_string()],
+            user: None,
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::from(1));
+        let by_user = ForgetArgs {
+            ids: vec![],
+            user: Some("dave".into()),
+            reason: "test".into(),
+            admin: AdminArg { admin: None },
+        };
+        assert_eq!(run_forget(&by_user, &d).unwrap(), ExitCode::SUCCESS);
+        assert!(store.is_empty().unwrap());
+        assert_eq!(run_keys_rotate(&d).unwrap(), ExitCode::SUCCESS);
+        assert_eq!(store.keyring().current().id(), crate::keys::KeyId(2));
+        assert_eq!(run_compact(&d).unwrap(), ExitCode::SUCCESS);
+        // A wrong token is refused with a clear error.
+        std::fs::write(d.keys.join(crate::admin::TOKEN_FILE), "nope").unwrap();
+        let err = run_compact(&d).expect_err("wrong token");
+        assert!(format!("{err:#}").contains("refused the token"), "{err:#}");
+        stop.send(()).unwrap();
+        drop(rt);
+    }
+
+    #[test]
+    fn json_view_has_text_and_wire_bytes() {
+        let ex = openai_chat();
+        let v = crate::admin::exchange_to_json(&ex);
+        assert!(
+            v["request_body"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("gpt-4o")
+        );
+        assert_eq!(raw_from_json(&v["response_body"]), ex.response_body.bytes());
+        assert_eq!(v["outcome"]["kind"], "complete");
+    }
+}
