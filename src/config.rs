@@ -542,9 +542,7 @@ impl Config {
         }
         let data = raw.data.clone().unwrap_or_else(|| PathBuf::from("data"));
         let ledger = if raw.ledger.unwrap_or(true) {
-            let mut l = crate::ledger::LedgerSettings::new(
-                data.join(crate::ledger::FILE_NAME),
-            );
+            let mut l = crate::ledger::LedgerSettings::new(data.join(crate::ledger::FILE_NAME));
             if let Some(v) = &raw.ledger_content_retention {
                 l.content_retention =
                     parse_timeout(v).map_err(|e| bad("ledger_content_retention", e))?;
@@ -1057,7 +1055,12 @@ mod tests {
         assert_eq!(l.max_size, 1 << 30);
         assert!(c.records_files);
         let raw: RawConfig = toml::from_str("ledger = false").unwrap();
-        assert!(Config::resolve(Some(raw), RawConfig::default()).unwrap().ledger.is_none());
+        assert!(
+            Config::resolve(Some(raw), RawConfig::default())
+                .unwrap()
+                .ledger
+                .is_none()
+        );
     }
 
     // See: veil#10. `retention = "144115188075855872d"` once purged every exchange.

@@ -8,16 +8,20 @@
 //! - `seal`: `unseal`, `forget`, `purge`, `keys`, `compact` (local store or admin API).
 //! - `operator`: `Operator`, the sealed store opened here or a running veil's
 //!   admin API, with one typed method per operator action.
-//! - `tail`: `veil tail`.
+//! - `ledger`: `veil report`, `veil sql`, `veil tail` over the SQLite ledger; `table`: their
+//!   table, CSV and JSON output.
+//! - `tail`: `veil tail --records-files` (the OTLP/JSON lines files).
 //! - `signal`: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
 //! - `rules` and `decrypt` are still in [`crate::redact::cli`] (moving with the `rules test`
 //!   rework of veil#11).
 //!
 //! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
 
+mod ledger;
 mod operator;
 mod seal;
 mod signal;
+mod table;
 mod tail;
 
 use std::path::PathBuf;
@@ -48,8 +52,12 @@ enum Command {
     },
     /// Print the shell lines that point an app at veil.
     Env(ListenArg),
-    /// Print the recorded exchanges, one line each (from `<data>/records/`).
-    Tail(tail::TailArgs),
+    /// Print the latest recorded exchanges from the ledger, one line each; -f follows.
+    Tail(ledger::TailArgs),
+    /// Spend, tokens, errors and latency from the ledger, grouped by feature, model, user...
+    Report(ledger::ReportArgs),
+    /// Run one read-only SQL statement over the ledger (schema: docs/ledger.md).
+    Sql(ledger::SqlArgs),
     /// Check or try a rules file.
     Rules {
         #[command(subcommand)]
@@ -216,7 +224,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tail(args) => {
             let config = global.resolve(RawConfig::default())?;
-            tail::run_tail(args, &config.data)
+            ledger::run_tail(args, &config.data)
+        }
+        Command::Report(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            ledger::run_report(args, &config.data, &config.keys)
+        }
+        Command::Sql(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            ledger::run_sql(args, &config.data)
         }
         Command::Rules { command } => {
             let config = global.resolve(RawConfig::default())?;

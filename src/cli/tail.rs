@@ -15,13 +15,11 @@ use crate::export::tail::Follower;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Arguments of `veil tail`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct TailArgs {
     /// Keep running and print exchanges as they are recorded.
-    #[arg(short, long)]
     pub follow: bool,
     /// Print the last N exchanges first (0 = none).
-    #[arg(short = 'n', long, default_value_t = 10)]
     pub lines: usize,
 }
 

@@ -66,8 +66,8 @@ pub use otlp::{AuditEvent, Encoding, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError};
 
 use crate::config::Config;
-use crate::ledger::LedgerHandle;
 use crate::journal::Journal;
+use crate::ledger::LedgerHandle;
 use batcher::{Batcher, Payload};
 use deliver::{OtlpSender, run_ledger};
 use metrics::Histograms;
@@ -139,7 +139,11 @@ impl Exporter {
         }
         settings.queue_capacity = config.queue_capacity;
         settings.journal = journal;
-        Ok(Exporter::start_with_ledger(settings, Arc::new(metrics), ledger)?)
+        Ok(Exporter::start_with_ledger(
+            settings,
+            Arc::new(metrics),
+            ledger,
+        )?)
     }
 
     /// Starts the exporter with resolved settings, opening the spools (their batches are

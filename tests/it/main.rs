@@ -6,6 +6,7 @@ mod support;
 mod certs;
 mod cli;
 mod hostile;
+mod ledger;
 mod proxy;
 mod records;
 mod rules_test;

@@ -1,0 +1,473 @@
+//! # `veil report`, `veil sql`, `veil tail`: the ledger's answers on the command line.
+//!
+//! Front-ends over [`crate::ledger`]: they open `<data>/ledger.db` read-only, run the query
+//! and print data on stdout (`--format table|csv|json`) and diagnostics on stderr. Tables
+//! start with a `#` line saying what they cover; every time is UTC. Exit codes: 0 answered,
+//! 1 the ledger could not answer (missing, unreadable, query error), 2 bad arguments.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow, bail};
+
+use super::table::{Cell, Format, json_rows, write_csv, write_table};
+use crate::ledger::report::{Dim, Filter, Report, ReportRow, report};
+use crate::ledger::{cards, row, schema, sql, tail};
+
+/// Arguments of `veil report`.
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct ReportArgs {
+    /// Group by DIM (repeatable, in order): feature, model, provider, user, key, day, hour,
+    /// outcome, finish_reason. Without it, one line for everything.
+    #[arg(long = "by", value_name = "DIM")]
+    by: Vec<Dim>,
+    /// Only exchanges that started in the last DURATION (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    /// Only exchanges that started before TIME (RFC 3339, e.g. 2026-11-29T00:00:00Z, or a
+    /// date, 2026-11-29, meaning its midnight UTC).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only exchanges where DIM=VALUE (repeatable; all must hold), e.g. feature=billing,
+    /// model=gpt-4o, key=fp_…, user=U (a raw user id is pseudonymized with the master keys).
+    #[arg(long = "where", value_name = "DIM=VALUE")]
+    filters: Vec<String>,
+    /// Cost cards: per feature, the unit cost of a task (exchanges grouped by trace, else
+    /// conversation, else one per task).
+    #[arg(long)]
+    cards: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `veil sql`.
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct SqlArgs {
+    /// One SQL statement over the schema in docs/ledger.md. The ledger is opened read-only:
+    /// statements that write are refused.
+    query: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Stop the query after this long.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    timeout: String,
+    /// Print at most this many rows.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_rows: usize,
+}
+
+/// Arguments of `veil tail`.
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct TailArgs {
+    /// Keep running and print exchanges as they are recorded.
+    #[arg(short, long)]
+    follow: bool,
+    /// Print the last N exchanges first (0 = none).
+    #[arg(short = 'n', long, default_value_t = 10)]
+    lines: usize,
+    /// Read the OTLP/JSON lines files under <data>/records/ instead of the ledger (written
+    /// when `records_files = true`, or when the ledger is off).
+    #[arg(long)]
+    records_files: bool,
+    /// Output format (`table` or `json`, one object per line when following).
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+fn ledger_path(data: &Path) -> std::path::PathBuf {
+    data.join(crate::ledger::FILE_NAME)
+}
+
+fn parse_time(s: &str) -> anyhow::Result<SystemTime> {
+    if let Some(t) = row::parse_iso(s) {
+        return Ok(t);
+    }
+    row::parse_iso(&format!("{s}T00:00:00Z")).ok_or_else(|| {
+        anyhow!("--until {s:?}: expected RFC 3339 (2026-11-29T00:00:00Z) or a date (2026-11-29)")
+    })
+}
+
+fn filter(args: &ReportArgs, keys: &Path) -> anyhow::Result<Filter> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| {
+            let d = crate::config::parse_duration(s).map_err(|e| anyhow!("--since: {e}"))?;
+            Ok::<_, anyhow::Error>(
+                SystemTime::now()
+                    .checked_sub(d)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            )
+        })
+        .transpose()?;
+    let until = args.until.as_deref().map(parse_time).transpose()?;
+    let mut equals = Vec::new();
+    for f in &args.filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--where {f:?}: expected DIM=VALUE, e.g. feature=billing"))?;
+        let dim: Dim = k.parse().map_err(|e| anyhow!("--where: {e}"))?;
+        let v = if dim == Dim::User && !crate::keys::is_user_pseudonym(v) {
+            let ring = crate::keys::Keyring::load(keys).with_context(|| {
+                format!("--where user={v}: a raw user id is pseudonymized with the master keys in {}; pass the pseudonym (u_…) instead if they are elsewhere", keys.display())
+            })?;
+            crate::keys::pseudonymize_user(&ring, v)
+        } else {
+            v.to_string()
+        };
+        equals.push((dim, v));
+    }
+    Ok(Filter {
+        since,
+        until,
+        equals,
+    })
+}
+
+fn covers(f: &Filter) -> String {
+    let since = f.since.map_or("the first exchange".into(), row::iso_utc);
+    let until = f.until.map_or("now".into(), row::iso_utc);
+    let mut s = format!("from {since} to {until} (UTC)");
+    for (d, v) in &f.equals {
+        s.push_str(&format!(", {d}={v}"));
+    }
+    s
+}
+
+/// Runs `veil report`.
+pub(super) fn run_report(args: ReportArgs, data: &Path, keys: &Path) -> anyhow::Result<ExitCode> {
+    if args.format == Format::Html {
+        bail!("--format html is not available yet; use table, csv or json");
+    }
+    let f = filter(&args, keys)?;
+    let conn = schema::open_read_only(&ledger_path(data))?;
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("--out {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    if args.cards {
+        let cards = cards::cards(&conn, &f)?;
+        print_cards(&mut out, &cards, &f, args.format)?;
+    } else {
+        let rep = report(&conn, &args.by, &f)?;
+        print_report(&mut out, &rep, &f, args.format)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+const REPORT_COLUMNS: [&str; 16] = [
+    "requests",
+    "errors",
+    "error_rate",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cache_hit_ratio",
+    "cost_usd",
+    "cost_per_request_usd",
+    "unpriced",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "ttfc_p50_ms",
+    "ttfc_p95_ms",
+    "ttfc_p99_ms",
+];
+
+fn report_cells(r: &ReportRow) -> Vec<Cell> {
+    vec![
+        Cell::int(r.requests),
+        Cell::int(r.errors),
+        Cell::real(r.error_rate, 3),
+        Cell::int(r.input_tokens),
+        Cell::int(r.output_tokens),
+        Cell::int(r.cached_tokens),
+        Cell::opt_real(r.cache_hit_ratio, 3),
+        Cell::real(r.cost_usd, 4),
+        Cell::opt_real(r.cost_per_request_usd, 6),
+        Cell::int(r.unpriced),
+        Cell::opt_real(r.duration_ms.p50, 1),
+        Cell::opt_real(r.duration_ms.p95, 1),
+        Cell::opt_real(r.duration_ms.p99, 1),
+        Cell::opt_real(r.ttfc_ms.p50, 1),
+        Cell::opt_real(r.ttfc_ms.p95, 1),
+        Cell::opt_real(r.ttfc_ms.p99, 1),
+    ]
+}
+
+fn print_report(
+    out: &mut impl Write,
+    rep: &Report,
+    f: &Filter,
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut header: Vec<&str> = rep.by.clone();
+    header.extend(REPORT_COLUMNS);
+    let rows: Vec<Vec<Cell>> = rep
+        .rows
+        .iter()
+        .map(|r| {
+            let mut cells: Vec<Cell> = r.group.iter().map(|g| Cell::opt(g.clone())).collect();
+            cells.extend(report_cells(r));
+            cells
+        })
+        .collect();
+    match format {
+        Format::Table => {
+            writeln!(
+                out,
+                "# veil report{} {}: {} exchanges; durations in ms",
+                if rep.by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", rep.by.join(", "))
+                },
+                covers(f),
+                rep.total.requests
+            )?;
+            let mut all = rows;
+            if !rep.by.is_empty() {
+                let mut total: Vec<Cell> = vec![Cell::text("TOTAL")];
+                total.extend((1..rep.by.len()).map(|_| Cell::text("")));
+                total.extend(report_cells(&rep.total));
+                all.push(total);
+            } else {
+                all = vec![report_cells(&rep.total)];
+            }
+            write_table(out, &header, &all)?;
+        }
+        Format::Csv => {
+            if rep.by.is_empty() {
+                write_csv(out, &header, &[report_cells(&rep.total)])?;
+            } else {
+                write_csv(out, &header, &rows)?;
+            }
+        }
+        Format::Json => {
+            let total_header: Vec<&str> = REPORT_COLUMNS.to_vec();
+            let doc = serde_json::json!({
+                "by": rep.by,
+                "since": f.since.map(row::iso_utc),
+                "until": f.until.map(row::iso_utc),
+                "rows": json_rows(&header, &rows),
+                "total": json_rows(&total_header, &[report_cells(&rep.total)])[0],
+                "total_cost_nusd": rep.total.cost_nusd.to_string(),
+            });
+            serde_json::to_writer_pretty(&mut *out, &doc)?;
+            writeln!(out)?;
+        }
+        Format::Html => unreachable!("refused above"),
+    }
+    Ok(())
+}
+
+fn print_cards(
+    out: &mut impl Write,
+    cards: &[cards::Card],
+    f: &Filter,
+    format: Format,
+) -> anyhow::Result<()> {
+    let header = [
+        "feature",
+        "tasks",
+        "calls_per_task",
+        "cost_p50_usd",
+        "cost_p90_usd",
+        "cost_total_usd",
+        "tokens_per_task",
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "error_rate",
+        "unpriced_tasks",
+    ];
+    let rows: Vec<Vec<Cell>> = cards
+        .iter()
+        .map(|c| {
+            vec![
+                Cell::opt(c.feature.clone()),
+                Cell::int(c.tasks),
+                Cell::real(c.calls_per_task, 2),
+                Cell::opt_real(c.cost_p50_usd, 6),
+                Cell::opt_real(c.cost_p90_usd, 6),
+                Cell::real(c.cost_total_usd, 4),
+                Cell::real(c.tokens_per_task, 0),
+                Cell::opt_real(c.latency_p50_ms, 1),
+                Cell::opt_real(c.latency_p90_ms, 1),
+                Cell::real(c.error_rate, 3),
+                Cell::int(c.unpriced_tasks),
+            ]
+        })
+        .collect();
+    match format {
+        Format::Table => {
+            writeln!(
+                out,
+                "# veil cost cards {}: a task is the exchanges of one trace, else one conversation, else one exchange",
+                covers(f)
+            )?;
+            write_table(out, &header, &rows)?;
+        }
+        Format::Csv => write_csv(out, &header, &rows)?,
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, &json_rows(&header, &rows))?;
+            writeln!(out)?;
+        }
+        Format::Html => unreachable!("refused above"),
+    }
+    Ok(())
+}
+
+/// Runs `veil sql`.
+pub(super) fn run_sql(args: SqlArgs, data: &Path) -> anyhow::Result<ExitCode> {
+    if args.format == Format::Html {
+        bail!("--format html is for `veil report`; use table, csv or json");
+    }
+    let timeout: Duration =
+        crate::config::parse_duration(&args.timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
+    let conn = schema::open_read_only(&ledger_path(data))?;
+    let table = match sql::query(&conn, &args.query, timeout, args.max_rows) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("veil sql: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let header: Vec<&str> = table.columns.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<Cell>> = table
+        .rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|v| match v {
+                    serde_json::Value::Number(n) => Cell::Num(n.clone(), n.to_string()),
+                    serde_json::Value::String(s) => Cell::text(s.clone()),
+                    _ => Cell::Text(None),
+                })
+                .collect()
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Table => write_table(&mut out, &header, &rows)?,
+        Format::Csv => write_csv(&mut out, &header, &rows)?,
+        _ => {
+            serde_json::to_writer_pretty(&mut out, &json_rows(&header, &rows))?;
+            writeln!(out)?;
+        }
+    }
+    if table.truncated {
+        eprintln!(
+            "veil sql: only the first {} rows printed (--max-rows)",
+            args.max_rows
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const TAIL_POLL: Duration = Duration::from_millis(500);
+
+fn tail_line(r: &tail::TailRow) -> String {
+    let ms = |us: i64| format!("{:.0}", us as f64 / 1000.0);
+    let cost = r
+        .cost_nusd
+        .map_or("-".into(), |n| format!("{:.6}", n as f64 / 1e9));
+    let tok = |t: Option<i64>| t.map_or("-".into(), |t| t.to_string());
+    super::table::printable(&format!(
+        "{:<27} {:<7} {:<10} {:<28} {:<14} {:<18} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
+        r.start,
+        r.status_text(),
+        r.provider,
+        r.model.as_deref().unwrap_or("-"),
+        r.feature.as_deref().unwrap_or("-"),
+        r.user.as_deref().unwrap_or("-"),
+        tok(r.input_tokens),
+        tok(r.output_tokens),
+        cost,
+        ms(r.duration_us),
+        r.ttfc_us.map_or("-".into(), ms),
+        r.request_id,
+    ))
+}
+
+const TAIL_HEADER: &str = "# start (UTC)                status  provider   model                        feature        user               in_tok  out_tok   cost_usd   ms  ttfc_ms  request_id";
+
+/// Runs `veil tail`: the last `lines` exchanges of the ledger, then new ones with `-f`.
+pub(super) fn run_tail(args: TailArgs, data: &Path) -> anyhow::Result<ExitCode> {
+    if args.records_files {
+        return super::tail::run_tail(
+            super::tail::TailArgs {
+                follow: args.follow,
+                lines: args.lines,
+            },
+            data,
+        );
+    }
+    let path = ledger_path(data);
+    let json = match args.format {
+        Format::Table => false,
+        Format::Json => true,
+        f => bail!("veil tail prints table or json, not {f:?}"),
+    };
+    // Following a ledger that veil has not created yet: wait for it.
+    let conn = loop {
+        match schema::open_read_only(&path) {
+            Ok(c) => break c,
+            Err(crate::ledger::LedgerError::Missing(_)) if args.follow => {
+                std::thread::sleep(TAIL_POLL)
+            }
+            Err(e) => {
+                eprintln!("veil tail: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let print =
+        |out: &mut std::io::StdoutLock<'_>, rows: &[tail::TailRow]| -> std::io::Result<()> {
+            for r in rows {
+                if json {
+                    serde_json::to_writer(&mut *out, r)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{}", tail_line(r))?;
+                }
+            }
+            out.flush()
+        };
+    if !json && writeln!(out, "{TAIL_HEADER}").is_err() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let first = tail::latest(&conn, args.lines)?;
+    let mut last = match first.last() {
+        Some(r) => r.id,
+        None => conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM exchanges", [], |r| {
+                r.get(0)
+            })
+            .map_err(crate::ledger::LedgerError::from)?,
+    };
+    if print(&mut out, &first).is_err() || !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        std::thread::sleep(TAIL_POLL);
+        let rows = tail::after(&conn, last, 1000)?;
+        if let Some(r) = rows.last() {
+            last = r.id;
+        }
+        if print(&mut out, &rows).is_err() {
+            // The reader went away (`veil tail -f | head`): stop quietly.
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}

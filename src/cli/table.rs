@@ -1,0 +1,200 @@
+//! # Tabular output for the ledger commands: aligned table, CSV or JSON on stdout.
+//!
+//! One shape for every command that prints rows (`report`, `sql`, `tail`): a header and
+//! rows of cells. Tables right-align numbers and neutralize control characters, so a value
+//! an app chose (a feature tag, a model name) cannot move the terminal's cursor; CSV follows
+//! RFC 4180 (the `csv` crate); JSON is an array of objects keyed by column name.
+
+use std::io::Write;
+
+/// `--format` of the ledger commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Format {
+    /// Aligned columns with a header row.
+    Table,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// A JSON document.
+    Json,
+    /// A self-contained HTML page (`veil report` only).
+    Html,
+}
+
+/// One cell: text, or a number (right-aligned in tables, unquoted in JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Cell {
+    /// Text (or nothing: `None` prints `-` in tables, empty in CSV, null in JSON).
+    Text(Option<String>),
+    /// A number, and how to show it in a table.
+    Num(serde_json::Number, String),
+}
+
+impl Cell {
+    pub(super) fn text(s: impl Into<String>) -> Cell {
+        Cell::Text(Some(s.into()))
+    }
+
+    pub(super) fn opt(s: Option<impl Into<String>>) -> Cell {
+        Cell::Text(s.map(Into::into))
+    }
+
+    pub(super) fn int(n: impl Into<i128>) -> Cell {
+        let n: i128 = n.into();
+        let num = i64::try_from(n).map_or_else(|_| serde_json::Number::from(0), Into::into);
+        Cell::Num(num, n.to_string())
+    }
+
+    /// A real shown with `decimals` places in tables (full precision in CSV and JSON).
+    pub(super) fn real(v: f64, decimals: usize) -> Cell {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => Cell::Num(n, format!("{v:.decimals$}")),
+            None => Cell::Text(None),
+        }
+    }
+
+    pub(super) fn opt_real(v: Option<f64>, decimals: usize) -> Cell {
+        v.map_or(Cell::Text(None), |v| Cell::real(v, decimals))
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            Cell::Text(Some(s)) => printable(s),
+            Cell::Text(None) => "-".into(),
+            Cell::Num(_, s) => s.clone(),
+        }
+    }
+
+    fn raw(&self) -> String {
+        match self {
+            Cell::Text(s) => s.clone().unwrap_or_default(),
+            Cell::Num(n, _) => n.to_string(),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Cell::Text(s) => s.clone().map_or(serde_json::Value::Null, Into::into),
+            Cell::Num(n, _) => serde_json::Value::Number(n.clone()),
+        }
+    }
+}
+
+/// `s` with control characters replaced by U+FFFD.
+pub(super) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+/// Writes `rows` under `header` as an aligned table (numbers right-aligned, two spaces
+/// between columns).
+pub(super) fn write_table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: &[Vec<Cell>],
+) -> std::io::Result<()> {
+    let shown: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(Cell::shown).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &shown {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let numeric: Vec<bool> = (0..header.len())
+        .map(|i| {
+            !rows.is_empty()
+                && rows
+                    .iter()
+                    .all(|r| !matches!(r.get(i), Some(Cell::Text(Some(_)))))
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if numeric[i] {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                if i + 1 < cells.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        s
+    };
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| h.to_string()).collect())
+    )?;
+    for r in shown {
+        writeln!(out, "{}", line(r))?;
+    }
+    Ok(())
+}
+
+/// Writes `rows` as CSV with a header row.
+pub(super) fn write_csv(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: &[Vec<Cell>],
+) -> std::io::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(r.iter().map(Cell::raw))?;
+    }
+    w.flush()
+}
+
+/// The rows as JSON objects keyed by column name.
+pub(super) fn json_rows(header: &[&str], rows: &[Vec<Cell>]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|r| {
+            let mut m = serde_json::Map::new();
+            for (h, c) in header.iter().zip(r) {
+                m.insert((*h).to_string(), c.json());
+            }
+            serde_json::Value::Object(m)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_numbers_right_and_neutralize_control_characters() {
+        let rows = vec![
+            vec![Cell::text("billing"), Cell::int(12), Cell::real(0.5, 2)],
+            vec![Cell::text("a\x1b[31mb"), Cell::int(3), Cell::Text(None)],
+        ];
+        let mut out = Vec::new();
+        write_table(&mut out, &["feature", "requests", "cost_usd"], &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "feature  requests  cost_usd");
+        assert_eq!(lines[1], "billing        12      0.50");
+        assert_eq!(lines[2], "a\u{FFFD}[31mb         3         -");
+        let mut out = Vec::new();
+        write_csv(&mut out, &["feature", "requests", "cost_usd"], &rows).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "feature,requests,cost_usd\nbilling,12,0.5\n\"a\x1b[31mb\",3,\n".replace('"', "")
+        );
+        let j = json_rows(&["feature", "requests"], &rows[..1]);
+        assert_eq!(
+            j[0],
+            serde_json::json!({"feature": "billing", "requests": 12})
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The SQLite ledger through the real binary: traffic in with curl, answers out with
+//! `veil report`, `veil sql` and `veil tail`, erasure reaching the database files.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::support::mock_llm::{Alpn, Mock};
+use crate::support::process::{VeilProcess, curl_chat, resolve_args, veil};
+
+fn start(mock: &Mock, cwd: &Path) -> VeilProcess {
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    VeilProcess::start(&args, cwd)
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn json(args: &[&str], cwd: &Path) -> serde_json::Value {
+    let out = veil(args, cwd);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "veil {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Polls `veil sql` until the ledger holds `n` exchanges (bounded).
+fn wait_for_rows(cwd: &Path, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = veil(
+            &[
+                "sql",
+                "SELECT COUNT(*) AS n FROM exchanges",
+                "--format",
+                "json",
+            ],
+            cwd,
+        );
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if v[0]["n"] == n {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger never reached {n} rows: {:?}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ledger_bytes(cwd: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for f in ["ledger.db", "ledger.db-wal", "ledger.db-shm"] {
+        if let Ok(b) = std::fs::read(cwd.join("data").join(f)) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut proc = start(&mock, cwd.path());
+    let chat = |prompt: &str| {
+        serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
+            .to_string()
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = chat(&format!(
+            "billing question {i} from dana.scully@example.com"
+        ));
+        let (id, _) = curl_chat(
+            &proc,
+            cwd.path(),
+            &body,
+            &["-H", "x-veil-feature: billing", "-H", "x-veil-user: alice"],
+        );
+        ids.push(id);
+    }
+    for i in 0..2 {
+        let body = chat(&format!("search {i}"));
+        curl_chat(
+            &proc,
+            cwd.path(),
+            &body,
+            &["-H", "x-veil-feature: search", "-H", "x-veil-user: bob"],
+        );
+    }
+    wait_for_rows(cwd.path(), 5);
+
+    // What the clients saw: the mock answers 52 input and 19 output tokens, model
+    // gpt-4o-mini-2024-07-18; the cost is the pricing table's.
+    let usage = veil::exchange::Usage {
+        input_tokens: Some(52),
+        output_tokens: Some(19),
+        ..Default::default()
+    };
+    let one = veil::exchange::Pricing::builtin()
+        .cost("openai", "gpt-4o-mini-2024-07-18", &usage)
+        .expect("gpt-4o-mini is priced");
+    let one_nusd = (one * 1e9).round() as i64;
+    let rep = json(
+        &["report", "--by", "feature", "--format", "json"],
+        cwd.path(),
+    );
+    let rows = rep["rows"].as_array().unwrap();
+    let billing = rows.iter().find(|r| r["feature"] == "billing").unwrap();
+    assert_eq!(billing["requests"], 3);
+    assert_eq!(billing["input_tokens"], 3 * 52);
+    assert_eq!(billing["output_tokens"], 3 * 19);
+    assert_eq!(billing["errors"], 0);
+    assert_eq!(rep["total"]["requests"], 5);
+    assert_eq!(rep["total_cost_nusd"], (5 * one_nusd).to_string());
+
+    // By user: pseudonyms only; a raw user id in --where is pseudonymized with the keys.
+    let by_user = json(
+        &["report", "--where", "user=alice", "--format", "json"],
+        cwd.path(),
+    );
+    assert_eq!(by_user["total"]["requests"], 3);
+    let users = json(&["report", "--by", "user", "--format", "json"], cwd.path());
+    for r in users["rows"].as_array().unwrap() {
+        let u = r["user"].as_str().unwrap();
+        assert!(u.starts_with("u_") && u != "alice" && u != "bob", "{u}");
+    }
+
+    // The table says what it covers and that times are UTC.
+    let out = veil(&["report", "--by", "feature", "--by", "model"], cwd.path());
+    let (table, _) = text(&out);
+    assert!(
+        table.starts_with("# veil report by feature, model from "),
+        "{table}"
+    );
+    assert!(table.lines().next().unwrap().contains("(UTC)"), "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("feature"),
+        "{table}"
+    );
+    assert!(table.lines().any(|l| l.starts_with("TOTAL")), "{table}");
+
+    // Cost cards: five lone calls are five tasks, three of them billing.
+    let cards = json(&["report", "--cards", "--format", "json"], cwd.path());
+    let billing = cards
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["feature"] == "billing")
+        .unwrap();
+    assert_eq!(billing["tasks"], 3);
+
+    // sql is read-only.
+    let out = veil(&["sql", "DELETE FROM exchanges"], cwd.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("readonly"), "{:?}", text(&out));
+    wait_for_rows(cwd.path(), 5);
+
+    // tail: a header saying UTC, then one line per exchange with its status.
+    let out = veil(&["tail", "-n", "5"], cwd.path());
+    let (lines, _) = text(&out);
+    let lines: Vec<&str> = lines.lines().collect();
+    assert!(lines[0].contains("(UTC)"), "{lines:?}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert!(lines[1..].iter().all(|l| l.contains(" 200 ")), "{lines:?}");
+
+    // No raw value the app sent is in any ledger file.
+    let bytes = ledger_bytes(cwd.path());
+    for raw in ["dana.scully@example.com", "alice", "bob"] {
+        assert!(!contains(&bytes, raw), "{raw} reached the ledger files");
+    }
+    proc.terminate();
+}
