@@ -6,13 +6,15 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::support::mock_llm::{Alpn, Mock};
-use crate::support::process::{VeilProcess, curl_chat, resolve_args, veil};
+use crate::support::process::{VeilProcess, curl_chat, free_port, resolve_args, veil};
 
-fn start(mock: &Mock, cwd: &Path) -> VeilProcess {
+fn start(mock: &Mock, cwd: &Path, admin: u16) -> VeilProcess {
     let mut args = resolve_args(mock.addr);
     args.extend([
         "--upstream-ca".to_string(),
         mock.ca_path.display().to_string(),
+        "--admin-listen".to_string(),
+        format!("127.0.0.1:{admin}"),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     VeilProcess::start(&args, cwd)
@@ -78,7 +80,8 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     let mock = Mock::start(Alpn::H2AndHttp1).await;
     let cwd = tempfile::tempdir().unwrap();
-    let mut proc = start(&mock, cwd.path());
+    let admin = free_port();
+    let mut proc = start(&mock, cwd.path(), admin);
     let chat = |prompt: &str| {
         serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
             .to_string()
@@ -86,7 +89,7 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let body = chat(&format!(
-            "billing question {i} from dana.scully@example.com"
+            "billing zebra-phrase-{i} from dana.scully@example.com"
         ));
         let (id, _) = curl_chat(
             &proc,
@@ -186,5 +189,57 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     for raw in ["dana.scully@example.com", "alice", "bob"] {
         assert!(!contains(&bytes, raw), "{raw} reached the ledger files");
     }
+    // The redacted content is there (the default rules let scrubbed text out)...
+    assert!(contains(&bytes, "zebra-phrase-0"));
+    assert!(contains(&bytes, "zebra-phrase-1"));
+
+    // ... until the exchange is forgotten: then no byte of it is left in the ledger files.
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let out = veil(&["forget", &ids[0], "--admin", &admin_addr], cwd.path());
+    assert!(out.status.success(), "{:?}", text(&out));
+    let bytes = ledger_bytes(cwd.path());
+    assert!(
+        !contains(&bytes, "zebra-phrase-0"),
+        "forgotten content survives in the ledger files: {}",
+        proc.stderr()
+    );
+    assert!(
+        contains(&bytes, "zebra-phrase-1"),
+        "other exchanges are untouched"
+    );
+    let row = json(
+        &[
+            "sql",
+            &format!(
+                "SELECT user, forgotten, cost_nusd FROM exchanges WHERE request_id = '{}'",
+                ids[0]
+            ),
+            "--format",
+            "json",
+        ],
+        cwd.path(),
+    );
+    assert_eq!(row[0]["user"], serde_json::Value::Null);
+    assert_eq!(row[0]["forgotten"], 1);
+    assert_eq!(row[0]["cost_nusd"], one_nusd, "the bill keeps its metadata");
+
+    // Forget by user reaches the rest of alice's exchanges.
+    let out = veil(
+        &["forget", "--user", "alice", "--admin", &admin_addr],
+        cwd.path(),
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let bytes = ledger_bytes(cwd.path());
+    assert!(!contains(&bytes, "zebra-phrase-1") && !contains(&bytes, "zebra-phrase-2"));
+    let left = json(
+        &[
+            "sql",
+            "SELECT COUNT(*) AS n FROM exchanges WHERE user IS NOT NULL",
+            "--format",
+            "json",
+        ],
+        cwd.path(),
+    );
+    assert_eq!(left[0]["n"], 2, "bob's two exchanges keep their pseudonym");
     proc.terminate();
 }

@@ -200,6 +200,17 @@ impl SealStore {
             .ids_for_user(user)
             .map_err(|e| ForgetError::nothing(e, Vec::new()))?;
         let out = self.forget_inner(ids, AuditKind::Forget, actor, reason)?;
+        // Ledger rows of this user that were never sealed (sealing failed or was dropped).
+        let ledger = ledger_path(self.dir());
+        crate::ledger::erase::forget_user(&ledger, user).map_err(|e| {
+            ForgetError::nothing(
+                SealError::new(
+                    ErrorKind::Io,
+                    format!("{e}; the sealed exchanges of {user} are destroyed, forget again to finish the ledger"),
+                ),
+                Vec::new(),
+            )
+        })?;
         Ok(out
             .into_iter()
             .filter(|o| o.forgotten)
@@ -208,7 +219,42 @@ impl SealStore {
     }
 }
 
+/// The ledger next to the store: `<data>/ledger.db` for the store in `<data>/sealed`.
+fn ledger_path(sealed: &std::path::Path) -> std::path::PathBuf {
+    sealed
+        .parent()
+        .unwrap_or(sealed)
+        .join(crate::ledger::FILE_NAME)
+}
+
 impl Writer {
+    /// Erases `ids` from the SQLite ledger next to the store (a no-op without one): the
+    /// content rows go, the pseudonyms are cleared, the WAL is wiped (see
+    /// [`crate::ledger::erase`]). Idempotent, so recovery may repeat it.
+    pub(super) fn erase_ledger(&self, ids: &[ExchangeId]) -> Result<(), SealError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let path = ledger_path(&self.dir);
+        match crate::ledger::erase::forget_ids(&path, &ids) {
+            Ok(e) => {
+                if !e.no_ledger {
+                    tracing::info!(
+                        rows = e.rows,
+                        content = e.content,
+                        wal_wiped = e.wal_wiped,
+                        "forget: erased from the ledger"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(SealError::new(
+                ErrorKind::Io,
+                format!(
+                    "{e}; the sealed copies are destroyed, the ledger rows not yet: forget again (or restart veil) to finish"
+                ),
+            )),
+        }
+    }
+
     /// Which of `ids` the index holds (each once), and the outcome per asked ID.
     #[allow(clippy::type_complexity)]
     pub(super) fn lookup(
@@ -349,6 +395,18 @@ impl Writer {
                         "{e}; receipts and audit entries are written and the exchanges can no longer be read; shredding their data keys is retried when the store recovers"
                     ),
                 ),
+                destroyed: Vec::new(),
+                pending: found_ids,
+                not_destroyed: Vec::new(),
+            });
+        }
+
+        // 3b. The same exchanges in the ledger: content deleted, pseudonym cleared, WAL wiped.
+        // On failure the receipts stay past the checkpoint, so forgetting again (or the next
+        // open) completes it; the sealed copies are already destroyed.
+        if let Err(e) = self.erase_ledger(&found_ids) {
+            return Err(ForgetError {
+                error: e,
                 destroyed: Vec::new(),
                 pending: found_ids,
                 not_destroyed: Vec::new(),

@@ -291,7 +291,7 @@ impl Writer {
         })?;
         self.audited_upto = to;
         let ids: Vec<ExchangeId> = receipts.iter().map(|(_, r)| r.id).collect();
-        let (found, _) = self.lookup(ids)?;
+        let (found, _) = self.lookup(ids.clone())?;
         tracing::warn!(
             receipts = receipts.len(),
             still_indexed = found.len(),
@@ -302,6 +302,9 @@ impl Writer {
             .unwrap_or_else(|p| p.into_inner())
             .extend(found.iter().map(|(id, _)| *id));
         self.shred(&found)?;
+        // Every receipted id, not only those still indexed: a forget may have shredded and
+        // then failed to erase the ledger. Erasing is idempotent.
+        self.erase_ledger(&ids)?;
         self.unindex(&found, to)?;
         self.doomed_clear();
         Ok(())
