@@ -40,6 +40,16 @@ const RULES: &[(&str, &[&str], &str)] = &[
         &["proxy"],
         "the arrows run proxy -> exchange, never back",
     ),
+    (
+        "record",
+        &["proxy", "export", "seal", "ledger"],
+        "the arrows run exchange -> record -> sinks, never back",
+    ),
+    (
+        "ledger",
+        &["proxy", "seal", "redact"],
+        "the ledger reads records only: never an exchange's raw content, never the sealed store",
+    ),
 ];
 
 /// Forbidden references that exist today, each with its reason: (file, exact path, why).
