@@ -2,7 +2,7 @@
 //!
 //! A sink beside the OTLP export, fed the same redacted [`Record`]s: the exporter's batcher
 //! hands each batch to [`LedgerHandle::send`] and counts the batch recorded when both its OTLP
-//! payloads and its ledger transaction are durable. One writer thread ([`writer`]) commits each
+//! payloads and its ledger transaction are durable. One writer thread (`writer`) commits each
 //! batch (and whatever queued behind it) in one transaction with prepared statements, keeps
 //! the daily rollup, and enforces the bounds (content retention, row retention, size) on a
 //! clock. Queries ([`report`], [`cards`], [`sql`], [`tail`]) open their own read-only
