@@ -108,7 +108,53 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
             &["-H", "x-veil-feature: search", "-H", "x-veil-user: bob"],
         );
     }
-    wait_for_rows(cwd.path(), 5);
+    // A failed upstream call (429) and one agent task of three calls sharing the app's trace.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(cwd.path().join("keys/ca.pem"))
+        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-mock-status: 429",
+        ])
+        .args(["-H", "x-veil-feature: flaky", "-d", &chat("rate limited")])
+        .arg("https://api.openai.com/v1/chat/completions")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "429");
+    for step in 0..3 {
+        let tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b{step}-01");
+        curl_chat(
+            &proc,
+            cwd.path(),
+            &chat(&format!("agent step {step}")),
+            &[
+                "-H",
+                "x-veil-feature: agent",
+                "-H",
+                &format!("traceparent: {tp}"),
+            ],
+        );
+    }
+    wait_for_rows(cwd.path(), 9);
+    let flaky = json(
+        &["report", "--where", "feature=flaky", "--format", "json"],
+        cwd.path(),
+    );
+    assert_eq!(flaky["total"]["requests"], 1);
+    assert_eq!(flaky["total"]["errors"], 1);
+    let by_status = json(
+        &[
+            "sql",
+            "SELECT status, outcome FROM exchanges WHERE feature = 'flaky'",
+            "--format",
+            "json",
+        ],
+        cwd.path(),
+    );
+    assert_eq!(by_status[0]["status"], 429);
 
     // What the clients saw: the mock answers 52 input and 19 output tokens, model
     // gpt-4o-mini-2024-07-18; the cost is the pricing table's.
@@ -131,8 +177,9 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     assert_eq!(billing["input_tokens"], 3 * 52);
     assert_eq!(billing["output_tokens"], 3 * 19);
     assert_eq!(billing["errors"], 0);
-    assert_eq!(rep["total"]["requests"], 5);
-    assert_eq!(rep["total_cost_nusd"], (5 * one_nusd).to_string());
+    assert_eq!(rep["total"]["requests"], 9);
+    // Eight answered calls are priced; the 429 carried no usage and costs nothing.
+    assert_eq!(rep["total_cost_nusd"], (8 * one_nusd).to_string());
 
     // By user: pseudonyms only; a raw user id in --where is pseudonymized with the keys.
     let by_user = json(
@@ -141,8 +188,14 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     );
     assert_eq!(by_user["total"]["requests"], 3);
     let users = json(&["report", "--by", "user", "--format", "json"], cwd.path());
-    for r in users["rows"].as_array().unwrap() {
-        let u = r["user"].as_str().unwrap();
+    let named: Vec<&str> = users["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["user"].as_str())
+        .collect();
+    assert_eq!(named.len(), 2, "{users}");
+    for u in named {
         assert!(u.starts_with("u_") && u != "alice" && u != "bob", "{u}");
     }
 
@@ -160,8 +213,17 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     );
     assert!(table.lines().any(|l| l.starts_with("TOTAL")), "{table}");
 
-    // Cost cards: five lone calls are five tasks, three of them billing.
+    // Cost cards: lone calls are one task each; the three traced agent calls are one task.
     let cards = json(&["report", "--cards", "--format", "json"], cwd.path());
+    let agent = cards
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["feature"] == "agent")
+        .unwrap();
+    assert_eq!(agent["tasks"], 1, "{cards}");
+    assert_eq!(agent["calls_per_task"], 3.0);
+    assert_eq!(agent["cost_total_usd"], (3 * one_nusd) as f64 / 1e9);
     let billing = cards
         .as_array()
         .unwrap()
@@ -174,15 +236,24 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     let out = veil(&["sql", "DELETE FROM exchanges"], cwd.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("readonly"), "{:?}", text(&out));
-    wait_for_rows(cwd.path(), 5);
+    wait_for_rows(cwd.path(), 9);
 
     // tail: a header saying UTC, then one line per exchange with its status.
-    let out = veil(&["tail", "-n", "5"], cwd.path());
+    let out = veil(&["tail", "-n", "9"], cwd.path());
     let (lines, _) = text(&out);
     let lines: Vec<&str> = lines.lines().collect();
     assert!(lines[0].contains("(UTC)"), "{lines:?}");
-    assert_eq!(lines.len(), 6, "{lines:?}");
-    assert!(lines[1..].iter().all(|l| l.contains(" 200 ")), "{lines:?}");
+    assert_eq!(lines.len(), 10, "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" 429 ")).count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" 200 ")).count(),
+        8,
+        "{lines:?}"
+    );
 
     // No raw value the app sent is in any ledger file.
     let bytes = ledger_bytes(cwd.path());
@@ -241,5 +312,18 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
         cwd.path(),
     );
     assert_eq!(left[0]["n"], 2, "bob's two exchanges keep their pseudonym");
+    assert_eq!(
+        json(
+            &[
+                "sql",
+                "SELECT COUNT(*) AS n FROM exchanges",
+                "--format",
+                "json"
+            ],
+            cwd.path()
+        )[0]["n"],
+        9,
+        "forgetting keeps the rows the bill needs"
+    );
     proc.terminate();
 }

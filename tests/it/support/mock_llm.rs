@@ -234,6 +234,16 @@ impl State {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let stream = json["stream"].as_bool().unwrap_or(false);
         let model = json["model"].as_str().unwrap_or("gpt-4o-mini").to_string();
+        // x-mock-status: N answers N with the provider's error shape (rate limits, outages).
+        if let Some(status) = parts
+            .headers
+            .get("x-mock-status")
+            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+        {
+            let body = serde_json::json!({"error": {"message": "mock error", "type": "rate_limit_exceeded", "code": "rate_limit_exceeded"}});
+            return full(status, "application/json", body.to_string());
+        }
         match path.as_str() {
             "/v1/chat/completions" if json["tools"].is_array() => full(
                 StatusCode::OK,
