@@ -327,3 +327,85 @@ async fn report_totals_equal_what_the_clients_saw_and_sql_cannot_write() {
     );
     proc.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_writes_leaves_a_readable_ledger_with_every_row_tail_showed() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut proc = start(&mock, cwd.path(), free_port());
+    let addr = proc.addr;
+    let ca = cwd.path().join("keys/ca.pem");
+    // Traffic keeps flowing while veil is killed: 60 calls, each bounded by curl's timeout.
+    let sender = std::thread::spawn(move || {
+        for i in 0..60 {
+            let _ = std::process::Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--cacert"])
+                .arg(&ca)
+                .env("HTTPS_PROXY", format!("http://{addr}"))
+                .args(["-H", "content-type: application/json", "-d"])
+                .arg(
+                    serde_json::json!({"model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": format!("call {i}")}]})
+                    .to_string(),
+                )
+                .arg("https://api.openai.com/v1/chat/completions")
+                .output();
+        }
+    });
+    // Wait until the ledger has rows, read what tail shows, then SIGKILL at once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown: Vec<String> = loop {
+        let out = veil(&["tail", "-n", "1000", "--format", "json"], cwd.path());
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+            .collect();
+        if ids.len() >= 10 {
+            break ids;
+        }
+        assert!(Instant::now() < deadline, "no rows: {:?}", text(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    proc.child.kill().unwrap(); // SIGKILL
+    let _ = proc.child.wait();
+    sender.join().unwrap();
+
+    let check = json(
+        &["sql", "PRAGMA quick_check", "--format", "json"],
+        cwd.path(),
+    );
+    assert_eq!(check[0]["quick_check"], "ok");
+    let rows = json(
+        &[
+            "sql",
+            "SELECT request_id FROM exchanges",
+            "--format",
+            "json",
+        ],
+        cwd.path(),
+    );
+    let kept: std::collections::HashSet<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
+    for id in &shown {
+        assert!(
+            kept.contains(id.as_str()),
+            "{id} was shown by tail, then lost by SIGKILL"
+        );
+    }
+    // And the next veil opens the same ledger and goes on writing.
+    let mut again = start(&mock, cwd.path(), free_port());
+    curl_chat(
+        &again,
+        cwd.path(),
+        &serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]})
+            .to_string(),
+        &[],
+    );
+    wait_for_rows(cwd.path(), kept.len() as u64 + 1);
+    again.terminate();
+}
