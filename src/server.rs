@@ -497,11 +497,13 @@ fn report_crash(report: &CrashReport, data: &Path) {
 const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Bytes written per byte of captured body by the time an exchange is recorded, at most:
-/// the sealed copy (the bodies, encrypted: 1x) and the record, whose redacted content is
-/// written twice (span attributes and log body) and escaped as JSON (about 2.3x measured on
-/// the local OTLP/JSON ledger). Rounded up: the estimate must not let admitted exchanges
-/// outgrow the disk.
-const WRITES_PER_QUEUED_BYTE: u64 = 4;
+/// the sealed copy (the bodies, encrypted: 1x); the SQLite ledger, whose redacted content is
+/// written to the WAL and again to the database at the checkpoint (2x); and, when
+/// `records_files` is on, the OTLP/JSON lines, content written twice and escaped (about 2.3x
+/// measured). Rounded up, with room for the exchanges already past the queue (the exporter's
+/// batch and the ledger's queue): the estimate must not let admitted exchanges outgrow the
+/// disk.
+const WRITES_PER_QUEUED_BYTE: u64 = 6;
 
 /// Watches the data disk every [`DISK_CHECK_INTERVAL`]: when its free space, less what the
 /// exchanges waiting in the recording queue are about to write, falls below `reserve`,
