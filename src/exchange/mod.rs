@@ -12,6 +12,7 @@
 //!
 //! This module must never touch the network, the rules, OTLP or crypto.
 
+pub mod credentials;
 pub mod decode;
 pub mod json;
 pub mod model;
