@@ -18,6 +18,7 @@ pub mod json;
 pub mod model;
 pub mod pricing;
 pub mod provider;
+pub mod providers;
 pub mod queue;
 pub mod sse;
 pub mod traceparent;
@@ -25,6 +26,7 @@ pub mod traceparent;
 pub use model::{Conversation, Usage};
 pub use pricing::Pricing;
 pub use provider::{ParseOptions, parse};
+pub use providers::Provider;
 pub use traceparent::TraceParent;
 
 use std::fmt;
