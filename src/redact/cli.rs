@@ -13,8 +13,8 @@
 //! ```
 //!
 //! `rules test` previews exactly what ships: it wraps its input in an
-//! [`Exchange`](crate::exchange::Exchange), parses it with the provider parser and builds the
-//! record with [`record::build`](crate::record::build), the very calls `veil run` makes. Only
+//! [`Exchange`], parses it with the provider parser and builds the
+//! record with [`record::build`], the very calls `veil run` makes. Only
 //! `--raw` redacts the document as it is (the older mode, for checking a JSON path against a
 //! raw body). The redacted output goes to stdout alone, so it can be piped; the match report
 //! goes to stderr with every matched value shortened (`sk-pr…ABCD`), because a CI log is not
