@@ -41,7 +41,7 @@ fn record(i: usize) -> Record {
             flags: 1,
             trace_state: None,
         }),
-        provider: "openai".into(),
+        provider: veil::exchange::Provider::OpenAi,
         operation: "chat".into(),
         request_model: Some("gpt-4o-mini".into()),
         response_model: Some("gpt-4o-mini-2024-07-18".into()),

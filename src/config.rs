@@ -14,36 +14,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Public API hosts of the LLM providers veil intercepts by default. `*.` matches any
-/// subdomain (not the bare domain).
-pub const DEFAULT_INTERCEPT: &[&str] = &[
-    "api.openai.com",
-    "api.anthropic.com",
-    "generativelanguage.googleapis.com",
-    "api.mistral.ai",
-    "api.groq.com",
-    "api.together.xyz",
-    "api.together.ai",
-    "openrouter.ai",
-    "api.deepseek.com",
-    "api.x.ai",
-    "api.cohere.com",
-    "api.cohere.ai",
-    "*.openai.azure.com",
-];
-
-/// Gateway routes built in: `/NAME/...` goes to `BASE/...`.
-pub const DEFAULT_ROUTES: &[(&str, &str)] = &[
-    ("openai", "https://api.openai.com"),
-    ("anthropic", "https://api.anthropic.com"),
-    ("gemini", "https://generativelanguage.googleapis.com"),
-    ("mistral", "https://api.mistral.ai"),
-    ("groq", "https://api.groq.com"),
-    ("openrouter", "https://openrouter.ai"),
-    ("deepseek", "https://api.deepseek.com"),
-    ("xai", "https://api.x.ai"),
-];
-
 /// What the recording queue does when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -518,7 +488,8 @@ impl Config {
             .unwrap_or_else(|| vec!["@defaults".to_string()]);
         for p in &patterns {
             if p == "@defaults" {
-                for d in DEFAULT_INTERCEPT {
+                // The provider table says which hosts `@defaults` stands for.
+                for d in crate::exchange::providers::default_intercept() {
                     intercept.push(HostPattern::parse(d).expect("invariant: defaults parse"));
                 }
             } else {
@@ -532,9 +503,9 @@ impl Config {
             .map(|r| ResolveRule::parse(r).map_err(|e| bad("resolve", e)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut routes = BTreeMap::new();
-        for (name, base) in DEFAULT_ROUTES {
-            let route = GatewayRoute::parse(name, base).expect("invariant: defaults parse");
-            routes.insert(name.to_string(), route);
+        for g in crate::exchange::providers::gateways() {
+            let route = GatewayRoute::parse(g.name, g.base).expect("invariant: defaults parse");
+            routes.insert(g.name.to_string(), route);
         }
         for (name, base) in raw.routes.unwrap_or_default() {
             let route = GatewayRoute::parse(&name, &base).map_err(|e| bad("routes", e))?;
@@ -651,20 +622,6 @@ impl Config {
             ledger,
             records_files: raw.records_files.unwrap_or(false),
         })
-    }
-
-    /// True when CONNECT/absolute-form traffic to `host:port` is intercepted.
-    pub fn is_intercepted(&self, host: &str, port: u16) -> bool {
-        self.intercept.iter().any(|p| p.matches(host, port))
-    }
-
-    /// True when CONNECT or an absolute-form request may reach `port` of `host`.
-    pub fn is_port_allowed(&self, host: &str, port: u16) -> bool {
-        self.allow_ports.contains(&port)
-            || self
-                .intercept
-                .iter()
-                .any(|p| p.port == Some(port) && p.matches(host, port))
     }
 }
 
@@ -871,12 +828,9 @@ mod tests {
         let c = Config::resolve(Some(file), flags).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(c.capture_limit, 1 << 20);
-        assert!(c.is_intercepted("api.openai.com", 443));
-        assert!(c.is_intercepted("x.openai.azure.com", 443));
-        assert!(!c.is_intercepted("example.com", 443));
+        // What the default intercept set lets through is asserted where the rule lives:
+        // `proxy::settings` (`default_config_intercepts_the_provider_hosts`).
         assert!(c.routes.contains_key("openai"));
-        assert!(c.is_port_allowed("example.com", 443));
-        assert!(!c.is_port_allowed("example.com", 22));
     }
 
     #[test]

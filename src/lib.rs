@@ -12,7 +12,9 @@
 //!   leaves, the upstream client, the tee that captures bodies. Knows nothing of rules, OTLP or
 //!   crypto beyond fingerprinting credentials.
 //! - [`exchange`]: the [`Exchange`](exchange::Exchange) handed from the proxy to everything
-//!   else, and bounded body decoding.
+//!   else, bounded body decoding, and the vocabulary every step shares: which headers are
+//!   credentials (`exchange::credentials`) and which providers veil knows
+//!   (`exchange::providers`).
 //! - [`record`]: the [`Record`](record::Record), one redacted ledger entry.
 //! - [`keys`]: master secrets and purpose keys.
 //! - [`config`]: file + flags + environment, validated once.

@@ -12,11 +12,13 @@
 //!
 //! This module must never touch the network, the rules, OTLP or crypto.
 
+pub mod credentials;
 pub mod decode;
 pub mod json;
 pub mod model;
 pub mod pricing;
 pub mod provider;
+pub mod providers;
 pub mod queue;
 pub mod sse;
 pub mod traceparent;
@@ -24,6 +26,7 @@ pub mod traceparent;
 pub use model::{Conversation, Usage};
 pub use pricing::Pricing;
 pub use provider::{ParseOptions, parse};
+pub use providers::Provider;
 pub use traceparent::TraceParent;
 
 use std::fmt;

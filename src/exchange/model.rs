@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 
+use super::providers::Provider;
 use super::traceparent::TraceParent;
 
 /// `gen_ai.provider.name` / `gen_ai.operation.name` value for what veil did not recognize.
@@ -278,7 +279,7 @@ pub struct ConversationTimings {
 pub struct Conversation {
     /// `gen_ai.provider.name`: `openai`, `anthropic`, `gcp.gemini`, `azure.ai.openai`, …,
     /// `openai_compatible` for unknown hosts speaking the OpenAI API, or `unknown`.
-    pub provider: String,
+    pub provider: Provider,
     /// `gen_ai.operation.name`: `chat`, `embeddings`, `generate_content`,
     /// `text_completion`, …, or `unknown`.
     pub operation: String,

@@ -210,6 +210,26 @@ mod tests {
     }
 
     #[test]
+    fn builtin_table_names_only_known_providers() {
+        // Prices are looked up by `gen_ai.provider.name`: a key the provider table never
+        // produces (a typo, a renamed provider) would silently price nothing.
+        let known: Vec<&str> = crate::exchange::providers::PROVIDERS
+            .iter()
+            .map(|p| p.provider.as_str())
+            .collect();
+        let p = Pricing::builtin();
+        assert!(!p.models.is_empty() && !p.aliases.is_empty());
+        for name in p
+            .models
+            .keys()
+            .chain(p.aliases.keys())
+            .chain(p.aliases.values())
+        {
+            assert!(known.contains(&name.as_str()), "{name}");
+        }
+    }
+
+    #[test]
     fn price_matches_dated_names_but_not_other_variants() {
         let p = Pricing::builtin();
         assert_eq!(p.price("openai", "gpt-4o-2024-08-06").unwrap().input, 2.50);

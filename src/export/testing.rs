@@ -27,7 +27,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::exchange::{TraceParent, Usage};
+use crate::exchange::{Provider, TraceParent, Usage};
 use crate::record::Record;
 
 /// One request the receiver got.
@@ -348,7 +348,7 @@ pub fn base_record(id: &str) -> Record {
         duration: Duration::from_millis(1422),
         time_to_first_chunk: None,
         trace_parent: None,
-        provider: "openai".into(),
+        provider: Provider::OpenAi,
         operation: "chat".into(),
         request_model: Some("gpt-4o-mini".into()),
         response_model: Some("gpt-4o-mini-2024-07-18".into()),
@@ -423,7 +423,7 @@ pub fn openai_chat(id: &str) -> Record {
 /// A streaming Anthropic messages call with cache tokens and system instructions.
 pub fn anthropic_stream(id: &str) -> Record {
     let mut r = base_record(id);
-    r.provider = "anthropic".into();
+    r.provider = Provider::Anthropic;
     r.request_model = Some("claude-sonnet-4-5".into());
     r.response_model = Some("claude-sonnet-4-5-20250929".into());
     r.response_id = Some("msg_01X".into());
@@ -479,7 +479,7 @@ pub fn upstream_error(id: &str) -> Record {
 /// An opaque exchange: unknown provider, no model, no content, truncated.
 pub fn opaque(id: &str) -> Record {
     let mut r = base_record(id);
-    r.provider = "unknown".into();
+    r.provider = Provider::Unknown;
     r.operation = "unknown".into();
     r.request_model = None;
     r.response_model = None;

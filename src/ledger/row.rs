@@ -167,7 +167,7 @@ impl DaySums {
 pub fn day_key(r: &Record, start: &str) -> DayKey {
     DayKey {
         day: start[..10].to_string(),
-        provider: r.provider.clone(),
+        provider: r.provider.as_str().to_string(),
         model: model(r).to_string(),
         feature: r.feature.clone().unwrap_or_default(),
         api_key_fp: r.api_key_fingerprint.clone().unwrap_or_default(),

@@ -159,7 +159,7 @@ impl Writer {
                     span_id,
                     parent_span_id,
                     start,
-                    r.provider,
+                    r.provider.as_str(),
                     r.operation,
                     r.request_model,
                     r.response_model,

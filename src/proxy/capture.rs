@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
+use crate::exchange::credentials::{self, CredentialHeader};
 use crate::exchange::queue::{ExchangeSender, Reservation};
 use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
@@ -25,35 +26,9 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-/// Request headers whose values are credentials: never recorded, only fingerprinted.
-pub const CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "cookie",
-    "set-cookie",
-];
-
-/// Query parameters whose values are credentials: Gemini's `?key=`, OAuth's `access_token`, and
-/// the common spellings of API keys and tokens. Compared after percent-decoding and lowercasing
-/// the name, so `k%65y=` is caught too.
-const CREDENTIAL_PARAMS: &[&str] = &[
-    "key",
-    "api_key",
-    "api-key",
-    "apikey",
-    "x-goog-api-key",
-    "access_token",
-    "token",
-    "auth",
-    "sig",
-    "signature",
-];
-
 /// Keyed fingerprints of credentials (`fp_` + 16 hex), so spend can be attributed per key
-/// without ever storing the key.
+/// without ever storing the key. Which headers and query parameters are credentials is
+/// [`credentials`]'s call, the same list the rules and the seal use.
 #[derive(Debug, Clone)]
 pub struct Fingerprinter {
     key: DerivedKey,
@@ -82,15 +57,9 @@ impl Fingerprinter {
         for (name, value) in headers {
             let name = name.as_str();
             let text = String::from_utf8_lossy(value.as_bytes());
-            if CREDENTIAL_HEADERS.contains(&name) {
-                let secret = credential_value(name, &text);
-                let fp = self.fingerprint(secret);
-                if api_key.is_none()
-                    && matches!(
-                        name,
-                        "authorization" | "x-api-key" | "api-key" | "x-goog-api-key"
-                    )
-                {
+            if let Some(kind) = credentials::classify_header(name) {
+                let fp = self.fingerprint(credentials::secret_of(name, &text));
+                if api_key.is_none() && kind == CredentialHeader::ApiKey {
                     api_key = Some(fp.clone());
                 }
                 out.push((name.to_string(), fp));
@@ -116,7 +85,7 @@ impl Fingerprinter {
                 out.push('&');
             }
             match pair.split_once('=') {
-                Some((k, v)) if is_credential_param(k) => {
+                Some((k, v)) if credentials::is_credential_param(k) => {
                     let fp = self.fingerprint(v);
                     api_key.get_or_insert_with(|| fp.clone());
                     out.push_str(k);
@@ -128,46 +97,6 @@ impl Fingerprinter {
         }
         (out, api_key)
     }
-}
-
-fn is_credential_param(name: &str) -> bool {
-    let decoded = percent_decode(name).to_ascii_lowercase();
-    CREDENTIAL_PARAMS.contains(&decoded.as_str())
-}
-
-/// Percent-decodes `s` (invalid escapes are kept as they are).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-/// The secret part of a credential header value: the token of `Bearer <token>`, else all.
-fn credential_value<'a>(name: &str, value: &'a str) -> &'a str {
-    if (name == "authorization" || name == "proxy-authorization")
-        && let Some((scheme, token)) = value.trim().split_once(' ')
-        && scheme.eq_ignore_ascii_case("bearer")
-    {
-        return token.trim();
-    }
-    value.trim()
 }
 
 /// Where a finished exchange goes.

@@ -105,9 +105,8 @@ pub struct Destinations {
 impl Destinations {
     /// The policy `config` asks for.
     pub fn of(config: &Config) -> Destinations {
-        let builtin: Vec<crate::config::GatewayRoute> = crate::config::DEFAULT_ROUTES
-            .iter()
-            .filter_map(|(n, b)| crate::config::GatewayRoute::parse(n, b).ok())
+        let builtin: Vec<crate::config::GatewayRoute> = crate::exchange::providers::gateways()
+            .filter_map(|g| crate::config::GatewayRoute::parse(g.name, g.base).ok())
             .collect();
         let explicit = config
             .routes

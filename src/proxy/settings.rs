@@ -74,13 +74,16 @@ impl ProxySettings {
         }
     }
 
-    /// True when `host:port` is intercepted (same rule as [`Config::is_intercepted`]).
+    /// True when `host:port` is intercepted: an intercept pattern matches it. `host` must be
+    /// lowercase already (the router lowercases what the app sent). The one place this rule
+    /// lives: `Config` only holds the patterns (before veil#11 it kept a copy of this method).
     pub fn is_intercepted(&self, host: &str, port: u16) -> bool {
         self.intercept.iter().any(|p| p.matches(host, port))
     }
 
-    /// True when CONNECT or an absolute-form request may reach `port` of `host` (same rule as
-    /// [`Config::is_port_allowed`]: an allowed port, or an intercept pattern naming this port).
+    /// True when CONNECT or an absolute-form request may reach `port` of `host`: an allowed
+    /// port, or an intercept pattern naming this port (`llm.internal:8443` opens 8443 for that
+    /// host only). `host` lowercase, as for [`ProxySettings::is_intercepted`].
     pub fn is_port_allowed(&self, host: &str, port: u16) -> bool {
         self.allow_ports.contains(&port)
             || self
@@ -100,33 +103,43 @@ mod tests {
     }
 
     #[test]
-    fn settings_answer_as_the_config_does() {
+    fn intercept_and_port_rules_follow_the_patterns() {
         let c = config(RawConfig {
             intercept: Some(vec!["api.openai.com".into(), "llm.internal:8443".into()]),
             ..RawConfig::default()
         });
         let s = ProxySettings::from_config(&c);
-        for (host, port) in [
-            ("api.openai.com", 443),
-            ("API.OPENAI.COM", 443),
-            ("llm.internal", 8443),
-            ("llm.internal", 443),
-            ("example.com", 443),
-            ("example.com", 8443),
-            ("api.openai.com", 22),
+        // (host, port, intercepted, port allowed); `allow_ports` is the default `[443]`.
+        for (host, port, intercepted, allowed) in [
+            ("api.openai.com", 443, true, true),
+            // Hosts arrive lowercased from the router; the rule does not lowercase again.
+            ("API.OPENAI.COM", 443, false, true),
+            ("llm.internal", 8443, true, true),
+            ("llm.internal", 443, false, true),
+            ("example.com", 443, false, true),
+            ("example.com", 8443, false, false),
+            // A pattern without a port intercepts every port but opens none.
+            ("api.openai.com", 22, true, false),
         ] {
-            assert_eq!(
-                s.is_intercepted(host, port),
-                c.is_intercepted(host, port),
-                "{host}:{port}"
-            );
-            assert_eq!(
-                s.is_port_allowed(host, port),
-                c.is_port_allowed(host, port),
-                "{host}:{port}"
-            );
+            assert_eq!(s.is_intercepted(host, port), intercepted, "{host}:{port}");
+            assert_eq!(s.is_port_allowed(host, port), allowed, "{host}:{port}");
         }
         assert_eq!(s.routes, c.routes);
         assert_eq!(s.limits, conn::Limits::of(&c));
+    }
+
+    #[test]
+    fn default_config_intercepts_the_provider_hosts() {
+        // Moved from `config::tests::defaults_and_overlay` when `Config`'s copy of the rule went.
+        let c = config(RawConfig {
+            listen: Some("127.0.0.1:9100".into()),
+            ..RawConfig::default()
+        });
+        let s = ProxySettings::from_config(&c);
+        assert!(s.is_intercepted("api.openai.com", 443));
+        assert!(s.is_intercepted("x.openai.azure.com", 443));
+        assert!(!s.is_intercepted("example.com", 443));
+        assert!(s.is_port_allowed("example.com", 443));
+        assert!(!s.is_port_allowed("example.com", 22));
     }
 }

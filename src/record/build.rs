@@ -142,7 +142,7 @@ pub fn build_within(
         duration: conv.timings.duration,
         time_to_first_chunk: conv.timings.time_to_first_chunk,
         trace_parent: conv.trace_parent.clone(),
-        provider: conv.provider.clone(),
+        provider: conv.provider,
         operation: conv.operation.clone(),
         request_model,
         response_model,

@@ -27,7 +27,7 @@ pub use build::{build, build_within, scope_key};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use crate::exchange::{TraceParent, Usage};
+use crate::exchange::{Provider, TraceParent, Usage};
 
 /// One redacted exchange.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +43,7 @@ pub struct Record {
     /// The app's trace context; veil's span becomes its child.
     pub trace_parent: Option<TraceParent>,
     /// `gen_ai.provider.name` (`openai`, `anthropic`, `gcp.gemini`, ...), or `unknown`.
-    pub provider: String,
+    pub provider: Provider,
     /// `gen_ai.operation.name` (`chat`, `embeddings`, `generate_content`, ...), or `unknown`.
     pub operation: String,
     /// `gen_ai.request.model`.

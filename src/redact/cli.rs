@@ -31,6 +31,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::{CompiledRules, ScopeKey, Target, decrypt_field};
+use crate::exchange::providers;
 use crate::exchange::{
     self, Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream,
 };
@@ -50,8 +51,9 @@ pub enum RulesCommand {
     Test {
         /// The rules file.
         file: PathBuf,
-        /// Provider whose host and route the exchange is sent to: openai (the default),
-        /// anthropic, gemini (needs --route, which names the model).
+        /// Provider whose host and route the exchange is sent to, by its built-in gateway
+        /// route name: openai (the default), anthropic, gemini (needs --route, which names the
+        /// model), mistral, groq, openrouter, deepseek, xai.
         #[arg(long)]
         provider: Option<String>,
         /// Host the exchange is sent to (overrides the provider's).
@@ -210,21 +212,28 @@ pub fn run_rules(cmd: RulesCommand, keys_dir: &Path) -> anyhow::Result<ExitCode>
     }
 }
 
+/// The host and chat route of `--provider NAME`, from the provider table: `NAME` is a built-in
+/// gateway route, the host is its base's, the route its dialect's chat endpoint (`None` for
+/// Gemini, whose route names the model: veil does not guess one).
+fn provider_destination(name: &str) -> anyhow::Result<(&'static str, Option<&'static str>)> {
+    let Some(info) = providers::by_gateway_name(name) else {
+        let known: Vec<_> = providers::gateways().map(|g| g.name).collect();
+        anyhow::bail!("unknown provider {name:?} ({})", known.join(", "));
+    };
+    let gateway = info.gateway.expect("invariant: found by its gateway route");
+    Ok((gateway.host(), info.dialect.chat_route()))
+}
+
 /// The exchange `veil run` would hand the pipeline for this request (and response).
 fn test_exchange(
     request: Vec<u8>,
     response: Option<Vec<u8>>,
     dest: &Destination<'_>,
 ) -> anyhow::Result<Exchange> {
-    let (p_host, p_route) = match dest.provider.unwrap_or("openai") {
-        "openai" => ("api.openai.com", Some("/v1/chat/completions")),
-        "anthropic" => ("api.anthropic.com", Some("/v1/messages")),
-        // The model is part of a Gemini route; veil does not guess one.
-        "gemini" => ("generativelanguage.googleapis.com", None),
-        p => anyhow::bail!("unknown provider {p:?} (openai, anthropic, gemini)"),
-    };
+    let name = dest.provider.unwrap_or("openai");
+    let (p_host, p_route) = provider_destination(name)?;
     let Some(route) = dest.route.or(p_route) else {
-        anyhow::bail!("--provider gemini needs --route /v1beta/models/MODEL:generateContent");
+        anyhow::bail!("--provider {name} needs --route /v1beta/models/MODEL:generateContent");
     };
     let body = |b: Vec<u8>| Body {
         wire_len: b.len() as u64,
@@ -405,10 +414,10 @@ fn test_report(
 ) -> anyhow::Result<(String, String)> {
     let (p_host, p_route) = match provider {
         None => (None, None),
-        Some("openai") => (Some("api.openai.com"), Some("/v1/chat/completions")),
-        Some("anthropic") => (Some("api.anthropic.com"), Some("/v1/messages")),
-        Some("gemini") => (Some("generativelanguage.googleapis.com"), None),
-        Some(p) => anyhow::bail!("unknown provider {p:?} (openai, anthropic, gemini)"),
+        Some(p) => {
+            let (host, route) = provider_destination(p)?;
+            (Some(host), route)
+        }
     };
     let model = body
         .get("model")
@@ -578,6 +587,33 @@ mod tests {
             ..dest
         };
         assert!(preview(&r, b"{}".to_vec(), None, &gemini, false).is_err());
+    }
+
+    #[test]
+    fn provider_names_a_gateway_route_of_the_provider_table() {
+        let dest = |p| Destination {
+            provider: Some(p),
+            host: None,
+            route: None,
+            feature: None,
+        };
+        let ex = test_exchange(b"{}".to_vec(), None, &dest("anthropic")).unwrap();
+        assert_eq!(
+            (ex.upstream.host.as_str(), ex.path.as_str()),
+            ("api.anthropic.com", "/v1/messages")
+        );
+        let ex = test_exchange(b"{}".to_vec(), None, &dest("mistral")).unwrap();
+        assert_eq!(
+            (ex.upstream.host.as_str(), ex.path.as_str()),
+            ("api.mistral.ai", "/v1/chat/completions")
+        );
+        let err = test_exchange(b"{}".to_vec(), None, &dest("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"nope\" (openai, anthropic, gemini,"),
+            "{err}"
+        );
     }
 
     #[test]

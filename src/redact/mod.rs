@@ -73,11 +73,12 @@ pub use budget::{Budget, Exceeded, Meter};
 pub use detect::{Found, InlineAction, Scanner};
 pub use handle::{BUILTIN_DEFAULT_RULES, RulesHandle};
 pub use jsonpath::JsonPath;
-pub use rules::{CREDENTIAL_HEADERS, RulesError};
+pub use rules::RulesError;
 
 use action::FieldKeys;
 use jsonpath::{AsStep, Step};
 
+use crate::exchange::credentials;
 use crate::keys::Keyring;
 
 /// Which JSON document is being redacted. Field rules may be limited to some targets.
@@ -429,7 +430,7 @@ impl CompiledRules {
     /// True when a header may be exported: on the allowlist and never a credential.
     pub fn header_allowed(&self, name: &str) -> bool {
         let name = name.trim().to_ascii_lowercase();
-        !CREDENTIAL_HEADERS.contains(&name.as_str())
+        !credentials::is_credential_header(&name)
             && !self.identity_headers.contains(&name)
             && self.header_allow.iter().any(|g| g.matches(&name))
     }

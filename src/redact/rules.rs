@@ -18,23 +18,11 @@ use super::detect::{
 };
 use super::jsonpath::JsonPath;
 use super::{CompiledRules, FieldAction, FieldRule, Glob, Scope, ScopeMatch, Target};
+use crate::exchange::credentials;
 use crate::keys::Keyring;
 
 /// The only format version this build understands.
 pub const FORMAT_VERSION: i64 = 1;
-
-/// Header names that carry credentials. They can never be exported: naming one (or a glob
-/// that matches one) in `[headers] allow` is a compile error, and `header_allowed` refuses
-/// them again at run time.
-pub const CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "cookie",
-    "set-cookie",
-];
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -597,7 +585,9 @@ pub(crate) fn compile(
     let mut allow = Vec::new();
     for (i, h) in raw.headers.allow.iter().enumerate() {
         let g = glob(h).lowercase();
-        if let Some(c) = CREDENTIAL_HEADERS.iter().find(|c| g.matches(c)) {
+        // Credential headers can never be exported: naming one (or a glob that matches one) is a
+        // compile error here, and `header_allowed` refuses them again at run time.
+        if let Some(c) = credentials::credential_headers().find(|c| g.matches(c)) {
             return Err(ctx.at(
                 h.span(),
                 Some(format!("headers.allow[{i}]")),

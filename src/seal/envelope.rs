@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{ErrorKind, SealError};
+use crate::exchange::credentials;
 use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
 };
@@ -57,25 +58,6 @@ pub const SLOT_LEN: usize = 128;
 const TAG_LEN: usize = 16;
 const SEAL_AAD: &[u8] = b"veil-seal-v1";
 const WRAP_AAD: &[u8] = b"veil-wrap-v1";
-
-/// Request headers that carry credentials. The proxy already fingerprints them; the seal
-/// drops them again by name, so a capture bug can never put a credential on disk.
-pub const CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "cookie",
-    "set-cookie",
-];
-
-/// True when `name` (any case) is a credential header.
-pub fn is_credential_header(name: &str) -> bool {
-    CREDENTIAL_HEADERS
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case(name))
-}
 
 /// A 256-bit data key, zeroized on drop.
 pub type DataKey = Zeroizing<[u8; 32]>;
@@ -161,10 +143,13 @@ fn body_meta(b: &Body) -> BodyMeta {
     }
 }
 
+/// `headers` without credential headers. The proxy already fingerprints them; the seal drops
+/// them again by name (the shared [`credentials`] list), so a capture bug can never put a
+/// credential on disk.
 fn scrub(headers: &Headers) -> Headers {
     headers
         .iter()
-        .filter(|(k, _)| !is_credential_header(k))
+        .filter(|(k, _)| !credentials::is_credential_header(k))
         .cloned()
         .collect()
 }

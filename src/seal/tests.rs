@@ -184,7 +184,7 @@ fn assert_same(a: &Exchange, b: &Exchange) {
     let scrubbed: Vec<_> = a
         .request_headers
         .iter()
-        .filter(|(k, _)| !envelope::is_credential_header(k))
+        .filter(|(k, _)| !crate::exchange::credentials::is_credential_header(k))
         .cloned()
         .collect();
     assert_eq!(scrubbed, b.request_headers);

@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use super::model::{Conversation, ConversationTimings, Modality, Part, UNKNOWN};
 use super::pricing::Pricing;
+use super::providers::Provider;
 use super::sse::{SseError, SseEvent, SseParser};
 use super::{Exchange, Outcome, json, traceparent};
 
@@ -79,7 +80,7 @@ pub enum Api {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// `gen_ai.provider.name`.
-    pub provider: String,
+    pub provider: Provider,
     /// `gen_ai.operation.name`.
     pub operation: &'static str,
     /// The dialect to parse.
@@ -88,39 +89,6 @@ pub struct Target {
     pub path_model: Option<String>,
     /// The path asks for a stream (Gemini `streamGenerateContent`).
     pub path_stream: bool,
-}
-
-/// `gen_ai.provider.name` for a host, `None` when veil does not know the host.
-///
-/// Known values from the GenAI registry where one exists (`mistral_ai`, `x_ai`, …).
-pub fn provider_for_host(host: &str) -> Option<&'static str> {
-    let host = host.trim_end_matches('.');
-    let exact = match host {
-        "api.openai.com" => Some("openai"),
-        "api.anthropic.com" => Some("anthropic"),
-        "generativelanguage.googleapis.com" => Some("gcp.gemini"),
-        "api.mistral.ai" => Some("mistral_ai"),
-        "api.groq.com" => Some("groq"),
-        "api.deepseek.com" => Some("deepseek"),
-        "api.x.ai" => Some("x_ai"),
-        "api.perplexity.ai" => Some("perplexity"),
-        "api.cohere.com" | "api.cohere.ai" => Some("cohere"),
-        "openrouter.ai" => Some("openrouter"),
-        "api.together.xyz" | "api.together.ai" => Some("together_ai"),
-        "api.fireworks.ai" => Some("fireworks_ai"),
-        _ => None,
-    };
-    exact.or_else(|| {
-        if host.ends_with(".openai.azure.com") || host.ends_with(".cognitiveservices.azure.com") {
-            Some("azure.ai.openai")
-        } else if host == "aiplatform.googleapis.com"
-            || host.ends_with("-aiplatform.googleapis.com")
-        {
-            Some("gcp.vertex_ai")
-        } else {
-            None
-        }
-    })
 }
 
 /// Names the provider, operation and dialect of an exchange from its method, host and path.
@@ -135,9 +103,9 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
     }
     let (path, _query) = ex.path.split_once('?').unwrap_or((&ex.path, ""));
     let path = path.trim_end_matches('/');
-    let host_provider = provider_for_host(&ex.upstream.host);
-    let target = |provider: &str, operation, api| Target {
-        provider: provider.to_string(),
+    let host_provider = Provider::for_host(&ex.upstream.host);
+    let target = |provider, operation, api| Target {
+        provider,
         operation,
         api,
         path_model: None,
@@ -162,13 +130,13 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
         return Some(Target {
             path_model: Some(model.to_string()),
             path_stream: stream,
-            ..target(host_provider.unwrap_or("gcp.gemini"), operation, api)
+            ..target(host_provider.unwrap_or(Provider::GcpGemini), operation, api)
         });
     }
 
     if path.ends_with("/v1/messages") || path == "/messages" {
         return Some(target(
-            host_provider.unwrap_or("anthropic_compatible"),
+            host_provider.unwrap_or(Provider::AnthropicCompatible),
             "chat",
             Api::AnthropicMessages,
         ));
@@ -185,7 +153,11 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
     } else {
         return None;
     };
-    let mut t = target(host_provider.unwrap_or("openai_compatible"), operation, api);
+    let mut t = target(
+        host_provider.unwrap_or(Provider::OpenAiCompatible),
+        operation,
+        api,
+    );
     // Azure: `/openai/deployments/{deployment}/…`; the deployment stands in for the model.
     if let Some(rest) = path.split("/openai/deployments/").nth(1) {
         t.path_model = rest.split('/').next().map(str::to_string);
@@ -199,7 +171,7 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
     let mut c = base(ex);
     let target = detect(ex);
     if let Some(t) = &target {
-        c.provider = t.provider.clone();
+        c.provider = t.provider;
     }
     // Decoded and parsed once, whatever the endpoint: the record step looks the user up in
     // it too (rules `[identity] json`), also where veil parses nothing else.
@@ -223,9 +195,7 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
 /// The metadata that needs no body parsing.
 fn base(ex: &Exchange) -> Conversation {
     Conversation {
-        provider: provider_for_host(&ex.upstream.host)
-            .unwrap_or(UNKNOWN)
-            .to_string(),
+        provider: Provider::for_host(&ex.upstream.host).unwrap_or(Provider::Unknown),
         operation: UNKNOWN.to_string(),
         api_type: None,
         server_address: ex.upstream.host.clone(),
@@ -524,12 +494,12 @@ fn finish(ex: &Exchange, pricing: &Pricing, c: &mut Conversation) {
         c.error_type = Some(status.to_string());
     }
     let model = c.response_model.as_deref().or(c.request_model.as_deref());
-    c.cost_usd = model.and_then(|m| pricing.cost(&c.provider, m, &c.usage));
+    c.cost_usd = model.and_then(|m| pricing.cost(c.provider.as_str(), m, &c.usage));
     if c.cost_usd.is_none()
         && let Some(m) = c.request_model.as_deref()
     {
         // A fine-tune or deployment alias in the response, a list name in the request.
-        c.cost_usd = pricing.cost(&c.provider, m, &c.usage);
+        c.cost_usd = pricing.cost(c.provider.as_str(), m, &c.usage);
     }
 
     let t = &ex.timings;

@@ -129,7 +129,7 @@ pub(super) fn error_type(r: &Record) -> Option<String> {
 pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
     let mut a = Vec::with_capacity(40);
     a.push(kv("gen_ai.operation.name", str_value(&r.operation)));
-    a.push(kv("gen_ai.provider.name", str_value(&r.provider)));
+    a.push(kv("gen_ai.provider.name", str_value(r.provider.as_str())));
     if let Some(m) = &r.request_model {
         a.push(kv("gen_ai.request.model", str_value(m)));
     }

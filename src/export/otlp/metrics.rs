@@ -32,7 +32,10 @@ fn series_base(r: &Record) -> SeriesKey {
             "gen_ai.operation.name",
             SeriesValue::Str(r.operation.clone()),
         ),
-        ("gen_ai.provider.name", SeriesValue::Str(r.provider.clone())),
+        (
+            "gen_ai.provider.name",
+            SeriesValue::Str(r.provider.as_str().to_string()),
+        ),
         ("server.address", SeriesValue::Str(r.server_address.clone())),
         ("server.port", SeriesValue::Int(i64::from(r.server_port))),
     ];

@@ -1,0 +1,200 @@
+//! # Credentials: which header names and query parameters carry secrets.
+//!
+//! The one classifier behind "no credential leaves veil", used at three places that must
+//! agree: the proxy's capture fingerprints these values before an [`Exchange`](super::Exchange)
+//! exists, the rules compiler refuses to export these headers (and `header_allowed` refuses
+//! them again at run time), and the seal drops them by name before anything reaches disk.
+//! Before veil#11 each kept its own copy of the list; a name added to one and not the others
+//! would have leaked through the stale copy, so the list lives here once.
+//!
+//! Pure functions over names: this module never sees a value's secret except to split a
+//! `Bearer` token off its scheme ([`secret_of`]), and it keeps nothing.
+
+/// What a credential header carries, which decides whether its fingerprint attributes spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialHeader {
+    /// The app's key for the upstream provider (`authorization`, `x-api-key`, `api-key`,
+    /// `x-goog-api-key`): its fingerprint becomes the exchange's API-key fingerprint.
+    ApiKey,
+    /// A credential for a proxy on the way (`proxy-authorization`): secret, but not the key
+    /// the provider bills.
+    ProxyAuth,
+    /// A session cookie (`cookie` on requests, `set-cookie` on responses).
+    Cookie,
+}
+
+/// Every credential header, lowercase, with its kind. Sources: RFC 9110 §11.6.2
+/// (`authorization`), §11.7.2 (`proxy-authorization`), RFC 6265 (`cookie`, `set-cookie`), and
+/// the providers' own key headers: Anthropic `x-api-key`, Azure OpenAI `api-key`, Gemini
+/// `x-goog-api-key`.
+const HEADERS: &[(&str, CredentialHeader)] = &[
+    ("authorization", CredentialHeader::ApiKey),
+    ("proxy-authorization", CredentialHeader::ProxyAuth),
+    ("x-api-key", CredentialHeader::ApiKey),
+    ("api-key", CredentialHeader::ApiKey),
+    ("x-goog-api-key", CredentialHeader::ApiKey),
+    ("cookie", CredentialHeader::Cookie),
+    ("set-cookie", CredentialHeader::Cookie),
+];
+
+/// Query parameters whose values are credentials: Gemini's `?key=`, OAuth's `access_token`, and
+/// the common spellings of API keys, tokens and signed-URL signatures. Lowercase; compared after
+/// percent-decoding and lowercasing the name (see [`is_credential_param`]).
+const PARAMS: &[&str] = &[
+    "key",
+    "api_key",
+    "api-key",
+    "apikey",
+    "x-goog-api-key",
+    "access_token",
+    "token",
+    "auth",
+    "sig",
+    "signature",
+];
+
+/// The credential header names, lowercase, in a fixed order. For callers that match patterns
+/// against the names (the rules compiler's `[headers] allow` globs) rather than test one name.
+pub fn credential_headers() -> impl Iterator<Item = &'static str> + Clone {
+    HEADERS.iter().map(|(name, _)| *name)
+}
+
+/// The kind of credential header `name` is, compared ASCII case-insensitively (header names
+/// are case-insensitive, RFC 9110 §5.1); `None` when it carries no credential. `name` is taken
+/// as is: a caller holding untrusted text trims it first.
+pub fn classify_header(name: &str) -> Option<CredentialHeader> {
+    HEADERS
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(name))
+        .map(|(_, kind)| *kind)
+}
+
+/// True when header `name` (any case) carries a credential.
+pub fn is_credential_header(name: &str) -> bool {
+    classify_header(name).is_some()
+}
+
+/// True when query parameter `name` carries a credential: `name` is percent-decoded (invalid
+/// escapes kept as they are, `+` read as a space) and lowercased first, so `k%65y` and `KEY`
+/// are caught like `key`.
+pub fn is_credential_param(name: &str) -> bool {
+    let decoded = percent_decode(name).to_ascii_lowercase();
+    PARAMS.contains(&decoded.as_str())
+}
+
+/// The secret part of credential header `name`'s `value`: the token of `Bearer <token>` for
+/// `authorization` and `proxy-authorization` (scheme matched in any case), else the whole
+/// value; trimmed either way. Splitting the scheme off makes the same key sent as `Bearer k`
+/// and as `x-api-key: k` fingerprint alike.
+pub fn secret_of<'a>(name: &str, value: &'a str) -> &'a str {
+    if (name.eq_ignore_ascii_case("authorization")
+        || name.eq_ignore_ascii_case("proxy-authorization"))
+        && let Some((scheme, token)) = value.trim().split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        return token.trim();
+    }
+    value.trim()
+}
+
+/// Percent-decodes `s` (invalid escapes are kept as they are, `+` becomes a space).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_header_classifies_in_any_case() {
+        for name in credential_headers() {
+            assert!(is_credential_header(name), "{name}");
+            assert!(is_credential_header(&name.to_ascii_uppercase()), "{name}");
+            assert_eq!(name, name.to_ascii_lowercase(), "the list is lowercase");
+        }
+        assert_eq!(credential_headers().count(), 7);
+    }
+
+    #[test]
+    fn kinds_separate_the_billed_key_from_other_secrets() {
+        for name in ["authorization", "X-Api-Key", "api-key", "x-goog-api-key"] {
+            assert_eq!(
+                classify_header(name),
+                Some(CredentialHeader::ApiKey),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            classify_header("Proxy-Authorization"),
+            Some(CredentialHeader::ProxyAuth)
+        );
+        assert_eq!(classify_header("cookie"), Some(CredentialHeader::Cookie));
+        assert_eq!(
+            classify_header("set-cookie"),
+            Some(CredentialHeader::Cookie)
+        );
+    }
+
+    #[test]
+    fn ordinary_and_near_miss_headers_are_not_credentials() {
+        for name in [
+            "content-type",
+            "x-request-id",
+            "x-api-key-id",
+            "authorization-hint",
+            "cookies",
+            "",
+        ] {
+            assert_eq!(classify_header(name), None, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn params_match_after_percent_decoding_and_lowercasing() {
+        for name in [
+            "key",
+            "KEY",
+            "k%65y",
+            "k%45Y",
+            "access_token",
+            "api%5Fkey",
+            "Signature",
+        ] {
+            assert!(is_credential_param(name), "{name}");
+        }
+        for name in ["alt", "keys", "k%6", "%zzkey", "model", ""] {
+            assert!(!is_credential_param(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn secret_of_strips_the_bearer_scheme_only_where_it_belongs() {
+        assert_eq!(secret_of("authorization", " Bearer  sk-1 "), "sk-1");
+        assert_eq!(secret_of("Authorization", "bearer sk-1"), "sk-1");
+        assert_eq!(secret_of("proxy-authorization", "BEARER t"), "t");
+        // Other schemes and other headers keep the whole (trimmed) value.
+        assert_eq!(secret_of("authorization", "Basic dTpw"), "Basic dTpw");
+        assert_eq!(secret_of("x-api-key", "Bearer sk-1"), "Bearer sk-1");
+        assert_eq!(secret_of("x-api-key", " sk-1\t"), "sk-1");
+    }
+}
