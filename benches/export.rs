@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prost::Message;
-use veil::exchange::{TraceParent, Usage};
+use veil::exchange::{Operation, OutcomeKind, TraceParent, Usage};
 use veil::export::otlp::{Batch, ResourceInfo};
 use veil::export::sender::{Attempt, OtlpClient};
 use veil::export::{Encoding, Exporter, ExporterSettings, Metrics, Signal, otlp};
@@ -42,7 +42,7 @@ fn record(i: usize) -> Record {
             trace_state: None,
         }),
         provider: "openai".into(),
-        operation: "chat".into(),
+        operation: Operation::Chat,
         request_model: Some("gpt-4o-mini".into()),
         response_model: Some("gpt-4o-mini-2024-07-18".into()),
         response_id: Some(format!("chatcmpl-{i}")),
@@ -70,7 +70,7 @@ fn record(i: usize) -> Record {
         redactions_output: 0,
         truncated: false,
         aborted: false,
-        outcome: "complete".into(),
+        outcome: OutcomeKind::Complete,
         system_instructions: None,
         input_messages: Some(serde_json::json!([
             {"role":"user","parts":[{"type":"text","content":"I am [PERSON_1] ([EMAIL_1]), please reset my password for the staging account"}]}

@@ -27,7 +27,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::exchange::{TraceParent, Usage};
+use crate::exchange::{Operation, OutcomeKind, TraceParent, Usage};
 use crate::record::Record;
 
 /// One request the receiver got.
@@ -349,7 +349,7 @@ pub fn base_record(id: &str) -> Record {
         time_to_first_chunk: None,
         trace_parent: None,
         provider: "openai".into(),
-        operation: "chat".into(),
+        operation: Operation::Chat,
         request_model: Some("gpt-4o-mini".into()),
         response_model: Some("gpt-4o-mini-2024-07-18".into()),
         response_id: Some("chatcmpl-9J3u".into()),
@@ -376,7 +376,7 @@ pub fn base_record(id: &str) -> Record {
         redactions_output: 0,
         truncated: false,
         aborted: false,
-        outcome: "complete".into(),
+        outcome: OutcomeKind::Complete,
         system_instructions: None,
         input_messages: None,
         output_messages: None,
@@ -448,7 +448,7 @@ pub fn anthropic_stream(id: &str) -> Record {
 /// An OpenAI embeddings call: no output content, no finish reason.
 pub fn embeddings(id: &str) -> Record {
     let mut r = base_record(id);
-    r.operation = "embeddings".into();
+    r.operation = Operation::Embeddings;
     r.request_model = Some("text-embedding-3-small".into());
     r.response_model = Some("text-embedding-3-small".into());
     r.response_id = None;
@@ -472,7 +472,7 @@ pub fn upstream_error(id: &str) -> Record {
     r.finish_reasons = Vec::new();
     r.usage = Usage::default();
     r.cost_usd = None;
-    r.outcome = "upstream_failed".into();
+    r.outcome = OutcomeKind::UpstreamFailed;
     r
 }
 
@@ -480,7 +480,7 @@ pub fn upstream_error(id: &str) -> Record {
 pub fn opaque(id: &str) -> Record {
     let mut r = base_record(id);
     r.provider = "unknown".into();
-    r.operation = "unknown".into();
+    r.operation = Operation::Unknown;
     r.request_model = None;
     r.response_model = None;
     r.response_id = None;

@@ -27,7 +27,7 @@ pub use build::{build, build_within, scope_key};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use crate::exchange::{TraceParent, Usage};
+use crate::exchange::{Operation, OutcomeKind, TraceParent, Usage};
 
 /// One redacted exchange.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +45,7 @@ pub struct Record {
     /// `gen_ai.provider.name` (`openai`, `anthropic`, `gcp.gemini`, ...), or `unknown`.
     pub provider: String,
     /// `gen_ai.operation.name` (`chat`, `embeddings`, `generate_content`, ...), or `unknown`.
-    pub operation: String,
+    pub operation: Operation,
     /// `gen_ai.request.model`.
     pub request_model: Option<String>,
     /// `gen_ai.response.model`.
@@ -91,7 +91,7 @@ pub struct Record {
     /// The exchange was aborted by either side.
     pub aborted: bool,
     /// `complete`, `client_aborted`, `upstream_aborted`, `upstream_failed`.
-    pub outcome: String,
+    pub outcome: OutcomeKind,
     /// Redacted `gen_ai.system_instructions`, if the rules let any content out.
     pub system_instructions: Option<serde_json::Value>,
     /// Redacted `gen_ai.input.messages`, if the rules let any content out.

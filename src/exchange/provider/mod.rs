@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::model::{Conversation, ConversationTimings, Modality, Part, UNKNOWN};
+use super::operation::Operation;
 use super::pricing::Pricing;
 use super::sse::{SseError, SseEvent, SseParser};
 use super::{Exchange, Outcome, json, traceparent};
@@ -81,7 +82,7 @@ pub struct Target {
     /// `gen_ai.provider.name`.
     pub provider: String,
     /// `gen_ai.operation.name`.
-    pub operation: &'static str,
+    pub operation: Operation,
     /// The dialect to parse.
     pub api: Api,
     /// The model named in the path (Gemini `models/{m}:…`, Azure deployments).
@@ -151,9 +152,11 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
     {
         let model = &before[idx + "/models/".len()..];
         let (operation, api, stream) = match method {
-            "generateContent" => ("generate_content", Api::GeminiGenerate, false),
-            "streamGenerateContent" => ("generate_content", Api::GeminiGenerate, true),
-            "embedContent" | "batchEmbedContents" => ("embeddings", Api::GeminiEmbed, false),
+            "generateContent" => (Operation::GenerateContent, Api::GeminiGenerate, false),
+            "streamGenerateContent" => (Operation::GenerateContent, Api::GeminiGenerate, true),
+            "embedContent" | "batchEmbedContents" => {
+                (Operation::Embeddings, Api::GeminiEmbed, false)
+            }
             _ => return None,
         };
         if model.is_empty() || model.contains('/') {
@@ -169,19 +172,19 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
     if path.ends_with("/v1/messages") || path == "/messages" {
         return Some(target(
             host_provider.unwrap_or("anthropic_compatible"),
-            "chat",
+            Operation::Chat,
             Api::AnthropicMessages,
         ));
     }
 
     let (operation, api) = if path.ends_with("/chat/completions") {
-        ("chat", Api::OpenAiChat)
+        (Operation::Chat, Api::OpenAiChat)
     } else if path.ends_with("/responses") {
-        ("chat", Api::OpenAiResponses)
+        (Operation::Chat, Api::OpenAiResponses)
     } else if path.ends_with("/embeddings") {
-        ("embeddings", Api::OpenAiEmbeddings)
+        (Operation::Embeddings, Api::OpenAiEmbeddings)
     } else if path.ends_with("/completions") {
-        ("text_completion", Api::OpenAiCompletions)
+        (Operation::TextCompletion, Api::OpenAiCompletions)
     } else {
         return None;
     };
@@ -226,7 +229,7 @@ fn base(ex: &Exchange) -> Conversation {
         provider: provider_for_host(&ex.upstream.host)
             .unwrap_or(UNKNOWN)
             .to_string(),
-        operation: UNKNOWN.to_string(),
+        operation: Operation::Unknown,
         api_type: None,
         server_address: ex.upstream.host.clone(),
         server_port: ex.upstream.port,
@@ -269,7 +272,7 @@ fn base(ex: &Exchange) -> Conversation {
 fn make_opaque(c: &mut Conversation, reason: String) {
     c.opaque = true;
     c.opaque_reason = Some(reason);
-    c.operation = UNKNOWN.to_string();
+    c.operation = Operation::Unknown;
     c.api_type = None;
     c.request_model = None;
     c.response_model = None;
@@ -309,7 +312,7 @@ fn parse_bodies(
     if !req.is_object() {
         return Err("request body is not a JSON object".into());
     }
-    c.operation = t.operation.to_string();
+    c.operation = t.operation;
     match t.api {
         Api::OpenAiChat => openai::chat_request(req, c),
         Api::OpenAiCompletions => openai::completions_request(req, c),
