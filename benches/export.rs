@@ -19,6 +19,7 @@ use veil::exchange::{Operation, OutcomeKind, TraceParent, Usage};
 use veil::export::otlp::{Batch, ResourceInfo};
 use veil::export::sender::{Attempt, OtlpClient};
 use veil::export::{Encoding, Exporter, ExporterSettings, Metrics, Signal, otlp};
+use veil::keys::UserPseudonym;
 use veil::record::Record;
 
 /// Records per iteration: one full default batch.
@@ -61,7 +62,7 @@ fn record(i: usize) -> Record {
         stream: true,
         request_params: params,
         cost_usd: Some(0.0000192),
-        user_pseudonym: Some("u_hmac_3f9a1c0e7b2d".into()),
+        user_pseudonym: Some(UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()),
         feature: Some("support".into()),
         api_key_fingerprint: Some("fp_1a2b".into()),
         rules_digest: "b3:0123456789abcdef".into(),

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::exchange::{Operation, OutcomeKind, TraceParent, Usage};
+use crate::keys::UserPseudonym;
 use crate::record::Record;
 
 /// One request the receiver got.
@@ -367,7 +368,7 @@ pub fn base_record(id: &str) -> Record {
         stream: false,
         request_params: BTreeMap::new(),
         cost_usd: Some(0.0000192),
-        user_pseudonym: Some("u_hmac_3f9a1c0e7b2d".into()),
+        user_pseudonym: Some(UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()),
         feature: Some("support".into()),
         api_key_fingerprint: Some("fp_1a2b".into()),
         rules_digest: "b3:abc".into(),

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::row::{self, DayKey, DaySums};
 use super::{LedgerCounters, LedgerSettings, Msg};
 use crate::health::{Health, Part};
+use crate::keys::UserPseudonym;
 use crate::record::Record;
 
 /// Most exchange rows committed in one transaction.
@@ -163,7 +164,7 @@ impl Writer {
                     r.operation.as_str(),
                     r.request_model,
                     r.response_model,
-                    r.user_pseudonym,
+                    r.user_pseudonym.as_ref().map(UserPseudonym::as_str),
                     r.feature,
                     r.conversation_id,
                     r.api_key_fingerprint,

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::exchange::{Operation, OutcomeKind, TraceParent, Usage};
+use crate::keys::UserPseudonym;
 
 /// One redacted exchange.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,7 +74,7 @@ pub struct Record {
     /// Estimated cost in USD; absent when the model's price is unknown (never a fake 0).
     pub cost_usd: Option<f64>,
     /// Pseudonymized user (`u_…`): `user.id` and `enduser.pseudo.id`.
-    pub user_pseudonym: Option<String>,
+    pub user_pseudonym: Option<UserPseudonym>,
     /// The `x-veil-feature` tag.
     pub feature: Option<String>,
     /// Keyed fingerprint of the API key (`fp_…`).

@@ -358,7 +358,12 @@ fn content_fields(r: &Record) -> Value {
     put("conversation_id", label(&r.conversation_id));
     put("feature", label(&r.feature));
     put("error_type", label(&r.error_type));
-    put("user_pseudonym", label(&r.user_pseudonym));
+    put(
+        "user_pseudonym",
+        r.user_pseudonym
+            .as_ref()
+            .map(|p| Value::String(p.to_string())),
+    );
     Value::Object(m)
 }
 

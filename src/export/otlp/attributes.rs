@@ -196,8 +196,8 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
         }
     }
     if let Some(p) = &r.user_pseudonym {
-        a.push(kv("user.id", str_value(p)));
-        a.push(kv("enduser.pseudo.id", str_value(p)));
+        a.push(kv("user.id", str_value(p.as_str())));
+        a.push(kv("enduser.pseudo.id", str_value(p.as_str())));
     }
     a.push(kv("veil.request.id", str_value(&r.request_id)));
     if let Some(f) = &r.feature {
