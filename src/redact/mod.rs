@@ -55,7 +55,6 @@
 pub mod action;
 pub mod budget;
 pub mod checksum;
-pub mod cli;
 pub mod detect;
 pub mod eval;
 mod handle;
