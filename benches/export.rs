@@ -15,10 +15,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prost::Message;
-use veil::exchange::{TraceParent, Usage};
+use veil::exchange::{Operation, OutcomeKind, TraceParent, Usage};
 use veil::export::otlp::{Batch, ResourceInfo};
 use veil::export::sender::{Attempt, OtlpClient};
 use veil::export::{Encoding, Exporter, ExporterSettings, Metrics, Signal, otlp};
+use veil::keys::UserPseudonym;
 use veil::record::Record;
 
 /// Records per iteration: one full default batch.
@@ -42,7 +43,7 @@ fn record(i: usize) -> Record {
             trace_state: None,
         }),
         provider: veil::exchange::Provider::OpenAi,
-        operation: "chat".into(),
+        operation: Operation::Chat,
         request_model: Some("gpt-4o-mini".into()),
         response_model: Some("gpt-4o-mini-2024-07-18".into()),
         response_id: Some(format!("chatcmpl-{i}")),
@@ -61,7 +62,7 @@ fn record(i: usize) -> Record {
         stream: true,
         request_params: params,
         cost_usd: Some(0.0000192),
-        user_pseudonym: Some("u_hmac_3f9a1c0e7b2d".into()),
+        user_pseudonym: Some(UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()),
         feature: Some("support".into()),
         api_key_fingerprint: Some("fp_1a2b".into()),
         rules_digest: "b3:0123456789abcdef".into(),
@@ -70,7 +71,7 @@ fn record(i: usize) -> Record {
         redactions_output: 0,
         truncated: false,
         aborted: false,
-        outcome: "complete".into(),
+        outcome: OutcomeKind::Complete,
         system_instructions: None,
         input_messages: Some(serde_json::json!([
             {"role":"user","parts":[{"type":"text","content":"I am [PERSON_1] ([EMAIL_1]), please reset my password for the staging account"}]}

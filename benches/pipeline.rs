@@ -96,7 +96,14 @@ fn bench(c: &mut Criterion) {
         !input.contains("dana.scully@example.com") && !input.contains("4111"),
         "{input}"
     );
-    assert!(record.user_pseudonym.as_deref().unwrap().starts_with("u_"));
+    assert!(
+        record
+            .user_pseudonym
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .starts_with("u_")
+    );
 
     let mut g = c.benchmark_group("pipeline");
     g.measurement_time(Duration::from_secs(5));

@@ -306,6 +306,72 @@ impl Keyring {
 /// Prefix of user pseudonyms.
 pub const USER_PSEUDONYM_PREFIX: &str = "u_";
 
+/// A user pseudonym: `u_` followed by 16 lowercase hex digits, never a raw user ID.
+///
+/// Only [`pseudonymize_user`] / [`pseudonymize_user_with`] build one from a raw ID, and
+/// [`UserPseudonym::parse`] from text that already is a pseudonym (operator input, a stored
+/// index entry). So a `Record`, the sealed store's index and forget-by-user cannot be handed a
+/// raw user ID by mistake: the type says it went through the keyed hash (rejected: a `String`
+/// checked at each boundary, which the sealed store did and the ledger did not).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct UserPseudonym(String);
+
+/// Text that is not a user pseudonym (`u_` + 16 lowercase hex digits); holds no input, since
+/// the input may be a raw user ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAPseudonym;
+
+impl fmt::Display for NotAPseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a user pseudonym (u_ + 16 lowercase hex digits)")
+    }
+}
+
+impl std::error::Error for NotAPseudonym {}
+
+impl UserPseudonym {
+    /// Checked parse of text that should already be a pseudonym (`u_` + 16 lowercase hex
+    /// digits, as [`is_user_pseudonym`]). Errors: [`NotAPseudonym`] for anything else, raw
+    /// user IDs included.
+    pub fn parse(s: &str) -> Result<UserPseudonym, NotAPseudonym> {
+        if is_user_pseudonym(s) {
+            Ok(UserPseudonym(s.to_string()))
+        } else {
+            Err(NotAPseudonym)
+        }
+    }
+
+    /// The pseudonym as text (`u_…`, 18 ASCII characters).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The pseudonym as an owned `String`.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for UserPseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for UserPseudonym {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for UserPseudonym {
+    type Err = NotAPseudonym;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UserPseudonym::parse(s)
+    }
+}
+
 /// The pseudonym of raw user ID `raw_user`: `u_` followed by the first 16 hex digits (64 bits)
 /// of keyed BLAKE3 of the UTF-8 bytes of `raw_user` under
 /// `keyring.identity().derive(Purpose::Pseudonym)`.
@@ -315,7 +381,7 @@ pub const USER_PSEUDONYM_PREFIX: &str = "u_";
 /// anywhere matches the others. It derives from the *identity* (oldest) key, so it survives key
 /// rotation. 64 bits keep collisions negligible for any realistic number of users while
 /// staying short in logs. The raw ID is used as given (no trimming or case folding).
-pub fn pseudonymize_user(keyring: &Keyring, raw_user: &str) -> String {
+pub fn pseudonymize_user(keyring: &Keyring, raw_user: &str) -> UserPseudonym {
     pseudonymize_user_with(&keyring.identity().derive(Purpose::Pseudonym), raw_user)
 }
 
@@ -323,7 +389,7 @@ pub fn pseudonymize_user(keyring: &Keyring, raw_user: &str) -> String {
 /// The one definition of a user pseudonym: the sealed store's index, `forget --user` and the
 /// exported records must all agree, or a deletion request would miss records. The `user\0`
 /// domain keeps user pseudonyms apart from detector pseudonyms made with the same key.
-pub fn pseudonymize_user_with(pseudonym_key: &DerivedKey, raw_user: &str) -> String {
+pub fn pseudonymize_user_with(pseudonym_key: &DerivedKey, raw_user: &str) -> UserPseudonym {
     let mut h = blake3::Hasher::new_keyed(pseudonym_key.bytes());
     h.update(b"user\0");
     h.update(raw_user.as_bytes());
@@ -331,7 +397,7 @@ pub fn pseudonymize_user_with(pseudonym_key: &DerivedKey, raw_user: &str) -> Str
     let mut out = String::with_capacity(18);
     out.push_str(USER_PSEUDONYM_PREFIX);
     out.push_str(&hex[..16]);
-    out
+    UserPseudonym(out)
 }
 
 /// True when `s` has the shape of a user pseudonym (`u_` + 16 lowercase hex digits).
@@ -463,17 +529,40 @@ mod tests {
         assert_eq!(*loaded.identity().derive(Purpose::Pseudonym).bytes(), first);
     }
 
+    // Moved from seal::tests (`raw_user_ids_are_refused`): `SealStore::submit` takes a
+    // `UserPseudonym` now, so the refusal lives in the one checked parse from text.
+    #[test]
+    fn raw_user_ids_are_refused() {
+        assert_eq!(
+            UserPseudonym::parse("alice@example.com"),
+            Err(NotAPseudonym)
+        );
+        for bad in [
+            "",
+            "u_",
+            "u_0123456789ABCDEF",
+            "u_0123456789abcde",
+            "x_0123456789abcdef",
+        ] {
+            assert_eq!(UserPseudonym::parse(bad), Err(NotAPseudonym), "{bad:?}");
+        }
+        let ring = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
+        let p = pseudonymize_user(&ring, "alice@example.com");
+        assert_eq!(UserPseudonym::parse(p.as_str()), Ok(p.clone()));
+        assert_eq!(p.as_str().parse::<UserPseudonym>(), Ok(p));
+    }
+
     #[test]
     fn pseudonyms_are_keyed_stable_and_shaped() {
         let mut ring = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
         let p = pseudonymize_user(&ring, "alice@example.com");
-        assert!(is_user_pseudonym(&p), "{p}");
-        assert!(!p.contains("alice"));
+        assert!(is_user_pseudonym(p.as_str()), "{p}");
+        assert!(!p.as_str().contains("alice"));
         let expected = blake3::keyed_hash(
             ring.identity().derive(Purpose::Pseudonym).bytes(),
             b"user\0alice@example.com",
         );
-        assert_eq!(&p[2..], &expected.to_hex()[..16]);
+        assert_eq!(&p.as_str()[2..], &expected.to_hex()[..16]);
         assert_ne!(p, pseudonymize_user(&ring, "bob@example.com"));
         ring.rotate();
         assert_eq!(p, pseudonymize_user(&ring, "alice@example.com"));

@@ -158,12 +158,12 @@ impl Pipeline {
                     }
                 })
             };
-            let mut result = store.submit_detached_then(exchange, user.as_deref(), on_done());
+            let mut result = store.submit_detached_then(exchange, user.as_ref(), on_done());
             while self.hand_off == HandOff::Wait
                 && matches!(&result, Err(e) if e.kind() == crate::seal::ErrorKind::Busy)
             {
                 std::thread::sleep(BUSY_RETRY);
-                result = store.submit_detached_then(exchange, user.as_deref(), on_done());
+                result = store.submit_detached_then(exchange, user.as_ref(), on_done());
             }
             if let Err(e) = result {
                 dropped("seal refused");

@@ -14,6 +14,7 @@
 //!   its last group commit: all within one `drain_timeout` (connections get four fifths of
 //!   it at most, recording the rest), so the exit never outlasts it by more than a fsync.
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,16 +26,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Audit, Config};
 use crate::exchange::Pricing;
-use crate::export::{Exporter, ExporterHandle};
+use crate::exchange::pricing::PricingError;
+use crate::export::{Exporter, ExporterHandle, StartError};
 use crate::health::{Health, Part};
 use crate::journal::{CrashReport, Journal};
-use crate::keys::{Keyring, Purpose};
+use crate::keys::{KeyError, Keyring, Purpose};
+use crate::ledger::LedgerError;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::proxy::capture::Fingerprinter;
-use crate::proxy::mitm::CertificateAuthority;
-use crate::proxy::{Proxy, ProxySettings, ProxyStats};
-use crate::redact::RulesHandle;
-use crate::seal::{AuditSink, FanoutAuditSink, JsonlAuditSink, SealOptions, SealStore};
+use crate::proxy::mitm::{CaError, CertificateAuthority};
+use crate::proxy::{BuildError, Proxy, ProxySettings, ProxyStats};
+use crate::redact::{RulesError, RulesHandle};
+use crate::seal::{AuditSink, FanoutAuditSink, JsonlAuditSink, SealError, SealOptions, SealStore};
 
 /// Name of the trust bundle (system roots + veil's CA) written next to the CA.
 pub const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
@@ -61,6 +64,134 @@ const SEAL_CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// How often the retention policy is applied while running.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Why `veil run` could not start: one variant per stage of [`Prepared::load`] and [`start`],
+/// so the CLI (the only place anyhow lives) can add its own context and tests can match on
+/// the stage. The text is what the operator reads on stderr: the wrapped errors display as
+/// they are (they name their file, variable or line), the others name the path or address.
+#[derive(Debug)]
+pub enum StartupError {
+    /// `<keys>` could not be created or given mode 0700: `keys dir: …`.
+    KeysDir(KeyError),
+    /// The master keys or the admin token could not be loaded or created.
+    Keys(KeyError),
+    /// The rules file does not compile (`file:line:col: …`).
+    Rules(RulesError),
+    /// The pricing file is invalid.
+    Pricing(PricingError),
+    /// veil's CA could not be loaded or created.
+    Ca(CaError),
+    /// `<keys>/ca-bundle.pem` could not be written: `<path>: …`.
+    TrustBundle {
+        /// The bundle's path.
+        path: PathBuf,
+        /// The write error.
+        source: std::io::Error,
+    },
+    /// A listener could not bind: `cannot listen on <addr>: …` (or `on admin_listen <addr>`).
+    Listen {
+        /// `""` for the proxy, `"admin_listen "` for the admin API.
+        which: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created or given mode 0700: `data dir <path>: …`.
+    DataDir {
+        /// The data directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The crash journal could not be opened: `<path>: …`, or, when another veil holds its
+    /// lock, the lock error alone (it already says so).
+    Journal {
+        /// The journal file, `None` when the lock is held elsewhere.
+        path: Option<PathBuf>,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The SQLite ledger could not be opened.
+    Ledger(LedgerError),
+    /// The exporter could not start (bad `OTEL_*` settings, spool or TLS file).
+    Export(StartError),
+    /// The sealed store could not be opened: `sealed store: …`, or, when another process
+    /// holds its lock, `…: is another veil running with --data <dir>?`.
+    Store {
+        /// The data directory.
+        data: PathBuf,
+        /// The store's error.
+        source: SealError,
+    },
+    /// The proxy could not be built (its upstream TLS client).
+    Proxy(BuildError),
+    /// Any other I/O failure (a runtime could not start, a bound address could not be read).
+    Io(std::io::Error),
+}
+
+impl fmt::Display for StartupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartupError::KeysDir(e) => write!(f, "keys dir: {e}"),
+            StartupError::Keys(e) => e.fmt(f),
+            StartupError::Rules(e) => e.fmt(f),
+            StartupError::Pricing(e) => e.fmt(f),
+            StartupError::Ca(e) => e.fmt(f),
+            StartupError::TrustBundle { path, source } => write!(f, "{}: {source}", path.display()),
+            StartupError::Listen {
+                which,
+                addr,
+                source,
+            } => {
+                write!(f, "cannot listen on {which}{addr}: {source}")
+            }
+            StartupError::DataDir { path, source } => {
+                write!(f, "data dir {}: {source}", path.display())
+            }
+            StartupError::Journal { path: None, source } => source.fmt(f),
+            StartupError::Journal {
+                path: Some(p),
+                source,
+            } => write!(f, "{}: {source}", p.display()),
+            StartupError::Ledger(e) => e.fmt(f),
+            StartupError::Export(e) => e.fmt(f),
+            StartupError::Store { data, source } if source.is_locked() => write!(
+                f,
+                "{source}: is another veil running with --data {}?",
+                data.display()
+            ),
+            StartupError::Store { source, .. } => write!(f, "sealed store: {source}"),
+            StartupError::Proxy(e) => e.fmt(f),
+            StartupError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+// No `source()`: every variant's text already holds its cause's text (as the `anyhow!`
+// messages it replaces did), so a `{:#}` chain printed by the CLI is not doubled.
+impl std::error::Error for StartupError {}
+
+macro_rules! startup_from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$ty> for StartupError {
+            fn from(e: $ty) -> Self {
+                StartupError::$variant(e)
+            }
+        }
+    )*};
+}
+
+startup_from! {
+    KeyError => Keys,
+    RulesError => Rules,
+    PricingError => Pricing,
+    CaError => Ca,
+    LedgerError => Ledger,
+    StartError => Export,
+    BuildError => Proxy,
+    std::io::Error => Io,
+}
 
 /// A running veil: where it listens and how to observe it.
 #[derive(Debug)]
@@ -97,9 +228,8 @@ pub struct Prepared {
 impl Prepared {
     /// Creates (first run) or loads keys and CA, compiles the rules, loads prices, and writes
     /// the trust bundle.
-    pub fn load(config: Config) -> anyhow::Result<Self> {
-        crate::keys::prepare_keys_dir(&config.keys)
-            .map_err(|e| anyhow::anyhow!("keys dir: {e}"))?;
+    pub fn load(config: Config) -> Result<Self, StartupError> {
+        crate::keys::prepare_keys_dir(&config.keys).map_err(StartupError::KeysDir)?;
         let keyring = Keyring::load_or_create(&config.keys)?;
         let rules = if config.rules_is_default && !config.rules.exists() {
             tracing::info!(
@@ -132,7 +262,7 @@ impl Prepared {
 
 /// Writes `<keys>/ca-bundle.pem`: the system's trusted roots followed by veil's CA, for
 /// `SSL_CERT_FILE`/`REQUESTS_CA_BUNDLE`, which replace (not extend) a client's trust store.
-pub fn write_trust_bundle(keys: &Path, ca_pem: &str) -> anyhow::Result<PathBuf> {
+pub fn write_trust_bundle(keys: &Path, ca_pem: &str) -> Result<PathBuf, StartupError> {
     let mut bundle = String::new();
     if let Some(system) = SYSTEM_BUNDLES
         .iter()
@@ -147,8 +277,10 @@ pub fn write_trust_bundle(keys: &Path, ca_pem: &str) -> anyhow::Result<PathBuf> 
     }
     bundle.push_str(ca_pem);
     let path = keys.join(CA_BUNDLE_FILE);
-    std::fs::write(&path, bundle).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(path)
+    match std::fs::write(&path, bundle) {
+        Ok(()) => Ok(path),
+        Err(source) => Err(StartupError::TrustBundle { path, source }),
+    }
 }
 
 /// A runtime that may be dropped from async code (startup errors, shutdown): dropping a tokio
@@ -200,7 +332,7 @@ impl AuditSink for OtlpAudit {
 pub async fn start(
     prepared: Prepared,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(Running, tokio::task::JoinHandle<()>)> {
+) -> Result<(Running, tokio::task::JoinHandle<()>), StartupError> {
     let Prepared {
         mut config,
         keyring,
@@ -214,15 +346,24 @@ pub async fn start(
     if let Some(a) = config.admin_listen.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(admin_listen = %a, "the admin API is plain HTTP beyond loopback: the bearer token and unsealed exchanges cross the network in clear");
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartupError::Listen {
+                which: "",
+                addr: config.listen,
+                source,
+            })?;
     let addr = listener.local_addr()?;
     let admin_listener = match config.admin_listen {
         Some(a) => Some(
             TcpListener::bind(a)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on admin_listen {a}: {e}"))?,
+                .map_err(|source| StartupError::Listen {
+                    which: "admin_listen ",
+                    addr: a,
+                    source,
+                })?,
         ),
         None => None,
     };
@@ -254,15 +395,18 @@ pub async fn start(
     ));
     // The journal first: it tells what a previous crash left unrecorded before anything new
     // is written over it.
-    crate::export::spool::private_dir(&config.data)
-        .map_err(|e| anyhow::anyhow!("data dir {}: {e}", config.data.display()))?;
+    crate::export::spool::private_dir(&config.data).map_err(|source| StartupError::DataDir {
+        path: config.data.clone(),
+        source,
+    })?;
     let (journal, crashed) = Journal::open(
         &config.data,
         crate::journal::slots_for(config.queue_capacity),
     )
-    .map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock => anyhow::anyhow!("{e}"),
-        _ => anyhow::anyhow!("{}: {e}", config.data.join(crate::journal::FILE).display()),
+    .map_err(|source| StartupError::Journal {
+        path: (source.kind() != std::io::ErrorKind::WouldBlock)
+            .then(|| config.data.join(crate::journal::FILE)),
+        source,
     })?;
     report_crash(&crashed, &config.data);
     let journal = Arc::new(journal);
@@ -309,15 +453,9 @@ pub async fn start(
             recording_health: Some(health.clone()),
         },
     )
-    .map_err(|e| {
-        if e.is_locked() {
-            anyhow::anyhow!(
-                "{e}: is another veil running with --data {}?",
-                config.data.display()
-            )
-        } else {
-            anyhow::anyhow!("sealed store: {e}")
-        }
+    .map_err(|source| StartupError::Store {
+        data: config.data.clone(),
+        source,
     })?;
 
     let fingerprinter = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
@@ -616,5 +754,57 @@ async fn reload_on_sighup(
             }
             Err(e) => tracing::error!("rules reload failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_bundle_in_a_missing_keys_dir_names_the_bundle_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("absent");
+        let err = write_trust_bundle(&keys, "-----BEGIN CERTIFICATE-----\n").unwrap_err();
+        let StartupError::TrustBundle { path, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, &keys.join(CA_BUNDLE_FILE));
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", keys.join(CA_BUNDLE_FILE).display())),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_a_listen_error_naming_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let source = TcpListener::bind(addr).await.unwrap_err();
+        let err = StartupError::Listen {
+            which: "admin_listen ",
+            addr,
+            source,
+        };
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot listen on admin_listen {addr}: ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_journal_held_by_another_veil_shows_the_lock_error_alone() {
+        let source = std::io::Error::new(std::io::ErrorKind::WouldBlock, "journal is locked");
+        let err = StartupError::Journal { path: None, source };
+        assert_eq!(err.to_string(), "journal is locked");
+        let source = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let err = StartupError::Journal {
+            path: Some(PathBuf::from("/d/journal")),
+            source,
+        };
+        assert_eq!(err.to_string(), "/d/journal: denied");
     }
 }

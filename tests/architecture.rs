@@ -387,3 +387,55 @@ fn the_scanner_finds_every_form_of_a_crate_reference() {
     assert_eq!(depth(Path::new("src/proxy.rs")), 1);
     assert_eq!(depth(Path::new("src/export/otlp/span.rs")), 3);
 }
+
+/// Files outside `src/cli/` (and `main.rs`, which only calls it) that name `anyhow` or
+/// `clap` in code: the operator boundary of docs/architecture.md keeps both in `src/cli/`, so
+/// the library's steps return typed errors a caller can match on.
+fn front_end_crates_outside_cli() -> Vec<(String, &'static str)> {
+    let root = root();
+    let mut hits = Vec::new();
+    let mut dirs = vec![root.join("src")];
+    let mut visited = 0;
+    while let Some(dir) = dirs.pop() {
+        visited += 1;
+        assert!(visited < 10_000, "runaway directory walk under src");
+        for e in fs::read_dir(&dir).expect("readable src directory") {
+            let path = e.expect("readable directory entry").path();
+            let rel = path.strip_prefix(&root).unwrap().to_path_buf();
+            if rel.starts_with("src/cli") || rel == Path::new("src/main.rs") {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let code = strip_comments(&fs::read_to_string(&path).expect("readable source"));
+            for name in ["anyhow", "clap"] {
+                let b = code.as_bytes();
+                let found = code.match_indices(name).any(|(i, _)| {
+                    !ident_byte(b, i, 1)
+                        && b.get(i + name.len())
+                            .is_none_or(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                        && code[i + name.len()..].starts_with("::")
+                });
+                if found {
+                    hits.push((rel.display().to_string(), name));
+                }
+            }
+        }
+    }
+    hits.sort();
+    hits
+}
+
+#[test]
+fn anyhow_and_clap_appear_only_under_src_cli() {
+    let hits = front_end_crates_outside_cli();
+    assert!(
+        hits.is_empty(),
+        "anyhow/clap outside src/cli/ (return a typed error, or move the front-end to src/cli/): {hits:?}"
+    );
+}

@@ -112,7 +112,7 @@ async fn auth_unseal_forget_by_id_and_user() {
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["user"], alice);
+    assert_eq!(v["user"], alice.as_str());
     assert_eq!(v["forgotten"].as_array().unwrap().len(), 2);
     assert!(store.is_empty().unwrap());
     let (s, _) = ok.request(Method::POST, "/v1/purge").await.unwrap();

@@ -118,7 +118,7 @@ fn filter(args: &ReportArgs, keys: &Path) -> anyhow::Result<Filter> {
             let ring = crate::keys::Keyring::load(keys).with_context(|| {
                 format!("--where user={v}: a raw user id is pseudonymized with the master keys in {}; pass the pseudonym (u_…) instead if they are elsewhere", keys.display())
             })?;
-            crate::keys::pseudonymize_user(&ring, v)
+            crate::keys::pseudonymize_user(&ring, v).into_string()
         } else {
             v.to_string()
         };

@@ -12,13 +12,13 @@
 //!   table, CSV and JSON output.
 //! - `tail`: `veil tail --records-files` (the OTLP/JSON lines files).
 //! - `signal`: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
-//! - `rules` and `decrypt` are still in [`crate::redact::cli`] (moving with the `rules test`
-//!   rework of veil#11).
+//! - `rules`: `veil rules check|test` and `veil decrypt`.
 //!
 //! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
 
 mod ledger;
 mod operator;
+mod rules;
 mod seal;
 mod signal;
 mod table;
@@ -61,10 +61,10 @@ enum Command {
     /// Check or try a rules file.
     Rules {
         #[command(subcommand)]
-        command: crate::redact::cli::RulesCommand,
+        command: rules::RulesCommand,
     },
     /// Decrypt an `enc:v1:` value from a record (needs the master keys).
-    Decrypt(crate::redact::cli::DecryptArgs),
+    Decrypt(rules::DecryptArgs),
     #[command(flatten)]
     Seal(seal::SealCommand),
 }
@@ -236,11 +236,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules { command } => {
             let config = global.resolve(RawConfig::default())?;
-            crate::redact::cli::run_rules(command, &config.keys)
+            rules::run_rules(command, &config.keys)
         }
         Command::Decrypt(args) => {
             let config = global.resolve(RawConfig::default())?;
-            crate::redact::cli::run_decrypt(args, &config.keys)
+            rules::run_decrypt(args, &config.keys)
         }
         Command::Seal(cmd) => {
             let config = global.resolve(RawConfig::default())?;

@@ -244,7 +244,7 @@ impl Operator {
                     .forget_user(&p, &actor(), reason)
                     .map(|ids| strings(&ids))
                     .map_err(|e| Failure::from_forget(&e));
-                Ok((p, r))
+                Ok((p.into_string(), r))
             }
             Operator::Remote(c) => {
                 let (status, v) = remote(

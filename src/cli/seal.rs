@@ -360,7 +360,7 @@ mod tests {
         );
         let audit = std::fs::read_to_string(d.data.join("audit.jsonl")).unwrap();
         assert!(audit.contains(&ex.id.to_string()));
-        assert!(audit.contains(&user));
+        assert!(audit.contains(user.as_str()));
         assert!(!audit.contains("carol"), "raw user id in the audit log");
     }
 

@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod decode;
 pub mod json;
 pub mod model;
+pub mod operation;
 pub mod pricing;
 pub mod provider;
 pub mod providers;
@@ -24,6 +25,7 @@ pub mod sse;
 pub mod traceparent;
 
 pub use model::{Conversation, Usage};
+pub use operation::Operation;
 pub use pricing::Pricing;
 pub use provider::{ParseOptions, parse};
 pub use providers::Provider;
@@ -258,14 +260,64 @@ impl Outcome {
         )
     }
 
+    /// Which of the four endings this is, without the operator-facing details.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Complete => OutcomeKind::Complete,
+            Outcome::ClientAborted => OutcomeKind::ClientAborted,
+            Outcome::UpstreamAborted { .. } => OutcomeKind::UpstreamAborted,
+            Outcome::UpstreamFailed { .. } => OutcomeKind::UpstreamFailed,
+        }
+    }
+
     /// Short stable name (`complete`, `client_aborted`, `upstream_aborted`, `upstream_failed`).
     pub fn as_str(&self) -> &'static str {
+        self.kind().as_str()
+    }
+}
+
+/// How an exchange ended, without the details: what a [`Record`](crate::record::Record)
+/// carries (the `reason` strings of [`Outcome`] stay in the sealed copy and the logs).
+///
+/// An enum rather than a `String` so the exporter's "failed" test and the ledger column
+/// cannot drift from the four names (rejected: reusing [`Outcome`], whose free-text reasons
+/// must not reach the record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutcomeKind {
+    /// `complete`: both bodies were passed through to the end.
+    Complete,
+    /// `client_aborted`: the app went away before the response ended.
+    ClientAborted,
+    /// `upstream_aborted`: the upstream connection broke mid-response.
+    UpstreamAborted,
+    /// `upstream_failed`: no response from upstream; veil answered itself.
+    UpstreamFailed,
+}
+
+impl OutcomeKind {
+    /// The wire name, as written to `veil.outcome` and the ledger's `outcome` column:
+    /// `complete`, `client_aborted`, `upstream_aborted`, `upstream_failed`.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            Outcome::Complete => "complete",
-            Outcome::ClientAborted => "client_aborted",
-            Outcome::UpstreamAborted { .. } => "upstream_aborted",
-            Outcome::UpstreamFailed { .. } => "upstream_failed",
+            OutcomeKind::Complete => "complete",
+            OutcomeKind::ClientAborted => "client_aborted",
+            OutcomeKind::UpstreamAborted => "upstream_aborted",
+            OutcomeKind::UpstreamFailed => "upstream_failed",
         }
+    }
+
+    /// True for the two aborted kinds.
+    pub const fn is_aborted(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::ClientAborted | OutcomeKind::UpstreamAborted
+        )
+    }
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

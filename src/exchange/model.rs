@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 
+use super::operation::Operation;
 use super::providers::Provider;
 use super::traceparent::TraceParent;
 
@@ -281,8 +282,8 @@ pub struct Conversation {
     /// `openai_compatible` for unknown hosts speaking the OpenAI API, or `unknown`.
     pub provider: Provider,
     /// `gen_ai.operation.name`: `chat`, `embeddings`, `generate_content`,
-    /// `text_completion`, …, or `unknown`.
-    pub operation: String,
+    /// `text_completion`, or `unknown`.
+    pub operation: Operation,
     /// `openai.api.type` (`chat_completions`, `responses`) for OpenAI-style APIs.
     pub api_type: Option<String>,
     /// `server.address`: the host the app addressed (the real provider for gateway routes).

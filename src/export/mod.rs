@@ -17,7 +17,7 @@
 //!
 //! ## Wiring (in `veil run`)
 //! ```no_run
-//! # async fn run(config: veil::config::Config, record: veil::record::Record) -> anyhow::Result<()> {
+//! # async fn run(config: veil::config::Config, record: veil::record::Record) -> Result<(), veil::export::StartError> {
 //! use std::time::Duration;
 //! use veil::export::Exporter;
 //!
@@ -63,7 +63,7 @@ use tokio::time::Instant;
 pub use handle::{ExporterHandle, TrySendError};
 pub use metrics::Metrics;
 pub use otlp::{AuditEvent, Encoding, Signal};
-pub use settings::{Destination, ExporterSettings, SettingsError};
+pub use settings::{Destination, ExporterSettings, SettingsError, StartError};
 
 use crate::config::Config;
 use crate::journal::Journal;
@@ -125,13 +125,16 @@ impl Exporter {
     /// Records also go to `ledger` when given. Without an OTLP endpoint, records are written
     /// as OTLP/JSON lines under `<data>/records/` only when `records_files` is set or there is
     /// no ledger (so they always land somewhere local).
+    ///
+    /// Errors: [`StartError::Settings`] for a bad `OTEL_*` variable or endpoint,
+    /// [`StartError::Io`] for a spool directory or TLS file that cannot be opened.
     pub fn from_config(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
         metrics: Metrics,
         journal: Option<Arc<Journal>>,
         ledger: Option<LedgerHandle>,
-    ) -> anyhow::Result<Exporter> {
+    ) -> Result<Exporter, StartError> {
         let mut settings =
             ExporterSettings::resolve(config.otlp_endpoint.as_deref(), config.data.clone(), env)?;
         if ledger.is_some() && !config.records_files {

@@ -99,6 +99,48 @@ impl fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
+/// Why [`Exporter::from_config`](super::Exporter::from_config) could not start the exporter.
+/// Displays exactly as the wrapped error (no prefix of its own: each already names the
+/// `OTEL_*` variable, TLS file or spool directory at fault).
+#[derive(Debug)]
+pub enum StartError {
+    /// The settings from the config and the `OTEL_*` environment are invalid.
+    Settings(SettingsError),
+    /// A spool directory could not be opened or a TLS file read.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Settings(e) => e.fmt(f),
+            StartError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // Transparent: the wrapped error's own cause, so a `{:#}` chain is not doubled.
+        match self {
+            StartError::Settings(e) => e.source(),
+            StartError::Io(e) => e.source(),
+        }
+    }
+}
+
+impl From<SettingsError> for StartError {
+    fn from(e: SettingsError) -> Self {
+        StartError::Settings(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
 impl ExporterSettings {
     /// Turns the signals that would go to `<data>/records/` files off (the SQLite ledger is
     /// the local sink instead); signals with an OTLP endpoint are unchanged.

@@ -27,7 +27,8 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::exchange::{Provider, TraceParent, Usage};
+use crate::exchange::{Operation, OutcomeKind, Provider, TraceParent, Usage};
+use crate::keys::UserPseudonym;
 use crate::record::Record;
 
 /// One request the receiver got.
@@ -349,7 +350,7 @@ pub fn base_record(id: &str) -> Record {
         time_to_first_chunk: None,
         trace_parent: None,
         provider: Provider::OpenAi,
-        operation: "chat".into(),
+        operation: Operation::Chat,
         request_model: Some("gpt-4o-mini".into()),
         response_model: Some("gpt-4o-mini-2024-07-18".into()),
         response_id: Some("chatcmpl-9J3u".into()),
@@ -367,7 +368,7 @@ pub fn base_record(id: &str) -> Record {
         stream: false,
         request_params: BTreeMap::new(),
         cost_usd: Some(0.0000192),
-        user_pseudonym: Some("u_hmac_3f9a1c0e7b2d".into()),
+        user_pseudonym: Some(UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()),
         feature: Some("support".into()),
         api_key_fingerprint: Some("fp_1a2b".into()),
         rules_digest: "b3:abc".into(),
@@ -376,7 +377,7 @@ pub fn base_record(id: &str) -> Record {
         redactions_output: 0,
         truncated: false,
         aborted: false,
-        outcome: "complete".into(),
+        outcome: OutcomeKind::Complete,
         system_instructions: None,
         input_messages: None,
         output_messages: None,
@@ -448,7 +449,7 @@ pub fn anthropic_stream(id: &str) -> Record {
 /// An OpenAI embeddings call: no output content, no finish reason.
 pub fn embeddings(id: &str) -> Record {
     let mut r = base_record(id);
-    r.operation = "embeddings".into();
+    r.operation = Operation::Embeddings;
     r.request_model = Some("text-embedding-3-small".into());
     r.response_model = Some("text-embedding-3-small".into());
     r.response_id = None;
@@ -472,7 +473,7 @@ pub fn upstream_error(id: &str) -> Record {
     r.finish_reasons = Vec::new();
     r.usage = Usage::default();
     r.cost_usd = None;
-    r.outcome = "upstream_failed".into();
+    r.outcome = OutcomeKind::UpstreamFailed;
     r
 }
 
@@ -480,7 +481,7 @@ pub fn upstream_error(id: &str) -> Record {
 pub fn opaque(id: &str) -> Record {
     let mut r = base_record(id);
     r.provider = Provider::Unknown;
-    r.operation = "unknown".into();
+    r.operation = Operation::Unknown;
     r.request_model = None;
     r.response_model = None;
     r.response_id = None;

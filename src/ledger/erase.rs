@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{LedgerError, row, schema};
+use crate::keys::UserPseudonym;
 
 /// How long an erase retries the WAL checkpoint while a reader holds old pages.
 pub const WIPE_WAIT: Duration = Duration::from_secs(2);
@@ -55,14 +56,14 @@ pub fn forget_ids(path: &Path, ids: &[String]) -> Result<Erased, LedgerError> {
     })
 }
 
-/// Forgets every exchange of user pseudonym `user` (`u_…`).
+/// Forgets every exchange of user pseudonym `user`.
 ///
 /// # Errors
 /// As [`forget_ids`].
-pub fn forget_user(path: &Path, user: &str) -> Result<Erased, LedgerError> {
+pub fn forget_user(path: &Path, user: &UserPseudonym) -> Result<Erased, LedgerError> {
     erase(path, |conn| {
         let mut q = conn.prepare_cached("SELECT id, request_id FROM exchanges WHERE user = ?1")?;
-        q.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+        q.query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
     })
 }

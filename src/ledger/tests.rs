@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 use super::report::{Dim, Filter, report};
 use super::testing::*;
 use super::*;
+use crate::keys::UserPseudonym;
 
 fn send(ledger: &Ledger, records: Vec<crate::record::Record>) {
     let h = ledger.handle();
@@ -236,7 +237,7 @@ fn forget_removes_content_and_pseudonym_from_every_file_byte() {
     let mut r = openai_chat("r1");
     r.input_messages =
         Some(serde_json::json!([{"role":"user","parts":[{"type":"text","content":secret}]}]));
-    r.user_pseudonym = Some("u_0123456789abcdef".into());
+    r.user_pseudonym = Some(UserPseudonym::parse("u_0123456789abcdef").unwrap());
     let mut keep = openai_chat("r2");
     keep.input_messages = Some(
         serde_json::json!([{"role":"user","parts":[{"type":"text","content":"kept-phrase-1177"}]}]),
@@ -285,18 +286,19 @@ fn forget_by_user_reaches_every_exchange_of_that_pseudonym() {
             let mut r = openai_chat("x");
             r.request_id = format!("r{i}");
             r.user_pseudonym = Some(
-                if i < 3 {
+                UserPseudonym::parse(if i < 3 {
                     "u_aaaaaaaaaaaaaaaa"
                 } else {
                     "u_bbbbbbbbbbbbbbbb"
-                }
-                .into(),
+                })
+                .unwrap(),
             );
             r
         })
         .collect();
     send(&ledger, records);
-    let erased = erase::forget_user(&path, "u_aaaaaaaaaaaaaaaa").unwrap();
+    let alice = crate::keys::UserPseudonym::parse("u_aaaaaaaaaaaaaaaa").unwrap();
+    let erased = erase::forget_user(&path, &alice).unwrap();
     assert_eq!(erased.rows, 3);
     assert_eq!(erased.request_ids.len(), 3);
     assert_eq!(

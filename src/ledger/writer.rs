@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::row::{self, DayKey, DaySums};
 use super::{LedgerCounters, LedgerSettings, Msg};
 use crate::health::{Health, Part};
+use crate::keys::UserPseudonym;
 use crate::record::Record;
 
 /// Most exchange rows committed in one transaction.
@@ -160,15 +161,15 @@ impl Writer {
                     parent_span_id,
                     start,
                     r.provider.as_str(),
-                    r.operation,
+                    r.operation.as_str(),
                     r.request_model,
                     r.response_model,
-                    r.user_pseudonym,
+                    r.user_pseudonym.as_ref().map(UserPseudonym::as_str),
                     r.feature,
                     r.conversation_id,
                     r.api_key_fingerprint,
                     r.status,
-                    r.outcome,
+                    r.outcome.as_str(),
                     r.error_type,
                     finish,
                     r.stream,

@@ -11,6 +11,7 @@
 //! never decoded twice.
 
 use crate::exchange::{Conversation, Exchange};
+use crate::keys::UserPseudonym;
 use crate::redact::CompiledRules;
 
 /// The pseudonym of the exchange's user, or `None` when nothing names one.
@@ -21,7 +22,7 @@ pub(super) fn user_pseudonym(
     ex: &Exchange,
     conv: &Conversation,
     rules: &CompiledRules,
-) -> Option<String> {
+) -> Option<UserPseudonym> {
     let mut identity_headers = ex.tags.clone();
     identity_headers.extend(ex.request_headers.iter().cloned());
     rules

@@ -27,7 +27,8 @@ pub use build::{build, build_within, scope_key};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use crate::exchange::{Provider, TraceParent, Usage};
+use crate::exchange::{Operation, OutcomeKind, Provider, TraceParent, Usage};
+use crate::keys::UserPseudonym;
 
 /// One redacted exchange.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +46,7 @@ pub struct Record {
     /// `gen_ai.provider.name` (`openai`, `anthropic`, `gcp.gemini`, ...), or `unknown`.
     pub provider: Provider,
     /// `gen_ai.operation.name` (`chat`, `embeddings`, `generate_content`, ...), or `unknown`.
-    pub operation: String,
+    pub operation: Operation,
     /// `gen_ai.request.model`.
     pub request_model: Option<String>,
     /// `gen_ai.response.model`.
@@ -73,7 +74,7 @@ pub struct Record {
     /// Estimated cost in USD; absent when the model's price is unknown (never a fake 0).
     pub cost_usd: Option<f64>,
     /// Pseudonymized user (`u_…`): `user.id` and `enduser.pseudo.id`.
-    pub user_pseudonym: Option<String>,
+    pub user_pseudonym: Option<UserPseudonym>,
     /// The `x-veil-feature` tag.
     pub feature: Option<String>,
     /// Keyed fingerprint of the API key (`fp_…`).
@@ -91,7 +92,7 @@ pub struct Record {
     /// The exchange was aborted by either side.
     pub aborted: bool,
     /// `complete`, `client_aborted`, `upstream_aborted`, `upstream_failed`.
-    pub outcome: String,
+    pub outcome: OutcomeKind,
     /// Redacted `gen_ai.system_instructions`, if the rules let any content out.
     pub system_instructions: Option<serde_json::Value>,
     /// Redacted `gen_ai.input.messages`, if the rules let any content out.

@@ -74,8 +74,13 @@ impl FieldKeys {
     }
 
     /// `u_<16 hex>`: the user pseudonym.
-    pub(crate) fn user(&self, id: &str) -> String {
+    pub(crate) fn user_pseudonym(&self, id: &str) -> crate::keys::UserPseudonym {
         crate::keys::pseudonymize_user_with(&self.pseudonym, id)
+    }
+
+    /// [`FieldKeys::user_pseudonym`] as text, for a `pseudonymize` action on a JSON leaf.
+    pub(crate) fn user(&self, id: &str) -> String {
+        self.user_pseudonym(id).into_string()
     }
 
     /// `<p>_<16 hex>` keyed by `domain` (a detector label or `field`).

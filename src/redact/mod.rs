@@ -55,7 +55,6 @@
 pub mod action;
 pub mod budget;
 pub mod checksum;
-pub mod cli;
 pub mod detect;
 pub mod eval;
 mod handle;
@@ -79,7 +78,7 @@ use action::FieldKeys;
 use jsonpath::{AsStep, Step};
 
 use crate::exchange::credentials;
-use crate::keys::Keyring;
+use crate::keys::{Keyring, UserPseudonym};
 
 /// Which JSON document is being redacted. Field rules may be limited to some targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -423,8 +422,8 @@ impl CompiledRules {
     }
 
     /// `u_<16 hex>`: keyed, stable across restarts and instances sharing the keys.
-    pub fn pseudonymize_user(&self, id: &str) -> String {
-        self.keys.user(id)
+    pub fn pseudonymize_user(&self, id: &str) -> UserPseudonym {
+        self.keys.user_pseudonym(id)
     }
 
     /// True when a header may be exported: on the allowlist and never a credential.
@@ -460,7 +459,7 @@ impl CompiledRules {
         &self,
         request: Option<&Value>,
         headers: &[(String, String)],
-    ) -> Option<String> {
+    ) -> Option<UserPseudonym> {
         for h in &self.identity_headers {
             if let Some((_, v)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h))
                 && !v.trim().is_empty()

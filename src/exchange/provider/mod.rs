@@ -26,7 +26,8 @@ mod tests;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::model::{Conversation, ConversationTimings, Modality, Part, UNKNOWN};
+use super::model::{Conversation, ConversationTimings, Modality, Part};
+use super::operation::Operation;
 use super::pricing::Pricing;
 use super::providers::Provider;
 use super::sse::{SseError, SseEvent, SseParser};
@@ -82,7 +83,7 @@ pub struct Target {
     /// `gen_ai.provider.name`.
     pub provider: Provider,
     /// `gen_ai.operation.name`.
-    pub operation: &'static str,
+    pub operation: Operation,
     /// The dialect to parse.
     pub api: Api,
     /// The model named in the path (Gemini `models/{m}:…`, Azure deployments).
@@ -119,9 +120,11 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
     {
         let model = &before[idx + "/models/".len()..];
         let (operation, api, stream) = match method {
-            "generateContent" => ("generate_content", Api::GeminiGenerate, false),
-            "streamGenerateContent" => ("generate_content", Api::GeminiGenerate, true),
-            "embedContent" | "batchEmbedContents" => ("embeddings", Api::GeminiEmbed, false),
+            "generateContent" => (Operation::GenerateContent, Api::GeminiGenerate, false),
+            "streamGenerateContent" => (Operation::GenerateContent, Api::GeminiGenerate, true),
+            "embedContent" | "batchEmbedContents" => {
+                (Operation::Embeddings, Api::GeminiEmbed, false)
+            }
             _ => return None,
         };
         if model.is_empty() || model.contains('/') {
@@ -137,19 +140,19 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
     if path.ends_with("/v1/messages") || path == "/messages" {
         return Some(target(
             host_provider.unwrap_or(Provider::AnthropicCompatible),
-            "chat",
+            Operation::Chat,
             Api::AnthropicMessages,
         ));
     }
 
     let (operation, api) = if path.ends_with("/chat/completions") {
-        ("chat", Api::OpenAiChat)
+        (Operation::Chat, Api::OpenAiChat)
     } else if path.ends_with("/responses") {
-        ("chat", Api::OpenAiResponses)
+        (Operation::Chat, Api::OpenAiResponses)
     } else if path.ends_with("/embeddings") {
-        ("embeddings", Api::OpenAiEmbeddings)
+        (Operation::Embeddings, Api::OpenAiEmbeddings)
     } else if path.ends_with("/completions") {
-        ("text_completion", Api::OpenAiCompletions)
+        (Operation::TextCompletion, Api::OpenAiCompletions)
     } else {
         return None;
     };
@@ -196,7 +199,7 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
 fn base(ex: &Exchange) -> Conversation {
     Conversation {
         provider: Provider::for_host(&ex.upstream.host).unwrap_or(Provider::Unknown),
-        operation: UNKNOWN.to_string(),
+        operation: Operation::Unknown,
         api_type: None,
         server_address: ex.upstream.host.clone(),
         server_port: ex.upstream.port,
@@ -239,7 +242,7 @@ fn base(ex: &Exchange) -> Conversation {
 fn make_opaque(c: &mut Conversation, reason: String) {
     c.opaque = true;
     c.opaque_reason = Some(reason);
-    c.operation = UNKNOWN.to_string();
+    c.operation = Operation::Unknown;
     c.api_type = None;
     c.request_model = None;
     c.response_model = None;
@@ -279,7 +282,7 @@ fn parse_bodies(
     if !req.is_object() {
         return Err("request body is not a JSON object".into());
     }
-    c.operation = t.operation.to_string();
+    c.operation = t.operation;
     match t.api {
         Api::OpenAiChat => openai::chat_request(req, c),
         Api::OpenAiCompletions => openai::completions_request(req, c),

@@ -240,7 +240,7 @@ fn detect_names_provider_operation_and_dialect() {
     ];
     for (host, path, want) in cases {
         let ex = exchange(host, path, b"{}", 200, JSON, b"{}");
-        let got = detect(&ex).map(|t| (t.provider.as_str(), t.operation, t.api));
+        let got = detect(&ex).map(|t| (t.provider.as_str(), t.operation.as_str(), t.api));
         assert_eq!(got, *want, "{host}{path}");
     }
     let azure = exchange(
@@ -308,7 +308,7 @@ fn openai_chat_request_and_tool_call_response() {
     let c = run(&chat_tools("openai/chat_tools_response.json", JSON, false));
     assert!(!c.opaque, "{:?}", c.opaque_reason);
     assert_eq!(c.provider.as_str(), "openai");
-    assert_eq!(c.operation, "chat");
+    assert_eq!(c.operation.as_str(), "chat");
     assert_eq!(c.api_type.as_deref(), Some("chat_completions"));
     assert_eq!(
         (c.server_address.as_str(), c.server_port),
@@ -646,7 +646,7 @@ fn responses(resp: &str, ctype: &str, stream: bool) -> Exchange {
 fn openai_responses_request_and_response() {
     let c = run(&responses("openai/responses_response.json", JSON, false));
     assert_eq!(c.api_type.as_deref(), Some("responses"));
-    assert_eq!(c.operation, "chat");
+    assert_eq!(c.operation.as_str(), "chat");
     assert_eq!(c.request_model.as_deref(), Some("gpt-4.1"));
     assert_eq!(c.response_model.as_deref(), Some("gpt-4.1-2025-04-14"));
     assert_eq!(c.conversation_id.as_deref(), Some("resp_prev_68af"));
@@ -784,7 +784,7 @@ fn openai_embeddings() {
         &fixture("openai/embeddings_response.json"),
     );
     let c = run(&ex);
-    assert_eq!(c.operation, "embeddings");
+    assert_eq!(c.operation.as_str(), "embeddings");
     assert_eq!(c.request_model.as_deref(), Some("text-embedding-3-small"));
     assert_eq!(c.response_model.as_deref(), Some("text-embedding-3-small"));
     assert_eq!(c.user_id.as_deref(), Some("user-emb-9"));
@@ -1187,7 +1187,7 @@ fn opaque_exchanges_keep_metadata_and_drop_content() {
             "{reason}: {:?}",
             c.opaque_reason
         );
-        assert_eq!(c.operation, "unknown");
+        assert_eq!(c.operation.as_str(), "unknown");
         assert_eq!(
             c.provider.as_str(),
             "openai",
@@ -1378,7 +1378,7 @@ fn openai_legacy_completions_json_and_stream() {
         JSON,
         &fixture("openai/completions_response.json"),
     ));
-    assert_eq!(whole.operation, "text_completion");
+    assert_eq!(whole.operation.as_str(), "text_completion");
     assert_eq!(whole.api_type, None);
     assert_eq!(
         whole.request_model.as_deref(),

@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::common::v1::{
     AnyValue, ArrayValue, KeyValue, KeyValueList, any_value,
 };
 
+use crate::exchange::OutcomeKind;
 use crate::record::Record;
 
 /// Request parameters with a `gen_ai.request.*` name; others become `veil.request.*`.
@@ -109,7 +110,9 @@ pub(super) fn param_value(v: &serde_json::Value) -> Option<AnyValue> {
 
 /// True when the record describes a failed exchange (status ERROR on the span).
 pub fn is_failed(r: &Record) -> bool {
-    r.error_type.is_some() || r.status.is_some_and(|s| s >= 400) || r.outcome == "upstream_failed"
+    r.error_type.is_some()
+        || r.status.is_some_and(|s| s >= 400)
+        || r.outcome == OutcomeKind::UpstreamFailed
 }
 
 /// `error.type` for a failed record: its own, else the HTTP status, else `_OTHER`.
@@ -128,7 +131,7 @@ pub(super) fn error_type(r: &Record) -> Option<String> {
 /// Attributes common to the span and the log event (no content).
 pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
     let mut a = Vec::with_capacity(40);
-    a.push(kv("gen_ai.operation.name", str_value(&r.operation)));
+    a.push(kv("gen_ai.operation.name", str_value(r.operation.as_str())));
     a.push(kv("gen_ai.provider.name", str_value(r.provider.as_str())));
     if let Some(m) = &r.request_model {
         a.push(kv("gen_ai.request.model", str_value(m)));
@@ -193,8 +196,8 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
         }
     }
     if let Some(p) = &r.user_pseudonym {
-        a.push(kv("user.id", str_value(p)));
-        a.push(kv("enduser.pseudo.id", str_value(p)));
+        a.push(kv("user.id", str_value(p.as_str())));
+        a.push(kv("enduser.pseudo.id", str_value(p.as_str())));
     }
     a.push(kv("veil.request.id", str_value(&r.request_id)));
     if let Some(f) = &r.feature {
@@ -233,7 +236,7 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
     if let Some(fp) = &r.api_key_fingerprint {
         a.push(kv("veil.api_key.fingerprint", str_value(fp)));
     }
-    a.push(kv("veil.outcome", str_value(&r.outcome)));
+    a.push(kv("veil.outcome", str_value(r.outcome.as_str())));
     if !r.tool_names.is_empty() {
         a.push(kv("veil.tool.names", str_array(&r.tool_names)));
     }

@@ -30,7 +30,7 @@ fn series_base(r: &Record) -> SeriesKey {
     let mut k: SeriesKey = vec![
         (
             "gen_ai.operation.name",
-            SeriesValue::Str(r.operation.clone()),
+            SeriesValue::Str(r.operation.as_str().to_string()),
         ),
         (
             "gen_ai.provider.name",

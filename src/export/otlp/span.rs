@@ -72,8 +72,8 @@ impl SpanIds {
 /// The span name: `{operation} {model}`, or the operation alone without a model.
 pub fn span_name(r: &Record) -> String {
     match &r.request_model {
-        Some(m) if !m.is_empty() => format!("{} {m}", r.operation),
-        _ => r.operation.clone(),
+        Some(m) if !m.is_empty() => format!("{} {m}", r.operation.as_str()),
+        _ => r.operation.as_str().to_string(),
     }
 }
 
@@ -93,8 +93,8 @@ pub(super) fn span_with(r: &Record, ids: &SpanIds, mut attributes: Vec<KeyValue>
         let message = match (r.status, &r.error_type) {
             (Some(s), Some(e)) => format!("upstream answered {s} ({e})"),
             (Some(s), None) => format!("upstream answered {s}"),
-            (None, Some(e)) => format!("exchange failed: {e} ({})", r.outcome),
-            (None, None) => format!("exchange failed ({})", r.outcome),
+            (None, Some(e)) => format!("exchange failed: {e} ({})", r.outcome.as_str()),
+            (None, None) => format!("exchange failed ({})", r.outcome.as_str()),
         };
         Some(Status { message, code: 2 })
     } else {

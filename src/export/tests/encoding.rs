@@ -51,8 +51,8 @@ async fn spans_follow_the_genai_conventions() {
         ("gen_ai.response.id", "chatcmpl-9J3u"),
         ("gen_ai.conversation.id", "conv_5j66"),
         ("server.address", "api.openai.com"),
-        ("user.id", "u_hmac_3f9a1c0e7b2d"),
-        ("enduser.pseudo.id", "u_hmac_3f9a1c0e7b2d"),
+        ("user.id", "u_3f9a1c0e7b2d4a5c"),
+        ("enduser.pseudo.id", "u_3f9a1c0e7b2d4a5c"),
         ("veil.request.id", "r-openai"),
         ("veil.feature", "support"),
         ("veil.rules.digest", "b3:abc"),
@@ -370,7 +370,7 @@ async fn python_opentelemetry_proto_decodes_our_protobuf() {
     assert_eq!(spans[0]["parent_span_id"], "00f067aa0ba902b7");
     assert_eq!(spans[0]["flags"], 769);
     assert_eq!(spans[0]["attributes"]["gen_ai.usage.input_tokens"], 52);
-    assert_eq!(spans[0]["attributes"]["user.id"], "u_hmac_3f9a1c0e7b2d");
+    assert_eq!(spans[0]["attributes"]["user.id"], "u_3f9a1c0e7b2d4a5c");
     assert_eq!(
         spans[0]["attributes"]["gen_ai.response.finish_reasons"],
         serde_json::json!(["stop"])

@@ -141,7 +141,7 @@ async fn no_endpoint_writes_the_otlp_json_ledger() {
     assert_eq!(lines.len(), 5, "{lines:#?}");
     let openai = lines.iter().find(|l| l.contains("r-openai")).unwrap();
     for part in [
-        "u_hmac_3f9a1c0e7b2d",
+        "u_3f9a1c0e7b2d4a5c",
         "support",
         "gpt-4o-mini-2024-07-18",
         "52→19",

@@ -16,6 +16,7 @@ use super::index::{EXCHANGES, IndexEntry};
 use super::writer::{Command, Writer};
 use super::{SealStore, db_err, io_err};
 use crate::exchange::ExchangeId;
+use crate::keys::UserPseudonym;
 use crate::seal::audit::{AuditEvent, AuditKind, rfc3339};
 use crate::seal::{ErrorKind, SealError};
 
@@ -192,7 +193,7 @@ impl SealStore {
     /// destroyed.
     pub fn forget_user(
         &self,
-        user: &str,
+        user: &UserPseudonym,
         actor: &str,
         reason: &str,
     ) -> Result<Vec<ExchangeId>, ForgetError> {

@@ -21,6 +21,7 @@ use redb::{
 use super::writer::Writer;
 use super::{SealStore, db_err, io_err};
 use crate::exchange::ExchangeId;
+use crate::keys::UserPseudonym;
 use crate::seal::{ErrorKind, SealError};
 
 pub(super) const EXCHANGES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("exchanges");
@@ -267,13 +268,13 @@ impl SealStore {
     }
 
     /// IDs sealed for user pseudonym `user`.
-    pub fn ids_for_user(&self, user: &str) -> Result<Vec<ExchangeId>, SealError> {
+    pub fn ids_for_user(&self, user: &UserPseudonym) -> Result<Vec<ExchangeId>, SealError> {
         let doomed = self.doomed();
         let db = self.inner.index.get()?;
         let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_multimap_table(BY_USER).map_err(db_err)?;
         let mut out = Vec::new();
-        for v in t.get(user).map_err(db_err)? {
+        for v in t.get(user.as_str()).map_err(db_err)? {
             let id = ExchangeId::from_bytes(v.map_err(db_err)?.value());
             if !doomed.contains(&id) {
                 out.push(id);

@@ -16,6 +16,7 @@ use super::degraded::degraded_error;
 use super::writer::Command;
 use crate::exchange::{Exchange, ExchangeId};
 use crate::keys::Purpose;
+use crate::keys::UserPseudonym;
 use crate::seal::envelope::{self, SLOT_LEN};
 use crate::seal::{ErrorKind, SealError};
 
@@ -116,14 +117,18 @@ impl SealStore {
     /// Seals `exchange` (encrypting on this thread) and queues it for the writer. Never
     /// blocks on I/O; the returned [`SealAck`] resolves once the exchange is durable.
     ///
-    /// `user` must be a pseudonym from [`crate::keys::pseudonymize_user`] (`u_` + 16 hex):
-    /// the index is not encrypted, so a raw user ID is refused. At most
+    /// `user` is a [`UserPseudonym`] (`u_` + 16 hex), never a raw user ID: the index is not
+    /// encrypted, and the type guarantees the ID went through the keyed hash. At most
     /// [`MAX_PENDING_SEALS`] jobs and [`MAX_PENDING_SEAL_BYTES`] of frames wait for the
     /// writer; past either this fails with
     /// [`ErrorKind::Busy`] instead of queueing without bound. While the store is degraded
     /// (a write failed and it has not recovered) this fails at once with
     /// [`ErrorKind::Degraded`], before encrypting anything.
-    pub fn submit(&self, exchange: &Exchange, user: Option<&str>) -> Result<SealAck, SealError> {
+    pub fn submit(
+        &self,
+        exchange: &Exchange,
+        user: Option<&UserPseudonym>,
+    ) -> Result<SealAck, SealError> {
         let (ack, rx) = oneshot::channel();
         self.enqueue(exchange, user, Some(ack), None)?;
         Ok(SealAck {
@@ -138,7 +143,7 @@ impl SealStore {
     pub fn submit_detached(
         &self,
         exchange: &Exchange,
-        user: Option<&str>,
+        user: Option<&UserPseudonym>,
     ) -> Result<(), SealError> {
         self.enqueue(exchange, user, None, None)
     }
@@ -150,7 +155,7 @@ impl SealStore {
     pub fn submit_detached_then(
         &self,
         exchange: &Exchange,
-        user: Option<&str>,
+        user: Option<&UserPseudonym>,
         on_done: OnDone,
     ) -> Result<(), SealError> {
         self.enqueue(exchange, user, None, Some(on_done))
@@ -159,18 +164,10 @@ impl SealStore {
     fn enqueue(
         &self,
         exchange: &Exchange,
-        user: Option<&str>,
+        user: Option<&UserPseudonym>,
         ack: Option<oneshot::Sender<Result<(), SealError>>>,
         on_done: Option<OnDone>,
     ) -> Result<(), SealError> {
-        if let Some(u) = user
-            && !crate::keys::is_user_pseudonym(u)
-        {
-            return Err(SealError::new(
-                ErrorKind::Format,
-                "user must be a pseudonym (u_ + 16 hex, see keys::pseudonymize_user), not a raw user id",
-            ));
-        }
         if !self.inner.health.is_ok() {
             return Err(degraded_error(&self.inner.health));
         }
@@ -221,7 +218,7 @@ impl SealStore {
             frame,
             slot,
             time: exchange.started_at,
-            user: user.map(str::to_string),
+            user: user.map(|u| u.as_str().to_string()),
             ack,
             // From here on the writer owns the outcome: dropped unwritten counts as `false`.
             done: on_done.map(|f| Done(Some(f))),
@@ -237,7 +234,7 @@ impl SealStore {
     pub async fn seal(
         &self,
         exchange: &Exchange,
-        user: Option<&str>,
+        user: Option<&UserPseudonym>,
     ) -> Result<ExchangeId, SealError> {
         self.submit(exchange, user)?.durable().await
     }
@@ -246,7 +243,7 @@ impl SealStore {
     pub fn seal_blocking(
         &self,
         exchange: &Exchange,
-        user: Option<&str>,
+        user: Option<&UserPseudonym>,
     ) -> Result<ExchangeId, SealError> {
         self.submit(exchange, user)?.wait()
     }

@@ -1,16 +1,7 @@
 //! # CLI glue for the rules engine: `veil rules check|test` and `veil decrypt`.
 //!
-//! Only argument types and thin runners live here; the binary's `cli.rs` wires them in:
-//! ```ignore
-//! #[derive(clap::Subcommand)]
-//! enum Command {
-//!     #[command(subcommand)]
-//!     Rules(veil::redact::cli::RulesCommand),
-//!     Decrypt(veil::redact::cli::DecryptArgs),
-//! }
-//! // Command::Rules(c) => veil::redact::cli::run_rules(c, &keys_dir),
-//! // Command::Decrypt(a) => veil::redact::cli::run_decrypt(a, &config.keys),
-//! ```
+//! Part of the operator boundary (`src/cli/`): argument types and thin runners over
+//! [`crate::redact`] and [`crate::record`]; `cli/mod.rs` wires them into the `veil` command.
 //!
 //! `rules test` previews exactly what ships: it wraps its input in an
 //! [`Exchange`], parses it with the provider parser and builds the
@@ -30,13 +21,13 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{CompiledRules, ScopeKey, Target, decrypt_field};
 use crate::exchange::providers;
 use crate::exchange::{
     self, Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream,
 };
 use crate::keys::{KeyError, KeyId, Keyring, MasterKey};
 use crate::record::{self, Record};
+use crate::redact::{CompiledRules, ScopeKey, Target, decrypt_field};
 
 /// `veil rules …`
 #[derive(Debug, clap::Subcommand)]
@@ -367,7 +358,12 @@ fn content_fields(r: &Record) -> Value {
     put("conversation_id", label(&r.conversation_id));
     put("feature", label(&r.feature));
     put("error_type", label(&r.error_type));
-    put("user_pseudonym", label(&r.user_pseudonym));
+    put(
+        "user_pseudonym",
+        r.user_pseudonym
+            .as_ref()
+            .map(|p| Value::String(p.to_string())),
+    );
     Value::Object(m)
 }
 
@@ -454,7 +450,7 @@ fn test_report(
 fn collect_matches(
     v: &Value,
     path: &mut String,
-    scope: &super::Scope,
+    scope: &crate::redact::Scope,
     rows: &mut Vec<(String, String, String)>,
 ) {
     match v {
