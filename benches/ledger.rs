@@ -458,9 +458,9 @@ fn queries(dir: &Path, rows: usize) {
     .0;
     let t_agg = best_of(3, || {
         let mut st = conn
-            .prepare(&format!(
-                "SELECT feature, COUNT(*), SUM(error_type IS NOT NULL), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), SUM(cost_nusd), COUNT(cost_nusd) FROM exchanges NOT INDEXED WHERE start >= ?1 GROUP BY feature"
-            ))
+            .prepare(
+                "SELECT feature, COUNT(*), SUM(error_type IS NOT NULL), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), SUM(cost_nusd), COUNT(cost_nusd) FROM exchanges NOT INDEXED WHERE start >= ?1 GROUP BY feature",
+            )
             .unwrap();
         st.query_map([&since], |r| r.get::<_, i64>(1))
             .unwrap()
