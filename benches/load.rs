@@ -8,7 +8,9 @@
 //! - veil's peak RSS with 1,000 idle keep-alive intercepted client connections.
 //!
 //! Everything binds 127.0.0.1; every loop is bounded in time and count. `LOAD_SECS` sets the
-//! measurement window per scenario (default 4 s). The idle-connection RSS and the time to
+//! measurement window per scenario (default 4 s). The child inherits the environment, so
+//! `VEIL_CONFIG=FILE` configures it (`ledger = false` turns the SQLite ledger off, and records
+//! then go to `data/records/` as OTLP/JSON files, counted as spans below). The idle-connection RSS and the time to
 //! first chunk are measured first, on a fresh veil whose recording pipeline is idle; the
 //! throughput runs come last because at full load the pipeline (parse, redact, export, seal on
 //! the same 2 cores) competes with forwarding and leaves a backlog behind it.
@@ -338,12 +340,16 @@ fn main() {
         let mut recorded = 0;
         for _ in 0..60 {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = ledger_spans(&data.join("records"));
+            let now = ledger_spans(&data.join("records")) + ledger_rows(&data.join("ledger.db"));
             if now == recorded {
                 break;
             }
             recorded = now;
         }
+        let rows = ledger_rows(&data.join("ledger.db"));
+        println!(
+            "\nSQLite ledger (data/ledger.db; on by default, `ledger = false` in $VEIL_CONFIG turns it off): {rows} exchange rows"
+        );
         println!(
             "\nrecorded: {recorded} spans in the ledger for {through_veil} exchanges counted through veil (warm-ups not counted; fewer spans = records dropped under load)"
         );
@@ -374,6 +380,20 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Rows in the SQLite ledger's `exchanges` table; 0 when there is no ledger (turned off).
+fn ledger_rows(db: &std::path::Path) -> usize {
+    if !db.is_file() {
+        return 0;
+    }
+    veil::ledger::schema::open_read_only(db)
+        .ok()
+        .and_then(|c| {
+            c.query_row("SELECT COUNT(*) FROM exchanges", [], |r| r.get::<_, i64>(0))
+                .ok()
+        })
+        .map_or(0, |n| n as usize)
 }
 
 /// Spans in the OTLP/JSON traces ledger: one `veil.request.id` attribute per recorded exchange.
