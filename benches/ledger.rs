@@ -112,8 +112,9 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
             flags: 1,
             trace_state: None,
         }),
-        provider: provider.into(),
-        operation: "chat".into(),
+        provider: veil::exchange::Provider::for_host(if anthropic { "api.anthropic.com" } else { "api.openai.com" })
+            .unwrap_or_default(),
+        operation: veil::exchange::Operation::Chat,
         request_model: Some(req_model.into()),
         response_model: (!errored).then(|| resp_model.into()),
         response_id: (!errored).then(|| format!("chatcmpl-{:x}", rng.next())),
@@ -146,7 +147,9 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         stream: anthropic,
         request_params,
         cost_usd: (!errored).then(|| (input as f64 * 0.15 + output as f64 * 0.6) / 1e6),
-        user_pseudonym: Some(format!("u_hmac_{:012x}", rng.below(2000))),
+        user_pseudonym: Some(
+            veil::keys::UserPseudonym::parse(&format!("u_{:016x}", rng.below(2000))).unwrap(),
+        ),
         feature: Some(feature.into()),
         api_key_fingerprint: Some(format!("fp_{:04x}", rng.below(4))),
         rules_digest: "b3:5f0c8e1d2a7b".into(),
@@ -156,11 +159,10 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         truncated: false,
         aborted: false,
         outcome: if errored {
-            "upstream_failed"
+            veil::exchange::OutcomeKind::UpstreamFailed
         } else {
-            "complete"
-        }
-        .into(),
+            veil::exchange::OutcomeKind::Complete
+        },
         system_instructions: Some(serde_json::json!([
             {"type": "text", "content": "You are a helpful support assistant for [ORG_1]. Be concise."}
         ])),
