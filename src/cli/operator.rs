@@ -384,16 +384,8 @@ fn strings(ids: &[ExchangeId]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::seal::tests::dirs;
     use crate::seal::tests::openai_chat;
-
-    fn dirs(root: &std::path::Path) -> StoreDirs {
-        StoreDirs {
-            data: root.join("data"),
-            keys: root.join("keys"),
-            admin: None,
-            retention: None,
-        }
-    }
 
     /// The point of [`Operator`]: the commands print the same thing whichever way the store
     /// was reached, so each typed method must answer alike locally and through the admin API.

@@ -312,13 +312,14 @@ pub fn run_keys_rewrap(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::keys::pseudonymize_user;
     use crate::seal::tests::openai_chat;
     use crate::seal::{SealOptions, SealStore};
 
-    fn dirs(root: &std::path::Path) -> StoreDirs {
+    /// Store dirs under `root` (`data/`, `keys/`), no admin API.
+    pub(in crate::cli) fn dirs(root: &std::path::Path) -> StoreDirs {
         StoreDirs {
             data: root.join("data"),
             keys: root.join("keys"),

@@ -278,23 +278,20 @@ impl Writer {
             }
         }
         while self.used_bytes()? > self.settings.max_size {
-            // 5 % of the content per step: fine enough not to evict much more than needed.
-            let step = (self.count("content")? / 20).clamp(1, CHUNK);
-            let n = self.conn.execute(
+            let n = self.evict_oldest(
+                "content",
                 "DELETE FROM content WHERE exchange IN
                  (SELECT exchange FROM content ORDER BY exchange LIMIT ?1)",
-                [step],
-            )? as u64;
+            )?;
             if n > 0 {
                 self.counters.content_evicted.add(n);
                 continue;
             }
-            let step = (self.count("exchanges")? / 20).clamp(1, CHUNK);
-            let n = self.conn.execute(
+            let n = self.evict_oldest(
+                "exchanges",
                 "DELETE FROM exchanges WHERE id IN
                  (SELECT id FROM exchanges ORDER BY start LIMIT ?1)",
-                [step],
-            )? as u64;
+            )?;
             self.counters.rows_evicted.add(n);
             if n == 0 {
                 break;
@@ -323,6 +320,13 @@ impl Writer {
         }
         tx.commit()?;
         Ok(n)
+    }
+
+    /// Runs `delete` (which takes `LIMIT ?1`) for 5 % of `table`'s rows, at least one and at
+    /// most [`CHUNK`]: fine enough not to evict much more than the size bound needs.
+    fn evict_oldest(&self, table: &'static str, delete: &str) -> rusqlite::Result<u64> {
+        let step = (self.count(table)? / 20).clamp(1, CHUNK);
+        Ok(self.conn.execute(delete, [step])? as u64)
     }
 
     fn count(&self, table: &'static str) -> rusqlite::Result<i64> {
