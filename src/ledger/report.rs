@@ -225,9 +225,9 @@ impl Acc {
     fn add(&mut self, other: &Acc) {
         self.requests += other.requests;
         self.errors += other.errors;
-        self.input += other.input;
-        self.output += other.output;
-        self.cached += other.cached;
+        self.input = self.input.saturating_add(other.input);
+        self.output = self.output.saturating_add(other.output);
+        self.cached = self.cached.saturating_add(other.cached);
         self.cost += other.cost;
         self.priced += other.priced;
         self.durations.extend_from_slice(&other.durations);
@@ -279,9 +279,10 @@ pub fn report(conn: &Connection, by: &[Dim], filter: &Filter) -> Result<Report, 
         let acc = groups.entry(key).or_default();
         acc.requests += 1;
         acc.errors += u64::from(r.get::<_, bool>(n)?);
-        acc.input += tok(r.get(n + 1)?);
-        acc.output += tok(r.get(n + 2)?);
-        acc.cached += tok(r.get(n + 3)?);
+        // Token counts come from upstream: absurd ones saturate rather than wrap.
+        acc.input = acc.input.saturating_add(tok(r.get(n + 1)?));
+        acc.output = acc.output.saturating_add(tok(r.get(n + 2)?));
+        acc.cached = acc.cached.saturating_add(tok(r.get(n + 3)?));
         if let Some(c) = r.get::<_, Option<i64>>(n + 4)? {
             acc.cost += i128::from(c);
             acc.priced += 1;

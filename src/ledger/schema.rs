@@ -37,7 +37,7 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 
 CREATE TABLE exchanges (
-    id                 INTEGER PRIMARY KEY,
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id         TEXT    NOT NULL UNIQUE,
     trace_id           TEXT,
     span_id            TEXT,

@@ -60,6 +60,17 @@ pub fn query(
 
 fn run(conn: &Connection, sql: &str, max_rows: usize) -> rusqlite::Result<Table> {
     let mut stmt = conn.prepare(sql)?;
+    // The connection is read-only and query_only already; this also refuses statements
+    // that would create a file before failing (`VACUUM INTO '/path'`).
+    if !stmt.readonly() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            Some(
+                "attempt to write a readonly database: veil sql runs read-only statements only"
+                    .into(),
+            ),
+        ));
+    }
     let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
     let n = columns.len();
     let mut rows = stmt.query([])?;

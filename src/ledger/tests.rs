@@ -199,6 +199,7 @@ fn sql_cannot_write_and_is_stopped_at_its_time_limit() {
         "UPDATE exchanges SET user = 'x'",
         "PRAGMA user_version = 9",
         "INSERT INTO meta VALUES ('a', 'b')",
+        "VACUUM INTO '/tmp/veil-ledger-vacuum-into-test.db'",
     ] {
         let e = sql::query(&conn, write, Duration::from_secs(5), 10).unwrap_err();
         assert!(
@@ -210,6 +211,10 @@ fn sql_cannot_write_and_is_stopped_at_its_time_limit() {
         );
     }
     assert_eq!(count(&path, "SELECT COUNT(*) FROM exchanges"), 1);
+    assert!(
+        !std::path::Path::new("/tmp/veil-ledger-vacuum-into-test.db").exists(),
+        "VACUUM INTO created a file"
+    );
     let slow =
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n";
     let t = std::time::Instant::now();
@@ -377,6 +382,46 @@ fn retention_removes_old_content_then_old_rows_and_keeps_the_rollup() {
     assert_eq!(ledger.counters().rows_evicted.get(), 1);
     assert_eq!(ledger.counters().content_evicted.get(), 2);
     assert!(!contains(&file_bytes(&path), "content-of-year"));
+}
+
+// Found in review: a row-id watermark skipped a short exchange committed before a long one
+// that started earlier, so its content outlived the retention while veil ran.
+#[test]
+fn content_retention_reaches_rows_committed_out_of_start_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.check_every = Duration::from_secs(3600);
+    settings.content_retention = Duration::from_secs(10 * 86_400);
+    let ledger = Ledger::open(settings, None).unwrap();
+    let now = SystemTime::now();
+    let aged = |id: &str, age: Duration| {
+        let mut r = openai_chat(id);
+        r.start = now - age;
+        r
+    };
+    // The short one commits first (lower id) but started later: just inside the retention.
+    let day = Duration::from_secs(86_400);
+    send(
+        &ledger,
+        vec![aged("short", 10 * day - Duration::from_secs(2))],
+    );
+    send(&ledger, vec![aged("long", 11 * day)]);
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM content"),
+        1,
+        "only the long one has aged out"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM content"),
+        0,
+        "the short one ages out too"
+    );
 }
 
 #[test]

@@ -59,8 +59,6 @@ pub(super) struct Writer {
     settings: LedgerSettings,
     counters: Arc<LedgerCounters>,
     health: Option<Arc<Health>>,
-    /// Highest exchange id whose content the content-retention sweep has passed.
-    content_swept_to: i64,
 }
 
 impl Writer {
@@ -75,7 +73,6 @@ impl Writer {
             settings,
             counters,
             health,
-            content_swept_to: 0,
         }
     }
 
@@ -247,21 +244,18 @@ impl Writer {
         let now = SystemTime::now();
         let cutoff = |age| row::iso_utc(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH));
         let content_cutoff = cutoff(self.settings.content_retention);
+        // Driven by the content table (small, and empty once swept), never by a row-id
+        // watermark: ids follow commit order, not start order, so a watermark would skip a
+        // short exchange committed before a long one that started earlier.
         loop {
-            let ids: Vec<i64> = {
-                let mut q = self.conn.prepare_cached(
-                    "SELECT id FROM exchanges WHERE id > ?1 AND start < ?2 ORDER BY id LIMIT ?3",
-                )?;
-                q.query_map(params![self.content_swept_to, content_cutoff, CHUNK], |r| {
-                    r.get(0)
-                })?
-                .collect::<rusqlite::Result<_>>()?
-            };
-            let Some(&last) = ids.last() else { break };
-            let n = self.delete_content_up_to(&ids)?;
+            let n = self.conn.execute(
+                "DELETE FROM content WHERE exchange IN
+                 (SELECT c.exchange FROM content c JOIN exchanges e ON e.id = c.exchange
+                  WHERE e.start < ?1 LIMIT ?2)",
+                params![content_cutoff, CHUNK],
+            )? as u64;
             self.counters.content_evicted.add(n);
-            self.content_swept_to = last;
-            if (ids.len() as i64) < CHUNK {
+            if n < CHUNK as u64 {
                 break;
             }
         }
@@ -307,19 +301,6 @@ impl Writer {
         let used = self.used_bytes()?;
         self.counters.bytes.set(used);
         Ok(())
-    }
-
-    fn delete_content_up_to(&self, ids: &[i64]) -> rusqlite::Result<u64> {
-        let tx = self.conn.unchecked_transaction()?;
-        let mut n = 0;
-        {
-            let mut del = tx.prepare_cached("DELETE FROM content WHERE exchange = ?1")?;
-            for id in ids {
-                n += del.execute([id])? as u64;
-            }
-        }
-        tx.commit()?;
-        Ok(n)
     }
 
     /// Runs `delete` (which takes `LIMIT ?1`) for 5 % of `table`'s rows, at least one and at

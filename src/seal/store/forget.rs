@@ -308,6 +308,10 @@ impl Writer {
             }
         };
         if found.is_empty() {
+            // None is sealed (sealing failed or was dropped), but the ledger may still hold
+            // them: erase there too. Idempotent; unknown ids are ignored.
+            self.erase_ledger(&ids)
+                .map_err(|e| ForgetError::nothing(e, Vec::new()))?;
             return Ok(out);
         }
         let found_ids: Vec<ExchangeId> = found.iter().map(|(id, _)| *id).collect();

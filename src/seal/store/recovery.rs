@@ -304,7 +304,12 @@ impl Writer {
         self.shred(&found)?;
         // Every receipted id, not only those still indexed: a forget may have shredded and
         // then failed to erase the ledger. Erasing is idempotent.
-        self.erase_ledger(&ids)?;
+        // A ledger that cannot be written (corrupt, newer, locked) must not keep the sealed
+        // store from opening: the sealed copies are what recovery guarantees; the ledger
+        // failure is logged, and forgetting the ids again completes it.
+        if let Err(e) = self.erase_ledger(&ids) {
+            tracing::error!(error = %e, exchanges = ids.len(), "recovery: the ledger could not be erased for receipted forgets; run the forget again once the ledger is writable");
+        }
         self.unindex(&found, to)?;
         self.doomed_clear();
         Ok(())
