@@ -79,7 +79,8 @@ impl Cell {
     }
 }
 
-/// `s` with control characters replaced by U+FFFD.
+/// `s` with control characters replaced by U+FFFD, so a model name or feature tag chosen by an
+/// app cannot move the operator's cursor or recolor the terminal.
 pub(super) fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{FFFD}' } else { c })

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::table::printable;
 use crate::export::tail::Follower;
 
 /// Poll interval while following: short enough to feel live, long enough to cost nothing.
@@ -23,21 +24,13 @@ pub struct TailArgs {
     pub lines: usize,
 }
 
-/// `line` with control characters replaced, so a model name or feature tag chosen by an app
-/// cannot move the operator's cursor or recolor the terminal.
-fn printable(line: &str) -> String {
-    line.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
-}
-
 /// Runs `veil tail`: prints the last `args.lines` exchanges, then follows when asked.
 pub(crate) fn run_tail(args: TailArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let mut follower = Follower::new(data_dir);
     let stdout = std::io::stdout();
     if !follower.dir().exists() && !args.follow {
         eprintln!(
-            "veil tail: no records yet in {} (records are written here when no OTLP endpoint is configured)",
+            "veil tail: no records yet in {} (records files are written here with `records_files = true`, or when the ledger is off)",
             follower.dir().display()
         );
         return Ok(ExitCode::from(1));

@@ -1,4 +1,7 @@
-//! # Erasure in the ledger: forget by request id, by user, or by age.
+//! # Erasure in the ledger: forget by request id or by user.
+//!
+//! Purges and retention reach the ledger through the sealed store, which erases the ids it
+//! destroys ([`forget_ids`]); the ledger's own age bounds are the writer's.
 //!
 //! GDPR Art. 17 erasure as the sealed store does it, applied to the ledger: the exchange's
 //! content row is deleted and its user pseudonym cleared; the row stays, marked `forgotten`,
@@ -13,11 +16,11 @@
 //! truncated; the writer's next bounds check truncates it.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{LedgerError, row, schema};
+use super::{LedgerError, schema};
 use crate::keys::UserPseudonym;
 
 /// How long an erase retries the WAL checkpoint while a reader holds old pages.
@@ -64,22 +67,6 @@ pub fn forget_user(path: &Path, user: &UserPseudonym) -> Result<Erased, LedgerEr
     erase(path, |conn| {
         let mut q = conn.prepare_cached("SELECT id, request_id FROM exchanges WHERE user = ?1")?;
         q.query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect()
-    })
-}
-
-/// Forgets every exchange that started before `cutoff` (a retention purge).
-///
-/// # Errors
-/// As [`forget_ids`].
-pub fn forget_before(path: &Path, cutoff: SystemTime) -> Result<Erased, LedgerError> {
-    let cutoff = row::iso_utc(cutoff);
-    erase(path, |conn| {
-        let mut q = conn.prepare_cached(
-            "SELECT e.id, e.request_id FROM exchanges e WHERE e.start < ?1
-             AND (e.forgotten = 0 OR EXISTS (SELECT 1 FROM content c WHERE c.exchange = e.id))",
-        )?;
-        q.query_map([&cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
     })
 }
