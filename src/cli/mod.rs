@@ -84,7 +84,7 @@ struct GlobalArgs {
     /// Keys directory (CA, master keys, admin token) [default: ./keys].
     #[arg(long, global = true, value_name = "DIR")]
     keys: Option<PathBuf>,
-    /// Data directory (records, spool, sealed store) [default: ./data].
+    /// Data directory (ledger, spool, sealed store, audit log) [default: ./data].
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
 }
