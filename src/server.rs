@@ -501,11 +501,17 @@ pub async fn start(
                 .await;
         });
     }
+    let backlog = Backlog {
+        queue: queue_counters.clone(),
+        store: store.clone(),
+        exporter: exporter.handle().metrics().clone(),
+        ledger: ledger.as_ref().map(|l| l.handle().counters().clone()),
+    };
     tokio::spawn(watch_disk(
         data_dir,
         disk_reserve,
         health.clone(),
-        queue_counters.clone(),
+        backlog,
         cancel.clone(),
     ));
     if let Some(older_than) = retention {
@@ -638,10 +644,43 @@ const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// the sealed copy (the bodies, encrypted: 1x); the SQLite ledger, whose redacted content is
 /// written to the WAL and again to the database at the checkpoint (2x); and, when
 /// `records_files` is on, the OTLP/JSON lines, content written twice and escaped (about 2.3x
-/// measured). Rounded up, with room for the exchanges already past the queue (the exporter's
-/// batch and the ledger's queue): the estimate must not let admitted exchanges outgrow the
-/// disk.
+/// measured). Rounded up: the estimate must not let admitted exchanges outgrow the disk.
 const WRITES_PER_QUEUED_BYTE: u64 = 6;
+
+/// Bytes still written per wire byte of a record past the pipeline (the ledger's WAL and
+/// database copies and the records files; the sealed copy is counted by the store).
+const WRITES_PER_RECORD_BYTE: u64 = 5;
+
+/// What the recording stages hold in memory and have yet to write: an exchange is counted
+/// from the recording queue until its sealed copy is committed and its record has reached
+/// the ledger. Counting only the queue once let admitted exchanges outgrow the disk: past
+/// the queue, a batch of records waiting in the exporter (up to `batch_age`) and the
+/// ledger's queue wrote several MiB the free-space check had not seen, and a seal that
+/// veil had already answered 200 for hit ENOSPC. See: veil#10 (flaky
+/// `audit_required_on_a_filling_disk_answers_only_what_it_sealed`).
+struct Backlog {
+    queue: Arc<crate::exchange::queue::QueueCounters>,
+    store: SealStore,
+    exporter: Arc<crate::export::Metrics>,
+    ledger: Option<Arc<crate::ledger::LedgerCounters>>,
+}
+
+impl Backlog {
+    /// Bytes the stages are still about to write, estimated from what each holds.
+    fn pending_write_bytes(&self) -> u64 {
+        let records = self
+            .exporter
+            .unwritten_bytes
+            .get()
+            .saturating_add(self.ledger.as_ref().map_or(0, |l| l.queued_bytes.get()));
+        self.queue
+            .bytes
+            .get()
+            .saturating_mul(WRITES_PER_QUEUED_BYTE)
+            .saturating_add(self.store.pending_bytes())
+            .saturating_add(records.saturating_mul(WRITES_PER_RECORD_BYTE))
+    }
+}
 
 /// Watches the data disk every [`DISK_CHECK_INTERVAL`]: when its free space, less what the
 /// exchanges waiting in the recording queue are about to write, falls below `reserve`,
@@ -653,7 +692,7 @@ async fn watch_disk(
     data: PathBuf,
     reserve: u64,
     health: Arc<Health>,
-    queue: Arc<crate::exchange::queue::QueueCounters>,
+    backlog: Backlog,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(DISK_CHECK_INTERVAL);
@@ -672,12 +711,12 @@ async fn watch_disk(
         })
         .await;
         let Ok((free, probe)) = checked else { continue };
-        let pending = queue.bytes.get().saturating_mul(WRITES_PER_QUEUED_BYTE);
+        let pending = backlog.pending_write_bytes();
         match free {
             Ok(free) if free < reserve.saturating_add(pending) => health.degrade(
                 Part::Disk,
                 format!(
-                    "{:.1} MiB free on {} with {:.1} MiB of queued exchanges still to write, below disk_reserve ({:.1} MiB)",
+                    "{:.1} MiB free on {} with {:.1} MiB of recording still to write, below disk_reserve ({:.1} MiB)",
                     mib(free),
                     data.display(),
                     mib(pending),

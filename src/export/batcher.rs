@@ -84,6 +84,9 @@ pub(super) struct Batcher {
     pub(super) records: Vec<Record>,
     /// Journal slots of the records in `batch`.
     pub(super) slots: Vec<Slot>,
+    /// [`Metrics::unwritten_bytes`] of the records in `batch`, released once they are
+    /// handed on.
+    pub(super) unwritten_bytes: u64,
     /// In [`Signal::ALL`] order; `None` for a signal that goes nowhere ([`Destination::Off`]).
     pub(super) sender_txs: Vec<Option<mpsc::Sender<Payload>>>,
     /// The SQLite ledger, when on.
@@ -161,6 +164,7 @@ impl Batcher {
         match item {
             Item::Record(r, slot) => {
                 self.slots.extend(slot);
+                self.unwritten_bytes = self.unwritten_bytes.saturating_add(r.wire_bytes());
                 self.metrics.exchanges.inc();
                 if r.content_dropped.is_some() {
                     self.metrics.content_dropped.inc();
@@ -241,8 +245,12 @@ impl Batcher {
             self.hand_over(signal, payload).await;
         }
         if let (Some(ledger), true) = (&self.ledger, to_ledger) {
+            // The ledger counts these bytes as its own from here (`LedgerCounters::queued_bytes`).
             ledger.send(records, ledger_done).await;
         }
+        self.metrics
+            .unwritten_bytes
+            .sub(std::mem::take(&mut self.unwritten_bytes));
     }
 
     async fn flush_metrics(&mut self) {

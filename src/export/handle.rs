@@ -92,18 +92,24 @@ impl ExporterHandle {
         record: Record,
         slot: Option<Slot>,
     ) -> Result<(), TrySendError<Record>> {
+        let bytes = record.wire_bytes();
+        // Counted before the send, so the batcher's release can never come first.
+        self.metrics.unwritten_bytes.add(bytes);
         self.tx
             .try_send(Item::Record(Box::new(record), slot))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(Item::Record(r, _)) => TrySendError {
-                    item: r,
-                    closed: false,
-                },
-                mpsc::error::TrySendError::Closed(Item::Record(r, _)) => TrySendError {
-                    item: r,
-                    closed: true,
-                },
-                _ => unreachable!("invariant: a record was sent"),
+            .map_err(|e| {
+                self.metrics.unwritten_bytes.sub(bytes);
+                match e {
+                    mpsc::error::TrySendError::Full(Item::Record(r, _)) => TrySendError {
+                        item: r,
+                        closed: false,
+                    },
+                    mpsc::error::TrySendError::Closed(Item::Record(r, _)) => TrySendError {
+                        item: r,
+                        closed: true,
+                    },
+                    _ => unreachable!("invariant: a record was sent"),
+                }
             })
     }
 
@@ -115,11 +121,16 @@ impl ExporterHandle {
         record: Record,
         slot: Option<Slot>,
     ) -> Result<(), TrySendError<Record>> {
+        let bytes = record.wire_bytes();
+        self.metrics.unwritten_bytes.add(bytes);
         self.tx
             .blocking_send(Item::Record(Box::new(record), slot))
             .map_err(|e| match e.0 {
                 Item::Record(r, _) => TrySendError {
-                    item: r,
+                    item: {
+                        self.metrics.unwritten_bytes.sub(bytes);
+                        r
+                    },
                     closed: true,
                 },
                 _ => unreachable!("invariant: a record was sent"),

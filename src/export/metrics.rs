@@ -57,6 +57,11 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     /// Audit events accepted by the exporter (`veil.audit.events`).
     pub audit_events: Counter,
+    /// Wire bytes ([`Record::wire_bytes`](crate::record::Record::wire_bytes)) of the records
+    /// accepted and not yet handed to their writers (the ledger's queue, the records files or
+    /// the collector): the disk watch counts them against `disk_reserve`, since their content
+    /// is still to be written.
+    pub unwritten_bytes: Gauge,
 }
 
 impl Metrics {

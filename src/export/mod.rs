@@ -218,6 +218,7 @@ impl Exporter {
             records_in_batch: 0,
             records: Vec::new(),
             slots: Vec::new(),
+            unwritten_bytes: 0,
             sender_txs,
             ledger,
         };

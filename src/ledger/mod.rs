@@ -102,6 +102,9 @@ pub struct LedgerCounters {
     pub rows_evicted: Counter,
     /// Bytes of pages in use, at the last check.
     pub bytes: Gauge,
+    /// Wire bytes ([`Record::wire_bytes`]) of the records queued for the writer and not yet
+    /// committed or dropped: the disk watch counts them against `disk_reserve`.
+    pub queued_bytes: Gauge,
 }
 
 /// Why the ledger cannot be opened or queried. Each message says what to do.
@@ -302,6 +305,7 @@ impl LedgerHandle {
     /// `done` is called with the outcome. If the ledger is shut down, the batch is dropped,
     /// counted, and `done(false)` called.
     pub async fn send(&self, batch: Vec<Record>, done: Option<Done>) {
+        self.counters.queued_bytes.add(wire_bytes(&batch));
         if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Batch(batch, done)).await {
             self.refused(msg);
         }
@@ -309,6 +313,7 @@ impl LedgerHandle {
 
     /// [`LedgerHandle::send`] from a thread outside the async runtime.
     pub fn send_blocking(&self, batch: Vec<Record>, done: Option<Done>) {
+        self.counters.queued_bytes.add(wire_bytes(&batch));
         if let Err(mpsc::error::SendError(msg)) = self.tx.blocking_send(Msg::Batch(batch, done)) {
             self.refused(msg);
         }
@@ -333,10 +338,17 @@ impl LedgerHandle {
 
     fn refused(&self, msg: Msg) {
         if let Msg::Batch(batch, done) = msg {
+            self.counters.queued_bytes.sub(wire_bytes(&batch));
             self.counters.dropped.add(batch.len() as u64);
             if let Some(done) = done {
                 done(false);
             }
         }
     }
+}
+/// Sum of [`Record::wire_bytes`] over a batch (saturating).
+pub(crate) fn wire_bytes(batch: &[Record]) -> u64 {
+    batch
+        .iter()
+        .fold(0u64, |n, r| n.saturating_add(r.wire_bytes()))
 }

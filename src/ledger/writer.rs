@@ -112,6 +112,7 @@ impl Writer {
                 if let Some(h) = &self.health {
                     h.observe(Part::Ledger, &result.as_ref().map(|_| ()));
                 }
+                self.counters.queued_bytes.sub(super::wire_bytes(&records));
                 let ok = result.is_ok();
                 for done in dones {
                     done(ok);

@@ -119,3 +119,11 @@ pub struct Record {
     /// content. See [`Conversation::parse_error`](crate::exchange::Conversation::parse_error).
     pub parse_error: Option<String>,
 }
+
+impl Record {
+    /// Request plus response body bytes on the wire (saturating): the size the disk watch
+    /// uses to estimate what this record will still write (ledger content, records files).
+    pub fn wire_bytes(&self) -> u64 {
+        self.request_bytes.saturating_add(self.response_bytes)
+    }
+}

@@ -164,3 +164,30 @@ async fn no_endpoint_writes_the_otlp_json_ledger() {
     assert_eq!(more.len(), 1);
     assert!(more[0].contains("later"));
 }
+
+// See: veil#10. The disk watch once counted only the recording queue: records waiting in the
+// exporter's batch wrote MiBs it had not seen. They are counted from acceptance until they
+// are handed on, and a refused record is never counted.
+#[tokio::test]
+async fn records_count_as_unwritten_bytes_until_handed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), None, &[]);
+    s.queue_capacity = 2;
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let h = exporter.handle();
+    let (a, b) = (testing::openai_chat("u1"), testing::openai_chat("u2"));
+    let expected = a.wire_bytes() + b.wire_bytes();
+    assert!(expected > 0, "the fixture has bodies");
+    // Current-thread runtime: the batcher cannot run until this task yields.
+    h.try_send(a).unwrap();
+    h.try_send(b).unwrap();
+    assert!(
+        h.try_send(testing::openai_chat("u3"))
+            .unwrap_err()
+            .is_full()
+    );
+    let metrics = exporter.metrics();
+    assert_eq!(metrics.unwritten_bytes.get(), expected);
+    exporter.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(metrics.unwritten_bytes.get(), 0);
+}

@@ -81,7 +81,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -264,6 +264,12 @@ impl SealStore {
     #[cfg(test)]
     pub(crate) fn degrade_for_test(&self, why: &str) {
         self.inner.health.failed(why);
+    }
+
+    /// Bytes of the seal jobs queued for the writer and not yet committed (their frames are
+    /// about to reach the disk): the disk watch counts them against `disk_reserve`.
+    pub fn pending_bytes(&self) -> u64 {
+        self.inner.pending_bytes.load(Ordering::Acquire) as u64
     }
 
     /// Failure and recovery counters since open (for metrics and `/healthz`).
