@@ -8,6 +8,15 @@
 //! with the metadata the rollup and the bill need (model, tokens, cost, status), which holds no
 //! personal data once the pseudonym is gone.
 //!
+//! A record can still be on its way when its exchange is forgotten (in the pipeline, the
+//! exporter's batch, the ledger's queue): the erase finds no row, and the row would land
+//! later with its content and pseudonym. So every erase also leaves a tombstone in
+//! `forgotten` (`request` + request id, or `user` + pseudonym, with the erase time), and the
+//! writer lands a record that matches one already erased: no content, no pseudonym, marked
+//! `forgotten` (for a user: the exchanges that started before the erase; later ones are new
+//! data). Tombstones are swept after [`TOMBSTONE_TTL`], far longer than a record can be in
+//! flight, so the pseudonym does not outlive the erase by more than that.
+//!
 //! Deleted bytes must not survive in the file: every connection runs with `secure_delete`
 //! (SQLite overwrites deleted content with zeros), and after the erase the WAL, which still
 //! holds the pages as they were written, is checkpointed into the database and truncated to
@@ -25,6 +34,16 @@ use crate::keys::UserPseudonym;
 
 /// How long an erase retries the WAL checkpoint while a reader holds old pages.
 pub const WIPE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a tombstone is kept: a record reaches the ledger within seconds of its exchange
+/// (minutes when the disk stalls), never a day later.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(86_400);
+
+/// What an erase leaves behind for records still in flight.
+enum Tombstone<'a> {
+    Requests(&'a [String]),
+    User(&'a UserPseudonym),
+}
 
 /// What an erase removed from the ledger, for the receipt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -47,7 +66,7 @@ pub struct Erased {
 /// [`LedgerError`] when the ledger cannot be opened or written (locked past
 /// [`schema::BUSY_TIMEOUT`], disk full).
 pub fn forget_ids(path: &Path, ids: &[String]) -> Result<Erased, LedgerError> {
-    erase(path, |conn| {
+    erase(path, Tombstone::Requests(ids), |conn| {
         let mut found = Vec::new();
         let mut q = conn.prepare_cached("SELECT id FROM exchanges WHERE request_id = ?1")?;
         for id in ids {
@@ -64,7 +83,7 @@ pub fn forget_ids(path: &Path, ids: &[String]) -> Result<Erased, LedgerError> {
 /// # Errors
 /// As [`forget_ids`].
 pub fn forget_user(path: &Path, user: &UserPseudonym) -> Result<Erased, LedgerError> {
-    erase(path, |conn| {
+    erase(path, Tombstone::User(user), |conn| {
         let mut q = conn.prepare_cached("SELECT id, request_id FROM exchanges WHERE user = ?1")?;
         q.query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
@@ -72,9 +91,11 @@ pub fn forget_user(path: &Path, user: &UserPseudonym) -> Result<Erased, LedgerEr
 }
 
 /// Runs one erase: `select` finds `(rowid, request_id)` pairs inside the write transaction,
-/// then their content goes and their pseudonym is cleared; then the WAL is wiped.
+/// then their content goes and their pseudonym is cleared, and the tombstone is written in the
+/// same transaction; then the WAL is wiped.
 fn erase(
     path: &Path,
+    tombstone: Tombstone<'_>,
     select: impl FnOnce(&Connection) -> rusqlite::Result<Vec<(i64, String)>>,
 ) -> Result<Erased, LedgerError> {
     let Some(mut conn) = schema::open_eraser(path)? else {
@@ -96,6 +117,25 @@ fn erase(
             erased.content += del.execute([rowid])? as u64;
             erased.rows += upd.execute(params![rowid])? as u64;
             erased.request_ids.push(request_id);
+        }
+        // A version 1 file has no tombstone table; no veil writes to one (a running veil
+        // upgrades its ledger at start), so no record can be in flight towards it.
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version >= 2 {
+            let at = super::row::iso_utc(std::time::SystemTime::now());
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO forgotten (kind, key, at) VALUES (?1, ?2, ?3)",
+            )?;
+            match tombstone {
+                Tombstone::Requests(ids) => {
+                    for id in ids {
+                        put.execute(params!["request", id, at])?;
+                    }
+                }
+                Tombstone::User(user) => {
+                    put.execute(params!["user", user.as_str(), at])?;
+                }
+            }
         }
     }
     tx.commit()?;

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::LedgerError;
 
 /// Schema version this veil writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a veil ledger: the bytes `veil`.
 pub const APPLICATION_ID: i64 = 0x7665_696c;
@@ -100,6 +100,18 @@ CREATE TABLE daily (
     reasoning_tokens   INTEGER NOT NULL,
     cost_nusd          INTEGER NOT NULL,
     PRIMARY KEY (day, provider, model, feature, api_key_fp)
+) WITHOUT ROWID;
+";
+
+/// Version 2 adds `forgotten`: tombstones of the erases of the last
+/// [`TOMBSTONE_TTL`](super::erase::TOMBSTONE_TTL), so a record still on its way to the ledger
+/// when its exchange (or its user) was forgotten lands already erased.
+const DDL_V2: &str = "
+CREATE TABLE forgotten (
+    kind TEXT NOT NULL CHECK (kind IN ('request', 'user')),
+    key  TEXT NOT NULL,
+    at   TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
 ";
 
@@ -267,14 +279,33 @@ fn try_open_writer(path: &Path) -> Result<Connection, Fault> {
     if ok != "ok" {
         return Err(Fault::Corrupt(ok));
     }
-    if version == 0 {
+    if version < SCHEMA_VERSION {
+        // Each step upgrades one version, in one transaction with the version bump, so a
+        // crash mid-way leaves the file at the last version it fully reached.
         let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(DDL_V1)?;
-        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        if version < 1 {
+            tx.execute_batch(DDL_V1)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        }
+        if version < 2 {
+            tx.execute_batch(DDL_V2)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
+        if version > 0 {
+            tracing::info!(
+                ledger = %path_of(&conn),
+                from = version,
+                to = SCHEMA_VERSION,
+                "ledger schema upgraded"
+            );
+        }
     }
     Ok(conn)
+}
+
+fn path_of(conn: &Connection) -> String {
+    conn.path().unwrap_or("?").to_string()
 }
 
 /// Creates the file 0600 before SQLite does (SQLite would use 0644 less the umask), or

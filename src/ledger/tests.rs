@@ -530,3 +530,133 @@ fn a_failed_write_drops_counts_and_degrades_then_recovers() {
         "the probe write recovers it"
     );
 }
+
+// See: veil#12 (review). A record still in the exporter's batch when its exchange was
+// forgotten found no row to erase and landed later with its content and pseudonym.
+#[test]
+fn a_record_landing_after_its_forget_lands_already_erased() {
+    let (_d, path, ledger) = ledger();
+    send(&ledger, vec![openai_chat("early")]);
+    let late_user = UserPseudonym::parse("u_cccccccccccccccc").unwrap();
+    let before_erase = SystemTime::now() - Duration::from_secs(5);
+    assert_eq!(
+        erase::forget_ids(&path, &["late-id".into()]).unwrap().rows,
+        0
+    );
+    assert_eq!(erase::forget_user(&path, &late_user).unwrap().rows, 0);
+    let secret = "late-arriving-phrase-4409";
+    let with = |id: &str, user: Option<&UserPseudonym>, start: SystemTime| {
+        let mut r = openai_chat(id);
+        r.input_messages =
+            Some(serde_json::json!([{"role":"user","parts":[{"type":"text","content":secret}]}]));
+        r.user_pseudonym = user.cloned();
+        r.start = start;
+        r
+    };
+    let after_erase = SystemTime::now() + Duration::from_secs(5);
+    send(
+        &ledger,
+        vec![
+            with("late-id", None, before_erase),
+            with("late-of-user", Some(&late_user), before_erase),
+            // The same user's exchange that started after the erase is new data: kept.
+            with("new-of-user", Some(&late_user), after_erase),
+        ],
+    );
+    assert_eq!(ledger.counters().rows.get(), 4, "rows land for the bill");
+    let forgotten = |id: &str| {
+        count(
+            &path,
+            &format!("SELECT forgotten FROM exchanges WHERE request_id = '{id}'"),
+        )
+    };
+    assert_eq!(forgotten("late-id"), 1);
+    assert_eq!(forgotten("late-of-user"), 1);
+    assert_eq!(forgotten("new-of-user"), 0);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM content c JOIN exchanges e ON e.id = c.exchange
+             WHERE e.forgotten = 1"
+        ),
+        0,
+        "no content under a forgotten row"
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchanges WHERE user = 'u_cccccccccccccccc'"
+        ),
+        1,
+        "only the exchange after the erase keeps the pseudonym"
+    );
+    assert_eq!(count(&path, "SELECT SUM(requests) FROM daily"), 4);
+}
+
+#[test]
+fn tombstones_are_swept_after_their_ttl() {
+    let (_d, path, ledger) = ledger();
+    send(&ledger, vec![openai_chat("r1")]);
+    erase::forget_ids(&path, &["gone".into()]).unwrap();
+    let old = row::iso_utc(SystemTime::now() - erase::TOMBSTONE_TTL - Duration::from_secs(60));
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute(
+            "INSERT INTO forgotten (kind, key, at) VALUES ('user', 'u_dddddddddddddddd', ?1)",
+            [&old],
+        )
+        .unwrap();
+    }
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM forgotten"), 2);
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM forgotten WHERE key = 'gone' AND kind = 'request'"
+        ),
+        1,
+        "a fresh tombstone stays"
+    );
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM forgotten"),
+        1,
+        "the one past its TTL is swept, pseudonym and all"
+    );
+}
+
+#[test]
+fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    {
+        let (c, _) = schema::open_writer(&path).unwrap();
+        // Back to what version 1 wrote: no tombstone table.
+        c.execute_batch("DROP TABLE forgotten; PRAGMA user_version = 1;")
+            .unwrap();
+        c.execute(
+            "INSERT INTO exchanges (request_id, start, provider, operation, outcome, stream,
+             duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
+             rules_digest) VALUES ('v1-row', '2026-11-01T00:00:00.000000Z', 'openai', 'chat',
+             'ok', 0, 1, 0, 0, 0, 0, 'd')",
+            [],
+        )
+        .unwrap();
+    }
+    // An erase never migrates: on version 1 it erases without a tombstone.
+    assert_eq!(erase::forget_ids(&path, &["nope".into()]).unwrap().rows, 0);
+    let (c, _) = schema::open_writer(&path).unwrap();
+    let v: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, schema::SCHEMA_VERSION);
+    drop(c);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchanges WHERE request_id = 'v1-row'"
+        ),
+        1
+    );
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM forgotten"), 0);
+}

@@ -10,7 +10,7 @@
 //! Bounds ([`Writer::enforce_bounds`]) run on the ticker's clock, in chunks of
 //! [`CHUNK`] rows per transaction so a check never holds the write lock long.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -35,9 +35,10 @@ const INSERT_EXCHANGE: &str = "INSERT OR IGNORE INTO exchanges (
     stream, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
     reasoning_tokens, cost_nusd, duration_us, ttfc_us, tool_calls, request_bytes,
     response_bytes, redactions_input, redactions_output, redactions, rules_digest,
-    content_dropped, parse_error)
+    content_dropped, parse_error, forgotten)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)";
+            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35,
+            ?36)";
 
 const INSERT_CONTENT: &str = "INSERT INTO content
     (exchange, system_instructions, input_messages, output_messages) VALUES (?1, ?2, ?3, ?4)";
@@ -130,7 +131,13 @@ impl Writer {
     /// Commits `records` in one transaction; returns how many rows were new (a record whose
     /// request id is already in the ledger, replayed after a crash, is skipped).
     fn write(&mut self, records: &[Record]) -> rusqlite::Result<u64> {
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: the tombstones read below and the rows written after are one snapshot,
+        // so an erase commits either before it (its tombstone is seen) or after (it finds the
+        // rows).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tombstones = Tombstones::load(&tx)?;
         let mut written = 0;
         {
             let mut ins = tx.prepare_cached(INSERT_EXCHANGE)?;
@@ -152,6 +159,12 @@ impl Writer {
                     .then(|| serde_json::to_string(&r.redactions).unwrap_or_default());
                 let finish = (!r.finish_reasons.is_empty()).then(|| r.finish_reasons.join(","));
                 let tok = |t: Option<u64>| t.map(row::int);
+                let forgotten = tombstones.covers(r, &start);
+                let user = r
+                    .user_pseudonym
+                    .as_ref()
+                    .map(UserPseudonym::as_str)
+                    .filter(|_| !forgotten);
                 let n = ins.execute(params![
                     r.request_id,
                     trace_id,
@@ -162,7 +175,7 @@ impl Writer {
                     r.operation.as_str(),
                     r.request_model,
                     r.response_model,
-                    r.user_pseudonym.as_ref().map(UserPseudonym::as_str),
+                    user,
                     r.feature,
                     r.conversation_id,
                     r.api_key_fingerprint,
@@ -188,12 +201,13 @@ impl Writer {
                     r.rules_digest,
                     r.content_dropped,
                     r.parse_error,
+                    forgotten,
                 ])?;
                 if n == 0 {
                     continue;
                 }
                 written += 1;
-                if let Some([sys, input, output]) = row::content(r) {
+                if let Some([sys, input, output]) = row::content(r).filter(|_| !forgotten) {
                     ins_content.execute(params![tx.last_insert_rowid(), sys, input, output])?;
                 }
                 days.entry(row::day_key(r, &start)).or_default().add(r);
@@ -244,6 +258,10 @@ impl Writer {
     fn bounds(&mut self) -> rusqlite::Result<()> {
         let now = SystemTime::now();
         let cutoff = |age| row::iso_utc(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH));
+        self.conn.execute(
+            "DELETE FROM forgotten WHERE at < ?1",
+            [cutoff(super::erase::TOMBSTONE_TTL)],
+        )?;
         let content_cutoff = cutoff(self.settings.content_retention);
         // Driven by the content table (small, and empty once swept), never by a row-id
         // watermark: ids follow commit order, not start order, so a watermark would skip a
@@ -324,5 +342,47 @@ impl Writer {
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(u64::try_from((pages - free).max(0) * size).unwrap_or(0))
+    }
+}
+
+/// The erases of the last [`TOMBSTONE_TTL`](super::erase::TOMBSTONE_TTL) (see
+/// [`erase`](super::erase)), read once per transaction; usually there are none.
+#[derive(Default)]
+struct Tombstones {
+    requests: HashSet<String>,
+    /// User pseudonym → when it was erased (ISO UTC, as `start`).
+    users: HashMap<String, String>,
+}
+
+impl Tombstones {
+    fn load(conn: &Connection) -> rusqlite::Result<Tombstones> {
+        let mut t = Tombstones::default();
+        let any: bool = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM forgotten)")?
+            .query_row([], |r| r.get(0))?;
+        if !any {
+            return Ok(t);
+        }
+        let mut q = conn.prepare_cached("SELECT kind, key, at FROM forgotten")?;
+        let mut rows = q.query([])?;
+        while let Some(r) = rows.next()? {
+            let (kind, key, at): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if kind == "user" {
+                t.users.insert(key, at);
+            } else {
+                t.requests.insert(key);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Whether `r` (started at `start`, as stored) was already forgotten: its request id was,
+    /// or its user was, after the exchange started.
+    fn covers(&self, r: &Record, start: &str) -> bool {
+        self.requests.contains(&r.request_id)
+            || r.user_pseudonym
+                .as_ref()
+                .and_then(|u| self.users.get(u.as_str()))
+                .is_some_and(|at| start <= at.as_str())
     }
 }
