@@ -427,6 +427,7 @@ pub async fn start(
         let _in_export_runtime = export_rt.handle().enter();
         let metrics = crate::export::Metrics {
             recording_queue: Some(rx.counters().clone()),
+            ledger: ledger.as_ref().map(|l| l.counters().clone()),
             health: Some(health.clone()),
             ..Default::default()
         };

@@ -36,6 +36,9 @@ pub struct Metrics {
     /// The recording queue's counters (proxy → pipeline drops and audit-required refusals),
     /// exported with the others when set.
     pub recording_queue: Option<std::sync::Arc<crate::exchange::queue::QueueCounters>>,
+    /// The SQLite ledger's counters, when veil runs one: its dropped records are exported
+    /// under `veil.exchanges.dropped` with `veil.drop.reason = ledger_write_failed`.
+    pub ledger: Option<std::sync::Arc<crate::ledger::LedgerCounters>>,
     /// Where the exporter reports whether records can be written (ledger and spool writes
     /// mark [`crate::health::Part::Records`] degraded or recovered).
     pub health: Option<std::sync::Arc<crate::health::Health>>,

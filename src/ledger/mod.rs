@@ -49,6 +49,12 @@ pub const FILE_NAME: &str = "ledger.db";
 /// Batches that may wait for the writer before senders wait.
 const QUEUE_BATCHES: usize = 64;
 
+/// How often a degraded ledger probes with a small write. Under `audit = "required"` a
+/// degraded ledger refuses every request, so no batch arrives to show the cause is gone: the
+/// probe is the only way back, and waiting for the next bounds check (a minute) would refuse
+/// traffic for that long after the disk has room again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// Called once per batch: `true` when its rows are committed, `false` when they were dropped
 /// (the drop is counted by the ledger).
 pub type Done = Box<dyn FnOnce(bool) + Send>;
@@ -149,10 +155,13 @@ impl LedgerError {
 impl fmt::Display for LedgerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // The ledger is always `<data>/ledger.db` (erasure finds it there), so the ways
+            // out are the file itself, the data directory, or no ledger at all.
             LedgerError::Open { path, reason } => write!(
                 f,
-                "cannot open the ledger {}: {reason} (set `ledger_path` to a writable file, or \
-                 `ledger = false` to run without it)",
+                "cannot open the ledger {}: {reason}; make it a writable file (veil creates it \
+                 when missing), pass `--data DIR` with a writable directory, or set `ledger = \
+                 false` to run without the ledger",
                 path.display()
             ),
             LedgerError::Missing(path) => write!(
@@ -173,8 +182,9 @@ impl fmt::Display for LedgerError {
                 application_id,
             } => write!(
                 f,
-                "{} is not a veil ledger (SQLite application_id {application_id:#x}); set \
-                 `ledger_path` to another file",
+                "{} is not a veil ledger (SQLite application_id {application_id:#x}); it is left \
+                 untouched: move it away (veil then starts a new ledger there), or pass `--data \
+                 DIR` with another directory",
                 path.display()
             ),
             LedgerError::Query(e) => write!(f, "ledger query failed: {e}"),
@@ -192,8 +202,11 @@ impl From<rusqlite::Error> for LedgerError {
 
 enum Msg {
     Batch(Vec<Record>, Option<Done>),
-    /// Run the bounds check now (the ticker, and tests).
+    /// Run the bounds check now (tests, `check_blocking`).
     Check,
+    /// The ticker's clock ([`PROBE_EVERY`]): the bounds check when `check_every` has passed,
+    /// else a probe write if the ledger is degraded.
+    Tick,
     /// Answer once everything sent before is committed (or dropped).
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -203,6 +216,7 @@ impl fmt::Debug for Msg {
         match self {
             Msg::Batch(b, _) => write!(f, "Batch({} records)", b.len()),
             Msg::Check => f.write_str("Check"),
+            Msg::Tick => f.write_str("Tick"),
             Msg::Flush(_) => f.write_str("Flush"),
         }
     }
@@ -240,7 +254,7 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let (done_tx, done) = std::sync::mpsc::channel();
         let path = settings.path.clone();
-        let check_every = settings.check_every;
+        let tick = settings.check_every.min(PROBE_EVERY);
         let nice = settings.nice;
         let w = writer::Writer::new(conn, settings, counters.clone(), health);
         std::thread::Builder::new()
@@ -256,10 +270,10 @@ impl Ledger {
             .name("veil-ledger-tick".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(check_every);
+                    std::thread::sleep(tick);
                     let Some(tx) = weak.upgrade() else { return };
-                    // Full queue: the writer is busy and checks after its batches anyway.
-                    let _ = tx.try_send(Msg::Check);
+                    // Full queue: the writer is busy, and its batches tell health anyway.
+                    let _ = tx.try_send(Msg::Tick);
                 }
             })
             .map_err(|e| LedgerError::open(&path, e))?;

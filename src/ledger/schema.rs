@@ -130,10 +130,7 @@ CREATE TABLE forgotten (
 /// [`LedgerError::Foreign`].
 pub fn open_writer(path: &Path) -> Result<(Connection, Option<PathBuf>), LedgerError> {
     if path.is_dir() {
-        return Err(LedgerError::open(
-            path,
-            "is a directory; set `ledger_path` to a file path",
-        ));
+        return Err(LedgerError::open(path, "it is a directory, not a file"));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::keys::create_private_dir(dir).map_err(|e| LedgerError::open(dir, e))?;
@@ -263,6 +260,15 @@ fn check_version(conn: &Connection) -> Result<i64, Fault> {
 }
 
 fn try_open_writer(path: &Path) -> Result<Connection, Fault> {
+    // A newer or foreign database is refused before anything about it changes: the pragmas
+    // below would switch it to WAL (its header) and `make_private` would narrow its mode.
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        check_version(&conn)?;
+    }
     make_private(path)
         .map_err(|e| Fault::Other(format!("cannot create the ledger file with mode 0600: {e}")))?;
     let conn = Connection::open_with_flags(

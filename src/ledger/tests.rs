@@ -660,3 +660,74 @@ fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
     );
     assert_eq!(count(&path, "SELECT COUNT(*) FROM forgotten"), 0);
 }
+
+// Found while testing veil#12 end to end: refusing a newer or foreign database still switched
+// it to WAL (two header bytes) and narrowed its mode to 0600; "never touched" now holds.
+#[test]
+fn a_refused_newer_or_foreign_database_keeps_every_byte_and_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, app, version) in [
+        (
+            "newer.db",
+            schema::APPLICATION_ID,
+            schema::SCHEMA_VERSION + 1,
+        ),
+        ("foreign.db", 42, 0),
+    ] {
+        let path = dir.path().join(name);
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "application_id", app).unwrap();
+            c.pragma_update(None, "user_version", version).unwrap();
+            c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+                .unwrap();
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert!(schema::open_writer(&path).is_err(), "{name}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{name}: bytes changed"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{name}: mode changed");
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        assert!(
+            !std::path::Path::new(&wal).exists(),
+            "{name}: a WAL appeared"
+        );
+    }
+}
+
+// Found while testing veil#12 end to end: under `audit = "required"` a degraded ledger refuses
+// every request, so no batch comes to show the cause is gone; the probe ran only with the
+// bounds check (every minute), so traffic stayed refused up to a minute after the disk had
+// room again. A degraded ledger now probes every PROBE_EVERY, with no traffic at all.
+#[test]
+fn a_degraded_ledger_recovers_on_its_own_within_seconds_without_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.check_every = Duration::from_secs(3600);
+    let health = std::sync::Arc::new(crate::health::Health::default());
+    let ledger = Ledger::open(settings, Some(health.clone())).unwrap();
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    ledger.handle().send_blocking(vec![openai_chat("r1")], None);
+    assert!(ledger.handle().flush_blocking());
+    assert!(health.is_degraded(crate::health::Part::Ledger));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let released = std::time::Instant::now();
+    while health.is_degraded(crate::health::Part::Ledger) {
+        // A probe meeting the lock waits up to the busy timeout (5 s), then the next one.
+        assert!(
+            released.elapsed() < super::PROBE_EVERY * 4 + schema::BUSY_TIMEOUT,
+            "not recovered {:?} after the cause went away",
+            released.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -8,11 +8,13 @@
 //! counted, and the ledger is marked degraded in [`Health`] until a later write succeeds.
 //!
 //! Bounds ([`Writer::enforce_bounds`]) run on the ticker's clock, in chunks of
-//! [`CHUNK`] rows per transaction so a check never holds the write lock long.
+//! [`CHUNK`] rows per transaction so a check never holds the write lock long. The ticker
+//! ticks every [`PROBE_EVERY`](super::PROBE_EVERY): the bounds run once `check_every` has
+//! passed, and a degraded ledger tries a probe write on every tick.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
@@ -60,6 +62,8 @@ pub(super) struct Writer {
     settings: LedgerSettings,
     counters: Arc<LedgerCounters>,
     health: Option<Arc<Health>>,
+    /// When the bounds were last checked (the ticker's `Tick`s run them every `check_every`).
+    last_check: Instant,
 }
 
 impl Writer {
@@ -74,6 +78,7 @@ impl Writer {
             settings,
             counters,
             health,
+            last_check: Instant::now(),
         }
     }
 
@@ -84,6 +89,7 @@ impl Writer {
             let mut dones = Vec::new();
             let mut flushes = Vec::new();
             let mut check = false;
+            let mut probe = false;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -92,6 +98,10 @@ impl Writer {
                         dones.extend(done);
                     }
                     Msg::Check => check = true,
+                    Msg::Tick => {
+                        check |= self.last_check.elapsed() >= self.settings.check_every;
+                        probe = true;
+                    }
                     Msg::Flush(tx) => flushes.push(tx),
                 }
                 if records.len() < GROUP_ROWS {
@@ -121,6 +131,8 @@ impl Writer {
             }
             if check {
                 self.enforce_bounds();
+            } else if probe {
+                self.probe();
             }
             for tx in flushes {
                 let _ = tx.send(());
@@ -241,11 +253,19 @@ impl Writer {
     /// degraded, also probes with a small write so it recovers once the disk has room again.
     /// Failures are logged and counted, and retried at the next check.
     pub(super) fn enforce_bounds(&mut self) {
+        self.last_check = Instant::now();
         let result = self.bounds();
         if let Err(e) = &result {
             self.counters.failures.inc();
             tracing::warn!(error = %e, "ledger bounds check failed; retried at the next check");
         }
+        self.probe();
+    }
+
+    /// While the ledger is degraded, tries a small write (the `probe` row of `meta`): its
+    /// success recovers the ledger in [`Health`] without waiting for traffic, which
+    /// `audit = "required"` refuses while degraded. A no-op when healthy.
+    fn probe(&mut self) {
         if let Some(h) = self.health.as_ref().filter(|h| h.is_degraded(Part::Ledger)) {
             let probe = self.conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?1)",

@@ -27,10 +27,17 @@ pub fn python_has(modules: &str) -> bool {
     ok
 }
 
-pub fn run_sdk_script(proc: &VeilProcess, keys: &std::path::Path) -> Vec<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk_e2e.py");
+/// Runs `tests/python/SCRIPT` through `proc` (trusting the CA bundle under `keys`) and parses
+/// its stdout: one JSON object per line. The script must succeed (bounded by its own calls:
+/// the SDKs time out, and the mock answers at once).
+pub fn run_sdk_script(
+    script: &str,
+    proc: &VeilProcess,
+    keys: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    let script = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .arg(script)
+        .arg(&script)
         .env("HTTPS_PROXY", format!("http://{}", proc.addr))
         .env("SSL_CERT_FILE", keys.join("ca-bundle.pem"))
         .env_remove("NO_PROXY")
@@ -41,7 +48,7 @@ pub fn run_sdk_script(proc: &VeilProcess, keys: &std::path::Path) -> Vec<serde_j
         .unwrap();
     assert!(
         out.status.success(),
-        "sdk_e2e.py failed:\n{}\n{}\nveil:\n{}",
+        "{script} failed:\n{}\n{}\nveil:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         proc.stderr()
@@ -70,7 +77,7 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = VeilProcess::start(&args, dir.path());
-    let results = run_sdk_script(&proc, &dir.path().join("keys"));
+    let results = run_sdk_script("sdk_e2e.py", &proc, &dir.path().join("keys"));
     let cases: Vec<&str> = results
         .iter()
         .map(|r| r["case"].as_str().unwrap())
@@ -205,4 +212,297 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
     let user = attr(&first, "user.id").expect("pseudonymized user");
     assert!(user.starts_with("u_") && !user.contains("alice"), "{user}");
     assert!(proc.terminate().success());
+}
+
+/// nano-USD per token (input, output) for `model` of `provider`, read from the shipped pricing
+/// table `rules/pricing.toml` (USD per million tokens, so × 1000): the entry named `model`, or
+/// the longest entry `model` extends with a dated suffix (`gpt-4o-mini-2024-07-18`). Computed
+/// here from the file, not by veil's pricing code, so a bug there cannot hide.
+fn nano_usd_per_token(table: &toml::Table, provider: &str, model: &str) -> (i64, i64) {
+    let models = table["models"][provider].as_table().unwrap();
+    let (_, price) = models
+        .iter()
+        .filter(|(name, _)| {
+            model == name.as_str()
+                || model.strip_prefix(name.as_str()).is_some_and(|rest| {
+                    rest.starts_with('-')
+                        && rest[1..]
+                            .split('-')
+                            .all(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                })
+        })
+        .max_by_key(|(name, _)| name.len())
+        .unwrap_or_else(|| panic!("{provider} {model} is not in rules/pricing.toml"));
+    let per_token = |field: &str| {
+        let usd_per_million = price[field]
+            .as_float()
+            .or_else(|| price[field].as_integer().map(|i| i as f64))
+            .unwrap();
+        (usd_per_million * 1000.0).round() as i64
+    };
+    (per_token("input"), per_token("output"))
+}
+
+/// What the clients saw, summed over `calls`: (requests, errors, input, output, nano-USD).
+fn sums(
+    calls: &[&serde_json::Value],
+    cost: &dyn Fn(&serde_json::Value) -> i64,
+) -> (u64, u64, u64, u64, i64) {
+    let tok = |c: &serde_json::Value, k: &str| c[k].as_u64().unwrap_or(0);
+    (
+        calls.len() as u64,
+        calls.iter().filter(|c| c["outcome"] == "error").count() as u64,
+        calls.iter().map(|c| tok(c, "input_tokens")).sum(),
+        calls.iter().map(|c| tok(c, "output_tokens")).sum(),
+        calls.iter().map(|c| cost(c)).sum(),
+    )
+}
+
+/// Asserts one `veil report --format json` row (or total) against the clients' sums.
+fn assert_row(row: &serde_json::Value, want: (u64, u64, u64, u64, i64), what: &str) {
+    let (requests, errors, input, output, nusd) = want;
+    assert_eq!(row["requests"], requests, "{what}: {row}");
+    assert_eq!(row["errors"], errors, "{what}: {row}");
+    assert_eq!(row["input_tokens"], input, "{what}: {row}");
+    assert_eq!(row["output_tokens"], output, "{what}: {row}");
+    assert_eq!(row["cost_usd"], nusd as f64 / 1e9, "{what}: {row}");
+}
+
+// The acceptance test of veil#12: the official SDKs' real traffic (streaming and not, several
+// features, users and models, a failed upstream call, a stream the client abandons) and the
+// ledger's report agree with what the clients saw, to the token and the nano-dollar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_traffic_report_totals_equal_what_the_clients_saw() {
+    use crate::support::ledger::{json, text, wait_for_rows};
+    use crate::support::process::veil;
+
+    if !python_has("openai, anthropic") {
+        return;
+    }
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = VeilProcess::start(&args, cwd);
+    let calls = run_sdk_script("ledger_e2e.py", &proc, &cwd.join("keys"));
+    let cases: Vec<&str> = calls.iter().map(|c| c["case"].as_str().unwrap()).collect();
+    assert_eq!(
+        cases,
+        [
+            "openai.chat",
+            "openai.chat",
+            "openai.chat.stream",
+            "openai.chat.stream.aborted",
+            "openai.chat.stream",
+            "anthropic.messages",
+            "anthropic.messages.stream",
+            "anthropic.messages.failed"
+        ]
+    );
+    for c in &calls {
+        assert_eq!(c["request_id"].as_str().map(str::len), Some(36), "{c}");
+    }
+    let aborted = calls.iter().find(|c| c["outcome"] == "aborted").unwrap();
+    let failed = calls.iter().find(|c| c["outcome"] == "error").unwrap();
+    // The client left before the stream ended, so it never saw the usage chunk.
+    assert_eq!(aborted["chunks"], 3, "{aborted}");
+    assert!(aborted["input_tokens"].is_null(), "{aborted}");
+    assert_eq!(failed["status"], 429, "{failed}");
+    wait_for_rows(cwd, calls.len() as u64);
+
+    let pricing: toml::Table =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/pricing.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    let cost = |c: &serde_json::Value| -> i64 {
+        let (Some(input), Some(output)) = (c["input_tokens"].as_i64(), c["output_tokens"].as_i64())
+        else {
+            return 0; // no usage seen: veil records the cost as unknown, never a fake 0
+        };
+        let model = c["model"].as_str().unwrap();
+        let (pin, pout) = nano_usd_per_token(&pricing, c["provider"].as_str().unwrap(), model);
+        input * pin + output * pout
+    };
+    let all: Vec<&serde_json::Value> = calls.iter().collect();
+
+    // Row by row: each exchange as its client saw it.
+    let rows = json(
+        &[
+            "sql",
+            "SELECT request_id, provider, feature, COALESCE(response_model, request_model) AS model,
+                    stream, status, outcome, error_type, input_tokens, output_tokens, cost_nusd
+             FROM exchanges",
+            "--format",
+            "json",
+        ],
+        cwd,
+    );
+    for c in &calls {
+        let id = c["request_id"].as_str().unwrap();
+        let r = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in the ledger: {rows}"));
+        let ctx = format!("{c}\nledger: {r}");
+        assert_eq!(r["provider"], c["provider"], "{ctx}");
+        assert_eq!(r["feature"], c["feature"], "{ctx}");
+        assert_eq!(
+            &r["model"],
+            if c["model"].is_null() {
+                &c["request_model"]
+            } else {
+                &c["model"]
+            },
+            "{ctx}"
+        );
+        assert_eq!(r["stream"], i64::from(c["stream"] == true), "{ctx}");
+        assert_eq!(r["status"], c["status"], "{ctx}");
+        assert_eq!(r["input_tokens"], c["input_tokens"], "{ctx}");
+        assert_eq!(r["output_tokens"], c["output_tokens"], "{ctx}");
+        let want_cost = (!c["input_tokens"].is_null()).then(|| cost(c));
+        assert_eq!(r["cost_nusd"].as_i64(), want_cost, "{ctx}");
+        match c["outcome"].as_str().unwrap() {
+            "complete" => {
+                assert_eq!(r["outcome"], "complete", "{ctx}");
+                assert!(r["error_type"].is_null(), "{ctx}");
+            }
+            // The provider's answer arrived whole: a complete exchange with the provider's
+            // error type (the mock's body says `rate_limit_exceeded`).
+            "error" => {
+                assert_eq!(r["outcome"], "complete", "{ctx}");
+                assert_eq!(r["error_type"], "rate_limit_exceeded", "{ctx}");
+            }
+            // The app closed the stream: upstream had answered 200, no error on its side, and
+            // no usage arrived, so tokens and cost are unknown (NULL), not 0.
+            "aborted" => {
+                assert_eq!(r["outcome"], "client_aborted", "{ctx}");
+                assert!(r["error_type"].is_null(), "{ctx}");
+            }
+            other => panic!("unknown outcome {other}"),
+        }
+    }
+
+    // The totals.
+    let rep = json(&["report", "--format", "json"], cwd);
+    let want = sums(&all, &cost);
+    assert_row(&rep["total"], want, "total");
+    assert_eq!(rep["total_cost_nusd"], want.4.to_string());
+    // Two calls carried no usage (the 429, the abandoned stream): unpriced, not free.
+    assert_eq!(rep["total"]["unpriced"], 2, "{rep}");
+
+    // By feature and by model: every group, none missing, none extra.
+    for (dim, key) in [("feature", "feature"), ("model", "model")] {
+        let rep = json(&["report", "--by", dim, "--format", "json"], cwd);
+        let group_of = |c: &serde_json::Value| {
+            if key == "model" && c["model"].is_null() {
+                c["request_model"].as_str().unwrap().to_string()
+            } else {
+                c[key].as_str().unwrap().to_string()
+            }
+        };
+        let mut groups: Vec<String> = calls.iter().map(group_of).collect();
+        groups.sort();
+        groups.dedup();
+        let rows = rep["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), groups.len(), "by {dim}: {rep}");
+        for g in &groups {
+            let row = rows
+                .iter()
+                .find(|r| r[dim] == g.as_str())
+                .unwrap_or_else(|| panic!("no {dim} {g} in {rep}"));
+            let mine: Vec<&serde_json::Value> =
+                calls.iter().filter(|c| group_of(c) == *g).collect();
+            assert_row(row, sums(&mine, &cost), &format!("{dim} {g}"));
+        }
+        assert_row(&rep["total"], want, &format!("by {dim}: total"));
+    }
+    assert!(
+        json(&["report", "--by", "model", "--format", "json"], cwd)["rows"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2,
+        "two or more models"
+    );
+
+    // By user: the raw ids the apps sent are pseudonymized in --where with the same keys.
+    let mut users: Vec<&str> = calls.iter().map(|c| c["user"].as_str().unwrap()).collect();
+    users.sort_unstable();
+    users.dedup();
+    assert!(users.len() >= 3, "{users:?}");
+    for u in &users {
+        let rep = json(
+            &[
+                "report",
+                "--where",
+                &format!("user={u}"),
+                "--format",
+                "json",
+            ],
+            cwd,
+        );
+        let mine: Vec<&serde_json::Value> = calls.iter().filter(|c| c["user"] == *u).collect();
+        assert_row(&rep["total"], sums(&mine, &cost), &format!("user {u}"));
+    }
+    let by_user = json(&["report", "--by", "user", "--format", "json"], cwd);
+    assert_eq!(by_user["rows"].as_array().unwrap().len(), users.len());
+
+    // By outcome: the abandoned stream is the one client_aborted exchange.
+    let by_outcome = json(&["report", "--by", "outcome", "--format", "json"], cwd);
+    let outcomes: Vec<(String, u64)> = by_outcome["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap().to_string(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        outcomes.contains(&("client_aborted".into(), 1)),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("complete".into(), calls.len() as u64 - 1)),
+        "{outcomes:?}"
+    );
+
+    // veil tail shows both: the abandoned stream as `aborted`, the failed call as its 429.
+    let n = calls.len().to_string();
+    let out = veil(&["tail", "-n", &n], cwd);
+    let (tail, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let status_of = |id: &str| {
+        let line = tail
+            .lines()
+            .find(|l| l.ends_with(id))
+            .unwrap_or_else(|| panic!("{id} not in veil tail:\n{tail}"));
+        line.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(
+        status_of(aborted["request_id"].as_str().unwrap()),
+        "aborted",
+        "{tail}"
+    );
+    assert_eq!(
+        status_of(failed["request_id"].as_str().unwrap()),
+        "429",
+        "{tail}"
+    );
+    // Credentials never reach the log.
+    assert!(
+        !proc.stderr().contains("LEDGERSECRET"),
+        "credential in veil's log"
+    );
+    assert!(proc.terminate().success(), "{}", proc.stderr());
 }

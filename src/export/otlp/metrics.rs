@@ -273,6 +273,12 @@ pub fn metrics_request(
             ("recording_queue_bytes", get(q.map(|q| &q.dropped_bytes))),
             ("recording_stopped", get(q.map(|q| &q.dropped_closed))),
             ("export_queue_full", m.exchanges_dropped.get()),
+            // A ledger transaction that failed (disk full, locked, I/O error) rolls back
+            // whole: its records are in the ledger's count, not lost silently.
+            (
+                "ledger_write_failed",
+                get(m.ledger.as_deref().map(|l| &l.dropped)),
+            ),
         ] {
             let mut p = template.clone();
             p.attributes = vec![kv("veil.drop.reason", str_value(reason))];

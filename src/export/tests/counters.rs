@@ -18,8 +18,11 @@ fn every_drop_point_is_exported_under_veil_exchanges_dropped() {
         tx.try_send(ex).is_err(),
         "a closed queue drops, and counts it"
     );
+    let ledger = std::sync::Arc::new(crate::ledger::LedgerCounters::default());
+    ledger.dropped.add(35);
     let m = Metrics {
         recording_queue: Some(counters),
+        ledger: Some(ledger),
         ..Default::default()
     };
     m.exchanges_dropped.add(294);
@@ -56,6 +59,7 @@ fn every_drop_point_is_exported_under_veil_exchanges_dropped() {
     assert_eq!(by_reason["recording_queue_bytes"], 280);
     assert_eq!(by_reason["recording_stopped"], 1);
     assert_eq!(by_reason["export_queue_full"], 294);
+    assert_eq!(by_reason["ledger_write_failed"], 35);
     let Some(metric::Data::Sum(refused)) = &find("veil.exchanges.refused").data else {
         panic!("veil.exchanges.refused is not a sum");
     };

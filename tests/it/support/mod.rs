@@ -1,4 +1,6 @@
 pub mod harness;
+pub mod ledger;
 pub mod mock_llm;
 pub mod otlp;
 pub mod process;
+pub mod tmpfs;
