@@ -33,9 +33,9 @@ use crate::journal::{CrashReport, Journal};
 use crate::keys::{KeyError, Keyring, Purpose};
 use crate::ledger::LedgerError;
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::proxy::capture::Fingerprinter;
-use crate::proxy::mitm::{CaError, CertificateAuthority};
-use crate::proxy::{BuildError, Proxy, ProxySettings, ProxyStats};
+use crate::proxy::{
+    BuildError, CaError, CertificateAuthority, Fingerprinter, Proxy, ProxySettings, ProxyStats,
+};
 use crate::redact::{RulesError, RulesHandle};
 use crate::seal::{AuditSink, FanoutAuditSink, JsonlAuditSink, SealError, SealOptions, SealStore};
 
@@ -247,7 +247,7 @@ impl Prepared {
         };
         let ca = Arc::new(CertificateAuthority::load_or_create(
             &config.keys,
-            crate::proxy::mitm::CaScope::of(&config),
+            ProxySettings::from_config(&config).ca_scope(),
         )?);
         write_trust_bundle(&config.keys, ca.cert_pem())?;
         Ok(Prepared {
@@ -488,9 +488,10 @@ pub async fn start(
     let keys_dir = config.keys.clone();
     let data_dir = config.data.clone();
     let disk_reserve = config.disk_reserve;
-    let limits = crate::proxy::conn::Limits::of(&config);
-    let proxy = Proxy::try_new(ProxySettings::from_config(&config), ca, fingerprinter, tx)?
-        .with_health(health.clone());
+    let settings = ProxySettings::from_config(&config);
+    // The admin API keeps the same connection clocks as the proxy port.
+    let limits = settings.limits;
+    let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?.with_health(health.clone());
     let stats = proxy.stats();
 
     if let Some(listener) = admin_listener {

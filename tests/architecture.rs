@@ -439,3 +439,101 @@ fn anyhow_and_clap_appear_only_under_src_cli() {
         "anyhow/clap outside src/cli/ (return a typed error, or move the front-end to src/cli/): {hits:?}"
     );
 }
+
+/// True when `code` has `name` as a whole identifier: `Config` in `crate::config::Config`,
+/// not in `ServerConfig`, `RawConfig` or `Configs`.
+fn names_ident(code: &str, name: &str) -> bool {
+    let b = code.as_bytes();
+    code.match_indices(name).any(|(i, _)| {
+        !ident_byte(b, i, 1)
+            && b.get(i + name.len())
+                .is_none_or(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+    })
+}
+
+/// Files under `src/proxy/` other than `settings.rs` that name the resolved `Config` in code
+/// (test code included; tests describe their input as a `RawConfig` and resolve it through
+/// `ProxySettings::from_raw`).
+fn config_readers_in_proxy() -> Vec<String> {
+    let mut hits = Vec::new();
+    for file in files_of("proxy") {
+        let rel = file
+            .strip_prefix(root())
+            .expect("under the crate")
+            .to_path_buf();
+        if rel == Path::new("src/proxy/settings.rs") {
+            continue;
+        }
+        let code = strip_comments(&fs::read_to_string(&file).expect("readable source"));
+        if names_ident(&code, "Config") {
+            hits.push(rel.display().to_string());
+        }
+    }
+    hits
+}
+
+/// The proxy reads the configuration in one place, `ProxySettings::from_config`, which also
+/// builds each stage's own settings (connection limits, destination policy, CA scope); every
+/// other file reads its part of `ProxySettings` (docs/architecture.md). A stage that took the
+/// whole `Config` would hide what the hot path depends on and need a full configuration to
+/// test.
+#[test]
+fn only_proxy_settings_reads_the_whole_config() {
+    let hits = config_readers_in_proxy();
+    assert!(
+        hits.is_empty(),
+        "src/proxy files naming `Config` (read a field of ProxySettings instead, built in \
+         src/proxy/settings.rs): {hits:?}"
+    );
+    // The scanner itself.
+    assert!(names_ident("use crate::config::{Audit, Config};", "Config"));
+    assert!(names_ident("fn of(c: &crate::config::Config) {}", "Config"));
+    assert!(!names_ident("let c: rustls::ServerConfig = x;", "Config"));
+    assert!(!names_ident("use crate::config::RawConfig;", "Config"));
+    assert!(!names_ident("struct Configs;", "Config"));
+}
+
+/// The file map of `src/proxy/` (docs/architecture.md, "Inside `src/proxy/`") and the copy
+/// that opens `src/proxy/mod.rs` are the same rows, and every file of the folder (tests
+/// aside) has a row, so a new stage cannot arrive undocumented and the two copies cannot
+/// drift apart.
+#[test]
+fn the_proxy_file_map_names_every_file_and_matches_mod_rs() {
+    let doc =
+        fs::read_to_string(root().join("docs/architecture.md")).expect("docs/architecture.md");
+    let section = doc
+        .split("### Inside `src/proxy/`")
+        .nth(1)
+        .expect("docs/architecture.md has an \"Inside `src/proxy/`\" section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let doc_rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+    let mod_rs = fs::read_to_string(root().join("src/proxy/mod.rs")).expect("src/proxy/mod.rs");
+    let mod_rows: Vec<&str> = mod_rs
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! "))
+        .filter(|l| l.starts_with("| `"))
+        .collect();
+    assert!(!doc_rows.is_empty(), "no file rows in docs/architecture.md");
+    assert_eq!(
+        doc_rows, mod_rows,
+        "the file map in src/proxy/mod.rs differs from docs/architecture.md"
+    );
+    let mut entries: Vec<_> = fs::read_dir(root().join("src/proxy"))
+        .expect("src/proxy")
+        .map(|e| e.expect("readable directory entry").file_name())
+        .collect();
+    entries.sort();
+    for name in entries {
+        let name = name.to_string_lossy();
+        if name == "mod.rs" || name.ends_with("_tests.rs") || !name.ends_with(".rs") {
+            continue;
+        }
+        assert!(
+            doc_rows.iter().any(|row| {
+                let first_cell = row.split(" | ").next().unwrap_or("");
+                first_cell.contains(&format!("`{name}`"))
+            }),
+            "src/proxy/{name} has no row in docs/architecture.md's file map (and mod.rs's copy)"
+        );
+    }
+}

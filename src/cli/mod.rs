@@ -215,9 +215,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = global.resolve(RawConfig::default())?;
             crate::keys::prepare_keys_dir(&config.keys)?;
-            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(
+            let ca = crate::proxy::CertificateAuthority::load_or_create(
                 &config.keys,
-                crate::proxy::mitm::CaScope::of(&config),
+                crate::proxy::ProxySettings::from_config(&config).ca_scope(),
             )?;
             println!("{}", absolute(ca.cert_path()).display());
             Ok(ExitCode::SUCCESS)
@@ -252,9 +252,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             })?;
             crate::keys::prepare_keys_dir(&config.keys)?;
-            let ca = crate::proxy::mitm::CertificateAuthority::load_or_create(
+            let ca = crate::proxy::CertificateAuthority::load_or_create(
                 &config.keys,
-                crate::proxy::mitm::CaScope::of(&config),
+                crate::proxy::ProxySettings::from_config(&config).ca_scope(),
             )?;
             let bundle = crate::server::write_trust_bundle(&config.keys, ca.cert_pem())?;
             let proxy = format!("http://{}", config.listen);

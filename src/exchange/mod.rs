@@ -5,7 +5,7 @@
 //! (completed, failed upstream, aborted by either side), and hands it to the recording queue.
 //!
 //! An `Exchange` holds raw captured bytes. Credentials have already been replaced by keyed
-//! fingerprints before the value is built (see `proxy::capture`), so nothing downstream
+//! fingerprints before the value is built (see `proxy::fingerprint`), so nothing downstream
 //! ever sees an API key, a bearer token or a cookie. Request bodies and response bodies are
 //! kept as the chunks that crossed the wire (clones of `Bytes`, no copy); decoding
 //! `Content-Encoding` happens here, off the hot path, with a bound.

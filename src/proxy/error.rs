@@ -13,7 +13,7 @@ use std::fmt;
 
 use http::StatusCode;
 
-use super::forward::UpstreamError;
+use super::upstream::UpstreamError;
 
 /// Which party an error is attributed to (after pingora's `ErrorSource`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! headers are dropped (RFC 9110 §7.6.1), h2 cookie crumbs are joined for HTTP/1.1
 //! upstreams, and the content encoding is read for the record. Pure functions on a
 //! [`HeaderMap`]: this module never sees bodies, never logs and never fingerprints or stores a
-//! credential (that is [`capture::Fingerprinter`](super::capture::Fingerprinter)'s job).
+//! credential (that is [`Fingerprinter`](super::Fingerprinter)'s job).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 

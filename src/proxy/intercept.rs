@@ -3,7 +3,7 @@
 //! [`route`](super::route) said [`Route::Intercept`](super::route::Route::Intercept) and the
 //! listener answered 200. This stage reads the ClientHello before any certificate is chosen
 //! (the SNI must be the CONNECT host, else the connection is closed, counted as refused, and
-//! no leaf is minted), finishes TLS with the leaf from [`mitm`](super::mitm), and serves
+//! no leaf is minted), finishes TLS with the leaf from [`leaf`], and serves
 //! HTTP/1.1 or h2 (by ALPN) inside, every request going to the forward stage as a recorded
 //! [`exchange::Route::Intercept`]. It never talks to the upstream itself and never reads
 //! bodies.
@@ -22,8 +22,10 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::exchange;
 
 use super::conn::{Activity, Tracked, Watched};
+use super::leaf;
+use super::listener::http_server;
 use super::route::Target;
-use super::{Shared, Slot, http_server, mitm};
+use super::{Shared, Slot};
 
 /// How reading the ClientHello and finishing the TLS handshake with an app can fail.
 enum Handshake {
@@ -61,7 +63,7 @@ impl Shared {
                 Some(sni) => return Err(Handshake::WrongSni(sni.to_string())),
                 None => {
                     let leaf = self.leaves.leaf(&host).ok_or(Handshake::NoLeaf)?;
-                    mitm::server_config_for(&self.tls, leaf)
+                    leaf::server_config_for(&self.tls, leaf)
                 }
             };
             start.into_stream(config).await.map_err(Handshake::Io)

@@ -1,23 +1,47 @@
-//! # Listener: the accept loop and shutdown of the proxy port.
+//! # Listener: the accept loop, each app connection, and the hand-off by route.
 //!
-//! First stage of the flow: takes a connection slot (a `max_connections` permit) before
-//! accepting, so at the limit connections wait in the kernel's backlog; hands each accepted
-//! socket to the connection task (which asks [`route`](super::route) what each request is);
-//! on shutdown stops accepting, drains in-flight exchanges for `drain_timeout`, then cuts what
-//! is left. Accept failures are retried after [`ACCEPT_RETRY`](super::ACCEPT_RETRY) and
-//! logged at most every 10 s ([`AcceptFailures`], shared with the admin listener). It never
-//! reads a request and never talks to an upstream.
+//! First stage of the flow. It takes a connection slot (a `max_connections` permit) before
+//! accepting, so at the limit connections wait in the kernel's backlog; serves each accepted
+//! socket as HTTP/1.1 or h2c under the connection clock ([`conn::drive`]);
+//! asks [`route`] what each request is and hands it on: a [`Route::Intercept`]
+//! to [`intercept`](super::intercept) (after the 200), a [`Route::Tunnel`] to
+//! [`tunnel`](super::tunnel), a [`Route::Forward`] to [`forward`](super::forward), a
+//! [`Route::Reject`] to [`answer`](super::answer). On shutdown it stops accepting, drains
+//! in-flight exchanges for `drain_timeout`, then cuts what is left. Accept failures are
+//! retried after [`ACCEPT_RETRY`] and logged at most every 10 s
+//! ([`AcceptFailures`], shared with the admin listener). It never reads a body and never
+//! talks to an upstream.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::{ACCEPT_LOG_EVERY, ACCEPT_RETRY, Proxy};
+use super::answer::empty_ok;
+use super::conn::{self, Activity, Ended, Tracked, Watched};
+use super::route::{self, RequestHead, Route};
+use super::upstream;
+use super::{ACCEPT_RETRY, Proxy, ProxyBody, Shared, Slot};
+
+/// Accept failures are logged at most this often (with a count), so a descriptor shortage
+/// does not also flood the log.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// h2 connections to apps are pinged this often when quiet, so a peer that vanished (no FIN,
+/// NAT dropped) is noticed during a long silent stream instead of holding its slot.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and closed when a ping is not answered within this.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Proxy {
     /// Serves `listener` until `shutdown` resolves, then stops accepting, lets in-flight
@@ -120,3 +144,115 @@ impl AcceptFailures {
 
 /// How long cut connections get to let go of their tasks after the drain time is up.
 const KILL_GRACE: Duration = Duration::from_millis(200);
+
+impl Shared {
+    /// Serves one app connection on the proxy port (HTTP/1.1 with upgrades, or h2c).
+    async fn serve_client(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, slot: Slot) {
+        let activity = Activity::new();
+        let shared = self.clone();
+        let watched = activity.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let slot = slot.clone();
+            let in_flight = watched.begin(req.version());
+            async move {
+                let resp = shared.dispatch(req, addr, slot).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
+        });
+        let builder = http_server();
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        self.finish("client connection", conn, &activity, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
+    }
+
+    /// Drives one app connection under its clock, counting and logging how it ended.
+    pub(super) async fn finish<C, E>(
+        &self,
+        what: &'static str,
+        conn: C,
+        activity: &Activity,
+        graceful: impl Fn(std::pin::Pin<&mut C>),
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync>,
+    {
+        match conn::drive(conn, activity, self.settings.limits, &self.cancel, graceful).await {
+            Ended::Done(Ok(())) => {}
+            Ended::Done(Err(e)) => log_conn_error(what, &*e),
+            Ended::TimedOut(why) => {
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason = why.as_str(), "closing {what}");
+            }
+        }
+    }
+
+    /// Serves one request on the proxy port as [`route::route`] decides: intercept, tunnel,
+    /// forward, or veil's own error.
+    async fn dispatch(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        addr: SocketAddr,
+        slot: Slot,
+    ) -> Response<ProxyBody> {
+        match route::route(RequestHead::of(&req), &self.settings) {
+            Route::Intercept { host, port } => {
+                let shared = self.clone();
+                self.spawn(async move {
+                    match hyper::upgrade::on(req).await {
+                        Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
+                        Err(e) => log_conn_error("CONNECT upgrade", &e),
+                    }
+                });
+                empty_ok()
+            }
+            Route::Tunnel { host, port } => self.tunnel(req, host, port, slot).await,
+            Route::Forward {
+                target,
+                path_and_query,
+            } => self.forward(req, &target, &path_and_query, addr).await,
+            Route::Reject(why) => self.answer(&why, None),
+        }
+    }
+}
+
+/// The HTTP server for app connections (the proxy port and intercepted TLS): HTTP/1.1 or h2
+/// by preface. Head-read and idle limits come from [`conn::drive`], not hyper's
+/// `header_read_timeout` (see [`conn`] for why it is switched off); h2 connections are pinged
+/// when quiet so dead peers are noticed.
+pub(super) fn http_server() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
+}
+
+/// Logs a connection error unless it is the ordinary noise of peers going away.
+pub(super) fn log_conn_error(what: &str, err: &(dyn std::error::Error + 'static)) {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted | NotConnected
+            ) {
+                return;
+            }
+        }
+        current = e.source();
+    }
+    tracing::debug!(error = %upstream::chain(err), "{what} ended with an error");
+}

@@ -4,8 +4,9 @@
 //! one [`Route`]: a blind tunnel, an interception, a forward (absolute-form or gateway), or a
 //! rejection carrying the status, code and message veil answers with. It is a pure function
 //! of the head and the [`ProxySettings`]: it never opens a socket, never resolves a name
-//! (names are checked when they resolve, in [`forward::Resolver`](super::forward::Resolver)),
-//! never counts and never logs; the caller does those with the route in hand.
+//! (names are checked when they resolve, in
+//! [`Resolver::connect`](super::destinations::Resolver::connect)), never counts and never
+//! logs; the caller does those with the route in hand.
 //!
 //! The rules, in order:
 //! - `CONNECT host:port`: a missing target or port is 400 `bad_request`, a bad port 400

@@ -1,10 +1,10 @@
 //! Unit tests of [`route`]: every branch, no sockets.
 
 use super::*;
-use crate::config::{Config, RawConfig};
+use crate::config::RawConfig;
 
 fn settings(raw: RawConfig) -> ProxySettings {
-    ProxySettings::from_config(&Config::resolve(None, raw).expect("test config resolves"))
+    ProxySettings::from_raw(raw)
 }
 
 fn defaults() -> ProxySettings {

@@ -3,7 +3,11 @@
 //! Built once, in [`ProxySettings::from_config`], before the proxy serves; never changed
 //! afterwards. Everything under `proxy/` reads these instead of the whole [`Config`], so what
 //! the hot path depends on is listed in one struct (and a test can build one without rules,
-//! keys or exporter settings). This module never opens a socket and never reads a file.
+//! keys or exporter settings). The settings of the stages are built here too: the connection
+//! clock's [`conn::Limits`], the destination policy ([`Destinations`], inside the
+//! [`Resolver`]) and the CA's [`CaScope`]. This is the only file under `src/proxy/` that
+//! names `Config` (`tests/architecture.rs` fails on any other). This module never opens a
+//! socket and never reads a file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,8 +17,9 @@ use std::time::Duration;
 
 use crate::config::{Audit, Config, GatewayRoute, HostPattern};
 
+use super::ca::CaScope;
 use super::conn;
-use super::forward::{Destinations, Resolver};
+use super::destinations::{Destinations, Resolver};
 
 /// What the proxy needs from the configuration: where it listens, what it intercepts and may
 /// reach, its clocks and its limits.
@@ -24,6 +29,8 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     /// Hosts whose TLS is terminated and whose exchanges are recorded.
     pub intercept: Vec<HostPattern>,
+    /// A new CA is name-constrained to `intercept` ([`ProxySettings::ca_scope`]).
+    pub ca_name_constraints: bool,
     /// Ports CONNECT and absolute-form requests may reach.
     pub allow_ports: Vec<u16>,
     /// Gateway routes by name (`/NAME/...`).
@@ -58,6 +65,7 @@ impl ProxySettings {
         ProxySettings {
             listen: config.listen,
             intercept: config.intercept.clone(),
+            ca_name_constraints: config.ca_name_constraints,
             allow_ports: config.allow_ports.clone(),
             routes: config.routes.clone(),
             audit: config.audit,
@@ -69,8 +77,31 @@ impl ProxySettings {
             tunnel_idle_timeout: config.tunnel_idle_timeout,
             drain_timeout: config.drain_timeout,
             max_connections: config.max_connections,
-            limits: conn::Limits::of(config),
-            resolver: Resolver::new(config.resolve.clone(), Arc::new(Destinations::of(config))),
+            limits: conn::Limits {
+                header_read: config.header_read_timeout,
+                idle: config.idle_timeout,
+            },
+            resolver: Resolver::new(
+                config.resolve.clone(),
+                Arc::new(Destinations::new(
+                    config.allow_local_targets,
+                    &config.routes,
+                    &[Some(config.listen), config.admin_listen]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+        }
+    }
+
+    /// The hosts veil's CA is for, and whether a new one is name-constrained to them: what
+    /// [`CertificateAuthority::load_or_create`](super::CertificateAuthority::load_or_create)
+    /// reads (`veil run`, `veil ca path` and `veil env` alike).
+    pub fn ca_scope(&self) -> CaScope<'_> {
+        CaScope {
+            hosts: &self.intercept,
+            constrain: self.ca_name_constraints,
         }
     }
 
@@ -90,6 +121,15 @@ impl ProxySettings {
                 .intercept
                 .iter()
                 .any(|p| p.port == Some(port) && p.matches(host, port))
+    }
+}
+
+#[cfg(test)]
+impl ProxySettings {
+    /// The settings `raw` resolves to, as `veil run` would resolve them (for the stages' unit
+    /// tests, which describe their input as a `RawConfig`).
+    pub(crate) fn from_raw(raw: crate::config::RawConfig) -> ProxySettings {
+        ProxySettings::from_config(&Config::resolve(None, raw).expect("test config resolves"))
     }
 }
 
@@ -125,7 +165,16 @@ mod tests {
             assert_eq!(s.is_port_allowed(host, port), allowed, "{host}:{port}");
         }
         assert_eq!(s.routes, c.routes);
-        assert_eq!(s.limits, conn::Limits::of(&c));
+        assert_eq!(
+            s.limits,
+            conn::Limits {
+                header_read: c.header_read_timeout,
+                idle: c.idle_timeout,
+            }
+        );
+        let scope = s.ca_scope();
+        assert_eq!(scope.hosts, &c.intercept[..]);
+        assert_eq!(scope.constrain, c.ca_name_constraints);
     }
 
     #[test]

@@ -21,9 +21,7 @@ use veil::config::{Config, RawConfig};
 use veil::exchange::Exchange;
 use veil::exchange::queue::ExchangeReceiver;
 use veil::keys::{Keyring, Purpose};
-use veil::proxy::capture::Fingerprinter;
-use veil::proxy::mitm::{CaScope, CertificateAuthority};
-use veil::proxy::{Proxy, ProxyStats};
+use veil::proxy::{CertificateAuthority, Fingerprinter, Proxy, ProxySettings, ProxyStats};
 
 use super::mock_llm::Mock;
 
@@ -70,8 +68,9 @@ impl Veil {
         let keys = tempfile::tempdir().unwrap();
         let config = config_for(mock, keys.path(), tweak);
         let keyring = Keyring::load_or_create(keys.path()).unwrap();
+        let settings = ProxySettings::from_config(&config);
         let ca = Arc::new(
-            CertificateAuthority::load_or_create(keys.path(), CaScope::of(&config)).unwrap(),
+            CertificateAuthority::load_or_create(keys.path(), settings.ca_scope()).unwrap(),
         );
         let ca_pem = ca.cert_pem().to_string();
         let ca_path = ca.cert_path().to_path_buf();
@@ -81,7 +80,7 @@ impl Veil {
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(veil::health::Health::default());
-        let proxy = Proxy::try_new(veil::proxy::ProxySettings::from_config(&config), ca, fp, tx)
+        let proxy = Proxy::try_new(settings, ca, fp, tx)
             .unwrap()
             .with_health(health.clone());
         let stats = proxy.stats();

@@ -1,103 +1,29 @@
-//! # Capture: tee both bodies into a bounded buffer and hand off one `Exchange`.
+//! # Tee: both bodies forwarded frame by frame, copied into a bounded capture, one `Exchange` out.
 //!
-//! [`TeeBody`] wraps a body and forwards every frame as it arrives; data frames are also
-//! cloned (a `Bytes` refcount bump, no copy) into the tee's own [`Capture`], up to the limit.
-//! No lock is taken per frame: each tee deposits its capture into the shared [`Recording`] once,
-//! when its body ends or is dropped.
+//! The forward stage starts a [`Recording`] for a recorded request (its [`RequestMeta`] and
+//! the [`Sink`] it goes to) and wraps the request body and, later, the response body in a
+//! [`TeeBody`]. Each tee forwards every frame as it arrives; data frames are also cloned (a
+//! `Bytes` refcount bump, no copy) into the tee's own [`Capture`], up to the limit. No lock is
+//! taken per frame: each tee deposits its capture into the shared `Recording` once, when its
+//! body ends or is dropped.
 //!
 //! An exchange ends exactly once by construction: the `Recording` sits behind an `Arc` held by
 //! the request tee, the response tee and the handler, and it emits its `Exchange` in `Drop`,
 //! when the last of them lets go, whatever happened (end of stream, error, client hang-up).
 //! The hand-off is a `try_send` (or a slot reserved up front in audit-required mode): the hot
-//! path never waits on recording.
+//! path never waits on recording. This module never parses, logs or looks into a body.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
-use crate::exchange::credentials::{self, CredentialHeader};
 use crate::exchange::queue::{ExchangeSender, Reservation};
 use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
 };
-use crate::keys::DerivedKey;
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-
-/// Keyed fingerprints of credentials (`fp_` + 16 hex), so spend can be attributed per key
-/// without ever storing the key. Which headers and query parameters are credentials is
-/// [`credentials`]'s call, the same list the rules and the seal use.
-#[derive(Debug, Clone)]
-pub struct Fingerprinter {
-    key: DerivedKey,
-}
-
-impl Fingerprinter {
-    /// A fingerprinter under `key` (`Purpose::Fingerprint` of the identity master key).
-    pub fn new(key: DerivedKey) -> Self {
-        Fingerprinter { key }
-    }
-
-    /// `fp_` + the first 8 bytes of the keyed BLAKE3 of `secret`, in hex.
-    pub fn fingerprint(&self, secret: &str) -> String {
-        let hex = self.key.mac(secret.as_bytes()).to_hex();
-        let mut out = String::with_capacity(19);
-        out.push_str("fp_");
-        out.push_str(&hex[..16]);
-        out
-    }
-
-    /// The recorded copy of `headers`: credential values replaced by fingerprints, lowercase
-    /// names, wire order. Returns the headers and the API key's fingerprint, if any.
-    pub fn record_headers(&self, headers: &HeaderMap) -> (Headers, Option<String>) {
-        let mut out = Vec::with_capacity(headers.len());
-        let mut api_key = None;
-        for (name, value) in headers {
-            let name = name.as_str();
-            let text = String::from_utf8_lossy(value.as_bytes());
-            if let Some(kind) = credentials::classify_header(name) {
-                let fp = self.fingerprint(credentials::secret_of(name, &text));
-                if api_key.is_none() && kind == CredentialHeader::ApiKey {
-                    api_key = Some(fp.clone());
-                }
-                out.push((name.to_string(), fp));
-            } else {
-                out.push((name.to_string(), text.into_owned()));
-            }
-        }
-        (out, api_key)
-    }
-
-    /// `path?query` with credential query parameters fingerprinted. Returns the path and the
-    /// fingerprint of the first credential parameter.
-    pub fn record_path(&self, path_and_query: &str) -> (String, Option<String>) {
-        let Some((path, query)) = path_and_query.split_once('?') else {
-            return (path_and_query.to_string(), None);
-        };
-        let mut api_key = None;
-        let mut out = String::with_capacity(path_and_query.len());
-        out.push_str(path);
-        out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            match pair.split_once('=') {
-                Some((k, v)) if credentials::is_credential_param(k) => {
-                    let fp = self.fingerprint(v);
-                    api_key.get_or_insert_with(|| fp.clone());
-                    out.push_str(k);
-                    out.push('=');
-                    out.push_str(&fp);
-                }
-                _ => out.push_str(pair),
-            }
-        }
-        (out, api_key)
-    }
-}
 
 /// Where a finished exchange goes.
 #[derive(Debug)]
@@ -445,162 +371,5 @@ impl<B: HttpBody> Drop for TeeBody<B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::{BodyExt, Full, StreamBody};
-
-    fn fingerprinter() -> Fingerprinter {
-        let key = crate::keys::MasterKey::from_bytes(crate::keys::KeyId(1), [3; 32]);
-        Fingerprinter::new(key.derive(crate::keys::Purpose::Fingerprint))
-    }
-
-    fn meta() -> RequestMeta {
-        RequestMeta {
-            id: ExchangeId::new(),
-            started_at: SystemTime::now(),
-            t0: Instant::now(),
-            client_addr: None,
-            route: Route::Intercept,
-            upstream: Upstream {
-                scheme: "https".into(),
-                host: "api.openai.com".into(),
-                port: 443,
-            },
-            client_version: "HTTP/1.1".into(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            headers: vec![],
-            tags: vec![],
-            api_key_fingerprint: None,
-        }
-    }
-
-    #[test]
-    fn credentials_are_fingerprinted_never_kept() {
-        let fp = fingerprinter();
-        let mut h = HeaderMap::new();
-        h.insert("authorization", "Bearer sk-live-SECRET".parse().unwrap());
-        h.insert("x-api-key", "sk-live-SECRET".parse().unwrap());
-        h.insert("cookie", "session=COOKIESECRET".parse().unwrap());
-        h.insert("content-type", "application/json".parse().unwrap());
-        let (headers, api_key) = fp.record_headers(&h);
-        let text = format!("{headers:?}");
-        assert!(!text.contains("SECRET"), "{text}");
-        // The same key via Bearer or x-api-key has the same fingerprint.
-        assert_eq!(headers[0].1, headers[1].1);
-        assert_eq!(api_key.as_deref(), Some(headers[0].1.as_str()));
-        assert!(headers.contains(&("content-type".into(), "application/json".into())));
-
-        let (path, key) = fp.record_path("/v1beta/models/g:generateContent?alt=sse&key=AIzaSECRET");
-        assert!(!path.contains("SECRET"), "{path}");
-        assert!(path.starts_with("/v1beta/models/g:generateContent?alt=sse&key=fp_"));
-        assert!(key.is_some());
-        assert_eq!(fp.record_path("/v1/x").0, "/v1/x");
-        // OAuth tokens and percent-encoded names are credentials too.
-        let (path, _) = fp.record_path("/x?access_token=ya29.SECRET&k%65y=AIzaSECRET2&alt=json");
-        assert!(!path.contains("SECRET"), "{path}");
-        assert!(path.ends_with("&alt=json"), "{path}");
-    }
-
-    #[test]
-    fn capture_is_bounded_and_marks_truncation() {
-        let mut c = Capture::new(10);
-        c.push(&Bytes::from_static(b"0123456"));
-        c.push(&Bytes::from_static(b"789abc"));
-        c.push(&Bytes::from_static(b"def"));
-        let body = c.into_body(None);
-        assert_eq!(&body.bytes()[..], b"0123456789");
-        assert_eq!(body.wire_len, 16);
-        assert!(body.truncated);
-    }
-
-    #[tokio::test]
-    async fn exchange_is_emitted_once_with_both_bodies() {
-        let (tx, mut rx) = crate::exchange::queue::channel(4, 1 << 20);
-        let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
-        let req = TeeBody::recording(
-            Full::new(Bytes::from_static(b"{\"q\":1}")),
-            Side::Request,
-            1024,
-            rec.clone(),
-        );
-        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"data: a\n\n"))),
-            Ok(Frame::data(Bytes::from_static(b"data: b\n\n"))),
-        ];
-        let resp_inner = StreamBody::new(futures_lite_stream(chunks));
-        rec.lock().unwrap().response_head(200, vec![], None);
-        let resp = TeeBody::recording(resp_inner, Side::Response, 1024, rec.clone());
-        drop(rec);
-        assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"q\":1}");
-        assert!(
-            rx.try_recv().is_none(),
-            "not emitted while the response is in flight"
-        );
-        assert_eq!(
-            resp.collect().await.unwrap().to_bytes(),
-            "data: a\n\ndata: b\n\n"
-        );
-        let ex = rx.try_recv().expect("emitted when the last tee ended");
-        assert_eq!(ex.outcome, Outcome::Complete);
-        assert_eq!(&ex.request_body.bytes()[..], b"{\"q\":1}");
-        assert_eq!(&ex.response_body.bytes()[..], b"data: a\n\ndata: b\n\n");
-        assert!(ex.timings.first_byte.is_some());
-        assert!(rx.try_recv().is_none(), "exactly once");
-        assert_eq!(tx.counters().queued.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
-        let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20);
-        for _ in 0..2 {
-            let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
-            rec.lock().unwrap().response_head(200, vec![], None);
-            let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
-                vec![Ok(Frame::data(Bytes::from_static(b"partial")))];
-            let mut resp = TeeBody::recording(
-                StreamBody::new(futures_lite_stream(chunks).chain_pending()),
-                Side::Response,
-                1024,
-                rec,
-            );
-            let _ = resp.frame().await;
-            drop(resp);
-        }
-        let ex = rx.try_recv().unwrap();
-        assert_eq!(ex.outcome, Outcome::ClientAborted);
-        assert_eq!(&ex.response_body.bytes()[..], b"partial");
-        assert_eq!(tx.counters().dropped_full.get(), 1);
-    }
-
-    /// A minimal stream over a vector, optionally never ending afterwards.
-    fn futures_lite_stream<T: Unpin>(items: Vec<T>) -> VecStream<T> {
-        VecStream {
-            items: items.into_iter().collect(),
-            pending_after: false,
-        }
-    }
-
-    struct VecStream<T> {
-        items: std::collections::VecDeque<T>,
-        pending_after: bool,
-    }
-
-    impl<T> VecStream<T> {
-        fn chain_pending(mut self) -> Self {
-            self.pending_after = true;
-            self
-        }
-    }
-
-    impl<T: Unpin> futures_core::Stream for VecStream<T> {
-        type Item = T;
-        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
-            match self.items.pop_front() {
-                Some(item) => Poll::Ready(Some(item)),
-                None if self.pending_after => Poll::Pending,
-                None => Poll::Ready(None),
-            }
-        }
-    }
-}
+#[path = "tee_tests.rs"]
+mod tests;

@@ -1,0 +1,124 @@
+//! # Fingerprint: credentials turned into keyed fingerprints before anything is recorded.
+//!
+//! Called by the forward stage when it starts a recording: it receives the request head (and
+//! the response head) and hands back the headers and path as they are recorded, every
+//! credential replaced by `fp_` + 16 hex, plus the API key's fingerprint for spend per key.
+//! Which headers and query parameters are credentials is
+//! [`exchange::credentials`](crate::exchange::credentials)'s call. The raw credential never
+//! leaves this module: it is never stored, logged or put in an `Exchange`.
+
+use http::HeaderMap;
+
+use crate::exchange::Headers;
+use crate::exchange::credentials::{self, CredentialHeader};
+use crate::keys::DerivedKey;
+
+/// Keyed fingerprints of credentials (`fp_` + 16 hex), so spend can be attributed per key
+/// without ever storing the key. Which headers and query parameters are credentials is
+/// [`credentials`]'s call, the same list the rules and the seal use.
+#[derive(Debug, Clone)]
+pub struct Fingerprinter {
+    key: DerivedKey,
+}
+
+impl Fingerprinter {
+    /// A fingerprinter under `key` (`Purpose::Fingerprint` of the identity master key).
+    pub fn new(key: DerivedKey) -> Self {
+        Fingerprinter { key }
+    }
+
+    /// `fp_` + the first 8 bytes of the keyed BLAKE3 of `secret`, in hex.
+    pub fn fingerprint(&self, secret: &str) -> String {
+        let hex = self.key.mac(secret.as_bytes()).to_hex();
+        let mut out = String::with_capacity(19);
+        out.push_str("fp_");
+        out.push_str(&hex[..16]);
+        out
+    }
+
+    /// The recorded copy of `headers`: credential values replaced by fingerprints, lowercase
+    /// names, wire order. Returns the headers and the API key's fingerprint, if any.
+    pub fn record_headers(&self, headers: &HeaderMap) -> (Headers, Option<String>) {
+        let mut out = Vec::with_capacity(headers.len());
+        let mut api_key = None;
+        for (name, value) in headers {
+            let name = name.as_str();
+            let text = String::from_utf8_lossy(value.as_bytes());
+            if let Some(kind) = credentials::classify_header(name) {
+                let fp = self.fingerprint(credentials::secret_of(name, &text));
+                if api_key.is_none() && kind == CredentialHeader::ApiKey {
+                    api_key = Some(fp.clone());
+                }
+                out.push((name.to_string(), fp));
+            } else {
+                out.push((name.to_string(), text.into_owned()));
+            }
+        }
+        (out, api_key)
+    }
+
+    /// `path?query` with credential query parameters fingerprinted. Returns the path and the
+    /// fingerprint of the first credential parameter.
+    pub fn record_path(&self, path_and_query: &str) -> (String, Option<String>) {
+        let Some((path, query)) = path_and_query.split_once('?') else {
+            return (path_and_query.to_string(), None);
+        };
+        let mut api_key = None;
+        let mut out = String::with_capacity(path_and_query.len());
+        out.push_str(path);
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, v)) if credentials::is_credential_param(k) => {
+                    let fp = self.fingerprint(v);
+                    api_key.get_or_insert_with(|| fp.clone());
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(&fp);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        (out, api_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprinter() -> Fingerprinter {
+        let key = crate::keys::MasterKey::from_bytes(crate::keys::KeyId(1), [3; 32]);
+        Fingerprinter::new(key.derive(crate::keys::Purpose::Fingerprint))
+    }
+
+    #[test]
+    fn credentials_are_fingerprinted_never_kept() {
+        let fp = fingerprinter();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer sk-live-SECRET".parse().unwrap());
+        h.insert("x-api-key", "sk-live-SECRET".parse().unwrap());
+        h.insert("cookie", "session=COOKIESECRET".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        let (headers, api_key) = fp.record_headers(&h);
+        let text = format!("{headers:?}");
+        assert!(!text.contains("SECRET"), "{text}");
+        // The same key via Bearer or x-api-key has the same fingerprint.
+        assert_eq!(headers[0].1, headers[1].1);
+        assert_eq!(api_key.as_deref(), Some(headers[0].1.as_str()));
+        assert!(headers.contains(&("content-type".into(), "application/json".into())));
+
+        let (path, key) = fp.record_path("/v1beta/models/g:generateContent?alt=sse&key=AIzaSECRET");
+        assert!(!path.contains("SECRET"), "{path}");
+        assert!(path.starts_with("/v1beta/models/g:generateContent?alt=sse&key=fp_"));
+        assert!(key.is_some());
+        assert_eq!(fp.record_path("/v1/x").0, "/v1/x");
+        // OAuth tokens and percent-encoded names are credentials too.
+        let (path, _) = fp.record_path("/x?access_token=ya29.SECRET&k%65y=AIzaSECRET2&alt=json");
+        assert!(!path.contains("SECRET"), "{path}");
+        assert!(path.ends_with("&alt=json"), "{path}");
+    }
+}

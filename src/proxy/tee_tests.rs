@@ -1,0 +1,128 @@
+//! Unit tests of [the tee](super): bounded capture, one `Exchange` per recording, and what a
+//! dropped response or a full queue makes of it.
+
+use super::*;
+use http_body_util::{BodyExt, Full, StreamBody};
+
+fn meta() -> RequestMeta {
+    RequestMeta {
+        id: ExchangeId::new(),
+        started_at: SystemTime::now(),
+        t0: Instant::now(),
+        client_addr: None,
+        route: Route::Intercept,
+        upstream: Upstream {
+            scheme: "https".into(),
+            host: "api.openai.com".into(),
+            port: 443,
+        },
+        client_version: "HTTP/1.1".into(),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        headers: vec![],
+        tags: vec![],
+        api_key_fingerprint: None,
+    }
+}
+
+#[test]
+fn capture_is_bounded_and_marks_truncation() {
+    let mut c = Capture::new(10);
+    c.push(&Bytes::from_static(b"0123456"));
+    c.push(&Bytes::from_static(b"789abc"));
+    c.push(&Bytes::from_static(b"def"));
+    let body = c.into_body(None);
+    assert_eq!(&body.bytes()[..], b"0123456789");
+    assert_eq!(body.wire_len, 16);
+    assert!(body.truncated);
+}
+
+#[tokio::test]
+async fn exchange_is_emitted_once_with_both_bodies() {
+    let (tx, mut rx) = crate::exchange::queue::channel(4, 1 << 20);
+    let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
+    let req = TeeBody::recording(
+        Full::new(Bytes::from_static(b"{\"q\":1}")),
+        Side::Request,
+        1024,
+        rec.clone(),
+    );
+    let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"data: a\n\n"))),
+        Ok(Frame::data(Bytes::from_static(b"data: b\n\n"))),
+    ];
+    let resp_inner = StreamBody::new(futures_lite_stream(chunks));
+    rec.lock().unwrap().response_head(200, vec![], None);
+    let resp = TeeBody::recording(resp_inner, Side::Response, 1024, rec.clone());
+    drop(rec);
+    assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"q\":1}");
+    assert!(
+        rx.try_recv().is_none(),
+        "not emitted while the response is in flight"
+    );
+    assert_eq!(
+        resp.collect().await.unwrap().to_bytes(),
+        "data: a\n\ndata: b\n\n"
+    );
+    let ex = rx.try_recv().expect("emitted when the last tee ended");
+    assert_eq!(ex.outcome, Outcome::Complete);
+    assert_eq!(&ex.request_body.bytes()[..], b"{\"q\":1}");
+    assert_eq!(&ex.response_body.bytes()[..], b"data: a\n\ndata: b\n\n");
+    assert!(ex.timings.first_byte.is_some());
+    assert!(rx.try_recv().is_none(), "exactly once");
+    assert_eq!(tx.counters().queued.get(), 1);
+}
+
+#[tokio::test]
+async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
+    let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20);
+    for _ in 0..2 {
+        let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
+        rec.lock().unwrap().response_head(200, vec![], None);
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"partial")))];
+        let mut resp = TeeBody::recording(
+            StreamBody::new(futures_lite_stream(chunks).chain_pending()),
+            Side::Response,
+            1024,
+            rec,
+        );
+        let _ = resp.frame().await;
+        drop(resp);
+    }
+    let ex = rx.try_recv().unwrap();
+    assert_eq!(ex.outcome, Outcome::ClientAborted);
+    assert_eq!(&ex.response_body.bytes()[..], b"partial");
+    assert_eq!(tx.counters().dropped_full.get(), 1);
+}
+
+/// A minimal stream over a vector, optionally never ending afterwards.
+fn futures_lite_stream<T: Unpin>(items: Vec<T>) -> VecStream<T> {
+    VecStream {
+        items: items.into_iter().collect(),
+        pending_after: false,
+    }
+}
+
+struct VecStream<T> {
+    items: std::collections::VecDeque<T>,
+    pending_after: bool,
+}
+
+impl<T> VecStream<T> {
+    fn chain_pending(mut self) -> Self {
+        self.pending_after = true;
+        self
+    }
+}
+
+impl<T: Unpin> futures_core::Stream for VecStream<T> {
+    type Item = T;
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
+        match self.items.pop_front() {
+            Some(item) => Poll::Ready(Some(item)),
+            None if self.pending_after => Poll::Pending,
+            None => Poll::Ready(None),
+        }
+    }
+}
