@@ -42,6 +42,21 @@ impl fmt::Display for KeyId {
     }
 }
 
+/// Serialized as its text form (`k<number>`).
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parsed from its text form (`k<number>`).
+impl<'de> serde::Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for KeyId {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
@@ -362,6 +377,15 @@ impl fmt::Display for UserPseudonym {
 impl AsRef<str> for UserPseudonym {
     fn as_ref(&self) -> &str {
         &self.0
+    }
+}
+
+/// Checked like [`UserPseudonym::parse`]: a document that carries a raw user ID where a
+/// pseudonym belongs fails to decode (the error holds no input).
+impl<'de> serde::Deserialize<'de> for UserPseudonym {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        UserPseudonym::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -2,13 +2,13 @@
 //!
 //! The remote half of the operator boundary: `veil run` serves it ([`server`]), the CLI calls
 //! it through [`client`] when a running veil holds the store, and both speak the documents of
-//! [`api`]. This file owns the admin token. The server It calls
+//! [`api`]. This file owns the admin token. The server calls
 //! [`SealStore`](crate::seal::SealStore) and nothing else: it never touches the proxy, the
 //! rules or OTLP, and it never logs content or raw user IDs.
 //!
 //! | method and path | what |
 //! | --- | --- |
-//! | `GET /healthz` | `200 ok` when recording works; `503` and a JSON body while it is degraded: `status`, `sealing` (`since`, `last_error`, failure counters) when the sealed store is, and `recording` (`part`: `records` or `disk`, `since`, `reason`) for the rest (no token needed) |
+//! | `GET /healthz` | `200 ok` when recording works; `503` and a JSON body while it is degraded: `status`, `sealing` (`since`, `last_error`, failure counters) when the sealed store is, and `recording` (`part`: `records`, `disk` or `ledger`, `since`, `reason`) for the rest (no token needed) |
 //! | `GET /v1/exchanges/{id}[?reason=R]` | unseal (audited); the exchange as JSON |
 //! | `DELETE /v1/exchanges/{id}[?reason=R]` | forget one; 404 when unknown |
 //! | `DELETE /v1/users/{user}/exchanges[?reason=R]` | forget a user's; `{user}` is the *raw* user ID (percent-encoded), pseudonymized here with the store's keyring |
@@ -16,6 +16,9 @@
 //! | `POST /v1/compact` | compaction pass |
 //! | `POST /v1/keys/reload` | re-read the keys dir (after `veil keys rotate`) |
 //! | `POST /v1/keys/rewrap` | reload, then rewrap every data key under the newest key |
+//!
+//! Every field of every answer, with its units, is documented on the types of [`api`] (the
+//! admin API's reference; its module docs map each request to its answers).
 //!
 //! A destructive request that fails answers with what it did anyway: `error`, plus
 //! `destroyed`, `pending` (receipted, unreadable, shredding completed on recovery) and
@@ -36,8 +39,9 @@
 //!
 //! - [`server`]: the HTTP server, routing, status codes, connection limits.
 //! - [`client`]: [`AdminClient`], one request per call.
-//! - [`api`]: what crosses the wire both ways: the unsealed exchange's JSON view and the
-//!   percent coding of path segments and queries.
+//! - [`api`]: what crosses the wire both ways: [`AdminRequest`] and one type per answer
+//!   document ([`ExchangeView`], [`ForgetResponse`], [`DestroyFailure`], …), plus the percent
+//!   coding of path segments and queries.
 
 use std::fmt;
 use std::path::Path;
@@ -52,9 +56,15 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use api::exchange_to_json;
-pub(crate) use api::percent_encode;
-pub use client::AdminClient;
+#[cfg(test)]
+use api::percent_encode;
+pub use api::{
+    AdminRequest, BodyView, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse,
+    ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse,
+    OutcomeView, PurgeResponse, RecordingHealth, RequestError, RewrapResponse, RouteView,
+    SealingHealth, TimingsView, UpstreamView,
+};
+pub use client::{AdminClient, AdminError, AdminErrorKind, HealthResponse};
 pub use server::{ADMIN_MAX_CONNECTIONS, serve, serve_with};
 
 /// File name of the admin token inside the keys dir.

@@ -3,7 +3,7 @@
 //! Serves the table in [`crate::admin`]'s docs on a listener `veil run` hands it. It calls
 //! [`SealStore`] (on blocking threads) and nothing else: it never touches the proxy's traffic,
 //! the rules or OTLP, and it never logs content or raw user IDs. Response documents that the
-//! CLI also prints come from [`super::api`].
+//! CLI also prints come from [`super::api`]; so does the router ([`AdminRequest::parse`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -21,8 +21,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use serde::Serialize;
+
 use super::AdminToken;
-use super::api::{exchange_to_json, percent_decode};
+use super::api::{
+    AdminRequest, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, ExchangeView,
+    ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse, PurgeResponse,
+    RecordingHealth, RewrapResponse, SealingHealth,
+};
 use crate::keys::pseudonymize_user;
 use crate::proxy::conn::{Activity, Ended, Limits, Tracked, Watched, drive};
 use crate::proxy::{ACCEPT_RETRY, AcceptFailures};
@@ -37,16 +43,34 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 type Body = Full<Bytes>;
 
-fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+/// A JSON answer: one document of [`super::api`] and a newline.
+fn json(status: StatusCode, doc: &impl Serialize) -> Response<Body> {
+    // The api types hold only strings, integers, finite floats and string-keyed maps, so
+    // encoding cannot fail; if it ever did, a 500 says so instead of a panic.
+    let (status, body) = match serde_json::to_vec(doc) {
+        Ok(mut b) => {
+            b.push(b'\n');
+            (status, b)
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{{\"error\":\"cannot encode the answer: {e}\"}}\n").into_bytes(),
+        ),
+    };
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(v.to_string() + "\n")))
+        .body(Full::new(Bytes::from(body)))
         .expect("invariant: static response parts are valid")
 }
 
 fn error(status: StatusCode, msg: impl fmt::Display) -> Response<Body> {
-    json(status, serde_json::json!({ "error": msg.to_string() }))
+    json(
+        status,
+        &ErrorResponse {
+            error: msg.to_string(),
+        },
+    )
 }
 
 fn status_of(kind: ErrorKind) -> StatusCode {
@@ -64,22 +88,12 @@ fn seal_error(e: &SealError) -> Response<Body> {
     error(status_of(e.kind()), e)
 }
 
-fn ids_json(ids: &[crate::exchange::ExchangeId]) -> serde_json::Value {
-    ids.iter().map(|i| i.to_string()).collect()
-}
-
-/// A failed destructive request: the error and exactly what was and was not destroyed.
-fn forget_error(e: &ForgetError, extra: serde_json::Value) -> Response<Body> {
-    let mut v = serde_json::json!({
-        "error": e.to_string(),
-        "destroyed": ids_json(e.destroyed()),
-        "pending": ids_json(e.pending()),
-        "not_destroyed": ids_json(e.not_destroyed()),
-    });
-    if let (Some(o), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
-        o.extend(x);
-    }
-    json(status_of(e.kind()), v)
+/// A failed destructive request: the error and exactly what was and was not destroyed, plus
+/// the endpoint's own fields (`with` fills them).
+fn forget_error(e: &ForgetError, with: impl FnOnce(&mut DestroyFailure)) -> Response<Body> {
+    let mut doc = DestroyFailure::from_forget_error(e);
+    with(&mut doc);
+    json(status_of(e.kind()), &doc)
 }
 
 /// `GET /healthz`: `200 ok` while sealing works; `503` with the reason while the sealed store
@@ -88,55 +102,45 @@ fn forget_error(e: &ForgetError, extra: serde_json::Value) -> Response<Body> {
 /// needs an operator. It is not a liveness signal: restarting veil does not free disk space.
 fn healthz(store: &SealStore) -> Response<Body> {
     // Everything recording depends on (records writes, free disk), when veil shares it.
-    let others: Vec<serde_json::Value> = store
+    let recording: Vec<RecordingHealth> = store
         .recording_health()
         .map(|h| h.report())
         .unwrap_or_default()
         .into_iter()
         .filter(|p| p.part != crate::health::Part::Seal)
-        .map(|p| {
-            serde_json::json!({
-                "part": p.part.as_str(),
-                "since": crate::seal::audit::rfc3339(p.since),
-                "reason": p.reason,
-            })
+        .map(|p| RecordingHealth {
+            part: p.part.as_str().to_string(),
+            since: crate::seal::audit::rfc3339(p.since),
+            reason: p.reason,
         })
         .collect();
-    match store.health() {
-        Health::Ok if !others.is_empty() => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "degraded", "recording": others }),
-        ),
-        Health::Ok => Response::builder()
-            .header("content-type", "text/plain")
-            .body(Full::new(Bytes::from_static(b"ok\n")))
-            .expect("invariant: static response parts are valid"),
+    let sealing = match store.health() {
+        Health::Ok if recording.is_empty() => {
+            return Response::builder()
+                .header("content-type", "text/plain")
+                .body(Full::new(Bytes::from_static(b"ok\n")))
+                .expect("invariant: static response parts are valid");
+        }
+        Health::Ok => None,
         Health::Degraded { since, last_error } => {
             let stats = store.stats();
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({
-                    "status": "degraded",
-                    "sealing": {
-                        "since": crate::seal::audit::rfc3339(since),
-                        "last_error": last_error,
-                        "failed_commits": stats.failed_commits,
-                        "recoveries": stats.recoveries,
-                        "detached_failures": stats.detached_failures,
-                    },
-                    "recording": others,
-                }),
-            )
+            Some(SealingHealth {
+                since: crate::seal::audit::rfc3339(since),
+                last_error,
+                failed_commits: stats.failed_commits,
+                recoveries: stats.recoveries,
+                detached_failures: stats.detached_failures,
+            })
         }
-    }
-}
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name)
-            .then(|| percent_decode(&v.replace('+', " ")))
-            .flatten()
-    })
+    };
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &DegradedHealth {
+            status: HealthStatus::Degraded,
+            sealing,
+            recording,
+        },
+    )
 }
 
 async fn blocking<T: Send + 'static>(
@@ -195,101 +199,102 @@ async fn handle(
         let a: String = a.chars().filter(|c| !c.is_control()).take(64).collect();
         actor.push_str(&format!(" ({a})"));
     }
-    let reason = query_param(&req, "reason").unwrap_or_else(|| "admin api".to_string());
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    let resp = match (&method, segs.as_slice()) {
-        (&Method::GET, ["v1", "exchanges", id]) | (&Method::DELETE, ["v1", "exchanges", id]) => {
-            let id = match id.parse::<crate::exchange::ExchangeId>() {
-                Ok(id) => id,
-                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
-            };
-            if method == Method::GET {
-                match blocking(move || store.unseal(id, &actor, &reason)).await {
-                    Ok(ex) => json(StatusCode::OK, exchange_to_json(&ex)),
-                    Err(e) => seal_error(&e),
-                }
-            } else {
-                match blocking_forget(move || store.forget(&[id], &actor, &reason)).await {
-                    Ok(out) if out.first().is_some_and(|o| o.forgotten) => json(
-                        StatusCode::OK,
-                        serde_json::json!({"request_id": id.to_string(), "forgotten": true}),
-                    ),
-                    Ok(_) => json(
-                        StatusCode::NOT_FOUND,
-                        serde_json::json!({"request_id": id.to_string(), "forgotten": false,
-                            "error": "no sealed exchange with this id (never sealed, or already forgotten)"}),
-                    ),
-                    Err(e) => forget_error(
-                        &e,
-                        serde_json::json!({"request_id": id.to_string(), "forgotten": false}),
-                    ),
-                }
+    // Parsed after the token check: an unauthenticated caller learns nothing, not even
+    // whether its request was well-formed.
+    let request = match AdminRequest::parse(req.method(), req.uri()) {
+        Ok(r) => r,
+        Err(e) => return Ok(error(e.status(), e)),
+    };
+    let reason = |r: Option<String>| r.unwrap_or_else(|| "admin api".to_string());
+    let resp = match request {
+        AdminRequest::Health => healthz(&store),
+        AdminRequest::Unseal { id, reason: r } => {
+            let reason = reason(r);
+            match blocking(move || store.unseal(id, &actor, &reason)).await {
+                Ok(ex) => json(StatusCode::OK, &ExchangeView::of(&ex)),
+                Err(e) => seal_error(&e),
             }
         }
-        (&Method::DELETE, ["v1", "users", user, "exchanges"]) => {
-            let Some(raw) = percent_decode(user).filter(|u| !u.is_empty()) else {
-                return Ok(error(StatusCode::BAD_REQUEST, "bad user id encoding"));
-            };
-            let pseudonym = pseudonymize_user(&store.keyring(), &raw);
+        AdminRequest::Forget { id, reason: r } => {
+            let reason = reason(r);
+            match blocking_forget(move || store.forget(&[id], &actor, &reason)).await {
+                Ok(out) if out.first().is_some_and(|o| o.forgotten) => json(
+                    StatusCode::OK,
+                    &ForgetResponse {
+                        request_id: id,
+                        forgotten: true,
+                        error: None,
+                    },
+                ),
+                Ok(_) => json(
+                    StatusCode::NOT_FOUND,
+                    &ForgetResponse {
+                        request_id: id,
+                        forgotten: false,
+                        error: Some(
+                            "no sealed exchange with this id (never sealed, or already forgotten)"
+                                .to_string(),
+                        ),
+                    },
+                ),
+                Err(e) => forget_error(&e, |d| {
+                    d.request_id = Some(id);
+                    d.forgotten = Some(false);
+                }),
+            }
+        }
+        AdminRequest::ForgetUser { user, reason: r } => {
+            let reason = reason(r);
+            let pseudonym = pseudonymize_user(&store.keyring(), &user);
             let p = pseudonym.clone();
             match blocking_forget(move || store.forget_user(&p, &actor, &reason)).await {
                 Ok(ids) => json(
                     StatusCode::OK,
-                    serde_json::json!({ "user": pseudonym, "forgotten": ids_json(&ids) }),
+                    &ForgetUserResponse {
+                        user: pseudonym,
+                        forgotten: ids,
+                    },
                 ),
-                Err(e) => forget_error(&e, serde_json::json!({ "user": pseudonym })),
+                Err(e) => forget_error(&e, |d| d.user = Some(pseudonym)),
             }
         }
-        (&Method::POST, ["v1", "purge"]) => {
-            let Some(older) = query_param(&req, "older_than") else {
-                return Ok(error(StatusCode::BAD_REQUEST, "older_than is required"));
-            };
-            let older = match crate::config::parse_duration(&older) {
-                Ok(d) => d,
-                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
-            };
-            match blocking_forget(move || store.purge(older, &actor)).await {
+        AdminRequest::Purge { older_than } => {
+            match blocking_forget(move || store.purge(older_than, &actor)).await {
                 Ok(ids) => json(
                     StatusCode::OK,
-                    serde_json::json!({ "purged": ids.len(), "ids": ids_json(&ids) }),
+                    &PurgeResponse {
+                        purged: ids.len() as u64,
+                        ids,
+                    },
                 ),
-                Err(e) => forget_error(&e, serde_json::json!({ "purged": e.destroyed().len() })),
+                Err(e) => forget_error(&e, |d| d.purged = Some(e.destroyed().len() as u64)),
             }
         }
-        (&Method::POST, ["v1", "compact"]) => match blocking(move || store.compact()).await {
-            Ok(s) => json(
-                StatusCode::OK,
-                serde_json::json!({
-                    "segments_removed": s.segments_removed,
-                    "frames_moved": s.frames_moved,
-                    "bytes_reclaimed": s.bytes_reclaimed,
-                }),
-            ),
+        AdminRequest::Compact => match blocking(move || store.compact()).await {
+            Ok(s) => json(StatusCode::OK, &CompactResponse::from(s)),
             Err(e) => seal_error(&e),
         },
-        (&Method::POST, ["v1", "keys", "reload"]) => match store.reload_keys() {
-            Ok(id) => json(
-                StatusCode::OK,
-                serde_json::json!({ "current": id.to_string() }),
-            ),
+        AdminRequest::ReloadKeys => match store.reload_keys() {
+            Ok(current) => json(StatusCode::OK, &KeysReloadResponse { current }),
             Err(e) => seal_error(&e),
         },
-        (&Method::POST, ["v1", "keys", "rewrap"]) => {
+        AdminRequest::Rewrap => {
             let r = blocking(move || {
                 let id = store.reload_keys()?;
                 store.rewrap(&actor).map(|n| (id, n))
             })
             .await;
             match r {
-                Ok((id, n)) => json(
+                Ok((current, n)) => json(
                     StatusCode::OK,
-                    serde_json::json!({ "current": id.to_string(), "rewrapped": n }),
+                    &RewrapResponse {
+                        current,
+                        rewrapped: n as u64,
+                    },
                 ),
                 Err(e) => seal_error(&e),
             }
         }
-        _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     };
     Ok(resp)
 }

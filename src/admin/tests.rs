@@ -251,3 +251,80 @@ fn percent_coding_round_trips() {
     }
     assert!(percent_decode("%zz").is_none());
 }
+
+/// The typed client reads every answer the real server gives, in the types of `api`: the
+/// server encodes and the client decodes the same definitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_client_reads_every_answer_of_the_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SealStore::open(dir.path(), ring(1), Default::default()).unwrap();
+    let carol = pseudonymize_user(&ring(1), "carol");
+    let a = openai_chat();
+    let b = openai_chat();
+    let mut old = openai_chat();
+    old.started_at -= Duration::from_secs(40 * 86_400);
+    store.seal(&a, None).await.unwrap();
+    store.seal(&b, Some(&carol)).await.unwrap();
+    store.seal(&old, None).await.unwrap();
+    let token = AdminToken::from_secret("t");
+    let (addr, stop) = start(store.clone(), token.clone()).await;
+    let client = AdminClient {
+        addr,
+        token,
+        actor: "cli:test".into(),
+    };
+
+    assert_eq!(client.health().await.unwrap(), HealthResponse::Ok);
+    let view = client.unseal(a.id, "test").await.unwrap();
+    assert_eq!(view.id, a.id);
+    assert_eq!(view.request_body, BodyView::of(&a.request_body));
+    assert_eq!(view.response_body, BodyView::of(&a.response_body));
+    assert_eq!(view.outcome, OutcomeView::Complete {});
+    assert!(
+        !view
+            .request_headers
+            .iter()
+            .any(|(k, _)| k == "authorization"),
+        "the store keeps no credential"
+    );
+    let e = client
+        .unseal(crate::exchange::ExchangeId::new(), "test")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.status()),
+        (AdminErrorKind::Refused, Some(StatusCode::NOT_FOUND))
+    );
+
+    let done = client.forget(a.id, "test").await.unwrap();
+    assert_eq!(
+        (done.request_id, done.forgotten, done.error),
+        (a.id, true, None)
+    );
+    let again = client.forget(a.id, "test").await.unwrap();
+    assert!(!again.forgotten && again.error.is_some(), "{again:?}");
+    let user = client.forget_user("carol", "test").await.unwrap();
+    assert_eq!((user.user, user.forgotten), (carol, vec![b.id]));
+    let purged = client
+        .purge(Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!((purged.purged, purged.ids), (1, vec![old.id]));
+    client.compact().await.unwrap();
+    // Opened without a keys dir: reloading is refused with 409, in the error document.
+    let e = client.reload_keys().await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.status()),
+        (AdminErrorKind::Refused, Some(StatusCode::CONFLICT))
+    );
+
+    store.degrade_for_test("segments/00000001.seg: No space left on device (os error 28)");
+    let HealthResponse::Degraded(h) = client.health().await.unwrap() else {
+        panic!("degraded expected");
+    };
+    assert_eq!(h.status, HealthStatus::Degraded);
+    let sealing = h.sealing.unwrap();
+    assert!(sealing.last_error.contains("No space left"), "{sealing:?}");
+    assert_eq!(sealing.failed_commits, 1);
+    stop.send(()).unwrap();
+}

@@ -7,15 +7,17 @@
 //! thing either way and answers in the same shape, so the commands in `super::seal` print
 //! without asking which it was. Never prints anything itself.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use http::{Method, StatusCode};
+use anyhow::{Context, anyhow};
 
 use super::seal::StoreDirs;
-use crate::admin::{AdminClient, AdminToken, exchange_to_json, percent_encode};
+use crate::admin::{
+    AdminClient, AdminError, AdminErrorKind, AdminToken, CompactResponse, ExchangeView,
+};
 use crate::exchange::{Exchange, ExchangeId};
 use crate::keys::{Keyring, pseudonymize_user};
 use crate::seal::{ForgetError, SealOptions, SealStore};
@@ -58,65 +60,87 @@ impl Failure {
     }
 
     /// A failed admin API answer to a destructive request: the lists it carries, after
-    /// `destroyed_before` (earlier requests) and before `not_reached` (never sent).
+    /// `destroyed_before` (earlier requests) and before `not_reached` (never sent). An answer
+    /// without lists destroyed nothing: `asked` (the ID of a one-ID request) is then listed
+    /// as not destroyed.
     fn from_remote(
-        status: StatusCode,
-        v: &serde_json::Value,
+        e: &AdminError,
+        asked: Option<ExchangeId>,
         not_reached: Vec<String>,
         mut destroyed_before: Vec<String>,
     ) -> Self {
-        destroyed_before.extend(id_list(&v["destroyed"]));
-        let mut not_destroyed = id_list(&v["not_destroyed"]);
+        let (pending, mut not_destroyed) = match e.failure() {
+            Some(f) => {
+                destroyed_before.extend(strings(&f.destroyed));
+                (strings(&f.pending), strings(&f.not_destroyed))
+            }
+            None => (Vec::new(), asked.iter().map(ToString::to_string).collect()),
+        };
         not_destroyed.extend(not_reached);
         Failure {
             unknown: Vec::new(),
             destroyed: destroyed_before,
-            pending: id_list(&v["pending"]),
+            pending,
             not_destroyed,
-            error: format!(
-                "admin API: {status}: {}",
-                v["error"].as_str().unwrap_or("unknown error")
-            ),
+            error: e.to_string(),
         }
     }
 }
 
-/// One unsealed exchange: decoded here, or the admin API's JSON view of it.
+/// True when an admin error leaves a destructive request's outcome unknown: no answer, or an
+/// answer this veil cannot read. (A refusal, 401 included, says what was done.)
+fn outcome_unknown(e: &AdminError) -> bool {
+    matches!(
+        e.kind(),
+        AdminErrorKind::Unreachable | AdminErrorKind::Unreadable
+    )
+}
+
+/// One unsealed exchange: decoded here, or the admin API's view of it.
 pub(super) enum Unsealed {
     /// Unsealed from the local store.
     Local(Box<Exchange>),
-    /// `GET /v1/exchanges/{id}`'s body ([`exchange_to_json`] on the server).
-    Remote(serde_json::Value),
+    /// `GET /v1/exchanges/{id}`'s body (built by [`ExchangeView::of`] on the server).
+    Remote(Box<ExchangeView>),
 }
 
 impl Unsealed {
     /// The JSON view (identical either way).
-    pub(super) fn json(&self) -> serde_json::Value {
+    pub(super) fn view(&self) -> ExchangeView {
         match self {
-            Unsealed::Local(ex) => exchange_to_json(ex),
-            Unsealed::Remote(v) => v.clone(),
+            Unsealed::Local(ex) => ExchangeView::of(ex),
+            Unsealed::Remote(v) => (**v).clone(),
         }
     }
 
     /// Writes the captured request and response bodies as they crossed the wire, each
-    /// followed by a newline.
+    /// followed by a newline. Errors: I/O, or (remote) a `wire_base64` that is not base64.
     pub(super) fn write_raw(&self, out: &mut impl Write) -> std::io::Result<()> {
-        match self {
-            Unsealed::Local(ex) => {
-                out.write_all(&ex.request_body.bytes())?;
-                out.write_all(b"\n")?;
-                out.write_all(&ex.response_body.bytes())?;
-                out.write_all(b"\n")?;
-                out.flush()
-            }
+        let (request, response) = match self {
+            Unsealed::Local(ex) => (
+                ex.request_body.bytes().to_vec(),
+                ex.response_body.bytes().to_vec(),
+            ),
             Unsealed::Remote(v) => {
-                for which in ["request_body", "response_body"] {
-                    out.write_all(&super::seal::raw_from_json(&v[which]))?;
-                    out.write_all(b"\n")?;
-                }
-                Ok(())
+                let raw = |b: &crate::admin::BodyView, which: &str| {
+                    b.wire_bytes().ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("the admin API's {which}.wire_base64 is not base64"),
+                        )
+                    })
+                };
+                (
+                    raw(&v.request_body, "request_body")?,
+                    raw(&v.response_body, "response_body")?,
+                )
             }
+        };
+        for body in [request, response] {
+            out.write_all(&body)?;
+            out.write_all(b"\n")?;
         }
+        out.flush()
     }
 }
 
@@ -158,11 +182,7 @@ impl Operator {
             Operator::Local(store) => Ok(Unsealed::Local(Box::new(
                 store.unseal(id, &actor(), reason).map_err(|e| anyhow!(e))?,
             ))),
-            Operator::Remote(c) => Ok(Unsealed::Remote(remote_ok(
-                c,
-                Method::GET,
-                &format!("/v1/exchanges/{id}?reason={}", percent_encode(reason)),
-            )?)),
+            Operator::Remote(c) => Ok(Unsealed::Remote(Box::new(block(c.unseal(id, reason))??))),
         }
     }
 
@@ -175,62 +195,66 @@ impl Operator {
         ids: &[ExchangeId],
         reason: &str,
     ) -> anyhow::Result<Result<Vec<(String, bool)>, Failure>> {
-        match self {
-            Operator::Local(store) => Ok(match store.forget(ids, &actor(), reason) {
-                Ok(out) => Ok(out
-                    .into_iter()
-                    .map(|o| (o.id.to_string(), o.forgotten))
-                    .collect()),
-                Err(e) => Err(Failure::from_forget(&e)),
-            }),
-            Operator::Remote(c) => {
-                let mut out = Vec::new();
-                let mut done = Vec::new();
-                let mut unknown = Vec::new();
-                for (i, id) in ids.iter().enumerate() {
-                    let sent = remote(
-                        c,
-                        Method::DELETE,
-                        &format!("/v1/exchanges/{id}?reason={}", percent_encode(reason)),
-                    );
-                    let (status, v) = match sent {
-                        Ok(x) => x,
-                        Err(e) => {
-                            return Ok(Err(Failure {
-                                unknown,
-                                destroyed: done,
-                                pending: Vec::new(),
-                                not_destroyed: strings(&ids[i + 1..]),
-                                error: format!(
-                                    "{e:#}; the outcome for {id} is unknown (check receipts.jsonl)"
-                                ),
-                            }));
-                        }
-                    };
-                    match status {
-                        StatusCode::OK => {
-                            done.push(id.to_string());
-                            out.push((id.to_string(), true));
-                        }
-                        StatusCode::NOT_FOUND => {
-                            unknown.push(id.to_string());
-                            out.push((id.to_string(), false));
-                        }
-                        s => {
-                            let mut f = Failure::from_remote(s, &v, strings(&ids[i + 1..]), done);
-                            f.unknown = unknown;
-                            return Ok(Err(f));
-                        }
-                    }
+        let c = match self {
+            Operator::Local(store) => {
+                return Ok(match store.forget(ids, &actor(), reason) {
+                    Ok(out) => Ok(out
+                        .into_iter()
+                        .map(|o| (o.id.to_string(), o.forgotten))
+                        .collect()),
+                    Err(e) => Err(Failure::from_forget(&e)),
+                });
+            }
+            Operator::Remote(c) => c,
+        };
+        let rt = runtime()?;
+        let mut out = Vec::new();
+        let mut done = Vec::new();
+        let mut unknown = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let not_reached = strings(&ids[i + 1..]);
+            match rt.block_on(c.forget(*id, reason)) {
+                Ok(answer) if answer.forgotten => {
+                    done.push(id.to_string());
+                    out.push((id.to_string(), true));
                 }
-                Ok(Ok(out))
+                Ok(_) => {
+                    unknown.push(id.to_string());
+                    out.push((id.to_string(), false));
+                }
+                // Nothing done yet: the plain error ("refused the token") says it all.
+                Err(e)
+                    if e.kind() == AdminErrorKind::Unauthorized
+                        && done.is_empty()
+                        && unknown.is_empty() =>
+                {
+                    return Err(e.into());
+                }
+                Err(e) if outcome_unknown(&e) => {
+                    return Ok(Err(Failure {
+                        unknown,
+                        destroyed: done,
+                        pending: Vec::new(),
+                        not_destroyed: not_reached,
+                        error: format!(
+                            "{e}; the outcome for {id} is unknown (check receipts.jsonl)"
+                        ),
+                    }));
+                }
+                Err(e) => {
+                    let mut f = Failure::from_remote(&e, Some(*id), not_reached, done);
+                    f.unknown = unknown;
+                    return Ok(Err(f));
+                }
             }
         }
+        Ok(Ok(out))
     }
 
     /// Forgets every exchange of the raw user ID `user` (pseudonymized with the store's
     /// keyring, locally or by the running veil): the pseudonym, and the IDs destroyed or what
-    /// was and was not destroyed.
+    /// was and was not destroyed. The pseudonym is `?` when a failed remote answer did not
+    /// carry it.
     #[allow(clippy::type_complexity)]
     pub(super) fn forget_user(
         &self,
@@ -246,25 +270,20 @@ impl Operator {
                     .map_err(|e| Failure::from_forget(&e));
                 Ok((p.into_string(), r))
             }
-            Operator::Remote(c) => {
-                let (status, v) = remote(
-                    c,
-                    Method::DELETE,
-                    &format!(
-                        "/v1/users/{}/exchanges?reason={}",
-                        percent_encode(user),
-                        percent_encode(reason)
-                    ),
-                )?;
-                let p = v["user"].as_str().unwrap_or("?").to_string();
-                if !status.is_success() {
-                    return Ok((
+            Operator::Remote(c) => match block(c.forget_user(user, reason))? {
+                Ok(answer) => Ok((answer.user.into_string(), Ok(strings(&answer.forgotten)))),
+                Err(e) if e.kind() == AdminErrorKind::Refused => {
+                    let p = e
+                        .failure()
+                        .and_then(|f| f.user.as_ref())
+                        .map_or_else(|| "?".to_string(), ToString::to_string);
+                    Ok((
                         p,
-                        Err(Failure::from_remote(status, &v, Vec::new(), Vec::new())),
-                    ));
+                        Err(Failure::from_remote(&e, None, Vec::new(), Vec::new())),
+                    ))
                 }
-                Ok((p, Ok(id_list(&v["forgotten"]))))
-            }
+                Err(e) => Err(e.into()),
+            },
         }
     }
 
@@ -275,48 +294,29 @@ impl Operator {
                 .purge(older, &actor())
                 .map(|ids| strings(&ids))
                 .map_err(|e| Failure::from_forget(&e))),
-            Operator::Remote(c) => {
-                let (status, v) = remote(
-                    c,
-                    Method::POST,
-                    &format!("/v1/purge?older_than={}ms", older.as_millis()),
-                )?;
-                if !status.is_success() {
-                    return Ok(Err(Failure::from_remote(
-                        status,
-                        &v,
-                        Vec::new(),
-                        Vec::new(),
-                    )));
+            Operator::Remote(c) => match block(c.purge(older))? {
+                Ok(answer) => Ok(Ok(strings(&answer.ids))),
+                Err(e) if e.kind() == AdminErrorKind::Refused => {
+                    Ok(Err(Failure::from_remote(&e, None, Vec::new(), Vec::new())))
                 }
-                Ok(Ok(id_list(&v["ids"])))
-            }
+                Err(e) => Err(e.into()),
+            },
         }
     }
 
     /// One compaction pass; the admin API's `POST /v1/compact` document either way.
-    pub(super) fn compact(&self) -> anyhow::Result<serde_json::Value> {
+    pub(super) fn compact(&self) -> anyhow::Result<CompactResponse> {
         match self {
-            Operator::Local(store) => {
-                let s = store.compact().map_err(|e| anyhow!(e))?;
-                Ok(serde_json::json!({
-                    "segments_removed": s.segments_removed,
-                    "frames_moved": s.frames_moved,
-                    "bytes_reclaimed": s.bytes_reclaimed,
-                }))
-            }
-            Operator::Remote(c) => remote_ok(c, Method::POST, "/v1/compact"),
+            Operator::Local(store) => Ok(store.compact().map_err(|e| anyhow!(e))?.into()),
+            Operator::Remote(c) => Ok(block(c.compact())??),
         }
     }
 
     /// Re-wraps every data key under the newest master key; how many were.
-    pub(super) fn rewrap(&self) -> anyhow::Result<usize> {
+    pub(super) fn rewrap(&self) -> anyhow::Result<u64> {
         match self {
-            Operator::Local(store) => store.rewrap(&actor()).map_err(|e| anyhow!(e)),
-            Operator::Remote(c) => {
-                let v = remote_ok(c, Method::POST, "/v1/keys/rewrap")?;
-                Ok(v["rewrapped"].as_u64().unwrap_or(0) as usize)
-            }
+            Operator::Local(store) => Ok(store.rewrap(&actor()).map_err(|e| anyhow!(e))? as u64),
+            Operator::Remote(c) => Ok(block(c.rewrap())??.rewrapped),
         }
     }
 }
@@ -330,51 +330,17 @@ pub(super) fn client(addr: SocketAddr, token: AdminToken) -> AdminClient {
     }
 }
 
-fn remote(
-    client: &AdminClient,
-    method: Method,
-    path: &str,
-) -> anyhow::Result<(StatusCode, serde_json::Value)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A one-thread runtime for the CLI's blocking calls to the admin client.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("tokio runtime")?;
-    let (status, v) = rt
-        .block_on(client.request(method, path))
-        .map_err(|e| anyhow!(e))?;
-    if status == StatusCode::UNAUTHORIZED {
-        bail!(
-            "the admin API at {} refused the token (check VEIL_ADMIN_TOKEN / admin.token)",
-            client.addr
-        );
-    }
-    Ok((status, v))
+        .context("tokio runtime")
 }
 
-/// [`remote`], with a non-2xx answer as an error.
-pub(super) fn remote_ok(
-    client: &AdminClient,
-    method: Method,
-    path: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let (status, v) = remote(client, method, path)?;
-    if !status.is_success() {
-        bail!(
-            "admin API: {status}: {}",
-            v["error"].as_str().unwrap_or("unknown error")
-        );
-    }
-    Ok(v)
-}
-
-fn id_list(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Runs one admin client call to completion on a fresh [`runtime`].
+pub(super) fn block<T>(call: impl Future<Output = T>) -> anyhow::Result<T> {
+    Ok(runtime()?.block_on(call))
 }
 
 fn strings(ids: &[ExchangeId]) -> Vec<String> {
@@ -409,7 +375,7 @@ mod tests {
             drop(store);
             let op = Operator::open(&d).unwrap();
             assert!(matches!(op, Operator::Local(_)));
-            let json = op.unseal(a.id, "test").unwrap().json();
+            let json = op.unseal(a.id, "test").unwrap().view();
             let mut raw = Vec::new();
             op.unseal(a.id, "test")
                 .unwrap()
@@ -453,7 +419,7 @@ mod tests {
         }));
         let op = Operator::open(&d).unwrap();
         assert!(matches!(op, Operator::Remote(_)));
-        assert_eq!(op.unseal(a.id, "test").unwrap().json(), local.0);
+        assert_eq!(op.unseal(a.id, "test").unwrap().view(), local.0);
         let mut raw = Vec::new();
         op.unseal(a.id, "test")
             .unwrap()

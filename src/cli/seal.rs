@@ -18,9 +18,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use base64::Engine;
 
-use super::operator::{Failure, Operator, Unsealed, client, remote_ok};
+use super::operator::{Failure, Operator, Unsealed, block, client};
 use crate::admin::AdminToken;
 use crate::config::Config;
 use crate::exchange::ExchangeId;
@@ -156,19 +155,8 @@ pub fn run_unseal(args: &UnsealArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         unsealed.write_raw(&mut std::io::stdout().lock())?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", serde_json::to_string_pretty(&unsealed.json())?);
+    println!("{}", serde_json::to_string_pretty(&unsealed.view())?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `wire_base64` bytes of a body in the JSON view (empty when absent or malformed).
-pub(super) fn raw_from_json(body: &serde_json::Value) -> Vec<u8> {
-    if let Some(b) = body["wire_base64"].as_str() {
-        base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    }
 }
 
 /// What a failed destructive command did, for the operator (veil#10: a purge on a full disk
@@ -273,7 +261,7 @@ pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode>
 /// `veil compact`.
 pub fn run_compact(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let v = Operator::open(dirs)?.compact()?;
-    println!("{v}");
+    println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -294,7 +282,7 @@ pub fn run_keys_rotate(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
         "new master key {id}: new seals use it; run `veil keys rewrap` to re-wrap older data keys"
     );
     if let (Some(addr), Ok(token)) = (dirs.admin, AdminToken::load(&dirs.keys)) {
-        match remote_ok(&client(addr, token), http::Method::POST, "/v1/keys/reload") {
+        match block(client(addr, token).reload_keys())?.map_err(anyhow::Error::from) {
             Ok(_) => println!("the running veil at {addr} reloaded its keys"),
             Err(e) => eprintln!(
                 "note: could not tell a running veil to reload ({e:#}); restart it to use {id}"
@@ -445,14 +433,14 @@ pub(super) mod tests {
     #[test]
     fn json_view_has_text_and_wire_bytes() {
         let ex = openai_chat();
-        let v = crate::admin::exchange_to_json(&ex);
-        assert!(
-            v["request_body"]["text"]
-                .as_str()
-                .unwrap()
-                .contains("gpt-4o")
+        let v = crate::admin::ExchangeView::of(&ex);
+        assert!(v.request_body.text.as_deref().unwrap().contains("gpt-4o"));
+        assert_eq!(
+            v.response_body.wire_bytes().unwrap(),
+            ex.response_body.bytes()
         );
-        assert_eq!(raw_from_json(&v["response_body"]), ex.response_body.bytes());
-        assert_eq!(v["outcome"]["kind"], "complete");
+        assert_eq!(v.outcome, crate::admin::OutcomeView::Complete {});
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["outcome"]["kind"], "complete");
     }
 }

@@ -85,6 +85,23 @@ impl fmt::Debug for ExchangeId {
     }
 }
 
+/// Serialized as its text form (`0190a5e2-…`, hyphenated lowercase UUID), the form every
+/// operator-facing document uses (admin API, receipts).
+impl serde::Serialize for ExchangeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parsed from its text form; anything else is an error naming the input's first 64
+/// characters.
+impl<'de> serde::Deserialize<'de> for ExchangeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Error returned when a string is not a request ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseIdError(String);

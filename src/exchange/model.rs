@@ -266,16 +266,19 @@ pub struct ConversationTimings {
     pub duration: Duration,
     /// Request arrival to the first response body byte, when one arrived.
     pub time_to_first_chunk: Option<Duration>,
-    /// Output tokens per second of generation: over first byte → end for streams, over the
-    /// whole duration otherwise. `None` without an output token count or a zero window.
-    pub output_tokens_per_second: Option<f64>,
 }
 
 /// The normalized view of one exchange.
 ///
 /// Fields that the provider did not report stay `None` (never 0, never a guess). An
-/// *opaque* conversation (the request was not understood) carries only the metadata that
-/// needs no parsing: provider by host, sizes, status, timings, tags and identity headers.
+/// *opaque* conversation (the request was not understood: `operation` is
+/// [`Operation::Unknown`], and `parse_error` says why when a body failed to parse) carries only
+/// the metadata that needs no parsing: provider by host, sizes, status, timings, tags and
+/// identity headers.
+///
+/// Every field is read by the record step (`record::build`) or `veil rules test`; a field
+/// nothing reads goes (veil#11: `api_type`, `output_type`, `error_message`, `opaque`,
+/// `opaque_reason`, `chunk_count` and `output_tokens_per_second` went that way).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
     /// `gen_ai.provider.name`: `openai`, `anthropic`, `gcp.gemini`, `azure.ai.openai`, …,
@@ -284,8 +287,6 @@ pub struct Conversation {
     /// `gen_ai.operation.name`: `chat`, `embeddings`, `generate_content`,
     /// `text_completion`, or `unknown`.
     pub operation: Operation,
-    /// `openai.api.type` (`chat_completions`, `responses`) for OpenAI-style APIs.
-    pub api_type: Option<String>,
     /// `server.address`: the host the app addressed (the real provider for gateway routes).
     pub server_address: String,
     /// `server.port`.
@@ -306,8 +307,6 @@ pub struct Conversation {
     pub params: BTreeMap<String, Value>,
     /// `gen_ai.request.stream`.
     pub stream: bool,
-    /// `gen_ai.output.type` when a format was requested: `text`, `json`, `image`, `speech`.
-    pub output_type: Option<String>,
     /// `gen_ai.system_instructions`: a flat parts array, only for APIs with a separate
     /// system field (Anthropic `system`, Gemini `systemInstruction`, Responses `instructions`).
     pub system_instructions: Vec<Part>,
@@ -338,16 +337,10 @@ pub struct Conversation {
     /// `error.type`: the provider's error type/code, the HTTP status, or veil's upstream
     /// failure class (`connect`, `tls`, `timeout`, `protocol`).
     pub error_type: Option<String>,
-    /// The provider's error message. May echo request content: redact before export.
-    pub error_message: Option<String>,
-    /// The request was not understood; content fields are empty. See `opaque_reason`.
-    pub opaque: bool,
-    /// Why the exchange was not understood (set with `opaque`), or why part of a streamed
-    /// response was dropped (an event over the size limit), for operators. No content.
-    pub opaque_reason: Option<String>,
-    /// Why a body, or part of a streamed one, could not be parsed: set with `opaque` when the
-    /// request or response body was not understood (not JSON, undecodable, cut at the capture
-    /// limit), and without it when stream events were lost (not JSON, over the size limit).
+    /// Why a body, or part of a streamed one, could not be parsed: set when the request or
+    /// response body was not understood (not JSON, undecodable, cut at the capture limit; the
+    /// conversation is then opaque), and when stream events were lost (not JSON, over the size
+    /// limit; what came before still counts).
     /// Short, for operators; no content. `None` for an unrecognized endpoint (nothing was
     /// meant to be parsed) and when everything parsed.
     pub parse_error: Option<String>,
@@ -359,8 +352,6 @@ pub struct Conversation {
     pub request_bytes: u64,
     /// Response body size on the wire.
     pub response_bytes: u64,
-    /// Number of stream events parsed (0 for non-streamed responses).
-    pub chunk_count: u64,
     /// The request body as the parse decoded and parsed it (any JSON value, also for an
     /// endpoint veil does not understand), so the record step never decodes it again.
     /// `None` when it is not JSON or could not be decoded. Raw content: redact before use.

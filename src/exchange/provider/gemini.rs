@@ -40,13 +40,6 @@ pub(super) fn request(req: &Value, c: &mut Conversation) {
         {
             c.params.insert("choice.count".into(), n.into());
         }
-        c.output_type = get2(cfg, "responseMimeType", "response_mime_type")
-            .and_then(Value::as_str)
-            .map(|m| match m {
-                "application/json" => "json".to_string(),
-                "text/plain" => "text".to_string(),
-                other => other.to_string(),
-            });
     }
     for tool in req
         .get("tools")
@@ -326,10 +319,8 @@ pub(super) fn json_array_stream(
         let mut it = serde_json::Deserializer::from_slice(rest).into_iter::<Value>();
         match it.next() {
             Some(Ok(v)) => {
-                c.chunk_count += 1;
                 if let Some(err) = v.get("error").filter(|e| e.is_object()) {
                     c.error_type = str_of(err, "status").or_else(|| Some("_OTHER".into()));
-                    c.error_message = str_of(err, "message");
                 }
                 s.event(&v);
                 rest = &rest[it.byte_offset()..];

@@ -33,17 +33,16 @@ use super::providers::Provider;
 use super::sse::{SseError, SseEvent, SseParser};
 use super::{Exchange, Outcome, json, traceparent};
 
-/// Knobs for [`parse`].
+/// Knobs for [`parse`]: the parser's memory bounds. `veil run` uses the defaults; the fuzz
+/// target and the tests lower them to reach the limits with small inputs. (The end-user ID
+/// JSON paths that once lived here are the rules' `[identity] json`, looked up by the record
+/// step in [`Conversation::request_json`].)
 #[derive(Debug, Clone)]
 pub struct ParseOptions {
     /// Largest decoded body veil parses, in bytes (bounds decompression).
     pub decode_limit: usize,
     /// Largest single server-sent event, in bytes.
     pub max_event: usize,
-    /// Extra JSON paths in the request body holding the end-user ID, dotted
-    /// (`metadata.customer_id`, `extra_body.user`; numeric segments index arrays). Tried in
-    /// order, before the provider's own field (`user`, `metadata.user_id`).
-    pub user_id_paths: Vec<String>,
 }
 
 impl Default for ParseOptions {
@@ -53,7 +52,6 @@ impl Default for ParseOptions {
             // inflates further, and anything bigger is not worth holding in memory twice.
             decode_limit: 64 << 20,
             max_event: super::sse::DEFAULT_MAX_EVENT,
-            user_id_paths: Vec::new(),
         }
     }
 }
@@ -169,7 +167,8 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
 }
 
 /// Parses one exchange into the normalized model. Never fails and never panics: what is
-/// not understood is reported through [`Conversation::opaque`] and `opaque_reason`.
+/// not understood makes the conversation opaque (`operation` [`Operation::Unknown`], content
+/// fields empty), with [`Conversation::parse_error`] saying why when a body failed to parse.
 pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversation {
     let mut c = base(ex);
     let target = detect(ex);
@@ -185,11 +184,12 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
     };
     c.request_json = request.ok();
     if let Err(reason) = understood {
-        // With a target every failure is about a body; without one nothing was parsed.
+        // With a target every failure is about a body; without one nothing was meant to be
+        // parsed, and `operation = unknown` says it all.
         if target.is_some() {
-            c.parse_error = Some(reason.clone());
+            c.parse_error = Some(reason);
         }
-        make_opaque(&mut c, reason);
+        make_opaque(&mut c);
     }
     finish(ex, pricing, &mut c);
     c
@@ -200,7 +200,6 @@ fn base(ex: &Exchange) -> Conversation {
     Conversation {
         provider: Provider::for_host(&ex.upstream.host).unwrap_or(Provider::Unknown),
         operation: Operation::Unknown,
-        api_type: None,
         server_address: ex.upstream.host.clone(),
         server_port: ex.upstream.port,
         request_model: None,
@@ -209,7 +208,6 @@ fn base(ex: &Exchange) -> Conversation {
         conversation_id: None,
         params: Default::default(),
         stream: false,
-        output_type: None,
         system_instructions: Vec::new(),
         input_messages: Vec::new(),
         output_messages: Vec::new(),
@@ -225,38 +223,29 @@ fn base(ex: &Exchange) -> Conversation {
         timings: ConversationTimings::default(),
         status: ex.status,
         error_type: None,
-        error_message: None,
-        opaque: false,
-        opaque_reason: None,
         parse_error: None,
         aborted: ex.outcome.is_aborted(),
         truncated: ex.is_truncated(),
         request_bytes: ex.request_body.wire_len,
         response_bytes: ex.response_body.wire_len,
-        chunk_count: 0,
         request_json: None,
     }
 }
 
 /// Drops everything parsed from content: an opaque record carries metadata only.
-fn make_opaque(c: &mut Conversation, reason: String) {
-    c.opaque = true;
-    c.opaque_reason = Some(reason);
+fn make_opaque(c: &mut Conversation) {
     c.operation = Operation::Unknown;
-    c.api_type = None;
     c.request_model = None;
     c.response_model = None;
     c.response_id = None;
     c.conversation_id = None;
     c.params.clear();
-    c.output_type = None;
     c.system_instructions.clear();
     c.input_messages.clear();
     c.output_messages.clear();
     c.usage = Default::default();
     c.tool_names.clear();
     c.user_id = None;
-    c.chunk_count = 0;
 }
 
 /// The request body decoded (bounded by `decode_limit`) and parsed, or why not.
@@ -296,12 +285,6 @@ fn parse_bodies(
         c.request_model = t.path_model.clone();
     }
     c.stream |= t.path_stream;
-    for path in &opts.user_id_paths {
-        if let Some(id) = json_path(req, path).and_then(scalar_string) {
-            c.user_id = Some(id);
-            break;
-        }
-    }
     parse_response(ex, t, opts, c)
 }
 
@@ -335,9 +318,8 @@ fn parse_response(
     if status >= 400 {
         let body = join(&chunks);
         let parsed: Option<Value> = json::from_slice(&body).ok();
-        let (kind, message) = parsed.as_ref().map(error_info).unwrap_or((None, None));
+        let kind = parsed.as_ref().and_then(error_type);
         c.error_type = Some(kind.unwrap_or_else(|| status.to_string()));
-        c.error_message = message;
         return Ok(());
     }
     let first = first_non_space(&chunks);
@@ -426,7 +408,6 @@ fn parse_sse(
         Some(SseError::Aborted) => c.aborted = true,
         Some(e @ SseError::TooLarge(_)) => {
             c.aborted = true;
-            c.opaque_reason = Some(e.to_string());
             c.parse_error = Some(e.to_string());
         }
         None => {}
@@ -446,7 +427,6 @@ fn parse_sse(
 /// Folds one event into the accumulator. `unparsed` counts events that look like JSON (an
 /// object or array) but do not parse: content or usage lost, so the record says so.
 fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation, unparsed: &mut u64) {
-    c.chunk_count += 1;
     let data = ev.data.trim();
     if data == "[DONE]" || data.is_empty() {
         return;
@@ -466,9 +446,8 @@ fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation, unparsed: &mu
         None => None,
     };
     if let Some(err) = err {
-        let (kind, message) = error_info(&serde_json::json!({ "error": err }));
+        let kind = error_type(&serde_json::json!({ "error": err }));
         c.error_type = kind.or_else(|| Some("_OTHER".into()));
-        c.error_message = message;
     }
     match acc {
         Stream::Chat(s) => s.event(&v),
@@ -478,7 +457,7 @@ fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation, unparsed: &mu
     }
 }
 
-/// Fills what depends on the parsed content: finish reasons, identity, cost, rates.
+/// Fills what depends on the parsed content: finish reasons, identity, cost, timings.
 fn finish(ex: &Exchange, pricing: &Pricing, c: &mut Conversation) {
     c.finish_reasons = c
         .output_messages
@@ -508,14 +487,6 @@ fn finish(ex: &Exchange, pricing: &Pricing, c: &mut Conversation) {
     let t = &ex.timings;
     c.timings.duration = t.end;
     c.timings.time_to_first_chunk = t.first_byte;
-    let window = match (c.stream, t.first_byte) {
-        (true, Some(first)) => t.end.saturating_sub(first),
-        _ => t.end,
-    };
-    c.timings.output_tokens_per_second = match c.usage.output_tokens {
-        Some(n) if !window.is_zero() => Some(n as f64 / window.as_secs_f64()),
-        _ => None,
-    };
 }
 
 // === shared helpers for the dialect modules ===
@@ -554,24 +525,20 @@ fn first_non_space(chunks: &[Bytes]) -> Option<u8> {
         .copied()
 }
 
-/// A provider error body's type and message. Handles OpenAI
+/// A provider error body's type (`error.type` of the record). Handles OpenAI
 /// `{"error":{"type","code","message"}}`, Anthropic `{"type":"error","error":{"type",
 /// "message"}}` and Gemini `{"error":{"code":429,"status","message"}}` (also wrapped in an
-/// array). The type is a string code when there is one, else the type, else the status.
-fn error_info(v: &Value) -> (Option<String>, Option<String>) {
+/// array): a string code when there is one, else the type, else the status. The message is
+/// not kept: it may echo the request's content, and nothing downstream needs it.
+fn error_type(v: &Value) -> Option<String> {
     let v = match v {
         Value::Array(items) => items.first().unwrap_or(&Value::Null),
         other => other,
     };
-    let err = match v.get("error") {
-        Some(e @ Value::Object(_)) => e,
-        Some(Value::String(s)) => return (None, Some(s.clone())),
-        _ => return (None, None),
-    };
-    let kind = str_of(err, "code")
+    let err = v.get("error").filter(|e| e.is_object())?;
+    str_of(err, "code")
         .or_else(|| str_of(err, "type"))
-        .or_else(|| str_of(err, "status"));
-    (kind, str_of(err, "message"))
+        .or_else(|| str_of(err, "status"))
 }
 
 /// A non-empty string field.
@@ -675,26 +642,6 @@ fn text_or_blocks(v: &Value) -> Value {
             }
         }
         other => other.clone(),
-    }
-}
-
-/// Follows a dotted path (`metadata.user_id`, `items.0.id`).
-fn json_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.')
-        .filter(|s| !s.is_empty())
-        .try_fold(v, |cur, seg| match cur {
-            Value::Object(m) => m.get(seg),
-            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
-            _ => None,
-        })
-}
-
-/// A user ID must be a scalar: strings as they are, numbers as text.
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 

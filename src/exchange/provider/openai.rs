@@ -43,15 +43,6 @@ fn params(req: &Value, c: &mut Conversation) {
     c.user_id = str_of(req, "safety_identifier").or_else(|| str_of(req, "user"));
 }
 
-/// `response_format` / `text.format` type → `gen_ai.output.type`.
-fn output_type(format: Option<&Value>) -> Option<String> {
-    let kind = format?.get("type")?.as_str()?;
-    Some(match kind {
-        "json_object" | "json_schema" => "json".to_string(),
-        other => other.to_string(),
-    })
-}
-
 /// Tool names from `tools` (Chat: `{type, function:{name}}`; Responses: `{type, name}`;
 /// built-in tools: their type) and the legacy `functions`.
 fn tool_names(req: &Value, c: &mut Conversation) {
@@ -176,9 +167,7 @@ fn content_parts(content: Option<&Value>) -> Vec<Part> {
 
 /// A Chat Completions request.
 pub(super) fn chat_request(req: &Value, c: &mut Conversation) {
-    c.api_type = Some("chat_completions".into());
     params(req, c);
-    c.output_type = output_type(req.get("response_format"));
     tool_names(req, c);
     for m in req
         .get("messages")
@@ -493,9 +482,7 @@ pub(super) fn embeddings_response(resp: &Value, c: &mut Conversation) {
 
 /// A Responses API request.
 pub(super) fn responses_request(req: &Value, c: &mut Conversation) {
-    c.api_type = Some("responses".into());
     params(req, c);
-    c.output_type = output_type(req.get("text").and_then(|t| t.get("format")));
     tool_names(req, c);
     c.conversation_id = match req.get("conversation") {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -602,7 +589,6 @@ pub(super) fn responses_response(resp: &Value, c: &mut Conversation) {
     }
     if let Some(err) = resp.get("error").filter(|e| e.is_object()) {
         c.error_type = str_of(err, "code").or_else(|| Some("_OTHER".into()));
-        c.error_message = str_of(err, "message");
     }
     let mut parts = Vec::new();
     let mut called_tool = false;

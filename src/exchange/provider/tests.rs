@@ -62,6 +62,11 @@ fn exchange(host: &str, path: &str, req: &[u8], status: u16, ctype: &str, resp: 
     }
 }
 
+/// Not understood: content fields empty, `operation = unknown`.
+fn opaque(c: &Conversation) -> bool {
+    c.operation == Operation::Unknown
+}
+
 fn run(ex: &Exchange) -> Conversation {
     parse(ex, &ParseOptions::default(), &Pricing::builtin())
 }
@@ -88,8 +93,7 @@ fn out(parts: Vec<Part>, finish: &str) -> OutputMessage {
 /// What a streamed and a non-streamed response of the same content must agree on.
 fn assert_same_result(streamed: &Conversation, whole: &Conversation) {
     assert!(streamed.stream, "streamed exchange not marked stream");
-    assert!(streamed.chunk_count > 0);
-    assert!(!streamed.aborted && !streamed.opaque, "{streamed:?}");
+    assert!(!streamed.aborted && !opaque(streamed), "{streamed:?}");
     assert_eq!(streamed.usage, whole.usage, "usage");
     assert_eq!(
         streamed.finish_reasons, whole.finish_reasons,
@@ -305,11 +309,12 @@ fn chat_tools(resp: &str, ctype: &str, stream: bool) -> Exchange {
 
 #[test]
 fn openai_chat_request_and_tool_call_response() {
-    let c = run(&chat_tools("openai/chat_tools_response.json", JSON, false));
-    assert!(!c.opaque, "{:?}", c.opaque_reason);
+    let ex = chat_tools("openai/chat_tools_response.json", JSON, false);
+    let c = run(&ex);
+    assert!(!opaque(&c), "{:?}", c.parse_error);
     assert_eq!(c.provider.as_str(), "openai");
     assert_eq!(c.operation.as_str(), "chat");
-    assert_eq!(c.api_type.as_deref(), Some("chat_completions"));
+    assert_eq!(detect(&ex).map(|t| t.api), Some(Api::OpenAiChat));
     assert_eq!(
         (c.server_address.as_str(), c.server_port),
         ("api.openai.com", 443)
@@ -327,7 +332,6 @@ fn openai_chat_request_and_tool_call_response() {
         "safety_identifier wins over user"
     );
     assert_eq!(c.tool_names, ["get_weather", "get_time"]);
-    assert_eq!(c.output_type, None);
     assert_eq!(c.params["temperature"], json!(0.2));
     assert_eq!(c.params["top_p"], json!(0.9));
     assert_eq!(c.params["max_tokens"], json!(300));
@@ -421,11 +425,8 @@ fn openai_chat_request_and_tool_call_response() {
         c.timings.time_to_first_chunk,
         Some(Duration::from_millis(320))
     );
-    let tps = c.timings.output_tokens_per_second.unwrap();
-    assert!((tps - 46.0 / 1.32).abs() < 1e-9, "{tps}");
     assert_eq!(c.status, Some(200));
     assert_eq!(c.error_type, None);
-    assert_eq!(c.chunk_count, 0);
 }
 
 #[test]
@@ -456,9 +457,6 @@ fn openai_chat_stream_with_tool_argument_deltas_equals_json() {
     let ex = chat_tools("openai/chat_tools_stream.sse", SSE, true);
     let streamed = run(&ex);
     assert_same_result(&streamed, &whole);
-    assert_eq!(streamed.chunk_count, 10);
-    // Streaming: tokens/s over first byte → end (1 s).
-    assert_eq!(streamed.timings.output_tokens_per_second, Some(46.0));
     assert_split_invariant(&ex);
 }
 
@@ -483,7 +481,6 @@ fn openai_chat_n2_choices_json_and_stream() {
     assert_eq!(whole.params["presence_penalty"], json!(0.5));
     assert_eq!(whole.params["frequency_penalty"], json!(0.1));
     assert_eq!(whole.params["stop_sequences"], json!(["\n\n", "###"]));
-    assert_eq!(whole.output_type.as_deref(), Some("json"));
     assert_eq!(whole.finish_reasons, ["stop", "length"]);
     assert_eq!(
         whole.output_messages[0].parts,
@@ -541,7 +538,7 @@ fn openai_stream_cut_mid_event_keeps_what_was_seen() {
         reason: "connection reset".into(),
     };
     let c = run(&ex);
-    assert!(c.aborted && !c.opaque);
+    assert!(c.aborted && !opaque(&c));
     assert_eq!(c.response_id.as_deref(), Some("chatcmpl-AXj2kq0n2"));
     assert_eq!(
         c.output_messages,
@@ -600,8 +597,13 @@ fn openai_error_bodies_give_the_error_type() {
         &fixture("openai/error_429.json"),
     ));
     assert_eq!(c.error_type.as_deref(), Some("rate_limit_exceeded"));
-    assert!(c.error_message.unwrap().starts_with("Rate limit reached"));
-    assert!(!c.opaque);
+    // The provider's message may echo the request's content: the conversation keeps none of
+    // it (only the type above), so no record can carry it.
+    assert!(
+        !format!("{c:?}").contains("Rate limit reached"),
+        "error message kept"
+    );
+    assert!(!opaque(&c));
     assert_eq!(c.request_model.as_deref(), Some("gpt-4o-mini"));
     assert!(c.output_messages.is_empty() && c.finish_reasons.is_empty());
 
@@ -624,7 +626,7 @@ fn openai_error_bodies_give_the_error_type() {
         b"<html>Bad gateway</html>",
     ));
     assert_eq!(c.error_type.as_deref(), Some("502"));
-    assert!(!c.opaque);
+    assert!(!opaque(&c));
 }
 
 // === OpenAI Responses ===
@@ -644,14 +646,14 @@ fn responses(resp: &str, ctype: &str, stream: bool) -> Exchange {
 
 #[test]
 fn openai_responses_request_and_response() {
-    let c = run(&responses("openai/responses_response.json", JSON, false));
-    assert_eq!(c.api_type.as_deref(), Some("responses"));
+    let ex = responses("openai/responses_response.json", JSON, false);
+    let c = run(&ex);
+    assert_eq!(detect(&ex).map(|t| t.api), Some(Api::OpenAiResponses));
     assert_eq!(c.operation.as_str(), "chat");
     assert_eq!(c.request_model.as_deref(), Some("gpt-4.1"));
     assert_eq!(c.response_model.as_deref(), Some("gpt-4.1-2025-04-14"));
     assert_eq!(c.conversation_id.as_deref(), Some("resp_prev_68af"));
     assert_eq!(c.user_id.as_deref(), Some("sid-responses-1"));
-    assert_eq!(c.output_type.as_deref(), Some("json"));
     assert_eq!(c.params["max_tokens"], json!(500));
     assert_eq!(c.tool_names, ["get_weather", "web_search_preview"]);
     assert_eq!(
@@ -819,12 +821,13 @@ fn anthropic(resp: &str, ctype: &str, stream: bool) -> Exchange {
 
 #[test]
 fn anthropic_messages_request_and_response() {
-    let c = run(&anthropic("anthropic/messages_response.json", JSON, false));
+    let ex = anthropic("anthropic/messages_response.json", JSON, false);
+    let c = run(&ex);
     assert_eq!(
         (c.provider.as_str(), c.operation.as_str()),
         ("anthropic", "chat")
     );
-    assert_eq!(c.api_type, None);
+    assert_eq!(detect(&ex).map(|t| t.api), Some(Api::AnthropicMessages));
     assert_eq!(
         c.request_model.as_deref(),
         Some("claude-sonnet-4-5-20250929")
@@ -932,7 +935,6 @@ fn anthropic_stream_equals_json() {
     let ex = anthropic("anthropic/messages_stream.sse", SSE, true);
     let streamed = run(&ex);
     assert_same_result(&streamed, &whole);
-    assert_eq!(streamed.chunk_count, 18);
     assert_split_invariant(&ex);
 }
 
@@ -942,7 +944,6 @@ fn anthropic_errors_in_body_and_mid_stream() {
     ex.status = Some(529);
     let c = run(&ex);
     assert_eq!(c.error_type.as_deref(), Some("overloaded_error"));
-    assert_eq!(c.error_message.as_deref(), Some("Overloaded"));
 
     let c = run(&anthropic("anthropic/stream_error.sse", SSE, true));
     assert_eq!(c.error_type.as_deref(), Some("overloaded_error"));
@@ -984,7 +985,6 @@ fn gemini_generate_content_request_and_response() {
     assert_eq!(c.params["max_tokens"], json!(800));
     assert_eq!(c.params["stop_sequences"], json!(["END"]));
     assert!(!c.params.contains_key("choice.count"));
-    assert_eq!(c.output_type.as_deref(), Some("text"));
     assert_eq!(c.tool_names, ["get_weather", "googleSearch"]);
     assert_eq!(
         c.system_instructions,
@@ -1057,7 +1057,6 @@ fn gemini_sse_and_json_array_streams_equal_json() {
     let sse = gemini("streamGenerateContent?alt=sse", "gemini/stream.sse", SSE);
     let streamed = run(&sse);
     assert_same_result(&streamed, &whole);
-    assert_eq!(streamed.chunk_count, 3);
     assert_split_invariant(&sse);
 
     let array = gemini("streamGenerateContent", "gemini/stream.json", JSON);
@@ -1072,7 +1071,7 @@ fn gemini_sse_and_json_array_streams_equal_json() {
     let mut ex = array.clone();
     ex.response_body = body(vec![Bytes::copy_from_slice(&text.as_bytes()[..cut])]);
     let c = run(&ex);
-    assert!(c.aborted && !c.opaque);
+    assert!(c.aborted && !opaque(&c));
     assert_eq!(
         c.output_messages,
         [out(
@@ -1181,12 +1180,17 @@ fn opaque_exchanges_keep_metadata_and_drop_content() {
     ));
     for (reason, ex) in cases {
         let c = run(&ex);
-        assert!(c.opaque, "{reason}");
-        assert!(
-            c.opaque_reason.as_deref().unwrap().starts_with(reason),
-            "{reason}: {:?}",
-            c.opaque_reason
-        );
+        assert!(opaque(&c), "{reason}");
+        // A body that failed to parse says why; an endpoint veil does not parse needs no why.
+        if reason == "unrecognized endpoint" {
+            assert_eq!(c.parse_error, None);
+        } else {
+            assert!(
+                c.parse_error.as_deref().unwrap().starts_with(reason),
+                "{reason}: {:?}",
+                c.parse_error
+            );
+        }
         assert_eq!(c.operation.as_str(), "unknown");
         assert_eq!(
             c.provider.as_str(),
@@ -1225,7 +1229,7 @@ fn upstream_failure_is_the_error_type() {
         reason: "no headers in 300s".into(),
     };
     let c = run(&ex);
-    assert!(!c.opaque);
+    assert!(!opaque(&c));
     assert_eq!(c.error_type.as_deref(), Some("timeout"));
     assert_eq!(c.request_model.as_deref(), Some("gpt-4o-mini"));
     assert!(c.output_messages.is_empty());
@@ -1264,25 +1268,13 @@ fn identity_tags_and_trace_context() {
     assert_eq!(tp.parent_span_id[7], 0xb7);
     assert_eq!(tp.trace_state.as_deref(), Some("congo=t61rcWkgMzE"));
 
-    // Configured paths beat the provider's field; the explicit tag beats both.
-    let opts = ParseOptions {
-        user_id_paths: vec![
-            "missing.path".into(),
-            "stream_options.include_usage".into(),
-            "seed".into(),
-        ],
-        ..ParseOptions::default()
-    };
-    let c = parse(&ex, &opts, &Pricing::builtin());
-    assert_eq!(
-        c.user_id.as_deref(),
-        Some("42"),
-        "bools are not IDs; numbers are"
-    );
+    // The explicit tag beats the provider's field. (Configured JSON paths are the rules'
+    // `[identity] json`, looked up by the record step.)
+    assert_eq!(c.user_id.as_deref(), Some("sid-5b1c9e"));
     ex.tags.push(("x-veil-user".into(), "tagged-user".into()));
     ex.tags
         .push(("x-veil-conversation".into(), "conv-7".into()));
-    let c = parse(&ex, &opts, &Pricing::builtin());
+    let c = run(&ex);
     assert_eq!(c.user_id.as_deref(), Some("tagged-user"));
     assert_eq!(c.conversation_id.as_deref(), Some("conv-7"));
 
@@ -1360,7 +1352,6 @@ event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"
         stream,
     ));
     assert_eq!(c.error_type.as_deref(), Some("server_error"));
-    assert_eq!(c.error_message.as_deref(), Some("The server had an error."));
     assert_eq!(c.response_id.as_deref(), Some("resp_1"));
     assert!(c.output_messages.is_empty());
 }
@@ -1370,16 +1361,17 @@ event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"
 #[test]
 fn openai_legacy_completions_json_and_stream() {
     let req = fixture("openai/completions_request.json");
-    let whole = run(&exchange(
+    let ex = exchange(
         "api.openai.com",
         "/v1/completions",
         &req,
         200,
         JSON,
         &fixture("openai/completions_response.json"),
-    ));
+    );
+    let whole = run(&ex);
     assert_eq!(whole.operation.as_str(), "text_completion");
-    assert_eq!(whole.api_type, None);
+    assert_eq!(detect(&ex).map(|t| t.api), Some(Api::OpenAiCompletions));
     assert_eq!(
         whole.request_model.as_deref(),
         Some("gpt-3.5-turbo-instruct")
@@ -1439,7 +1431,7 @@ fn gemini_embed_content() {
     assert_eq!(c.params["embeddings.dimension.count"], json!(768));
     assert_eq!(c.usage, Usage::default(), "embedContent reports no usage");
     assert_eq!(c.cost_usd, None);
-    assert!(!c.opaque);
+    assert!(!opaque(&c));
 }
 
 // === lone surrogates and parse errors (veil#10) ===
@@ -1465,7 +1457,7 @@ fn lone_ud800_escape_in_a_prompt_keeps_model_tokens_and_cost() {
     ex.request_body = body(vec![Bytes::from(req)]);
     let c = run(&ex);
     let want = run(&clean);
-    assert!(!c.opaque, "{:?}", c.opaque_reason);
+    assert!(!opaque(&c), "{:?}", c.parse_error);
     assert_eq!(c.parse_error, None);
     assert_eq!(c.request_model, want.request_model);
     assert_eq!(c.response_model, want.response_model);
@@ -1531,7 +1523,7 @@ fn a_body_that_is_not_json_says_why_and_a_lost_stream_event_is_counted() {
         br#"{"model": "gpt-4o-mini", "messages": [{"content": "Jane Do"#,
     )]);
     let c = run(&ex);
-    assert!(c.opaque);
+    assert!(opaque(&c));
     let why = c.parse_error.as_deref().unwrap();
     assert!(
         why.starts_with("request body is not JSON: EOF while parsing a string"),
@@ -1571,7 +1563,7 @@ fn a_body_that_is_not_json_says_why_and_a_lost_stream_event_is_counted() {
 
     // Nothing was meant to be parsed: no parse error.
     let c = run(&exchange("unknown.example", "/x", b"\xff", 200, JSON, b"{"));
-    assert!(c.opaque && c.parse_error.is_none());
+    assert!(opaque(&c) && c.parse_error.is_none());
     // Everything parsed: none either.
     assert_eq!(want.parse_error, None);
 }
