@@ -103,19 +103,27 @@ pub fn content(r: &Record) -> Option<[Option<String>; 3]> {
     cols.iter().any(Option::is_some).then_some(cols)
 }
 
-/// The key of the record's `daily` rollup row.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DayKey {
-    /// `YYYY-MM-DD` (UTC) of the start.
-    pub day: String,
+/// The key of the record's `daily` rollup row, borrowed from the record (the writer sums a
+/// whole group in memory first: no allocation per record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DayKey<'a> {
+    /// `YYYY-MM-DD` (UTC) of the start, as ASCII bytes.
+    pub day: [u8; 10],
     /// Provider name.
-    pub provider: String,
+    pub provider: &'static str,
     /// [`model`].
-    pub model: String,
+    pub model: &'a str,
     /// Feature, or empty.
-    pub feature: String,
+    pub feature: &'a str,
     /// API key fingerprint, or empty.
-    pub api_key_fp: String,
+    pub api_key_fp: &'a str,
+}
+
+impl DayKey<'_> {
+    /// The day as text (`YYYY-MM-DD`).
+    pub fn day(&self) -> &str {
+        std::str::from_utf8(&self.day).unwrap_or("")
+    }
 }
 
 /// The sums of one `daily` row; all counts, cost in nano-USD.
@@ -163,14 +171,18 @@ impl DaySums {
     }
 }
 
-/// The record's rollup key.
-pub fn day_key(r: &Record, start: &str) -> DayKey {
+/// The record's rollup key; `start` is the record's start as [`iso_utc`] wrote it.
+pub fn day_key<'a>(r: &'a Record, start: &str) -> DayKey<'a> {
+    let mut day = [b'0'; 10];
+    if let Some(d) = start.as_bytes().get(..10) {
+        day.copy_from_slice(d);
+    }
     DayKey {
-        day: start[..10].to_string(),
-        provider: r.provider.as_str().to_string(),
-        model: model(r).to_string(),
-        feature: r.feature.clone().unwrap_or_default(),
-        api_key_fp: r.api_key_fingerprint.clone().unwrap_or_default(),
+        day,
+        provider: r.provider.as_str(),
+        model: model(r),
+        feature: r.feature.as_deref().unwrap_or_default(),
+        api_key_fp: r.api_key_fingerprint.as_deref().unwrap_or_default(),
     }
 }
 

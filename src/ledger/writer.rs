@@ -227,7 +227,7 @@ impl Writer {
             let mut up = tx.prepare_cached(UPSERT_DAILY)?;
             for (k, s) in days {
                 up.execute(params![
-                    k.day,
+                    k.day(),
                     k.provider,
                     k.model,
                     k.feature,
