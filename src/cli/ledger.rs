@@ -2,8 +2,10 @@
 //!
 //! Front-ends over [`crate::ledger`]: they open `<data>/ledger.db` read-only, run the query
 //! and print data on stdout (`--format table|csv|json`) and diagnostics on stderr. Tables
-//! start with a `#` line saying what they cover; every time is UTC. Exit codes: 0 answered,
-//! 1 the ledger could not answer (missing, unreadable, query error), 2 bad arguments.
+//! start with a `#` line saying what they cover; every time is UTC. `veil report --format
+//! html` writes the page of `ledger::html` to `--out` (required); any `--out` is written 0600
+//! through a temp file and a rename. Exit codes: 0 answered, 1 the ledger could not answer
+//! (missing, unreadable, query error), 2 bad arguments.
 
 use std::io::Write;
 use std::path::Path;
@@ -14,7 +16,7 @@ use anyhow::{Context, anyhow, bail};
 
 use super::table::{Cell, Format, json_rows, write_csv, write_table};
 use crate::ledger::report::{Dim, Filter, Report, ReportRow, report};
-use crate::ledger::{cards, row, schema, sql, tail};
+use crate::ledger::{cards, html, row, schema, sql, tail};
 
 /// Arguments of `veil report`.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,10 +40,13 @@ pub(super) struct ReportArgs {
     /// conversation, else one per task).
     #[arg(long)]
     cards: bool,
-    /// Output format.
+    /// Output format. `html` is one self-contained page of charts (cost per day by model,
+    /// cost by feature, cost cards, latency by model, tokens per request, top users) to open
+    /// in any browser, offline; it needs --out and takes --since, --until, --where.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
-    /// Write to FILE instead of stdout.
+    /// Write to FILE instead of stdout: mode 0600 (it holds spend data), replaced whole
+    /// through a temp file and a rename.
     #[arg(long, value_name = "FILE")]
     out: Option<std::path::PathBuf>,
 }
@@ -144,25 +149,99 @@ fn covers(f: &Filter) -> String {
 /// Runs `veil report`.
 pub(super) fn run_report(args: ReportArgs, data: &Path, keys: &Path) -> anyhow::Result<ExitCode> {
     if args.format == Format::Html {
-        bail!("--format html is not available yet; use table, csv or json");
+        return run_html(args, data, keys);
     }
     let f = filter(&args, keys)?;
     let conn = schema::open_read_only(&ledger_path(data))?;
-    let mut out: Box<dyn Write> = match &args.out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("--out {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
+    // With --out the answer is gathered first and written whole (0600, temp + rename): a
+    // failed query leaves no half file, and spend data is never world-readable.
+    let mut buf = Vec::new();
+    let mut stdout;
+    let out: &mut dyn Write = match &args.out {
+        Some(_) => &mut buf,
+        None => {
+            stdout = std::io::stdout().lock();
+            &mut stdout
+        }
     };
     if args.cards {
         let cards = cards::cards(&conn, &f)?;
-        print_cards(&mut out, &cards, &f, args.format)?;
+        print_cards(out, &cards, &f, args.format)?;
     } else {
         let rep = report(&conn, &args.by, &f)?;
-        print_report(&mut out, &rep, &f, args.format)?;
+        print_report(out, &rep, &f, args.format)?;
     }
     out.flush()?;
+    if let Some(p) = &args.out {
+        write_private(p, &buf)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `veil report --format html --out FILE`: the page of charts (`ledger::html`). It needs
+/// `--out`: a page of spend data is a file to open in a browser, written 0600, not text for
+/// a terminal; and its groupings are fixed, so `--by` and `--cards` (whose cards the page
+/// has anyway) are refused rather than ignored.
+fn run_html(args: ReportArgs, data: &Path, keys: &Path) -> anyhow::Result<ExitCode> {
+    let Some(path) = &args.out else {
+        bail!(
+            "--format html writes a file: add --out FILE (e.g. --out report.html), then open it in any browser"
+        );
+    };
+    if !args.by.is_empty() {
+        bail!(
+            "--by does not apply to --format html: the page has its own groupings (day × model, feature, model, user)"
+        );
+    }
+    if args.cards {
+        bail!("--cards does not apply to --format html: the page includes the cost cards");
+    }
+    let f = filter(&args, keys)?;
+    let conn = schema::open_read_only(&ledger_path(data))?;
+    let page = html::gather(&conn, &f, SystemTime::now())?;
+    write_private(path, html::render(&page).as_bytes())?;
+    eprintln!(
+        "veil report: wrote {} ({} exchanges); open it in any browser (it loads nothing from the network)",
+        path.display(),
+        page.total.requests
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `data` to `path` with mode 0600 from the start, through a temp file beside it and a
+/// rename, so a reader (or a crash) sees the old file or the whole new one, and a symlink at
+/// `path` is replaced rather than followed. Errors name the path.
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .with_context(|| format!("--out {}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".veil-tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let ctx = || format!("--out {}", path.display());
+    // A stale temp file (or a symlink planted there) must not lend us its mode or target.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(ctx);
+        }
+        _ => {}
+    }
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(ctx)
 }
 
 const REPORT_COLUMNS: [&str; 16] = [
@@ -206,7 +285,7 @@ fn report_cells(r: &ReportRow) -> Vec<Cell> {
 }
 
 fn print_report(
-    out: &mut impl Write,
+    out: &mut dyn Write,
     rep: &Report,
     f: &Filter,
     format: Format,
@@ -266,13 +345,13 @@ fn print_report(
             serde_json::to_writer_pretty(&mut *out, &doc)?;
             writeln!(out)?;
         }
-        Format::Html => unreachable!("refused above"),
+        Format::Html => unreachable!("run_html renders html"),
     }
     Ok(())
 }
 
 fn print_cards(
-    out: &mut impl Write,
+    out: &mut dyn Write,
     cards: &[cards::Card],
     f: &Filter,
     format: Format,
@@ -322,7 +401,7 @@ fn print_cards(
             serde_json::to_writer_pretty(&mut *out, &json_rows(&header, &rows))?;
             writeln!(out)?;
         }
-        Format::Html => unreachable!("refused above"),
+        Format::Html => unreachable!("run_html renders html"),
     }
     Ok(())
 }

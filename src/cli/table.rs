@@ -16,7 +16,7 @@ pub(super) enum Format {
     Csv,
     /// A JSON document.
     Json,
-    /// A self-contained HTML page (`veil report` only).
+    /// A self-contained HTML page of charts (`veil report --out FILE` only).
     Html,
 }
 
@@ -90,7 +90,7 @@ pub(super) fn printable(s: &str) -> String {
 /// Writes `rows` under `header` as an aligned table (numbers right-aligned, two spaces
 /// between columns).
 pub(super) fn write_table(
-    out: &mut impl Write,
+    out: &mut (impl Write + ?Sized),
     header: &[&str],
     rows: &[Vec<Cell>],
 ) -> std::io::Result<()> {
@@ -144,7 +144,7 @@ pub(super) fn write_table(
 
 /// Writes `rows` as CSV with a header row.
 pub(super) fn write_csv(
-    out: &mut impl Write,
+    out: &mut (impl Write + ?Sized),
     header: &[&str],
     rows: &[Vec<Cell>],
 ) -> std::io::Result<()> {

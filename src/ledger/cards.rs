@@ -33,6 +33,10 @@ pub struct Card {
     pub cost_p50_usd: Option<f64>,
     /// 90th percentile task cost, USD.
     pub cost_p90_usd: Option<f64>,
+    /// Median task cost, nano-USD (exact; `cost_p50_usd` is this over 10⁹).
+    pub cost_p50_nusd: Option<i64>,
+    /// 90th percentile task cost, nano-USD (exact).
+    pub cost_p90_nusd: Option<i64>,
     /// Total cost, nano-USD (exact).
     pub cost_total_nusd: i128,
     /// Total cost, USD.
@@ -111,6 +115,8 @@ pub fn cards(conn: &Connection, filter: &Filter) -> Result<Vec<Card>, LedgerErro
                 calls_per_task: per_task(a.calls),
                 cost_p50_usd: usd(50),
                 cost_p90_usd: usd(90),
+                cost_p50_nusd: percentile(&a.costs, 50),
+                cost_p90_nusd: percentile(&a.costs, 90),
                 cost_total_nusd: a.total,
                 cost_total_usd: a.total as f64 / 1e9,
                 unpriced_tasks: a.unpriced,

@@ -5,7 +5,7 @@
 //! payloads and its ledger transaction are durable. One writer thread (`writer`) commits each
 //! batch (and whatever queued behind it) in one transaction with prepared statements, keeps
 //! the daily rollup, and enforces the bounds (content retention, row retention, size) on a
-//! clock. Queries ([`report`], [`cards`], [`sql`], [`tail`]) open their own read-only
+//! clock. Queries ([`report`], [`cards`], [`html`], [`sql`], [`tail`]) open their own read-only
 //! connections; erasure ([`erase`]) opens its own writing one, so `veil forget` reaches the
 //! ledger whether or not veil runs.
 //!
@@ -21,6 +21,7 @@
 
 pub mod cards;
 pub mod erase;
+pub mod html;
 pub mod report;
 pub mod row;
 pub mod schema;

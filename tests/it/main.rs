@@ -9,5 +9,6 @@ mod hostile;
 mod ledger;
 mod proxy;
 mod records;
+mod report_html;
 mod rules_test;
 mod sdk;

@@ -1,3 +1,4 @@
+pub mod chromium;
 pub mod harness;
 pub mod ledger;
 pub mod mock_llm;
