@@ -9,7 +9,8 @@
 //!
 //! (a) builds `LEDGER_N` realistic records first (OpenAI/Anthropic chats with redacted content,
 //! 6 features, 5 models, 2,000 user pseudonyms, one trace per ~3 calls, spread over the last 30
-//! days), then times sending them in batches of 512 through [`LedgerHandle::send_blocking`] and
+//! days), twice: in start order, as live traffic reaches the ledger, and with starts at random
+//! (a backfill, the worst case for the `start` index); each time it times sending them in batches of 512 through [`LedgerHandle::send_blocking`] and
 //! [`LedgerHandle::flush_blocking`]: exchanges/s of wall time, and CPU per exchange of the
 //! writer thread (`veil-ledger`, read from `/proc/self/task/*/schedstat`, nanoseconds) and of
 //! the whole process. The writer runs at nice 0 here (veil runs it at nice 10 in best-effort
@@ -231,24 +232,55 @@ fn file_len(p: &Path, suffix: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// How the ingested records are ordered.
+#[derive(Clone, Copy, PartialEq)]
+enum Order {
+    /// In start order, as live traffic reaches the ledger: the `start` index and the
+    /// AUTOINCREMENT ids grow at their right edge.
+    Live,
+    /// Starts spread at random over 30 days (a backfill, the worst case for the `start`
+    /// index: every batch touches pages all over it).
+    Random,
+}
+
 fn ingest(dir: &Path, n: usize) {
-    println!("## (a) ingest: {n} records, batches of {BATCH}, send_blocking + flush_blocking");
+    ingest_in(dir, n, Order::Live);
+    println!();
+    let path = ingest_in(dir, n, Order::Random);
+    size(&path);
+}
+
+fn ingest_in(dir: &Path, n: usize, order: Order) -> PathBuf {
+    let label = match order {
+        Order::Live => "in start order (live traffic)",
+        Order::Random => "starts at random over 30 days (backfill)",
+    };
+    println!(
+        "## (a) ingest: {n} records {label}, batches of {BATCH}, send_blocking + flush_blocking"
+    );
     let now = SystemTime::now();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let t = Instant::now();
+    let mut all: Vec<Record> = (0..n).map(|k| record(k, &mut rng, now)).collect();
+    if order == Order::Live {
+        all.sort_by_key(|r| r.start);
+    }
     let mut batches: Vec<Vec<Record>> = Vec::with_capacity(n.div_ceil(BATCH));
-    let mut i = 0;
-    while i < n {
-        let m = BATCH.min(n - i);
-        batches.push((i..i + m).map(|k| record(k, &mut rng, now)).collect());
-        i += m;
+    while !all.is_empty() {
+        let rest = all.split_off(BATCH.min(all.len()));
+        batches.push(std::mem::replace(&mut all, rest));
     }
     println!(
         "built the records in {:.2} s (not timed below)",
         t.elapsed().as_secs_f64()
     );
 
-    let path = dir.join("ingest").join("ledger.db");
+    let path = dir
+        .join(match order {
+            Order::Live => "ingest-live",
+            Order::Random => "ingest-random",
+        })
+        .join("ledger.db");
     let ledger = Ledger::open(settings(&path), None).expect("open ledger");
     let handle = ledger.handle();
     // Let the writer's start-up bounds check finish before timing.
@@ -301,7 +333,10 @@ fn ingest(dir: &Path, n: usize) {
         "| sender blocked in send_blocking (queue full) | {:.2} s | |",
         send_wait.as_secs_f64()
     );
+    path
+}
 
+fn size(path: &Path) {
     // (b) Size after a checkpoint folded the WAL into the file.
     let conn = Connection::open(&path).expect("reopen");
     let _: (i64, i64, i64) = conn
