@@ -338,7 +338,7 @@ fn ingest_in(dir: &Path, n: usize, order: Order) -> PathBuf {
 
 fn size(path: &Path) {
     // (b) Size after a checkpoint folded the WAL into the file.
-    let conn = Connection::open(&path).expect("reopen");
+    let conn = Connection::open(path).expect("reopen");
     let _: (i64, i64, i64) = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -349,10 +349,10 @@ fn size(path: &Path) {
             .unwrap()
     };
     let (ex, content, daily) = (count("exchanges"), count("content"), count("daily"));
-    let size = file_len(&path, "");
+    let size = file_len(path, "");
     println!(
         "\n## (b) size: {size} B file ({} B WAL) for {ex} exchanges, {content} content rows, {daily} daily rows",
-        file_len(&path, "-wal")
+        file_len(path, "-wal")
     );
     println!("| what | bytes per exchange |");
     println!("| --- | --- |");
