@@ -6,7 +6,9 @@
 //! under the audit mode (a reservation in the recording queue under `audit = "required"`),
 //! fingerprints the head ([`Fingerprinter`](super::Fingerprinter)) and starts a
 //! [`Recording`]. It then rewrites the head ([`headers`](super::headers)), wraps the body in
-//! the stall clock and the tee, sends it through the pooled [`upstream`]
+//! the stall clock, the drain (a body dropped unread, as by the early answers here, is read
+//! and discarded, bounded, so h2 apps get the answer instead of a reset: see
+//! [`drain`](super::drain)) and the tee, sends it through the pooled [`upstream`]
 //! client within `upstream_timeout`, and hands back the response with its body teed into the
 //! same recording, or veil's own error ([`ProxyError`]) with the side that failed. The
 //! recording emits one `Exchange` when the last body lets go (see [`tee`](super::tee)).
@@ -26,6 +28,7 @@ use crate::config::Audit;
 use crate::exchange::{ExchangeId, Upstream, UpstreamFailure};
 
 use super::answer::id_header;
+use super::drain::{Drain, DrainPolicy};
 use super::error::{self, ProxyError};
 use super::headers::{content_encoding, join_cookies, strip_hop_by_hop, take_veil_headers};
 use super::route::Target;
@@ -49,6 +52,8 @@ impl Shared {
         let started_at = SystemTime::now();
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
+        // Wrapped before any early answer below, so a body dropped unread is drained.
+        let body = self.request_body(body, client_version);
         let tags = take_veil_headers(&mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
@@ -141,8 +146,6 @@ impl Shared {
         // hyper-util picks h2 by ALPN per connection; a request marked HTTP/2 would be refused
         // on an HTTP/1 connection.
         parts.version = Version::HTTP_11;
-        // A body that stops arriving ends the request instead of holding its slot.
-        let body = StallClock::new(body, self.settings.limits.header_read);
         let body = match &recording {
             Some(rec) => TeeBody::recording(
                 body,
@@ -221,6 +224,22 @@ impl Shared {
             tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
         }
         self.answer(&err, recorded.then_some(id))
+    }
+}
+
+impl Shared {
+    /// The app's request body as veil forwards it: a body that stops arriving ends the request
+    /// instead of holding its slot ([`StallClock`]), and an h2 body dropped before its end
+    /// (an early answer, an upstream that failed) is drained, bounded ([`Drain`]).
+    pub(super) fn request_body(
+        &self,
+        body: Incoming,
+        version: Version,
+    ) -> Drain<StallClock<Incoming>> {
+        Drain::new(
+            StallClock::new(body, self.settings.limits.header_read),
+            DrainPolicy::for_version(version, &self.cancel),
+        )
     }
 }
 

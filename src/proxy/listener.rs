@@ -9,8 +9,8 @@
 //! [`Route::Reject`] to [`answer`](super::answer). On shutdown it stops accepting, drains
 //! in-flight exchanges for `drain_timeout`, then cuts what is left. Accept failures are
 //! retried after [`ACCEPT_RETRY`] and logged at most every 10 s
-//! ([`AcceptFailures`], shared with the admin listener). It never reads a body and never
-//! talks to an upstream.
+//! ([`AcceptFailures`], shared with the admin listener). It never reads a body (one it
+//! refuses is left to [`drain`](super::drain)) and never talks to an upstream.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -214,7 +214,13 @@ impl Shared {
                 target,
                 path_and_query,
             } => self.forward(req, &target, &path_and_query, addr).await,
-            Route::Reject(why) => self.answer(&why, None),
+            Route::Reject(why) => {
+                let (parts, body) = req.into_parts();
+                // Unread: an h2 body is drained (bounded) so the answer is not followed by
+                // a reset some clients trip on (see `drain`).
+                drop(self.request_body(body, parts.version));
+                self.answer(&why, None)
+            }
         }
     }
 }

@@ -32,18 +32,19 @@
 //! | `intercept.rs` | CONNECT to an intercepted host: ClientHello read, SNI must be the CONNECT host (else closed, no leaf minted), TLS, h2/h1 by ALPN | each inner request with a recorded `Target` to `forward` |
 //! | `ca.rs`, `name_constraints.rs` | veil's CA: load or create, name constraints held to the intercepted hosts, leaf signing | `CertificateAuthority` |
 //! | `leaf.rs` | leaves by SNI, minted once per host, bounded cache | the `rustls::ServerConfig` `intercept` serves |
-//! | `forward.rs` | one request upstream: audit admission, `fingerprint`, `headers`, `stall` clock, `tee`, the `upstream` client | the response to the app; a `Recording` |
+//! | `forward.rs` | one request upstream: audit admission, `fingerprint`, `headers`, `stall` clock, `drain`, `tee`, the `upstream` client | the response to the app; a `Recording` |
 //! | `headers.rs`, `fingerprint.rs` | hop-by-hop and `x-veil-*` headers; credentials → keyed fingerprints | a rewritten `HeaderMap`; recorded headers and path |
 //! | `upstream.rs` | pooled hyper-util client (rustls, h1/h2), failure classification | the response, or an `UpstreamError` |
 //! | `destinations.rs` | `--resolve`, the destination policy, the one checked connect | a `TcpStream`, or an `UpstreamError` (`refused` for 403) |
 //! | `tee.rs` | bodies forwarded frame by frame, copied into a bounded capture | one `Exchange` into the recording queue, exactly once |
 //! | `error.rs`, `answer.rs` | `ProxyError` (side, status, code, metric label); veil's JSON answer, counted in one place | the response to the app |
-//! | `conn.rs`, `stall.rs` | connection clocks (the admin API's too); the request-body stall clock | — |
+//! | `conn.rs`, `stall.rs`, `drain.rs` | connection clocks (the admin API's too); the request-body stall clock; the bounded drain of an h2 request body dropped unread (so an early answer is not followed by a reset the app trips on) | — |
 
 mod answer;
 pub mod ca;
 pub mod conn;
 pub mod destinations;
+mod drain;
 pub mod error;
 pub mod fingerprint;
 mod forward;
@@ -74,6 +75,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::exchange::queue::{ExchangeSender, QueueCounters};
 use crate::health::Health;
+use drain::Drain;
 use leaf::LeafResolver;
 use stall::StallClock;
 use tee::TeeBody;
@@ -149,7 +151,7 @@ struct Shared {
     /// a clone.
     settings: ProxySettings,
     /// Pooled upstream client shared by every connection.
-    client: UpstreamClient<TeeBody<StallClock<Incoming>>>,
+    client: UpstreamClient<TeeBody<Drain<StallClock<Incoming>>>>,
     /// TLS toward apps, leaves minted per SNI (checked against the CONNECT host first).
     tls: Arc<rustls::ServerConfig>,
     /// Mints and caches the leaves behind `tls`.

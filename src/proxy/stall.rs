@@ -1,7 +1,8 @@
 //! # Stall clock: a request body that stops arriving ends its request.
 //!
 //! The forward stage wraps every app request body in a [`StallClock`] before it goes upstream
-//! (inside the tee, so a recorded body is clocked too). The clock hands the upstream client
+//! (inside the [`drain`](super::drain) and the tee, so a recorded body is clocked too, and so
+//! is a drain between frames). The clock hands the upstream client
 //! the same frames, untouched, or [`BodyError::Stalled`] when nothing arrived for
 //! `header_read_timeout`; the forward stage reads that error back out of the client's error
 //! chain to answer 408 and count the app's side, never the upstream's. It never reads or logs

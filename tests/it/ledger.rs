@@ -442,20 +442,16 @@ fn logged_ledger_drops(log: &str) -> u64 {
 }
 
 /// A chat completion with a prompt of about 12 KB (so the ledger's pages fill fast), sent
-/// with curl (HTTP/1.1) through `proc`; returns the HTTP status and the body. Bounded by
-/// curl's timeout.
+/// with curl (h2 inside the intercepted TLS, as curl picks by ALPN) through `proc`; returns
+/// the HTTP status and the body. Bounded by curl's timeout.
 fn post_chat(proc: &VeilProcess, cwd: &Path, i: usize) -> (u16, String) {
     let prompt = format!("{} {i}", "ledger filler words ".repeat(600));
     let body = serde_json::json!({"model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": prompt}]})
     .to_string();
     let out = std::process::Command::new("curl")
-        // HTTP/1.1: over h2, curl 7.88 sometimes reports an early 503 (answered before the
-        // request body was read) as "stream error" with no status; that is a separate
-        // finding (reported with this test), not the ledger's.
         .args([
             "-sS",
-            "--http1.1",
             "--max-time",
             "10",
             "-w",
