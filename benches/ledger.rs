@@ -249,7 +249,7 @@ fn ingest(dir: &Path, n: usize) {
     );
 
     let path = dir.join("ingest").join("ledger.db");
-    let ledger = Ledger::open(settings(&path), None).expect("open ledger");
+    let ledger = Ledger::open(settings(&path), None, Default::default()).expect("open ledger");
     let handle = ledger.handle();
     // Let the writer's start-up bounds check finish before timing.
     assert!(handle.flush_blocking());
@@ -264,8 +264,8 @@ fn ingest(dir: &Path, n: usize) {
     assert!(handle.flush_blocking());
     let wall = t.elapsed();
     let (w1, p1, s1) = (cpu_ns(Some("veil-ledger")), cpu_ns(None), own_cpu_ns());
-    let rows = ledger.counters().rows.get();
-    let dropped = ledger.counters().dropped.get();
+    let rows = ledger.counters().ledger.rows.get();
+    let dropped = ledger.counters().ledger.dropped.get();
     assert_eq!(
         rows as usize, n,
         "every record committed ({dropped} dropped)"
@@ -337,7 +337,7 @@ fn ingest(dir: &Path, n: usize) {
 
 /// Fills a fresh ledger with `n` exchange rows in one transaction.
 fn generate(path: &Path, n: usize) {
-    let ledger = Ledger::open(settings(path), None).expect("open ledger");
+    let ledger = Ledger::open(settings(path), None, Default::default()).expect("open ledger");
     assert!(ledger.shutdown(Duration::from_secs(30)));
     let mut conn = Connection::open(path).expect("open");
     let now = SystemTime::now()
