@@ -368,6 +368,29 @@ mod tests {
         assert_eq!(c.get("veil.queue.bytes", None), Some(7));
     }
 
+    /// `docs/metrics.md` is the operator's list: every entry is on it, under its name, with
+    /// its field (and label value).
+    #[test]
+    fn docs_metrics_md_lists_every_entry() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+        let doc = std::fs::read_to_string(path).expect("docs/metrics.md");
+        for (d, _) in Counters::default().snapshot() {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", d.name)))
+                .unwrap_or_else(|| panic!("docs/metrics.md has no row for {}", d.name));
+            let field = match d.label {
+                Some((key, value)) => {
+                    assert!(row.contains(&format!("`{key}`")), "{row}");
+                    format!("`{value}` (`{}`)", d.field)
+                }
+                None => format!("(`{}`)", d.field),
+            };
+            assert!(row.contains(&field), "{} is not listed: {row}", d.field);
+            assert!(row.contains(d.help), "{}'s help differs: {row}", d.name);
+        }
+    }
+
     #[test]
     fn fill_distinct_gives_every_entry_its_own_value() {
         let c = Counters::default();

@@ -157,7 +157,7 @@ registry! {
         /// Writes that failed: seal batches whose commit failed, and forget/purge/compact/rewrap
         /// calls that failed on an I/O error. One failed batch counts once, however many
         /// exchanges it held.
-        failed_commits: Counter => "veil.seal.failures",
+        failed_commits: Counter => "veil.seal.writes.failed",
             "{write}", "Sealed-store writes that failed (a failed batch counts once).";
         /// Times the store went from degraded back to ok without a restart.
         recoveries: Counter => "veil.seal.recoveries",
@@ -170,9 +170,10 @@ registry! {
 
     /// Recording health ([`Health`](crate::health::Health) keeps these current).
     recording: RecordingCounters {
-        /// Times recording went from healthy to degraded.
+        /// Times a part of recording ([`Part`](crate::health::Part)) went from healthy to
+        /// degraded (two parts failing at once count twice).
         degradations: Counter => "veil.recording.degradations",
-            "{event}", "Times recording went from healthy to degraded (disk full, write failures).";
+            "{event}", "Times a part of recording (seal, records, disk, ledger) went from healthy to degraded.";
         /// 1 while any part of recording is degraded, else 0.
         degraded: Gauge => "veil.recording.degraded",
             "1", "1 while recording is degraded (see /healthz for why), else 0.";

@@ -1,7 +1,7 @@
 //! # Health: is sealing working right now, and how often has it failed.
 //!
 //! Owns [`Health`], the lock-free [`SealHealth`] handle and [`StoreStats`], a view of the
-//! store's numbers in the counter registry (`seal` section: `veil.seal.failures`,
+//! store's numbers in the counter registry (`seal` section: `veil.seal.writes.failed`,
 //! `veil.seal.recoveries`, `veil.seals.failed`). The store's writer thread is the only one that
 //! changes them: a failed write (segment, key slots, index commit,
 //! receipts) makes the store *degraded*; a successful recovery (space probe, index reopened,
