@@ -15,10 +15,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prost::Message;
+use veil::counters::Counters;
 use veil::exchange::{Operation, OutcomeKind, TraceParent, Usage};
 use veil::export::otlp::{Batch, ResourceInfo};
 use veil::export::sender::{Attempt, OtlpClient};
-use veil::export::{Encoding, Exporter, ExporterSettings, Metrics, Signal, otlp};
+use veil::export::{Encoding, Exporter, ExporterSettings, Signal, otlp};
 use veil::keys::UserPseudonym;
 use veil::record::Record;
 
@@ -198,8 +199,9 @@ fn bench(c: &mut Criterion) {
         s.batch_max = BATCH;
         s.metrics_interval = Duration::from_secs(3600);
         s.queue_capacity = 4 * BATCH;
-        let metrics = Arc::new(Metrics::default());
-        let exporter = rt.block_on(async { Exporter::start(s, metrics.clone()).unwrap() });
+        let counters = Arc::new(Counters::default());
+        let metrics = &counters.export;
+        let exporter = rt.block_on(async { Exporter::start(s, counters.clone()).unwrap() });
         let h = exporter.handle();
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {

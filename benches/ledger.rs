@@ -281,7 +281,7 @@ fn ingest_in(dir: &Path, n: usize, order: Order) -> PathBuf {
             Order::Random => "ingest-random",
         })
         .join("ledger.db");
-    let ledger = Ledger::open(settings(&path), None).expect("open ledger");
+    let ledger = Ledger::open(settings(&path), None, Default::default()).expect("open ledger");
     let handle = ledger.handle();
     // Let the writer's start-up bounds check finish before timing.
     assert!(handle.flush_blocking());
@@ -296,8 +296,8 @@ fn ingest_in(dir: &Path, n: usize, order: Order) -> PathBuf {
     assert!(handle.flush_blocking());
     let wall = t.elapsed();
     let (w1, p1, s1) = (cpu_ns(Some("veil-ledger")), cpu_ns(None), own_cpu_ns());
-    let rows = ledger.counters().rows.get();
-    let dropped = ledger.counters().dropped.get();
+    let rows = ledger.counters().ledger.rows.get();
+    let dropped = ledger.counters().ledger.dropped.get();
     assert_eq!(
         rows as usize, n,
         "every record committed ({dropped} dropped)"
@@ -372,7 +372,7 @@ fn size(path: &Path) {
 
 /// Fills a fresh ledger with `n` exchange rows in one transaction.
 fn generate(path: &Path, n: usize) {
-    let ledger = Ledger::open(settings(path), None).expect("open ledger");
+    let ledger = Ledger::open(settings(path), None, Default::default()).expect("open ledger");
     assert!(ledger.shutdown(Duration::from_secs(30)));
     let mut conn = Connection::open(path).expect("open");
     let now = SystemTime::now()

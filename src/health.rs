@@ -9,11 +9,11 @@
 //! other. Reading is one atomic load, cheap enough for every request on the hot path.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::counters::Counter;
+use crate::counters::Counters;
 
 /// What can be degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,13 +54,17 @@ struct State {
 }
 
 /// The recording health of one veil. Share it as `Arc<Health>`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     /// One bit per degraded [`Part`].
     degraded: AtomicU32,
     states: [Mutex<State>; 4],
-    /// Times recording went from healthy to degraded (`veil.recording.degraded`).
-    pub degradations: Counter,
+    /// The registry: `recording.degradations` counts each part's transition to degraded,
+    /// `recording.degraded` mirrors "any part degraded" (1/0).
+    counters: Arc<Counters>,
+    /// Held while `recording.degraded` is set from `degraded`, so the last transition's value
+    /// wins: each setter reads the bits after its own change, under this lock.
+    publish: Mutex<()>,
 }
 
 /// A snapshot of one part, for `/healthz` and logs.
@@ -75,6 +79,23 @@ pub struct PartReport {
 }
 
 impl Health {
+    /// A healthy state, keeping its numbers in `counters.recording`.
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Health {
+            degraded: AtomicU32::new(0),
+            states: Default::default(),
+            counters,
+            publish: Mutex::new(()),
+        }
+    }
+
+    /// Sets the `recording.degraded` gauge from the bits (on transitions only).
+    fn publish(&self) {
+        let _one_at_a_time = self.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let any = self.degraded.load(Ordering::Acquire) != 0;
+        self.counters.recording.degraded.set(u64::from(any));
+    }
+
     /// True when every part is healthy. One atomic load.
     pub fn is_ok(&self) -> bool {
         self.degraded.load(Ordering::Acquire) == 0
@@ -95,7 +116,8 @@ impl Health {
         let before = self.degraded.fetch_or(part.bit(), Ordering::AcqRel);
         if before & part.bit() == 0 {
             st.since = Some(SystemTime::now());
-            self.degradations.inc();
+            self.counters.recording.degradations.inc();
+            self.publish();
             tracing::error!(part = part.as_str(), reason = %st.reason, "recording degraded");
         }
     }
@@ -120,6 +142,7 @@ impl Health {
                 "recording recovered"
             );
             *st = State::default();
+            self.publish();
         }
     }
 
@@ -176,21 +199,29 @@ mod tests {
 
     #[test]
     fn parts_degrade_and_recover_independently() {
-        let h = Health::default();
+        let h = Health::new(Arc::default());
+        let degraded = || h.counters.recording.degraded.get();
         assert!(h.is_ok());
         h.degrade(Part::Seal, "No space left on device");
+        assert_eq!(degraded(), 1);
         h.degrade(Part::Seal, "still full");
         h.degrade(Part::Disk, "12 MiB free, below disk_reserve 64 MiB");
         assert!(!h.is_ok());
-        assert_eq!(h.degradations.get(), 2, "counted on transitions only");
+        assert_eq!(
+            h.counters.recording.degradations.get(),
+            2,
+            "counted on transitions only"
+        );
         assert_eq!(
             h.summary(),
             "seal: still full; disk: 12 MiB free, below disk_reserve 64 MiB"
         );
         h.recover(Part::Seal);
         assert!(!h.is_ok() && !h.is_degraded(Part::Seal));
+        assert_eq!(degraded(), 1, "the disk is still degraded");
         h.observe::<String>(Part::Disk, &Ok(()));
         assert!(h.is_ok());
+        assert_eq!(degraded(), 0);
         assert_eq!(h.summary(), "ok");
         assert!(h.report().is_empty());
     }

@@ -18,6 +18,7 @@
 //! - [`record`]: the [`Record`](record::Record), one redacted ledger entry.
 //! - [`keys`]: master secrets and purpose keys.
 //! - [`config`]: file + flags + environment, validated once.
+//! - [`counters`]: the one counter registry every step counts in, created once by `veil run`.
 //! - [`cli`]: the `veil` command line.
 // The other lints live in Cargo.toml `[lints]`, for every target; missing_docs only here:
 // in [lints] it would also hit the benches, whose criterion_group! emits undocumented pub fns.

@@ -17,10 +17,9 @@
 //! processed under the rules current when its processing starts, and its record carries that
 //! rules digest.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::counters::LogEvery;
+use crate::counters::{Counters, LogEvery};
 use crate::exchange::queue::{ExchangeReceiver, Queued};
 use crate::exchange::{self, Exchange, ParseOptions, Pricing};
 use crate::export::ExporterHandle;
@@ -28,19 +27,13 @@ use crate::record;
 use crate::redact::{Budget, RulesHandle};
 use crate::seal::SealStore;
 
-/// Counters of the pipeline.
+/// Rate limits of the pipeline's repeated lines, shared by its workers.
 #[derive(Debug, Default)]
-pub struct PipelineStats {
-    /// Exchanges processed.
-    pub processed: AtomicU64,
-    /// Records the exporter refused (its queue was full or closed).
-    pub export_dropped: AtomicU64,
-    /// Exchanges the store refused (failures after queueing: `SealStore::detached_failures`).
-    pub seal_failed: AtomicU64,
-    /// Rate limit of the "exporter queue refused a record" line.
-    log_export: LogEvery,
-    /// Rate limit of the "cannot seal exchange" line (a degraded store refuses every one).
-    log_seal: LogEvery,
+struct Logs {
+    /// "exporter queue refused a record".
+    export: LogEvery,
+    /// "cannot seal exchange" (a degraded store refuses every one).
+    seal: LogEvery,
 }
 
 /// What the pipeline does when the next step has no room.
@@ -71,8 +64,8 @@ pub struct Pipeline {
     pub exporter: Option<ExporterHandle>,
     /// Where full exchanges go.
     pub store: Option<SealStore>,
-    /// Counters.
-    pub stats: Arc<PipelineStats>,
+    /// The registry: the workers count in its `pipeline` section.
+    pub counters: Arc<Counters>,
     /// Niceness of the worker threads (see [`crate::os::RECORDING_NICE`]; 0 = as the caller).
     pub nice: i32,
     /// Drop or wait when the exporter or the store has no room.
@@ -86,10 +79,13 @@ impl Pipeline {
     /// queue is empty; join the returned handles to wait for that.
     pub fn spawn(self, rx: ExchangeReceiver, workers: usize) -> Vec<std::thread::JoinHandle<()>> {
         let rx = Arc::new(Mutex::new(rx));
+        // One rate limit per line for all the workers, so N workers still log once per period.
+        let logs = Arc::new(Logs::default());
         (0..workers.max(1))
             .map(|i| {
                 let rx = rx.clone();
                 let this = self.clone();
+                let logs = logs.clone();
                 std::thread::Builder::new()
                     .name(format!("veil-pipeline-{i}"))
                     .spawn(move || {
@@ -101,7 +97,7 @@ impl Pipeline {
                             let Some(exchange) = next else { break };
                             // The exchange's bytes count against the queue's byte bound until
                             // it is dropped here, after processing.
-                            this.process(&exchange);
+                            this.process(&exchange, &logs);
                         }
                     })
                     .expect("invariant: a pipeline thread can be spawned")
@@ -112,7 +108,7 @@ impl Pipeline {
     /// Processes one exchange taken from the queue: record to the exporter, exchange to the
     /// store; its journal slot is marked dropped here when a hand-off drops it (counted), and
     /// recorded or sealed by the exporter and the store once durable.
-    pub fn process(&self, queued: &Queued) {
+    fn process(&self, queued: &Queued, logs: &Logs) {
         let exchange: &Exchange = queued;
         let slot = queued.slot();
         let dropped = |why: &str| {
@@ -126,7 +122,7 @@ impl Pipeline {
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
         let record = record::build_within(exchange, &conversation, &rules, self.redaction_budget);
         let user = record.user_pseudonym.clone();
-        self.stats.processed.fetch_add(1, Ordering::Relaxed);
+        self.counters.pipeline.processed.inc();
         if let Some(exporter) = &self.exporter {
             let sent = match self.hand_off {
                 HandOff::Drop => exporter.try_send_journaled(record, slot),
@@ -134,9 +130,8 @@ impl Pipeline {
             };
             if let Err(e) = sent {
                 dropped("export queue");
-                let n = self.stats.export_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                exporter.metrics().exchanges_dropped.inc();
-                if let Some(since) = self.stats.log_export.hit() {
+                let n = self.counters.pipeline.export_dropped.inc();
+                if let Some(since) = logs.export.hit() {
                     tracing::warn!(
                         exchange.id = %exchange.id,
                         dropped_total = n,
@@ -167,8 +162,8 @@ impl Pipeline {
             }
             if let Err(e) = result {
                 dropped("seal refused");
-                let n = self.stats.seal_failed.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(since) = self.stats.log_seal.hit() {
+                let n = self.counters.pipeline.seal_refused.inc();
+                if let Some(since) = logs.seal.hit() {
                     tracing::error!(
                         exchange.id = %exchange.id,
                         error = %e,

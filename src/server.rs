@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Audit, Config};
+use crate::counters::Counters;
 use crate::exchange::Pricing;
 use crate::exchange::pricing::PricingError;
 use crate::export::{Exporter, ExporterHandle, StartError};
@@ -32,9 +33,9 @@ use crate::health::{Health, Part};
 use crate::journal::{CrashReport, Journal};
 use crate::keys::{KeyError, Keyring, Purpose};
 use crate::ledger::LedgerError;
-use crate::pipeline::{Pipeline, PipelineStats};
+use crate::pipeline::Pipeline;
 use crate::proxy::{
-    BuildError, CaError, CertificateAuthority, Fingerprinter, Proxy, ProxySettings, ProxyStats,
+    BuildError, CaError, CertificateAuthority, Fingerprinter, Proxy, ProxySettings,
 };
 use crate::redact::{RulesError, RulesHandle};
 use crate::seal::{AuditSink, FanoutAuditSink, JsonlAuditSink, SealError, SealOptions, SealStore};
@@ -200,10 +201,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin API's bound address, when enabled.
     pub admin_addr: Option<SocketAddr>,
-    /// Proxy counters.
-    pub stats: Arc<ProxyStats>,
-    /// Pipeline counters.
-    pub pipeline: Arc<PipelineStats>,
+    /// The counter registry every step of this veil counts in.
+    pub counters: Arc<Counters>,
     /// The rules in force (reloaded on SIGHUP).
     pub rules: Arc<RulesHandle>,
     /// Whether recording can be made durable now.
@@ -410,31 +409,34 @@ pub async fn start(
     })?;
     report_crash(&crashed, &config.data);
     let journal = Arc::new(journal);
+    // The one counter registry: every step below counts in it (the proxy through its queue),
+    // and the exporter's metrics requests read all of it.
+    let counters = Arc::new(Counters::default());
     let (tx, rx) = crate::exchange::queue::channel_journaled(
         config.queue_capacity,
         config.queue_max_bytes,
         Some(journal.clone()),
+        counters.clone(),
     );
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(counters.clone()));
     let ledger = match config.ledger.clone() {
         Some(mut settings) => {
             settings.nice = nice;
-            Some(crate::ledger::Ledger::open(settings, Some(health.clone()))?)
+            Some(crate::ledger::Ledger::open(
+                settings,
+                Some(health.clone()),
+                counters.clone(),
+            )?)
         }
         None => None,
     };
     let exporter = {
         let _in_export_runtime = export_rt.handle().enter();
-        let metrics = crate::export::Metrics {
-            recording_queue: Some(rx.counters().clone()),
-            ledger: ledger.as_ref().map(|l| l.counters().clone()),
-            health: Some(health.clone()),
-            ..Default::default()
-        };
         Exporter::from_config(
             &config,
             &|k| std::env::var(k).ok(),
-            metrics,
+            counters.clone(),
+            Some(health.clone()),
             Some(journal.clone()),
             ledger.as_ref().map(crate::ledger::Ledger::handle),
         )?
@@ -452,6 +454,7 @@ pub async fn start(
             segment_max: None,
             writer_nice: nice,
             recording_health: Some(health.clone()),
+            counters: counters.clone(),
         },
     )
     .map_err(|source| StartupError::Store {
@@ -460,14 +463,13 @@ pub async fn start(
     })?;
 
     let fingerprinter = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
-    let pipeline_stats = Arc::new(PipelineStats::default());
     let pipeline = Pipeline {
         rules: rules.clone(),
         pricing,
         parse: Default::default(),
         exporter: Some(exporter.handle()),
         store: Some(store.clone()),
-        stats: pipeline_stats.clone(),
+        counters: counters.clone(),
         nice,
         redaction_budget: config.redaction_budget,
         hand_off: match config.audit {
@@ -480,7 +482,6 @@ pub async fn start(
     let cancel = CancellationToken::new();
     let retention = config.retention;
     let drain = config.drain_timeout;
-    let queue_counters = tx.counters().clone();
     // One budget for the whole shutdown: in-flight connections get most of it, and what they
     // leave (at least RECORDING_SHARE of it) goes to emptying the recording queue, flushing the
     // exporter and the last group commit.
@@ -492,7 +493,6 @@ pub async fn start(
     // The admin API keeps the same connection clocks as the proxy port.
     let limits = settings.limits;
     let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?.with_health(health.clone());
-    let stats = proxy.stats();
 
     if let Some(listener) = admin_listener {
         let token = crate::admin::AdminToken::load_or_create(&keys_dir)?;
@@ -504,10 +504,8 @@ pub async fn start(
         });
     }
     let backlog = Backlog {
-        queue: queue_counters.clone(),
+        counters: counters.clone(),
         store: store.clone(),
-        exporter: exporter.handle().metrics().clone(),
-        ledger: ledger.as_ref().map(|l| l.handle().counters().clone()),
     };
     tokio::spawn(watch_disk(
         data_dir,
@@ -538,7 +536,7 @@ pub async fn start(
         }
     }
 
-    let processed = pipeline_stats.clone();
+    let left_behind = counters.clone();
     let done = tokio::spawn(async move {
         let stop = cancel.clone();
         let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
@@ -560,11 +558,11 @@ pub async fn start(
             }
         });
         if tokio::time::timeout_at(deadline, joined).await.is_err() {
-            let left = queue_counters.queued.get().saturating_sub(
-                processed
-                    .processed
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
+            let left = left_behind
+                .queue
+                .queued
+                .get()
+                .saturating_sub(left_behind.pipeline.processed.get());
             tracing::error!(
                 exchanges = left,
                 drain_timeout_s = drain.as_secs_f32(),
@@ -613,8 +611,7 @@ pub async fn start(
         Running {
             addr,
             admin_addr,
-            stats,
-            pipeline: pipeline_stats,
+            counters,
             rules,
             health,
         },
@@ -661,21 +658,21 @@ const WRITES_PER_RECORD_BYTE: u64 = 5;
 /// veil had already answered 200 for hit ENOSPC. See: veil#10 (flaky
 /// `audit_required_on_a_filling_disk_answers_only_what_it_sealed`).
 struct Backlog {
-    queue: Arc<crate::exchange::queue::QueueCounters>,
+    /// The registry: the queue's bytes, the exporter's unwritten and the ledger's queued bytes.
+    counters: Arc<Counters>,
     store: SealStore,
-    exporter: Arc<crate::export::Metrics>,
-    ledger: Option<Arc<crate::ledger::LedgerCounters>>,
 }
 
 impl Backlog {
     /// Bytes the stages are still about to write, estimated from what each holds.
     fn pending_write_bytes(&self) -> u64 {
-        let records = self
-            .exporter
+        let c = &self.counters;
+        let records = c
+            .export
             .unwritten_bytes
             .get()
-            .saturating_add(self.ledger.as_ref().map_or(0, |l| l.queued_bytes.get()));
-        self.queue
+            .saturating_add(c.ledger.queued_bytes.get());
+        c.queue
             .bytes
             .get()
             .saturating_mul(WRITES_PER_QUEUED_BYTE)

@@ -50,6 +50,14 @@ const RULES: &[(&str, &[&str], &str)] = &[
         &["proxy", "seal", "redact"],
         "the ledger reads records only: never an exchange's raw content, never the sealed store",
     ),
+    (
+        "counters",
+        &[
+            "proxy", "exchange", "redact", "record", "pipeline", "export", "ledger", "seal",
+            "admin", "cli", "server", "health", "journal", "config",
+        ],
+        "a leaf: every step counts with it, so it depends on none of them",
+    ),
 ];
 
 /// Forbidden references that exist today, each with its reason: (file, exact path, why).

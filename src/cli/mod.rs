@@ -301,7 +301,7 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         );
         done.await?;
         tracing::info!(
-            exchanges = running.pipeline.processed.load(std::sync::atomic::Ordering::Relaxed),
+            exchanges = running.counters.pipeline.processed.get(),
             "veil stopped"
         );
         anyhow::Ok(())

@@ -12,9 +12,10 @@
 //! nowhere near. Bytes are released when the [`Queued`] is dropped, i.e. after processing,
 //! which is when the memory is actually freed.
 //!
-//! Every refusal is counted in [`QueueCounters`] (exported as `veil.exchanges.dropped` and
-//! `veil.exchanges.refused`) and logged at most once per [`LOG_EVERY`] with the count since the
-//! last line.
+//! Every hand-off and refusal is counted in the `queue` section of the registry handed to
+//! [`channel`] ([`QueueCounters`](crate::counters::QueueCounters): `veil.queue.*`,
+//! `veil.exchanges.dropped`, `veil.exchanges.refused`), and each refusal is logged at most once
+//! per [`LOG_EVERY`] with the count since the last line.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,51 +25,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Exchange;
-use crate::counters::{Counter, Gauge, LogEvery};
+use crate::counters::{Counter, Counters, LogEvery};
 use crate::journal::{Journal, Slot};
 
 /// How often a repeated drop is logged (the count since the last line is in the line).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Counters of the recording hand-off.
-#[derive(Debug)]
-pub struct QueueCounters {
-    /// Exchanges handed to the pipeline.
-    pub queued: Counter,
-    /// Exchanges dropped because the queue held `queue_capacity` exchanges (best-effort).
-    pub dropped_full: Counter,
-    /// Exchanges dropped because the queue held `queue_max_bytes` of bodies (best-effort).
-    pub dropped_bytes: Counter,
-    /// Exchanges dropped because recording had stopped (shutdown).
-    pub dropped_closed: Counter,
-    /// Requests refused with 503 before going upstream because no room could be reserved
-    /// (audit required).
-    pub refused: Counter,
-    /// Captured body bytes waiting in the queue or being processed.
-    pub bytes: Gauge,
-    log: LogEvery,
-}
-
-impl Default for QueueCounters {
-    fn default() -> Self {
-        QueueCounters {
-            queued: Counter::default(),
-            dropped_full: Counter::default(),
-            dropped_bytes: Counter::default(),
-            dropped_closed: Counter::default(),
-            refused: Counter::default(),
-            bytes: Gauge::default(),
-            log: LogEvery::new(LOG_EVERY),
-        }
-    }
-}
-
-impl QueueCounters {
-    /// Every exchange not recorded because of the queue (all three drop reasons).
-    pub fn dropped(&self) -> u64 {
-        self.dropped_full.get() + self.dropped_bytes.get() + self.dropped_closed.get()
-    }
-}
 
 /// Why the queue did not take an exchange (best-effort) or a reservation (audit required).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +68,11 @@ struct Shared {
     /// Captured bytes handed over and not yet released by the consumer.
     bytes: AtomicUsize,
     max_bytes: usize,
-    counters: Arc<QueueCounters>,
+    /// The registry; this queue counts in its `queue` section, and the proxy reads it from here
+    /// (so the proxy and its queue can never count into two registries).
+    counters: Arc<Counters>,
+    /// Rate limit of the refusal lines.
+    log: LogEvery,
     /// Notes each hand-off, so a crash's losses can be counted at the next start.
     journal: Option<Arc<Journal>>,
 }
@@ -129,7 +94,7 @@ impl Shared {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    self.counters.bytes.add(n as u64);
+                    self.counters.queue.bytes.add(n as u64);
                     return true;
                 }
                 Err(now) => cur = now,
@@ -139,29 +104,34 @@ impl Shared {
 
     fn release(&self, n: usize) {
         self.bytes.fetch_sub(n, Ordering::AcqRel);
-        self.counters.bytes.sub(n as u64);
+        self.counters.queue.bytes.sub(n as u64);
     }
 
     fn refuse(&self, why: Refusal, counter: &Counter, what: &str) {
         counter.inc();
-        if let Some(n) = self.counters.log.hit() {
+        if let Some(n) = self.log.hit() {
             tracing::warn!(
                 reason = why.as_str(),
                 since_last_line = n,
-                dropped_total = self.counters.dropped(),
-                refused_total = self.counters.refused.get(),
+                dropped_total = self.counters.queue.dropped(),
+                refused_total = self.counters.queue.refused.get(),
                 "{why}: {what}"
             );
         }
     }
 }
 
-/// Creates a queue holding at most `capacity` exchanges and `max_bytes` of captured bodies.
+/// Creates a queue holding at most `capacity` exchanges and `max_bytes` of captured bodies,
+/// counting in `counters.queue`.
 ///
 /// # Panics
 /// When `capacity` is 0 or above tokio's limit (`usize::MAX >> 3`); the config bounds it.
-pub fn channel(capacity: usize, max_bytes: usize) -> (ExchangeSender, ExchangeReceiver) {
-    channel_journaled(capacity, max_bytes, None)
+pub fn channel(
+    capacity: usize,
+    max_bytes: usize,
+    counters: Arc<Counters>,
+) -> (ExchangeSender, ExchangeReceiver) {
+    channel_journaled(capacity, max_bytes, None, counters)
 }
 
 /// [`channel`] that notes every hand-off in `journal` (one `pwrite` per exchange): each
@@ -170,12 +140,14 @@ pub fn channel_journaled(
     capacity: usize,
     max_bytes: usize,
     journal: Option<Arc<Journal>>,
+    counters: Arc<Counters>,
 ) -> (ExchangeSender, ExchangeReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
         max_bytes,
-        counters: Arc::new(QueueCounters::default()),
+        counters,
+        log: LogEvery::new(LOG_EVERY),
         journal,
     });
     (
@@ -198,7 +170,7 @@ impl ExchangeSender {
     /// Hands `exchange` over without waiting (best-effort). On refusal the exchange is dropped
     /// here, counted and logged (rate-limited); the reason is returned.
     pub fn try_send(&self, exchange: Exchange) -> Result<(), Refusal> {
-        let c = &self.shared.counters;
+        let c = &self.shared.counters.queue;
         let n = size_of_exchange(&exchange);
         if !self.shared.take(n) {
             self.shared.refuse(
@@ -243,9 +215,9 @@ impl ExchangeSender {
     /// a slot, and the promise that the byte budget is not already used up. The exchange's
     /// bytes are added when it is sent, so the queue may exceed `max_bytes` by what the
     /// requests in flight capture (each bounded by `capture_limit`). A refusal is counted in
-    /// [`QueueCounters::refused`].
+    /// [`QueueCounters::refused`](crate::counters::QueueCounters::refused).
     pub fn try_reserve(&self) -> Result<Reservation, Refusal> {
-        let c = &self.shared.counters;
+        let c = &self.shared.counters.queue;
         let used = self.shared.bytes.load(Ordering::Relaxed);
         if used > 0 && used >= self.shared.max_bytes {
             self.shared.refuse(
@@ -272,8 +244,8 @@ impl ExchangeSender {
         }
     }
 
-    /// The hand-off counters.
-    pub fn counters(&self) -> &Arc<QueueCounters> {
+    /// The registry this queue counts in (its `queue` section).
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.shared.counters
     }
 
@@ -300,8 +272,8 @@ impl Reservation {
     pub fn send(self, exchange: Exchange) {
         let n = size_of_exchange(&exchange);
         self.shared.bytes.fetch_add(n, Ordering::AcqRel);
-        self.shared.counters.bytes.add(n as u64);
-        self.shared.counters.queued.inc();
+        self.shared.counters.queue.bytes.add(n as u64);
+        self.shared.counters.queue.queued.inc();
         let mut queued = Queued::new(exchange, n, self.shared.clone());
         queued.slot = self
             .shared
@@ -335,8 +307,8 @@ impl ExchangeReceiver {
         self.rx.try_recv().ok()
     }
 
-    /// The hand-off counters.
-    pub fn counters(&self) -> &Arc<QueueCounters> {
+    /// The registry this queue counts in (its `queue` section).
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.shared.counters
     }
 }
@@ -454,11 +426,12 @@ mod tests {
     // See: veil#10. Forty 20 MB prompts once sat in a queue bounded only in count.
     #[test]
     fn the_queue_is_bounded_in_bytes_and_releases_them_after_processing() {
-        let (tx, mut rx) = channel(100, 50);
+        let (tx, mut rx) = channel(100, 50, Arc::default());
         tx.try_send(exchange_of(30)).unwrap();
         assert_eq!(tx.try_send(exchange_of(30)), Err(Refusal::Bytes));
         tx.try_send(exchange_of(20)).unwrap();
-        let c = tx.counters().clone();
+        let counters = tx.counters().clone();
+        let c = &counters.queue;
         assert_eq!((c.queued.get(), c.dropped_bytes.get()), (2, 1));
         assert_eq!(c.bytes.get(), 50);
         let first = rx.blocking_recv().unwrap();
@@ -472,13 +445,13 @@ mod tests {
 
     #[test]
     fn a_lone_exchange_larger_than_the_budget_is_still_recorded() {
-        let (tx, mut rx) = channel(4, 10);
+        let (tx, mut rx) = channel(4, 10, Arc::default());
         tx.try_send(exchange_of(100)).unwrap();
         assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Bytes));
         let ex = rx.blocking_recv().unwrap().into_exchange();
         assert_eq!(ex.request_body.captured_len(), 100);
         assert_eq!(
-            tx.counters().bytes.get(),
+            tx.counters().queue.bytes.get(),
             0,
             "into_exchange releases the bytes"
         );
@@ -486,23 +459,23 @@ mod tests {
 
     #[test]
     fn count_bound_and_closed_queue_are_counted_apart() {
-        let (tx, rx) = channel(1, 1 << 20);
+        let (tx, rx) = channel(1, 1 << 20, Arc::default());
         tx.try_send(exchange_of(1)).unwrap();
         assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Full));
         assert_eq!(
-            tx.counters().bytes.get(),
+            tx.counters().queue.bytes.get(),
             1,
             "a refused exchange gives its bytes back"
         );
         drop(rx);
         assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Closed));
-        let c = tx.counters();
+        let c = &tx.counters().queue;
         assert_eq!((c.dropped_full.get(), c.dropped_closed.get()), (1, 1));
     }
 
     #[test]
     fn reservations_refuse_past_either_bound_and_count_it() {
-        let (tx, mut rx) = channel(2, 10);
+        let (tx, mut rx) = channel(2, 10, Arc::default());
         let r = tx.try_reserve().unwrap();
         r.send(exchange_of(11));
         // The byte budget is used up: no new reservation until the pipeline is done with it.
@@ -514,7 +487,7 @@ mod tests {
         let _b = tx.try_reserve().unwrap();
         assert_eq!(tx.try_reserve().unwrap_err(), Refusal::Full);
         drop(a);
-        assert_eq!(tx.counters().refused.get(), 3);
-        assert_eq!(tx.counters().dropped(), 0, "refusals are not drops");
+        assert_eq!(tx.counters().queue.refused.get(), 3);
+        assert_eq!(tx.counters().queue.dropped(), 0, "refusals are not drops");
     }
 }

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use super::handle::Item;
 use super::metrics::Histograms;
 use super::otlp::{self, Batch};
-use super::{Destination, Encoding, ExporterSettings, Metrics, Signal};
+use super::{Destination, Encoding, ExporterSettings, Signal};
+use crate::counters::Counters;
 use crate::journal::{Journal, Slot};
 use crate::ledger::LedgerHandle;
 use crate::record::Record;
@@ -75,7 +76,7 @@ impl BatchDone {
 /// per-signal senders.
 pub(super) struct Batcher {
     pub(super) settings: Arc<ExporterSettings>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) counters: Arc<Counters>,
     pub(super) histograms: Histograms,
     pub(super) started: SystemTime,
     pub(super) batch: Batch,
@@ -84,7 +85,7 @@ pub(super) struct Batcher {
     pub(super) records: Vec<Record>,
     /// Journal slots of the records in `batch`.
     pub(super) slots: Vec<Slot>,
-    /// [`Metrics::unwritten_bytes`] of the records in `batch`, released once they are
+    /// `export.unwritten_bytes` of the records in `batch`, released once they are
     /// handed on.
     pub(super) unwritten_bytes: u64,
     /// In [`Signal::ALL`] order; `None` for a signal that goes nowhere ([`Destination::Off`]).
@@ -128,7 +129,7 @@ impl Batcher {
                 }
                 _ = metrics_tick.tick() => {
                     // Only when something changed: no empty envelopes for an idle proxy.
-                    let now = self.metrics.exchanges.get() + self.metrics.audit_events.get();
+                    let now = self.counters.export.exchanges.get() + self.counters.export.audit_events.get();
                     if now != exported_exchanges && self.exports(Signal::Metrics) {
                         exported_exchanges = now;
                         self.flush_metrics().await;
@@ -165,9 +166,9 @@ impl Batcher {
             Item::Record(r, slot) => {
                 self.slots.extend(slot);
                 self.unwritten_bytes = self.unwritten_bytes.saturating_add(r.wire_bytes());
-                self.metrics.exchanges.inc();
+                self.counters.export.exchanges.inc();
                 if r.content_dropped.is_some() {
-                    self.metrics.content_dropped.inc();
+                    self.counters.export.content_dropped.inc();
                 }
                 // Spans and logs are built only for a signal that goes somewhere: with the
                 // ledger as the only sink, no OTLP is encoded at all.
@@ -183,7 +184,7 @@ impl Batcher {
                 }
             }
             Item::Audit(a) => {
-                self.metrics.audit_events.inc();
+                self.counters.export.audit_events.inc();
                 // The sealed store keeps its own durable audit log; this is the copy for
                 // the collector or the records files.
                 if self.exports(Signal::Logs) {
@@ -245,10 +246,11 @@ impl Batcher {
             self.hand_over(signal, payload).await;
         }
         if let (Some(ledger), true) = (&self.ledger, to_ledger) {
-            // The ledger counts these bytes as its own from here (`LedgerCounters::queued_bytes`).
+            // The ledger counts these bytes as its own from here (`ledger.queued_bytes`).
             ledger.send(records, ledger_done).await;
         }
-        self.metrics
+        self.counters
+            .export
             .unwritten_bytes
             .sub(std::mem::take(&mut self.unwritten_bytes));
     }
@@ -257,7 +259,7 @@ impl Batcher {
         let req = otlp::metrics_request(
             &self.settings.resource,
             &self.histograms,
-            &self.metrics,
+            &self.counters,
             self.started,
             SystemTime::now(),
         );
@@ -275,7 +277,7 @@ impl Batcher {
         };
         if let Err(e) = tx.send(payload).await {
             tracing::error!(signal = signal.name(), "export: sender stopped; batch lost");
-            self.metrics.batches_rejected.inc();
+            self.counters.export.batches_rejected.inc();
             e.0.complete(false);
         }
     }

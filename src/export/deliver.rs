@@ -20,13 +20,16 @@ use tokio::time::Instant;
 use super::batcher::Payload;
 use super::sender::{Attempt, OtlpClient};
 use super::spool::{self, Spool};
-use super::{Encoding, ExporterSettings, Metrics, Signal, ledger};
+use super::{Encoding, ExporterSettings, Signal, ledger};
+use crate::counters::Counters;
+use crate::health::Health;
 
 pub(super) async fn run_ledger(
     data: std::path::PathBuf,
     signal: Signal,
     mut rx: mpsc::Receiver<Payload>,
-    metrics: Arc<Metrics>,
+    counters: Arc<Counters>,
+    health: Option<Arc<Health>>,
 ) -> usize {
     while let Some(payload) = rx.recv().await {
         let dir = data.clone();
@@ -38,23 +41,40 @@ pub(super) async fn run_ledger(
         payload.complete(matches!(res, Ok(Ok(()))));
         let err = match res {
             Ok(Ok(())) => {
-                metrics.observe_write::<String>(signal, &Ok(()));
+                observe_write::<String>(health.as_deref(), signal, &Ok(()));
                 continue;
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
-        metrics.observe_write(
+        observe_write(
+            health.as_deref(),
             signal,
             &Err(format!(
                 "records ledger {}: {err}",
                 ledger::records_dir(&data).display()
             )),
         );
-        metrics.export_failures.inc();
+        counters.export.export_failures.inc();
         tracing::error!(signal = signal.name(), error = %err, dir = %ledger::records_dir(&data).display(), "export: could not write the records ledger");
     }
     0
+}
+
+/// Reports a records write's result to the shared health, if any. Only the writes that carry
+/// records (traces and logs) count: a metrics payload landing says nothing about whether
+/// records can be written, and must not clear a records failure.
+pub(super) fn observe_write<E: std::fmt::Display>(
+    health: Option<&Health>,
+    signal: Signal,
+    result: &Result<(), E>,
+) {
+    if signal == Signal::Metrics {
+        return;
+    }
+    if let Some(h) = health {
+        h.observe(crate::health::Part::Records, result);
+    }
 }
 
 // === impl OtlpSender ===
@@ -69,7 +89,9 @@ pub(super) struct OtlpSender {
     pub(super) settings: Arc<ExporterSettings>,
     pub(super) client: OtlpClient,
     pub(super) spool: Spool,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) counters: Arc<Counters>,
+    /// Where records writes (the spool) are reported; none in tests.
+    pub(super) health: Option<Arc<Health>>,
     /// Consecutive failed attempts (drives the backoff).
     pub(super) failures: u32,
 }
@@ -95,16 +117,20 @@ impl OtlpSender {
         payload.complete(pushed.is_ok());
         match pushed {
             Ok(loss) => {
-                self.metrics.observe_write::<String>(self.signal, &Ok(()));
-                self.metrics.spool_bytes.add((body.len() + 13) as u64);
+                observe_write::<String>(self.health.as_deref(), self.signal, &Ok(()));
+                self.counters
+                    .export
+                    .spool_bytes
+                    .add((body.len() + 13) as u64);
                 self.account_loss(loss, "spool full: oldest batches dropped");
             }
             Err(e) => {
-                self.metrics.observe_write(
+                observe_write(
+                    self.health.as_deref(),
                     self.signal,
                     &Err(format!("export spool ({}): {e}", self.signal.name())),
                 );
-                self.metrics.batches_rejected.inc();
+                self.counters.export.batches_rejected.inc();
                 tracing::error!(signal = self.signal.name(), error = %e, "export: could not spool a batch; it is lost");
             }
         }
@@ -112,9 +138,9 @@ impl OtlpSender {
 
     fn account_loss(&self, loss: spool::Loss, why: &str) {
         if loss.batches > 0 {
-            self.metrics.spool_bytes.sub(loss.bytes);
-            self.metrics.spool_batches_dropped.add(loss.batches);
-            self.metrics.spool_bytes_dropped.add(loss.bytes);
+            self.counters.export.spool_bytes.sub(loss.bytes);
+            self.counters.export.spool_batches_dropped.add(loss.batches);
+            self.counters.export.spool_bytes_dropped.add(loss.bytes);
             tracing::error!(
                 signal = self.signal.name(),
                 batches = loss.batches,
@@ -188,8 +214,8 @@ impl OtlpSender {
                     let from_spool = direct.is_none();
                     match attempt {
                         Attempt::Delivered => {
-                            self.metrics.observe_write::<String>(self.signal, &Ok(()));
-                            self.metrics.batches_delivered.inc();
+                            observe_write::<String>(self.health.as_deref(), self.signal, &Ok(()));
+                            self.counters.export.batches_delivered.inc();
                             self.failures = 0;
                             next_try = Instant::now();
                             if let Some(p) = direct.take() {
@@ -197,23 +223,23 @@ impl OtlpSender {
                             }
                             if from_spool {
                                 let n = self.spool.pop_front();
-                                self.metrics.spool_bytes.sub(n);
+                                self.counters.export.spool_bytes.sub(n);
                             }
                         }
                         Attempt::Reject { why } => {
-                            self.metrics.export_failures.inc();
-                            self.metrics.batches_rejected.inc();
+                            self.counters.export.export_failures.inc();
+                            self.counters.export.batches_rejected.inc();
                             tracing::error!(signal = self.signal.name(), %why, "export: batch rejected, not retried");
                             if let Some(p) = direct.take() {
                                 p.complete(false);
                             }
                             if from_spool {
                                 let n = self.spool.pop_front();
-                                self.metrics.spool_bytes.sub(n);
+                                self.counters.export.spool_bytes.sub(n);
                             }
                         }
                         Attempt::Retry { after, why } => {
-                            self.metrics.export_failures.inc();
+                            self.counters.export.export_failures.inc();
                             let delay = self.backoff(after);
                             tracing::warn!(signal = self.signal.name(), %why, retry_in = ?delay, spooled = self.spool.len(), "export: collector unavailable, spooling");
                             next_try = Instant::now() + delay;
@@ -233,5 +259,27 @@ impl OtlpSender {
             }
         }
         self.spool.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // See: veil#10 (review). A metrics payload landing once cleared a records failure, so
+    // audit = "required" admitted requests whose records could not be written.
+    #[test]
+    fn only_records_writes_clear_a_records_failure() {
+        use crate::health::Part;
+        let health = Health::new(Arc::default());
+        observe_write(Some(&health), Signal::Traces, &Err("EDQUOT"));
+        assert!(health.is_degraded(Part::Records));
+        observe_write::<&str>(Some(&health), Signal::Metrics, &Ok(()));
+        assert!(
+            health.is_degraded(Part::Records),
+            "a metrics write says nothing"
+        );
+        observe_write::<&str>(Some(&health), Signal::Logs, &Ok(()));
+        assert!(health.is_ok());
     }
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{AuditEvent, Metrics};
+use super::AuditEvent;
+use crate::counters::Counters;
 use crate::journal::Slot;
 use crate::record::Record;
 
@@ -66,7 +67,7 @@ impl<T: fmt::Debug> std::error::Error for TrySendError<T> {}
 #[derive(Clone)]
 pub struct ExporterHandle {
     pub(super) tx: mpsc::Sender<Item>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) counters: Arc<Counters>,
 }
 
 impl fmt::Debug for ExporterHandle {
@@ -80,7 +81,8 @@ impl fmt::Debug for ExporterHandle {
 impl ExporterHandle {
     /// Queues one record without waiting. On a full queue the record comes back in the
     /// error and nothing is counted: the caller decides (count it in
-    /// [`Metrics::exchanges_dropped`], or refuse the request under `audit = "required"`).
+    /// `pipeline.export_dropped` of the
+    /// [`Counters`], or refuse the request under `audit = "required"`).
     pub fn try_send(&self, record: Record) -> Result<(), TrySendError<Record>> {
         self.try_send_journaled(record, None)
     }
@@ -94,11 +96,11 @@ impl ExporterHandle {
     ) -> Result<(), TrySendError<Record>> {
         let bytes = record.wire_bytes();
         // Counted before the send, so the batcher's release can never come first.
-        self.metrics.unwritten_bytes.add(bytes);
+        self.counters.export.unwritten_bytes.add(bytes);
         self.tx
             .try_send(Item::Record(Box::new(record), slot))
             .map_err(|e| {
-                self.metrics.unwritten_bytes.sub(bytes);
+                self.counters.export.unwritten_bytes.sub(bytes);
                 match e {
                     mpsc::error::TrySendError::Full(Item::Record(r, _)) => TrySendError {
                         item: r,
@@ -122,13 +124,13 @@ impl ExporterHandle {
         slot: Option<Slot>,
     ) -> Result<(), TrySendError<Record>> {
         let bytes = record.wire_bytes();
-        self.metrics.unwritten_bytes.add(bytes);
+        self.counters.export.unwritten_bytes.add(bytes);
         self.tx
             .blocking_send(Item::Record(Box::new(record), slot))
             .map_err(|e| match e.0 {
                 Item::Record(r, _) => TrySendError {
                     item: {
-                        self.metrics.unwritten_bytes.sub(bytes);
+                        self.counters.export.unwritten_bytes.sub(bytes);
                         r
                     },
                     closed: true,
@@ -152,8 +154,8 @@ impl ExporterHandle {
         })
     }
 
-    /// The shared counters (`veil.exchanges.dropped` and the others).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    /// The registry the exporter counts in (its `export` section).
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 }

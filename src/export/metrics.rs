@@ -1,9 +1,9 @@
-//! # Metrics: veil's own counters and the GenAI client histograms.
+//! # Metrics: the GenAI client histograms.
 //!
-//! [`Metrics`] is a cheap, shareable handle of atomic counters that any part of veil may
-//! increment (the proxy counts dropped exchanges, the exporter counts failures and spool
-//! losses). [`Histograms`] aggregates the `gen_ai.client.*` histograms per attribute set; it is
-//! owned by the exporter's batcher and encoded as cumulative OTLP points.
+//! [`Histograms`] aggregates the `gen_ai.client.*` histograms per attribute set; it is owned by
+//! the exporter's batcher and encoded as cumulative OTLP points. veil's own counters are not
+//! here: they live in the one registry, [`crate::counters::Counters`], which the exporter is
+//! handed and counts in like every other step.
 //!
 //! Owns: numbers only. Never touches a record's content.
 
@@ -21,69 +21,6 @@ pub const TOKEN_BUCKETS: &[f64] = &[
 pub const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
-
-pub use crate::counters::{Counter, Gauge};
-
-/// veil's own counters, shared by the proxy, the pipeline and the exporter
-/// (`Arc<Metrics>`). Exported as OTLP sums/gauges named `veil.*` with the other metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Records accepted by the exporter (`veil.exchanges`).
-    pub exchanges: Counter,
-    /// Records the exporter's own queue refused (`veil.exchanges.dropped` with
-    /// `veil.drop.reason = export_queue_full`). Incremented by the pipeline.
-    pub exchanges_dropped: Counter,
-    /// The recording queue's counters (proxy → pipeline drops and audit-required refusals),
-    /// exported with the others when set.
-    pub recording_queue: Option<std::sync::Arc<crate::exchange::queue::QueueCounters>>,
-    /// The SQLite ledger's counters, when veil runs one: its dropped records are exported
-    /// under `veil.exchanges.dropped` with `veil.drop.reason = ledger_write_failed`.
-    pub ledger: Option<std::sync::Arc<crate::ledger::LedgerCounters>>,
-    /// Where the exporter reports whether records can be written (ledger and spool writes
-    /// mark [`crate::health::Part::Records`] degraded or recovered).
-    pub health: Option<std::sync::Arc<crate::health::Health>>,
-    /// Records accepted without their content because redacting it exceeded the redaction
-    /// budget (`veil.exchanges.content_dropped`; the record says why in `veil.content_dropped`).
-    pub content_dropped: Counter,
-    /// Batches the collector accepted (`veil.export.batches.delivered`).
-    pub batches_delivered: Counter,
-    /// Export attempts that failed, retryable or not (`veil.export.failures`).
-    pub export_failures: Counter,
-    /// Batches given up without delivery: non-retryable answers, oversize payloads
-    /// (`veil.export.batches.rejected`).
-    pub batches_rejected: Counter,
-    /// Batches lost because the spool exceeded its bound (`veil.spool.batches.dropped`).
-    pub spool_batches_dropped: Counter,
-    /// Bytes lost because the spool exceeded its bound (`veil.spool.bytes.dropped`).
-    pub spool_bytes_dropped: Counter,
-    /// Bytes currently held in the spool, all signals (`veil.spool.bytes`).
-    pub spool_bytes: Gauge,
-    /// Audit events accepted by the exporter (`veil.audit.events`).
-    pub audit_events: Counter,
-    /// Wire bytes ([`Record::wire_bytes`](crate::record::Record::wire_bytes)) of the records
-    /// accepted and not yet handed to their writers (the ledger's queue, the records files or
-    /// the collector): the disk watch counts them against `disk_reserve`, since their content
-    /// is still to be written.
-    pub unwritten_bytes: Gauge,
-}
-
-impl Metrics {
-    /// Reports a records write's result to the shared health, if any. Only the writes that
-    /// carry records (traces and logs) count: a metrics payload landing says nothing about
-    /// whether records can be written, and must not clear a records failure.
-    pub fn observe_write<E: std::fmt::Display>(
-        &self,
-        signal: super::Signal,
-        result: &Result<(), E>,
-    ) {
-        if signal == super::Signal::Metrics {
-            return;
-        }
-        if let Some(h) = &self.health {
-            h.observe(crate::health::Part::Records, result);
-        }
-    }
-}
 
 /// One fixed-bound histogram (cumulative since the exporter started).
 #[derive(Debug, Clone, PartialEq)]
@@ -204,36 +141,5 @@ mod tests {
         assert_eq!(series.len(), MAX_SERIES + 1);
         let overflow = vec![("otel.metric.overflow", SeriesValue::Bool(true))];
         assert_eq!(series[&overflow].count, 10);
-    }
-
-    // See: veil#10 (review). A metrics payload landing once cleared a records failure, so
-    // audit = "required" admitted requests whose records could not be written.
-    #[test]
-    fn only_records_writes_clear_a_records_failure() {
-        use crate::health::{Health, Part};
-        let health = std::sync::Arc::new(Health::default());
-        let m = Metrics {
-            health: Some(health.clone()),
-            ..Default::default()
-        };
-        m.observe_write(super::super::Signal::Traces, &Err("EDQUOT"));
-        assert!(health.is_degraded(Part::Records));
-        m.observe_write::<&str>(super::super::Signal::Metrics, &Ok(()));
-        assert!(
-            health.is_degraded(Part::Records),
-            "a metrics write says nothing"
-        );
-        m.observe_write::<&str>(super::super::Signal::Logs, &Ok(()));
-        assert!(health.is_ok());
-    }
-
-    #[test]
-    fn counters_count() {
-        let m = Metrics::default();
-        m.exchanges_dropped.inc();
-        m.exchanges_dropped.add(2);
-        assert_eq!(m.exchanges_dropped.get(), 3);
-        m.spool_bytes.set(7);
-        assert_eq!(m.spool_bytes.get(), 7);
     }
 }

@@ -22,11 +22,15 @@
 //! use veil::export::Exporter;
 //!
 //! // Inside the tokio runtime. Errors name the bad OTEL_* variable or TLS file.
-//! let exporter = Exporter::from_config(&config, &|k| std::env::var(k).ok(), Default::default(), None, None)?;
+//! // The registry comes from `veil run`, which hands the same one to every step.
+//! let counters = std::sync::Arc::new(veil::counters::Counters::default());
+//! let exporter = Exporter::from_config(
+//!     &config, &|k| std::env::var(k).ok(), counters.clone(), None, None, None,
+//! )?;
 //! let handle = exporter.handle(); // clone into the pipeline workers
 //! if let Err(e) = handle.try_send(record) {
 //!     // Full (or shut down): never waits. Best-effort audit: count and go on.
-//!     handle.metrics().exchanges_dropped.inc();
+//!     counters.pipeline.export_dropped.inc();
 //!     tracing::warn!(error = %e, "record dropped");
 //! }
 //! // On shutdown, after the pipeline has drained: bounded flush, the rest stays spooled.
@@ -61,11 +65,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use handle::{ExporterHandle, TrySendError};
-pub use metrics::Metrics;
 pub use otlp::{AuditEvent, Encoding, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError, StartError};
 
 use crate::config::Config;
+use crate::counters::Counters;
+use crate::health::Health;
 use crate::journal::Journal;
 use crate::ledger::LedgerHandle;
 use batcher::{Batcher, Payload};
@@ -118,9 +123,9 @@ impl Drop for Exporter {
 
 impl Exporter {
     /// Resolves settings from the config and `env` (use `|k| std::env::var(k).ok()` in the
-    /// binary) and starts the exporter with `metrics` as its counters (set
-    /// [`Metrics::recording_queue`] to export the proxy's drops), marking records durable in
-    /// `journal` when given. Must run inside a tokio runtime.
+    /// binary) and starts the exporter counting in `counters` (every entry of which its
+    /// metrics requests export), reporting records writes to `health` and marking records
+    /// durable in `journal` when given. Must run inside a tokio runtime.
     ///
     /// Records also go to `ledger` when given. Without an OTLP endpoint, records are written
     /// as OTLP/JSON lines under `<data>/records/` only when `records_files` is set or there is
@@ -131,7 +136,8 @@ impl Exporter {
     pub fn from_config(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
-        metrics: Metrics,
+        counters: Arc<Counters>,
+        health: Option<Arc<Health>>,
         journal: Option<Arc<Journal>>,
         ledger: Option<LedgerHandle>,
     ) -> Result<Exporter, StartError> {
@@ -143,25 +149,25 @@ impl Exporter {
         settings.queue_capacity = config.queue_capacity;
         settings.journal = journal;
         Ok(Exporter::start_with_ledger(
-            settings,
-            Arc::new(metrics),
-            ledger,
+            settings, counters, ledger, health,
         )?)
     }
 
     /// Starts the exporter with resolved settings, opening the spools (their batches are
-    /// replayed first). Must run inside a tokio runtime.
-    pub fn start(settings: ExporterSettings, metrics: Arc<Metrics>) -> std::io::Result<Exporter> {
-        Exporter::start_with_ledger(settings, metrics, None)
+    /// replayed first), counting in `counters`. Must run inside a tokio runtime.
+    pub fn start(settings: ExporterSettings, counters: Arc<Counters>) -> std::io::Result<Exporter> {
+        Exporter::start_with_ledger(settings, counters, None, None)
     }
 
     /// [`Exporter::start`], also handing every batch of records to the SQLite ledger; a
     /// batch's journal slots are marked recorded once its OTLP payloads and its ledger
-    /// transaction are all durable.
+    /// transaction are all durable. Records writes (the records files, the spool) are reported
+    /// to `health` when given ([`crate::health::Part::Records`]).
     pub fn start_with_ledger(
         settings: ExporterSettings,
-        metrics: Arc<Metrics>,
+        counters: Arc<Counters>,
         ledger: Option<LedgerHandle>,
+        health: Option<Arc<Health>>,
     ) -> std::io::Result<Exporter> {
         let settings = Arc::new(settings);
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
@@ -177,8 +183,9 @@ impl Exporter {
                 }
                 Destination::File => {
                     let data = settings.data_dir.clone();
-                    let metrics = metrics.clone();
-                    tokio::spawn(run_ledger(data, signal, srx, metrics))
+                    let counters = counters.clone();
+                    let health = health.clone();
+                    tokio::spawn(run_ledger(data, signal, srx, counters, health))
                 }
                 Destination::Otlp(url) => {
                     let dir = settings.data_dir.join("spool").join(signal.name());
@@ -191,7 +198,7 @@ impl Exporter {
                             "export: replaying spooled batches"
                         );
                     }
-                    metrics.spool_bytes.add(spool.bytes());
+                    counters.export.spool_bytes.add(spool.bytes());
                     let s = OtlpSender {
                         signal,
                         url: url.clone(),
@@ -199,7 +206,8 @@ impl Exporter {
                         // One client per signal: each may have its own TLS files.
                         client: OtlpClient::with_tls(&settings.signal(signal).tls)?,
                         spool,
-                        metrics: metrics.clone(),
+                        counters: counters.clone(),
+                        health: health.clone(),
                         failures: 0,
                     };
                     tokio::spawn(s.run(srx, stop_rx.clone()))
@@ -211,7 +219,7 @@ impl Exporter {
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let batcher = Batcher {
             settings: settings.clone(),
-            metrics: metrics.clone(),
+            counters: counters.clone(),
             histograms: Histograms::default(),
             started: SystemTime::now(),
             batch: Batch::default(),
@@ -224,7 +232,7 @@ impl Exporter {
         };
         let batcher = tokio::spawn(batcher.run(rx, shutdown_rx));
         Ok(Exporter {
-            handle: ExporterHandle { tx, metrics },
+            handle: ExporterHandle { tx, counters },
             shutdown_tx: Some(shutdown_tx),
             stop_tx,
             batcher: Some(batcher),
@@ -237,9 +245,9 @@ impl Exporter {
         self.handle.clone()
     }
 
-    /// The shared counters.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.handle.metrics.clone()
+    /// The registry the exporter counts in.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.handle.counters
     }
 
     /// Graceful stop: takes what is queued, sends the last batch and the metrics, then keeps

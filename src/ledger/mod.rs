@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::counters::{Counter, Gauge};
+use crate::counters::Counters;
 use crate::health::Health;
 use crate::record::Record;
 
@@ -92,26 +92,6 @@ impl LedgerSettings {
             nice: crate::os::RECORDING_NICE,
         }
     }
-}
-
-/// What the ledger counts about itself (read by metrics and tests).
-#[derive(Debug, Default)]
-pub struct LedgerCounters {
-    /// Exchange rows committed.
-    pub rows: Counter,
-    /// Records that did not reach the ledger (write failed or the ledger was shut down).
-    pub dropped: Counter,
-    /// Transactions that failed.
-    pub failures: Counter,
-    /// Content rows deleted by `ledger_content_retention` or `ledger_max_size`.
-    pub content_evicted: Counter,
-    /// Exchange rows deleted by `ledger_retention` or `ledger_max_size`.
-    pub rows_evicted: Counter,
-    /// Bytes of pages in use, at the last check.
-    pub bytes: Gauge,
-    /// Wire bytes ([`Record::wire_bytes`]) of the records queued for the writer and not yet
-    /// committed or dropped: the disk watch counts them against `disk_reserve`.
-    pub queued_bytes: Gauge,
 }
 
 /// Why the ledger cannot be opened or queried. Each message says what to do.
@@ -228,7 +208,7 @@ impl fmt::Debug for Msg {
 #[derive(Debug)]
 pub struct Ledger {
     tx: mpsc::Sender<Msg>,
-    counters: Arc<LedgerCounters>,
+    counters: Arc<Counters>,
     done: std::sync::mpsc::Receiver<()>,
     path: PathBuf,
 }
@@ -237,21 +217,22 @@ pub struct Ledger {
 #[derive(Debug, Clone)]
 pub struct LedgerHandle {
     tx: mpsc::Sender<Msg>,
-    counters: Arc<LedgerCounters>,
+    counters: Arc<Counters>,
 }
 
 impl Ledger {
     /// Opens (or creates) the ledger and starts its writer thread (and a ticker for the
-    /// bounds). A corrupt file is moved aside and logged (see [`schema::open_writer`]).
+    /// bounds), counting in `counters.ledger`. A corrupt file is moved aside and logged (see
+    /// [`schema::open_writer`]).
     ///
     /// # Errors
     /// [`LedgerError`] when the file cannot be opened or is a newer or foreign database.
     pub fn open(
         settings: LedgerSettings,
         health: Option<Arc<Health>>,
+        counters: Arc<Counters>,
     ) -> Result<Ledger, LedgerError> {
         let (conn, _aside) = schema::open_writer(&settings.path)?;
-        let counters = Arc::new(LedgerCounters::default());
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let (done_tx, done) = std::sync::mpsc::channel();
         let path = settings.path.clone();
@@ -294,8 +275,8 @@ impl Ledger {
         }
     }
 
-    /// The ledger's counters.
-    pub fn counters(&self) -> &Arc<LedgerCounters> {
+    /// The registry the ledger counts in (its `ledger` section).
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 
@@ -320,7 +301,7 @@ impl LedgerHandle {
     /// `done` is called with the outcome. If the ledger is shut down, the batch is dropped,
     /// counted, and `done(false)` called.
     pub async fn send(&self, batch: Vec<Record>, done: Option<Done>) {
-        self.counters.queued_bytes.add(wire_bytes(&batch));
+        self.counters.ledger.queued_bytes.add(wire_bytes(&batch));
         if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Batch(batch, done)).await {
             self.refused(msg);
         }
@@ -328,7 +309,7 @@ impl LedgerHandle {
 
     /// [`LedgerHandle::send`] from a thread outside the async runtime.
     pub fn send_blocking(&self, batch: Vec<Record>, done: Option<Done>) {
-        self.counters.queued_bytes.add(wire_bytes(&batch));
+        self.counters.ledger.queued_bytes.add(wire_bytes(&batch));
         if let Err(mpsc::error::SendError(msg)) = self.tx.blocking_send(Msg::Batch(batch, done)) {
             self.refused(msg);
         }
@@ -346,15 +327,15 @@ impl LedgerHandle {
         let _ = self.tx.blocking_send(Msg::Check);
     }
 
-    /// The ledger's counters.
-    pub fn counters(&self) -> &Arc<LedgerCounters> {
+    /// The registry the ledger counts in (its `ledger` section).
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 
     fn refused(&self, msg: Msg) {
         if let Msg::Batch(batch, done) = msg {
-            self.counters.queued_bytes.sub(wire_bytes(&batch));
-            self.counters.dropped.add(batch.len() as u64);
+            self.counters.ledger.queued_bytes.sub(wire_bytes(&batch));
+            self.counters.ledger.dropped.add(batch.len() as u64);
             if let Some(done) = done {
                 done(false);
             }

@@ -17,7 +17,7 @@ pub(crate) fn ledger() -> (tempfile::TempDir, PathBuf, Ledger) {
     let mut settings = LedgerSettings::new(path.clone());
     settings.check_every = Duration::from_secs(3600);
     settings.nice = 0;
-    let ledger = Ledger::open(settings, None).unwrap();
+    let ledger = Ledger::open(settings, None, Default::default()).unwrap();
     (dir, path, ledger)
 }
 

@@ -30,7 +30,7 @@ fn a_batch_becomes_rows_content_and_a_rollup_in_one_transaction() {
             upstream_error("r3"),
         ],
     );
-    assert_eq!(ledger.counters().rows.get(), 3);
+    assert_eq!(ledger.counters().ledger.rows.get(), 3);
     assert_eq!(count(&path, "SELECT COUNT(*) FROM exchanges"), 3);
     // r1 and r2 carry content, r3 does not.
     assert_eq!(count(&path, "SELECT COUNT(*) FROM content"), 2);
@@ -341,7 +341,7 @@ fn retention_removes_old_content_then_old_rows_and_keeps_the_rollup() {
     settings.check_every = Duration::from_secs(3600);
     settings.content_retention = Duration::from_secs(10 * 86_400);
     settings.retention = Duration::from_secs(100 * 86_400);
-    let ledger = Ledger::open(settings, None).unwrap();
+    let ledger = Ledger::open(settings, None, Default::default()).unwrap();
     let now = SystemTime::now();
     let aged = |id: &str, days: u64| {
         let mut r = openai_chat(id);
@@ -379,8 +379,8 @@ fn retention_removes_old_content_then_old_rows_and_keeps_the_rollup() {
         3,
         "the rollup outlives rows"
     );
-    assert_eq!(ledger.counters().rows_evicted.get(), 1);
-    assert_eq!(ledger.counters().content_evicted.get(), 2);
+    assert_eq!(ledger.counters().ledger.rows_evicted.get(), 1);
+    assert_eq!(ledger.counters().ledger.content_evicted.get(), 2);
     assert!(!contains(&file_bytes(&path), "content-of-year"));
 }
 
@@ -393,7 +393,7 @@ fn content_retention_reaches_rows_committed_out_of_start_order() {
     let mut settings = LedgerSettings::new(path.clone());
     settings.check_every = Duration::from_secs(3600);
     settings.content_retention = Duration::from_secs(10 * 86_400);
-    let ledger = Ledger::open(settings, None).unwrap();
+    let ledger = Ledger::open(settings, None, Default::default()).unwrap();
     let now = SystemTime::now();
     let aged = |id: &str, age: Duration| {
         let mut r = openai_chat(id);
@@ -431,7 +431,7 @@ fn max_size_evicts_the_oldest_content_first() {
     let mut settings = LedgerSettings::new(path.clone());
     settings.check_every = Duration::from_secs(3600);
     settings.max_size = 256 * 1024;
-    let ledger = Ledger::open(settings, None).unwrap();
+    let ledger = Ledger::open(settings, None, Default::default()).unwrap();
     let big = "y".repeat(4000);
     let records = (0..200)
         .map(|i| {
@@ -446,7 +446,7 @@ fn max_size_evicts_the_oldest_content_first() {
     send(&ledger, records);
     ledger.handle().check_blocking();
     assert!(ledger.handle().flush_blocking());
-    assert!(ledger.counters().bytes.get() <= 256 * 1024);
+    assert!(ledger.counters().ledger.bytes.get() <= 256 * 1024);
     let kept = count(&path, "SELECT COUNT(*) FROM content");
     assert!(kept > 0 && kept < 200, "{kept} content rows kept");
     // The newest content is what stays.
@@ -505,8 +505,8 @@ fn a_failed_write_drops_counts_and_degrades_then_recovers() {
     let path = dir.path().join("ledger.db");
     let mut settings = LedgerSettings::new(path.clone());
     settings.check_every = Duration::from_secs(3600);
-    let health = std::sync::Arc::new(crate::health::Health::default());
-    let ledger = Ledger::open(settings, Some(health.clone())).unwrap();
+    let health = std::sync::Arc::new(crate::health::Health::new(Default::default()));
+    let ledger = Ledger::open(settings, Some(health.clone()), Default::default()).unwrap();
     send(&ledger, vec![openai_chat("r1")]);
     // Another connection holds the write lock past the busy timeout: the batch fails.
     let blocker = rusqlite::Connection::open(&path).unwrap();
@@ -520,7 +520,7 @@ fn a_failed_write_drops_counts_and_degrades_then_recovers() {
         !rx.recv_timeout(Duration::from_secs(30)).unwrap(),
         "reported dropped"
     );
-    assert_eq!(ledger.counters().dropped.get(), 1);
+    assert_eq!(ledger.counters().ledger.dropped.get(), 1);
     assert!(health.is_degraded(crate::health::Part::Ledger));
     blocker.execute_batch("ROLLBACK").unwrap();
     ledger.handle().check_blocking();
@@ -563,7 +563,11 @@ fn a_record_landing_after_its_forget_lands_already_erased() {
             with("new-of-user", Some(&late_user), after_erase),
         ],
     );
-    assert_eq!(ledger.counters().rows.get(), 4, "rows land for the bill");
+    assert_eq!(
+        ledger.counters().ledger.rows.get(),
+        4,
+        "rows land for the bill"
+    );
     let forgotten = |id: &str| {
         count(
             &path,
@@ -712,8 +716,8 @@ fn a_degraded_ledger_recovers_on_its_own_within_seconds_without_traffic() {
     let path = dir.path().join("ledger.db");
     let mut settings = LedgerSettings::new(path.clone());
     settings.check_every = Duration::from_secs(3600);
-    let health = std::sync::Arc::new(crate::health::Health::default());
-    let ledger = Ledger::open(settings, Some(health.clone())).unwrap();
+    let health = std::sync::Arc::new(crate::health::Health::new(Default::default()));
+    let ledger = Ledger::open(settings, Some(health.clone()), Default::default()).unwrap();
     let blocker = rusqlite::Connection::open(&path).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     ledger.handle().send_blocking(vec![openai_chat("r1")], None);

@@ -20,7 +20,8 @@ use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
 use super::row::{self, DayKey, DaySums};
-use super::{LedgerCounters, LedgerSettings, Msg};
+use super::{LedgerSettings, Msg};
+use crate::counters::Counters;
 use crate::health::{Health, Part};
 use crate::keys::UserPseudonym;
 use crate::record::Record;
@@ -60,7 +61,7 @@ const UPSERT_DAILY: &str = "INSERT INTO daily (day, provider, model, feature, ap
 pub(super) struct Writer {
     conn: Connection,
     settings: LedgerSettings,
-    counters: Arc<LedgerCounters>,
+    counters: Arc<Counters>,
     health: Option<Arc<Health>>,
     /// When the bounds were last checked (the ticker's `Tick`s run them every `check_every`).
     last_check: Instant,
@@ -70,7 +71,7 @@ impl Writer {
     pub(super) fn new(
         conn: Connection,
         settings: LedgerSettings,
-        counters: Arc<LedgerCounters>,
+        counters: Arc<Counters>,
         health: Option<Arc<Health>>,
     ) -> Self {
         Writer {
@@ -112,18 +113,21 @@ impl Writer {
                 let result = self.write(&records);
                 match &result {
                     Ok(n) => {
-                        self.counters.rows.add(*n);
+                        self.counters.ledger.rows.add(*n);
                     }
                     Err(e) => {
-                        self.counters.failures.inc();
-                        self.counters.dropped.add(records.len() as u64);
+                        self.counters.ledger.failures.inc();
+                        self.counters.ledger.dropped.add(records.len() as u64);
                         tracing::warn!(error = %e, records = records.len(), "ledger write failed: records dropped");
                     }
                 }
                 if let Some(h) = &self.health {
                     h.observe(Part::Ledger, &result.as_ref().map(|_| ()));
                 }
-                self.counters.queued_bytes.sub(super::wire_bytes(&records));
+                self.counters
+                    .ledger
+                    .queued_bytes
+                    .sub(super::wire_bytes(&records));
                 let ok = result.is_ok();
                 for done in dones {
                     done(ok);
@@ -256,7 +260,7 @@ impl Writer {
         self.last_check = Instant::now();
         let result = self.bounds();
         if let Err(e) = &result {
-            self.counters.failures.inc();
+            self.counters.ledger.failures.inc();
             tracing::warn!(error = %e, "ledger bounds check failed; retried at the next check");
         }
         self.probe();
@@ -293,7 +297,7 @@ impl Writer {
                   WHERE e.start < ?1 LIMIT ?2)",
                 params![content_cutoff, CHUNK],
             )? as u64;
-            self.counters.content_evicted.add(n);
+            self.counters.ledger.content_evicted.add(n);
             if n < CHUNK as u64 {
                 break;
             }
@@ -305,7 +309,7 @@ impl Writer {
                  (SELECT id FROM exchanges WHERE start < ?1 ORDER BY start LIMIT ?2)",
                 params![rows_cutoff, CHUNK],
             )? as u64;
-            self.counters.rows_evicted.add(n);
+            self.counters.ledger.rows_evicted.add(n);
             if n < CHUNK as u64 {
                 break;
             }
@@ -317,7 +321,7 @@ impl Writer {
                  (SELECT exchange FROM content ORDER BY exchange LIMIT ?1)",
             )?;
             if n > 0 {
-                self.counters.content_evicted.add(n);
+                self.counters.ledger.content_evicted.add(n);
                 continue;
             }
             let n = self.evict_oldest(
@@ -325,7 +329,7 @@ impl Writer {
                 "DELETE FROM exchanges WHERE id IN
                  (SELECT id FROM exchanges ORDER BY start LIMIT ?1)",
             )?;
-            self.counters.rows_evicted.add(n);
+            self.counters.ledger.rows_evicted.add(n);
             if n == 0 {
                 break;
             }
@@ -338,7 +342,7 @@ impl Writer {
                 r.get::<_, i64>(0)
             });
         let used = self.used_bytes()?;
-        self.counters.bytes.set(used);
+        self.counters.ledger.bytes.set(used);
         Ok(())
     }
 

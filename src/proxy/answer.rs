@@ -7,8 +7,6 @@
 //! [`metric_label`](ProxyError::metric_label); [`empty_ok`] is the 200 that opens a CONNECT
 //! tunnel. Nothing here reads a request or talks to an upstream.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
@@ -24,16 +22,16 @@ impl Shared {
     /// [`ProxyError::metric_label`].
     pub(super) fn answer(&self, err: &ProxyError, id: Option<ExchangeId>) -> Response<ProxyBody> {
         let counter = match err.metric_label() {
-            "refused" => Some(&self.stats.refused),
-            "timed_out" => Some(&self.stats.timed_out),
-            "client_aborted" => Some(&self.stats.client_aborted),
-            "upstream_error" => Some(&self.stats.upstream_errors),
+            "refused" => Some(&self.counters.proxy.refused),
+            "timed_out" => Some(&self.counters.proxy.timed_out),
+            "client_aborted" => Some(&self.counters.proxy.client_aborted),
+            "upstream_error" => Some(&self.counters.proxy.upstream_errors),
             // Malformed requests were never counted; audit refusals are counted by the
-            // recording queue (capture.refused) where they arise.
+            // recording queue (queue.refused) where they arise.
             _ => None,
         };
         if let Some(counter) = counter {
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.inc();
         }
         json_error(err.status(), err.code(), err.message(), id)
     }

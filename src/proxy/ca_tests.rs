@@ -124,7 +124,7 @@ fn constrained_ca_signs_only_for_the_intercepted_hosts() {
     );
     // A leaf for an intercepted host passes both verifiers; a leaf for any other site,
     // signed with the same CA key (what a thief of ca.key would do), fails both.
-    let resolver = LeafResolver::new(ca.clone());
+    let resolver = LeafResolver::new(ca.clone(), Arc::default());
     for host in ["api.openai.com", "eastus.openai.azure.com"] {
         let leaf = resolver.leaf(host).unwrap().cert[0].to_vec();
         webpki_verdict(&ca, &leaf, host).unwrap_or_else(|e| panic!("{host}: {e}"));

@@ -16,7 +16,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use http::header;
@@ -70,7 +69,7 @@ impl Shared {
                         .as_ref()
                         .map(|h| h.summary())
                         .unwrap_or_default();
-                    self.stats.capture.refused.inc();
+                    self.counters.queue.refused.inc();
                     return self.answer(
                         &ProxyError::audit_unavailable(format!(
                             "veil cannot make this request's record durable ({why}) and audit = \"required\"; retry later"
@@ -90,7 +89,7 @@ impl Shared {
                     }
                 },
             };
-            self.stats.intercepted.fetch_add(1, Ordering::Relaxed);
+            self.counters.proxy.intercepted.inc();
             let (headers, key_fp) = self.fingerprinter.record_headers(&parts.headers);
             let (path, query_fp) = self.fingerprinter.record_path(&path_and_query);
             let meta = RequestMeta {

@@ -11,7 +11,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -71,7 +70,7 @@ impl Shared {
         let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(Handshake::WrongSni(sni))) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.proxy.refused.inc();
                 tracing::warn!(
                     host,
                     sni,
@@ -85,7 +84,7 @@ impl Shared {
                 return;
             }
             Err(_) => {
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                self.counters.proxy.timed_out.inc();
                 tracing::debug!(host, "TLS handshake with app timed out (handshake_timeout)");
                 return;
             }

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::ca::CertificateAuthority;
+use crate::counters::Counters;
 
 /// Re-mint after half the lifetime, so a cached leaf never nears expiry while in use.
 const LEAF_CACHE_TTL: Duration = Duration::from_secs(15 * 86_400);
@@ -42,8 +42,8 @@ pub struct LeafResolver {
     signing_key: Arc<dyn rustls::sign::SigningKey>,
     cache: Mutex<HashMap<String, (Instant, Slot)>>,
     capacity: usize,
-    /// Leaves minted so far (shared with the proxy's counters).
-    minted: Arc<AtomicU64>,
+    /// The registry: each mint counts in `proxy.leaves_minted`.
+    counters: Arc<Counters>,
 }
 
 impl fmt::Debug for LeafResolver {
@@ -56,12 +56,16 @@ impl fmt::Debug for LeafResolver {
 
 impl LeafResolver {
     /// A resolver over `ca` with a fresh leaf key and the default cache size.
-    pub fn new(ca: Arc<CertificateAuthority>) -> Self {
-        Self::with_capacity(ca, LEAF_CACHE_CAPACITY)
+    pub fn new(ca: Arc<CertificateAuthority>, counters: Arc<Counters>) -> Self {
+        Self::with_capacity(ca, LEAF_CACHE_CAPACITY, counters)
     }
 
     /// A resolver whose cache holds at most `capacity` hosts (0 = mint every time, for benches).
-    pub fn with_capacity(ca: Arc<CertificateAuthority>, capacity: usize) -> Self {
+    pub fn with_capacity(
+        ca: Arc<CertificateAuthority>,
+        capacity: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
         let leaf_key = KeyPair::generate().expect("invariant: ECDSA P-256 key generation works");
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&der)
@@ -72,13 +76,8 @@ impl LeafResolver {
             signing_key,
             cache: Mutex::new(HashMap::new()),
             capacity,
-            minted: Arc::default(),
+            counters,
         }
-    }
-
-    /// The count of leaves minted (cache misses), live.
-    pub fn minted_counter(&self) -> Arc<AtomicU64> {
-        self.minted.clone()
     }
 
     /// True when a fresh leaf for `host` is cached.
@@ -119,7 +118,7 @@ impl LeafResolver {
 
     fn mint(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         let _span = tracing::debug_span!("mint_leaf", host).entered();
-        self.minted.fetch_add(1, Ordering::Relaxed);
+        self.counters.proxy.leaves_minted.inc();
         match self.ca.mint(host, &self.leaf_key) {
             Ok(der) => Some(Arc::new(CertifiedKey::new(
                 vec![der],
@@ -199,7 +198,8 @@ mod tests {
     fn concurrent_first_handshakes_mint_once() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap());
-        let resolver = Arc::new(LeafResolver::new(ca));
+        let counters = Arc::new(Counters::default());
+        let resolver = Arc::new(LeafResolver::new(ca, counters.clone()));
         let leaves: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|_| s.spawn(|| resolver.leaf("api.openai.com").unwrap()))
@@ -214,13 +214,14 @@ mod tests {
         }
         let other = resolver.leaf("api.anthropic.com").unwrap();
         assert_ne!(other.cert[0], leaves[0].cert[0]);
+        assert_eq!(counters.proxy.leaves_minted.get(), 2, "one mint per host");
     }
 
     #[test]
     fn serials_are_unique_and_cache_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(CertificateAuthority::load_or_create(dir.path(), CaScope::ANY).unwrap());
-        let resolver = LeafResolver::with_capacity(ca, 4);
+        let resolver = LeafResolver::with_capacity(ca, 4, Arc::default());
         let mut serials = std::collections::HashSet::new();
         for i in 0..10 {
             let leaf = resolver.leaf(&format!("h{i}.example")).unwrap();

@@ -17,7 +17,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -81,7 +80,7 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
-            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+            shared.counters.proxy.connections.inc();
             let conn_shared = shared.clone();
             shared.spawn(async move {
                 conn_shared
@@ -184,7 +183,7 @@ impl Shared {
             Ended::Done(Ok(())) => {}
             Ended::Done(Err(e)) => log_conn_error(what, &*e),
             Ended::TimedOut(why) => {
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                self.counters.proxy.timed_out.inc();
                 tracing::debug!(reason = why.as_str(), "closing {what}");
             }
         }

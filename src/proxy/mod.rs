@@ -63,7 +63,6 @@ pub mod upstream;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,7 +72,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::exchange::queue::{ExchangeSender, QueueCounters};
+use crate::counters::Counters;
+use crate::exchange::queue::ExchangeSender;
 use crate::health::Health;
 use drain::Drain;
 use leaf::LeafResolver;
@@ -100,32 +100,6 @@ type Slot = Arc<OwnedSemaphorePermit>;
 
 /// The body veil answers with: an upstream body passing through the tee, or veil's own.
 pub type ProxyBody = Either<TeeBody<Incoming>, Full<Bytes>>;
-
-/// Counters of the proxy, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct ProxyStats {
-    /// Recording hand-off counters (the queue's own).
-    pub capture: Arc<QueueCounters>,
-    /// Client connections accepted.
-    pub connections: AtomicU64,
-    /// CONNECT tunnels passed through blind.
-    pub tunnels: AtomicU64,
-    /// Requests forwarded with recording.
-    pub intercepted: AtomicU64,
-    /// Requests that got a 502/504 from veil because of the upstream.
-    pub upstream_errors: AtomicU64,
-    /// Forwarded requests whose app broke off its own upload (counted here, not as upstream
-    /// errors).
-    pub client_aborted: AtomicU64,
-    /// Requests refused with 403: a port outside `allow_ports`, or a destination veil does
-    /// not connect to for apps (loopback, link-local, unspecified, its own listeners).
-    pub refused: AtomicU64,
-    /// Client connections and tunnels closed by a clock: TLS handshake, request head, idle
-    /// keep-alive or tunnel idle timeout.
-    pub timed_out: AtomicU64,
-    /// Leaf certificates minted (not served from the cache).
-    pub leaves_minted: Arc<AtomicU64>,
-}
 
 /// Why the proxy could not be built.
 #[derive(Debug)]
@@ -162,8 +136,9 @@ struct Shared {
     queue: ExchangeSender,
     /// Whether recording can be made durable now (audit = required admits only then).
     health: Option<Arc<Health>>,
-    /// Counters.
-    stats: Arc<ProxyStats>,
+    /// The registry, taken from the recording queue (the same one it counts in): the proxy
+    /// counts in its `proxy` section, and audit refusals in `queue.refused`.
+    counters: Arc<Counters>,
     /// Fired when shutdown begins: connections finish in-flight requests and close.
     cancel: CancellationToken,
     /// Fired when the drain time is up: connections still open are dropped, so the exchanges
@@ -183,7 +158,8 @@ impl fmt::Debug for Shared {
 
 impl Proxy {
     /// Builds the proxy from its `settings` (see [`ProxySettings::from_config`]). `queue`
-    /// receives one [`Exchange`](crate::exchange::Exchange) per intercepted request.
+    /// receives one [`Exchange`](crate::exchange::Exchange) per intercepted request; the proxy
+    /// counts in the registry the queue was made with ([`ExchangeSender::counters`]).
     pub fn try_new(
         settings: ProxySettings,
         ca: Arc<CertificateAuthority>,
@@ -191,13 +167,9 @@ impl Proxy {
         queue: ExchangeSender,
     ) -> Result<Self, BuildError> {
         let client = upstream::client(&settings).map_err(BuildError)?;
-        let leaves = Arc::new(LeafResolver::new(ca));
+        let counters = queue.counters().clone();
+        let leaves = Arc::new(LeafResolver::new(ca, counters.clone()));
         let tls = leaf::server_config(leaves.clone());
-        let stats = Arc::new(ProxyStats {
-            capture: queue.counters().clone(),
-            leaves_minted: leaves.minted_counter(),
-            ..ProxyStats::default()
-        });
         Ok(Proxy {
             shared: Arc::new(Shared {
                 settings,
@@ -207,7 +179,7 @@ impl Proxy {
                 fingerprinter,
                 queue,
                 health: None,
-                stats,
+                counters,
                 cancel: CancellationToken::new(),
                 kill: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -226,9 +198,9 @@ impl Proxy {
         self
     }
 
-    /// The proxy's counters.
-    pub fn stats(&self) -> Arc<ProxyStats> {
-        self.shared.stats.clone()
+    /// The registry the proxy counts in (its queue's).
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.shared.counters
     }
 }
 

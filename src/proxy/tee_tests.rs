@@ -39,7 +39,7 @@ fn capture_is_bounded_and_marks_truncation() {
 
 #[tokio::test]
 async fn exchange_is_emitted_once_with_both_bodies() {
-    let (tx, mut rx) = crate::exchange::queue::channel(4, 1 << 20);
+    let (tx, mut rx) = crate::exchange::queue::channel(4, 1 << 20, Default::default());
     let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
     let req = TeeBody::recording(
         Full::new(Bytes::from_static(b"{\"q\":1}")),
@@ -70,12 +70,12 @@ async fn exchange_is_emitted_once_with_both_bodies() {
     assert_eq!(&ex.response_body.bytes()[..], b"data: a\n\ndata: b\n\n");
     assert!(ex.timings.first_byte.is_some());
     assert!(rx.try_recv().is_none(), "exactly once");
-    assert_eq!(tx.counters().queued.get(), 1);
+    assert_eq!(tx.counters().queue.queued.get(), 1);
 }
 
 #[tokio::test]
 async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
-    let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20);
+    let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20, Default::default());
     for _ in 0..2 {
         let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
         rec.lock().unwrap().response_head(200, vec![], None);
@@ -93,7 +93,7 @@ async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
     let ex = rx.try_recv().unwrap();
     assert_eq!(ex.outcome, Outcome::ClientAborted);
     assert_eq!(&ex.response_body.bytes()[..], b"partial");
-    assert_eq!(tx.counters().dropped_full.get(), 1);
+    assert_eq!(tx.counters().queue.dropped_full.get(), 1);
 }
 
 /// A minimal stream over a vector, optionally never ending afterwards.

@@ -41,7 +41,7 @@ impl Shared {
             Ok(s) => s,
             Err(e) => return self.answer(&ProxyError::upstream(&e), None),
         };
-        let stats = self.stats.clone();
+        let counters = self.counters.clone();
         let idle = self.settings.tunnel_idle_timeout;
         self.spawn(async move {
             let _slot = slot;
@@ -49,7 +49,7 @@ impl Shared {
                 Ok(u) => u,
                 Err(e) => return log_conn_error("CONNECT upgrade", &e),
             };
-            stats.tunnels.fetch_add(1, Ordering::Relaxed);
+            counters.proxy.tunnels.inc();
             let started = Instant::now();
             let duration_ms = || started.elapsed().as_millis() as u64;
             // Metadata only: which host, how many bytes, how long. Never content.
@@ -57,7 +57,7 @@ impl Shared {
                 TunnelEnd::Closed { up, down } => tracing::debug!(host, port, bytes_up = up, bytes_down = down, duration_ms = duration_ms(), "tunnel closed"),
                 TunnelEnd::Failed(e) => tracing::debug!(host, port, error = %e, duration_ms = duration_ms(), "tunnel ended with error"),
                 TunnelEnd::Idle => {
-                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    counters.proxy.timed_out.inc();
                     tracing::debug!(host, port, duration_ms = duration_ms(), "tunnel closed: nothing crossed it for tunnel_idle_timeout");
                 }
             }

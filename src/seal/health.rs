@@ -1,7 +1,9 @@
 //! # Health: is sealing working right now, and how often has it failed.
 //!
-//! Owns [`Health`], the lock-free [`SealHealth`] handle and [`StoreStats`]. The store's writer
-//! thread is the only one that changes them: a failed write (segment, key slots, index commit,
+//! Owns [`Health`], the lock-free [`SealHealth`] handle and [`StoreStats`], a view of the
+//! store's numbers in the counter registry (`seal` section: `veil.seal.writes.failed`,
+//! `veil.seal.recoveries`, `veil.seals.failed`). The store's writer thread is the only one that
+//! changes them: a failed write (segment, key slots, index commit,
 //! receipts) makes the store *degraded*; a successful recovery (space probe, index reopened,
 //! state reloaded from the committed index) makes it *ok* again. Everyone else only reads:
 //! `/healthz`, the metrics, and the proxy's `audit = "required"` admission check, which asks
@@ -9,9 +11,11 @@
 //!
 //! This module never touches files or the index.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use crate::counters::Counters;
 
 /// Whether the sealed store can make seals durable right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +42,9 @@ impl Health {
     }
 }
 
-/// Counters of the store's failures and recoveries since it was opened (monotonic).
+/// The store's failure and recovery counters (monotonic): a snapshot of the `seal` section of
+/// the registry the store was opened with ([`SealOptions::counters`](super::SealOptions)), so
+/// they count from the registry's creation (the process start, under `veil run`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Writes that failed: seal batches whose commit failed, and forget/purge/compact/rewrap
@@ -82,32 +88,20 @@ pub(crate) struct HealthState {
     ok: AtomicBool,
     /// `(since, last_error)` while degraded.
     detail: Mutex<Option<(SystemTime, String)>>,
-    failed_commits: AtomicU64,
-    recoveries: AtomicU64,
-    pub(crate) detached_failures: AtomicU64,
+    /// The registry: failures and recoveries count in its `seal` section.
+    pub(crate) counters: Arc<Counters>,
     /// veil's recording health, told of every change ([`crate::health::Part::Seal`]).
     pub(crate) shared: Option<Arc<crate::health::Health>>,
 }
 
-impl Default for HealthState {
-    fn default() -> Self {
+impl HealthState {
+    /// A healthy state that counts in `counters` and reports its changes to `shared` too.
+    pub(crate) fn new(shared: Option<Arc<crate::health::Health>>, counters: Arc<Counters>) -> Self {
         HealthState {
             ok: AtomicBool::new(true),
             detail: Mutex::new(None),
-            failed_commits: AtomicU64::new(0),
-            recoveries: AtomicU64::new(0),
-            detached_failures: AtomicU64::new(0),
-            shared: None,
-        }
-    }
-}
-
-impl HealthState {
-    /// A healthy state that reports its changes to `shared` too.
-    pub(crate) fn reporting_to(shared: Option<Arc<crate::health::Health>>) -> Self {
-        HealthState {
+            counters,
             shared,
-            ..HealthState::default()
         }
     }
 
@@ -128,7 +122,7 @@ impl HealthState {
     /// A write failed: count it and become (or stay) degraded. Returns true on the transition
     /// from ok, so the caller logs the episode once.
     pub(crate) fn failed(&self, error: &str) -> bool {
-        self.failed_commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.seal.failed_commits.inc();
         self.degraded(error)
     }
 
@@ -151,7 +145,7 @@ impl HealthState {
         let mut d = self.detail.lock().unwrap_or_else(|p| p.into_inner());
         let since = d.take().map(|(s, _)| s);
         if since.is_some() {
-            self.recoveries.fetch_add(1, Ordering::Relaxed);
+            self.counters.seal.recoveries.inc();
         }
         self.ok.store(true, Ordering::Release);
         if let Some(h) = &self.shared {
@@ -161,10 +155,11 @@ impl HealthState {
     }
 
     pub(crate) fn stats(&self) -> StoreStats {
+        let c = &self.counters.seal;
         StoreStats {
-            failed_commits: self.failed_commits.load(Ordering::Relaxed),
-            recoveries: self.recoveries.load(Ordering::Relaxed),
-            detached_failures: self.detached_failures.load(Ordering::Relaxed),
+            failed_commits: c.failed_commits.get(),
+            recoveries: c.recoveries.get(),
+            detached_failures: c.detached_failures.get(),
         }
     }
 }
@@ -175,7 +170,7 @@ mod tests {
 
     #[test]
     fn degrade_and_recover_keep_since_and_count() {
-        let h = Arc::new(HealthState::default());
+        let h = Arc::new(HealthState::new(None, Arc::default()));
         let handle = SealHealth(h.clone());
         assert!(handle.is_ok());
         assert_eq!(handle.get(), Health::Ok);

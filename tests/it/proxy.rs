@@ -225,7 +225,7 @@ async fn other_hosts_are_tunnelled_blind_with_the_real_certificate() {
         .await;
     assert!(err.is_err(), "tunnel must not be intercepted");
     veil.assert_no_exchange(Duration::from_millis(300)).await;
-    assert!(veil.stats.tunnels.load(Ordering::Relaxed) >= 1);
+    assert!(veil.counters.proxy.tunnels.get() >= 1);
     veil.stop().await;
 }
 
@@ -563,7 +563,7 @@ async fn audit_required_refuses_what_it_cannot_record() {
         1,
         "the refused request never went upstream"
     );
-    assert_eq!(veil.stats.capture.refused.get(), 1);
+    assert_eq!(veil.counters.queue.refused.get(), 1);
     veil.next_exchange().await;
     veil.stop().await;
 }
@@ -586,8 +586,8 @@ async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
     }
     // Drops are counted when the last tee lets go, just after the body ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(veil.stats.capture.queued.get(), 1);
-    assert_eq!(veil.stats.capture.dropped(), 2);
+    assert_eq!(veil.counters.queue.queued.get(), 1);
+    assert_eq!(veil.counters.queue.dropped(), 2);
     veil.stop().await;
 }
 
@@ -599,7 +599,10 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let resp = client.send(get("api.openai.com", "/slow")).await;
     let mut body = resp.into_body();
     body.frame().await.unwrap().unwrap();
-    let ex_rx = std::mem::replace(&mut veil.exchanges, veil::exchange::queue::channel(1, 1).1);
+    let ex_rx = std::mem::replace(
+        &mut veil.exchanges,
+        veil::exchange::queue::channel(1, 1, Default::default()).1,
+    );
     let addr = veil.addr;
     let stopping = tokio::spawn(veil.stop());
     // While draining, veil accepts no new connections...
@@ -717,10 +720,10 @@ async fn upload_broken_off_after_10_of_100000_bytes_is_the_apps_error_not_the_up
     let ex = veil.next_exchange().await;
     assert_eq!(ex.outcome, Outcome::ClientAborted);
     assert_eq!(
-        veil.stats.upstream_errors.load(Ordering::Relaxed),
+        veil.counters.proxy.upstream_errors.get(),
         0,
         "the upstream did nothing wrong"
     );
-    assert_eq!(veil.stats.client_aborted.load(Ordering::Relaxed), 1);
+    assert_eq!(veil.counters.proxy.client_aborted.get(), 1);
     veil.stop().await;
 }

@@ -3,11 +3,12 @@
 //! Fourth stage of the OTLP encoder: [`observe`] adds one record's points to the cumulative
 //! histograms (`gen_ai.client.token.usage`, `gen_ai.client.operation.duration`,
 //! `gen_ai.client.operation.time_to_first_chunk`, otel-genai.md §1.3) that the batcher keeps;
-//! [`metrics_request`] turns them, plus veil's own counters (`veil.*`,
-//! [`Metrics`]), into one `ExportMetricsServiceRequest`.
+//! [`metrics_request`] turns them, plus every entry of veil's counter registry (`veil.*`,
+//! [`Counters::visit`]), into one `ExportMetricsServiceRequest`.
 //!
-//! Owns: metric names, units, descriptions and series attributes. The counters themselves
-//! live in `export::metrics`; this file only reads them.
+//! Owns: the GenAI histograms' names, units, descriptions and series attributes. veil's own
+//! counters, with their names, units and help, live in [`crate::counters`]; this file only
+//! reads them, all of them, so a counter added there is exported without a change here.
 
 use std::time::SystemTime;
 
@@ -21,9 +22,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use super::attributes::{bool_value, error_type, int_value, kv, str_value};
 use super::resource::ResourceInfo;
 use super::{SCHEMA_URL, scope, unix_nanos};
-use crate::export::metrics::{
-    DURATION_BUCKETS, Histograms, Metrics, SeriesKey, SeriesValue, TOKEN_BUCKETS,
-};
+use crate::counters::{Counters, MetricDesc, MetricKind};
+use crate::export::metrics::{DURATION_BUCKETS, Histograms, SeriesKey, SeriesValue, TOKEN_BUCKETS};
 use crate::record::Record;
 
 fn series_base(r: &Record) -> SeriesKey {
@@ -107,17 +107,13 @@ fn series_attrs(k: &SeriesKey) -> Vec<KeyValue> {
         .collect()
 }
 
-fn sum_metric(
-    name: &str,
-    desc: &str,
-    unit: &str,
-    v: u64,
-    monotonic: bool,
-    start: u64,
-    now: u64,
-) -> Metric {
-    let point = NumberDataPoint {
-        attributes: Vec::new(),
+/// One point of a `veil.*` metric: its value, and its label when the name is split by one.
+fn counter_point(d: &MetricDesc, v: u64, start: u64, now: u64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: d
+            .label
+            .map(|(key, value)| vec![kv(key, str_value(value))])
+            .unwrap_or_default(),
         start_time_unix_nano: start,
         time_unix_nano: now,
         exemplars: Vec::new(),
@@ -125,32 +121,52 @@ fn sum_metric(
         value: Some(number_data_point::Value::AsInt(
             i64::try_from(v).unwrap_or(i64::MAX),
         )),
-    };
-    let data = if monotonic {
-        metric::Data::Sum(pm::Sum {
-            data_points: vec![point],
-            aggregation_temporality: 2,
-            is_monotonic: true,
-        })
-    } else {
-        metric::Data::Gauge(pm::Gauge {
-            data_points: vec![point],
-        })
-    };
-    Metric {
-        name: name.to_string(),
-        description: desc.to_string(),
-        unit: unit.to_string(),
-        metadata: Vec::new(),
-        data: Some(data),
     }
 }
 
-/// The metrics request: cumulative histograms since `start` plus veil's counters.
+/// Every entry of the registry as OTLP metrics: a counter is a cumulative monotonic sum, a
+/// gauge a gauge; the entries sharing a name (one per label value, e.g. every
+/// `veil.drop.reason` of `veil.exchanges.dropped`) become the points of one metric, in
+/// registry order.
+fn registry_metrics(c: &Counters, start: u64, now: u64) -> Vec<Metric> {
+    let mut out: Vec<Metric> = Vec::new();
+    c.visit(&mut |d, v| {
+        let point = counter_point(d, v, start, now);
+        // Linear: about 40 entries, once per metrics interval.
+        if let Some(m) = out.iter_mut().find(|m| m.name == d.name) {
+            match &mut m.data {
+                Some(metric::Data::Sum(sum)) => sum.data_points.push(point),
+                Some(metric::Data::Gauge(g)) => g.data_points.push(point),
+                _ => {}
+            }
+            return;
+        }
+        let data = match d.kind {
+            MetricKind::Counter => metric::Data::Sum(pm::Sum {
+                data_points: vec![point],
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            }),
+            MetricKind::Gauge => metric::Data::Gauge(pm::Gauge {
+                data_points: vec![point],
+            }),
+        };
+        out.push(Metric {
+            name: d.name.to_string(),
+            description: d.help.to_string(),
+            unit: d.unit.to_string(),
+            metadata: Vec::new(),
+            data: Some(data),
+        });
+    });
+    out
+}
+
+/// The metrics request: cumulative histograms since `start` plus every entry of `counters`.
 pub fn metrics_request(
     res: &ResourceInfo,
     h: &Histograms,
-    m: &Metrics,
+    counters: &Counters,
     start: SystemTime,
     now: SystemTime,
 ) -> ExportMetricsServiceRequest {
@@ -185,139 +201,7 @@ pub fn metrics_request(
             })),
         });
     }
-    let counters: [(&str, &str, &str, u64, bool); 9] = [
-        (
-            "veil.export.batches.delivered",
-            "Batches the collector accepted.",
-            "{batch}",
-            m.batches_delivered.get(),
-            true,
-        ),
-        (
-            "veil.exchanges",
-            "Exchanges recorded.",
-            "{exchange}",
-            m.exchanges.get(),
-            true,
-        ),
-        (
-            "veil.exchanges.content_dropped",
-            "Exchanges recorded without their content: redaction exceeded its budget.",
-            "{exchange}",
-            m.content_dropped.get(),
-            true,
-        ),
-        (
-            "veil.export.failures",
-            "Failed export attempts.",
-            "{attempt}",
-            m.export_failures.get(),
-            true,
-        ),
-        (
-            "veil.export.batches.rejected",
-            "Batches given up after a non-retryable answer.",
-            "{batch}",
-            m.batches_rejected.get(),
-            true,
-        ),
-        (
-            "veil.spool.batches.dropped",
-            "Batches dropped because the spool was full.",
-            "{batch}",
-            m.spool_batches_dropped.get(),
-            true,
-        ),
-        (
-            "veil.spool.bytes.dropped",
-            "Bytes dropped because the spool was full.",
-            "By",
-            m.spool_bytes_dropped.get(),
-            true,
-        ),
-        (
-            "veil.spool.bytes",
-            "Bytes waiting in the spool.",
-            "By",
-            m.spool_bytes.get(),
-            false,
-        ),
-        (
-            "veil.audit.events",
-            "Audit events recorded.",
-            "{event}",
-            m.audit_events.get(),
-            true,
-        ),
-    ];
-    for (name, desc, unit, v, mono) in counters {
-        metrics.push(sum_metric(name, desc, unit, v, mono, start, now));
-    }
-    // Every place an exchange can be lost, as one metric: operators sum it or split it by
-    // `veil.drop.reason` (the recording queue's drops once went unreported here).
-    let q = m.recording_queue.as_deref();
-    let get = |c: Option<&crate::counters::Counter>| c.map_or(0, |c| c.get());
-    let mut dropped = sum_metric(
-        "veil.exchanges.dropped",
-        "Exchanges that could not be recorded, by where they were lost.",
-        "{exchange}",
-        0,
-        true,
-        start,
-        now,
-    );
-    if let Some(metric::Data::Sum(sum)) = &mut dropped.data {
-        let template = sum.data_points.pop().expect("invariant: one point");
-        for (reason, v) in [
-            ("recording_queue_full", get(q.map(|q| &q.dropped_full))),
-            ("recording_queue_bytes", get(q.map(|q| &q.dropped_bytes))),
-            ("recording_stopped", get(q.map(|q| &q.dropped_closed))),
-            ("export_queue_full", m.exchanges_dropped.get()),
-            // A ledger transaction that failed (disk full, locked, I/O error) rolls back
-            // whole: its records are in the ledger's count, not lost silently.
-            (
-                "ledger_write_failed",
-                get(m.ledger.as_deref().map(|l| &l.dropped)),
-            ),
-        ] {
-            let mut p = template.clone();
-            p.attributes = vec![kv("veil.drop.reason", str_value(reason))];
-            p.value = Some(number_data_point::Value::AsInt(
-                i64::try_from(v).unwrap_or(i64::MAX),
-            ));
-            sum.data_points.push(p);
-        }
-    }
-    metrics.push(dropped);
-    if let Some(h) = &m.health {
-        metrics.push(sum_metric(
-            "veil.recording.degradations",
-            "Times recording went from healthy to degraded (disk full, write failures).",
-            "{event}",
-            h.degradations.get(),
-            true,
-            start,
-            now,
-        ));
-        metrics.push(sum_metric(
-            "veil.recording.degraded",
-            "1 while recording is degraded (see /healthz for why), else 0.",
-            "1",
-            u64::from(!h.is_ok()),
-            false,
-            start,
-            now,
-        ));
-    }
-    metrics.push(sum_metric(
-        "veil.exchanges.refused",
-        "Requests refused with 503 because they could not be recorded (audit = required).",
-        "{request}",
-        get(q.map(|q| &q.refused)),
-        true,
-        start,
-        now,
-    ));
+    metrics.extend(registry_metrics(counters, start, now));
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(res.to_proto()),

@@ -7,8 +7,9 @@ use super::*;
 #[test]
 fn every_drop_point_is_exported_under_veil_exchanges_dropped() {
     use crate::exchange::queue;
-    let (tx, rx) = queue::channel(1, 1 << 20);
-    let counters = rx.counters().clone();
+    let registry = Arc::new(crate::counters::Counters::default());
+    let (tx, rx) = queue::channel(1, 1 << 20, registry.clone());
+    let counters = &rx.counters().queue;
     counters.dropped_full.add(118_000);
     counters.dropped_bytes.add(280);
     counters.refused.add(7);
@@ -18,18 +19,12 @@ fn every_drop_point_is_exported_under_veil_exchanges_dropped() {
         tx.try_send(ex).is_err(),
         "a closed queue drops, and counts it"
     );
-    let ledger = std::sync::Arc::new(crate::ledger::LedgerCounters::default());
-    ledger.dropped.add(35);
-    let m = Metrics {
-        recording_queue: Some(counters),
-        ledger: Some(ledger),
-        ..Default::default()
-    };
-    m.exchanges_dropped.add(294);
+    registry.ledger.dropped.add(35);
+    registry.pipeline.export_dropped.add(294);
     let req = otlp::metrics_request(
         &otlp::ResourceInfo::from_env(&|_| None, None),
         &metrics::Histograms::default(),
-        &m,
+        &registry,
         std::time::SystemTime::now(),
         std::time::SystemTime::now(),
     );
@@ -69,6 +64,92 @@ fn every_drop_point_is_exported_under_veil_exchanges_dropped() {
     );
 }
 
+/// Every entry of the registry reaches the metrics request under its name, label, kind, unit
+/// and help, with its own value (each entry holds a distinct one, so a value exported under a
+/// neighbour's name fails), and nothing else named `veil.*` is in it.
+#[test]
+fn every_registry_entry_is_in_the_metrics_request() {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    let registry = crate::counters::Counters::default();
+    registry.fill_distinct();
+    let req = otlp::metrics_request(
+        &otlp::ResourceInfo::from_env(&|_| None, None),
+        &metrics::Histograms::default(),
+        &registry,
+        std::time::SystemTime::now(),
+        std::time::SystemTime::now(),
+    );
+    let all = &req.resource_metrics[0].scope_metrics[0].metrics;
+    // (name, label value) → value, from the request.
+    let mut exported: BTreeMap<(String, Option<String>), i64> = BTreeMap::new();
+    for m in all.iter().filter(|m| m.name.starts_with("veil.")) {
+        let points = match &m.data {
+            Some(metric::Data::Sum(s)) => {
+                assert!(
+                    s.is_monotonic && s.aggregation_temporality == 2,
+                    "{}",
+                    m.name
+                );
+                &s.data_points
+            }
+            Some(metric::Data::Gauge(g)) => &g.data_points,
+            other => panic!("{}: {other:?}", m.name),
+        };
+        for p in points {
+            let label = p.attributes.first().map(|kv| {
+                let Some(any_value::Value::StringValue(v)) =
+                    kv.value.as_ref().and_then(|v| v.value.clone())
+                else {
+                    panic!("{}: string label expected", m.name);
+                };
+                v
+            });
+            let Some(Value::AsInt(v)) = p.value else {
+                panic!("{}: integer points", m.name);
+            };
+            let key = (m.name.clone(), label);
+            assert!(exported.insert(key.clone(), v).is_none(), "{key:?} twice");
+        }
+    }
+    let snapshot = registry.snapshot();
+    for (d, v) in &snapshot {
+        let key = (d.name.to_string(), d.label.map(|(_, l)| l.to_string()));
+        assert_eq!(
+            exported.get(&key),
+            Some(&(*v as i64)),
+            "{} ({:?}) is not exported with its value",
+            d.field,
+            key
+        );
+        let m = all.iter().find(|m| m.name == d.name).unwrap();
+        assert_eq!((m.unit.as_str(), m.description.as_str()), (d.unit, d.help));
+        let is_sum = matches!(m.data, Some(metric::Data::Sum(_)));
+        assert_eq!(
+            is_sum,
+            d.kind == crate::counters::MetricKind::Counter,
+            "{}",
+            d.name
+        );
+        if let Some((key, _)) = d.label {
+            let labelled = match &m.data {
+                Some(metric::Data::Sum(s)) => &s.data_points,
+                Some(metric::Data::Gauge(g)) => &g.data_points,
+                _ => unreachable!(),
+            };
+            assert!(
+                labelled.iter().all(|p| p.attributes[0].key == key),
+                "{}",
+                d.name
+            );
+        }
+    }
+    assert_eq!(
+        exported.len(),
+        snapshot.len(),
+        "only registry entries are veil.*"
+    );
+}
+
 // See: veil#10
 #[tokio::test]
 async fn content_dropped_and_parse_error_are_attributes_and_the_drop_is_counted() {
@@ -80,7 +161,7 @@ async fn content_dropped_and_parse_error_are_attributes_and_the_drop_is_counted(
     unparsed.parse_error = Some("request body is not JSON: expected value at line 1".into());
     let recs = vec![dropped, unparsed, testing::openai_chat("r-plain")];
     let metrics = export_all(settings(dir.path(), Some(&rx.endpoint()), &[]), recs).await;
-    assert_eq!(metrics.content_dropped.get(), 1);
+    assert_eq!(metrics.export.content_dropped.get(), 1);
 
     let spans: BTreeMap<String, BTreeMap<String, _>> = rx
         .spans()

@@ -30,15 +30,15 @@ async fn outage_loses_nothing_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     send(10);
     assert!(
-        exporter.metrics().spool_bytes.get() > 0,
+        exporter.counters().export.spool_bytes.get() > 0,
         "nothing was spooled during the outage"
     );
-    assert!(exporter.metrics().export_failures.get() > 0);
+    assert!(exporter.counters().export.export_failures.get() > 0);
     rx.answer(200);
     rx.restart().await;
     send(10);
     let done = wait_until(Duration::from_secs(20), || span_counts(&rx).len() == 60).await;
-    let metrics = exporter.metrics();
+    let metrics = exporter.counters().clone();
     let report = exporter.shutdown(Duration::from_secs(10)).await;
     let counts = span_counts(&rx);
     assert!(done, "only {} of 60 arrived: {counts:?}", counts.len());
@@ -47,9 +47,9 @@ async fn outage_loses_nothing_and_duplicates_nothing() {
         assert_eq!(counts.get(&id), Some(&1), "{id}: {counts:?}");
     }
     assert!(report.drained, "{report:?}");
-    assert_eq!(metrics.spool_bytes.get(), 0);
-    assert_eq!(metrics.spool_batches_dropped.get(), 0);
-    assert_eq!(metrics.batches_rejected.get(), 0);
+    assert_eq!(metrics.export.spool_bytes.get(), 0);
+    assert_eq!(metrics.export.spool_batches_dropped.get(), 0);
+    assert_eq!(metrics.export.batches_rejected.get(), 0);
     // 503 answers were seen and not counted as delivered.
     assert!(rx.received().iter().any(|r| r.answered == 503));
 }
@@ -69,7 +69,7 @@ async fn non_retryable_answers_are_dropped_and_counted() {
             .handle()
             .try_send(testing::base_record("bad"))
             .unwrap();
-        let m = exporter.metrics();
+        let m = exporter.counters().clone();
         let report = exporter.shutdown(Duration::from_secs(5)).await;
         assert!(report.drained);
         m
@@ -82,10 +82,10 @@ async fn non_retryable_answers_are_dropped_and_counted() {
         .collect();
     assert_eq!(traces.len(), 1);
     assert!(
-        metrics.batches_rejected.get() >= 2,
+        metrics.export.batches_rejected.get() >= 2,
         "traces and logs rejected"
     );
-    assert_eq!(metrics.spool_bytes.get(), 0);
+    assert_eq!(metrics.export.spool_bytes.get(), 0);
 }
 
 #[tokio::test]
@@ -99,7 +99,7 @@ async fn spool_is_bounded_and_counts_what_it_drops() {
     s.spool_max_bytes = 6_000;
     let exporter = Exporter::start(s.clone(), Arc::default()).unwrap();
     let h = exporter.handle();
-    let metrics = exporter.metrics();
+    let metrics = exporter.counters().clone();
     for i in 0..40 {
         h.try_send(testing::base_record(&format!("b-{i:02}")))
             .unwrap();
@@ -110,8 +110,11 @@ async fn spool_is_bounded_and_counts_what_it_drops() {
     }
     let report = exporter.shutdown(Duration::from_millis(300)).await;
     assert!(!report.drained);
-    assert!(metrics.spool_batches_dropped.get() > 0, "nothing dropped");
-    assert!(metrics.spool_bytes_dropped.get() > 0);
+    assert!(
+        metrics.export.spool_batches_dropped.get() > 0,
+        "nothing dropped"
+    );
+    assert!(metrics.export.spool_bytes_dropped.get() > 0);
     let on_disk: u64 = std::fs::read_dir(dir.path().join("spool/traces"))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
@@ -195,14 +198,14 @@ async fn a_hung_collector_times_out_and_the_batch_is_spooled() {
     s.retry_initial = Duration::from_secs(1);
     s.retry_max = Duration::from_secs(2);
     let exporter = Exporter::start(s, Arc::default()).unwrap();
-    let metrics = exporter.metrics();
+    let metrics = exporter.counters().clone();
     let t0 = tokio::time::Instant::now();
     exporter
         .handle()
         .try_send(testing::base_record("hung"))
         .unwrap();
     let failed = wait_until(Duration::from_secs(60), || {
-        metrics.export_failures.get() >= 2 && metrics.spool_bytes.get() > 0
+        metrics.export.export_failures.get() >= 2 && metrics.export.spool_bytes.get() > 0
     })
     .await;
     assert!(failed, "no timeout seen");

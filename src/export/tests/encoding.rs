@@ -7,7 +7,7 @@ async fn spans_follow_the_genai_conventions() {
     let rx = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let metrics = export_all(settings(dir.path(), Some(&rx.endpoint()), &[]), records()).await;
-    assert_eq!(metrics.exchanges.get(), 5);
+    assert_eq!(metrics.export.exchanges.get(), 5);
     let got = rx.received();
     assert!(
         got.iter()

@@ -22,7 +22,7 @@ async fn audit_events_are_log_records() {
             user_pseudonym: Some("u_x".into()),
         })
         .unwrap();
-    let metrics = exporter.metrics();
+    let metrics = exporter.counters().clone();
     exporter.shutdown(Duration::from_secs(5)).await;
     let logs = rx.logs();
     assert_eq!(logs.len(), 1);
@@ -42,7 +42,7 @@ async fn audit_events_are_log_records() {
     );
     assert_eq!(testing::s(&a, "user.id").as_deref(), Some("u_x"));
     assert!(rx.spans().is_empty());
-    assert_eq!(metrics.audit_events.get(), 1);
+    assert_eq!(metrics.export.audit_events.get(), 1);
 }
 
 #[tokio::test]
@@ -58,8 +58,10 @@ async fn try_send_never_waits_and_returns_the_record_when_full() {
     let err = h.try_send(testing::base_record("q3")).unwrap_err();
     assert!(err.is_full());
     assert_eq!(err.into_inner().request_id, "q3");
-    h.metrics().exchanges_dropped.inc();
-    assert_eq!(exporter.metrics().exchanges_dropped.get(), 1);
+    assert!(
+        Arc::ptr_eq(h.counters(), exporter.counters()),
+        "the handle counts in the exporter's registry"
+    );
     exporter.shutdown(Duration::from_secs(5)).await;
     let err = h.try_send(testing::base_record("q4")).unwrap_err();
     assert!(err.is_closed());
@@ -73,7 +75,7 @@ fn send_blocking_waits_for_room_instead_of_dropping() {
     let (tx, mut rx) = mpsc::channel(1);
     let handle = ExporterHandle {
         tx,
-        metrics: Arc::new(Metrics::default()),
+        counters: Arc::default(),
     };
     handle
         .try_send(testing::openai_chat("r-1"))
@@ -186,8 +188,8 @@ async fn records_count_as_unwritten_bytes_until_handed_on() {
             .unwrap_err()
             .is_full()
     );
-    let metrics = exporter.metrics();
-    assert_eq!(metrics.unwritten_bytes.get(), expected);
+    let metrics = exporter.counters().clone();
+    assert_eq!(metrics.export.unwritten_bytes.get(), expected);
     exporter.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(metrics.unwritten_bytes.get(), 0);
+    assert_eq!(metrics.export.unwritten_bytes.get(), 0);
 }

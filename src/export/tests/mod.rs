@@ -69,13 +69,13 @@ fn records() -> Vec<Record> {
     ]
 }
 
-async fn export_all(s: ExporterSettings, recs: Vec<Record>) -> Arc<Metrics> {
+async fn export_all(s: ExporterSettings, recs: Vec<Record>) -> Arc<crate::counters::Counters> {
     let exporter = Exporter::start(s, Arc::default()).unwrap();
     let h = exporter.handle();
     for r in recs {
         h.try_send(r).unwrap();
     }
-    let metrics = exporter.metrics();
+    let metrics = exporter.counters().clone();
     let report = exporter.shutdown(Duration::from_secs(10)).await;
     assert!(report.drained, "{report:?}");
     metrics

@@ -8,7 +8,6 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::io_err;
@@ -140,11 +139,7 @@ impl Writer {
                     let _ = ack.send(Err(e.clone()));
                 }
                 None => {
-                    let n = self
-                        .health
-                        .detached_failures
-                        .fetch_add(1, Ordering::Relaxed)
-                        + 1;
+                    let n = self.health.counters.seal.detached_failures.inc();
                     // The degradation itself is logged once; per exchange only at debug.
                     tracing::debug!(exchange.id = %job.id, failed_total = n, "not sealed: store degraded");
                 }

@@ -118,6 +118,10 @@ pub struct SealOptions {
     /// recovered in it as its own health changes, so the proxy's admission check and
     /// `/healthz` see sealing failures the moment the writer does.
     pub recording_health: Option<Arc<crate::health::Health>>,
+    /// The registry the store counts in (its `seal` section; [`SealStore::stats`] reads it).
+    /// `veil run` hands in the one it gives every step; the default, a fresh one, is for
+    /// tests and the offline `veil seal` commands, whose numbers nobody exports.
+    pub counters: Arc<crate::counters::Counters>,
 }
 
 /// The sealed store. Cheap to clone (one shared handle); the last clone dropped flushes
@@ -202,7 +206,10 @@ impl SealStore {
             .audit
             .clone()
             .unwrap_or_else(|| Arc::new(JsonlAuditSink::new(data.join("audit.jsonl"))));
-        let health = Arc::new(HealthState::reporting_to(opts.recording_health.clone()));
+        let health = Arc::new(HealthState::new(
+            opts.recording_health.clone(),
+            opts.counters.clone(),
+        ));
         let doomed: Arc<Mutex<HashSet<ExchangeId>>> = Arc::default();
         let writer = Writer::open(
             dir.clone(),
@@ -272,7 +279,7 @@ impl SealStore {
         self.inner.pending_bytes.load(Ordering::Acquire) as u64
     }
 
-    /// Failure and recovery counters since open (for metrics and `/healthz`).
+    /// Failure and recovery counters (for `/healthz`): a view of the registry's `seal` section.
     pub fn stats(&self) -> StoreStats {
         self.inner.health.stats()
     }

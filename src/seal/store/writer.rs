@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -201,9 +200,7 @@ impl Writer {
             self.fail(e);
             // Jobs the failing write never reached were dropped inside it: count them too.
             let unreached = jobs.saturating_sub(acks.len()) as u64;
-            self.health
-                .detached_failures
-                .fetch_add(unreached, Ordering::Relaxed);
+            self.health.counters.seal.detached_failures.add(unreached);
         }
         let mut logged = false;
         for (id, ack, done, r) in acks {
@@ -220,11 +217,7 @@ impl Writer {
                     let _ = ack.send(r);
                 }
                 (None, Err(e)) => {
-                    let n = self
-                        .health
-                        .detached_failures
-                        .fetch_add(1, Ordering::Relaxed)
-                        + 1;
+                    let n = self.health.counters.seal.detached_failures.inc();
                     // One line per failed batch: a full disk fails every exchange of it.
                     if !logged {
                         logged = true;

@@ -155,7 +155,7 @@ async fn twenty_silent_sockets_with_max_connections_20() {
             .await
             .unwrap_or_else(|| panic!("silent socket {i} still open"));
     }
-    assert!(veil.stats.timed_out.load(Ordering::Relaxed) >= 20);
+    assert!(veil.counters.proxy.timed_out.get() >= 20);
     veil.stop().await;
 }
 
@@ -194,7 +194,7 @@ async fn connect_then_no_client_hello() {
         took >= Duration::from_millis(800),
         "closed too early: {took:?}"
     );
-    assert_eq!(veil.stats.leaves_minted.load(Ordering::Relaxed), 0);
+    assert_eq!(veil.counters.proxy.leaves_minted.get(), 0);
     veil.stop().await;
 }
 
@@ -370,7 +370,7 @@ async fn quiet_blind_tunnel() {
     closed_within(&mut quiet, Duration::from_millis(100))
         .await
         .expect("the quiet tunnel was closed meanwhile");
-    assert!(veil.stats.timed_out.load(Ordering::Relaxed) >= 1);
+    assert!(veil.counters.proxy.timed_out.get() >= 1);
     veil.stop().await;
 }
 
@@ -509,7 +509,7 @@ async fn http_127_0_0_1_port_is_refused_with_403() {
         0,
         "nothing reached the loopback server"
     );
-    assert!(veil.stats.refused.load(Ordering::Relaxed) >= 8);
+    assert!(veil.counters.proxy.refused.get() >= 8);
     veil.stop().await;
     drop(admin);
 }
@@ -585,7 +585,7 @@ async fn connect_host_99999() {
         "{body}"
     );
     assert!(mock.seen().is_empty(), "nothing went upstream");
-    assert_eq!(veil.stats.leaves_minted.load(Ordering::Relaxed), 0);
+    assert_eq!(veil.counters.proxy.leaves_minted.get(), 0);
     veil.stop().await;
 }
 
@@ -608,11 +608,11 @@ async fn sni_www_mybank_example_inside_connect_api_openai_com() {
         "the handshake with a mismatching SNI fails"
     );
     assert_eq!(
-        veil.stats.leaves_minted.load(Ordering::Relaxed),
+        veil.counters.proxy.leaves_minted.get(),
         0,
         "no leaf was minted for www.mybank.example"
     );
-    assert_eq!(veil.stats.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(veil.counters.proxy.refused.get(), 1);
     // The right SNI mints exactly one leaf, for the CONNECT host.
     let mut ok = tls_through(&veil, "api.openai.com", "api.openai.com", &[b"http/1.1"])
         .await
@@ -626,7 +626,7 @@ async fn sni_www_mybank_example_inside_connect_api_openai_com() {
         resp.contains("mock: no such route"),
         "reached the provider: {resp}"
     );
-    assert_eq!(veil.stats.leaves_minted.load(Ordering::Relaxed), 1);
+    assert_eq!(veil.counters.proxy.leaves_minted.get(), 1);
     veil.stop().await;
 }
 
@@ -644,7 +644,7 @@ async fn no_sni_gets_the_leaf_for_the_connect_host() {
         .await
         .expect("TLS without SNI, verified for IP 192.0.2.7");
     drop(tls);
-    assert_eq!(veil.stats.leaves_minted.load(Ordering::Relaxed), 1);
+    assert_eq!(veil.counters.proxy.leaves_minted.get(), 1);
     veil.stop().await;
 }
 

@@ -215,7 +215,7 @@ async fn audit_required_refuses_while_recording_is_degraded_and_admits_after_rec
         mock.seen().is_empty(),
         "the refused request never went upstream"
     );
-    assert_eq!(veil.stats.capture.refused.get(), 1);
+    assert_eq!(veil.counters.queue.refused.get(), 1);
 
     veil.health.recover(Part::Seal);
     let resp = client

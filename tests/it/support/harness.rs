@@ -18,10 +18,11 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use veil::config::{Config, RawConfig};
+use veil::counters::Counters;
 use veil::exchange::Exchange;
 use veil::exchange::queue::ExchangeReceiver;
 use veil::keys::{Keyring, Purpose};
-use veil::proxy::{CertificateAuthority, Fingerprinter, Proxy, ProxySettings, ProxyStats};
+use veil::proxy::{CertificateAuthority, Fingerprinter, Proxy, ProxySettings};
 
 use super::mock_llm::Mock;
 
@@ -30,7 +31,8 @@ pub struct Veil {
     pub ca_pem: String,
     pub ca_path: std::path::PathBuf,
     pub exchanges: ExchangeReceiver,
-    pub stats: Arc<ProxyStats>,
+    /// The registry the proxy and its queue count in.
+    pub counters: Arc<Counters>,
     /// The recording health the proxy consults under `audit = "required"`.
     pub health: Arc<veil::health::Health>,
     _keys: tempfile::TempDir,
@@ -75,15 +77,18 @@ impl Veil {
         let ca_pem = ca.cert_pem().to_string();
         let ca_path = ca.cert_path().to_path_buf();
         let fp = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
-        let (tx, rx) =
-            veil::exchange::queue::channel(config.queue_capacity, config.queue_max_bytes);
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = veil::exchange::queue::channel(
+            config.queue_capacity,
+            config.queue_max_bytes,
+            counters.clone(),
+        );
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let health = Arc::new(veil::health::Health::default());
+        let health = Arc::new(veil::health::Health::new(counters.clone()));
         let proxy = Proxy::try_new(settings, ca, fp, tx)
             .unwrap()
             .with_health(health.clone());
-        let stats = proxy.stats();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let done = tokio::spawn(proxy.serve(listener, async {
             let _ = stop_rx.await;
@@ -93,7 +98,7 @@ impl Veil {
             ca_pem,
             ca_path,
             exchanges: rx,
-            stats,
+            counters,
             health,
             _keys: keys,
             stop: Some(stop_tx),
