@@ -9,6 +9,9 @@
 //!   runtime so its batch encoding never stalls forwarding;
 //! - the recording queue is bounded (`queue_capacity`): the proxy `try_send`s into it and a
 //!   slow pipeline costs counted drops (or 503s in audit-required mode), never latency;
+//! - the control socket (`<data>/veil.sock`, the admin API for veil's own uid) binds once the
+//!   store is open: the store's lock already proves no other veil uses this data dir, and the
+//!   commands that find veil through it need the store behind it;
 //! - on SIGINT/SIGTERM the proxy drains in-flight exchanges, then the pipeline empties the
 //!   queue, then the exporter flushes (or spools) what it holds, then the store closes after
 //!   its last group commit: all within one `drain_timeout` (connections get four fifths of
@@ -127,6 +130,9 @@ pub enum StartupError {
     },
     /// The proxy could not be built (its upstream TLS client).
     Proxy(BuildError),
+    /// The control socket could not be opened (path too long, another veil, bind): its text
+    /// says what to do.
+    Control(crate::admin::ControlError),
     /// Any other I/O failure (a runtime could not start, a bound address could not be read).
     Io(std::io::Error),
 }
@@ -164,6 +170,7 @@ impl fmt::Display for StartupError {
             ),
             StartupError::Store { source, .. } => write!(f, "sealed store: {source}"),
             StartupError::Proxy(e) => e.fmt(f),
+            StartupError::Control(e) => e.fmt(f),
             StartupError::Io(e) => e.fmt(f),
         }
     }
@@ -191,6 +198,7 @@ startup_from! {
     LedgerError => Ledger,
     StartError => Export,
     BuildError => Proxy,
+    crate::admin::ControlError => Control,
     std::io::Error => Io,
 }
 
@@ -201,6 +209,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin API's bound address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The control socket (`<data>/veil.sock`), removed at exit.
+    pub control: PathBuf,
     /// The counter registry every step of this veil counts in.
     pub counters: Arc<Counters>,
     /// The rules in force (reloaded on SIGHUP).
@@ -342,6 +352,9 @@ pub async fn start(
     if !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "the proxy listens beyond loopback: anyone who can reach it can use it");
     }
+    // Before anything binds or opens: a data dir too deep for a socket path is named now.
+    let control_path = crate::admin::socket_path(&config.data);
+    crate::admin::control::check_path(&control_path)?;
     if let Some(a) = config.admin_listen.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(admin_listen = %a, "the admin API is plain HTTP beyond loopback: the bearer token and unsealed exchanges cross the network in clear");
     }
@@ -492,17 +505,51 @@ pub async fn start(
     let settings = ProxySettings::from_config(&config);
     // The admin API keeps the same connection clocks as the proxy port.
     let limits = settings.limits;
+    // The store is open and locked: a socket file here now is a dead veil's (or a live one
+    // of another version without the lock, which `bind` refuses).
+    let control = crate::admin::ControlSocket::bind(&data_dir)?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let instance = crate::admin::Instance {
+        reload_rules: Some(rules_reloader(rules.clone(), keys_dir.clone())),
+        ca: Some(crate::admin::CaResponse {
+            cert: absolute(ca.cert_path()).display().to_string(),
+            bundle: absolute(&keys_dir.join(CA_BUNDLE_FILE))
+                .display()
+                .to_string(),
+            pem: ca.cert_pem().to_string(),
+            proxy: addr.to_string(),
+        }),
+    };
     let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?.with_health(health.clone());
 
     if let Some(listener) = admin_listener {
         let token = crate::admin::AdminToken::load_or_create(&keys_dir)?;
         let store = store.clone();
         let cancel = cancel.clone();
+        let instance = instance.clone();
         tokio::spawn(async move {
-            crate::admin::serve_with(listener, store, token, limits, cancel.cancelled_owned())
-                .await;
+            crate::admin::serve_tcp(
+                listener,
+                store,
+                token,
+                instance,
+                limits,
+                cancel.cancelled_owned(),
+            )
+            .await;
         });
     }
+    let control_task = {
+        let store = store.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(crate::admin::serve_control(
+            control,
+            store,
+            instance.clone(),
+            limits,
+            cancel.cancelled_owned(),
+        ))
+    };
     let backlog = Backlog {
         counters: counters.clone(),
         store: store.clone(),
@@ -526,8 +573,7 @@ pub async fn start(
         Ok(hup) => {
             tokio::spawn(reload_on_sighup(
                 hup,
-                rules.clone(),
-                keys_dir,
+                rules_reloader(rules.clone(), keys_dir),
                 cancel.clone(),
             ));
         }
@@ -597,6 +643,9 @@ pub async fn start(
                 tracing::error!("ledger still writing at drain_timeout; exiting without it");
             }
         }
+        // The control socket closes with its last request (its file is removed then), before
+        // the store it serves.
+        let _ = tokio::time::timeout_at(deadline, control_task).await;
         // The last group commit, bounded too: a disk that stalls past the deadline loses what
         // is still queued for it (the writer logs and counts it).
         let closing = tokio::task::spawn_blocking(move || drop(store));
@@ -611,6 +660,7 @@ pub async fn start(
         Running {
             addr,
             admin_addr,
+            control: control_path,
             counters,
             rules,
             health,
@@ -765,12 +815,21 @@ fn probe_write(dir: &Path) -> std::io::Result<()> {
     result
 }
 
+/// The rules reload both SIGHUP and `POST /v1/rules/reload` run: loads the keyring, then
+/// reads and compiles the rules file; the new digest, or why it was rejected (the old rules
+/// stay in force). Blocking.
+fn rules_reloader(rules: Arc<RulesHandle>, keys: PathBuf) -> crate::admin::ReloadRules {
+    Arc::new(move || {
+        let keyring = Keyring::load(&keys).map_err(|e| e.to_string())?;
+        rules.reload(&keyring).map_err(|e| e.to_string())
+    })
+}
+
 /// Reloads the rules on every SIGHUP; a file that fails to compile is logged and the old rules
 /// stay in force.
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
-    rules: Arc<RulesHandle>,
-    keys: PathBuf,
+    reload: crate::admin::ReloadRules,
     cancel: CancellationToken,
 ) {
     loop {
@@ -778,14 +837,8 @@ async fn reload_on_sighup(
             _ = cancel.cancelled() => return,
             got = hup.recv() => if got.is_none() { return },
         }
-        let rules = rules.clone();
-        let keys = keys.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let keyring = Keyring::load(&keys).map_err(|e| e.to_string())?;
-            rules.reload(&keyring).map_err(|e| e.to_string())
-        })
-        .await;
-        match result {
+        let reload = reload.clone();
+        match tokio::task::spawn_blocking(move || reload()).await {
             Ok(Ok(digest)) => tracing::info!(rules.digest = %digest, "rules reloaded"),
             Ok(Err(e)) => {
                 tracing::error!("rules reload rejected, previous rules stay in force: {e}")

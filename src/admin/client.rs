@@ -1,7 +1,9 @@
 //! # Admin API client: one request to a running veil's admin API.
 //!
-//! Used by the CLI ([`crate::cli`]) when a running `veil run` holds the sealed store. Sends
-//! the bearer token and the operator's name (`x-veil-actor`); never logs either. The typed
+//! Used by the CLI ([`crate::cli`]) when a running `veil run` holds the sealed store, on its
+//! control socket ([`Endpoint::Control`], no token) or its TCP admin API ([`Endpoint::Tcp`],
+//! bearer token). Sends the operator's name (`x-veil-actor`) and the token when it has one;
+//! never logs either. The typed
 //! methods ([`AdminClient::unseal`], [`AdminClient::forget`], …) send an [`AdminRequest`] and
 //! decode the answer into the documents of [`super::api`], strictly: an answer in a shape this
 //! veil does not know is an [`AdminError`] of kind [`AdminErrorKind::Unreadable`] that names
@@ -9,6 +11,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,20 +22,59 @@ use serde::de::DeserializeOwned;
 
 use super::AdminToken;
 use super::api::{
-    AdminRequest, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, ExchangeView,
-    ForgetResponse, ForgetUserResponse, KeysReloadResponse, PurgeResponse, RewrapResponse,
+    AdminRequest, CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse,
+    ExchangeView, ForgetResponse, ForgetUserResponse, KeysReloadResponse, PurgeResponse,
+    RewrapResponse, RulesReloadResponse,
 };
 use crate::exchange::ExchangeId;
+
+/// Where a running veil's admin API is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Its control socket (`<data>/veil.sock`): no token, same uid only.
+    Control(PathBuf),
+    /// Its TCP admin API (`admin_listen`): bearer token.
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Control(p) => write!(f, "control socket {}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "admin API at {a}"),
+        }
+    }
+}
 
 /// A minimal admin API client (used by the CLI when a running veil holds the store).
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     /// Where the admin API listens.
-    pub addr: SocketAddr,
-    /// The bearer token.
-    pub token: AdminToken,
+    pub endpoint: Endpoint,
+    /// The bearer token (TCP); `None` on the control socket, which asks for none.
+    pub token: Option<AdminToken>,
     /// Sent as `x-veil-actor`, so the audit trail names the operator.
     pub actor: String,
+}
+
+impl AdminClient {
+    /// A client of the TCP admin API at `addr`, sending `token`.
+    pub fn tcp(addr: SocketAddr, token: AdminToken, actor: impl Into<String>) -> Self {
+        AdminClient {
+            endpoint: Endpoint::Tcp(addr),
+            token: Some(token),
+            actor: actor.into(),
+        }
+    }
+
+    /// A client of the control socket at `path` (`<data>/veil.sock`).
+    pub fn control(path: impl Into<PathBuf>, actor: impl Into<String>) -> Self {
+        AdminClient {
+            endpoint: Endpoint::Control(path.into()),
+            token: None,
+            actor: actor.into(),
+        }
+    }
 }
 
 /// The answer to `GET /healthz`.
@@ -65,7 +107,7 @@ pub enum AdminErrorKind {
 #[derive(Debug, Clone)]
 pub struct AdminError {
     kind: AdminErrorKind,
-    addr: SocketAddr,
+    at: Endpoint,
     status: Option<StatusCode>,
     endpoint: &'static str,
     detail: String,
@@ -96,14 +138,17 @@ impl fmt::Display for AdminError {
             AdminErrorKind::Unreachable => f.write_str(&self.detail),
             AdminErrorKind::Unauthorized => write!(
                 f,
-                "the admin API at {} refused the token (check VEIL_ADMIN_TOKEN / admin.token)",
-                self.addr
+                "the {} refused the admin token (check VEIL_ADMIN_TOKEN / admin.token; the admin token is not the master key)",
+                self.at
             ),
-            AdminErrorKind::Refused => write!(f, "admin API: {status}: {}", self.detail),
+            AdminErrorKind::Refused => match self.at {
+                Endpoint::Tcp(_) => write!(f, "admin API: {status}: {}", self.detail),
+                Endpoint::Control(_) => write!(f, "{}: {status}: {}", self.at, self.detail),
+            },
             AdminErrorKind::Unreadable => write!(
                 f,
-                "the admin API at {} answered {status} to {} with a document this veil ({}) cannot read: {}; is it running another veil version?",
-                self.addr,
+                "the {} answered {status} to {} with a document this veil ({}) cannot read: {}; is it running another veil version?",
+                self.at,
                 self.endpoint,
                 env!("CARGO_PKG_VERSION"),
                 self.detail
@@ -158,35 +203,27 @@ impl AdminClient {
         method: Method,
         path_and_query: &str,
     ) -> Result<(StatusCode, Bytes), String> {
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| format!("cannot reach the admin API at {}: {e}", self.addr))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("admin API handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path_and_query)
-            .header("host", self.addr.to_string())
-            .header("authorization", format!("Bearer {}", self.token.secret()))
-            .header("x-veil-actor", &self.actor)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| format!("bad admin request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("admin API request: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("admin API response: {e}"))?
-            .to_bytes();
-        Ok((status, body))
+            .header("x-veil-actor", &self.actor);
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {}", token.secret()));
+        }
+        match &self.endpoint {
+            Endpoint::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("cannot reach the admin API at {addr}: {e}"))?;
+                exchange(stream, req.header("host", addr.to_string())).await
+            }
+            Endpoint::Control(path) => {
+                let stream = super::control::connect(path).await.map_err(|e| {
+                    format!("cannot reach the control socket {}: {e}", path.display())
+                })?;
+                exchange(stream, req.header("host", "localhost")).await
+            }
+        }
     }
 
     fn error(
@@ -198,7 +235,7 @@ impl AdminClient {
     ) -> AdminError {
         AdminError {
             kind,
-            addr: self.addr,
+            at: self.endpoint.clone(),
             status,
             endpoint: req.endpoint(),
             detail,
@@ -341,6 +378,46 @@ impl AdminClient {
     pub async fn rewrap(&self) -> Result<RewrapResponse, AdminError> {
         self.call(&AdminRequest::Rewrap, &[StatusCode::OK]).await
     }
+
+    /// `POST /v1/rules/reload`: the new digest; a file that does not compile is a
+    /// [`AdminErrorKind::Refused`] (422) naming file:line:col.
+    pub async fn reload_rules(&self) -> Result<RulesReloadResponse, AdminError> {
+        self.call(&AdminRequest::ReloadRules, &[StatusCode::OK])
+            .await
+    }
+
+    /// `GET /v1/ca`: the running veil's CA, trust bundle and proxy address.
+    pub async fn ca(&self) -> Result<CaResponse, AdminError> {
+        self.call(&AdminRequest::Ca, &[StatusCode::OK]).await
+    }
+}
+
+/// Sends `req` (no body) on a fresh connection `stream`; the status and the whole body.
+async fn exchange<S>(stream: S, req: http::request::Builder) -> Result<(StatusCode, Bytes), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("admin API handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("bad admin request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("admin API request: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("admin API response: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 #[cfg(test)]
@@ -381,11 +458,7 @@ mod tests {
     }
 
     fn client(addr: SocketAddr) -> AdminClient {
-        AdminClient {
-            addr,
-            token: AdminToken::from_secret("t"),
-            actor: "cli:test".into(),
-        }
+        AdminClient::tcp(addr, AdminToken::from_secret("t"), "cli:test")
     }
 
     // See: veil#11
@@ -473,7 +546,7 @@ mod tests {
         let (addr, _stop) = fake_veil(StatusCode::UNAUTHORIZED, r#"{"error":"no"}"#).await;
         let e = client(addr).compact().await.unwrap_err();
         assert_eq!(e.kind(), AdminErrorKind::Unauthorized);
-        assert!(e.to_string().contains("refused the token"), "{e}");
+        assert!(e.to_string().contains("refused the admin token"), "{e}");
 
         // Nothing listens: unreachable, no status.
         let addr = {

@@ -1,10 +1,12 @@
-//! # Admin API: operators act on the sealed store over HTTP, behind a bearer token.
+//! # Admin API: operators act on the sealed store over HTTP, on the control socket or behind a bearer token.
 //!
-//! The remote half of the operator boundary: `veil run` serves it ([`server`]), the CLI calls
-//! it through [`client`] when a running veil holds the store, and both speak the documents of
-//! [`api`]. This file owns the admin token. The server calls
-//! [`SealStore`](crate::seal::SealStore) and nothing else: it never touches the proxy, the
-//! rules or OTLP, and it never logs content or raw user IDs.
+//! The remote half of the operator boundary: `veil run` serves it ([`server`]) on its control
+//! socket `<data>/veil.sock` (always; no token, veil's own uid only: [`control`]) and, when
+//! `admin_listen` is set, on TCP (bearer token). The CLI calls it through [`client`] when a
+//! running veil holds the store, and both speak the documents of [`api`]. This file owns the
+//! admin token. The server calls [`SealStore`](crate::seal::SealStore) and the hooks `veil run`
+//! hands it ([`Instance`]: rules reload, the CA's paths) and nothing else: it never touches the
+//! proxy, the rules or OTLP itself, and it never logs content or raw user IDs.
 //!
 //! | method and path | what |
 //! | --- | --- |
@@ -16,6 +18,8 @@
 //! | `POST /v1/compact` | compaction pass |
 //! | `POST /v1/keys/reload` | re-read the keys dir (after `veil keys rotate`) |
 //! | `POST /v1/keys/rewrap` | reload, then rewrap every data key under the newest key |
+//! | `POST /v1/rules/reload` | read and compile the rules file again (`veil reload`, like SIGHUP); 422 when it does not compile (the old rules stay) |
+//! | `GET /v1/ca` | the CA certificate's path and PEM, the trust bundle's path, the proxy address (`veil env`, `veil ca path`) |
 //!
 //! Every field of every answer, with its units, is documented on the types of [`api`] (the
 //! admin API's reference; its module docs map each request to its answers).
@@ -25,7 +29,11 @@
 //! `not_destroyed` (untouched) ID lists; 503 when the store is degraded or the audit log cannot
 //! be written (retry later), 500 for other failures.
 //!
-//! Every `/v1` request needs `Authorization: Bearer <token>`; the token comes from
+//! On the control socket no token is asked: the socket is 0600 in the 0700 data dir, and a
+//! peer whose uid (`SO_PEERCRED`) is not veil's gets 403 on every request, logged; the audit
+//! actor is `control:uid=U,pid=P`.
+//!
+//! On TCP every `/v1` request needs `Authorization: Bearer <token>`; the token comes from
 //! `VEIL_ADMIN_TOKEN` or `<keys>/admin.token` (created 0600 with 256 random bits if missing)
 //! and is compared in constant time. An `x-veil-actor` request header (the CLI sends
 //! `cli:<user>`) is appended to the audit actor, which is always `admin:<peer address>`.
@@ -38,6 +46,7 @@
 
 //!
 //! - [`server`]: the HTTP server, routing, status codes, connection limits.
+//! - [`control`]: the control socket: its path and length limit, stale sockets, peer uids.
 //! - [`client`]: [`AdminClient`], one request per call.
 //! - [`api`]: what crosses the wire both ways: [`AdminRequest`] and one type per answer
 //!   document ([`ExchangeView`], [`ForgetResponse`], [`DestroyFailure`], …), plus the percent
@@ -52,6 +61,7 @@ use crate::keys::{KeyError, write_secret_file};
 
 pub mod api;
 pub mod client;
+pub mod control;
 pub mod server;
 #[cfg(test)]
 mod tests;
@@ -59,13 +69,16 @@ mod tests;
 #[cfg(test)]
 use api::percent_encode;
 pub use api::{
-    AdminRequest, BodyView, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse,
-    ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse,
-    OutcomeView, PurgeResponse, RecordingHealth, RequestError, RewrapResponse, RouteView,
-    SealingHealth, TimingsView, UpstreamView,
+    AdminRequest, BodyView, CaResponse, CompactResponse, DegradedHealth, DestroyFailure,
+    ErrorResponse, ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus,
+    KeysReloadResponse, OutcomeView, PurgeResponse, RecordingHealth, RequestError, RewrapResponse,
+    RouteView, RulesReloadResponse, SealingHealth, TimingsView, UpstreamView,
 };
-pub use client::{AdminClient, AdminError, AdminErrorKind, HealthResponse};
-pub use server::{ADMIN_MAX_CONNECTIONS, serve, serve_with};
+pub use client::{AdminClient, AdminError, AdminErrorKind, Endpoint, HealthResponse};
+pub use control::{ControlError, ControlErrorKind, ControlSocket, SOCKET_FILE, socket_path};
+pub use server::{
+    ADMIN_MAX_CONNECTIONS, Instance, ReloadRules, serve, serve_control, serve_tcp, serve_with,
+};
 
 /// File name of the admin token inside the keys dir.
 pub const TOKEN_FILE: &str = "admin.token";

@@ -1,9 +1,12 @@
 //! # Admin API server: routes, status codes and connection limits.
 //!
-//! Serves the table in [`crate::admin`]'s docs on a listener `veil run` hands it. It calls
-//! [`SealStore`] (on blocking threads) and nothing else: it never touches the proxy's traffic,
-//! the rules or OTLP, and it never logs content or raw user IDs. Response documents that the
-//! CLI also prints come from [`super::api`]; so does the router ([`AdminRequest::parse`]).
+//! Serves the table in [`crate::admin`]'s docs on a listener `veil run` hands it: a TCP one
+//! (`admin_listen`, every `/v1` request needs the token: [`serve_tcp`]) or the control socket
+//! (the peer's uid must be veil's: [`serve_control`]). It calls [`SealStore`] (on blocking
+//! threads) and the two hooks of [`Instance`] (rules reload, the CA's paths) and nothing else:
+//! it never touches the proxy's traffic, the rules or OTLP itself, and it never logs content
+//! or raw user IDs. Response documents that the CLI also prints come from [`super::api`]; so
+//! does the router ([`AdminRequest::parse`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -25,10 +28,11 @@ use serde::Serialize;
 
 use super::AdminToken;
 use super::api::{
-    AdminRequest, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, ExchangeView,
-    ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse, PurgeResponse,
-    RecordingHealth, RewrapResponse, SealingHealth,
+    AdminRequest, CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse,
+    ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse,
+    PurgeResponse, RecordingHealth, RewrapResponse, RulesReloadResponse, SealingHealth,
 };
+use super::control::{ControlSocket, Peer};
 use crate::keys::pseudonymize_user;
 use crate::proxy::conn::{Activity, Ended, Limits, Tracked, Watched, drive};
 use crate::proxy::{ACCEPT_RETRY, AcceptFailures};
@@ -42,6 +46,39 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 type Body = Full<Bytes>;
+
+/// Reads and compiles the rules file again; the new digest, or why the file was rejected
+/// (`file:line:col: …`; the old rules stay in force). Built by `veil run`, so this module
+/// never names the rules engine.
+pub type ReloadRules = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// What the admin API reaches of the running veil besides its sealed store. Both are absent
+/// in tests and tools that serve a bare store: their routes then answer 404.
+#[derive(Clone, Default)]
+pub struct Instance {
+    /// `POST /v1/rules/reload` (`veil reload`).
+    pub reload_rules: Option<ReloadRules>,
+    /// `GET /v1/ca` (`veil env`, `veil ca path`).
+    pub ca: Option<CaResponse>,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("reload_rules", &self.reload_rules.is_some())
+            .field("ca", &self.ca.as_ref().map(|c| &c.cert))
+            .finish()
+    }
+}
+
+/// Who is on the other end of one admin connection, decided when it is accepted.
+#[derive(Debug, Clone)]
+enum Caller {
+    /// A TCP peer: every `/v1` request must carry the token.
+    Network { peer: SocketAddr, token: AdminToken },
+    /// A control socket peer (veil's own uid, or refused).
+    Local(Peer),
+}
 
 /// A JSON answer: one document of [`super::api`] and a newline.
 fn json(status: StatusCode, doc: &impl Serialize) -> Response<Body> {
@@ -168,29 +205,48 @@ async fn blocking_forget<T: Send + 'static>(
 async fn handle(
     req: Request<Incoming>,
     store: SealStore,
-    token: AdminToken,
-    peer: SocketAddr,
+    instance: Instance,
+    caller: Caller,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
-    if path == "/healthz" && req.method() == Method::GET {
-        return Ok(healthz(&store));
-    }
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !token.verify(presented.trim()) {
-        // Only the route's first two segments: the rest may be a raw user ID.
-        let route: String = path.split('/').take(3).collect::<Vec<_>>().join("/");
-        tracing::warn!(peer = %peer, route = %route, "admin request without a valid token");
-        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut()
-            .insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
-        return Ok(r);
-    }
-    let mut actor = format!("admin:{peer}");
+    // Only the route's first two segments: the rest may be a raw user ID.
+    let route = || path.split('/').take(3).collect::<Vec<_>>().join("/");
+    let mut actor = match &caller {
+        Caller::Local(Peer::Stranger { uid, pid, owner }) => {
+            let uid = uid.map_or_else(|| "unknown".to_string(), |u| u.to_string());
+            let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            tracing::warn!(peer.uid = %uid, peer.pid = %pid, route = %route(), "control socket request from another uid refused");
+            return Ok(error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this control socket serves uid {owner} only (the user veil runs as); uid {uid} may not use it"
+                ),
+            ));
+        }
+        Caller::Local(Peer::Owner { uid, pid }) => match pid {
+            Some(p) => format!("control:uid={uid},pid={p}"),
+            None => format!("control:uid={uid}"),
+        },
+        Caller::Network { peer, token } => {
+            if path == "/healthz" && req.method() == Method::GET {
+                return Ok(healthz(&store));
+            }
+            let presented = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !token.verify(presented.trim()) {
+                tracing::warn!(peer = %peer, route = %route(), "admin request without a valid token");
+                let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                r.headers_mut()
+                    .insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
+                return Ok(r);
+            }
+            format!("admin:{peer}")
+        }
+    };
     if let Some(a) = req
         .headers()
         .get("x-veil-actor")
@@ -199,8 +255,8 @@ async fn handle(
         let a: String = a.chars().filter(|c| !c.is_control()).take(64).collect();
         actor.push_str(&format!(" ({a})"));
     }
-    // Parsed after the token check: an unauthenticated caller learns nothing, not even
-    // whether its request was well-formed.
+    // Parsed after the caller is checked: a refused caller learns nothing, not even whether
+    // its request was well-formed.
     let request = match AdminRequest::parse(req.method(), req.uri()) {
         Ok(r) => r,
         Err(e) => return Ok(error(e.status(), e)),
@@ -295,6 +351,27 @@ async fn handle(
                 Err(e) => seal_error(&e),
             }
         }
+        AdminRequest::ReloadRules => match instance.reload_rules {
+            Some(reload) => match tokio::task::spawn_blocking(move || reload()).await {
+                Ok(Ok(digest)) => {
+                    tracing::info!(rules.digest = %digest, actor = %actor, "rules reloaded");
+                    json(StatusCode::OK, &RulesReloadResponse { digest })
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("rules reload rejected, previous rules stay in force: {e}");
+                    error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("{e} (the previous rules stay in force)"),
+                    )
+                }
+                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "rules reload panicked"),
+            },
+            None => error(StatusCode::NOT_FOUND, "this listener does not reload rules"),
+        },
+        AdminRequest::Ca => match instance.ca {
+            Some(ca) => json(StatusCode::OK, &ca),
+            None => error(StatusCode::NOT_FOUND, "this listener does not serve the CA"),
+        },
     };
     Ok(resp)
 }
@@ -323,6 +400,71 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tcp(
+        listener,
+        store,
+        token,
+        Instance::default(),
+        limits,
+        shutdown,
+    )
+    .await;
+}
+
+/// The TCP admin API (`admin_listen`): [`serve_with`] plus the routes of `instance`. Every
+/// `/v1` request needs the bearer `token`.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    store: SealStore,
+    token: AdminToken,
+    instance: Instance,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let accept = || async {
+        let (stream, peer) = listener.accept().await?;
+        let caller = Caller::Network {
+            peer,
+            token: token.clone(),
+        };
+        Ok((stream, caller))
+    };
+    serve_loop("admin", accept, store, instance, limits, shutdown).await;
+}
+
+/// The control socket: the same routes as [`serve_tcp`], no token; a peer whose uid is not
+/// veil's is answered 403 (and logged) on every request. The socket file is removed when
+/// this returns.
+pub async fn serve_control(
+    socket: ControlSocket,
+    store: SealStore,
+    instance: Instance,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let accept = || async {
+        let (stream, peer) = socket.accept().await?;
+        Ok((stream, Caller::Local(peer)))
+    };
+    serve_loop("control", accept, store, instance, limits, shutdown).await;
+    drop(socket);
+}
+
+/// The accept loop both listeners share: a permit first, back-off on accept errors, one
+/// HTTP/1.1 connection per accepted stream with the proxy's connection clocks, and a bounded
+/// drain at shutdown. `what` names the listener in logs.
+async fn serve_loop<S, A, F>(
+    what: &'static str,
+    accept: A,
+    store: SealStore,
+    instance: Instance,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A: Fn() -> F,
+    F: Future<Output = std::io::Result<(S, Caller)>>,
+{
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
@@ -339,12 +481,12 @@ pub async fn serve_with(
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            r = listener.accept() => r,
+            r = accept() => r,
         };
-        let (stream, peer) = match accepted {
+        let (stream, caller) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                failures.note("admin", &e);
+                failures.note(what, &e);
                 drop(permit);
                 tokio::select! {
                     biased;
@@ -355,11 +497,11 @@ pub async fn serve_with(
         };
         let activity = Activity::new();
         let store = store.clone();
-        let token = token.clone();
+        let instance = instance.clone();
         let watched = activity.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = watched.begin(req.version());
-            let answer = handle(req, store.clone(), token.clone(), peer);
+            let answer = handle(req, store.clone(), instance.clone(), caller.clone());
             async move {
                 let resp = answer.await?;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
@@ -376,15 +518,14 @@ pub async fn serve_with(
             if let Ended::TimedOut(why) =
                 drive(conn, &activity, limits, &cancel, |c| c.graceful_shutdown()).await
             {
-                tracing::debug!(reason = why.as_str(), "closing admin connection");
+                tracing::debug!(reason = why.as_str(), "closing {what} connection");
             }
         });
     }
-    drop(listener);
     cancel.cancel();
     tracker.close();
     tokio::select! {
         () = tracker.wait() => {}
-        () = tokio::time::sleep(DRAIN) => tracing::warn!("admin API drain timed out"),
+        () = tokio::time::sleep(DRAIN) => tracing::warn!("{what} API drain timed out"),
     }
 }

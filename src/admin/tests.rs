@@ -48,11 +48,7 @@ async fn auth_unseal_forget_by_id_and_user() {
     store.seal(&c, Some(&alice)).await.unwrap();
     let token = AdminToken::from_secret("s3cret-token");
     let (addr, stop) = start(store.clone(), token.clone()).await;
-    let client = |t: &str| AdminClient {
-        addr,
-        token: AdminToken::from_secret(t),
-        actor: "cli:test".into(),
-    };
+    let client = |t: &str| AdminClient::tcp(addr, AdminToken::from_secret(t), "cli:test");
     let path = format!("/v1/exchanges/{}", a.id);
     let (s, _) = client("").request(Method::GET, &path).await.unwrap();
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -140,11 +136,7 @@ async fn healthz_reports_a_degraded_store_with_503_until_it_recovers() {
     .unwrap();
     let token = AdminToken::from_secret("t");
     let (addr, stop) = start(store.clone(), token.clone()).await;
-    let client = AdminClient {
-        addr,
-        token,
-        actor: "cli:test".into(),
-    };
+    let client = AdminClient::tcp(addr, token, "cli:test");
     let (s, _) = client.request(Method::GET, "/healthz").await.unwrap();
     assert_eq!(s, StatusCode::OK);
     store.degrade_for_test("segments/00000001.seg: No space left on device (os error 28)");
@@ -185,11 +177,7 @@ async fn failed_forget_and_purge_answer_with_what_was_and_was_not_destroyed() {
     std::fs::create_dir(dir.path().join("audit.jsonl")).unwrap();
     let token = AdminToken::from_secret("t");
     let (addr, stop) = start(store.clone(), token.clone()).await;
-    let client = AdminClient {
-        addr,
-        token,
-        actor: "cli:test".into(),
-    };
+    let client = AdminClient::tcp(addr, token, "cli:test");
     let (s, v) = client
         .request(Method::DELETE, &format!("/v1/exchanges/{}", old.id))
         .await
@@ -268,11 +256,7 @@ async fn typed_client_reads_every_answer_of_the_real_server() {
     store.seal(&old, None).await.unwrap();
     let token = AdminToken::from_secret("t");
     let (addr, stop) = start(store.clone(), token.clone()).await;
-    let client = AdminClient {
-        addr,
-        token,
-        actor: "cli:test".into(),
-    };
+    let client = AdminClient::tcp(addr, token, "cli:test");
 
     assert_eq!(client.health().await.unwrap(), HealthResponse::Ok);
     let view = client.unseal(a.id, "test").await.unwrap();

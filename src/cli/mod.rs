@@ -4,7 +4,8 @@
 //! exit codes), so clap and anyhow stay out of the library's steps. It calls into the steps
 //! (`server`, `seal`, `export`, `redact`, `admin`) and nothing calls into it but `main`.
 //!
-//! - this file: the clap types of every command and the dispatch; `run`, `ca`, `env`.
+//! - this file: the clap types of every command and the dispatch; `run`, `ca`, `env`,
+//!   `reload`, and where keys and data go by default (`default_dirs`).
 //! - `seal`: `unseal`, `forget`, `purge`, `keys`, `compact` (local store or admin API).
 //! - `operator`: `Operator`, the sealed store opened here or a running veil's
 //!   admin API, with one typed method per operator action.
@@ -50,8 +51,10 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
-    /// Print the shell lines that point an app at veil.
+    /// Print the shell lines that point an app at the running veil (or at the CA in --keys).
     Env(ListenArg),
+    /// Reload the running veil's rules file (this veil only; SIGHUP does the same).
+    Reload(seal::AdminArg),
     /// Print the latest recorded exchanges from the ledger, one line each; -f follows.
     Tail(ledger::TailArgs),
     /// Spend, tokens, errors and latency from the ledger, grouped by feature, model, user...
@@ -71,7 +74,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum CaCommand {
-    /// Print the path of the CA certificate apps must trust (created if missing).
+    /// Print the path of the CA certificate apps must trust: the running veil's, else the one
+    /// in --keys (never created here: `veil run` creates it).
     Path,
 }
 
@@ -81,10 +85,12 @@ struct GlobalArgs {
     /// TOML config file (same keys as the `run` flags).
     #[arg(long, global = true, value_name = "FILE", env = "VEIL_CONFIG")]
     config: Option<PathBuf>,
-    /// Keys directory (CA, master keys, admin token) [default: ./keys].
+    /// Keys directory (CA, master keys, admin token) [default: ./keys in a directory with a
+    /// veil.toml, else $XDG_DATA_HOME/veil/keys, i.e. ~/.local/share/veil/keys].
     #[arg(long, global = true, value_name = "DIR")]
     keys: Option<PathBuf>,
-    /// Data directory (ledger, spool, sealed store, audit log) [default: ./data].
+    /// Data directory (ledger, spool, sealed store, audit log, control socket veil.sock)
+    /// [default: ./data in a directory with a veil.toml, else $XDG_DATA_HOME/veil/data].
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
 }
@@ -144,14 +150,53 @@ enum AuditArg {
     Required,
 }
 
+/// Where keys and data go when neither a flag nor the config file names them: `./keys` and
+/// `./data` in a project directory (one with a `veil.toml`), else `$XDG_DATA_HOME/veil/…`
+/// (`~/.local/share/veil/…` when it is unset or not absolute, as the XDG base directory
+/// spec says). Rejected: always `./keys`, which made `veil env` or `veil unseal` run from an
+/// app's directory look at (and `env` create) a second, empty set of keys. With neither
+/// variable usable, `./keys` and `./data` again.
+fn default_dirs(
+    cwd_is_project: bool,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> (PathBuf, PathBuf) {
+    let local = (PathBuf::from("keys"), PathBuf::from("data"));
+    if cwd_is_project {
+        return local;
+    }
+    let absolute = |k: &str| var(k).map(PathBuf::from).filter(|p| p.is_absolute());
+    let base = match absolute("XDG_DATA_HOME") {
+        Some(x) => x,
+        None => match absolute("HOME") {
+            Some(h) => h.join(".local").join("share"),
+            None => return local,
+        },
+    };
+    let veil = base.join("veil");
+    (veil.join("keys"), veil.join("data"))
+}
+
 impl GlobalArgs {
-    /// The config file (if any) overlaid with the global flags and then `flags`.
+    /// The config file (if any) overlaid with the global flags and then `flags`, on top of
+    /// [`default_dirs`].
     fn resolve(&self, flags: RawConfig) -> anyhow::Result<Config> {
-        let file = self
-            .config
-            .as_deref()
-            .map(RawConfig::from_file)
-            .transpose()?;
+        let (keys, data) = default_dirs(std::path::Path::new("veil.toml").is_file(), |k| {
+            std::env::var_os(k)
+        });
+        let defaults = RawConfig {
+            keys: Some(keys),
+            data: Some(data),
+            ..Default::default()
+        };
+        let file = Some(
+            defaults.overlay(
+                self.config
+                    .as_deref()
+                    .map(RawConfig::from_file)
+                    .transpose()?
+                    .unwrap_or_default(),
+            ),
+        );
         let global = RawConfig {
             keys: self.keys.clone(),
             data: self.data.clone(),
@@ -214,12 +259,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: CaCommand::Path,
         } => {
             let config = global.resolve(RawConfig::default())?;
-            crate::keys::prepare_keys_dir(&config.keys)?;
-            let ca = crate::proxy::CertificateAuthority::load_or_create(
-                &config.keys,
-                crate::proxy::ProxySettings::from_config(&config).ca_scope(),
-            )?;
-            println!("{}", absolute(ca.cert_path()).display());
+            println!("{}", find_ca(&config)?.cert.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload(admin) => {
+            let config = global.resolve(RawConfig::default())?;
+            let dirs = seal::StoreDirs::from_config(&config, admin.admin);
+            let veil = operator::running(&dirs)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no veil is running with data dir {}; {}",
+                    dirs.data.display(),
+                    operator::start_hint(&dirs)
+                )
+            })?;
+            let answer = operator::block(veil.reload_rules())??;
+            println!("rules reloaded: digest {}", answer.digest);
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => {
@@ -247,35 +301,90 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             seal::run(&cmd, &config)
         }
         Command::Env(listen) => {
+            let explicit = listen.listen.clone();
             let config = global.resolve(RawConfig {
                 listen: listen.listen,
                 ..Default::default()
             })?;
-            crate::keys::prepare_keys_dir(&config.keys)?;
-            let ca = crate::proxy::CertificateAuthority::load_or_create(
-                &config.keys,
-                crate::proxy::ProxySettings::from_config(&config).ca_scope(),
-            )?;
-            let bundle = crate::server::write_trust_bundle(&config.keys, ca.cert_pem())?;
-            let proxy = format!("http://{}", config.listen);
-            let ca_path = absolute(ca.cert_path());
-            let bundle = absolute(&bundle);
+            let ca = find_ca(&config)?;
+            let proxy = match (explicit, &ca.proxy) {
+                (None, Some(running)) => format!("http://{running}"),
+                _ => format!("http://{}", config.listen),
+            };
             println!("# Point an app at veil: eval \"$(veil env)\"");
             println!("export HTTPS_PROXY={proxy}");
             println!("export https_proxy={proxy}");
             println!("export NO_PROXY=localhost,127.0.0.1,::1");
             println!("export no_proxy=localhost,127.0.0.1,::1");
+            match &ca.bundle {
+                Some(bundle) => {
+                    println!(
+                        "# System roots + veil's CA (these variables replace a client's trust store)."
+                    );
+                    println!("export SSL_CERT_FILE={}", bundle.display());
+                    println!("export REQUESTS_CA_BUNDLE={}", bundle.display());
+                    println!("export CURL_CA_BUNDLE={}", bundle.display());
+                }
+                None => println!(
+                    "# No trust bundle next to the CA yet (veil run writes it): SSL_CERT_FILE & co. left unset."
+                ),
+            }
             println!(
-                "# System roots + veil's CA (these variables replace a client's trust store)."
+                "# Node: NODE_USE_ENV_PROXY=1 makes fetch and http(s) use HTTPS_PROXY (Node >= 22.18 or 24.5;"
             );
-            println!("export SSL_CERT_FILE={}", bundle.display());
-            println!("export REQUESTS_CA_BUNDLE={}", bundle.display());
-            println!("export CURL_CA_BUNDLE={}", bundle.display());
+            println!(
+                "# older Node ignores it: use undici's EnvHttpProxyAgent or gateway mode, see the README)."
+            );
+            println!("export NODE_USE_ENV_PROXY=1");
             println!("# Node adds this to its built-in roots.");
-            println!("export NODE_EXTRA_CA_CERTS={}", ca_path.display());
+            println!("export NODE_EXTRA_CA_CERTS={}", ca.cert.display());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The CA apps must trust, as `veil env` and `veil ca path` report it.
+struct FoundCa {
+    /// The CA certificate (absolute).
+    cert: PathBuf,
+    /// The trust bundle, when it exists.
+    bundle: Option<PathBuf>,
+    /// The running veil's proxy address, when one was asked.
+    proxy: Option<String>,
+}
+
+/// The running veil's CA (through its control socket), else the one in `--keys`. Creates
+/// nothing (veil#13: `veil env` in an app's directory used to create a second CA there, and
+/// the app then failed TLS against the veil that was running): with neither, an error that
+/// says how to start veil.
+fn find_ca(config: &Config) -> anyhow::Result<FoundCa> {
+    let dirs = seal::StoreDirs::from_config(config, None);
+    if let Some(veil) = operator::running(&dirs)? {
+        let ca = operator::block(veil.ca())??;
+        return Ok(FoundCa {
+            cert: PathBuf::from(ca.cert),
+            bundle: Some(PathBuf::from(ca.bundle)),
+            proxy: Some(ca.proxy),
+        });
+    }
+    let cert = config.keys.join(crate::proxy::ca::CA_CERT_FILE);
+    if !cert.is_file() {
+        anyhow::bail!(
+            "no veil is running with data dir {} and there is no CA in {}; start veil first \
+             (`veil run --data {} --keys {}` creates the CA), or pass the --data/--keys of the veil \
+             your apps use",
+            config.data.display(),
+            config.keys.display(),
+            config.data.display(),
+            config.keys.display()
+        );
+    }
+    let bundle = config.keys.join(crate::server::CA_BUNDLE_FILE);
+    Ok(FoundCa {
+        cert: absolute(&cert),
+        bundle: bundle.is_file().then(|| absolute(&bundle)),
+        proxy: None,
+    })
 }
 
 fn absolute(path: &std::path::Path) -> PathBuf {
@@ -284,6 +393,7 @@ fn absolute(path: &std::path::Path) -> PathBuf {
 
 fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let config = args.config(global)?;
+    let (keys, data) = (absolute(&config.keys), absolute(&config.data));
     let prepared = crate::server::Prepared::load(config)?;
     let ca_path = absolute(prepared.ca.cert_path());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -295,6 +405,9 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(
             listen = %running.addr,
             ca = %ca_path.display(),
+            keys = %keys.display(),
+            data = %data.display(),
+            control = %absolute(&running.control).display(),
             "veil is running: HTTPS_PROXY=http://{} (trust the CA above), or gateway http://{}/openai/v1",
             running.addr,
             running.addr
@@ -307,4 +420,43 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_dirs_follow_xdg_unless_the_cwd_is_a_project() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let xdg = env(&[("XDG_DATA_HOME", "/x"), ("HOME", "/h")]);
+        assert_eq!(
+            default_dirs(false, xdg),
+            ("/x/veil/keys".into(), "/x/veil/data".into())
+        );
+        assert_eq!(
+            default_dirs(true, xdg),
+            ("keys".into(), "data".into()),
+            "a project dir keeps ./keys"
+        );
+        // A relative XDG_DATA_HOME is ignored, as the spec says.
+        let home = env(&[("XDG_DATA_HOME", "rel"), ("HOME", "/h")]);
+        assert_eq!(
+            default_dirs(false, home),
+            (
+                "/h/.local/share/veil/keys".into(),
+                "/h/.local/share/veil/data".into()
+            )
+        );
+        assert_eq!(
+            default_dirs(false, env(&[])),
+            ("keys".into(), "data".into())
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! # The operator: one sealed store, reached directly or through a running veil.
 //!
-//! The CLI's side of the operator boundary. [`Operator::open`] opens the store under
-//! `<data>/sealed/` when it can; when a running `veil run` holds it (redb's exclusive lock), it
-//! goes through that instance's admin API ([`crate::admin::AdminClient`]) with the admin token.
+//! The CLI's side of the operator boundary. [`Operator::open`] goes through the running veil
+//! when there is one: its control socket `<data>/veil.sock` (no token, same uid), or the TCP
+//! admin API named by `--admin ADDR` (a remote veil, with the admin token). With no veil
+//! running it opens the store under `<data>/sealed/` itself. Either way it is
+//! a [`crate::admin::AdminClient`] or the store.
 //! Each typed method (unseal, forget, forget a user, purge, compact, rewrap) does the same
 //! thing either way and answers in the same shape, so the commands in `super::seal` print
 //! without asking which it was. Never prints anything itself.
@@ -144,11 +146,52 @@ impl Unsealed {
     }
 }
 
+/// How to say "start one" in errors: the command line that starts a veil on these dirs.
+pub(super) fn start_hint(dirs: &StoreDirs) -> String {
+    format!(
+        "start it with `veil run --data {} --keys {}`, or pass --admin ADDR for a remote one",
+        dirs.data.display(),
+        dirs.keys.display()
+    )
+}
+
+/// The running veil these dirs name, if any: `--admin ADDR` (TCP, with the admin token),
+/// else the control socket in the data dir when a veil answers on it. `Ok(None)`: no veil
+/// runs with this data dir. An error when one seems to but cannot be reached.
+pub(super) fn running(dirs: &StoreDirs) -> anyhow::Result<Option<AdminClient>> {
+    if let Some(addr) = dirs.admin {
+        let token = AdminToken::load(&dirs.keys).with_context(|| {
+            format!(
+                "--admin {addr} needs that veil's admin token (set VEIL_ADMIN_TOKEN, or pass the --keys dir holding its admin.token; the admin token is not the master key)"
+            )
+        })?;
+        return Ok(Some(client(addr, token)));
+    }
+    match crate::admin::control::find(&dirs.data) {
+        Ok(Some(path)) => Ok(Some(AdminClient::control(path, actor()))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(anyhow!(
+            "a veil seems to run with data dir {} but its control socket {} cannot be reached: {e}; run this command as the user veil runs as, or pass --admin ADDR",
+            dirs.data.display(),
+            crate::admin::socket_path(&dirs.data).display()
+        )),
+    }
+}
+
 impl Operator {
-    /// Opens the store in `dirs.data`, or, when a running veil holds it, a client of that
-    /// veil's admin API. Errors say what to do (pass `--admin`, provide the token).
+    /// The running veil's admin API (control socket, or `--admin`), else the store in
+    /// `dirs.data` opened here. Errors say what to do (start veil, pass `--admin`, the token).
     pub(super) fn open(dirs: &StoreDirs) -> anyhow::Result<Self> {
-        let keyring = Keyring::load(&dirs.keys).context("cannot load the master keys")?;
+        if let Some(c) = running(dirs)? {
+            return Ok(Operator::Remote(c));
+        }
+        let keyring = Keyring::load(&dirs.keys).with_context(|| {
+            format!(
+                "no veil is running with data dir {} and the master keys cannot be loaded; {}",
+                dirs.data.display(),
+                start_hint(dirs)
+            )
+        })?;
         match SealStore::open(
             &dirs.data,
             keyring,
@@ -158,14 +201,17 @@ impl Operator {
             },
         ) {
             Ok(s) => Ok(Operator::Local(s)),
+            // Held, yet no control socket answered: a veil of an older version, or one whose
+            // socket was removed. Its TCP admin API, if the config names one, still works.
             Err(e) if e.is_locked() => {
-                let addr = dirs.admin.ok_or_else(|| {
+                let addr = dirs.admin_listen.ok_or_else(|| {
                     anyhow!(
-                        "{e}; to act through that veil, pass --admin ADDR or set admin_listen in the config"
+                        "{e}: a veil holds the store but answers on no control socket ({}); restart it, or pass --admin ADDR if it serves the admin API",
+                        crate::admin::socket_path(&dirs.data).display()
                     )
                 })?;
                 let token = AdminToken::load(&dirs.keys).with_context(|| {
-                    format!("{e}; and no admin token to reach it at {addr} (set VEIL_ADMIN_TOKEN or use the keys dir of that veil)")
+                    format!("{e}; and no admin token to reach it at {addr} (set VEIL_ADMIN_TOKEN or use the keys dir of that veil; the admin token is not the master key)")
                 })?;
                 Ok(Operator::Remote(client(addr, token)))
             }
@@ -222,7 +268,7 @@ impl Operator {
                     unknown.push(id.to_string());
                     out.push((id.to_string(), false));
                 }
-                // Nothing done yet: the plain error ("refused the token") says it all.
+                // Nothing done yet: the plain error ("refused the admin token") says it all.
                 Err(e)
                     if e.kind() == AdminErrorKind::Unauthorized
                         && done.is_empty()
@@ -323,11 +369,7 @@ impl Operator {
 
 /// An admin client acting as this CLI user.
 pub(super) fn client(addr: SocketAddr, token: AdminToken) -> AdminClient {
-    AdminClient {
-        addr,
-        token,
-        actor: actor(),
-    }
+    AdminClient::tcp(addr, token, actor())
 }
 
 /// A one-thread runtime for the CLI's blocking calls to the admin client.

@@ -3,9 +3,10 @@
 //! The operator's end of the flow: it reads the sealed store ([`crate::seal`]) directly or
 //! through a running veil's admin API ([`crate::admin`]), and nothing else reads it. Owns the
 //! clap arguments of the operator commands on the sealed store, what they print and their
-//! exit codes. What they act on is an [`Operator`]: the store opened directly when it can,
-//! else a running `veil run`'s admin API (`--admin ADDR`, else config `admin_listen`) with the
-//! admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`). Neither working is a clear error.
+//! exit codes. What they act on is an [`Operator`]: the running veil's control socket
+//! (`<data>/veil.sock`) when one runs with this data dir, a remote veil's TCP admin API with
+//! `--admin ADDR` and the admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`), else the
+//! store opened directly. None working is a clear error that names the fix.
 //! It never touches the proxy, the rules or OTLP.
 //!
 //! Every `run_*` returns `Ok(ExitCode)` (0 success, 1 when something asked for was not found,
@@ -19,8 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
-use super::operator::{Failure, Operator, Unsealed, block, client};
-use crate::admin::AdminToken;
+use super::operator::{Failure, Operator, Unsealed, block, running};
 use crate::config::Config;
 use crate::exchange::ExchangeId;
 use crate::keys::Keyring;
@@ -32,19 +32,24 @@ pub struct StoreDirs {
     pub data: PathBuf,
     /// Keys dir (master keys, admin token).
     pub keys: PathBuf,
-    /// Admin API of a running veil, used when the store is locked.
+    /// `--admin ADDR`: a (remote) veil's TCP admin API, used instead of the local store and
+    /// control socket.
     pub admin: Option<SocketAddr>,
+    /// The config's `admin_listen`: tried when a veil holds the store but its control socket
+    /// does not answer.
+    pub admin_listen: Option<SocketAddr>,
     /// Configured retention (default for `purge`).
     pub retention: Option<Duration>,
 }
 
 impl StoreDirs {
-    /// From the resolved config; `admin` (the `--admin` flag) wins over `admin_listen`.
+    /// From the resolved config and the `--admin` flag.
     pub fn from_config(cfg: &Config, admin: Option<SocketAddr>) -> Self {
         StoreDirs {
             data: cfg.data.clone(),
             keys: cfg.keys.clone(),
-            admin: admin.or(cfg.admin_listen),
+            admin,
+            admin_listen: cfg.admin_listen,
             retention: cfg.retention,
         }
     }
@@ -69,7 +74,8 @@ pub enum SealCommand {
 /// `--admin ADDR`, shared by every subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArg {
-    /// Admin API of a running veil, used when it holds the store (default: `admin_listen`).
+    /// TCP admin API of a (remote) veil, with the admin token; without it, the veil running
+    /// with --data is found by its control socket (<data>/veil.sock).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 }
@@ -281,9 +287,16 @@ pub fn run_keys_rotate(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     println!(
         "new master key {id}: new seals use it; run `veil keys rewrap` to re-wrap older data keys"
     );
-    if let (Some(addr), Ok(token)) = (dirs.admin, AdminToken::load(&dirs.keys)) {
-        match block(client(addr, token).reload_keys())?.map_err(anyhow::Error::from) {
-            Ok(_) => println!("the running veil at {addr} reloaded its keys"),
+    let veil = match running(dirs) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("note: {e:#}; restart it to use {id}");
+            None
+        }
+    };
+    if let Some(c) = veil {
+        match block(c.reload_keys())?.map_err(anyhow::Error::from) {
+            Ok(_) => println!("the running veil ({}) reloaded its keys", c.endpoint),
             Err(e) => eprintln!(
                 "note: could not tell a running veil to reload ({e:#}); restart it to use {id}"
             ),
@@ -302,6 +315,7 @@ pub fn run_keys_rewrap(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::admin::AdminToken;
     use crate::keys::pseudonymize_user;
     use crate::seal::tests::openai_chat;
     use crate::seal::{SealOptions, SealStore};
@@ -312,6 +326,7 @@ pub(super) mod tests {
             data: root.join("data"),
             keys: root.join("keys"),
             admin: None,
+            admin_listen: None,
             retention: None,
         }
     }
@@ -425,7 +440,10 @@ pub(super) mod tests {
         // A wrong token is refused with a clear error.
         std::fs::write(d.keys.join(crate::admin::TOKEN_FILE), "nope").unwrap();
         let err = run_compact(&d).expect_err("wrong token");
-        assert!(format!("{err:#}").contains("refused the token"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("refused the admin token"),
+            "{err:#}"
+        );
         stop.send(()).unwrap();
         drop(rt);
     }

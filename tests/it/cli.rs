@@ -113,11 +113,18 @@ async fn curl_through_https_proxy_h1_h2_and_streaming() {
     assert!(proc.terminate().success());
 }
 
-#[test]
-fn ca_path_and_env_point_at_the_same_ca() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_path_and_env_point_at_the_same_ca() {
+    let mock = Mock::start(Alpn::Http1Only).await;
     let dir = tempfile::tempdir().unwrap();
+    // veil run creates the CA; `ca path` asks the running veil, then (stopped) reads --keys.
+    let mut proc = VeilProcess::start(&strs(&run_args(&mock)), dir.path());
+    let running = veil(&["ca", "path"], dir.path());
+    assert!(running.status.success(), "{running:?}");
+    assert!(proc.terminate().success());
     let out = veil(&["ca", "path"], dir.path());
     assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, running.stdout);
     let path = String::from_utf8(out.stdout).unwrap();
     let path = std::path::Path::new(path.trim());
     assert!(

@@ -398,11 +398,11 @@ fn start_with(mock: &Mock, cwd: &Path, data: &Path, admin: u16, config: &str) ->
 }
 
 async fn healthz(admin: u16) -> (http::StatusCode, serde_json::Value) {
-    let client = veil::admin::AdminClient {
-        addr: format!("127.0.0.1:{admin}").parse().unwrap(),
-        token: veil::admin::AdminToken::from_secret("not needed for /healthz"),
-        actor: "test".into(),
-    };
+    let client = veil::admin::AdminClient::tcp(
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+        veil::admin::AdminToken::from_secret("not needed for /healthz"),
+        "test",
+    );
     client.request(http::Method::GET, "/healthz").await.unwrap()
 }
 
@@ -718,6 +718,7 @@ fn run_must_exit(mock: &Mock, cwd: &Path, data: &Path) -> (Option<i32>, String) 
         ]
         .map(String::from),
     );
+    crate::support::process::project(cwd);
     let mut child = std::process::Command::new(crate::support::process::veil_bin())
         .args(["run", "--listen", "127.0.0.1:0"])
         .args(&args)

@@ -21,6 +21,8 @@ fn rules_test(args: &[&str], stdin: &str) -> (bool, String, String) {
         .args(args)
         .current_dir(dir.path())
         .env_remove("VEIL_MASTER_KEY")
+        // Default keys would be the user's $XDG_DATA_HOME/veil/keys: keep them in the fresh dir.
+        .env("XDG_DATA_HOME", dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

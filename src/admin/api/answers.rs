@@ -146,6 +146,32 @@ pub struct RewrapResponse {
     pub rewrapped: u64,
 }
 
+/// `POST /v1/rules/reload`, `200`: the rules file was read again and compiled; new exchanges
+/// use it. A file that does not compile answers `422` with an [`ErrorResponse`] naming
+/// file:line:col, and the previous rules stay in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesReloadResponse {
+    /// The digest of the rules now in force (hex BLAKE3 of the file as compiled).
+    pub digest: String,
+}
+
+/// `GET /v1/ca`, `200`: what an app needs to go through this running veil (`veil env`,
+/// `veil ca path`). Paths are absolute, on the host veil runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaResponse {
+    /// veil's CA certificate (PEM file), the one apps must trust (`<keys>/ca.pem`).
+    pub cert: String,
+    /// The trust bundle: the system roots followed by veil's CA (`<keys>/ca-bundle.pem`), for
+    /// `SSL_CERT_FILE`-style variables that replace a client's trust store.
+    pub bundle: String,
+    /// The CA certificate itself, PEM.
+    pub pem: String,
+    /// The proxy's bound address (`HOST:PORT`), what `HTTPS_PROXY` points at.
+    pub proxy: String,
+}
+
 // === Health ===
 
 /// `GET /healthz`, `503`: recording is degraded. (A healthy veil answers `200` with the

@@ -20,9 +20,12 @@
 //! | `POST /v1/compact` | [`CompactResponse`] | [`ErrorResponse`] |
 //! | `POST /v1/keys/reload` | [`KeysReloadResponse`] | [`ErrorResponse`] |
 //! | `POST /v1/keys/rewrap` | [`RewrapResponse`] | [`ErrorResponse`] |
+//! | `POST /v1/rules/reload` | [`RulesReloadResponse`] | [`ErrorResponse`] (422: the file does not compile, the old rules stay) |
+//! | `GET /v1/ca` | [`CaResponse`] | [`ErrorResponse`] |
 //!
 //! Any request can also be refused with an [`ErrorResponse`]: 400 (a malformed ID, user or
-//! duration), 401 (missing or wrong token), 404 (no such endpoint).
+//! duration), 401 (missing or wrong token, TCP only), 403 (the control socket: a caller of
+//! another uid), 404 (no such endpoint, or one this listener does not serve).
 //!
 //! ## Compatibility
 //!
@@ -46,9 +49,9 @@ mod request;
 mod tests;
 
 pub use answers::{
-    CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, ForgetResponse,
+    CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, ForgetResponse,
     ForgetUserResponse, HealthStatus, KeysReloadResponse, PurgeResponse, RecordingHealth,
-    RewrapResponse, SealingHealth,
+    RewrapResponse, RulesReloadResponse, SealingHealth,
 };
 pub use exchange::{BodyView, ExchangeView, OutcomeView, RouteView, TimingsView, UpstreamView};
 pub use request::{AdminRequest, RequestError};

@@ -51,6 +51,11 @@ pub enum AdminRequest {
     ReloadKeys,
     /// `POST /v1/keys/rewrap`: reload, then re-wrap every data key under the newest key.
     Rewrap,
+    /// `POST /v1/rules/reload`: read and compile the rules file again (`veil reload`; what
+    /// SIGHUP does).
+    ReloadRules,
+    /// `GET /v1/ca`: the running veil's CA and proxy address (`veil env`, `veil ca path`).
+    Ca,
 }
 
 impl fmt::Debug for AdminRequest {
@@ -72,12 +77,13 @@ impl AdminRequest {
     /// The HTTP method.
     pub fn method(&self) -> Method {
         match self {
-            AdminRequest::Health | AdminRequest::Unseal { .. } => Method::GET,
+            AdminRequest::Health | AdminRequest::Unseal { .. } | AdminRequest::Ca => Method::GET,
             AdminRequest::Forget { .. } | AdminRequest::ForgetUser { .. } => Method::DELETE,
             AdminRequest::Purge { .. }
             | AdminRequest::Compact
             | AdminRequest::ReloadKeys
-            | AdminRequest::Rewrap => Method::POST,
+            | AdminRequest::Rewrap
+            | AdminRequest::ReloadRules => Method::POST,
         }
     }
 
@@ -93,6 +99,8 @@ impl AdminRequest {
             AdminRequest::Compact => "POST /v1/compact",
             AdminRequest::ReloadKeys => "POST /v1/keys/reload",
             AdminRequest::Rewrap => "POST /v1/keys/rewrap",
+            AdminRequest::ReloadRules => "POST /v1/rules/reload",
+            AdminRequest::Ca => "GET /v1/ca",
         }
     }
 
@@ -128,6 +136,8 @@ impl AdminRequest {
             AdminRequest::Compact => "/v1/compact".to_string(),
             AdminRequest::ReloadKeys => "/v1/keys/reload".to_string(),
             AdminRequest::Rewrap => "/v1/keys/rewrap".to_string(),
+            AdminRequest::ReloadRules => "/v1/rules/reload".to_string(),
+            AdminRequest::Ca => "/v1/ca".to_string(),
         }
     }
 
@@ -171,6 +181,8 @@ impl AdminRequest {
             (&Method::POST, ["v1", "compact"]) => Ok(AdminRequest::Compact),
             (&Method::POST, ["v1", "keys", "reload"]) => Ok(AdminRequest::ReloadKeys),
             (&Method::POST, ["v1", "keys", "rewrap"]) => Ok(AdminRequest::Rewrap),
+            (&Method::POST, ["v1", "rules", "reload"]) => Ok(AdminRequest::ReloadRules),
+            (&Method::GET, ["v1", "ca"]) => Ok(AdminRequest::Ca),
             _ => Err(RequestError {
                 status: StatusCode::NOT_FOUND,
                 message: "no such admin endpoint".to_string(),

@@ -55,6 +55,8 @@ fn requests_round_trip_through_their_path() {
         AdminRequest::Compact,
         AdminRequest::ReloadKeys,
         AdminRequest::Rewrap,
+        AdminRequest::ReloadRules,
+        AdminRequest::Ca,
     ];
     for r in all {
         let parsed = AdminRequest::parse(&r.method(), &uri(&r.path_and_query()));
@@ -233,6 +235,22 @@ fn maintenance_documents_round_trip() {
         json!({"current": "k3", "rewrapped": 40}),
     );
     assert!(serde_json::from_value::<KeysReloadResponse>(json!({"current": "3"})).is_err());
+    round_trip(
+        &RulesReloadResponse {
+            digest: "ab12".into(),
+        },
+        json!({"digest": "ab12"}),
+    );
+    round_trip(
+        &CaResponse {
+            cert: "/k/ca.pem".into(),
+            bundle: "/k/ca-bundle.pem".into(),
+            pem: "-----BEGIN CERTIFICATE-----\n".into(),
+            proxy: "127.0.0.1:8080".into(),
+        },
+        json!({"cert": "/k/ca.pem", "bundle": "/k/ca-bundle.pem",
+               "pem": "-----BEGIN CERTIFICATE-----\n", "proxy": "127.0.0.1:8080"}),
+    );
 }
 
 #[test]

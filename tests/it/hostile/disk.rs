@@ -48,11 +48,11 @@ fn curl_chat(proc: &VeilProcess, cwd: &Path, prompt: &str) -> String {
 }
 
 async fn healthz(admin: u16) -> (StatusCode, serde_json::Value) {
-    let client = AdminClient {
-        addr: format!("127.0.0.1:{admin}").parse().unwrap(),
-        token: AdminToken::from_secret("not needed for /healthz"),
-        actor: "test".into(),
-    };
+    let client = AdminClient::tcp(
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+        AdminToken::from_secret("not needed for /healthz"),
+        "test",
+    );
     client.request(Method::GET, "/healthz").await.unwrap()
 }
 

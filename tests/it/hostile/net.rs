@@ -660,6 +660,7 @@ struct Limited {
 impl Limited {
     fn start(dir: &std::path::Path, max_fds: u32, log: &str, args: &[&str]) -> Limited {
         use std::io::BufRead;
+        crate::support::process::project(dir);
         let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))

@@ -12,8 +12,19 @@ pub fn veil_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_veil"))
 }
 
-/// Runs `veil ARGS` to completion.
+/// Makes `cwd` a project directory (an empty `veil.toml` unless it has one), so that veil
+/// keeps its keys and data in `cwd/keys` and `cwd/data` as the tests expect, instead of the
+/// user's `$XDG_DATA_HOME/veil`.
+pub fn project(cwd: &Path) {
+    let file = cwd.join("veil.toml");
+    if !file.exists() {
+        std::fs::write(file, "").unwrap();
+    }
+}
+
+/// Runs `veil ARGS` to completion in `cwd`, made a [`project`] directory.
 pub fn veil(args: &[&str], cwd: &Path) -> std::process::Output {
+    project(cwd);
     Command::new(veil_bin())
         .args(args)
         .current_dir(cwd)
@@ -29,13 +40,19 @@ pub struct VeilProcess {
 }
 
 impl VeilProcess {
-    /// Starts `veil run ARGS` in `cwd` and waits until it listens.
+    /// Starts `veil run ARGS` in `cwd` (made a [`project`] directory) and waits until it
+    /// listens.
     pub fn start(args: &[&str], cwd: &Path) -> VeilProcess {
-        let mut child = Command::new(veil_bin())
+        project(cwd);
+        Self::spawn(Command::new(veil_bin()).current_dir(cwd), args)
+    }
+
+    /// Starts `veil run ARGS` as `cmd` says (cwd, environment) and waits until it listens.
+    pub fn spawn(cmd: &mut Command, args: &[&str]) -> VeilProcess {
+        let mut child = cmd
             .arg("run")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .current_dir(cwd)
             .env_remove("VEIL_MASTER_KEY")
             .env("VEIL_LOG", "info")
             .stdout(Stdio::null())

@@ -12,7 +12,7 @@ pub struct Tmpfs {
 }
 
 /// Prints why a test did not run, or panics under `CI=true`. Always `None`.
-fn skip<T>(test: &str, why: String) -> Option<T> {
+pub fn skip<T>(test: &str, why: String) -> Option<T> {
     let msg = format!("{test}: {why}; this test did NOT run");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{msg} (mandatory under CI=true: run the tests as root)");
