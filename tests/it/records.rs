@@ -59,7 +59,8 @@ fn all_file_bytes(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if path.is_file() {
+                // (not the control socket: it holds no bytes)
                 out.push((path.clone(), std::fs::read(&path).unwrap()));
             }
         }
