@@ -193,6 +193,15 @@ async fn operator_commands_reach_a_running_veil_through_its_control_socket() {
     );
     assert!(out.contains(&format!("purged {old}")), "{out}");
 
+    // The ledger readers open the ledger read-only beside the running writer.
+    ok("veil tail", &w.veil(&["tail"]), &proc);
+    ok("veil report", &w.veil(&["report"]), &proc);
+    ok("veil compact", &w.veil(&["compact"]), &proc);
+    let out = ok("veil keys rotate", &w.veil(&["keys", "rotate"]), &proc);
+    assert!(out.contains("reloaded its keys"), "{out}");
+    let out = ok("veil keys rewrap", &w.veil(&["keys", "rewrap"]), &proc);
+    assert!(out.contains("re-wrapped"), "{out}");
+
     // `--data` alone is enough (another HOME: its default keys dir is empty).
     let out = w
         .cmd(&w.path("elsewhere"))
