@@ -10,7 +10,9 @@
 //!   admin API, with one typed method per operator action.
 //! - `ledger`: `veil report`, `veil sql`, `veil tail` over the SQLite ledger; `table`: their
 //!   table, CSV and JSON output.
+//! - `show`: `veil show ID`, one exchange's redacted record from the ledger.
 //! - `tail`: `veil tail --records-files` (the OTLP/JSON lines files).
+//! - `startup`: the lines `veil run` logs at start and stop, in words.
 //! - `signal`: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
 //! - `rules`: `veil rules check|test` and `veil decrypt`.
 //!
@@ -20,7 +22,9 @@ mod ledger;
 mod operator;
 mod rules;
 mod seal;
+mod show;
 mod signal;
+mod startup;
 mod table;
 mod tail;
 
@@ -58,6 +62,8 @@ enum Command {
     Report(ledger::ReportArgs),
     /// Run one read-only SQL statement over the ledger (schema: docs/ledger.md).
     Sql(ledger::SqlArgs),
+    /// Print the redacted record of one exchange from the ledger, by request id.
+    Show(show::ShowArgs),
     /// Check or try a rules file.
     Rules {
         #[command(subcommand)]
@@ -198,12 +204,25 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
+}
+
+/// Whether log lines on stderr carry ANSI colour: only on a terminal (a file, a pipe or a
+/// journal would keep the escape bytes), and never when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -233,6 +252,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => {
             let config = global.resolve(RawConfig::default())?;
             ledger::run_sql(args, &config.data)
+        }
+        Command::Show(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            show::run_show(args, &config.data)
         }
         Command::Rules { command } => {
             let config = global.resolve(RawConfig::default())?;
@@ -284,26 +307,25 @@ fn absolute(path: &std::path::Path) -> PathBuf {
 
 fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let config = args.config(global)?;
-    let prepared = crate::server::Prepared::load(config)?;
-    let ca_path = absolute(prepared.ca.cert_path());
+    let prepared = crate::server::Prepared::load(config.clone())?;
+    let ca_path = prepared.ca.cert_path().to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (running, done) =
-            crate::server::start(prepared, signal::shutdown_signal()?).await?;
-        tracing::info!(
-            listen = %running.addr,
-            ca = %ca_path.display(),
-            "veil is running: HTTPS_PROXY=http://{} (trust the CA above), or gateway http://{}/openai/v1",
+        let (running, done) = crate::server::start(prepared, signal::shutdown_signal()?).await?;
+        let facts = startup::Facts::new(
+            &config,
             running.addr,
-            running.addr
+            running.admin_addr,
+            &ca_path,
+            running.rules.current().digest(),
         );
+        for line in startup::startup_lines(&facts) {
+            tracing::info!("{line}");
+        }
         done.await?;
-        tracing::info!(
-            exchanges = running.counters.pipeline.processed.get(),
-            "veil stopped"
-        );
+        tracing::info!("{}", startup::shutdown_line(&facts, &running.counters));
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
