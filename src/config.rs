@@ -39,15 +39,19 @@ pub struct RawConfig {
     pub data: Option<PathBuf>,
     /// OTLP/HTTP base endpoint.
     pub otlp_endpoint: Option<String>,
-    /// Hosts to intercept (`HOST[:PORT]`, `*.domain`, `@defaults`).
+    /// Hosts to intercept (`HOST[:PORT]`, `*.domain`, `@defaults`); one or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub intercept: Option<Vec<String>>,
-    /// `HOST:PORT:ADDR[:PORT]` overrides.
+    /// `HOST:PORT:ADDR[:PORT]` overrides; one or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub resolve: Option<Vec<String>>,
-    /// Extra PEM trust roots for upstream TLS.
+    /// Extra PEM trust roots for upstream TLS; one or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub upstream_ca: Option<Vec<PathBuf>>,
     /// Admin API listen address.
     pub admin_listen: Option<String>,
-    /// Ports CONNECT and absolute-form requests may reach (default `[443]`).
+    /// Ports CONNECT and absolute-form requests may reach (default `[443]`); one or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub allow_ports: Option<Vec<u16>>,
     /// Per-body capture limit (`32MiB`).
     pub capture_limit: Option<String>,
@@ -109,7 +113,19 @@ impl RawConfig {
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| {
             let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
-            ConfigError(format!("{}:{line}:{col}: {}", path.display(), e.message()))
+            // toml's message says what is wrong with a value, not whose value it is.
+            let key = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !e.message().contains(k))
+                .map_or(String::new(), |k| format!(" (key {k})"));
+            ConfigError(format!(
+                "{}:{line}:{col}: {}{key}",
+                path.display(),
+                e.message()
+            ))
         })
     }
 
@@ -167,6 +183,51 @@ impl RawConfig {
             records_files: other.records_files.or(self.records_files),
         }
     }
+}
+
+/// The keys of [`RawConfig`] that hold a list, each of which also takes a single value
+/// (`upstream_ca = "ca.pem"` reads as `["ca.pem"]`), as the flag does once or repeated.
+pub const LIST_KEYS: [&str; 4] = ["intercept", "resolve", "upstream_ca", "allow_ports"];
+
+/// Reads a list key of the file from one value or an array of them. A dedicated visitor
+/// rather than `#[serde(untagged)]`: an untagged enum replaces the element's own error
+/// (`invalid value: integer 99999, expected u16`) with "did not match any variant", and
+/// the operator would lose what is wrong.
+fn one_or_many<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::{self, IntoDeserializer};
+
+    struct OneOrMany<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for OneOrMany<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("one value or an array of values")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::<T>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+            T::deserialize(v.into_deserializer()).map(|one| vec![one])
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Vec<T>, E> {
+            T::deserialize(v.into_deserializer()).map(|one| vec![one])
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Vec<T>, E> {
+            T::deserialize(v.into_deserializer()).map(|one| vec![one])
+        }
+    }
+
+    d.deserialize_any(OneOrMany(std::marker::PhantomData))
+        .map(Some)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -1076,6 +1137,91 @@ mod tests {
             crate::redact::Budget::DEFAULT.max_cpu
         );
         assert!(toml::from_str::<RawConfig>("redaction_budget = { bites = \"1\" }").is_err());
+    }
+
+    // See: veil#13. `upstream_ca = "ca.pem"` was refused ("invalid type: string, expected
+    // a sequence") where the flag takes one value or many.
+    #[test]
+    fn every_list_key_takes_one_value_or_an_array() {
+        let cases: [(&str, &str, &str); 4] = [
+            ("intercept", "\"api.example.com\"", "\"*.example.org:8443\""),
+            (
+                "resolve",
+                "\"api.example.com:443:127.0.0.1:9443\"",
+                "\"b.example.com:443:[::1]\"",
+            ),
+            ("upstream_ca", "\"ca.pem\"", "\"/etc/other.pem\""),
+            ("allow_ports", "8443", "443"),
+        ];
+        assert_eq!(
+            cases.map(|c| c.0),
+            LIST_KEYS,
+            "every list key is exercised here"
+        );
+        for (key, a, b) in cases {
+            let one: RawConfig = toml::from_str(&format!("{key} = {a}")).unwrap();
+            let list_of_one: RawConfig = toml::from_str(&format!("{key} = [{a}]")).unwrap();
+            let two: RawConfig = toml::from_str(&format!("{key} = [{a}, {b}]")).unwrap();
+            let resolved = |raw: RawConfig| {
+                let c = Config::resolve(Some(raw), RawConfig::default()).unwrap();
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    c.intercept, c.resolve, c.upstream_ca, c.allow_ports
+                )
+            };
+            assert_eq!(resolved(one.clone()), resolved(list_of_one), "{key}");
+            assert_ne!(
+                resolved(one),
+                resolved(two),
+                "{key}: the second value counts"
+            );
+        }
+        let c = Config::resolve(
+            Some(toml::from_str("upstream_ca = \"ca.pem\"\nallow_ports = 8443").unwrap()),
+            RawConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.upstream_ca, [PathBuf::from("ca.pem")]);
+        assert_eq!(c.allow_ports, [8443]);
+        // Absent keys keep their defaults.
+        let c = Config::resolve(Some(toml::from_str("").unwrap()), RawConfig::default()).unwrap();
+        assert_eq!(c.allow_ports, [443]);
+        assert!(c.upstream_ca.is_empty());
+    }
+
+    #[test]
+    fn the_readme_marks_every_list_key() {
+        let readme = include_str!("../README.md");
+        for key in LIST_KEYS {
+            assert!(
+                readme.contains(&format!("`{key}` (list)")),
+                "README's config table does not say {key} is a list"
+            );
+        }
+    }
+
+    // See: veil#13. A single value keeps the element's own error and its position.
+    #[test]
+    fn a_bad_single_value_names_the_key_line_and_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("veil.toml");
+        for (text, want) in [
+            ("listen = \"127.0.0.1:0\"\nallow_ports = 99999\n", "99999"),
+            ("listen = \"127.0.0.1:0\"\nupstream_ca = 5\n", "upstream_ca"),
+            (
+                "listen = \"127.0.0.1:0\"\nintercept = { a = 1 }\n",
+                "intercept",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"\nallow_ports = \"443\"\n",
+                "allow_ports",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = RawConfig::from_file(&path).unwrap_err();
+            assert!(err.0.contains("veil.toml:2:"), "{text}: {err}");
+            assert!(err.0.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

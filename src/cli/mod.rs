@@ -11,7 +11,9 @@
 //!   admin API, with one typed method per operator action.
 //! - `ledger`: `veil report`, `veil sql`, `veil tail` over the SQLite ledger; `table`: their
 //!   table, CSV and JSON output.
+//! - `show`: `veil show ID`, one exchange's redacted record from the ledger.
 //! - `tail`: `veil tail --records-files` (the OTLP/JSON lines files).
+//! - `startup`: the lines `veil run` logs at start and stop, in words.
 //! - `signal`: what stops `veil run` (SIGTERM, SIGINT), installed without panicking.
 //! - `rules`: `veil rules check|test` and `veil decrypt`.
 //!
@@ -21,7 +23,9 @@ mod ledger;
 mod operator;
 mod rules;
 mod seal;
+mod show;
 mod signal;
+mod startup;
 mod table;
 mod tail;
 
@@ -61,6 +65,8 @@ enum Command {
     Report(ledger::ReportArgs),
     /// Run one read-only SQL statement over the ledger (schema: docs/ledger.md).
     Sql(ledger::SqlArgs),
+    /// Print the redacted record of one exchange from the ledger, by request id.
+    Show(show::ShowArgs),
     /// Check or try a rules file.
     Rules {
         #[command(subcommand)]
@@ -82,7 +88,7 @@ enum CaCommand {
 /// Flags every command understands (before or after the subcommand).
 #[derive(Debug, Clone, Args)]
 struct GlobalArgs {
-    /// TOML config file (same keys as the `run` flags).
+    /// TOML config file (same keys as the `run` flags) [default: ./veil.toml when present].
     #[arg(long, global = true, value_name = "FILE", env = "VEIL_CONFIG")]
     config: Option<PathBuf>,
     /// Keys directory (CA, master keys, admin token) [default: ./keys in a directory with a
@@ -150,6 +156,9 @@ enum AuditArg {
     Required,
 }
 
+/// The config file of a project directory, read when no `--config` is given.
+const PROJECT_CONFIG: &str = "veil.toml";
+
 /// Where keys and data go when neither a flag nor the config file names them: `./keys` and
 /// `./data` in a project directory (one with a `veil.toml`), else `$XDG_DATA_HOME/veil/…`
 /// (`~/.local/share/veil/…` when it is unset or not absolute, as the XDG base directory
@@ -180,9 +189,15 @@ impl GlobalArgs {
     /// The config file (if any) overlaid with the global flags and then `flags`, on top of
     /// [`default_dirs`].
     fn resolve(&self, flags: RawConfig) -> anyhow::Result<Config> {
-        let (keys, data) = default_dirs(std::path::Path::new("veil.toml").is_file(), |k| {
-            std::env::var_os(k)
-        });
+        // A project directory (one with a `veil.toml`) is where its config lives: that file
+        // is read when no `--config`/`VEIL_CONFIG` names another, so `veil forget` run there
+        // finds the same dirs as the `veil run` started there.
+        let project = std::path::Path::new(PROJECT_CONFIG).is_file();
+        let (keys, data) = default_dirs(project, |k| std::env::var_os(k));
+        let config_file = self
+            .config
+            .clone()
+            .or_else(|| project.then(|| PathBuf::from(PROJECT_CONFIG)));
         let defaults = RawConfig {
             keys: Some(keys),
             data: Some(data),
@@ -190,7 +205,7 @@ impl GlobalArgs {
         };
         let file = Some(
             defaults.overlay(
-                self.config
+                config_file
                     .as_deref()
                     .map(RawConfig::from_file)
                     .transpose()?
@@ -243,12 +258,25 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
+}
+
+/// Whether log lines on stderr carry ANSI colour: only on a terminal (a file, a pipe or a
+/// journal would keep the escape bytes), and never when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -287,6 +315,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => {
             let config = global.resolve(RawConfig::default())?;
             ledger::run_sql(args, &config.data)
+        }
+        Command::Show(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            show::run_show(args, &config.data)
         }
         Command::Rules { command } => {
             let config = global.resolve(RawConfig::default())?;
@@ -393,30 +425,26 @@ fn absolute(path: &std::path::Path) -> PathBuf {
 
 fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let config = args.config(global)?;
-    let (keys, data) = (absolute(&config.keys), absolute(&config.data));
-    let prepared = crate::server::Prepared::load(config)?;
+    let prepared = crate::server::Prepared::load(config.clone())?;
     let ca_path = absolute(prepared.ca.cert_path());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (running, done) =
-            crate::server::start(prepared, signal::shutdown_signal()?).await?;
-        tracing::info!(
-            listen = %running.addr,
-            ca = %ca_path.display(),
-            keys = %keys.display(),
-            data = %data.display(),
-            control = %absolute(&running.control).display(),
-            "veil is running: HTTPS_PROXY=http://{} (trust the CA above), or gateway http://{}/openai/v1",
+        let (running, done) = crate::server::start(prepared, signal::shutdown_signal()?).await?;
+        let facts = startup::Facts::new(
+            &config,
             running.addr,
-            running.addr
+            running.admin_addr,
+            &ca_path,
+            running.rules.current().digest(),
+            &running.control,
         );
+        for line in startup::startup_lines(&facts) {
+            tracing::info!("{line}");
+        }
         done.await?;
-        tracing::info!(
-            exchanges = running.counters.pipeline.processed.get(),
-            "veil stopped"
-        );
+        tracing::info!("{}", startup::shutdown_line(&facts, &running.counters));
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

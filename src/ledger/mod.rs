@@ -5,14 +5,14 @@
 //! payloads and its ledger transaction are durable. One writer thread (`writer`) commits each
 //! batch (and whatever queued behind it) in one transaction with prepared statements, keeps
 //! the daily rollup, and enforces the bounds (content retention, row retention, size) on a
-//! clock. Queries ([`report`], [`cards`], [`html`], [`sql`], [`tail`]) open their own read-only
-//! connections; erasure ([`erase`]) opens its own writing one, so `veil forget` reaches the
+//! clock. Queries ([`report`], [`cards`], [`html`], [`sql`], [`tail`], [`show`]) open their
+//! own read-only connections; erasure ([`erase`]) opens its own writing one, so `veil forget` reaches the
 //! ledger whether or not veil runs.
 //!
 //! ```text
 //! exporter batcher ─▶ [bounded channel] ─▶ ledger writer ─▶ data/ledger.db (WAL)
 //!                                                              ▲
-//!        veil report / sql / tail (read-only) ──────────────────┤
+//!   veil report / sql / tail / show (read-only) ───────────────┤
 //!        veil forget / purge (erase, secure_delete) ─────────────┘
 //! ```
 //!
@@ -25,6 +25,7 @@ pub mod html;
 pub mod report;
 pub mod row;
 pub mod schema;
+pub mod show;
 pub mod sql;
 pub mod tail;
 #[cfg(test)]

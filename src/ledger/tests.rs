@@ -735,3 +735,48 @@ fn a_degraded_ledger_recovers_on_its_own_within_seconds_without_traffic() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn show_reads_one_exchange_whole_and_nothing_for_an_unknown_id() {
+    let (_d, path, ledger) = ledger();
+    send(
+        &ledger,
+        vec![
+            openai_chat("r1"),
+            upstream_error("r3"),
+            anthropic_stream("r2"),
+        ],
+    );
+    let conn = schema::open_read_only(&path).unwrap();
+    let shown = show::exchange(&conn, "r1")
+        .unwrap()
+        .expect("r1 is in the ledger");
+    assert_eq!(shown.get("request_id"), Some(&serde_json::json!("r1")));
+    assert_eq!(shown.get("cost_nusd"), Some(&serde_json::json!(19_200)));
+    assert_eq!(
+        shown.get("conversation"),
+        Some(&serde_json::json!("conv_5j66"))
+    );
+    // JSON the ledger wrote is read back as JSON, not as a quoted string.
+    assert_eq!(
+        shown.get("redactions"),
+        Some(&serde_json::json!({"EMAIL": 2, "PERSON": 1}))
+    );
+    assert_eq!(
+        shown.get("id"),
+        None,
+        "the ledger's own row id is not the exchange's"
+    );
+    let names: Vec<&str> = shown.content.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["input_messages", "output_messages"]);
+    assert_eq!(
+        shown.content[1].1[0]["parts"][0]["content"],
+        "Link sent to [EMAIL_1]."
+    );
+    // The error exchange has a row and no content.
+    let shown = show::exchange(&conn, "r3").unwrap().unwrap();
+    assert!(shown.content.is_empty());
+    assert_eq!(shown.get("request_id"), Some(&serde_json::json!("r3")));
+    assert!(show::exchange(&conn, "r9").unwrap().is_none());
+    assert!(show::exchange(&conn, "r1' OR '1'='1").unwrap().is_none());
+}

@@ -175,6 +175,8 @@ fn bad_config_names_file_line_and_key() {
         "{err}"
     );
 
+    // The directory's veil.toml is read without --config: make it a valid one first.
+    std::fs::write(dir.path().join("veil.toml"), "").unwrap();
     let out = veil(
         &["run", "--listen", "127.0.0.1:0", "--resolve", "nonsense"],
         dir.path(),

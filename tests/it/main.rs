@@ -6,6 +6,7 @@ mod support;
 mod certs;
 mod cli;
 mod control;
+mod first_hour;
 mod hostile;
 mod ledger;
 mod proxy;

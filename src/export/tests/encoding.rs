@@ -321,26 +321,41 @@ async fn json_and_gzip_encodings() {
     assert!(!m.is_empty());
 }
 
+/// The interpreter with `tests/python/requirements.txt`: `$VEIL_PYTHON` (set by `.ci/run`),
+/// else `<repo>/.venv/bin/python3`, else `python3` (as `tests/it/support/python.rs` finds it).
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("VEIL_PYTHON").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    if venv.is_file() {
+        return venv;
+    }
+    "python3".into()
+}
+
 /// Writes a protobuf `ExportTraceServiceRequest` and decodes it with the official Python
-/// `opentelemetry-proto` package (an independent decoder).
+/// `opentelemetry-proto` package (an independent decoder). Ignored by a plain `cargo test`;
+/// `cargo test -- --include-ignored` (`.ci/run`) runs it, and a missing package fails it.
 #[tokio::test]
+#[ignore = "needs opentelemetry-proto in .venv or $VEIL_PYTHON (README); run with cargo test -- --include-ignored"]
 async fn python_opentelemetry_proto_decodes_our_protobuf() {
-    let ok = std::process::Command::new("python3")
+    let python = python();
+    let probe = std::process::Command::new(&python)
         .args([
             "-c",
             "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
         ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("CI").is_ok_and(|v| !v.is_empty()) {
-            panic!(
-                "CI is set but python3 cannot import opentelemetry.proto: pip install opentelemetry-proto"
-            );
-        }
-        eprintln!("skipping: python3 with the opentelemetry-proto package is not available");
-        return;
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "{} cannot import opentelemetry.proto: python3 -m venv .venv && .venv/bin/pip install \
+             -r tests/python/requirements.txt\n{}",
+            python.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run {}: {e}", python.display()),
     }
     let mut batch = otlp::Batch::default();
     batch.push_record(&testing::openai_chat("py-1"));
@@ -351,7 +366,7 @@ async fn python_opentelemetry_proto_decodes_our_protobuf() {
     let file = dir.path().join("traces.pb");
     std::fs::write(&file, otlp::encode(&req, Encoding::Protobuf)).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/otlp_decode.py");
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(&python)
         .arg(&script)
         .arg(&file)
         .output()

@@ -4,4 +4,5 @@ pub mod ledger;
 pub mod mock_llm;
 pub mod otlp;
 pub mod process;
+pub mod python;
 pub mod tmpfs;

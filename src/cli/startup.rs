@@ -1,0 +1,305 @@
+//! # What `veil run` says when it starts and when it stops, in words.
+//!
+//! One place turns the facts of a running veil (where it listens, what it intercepts, which
+//! rules, where records go, what it keeps and for how long, which admin endpoints) into the
+//! lines an operator reads on stderr. Every value is written out (`Display` of addresses and
+//! paths, durations in days or seconds, "none" and "off" for what is absent), never Rust's
+//! `Debug` (`Some(…)`, `[…]`, struct braces), which tells an operator nothing they can act on.
+//!
+//! To say one more thing at start, add a field to [`Facts`] and one line to
+//! [`startup_lines`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Config, HostPattern};
+use crate::counters::Counters;
+
+/// The facts of one running veil that its start and stop lines report.
+#[derive(Debug)]
+pub(super) struct Facts {
+    /// The proxy's bound address.
+    pub(super) listen: SocketAddr,
+    /// veil's CA certificate (the file apps must trust).
+    pub(super) ca: PathBuf,
+    /// The intercepted host patterns.
+    pub(super) intercept: Vec<HostPattern>,
+    /// The rules file, or `None` when the built-in default profile is in force.
+    pub(super) rules: Option<PathBuf>,
+    /// The rules digest every record carries.
+    pub(super) rules_digest: String,
+    /// The SQLite ledger, with its bounds; `None` when `ledger = false`.
+    pub(super) ledger: Option<crate::ledger::LedgerSettings>,
+    /// The OTLP/HTTP endpoint, if any.
+    pub(super) otlp: Option<String>,
+    /// The directory of the OTLP/JSON lines files, when they are written.
+    pub(super) records_files: Option<PathBuf>,
+    /// The sealed store's directory.
+    pub(super) sealed: PathBuf,
+    /// Sealed-store retention, if any.
+    pub(super) retention: Option<Duration>,
+    /// The admin API's bound address, when on.
+    pub(super) admin: Option<SocketAddr>,
+    /// The keys directory (CA, master keys, admin token).
+    pub(super) keys: PathBuf,
+    /// The data directory (ledger, spool, sealed store).
+    pub(super) data: PathBuf,
+    /// The control socket the operator commands reach this veil through.
+    pub(super) control: PathBuf,
+}
+
+impl Facts {
+    /// The facts of a veil started with `config`, listening on `listen` (the bound address)
+    /// with the admin API on `admin`, its CA at `ca` and rules of `rules_digest`.
+    pub(super) fn new(
+        config: &Config,
+        listen: SocketAddr,
+        admin: Option<SocketAddr>,
+        ca: &Path,
+        rules_digest: &str,
+        control: &Path,
+    ) -> Facts {
+        let builtin_rules = config.rules_is_default && !config.rules.exists();
+        // Mirrors `Exporter::from_config`: the lines files are written when there is no
+        // collector and either they are asked for or there is no ledger.
+        let files =
+            config.otlp_endpoint.is_none() && (config.records_files || config.ledger.is_none());
+        Facts {
+            listen,
+            ca: absolute(ca),
+            intercept: config.intercept.clone(),
+            rules: (!builtin_rules).then(|| absolute(&config.rules)),
+            rules_digest: rules_digest.to_string(),
+            ledger: config.ledger.clone().map(|mut l| {
+                l.path = absolute(&l.path);
+                l
+            }),
+            otlp: config.otlp_endpoint.clone(),
+            records_files: files.then(|| absolute(&config.data.join("records"))),
+            sealed: absolute(&config.data.join("sealed")),
+            retention: config.retention,
+            admin,
+            keys: absolute(&config.keys),
+            data: absolute(&config.data),
+            control: absolute(control),
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The lines `veil run` logs once it listens, first the one that says how to use it (it
+/// carries `HTTPS_PROXY=http://ADDR`, which scripts and tests read), then one per concern.
+pub(super) fn startup_lines(f: &Facts) -> Vec<String> {
+    let addr = f.listen;
+    let rules = match &f.rules {
+        Some(path) => format!("rules: {}, digest {}", path.display(), f.rules_digest),
+        None => format!(
+            "rules: the built-in default profile (pseudonymize users, scrub all content), digest {}",
+            f.rules_digest
+        ),
+    };
+    let ledger = match &f.ledger {
+        Some(l) => format!(
+            "the ledger {} (content kept {}, rows {}, at most {})",
+            l.path.display(),
+            duration_words(l.content_retention),
+            duration_words(l.retention),
+            size_words(l.max_size)
+        ),
+        None => "no ledger (ledger = false)".to_string(),
+    };
+    let otlp = f.otlp.as_deref().unwrap_or("none");
+    let files = match &f.records_files {
+        Some(dir) => format!("OTLP/JSON lines files under {}", dir.display()),
+        None => "off".to_string(),
+    };
+    let retention = match f.retention {
+        Some(d) => format!("purged after {}", duration_words(d)),
+        None => "kept until forgotten or purged (no retention)".to_string(),
+    };
+    let admin = match f.admin {
+        Some(a) => format!("http://{a} (bearer token required)"),
+        None => "off".to_string(),
+    };
+    vec![
+        format!(
+            "veil is running: HTTPS_PROXY=http://{addr} (trust the CA {}), or gateway http://{addr}/openai/v1",
+            f.ca.display()
+        ),
+        format!(
+            "intercepting {} host patterns (TLS terminated, recorded): {}; every other host is tunnelled blind, unrecorded",
+            f.intercept.len(),
+            hosts_words(&f.intercept)
+        ),
+        rules,
+        format!("records go to {ledger}; OTLP collector: {otlp}; records files: {files}"),
+        format!("sealed exchanges: {}, {retention}", f.sealed.display()),
+        format!(
+            "keys: {}; data: {}; operator commands reach this veil through its control socket {} (this uid only)",
+            f.keys.display(),
+            f.data.display(),
+            f.control.display()
+        ),
+        format!("admin API: {admin}"),
+    ]
+}
+
+/// The line `veil run` logs after its shutdown drained: what it did while it ran and where
+/// the records of it are.
+pub(super) fn shutdown_line(f: &Facts, counters: &Counters) -> String {
+    let ledger = match &f.ledger {
+        Some(l) => format!(
+            "ledger rows written: {} (in {})",
+            counters.ledger.rows.get(),
+            l.path.display()
+        ),
+        None => "no ledger".to_string(),
+    };
+    format!(
+        "veil stopped. Exchanges intercepted: {}, made into records: {}, dropped before \
+         recording: {}; {ledger}",
+        counters.proxy.intercepted.get(),
+        counters.pipeline.processed.get(),
+        counters.queue.dropped(),
+    )
+}
+
+/// `api.openai.com, *.openai.azure.com, localhost:8443`.
+fn hosts_words(hosts: &[HostPattern]) -> String {
+    let shown: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let mut s = String::new();
+            if h.wildcard {
+                s.push_str("*.");
+            }
+            s.push_str(&h.host);
+            if let Some(p) = h.port {
+                s.push_str(&format!(":{p}"));
+            }
+            s
+        })
+        .collect();
+    if shown.is_empty() {
+        "none".to_string()
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// `30 days`, `12 hours`, `5 minutes`, `90 seconds`, `250 ms`: the largest unit that divides
+/// the duration exactly, as the config would have said it.
+fn duration_words(d: Duration) -> String {
+    let ms = d.as_millis();
+    let units: [(u128, &str, &str); 4] = [
+        (86_400_000, "day", "days"),
+        (3_600_000, "hour", "hours"),
+        (60_000, "minute", "minutes"),
+        (1_000, "second", "seconds"),
+    ];
+    for (per, one, many) in units {
+        if ms >= per && ms.is_multiple_of(per) {
+            let n = ms / per;
+            return format!("{n} {}", if n == 1 { one } else { many });
+        }
+    }
+    format!("{ms} ms")
+}
+
+/// `2 GiB`, `512 MiB`, `4096 bytes`: the largest binary unit that divides the size exactly.
+fn size_words(n: u64) -> String {
+    for (per, unit) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if n >= per && n.is_multiple_of(per) {
+            return format!("{} {unit}", n / per);
+        }
+    }
+    format!("{n} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn facts(raw: &str) -> Facts {
+        let raw: RawConfig = toml::from_str(raw).unwrap();
+        let config = Config::resolve(Some(raw), RawConfig::default()).unwrap();
+        Facts::new(
+            &config,
+            "127.0.0.1:8080".parse().unwrap(),
+            config.admin_listen,
+            Path::new("/k/ca.pem"),
+            "0123abcd",
+            Path::new("/d/veil.sock"),
+        )
+    }
+
+    fn assert_no_debug(lines: &[String]) {
+        for l in lines {
+            for debug in ["Some(", "None", "[", "{", "HostPattern", "\""] {
+                assert!(!l.contains(debug), "Debug output {debug:?} in {l:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_start_says_everything_in_words() {
+        let lines = startup_lines(&facts("data = \"/d\""));
+        assert_no_debug(&lines);
+        let all = lines.join("\n");
+        for want in [
+            "HTTPS_PROXY=http://127.0.0.1:8080 (trust the CA /k/ca.pem)",
+            "api.openai.com, ",
+            "rules: ",
+            "digest 0123abcd",
+            "the ledger /d/ledger.db (content kept 30 days, rows 400 days, at most 2 GiB)",
+            "OTLP collector: none",
+            "records files: off",
+            "its control socket /d/veil.sock (this uid only)",
+            "sealed exchanges: /d/sealed, kept until forgotten or purged (no retention)",
+            "admin API: off",
+        ] {
+            assert!(all.contains(want), "{want:?} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn every_optional_fact_is_named_when_set() {
+        let lines = startup_lines(&facts(
+            "data = \"/d\"\nrules = \"/r/mine.toml\"\nledger = false\nretention = \"12h\"\n\
+             otlp_endpoint = \"http://collector:4318\"\nadmin_listen = \"127.0.0.1:9000\"\n\
+             intercept = [\"*.example.com:8443\", \"api.example.org\"]",
+        ));
+        assert_no_debug(&lines);
+        let all = lines.join("\n");
+        for want in [
+            "intercepting 2 host patterns (TLS terminated, recorded): *.example.com:8443, api.example.org;",
+            "rules: /r/mine.toml, digest 0123abcd",
+            "records go to no ledger (ledger = false); OTLP collector: http://collector:4318; records files: off",
+            "purged after 12 hours",
+            "admin API: http://127.0.0.1:9000",
+        ] {
+            assert!(all.contains(want), "{want:?} missing from:\n{all}");
+        }
+        // No collector and no ledger: the lines files are where records go.
+        let all = startup_lines(&facts("data = \"/d\"\nledger = false")).join("\n");
+        assert!(
+            all.contains("records files: OTLP/JSON lines files under /d/records"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes_in_words() {
+        assert_eq!(duration_words(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(duration_words(Duration::from_secs(90)), "90 seconds");
+        assert_eq!(duration_words(Duration::from_secs(120)), "2 minutes");
+        assert_eq!(duration_words(Duration::from_millis(1500)), "1500 ms");
+        assert_eq!(size_words(2 << 30), "2 GiB");
+        assert_eq!(size_words(1500), "1500 bytes");
+    }
+}
