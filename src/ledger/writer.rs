@@ -485,9 +485,9 @@ const CHECKPOINT_PAGES: i32 = 1000;
 /// `PASSIVE` checkpoint whenever a commit leaves more than [`CHECKPOINT_PAGES`] in the WAL.
 ///
 /// SQLite runs its automatic checkpoint inside the commit that crosses the threshold, on the
-/// committing thread: copying the WAL into the database file (and its fsyncs) was about a tenth
-/// of the writer's CPU. SQLite documents this split for applications that must not stall
-/// their writer (<https://www.sqlite.org/wal.html#application_initiated_checkpoints>); a
+/// committing thread: copying the WAL into the database file (and its fsyncs) was part of the
+/// ~20% of the writer's CPU spent in the kernel. SQLite documents this split for writers that
+/// must not stall (<https://www.sqlite.org/wal.html>, "Application-Initiated Checkpoints"); a
 /// `PASSIVE` checkpoint takes no lock the writer needs, so writer and checkpointer overlap.
 /// The commit's durability is unchanged: a commit is durable when its frames are in the WAL.
 /// Registering the hook turns SQLite's own automatic checkpoint off on this connection (both use
