@@ -11,21 +11,62 @@ use crate::record::Record;
 /// `start` as stored: ISO 8601 UTC with microseconds (`2026-11-29T12:00:00.123456Z`).
 /// Times before 1970 or after 9999 are clamped to those years' bounds.
 pub fn iso_utc(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    let dt = dt.clamp(
-        time::OffsetDateTime::UNIX_EPOCH,
-        time::macros::datetime!(9999-12-31 23:59:59.999999 UTC),
-    );
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        dt.microsecond()
-    )
+    IsoUtc::new(t).as_str().to_owned()
+}
+
+/// [`iso_utc`] in a fixed buffer on the stack: the writer formats one per row, and a `format!`
+/// through `time`'s calendar types cost it about half a microsecond and an allocation each.
+#[derive(Debug, Clone, Copy)]
+pub struct IsoUtc([u8; 27]);
+
+impl IsoUtc {
+    /// Formats `t` (clamped as [`iso_utc`] says).
+    pub fn new(t: SystemTime) -> Self {
+        // 9999-12-31T23:59:59.999999Z, in microseconds since the epoch.
+        const MAX_US: u64 = 253_402_300_799_999_999;
+        let us = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| {
+            u64::try_from(d.as_micros()).map_or(MAX_US, |us| us.min(MAX_US))
+        });
+        let secs = us / 1_000_000;
+        let (y, m, d) = civil_from_days(secs / 86_400);
+        let sod = secs % 86_400;
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y);
+        put(5, 2, m);
+        put(8, 2, d);
+        put(11, 2, sod / 3600);
+        put(14, 2, sod / 60 % 60);
+        put(17, 2, sod % 60);
+        put(20, 6, us % 1_000_000);
+        IsoUtc(b)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
+/// `civil_from_days`, for days ≥ 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Parses what [`iso_utc`] writes (and any RFC 3339 time) back to a `SystemTime`.
@@ -54,13 +95,36 @@ pub fn int(n: u64) -> i64 {
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex of `N` bytes in a buffer of `M` = 2·`N` on the stack (trace and span ids:
+/// the writer formats two per row).
+pub fn hex_array<const N: usize, const M: usize>(bytes: &[u8; N]) -> HexArray<M> {
+    let mut out = [b'0'; M];
+    for (i, b) in bytes.iter().enumerate().take(M / 2) {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    HexArray(out)
+}
+
+/// What [`hex_array`] returns.
+#[derive(Debug, Clone, Copy)]
+pub struct HexArray<const M: usize>([u8; M]);
+
+impl<const M: usize> HexArray<M> {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// The model a row is counted under in reports and the rollup: the response model (what
@@ -94,13 +158,42 @@ pub fn tool_calls(r: &Record) -> Option<i64> {
 /// The record's content as the rules emitted it, as JSON text per column; `None` when the
 /// rules let no content out (then no `content` row is written).
 pub fn content(r: &Record) -> Option<[Option<String>; 3]> {
-    let text = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
-    let cols = [
-        text(&r.system_instructions),
-        text(&r.input_messages),
-        text(&r.output_messages),
-    ];
-    cols.iter().any(Option::is_some).then_some(cols)
+    let mut bufs = ContentText::default();
+    let cols = bufs.fill(r)?.map(|c| c.map(str::to_owned));
+    Some(cols)
+}
+
+/// Buffers the writer reuses for [`content`]'s text: one JSON serialization per column and
+/// row, but no allocation once the buffers have grown to the largest content seen.
+#[derive(Debug, Default)]
+pub struct ContentText([Vec<u8>; 3]);
+
+impl ContentText {
+    /// Serializes `r`'s content columns (system instructions, input, output) into the
+    /// buffers; `None` when the rules let no content out.
+    pub fn fill<'s>(&'s mut self, r: &Record) -> Option<[Option<&'s str>; 3]> {
+        let values = [
+            &r.system_instructions,
+            &r.input_messages,
+            &r.output_messages,
+        ];
+        if values.iter().all(|v| v.is_none()) {
+            return None;
+        }
+        for (buf, v) in self.0.iter_mut().zip(values) {
+            buf.clear();
+            if let Some(v) = v {
+                // Writing JSON into a Vec cannot fail (no I/O; a Value has string keys).
+                let _ = serde_json::to_writer(&mut *buf, v);
+            }
+        }
+        let [a, b, c] = &self.0;
+        let text = |buf: &'s [u8], v: &Option<serde_json::Value>| -> Option<&'s str> {
+            v.as_ref()
+                .map(|_| std::str::from_utf8(buf).unwrap_or_default())
+        };
+        Some([text(a, values[0]), text(b, values[1]), text(c, values[2])])
+    }
 }
 
 /// The key of the record's `daily` rollup row, borrowed from the record (the writer sums a
@@ -200,6 +293,84 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::new(1_795_000_000, 123_456_000))
         );
         assert_eq!(iso_utc(SystemTime::UNIX_EPOCH).len(), s.len());
+    }
+
+    /// The calendar arithmetic of [`IsoUtc`] against the `time` crate's, over leap days,
+    /// century years (2100 is not a leap year, 2000 is), both clamps and a spread of instants.
+    #[test]
+    fn iso_utc_agrees_with_the_time_crate_and_clamps() {
+        let by_time = |t: SystemTime| {
+            let dt = time::OffsetDateTime::from(t);
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second(),
+                dt.microsecond()
+            )
+        };
+        let at = |secs: u64, nanos: u32| SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        let mut instants = vec![
+            at(0, 0),
+            at(951_782_400, 999_999_999), // 2000-02-29
+            at(4_107_542_399, 1_000),     // 2100-02-28T23:59:59
+            at(4_107_542_400, 0),         // 2100-03-01
+            at(1_795_000_000, 123_456_789),
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            instants.push(at(x % 253_402_300_800, (x >> 20) as u32 % 1_000_000_000));
+        }
+        for t in instants {
+            assert_eq!(IsoUtc::new(t).as_str(), by_time(t), "{t:?}");
+        }
+        assert_eq!(
+            iso_utc(SystemTime::UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            iso_utc(at(300_000_000_000, 0)),
+            "9999-12-31T23:59:59.999999Z"
+        );
+    }
+
+    #[test]
+    fn hex_on_the_stack_is_the_same_as_hex() {
+        let id: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+        let span: [u8; 8] = [0, 1, 0x7f, 0x80, 0xfe, 0xff, 0x10, 0x0a];
+        assert_eq!(hex_array::<16, 32>(&id).as_str(), hex(&id));
+        assert_eq!(hex_array::<8, 16>(&span).as_str(), "00017f80feff100a");
+        assert_eq!(hex(&span), "00017f80feff100a");
+    }
+
+    #[test]
+    fn content_text_is_the_json_of_each_column_and_none_without_content() {
+        let mut r = crate::ledger::testing::record("r1");
+        r.system_instructions = None;
+        r.input_messages = None;
+        r.output_messages = None;
+        let mut bufs = ContentText::default();
+        assert!(bufs.fill(&r).is_none());
+        r.input_messages = Some(serde_json::json!([{"role":"user","parts":[
+            {"type":"text","content":"a \"quoted\" é"}]}]));
+        let long = serde_json::json!(["x".repeat(5000)]);
+        r.output_messages = Some(long.clone());
+        let cols = bufs.fill(&r).unwrap();
+        assert_eq!(cols[0], None);
+        assert_eq!(
+            cols[1],
+            Some(r.input_messages.as_ref().unwrap().to_string().as_str())
+        );
+        assert_eq!(cols[2], Some(long.to_string().as_str()));
+        // Reused for a shorter row: nothing of the longer one is left.
+        r.output_messages = Some(serde_json::json!([]));
+        assert_eq!(bufs.fill(&r).unwrap()[2], Some("[]"));
     }
 
     #[test]

@@ -780,3 +780,60 @@ fn show_reads_one_exchange_whole_and_nothing_for_an_unknown_id() {
     assert!(show::exchange(&conn, "r9").unwrap().is_none());
     assert!(show::exchange(&conn, "r1' OR '1'='1").unwrap().is_none());
 }
+
+/// The writer's WAL hook turns SQLite's automatic checkpoint off; the checkpointer thread must
+/// take over, or the WAL would grow without bound and the database file never would.
+#[test]
+fn the_wal_is_checkpointed_into_the_database_while_the_writer_writes() {
+    let (_d, path, ledger) = ledger();
+    let page = "p".repeat(20_000);
+    // 300 rows of ~20 KB content: ~1,500 WAL pages, past the 1,000-page threshold.
+    for b in 0..6 {
+        let batch = (0..50)
+            .map(|i| {
+                let mut r = openai_chat(&format!("r{b}-{i}"));
+                r.input_messages = Some(serde_json::json!([{"role":"user","parts":[
+                    {"type":"text","content":page}]}]));
+                r
+            })
+            .collect();
+        send(&ledger, batch);
+    }
+    let file = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while file() < 4_000_000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        file() >= 4_000_000,
+        "the database file holds the checkpointed pages ({} bytes)",
+        file()
+    );
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM exchanges"), 300);
+}
+
+#[test]
+fn several_finish_reasons_are_joined_with_commas() {
+    let (_d, path, ledger) = ledger();
+    let mut r = openai_chat("r1");
+    r.finish_reasons = vec!["stop".into(), "length".into(), "tool_calls".into()];
+    let mut one = openai_chat("r2");
+    one.finish_reasons = vec!["stop".into()];
+    send(&ledger, vec![r, one, upstream_error("r3")]);
+    let conn = schema::open_read_only(&path).unwrap();
+    let reasons: Vec<Option<String>> = conn
+        .prepare("SELECT finish_reasons FROM exchanges ORDER BY request_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            Some("stop,length,tool_calls".to_string()),
+            Some("stop".to_string()),
+            None
+        ]
+    );
+}
