@@ -61,8 +61,8 @@ use api::percent_encode;
 pub use api::{
     AdminRequest, BodyView, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse,
     ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse,
-    OutcomeView, PurgeResponse, RecordingHealth, RequestError, RewrapResponse, RouteView,
-    SealingHealth, TimingsView, UpstreamView,
+    OutcomeView, PurgePreviewResponse, PurgeResponse, RecordingHealth, RequestError,
+    RewrapResponse, RouteView, SealingHealth, TimingsView, UpstreamView,
 };
 pub use client::{AdminClient, AdminError, AdminErrorKind, HealthResponse};
 pub use server::{ADMIN_MAX_CONNECTIONS, serve, serve_with};

@@ -5,6 +5,7 @@ mod support;
 
 mod certs;
 mod cli;
+mod forget;
 mod hostile;
 mod ledger;
 mod proxy;
