@@ -355,9 +355,14 @@ fn find_users_names_every_source_winner_first_deduplicated() {
             r.pseudonymize_user("7"),
         ]
     );
-    assert_eq!(r.find_user(Some(&body), &h), Some(r.pseudonymize_user("bob")));
+    assert_eq!(
+        r.find_user(Some(&body), &h),
+        Some(r.pseudonymize_user("bob"))
+    );
     // Bounded however many values the app sends.
-    let many: Vec<serde_json::Value> = (0..1000).map(|i| json!({"user": format!("u{i}")})).collect();
+    let many: Vec<serde_json::Value> = (0..1000)
+        .map(|i| json!({"user": format!("u{i}")}))
+        .collect();
     let mut rules = DEFAULT.to_string();
     rules = rules.replacen("json = [", "json = [\"$.list[*].user\", ", 1);
     let r = compile(&rules);

@@ -100,7 +100,11 @@ fn every_pseudonym_of_an_exchange_finds_it_and_forgetting_one_unindexes_all() {
         assert_eq!(store.ids_for_user(&bob).unwrap(), vec![ex.id]);
         assert_eq!(store.ids_for_user(&alice).unwrap(), vec![ex.id]);
         let entry = store.entry(ex.id).unwrap().unwrap();
-        assert_eq!(entry.user.as_deref(), Some(bob.as_str()), "the winner first");
+        assert_eq!(
+            entry.user.as_deref(),
+            Some(bob.as_str()),
+            "the winner first"
+        );
         assert_eq!(entry.also, vec![alice.as_str().to_string()], "deduplicated");
 
         let who = [&alice, &bob][forget_by];
@@ -129,5 +133,8 @@ fn index_entries_of_one_user_keep_the_version_1_encoding() {
     let v2 = e.encode();
     assert_eq!(v2[0], 2);
     assert_eq!(IndexEntry::decode(&v2).unwrap(), e);
-    assert!(IndexEntry::decode(&v2[..v2.len() - 1]).is_err(), "a cut entry is corrupt");
+    assert!(
+        IndexEntry::decode(&v2[..v2.len() - 1]).is_err(),
+        "a cut entry is corrupt"
+    );
 }
