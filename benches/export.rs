@@ -64,6 +64,7 @@ fn record(i: usize) -> Record {
         request_params: params,
         cost_usd: Some(0.0000192),
         user_pseudonym: Some(UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()),
+        user_pseudonyms: vec![UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()],
         feature: Some("support".into()),
         api_key_fingerprint: Some("fp_1a2b".into()),
         rules_digest: "b3:0123456789abcdef".into(),

@@ -102,7 +102,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         100_000 + rng.below(900_000)
     );
     let answer = "I'm sorry about the double charge. I have refunded one of them; you will see it within 5 business days. ".repeat(1 + rng.below(3) as usize);
-    Record {
+    let mut r = Record {
         request_id: ExchangeId::new().to_string(),
         start: now - Duration::from_secs(rng.below(30 * DAY - 3600) + 60),
         duration: Duration::from_millis(300 + rng.below(4000)),
@@ -151,6 +151,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         user_pseudonym: Some(
             veil::keys::UserPseudonym::parse(&format!("u_{:016x}", rng.below(2000))).unwrap(),
         ),
+        user_pseudonyms: Vec::new(),
         feature: Some(feature.into()),
         api_key_fingerprint: Some(format!("fp_{:04x}", rng.below(4))),
         rules_digest: "b3:5f0c8e1d2a7b".into(),
@@ -182,7 +183,10 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         response_bytes: 400 + rng.below(3000),
         content_dropped: None,
         parse_error: None,
-    }
+    };
+    // One identity source, as most apps send: one `exchange_users` row per exchange.
+    r.user_pseudonyms = r.user_pseudonym.iter().cloned().collect();
+    r
 }
 
 /// CPU nanoseconds used so far by this process's thread named `name` (`/proc/self/task/*/comm`,

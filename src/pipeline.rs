@@ -121,7 +121,7 @@ impl Pipeline {
         let rules = self.rules.current();
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
         let record = record::build_within(exchange, &conversation, &rules, self.redaction_budget);
-        let user = record.user_pseudonym.clone();
+        let users = record.user_pseudonyms.clone();
         self.counters.pipeline.processed.inc();
         if let Some(exporter) = &self.exporter {
             let sent = match self.hand_off {
@@ -153,12 +153,12 @@ impl Pipeline {
                     }
                 })
             };
-            let mut result = store.submit_detached_then(exchange, user.as_ref(), on_done());
+            let mut result = store.submit_detached_users(exchange, &users, on_done());
             while self.hand_off == HandOff::Wait
                 && matches!(&result, Err(e) if e.kind() == crate::seal::ErrorKind::Busy)
             {
                 std::thread::sleep(BUSY_RETRY);
-                result = store.submit_detached_then(exchange, user.as_ref(), on_done());
+                result = store.submit_detached_users(exchange, &users, on_done());
             }
             if let Err(e) = result {
                 dropped("seal refused");

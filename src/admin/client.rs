@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use super::AdminToken;
 use super::api::{
     AdminRequest, CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse,
-    ExchangeView, ForgetResponse, ForgetUserResponse, KeysReloadResponse, PurgeResponse,
-    RewrapResponse, RulesReloadResponse,
+    ExchangeView, ForgetResponse, ForgetUserResponse, KeysReloadResponse, PurgePreviewResponse,
+    PurgeResponse, RewrapResponse, RulesReloadResponse,
 };
 use crate::exchange::ExchangeId;
 
@@ -361,6 +361,18 @@ impl AdminClient {
     pub async fn purge(&self, older_than: Duration) -> Result<PurgeResponse, AdminError> {
         self.call(&AdminRequest::Purge { older_than }, &[StatusCode::OK])
             .await
+    }
+
+    /// `GET /v1/purge?older_than=D`: what a purge would destroy, destroying nothing.
+    pub async fn purge_preview(
+        &self,
+        older_than: Duration,
+    ) -> Result<PurgePreviewResponse, AdminError> {
+        self.call(
+            &AdminRequest::PurgePreview { older_than },
+            &[StatusCode::OK],
+        )
+        .await
     }
 
     /// `POST /v1/compact`.

@@ -71,8 +71,9 @@ use api::percent_encode;
 pub use api::{
     AdminRequest, BodyView, CaResponse, CompactResponse, DegradedHealth, DestroyFailure,
     ErrorResponse, ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus,
-    KeysReloadResponse, OutcomeView, PurgeResponse, RecordingHealth, RequestError, RewrapResponse,
-    RouteView, RulesReloadResponse, SealingHealth, TimingsView, UpstreamView,
+    KeysReloadResponse, OutcomeView, PurgePreviewResponse, PurgeResponse, RecordingHealth,
+    RequestError, RewrapResponse, RouteView, RulesReloadResponse, SealingHealth, TimingsView,
+    UpstreamView,
 };
 pub use client::{AdminClient, AdminError, AdminErrorKind, Endpoint, HealthResponse};
 pub use control::{ControlError, ControlErrorKind, ControlSocket, SOCKET_FILE, socket_path};

@@ -30,7 +30,8 @@ use super::AdminToken;
 use super::api::{
     AdminRequest, CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse,
     ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse,
-    PurgeResponse, RecordingHealth, RewrapResponse, RulesReloadResponse, SealingHealth,
+    PurgePreviewResponse, PurgeResponse, RecordingHealth, RewrapResponse, RulesReloadResponse,
+    SealingHealth,
 };
 use super::control::{ControlSocket, Peer};
 use crate::keys::pseudonymize_user;
@@ -273,26 +274,38 @@ async fn handle(
         }
         AdminRequest::Forget { id, reason: r } => {
             let reason = reason(r);
-            match blocking_forget(move || store.forget(&[id], &actor, &reason)).await {
+            let s = store.clone();
+            match blocking_forget(move || s.forget(&[id], &actor, &reason)).await {
                 Ok(out) if out.first().is_some_and(|o| o.forgotten) => json(
                     StatusCode::OK,
                     &ForgetResponse {
                         request_id: id,
                         forgotten: true,
+                        already_forgotten: false,
                         error: None,
                     },
                 ),
-                Ok(_) => json(
-                    StatusCode::NOT_FOUND,
-                    &ForgetResponse {
-                        request_id: id,
-                        forgotten: false,
-                        error: Some(
-                            "no sealed exchange with this id (never sealed, or already forgotten)"
-                                .to_string(),
-                        ),
-                    },
-                ),
+                Ok(_) => match blocking(move || store.already_forgotten(&[id])).await {
+                    Ok(before) if !before.is_empty() => json(
+                        StatusCode::OK,
+                        &ForgetResponse {
+                            request_id: id,
+                            forgotten: false,
+                            already_forgotten: true,
+                            error: None,
+                        },
+                    ),
+                    Ok(_) => json(
+                        StatusCode::NOT_FOUND,
+                        &ForgetResponse {
+                            request_id: id,
+                            forgotten: false,
+                            already_forgotten: false,
+                            error: Some("no exchange with this id was ever sealed".to_string()),
+                        },
+                    ),
+                    Err(e) => seal_error(&e),
+                },
                 Err(e) => forget_error(&e, |d| {
                     d.request_id = Some(id);
                     d.forgotten = Some(false);
@@ -303,11 +316,20 @@ async fn handle(
             let reason = reason(r);
             let pseudonym = pseudonymize_user(&store.keyring(), &user);
             let p = pseudonym.clone();
+            // Asked before the forget, which leaves a tombstone of its own.
+            let before =
+                blocking(move || store.user_already_forgotten(&p).map(|b| (b, store))).await;
+            let (already, store) = match before {
+                Ok(x) => x,
+                Err(e) => return Ok(seal_error(&e)),
+            };
+            let p = pseudonym.clone();
             match blocking_forget(move || store.forget_user(&p, &actor, &reason)).await {
                 Ok(ids) => json(
                     StatusCode::OK,
                     &ForgetUserResponse {
                         user: pseudonym,
+                        already_forgotten: ids.is_empty() && already,
                         forgotten: ids,
                     },
                 ),
@@ -324,6 +346,21 @@ async fn handle(
                     },
                 ),
                 Err(e) => forget_error(&e, |d| d.purged = Some(e.destroyed().len() as u64)),
+            }
+        }
+        AdminRequest::PurgePreview { older_than } => {
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(older_than)
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            match blocking(move || store.ids_before(cutoff)).await {
+                Ok(ids) => json(
+                    StatusCode::OK,
+                    &PurgePreviewResponse {
+                        would_purge: ids.len() as u64,
+                        ids,
+                    },
+                ),
+                Err(e) => seal_error(&e),
             }
         }
         AdminRequest::Compact => match blocking(move || store.compact()).await {

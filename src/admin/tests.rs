@@ -92,8 +92,13 @@ async fn auth_unseal_forget_by_id_and_user() {
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = ok.request(Method::DELETE, &path).await.unwrap();
-    assert_eq!(s, StatusCode::NOT_FOUND, "second forget says unknown");
+    let (s, body) = ok.request(Method::DELETE, &path).await.unwrap();
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "a second forget is not an error (veil#13)"
+    );
+    assert_eq!(body["already_forgotten"], true, "{body}");
     let (s, _) = ok.request(Method::GET, &path).await.unwrap();
     assert_eq!(s, StatusCode::NOT_FOUND);
 
@@ -286,7 +291,18 @@ async fn typed_client_reads_every_answer_of_the_real_server() {
         (a.id, true, None)
     );
     let again = client.forget(a.id, "test").await.unwrap();
-    assert!(!again.forgotten && again.error.is_some(), "{again:?}");
+    assert!(
+        !again.forgotten && again.already_forgotten && again.error.is_none(),
+        "{again:?}"
+    );
+    let never = client
+        .forget(crate::exchange::ExchangeId::new(), "test")
+        .await
+        .unwrap();
+    assert!(
+        !never.forgotten && !never.already_forgotten && never.error.is_some(),
+        "{never:?}"
+    );
     let user = client.forget_user("carol", "test").await.unwrap();
     assert_eq!((user.user, user.forgotten), (carol, vec![b.id]));
     let purged = client

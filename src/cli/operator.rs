@@ -40,6 +40,17 @@ pub(super) enum Operator {
     Remote(AdminClient),
 }
 
+/// What forgetting one ID did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Forgot {
+    /// Destroyed now.
+    Now,
+    /// Forgotten before (a receipt names it): forgetting is idempotent.
+    Already,
+    /// Never sealed in this store.
+    Unknown,
+}
+
 /// What a destructive command did before it failed: IDs destroyed, receipted but not yet
 /// shredded, and untouched (still sealed), plus IDs found unknown before the failure.
 pub(super) struct Failure {
@@ -232,7 +243,7 @@ impl Operator {
         }
     }
 
-    /// Forgets `ids`: `Ok(Ok(per ID in order, forgotten or unknown))`, or `Ok(Err)` with what
+    /// Forgets `ids`: `Ok(Ok(per ID in order, what happened))`, or `Ok(Err)` with what
     /// was and was not destroyed. Remotely one request per ID: on a failure, the ones before
     /// it are destroyed and the ones after it were never sent.
     #[allow(clippy::type_complexity)]
@@ -240,16 +251,27 @@ impl Operator {
         &self,
         ids: &[ExchangeId],
         reason: &str,
-    ) -> anyhow::Result<Result<Vec<(String, bool)>, Failure>> {
+    ) -> anyhow::Result<Result<Vec<(String, Forgot)>, Failure>> {
         let c = match self {
             Operator::Local(store) => {
-                return Ok(match store.forget(ids, &actor(), reason) {
-                    Ok(out) => Ok(out
-                        .into_iter()
-                        .map(|o| (o.id.to_string(), o.forgotten))
-                        .collect()),
-                    Err(e) => Err(Failure::from_forget(&e)),
-                });
+                let out = match store.forget(ids, &actor(), reason) {
+                    Ok(out) => out,
+                    Err(e) => return Ok(Err(Failure::from_forget(&e))),
+                };
+                let missed: Vec<ExchangeId> =
+                    out.iter().filter(|o| !o.forgotten).map(|o| o.id).collect();
+                let before = store.already_forgotten(&missed).map_err(|e| anyhow!(e))?;
+                return Ok(Ok(out
+                    .into_iter()
+                    .map(|o| {
+                        let f = match (o.forgotten, before.contains(&o.id)) {
+                            (true, _) => Forgot::Now,
+                            (false, true) => Forgot::Already,
+                            (false, false) => Forgot::Unknown,
+                        };
+                        (o.id.to_string(), f)
+                    })
+                    .collect()));
             }
             Operator::Remote(c) => c,
         };
@@ -262,11 +284,14 @@ impl Operator {
             match rt.block_on(c.forget(*id, reason)) {
                 Ok(answer) if answer.forgotten => {
                     done.push(id.to_string());
-                    out.push((id.to_string(), true));
+                    out.push((id.to_string(), Forgot::Now));
+                }
+                Ok(answer) if answer.already_forgotten => {
+                    out.push((id.to_string(), Forgot::Already));
                 }
                 Ok(_) => {
                     unknown.push(id.to_string());
-                    out.push((id.to_string(), false));
+                    out.push((id.to_string(), Forgot::Unknown));
                 }
                 // Nothing done yet: the plain error ("refused the admin token") says it all.
                 Err(e)
@@ -298,26 +323,32 @@ impl Operator {
     }
 
     /// Forgets every exchange of the raw user ID `user` (pseudonymized with the store's
-    /// keyring, locally or by the running veil): the pseudonym, and the IDs destroyed or what
-    /// was and was not destroyed. The pseudonym is `?` when a failed remote answer did not
-    /// carry it.
+    /// keyring, locally or by the running veil): the pseudonym, and the IDs destroyed (with
+    /// whether none were because the user was forgotten before) or what was and was not
+    /// destroyed. The pseudonym is `?` when a failed remote answer did not carry it.
     #[allow(clippy::type_complexity)]
     pub(super) fn forget_user(
         &self,
         user: &str,
         reason: &str,
-    ) -> anyhow::Result<(String, Result<Vec<String>, Failure>)> {
+    ) -> anyhow::Result<(String, Result<(Vec<String>, bool), Failure>)> {
         match self {
             Operator::Local(store) => {
                 let p = pseudonymize_user(&store.keyring(), user);
-                let r = store
-                    .forget_user(&p, &actor(), reason)
-                    .map(|ids| strings(&ids))
-                    .map_err(|e| Failure::from_forget(&e));
+                // Asked before the forget, which leaves a tombstone of its own.
+                let already = store.user_already_forgotten(&p).map_err(|e| anyhow!(e))?;
+                let r = match store.forget_user(&p, &actor(), reason) {
+                    Ok(ids) if ids.is_empty() => Ok((Vec::new(), already)),
+                    Ok(ids) => Ok((strings(&ids), false)),
+                    Err(e) => Err(Failure::from_forget(&e)),
+                };
                 Ok((p.into_string(), r))
             }
             Operator::Remote(c) => match block(c.forget_user(user, reason))? {
-                Ok(answer) => Ok((answer.user.into_string(), Ok(strings(&answer.forgotten)))),
+                Ok(answer) => Ok((
+                    answer.user.into_string(),
+                    Ok((strings(&answer.forgotten), answer.already_forgotten)),
+                )),
                 Err(e) if e.kind() == AdminErrorKind::Refused => {
                     let p = e
                         .failure()
@@ -347,6 +378,20 @@ impl Operator {
                 }
                 Err(e) => Err(e.into()),
             },
+        }
+    }
+
+    /// What a purge of exchanges older than `older` would destroy now (oldest first),
+    /// destroying nothing.
+    pub(super) fn purge_preview(&self, older: Duration) -> anyhow::Result<Vec<String>> {
+        match self {
+            Operator::Local(store) => {
+                let cutoff = std::time::SystemTime::now()
+                    .checked_sub(older)
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                Ok(strings(&store.ids_before(cutoff).map_err(|e| anyhow!(e))?))
+            }
+            Operator::Remote(c) => Ok(strings(&block(c.purge_preview(older))??.ids)),
         }
     }
 
@@ -434,7 +479,10 @@ mod tests {
         assert_eq!(local.2, vec![old.id.to_string()]);
         assert_eq!(
             local.3,
-            vec![(a.id.to_string(), true), (old.id.to_string(), false)]
+            vec![
+                (a.id.to_string(), Forgot::Now),
+                (old.id.to_string(), Forgot::Already)
+            ]
         );
 
         // Remote: a running veil holds a second store with the same exchanges.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
-use super::operator::{Failure, Operator, Unsealed, block, running};
+use super::operator::{Failure, Forgot, Operator, Unsealed, block, running};
 use crate::config::Config;
 use crate::exchange::ExchangeId;
 use crate::keys::Keyring;
@@ -119,6 +119,9 @@ pub struct PurgeArgs {
     /// Age limit (`30d`, `12h`); default: the configured `retention`.
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub older_than: Option<Duration>,
+    /// List what would be purged (`would purge ID`) and destroy nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub admin: AdminArg,
@@ -195,13 +198,17 @@ fn report_failure(verb: &str, f: &Failure) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `veil forget ID… | --user USER`: exits 1 when any ID was unknown (the known ones are
-/// still forgotten), 2 when the forget failed (what was and was not destroyed is printed).
+/// `veil forget ID… | --user USER`. Prints `forgotten ID` per exchange destroyed now and
+/// `already forgotten ID` per one destroyed before (forgetting is idempotent), then the
+/// receipt ([`print_receipt`]). Exits 0 when every ID was forgotten now or before; 1 when any
+/// ID was never sealed here (the known ones are still forgotten), or `--user` found no
+/// exchange and no earlier forget of that user; 2 when the forget failed (what was and was
+/// not destroyed is printed).
 pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let op = Operator::open(dirs)?;
     if let Some(user) = &args.user {
-        let (pseudonym, ids) = match op.forget_user(user, &args.reason)? {
-            (p, Ok(ids)) => (p, ids),
+        let (pseudonym, (ids, already)) = match op.forget_user(user, &args.reason)? {
+            (p, Ok(r)) => (p, r),
             (p, Err(f)) => {
                 eprintln!("forgetting the exchanges of user {p} failed");
                 return Ok(report_failure("forgotten", &f));
@@ -211,9 +218,16 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
             println!("forgotten {id}");
         }
         if ids.is_empty() {
-            eprintln!("no sealed exchanges for user {pseudonym}");
+            if already {
+                println!("already forgotten: user {pseudonym} (nothing of it is left)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "no exchanges for user {pseudonym} (no identity source ever named this user, or its exchanges were purged)"
+            );
             return Ok(ExitCode::from(1));
         }
+        print_receipt(ids.len());
         eprintln!("forgot {} exchange(s) of user {pseudonym}", ids.len());
         return Ok(ExitCode::SUCCESS);
     }
@@ -226,14 +240,22 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         Ok(o) => o,
         Err(f) => return Ok(report_failure("forgotten", &f)),
     };
-    let mut unknown = 0;
-    for (id, forgotten) in outcomes {
-        if forgotten {
-            println!("forgotten {id}");
-        } else {
-            eprintln!("unknown {id} (never sealed, or already forgotten)");
-            unknown += 1;
+    let (mut now, mut unknown) = (0, 0);
+    for (id, forgot) in outcomes {
+        match forgot {
+            Forgot::Now => {
+                println!("forgotten {id}");
+                now += 1;
+            }
+            Forgot::Already => println!("already forgotten {id}"),
+            Forgot::Unknown => {
+                eprintln!("unknown {id} (no exchange with this id was ever sealed here)");
+                unknown += 1;
+            }
         }
+    }
+    if now > 0 {
+        print_receipt(now);
     }
     Ok(if unknown > 0 {
         ExitCode::from(1)
@@ -242,13 +264,42 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
     })
 }
 
-/// `veil purge [--older-than D]` (default: configured `retention`): prints `purged ID` for
-/// every exchange destroyed, then a count; exits 2 when the purge failed part-way (what was
-/// and was not destroyed is printed).
+/// The receipt of a forget that destroyed `n` exchanges (listed above it as `forgotten ID`):
+/// where they were removed and where this command cannot reach. Format documented in the
+/// README's operator section.
+fn print_receipt(n: usize) {
+    println!("receipt: {n} exchange(s)");
+    println!(
+        "  removed: sealed store (data keys shredded, frames zeroed, index entries of every user pseudonym; receipts.jsonl and the audit log record it)"
+    );
+    println!(
+        "  removed: ledger (content rows deleted, every user pseudonym cleared, WAL wiped; the rows the bill needs stay, marked forgotten)"
+    );
+    println!(
+        "  not reached: records already exported (the OTLP collector, <data>/records/*.jsonl, batches in <data>/spool/): act on the request ids above downstream"
+    );
+}
+
+/// `veil purge [--older-than D] [--dry-run]` (default: configured `retention`): prints
+/// `purged ID` for every exchange destroyed, then a count; exits 2 when the purge failed
+/// part-way (what was and was not destroyed is printed). With `--dry-run`, prints `would
+/// purge ID` and a count and destroys nothing.
 pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let older = args.older_than.or(dirs.retention).ok_or_else(|| {
         anyhow!("nothing to purge by: pass --older-than (e.g. 30d) or set retention in the config")
     })?;
+    if args.dry_run {
+        let ids = Operator::open(dirs)?.purge_preview(older)?;
+        for id in &ids {
+            println!("would purge {id}");
+        }
+        println!(
+            "would purge {} exchange(s) older than {}s (dry run: nothing destroyed)",
+            ids.len(),
+            older.as_secs()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let ids = match Operator::open(dirs)?.purge(older)? {
         Ok(ids) => ids,
         Err(f) => return Ok(report_failure("purged", &f)),
@@ -357,10 +408,22 @@ pub(super) mod tests {
             run_forget(&args(vec![], Some("carol")), &d).unwrap(),
             ExitCode::SUCCESS
         );
+        // Forgetting again is not an error (veil#13), by id or by user; an id never sealed
+        // stays one.
         assert_eq!(
             run_forget(&args(vec![ex.id.to_string()], None), &d).unwrap(),
-            ExitCode::from(1),
+            ExitCode::SUCCESS,
             "already forgotten by user"
+        );
+        assert_eq!(
+            run_forget(&args(vec![], Some("carol")), &d).unwrap(),
+            ExitCode::SUCCESS,
+            "a user forgotten before"
+        );
+        assert_eq!(
+            run_forget(&args(vec![], Some("never-seen")), &d).unwrap(),
+            ExitCode::from(1),
+            "a user never seen"
         );
         let audit = std::fs::read_to_string(d.data.join("audit.jsonl")).unwrap();
         assert!(audit.contains(&ex.id.to_string()));
@@ -425,7 +488,11 @@ pub(super) mod tests {
             admin: AdminArg { admin: None },
         };
         assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::SUCCESS);
-        assert_eq!(run_forget(&forget, &d).unwrap(), ExitCode::from(1));
+        assert_eq!(
+            run_forget(&forget, &d).unwrap(),
+            ExitCode::SUCCESS,
+            "already forgotten (veil#13)"
+        );
         let by_user = ForgetArgs {
             ids: vec![],
             user: Some("dave".into()),

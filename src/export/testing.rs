@@ -369,6 +369,7 @@ pub fn base_record(id: &str) -> Record {
         request_params: BTreeMap::new(),
         cost_usd: Some(0.0000192),
         user_pseudonym: Some(UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()),
+        user_pseudonyms: vec![UserPseudonym::parse("u_3f9a1c0e7b2d4a5c").unwrap()],
         feature: Some("support".into()),
         api_key_fingerprint: Some("fp_1a2b".into()),
         rules_digest: "b3:abc".into(),
@@ -489,6 +490,7 @@ pub fn opaque(id: &str) -> Record {
     r.usage = Usage::default();
     r.cost_usd = None;
     r.user_pseudonym = None;
+    r.user_pseudonyms = Vec::new();
     r.feature = None;
     r.truncated = true;
     r.server_address = "llm.internal".into();

@@ -4,7 +4,8 @@
 //! destroys ([`forget_ids`]); the ledger's own age bounds are the writer's.
 //!
 //! GDPR Art. 17 erasure as the sealed store does it, applied to the ledger: the exchange's
-//! content row is deleted and its user pseudonym cleared; the row stays, marked `forgotten`,
+//! content row is deleted and its user pseudonyms cleared (`exchanges.user` and every
+//! `exchange_users` row: an erase by user finds the exchange by any identity source); the row stays, marked `forgotten`,
 //! with the metadata the rollup and the bill need (model, tokens, cost, status), which holds no
 //! personal data once the pseudonym is gone.
 //!
@@ -52,6 +53,8 @@ pub struct Erased {
     pub rows: u64,
     /// Content rows deleted.
     pub content: u64,
+    /// `exchange_users` rows deleted: the pseudonyms every identity source named.
+    pub pseudonyms: u64,
     /// Request ids of the rows erased (for `--user`, the exchanges the ledger knew of).
     pub request_ids: Vec<String>,
     /// The WAL was checkpointed and truncated, so no old page remains in it.
@@ -82,12 +85,51 @@ pub fn forget_ids(path: &Path, ids: &[String]) -> Result<Erased, LedgerError> {
 ///
 /// # Errors
 /// As [`forget_ids`].
+/// Finds the exchanges whose winning identity (`exchanges.user`) or any other identity
+/// source (`exchange_users`, schema version 3) named `user`.
 pub fn forget_user(path: &Path, user: &UserPseudonym) -> Result<Erased, LedgerError> {
     erase(path, Tombstone::User(user), |conn| {
-        let mut q = conn.prepare_cached("SELECT id, request_id FROM exchanges WHERE user = ?1")?;
+        let sql = if version(conn)? >= 3 {
+            "SELECT id, request_id FROM exchanges WHERE user = ?1
+             UNION SELECT e.id, e.request_id FROM exchange_users u
+                   JOIN exchanges e ON e.id = u.exchange WHERE u.user = ?1"
+        } else {
+            "SELECT id, request_id FROM exchanges WHERE user = ?1"
+        };
+        let mut q = conn.prepare_cached(sql)?;
         q.query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
     })
+}
+
+/// True when the ledger at `path` holds a tombstone of an erase by user `user` (within
+/// [`TOMBSTONE_TTL`]): the user was forgotten recently. False without a ledger, or before
+/// schema version 2.
+///
+/// # Errors
+/// As [`schema::open_read_only`], except a missing file.
+pub fn user_tombstoned(path: &Path, user: &UserPseudonym) -> Result<bool, LedgerError> {
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let conn = schema::open_read_only(path)?;
+    if version(&conn)? < 2 {
+        return Ok(false);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM forgotten WHERE kind = 'user' AND key = ?1",
+            [user.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The file's schema version (`PRAGMA user_version`): an eraser never migrates, so a file
+/// no veil has opened since an upgrade may still be at an older one.
+fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }
 
 /// Runs one erase: `select` finds `(rowid, request_id)` pairs inside the write transaction,
@@ -108,19 +150,26 @@ fn erase(
     let mut erased = Erased::default();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
+        let version = version(&tx)?;
         let found = select(&tx)?;
         let mut del = tx.prepare_cached("DELETE FROM content WHERE exchange = ?1")?;
+        // Every pseudonym of the exchange goes, not only the one asked for.
+        let mut del_users = (version >= 3)
+            .then(|| tx.prepare_cached("DELETE FROM exchange_users WHERE exchange = ?1"))
+            .transpose()?;
         let mut upd = tx.prepare_cached(
             "UPDATE exchanges SET user = NULL, forgotten = 1 WHERE id = ?1 AND forgotten = 0",
         )?;
         for (rowid, request_id) in found {
             erased.content += del.execute([rowid])? as u64;
             erased.rows += upd.execute(params![rowid])? as u64;
+            if let Some(d) = del_users.as_mut() {
+                erased.pseudonyms += d.execute([rowid])? as u64;
+            }
             erased.request_ids.push(request_id);
         }
         // A version 1 file has no tombstone table; no veil writes to one (a running veil
         // upgrades its ledger at start), so no record can be in flight towards it.
-        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version >= 2 {
             let at = super::row::iso_utc(std::time::SystemTime::now());
             let mut put = tx.prepare_cached(

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::LedgerError;
 
 /// Schema version this veil writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a veil ledger: the bytes `veil`.
 pub const APPLICATION_ID: i64 = 0x7665_696c;
@@ -113,6 +113,21 @@ CREATE TABLE forgotten (
     at   TEXT NOT NULL,
     PRIMARY KEY (kind, key)
 ) WITHOUT ROWID;
+";
+
+/// Version 3 adds `exchange_users`: every user pseudonym any identity source of the rules
+/// named for an exchange (the winner, in `exchanges.user`, included), so an erase by user
+/// finds exchanges where that user was named but another source won (veil#13). The upgrade
+/// from version 2 copies each row's `exchanges.user` into it.
+const DDL_V3: &str = "
+CREATE TABLE exchange_users (
+    exchange INTEGER NOT NULL REFERENCES exchanges (id) ON DELETE CASCADE,
+    user     TEXT    NOT NULL,
+    PRIMARY KEY (user, exchange)
+) WITHOUT ROWID;
+CREATE INDEX exchange_users_exchange ON exchange_users (exchange);
+INSERT OR IGNORE INTO exchange_users (exchange, user)
+    SELECT id, user FROM exchanges WHERE user IS NOT NULL;
 ";
 
 /// Opens (creating if needed) the ledger for writing: WAL, `synchronous = NORMAL` (a
@@ -295,6 +310,9 @@ fn try_open_writer(path: &Path) -> Result<Connection, Fault> {
         }
         if version < 2 {
             tx.execute_batch(DDL_V2)?;
+        }
+        if version < 3 {
+            tx.execute_batch(DDL_V3)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;

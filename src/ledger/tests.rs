@@ -636,8 +636,10 @@ fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
     {
         let (c, _) = schema::open_writer(&path).unwrap();
         // Back to what version 1 wrote: no tombstone table.
-        c.execute_batch("DROP TABLE forgotten; PRAGMA user_version = 1;")
-            .unwrap();
+        c.execute_batch(
+            "DROP TABLE forgotten; DROP TABLE exchange_users; PRAGMA user_version = 1;",
+        )
+        .unwrap();
         c.execute(
             "INSERT INTO exchanges (request_id, start, provider, operation, outcome, stream,
              duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
@@ -836,4 +838,145 @@ fn several_finish_reasons_are_joined_with_commas() {
             None
         ]
     );
+}
+
+/// A record whose winning identity is `bob` (the header) and whose body named `alice`.
+fn named_twice(id: &str, secret: &str) -> crate::record::Record {
+    let mut r = openai_chat(id);
+    r.request_id = id.to_string();
+    r.input_messages =
+        Some(serde_json::json!([{"role":"user","parts":[{"type":"text","content":secret}]}]));
+    let bob = UserPseudonym::parse("u_b0b0b0b0b0b0b0b0").unwrap();
+    let alice = UserPseudonym::parse("u_a11ce0a11ce0a11c").unwrap();
+    r.user_pseudonym = Some(bob.clone());
+    r.user_pseudonyms = vec![bob, alice];
+    r
+}
+
+// See: veil#13
+#[test]
+fn forget_by_user_finds_a_user_named_by_a_source_that_did_not_win() {
+    for who in ["u_a11ce0a11ce0a11c", "u_b0b0b0b0b0b0b0b0"] {
+        let (_d, path, ledger) = ledger();
+        send(
+            &ledger,
+            vec![
+                named_twice("both", "walrus-phrase-31"),
+                openai_chat("other"),
+            ],
+        );
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM exchange_users"), 3);
+        let erased = erase::forget_user(&path, &UserPseudonym::parse(who).unwrap()).unwrap();
+        assert_eq!(erased.request_ids, vec!["both".to_string()], "{who}");
+        assert_eq!(erased.pseudonyms, 2, "both pseudonyms of the exchange go");
+        // The pseudonym asked for stays only as the erase's tombstone (for late records,
+        // swept after TOMBSTONE_TTL); the other one and the content leave every byte.
+        let bytes = file_bytes(&path);
+        let other = ["u_a11ce0a11ce0a11c", "u_b0b0b0b0b0b0b0b0"]
+            .into_iter()
+            .find(|p| *p != who)
+            .unwrap();
+        for gone in ["walrus-phrase-31", other] {
+            assert!(!contains(&bytes, gone), "{gone} survives forgetting {who}");
+        }
+        assert_eq!(
+            count(
+                &path,
+                &format!(
+                    "SELECT (SELECT COUNT(*) FROM exchanges WHERE user = '{who}')
+                          + (SELECT COUNT(*) FROM exchange_users WHERE user = '{who}')"
+                )
+            ),
+            0
+        );
+        assert_eq!(
+            count(&path, "SELECT COUNT(*) FROM exchange_users"),
+            1,
+            "the other exchange keeps its user"
+        );
+    }
+}
+
+// See: veil#13
+#[test]
+fn a_record_naming_a_forgotten_user_in_a_source_that_did_not_win_lands_erased() {
+    let (_d, path, ledger) = ledger();
+    send(&ledger, vec![openai_chat("early")]);
+    let alice = UserPseudonym::parse("u_a11ce0a11ce0a11c").unwrap();
+    assert_eq!(erase::forget_user(&path, &alice).unwrap().rows, 0);
+    let mut late = named_twice("late", "walrus-phrase-32");
+    late.start = SystemTime::now() - Duration::from_secs(5);
+    send(&ledger, vec![late]);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT forgotten FROM exchanges WHERE request_id = 'late'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchanges WHERE request_id = 'late' AND user IS NULL"
+        ),
+        1,
+        "the winning pseudonym (bob) is not kept either"
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchange_users e JOIN exchanges x ON x.id = e.exchange WHERE x.request_id = 'late'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM content c JOIN exchanges e ON e.id = c.exchange WHERE e.request_id = 'late'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_version_2_ledger_is_upgraded_in_place_and_indexes_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    {
+        let (c, _) = schema::open_writer(&path).unwrap();
+        // Back to what version 2 wrote: no exchange_users.
+        c.execute_batch("DROP TABLE exchange_users; PRAGMA user_version = 2;")
+            .unwrap();
+        c.execute(
+            "INSERT INTO exchanges (request_id, start, provider, operation, user, outcome, stream,
+             duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
+             rules_digest) VALUES ('v2-row', '2026-11-01T00:00:00.000000Z', 'openai', 'chat',
+             'u_2222222222222222', 'ok', 0, 1, 0, 0, 0, 0, 'd')",
+            [],
+        )
+        .unwrap();
+    }
+    // An erase never migrates: on version 2 it finds users by `exchanges.user` only.
+    let nobody = UserPseudonym::parse("u_9999999999999999").unwrap();
+    assert_eq!(erase::forget_user(&path, &nobody).unwrap().rows, 0);
+    let (c, _) = schema::open_writer(&path).unwrap();
+    let v: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 3);
+    drop(c);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchange_users WHERE user = 'u_2222222222222222'"
+        ),
+        1,
+        "the upgrade indexes each row's user"
+    );
+    let user = UserPseudonym::parse("u_2222222222222222").unwrap();
+    assert_eq!(
+        erase::forget_user(&path, &user).unwrap().request_ids,
+        vec!["v2-row".to_string()]
+    );
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM exchange_users"), 0);
 }

@@ -47,6 +47,8 @@ const INSERT_EXCHANGE: &str = "INSERT OR IGNORE INTO exchanges (
             ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35,
             ?36)";
 
+const INSERT_USER: &str = "INSERT OR IGNORE INTO exchange_users (exchange, user) VALUES (?1, ?2)";
+
 const INSERT_CONTENT: &str = "INSERT INTO content
     (exchange, system_instructions, input_messages, output_messages) VALUES (?1, ?2, ?3, ?4)";
 
@@ -247,6 +249,7 @@ impl Writer {
         {
             let mut ins = tx.prepare_cached(INSERT_EXCHANGE)?;
             let mut ins_content = tx.prepare_cached(INSERT_CONTENT)?;
+            let mut ins_user = tx.prepare_cached(INSERT_USER)?;
             let mut days: HashMap<DayKey, DaySums> = HashMap::new();
             for r in batches.iter().flatten() {
                 let start = row::IsoUtc::new(r.start);
@@ -331,8 +334,16 @@ impl Writer {
                     continue;
                 }
                 written += 1;
+                let rowid = tx.last_insert_rowid();
+                if !forgotten {
+                    // Every identity source's pseudonym, so an erase by any of them finds
+                    // the row; a forgotten record keeps none.
+                    for u in users_of(r) {
+                        ins_user.execute(params![rowid, u])?;
+                    }
+                }
                 if !forgotten && let Some([sys, input, output]) = scratch.content.fill(r) {
-                    ins_content.execute(params![tx.last_insert_rowid(), sys, input, output])?;
+                    ins_content.execute(params![rowid, sys, input, output])?;
                 }
                 days.entry(row::day_key(r, start)).or_default().add(r);
             }
@@ -583,12 +594,20 @@ impl Tombstones {
     }
 
     /// Whether `r` (started at `start`, as stored) was already forgotten: its request id was,
-    /// or its user was, after the exchange started.
+    /// or any user one of its identity sources named was, after the exchange started.
     fn covers(&self, r: &Record, start: &str) -> bool {
         self.requests.contains(&r.request_id)
-            || r.user_pseudonym
-                .as_ref()
-                .and_then(|u| self.users.get(u.as_str()))
-                .is_some_and(|at| start <= at.as_str())
+            || users_of(r)
+                .filter_map(|u| self.users.get(u))
+                .any(|at| start <= at.as_str())
     }
+}
+
+/// Every pseudonym of `r`: the winner, then the other identity sources' (a record built by
+/// hand may fill only `user_pseudonym`). Duplicates are harmless (`INSERT OR IGNORE`).
+fn users_of(r: &Record) -> impl Iterator<Item = &str> {
+    r.user_pseudonym
+        .iter()
+        .chain(r.user_pseudonyms.iter())
+        .map(UserPseudonym::as_str)
 }

@@ -134,7 +134,8 @@ pub fn build_within(
         .map(|t| label(t))
         .collect();
 
-    let user_pseudonym = identity::user_pseudonym(ex, conv, rules);
+    let user_pseudonyms = identity::user_pseudonyms(ex, conv, rules);
+    let user_pseudonym = user_pseudonyms.first().cloned();
 
     Record {
         request_id: ex.id.to_string(),
@@ -158,6 +159,7 @@ pub fn build_within(
         request_params,
         cost_usd: conv.cost_usd,
         user_pseudonym,
+        user_pseudonyms,
         feature,
         api_key_fingerprint: ex.api_key_fingerprint.clone(),
         rules_digest: rules.digest().to_string(),

@@ -1,7 +1,7 @@
-//! Whose exchange is it: the user's pseudonym, never the raw ID.
+//! Whose exchange is it: the users' pseudonyms, never the raw IDs.
 //!
 //! Part of the record step. The rules file's identity headers and JSON paths come first
-//! ([`CompiledRules::find_user`]), then the user ID the provider parser found
+//! ([`CompiledRules::find_users`]), then the user ID the provider parser found
 //! ([`Conversation::user_id`]: the provider's own field or the `x-veil-user` tag). Both end as
 //! `u_<16 hex>` from the one pseudonym function (`keys::pseudonymize_user`, through the
 //! rules), which the sealed store's index and `forget --user` use too.
@@ -14,18 +14,25 @@ use crate::exchange::{Conversation, Exchange};
 use crate::keys::UserPseudonym;
 use crate::redact::CompiledRules;
 
-/// The pseudonym of the exchange's user, or `None` when nothing names one.
+/// Every user the exchange names, as pseudonyms, deduplicated: the identity sources of the
+/// rules in precedence order ([`CompiledRules::find_users`]), then the provider parser's
+/// user ID. The first is the exchange's user (the record's `user_pseudonym`); all of them are
+/// indexed for `forget --user`. At most [`crate::redact::MAX_IDENTITIES`] + 1.
 ///
 /// Identity headers are looked up among the `x-veil-*` tags first, then the request headers
 /// as sent upstream.
-pub(super) fn user_pseudonym(
+pub(super) fn user_pseudonyms(
     ex: &Exchange,
     conv: &Conversation,
     rules: &CompiledRules,
-) -> Option<UserPseudonym> {
+) -> Vec<UserPseudonym> {
     let mut identity_headers = ex.tags.clone();
     identity_headers.extend(ex.request_headers.iter().cloned());
-    rules
-        .find_user(conv.request_json.as_ref(), &identity_headers)
-        .or_else(|| conv.user_id.as_deref().map(|u| rules.pseudonymize_user(u)))
+    let mut all = rules.find_users(conv.request_json.as_ref(), &identity_headers);
+    if let Some(p) = conv.user_id.as_deref().map(|u| rules.pseudonymize_user(u))
+        && !all.contains(&p)
+    {
+        all.push(p);
+    }
+    all
 }

@@ -10,7 +10,8 @@
 //!
 //! - `build.rs`: content under the redaction budget, labels capped and scrubbed, headers
 //!   through the allowlist: [`build`] and [`build_within`].
-//! - `identity.rs`: which user the exchange belongs to, as a pseudonym.
+//! - `identity.rs`: which user the exchange belongs to, and every user any identity source
+//!   named, as pseudonyms.
 //!
 //! The message fields use the JSON shapes of `gen_ai.input.messages`,
 //! `gen_ai.output.messages` and `gen_ai.system_instructions` (see `shared/otel-genai.md`), so
@@ -75,6 +76,11 @@ pub struct Record {
     pub cost_usd: Option<f64>,
     /// Pseudonymized user (`u_…`): `user.id` and `enduser.pseudo.id`.
     pub user_pseudonym: Option<UserPseudonym>,
+    /// Every identity source's pseudonym (`u_…`), deduplicated, [`Record::user_pseudonym`]
+    /// first: what the sealed store's index and the ledger's `exchange_users` hold, so
+    /// `forget --user` finds the exchange by any source that named a user, not only the one
+    /// that won (veil#13). Not exported over OTLP. Empty when nothing names a user.
+    pub user_pseudonyms: Vec<UserPseudonym>,
     /// The `x-veil-feature` tag.
     pub feature: Option<String>,
     /// Keyed fingerprint of the API key (`fp_…`).

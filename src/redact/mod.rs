@@ -12,7 +12,7 @@
 //!            redact_text(&str, &Scope)              ──▶ (String, Counts)
 //!            redact_json_within / redact_text_within (.., &mut Meter): the same under a
 //!                                                      Budget, or Err(Exceeded) and nothing
-//!            pseudonymize_user, header_allowed, filter_headers, find_user
+//!            pseudonymize_user, header_allowed, filter_headers, find_user, find_users
 //! ```
 //!
 //! Cost is linear in the text: one scan per string (a second only where something was
@@ -341,6 +341,11 @@ impl fmt::Debug for CompiledRules {
 /// A string that has not settled after this many passes is dropped.
 const MAX_PASSES: usize = 8;
 
+/// Most user pseudonyms indexed for one exchange ([`CompiledRules::find_users`]). Real requests
+/// name one user in two or three places; an app naming hundreds is putting data where an
+/// identity belongs, and the sealed index and the ledger must not grow with it.
+pub const MAX_IDENTITIES: usize = 16;
+
 /// What happens to a node after it was visited.
 #[derive(PartialEq, Eq)]
 enum Fate {
@@ -454,32 +459,55 @@ impl CompiledRules {
     }
 
     /// The user's pseudonym, from the first identity header present, else the first identity
-    /// JSON path holding a string or number in `request`.
+    /// JSON path holding a string or number in `request`: the first of
+    /// [`CompiledRules::find_users`].
     pub fn find_user(
         &self,
         request: Option<&Value>,
         headers: &[(String, String)],
     ) -> Option<UserPseudonym> {
+        self.find_users(request, headers).into_iter().next()
+    }
+
+    /// Every identity source's pseudonym, deduplicated, in precedence order: the identity
+    /// headers (as the rules list them; the first value of each), then each identity JSON path
+    /// (as listed; every string or number it matches, in document order). The first is the
+    /// one that names the record's user ([`CompiledRules::find_user`]); all of them index the
+    /// exchange, so `forget --user` finds it by any (veil#13: a body's `user` overridden by
+    /// `x-veil-user` was not found by the body's value). At most [`MAX_IDENTITIES`] values.
+    pub fn find_users(
+        &self,
+        request: Option<&Value>,
+        headers: &[(String, String)],
+    ) -> Vec<UserPseudonym> {
+        let mut raw: Vec<String> = Vec::new();
         for h in &self.identity_headers {
             if let Some((_, v)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h))
                 && !v.trim().is_empty()
             {
-                return Some(self.pseudonymize_user(v.trim()));
+                raw.push(v.trim().to_string());
             }
         }
-        let request = request?;
         // In the order the rules file lists them: the first path that holds a value names the
         // user. (Walking the document once would follow its key order instead, which serde_json
         // sorts, and a `prompt_cache_key` would win over `user`.)
-        for identity in &self.identity_paths {
-            let mut path = Vec::new();
-            let mut hit = None;
-            find_identity(identity, request, &mut path, &mut hit);
-            if let Some(v) = hit {
-                return Some(self.pseudonymize_user(&v));
+        if let Some(request) = request {
+            for identity in &self.identity_paths {
+                let mut path = Vec::new();
+                find_identity(identity, request, &mut path, &mut raw);
             }
         }
-        None
+        let mut out: Vec<UserPseudonym> = Vec::new();
+        for v in raw {
+            let p = self.pseudonymize_user(&v);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+            if out.len() == MAX_IDENTITIES {
+                break;
+            }
+        }
+        out
     }
 
     /// Redacts a JSON document in place under `scope` and returns what the detectors found.
@@ -815,15 +843,16 @@ fn find_identity<'a>(
     identity: &JsonPath,
     v: &'a Value,
     path: &mut Vec<Step<'a>>,
-    hit: &mut Option<String>,
+    hits: &mut Vec<String>,
 ) {
-    if hit.is_some() {
+    // Bounded: a request with thousands of matching leaves must not buy unbounded hashing.
+    if hits.len() >= 4 * MAX_IDENTITIES {
         return;
     }
     if identity.matches(path) {
         match v {
-            Value::String(s) if !s.is_empty() => *hit = Some(s.clone()),
-            Value::Number(n) => *hit = Some(n.to_string()),
+            Value::String(s) if !s.is_empty() => hits.push(s.clone()),
+            Value::Number(n) => hits.push(n.to_string()),
             _ => {}
         }
         return;
@@ -832,14 +861,14 @@ fn find_identity<'a>(
         Value::Object(m) => {
             for (k, c) in m {
                 path.push(Step::Key(k));
-                find_identity(identity, c, path, hit);
+                find_identity(identity, c, path, hits);
                 path.pop();
             }
         }
         Value::Array(a) => {
             for (i, c) in a.iter().enumerate() {
                 path.push(Step::Index(i));
-                find_identity(identity, c, path, hit);
+                find_identity(identity, c, path, hits);
                 path.pop();
             }
         }

@@ -341,6 +341,37 @@ fn find_user_prefers_headers_then_json() {
     assert_eq!(r.find_user(Some(&json!({"x": 1})), &[]), None);
 }
 
+// See: veil#13
+#[test]
+fn find_users_names_every_source_winner_first_deduplicated() {
+    let r = compile(DEFAULT);
+    let body = json!({"user": "alice@example.com", "metadata": {"user_id": "alice@example.com", "user": 7}});
+    let h = [("x-veil-user".to_string(), "bob".to_string())];
+    assert_eq!(
+        r.find_users(Some(&body), &h),
+        vec![
+            r.pseudonymize_user("bob"),
+            r.pseudonymize_user("alice@example.com"),
+            r.pseudonymize_user("7"),
+        ]
+    );
+    assert_eq!(
+        r.find_user(Some(&body), &h),
+        Some(r.pseudonymize_user("bob"))
+    );
+    // Bounded however many values the app sends.
+    let many: Vec<serde_json::Value> = (0..1000)
+        .map(|i| json!({"user": format!("u{i}")}))
+        .collect();
+    let mut rules = DEFAULT.to_string();
+    rules = rules.replacen("json = [", "json = [\"$.list[*].user\", ", 1);
+    let r = compile(&rules);
+    assert_eq!(
+        r.find_users(Some(&json!({"list": many})), &[]).len(),
+        crate::redact::MAX_IDENTITIES
+    );
+}
+
 #[test]
 fn pseudonyms_are_stable_across_instances_sharing_keys() {
     let a = compile(DEFAULT);

@@ -7,6 +7,7 @@ mod certs;
 mod cli;
 mod control;
 mod first_hour;
+mod forget;
 mod hostile;
 mod ledger;
 mod proxy;

@@ -263,14 +263,16 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
     );
     let out = veil(&["unseal", &id, "--admin", &admin_addr], dir.path());
     assert!(!out.status.success(), "unseal after forget must fail");
-    // Forgetting twice is harmless: it reports the id as unknown (exit 1) and changes nothing.
+    // Forgetting twice is harmless: it says "already forgotten" (exit 0, veil#13) and
+    // changes nothing.
     let out = veil(&["forget", &id, "--admin", &admin_addr], dir.path());
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("already forgotten {id}")));
     let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
     assert!(
         audit.contains("\"unseal\"") && audit.contains("\"forget\"") && audit.contains(&id),

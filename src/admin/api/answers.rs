@@ -70,15 +70,21 @@ impl DestroyFailure {
 
 // === Forget, purge ===
 
-/// `DELETE /v1/exchanges/{id}`: `200` when it was forgotten, `404` when the store has no
-/// exchange with this ID (never sealed, or already forgotten).
+/// `DELETE /v1/exchanges/{id}`: `200` when it was forgotten now or before (then
+/// `already_forgotten`: a receipt names it), `404` when the store never had an exchange with
+/// this ID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForgetResponse {
     /// The ID asked for.
     pub request_id: ExchangeId,
-    /// `true` (200): its data key is shredded and a receipt written. `false` (404): unknown.
+    /// `true` (200): its data key is shredded and a receipt written. `false`: see
+    /// `already_forgotten`.
     pub forgotten: bool,
+    /// `true` (200, `forgotten` false): it was forgotten before (forgetting is idempotent).
+    /// Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_forgotten: bool,
     /// Why it was not forgotten (404 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -92,6 +98,20 @@ pub struct ForgetUserResponse {
     pub user: UserPseudonym,
     /// Every exchange of that user destroyed; empty when the store had none.
     pub forgotten: Vec<ExchangeId>,
+    /// `true` when `forgotten` is empty because the user was forgotten before (a receipt or
+    /// a recent ledger tombstone names the pseudonym). Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_forgotten: bool,
+}
+
+/// `GET /v1/purge?older_than=D`, `200`: what a purge would destroy now; nothing is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgePreviewResponse {
+    /// How many exchanges a purge would destroy (the length of `ids`).
+    pub would_purge: u64,
+    /// Those exchanges, oldest first.
+    pub ids: Vec<ExchangeId>,
 }
 
 /// `POST /v1/purge`, `200`.

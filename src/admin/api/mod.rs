@@ -14,9 +14,10 @@
 //! | --- | --- | --- |
 //! | `GET /healthz` (no token) | `200 ok` (plain text) | `503` [`DegradedHealth`] |
 //! | `GET /v1/exchanges/{id}[?reason=R]` | [`ExchangeView`] | [`ErrorResponse`] (404 unknown, 503 audit log or store degraded) |
-//! | `DELETE /v1/exchanges/{id}[?reason=R]` | [`ForgetResponse`] (also the `404` body for an unknown ID) | [`DestroyFailure`] |
+//! | `DELETE /v1/exchanges/{id}[?reason=R]` | [`ForgetResponse`] (`200` also when already forgotten; the `404` body for an ID never sealed) | [`DestroyFailure`] |
 //! | `DELETE /v1/users/{user}/exchanges[?reason=R]` | [`ForgetUserResponse`] | [`DestroyFailure`] |
 //! | `POST /v1/purge?older_than=D` | [`PurgeResponse`] | [`DestroyFailure`] |
+//! | `GET /v1/purge?older_than=D` (dry run) | [`PurgePreviewResponse`] | [`ErrorResponse`] |
 //! | `POST /v1/compact` | [`CompactResponse`] | [`ErrorResponse`] |
 //! | `POST /v1/keys/reload` | [`KeysReloadResponse`] | [`ErrorResponse`] |
 //! | `POST /v1/keys/rewrap` | [`RewrapResponse`] | [`ErrorResponse`] |
@@ -50,8 +51,8 @@ mod tests;
 
 pub use answers::{
     CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, ForgetResponse,
-    ForgetUserResponse, HealthStatus, KeysReloadResponse, PurgeResponse, RecordingHealth,
-    RewrapResponse, RulesReloadResponse, SealingHealth,
+    ForgetUserResponse, HealthStatus, KeysReloadResponse, PurgePreviewResponse, PurgeResponse,
+    RecordingHealth, RewrapResponse, RulesReloadResponse, SealingHealth,
 };
 pub use exchange::{BodyView, ExchangeView, OutcomeView, RouteView, TimingsView, UpstreamView};
 pub use request::{AdminRequest, RequestError};

@@ -45,6 +45,12 @@ pub enum AdminRequest {
         /// accepts any `parse_duration` form (`30d`, `12h`, `500ms`) up to 100 years.
         older_than: Duration,
     },
+    /// `GET /v1/purge?older_than=D`: what `POST /v1/purge` would destroy now, destroying
+    /// nothing (`veil purge --dry-run`).
+    PurgePreview {
+        /// Age limit, as for [`AdminRequest::Purge`].
+        older_than: Duration,
+    },
     /// `POST /v1/compact`: one compaction pass (reclaim forgotten bytes).
     Compact,
     /// `POST /v1/keys/reload`: re-read the keys dir (after `veil keys rotate`).
@@ -65,7 +71,7 @@ impl fmt::Debug for AdminRequest {
             AdminRequest::Unseal { id, .. } | AdminRequest::Forget { id, .. } => {
                 write!(f, "{} ({id})", self.endpoint())
             }
-            AdminRequest::Purge { older_than } => {
+            AdminRequest::Purge { older_than } | AdminRequest::PurgePreview { older_than } => {
                 write!(f, "{} ({}ms)", self.endpoint(), older_than.as_millis())
             }
             _ => f.write_str(self.endpoint()),
@@ -77,7 +83,10 @@ impl AdminRequest {
     /// The HTTP method.
     pub fn method(&self) -> Method {
         match self {
-            AdminRequest::Health | AdminRequest::Unseal { .. } | AdminRequest::Ca => Method::GET,
+            AdminRequest::Health
+            | AdminRequest::Unseal { .. }
+            | AdminRequest::Ca
+            | AdminRequest::PurgePreview { .. } => Method::GET,
             AdminRequest::Forget { .. } | AdminRequest::ForgetUser { .. } => Method::DELETE,
             AdminRequest::Purge { .. }
             | AdminRequest::Compact
@@ -96,6 +105,7 @@ impl AdminRequest {
             AdminRequest::Forget { .. } => "DELETE /v1/exchanges/{id}",
             AdminRequest::ForgetUser { .. } => "DELETE /v1/users/{user}/exchanges",
             AdminRequest::Purge { .. } => "POST /v1/purge",
+            AdminRequest::PurgePreview { .. } => "GET /v1/purge",
             AdminRequest::Compact => "POST /v1/compact",
             AdminRequest::ReloadKeys => "POST /v1/keys/reload",
             AdminRequest::Rewrap => "POST /v1/keys/rewrap",
@@ -130,7 +140,7 @@ impl AdminRequest {
             AdminRequest::ForgetUser { user, reason: r } => {
                 format!("/v1/users/{}/exchanges{}", percent_encode(user), reason(r))
             }
-            AdminRequest::Purge { older_than } => {
+            AdminRequest::Purge { older_than } | AdminRequest::PurgePreview { older_than } => {
                 format!("/v1/purge?older_than={}ms", older_than.as_millis())
             }
             AdminRequest::Compact => "/v1/compact".to_string(),
@@ -171,12 +181,16 @@ impl AdminRequest {
                     reason: reason(),
                 })
             }
-            (&Method::POST, ["v1", "purge"]) => {
+            (&Method::POST | &Method::GET, ["v1", "purge"]) => {
                 let older = query_param(uri, "older_than")
                     .ok_or_else(|| RequestError::bad("older_than is required"))?;
                 let older_than =
                     crate::config::parse_duration(&older).map_err(RequestError::bad)?;
-                Ok(AdminRequest::Purge { older_than })
+                Ok(if method == Method::GET {
+                    AdminRequest::PurgePreview { older_than }
+                } else {
+                    AdminRequest::Purge { older_than }
+                })
             }
             (&Method::POST, ["v1", "compact"]) => Ok(AdminRequest::Compact),
             (&Method::POST, ["v1", "keys", "reload"]) => Ok(AdminRequest::ReloadKeys),

@@ -179,6 +179,7 @@ fn forget_and_purge_documents_round_trip() {
         &ForgetResponse {
             request_id: a,
             forgotten: true,
+            already_forgotten: false,
             error: None,
         },
         json!({"request_id": a.to_string(), "forgotten": true}),
@@ -187,6 +188,16 @@ fn forget_and_purge_documents_round_trip() {
         &ForgetResponse {
             request_id: a,
             forgotten: false,
+            already_forgotten: true,
+            error: None,
+        },
+        json!({"request_id": a.to_string(), "forgotten": false, "already_forgotten": true}),
+    );
+    round_trip(
+        &ForgetResponse {
+            request_id: a,
+            forgotten: false,
+            already_forgotten: false,
             error: Some("unknown".into()),
         },
         json!({"request_id": a.to_string(), "forgotten": false, "error": "unknown"}),
@@ -195,6 +206,7 @@ fn forget_and_purge_documents_round_trip() {
         &ForgetUserResponse {
             user: UserPseudonym::parse("u_0123456789abcdef").unwrap(),
             forgotten: vec![a],
+            already_forgotten: false,
         },
         json!({"user": "u_0123456789abcdef", "forgotten": [a.to_string()]}),
     );
@@ -204,6 +216,13 @@ fn forget_and_purge_documents_round_trip() {
             ids: vec![a],
         },
         json!({"purged": 1, "ids": [a.to_string()]}),
+    );
+    round_trip(
+        &PurgePreviewResponse {
+            would_purge: 1,
+            ids: vec![a],
+        },
+        json!({"would_purge": 1, "ids": [a.to_string()]}),
     );
     // A raw user ID where the pseudonym belongs is refused, without echoing it.
     let e = serde_json::from_value::<ForgetUserResponse>(

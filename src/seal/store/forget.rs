@@ -220,6 +220,63 @@ impl SealStore {
     }
 }
 
+impl SealStore {
+    /// Which of `ids` were forgotten (or purged) before: those `receipts.jsonl` names. The
+    /// receipts are append-only and never rotated, so this answers for every forget this
+    /// store ever made; an ID in neither the index nor the receipts was never sealed here.
+    /// Blocking (reads the whole receipts file, one line per forgotten exchange).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] when the receipts file cannot be read.
+    pub fn already_forgotten(&self, ids: &[ExchangeId]) -> Result<Vec<ExchangeId>, SealError> {
+        let asked: HashSet<ExchangeId> = ids.iter().copied().collect();
+        let mut found = HashSet::new();
+        self.each_receipt(|r| {
+            if asked.contains(&r.id) {
+                found.insert(r.id);
+            }
+        })?;
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| found.contains(id))
+            .collect())
+    }
+
+    /// True when user `user` was forgotten before: a receipt names it as an exchange's user,
+    /// or the ledger next to the store still holds the tombstone of an erase by that user
+    /// (kept [`TOMBSTONE_TTL`](crate::ledger::erase::TOMBSTONE_TTL); the only trace of a
+    /// user named by an identity source that did not win). Blocking.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Io`] when the receipts file or the ledger cannot be read.
+    pub fn user_already_forgotten(&self, user: &UserPseudonym) -> Result<bool, SealError> {
+        let mut seen = false;
+        self.each_receipt(|r| seen |= r.user.as_deref() == Some(user.as_str()))?;
+        if seen {
+            return Ok(true);
+        }
+        crate::ledger::erase::user_tombstoned(&ledger_path(self.dir()), user)
+            .map_err(|e| SealError::new(ErrorKind::Io, e.to_string()))
+    }
+
+    fn each_receipt(&self, mut f: impl FnMut(super::recovery::Receipt)) -> Result<(), SealError> {
+        let path = self.dir().join("receipts.jsonl");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(path.display(), e)),
+        };
+        // A line being appended right now may be torn: it does not parse and is skipped.
+        for line in bytes.split(|&b| b == b'\n') {
+            if let Some(r) = super::recovery::Receipt::parse(line) {
+                f(r);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The ledger next to the store: `<data>/ledger.db` for the store in `<data>/sealed`.
 fn ledger_path(sealed: &std::path::Path) -> std::path::PathBuf {
     sealed

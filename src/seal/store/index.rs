@@ -46,13 +46,20 @@ pub struct IndexEntry {
     pub time: SystemTime,
     /// User pseudonym, if the exchange had one.
     pub user: Option<String>,
+    /// The other pseudonyms the exchange's identity sources named (deduplicated, never
+    /// `user`): indexed under `by_user` too, so forgetting any of them finds the exchange.
+    pub also: Vec<String>,
 }
 
 impl IndexEntry {
+    /// Version 1: `1 | segment u32 | offset u64 | len u32 | slot u64 | time ms u64 | user
+    /// len u16 | user`. Version 2 (only when [`IndexEntry::also`] is not empty, so a store
+    /// written by an older veil reads the same): version 1's fields after a `2`, then `count
+    /// u8 | (len u16 | pseudonym)*`.
     pub(super) fn encode(&self) -> Vec<u8> {
         let user = self.user.as_deref().unwrap_or("");
-        let mut v = Vec::with_capacity(35 + user.len());
-        v.push(1u8);
+        let mut v = Vec::with_capacity(36 + user.len() + 18 * self.also.len());
+        v.push(if self.also.is_empty() { 1u8 } else { 2u8 });
         v.extend_from_slice(&self.segment.to_le_bytes());
         v.extend_from_slice(&self.offset.to_le_bytes());
         v.extend_from_slice(&self.len.to_le_bytes());
@@ -60,27 +67,57 @@ impl IndexEntry {
         v.extend_from_slice(&millis(self.time).to_le_bytes());
         v.extend_from_slice(&(user.len() as u16).to_le_bytes());
         v.extend_from_slice(user.as_bytes());
+        if !self.also.is_empty() {
+            // Bounded by MAX_IDENTITIES upstream; the cast cannot truncate a real entry.
+            let also = &self.also[..self.also.len().min(u8::MAX as usize)];
+            v.push(also.len() as u8);
+            for a in also {
+                v.extend_from_slice(&(a.len() as u16).to_le_bytes());
+                v.extend_from_slice(a.as_bytes());
+            }
+        }
         v
     }
 
     pub(super) fn decode(b: &[u8]) -> Result<Self, SealError> {
         let bad = || SealError::new(ErrorKind::Corrupt, "index entry is malformed");
-        if b.len() < 35 || b[0] != 1 {
+        if b.len() < 35 || !matches!(b[0], 1 | 2) {
             return Err(bad());
         }
         let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
         let u64at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
-        let ulen = u16::from_le_bytes(b[33..35].try_into().expect("2")) as usize;
-        let user = b.get(35..35 + ulen).ok_or_else(bad)?;
-        let user = std::str::from_utf8(user).map_err(|_| bad())?;
+        let text = |at: usize| -> Result<(String, usize), SealError> {
+            let len = b.get(at..at + 2).ok_or_else(bad)?;
+            let len = u16::from_le_bytes(len.try_into().expect("2")) as usize;
+            let s = b.get(at + 2..at + 2 + len).ok_or_else(bad)?;
+            let s = std::str::from_utf8(s).map_err(|_| bad())?;
+            Ok((s.to_string(), at + 2 + len))
+        };
+        let (user, mut at) = text(33)?;
+        let mut also = Vec::new();
+        if b[0] == 2 {
+            let n = *b.get(at).ok_or_else(bad)?;
+            at += 1;
+            for _ in 0..n {
+                let (a, next) = text(at)?;
+                also.push(a);
+                at = next;
+            }
+        }
         Ok(IndexEntry {
             segment: u32at(1),
             offset: u64at(5),
             len: u32at(13),
             slot: u64at(17),
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(u64at(25)),
-            user: (!user.is_empty()).then(|| user.to_string()),
+            user: (!user.is_empty()).then_some(user),
+            also,
         })
+    }
+
+    /// Every pseudonym the entry is indexed under in `by_user`: `user`, then `also`.
+    pub(super) fn users(&self) -> impl Iterator<Item = &str> {
+        self.user.iter().chain(self.also.iter()).map(String::as_str)
     }
 }
 

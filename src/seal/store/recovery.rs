@@ -37,17 +37,18 @@ struct Loaded {
     receipts_done: Option<u64>,
 }
 
-/// One line of `receipts.jsonl`, as replayed by recovery.
-struct Receipt {
-    id: ExchangeId,
+/// One line of `receipts.jsonl`, as replayed by recovery (and read by
+/// [`SealStore::already_forgotten`](super::SealStore::already_forgotten)).
+pub(super) struct Receipt {
+    pub(super) id: ExchangeId,
     kind: AuditKind,
     actor: String,
     reason: String,
-    user: Option<String>,
+    pub(super) user: Option<String>,
 }
 
 impl Receipt {
-    fn parse(line: &[u8]) -> Option<Receipt> {
+    pub(super) fn parse(line: &[u8]) -> Option<Receipt> {
         let v: serde_json::Value = serde_json::from_slice(line).ok()?;
         Some(Receipt {
             id: v["request_id"].as_str()?.parse().ok()?,

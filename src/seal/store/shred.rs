@@ -83,8 +83,8 @@ impl Writer {
             let mut free = txn.open_table(FREE_SLOTS).map_err(db_err)?;
             for (id, e) in found {
                 ex.remove(id.as_bytes()).map_err(db_err)?;
-                if let Some(u) = &e.user {
-                    by_user.remove(u.as_str(), id.as_bytes()).map_err(db_err)?;
+                for u in e.users() {
+                    by_user.remove(u, id.as_bytes()).map_err(db_err)?;
                 }
                 by_time
                     .remove((millis(e.time), *id.as_bytes()))

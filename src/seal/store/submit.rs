@@ -57,7 +57,10 @@ pub(super) struct SealJob {
     pub(super) frame: Vec<u8>,
     pub(super) slot: [u8; SLOT_LEN],
     pub(super) time: SystemTime,
-    pub(super) user: Option<String>,
+    /// The exchange's pseudonyms, deduplicated, its user first (see
+    /// [`IndexEntry::also`](super::index::IndexEntry)). One `Vec` rather than the user and
+    /// the others apart: the job stays as small as before (it travels in an enum).
+    pub(super) users: Vec<String>,
     /// Who waits for durability; `None` when detached (failures are counted by the writer).
     pub(super) ack: Option<oneshot::Sender<Result<(), SealError>>>,
     /// Told whether the exchange became durable (detached callers that need to know).
@@ -130,7 +133,7 @@ impl SealStore {
         user: Option<&UserPseudonym>,
     ) -> Result<SealAck, SealError> {
         let (ack, rx) = oneshot::channel();
-        self.enqueue(exchange, user, Some(ack), None)?;
+        self.enqueue(exchange, user.into_iter(), Some(ack), None)?;
         Ok(SealAck {
             id: exchange.id,
             rx,
@@ -145,7 +148,7 @@ impl SealStore {
         exchange: &Exchange,
         user: Option<&UserPseudonym>,
     ) -> Result<(), SealError> {
-        self.enqueue(exchange, user, None, None)
+        self.enqueue(exchange, user.into_iter(), None, None)
     }
 
     /// [`SealStore::submit_detached`] that calls `on_done` once the outcome is known: `true`
@@ -158,13 +161,26 @@ impl SealStore {
         user: Option<&UserPseudonym>,
         on_done: OnDone,
     ) -> Result<(), SealError> {
-        self.enqueue(exchange, user, None, Some(on_done))
+        self.enqueue(exchange, user.into_iter(), None, Some(on_done))
     }
 
-    fn enqueue(
+    /// [`SealStore::submit_detached_then`] for an exchange whose identity sources named
+    /// several users ([`Record::user_pseudonyms`](crate::record::Record::user_pseudonyms)):
+    /// the first is the exchange's user, and every one of them indexes it, so
+    /// [`SealStore::forget_user`] finds it by any (veil#13).
+    pub fn submit_detached_users(
         &self,
         exchange: &Exchange,
-        user: Option<&UserPseudonym>,
+        users: &[UserPseudonym],
+        on_done: OnDone,
+    ) -> Result<(), SealError> {
+        self.enqueue(exchange, users.iter(), None, Some(on_done))
+    }
+
+    fn enqueue<'u>(
+        &self,
+        exchange: &Exchange,
+        users: impl Iterator<Item = &'u UserPseudonym>,
         ack: Option<oneshot::Sender<Result<(), SealError>>>,
         on_done: Option<OnDone>,
     ) -> Result<(), SealError> {
@@ -202,6 +218,12 @@ impl SealStore {
                 ),
             ));
         }
+        let mut all: Vec<String> = Vec::new();
+        for u in users.map(|u| u.as_str().to_string()) {
+            if !all.contains(&u) {
+                all.push(u);
+            }
+        }
         let ring = self.keyring();
         let master = ring.current();
         let data_key = envelope::fresh_data_key();
@@ -218,7 +240,7 @@ impl SealStore {
             frame,
             slot,
             time: exchange.started_at,
-            user: user.map(|u| u.as_str().to_string()),
+            users: all,
             ack,
             // From here on the writer owns the outcome: dropped unwritten counts as `false`.
             done: on_done.map(|f| Done(Some(f))),

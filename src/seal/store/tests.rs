@@ -76,3 +76,65 @@ fn submit_refuses_past_the_pending_bound_and_recovers() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+// See: veil#13. Only the winning identity source indexed the exchange: a user named in the
+// body but overridden by `x-veil-user` was not found by `forget --user`.
+#[test]
+fn every_pseudonym_of_an_exchange_finds_it_and_forgetting_one_unindexes_all() {
+    for forget_by in [0, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = crate::seal::tests::ring(3);
+        let bob = crate::keys::pseudonymize_user(&ring, "bob");
+        let alice = crate::keys::pseudonymize_user(&ring, "alice@example.com");
+        let store = SealStore::open(dir.path(), ring, Default::default()).unwrap();
+        let ex = crate::seal::tests::openai_chat();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store
+            .submit_detached_users(
+                &ex,
+                &[bob.clone(), alice.clone(), bob.clone()],
+                Box::new(move |ok| tx.send(ok).unwrap()),
+            )
+            .unwrap();
+        assert!(rx.recv().unwrap(), "sealed");
+        assert_eq!(store.ids_for_user(&bob).unwrap(), vec![ex.id]);
+        assert_eq!(store.ids_for_user(&alice).unwrap(), vec![ex.id]);
+        let entry = store.entry(ex.id).unwrap().unwrap();
+        assert_eq!(
+            entry.user.as_deref(),
+            Some(bob.as_str()),
+            "the winner first"
+        );
+        assert_eq!(entry.also, vec![alice.as_str().to_string()], "deduplicated");
+
+        let who = [&alice, &bob][forget_by];
+        assert_eq!(store.forget_user(who, "test", "test").unwrap(), vec![ex.id]);
+        assert!(store.ids_for_user(&bob).unwrap().is_empty());
+        assert!(store.ids_for_user(&alice).unwrap().is_empty());
+        assert_eq!(store.already_forgotten(&[ex.id]).unwrap(), vec![ex.id]);
+    }
+}
+
+#[test]
+fn index_entries_of_one_user_keep_the_version_1_encoding() {
+    let mut e = IndexEntry {
+        segment: 3,
+        offset: 99,
+        len: 7,
+        slot: 5,
+        time: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1234),
+        user: Some("u_0123456789abcdef".into()),
+        also: Vec::new(),
+    };
+    let v1 = e.encode();
+    assert_eq!(v1[0], 1, "readable by an older veil");
+    assert_eq!(IndexEntry::decode(&v1).unwrap(), e);
+    e.also = vec!["u_fedcba9876543210".into(), "u_00000000000000ff".into()];
+    let v2 = e.encode();
+    assert_eq!(v2[0], 2);
+    assert_eq!(IndexEntry::decode(&v2).unwrap(), e);
+    assert!(
+        IndexEntry::decode(&v2[..v2.len() - 1]).is_err(),
+        "a cut entry is corrupt"
+    );
+}

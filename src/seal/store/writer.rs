@@ -289,6 +289,7 @@ impl Writer {
                 reused.push(slot);
             }
             write_slot(&self.slots, slot, &job.slot).map_err(|e| io_err("keyslots", e))?;
+            let mut users = job.users.into_iter();
             entries.push((
                 job.id,
                 IndexEntry {
@@ -297,7 +298,8 @@ impl Writer {
                     len: flen as u32,
                     slot,
                     time: job.time,
-                    user: job.user,
+                    user: users.next(),
+                    also: users.collect(),
                 },
             ));
             acks.push((job.id, job.ack, job.done, Ok(())));
@@ -319,8 +321,8 @@ impl Writer {
             for (id, e) in &entries {
                 ex.insert(id.as_bytes(), e.encode().as_slice())
                     .map_err(db_err)?;
-                if let Some(u) = &e.user {
-                    by_user.insert(u.as_str(), id.as_bytes()).map_err(db_err)?;
+                for u in e.users() {
+                    by_user.insert(u, id.as_bytes()).map_err(db_err)?;
                 }
                 by_time
                     .insert((millis(e.time), *id.as_bytes()), ())

@@ -193,7 +193,19 @@ async fn full_data_disk_makes_healthz_503_and_sealing_resumes_when_space_returns
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert_eq!(stdout.trim(), format!("forgotten {first}"));
+    // The one id destroyed, then the receipt.
+    assert_eq!(
+        stdout.lines().next(),
+        Some(format!("forgotten {first}").as_str())
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("forgotten "))
+            .count(),
+        1
+    );
+    assert!(stdout.contains("receipt: 1 exchange(s)"), "{stdout}");
     assert!(proc.terminate().success(), "{}", proc.stderr());
     // No ledger line was glued onto a half line the full disk left behind.
     for file in records(&data) {
