@@ -54,19 +54,19 @@ impl IsoUtc {
     }
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
-/// `civil_from_days`, for days ≥ 0).
+/// Days since 1970-01-01 (at most those of 9999-12-31) → (year, month, day), from the `time`
+/// crate's calendar (no allocation; only its `format!` path was too slow for the writer).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    let (y, m, d) = i64::try_from(days)
+        .ok()
+        .and_then(|days| days.checked_mul(86_400))
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .map_or((9999, time::Month::December, 31), |t| t.to_calendar_date());
+    (
+        u64::try_from(y).unwrap_or(0),
+        u64::from(u8::from(m)),
+        u64::from(d),
+    )
 }
 
 /// Parses what [`iso_utc`] writes (and any RFC 3339 time) back to a `SystemTime`.

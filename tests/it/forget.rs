@@ -6,19 +6,7 @@ use std::path::Path;
 
 use crate::support::ledger::{json, text, wait_for_rows};
 use crate::support::mock_llm::{Alpn, Mock};
-use crate::support::process::{VeilProcess, curl_chat, free_port, resolve_args, veil};
-
-fn start(mock: &Mock, cwd: &Path, admin: u16) -> VeilProcess {
-    let mut args = resolve_args(mock.addr);
-    args.extend([
-        "--upstream-ca".to_string(),
-        mock.ca_path.display().to_string(),
-        "--admin-listen".to_string(),
-        format!("127.0.0.1:{admin}"),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    VeilProcess::start(&args, cwd)
-}
+use crate::support::process::{curl_chat, free_port, start_with_admin as start, veil};
 
 /// Every byte of the ledger (database, WAL, shared memory), the sealed store's segments and
 /// key slots, the journal and the spool, concatenated. Not the receipts and the audit log:

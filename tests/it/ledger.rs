@@ -6,20 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::ledger::{json, text, wait_for_rows, wait_for_rows_in};
 use crate::support::mock_llm::{Alpn, Mock};
-use crate::support::process::{VeilProcess, curl_chat, free_port, resolve_args, veil};
+use crate::support::process::{
+    VeilProcess, curl_chat, free_port, resolve_args, start_with_admin as start, veil,
+};
 use crate::support::tmpfs::{ReadOnlyFile, Tmpfs};
-
-fn start(mock: &Mock, cwd: &Path, admin: u16) -> VeilProcess {
-    let mut args = resolve_args(mock.addr);
-    args.extend([
-        "--upstream-ca".to_string(),
-        mock.ca_path.display().to_string(),
-        "--admin-listen".to_string(),
-        format!("127.0.0.1:{admin}"),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    VeilProcess::start(&args, cwd)
-}
 
 fn ledger_bytes(cwd: &Path) -> Vec<u8> {
     let mut all = Vec::new();

@@ -171,3 +171,21 @@ pub fn curl_chat(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> 
         .expect("x-veil-request-id");
     (id, text)
 }
+
+/// `veil run` in `cwd` against `mock` (its address resolved for the provider hosts, its CA
+/// trusted upstream) with the TCP admin API on `127.0.0.1:admin`.
+pub fn start_with_admin(
+    mock: &crate::support::mock_llm::Mock,
+    cwd: &Path,
+    admin: u16,
+) -> VeilProcess {
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+        "--admin-listen".to_string(),
+        format!("127.0.0.1:{admin}"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    VeilProcess::start(&args, cwd)
+}
