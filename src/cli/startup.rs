@@ -75,7 +75,7 @@ impl Facts {
                 l.path = absolute(&l.path);
                 l
             }),
-            otlp: config.otlp_endpoint.clone(),
+            otlp: config.otlp_endpoint.as_deref().map(endpoint_words),
             records_files: files.then(|| absolute(&config.data.join("records"))),
             sealed: absolute(&config.data.join("sealed")),
             retention: config.retention,
@@ -84,6 +84,32 @@ impl Facts {
             data: absolute(&config.data),
             control: absolute(control),
         }
+    }
+}
+
+/// The OTLP endpoint as the start line shows it: scheme, host, port and path, never the
+/// userinfo or query, where a collector's credentials can sit (`https://user:token@host`,
+/// `?api_key=…`); logs are not a place for them.
+fn endpoint_words(endpoint: &str) -> String {
+    match endpoint.parse::<http::Uri>() {
+        Ok(uri) => {
+            let host = uri.host().unwrap_or("?");
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            let hidden =
+                uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some();
+            format!(
+                "{}://{host}{port}{}{}",
+                uri.scheme_str().unwrap_or("?"),
+                // `http::Uri` reports an absent path as "/": show the endpoint as written.
+                Some(uri.path()).filter(|p| *p != "/").unwrap_or_default(),
+                if hidden {
+                    " (credentials not shown)"
+                } else {
+                    ""
+                }
+            )
+        }
+        Err(_) => "(an endpoint that is not a URL)".to_string(),
     }
 }
 
@@ -291,6 +317,21 @@ mod tests {
             all.contains("records files: OTLP/JSON lines files under /d/records"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn otlp_endpoint_credentials_stay_out_of_the_start_line() {
+        assert_eq!(
+            endpoint_words("http://collector:4318"),
+            "http://collector:4318"
+        );
+        let shown =
+            endpoint_words("https://svc:s3cr3t-t0ken@otel.example:443/v1?api_key=k3y-v4lue");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("k3y-v4lue"),
+            "{shown}"
+        );
+        assert_eq!(shown, "https://otel.example:443/v1 (credentials not shown)");
     }
 
     #[test]
