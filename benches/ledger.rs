@@ -184,7 +184,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         content_dropped: None,
         parse_error: None,
     };
-    // One identity source, as most apps send: one `exchange_users` row per exchange.
+    // One identity source, as most apps send: the winner only, so no `exchange_users` row.
     r.user_pseudonyms = r.user_pseudonym.iter().cloned().collect();
     r
 }

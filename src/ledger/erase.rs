@@ -53,7 +53,8 @@ pub struct Erased {
     pub rows: u64,
     /// Content rows deleted.
     pub content: u64,
-    /// `exchange_users` rows deleted: the pseudonyms every identity source named.
+    /// `exchange_users` rows deleted: the pseudonyms identity sources named besides the
+    /// winner (`exchanges.user`, cleared with the row).
     pub pseudonyms: u64,
     /// Request ids of the rows erased (for `--user`, the exchanges the ledger knew of).
     pub request_ids: Vec<String>,

@@ -115,10 +115,11 @@ CREATE TABLE forgotten (
 ) WITHOUT ROWID;
 ";
 
-/// Version 3 adds `exchange_users`: every user pseudonym any identity source of the rules
-/// named for an exchange (the winner, in `exchanges.user`, included), so an erase by user
-/// finds exchanges where that user was named but another source won (veil#13). The upgrade
-/// from version 2 copies each row's `exchanges.user` into it.
+/// Version 3 adds `exchange_users`: the user pseudonyms the identity sources of the rules
+/// named for an exchange besides the winner (which is `exchanges.user`, indexed by
+/// `exchanges_user`), so an erase by user finds exchanges where that user was named but
+/// another source won (veil#13). Winners are not repeated there: with one identity source,
+/// the common case, an exchange costs no extra index insert.
 const DDL_V3: &str = "
 CREATE TABLE exchange_users (
     exchange INTEGER NOT NULL REFERENCES exchanges (id) ON DELETE CASCADE,
@@ -126,8 +127,6 @@ CREATE TABLE exchange_users (
     PRIMARY KEY (user, exchange)
 ) WITHOUT ROWID;
 CREATE INDEX exchange_users_exchange ON exchange_users (exchange);
-INSERT OR IGNORE INTO exchange_users (exchange, user)
-    SELECT id, user FROM exchanges WHERE user IS NOT NULL;
 ";
 
 /// Opens (creating if needed) the ledger for writing: WAL, `synchronous = NORMAL` (a

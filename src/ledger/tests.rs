@@ -865,10 +865,14 @@ fn forget_by_user_finds_a_user_named_by_a_source_that_did_not_win() {
                 openai_chat("other"),
             ],
         );
-        assert_eq!(count(&path, "SELECT COUNT(*) FROM exchange_users"), 3);
+        // Only the source that did not win (alice) has a row: the winner is exchanges.user.
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM exchange_users"), 1);
         let erased = erase::forget_user(&path, &UserPseudonym::parse(who).unwrap()).unwrap();
         assert_eq!(erased.request_ids, vec!["both".to_string()], "{who}");
-        assert_eq!(erased.pseudonyms, 2, "both pseudonyms of the exchange go");
+        assert_eq!(
+            erased.pseudonyms, 1,
+            "the other source's pseudonym goes too"
+        );
         // The pseudonym asked for stays only as the erase's tombstone (for late records,
         // swept after TOMBSTONE_TTL); the other one and the content leave every byte.
         let bytes = file_bytes(&path);
@@ -891,6 +895,14 @@ fn forget_by_user_finds_a_user_named_by_a_source_that_did_not_win() {
         );
         assert_eq!(
             count(&path, "SELECT COUNT(*) FROM exchange_users"),
+            0,
+            "no pseudonym of the forgotten exchange is left"
+        );
+        assert_eq!(
+            count(
+                &path,
+                "SELECT COUNT(*) FROM exchanges WHERE user IS NOT NULL"
+            ),
             1,
             "the other exchange keeps its user"
         );
@@ -939,7 +951,7 @@ fn a_record_naming_a_forgotten_user_in_a_source_that_did_not_win_lands_erased() 
 }
 
 #[test]
-fn a_version_2_ledger_is_upgraded_in_place_and_indexes_its_users() {
+fn a_version_2_ledger_is_upgraded_in_place_and_still_finds_its_users() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     {
@@ -966,12 +978,9 @@ fn a_version_2_ledger_is_upgraded_in_place_and_indexes_its_users() {
     assert_eq!(v, 3);
     drop(c);
     assert_eq!(
-        count(
-            &path,
-            "SELECT COUNT(*) FROM exchange_users WHERE user = 'u_2222222222222222'"
-        ),
-        1,
-        "the upgrade indexes each row's user"
+        count(&path, "SELECT COUNT(*) FROM exchange_users"),
+        0,
+        "a version 2 row's one pseudonym is its winner, already in exchanges.user"
     );
     let user = UserPseudonym::parse("u_2222222222222222").unwrap();
     assert_eq!(

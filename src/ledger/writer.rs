@@ -335,10 +335,13 @@ impl Writer {
                 }
                 written += 1;
                 let rowid = tx.last_insert_rowid();
+                let winner = r.user_pseudonym.as_ref().map(UserPseudonym::as_str);
                 if !forgotten {
-                    // Every identity source's pseudonym, so an erase by any of them finds
-                    // the row; a forgotten record keeps none.
-                    for u in users_of(r) {
+                    // The pseudonyms of the identity sources that did not win, so an erase by
+                    // any of them finds the row (the winner is `exchanges.user`, already
+                    // indexed: one source, the common case, costs no extra insert). A
+                    // forgotten record keeps none.
+                    for u in users_of(r).filter(|u| Some(*u) != winner) {
                         ins_user.execute(params![rowid, u])?;
                     }
                 }
