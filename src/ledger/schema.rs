@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::LedgerError;
 
 /// Schema version this veil writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of a veil ledger: the bytes `veil`.
 pub const APPLICATION_ID: i64 = 0x7665_696c;
@@ -127,6 +127,28 @@ CREATE TABLE exchange_users (
     PRIMARY KEY (user, exchange)
 ) WITHOUT ROWID;
 CREATE INDEX exchange_users_exchange ON exchange_users (exchange);
+";
+
+/// Version 4 adds `feedback`: scores, labels and scrubbed comments apps and people attach to
+/// an exchange (or to its whole task) by request id (veil#14). Not a foreign key to
+/// `exchanges`: feedback can arrive before the exchange's row lands, and it is erased with
+/// the exchange by request id and by user pseudonym.
+const DDL_V4: &str = "
+CREATE TABLE feedback (
+    id         TEXT    PRIMARY KEY,
+    request_id TEXT    NOT NULL,
+    scope      TEXT    NOT NULL CHECK (scope IN ('exchange', 'task')),
+    task       TEXT,
+    at         TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    score      REAL,
+    label      TEXT,
+    comment    TEXT,
+    user       TEXT,
+    CHECK (score IS NOT NULL OR label IS NOT NULL)
+) WITHOUT ROWID;
+CREATE INDEX feedback_request ON feedback (request_id);
+CREATE INDEX feedback_user ON feedback (user) WHERE user IS NOT NULL;
 ";
 
 /// Opens (creating if needed) the ledger for writing: WAL, `synchronous = NORMAL` (a
@@ -312,6 +334,9 @@ fn try_open_writer(path: &Path) -> Result<Connection, Fault> {
         }
         if version < 3 {
             tx.execute_batch(DDL_V3)?;
+        }
+        if version < 4 {
+            tx.execute_batch(DDL_V4)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;

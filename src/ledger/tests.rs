@@ -637,7 +637,8 @@ fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
         let (c, _) = schema::open_writer(&path).unwrap();
         // Back to what version 1 wrote: no tombstone table.
         c.execute_batch(
-            "DROP TABLE forgotten; DROP TABLE exchange_users; PRAGMA user_version = 1;",
+            "DROP TABLE forgotten; DROP TABLE exchange_users; DROP TABLE feedback;
+             PRAGMA user_version = 1;",
         )
         .unwrap();
         c.execute(
@@ -956,8 +957,8 @@ fn a_version_2_ledger_is_upgraded_in_place_and_still_finds_its_users() {
     let path = dir.path().join("ledger.db");
     {
         let (c, _) = schema::open_writer(&path).unwrap();
-        // Back to what version 2 wrote: no exchange_users.
-        c.execute_batch("DROP TABLE exchange_users; PRAGMA user_version = 2;")
+        // Back to what version 2 wrote: no exchange_users, no feedback.
+        c.execute_batch("DROP TABLE exchange_users; DROP TABLE feedback; PRAGMA user_version = 2;")
             .unwrap();
         c.execute(
             "INSERT INTO exchanges (request_id, start, provider, operation, user, outcome, stream,
@@ -975,7 +976,12 @@ fn a_version_2_ledger_is_upgraded_in_place_and_still_finds_its_users() {
     let v: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, schema::SCHEMA_VERSION);
+    // Version 4's table came with the upgrade, empty.
+    let feedback: i64 = c
+        .query_row("SELECT count(*) FROM feedback", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(feedback, 0);
     drop(c);
     assert_eq!(
         count(&path, "SELECT COUNT(*) FROM exchange_users"),
