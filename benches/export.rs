@@ -88,6 +88,7 @@ fn record(i: usize) -> Record {
         response_bytes: 900,
         content_dropped: None,
         parse_error: None,
+        prepared: Default::default(),
     }
 }
 

@@ -24,6 +24,12 @@
 // in [lints] it would also hit the benches, whose criterion_group! emits undocumented pub fns.
 #![deny(missing_docs)]
 
+// The global allocator is set here, not in main.rs, so the benches and tests that link the
+// library measure and run what the binary runs. Why mimalloc: see its line in Cargo.toml.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -121,6 +121,9 @@ impl Pipeline {
         let rules = self.rules.current();
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
         let record = record::build_within(exchange, &conversation, &rules, self.redaction_budget);
+        // The content's JSON text, made here on one of several workers rather than on the
+        // ledger's single writer thread or again by the span encoder.
+        record.prepare();
         let users = record.user_pseudonyms.clone();
         self.counters.pipeline.processed.inc();
         if let Some(exporter) = &self.exporter {

@@ -389,6 +389,7 @@ pub fn base_record(id: &str) -> Record {
         response_bytes: 900,
         content_dropped: None,
         parse_error: None,
+        prepared: Default::default(),
     }
 }
 

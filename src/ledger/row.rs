@@ -143,57 +143,22 @@ pub fn is_error(r: &Record) -> bool {
 }
 
 /// Tool calls in the answer: `tool_call` parts of the redacted output messages. `None` when
-/// the rules kept no output content (the count is then unknown, not zero).
+/// the rules kept no output content (the count is then unknown, not zero). Read from the
+/// record's [`prepare`](Record::prepare)d text, made on the pipeline worker.
 pub fn tool_calls(r: &Record) -> Option<i64> {
-    let messages = r.output_messages.as_ref()?.as_array()?;
-    let n = messages
-        .iter()
-        .filter_map(|m| m.get("parts")?.as_array())
-        .flatten()
-        .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("tool_call"))
-        .count();
-    Some(int(n as u64))
+    r.prepare().tool_calls.map(int)
 }
 
-/// The record's content as the rules emitted it, as JSON text per column; `None` when the
-/// rules let no content out (then no `content` row is written).
-pub fn content(r: &Record) -> Option<[Option<String>; 3]> {
-    let mut bufs = ContentText::default();
-    let cols = bufs.fill(r)?.map(|c| c.map(str::to_owned));
-    Some(cols)
-}
-
-/// Buffers the writer reuses for [`content`]'s text: one JSON serialization per column and
-/// row, but no allocation once the buffers have grown to the largest content seen.
-#[derive(Debug, Default)]
-pub struct ContentText([Vec<u8>; 3]);
-
-impl ContentText {
-    /// Serializes `r`'s content columns (system instructions, input, output) into the
-    /// buffers; `None` when the rules let no content out.
-    pub fn fill<'s>(&'s mut self, r: &Record) -> Option<[Option<&'s str>; 3]> {
-        let values = [
-            &r.system_instructions,
-            &r.input_messages,
-            &r.output_messages,
-        ];
-        if values.iter().all(|v| v.is_none()) {
-            return None;
-        }
-        for (buf, v) in self.0.iter_mut().zip(values) {
-            buf.clear();
-            if let Some(v) = v {
-                // Writing JSON into a Vec cannot fail (no I/O; a Value has string keys).
-                let _ = serde_json::to_writer(&mut *buf, v);
-            }
-        }
-        let [a, b, c] = &self.0;
-        let text = |buf: &'s [u8], v: &Option<serde_json::Value>| -> Option<&'s str> {
-            v.as_ref()
-                .map(|_| std::str::from_utf8(buf).unwrap_or_default())
-        };
-        Some([text(a, values[0]), text(b, values[1]), text(c, values[2])])
+/// The record's content as the rules emitted it, as JSON text per column (system
+/// instructions, input, output); `None` when the rules let no content out (then no `content`
+/// row is written). Borrowed from the record's [`prepare`](Record::prepare)d text: the writer
+/// serializes nothing.
+pub fn content(r: &Record) -> Option<[Option<&str>; 3]> {
+    let c = &r.prepare().content;
+    if c.iter().all(Option::is_none) {
+        return None;
     }
+    Some([c[0].as_deref(), c[1].as_deref(), c[2].as_deref()])
 }
 
 /// The key of the record's `daily` rollup row, borrowed from the record (the writer sums a
@@ -355,22 +320,23 @@ mod tests {
         r.system_instructions = None;
         r.input_messages = None;
         r.output_messages = None;
-        let mut bufs = ContentText::default();
-        assert!(bufs.fill(&r).is_none());
+        let empty = r.clone();
+        assert!(content(&empty).is_none());
+        // A clone starts with an empty cache: what it is given afterwards is what it writes.
         r.input_messages = Some(serde_json::json!([{"role":"user","parts":[
             {"type":"text","content":"a \"quoted\" é"}]}]));
         let long = serde_json::json!(["x".repeat(5000)]);
         r.output_messages = Some(long.clone());
-        let cols = bufs.fill(&r).unwrap();
+        let cols = content(&r).unwrap();
         assert_eq!(cols[0], None);
         assert_eq!(
             cols[1],
             Some(r.input_messages.as_ref().unwrap().to_string().as_str())
         );
         assert_eq!(cols[2], Some(long.to_string().as_str()));
-        // Reused for a shorter row: nothing of the longer one is left.
-        r.output_messages = Some(serde_json::json!([]));
-        assert_eq!(bufs.fill(&r).unwrap()[2], Some("[]"));
+        let mut short = empty.clone();
+        short.output_messages = Some(serde_json::json!([]));
+        assert_eq!(content(&short).unwrap()[2], Some("[]"));
     }
 
     #[test]
@@ -384,8 +350,9 @@ mod tests {
 
     #[test]
     fn tool_calls_count_tool_call_parts_and_are_unknown_without_content() {
-        let mut r = crate::ledger::testing::record("r1");
+        let r = crate::ledger::testing::record("r1");
         assert_eq!(tool_calls(&r), None);
+        let mut r = r.clone();
         r.output_messages = Some(serde_json::json!([{"role":"assistant","parts":[
             {"type":"text","content":"x"},
             {"type":"tool_call","id":"a","name":"f"},

@@ -179,6 +179,7 @@ pub fn build_within(
         response_bytes: conv.response_bytes,
         content_dropped,
         parse_error: conv.parse_error.clone(),
+        prepared: super::Prepared::default(),
     }
 }
 

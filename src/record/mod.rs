@@ -26,6 +26,7 @@ mod identity;
 pub use build::{build, build_within, scope_key};
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use crate::exchange::{Operation, OutcomeKind, Provider, TraceParent, Usage};
@@ -124,9 +125,92 @@ pub struct Record {
     /// expected value at line 1 column 1`, `2 stream event(s) are not JSON`). Short, never
     /// content. See [`Conversation::parse_error`](crate::exchange::Conversation::parse_error).
     pub parse_error: Option<String>,
+    /// Text made once from the content above for every sink: see [`Record::prepare`].
+    pub prepared: Prepared,
+}
+
+/// A cache of text derived from a record's content, filled once by [`Record::prepare`]. A
+/// cache, not data: two records compare equal whatever their caches hold, and a clone starts
+/// empty (so a clone whose content is then changed never carries its original's text). Build
+/// records with `prepared: Prepared::default()`.
+#[derive(Debug, Default)]
+pub struct Prepared(OnceLock<PreparedText>);
+
+impl Clone for Prepared {
+    fn clone(&self) -> Self {
+        Prepared::default()
+    }
+}
+
+impl PartialEq for Prepared {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// What [`Record::prepare`] derives from the content.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreparedText {
+    /// JSON text of `system_instructions`, `input_messages` and `output_messages`, in that
+    /// order (the [`CONTENT_ATTRIBUTES`] order); `None` where the field is absent.
+    pub content: [Option<Box<str>>; 3],
+    /// Tool calls in the answer: `tool_call` parts of the output messages; `None` when the
+    /// rules kept no output content (the count is then unknown, not zero).
+    pub tool_calls: Option<u64>,
+    /// [`Record::redactions`] as a JSON object (`{"EMAIL":3}`); `None` when there were none.
+    pub redactions: Option<Box<str>>,
+}
+
+/// The GenAI attribute names of the content fields, in [`PreparedText::content`] order
+/// (`shared/otel-genai.md` §1.2).
+pub const CONTENT_ATTRIBUTES: [&str; 3] = [
+    "gen_ai.system_instructions",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+];
+
+impl PreparedText {
+    fn of(r: &Record) -> PreparedText {
+        let text = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string().into());
+        let tool_calls = r
+            .output_messages
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| m.get("parts")?.as_array())
+                    .flatten()
+                    .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("tool_call"))
+                    .count() as u64
+            });
+        PreparedText {
+            content: [
+                text(&r.system_instructions),
+                text(&r.input_messages),
+                text(&r.output_messages),
+            ],
+            tool_calls,
+            redactions: (!r.redactions.is_empty()).then(|| {
+                // A map of strings to integers always serializes.
+                serde_json::to_string(&r.redactions)
+                    .unwrap_or_default()
+                    .into()
+            }),
+        }
+    }
 }
 
 impl Record {
+    /// The content's JSON text, tool-call count and redaction counts as JSON, made on first
+    /// call and kept. The pipeline
+    /// worker that builds a record calls it before handing the record on, so the ledger's
+    /// single writer thread and the OTLP span encoder read text instead of serializing the
+    /// same JSON trees again (serialization was ~18% of the writer's CPU, veil#12). Call it
+    /// only once the content fields are final: later changes to them are not seen.
+    pub fn prepare(&self) -> &PreparedText {
+        self.prepared.0.get_or_init(|| PreparedText::of(self))
+    }
+
     /// Request plus response body bytes on the wire (saturating): the size the disk watch
     /// uses to estimate what this record will still write (ledger content, records files).
     pub fn wire_bytes(&self) -> u64 {

@@ -10,9 +10,9 @@
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
 
-use super::attributes::{content, is_failed, kv, record_attributes, str_value};
+use super::attributes::{is_failed, kv, record_attributes, str_value};
 use super::unix_nanos;
-use crate::record::Record;
+use crate::record::{CONTENT_ATTRIBUTES, Record};
 
 /// `Span.flags` bits telling that the parent's remoteness is known (0x100) and that it is
 /// remote (0x200): the app's span lives in another process (otel-genai.md §2).
@@ -83,9 +83,12 @@ pub fn record_span(r: &Record, ids: &SpanIds) -> Span {
 }
 
 pub(super) fn span_with(r: &Record, ids: &SpanIds, mut attributes: Vec<KeyValue>) -> Span {
-    for (name, v) in content(r) {
-        // On spans, content is a JSON string (otel-genai.md §1.2).
-        attributes.push(kv(name, str_value(&v.to_string())));
+    // On spans, content is a JSON string (otel-genai.md §1.2): the text the pipeline worker
+    // already made for the ledger.
+    for (name, text) in CONTENT_ATTRIBUTES.iter().zip(&r.prepare().content) {
+        if let Some(text) = text {
+            attributes.push(kv(name, str_value(text)));
+        }
     }
     let start = unix_nanos(r.start);
     let end = unix_nanos(r.start + r.duration);
