@@ -72,6 +72,8 @@ pub struct Pipeline {
     pub hand_off: HandOff,
     /// What redacting one exchange may cost before its content is dropped from the record.
     pub redaction_budget: Budget,
+    /// Where each recorded exchange is remembered for the feedback API (veil#14), if served.
+    pub recent: Option<Arc<crate::feedback::Recent>>,
 }
 
 impl Pipeline {
@@ -122,6 +124,12 @@ impl Pipeline {
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
         let record = record::build_within(exchange, &conversation, &rules, self.redaction_budget);
         let users = record.user_pseudonyms.clone();
+        // Before the record leaves: a feedback posted right after the answer finds it here
+        // while the record is still on its way to the ledger.
+        if let Some(recent) = &self.recent {
+            let key = record::scope_key(exchange, &conversation);
+            recent.insert(crate::feedback::Rated::of(&record, &key));
+        }
         self.counters.pipeline.processed.inc();
         if let Some(exporter) = &self.exporter {
             let sent = match self.hand_off {
