@@ -104,6 +104,39 @@ pub struct RawConfig {
     /// Also write records as OTLP/JSON lines under `<data>/records/` when no OTLP endpoint
     /// is set (default false).
     pub records_files: Option<bool>,
+    /// Bearer token apps present to `POST /veil/v1/feedback` when veil listens beyond
+    /// loopback (the admin token works too). Never logged.
+    pub feedback_token: Option<Secret>,
+}
+
+/// A secret text from the config (`feedback_token`): its `Debug` never shows it, so a
+/// logged config cannot leak it. Compared through [`Secret::verify`] only.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret with this text (tests, flags).
+    pub fn new(text: impl Into<String>) -> Self {
+        Secret(text.into())
+    }
+
+    /// Constant-time check of a presented secret: compares BLAKE3 digests (whose `==` is
+    /// constant-time), as the admin token does, so neither content nor length leaks.
+    pub fn verify(&self, presented: &str) -> bool {
+        blake3::hash(presented.as_bytes()) == blake3::hash(self.0.as_bytes())
+    }
+
+    /// Whether it is empty (an empty `feedback_token` is refused at startup).
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl RawConfig {
@@ -181,6 +214,7 @@ impl RawConfig {
             ledger_retention: other.ledger_retention.or(self.ledger_retention),
             ledger_max_size: other.ledger_max_size.or(self.ledger_max_size),
             records_files: other.records_files.or(self.records_files),
+            feedback_token: other.feedback_token.or(self.feedback_token),
         }
     }
 }
@@ -390,6 +424,11 @@ impl GatewayRoute {
         if name.is_empty() || name.contains('/') {
             return Err(format!("bad route name {name:?}"));
         }
+        if name == "veil" {
+            return Err(
+                "route name \"veil\" is reserved: /veil/ is veil's own API (POST /veil/v1/feedback); pick another name".to_string(),
+            );
+        }
         Ok(GatewayRoute {
             name: name.to_string(),
             scheme,
@@ -531,6 +570,9 @@ pub struct Config {
     /// With no OTLP endpoint, also append records as OTLP/JSON lines under
     /// `<data>/records/` (`records_files`, default false; the ledger is the default sink).
     pub records_files: bool,
+    /// The token `POST /veil/v1/feedback` asks for when `listen` is not loopback (the admin
+    /// token is accepted too); `None`: only the admin token. On loopback none is asked.
+    pub feedback_token: Option<Secret>,
 }
 
 impl Config {
@@ -682,6 +724,15 @@ impl Config {
             pipeline_workers,
             ledger,
             records_files: raw.records_files.unwrap_or(false),
+            feedback_token: match raw.feedback_token {
+                Some(t) if t.is_empty() => {
+                    return Err(bad(
+                        "feedback_token",
+                        "is empty; set a long random token, or remove the key",
+                    ));
+                }
+                t => t,
+            },
         })
     }
 }

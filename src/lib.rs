@@ -36,6 +36,7 @@ pub mod config;
 pub mod counters;
 pub mod exchange;
 pub mod export;
+pub mod feedback;
 pub mod health;
 pub mod journal;
 pub mod keys;

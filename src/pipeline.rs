@@ -72,6 +72,8 @@ pub struct Pipeline {
     pub hand_off: HandOff,
     /// What redacting one exchange may cost before its content is dropped from the record.
     pub redaction_budget: Budget,
+    /// Where each recorded exchange is remembered for the feedback API (veil#14), if served.
+    pub recent: Option<Arc<crate::feedback::Recent>>,
 }
 
 impl Pipeline {
@@ -125,6 +127,12 @@ impl Pipeline {
         // ledger's single writer thread or again by the span encoder.
         record.prepare();
         let users = record.user_pseudonyms.clone();
+        // Before the record leaves: a feedback posted right after the answer finds it here
+        // while the record is still on its way to the ledger.
+        if let Some(recent) = &self.recent {
+            let key = record::scope_key(exchange, &conversation);
+            recent.insert(crate::feedback::Rated::of(&record, &key));
+        }
         self.counters.pipeline.processed.inc();
         if let Some(exporter) = &self.exporter {
             let sent = match self.hand_off {

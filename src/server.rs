@@ -475,6 +475,25 @@ pub async fn start(
         source,
     })?;
 
+    // The feedback API (veil#14): the pipeline remembers recent exchanges, the service
+    // reads them (and the ledger), scrubs, and hands on to the ledger writer and the exporter.
+    let recent = Arc::new(crate::feedback::Recent::default());
+    let feedback = Arc::new(crate::feedback::FeedbackService::new(
+        rules.clone(),
+        recent.clone(),
+        ledger
+            .as_ref()
+            .map(|l| (l.handle(), l.path().to_path_buf())),
+        Some(exporter.handle()),
+        if config.listen.ip().is_loopback() {
+            crate::feedback::Access::Loopback
+        } else {
+            crate::feedback::Access::Token {
+                feedback: config.feedback_token.clone(),
+                admin: crate::admin::AdminToken::load(&config.keys).ok(),
+            }
+        },
+    ));
     let fingerprinter = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
     let pipeline = Pipeline {
         rules: rules.clone(),
@@ -489,6 +508,7 @@ pub async fn start(
             Audit::BestEffort => crate::pipeline::HandOff::Drop,
             Audit::Required => crate::pipeline::HandOff::Wait,
         },
+        recent: Some(recent.clone()),
     };
     let workers = pipeline.spawn(rx, config.pipeline_workers);
 
@@ -519,8 +539,17 @@ pub async fn start(
             pem: ca.cert_pem().to_string(),
             proxy: addr.to_string(),
         }),
+        feedback: Some({
+            let service = feedback.clone();
+            Arc::new(move |body: &[u8]| {
+                let a = service.handle(body);
+                (a.status, a.body)
+            }) as crate::admin::SubmitFeedback
+        }),
     };
-    let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?.with_health(health.clone());
+    let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?
+        .with_health(health.clone())
+        .with_api(feedback.clone());
 
     if let Some(listener) = admin_listener {
         let token = crate::admin::AdminToken::load_or_create(&keys_dir)?;

@@ -398,6 +398,17 @@ impl AdminClient {
             .await
     }
 
+    /// `POST /v1/feedback`: one feedback (`body`: the JSON of `POST /veil/v1/feedback`);
+    /// its id (`fb_…`). A refusal's error says which field and why, or that the request id
+    /// is unknown.
+    pub async fn feedback(&self, body: &serde_json::Value) -> Result<String, AdminError> {
+        let req = AdminRequest::Feedback {
+            body: body.to_string(),
+        };
+        let answer: super::FeedbackResponse = self.call(&req, &[StatusCode::ACCEPTED]).await?;
+        Ok(answer.id)
+    }
+
     /// `GET /v1/ca`: the running veil's CA, trust bundle and proxy address.
     pub async fn ca(&self) -> Result<CaResponse, AdminError> {
         self.call(&AdminRequest::Ca, &[StatusCode::OK]).await

@@ -70,15 +70,16 @@ mod tests;
 use api::percent_encode;
 pub use api::{
     AdminRequest, BodyView, CaResponse, CompactResponse, DegradedHealth, DestroyFailure,
-    ErrorResponse, ExchangeView, ForgetResponse, ForgetUserResponse, HealthStatus,
-    KeysReloadResponse, OutcomeView, PurgePreviewResponse, PurgeResponse, RecordingHealth,
-    RequestError, RewrapResponse, RouteView, RulesReloadResponse, SealingHealth, TimingsView,
-    UpstreamView,
+    ErrorResponse, ExchangeView, FeedbackResponse, ForgetResponse, ForgetUserResponse,
+    HealthStatus, KeysReloadResponse, OutcomeView, PurgePreviewResponse, PurgeResponse,
+    RecordingHealth, RequestError, RewrapResponse, RouteView, RulesReloadResponse, SealingHealth,
+    TimingsView, UpstreamView,
 };
 pub use client::{AdminClient, AdminError, AdminErrorKind, Endpoint, HealthResponse};
 pub use control::{ControlError, ControlErrorKind, ControlSocket, SOCKET_FILE, socket_path};
 pub use server::{
-    ADMIN_MAX_CONNECTIONS, Instance, ReloadRules, serve, serve_control, serve_tcp, serve_with,
+    ADMIN_MAX_CONNECTIONS, Instance, ReloadRules, SubmitFeedback, serve, serve_control, serve_tcp,
+    serve_with,
 };
 
 /// File name of the admin token inside the keys dir.

@@ -53,6 +53,11 @@ type Body = Full<Bytes>;
 /// never names the rules engine.
 pub type ReloadRules = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
+/// Takes one feedback document (the JSON of `POST /veil/v1/feedback`); the status and JSON
+/// answer of the feedback service. Built by `veil run`, so this module never names the
+/// rules or the ledger.
+pub type SubmitFeedback = Arc<dyn Fn(&[u8]) -> (StatusCode, serde_json::Value) + Send + Sync>;
+
 /// What the admin API reaches of the running veil besides its sealed store. Both are absent
 /// in tests and tools that serve a bare store: their routes then answer 404.
 #[derive(Clone, Default)]
@@ -61,6 +66,8 @@ pub struct Instance {
     pub reload_rules: Option<ReloadRules>,
     /// `GET /v1/ca` (`veil env`, `veil ca path`).
     pub ca: Option<CaResponse>,
+    /// `POST /v1/feedback` (`veil feedback`).
+    pub feedback: Option<SubmitFeedback>,
 }
 
 impl fmt::Debug for Instance {
@@ -68,6 +75,7 @@ impl fmt::Debug for Instance {
         f.debug_struct("Instance")
             .field("reload_rules", &self.reload_rules.is_some())
             .field("ca", &self.ca.as_ref().map(|c| &c.cert))
+            .field("feedback", &self.feedback.is_some())
             .finish()
     }
 }
@@ -408,6 +416,26 @@ async fn handle(
         AdminRequest::Ca => match instance.ca {
             Some(ca) => json(StatusCode::OK, &ca),
             None => error(StatusCode::NOT_FOUND, "this listener does not serve the CA"),
+        },
+        AdminRequest::Feedback { body } => match instance.feedback {
+            Some(submit) => {
+                match tokio::task::spawn_blocking(move || submit(body.as_bytes())).await {
+                    Ok((status, answer)) if status.is_success() => json(status, &answer),
+                    // The admin API's error document: the feedback service's message.
+                    Ok((status, answer)) => error(
+                        status,
+                        answer["error"]["message"]
+                            .as_str()
+                            .unwrap_or("feedback refused")
+                            .to_string(),
+                    ),
+                    Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "feedback panicked"),
+                }
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                "this listener does not take feedback",
+            ),
         },
     };
     Ok(resp)

@@ -244,7 +244,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     written.with_context(ctx)
 }
 
-const REPORT_COLUMNS: [&str; 16] = [
+const REPORT_COLUMNS: [&str; 19] = [
     "requests",
     "errors",
     "error_rate",
@@ -261,6 +261,9 @@ const REPORT_COLUMNS: [&str; 16] = [
     "ttfc_p50_ms",
     "ttfc_p95_ms",
     "ttfc_p99_ms",
+    "share_rated",
+    "mean_score",
+    "share_negative",
 ];
 
 fn report_cells(r: &ReportRow) -> Vec<Cell> {
@@ -281,6 +284,9 @@ fn report_cells(r: &ReportRow) -> Vec<Cell> {
         Cell::opt_real(r.ttfc_ms.p50, 1),
         Cell::opt_real(r.ttfc_ms.p95, 1),
         Cell::opt_real(r.ttfc_ms.p99, 1),
+        Cell::real(r.share_rated, 3),
+        Cell::opt_real(r.mean_score, 3),
+        Cell::opt_real(r.share_negative, 3),
     ]
 }
 
@@ -368,6 +374,9 @@ fn print_cards(
         "latency_p90_ms",
         "error_rate",
         "unpriced_tasks",
+        "share_rated",
+        "mean_score",
+        "share_negative",
     ];
     let rows: Vec<Vec<Cell>> = cards
         .iter()
@@ -384,6 +393,9 @@ fn print_cards(
                 Cell::opt_real(c.latency_p90_ms, 1),
                 Cell::real(c.error_rate, 3),
                 Cell::int(c.unpriced_tasks),
+                Cell::real(c.share_rated, 3),
+                Cell::opt_real(c.mean_score, 3),
+                Cell::opt_real(c.share_negative, 3),
             ]
         })
         .collect();

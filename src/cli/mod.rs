@@ -19,6 +19,7 @@
 //!
 //! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
 
+mod feedback;
 mod ledger;
 mod operator;
 mod rules;
@@ -59,6 +60,8 @@ enum Command {
     Env(ListenArg),
     /// Reload the running veil's rules file (this veil only; SIGHUP does the same).
     Reload(seal::AdminArg),
+    /// Attach feedback (a score or label, and a comment) to a recorded answer by request id.
+    Feedback(feedback::FeedbackArgs),
     /// Print the latest recorded exchanges from the ledger, one line each; -f follows.
     Tail(ledger::TailArgs),
     /// Spend, tokens, errors and latency from the ledger, grouped by feature, model, user...
@@ -303,6 +306,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let answer = operator::block(veil.reload_rules())??;
             println!("rules reloaded: digest {}", answer.digest);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Feedback(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            feedback::run(args, &config)
         }
         Command::Tail(args) => {
             let config = global.resolve(RawConfig::default())?;

@@ -18,6 +18,41 @@ pub struct TraceParent {
     pub trace_state: Option<String>,
 }
 
+/// veil's own span of the exchange with request id `request_id`: `(trace_id, span_id)`.
+///
+/// The trace is the app's when it sent a `traceparent` (veil's span is its child), else one
+/// derived from the request id. Both come from BLAKE3 of the request id (domain-separated),
+/// never from a random draw at encoding time, so whoever knows the request id, the OTLP
+/// encoder and the feedback API alike, names the same span: a feedback event arriving after
+/// the exchange's span was exported still correlates to it (veil#14). The request id is a
+/// UUIDv7 (74 random bits) and is already exported (`veil.request.id`), so the ids are as
+/// unpredictable as its random bits and reveal nothing new. Rejected: a random span id stored with the record, which
+/// a feedback after a restart (the record gone from memory) could only find in the ledger,
+/// and not at all with `ledger = false`. Neither id is ever all zero (W3C).
+pub fn veil_span(request_id: &str, parent: Option<&TraceParent>) -> ([u8; 16], [u8; 8]) {
+    veil_span_in(request_id, parent.map(|tp| tp.trace_id))
+}
+
+/// [`veil_span`] knowing only the app's trace id (a ledger row keeps no more).
+pub fn veil_span_in(request_id: &str, parent_trace: Option<[u8; 16]>) -> ([u8; 16], [u8; 8]) {
+    let mut h = blake3::Hasher::new_derive_key("veil 2026 exchange span ids");
+    h.update(request_id.as_bytes());
+    let d = h.finalize();
+    let d = d.as_bytes();
+    let mut trace_id = [0u8; 16];
+    trace_id.copy_from_slice(&d[..16]);
+    let mut span_id = [0u8; 8];
+    span_id.copy_from_slice(&d[16..24]);
+    // A zero draw has probability 2^-64 (2^-128): a fixed non-zero byte keeps the W3C rule.
+    if span_id == [0; 8] {
+        span_id[7] = 1;
+    }
+    if trace_id == [0; 16] {
+        trace_id[15] = 1;
+    }
+    (parent_trace.unwrap_or(trace_id), span_id)
+}
+
 /// Parses a `traceparent` value, attaching `tracestate` when the parent is valid.
 ///
 /// Returns `None` for anything invalid: wrong length or separators, uppercase hex, version

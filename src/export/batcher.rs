@@ -191,6 +191,13 @@ impl Batcher {
                     self.batch.logs.push(otlp::audit_log(&a));
                 }
             }
+            Item::Feedback(f) => {
+                // The ledger row is the feedback API's own write; this is the copy for the
+                // collector or the records files.
+                if self.exports(Signal::Logs) {
+                    self.batch.logs.push(otlp::feedback_log(&f));
+                }
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::AuditEvent;
+use super::{AuditEvent, FeedbackEvent};
 use crate::counters::Counters;
 use crate::journal::Slot;
 use crate::record::Record;
@@ -23,6 +23,8 @@ pub(super) enum Item {
     /// A record, with the journal slot of its exchange when it has one.
     Record(Box<Record>, Option<Slot>),
     Audit(AuditEvent),
+    /// A feedback's `gen_ai.evaluation.result` log record.
+    Feedback(Box<FeedbackEvent>),
 }
 
 /// Why [`ExporterHandle::try_send`] refused an item; the item comes back.
@@ -152,6 +154,27 @@ impl ExporterHandle {
             },
             _ => unreachable!("invariant: an audit event was sent"),
         })
+    }
+
+    /// Queues one feedback event without waiting, as an OTLP log record. A full queue gives
+    /// it back (the feedback API still has the ledger row; it logs the miss).
+    pub fn try_send_feedback(
+        &self,
+        event: FeedbackEvent,
+    ) -> Result<(), TrySendError<FeedbackEvent>> {
+        self.tx
+            .try_send(Item::Feedback(Box::new(event)))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(Item::Feedback(f)) => TrySendError {
+                    item: f,
+                    closed: false,
+                },
+                mpsc::error::TrySendError::Closed(Item::Feedback(f)) => TrySendError {
+                    item: f,
+                    closed: true,
+                },
+                _ => unreachable!("invariant: a feedback event was sent"),
+            })
     }
 
     /// The registry the exporter counts in (its `export` section).

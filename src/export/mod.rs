@@ -65,7 +65,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use handle::{ExporterHandle, TrySendError};
-pub use otlp::{AuditEvent, Encoding, Signal};
+pub use otlp::{AuditEvent, Encoding, FeedbackEvent, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError, StartError};
 
 use crate::config::Config;

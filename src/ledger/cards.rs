@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 
 use super::LedgerError;
-use super::report::{Filter, percentile};
+use super::report::{FeedbackAcc, Filter, feedback_join, percentile};
 
 /// The task an exchange belongs to, as SQL over `exchanges`.
 const TASK: &str = "CASE WHEN parent_span_id IS NOT NULL THEN 'trace:' || trace_id
@@ -51,6 +51,13 @@ pub struct Card {
     pub latency_p90_ms: Option<f64>,
     /// Share of tasks with at least one failed exchange.
     pub error_rate: f64,
+    /// Share of tasks with at least one feedback (on any of their exchanges).
+    pub share_rated: f64,
+    /// Mean of every feedback score given to the tasks' exchanges (`None`: no score).
+    pub mean_score: Option<f64>,
+    /// Share of the rated tasks with a negative feedback (a score below 0 or a negative
+    /// label, see [`NEGATIVE_LABELS`](super::report::NEGATIVE_LABELS)); `None`: none rated.
+    pub share_negative: Option<f64>,
 }
 
 #[derive(Default)]
@@ -63,6 +70,7 @@ struct Acc {
     tokens: u64,
     latencies: Vec<i64>,
     failed: u64,
+    feedback: FeedbackAcc,
 }
 
 /// The cost cards of the exchanges `filter` selects, one per feature, most expensive first.
@@ -71,13 +79,16 @@ struct Acc {
 /// [`LedgerError::Query`] when the database cannot be read.
 pub fn cards(conn: &Connection, filter: &Filter) -> Result<Vec<Card>, LedgerError> {
     let (cond, values) = filter.sql();
+    let join = feedback_join(conn)?;
     let sql = format!(
         "SELECT feature, COUNT(*), SUM(cost_nusd), COUNT(cost_nusd),
                 SUM(COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0)),
                 MAX(error_type IS NOT NULL),
                 CAST((MAX(unixepoch(start, 'subsec') * 1e6 + duration_us)
-                      - MIN(unixepoch(start, 'subsec') * 1e6)) AS INTEGER)
-         FROM exchanges {cond} GROUP BY feature, {TASK}"
+                      - MIN(unixepoch(start, 'subsec') * 1e6)) AS INTEGER),
+                MAX(COALESCE(fb_n, 0) > 0), SUM(COALESCE(fb_scored, 0)), SUM(fb_sum),
+                MAX(COALESCE(fb_neg, 0))
+         FROM exchanges {join} {cond} GROUP BY feature, {TASK}"
     );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
@@ -99,6 +110,12 @@ pub fn cards(conn: &Connection, filter: &Filter) -> Result<Vec<Card>, LedgerErro
         acc.failed += u64::from(r.get::<_, bool>(5)?);
         acc.latencies
             .push(r.get::<_, Option<i64>>(6)?.unwrap_or(0).max(0));
+        if r.get::<_, bool>(7)? {
+            acc.feedback.rated += 1;
+            acc.feedback.scored += u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0);
+            acc.feedback.sum += r.get::<_, Option<f64>>(9)?.unwrap_or(0.0);
+            acc.feedback.negative += u64::from(r.get::<_, bool>(10)?);
+        }
     }
     let mut cards: Vec<Card> = by_feature
         .into_iter()
@@ -108,6 +125,7 @@ pub fn cards(conn: &Connection, filter: &Filter) -> Result<Vec<Card>, LedgerErro
             let usd = |p| percentile(&a.costs, p).map(|n| n as f64 / 1e9);
             let ms = |p| percentile(&a.latencies, p).map(|us| us as f64 / 1000.0);
             let per_task = |n: u64| n as f64 / a.tasks.max(1) as f64;
+            let (share_rated, mean_score, share_negative) = a.feedback.shares(a.tasks);
             Card {
                 feature,
                 tasks: a.tasks,
@@ -124,6 +142,9 @@ pub fn cards(conn: &Connection, filter: &Filter) -> Result<Vec<Card>, LedgerErro
                 latency_p50_ms: ms(50),
                 latency_p90_ms: ms(90),
                 error_rate: per_task(a.failed),
+                share_rated,
+                mean_score,
+                share_negative,
             }
         })
         .collect();

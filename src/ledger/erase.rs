@@ -4,7 +4,7 @@
 //! destroys ([`forget_ids`]); the ledger's own age bounds are the writer's.
 //!
 //! GDPR Art. 17 erasure as the sealed store does it, applied to the ledger: the exchange's
-//! content row is deleted and its user pseudonyms cleared (`exchanges.user` and every
+//! feedback rows (schema v4) and its content row are deleted and its user pseudonyms cleared (`exchanges.user` and every
 //! `exchange_users` row: an erase by user finds the exchange by any identity source); the row stays, marked `forgotten`,
 //! with the metadata the rollup and the bill need (model, tokens, cost, status), which holds no
 //! personal data once the pseudonym is gone.
@@ -56,6 +56,9 @@ pub struct Erased {
     /// `exchange_users` rows deleted: the pseudonyms identity sources named besides the
     /// winner (`exchanges.user`, cleared with the row).
     pub pseudonyms: u64,
+    /// `feedback` rows deleted (schema version 4): those rating a forgotten exchange, and
+    /// for `--user` those carrying the user's pseudonym.
+    pub feedback: u64,
     /// Request ids of the rows erased (for `--user`, the exchanges the ledger knew of).
     pub request_ids: Vec<String>,
     /// The WAL was checkpointed and truncated, so no old page remains in it.
@@ -168,6 +171,22 @@ fn erase(
                 erased.pseudonyms += d.execute([rowid])? as u64;
             }
             erased.request_ids.push(request_id);
+        }
+        // Feedback is about the exchange and names its user: it goes whole, not kept marked
+        // like the exchange row (its comment and label are the app's words about it).
+        if version >= 4 {
+            let mut del_fb = tx.prepare_cached("DELETE FROM feedback WHERE request_id = ?1")?;
+            let ids: Vec<&str> = match &tombstone {
+                Tombstone::Requests(ids) => ids.iter().map(String::as_str).collect(),
+                Tombstone::User(_) => erased.request_ids.iter().map(String::as_str).collect(),
+            };
+            for id in ids {
+                erased.feedback += del_fb.execute([id])? as u64;
+            }
+            if let Tombstone::User(user) = &tombstone {
+                erased.feedback +=
+                    tx.execute("DELETE FROM feedback WHERE user = ?1", [user.as_str()])? as u64;
+            }
         }
         // A version 1 file has no tombstone table; no veil writes to one (a running veil
         // upgrades its ledger at start), so no record can be in flight towards it.

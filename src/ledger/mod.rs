@@ -21,6 +21,7 @@
 
 pub mod cards;
 pub mod erase;
+pub mod feedback;
 pub mod html;
 pub mod report;
 pub mod row;
@@ -184,6 +185,8 @@ impl From<rusqlite::Error> for LedgerError {
 
 enum Msg {
     Batch(Vec<Record>, Option<Done>),
+    /// One feedback row (the feedback API's), committed with the next group.
+    Feedback(Box<feedback::FeedbackRow>),
     /// Run the bounds check now (tests, `check_blocking`).
     Check,
     /// The ticker's clock ([`PROBE_EVERY`]): the bounds check when `check_every` has passed,
@@ -197,6 +200,7 @@ impl fmt::Debug for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Msg::Batch(b, _) => write!(f, "Batch({} records)", b.len()),
+            Msg::Feedback(r) => write!(f, "Feedback({})", r.id),
             Msg::Check => f.write_str("Check"),
             Msg::Tick => f.write_str("Tick"),
             Msg::Flush(_) => f.write_str("Flush"),
@@ -314,6 +318,22 @@ impl LedgerHandle {
         if let Err(mpsc::error::SendError(msg)) = self.tx.blocking_send(Msg::Batch(batch, done)) {
             self.refused(msg);
         }
+    }
+
+    /// Queues one feedback row for the writer without waiting (the feedback API calls this
+    /// off the proxy's runtime). The row comes back when the queue is full or the ledger is
+    /// shut down, and the API answers 503: a feedback is never dropped without the app
+    /// knowing.
+    pub fn try_send_feedback(
+        &self,
+        row: feedback::FeedbackRow,
+    ) -> Result<(), Box<feedback::FeedbackRow>> {
+        self.tx
+            .try_send(Msg::Feedback(Box::new(row)))
+            .map_err(|e| match e.into_inner() {
+                Msg::Feedback(r) => r,
+                _ => unreachable!("invariant: a feedback row was sent"),
+            })
     }
 
     /// Blocks until everything sent before is committed or dropped (tests, `veil run`'s

@@ -131,6 +131,64 @@ impl Filter {
     }
 }
 
+/// Labels that count a feedback as negative (compared lowercase), besides a score below 0.
+/// A 0-to-1 scale has no negative score: such apps send one of these labels too
+/// (docs/feedback.md).
+pub const NEGATIVE_LABELS: [&str; 4] = ["thumbs_down", "negative", "bad", "incorrect"];
+
+/// The per-exchange feedback join, as SQL after `FROM exchanges`: columns `fb_n` (feedback
+/// rows), `fb_scored` (rows with a score), `fb_sum` (sum of scores) and `fb_neg` (1 when any
+/// row is negative: a score below 0 or a label in [`NEGATIVE_LABELS`]); NULL for an
+/// exchange without feedback. A ledger before schema version 4 has no feedback table: the
+/// join then adds the columns, all NULL.
+pub(crate) fn feedback_join(conn: &Connection) -> rusqlite::Result<&'static str> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok(if version >= 4 {
+        "LEFT JOIN (SELECT request_id AS fb_request, COUNT(*) AS fb_n, COUNT(score) AS fb_scored,
+                SUM(score) AS fb_sum,
+                COALESCE(MAX(score < 0 OR lower(label) IN ('thumbs_down', 'negative', 'bad', 'incorrect')), 0) AS fb_neg
+            FROM feedback GROUP BY request_id) fb ON fb.fb_request = exchanges.request_id"
+    } else {
+        "LEFT JOIN (SELECT NULL AS fb_request, NULL AS fb_n, NULL AS fb_scored, NULL AS fb_sum,
+                NULL AS fb_neg) fb ON 0"
+    })
+}
+
+/// Feedback figures of a group of exchanges (or tasks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct FeedbackAcc {
+    /// Units (exchanges or tasks) with at least one feedback.
+    pub rated: u64,
+    /// Rated units with a negative feedback.
+    pub negative: u64,
+    /// Scores given.
+    pub scored: u64,
+    /// Their sum.
+    pub sum: f64,
+}
+
+impl FeedbackAcc {
+    pub(crate) fn add(&mut self, o: &FeedbackAcc) {
+        self.rated += o.rated;
+        self.negative += o.negative;
+        self.scored += o.scored;
+        self.sum += o.sum;
+    }
+
+    /// `(share_rated, mean_score, share_negative)` over `units`.
+    pub(crate) fn shares(&self, units: u64) -> (f64, Option<f64>, Option<f64>) {
+        (
+            if units > 0 {
+                self.rated as f64 / units as f64
+            } else {
+                0.0
+            },
+            (self.scored > 0).then(|| self.sum / self.scored as f64),
+            (self.rated > 0).then(|| self.negative as f64 / self.rated as f64),
+        )
+    }
+}
+
 /// Nearest-rank percentile `p` (0–100) of sorted `values`; `None` when empty.
 pub fn percentile(sorted: &[i64], p: u32) -> Option<i64> {
     if sorted.is_empty() {
@@ -195,6 +253,15 @@ pub struct ReportRow {
     pub duration_ms: Percentiles,
     /// Time to first chunk.
     pub ttfc_ms: Percentiles,
+    /// Exchanges with at least one feedback (any scope, any name).
+    pub rated: u64,
+    /// `rated / requests`.
+    pub share_rated: f64,
+    /// Mean of every feedback score given to these exchanges (`None`: no score).
+    pub mean_score: Option<f64>,
+    /// Share of the rated exchanges with a negative feedback: a score below 0 or a label in
+    /// [`NEGATIVE_LABELS`] (`None`: none rated).
+    pub share_negative: Option<f64>,
 }
 
 /// A whole report.
@@ -219,6 +286,7 @@ struct Acc {
     priced: u64,
     durations: Vec<i64>,
     ttfc: Vec<i64>,
+    feedback: FeedbackAcc,
 }
 
 impl Acc {
@@ -232,10 +300,12 @@ impl Acc {
         self.priced += other.priced;
         self.durations.extend_from_slice(&other.durations);
         self.ttfc.extend_from_slice(&other.ttfc);
+        self.feedback.add(&other.feedback);
     }
 
     fn finish(self, group: Vec<Option<String>>) -> ReportRow {
         let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        let (share_rated, mean_score, share_negative) = self.feedback.shares(self.requests);
         ReportRow {
             group,
             requests: self.requests,
@@ -252,6 +322,10 @@ impl Acc {
             unpriced: self.requests - self.priced,
             duration_ms: Percentiles::of(self.durations),
             ttfc_ms: Percentiles::of(self.ttfc),
+            rated: self.feedback.rated,
+            share_rated,
+            mean_score,
+            share_negative,
         }
     }
 }
@@ -263,9 +337,11 @@ impl Acc {
 pub fn report(conn: &Connection, by: &[Dim], filter: &Filter) -> Result<Report, LedgerError> {
     let (cond, values) = filter.sql();
     let keys: String = by.iter().map(|d| format!("{}, ", d.sql())).collect();
+    let join = feedback_join(conn)?;
     let sql = format!(
         "SELECT {keys} error_type IS NOT NULL, input_tokens, output_tokens, cache_read_tokens,
-         cost_nusd, duration_us, ttfc_us FROM exchanges {cond}"
+         cost_nusd, duration_us, ttfc_us, fb_n, fb_scored, fb_sum, fb_neg
+         FROM exchanges {join} {cond}"
     );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
@@ -290,6 +366,12 @@ pub fn report(conn: &Connection, by: &[Dim], filter: &Filter) -> Result<Report, 
         acc.durations.push(r.get(n + 5)?);
         if let Some(t) = r.get::<_, Option<i64>>(n + 6)? {
             acc.ttfc.push(t);
+        }
+        if r.get::<_, Option<i64>>(n + 7)?.unwrap_or(0) > 0 {
+            acc.feedback.rated += 1;
+            acc.feedback.scored += tok(r.get(n + 8)?);
+            acc.feedback.sum += r.get::<_, Option<f64>>(n + 9)?.unwrap_or(0.0);
+            acc.feedback.negative += u64::from(r.get::<_, Option<i64>>(n + 10)?.unwrap_or(0) > 0);
         }
     }
     let mut total = Acc::default();

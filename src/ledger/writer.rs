@@ -164,6 +164,7 @@ impl Writer {
             let mut rows = 0;
             let mut dones = Vec::new();
             let mut flushes = Vec::new();
+            let mut feedback: Vec<super::feedback::FeedbackRow> = Vec::new();
             let mut check = false;
             let mut probe = false;
             let mut next = Some(first);
@@ -174,6 +175,7 @@ impl Writer {
                         batches.push(batch);
                         dones.extend(done);
                     }
+                    Msg::Feedback(row) => feedback.push(*row),
                     Msg::Check => check = true,
                     Msg::Tick => {
                         check |= self.last_check.elapsed() >= self.settings.check_every;
@@ -210,6 +212,17 @@ impl Writer {
                     done(ok);
                 }
                 self.dropper.drop_later(batches);
+            }
+            // After the group's records: a feedback sent right after its exchange's record
+            // lands beside it. Its own transaction, so a bad row cannot cost the records.
+            if !feedback.is_empty() {
+                match self.write_feedback(&feedback) {
+                    Ok(n) => tracing::debug!(rows = n, "ledger: feedback committed"),
+                    Err(e) => {
+                        self.counters.ledger.failures.inc();
+                        tracing::warn!(error = %e, rows = feedback.len(), "ledger write failed: feedback dropped");
+                    }
+                }
             }
             if check {
                 self.enforce_bounds();
@@ -255,8 +268,8 @@ impl Writer {
             for r in batches.iter().flatten() {
                 let start = row::IsoUtc::new(r.start);
                 let start = start.as_str();
-                // The app's trace: veil's own span ids are chosen by the OTLP encoder and are
-                // not known here yet (span_id stays NULL until records carry them).
+                // The app's trace, and veil's span in it: derived from the request id, the
+                // same ids the OTLP encoder and the feedback API use (veil#14).
                 let trace = r.trace_parent.as_ref().map(|tp| {
                     (
                         row::hex_array::<16, 32>(&tp.trace_id),
@@ -265,7 +278,8 @@ impl Writer {
                 });
                 let trace_id = trace.as_ref().map(|(t, _)| t.as_str());
                 let parent_span_id = trace.as_ref().map(|(_, p)| p.as_str());
-                let span_id: Option<&str> = None;
+                let span = row::hex_array::<8, 16>(&r.prepare().span_id);
+                let span_id = Some(span.as_str());
                 let redactions = r.prepare().redactions.as_deref();
                 let finish = match r.finish_reasons.as_slice() {
                     [] => None,
@@ -369,6 +383,23 @@ impl Writer {
         Ok(written)
     }
 
+    /// Commits feedback rows in one transaction, skipping those of an exchange or user
+    /// forgotten in the last day (the tombstones, read in the same snapshot).
+    fn write_feedback(&mut self, rows: &[super::feedback::FeedbackRow]) -> rusqlite::Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tombstones = Tombstones::load(&tx)?;
+        let n = super::feedback::insert(
+            &tx,
+            rows,
+            |id| tombstones.requests.contains(id),
+            |user| tombstones.users.contains_key(user),
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Deletes what the bounds say must go: content past `content_retention`, rows past
     /// `retention`, then, while the pages in use exceed `max_size`, the oldest content and then
     /// the oldest rows; gives the freed pages back to the file system. While the ledger is
@@ -421,6 +452,9 @@ impl Writer {
             }
         }
         let rows_cutoff = cutoff(self.settings.retention);
+        // Feedback goes by the same age as the rows it rates (it is never older than them).
+        self.conn
+            .execute("DELETE FROM feedback WHERE at < ?1", [&rows_cutoff])?;
         loop {
             let n = self.conn.execute(
                 "DELETE FROM exchanges WHERE id IN
@@ -448,6 +482,11 @@ impl Writer {
                  (SELECT id FROM exchanges ORDER BY start LIMIT ?1)",
             )?;
             self.counters.ledger.rows_evicted.add(n);
+            // Feedback older than the oldest row left rates rows that are gone.
+            self.conn.execute(
+                "DELETE FROM feedback WHERE at < (SELECT MIN(start) FROM exchanges)",
+                [],
+            )?;
             if n == 0 {
                 break;
             }

@@ -107,6 +107,12 @@ impl Shared {
             let target = target.clone();
             let in_flight = watched.begin(req.version());
             async move {
+                // veil's own API inside the TLS session too: an app that sends everything to
+                // the provider's host through HTTPS_PROXY reaches it without a second client.
+                if super::reserved::is_reserved(&req) {
+                    let resp = shared.reserved(req).await;
+                    return Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)));
+                }
                 let pq = req
                     .uri()
                     .path_and_query()

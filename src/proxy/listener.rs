@@ -197,6 +197,10 @@ impl Shared {
         addr: SocketAddr,
         slot: Slot,
     ) -> Response<ProxyBody> {
+        // Before routing: no gateway route (nor an absolute-form URL) can take `/veil/`.
+        if super::reserved::is_reserved(&req) {
+            return self.reserved(req).await;
+        }
         match route::route(RequestHead::of(&req), &self.settings) {
             Route::Intercept { host, port } => {
                 let shared = self.clone();

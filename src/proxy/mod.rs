@@ -17,6 +17,8 @@
 //!                          tunnel_idle_timeout
 //!   GET http://host/…  (absolute form) ── same port and address rules as CONNECT ──▶ forward
 //!                                          (recorded if the host is intercepted)
+//!   /veil/…            (reserved, before any route; also inside intercepted TLS)
+//!                                       ──▶ veil's own API: POST /veil/v1/feedback
 //!   /NAME/…            (gateway route)  ──▶ forward to the route's base URL
 //! ```
 //!
@@ -27,6 +29,7 @@
 //! | --- | --- | --- |
 //! | `settings.rs` | the one reader of `Config` (`tests/architecture.rs` checks): `ProxySettings`, with each stage's own settings (`conn::Limits`, `Destinations`, `CaScope`) | `ProxySettings`, built once |
 //! | `listener.rs` | accept loop (a `max_connections` permit first), one HTTP/1.1-or-h2c server per app connection, shutdown drain | each request head to `route`, then the request to its stage |
+//! | `reserved.rs` | `/veil/…`, before routing (proxy port and intercepted TLS): method, the `VeilApi` hook's token check, the body within 16 KiB | the body to the hook (the feedback service); its JSON answer to the app |
 //! | `route.rs` | pure: request head + `ProxySettings` → `Route` | `Intercept`, `Tunnel`, `Forward { Target }` or `Reject(ProxyError)` |
 //! | `tunnel.rs` | CONNECT to a host not intercepted: checked connect, 200, blind copy with an idle clock | byte counts to the log, never content |
 //! | `intercept.rs` | CONNECT to an intercepted host: ClientHello read, SNI must be the CONNECT host (else closed, no leaf minted), TLS, h2/h1 by ALPN | each inner request with a recorded `Target` to `forward` |
@@ -53,6 +56,7 @@ mod intercept;
 pub mod leaf;
 mod listener;
 mod name_constraints;
+pub mod reserved;
 pub mod route;
 pub mod settings;
 mod stall;
@@ -136,6 +140,8 @@ struct Shared {
     queue: ExchangeSender,
     /// Whether recording can be made durable now (audit = required admits only then).
     health: Option<Arc<Health>>,
+    /// veil's own API under `/veil/` (the feedback service), when `veil run` hands one.
+    api: reserved::Api,
     /// The registry, taken from the recording queue (the same one it counts in): the proxy
     /// counts in its `proxy` section, and audit refusals in `queue.refused`.
     counters: Arc<Counters>,
@@ -179,6 +185,7 @@ impl Proxy {
                 fingerprinter,
                 queue,
                 health: None,
+                api: None,
                 counters,
                 cancel: CancellationToken::new(),
                 kill: CancellationToken::new(),
@@ -194,6 +201,17 @@ impl Proxy {
         match Arc::get_mut(&mut self.shared) {
             Some(shared) => shared.health = Some(health),
             None => tracing::error!("with_health called on a shared proxy: ignored"),
+        }
+        self
+    }
+
+    /// Serves veil's reserved API (`POST /veil/v1/feedback`) with `api`. Without it, `/veil/`
+    /// is still reserved and answers 404. Call right after [`Proxy::try_new`], as
+    /// [`Proxy::with_health`].
+    pub fn with_api(mut self, api: Arc<dyn reserved::VeilApi>) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.api = Some(api),
+            None => tracing::error!("with_api called on a shared proxy: ignored"),
         }
         self
     }

@@ -159,6 +159,9 @@ pub struct PreparedText {
     pub tool_calls: Option<u64>,
     /// [`Record::redactions`] as a JSON object (`{"EMAIL":3}`); `None` when there were none.
     pub redactions: Option<Box<str>>,
+    /// veil's span id of the exchange
+    /// ([`veil_span`](crate::exchange::traceparent::veil_span) of the request id).
+    pub span_id: [u8; 8],
 }
 
 /// The GenAI attribute names of the content fields, in [`PreparedText::content`] order
@@ -190,6 +193,7 @@ impl PreparedText {
                 text(&r.output_messages),
             ],
             tool_calls,
+            span_id: crate::exchange::traceparent::veil_span(&r.request_id, None).1,
             redactions: (!r.redactions.is_empty()).then(|| {
                 // A map of strings to integers always serializes.
                 serde_json::to_string(&r.redactions)

@@ -5,6 +5,14 @@ use serde::{Deserialize, Serialize};
 use crate::exchange::ExchangeId;
 use crate::keys::{KeyId, UserPseudonym};
 
+/// `POST /v1/feedback` (202): the feedback's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackResponse {
+    /// `fb_` + 16 hex.
+    pub id: String,
+}
+
 // === Errors ===
 
 /// `{"error": …}`: a refused or failed request that destroyed nothing. Statuses: 400

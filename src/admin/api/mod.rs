@@ -50,9 +50,9 @@ mod request;
 mod tests;
 
 pub use answers::{
-    CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, ForgetResponse,
-    ForgetUserResponse, HealthStatus, KeysReloadResponse, PurgePreviewResponse, PurgeResponse,
-    RecordingHealth, RewrapResponse, RulesReloadResponse, SealingHealth,
+    CaResponse, CompactResponse, DegradedHealth, DestroyFailure, ErrorResponse, FeedbackResponse,
+    ForgetResponse, ForgetUserResponse, HealthStatus, KeysReloadResponse, PurgePreviewResponse,
+    PurgeResponse, RecordingHealth, RewrapResponse, RulesReloadResponse, SealingHealth,
 };
 pub use exchange::{BodyView, ExchangeView, OutcomeView, RouteView, TimingsView, UpstreamView};
 pub use request::{AdminRequest, RequestError};

@@ -62,6 +62,13 @@ pub enum AdminRequest {
     ReloadRules,
     /// `GET /v1/ca`: the running veil's CA and proxy address (`veil env`, `veil ca path`).
     Ca,
+    /// `POST /v1/feedback?body=JSON`: one feedback, the JSON body of `POST
+    /// /veil/v1/feedback` (`veil feedback`). In the query, as every admin request carries
+    /// no body; the server never logs a query, and `Debug` leaves it out (the comment is raw).
+    Feedback {
+        /// The feedback document (`{"request_id", "name", "score", …}`).
+        body: String,
+    },
 }
 
 impl fmt::Debug for AdminRequest {
@@ -92,7 +99,8 @@ impl AdminRequest {
             | AdminRequest::Compact
             | AdminRequest::ReloadKeys
             | AdminRequest::Rewrap
-            | AdminRequest::ReloadRules => Method::POST,
+            | AdminRequest::ReloadRules
+            | AdminRequest::Feedback { .. } => Method::POST,
         }
     }
 
@@ -111,6 +119,7 @@ impl AdminRequest {
             AdminRequest::Rewrap => "POST /v1/keys/rewrap",
             AdminRequest::ReloadRules => "POST /v1/rules/reload",
             AdminRequest::Ca => "GET /v1/ca",
+            AdminRequest::Feedback { .. } => "POST /v1/feedback",
         }
     }
 
@@ -148,6 +157,9 @@ impl AdminRequest {
             AdminRequest::Rewrap => "/v1/keys/rewrap".to_string(),
             AdminRequest::ReloadRules => "/v1/rules/reload".to_string(),
             AdminRequest::Ca => "/v1/ca".to_string(),
+            AdminRequest::Feedback { body } => {
+                format!("/v1/feedback?body={}", percent_encode(body))
+            }
         }
     }
 
@@ -197,6 +209,10 @@ impl AdminRequest {
             (&Method::POST, ["v1", "keys", "rewrap"]) => Ok(AdminRequest::Rewrap),
             (&Method::POST, ["v1", "rules", "reload"]) => Ok(AdminRequest::ReloadRules),
             (&Method::GET, ["v1", "ca"]) => Ok(AdminRequest::Ca),
+            (&Method::POST, ["v1", "feedback"]) => Ok(AdminRequest::Feedback {
+                body: query_param(uri, "body")
+                    .ok_or_else(|| RequestError::bad("body is required (the feedback JSON)"))?,
+            }),
             _ => Err(RequestError {
                 status: StatusCode::NOT_FOUND,
                 message: "no such admin endpoint".to_string(),

@@ -37,7 +37,7 @@ use prost::Message;
 
 pub use attributes::{is_failed, json_to_any};
 pub use batch::Batch;
-pub use log::{AuditEvent, audit_log, record_log};
+pub use log::{AuditEvent, EVALUATION_EVENT, FeedbackEvent, audit_log, feedback_log, record_log};
 pub use metrics::{metrics_request, observe};
 pub use resource::{ResourceInfo, parse_key_values};
 pub use span::{SpanIds, record_span, span_name};

@@ -12,31 +12,19 @@ use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
 
 use super::attributes::{is_failed, kv, record_attributes, str_value};
 use super::unix_nanos;
+use crate::exchange::traceparent::veil_span;
 use crate::record::{CONTENT_ATTRIBUTES, Record};
 
 /// `Span.flags` bits telling that the parent's remoteness is known (0x100) and that it is
 /// remote (0x200): the app's span lives in another process (otel-genai.md §2).
 const FLAGS_PARENT_REMOTE: u32 = 0x300;
 
-fn random_nonzero<const N: usize>() -> [u8; N] {
-    // Bounded: a zero draw has probability 2^-64 or less; the counter only guards the loop.
-    for _ in 0..16 {
-        let id: [u8; N] = rand::random();
-        if id.iter().any(|b| *b != 0) {
-            return id;
-        }
-    }
-    let mut id = [0u8; N];
-    id[N - 1] = 1;
-    id
-}
-
 /// The span identity of one exchange: its trace, its own ID, its parent and flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpanIds {
     /// 16-byte trace ID.
     pub trace_id: [u8; 16],
-    /// veil's 8-byte span ID (random).
+    /// veil's 8-byte span ID ([`veil_span`]: derived from the request ID).
     pub span_id: [u8; 8],
     /// The app's span, when it sent a `traceparent`.
     pub parent_span_id: Option<[u8; 8]>,
@@ -47,20 +35,22 @@ pub struct SpanIds {
 }
 
 impl SpanIds {
-    /// The child of `record.trace_parent`, or a new random trace (flags `03`: sampled,
-    /// random trace ID; otel-genai.md §3).
+    /// The child of `record.trace_parent`, or a new trace (flags `03`: sampled, random
+    /// trace ID; otel-genai.md §3). The ids are [`veil_span`] of the request ID, so the
+    /// feedback API names the same span (veil#14).
     pub fn for_record(record: &Record) -> Self {
+        let (trace_id, span_id) = veil_span(&record.request_id, record.trace_parent.as_ref());
         match &record.trace_parent {
             Some(tp) => SpanIds {
-                trace_id: tp.trace_id,
-                span_id: random_nonzero(),
+                trace_id,
+                span_id,
                 parent_span_id: Some(tp.parent_span_id),
                 flags: u32::from(tp.flags) | FLAGS_PARENT_REMOTE,
                 trace_state: tp.trace_state.clone().unwrap_or_default(),
             },
             None => SpanIds {
-                trace_id: random_nonzero(),
-                span_id: random_nonzero(),
+                trace_id,
+                span_id,
                 parent_span_id: None,
                 flags: 0x03,
                 trace_state: String::new(),

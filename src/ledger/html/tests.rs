@@ -50,6 +50,9 @@ fn card(feature: Option<&str>, p50: i64, p90: i64, total: i128) -> Card {
         latency_p50_ms: Some(10.0),
         latency_p90_ms: Some(20.0),
         error_rate: 0.0,
+        share_rated: 0.0,
+        mean_score: None,
+        share_negative: None,
     }
 }
 

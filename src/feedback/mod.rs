@@ -1,0 +1,438 @@
+//! # Feedback: scores and labels an app attaches to an answer by its request id (veil#14).
+//!
+//! `POST /veil/v1/feedback` on the proxy port reaches [`FeedbackService`] through the proxy's
+//! reserved-path hook ([`VeilApi`]); `veil feedback` reaches the same service through the
+//! control socket. One feedback is checked ([`request::parse`]), matched to the exchange it
+//! rates (the [`Recent`] map the pipeline fills, else the ledger row), its comment scrubbed by
+//! the rules with the rated exchange's scope (as content: the same field rules, default and
+//! detectors as `gen_ai.input.messages`), then written as a `feedback` row through the ledger
+//! writer's queue and exported as a `gen_ai.evaluation.result` OTLP log record on the rated
+//! exchange's span. The raw comment is never stored, logged or exported; `name` and `label`
+//! are identifiers (a restricted character set) and are refused when a detector matches them.
+//!
+//! ```text
+//! app ─POST /veil/v1/feedback─▶ proxy (reserved.rs: token, 16 KiB) ─▶ FeedbackService::handle
+//!        (blocking thread)  parse ─▶ Rated (Recent | ledger) ─▶ scrub ─▶ ledger queue ─▶ feedback row
+//!                                                                     └▶ export queue ─▶ OTLP log
+//! ```
+//!
+//! Answers: `202 {"id": "fb_<16 hex>"}`; `400` a malformed body (the field and why), `401` a
+//! missing or wrong token (only when `listen` is not loopback), `404` an unknown or forgotten
+//! request id, `413` a body over 16 KiB, `503` the ledger's queue is full. Every error is
+//! `{"error": {"type", "message"}}` with a message that says what to do (`docs/feedback.md`).
+
+pub mod recent;
+pub mod request;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+use crate::admin::AdminToken;
+use crate::config::Secret;
+use crate::export::{ExporterHandle, FeedbackEvent};
+use crate::ledger::LedgerHandle;
+use crate::ledger::feedback::FeedbackRow;
+use crate::proxy::reserved::{ApiAnswer, VeilApi};
+use crate::redact::{RulesHandle, ScopeKey, Target};
+
+pub use recent::{Rated, Recent};
+pub use request::{FeedbackRequest, Invalid, Scope};
+
+/// How long a feedback waits for an exchange veil issued moments ago and is still recording.
+pub const FRESH_WAIT: Duration = Duration::from_secs(2);
+
+/// A request id younger than this (its UUIDv7 time) may still be on its way to the
+/// [`Recent`] map, and is waited for; an older unknown one is 404 at once.
+const FRESH_AGE: Duration = Duration::from_secs(60);
+
+/// Feedback requests waiting at once; past this an unknown id is 404 without waiting, so
+/// made-up fresh ids cannot hold the blocking pool.
+const MAX_WAITERS: usize = 32;
+
+/// Why a feedback was refused; each maps to one HTTP status and error type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedbackError {
+    /// 400 `invalid_request`: the body, with the field at fault.
+    Invalid(Invalid),
+    /// 404 `not_found`: veil knows no exchange with this request id (or it was forgotten).
+    UnknownRequest(String),
+    /// 401 `unauthorized`.
+    Unauthorized(String),
+    /// 503 `unavailable`: the ledger's queue is full or the ledger is closed.
+    Unavailable(String),
+}
+
+impl FeedbackError {
+    /// The answer to the app.
+    pub fn answer(&self) -> ApiAnswer {
+        match self {
+            FeedbackError::Invalid(i) => {
+                let mut a =
+                    ApiAnswer::error(StatusCode::BAD_REQUEST, "invalid_request", &i.message);
+                if let Some(f) = i.field {
+                    a.body["error"]["field"] = serde_json::Value::from(f);
+                }
+                a
+            }
+            FeedbackError::UnknownRequest(id) => ApiAnswer::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no recorded exchange has request id {id}; send the x-veil-request-id header of an answer this veil recorded (forgotten exchanges and those past retention cannot be rated)"
+                ),
+            ),
+            FeedbackError::Unauthorized(m) => {
+                ApiAnswer::error(StatusCode::UNAUTHORIZED, "unauthorized", m)
+            }
+            FeedbackError::Unavailable(m) => {
+                ApiAnswer::error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FeedbackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = self.answer();
+        f.write_str(
+            a.body["error"]["message"]
+                .as_str()
+                .unwrap_or("feedback refused"),
+        )
+    }
+}
+
+impl std::error::Error for FeedbackError {}
+
+/// Who may post feedback on the proxy port.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// `listen` is loopback: anyone who can reach it is on this host; no token.
+    Loopback,
+    /// `listen` is not loopback: `Authorization: Bearer` with one of these tokens.
+    Token {
+        /// `feedback_token`.
+        feedback: Option<Secret>,
+        /// The admin token (`VEIL_ADMIN_TOKEN` or `<keys>/admin.token`), when there is one.
+        admin: Option<AdminToken>,
+    },
+}
+
+/// The feedback service: checks, matches, scrubs, and hands on to the ledger and OTLP.
+#[derive(Debug)]
+pub struct FeedbackService {
+    /// The rules in force (reloads apply to the next feedback).
+    pub rules: Arc<RulesHandle>,
+    /// Exchanges recorded lately (the pipeline inserts).
+    pub recent: Arc<Recent>,
+    /// The ledger writer's queue and the file, when the ledger is on.
+    pub ledger: Option<(LedgerHandle, PathBuf)>,
+    /// The exporter's queue.
+    pub exporter: Option<ExporterHandle>,
+    /// Who may post on the proxy port.
+    pub access: Access,
+    waiters: AtomicUsize,
+}
+
+impl FeedbackService {
+    /// A service over these parts.
+    pub fn new(
+        rules: Arc<RulesHandle>,
+        recent: Arc<Recent>,
+        ledger: Option<(LedgerHandle, PathBuf)>,
+        exporter: Option<ExporterHandle>,
+        access: Access,
+    ) -> Self {
+        FeedbackService {
+            rules,
+            recent,
+            ledger,
+            exporter,
+            access,
+            waiters: AtomicUsize::new(0),
+        }
+    }
+
+    /// Handles one body: the answer veil sends (202 with the id, or the error).
+    pub fn handle(&self, body: &[u8]) -> ApiAnswer {
+        match request::parse(body)
+            .map_err(FeedbackError::Invalid)
+            .and_then(|r| self.submit(&r))
+        {
+            Ok(id) => ApiAnswer {
+                status: StatusCode::ACCEPTED,
+                body: serde_json::json!({ "id": id }),
+            },
+            Err(e) => e.answer(),
+        }
+    }
+
+    /// Accepts one checked feedback; returns its id (`fb_<16 hex>`).
+    ///
+    /// # Errors
+    /// [`FeedbackError::UnknownRequest`] (no such exchange, or forgotten),
+    /// [`FeedbackError::Invalid`] (`scope = task` for an exchange of no task, or a `name` or
+    /// `label` a detector matches), [`FeedbackError::Unavailable`] (the ledger's queue is full).
+    pub fn submit(&self, req: &FeedbackRequest) -> Result<String, FeedbackError> {
+        let request_id = req.request_id.to_string();
+        let rated = self.rated(req, &request_id)?;
+        let task = match req.scope {
+            Scope::Exchange => None,
+            Scope::Task => Some(rated.task.clone().ok_or_else(|| {
+                FeedbackError::Invalid(Invalid {
+                    field: Some("scope"),
+                    message: "scope: \"task\" needs an exchange that belongs to a trace (a traceparent header) or a conversation, and this one has neither; rate it with scope \"exchange\"".to_string(),
+                })
+            })?),
+        };
+        let rules = self.rules.current();
+        let key = ScopeKey {
+            host: rated.host.as_deref(),
+            route: rated.route.as_deref(),
+            model: rated.model.as_deref(),
+            feature: rated.feature.as_deref(),
+        };
+        let scope = rules.scope_for(&key);
+        for (field, value) in [("name", Some(&req.name)), ("label", req.label.as_ref())] {
+            let Some(value) = value else { continue };
+            let (_, found) = rules.redact_text(value, scope);
+            if found.total() > 0 {
+                let detectors: Vec<&str> = found.iter().map(|(d, _)| d).collect();
+                return Err(FeedbackError::Invalid(Invalid {
+                    field: Some(field),
+                    message: format!(
+                        "{field}: the rules' detectors found personal data in it ({}); use an identifier such as \"thumbs_down\" and put free text in comment, which veil scrubs",
+                        detectors.join(", ")
+                    ),
+                }));
+            }
+        }
+        let comment = req
+            .comment
+            .as_deref()
+            .and_then(|c| scrub_comment(&rules, scope, c));
+        let id = feedback_id();
+        let now = SystemTime::now();
+        if let Some((ledger, _)) = &self.ledger {
+            let row = FeedbackRow {
+                id: id.clone(),
+                request_id: request_id.clone(),
+                scope: req.scope.as_str(),
+                task: task.clone(),
+                at: crate::ledger::row::iso_utc(now),
+                name: req.name.clone(),
+                score: req.score,
+                label: req.label.clone(),
+                comment: comment.clone(),
+                user: rated.user.clone(),
+            };
+            ledger.try_send_feedback(row).map_err(|_| {
+                FeedbackError::Unavailable(
+                    "veil's ledger is busy or closed and cannot take the feedback now; send it again in a few seconds".to_string(),
+                )
+            })?;
+        }
+        if let Some(exporter) = &self.exporter {
+            let event = FeedbackEvent {
+                id: id.clone(),
+                request_id,
+                name: req.name.clone(),
+                score: req.score,
+                label: req.label.clone(),
+                explanation: comment,
+                response_id: rated.response_id.clone(),
+                scope: req.scope.as_str(),
+                task,
+                trace_id: rated.trace_id,
+                span_id: rated.span_id,
+                time: now,
+            };
+            if let Err(e) = exporter.try_send_feedback(event) {
+                tracing::warn!(feedback.id = %id, error = %e, "feedback not exported over OTLP (it is in the ledger)");
+            }
+        }
+        tracing::debug!(feedback.id = %id, "feedback accepted");
+        Ok(id)
+    }
+
+    /// The exchange `req` rates: the ledger row when there is one (it knows whether the
+    /// exchange was forgotten), with what the [`Recent`] map adds (host, route, response id);
+    /// else the map alone, waiting [`FRESH_WAIT`] for an id issued in the last minute.
+    fn rated(&self, req: &FeedbackRequest, id: &str) -> Result<Rated, FeedbackError> {
+        let unknown = || FeedbackError::UnknownRequest(id.to_string());
+        let conn = self.ledger.as_ref().and_then(|(_, path)| {
+            match crate::ledger::schema::open_read_only(path) {
+                Ok(c) => Some(c),
+                Err(crate::ledger::LedgerError::Missing(_)) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "feedback: cannot read the ledger; using recent exchanges only");
+                    None
+                }
+            }
+        });
+        let row = match &conn {
+            Some(c) => crate::ledger::feedback::exchange(c, id).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "feedback: ledger lookup failed");
+                None
+            }),
+            None => None,
+        };
+        let mut recent = self.recent.get(id);
+        if row.is_none() && recent.is_none() && self.is_fresh(req) {
+            recent = self.wait_for(id);
+        }
+        let rated = match (row, recent) {
+            (Some(row), _) if row.forgotten => return Err(unknown()),
+            (Some(row), recent) => {
+                let recent = recent.unwrap_or_default();
+                let parent = row.trace_id.as_deref().and_then(parse_hex16);
+                let (trace_id, span_id) = match recent.request_id.is_empty() {
+                    false => (recent.trace_id, recent.span_id),
+                    true => crate::exchange::traceparent::veil_span_in(id, parent),
+                };
+                Rated {
+                    request_id: id.to_string(),
+                    host: recent.host,
+                    route: recent.route,
+                    model: row.request_model.or(recent.model),
+                    feature: row.feature,
+                    user: row.user,
+                    task: recent.task.or_else(|| {
+                        row.trace_id
+                            .map(|t| format!("trace:{t}"))
+                            .or(row.conversation.map(|c| format!("conversation:{c}")))
+                    }),
+                    response_id: recent.response_id,
+                    trace_id,
+                    span_id,
+                }
+            }
+            (None, Some(recent)) => recent,
+            (None, None) => return Err(unknown()),
+        };
+        // Forgotten in the last day while its record was still on its way (or after the map
+        // took it in): the ledger's tombstones say so.
+        if let Some(c) = &conn
+            && crate::ledger::feedback::tombstoned(c, id, rated.user.as_deref()).unwrap_or(false)
+        {
+            return Err(unknown());
+        }
+        Ok(rated)
+    }
+
+    /// Whether the request id was issued in the last [`FRESH_AGE`] (its UUIDv7 time).
+    fn is_fresh(&self, req: &FeedbackRequest) -> bool {
+        req.request_id
+            .timestamp()
+            .and_then(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .ok()
+                    .or(Some(Duration::ZERO))
+            })
+            .is_some_and(|age| age <= FRESH_AGE)
+    }
+
+    fn wait_for(&self, id: &str) -> Option<Rated> {
+        if self.waiters.fetch_add(1, Ordering::AcqRel) >= MAX_WAITERS {
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let got = self.recent.wait_for(id, FRESH_WAIT);
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        got
+    }
+
+    /// The token check for the proxy port (see [`Access`]).
+    ///
+    /// # Errors
+    /// [`FeedbackError::Unauthorized`] with what to send.
+    pub fn authorize(&self, authorization: Option<&str>) -> Result<(), FeedbackError> {
+        let Access::Token { feedback, admin } = &self.access else {
+            return Ok(());
+        };
+        if feedback.is_none() && admin.is_none() {
+            return Err(FeedbackError::Unauthorized(
+                "veil listens beyond loopback and has no feedback_token: set feedback_token in veil's config and send it as Authorization: Bearer <token>".to_string(),
+            ));
+        }
+        let presented = authorization.and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let Some(presented) = presented else {
+            return Err(FeedbackError::Unauthorized(
+                "feedback needs Authorization: Bearer <token> (veil's feedback_token or admin token) because veil listens beyond loopback".to_string(),
+            ));
+        };
+        // Both compared, whichever matches: the time taken does not tell which token exists.
+        let by_feedback = feedback.as_ref().is_some_and(|t| t.verify(presented));
+        let by_admin = admin.as_ref().is_some_and(|t| t.verify(presented));
+        if by_feedback || by_admin {
+            Ok(())
+        } else {
+            Err(FeedbackError::Unauthorized(
+                "the bearer token is not veil's feedback_token nor its admin token; check the token the app sends".to_string(),
+            ))
+        }
+    }
+}
+
+impl VeilApi for FeedbackService {
+    fn authorize(&self, authorization: Option<&str>) -> Result<(), ApiAnswer> {
+        FeedbackService::authorize(self, authorization).map_err(|e| e.answer())
+    }
+
+    fn feedback(&self, body: &[u8]) -> ApiAnswer {
+        self.handle(body)
+    }
+}
+
+/// The comment as the rules let it out, scrubbed as a user message of the rated exchange
+/// (`gen_ai.input.messages` shape, so field rules, the default action and the detectors
+/// apply as they do to content); `None` when the rules drop it.
+fn scrub_comment(
+    rules: &crate::redact::CompiledRules,
+    scope: &crate::redact::Scope,
+    comment: &str,
+) -> Option<String> {
+    let mut v = serde_json::json!([
+        {"role": "user", "parts": [{"type": "text", "content": comment}]}
+    ]);
+    rules.redact_json(&mut v, Target::InputMessages, scope);
+    match v.pointer("/0/parts/0/content") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::String(_)) => None,
+        // A hash or ciphertext the rules put in its place: kept as they made it.
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+/// `fb_` + 16 random hex digits.
+fn feedback_id() -> String {
+    let raw: [u8; 8] = rand::random();
+    let mut s = String::with_capacity(19);
+    s.push_str("fb_");
+    for b in raw {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn parse_hex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;

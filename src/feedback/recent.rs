@@ -1,0 +1,223 @@
+//! The exchanges veil recorded lately, by request id: what a feedback needs of the exchange
+//! it rates, before (or without) the ledger row.
+//!
+//! A feedback often follows its answer within milliseconds, while the exchange's record is
+//! still in the pipeline, the exporter's batch or the ledger's queue: the ledger alone would
+//! answer 404 for a request id veil has just issued. The pipeline inserts each exchange here
+//! as soon as its record is built ([`Recent::insert`]); [`Recent::wait_for`] lets the
+//! feedback service wait, bounded, for an id whose exchange is still on its way. The map is
+//! bounded ([`CAPACITY`] entries, oldest out first); an older exchange is read from the
+//! ledger instead.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Exchanges kept: about 300 bytes each, so a few MiB at most.
+pub const CAPACITY: usize = 16_384;
+
+/// What feedback needs of the exchange it rates. Holds no content: the rules' scope key,
+/// labels already capped by the record, a pseudonym, ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rated {
+    /// `x-veil-request-id`.
+    pub request_id: String,
+    /// The scope key's host (as the app addressed it).
+    pub host: Option<String>,
+    /// The scope key's route (the request path without its query).
+    pub route: Option<String>,
+    /// The scope key's model (the requested model).
+    pub model: Option<String>,
+    /// The `x-veil-feature` tag (the scope key's feature).
+    pub feature: Option<String>,
+    /// The exchange's user pseudonym (`u_…`).
+    pub user: Option<String>,
+    /// The task it belongs to: `trace:<32 hex>` (the app's trace), else
+    /// `conversation:<id>`, as the cost cards group exchanges.
+    pub task: Option<String>,
+    /// `gen_ai.response.id`.
+    pub response_id: Option<String>,
+    /// The trace of veil's span.
+    pub trace_id: [u8; 16],
+    /// veil's span id.
+    pub span_id: [u8; 8],
+}
+
+impl Rated {
+    /// What feedback needs of `record`, whose rules scope was chosen by `key`.
+    pub fn of(record: &crate::record::Record, key: &crate::redact::ScopeKey<'_>) -> Rated {
+        let (trace_id, span_id) = crate::exchange::traceparent::veil_span(
+            &record.request_id,
+            record.trace_parent.as_ref(),
+        );
+        // The cost cards' task: the app's trace first, else the conversation.
+        let task = match (&record.trace_parent, &record.conversation_id) {
+            (Some(tp), _) => Some(format!(
+                "trace:{}",
+                tp.trace_id
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )),
+            (None, Some(c)) => Some(format!("conversation:{c}")),
+            (None, None) => None,
+        };
+        Rated {
+            request_id: record.request_id.clone(),
+            host: key.host.map(str::to_owned),
+            route: key.route.map(str::to_owned),
+            model: key.model.map(str::to_owned),
+            feature: key.feature.map(str::to_owned),
+            user: record
+                .user_pseudonym
+                .as_ref()
+                .map(|u| u.as_str().to_owned()),
+            task,
+            response_id: record.response_id.clone(),
+            trace_id,
+            span_id,
+        }
+    }
+}
+
+/// The bounded map (see the module docs).
+#[derive(Debug, Default)]
+pub struct Recent {
+    inner: Mutex<Inner>,
+    arrived: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_id: HashMap<String, Rated>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    /// Adds (or replaces) an exchange, dropping the oldest past [`CAPACITY`], and wakes the
+    /// waiters.
+    pub fn insert(&self, rated: Rated) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let id = rated.request_id.clone();
+        if inner.by_id.insert(id.clone(), rated).is_none() {
+            inner.order.push_back(id);
+        }
+        while inner.order.len() > CAPACITY {
+            if let Some(old) = inner.order.pop_front() {
+                inner.by_id.remove(&old);
+            }
+        }
+        drop(inner);
+        self.arrived.notify_all();
+    }
+
+    /// Forgets an exchange (its feedback must not be accepted any more).
+    pub fn remove(&self, request_id: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.by_id.remove(request_id).is_some() {
+            inner.order.retain(|i| i != request_id);
+        }
+    }
+
+    /// The exchange with `request_id`, if held.
+    pub fn get(&self, request_id: &str) -> Option<Rated> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_id.get(request_id).cloned()
+    }
+
+    /// The exchange with `request_id`, waiting up to `wait` for it to be inserted.
+    pub fn wait_for(&self, request_id: &str, wait: Duration) -> Option<Rated> {
+        let until = Instant::now() + wait;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = inner.by_id.get(request_id) {
+                return Some(r.clone());
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            inner = self
+                .arrived
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// How many exchanges are held.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn rated(id: &str) -> Rated {
+        Rated {
+            request_id: id.to_string(),
+            ..Rated::default()
+        }
+    }
+
+    #[test]
+    fn the_oldest_goes_first_past_capacity() {
+        let r = Recent::default();
+        for i in 0..CAPACITY + 3 {
+            r.insert(rated(&format!("id-{i}")));
+        }
+        assert_eq!(r.len(), CAPACITY);
+        assert!(r.get("id-0").is_none());
+        assert!(r.get("id-2").is_none());
+        assert!(r.get("id-3").is_some());
+        assert!(r.get(&format!("id-{}", CAPACITY + 2)).is_some());
+    }
+
+    #[test]
+    fn a_waiter_is_woken_by_the_insert() {
+        let r = Arc::new(Recent::default());
+        let r2 = r.clone();
+        let t = std::thread::spawn(move || r2.wait_for("late", Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        r.insert(rated("late"));
+        let got = t.join().unwrap();
+        assert_eq!(got.map(|g| g.request_id).as_deref(), Some("late"));
+        assert!(start.elapsed() < Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_wait_for_an_id_that_never_comes_ends_at_its_bound() {
+        let r = Recent::default();
+        let start = Instant::now();
+        assert!(r.wait_for("never", Duration::from_millis(100)).is_none());
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn remove_forgets_one_exchange() {
+        let r = Recent::default();
+        r.insert(rated("a"));
+        r.insert(rated("b"));
+        r.remove("a");
+        assert!(r.get("a").is_none());
+        assert!(r.get("b").is_some());
+        assert_eq!(r.len(), 1);
+    }
+}
