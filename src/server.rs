@@ -519,6 +519,14 @@ pub async fn start(
             pem: ca.cert_pem().to_string(),
             proxy: addr.to_string(),
         }),
+        erase_exports: Some({
+            let exporter = exporter.handle();
+            let erase: crate::admin::EraseExports = Arc::new(move |targets| {
+                let exporter = exporter.clone();
+                Box::pin(async move { exporter.erase(targets).await })
+            });
+            erase
+        }),
     };
     let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?.with_health(health.clone());
 

@@ -8,6 +8,7 @@ mod cli;
 mod control;
 mod first_hour;
 mod forget;
+mod forget_spool;
 mod hostile;
 mod ledger;
 mod proxy;
