@@ -222,6 +222,9 @@ fn is_audit(event_name: &str) -> bool {
     event_name.starts_with("veil.audit.")
 }
 
+/// A filtered payload: records removed, and what is left (`None`: nothing, drop it).
+pub(super) type Filtered = (u64, Option<Vec<u8>>);
+
 /// Removes the targeted records from one encoded request of `signal`. `None`: nothing
 /// targeted in it (the payload stays byte for byte). `Some((removed, None))`: nothing is left,
 /// drop the batch. `Some((removed, Some(bytes)))`: the request without them. Request ids
@@ -235,7 +238,7 @@ pub(super) fn filter_payload(
     payload: &[u8],
     targets: &Targets,
     found: &mut BTreeSet<String>,
-) -> Result<Option<(u64, Option<Vec<u8>>)>, String> {
+) -> Result<Option<Filtered>, String> {
     if !targets.may_hold(payload) {
         return Ok(None);
     }

@@ -223,10 +223,7 @@ impl Spool {
                     break;
                 }
             };
-            let answer = match decode_frame(&buf) {
-                Some((enc, payload)) => Some((enc, f(enc, payload))),
-                None => None,
-            };
+            let answer = decode_frame(&buf).map(|(enc, payload)| (enc, f(enc, payload)));
             match answer {
                 None => kept.push_back((seq, n)),
                 Some((_, Rewrite::Keep)) => kept.push_back((seq, n)),
