@@ -546,6 +546,14 @@ pub async fn start(
                 (a.status, a.body)
             }) as crate::admin::SubmitFeedback
         }),
+        erase_exports: Some({
+            let exporter = exporter.handle();
+            let erase: crate::admin::EraseExports = Arc::new(move |targets| {
+                let exporter = exporter.clone();
+                Box::pin(async move { exporter.erase(targets).await })
+            });
+            erase
+        }),
     };
     let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?
         .with_health(health.clone())

@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | `GET /healthz` | `200 ok` when recording works; `503` and a JSON body while it is degraded: `status`, `sealing` (`since`, `last_error`, failure counters) when the sealed store is, and `recording` (`part`: `records`, `disk` or `ledger`, `since`, `reason`) for the rest (no token needed) |
 //! | `GET /v1/exchanges/{id}[?reason=R]` | unseal (audited); the exchange as JSON |
-//! | `DELETE /v1/exchanges/{id}[?reason=R]` | forget one; 404 when unknown |
+//! | `DELETE /v1/exchanges/{id}[?reason=R]` | forget one; 404 when unknown; `exports`: what the running veil's exporter erased from its spool and records files, and the ids already delivered (`not_reached`) |
 //! | `DELETE /v1/users/{user}/exchanges[?reason=R]` | forget a user's; `{user}` is the *raw* user ID (percent-encoded), pseudonymized here with the store's keyring |
 //! | `POST /v1/purge?older_than=30d` | retention purge now; `purged` (a count) and `ids` |
 //! | `POST /v1/compact` | compaction pass |
@@ -78,8 +78,8 @@ pub use api::{
 pub use client::{AdminClient, AdminError, AdminErrorKind, Endpoint, HealthResponse};
 pub use control::{ControlError, ControlErrorKind, ControlSocket, SOCKET_FILE, socket_path};
 pub use server::{
-    ADMIN_MAX_CONNECTIONS, Instance, ReloadRules, SubmitFeedback, serve, serve_control, serve_tcp,
-    serve_with,
+    ADMIN_MAX_CONNECTIONS, EraseExports, Instance, ReloadRules, SubmitFeedback, serve,
+    serve_control, serve_tcp, serve_with,
 };
 
 /// File name of the admin token inside the keys dir.

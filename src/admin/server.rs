@@ -58,8 +58,21 @@ pub type ReloadRules = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// rules or the ledger.
 pub type SubmitFeedback = Arc<dyn Fn(&[u8]) -> (StatusCode, serde_json::Value) + Send + Sync>;
 
-/// What the admin API reaches of the running veil besides its sealed store. Both are absent
-/// in tests and tools that serve a bare store: their routes then answer 404.
+/// Erases forgotten records from the exporter's spool and records files (a forget's last
+/// step, see [`crate::export::erase`]); `None` when the exporter has shut down. Built by
+/// `veil run` around its exporter handle, so this module never reaches the exporter itself.
+pub type EraseExports = Arc<
+    dyn Fn(
+            crate::export::erase::Targets,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Option<crate::export::erase::Erased>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What the admin API reaches of the running veil besides its sealed store. All are absent
+/// in tests and tools that serve a bare store: their routes then answer 404 (and forgets
+/// answer without `exports`).
 #[derive(Clone, Default)]
 pub struct Instance {
     /// `POST /v1/rules/reload` (`veil reload`).
@@ -68,6 +81,8 @@ pub struct Instance {
     pub ca: Option<CaResponse>,
     /// `POST /v1/feedback` (`veil feedback`).
     pub feedback: Option<SubmitFeedback>,
+    /// The forgets' erase of the exporter's copies.
+    pub erase_exports: Option<EraseExports>,
 }
 
 impl fmt::Debug for Instance {
@@ -76,6 +91,7 @@ impl fmt::Debug for Instance {
             .field("reload_rules", &self.reload_rules.is_some())
             .field("ca", &self.ca.as_ref().map(|c| &c.cert))
             .field("feedback", &self.feedback.is_some())
+            .field("erase_exports", &self.erase_exports.is_some())
             .finish()
     }
 }
@@ -211,6 +227,17 @@ async fn blocking_forget<T: Send + 'static>(
     })
 }
 
+/// A forget's erase of the exporter's copies of `ids` (and of `user`'s records), when this
+/// veil has an exporter.
+async fn erase_exports(
+    instance: &Instance,
+    ids: Vec<String>,
+    user: Option<String>,
+) -> Option<crate::export::erase::Erased> {
+    let erase = instance.erase_exports.as_ref()?;
+    erase(crate::export::erase::Targets::new(ids, user)).await
+}
+
 async fn handle(
     req: Request<Incoming>,
     store: SealStore,
@@ -283,6 +310,8 @@ async fn handle(
         AdminRequest::Forget { id, reason: r } => {
             let reason = reason(r);
             let s = store.clone();
+            // Also after an earlier forget: a spooled copy may have outlived it.
+            let exports = || erase_exports(&instance, vec![id.to_string()], None);
             match blocking_forget(move || s.forget(&[id], &actor, &reason)).await {
                 Ok(out) if out.first().is_some_and(|o| o.forgotten) => json(
                     StatusCode::OK,
@@ -291,6 +320,7 @@ async fn handle(
                         forgotten: true,
                         already_forgotten: false,
                         error: None,
+                        exports: exports().await,
                     },
                 ),
                 Ok(_) => match blocking(move || store.already_forgotten(&[id])).await {
@@ -301,6 +331,7 @@ async fn handle(
                             forgotten: false,
                             already_forgotten: true,
                             error: None,
+                            exports: exports().await,
                         },
                     ),
                     Ok(_) => json(
@@ -310,6 +341,7 @@ async fn handle(
                             forgotten: false,
                             already_forgotten: false,
                             error: Some("no exchange with this id was ever sealed".to_string()),
+                            exports: None,
                         },
                     ),
                     Err(e) => seal_error(&e),
@@ -333,14 +365,23 @@ async fn handle(
             };
             let p = pseudonym.clone();
             match blocking_forget(move || store.forget_user(&p, &actor, &reason)).await {
-                Ok(ids) => json(
-                    StatusCode::OK,
-                    &ForgetUserResponse {
-                        user: pseudonym,
-                        already_forgotten: ids.is_empty() && already,
-                        forgotten: ids,
-                    },
-                ),
+                Ok(ids) => {
+                    let exports = erase_exports(
+                        &instance,
+                        ids.iter().map(ToString::to_string).collect(),
+                        Some(pseudonym.to_string()),
+                    )
+                    .await;
+                    json(
+                        StatusCode::OK,
+                        &ForgetUserResponse {
+                            user: pseudonym,
+                            already_forgotten: ids.is_empty() && already,
+                            forgotten: ids,
+                            exports,
+                        },
+                    )
+                }
                 Err(e) => forget_error(&e, |d| d.user = Some(pseudonym)),
             }
         }

@@ -21,6 +21,7 @@ use crate::admin::{
     AdminClient, AdminError, AdminErrorKind, AdminToken, CompactResponse, ExchangeView,
 };
 use crate::exchange::{Exchange, ExchangeId};
+use crate::export::erase::{Erased, Targets};
 use crate::keys::{Keyring, pseudonymize_user};
 use crate::seal::{ForgetError, SealOptions, SealStore};
 
@@ -246,12 +247,14 @@ impl Operator {
     /// Forgets `ids`: `Ok(Ok(per ID in order, what happened))`, or `Ok(Err)` with what
     /// was and was not destroyed. Remotely one request per ID: on a failure, the ones before
     /// it are destroyed and the ones after it were never sent.
+    /// Through a running veil, also what its exporter erased (summed over the requests);
+    /// `None` locally: see [`Operator::erase_local`].
     #[allow(clippy::type_complexity)]
     pub(super) fn forget(
         &self,
         ids: &[ExchangeId],
         reason: &str,
-    ) -> anyhow::Result<Result<Vec<(String, Forgot)>, Failure>> {
+    ) -> anyhow::Result<Result<(Vec<(String, Forgot)>, Option<Erased>), Failure>> {
         let c = match self {
             Operator::Local(store) => {
                 let out = match store.forget(ids, &actor(), reason) {
@@ -261,17 +264,19 @@ impl Operator {
                 let missed: Vec<ExchangeId> =
                     out.iter().filter(|o| !o.forgotten).map(|o| o.id).collect();
                 let before = store.already_forgotten(&missed).map_err(|e| anyhow!(e))?;
-                return Ok(Ok(out
-                    .into_iter()
-                    .map(|o| {
-                        let f = match (o.forgotten, before.contains(&o.id)) {
-                            (true, _) => Forgot::Now,
-                            (false, true) => Forgot::Already,
-                            (false, false) => Forgot::Unknown,
-                        };
-                        (o.id.to_string(), f)
-                    })
-                    .collect()));
+                return Ok(Ok((
+                    out.into_iter()
+                        .map(|o| {
+                            let f = match (o.forgotten, before.contains(&o.id)) {
+                                (true, _) => Forgot::Now,
+                                (false, true) => Forgot::Already,
+                                (false, false) => Forgot::Unknown,
+                            };
+                            (o.id.to_string(), f)
+                        })
+                        .collect(),
+                    None,
+                )));
             }
             Operator::Remote(c) => c,
         };
@@ -279,14 +284,22 @@ impl Operator {
         let mut out = Vec::new();
         let mut done = Vec::new();
         let mut unknown = Vec::new();
+        let mut exports: Option<Erased> = None;
+        let mut add = |e: Option<Erased>| {
+            if let Some(e) = e {
+                exports.get_or_insert_with(Erased::default).absorb(e);
+            }
+        };
         for (i, id) in ids.iter().enumerate() {
             let not_reached = strings(&ids[i + 1..]);
             match rt.block_on(c.forget(*id, reason)) {
                 Ok(answer) if answer.forgotten => {
+                    add(answer.exports);
                     done.push(id.to_string());
                     out.push((id.to_string(), Forgot::Now));
                 }
                 Ok(answer) if answer.already_forgotten => {
+                    add(answer.exports);
                     out.push((id.to_string(), Forgot::Already));
                 }
                 Ok(_) => {
@@ -319,7 +332,27 @@ impl Operator {
                 }
             }
         }
-        Ok(Ok(out))
+        Ok(Ok((out, exports)))
+    }
+
+    /// The last step of a forget made on a store opened here (no veil runs with this data
+    /// dir, so no exporter writes its spool or records files): erases `ids` and `user`'s
+    /// records from `<data>/spool/` and `<data>/records/` ([`crate::export::erase`]). `None`
+    /// through a running veil, whose exporter did it (its answer carries the result).
+    pub(super) fn erase_local(
+        &self,
+        dirs: &StoreDirs,
+        ids: Vec<String>,
+        user: Option<String>,
+    ) -> Option<Erased> {
+        match self {
+            Operator::Local(_) => Some(crate::export::erase::erase_dir(
+                &dirs.data,
+                &Targets::new(ids, user),
+                dirs.collector,
+            )),
+            Operator::Remote(_) => None,
+        }
     }
 
     /// Forgets every exchange of the raw user ID `user` (pseudonymized with the store's
@@ -331,15 +364,15 @@ impl Operator {
         &self,
         user: &str,
         reason: &str,
-    ) -> anyhow::Result<(String, Result<(Vec<String>, bool), Failure>)> {
+    ) -> anyhow::Result<(String, Result<(Vec<String>, bool, Option<Erased>), Failure>)> {
         match self {
             Operator::Local(store) => {
                 let p = pseudonymize_user(&store.keyring(), user);
                 // Asked before the forget, which leaves a tombstone of its own.
                 let already = store.user_already_forgotten(&p).map_err(|e| anyhow!(e))?;
                 let r = match store.forget_user(&p, &actor(), reason) {
-                    Ok(ids) if ids.is_empty() => Ok((Vec::new(), already)),
-                    Ok(ids) => Ok((strings(&ids), false)),
+                    Ok(ids) if ids.is_empty() => Ok((Vec::new(), already, None)),
+                    Ok(ids) => Ok((strings(&ids), false, None)),
                     Err(e) => Err(Failure::from_forget(&e)),
                 };
                 Ok((p.into_string(), r))
@@ -347,7 +380,11 @@ impl Operator {
             Operator::Remote(c) => match block(c.forget_user(user, reason))? {
                 Ok(answer) => Ok((
                     answer.user.into_string(),
-                    Ok((strings(&answer.forgotten), answer.already_forgotten)),
+                    Ok((
+                        strings(&answer.forgotten),
+                        answer.already_forgotten,
+                        answer.exports,
+                    )),
                 )),
                 Err(e) if e.kind() == AdminErrorKind::Refused => {
                     let p = e
@@ -473,7 +510,7 @@ mod tests {
                 .unwrap()
                 .ok()
                 .unwrap();
-            let forgot = op.forget(&[a.id, old.id], "test").unwrap().ok().unwrap();
+            let forgot = op.forget(&[a.id, old.id], "test").unwrap().ok().unwrap().0;
             (json, raw, purged, forgot)
         };
         assert_eq!(local.2, vec![old.id.to_string()]);
@@ -524,7 +561,7 @@ mod tests {
             local.2
         );
         assert_eq!(
-            op.forget(&[a.id, old.id], "test").unwrap().ok().unwrap(),
+            op.forget(&[a.id, old.id], "test").unwrap().ok().unwrap().0,
             local.3
         );
         assert!(store.is_empty().unwrap());

@@ -23,6 +23,7 @@ use anyhow::{Context, anyhow, bail};
 use super::operator::{Failure, Forgot, Operator, Unsealed, block, running};
 use crate::config::Config;
 use crate::exchange::ExchangeId;
+use crate::export::erase::Erased;
 use crate::keys::Keyring;
 
 /// Where the sealed store lives and how to reach a running veil that holds it.
@@ -40,6 +41,11 @@ pub struct StoreDirs {
     pub admin_listen: Option<SocketAddr>,
     /// Configured retention (default for `purge`).
     pub retention: Option<Duration>,
+    /// Records (traces or logs) go to an OTLP collector (the config's `otlp_endpoint` or the
+    /// `OTEL_EXPORTER_OTLP_*` variables): a forget made here reports the request ids not
+    /// found in the spool as delivered there. True also when those settings do not parse
+    /// (the receipt then errs on the side of "not reached").
+    pub collector: bool,
 }
 
 impl StoreDirs {
@@ -51,7 +57,21 @@ impl StoreDirs {
             admin,
             admin_listen: cfg.admin_listen,
             retention: cfg.retention,
+            collector: sends_records_to_a_collector(cfg),
         }
+    }
+}
+
+/// Whether `veil run` with this config sends traces or logs to an OTLP collector.
+fn sends_records_to_a_collector(cfg: &Config) -> bool {
+    use crate::export::{Destination, ExporterSettings, Signal};
+    match ExporterSettings::resolve(cfg.otlp_endpoint.as_deref(), cfg.data.clone(), &|k| {
+        std::env::var(k).ok()
+    }) {
+        Ok(s) => [Signal::Traces, Signal::Logs]
+            .iter()
+            .any(|sig| matches!(s.signal(*sig).destination, Destination::Otlp(_))),
+        Err(_) => true,
     }
 }
 
@@ -207,7 +227,7 @@ fn report_failure(verb: &str, f: &Failure) -> ExitCode {
 pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let op = Operator::open(dirs)?;
     if let Some(user) = &args.user {
-        let (pseudonym, (ids, already)) = match op.forget_user(user, &args.reason)? {
+        let (pseudonym, (ids, already, exports)) = match op.forget_user(user, &args.reason)? {
             (p, Ok(r)) => (p, r),
             (p, Err(f)) => {
                 eprintln!("forgetting the exchanges of user {p} failed");
@@ -217,29 +237,40 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         for id in &ids {
             println!("forgotten {id}");
         }
+        // Also when nothing is left in the store: the user's spooled records may be.
+        let exports =
+            exports.or_else(|| op.erase_local(dirs, ids.clone(), Some(pseudonym.clone())));
         if ids.is_empty() {
+            let failed = print_exports_receipt(exports.as_ref(), false);
             if already {
                 println!("already forgotten: user {pseudonym} (nothing of it is left)");
-                return Ok(ExitCode::SUCCESS);
+                return Ok(failed.unwrap_or(ExitCode::SUCCESS));
             }
             eprintln!(
                 "no exchanges for user {pseudonym} (no identity source ever named this user, or its exchanges were purged)"
             );
-            return Ok(ExitCode::from(1));
+            return Ok(failed.unwrap_or(ExitCode::from(1)));
         }
         print_receipt(ids.len());
+        let failed = print_exports_receipt(exports.as_ref(), true);
         eprintln!("forgot {} exchange(s) of user {pseudonym}", ids.len());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(failed.unwrap_or(ExitCode::SUCCESS));
     }
     let ids = args
         .ids
         .iter()
         .map(|s| parse_id(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let outcomes = match op.forget(&ids, &args.reason)? {
+    let (outcomes, exports) = match op.forget(&ids, &args.reason)? {
         Ok(o) => o,
         Err(f) => return Ok(report_failure("forgotten", &f)),
     };
+    // The ids forgotten now or before (a spooled copy may have outlived an earlier forget).
+    let known: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, f)| *f != Forgot::Unknown)
+        .map(|(id, _)| id.clone())
+        .collect();
     let (mut now, mut unknown) = (0, 0);
     for (id, forgot) in outcomes {
         match forgot {
@@ -256,6 +287,14 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
     }
     if now > 0 {
         print_receipt(now);
+    }
+    let exports = exports.or_else(|| {
+        (!known.is_empty())
+            .then(|| op.erase_local(dirs, known, None))
+            .flatten()
+    });
+    if let Some(failed) = print_exports_receipt(exports.as_ref(), now > 0) {
+        return Ok(failed);
     }
     Ok(if unknown > 0 {
         ExitCode::from(1)
@@ -275,9 +314,51 @@ fn print_receipt(n: usize) {
     println!(
         "  removed: ledger (content rows deleted, every user pseudonym cleared, WAL wiped; the rows the bill needs stay, marked forgotten)"
     );
-    println!(
-        "  not reached: records already exported (the OTLP collector, <data>/records/*.jsonl, batches in <data>/spool/): act on the request ids above downstream"
-    );
+}
+
+/// The receipt's lines for the exporter's copies ([`crate::export::erase`]): what was removed
+/// from the spool and the records files, and the request ids whose records had already been
+/// delivered to the collector. Printed after [`print_receipt`] (`always`), or alone when it
+/// removed something though nothing was destroyed in the store now (an id or user forgotten
+/// before). `None` from a veil that could not be asked (a bare admin API): said so.
+/// Returns exit code 2 when a file could not be rewritten (named, with what is left in it).
+fn print_exports_receipt(exports: Option<&Erased>, always: bool) -> Option<ExitCode> {
+    let Some(e) = exports else {
+        if always {
+            println!(
+                "  not reached: the exporter's copies (spool, records files, collector): this veil did not report them; forget again with veil running with --data"
+            );
+        }
+        return None;
+    };
+    let removed = e.spool_records + e.records_removed > 0;
+    if always || removed || !e.not_reached.is_empty() {
+        println!(
+            "  removed: spool <data>/spool/ (batches not yet sent): {} record(s) in {} file(s)",
+            e.spool_records, e.spool_files
+        );
+        println!(
+            "  removed: records files <data>/records/*.jsonl: {} record(s) in {} line(s)",
+            e.records_removed, e.records_lines
+        );
+        if e.not_reached.is_empty() {
+            println!("  not reached: nothing (no record of these exchanges had left this host)");
+        } else {
+            println!(
+                "  not reached: {} exchange(s) already delivered to the OTLP collector, act on them downstream: {}",
+                e.not_reached.len(),
+                e.not_reached.join(" ")
+            );
+        }
+    }
+    if e.errors.is_empty() {
+        return None;
+    }
+    for err in &e.errors {
+        eprintln!("NOT removed (still on disk): {err}");
+    }
+    eprintln!("forget again once the cause is fixed: erasing the exporter's copies is idempotent");
+    Some(ExitCode::from(2))
 }
 
 /// `veil purge [--older-than D] [--dry-run]` (default: configured `retention`): prints
@@ -379,6 +460,7 @@ pub(super) mod tests {
             admin: None,
             admin_listen: None,
             retention: None,
+            collector: false,
         }
     }
 

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::erase::{self, Erased, SignalErased, Targets};
 use super::handle::Item;
 use super::metrics::Histograms;
 use super::otlp::{self, Batch};
@@ -23,6 +24,19 @@ use crate::counters::Counters;
 use crate::journal::{Journal, Slot};
 use crate::ledger::LedgerHandle;
 use crate::record::Record;
+
+/// What a signal's delivery task receives, in order: requests to make durable, and erases
+/// (a forget) to run on its spool and records files between two of them.
+pub(super) enum Job {
+    Payload(Payload),
+    Erase(EraseJob),
+}
+
+/// One signal's part of a forget: erase `targets`, answer on `reply`.
+pub(super) struct EraseJob {
+    pub(super) targets: Arc<Targets>,
+    pub(super) reply: oneshot::Sender<SignalErased>,
+}
 
 /// One encoded request on its way to a signal's sender, and who to tell once it is durable.
 pub(super) struct Payload {
@@ -89,7 +103,7 @@ pub(super) struct Batcher {
     /// handed on.
     pub(super) unwritten_bytes: u64,
     /// In [`Signal::ALL`] order; `None` for a signal that goes nowhere ([`Destination::Off`]).
-    pub(super) sender_txs: Vec<Option<mpsc::Sender<Payload>>>,
+    pub(super) sender_txs: Vec<Option<mpsc::Sender<Job>>>,
     /// The SQLite ledger, when on.
     pub(super) ledger: Option<LedgerHandle>,
 }
@@ -110,6 +124,7 @@ impl Batcher {
                 _ = &mut shutdown => break,
                 item = rx.recv() => match item {
                     None => break,
+                    Some(Item::Erase(targets, reply)) => self.erase(*targets, reply).await,
                     Some(item) => {
                         if !self.pending() {
                             batch_deadline = Instant::now() + self.settings.batch_age;
@@ -140,6 +155,10 @@ impl Batcher {
         // Drain what is queued (bounded by the channel's capacity), then the last batch.
         rx.close();
         while let Ok(item) = rx.try_recv() {
+            if let Item::Erase(targets, reply) = item {
+                self.erase(*targets, reply).await;
+                continue;
+            }
             self.push(item);
             if self.records_in_batch >= self.settings.batch_max {
                 self.flush().await;
@@ -183,6 +202,7 @@ impl Batcher {
                     self.records.push(*r);
                 }
             }
+            Item::Erase(..) => unreachable!("invariant: erases are handled by run"),
             Item::Audit(a) => {
                 self.counters.export.audit_events.inc();
                 // The sealed store keeps its own durable audit log; this is the copy for
@@ -275,6 +295,61 @@ impl Batcher {
             .await;
     }
 
+    /// A forget: flushes the batch being gathered (its records may be the forgotten ones),
+    /// then queues the erase behind it on each records signal's delivery task, which owns its
+    /// spool and records files; a signal that goes nowhere has no task, and its files (left
+    /// by an earlier run) are erased on a blocking thread. Answers on `reply` once all have,
+    /// without holding up the batcher meanwhile.
+    async fn erase(&mut self, targets: Targets, reply: oneshot::Sender<Erased>) {
+        self.flush().await;
+        let targets = Arc::new(targets);
+        let mut answers = Vec::new();
+        for signal in erase::SIGNALS {
+            let (tx, rx) = oneshot::channel();
+            let job = EraseJob {
+                targets: targets.clone(),
+                reply: tx,
+            };
+            match &self.sender_txs[signal as usize] {
+                Some(stx) => {
+                    if stx.send(Job::Erase(job)).await.is_err() {
+                        let mut part = SignalErased::default();
+                        part.errors
+                            .push(format!("the {} sender has stopped", signal.name()));
+                        answers.push(Err(part));
+                        continue;
+                    }
+                }
+                None => {
+                    let data = self.settings.data_dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut part = SignalErased::default();
+                        erase::erase_spool_dir(&data, signal, &job.targets, &mut part);
+                        erase::erase_records(&data, signal, &job.targets, &mut part);
+                        let _ = job.reply.send(part);
+                    });
+                }
+            }
+            answers.push(Ok((signal, rx)));
+        }
+        tokio::spawn(async move {
+            let mut parts = Vec::new();
+            for a in answers {
+                parts.push(match a {
+                    Err(part) => part,
+                    Ok((signal, rx)) => rx.await.unwrap_or_else(|_| SignalErased {
+                        errors: vec![format!(
+                            "the {} exporter task stopped before erasing",
+                            signal.name()
+                        )],
+                        ..Default::default()
+                    }),
+                });
+            }
+            let _ = reply.send(erase::combine(&targets, parts));
+        });
+    }
+
     /// Waits for room at the sender: the batcher is off the hot path, and the senders never
     /// block long (they spool while the collector is away), so back-pressure ends at the
     /// record channel, where `try_send` reports it.
@@ -282,10 +357,12 @@ impl Batcher {
         let Some(tx) = &self.sender_txs[signal as usize] else {
             return;
         };
-        if let Err(e) = tx.send(payload).await {
+        if let Err(e) = tx.send(Job::Payload(payload)).await {
             tracing::error!(signal = signal.name(), "export: sender stopped; batch lost");
             self.counters.export.batches_rejected.inc();
-            e.0.complete(false);
+            if let Job::Payload(p) = e.0 {
+                p.complete(false);
+            }
         }
     }
 }

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::batcher::Payload;
+use super::batcher::{EraseJob, Job, Payload};
+use super::erase;
 use super::sender::{Attempt, OtlpClient};
 use super::spool::{self, Spool};
 use super::{Encoding, ExporterSettings, Signal, ledger};
@@ -27,11 +28,31 @@ use crate::health::Health;
 pub(super) async fn run_ledger(
     data: std::path::PathBuf,
     signal: Signal,
-    mut rx: mpsc::Receiver<Payload>,
+    mut rx: mpsc::Receiver<Job>,
     counters: Arc<Counters>,
     health: Option<Arc<Health>>,
 ) -> usize {
-    while let Some(payload) = rx.recv().await {
+    while let Some(job) = rx.recv().await {
+        let payload = match job {
+            Job::Payload(p) => p,
+            Job::Erase(job) => {
+                // This task is the only writer of the signal's records files, and nothing
+                // uses its spool directory (no collector): awaited here, no append can run
+                // meanwhile.
+                let data = data.clone();
+                let part = tokio::task::spawn_blocking(move || {
+                    let mut part = erase::SignalErased::default();
+                    erase::erase_spool_dir(&data, signal, &job.targets, &mut part);
+                    erase::erase_records(&data, signal, &job.targets, &mut part);
+                    (part, job.reply)
+                })
+                .await;
+                if let Ok((part, reply)) = part {
+                    let _ = reply.send(part);
+                }
+                continue;
+            }
+        };
         let dir = data.clone();
         let body = payload.body.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -172,7 +193,7 @@ impl OtlpSender {
     /// number of batches left in the spool.
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Payload>,
+        mut rx: mpsc::Receiver<Job>,
         mut stop: watch::Receiver<bool>,
     ) -> usize {
         let enc = self.settings.signal(self.signal).encoding;
@@ -181,25 +202,50 @@ impl OtlpSender {
         // The attempt in flight, and the direct (not yet spooled) payload it carries.
         let mut inflight: Option<InFlight> = None;
         let mut direct: Option<Payload> = None;
+        // An erase that arrived while a spooled batch was being sent: it runs once that
+        // attempt is answered (the batch may be delivered, and then is not in the spool to
+        // erase), and nothing more is read meanwhile, so the order holds.
+        let mut pending_erase: Option<EraseJob> = None;
         loop {
+            if inflight.is_none()
+                && let Some(job) = pending_erase.take()
+            {
+                self.erase(job);
+            }
             if !open && inflight.is_none() && self.spool.is_empty() {
                 break;
             }
-            let can_read = open && direct.is_none();
+            let can_read = open && direct.is_none() && pending_erase.is_none();
             let can_replay = inflight.is_none() && !self.spool.is_empty();
             tokio::select! {
                 _ = stop.changed() => {
                     if let Some(b) = direct.take() {
                         self.spool(enc, &b);
                     }
-                    while let Ok(b) = rx.try_recv() {
-                        self.spool(enc, &b);
+                    let mut erases = Vec::new();
+                    while let Ok(job) = rx.try_recv() {
+                        match job {
+                            Job::Payload(b) => self.spool(enc, &b),
+                            Job::Erase(e) => erases.push(e),
+                        }
+                    }
+                    // The attempt in flight is abandoned: its batch stays spooled.
+                    inflight = None;
+                    for e in pending_erase.take().into_iter().chain(erases) {
+                        self.erase(e);
                     }
                     break;
                 }
                 msg = rx.recv(), if can_read => match msg {
                     None => open = false,
-                    Some(payload) => {
+                    Some(Job::Erase(job)) => {
+                        if inflight.is_some() {
+                            pending_erase = Some(job);
+                        } else {
+                            self.erase(job);
+                        }
+                    }
+                    Some(Job::Payload(payload)) => {
                         if inflight.is_none() && self.spool.is_empty() && Instant::now() >= next_try {
                             inflight = Some(self.attempt(enc, payload.body.clone()));
                             direct = Some(payload);
@@ -258,7 +304,39 @@ impl OtlpSender {
                 }
             }
         }
+        drop(inflight);
+        if let Some(job) = pending_erase.take() {
+            self.erase(job);
+        }
         self.spool.len()
+    }
+
+    /// Runs one signal's part of a forget on this task, which owns the spool: no batch is
+    /// pushed, sent or deleted meanwhile. Also erases the signal's records files (left by a
+    /// run without a collector; nothing appends to them while this one sends to one).
+    /// Blocking file I/O on the exporter's runtime, like the spool's writes.
+    fn erase(&mut self, job: EraseJob) {
+        let mut part = erase::SignalErased {
+            collector: true,
+            ..Default::default()
+        };
+        let freed = erase::erase_spool(&mut self.spool, self.signal, &job.targets, &mut part);
+        self.counters.export.spool_bytes.sub(freed);
+        erase::erase_records(
+            &self.settings.data_dir,
+            self.signal,
+            &job.targets,
+            &mut part,
+        );
+        if part.spool_records > 0 {
+            tracing::info!(
+                signal = self.signal.name(),
+                records = part.spool_records,
+                files = part.spool_files,
+                "forget: erased from the spool"
+            );
+        }
+        let _ = job.reply.send(part);
     }
 }
 

@@ -11,8 +11,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::erase::{Erased, Targets};
 use super::{AuditEvent, FeedbackEvent};
 use crate::counters::Counters;
 use crate::journal::Slot;
@@ -25,6 +26,8 @@ pub(super) enum Item {
     Audit(AuditEvent),
     /// A feedback's `gen_ai.evaluation.result` log record.
     Feedback(Box<FeedbackEvent>),
+    /// A forget: erase these targets from the spool and records files, answer with what was.
+    Erase(Box<Targets>, oneshot::Sender<Erased>),
 }
 
 /// Why [`ExporterHandle::try_send`] refused an item; the item comes back.
@@ -175,6 +178,22 @@ impl ExporterHandle {
                 },
                 _ => unreachable!("invariant: a feedback event was sent"),
             })
+    }
+
+    /// Erases `targets` (forgotten request ids and user pseudonyms) from the spool and the
+    /// records files, coordinated with the exporter's tasks: the batch being gathered is
+    /// flushed first, then each signal's delivery task runs the erase between two sends of
+    /// its own (see [`super::erase`]). Waits for room in the queue and for the answer.
+    ///
+    /// Errors: `None` when the exporter has shut down (nothing erased by it; `veil forget`
+    /// with veil stopped erases the files itself).
+    pub async fn erase(&self, targets: Targets) -> Option<Erased> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Item::Erase(Box::new(targets), tx))
+            .await
+            .ok()?;
+        rx.await.ok()
     }
 
     /// The registry the exporter counts in (its `export` section).

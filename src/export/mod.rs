@@ -45,6 +45,7 @@
 
 mod batcher;
 mod deliver;
+pub mod erase;
 mod handle;
 pub mod ledger;
 pub mod metrics;
@@ -73,7 +74,7 @@ use crate::counters::Counters;
 use crate::health::Health;
 use crate::journal::Journal;
 use crate::ledger::LedgerHandle;
-use batcher::{Batcher, Payload};
+use batcher::{Batcher, Job};
 use deliver::{OtlpSender, run_ledger};
 use metrics::Histograms;
 use otlp::Batch;
@@ -175,7 +176,7 @@ impl Exporter {
         let mut senders = Vec::new();
         let mut sender_txs = Vec::new();
         for signal in Signal::ALL {
-            let (stx, srx) = mpsc::channel::<Payload>(SENDER_QUEUE);
+            let (stx, srx) = mpsc::channel::<Job>(SENDER_QUEUE);
             let task = match &settings.signal(signal).destination {
                 Destination::Off => {
                     sender_txs.push(None);

@@ -7,8 +7,11 @@
 //! "VSP1" | encoding (u8: 0 protobuf, 1 json) | payload length (u32 LE) | crc32(encoding, payload) (u32 LE) | payload
 //! ```
 //!
-//! Files are written once under a temporary name and renamed into place, never modified, and
-//! deleted when their batch is delivered (or given up). Replay is in sequence order, so
+//! Files are written once under a temporary name and renamed into place, and deleted when
+//! their batch is delivered (or given up). The one exception is a forget
+//! ([`Spool::rewrite`], driven by [`super::erase`]): a batch holding a forgotten exchange's
+//! records is replaced the same way (temporary file, fsync, rename) by one without them, or
+//! deleted when nothing else was in it. Replay is in sequence order, so
 //! batches leave in the order they were spooled, also after a restart. A failed write (a full
 //! disk) removes its `.tmp` file and counts nothing; a crash mid-write leaves at most a `.tmp`
 //! file, discarded on open; a frame whose length or checksum does not match (a torn or
@@ -148,35 +151,9 @@ impl Spool {
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch over 4 GiB"))?;
         let seq = self.next_seq;
-        let path = self.path(seq);
-        let tmp = path.with_extension("tmp");
-        let written = (|| {
-            let mut f = {
-                use std::os::unix::fs::OpenOptionsExt;
-                fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?
-            };
-            let e = enc_byte(enc);
-            let mut header = [0u8; HEADER];
-            header[..4].copy_from_slice(MAGIC);
-            header[4] = e;
-            header[5..9].copy_from_slice(&len.to_le_bytes());
-            header[9..13].copy_from_slice(&frame_crc(e, payload).to_le_bytes());
-            f.write_all(&header)?;
-            f.write_all(payload)?;
-            drop(f);
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            // A failed write (ENOSPC) leaves nothing: no partial `.tmp` holding the space the
-            // disk lacks, no entry, no bytes counted, and the sequence number is reused.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        // A failed write (ENOSPC) leaves nothing: no partial `.tmp` holding the space the
+        // disk lacks, no entry, no bytes counted, and the sequence number is reused.
+        write_frame(&self.path(seq), enc, payload, len, false)?;
         self.next_seq += 1;
         let size = (HEADER + payload.len()) as u64;
         self.entries.push_back((seq, size));
@@ -218,6 +195,75 @@ impl Spool {
         (None, loss)
     }
 
+    /// Passes every batch, oldest first, to `f` and applies its answer: a replacement is
+    /// written to a temporary file (0600), fsynced and renamed over the batch (its place in
+    /// the order is kept); a dropped batch's file is deleted. Frames that fail their checksum
+    /// are left for [`Spool::front`] to discard. Used by a forget
+    /// ([`super::erase`]): the caller owns the spool (`&mut`), so no push, send or delete of
+    /// the same files runs meanwhile.
+    ///
+    /// Errors: the first file that cannot be read or written stops the pass; what was done
+    /// before it stays done (and is reflected in [`Spool::len`] and [`Spool::bytes`]), the
+    /// failed batch keeps its old file.
+    pub fn rewrite(
+        &mut self,
+        mut f: impl FnMut(Encoding, &[u8]) -> Rewrite,
+    ) -> io::Result<Rewritten> {
+        let mut done = Rewritten::default();
+        let mut kept = VecDeque::with_capacity(self.entries.len());
+        let mut entries = std::mem::take(&mut self.entries).into_iter();
+        let mut failed = None;
+        for (seq, n) in entries.by_ref() {
+            let path = self.path(seq);
+            let buf = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    kept.push_back((seq, n));
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let answer = decode_frame(&buf).map(|(enc, payload)| (enc, f(enc, payload)));
+            match answer {
+                None => kept.push_back((seq, n)),
+                Some((_, Rewrite::Keep)) => kept.push_back((seq, n)),
+                Some((_, Rewrite::Drop)) => {
+                    if let Err(e) = fs::remove_file(&path) {
+                        kept.push_back((seq, n));
+                        failed = Some(e);
+                        break;
+                    }
+                    self.bytes -= n;
+                    done.dropped += 1;
+                    done.freed += n;
+                }
+                Some((enc, Rewrite::Replace(payload))) => {
+                    let written = u32::try_from(payload.len())
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::InvalidInput, "batch over 4 GiB")
+                        })
+                        .and_then(|len| write_frame(&path, enc, &payload, len, true));
+                    if let Err(e) = written {
+                        kept.push_back((seq, n));
+                        failed = Some(e);
+                        break;
+                    }
+                    let size = (HEADER + payload.len()) as u64;
+                    self.bytes = self.bytes - n + size;
+                    done.replaced += 1;
+                    done.freed += n.saturating_sub(size);
+                    kept.push_back((seq, size));
+                }
+            }
+        }
+        kept.extend(entries);
+        self.entries = kept;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
     /// Deletes the oldest batch (delivered or given up). Returns its size.
     pub fn pop_front(&mut self) -> u64 {
         match self.entries.pop_front() {
@@ -231,6 +277,68 @@ impl Spool {
             None => 0,
         }
     }
+}
+
+/// Writes one frame to `path` through `<path>.tmp` (0600) and a rename, so a reader sees the
+/// old file or the new one, never half of either. With `sync`, the file is fsynced before the
+/// rename and the directory after it (a rewrite that erases must not come back after a
+/// crash). On error the `.tmp` file is removed and `path` is untouched.
+fn write_frame(path: &Path, enc: Encoding, payload: &[u8], len: u32, sync: bool) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let written = (|| {
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
+        let e = enc_byte(enc);
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(MAGIC);
+        header[4] = e;
+        header[5..9].copy_from_slice(&len.to_le_bytes());
+        header[9..13].copy_from_slice(&frame_crc(e, payload).to_le_bytes());
+        f.write_all(&header)?;
+        f.write_all(payload)?;
+        if sync {
+            f.sync_all()?;
+        }
+        drop(f);
+        fs::rename(&tmp, path)?;
+        if sync && let Some(dir) = path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// What [`Spool::rewrite`] does with one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Leave the file as it is.
+    Keep,
+    /// Replace the batch's payload (same encoding, same place in the order).
+    Replace(Vec<u8>),
+    /// Delete the batch.
+    Drop,
+}
+
+/// What [`Spool::rewrite`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    /// Batches whose file was replaced.
+    pub replaced: u64,
+    /// Batches deleted.
+    pub dropped: u64,
+    /// Bytes on disk freed (old sizes minus new sizes).
+    pub freed: u64,
 }
 
 /// Creates `dir` (and parents) readable by the owner only (0700): spooled batches and the

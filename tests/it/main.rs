@@ -9,6 +9,7 @@ mod control;
 mod feedback;
 mod first_hour;
 mod forget;
+mod forget_spool;
 mod hostile;
 mod ledger;
 mod proxy;

@@ -96,6 +96,11 @@ pub struct ForgetResponse {
     /// Why it was not forgotten (404 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the forget removed from the exporter's copies on this host (spool, records
+    /// files) and which request ids had already left for the collector. Absent when the
+    /// veil has no exporter to ask (a bare store) or on 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<crate::export::erase::Erased>,
 }
 
 /// `DELETE /v1/users/{user}/exchanges`, `200`.
@@ -110,6 +115,9 @@ pub struct ForgetUserResponse {
     /// a recent ledger tombstone names the pseudonym). Absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub already_forgotten: bool,
+    /// As [`ForgetResponse::exports`], for the user's exchanges and pseudonym.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<crate::export::erase::Erased>,
 }
 
 /// `GET /v1/purge?older_than=D`, `200`: what a purge would destroy now; nothing is.

@@ -181,6 +181,7 @@ fn forget_and_purge_documents_round_trip() {
             forgotten: true,
             already_forgotten: false,
             error: None,
+            exports: None,
         },
         json!({"request_id": a.to_string(), "forgotten": true}),
     );
@@ -190,6 +191,7 @@ fn forget_and_purge_documents_round_trip() {
             forgotten: false,
             already_forgotten: true,
             error: None,
+            exports: None,
         },
         json!({"request_id": a.to_string(), "forgotten": false, "already_forgotten": true}),
     );
@@ -199,6 +201,7 @@ fn forget_and_purge_documents_round_trip() {
             forgotten: false,
             already_forgotten: false,
             error: Some("unknown".into()),
+            exports: None,
         },
         json!({"request_id": a.to_string(), "forgotten": false, "error": "unknown"}),
     );
@@ -207,8 +210,30 @@ fn forget_and_purge_documents_round_trip() {
             user: UserPseudonym::parse("u_0123456789abcdef").unwrap(),
             forgotten: vec![a],
             already_forgotten: false,
+            exports: None,
         },
         json!({"user": "u_0123456789abcdef", "forgotten": [a.to_string()]}),
+    );
+    // With the exporter's erase: counts always, lists only when not empty.
+    round_trip(
+        &ForgetResponse {
+            request_id: a,
+            forgotten: true,
+            already_forgotten: false,
+            error: None,
+            exports: Some(crate::export::erase::Erased {
+                spool_records: 2,
+                spool_files: 1,
+                records_removed: 0,
+                records_lines: 0,
+                not_reached: vec!["r-1".into()],
+                errors: Vec::new(),
+            }),
+        },
+        json!({"request_id": a.to_string(), "forgotten": true, "exports": {
+            "spool_records": 2, "spool_files": 1, "records_removed": 0, "records_lines": 0,
+            "not_reached": ["r-1"]
+        }}),
     );
     round_trip(
         &PurgeResponse {

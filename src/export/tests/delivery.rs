@@ -251,3 +251,87 @@ async fn retry_after_is_honoured() {
     );
     exporter.shutdown(Duration::from_secs(5)).await;
 }
+
+// A forget while veil runs: the erase goes through the exporter's own tasks, behind the
+// records queued before it, while more records keep arriving; only the forgotten ones go.
+#[tokio::test]
+async fn an_erase_during_an_outage_removes_only_the_forgotten_and_loses_nothing_else() {
+    use crate::export::erase::Targets;
+    use crate::keys::UserPseudonym;
+    const ALICE: &str = "u_00000000000a11ce";
+    let mut rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Some(&rx.endpoint()), &[]);
+    s.batch_max = 4;
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let h = exporter.handle();
+    let rec = |i: usize| {
+        let mut r = testing::base_record(&format!("req-{i:04}"));
+        if i % 10 == 7 && i < 40 {
+            let p = UserPseudonym::parse(ALICE).unwrap();
+            r.user_pseudonym = Some(p.clone());
+            r.user_pseudonyms = vec![p];
+        }
+        r
+    };
+    // One delivered before the outage: the erase cannot reach it and says so.
+    h.try_send(rec(0)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || span_counts(&rx).len() == 1
+            && !rx.logs().is_empty())
+        .await
+    );
+    rx.stop();
+    for i in 1..40 {
+        h.try_send(rec(i)).unwrap();
+    }
+    // By id: 0 (delivered), every 5th; by user: 7, 17, 27, 37. The 40 sent meanwhile are
+    // none of them, so whatever their order with the erase, every one must arrive.
+    let ids: Vec<String> = (0..40).step_by(5).map(|i| format!("req-{i:04}")).collect();
+    let more = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            for i in 40..80 {
+                while h.try_send(rec(i)).is_err() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                if i % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        })
+    };
+    let erased = tokio::time::timeout(
+        Duration::from_secs(20),
+        h.erase(Targets::new(ids.clone(), [ALICE.to_string()])),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    more.await.unwrap();
+    assert!(erased.errors.is_empty(), "{erased:?}");
+    assert_eq!(erased.not_reached, ["req-0000"], "{erased:?}");
+    // 7 ids by id (req-0005..0035) and 4 by user, each a span and a log record.
+    assert_eq!(erased.spool_records, 2 * (7 + 4), "{erased:?}");
+    assert!(erased.spool_files > 0);
+
+    rx.restart().await;
+    let gone: Vec<usize> = (5..40).step_by(5).chain([7, 17, 27, 37]).collect();
+    let want = 80 - gone.len();
+    let done = wait_until(Duration::from_secs(20), || span_counts(&rx).len() == want).await;
+    let report = exporter.shutdown(Duration::from_secs(10)).await;
+    let counts = span_counts(&rx);
+    assert!(done, "{} of {want} arrived: {counts:?}", counts.len());
+    for i in 0..80 {
+        let id = format!("req-{i:04}");
+        let expected = if gone.contains(&i) { None } else { Some(&1) };
+        assert_eq!(counts.get(&id), expected, "{id}");
+    }
+    // The logs too: no forgotten exchange's log record arrived.
+    for l in rx.logs() {
+        let id = testing::s(&attrs(&l.attributes), "veil.request.id").unwrap();
+        let i: usize = id.trim_start_matches("req-").parse().unwrap();
+        assert!(!gone.contains(&i), "{id}'s log record arrived");
+    }
+    assert!(report.drained, "{report:?}");
+}
