@@ -183,3 +183,118 @@ fn exchange_of(v: ExchangeView) -> anyhow::Result<Exchange> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Ledger, LedgerSettings};
+    use crate::seal::{SealOptions, SealStore};
+
+    const EMAIL: &str = "dana.scully@example.com";
+    const CARD: &str = "4111 1111 1111 1111";
+
+    fn with_prompt(prompt: &str) -> Exchange {
+        let mut ex = crate::seal::tests::openai_chat();
+        let req = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]})
+            .to_string();
+        ex.request_body = Body {
+            wire_len: req.len() as u64,
+            chunks: vec![bytes::Bytes::from(req)],
+            truncated: false,
+            content_encoding: None,
+        };
+        ex
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn rules_exports_re_redact_sealed_exchanges_are_audited_and_skip_forgotten() {
+        let root = tempfile::tempdir().unwrap();
+        let d = crate::cli::seal::tests::dirs(root.path());
+        let ring = Keyring::load_or_create(&d.keys).unwrap();
+        let kept = with_prompt(&format!("refund {EMAIL} card {CARD} zebra-phrase"));
+        let gone = with_prompt("forget me zebra-phrase");
+        // In the ledger, never sealed (a seal that failed under best-effort): not_sealed.
+        let never = with_prompt("never sealed zebra-phrase");
+        // The ledger as veil run writes it, under the default rules (scrubbed text).
+        let default_rules =
+            CompiledRules::from_str(include_str!("../../rules/default.toml"), &ring).unwrap();
+        let records: Vec<_> = [&kept, &gone, &never]
+            .iter()
+            .map(|ex| {
+                let conv = exchange::parse(ex, &ParseOptions::default(), &Pricing::builtin());
+                crate::record::build(ex, &conv, &default_rules)
+            })
+            .collect();
+        let mut settings = LedgerSettings::new(d.data.join(crate::ledger::FILE_NAME));
+        settings.nice = 0;
+        let ledger = Ledger::open(settings, None, Default::default()).unwrap();
+        ledger.handle().send_blocking(records, None);
+        assert!(ledger.handle().flush_blocking());
+        assert!(ledger.shutdown(Duration::from_secs(5)));
+        {
+            let store = SealStore::open(
+                &d.data,
+                Keyring::load(&d.keys).unwrap(),
+                SealOptions::default(),
+            )
+            .unwrap();
+            store.seal_blocking(&kept, None).unwrap();
+            store.seal_blocking(&gone, None).unwrap();
+            // Forgotten (the store's forget erases the ledger row too): never exported.
+            store.forget(&[gone.id], "test", "test").unwrap();
+        }
+        let strict = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/strict.toml");
+        let digest = CompiledRules::load(&strict, &ring)
+            .unwrap()
+            .digest()
+            .to_string();
+        let out = root.path().join("strict.jsonl");
+        let args = SealedArgs {
+            out: Some(out.clone()),
+            reason: "ticket 42".into(),
+            admin: None,
+        };
+        let code = run(&args, &Selection::default(), Format::Jsonl, &strict, &d).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+
+        let bytes = std::fs::read(&out).unwrap();
+        let manifest = std::fs::read(dataset::manifest::beside(&out)).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["request_id"], kept.id.to_string());
+        assert_eq!(lines[0]["rules_digest"], digest.as_str());
+        // Re-redacted with the strict rules (hashes), not the ledger's scrubbed text.
+        assert!(contains(&bytes, "h_"), "{text}");
+        for (what, b) in [("dataset", &bytes), ("manifest", &manifest)] {
+            for planted in [EMAIL, CARD, "zebra-phrase", "PLANTED"] {
+                assert!(!contains(b, planted), "{planted} in the {what}");
+            }
+        }
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        assert_eq!(m["source"], "sealed");
+        assert_eq!(m["rules_digests"], serde_json::json!([digest]));
+        assert_eq!(m["skipped"], serde_json::json!({"not_sealed": 1}));
+        assert_eq!(m["request_ids"], serde_json::json!([kept.id.to_string()]));
+        // Audited: one unseal event for the exchange read, with the export's reason.
+        let audit = std::fs::read_to_string(d.data.join("audit.jsonl")).unwrap();
+        let unseals: Vec<serde_json::Value> = audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e.to_string().contains("unseal"))
+            .collect();
+        assert_eq!(unseals.len(), 1, "{audit}");
+        let event = unseals[0].to_string();
+        assert!(event.contains(&kept.id.to_string()), "{event}");
+        assert!(event.contains("ticket 42"), "{event}");
+        assert!(event.contains(&digest), "{event}");
+        assert!(event.contains("veil export --rules"), "{event}");
+    }
+}
