@@ -7,7 +7,7 @@
 //! line (no content, no answer, media whose bytes veil never keeps, …) is skipped and counted
 //! by [`Skip`] reason, never written half. What is written is exactly what the rules let out
 //! of the ledger: nothing here reads the sealed store (`veil export --rules`, in `cli`,
-//! rebuilds [`DatasetExchange`]s from it and hands them to [`line`]).
+//! rebuilds [`DatasetExchange`]s from it and hands them to [`line()`]).
 //!
 //! [`manifest`] records each export (filters, digests, the request ids included) so a later
 //! `veil forget` can name the datasets that held a forgotten exchange.
