@@ -24,6 +24,14 @@
 //! `since = 30 days ago` (target ≤ 1 s) and [`cards::cards`] with the same filter, best of 3,
 //! with splits: the bare SQL scan, the scan forced off the `start` index, and the query plan.
 //!
+//! (d) `veil export` (veil#14): `LEDGER_ONLY=export` ingests `LEDGER_EXPORT_N` (default
+//! 100,000) records as in (a), in start order, then times [`dataset::export`] of every row to
+//! a sink in each format, best of 3: exchanges/s (read, converted, serialized), no filter.
+//!
+//! ```text
+//! LEDGER_ONLY=export cargo bench --bench ledger
+//! ```
+//!
 //! Every loop is bounded by the counts above; nothing listens on a socket.
 
 use std::collections::BTreeMap;
@@ -33,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::Connection;
 use veil::exchange::{ExchangeId, TraceParent, Usage};
 use veil::ledger::report::{Dim, Filter};
-use veil::ledger::{Ledger, LedgerSettings, cards, report, schema};
+use veil::ledger::{Ledger, LedgerSettings, cards, dataset, report, schema};
 use veil::record::Record;
 
 const BATCH: usize = 512;
@@ -558,8 +566,34 @@ fn queries(dir: &Path, rows: usize) {
     );
 }
 
+fn export(dir: &Path, n: usize) {
+    let path = ingest_in(dir, n, Order::Live);
+    println!("\n## (d) veil export of {n} ledger rows (no filter), best of 3");
+    let conn = schema::open_read_only(&path).expect("ledger");
+    let sel = dataset::Selection::default();
+    for format in dataset::Format::ALL {
+        let (t, s) = best_of(3, || {
+            let mut sink = std::io::sink();
+            dataset::export(&conn, &sel, format, &mut sink, &mut |_| {}).expect("export")
+        });
+        println!(
+            "{:<13} {:>8.0} exchanges/s ({} written, {} skipped, {:.2} s)",
+            format.name(),
+            n as f64 / t.as_secs_f64(),
+            s.written,
+            s.skipped_total(),
+            t.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
+    if std::env::var("LEDGER_ONLY").as_deref() == Ok("export") {
+        let dir = tempfile::tempdir().expect("temp dir");
+        export(dir.path(), env_usize("LEDGER_EXPORT_N", 100_000));
+        return;
+    }
     let n = env_usize("LEDGER_N", 200_000);
     let rows = env_usize("LEDGER_ROWS", 1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");

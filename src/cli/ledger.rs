@@ -86,7 +86,7 @@ pub(super) struct TailArgs {
     format: Format,
 }
 
-fn ledger_path(data: &Path) -> std::path::PathBuf {
+pub(super) fn ledger_path(data: &Path) -> std::path::PathBuf {
     data.join(crate::ledger::FILE_NAME)
 }
 
@@ -99,10 +99,13 @@ fn parse_time(s: &str) -> anyhow::Result<SystemTime> {
     })
 }
 
-fn filter(args: &ReportArgs, keys: &Path) -> anyhow::Result<Filter> {
-    let since = args
-        .since
-        .as_deref()
+/// `--since DURATION` (before now) and `--until TIME` as times, the syntax every ledger
+/// command shares (`veil report`, `veil export`).
+pub(super) fn since_until(
+    since: Option<&str>,
+    until: Option<&str>,
+) -> anyhow::Result<(Option<SystemTime>, Option<SystemTime>)> {
+    let since = since
         .map(|s| {
             let d = crate::config::parse_duration(s).map_err(|e| anyhow!("--since: {e}"))?;
             Ok::<_, anyhow::Error>(
@@ -112,7 +115,12 @@ fn filter(args: &ReportArgs, keys: &Path) -> anyhow::Result<Filter> {
             )
         })
         .transpose()?;
-    let until = args.until.as_deref().map(parse_time).transpose()?;
+    let until = until.map(parse_time).transpose()?;
+    Ok((since, until))
+}
+
+fn filter(args: &ReportArgs, keys: &Path) -> anyhow::Result<Filter> {
+    let (since, until) = since_until(args.since.as_deref(), args.until.as_deref())?;
     let mut equals = Vec::new();
     for f in &args.filters {
         let (k, v) = f

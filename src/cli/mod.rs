@@ -11,6 +11,8 @@
 //!   admin API, with one typed method per operator action.
 //! - `ledger`: `veil report`, `veil sql`, `veil tail` over the SQLite ledger; `table`: their
 //!   table, CSV and JSON output.
+//! - `export`: `veil export`, datasets from the ledger (`ledger::dataset`) with their
+//!   manifests; `export_sealed`: its `--rules` path, from the sealed store re-redacted.
 //! - `show`: `veil show ID`, one exchange's redacted record from the ledger.
 //! - `tail`: `veil tail --records-files` (the OTLP/JSON lines files).
 //! - `startup`: the lines `veil run` logs at start and stop, in words.
@@ -19,6 +21,8 @@
 //!
 //! Every `run` flag is also a config-file key (same name, `-` → `_`); flags win over the file.
 
+mod export;
+mod export_sealed;
 mod feedback;
 mod ledger;
 mod operator;
@@ -70,6 +74,9 @@ enum Command {
     Sql(ledger::SqlArgs),
     /// Print the redacted record of one exchange from the ledger, by request id.
     Show(show::ShowArgs),
+    /// Write a dataset (OpenAI chat, OpenAI evals, JSON lines) from the ledger's redacted
+    /// exchanges, with a manifest of the request ids it holds.
+    Export(Box<export::ExportArgs>),
     /// Check or try a rules file.
     Rules {
         #[command(subcommand)]
@@ -326,6 +333,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show(args) => {
             let config = global.resolve(RawConfig::default())?;
             show::run_show(args, &config.data)
+        }
+        Command::Export(args) => {
+            let config = global.resolve(RawConfig::default())?;
+            let dirs = seal::StoreDirs::from_config(&config, args.admin_addr());
+            export::run_export(*args, &dirs)
         }
         Command::Rules { command } => {
             let config = global.resolve(RawConfig::default())?;

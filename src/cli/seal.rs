@@ -253,6 +253,7 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         }
         print_receipt(ids.len());
         let failed = print_exports_receipt(exports.as_ref(), true);
+        print_datasets(&dirs.data, &ids);
         eprintln!("forgot {} exchange(s) of user {pseudonym}", ids.len());
         return Ok(failed.unwrap_or(ExitCode::SUCCESS));
     }
@@ -293,7 +294,10 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
             .then(|| op.erase_local(dirs, known, None))
             .flatten()
     });
-    if let Some(failed) = print_exports_receipt(exports.as_ref(), now > 0) {
+    let failed = print_exports_receipt(exports.as_ref(), now > 0);
+    let asked: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    print_datasets(&dirs.data, &asked);
+    if let Some(failed) = failed {
         return Ok(failed);
     }
     Ok(if unknown > 0 {
@@ -359,6 +363,41 @@ fn print_exports_receipt(exports: Option<&Erased>, always: bool) -> Option<ExitC
     }
     eprintln!("forget again once the cause is fixed: erasing the exporter's copies is idempotent");
     Some(ExitCode::from(2))
+}
+
+/// The dataset manifests (`veil export`) that named any of the forgotten `ids`: `dataset
+/// MANIFEST names N forgotten exchange(s): ID…` per manifest, on stdout after the receipt
+/// (the forget cannot reach a dataset file: the operator acts on it). A registered manifest
+/// that cannot be read is said on stderr, since whether it named an id is unknown.
+fn print_datasets(data: &std::path::Path, ids: &[String]) {
+    use crate::ledger::dataset::manifest::{Named, naming};
+    match naming(data, ids) {
+        Ok(found) => {
+            for n in found {
+                match n {
+                    Named::Ids {
+                        manifest,
+                        output,
+                        ids,
+                    } => println!(
+                        "  not reached: dataset {} (manifest {}) names {} forgotten exchange(s): {}; regenerate or delete it",
+                        output.as_deref().unwrap_or("written to stdout"),
+                        manifest.display(),
+                        ids.len(),
+                        ids.join(" ")
+                    ),
+                    Named::Unreadable { manifest, reason } => eprintln!(
+                        "note: dataset manifest {} cannot be read ({reason}): check by hand whether its dataset held these exchanges",
+                        manifest.display()
+                    ),
+                }
+            }
+        }
+        Err(e) => eprintln!(
+            "note: the dataset registry in {} cannot be read ({e}): check by hand which exported datasets held these exchanges",
+            data.join(crate::ledger::dataset::manifest::DIR).display()
+        ),
+    }
 }
 
 /// `veil purge [--older-than D] [--dry-run]` (default: configured `retention`): prints

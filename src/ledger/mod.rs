@@ -20,6 +20,7 @@
 //! raw content, keys or credentials. The schema is documented in `docs/ledger.md`.
 
 pub mod cards;
+pub mod dataset;
 pub mod erase;
 pub mod feedback;
 pub mod html;

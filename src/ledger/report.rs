@@ -133,24 +133,28 @@ impl Filter {
 
 /// Labels that count a feedback as negative (compared lowercase), besides a score below 0.
 /// A 0-to-1 scale has no negative score: such apps send one of these labels too
-/// (docs/feedback.md).
-pub const NEGATIVE_LABELS: [&str; 4] = ["thumbs_down", "negative", "bad", "incorrect"];
+/// (docs/feedback.md). The one definition, shared with `veil export --feedback`.
+pub use super::dataset::NEGATIVE_LABELS;
 
 /// The per-exchange feedback join, as SQL after `FROM exchanges`: columns `fb_n` (feedback
 /// rows), `fb_scored` (rows with a score), `fb_sum` (sum of scores) and `fb_neg` (1 when any
 /// row is negative: a score below 0 or a label in [`NEGATIVE_LABELS`]); NULL for an
 /// exchange without feedback. A ledger before schema version 4 has no feedback table: the
 /// join then adds the columns, all NULL.
-pub(crate) fn feedback_join(conn: &Connection) -> rusqlite::Result<&'static str> {
+pub(crate) fn feedback_join(conn: &Connection) -> rusqlite::Result<String> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     Ok(if version >= 4 {
-        "LEFT JOIN (SELECT request_id AS fb_request, COUNT(*) AS fb_n, COUNT(score) AS fb_scored,
+        format!(
+            "LEFT JOIN (SELECT request_id AS fb_request, COUNT(*) AS fb_n, COUNT(score) AS fb_scored,
                 SUM(score) AS fb_sum,
-                COALESCE(MAX(score < 0 OR lower(label) IN ('thumbs_down', 'negative', 'bad', 'incorrect')), 0) AS fb_neg
-            FROM feedback GROUP BY request_id) fb ON fb.fb_request = exchanges.request_id"
+                COALESCE(MAX({}), 0) AS fb_neg
+            FROM feedback GROUP BY request_id) fb ON fb.fb_request = exchanges.request_id",
+            super::dataset::negative_sql_over("")
+        )
     } else {
         "LEFT JOIN (SELECT NULL AS fb_request, NULL AS fb_n, NULL AS fb_scored, NULL AS fb_sum,
                 NULL AS fb_neg) fb ON 0"
+            .to_string()
     })
 }
 

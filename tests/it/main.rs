@@ -6,6 +6,7 @@ mod support;
 mod certs;
 mod cli;
 mod control;
+mod export;
 mod feedback;
 mod first_hour;
 mod forget;
