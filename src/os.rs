@@ -138,3 +138,68 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 }
+
+/// Writes `data` to `path` with mode 0600 from the start, through a temp file beside it
+/// ([`temp_beside`]), an fsync, a rename and an fsync of the directory: a reader, or a crash,
+/// sees the old file or the whole new one (a rewrite that erases must not come back after a
+/// crash), and a symlink at `path` is replaced rather than followed. On error the temp file
+/// is removed and `path` is untouched.
+///
+/// # Errors
+/// The I/O error, its message prefixed with the path it concerns.
+pub fn replace_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = temp_beside(path)?;
+    let written = (|| {
+        let mut f = create_private(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| with_path(path, e))
+}
+
+/// A temp path beside `path` (`.NAME.veil-tmp-PID`), any stale file there removed first (a
+/// stale file or a planted symlink must not lend it its mode or target).
+///
+/// # Errors
+/// `path` has no file name; the stale file cannot be removed.
+pub fn temp_beside(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{}: not a file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".veil-tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(with_path(&tmp, e)),
+        _ => Ok(tmp),
+    }
+}
+
+/// Creates `path` (which must not exist) for writing, mode 0600.
+///
+/// # Errors
+/// The I/O error (`AlreadyExists` when it exists), prefixed with the path.
+pub fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| with_path(path, e))
+}
+
+fn with_path(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}

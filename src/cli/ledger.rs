@@ -216,40 +216,10 @@ fn run_html(args: ReportArgs, data: &Path, keys: &Path) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `data` to `path` with mode 0600 from the start, through a temp file beside it and a
-/// rename, so a reader (or a crash) sees the old file or the whole new one, and a symlink at
-/// `path` is replaced rather than followed. Errors name the path.
+/// Writes `data` to `path` 0600, atomically ([`crate::os::replace_private`]); errors name
+/// `--out` and the path.
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .with_context(|| format!("--out {}: not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".veil-tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let ctx = || format!("--out {}", path.display());
-    // A stale temp file (or a symlink planted there) must not lend us its mode or target.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(ctx);
-        }
-        _ => {}
-    }
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(ctx)
+    crate::os::replace_private(path, data).with_context(|| format!("--out {}", path.display()))
 }
 
 const REPORT_COLUMNS: [&str; 19] = [

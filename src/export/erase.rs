@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use aho_corasick::AhoCorasick;
@@ -450,30 +450,7 @@ pub fn rewrite_records_file(
     if lines == 0 {
         return Ok((0, 0));
     }
-    let tmp = path.with_extension("jsonl.erase.tmp");
-    let written = (|| {
-        let mut f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?
-        };
-        f.write_all(&out)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
+    crate::os::replace_private(path, &out)?;
     Ok((removed, lines))
 }
 

@@ -1,6 +1,7 @@
 //! Erasing forgotten records from spooled batches and records files.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::time::SystemTime;
 
 use super::*;

@@ -201,49 +201,12 @@ pub fn naming(data: &Path, ids: &[String]) -> std::io::Result<Vec<Named>> {
     Ok(found)
 }
 
-/// Writes `data` to `path` 0600 from the start, through a temp file beside it and a rename
-/// (a reader sees the old file or the whole new one; a symlink at `path` is replaced, not
-/// followed).
+/// Writes `data` to `path` 0600, atomically: [`crate::os::replace_private`].
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = temp_beside(path)?;
-    let written = (|| {
-        let mut f = create_private(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(|e| with_path(path, e))
+    crate::os::replace_private(path, data)
 }
 
-/// A temp path beside `path` (`.NAME.veil-tmp-PID`), any stale file there removed first (a
-/// stale file or a planted symlink must not lend it its mode or target).
-pub fn temp_beside(path: &Path) -> std::io::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other(format!("{}: not a file name", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".veil-tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(with_path(&tmp, e)),
-        _ => Ok(tmp),
-    }
-}
-
-/// Creates `path` (which must not exist) for writing, mode 0600.
-pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| with_path(path, e))
-}
+pub use crate::os::{create_private, temp_beside};
 
 fn append_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
