@@ -1012,6 +1012,32 @@ mod tests {
         }
     }
 
+    // See: veil#14. `/veil/` is veil's own API; a route named `veil` would be unreachable
+    // (or, if routing ran first, would take the feedback API away).
+    #[test]
+    fn a_gateway_route_named_veil_is_refused() {
+        let err = Config::resolve(
+            None,
+            RawConfig {
+                routes: Some([("veil".to_string(), "https://gw.example/v1".to_string())].into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("routes:"), "{err}");
+        assert!(err.0.contains("reserved"), "{err}");
+        // Another name with the same base is fine: the refusal is about the name.
+        let c = Config::resolve(
+            None,
+            RawConfig {
+                routes: Some([("veilgw".to_string(), "https://gw.example/v1".to_string())].into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(c.routes.contains_key("veilgw"));
+    }
+
     #[test]
     fn connection_limits_have_defaults_and_refuse_zero() {
         let c = Config::resolve(None, RawConfig::default()).unwrap();

@@ -78,67 +78,6 @@ pub fn append_lines(file: &std::fs::File, lines: &[u8], sync: bool) -> std::io::
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lowers_only_the_calling_thread() {
-        let before = thread_niceness();
-        let inner = std::thread::spawn(|| {
-            lower_thread_priority(RECORDING_NICE);
-            thread_niceness()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(inner, before.max(RECORDING_NICE));
-        assert_eq!(
-            thread_niceness(),
-            before,
-            "the caller's thread is untouched"
-        );
-        // 0 is a no-op.
-        let same = std::thread::spawn(|| {
-            lower_thread_priority(0);
-            thread_niceness()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(same, before);
-    }
-
-    #[test]
-    fn torn_line_is_cut_and_whole_lines_kept() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.jsonl");
-        let open = || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .open(&path)
-                .unwrap()
-        };
-        // Empty and whole files are left alone.
-        assert_eq!(truncate_torn_line(&open()).unwrap(), 0);
-        open().write_all(b"{\"a\":1}\n").unwrap();
-        assert_eq!(truncate_torn_line(&open()).unwrap(), 0);
-        // A half line after whole ones is cut back to the last newline.
-        open().write_all(b"{\"b\":").unwrap();
-        assert_eq!(truncate_torn_line(&open()).unwrap(), 5);
-        append_lines(&open(), b"{\"c\":3}\n", true).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"a\":1}\n{\"c\":3}\n"
-        );
-        // A torn line longer than one read step, with no newline at all before it.
-        std::fs::write(&path, vec![b'x'; 200_000]).unwrap();
-        assert_eq!(truncate_torn_line(&open()).unwrap(), 200_000);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
-    }
-}
-
 /// Writes `data` to `path` with mode 0600 from the start, through a temp file beside it
 /// ([`temp_beside`]), an fsync, a rename and an fsync of the directory: a reader, or a crash,
 /// sees the old file or the whole new one (a rewrite that erases must not come back after a
@@ -202,4 +141,65 @@ pub fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> 
 
 fn with_path(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowers_only_the_calling_thread() {
+        let before = thread_niceness();
+        let inner = std::thread::spawn(|| {
+            lower_thread_priority(RECORDING_NICE);
+            thread_niceness()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inner, before.max(RECORDING_NICE));
+        assert_eq!(
+            thread_niceness(),
+            before,
+            "the caller's thread is untouched"
+        );
+        // 0 is a no-op.
+        let same = std::thread::spawn(|| {
+            lower_thread_priority(0);
+            thread_niceness()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(same, before);
+    }
+
+    #[test]
+    fn torn_line_is_cut_and_whole_lines_kept() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&path)
+                .unwrap()
+        };
+        // Empty and whole files are left alone.
+        assert_eq!(truncate_torn_line(&open()).unwrap(), 0);
+        open().write_all(b"{\"a\":1}\n").unwrap();
+        assert_eq!(truncate_torn_line(&open()).unwrap(), 0);
+        // A half line after whole ones is cut back to the last newline.
+        open().write_all(b"{\"b\":").unwrap();
+        assert_eq!(truncate_torn_line(&open()).unwrap(), 5);
+        append_lines(&open(), b"{\"c\":3}\n", true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
+        // A torn line longer than one read step, with no newline at all before it.
+        std::fs::write(&path, vec![b'x'; 200_000]).unwrap();
+        assert_eq!(truncate_torn_line(&open()).unwrap(), 200_000);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
 }

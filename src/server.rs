@@ -478,22 +478,25 @@ pub async fn start(
     // The feedback API (veil#14): the pipeline remembers recent exchanges, the service
     // reads them (and the ledger), scrubs, and hands on to the ledger writer and the exporter.
     let recent = Arc::new(crate::feedback::Recent::default());
-    let feedback = Arc::new(crate::feedback::FeedbackService::new(
-        rules.clone(),
-        recent.clone(),
-        ledger
-            .as_ref()
-            .map(|l| (l.handle(), l.path().to_path_buf())),
-        Some(exporter.handle()),
-        if config.listen.ip().is_loopback() {
-            crate::feedback::Access::Loopback
-        } else {
-            crate::feedback::Access::Token {
-                feedback: config.feedback_token.clone(),
-                admin: crate::admin::AdminToken::load(&config.keys).ok(),
-            }
-        },
-    ));
+    let feedback = Arc::new(
+        crate::feedback::FeedbackService::new(
+            rules.clone(),
+            recent.clone(),
+            ledger
+                .as_ref()
+                .map(|l| (l.handle(), l.path().to_path_buf())),
+            Some(exporter.handle()),
+            if config.listen.ip().is_loopback() {
+                crate::feedback::Access::Loopback
+            } else {
+                crate::feedback::Access::Token {
+                    feedback: config.feedback_token.clone(),
+                    admin: crate::admin::AdminToken::load(&config.keys).ok(),
+                }
+            },
+        )
+        .with_counters(counters.clone()),
+    );
     let fingerprinter = Fingerprinter::new(keyring.identity().derive(Purpose::Fingerprint));
     let pipeline = Pipeline {
         rules: rules.clone(),
@@ -553,6 +556,19 @@ pub async fn start(
                 Box::pin(async move { exporter.erase(targets).await })
             });
             erase
+        }),
+        // A forgotten exchange leaves the feedback service's memory too: with `ledger = false`
+        // that map is all that knows it, and it must not be rated any more (veil#14).
+        on_forget: Some({
+            let recent = recent.clone();
+            Arc::new(move |ids: &[String], user: Option<&str>| {
+                for id in ids {
+                    recent.remove(id);
+                }
+                if let Some(user) = user {
+                    recent.remove_user(user);
+                }
+            }) as crate::admin::OnForget
         }),
     };
     let proxy = Proxy::try_new(settings, ca, fingerprinter, tx)?

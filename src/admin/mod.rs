@@ -78,7 +78,7 @@ pub use api::{
 pub use client::{AdminClient, AdminError, AdminErrorKind, Endpoint, HealthResponse};
 pub use control::{ControlError, ControlErrorKind, ControlSocket, SOCKET_FILE, socket_path};
 pub use server::{
-    ADMIN_MAX_CONNECTIONS, EraseExports, Instance, ReloadRules, SubmitFeedback, serve,
+    ADMIN_MAX_CONNECTIONS, EraseExports, Instance, OnForget, ReloadRules, SubmitFeedback, serve,
     serve_control, serve_tcp, serve_with,
 };
 

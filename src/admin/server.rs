@@ -3,7 +3,8 @@
 //! Serves the table in [`crate::admin`]'s docs on a listener `veil run` hands it: a TCP one
 //! (`admin_listen`, every `/v1` request needs the token: [`serve_tcp`]) or the control socket
 //! (the peer's uid must be veil's: [`serve_control`]). It calls [`SealStore`] (on blocking
-//! threads) and the two hooks of [`Instance`] (rules reload, the CA's paths) and nothing else:
+//! threads) and the hooks of [`Instance`] (rules reload, the CA's paths, feedback, what a
+//! forget must also drop from memory) and nothing else:
 //! it never touches the proxy's traffic, the rules or OTLP itself, and it never logs content
 //! or raw user IDs. Response documents that the CLI also prints come from [`super::api`]; so
 //! does the router ([`AdminRequest::parse`]).
@@ -70,6 +71,14 @@ pub type EraseExports = Arc<
         + Sync,
 >;
 
+/// Told what a forget is about to erase, so that what veil holds in memory about those
+/// exchanges goes too (the feedback service's recent exchanges, veil#14): the request ids
+/// (`x-veil-request-id`) and, for `forget --user`, the user's pseudonym (`u_…`). Called before
+/// the sealed store is asked (`forget`, `forget --user`: an exchange being forgotten cannot be
+/// rated while the forget runs) or after it answers (`purge`, whose ids only it knows); never
+/// fails. Built by `veil run`, so this module never names the feedback service.
+pub type OnForget = Arc<dyn Fn(&[String], Option<&str>) + Send + Sync>;
+
 /// What the admin API reaches of the running veil besides its sealed store. All are absent
 /// in tests and tools that serve a bare store: their routes then answer 404 (and forgets
 /// answer without `exports`).
@@ -83,6 +92,8 @@ pub struct Instance {
     pub feedback: Option<SubmitFeedback>,
     /// The forgets' erase of the exporter's copies.
     pub erase_exports: Option<EraseExports>,
+    /// Told of every `forget`, `forget --user` and `purge` (see [`OnForget`]).
+    pub on_forget: Option<OnForget>,
 }
 
 impl fmt::Debug for Instance {
@@ -92,6 +103,7 @@ impl fmt::Debug for Instance {
             .field("ca", &self.ca.as_ref().map(|c| &c.cert))
             .field("feedback", &self.feedback.is_some())
             .field("erase_exports", &self.erase_exports.is_some())
+            .field("on_forget", &self.on_forget.is_some())
             .finish()
     }
 }
@@ -309,6 +321,9 @@ async fn handle(
         }
         AdminRequest::Forget { id, reason: r } => {
             let reason = reason(r);
+            if let Some(on_forget) = &instance.on_forget {
+                on_forget(&[id.to_string()], None);
+            }
             let s = store.clone();
             // Also after an earlier forget: a spooled copy may have outlived it.
             let exports = || erase_exports(&instance, vec![id.to_string()], None);
@@ -355,6 +370,9 @@ async fn handle(
         AdminRequest::ForgetUser { user, reason: r } => {
             let reason = reason(r);
             let pseudonym = pseudonymize_user(&store.keyring(), &user);
+            if let Some(on_forget) = &instance.on_forget {
+                on_forget(&[], Some(pseudonym.as_str()));
+            }
             let p = pseudonym.clone();
             // Asked before the forget, which leaves a tombstone of its own.
             let before =
@@ -386,7 +404,16 @@ async fn handle(
             }
         }
         AdminRequest::Purge { older_than } => {
-            match blocking_forget(move || store.purge(older_than, &actor)).await {
+            let purged = blocking_forget(move || store.purge(older_than, &actor)).await;
+            if let Some(on_forget) = &instance.on_forget {
+                let ids = match &purged {
+                    Ok(ids) => ids.as_slice(),
+                    Err(e) => e.destroyed(),
+                };
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                on_forget(&ids, None);
+            }
+            match purged {
                 Ok(ids) => json(
                     StatusCode::OK,
                     &PurgeResponse {

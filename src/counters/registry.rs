@@ -15,6 +15,9 @@ const DROPPED: &str = "Exchanges that could not be recorded, by where they were 
 /// Help of `veil.seals.failed` (one text for every `veil.seal.stage`).
 const SEALS_FAILED: &str = "Exchanges whose sealed copy was not made, by stage: submit (the store refused it), writer (lost after it was queued).";
 
+/// Help of `veil.feedback.refused` (one text for every `veil.feedback.reason`).
+const FEEDBACK_REFUSED: &str = "Feedback refused by the feedback service, by veil.feedback.reason: invalid (400), not_found (404), unauthorized (401), unavailable (503).";
+
 registry! {
     /// The proxy (hot path): connections, tunnels, recorded requests, veil's own error answers,
     /// minted leaves.
@@ -166,6 +169,34 @@ registry! {
         /// the store was degraded when the writer reached them.
         detached_failures: Counter => "veil.seals.failed" ["veil.seal.stage" = "writer"],
             "{exchange}", SEALS_FAILED;
+    }
+
+    /// The feedback service (veil#14): feedback accepted and refused, on the proxy port and
+    /// the control socket alike (`FeedbackService::handle` and its token check). Answers the
+    /// proxy gives before the service sees the body (413, 405, 404 for another `/veil/` path)
+    /// are not counted here.
+    feedback: FeedbackCounters {
+        /// Feedback accepted (202): handed to the ledger's queue (when the ledger is on) and
+        /// offered to the exporter.
+        accepted: Counter => "veil.feedback.accepted",
+            "{feedback}", "Feedback accepted (202).";
+        /// Malformed bodies, a `scope` the exchange has no task for, a `name` or `label` a
+        /// detector matches (400).
+        refused_invalid: Counter => "veil.feedback.refused" ["veil.feedback.reason" = "invalid"],
+            "{feedback}", FEEDBACK_REFUSED;
+        /// Unknown, forgotten or expired request ids (404).
+        refused_not_found: Counter => "veil.feedback.refused" ["veil.feedback.reason" = "not_found"],
+            "{feedback}", FEEDBACK_REFUSED;
+        /// Missing or wrong token when veil listens beyond loopback (401).
+        refused_unauthorized: Counter => "veil.feedback.refused" ["veil.feedback.reason" = "unauthorized"],
+            "{feedback}", FEEDBACK_REFUSED;
+        /// The ledger's queue was full or closed (503): nothing stored.
+        refused_unavailable: Counter => "veil.feedback.refused" ["veil.feedback.reason" = "unavailable"],
+            "{feedback}", FEEDBACK_REFUSED;
+        /// Accepted feedback whose OTLP event the exporter's queue refused (full or shut
+        /// down): it is in the ledger, not at the collector.
+        export_dropped: Counter => "veil.feedback.export.dropped",
+            "{feedback}", "Accepted feedback whose OTLP event the exporter's queue refused (it is in the ledger only).";
     }
 
     /// Recording health ([`Health`](crate::health::Health) keeps these current).

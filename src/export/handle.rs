@@ -200,4 +200,15 @@ impl ExporterHandle {
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
+
+    /// A handle whose exporter has shut down: every send is refused as closed. For tests of
+    /// what callers do with a refusal, without starting an exporter.
+    #[cfg(test)]
+    pub(crate) fn shut_down() -> ExporterHandle {
+        let (tx, _) = mpsc::channel(1);
+        ExporterHandle {
+            tx,
+            counters: Arc::default(),
+        }
+    }
 }

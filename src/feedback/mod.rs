@@ -20,6 +20,10 @@
 //! missing or wrong token (only when `listen` is not loopback), `404` an unknown or forgotten
 //! request id, `413` a body over 16 KiB, `503` the ledger's queue is full. Every error is
 //! `{"error": {"type", "message"}}` with a message that says what to do (`docs/feedback.md`).
+//! Each answer of [`FeedbackService::handle`] and each refused token is counted in the
+//! registry's `feedback` section (`veil.feedback.accepted`, `veil.feedback.refused` by reason,
+//! `veil.feedback.export.dropped`). `veil forget` (the admin API's `on_forget` hook, wired by
+//! `veil run`) removes forgotten exchanges from [`Recent`].
 
 pub mod recent;
 pub mod request;
@@ -33,6 +37,7 @@ use http::StatusCode;
 
 use crate::admin::AdminToken;
 use crate::config::Secret;
+use crate::counters::Counters;
 use crate::export::{ExporterHandle, FeedbackEvent};
 use crate::ledger::LedgerHandle;
 use crate::ledger::feedback::FeedbackRow;
@@ -135,6 +140,9 @@ pub struct FeedbackService {
     pub exporter: Option<ExporterHandle>,
     /// Who may post on the proxy port.
     pub access: Access,
+    /// Where accepted and refused feedback is counted (the registry's `feedback` section;
+    /// `veil run` hands its one registry through [`FeedbackService::with_counters`]).
+    pub counters: Arc<Counters>,
     waiters: AtomicUsize,
 }
 
@@ -153,16 +161,37 @@ impl FeedbackService {
             ledger,
             exporter,
             access,
+            counters: Arc::default(),
             waiters: AtomicUsize::new(0),
         }
     }
 
-    /// Handles one body: the answer veil sends (202 with the id, or the error).
+    /// The same service, counting in `counters` (the registry `veil run` exports).
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// Counts one answer of the service: accepted, or refused by why.
+    fn count(&self, result: &Result<String, FeedbackError>) {
+        let c = &self.counters.feedback;
+        match result {
+            Ok(_) => c.accepted.inc(),
+            Err(FeedbackError::Invalid(_)) => c.refused_invalid.inc(),
+            Err(FeedbackError::UnknownRequest(_)) => c.refused_not_found.inc(),
+            Err(FeedbackError::Unauthorized(_)) => c.refused_unauthorized.inc(),
+            Err(FeedbackError::Unavailable(_)) => c.refused_unavailable.inc(),
+        };
+    }
+
+    /// Handles one body: the answer veil sends (202 with the id, or the error). Counted in
+    /// the registry's `feedback` section.
     pub fn handle(&self, body: &[u8]) -> ApiAnswer {
-        match request::parse(body)
+        let result = request::parse(body)
             .map_err(FeedbackError::Invalid)
-            .and_then(|r| self.submit(&r))
-        {
+            .and_then(|r| self.submit(&r));
+        self.count(&result);
+        match result {
             Ok(id) => ApiAnswer {
                 status: StatusCode::ACCEPTED,
                 body: serde_json::json!({ "id": id }),
@@ -252,6 +281,7 @@ impl FeedbackService {
                 time: now,
             };
             if let Err(e) = exporter.try_send_feedback(event) {
+                self.counters.feedback.export_dropped.inc();
                 tracing::warn!(feedback.id = %id, error = %e, "feedback not exported over OTLP (it is in the ledger)");
             }
         }
@@ -347,11 +377,20 @@ impl FeedbackService {
         got
     }
 
-    /// The token check for the proxy port (see [`Access`]).
+    /// The token check for the proxy port (see [`Access`]); a refusal is counted
+    /// (`veil.feedback.refused`, `unauthorized`).
     ///
     /// # Errors
     /// [`FeedbackError::Unauthorized`] with what to send.
     pub fn authorize(&self, authorization: Option<&str>) -> Result<(), FeedbackError> {
+        let checked = self.check_token(authorization);
+        if checked.is_err() {
+            self.counters.feedback.refused_unauthorized.inc();
+        }
+        checked
+    }
+
+    fn check_token(&self, authorization: Option<&str>) -> Result<(), FeedbackError> {
         let Access::Token { feedback, admin } = &self.access else {
             return Ok(());
         };

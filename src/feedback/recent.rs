@@ -119,6 +119,22 @@ impl Recent {
         }
     }
 
+    /// Forgets every exchange of the user with this pseudonym (`u_…`, as in [`Rated::user`]);
+    /// how many were held.
+    pub fn remove_user(&self, pseudonym: &str) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = inner.by_id.len();
+        inner
+            .by_id
+            .retain(|_, r| r.user.as_deref() != Some(pseudonym));
+        let removed = before - inner.by_id.len();
+        if removed > 0 {
+            let Inner { by_id, order } = &mut *inner;
+            order.retain(|i| by_id.contains_key(i));
+        }
+        removed
+    }
+
     /// The exchange with `request_id`, if held.
     pub fn get(&self, request_id: &str) -> Option<Rated> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -219,5 +235,32 @@ mod tests {
         assert!(r.get("a").is_none());
         assert!(r.get("b").is_some());
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn remove_user_forgets_that_users_exchanges_only() {
+        let r = Recent::default();
+        for (id, user) in [
+            ("a", Some("u_alice")),
+            ("b", Some("u_bob")),
+            ("c", Some("u_alice")),
+            ("d", None),
+        ] {
+            r.insert(Rated {
+                user: user.map(str::to_owned),
+                ..rated(id)
+            });
+        }
+        assert_eq!(r.remove_user("u_alice"), 2);
+        assert!(r.get("a").is_none() && r.get("c").is_none());
+        assert!(r.get("b").is_some() && r.get("d").is_some());
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.remove_user("u_alice"), 0);
+        // Eviction past capacity still goes oldest first among those held.
+        for i in 0..CAPACITY - 1 {
+            r.insert(rated(&format!("n-{i}")));
+        }
+        assert!(r.get("b").is_none(), "the oldest held goes first");
+        assert!(r.get("d").is_some());
     }
 }

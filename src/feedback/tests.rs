@@ -292,3 +292,51 @@ fn the_report_counts_rated_negative_and_the_mean_score() {
     assert!((cards[0].share_rated - 2.0 / 3.0).abs() < 1e-9);
     assert_eq!(cards[0].share_negative, Some(0.5));
 }
+
+#[test]
+fn accepted_refused_and_unexported_feedback_is_counted_by_reason() {
+    let (_dir, path, ledger, svc) = service(vec![record(ID)]);
+    let counters = Arc::new(Counters::default());
+    let mut svc = svc.with_counters(counters.clone());
+    // The exporter is shut down: the feedback is still accepted (it is in the ledger), and
+    // the lost OTLP event is counted.
+    svc.exporter = Some(crate::export::ExporterHandle::shut_down());
+    let c = &counters.feedback;
+    let a = post(
+        &svc,
+        serde_json::json!({"request_id": ID, "name": "user_rating", "score": 1}),
+    );
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert_eq!((c.accepted.get(), c.export_dropped.get()), (1, 1));
+    let a = post(
+        &svc,
+        serde_json::json!({"request_id": OTHER, "name": "user_rating", "score": 1}),
+    );
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = post(
+        &svc,
+        serde_json::json!({"request_id": ID, "name": "user_rating", "score": "1"}),
+    );
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = svc.handle(b"not json");
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    svc.access = Access::Token {
+        feedback: Some(Secret::new("fb-secret")),
+        admin: None,
+    };
+    assert!(svc.authorize(Some("Bearer wrong")).is_err());
+    assert!(svc.authorize(Some("Bearer fb-secret")).is_ok());
+    assert_eq!(
+        (
+            c.accepted.get(),
+            c.refused_not_found.get(),
+            c.refused_invalid.get(),
+            c.refused_unauthorized.get(),
+            c.refused_unavailable.get(),
+            c.export_dropped.get(),
+        ),
+        (1, 1, 2, 1, 0, 1)
+    );
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(rows(&path).len(), 1, "only the accepted one is stored");
+}

@@ -995,3 +995,118 @@ fn a_version_2_ledger_is_upgraded_in_place_and_still_finds_its_users() {
     );
     assert_eq!(count(&path, "SELECT COUNT(*) FROM exchange_users"), 0);
 }
+
+/// A feedback row about `request_id`, given at `at`, with a comment of `comment_len` bytes.
+fn feedback_at(request_id: &str, at: SystemTime, comment_len: usize) -> feedback::FeedbackRow {
+    feedback::FeedbackRow {
+        id: format!("fb_{request_id}"),
+        request_id: request_id.to_string(),
+        scope: "exchange",
+        task: None,
+        at: row::iso_utc(at),
+        name: "user_rating".to_string(),
+        score: Some(1.0),
+        label: None,
+        comment: Some("c".repeat(comment_len)),
+        user: None,
+    }
+}
+
+fn feedback_ids(path: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut q = conn
+        .prepare("SELECT request_id FROM feedback ORDER BY request_id")
+        .unwrap();
+    q.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+// See: veil#14. Feedback is about the rows it rates: it ages out with them.
+#[test]
+fn retention_deletes_feedback_as_old_as_the_rows_it_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.check_every = Duration::from_secs(3600);
+    settings.retention = Duration::from_secs(100 * 86_400);
+    let ledger = Ledger::open(settings, None, Default::default()).unwrap();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let mut fresh = openai_chat("fresh");
+    fresh.start = now - day;
+    let mut old = openai_chat("old");
+    old.start = now - 365 * day;
+    send(&ledger, vec![fresh, old]);
+    for row in [
+        feedback_at("fresh", now, 10),
+        feedback_at("old", now - 365 * day + Duration::from_secs(3600), 10),
+    ] {
+        ledger.handle().try_send_feedback(row).unwrap();
+    }
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(feedback_ids(&path), ["fresh", "old"]);
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM exchanges"), 1);
+    assert_eq!(
+        feedback_ids(&path),
+        ["fresh"],
+        "the year-old feedback is gone"
+    );
+}
+
+// See: veil#14. Past `ledger_max_size` the oldest rows go, and the feedback about them.
+#[test]
+fn max_size_eviction_deletes_the_feedback_of_the_evicted_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.check_every = Duration::from_secs(3600);
+    settings.max_size = 256 * 1024;
+    let ledger = Ledger::open(settings, None, Default::default()).unwrap();
+    let now = SystemTime::now();
+    let records: Vec<_> = (0..200u64)
+        .map(|i| {
+            let mut r = openai_chat("x");
+            r.request_id = format!("r{i:03}");
+            r.start = now - Duration::from_secs(1000 - i);
+            r
+        })
+        .collect();
+    send(&ledger, records);
+    // The feedback alone is about 800 KB: more than the bound, so rows must go.
+    for i in 0..200u64 {
+        let at = now - Duration::from_secs(1000 - i) + Duration::from_millis(10);
+        let row = feedback_at(&format!("r{i:03}"), at, 4000);
+        ledger.handle().try_send_feedback(row).unwrap();
+        // The writer's queue is bounded: let it drain now and then.
+        if i % 32 == 31 {
+            assert!(ledger.handle().flush_blocking());
+        }
+    }
+    assert!(ledger.handle().flush_blocking());
+    assert_eq!(feedback_ids(&path).len(), 200);
+    ledger.handle().check_blocking();
+    assert!(ledger.handle().flush_blocking());
+    assert!(ledger.counters().ledger.bytes.get() <= 256 * 1024);
+    let rows = count(&path, "SELECT COUNT(*) FROM exchanges");
+    assert!(rows > 0 && rows < 200, "{rows} rows kept");
+    let kept = feedback_ids(&path);
+    assert!(!kept.is_empty() && kept.len() < 200, "{} kept", kept.len());
+    assert_eq!(
+        kept.last().map(String::as_str),
+        Some("r199"),
+        "the newest stays"
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM feedback f WHERE NOT EXISTS
+             (SELECT 1 FROM exchanges e WHERE e.request_id = f.request_id)"
+        ),
+        0,
+        "no feedback outlives the row it rates"
+    );
+}

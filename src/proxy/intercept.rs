@@ -109,7 +109,7 @@ impl Shared {
             async move {
                 // veil's own API inside the TLS session too: an app that sends everything to
                 // the provider's host through HTTPS_PROXY reaches it without a second client.
-                if super::reserved::is_reserved(&req) {
+                if super::reserved::is_reserved_in_session(&req) {
                     let resp = shared.reserved(req).await;
                     return Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)));
                 }

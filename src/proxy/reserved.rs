@@ -66,11 +66,23 @@ pub trait VeilApi: Send + Sync + std::fmt::Debug + 'static {
     fn feedback(&self, body: &[u8]) -> ApiAnswer;
 }
 
-/// Whether `req` is addressed to veil's reserved API (origin form, path under [`PREFIX`]).
+/// Whether `req`, on the proxy port, is addressed to veil's reserved API (origin form, path
+/// under [`PREFIX`]); an absolute-form URL there names another host and is routed.
 pub fn is_reserved<B>(req: &Request<B>) -> bool {
-    req.method() != Method::CONNECT
-        && req.uri().scheme().is_none()
-        && (req.uri().path().starts_with(PREFIX) || req.uri().path() == "/veil")
+    req.method() != Method::CONNECT && req.uri().scheme().is_none() && reserved_path(req)
+}
+
+/// Whether `req`, inside an intercepted TLS session, is addressed to veil's reserved API: by
+/// its path alone. Every request of the session goes to the intercepted host, and HTTP/2
+/// requests always carry `:scheme` and `:authority` (hyper gives them an absolute-form URI),
+/// so [`is_reserved`]'s origin-form test would forward `/veil/v1/feedback` (and its raw
+/// comment) upstream over h2 (found by the HTTP/2 case of the feedback integration test).
+pub fn is_reserved_in_session<B>(req: &Request<B>) -> bool {
+    req.method() != Method::CONNECT && reserved_path(req)
+}
+
+fn reserved_path<B>(req: &Request<B>) -> bool {
+    req.uri().path().starts_with(PREFIX) || req.uri().path() == "/veil"
 }
 
 impl Shared {
@@ -205,3 +217,34 @@ fn json_answer(answer: ApiAnswer) -> Response<ProxyBody> {
 
 /// The hook, shared by every connection.
 pub(super) type Api = Option<Arc<dyn VeilApi>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, uri: &str) -> Request<()> {
+        Request::builder().method(method).uri(uri).body(()).unwrap()
+    }
+
+    // See: veil#14. Over HTTP/2 inside an intercepted session the URI is absolute
+    // (`:scheme` + `:authority`): the origin-form test let /veil/v1/feedback go upstream.
+    #[test]
+    fn https_api_openai_com_veil_v1_feedback_over_h2_is_reserved_in_the_session() {
+        let h2 = req(Method::POST, "https://api.openai.com/veil/v1/feedback");
+        assert!(is_reserved_in_session(&h2));
+        assert!(
+            !is_reserved(&h2),
+            "on the proxy port an absolute URL names another host"
+        );
+        let h1 = req(Method::POST, "/veil/v1/feedback");
+        assert!(is_reserved(&h1) && is_reserved_in_session(&h1));
+        assert!(is_reserved_in_session(&req(Method::GET, "/veil")));
+        for other in ["/v1/chat/completions", "/veilx/v1", "/v1/veil/"] {
+            assert!(
+                !is_reserved_in_session(&req(Method::POST, other)),
+                "{other}"
+            );
+            assert!(!is_reserved(&req(Method::POST, other)), "{other}");
+        }
+    }
+}
