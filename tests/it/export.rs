@@ -159,3 +159,66 @@ async fn export_while_veil_runs_writes_a_manifest_that_forget_names_and_no_plant
     );
     proc.terminate();
 }
+
+// See: veil#14. `--rules` while veil runs: the store is veil's, so each sealed exchange is read
+// through its control socket (the path the lib test, with a local store, does not take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_rules_while_veil_runs_reads_through_the_control_socket_audited_and_re_redacted() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = cwd.path();
+    let mut proc = start(&mock, dir, free_port());
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user",
+        "content": format!("refund to {EMAIL}, card {CARD}, zebra-phrase")}]})
+    .to_string();
+    let (kept, _) = curl_chat(&proc, dir, &body, &["-H", "x-veil-feature: billing"]);
+    let (gone, _) = curl_chat(&proc, dir, &body, &["-H", "x-veil-feature: billing"]);
+    wait_for_rows(dir, 2);
+    run_ok(&["forget", &gone], dir);
+
+    let strict = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/strict.toml");
+    let out = dir.join("strict.jsonl");
+    let (_, stderr) = run_ok(
+        &[
+            "export",
+            "--format",
+            "jsonl",
+            "--rules",
+            strict.to_str().unwrap(),
+            "--reason",
+            "ticket 77",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let parsed = lines(&text);
+    // The forgotten exchange is never exported; the kept one is, re-redacted (hashes).
+    assert_eq!(parsed.len(), 1, "{text}\n{stderr}");
+    assert_eq!(parsed[0]["request_id"], kept.as_str());
+    assert!(contains(&bytes, "h_"), "{text}");
+    let manifest = std::fs::read(dir.join("strict.jsonl.manifest.json")).unwrap();
+    for (what, b) in [("dataset", &bytes), ("manifest", &manifest)] {
+        for planted in [EMAIL, CARD, "4111111111111111", "zebra-phrase"] {
+            assert!(!contains(b, planted), "{planted} in the {what}");
+        }
+    }
+    // Audited by the running veil: one unseal of the kept exchange, with the export's reason.
+    let audit = std::fs::read_to_string(dir.join("data/audit.jsonl")).unwrap();
+    let unseals: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("unseal") && l.contains(&kept))
+        .collect();
+    assert_eq!(unseals.len(), 1, "{audit}");
+    assert!(unseals[0].contains("ticket 77"), "{}", unseals[0]);
+    assert!(unseals[0].contains("veil export --rules"), "{}", unseals[0]);
+    assert!(
+        !audit
+            .lines()
+            .any(|l| l.contains("unseal") && l.contains(&gone)),
+        "{audit}"
+    );
+    proc.terminate();
+}
