@@ -8,6 +8,7 @@
 //!
 //! Owns: batch timing and the journal marks. Never touches the network or the spool.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -106,6 +107,71 @@ pub(super) struct Batcher {
     pub(super) sender_txs: Vec<Option<mpsc::Sender<Job>>>,
     /// The SQLite ledger, when on.
     pub(super) ledger: Option<LedgerHandle>,
+    /// The targets of recent forgets, so their records still in flight are not exported.
+    pub(super) forgotten: Forgotten,
+}
+
+/// How long the batcher remembers a forget's targets. The queue is FIFO: a record queued
+/// before the erase was flushed and then erased by it; one still on a pipeline worker when the
+/// forget ran (built from an exchange that happened before it) reaches the batcher after the
+/// erase, seconds later at most, and would otherwise be exported after its own deletion event.
+/// Ten minutes is generous; the sealed store and the ledger keep their own tombstones.
+const FORGOTTEN_TTL: Duration = Duration::from_secs(600);
+
+/// At most this many remembered request ids and pseudonyms; past it the oldest go first.
+const FORGOTTEN_MAX: usize = 100_000;
+
+/// The request ids and user pseudonyms of the forgets of the last [`FORGOTTEN_TTL`], in
+/// memory (a restart loses them, and with them nothing in flight: a restart drains or loses
+/// the queue first).
+#[derive(Debug, Default)]
+pub(super) struct Forgotten {
+    keys: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Forgotten {
+    fn remember(&mut self, targets: &Targets, now: Instant) {
+        self.prune(now);
+        for k in targets.request_ids().iter().chain(targets.users()) {
+            self.keys.insert(k.clone(), now);
+            self.order.push_back((now, k.clone()));
+        }
+        while self.keys.len() > FORGOTTEN_MAX {
+            let Some((at, k)) = self.order.pop_front() else {
+                break;
+            };
+            if self.keys.get(&k) == Some(&at) {
+                self.keys.remove(&k);
+            }
+        }
+    }
+
+    /// Whether `r`'s request id, or any user pseudonym its identity sources named, was
+    /// forgotten in the last [`FORGOTTEN_TTL`].
+    fn covers(&mut self, r: &Record, now: Instant) -> bool {
+        if self.keys.is_empty() {
+            return false;
+        }
+        self.prune(now);
+        self.keys.contains_key(&r.request_id)
+            || r.user_pseudonym
+                .iter()
+                .chain(&r.user_pseudonyms)
+                .any(|u| self.keys.contains_key(u.as_str()))
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < FORGOTTEN_TTL {
+                break;
+            }
+            let (at, k) = self.order.pop_front().expect("invariant: front exists");
+            if self.keys.get(&k) == Some(&at) {
+                self.keys.remove(&k);
+            }
+        }
+    }
 }
 
 impl Batcher {
@@ -190,8 +256,13 @@ impl Batcher {
                     self.counters.export.content_dropped.inc();
                 }
                 // Spans and logs are built only for a signal that goes somewhere: with the
-                // ledger as the only sink, no OTLP is encoded at all.
-                if self.exports(Signal::Traces) || self.exports(Signal::Logs) {
+                // ledger as the only sink, no OTLP is encoded at all. A record whose exchange
+                // or user was forgotten while it was in flight is never exported (the ledger
+                // lands it erased by its own tombstones).
+                let forgotten = self.forgotten.covers(&r, Instant::now());
+                if forgotten {
+                    tracing::debug!("a record forgotten while in flight is not exported");
+                } else if self.exports(Signal::Traces) || self.exports(Signal::Logs) {
                     self.batch.push_record(&r);
                 }
                 if self.exports(Signal::Metrics) {
@@ -301,6 +372,7 @@ impl Batcher {
     /// by an earlier run) are erased on a blocking thread. Answers on `reply` once all have,
     /// without holding up the batcher meanwhile.
     async fn erase(&mut self, targets: Targets, reply: oneshot::Sender<Erased>) {
+        self.forgotten.remember(&targets, Instant::now());
         self.flush().await;
         let targets = Arc::new(targets);
         let mut answers = Vec::new();

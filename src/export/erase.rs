@@ -97,6 +97,11 @@ impl Targets {
         &self.request_ids
     }
 
+    /// The user pseudonyms targeted.
+    pub fn users(&self) -> &BTreeSet<String> {
+        &self.users
+    }
+
     /// Whether `bytes` may hold a targeted record. No false negatives for ids and pseudonyms
     /// made of characters that neither protobuf nor JSON escapes (`u_` + hex, UUIDs); an id
     /// holding `"` or `\` is still found in protobuf, and in JSON only when it is escaped

@@ -230,6 +230,7 @@ impl Exporter {
             unwritten_bytes: 0,
             sender_txs,
             ledger,
+            forgotten: batcher::Forgotten::default(),
         };
         let batcher = tokio::spawn(batcher.run(rx, shutdown_rx));
         Ok(Exporter {

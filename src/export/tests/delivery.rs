@@ -335,3 +335,46 @@ async fn an_erase_during_an_outage_removes_only_the_forgotten_and_loses_nothing_
     }
     assert!(report.drained, "{report:?}");
 }
+
+// See: veil#13. A record still on a pipeline worker when its exchange (or its user) is
+// forgotten reaches the exporter after the erase: it must not be exported after its own
+// deletion.
+#[tokio::test]
+async fn a_record_that_arrives_after_its_forget_is_never_exported() {
+    use crate::export::erase::Targets;
+    use crate::keys::UserPseudonym;
+    const BOB: &str = "u_0000000000000b0b";
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), Some(&rx.endpoint()), &[]);
+    s.batch_max = 4;
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    let h = exporter.handle();
+    let erased = tokio::time::timeout(
+        Duration::from_secs(20),
+        h.erase(Targets::new(["req-late".to_string()], [BOB.to_string()])),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(erased.errors.is_empty(), "{erased:?}");
+    // Now the stragglers, and one that was never forgotten.
+    h.try_send(testing::base_record("req-late")).unwrap();
+    let mut bobs = testing::base_record("req-bob");
+    bobs.user_pseudonyms = vec![UserPseudonym::parse(BOB).unwrap()];
+    h.try_send(bobs).unwrap();
+    h.try_send(testing::base_record("req-kept")).unwrap();
+    let report = exporter.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained, "{report:?}");
+    let counts = span_counts(&rx);
+    assert_eq!(counts.get("req-kept"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("req-late"), None, "{counts:?}");
+    assert_eq!(counts.get("req-bob"), None, "{counts:?}");
+    for l in rx.logs() {
+        let id = testing::s(&attrs(&l.attributes), "veil.request.id").unwrap_or_default();
+        assert!(
+            id != "req-late" && id != "req-bob",
+            "{id}'s log record arrived"
+        );
+    }
+}
