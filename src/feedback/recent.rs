@@ -46,10 +46,8 @@ pub struct Rated {
 impl Rated {
     /// What feedback needs of `record`, whose rules scope was chosen by `key`.
     pub fn of(record: &crate::record::Record, key: &crate::redact::ScopeKey<'_>) -> Rated {
-        let (trace_id, span_id) = crate::exchange::traceparent::veil_span(
-            &record.request_id,
-            record.trace_parent.as_ref(),
-        );
+        let p = record.prepare();
+        let (trace_id, span_id) = (p.trace_id, p.span_id);
         // The cost cards' task: the app's trace first, else the conversation.
         let task = match (&record.trace_parent, &record.conversation_id) {
             (Some(tp), _) => Some(format!(

@@ -159,6 +159,9 @@ pub struct PreparedText {
     pub tool_calls: Option<u64>,
     /// [`Record::redactions`] as a JSON object (`{"EMAIL":3}`); `None` when there were none.
     pub redactions: Option<Box<str>>,
+    /// The trace of veil's span: the app's (`traceparent`) or one derived from the request id
+    /// ([`veil_span`](crate::exchange::traceparent::veil_span)).
+    pub trace_id: [u8; 16],
     /// veil's span id of the exchange
     /// ([`veil_span`](crate::exchange::traceparent::veil_span) of the request id).
     pub span_id: [u8; 8],
@@ -186,6 +189,9 @@ impl PreparedText {
                     .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("tool_call"))
                     .count() as u64
             });
+        // Once per record: the ledger, the span encoder and the feedback service all read it.
+        let (trace_id, span_id) =
+            crate::exchange::traceparent::veil_span(&r.request_id, r.trace_parent.as_ref());
         PreparedText {
             content: [
                 text(&r.system_instructions),
@@ -193,7 +199,8 @@ impl PreparedText {
                 text(&r.output_messages),
             ],
             tool_calls,
-            span_id: crate::exchange::traceparent::veil_span(&r.request_id, None).1,
+            trace_id,
+            span_id,
             redactions: (!r.redactions.is_empty()).then(|| {
                 // A map of strings to integers always serializes.
                 serde_json::to_string(&r.redactions)

@@ -12,7 +12,6 @@ use opentelemetry_proto::tonic::trace::v1::{Span, Status, span};
 
 use super::attributes::{is_failed, kv, record_attributes, str_value};
 use super::unix_nanos;
-use crate::exchange::traceparent::veil_span;
 use crate::record::{CONTENT_ATTRIBUTES, Record};
 
 /// `Span.flags` bits telling that the parent's remoteness is known (0x100) and that it is
@@ -24,7 +23,7 @@ const FLAGS_PARENT_REMOTE: u32 = 0x300;
 pub struct SpanIds {
     /// 16-byte trace ID.
     pub trace_id: [u8; 16],
-    /// veil's 8-byte span ID ([`veil_span`]: derived from the request ID).
+    /// veil's 8-byte span ID ([`veil_span`](crate::exchange::traceparent::veil_span): derived from the request ID).
     pub span_id: [u8; 8],
     /// The app's span, when it sent a `traceparent`.
     pub parent_span_id: Option<[u8; 8]>,
@@ -36,10 +35,11 @@ pub struct SpanIds {
 
 impl SpanIds {
     /// The child of `record.trace_parent`, or a new trace (flags `03`: sampled, random
-    /// trace ID; otel-genai.md §3). The ids are [`veil_span`] of the request ID, so the
+    /// trace ID; otel-genai.md §3). The ids are [`veil_span`](crate::exchange::traceparent::veil_span) of the request ID, so the
     /// feedback API names the same span (veil#14).
     pub fn for_record(record: &Record) -> Self {
-        let (trace_id, span_id) = veil_span(&record.request_id, record.trace_parent.as_ref());
+        let p = record.prepare();
+        let (trace_id, span_id) = (p.trace_id, p.span_id);
         match &record.trace_parent {
             Some(tp) => SpanIds {
                 trace_id,
