@@ -13,6 +13,7 @@ mod forget;
 mod forget_spool;
 mod hostile;
 mod ledger;
+mod metrics;
 mod proxy;
 mod records;
 mod report_html;
