@@ -259,6 +259,12 @@ fn start_veil_with(
     dir: &std::path::Path,
     extra: &[String],
 ) -> (KillOnDrop, SocketAddr) {
+    // A project directory (a veil.toml, empty unless $VEIL_CONFIG names another), so keys and
+    // data live in `dir`, not in the user's data directory that another veil may hold.
+    let toml = dir.join("veil.toml");
+    if !toml.exists() {
+        std::fs::write(&toml, "").unwrap();
+    }
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -11,6 +11,7 @@ mod feedback;
 mod first_hour;
 mod forget;
 mod forget_spool;
+mod health;
 mod hostile;
 mod ledger;
 mod metrics;
