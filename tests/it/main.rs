@@ -6,6 +6,7 @@ mod support;
 mod certs;
 mod cli;
 mod control;
+mod dashboard;
 mod export;
 mod feedback;
 mod first_hour;
