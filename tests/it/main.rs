@@ -14,6 +14,7 @@ mod forget;
 mod forget_spool;
 mod hostile;
 mod ledger;
+mod prometheus;
 mod proxy;
 mod records;
 mod report_html;
