@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use crate::support::dashboard::{
-    Kind, MetricRef, PENDING_HEALTH, alert_rules, alerts_text, dashboard, known_metrics,
-    label_variables, metric_refs, panels, prometheus_name, queries, substitute,
+    Kind, MetricRef, PENDING_HEALTH, alert_rules, alerts_text, dashboard, grouping_labels,
+    known_metrics, label_variables, metric_refs, panels, prometheus_name, queries, substitute,
 };
 
 /// Functions that turn a counter into a rate.
@@ -257,4 +257,10 @@ fn the_checker_rejects_a_renamed_metric_a_rated_gauge_a_bare_counter_and_a_quant
         "rate(x{a=~\".*\",b=~\".*\"}[1m]) [1h]"
     );
     assert!(substitute("rate(x[$__nope])").is_err());
+    assert_eq!(
+        grouping_labels(
+            "histogram_quantile(0.9, sum by (le, model) (rate(x[1m]))) / sum by (model, instance) (y)"
+        ),
+        ["model", "instance"]
+    );
 }

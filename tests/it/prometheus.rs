@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::sdk::run_sdk_script;
 use crate::support::dashboard::{alert_rules, alerts_path, alerts_text, dashboard};
-use crate::support::dashboard::{label_variables, queries, substitute};
+use crate::support::dashboard::{grouping_labels, label_variables, queries, substitute};
 use crate::support::mock_llm::{Alpn, Mock};
 use crate::support::otlp::Receiver;
 use crate::support::process::{VeilProcess, curl_chat, free_port, resolve_args};
@@ -335,7 +335,16 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus_scraping
             Ok(samples) if samples.iter().all(|(_, v)| v == "NaN") => {
                 Some(format!("only NaN ({} series)", samples.len()))
             }
-            Ok(_) => None,
+            // A renamed label still answers (`=~".*"` matches its absence, `by` groups it
+            // into one series): each grouping label must be set on some series.
+            Ok(samples) => grouping_labels(&expr)
+                .into_iter()
+                .find(|l| {
+                    !samples
+                        .iter()
+                        .any(|(m, _)| m[l.as_str()].as_str().is_some_and(|v| !v.is_empty()))
+                })
+                .map(|l| format!("no series has the label {l} it groups by")),
         };
         if let Some(why) = why {
             failed.push((q.name.clone(), format!("{why}\n      {expr}")));

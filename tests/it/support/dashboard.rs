@@ -445,3 +445,21 @@ pub fn alert_rules(text: &str) -> Vec<AlertRule> {
     rules.retain(|r| !r.name.is_empty());
     rules
 }
+
+/// The labels of every `by (...)` list in `expr`, `le` left out (quantiles consume it), in
+/// order of appearance, each once.
+pub fn grouping_labels(expr: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("by (") {
+        let after = &rest[at + 4..];
+        let list = after.split(')').next().unwrap_or_default();
+        for label in list.split(',').map(str::trim) {
+            if !label.is_empty() && label != "le" && !out.iter().any(|l| l == label) {
+                out.push(label.to_string());
+            }
+        }
+        rest = after;
+    }
+    out
+}
