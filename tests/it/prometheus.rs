@@ -298,7 +298,6 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus_scraping
     let mock = Mock::start(Alpn::H2AndHttp1).await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut args = resolve_args(mock.addr);
     args.extend([
         "--upstream-ca".to_string(),
@@ -306,10 +305,11 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus_scraping
         "--otlp-endpoint".to_string(),
         receiver.endpoint(),
         "--metrics-listen".to_string(),
-        metrics.to_string(),
+        "127.0.0.1:0".to_string(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = VeilProcess::start(&args, dir.path());
+    let metrics = metrics_addr(&proc);
     let Some(prom) = Prometheus::start(TEST, metrics, &alerts_path()) else {
         return;
     };
@@ -424,6 +424,27 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus_scraping
     }
     drop(prom);
     assert!(proc.terminate().success(), "{}", proc.stderr());
+}
+
+/// The bound address of veil's `/metrics` listener, from its startup line `Prometheus metrics:
+/// http://ADDR/metrics` (5 s at most: veil logs it with the others at startup).
+fn metrics_addr(proc: &VeilProcess) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = proc.stderr().lines().find_map(|l| {
+            let rest = l.split("Prometheus metrics: http://").nth(1)?;
+            rest.split('/').next()?.parse().ok()
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "veil did not log its /metrics address:\n{}",
+            proc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// veil's `/metrics` text, for a failure message.
