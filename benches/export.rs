@@ -88,6 +88,9 @@ fn record(i: usize) -> Record {
         response_bytes: 900,
         content_dropped: None,
         parse_error: None,
+        added_latency: (None, None),
+        chunk_gaps: Default::default(),
+        retry: false,
         prepared: Default::default(),
     }
 }

@@ -191,6 +191,9 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         response_bytes: 400 + rng.below(3000),
         content_dropped: None,
         parse_error: None,
+        added_latency: (None, None),
+        chunk_gaps: Default::default(),
+        retry: false,
         prepared: Default::default(),
     };
     // One identity source, as most apps send: the winner only, so no `exchange_users` row.

@@ -55,6 +55,7 @@ fn exchange() -> Exchange {
             response_headers: Some(Duration::from_millis(300)),
             first_byte: Some(Duration::from_millis(300)),
             end: Duration::from_millis(900),
+            ..Default::default()
         },
         client_addr: None,
         route: Route::Intercept,

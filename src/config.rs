@@ -50,6 +50,8 @@ pub struct RawConfig {
     pub upstream_ca: Option<Vec<PathBuf>>,
     /// Admin API listen address.
     pub admin_listen: Option<String>,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: Option<String>,
     /// Ports CONNECT and absolute-form requests may reach (default `[443]`); one or a list.
     #[serde(default, deserialize_with = "one_or_many")]
     pub allow_ports: Option<Vec<u16>>,
@@ -174,6 +176,7 @@ impl RawConfig {
             resolve: other.resolve.or(self.resolve),
             upstream_ca: other.upstream_ca.or(self.upstream_ca),
             admin_listen: other.admin_listen.or(self.admin_listen),
+            metrics_listen: other.metrics_listen.or(self.metrics_listen),
             allow_ports: other.allow_ports.or(self.allow_ports),
             capture_limit: other.capture_limit.or(self.capture_limit),
             audit: other.audit.or(self.audit),
@@ -502,6 +505,8 @@ pub struct Config {
     pub upstream_ca: Vec<PathBuf>,
     /// Admin API address, off when `None`.
     pub admin_listen: Option<SocketAddr>,
+    /// Prometheus `GET /metrics` address, off when `None` (see `docs/metrics.md`).
+    pub metrics_listen: Option<SocketAddr>,
     /// Ports CONNECT and absolute-form (`GET http://host:port/`) requests may reach; intercept
     /// patterns with a port are allowed too. Gateway routes are not subject to it (the operator
     /// named their ports).
@@ -584,6 +589,11 @@ impl Config {
             .admin_listen
             .as_deref()
             .map(|a| parse_addr("admin_listen", a))
+            .transpose()?;
+        let metrics_listen = raw
+            .metrics_listen
+            .as_deref()
+            .map(|a| parse_addr("metrics_listen", a))
             .transpose()?;
         let mut intercept = Vec::new();
         let patterns = raw
@@ -672,6 +682,7 @@ impl Config {
             resolve,
             upstream_ca: raw.upstream_ca.unwrap_or_default(),
             admin_listen,
+            metrics_listen,
             allow_ports: raw.allow_ports.unwrap_or_else(|| vec![443]),
             capture_limit: opt(
                 raw.capture_limit,

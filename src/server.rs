@@ -94,7 +94,8 @@ pub enum StartupError {
     },
     /// A listener could not bind: `cannot listen on <addr>: …` (or `on admin_listen <addr>`).
     Listen {
-        /// `""` for the proxy, `"admin_listen "` for the admin API.
+        /// `""` for the proxy, `"admin_listen "` for the admin API, `"metrics_listen "` for
+        /// `/metrics`.
         which: &'static str,
         /// The configured address.
         addr: SocketAddr,
@@ -209,6 +210,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin API's bound address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The Prometheus `/metrics` listener's bound address, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The control socket (`<data>/veil.sock`), removed at exit.
     pub control: PathBuf,
     /// The counter registry every step of this veil counts in.
@@ -385,6 +388,26 @@ pub async fn start(
         .transpose()?;
     // The bound address (the config may say port 0): the proxy refuses to forward to it.
     config.admin_listen = admin_addr;
+    if let Some(a) = config.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(metrics_listen = %a, "/metrics is served beyond loopback without a token: anyone who can reach it reads spend, models and features (no users, ids or content)");
+    }
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| StartupError::Listen {
+                    which: "metrics_listen ",
+                    addr: a,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    config.metrics_listen = metrics_addr;
 
     // Recording (pipeline, exporter, seal writer) runs below forwarding when traffic comes
     // first (best-effort): on busy cores the scheduler serves forwarding, recording catches
@@ -575,6 +598,20 @@ pub async fn start(
         .with_health(health.clone())
         .with_api(feedback.clone());
 
+    if let Some(listener) = metrics_listener {
+        let counters = counters.clone();
+        let rules = rules.clone();
+        let exposition: crate::admin::Exposition = Arc::new(move || {
+            crate::counters::exposition::render(&counters, rules.current().digest())
+        });
+        let cancel = cancel.clone();
+        tokio::spawn(crate::admin::serve_metrics(
+            listener,
+            exposition,
+            limits,
+            cancel.cancelled_owned(),
+        ));
+    }
     if let Some(listener) = admin_listener {
         let token = crate::admin::AdminToken::load_or_create(&keys_dir)?;
         let store = store.clone();
@@ -713,6 +750,7 @@ pub async fn start(
         Running {
             addr,
             admin_addr,
+            metrics_addr,
             control: control_path,
             counters,
             rules,

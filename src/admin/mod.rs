@@ -78,8 +78,8 @@ pub use api::{
 pub use client::{AdminClient, AdminError, AdminErrorKind, Endpoint, HealthResponse};
 pub use control::{ControlError, ControlErrorKind, ControlSocket, SOCKET_FILE, socket_path};
 pub use server::{
-    ADMIN_MAX_CONNECTIONS, EraseExports, Instance, OnForget, ReloadRules, SubmitFeedback, serve,
-    serve_control, serve_tcp, serve_with,
+    ADMIN_MAX_CONNECTIONS, EraseExports, Exposition, Instance, OnForget, ReloadRules,
+    SubmitFeedback, serve, serve_control, serve_metrics, serve_tcp, serve_with,
 };
 
 /// File name of the admin token inside the keys dir.

@@ -562,7 +562,8 @@ pub async fn serve_tcp(
         };
         Ok((stream, caller))
     };
-    serve_loop("admin", accept, store, instance, limits, shutdown).await;
+    let handler = move |req, caller| handle(req, store.clone(), instance.clone(), caller);
+    serve_loop("admin", accept, handler, limits, shutdown).await;
 }
 
 /// The control socket: the same routes as [`serve_tcp`], no token; a peer whose uid is not
@@ -579,24 +580,92 @@ pub async fn serve_control(
         let (stream, peer) = socket.accept().await?;
         Ok((stream, Caller::Local(peer)))
     };
-    serve_loop("control", accept, store, instance, limits, shutdown).await;
+    let handler = move |req, caller| handle(req, store.clone(), instance.clone(), caller);
+    serve_loop("control", accept, handler, limits, shutdown).await;
     drop(socket);
+}
+
+/// What `GET /metrics` answers: the text and its `Content-Type`, made at each scrape.
+pub type Exposition = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The Prometheus listener (`metrics_listen`): `GET /metrics` (and `HEAD`) answers
+/// `exposition()` as [`crate::counters::exposition::CONTENT_TYPE`]; any other path is 404,
+/// any other method 405. No token: what it shows is numbers and the label values veil's
+/// cardinality cap kept (models, features, providers), never a user, request id or content;
+/// past loopback, `veil run` warns. The admin API's connection clocks and cap apply.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    exposition: Exposition,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let accept = || async {
+        let (stream, _) = listener.accept().await?;
+        Ok((stream, ()))
+    };
+    let handler = move |req: Request<Incoming>, ()| {
+        let exposition = exposition.clone();
+        async move { Ok::<_, Infallible>(metrics_answer(&req, &exposition)) }
+    };
+    serve_loop("metrics", accept, handler, limits, shutdown).await;
+}
+
+fn metrics_answer(req: &Request<Incoming>, exposition: &Exposition) -> Response<Body> {
+    let plain = |status: StatusCode, text: &'static str| {
+        let mut r = Response::new(Body::from(text));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: veil serves GET /metrics here\n",
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use GET\n",
+        );
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    let text = exposition();
+    let mut r = Response::new(if req.method() == Method::HEAD {
+        Body::default()
+    } else {
+        Body::from(text)
+    });
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::counters::exposition::CONTENT_TYPE),
+    );
+    r
 }
 
 /// The accept loop both listeners share: a permit first, back-off on accept errors, one
 /// HTTP/1.1 connection per accepted stream with the proxy's connection clocks, and a bounded
 /// drain at shutdown. `what` names the listener in logs.
-async fn serve_loop<S, A, F>(
+async fn serve_loop<S, C, A, F, H, HF>(
     what: &'static str,
     accept: A,
-    store: SealStore,
-    instance: Instance,
+    handler: H,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    C: Clone + Send + Sync + 'static,
     A: Fn() -> F,
-    F: Future<Output = std::io::Result<(S, Caller)>>,
+    F: Future<Output = std::io::Result<(S, C)>>,
+    H: Fn(Request<Incoming>, C) -> HF + Clone + Send + Sync + 'static,
+    HF: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -629,12 +698,11 @@ async fn serve_loop<S, A, F>(
             }
         };
         let activity = Activity::new();
-        let store = store.clone();
-        let instance = instance.clone();
+        let handler = handler.clone();
         let watched = activity.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = watched.begin(req.version());
-            let answer = handle(req, store.clone(), instance.clone(), caller.clone());
+            let answer = handler(req, caller.clone());
             async move {
                 let resp = answer.await?;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))

@@ -143,6 +143,7 @@ fn exchange_of(v: ExchangeView) -> anyhow::Result<Exchange> {
             response_headers: v.timings_ms.response_headers.map(ms),
             first_byte: v.timings_ms.first_byte.map(ms),
             end: ms(v.timings_ms.end),
+            ..Default::default()
         },
         client_addr: v.client_addr,
         route: match &v.route {

@@ -143,6 +143,9 @@ struct RunArgs {
     /// Admin API address (off unless set).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Serve Prometheus metrics on GET http://ADDR/metrics (off unless set).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Ports CONNECT may reach; repeatable [default: 443].
     #[arg(long = "allow-port", value_name = "PORT")]
     allow_ports: Vec<u16>,
@@ -242,6 +245,7 @@ impl RunArgs {
             resolve: non_empty(&self.resolve),
             upstream_ca: (!self.upstream_ca.is_empty()).then(|| self.upstream_ca.clone()),
             admin_listen: self.admin_listen.clone(),
+            metrics_listen: self.metrics_listen.clone(),
             allow_ports: (!self.allow_ports.is_empty()).then(|| self.allow_ports.clone()),
             audit: self.audit.map(|a| match a {
                 AuditArg::BestEffort => Audit::BestEffort,
@@ -451,7 +455,7 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let (running, done) = crate::server::start(prepared, signal::shutdown_signal()?).await?;
-        let facts = startup::Facts::new(
+        let mut facts = startup::Facts::new(
             &config,
             running.addr,
             running.admin_addr,
@@ -459,6 +463,7 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             running.rules.current().digest(),
             &running.control,
         );
+        facts.metrics = running.metrics_addr;
         for line in startup::startup_lines(&facts) {
             tracing::info!("{line}");
         }

@@ -41,6 +41,8 @@ pub(super) struct Facts {
     pub(super) retention: Option<Duration>,
     /// The admin API's bound address, when on.
     pub(super) admin: Option<SocketAddr>,
+    /// The Prometheus `/metrics` listener's address, when on (the bound one once known).
+    pub(super) metrics: Option<SocketAddr>,
     /// The keys directory (CA, master keys, admin token).
     pub(super) keys: PathBuf,
     /// The data directory (ledger, spool, sealed store).
@@ -80,6 +82,7 @@ impl Facts {
             sealed: absolute(&config.data.join("sealed")),
             retention: config.retention,
             admin,
+            metrics: config.metrics_listen,
             keys: absolute(&config.keys),
             data: absolute(&config.data),
             control: absolute(control),
@@ -151,6 +154,10 @@ pub(super) fn startup_lines(f: &Facts) -> Vec<String> {
         Some(a) => format!("http://{a} (bearer token required)"),
         None => "off".to_string(),
     };
+    let metrics = match f.metrics {
+        Some(a) => format!("http://{a}/metrics"),
+        None => "off".to_string(),
+    };
     vec![
         format!(
             "veil is running: HTTPS_PROXY=http://{addr} (trust the CA {}), or gateway http://{addr}/openai/v1",
@@ -170,7 +177,7 @@ pub(super) fn startup_lines(f: &Facts) -> Vec<String> {
             f.data.display(),
             f.control.display()
         ),
-        format!("admin API: {admin}"),
+        format!("admin API: {admin}; Prometheus metrics: {metrics}"),
     ]
 }
 
@@ -287,7 +294,7 @@ mod tests {
             "records files: off",
             "its control socket /d/veil.sock (this uid only)",
             "sealed exchanges: /d/sealed, kept until forgotten or purged (no retention)",
-            "admin API: off",
+            "admin API: off; Prometheus metrics: off",
         ] {
             assert!(all.contains(want), "{want:?} missing from:\n{all}");
         }
@@ -298,6 +305,7 @@ mod tests {
         let lines = startup_lines(&facts(
             "data = \"/d\"\nrules = \"/r/mine.toml\"\nledger = false\nretention = \"12h\"\n\
              otlp_endpoint = \"http://collector:4318\"\nadmin_listen = \"127.0.0.1:9000\"\n\
+             metrics_listen = \"127.0.0.1:9464\"\n\
              intercept = [\"*.example.com:8443\", \"api.example.org\"]",
         ));
         assert_no_debug(&lines);
@@ -308,6 +316,7 @@ mod tests {
             "records go to no ledger (ledger = false); OTLP collector: http://collector:4318; records files: off",
             "purged after 12 hours",
             "admin API: http://127.0.0.1:9000",
+            "Prometheus metrics: http://127.0.0.1:9464/metrics",
         ] {
             assert!(all.contains(want), "{want:?} missing from:\n{all}");
         }

@@ -25,8 +25,10 @@
 //! encoder turns such a group into one metric with one point per label value; a name is either
 //! always labelled or never (`registry_is_well_formed` checks).
 //!
-//! Not here: the GenAI histograms (per model and operation, owned by the exporter's batcher) and
-//! rate limits of log lines ([`LogEvery`], kept by whoever logs).
+//! Beside the fixed entries, [`Counters::series`] holds the per-exchange series whose label
+//! values come from traffic (the GenAI histograms, requests by model and feature, cost,
+//! tokens): [`series`] says how their cardinality is bounded. Not here: rate limits of log
+//! lines ([`LogEvery`], kept by whoever logs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -168,6 +170,9 @@ macro_rules! registry {
         #[derive(Debug, Default)]
         pub struct Counters {
             $( $(#[$sdoc])* pub $section: $Section, )+
+            /// The per-exchange series (GenAI histograms, requests, cost, tokens), keyed by
+            /// attributes that come from traffic: [`crate::counters::series`].
+            pub series: super::series::Series,
         }
 
         impl Counters {
@@ -196,7 +201,9 @@ macro_rules! registry {
     (@label $k:literal, $v:literal) => { Some(($k, $v)) };
 }
 
+pub mod exposition;
 mod registry;
+pub mod series;
 
 pub use registry::*;
 

@@ -15,6 +15,9 @@ const DROPPED: &str = "Exchanges that could not be recorded, by where they were 
 /// Help of `veil.seals.failed` (one text for every `veil.seal.stage`).
 const SEALS_FAILED: &str = "Exchanges whose sealed copy was not made, by stage: submit (the store refused it), writer (lost after it was queued).";
 
+/// Help of `veil.metrics.values.capped` (one text for every `veil.metrics.label`).
+const VALUES_CAPPED: &str = "Exchanges whose model or feature was reported as `other` in the per-exchange series because the label already had its maximum of distinct values.";
+
 /// Help of `veil.feedback.refused` (one text for every `veil.feedback.reason`).
 const FEEDBACK_REFUSED: &str = "Feedback refused by the feedback service, by veil.feedback.reason: invalid (400), not_found (404), unauthorized (401), unavailable (503).";
 
@@ -208,6 +211,20 @@ registry! {
         /// 1 while any part of recording is degraded, else 0.
         degraded: Gauge => "veil.recording.degraded",
             "1", "1 while recording is degraded (see /healthz for why), else 0.";
+    }
+
+    /// The per-exchange series ([`super::series`]): values the cardinality cap replaced with
+    /// `other` (counted by the exporter when it observes a record).
+    metrics: MetricsCounters {
+        /// Exchanges whose `gen_ai.request.model` became `other`.
+        capped_request_model: Counter => "veil.metrics.values.capped" ["veil.metrics.label" = "gen_ai.request.model"],
+            "{exchange}", VALUES_CAPPED;
+        /// Exchanges whose `gen_ai.response.model` became `other`.
+        capped_response_model: Counter => "veil.metrics.values.capped" ["veil.metrics.label" = "gen_ai.response.model"],
+            "{exchange}", VALUES_CAPPED;
+        /// Exchanges whose `veil.feature` became `other`.
+        capped_feature: Counter => "veil.metrics.values.capped" ["veil.metrics.label" = "veil.feature"],
+            "{exchange}", VALUES_CAPPED;
     }
 }
 

@@ -38,6 +38,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::counters::series::ChunkGaps;
+
 /// The request ID: a UUIDv7, so IDs sort by creation time. Sent to the app as
 /// `x-veil-request-id` and used as the key of the sealed store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -220,6 +222,16 @@ pub struct Timings {
     pub first_byte: Option<Duration>,
     /// The exchange ended (completed, failed or aborted).
     pub end: Duration,
+    /// veil's own time on the request: from the request head reaching veil's forwarding to
+    /// the upstream request being started (`veil.added_latency`, `direction=request`). Set
+    /// when a response head arrived; never sealed (an operational number, not the exchange).
+    pub added_request: Option<Duration>,
+    /// veil's own time on the response head: from its arrival from upstream to its hand-off
+    /// to the app's connection (`veil.added_latency`, `direction=response`). Never sealed.
+    pub added_response: Option<Duration>,
+    /// Gaps between the response body's consecutive data chunks (streams:
+    /// `gen_ai.client.operation.time_per_output_chunk`). Never sealed.
+    pub chunk_gaps: ChunkGaps,
 }
 
 /// Why an upstream request failed before a response arrived.

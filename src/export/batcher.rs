@@ -2,7 +2,7 @@
 //!
 //! The exporter's middle stage: a tokio task drains the handle's queue
 //! ([`super::handle`]), gathers records into a [`Batch`] (flushed at `batch_max` records or
-//! `batch_age`), keeps the cumulative histograms, encodes each request ([`super::otlp`]) and
+//! `batch_age`), adds each record to the registry's series, encodes each request ([`super::otlp`]) and
 //! hands it as a [`Payload`] to the signal's delivery task ([`super::deliver`]). Journal
 //! slots ride along in [`BatchDone`] and are marked once both payloads are durable.
 //!
@@ -18,7 +18,6 @@ use tokio::time::Instant;
 
 use super::erase::{self, Erased, SignalErased, Targets};
 use super::handle::Item;
-use super::metrics::Histograms;
 use super::otlp::{self, Batch};
 use super::{Destination, Encoding, ExporterSettings, Signal};
 use crate::counters::Counters;
@@ -92,7 +91,6 @@ impl BatchDone {
 pub(super) struct Batcher {
     pub(super) settings: Arc<ExporterSettings>,
     pub(super) counters: Arc<Counters>,
-    pub(super) histograms: Histograms,
     pub(super) started: SystemTime,
     pub(super) batch: Batch,
     pub(super) records_in_batch: usize,
@@ -231,7 +229,7 @@ impl Batcher {
             }
         }
         self.flush().await;
-        if !self.histograms.is_empty() && self.exports(Signal::Metrics) {
+        if !self.counters.series.lock().is_empty() && self.exports(Signal::Metrics) {
             self.flush_metrics().await;
         }
     }
@@ -265,8 +263,8 @@ impl Batcher {
                 } else if self.exports(Signal::Traces) || self.exports(Signal::Logs) {
                     self.batch.push_record(&r);
                 }
-                if self.exports(Signal::Metrics) {
-                    otlp::observe(&mut self.histograms, &r);
+                if self.exports(Signal::Metrics) || self.settings.observe_series {
+                    super::metrics::observe(&self.counters, &r);
                 }
                 self.records_in_batch += 1;
                 if self.ledger.is_some() {
@@ -356,7 +354,6 @@ impl Batcher {
     async fn flush_metrics(&mut self) {
         let req = otlp::metrics_request(
             &self.settings.resource,
-            &self.histograms,
             &self.counters,
             self.started,
             SystemTime::now(),

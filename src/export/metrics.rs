@@ -1,145 +1,179 @@
-//! # Metrics: the GenAI client histograms.
+//! # Metrics: one record's points in the registry's per-exchange series.
 //!
-//! [`Histograms`] aggregates the `gen_ai.client.*` histograms per attribute set; it is owned by
-//! the exporter's batcher and encoded as cumulative OTLP points. veil's own counters are not
-//! here: they live in the one registry, [`crate::counters::Counters`], which the exporter is
-//! handed and counts in like every other step.
+//! [`observe`] turns a record into the points of every series metric
+//! ([`crate::counters::series::SERIES`]): the GenAI client histograms (otel-genai.md §1.3),
+//! requests, cost, tokens, rate limits, retries and veil's added latency. The exporter's
+//! batcher calls it once per record, off the hot path, when something reads the series (an
+//! OTLP metrics destination or `/metrics`). Both encoders then read the same maps.
 //!
-//! Owns: numbers only. Never touches a record's content.
+//! Owns: which record field becomes which attribute of which series. Never touches a record's
+//! content: every attribute is metadata (provider, operation, model, feature, status, outcome,
+//! finish reason), and the two an app chooses freely besides the model (feature, model) are
+//! capped in number ([`SeriesState::cap`]).
 
-use std::collections::BTreeMap;
+use crate::counters::Counters;
+use crate::counters::series::{
+    ADDED_LATENCY, COST, OPERATION_DURATION, RATE_LIMITED, REQUESTS, RETRIES, SeriesKey,
+    SeriesState, SeriesValue, TIME_PER_OUTPUT_CHUNK, TIME_TO_FIRST_CHUNK, TOKEN_USAGE, TOKENS,
+};
+use crate::record::Record;
 
-/// Bucket bounds of `gen_ai.client.token.usage`, as the semantic conventions recommend
-/// (powers of 4 from 1 to 64 Mi tokens: covers one-token pings up to long-context prompts).
-pub const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
-    16777216.0, 67108864.0,
-];
+use super::otlp::error_type;
 
-/// Bucket bounds (seconds) of `gen_ai.client.operation.duration` and the time-to-first-chunk
-/// histogram, as the semantic conventions recommend (doubling from 10 ms to 82 s).
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-];
+/// Adds one record's points to the per-exchange series of `counters`.
+pub fn observe(counters: &Counters, r: &Record) {
+    let mut s = counters.series.lock();
+    let capped = Capped::of(&mut s, counters, r);
+    let str = |v: &str| SeriesValue::Str(v.to_string());
+    let provider = ("gen_ai.provider.name", str(r.provider.as_str()));
+    let operation = ("gen_ai.operation.name", str(r.operation.as_str()));
+    let error = error_type(r);
 
-/// One fixed-bound histogram (cumulative since the exporter started).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Histogram {
-    /// Upper bounds of the buckets (`explicit_bounds`).
-    pub bounds: &'static [f64],
-    /// One count per bucket, `bounds.len() + 1` of them.
-    pub counts: Vec<u64>,
-    /// Number of observations.
-    pub count: u64,
-    /// Sum of observations.
-    pub sum: f64,
-    /// Smallest observation.
-    pub min: f64,
-    /// Largest observation.
-    pub max: f64,
-}
-
-impl Histogram {
-    /// An empty histogram over `bounds`.
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            count: 0,
-            sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
+    // The GenAI histograms: the semantic conventions' attributes, plus the feature.
+    let mut base: SeriesKey = vec![
+        operation.clone(),
+        provider.clone(),
+        ("server.address", str(&r.server_address)),
+        ("server.port", SeriesValue::Int(i64::from(r.server_port))),
+        ("veil.feature", capped.feature.clone()),
+    ];
+    if let Some(m) = &capped.request_model {
+        base.push(("gen_ai.request.model", m.clone()));
+    }
+    if let Some(m) = &capped.response_model {
+        base.push(("gen_ai.response.model", m.clone()));
+    }
+    for (ty, n) in [
+        ("input", r.usage.input_tokens),
+        ("output", r.usage.output_tokens),
+    ] {
+        // Without counts, MUST NOT report.
+        if let Some(n) = n {
+            let mut k = base.clone();
+            k.push(("gen_ai.token.type", str(ty)));
+            s.observe(&TOKEN_USAGE, k, n as f64);
         }
     }
+    let mut k = base.clone();
+    if let Some(e) = &error {
+        k.push(("error.type", str(e)));
+    }
+    s.observe(&OPERATION_DURATION, k, r.duration.as_secs_f64());
+    if let Some(t) = r.time_to_first_chunk {
+        s.observe(&TIME_TO_FIRST_CHUNK, base.clone(), t.as_secs_f64());
+    }
+    if r.stream {
+        s.observe_gaps(&TIME_PER_OUTPUT_CHUNK, base, &r.chunk_gaps);
+    }
 
-    /// Records one observation. A value equal to a bound falls in that bound's bucket
-    /// (OTLP buckets are `(bound[i-1], bound[i]]`).
-    pub fn record(&mut self, v: f64) {
-        let i = self.bounds.partition_point(|b| *b < v);
-        self.counts[i] += 1;
-        self.count += 1;
-        self.sum += v;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
+    // veil's per-exchange counters: fewer attributes, so a dashboard sums them cheaply.
+    let model = capped
+        .request_model
+        .clone()
+        .or_else(|| capped.response_model.clone())
+        .unwrap_or_else(|| str(""));
+    let short: SeriesKey = vec![
+        provider.clone(),
+        ("gen_ai.request.model", model),
+        ("veil.feature", capped.feature.clone()),
+    ];
+    let status_class = match r.status {
+        Some(s @ 100..=599) => format!("{}xx", s / 100),
+        _ => "none".to_string(),
+    };
+    let mut k = short.clone();
+    k.extend([
+        operation,
+        ("http.status_class", SeriesValue::Str(status_class)),
+        ("veil.outcome", str(r.outcome.as_str())),
+        ("error.type", str(error.as_deref().unwrap_or(""))),
+        (
+            "gen_ai.response.finish_reason",
+            str(r.finish_reasons.first().map_or("", String::as_str)),
+        ),
+    ]);
+    s.add(&REQUESTS, k, 1.0);
+    if let Some(cost) = r.cost_usd.filter(|c| c.is_finite() && *c >= 0.0) {
+        s.add(&COST, short.clone(), cost);
+    }
+    for (ty, n) in [
+        ("input", r.usage.input_tokens),
+        ("output", r.usage.output_tokens),
+        ("cache_read", r.usage.cache_read_tokens),
+        ("cache_write", r.usage.cache_creation_tokens),
+        ("reasoning", r.usage.reasoning_tokens),
+    ] {
+        if let Some(n) = n {
+            let mut k = short.clone();
+            k.push(("gen_ai.token.type", str(ty)));
+            s.add(&TOKENS, k, n as f64);
+        }
+    }
+    if let Some(code @ (429 | 529)) = r.status {
+        s.add(
+            &RATE_LIMITED,
+            vec![
+                provider.clone(),
+                (
+                    "http.response.status_code",
+                    SeriesValue::Int(i64::from(code)),
+                ),
+            ],
+            1.0,
+        );
+    }
+    if r.retry {
+        s.add(
+            &RETRIES,
+            vec![provider, ("veil.feature", capped.feature)],
+            1.0,
+        );
+    }
+    for (direction, t) in [
+        ("request", r.added_latency.0),
+        ("response", r.added_latency.1),
+    ] {
+        if let Some(t) = t {
+            s.observe(
+                &ADDED_LATENCY,
+                vec![("direction", str(direction))],
+                t.as_secs_f64(),
+            );
+        }
     }
 }
 
-/// Attribute set of one histogram series, sorted by key.
-pub type SeriesKey = Vec<(&'static str, SeriesValue)>;
-
-/// A series attribute value.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SeriesValue {
-    /// A string attribute.
-    Str(String),
-    /// An integer attribute.
-    Int(i64),
-    /// A boolean attribute.
-    Bool(bool),
+/// The app-chosen values of a record after the cardinality cap.
+struct Capped {
+    feature: SeriesValue,
+    request_model: Option<SeriesValue>,
+    response_model: Option<SeriesValue>,
 }
 
-/// Most series one histogram keeps. The model name comes from the app's request, so an app
-/// could otherwise grow memory without bound; past this, points go to one overflow series
-/// marked `otel.metric.overflow = true`, as the OpenTelemetry SDKs do.
-pub const MAX_SERIES: usize = 2000;
-
-/// The GenAI client histograms, keyed by metric name and attribute set.
-#[derive(Debug, Default)]
-pub struct Histograms {
-    /// metric name → series → histogram.
-    pub series: BTreeMap<&'static str, BTreeMap<SeriesKey, Histogram>>,
-}
-
-impl Histograms {
-    /// Records `v` into `metric` for the series `key`.
-    pub fn record(&mut self, metric: &'static str, bounds: &'static [f64], key: SeriesKey, v: f64) {
-        let series = self.series.entry(metric).or_default();
-        let key = if series.len() >= MAX_SERIES && !series.contains_key(&key) {
-            vec![("otel.metric.overflow", SeriesValue::Bool(true))]
-        } else {
-            key
+impl Capped {
+    fn of(s: &mut SeriesState, counters: &Counters, r: &Record) -> Capped {
+        let mut cap = |key: &'static str, value: &str, counter: &crate::counters::Counter| {
+            let (v, capped) = s.cap(key, value);
+            if capped {
+                counter.inc();
+            }
+            v
         };
-        series
-            .entry(key)
-            .or_insert_with(|| Histogram::new(bounds))
-            .record(v);
-    }
-
-    /// True when nothing was recorded yet.
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_are_upper_inclusive() {
-        let mut h = Histogram::new(TOKEN_BUCKETS);
-        h.record(1.0);
-        h.record(2.0);
-        h.record(1e9);
-        assert_eq!(h.counts.len(), TOKEN_BUCKETS.len() + 1);
-        assert_eq!(h.counts[0], 1);
-        assert_eq!(h.counts[1], 1);
-        assert_eq!(h.counts[TOKEN_BUCKETS.len()], 1);
-        assert_eq!(h.count, 3);
-        assert_eq!(h.min, 1.0);
-        assert_eq!(h.max, 1e9);
-    }
-
-    #[test]
-    fn series_are_capped() {
-        let mut h = Histograms::default();
-        for i in 0..(MAX_SERIES + 10) {
-            let key = vec![("gen_ai.request.model", SeriesValue::Str(format!("m{i}")))];
-            h.record("x", DURATION_BUCKETS, key, 1.0);
+        let m = &counters.metrics;
+        Capped {
+            feature: cap(
+                "veil.feature",
+                r.feature.as_deref().unwrap_or(""),
+                &m.capped_feature,
+            ),
+            request_model: r
+                .request_model
+                .as_deref()
+                .map(|v| cap("gen_ai.request.model", v, &m.capped_request_model)),
+            response_model: r
+                .response_model
+                .as_deref()
+                .map(|v| cap("gen_ai.response.model", v, &m.capped_response_model)),
         }
-        let series = &h.series["x"];
-        assert_eq!(series.len(), MAX_SERIES + 1);
-        let overflow = vec![("otel.metric.overflow", SeriesValue::Bool(true))];
-        assert_eq!(series[&overflow].count, 10);
     }
 }

@@ -76,7 +76,6 @@ use crate::journal::Journal;
 use crate::ledger::LedgerHandle;
 use batcher::{Batcher, Job};
 use deliver::{OtlpSender, run_ledger};
-use metrics::Histograms;
 use otlp::Batch;
 use sender::OtlpClient;
 use spool::Spool;
@@ -149,6 +148,7 @@ impl Exporter {
         }
         settings.queue_capacity = config.queue_capacity;
         settings.journal = journal;
+        settings.observe_series = config.metrics_listen.is_some();
         Ok(Exporter::start_with_ledger(
             settings, counters, ledger, health,
         )?)
@@ -221,7 +221,6 @@ impl Exporter {
         let batcher = Batcher {
             settings: settings.clone(),
             counters: counters.clone(),
-            histograms: Histograms::default(),
             started: SystemTime::now(),
             batch: Batch::default(),
             records_in_batch: 0,

@@ -85,6 +85,9 @@ pub struct ExporterSettings {
     pub retry_max: Duration,
     /// Where to note that a record is durable (see [`crate::journal`]); none in tests.
     pub journal: Option<std::sync::Arc<crate::journal::Journal>>,
+    /// Add every record to the registry's per-exchange series even when no OTLP metrics
+    /// destination reads them (`/metrics` does: `metrics_listen` is set).
+    pub observe_series: bool,
 }
 
 /// An invalid setting: names the variable and what is wrong.
@@ -277,6 +280,7 @@ impl ExporterSettings {
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             journal: None,
+            observe_series: false,
         })
     }
 

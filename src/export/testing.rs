@@ -389,6 +389,9 @@ pub fn base_record(id: &str) -> Record {
         response_bytes: 900,
         content_dropped: None,
         parse_error: None,
+        added_latency: (None, None),
+        chunk_gaps: Default::default(),
+        retry: false,
         prepared: Default::default(),
     }
 }

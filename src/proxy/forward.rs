@@ -154,11 +154,13 @@ impl Shared {
             ),
             None => TeeBody::passthrough(body),
         };
+        let sent_at = Instant::now();
         let sent = tokio::time::timeout(
             self.settings.upstream_timeout,
             self.client.request(Request::from_parts(parts, body)),
         )
         .await;
+        let arrived = Instant::now();
         let recorded = recording.is_some();
         let (failure, body_failed) = match sent {
             Ok(Ok(resp)) => {
@@ -168,18 +170,20 @@ impl Shared {
                 let body = match recording {
                     Some(rec) => {
                         let (headers, _) = self.fingerprinter.record_headers(&parts.headers);
+                        let encoding = content_encoding(&parts.headers);
+                        parts.headers.insert(REQUEST_ID_HEADER, id_header(id));
+                        // Last, so veil's added time on the response covers its header work.
                         lock(&rec).response_head(
                             parts.status.as_u16(),
                             headers,
-                            content_encoding(&parts.headers),
+                            encoding,
+                            sent_at,
+                            arrived,
                         );
                         TeeBody::recording(body, Side::Response, self.settings.capture_limit, rec)
                     }
                     None => TeeBody::passthrough(body),
                 };
-                if recorded {
-                    parts.headers.insert(REQUEST_ID_HEADER, id_header(id));
-                }
                 return Response::from_parts(parts, Either::Left(body));
             }
             Ok(Err(e)) if request_body_stalled(&e) => {

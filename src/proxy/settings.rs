@@ -86,10 +86,14 @@ impl ProxySettings {
                 Arc::new(Destinations::new(
                     config.allow_local_targets,
                     &config.routes,
-                    &[Some(config.listen), config.admin_listen]
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<_>>(),
+                    &[
+                        Some(config.listen),
+                        config.admin_listen,
+                        config.metrics_listen,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>(),
                 )),
             ),
         }

@@ -16,8 +16,9 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::counters::series::ChunkGaps;
 use crate::exchange::queue::{ExchangeSender, Reservation};
 use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
@@ -96,8 +97,11 @@ pub struct Recording {
     status: Option<u16>,
     response_headers: Headers,
     response_headers_at: Option<Instant>,
+    /// veil's own time: (before the upstream send, on the response head).
+    added: Option<(Duration, Duration)>,
     response_body: Body,
     first_byte: Option<Instant>,
+    chunk_gaps: ChunkGaps,
     response_end: Option<(Instant, End)>,
     failure: Option<(UpstreamFailure, String)>,
 }
@@ -116,23 +120,33 @@ impl Recording {
             status: None,
             response_headers: Vec::new(),
             response_headers_at: None,
+            added: None,
             response_body: Body::default(),
             first_byte: None,
+            chunk_gaps: ChunkGaps::new(),
             response_end: None,
             failure: None,
         }))
     }
 
-    /// Notes the upstream response head.
+    /// Notes the upstream response head, which arrived at `arrived` for a request whose
+    /// upstream send started at `sent`: veil's own time is `sent - t0` on the request and the
+    /// time from `arrived` to now (this call is the last step before the head goes back to
+    /// the app) on the response.
     pub fn response_head(
         &mut self,
         status: u16,
         headers: Headers,
         content_encoding: Option<String>,
+        sent: Instant,
+        arrived: Instant,
     ) {
         self.status = Some(status);
         self.response_headers = headers;
-        self.response_headers_at = Some(Instant::now());
+        self.response_headers_at = Some(arrived);
+        if let Some(meta) = &self.meta {
+            self.added = Some((sent.saturating_duration_since(meta.t0), arrived.elapsed()));
+        }
         self.response_body.content_encoding = content_encoding;
     }
 
@@ -187,6 +201,9 @@ impl Drop for Recording {
                 response_headers: self.response_headers_at.map(since),
                 first_byte: self.first_byte.map(since),
                 end: since(end),
+                added_request: self.added.map(|a| a.0),
+                added_response: self.added.map(|a| a.1),
+                chunk_gaps: std::mem::take(&mut self.chunk_gaps),
             },
             client_addr: meta.client_addr,
             route: meta.route,
@@ -273,6 +290,9 @@ pub struct TeeBody<B: HttpBody> {
     side: Side,
     tap: Option<(Capture, RecordingRef)>,
     first_byte: Option<Instant>,
+    /// The last data frame's arrival and the gaps between frames (response side only).
+    last_data: Option<Instant>,
+    chunk_gaps: ChunkGaps,
 }
 
 impl<B: HttpBody> TeeBody<B> {
@@ -283,6 +303,8 @@ impl<B: HttpBody> TeeBody<B> {
             side,
             tap: Some((Capture::new(limit), recording)),
             first_byte: None,
+            last_data: None,
+            chunk_gaps: ChunkGaps::new(),
         }
     }
 
@@ -293,6 +315,8 @@ impl<B: HttpBody> TeeBody<B> {
             side: Side::Request,
             tap: None,
             first_byte: None,
+            last_data: None,
+            chunk_gaps: ChunkGaps::new(),
         }
     }
 
@@ -312,6 +336,7 @@ impl<B: HttpBody> TeeBody<B> {
                 let enc = rec.response_body.content_encoding.take();
                 rec.response_body = capture.into_body(enc);
                 rec.first_byte = self.first_byte;
+                rec.chunk_gaps = std::mem::take(&mut self.chunk_gaps);
                 rec.response_end = Some((now, end));
             }
         }
@@ -335,8 +360,18 @@ where
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(data), Some((capture, _))) = (frame.data_ref(), this.tap.as_mut()) {
-                    if this.first_byte.is_none() && !data.is_empty() {
-                        this.first_byte = Some(Instant::now());
+                    if !data.is_empty() {
+                        if this.side == Side::Response {
+                            // One clock read per chunk: the gap to the previous one.
+                            let now = Instant::now();
+                            match this.last_data {
+                                Some(last) => this.chunk_gaps.record(now - last),
+                                None => this.first_byte = Some(now),
+                            }
+                            this.last_data = Some(now);
+                        } else if this.first_byte.is_none() {
+                            this.first_byte = Some(Instant::now());
+                        }
                     }
                     capture.push(data);
                 }

@@ -52,7 +52,9 @@ async fn exchange_is_emitted_once_with_both_bodies() {
         Ok(Frame::data(Bytes::from_static(b"data: b\n\n"))),
     ];
     let resp_inner = StreamBody::new(futures_lite_stream(chunks));
-    rec.lock().unwrap().response_head(200, vec![], None);
+    rec.lock()
+        .unwrap()
+        .response_head(200, vec![], None, Instant::now(), Instant::now());
     let resp = TeeBody::recording(resp_inner, Side::Response, 1024, rec.clone());
     drop(rec);
     assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"q\":1}");
@@ -78,7 +80,9 @@ async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
     let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20, Default::default());
     for _ in 0..2 {
         let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
-        rec.lock().unwrap().response_head(200, vec![], None);
+        rec.lock()
+            .unwrap()
+            .response_head(200, vec![], None, Instant::now(), Instant::now());
         let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
             vec![Ok(Frame::data(Bytes::from_static(b"partial")))];
         let mut resp = TeeBody::recording(

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use crate::counters::series::ChunkGaps;
 use crate::exchange::{Operation, OutcomeKind, Provider, TraceParent, Usage};
 use crate::keys::UserPseudonym;
 
@@ -125,6 +126,14 @@ pub struct Record {
     /// expected value at line 1 column 1`, `2 stream event(s) are not JSON`). Short, never
     /// content. See [`Conversation::parse_error`](crate::exchange::Conversation::parse_error).
     pub parse_error: Option<String>,
+    /// veil's own time on the exchange, (request, response head): see
+    /// [`Timings::added_request`](crate::exchange::Timings::added_request). Metrics only.
+    pub added_latency: (Option<Duration>, Option<Duration>),
+    /// Gaps between the response's data chunks (streams). Metrics only.
+    pub chunk_gaps: ChunkGaps,
+    /// The app's SDK marked the request as a retry (`x-stainless-retry-count` above 0, sent
+    /// by the official OpenAI and Anthropic SDKs). Metrics only.
+    pub retry: bool,
     /// Text made once from the content above for every sink: see [`Record::prepare`].
     pub prepared: Prepared,
 }

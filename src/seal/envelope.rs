@@ -277,6 +277,7 @@ pub(crate) fn decode_payload(plain: Bytes) -> Result<Exchange, SealError> {
             response_headers: meta.response_headers_ns.map(Duration::from_nanos),
             first_byte: meta.first_byte_ns.map(Duration::from_nanos),
             end: Duration::from_nanos(meta.end_ns),
+            ..Default::default()
         },
         client_addr: meta
             .client_addr

@@ -70,6 +70,7 @@ pub(crate) fn openai_chat() -> Exchange {
             response_headers: Some(Duration::from_millis(300)),
             first_byte: Some(Duration::from_millis(301)),
             end: Duration::from_millis(320),
+            ..Default::default()
         },
         client_addr: Some("127.0.0.1:50000".parse().unwrap()),
         route: Route::Intercept,

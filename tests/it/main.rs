@@ -14,6 +14,7 @@ mod forget;
 mod forget_spool;
 mod hostile;
 mod ledger;
+mod metrics;
 mod prometheus;
 mod proxy;
 mod records;

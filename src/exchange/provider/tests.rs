@@ -40,6 +40,7 @@ fn exchange(host: &str, path: &str, req: &[u8], status: u16, ctype: &str, resp: 
             response_headers: Some(Duration::from_millis(300)),
             first_byte: Some(Duration::from_millis(320)),
             end: Duration::from_millis(1320),
+            ..Default::default()
         },
         client_addr: None,
         route: Route::Intercept,

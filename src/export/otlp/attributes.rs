@@ -116,7 +116,7 @@ pub fn is_failed(r: &Record) -> bool {
 }
 
 /// `error.type` for a failed record: its own, else the HTTP status, else `_OTHER`.
-pub(super) fn error_type(r: &Record) -> Option<String> {
+pub fn error_type(r: &Record) -> Option<String> {
     if !is_failed(r) {
         return None;
     }

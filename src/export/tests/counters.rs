@@ -23,7 +23,6 @@ fn every_drop_point_is_exported_under_veil_exchanges_dropped() {
     registry.pipeline.export_dropped.add(294);
     let req = otlp::metrics_request(
         &otlp::ResourceInfo::from_env(&|_| None, None),
-        &metrics::Histograms::default(),
         &registry,
         std::time::SystemTime::now(),
         std::time::SystemTime::now(),
@@ -74,7 +73,6 @@ fn every_registry_entry_is_in_the_metrics_request() {
     registry.fill_distinct();
     let req = otlp::metrics_request(
         &otlp::ResourceInfo::from_env(&|_| None, None),
-        &metrics::Histograms::default(),
         &registry,
         std::time::SystemTime::now(),
         std::time::SystemTime::now(),

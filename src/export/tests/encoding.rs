@@ -241,10 +241,13 @@ async fn spans_follow_the_genai_conventions() {
         .map(|p| p.count)
         .sum();
     assert_eq!(input, 3);
-    assert_eq!(tok.data_points[0].explicit_bounds, metrics::TOKEN_BUCKETS);
+    assert_eq!(
+        tok.data_points[0].explicit_bounds,
+        crate::counters::series::TOKEN_BUCKETS
+    );
     assert_eq!(
         tok.data_points[0].bucket_counts.len(),
-        metrics::TOKEN_BUCKETS.len() + 1
+        crate::counters::series::TOKEN_BUCKETS.len() + 1
     );
     let Some(metric::Data::Histogram(dur)) = &metrics["gen_ai.client.operation.duration"].data
     else {
@@ -253,7 +256,7 @@ async fn spans_follow_the_genai_conventions() {
     assert_eq!(dur.data_points.iter().map(|p| p.count).sum::<u64>(), 5);
     assert_eq!(
         dur.data_points[0].explicit_bounds,
-        metrics::DURATION_BUCKETS
+        crate::counters::series::DURATION_BUCKETS
     );
     assert!(dur.data_points.iter().any(|p| {
         testing::s(&attrs(&p.attributes), "error.type").as_deref() == Some("rate_limit_exceeded")
