@@ -25,7 +25,18 @@ use crate::support::tmpfs::skip;
 /// Dashboard queries (`"Row / Panel / refId"`) allowed to return no data because the part of
 /// veil they read is not built yet, each with the reason. THE LEAD EMPTIES THIS LIST: an entry
 /// that returns data fails the test too, so none outlives its reason.
-const NOT_BUILT_YET: &[(&str, &str)] = &[];
+const NOT_BUILT_YET: &[(&str, &str)] = &[
+    ("veil health / Recording queue / A", HEALTH),
+    ("veil health / Recording queue / B", HEALTH),
+    ("veil health / Sealed store / A", HEALTH),
+    ("veil health / Proxy connections / A", HEALTH),
+    ("veil health / Leaf cache and upstream reuse / A", HEALTH),
+    ("veil health / Leaf cache and upstream reuse / B", HEALTH),
+    ("veil health / Rules reloads / A", HEALTH),
+];
+
+/// Why the `NOT_BUILT_YET` entries are there.
+const HEALTH: &str = "the health entries (veil_queue_depth/capacity, veil_seals_pending, veil_proxy_connections_open, leaf-cache hits, upstream connections/requests, rules reloads) are on branch s24-health, not merged";
 
 /// Requests one traffic wave sends through veil: 6 from the SDK script (its 429 retried once),
 /// a 500 and the same body twice with curl.

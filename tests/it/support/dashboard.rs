@@ -22,28 +22,21 @@ pub enum Kind {
     Histogram,
 }
 
-/// The per-exchange families the `/metrics` endpoint derives from each record (s24 contract,
-/// veil#15), with their kinds. Not in the counter registry: they carry per-exchange labels.
-pub const EXCHANGE_FAMILIES: &[(&str, Kind)] = &[
-    ("gen_ai_client_operation_duration_seconds", Kind::Histogram),
-    ("gen_ai_client_token_usage", Kind::Histogram),
-    (
-        "gen_ai_client_operation_time_to_first_chunk_seconds",
-        Kind::Histogram,
-    ),
-    (
-        "gen_ai_client_operation_time_per_output_chunk_seconds",
-        Kind::Histogram,
-    ),
-    ("veil_requests_total", Kind::Counter),
-    ("veil_cost_usd_total", Kind::Counter),
-    ("veil_tokens_total", Kind::Counter),
-    ("veil_upstream_rate_limited_total", Kind::Counter),
-    ("veil_retries_total", Kind::Counter),
-    ("veil_added_latency_seconds", Kind::Histogram),
-    ("veil_rules_info", Kind::Gauge),
-    ("veil_metrics_values_capped_total", Kind::Counter),
-];
+/// The per-exchange families `/metrics` renders beside the registry
+/// (`veil::counters::series::SERIES`), with their kinds, plus the rules info gauge.
+pub fn exchange_families() -> Vec<(String, Kind)> {
+    use veil::counters::series::{SERIES, SeriesKind};
+    let mut out: Vec<(String, Kind)> = SERIES
+        .iter()
+        .map(|d| match d.kind {
+            SeriesKind::Histogram(_) => (d.prometheus.to_string(), Kind::Histogram),
+            SeriesKind::Counter => (format!("{}_total", d.prometheus), Kind::Counter),
+        })
+        .collect();
+    // `veil_rules_info{rules_digest="..."} 1`: rendered by counters::exposition itself.
+    out.push(("veil_rules_info".to_string(), Kind::Gauge));
+    out
+}
 
 /// Health entries of the s24 contract that the counter registry does not hold yet (the
 /// "health" branch adds them to `src/counters/registry.rs`). The lead empties this list when
@@ -78,7 +71,10 @@ pub fn known_metrics() -> BTreeMap<String, Kind> {
         let (name, kind) = prometheus_name(desc);
         out.insert(name, kind);
     }
-    for (name, kind) in EXCHANGE_FAMILIES.iter().chain(PENDING_HEALTH) {
+    for (name, kind) in exchange_families() {
+        out.insert(name, kind);
+    }
+    for (name, kind) in PENDING_HEALTH {
         out.insert(name.to_string(), *kind);
     }
     out
