@@ -251,6 +251,20 @@ fn cpu_by_thread(pid: u32) -> Vec<(String, f64)> {
 }
 
 fn start_veil(mock: &Mock, dir: &std::path::Path) -> (KillOnDrop, SocketAddr) {
+    start_veil_with(mock, dir, &[])
+}
+
+fn start_veil_with(
+    mock: &Mock,
+    dir: &std::path::Path,
+    extra: &[String],
+) -> (KillOnDrop, SocketAddr) {
+    // A project directory (a veil.toml, empty unless $VEIL_CONFIG names another), so keys and
+    // data live in `dir`, not in the user's data directory that another veil may hold.
+    let toml = dir.join("veil.toml");
+    if !toml.exists() {
+        std::fs::write(&toml, "").unwrap();
+    }
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -261,6 +275,7 @@ fn start_veil(mock: &Mock, dir: &std::path::Path) -> (KillOnDrop, SocketAddr) {
             .args(["--resolve", &format!("api.openai.com:443:{}", mock.addr)])
             .arg("--upstream-ca")
             .arg(&mock.ca_path)
+            .args(extra)
             .current_dir(dir)
             .env("VEIL_LOG", "warn")
             .stdout(Stdio::null())
@@ -286,6 +301,10 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(4),
     );
+    if std::env::var("LOAD_ONLY").as_deref() == Ok("metrics") {
+        metrics_cost(window);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -407,4 +426,136 @@ fn ledger_spans(records: &std::path::Path) -> usize {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .map(|text| text.matches("\"veil.request.id\"").count())
         .sum()
+}
+
+/// `LOAD_ONLY=metrics`: what `/metrics` costs. First the render time of a registry holding
+/// 1,000 label sets; then two veils side by side, one without `metrics_listen` and one with it
+/// and scraped every second as Prometheus would, driven in alternation (three rounds, the order
+/// flipped each round, so drift of the machine hits both), at 1 and 64 connections. Medians.
+fn metrics_cost(window: Duration) {
+    use veil::counters::Counters;
+    use veil::counters::series::{OPERATION_DURATION, REQUESTS, SeriesValue};
+
+    let counters = Arc::new(Counters::default());
+    {
+        let mut s = counters.series.lock();
+        for i in 0..1000 {
+            let key = vec![
+                (
+                    "gen_ai.request.model",
+                    SeriesValue::Str(format!("model-{}", i % 40)),
+                ),
+                (
+                    "veil.feature",
+                    SeriesValue::Str(format!("feature-{}", i / 40)),
+                ),
+            ];
+            s.add(&REQUESTS, key.clone(), 1.0);
+            if i < 100 {
+                s.observe(&OPERATION_DURATION, key, 0.2);
+            }
+        }
+    }
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        bytes = veil::counters::exposition::render(&counters, "digest").len();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "render /metrics with 1,000 counter label sets + 100 histogram label sets: median {:.2} ms, max {:.2} ms, {bytes} bytes",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (mock_off, mock_on) = (Mock::start(Alpn::Http1Only).await, Mock::start(Alpn::Http1Only).await);
+        let (dir_off, dir_on) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let metrics_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (child_off, veil_off) = start_veil(&mock_off, dir_off.path());
+        let (child_on, veil_on) = start_veil_with(
+            &mock_on,
+            dir_on.path(),
+            &["--metrics-listen".to_string(), format!("127.0.0.1:{metrics_port}")],
+        );
+        let setup = |mock, veil, dir: &std::path::Path, pid| Setup {
+            mock,
+            veil,
+            veil_ca: std::fs::read_to_string(dir.join("keys/ca.pem")).unwrap(),
+            veil_pid: pid,
+        };
+        let off = setup(mock_off, veil_off, dir_off.path(), child_off.0.id());
+        let on = setup(mock_on, veil_on, dir_on.path(), child_on.0.id());
+        // The scraper: one GET /metrics per second while the runs last (bounded by a flag).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraper = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut scrapes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && scrapes.len() < 10_000 {
+                    let t = Instant::now();
+                    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", metrics_port)).await {
+                        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        scrapes.push((t.elapsed().as_secs_f64() * 1e3, buf.len()));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                scrapes
+            })
+        };
+        println!("\n## /metrics on vs off ({}s per run, 3 rounds alternating, medians)", window.as_secs());
+        println!("| connections | off req/s | on req/s | on ÷ off | off p50 µs | on p50 µs | off p99 µs | on p99 µs |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for conns in [1, 64] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for round in 0..3 {
+                if round % 2 == 0 {
+                    a.push(throughput(&off, Path::Veil, conns, window).await);
+                    b.push(throughput(&on, Path::Veil, conns, window).await);
+                } else {
+                    b.push(throughput(&on, Path::Veil, conns, window).await);
+                    a.push(throughput(&off, Path::Veil, conns, window).await);
+                }
+            }
+            let med = |v: &[Stats], f: fn(&Stats) -> f64| {
+                let mut x: Vec<f64> = v.iter().map(f).collect();
+                x.sort_by(f64::total_cmp);
+                x[x.len() / 2]
+            };
+            let (ra, rb) = (med(&a, |s| s.rps), med(&b, |s| s.rps));
+            println!(
+                "| {conns} | {ra:.0} | {rb:.0} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                rb / ra,
+                med(&a, |s| s.p50_us),
+                med(&b, |s| s.p50_us),
+                med(&a, |s| s.p99_us),
+                med(&b, |s| s.p99_us)
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let scrapes = scraper.await.unwrap();
+        let mut ms: Vec<f64> = scrapes.iter().map(|s| s.0).collect();
+        ms.sort_by(f64::total_cmp);
+        if let Some(last) = scrapes.last() {
+            println!(
+                "\nscrapes during the runs: {}, median {:.2} ms, max {:.2} ms, last answer {} bytes",
+                ms.len(),
+                ms[ms.len() / 2],
+                ms[ms.len() - 1],
+                last.1
+            );
+        }
+        drop((child_off, child_on));
+    });
 }

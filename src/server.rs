@@ -556,7 +556,11 @@ pub async fn start(
     let control = crate::admin::ControlSocket::bind(&data_dir)?;
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let instance = crate::admin::Instance {
-        reload_rules: Some(rules_reloader(rules.clone(), keys_dir.clone())),
+        reload_rules: Some(rules_reloader(
+            rules.clone(),
+            keys_dir.clone(),
+            counters.clone(),
+        )),
         ca: Some(crate::admin::CaResponse {
             cert: absolute(ca.cert_path()).display().to_string(),
             bundle: absolute(&keys_dir.join(CA_BUNDLE_FILE))
@@ -663,7 +667,7 @@ pub async fn start(
         Ok(hup) => {
             tokio::spawn(reload_on_sighup(
                 hup,
-                rules_reloader(rules.clone(), keys_dir),
+                rules_reloader(rules.clone(), keys_dir, counters.clone()),
                 cancel.clone(),
             ));
         }
@@ -906,13 +910,24 @@ fn probe_write(dir: &Path) -> std::io::Result<()> {
     result
 }
 
-/// The rules reload both SIGHUP and `POST /v1/rules/reload` run: loads the keyring, then
-/// reads and compiles the rules file; the new digest, or why it was rejected (the old rules
-/// stay in force). Blocking.
-fn rules_reloader(rules: Arc<RulesHandle>, keys: PathBuf) -> crate::admin::ReloadRules {
+/// The rules reload both SIGHUP and `POST /v1/rules/reload` (`veil reload`) run: loads the
+/// keyring, then reads and compiles the rules file; the new digest, or why it was rejected
+/// (the old rules stay in force). Each outcome is counted in `veil.rules.reloads`, here
+/// rather than in each caller, so no way of reloading can be left uncounted. Blocking.
+fn rules_reloader(
+    rules: Arc<RulesHandle>,
+    keys: PathBuf,
+    counters: Arc<Counters>,
+) -> crate::admin::ReloadRules {
     Arc::new(move || {
-        let keyring = Keyring::load(&keys).map_err(|e| e.to_string())?;
-        rules.reload(&keyring).map_err(|e| e.to_string())
+        let result = Keyring::load(&keys)
+            .map_err(|e| e.to_string())
+            .and_then(|keyring| rules.reload(&keyring).map_err(|e| e.to_string()));
+        match &result {
+            Ok(_) => counters.rules.reloads_ok.inc(),
+            Err(_) => counters.rules.reloads_failed.inc(),
+        };
+        result
     })
 }
 

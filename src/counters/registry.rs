@@ -18,6 +18,9 @@ const SEALS_FAILED: &str = "Exchanges whose sealed copy was not made, by stage: 
 /// Help of `veil.metrics.values.capped` (one text for every `veil.metrics.label`).
 const VALUES_CAPPED: &str = "Exchanges whose model or feature was reported as `other` in the per-exchange series because the label already had its maximum of distinct values.";
 
+/// Help of `veil.rules.reloads` (one text for every `veil.reload.result`).
+const RULES_RELOADS: &str = "Rules reloads (SIGHUP, POST /v1/rules/reload, veil reload), by veil.reload.result: ok (the new rules are in force), failed (the old rules stay).";
+
 /// Help of `veil.feedback.refused` (one text for every `veil.feedback.reason`).
 const FEEDBACK_REFUSED: &str = "Feedback refused by the feedback service, by veil.feedback.reason: invalid (400), not_found (404), unauthorized (401), unavailable (503).";
 
@@ -53,6 +56,17 @@ registry! {
         /// Leaf certificates minted, i.e. leaf-cache misses (`leaf`).
         leaves_minted: Counter => "veil.proxy.leaves.minted",
             "{certificate}", "Leaf certificates minted (leaf cache misses).";
+        /// Leaf lookups served from the cache, without minting (`leaf`): a TLS handshake
+        /// with an intercepted host seen within the leaf's cache life. Racers that wait for
+        /// a first mint in progress count here too, so hits + `leaves_minted` = lookups.
+        leaf_cache_hits: Counter => "veil.proxy.leaf_cache.hits",
+            "{certificate}", "Leaf certificates served from the leaf cache (hits; misses are veil.proxy.leaves.minted).";
+        /// App connections open now on the proxy port: up on accept, down when the last task
+        /// holding the connection (its HTTP server, a blind tunnel or an intercepted TLS
+        /// session) ends, on every path: close, error, timeout, shutdown cut (`listener`,
+        /// through the connection's slot).
+        connections_open: Gauge => "veil.proxy.connections.open",
+            "{connection}", "Client connections open now.";
     }
 
     /// The recording queue (proxy → pipeline): hand-offs, drops, audit refusals, bytes held.
@@ -77,6 +91,14 @@ registry! {
         /// pipeline is done with the exchange).
         bytes: Gauge => "veil.queue.bytes",
             "By", "Captured body bytes in the recording queue or being processed.";
+        /// `queue_capacity`, set when the queue is made (`channel`).
+        capacity: Gauge => "veil.queue.capacity",
+            "{exchange}", "Exchanges the recording queue holds at most (queue_capacity).";
+        /// Exchanges handed over and not yet taken by a pipeline worker (a slot reserved
+        /// under `audit = "required"` counts once its exchange is sent). At `capacity`,
+        /// best-effort exchanges are dropped (`dropped_full`).
+        depth: Gauge => "veil.queue.depth",
+            "{exchange}", "Exchanges waiting in the recording queue for a pipeline worker.";
     }
 
     /// The pipeline workers: exchanges processed, and the hand-offs to export and seal that
@@ -92,6 +114,20 @@ registry! {
         /// best-effort, closed); failures after that are `seal.detached_failures`.
         seal_refused: Counter => "veil.seals.failed" ["veil.seal.stage" = "submit"],
             "{exchange}", SEALS_FAILED;
+    }
+
+    /// The pooled upstream client (`upstream`): connections its connector opened, requests
+    /// handed to it. Blind tunnels open their own connections and are counted as
+    /// `proxy.tunnels`, not here.
+    upstream: UpstreamCounters {
+        /// TCP connections the upstream client's connector opened (after `--resolve` and the
+        /// destination check; TLS may still fail on them).
+        connections_opened: Counter => "veil.upstream.connections.opened",
+            "{connection}", "New connections the upstream client opened.";
+        /// Requests handed to the upstream client (`forward`), whether on a new or a pooled
+        /// connection: requests - connections opened = requests that reused a connection.
+        requests: Counter => "veil.upstream.requests",
+            "{request}", "Requests sent upstream (requests minus connections opened = requests on reused connections).";
     }
 
     /// The exporter: records and audit events accepted, OTLP delivery, the spool.
@@ -172,6 +208,10 @@ registry! {
         /// the store was degraded when the writer reached them.
         detached_failures: Counter => "veil.seals.failed" ["veil.seal.stage" = "writer"],
             "{exchange}", SEALS_FAILED;
+        /// Seals handed to the writer thread and not yet committed or failed (`submit`
+        /// adds, the writer takes a batch off once its outcome is known).
+        pending: Gauge => "veil.seals.pending",
+            "{exchange}", "Seals queued for the sealed store's writer and not yet committed or failed.";
     }
 
     /// The feedback service (veil#14): feedback accepted and refused, on the proxy port and
@@ -200,6 +240,17 @@ registry! {
         /// down): it is in the ledger, not at the collector.
         export_dropped: Counter => "veil.feedback.export.dropped",
             "{feedback}", "Accepted feedback whose OTLP event the exporter's queue refused (it is in the ledger only).";
+    }
+
+    /// Rules reloads: SIGHUP, `POST /v1/rules/reload` and `veil reload` run the same reload
+    /// (`server::rules_reloader`), which counts each outcome.
+    rules: RulesCounters {
+        /// Reloads whose file compiled: the new rules are in force.
+        reloads_ok: Counter => "veil.rules.reloads" ["veil.reload.result" = "ok"],
+            "{reload}", RULES_RELOADS;
+        /// Reloads rejected (the keyring or the rules file did not load): the old rules stay.
+        reloads_failed: Counter => "veil.rules.reloads" ["veil.reload.result" = "failed"],
+            "{reload}", RULES_RELOADS;
     }
 
     /// Recording health ([`Health`](crate::health::Health) keeps these current).

@@ -15,7 +15,10 @@
 //! Every hand-off and refusal is counted in the `queue` section of the registry handed to
 //! [`channel`] ([`QueueCounters`](crate::counters::QueueCounters): `veil.queue.*`,
 //! `veil.exchanges.dropped`, `veil.exchanges.refused`), and each refusal is logged at most once
-//! per [`LOG_EVERY`] with the count since the last line.
+//! per [`LOG_EVERY`] with the count since the last line. The same section holds the queue's
+//! `capacity` (set by [`channel`]) and its `depth`: up just before a hand-off (down again if
+//! it is refused), down when a worker takes the exchange, so a worker that takes it at once
+//! cannot count it off before it was counted on (a gauge saturates at 0).
 
 use std::fmt;
 use std::sync::Arc;
@@ -143,6 +146,7 @@ pub fn channel_journaled(
     counters: Arc<Counters>,
 ) -> (ExchangeSender, ExchangeReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
+    counters.queue.capacity.set(capacity as u64);
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
         max_bytes,
@@ -187,12 +191,15 @@ impl ExchangeSender {
             .journal
             .as_ref()
             .map(|j| j.acknowledge(queued.id));
+        // Counted before the send: once sent, a worker may take it (and count it off) at once.
+        c.depth.add(1);
         match self.tx.try_send(queued) {
             Ok(()) => {
                 c.queued.inc();
                 Ok(())
             }
             Err(e) => {
+                c.depth.sub(1);
                 let refused = match &e {
                     mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
                 };
@@ -274,6 +281,7 @@ impl Reservation {
         self.shared.bytes.fetch_add(n, Ordering::AcqRel);
         self.shared.counters.queue.bytes.add(n as u64);
         self.shared.counters.queue.queued.inc();
+        self.shared.counters.queue.depth.add(1);
         let mut queued = Queued::new(exchange, n, self.shared.clone());
         queued.slot = self
             .shared
@@ -294,17 +302,28 @@ pub struct ExchangeReceiver {
 impl ExchangeReceiver {
     /// The next exchange; `None` once every sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<Queued> {
-        self.rx.recv().await
+        let got = self.rx.recv().await;
+        self.taken(got)
     }
 
     /// [`ExchangeReceiver::recv`] for OS threads outside the async runtime.
     pub fn blocking_recv(&mut self) -> Option<Queued> {
-        self.rx.blocking_recv()
+        let got = self.rx.blocking_recv();
+        self.taken(got)
     }
 
     /// The next exchange if one is waiting, without waiting.
     pub fn try_recv(&mut self) -> Option<Queued> {
-        self.rx.try_recv().ok()
+        let got = self.rx.try_recv().ok();
+        self.taken(got)
+    }
+
+    /// Counts a taken exchange off `veil.queue.depth`.
+    fn taken(&self, got: Option<Queued>) -> Option<Queued> {
+        if got.is_some() {
+            self.shared.counters.queue.depth.sub(1);
+        }
+        got
     }
 
     /// The registry this queue counts in (its `queue` section).
@@ -471,6 +490,33 @@ mod tests {
         assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Closed));
         let c = &tx.counters().queue;
         assert_eq!((c.dropped_full.get(), c.dropped_closed.get()), (1, 1));
+    }
+
+    /// `veil.queue.depth` follows what waits for a worker, whichever way it arrived, and
+    /// never counts what the queue refused; `veil.queue.capacity` is `queue_capacity`.
+    #[test]
+    fn depth_counts_waiting_exchanges_up_to_capacity_and_back_to_zero() {
+        let (tx, mut rx) = channel(2, 1 << 20, Arc::default());
+        let c = tx.counters().clone();
+        assert_eq!((c.queue.capacity.get(), c.queue.depth.get()), (2, 0));
+        tx.try_send(exchange_of(1)).unwrap();
+        tx.try_reserve().unwrap().send(exchange_of(1));
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Full));
+        assert_eq!(
+            c.queue.depth.get(),
+            2,
+            "full: the refused one is not waiting"
+        );
+        let first = rx.try_recv().unwrap();
+        assert_eq!(c.queue.depth.get(), 1, "taken, even if not yet processed");
+        drop(first);
+        let _second = rx.blocking_recv().unwrap();
+        assert_eq!(c.queue.depth.get(), 0);
+        assert!(rx.try_recv().is_none());
+        assert_eq!(c.queue.depth.get(), 0, "an empty take counts nothing off");
+        drop(rx);
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Closed));
+        assert_eq!(c.queue.depth.get(), 0, "a closed queue holds nothing");
     }
 
     #[test]

@@ -154,6 +154,9 @@ impl Shared {
             ),
             None => TeeBody::passthrough(body),
         };
+        // Counted as handed to the pool, new connection or reused (the connector counts
+        // the new ones), whatever the upstream then answers.
+        self.counters.upstream.requests.inc();
         let sent_at = Instant::now();
         let sent = tokio::time::timeout(
             self.settings.upstream_timeout,

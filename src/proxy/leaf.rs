@@ -42,7 +42,8 @@ pub struct LeafResolver {
     signing_key: Arc<dyn rustls::sign::SigningKey>,
     cache: Mutex<HashMap<String, (Instant, Slot)>>,
     capacity: usize,
-    /// The registry: each mint counts in `proxy.leaves_minted`.
+    /// The registry: each mint counts in `proxy.leaves_minted`, each lookup the cache served
+    /// in `proxy.leaf_cache_hits`.
     counters: Arc<Counters>,
 }
 
@@ -102,7 +103,12 @@ impl LeafResolver {
                 .filter(|(born, _)| now.duration_since(*born) < LEAF_CACHE_TTL)
                 .map(|(_, slot)| slot.clone());
             match fresh {
-                Some(slot) => slot,
+                Some(slot) => {
+                    // A hit, even when a racer's first mint is still in progress: this caller
+                    // mints nothing (hits + minted = lookups).
+                    self.counters.proxy.leaf_cache_hits.inc();
+                    slot
+                }
                 None => {
                     if cache.len() >= self.capacity {
                         evict(&mut cache, now, self.capacity);
@@ -215,6 +221,11 @@ mod tests {
         let other = resolver.leaf("api.anthropic.com").unwrap();
         assert_ne!(other.cert[0], leaves[0].cert[0]);
         assert_eq!(counters.proxy.leaves_minted.get(), 2, "one mint per host");
+        assert_eq!(
+            counters.proxy.leaf_cache_hits.get(),
+            7,
+            "the other seven racers were served by the cache"
+        );
     }
 
     #[test]

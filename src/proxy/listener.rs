@@ -31,7 +31,7 @@ use super::answer::empty_ok;
 use super::conn::{self, Activity, Ended, Tracked, Watched};
 use super::route::{self, RequestHead, Route};
 use super::upstream;
-use super::{ACCEPT_RETRY, Proxy, ProxyBody, Shared, Slot};
+use super::{ACCEPT_RETRY, ClientSlot, Proxy, ProxyBody, Shared, Slot};
 
 /// Accept failures are logged at most this often (with a count), so a descriptor shortage
 /// does not also flood the log.
@@ -81,11 +81,10 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             shared.counters.proxy.connections.inc();
+            let slot = ClientSlot::open(permit, &shared.counters);
             let conn_shared = shared.clone();
             shared.spawn(async move {
-                conn_shared
-                    .serve_client(stream, addr, Arc::new(permit))
-                    .await;
+                conn_shared.serve_client(stream, addr, slot).await;
             });
         }
         drop(listener);

@@ -100,7 +100,33 @@ pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// A connection's place under `max_connections`: held by the connection task and by any tunnel
 /// or TLS session it turns into, released when the last of them ends.
-type Slot = Arc<OwnedSemaphorePermit>;
+type Slot = Arc<ClientSlot>;
+
+/// What an accepted app connection holds while any task serves it: its `max_connections`
+/// permit and its count in `veil.proxy.connections.open`. Both are given back on drop, so
+/// every way a connection ends (close, error, timeout, a task dropped at the shutdown cut)
+/// counts it off; counting down at each exit instead would miss one sooner or later.
+struct ClientSlot {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<Counters>,
+}
+
+impl ClientSlot {
+    /// Counts a just-accepted connection open until the returned slot's last clone is dropped.
+    fn open(permit: OwnedSemaphorePermit, counters: &Arc<Counters>) -> Slot {
+        counters.proxy.connections_open.add(1);
+        Arc::new(ClientSlot {
+            _permit: permit,
+            counters: counters.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.counters.proxy.connections_open.sub(1);
+    }
+}
 
 /// The body veil answers with: an upstream body passing through the tee, or veil's own.
 pub type ProxyBody = Either<TeeBody<Incoming>, Full<Bytes>>;
@@ -172,8 +198,8 @@ impl Proxy {
         fingerprinter: Fingerprinter,
         queue: ExchangeSender,
     ) -> Result<Self, BuildError> {
-        let client = upstream::client(&settings).map_err(BuildError)?;
         let counters = queue.counters().clone();
+        let client = upstream::client(&settings, counters.clone()).map_err(BuildError)?;
         let leaves = Arc::new(LeafResolver::new(ca, counters.clone()));
         let tls = leaf::server_config(leaves.clone());
         Ok(Proxy {

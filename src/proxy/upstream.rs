@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 
 use super::destinations::Resolver;
 use super::settings::ProxySettings;
+use crate::counters::Counters;
 use crate::exchange::UpstreamFailure;
 
 /// A classified upstream failure.
@@ -78,11 +79,14 @@ impl UpstreamError {
     }
 }
 
-/// The TCP connector under hyper-rustls: applies `--resolve` and the connect timeout.
+/// The TCP connector under hyper-rustls: applies `--resolve` and the connect timeout, and
+/// counts each connection it opens in `veil.upstream.connections.opened` (the pool calls it
+/// only when no idle connection can be reused).
 #[derive(Debug, Clone)]
 pub struct ResolveConnector {
     resolver: Resolver,
     timeout: Duration,
+    counters: Arc<Counters>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,6 +111,7 @@ impl tower_service::Service<Uri> for ResolveConnector {
                     _ => 443,
                 });
             let stream = this.resolver.connect(&host, port, this.timeout).await?;
+            this.counters.upstream.connections_opened.inc();
             Ok(TokioIo::new(stream))
         })
     }
@@ -149,8 +154,12 @@ pub fn tls_client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::Cli
 }
 
 /// Builds the upstream client from the proxy's settings; its connections go through
-/// `settings.resolver` (a clone: the policy is shared).
-pub fn client<B>(settings: &ProxySettings) -> Result<UpstreamClient<B>, String>
+/// `settings.resolver` (a clone: the policy is shared) and are counted in `counters`
+/// (`upstream.connections_opened`).
+pub fn client<B>(
+    settings: &ProxySettings,
+    counters: Arc<Counters>,
+) -> Result<UpstreamClient<B>, String>
 where
     B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
@@ -160,6 +169,7 @@ where
     let connector = ResolveConnector {
         resolver: settings.resolver.clone(),
         timeout: settings.connect_timeout,
+        counters,
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)

@@ -845,6 +845,67 @@ fn one_failed_commit_on_a_full_disk_recovers_without_restart() {
     }
 }
 
+// See: veil#15. The seal failure counters an operator alerts on, moved by a real full disk.
+#[test]
+fn detached_seals_on_a_full_disk_are_counted_failed_and_none_stays_pending() {
+    let Some(fs) = Tmpfs::mount(
+        "detached_seals_on_a_full_disk_are_counted_failed_and_none_stays_pending",
+        "4m",
+    ) else {
+        return;
+    };
+    let counters = Arc::new(crate::counters::Counters::default());
+    let store = SealStore::open(
+        &fs.path().join("data"),
+        ring(1),
+        SealOptions {
+            counters: counters.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    store.seal_blocking(&openai_chat(), None).unwrap();
+    fs.fill();
+    // Detached, as the pipeline seals: the first batch's commit fails and degrades the store;
+    // a batch after it is refused by the writer; a submit after that is refused at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut queued = 0;
+    for _ in 0..5 {
+        let tx = tx.clone();
+        if store
+            .submit_detached_then(
+                &openai_chat(),
+                None,
+                Box::new(move |ok| tx.send(ok).unwrap()),
+            )
+            .is_ok()
+        {
+            queued += 1;
+        }
+    }
+    assert!(queued >= 1);
+    for _ in 0..queued {
+        let ok = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an outcome");
+        assert!(!ok, "nothing is durable on a full disk");
+    }
+    let c = &counters.seal;
+    // A failed job's callback may run just before the writer counts it: wait, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.detached_failures.get() < queued {
+        assert!(std::time::Instant::now() < deadline, "{c:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        c.detached_failures.get(),
+        queued,
+        "veil.seals.failed{{writer}}"
+    );
+    assert_eq!(c.failed_commits.get(), 1, "one failed batch counts once");
+    assert_eq!(c.pending.get(), 0, "failed seals are not pending");
+}
+
 fn aged(days: u64) -> Exchange {
     let mut ex = openai_chat();
     ex.started_at = SystemTime::now() - Duration::from_secs(days * 86_400);

@@ -12,6 +12,7 @@ mod feedback;
 mod first_hour;
 mod forget;
 mod forget_spool;
+mod health;
 mod hostile;
 mod ledger;
 mod metrics;

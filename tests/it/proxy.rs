@@ -571,7 +571,8 @@ async fn audit_required_refuses_what_it_cannot_record() {
 #[tokio::test]
 async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
     let mock = Mock::start(Alpn::Http1Only).await;
-    let veil = Veil::start_with(&mock, |raw| raw.queue_capacity = Some(1)).await;
+    let mut veil = Veil::start_with(&mock, |raw| raw.queue_capacity = Some(1)).await;
+    assert_eq!(veil.counters.queue.capacity.get(), 1, "queue_capacity");
     let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
     for _ in 0..3 {
         let resp = client
@@ -588,6 +589,11 @@ async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(veil.counters.queue.queued.get(), 1);
     assert_eq!(veil.counters.queue.dropped(), 2);
+    // The full queue as an operator sees it: depth at capacity (veil#15)...
+    assert_eq!(veil.counters.queue.depth.get(), 1, "the queue is full");
+    // ...and empty again once the pipeline (here the test) takes the exchange.
+    veil.next_exchange().await;
+    assert_eq!(veil.counters.queue.depth.get(), 0);
     veil.stop().await;
 }
 

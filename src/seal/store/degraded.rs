@@ -133,6 +133,7 @@ impl Writer {
     /// Answers every job of `batch` with the degraded error (or counts it, when detached).
     pub(super) fn refuse_batch(&mut self, batch: Vec<SealJob>) {
         let e = degraded_error(&self.health);
+        self.health.counters.seal.pending.sub(batch.len() as u64);
         for job in batch {
             match job.ack {
                 Some(ack) => {

@@ -234,7 +234,10 @@ impl SealStore {
             master.id(),
             &master.derive(Purpose::SealWrap),
         );
-        self.send(Command::Seal(SealJob {
+        // Counted on before the send: the writer may take the job, and count it off, at once.
+        let gauge = &self.inner.health.counters.seal.pending;
+        gauge.add(1);
+        let sent = self.send(Command::Seal(SealJob {
             _pending: guard,
             id: exchange.id,
             frame,
@@ -244,7 +247,11 @@ impl SealStore {
             ack,
             // From here on the writer owns the outcome: dropped unwritten counts as `false`.
             done: on_done.map(|f| Done(Some(f))),
-        }))
+        }));
+        if sent.is_err() {
+            gauge.sub(1);
+        }
+        sent
     }
 
     /// Detached seal jobs that failed after they were queued (the writer also logs them).

@@ -138,3 +138,58 @@ fn index_entries_of_one_user_keep_the_version_1_encoding() {
         "a cut entry is corrupt"
     );
 }
+
+/// `veil.seals.pending` (veil#15) counts a job from `submit` until its batch has an outcome:
+/// up while the writer cannot commit (a test holds the index's one write transaction), down
+/// once it has, for waited and detached seals alike.
+#[test]
+fn seals_pending_rises_until_the_batch_commits_then_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let counters = std::sync::Arc::new(crate::counters::Counters::default());
+    let store = SealStore::open(
+        dir.path(),
+        crate::seal::tests::ring(3),
+        SealOptions {
+            counters: counters.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let pending = || counters.seal.pending.get();
+    let index = store.inner.index.clone();
+    let guard = index.get().unwrap();
+    let blocker = guard.begin_write().unwrap();
+    let waited = store
+        .submit(&crate::seal::tests::openai_chat(), None)
+        .unwrap();
+    store
+        .submit_detached(&crate::seal::tests::openai_chat(), None)
+        .unwrap();
+    // The writer takes the jobs and waits for the write transaction: neither is committed.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(pending(), 2, "two seals wait for the disk");
+    drop(blocker);
+    drop(guard);
+    waited.wait().unwrap();
+    // The detached one may be in the same batch or the next: wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pending() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} seals still pending after their commit",
+            pending()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(store.len().unwrap(), 2);
+    assert_eq!(counters.seal.detached_failures.get(), 0);
+    // Refused before queueing (the store is closed for it): never pending.
+    let mut dup = crate::seal::tests::openai_chat();
+    store.seal_blocking(&dup, None).unwrap();
+    dup.path = "/again".into();
+    assert_eq!(
+        store.seal_blocking(&dup, None).unwrap_err().kind(),
+        ErrorKind::Duplicate
+    );
+    assert_eq!(pending(), 0, "a duplicate is an outcome too");
+}

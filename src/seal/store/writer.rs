@@ -193,6 +193,9 @@ impl Writer {
         let jobs = batch.len();
         let mut acks = Vec::with_capacity(batch.len());
         let result = self.write_batch(batch, &mut acks);
+        // Every job of the batch has its outcome now (committed, duplicate or failed): off
+        // the gauge before anyone is told, so a caller that waited sees it already down.
+        self.health.counters.seal.pending.sub(jobs as u64);
         if let Err(e) = &result {
             // Nothing of this batch is indexed. Degrade: the in-memory segment length, slot
             // allocation and free list may be ahead of the index, so recovery reloads them

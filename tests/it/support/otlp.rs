@@ -151,6 +151,37 @@ impl Receiver {
             .collect()
     }
 
+    /// The value of registry entry `name` (with label value `label`, `None` when the name is
+    /// unlabelled) in the last metrics request: a counter's sum point or a gauge's point.
+    /// `None` when no metrics request came or it lacks that point.
+    pub fn veil_metric(&self, name: &str, label: Option<&str>) -> Option<i64> {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+        let last = self
+            .received()
+            .into_iter()
+            .rfind(|r| r.path == "/v1/metrics")?;
+        let req = ExportMetricsServiceRequest::decode(&last.body[..]).expect("metrics decode");
+        let m = req
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .find(|m| m.name == name)?;
+        let points = match &m.data {
+            Some(metric::Data::Sum(s)) => &s.data_points,
+            Some(metric::Data::Gauge(g)) => &g.data_points,
+            other => panic!("{name}: not a registry entry: {other:?}"),
+        };
+        let point = points
+            .iter()
+            .find(|p| p.attributes.first().and_then(value_text).as_deref() == label)?;
+        match point.value {
+            Some(number_data_point::Value::AsInt(v)) => Some(v),
+            _ => None,
+        }
+    }
+
     pub fn log_count(&self) -> usize {
         self.received()
             .iter()
