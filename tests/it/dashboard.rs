@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use crate::support::dashboard::{
-    Kind, MetricRef, PENDING_HEALTH, alert_rules, alerts_text, dashboard, grouping_labels,
-    known_metrics, label_variables, metric_refs, panels, prometheus_name, queries, substitute,
+    Kind, MetricRef, alert_rules, alerts_text, dashboard, grouping_labels, known_metrics,
+    label_variables, metric_refs, panels, queries, substitute,
 };
 
 /// Functions that turn a counter into a rate.
@@ -191,26 +191,6 @@ fn dashboard_has_the_issues_rows_variables_and_a_datasource_variable_on_every_pa
             assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
         }
     }
-}
-
-/// The list in `support::dashboard` must be emptied once the "health" branch has added these
-/// entries to the registry: this fails, naming them, as soon as one is there.
-#[test]
-fn pending_health_names_are_not_in_the_registry_yet() {
-    let registry: BTreeSet<String> = veil::counters::Counters::default()
-        .snapshot()
-        .into_iter()
-        .map(|(d, _)| prometheus_name(d).0)
-        .collect();
-    let landed: Vec<&str> = PENDING_HEALTH
-        .iter()
-        .map(|(n, _)| *n)
-        .filter(|n| registry.contains(*n))
-        .collect();
-    assert!(
-        landed.is_empty(),
-        "now in the registry: remove {landed:?} from support::dashboard::PENDING_HEALTH"
-    );
 }
 
 // The checker itself: each of its rules rejects the mistake it is for.

@@ -22,22 +22,6 @@ use crate::support::process::{VeilProcess, curl_chat, free_port, resolve_args};
 use crate::support::python;
 use crate::support::tmpfs::skip;
 
-/// Dashboard queries (`"Row / Panel / refId"`) allowed to return no data because the part of
-/// veil they read is not built yet, each with the reason. THE LEAD EMPTIES THIS LIST: an entry
-/// that returns data fails the test too, so none outlives its reason.
-const NOT_BUILT_YET: &[(&str, &str)] = &[
-    ("veil health / Recording queue / A", HEALTH),
-    ("veil health / Recording queue / B", HEALTH),
-    ("veil health / Sealed store / A", HEALTH),
-    ("veil health / Proxy connections / A", HEALTH),
-    ("veil health / Leaf cache and upstream reuse / A", HEALTH),
-    ("veil health / Leaf cache and upstream reuse / B", HEALTH),
-    ("veil health / Rules reloads / A", HEALTH),
-];
-
-/// Why the `NOT_BUILT_YET` entries are there.
-const HEALTH: &str = "the health entries (veil_queue_depth/capacity, veil_seals_pending, veil_proxy_connections_open, leaf-cache hits, upstream connections/requests, rules reloads) are on branch s24-health, not merged";
-
 /// Requests one traffic wave sends through veil: 6 from the SDK script (its 429 retried once),
 /// a 500 and the same body twice with curl.
 const REQUESTS_PER_WAVE: u64 = 9;
@@ -386,23 +370,16 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus_scraping
         }
     }
 
-    let unexpected: Vec<String> = failed
+    let failures: Vec<String> = failed
         .iter()
-        .filter(|(name, _)| !NOT_BUILT_YET.iter().any(|(n, _)| n == name))
         .map(|(name, why)| format!("  {name}: {why}"))
         .collect();
-    let stale: Vec<&str> = NOT_BUILT_YET
-        .iter()
-        .map(|(n, _)| *n)
-        .filter(|n| !failed.iter().any(|(name, _)| name == n))
-        .collect();
     assert!(
-        unexpected.is_empty() && stale.is_empty(),
-        "{} of {} dashboard queries returned no data:\n{}\n\
-         returning data now (remove them from NOT_BUILT_YET): {stale:?}\nveil /metrics:\n{}",
-        unexpected.len(),
+        failures.is_empty(),
+        "{} of {} dashboard queries returned no data:\n{}\nveil /metrics:\n{}",
+        failures.len(),
         qs.len(),
-        unexpected.join("\n"),
+        failures.join("\n"),
         scrape(metrics)
     );
 

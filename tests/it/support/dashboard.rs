@@ -38,21 +38,6 @@ pub fn exchange_families() -> Vec<(String, Kind)> {
     out
 }
 
-/// Health entries of the s24 contract that the counter registry does not hold yet (the
-/// "health" branch adds them to `src/counters/registry.rs`). The lead empties this list when
-/// that branch is merged: `pending_health_names_are_not_in_the_registry_yet` fails as soon as
-/// one of them is in the registry, so the list cannot outlive its reason.
-pub const PENDING_HEALTH: &[(&str, Kind)] = &[
-    ("veil_queue_capacity", Kind::Gauge),
-    ("veil_queue_depth", Kind::Gauge),
-    ("veil_seals_pending", Kind::Gauge),
-    ("veil_proxy_leaf_cache_hits_total", Kind::Counter),
-    ("veil_upstream_connections_opened_total", Kind::Counter),
-    ("veil_upstream_requests_total", Kind::Counter),
-    ("veil_proxy_connections_open", Kind::Gauge),
-    ("veil_rules_reloads_total", Kind::Counter),
-];
-
 /// The Prometheus name of a registry entry: dots become underscores, counters get `_total`
 /// (the translation `/metrics` applies; docs/metrics.md).
 pub fn prometheus_name(desc: &veil::counters::MetricDesc) -> (String, Kind) {
@@ -64,7 +49,7 @@ pub fn prometheus_name(desc: &veil::counters::MetricDesc) -> (String, Kind) {
 }
 
 /// Every metric name veil exports on `/metrics`, with its kind: the registry's entries
-/// (translated), the per-exchange families and the pending health entries.
+/// (translated) and the per-exchange families.
 pub fn known_metrics() -> BTreeMap<String, Kind> {
     let mut out = BTreeMap::new();
     for (desc, _) in veil::counters::Counters::default().snapshot() {
@@ -73,9 +58,6 @@ pub fn known_metrics() -> BTreeMap<String, Kind> {
     }
     for (name, kind) in exchange_families() {
         out.insert(name, kind);
-    }
-    for (name, kind) in PENDING_HEALTH {
-        out.insert(name.to_string(), *kind);
     }
     out
 }
