@@ -253,11 +253,20 @@ impl State {
             "/v1/chat/completions" if stream => {
                 openai_stream(&model, parts.headers.get("x-mock-chunks"))
             }
-            "/v1/chat/completions" => full(
-                StatusCode::OK,
-                "application/json",
-                openai_completion(&model).to_string(),
-            ),
+            "/v1/chat/completions" => {
+                let mut completion = openai_completion(&model);
+                // x-mock-cached: N reports N of the prompt tokens as read from the provider's
+                // prompt cache (OpenAI's usage.prompt_tokens_details.cached_tokens).
+                if let Some(n) = parts
+                    .headers
+                    .get("x-mock-cached")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                {
+                    completion["usage"]["prompt_tokens_details"] =
+                        serde_json::json!({"cached_tokens": n});
+                }
+                full(StatusCode::OK, "application/json", completion.to_string())
+            }
             "/v1/messages" if stream => anthropic_stream(&model),
             "/v1/messages" => full(
                 StatusCode::OK,

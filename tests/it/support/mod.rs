@@ -1,4 +1,5 @@
 pub mod chromium;
+pub mod dashboard;
 pub mod harness;
 pub mod ledger;
 pub mod mock_llm;
