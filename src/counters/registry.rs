@@ -151,6 +151,10 @@ registry! {
         /// Batches given up without delivery: non-retryable answers, oversize payloads.
         batches_rejected: Counter => "veil.export.batches.rejected",
             "{batch}", "Batches given up after a non-retryable answer.";
+        /// Batches written to the spool instead of sent at once: the collector failed or
+        /// older batches were waiting ahead of them (also at shutdown).
+        spool_batches_written: Counter => "veil.spool.batches.written",
+            "{batch}", "Batches written to the spool to wait for the collector.";
         /// Batches lost because the spool exceeded its bound.
         spool_batches_dropped: Counter => "veil.spool.batches.dropped",
             "{batch}", "Batches dropped because the spool was full.";

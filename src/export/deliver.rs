@@ -139,6 +139,7 @@ impl OtlpSender {
         match pushed {
             Ok(loss) => {
                 observe_write::<String>(self.health.as_deref(), self.signal, &Ok(()));
+                self.counters.export.spool_batches_written.inc();
                 self.counters
                     .export
                     .spool_bytes

@@ -34,6 +34,11 @@ async fn outage_loses_nothing_and_duplicates_nothing() {
         "nothing was spooled during the outage"
     );
     assert!(exporter.counters().export.export_failures.get() > 0);
+    let spooled = exporter.counters().export.spool_batches_written.get();
+    assert!(
+        spooled > 0,
+        "batches held back by the outage are counted spooled"
+    );
     rx.answer(200);
     rx.restart().await;
     send(10);
