@@ -51,6 +51,77 @@ pub enum HandOff {
 /// How long a waiting hand-off sleeps between tries when the sealed store is busy.
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How long a failed request is remembered: the same request again within it is a retry.
+const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Most failed requests remembered at once (16 bytes and an instant each).
+const RETRY_MEMORY: usize = 8192;
+
+/// Retries an SDK does not mark (curl loops, hand-written clients, gateways): an exchange
+/// whose host, path and request body are those of a request that failed (408, 409, 429, 5xx,
+/// 529, or no answer) less than 60 s ago is counted as a retry in
+/// `veil.retries`, like one with `x-stainless-retry-count` above 0. Only repeats of a failure
+/// count, so an app that sends one prompt twice on purpose is not a retrier.
+///
+/// Memory only, never written; the requests are remembered by a BLAKE3 hash keyed with a
+/// random key made at start, so no two processes (and no reader of memory without the key)
+/// can test a guess against it.
+#[derive(Debug)]
+pub struct Retries {
+    key: [u8; 32],
+    failed: Mutex<std::collections::HashMap<[u8; 16], std::time::Instant>>,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            key: rand::random(),
+            failed: Mutex::default(),
+        }
+    }
+}
+
+impl Retries {
+    /// Notes `ex` and says whether it repeats a recent failure.
+    pub fn is_retry(&self, ex: &Exchange) -> bool {
+        let failed = match ex.status {
+            Some(s) => matches!(s, 408 | 409 | 429 | 500..=599),
+            None => true,
+        } || !matches!(
+            ex.outcome,
+            exchange::Outcome::Complete | exchange::Outcome::ClientAborted
+        );
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(ex.upstream.host.as_bytes());
+        h.update(&[0]);
+        h.update(ex.path.as_bytes());
+        h.update(&[0]);
+        for chunk in &ex.request_body.chunks {
+            h.update(chunk);
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        let now = std::time::Instant::now();
+        let mut map = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let repeat = map
+            .get(&id)
+            .is_some_and(|t| now.duration_since(*t) < RETRY_WINDOW);
+        if failed {
+            if map.len() >= RETRY_MEMORY {
+                map.retain(|_, t| now.duration_since(*t) < RETRY_WINDOW);
+                if map.len() >= RETRY_MEMORY {
+                    // A burst of distinct failures: forget them all rather than grow.
+                    map.clear();
+                }
+            }
+            map.insert(id, now);
+        } else if repeat {
+            map.remove(&id);
+        }
+        repeat
+    }
+}
+
 /// What the workers need.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -74,6 +145,8 @@ pub struct Pipeline {
     pub redaction_budget: Budget,
     /// Where each recorded exchange is remembered for the feedback API (veil#14), if served.
     pub recent: Option<Arc<crate::feedback::Recent>>,
+    /// Recent failed requests, to count the retries SDKs do not mark.
+    pub retries: Arc<Retries>,
 }
 
 impl Pipeline {
@@ -122,7 +195,11 @@ impl Pipeline {
         let _span = tracing::debug_span!("process_exchange", exchange.id = %exchange.id).entered();
         let rules = self.rules.current();
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
-        let record = record::build_within(exchange, &conversation, &rules, self.redaction_budget);
+        let mut record =
+            record::build_within(exchange, &conversation, &rules, self.redaction_budget);
+        // Every exchange is noted (its failure may be retried later), also one its SDK
+        // already marked.
+        record.retry |= self.retries.is_retry(exchange);
         // The content's JSON text, made here on one of several workers rather than on the
         // ledger's single writer thread or again by the span encoder.
         record.prepare();
@@ -185,5 +262,85 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{Body, ExchangeId, Outcome, Route, Timings, Upstream};
+    use bytes::Bytes;
+
+    fn ex(path: &str, body: &str, status: Option<u16>, outcome: Outcome) -> Exchange {
+        Exchange {
+            id: ExchangeId::new(),
+            started_at: std::time::SystemTime::now(),
+            timings: Timings::default(),
+            client_addr: None,
+            route: Route::Intercept,
+            upstream: Upstream {
+                scheme: "https".into(),
+                host: "api.openai.com".into(),
+                port: 443,
+            },
+            client_version: "HTTP/1.1".into(),
+            method: "POST".into(),
+            path: path.into(),
+            request_headers: Vec::new(),
+            tags: Vec::new(),
+            api_key_fingerprint: None,
+            request_body: Body {
+                chunks: vec![Bytes::copy_from_slice(body.as_bytes())],
+                wire_len: body.len() as u64,
+                ..Body::default()
+            },
+            status,
+            response_headers: Vec::new(),
+            response_body: Body::default(),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn the_same_request_after_a_failure_is_a_retry_after_a_success_it_is_not() {
+        let r = Retries::default();
+        let path = "/v1/chat/completions";
+        // Sent twice on purpose, both answered: no retry.
+        assert!(!r.is_retry(&ex(path, "{\"a\":1}", Some(200), Outcome::Complete)));
+        assert!(!r.is_retry(&ex(path, "{\"a\":1}", Some(200), Outcome::Complete)));
+        // 429, then the same again (still limited), then answered: two retries.
+        assert!(!r.is_retry(&ex(path, "{\"b\":2}", Some(429), Outcome::Complete)));
+        assert!(r.is_retry(&ex(path, "{\"b\":2}", Some(429), Outcome::Complete)));
+        assert!(r.is_retry(&ex(path, "{\"b\":2}", Some(200), Outcome::Complete)));
+        // Answered once, the failure is forgotten: a third send is a new request.
+        assert!(!r.is_retry(&ex(path, "{\"b\":2}", Some(200), Outcome::Complete)));
+        // No answer at all (veil's 502), then the same body: a retry; another body or path
+        // is not.
+        let failed = Outcome::UpstreamFailed {
+            kind: crate::exchange::UpstreamFailure::Connect,
+            reason: "refused".into(),
+        };
+        assert!(!r.is_retry(&ex(path, "{\"c\":3}", None, failed)));
+        assert!(!r.is_retry(&ex(path, "{\"c\":4}", Some(200), Outcome::Complete)));
+        assert!(!r.is_retry(&ex(
+            "/v1/embeddings",
+            "{\"c\":3}",
+            Some(200),
+            Outcome::Complete
+        )));
+        assert!(r.is_retry(&ex(path, "{\"c\":3}", Some(200), Outcome::Complete)));
+        // A 400 is the app's mistake, not a transient failure: resending it is no retry.
+        assert!(!r.is_retry(&ex(path, "{\"d\":5}", Some(400), Outcome::Complete)));
+        assert!(!r.is_retry(&ex(path, "{\"d\":5}", Some(200), Outcome::Complete)));
+    }
+
+    #[test]
+    fn the_memory_of_failures_is_bounded() {
+        let r = Retries::default();
+        for i in 0..(RETRY_MEMORY + 10) {
+            let body = format!("{{\"i\":{i}}}");
+            r.is_retry(&ex("/p", &body, Some(503), Outcome::Complete));
+        }
+        assert!(r.failed.lock().unwrap().len() <= RETRY_MEMORY);
     }
 }

@@ -535,6 +535,7 @@ pub async fn start(
             Audit::Required => crate::pipeline::HandOff::Wait,
         },
         recent: Some(recent.clone()),
+        retries: Arc::default(),
     };
     let workers = pipeline.spawn(rx, config.pipeline_workers);
 

@@ -131,8 +131,9 @@ pub struct Record {
     pub added_latency: (Option<Duration>, Option<Duration>),
     /// Gaps between the response's data chunks (streams). Metrics only.
     pub chunk_gaps: ChunkGaps,
-    /// The app's SDK marked the request as a retry (`x-stainless-retry-count` above 0, sent
-    /// by the official OpenAI and Anthropic SDKs). Metrics only.
+    /// The request retried an earlier one: its SDK marked it (`x-stainless-retry-count` above
+    /// 0, sent by the official OpenAI and Anthropic SDKs; set by [`build`]), or it repeats a
+    /// recent failure (set by the pipeline, `pipeline::Retries`). Metrics only.
     pub retry: bool,
     /// Text made once from the content above for every sink: see [`Record::prepare`].
     pub prepared: Prepared,

@@ -148,9 +148,24 @@ async fn metrics_count_requests_cost_tokens_rate_limits_retries_chunks_and_veils
         ],
     );
     curl_chat(&proc, dir.path(), &forged, &[]);
-    let exchanges = 6.0;
+    // A retry no SDK marks: the same request again after a 503, as a curl loop would.
+    let again = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]}).to_string();
+    let failed = chat(
+        &proc,
+        dir.path(),
+        &again,
+        &["-H", "x-veil-feature: billing", "-H", "x-mock-status: 503"],
+    );
+    assert_eq!(failed, 503);
+    curl_chat(
+        &proc,
+        dir.path(),
+        &again,
+        &["-H", "x-veil-feature: billing"],
+    );
+    let exchanges = 8.0;
 
-    // Recording is off the hot path: wait (bounded) for the exporter to have seen all six.
+    // Recording is off the hot path: wait (bounded) for the exporter to have seen all eight.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (text, m) = loop {
         let (text, m) = scrape(port);
@@ -163,7 +178,7 @@ async fn metrics_count_requests_cost_tokens_rate_limits_retries_chunks_and_veils
     assert_eq!(all("veil_requests_total", &[]), exchanges, "{text}");
     assert_eq!(
         all("veil_requests_total", &["veil_feature=\"billing\""]),
-        4.0,
+        6.0,
         "{text}"
     );
     assert_eq!(
@@ -192,17 +207,20 @@ async fn metrics_count_requests_cost_tokens_rate_limits_retries_chunks_and_veils
         ),
         1.0
     );
+    // The SDK-marked call after the 429 (a repeat of it too: counted once) and the repeat
+    // after the 503.
     assert_eq!(
         all("veil_retries_total", &["veil_feature=\"billing\""]),
-        1.0
+        2.0,
+        "{text}"
     );
-    // The mock's completion reports 52 prompt tokens; three successful billing calls.
+    // The mock's completion reports 52 prompt tokens; four successful billing calls.
     assert_eq!(
         all(
             "veil_tokens_total",
             &["veil_feature=\"billing\"", "gen_ai_token_type=\"input\""]
         ),
-        3.0 * 52.0,
+        4.0 * 52.0,
         "{text}"
     );
     // The stream: 5 content chunks 40 ms apart, so at least five gaps above 20 ms.
