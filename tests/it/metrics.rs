@@ -4,12 +4,13 @@
 //! off its one route.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::mock_llm::{Alpn, Mock};
-use crate::support::process::{VeilProcess, curl_chat, free_port, resolve_args, veil};
+use crate::support::process::{
+    VeilProcess, curl_chat, curl_chat_status, free_port, resolve_args, veil,
+};
 
 /// A scrape's samples: the series (name and labels, as printed) → value.
 fn scrape(port: u16) -> (String, BTreeMap<String, f64>) {
@@ -51,29 +52,6 @@ fn sum(samples: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
         })
         .map(|(_, v)| v)
         .sum()
-}
-
-/// curl through veil to the chat completions API, any status: returns the HTTP status.
-fn chat(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> u16 {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-        ])
-        .arg("--cacert")
-        .arg(cwd.join("keys/ca.pem"))
-        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
-        .args(["-H", "content-type: application/json"])
-        .args(extra)
-        .args(["-d", body, "https://api.openai.com/v1/chat/completions"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 fn status_of(port: u16, method: &str, path: &str) -> u16 {
@@ -129,7 +107,7 @@ async fn metrics_count_requests_cost_tokens_rate_limits_retries_chunks_and_veils
         &stream,
         &["-H", "x-veil-feature: search", "-H", "x-mock-chunks: 5,40"],
     );
-    let limited = chat(
+    let limited = curl_chat_status(
         &proc,
         dir.path(),
         &plain,
@@ -150,7 +128,7 @@ async fn metrics_count_requests_cost_tokens_rate_limits_retries_chunks_and_veils
     curl_chat(&proc, dir.path(), &forged, &[]);
     // A retry no SDK marks: the same request again after a 503, as a curl loop would.
     let again = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]}).to_string();
-    let failed = chat(
+    let failed = curl_chat_status(
         &proc,
         dir.path(),
         &again,

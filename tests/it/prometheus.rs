@@ -18,7 +18,7 @@ use crate::support::dashboard::{alert_rules, alerts_path, alerts_text, dashboard
 use crate::support::dashboard::{grouping_labels, label_variables, queries, substitute};
 use crate::support::mock_llm::{Alpn, Mock};
 use crate::support::otlp::Receiver;
-use crate::support::process::{VeilProcess, curl_chat, free_port, resolve_args};
+use crate::support::process::{VeilProcess, curl_chat, curl_chat_status, free_port, resolve_args};
 use crate::support::python;
 use crate::support::tmpfs::skip;
 
@@ -202,32 +202,6 @@ impl Drop for Prometheus {
     }
 }
 
-/// curl POST of one chat completion through veil whose answer is not a success: its status.
-fn curl_status(proc: &VeilProcess, cwd: &Path, body: &str, headers: &[&str]) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "20",
-    ])
-    .arg("--cacert")
-    .arg(cwd.join("keys/ca.pem"))
-    .env("HTTPS_PROXY", format!("http://{}", proc.addr))
-    .args(["-H", "content-type: application/json"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd
-        .args(["-d", body, "https://api.openai.com/v1/chat/completions"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 /// POST /veil/v1/feedback on veil's listener (no proxy): the status.
 fn feedback(proc: &VeilProcess, request_id: &str) -> String {
     let body = serde_json::json!({"request_id": request_id, "name": "user_rating",
@@ -261,13 +235,13 @@ fn wave(proc: &VeilProcess, cwd: &Path) {
     let body = serde_json::json!({"model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "Invoice total?"}]})
     .to_string();
-    let status = curl_status(
+    let status = curl_chat_status(
         proc,
         cwd,
         &body,
-        &["x-veil-feature: billing", "x-mock-status: 500"],
+        &["-H", "x-veil-feature: billing", "-H", "x-mock-status: 500"],
     );
-    assert_eq!(status, "500", "the mock's 500 through veil");
+    assert_eq!(status, 500, "the mock's 500 through veil");
     // The same body twice in a row: an app's own retry, without an SDK header.
     let body = serde_json::json!({"model": "gpt-4o",
         "messages": [{"role": "user", "content": "Same question again"}]})

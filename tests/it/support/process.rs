@@ -172,6 +172,37 @@ pub fn curl_chat(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> 
     (id, text)
 }
 
+/// POSTs `body` to the chat completions API through `proc` with curl like [`curl_chat`], for
+/// an answer of any status: returns the HTTP status.
+pub fn curl_chat_status(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .arg("--cacert")
+        .arg(cwd.join("keys/ca.pem"))
+        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
+        .args(["-H", "content-type: application/json"])
+        .args(extra)
+        .args(["-d", body, "https://api.openai.com/v1/chat/completions"])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    code.parse().unwrap_or_else(|_| {
+        panic!(
+            "curl: {code}{}\nveil said:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            proc.stderr()
+        )
+    })
+}
+
 /// `veil run` in `cwd` against `mock` (its address resolved for the provider hosts, its CA
 /// trusted upstream) with the TCP admin API on `127.0.0.1:admin`.
 pub fn start_with_admin(
