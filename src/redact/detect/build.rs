@@ -69,12 +69,15 @@ pub(crate) enum Gate {
 }
 
 impl Gate {
-    fn of(t: Trigger) -> Gate {
+    /// The gate of a pattern-based trigger; `None` for a [`Trigger::Code`] detector, which
+    /// has no patterns.
+    fn of(t: Trigger) -> Option<Gate> {
         match t {
-            Trigger::Digit => Gate::Digit,
-            Trigger::At => Gate::At,
-            Trigger::Colon => Gate::Colon,
-            Trigger::Literal(words, back) => Gate::Literal(words, back),
+            Trigger::Digit => Some(Gate::Digit),
+            Trigger::At => Some(Gate::At),
+            Trigger::Colon => Some(Gate::Colon),
+            Trigger::Literal(words, back) => Some(Gate::Literal(words, back)),
+            Trigger::Code(_) => None,
         }
     }
 
@@ -103,6 +106,8 @@ pub(crate) struct ScannerSpec {
     pub detectors: Vec<Detector>,
     pub patterns: Vec<PatternSpec>,
     pub dicts: Vec<DictSpec>,
+    /// Code detectors: `(detector, function)`.
+    pub code: Vec<(usize, Code)>,
 }
 
 impl ScannerSpec {
@@ -115,6 +120,12 @@ impl ScannerSpec {
             action,
             priority,
         });
+        let Some(gate) = Gate::of(b.trigger) else {
+            if let Trigger::Code(f) = b.trigger {
+                self.code.push((detector, f));
+            }
+            return detector;
+        };
         for p in b.patterns {
             self.patterns.push(PatternSpec {
                 detector,
@@ -124,7 +135,7 @@ impl ScannerSpec {
                 context: Vec::new(),
                 window: 0,
                 user: false,
-                gate: Gate::of(b.trigger),
+                gate,
                 footer: p.footer,
                 lead: p.lead,
             });
@@ -282,6 +293,7 @@ impl Scanner {
             groups,
             literals: build_literals(spec)?,
             dict,
+            code: spec.code.clone(),
             want,
         })
     }

@@ -20,7 +20,33 @@ pub(super) enum Trigger {
     Colon,
     /// Every match *starts* with one of these literals, or at most `.1` bytes before one.
     Literal(&'static [&'static str], usize),
+    /// No patterns: the detector is code ([`Code`]) that finds its own anchors (names,
+    /// street addresses), given the whole text.
+    #[allow(dead_code)] // until the first code detector lands (veil#16)
+    Code(Code),
 }
+
+/// How a [`Code`] detector is asked to search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// With its prefilter: only where its anchors (a capitalized word, a street-type word,
+    /// ...) occur. What [`Scanner::find`] uses.
+    Gated,
+    /// Without: every position the detector could start at is tried. The reference
+    /// [`Scanner::find_exhaustive`] uses, which the gated mode must equal (tests, fuzzing).
+    Exhaustive,
+}
+
+/// A detector written as code rather than as patterns: pushes the byte ranges to mask in
+/// `text` (any order, may overlap; the scanner resolves overlaps) and charges its work to
+/// `meter` (about one unit per byte looked at, one per candidate), stopping with `Err` when
+/// the budget runs out.
+pub(crate) type Code = fn(
+    text: &str,
+    mode: Mode,
+    out: &mut Vec<Range<usize>>,
+    meter: &mut Meter,
+) -> Result<(), Exceeded>;
 
 /// One built-in detector: patterns, validator, and which part of a match to mask.
 #[derive(Debug)]

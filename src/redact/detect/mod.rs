@@ -17,6 +17,9 @@
 //!    detectors owning that prefix are tried there, anchored: no regex runs over the text.
 //! 4. **Dictionaries**: one Aho-Corasick automaton (ASCII case-insensitive, leftmost-longest,
 //!    whole words only). **Custom regexes** have no known trigger: one set over the whole text.
+//! 5. **Code detectors** ([`Trigger::Code`]: names, street addresses) are functions that find
+//!    their own anchors in the text and push spans; they take a [`Mode`] so the exhaustive
+//!    reference can run them with no prefilter.
 //!
 //! Candidates go through their validator (Luhn, mod 97, ranges, edge checks), then overlaps
 //! are resolved deterministically: the longest span wins, then the detector with the higher
@@ -123,6 +126,8 @@ pub struct Scanner {
     groups: Vec<Group>,
     literals: Option<Literals>,
     dict: Option<(AhoCorasick, Vec<usize>)>,
+    /// Code detectors (names, addresses): `(detector, function)`.
+    code: Vec<(usize, Code)>,
     /// Which trigger windows the groups need.
     want: Want,
 }
@@ -191,6 +196,7 @@ impl Scanner {
             return Ok(());
         }
         self.find_dict(text, out, cx)?;
+        self.find_code(text, Mode::Gated, out, cx.meter)?;
         if let Some(lits) = &self.literals {
             self.find_literals(lits, text, out, cx)?;
         }
@@ -224,6 +230,7 @@ impl Scanner {
         let mut cx = Ctx::new(&mut meter);
         // Unlimited: these cannot fail.
         let _ = self.find_dict(text, out, &mut cx);
+        let _ = self.find_code(text, Mode::Exhaustive, out, cx.meter);
         for p in &self.patterns {
             let _ = self.locate(p, text, 0..text.len(), out, &mut cx);
         }
@@ -249,6 +256,32 @@ impl Scanner {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Runs the code detectors, each over the whole text.
+    fn find_code(
+        &self,
+        text: &str,
+        mode: Mode,
+        out: &mut Vec<Found>,
+        meter: &mut Meter,
+    ) -> Result<(), Exceeded> {
+        let mut spans = Vec::new();
+        for &(detector, f) in &self.code {
+            spans.clear();
+            f(text, mode, &mut spans, meter)?;
+            out.extend(
+                spans
+                    .iter()
+                    .filter(|r| r.start < r.end && r.end <= text.len())
+                    .map(|r| Found {
+                        start: r.start,
+                        end: r.end,
+                        detector,
+                    }),
+            );
         }
         Ok(())
     }

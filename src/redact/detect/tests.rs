@@ -840,3 +840,68 @@ fn a_long_rejected_custom_candidate_is_not_rescanned_from_every_character() {
     assert!(per_byte[1] < 10.0, "{per_byte:?}");
     assert!(per_byte[1] < per_byte[0] * 1.5, "{per_byte:?}");
 }
+
+/// A code detector for the plumbing test: every `Zed` word, gated on `Z` (the gate is the
+/// whole point of `Mode`: the test checks both modes agree and both reach the scanner).
+fn zed(
+    text: &str,
+    mode: Mode,
+    out: &mut Vec<Range<usize>>,
+    meter: &mut Meter,
+) -> Result<(), Exceeded> {
+    meter.work(text.len())?;
+    let b = text.as_bytes();
+    for i in 0..b.len() {
+        let anchor = match mode {
+            Mode::Gated => b[i] == b'Z',
+            Mode::Exhaustive => true,
+        };
+        if anchor && text[i..].starts_with("Zed") {
+            meter.work(3)?;
+            out.push(i..i + 3);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn code_detectors_reach_both_scans_and_lose_overlaps_like_patterns() {
+    let mut spec = ScannerSpec::default();
+    let email = spec.add_builtin(builtin("email").unwrap(), InlineAction::Mask);
+    let d = spec.detectors.len();
+    spec.detectors.push(Detector {
+        label: "ZED".into(),
+        action: InlineAction::Mask,
+        priority: 99,
+    });
+    spec.code.push((d, zed));
+    let s = Scanner::build(&spec).unwrap();
+    let text = "Zed wrote to Zed@example.com, then Zed left";
+    let want = vec![
+        ("ZED".to_string(), 0..3),
+        ("EMAIL".to_string(), 13..28),
+        ("ZED".to_string(), 35..38),
+    ];
+    assert_eq!(both(&s, text), want, "the longer email wins the overlap");
+    assert_eq!(s.label(email), "EMAIL");
+    // A code detector that runs out of budget fails the whole scan, leaving no matches.
+    let mut spec = spec.clone();
+    spec.code.push((d, out_of_budget));
+    let s = Scanner::build(&spec).unwrap();
+    let mut out = Vec::new();
+    assert!(
+        s.find_within(text, &mut out, &mut Meter::unlimited())
+            .is_err()
+    );
+    assert!(out.is_empty());
+}
+
+fn out_of_budget(
+    _: &str,
+    _: Mode,
+    out: &mut Vec<Range<usize>>,
+    _: &mut Meter,
+) -> Result<(), Exceeded> {
+    out.push(0..1);
+    Err(Exceeded::Cpu)
+}
