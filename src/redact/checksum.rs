@@ -22,6 +22,51 @@ fn next_char(text: &str, i: usize) -> Option<char> {
     text.get(i..)?.chars().next()
 }
 
+/// What a character next to a candidate is, seen from the candidate (veil#16).
+///
+/// A letter or digit glues: the candidate is a piece of a longer word or number. A *joiner*
+/// glues only when a letter or digit follows it on the far side: `1.2.3.4.5`, `555-0148-77`,
+/// `12/34`, `v1.2` are one longer token, but `(415) 555-0148.` ends a sentence and
+/// `"192.168.1.20",` ends a quote. `.`, `-`, `/` and `_` join letters and digits; `:` joins
+/// only digits (`12:30:45`), so a label (`Tel:030 12345678`, `IP:10.0.0.1`) does not glue.
+/// Everything else (space, `,;!?`, brackets, quotes, `«»`, newline) never glues.
+#[derive(Clone, Copy)]
+enum Side {
+    Before,
+    After,
+}
+
+/// True when the text continues the candidate on `side` of byte `at` (see [`Side`]):
+/// a letter or digit, or a joiner with a letter or digit (a digit, for `:`) beyond it.
+/// `extra` characters glue on their own (`+` before a national phone number).
+fn glued(text: &str, at: usize, side: Side, extra: &[char]) -> bool {
+    match neighbours(text, at, side) {
+        (Some(c), _) if c.is_alphanumeric() || extra.contains(&c) => true,
+        (Some('.' | '-' | '/' | '_'), far) => far.is_some_and(char::is_alphanumeric),
+        (Some(':'), far) => far.is_some_and(|c| c.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// The character next to byte `at` on `side`, and the one beyond it.
+fn neighbours(text: &str, at: usize, side: Side) -> (Option<char>, Option<char>) {
+    match side {
+        Side::Before => {
+            let mut it = text.get(..at).unwrap_or("").chars().rev();
+            (it.next(), it.next())
+        }
+        Side::After => {
+            let mut it = text.get(at..).unwrap_or("").chars();
+            (it.next(), it.next())
+        }
+    }
+}
+
+/// True when the candidate is glued (see [`glued`]) on neither side.
+fn apart(text: &str, r: &Range<usize>, extra: &[char]) -> bool {
+    !glued(text, r.start, Side::Before, extra) && !glued(text, r.end, Side::After, extra)
+}
+
 /// True when the candidate is not glued to a letter or digit on either side.
 fn isolated(text: &str, r: &Range<usize>) -> bool {
     !prev_char(text, r.start).is_some_and(char::is_alphanumeric)
@@ -291,13 +336,7 @@ pub(crate) fn ssn(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     {
         return None;
     }
-    let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '.');
-    if glued(prev_char(text, r.start))
-        || next_char(text, r.end).is_some_and(|c| c == '-' || c.is_alphanumeric())
-    {
-        return None;
-    }
-    Some(r)
+    apart(text, &r, &[]).then_some(r)
 }
 
 /// Counts ASCII digits.
@@ -327,13 +366,13 @@ fn trim_groups(text: &str, r: Range<usize>, min: usize, max: usize) -> Option<Ra
 /// International phone number (`+CC …`): E.164 allows at most 15 digits; 8 is the shortest
 /// plausible international number. A trunk `(0)` does not count.
 pub(crate) fn phone_intl(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    if prev_char(text, r.start).is_some_and(|c| c.is_alphanumeric() || c == '+') {
+    if glued(text, r.start, Side::Before, &['+']) {
         return None;
     }
     let s = text.get(r.clone())?;
     let trunk = usize::from(s.contains("(0)"));
     let out = trim_groups(text, r, 8 + trunk, 15 + trunk)?;
-    (!next_char(text, out.end).is_some_and(|c| c.is_alphanumeric())).then_some(out)
+    (!glued(text, out.end, Side::After, &[])).then_some(out)
 }
 
 /// True when the candidate continues a number to its left (`5718 0592 …`: the tail of a
@@ -346,44 +385,21 @@ fn continues_number(text: &str, start: usize) -> bool {
 /// North American number (NANP): the regex already pins the 3-3-4 shape; here we reject
 /// numbers glued to other digits or dots (pieces of IPs, versions, longer dashed IDs).
 pub(crate) fn phone_nanp(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    let glued = |c: Option<char>| {
-        c.is_some_and(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '+' | '/'))
-    };
-    if glued(prev_char(text, r.start))
-        || glued(next_char(text, r.end))
-        || continues_number(text, r.start)
-    {
-        return None;
-    }
-    Some(r)
+    (apart(text, &r, &['+']) && !continues_number(text, r.start)).then_some(r)
 }
 
 /// National number with a trunk prefix 0 (most of Europe): 9 to 13 digits in total.
 pub(crate) fn phone_national(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    let glued = |c: Option<char>| {
-        c.is_some_and(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '+' | '/' | ':'))
-    };
-    if glued(prev_char(text, r.start)) || continues_number(text, r.start) {
+    if glued(text, r.start, Side::Before, &['+']) || continues_number(text, r.start) {
         return None;
     }
     let out = trim_groups(text, r, 9, 13)?;
-    (!glued(next_char(text, out.end))).then_some(out)
+    (!glued(text, out.end, Side::After, &['+'])).then_some(out)
 }
 
 /// IPv4: not a piece of a longer dotted sequence (`1.2.3.4.5`, versions `v1.2.3.4`).
 pub(crate) fn ipv4(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    let before = prev_char(text, r.start);
-    if before.is_some_and(|c| c.is_alphanumeric() || c == '.' || c == '-') {
-        return None;
-    }
-    let after = text.get(r.end..).unwrap_or("");
-    let mut it = after.chars();
-    match (it.next(), it.next()) {
-        (Some('.' | '-'), Some(c)) if c.is_ascii_alphanumeric() => return None,
-        (Some(c), _) if c.is_alphanumeric() => return None,
-        _ => {}
-    }
-    Some(r)
+    apart(text, &r, &[]).then_some(r)
 }
 
 /// IPv6: the candidate must parse as an address with at least two non-empty groups, and not be
@@ -396,10 +412,12 @@ pub(crate) fn ipv6(text: &str, r: Range<usize>) -> Option<Range<usize>> {
         s.trim_end_matches(':')
     };
     let out = r.start..r.start + s.len();
-    let glued = |c: Option<char>| {
-        c.is_some_and(|c| c.is_alphanumeric() || c == ':' || c == '.' || c == '_')
-    };
-    if glued(prev_char(text, out.start)) || glued(next_char(text, out.end)) {
+    // `:` glues when a hex digit is beyond it (another group), not only a decimal one.
+    let hex_colon = |at: usize, side: Side| matches!(neighbours(text, at, side), (Some(':'), Some(c)) if c.is_ascii_hexdigit());
+    if !apart(text, &out, &[])
+        || hex_colon(out.start, Side::Before)
+        || hex_colon(out.end, Side::After)
+    {
         return None;
     }
     if s.split(':').filter(|g| !g.is_empty()).count() < 2 {

@@ -150,6 +150,19 @@ const POSITIVES: &[Case] = &[
         &[("DATE_OF_BIRTH", "July 4, 1976")],
     ),
     ("dob=04/23/2002.", &[("DATE_OF_BIRTH", "04/23/2002")]),
+    // See: veil#16 (a number ending a sentence was taken for a version or an address)
+    ("Call me at (415) 555-0148.", &[("PHONE", "(415) 555-0148")]),
+    (
+        "Meine Nummer ist 030 12345678.",
+        &[("PHONE", "030 12345678")],
+    ),
+    ("Tel:030 12345678", &[("PHONE", "030 12345678")]),
+    ("my SSN is 123-45-6789.", &[("US_SSN", "123-45-6789")]),
+    ("server (10.0.0.7).", &[("IPV4", "10.0.0.7")]),
+    (
+        "«fe80::1ff:fe23:4567:890a»",
+        &[("IPV6", "fe80::1ff:fe23:4567:890a")],
+    ),
 ];
 
 /// Things that look like PII to a naive pattern but are not.
@@ -172,6 +185,11 @@ const HARD_NEGATIVES: &[&str] = &[
     "price 1.234,56 EUR and 3.14159",
     "pk_live_abcdefghijklmnop0123",
     "0.0.0.1.2",
+    // See: veil#16: a joiner glues when a letter or digit is beyond it.
+    "build 415-555-0148.2 and 415-555-0148-17 and x/030 12345678",
+    "ref 123-45-6789.4 and 123-45-6789-A",
+    "10.0.0.7.x and 10.0.0.7-rc1",
+    "at 12:30:45 12:30:45:030 12345678",
 ];
 
 #[test]
@@ -904,4 +922,125 @@ fn out_of_budget(
 ) -> Result<(), Exceeded> {
     out.push(0..1);
     Err(Exceeded::Cpu)
+}
+
+/// `(label, phrase, the part of the phrase to mask)`: a few positives of every built-in, for
+/// the punctuation property test. Labelled detectors mask only their value.
+const VALUES: &[(&str, &str, &str)] = &[
+    (
+        "PRIVATE_KEY",
+        "-----BEGIN PRIVATE KEY-----\nMIIBOgIBAAJB\n-----END PRIVATE KEY-----",
+        "",
+    ),
+    ("JWT", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_-123", ""),
+    (
+        "ANTHROPIC_API_KEY",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz-_0123AA",
+        "",
+    ),
+    (
+        "OPENAI_API_KEY",
+        "sk-proj-abcdefghijklmnopqrstuvwxyz012345",
+        "",
+    ),
+    (
+        "GITHUB_TOKEN",
+        "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+        "",
+    ),
+    (
+        "SLACK_TOKEN",
+        "xoxb-1234567890-1234567890123-abcdefghijABCDEFGHIJ",
+        "",
+    ),
+    ("STRIPE_SECRET_KEY", "sk_live_abcdefghijklmnop0123", ""),
+    (
+        "GOOGLE_API_KEY",
+        "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+        "",
+    ),
+    ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE", ""),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ),
+    (
+        "BEARER_TOKEN",
+        "Bearer abcdefghijklmnop0123",
+        "abcdefghijklmnop0123",
+    ),
+    ("EMAIL", "jane.doe@example.co.uk", ""),
+    ("IBAN", "GB82 WEST 1234 5698 7654 32", ""),
+    ("IBAN", "DE89370400440532013000", ""),
+    ("CREDIT_CARD", "4111 1111 1111 1111", ""),
+    ("CREDIT_CARD", "4111-1111-1111-1111", ""),
+    ("CREDIT_CARD", "378282246310005", ""),
+    ("US_SSN", "123-45-6789", ""),
+    ("US_SSN", "SSN 123456789", "123456789"),
+    ("PHONE", "(415) 555-0148", ""),
+    ("PHONE", "415-555-0148", ""),
+    ("PHONE", "+1 415 555 0148", ""),
+    ("PHONE", "+44 20 7946 0958", ""),
+    ("PHONE", "+49 (0)30 1234567", ""),
+    ("PHONE", "030 12345678", ""),
+    ("PHONE", "020 7946 0958", ""),
+    ("PHONE", "01 23 45 67 89", ""),
+    ("IPV6", "2001:db8::8a2e:370:7334", ""),
+    ("IPV6", "fe80::1ff:fe23:4567:890a", ""),
+    ("IPV4", "192.168.1.20", ""),
+    ("DATE_OF_BIRTH", "born 12/03/1987", "12/03/1987"),
+    ("DATE_OF_BIRTH", "DOB: 1987-03-12", "1987-03-12"),
+    ("DATE_OF_BIRTH", "geboren am 12.03.1987", "12.03.1987"),
+];
+
+/// Sentence punctuation, brackets and quotes a value may touch on either side (veil#16).
+const PUNCTUATION: &[&str] = &[
+    ".", ",", ";", ":", "!", "?", "(", ")", "[", "]", "\"", "'", "«", "»", "\n", "...", ").", "\",",
+];
+
+// See: veil#16
+#[test]
+fn every_builtin_value_touching_punctuation_is_still_masked() {
+    let s = all();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for &(label, phrase, value) in VALUES {
+        let value = if value.is_empty() { phrase } else { value };
+        for p in PUNCTUATION {
+            for (pre, post) in [
+                ("", *p),
+                (*p, ""),
+                (*p, *p),
+                ("", &format!("{p} next") as &str),
+                (&format!("word {p}") as &str, ""),
+            ] {
+                for (lead, tail) in [("", ""), ("text ", " text")] {
+                    let text = format!("{lead}{pre}{phrase}{post}{tail}");
+                    let at = lead.len() + pre.len() + phrase.find(value).unwrap();
+                    let got = both(&s, &text);
+                    checked += 1;
+                    if !got
+                        .iter()
+                        .any(|(l, r)| l == label && r.start <= at && r.end >= at + value.len())
+                    {
+                        failures.push(format!("{label}: {text:?} -> {got:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} not masked:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    for b in BUILTINS {
+        assert!(
+            VALUES.iter().any(|(l, ..)| *l == b.label),
+            "{} has no row in VALUES",
+            b.label
+        );
+    }
 }
