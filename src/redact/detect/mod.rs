@@ -17,8 +17,8 @@
 //!    detectors owning that prefix are tried there, anchored: no regex runs over the text.
 //! 4. **Dictionaries**: one Aho-Corasick automaton (ASCII case-insensitive, leftmost-longest,
 //!    whole words only). **Custom regexes** have no known trigger: one set over the whole text.
-//! 5. **Code detectors** ([`Trigger::Code`]: names, street addresses) are functions that find
-//!    their own anchors in the text and push spans; they take a [`Mode`] so the exhaustive
+//! 5. **Code detectors** (`Trigger::Code`: names, street addresses) are functions that find
+//!    their own anchors in the text and push spans; they take a `Mode` so the exhaustive
 //!    reference can run them with no prefilter.
 //!
 //! Candidates go through their validator (Luhn, mod 97, ranges, edge checks), then overlaps
