@@ -117,16 +117,24 @@ fn try_at(
         return Ok(());
     }
     let mut p = P { t: text, far: s };
-    let end = [english, german, french, southern]
-        .iter()
-        .filter_map(|f| f(&mut p, s))
-        .max();
+    // Only the forms that can start with this character: digits open the English and French
+    // forms, capitals the English unit line, German and southern ones, lowercase only
+    // `calle`, `avenida`, ... (most attempts on digit-dense text are numbers: two parsers).
+    let forms: &[Form] = match text.as_bytes()[s] {
+        b'0'..=b'9' => &[english, french],
+        b'a'..=b'z' => &[southern],
+        _ => &[english, german, southern],
+    };
+    let end = forms.iter().filter_map(|f| f(&mut p, s)).max();
     meter.work(1 + p.far - s)?;
     if let Some(e) = end {
         out.push(s..e);
     }
     Ok(())
 }
+
+/// One address form: the end of the address starting at the given word start, if any.
+type Form = fn(&mut P<'_>, usize) -> Option<usize>;
 
 /// True when a word (letter or digit) starts at byte `i`: the character there is
 /// alphanumeric and the one before is not.
