@@ -22,7 +22,6 @@ pub(super) enum Trigger {
     Literal(&'static [&'static str], usize),
     /// No patterns: the detector is code ([`Code`]) that finds its own anchors (names,
     /// street addresses), given the whole text.
-    #[allow(dead_code)] // until the first code detector lands (veil#16)
     Code(Code),
 }
 
@@ -389,6 +388,15 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             None,
         )],
         trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "street_address",
+        label: "STREET_ADDRESS",
+        // House number, street name and type word per language (USPS Pub. 28 C1 suffixes,
+        // German, French, Spanish and Italian types), unit, postal code and city: code, see
+        // `address.rs`. Last, so the structured types win ties.
+        patterns: &[],
+        trigger: Trigger::Code(super::address::find),
     },
 ];
 

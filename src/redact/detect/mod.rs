@@ -69,6 +69,7 @@ use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 use super::budget::{Exceeded, Meter};
 use super::checksum::{self, Check};
 
+mod address;
 mod build;
 mod builtin;
 mod gates;

@@ -882,6 +882,23 @@ fn zed(
     Ok(())
 }
 
+// See: veil#16
+#[test]
+fn ship_it_to_48_linden_road_leeds_ls6_2ab_is_one_street_address_among_the_builtins() {
+    let s = all();
+    let text = "ship it to 48 Linden Road, Leeds LS6 2AB, call +44 20 7946 0958.";
+    assert_eq!(
+        both(&s, text),
+        [
+            ("STREET_ADDRESS".to_string(), 11..40),
+            ("PHONE".to_string(), 47..63),
+        ]
+    );
+    let text = "Lindenstraße 48, 47361 Gießen; IBAN DE89370400440532013000";
+    let got = both(&s, text);
+    assert_eq!(got[0], ("STREET_ADDRESS".to_string(), 0..31), "{got:?}");
+}
+
 #[test]
 fn code_detectors_reach_both_scans_and_lose_overlaps_like_patterns() {
     let mut spec = ScannerSpec::default();
