@@ -22,7 +22,6 @@ pub(super) enum Trigger {
     Literal(&'static [&'static str], usize),
     /// No patterns: the detector is code ([`Code`]) that finds its own anchors (names,
     /// street addresses), given the whole text.
-    #[allow(dead_code)] // until the first code detector lands (veil#16)
     Code(Code),
 }
 
@@ -382,6 +381,14 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             None,
         )],
         trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "person",
+        label: "PERSON",
+        // Names: a public-domain gazetteer, context cues, token shape and a precision guard
+        // (see `person.rs`). Last, so every structured type wins a tie.
+        patterns: &[],
+        trigger: Trigger::Code(super::person::find),
     },
 ];
 
