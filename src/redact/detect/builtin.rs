@@ -398,6 +398,14 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         patterns: &[],
         trigger: Trigger::Code(super::address::find),
     },
+    Builtin {
+        key: "person",
+        label: "PERSON",
+        // Names: a public-domain gazetteer, context cues, token shape and a precision guard
+        // (see `person.rs`). Last, so every structured type wins a tie.
+        patterns: &[],
+        trigger: Trigger::Code(super::person::find),
+    },
 ];
 
 /// `(label, pattern)` for every built-in regex, in priority order: for baselines and tools

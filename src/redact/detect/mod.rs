@@ -52,6 +52,7 @@
 //!   and `Scanner::build`.
 //! - `gates.rs`: the trigger pass (1) and its windows.
 //! - `literals.rs`: the literal pass (3) and the PEM footer search.
+//! - `person.rs`: the `PERSON` detector (code: gazetteer, cues, precision guard).
 //! - this file: [`Scanner`]'s scans (windows, dictionaries, custom sets, validation) and the
 //!   overlap resolution; `tests.rs`: their tests.
 //!
@@ -74,6 +75,7 @@ mod build;
 mod builtin;
 mod gates;
 mod literals;
+mod person;
 #[cfg(test)]
 mod tests;
 
