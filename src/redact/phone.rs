@@ -23,9 +23,12 @@
 //! times, versions, order numbers and IDs have no valid reading or a separator pattern no
 //! number is written with (checked by `detect::tests`).
 //!
-//! Cost: a candidate that passes the shape is parsed once per region tried (about 6 µs each,
-//! measured on this machine); at most [`MAX_REGIONS`] regions and [`MAX_TRIMS`] trims, so a
-//! candidate costs a bounded amount. The metadata is loaded once per process (about 0.15 s),
+//! Cost: a candidate that passes the shape is matched against each region's compiled patterns
+//! (a few anchored regex matches per region, see [`Region`]): first the defaults, and only when
+//! they do not accept it whole, the regions named by the text (one Aho-Corasick pass over
+//! [`HINT_BEFORE`] + [`HINT_AFTER`] bytes); at most [`MAX_REGIONS`] named regions and
+//! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. The metadata is loaded once per
+//! process (about 0.15 s), and the default regions compiled,
 //! by [`warm`] when a scanner with the phone detector is built, not by the first exchange.
 
 use std::collections::HashMap;
@@ -42,7 +45,7 @@ use super::checksum::{Side, apart, continues_number, glued};
 pub(crate) const HINT_BEFORE: usize = 160;
 /// Bytes after a candidate searched for region hints.
 pub(crate) const HINT_AFTER: usize = 64;
-/// Most regions a national candidate is checked against.
+/// Most regions the text around a candidate can name.
 pub(crate) const MAX_REGIONS: usize = 6;
 /// Most trailing groups dropped from a candidate.
 pub(crate) const MAX_TRIMS: usize = 4;
@@ -212,11 +215,28 @@ enum Plan {
 }
 
 fn national_in(text: &str, r: Range<usize>, defaults: &[Id], plan: Plan) -> Option<Range<usize>> {
-    if glued(text, r.start, Side::Before, &['+']) || continues_number(text, r.start) {
+    if glued(text, r.start, Side::Before, &['+'])
+        || continues_number(text, r.start)
+        || date_or_address(text.get(r.clone())?)
+    {
         return None;
     }
-    let mut regions = hints(text, &r);
     let prefixed = plan == Plan::Trunk;
+    let valid_in = |regions: &[Id], candidate: &str| {
+        let digits = digits(candidate);
+        regions
+            .iter()
+            .any(|&id| region(id.as_ref()).is_some_and(|r| r.valid_national(&digits, prefixed)))
+    };
+    // The defaults first: most numbers are valid there whole, and that needs no search for
+    // hints. Otherwise the regions the text names join them (a hinted region may accept more
+    // of the candidate than a default did).
+    let found = longest_valid(text, r.clone(), |c| valid_in(defaults, c));
+    let whole = text[r.clone()].trim_end_matches(|c: char| !c.is_ascii_digit() && c != ')');
+    if found.as_ref().is_some_and(|f| f.len() == whole.len()) {
+        return found;
+    }
+    let mut regions = hints(text, &r);
     if plan == Plan::Unprefixed {
         regions.retain(|id| {
             phonenumber::metadata::DATABASE
@@ -224,21 +244,15 @@ fn national_in(text: &str, r: Range<usize>, defaults: &[Id], plan: Plan) -> Opti
                 .is_some_and(|m| m.national_prefix().is_none())
         });
     }
+    if regions.iter().all(|id| defaults.contains(id)) {
+        return found;
+    }
     for d in defaults {
         if !regions.contains(d) {
             regions.push(*d);
         }
     }
-    regions.truncate(MAX_REGIONS);
-    if regions.is_empty() {
-        return None;
-    }
-    longest_valid(text, r, |candidate| {
-        let digits = digits(candidate);
-        regions
-            .iter()
-            .any(|&id| region(id.as_ref()).is_some_and(|r| r.valid_national(&digits, prefixed)))
-    })
+    longest_valid(text, r, |c| valid_in(&regions, c))
 }
 
 /// ASCII digits of `s`.
