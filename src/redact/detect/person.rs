@@ -1130,9 +1130,18 @@ pub(crate) fn find(
     let mut words = Vec::new();
     match mode {
         Mode::Gated => {
-            for (i, &c) in b.iter().enumerate() {
-                if i >= done && (c.is_ascii_uppercase() || c >= 0xC0) {
-                    done = done.max(at(text, i, &mut words, out, meter)?);
+            // 32 bytes at a time: a branch-free fold the compiler vectorizes says whether a
+            // chunk holds a capital or a non-ASCII lead byte; most chunks of prose hold none.
+            let start = |c: u8| c.is_ascii_uppercase() | (c >= 0xC0);
+            for (k, chunk) in b.chunks(32).enumerate() {
+                if !chunk.iter().fold(false, |any, &c| any | start(c)) {
+                    continue;
+                }
+                for (j, &c) in chunk.iter().enumerate() {
+                    let i = k * 32 + j;
+                    if i >= done && start(c) {
+                        done = done.max(at(text, i, &mut words, out, meter)?);
+                    }
                 }
             }
         }
