@@ -1223,3 +1223,30 @@ fn person_masks_under_one_percent_of_words_of_text_without_names() {
         assert!(share < 0.01, "{file}: {masked} of {words} words masked");
     }
 }
+
+/// Share of words every built-in together masks in text written without PII
+/// (`tests/fixtures/pii/clean/`: news prose, a technical document, source code): what the
+/// default profile costs ordinary text in readability (veil#16).
+#[test]
+fn all_builtins_mask_under_one_percent_of_words_of_text_without_pii() {
+    let s = all();
+    for file in ["prose.txt", "technical.md", "code.rs.txt"] {
+        let path = format!(
+            "{}/tests/fixtures/pii/clean/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let words = text.split_whitespace().count();
+        let got = both(&s, &text);
+        let masked: usize = got
+            .iter()
+            .map(|(_, r)| text[r.clone()].split_whitespace().count().max(1))
+            .sum();
+        let share = masked as f64 / words as f64;
+        eprintln!("{file}: {masked} of {words} words masked ({share:.4}): {got:?}");
+        assert!(
+            share < 0.01,
+            "{file}: {masked} of {words} words masked: {got:?}"
+        );
+    }
+}
