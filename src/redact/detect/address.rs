@@ -152,6 +152,17 @@ type Form = fn(&mut P<'_>, usize) -> Option<usize>;
 /// True when a word (letter or digit) starts at byte `i`: the character there is
 /// alphanumeric and the one before is not.
 fn word_start(t: &str, i: usize) -> bool {
+    // Gated mode asks this of every byte in a window, nearly all ASCII: an ASCII byte is a
+    // whole character, so it answers without decoding. Anything else takes the general test.
+    let b = t.as_bytes();
+    let prev = i.checked_sub(1).and_then(|k| b.get(k));
+    match (b.get(i), prev) {
+        (Some(c), _) if c.is_ascii() && !c.is_ascii_alphanumeric() => return false,
+        (_, Some(p)) if p.is_ascii_alphanumeric() => return false,
+        (Some(c), Some(p)) if c.is_ascii() && p.is_ascii() => return true,
+        (Some(c), None) if c.is_ascii() => return true,
+        _ => {}
+    }
     t.is_char_boundary(i)
         && t[i..].chars().next().is_some_and(char::is_alphanumeric)
         && !t[..i]
