@@ -116,14 +116,27 @@ fn try_at(
     if !word_start(text, s) {
         return Ok(());
     }
-    let mut p = P { t: text, far: s };
     // Only the forms that can start with this character: digits open the English and French
     // forms, capitals the English unit line, German and southern ones, lowercase only
     // `calle`, `avenida`, ... (most attempts on digit-dense text are numbers: two parsers).
+    // A lowercase ASCII word is rejected by its first byte unless a southern type allowed in
+    // lowercase starts with it: in prose most word starts are such words, and reading each
+    // one to look it up was most of the detector's cost. The test is exact (lowercasing
+    // keeps a lowercase ASCII letter), so both modes still find the same spans.
     let forms: &[Form] = match text.as_bytes()[s] {
         b'0'..=b'9' => &[english, french],
+        c @ b'a'..=b'z' if !SOUTH_LOWER_FIRST[usize::from(c)] => {
+            meter.work(1)?;
+            return Ok(());
+        }
         b'a'..=b'z' => &[southern],
         _ => &[english, german, southern],
+    };
+    let mut p = P {
+        t: text,
+        far: s,
+        s,
+        at_s: None,
     };
     let end = forms.iter().filter_map(|f| f(&mut p, s)).max();
     meter.work(1 + p.far - s)?;
@@ -139,6 +152,17 @@ type Form = fn(&mut P<'_>, usize) -> Option<usize>;
 /// True when a word (letter or digit) starts at byte `i`: the character there is
 /// alphanumeric and the one before is not.
 fn word_start(t: &str, i: usize) -> bool {
+    // Gated mode asks this of every byte in a window, nearly all ASCII: an ASCII byte is a
+    // whole character, so it answers without decoding. Anything else takes the general test.
+    let b = t.as_bytes();
+    let prev = i.checked_sub(1).and_then(|k| b.get(k));
+    match (b.get(i), prev) {
+        (Some(c), _) if c.is_ascii() && !c.is_ascii_alphanumeric() => return false,
+        (_, Some(p)) if p.is_ascii_alphanumeric() => return false,
+        (Some(c), Some(p)) if c.is_ascii() && p.is_ascii() => return true,
+        (Some(c), None) if c.is_ascii() => return true,
+        _ => {}
+    }
     t.is_char_boundary(i)
         && t[i..].chars().next().is_some_and(char::is_alphanumeric)
         && !t[..i]
@@ -158,11 +182,20 @@ fn glued(t: &str, s: usize) -> bool {
 struct P<'a> {
     t: &'a str,
     far: usize,
+    /// The word start being tried, and the end of its token once read: every form reads the
+    /// first word, and a capitalized one is tried by three forms.
+    s: usize,
+    at_s: Option<Option<usize>>,
 }
 
 impl<'a> P<'a> {
     fn ch(&mut self, i: usize) -> Option<char> {
-        let c = self.t.get(i..)?.chars().next()?;
+        // An ASCII byte is always a whole character (never a UTF-8 continuation byte), so it
+        // needs no boundary check or decoding.
+        let c = match self.t.as_bytes().get(i) {
+            Some(&b) if b.is_ascii() => char::from(b),
+            _ => self.t.get(i..)?.chars().next()?,
+        };
         self.far = self.far.max(i + c.len_utf8());
         Some(c)
     }
@@ -171,6 +204,19 @@ impl<'a> P<'a> {
     /// (`Betina-Häring-Platz`, `O'Neil`, `l'Église`). `None` when no token starts there or it
     /// is longer than [`MAX_TOKEN`].
     fn tok(&mut self, i: usize) -> Option<usize> {
+        if i != self.s {
+            return self.tok_uncached(i);
+        }
+        // `far` already covers what the first read saw.
+        if let Some(end) = self.at_s {
+            return end;
+        }
+        let end = self.tok_uncached(i);
+        self.at_s = Some(end);
+        end
+    }
+
+    fn tok_uncached(&mut self, i: usize) -> Option<usize> {
         let mut j = i;
         loop {
             let start = j;
@@ -284,6 +330,15 @@ fn cap(w: &str) -> bool {
 
 /// `w` lowercased into `buf`, or `None` when it does not fit (no street word is that long).
 fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    // Nearly every word tried is ASCII: lowercase it byte for byte. `char::to_lowercase` per
+    // character was the detector's largest cost on prose; non-ASCII words keep the Unicode
+    // mapping (the Kelvin sign lowercases to `k`, `İ` to two characters).
+    if w.is_ascii() {
+        let b = buf.get_mut(..w.len())?;
+        b.copy_from_slice(w.as_bytes());
+        b.make_ascii_lowercase();
+        return std::str::from_utf8(b).ok();
+    }
     let mut n = 0;
     for c in w.chars().flat_map(char::to_lowercase) {
         let l = c.len_utf8();
@@ -1498,6 +1553,21 @@ const SOUTH_TYPES: &[(&str, bool)] = &[
     ("rua", true),
     ("travessa", true),
 ];
+
+/// `SOUTH_LOWER_FIRST[b]`: a type of [`SOUTH_TYPES`] allowed in lowercase starts with the
+/// byte `b`. Built from the table, so the gate in `try_at` cannot drift from it.
+static SOUTH_LOWER_FIRST: [bool; 256] = {
+    let mut first = [false; 256];
+    let mut k = 0;
+    while k < SOUTH_TYPES.len() {
+        let (word, lower_ok) = SOUTH_TYPES[k];
+        if lower_ok {
+            first[word.as_bytes()[0] as usize] = true;
+        }
+        k += 1;
+    }
+    first
+};
 
 /// The Spanish/Italian form: `Calle Mayor[,] 5[, 3º B][, 28013 Madrid]`, `C/ Mayor 5`.
 fn southern(p: &mut P<'_>, s: usize) -> Option<usize> {
