@@ -59,7 +59,6 @@ pub mod detect;
 pub mod eval;
 mod handle;
 pub mod jsonpath;
-mod phone;
 pub mod rules;
 
 use std::collections::BTreeMap;
