@@ -5,6 +5,12 @@
 //!   `regex::Regex` per built-in pattern, run in sequence, no validation).
 //! - `e2e/*`: a chat-completions request as bytes: parse, redact every string, serialize.
 //!
+//! - `scan_dense/*`: the same detectors over PII-dense text (a value every ~25 words, ~150
+//!   bytes, names and street addresses included), which is what the PII corpus looks like.
+//!
+//! Each group also runs `veil_structured`: the default profile without the `person` and
+//! `street_address` code detectors (veil#16), so their cost is measured in the same run.
+//!
 //! `cargo bench --bench redact`; targets: scan ≥ 400 MB/s, e2e ≥ 150 MB/s per core.
 use std::hint::black_box;
 
@@ -96,9 +102,26 @@ const PII: &[&str] = &[
     "step 1.",
 ];
 
+/// What PII-dense text adds: names after cues and street addresses (veil#16).
+const PII_DENSE: &[&str] = &[
+    "my name is Abigail Fisher",
+    "Thanks Priya",
+    "account holder Tomasz Nowak",
+    "ship it to 48 Linden Road, Leeds LS6 2AB",
+    "Lindenstraße 48, 10115 Berlin",
+    "Dear Ms O'Neil",
+];
+
 /// Deterministic pseudo-random chat messages: mostly prose, with a digit-bearing token or a PII
 /// value every few hundred bytes, as in real support and coding chats.
 fn messages(total: usize) -> Vec<String> {
+    messages_with(total, 60, &[])
+}
+
+/// [`messages`] with a PII value every `every` words on average, drawn from [`PII`] and
+/// `extra`.
+fn messages_with(total: usize, every: u64, extra: &[&'static str]) -> Vec<String> {
+    let pii: Vec<&str> = PII.iter().chain(extra).copied().collect();
     let mut x: u64 = 0x9e3779b97f4a7c15;
     let mut next = move || {
         x ^= x << 13;
@@ -113,8 +136,8 @@ fn messages(total: usize) -> Vec<String> {
         let mut m = String::with_capacity(len + 64);
         let mut sentence = 0;
         while m.len() < len {
-            if next() % 60 == 0 {
-                m.push_str(PII[(next() % PII.len() as u64) as usize]);
+            if next() % every == 0 {
+                m.push_str(pii[(next() % pii.len() as u64) as usize]);
             } else {
                 m.push_str(WORDS[(next() % WORDS.len() as u64) as usize]);
             }
@@ -163,6 +186,37 @@ fn rules() -> CompiledRules {
         .expect("default rules compile")
 }
 
+/// The default profile without the `person` and `street_address` detectors.
+fn rules_structured() -> CompiledRules {
+    let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
+    let toml = include_str!("../rules/default.toml").replace(
+        r#"builtin = ["all"]"#,
+        r#"builtin = ["email", "iban", "credit_card", "us_ssn", "phone", "ipv6", "ipv4", "date_of_birth"]"#,
+    );
+    assert!(!toml.contains(r#"builtin = ["all"]"#));
+    CompiledRules::from_str(&toml, &keys).expect("structured rules compile")
+}
+
+/// Times `scanner` over `msgs` as benchmark `name` of group `g`.
+fn bench_scan(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    scanner: &veil::redact::detect::Scanner,
+    msgs: &[String],
+) {
+    g.bench_function(name, |b| {
+        let mut found = Vec::new();
+        b.iter(|| {
+            let mut n = 0;
+            for m in msgs {
+                scanner.find(black_box(m), &mut found);
+                n += found.len();
+            }
+            n
+        })
+    });
+}
+
 fn scan(c: &mut Criterion) {
     let rules = rules();
     let scanner = rules.base_scope().scanner();
@@ -181,19 +235,16 @@ fn scan(c: &mut Criterion) {
     assert!(veil_hits > 100, "veil found {veil_hits}");
     assert!(msgs.iter().map(|m| naive_scan(&res, m)).sum::<usize>() >= veil_hits / 2);
 
+    let structured = rules_structured();
     let mut g = c.benchmark_group("scan");
     g.throughput(Throughput::Bytes(bytes as u64));
-    g.bench_function("veil", |b| {
-        let mut found = Vec::new();
-        b.iter(|| {
-            let mut n = 0;
-            for m in &msgs {
-                scanner.find(black_box(m), &mut found);
-                n += found.len();
-            }
-            n
-        })
-    });
+    bench_scan(&mut g, "veil", scanner, &msgs);
+    bench_scan(
+        &mut g,
+        "veil_structured",
+        structured.base_scope().scanner(),
+        &msgs,
+    );
     g.bench_function("naive", |b| {
         b.iter(|| {
             msgs.iter()
@@ -204,9 +255,25 @@ fn scan(c: &mut Criterion) {
     g.finish();
 }
 
+fn scan_dense(c: &mut Criterion) {
+    let rules = rules();
+    let structured = rules_structured();
+    let msgs = messages_with(1 << 20, 25, PII_DENSE);
+    let bytes: usize = msgs.iter().map(String::len).sum();
+    let mut g = c.benchmark_group("scan_dense");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    bench_scan(&mut g, "veil", rules.base_scope().scanner(), &msgs);
+    bench_scan(
+        &mut g,
+        "veil_structured",
+        structured.base_scope().scanner(),
+        &msgs,
+    );
+    g.finish();
+}
+
 fn e2e(c: &mut Criterion) {
     let rules = rules();
-    let scope = rules.base_scope();
     let msgs = messages(256 << 10);
     let body = json!({
         "model": "gpt-4o-mini",
@@ -219,17 +286,23 @@ fn e2e(c: &mut Criterion) {
     });
     let raw = serde_json::to_vec(&body).expect("serialize");
     let res = naive_regexes();
-    let redact = |raw: &[u8]| -> Vec<u8> {
+    let redact_with = |rules: &CompiledRules, raw: &[u8]| -> Vec<u8> {
         let mut v: Value = serde_json::from_slice(raw).expect("valid JSON");
-        rules.redact_json(&mut v, Target::Request, scope);
+        rules.redact_json(&mut v, Target::Request, rules.base_scope());
         serde_json::to_vec(&v).expect("serialize")
     };
+
+    let redact = |raw: &[u8]| redact_with(&rules, raw);
+    let structured = rules_structured();
     let out = String::from_utf8(redact(&raw)).expect("utf-8");
     assert!(!out.contains("jane.doe@example.com") && out.contains("[EMAIL]"));
 
     let mut g = c.benchmark_group("e2e");
     g.throughput(Throughput::Bytes(raw.len() as u64));
     g.bench_function("veil", |b| b.iter(|| redact(black_box(&raw))));
+    g.bench_function("veil_structured", |b| {
+        b.iter(|| redact_with(&structured, black_box(&raw)))
+    });
     g.bench_function("naive", |b| {
         b.iter(|| {
             let mut v: Value = serde_json::from_slice(black_box(&raw)).expect("valid JSON");
@@ -243,6 +316,6 @@ fn e2e(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
-    targets = scan, e2e
+    targets = scan, scan_dense, e2e
 }
 criterion_main!(benches);

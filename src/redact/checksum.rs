@@ -31,7 +31,7 @@ fn next_char(text: &str, i: usize) -> Option<char> {
 /// only digits (`12:30:45`), so a label (`Tel:030 12345678`, `IP:10.0.0.1`) does not glue.
 /// Everything else (space, `,;!?`, brackets, quotes, `«»`, newline) never glues.
 #[derive(Clone, Copy)]
-enum Side {
+pub(crate) enum Side {
     Before,
     After,
 }
@@ -39,7 +39,7 @@ enum Side {
 /// True when the text continues the candidate on `side` of byte `at` (see [`Side`]):
 /// a letter or digit, or a joiner with a letter or digit (a digit, for `:`) beyond it.
 /// `extra` characters glue on their own (`+` before a national phone number).
-fn glued(text: &str, at: usize, side: Side, extra: &[char]) -> bool {
+pub(crate) fn glued(text: &str, at: usize, side: Side, extra: &[char]) -> bool {
     match neighbours(text, at, side) {
         (Some(c), _) if c.is_alphanumeric() || extra.contains(&c) => true,
         (Some('.' | '-' | '/' | '_'), far) => far.is_some_and(char::is_alphanumeric),
@@ -63,7 +63,7 @@ fn neighbours(text: &str, at: usize, side: Side) -> (Option<char>, Option<char>)
 }
 
 /// True when the candidate is glued (see [`glued`]) on neither side.
-fn apart(text: &str, r: &Range<usize>, extra: &[char]) -> bool {
+pub(crate) fn apart(text: &str, r: &Range<usize>, extra: &[char]) -> bool {
     !glued(text, r.start, Side::Before, extra) && !glued(text, r.end, Side::After, extra)
 }
 
@@ -339,62 +339,11 @@ pub(crate) fn ssn(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     apart(text, &r, &[]).then_some(r)
 }
 
-/// Counts ASCII digits.
-fn digit_count(s: &str) -> usize {
-    s.bytes().filter(u8::is_ascii_digit).count()
-}
-
-/// Trims trailing digit groups (separated by space, dot, dash or slash) until at most
-/// `max` digits remain; `None` if fewer than `min` remain.
-fn trim_groups(text: &str, r: Range<usize>, min: usize, max: usize) -> Option<Range<usize>> {
-    let mut end = r.end;
-    loop {
-        let s = text.get(r.start..end)?;
-        let n = digit_count(s);
-        if n < min {
-            return None;
-        }
-        if n <= max {
-            let s = s.trim_end_matches(|c: char| !c.is_ascii_digit() && c != ')');
-            return Some(r.start..r.start + s.len());
-        }
-        let cut = s.rfind([' ', '.', '-', '/'])?;
-        end = r.start + cut;
-    }
-}
-
-/// International phone number (`+CC …`): E.164 allows at most 15 digits; 8 is the shortest
-/// plausible international number. A trunk `(0)` does not count.
-pub(crate) fn phone_intl(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    if glued(text, r.start, Side::Before, &['+']) {
-        return None;
-    }
-    let s = text.get(r.clone())?;
-    let trunk = usize::from(s.contains("(0)"));
-    let out = trim_groups(text, r, 8 + trunk, 15 + trunk)?;
-    (!glued(text, out.end, Side::After, &[])).then_some(out)
-}
-
 /// True when the candidate continues a number to its left (`5718 0592 …`: the tail of a
 /// longer digit sequence is not a phone number of its own).
-fn continues_number(text: &str, start: usize) -> bool {
+pub(crate) fn continues_number(text: &str, start: usize) -> bool {
     let mut it = text.get(..start).unwrap_or("").chars().rev();
     matches!((it.next(), it.next()), (Some(' ' | '-' | '.' | '/'), Some(c)) if c.is_ascii_digit())
-}
-
-/// North American number (NANP): the regex already pins the 3-3-4 shape; here we reject
-/// numbers glued to other digits or dots (pieces of IPs, versions, longer dashed IDs).
-pub(crate) fn phone_nanp(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    (apart(text, &r, &['+']) && !continues_number(text, r.start)).then_some(r)
-}
-
-/// National number with a trunk prefix 0 (most of Europe): 9 to 13 digits in total.
-pub(crate) fn phone_national(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    if glued(text, r.start, Side::Before, &['+']) || continues_number(text, r.start) {
-        return None;
-    }
-    let out = trim_groups(text, r, 9, 13)?;
-    (!glued(text, out.end, Side::After, &['+'])).then_some(out)
 }
 
 /// IPv4: not a piece of a longer dotted sequence (`1.2.3.4.5`, versions `v1.2.3.4`).
@@ -608,21 +557,5 @@ mod tests {
         ] {
             assert_eq!(whole(ipv6, s), ok, "{s}");
         }
-    }
-
-    #[test]
-    fn phone_trim() {
-        let t = "+1 303 396 7205 2021 1234";
-        assert_eq!(
-            phone_intl(t, 0..t.len()),
-            Some(0..20),
-            "at most 15 digits (E.164)"
-        );
-        let t = "+1 2";
-        assert_eq!(phone_intl(t, 0..t.len()), None);
-        let t = "030 79744470";
-        assert_eq!(phone_national(t, 0..t.len()), Some(0..t.len()));
-        let t = "01 07";
-        assert_eq!(phone_national(t, 0..t.len()), None);
     }
 }

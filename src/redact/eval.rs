@@ -274,7 +274,7 @@ pub fn misses(corpus: &str, scope: &Scope) -> Vec<String> {
                 } else {
                     !found.iter().any(|m| m.start <= s && m.end >= e)
                 };
-                if bad && !matches!(ty, "PERSON" | "STREET_ADDRESS") {
+                if bad && ty != "STREET_ADDRESS" {
                     let ctx = &text[text.floor_char_boundary(s.saturating_sub(30))
                         ..text.ceil_char_boundary((e + 20).min(text.len()))];
                     let got: Vec<String> = found

@@ -59,6 +59,7 @@ pub mod detect;
 pub mod eval;
 mod handle;
 pub mod jsonpath;
+mod phone;
 pub mod rules;
 
 use std::collections::BTreeMap;

@@ -120,6 +120,10 @@ impl ScannerSpec {
             action,
             priority,
         });
+        if b.key == "phone" {
+            // Load the numbering metadata now, at rules compile, not in the first exchange.
+            crate::redact::phone::warm();
+        }
         let Some(gate) = Gate::of(b.trigger) else {
             if let Trigger::Code(f) = b.trigger {
                 self.code.push((detector, f));

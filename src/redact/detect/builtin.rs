@@ -22,7 +22,6 @@ pub(super) enum Trigger {
     Literal(&'static [&'static str], usize),
     /// No patterns: the detector is code ([`Code`]) that finds its own anchors (names,
     /// street addresses), given the whole text.
-    #[allow(dead_code)] // until the first code detector lands (veil#16)
     Code(Code),
 }
 
@@ -335,21 +334,28 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "phone",
         label: "PHONE",
+        // Shapes only; `redact::phone` validates each against libphonenumber's metadata for
+        // the region its country code, the surrounding text or the defaults name (veil#16).
         patterns: &[
-            // E.164 international: +CC, optional trunk (0), groups of 1-5 digits.
+            // International: +CC (or 00CC), optional trunk (0), groups of 1-5 digits.
             pat(
-                r"\+[1-9][0-9]{0,3}(?:[ .\-]?\(0\))?(?:[ .\-]?\(?[0-9]{1,5}\)?){1,7}",
-                checksum::phone_intl,
+                r"(?:\+|(?-u:\b)00)[1-9][0-9]{0,3}(?:[ .\-]?\(0\))?(?:[ .\-]?\(?[0-9]{1,5}\)?){1,7}",
+                crate::redact::phone::intl,
             ),
-            // NANP national: [1 ](NXX) NXX-XXXX, NXX-NXX-XXXX, NXX.NXX.XXXX, NXX NXX XXXX.
+            // North American: [1 ](NXX) NXX-XXXX, NXX-NXX-XXXX, NXX.NXX.XXXX, NXX NXX XXXX.
             pat(
                 r"(?:(?-u:\b)1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ .\-]?|(?-u:\b)[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}(?-u:\b)",
-                checksum::phone_nanp,
+                crate::redact::phone::nanp,
             ),
-            // National numbers with trunk prefix 0 (UK, DE, FR, ...): 0AA[A] NNNN[ NNNN].
+            // National with trunk prefix 0 (UK, DE, FR, ...): 0AA[A] NNNN[ NNNN], dotted too.
             pat(
-                r"(?:\(0[1-9][0-9]{0,3}\) ?|(?-u:\b)0[1-9][0-9]{0,3}[ /\-])[0-9]{2,8}(?:[ \-][0-9]{2,8}){0,3}(?-u:\b)",
-                checksum::phone_national,
+                r"(?:\(0[1-9][0-9]{0,4}\) ?|(?-u:\b)0[1-9][0-9]{0,4}[ /.\-])[0-9]{2,8}(?:[ .\-][0-9]{2,8}){0,4}(?-u:\b)",
+                crate::redact::phone::national,
+            ),
+            // Unprefixed groups (ES 612 345 678, IT 312 345 6789): only near a region hint.
+            pat(
+                r"(?-u:\b)[1-9][0-9]{1,3}(?:[ .\-][0-9]{2,4}){2,3}(?-u:\b)",
+                crate::redact::phone::hinted,
             ),
         ],
         trigger: Trigger::Digit,
@@ -382,6 +388,23 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             None,
         )],
         trigger: Trigger::Digit,
+    },
+    Builtin {
+        key: "street_address",
+        label: "STREET_ADDRESS",
+        // House number, street name and type word per language (USPS Pub. 28 C1 suffixes,
+        // German, French, Spanish and Italian types), unit, postal code and city: code, see
+        // `address.rs`. Last, so the structured types win ties.
+        patterns: &[],
+        trigger: Trigger::Code(super::address::find),
+    },
+    Builtin {
+        key: "person",
+        label: "PERSON",
+        // Names: a public-domain gazetteer, context cues, token shape and a precision guard
+        // (see `person.rs`). Last, so every structured type wins a tie.
+        patterns: &[],
+        trigger: Trigger::Code(super::person::find),
     },
 ];
 

@@ -17,8 +17,8 @@
 //!    detectors owning that prefix are tried there, anchored: no regex runs over the text.
 //! 4. **Dictionaries**: one Aho-Corasick automaton (ASCII case-insensitive, leftmost-longest,
 //!    whole words only). **Custom regexes** have no known trigger: one set over the whole text.
-//! 5. **Code detectors** ([`Trigger::Code`]: names, street addresses) are functions that find
-//!    their own anchors in the text and push spans; they take a [`Mode`] so the exhaustive
+//! 5. **Code detectors** (`Trigger::Code`: names, street addresses) are functions that find
+//!    their own anchors in the text and push spans; they take a `Mode` so the exhaustive
 //!    reference can run them with no prefilter.
 //!
 //! Candidates go through their validator (Luhn, mod 97, ranges, edge checks), then overlaps
@@ -52,6 +52,7 @@
 //!   and `Scanner::build`.
 //! - `gates.rs`: the trigger pass (1) and its windows.
 //! - `literals.rs`: the literal pass (3) and the PEM footer search.
+//! - `person.rs`: the `PERSON` detector (code: gazetteer, cues, precision guard).
 //! - this file: [`Scanner`]'s scans (windows, dictionaries, custom sets, validation) and the
 //!   overlap resolution; `tests.rs`: their tests.
 //!
@@ -69,10 +70,12 @@ use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 use super::budget::{Exceeded, Meter};
 use super::checksum::{self, Check};
 
+mod address;
 mod build;
 mod builtin;
 mod gates;
 mod literals;
+mod person;
 #[cfg(test)]
 mod tests;
 

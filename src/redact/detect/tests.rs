@@ -882,6 +882,23 @@ fn zed(
     Ok(())
 }
 
+// See: veil#16
+#[test]
+fn ship_it_to_48_linden_road_leeds_ls6_2ab_is_one_street_address_among_the_builtins() {
+    let s = all();
+    let text = "ship it to 48 Linden Road, Leeds LS6 2AB, call +44 20 7946 0958.";
+    assert_eq!(
+        both(&s, text),
+        [
+            ("STREET_ADDRESS".to_string(), 11..40),
+            ("PHONE".to_string(), 47..63),
+        ]
+    );
+    let text = "Lindenstraße 48, 47361 Gießen; IBAN DE89370400440532013000";
+    let got = both(&s, text);
+    assert_eq!(got[0], ("STREET_ADDRESS".to_string(), 0..31), "{got:?}");
+}
+
 #[test]
 fn code_detectors_reach_both_scans_and_lose_overlaps_like_patterns() {
     let mut spec = ScannerSpec::default();
@@ -992,12 +1009,21 @@ const VALUES: &[(&str, &str, &str)] = &[
     ("DATE_OF_BIRTH", "born 12/03/1987", "12/03/1987"),
     ("DATE_OF_BIRTH", "DOB: 1987-03-12", "1987-03-12"),
     ("DATE_OF_BIRTH", "geboren am 12.03.1987", "12.03.1987"),
+    ("STREET_ADDRESS", "48 Linden Road, Leeds LS6 2AB", ""),
+    ("STREET_ADDRESS", "Lindenstraße 48, 10115 Berlin", ""),
+    ("STREET_ADDRESS", "12 rue de la Paix, 75002 Paris", ""),
+    ("PERSON", "my name is Tomasz Nowak", "Tomasz Nowak"),
+    ("PERSON", "Dear Priya Sharma", "Priya Sharma"),
 ];
 
-/// Sentence punctuation, brackets and quotes a value may touch on either side (veil#16).
+/// Sentence punctuation, brackets and quotes a value may touch on either side (veil#16's list,
+/// plus `...`, `).` and `",`). Opening brackets and `«` only before a value (`PERSON(` is a
+/// function call).
 const PUNCTUATION: &[&str] = &[
-    ".", ",", ";", ":", "!", "?", "(", ")", "[", "]", "\"", "'", "«", "»", "\n", "...", ").", "\",",
+    ".", ",", ";", ":", "!", "?", ")", "]", "\"", "'", "«", "»", "\n", "...", ").", "\",",
 ];
+/// Opening brackets, before a value only.
+const OPENING: &[&str] = &["(", "[", "«", "(\""];
 
 // See: veil#16
 #[test]
@@ -1007,13 +1033,17 @@ fn every_builtin_value_touching_punctuation_is_still_masked() {
     let mut checked = 0;
     for &(label, phrase, value) in VALUES {
         let value = if value.is_empty() { phrase } else { value };
-        for p in PUNCTUATION {
+        let cases = PUNCTUATION
+            .iter()
+            .map(|p| (*p, *p))
+            .chain(OPENING.iter().map(|p| (*p, "")));
+        for (open, close) in cases {
             for (pre, post) in [
-                ("", *p),
-                (*p, ""),
-                (*p, *p),
-                ("", &format!("{p} next") as &str),
-                (&format!("word {p}") as &str, ""),
+                ("", close),
+                (open, ""),
+                (open, close),
+                ("", &format!("{close} next") as &str),
+                (&format!("word {open}") as &str, ""),
             ] {
                 for (lead, tail) in [("", ""), ("text ", " text")] {
                     let text = format!("{lead}{pre}{phrase}{post}{tail}");
@@ -1043,4 +1073,170 @@ fn every_builtin_value_touching_punctuation_is_still_masked() {
             b.label
         );
     }
+}
+
+/// The PERSON detector alone.
+fn person() -> Scanner {
+    let mut spec = ScannerSpec::default();
+    spec.add_builtin(builtin("person").unwrap(), InlineAction::Mask);
+    Scanner::build(&spec).unwrap()
+}
+
+/// The names `both` finds in `text`, as substrings.
+fn names<'t>(s: &Scanner, text: &'t str) -> Vec<&'t str> {
+    both(s, text)
+        .into_iter()
+        .map(|(l, r)| {
+            assert_eq!(l, "PERSON");
+            &text[r]
+        })
+        .collect()
+}
+
+/// `(text, names it holds)`: cues, gazetteer, shapes, in English, German, French, Spanish.
+const PERSON_POSITIVES: &[(&str, &[&str])] = &[
+    // See: veil#16
+    ("Thanks Priya", &["Priya"]),
+    // See: veil#16
+    (
+        "Refund INV-2231, account holder Tomasz Nowak.",
+        &["Tomasz Nowak"],
+    ),
+    ("Hi, my name is Abigail Fisher and I", &["Abigail Fisher"]),
+    ("I'm Victoria West, DOB 1 May", &["Victoria West"]),
+    ("I’m Jean-Luc Picard.", &["Jean-Luc Picard"]),
+    ("Dear Ms O'Neil,", &["O'Neil"]),
+    ("Dear Dr. Kwame Mensah-Boateng,", &["Kwame Mensah-Boateng"]),
+    ("please forward it to Paul Hunt today", &["Paul Hunt"]),
+    ("Draft a letter to Amber Taylor.", &["Amber Taylor"]),
+    (
+        "send it to Pieter van der Berg now",
+        &["Pieter van der Berg"],
+    ),
+    ("Maria de la Cruz signed", &["Maria de la Cruz"]),
+    ("a note for Ronald McDonald", &["Ronald McDonald"]),
+    ("Happy to help, Paul! Could you", &["Paul"]),
+    ("Regards,\nSamira Haddad", &["Samira Haddad"]),
+    ("Best,\nOla", &["Ola"]),
+    ("name=Angela Mcclure; email", &["Angela Mcclure"]),
+    (
+        "{\"name\": \"Wojciech Zielinski\"}",
+        &["Wojciech Zielinski"],
+    ),
+    (
+        "The signed-in customer is Bryan Sanders (b",
+        &["Bryan Sanders"],
+    ),
+    ("Customer on file: Susanne Trupp, phone", &["Susanne Trupp"]),
+    ("Thanks Will, see you", &["Will"]),
+    // German.
+    ("Sehr geehrte Frau Jähn,", &["Jähn"]),
+    ("Hallo, ich heiße Łukasz Wróbel.", &["Łukasz Wróbel"]),
+    ("Mein Name ist Hans-Jürgen Müller", &["Hans-Jürgen Müller"]),
+    (
+        "Mit freundlichen Grüßen\nGudrun Schwarz",
+        &["Gudrun Schwarz"],
+    ),
+    ("Herr von Weizsäcker rief an", &["Weizsäcker"]),
+    // French.
+    ("Bonjour Amélie, merci", &["Amélie"]),
+    ("Je m'appelle François Lefèvre.", &["François Lefèvre"]),
+    ("Mme Dubois et M. Girard", &["Dubois", "Girard"]),
+    ("Cordialement,\nHélène Roux", &["Hélène Roux"]),
+    // Spanish.
+    ("Hola, me llamo José Ramírez.", &["José Ramírez"]),
+    ("Estimada Sra. Fernández:", &["Fernández"]),
+    ("Gracias Lucía!", &["Lucía"]),
+    ("Saludos,\nJavier de la Fuente", &["Javier de la Fuente"]),
+];
+
+/// Text with capitalized words that are not names: nothing may be masked.
+const PERSON_NEGATIVES: &[&str] = &[
+    "Will the build pass? May be. June and July are busy.",
+    "Will Power is a film. Mark Down the price.",
+    "Mark the test as flaky. Bill the customer in March.",
+    "Rose Garden Cafe opens on Sunday. Grant Access to the group.",
+    "Hope Street is closed. Apple Pay and Google Cloud are down.",
+    "The Smith family moved to New York.",
+    "Getting Started With The Rust Programming Language",
+    "Use HashMap and BTreeMap; call Vec::new() or String::from.",
+    "let user_name = Config.load(); JsonValue::Null",
+    "struct User { name: String, nickname: Option<String> }",
+    "Yesterday the Team met with Support.",
+    "Python, Ruby, Rust and Go are all fine.",
+    "THE QUICK BROWN FOX JUMPS",
+    "see `Parser` and PaymentIntent in the docs",
+    "Best Practices for Error Handling",
+    "Die Rechnung ist fällig. Bitte zahlen Sie bis Montag.",
+    "La réunion est lundi. Merci de confirmer.",
+    "La factura vence el lunes. Gracias por su paciencia.",
+    "Release Notes: Version 2.4 adds gzip",
+];
+
+#[test]
+fn person_names_in_four_languages_are_found_and_guard_words_are_not() {
+    let s = person();
+    for &(text, want) in PERSON_POSITIVES {
+        assert_eq!(names(&s, text), want, "text: {text:?}");
+    }
+    for &text in PERSON_NEGATIVES {
+        assert_eq!(names(&s, text), Vec::<&str>::new(), "text: {text:?}");
+    }
+}
+
+#[test]
+fn person_detector_costs_linear_work_on_capitalized_words_and_given_names() {
+    let s = person();
+    for word in ["Alpha ", "Maria ", "Thanks Maria. ", "HashMap ", "Ab"] {
+        let mut per_byte = Vec::new();
+        for n in [64_000usize, 1_000_000] {
+            let text = word.repeat(n / word.len());
+            let mut meter = Meter::unlimited();
+            let mut out = Vec::new();
+            s.find_within(&text, &mut out, &mut meter).unwrap();
+            per_byte.push(meter.work_done() as f64 / text.len() as f64);
+        }
+        assert!(per_byte[1] < 8.0, "{word:?}: {per_byte:?}");
+        assert!(per_byte[1] < per_byte[0] * 1.5, "{word:?}: {per_byte:?}");
+    }
+}
+
+/// Share of words PERSON masks in text written without any name (`tests/fixtures/pii/clean/`):
+/// the precision guard at work on news prose, a technical document and source code.
+#[test]
+fn person_masks_under_one_percent_of_words_of_text_without_names() {
+    assert_masks_under_one_percent_of_clean_words(&person());
+}
+
+/// Asserts that `s` masks under 1% of the words of each clean fixture (text written without
+/// PII: `tests/fixtures/pii/clean/`), printing the share.
+fn assert_masks_under_one_percent_of_clean_words(s: &Scanner) {
+    for file in ["prose.txt", "technical.md", "code.rs.txt"] {
+        let path = format!(
+            "{}/tests/fixtures/pii/clean/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let words = text.split_whitespace().count();
+        let got = both(s, &text);
+        let masked: usize = got
+            .iter()
+            .map(|(_, r)| text[r.clone()].split_whitespace().count().max(1))
+            .sum();
+        assert!(words > 300, "{file}: {words} words");
+        let share = masked as f64 / words as f64;
+        eprintln!("{file}: {masked} of {words} words masked ({share:.4}): {got:?}");
+        assert!(
+            share < 0.01,
+            "{file}: {masked} of {words} words masked: {got:?}"
+        );
+    }
+}
+
+/// Share of words every built-in together masks in text written without PII
+/// (`tests/fixtures/pii/clean/`: news prose, a technical document, source code): what the
+/// default profile costs ordinary text in readability (veil#16).
+#[test]
+fn all_builtins_mask_under_one_percent_of_words_of_text_without_pii() {
+    assert_masks_under_one_percent_of_clean_words(&all());
 }

@@ -1,0 +1,1447 @@
+//! The `PERSON` detector: person names in free text, from a gazetteer, context cues and
+//! token shape, with no model.
+//!
+//! Part of the redact step's detectors (`detect/`): a [`Trigger::Code`] detector
+//! ([`find`]), last in [`BUILTINS`] so every structured type wins a tie.
+//!
+//! ## What counts as a name
+//!
+//! Text is read as *name words*: a capital letter then lowercase letters (`Müller`, `Łukasz`,
+//! `José`), joined by `-` or `'` to more such parts (`Jean-Luc`, `O'Neil`, `D'Angelo`), with
+//! the `Mc`/`Mac`/`De`/`Di`/`La`/`Le` prefixes (`McDonald`, `DeShawn`). Name words separated
+//! by spaces, and by lowercase particles (`van der`, `de la`, `von`, `di`, `bin`), form a
+//! *run*; honorifics, greetings and guard words (below) split a run into *segments*. A
+//! segment of at most four name words is a name when one of these holds:
+//!
+//! 1. **A cue** ends right before it (up to 6 bytes of spaces, `,` `:` `=` quotes, newlines in
+//!    between): "my name is", "I'm", "I am", "Dear", "Hi", "Hello", "Thanks", "Thank you",
+//!    "Regards,", "Best,", "Cheers", "Sincerely", "account holder", "name:", "name=",
+//!    "customer", the honorifics (Mr, Mrs, Ms, Dr, Prof, Herr, Frau, M., Mme, Mlle, Sr.,
+//!    Sra., Don, Doña) and their German, French and Spanish equivalents ("ich heiße", "mein
+//!    Name ist", "Sehr geehrte", "je m'appelle", "Bonjour", "me llamo", "Hola", "Gracias",
+//!    "Saludos", "Mit freundlichen Grüßen", "Cordialement", ...). The segment need not be in
+//!    the gazetteer ("Thanks Priya", "account holder Tomasz Nowak").
+//! 2. **A given name then more name words**: its first word is a given name of the gazetteer
+//!    and at least one name word follows ("Paul Hunt", "Hans-Jürgen Dörr").
+//!    A given name that is also a common word (below) counts here only mid-sentence and
+//!    when the last word is a surname of the gazetteer ("to Amber Taylor").
+//! 3. **A vocative**: a lone given name after `, ` that follows a lowercase word, and before
+//!    `!`, `?`, `.`, `,` or `;` ("Happy to help, Paul!").
+//!
+//! The gazetteer is `data/names/` (US Census 1990 given names and the 25,000 most frequent
+//! surnames, Moby given names; public domain, see its README), compiled by `build.rs` into an
+//! FST embedded in the binary. One lookup per name word, of at most [`MAX_WORD`] bytes.
+//!
+//! ## The precision guard
+//!
+//! Ordinary prose, technical text and code must not be shredded, so:
+//! - **Guard words** are never part of a name: function words, greetings, honorifics,
+//!   weekdays and months, common nouns of support and technical text (`Team`, `Support`,
+//!   `Server`, `Street`), product and company names (`Apple`, `Google`, `Python`, `Windows`)
+//!   ([`GUARD`]). A run like "The Smith" or "Apple Pay" has no segment a rule accepts.
+//! - **Given names that are common words** (Will, May, June, Mark, Bill, Rose, Grant, Hope,
+//!   Amber, Sunday, ...; [`AMBIGUOUS`]) count as given names only after a cue ("Thanks Will"),
+//!   never for rule 3, and for rule 2 only mid-sentence before a surname ("Will Power",
+//!   "May Day", "Will Smith" opening a sentence are not masked).
+//! - **Words at a sentence start** get no special trust: a lone capitalized word is never a
+//!   name without a cue or a vocative, and rule 2 needs the gazetteer's given name.
+//! - **Headings and Title Case**: a segment of more than four name words ("Getting Started
+//!   With The New Release") is a title, not a name, unless a cue precedes it (then its first
+//!   four words are masked).
+//! - **Code identifiers**: a word glued to `_`, `.`, `/`, `\`, `@`, `#`, `$`, `<`, `>`,
+//!   `` ` `` or a digit, followed by `(` or `::`, or CamelCase (`HashMap`, `JsonValue`: an
+//!   inner capital outside the name prefixes) or ALL CAPS is not a name word.
+//!
+//! Lowercase names ("my name is jane doe") are not detected: capitalization is the signal
+//! that keeps prose readable.
+//!
+//! ## Cost
+//!
+//! One pass over the bytes finds the candidate starts (an ASCII capital or a non-ASCII lead
+//! byte at a word start, [`Mode::Gated`]; every character, [`Mode::Exhaustive`]); each word
+//! is read once (a run's words are consumed), looked up once, and a cue is looked for in the
+//! 48 bytes before a segment. Linear in the text, charged one unit per byte and per word.
+
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use fst::Map;
+
+use super::{Exceeded, Meter, Mode};
+
+/// The gazetteer: lowercase name → flags ([`GIVEN`] | [`SURNAME`]), built by `build.rs`.
+static NAMES_FST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/names.fst"));
+
+static NAMES: LazyLock<Map<&'static [u8]>> =
+    LazyLock::new(|| Map::new(NAMES_FST).expect("build.rs writes a valid FST"));
+
+/// Gazetteer flag: a given name.
+const GIVEN: u64 = 1;
+
+/// Gazetteer flag: a surname.
+const SURNAME: u64 = 2;
+
+/// Longest name word looked up, in bytes; longer words are not names (and bound the lookup).
+const MAX_WORD: usize = 40;
+
+/// Most name words in one name.
+const MAX_NAME_WORDS: usize = 4;
+
+/// Bytes between a cue and the name it introduces.
+const MAX_GAP: usize = 6;
+
+/// Bytes before a segment searched for a cue (the longest cue is shorter).
+const CUE_WINDOW: usize = 48;
+
+/// Cues that introduce a name, lowercase (ASCII letters are compared case-insensitively).
+/// Each must end the text before the name, after a word boundary, up to [`MAX_GAP`] bytes of
+/// spaces, `,`, `:`, `=`, quotes or newlines away.
+const CUES: &[&str] = &[
+    // English.
+    "my name is",
+    "name is",
+    "i'm",
+    "i’m",
+    "i am",
+    "dear",
+    "hi",
+    "hello",
+    "hey",
+    "thanks",
+    "thank you",
+    "account holder",
+    "cardholder",
+    "card holder",
+    "name",
+    "full name",
+    "customer",
+    "customer is",
+    "customer on file",
+    "patient",
+    "signed",
+    "contact",
+    "attn",
+    "attention",
+    "called",
+    "named",
+    "landlord",
+    "landlady",
+    "tenant",
+    "owner",
+    "recipient",
+    "beneficiary",
+    "payee",
+    "colleague",
+    "friend",
+    "wife",
+    "husband",
+    "son",
+    "daughter",
+    "mother",
+    "father",
+    "brother",
+    "sister",
+    "mr",
+    "mr.",
+    "mrs",
+    "mrs.",
+    "ms",
+    "ms.",
+    "miss",
+    "dr",
+    "dr.",
+    "prof",
+    "prof.",
+    "sir",
+    // German.
+    "ich heiße",
+    "ich heisse",
+    "mein name ist",
+    "sehr geehrte",
+    "sehr geehrter",
+    "liebe",
+    "lieber",
+    "hallo",
+    "danke",
+    "herr",
+    "frau",
+    "kunde",
+    "kundin",
+    "kontoinhaber",
+    "kontoinhaberin",
+    // French.
+    "je m'appelle",
+    "je m’appelle",
+    "je suis",
+    "bonjour",
+    "merci",
+    "m.",
+    "mme",
+    "mme.",
+    "mlle",
+    "mlle.",
+    "madame",
+    "monsieur",
+    "cher",
+    "chère",
+    "titulaire",
+    // Spanish.
+    "me llamo",
+    "mi nombre es",
+    "soy",
+    "hola",
+    "gracias",
+    "sr.",
+    "sr",
+    "sra.",
+    "sra",
+    "srta.",
+    "don",
+    "doña",
+    "estimado",
+    "estimada",
+    "señor",
+    "señora",
+    "titular",
+];
+
+/// Sign-offs: cues only when a `,` or a line break follows them ("Best,\nAnna"; not "best
+/// Practices").
+const SIGNOFFS: &[&str] = &[
+    "regards",
+    "best",
+    "cheers",
+    "sincerely",
+    "yours",
+    "grüße",
+    "grüßen",
+    "gruß",
+    "cordialement",
+    "saludos",
+    "atentamente",
+    "thanks",
+    "thank you",
+];
+
+/// Words that are never part of a name (lowercase): greetings and honorifics (cues written
+/// as their own words), function words of the four languages, weekdays and months, common
+/// nouns of support and technical text, product and company names. The precision guard.
+const GUARD: &[&str] = &[
+    // Greetings, honorifics, sign-offs.
+    "dear",
+    "hi",
+    "hello",
+    "hey",
+    "thanks",
+    "thank",
+    "regards",
+    "best",
+    "cheers",
+    "sincerely",
+    "mr",
+    "mrs",
+    "ms",
+    "miss",
+    "dr",
+    "prof",
+    "sir",
+    "madam",
+    "mister",
+    "herr",
+    "frau",
+    "mme",
+    "mlle",
+    "madame",
+    "monsieur",
+    "sr",
+    "sra",
+    "srta",
+    "señor",
+    "señora",
+    "doña",
+    "hallo",
+    "liebe",
+    "lieber",
+    "sehr",
+    "geehrte",
+    "geehrter",
+    "danke",
+    "bonjour",
+    "merci",
+    "cher",
+    "chère",
+    "hola",
+    "gracias",
+    "saludos",
+    "estimado",
+    "estimada",
+    "yours",
+    "kind",
+    "grüße",
+    "grüßen",
+    "gruß",
+    "freundlichen",
+    "cordialement",
+    "atentamente",
+    "warm",
+    "welcome",
+    "good",
+    "morning",
+    "afternoon",
+    "evening",
+    "night",
+    "greetings",
+    // English function words.
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "these",
+    "those",
+    "my",
+    "your",
+    "our",
+    "his",
+    "her",
+    "their",
+    "its",
+    "we",
+    "you",
+    "he",
+    "she",
+    "it",
+    "they",
+    "and",
+    "or",
+    "but",
+    "if",
+    "in",
+    "on",
+    "at",
+    "to",
+    "for",
+    "of",
+    "with",
+    "from",
+    "by",
+    "as",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "not",
+    "no",
+    "yes",
+    "ok",
+    "okay",
+    "please",
+    "there",
+    "here",
+    "what",
+    "when",
+    "where",
+    "why",
+    "how",
+    "who",
+    "which",
+    "can",
+    "could",
+    "would",
+    "should",
+    "shall",
+    "must",
+    "let",
+    "all",
+    "any",
+    "some",
+    "every",
+    "each",
+    "new",
+    "old",
+    "next",
+    "last",
+    "first",
+    "after",
+    "before",
+    "also",
+    "just",
+    "then",
+    "so",
+    "do",
+    "does",
+    "did",
+    "have",
+    "has",
+    "had",
+    "sure",
+    "sorry",
+    "note",
+    "see",
+    "use",
+    "using",
+    "about",
+    "into",
+    "over",
+    "under",
+    "via",
+    "per",
+    "one",
+    "two",
+    "three",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "now",
+    "once",
+    "again",
+    "still",
+    "only",
+    "more",
+    "most",
+    "both",
+    "other",
+    "such",
+    "since",
+    "until",
+    "while",
+    "because",
+    "however",
+    "although",
+    "though",
+    // German, French, Spanish function words.
+    "der",
+    "die",
+    "das",
+    "den",
+    "dem",
+    "des",
+    "ein",
+    "eine",
+    "und",
+    "oder",
+    "aber",
+    "ich",
+    "sie",
+    "wir",
+    "ihr",
+    "es",
+    "bitte",
+    "mit",
+    "von",
+    "für",
+    "auf",
+    "bei",
+    "nach",
+    "ist",
+    "le",
+    "la",
+    "les",
+    "un",
+    "une",
+    "et",
+    "ou",
+    "je",
+    "vous",
+    "nous",
+    "il",
+    "elle",
+    "pour",
+    "avec",
+    "dans",
+    "sur",
+    "est",
+    "el",
+    "los",
+    "las",
+    "una",
+    "y",
+    "o",
+    "yo",
+    "usted",
+    "para",
+    "con",
+    "en",
+    "por",
+    "que",
+    "mi",
+    "su",
+    "del",
+    // Days and months (English, German, French, Spanish).
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "montag",
+    "dienstag",
+    "mittwoch",
+    "donnerstag",
+    "freitag",
+    "samstag",
+    "sonntag",
+    "januar",
+    "februar",
+    "juni",
+    "juli",
+    "oktober",
+    "dezember",
+    "lundi",
+    "mardi",
+    "mercredi",
+    "jeudi",
+    "vendredi",
+    "samedi",
+    "dimanche",
+    "janvier",
+    "mars",
+    "avril",
+    "mai",
+    "juin",
+    "juillet",
+    "août",
+    "lunes",
+    "martes",
+    "miércoles",
+    "jueves",
+    "viernes",
+    "sábado",
+    "domingo",
+    "enero",
+    "febrero",
+    "marzo",
+    "abril",
+    "mayo",
+    "junio",
+    "julio",
+    "agosto",
+    // Support, business and technical nouns.
+    "team",
+    "support",
+    "service",
+    "services",
+    "customer",
+    "customers",
+    "client",
+    "user",
+    "users",
+    "admin",
+    "manager",
+    "management",
+    "department",
+    "office",
+    "company",
+    "inc",
+    "ltd",
+    "llc",
+    "gmbh",
+    "ag",
+    "corp",
+    "co",
+    "group",
+    "bank",
+    "university",
+    "college",
+    "school",
+    "hospital",
+    "clinic",
+    "street",
+    "road",
+    "avenue",
+    "lane",
+    "drive",
+    "court",
+    "state",
+    "new",
+    "york",
+    "server",
+    "client",
+    "error",
+    "file",
+    "data",
+    "test",
+    "tests",
+    "code",
+    "api",
+    "account",
+    "order",
+    "invoice",
+    "payment",
+    "card",
+    "number",
+    "name",
+    "email",
+    "phone",
+    "address",
+    "status",
+    "update",
+    "release",
+    "version",
+    "project",
+    "product",
+    "system",
+    "network",
+    "cloud",
+    "studio",
+    "store",
+    "pay",
+    "app",
+    "web",
+    "online",
+    "mobile",
+    "security",
+    "privacy",
+    "policy",
+    "terms",
+    "news",
+    "report",
+    "summary",
+    "overview",
+    "introduction",
+    "conclusion",
+    "chapter",
+    "section",
+    "table",
+    "figure",
+    "step",
+    "example",
+    "question",
+    "answer",
+    "issue",
+    "bug",
+    "fix",
+    "feature",
+    "request",
+    "response",
+    "string",
+    "str",
+    "option",
+    "vec",
+    "bool",
+    "int",
+    "integer",
+    "float",
+    "list",
+    "dict",
+    "none",
+    "null",
+    "true",
+    "false",
+    "self",
+    "object",
+    "array",
+    "map",
+    "value",
+    "result",
+    "any",
+    "unknown",
+    "void",
+    "type",
+    "default",
+    "optional",
+    "text",
+    "date",
+    "time",
+    "president",
+    "minister",
+    "senator",
+    "governor",
+    "mayor",
+    "judge",
+    "general",
+    "captain",
+    "professor",
+    "doctor",
+    "director",
+    "officer",
+    "agent",
+    "editor",
+    "author",
+];
+
+/// Product, company, language and place names, some also names or surnames (`Julia`,
+/// `Rust`, `English`): a segment may not start with one unless a cue precedes it and it is a
+/// given name ("Thanks Julia"), but one may follow a given name ("Heino Rust").
+const SOFT: &[&str] = &[
+    "hope",
+    "apple",
+    "google",
+    "microsoft",
+    "amazon",
+    "meta",
+    "netflix",
+    "tesla",
+    "intel",
+    "oracle",
+    "ibm",
+    "github",
+    "gitlab",
+    "docker",
+    "linux",
+    "windows",
+    "android",
+    "iphone",
+    "ipad",
+    "mac",
+    "macbook",
+    "python",
+    "rust",
+    "java",
+    "ruby",
+    "perl",
+    "julia",
+    "swift",
+    "go",
+    "kotlin",
+    "scala",
+    "haskell",
+    "jupyter",
+    "excel",
+    "word",
+    "outlook",
+    "teams",
+    "slack",
+    "zoom",
+    "chrome",
+    "firefox",
+    "safari",
+    "edge",
+    "visa",
+    "mastercard",
+    "paypal",
+    "stripe",
+    "openai",
+    "anthropic",
+    "claude",
+    "gemini",
+    "llama",
+    "mistral",
+    "siri",
+    "alexa",
+    "cortana",
+    "bing",
+    "kafka",
+    "redis",
+    "postgres",
+    "mongo",
+    "nginx",
+    "apache",
+    "jenkins",
+    "ansible",
+    "terraform",
+    "kubernetes",
+    "helm",
+    "grafana",
+    "prometheus",
+    "jira",
+    "confluence",
+    "london",
+    "paris",
+    "berlin",
+    "madrid",
+    "europe",
+    "america",
+    "english",
+    "german",
+    "french",
+    "spanish",
+    "christmas",
+    "easter",
+];
+
+/// Given names that are also common words: a given name only after a cue (rules 2 and 3 of
+/// the module doc ignore them).
+const AMBIGUOUS: &[&str] = &[
+    "will",
+    "may",
+    "june",
+    "april",
+    "august",
+    "mark",
+    "bill",
+    "rose",
+    "grant",
+    "hope",
+    "sunday",
+    "apple",
+    "joy",
+    "faith",
+    "grace",
+    "dawn",
+    "summer",
+    "autumn",
+    "winter",
+    "spring",
+    "amber",
+    "crystal",
+    "ruby",
+    "pearl",
+    "ivy",
+    "holly",
+    "iris",
+    "violet",
+    "lily",
+    "daisy",
+    "ginger",
+    "honey",
+    "candy",
+    "sunny",
+    "star",
+    "sky",
+    "river",
+    "rocky",
+    "chase",
+    "hunter",
+    "art",
+    "guy",
+    "pat",
+    "sue",
+    "van",
+    "max",
+    "ray",
+    "gene",
+    "rich",
+    "penny",
+    "sandy",
+    "chance",
+    "price",
+    "king",
+    "miles",
+    "young",
+    "wade",
+    "frank",
+    "jack",
+    "don",
+    "bob",
+    "bud",
+    "buck",
+    "chip",
+    "christian",
+    "dean",
+    "destiny",
+    "harmony",
+    "heather",
+    "jade",
+    "jasmine",
+    "jewel",
+    "justice",
+    "liberty",
+    "marina",
+    "melody",
+    "misty",
+    "page",
+    "paige",
+    "patience",
+    "royal",
+    "sage",
+    "scarlet",
+    "serenity",
+    "storm",
+    "trinity",
+    "victory",
+    "an",
+    "le",
+    "la",
+    "lee",
+    "long",
+    "major",
+    "forest",
+    "golden",
+    "lane",
+    "lincoln",
+    "carter",
+    "case",
+    "cliff",
+    "clay",
+    "dale",
+    "drew",
+    "earl",
+    "ernest",
+    "glen",
+    "hank",
+    "harvey",
+    "jay",
+    "kit",
+    "lance",
+    "lou",
+    "mason",
+    "nick",
+    "norm",
+    "pierce",
+    "reed",
+    "rob",
+    "rod",
+    "russ",
+    "ward",
+    "warren",
+    "win",
+    "woody",
+    "doc",
+    "tex",
+    "skip",
+    "sonny",
+    "bobby",
+    "happy",
+    "merry",
+    "precious",
+    "promise",
+    "unique",
+    "echo",
+    "aurora",
+    "nova",
+    "luna",
+    "stella",
+    "angel",
+    "baby",
+    "bunny",
+    "kitty",
+    "lady",
+    "queen",
+    "princess",
+    "tiffany",
+    "mercedes",
+    "porsche",
+    "ferrari",
+    "ford",
+    "chevy",
+    "dell",
+];
+
+/// Street and place words (the USPS street suffixes of Publication 28, Appendix C1, and their
+/// German, French and Spanish counterparts; unit words), less those that are common surnames
+/// (Hill, Lane, Park, Wells, ...): a run holding one is an address or a place ("Melissa
+/// Station Apt"), never a name. So is a run after a house number ("12 Sarah Hills") or one
+/// opening with a compass word ("West Lorraine", "North Jason").
+const PLACE_WORDS: &[&str] = &[
+    "street",
+    "st",
+    "road",
+    "rd",
+    "avenue",
+    "ave",
+    "ln",
+    "drive",
+    "court",
+    "ct",
+    "place",
+    "pl",
+    "boulevard",
+    "blvd",
+    "way",
+    "station",
+    "suite",
+    "apt",
+    "apartment",
+    "unit",
+    "parkway",
+    "parkways",
+    "spring",
+    "springs",
+    "mews",
+    "track",
+    "courts",
+    "fork",
+    "forks",
+    "common",
+    "commons",
+    "point",
+    "points",
+    "estate",
+    "estates",
+    "orchard",
+    "haven",
+    "passage",
+    "overpass",
+    "stream",
+    "throughway",
+    "mount",
+    "mountain",
+    "mountains",
+    "cape",
+    "lock",
+    "locks",
+    "freeway",
+    "summit",
+    "union",
+    "unions",
+    "burg",
+    "burgs",
+    "corner",
+    "corners",
+    "crossing",
+    "creek",
+    "lake",
+    "lakes",
+    "island",
+    "islands",
+    "valley",
+    "valleys",
+    "ridge",
+    "heights",
+    "gardens",
+    "garden",
+    "square",
+    "plaza",
+    "terrace",
+    "trail",
+    "circle",
+    "loop",
+    "row",
+    "walk",
+    "highway",
+    "expressway",
+    "junction",
+    "meadow",
+    "meadows",
+    "port",
+    "ports",
+    "shore",
+    "shores",
+    "view",
+    "views",
+    "village",
+    "villages",
+    "ville",
+    "vista",
+    "wharf",
+    "alley",
+    "bridge",
+    "canyon",
+    "center",
+    "centre",
+    "cliffs",
+    "club",
+    "dam",
+    "divide",
+    "extension",
+    "falls",
+    "ferry",
+    "flat",
+    "flats",
+    "fort",
+    "gateway",
+    "harbor",
+    "harbour",
+    "hollow",
+    "inlet",
+    "isle",
+    "knoll",
+    "knolls",
+    "landing",
+    "neck",
+    "oval",
+    "pass",
+    "path",
+    "pine",
+    "pines",
+    "plain",
+    "plains",
+    "prairie",
+    "ranch",
+    "rapids",
+    "route",
+    "shoal",
+    "skyway",
+    "spur",
+    "stravenue",
+    "tunnel",
+    "turnpike",
+    "underpass",
+    "viaduct",
+    "bypass",
+    "causeway",
+    "curve",
+    "drives",
+    "grounds",
+    "harbors",
+    "motorway",
+    "orchards",
+    "ramp",
+    "roads",
+    "squares",
+    "streets",
+    "trafficway",
+    "trace",
+    "turn",
+    "ways",
+    "parade",
+    "building",
+    "floor",
+    "room",
+    "city",
+    "county",
+    "straße",
+    "strasse",
+    "str",
+    "weg",
+    "platz",
+    "allee",
+    "gasse",
+    "damm",
+    "ufer",
+    "rue",
+    "chemin",
+    "allée",
+    "impasse",
+    "quai",
+    "calle",
+    "avenida",
+    "paseo",
+    "camino",
+    "carrera",
+    "via",
+    "piazza",
+];
+
+/// Lowercase words that join the parts of a multi-part name (`van der Berg`, `de la Cruz`).
+const PARTICLES: &[&str] = &[
+    "van", "von", "der", "den", "de", "del", "della", "la", "le", "di", "da", "du", "dos", "das",
+    "ter", "ten", "bin", "ibn", "al", "zu",
+];
+
+/// Finds person names in `text` (see the module doc); a [`Code`](super::Code) detector.
+pub(crate) fn find(
+    text: &str,
+    mode: Mode,
+    out: &mut Vec<Range<usize>>,
+    meter: &mut Meter,
+) -> Result<(), Exceeded> {
+    meter.work(text.len())?;
+    let b = text.as_bytes();
+    // Where the last run ended: starts before it were read as part of that run.
+    let mut done = 0;
+    // The words of the current run (reused: one allocation per call).
+    let mut words = Vec::new();
+    match mode {
+        Mode::Gated => {
+            // 32 bytes at a time: a branch-free fold the compiler vectorizes says whether a
+            // chunk holds a capital or a non-ASCII lead byte; most chunks of prose hold none.
+            let start = |c: u8| c.is_ascii_uppercase() | (c >= 0xC0);
+            for (k, chunk) in b.chunks(32).enumerate() {
+                if !chunk.iter().fold(false, |any, &c| any | start(c)) {
+                    continue;
+                }
+                for (j, &c) in chunk.iter().enumerate() {
+                    let i = k * 32 + j;
+                    if i >= done && start(c) {
+                        done = done.max(at(text, i, &mut words, out, meter)?);
+                    }
+                }
+            }
+        }
+        Mode::Exhaustive => {
+            for (i, _) in text.char_indices() {
+                if i >= done {
+                    done = done.max(at(text, i, &mut words, out, meter)?);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the run that starts at `i` if a name word starts there: pushes its names and returns
+/// where the run ends (`i` when no name word starts at `i`).
+fn at(
+    text: &str,
+    i: usize,
+    words: &mut Vec<Range<usize>>,
+    out: &mut Vec<Range<usize>>,
+    meter: &mut Meter,
+) -> Result<usize, Exceeded> {
+    let Some(first) = name_word(text, i) else {
+        return Ok(i);
+    };
+    meter.work(1)?;
+    // The run: name words, with particles and spaces between them.
+    let mut end = first.end;
+    words.clear();
+    words.push(first);
+    while let Some(next) = next_word(text, end) {
+        meter.work(next.end - end)?;
+        end = next.end;
+        words.push(next);
+    }
+    meter.work(words.len())?;
+    let compass = is_in(&["north", "south", "east", "west"], &text[words[0].clone()]);
+    let numbered = text[..i]
+        .trim_end_matches([' ', '\t'])
+        .ends_with(|c: char| c.is_ascii_digit());
+    if compass || numbered || words.iter().any(|w| is_in(PLACE_WORDS, &text[w.clone()])) {
+        return Ok(end);
+    }
+    // Segments: maximal stretches of words that are not guard words.
+    let mut k = 0;
+    while k < words.len() {
+        if is_guard(&text[words[k].clone()]) {
+            k += 1;
+            continue;
+        }
+        let mut j = k;
+        while j < words.len() && !is_guard(&text[words[j].clone()]) {
+            j += 1;
+        }
+        meter.work(j - k)?;
+        if let Some(r) = segment(text, &words[k..j]) {
+            out.push(r);
+        }
+        k = j;
+    }
+    Ok(end)
+}
+
+/// The name a segment of name words is, if one of the module doc's rules accepts it.
+fn segment(text: &str, words: &[Range<usize>]) -> Option<Range<usize>> {
+    let start = words[0].start;
+    let first = &text[words[0].clone()];
+    if is_in(SOFT, first) {
+        let named = given(first) != Given::No && cue_before(text, start);
+        return named.then(|| start..words[words.len().min(MAX_NAME_WORDS) - 1].end);
+    }
+    if cue_before(text, start) {
+        let last = &words[words.len().min(MAX_NAME_WORDS) - 1];
+        return Some(start..last.end);
+    }
+    if words.len() > MAX_NAME_WORDS {
+        return None;
+    }
+    let span = start..words[words.len() - 1].end;
+    match given(first) {
+        Given::No if words.len() == 1 => vocative(text, &words[0], "!").then(|| words[0].clone()),
+        Given::No => None,
+        Given::Yes | Given::Ambiguous if words.len() == 1 => {
+            vocative(text, &words[0], ".,;!?").then(|| words[0].clone())
+        }
+        Given::Yes => Some(span),
+        // "Amber Taylor" mid-sentence, not "Will Power" nor "Will Smith" opening a sentence.
+        Given::Ambiguous => (words.len() >= 2
+            && mid_sentence(text, start)
+            && is_surname(&text[words[words.len() - 1].clone()]))
+        .then_some(span),
+    }
+}
+
+/// The next name word of a run that ends at `end`: after spaces and at most three particles.
+fn next_word(text: &str, end: usize) -> Option<Range<usize>> {
+    let b = text.as_bytes();
+    let mut p = end;
+    let mut particles = 0;
+    loop {
+        let s = p;
+        while p < b.len() && (b[p] == b' ' || b[p] == b'\t') && p - s < 3 {
+            p += 1;
+        }
+        if p == s || p >= b.len() {
+            return None;
+        }
+        if let Some(w) = name_word(text, p) {
+            return Some(w);
+        }
+        // A middle initial: `Hans D. Otto`.
+        if b[p].is_ascii_uppercase() && b.get(p + 1) == Some(&b'.') && b.get(p + 2) == Some(&b' ') {
+            if particles == 3 {
+                return None;
+            }
+            particles += 1;
+            p += 2;
+            continue;
+        }
+        let q = p + b[p..].iter().take_while(|c| c.is_ascii_lowercase()).count();
+        if particles == 3 || q == p || !PARTICLES.contains(&&text[p..q]) {
+            return None;
+        }
+        particles += 1;
+        p = q;
+    }
+}
+
+/// The name word starting at byte `i`, if one does (see the module doc's shape rules).
+fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
+    let mut back = text[..i].chars().rev();
+    let (before, beyond) = (back.next(), back.next());
+    // A `.` glues only to a word before it (`obj.Name`), not to a sentence end (veil#16).
+    let dot_glued =
+        before == Some('.') && beyond.is_some_and(|c| c.is_alphanumeric() || c == ')' || c == '_');
+    if let Some(c) = before
+        && (c.is_alphanumeric() || "_/\\@#$<>`~&%*+^|".contains(c) || dot_glued)
+    {
+        // Not `=` nor `:`: `name=Jo`, `Name:Jo` are cues.
+        return None;
+    }
+    let mut end = i;
+    let mut part_start = i;
+    let mut chars = text[i..].char_indices().peekable();
+    let mut prev: Option<char> = None;
+    while let Some((o, c)) = chars.next() {
+        let at = i + o;
+        if c.is_uppercase() {
+            let part = &text[part_start..at];
+            let ok =
+                at == part_start || matches!(part, "Mc" | "Mac" | "De" | "Di" | "La" | "Le" | "O");
+            if !ok {
+                return None; // CamelCase or ALL CAPS.
+            }
+        } else if c.is_lowercase() {
+            if at == part_start {
+                return None; // A part starts with a capital.
+            }
+        } else if (c == '-' || c == '\'' || c == '’')
+            && prev.is_some_and(char::is_alphabetic)
+            && chars.peek().is_some_and(|&(_, n)| n.is_uppercase())
+        {
+            part_start = at + c.len_utf8();
+        } else {
+            break;
+        }
+        prev = Some(c);
+        end = at + c.len_utf8();
+        if end - i > MAX_WORD {
+            return None;
+        }
+    }
+    let word = &text[i..end];
+    // At least one capital and one lowercase letter, and not a lone initial.
+    if word.chars().count() < 2 || !word.chars().any(char::is_lowercase) {
+        return None;
+    }
+    let after = &text[end..];
+    // Glued to code: `Foo_bar`, `Foo(`, `Foo<T>`, `Foo::new`, `Foo.bar`, `Foo2`.
+    let glued = after
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphanumeric() || "_(<`@#$".contains(c));
+    let path = after.starts_with("::")
+        || after.starts_with('.') && after[1..].starts_with(|c: char| c.is_alphanumeric());
+    if glued || path {
+        return None;
+    }
+    Some(i..end)
+}
+
+/// Whether a cue ends at most [`MAX_GAP`] bytes of gap before `start`.
+fn cue_before(text: &str, start: usize) -> bool {
+    let b = text.as_bytes();
+    let mut i = start;
+    while i > 0 && start - i < MAX_GAP && b" \t\r\n,:=\"'(".contains(&b[i - 1]) {
+        i -= 1;
+    }
+    // Particles between a cue and the name ("Herr von Weizsäcker"): at most three.
+    for _ in 0..3 {
+        let w = b[..i]
+            .iter()
+            .rev()
+            .take_while(|c| c.is_ascii_lowercase())
+            .count();
+        let p = i - w;
+        if w == 0 || p == 0 || b[p - 1] != b' ' || !PARTICLES.contains(&&text[p..i]) {
+            break;
+        }
+        i = p - 1;
+    }
+    let gap = &b[i..start];
+    // ASCII only was stepped over, so `i` is a char boundary.
+    let mut lo = i.saturating_sub(CUE_WINDOW);
+    while !text.is_char_boundary(lo) {
+        lo += 1;
+    }
+    let mut buf = [0u8; CUE_WINDOW];
+    let w = &mut buf[..i - lo];
+    w.copy_from_slice(&b[lo..i]);
+    w.make_ascii_lowercase();
+    let signoff = gap.contains(&b',') || gap.contains(&b'\n');
+    let cues = CUES.iter().chain(SIGNOFFS.iter().filter(|_| signoff));
+    cues.into_iter().any(|c| {
+        w.ends_with(c.as_bytes()) && {
+            // A word boundary before the cue: not a letter or digit of any script, nor a `.`
+            // right after one (`m.` is no cue in `a.m.`); `.Dear`, `«Dear` are cues (veil#16).
+            let mut back = text[..lo + w.len() - c.len()].chars().rev();
+            match (back.next(), back.next()) {
+                (Some(a), _) if a.is_alphanumeric() => false,
+                (Some('.'), Some(b)) => !b.is_alphanumeric(),
+                _ => true,
+            }
+        }
+    })
+}
+
+/// A lone given name used as a vocative: `, Name!` after a lowercase word.
+fn vocative(text: &str, w: &Range<usize>, ends: &str) -> bool {
+    let before = &text[..w.start];
+    let Some(rest) = before.strip_suffix(", ") else {
+        return false;
+    };
+    let prev_lower = rest
+        .split(|c: char| !c.is_alphabetic())
+        .next_back()
+        .and_then(|p| p.chars().next())
+        .is_some_and(char::is_lowercase);
+    let next = text[w.end..].chars().next();
+    prev_lower && next.is_some_and(|c| ends.contains(c))
+}
+
+/// What the gazetteer says of a word as a given name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Given {
+    /// Not a given name.
+    No,
+    /// A given name that is also a common word ([`AMBIGUOUS`]).
+    Ambiguous,
+    /// A given name.
+    Yes,
+}
+
+/// Whether a word (any case; its first part when hyphenated) is a given name.
+fn given(word: &str) -> Given {
+    let first = word.split(['-', '\'', '’']).next().unwrap_or(word);
+    let lower = first.to_lowercase();
+    if NAMES.get(lower.as_bytes()).is_none_or(|f| f & GIVEN == 0) {
+        Given::No
+    } else if AMBIGUOUS.contains(&lower.as_str()) {
+        Given::Ambiguous
+    } else {
+        Given::Yes
+    }
+}
+
+/// Whether a word (any case) is a surname of the gazetteer.
+fn is_surname(word: &str) -> bool {
+    NAMES
+        .get(word.to_lowercase().as_bytes())
+        .is_some_and(|f| f & SURNAME != 0)
+}
+
+/// Whether `start` follows a lowercase word or a comma on the same line (not a sentence or
+/// line start, where any word is capitalized).
+fn mid_sentence(text: &str, start: usize) -> bool {
+    let before = text[..start].trim_end_matches([' ', '\t']);
+    before
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_lowercase() || c == ',')
+}
+
+/// Whether a word (any case) is a guard word.
+fn is_guard(word: &str) -> bool {
+    is_in(GUARD, word)
+}
+
+/// Whether a word (any case) is in `list` (lowercase).
+fn is_in(list: &[&str], word: &str) -> bool {
+    word.len() <= 24 && list.contains(&word.to_lowercase().as_str())
+}

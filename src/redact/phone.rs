@@ -1,0 +1,538 @@
+//! # Phone numbers, validated against libphonenumber's metadata (veil#16).
+//!
+//! The `phone` detector's patterns only find *shapes*: `+CC` then digit groups (international,
+//! also `00CC`), a North American `(NXX) NXX-XXXX`, a national number written with its trunk
+//! prefix `0` (`030 12345678`, `06.12.34.56.78`, `(0)20 7946 0958`), and, only when the text
+//! names a region, digit groups with no prefix (`612 345 678` near "teléfono"). Whether a
+//! shape is a phone number is decided here, by Google's libphonenumber metadata (the
+//! `phonenumber` crate, a port of it, metadata 9.0.x): a number must be *valid* for a region,
+//! i.e. match that region's length and number-range patterns. So a new country needs metadata,
+//! which the crate ships, not a new regex.
+//!
+//! Which region a national number is checked against:
+//! - **hints** from the text around it ([`HINT_BEFORE`] bytes before, [`HINT_AFTER`] after):
+//!   a country name, a telephone word of one language ("Nummer", "numéro", "teléfono"), or an
+//!   address domain (`.de`, `.co.uk`) names regions ([`HINTS`]);
+//! - otherwise the **default regions**: the NANP for the North American shape, and United
+//!   Kingdom, Germany, France for a trunk-prefixed one; no default for unprefixed groups, which
+//!   are too much like any other number.
+//!
+//! A greedy pattern can swallow a number that follows (`030 1234567 2024`): trailing groups are
+//! dropped until the rest is valid. The glue rule of [`checksum`](super::checksum) still
+//! applies (a piece of a longer token is no phone number), and so do the hard negatives: dates,
+//! times, versions, order numbers and IDs have no valid reading or a separator pattern no
+//! number is written with (checked by `detect::tests`).
+//!
+//! Cost: a candidate that passes the shape is matched against each region's compiled patterns
+//! (a few anchored regex matches per region, see [`Region`]): first the defaults, and only when
+//! they do not accept it whole, the regions named by the text (one Aho-Corasick pass over
+//! [`HINT_BEFORE`] + [`HINT_AFTER`] bytes); at most [`MAX_REGIONS`] named regions and
+//! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. The metadata is loaded once per
+//! process (about 0.15 s), and the default regions compiled,
+//! by [`warm`] when a scanner with the phone detector is built, not by the first exchange.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use aho_corasick::AhoCorasick;
+
+use phonenumber::country::Id;
+
+use super::checksum::{Side, apart, continues_number, glued};
+
+/// Bytes before a candidate searched for region hints.
+pub(crate) const HINT_BEFORE: usize = 160;
+/// Bytes after a candidate searched for region hints.
+pub(crate) const HINT_AFTER: usize = 64;
+/// Most regions the text around a candidate can name.
+pub(crate) const MAX_REGIONS: usize = 6;
+/// Most trailing groups dropped from a candidate.
+pub(crate) const MAX_TRIMS: usize = 4;
+
+/// Hint words (lowercase; matched case-insensitively in ASCII, whole words unless they start
+/// with `.`) and the region each names. Country names in English and the country's language,
+/// the telephone vocabulary of one language, and address domains.
+pub(crate) const HINTS: &[(&str, Id)] = &[
+    ("germany", Id::DE),
+    ("deutschland", Id::DE),
+    ("nummer", Id::DE),
+    ("telefon", Id::DE),
+    ("telefonnummer", Id::DE),
+    ("rufnummer", Id::DE),
+    ("handy", Id::DE),
+    ("mobilnummer", Id::DE),
+    ("festnetz", Id::DE),
+    (".de", Id::DE),
+    ("austria", Id::AT),
+    ("österreich", Id::AT),
+    (".at", Id::AT),
+    ("switzerland", Id::CH),
+    ("schweiz", Id::CH),
+    ("suisse", Id::CH),
+    ("svizzera", Id::CH),
+    (".ch", Id::CH),
+    ("france", Id::FR),
+    ("numéro", Id::FR),
+    ("téléphone", Id::FR),
+    ("portable", Id::FR),
+    ("appelez", Id::FR),
+    ("joindre", Id::FR),
+    (".fr", Id::FR),
+    ("belgium", Id::BE),
+    ("belgique", Id::BE),
+    ("belgië", Id::BE),
+    (".be", Id::BE),
+    ("spain", Id::ES),
+    ("españa", Id::ES),
+    ("teléfono", Id::ES),
+    ("móvil", Id::ES),
+    ("llámame", Id::ES),
+    ("llamar", Id::ES),
+    (".es", Id::ES),
+    ("mexico", Id::MX),
+    ("méxico", Id::MX),
+    (".mx", Id::MX),
+    ("italy", Id::IT),
+    ("italia", Id::IT),
+    ("telefono", Id::IT),
+    ("cellulare", Id::IT),
+    ("chiamami", Id::IT),
+    (".it", Id::IT),
+    ("netherlands", Id::NL),
+    ("nederland", Id::NL),
+    ("telefoonnummer", Id::NL),
+    ("mobiel", Id::NL),
+    (".nl", Id::NL),
+    ("portugal", Id::PT),
+    ("telemóvel", Id::PT),
+    (".pt", Id::PT),
+    ("brazil", Id::BR),
+    ("brasil", Id::BR),
+    ("celular", Id::BR),
+    (".br", Id::BR),
+    ("poland", Id::PL),
+    ("polska", Id::PL),
+    ("telefonu", Id::PL),
+    (".pl", Id::PL),
+    ("sweden", Id::SE),
+    ("sverige", Id::SE),
+    (".se", Id::SE),
+    ("ireland", Id::IE),
+    (".ie", Id::IE),
+    ("australia", Id::AU),
+    (".au", Id::AU),
+    ("india", Id::IN),
+    (".in", Id::IN),
+    ("japan", Id::JP),
+    (".jp", Id::JP),
+    ("united kingdom", Id::GB),
+    ("uk", Id::GB),
+    ("england", Id::GB),
+    ("scotland", Id::GB),
+    ("wales", Id::GB),
+    (".uk", Id::GB),
+    ("canada", Id::CA),
+    (".ca", Id::CA),
+    ("usa", Id::US),
+    ("united states", Id::US),
+];
+
+/// Regions a trunk-prefixed national number is checked against when the text gives no hint.
+const DEFAULT_NATIONAL: &[Id] = &[Id::GB, Id::DE, Id::FR];
+/// Regions a North American shape is checked against when the text gives no hint.
+const DEFAULT_NANP: &[Id] = &[Id::US, Id::CA];
+
+/// Loads the metadata now (about 0.15 s once per process), so the first exchange does not
+/// pay for it.
+pub(crate) fn warm() {
+    for id in DEFAULT_NATIONAL.iter().chain(DEFAULT_NANP) {
+        let _ = region(id.as_ref());
+    }
+}
+
+/// International number (`+CC …`, `00CC …`): valid for the region its country code names.
+pub(crate) fn intl(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    if glued(text, r.start, Side::Before, &['+']) {
+        return None;
+    }
+    longest_valid(text, r, |candidate| {
+        // A trunk `(0)` is written after the country code but is not dialled from abroad.
+        let digits = digits(&candidate.replacen("(0)", "", 1));
+        // `00` is the international call prefix of most of the world (ITU-T E.164 Annex).
+        let digits = match candidate.strip_prefix("00") {
+            Some(_) => &digits[2..],
+            None => &digits[..],
+        };
+        // Country codes are 1 to 3 digits and prefix-free (ITU-T E.164), written as one group:
+        // `004-9231516-…` is not `+49 231516…`.
+        let rest = candidate.trim_start_matches('+');
+        let rest = rest.strip_prefix("00").unwrap_or(rest);
+        let first = rest.bytes().take_while(u8::is_ascii_digit).count();
+        (1..=first.min(3)).any(|n| {
+            digits.len() > n
+                && digits[..n].parse::<u16>().is_ok_and(|cc| {
+                    phonenumber::metadata::DATABASE
+                        .by_code(&cc)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|m| region(m.id()).is_some_and(|r| r.valid(&digits[n..])))
+                })
+        })
+    })
+}
+
+/// North American shape (`(415) 555-0148`): valid in a hinted region or in the NANP.
+pub(crate) fn nanp(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    national_in(text, r, DEFAULT_NANP, Plan::Nanp)
+}
+
+/// National number with a trunk prefix `0`: valid in a hinted region or a default one.
+pub(crate) fn national(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    national_in(text, r, DEFAULT_NATIONAL, Plan::Trunk)
+}
+
+/// Digit groups with no prefix: only in a region the text names whose national numbers are
+/// written without a trunk prefix (Spain, Italy, Portugal, ...). Where the metadata has a
+/// prefix (`0` in Germany), a national number is written with it, so unprefixed digits there
+/// are something else.
+pub(crate) fn hinted(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    if text.get(r.clone())?.starts_with('0') {
+        return None;
+    }
+    national_in(text, r, &[], Plan::Unprefixed)
+}
+
+/// How a national candidate is written, from the pattern that found it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// `(NXX) NXX-XXXX`, with or without the NANP's `1`.
+    Nanp,
+    /// With a trunk prefix (`0…`), which must be the region's.
+    Trunk,
+    /// Digit groups with no prefix: only regions that have none.
+    Unprefixed,
+}
+
+fn national_in(text: &str, r: Range<usize>, defaults: &[Id], plan: Plan) -> Option<Range<usize>> {
+    if glued(text, r.start, Side::Before, &['+'])
+        || continues_number(text, r.start)
+        || date_or_address(text.get(r.clone())?)
+    {
+        return None;
+    }
+    let prefixed = plan == Plan::Trunk;
+    let valid_in = |regions: &[Id], candidate: &str| {
+        let digits = digits(candidate);
+        regions
+            .iter()
+            .any(|&id| region(id.as_ref()).is_some_and(|r| r.valid_national(&digits, prefixed)))
+    };
+    // The defaults first: most numbers are valid there whole, and that needs no search for
+    // hints. Otherwise the regions the text names join them (a hinted region may accept more
+    // of the candidate than a default did).
+    let found = longest_valid(text, r.clone(), |c| valid_in(defaults, c));
+    let whole = text[r.clone()].trim_end_matches(|c: char| !c.is_ascii_digit() && c != ')');
+    if found.as_ref().is_some_and(|f| f.len() == whole.len()) {
+        return found;
+    }
+    let mut regions = hints(text, &r);
+    if plan == Plan::Unprefixed {
+        regions.retain(|id| {
+            phonenumber::metadata::DATABASE
+                .by_id(id.as_ref())
+                .is_some_and(|m| m.national_prefix().is_none())
+        });
+    }
+    if regions.iter().all(|id| defaults.contains(id)) {
+        return found;
+    }
+    for d in defaults {
+        if !regions.contains(d) {
+            regions.push(*d);
+        }
+    }
+    longest_valid(text, r, |c| valid_in(&regions, c))
+}
+
+/// ASCII digits of `s`.
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// One region's numbering plan from the metadata, with its patterns compiled once.
+///
+/// Why not `phonenumber::parse` and `is_valid`: every metadata pattern goes through one
+/// process-wide LRU of 100 compiled regexes behind a mutex, and a handful of regions already
+/// overflow it, so steady-state redaction recompiled regexes (measured: the scan fell from
+/// 570 to 110 MiB/s). Here each region's patterns are compiled once, on first use, and
+/// shared read-only between threads.
+struct Region {
+    /// National (trunk) prefix for parsing, anchored at the start (`0`); `None` when the
+    /// region has none.
+    prefix: Option<regex::Regex>,
+    /// The general description: every valid national significant number matches it.
+    general: regex::Regex,
+    /// Lengths a national significant number can have.
+    lengths: Vec<u16>,
+    /// Fixed line, mobile, toll free, premium rate, shared cost, personal, VoIP, pager, UAN,
+    /// voicemail: a valid number matches one (libphonenumber's `is_valid`).
+    types: Vec<(regex::Regex, Vec<u16>)>,
+}
+
+impl Region {
+    fn compile(m: &phonenumber::Metadata) -> Option<Region> {
+        // The metadata's patterns keep the XML source's line breaks and indentation, which are
+        // not part of the pattern.
+        let clean = |p: &str| p.split_whitespace().collect::<String>();
+        let full = |p: &str| regex::Regex::new(&format!("^(?:{})$", clean(p))).ok();
+        let d = m.descriptors();
+        let types = [
+            d.fixed_line(),
+            d.mobile(),
+            d.toll_free(),
+            d.premium_rate(),
+            d.shared_cost(),
+            d.personal_number(),
+            d.voip(),
+            d.pager(),
+            d.uan(),
+            d.voicemail(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                full(t.national_number().as_str())?,
+                t.possible_length().to_vec(),
+            ))
+        })
+        .collect();
+        let prefix = match m.national_prefix_for_parsing() {
+            Some(p) => Some(regex::Regex::new(&format!("^(?:{})", clean(p.as_str()))).ok()?),
+            None => m
+                .national_prefix()
+                .and_then(|p| regex::Regex::new(&format!("^{}", regex::escape(p))).ok()),
+        };
+        Some(Region {
+            prefix,
+            general: full(d.general().national_number().as_str())?,
+            lengths: d.general().possible_length().to_vec(),
+            types,
+        })
+    }
+
+    /// A valid national significant number (the digits after the country code).
+    fn valid(&self, nsn: &str) -> bool {
+        let len = nsn.len() as u16;
+        (self.lengths.is_empty() || self.lengths.contains(&len))
+            && self.general.is_match(nsn)
+            && self
+                .types
+                .iter()
+                .any(|(re, l)| (l.is_empty() || l.contains(&len)) && re.is_match(nsn))
+    }
+
+    /// A valid number as written nationally: its trunk prefix removed when written; when
+    /// `prefixed`, the region must have one and it must be written (`030 …` in Germany: a
+    /// German number without its `0` is not written that way). The NANP's `1` is optional.
+    fn valid_national(&self, digits: &str, prefixed: bool) -> bool {
+        let stripped = self
+            .prefix
+            .as_ref()
+            .and_then(|p| p.find(digits))
+            .filter(|m| m.end() > 0)
+            .is_some_and(|m| self.valid(&digits[m.end()..]));
+        stripped || (!prefixed && self.valid(digits))
+    }
+}
+
+/// Compiled regions by id (`DE`, `001` for non-geographic codes), filled on first use.
+type Regions = HashMap<String, Option<Arc<Region>>>;
+static REGIONS: LazyLock<RwLock<Regions>> = LazyLock::new(Default::default);
+
+/// Region `id`'s compiled plan; `None` for an unknown id or metadata that does not compile.
+fn region(id: &str) -> Option<Arc<Region>> {
+    if let Some(r) = REGIONS.read().unwrap_or_else(|e| e.into_inner()).get(id) {
+        return r.clone();
+    }
+    let r = phonenumber::metadata::DATABASE
+        .by_id(id)
+        .and_then(Region::compile)
+        .map(Arc::new);
+    REGIONS
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.to_string(), r.clone());
+    r
+}
+
+/// The longest prefix of the candidate, ending at a digit group, that `valid` accepts and that
+/// is not glued on its right. Drops at most [`MAX_TRIMS`] trailing groups.
+fn longest_valid(
+    text: &str,
+    r: Range<usize>,
+    valid: impl Fn(&str) -> bool,
+) -> Option<Range<usize>> {
+    let mut end = r.end;
+    for _ in 0..=MAX_TRIMS {
+        let s = text.get(r.start..end)?;
+        let s = s.trim_end_matches(|c: char| !c.is_ascii_digit() && c != ')');
+        let out = r.start..r.start + s.len();
+        if s.bytes().filter(u8::is_ascii_digit).count() < 6 {
+            return None;
+        }
+        if apart(text, &out, &['+']) && !date_or_address(s) && valid(s) {
+            return Some(out);
+        }
+        end = r.start + s.rfind([' ', '.', '-', '/'])?;
+    }
+    None
+}
+
+/// True for digit groups written the way dates, times and IPv4 addresses are, not phone
+/// numbers: `2024-01-31` (also followed by more groups, a time), `31.01.2024`, `01/31/24`,
+/// `12:30`, `10.0.0.1`. Open numbering plans (Germany's) would accept some of them.
+fn date_or_address(s: &str) -> bool {
+    if s.contains(':') {
+        return true;
+    }
+    let groups: Vec<u32> = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .map(|g| g.parse().unwrap_or(u32::MAX))
+        .collect();
+    let lens: Vec<usize> = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .map(str::len)
+        .collect();
+    // Separators between groups: a date is three groups, or three joined by one separator and
+    // followed by another (a time: `2024-01-31 12 00`); `01 23 45 67 89` is five of one kind.
+    let seps: Vec<&str> = s
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .split(|c: char| c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let date_like =
+        lens.len() == 3 || (seps.len() >= 3 && seps[0] == seps[1] && seps[1] != seps[2]);
+    if !date_like && lens.len() != 4 {
+        return false;
+    }
+    let year = |y: u32, len: usize| len == 2 || (len == 4 && (1900..=2099).contains(&y));
+    let day_month =
+        |a: u32, b: u32| (1..=31).contains(&a) && (1..=31).contains(&b) && a.min(b) <= 12;
+    match (groups.as_slice(), lens.as_slice()) {
+        ([y, m, d, ..], [4, 2, 2, ..]) => date_like && year(*y, 4) && day_month(*m, *d),
+        ([a, b, y, ..], [1 | 2, 1 | 2, yl @ (2 | 4), ..]) => {
+            date_like && day_month(*a, *b) && year(*y, *yl)
+        }
+        (_, [1..=3, 1..=3, 1..=3, 1..=3]) => s.contains('.'),
+        _ => false,
+    }
+}
+
+/// One automaton over every hint word (ASCII case-insensitive; the non-ASCII letters of a
+/// word match in lowercase only), built on first use.
+static HINT_SEARCH: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(HINTS.iter().map(|(w, _)| w))
+        .expect("hint words are a small fixed set")
+});
+
+/// Regions named by the text around `r`, in order of mention, at most [`MAX_REGIONS`].
+fn hints(text: &str, r: &Range<usize>) -> Vec<Id> {
+    let mut a = r.start.saturating_sub(HINT_BEFORE);
+    while !text.is_char_boundary(a) {
+        a -= 1;
+    }
+    let mut b = (r.end + HINT_AFTER).min(text.len());
+    while !text.is_char_boundary(b) {
+        b += 1;
+    }
+    let around = &text[a..b];
+    let mut out = Vec::new();
+    let edge = |c: Option<char>| !c.is_some_and(char::is_alphanumeric);
+    for m in HINT_SEARCH.find_overlapping_iter(around) {
+        let (word, id) = HINTS[m.pattern().as_usize()];
+        let whole = (word.starts_with('.') || edge(around[..m.start()].chars().next_back()))
+            && edge(around[m.end()..].chars().next());
+        if whole && !out.contains(&id) {
+            out.push(id);
+            if out.len() == MAX_REGIONS {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(f: fn(&str, Range<usize>) -> Option<Range<usize>>, t: &str) -> Option<&str> {
+        f(t, 0..t.len()).map(|r| &t[r])
+    }
+
+    #[test]
+    fn international_numbers_valid_for_their_country_code() {
+        assert_eq!(whole(intl, "+44 20 7946 0958"), Some("+44 20 7946 0958"));
+        assert_eq!(whole(intl, "+49 176 21706543"), Some("+49 176 21706543"));
+        assert_eq!(whole(intl, "0049 30 12345678"), Some("0049 30 12345678"));
+        assert_eq!(whole(intl, "+33 6 12 34 56 78"), Some("+33 6 12 34 56 78"));
+        assert_eq!(
+            whole(intl, "+1 303 396 7205 2021 1234"),
+            Some("+1 303 396 7205"),
+            "trailing groups dropped until valid"
+        );
+        assert_eq!(whole(intl, "+1 2"), None);
+        assert_eq!(whole(intl, "+44 1234"), None, "too short for the UK");
+        assert_eq!(
+            whole(intl, "004-9231516-6951108"),
+            None,
+            "the country code is one written group"
+        );
+    }
+
+    #[test]
+    fn national_numbers_default_and_hinted_regions() {
+        assert_eq!(whole(national, "030 12345678"), Some("030 12345678"));
+        assert_eq!(whole(national, "020 7946 0958"), Some("020 7946 0958"));
+        assert_eq!(whole(national, "06.12.34.56.78"), Some("06.12.34.56.78"));
+        assert_eq!(whole(nanp, "(415) 555-0148"), Some("(415) 555-0148"));
+        assert_eq!(
+            whole(nanp, "(123) 555-0148"),
+            None,
+            "no NANP area code starts with 1"
+        );
+        assert_eq!(
+            whole(hinted, "612 345 678"),
+            None,
+            "unprefixed groups need a hint"
+        );
+        // Germany writes its trunk prefix: unprefixed digits near "Nummer" are not a phone.
+        let t = "Nummer 612 345 678";
+        assert_eq!(hinted(t, 7..t.len()), None);
+        for date in ["2024-01-31 12", "31.01.2024", "01/31/24", "10.20.30.40"] {
+            assert_eq!(whole(national, date), None, "{date}");
+            let t = format!("Telefon {date}");
+            assert_eq!(hinted(&t, 8..t.len()), None, "{date}");
+        }
+        let t = "Mi teléfono: 612 345 678";
+        let at = t.find('6').unwrap();
+        assert_eq!(hinted(t, at..t.len()), Some(at..t.len()));
+        let t = "Il mio cellulare è 312 345 6789";
+        let at = t.find("312").unwrap();
+        assert_eq!(hinted(t, at..t.len()), Some(at..t.len()));
+    }
+
+    #[test]
+    fn hints_are_whole_words_in_order() {
+        let t = "Telefon in Deutschland, or call the UK office: 0";
+        assert_eq!(hints(t, &(t.len() - 1..t.len())), vec![Id::DE, Id::GB]);
+        assert!(hints("Ukulele lessons: 0", &(17..18)).is_empty());
+        assert_eq!(hints("mail me at a@b.fr: 0", &(19..20)), vec![Id::FR]);
+    }
+}
