@@ -181,7 +181,7 @@ impl Scanner {
         out: &mut Vec<Found>,
         meter: &mut Meter,
     ) -> Result<(), Exceeded> {
-        let r = self.find_gated(text, out, &mut Ctx::new(meter));
+        let r = self.find_gated(text, out, &mut Ctx::new(meter, true));
         if r.is_err() {
             out.clear();
         }
@@ -230,7 +230,7 @@ impl Scanner {
             return;
         }
         let mut meter = Meter::unlimited();
-        let mut cx = Ctx::new(&mut meter);
+        let mut cx = Ctx::new(&mut meter, false);
         // Unlimited: these cannot fail.
         let _ = self.find_dict(text, out, &mut cx);
         let _ = self.find_code(text, Mode::Exhaustive, out, cx.meter);
@@ -414,6 +414,16 @@ impl Scanner {
     ) -> Result<(), Exceeded> {
         let mut at = w.start;
         while at < w.end {
+            if cx.gated
+                && let Some(skip) = p.skip
+            {
+                let (next, read) = skip(text, at, w.end);
+                cx.meter.work(read)?;
+                at = next;
+                if at >= w.end {
+                    break;
+                }
+            }
             let input = Input::new(text).range(at..w.end);
             let Some((m, r)) = self.candidate(p, text, &input, cx)? else {
                 break;
@@ -446,13 +456,16 @@ impl Scanner {
 struct Ctx<'m> {
     meter: &'m mut Meter,
     footer: FooterMemo,
+    /// A gated scan (patterns may skip ahead, see [`Skip`]); the exhaustive reference is not.
+    gated: bool,
 }
 
 impl<'m> Ctx<'m> {
-    fn new(meter: &'m mut Meter) -> Ctx<'m> {
+    fn new(meter: &'m mut Meter, gated: bool) -> Ctx<'m> {
         Ctx {
             meter,
             footer: FooterMemo::default(),
+            gated,
         }
     }
 }
