@@ -76,8 +76,11 @@ pub(super) fn find(
             let mut next = 0;
             let mut i = 0;
             while let Some(d) = next_digit(b, i) {
-                for s in d.saturating_sub(LOOKBACK).max(next)..=d {
+                for s in d.saturating_sub(LOOKBACK).max(next)..d {
                     try_at(text, s, out, meter)?;
+                }
+                if d >= next && number_then_word(b, d) {
+                    try_at(text, d, out, meter)?;
                 }
                 next = d + 1;
                 i = d;
@@ -88,6 +91,51 @@ pub(super) fn find(
         }
     }
     Ok(())
+}
+
+/// Gated mode's test before trying a digit run that starts at `d`: false when no form can
+/// start there. Forms that start with a digit (English, French) read a house number (digits,
+/// then letters, digits, `-` or `/` glued to them: `12a`, `31-12`, `12bis`), an optional `,`,
+/// a space, then a letter (`Main`, `bis`, `rue`) or an ordinal (`5th Avenue`). So digit
+/// groups followed by more digit groups (a table, a card number) are skipped after reading
+/// them once, instead of each being read by both parsers. Reads at most 25 bytes from `d`.
+/// Conservative: a non-ASCII byte is
+/// taken for a possible letter. The exhaustive mode does not use it, so the differential tests
+/// check it is only a shortcut.
+fn number_then_word(b: &[u8], d: usize) -> bool {
+    // The longest such run either form accepts is 15 bytes (`123456a-123456b`, English);
+    // reading on would make a long run of letters and digits cost its length per digit in it.
+    let mut i = d;
+    while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] == b'/') {
+        i += 1;
+        if i - d > 16 {
+            return false;
+        }
+    }
+    if b.get(i) == Some(&b',') {
+        i += 1;
+    }
+    // One or two spaces (`P::space`), then the street's first word.
+    let spaced = i;
+    while i - spaced < 2 && b.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    if i == spaced {
+        return b.get(i).is_some_and(|c| !c.is_ascii());
+    }
+    match b.get(i) {
+        Some(c) if c.is_ascii_alphabetic() || !c.is_ascii() => true,
+        // An ordinal has at most 4 digits (`ordinal`).
+        Some(c) if c.is_ascii_digit() => {
+            let j = i + b[i..]
+                .iter()
+                .take(5)
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            b.get(j).is_some_and(u8::is_ascii_lowercase)
+        }
+        _ => false,
+    }
 }
 
 /// The first ASCII digit at or after `i`. Blocks of 16 bytes are tested with a loop the
