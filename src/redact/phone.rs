@@ -481,8 +481,10 @@ static UNPREFIXED_HINTS: LazyLock<(AhoCorasick, Vec<usize>)> = LazyLock::new(|| 
                 .is_some_and(|m| m.national_prefix().is_none())
         })
         .collect();
+    // Leftmost: the search can use a prefilter, which the overlapping one cannot.
     let ac = AhoCorasick::builder()
         .ascii_case_insensitive(true)
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
         .build(index.iter().map(|&i| HINTS[i].0))
         .expect("hint words are a small fixed set");
     (ac, index)
@@ -500,14 +502,19 @@ pub(crate) fn hinted_skip(text: &str, at: usize, end: usize) -> (usize, usize) {
     let lo = floor_boundary(text, at.saturating_sub(HINT_BEFORE + 4));
     let hi = ceil_boundary(text, (end + HINT_AFTER + 4).min(text.len()));
     let (ac, index) = &*UNPREFIXED_HINTS;
-    for m in ac.find_overlapping_iter(&text[lo..hi]) {
-        let found = lo + m.start()..lo + m.end();
+    // Hint starts in order: after a piece of a longer word, one character on (a hint may
+    // overlap it). The first whole hint starts no later than any other, so no whole hint
+    // ends before its start: that start bounds every hint's end from below.
+    let mut from = lo;
+    while let Some(m) = ac.find(aho_corasick::Input::new(text).range(from..hi)) {
+        let found = m.start()..m.end();
         if whole_hint(text, found.clone(), HINTS[index[m.pattern().as_usize()]].0) {
             let first = found
-                .end
+                .start
                 .saturating_sub(HINT_AFTER + UNPREFIXED_MAX_LEN + 4);
             return (floor_boundary(text, first).max(at), found.end - lo);
         }
+        from = ceil_boundary(text, found.start + 1);
     }
     (end, hi - lo)
 }
@@ -614,6 +621,10 @@ mod tests {
         // No hint within reach of `at..end`: the whole range is skipped.
         assert_eq!(hinted_skip(&t, 0, 100).0, 100);
         assert_eq!(hinted_skip("1 2 3", 0, 5), (5, 5));
+        // A hint that overlaps a piece of a longer one is still found (`.es` in `x.españa`
+        // is not a hint, `españa` is).
+        let t = format!("x.españa{}", " 1".repeat(200));
+        assert_eq!(hinted_skip(&t, 0, t.len()).0, 0);
         // A piece of a longer word is no hint, even cut at the edge of the reach.
         let t = format!("xitalia{}", " 1".repeat(200));
         assert_eq!(hinted_skip(&t, 200, t.len()).0, t.len());
