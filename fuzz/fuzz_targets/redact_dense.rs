@@ -74,6 +74,17 @@ const PIECES: &[&str] = &[
     " ",
     "\n",
     "é",
+    // Names, street addresses and region hints (veil#16).
+    "1 Road ",
+    "12 Main Street, Leeds LS6 2AB ",
+    "Lindenstraße 48, 47361 Gießen ",
+    "Flat 3\n",
+    "Calle Mayor 5, 3º B ",
+    "Road Street Avenue ",
+    "teléfono 612 345 678 ",
+    "612 345 678 ",
+    "Dear Priya Patel, ",
+    "Mr ",
 ];
 
 /// Deterministic bound: the slowest text found costs about 40 units per byte.
