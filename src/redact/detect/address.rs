@@ -24,7 +24,8 @@
 //! Every form holds a house or unit number that begins within [`LOOKBACK`] bytes after the
 //! start of the address (the parsers enforce it). So the gated mode only tries the word starts
 //! in the [`LOOKBACK`] bytes before each run of ASCII digits, once each; prose without digits
-//! costs one pass over its bytes. [`Mode::Exhaustive`] tries every word start of the text with
+//! costs one pass over its bytes, and a digit run followed by more digit groups (a table, a
+//! card number) is not tried at all (`number_then_word`). [`Mode::Exhaustive`] tries every word start of the text with
 //! the same parsers; the two agree by construction, and `both()` in the tests checks it.
 //! Street-type words were the other candidate anchor (one Aho-Corasick pass over ~400
 //! case-insensitive words), rejected: `st`, `dr`, `way` occur in most English sentences, and
@@ -39,7 +40,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use super::{Exceeded, Meter, Mode};
+use super::{Exceeded, Meter, Mode, lower};
 
 /// The house (or unit) number of an address begins at most this many bytes after its start
 /// (`Hans-Martin-Reichmann-Platz 5` is 28; `Avenida de la Constitución 12` is 28).
@@ -374,29 +375,6 @@ impl<'a> P<'a> {
 
 fn cap(w: &str) -> bool {
     w.chars().next().is_some_and(char::is_uppercase)
-}
-
-/// `w` lowercased into `buf`, or `None` when it does not fit (no street word is that long).
-fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
-    // Nearly every word tried is ASCII: lowercase it byte for byte. `char::to_lowercase` per
-    // character was the detector's largest cost on prose; non-ASCII words keep the Unicode
-    // mapping (the Kelvin sign lowercases to `k`, `İ` to two characters).
-    if w.is_ascii() {
-        let b = buf.get_mut(..w.len())?;
-        b.copy_from_slice(w.as_bytes());
-        b.make_ascii_lowercase();
-        return std::str::from_utf8(b).ok();
-    }
-    let mut n = 0;
-    for c in w.chars().flat_map(char::to_lowercase) {
-        let l = c.len_utf8();
-        if n + l > buf.len() {
-            return None;
-        }
-        c.encode_utf8(&mut buf[n..n + l]);
-        n += l;
-    }
-    std::str::from_utf8(&buf[..n]).ok()
 }
 
 fn is_in(w: &str, set: &HashSet<&'static str>) -> bool {

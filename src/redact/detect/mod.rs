@@ -37,7 +37,8 @@
 //! O(m log m); a rejected candidate is retried one character later only when it is short
 //! (`RESTART_SPAN`); a PEM block's END line is found by substring search with a memo
 //! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
-//! (`Pat::lead`). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
+//! (`Pat::lead`); a pattern whose validator needs something nearby skips to where it could be
+//! (`Pat::skip`: unprefixed phone numbers and region hints). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
 //! matches, when its budget runs out. The property test
 //! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
 //! fuzz target keep it so.
@@ -450,6 +451,30 @@ impl Scanner {
         let around = text[a..b].to_ascii_lowercase();
         p.context.iter().any(|w| around.contains(w.as_str()))
     }
+}
+
+/// `w` lowercased into `buf`, or `None` when it does not fit (no street word, name or list
+/// word is that long). For the code detectors' word lists: no allocation.
+pub(super) fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    // Nearly every word tried is ASCII: lowercase it byte for byte. `char::to_lowercase` per
+    // character was the detector's largest cost on prose; non-ASCII words keep the Unicode
+    // mapping (the Kelvin sign lowercases to `k`, `İ` to two characters).
+    if w.is_ascii() {
+        let b = buf.get_mut(..w.len())?;
+        b.copy_from_slice(w.as_bytes());
+        b.make_ascii_lowercase();
+        return std::str::from_utf8(b).ok();
+    }
+    let mut n = 0;
+    for c in w.chars().flat_map(char::to_lowercase) {
+        let l = c.len_utf8();
+        if n + l > buf.len() {
+            return None;
+        }
+        c.encode_utf8(&mut buf[n..n + l]);
+        n += l;
+    }
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 /// Per-scan state: the meter, and the footer memo of the pattern that has one.
