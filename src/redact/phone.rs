@@ -27,7 +27,9 @@
 //! (a few anchored regex matches per region, see [`Region`]): first the defaults, and only when
 //! they do not accept it whole, the regions named by the text (one Aho-Corasick pass over
 //! [`HINT_BEFORE`] + [`HINT_AFTER`] bytes); at most [`MAX_REGIONS`] named regions and
-//! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. The metadata is loaded once per
+//! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. Unprefixed digit groups are
+//! searched only within reach of a hint ([`hinted_skip`]): a table of numbers with no hint
+//! costs one hint search, not one rejected candidate per group. The metadata is loaded once per
 //! process (about 0.15 s), and the default regions compiled,
 //! by [`warm`] when a scanner with the phone detector is built, not by the first exchange.
 
