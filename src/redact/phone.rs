@@ -27,7 +27,9 @@
 //! (a few anchored regex matches per region, see [`Region`]): first the defaults, and only when
 //! they do not accept it whole, the regions named by the text (one Aho-Corasick pass over
 //! [`HINT_BEFORE`] + [`HINT_AFTER`] bytes); at most [`MAX_REGIONS`] named regions and
-//! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. The metadata is loaded once per
+//! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. Unprefixed digit groups are
+//! searched only within reach of a hint ([`hinted_skip`]): a table of numbers with no hint
+//! costs one hint search, not one rejected candidate per group. The metadata is loaded once per
 //! process (about 0.15 s), and the default regions compiled,
 //! by [`warm`] when a scanner with the phone detector is built, not by the first exchange.
 
@@ -441,24 +443,92 @@ static HINT_SEARCH: LazyLock<AhoCorasick> = LazyLock::new(|| {
         .expect("hint words are a small fixed set")
 });
 
+/// True when hint `word` found at `at` in `text` is a word of its own there (judged in the
+/// whole text, so the edge of a search window never makes a piece of a word a hint).
+fn whole_hint(text: &str, at: Range<usize>, word: &str) -> bool {
+    let edge = |c: Option<char>| !c.is_some_and(char::is_alphanumeric);
+    (word.starts_with('.') || edge(text[..at.start].chars().next_back()))
+        && edge(text[at.end..].chars().next())
+}
+
+/// `i` moved back to a character boundary of `text`.
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// `i` (at most `text.len()`) moved on to a character boundary of `text`.
+fn ceil_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Longest match of the unprefixed pattern ([`crate::redact::detect::UNPREFIXED_PHONE`]:
+/// four digits, then three groups of a separator and four digits); [`hinted_skip`] relies on
+/// it, and a test checks it against the pattern.
+pub(crate) const UNPREFIXED_MAX_LEN: usize = 19;
+
+/// The hint words that name a region with no national prefix (only those make unprefixed
+/// digit groups a phone number, see [`national_in`]): their automaton, and for each of its
+/// patterns the index of the word in [`HINTS`].
+static UNPREFIXED_HINTS: LazyLock<(AhoCorasick, Vec<usize>)> = LazyLock::new(|| {
+    let index: Vec<usize> = (0..HINTS.len())
+        .filter(|&i| {
+            phonenumber::metadata::DATABASE
+                .by_id(HINTS[i].1.as_ref())
+                .is_some_and(|m| m.national_prefix().is_none())
+        })
+        .collect();
+    // Leftmost: the search can use a prefilter, which the overlapping one cannot.
+    let ac = AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(index.iter().map(|&i| HINTS[i].0))
+        .expect("hint words are a small fixed set");
+    (ac, index)
+});
+
+/// The unprefixed pattern's [`Skip`](crate::redact::detect::Skip): [`hinted`] accepts a
+/// candidate `r` only with a hint of a region without national prefix within
+/// `r.start - HINT_BEFORE .. r.end + HINT_AFTER` (give or take a character boundary), so no
+/// candidate starting before `end(hint) - HINT_AFTER - UNPREFIXED_MAX_LEN` of the first such
+/// hint at or after `at - HINT_BEFORE` can pass, and none at all when there is no hint up to
+/// `end + HINT_AFTER`. On digit-dense text with no hint (a table of numbers) this turns one
+/// rejected search per digit group into one pass of the hint automaton.
+pub(crate) fn hinted_skip(text: &str, at: usize, end: usize) -> (usize, usize) {
+    // 4 bytes of slack on each side for the character-boundary adjustments of `hints`.
+    let lo = floor_boundary(text, at.saturating_sub(HINT_BEFORE + 4));
+    let hi = ceil_boundary(text, (end + HINT_AFTER + 4).min(text.len()));
+    let (ac, index) = &*UNPREFIXED_HINTS;
+    // Hint starts in order: after a piece of a longer word, one character on (a hint may
+    // overlap it). The first whole hint starts no later than any other, so no whole hint
+    // ends before its start: that start bounds every hint's end from below.
+    let mut from = lo;
+    while let Some(m) = ac.find(aho_corasick::Input::new(text).range(from..hi)) {
+        let found = m.start()..m.end();
+        if whole_hint(text, found.clone(), HINTS[index[m.pattern().as_usize()]].0) {
+            let first = found
+                .start
+                .saturating_sub(HINT_AFTER + UNPREFIXED_MAX_LEN + 4);
+            return (floor_boundary(text, first).max(at), found.end - lo);
+        }
+        from = ceil_boundary(text, found.start + 1);
+    }
+    (end, hi - lo)
+}
+
 /// Regions named by the text around `r`, in order of mention, at most [`MAX_REGIONS`].
 fn hints(text: &str, r: &Range<usize>) -> Vec<Id> {
-    let mut a = r.start.saturating_sub(HINT_BEFORE);
-    while !text.is_char_boundary(a) {
-        a -= 1;
-    }
-    let mut b = (r.end + HINT_AFTER).min(text.len());
-    while !text.is_char_boundary(b) {
-        b += 1;
-    }
-    let around = &text[a..b];
+    let a = floor_boundary(text, r.start.saturating_sub(HINT_BEFORE));
+    let b = ceil_boundary(text, (r.end + HINT_AFTER).min(text.len()));
     let mut out = Vec::new();
-    let edge = |c: Option<char>| !c.is_some_and(char::is_alphanumeric);
-    for m in HINT_SEARCH.find_overlapping_iter(around) {
+    for m in HINT_SEARCH.find_overlapping_iter(&text[a..b]) {
         let (word, id) = HINTS[m.pattern().as_usize()];
-        let whole = (word.starts_with('.') || edge(around[..m.start()].chars().next_back()))
-            && edge(around[m.end()..].chars().next());
-        if whole && !out.contains(&id) {
+        if whole_hint(text, a + m.start()..a + m.end(), word) && !out.contains(&id) {
             out.push(id);
             if out.len() == MAX_REGIONS {
                 break;
@@ -526,6 +596,40 @@ mod tests {
         let t = "Il mio cellulare è 312 345 6789";
         let at = t.find("312").unwrap();
         assert_eq!(hinted(t, at..t.len()), Some(at..t.len()));
+    }
+
+    #[test]
+    fn unprefixed_max_len_is_the_pattern_s() {
+        let hir = regex_automata::util::syntax::parse(crate::redact::detect::UNPREFIXED_PHONE)
+            .expect("a built-in pattern parses");
+        assert_eq!(hir.properties().maximum_len(), Some(UNPREFIXED_MAX_LEN));
+    }
+
+    #[test]
+    fn the_skip_stops_short_of_every_start_a_hint_allows() {
+        let t = format!("{}teléfono{}", "1 ".repeat(150), " 1".repeat(150));
+        let hint = t.find("teléfono").unwrap();
+        // From anywhere before the hint, the skip lands no later than the first start whose
+        // hint window (HINT_AFTER after a longest candidate) reaches the hint's end.
+        for at in 0..hint {
+            let (next, read) = hinted_skip(&t, at, t.len());
+            let end = hint + "teléfono".len();
+            assert!(
+                next <= at.max(end - HINT_AFTER - UNPREFIXED_MAX_LEN),
+                "{at} {next}"
+            );
+            assert!(next >= at && read > 0);
+        }
+        // No hint within reach of `at..end`: the whole range is skipped.
+        assert_eq!(hinted_skip(&t, 0, 100).0, 100);
+        assert_eq!(hinted_skip("1 2 3", 0, 5), (5, 5));
+        // A hint that overlaps a piece of a longer one is still found (`.es` in `x.españa`
+        // is not a hint, `españa` is).
+        let t = format!("x.españa{}", " 1".repeat(200));
+        assert_eq!(hinted_skip(&t, 0, t.len()).0, 0);
+        // A piece of a longer word is no hint, even cut at the edge of the reach.
+        let t = format!("xitalia{}", " 1".repeat(200));
+        assert_eq!(hinted_skip(&t, 200, t.len()).0, t.len());
     }
 
     #[test]

@@ -457,6 +457,7 @@ fn detectors(
                 gate: detect::Gate::Always,
                 footer: None,
                 lead: None,
+                skip: None,
             });
             origins.patterns.push(Some((r.pattern.span(), rule)));
         }

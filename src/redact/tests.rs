@@ -721,6 +721,10 @@ mod cost {
         "Flat 3\n",
         "Calle Mayor 5, 3º B ",
         "Road Street Avenue ",
+        "teléfono 612 345 678 ",
+        "612 345 678 ",
+        "Dear Priya Patel, ",
+        "Mr ",
     ];
 
     fn unit() -> impl Strategy<Value = String> {

@@ -24,7 +24,8 @@
 //! Every form holds a house or unit number that begins within [`LOOKBACK`] bytes after the
 //! start of the address (the parsers enforce it). So the gated mode only tries the word starts
 //! in the [`LOOKBACK`] bytes before each run of ASCII digits, once each; prose without digits
-//! costs one pass over its bytes. [`Mode::Exhaustive`] tries every word start of the text with
+//! costs one pass over its bytes, and a digit run followed by more digit groups (a table, a
+//! card number) is not tried at all (`number_then_word`). [`Mode::Exhaustive`] tries every word start of the text with
 //! the same parsers; the two agree by construction, and `both()` in the tests checks it.
 //! Street-type words were the other candidate anchor (one Aho-Corasick pass over ~400
 //! case-insensitive words), rejected: `st`, `dr`, `way` occur in most English sentences, and
@@ -39,7 +40,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use super::{Exceeded, Meter, Mode};
+use super::{Exceeded, Meter, Mode, lower};
 
 /// The house (or unit) number of an address begins at most this many bytes after its start
 /// (`Hans-Martin-Reichmann-Platz 5` is 28; `Avenida de la Constitución 12` is 28).
@@ -76,8 +77,11 @@ pub(super) fn find(
             let mut next = 0;
             let mut i = 0;
             while let Some(d) = next_digit(b, i) {
-                for s in d.saturating_sub(LOOKBACK).max(next)..=d {
+                for s in d.saturating_sub(LOOKBACK).max(next)..d {
                     try_at(text, s, out, meter)?;
+                }
+                if d >= next && number_then_word(b, d) {
+                    try_at(text, d, out, meter)?;
                 }
                 next = d + 1;
                 i = d;
@@ -88,6 +92,51 @@ pub(super) fn find(
         }
     }
     Ok(())
+}
+
+/// Gated mode's test before trying a digit run that starts at `d`: false when no form can
+/// start there. Forms that start with a digit (English, French) read a house number (digits,
+/// then letters, digits, `-` or `/` glued to them: `12a`, `31-12`, `12bis`), an optional `,`,
+/// a space, then a letter (`Main`, `bis`, `rue`) or an ordinal (`5th Avenue`). So digit
+/// groups followed by more digit groups (a table, a card number) are skipped after reading
+/// them once, instead of each being read by both parsers. Reads at most 25 bytes from `d`.
+/// Conservative: a non-ASCII byte is
+/// taken for a possible letter. The exhaustive mode does not use it, so the differential tests
+/// check it is only a shortcut.
+fn number_then_word(b: &[u8], d: usize) -> bool {
+    // The longest such run either form accepts is 15 bytes (`123456a-123456b`, English);
+    // reading on would make a long run of letters and digits cost its length per digit in it.
+    let mut i = d;
+    while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] == b'/') {
+        i += 1;
+        if i - d > 16 {
+            return false;
+        }
+    }
+    if b.get(i) == Some(&b',') {
+        i += 1;
+    }
+    // One or two spaces (`P::space`), then the street's first word.
+    let spaced = i;
+    while i - spaced < 2 && b.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    if i == spaced {
+        return b.get(i).is_some_and(|c| !c.is_ascii());
+    }
+    match b.get(i) {
+        Some(c) if c.is_ascii_alphabetic() || !c.is_ascii() => true,
+        // An ordinal has at most 4 digits (`ordinal`).
+        Some(c) if c.is_ascii_digit() => {
+            let j = i + b[i..]
+                .iter()
+                .take(5)
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            b.get(j).is_some_and(u8::is_ascii_lowercase)
+        }
+        _ => false,
+    }
 }
 
 /// The first ASCII digit at or after `i`. Blocks of 16 bytes are tested with a loop the
@@ -326,29 +375,6 @@ impl<'a> P<'a> {
 
 fn cap(w: &str) -> bool {
     w.chars().next().is_some_and(char::is_uppercase)
-}
-
-/// `w` lowercased into `buf`, or `None` when it does not fit (no street word is that long).
-fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
-    // Nearly every word tried is ASCII: lowercase it byte for byte. `char::to_lowercase` per
-    // character was the detector's largest cost on prose; non-ASCII words keep the Unicode
-    // mapping (the Kelvin sign lowercases to `k`, `İ` to two characters).
-    if w.is_ascii() {
-        let b = buf.get_mut(..w.len())?;
-        b.copy_from_slice(w.as_bytes());
-        b.make_ascii_lowercase();
-        return std::str::from_utf8(b).ok();
-    }
-    let mut n = 0;
-    for c in w.chars().flat_map(char::to_lowercase) {
-        let l = c.len_utf8();
-        if n + l > buf.len() {
-            return None;
-        }
-        c.encode_utf8(&mut buf[n..n + l]);
-        n += l;
-    }
-    std::str::from_utf8(&buf[..n]).ok()
 }
 
 fn is_in(w: &str, set: &HashSet<&'static str>) -> bool {

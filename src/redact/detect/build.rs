@@ -46,6 +46,8 @@ pub(crate) struct PatternSpec {
     pub footer: Option<Footer>,
     /// The leading run a failed attempt may have scanned (built-ins only, see [`Pat`]).
     pub lead: Option<fn(u8) -> bool>,
+    /// Where a gated search may resume (built-ins only, see [`Skip`]).
+    pub skip: Option<Skip>,
 }
 
 /// The prefilter condition under which a pattern can match, and so how it is searched:
@@ -142,6 +144,7 @@ impl ScannerSpec {
                 gate,
                 footer: p.footer,
                 lead: p.lead,
+                skip: p.skip,
             });
         }
         detector
@@ -161,6 +164,8 @@ pub(super) struct Pattern {
     pub(super) footer: Option<(Footer, meta::Regex)>,
     /// See [`Pat::lead`].
     pub(super) lead: Option<fn(u8) -> bool>,
+    /// See [`Pat::skip`].
+    pub(super) skip: Option<Skip>,
 }
 
 /// Why a scanner could not be built. Carries the index of the offending pattern or dictionary.
@@ -227,6 +232,7 @@ impl Scanner {
                 window: p.window,
                 footer,
                 lead: p.lead,
+                skip: p.skip,
             });
         }
         let mut keys: Vec<u8> = spec

@@ -47,6 +47,11 @@ pub(crate) type Code = fn(
     meter: &mut Meter,
 ) -> Result<(), Exceeded>;
 
+/// Digit groups with no prefix (ES `612 345 678`, IT `312 345 6789`): a phone number only
+/// near a region hint. At most [`crate::redact::phone::UNPREFIXED_MAX_LEN`] bytes long.
+pub(crate) const UNPREFIXED_PHONE: &str =
+    r"(?-u:\b)[1-9][0-9]{1,3}(?:[ .\-][0-9]{2,4}){2,3}(?-u:\b)";
+
 /// One built-in detector: patterns, validator, and which part of a match to mask.
 #[derive(Debug)]
 pub(crate) struct Builtin {
@@ -71,7 +76,18 @@ pub(super) struct Pat {
     /// whole before failing (see [`Scanner::find_literals`]). Only for patterns where a
     /// failed attempt at `x` implies one at every later start in the run.
     pub(super) lead: Option<fn(u8) -> bool>,
+    /// Where a search may resume: a necessary condition of the validator that is cheaper to
+    /// test over a stretch of text than per candidate (see [`Skip`]). Gated scans only.
+    pub(super) skip: Option<Skip>,
 }
+
+/// `skip(text, at, end)`: the first position in `at..end` at which a match of the pattern
+/// that lies within `at..end` could pass its validator (`end` when none can), and the bytes
+/// read to learn it. Every accepted match must start at or after the returned position, so
+/// searching from there finds the same accepted matches as searching from `at` (a rejected
+/// short candidate only moves the search one character on). The unprefixed phone pattern
+/// uses it: its validator needs a region hint nearby, and most digit groups have none.
+pub(crate) type Skip = fn(text: &str, at: usize, end: usize) -> (usize, usize);
 
 /// A closing line a match extends to: the first occurrence of `re` after the match that is
 /// reachable through `body` bytes only. Found by substring search plus a memo, never by one
@@ -94,6 +110,7 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
         group: false,
         footer: None,
         lead: None,
+        skip: None,
     }
 }
 
@@ -104,6 +121,7 @@ pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         group: true,
         footer: None,
         lead: None,
+        skip: None,
     }
 }
 
@@ -139,6 +157,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 body: pem_body,
             }),
             lead: None,
+            skip: None,
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -157,6 +176,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             group: false,
             footer: None,
             lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
+            skip: None,
         }],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
@@ -293,6 +313,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             group: false,
             footer: None,
             lead: None,
+            skip: None,
         }],
         trigger: Trigger::At,
     },
@@ -353,10 +374,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 crate::redact::phone::national,
             ),
             // Unprefixed groups (ES 612 345 678, IT 312 345 6789): only near a region hint.
-            pat(
-                r"(?-u:\b)[1-9][0-9]{1,3}(?:[ .\-][0-9]{2,4}){2,3}(?-u:\b)",
-                crate::redact::phone::hinted,
-            ),
+            Pat {
+                skip: Some(crate::redact::phone::hinted_skip),
+                ..pat(UNPREFIXED_PHONE, crate::redact::phone::hinted)
+            },
         ],
         trigger: Trigger::Digit,
     },

@@ -37,7 +37,8 @@
 //! O(m log m); a rejected candidate is retried one character later only when it is short
 //! (`RESTART_SPAN`); a PEM block's END line is found by substring search with a memo
 //! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
-//! (`Pat::lead`). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
+//! (`Pat::lead`); a pattern whose validator needs something nearby skips to where it could be
+//! (`Pat::skip`: unprefixed phone numbers and region hints). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
 //! matches, when its budget runs out. The property test
 //! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
 //! fuzz target keep it so.
@@ -181,7 +182,7 @@ impl Scanner {
         out: &mut Vec<Found>,
         meter: &mut Meter,
     ) -> Result<(), Exceeded> {
-        let r = self.find_gated(text, out, &mut Ctx::new(meter));
+        let r = self.find_gated(text, out, &mut Ctx::new(meter, true));
         if r.is_err() {
             out.clear();
         }
@@ -230,7 +231,7 @@ impl Scanner {
             return;
         }
         let mut meter = Meter::unlimited();
-        let mut cx = Ctx::new(&mut meter);
+        let mut cx = Ctx::new(&mut meter, false);
         // Unlimited: these cannot fail.
         let _ = self.find_dict(text, out, &mut cx);
         let _ = self.find_code(text, Mode::Exhaustive, out, cx.meter);
@@ -414,6 +415,16 @@ impl Scanner {
     ) -> Result<(), Exceeded> {
         let mut at = w.start;
         while at < w.end {
+            if cx.gated
+                && let Some(skip) = p.skip
+            {
+                let (next, read) = skip(text, at, w.end);
+                cx.meter.work(read)?;
+                at = next;
+                if at >= w.end {
+                    break;
+                }
+            }
             let input = Input::new(text).range(at..w.end);
             let Some((m, r)) = self.candidate(p, text, &input, cx)? else {
                 break;
@@ -442,17 +453,44 @@ impl Scanner {
     }
 }
 
+/// `w` lowercased into `buf`, or `None` when it does not fit (no street word, name or list
+/// word is that long). For the code detectors' word lists: no allocation.
+pub(super) fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
+    // Nearly every word tried is ASCII: lowercase it byte for byte. `char::to_lowercase` per
+    // character was the detector's largest cost on prose; non-ASCII words keep the Unicode
+    // mapping (the Kelvin sign lowercases to `k`, `İ` to two characters).
+    if w.is_ascii() {
+        let b = buf.get_mut(..w.len())?;
+        b.copy_from_slice(w.as_bytes());
+        b.make_ascii_lowercase();
+        return std::str::from_utf8(b).ok();
+    }
+    let mut n = 0;
+    for c in w.chars().flat_map(char::to_lowercase) {
+        let l = c.len_utf8();
+        if n + l > buf.len() {
+            return None;
+        }
+        c.encode_utf8(&mut buf[n..n + l]);
+        n += l;
+    }
+    std::str::from_utf8(&buf[..n]).ok()
+}
+
 /// Per-scan state: the meter, and the footer memo of the pattern that has one.
 struct Ctx<'m> {
     meter: &'m mut Meter,
     footer: FooterMemo,
+    /// A gated scan (patterns may skip ahead, see [`Skip`]); the exhaustive reference is not.
+    gated: bool,
 }
 
 impl<'m> Ctx<'m> {
-    fn new(meter: &'m mut Meter) -> Ctx<'m> {
+    fn new(meter: &'m mut Meter, gated: bool) -> Ctx<'m> {
         Ctx {
             meter,
             footer: FooterMemo::default(),
+            gated,
         }
     }
 }

@@ -62,12 +62,13 @@
 //! is read once (a run's words are consumed), looked up once, and a cue is looked for in the
 //! 48 bytes before a segment. Linear in the text, charged one unit per byte and per word.
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::LazyLock;
 
 use fst::Map;
 
-use super::{Exceeded, Meter, Mode};
+use super::{Exceeded, Meter, Mode, lower};
 
 /// The gazetteer: lowercase name → flags ([`GIVEN`] | [`SURNAME`]), built by `build.rs`.
 static NAMES_FST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/names.fst"));
@@ -1179,11 +1180,11 @@ fn at(
         words.push(next);
     }
     meter.work(words.len())?;
-    let compass = is_in(&["north", "south", "east", "west"], &text[words[0].clone()]);
+    let compass = is_in(&COMPASS_SET, &text[words[0].clone()]);
     let numbered = text[..i]
         .trim_end_matches([' ', '\t'])
         .ends_with(|c: char| c.is_ascii_digit());
-    if compass || numbered || words.iter().any(|w| is_in(PLACE_WORDS, &text[w.clone()])) {
+    if compass || numbered || words.iter().any(|w| is_in(&PLACE_SET, &text[w.clone()])) {
         return Ok(end);
     }
     // Segments: maximal stretches of words that are not guard words.
@@ -1210,7 +1211,7 @@ fn at(
 fn segment(text: &str, words: &[Range<usize>]) -> Option<Range<usize>> {
     let start = words[0].start;
     let first = &text[words[0].clone()];
-    if is_in(SOFT, first) {
+    if is_in(&SOFT_SET, first) {
         let named = given(first) != Given::No && cue_before(text, start);
         return named.then(|| start..words[words.len().min(MAX_NAME_WORDS) - 1].end);
     }
@@ -1334,6 +1335,19 @@ fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
     Some(i..end)
 }
 
+/// [`CUES`] and [`SIGNOFFS`] by their last byte, the one the text before a name must end
+/// with; each with whether it is a sign-off. Most capitalized words follow text that ends no
+/// cue: one bucket is tried, not every cue.
+static CUES_BY_LAST: LazyLock<[Vec<(&'static str, bool)>; 256]> = LazyLock::new(|| {
+    let mut by: [Vec<(&'static str, bool)>; 256] = std::array::from_fn(|_| Vec::new());
+    for (list, signoff) in [(CUES, false), (SIGNOFFS, true)] {
+        for &c in list {
+            by[usize::from(*c.as_bytes().last().expect("cues are not empty"))].push((c, signoff));
+        }
+    }
+    by
+});
+
 /// Whether a cue ends at most [`MAX_GAP`] bytes of gap before `start`.
 fn cue_before(text: &str, start: usize) -> bool {
     let b = text.as_bytes();
@@ -1365,8 +1379,13 @@ fn cue_before(text: &str, start: usize) -> bool {
     w.copy_from_slice(&b[lo..i]);
     w.make_ascii_lowercase();
     let signoff = gap.contains(&b',') || gap.contains(&b'\n');
-    let cues = CUES.iter().chain(SIGNOFFS.iter().filter(|_| signoff));
-    cues.into_iter().any(|c| {
+    let Some(&last) = w.last() else {
+        return false;
+    };
+    let cues = CUES_BY_LAST[usize::from(last)]
+        .iter()
+        .filter(|&&(_, only_signoff)| signoff || !only_signoff);
+    cues.into_iter().any(|&(c, _)| {
         w.ends_with(c.as_bytes()) && {
             // A word boundary before the cue: not a letter or digit of any script, nor a `.`
             // right after one (`m.` is no cue in `a.m.`); `.Dear`, `«Dear` are cues (veil#16).
@@ -1409,10 +1428,13 @@ enum Given {
 /// Whether a word (any case; its first part when hyphenated) is a given name.
 fn given(word: &str) -> Given {
     let first = word.split(['-', '\'', '’']).next().unwrap_or(word);
-    let lower = first.to_lowercase();
+    let mut buf = [0; 64];
+    let Some(lower) = lower(first, &mut buf) else {
+        return Given::No;
+    };
     if NAMES.get(lower.as_bytes()).is_none_or(|f| f & GIVEN == 0) {
         Given::No
-    } else if AMBIGUOUS.contains(&lower.as_str()) {
+    } else if AMBIGUOUS_SET.contains(lower) {
         Given::Ambiguous
     } else {
         Given::Yes
@@ -1421,8 +1443,9 @@ fn given(word: &str) -> Given {
 
 /// Whether a word (any case) is a surname of the gazetteer.
 fn is_surname(word: &str) -> bool {
-    NAMES
-        .get(word.to_lowercase().as_bytes())
+    let mut buf = [0; 64];
+    lower(word, &mut buf)
+        .and_then(|l| NAMES.get(l.as_bytes()))
         .is_some_and(|f| f & SURNAME != 0)
 }
 
@@ -1438,10 +1461,25 @@ fn mid_sentence(text: &str, start: usize) -> bool {
 
 /// Whether a word (any case) is a guard word.
 fn is_guard(word: &str) -> bool {
-    is_in(GUARD, word)
+    is_in(&GUARD_SET, word)
 }
 
-/// Whether a word (any case) is in `list` (lowercase).
-fn is_in(list: &[&str], word: &str) -> bool {
-    word.len() <= 24 && list.contains(&word.to_lowercase().as_str())
+/// Whether a word (any case, at most 24 bytes) is in `set` (lowercase). Lowercased on the
+/// stack and looked up in a hash set: one `to_lowercase` allocation and a scan of a list of
+/// hundreds per word were most of the detector's cost on capitalized text.
+fn is_in(set: &HashSet<&'static str>, word: &str) -> bool {
+    let mut buf = [0; 64];
+    word.len() <= 24 && lower(word, &mut buf).is_some_and(|l| set.contains(l))
 }
+
+/// A word list as a set, built on first use.
+fn set_of(list: &'static [&'static str]) -> HashSet<&'static str> {
+    list.iter().copied().collect()
+}
+
+static GUARD_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(GUARD));
+static SOFT_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(SOFT));
+static AMBIGUOUS_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(AMBIGUOUS));
+static PLACE_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(PLACE_WORDS));
+static COMPASS_SET: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| set_of(&["north", "south", "east", "west"]));

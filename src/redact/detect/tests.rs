@@ -276,6 +276,17 @@ fn windows_open_only_at_triggers() {
 /// separators and digits in odd places, prose, non-ASCII.
 const PIECES: &[&str] = &[
     "jane.doe@example.com",
+    "612 345 678",
+    "312 345 6789",
+    "teléfono ",
+    "Italia",
+    "x.es",
+    "48 Linden Road",
+    "Lindenstraße 48",
+    "12 rue de la Paix",
+    "Leeds LS6 2AB",
+    "5th Avenue",
+    "Dear Priya",
     "+44 20 7946 0958",
     "+49 (0)30 1234567",
     "(415) 555-2671",
@@ -394,6 +405,47 @@ fn gated_scan_equals_exhaustive_scan() {
     }
 }
 
+/// The unprefixed phone pattern skips ahead to where a region hint is near enough
+/// (`phone::hinted_skip`): with a hint at every distance from a table of digit groups, the
+/// gated scan finds exactly what the exhaustive one does, numbers near the hint are found and
+/// numbers far from it are not.
+#[test]
+fn unprefixed_numbers_are_found_exactly_as_far_from_a_hint_as_the_validator_allows() {
+    let s = all();
+    let row = "612 345 678 ; ";
+    let (mut near, mut far) = (0, 0);
+    for before in 0..30 {
+        for hint in ["teléfono", "España", "a@b.es", "Telefon"] {
+            let text = format!("{}{hint} {}", row.repeat(before), row.repeat(30 - before));
+            let found = both(&s, &text);
+            let at = text.find(hint).unwrap();
+            for r in text
+                .match_indices("612 345 678")
+                .map(|(i, m)| i..i + m.len())
+            {
+                let hit = found.iter().any(|(l, f)| l == "PHONE" && *f == r);
+                // From the number to the far edge of the hint (what the validator measures).
+                let dist = if r.start > at {
+                    r.start - at
+                } else {
+                    at + hint.len() - r.end
+                };
+                if hint == "Telefon" {
+                    // Germany writes its trunk prefix: no unprefixed number there.
+                    assert!(!hit, "{text:?} {r:?}");
+                } else if dist < 60 {
+                    assert!(hit, "{hint} {dist} bytes away: {text:?}");
+                    near += 1;
+                } else if dist > 170 {
+                    assert!(!hit, "{hint} {dist} bytes away: {text:?}");
+                    far += 1;
+                }
+            }
+        }
+    }
+    assert!(near > 100 && far > 100, "{near} near, {far} far");
+}
+
 #[test]
 fn trigger_mask_matches_a_byte_loop() {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -476,6 +528,7 @@ fn user_regex_limits() {
         gate: Gate::Always,
         footer: None,
         lead: None,
+        skip: None,
     };
     spec.patterns.push(p.clone());
     assert!(matches!(
@@ -842,6 +895,7 @@ fn a_long_rejected_custom_candidate_is_not_rescanned_from_every_character() {
         gate: Gate::Always,
         footer: None,
         lead: None,
+        skip: None,
     });
     let s = Scanner::build(&spec).unwrap();
     let mut per_byte = Vec::new();
