@@ -72,18 +72,27 @@ pub(super) fn find(
             }
         }
         Mode::Gated => {
-            // Every start in [d - LOOKBACK, d] for each digit run start d, each tried once:
-            // `next` is the first position no earlier window covered.
+            // Each digit run start d is tried when a number-first form can start there; the
+            // word starts in [d - LOOKBACK, d) when the word before d can end a street name,
+            // each once: `next` is the first word start no earlier window tried. A window not
+            // tried leaves `next` alone, so the next digit run's window still covers its
+            // starts (an address's first digit run is its number, see `after_street_word`).
             let mut next = 0;
             let mut i = 0;
             while let Some(d) = next_digit(b, i) {
-                for s in d.saturating_sub(LOOKBACK).max(next)..d {
-                    try_at(text, s, out, meter)?;
+                if after_street_word(text, d) {
+                    let from = d.saturating_sub(LOOKBACK).max(next);
+                    for (s, c) in b[from..d].iter().enumerate() {
+                        // Digit run starts are tried in their own turn.
+                        if !c.is_ascii_digit() {
+                            try_at(text, from + s, out, meter)?;
+                        }
+                    }
+                    next = d;
                 }
-                if d >= next && number_then_word(b, d) {
+                if number_then_word(b, d) {
                     try_at(text, d, out, meter)?;
                 }
-                next = d + 1;
                 i = d;
                 while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
@@ -92,6 +101,47 @@ pub(super) fn find(
         }
     }
     Ok(())
+}
+
+/// Gated mode's test before trying the word starts before the digit run at `d`: false when
+/// no form that starts with a word can have its number at `d`. Those forms read words up to
+/// the number, and the first digit run they meet is the number (a digit ends a street name):
+/// German (`Lindenstraße 48`, `Berliner Str. 5`, `Am Markt 3`), southern (`Calle Mayor, 5`,
+/// `Via d'Italia 3`) and the British unit line (`Flat 67b`, `Apt. 4`). Each puts a
+/// capitalized word, then an optional `.` or `,`, then one or two spaces right before the
+/// number. In prose most numbers follow a lowercase word (`about 48 items`), and their
+/// windows are not read at all. Conservative: a word longer than the parsers read counts.
+fn after_street_word(text: &str, d: usize) -> bool {
+    let b = text.as_bytes();
+    let mut i = d;
+    while d - i < 2 && i > 0 && b[i - 1] == b' ' {
+        i -= 1;
+    }
+    if i == d {
+        return false;
+    }
+    if i > 0 && (b[i - 1] == b',' || b[i - 1] == b'.') {
+        i -= 1;
+    }
+    // The word ending at `i`: letters and digits joined by `-`, `'`, `’` (`P::tok`).
+    let before = &text[..i];
+    let mut start = i;
+    for (k, c) in before.char_indices().rev() {
+        if c.is_alphanumeric() || matches!(c, '-' | '\'' | '’') {
+            start = k;
+            if i - k > 2 * MAX_TOKEN {
+                return true;
+            }
+        } else {
+            break;
+        }
+    }
+    let word = before[start..].trim_start_matches(['-', '\'', '’']);
+    let name = ["l'", "d'", "l’", "d’"]
+        .iter()
+        .find_map(|a| word.strip_prefix(a))
+        .unwrap_or(word);
+    name.chars().next().is_some_and(char::is_uppercase)
 }
 
 /// Gated mode's test before trying a digit run that starts at `d`: false when no form can
