@@ -23,10 +23,14 @@
 //!
 //! Every form holds a house or unit number that begins within [`LOOKBACK`] bytes after the
 //! start of the address (the parsers enforce it). So the gated mode only tries the word starts
-//! in the [`LOOKBACK`] bytes before each run of ASCII digits, once each; prose without digits
-//! costs one pass over its bytes, and a digit run followed by more digit groups (a table, a
-//! card number) is not tried at all (`number_then_word`). [`Mode::Exhaustive`] tries every word start of the text with
-//! the same parsers; the two agree by construction, and `both()` in the tests checks it.
+//! in the [`LOOKBACK`] bytes before each run of ASCII digits, once each, and only where they can
+//! lead to it: the words before a number are read only when a capitalized word (or `Str.`)
+//! ends right before it (`after_street_word`: in prose most numbers follow a lowercase word),
+//! and a digit run is tried itself only when a letter or an ordinal follows it
+//! (`number_then_word`: not a table of numbers or a card number). Prose without digits costs
+//! one pass over its bytes. [`Mode::Exhaustive`] tries every word start of the text with the
+//! same parsers and neither test; `both()` and the differential tests check that the two
+//! agree.
 //! Street-type words were the other candidate anchor (one Aho-Corasick pass over ~400
 //! case-insensitive words), rejected: `st`, `dr`, `way` occur in most English sentences, and
 //! every address needs a digit within a few bytes anyway.
