@@ -338,6 +338,75 @@ impl fmt::Debug for CompiledRules {
     }
 }
 
+/// Units an adversary repeats to make redaction slow (veil#10): every detector's values, the
+/// look-alikes its validator rejects, the prefixes of every secret, glued and separated, the
+/// shapes that made some pass super-linear before veil#10 (repeated emails, PEM headers in
+/// prose, `-eyJ` runs, `xoxb-` runs, colon runs), and names, street addresses and phone-region
+/// hints (veil#16). Shared by the work-per-byte property test and the `redact_dense` fuzz
+/// target; not an API.
+#[doc(hidden)]
+pub const DENSE_UNITS: &[&str] = &[
+    "lorem ipsum alice@example.com sit amet ",
+    "a@b.cc.-.-",
+    "x.y@",
+    "-----BEGIN PRIVATE KEY----- lorem ",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n",
+    "-----END PRIVATE KEY-----",
+    "-eyJabcdefgh",
+    "eyJabcdefghij.abcd.",
+    "sk-",
+    "sk-proj-abcdefghijklmnopqrstuvwxyz012345/",
+    "sk-ant-",
+    "ghp_",
+    "github_pat_",
+    "xoxb-",
+    "xapp-1-",
+    "https://hooks.slack.com/services/",
+    "sk_live_",
+    "whsec_",
+    "AIza",
+    "AKIA",
+    "AKIAIOSFODNN7EXAMPLE",
+    "aws_secret_access_key=",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "Bearer abc123def456ghi789jkl ",
+    "bearer ",
+    "4111 1111 1111 1111 ",
+    "4444444444444444",
+    "4444 ",
+    "GB82 WEST 1234 5698 7654 32 ",
+    "GB82",
+    "123-45-6789",
+    "SSN: 123456789 ",
+    "+44 20 7946 0958 ",
+    "(415) 555-2671",
+    "030 12345678 ",
+    "192.168.1.20",
+    "1.2.3.4.",
+    "2001:db8::1 ",
+    "::",
+    "1:2:3:",
+    "born on 12/03/1990 ",
+    "DOB ",
+    "0",
+    "-",
+    "/",
+    ".",
+    " ",
+    "\n",
+    "é",
+    "1 Road ",
+    "12 Main Street, Leeds LS6 2AB ",
+    "Lindenstraße 48, 47361 Gießen ",
+    "Flat 3\n",
+    "Calle Mayor 5, 3º B ",
+    "Road Street Avenue ",
+    "teléfono 612 345 678 ",
+    "612 345 678 ",
+    "Dear Priya Patel, ",
+    "Mr ",
+];
+
 /// Upper bound on scrub passes over one string (see `scrub_str`); real text needs 2 at most.
 /// A string that has not settled after this many passes is dropped.
 const MAX_PASSES: usize = 8;
