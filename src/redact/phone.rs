@@ -29,9 +29,9 @@
 //! [`HINT_BEFORE`] + [`HINT_AFTER`] bytes); at most [`MAX_REGIONS`] named regions and
 //! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. Unprefixed digit groups are
 //! searched only within reach of a hint ([`hinted_skip`]): a table of numbers with no hint
-//! costs one hint search, not one rejected candidate per group. The metadata is loaded once per
-//! process (about 0.15 s), and the default regions compiled,
-//! by [`warm`] when a scanner with the phone detector is built, not by the first exchange.
+//! costs one hint search, not one rejected candidate per group. The metadata is loaded once
+//! per process (about 0.15 s), and the default regions compiled, by [`warm`] when a scanner
+//! with the phone detector is built, not by the first exchange.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -495,9 +495,10 @@ static UNPREFIXED_HINTS: LazyLock<(AhoCorasick, Vec<usize>)> = LazyLock::new(|| 
 /// The unprefixed pattern's [`Skip`](crate::redact::detect::Skip): [`hinted`] accepts a
 /// candidate `r` only with a hint of a region without national prefix within
 /// `r.start - HINT_BEFORE .. r.end + HINT_AFTER` (give or take a character boundary), so no
-/// candidate starting before `end(hint) - HINT_AFTER - UNPREFIXED_MAX_LEN` of the first such
-/// hint at or after `at - HINT_BEFORE` can pass, and none at all when there is no hint up to
-/// `end + HINT_AFTER`. On digit-dense text with no hint (a table of numbers) this turns one
+/// candidate starting before `start(hint) - HINT_AFTER - UNPREFIXED_MAX_LEN` of the first
+/// such hint at or after `at - HINT_BEFORE` can pass (no later hint ends before that one
+/// starts), and none at all when there is no hint up to `end + HINT_AFTER`. Returns the
+/// position to search from and the bytes read. On digit-dense text with no hint (a table of numbers) this turns one
 /// rejected search per digit group into one pass of the hint automaton.
 pub(crate) fn hinted_skip(text: &str, at: usize, end: usize) -> (usize, usize) {
     // 4 bytes of slack on each side for the character-boundary adjustments of `hints`.

@@ -38,8 +38,8 @@
 //! (`RESTART_SPAN`); a PEM block's END line is found by substring search with a memo
 //! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
 //! (`Pat::lead`); a pattern whose validator needs something nearby skips to where it could be
-//! (`Pat::skip`: unprefixed phone numbers and region hints). [`Scanner::find_within`] charges the work to a [`Meter`] and stops, with no
-//! matches, when its budget runs out. The property test
+//! (`Pat::skip`: unprefixed phone numbers and region hints). [`Scanner::find_within`] charges
+//! the work to a [`Meter`] and stops, with no matches, when its budget runs out. The property test
 //! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
 //! fuzz target keep it so.
 //!
