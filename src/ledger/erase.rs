@@ -73,37 +73,105 @@ pub struct Erased {
 /// [`LedgerError`] when the ledger cannot be opened or written (locked past
 /// [`schema::BUSY_TIMEOUT`], disk full).
 pub fn forget_ids(path: &Path, ids: &[String]) -> Result<Erased, LedgerError> {
-    erase(path, Tombstone::Requests(ids), |conn| {
-        let mut found = Vec::new();
-        let mut q = conn.prepare_cached("SELECT id FROM exchanges WHERE request_id = ?1")?;
-        for id in ids {
-            if let Some(rowid) = q.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
-                found.push((rowid, id.clone()));
+    erase(
+        path,
+        Tombstone::Requests(ids),
+        |_| Ok(()),
+        |conn, ()| {
+            let mut found = Vec::new();
+            let mut q = conn.prepare_cached("SELECT id FROM exchanges WHERE request_id = ?1")?;
+            for id in ids {
+                if let Some(rowid) = q.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+                    found.push((rowid, id.clone()));
+                }
             }
-        }
-        Ok(found)
-    })
+            Ok(found)
+        },
+    )
 }
 
 /// Forgets every exchange of user pseudonym `user`.
 ///
+/// Finds the exchanges whose winning identity (`exchanges.user`) or any other identity
+/// source (`exchange_users`, schema version 3) named `user`. `exchanges.user` has no index
+/// (schema version 5 dropped it: it cost every exchange a write to a random page, and an erase
+/// is rare), so the rows are found by a scan, made before the erase takes the write lock
+/// ([`user_scan`]): the writer is not held up for its length. Inside the write transaction
+/// only the rows added since (a range of row ids) are scanned again ([`user_rows`]).
+///
 /// # Errors
 /// As [`forget_ids`].
-/// Finds the exchanges whose winning identity (`exchanges.user`) or any other identity
-/// source (`exchange_users`, schema version 3) named `user`.
 pub fn forget_user(path: &Path, user: &UserPseudonym) -> Result<Erased, LedgerError> {
-    erase(path, Tombstone::User(user), |conn| {
-        let sql = if version(conn)? >= 3 {
-            "SELECT id, request_id FROM exchanges WHERE user = ?1
-             UNION SELECT e.id, e.request_id FROM exchange_users u
-                   JOIN exchanges e ON e.id = u.exchange WHERE u.user = ?1"
-        } else {
-            "SELECT id, request_id FROM exchanges WHERE user = ?1"
-        };
-        let mut q = conn.prepare_cached(sql)?;
-        q.query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect()
-    })
+    erase(
+        path,
+        Tombstone::User(user),
+        |conn| user_scan(conn, user),
+        |conn, scan| user_rows(conn, user, scan),
+    )
+}
+
+/// What [`user_scan`] found in its snapshot: the largest row id then, and the rows of the
+/// user up to it.
+#[derive(Debug)]
+pub(super) struct UserScan {
+    upto: i64,
+    rows: Vec<i64>,
+}
+
+/// Scans `exchanges` for rows whose `user` is `user`, in a read transaction of its own.
+pub(super) fn user_scan(conn: &Connection, user: &UserPseudonym) -> rusqlite::Result<UserScan> {
+    let tx = conn.unchecked_transaction()?;
+    let upto: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM exchanges", [], |r| {
+        r.get(0)
+    })?;
+    let rows = tx
+        .prepare("SELECT id FROM exchanges WHERE user = ?1 AND id <= ?2")?
+        .query_map(params![user.as_str(), upto], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    tx.finish()?;
+    Ok(UserScan { upto, rows })
+}
+
+/// Inside the erase's write transaction: the rows of `scan` that still carry `user` (an erase
+/// in between may have cleared some), the rows added since the scan (row ids only grow:
+/// `AUTOINCREMENT`), and those where another identity source named `user`; as
+/// `(row id, request id)`, each once.
+pub(super) fn user_rows(
+    conn: &Connection,
+    user: &UserPseudonym,
+    scan: UserScan,
+) -> rusqlite::Result<Vec<(i64, String)>> {
+    let mut found = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut again =
+        conn.prepare_cached("SELECT request_id FROM exchanges WHERE id = ?1 AND user = ?2")?;
+    for id in scan.rows {
+        if let Some(request_id) = again
+            .query_row(params![id, user.as_str()], |r| r.get::<_, String>(0))
+            .optional()?
+            && seen.insert(id)
+        {
+            found.push((id, request_id));
+        }
+    }
+    let mut sql = String::from("SELECT id, request_id FROM exchanges WHERE id > ?2 AND user = ?1");
+    if version(conn)? >= 3 {
+        sql.push_str(
+            " UNION SELECT e.id, e.request_id FROM exchange_users u
+                   JOIN exchanges e ON e.id = u.exchange WHERE u.user = ?1",
+        );
+    }
+    let mut q = conn.prepare_cached(&sql)?;
+    let more = q.query_map(params![user.as_str(), scan.upto], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in more {
+        let (id, request_id) = row?;
+        if seen.insert(id) {
+            found.push((id, request_id));
+        }
+    }
+    Ok(found)
 }
 
 /// True when the ledger at `path` holds a tombstone of an erase by user `user` (within
@@ -136,13 +204,15 @@ fn version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
 }
 
-/// Runs one erase: `select` finds `(rowid, request_id)` pairs inside the write transaction,
+/// Runs one erase: `before` reads what it can ahead of the write lock, then `select` finds
+/// `(rowid, request_id)` pairs inside the write transaction,
 /// then their content goes and their pseudonym is cleared, and the tombstone is written in the
 /// same transaction; then the WAL is wiped.
-fn erase(
+fn erase<B>(
     path: &Path,
     tombstone: Tombstone<'_>,
-    select: impl FnOnce(&Connection) -> rusqlite::Result<Vec<(i64, String)>>,
+    before: impl FnOnce(&Connection) -> rusqlite::Result<B>,
+    select: impl FnOnce(&Connection, B) -> rusqlite::Result<Vec<(i64, String)>>,
 ) -> Result<Erased, LedgerError> {
     let Some(mut conn) = schema::open_eraser(path)? else {
         return Ok(Erased {
@@ -152,10 +222,11 @@ fn erase(
         });
     };
     let mut erased = Erased::default();
+    let ahead = before(&conn)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let version = version(&tx)?;
-        let found = select(&tx)?;
+        let found = select(&tx, ahead)?;
         let mut del = tx.prepare_cached("DELETE FROM content WHERE exchange = ?1")?;
         // Every pseudonym of the exchange goes, not only the one asked for.
         let mut del_users = (version >= 3)

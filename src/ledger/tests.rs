@@ -430,7 +430,8 @@ fn max_size_evicts_the_oldest_content_first() {
     let path = dir.path().join("ledger.db");
     let mut settings = LedgerSettings::new(path.clone());
     settings.check_every = Duration::from_secs(3600);
-    settings.max_size = 256 * 1024;
+    // The empty schema is about 15 pages of 16 KiB; 200 content rows of 4 KB do not fit.
+    settings.max_size = 512 * 1024;
     let ledger = Ledger::open(settings, None, Default::default()).unwrap();
     let big = "y".repeat(4000);
     let records = (0..200)
@@ -446,7 +447,7 @@ fn max_size_evicts_the_oldest_content_first() {
     send(&ledger, records);
     ledger.handle().check_blocking();
     assert!(ledger.handle().flush_blocking());
-    assert!(ledger.counters().ledger.bytes.get() <= 256 * 1024);
+    assert!(ledger.counters().ledger.bytes.get() <= 512 * 1024);
     let kept = count(&path, "SELECT COUNT(*) FROM content");
     assert!(kept > 0 && kept < 200, "{kept} content rows kept");
     // The newest content is what stays.
@@ -790,7 +791,7 @@ fn show_reads_one_exchange_whole_and_nothing_for_an_unknown_id() {
 fn the_wal_is_checkpointed_into_the_database_while_the_writer_writes() {
     let (_d, path, ledger) = ledger();
     let page = "p".repeat(20_000);
-    // 300 rows of ~20 KB content: ~1,500 WAL pages, past the 1,000-page threshold.
+    // 300 rows of ~20 KB content: ~6 MB of WAL, past the 4 MB (1,000 pages of 4 KiB) threshold.
     for b in 0..6 {
         let batch = (0..50)
             .map(|i| {
@@ -1090,7 +1091,7 @@ fn max_size_eviction_deletes_the_feedback_of_the_evicted_rows() {
     assert_eq!(feedback_ids(&path).len(), 200);
     ledger.handle().check_blocking();
     assert!(ledger.handle().flush_blocking());
-    assert!(ledger.counters().ledger.bytes.get() <= 256 * 1024);
+    assert!(ledger.counters().ledger.bytes.get() <= 512 * 1024);
     let rows = count(&path, "SELECT COUNT(*) FROM exchanges");
     assert!(rows > 0 && rows < 200, "{rows} rows kept");
     let kept = feedback_ids(&path);
@@ -1108,5 +1109,95 @@ fn max_size_eviction_deletes_the_feedback_of_the_evicted_rows() {
         ),
         0,
         "no feedback outlives the row it rates"
+    );
+}
+
+#[test]
+fn a_new_ledger_has_16_kib_pages_and_no_user_index_and_a_version_4_one_loses_its_index() {
+    let has_user_index = |c: &rusqlite::Connection| -> i64 {
+        c.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'exchanges_user'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let (c, _) = schema::open_writer(&path).unwrap();
+    let page: i64 = c
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap();
+    assert_eq!(page, schema::PAGE_SIZE);
+    assert_eq!(has_user_index(&c), 0);
+    drop(c);
+
+    // A version 4 file, as veil wrote it before: 4 KiB pages, the index on `user`.
+    let old = dir.path().join("v4.db");
+    {
+        let c = rusqlite::Connection::open(&old).unwrap();
+        c.execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL;
+             CREATE TABLE exchanges (id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT);
+             CREATE INDEX exchanges_user ON exchanges (user) WHERE user IS NOT NULL;",
+        )
+        .unwrap();
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .unwrap();
+        c.pragma_update(None, "user_version", 4).unwrap();
+    }
+    let (c, _) = schema::open_writer(&old).unwrap();
+    let v: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, schema::SCHEMA_VERSION);
+    assert_eq!(has_user_index(&c), 0, "version 5 drops the index");
+    let page: i64 = c
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap();
+    assert_eq!(page, 4096, "an existing file keeps its page size");
+}
+
+/// `forget --user` scans ahead of its write lock, then catches up inside it: a row of the user
+/// committed between the two is erased too, and a row another erase cleared in between is not
+/// counted again.
+#[test]
+fn forget_by_user_catches_rows_committed_between_its_scan_and_its_lock() {
+    let (_d, path, ledger) = ledger();
+    let alice = UserPseudonym::parse("u_aaaaaaaaaaaaaaaa").unwrap();
+    let of_alice = |id: &str| {
+        let mut r = openai_chat("x");
+        r.request_id = id.into();
+        r.user_pseudonym = Some(alice.clone());
+        r
+    };
+    send(&ledger, vec![of_alice("early-1"), of_alice("early-2")]);
+    let conn = schema::open_eraser(&path).unwrap().unwrap();
+    let scan = erase::user_scan(&conn, &alice).unwrap();
+    // Between the scan and the lock: one new row, and one scanned row erased by id.
+    send(&ledger, vec![of_alice("late")]);
+    assert_eq!(
+        erase::forget_ids(&path, &["early-2".into()]).unwrap().rows,
+        1
+    );
+    let tx = conn.unchecked_transaction().unwrap();
+    let mut found: Vec<String> = erase::user_rows(&tx, &alice, scan)
+        .unwrap()
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    found.sort();
+    assert_eq!(found, ["early-1", "late"]);
+    drop(tx);
+    drop(conn);
+    // And the whole erase, end to end.
+    let erased = erase::forget_user(&path, &alice).unwrap();
+    assert_eq!(erased.rows, 2);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM exchanges WHERE user IS NOT NULL"
+        ),
+        0
     );
 }

@@ -125,6 +125,10 @@ impl Dropper {
 #[derive(Default)]
 struct Scratch {
     finish: String,
+    /// How many `daily` keys the largest group so far had: the next group's map starts that
+    /// big instead of growing (and rehashing) through its doublings, and the writer's
+    /// allocator does not hand the table back and forth.
+    days: usize,
 }
 
 impl Writer {
@@ -264,7 +268,7 @@ impl Writer {
             // foldhash, not SipHash: hashing the key's four strings per row was ~3% of the
             // writer (veil#12); the map lives for one transaction and is seeded per process.
             let mut days: HashMap<DayKey, DaySums, foldhash::fast::RandomState> =
-                HashMap::default();
+                HashMap::with_capacity_and_hasher(scratch.days, Default::default());
             for r in batches.iter().flatten() {
                 let start = row::IsoUtc::new(r.start);
                 let start = start.as_str();
@@ -360,6 +364,7 @@ impl Writer {
                 }
                 days.entry(row::day_key(r, start)).or_default().add(r);
             }
+            scratch.days = scratch.days.max(days.len());
             let mut up = tx.prepare_cached(UPSERT_DAILY)?;
             for (k, s) in days {
                 up.execute(params![
@@ -526,12 +531,13 @@ impl Writer {
     }
 }
 
-/// WAL pages past which the writer asks for a checkpoint: SQLite's own automatic checkpoint
-/// threshold (`wal_autocheckpoint`, 1000 pages of 4 KiB).
-const CHECKPOINT_PAGES: i32 = 1000;
+/// WAL bytes past which the writer asks for a checkpoint: SQLite's own automatic checkpoint
+/// threshold (`wal_autocheckpoint`, 1000 pages) at its default page size of 4 KiB, kept in
+/// bytes whatever the ledger's page size.
+const CHECKPOINT_BYTES: i64 = 1000 * 4096;
 
 /// Moves the WAL checkpoint off the writer thread: a thread with its own connection runs a
-/// `PASSIVE` checkpoint whenever a commit leaves more than [`CHECKPOINT_PAGES`] in the WAL.
+/// `PASSIVE` checkpoint whenever a commit leaves more than [`CHECKPOINT_BYTES`] in the WAL.
 ///
 /// SQLite runs its automatic checkpoint inside the commit that crosses the threshold, on the
 /// committing thread: copying the WAL into the database file (and its fsyncs) was part of the
@@ -582,8 +588,13 @@ fn start_checkpointer(
             return None;
         }
     };
+    let page_size: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap_or(4096)
+        .max(512);
+    let checkpoint_pages = i32::try_from(CHECKPOINT_BYTES / page_size).unwrap_or(1000);
     let hooked = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
-        if pages >= CHECKPOINT_PAGES {
+        if pages >= checkpoint_pages {
             // Full: a checkpoint is already asked for.
             let _ = nudge.try_send(());
         }
