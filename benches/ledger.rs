@@ -22,7 +22,9 @@
 //! `INSERT … SELECT` from a recursive CTE in one transaction (exchanges only: the queries never
 //! read `content`), all started in the last 30 days, then [`report::report`] by feature with
 //! `since = 30 days ago` (target ≤ 1 s) and [`cards::cards`] with the same filter, best of 3,
-//! with splits: the bare SQL scan, the scan forced off the `start` index, and the query plan.
+//! with splits: the bare SQL scan, the scan forced off the `start` index, and the query plan;
+//! then `veil forget --user` of one user's rows ([`erase::forget_user`], a scan since schema
+//! v5), once.
 //!
 //! (d) `veil export` (veil#14): `LEDGER_ONLY=export` ingests `LEDGER_EXPORT_N` (default
 //! 100,000) records as in (a), in start order, then times [`dataset::export`] of every row to
@@ -41,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::Connection;
 use veil::exchange::{ExchangeId, TraceParent, Usage};
 use veil::ledger::report::{Dim, Filter};
-use veil::ledger::{Ledger, LedgerSettings, cards, dataset, report, schema};
+use veil::ledger::{Ledger, LedgerSettings, cards, dataset, erase, report, schema};
 use veil::record::Record;
 
 const BATCH: usize = 512;
@@ -427,7 +429,7 @@ fn generate(path: &Path, n: usize) {
             CASE WHEN i % 50 = 7 THEN NULL ELSE CASE i % 5 WHEN 0 THEN 'gpt-4o-mini-2024-07-18'
                  WHEN 1 THEN 'gpt-4o-2024-08-06' WHEN 2 THEN 'o3-mini-2025-01-31'
                  WHEN 3 THEN 'claude-sonnet-4-5-20250929' ELSE 'claude-haiku-4-5-20251001' END END,
-            printf('u_hmac_%012x', (i * 2654435761) % 2000),
+            printf('u_%016x', (i * 2654435761) % 2000),
             CASE (i / 3) % 6 WHEN 0 THEN 'support-bot' WHEN 1 THEN 'search' WHEN 2 THEN 'summarize'
                  WHEN 3 THEN 'code-review' WHEN 4 THEN 'translate' ELSE 'agent' END,
             printf('conv_%x', i / 3), printf('fp_%04x', i % 4),
@@ -567,6 +569,19 @@ fn queries(dir: &Path, rows: usize) {
         "| alternative: sums in SQL, GROUP BY feature, NOT INDEXED (no percentiles) | {:.0} | |",
         ms(t_agg)
     );
+    drop(conn);
+
+    // `veil forget --user`: one user of the 2,000, found by a scan (schema v5 has no index on
+    // `exchanges.user`), then erased; run once, it writes.
+    let user = veil::keys::UserPseudonym::parse(&format!("u_{:016x}", 7)).expect("pseudonym");
+    let t = Instant::now();
+    let erased = erase::forget_user(&path, &user).expect("forget --user");
+    println!(
+        "| erase::forget_user, one user's {} rows (scan, then erase) | {:.0} | |",
+        erased.rows,
+        ms(t.elapsed())
+    );
+    assert!(erased.rows > 0, "the generated rows carry that user");
 }
 
 fn export(dir: &Path, n: usize) {
