@@ -299,8 +299,46 @@ struct ChoiceDelta {
     legacy_text: String,
     reasoning: String,
     refusal: String,
-    tools: BTreeMap<u64, ToolDelta>,
+    /// Tool calls in the order they started.
+    tools: Vec<ToolDelta>,
+    /// `index` → position in `tools` of the call that index last named.
+    tool_at: BTreeMap<u64, usize>,
+    /// `id` → position in `tools` (a map, not a search: a hostile stream may name many).
+    tool_by_id: BTreeMap<String, usize>,
     finish: Option<String>,
+}
+
+impl ChoiceDelta {
+    /// The call a streamed `tool_calls` item continues, or a new one. OpenAI names a call by
+    /// `index` across chunks and sends its `id` on the first; several compatible servers
+    /// (vLLM, llama.cpp, Ollama's OpenAI API) give parallel calls the same `index`, or none,
+    /// with a new `id` each. So an `id` not seen before starts a new call whatever its
+    /// `index`; an `id` seen before continues that call; without an `id`, `index` picks the
+    /// call it last named, and without either the item continues the latest call.
+    fn tool(&mut self, index: Option<u64>, id: Option<&str>) -> &mut ToolDelta {
+        let known = match id {
+            Some(id) => self.tool_by_id.get(id).copied(),
+            None => match index {
+                Some(i) => self.tool_at.get(&i).copied(),
+                None => self.tools.len().checked_sub(1),
+            },
+        };
+        let at = known.unwrap_or_else(|| {
+            self.tools.push(ToolDelta {
+                id: id.map(str::to_string),
+                ..ToolDelta::default()
+            });
+            let at = self.tools.len() - 1;
+            if let Some(id) = id {
+                self.tool_by_id.insert(id.to_string(), at);
+            }
+            at
+        });
+        if let Some(i) = index {
+            self.tool_at.insert(i, at);
+        }
+        &mut self.tools[at]
+    }
 }
 
 /// Accumulates `chat.completion.chunk` events (and legacy completion chunks).
@@ -355,19 +393,14 @@ impl ChatStream {
             if let Some(t) = d.get("refusal").and_then(Value::as_str) {
                 acc.refusal.push_str(t);
             }
-            for (pos, call) in d
+            for call in d
                 .get("tool_calls")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .enumerate()
             {
-                // `index` identifies the call across chunks; fall back to position.
-                let idx = u64_of(call, "index").unwrap_or(pos as u64);
-                let tool = acc.tools.entry(idx).or_default();
-                if tool.id.is_none() {
-                    tool.id = str_of(call, "id");
-                }
+                let id = call.get("id").and_then(Value::as_str);
+                let tool = acc.tool(u64_of(call, "index"), id);
                 if tool.kind.is_none() {
                     tool.kind = str_of(call, "type");
                 }
@@ -398,7 +431,7 @@ impl ChatStream {
                 if !ch.tools.is_empty() {
                     let calls: Vec<Value> = ch
                         .tools
-                        .into_values()
+                        .into_iter()
                         .map(|t| {
                             json!({"id": t.id, "type": t.kind,
                                    "function": {"name": t.name, "arguments": t.arguments}})

@@ -461,6 +461,56 @@ fn openai_chat_stream_with_tool_argument_deltas_equals_json() {
     assert_split_invariant(&ex);
 }
 
+/// veil#17: parallel tool calls streamed as several OpenAI-compatible servers send them, with
+/// the same `index` or with none, a new `id` each: two calls, not one named `fg` with
+/// arguments `{}{}`. A continuation chunk without an `id` still extends its call.
+#[test]
+fn openai_stream_parallel_tool_calls_with_a_shared_or_missing_index_stay_apart() {
+    let chunk = |call: Value| {
+        let v = json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": null}]});
+        format!("data: {v}\n\n")
+    };
+    for index in [Some(0), None] {
+        let call = |id: Option<&str>, name: Option<&str>, args: &str| {
+            let mut c = json!({"function": {"arguments": args}});
+            if let Some(i) = index {
+                c["index"] = i.into();
+            }
+            if let Some(id) = id {
+                c["id"] = id.into();
+                c["type"] = "function".into();
+            }
+            if let Some(n) = name {
+                c["function"]["name"] = n.into();
+            }
+            c
+        };
+        let mut sse = chunk(call(Some("call_a"), Some("f"), "{\"x\""));
+        sse += &chunk(call(None, None, ":1}"));
+        sse += &chunk(call(Some("call_b"), Some("g"), "{}"));
+        sse += "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+        sse += "data: [DONE]\n\n";
+        let ex = exchange(
+            "api.openai.com",
+            "/v1/chat/completions",
+            br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+            200,
+            SSE,
+            sse.as_bytes(),
+        );
+        let c = run(&ex);
+        assert_eq!(
+            c.output_messages_json(),
+            json!([{"role": "assistant", "finish_reason": "tool_call", "parts": [
+                {"type": "tool_call", "id": "call_a", "name": "f", "arguments": {"x": 1}},
+                {"type": "tool_call", "id": "call_b", "name": "g", "arguments": {}}]}]),
+            "index {index:?}"
+        );
+        assert_split_invariant(&ex);
+    }
+}
+
 fn chat_n2(resp: &str, ctype: &str, stream: bool) -> Exchange {
     let req = fixture("openai/chat_n2_request.json");
     let req = if stream { streaming(&req) } else { req };
