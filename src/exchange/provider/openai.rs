@@ -266,11 +266,23 @@ pub(super) fn chat_response(resp: &Value, c: &mut Conversation) {
                 parts.push(Part::Refusal { content: refusal });
             }
             if let Some(audio) = m.get("audio").filter(|a| a.is_object()) {
-                parts.push(super::blob(
+                // An audio answer (`modalities: ["text", "audio"]`): its transcript is the
+                // answer's text, recorded (and redacted) as any text; the audio itself only as
+                // its size. A folded stream carries the size, not the bytes (`STREAMED_AUDIO_BYTES`).
+                if let Some(transcript) = str_of(audio, "transcript").filter(|t| !t.is_empty()) {
+                    parts.push(Part::text(transcript));
+                }
+                let mut blob = super::blob(
                     None,
                     audio.get("data").and_then(Value::as_str),
                     Some(Modality::Audio),
-                ));
+                );
+                if let Part::Blob { byte_len, .. } = &mut blob
+                    && byte_len.is_none()
+                {
+                    *byte_len = u64_of(audio, STREAMED_AUDIO_BYTES);
+                }
+                parts.push(blob);
             }
             parts.extend(tool_calls(m));
         }
@@ -283,6 +295,19 @@ pub(super) fn chat_response(resp: &Value, c: &mut Conversation) {
                 .map_or_else(|| UNFINISHED.to_string(), finish_reason),
         });
     }
+}
+
+/// Key of a folded stream's `message.audio` that carries the decoded size of the audio it
+/// streamed: the fold keeps the size, never the base64 bytes.
+const STREAMED_AUDIO_BYTES: &str = "veil_streamed_bytes";
+
+/// A streamed audio answer (`delta.audio`): its transcript, id and how much base64 it sent.
+#[derive(Default)]
+struct AudioDelta {
+    id: Option<String>,
+    transcript: String,
+    /// Base64 characters of `data`, padding excluded, over every chunk.
+    base64_chars: u64,
 }
 
 #[derive(Default)]
@@ -299,6 +324,8 @@ struct ChoiceDelta {
     legacy_text: String,
     reasoning: String,
     refusal: String,
+    /// The audio answer, when the stream carried one.
+    audio: Option<AudioDelta>,
     /// Tool calls in the order they started.
     tools: Vec<ToolDelta>,
     /// `index` → position in `tools` of the call that index last named.
@@ -393,6 +420,19 @@ impl ChatStream {
             if let Some(t) = d.get("refusal").and_then(Value::as_str) {
                 acc.refusal.push_str(t);
             }
+            if let Some(a) = d.get("audio").filter(|a| a.is_object()) {
+                let audio = acc.audio.get_or_insert_default();
+                if audio.id.is_none() {
+                    audio.id = str_of(a, "id");
+                }
+                if let Some(t) = a.get("transcript").and_then(Value::as_str) {
+                    audio.transcript.push_str(t);
+                }
+                if let Some(data) = a.get("data").and_then(Value::as_str) {
+                    let chars = data.trim_end_matches('=').len() as u64;
+                    audio.base64_chars = audio.base64_chars.saturating_add(chars);
+                }
+            }
             for call in d
                 .get("tool_calls")
                 .and_then(Value::as_array)
@@ -428,6 +468,13 @@ impl ChatStream {
                 message.insert("content".into(), some(ch.text));
                 message.insert("refusal".into(), some(ch.refusal));
                 message.insert("reasoning_content".into(), some(ch.reasoning));
+                if let Some(a) = ch.audio {
+                    message.insert(
+                        "audio".into(),
+                        json!({"id": a.id, "transcript": a.transcript,
+                               STREAMED_AUDIO_BYTES: a.base64_chars.saturating_mul(3) / 4}),
+                    );
+                }
                 if !ch.tools.is_empty() {
                     let calls: Vec<Value> = ch
                         .tools

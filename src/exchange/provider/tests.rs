@@ -511,6 +511,95 @@ fn openai_stream_parallel_tool_calls_with_a_shared_or_missing_index_stay_apart()
     }
 }
 
+/// veil#17: an audio answer (`modalities: ["text", "audio"]`). Its transcript is the answer's
+/// text, streamed or not; the audio is recorded as its size only, never its bytes.
+#[test]
+fn openai_audio_answer_records_the_transcript_and_only_the_size_of_the_audio() {
+    // A 44-byte WAV header as base64 (60 characters, one `=`), whole and in two chunks.
+    let b64 = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQAAAAA=";
+    let req = br#"{"model":"gpt-4o-audio-preview","modalities":["text","audio"],
+        "audio":{"voice":"alloy","format":"wav"},"messages":[{"role":"user","content":"hi"}]}"#;
+    let whole = format!(
+        r#"{{"id":"c1","object":"chat.completion","model":"gpt-4o-audio-preview",
+        "choices":[{{"index":0,"finish_reason":"stop","message":{{"role":"assistant",
+        "content":null,"audio":{{"id":"audio_1","expires_at":1,"data":"{b64}",
+        "transcript":"Hello there"}}}}}}]}}"#
+    );
+    let chunk = |delta: Value, finish: Value| {
+        let v = json!({"id": "c1", "object": "chat.completion.chunk",
+            "model": "gpt-4o-audio-preview",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {v}\n\n")
+    };
+    let (b1, b2) = b64.split_at(32);
+    let mut sse = chunk(
+        json!({"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hello "}}),
+        Value::Null,
+    );
+    sse += &chunk(json!({"audio": {"data": b1}}), Value::Null);
+    sse += &chunk(
+        json!({"audio": {"data": b2, "transcript": "there"}}),
+        Value::Null,
+    );
+    // The issue's input: the last chunk carries text and the finish reason together.
+    sse += &chunk(json!({"audio": {"expires_at": 1}}), json!("stop"));
+    sse += "data: [DONE]\n\n";
+    let streamed_req = streaming(req);
+    for (name, ex) in [
+        (
+            "json",
+            exchange(
+                "api.openai.com",
+                "/v1/chat/completions",
+                req,
+                200,
+                JSON,
+                whole.as_bytes(),
+            ),
+        ),
+        (
+            "stream",
+            exchange(
+                "api.openai.com",
+                "/v1/chat/completions",
+                &streamed_req,
+                200,
+                SSE,
+                sse.as_bytes(),
+            ),
+        ),
+    ] {
+        let c = run(&ex);
+        let out = c.output_messages_json();
+        assert_eq!(
+            out,
+            json!([{"role": "assistant", "finish_reason": "stop", "parts": [
+                {"type": "text", "content": "Hello there"},
+                {"type": "blob", "modality": "audio", "byte_len": 44}]}]),
+            "{name}"
+        );
+        assert!(
+            !out.to_string().contains(&b64[..16]),
+            "{name}: audio bytes recorded"
+        );
+    }
+    // The streamed transcript alone, as the issue reported it: one chunk with text and finish.
+    let one = chunk(
+        json!({"audio": {"transcript": "Hello there"}}),
+        json!("stop"),
+    ) + "data: [DONE]\n\n";
+    let ex = exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        &streamed_req,
+        200,
+        SSE,
+        one.as_bytes(),
+    );
+    assert_eq!(run(&ex).output_messages[0].parts[0], text("Hello there"));
+    assert_split_invariant(&ex);
+}
+
 fn chat_n2(resp: &str, ctype: &str, stream: bool) -> Exchange {
     let req = fixture("openai/chat_n2_request.json");
     let req = if stream { streaming(&req) } else { req };
