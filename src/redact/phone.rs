@@ -451,22 +451,6 @@ fn whole_hint(text: &str, at: Range<usize>, word: &str) -> bool {
         && edge(text[at.end..].chars().next())
 }
 
-/// `i` moved back to a character boundary of `text`.
-fn floor_boundary(text: &str, mut i: usize) -> usize {
-    while !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-/// `i` (at most `text.len()`) moved on to a character boundary of `text`.
-fn ceil_boundary(text: &str, mut i: usize) -> usize {
-    while !text.is_char_boundary(i) {
-        i += 1;
-    }
-    i
-}
-
 /// Longest match of the unprefixed pattern ([`crate::redact::detect::UNPREFIXED_PHONE`]:
 /// four digits, then three groups of a separator and four digits); [`hinted_skip`] relies on
 /// it, and a test checks it against the pattern.
@@ -502,8 +486,8 @@ static UNPREFIXED_HINTS: LazyLock<(AhoCorasick, Vec<usize>)> = LazyLock::new(|| 
 /// rejected search per digit group into one pass of the hint automaton.
 pub(crate) fn hinted_skip(text: &str, at: usize, end: usize) -> (usize, usize) {
     // 4 bytes of slack on each side for the character-boundary adjustments of `hints`.
-    let lo = floor_boundary(text, at.saturating_sub(HINT_BEFORE + 4));
-    let hi = ceil_boundary(text, (end + HINT_AFTER + 4).min(text.len()));
+    let lo = text.floor_char_boundary(at.saturating_sub(HINT_BEFORE + 4));
+    let hi = text.ceil_char_boundary((end + HINT_AFTER + 4).min(text.len()));
     let (ac, index) = &*UNPREFIXED_HINTS;
     // Hint starts in order: after a piece of a longer word, one character on (a hint may
     // overlap it). The first whole hint starts no later than any other, so no whole hint
@@ -515,17 +499,17 @@ pub(crate) fn hinted_skip(text: &str, at: usize, end: usize) -> (usize, usize) {
             let first = found
                 .start
                 .saturating_sub(HINT_AFTER + UNPREFIXED_MAX_LEN + 4);
-            return (floor_boundary(text, first).max(at), found.end - lo);
+            return (text.floor_char_boundary(first).max(at), found.end - lo);
         }
-        from = ceil_boundary(text, found.start + 1);
+        from = text.ceil_char_boundary(found.start + 1);
     }
     (end, hi - lo)
 }
 
 /// Regions named by the text around `r`, in order of mention, at most [`MAX_REGIONS`].
 fn hints(text: &str, r: &Range<usize>) -> Vec<Id> {
-    let a = floor_boundary(text, r.start.saturating_sub(HINT_BEFORE));
-    let b = ceil_boundary(text, (r.end + HINT_AFTER).min(text.len()));
+    let a = text.floor_char_boundary(r.start.saturating_sub(HINT_BEFORE));
+    let b = text.ceil_char_boundary((r.end + HINT_AFTER).min(text.len()));
     let mut out = Vec::new();
     for m in HINT_SEARCH.find_overlapping_iter(&text[a..b]) {
         let (word, id) = HINTS[m.pattern().as_usize()];

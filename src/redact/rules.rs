@@ -210,7 +210,7 @@ impl Ctx<'_> {
         message: impl Into<String>,
     ) -> RulesError {
         let off = span.start.min(self.text.len());
-        let before = &self.text[..floor_boundary(self.text, off)];
+        let before = &self.text[..self.text.floor_char_boundary(off)];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         RulesError {
@@ -221,13 +221,6 @@ impl Ctx<'_> {
             message: message.into(),
         }
     }
-}
-
-fn floor_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 fn field_action(ctx: &Ctx<'_>, s: &Spanned<String>, rule: &str) -> Result<FieldAction, RulesError> {

@@ -500,11 +500,7 @@ const MAX_PARSE_ERROR: usize = 120;
 fn not_json(which: &str, e: &serde_json::Error) -> String {
     let mut s = format!("{which} body is not JSON: {e}");
     if s.len() > MAX_PARSE_ERROR {
-        let mut cut = MAX_PARSE_ERROR;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
+        s.truncate(s.floor_char_boundary(MAX_PARSE_ERROR));
     }
     s
 }

@@ -199,12 +199,8 @@ pub(super) fn merge(text: &str, v: &mut Vec<Range<usize>>) {
         }
     }
     for w in &mut out {
-        while !text.is_char_boundary(w.start) {
-            w.start -= 1;
-        }
-        while !text.is_char_boundary(w.end) {
-            w.end += 1;
-        }
+        w.start = text.floor_char_boundary(w.start);
+        w.end = text.ceil_char_boundary(w.end);
     }
     *v = out;
 }

@@ -440,14 +440,8 @@ impl Scanner {
         if p.context.is_empty() {
             return true;
         }
-        let mut a = r.start.saturating_sub(p.window);
-        while !text.is_char_boundary(a) {
-            a -= 1;
-        }
-        let mut b = (r.end + p.window).min(text.len());
-        while !text.is_char_boundary(b) {
-            b += 1;
-        }
+        let a = text.floor_char_boundary(r.start.saturating_sub(p.window));
+        let b = text.ceil_char_boundary(r.end + p.window);
         let around = text[a..b].to_ascii_lowercase();
         p.context.iter().any(|w| around.contains(w.as_str()))
     }
@@ -514,15 +508,12 @@ const RESTART_SPAN: usize = 128;
 /// rejected and short, so an overlapping valid match is still found; its end if rejected and
 /// longer than [`RESTART_SPAN`].
 fn resume_at(text: &str, m: &Range<usize>, accepted: bool) -> usize {
-    let mut at = if accepted || m.len() > RESTART_SPAN {
+    let at = if accepted || m.len() > RESTART_SPAN {
         m.end.max(m.start + 1)
     } else {
         m.start + 1
     };
-    while at < text.len() && !text.is_char_boundary(at) {
-        at += 1;
-    }
-    at
+    text.ceil_char_boundary(at)
 }
 
 /// Up to this many candidates, [`resolve`] compares each with the kept ones directly.

@@ -1370,10 +1370,7 @@ fn cue_before(text: &str, start: usize) -> bool {
     }
     let gap = &b[i..start];
     // ASCII only was stepped over, so `i` is a char boundary.
-    let mut lo = i.saturating_sub(CUE_WINDOW);
-    while !text.is_char_boundary(lo) {
-        lo += 1;
-    }
+    let lo = text.ceil_char_boundary(i.saturating_sub(CUE_WINDOW));
     let mut buf = [0u8; CUE_WINDOW];
     let w = &mut buf[..i - lo];
     w.copy_from_slice(&b[lo..i]);
