@@ -96,8 +96,8 @@ pub fn forget_ids(path: &Path, ids: &[String]) -> Result<Erased, LedgerError> {
 /// source (`exchange_users`, schema version 3) named `user`. `exchanges.user` has no index
 /// (schema version 5 dropped it: it cost every exchange a write to a random page, and an erase
 /// is rare), so the rows are found by a scan, made before the erase takes the write lock
-/// ([`user_scan`]): the writer is not held up for its length. Inside the write transaction
-/// only the rows added since (a range of row ids) are scanned again ([`user_rows`]).
+/// (`user_scan`): the writer is not held up for its length. Inside the write transaction
+/// only the rows added since (a range of row ids) are scanned again (`user_rows`).
 ///
 /// # Errors
 /// As [`forget_ids`].
