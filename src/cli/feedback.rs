@@ -17,6 +17,9 @@ use crate::config::Config;
                   (with the rated exchange's feature scope) before it is stored or exported; \
                   see docs/feedback.md."
 )]
+#[command(group(
+    clap::ArgGroup::new("rating").args(["score", "label"]).required(true).multiple(true)
+))]
 pub struct FeedbackArgs {
     /// The rated answer's request id (its `x-veil-request-id` header).
     pub request_id: String,
@@ -24,7 +27,7 @@ pub struct FeedbackArgs {
     #[arg(long)]
     pub name: String,
     /// A number, e.g. 1, -1 or 0.75 (at least one of --score and --label).
-    #[arg(long, allow_negative_numbers = true, required_unless_present = "label")]
+    #[arg(long, allow_negative_numbers = true)]
     pub score: Option<f64>,
     /// A short label, e.g. `thumbs_down` (same characters as --name).
     #[arg(long)]
@@ -70,4 +73,32 @@ pub(super) fn run(args: FeedbackArgs, config: &Config) -> anyhow::Result<ExitCod
     let id = operator::block(veil.feedback(&body))??;
     println!("{id}");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FeedbackArgs;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FeedbackArgs,
+    }
+
+    /// The usage error names both ways to rate, as `--help` does (a trial found it naming
+    /// `--score` alone), and either one alone is enough.
+    #[test]
+    fn a_score_or_a_label_is_required_and_either_alone_is_enough() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["veil", "0190-id", "--name", "user_rating"];
+            v.extend_from_slice(extra);
+            Cli::try_parse_from(v)
+        };
+        let err = parse(&[]).unwrap_err().to_string();
+        assert!(err.contains("--score") && err.contains("--label"), "{err}");
+        assert!(parse(&["--label", "bad"]).is_ok());
+        assert!(parse(&["--score", "-1"]).is_ok());
+        assert!(parse(&["--score", "1", "--label", "good"]).is_ok());
+    }
 }

@@ -95,7 +95,10 @@ fn parse_time(s: &str) -> anyhow::Result<SystemTime> {
         return Ok(t);
     }
     row::parse_iso(&format!("{s}T00:00:00Z")).ok_or_else(|| {
-        anyhow!("--until {s:?}: expected RFC 3339 (2026-11-29T00:00:00Z) or a date (2026-11-29)")
+        super::BadArgs(format!(
+            "--until {s:?}: expected RFC 3339 (2026-11-29T00:00:00Z) or a date (2026-11-29)"
+        ))
+        .into()
     })
 }
 
@@ -107,7 +110,8 @@ pub(super) fn since_until(
 ) -> anyhow::Result<(Option<SystemTime>, Option<SystemTime>)> {
     let since = since
         .map(|s| {
-            let d = crate::config::parse_duration(s).map_err(|e| anyhow!("--since: {e}"))?;
+            let d = crate::config::parse_duration(s)
+                .map_err(|e| super::BadArgs(format!("--since: {e}")))?;
             Ok::<_, anyhow::Error>(
                 SystemTime::now()
                     .checked_sub(d)
@@ -192,17 +196,22 @@ pub(super) fn run_report(args: ReportArgs, data: &Path, keys: &Path) -> anyhow::
 /// has anyway) are refused rather than ignored.
 fn run_html(args: ReportArgs, data: &Path, keys: &Path) -> anyhow::Result<ExitCode> {
     let Some(path) = &args.out else {
-        bail!(
-            "--format html writes a file: add --out FILE (e.g. --out report.html), then open it in any browser"
-        );
+        return Err(super::BadArgs(
+            "--format html writes a file: add --out FILE (e.g. --out report.html), then open it in any browser".into(),
+        )
+        .into());
     };
     if !args.by.is_empty() {
-        bail!(
-            "--by does not apply to --format html: the page has its own groupings (day × model, feature, model, user)"
-        );
+        return Err(super::BadArgs(
+            "--by does not apply to --format html: the page has its own groupings (day × model, feature, model, user)".into(),
+        )
+        .into());
     }
     if args.cards {
-        bail!("--cards does not apply to --format html: the page includes the cost cards");
+        return Err(super::BadArgs(
+            "--cards does not apply to --format html: the page includes the cost cards".into(),
+        )
+        .into());
     }
     let f = filter(&args, keys)?;
     let conn = schema::open_read_only(&ledger_path(data))?;

@@ -258,6 +258,29 @@ impl RunArgs {
     }
 }
 
+/// A command-line mistake found after parsing (a value clap cannot check, flags that do not go
+/// together): exits 2 like clap's own usage errors, not 1, which means the command could not
+/// do its work.
+#[derive(Debug)]
+pub(crate) struct BadArgs(pub(crate) String);
+
+impl std::fmt::Display for BadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgs {}
+
+/// The exit code of a failed command: 2 for [`BadArgs`], else 1.
+fn failure_code(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<BadArgs>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// Entry point of the `veil` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -266,7 +289,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("veil: {e:#}");
-            ExitCode::FAILURE
+            failure_code(&e)
         }
     }
 }
@@ -385,7 +408,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             }
             println!(
-                "# Node: NODE_USE_ENV_PROXY=1 makes fetch and http(s) use HTTPS_PROXY (Node >= 22.18 or 24.5;"
+                "# Node: NODE_USE_ENV_PROXY=1 makes fetch and http(s) use HTTPS_PROXY (Node >= 22.21 or 24.5;"
             );
             println!(
                 "# older Node ignores it: use undici's EnvHttpProxyAgent or gateway mode, see the README)."

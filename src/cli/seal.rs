@@ -346,7 +346,9 @@ fn print_exports_receipt(exports: Option<&Erased>, always: bool) -> Option<ExitC
             e.records_removed, e.records_lines
         );
         if e.not_reached.is_empty() {
-            println!("  not reached: nothing (no record of these exchanges had left this host)");
+            println!(
+                "  not reached (OTLP collector): nothing, none of these exchanges had been delivered to it"
+            );
         } else {
             println!(
                 "  not reached: {} exchange(s) already delivered to the OTLP collector, act on them downstream: {}",

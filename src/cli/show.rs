@@ -52,10 +52,16 @@ pub(super) fn run_show(args: ShowArgs, data: &Path) -> anyhow::Result<ExitCode> 
         }
     };
     let Some(shown) = show::exchange(&conn, &args.id)? else {
+        // Request ids are UUIDs (36 characters); a prefix copied from a table finds nothing.
+        let hint = if args.id.len() == 36 {
+            ""
+        } else {
+            "; give the whole request id, 36 characters as `veil tail` prints it"
+        };
         eprintln!(
             "veil show: no exchange {} in the ledger {} (not recorded yet, forgotten whole by \
              retention, or recorded by a veil with another --data directory; `veil tail` lists \
-             the latest ids)",
+             the latest ids){hint}",
             printable(&args.id),
             path.display()
         );

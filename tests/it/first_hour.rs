@@ -233,6 +233,12 @@ async fn show_prints_one_redacted_record_as_text_or_json() {
         stderr.contains("no exchange 0190aaaa-0000-7000-8000-000000000000 in the ledger"),
         "{stderr}"
     );
+    assert!(!stderr.contains("whole request id"), "{stderr}");
+    // A prefix, as a table shows it: the error says a whole id is needed.
+    let out = veil(&["show", &id[..8]], cwd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("give the whole request id"), "{stderr}");
     assert!(proc.terminate().success());
 
     // No ledger at all (another directory): exit 1, naming the file and `--data`.

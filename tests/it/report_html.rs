@@ -99,9 +99,10 @@ async fn html_report_is_one_safe_offline_page_that_chromium_draws_without_compla
     wait_for_rows(cwd.path(), calls.len() as u64);
     proc.terminate();
 
-    // Without --out: refused, saying what to add.
+    // Without --out: refused as a usage error (exit 2, as docs and clap's own errors say),
+    // saying what to add.
     let out = veil(&["report", "--format", "html"], cwd.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--out FILE"),
         "{out:?}"
@@ -112,8 +113,17 @@ async fn html_report_is_one_safe_offline_page_that_chromium_draws_without_compla
         ],
         cwd.path(),
     );
-    assert_eq!(out.status.code(), Some(1), "--by is refused, not ignored");
+    assert_eq!(out.status.code(), Some(2), "--by is refused, not ignored");
     assert!(!cwd.path().join("x.html").exists());
+    // A bad --since or --until is a usage error too, in report and export alike.
+    for args in [
+        &["report", "--since", "1x"][..],
+        &["report", "--until", "yesterday"],
+        &["export", "--since", "1x"],
+    ] {
+        let out = veil(args, cwd.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
 
     // The page: 0600, written whole (no temp file left beside it).
     ok(
