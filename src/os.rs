@@ -110,11 +110,24 @@ pub fn replace_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<(
 /// stale file or a planted symlink must not lend it its mode or target).
 ///
 /// # Errors
-/// `path` has no file name; the stale file cannot be removed.
+/// `path` has no file name, or its directory does not exist; the stale file cannot be removed.
 pub fn temp_beside(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{}: not a file name", path.display())))?;
+    // Said about the file asked for, not about the hidden temp name the open would fail on.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            ),
+        ));
+    }
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".veil-tmp-{}", std::process::id()));
@@ -146,6 +159,16 @@ fn with_path(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temp_file_in_a_missing_directory_is_an_error_about_that_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("x.jsonl");
+        let err = super::temp_beside(&path).unwrap_err().to_string();
+        assert!(err.contains("missing does not exist"), "{err}");
+        assert!(!err.contains("veil-tmp"), "{err}");
+        assert!(super::temp_beside(&dir.path().join("x.jsonl")).is_ok());
+    }
 
     #[test]
     fn lowers_only_the_calling_thread() {

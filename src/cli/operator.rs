@@ -25,12 +25,18 @@ use crate::export::erase::{Erased, Targets};
 use crate::keys::{Keyring, pseudonymize_user};
 use crate::seal::{ForgetError, SealOptions, SealStore};
 
-/// Who is acting, for the audit trail: `cli:<unix user>`.
+/// Who is acting, for the audit trail: `cli:<unix user>` (`$SUDO_USER`, else `$USER`), else
+/// `cli:uid=N` (a container often sets neither).
 pub(super) fn actor() -> String {
-    let user = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER"));
+    actor_of(user.ok(), rustix::process::getuid().as_raw())
+}
+
+fn actor_of(user: Option<String>, uid: u32) -> String {
+    match user {
+        Some(user) if !user.is_empty() => format!("cli:{user}"),
+        _ => format!("cli:uid={uid}"),
+    }
 }
 
 /// The sealed store, local or behind a running veil's admin API.
@@ -476,6 +482,13 @@ mod tests {
     use super::*;
     use crate::cli::seal::tests::dirs;
     use crate::seal::tests::openai_chat;
+
+    #[test]
+    fn the_audit_actor_is_the_user_else_the_uid() {
+        assert_eq!(super::actor_of(Some("alice".into()), 1000), "cli:alice");
+        assert_eq!(super::actor_of(None, 0), "cli:uid=0");
+        assert_eq!(super::actor_of(Some(String::new()), 7), "cli:uid=7");
+    }
 
     /// The point of [`Operator`]: the commands print the same thing whichever way the store
     /// was reached, so each typed method must answer alike locally and through the admin API.

@@ -195,9 +195,17 @@ pub fn classify(err: &hyper_util::client::legacy::Error, target: &str) -> Upstre
         let mut candidate = Some(e);
         while let Some(c) = candidate {
             if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+                // An unknown issuer is most often a private CA (a corporate gateway, a local
+                // server behind `resolve`): say how to trust it.
+                let hint = match tls {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                        " (signed by a private CA? trust it with --upstream-ca FILE or upstream_ca in veil.toml)"
+                    }
+                    _ => "",
+                };
                 return UpstreamError::new(
                     UpstreamFailure::Tls,
-                    format!("TLS handshake with upstream {target} failed: {tls}"),
+                    format!("TLS handshake with upstream {target} failed: {tls}{hint}"),
                 );
             }
             if let Some(ours) = c.downcast_ref::<UpstreamError>() {

@@ -359,6 +359,14 @@ async fn untrusted_upstream_certificate_is_a_502() {
             .contains("certificate"),
         "{body}"
     );
+    // The mock's CA is private: the message says how to trust it.
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--upstream-ca"),
+        "{body}"
+    );
     assert!(
         mock.seen().is_empty(),
         "nothing was sent to an unverified upstream"
