@@ -56,6 +56,32 @@ impl Cell {
         v.map_or(Cell::Text(None), |v| Cell::real(v, decimals))
     }
 
+    /// A USD amount shown with four decimals, or with as many as three significant digits
+    /// need below that (`0.0000216`, not `0.0000`: LLM calls cost fractions of a cent), at
+    /// most nine (nano-USD, the ledger's unit); trailing zeros past the fourth decimal are
+    /// dropped. csv and json carry the number itself.
+    pub(super) fn usd(v: f64) -> Cell {
+        let a = v.abs();
+        let decimals = if a == 0.0 || a >= 1e-3 {
+            4
+        } else {
+            ((-a.log10()).ceil() as usize + 2).clamp(4, 9)
+        };
+        match Cell::real(v, decimals) {
+            Cell::Num(n, mut s) => {
+                while s.len() > s.find('.').map_or(usize::MAX, |d| d + 5) && s.ends_with('0') {
+                    s.pop();
+                }
+                Cell::Num(n, s)
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn opt_usd(v: Option<f64>) -> Cell {
+        v.map_or(Cell::Text(None), Cell::usd)
+    }
+
     fn shown(&self) -> String {
         match self {
             Cell::Text(Some(s)) => printable(s),
@@ -172,6 +198,20 @@ pub(super) fn json_rows(header: &[&str], rows: &[Vec<Cell>]) -> Vec<serde_json::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A trial found `0.0000` for a feature that cost $0.0000216: small costs keep three
+    /// significant digits.
+    #[test]
+    fn usd_keeps_three_significant_digits_of_small_costs() {
+        let shown = |v: f64| Cell::usd(v).shown();
+        assert_eq!(shown(0.0000216), "0.0000216");
+        assert_eq!(shown(0.0000054), "0.0000054");
+        assert_eq!(shown(0.00012345), "0.000123");
+        assert_eq!(shown(1234.5), "1234.5000");
+        assert_eq!(shown(0.0), "0.0000");
+        assert_eq!(shown(0.000000001), "0.000000001");
+        assert_eq!(shown(1e-12), "0.0000");
+    }
 
     #[test]
     fn tables_align_numbers_right_and_neutralize_control_characters() {
