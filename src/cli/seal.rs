@@ -347,7 +347,7 @@ fn print_exports_receipt(exports: Option<&Erased>, always: bool) -> Option<ExitC
         );
         if e.not_reached.is_empty() {
             println!(
-                "  not reached (OTLP collector): nothing, none of these exchanges had been delivered to it"
+                "  not reached: nothing sent to the OTLP collector (none of these exchanges had been delivered to it)"
             );
         } else {
             println!(
