@@ -1,15 +1,18 @@
 //! Redaction of match-dense text stays linear (veil#10): the fuzzer's bytes pick a short unit
 //! (pieces that trigger every detector, their look-alikes and prefixes, plus the raw bytes
-//! themselves) and a size from 256 KiB to 1 MiB; the unit repeated to that size is redacted
-//! under the shipped default profile. Two bounds:
+//! themselves) and a size from 256 KiB to 1 MiB; the unit repeated to that size, and to a
+//! quarter of it, is redacted under the shipped default profile. Three bounds:
 //! - work units per byte (counted by the redaction meter, deterministic) at most
 //!   `MAX_WORK_PER_BYTE`: catches a pass that charges super-linear work;
-//! - wall-clock time per byte at most `MAX_NANOS_PER_BYTE`: catches what the units do not
-//!   see (a regex that scans far past its match end, as the PEM footer search once did).
-//!   The slowest text found (cards glued to each other, scrubbed eight times, then dropped)
-//!   takes a release build 0.13 µs per byte and this instrumented build about 20 times
-//!   that; the quadratic passes fixed in veil#10 took several µs per byte already at these
-//!   sizes (see `fuzz/README.md`).
+//! - time per byte of the whole text at most `MAX_GROWTH` times that of the quarter: catches
+//!   what the units do not see (a regex that scans far past its match end, as the PEM footer
+//!   search once did), whatever the machine's speed. Linear work keeps the ratio near 1,
+//!   quadratic work makes it 4. A ratio over the bound is measured once more (best of two
+//!   each) before it fails, so one scheduling hiccup does not fail the run;
+//! - wall-clock time per byte at most `MAX_NANOS_PER_BYTE`, a backstop only: the slowest text
+//!   found (cards glued to each other, scrubbed eight times, then dropped) takes a release
+//!   build 0.17 µs per byte and this instrumented build about 35 times that (see
+//!   `fuzz/README.md`).
 #![no_main]
 
 use std::sync::LazyLock;
@@ -29,8 +32,23 @@ const PIECES: &[&str] = veil::redact::DENSE_UNITS;
 
 /// Deterministic bound: the slowest text found costs about 40 units per byte.
 const MAX_WORK_PER_BYTE: u64 = 200;
-/// Time bound: 5 µs per byte (5 s for 1 MiB).
-const MAX_NANOS_PER_BYTE: u128 = 5_000;
+/// Time per byte of the whole text over that of its quarter, at most.
+const MAX_GROWTH: f64 = 2.0;
+/// Backstop: 25 µs per byte (25 s for 1 MiB), about 4 times the slowest text found.
+const MAX_NANOS_PER_BYTE: u128 = 25_000;
+
+/// Nanoseconds per byte to redact `text` (at least 1 byte).
+fn nanos_per_byte(text: &str) -> f64 {
+    let rules = &*RULES;
+    let mut meter = Meter::unlimited();
+    let started = Instant::now();
+    let out = rules
+        .redact_text_within(text, rules.base_scope(), &mut meter)
+        .expect("an unlimited meter is never exceeded");
+    let nanos = started.elapsed().as_nanos();
+    std::hint::black_box(out);
+    nanos as f64 / text.len() as f64
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&size, rest)) = data.split_first() else {
@@ -54,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let len = (256 << 10) + (usize::from(size) << 12) * 3; // 256 KiB .. ~1 MiB
     let text = unit.repeat(len.div_ceil(unit.len()));
+    let quarter = &text[..text.floor_char_boundary(text.len() / 4)];
 
     let rules = &*RULES;
     let mut meter = Meter::unlimited();
@@ -73,5 +92,16 @@ fuzz_target!(|data: &[u8]| {
         nanos <= MAX_NANOS_PER_BYTE * u128::from(n),
         "{} ns per byte for {unit:?} x {n} bytes",
         nanos / u128::from(n)
+    );
+    let mut whole = nanos as f64 / n as f64;
+    let mut part = nanos_per_byte(quarter);
+    if whole > MAX_GROWTH * part {
+        whole = whole.min(nanos_per_byte(&text));
+        part = part.min(nanos_per_byte(quarter));
+    }
+    assert!(
+        whole <= MAX_GROWTH * part,
+        "{whole:.0} ns per byte for {unit:?} x {n} bytes, {part:.0} for a quarter of it: \
+         more than {MAX_GROWTH}x, so the cost grows faster than the text"
     );
 });
