@@ -7,8 +7,9 @@
 //! - time per byte of the whole text at most `MAX_GROWTH` times that of the quarter: catches
 //!   what the units do not see (a regex that scans far past its match end, as the PEM footer
 //!   search once did), whatever the machine's speed. Linear work keeps the ratio near 1,
-//!   quadratic work makes it 4. A ratio over the bound is measured once more (best of two
-//!   each) before it fails, so one scheduling hiccup does not fail the run;
+//!   quadratic work makes it 4. A ratio over the bound is measured up to three more times
+//!   (best of each size kept) before it fails, so a burst of other work on the machine does
+//!   not fail the run;
 //! - wall-clock time per byte at most `MAX_NANOS_PER_BYTE`, a backstop only: the slowest text
 //!   found (cards glued to each other, scrubbed eight times, then dropped) takes a release
 //!   build 0.17 µs per byte and this instrumented build about 35 times that (see
@@ -32,8 +33,11 @@ const PIECES: &[&str] = veil::redact::DENSE_UNITS;
 
 /// Deterministic bound: the slowest text found costs about 40 units per byte.
 const MAX_WORK_PER_BYTE: u64 = 200;
-/// Time per byte of the whole text over that of its quarter, at most.
-const MAX_GROWTH: f64 = 2.0;
+/// Time per byte of the whole text over that of its quarter, at most (linear work: about 1;
+/// quadratic: 4).
+const MAX_GROWTH: f64 = 2.5;
+/// Further measurements of both sizes (best of each kept) before a ratio over the bound fails.
+const RETRIES: usize = 3;
 /// Backstop: 25 µs per byte (25 s for 1 MiB), about 4 times the slowest text found.
 const MAX_NANOS_PER_BYTE: u128 = 25_000;
 
@@ -95,9 +99,13 @@ fuzz_target!(|data: &[u8]| {
     );
     let mut whole = nanos as f64 / n as f64;
     let mut part = nanos_per_byte(quarter);
-    if whole > MAX_GROWTH * part {
-        whole = whole.min(nanos_per_byte(&text));
+    // Another process's burst inflates one measurement, not the best of several.
+    for _ in 0..RETRIES {
+        if whole <= MAX_GROWTH * part {
+            break;
+        }
         part = part.min(nanos_per_byte(quarter));
+        whole = whole.min(nanos_per_byte(&text));
     }
     assert!(
         whole <= MAX_GROWTH * part,
