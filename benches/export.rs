@@ -86,6 +86,7 @@ fn record(i: usize) -> Record {
         response_headers: Vec::new(),
         request_bytes: 300,
         response_bytes: 900,
+        websocket: None,
         content_dropped: None,
         parse_error: None,
         added_latency: (None, None),

@@ -191,6 +191,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         response_headers: Vec::new(),
         request_bytes: 600 + rng.below(4000),
         response_bytes: 400 + rng.below(3000),
+        websocket: None,
         content_dropped: None,
         parse_error: None,
         added_latency: (None, None),

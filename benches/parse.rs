@@ -50,6 +50,7 @@ fn exchange(req: Vec<u8>, ctype: &str, resp: Vec<Bytes>) -> Exchange {
         response_headers: vec![("content-type".into(), ctype.into())],
         response_body: body(resp),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

@@ -78,6 +78,7 @@ fn exchange() -> Exchange {
         response_headers: vec![("content-type".into(), "application/json".into())],
         response_body: body(&response.to_string()),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn exchange(req: usize, resp: usize) -> Exchange {
         response_headers: vec![("content-type".into(), "application/json".into())],
         response_body: body(resp),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

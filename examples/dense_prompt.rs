@@ -69,6 +69,7 @@ fn exchange(mb: usize) -> Exchange {
         response_headers: vec![("content-type".into(), "application/json".into())],
         response_body: body(response.to_string().into_bytes()),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

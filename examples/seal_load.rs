@@ -47,6 +47,7 @@ fn exchange(n: usize) -> Exchange {
         response_headers: Vec::new(),
         response_body: body(1000 + n * 997 % 150_000),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

@@ -91,7 +91,8 @@ pub struct RawConfig {
     pub header_read_timeout: Option<String>,
     /// A client connection with no request in flight is closed after this (`120s`).
     pub idle_timeout: Option<String>,
-    /// A blind CONNECT tunnel with no byte either way is closed after this (`10m`).
+    /// A blind CONNECT tunnel or a WebSocket session with no byte either way is closed after
+    /// this (`10m`).
     pub tunnel_idle_timeout: Option<String>,
     /// Let apps reach loopback, link-local and unspecified addresses (default false).
     pub allow_local_targets: Option<bool>,
@@ -560,7 +561,8 @@ pub struct Config {
     /// first and no request races the close). A request in flight is never cut by it, however
     /// long its response streams.
     pub idle_timeout: Duration,
-    /// A blind CONNECT tunnel is closed once no byte has crossed it either way for this long
+    /// A blind CONNECT tunnel, or a relayed WebSocket session, is closed once no byte has
+    /// crossed it either way for this long
     /// (default 10 min; checked every quarter of it, so closed within 1.25× of it). Long-lived
     /// tunnels that carry anything, even keep-alive pings, stay open.
     pub tunnel_idle_timeout: Duration,

@@ -298,6 +298,7 @@ mod tests {
             response_headers: Vec::new(),
             response_body: Body::default(),
             outcome,
+            websocket: None,
         }
     }
 

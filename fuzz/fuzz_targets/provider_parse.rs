@@ -85,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
         response_headers: vec![("content-type".into(), ctype.into())],
         response_body: body(resp, usize::from(*chunk) + 1),
         outcome: Outcome::Complete,
+        websocket: None,
     };
     let opts = ParseOptions {
         max_event: 4096,

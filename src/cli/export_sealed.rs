@@ -182,6 +182,7 @@ fn exchange_of(v: ExchangeView) -> anyhow::Result<Exchange> {
                 reason: reason.clone(),
             },
         },
+        websocket: v.websocket.clone(),
     })
 }
 

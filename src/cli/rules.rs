@@ -275,6 +275,7 @@ fn test_exchange(
         response_headers,
         response_body,
         outcome: Outcome::Complete,
+        websocket: None,
     })
 }
 

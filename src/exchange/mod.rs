@@ -350,6 +350,24 @@ impl fmt::Display for OutcomeKind {
     }
 }
 
+/// A WebSocket session relayed on an intercepted host (veil#17), counted from the frame
+/// headers (RFC 6455 §5.2) as they cross, never from their content. The bytes each way are
+/// the exchange's body `wire_len`s; the session's length is its duration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebSocketSession {
+    /// Frames the app sent, control frames (ping, pong, close) included.
+    pub frames_sent: u64,
+    /// Frames the upstream sent, control frames included.
+    pub frames_received: u64,
+    /// The status code of the first Close frame either side sent (RFC 6455 §7.4: 1000
+    /// normal, 1001 going away, 1006 is never sent); `None` when the session ended without
+    /// one or the frame carried no code.
+    pub close_code: Option<u16>,
+    /// True when a frame header could not be read (a peer that is not speaking RFC 6455
+    /// after its 101): the bytes were still relayed, and the frame counts stop there.
+    pub unframed: bool,
+}
+
 /// One intercepted request/response pair. Built once by the proxy's capture, read by
 /// every later step; nothing mutates it after the hand-off.
 #[derive(Debug, Clone)]
@@ -389,6 +407,8 @@ pub struct Exchange {
     pub response_body: Body,
     /// How it ended.
     pub outcome: Outcome,
+    /// The WebSocket session, when the request was an upgrade the upstream accepted (101).
+    pub websocket: Option<WebSocketSession>,
 }
 
 impl Exchange {

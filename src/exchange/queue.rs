@@ -427,6 +427,7 @@ fn empty_exchange() -> Exchange {
         response_headers: Vec::new(),
         response_body: Default::default(),
         outcome: super::Outcome::Complete,
+        websocket: None,
     }
 }
 

@@ -387,6 +387,7 @@ pub fn base_record(id: &str) -> Record {
         response_headers: Vec::new(),
         request_bytes: 300,
         response_bytes: 900,
+        websocket: None,
         content_dropped: None,
         parse_error: None,
         added_latency: (None, None),

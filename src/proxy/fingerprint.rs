@@ -50,11 +50,41 @@ impl Fingerprinter {
                     api_key = Some(fp.clone());
                 }
                 out.push((name.to_string(), fp));
+            } else if name == "sec-websocket-protocol" {
+                let (value, key) = self.record_subprotocols(&text);
+                if api_key.is_none() {
+                    api_key = key;
+                }
+                out.push((name.to_string(), value));
             } else {
                 out.push((name.to_string(), text.into_owned()));
             }
         }
         (out, api_key)
+    }
+
+    /// A `Sec-WebSocket-Protocol` value (RFC 6455 §11.3.4: comma-separated subprotocol
+    /// names) with credentials fingerprinted. A browser cannot set headers on a WebSocket, so
+    /// OpenAI's Realtime API takes the key as the subprotocol `openai-insecure-api-key.<KEY>`;
+    /// any name whose part before its first `.` mentions a key, token, auth or secret is
+    /// treated the same (`<part>.fp_…`). Returns the value and the first such fingerprint.
+    fn record_subprotocols(&self, value: &str) -> (String, Option<String>) {
+        let mut key = None;
+        let names: Vec<String> = value
+            .split(',')
+            .map(|name| {
+                let name = name.trim();
+                match name.split_once('.') {
+                    Some((label, secret)) if names_a_credential(label) && !secret.is_empty() => {
+                        let fp = self.fingerprint(secret);
+                        key.get_or_insert_with(|| fp.clone());
+                        format!("{label}.{fp}")
+                    }
+                    _ => name.to_string(),
+                }
+            })
+            .collect();
+        (names.join(", "), key)
     }
 
     /// `path?query` with credential query parameters fingerprinted. Returns the path and the
@@ -86,6 +116,15 @@ impl Fingerprinter {
     }
 }
 
+/// True when a subprotocol label names a credential (`openai-insecure-api-key`, `token`,
+/// `auth-bearer`...).
+fn names_a_credential(label: &str) -> bool {
+    let label = label.to_ascii_lowercase();
+    ["key", "token", "auth", "secret", "bearer"]
+        .iter()
+        .any(|w| label.contains(w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +132,25 @@ mod tests {
     fn fingerprinter() -> Fingerprinter {
         let key = crate::keys::MasterKey::from_bytes(crate::keys::KeyId(1), [3; 32]);
         Fingerprinter::new(key.derive(crate::keys::Purpose::Fingerprint))
+    }
+
+    #[test]
+    fn a_key_sent_as_a_websocket_subprotocol_is_fingerprinted() {
+        let fp = fingerprinter();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "sec-websocket-protocol",
+            "realtime, openai-insecure-api-key.sk-proj-SECRET, openai-beta.realtime-v1"
+                .parse()
+                .unwrap(),
+        );
+        let (headers, api_key) = fp.record_headers(&h);
+        let want = fp.fingerprint("sk-proj-SECRET");
+        assert_eq!(
+            headers[0].1,
+            format!("realtime, openai-insecure-api-key.{want}, openai-beta.realtime-v1")
+        );
+        assert_eq!(api_key, Some(want));
     }
 
     #[test]

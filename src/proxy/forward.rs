@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::header;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -34,18 +34,25 @@ use super::route::Target;
 use super::stall::{BodyError, StallClock};
 use super::tee::{Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use super::upstream::{self, UpstreamError};
-use super::{ProxyBody, REQUEST_ID_HEADER, Shared};
+use super::{ProxyBody, REQUEST_ID_HEADER, Shared, Slot};
 
 impl Shared {
     /// Sends one request upstream and streams the response back, teeing both bodies into a
-    /// recording when the target is recorded.
+    /// recording when the target is recorded. A WebSocket handshake goes to
+    /// [`websocket`](super::websocket) instead, which holds `slot` for the session.
     pub(super) async fn forward(
         self: &Arc<Self>,
         req: Request<Incoming>,
         target: &Target,
         path_and_query: &str,
         addr: SocketAddr,
+        slot: &Slot,
     ) -> Response<ProxyBody> {
+        if super::websocket::is_upgrade(&req) {
+            return self
+                .websocket(req, target, path_and_query, addr, slot.clone())
+                .await;
+        }
         let id = ExchangeId::new();
         let t0 = Instant::now();
         let started_at = SystemTime::now();
@@ -60,86 +67,24 @@ impl Shared {
 
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
         let shown = format!("{}:{}", target.host, target.port);
-        let recording = if target.record {
-            let sink = match self.settings.audit {
-                Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
-                Audit::Required if self.health.as_ref().is_some_and(|h| !h.is_ok()) => {
-                    let why = self
-                        .health
-                        .as_ref()
-                        .map(|h| h.summary())
-                        .unwrap_or_default();
-                    self.counters.queue.refused.inc();
-                    return self.answer(
-                        &ProxyError::audit_unavailable(format!(
-                            "veil cannot make this request's record durable ({why}) and audit = \"required\"; retry later"
-                        )),
-                        Some(id),
-                    );
-                }
-                Audit::Required => match self.queue.try_reserve() {
-                    Ok(reservation) => Sink::Reserved(reservation),
-                    Err(why) => {
-                        return self.answer(
-                            &ProxyError::audit_unavailable(format!(
-                                "veil cannot record this request ({why}) and audit = \"required\"; retry later"
-                            )),
-                            Some(id),
-                        );
-                    }
-                },
-            };
-            self.counters.proxy.intercepted.inc();
-            let (headers, key_fp) = self.fingerprinter.record_headers(&parts.headers);
-            let (path, query_fp) = self.fingerprinter.record_path(&path_and_query);
-            let meta = RequestMeta {
-                id,
-                started_at,
-                t0,
-                client_addr: Some(addr),
-                route: target.route.clone(),
-                upstream: Upstream {
-                    scheme: target.scheme.to_string(),
-                    host: target.host.clone(),
-                    port: target.port,
-                },
-                client_version: format!("{client_version:?}"),
-                method: parts.method.as_str().to_string(),
-                path,
-                headers,
-                tags,
-                api_key_fingerprint: key_fp.or(query_fp),
-            };
-            let rec = Recording::start(meta, sink);
-            lock(&rec).request_encoding(content_encoding(&parts.headers));
-            Some(rec)
-        } else {
-            None
+        let recording = match self.start_recording(
+            &parts,
+            target,
+            &path_and_query,
+            tags,
+            (id, t0, started_at),
+            addr,
+        ) {
+            Ok(r) => r,
+            Err(answer) => return *answer,
         };
+        if let Some(rec) = &recording {
+            lock(rec).request_encoding(content_encoding(&parts.headers));
+        }
 
-        let default_port = if target.scheme == "https" { 443 } else { 80 };
-        let authority = if target.port == default_port {
-            target.host.clone()
-        } else {
-            format!("{}:{}", target.host, target.port)
-        };
-        let uri = match Uri::builder()
-            .scheme(target.scheme)
-            .authority(authority)
-            .path_and_query(path_and_query)
-            .build()
-        {
+        let uri = match target.upstream_uri(&path_and_query) {
             Ok(uri) => uri,
-            Err(e) => {
-                return self.answer(
-                    &ProxyError::internal(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("cannot build upstream URL: {e}"),
-                    ),
-                    Some(id),
-                );
-            }
+            Err(e) => return self.answer(&e, Some(id)),
         };
         parts.uri = uri;
         // hyper-util picks h2 by ALPN per connection; a request marked HTTP/2 would be refused
@@ -234,6 +179,74 @@ impl Shared {
 }
 
 impl Shared {
+    /// For a recorded target: admits the request under the audit mode (a reservation in the
+    /// recording queue under `audit = "required"`, or veil's 503 answer when recording
+    /// cannot be made durable), fingerprints its head and starts its [`Recording`], whose
+    /// clocks started at `t0` / `started_at`. `None` for a target that is not recorded.
+    pub(super) fn start_recording(
+        &self,
+        parts: &http::request::Parts,
+        target: &Target,
+        path_and_query: &str,
+        tags: Vec<(String, String)>,
+        (id, t0, started_at): (ExchangeId, Instant, SystemTime),
+        addr: SocketAddr,
+    ) -> Result<Option<RecordingRef>, Box<Response<ProxyBody>>> {
+        if !target.record {
+            return Ok(None);
+        }
+        let sink = match self.settings.audit {
+            Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
+            Audit::Required if self.health.as_ref().is_some_and(|h| !h.is_ok()) => {
+                let why = self
+                    .health
+                    .as_ref()
+                    .map(|h| h.summary())
+                    .unwrap_or_default();
+                self.counters.queue.refused.inc();
+                return Err(Box::new(self.answer(
+                    &ProxyError::audit_unavailable(format!(
+                        "veil cannot make this request's record durable ({why}) and audit = \"required\"; retry later"
+                    )),
+                    Some(id),
+                )));
+            }
+            Audit::Required => match self.queue.try_reserve() {
+                Ok(reservation) => Sink::Reserved(reservation),
+                Err(why) => {
+                    return Err(Box::new(self.answer(
+                        &ProxyError::audit_unavailable(format!(
+                            "veil cannot record this request ({why}) and audit = \"required\"; retry later"
+                        )),
+                        Some(id),
+                    )));
+                }
+            },
+        };
+        self.counters.proxy.intercepted.inc();
+        let (headers, key_fp) = self.fingerprinter.record_headers(&parts.headers);
+        let (path, query_fp) = self.fingerprinter.record_path(path_and_query);
+        let meta = RequestMeta {
+            id,
+            started_at,
+            t0,
+            client_addr: Some(addr),
+            route: target.route.clone(),
+            upstream: Upstream {
+                scheme: target.scheme.to_string(),
+                host: target.host.clone(),
+                port: target.port,
+            },
+            client_version: format!("{:?}", parts.version),
+            method: parts.method.as_str().to_string(),
+            path,
+            headers,
+            tags,
+            api_key_fingerprint: key_fp.or(query_fp),
+        };
+        Ok(Some(Recording::start(meta, sink)))
+    }
+
     /// The app's request body as veil forwards it: a body that stops arriving ends the request
     /// instead of holding its slot ([`StallClock`]), and an h2 body dropped before its end
     /// (an early answer, an upstream that failed) is drained, bounded ([`Drain`]).
@@ -276,6 +289,6 @@ fn request_body_stalled(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn lock(rec: &RecordingRef) -> std::sync::MutexGuard<'_, Recording> {
+pub(super) fn lock(rec: &RecordingRef) -> std::sync::MutexGuard<'_, Recording> {
     rec.lock().unwrap_or_else(|e| e.into_inner())
 }

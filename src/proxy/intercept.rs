@@ -48,7 +48,7 @@ impl Shared {
         host: String,
         port: u16,
         addr: SocketAddr,
-        _slot: Slot,
+        slot: Slot,
     ) {
         let handshake = async {
             let start = LazyConfigAcceptor::new(
@@ -105,6 +105,7 @@ impl Shared {
         let svc = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
             let target = target.clone();
+            let slot = slot.clone();
             let in_flight = watched.begin(req.version());
             async move {
                 // veil's own API inside the TLS session too: an app that sends everything to
@@ -118,13 +119,14 @@ impl Shared {
                     .path_and_query()
                     .map_or("/", |p| p.as_str())
                     .to_string();
-                let resp = shared.forward(req, &target, &pq, addr).await;
+                let resp = shared.forward(req, &target, &pq, addr, &slot).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
         });
         let builder = http_server();
         let io = TokioIo::new(Watched::new(tls, activity.clone()));
-        let conn = builder.serve_connection(io, svc);
+        // With upgrades: a WebSocket handshake's 101 hands the stream to its relay.
+        let conn = builder.serve_connection_with_upgrades(io, svc);
         self.finish("intercepted connection", conn, &activity, |c| {
             c.graceful_shutdown()
         })

@@ -215,7 +215,10 @@ impl Shared {
             Route::Forward {
                 target,
                 path_and_query,
-            } => self.forward(req, &target, &path_and_query, addr).await,
+            } => {
+                self.forward(req, &target, &path_and_query, addr, &slot)
+                    .await
+            }
             Route::Reject(why) => {
                 let (parts, body) = req.into_parts();
                 // Unread: an h2 body is drained (bounded) so the answer is not followed by

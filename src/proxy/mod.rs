@@ -36,6 +36,7 @@
 //! | `ca.rs`, `name_constraints.rs` | veil's CA: load or create, name constraints held to the intercepted hosts, leaf signing | `CertificateAuthority` |
 //! | `leaf.rs` | leaves by SNI, minted once per host, bounded cache | the `rustls::ServerConfig` `intercept` serves |
 //! | `forward.rs` | one request upstream: audit admission, `fingerprint`, `headers`, `stall` clock, `drain`, `tee`, the `upstream` client | the response to the app; a `Recording` |
+//! | `websocket.rs` | a WebSocket handshake (from `forward`): upgrade headers restored, sent on an HTTP/1.1-only client, the `101` returned, both upgraded streams spliced with a frame-header reader on each direction, the connection slot held until the session ends | one `Exchange` per session: bytes and frames each way, close code, never content |
 //! | `headers.rs`, `fingerprint.rs` | hop-by-hop and `x-veil-*` headers; credentials → keyed fingerprints | a rewritten `HeaderMap`; recorded headers and path |
 //! | `upstream.rs` | pooled hyper-util client (rustls, h1/h2), failure classification | the response, or an `UpstreamError` |
 //! | `destinations.rs` | `--resolve`, the destination policy, the one checked connect | a `TcpStream`, or an `UpstreamError` (`refused` for 403) |
@@ -63,6 +64,7 @@ mod stall;
 pub mod tee;
 mod tunnel;
 pub mod upstream;
+mod websocket;
 
 use std::fmt;
 use std::future::Future;
@@ -156,6 +158,9 @@ struct Shared {
     settings: ProxySettings,
     /// Pooled upstream client shared by every connection.
     client: UpstreamClient<TeeBody<Drain<StallClock<Incoming>>>>,
+    /// HTTP/1.1-only client for WebSocket handshakes (an upgrade cannot ride an h2
+    /// connection); an upgraded connection leaves its pool.
+    ws_client: UpstreamClient<http_body_util::Empty<Bytes>>,
     /// TLS toward apps, leaves minted per SNI (checked against the CONNECT host first).
     tls: Arc<rustls::ServerConfig>,
     /// Mints and caches the leaves behind `tls`.
@@ -199,13 +204,17 @@ impl Proxy {
         queue: ExchangeSender,
     ) -> Result<Self, BuildError> {
         let counters = queue.counters().clone();
-        let client = upstream::client(&settings, counters.clone()).map_err(BuildError)?;
+        let client = upstream::client(&settings, counters.clone(), upstream::Versions::Any)
+            .map_err(BuildError)?;
+        let ws_client = upstream::client(&settings, counters.clone(), upstream::Versions::Http1)
+            .map_err(BuildError)?;
         let leaves = Arc::new(LeafResolver::new(ca, counters.clone()));
         let tls = leaf::server_config(leaves.clone());
         Ok(Proxy {
             shared: Arc::new(Shared {
                 settings,
                 client,
+                ws_client,
                 tls,
                 leaves,
                 fingerprinter,

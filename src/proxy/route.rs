@@ -92,6 +92,34 @@ pub struct Target {
     pub record: bool,
 }
 
+impl Target {
+    /// The upstream URL for `path_and_query` (the gateway prefix already applied): the
+    /// target's scheme and host, its port only when not the scheme's default.
+    ///
+    /// # Errors
+    /// veil's 400 answer when the parts do not make a URI (a path that is not one).
+    pub fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        let authority = if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        Uri::builder()
+            .scheme(self.scheme)
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| {
+                ProxyError::internal(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot build upstream URL: {e}"),
+                )
+            })
+    }
+}
+
 /// Decides what the request with `head` is, under `settings` (see the module docs).
 pub fn route(head: RequestHead<'_>, settings: &ProxySettings) -> Route {
     if head.method == Method::CONNECT {

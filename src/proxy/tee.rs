@@ -22,6 +22,7 @@ use crate::counters::series::ChunkGaps;
 use crate::exchange::queue::{ExchangeSender, Reservation};
 use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
+    WebSocketSession,
 };
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -104,6 +105,7 @@ pub struct Recording {
     chunk_gaps: ChunkGaps,
     response_end: Option<(Instant, End)>,
     failure: Option<(UpstreamFailure, String)>,
+    websocket: Option<WebSocketSession>,
 }
 
 /// Shared handle to a [`Recording`].
@@ -126,6 +128,7 @@ impl Recording {
             chunk_gaps: ChunkGaps::new(),
             response_end: None,
             failure: None,
+            websocket: None,
         }))
     }
 
@@ -153,6 +156,29 @@ impl Recording {
     /// Notes that no response arrived because the upstream failed.
     pub fn upstream_failed(&mut self, kind: UpstreamFailure, reason: String) {
         self.failure = Some((kind, reason));
+    }
+
+    /// Notes how a relayed WebSocket session ended: its frame counts and close code, the
+    /// bytes each way (the bodies' `wire_len`; nothing is captured), and `Err` with the
+    /// reason when the relay broke off (a reset, the idle limit) rather than closed.
+    pub fn websocket_ended(
+        &mut self,
+        session: WebSocketSession,
+        (sent, received): (u64, u64),
+        end: Result<(), String>,
+    ) {
+        let now = Instant::now();
+        self.request_body.wire_len = sent;
+        self.response_body.wire_len = received;
+        self.request_end = Some((now, End::Complete));
+        self.response_end = Some((
+            now,
+            match end {
+                Ok(()) => End::Complete,
+                Err(reason) => End::Error(reason),
+            },
+        ));
+        self.websocket = Some(session);
     }
 
     /// Sets the request body's content encoding (known from the request head).
@@ -219,6 +245,7 @@ impl Drop for Recording {
             response_headers: std::mem::take(&mut self.response_headers),
             response_body: std::mem::take(&mut self.response_body),
             outcome: self.outcome(),
+            websocket: self.websocket.take(),
         };
         sink.emit(exchange);
     }

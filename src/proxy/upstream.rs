@@ -153,12 +153,22 @@ pub fn tls_client_config(extra_roots: &[impl AsRef<Path>]) -> Result<rustls::Cli
     Ok(config)
 }
 
+/// Which HTTP versions an upstream client may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// HTTP/2 when the upstream offers it by ALPN, else HTTP/1.1.
+    Any,
+    /// HTTP/1.1 only (ALPN `http/1.1`): for WebSocket handshakes, which need an upgrade.
+    Http1,
+}
+
 /// Builds the upstream client from the proxy's settings; its connections go through
 /// `settings.resolver` (a clone: the policy is shared) and are counted in `counters`
 /// (`upstream.connections_opened`).
 pub fn client<B>(
     settings: &ProxySettings,
     counters: Arc<Counters>,
+    versions: Versions,
 ) -> Result<UpstreamClient<B>, String>
 where
     B: http_body::Body + Send + 'static + Unpin,
@@ -173,9 +183,11 @@ where
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(connector);
+        .https_or_http();
+    let https = match versions {
+        Versions::Any => https.enable_all_versions().wrap_connector(connector),
+        Versions::Http1 => https.enable_http1().wrap_connector(connector),
+    };
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

@@ -177,6 +177,7 @@ pub fn build_within(
         response_headers: rules.filter_headers(&ex.response_headers),
         request_bytes: conv.request_bytes,
         response_bytes: conv.response_bytes,
+        websocket: ex.websocket.clone(),
         content_dropped,
         parse_error: conv.parse_error.clone(),
         added_latency: (ex.timings.added_request, ex.timings.added_response),

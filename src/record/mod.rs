@@ -117,6 +117,9 @@ pub struct Record {
     pub request_bytes: u64,
     /// Response body size on the wire.
     pub response_bytes: u64,
+    /// A relayed WebSocket session's frame counts and close code (veil#17); its bytes each
+    /// way are `request_bytes` / `response_bytes`, its length `duration`.
+    pub websocket: Option<crate::exchange::WebSocketSession>,
     /// Why the content fields are absent although the rules would have let content out:
     /// `redaction_bytes` or `redaction_cpu`, the redaction budget ran out (see
     /// [`Budget`](crate::redact::Budget)). Content is then dropped whole, never kept half

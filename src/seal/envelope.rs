@@ -128,6 +128,10 @@ struct MetaV1 {
     response_headers: Headers,
     response_body: BodyMeta,
     outcome: OutcomeMeta,
+    /// Absent for an exchange that was not a WebSocket session (and in envelopes written
+    /// before veil#17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    websocket: Option<crate::exchange::WebSocketSession>,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -197,6 +201,7 @@ fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
                 reason: reason.clone(),
             },
         },
+        websocket: ex.websocket.clone(),
     };
     let json = serde_json::to_vec(&meta)
         .map_err(|e| SealError::new(ErrorKind::Format, format!("encode: {e}")))?;
@@ -312,6 +317,7 @@ pub(crate) fn decode_payload(plain: Bytes) -> Result<Exchange, SealError> {
                 reason,
             },
         },
+        websocket: meta.websocket,
     })
 }
 

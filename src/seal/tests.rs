@@ -99,6 +99,7 @@ pub(crate) fn openai_chat() -> Exchange {
         ],
         response_body: body(&[resp.as_bytes()]),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

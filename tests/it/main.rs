@@ -22,3 +22,4 @@ mod records;
 mod report_html;
 mod rules_test;
 mod sdk;
+mod websocket;

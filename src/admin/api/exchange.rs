@@ -52,6 +52,9 @@ pub struct ExchangeView {
     pub response_body: BodyView,
     /// How the exchange ended.
     pub outcome: OutcomeView,
+    /// The WebSocket session's frame counts and close code, for an accepted upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<crate::exchange::WebSocketSession>,
 }
 
 /// Milestones of an exchange in milliseconds (fractional) after its start; `null` when it was
@@ -233,6 +236,7 @@ impl ExchangeView {
                     reason: reason.clone(),
                 },
             },
+            websocket: ex.websocket.clone(),
         }
     }
 }

@@ -60,6 +60,7 @@ fn exchange(host: &str, path: &str, req: &[u8], status: u16, ctype: &str, resp: 
         response_headers: vec![("content-type".into(), ctype.into())],
         response_body: body(vec![Bytes::copy_from_slice(resp)]),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

@@ -251,6 +251,16 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
     }
     a.push(kv("http.request.body.size", u64_int(r.request_bytes)));
     a.push(kv("http.response.body.size", u64_int(r.response_bytes)));
+    if let Some(ws) = &r.websocket {
+        a.push(kv("veil.websocket.frames_sent", u64_int(ws.frames_sent)));
+        a.push(kv(
+            "veil.websocket.frames_received",
+            u64_int(ws.frames_received),
+        ));
+        if let Some(code) = ws.close_code {
+            a.push(kv("veil.websocket.close_code", u64_int(u64::from(code))));
+        }
+    }
     a
 }
 

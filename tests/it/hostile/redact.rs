@@ -365,6 +365,7 @@ fn chat_exchange(request: &serde_json::Value) -> veil::exchange::Exchange {
                 .into_bytes(),
         ),
         outcome: Outcome::Complete,
+        websocket: None,
     }
 }
 

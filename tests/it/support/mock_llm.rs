@@ -118,7 +118,7 @@ impl Mock {
                         async move { Ok::<_, Infallible>(state.handle(req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
                 });
             }
@@ -197,7 +197,94 @@ pub fn completion_text() -> String {
 }
 
 impl State {
+    /// A WebSocket handshake (any path): `/ws/refuse` answers 403 with a JSON error; any other
+    /// path is accepted (101) and echoes: a text `t` comes back as `echo: t`, binary as is,
+    /// and the text `close-please` makes the mock close with 1001 (going away).
+    fn websocket(&self, mut req: Request<Incoming>) -> Response<MockBody> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        self.seen.lock().unwrap().push(Seen {
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body: Bytes::new(),
+        });
+        if req.uri().path() == "/ws/refuse" {
+            return full(
+                StatusCode::FORBIDDEN,
+                "application/json",
+                &br#"{"error":{"message":"no realtime for you","type":"forbidden"}}"#[..],
+            );
+        }
+        let key = req
+            .headers()
+            .get("sec-websocket-key")
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        // The first subprotocol offered, as a server that speaks it picks it.
+        let protocol = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|p| p.trim().to_string());
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on.await else {
+                return;
+            };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                let sent = match msg {
+                    Message::Text(t) if t.as_str() == "close-please" => {
+                        ws.close(Some(CloseFrame {
+                            code: CloseCode::Away,
+                            reason: "bye".into(),
+                        }))
+                        .await
+                    }
+                    Message::Text(t) => ws.send(Message::text(format!("echo: {t}"))).await,
+                    Message::Binary(b) => ws.send(Message::Binary(b)).await,
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut resp = Response::builder();
+        if let Some(p) = protocol {
+            resp = resp.header("sec-websocket-protocol", p);
+        }
+        resp.status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap()
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<MockBody> {
+        if req
+            .headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        {
+            return self.websocket(req);
+        }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
         if path == "/echo-stream" {
