@@ -65,22 +65,41 @@ impl Fingerprinter {
 
     /// A `Sec-WebSocket-Protocol` value (RFC 6455 §11.3.4: comma-separated subprotocol
     /// names) with credentials fingerprinted. A browser cannot set headers on a WebSocket, so
-    /// OpenAI's Realtime API takes the key as the subprotocol `openai-insecure-api-key.<KEY>`;
-    /// any name whose part before its first `.` mentions a key, token, auth or secret is
-    /// treated the same (`<part>.fp_…`). Returns the value and the first such fingerprint.
+    /// APIs take the key as a subprotocol: OpenAI's Realtime API as
+    /// `openai-insecure-api-key.<KEY>`, others as an entry of its own after `token` or
+    /// `access_token`, or a bare JWT. So a name is kept only when it looks like a protocol
+    /// name (at most 32 characters of `a-z 0-9 - . _`, naming no credential, not following
+    /// an entry that does); `<label>.<secret>` with a credential label becomes
+    /// `<label>.fp_…`; any other name becomes its fingerprint. Returns the value and the
+    /// first fingerprint.
     fn record_subprotocols(&self, value: &str) -> (String, Option<String>) {
         let mut key = None;
+        let mut after_label = false;
+        let mut fingerprint = |secret: &str| {
+            let fp = self.fingerprint(secret);
+            key.get_or_insert_with(|| fp.clone());
+            fp
+        };
         let names: Vec<String> = value
             .split(',')
             .map(|name| {
                 let name = name.trim();
-                match name.split_once('.') {
-                    Some((label, secret)) if names_a_credential(label) && !secret.is_empty() => {
-                        let fp = self.fingerprint(secret);
-                        key.get_or_insert_with(|| fp.clone());
-                        format!("{label}.{fp}")
-                    }
-                    _ => name.to_string(),
+                let follows_label = std::mem::replace(&mut after_label, false);
+                if let Some((label, secret)) = name.split_once('.')
+                    && names_a_credential(label)
+                    && !secret.is_empty()
+                {
+                    return format!("{label}.{}", fingerprint(secret));
+                }
+                let shaped = name.len() <= 32
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)
+                    });
+                if shaped && !follows_label {
+                    after_label = names_a_credential(name);
+                    name.to_string()
+                } else {
+                    fingerprint(name)
                 }
             })
             .collect();
@@ -151,6 +170,35 @@ mod tests {
             format!("realtime, openai-insecure-api-key.{want}, openai-beta.realtime-v1")
         );
         assert_eq!(api_key, Some(want));
+
+        // A key as its own entry after `token`, a bare JWT, a label that is not a credential
+        // word: fingerprinted whole; protocol names stay.
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.SECRETsig";
+        for (value, raw) in [
+            (
+                "token, 0123456789abcdef0123456789abcdef",
+                "0123456789abcdef0123456789abcdef",
+            ),
+            (&*format!("graphql-ws, {jwt}"), jwt),
+            (
+                "base64url.bearer.authorization.k8s.io.SECRETtok",
+                "SECRETtok",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("sec-websocket-protocol", value.parse().unwrap());
+            let (headers, key) = fp.record_headers(&h);
+            assert!(!headers[0].1.contains(raw), "{value} -> {}", headers[0].1);
+            assert!(key.is_some(), "{value}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws, v10.stomp".parse().unwrap(),
+        );
+        let (headers, key) = fp.record_headers(&h);
+        assert_eq!(headers[0].1, "graphql-transport-ws, v10.stomp");
+        assert_eq!(key, None);
     }
 
     #[test]

@@ -88,6 +88,17 @@ enum End {
     Dropped,
 }
 
+/// How a relayed WebSocket session stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Either side closed it (after a close handshake, or a clean end of its stream).
+    Closed,
+    /// The relay failed (a reset, a TLS error), with the reason.
+    Broken(String),
+    /// veil cut it: nothing crossed it for `tunnel_idle_timeout`, or veil shut down.
+    Cut,
+}
+
 /// One exchange being recorded; emits its [`Exchange`] when dropped.
 #[derive(Debug)]
 pub struct Recording {
@@ -159,13 +170,14 @@ impl Recording {
     }
 
     /// Notes how a relayed WebSocket session ended: its frame counts and close code, the
-    /// bytes each way (the bodies' `wire_len`; nothing is captured), and `Err` with the
-    /// reason when the relay broke off (a reset, the idle limit) rather than closed.
+    /// bytes each way (the bodies' `wire_len`; nothing is captured), and how the relay
+    /// stopped (outcome `complete`, `upstream_aborted` for a broken relay, `client_aborted`
+    /// when veil or the idle limit cut it).
     pub fn websocket_ended(
         &mut self,
         session: WebSocketSession,
         (sent, received): (u64, u64),
-        end: Result<(), String>,
+        end: SessionEnd,
     ) {
         let now = Instant::now();
         self.request_body.wire_len = sent;
@@ -174,8 +186,9 @@ impl Recording {
         self.response_end = Some((
             now,
             match end {
-                Ok(()) => End::Complete,
-                Err(reason) => End::Error(reason),
+                SessionEnd::Closed => End::Complete,
+                SessionEnd::Broken(reason) => End::Error(reason),
+                SessionEnd::Cut => End::Dropped,
             },
         ));
         self.websocket = Some(session);

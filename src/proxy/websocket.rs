@@ -10,9 +10,11 @@
 //! read written on as it arrives (no added buffering, frames untouched); a frame-header
 //! reader on each direction counts frames and notes the first Close frame's code, never
 //! keeping a payload. The session is one exchange: bytes and frames each way, its length,
-//! the close code ([`WebSocketSession`]). It ends when either side closes, on a reset, or
-//! when nothing has crossed either way for `tunnel_idle_timeout`; it holds its connection
-//! slot until then.
+//! the close code ([`WebSocketSession`]). It ends when either side closes, on a reset, when
+//! nothing has crossed either way for `tunnel_idle_timeout`, or when veil begins to shut
+//! down; it holds its connection slot (and under `audit = "required"` its place in the
+//! recording queue) until then. A key sent as a subprotocol is fingerprinted with the other
+//! headers ([`Fingerprinter`](super::Fingerprinter)).
 
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -36,9 +38,9 @@ use crate::exchange::{ExchangeId, UpstreamFailure, WebSocketSession};
 use super::answer::id_header;
 use super::error;
 use super::forward::lock;
-use super::headers::{strip_hop_by_hop, take_veil_headers};
+use super::headers::{content_encoding, strip_hop_by_hop, take_veil_headers};
 use super::route::Target;
-use super::tee::{RecordingRef, Side, TeeBody};
+use super::tee::{RecordingRef, SessionEnd, Side, TeeBody};
 use super::tunnel::{TunnelEnd, copy_tunnel};
 use super::upstream;
 use super::{ProxyBody, REQUEST_ID_HEADER, Shared, Slot};
@@ -123,8 +125,15 @@ impl Shared {
                 }
                 if let Some(rec) = &recording {
                     let (headers, _) = self.fingerprinter.record_headers(&parts.headers);
+                    let encoding = content_encoding(&parts.headers);
                     parts.headers.insert(REQUEST_ID_HEADER, id_header(id));
-                    lock(rec).response_head(parts.status.as_u16(), headers, None, sent_at, arrived);
+                    lock(rec).response_head(
+                        parts.status.as_u16(),
+                        headers,
+                        encoding,
+                        sent_at,
+                        arrived,
+                    );
                 }
                 let Some(up_side) = up_side else {
                     // Refused (a 401, a 404 for a wrong path): the upstream's answer, recorded
@@ -161,7 +170,9 @@ impl Shared {
     }
 
     /// Splices the two upgraded streams on a tracked task and records the session when it
-    /// ends (or when veil drops it at the end of a shutdown drain).
+    /// ends: either side closes, the relay breaks, nothing crosses it for
+    /// `tunnel_idle_timeout`, or veil begins to shut down (a session has no natural end a
+    /// drain could wait for).
     fn relay(
         &self,
         app: hyper::upgrade::OnUpgrade,
@@ -172,25 +183,29 @@ impl Shared {
     ) {
         let idle = self.settings.tunnel_idle_timeout;
         let counters = self.counters.clone();
+        let cancel = self.cancel.clone();
         self.spawn(async move {
             let _slot = slot;
             let mut session = Session::new(recording);
             let (app, upstream) = match tokio::try_join!(app, upstream) {
                 Ok(both) => both,
                 Err(e) => {
-                    session.end(Err(format!("upgrade failed: {e}")));
+                    session.end(SessionEnd::Broken(format!("upgrade failed: {e}")));
                     return;
                 }
             };
             let app = Observed::new(TokioIo::new(app), session.sent.clone());
             let upstream = Observed::new(TokioIo::new(upstream), session.received.clone());
-            let end = match copy_tunnel(app, upstream, idle).await {
-                TunnelEnd::Closed { .. } => Ok(()),
-                TunnelEnd::Failed(e) => Err(format!("relay failed: {e}")),
-                TunnelEnd::Idle => {
-                    counters.proxy.timed_out.inc();
-                    Err("nothing crossed the session for tunnel_idle_timeout".to_string())
-                }
+            let end = tokio::select! {
+                end = copy_tunnel(app, upstream, idle) => match end {
+                    TunnelEnd::Closed { .. } => SessionEnd::Closed,
+                    TunnelEnd::Failed(e) => SessionEnd::Broken(format!("relay failed: {e}")),
+                    TunnelEnd::Idle => {
+                        counters.proxy.timed_out.inc();
+                        SessionEnd::Cut
+                    }
+                },
+                () = cancel.cancelled() => SessionEnd::Cut,
             };
             tracing::debug!(host, ended = ?end, "WebSocket session closed");
             session.end(end);
@@ -224,7 +239,7 @@ impl Session {
         }
     }
 
-    fn end(&mut self, end: Result<(), String>) {
+    fn end(&mut self, end: SessionEnd) {
         let Some(rec) = self.recording.take() else {
             return;
         };
@@ -235,7 +250,7 @@ impl Session {
         // however the transport then went away (many peers drop TCP without TLS
         // close_notify).
         let end = if sent.close.is_some() && received.close.is_some() {
-            Ok(())
+            SessionEnd::Closed
         } else {
             end
         };
@@ -257,9 +272,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.end(Err(
-            "veil stopped relaying (its shutdown drain ran out)".to_string()
-        ));
+        // Dropped unfinished: the drain's end killed the task.
+        self.end(SessionEnd::Cut);
     }
 }
 
@@ -309,6 +323,13 @@ impl FrameReader {
             let mut cursor = Cursor::new(&self.head[..self.have + take]);
             match FrameHeader::parse(&mut cursor) {
                 Ok(Some((header, len))) => {
+                    // RFC 6455 §5.2, §5.5: a length's top bit is 0; a control frame is final
+                    // and at most 125 bytes. Otherwise this is not a frame boundary.
+                    let control = matches!(header.opcode, OpCode::Control(_));
+                    if len >> 63 != 0 || (control && (len > 125 || !header.is_final)) {
+                        self.lost = true;
+                        continue;
+                    }
                     // The header ended `used` bytes into `data` (its start was buffered).
                     let used = cursor.position() as usize - self.have;
                     data = &data[used..];
@@ -449,6 +470,18 @@ mod tests {
         r.feed(&[0x83, 0x00, 0xff, 0xff]);
         assert!(r.lost);
         assert_eq!((r.frames, r.bytes), (1, 7));
+
+        // A ping of 200 bytes, an unfinished close, a length with its top bit set.
+        for bad in [
+            frame(0x9, &[0; 200], None),
+            vec![0x08, 0x00],
+            [&[0x82, 0x7f, 0x80][..], &[0; 7]].concat(),
+        ] {
+            let mut r = FrameReader::default();
+            r.feed(&bad);
+            assert!(r.lost, "{bad:?}");
+            assert_eq!(r.frames, 0);
+        }
     }
 
     #[test]
