@@ -39,7 +39,7 @@ pub struct RawConfig {
     pub data: Option<PathBuf>,
     /// OTLP/HTTP base endpoint.
     pub otlp_endpoint: Option<String>,
-    /// Hosts to intercept (`HOST[:PORT]`, `*.domain`, `@defaults`); one or a list.
+    /// Hosts to intercept (`HOST[:PORT]`, `*.domain`, `@defaults`, `@vertex`); one or a list.
     #[serde(default, deserialize_with = "one_or_many")]
     pub intercept: Option<Vec<String>>,
     /// `HOST:PORT:ADDR[:PORT]` overrides; one or a list.
@@ -602,10 +602,16 @@ impl Config {
             .intercept
             .unwrap_or_else(|| vec!["@defaults".to_string()]);
         for p in &patterns {
-            if p == "@defaults" {
-                // The provider table says which hosts `@defaults` stands for.
-                for d in crate::exchange::providers::default_intercept() {
-                    intercept.push(HostPattern::parse(d).expect("invariant: defaults parse"));
+            if p.starts_with('@') {
+                // The provider table says which hosts a group stands for.
+                let hosts = crate::exchange::providers::intercept_group(p).ok_or_else(|| {
+                    bad(
+                        "intercept",
+                        format!("unknown host group {p:?}: the groups are @defaults and @vertex"),
+                    )
+                })?;
+                for h in hosts {
+                    intercept.push(HostPattern::parse(&h).expect("invariant: groups parse"));
                 }
             } else {
                 intercept.push(HostPattern::parse(p).map_err(|e| bad("intercept", e))?);
@@ -926,6 +932,32 @@ mod tests {
         assert!(!p.matches("api.openai.com", 443));
         assert!(HostPattern::parse("a*b.com").is_err());
         assert!(HostPattern::parse("host:notaport").is_err());
+    }
+
+    #[test]
+    fn intercept_groups_expand_and_an_unknown_one_is_an_error() {
+        let with = |list: &[&str]| {
+            Config::resolve(
+                None,
+                RawConfig {
+                    intercept: Some(list.iter().map(|s| s.to_string()).collect()),
+                    ..Default::default()
+                },
+            )
+        };
+        let c = with(&["@defaults", "@vertex"]).unwrap();
+        let hit = |host: &str| c.intercept.iter().any(|p| p.matches(host, 443));
+        assert!(hit("api.openai.com"));
+        assert!(hit("aiplatform.googleapis.com"));
+        assert!(hit("us-east5-aiplatform.googleapis.com"));
+        assert!(hit("europe-west4-aiplatform.googleapis.com"));
+        // Exactly the listed hosts: no other Google API, no unlisted region.
+        assert!(!hit("storage.googleapis.com"));
+        assert!(!hit("mars-north1-aiplatform.googleapis.com"));
+        let c = with(&["@vertex"]).unwrap();
+        assert!(!c.intercept.iter().any(|p| p.matches("api.openai.com", 443)));
+        let err = with(&["@bedrock"]).unwrap_err().to_string();
+        assert!(err.contains("@bedrock") && err.contains("@vertex"), "{err}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct Price {
 #[serde(deny_unknown_fields)]
 struct PricingFile {
     #[serde(default)]
-    aliases: BTreeMap<String, String>,
+    aliases: BTreeMap<String, Aliases>,
     #[serde(default)]
     models: BTreeMap<String, BTreeMap<String, Price>>,
 }
@@ -45,8 +45,26 @@ struct PricingFile {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pricing {
     models: BTreeMap<String, BTreeMap<String, Price>>,
-    /// Provider → provider whose table it shares (`azure.ai.openai` → `openai`).
-    aliases: BTreeMap<String, String>,
+    /// Provider → providers whose tables it shares, tried in order after its own
+    /// (`azure.ai.openai` → `openai`; `gcp.vertex_ai` → `gcp.gemini`, `anthropic`).
+    aliases: BTreeMap<String, Vec<String>>,
+}
+
+/// An `[aliases]` value: one provider or a list, tried in order.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Aliases {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<Aliases> for Vec<String> {
+    fn from(a: Aliases) -> Self {
+        match a {
+            Aliases::One(p) => vec![p],
+            Aliases::Many(ps) => ps,
+        }
+    }
 }
 
 /// A pricing file that could not be read or is invalid; names the file and position.
@@ -91,7 +109,11 @@ impl Pricing {
         }
         Ok(Pricing {
             models: file.models,
-            aliases: file.aliases,
+            aliases: file
+                .aliases
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect(),
         })
     }
 
@@ -120,13 +142,18 @@ impl Pricing {
     /// `exp`. Why not a plain prefix match: `gpt-4o-mini` would then be billed as `gpt-4o`
     /// whenever its own entry is missing, a 16× error; an unknown variant must be `None`.
     pub fn price(&self, provider: &str, model: &str) -> Option<&Price> {
-        let table = self.models.get(provider).or_else(|| {
-            self.aliases
-                .get(provider)
-                .and_then(|target| self.models.get(target))
-        })?;
         let model = model.trim();
         let model = model.strip_prefix("models/").unwrap_or(model);
+        let aliases = self.aliases.get(provider).map_or(&[][..], Vec::as_slice);
+        std::iter::once(provider)
+            .chain(aliases.iter().map(String::as_str))
+            .filter_map(|p| self.models.get(p))
+            .find_map(|table| Self::price_in(table, model))
+    }
+
+    /// `model`'s entry in one provider's table: exact, else the longest it extends with a
+    /// version suffix.
+    fn price_in<'a>(table: &'a BTreeMap<String, Price>, model: &str) -> Option<&'a Price> {
         if let Some(p) = table.get(model) {
             return Some(p);
         }
@@ -223,7 +250,7 @@ mod tests {
             .models
             .keys()
             .chain(p.aliases.keys())
-            .chain(p.aliases.values())
+            .chain(p.aliases.values().flatten())
         {
             assert!(known.contains(&name.as_str()), "{name}");
         }
@@ -265,6 +292,13 @@ mod tests {
             0.30
         );
         assert_eq!(p.price("azure.ai.openai", "gpt-4o").unwrap().input, 2.50);
+        // Claude on Vertex AI: `@`-dated names, Anthropic's list prices.
+        assert_eq!(
+            p.price("gcp.vertex_ai", "claude-sonnet-4-5@20250929")
+                .unwrap()
+                .output,
+            15.0
+        );
         assert!(p.price("openai", "my-finetune").is_none());
         assert!(p.price("nobody", "gpt-4o").is_none());
     }

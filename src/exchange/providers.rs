@@ -276,7 +276,8 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         dialect: Dialect::OpenAi,
     },
     ProviderInfo {
-        // Regional endpoints are `REGION-aiplatform.googleapis.com`.
+        // Regional endpoints are `REGION-aiplatform.googleapis.com`; `@vertex` intercepts
+        // them (see `intercept_group`).
         provider: Provider::GcpVertexAi,
         hosts: &["aiplatform.googleapis.com"],
         suffixes: &["-aiplatform.googleapis.com"],
@@ -301,6 +302,61 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         dialect: Dialect::OpenAi,
     },
 ];
+
+/// Vertex AI's regions with a `REGION-aiplatform.googleapis.com` endpoint for generative
+/// models (Google Cloud's "Vertex AI locations" page, generative AI section, as of 2025),
+/// for `@vertex`. A region added later is one more `--intercept` entry until it is listed.
+pub const VERTEX_AI_REGIONS: &[&str] = &[
+    "us-central1",
+    "us-east1",
+    "us-east4",
+    "us-east5",
+    "us-south1",
+    "us-west1",
+    "us-west4",
+    "northamerica-northeast1",
+    "southamerica-east1",
+    "europe-central2",
+    "europe-north1",
+    "europe-southwest1",
+    "europe-west1",
+    "europe-west2",
+    "europe-west3",
+    "europe-west4",
+    "europe-west6",
+    "europe-west8",
+    "europe-west9",
+    "asia-east1",
+    "asia-east2",
+    "asia-northeast1",
+    "asia-northeast3",
+    "asia-south1",
+    "asia-southeast1",
+    "australia-southeast1",
+    "me-central1",
+    "me-central2",
+    "me-west1",
+];
+
+/// The hosts an intercept-list group stands for: `@defaults` (every row's `intercept`
+/// entries, as [`default_intercept`]) or `@vertex` (Vertex AI's global host and one host per
+/// region in [`VERTEX_AI_REGIONS`]: regional hosts share no domain of their own, and
+/// `*.googleapis.com` would let the CA sign for every Google API). `None` for another name.
+pub fn intercept_group(name: &str) -> Option<Vec<String>> {
+    match name {
+        "@defaults" => Some(default_intercept().map(str::to_string).collect()),
+        "@vertex" => Some(
+            std::iter::once("aiplatform.googleapis.com".to_string())
+                .chain(
+                    VERTEX_AI_REGIONS
+                        .iter()
+                        .map(|r| format!("{r}-aiplatform.googleapis.com")),
+                )
+                .collect(),
+        ),
+        _ => None,
+    }
+}
 
 /// The default intercept list (`@defaults`): every row's `intercept` entries, in table order.
 pub fn default_intercept() -> impl Iterator<Item = &'static str> {

@@ -22,4 +22,5 @@ mod records;
 mod report_html;
 mod rules_test;
 mod sdk;
+mod vertex;
 mod websocket;

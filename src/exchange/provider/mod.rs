@@ -118,6 +118,14 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
     {
         let model = &before[idx + "/models/".len()..];
         let (operation, api, stream) = match method {
+            // Vertex AI's partner models: Anthropic Messages under
+            // `…/publishers/anthropic/models/{model}:rawPredict` (streamed: `streamRawPredict`),
+            // the model named by the path only.
+            "rawPredict" | "streamRawPredict" if before.contains("/publishers/anthropic/") => (
+                Operation::Chat,
+                Api::AnthropicMessages,
+                method == "streamRawPredict",
+            ),
             "generateContent" => (Operation::GenerateContent, Api::GeminiGenerate, false),
             "streamGenerateContent" => (Operation::GenerateContent, Api::GeminiGenerate, true),
             "embedContent" | "batchEmbedContents" => {

@@ -187,6 +187,22 @@ fn detect_names_provider_operation_and_dialect() {
             Some(("gcp.vertex_ai", "generate_content", Api::GeminiGenerate)),
         ),
         (
+            "us-east5-aiplatform.googleapis.com",
+            "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+            Some(("gcp.vertex_ai", "chat", Api::AnthropicMessages)),
+        ),
+        (
+            "aiplatform.googleapis.com",
+            "/v1/projects/p/locations/global/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
+            Some(("gcp.vertex_ai", "chat", Api::AnthropicMessages)),
+        ),
+        (
+            // rawPredict of another publisher is not a Messages call.
+            "us-central1-aiplatform.googleapis.com",
+            "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:rawPredict",
+            None,
+        ),
+        (
             "generativelanguage.googleapis.com",
             "/v1beta/models/gemini-embedding-001:embedContent",
             Some(("gcp.gemini", "embeddings", Api::GeminiEmbed)),
@@ -1068,6 +1084,63 @@ fn anthropic_messages_request_and_response() {
         json!([{"type": "text", "content": "You are a helpful weather bot."},
                {"type": "text", "content": "Always cite the tool you used."}])
     );
+}
+
+/// Claude on Vertex AI: Anthropic Messages without `model` (the path names it) and with
+/// `anthropic_version`, to `:rawPredict` or `:streamRawPredict`.
+fn vertex_anthropic(resp: &str, ctype: &str, stream: bool) -> Exchange {
+    let mut req: Value =
+        serde_json::from_slice(&fixture("anthropic/messages_request.json")).unwrap();
+    req.as_object_mut().unwrap().remove("model");
+    req["anthropic_version"] = json!("vertex-2023-10-16");
+    if stream {
+        req["stream"] = json!(true);
+    }
+    let method = if stream {
+        "streamRawPredict"
+    } else {
+        "rawPredict"
+    };
+    exchange(
+        "us-east5-aiplatform.googleapis.com",
+        &format!(
+            "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:{method}"
+        ),
+        &serde_json::to_vec(&req).unwrap(),
+        200,
+        ctype,
+        &fixture(resp),
+    )
+}
+
+#[test]
+fn claude_on_vertex_is_recorded_like_claude_with_the_model_from_the_path_and_priced() {
+    let direct = run(&anthropic("anthropic/messages_response.json", JSON, false));
+    let whole = run(&vertex_anthropic(
+        "anthropic/messages_response.json",
+        JSON,
+        false,
+    ));
+    assert_eq!(
+        (whole.provider.as_str(), whole.operation.as_str()),
+        ("gcp.vertex_ai", "chat")
+    );
+    assert_eq!(
+        whole.request_model.as_deref(),
+        Some("claude-sonnet-4-5@20250929")
+    );
+    assert_eq!(whole.usage, direct.usage);
+    assert_eq!(whole.output_messages, direct.output_messages);
+    // Anthropic's list price, through the gcp.vertex_ai alias list.
+    let cost = whole.cost_usd.expect("Claude on Vertex is priced");
+    assert!(cost > 0.0);
+    assert!((cost - direct.cost_usd.unwrap()).abs() < 1e-12);
+
+    let ex = vertex_anthropic("anthropic/messages_stream.sse", SSE, true);
+    let streamed = run(&ex);
+    assert!(streamed.stream);
+    assert_same_result(&streamed, &whole);
+    assert_split_invariant(&ex);
 }
 
 #[test]

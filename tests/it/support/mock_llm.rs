@@ -24,6 +24,7 @@ pub const MOCK_HOSTS: &[&str] = &[
     "api.openai.com",
     "api.anthropic.com",
     "generativelanguage.googleapis.com",
+    "us-east5-aiplatform.googleapis.com",
     "example.test",
     "localhost",
 ];
@@ -330,6 +331,33 @@ impl State {
         {
             let body = serde_json::json!({"error": {"message": "mock error", "type": "rate_limit_exceeded", "code": "rate_limit_exceeded"}});
             return full(status, "application/json", body.to_string());
+        }
+        // Vertex AI: `…/publishers/{google,anthropic}/models/{model}:{method}`.
+        if let Some((before, method)) = path.rsplit_once(':')
+            && let Some((_, model)) = before.rsplit_once("/models/")
+        {
+            match method {
+                "rawPredict" => {
+                    return full(
+                        StatusCode::OK,
+                        "application/json",
+                        anthropic_message(model).to_string(),
+                    );
+                }
+                "streamRawPredict" => return anthropic_stream(model),
+                "generateContent" => {
+                    let body = serde_json::json!({
+                        "candidates": [{
+                            "content": {"role": "model", "parts": [{"text": "Hello from the mock Gemini."}]},
+                            "finishReason": "STOP"
+                        }],
+                        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 6, "totalTokenCount": 18},
+                        "modelVersion": model
+                    });
+                    return full(StatusCode::OK, "application/json", body.to_string());
+                }
+                _ => {}
+            }
         }
         match path.as_str() {
             "/v1/chat/completions" if json["tools"].is_array() => full(
