@@ -29,6 +29,12 @@ const ENDPOINTS: &[(&str, &str)] = &[
         "generativelanguage.googleapis.com",
         "/v1beta/models/gemini-embedding-001:embedContent",
     ),
+    (
+        "us-east5-aiplatform.googleapis.com",
+        "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
+    ),
+    ("127.0.0.1", "/api/chat"),
+    ("127.0.0.1", "/api/generate"),
 ];
 
 /// Parsed once: re-parsing the TOML table on every input cost most of each execution.

@@ -48,6 +48,10 @@ pub enum Provider {
     TogetherAi,
     /// `fireworks_ai`.
     FireworksAi,
+    /// `ollama`: Ollama's native API (`/api/chat`, `/api/generate`) on any host, usually a
+    /// local one reached through a gateway route. Not an OTel registry value (local servers
+    /// have none); Ollama's OpenAI-compatible endpoints are `openai_compatible`.
+    Ollama,
     /// `openai_compatible`: an unknown host speaking the OpenAI API.
     OpenAiCompatible,
     /// `anthropic_compatible`: an unknown host speaking the Anthropic Messages API.
@@ -75,6 +79,7 @@ impl Provider {
             Provider::OpenRouter => "openrouter",
             Provider::TogetherAi => "together_ai",
             Provider::FireworksAi => "fireworks_ai",
+            Provider::Ollama => "ollama",
             Provider::OpenAiCompatible => "openai_compatible",
             Provider::AnthropicCompatible => "anthropic_compatible",
             Provider::Unknown => "unknown",
@@ -418,9 +423,14 @@ mod tests {
         let names: std::collections::HashSet<_> = PROVIDERS
             .iter()
             .map(|p| p.provider.as_str())
-            .chain(["openai_compatible", "anthropic_compatible", "unknown"])
+            .chain([
+                "ollama",
+                "openai_compatible",
+                "anthropic_compatible",
+                "unknown",
+            ])
             .collect();
-        assert_eq!(names.len(), PROVIDERS.len() + 3);
+        assert_eq!(names.len(), PROVIDERS.len() + 4);
     }
 
     #[test]

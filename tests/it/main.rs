@@ -16,6 +16,7 @@ mod health;
 mod hostile;
 mod ledger;
 mod metrics;
+mod ollama;
 mod prometheus;
 mod proxy;
 mod records;

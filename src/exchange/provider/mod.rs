@@ -19,6 +19,7 @@
 
 mod anthropic;
 mod gemini;
+mod ollama;
 mod openai;
 #[cfg(test)]
 mod tests;
@@ -73,6 +74,10 @@ pub enum Api {
     GeminiGenerate,
     /// Gemini `embedContent` / `batchEmbedContents`.
     GeminiEmbed,
+    /// Ollama's native chat (`/api/chat`), NDJSON when streamed.
+    OllamaChat,
+    /// Ollama's native completion (`/api/generate`), NDJSON when streamed.
+    OllamaGenerate,
 }
 
 /// What [`detect`] found.
@@ -141,6 +146,20 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
             path_stream: stream,
             ..target(host_provider.unwrap_or(Provider::GcpGemini), operation, api)
         });
+    }
+
+    // Ollama's native API (local models): `/api/chat`, `/api/generate`.
+    if path.ends_with("/api/chat") || path.ends_with("/api/generate") {
+        let (operation, api) = if path.ends_with("/api/chat") {
+            (Operation::Chat, Api::OllamaChat)
+        } else {
+            (Operation::TextCompletion, Api::OllamaGenerate)
+        };
+        return Some(target(
+            host_provider.unwrap_or(Provider::Ollama),
+            operation,
+            api,
+        ));
     }
 
     if path.ends_with("/v1/messages") || path == "/messages" {
@@ -288,6 +307,8 @@ fn parse_bodies(
         Api::AnthropicMessages => anthropic::request(req, c),
         Api::GeminiGenerate => gemini::request(req, c),
         Api::GeminiEmbed => gemini::embed_request(req, c),
+        Api::OllamaChat => ollama::chat_request(req, c),
+        Api::OllamaGenerate => ollama::generate_request(req, c),
     }
     if c.request_model.is_none() {
         c.request_model = t.path_model.clone();
@@ -330,6 +351,10 @@ fn parse_response(
         c.error_type = Some(kind.unwrap_or_else(|| status.to_string()));
         return Ok(());
     }
+    if matches!(t.api, Api::OllamaChat | Api::OllamaGenerate) {
+        ollama::answer(&join(&chunks), c, ex.response_body.truncated);
+        return Ok(());
+    }
     let first = first_non_space(&chunks);
     let is_sse = content_type.contains("text/event-stream")
         || (!content_type.contains("json")
@@ -361,7 +386,7 @@ fn parse_response(
         Api::OpenAiEmbeddings => openai::embeddings_response(&resp, c),
         Api::AnthropicMessages => anthropic::response(&resp, c),
         Api::GeminiGenerate => gemini::response(&resp, c),
-        Api::GeminiEmbed => {}
+        Api::GeminiEmbed | Api::OllamaChat | Api::OllamaGenerate => {}
     }
     Ok(())
 }
@@ -386,7 +411,7 @@ fn parse_sse(
         Api::OpenAiResponses => Stream::Responses(Default::default()),
         Api::AnthropicMessages => Stream::Anthropic(Default::default()),
         Api::GeminiGenerate => Stream::Gemini(Default::default()),
-        Api::OpenAiEmbeddings | Api::GeminiEmbed => {
+        Api::OpenAiEmbeddings | Api::GeminiEmbed | Api::OllamaChat | Api::OllamaGenerate => {
             return Err("unexpected event stream for this endpoint".into());
         }
     };
@@ -490,6 +515,13 @@ fn finish(ex: &Exchange, pricing: &Pricing, c: &mut Conversation) {
     {
         // A fine-tune or deployment alias in the response, a list name in the request.
         c.cost_usd = pricing.cost(c.provider.as_str(), m, &c.usage);
+    }
+    if c.cost_usd.is_none()
+        && c.provider == Provider::Ollama
+        && (c.usage.input_tokens.is_some() || c.usage.output_tokens.is_some())
+    {
+        // A local model costs nothing per token unless the operator's table prices it.
+        c.cost_usd = Some(0.0);
     }
 
     let t = &ex.timings;

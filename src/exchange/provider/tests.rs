@@ -1781,3 +1781,130 @@ fn a_body_that_is_not_json_says_why_and_a_lost_stream_event_is_counted() {
     // Everything parsed: none either.
     assert_eq!(want.parse_error, None);
 }
+
+// === Ollama (native API) ===
+
+const NDJSON: &str = "application/x-ndjson";
+
+/// An Ollama `/api/chat` exchange through a gateway route to a local server.
+fn ollama_chat(stream: bool, resp: &str) -> Exchange {
+    let req = json!({
+        "model": "llama3.2",
+        "stream": stream,
+        "options": {"temperature": 0.2, "num_predict": 128},
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Weather in Paris? Mail me at jane@example.com", "images": ["aGVsbG8="]}
+        ]
+    });
+    let mut ex = exchange(
+        "127.0.0.1",
+        "/api/chat",
+        &serde_json::to_vec(&req).unwrap(),
+        200,
+        if stream { NDJSON } else { JSON },
+        resp.as_bytes(),
+    );
+    ex.route = Route::Gateway {
+        name: "ollama".into(),
+    };
+    ex
+}
+
+const OLLAMA_WHOLE: &str = r#"{"model":"llama3.2","created_at":"2026-11-30T10:00:00Z","message":{"role":"assistant","content":"Sunny, 21 C."},"done":true,"done_reason":"stop","total_duration":912000000,"prompt_eval_count":31,"eval_count":7}"#;
+
+const OLLAMA_STREAM: &str = concat!(
+    r#"{"model":"llama3.2","created_at":"2026-11-30T10:00:00Z","message":{"role":"assistant","content":"Sunny"},"done":false}"#,
+    "\n",
+    r#"{"model":"llama3.2","created_at":"2026-11-30T10:00:00Z","message":{"role":"assistant","content":", 21 C."},"done":false}"#,
+    "\n",
+    r#"{"model":"llama3.2","created_at":"2026-11-30T10:00:01Z","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","total_duration":912000000,"prompt_eval_count":31,"eval_count":7}"#,
+    "\n"
+);
+
+#[test]
+fn ollama_chat_json_and_ndjson_stream_give_the_same_record() {
+    let whole = run(&ollama_chat(false, OLLAMA_WHOLE));
+    assert_eq!(
+        (whole.provider.as_str(), whole.operation.as_str()),
+        ("ollama", "chat")
+    );
+    assert_eq!(whole.request_model.as_deref(), Some("llama3.2"));
+    assert_eq!(whole.response_model.as_deref(), Some("llama3.2"));
+    assert_eq!(whole.usage.input_tokens, Some(31));
+    assert_eq!(whole.usage.output_tokens, Some(7));
+    assert_eq!(whole.finish_reasons, vec!["stop".to_string()]);
+    assert_eq!(whole.tool_names, vec!["get_weather".to_string()]);
+    assert_eq!(whole.params["max_tokens"], json!(128));
+    // A local model costs nothing unless priced.
+    assert_eq!(whole.cost_usd, Some(0.0));
+    assert_eq!(
+        whole.output_messages,
+        vec![out(vec![text("Sunny, 21 C.")], "stop")]
+    );
+    assert_eq!(whole.input_messages.len(), 2);
+    assert_eq!(whole.input_messages[0].role, Role::System);
+    assert!(matches!(
+        whole.input_messages[1].parts[1],
+        Part::Blob {
+            byte_len: Some(5),
+            ..
+        }
+    ));
+    assert!(!whole.stream);
+
+    let ex = ollama_chat(true, OLLAMA_STREAM);
+    let streamed = run(&ex);
+    assert_same_result(&streamed, &whole);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn ollama_generate_stream_cut_short_and_an_error_line() {
+    let req =
+        json!({"model": "qwen2.5:7b", "prompt": "Why is the sky blue?", "system": "Be brief."});
+    let stream = concat!(
+        r#"{"model":"qwen2.5:7b","response":"Rayleigh","done":false}"#,
+        "\n",
+        r#"{"model":"qwen2.5:7b","response":" scattering.","done":false}"#,
+        "\n"
+    );
+    let ex = exchange(
+        "localhost",
+        "/api/generate",
+        &serde_json::to_vec(&req).unwrap(),
+        200,
+        NDJSON,
+        stream.as_bytes(),
+    );
+    let c = run(&ex);
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("ollama", "text_completion")
+    );
+    // `stream` absent: Ollama streams by default.
+    assert!(c.stream);
+    assert!(c.aborted, "no done object: the stream was cut");
+    assert_eq!(
+        c.output_messages,
+        vec![out(vec![text("Rayleigh scattering.")], "unknown")]
+    );
+    assert_eq!(c.system_instructions, vec![text("Be brief.")]);
+    assert_eq!(c.cost_usd, None, "no token counts, no cost");
+
+    let failed = concat!(
+        r#"{"model":"qwen2.5:7b","response":"Ray","done":false}"#,
+        "\n",
+        r#"{"error":"model runner stopped: out of memory while reading Why is the sky blue?"}"#,
+        "\n"
+    );
+    let mut ex = ex.clone();
+    ex.response_body = body(vec![Bytes::from_static(failed.as_bytes())]);
+    let c = run(&ex);
+    assert_eq!(c.error_type.as_deref(), Some("_OTHER"));
+    assert!(
+        !format!("{c:?}").contains("out of memory"),
+        "error text is not kept"
+    );
+}

@@ -359,6 +359,40 @@ impl State {
                 _ => {}
             }
         }
+        // Ollama's native API: NDJSON unless `"stream": false`.
+        if path == "/api/chat" || path == "/api/generate" {
+            let chat = path == "/api/chat";
+            let piece = |text: &str, done: bool| {
+                let mut o = if chat {
+                    serde_json::json!({"model": model, "message": {"role": "assistant", "content": text}, "done": done})
+                } else {
+                    serde_json::json!({"model": model, "response": text, "done": done})
+                };
+                if done {
+                    o["done_reason"] = "stop".into();
+                    o["prompt_eval_count"] = 26.into();
+                    o["eval_count"] = 9.into();
+                }
+                o.to_string()
+            };
+            if json["stream"].as_bool() == Some(false) {
+                return full(
+                    StatusCode::OK,
+                    "application/json",
+                    piece("Hello from the mock llama.", true),
+                );
+            }
+            let lines = [
+                piece("Hello from ", false),
+                piece("the mock llama.", false),
+                piece("", true),
+            ];
+            return full(
+                StatusCode::OK,
+                "application/x-ndjson",
+                lines.map(|l| l + "\n").concat(),
+            );
+        }
         match path.as_str() {
             "/v1/chat/completions" if json["tools"].is_array() => full(
                 StatusCode::OK,
