@@ -223,6 +223,12 @@ pub async fn drive<C: Future>(
 pub trait Probe: Send + Sync + 'static {
     /// A read returned at least one byte.
     fn on_read(&self);
+
+    /// The bytes a read returned (at least one); by default only [`Probe::on_read`].
+    #[inline]
+    fn on_data(&self, _data: &[u8]) {
+        self.on_read();
+    }
 }
 
 /// An IO stream that tells its [`Probe`] about reads. Writes pass through untouched
@@ -254,7 +260,7 @@ impl<T: AsyncRead + Unpin, P: Probe> AsyncRead for Watched<T, P> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.probe.on_read();
+            self.probe.on_data(&buf.filled()[before..]);
         }
         r
     }

@@ -18,9 +18,7 @@
 
 use std::io::Cursor;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -29,13 +27,13 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::exchange::{ExchangeId, UpstreamFailure, WebSocketSession};
 
 use super::answer::id_header;
+use super::conn::{Probe, Watched};
 use super::error;
 use super::forward::lock;
 use super::headers::{content_encoding, strip_hop_by_hop, take_veil_headers};
@@ -194,8 +192,8 @@ impl Shared {
                     return;
                 }
             };
-            let app = Observed::new(TokioIo::new(app), session.sent.clone());
-            let upstream = Observed::new(TokioIo::new(upstream), session.received.clone());
+            let app = Watched::new(TokioIo::new(app), session.sent.clone());
+            let upstream = Watched::new(TokioIo::new(upstream), session.received.clone());
             let end = tokio::select! {
                 end = copy_tunnel(app, upstream, idle) => match end {
                     TunnelEnd::Closed { .. } => SessionEnd::Closed,
@@ -361,51 +359,12 @@ impl FrameReader {
     }
 }
 
-/// A stream whose reads feed a [`FrameReader`]; writes pass through.
-struct Observed<S> {
-    inner: S,
-    reader: Arc<Mutex<FrameReader>>,
-}
+/// A session direction's reads feed its frame reader.
+impl Probe for Mutex<FrameReader> {
+    fn on_read(&self) {}
 
-impl<S> Observed<S> {
-    fn new(inner: S, reader: Arc<Mutex<FrameReader>>) -> Self {
-        Observed { inner, reader }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.reader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .feed(&buf.filled()[before..]);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Observed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn on_data(&self, data: &[u8]) {
+        self.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
     }
 }
 

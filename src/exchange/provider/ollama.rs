@@ -10,7 +10,7 @@
 
 use serde_json::Value;
 
-use super::{UNFINISHED, arguments, blob, copy_number, copy_stop, finish_reason, str_of, u64_of};
+use super::{UNFINISHED, blob, copy_number, copy_stop, finish_reason, str_of, u64_of};
 use crate::exchange::model::Usage;
 use crate::exchange::model::{Conversation, InputMessage, OutputMessage, Part, Role};
 
@@ -28,7 +28,7 @@ pub(super) fn chat_request(req: &Value, c: &mut Conversation) {
             parts.push(Part::text(t));
         }
         images(m, &mut parts);
-        tool_calls(m, &mut parts);
+        parts.extend(super::openai::tool_calls(m));
         match m.get("role").and_then(Value::as_str) {
             // As OpenAI chat's system messages: kept in place among the messages.
             Some("system") => c.input_messages.push(InputMessage {
@@ -117,22 +117,6 @@ fn images(m: &Value, parts: &mut Vec<Part>) {
     }
 }
 
-fn tool_calls(m: &Value, parts: &mut Vec<Part>) {
-    for call in m
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let f = call.get("function").unwrap_or(&Value::Null);
-        parts.push(Part::ToolCall {
-            id: str_of(call, "id"),
-            name: str_of(f, "name").unwrap_or_default(),
-            arguments: f.get("arguments").and_then(arguments),
-        });
-    }
-}
-
 /// Folds an answer's NDJSON objects (one for a non-streamed answer) into the conversation.
 #[derive(Default)]
 pub(super) struct Fold {
@@ -166,7 +150,7 @@ impl Fold {
         self.text.push_str(piece.unwrap_or(""));
         self.thinking
             .push_str(m.get("thinking").and_then(Value::as_str).unwrap_or(""));
-        tool_calls(m, &mut self.calls);
+        self.calls.extend(super::openai::tool_calls(m));
         if v.get("done").and_then(Value::as_bool) == Some(true) {
             self.done = Some(v.clone());
         }

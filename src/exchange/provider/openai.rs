@@ -207,8 +207,9 @@ fn chat_message(m: &Value) -> InputMessage {
     }
 }
 
-/// `tool_calls` (and legacy `function_call`) of an assistant message.
-fn tool_calls(m: &Value) -> Vec<Part> {
+/// `tool_calls` (and legacy `function_call`) of an assistant message (Ollama's messages carry
+/// the same shape, with `arguments` as an object).
+pub(super) fn tool_calls(m: &Value) -> Vec<Part> {
     let mut parts = Vec::new();
     for call in m
         .get("tool_calls")
