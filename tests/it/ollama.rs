@@ -4,10 +4,10 @@
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
-use crate::support::harness::Veil;
+use crate::support::harness::{Veil, body_text};
 use crate::support::mock_llm::{Alpn, Mock};
 use veil::exchange::{ParseOptions, Pricing, Route, parse};
 
@@ -61,15 +61,7 @@ async fn ollama_native_chat_and_generate_through_a_gateway_route_are_recorded() 
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "{path}");
-        let text = String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap();
+        let text = body_text(resp).await;
         assert_eq!(text.lines().count(), if streamed { 3 } else { 1 }, "{text}");
 
         let ex = veil.next_exchange().await;
