@@ -39,7 +39,7 @@ pub struct RawConfig {
     pub data: Option<PathBuf>,
     /// OTLP/HTTP base endpoint.
     pub otlp_endpoint: Option<String>,
-    /// Hosts to intercept (`HOST[:PORT]`, `*.domain`, `@defaults`, `@vertex`); one or a list.
+    /// Hosts to intercept (`HOST[:PORT]`, `*.domain`, `@defaults`, `@vertex`, `@bedrock`); one or a list.
     #[serde(default, deserialize_with = "one_or_many")]
     pub intercept: Option<Vec<String>>,
     /// `HOST:PORT:ADDR[:PORT]` overrides; one or a list.
@@ -607,7 +607,7 @@ impl Config {
                 let hosts = crate::exchange::providers::intercept_group(p).ok_or_else(|| {
                     bad(
                         "intercept",
-                        format!("unknown host group {p:?}: the groups are @defaults and @vertex"),
+                        format!("unknown host group {p:?}: the groups are @defaults, @vertex and @bedrock"),
                     )
                 })?;
                 for h in hosts {
@@ -956,8 +956,15 @@ mod tests {
         assert!(!hit("mars-north1-aiplatform.googleapis.com"));
         let c = with(&["@vertex"]).unwrap();
         assert!(!c.intercept.iter().any(|p| p.matches("api.openai.com", 443)));
-        let err = with(&["@bedrock"]).unwrap_err().to_string();
-        assert!(err.contains("@bedrock") && err.contains("@vertex"), "{err}");
+        let c = with(&["@bedrock"]).unwrap();
+        let hit = |host: &str| c.intercept.iter().any(|p| p.matches(host, 443));
+        assert!(hit("bedrock-runtime.us-east-1.amazonaws.com"));
+        assert!(hit("bedrock-runtime.eu-central-1.amazonaws.com"));
+        assert!(hit("bedrock-runtime-fips.us-west-2.amazonaws.com"));
+        assert!(!hit("s3.us-east-1.amazonaws.com"));
+        assert!(!hit("bedrock.us-east-1.amazonaws.com"));
+        let err = with(&["@azure"]).unwrap_err().to_string();
+        assert!(err.contains("@azure") && err.contains("@vertex"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,14 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ),
     ("127.0.0.1", "/api/chat"),
     ("127.0.0.1", "/api/generate"),
+    (
+        "bedrock-runtime.us-east-1.amazonaws.com",
+        "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse",
+    ),
+    (
+        "bedrock-runtime.us-east-1.amazonaws.com",
+        "/model/meta.llama3-70b-instruct-v1%3A0/invoke-with-response-stream",
+    ),
 ];
 
 /// Parsed once: re-parsing the TOML table on every input cost most of each execution.
@@ -60,10 +68,10 @@ fuzz_target!(|data: &[u8]| {
     let (host, path) = ENDPOINTS[usize::from(*which) % ENDPOINTS.len()];
     let split = (usize::from(*split) * rest.len()) / 256;
     let (req, resp) = rest.split_at(split);
-    let ctype = if kind % 2 == 0 {
-        "text/event-stream"
-    } else {
-        "application/json"
+    let ctype = match kind % 3 {
+        0 => "text/event-stream",
+        1 => "application/json",
+        _ => "application/vnd.amazon.eventstream",
     };
     let ex = Exchange {
         id: ExchangeId::new(),

@@ -130,8 +130,8 @@ struct RunArgs {
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
     /// Host to intercept, HOST[:PORT] or *.DOMAIN; repeatable; `@defaults` adds the built-in
-    /// LLM provider hosts, `@vertex` Vertex AI's global and regional hosts [default:
-    /// @defaults].
+    /// LLM provider hosts, `@vertex` Vertex AI's global and regional hosts, `@bedrock`
+    /// Bedrock Runtime's regional hosts [default: @defaults].
     #[arg(long, value_name = "HOST[:PORT]")]
     intercept: Vec<String>,
     /// Connect to ADDR[:PORT] for what the app addresses as HOST:PORT (TLS still verified for

@@ -21,12 +21,15 @@ pub enum CredentialHeader {
     ProxyAuth,
     /// A session cookie (`cookie` on requests, `set-cookie` on responses).
     Cookie,
+    /// A temporary credential's session token (AWS `x-amz-security-token`): secret, but the
+    /// key that names the account is the access key ID in `authorization`.
+    SessionToken,
 }
 
 /// Every credential header, lowercase, with its kind. Sources: RFC 9110 §11.6.2
 /// (`authorization`), §11.7.2 (`proxy-authorization`), RFC 6265 (`cookie`, `set-cookie`), and
 /// the providers' own key headers: Anthropic `x-api-key`, Azure OpenAI `api-key`, Gemini
-/// `x-goog-api-key`.
+/// `x-goog-api-key`, AWS `x-amz-security-token` (SigV4 with temporary credentials).
 const HEADERS: &[(&str, CredentialHeader)] = &[
     ("authorization", CredentialHeader::ApiKey),
     ("proxy-authorization", CredentialHeader::ProxyAuth),
@@ -35,6 +38,7 @@ const HEADERS: &[(&str, CredentialHeader)] = &[
     ("x-goog-api-key", CredentialHeader::ApiKey),
     ("cookie", CredentialHeader::Cookie),
     ("set-cookie", CredentialHeader::Cookie),
+    ("x-amz-security-token", CredentialHeader::SessionToken),
 ];
 
 /// Query parameters whose values are credentials: Gemini's `?key=`, OAuth's `access_token`, and
@@ -51,6 +55,10 @@ const PARAMS: &[&str] = &[
     "auth",
     "sig",
     "signature",
+    // SigV4 presigned URLs (AWS "Authenticating requests: using query parameters").
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
 ];
 
 /// The credential header names, lowercase, in a fixed order. For callers that match patterns
@@ -82,17 +90,31 @@ pub fn is_credential_param(name: &str) -> bool {
     PARAMS.contains(&decoded.as_str())
 }
 
-/// The secret part of credential header `name`'s `value`: the token of `Bearer <token>` for
-/// `authorization` and `proxy-authorization` (scheme matched in any case), else the whole
-/// value; trimmed either way. Splitting the scheme off makes the same key sent as `Bearer k`
-/// and as `x-api-key: k` fingerprint alike.
+/// The part of credential header `name`'s `value` that names the key: the token of
+/// `Bearer <token>` for `authorization` and `proxy-authorization` (scheme matched in any
+/// case); the access key ID of an AWS SigV4 `authorization` (`AWS4-HMAC-SHA256
+/// Credential=<AKID>/<date>/<region>/<service>/aws4_request, SignedHeaders=…, Signature=…`,
+/// AWS "Signature Version 4" reference), because the rest changes with every request while
+/// spend per key needs one fingerprint per key; else the whole value. Trimmed either way.
+/// Splitting the scheme off makes the same key sent as `Bearer k` and as `x-api-key: k`
+/// fingerprint alike.
 pub fn secret_of<'a>(name: &str, value: &'a str) -> &'a str {
     if (name.eq_ignore_ascii_case("authorization")
         || name.eq_ignore_ascii_case("proxy-authorization"))
         && let Some((scheme, token)) = value.trim().split_once(' ')
-        && scheme.eq_ignore_ascii_case("bearer")
     {
-        return token.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return token.trim();
+        }
+        if scheme.eq_ignore_ascii_case("aws4-hmac-sha256")
+            && let Some(akid) = token
+                .split(',')
+                .find_map(|f| f.trim().strip_prefix("Credential="))
+                .and_then(|c| c.split('/').next())
+                .filter(|k| !k.is_empty())
+        {
+            return akid;
+        }
     }
     value.trim()
 }
@@ -132,7 +154,7 @@ mod tests {
             assert!(is_credential_header(&name.to_ascii_uppercase()), "{name}");
             assert_eq!(name, name.to_ascii_lowercase(), "the list is lowercase");
         }
-        assert_eq!(credential_headers().count(), 7);
+        assert_eq!(credential_headers().count(), 8);
     }
 
     #[test]
@@ -152,6 +174,10 @@ mod tests {
         assert_eq!(
             classify_header("set-cookie"),
             Some(CredentialHeader::Cookie)
+        );
+        assert_eq!(
+            classify_header("X-Amz-Security-Token"),
+            Some(CredentialHeader::SessionToken)
         );
     }
 
@@ -179,6 +205,8 @@ mod tests {
             "access_token",
             "api%5Fkey",
             "Signature",
+            "X-Amz-Signature",
+            "X-Amz-Credential",
         ] {
             assert!(is_credential_param(name), "{name}");
         }
@@ -196,5 +224,29 @@ mod tests {
         assert_eq!(secret_of("authorization", "Basic dTpw"), "Basic dTpw");
         assert_eq!(secret_of("x-api-key", "Bearer sk-1"), "Bearer sk-1");
         assert_eq!(secret_of("x-api-key", " sk-1\t"), "sk-1");
+    }
+
+    #[test]
+    fn sigv4_authorization_is_named_by_its_access_key_id() {
+        let sig = |date: &str, signature: &str| {
+            format!(
+                "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLEKEY/{date}/us-east-1/bedrock/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature={signature}"
+            )
+        };
+        // Two requests, one key: the same secret part, so one fingerprint.
+        assert_eq!(
+            secret_of("authorization", &sig("20261130", "ab12")),
+            "AKIAEXAMPLEKEY"
+        );
+        assert_eq!(
+            secret_of("Authorization", &sig("20261201", "cd34")),
+            "AKIAEXAMPLEKEY"
+        );
+        // Without a credential scope the whole value stays the secret.
+        let odd = "AWS4-HMAC-SHA256 SignedHeaders=host, Signature=ab";
+        assert_eq!(secret_of("authorization", odd), odd);
+        let empty = "AWS4-HMAC-SHA256 Credential=/x, Signature=ab";
+        assert_eq!(secret_of("authorization", empty), empty);
     }
 }

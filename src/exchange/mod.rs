@@ -14,6 +14,7 @@
 
 pub mod credentials;
 pub mod decode;
+pub mod eventstream;
 pub mod json;
 pub mod model;
 pub mod operation;

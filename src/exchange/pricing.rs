@@ -145,10 +145,19 @@ impl Pricing {
         let model = model.trim();
         let model = model.strip_prefix("models/").unwrap_or(model);
         let aliases = self.aliases.get(provider).map_or(&[][..], Vec::as_slice);
-        std::iter::once(provider)
-            .chain(aliases.iter().map(String::as_str))
-            .filter_map(|p| self.models.get(p))
+        let tables = || {
+            std::iter::once(provider)
+                .chain(aliases.iter().map(String::as_str))
+                .filter_map(|p| self.models.get(p))
+        };
+        tables()
             .find_map(|table| Self::price_in(table, model))
+            .or_else(|| {
+                let base = (provider == "aws.bedrock")
+                    .then(|| bedrock_base_model(model))
+                    .flatten()?;
+                tables().find_map(|table| Self::price_in(table, base))
+            })
     }
 
     /// `model`'s entry in one provider's table: exact, else the longest it extends with a
@@ -189,6 +198,43 @@ impl Pricing {
             + output as f64 * p.output;
         Some(micro / 1_000_000.0)
     }
+}
+
+/// The vendor's model name inside a Bedrock model ID, for the second lookup:
+/// `[GEO.]VENDOR.NAME[-vN[:M]]` (`us.anthropic.claude-sonnet-4-20250514-v1:0` →
+/// `claude-sonnet-4-20250514`), also as the last segment of an inference profile's ARN.
+/// Bedrock's on-demand prices for a vendor's model are the vendor's list prices, so the
+/// vendor's table prices it through `[aliases]`. `None` for a name of another shape.
+fn bedrock_base_model(model: &str) -> Option<&str> {
+    let model = match model.strip_prefix("arn:") {
+        Some(arn) => arn.rsplit('/').next()?,
+        None => model,
+    };
+    let (first, rest) = model.split_once('.')?;
+    // A cross-region inference profile puts a geography before the vendor.
+    let name = match rest.split_once('.') {
+        Some((_vendor, name))
+            if matches!(
+                first,
+                "us" | "eu" | "apac" | "global" | "us-gov" | "jp" | "au" | "ca"
+            ) =>
+        {
+            name
+        }
+        _ => rest,
+    };
+    let name = match name.rsplit_once("-v") {
+        Some((base, ver))
+            if !base.is_empty()
+                && ver
+                    .split(':')
+                    .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            base
+        }
+        _ => name,
+    };
+    (!name.is_empty()).then_some(name)
 }
 
 fn is_version_suffix(rest: &str) -> bool {
@@ -292,6 +338,34 @@ mod tests {
             0.30
         );
         assert_eq!(p.price("azure.ai.openai", "gpt-4o").unwrap().input, 2.50);
+        // Claude on Bedrock: model IDs with vendor, geography and `-vN:M` around the name.
+        for id in [
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "us.anthropic.claude-sonnet-4-20250514-v1:0",
+            "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/eu.anthropic.claude-sonnet-4-20250514-v1:0",
+        ] {
+            assert_eq!(p.price("aws.bedrock", id).unwrap().output, 15.0, "{id}");
+        }
+        assert_eq!(
+            p.price("aws.bedrock", "amazon.nova-lite-v1:0")
+                .unwrap()
+                .input,
+            0.06
+        );
+        // Not a vendor's model name once unwrapped: unpriced, not a neighbour's price.
+        for id in [
+            "anthropic.claude-3-5-sonnet-v1x",
+            "meta.llama3-70b-instruct-v1:0",
+            "arn:aws:bedrock:us-east-1:1:application-inference-profile/a1b2c3",
+        ] {
+            assert!(p.price("aws.bedrock", id).is_none(), "{id}");
+        }
+        // The unwrapping is Bedrock's: Vertex AI shares Anthropic's table but not its IDs.
+        assert!(
+            p.price("gcp.vertex_ai", "us.anthropic.claude-sonnet-4-v1:0")
+                .is_none()
+        );
         // Claude on Vertex AI: `@`-dated names, Anthropic's list prices.
         assert_eq!(
             p.price("gcp.vertex_ai", "claude-sonnet-4-5@20250929")

@@ -28,6 +28,8 @@ pub enum Provider {
     GcpGemini,
     /// `gcp.vertex_ai`.
     GcpVertexAi,
+    /// `aws.bedrock`: Bedrock Runtime (`bedrock-runtime.REGION.amazonaws.com`).
+    AwsBedrock,
     /// `azure.ai.openai`.
     AzureOpenAi,
     /// `mistral_ai`.
@@ -69,6 +71,7 @@ impl Provider {
             Provider::Anthropic => "anthropic",
             Provider::GcpGemini => "gcp.gemini",
             Provider::GcpVertexAi => "gcp.vertex_ai",
+            Provider::AwsBedrock => "aws.bedrock",
             Provider::AzureOpenAi => "azure.ai.openai",
             Provider::MistralAi => "mistral_ai",
             Provider::Groq => "groq",
@@ -92,7 +95,15 @@ impl Provider {
         let host = host.trim_end_matches('.');
         PROVIDERS
             .iter()
-            .find(|p| p.hosts.contains(&host) || p.suffixes.iter().any(|s| host.ends_with(s)))
+            .find(|p| {
+                p.hosts.contains(&host)
+                    || p.suffixes.iter().any(|s| host.ends_with(s))
+                    || p.regional.iter().any(|(pre, suf)| {
+                        host.strip_prefix(pre)
+                            .and_then(|h| h.strip_suffix(suf))
+                            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+                    })
+            })
             .map(|p| p.provider)
     }
 }
@@ -114,16 +125,19 @@ pub enum Dialect {
     Anthropic,
     /// Gemini `generateContent`.
     Gemini,
+    /// Bedrock `Converse`.
+    Bedrock,
 }
 
 impl Dialect {
     /// The request path of a chat request in this dialect, `None` when the path names the
-    /// model (Gemini's `/v1beta/models/MODEL:generateContent`), which veil does not guess.
+    /// model (Gemini's `/v1beta/models/MODEL:generateContent`, Bedrock's
+    /// `/model/MODEL/converse`), which veil does not guess.
     pub fn chat_route(self) -> Option<&'static str> {
         match self {
             Dialect::OpenAi => Some("/v1/chat/completions"),
             Dialect::Anthropic => Some("/v1/messages"),
-            Dialect::Gemini => None,
+            Dialect::Gemini | Dialect::Bedrock => None,
         }
     }
 }
@@ -153,6 +167,10 @@ pub struct ProviderInfo {
     pub hosts: &'static [&'static str],
     /// Host suffixes that name it (`.openai.azure.com` for every Azure resource).
     pub suffixes: &'static [&'static str],
+    /// `(prefix, suffix)` pairs that name it with exactly one DNS label between them: a
+    /// regional host (`bedrock-runtime.` + `us-east-1` + `.amazonaws.com`), where a suffix
+    /// alone would claim a whole cloud.
+    pub regional: &'static [(&'static str, &'static str)],
     /// Its entries in the default intercept list (`@defaults`), in the config's syntax
     /// (`HOST` or `*.domain`). A subset of what `hosts` and `suffixes` claim: hosts veil
     /// recognizes but does not intercept by default (Vertex AI, Perplexity, Fireworks) are
@@ -171,6 +189,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::OpenAi,
         hosts: &["api.openai.com"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.openai.com"],
         gateway: Some(Gateway {
             name: "openai",
@@ -182,6 +201,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::Anthropic,
         hosts: &["api.anthropic.com"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.anthropic.com"],
         gateway: Some(Gateway {
             name: "anthropic",
@@ -193,6 +213,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::GcpGemini,
         hosts: &["generativelanguage.googleapis.com"],
         suffixes: &[],
+        regional: &[],
         intercept: &["generativelanguage.googleapis.com"],
         gateway: Some(Gateway {
             name: "gemini",
@@ -204,6 +225,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::MistralAi,
         hosts: &["api.mistral.ai"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.mistral.ai"],
         gateway: Some(Gateway {
             name: "mistral",
@@ -215,6 +237,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::Groq,
         hosts: &["api.groq.com"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.groq.com"],
         gateway: Some(Gateway {
             name: "groq",
@@ -226,6 +249,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::TogetherAi,
         hosts: &["api.together.xyz", "api.together.ai"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.together.xyz", "api.together.ai"],
         gateway: None,
         dialect: Dialect::OpenAi,
@@ -234,6 +258,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::OpenRouter,
         hosts: &["openrouter.ai"],
         suffixes: &[],
+        regional: &[],
         intercept: &["openrouter.ai"],
         gateway: Some(Gateway {
             name: "openrouter",
@@ -245,6 +270,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::DeepSeek,
         hosts: &["api.deepseek.com"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.deepseek.com"],
         gateway: Some(Gateway {
             name: "deepseek",
@@ -256,6 +282,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::XAi,
         hosts: &["api.x.ai"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.x.ai"],
         gateway: Some(Gateway {
             name: "xai",
@@ -268,6 +295,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::Cohere,
         hosts: &["api.cohere.com", "api.cohere.ai"],
         suffixes: &[],
+        regional: &[],
         intercept: &["api.cohere.com", "api.cohere.ai"],
         gateway: None,
         dialect: Dialect::OpenAi,
@@ -276,6 +304,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::AzureOpenAi,
         hosts: &[],
         suffixes: &[".openai.azure.com", ".cognitiveservices.azure.com"],
+        regional: &[],
         intercept: &["*.openai.azure.com"],
         gateway: None,
         dialect: Dialect::OpenAi,
@@ -286,14 +315,30 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::GcpVertexAi,
         hosts: &["aiplatform.googleapis.com"],
         suffixes: &["-aiplatform.googleapis.com"],
+        regional: &[],
         intercept: &[],
         gateway: None,
         dialect: Dialect::Gemini,
     },
     ProviderInfo {
+        // Bedrock Runtime's hosts are `bedrock-runtime[-fips].REGION.amazonaws.com`;
+        // `@bedrock` intercepts them (see `intercept_group`).
+        provider: Provider::AwsBedrock,
+        hosts: &[],
+        suffixes: &[],
+        regional: &[
+            ("bedrock-runtime.", ".amazonaws.com"),
+            ("bedrock-runtime-fips.", ".amazonaws.com"),
+        ],
+        intercept: &[],
+        gateway: None,
+        dialect: Dialect::Bedrock,
+    },
+    ProviderInfo {
         provider: Provider::Perplexity,
         hosts: &["api.perplexity.ai"],
         suffixes: &[],
+        regional: &[],
         intercept: &[],
         gateway: None,
         dialect: Dialect::OpenAi,
@@ -302,6 +347,7 @@ pub const PROVIDERS: &[ProviderInfo] = &[
         provider: Provider::FireworksAi,
         hosts: &["api.fireworks.ai"],
         suffixes: &[],
+        regional: &[],
         intercept: &[],
         gateway: None,
         dialect: Dialect::OpenAi,
@@ -343,10 +389,59 @@ pub const VERTEX_AI_REGIONS: &[&str] = &[
     "me-west1",
 ];
 
+/// AWS regions with a Bedrock Runtime endpoint (`bedrock-runtime.REGION.amazonaws.com`; AWS
+/// General Reference, "Amazon Bedrock endpoints and quotas", as of 2025), for `@bedrock`. A
+/// region added later is one more `--intercept` entry until it is listed.
+pub const BEDROCK_REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "ca-central-1",
+    "sa-east-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-7",
+];
+
+/// Regions whose Bedrock Runtime also has a FIPS endpoint (`bedrock-runtime-fips.REGION…`).
+pub const BEDROCK_FIPS_REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "ca-central-1",
+];
+
 /// The hosts an intercept-list group stands for: `@defaults` (every row's `intercept`
 /// entries, as [`default_intercept`]) or `@vertex` (Vertex AI's global host and one host per
 /// region in [`VERTEX_AI_REGIONS`]: regional hosts share no domain of their own, and
-/// `*.googleapis.com` would let the CA sign for every Google API). `None` for another name.
+/// `*.googleapis.com` would let the CA sign for every Google API) or `@bedrock` (one
+/// `bedrock-runtime` host per region in [`BEDROCK_REGIONS`] and a FIPS host per region in
+/// [`BEDROCK_FIPS_REGIONS`], for the same reason: `*.amazonaws.com` is every AWS service).
+/// `None` for another name.
 pub fn intercept_group(name: &str) -> Option<Vec<String>> {
     match name {
         "@defaults" => Some(default_intercept().map(str::to_string).collect()),
@@ -356,6 +451,17 @@ pub fn intercept_group(name: &str) -> Option<Vec<String>> {
                     VERTEX_AI_REGIONS
                         .iter()
                         .map(|r| format!("{r}-aiplatform.googleapis.com")),
+                )
+                .collect(),
+        ),
+        "@bedrock" => Some(
+            BEDROCK_REGIONS
+                .iter()
+                .map(|r| format!("bedrock-runtime.{r}.amazonaws.com"))
+                .chain(
+                    BEDROCK_FIPS_REGIONS
+                        .iter()
+                        .map(|r| format!("bedrock-runtime-fips.{r}.amazonaws.com")),
                 )
                 .collect(),
         ),
@@ -447,6 +553,21 @@ mod tests {
             Provider::for_host("us-central1-aiplatform.googleapis.com"),
             Some(Provider::GcpVertexAi)
         );
+        assert_eq!(
+            Provider::for_host("bedrock-runtime.eu-west-3.amazonaws.com"),
+            Some(Provider::AwsBedrock)
+        );
+        assert_eq!(
+            Provider::for_host("bedrock-runtime-fips.us-east-1.amazonaws.com"),
+            Some(Provider::AwsBedrock)
+        );
+        // One label between prefix and suffix: not the control plane, not a nested name.
+        assert_eq!(Provider::for_host("bedrock.us-east-1.amazonaws.com"), None);
+        assert_eq!(
+            Provider::for_host("bedrock-runtime.a.b.amazonaws.com"),
+            None
+        );
+        assert_eq!(Provider::for_host("bedrock-runtime..amazonaws.com"), None);
         // The bare Azure domain is not a resource; look-alike hosts are not providers.
         assert_eq!(Provider::for_host("openai.azure.com"), None);
         assert_eq!(Provider::for_host("api.openai.com.evil.test"), None);

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::support::files::{contains, files_containing};
 use crate::support::ledger::{json, text, wait_for_rows};
 use crate::support::mock_llm::{Alpn, Mock};
 use crate::support::process::{curl_chat, free_port, start_with_admin as start, veil};
@@ -48,30 +49,6 @@ fn walk(data: &Path, skip_ledger: bool) -> Vec<u8> {
 /// [`store_bytes`] without the ledger's files.
 fn store_bytes_except_ledger(data: &Path) -> Vec<u8> {
     walk(data, true)
-}
-
-/// The files under `data` holding `needle`, for failure messages.
-fn files_containing(data: &Path, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut dirs = vec![data.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if contains(&std::fs::read(&p).unwrap_or_default(), needle) {
-                out.push(p.display().to_string());
-            }
-        }
-        if out.len() > 100 {
-            break;
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 fn chat(user: &str, phrase: &str) -> String {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bedrock;
 mod certs;
 mod cli;
 mod control;

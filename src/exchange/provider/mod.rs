@@ -18,6 +18,7 @@
 //! content produce the same model by construction.
 
 mod anthropic;
+mod bedrock;
 mod gemini;
 mod ollama;
 mod openai;
@@ -78,6 +79,12 @@ pub enum Api {
     OllamaChat,
     /// Ollama's native completion (`/api/generate`), NDJSON when streamed.
     OllamaGenerate,
+    /// Bedrock `Converse` / `ConverseStream` (`/model/{modelId}/converse[-stream]`).
+    BedrockConverse,
+    /// Bedrock `InvokeModel` / `InvokeModelWithResponseStream`
+    /// (`/model/{modelId}/invoke[-with-response-stream]`): the model's native body, parsed as
+    /// Anthropic Messages when it is one (`anthropic_version`), else metadata and usage only.
+    BedrockInvoke,
 }
 
 /// What [`detect`] found.
@@ -115,6 +122,33 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
         path_model: None,
         path_stream: false,
     };
+
+    // Bedrock Runtime: `/model/{modelId}/{action}`, the model ID percent-encoded (an ARN of
+    // an inference profile may arrive with its `/` unencoded, hence the last `/`).
+    if let Some(rest) = path.strip_prefix("/model/")
+        && let Some((model, action)) = rest.rsplit_once('/')
+    {
+        let (api, stream) = match action {
+            "converse" => (Api::BedrockConverse, false),
+            "converse-stream" => (Api::BedrockConverse, true),
+            "invoke" => (Api::BedrockInvoke, false),
+            "invoke-with-response-stream" => (Api::BedrockInvoke, true),
+            _ => return None,
+        };
+        let model = percent_encoding::percent_decode_str(model).decode_utf8_lossy();
+        if model.is_empty() {
+            return None;
+        }
+        return Some(Target {
+            path_model: Some(model.into_owned()),
+            path_stream: stream,
+            ..target(
+                host_provider.unwrap_or(Provider::AwsBedrock),
+                Operation::Chat,
+                api,
+            )
+        });
+    }
 
     // Gemini: `/v1beta/models/{model}:{method}` (Vertex: `…/publishers/google/models/…`).
     if let Some((before, method)) = path.rsplit_once(':')
@@ -299,6 +333,18 @@ fn parse_bodies(
         return Err("request body is not a JSON object".into());
     }
     c.operation = t.operation;
+    // Bedrock's InvokeModel carries the model's own body: Anthropic Messages is parsed as
+    // such (its stream arrives wrapped in event stream chunks), other formats are not.
+    let invoke_anthropic;
+    let t = if t.api == Api::BedrockInvoke && req.get("anthropic_version").is_some() {
+        invoke_anthropic = Target {
+            api: Api::AnthropicMessages,
+            ..t.clone()
+        };
+        &invoke_anthropic
+    } else {
+        t
+    };
     match t.api {
         Api::OpenAiChat => openai::chat_request(req, c),
         Api::OpenAiCompletions => openai::completions_request(req, c),
@@ -309,6 +355,8 @@ fn parse_bodies(
         Api::GeminiEmbed => gemini::embed_request(req, c),
         Api::OllamaChat => ollama::chat_request(req, c),
         Api::OllamaGenerate => ollama::generate_request(req, c),
+        Api::BedrockConverse => bedrock::converse_request(req, c),
+        Api::BedrockInvoke => bedrock::invoke_request(req, t.path_model.as_deref(), c),
     }
     if c.request_model.is_none() {
         c.request_model = t.path_model.clone();
@@ -347,8 +395,25 @@ fn parse_response(
     if status >= 400 {
         let body = join(&chunks);
         let parsed: Option<Value> = json::from_slice(&body).ok();
-        let kind = parsed.as_ref().and_then(error_type);
+        let kind = parsed
+            .as_ref()
+            .and_then(error_type)
+            .or_else(|| aws_error_type(ex));
         c.error_type = Some(kind.unwrap_or_else(|| status.to_string()));
+        return Ok(());
+    }
+    if matches!(t.api, Api::BedrockConverse | Api::BedrockInvoke)
+        || (t.provider == Provider::AwsBedrock && t.api == Api::AnthropicMessages)
+    {
+        bedrock_response(ex, t, opts, c, &chunks, &content_type)?;
+        bedrock::usage_from_headers(
+            ex.response_header("x-amzn-bedrock-input-token-count"),
+            ex.response_header("x-amzn-bedrock-output-token-count"),
+            c,
+        );
+        if c.response_id.is_none() {
+            c.response_id = ex.response_header("x-amzn-requestid").map(str::to_string);
+        }
         return Ok(());
     }
     if matches!(t.api, Api::OllamaChat | Api::OllamaGenerate) {
@@ -386,9 +451,155 @@ fn parse_response(
         Api::OpenAiEmbeddings => openai::embeddings_response(&resp, c),
         Api::AnthropicMessages => anthropic::response(&resp, c),
         Api::GeminiGenerate => gemini::response(&resp, c),
-        Api::GeminiEmbed | Api::OllamaChat | Api::OllamaGenerate => {}
+        Api::BedrockConverse => bedrock::converse_response(&resp, c),
+        Api::GeminiEmbed | Api::OllamaChat | Api::OllamaGenerate | Api::BedrockInvoke => {}
     }
     Ok(())
+}
+
+/// The error type of an AWS error answer without a JSON `error` object: the
+/// `x-amzn-errortype` header (`ThrottlingException:http://internal.amazon.com/…`), its name
+/// only.
+fn aws_error_type(ex: &Exchange) -> Option<String> {
+    let v = ex.response_header("x-amzn-errortype")?;
+    let name = v.split(':').next().unwrap_or("").trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// A Bedrock answer: an event stream when streamed (the content type says so), else JSON
+/// (Converse, or a model's native body). Errors inside a stream are exception messages.
+fn bedrock_response(
+    ex: &Exchange,
+    t: &Target,
+    opts: &ParseOptions,
+    c: &mut Conversation,
+    chunks: &[Bytes],
+    content_type: &str,
+) -> Result<(), String> {
+    if content_type.contains("application/vnd.amazon.eventstream") {
+        c.stream = true;
+        parse_eventstream(chunks, t, opts, c, ex.response_body.truncated);
+        return Ok(());
+    }
+    if ex.response_body.truncated {
+        return Err("response body truncated at the capture limit".into());
+    }
+    let body = join(chunks);
+    let resp: Value = match json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) if body.iter().all(u8::is_ascii_whitespace) => return Ok(()),
+        // A native body veil does not parse need not be JSON; usage is in the headers.
+        Err(_) if t.api == Api::BedrockInvoke => return Ok(()),
+        Err(e) => return Err(not_json("response", &e)),
+    };
+    match t.api {
+        Api::BedrockConverse => bedrock::converse_response(&resp, c),
+        Api::AnthropicMessages => anthropic::response(&resp, c),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Folds a Bedrock event stream: `ConverseStream` events by their `:event-type`, or
+/// `InvokeModelWithResponseStream` `chunk` events whose payload `{"bytes":"<base64>"}` is one
+/// event of the model's own stream (Anthropic's are parsed; any model's last chunk carries
+/// `amazon-bedrock-invocationMetrics`). An `exception` message names the error type; a
+/// framing fault or a cut stream marks the conversation aborted with what was seen.
+fn parse_eventstream(
+    chunks: &[Bytes],
+    t: &Target,
+    opts: &ParseOptions,
+    c: &mut Conversation,
+    truncated: bool,
+) {
+    use super::eventstream::EventStreamDecoder;
+    use base64::Engine as _;
+
+    let mut acc = match t.api {
+        Api::BedrockConverse => Stream::Converse(Default::default()),
+        Api::AnthropicMessages => Stream::Anthropic(Default::default()),
+        _ => Stream::Opaque,
+    };
+    let mut metrics = None;
+    let mut unparsed = 0u64;
+    let mut dec = EventStreamDecoder::new(opts.max_event);
+    let mut failure = None;
+    'chunks: for chunk in chunks {
+        dec.push(chunk);
+        loop {
+            let msg = match dec.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break 'chunks;
+                }
+            };
+            match msg.header_str(":message-type") {
+                Some("exception" | "error") => {
+                    let kind = msg
+                        .header_str(":exception-type")
+                        .or_else(|| msg.header_str(":error-code"))
+                        .unwrap_or("_OTHER");
+                    c.error_type.get_or_insert_with(|| kind.to_string());
+                    continue;
+                }
+                Some("event") | None => {}
+                Some(_) => continue,
+            }
+            let Ok(payload) = json::from_slice(&msg.payload) else {
+                unparsed += 1;
+                continue;
+            };
+            let event_type = msg.header_str(":event-type").unwrap_or("");
+            if let Stream::Converse(s) = &mut acc {
+                s.event(event_type, &payload);
+                continue;
+            }
+            if event_type != "chunk" {
+                continue;
+            }
+            let Some(inner) = payload
+                .get("bytes")
+                .and_then(Value::as_str)
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|raw| json::from_slice(&raw).ok())
+            else {
+                unparsed += 1;
+                continue;
+            };
+            if let Some(u) = bedrock::invocation_metrics(&inner) {
+                metrics = Some(u);
+            }
+            if let Stream::Anthropic(_) = acc {
+                on_json(&mut acc, &inner, c);
+            }
+        }
+    }
+    let failure = failure.or_else(|| dec.finish().err());
+    if unparsed > 0 {
+        c.parse_error = Some(format!("{unparsed} stream event(s) are not JSON"));
+    }
+    if let Some(e) = failure {
+        c.aborted = true;
+        if e != super::eventstream::EventStreamError::Aborted {
+            c.parse_error = Some(e.to_string());
+        }
+    }
+    if truncated {
+        c.aborted = true;
+    }
+    match acc {
+        Stream::Converse(s) => s.finish(c),
+        Stream::Anthropic(s) => s.finish(c),
+        _ => {}
+    }
+    if c.usage.input_tokens.is_none()
+        && c.usage.output_tokens.is_none()
+        && let Some(u) = metrics
+    {
+        c.usage = u;
+    }
 }
 
 /// A dialect's stream accumulator.
@@ -397,6 +608,10 @@ enum Stream {
     Responses(openai::ResponsesStream),
     Anthropic(anthropic::Stream),
     Gemini(gemini::Stream),
+    /// Bedrock `ConverseStream`.
+    Converse(bedrock::ConverseStream),
+    /// A stream whose events veil does not fold (a Bedrock model's native stream).
+    Opaque,
 }
 
 fn parse_sse(
@@ -411,7 +626,12 @@ fn parse_sse(
         Api::OpenAiResponses => Stream::Responses(Default::default()),
         Api::AnthropicMessages => Stream::Anthropic(Default::default()),
         Api::GeminiGenerate => Stream::Gemini(Default::default()),
-        Api::OpenAiEmbeddings | Api::GeminiEmbed | Api::OllamaChat | Api::OllamaGenerate => {
+        Api::OpenAiEmbeddings
+        | Api::GeminiEmbed
+        | Api::OllamaChat
+        | Api::OllamaGenerate
+        | Api::BedrockConverse
+        | Api::BedrockInvoke => {
             return Err("unexpected event stream for this endpoint".into());
         }
     };
@@ -453,6 +673,8 @@ fn parse_sse(
         Stream::Responses(s) => s.finish(c),
         Stream::Anthropic(s) => s.finish(c),
         Stream::Gemini(s) => s.finish(c),
+        Stream::Converse(s) => s.finish(c),
+        Stream::Opaque => {}
     }
     Ok(())
 }
@@ -471,6 +693,12 @@ fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation, unparsed: &mu
         }
         return;
     };
+    on_json(acc, &v, c);
+}
+
+/// Folds one parsed stream event (an SSE event's data, or a Bedrock chunk) into the
+/// accumulator, noting an error event's type.
+fn on_json(acc: &mut Stream, v: &Value, c: &mut Conversation) {
     // Anthropic and OpenAI Chat put an `error` object in the event; the Responses API
     // sends `{"type":"error","code","message"}` itself.
     let err = match v.get("error").filter(|e| !e.is_null()) {
@@ -483,10 +711,11 @@ fn on_event(acc: &mut Stream, ev: &SseEvent, c: &mut Conversation, unparsed: &mu
         c.error_type = kind.or_else(|| Some("_OTHER".into()));
     }
     match acc {
-        Stream::Chat(s) => s.event(&v),
-        Stream::Responses(s) => s.event(&v),
-        Stream::Anthropic(s) => s.event(&v),
-        Stream::Gemini(s) => s.event(&v),
+        Stream::Chat(s) => s.event(v),
+        Stream::Responses(s) => s.event(v),
+        Stream::Anthropic(s) => s.event(v),
+        Stream::Gemini(s) => s.event(v),
+        Stream::Converse(_) | Stream::Opaque => {}
     }
 }
 
@@ -687,8 +916,16 @@ fn finish_reason(raw: &str) -> String {
         "stop" | "end_turn" | "stop_sequence" | "STOP" | "completed" => "stop".into(),
         "length" | "max_tokens" | "MAX_TOKENS" | "max_output_tokens" => "length".into(),
         "tool_calls" | "function_call" | "tool_use" => "tool_call".into(),
-        "content_filter" | "refusal" | "SAFETY" | "RECITATION" | "BLOCKLIST"
-        | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => "content_filter".into(),
+        "content_filter"
+        | "refusal"
+        | "SAFETY"
+        | "RECITATION"
+        | "BLOCKLIST"
+        | "guardrail_intervened"
+        | "content_filtered"
+        | "PROHIBITED_CONTENT"
+        | "SPII"
+        | "IMAGE_SAFETY" => "content_filter".into(),
         "MALFORMED_FUNCTION_CALL" | "error" | "failed" => "error".into(),
         other => other.to_ascii_lowercase(),
     }

@@ -1908,3 +1908,415 @@ fn ollama_generate_stream_cut_short_and_an_error_line() {
         "error text is not kept"
     );
 }
+
+// === Bedrock ===
+
+const EVENTSTREAM: &str = "application/vnd.amazon.eventstream";
+const BEDROCK: &str = "bedrock-runtime.us-east-1.amazonaws.com";
+const CLAUDE_ON_BEDROCK: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+
+/// The path of `action` for `model`, the model ID percent-encoded as the AWS SDKs send it.
+fn bedrock_path(model: &str, action: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(model, percent_encoding::NON_ALPHANUMERIC);
+    format!("/model/{encoded}/{action}")
+}
+
+/// `converse_stream.json` framed as the event stream Bedrock sends.
+fn converse_stream_bytes() -> Vec<u8> {
+    let events: Vec<(String, Value)> =
+        serde_json::from_slice(&fixture("bedrock/converse_stream.json")).unwrap();
+    events
+        .iter()
+        .flat_map(|(kind, payload)| {
+            crate::exchange::eventstream::encode(
+                &[
+                    (":event-type", kind),
+                    (":content-type", "application/json"),
+                    (":message-type", "event"),
+                ],
+                payload.to_string().as_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// Each event of an Anthropic SSE fixture as an `InvokeModelWithResponseStream` chunk.
+fn invoke_stream_bytes(sse: &[u8], metrics: Option<Value>) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = String::from_utf8(sse.to_vec()).unwrap();
+    let mut events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    if let (Some(m), Some(last)) = (metrics, events.last_mut()) {
+        last["amazon-bedrock-invocationMetrics"] = m;
+    }
+    events
+        .iter()
+        .flat_map(|e| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(e.to_string());
+            crate::exchange::eventstream::encode(
+                &[
+                    (":event-type", "chunk"),
+                    (":content-type", "application/json"),
+                    (":message-type", "event"),
+                ],
+                json!({ "bytes": b64, "p": "abcdef" })
+                    .to_string()
+                    .as_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn converse(resp: &[u8], ctype: &str, stream: bool) -> Exchange {
+    let action = if stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
+    exchange(
+        BEDROCK,
+        &bedrock_path(CLAUDE_ON_BEDROCK, action),
+        &fixture("bedrock/converse_request.json"),
+        200,
+        ctype,
+        resp,
+    )
+}
+
+#[test]
+fn bedrock_paths_name_the_api_and_the_model() {
+    for (action, api, stream) in [
+        ("converse", Api::BedrockConverse, false),
+        ("converse-stream", Api::BedrockConverse, true),
+        ("invoke", Api::BedrockInvoke, false),
+        ("invoke-with-response-stream", Api::BedrockInvoke, true),
+    ] {
+        let ex = exchange(
+            BEDROCK,
+            &bedrock_path(CLAUDE_ON_BEDROCK, action),
+            b"{}",
+            200,
+            JSON,
+            b"{}",
+        );
+        let t = detect(&ex).unwrap();
+        assert_eq!(
+            (t.provider, t.api, t.path_stream),
+            (Provider::AwsBedrock, api, stream)
+        );
+        assert_eq!(t.path_model.as_deref(), Some(CLAUDE_ON_BEDROCK));
+    }
+    // An inference profile ARN, its `/` left unencoded.
+    let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3";
+    let ex = exchange(
+        BEDROCK,
+        &format!("/model/{arn}/converse"),
+        b"{}",
+        200,
+        JSON,
+        b"{}",
+    );
+    assert_eq!(detect(&ex).unwrap().path_model.as_deref(), Some(arn));
+    // Other actions (`apply-guardrail`, async invoke) and the bare prefix are not parsed.
+    for path in [
+        "/model/m/apply-guardrail",
+        "/model//converse",
+        "/model/converse",
+    ] {
+        let ex = exchange(BEDROCK, path, b"{}", 200, JSON, b"{}");
+        assert_eq!(detect(&ex), None, "{path}");
+    }
+}
+
+#[test]
+fn bedrock_converse_request_and_response() {
+    let c = run(&converse(
+        &fixture("bedrock/converse_response.json"),
+        JSON,
+        false,
+    ));
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("aws.bedrock", "chat")
+    );
+    assert_eq!(c.request_model.as_deref(), Some(CLAUDE_ON_BEDROCK));
+    assert!(!c.stream && !c.aborted && c.parse_error.is_none(), "{c:?}");
+    assert_eq!(c.params["max_tokens"], json!(512));
+    assert_eq!(c.params["top_p"], json!(0.9));
+    assert_eq!(c.params["stop_sequences"], json!(["END"]));
+    assert_eq!(c.tool_names, ["get_weather", "get_forecast"]);
+    assert_eq!(
+        c.system_instructions,
+        [text("You are a travel assistant for Acme Travel.")]
+    );
+    assert_eq!(c.input_messages.len(), 3);
+    assert_eq!(
+        c.input_messages[0].parts[1],
+        Part::Blob {
+            modality: Some(Modality::Image),
+            mime_type: Some("image/png".into()),
+            byte_len: Some(45),
+        }
+    );
+    assert_eq!(
+        c.input_messages[1].parts,
+        [Part::ToolCall {
+            id: Some("tooluse_kZJMlvQmRJ6eAyJE5GIl7Q".into()),
+            name: "get_weather".into(),
+            arguments: Some(json!({"location": "Paris, France"})),
+        }]
+    );
+    assert_eq!(
+        c.input_messages[2].parts,
+        [
+            Part::ToolCallResponse {
+                id: Some("tooluse_kZJMlvQmRJ6eAyJE5GIl7Q".into()),
+                response: json!([{"temperature_c": 18, "sky": "sunny"}]),
+            },
+            text("Flight AF1234 on 12 May, seat 14C."),
+        ]
+    );
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![
+                Part::Reasoning {
+                    content: "I have the weather. Let me also get tomorrow's forecast.".into()
+                },
+                text("It's 18°C and sunny in Paris. Let me check tomorrow too."),
+                Part::ToolCall {
+                    id: Some("tooluse_Xq2b7".into()),
+                    name: "get_forecast".into(),
+                    arguments: Some(json!({"location": "Paris, France", "days": 1})),
+                },
+            ],
+            "tool_call"
+        )]
+    );
+    // Bedrock's inputTokens excludes cache reads and writes; the record's includes them.
+    assert_eq!(
+        c.usage,
+        Usage {
+            input_tokens: Some(472 + 1822),
+            output_tokens: Some(96),
+            cache_read_tokens: Some(1822),
+            cache_creation_tokens: Some(0),
+            reasoning_tokens: None,
+        }
+    );
+    // Anthropic's list prices for the model inside the Bedrock ID (cache reads at 0.30/M).
+    let want = (472.0 * 3.0 + 1822.0 * 0.30 + 96.0 * 15.0) / 1e6;
+    assert!(
+        (c.cost_usd.unwrap() - want).abs() < 1e-12,
+        "{:?}",
+        c.cost_usd
+    );
+}
+
+#[test]
+fn bedrock_converse_stream_equals_json_at_every_split() {
+    let whole = run(&converse(
+        &fixture("bedrock/converse_response.json"),
+        JSON,
+        false,
+    ));
+    let ex = converse(&converse_stream_bytes(), EVENTSTREAM, true);
+    let streamed = run(&ex);
+    assert!(streamed.parse_error.is_none(), "{:?}", streamed.parse_error);
+    assert_same_result(&streamed, &whole);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn bedrock_converse_stream_exception_cut_and_corruption() {
+    let bytes = converse_stream_bytes();
+    // An exception message after some text: the error type is the exception's.
+    let events: Vec<(String, Value)> =
+        serde_json::from_slice(&fixture("bedrock/converse_stream.json")).unwrap();
+    let mut with_error: Vec<u8> = events[..6]
+        .iter()
+        .flat_map(|(k, p)| {
+            crate::exchange::eventstream::encode(
+                &[(":event-type", k), (":message-type", "event")],
+                p.to_string().as_bytes(),
+            )
+        })
+        .collect();
+    with_error.extend(crate::exchange::eventstream::encode(
+        &[
+            (":exception-type", "throttlingException"),
+            (":message-type", "exception"),
+        ],
+        br#"{"message":"Too many tokens, please wait before trying again."}"#,
+    ));
+    let c = run(&converse(&with_error, EVENTSTREAM, true));
+    assert_eq!(c.error_type.as_deref(), Some("throttlingException"));
+    assert_eq!(
+        c.output_messages[0].parts.last(),
+        Some(&text("It's 18°C and sunny in Paris."))
+    );
+    assert_eq!(c.finish_reasons, ["unknown"]);
+
+    // Cut inside a message: what was seen, marked aborted, no parse error.
+    let c = run(&converse(&bytes[..bytes.len() - 10], EVENTSTREAM, true));
+    assert!(c.aborted && c.parse_error.is_none(), "{c:?}");
+    assert_eq!(c.usage.input_tokens, None, "the metadata event was cut");
+    assert!(!c.output_messages.is_empty());
+
+    // A flipped byte: the decoder stops there and says why.
+    let mut corrupt = bytes.clone();
+    corrupt[200] ^= 0x40;
+    let c = run(&converse(&corrupt, EVENTSTREAM, true));
+    assert!(c.aborted);
+    assert!(c.parse_error.as_deref().unwrap().contains("CRC"), "{c:?}");
+}
+
+fn invoke_claude(resp: &[u8], ctype: &str, stream: bool) -> Exchange {
+    let mut req: Value =
+        serde_json::from_slice(&fixture("anthropic/messages_request.json")).unwrap();
+    req.as_object_mut().unwrap().remove("model");
+    req.as_object_mut().unwrap().remove("stream");
+    req["anthropic_version"] = json!("bedrock-2023-05-31");
+    let action = if stream {
+        "invoke-with-response-stream"
+    } else {
+        "invoke"
+    };
+    exchange(
+        BEDROCK,
+        &bedrock_path(CLAUDE_ON_BEDROCK, action),
+        &serde_json::to_vec(&req).unwrap(),
+        200,
+        ctype,
+        resp,
+    )
+}
+
+#[test]
+fn claude_through_invoke_model_is_recorded_like_claude_and_priced() {
+    let direct = run(&anthropic("anthropic/messages_response.json", JSON, false));
+    let whole = run(&invoke_claude(
+        &fixture("anthropic/messages_response.json"),
+        JSON,
+        false,
+    ));
+    assert_eq!(
+        (whole.provider.as_str(), whole.operation.as_str()),
+        ("aws.bedrock", "chat")
+    );
+    assert_eq!(whole.input_messages, direct.input_messages);
+    assert_eq!(whole.output_messages, direct.output_messages);
+    assert_eq!(whole.usage, direct.usage);
+    assert!((whole.cost_usd.unwrap() - direct.cost_usd.unwrap()).abs() < 1e-12);
+
+    let metrics = json!({"inputTokenCount": 1, "outputTokenCount": 1, "invocationLatency": 900, "firstByteLatency": 300});
+    let ex = invoke_claude(
+        &invoke_stream_bytes(&fixture("anthropic/messages_stream.sse"), Some(metrics)),
+        EVENTSTREAM,
+        true,
+    );
+    let streamed = run(&ex);
+    // Anthropic's own usage wins over the invocation metrics.
+    assert_same_result(&streamed, &whole);
+    assert_split_invariant(&ex);
+}
+
+#[test]
+fn other_models_through_invoke_model_record_usage_but_no_content() {
+    let llama = "meta.llama3-70b-instruct-v1:0";
+    let req = br#"{"prompt":"<|begin_of_text|>Email dana.whitfield@example.com about Paris","max_gen_len":128}"#;
+    let resp = br#"{"generation":"Dear Dana, Paris is sunny.","prompt_token_count":18,"generation_token_count":7,"stop_reason":"stop"}"#;
+    let mut ex = exchange(
+        BEDROCK,
+        &bedrock_path(llama, "invoke"),
+        req,
+        200,
+        JSON,
+        resp,
+    );
+    ex.response_headers.extend([
+        ("x-amzn-bedrock-input-token-count".into(), "18".into()),
+        ("x-amzn-bedrock-output-token-count".into(), "7".into()),
+        (
+            "x-amzn-requestid".into(),
+            "5d1e2c3b-aaaa-bbbb-cccc-0123456789ab".into(),
+        ),
+    ]);
+    let c = run(&ex);
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("aws.bedrock", "text_completion")
+    );
+    assert_eq!(c.request_model.as_deref(), Some(llama));
+    assert_eq!(
+        (c.usage.input_tokens, c.usage.output_tokens),
+        (Some(18), Some(7))
+    );
+    assert_eq!(
+        c.response_id.as_deref(),
+        Some("5d1e2c3b-aaaa-bbbb-cccc-0123456789ab")
+    );
+    assert!(c.input_messages.is_empty() && c.output_messages.is_empty());
+    // The request as parsed stays for the identity lookup only (never recorded); nothing
+    // else holds content.
+    let mut rest = c.clone();
+    rest.request_json = None;
+    assert!(
+        !format!("{rest:?}").contains("dana"),
+        "content is not recorded"
+    );
+
+    // Streamed: usage from the last chunk's invocation metrics.
+    use base64::Engine as _;
+    let chunk = |v: Value| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(v.to_string());
+        crate::exchange::eventstream::encode(
+            &[(":event-type", "chunk"), (":message-type", "event")],
+            json!({ "bytes": b64 }).to_string().as_bytes(),
+        )
+    };
+    let mut stream = chunk(json!({"generation": "Dear Dana,"}));
+    stream.extend(chunk(
+        json!({"generation": " Paris is sunny.", "stop_reason": "stop",
+        "amazon-bedrock-invocationMetrics": {"inputTokenCount": 18, "outputTokenCount": 7}}),
+    ));
+    let ex = exchange(
+        BEDROCK,
+        &bedrock_path(llama, "invoke-with-response-stream"),
+        req,
+        200,
+        EVENTSTREAM,
+        &stream,
+    );
+    let c = run(&ex);
+    assert!(c.stream && !c.aborted && c.parse_error.is_none(), "{c:?}");
+    assert_eq!(
+        (c.usage.input_tokens, c.usage.output_tokens),
+        (Some(18), Some(7))
+    );
+    assert!(c.output_messages.is_empty());
+    assert!(
+        !format!("{c:?}").contains("Dana"),
+        "the answer is not recorded"
+    );
+}
+
+#[test]
+fn bedrock_error_answers_take_their_type_from_x_amzn_errortype() {
+    let mut ex = converse(
+        br#"{"message":"Too many requests, please wait before trying again."}"#,
+        JSON,
+        false,
+    );
+    ex.status = Some(429);
+    ex.response_headers.push((
+        "x-amzn-errortype".into(),
+        "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/".into(),
+    ));
+    let c = run(&ex);
+    assert_eq!(c.error_type.as_deref(), Some("ThrottlingException"));
+    assert!(!format!("{c:?}").contains("Too many requests"));
+}

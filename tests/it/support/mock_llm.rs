@@ -25,6 +25,7 @@ pub const MOCK_HOSTS: &[&str] = &[
     "api.anthropic.com",
     "generativelanguage.googleapis.com",
     "us-east5-aiplatform.googleapis.com",
+    "bedrock-runtime.us-east-1.amazonaws.com",
     "example.test",
     "localhost",
 ];
@@ -332,6 +333,15 @@ impl State {
             let body = serde_json::json!({"error": {"message": "mock error", "type": "rate_limit_exceeded", "code": "rate_limit_exceeded"}});
             return full(status, "application/json", body.to_string());
         }
+        // Bedrock Runtime: `/model/{modelId}/{action}`.
+        if let Some(rest) = path.strip_prefix("/model/")
+            && let Some((model, action)) = rest.rsplit_once('/')
+        {
+            let model = percent_encoding::percent_decode_str(model)
+                .decode_utf8_lossy()
+                .into_owned();
+            return bedrock(&model, action);
+        }
         // Vertex AI: `…/publishers/{google,anthropic}/models/{model}:{method}`.
         if let Some((before, method)) = path.rsplit_once(':')
             && let Some((_, model)) = before.rsplit_once("/models/")
@@ -587,40 +597,123 @@ pub fn anthropic_message(model: &str) -> serde_json::Value {
     })
 }
 
-fn anthropic_stream(model: &str) -> Response<MockBody> {
-    let (tx, resp) = sse(StatusCode::OK);
-    let model = model.to_string();
+/// Bedrock Runtime: Converse (JSON, or an event stream of Converse events) and InvokeModel
+/// of an Anthropic body (JSON with Bedrock's token-count headers, or an event stream of
+/// `chunk` events each carrying one Anthropic stream event in base64). Framed with veil's
+/// own encoder; boto3 checks every CRC when it reads them.
+fn bedrock(model: &str, action: &str) -> Response<MockBody> {
+    use base64::Engine as _;
+    let frame = |event: &str, payload: &serde_json::Value| {
+        Bytes::from(veil::exchange::eventstream::encode(
+            &[
+                (":event-type", event),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.to_string().as_bytes(),
+        ))
+    };
+    let frames: Vec<Bytes> = match action {
+        "converse" => {
+            let body = serde_json::json!({
+                "output": {"message": {"role": "assistant", "content": [{"text": "Hello from the mock Bedrock."}]}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": 21, "outputTokens": 7, "totalTokens": 28},
+                "metrics": {"latencyMs": 12}
+            });
+            return Response::builder()
+                .header("content-type", "application/json")
+                .header("x-amzn-requestid", "0f6c7e1a-mock-converse")
+                .body(Full::new(Bytes::from(body.to_string())).boxed())
+                .unwrap();
+        }
+        "invoke" => {
+            return Response::builder()
+                .header("content-type", "application/json")
+                .header("x-amzn-bedrock-input-token-count", "25")
+                .header("x-amzn-bedrock-output-token-count", "8")
+                .body(Full::new(Bytes::from(anthropic_message(model).to_string())).boxed())
+                .unwrap();
+        }
+        "converse-stream" => [
+            ("messageStart", serde_json::json!({"role": "assistant", "p": "abcd"})),
+            ("contentBlockDelta", serde_json::json!({"contentBlockIndex": 0, "delta": {"text": "Hello from "}, "p": "ab"})),
+            ("contentBlockDelta", serde_json::json!({"contentBlockIndex": 0, "delta": {"text": "the mock Bedrock."}, "p": "abcdef"})),
+            ("contentBlockStop", serde_json::json!({"contentBlockIndex": 0})),
+            ("messageStop", serde_json::json!({"stopReason": "end_turn"})),
+            ("metadata", serde_json::json!({"usage": {"inputTokens": 21, "outputTokens": 7, "totalTokens": 28}, "metrics": {"latencyMs": 12}})),
+        ]
+        .iter()
+        .map(|(event, payload)| frame(event, payload))
+        .collect(),
+        "invoke-with-response-stream" => anthropic_events(model)
+            .iter()
+            .map(|(_, event)| {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(event.to_string());
+                frame("chunk", &serde_json::json!({ "bytes": b64 }))
+            })
+            .collect(),
+        _ => {
+            return full(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                r#"{"message":"mock: no such Bedrock action"}"#,
+            );
+        }
+    };
+    let (tx, body) = channel_body();
     tokio::spawn(async move {
-        let events = [
-            (
-                "message_start",
-                serde_json::json!({"type": "message_start", "message": {
+        for f in frames {
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/vnd.amazon.eventstream")
+        .header("x-amzn-requestid", "0f6c7e1a-mock-stream")
+        .body(body)
+        .unwrap()
+}
+
+/// The events of the mock's streamed Claude answer, as Anthropic names and sends them.
+fn anthropic_events(model: &str) -> [(&'static str, serde_json::Value); 7] {
+    [
+        (
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {
                 "id": "msg_mockstream", "type": "message", "role": "assistant", "model": model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": 25, "output_tokens": 1}}}),
-            ),
-            (
-                "content_block_start",
-                serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ),
-            (
-                "content_block_delta",
-                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello from "}}),
-            ),
-            (
-                "content_block_delta",
-                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "the mock Claude."}}),
-            ),
-            (
-                "content_block_stop",
-                serde_json::json!({"type": "content_block_stop", "index": 0}),
-            ),
-            (
-                "message_delta",
-                serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 8}}),
-            ),
-            ("message_stop", serde_json::json!({"type": "message_stop"})),
-        ];
+        ),
+        (
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello from "}}),
+        ),
+        (
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "the mock Claude."}}),
+        ),
+        (
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 8}}),
+        ),
+        ("message_stop", serde_json::json!({"type": "message_stop"})),
+    ]
+}
+
+fn anthropic_stream(model: &str) -> Response<MockBody> {
+    let (tx, resp) = sse(StatusCode::OK);
+    let events = anthropic_events(model);
+    tokio::spawn(async move {
         for (name, data) in events {
             if tx
                 .send(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))

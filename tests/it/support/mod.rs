@@ -1,5 +1,6 @@
 pub mod chromium;
 pub mod dashboard;
+pub mod files;
 pub mod harness;
 pub mod ledger;
 pub mod mock_llm;
