@@ -153,6 +153,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
                 cache_read_tokens: Some(input / 2),
                 cache_creation_tokens: anthropic.then_some(150),
                 reasoning_tokens: (req_model == "o3-mini").then_some(output / 2),
+                ..Usage::default()
             }
         },
         stream: anthropic,

@@ -10,6 +10,8 @@
 //! Pure functions over names: this module never sees a value's secret except to split a
 //! `Bearer` token off its scheme ([`secret_of`]), and it keeps nothing.
 
+use std::borrow::Cow;
+
 /// What a credential header carries, which decides whether its fingerprint attributes spend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialHeader {
@@ -92,31 +94,42 @@ pub fn is_credential_param(name: &str) -> bool {
 
 /// The part of credential header `name`'s `value` that names the key: the token of
 /// `Bearer <token>` for `authorization` and `proxy-authorization` (scheme matched in any
-/// case); the access key ID of an AWS SigV4 `authorization` (`AWS4-HMAC-SHA256
-/// Credential=<AKID>/<date>/<region>/<service>/aws4_request, SignedHeaders=…, Signature=…`,
-/// AWS "Signature Version 4" reference), because the rest changes with every request while
-/// spend per key needs one fingerprint per key; else the whole value. Trimmed either way.
-/// Splitting the scheme off makes the same key sent as `Bearer k` and as `x-api-key: k`
-/// fingerprint alike.
-pub fn secret_of<'a>(name: &str, value: &'a str) -> &'a str {
+/// case); for an AWS SigV4 `authorization` (`AWS4-HMAC-SHA256 Credential=<AKID>/<date>/
+/// <region>/<service>/aws4_request, SignedHeaders=…, Signature=…`, AWS "Signature Version 4"
+/// reference), [`sigv4_key`] of its access key ID, because the rest changes with every
+/// request while spend per key needs one fingerprint per key; else the whole value. Trimmed
+/// either way. Splitting the scheme off makes the same key sent as `Bearer k` and as
+/// `x-api-key: k` fingerprint alike.
+pub fn secret_of<'a>(name: &str, value: &'a str) -> Cow<'a, str> {
     if (name.eq_ignore_ascii_case("authorization")
         || name.eq_ignore_ascii_case("proxy-authorization"))
         && let Some((scheme, token)) = value.trim().split_once(' ')
     {
         if scheme.eq_ignore_ascii_case("bearer") {
-            return token.trim();
+            return Cow::Borrowed(token.trim());
         }
         if scheme.eq_ignore_ascii_case("aws4-hmac-sha256")
-            && let Some(akid) = token
+            && let Some(key) = token
                 .split(',')
                 .find_map(|f| f.trim().strip_prefix("Credential="))
-                .and_then(|c| c.split('/').next())
-                .filter(|k| !k.is_empty())
+                .and_then(sigv4_key)
         {
-            return akid;
+            return Cow::Owned(key);
         }
     }
-    value.trim()
+    Cow::Borrowed(value.trim())
+}
+
+/// What a SigV4 credential scope (`<AKID>/<date>/<region>/<service>/aws4_request`, from the
+/// `authorization` header or a presigned URL's `X-Amz-Credential`, percent-decoded) is
+/// fingerprinted as: its access key ID under a label of its own. The ID is not a secret
+/// (it shows in CloudTrail and error messages), so the label keeps its fingerprint apart from
+/// a bearer token's that happens to be the same text. `None` without an ID. Attribution by
+/// access key ID is what the request claims, as with any key: veil does not verify
+/// signatures.
+pub fn sigv4_key(scope: &str) -> Option<String> {
+    let akid = scope.split('/').next().filter(|k| !k.is_empty())?;
+    Some(format!("aws-sigv4\0{akid}"))
 }
 
 /// Percent-decodes `s` (invalid escapes are kept as they are, `+` becomes a space).
@@ -234,14 +247,16 @@ mod tests {
                  SignedHeaders=host;x-amz-date, Signature={signature}"
             )
         };
-        // Two requests, one key: the same secret part, so one fingerprint.
+        // Two requests, one key: the same secret part, so one fingerprint, labelled apart
+        // from a bearer token of the same text.
+        let key = "aws-sigv4\0AKIAEXAMPLEKEY";
+        assert_eq!(secret_of("authorization", &sig("20261130", "ab12")), key);
+        assert_eq!(secret_of("Authorization", &sig("20261201", "cd34")), key);
+        assert_ne!(secret_of("authorization", "Bearer AKIAEXAMPLEKEY"), key);
+        // A presigned URL's scope names the same key.
         assert_eq!(
-            secret_of("authorization", &sig("20261130", "ab12")),
-            "AKIAEXAMPLEKEY"
-        );
-        assert_eq!(
-            secret_of("Authorization", &sig("20261201", "cd34")),
-            "AKIAEXAMPLEKEY"
+            sigv4_key("AKIAEXAMPLEKEY/20261130/us-east-1/bedrock/aws4_request").as_deref(),
+            Some(key)
         );
         // Without a credential scope the whole value stays the secret.
         let odd = "AWS4-HMAC-SHA256 SignedHeaders=host, Signature=ab";

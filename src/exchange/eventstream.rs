@@ -81,8 +81,8 @@ pub enum EventStreamError {
     /// Lengths that cannot describe a message (shorter than its own framing, headers longer
     /// than the message).
     BadLength,
-    /// A header that runs past its section, an unknown value type, or a name or string
-    /// value that is not UTF-8.
+    /// A header that runs past its section, an unknown value type, a name or string value
+    /// that is not UTF-8, or more than [`MAX_HEADERS`] headers.
     BadHeader,
     /// The input ended inside a message.
     Aborted,
@@ -234,9 +234,16 @@ fn fixed<const N: usize>(rest: &mut &[u8]) -> Result<[u8; N], EventStreamError> 
     Ok(out)
 }
 
+/// Most headers one message may carry (Bedrock's carry 3 or 4): a cap, so that a message
+/// of 2-byte headers cannot become millions of entries.
+pub const MAX_HEADERS: usize = 64;
+
 fn parse_headers(mut rest: &[u8]) -> Result<Vec<(String, HeaderValue)>, EventStreamError> {
     let mut out = Vec::new();
     while !rest.is_empty() {
+        if out.len() == MAX_HEADERS {
+            return Err(EventStreamError::BadHeader);
+        }
         let name_len = take(&mut rest, 1)?[0] as usize;
         let name = std::str::from_utf8(take(&mut rest, name_len)?)
             .map_err(|_| EventStreamError::BadHeader)?
@@ -452,6 +459,16 @@ mod tests {
         h.extend_from_slice(b"name");
         h.push(7);
         h.extend_from_slice(&100u16.to_be_bytes());
+        let total = 16 + h.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(total as u32).to_be_bytes());
+        m.extend_from_slice(&(h.len() as u32).to_be_bytes());
+        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        m.extend_from_slice(&h);
+        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        assert_eq!(all(&m, 64).1, Err(EventStreamError::BadHeader));
+        // Too many headers (empty name, boolean true: 2 bytes each).
+        let h = [0u8, 0].repeat(MAX_HEADERS + 1);
         let total = 16 + h.len();
         let mut m = Vec::new();
         m.extend_from_slice(&(total as u32).to_be_bytes());

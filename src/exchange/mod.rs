@@ -22,6 +22,7 @@ pub mod pricing;
 pub mod provider;
 pub mod providers;
 pub mod queue;
+pub mod realtime;
 pub mod sse;
 pub mod traceparent;
 
@@ -367,6 +368,13 @@ pub struct WebSocketSession {
     /// True when a frame header could not be read (a peer that is not speaking RFC 6455
     /// after its 101): the bytes were still relayed, and the frame counts stop there.
     pub unframed: bool,
+    /// On one model response of an OpenAI Realtime session (its own exchange, made at its
+    /// `response.done`): the request ID of the session it belongs to. Its frame counts are 0.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// On a Realtime session's own exchange: its totals over every response.
+    #[serde(default)]
+    pub realtime: Option<realtime::RealtimeTotals>,
 }
 
 /// One intercepted request/response pair. Built once by the proxy's capture, read by

@@ -38,6 +38,13 @@ pub struct Usage {
     pub cache_creation_tokens: Option<u64>,
     /// Output tokens spent on reasoning.
     pub reasoning_tokens: Option<u64>,
+    /// Of `input_tokens`, the audio ones (OpenAI Realtime's and audio chat models'
+    /// `audio_tokens` details), priced at the model's audio rates.
+    pub input_audio_tokens: Option<u64>,
+    /// Of `output_tokens`, the audio ones.
+    pub output_audio_tokens: Option<u64>,
+    /// Of `cache_read_tokens`, the audio ones.
+    pub cache_read_audio_tokens: Option<u64>,
 }
 
 /// Media kind of a non-text part (`modality` in the GenAI schema).

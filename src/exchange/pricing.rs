@@ -30,6 +30,15 @@ pub struct Price {
     /// Input tokens written to the prompt cache; the input price when absent.
     #[serde(default)]
     pub cache_write: Option<f64>,
+    /// Audio input tokens (Realtime and audio models); the input price when absent.
+    #[serde(default)]
+    pub audio_input: Option<f64>,
+    /// Audio input tokens read from the prompt cache; the cached input price when absent.
+    #[serde(default)]
+    pub cached_audio_input: Option<f64>,
+    /// Audio output tokens; the output price when absent.
+    #[serde(default)]
+    pub audio_output: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,7 +190,9 @@ impl Pricing {
     /// or the provider reported no token counts.
     ///
     /// `usage.input_tokens` includes cached tokens (see [`Usage`]), so cache reads and
-    /// writes are subtracted from it and billed at their own rates: never twice.
+    /// writes are subtracted from it and billed at their own rates: never twice. Audio tokens
+    /// (counted inside the input, cached and output totals) are billed at the audio rates
+    /// where the table has them; the rest at the text rates.
     pub fn cost(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
         if usage.input_tokens.is_none() && usage.output_tokens.is_none() {
             return None;
@@ -190,12 +201,27 @@ impl Pricing {
         let input = usage.input_tokens.unwrap_or(0);
         let read = usage.cache_read_tokens.unwrap_or(0);
         let write = usage.cache_creation_tokens.unwrap_or(0);
-        let uncached = input.saturating_sub(read).saturating_sub(write);
         let output = usage.output_tokens.unwrap_or(0);
-        let micro = uncached as f64 * p.input
-            + read as f64 * p.cached_input.unwrap_or(p.input)
+        // Audio shares, each within its total (a count larger than its total is clamped).
+        let read_audio = usage.cache_read_audio_tokens.unwrap_or(0).min(read);
+        let audio_in = usage
+            .input_audio_tokens
+            .unwrap_or(0)
+            .min(input)
+            .saturating_sub(read_audio);
+        let audio_out = usage.output_audio_tokens.unwrap_or(0).min(output);
+        let uncached_text = input
+            .saturating_sub(read)
+            .saturating_sub(write)
+            .saturating_sub(audio_in);
+        let cached = p.cached_input.unwrap_or(p.input);
+        let micro = uncached_text as f64 * p.input
+            + (read - read_audio) as f64 * cached
+            + read_audio as f64 * p.cached_audio_input.unwrap_or(cached)
             + write as f64 * p.cache_write.unwrap_or(p.input)
-            + output as f64 * p.output;
+            + audio_in as f64 * p.audio_input.unwrap_or(p.input)
+            + (output - audio_out) as f64 * p.output
+            + audio_out as f64 * p.audio_output.unwrap_or(p.output);
         Some(micro / 1_000_000.0)
     }
 }
@@ -401,6 +427,41 @@ mod tests {
             (cost - (0.7 * 3.0 + 0.1 * 0.3 + 0.2 * 3.75)).abs() < 1e-9,
             "{cost}"
         );
+    }
+
+    #[test]
+    fn realtime_audio_and_text_tokens_are_billed_at_their_own_rates() {
+        let p = Pricing::builtin();
+        // gpt-realtime: 1M input = 300k text (100k of them cached) + 700k audio (200k
+        // cached); 500k output = 100k text + 400k audio.
+        let u = Usage {
+            cache_read_tokens: Some(300_000),
+            cache_read_audio_tokens: Some(200_000),
+            input_audio_tokens: Some(700_000),
+            output_audio_tokens: Some(400_000),
+            ..usage(1_000_000, 500_000)
+        };
+        let cost = p.cost("openai", "gpt-realtime-2025-08-28", &u).unwrap();
+        let want = 0.2 * 4.0 + 0.1 * 0.40 + 0.5 * 32.0 + 0.2 * 0.40 + 0.1 * 16.0 + 0.4 * 64.0;
+        assert!((cost - want).abs() < 1e-9, "{cost} != {want}");
+        // Without audio counts every token is text; a model without audio rates bills audio
+        // tokens at its text rates.
+        let text_only = p
+            .cost("openai", "gpt-realtime", &usage(1_000_000, 0))
+            .unwrap();
+        assert!((text_only - 4.0).abs() < 1e-9);
+        let u = Usage {
+            input_audio_tokens: Some(1_000_000),
+            ..usage(1_000_000, 0)
+        };
+        assert!((p.cost("openai", "gpt-4o", &u).unwrap() - 2.5).abs() < 1e-9);
+        // Counts larger than their totals are clamped, never negative or billed twice.
+        let u = Usage {
+            input_audio_tokens: Some(5_000_000),
+            output_audio_tokens: Some(9),
+            ..usage(1_000_000, 0)
+        };
+        assert!((p.cost("openai", "gpt-realtime", &u).unwrap() - 32.0).abs() < 1e-9);
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Provider {
                     || p.regional.iter().any(|(pre, suf)| {
                         host.strip_prefix(pre)
                             .and_then(|h| h.strip_suffix(suf))
-                            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+                            .is_some_and(is_region_label)
                     })
             })
             .map(|p| p.provider)
@@ -112,6 +112,17 @@ impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A cloud region's label (`us-east-1`, `europe-west4`, `us-gov-west-1`): lowercase letters,
+/// digits and `-`, with a `-` and ending in a digit, so a bucket or other name under the
+/// same suffix is not taken for a provider's regional host.
+fn is_region_label(label: &str) -> bool {
+    label.contains('-')
+        && label.ends_with(|c: char| c.is_ascii_digit())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The API family a provider's own endpoint speaks. Which parser runs is decided per request
@@ -568,6 +579,8 @@ mod tests {
             None
         );
         assert_eq!(Provider::for_host("bedrock-runtime..amazonaws.com"), None);
+        // An S3 bucket named like the service is not Bedrock.
+        assert_eq!(Provider::for_host("bedrock-runtime.s3.amazonaws.com"), None);
         // The bare Azure domain is not a resource; look-alike hosts are not providers.
         assert_eq!(Provider::for_host("openai.azure.com"), None);
         assert_eq!(Provider::for_host("api.openai.com.evil.test"), None);

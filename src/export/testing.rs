@@ -444,6 +444,7 @@ pub fn anthropic_stream(id: &str) -> Record {
         cache_read_tokens: Some(1000),
         cache_creation_tokens: Some(150),
         reasoning_tokens: None,
+        ..Usage::default()
     };
     r.system_instructions =
         Some(serde_json::json!([{"type":"text","content":"You support [ORG_1]."}]));

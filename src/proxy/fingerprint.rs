@@ -45,7 +45,7 @@ impl Fingerprinter {
             let name = name.as_str();
             let text = String::from_utf8_lossy(value.as_bytes());
             if let Some(kind) = credentials::classify_header(name) {
-                let fp = self.fingerprint(credentials::secret_of(name, &text));
+                let fp = self.fingerprint(&credentials::secret_of(name, &text));
                 if api_key.is_none() && kind == CredentialHeader::ApiKey {
                     api_key = Some(fp.clone());
                 }
@@ -122,7 +122,12 @@ impl Fingerprinter {
             }
             match pair.split_once('=') {
                 Some((k, v)) if credentials::is_credential_param(k) => {
-                    let fp = self.fingerprint(v);
+                    // A presigned URL's `X-Amz-Credential` names its key like SigV4's header.
+                    let scope = k
+                        .eq_ignore_ascii_case("x-amz-credential")
+                        .then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
+                        .and_then(|scope| credentials::sigv4_key(&scope));
+                    let fp = self.fingerprint(scope.as_deref().unwrap_or(v));
                     api_key.get_or_insert_with(|| fp.clone());
                     out.push_str(k);
                     out.push('=');
@@ -151,6 +156,34 @@ mod tests {
     fn fingerprinter() -> Fingerprinter {
         let key = crate::keys::MasterKey::from_bytes(crate::keys::KeyId(1), [3; 32]);
         Fingerprinter::new(key.derive(crate::keys::Purpose::Fingerprint))
+    }
+
+    #[test]
+    fn a_sigv4_key_has_one_fingerprint_in_a_header_and_in_a_presigned_url() {
+        let fp = fingerprinter();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLEKEY/20261130/us-east-1/bedrock/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature=0badc0de"
+                .parse()
+                .unwrap(),
+        );
+        let (headers, from_header) = fp.record_headers(&h);
+        assert!(!headers[0].1.contains("AKIA") && !headers[0].1.contains("0badc0de"));
+        let (path, from_url) = fp.record_path(
+            "/model/m/invoke?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=AKIAEXAMPLEKEY%2F20261201%2Fus-east-1%2Fbedrock%2Faws4_request\
+             &X-Amz-Signature=feedface",
+        );
+        assert!(from_header.is_some());
+        assert_eq!(from_url, from_header, "one key, one fingerprint");
+        assert!(
+            !path.contains("AKIA") && !path.contains("feedface"),
+            "{path}"
+        );
+        // Not the fingerprint of a bearer token with the same text.
+        assert_ne!(from_header.unwrap(), fp.fingerprint("AKIAEXAMPLEKEY"));
     }
 
     #[test]

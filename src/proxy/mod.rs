@@ -37,6 +37,7 @@
 //! | `leaf.rs` | leaves by SNI, minted once per host, bounded cache | the `rustls::ServerConfig` `intercept` serves |
 //! | `forward.rs` | one request upstream: audit admission, `fingerprint`, `headers`, `stall` clock, `drain`, `tee`, the `upstream` client | the response to the app; a `Recording` |
 //! | `websocket.rs` | a WebSocket handshake (from `forward`): upgrade headers restored, sent on an HTTP/1.1-only client, the `101` returned, both upgraded streams spliced with a frame-header reader on each direction, the connection slot held until the session ends | one `Exchange` per session: bytes and frames each way, close code, never content |
+//! | `realtime.rs` | on a Realtime session (`…/realtime`), from `websocket`'s frame readers: text messages reassembled and unmasked, audio events only sized, each handed to a bounded channel with `try_send`; a task per session follows the events (`exchange::realtime`) | one `Exchange` per `response.done` into the recording queue; the session's totals to its own record |
 //! | `headers.rs`, `fingerprint.rs` | hop-by-hop and `x-veil-*` headers; credentials → keyed fingerprints | a rewritten `HeaderMap`; recorded headers and path |
 //! | `upstream.rs` | pooled hyper-util client (rustls, h1/h2), failure classification | the response, or an `UpstreamError` |
 //! | `destinations.rs` | `--resolve`, the destination policy, the one checked connect | a `TcpStream`, or an `UpstreamError` (`refused` for 403) |
@@ -57,6 +58,7 @@ mod intercept;
 pub mod leaf;
 mod listener;
 mod name_constraints;
+mod realtime;
 pub mod reserved;
 pub mod route;
 pub mod settings;

@@ -49,7 +49,7 @@ impl Sink {
 }
 
 /// Request-side facts fixed when the request arrives.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RequestMeta {
     /// Request ID.
     pub id: ExchangeId,
@@ -192,6 +192,35 @@ impl Recording {
             },
         ));
         self.websocket = Some(session);
+    }
+
+    /// The request facts, until the exchange is emitted.
+    pub fn meta(&self) -> Option<&RequestMeta> {
+        self.meta.as_ref()
+    }
+
+    /// Makes this the exchange of one OpenAI Realtime response (see `proxy::realtime`):
+    /// status `101` (the session's), the bodies built at its `response.done` as JSON, and
+    /// `session` (the session's request id) in its WebSocket facts. Complete when emitted.
+    pub fn realtime_response(&mut self, request: Bytes, response: Bytes, session: String) {
+        let now = Instant::now();
+        let body = |b: Bytes| Body {
+            wire_len: b.len() as u64,
+            chunks: vec![b],
+            truncated: false,
+            content_encoding: None,
+        };
+        self.request_body = body(request);
+        self.response_body = body(response);
+        self.status = Some(101);
+        self.response_headers = vec![("content-type".into(), "application/json".into())];
+        self.response_headers_at = Some(now);
+        self.request_end = Some((now, End::Complete));
+        self.response_end = Some((now, End::Complete));
+        self.websocket = Some(WebSocketSession {
+            session: Some(session),
+            ..WebSocketSession::default()
+        });
     }
 
     /// Sets the request body's content encoding (known from the request head).

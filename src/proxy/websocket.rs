@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
+use crate::exchange::realtime::{Direction, RealtimeSession, RealtimeTotals};
 use crate::exchange::{ExchangeId, UpstreamFailure, WebSocketSession};
 
 use super::answer::id_header;
@@ -37,6 +38,7 @@ use super::conn::{Probe, Watched};
 use super::error;
 use super::forward::lock;
 use super::headers::{content_encoding, strip_hop_by_hop, take_veil_headers};
+use super::realtime::{self, Capture, Captured, Emitter};
 use super::route::Target;
 use super::tee::{RecordingRef, SessionEnd, Side, TeeBody};
 use super::tunnel::{TunnelEnd, copy_tunnel};
@@ -85,6 +87,7 @@ impl Shared {
         restore_upgrade(&mut parts.headers, upgrade);
 
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
+        let realtime_model = realtime_model(&path_and_query);
         let recording = match self.start_recording(
             &parts,
             target,
@@ -147,7 +150,29 @@ impl Shared {
                     };
                     return Response::from_parts(parts, Either::Left(body));
                 };
-                self.relay(app_side, up_side, recording, slot, target.host.clone());
+                // An OpenAI Realtime session is followed event by event (one record per
+                // response) when it is recorded at all.
+                let realtime = realtime_model
+                    .zip(recording.as_ref())
+                    .and_then(|(model, rec)| {
+                        let meta = lock(rec).meta()?.clone();
+                        Some((
+                            RealtimeSession::new(model),
+                            Emitter {
+                                meta,
+                                queue: self.queue.clone(),
+                                audit: self.settings.audit,
+                            },
+                        ))
+                    });
+                self.relay(
+                    app_side,
+                    up_side,
+                    recording,
+                    slot,
+                    target.host.clone(),
+                    realtime,
+                );
                 return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
             }
             Ok(Err(e)) => upstream::classify(&e, &shown),
@@ -178,6 +203,7 @@ impl Shared {
         recording: Option<RecordingRef>,
         slot: Slot,
         host: String,
+        realtime: Option<(RealtimeSession, Emitter)>,
     ) {
         let idle = self.settings.tunnel_idle_timeout;
         let counters = self.counters.clone();
@@ -188,10 +214,18 @@ impl Shared {
             let (app, upstream) = match tokio::try_join!(app, upstream) {
                 Ok(both) => both,
                 Err(e) => {
-                    session.end(SessionEnd::Broken(format!("upgrade failed: {e}")));
+                    session.end(SessionEnd::Broken(format!("upgrade failed: {e}")), None);
                     return;
                 }
             };
+            // Realtime: both readers capture text messages for the session's own task.
+            let tracker = realtime.map(|(rt, emitter)| {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Captured>(realtime::CHANNEL);
+                lock_reader(&session.sent).capture =
+                    Some(Capture::new(Direction::Client, tx.clone()));
+                lock_reader(&session.received).capture = Some(Capture::new(Direction::Server, tx));
+                tokio::spawn(realtime::track(rx, rt, emitter))
+            });
             let app = Watched::new(TokioIo::new(app), session.sent.clone());
             let upstream = Watched::new(TokioIo::new(upstream), session.received.clone());
             let end = tokio::select! {
@@ -206,9 +240,49 @@ impl Shared {
                 () = cancel.cancelled() => SessionEnd::Cut,
             };
             tracing::debug!(host, ended = ?end, "WebSocket session closed");
-            session.end(end);
+            // The readers' senders go; the task drains what is queued and returns totals.
+            let dropped: u64 = [&session.sent, &session.received]
+                .iter()
+                .filter_map(|r| lock_reader(r).capture.take())
+                .map(|c| c.dropped)
+                .sum();
+            let totals = match tracker {
+                Some(task) => task.await.ok().map(|mut t| {
+                    t.events_lost += dropped;
+                    t
+                }),
+                None => None,
+            };
+            session.end(end, totals);
         });
     }
+}
+
+/// The model of an OpenAI Realtime session from its handshake's path and query
+/// (`/v1/realtime?model=gpt-realtime`; Azure's `…/openai/realtime?deployment=NAME`):
+/// `Some(model or None)` when the path ends in `/realtime`, `None` for any other WebSocket.
+fn realtime_model(path_and_query: &str) -> Option<Option<String>> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    if !path.trim_end_matches('/').ends_with("/realtime") {
+        return None;
+    }
+    Some(
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "model" || *k == "deployment")
+            .map(|(_, v)| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            }),
+    )
+}
+
+fn lock_reader(r: &Mutex<FrameReader>) -> std::sync::MutexGuard<'_, FrameReader> {
+    r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Puts back the two headers a WebSocket handshake needs after hop-by-hop stripping.
@@ -237,7 +311,7 @@ impl Session {
         }
     }
 
-    fn end(&mut self, end: SessionEnd) {
+    fn end(&mut self, end: SessionEnd, realtime: Option<RealtimeTotals>) {
         let Some(rec) = self.recording.take() else {
             return;
         };
@@ -263,6 +337,8 @@ impl Session {
             }
             .flatten(),
             unframed: sent.lost || received.lost,
+            session: None,
+            realtime,
         };
         lock(&rec).websocket_ended(session, (sent.bytes, received.bytes), end);
     }
@@ -271,7 +347,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // Dropped unfinished: the drain's end killed the task.
-        self.end(SessionEnd::Cut);
+        self.end(SessionEnd::Cut, None);
     }
 }
 
@@ -293,6 +369,8 @@ struct FrameReader {
     /// The first Close frame: its code (if it carried one) and when it ended.
     close: Option<(Option<u16>, Instant)>,
     lost: bool,
+    /// A Realtime session's message capture (`proxy::realtime`), on such sessions only.
+    capture: Option<Capture>,
 }
 
 impl FrameReader {
@@ -308,6 +386,9 @@ impl FrameReader {
                         }
                         *at += 1;
                     }
+                }
+                if let Some(c) = &mut self.capture {
+                    c.payload(&data[..n]);
                 }
                 data = &data[n..];
                 self.left -= n as u64;
@@ -334,6 +415,9 @@ impl FrameReader {
                     self.have = 0;
                     self.frames += 1;
                     self.left = len;
+                    if let Some(c) = &mut self.capture {
+                        c.header(&header);
+                    }
                     self.closing = (header.opcode == OpCode::Control(Control::Close))
                         .then(|| (header.mask.unwrap_or_default(), 0, [0; 2]));
                     if len == 0 {
@@ -350,6 +434,9 @@ impl FrameReader {
     }
 
     fn frame_done(&mut self) {
+        if let Some(c) = &mut self.capture {
+            c.frame_end();
+        }
         if let Some((_, at, code)) = self.closing.take()
             && self.close.is_none()
         {

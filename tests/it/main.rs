@@ -20,6 +20,7 @@ mod metrics;
 mod ollama;
 mod prometheus;
 mod proxy;
+mod realtime;
 mod records;
 mod report_html;
 mod rules_test;

@@ -94,7 +94,10 @@ fn block(b: &Value) -> Option<Part> {
         },
         "tool_result" => Part::ToolCallResponse {
             id: str_of(b, "tool_use_id"),
-            response: b.get("content").map(text_or_blocks).unwrap_or(Value::Null),
+            response: b
+                .get("content")
+                .map(|c| text_or_blocks(c, block))
+                .unwrap_or(Value::Null),
         },
         "thinking" => Part::Reasoning {
             content: str_of(b, "thinking").unwrap_or_default(),
@@ -115,11 +118,15 @@ fn usage(u: &Value) -> Usage {
     let read = u64_of(u, "cache_read_input_tokens");
     let write = u64_of(u, "cache_creation_input_tokens");
     Usage {
-        input_tokens: u64_of(u, "input_tokens").map(|i| i + read.unwrap_or(0) + write.unwrap_or(0)),
+        input_tokens: u64_of(u, "input_tokens").map(|i| {
+            i.saturating_add(read.unwrap_or(0))
+                .saturating_add(write.unwrap_or(0))
+        }),
         output_tokens: u64_of(u, "output_tokens"),
         cache_read_tokens: read,
         cache_creation_tokens: write,
         reasoning_tokens: None,
+        ..Usage::default()
     }
 }
 

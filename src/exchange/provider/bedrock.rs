@@ -126,7 +126,8 @@ fn block(b: &Value) -> Option<Part> {
 }
 
 /// A tool result's content: its text blocks joined when that is all it has, else the
-/// blocks (`json` blocks as their value).
+/// blocks as parts (`json` blocks as their value; images and documents as type and size,
+/// never their bytes).
 fn tool_result(content: Option<&Value>) -> Value {
     let Some(Value::Array(items)) = content else {
         return Value::Null;
@@ -141,7 +142,10 @@ fn tool_result(content: Option<&Value>) -> Value {
     Value::Array(
         items
             .iter()
-            .map(|b| b.get("json").cloned().unwrap_or_else(|| b.clone()))
+            .filter_map(|b| match b.get("json") {
+                Some(json) => Some(json.clone()),
+                None => block(b).and_then(|p| serde_json::to_value(p).ok()),
+            })
             .collect(),
     )
 }
@@ -152,11 +156,15 @@ fn usage(u: &Value) -> Usage {
     let read = u64_of(u, "cacheReadInputTokens");
     let write = u64_of(u, "cacheWriteInputTokens");
     Usage {
-        input_tokens: u64_of(u, "inputTokens").map(|i| i + read.unwrap_or(0) + write.unwrap_or(0)),
+        input_tokens: u64_of(u, "inputTokens").map(|i| {
+            i.saturating_add(read.unwrap_or(0))
+                .saturating_add(write.unwrap_or(0))
+        }),
         output_tokens: u64_of(u, "outputTokens"),
         cache_read_tokens: read,
         cache_creation_tokens: write,
         reasoning_tokens: None,
+        ..Usage::default()
     }
 }
 
@@ -242,7 +250,14 @@ impl ConverseStream {
             .into_values()
             .flat_map(|b| {
                 let mut out = Vec::new();
-                if let Some(tool) = b.start.as_ref().and_then(|s| s.get("toolUse")) {
+                // `toolUse` is an object in a well-formed stream; anything else is not indexed
+                // (assigning a member of a number or a string panics).
+                if let Some(tool) = b
+                    .start
+                    .as_ref()
+                    .and_then(|s| s.get("toolUse"))
+                    .filter(|t| t.is_object())
+                {
                     let mut tool = tool.clone();
                     if !b.tool_input.is_empty() {
                         tool["input"] = serde_json::from_str(&b.tool_input)
@@ -306,6 +321,7 @@ pub(super) fn invocation_metrics(chunk: &Value) -> Option<Usage> {
         cache_read_tokens: u64_of(m, "cacheReadInputTokenCount"),
         cache_creation_tokens: u64_of(m, "cacheWriteInputTokenCount"),
         reasoning_tokens: None,
+        ..Usage::default()
     };
     (usage.input_tokens.is_some() || usage.output_tokens.is_some()).then_some(usage)
 }

@@ -150,12 +150,13 @@ fn usage(u: &Value) -> Usage {
         // Gemini counts thinking apart from the candidates; GenAI output includes reasoning.
         output_tokens: match (candidates, thoughts) {
             (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
         },
         cache_read_tokens: get2(u, "cachedContentTokenCount", "cached_content_token_count")
             .and_then(Value::as_u64),
         cache_creation_tokens: None,
         reasoning_tokens: thoughts,
+        ..Usage::default()
     }
 }
 

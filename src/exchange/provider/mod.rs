@@ -22,6 +22,7 @@ mod bedrock;
 mod gemini;
 mod ollama;
 mod openai;
+mod realtime;
 #[cfg(test)]
 mod tests;
 
@@ -79,6 +80,9 @@ pub enum Api {
     OllamaChat,
     /// Ollama's native completion (`/api/generate`), NDJSON when streamed.
     OllamaGenerate,
+    /// One response of an OpenAI Realtime session (`…/realtime`, WebSocket): the bodies the
+    /// proxy built at its `response.done` (see `exchange::realtime`).
+    OpenAiRealtime,
     /// Bedrock `Converse` / `ConverseStream` (`/model/{modelId}/converse[-stream]`).
     BedrockConverse,
     /// Bedrock `InvokeModel` / `InvokeModelWithResponseStream`
@@ -109,9 +113,6 @@ pub struct Target {
 /// (Azure). An OpenAI-shaped path on an unknown host (vLLM, Ollama, LiteLLM, …) is
 /// `openai_compatible`. Returns `None` for anything else, which makes the exchange opaque.
 pub fn detect(ex: &Exchange) -> Option<Target> {
-    if !ex.method.eq_ignore_ascii_case("POST") {
-        return None;
-    }
     let (path, _query) = ex.path.split_once('?').unwrap_or((&ex.path, ""));
     let path = path.trim_end_matches('/');
     let host_provider = Provider::for_host(&ex.upstream.host);
@@ -122,6 +123,18 @@ pub fn detect(ex: &Exchange) -> Option<Target> {
         path_model: None,
         path_stream: false,
     };
+    // A Realtime response's exchange (made by the proxy at `response.done`); the session's
+    // own exchange, and any other WebSocket, stay opaque.
+    if ex.websocket.as_ref().is_some_and(|w| w.session.is_some()) && path.ends_with("/realtime") {
+        return Some(target(
+            host_provider.unwrap_or(Provider::OpenAiCompatible),
+            Operation::Chat,
+            Api::OpenAiRealtime,
+        ));
+    }
+    if !ex.method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
 
     // Bedrock Runtime: `/model/{modelId}/{action}`, the model ID percent-encoded (an ARN of
     // an inference profile may arrive with its `/` unencoded, hence the last `/`).
@@ -355,6 +368,7 @@ fn parse_bodies(
         Api::GeminiEmbed => gemini::embed_request(req, c),
         Api::OllamaChat => ollama::chat_request(req, c),
         Api::OllamaGenerate => ollama::generate_request(req, c),
+        Api::OpenAiRealtime => realtime::request(req, c),
         Api::BedrockConverse => bedrock::converse_request(req, c),
         Api::BedrockInvoke => bedrock::invoke_request(req, t.path_model.as_deref(), c),
     }
@@ -452,6 +466,7 @@ fn parse_response(
         Api::AnthropicMessages => anthropic::response(&resp, c),
         Api::GeminiGenerate => gemini::response(&resp, c),
         Api::BedrockConverse => bedrock::converse_response(&resp, c),
+        Api::OpenAiRealtime => realtime::response(&resp, c),
         Api::GeminiEmbed | Api::OllamaChat | Api::OllamaGenerate | Api::BedrockInvoke => {}
     }
     Ok(())
@@ -627,6 +642,7 @@ fn parse_sse(
         Api::AnthropicMessages => Stream::Anthropic(Default::default()),
         Api::GeminiGenerate => Stream::Gemini(Default::default()),
         Api::OpenAiEmbeddings
+        | Api::OpenAiRealtime
         | Api::GeminiEmbed
         | Api::OllamaChat
         | Api::OllamaGenerate
@@ -892,8 +908,10 @@ fn blob(mime: Option<&str>, data: Option<&str>, fallback: Option<Modality>) -> P
     }
 }
 
-/// Text of a tool result that may be a string or a list of text blocks.
-fn text_or_blocks(v: &Value) -> Value {
+/// A tool result that may be a string or a list of blocks: the texts joined when every block
+/// is text, else each block as the dialect's `part` reads it (media as type and size, never
+/// their bytes: a tool may return a screenshot or a scanned document), serialized.
+fn text_or_blocks(v: &Value, part: fn(&Value) -> Option<Part>) -> Value {
     match v {
         Value::Array(items) => {
             let texts: Vec<&str> = items
@@ -903,7 +921,13 @@ fn text_or_blocks(v: &Value) -> Value {
             if texts.len() == items.len() {
                 Value::String(texts.join("\n"))
             } else {
-                v.clone()
+                Value::Array(
+                    items
+                        .iter()
+                        .filter_map(part)
+                        .filter_map(|p| serde_json::to_value(p).ok())
+                        .collect(),
+                )
             }
         }
         other => other.clone(),
@@ -927,7 +951,19 @@ fn finish_reason(raw: &str) -> String {
         | "SPII"
         | "IMAGE_SAFETY" => "content_filter".into(),
         "MALFORMED_FUNCTION_CALL" | "error" | "failed" => "error".into(),
-        other => other.to_ascii_lowercase(),
+        // Another provider value is kept when it is shaped like one (a short identifier);
+        // anything else is upstream-controlled text that must not reach records or metric
+        // labels unredacted.
+        other
+            if !other.is_empty()
+                && other.len() <= 32
+                && other
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            other.to_ascii_lowercase()
+        }
+        _ => "_OTHER".into(),
     }
 }
 

@@ -70,16 +70,19 @@ fn tool_names(req: &Value, c: &mut Conversation) {
 }
 
 /// `usage` in either naming family (`prompt_tokens`… or `input_tokens`…).
-fn usage(u: &Value) -> Usage {
+pub(super) fn usage(u: &Value) -> Usage {
     let input = u64_of(u, "prompt_tokens").or_else(|| u64_of(u, "input_tokens"));
     let output = u64_of(u, "completion_tokens").or_else(|| u64_of(u, "output_tokens"));
+    // Chat Completions, Responses, and Realtime (`input_token_details`) spellings.
     let in_details = u
         .get("prompt_tokens_details")
         .or_else(|| u.get("input_tokens_details"))
+        .or_else(|| u.get("input_token_details"))
         .unwrap_or(&Value::Null);
     let out_details = u
         .get("completion_tokens_details")
         .or_else(|| u.get("output_tokens_details"))
+        .or_else(|| u.get("output_token_details"))
         .unwrap_or(&Value::Null);
     Usage {
         input_tokens: input,
@@ -89,6 +92,11 @@ fn usage(u: &Value) -> Usage {
             .or_else(|| u64_of(u, "prompt_cache_hit_tokens")),
         cache_creation_tokens: None,
         reasoning_tokens: u64_of(out_details, "reasoning_tokens"),
+        input_audio_tokens: u64_of(in_details, "audio_tokens"),
+        output_audio_tokens: u64_of(out_details, "audio_tokens"),
+        cache_read_audio_tokens: in_details
+            .get("cached_tokens_details")
+            .and_then(|d| u64_of(d, "audio_tokens")),
     }
 }
 
@@ -183,7 +191,10 @@ fn chat_message(m: &Value) -> InputMessage {
     let role = role(m.get("role").and_then(Value::as_str));
     let mut parts = Vec::new();
     if role == Role::Tool {
-        let response = m.get("content").map(text_or_blocks).unwrap_or(Value::Null);
+        let response = m
+            .get("content")
+            .map(|c| text_or_blocks(c, content_part))
+            .unwrap_or(Value::Null);
         parts.push(Part::ToolCallResponse {
             id: str_of(m, "tool_call_id"),
             response,
@@ -619,7 +630,7 @@ fn input_item(item: &Value, out: &mut Vec<InputMessage>) {
                     id: str_of(item, "call_id"),
                     response: item
                         .get("output")
-                        .map(text_or_blocks)
+                        .map(|o| text_or_blocks(o, content_part))
                         .unwrap_or(Value::Null),
                 }],
                 name: None,

@@ -429,6 +429,10 @@ fn openai_chat_request_and_tool_call_response() {
             cache_read_tokens: Some(1024),
             cache_creation_tokens: None,
             reasoning_tokens: Some(0),
+            // The fixture reports `audio_tokens: 0` both ways.
+            input_audio_tokens: Some(0),
+            output_audio_tokens: Some(0),
+            cache_read_audio_tokens: None,
         }
     );
     // gpt-4o-2024-08-06 → gpt-4o: 93 uncached at 2.50, 1024 cached at 1.25, 46 out at 10.
@@ -879,6 +883,7 @@ fn openai_responses_request_and_response() {
             cache_read_tokens: Some(256),
             cache_creation_tokens: None,
             reasoning_tokens: Some(32),
+            ..Usage::default()
         }
     );
     let want = (72.0 * 2.0 + 256.0 * 0.5 + 52.0 * 8.0) / 1e6;
@@ -1071,6 +1076,7 @@ fn anthropic_messages_request_and_response() {
             cache_read_tokens: Some(1822),
             cache_creation_tokens: Some(0),
             reasoning_tokens: None,
+            ..Usage::default()
         }
     );
     let want = (472.0 * 3.0 + 1822.0 * 0.30 + 96.0 * 15.0) / 1e6;
@@ -1255,6 +1261,7 @@ fn gemini_generate_content_request_and_response() {
             cache_read_tokens: Some(1024),
             cache_creation_tokens: None,
             reasoning_tokens: Some(42),
+            ..Usage::default()
         }
     );
     let want = (266.0 * 0.30 + 1024.0 * 0.03 + 60.0 * 2.50) / 1e6;
@@ -2105,6 +2112,7 @@ fn bedrock_converse_request_and_response() {
             cache_read_tokens: Some(1822),
             cache_creation_tokens: Some(0),
             reasoning_tokens: None,
+            ..Usage::default()
         }
     );
     // Anthropic's list prices for the model inside the Bedrock ID (cache reads at 0.30/M).
@@ -2305,6 +2313,97 @@ fn other_models_through_invoke_model_record_usage_but_no_content() {
 }
 
 #[test]
+fn hostile_bedrock_streams_found_by_the_fuzzer_do_not_panic() {
+    let frame = |event: &str, payload: Value| {
+        crate::exchange::eventstream::encode(
+            &[(":message-type", "event"), (":event-type", event)],
+            payload.to_string().as_bytes(),
+        )
+    };
+    // A `toolUse` start that is not an object, then input for it.
+    let mut stream = frame("contentBlockStart", json!({"start": {"toolUse": 1}}));
+    stream.extend(frame(
+        "contentBlockDelta",
+        json!({"delta": {"toolUse": {"input": "x"}}}),
+    ));
+    let c = run(&converse(&stream, EVENTSTREAM, true));
+    assert!(
+        c.output_messages.iter().all(|m| m.parts.is_empty()),
+        "{c:?}"
+    );
+    // Token counts that overflow when summed saturate (Bedrock, Anthropic, Gemini alike).
+    let stream = frame(
+        "metadata",
+        json!({"usage": {"inputTokens": u64::MAX, "cacheReadInputTokens": 1}}),
+    );
+    let c = run(&converse(&stream, EVENTSTREAM, true));
+    assert_eq!(c.usage.input_tokens, Some(u64::MAX));
+    let resp = json!({"type": "message", "content": [], "stop_reason": "end_turn",
+        "usage": {"input_tokens": u64::MAX, "output_tokens": 1, "cache_read_input_tokens": 5}});
+    let ex = exchange(
+        "api.anthropic.com",
+        "/v1/messages",
+        &fixture("anthropic/messages_request.json"),
+        200,
+        JSON,
+        resp.to_string().as_bytes(),
+    );
+    assert_eq!(run(&ex).usage.input_tokens, Some(u64::MAX));
+    // An upstream's unknown stop reason is kept only when shaped like an identifier.
+    let stop = |reason: &str| {
+        let resp =
+            json!({"output": {"message": {"content": [{"text": "hi"}]}}, "stopReason": reason});
+        run(&converse(resp.to_string().as_bytes(), JSON, false)).finish_reasons
+    };
+    assert_eq!(
+        stop("model_context_window_exceeded"),
+        ["model_context_window_exceeded"]
+    );
+    assert_eq!(stop("Patient jane.doe@example.com HIV+"), ["_OTHER"]);
+    // Media a tool returned is recorded by type and size, never its bytes.
+    let req = json!({"messages": [{"role": "user", "content": [{"toolResult": {"toolUseId": "t",
+        "content": [{"text": "screenshot:"}, {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgoAAAANSUhEUg"}}},
+                    {"document": {"format": "pdf", "name": "scan", "source": {"bytes": "JVBERi0xLjQKJcfs"}}}]}}]}]});
+    let ex = exchange(
+        BEDROCK,
+        &bedrock_path(CLAUDE_ON_BEDROCK, "converse"),
+        req.to_string().as_bytes(),
+        200,
+        JSON,
+        &fixture("bedrock/converse_response.json"),
+    );
+    let c = run(&ex);
+    let recorded = serde_json::to_string(&c.input_messages).unwrap();
+    assert!(
+        recorded.contains("screenshot:") && recorded.contains("\"blob\""),
+        "{recorded}"
+    );
+    assert!(
+        !recorded.contains("iVBOR") && !recorded.contains("JVBER"),
+        "{recorded}"
+    );
+    // The same for an Anthropic tool_result (the shared reader the OpenAI dialects use too).
+    let req = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [
+            {"type": "text", "text": "screenshot:"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgoAAAANSUhEUg"}}]}]}]});
+    let ex = exchange(
+        "api.anthropic.com",
+        "/v1/messages",
+        req.to_string().as_bytes(),
+        200,
+        JSON,
+        &fixture("anthropic/messages_response.json"),
+    );
+    let recorded = serde_json::to_string(&run(&ex).input_messages).unwrap();
+    assert!(
+        recorded.contains("screenshot:") && recorded.contains("image/png"),
+        "{recorded}"
+    );
+    assert!(!recorded.contains("iVBOR"), "{recorded}");
+}
+
+#[test]
 fn bedrock_error_answers_take_their_type_from_x_amzn_errortype() {
     let mut ex = converse(
         br#"{"message":"Too many requests, please wait before trying again."}"#,
@@ -2319,4 +2418,132 @@ fn bedrock_error_answers_take_their_type_from_x_amzn_errortype() {
     let c = run(&ex);
     assert_eq!(c.error_type.as_deref(), Some("ThrottlingException"));
     assert!(!format!("{c:?}").contains("Too many requests"));
+}
+
+// === OpenAI Realtime ===
+
+/// A Realtime response's exchange as the proxy makes it at `response.done`.
+fn realtime(request: Value, response: Value) -> Exchange {
+    let mut ex = exchange(
+        "api.openai.com",
+        "/v1/realtime?model=gpt-realtime",
+        request.to_string().as_bytes(),
+        101,
+        JSON,
+        response.to_string().as_bytes(),
+    );
+    ex.method = "GET".into();
+    ex.websocket = Some(crate::exchange::WebSocketSession {
+        session: Some("0190f0f0-0000-7000-8000-000000000001".into()),
+        ..Default::default()
+    });
+    ex
+}
+
+#[test]
+fn realtime_responses_parse_like_chat_with_audio_priced_at_audio_rates() {
+    let ex = realtime(
+        json!({"model": "gpt-realtime", "instructions": "Be brief.", "tools": ["get_weather"],
+               "session_id": "sess_1", "input": [
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_audio", "audio_bytes": 9600, "transcript": "Weather in Paris?"}]},
+            {"type": "function_call_output", "call_id": "call_0", "output": "{\"c\":18}"}]}),
+        json!({"id": "resp_1", "status": "completed", "output": [
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_audio", "transcript": "It is 18 degrees.", "audio_bytes": 48000}]},
+            {"type": "function_call", "name": "get_weather", "call_id": "call_1", "arguments": "{\"city\":\"Paris\"}"}],
+            "usage": {"total_tokens": 160, "input_tokens": 120, "output_tokens": 40,
+                "input_token_details": {"text_tokens": 20, "audio_tokens": 100, "cached_tokens": 64,
+                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 64}},
+                "output_token_details": {"text_tokens": 10, "audio_tokens": 30}}}),
+    );
+    let c = run(&ex);
+    assert_eq!(
+        (c.provider.as_str(), c.operation.as_str()),
+        ("openai", "chat")
+    );
+    assert!(c.parse_error.is_none(), "{c:?}");
+    assert_eq!(c.request_model.as_deref(), Some("gpt-realtime"));
+    assert_eq!(c.conversation_id.as_deref(), Some("sess_1"));
+    assert_eq!(c.response_id.as_deref(), Some("resp_1"));
+    assert_eq!(c.system_instructions, [text("Be brief.")]);
+    assert_eq!(c.tool_names, ["get_weather"]);
+    let audio = |n| Part::Blob {
+        modality: Some(Modality::Audio),
+        mime_type: None,
+        byte_len: Some(n),
+    };
+    assert_eq!(
+        c.input_messages[0].parts,
+        [text("Weather in Paris?"), audio(9600)]
+    );
+    assert_eq!(c.input_messages[1].role, Role::Tool);
+    assert_eq!(
+        c.output_messages,
+        [out(
+            vec![
+                text("It is 18 degrees."),
+                audio(48000),
+                Part::ToolCall {
+                    id: Some("call_1".into()),
+                    name: "get_weather".into(),
+                    arguments: Some(json!({"city": "Paris"})),
+                },
+            ],
+            "tool_call"
+        )]
+    );
+    assert_eq!(
+        c.usage,
+        Usage {
+            input_tokens: Some(120),
+            output_tokens: Some(40),
+            cache_read_tokens: Some(64),
+            input_audio_tokens: Some(100),
+            output_audio_tokens: Some(30),
+            cache_read_audio_tokens: Some(64),
+            ..Usage::default()
+        }
+    );
+    // gpt-realtime: 20 text in at $4, 36 audio in at $32, 64 cached audio at $0.40,
+    // 10 text out at $16, 30 audio out at $64 (per million).
+    let want = (20.0 * 4.0 + 36.0 * 32.0 + 64.0 * 0.40 + 10.0 * 16.0 + 30.0 * 64.0) / 1e6;
+    assert!(
+        (c.cost_usd.unwrap() - want).abs() < 1e-12,
+        "{:?}",
+        c.cost_usd
+    );
+
+    // Cut short by the token limit, cancelled, failed.
+    for (status, details, finish, error) in [
+        (
+            "incomplete",
+            json!({"reason": "max_output_tokens"}),
+            "length",
+            None,
+        ),
+        (
+            "cancelled",
+            json!({"reason": "turn_detected"}),
+            "cancelled",
+            None,
+        ),
+        (
+            "failed",
+            json!({"error": {"type": "server_error", "code": "rate_limit_exceeded"}}),
+            "error",
+            Some("rate_limit_exceeded"),
+        ),
+    ] {
+        let c = run(&realtime(
+            json!({"model": "gpt-realtime", "input": []}),
+            json!({"id": "r", "status": status, "status_details": details, "output": []}),
+        ));
+        assert_eq!(c.finish_reasons, [finish], "{status}");
+        assert_eq!(c.error_type.as_deref(), error, "{status}");
+    }
+    // The session's own exchange (no `session`) stays opaque.
+    let mut session = ex.clone();
+    session.websocket = Some(Default::default());
+    assert_eq!(run(&session).operation, Operation::Unknown);
 }

@@ -190,6 +190,13 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
             u.cache_creation_tokens,
         ),
         ("gen_ai.usage.reasoning.output_tokens", u.reasoning_tokens),
+        // Not in the GenAI registry: the audio share of the counts above (Realtime).
+        ("veil.usage.input_audio_tokens", u.input_audio_tokens),
+        ("veil.usage.output_audio_tokens", u.output_audio_tokens),
+        (
+            "veil.usage.cache_read.input_audio_tokens",
+            u.cache_read_audio_tokens,
+        ),
     ] {
         if let Some(n) = v {
             a.push(kv(name, u64_int(n)));
@@ -251,7 +258,12 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
     }
     a.push(kv("http.request.body.size", u64_int(r.request_bytes)));
     a.push(kv("http.response.body.size", u64_int(r.response_bytes)));
-    if let Some(ws) = &r.websocket {
+    if let Some(ws) = r.websocket.as_ref().filter(|w| w.session.is_some()) {
+        // One response of a Realtime session: its session's request id, no frame counts.
+        if let Some(s) = &ws.session {
+            a.push(kv("veil.websocket.session_id", str_value(s.as_str())));
+        }
+    } else if let Some(ws) = &r.websocket {
         a.push(kv("veil.websocket.frames_sent", u64_int(ws.frames_sent)));
         a.push(kv(
             "veil.websocket.frames_received",
@@ -259,6 +271,18 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
         ));
         if let Some(code) = ws.close_code {
             a.push(kv("veil.websocket.close_code", u64_int(u64::from(code))));
+        }
+        if let Some(t) = &ws.realtime {
+            for (name, n) in [
+                ("veil.realtime.responses", t.responses),
+                ("veil.realtime.input_tokens", t.input_tokens),
+                ("veil.realtime.output_tokens", t.output_tokens),
+                ("veil.realtime.input_audio_bytes", t.input_audio_bytes),
+                ("veil.realtime.output_audio_bytes", t.output_audio_bytes),
+                ("veil.realtime.events_lost", t.events_lost),
+            ] {
+                a.push(kv(name, u64_int(n)));
+            }
         }
     }
     a

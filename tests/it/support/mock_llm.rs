@@ -238,11 +238,13 @@ impl State {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .map(|p| p.trim().to_string());
+        let realtime = req.uri().path().ends_with("/realtime");
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(upgraded) = on.await else {
                 return;
             };
+            let mut responses = 0;
             let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -257,6 +259,21 @@ impl State {
                             reason: "bye".into(),
                         }))
                         .await
+                    }
+                    // A Realtime event gets the server events a Realtime model would send.
+                    Message::Text(t)
+                        if realtime
+                            && let Ok(ev) =
+                                serde_json::from_str::<serde_json::Value>(t.as_str()) =>
+                    {
+                        let mut r = Ok(());
+                        for reply in realtime_replies(&ev, &mut responses) {
+                            r = ws.send(Message::text(reply)).await;
+                            if r.is_err() {
+                                break;
+                            }
+                        }
+                        r
                     }
                     Message::Text(t) => ws.send(Message::text(format!("echo: {t}"))).await,
                     Message::Binary(b) => ws.send(Message::Binary(b)).await,
@@ -595,6 +612,72 @@ pub fn anthropic_message(model: &str) -> serde_json::Value {
         "stop_sequence": null,
         "usage": {"input_tokens": 25, "output_tokens": 8}
     })
+}
+
+/// Audio the mock's Realtime model "speaks": 3,000 bytes, base64, with a marker the tests
+/// grep veil's output for.
+pub fn realtime_audio_out() -> String {
+    use base64::Engine as _;
+    let mut pcm = b"MOCKAUDIOOUT".repeat(250);
+    pcm.truncate(3000);
+    base64::engine::general_purpose::STANDARD.encode(pcm)
+}
+
+/// The server events answering one Realtime client event (OpenAI Realtime API reference):
+/// `session.update` → `session.updated`; `input_audio_buffer.commit` → `committed` and a
+/// transcription (carrying a card number); `response.create` → `response.created`, an audio
+/// delta, a transcript delta and `response.done` with usage in text/audio/cached details (a
+/// function call instead when the request's `metadata.mock` is `"tool"`).
+fn realtime_replies(ev: &serde_json::Value, responses: &mut u32) -> Vec<String> {
+    use serde_json::json;
+    let events = match ev["type"].as_str().unwrap_or("") {
+        "session.update" => vec![json!({"type": "session.updated", "event_id": "event_1",
+            "session": {"id": "sess_mock", "model": "gpt-realtime",
+                "instructions": ev["session"]["instructions"]}})],
+        "conversation.item.create" => {
+            vec![json!({"type": "conversation.item.created", "item": ev["item"]})]
+        }
+        "input_audio_buffer.commit" => vec![
+            json!({"type": "input_audio_buffer.committed", "item_id": "item_audio1"}),
+            json!({"type": "conversation.item.input_audio_transcription.completed",
+                "item_id": "item_audio1", "content_index": 0,
+                "transcript": "My card is 4111 1111 1111 1111."}),
+        ],
+        "response.create" => {
+            *responses += 1;
+            let id = format!("resp_mock{responses}");
+            let output = if ev["response"]["metadata"]["mock"] == "tool" {
+                json!([{"type": "function_call", "name": "get_weather", "call_id": "call_mock",
+                    "arguments": "{\"city\":\"Paris\"}"}])
+            } else {
+                json!([{"type": "message", "role": "assistant", "content": [{"type": "output_audio",
+                    "transcript": "Hello Dana Whitfield, I noted dana.whitfield@example.com."}]}])
+            };
+            vec![
+                json!({"type": "response.created", "response": {"id": id, "status": "in_progress"}}),
+                // `type` first, as the API sends it (json! would sort it after the audio).
+                serde_json::Value::String(format!(
+                    r#"{{"type":"response.output_audio.delta","response_id":"{id}","delta":"{}"}}"#,
+                    realtime_audio_out()
+                )),
+                json!({"type": "response.output_audio_transcript.delta", "response_id": id, "delta": "Hello"}),
+                json!({"type": "response.done", "response": {"id": id, "status": "completed",
+                    "output": output,
+                    "usage": {"total_tokens": 160, "input_tokens": 120, "output_tokens": 40,
+                        "input_token_details": {"text_tokens": 20, "audio_tokens": 100, "cached_tokens": 64,
+                            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 64}},
+                        "output_token_details": {"text_tokens": 10, "audio_tokens": 30}}}}),
+            ]
+        }
+        _ => Vec::new(),
+    };
+    events
+        .into_iter()
+        .map(|e| match e {
+            serde_json::Value::String(raw) => raw,
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 /// Bedrock Runtime: Converse (JSON, or an event stream of Converse events) and InvokeModel
