@@ -129,6 +129,10 @@ async fn a_websocket_upgrade_is_relayed_and_recorded_as_one_opaque_session() {
         assert_eq!(session.frames_received, 4, "{session:?}");
         assert_eq!(session.close_code, Some(1000));
         assert!(!session.unframed);
+        // A Realtime path: its text messages were followed, and none was a Realtime event
+        // (two texts each way, none JSON), so no response records, four events not followed.
+        let totals = session.realtime.clone().expect("Realtime totals");
+        assert_eq!((totals.responses, totals.events_lost), (0, 4), "{totals:?}");
         assert!(ex.request_body.wire_len > 100_000 && ex.response_body.wire_len > 100_000);
         // Opaque: no frame payload, no key, in anything the exchange holds.
         assert!(ex.request_body.chunks.is_empty() && ex.response_body.chunks.is_empty());
@@ -161,6 +165,8 @@ async fn an_upstream_close_and_a_refused_upgrade_are_recorded() {
     let session = ex.websocket.expect("a session");
     assert_eq!(session.close_code, Some(1001));
     assert_eq!(ex.path, "/ws/other");
+    // Not a Realtime path: opaque, its messages never captured.
+    assert_eq!(session.realtime, None);
 
     // The upstream refuses the upgrade: its 403 reaches the app and is recorded as a response.
     match open(&veil, "/ws/refuse").await {
