@@ -313,6 +313,19 @@ pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A message with a raw header section (any bytes) and valid CRCs.
+    fn framed(headers: &[u8], payload: &[u8]) -> Vec<u8> {
+        let total = 16 + headers.len() + payload.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(total as u32).to_be_bytes());
+        m.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        m.extend_from_slice(headers);
+        m.extend_from_slice(payload);
+        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        m
+    }
+
     fn all(bytes: &[u8], split: usize) -> (Vec<Message>, Result<(), EventStreamError>) {
         let mut d = EventStreamDecoder::new(1 << 20);
         let mut out = Vec::new();
@@ -329,11 +342,10 @@ mod tests {
         (out, d.finish())
     }
 
-    /// A message laid out byte by byte from the format description pins the layout
-    /// independently of [`encode`] (which the other tests and the mock provider use).
+    /// A message laid out byte by byte from the format description (`framed`) pins the
+    /// layout independently of [`encode`] (which the other tests and the mock provider use).
     #[test]
     fn decodes_a_message_laid_out_by_hand() {
-        let mut m = Vec::new();
         // headers: ":event-type" string "chunk"
         let mut h = vec![11u8];
         h.extend_from_slice(b":event-type");
@@ -341,13 +353,7 @@ mod tests {
         h.extend_from_slice(&5u16.to_be_bytes());
         h.extend_from_slice(b"chunk");
         let payload = br#"{"bytes":"e30="}"#;
-        let total = 16 + h.len() + payload.len();
-        m.extend_from_slice(&(total as u32).to_be_bytes());
-        m.extend_from_slice(&(h.len() as u32).to_be_bytes());
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
-        m.extend_from_slice(&h);
-        m.extend_from_slice(payload);
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        let m = framed(&h, payload);
         assert_eq!(m, encode(&[(":event-type", "chunk")], payload));
         let (msgs, end) = all(&m, 3);
         assert_eq!(end, Ok(()));
@@ -393,13 +399,7 @@ mod tests {
         put("y", 6, &[0, 2, 1, 2]);
         put("ts", 8, &1_700_000_000_000i64.to_be_bytes());
         put("u", 9, &[7; 16]);
-        let total = 16 + h.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(total as u32).to_be_bytes());
-        m.extend_from_slice(&(h.len() as u32).to_be_bytes());
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
-        m.extend_from_slice(&h);
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        let m = framed(&h, &[]);
         let (msgs, end) = all(&m, 1);
         assert_eq!(end, Ok(()));
         let values: Vec<&HeaderValue> = msgs[0].headers.iter().map(|(_, v)| v).collect();
@@ -459,23 +459,11 @@ mod tests {
         h.extend_from_slice(b"name");
         h.push(7);
         h.extend_from_slice(&100u16.to_be_bytes());
-        let total = 16 + h.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(total as u32).to_be_bytes());
-        m.extend_from_slice(&(h.len() as u32).to_be_bytes());
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
-        m.extend_from_slice(&h);
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        let m = framed(&h, &[]);
         assert_eq!(all(&m, 64).1, Err(EventStreamError::BadHeader));
         // Too many headers (empty name, boolean true: 2 bytes each).
         let h = [0u8, 0].repeat(MAX_HEADERS + 1);
-        let total = 16 + h.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(total as u32).to_be_bytes());
-        m.extend_from_slice(&(h.len() as u32).to_be_bytes());
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
-        m.extend_from_slice(&h);
-        m.extend_from_slice(&crc32fast::hash(&m).to_be_bytes());
+        let m = framed(&h, &[]);
         assert_eq!(all(&m, 64).1, Err(EventStreamError::BadHeader));
     }
 }

@@ -10,11 +10,11 @@ use base64::Engine as _;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 
-use crate::support::files::{contains, files_containing};
+use crate::support::files::{assert_nowhere, contains};
 use crate::support::harness::{Client, Proto, ReqBody, Veil};
 use crate::support::mock_llm::{Alpn, Mock};
 use crate::support::otlp::{Receiver, attr};
-use crate::support::process::{VeilProcess, resolve_args};
+use crate::support::process::{VeilProcess, mock_args};
 use crate::support::python;
 use veil::exchange::{ParseOptions, Pricing, parse};
 
@@ -143,19 +143,10 @@ async fn boto3_through_https_proxy_reaches_bedrock_with_every_signed_header_unch
     let mock = Mock::start(Alpn::Http1Only).await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut args = resolve_args(mock.addr);
-    args.extend(
-        [
-            "--upstream-ca",
-            &mock.ca_path.display().to_string(),
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--intercept",
-            "@defaults",
-            "--intercept",
-            "@bedrock",
-        ]
-        .map(str::to_string),
+    let args = mock_args(
+        &mock,
+        &receiver.endpoint(),
+        &["--intercept", "@defaults", "--intercept", "@bedrock"],
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = VeilProcess::start(&args, dir.path());
@@ -283,16 +274,16 @@ async fn boto3_through_https_proxy_reaches_bedrock_with_every_signed_header_unch
         .flat_map(|r| r.body.to_vec())
         .collect();
     let log = proc.stderr();
-    for needle in [
-        "dana.whitfield@example.com",
-        "4111 1111 1111 1111",
-        "AKIAVEILBOTO30000001",
-        secret_key,
-        "SESSIONTOKENSECRET",
-    ] {
-        assert!(!contains(&exported, needle), "{needle} exported");
-        assert!(!log.contains(needle), "{needle} in veil's log");
-        let files = files_containing(dir.path(), needle);
-        assert!(files.is_empty(), "{needle} written to {files:?}");
-    }
+    assert_nowhere(
+        &[
+            "dana.whitfield@example.com",
+            "4111 1111 1111 1111",
+            "AKIAVEILBOTO30000001",
+            secret_key,
+            "SESSIONTOKENSECRET",
+        ],
+        &exported,
+        &log,
+        dir.path(),
+    );
 }

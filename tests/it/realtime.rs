@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::files::{contains, files_containing};
+use crate::support::files::assert_nowhere;
 use crate::support::harness::{connect, tls_client};
 use crate::support::mock_llm::{Alpn, Mock, realtime_audio_out};
 use crate::support::otlp::{Receiver, attr};
-use crate::support::process::{VeilProcess, resolve_args};
+use crate::support::process::{VeilProcess, mock_args};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
@@ -49,16 +49,7 @@ async fn realtime_responses_are_recorded_one_per_response_done_redacted_without_
     let mock = Mock::start(Alpn::Http1Only).await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut args = resolve_args(mock.addr);
-    args.extend(
-        [
-            "--upstream-ca",
-            &mock.ca_path.display().to_string(),
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-        ]
-        .map(str::to_string),
-    );
+    let args = mock_args(&mock, &receiver.endpoint(), &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = VeilProcess::start(&args, dir.path());
     let ca = std::fs::read_to_string(dir.path().join("keys/ca.pem")).unwrap();
@@ -291,16 +282,16 @@ async fn realtime_responses_are_recorded_one_per_response_done_redacted_without_
         .collect();
     let log = proc.stderr();
     let audio_out = realtime_audio_out();
-    for needle in [
-        "dana.whitfield@example.com",
-        "4111 1111 1111 1111",
-        &audio_in[..40],
-        &audio_out[..40],
-        "realtimeSECRET",
-    ] {
-        assert!(!contains(&exported, needle), "{needle} exported");
-        assert!(!log.contains(needle), "{needle} in veil's log");
-        let files = files_containing(dir.path(), needle);
-        assert!(files.is_empty(), "{needle} written to {files:?}");
-    }
+    assert_nowhere(
+        &[
+            "dana.whitfield@example.com",
+            "4111 1111 1111 1111",
+            &audio_in[..40],
+            &audio_out[..40],
+            "realtimeSECRET",
+        ],
+        &exported,
+        &log,
+        dir.path(),
+    );
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::support::mock_llm::{Alpn, Mock};
 use crate::support::otlp::{Receiver, attr};
-use crate::support::process::{VeilProcess, resolve_args};
+use crate::support::process::{VeilProcess, mock_args, resolve_args};
 use crate::support::python;
 
 /// Runs `tests/python/SCRIPT` through `proc` (trusting the CA bundle under `keys`) and parses
@@ -52,13 +52,7 @@ async fn openai_and_anthropic_sdks_through_https_proxy() {
     let mock = Mock::start(Alpn::H2AndHttp1).await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut args = resolve_args(mock.addr);
-    args.extend([
-        "--upstream-ca".to_string(),
-        mock.ca_path.display().to_string(),
-        "--otlp-endpoint".to_string(),
-        receiver.endpoint(),
-    ]);
+    let args = mock_args(&mock, &receiver.endpoint(), &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc = VeilProcess::start(&args, dir.path());
     let results = run_sdk_script("sdk_e2e.py", &proc, &dir.path().join("keys"));

@@ -25,3 +25,14 @@ pub fn files_containing(data: &Path, needle: &str) -> Vec<String> {
 pub fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
+
+/// Fails naming where when any of `needles` is in `exported` (what a collector received),
+/// `log` (veil's stderr) or any file under `dir` (keys, data: ledger, sealed store, spool).
+pub fn assert_nowhere(needles: &[&str], exported: &[u8], log: &str, dir: &Path) {
+    for needle in needles {
+        assert!(!contains(exported, needle), "{needle} exported");
+        assert!(!log.contains(needle), "{needle} in veil's log");
+        let files = files_containing(dir, needle);
+        assert!(files.is_empty(), "{needle} written to {files:?}");
+    }
+}

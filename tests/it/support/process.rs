@@ -125,6 +125,20 @@ impl Drop for VeilProcess {
 }
 
 /// `--resolve` flags sending every mock host to `mock`.
+/// `veil run` arguments against the mock provider (its hosts resolved to it, its CA
+/// trusted) exporting to `otlp`, plus `extra`.
+pub fn mock_args(mock: &super::mock_llm::Mock, otlp: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+        "--otlp-endpoint".to_string(),
+        otlp.to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 pub fn resolve_args(mock: SocketAddr) -> Vec<String> {
     super::mock_llm::MOCK_HOSTS
         .iter()
