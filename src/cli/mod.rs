@@ -131,7 +131,8 @@ struct RunArgs {
     otlp_endpoint: Option<String>,
     /// Host to intercept, HOST[:PORT] or *.DOMAIN; repeatable; `@defaults` adds the built-in
     /// LLM provider hosts, `@vertex` Vertex AI's global and regional hosts, `@bedrock`
-    /// Bedrock Runtime's regional hosts [default: @defaults].
+    /// Bedrock Runtime's regional hosts; any --intercept replaces the default list, so
+    /// include `@defaults` to keep it [default: @defaults].
     #[arg(long, value_name = "HOST[:PORT]")]
     intercept: Vec<String>,
     /// Connect to ADDR[:PORT] for what the app addresses as HOST:PORT (TLS still verified for
@@ -403,6 +404,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("export SSL_CERT_FILE={}", bundle.display());
                     println!("export REQUESTS_CA_BUNDLE={}", bundle.display());
                     println!("export CURL_CA_BUNDLE={}", bundle.display());
+                    // botocore reads its own variable, not the ones above.
+                    println!("export AWS_CA_BUNDLE={}", bundle.display());
                 }
                 None => println!(
                     "# No trust bundle next to the CA yet (veil run writes it): SSL_CERT_FILE & co. left unset."

@@ -156,6 +156,10 @@ async fn operator_commands_reach_a_running_veil_through_its_control_socket() {
         format!("export HTTPS_PROXY=http://{}", proc.addr),
         format!("export NODE_EXTRA_CA_CERTS={}", ca.display()),
         "export NODE_USE_ENV_PROXY=1".to_string(),
+        format!(
+            "export AWS_CA_BUNDLE={}",
+            ca.with_file_name("ca-bundle.pem").display()
+        ),
     ] {
         assert!(env.contains(&want), "{want:?} not in:\n{env}");
     }
