@@ -31,6 +31,14 @@ async fn first_run_creates_keys_and_later_runs_reuse_them() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{secret} must be 0600");
     }
+    // `veil run` turns transparent huge pages off (src/os.rs says why: ~20 MB of RSS).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", veil1.child.id())).unwrap();
+    let thp = status.lines().find(|l| l.starts_with("THP_enabled:"));
+    assert_eq!(
+        thp.map(|l| l.split_whitespace().nth(1)),
+        Some(Some("0")),
+        "THP left on: {thp:?}"
+    );
     let status = veil1.terminate();
     assert!(
         status.success(),

@@ -1,0 +1,861 @@
+//! Load benchmark of what users see: direct to the upstream, through a no-op intercepting
+//! proxy, and through veil (best-effort and `audit = "required"`), in one run (veil#18).
+//!
+//! `cargo bench --bench load` (or `benches/load.sh`). Every server is a child process, so each
+//! one's CPU and memory are its own: a fast TLS upstream and the no-op proxy are this binary
+//! run in another role (`roles.rs`), veil is the release `veil` binary. The load generator is
+//! this process (hyper over rustls, HTTP/1.1 keep-alive, a ~2 KB non-streamed completion). It
+//! measures, in this order:
+//!
+//! 1. peak RSS of the no-op proxy and of veil at start and with 1,000 idle keep-alive
+//!    intercepted connections (each after one request);
+//! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil;
+//! 3. for 1, 8 and 64 connections, each target in turn (the order rotates each round):
+//!    requests/s, latency p50/p99, the target's CPU per exchange (user + system, from
+//!    `/proc`, including recording that finishes after the window), veil's CPU by thread, the
+//!    recorded fraction (ledger rows added ÷ responses sent through veil, counted once the
+//!    ledger stops growing) and peak RSS during the cell (`/proc/PID/clear_refs` resets it).
+//!
+//! While it runs it holds `/dev/cpu_dma_latency` at 0 (when it may open it) so idle cores do
+//! not fall into deep sleep states between requests at 1 connection: otherwise wake-up time
+//! dominates the latency figures of every target alike.
+//!
+//! Everything binds 127.0.0.1; every loop is bounded in time and count. Environment:
+//! `LOAD_SECS` (window per cell, default 4), `LOAD_ROUNDS` (rounds per cell, medians reported,
+//! default 1), `LOAD_VEIL_CONFIG` (TOML lines added to both veils' `veil.toml`),
+//! `LOAD_PERF` (perf record arguments: profiles each veil cell, see [`perf_record`]),
+//! `LOAD_CONNS` (a comma list of connection counts, default `1,8,64`), `LOAD_ONLY=veil` (the
+//! veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics` cost comparison
+//! instead, see [`metrics_cost`]).
+
+mod roles;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One place requests go: the upstream itself, or a proxy in front of it.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// The CA the client trusts on this path (the upstream's, or the proxy's).
+    ca_pem: String,
+    via_proxy: bool,
+    /// The process whose CPU and memory are measured.
+    pid: u32,
+    /// veil's SQLite ledger, when the target is a veil.
+    ledger: Option<PathBuf>,
+}
+
+fn tls_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn open(target: &Target) -> SendRequest<Full<Bytes>> {
+    let mut s = TcpStream::connect(target.addr).await.unwrap();
+    if target.via_proxy {
+        s.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).await.unwrap(), 1);
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}: {}",
+            target.name,
+            String::from_utf8_lossy(&head)
+        );
+    }
+    s.set_nodelay(true).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls_client(&target.ca_pem))
+        .connect("api.openai.com".try_into().unwrap(), s)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn completion_request(stream_chunks: Option<&str>) -> Request<Full<Bytes>> {
+    let body = if stream_chunks.is_some() {
+        r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Write a haiku about latency."}]}"#
+    } else {
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write a haiku about latency."}]}"#
+    };
+    let mut req = Request::post("/v1/chat/completions")
+        .header("host", "api.openai.com")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-bench")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    if let Some(chunks) = stream_chunks {
+        req.headers_mut()
+            .insert("x-mock-chunks", chunks.parse().unwrap());
+    }
+    req
+}
+
+#[derive(Clone, Copy, Default)]
+struct Stats {
+    /// Responses in the window, and all responses (the window's plus one warm-up per connection).
+    requests: usize,
+    responses: usize,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+async fn throughput(target: &Target, conns: usize, window: Duration) -> Stats {
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        clients.push(open(target).await);
+    }
+    // Warm up pools and caches.
+    for c in clients.iter_mut() {
+        let resp = c.send_request(completion_request(None)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let deadline = Instant::now() + window;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(4096);
+                // Bounded by time and by count.
+                while Instant::now() < deadline && lat.len() < 1_000_000 {
+                    c.ready().await.unwrap();
+                    let t = Instant::now();
+                    let resp = c.send_request(completion_request(None)).await.unwrap();
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert!(body.len() > 2000);
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                lat
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    Stats {
+        requests: all.len(),
+        responses: all.len() + conns,
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// Median time to the first content chunk (ms) of `runs` streams of 50 chunks 5 ms apart.
+async fn time_to_first_chunk(target: &Target, runs: usize) -> f64 {
+    let mut c = open(target).await;
+    let mut ttfc = Vec::new();
+    for _ in 0..runs {
+        c.ready().await.unwrap();
+        let t = Instant::now();
+        let resp = c
+            .send_request(completion_request(Some("50,5")))
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        // The role chunk comes at once, content chunks 5 ms apart: time to the first content.
+        let mut frames = 0;
+        let mut first = None;
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap_or_default();
+            if first.is_none() && data.windows(6).any(|w| w == b"part0 ") {
+                first = Some(t.elapsed());
+            }
+            frames += 1;
+        }
+        assert!(
+            frames >= 50,
+            "{}: stream arrived in {frames} frames: something buffered",
+            target.name
+        );
+        ttfc.push(first.expect("first content chunk seen").as_secs_f64() * 1000.0);
+    }
+    median(ttfc)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// (VmRSS, VmHWM) of `pid` in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets `pid`'s peak RSS (VmHWM) to its current RSS (proc(5), `clear_refs` value 5).
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// A child process killed (and reaped) however the benchmark ends, a panic included. Its
+/// stdin is a pipe held here: the role children exit when it closes.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system) of `pid`'s threads by name, the trailing digits and dashes of
+/// a name dropped so a pool's threads add up.
+fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let tick = 100.0; // USER_HZ on Linux
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            // comm is in parentheses and may contain spaces; fields follow the last ')'.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close]
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+                .to_string();
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let (utime, stime) = (
+                fields[11].parse::<f64>().unwrap_or(0.0),
+                fields[12].parse::<f64>().unwrap_or(0.0),
+            );
+            *by_name.entry(name).or_default() += (utime + stime) / tick;
+        }
+    }
+    by_name
+}
+
+/// CPU seconds (user + system) of the whole process `pid`, exited threads included.
+fn cpu_total(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let f = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (f(11) + f(12)) / 100.0
+}
+
+/// Starts this binary in `role` (see `roles.rs`) and returns it with the address it printed.
+fn spawn_role(role: &str, dir: &Path, env: &[(&str, String)]) -> (KillOnDrop, SocketAddr) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env("VEIL_LOAD_ROLE", role)
+        .env("VEIL_LOAD_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = KillOnDrop(cmd.spawn().expect("the bench binary in a role"));
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("addr=")
+        .unwrap_or_else(|| panic!("{role} printed {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts the release veil in project directory `dir` (a `veil.toml` with `toml`, keys and
+/// data under `dir`), resolving api.openai.com to `upstream`, which it trusts by `upstream_ca`.
+fn start_veil(
+    upstream: SocketAddr,
+    upstream_ca: &Path,
+    dir: &Path,
+    toml: &str,
+    extra: &[String],
+) -> (KillOnDrop, SocketAddr) {
+    let extra_toml = std::env::var("LOAD_VEIL_CONFIG").unwrap_or_default();
+    std::fs::write(dir.join("veil.toml"), format!("{toml}\n{extra_toml}\n")).unwrap();
+    let port = free_port();
+    let child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--resolve", &format!("api.openai.com:443:{upstream}")])
+            .arg("--upstream-ca")
+            .arg(upstream_ca)
+            .args(extra)
+            .current_dir(dir)
+            .env_remove("VEIL_CONFIG")
+            .env("VEIL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("veil binary"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..400 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return (child, addr);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("veil did not start");
+}
+
+/// Rows in the SQLite ledger's `exchanges` table; 0 when there is none yet.
+fn ledger_rows(db: &Path) -> usize {
+    if !db.is_file() {
+        return 0;
+    }
+    veil::ledger::schema::open_read_only(db)
+        .ok()
+        .and_then(|c| {
+            c.query_row("SELECT COUNT(*) FROM exchanges", [], |r| r.get::<_, i64>(0))
+                .ok()
+        })
+        .map_or(0, |n| n as usize)
+}
+
+/// Waits (at most 60 s) until recording has caught up: the ledger did not grow and veil used
+/// under 10 ms of CPU over the last second (a burst's backlog may still be in the pipeline when
+/// the window ends, and the ledger commits in batches). Returns the ledger's row count.
+async fn settled_rows(db: &Path, pid: u32) -> usize {
+    let mut last = (usize::MAX, f64::MAX);
+    for _ in 0..60 {
+        let now = (ledger_rows(db), cpu_total(pid));
+        if now.0 == last.0 && now.1 - last.1 < 0.011 {
+            return now.0;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    last.0
+}
+
+/// One measured cell: a target at a connection count, in one round.
+#[derive(Clone, Default)]
+struct Cell {
+    stats: Stats,
+    /// The target's CPU per response, µs (the window, the warm-up and any recording after it).
+    cpu_us: f64,
+    /// Ledger rows added ÷ responses; CPU per recorded exchange (µs); veil only.
+    recorded: Option<(usize, f64)>,
+    /// Peak RSS during the cell, MB.
+    peak_mb: f64,
+    /// CPU by thread per response, µs.
+    threads: Vec<(String, f64)>,
+}
+
+async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
+    let threads0 = cpu_by_thread(target.pid);
+    let cpu0 = cpu_total(target.pid);
+    let rows0 = target.ledger.as_deref().map(ledger_rows);
+    reset_peak(target.pid);
+    let perf = perf_record(target, conns);
+    let stats = throughput(target, conns, window).await;
+    if let Some(mut perf) = perf {
+        // perf writes its file on SIGINT.
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.0.id().to_string()])
+            .status();
+        let _ = perf.0.wait();
+    }
+    let rows = match target.ledger.as_deref() {
+        Some(db) => Some(settled_rows(db, target.pid).await - rows0.unwrap_or(0)),
+        None => None,
+    };
+    let cpu = cpu_total(target.pid) - cpu0;
+    let responses = stats.responses.max(1) as f64;
+    let mut threads: Vec<(String, f64)> = cpu_by_thread(target.pid)
+        .into_iter()
+        .map(|(n, s)| {
+            let d = s - threads0.get(&n).copied().unwrap_or(0.0);
+            (n, d * 1e6 / responses)
+        })
+        .filter(|(_, us)| *us >= 0.5)
+        .collect();
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Cell {
+        stats,
+        cpu_us: cpu * 1e6 / responses,
+        recorded: rows.map(|r| (r, cpu * 1e6 / r.max(1) as f64)),
+        peak_mb: rss_kib(target.pid).1 as f64 / 1024.0,
+        threads,
+    }
+}
+
+/// With `LOAD_PERF=ARGS` set, a `perf record ARGS -p PID` of a veil target for the window,
+/// written to `target/perf-CONNS-NAME.data` (e.g. `LOAD_PERF="-F 1999 --call-graph dwarf"`).
+fn perf_record(target: &Target, conns: usize) -> Option<KillOnDrop> {
+    let args = std::env::var("LOAD_PERF").ok()?;
+    target.ledger.as_ref()?;
+    let out = format!(
+        "{}/target/perf-{conns}-{}.data",
+        env!("CARGO_MANIFEST_DIR"),
+        target.name.replace(' ', "-")
+    );
+    let child = Command::new("perf")
+        .arg("record")
+        .args(args.split_whitespace())
+        .args(["-p", &target.pid.to_string(), "-o", &out])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(200));
+    Some(KillOnDrop(child))
+}
+
+/// The median of each figure over rounds (each figure on its own).
+fn median_cell(cells: &[Cell]) -> Cell {
+    let m = |f: &dyn Fn(&Cell) -> f64| median(cells.iter().map(f).collect());
+    let mid = {
+        let mut by_rps: Vec<&Cell> = cells.iter().collect();
+        by_rps.sort_by(|a, b| a.stats.rps.total_cmp(&b.stats.rps));
+        by_rps[by_rps.len() / 2].clone()
+    };
+    Cell {
+        stats: Stats {
+            requests: mid.stats.requests,
+            responses: mid.stats.responses,
+            rps: m(&|c| c.stats.rps),
+            p50_us: m(&|c| c.stats.p50_us),
+            p99_us: m(&|c| c.stats.p99_us),
+        },
+        cpu_us: m(&|c| c.cpu_us),
+        recorded: mid
+            .recorded
+            .map(|(r, _)| (r, m(&|c| c.recorded.map_or(0.0, |x| x.1)))),
+        peak_mb: m(&|c| c.peak_mb),
+        threads: mid.threads,
+    }
+}
+
+/// Holds `/dev/cpu_dma_latency` at 0 µs while the returned file stays open (the kernel's PM QoS
+/// interface): idle cores stay out of deep C-states. `None` when the device cannot be opened.
+fn keep_cpus_awake() -> Option<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .ok()?;
+    f.write_all(&0i32.to_ne_bytes()).ok()?;
+    Some(f)
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if roles::run_role_if_child() {
+        return;
+    }
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let window = Duration::from_secs(env_num("LOAD_SECS", 4));
+    let rounds = env_num("LOAD_ROUNDS", 1).clamp(1, 9) as usize;
+    let awake = keep_cpus_awake();
+    if std::env::var("LOAD_ONLY").as_deref() == Ok("metrics") {
+        metrics_cost(window);
+        return;
+    }
+    let awake_held = awake.is_some();
+    // For profiling one cell: LOAD_CONNS=8 (a comma list), LOAD_ONLY=veil (no direct/no-op cells).
+    let conns_list: Vec<usize> = std::env::var("LOAD_CONNS")
+        .unwrap_or("1,8,64".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let only_veil = std::env::var("LOAD_ONLY").as_deref() == Ok("veil");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (roles_dir, be_dir, req_dir) =
+            (dir.path().join("roles"), dir.path().join("veil"), dir.path().join("veil-required"));
+        for d in [&roles_dir, &be_dir, &req_dir] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let (upstream_child, upstream) = spawn_role("upstream", &roles_dir, &[]);
+        let upstream_ca = roles_dir.join("upstream-ca.pem");
+        let (noop_child, noop) =
+            spawn_role("noop", &roles_dir, &[("VEIL_LOAD_UPSTREAM", upstream.to_string())]);
+        let (be_child, be) = start_veil(upstream, &upstream_ca, &be_dir, "", &[]);
+        let (req_child, req) =
+            start_veil(upstream, &upstream_ca, &req_dir, "audit = \"required\"", &[]);
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        let direct = Target {
+            name: "direct",
+            addr: upstream,
+            ca_pem: read(upstream_ca.clone()),
+            via_proxy: false,
+            pid: upstream_child.0.id(),
+            ledger: None,
+        };
+        let noop = Target {
+            name: "no-op MITM",
+            addr: noop,
+            ca_pem: read(roles_dir.join("noop-ca.pem")),
+            via_proxy: true,
+            pid: noop_child.0.id(),
+            ledger: None,
+        };
+        let veil_be = Target {
+            name: "veil best-effort",
+            addr: be,
+            ca_pem: read(be_dir.join("keys/ca.pem")),
+            via_proxy: true,
+            pid: be_child.0.id(),
+            ledger: Some(be_dir.join("data/ledger.db")),
+        };
+        let veil_req = Target {
+            name: "veil required",
+            addr: req,
+            ca_pem: read(req_dir.join("keys/ca.pem")),
+            via_proxy: true,
+            pid: req_child.0.id(),
+            ledger: Some(req_dir.join("data/ledger.db")),
+        };
+        println!(
+            "## veil load benchmark: {}s per cell, {rounds} round(s) (medians), 2 KB completion, HTTP/1.1 keep-alive TLS; CPUs held awake: {}",
+            window.as_secs(),
+            if awake_held { "yes (/dev/cpu_dma_latency = 0)" } else { "no (/dev/cpu_dma_latency not writable)" }
+        );
+
+        // 1. Memory at rest and with 1,000 idle keep-alive intercepted connections.
+        println!("\n| proxy | RSS at start MB | RSS with 1,000 idle connections MB | peak MB |");
+        println!("| --- | --- | --- | --- |");
+        for target in [&noop, &veil_be] {
+            let start = rss_kib(target.pid).0;
+            let mut idle = Vec::new();
+            for _ in 0..1000 {
+                let mut c = open(target).await;
+                let resp = c.send_request(completion_request(None)).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+                idle.push(c);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (rss, hwm) = rss_kib(target.pid);
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1} |",
+                target.name,
+                start as f64 / 1024.0,
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            );
+            drop(idle);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // 2. Time to first chunk.
+        let d = time_to_first_chunk(&direct, 20).await;
+        let n = time_to_first_chunk(&noop, 20).await;
+        let v = time_to_first_chunk(&veil_be, 20).await;
+        println!(
+            "\ntime to first chunk (50 chunks 5 ms apart, median of 20): direct {d:.2} ms, no-op {n:.2} ms ({:+.2}), veil {v:.2} ms ({:+.2})",
+            n - d,
+            v - d
+        );
+        // Let the recording of everything so far land before cells count ledger rows.
+        for t in [&veil_be, &veil_req] {
+            settled_rows(t.ledger.as_deref().unwrap(), t.pid).await;
+        }
+
+        // 3. Throughput, latency, CPU, recorded fraction, peak RSS.
+        let targets = [&direct, &noop, &veil_be, &veil_req];
+        let mut results: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); targets.len()]; 3];
+        for round in 0..rounds {
+            for (ci, conns) in [1, 8, 64].into_iter().enumerate() {
+                if !conns_list.contains(&conns) {
+                    continue;
+                }
+                for k in 0..targets.len() {
+                    let ti = (k + round) % targets.len();
+                    if only_veil && targets[ti].ledger.is_none() {
+                        continue;
+                    }
+                    results[ci][ti].push(cell(targets[ti], conns, window).await);
+                }
+            }
+        }
+        println!("\n| conns | target | req/s | ÷ no-op | p50 µs | p99 µs | added p50 µs | added p99 µs | CPU µs/response | CPU µs/recorded | recorded | peak RSS MB |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let mut thread_lines = Vec::new();
+        for (ci, conns) in [1, 8, 64].into_iter().enumerate() {
+            if results[ci][3].is_empty() {
+                continue;
+            }
+            let cells: Vec<Cell> = results[ci]
+                .iter()
+                .map(|c| if c.is_empty() { Cell::default() } else { median_cell(c) })
+                .collect();
+            let (d, n) = (&cells[0], &cells[1]);
+            for (ti, c) in cells.iter().enumerate() {
+                let rec = c.recorded.map_or(("—".to_string(), "—".to_string()), |(r, per)| {
+                    (
+                        format!("{per:.0}"),
+                        format!("{r} of {} ({:.1} %)", c.stats.responses, 100.0 * r as f64 / c.stats.responses as f64),
+                    )
+                });
+                println!(
+                    "| {conns} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:+.0} | {:.1} | {} | {} | {:.1} |",
+                    targets[ti].name,
+                    c.stats.rps,
+                    c.stats.rps / n.stats.rps,
+                    c.stats.p50_us,
+                    c.stats.p99_us,
+                    c.stats.p50_us - d.stats.p50_us,
+                    c.stats.p99_us - d.stats.p99_us,
+                    c.cpu_us,
+                    rec.0,
+                    rec.1,
+                    c.peak_mb
+                );
+                if targets[ti].ledger.is_some() {
+                    let shown: Vec<String> =
+                        c.threads.iter().take(8).map(|(n, us)| format!("{n} {us:.1}")).collect();
+                    thread_lines.push(format!("- {conns} conns, {}: {}", targets[ti].name, shown.join(", ")));
+                }
+            }
+        }
+        println!("\nveil CPU by thread, µs per response:\n{}", thread_lines.join("\n"));
+        let db = veil_be.ledger.as_deref().unwrap();
+        let rows = ledger_rows(db);
+        println!(
+            "\nbest-effort veil's ledger: {rows} rows, {:.0} bytes per row (ledger.db and its WAL); sealed store {:.0} bytes per row",
+            (dir_bytes_matching(&be_dir.join("data"), "ledger.db")) as f64 / rows.max(1) as f64,
+            dir_bytes(&be_dir.join("data/sealed")) as f64 / rows.max(1) as f64
+        );
+        drop((be_child, req_child, noop_child, upstream_child));
+    });
+    drop(awake);
+}
+
+/// Total size of the files under `dir` (recursively); 0 when it does not exist.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Total size of the files in `dir` whose name starts with `prefix` (not recursive).
+fn dir_bytes_matching(dir: &Path, prefix: &str) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+/// `LOAD_ONLY=metrics`: what `/metrics` costs. First the render time of a registry holding
+/// 1,000 label sets; then two veils side by side, one without `metrics_listen` and one with it
+/// and scraped every second as Prometheus would, driven in alternation (three rounds, the order
+/// flipped each round, so drift of the machine hits both), at 1 and 64 connections. Medians.
+fn metrics_cost(window: Duration) {
+    use veil::counters::Counters;
+    use veil::counters::series::{OPERATION_DURATION, REQUESTS, SeriesValue};
+
+    let counters = Arc::new(Counters::default());
+    {
+        let mut s = counters.series.lock();
+        for i in 0..1000 {
+            let key = vec![
+                (
+                    "gen_ai.request.model",
+                    SeriesValue::Str(format!("model-{}", i % 40)),
+                ),
+                (
+                    "veil.feature",
+                    SeriesValue::Str(format!("feature-{}", i / 40)),
+                ),
+            ];
+            s.add(&REQUESTS, key.clone(), 1.0);
+            if i < 100 {
+                s.observe(&OPERATION_DURATION, key, 0.2);
+            }
+        }
+    }
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        bytes = veil::counters::exposition::render(&counters, "digest").len();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "render /metrics with 1,000 counter label sets + 100 histogram label sets: median {:.2} ms, max {:.2} ms, {bytes} bytes",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (roles_dir, dir_off, dir_on) =
+            (dir.path().join("roles"), dir.path().join("off"), dir.path().join("on"));
+        for d in [&roles_dir, &dir_off, &dir_on] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let (upstream_child, upstream) = spawn_role("upstream", &roles_dir, &[]);
+        let upstream_ca = roles_dir.join("upstream-ca.pem");
+        let metrics_port = free_port();
+        let (child_off, veil_off) = start_veil(upstream, &upstream_ca, &dir_off, "", &[]);
+        let (child_on, veil_on) = start_veil(
+            upstream,
+            &upstream_ca,
+            &dir_on,
+            "",
+            &["--metrics-listen".to_string(), format!("127.0.0.1:{metrics_port}")],
+        );
+        let target = |name, addr, dir: &Path, pid| Target {
+            name,
+            addr,
+            ca_pem: std::fs::read_to_string(dir.join("keys/ca.pem")).unwrap(),
+            via_proxy: true,
+            pid,
+            ledger: None,
+        };
+        let off = target("veil without /metrics", veil_off, &dir_off, child_off.0.id());
+        let on = target("veil with /metrics", veil_on, &dir_on, child_on.0.id());
+        // The scraper: one GET /metrics per second while the runs last (bounded by a flag).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraper = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut scrapes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && scrapes.len() < 10_000 {
+                    let t = Instant::now();
+                    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", metrics_port)).await {
+                        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        scrapes.push((t.elapsed().as_secs_f64() * 1e3, buf.len()));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                scrapes
+            })
+        };
+        println!("\n## /metrics on vs off ({}s per run, 3 rounds alternating, medians)", window.as_secs());
+        println!("| connections | off req/s | on req/s | on ÷ off | off p50 µs | on p50 µs | off p99 µs | on p99 µs |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for conns in [1, 64] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for round in 0..3 {
+                if round % 2 == 0 {
+                    a.push(throughput(&off, conns, window).await);
+                    b.push(throughput(&on, conns, window).await);
+                } else {
+                    b.push(throughput(&on, conns, window).await);
+                    a.push(throughput(&off, conns, window).await);
+                }
+            }
+            let med = |v: &[Stats], f: fn(&Stats) -> f64| {
+                let mut x: Vec<f64> = v.iter().map(f).collect();
+                x.sort_by(f64::total_cmp);
+                x[x.len() / 2]
+            };
+            let (ra, rb) = (med(&a, |s| s.rps), med(&b, |s| s.rps));
+            println!(
+                "| {conns} | {ra:.0} | {rb:.0} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                rb / ra,
+                med(&a, |s| s.p50_us),
+                med(&b, |s| s.p50_us),
+                med(&a, |s| s.p99_us),
+                med(&b, |s| s.p99_us)
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let scrapes = scraper.await.unwrap();
+        let mut ms: Vec<f64> = scrapes.iter().map(|s| s.0).collect();
+        ms.sort_by(f64::total_cmp);
+        if let Some(last) = scrapes.last() {
+            println!(
+                "\nscrapes during the runs: {}, median {:.2} ms, max {:.2} ms, last answer {} bytes",
+                ms.len(),
+                ms[ms.len() / 2],
+                ms[ms.len() - 1],
+                last.1
+            );
+        }
+        drop((child_off, child_on, upstream_child));
+    });
+}
