@@ -78,6 +78,52 @@ fn bench_seal_frame(c: &mut Criterion) {
     g.finish();
 }
 
+/// The AEAD alone, the two implementations side by side in one run: *ring* (what the store
+/// seals with) and the RustCrypto `aes-gcm` crate (what it sealed with before; still used by
+/// the rules' `encrypt` action). Same key, nonce, associated data and buffer sizes.
+fn bench_aead(c: &mut Criterion) {
+    use aes_gcm::aead::{AeadInPlace, KeyInit};
+    let mut g = c.benchmark_group("aes256gcm");
+    g.measurement_time(Duration::from_secs(3)).sample_size(20);
+    let key = [7u8; 32];
+    let (nonce, aad) = ([1u8; 12], [2u8; 32]);
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key).expect("key"),
+    );
+    let other = aes_gcm::Aes256Gcm::new(aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(&key));
+    for size in [2 << 10, 64 << 10, 16 << 20] {
+        let mut buf = vec![0x5au8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("ring/{}KiB", size >> 10), |b| {
+            b.iter(|| {
+                black_box(
+                    ring_key
+                        .seal_in_place_separate_tag(
+                            ring::aead::Nonce::assume_unique_for_key(nonce),
+                            ring::aead::Aad::from(&aad),
+                            &mut buf,
+                        )
+                        .expect("seal"),
+                )
+            })
+        });
+        g.bench_function(format!("aes-gcm/{}KiB", size >> 10), |b| {
+            b.iter(|| {
+                black_box(
+                    other
+                        .encrypt_in_place_detached(
+                            aes_gcm::Nonce::from_slice(&nonce),
+                            &aad,
+                            &mut buf,
+                        )
+                        .expect("seal"),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_store_durable(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = store(dir.path());
@@ -187,6 +233,7 @@ fn forget_latency() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_seal_frame(&mut c);
+    bench_aead(&mut c);
     bench_store_durable(&mut c);
     bench_group_commit(&mut c);
     c.final_summary();

@@ -87,7 +87,10 @@ pub struct Recent {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: HashMap<String, Rated>,
+    /// Boxed values: a table slot is then 32 bytes instead of ~240, and at [`CAPACITY`] the
+    /// table (65,536 slots once removals have left tombstones) is 2 MiB instead of 15 MiB.
+    /// foldhash, not SipHash: the keys are ids veil issued, looked up by id.
+    by_id: HashMap<String, Box<Rated>, foldhash::fast::RandomState>,
     order: VecDeque<String>,
 }
 
@@ -97,7 +100,7 @@ impl Recent {
     pub fn insert(&self, rated: Rated) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let id = rated.request_id.clone();
-        if inner.by_id.insert(id.clone(), rated).is_none() {
+        if inner.by_id.insert(id.clone(), Box::new(rated)).is_none() {
             inner.order.push_back(id);
         }
         while inner.order.len() > CAPACITY {
@@ -136,7 +139,7 @@ impl Recent {
     /// The exchange with `request_id`, if held.
     pub fn get(&self, request_id: &str) -> Option<Rated> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.by_id.get(request_id).cloned()
+        inner.by_id.get(request_id).map(|r| Rated::clone(r))
     }
 
     /// The exchange with `request_id`, waiting up to `wait` for it to be inserted.
@@ -145,7 +148,7 @@ impl Recent {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = inner.by_id.get(request_id) {
-                return Some(r.clone());
+                return Some(Rated::clone(r));
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -41,6 +41,10 @@
 //! charged what it read; each word start is tried at most once: linear in the text.
 
 use std::collections::HashSet;
+
+/// A fixed word list as a set, hashed with foldhash (see `person::WordSet`: built once, never
+/// grows, so no input can flood it).
+type WordSet = HashSet<&'static str, foldhash::fast::RandomState>;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -431,7 +435,7 @@ fn cap(w: &str) -> bool {
     w.chars().next().is_some_and(char::is_uppercase)
 }
 
-fn is_in(w: &str, set: &HashSet<&'static str>) -> bool {
+fn is_in(w: &str, set: &WordSet) -> bool {
     let mut buf = [0; 64];
     lower(w, &mut buf).is_some_and(|l| set.contains(l))
 }
@@ -1016,8 +1020,7 @@ const EN_TYPES: &[&str] = &[
     "yard",
 ];
 
-static EN_SET: LazyLock<HashSet<&'static str>> =
-    LazyLock::new(|| EN_TYPES.iter().copied().collect());
+static EN_SET: LazyLock<WordSet> = LazyLock::new(|| EN_TYPES.iter().copied().collect());
 
 /// USPS two-letter codes: the states, DC, the territories (AS, FM, GU, MH, MP, PR, PW, VI)
 /// and the armed forces (AA, AE, AP).

@@ -63,6 +63,11 @@
 //! 48 bytes before a segment. Linear in the text, charged one unit per byte and per word.
 
 use std::collections::HashSet;
+
+/// A fixed word list as a set. foldhash, not SipHash: the lookups of every capitalized word
+/// hashed with SipHash were ~6 % of the pipeline's CPU on English prose (`benches/load`,
+/// perf). The sets are built once from the lists and never grow, so no input can flood them.
+type WordSet = HashSet<&'static str, foldhash::fast::RandomState>;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -1464,19 +1469,19 @@ fn is_guard(word: &str) -> bool {
 /// Whether a word (any case, at most 24 bytes) is in `set` (lowercase). Lowercased on the
 /// stack and looked up in a hash set: one `to_lowercase` allocation and a scan of a list of
 /// hundreds per word were most of the detector's cost on capitalized text.
-fn is_in(set: &HashSet<&'static str>, word: &str) -> bool {
+fn is_in(set: &WordSet, word: &str) -> bool {
     let mut buf = [0; 64];
     word.len() <= 24 && lower(word, &mut buf).is_some_and(|l| set.contains(l))
 }
 
 /// A word list as a set, built on first use.
-fn set_of(list: &'static [&'static str]) -> HashSet<&'static str> {
+fn set_of(list: &'static [&'static str]) -> WordSet {
     list.iter().copied().collect()
 }
 
-static GUARD_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(GUARD));
-static SOFT_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(SOFT));
-static AMBIGUOUS_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(AMBIGUOUS));
-static PLACE_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| set_of(PLACE_WORDS));
-static COMPASS_SET: LazyLock<HashSet<&'static str>> =
+static GUARD_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(GUARD));
+static SOFT_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(SOFT));
+static AMBIGUOUS_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(AMBIGUOUS));
+static PLACE_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(PLACE_WORDS));
+static COMPASS_SET: LazyLock<WordSet> =
     LazyLock::new(|| set_of(&["north", "south", "east", "west"]));
