@@ -688,6 +688,15 @@ fn main() {
             (dir_bytes_matching(&be_dir.join("data"), "ledger.db")) as f64 / rows.max(1) as f64,
             dir_bytes(&be_dir.join("data/sealed")) as f64 / rows.max(1) as f64
         );
+        for t in [&noop, &veil_be, &veil_req] {
+            let (rss, hwm) = rss_kib(t.pid);
+            println!(
+                "{} at the end: RSS {:.1} MB (peak of the last cell {:.1} MB)",
+                t.name,
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            );
+        }
         drop((be_child, req_child, noop_child, upstream_child));
     });
     drop(awake);

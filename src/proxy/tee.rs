@@ -335,12 +335,38 @@ impl Capture {
 
     fn into_body(self, content_encoding: Option<String>) -> Body {
         Body {
-            chunks: self.chunks,
+            chunks: compact(self.chunks, self.captured),
             wire_len: self.wire_len,
             truncated: self.truncated,
             content_encoding,
         }
     }
+}
+
+/// Bodies up to this many captured bytes are copied into one buffer of their exact size when
+/// they end ([`compact`]); larger ones keep the forwarded chunks as they are.
+pub const COMPACT_MAX: usize = 1 << 20;
+
+/// The captured chunks, copied into one buffer of exactly their total size and handed back as
+/// slices of it (so chunk boundaries survive), when the total is at most [`COMPACT_MAX`].
+///
+/// A captured chunk shares the allocation hyper read it into: the connection's read buffer,
+/// which hyper grows adaptively from 8 KiB towards hundreds of KiB under load. Held in the
+/// recording queue (which counts captured bytes, not the allocations they pin), a 2 KB
+/// response kept its whole read buffer alive: veil's peak RSS at 64 connections was ~196 MB
+/// best-effort (`benches/load`). One copy per body at its end (~2 KB here) frees them as soon
+/// as hyper moves on. Larger bodies are left shared: their chunks fill the buffers they pin,
+/// and copying megabytes on the forwarding path would cost more than it saves.
+pub fn compact(chunks: Vec<Bytes>, total: usize) -> Vec<Bytes> {
+    if chunks.is_empty() || total > COMPACT_MAX {
+        return chunks;
+    }
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for c in &chunks {
+        buf.extend_from_slice(c);
+    }
+    let mut all = buf.freeze();
+    chunks.iter().map(|c| all.split_to(c.len())).collect()
 }
 
 /// Which body a tee wraps.

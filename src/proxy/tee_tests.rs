@@ -130,3 +130,35 @@ impl<T: Unpin> futures_core::Stream for VecStream<T> {
         }
     }
 }
+
+/// A captured body no longer pins the read buffers its chunks were cut from: its chunks are
+/// copied into one buffer of exactly their size, back to back, boundaries and bytes kept. A
+/// body over `COMPACT_MAX` keeps its chunks as forwarded.
+#[test]
+fn compact_copies_small_bodies_out_of_the_buffers_they_were_read_into() {
+    // Two chunks cut from one 64 KiB "read buffer", as hyper hands them out.
+    let read_buffer = Bytes::from(vec![7u8; 64 << 10]);
+    let chunks = vec![read_buffer.slice(0..100), read_buffer.slice(100..2100)];
+    let inside = |b: &Bytes| {
+        let (start, p) = (read_buffer.as_ptr() as usize, b.as_ptr() as usize);
+        p >= start && p < start + read_buffer.len()
+    };
+    assert!(chunks.iter().all(inside));
+    let out = compact(chunks.clone(), 2100);
+    assert_eq!(out, chunks, "same bytes, same boundaries");
+    assert!(!out.iter().any(inside), "copied out of the read buffer");
+    assert_eq!(
+        out[1].as_ptr() as usize,
+        out[0].as_ptr() as usize + 100,
+        "one buffer, back to back"
+    );
+
+    let big = Bytes::from(vec![1u8; COMPACT_MAX + 1]);
+    let kept = compact(vec![big.clone()], big.len());
+    assert_eq!(
+        kept[0].as_ptr(),
+        big.as_ptr(),
+        "a large body is left shared"
+    );
+    assert!(compact(Vec::new(), 0).is_empty());
+}

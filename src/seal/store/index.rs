@@ -24,6 +24,13 @@ use crate::exchange::ExchangeId;
 use crate::keys::UserPseudonym;
 use crate::seal::{ErrorKind, SealError};
 
+/// redb's page cache for the index, bytes. redb's default is 1 GiB, which it fills as the
+/// index grows: veil's RSS grew with the size of the sealed store. The writer appends
+/// time-ordered keys (UUIDv7 ids, start times), so the pages it touches are the recent ones;
+/// older pages are read back from the OS page cache when a lookup or a forget needs them.
+/// The same budget as the ledger's SQLite page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
 pub(super) const EXCHANGES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("exchanges");
 pub(super) const BY_USER: MultimapTableDefinition<&str, [u8; 16]> =
     MultimapTableDefinition::new("by_user");
@@ -173,16 +180,19 @@ impl Index {
     }
 
     fn open(path: &Path) -> Result<Database, SealError> {
-        Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => SealError::new(
-                ErrorKind::Locked,
-                format!(
-                    "{} is in use by another process (a running `veil run`?)",
-                    path.display()
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => SealError::new(
+                    ErrorKind::Locked,
+                    format!(
+                        "{} is in use by another process (a running `veil run`?)",
+                        path.display()
+                    ),
                 ),
-            ),
-            other => db_err(other),
-        })
+                other => db_err(other),
+            })
     }
 
     /// The open index, or [`ErrorKind::Degraded`] while a reopen has failed.
