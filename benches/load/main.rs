@@ -9,7 +9,9 @@
 //!
 //! 1. peak RSS of the no-op proxy and of veil at start and with 1,000 idle keep-alive
 //!    intercepted connections (each after one request);
-//! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil;
+//! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil, with
+//!    this client and, when `VEIL_PYTHON` names a Python with the `openai` SDK, with the
+//!    official SDK (`ttfc.py`);
 //! 3. for 1, 8 and 64 connections, each target in turn (the order rotates each round):
 //!    requests/s, latency p50/p99, the target's CPU per exchange (user + system, from
 //!    `/proc`, including recording that finishes after the window), veil's CPU by thread, the
@@ -618,6 +620,9 @@ fn main() {
             n - d,
             v - d
         );
+        if let Ok(python) = std::env::var("VEIL_PYTHON") {
+            sdk_time_to_first_chunk(&python, &direct, &[&noop, &veil_be], &roles_dir, &be_dir);
+        }
         // Let the recording of everything so far land before cells count ledger rows.
         for t in [&veil_be, &veil_req] {
             settled_rows(t.ledger.as_deref().unwrap(), t.pid).await;
@@ -700,6 +705,73 @@ fn main() {
         drop((be_child, req_child, noop_child, upstream_child));
     });
     drop(awake);
+}
+
+/// Time to first chunk with the official openai SDK (`benches/load/ttfc.py`, run by the Python
+/// `VEIL_PYTHON` names): direct, then through each proxy by `HTTPS_PROXY`-style proxying, 20
+/// streams each (medians). A missing SDK or a failed run is reported, never fatal.
+fn sdk_time_to_first_chunk(
+    python: &str,
+    direct: &Target,
+    proxies: &[&Target],
+    roles_dir: &Path,
+    veil_dir: &Path,
+) {
+    let ca_of = |t: &Target| {
+        if t.ledger.is_some() {
+            veil_dir.join("keys/ca.pem")
+        } else if t.via_proxy {
+            roles_dir.join("noop-ca.pem")
+        } else {
+            roles_dir.join("upstream-ca.pem")
+        }
+    };
+    let mut targets = vec![serde_json::json!({
+        "name": direct.name,
+        "base_url": format!("https://localhost:{}/v1", direct.addr.port()),
+        "proxy": null,
+        "ca": ca_of(direct),
+    })];
+    for t in proxies {
+        targets.push(serde_json::json!({
+            "name": t.name,
+            "base_url": "https://api.openai.com/v1",
+            "proxy": format!("http://{}", t.addr),
+            "ca": ca_of(t),
+        }));
+    }
+    let spec = serde_json::json!({"runs": 20, "targets": targets}).to_string();
+    let out = Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/ttfc.py"))
+        .arg(&spec)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output();
+    let medians: Option<serde_json::Map<String, serde_json::Value>> = match &out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
+        _ => None,
+    };
+    let Some(m) = medians else {
+        println!(
+            "
+time to first chunk with the openai SDK: not measured ({})",
+            match &out {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => e.to_string(),
+            }
+        );
+        return;
+    };
+    let ms = |name: &str| m.get(name).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let d = ms(direct.name);
+    let shown: Vec<String> = proxies
+        .iter()
+        .map(|t| format!("{} {:.2} ms ({:+.2})", t.name, ms(t.name), ms(t.name) - d))
+        .collect();
+    println!(
+        "time to first chunk with the official openai SDK (50 chunks 5 ms apart, median of 20): direct {d:.2} ms, {}",
+        shown.join(", ")
+    );
 }
 
 /// Total size of the files under `dir` (recursively); 0 when it does not exist.

@@ -335,7 +335,7 @@ impl Capture {
 
     fn into_body(self, content_encoding: Option<String>) -> Body {
         Body {
-            chunks: compact(self.chunks, self.captured),
+            chunks: self.chunks,
             wire_len: self.wire_len,
             truncated: self.truncated,
             content_encoding,
@@ -345,10 +345,10 @@ impl Capture {
 
 /// Bodies up to this many captured bytes are copied into one buffer of their exact size when
 /// they end ([`compact`]); larger ones keep the forwarded chunks as they are.
-pub const COMPACT_MAX: usize = 1 << 20;
+pub const COMPACT_MAX: usize = 256 << 10;
 
-/// The captured chunks, copied into one buffer of exactly their total size and handed back as
-/// slices of it (so chunk boundaries survive), when the total is at most [`COMPACT_MAX`].
+/// The chunks, copied into one buffer of exactly their total size and handed back as slices of
+/// it (so chunk boundaries survive), when the total is at most [`COMPACT_MAX`].
 ///
 /// A captured chunk shares the allocation hyper read it into: the connection's read buffer,
 /// which hyper grows adaptively from 8 KiB towards hundreds of KiB under load. Held in the
@@ -356,8 +356,10 @@ pub const COMPACT_MAX: usize = 1 << 20;
 /// response kept its whole read buffer alive: veil's peak RSS at 64 connections was ~196 MB
 /// best-effort (`benches/load`). One copy per body at its end (~2 KB here) frees them as soon
 /// as hyper moves on. Larger bodies are left shared: their chunks fill the buffers they pin,
-/// and copying megabytes on the forwarding path would cost more than it saves.
-pub fn compact(chunks: Vec<Bytes>, total: usize) -> Vec<Bytes> {
+/// and copying them on the forwarding path (the copy runs when the body ends, before hyper
+/// sees its end) would cost more than it saves.
+pub fn compact(chunks: Vec<Bytes>) -> Vec<Bytes> {
+    let total: usize = chunks.iter().map(Bytes::len).sum();
     if chunks.is_empty() || total > COMPACT_MAX {
         return chunks;
     }
@@ -416,10 +418,12 @@ impl<B: HttpBody> TeeBody<B> {
     }
 
     fn finish(&mut self, end: End) {
-        let Some((capture, recording)) = self.tap.take() else {
+        let Some((mut capture, recording)) = self.tap.take() else {
             return;
         };
         let now = Instant::now();
+        // Copied out of hyper's buffers before the lock, so the other side never waits on it.
+        capture.chunks = compact(std::mem::take(&mut capture.chunks));
         let mut rec = recording.lock().unwrap_or_else(|e| e.into_inner());
         match self.side {
             Side::Request => {

@@ -72,6 +72,11 @@ pub fn fresh_data_key() -> DataKey {
 /// The RustCrypto `aes-gcm` crate veil used before makes two passes (CTR, then GHASH), which
 /// fall out of cache on large payloads (0.64 GiB/s at 16 MiB) and were ~7 % of the pipeline's
 /// CPU on 2 KB exchanges; the bytes are the same, so stores sealed before open unchanged.
+///
+/// Key material: the caller's key (a `Zeroizing` data key, a derived wrap key) is wiped as
+/// before, but ring's expanded key (AES round keys, the GHASH key H) lives on the stack for
+/// one call and is not wiped when it goes, as the `aes` crate's round keys were not either
+/// (its `zeroize` feature is off); only `polyval`'s H used to be wiped on drop.
 mod gcm {
     use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
@@ -658,6 +663,91 @@ mod tests {
         assert_eq!(
             unwrap_slot(&flipped, id, &wrap).unwrap_err().kind(),
             ErrorKind::WrongKey
+        );
+    }
+
+    /// A frame sealed with the `aes-gcm` crate, as veil sealed before it used ring (fixed key
+    /// `0x11`×32, nonce `0x22`×12, key id 1, the id below), kept as bytes: the format is
+    /// frozen here, so whatever `aad`, `encode_payload` or the cipher become, a store written
+    /// before must still open.
+    const KNOWN_FRAME: &str = concat!(
+        "564546312b030000b100b50801937a2b4c5d7000800000000000002a01000000222222222222222222222222",
+        "161a0549c0b4bd36811de41e7897d0e628f2ff8047b5cf7e36623dd839d1483b754f9b2f6398c9ee7e68dd1d",
+        "d6687b5491febc11e113088ad110b598963481c15ab62d0061b56122db5106a127d9ce3cd58d930e33c2f921",
+        "3c70a4cf4dd65eb1e6250c700a75b17c6cacdd27446bb307117c99d73f41b458dc53024f758a66ab1bf693dd",
+        "a33218432c7032e5c97f423e6e6c7f94eead5f7a78f03a2f18300e3e2b416b3768820bbdd906172669a2f10a",
+        "9778a09027e642218816d0d2ac03af038defb69e3554387bbaf254260fd8fa4cd45b3e7273d3d754b53653b1",
+        "74b1684e0109f1d4a94944c105a8a9147248106a184e4f15767a773c335365c2f9b76386f7eb0987cca19a73",
+        "53940f359b85803c4f049e4a1e9a8f69482cd88e4830133b570421169f171119fb5bcd7fc1e7dd7ec5338457",
+        "92a92f22a7384b3e1eef9be7abfa39eb8497da71ebf85b07a3f50b4e8a2d165c05a123f01bdaadf627dfcbf4",
+        "d951d3fdf119ee244c0c5d11bababf039d731fd1cb667b3c0d3ab1d530ea545e4ffa6072d9e988f8b2c9e1e4",
+        "f35a80259148bd59e0aeb45e770251d0b08f3f0d2ffc34de1d7be2f255d499a38bb9724c6158b6cd110d6851",
+        "049928a9308266948711d05514ce04bfb7b2692fc9f2f7f3dde06a5c10383abfb96f3d9aea35f5a16ec63e53",
+        "ecf01fb5a9fa09e1d813189998ecd1bb14d3e9055205035feda4938364be95465cac2d900623956e5e981440",
+        "e09adaf107448edadb8cd3e532ff21c0422cc3c2c7f111bbcf597135b646b06eff3aa5858afa7ae75c8906f2",
+        "3ba36f147dec6313d9d5bb3a4b014eed6a6ad5cb0ee59e367905892582d2a2acdbc1a80864566085f685cc31",
+        "d0f6e9cdf56228aed9489b75ae18a2d9478aafa8ac4214cfb6d8d9e5b1c6f487651b9bc0022cc1714e126969",
+        "02948d92a6e4fd82435ba04b67fafe5afb685e07ba6390b9acb2853b8afd5f9e3b09cd02c875db07da35a341",
+        "7cf2051d41659320f9d3c5bf18055ec72d69f77ceb574ed56d0c26dbba4403889d1c75229500093ec94bfd0d",
+        "fb34075327a27735363fd962d00fd26fe03dc1ffaa8a21412e96c5af77b1cee73413ca78139361b27a80b2d6",
+        "e78d6fbfacf61abd6df10c080f6116b8c51d43",
+    );
+
+    #[test]
+    fn a_frame_sealed_by_an_earlier_veil_still_opens() {
+        let bytes: Vec<u8> = (0..KNOWN_FRAME.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&KNOWN_FRAME[i..i + 2], 16).unwrap())
+            .collect();
+        let id = ExchangeId::from_bytes([
+            0x01, 0x93, 0x7a, 0x2b, 0x4c, 0x5d, 0x70, 0x00, 0x80, 0x00, 0, 0, 0, 0, 0, 0x2a,
+        ]);
+        let key: DataKey = Zeroizing::new([0x11; 32]);
+        let h = parse_frame_header(&bytes).unwrap();
+        assert_eq!((h.id, h.key_id, h.frame_len()), (id, KeyId(1), bytes.len()));
+        assert!(frame_crc_ok(&bytes, &h));
+        let ex = open_frame(bytes.clone(), id, &key).expect("opens");
+        assert_eq!(ex.id, id);
+        assert_eq!(
+            ex.started_at,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+        );
+        assert_eq!(
+            (ex.method.as_str(), ex.path.as_str()),
+            ("POST", "/v1/chat/completions")
+        );
+        assert_eq!(ex.status, Some(200));
+        assert_eq!(
+            ex.tags,
+            vec![("x-veil-feature".to_string(), "triage".to_string())]
+        );
+        assert_eq!(
+            ex.request_body.chunks,
+            vec![Bytes::from_static(b"{\"model\":\"gpt-4o\"}")]
+        );
+        assert_eq!(
+            ex.response_body.chunks,
+            vec![
+                Bytes::from_static(b"data: a\n\n"),
+                Bytes::from_static(b"data: [DONE]\n\n")
+            ],
+            "chunk boundaries kept"
+        );
+        // Another key, or the frame under another id: refused, nothing returned.
+        let other: DataKey = Zeroizing::new([0x12; 32]);
+        assert_eq!(
+            open_frame(bytes.clone(), id, &other).unwrap_err().kind(),
+            ErrorKind::Authentication
+        );
+        let mut moved = bytes;
+        moved[27] ^= 1;
+        let crc = crc32fast::hash(&moved[12..]);
+        moved[8..12].copy_from_slice(&crc.to_le_bytes());
+        let moved_id = parse_frame_header(&moved).unwrap().id;
+        assert_eq!(
+            open_frame(moved, moved_id, &key).unwrap_err().kind(),
+            ErrorKind::Authentication,
+            "the id is in the associated data"
         );
     }
 }
