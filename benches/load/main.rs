@@ -318,6 +318,25 @@ fn spawn_role(role: &str, dir: &Path, env: &[(&str, String)]) -> (KillOnDrop, So
     (child, addr)
 }
 
+/// Makes `root/roles` and one directory per name under `root` (for the veils), and starts the
+/// upstream role in `roles`. Returns the roles directory, the veils' directories, the upstream
+/// child, its address and its CA file.
+fn start_upstream<const N: usize>(
+    root: &Path,
+    names: [&str; N],
+) -> (PathBuf, [PathBuf; N], KillOnDrop, SocketAddr, PathBuf) {
+    let roles = root.join("roles");
+    std::fs::create_dir(&roles).unwrap();
+    let dirs = names.map(|n| {
+        let d = root.join(n);
+        std::fs::create_dir(&d).unwrap();
+        d
+    });
+    let (child, addr) = spawn_role("upstream", &roles, &[]);
+    let ca = roles.join("upstream-ca.pem");
+    (roles, dirs, child, addr, ca)
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -535,13 +554,8 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let (roles_dir, be_dir, req_dir) =
-            (dir.path().join("roles"), dir.path().join("veil"), dir.path().join("veil-required"));
-        for d in [&roles_dir, &be_dir, &req_dir] {
-            std::fs::create_dir(d).unwrap();
-        }
-        let (upstream_child, upstream) = spawn_role("upstream", &roles_dir, &[]);
-        let upstream_ca = roles_dir.join("upstream-ca.pem");
+        let (roles_dir, [be_dir, req_dir], upstream_child, upstream, upstream_ca) =
+            start_upstream(dir.path(), ["veil", "veil-required"]);
         let (noop_child, noop) =
             spawn_role("noop", &roles_dir, &[("VEIL_LOAD_UPSTREAM", upstream.to_string())]);
         let (be_child, be) = start_veil(upstream, &upstream_ca, &be_dir, "", &[]);
@@ -850,13 +864,8 @@ fn metrics_cost(window: Duration) {
         .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let (roles_dir, dir_off, dir_on) =
-            (dir.path().join("roles"), dir.path().join("off"), dir.path().join("on"));
-        for d in [&roles_dir, &dir_off, &dir_on] {
-            std::fs::create_dir(d).unwrap();
-        }
-        let (upstream_child, upstream) = spawn_role("upstream", &roles_dir, &[]);
-        let upstream_ca = roles_dir.join("upstream-ca.pem");
+        let (_roles_dir, [dir_off, dir_on], upstream_child, upstream, upstream_ca) =
+            start_upstream(dir.path(), ["off", "on"]);
         let metrics_port = free_port();
         let (child_off, veil_off) = start_veil(upstream, &upstream_ca, &dir_off, "", &[]);
         let (child_on, veil_on) = start_veil(
