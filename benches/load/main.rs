@@ -51,13 +51,36 @@ use tokio::net::TcpStream;
 struct Target {
     name: &'static str,
     addr: SocketAddr,
-    /// The CA the client trusts on this path (the upstream's, or the proxy's).
+    /// The CA the client trusts on this path (the upstream's, or the proxy's): its file and PEM.
+    ca_path: PathBuf,
     ca_pem: String,
     via_proxy: bool,
     /// The process whose CPU and memory are measured.
     pid: u32,
     /// veil's SQLite ledger, when the target is a veil.
     ledger: Option<PathBuf>,
+}
+
+impl Target {
+    fn new(
+        name: &'static str,
+        addr: SocketAddr,
+        ca_path: PathBuf,
+        via_proxy: bool,
+        pid: u32,
+        ledger: Option<PathBuf>,
+    ) -> Target {
+        let ca_pem = std::fs::read_to_string(&ca_path).unwrap();
+        Target {
+            name,
+            addr,
+            ca_path,
+            ca_pem,
+            via_proxy,
+            pid,
+            ledger,
+        }
+    }
 }
 
 fn tls_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
@@ -561,39 +584,32 @@ fn main() {
         let (be_child, be) = start_veil(upstream, &upstream_ca, &be_dir, "", &[]);
         let (req_child, req) =
             start_veil(upstream, &upstream_ca, &req_dir, "audit = \"required\"", &[]);
-        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
-        let direct = Target {
-            name: "direct",
-            addr: upstream,
-            ca_pem: read(upstream_ca.clone()),
-            via_proxy: false,
-            pid: upstream_child.0.id(),
-            ledger: None,
-        };
-        let noop = Target {
-            name: "no-op MITM",
-            addr: noop,
-            ca_pem: read(roles_dir.join("noop-ca.pem")),
-            via_proxy: true,
-            pid: noop_child.0.id(),
-            ledger: None,
-        };
-        let veil_be = Target {
-            name: "veil best-effort",
-            addr: be,
-            ca_pem: read(be_dir.join("keys/ca.pem")),
-            via_proxy: true,
-            pid: be_child.0.id(),
-            ledger: Some(be_dir.join("data/ledger.db")),
-        };
-        let veil_req = Target {
-            name: "veil required",
-            addr: req,
-            ca_pem: read(req_dir.join("keys/ca.pem")),
-            via_proxy: true,
-            pid: req_child.0.id(),
-            ledger: Some(req_dir.join("data/ledger.db")),
-        };
+        let direct =
+            Target::new("direct", upstream, upstream_ca.clone(), false, upstream_child.0.id(), None);
+        let noop = Target::new(
+            "no-op MITM",
+            noop,
+            roles_dir.join("noop-ca.pem"),
+            true,
+            noop_child.0.id(),
+            None,
+        );
+        let veil_be = Target::new(
+            "veil best-effort",
+            be,
+            be_dir.join("keys/ca.pem"),
+            true,
+            be_child.0.id(),
+            Some(be_dir.join("data/ledger.db")),
+        );
+        let veil_req = Target::new(
+            "veil required",
+            req,
+            req_dir.join("keys/ca.pem"),
+            true,
+            req_child.0.id(),
+            Some(req_dir.join("data/ledger.db")),
+        );
         println!(
             "## veil load benchmark: {}s per cell, {rounds} round(s) (medians), 2 KB completion, HTTP/1.1 keep-alive TLS; CPUs held awake: {}",
             window.as_secs(),
@@ -635,7 +651,7 @@ fn main() {
             v - d
         );
         if let Ok(python) = std::env::var("VEIL_PYTHON") {
-            sdk_time_to_first_chunk(&python, &direct, &[&noop, &veil_be], &roles_dir, &be_dir);
+            sdk_time_to_first_chunk(&python, &direct, &[&noop, &veil_be]);
         }
         // Let the recording of everything so far land before cells count ledger rows.
         for t in [&veil_be, &veil_req] {
@@ -724,34 +740,19 @@ fn main() {
 /// Time to first chunk with the official openai SDK (`benches/load/ttfc.py`, run by the Python
 /// `VEIL_PYTHON` names): direct, then through each proxy by `HTTPS_PROXY`-style proxying, 20
 /// streams each (medians). A missing SDK or a failed run is reported, never fatal.
-fn sdk_time_to_first_chunk(
-    python: &str,
-    direct: &Target,
-    proxies: &[&Target],
-    roles_dir: &Path,
-    veil_dir: &Path,
-) {
-    let ca_of = |t: &Target| {
-        if t.ledger.is_some() {
-            veil_dir.join("keys/ca.pem")
-        } else if t.via_proxy {
-            roles_dir.join("noop-ca.pem")
-        } else {
-            roles_dir.join("upstream-ca.pem")
-        }
-    };
+fn sdk_time_to_first_chunk(python: &str, direct: &Target, proxies: &[&Target]) {
     let mut targets = vec![serde_json::json!({
         "name": direct.name,
         "base_url": format!("https://localhost:{}/v1", direct.addr.port()),
         "proxy": null,
-        "ca": ca_of(direct),
+        "ca": direct.ca_path,
     })];
     for t in proxies {
         targets.push(serde_json::json!({
             "name": t.name,
             "base_url": "https://api.openai.com/v1",
             "proxy": format!("http://{}", t.addr),
-            "ca": ca_of(t),
+            "ca": t.ca_path,
         }));
     }
     let spec = serde_json::json!({"runs": 20, "targets": targets}).to_string();
@@ -875,13 +876,8 @@ fn metrics_cost(window: Duration) {
             "",
             &["--metrics-listen".to_string(), format!("127.0.0.1:{metrics_port}")],
         );
-        let target = |name, addr, dir: &Path, pid| Target {
-            name,
-            addr,
-            ca_pem: std::fs::read_to_string(dir.join("keys/ca.pem")).unwrap(),
-            via_proxy: true,
-            pid,
-            ledger: None,
+        let target = |name, addr, dir: &Path, pid| {
+            Target::new(name, addr, dir.join("keys/ca.pem"), true, pid, None)
         };
         let off = target("veil without /metrics", veil_off, &dir_off, child_off.0.id());
         let on = target("veil with /metrics", veil_on, &dir_on, child_on.0.id());
