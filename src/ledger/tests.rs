@@ -1201,3 +1201,49 @@ fn forget_by_user_catches_rows_committed_between_its_scan_and_its_lock() {
         0
     );
 }
+
+/// Checkpoint starvation: a writer that commits group after group while the checkpointer
+/// copies the last one never found the WAL fully checkpointed at the start of a transaction,
+/// so SQLite never rewound it and it grew with everything written (168 MB for 100,000
+/// exchanges in `benches/ledger.rs`). Waiting for the checkpoint the commit asked for keeps
+/// it near one group's size. Every batch is queued before the writer can commit the first
+/// ones, so the writer runs back to back, as under a burst.
+#[test]
+fn the_wal_stays_near_one_group_under_sustained_writes() {
+    let (_d, path, ledger) = ledger();
+    let handle = ledger.handle();
+    let filler = "a redacted answer of some length, ".repeat(60);
+    let mut ids = 0;
+    let mut batch = || {
+        (0..512)
+            .map(|_| {
+                ids += 1;
+                let mut r = openai_chat(&format!("r{ids}"));
+                r.output_messages = Some(serde_json::json!([
+                    {"role": "assistant", "parts": [{"type": "text", "content": filler}]}
+                ]));
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    // 48 batches of 512 records, ~2.3 KB each in the ledger: ~55 MB written.
+    let batches: Vec<_> = (0..48).map(|_| batch()).collect();
+    for b in batches {
+        handle.send_blocking(b, None);
+    }
+    assert!(handle.flush_blocking());
+    assert_eq!(ledger.counters().ledger.rows.get(), 48 * 512);
+    let written =
+        std::fs::metadata(&path).unwrap().len() + std::fs::metadata(wal_path(&path)).unwrap().len();
+    let wal = std::fs::metadata(wal_path(&path)).unwrap().len();
+    assert!(
+        wal < 32 << 20,
+        "the WAL is {wal} bytes after {written} bytes of database and WAL: it was not rewound"
+    );
+}
+
+fn wal_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    p.into()
+}

@@ -75,7 +75,7 @@ pub(super) struct Writer {
     scratch: Scratch,
     /// The checkpointer thread, when it could be started (else SQLite's automatic checkpoint
     /// runs on this thread, as before).
-    checkpointer: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<Checkpointer>,
     /// Where committed batches go to be freed.
     dropper: Dropper,
 }
@@ -216,6 +216,9 @@ impl Writer {
                     done(ok);
                 }
                 self.dropper.drop_later(batches);
+                if let Some(c) = &self.checkpointer {
+                    c.catch_up();
+                }
             }
             // After the group's records: a feedback sent right after its exchange's record
             // lands beside it. Its own transaction, so a bad row cannot cost the records.
@@ -244,8 +247,8 @@ impl Writer {
             conn, checkpointer, ..
         } = self;
         drop(conn);
-        if let Some(h) = checkpointer {
-            let _ = h.join();
+        if let Some(c) = checkpointer {
+            let _ = c.thread.join();
         }
     }
 
@@ -536,6 +539,45 @@ impl Writer {
 /// bytes whatever the ledger's page size.
 const CHECKPOINT_BYTES: i64 = 1000 * 4096;
 
+/// Longest the writer waits, after a commit that asked for a checkpoint, for the checkpointer
+/// to finish it ([`Checkpointer::catch_up`]).
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The checkpointer thread and what the writer needs to wait for it.
+struct Checkpointer {
+    thread: std::thread::JoinHandle<()>,
+    /// Set by the WAL hook when a commit asked for a checkpoint.
+    asked: Arc<std::sync::atomic::AtomicBool>,
+    /// One message per finished checkpoint attempt.
+    finished: std::sync::mpsc::Receiver<()>,
+}
+
+impl Checkpointer {
+    /// After a commit that asked for a checkpoint, waits (at most [`CATCH_UP_WAIT`]) until the
+    /// checkpointer has run it, so the writer's next transaction finds the WAL copied into the
+    /// database and starts it again from its first frame.
+    ///
+    /// Without the wait a busy writer starts its next transaction while the checkpoint still
+    /// runs; SQLite rewinds the WAL only when a write transaction begins on a fully
+    /// checkpointed WAL (<https://www.sqlite.org/wal.html>, "Avoiding Excessively Large WAL
+    /// Files"), so under sustained load it never did: the WAL grew without bound (168 MB for
+    /// 100,000 exchanges in `benches/ledger.rs`), and every commit appended to new file pages,
+    /// which the kernel allocates and zeroes (about a tenth of the writer's CPU). Rewound, a
+    /// commit overwrites pages already cached. The wait costs no CPU. A reader holding an old
+    /// snapshot keeps the checkpoint from copying everything; the WAL then grows as before
+    /// until the reader is done, without the writer waiting longer.
+    fn catch_up(&self) {
+        if !self.asked.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        // One report: the checkpoint this commit asked for (the one before it was waited for
+        // in turn). It comes back quickly also when it could not finish: a `PASSIVE`
+        // checkpoint does not wait for readers. Only slow storage makes the wait reach its
+        // bound; a report that then arrives late is read by the next wait, which ends at once.
+        let _ = self.finished.recv_timeout(CATCH_UP_WAIT);
+    }
+}
+
 /// Moves the WAL checkpoint off the writer thread: a thread with its own connection runs a
 /// `PASSIVE` checkpoint whenever a commit leaves more than [`CHECKPOINT_BYTES`] in the WAL.
 ///
@@ -548,10 +590,7 @@ const CHECKPOINT_BYTES: i64 = 1000 * 4096;
 /// Registering the hook turns SQLite's own automatic checkpoint off on this connection (both use
 /// `sqlite3_wal_hook`). If the thread or its connection cannot be had, nothing changes and
 /// SQLite keeps checkpointing on the writer thread.
-fn start_checkpointer(
-    conn: &mut Connection,
-    settings: &LedgerSettings,
-) -> Option<std::thread::JoinHandle<()>> {
+fn start_checkpointer(conn: &mut Connection, settings: &LedgerSettings) -> Option<Checkpointer> {
     let ckpt = Connection::open_with_flags(
         &settings.path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -566,8 +605,9 @@ fn start_checkpointer(
     };
     // One pending request is enough: a checkpoint copies everything committed before it.
     let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+    let (finish, finished) = std::sync::mpsc::sync_channel::<()>(1);
     let nice = settings.nice;
-    let handle = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("veil-ledger-ckpt".into())
         .spawn(move || {
             crate::os::lower_thread_priority(nice);
@@ -579,9 +619,11 @@ fn start_checkpointer(
                 }) {
                     tracing::debug!(error = %e, "ledger checkpoint failed; retried after the next commit");
                 }
+                // Full: the writer has not read the last report (its wait ended at the bound).
+                let _ = finish.try_send(());
             }
         });
-    let handle = match handle {
+    let thread = match thread {
         Ok(h) => h,
         Err(e) => {
             tracing::debug!(error = %e, "ledger checkpointer: no thread; SQLite checkpoints on the writer");
@@ -593,19 +635,26 @@ fn start_checkpointer(
         .unwrap_or(4096)
         .max(512);
     let checkpoint_pages = i32::try_from(CHECKPOINT_BYTES / page_size).unwrap_or(1000);
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = Arc::clone(&asked);
     let hooked = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
         if pages >= checkpoint_pages {
             // Full: a checkpoint is already asked for.
             let _ = nudge.try_send(());
+            asking.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }));
     match hooked {
-        Ok(()) => Some(handle),
+        Ok(()) => Some(Checkpointer {
+            thread,
+            asked,
+            finished,
+        }),
         Err(e) => {
             // Not joined: the thread ends when the hook (the only sender) is dropped.
             tracing::debug!(error = %e, "ledger checkpointer: no WAL hook; SQLite checkpoints on the writer");
-            drop(handle);
+            drop(thread);
             None
         }
     }
