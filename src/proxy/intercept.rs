@@ -67,6 +67,9 @@ impl Shared {
             };
             start.into_stream(config).await.map_err(Handshake::Io)
         };
+        // Boxed, as the connection below: the handshake's state (rustls' connection and the
+        // acceptor's) would otherwise be part of the task for the connection's whole life.
+        let handshake = Box::pin(handshake);
         let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(Handshake::WrongSni(sni))) => {
@@ -126,7 +129,7 @@ impl Shared {
         let builder = http_server();
         let io = TokioIo::new(Watched::new(tls, activity.clone()));
         // With upgrades: a WebSocket handshake's 101 hands the stream to its relay.
-        let conn = builder.serve_connection_with_upgrades(io, svc);
+        let conn = Box::pin(builder.serve_connection_with_upgrades(io, svc));
         self.finish("intercepted connection", conn, &activity, |c| {
             c.graceful_shutdown()
         })
