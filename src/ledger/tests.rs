@@ -1206,8 +1206,8 @@ fn forget_by_user_catches_rows_committed_between_its_scan_and_its_lock() {
 /// copies the last one never found the WAL fully checkpointed at the start of a transaction,
 /// so SQLite never rewound it and it grew with everything written (168 MB for 100,000
 /// exchanges in `benches/ledger.rs`). Waiting for the checkpoint the commit asked for keeps
-/// it near one group's size. Every batch is queued before the writer can commit the first
-/// ones, so the writer runs back to back, as under a burst.
+/// it near one group's size (~9 MB here). The batches are queued as fast as the writer
+/// takes them, so it commits back to back, as under a burst.
 #[test]
 fn the_wal_stays_near_one_group_under_sustained_writes() {
     let (_d, path, ledger) = ledger();

@@ -546,16 +546,25 @@ const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(250)
 /// The checkpointer thread and what the writer needs to wait for it.
 struct Checkpointer {
     thread: std::thread::JoinHandle<()>,
-    /// Set by the WAL hook when a commit asked for a checkpoint.
-    asked: Arc<std::sync::atomic::AtomicBool>,
-    /// One message per finished checkpoint attempt.
-    finished: std::sync::mpsc::Receiver<()>,
+    progress: Arc<Progress>,
+}
+
+/// Checkpoints asked for and done, counted so a wait knows which report covers its commit.
+#[derive(Default)]
+struct Progress {
+    /// Incremented by the WAL hook (on the writer thread) each time a commit asks for a
+    /// checkpoint, before it nudges the checkpointer.
+    asked: std::sync::atomic::AtomicU64,
+    /// The largest `asked` a finished checkpoint covered: the checkpointer reads `asked` before
+    /// it starts, so every commit counted by then has its frames in the WAL it copies.
+    done: std::sync::Mutex<u64>,
+    finished: std::sync::Condvar,
 }
 
 impl Checkpointer {
-    /// After a commit that asked for a checkpoint, waits (at most [`CATCH_UP_WAIT`]) until the
-    /// checkpointer has run it, so the writer's next transaction finds the WAL copied into the
-    /// database and starts it again from its first frame.
+    /// After a commit, waits (at most [`CATCH_UP_WAIT`]) until every checkpoint asked for so
+    /// far has run, so the writer's next transaction finds the WAL copied into the database
+    /// and starts it again from its first frame.
     ///
     /// Without the wait a busy writer starts its next transaction while the checkpoint still
     /// runs; SQLite rewinds the WAL only when a write transaction begins on a fully
@@ -563,18 +572,30 @@ impl Checkpointer {
     /// Files"), so under sustained load it never did: the WAL grew without bound (168 MB for
     /// 100,000 exchanges in `benches/ledger.rs`), and every commit appended to new file pages,
     /// which the kernel allocates and zeroes (about a tenth of the writer's CPU). Rewound, a
-    /// commit overwrites pages already cached. The wait costs no CPU. A reader holding an old
-    /// snapshot keeps the checkpoint from copying everything; the WAL then grows as before
-    /// until the reader is done, without the writer waiting longer.
+    /// commit overwrites pages already cached.
+    ///
+    /// The wait costs no CPU, and a `PASSIVE` checkpoint does not wait for readers, so it is
+    /// usually the time to copy one group. A checkpoint asked for by a commit the writer did not
+    /// wait on (a bounds check's deletes, feedback) is waited for at the next group. While a
+    /// reader holds an old snapshot the WAL cannot be rewound: every commit then asks for a
+    /// checkpoint and waits for it (a short one, as it copies only what the reader allows).
+    /// Slow storage, or a checkpointer starved of CPU, can make a wait reach its bound; the
+    /// writer then goes on, and the next wait covers the late checkpoint too. Throughput under
+    /// sustained load is therefore the writes plus the checkpoints, not the writes alone.
     fn catch_up(&self) {
-        if !self.asked.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            return;
+        let p = &self.progress;
+        let asked = p.asked.load(std::sync::atomic::Ordering::Acquire);
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        let mut done = p.done.lock().unwrap_or_else(|e| e.into_inner());
+        while *done < asked {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            done = match p.finished.wait_timeout(done, left) {
+                Ok((d, _)) => d,
+                Err(e) => e.into_inner().0,
+            };
         }
-        // One report: the checkpoint this commit asked for (the one before it was waited for
-        // in turn). It comes back quickly also when it could not finish: a `PASSIVE`
-        // checkpoint does not wait for readers. Only slow storage makes the wait reach its
-        // bound; a report that then arrives late is read by the next wait, which ends at once.
-        let _ = self.finished.recv_timeout(CATCH_UP_WAIT);
     }
 }
 
@@ -605,13 +626,15 @@ fn start_checkpointer(conn: &mut Connection, settings: &LedgerSettings) -> Optio
     };
     // One pending request is enough: a checkpoint copies everything committed before it.
     let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
-    let (finish, finished) = std::sync::mpsc::sync_channel::<()>(1);
+    let progress = Arc::new(Progress::default());
+    let reports = Arc::clone(&progress);
     let nice = settings.nice;
     let thread = std::thread::Builder::new()
         .name("veil-ledger-ckpt".into())
         .spawn(move || {
             crate::os::lower_thread_priority(nice);
             while nudged.recv().is_ok() {
+                let covers = reports.asked.load(std::sync::atomic::Ordering::Acquire);
                 // Errors (busy behind an erase's TRUNCATE, a full disk) leave the frames in the
                 // WAL, where they are durable; the next nudge tries again.
                 if let Err(e) = ckpt.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -619,8 +642,11 @@ fn start_checkpointer(conn: &mut Connection, settings: &LedgerSettings) -> Optio
                 }) {
                     tracing::debug!(error = %e, "ledger checkpoint failed; retried after the next commit");
                 }
-                // Full: the writer has not read the last report (its wait ended at the bound).
-                let _ = finish.try_send(());
+                // Also after a failure: the writer's wait ends, and the next commit asks again.
+                let mut done = reports.done.lock().unwrap_or_else(|e| e.into_inner());
+                *done = (*done).max(covers);
+                drop(done);
+                reports.finished.notify_all();
             }
         });
     let thread = match thread {
@@ -635,22 +661,20 @@ fn start_checkpointer(conn: &mut Connection, settings: &LedgerSettings) -> Optio
         .unwrap_or(4096)
         .max(512);
     let checkpoint_pages = i32::try_from(CHECKPOINT_BYTES / page_size).unwrap_or(1000);
-    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let asking = Arc::clone(&asked);
+    let asking = Arc::clone(&progress);
     let hooked = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
         if pages >= checkpoint_pages {
-            // Full: a checkpoint is already asked for.
+            // Counted before the nudge, so the checkpoint that answers it sees the count.
+            asking
+                .asked
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            // Full: a checkpoint is already asked for, and it reads the count when it starts.
             let _ = nudge.try_send(());
-            asking.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }));
     match hooked {
-        Ok(()) => Some(Checkpointer {
-            thread,
-            asked,
-            finished,
-        }),
+        Ok(()) => Some(Checkpointer { thread, progress }),
         Err(e) => {
             // Not joined: the thread ends when the hook (the only sender) is dropped.
             tracing::debug!(error = %e, "ledger checkpointer: no WAL hook; SQLite checkpoints on the writer");

@@ -169,7 +169,8 @@ impl Shared {
 
     /// Drives one app connection under its clock, counting and logging how it ended.
     ///
-    /// The connection comes boxed: hyper's connection (~2.8 KB with its TLS stream) held by
+    /// The connection comes boxed: hyper's connection (~2.8 KB for an intercepted one, whose
+    /// TLS stream is inline) held by
     /// value was stored once per async frame it passed through (the caller's, this one's,
     /// [`conn::drive`]'s), which made an intercepted connection's task 9.6 KB; boxed (and its
     /// TLS handshake too), the task is 1.3 KB and the connection is on the heap once (veil#18:
