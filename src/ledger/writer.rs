@@ -585,17 +585,11 @@ impl Checkpointer {
     fn catch_up(&self) {
         let p = &self.progress;
         let asked = p.asked.load(std::sync::atomic::Ordering::Acquire);
-        let deadline = Instant::now() + CATCH_UP_WAIT;
-        let mut done = p.done.lock().unwrap_or_else(|e| e.into_inner());
-        while *done < asked {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return;
-            };
-            done = match p.finished.wait_timeout(done, left) {
-                Ok((d, _)) => d,
-                Err(e) => e.into_inner().0,
-            };
-        }
+        let done = p.done.lock().unwrap_or_else(|e| e.into_inner());
+        // Ok or poisoned (a panicked checkpointer), timed out or not: the writer goes on.
+        let _ = p
+            .finished
+            .wait_timeout_while(done, CATCH_UP_WAIT, |done| *done < asked);
     }
 }
 
