@@ -9,15 +9,19 @@
 //!
 //! (a) builds `LEDGER_N` realistic records first (OpenAI/Anthropic chats with redacted content,
 //! 6 features, 5 models, 2,000 user pseudonyms, one trace per ~3 calls, spread over the last 30
-//! days), twice: in start order, as live traffic reaches the ledger, and with starts at random
-//! (a backfill, the worst case for the `start` index); each time, after `LEDGER_WARMUP`
-//! (default 20,000) untimed records into the same ledger (a new process's first touches of
-//! memory and file pages are paid once, not per exchange, by a veil that runs for days), it
-//! times sending them in batches of 512 through [`LedgerHandle::send_blocking`] and
+//! days, each with a request id made as veil makes it: a UUIDv7 of its start), three times:
+//! in the order the exchanges end (as live traffic reaches the ledger) into a fresh ledger; the
+//! same into a ledger already holding `LEDGER_PREFILL` (default 1,000,000; 0 skips it) older
+//! rows, as after months of traffic; and with starts at random (a backfill, which veil never
+//! does: a stress figure for the `start` and `request_id` indexes). Each time, after
+//! `LEDGER_WARMUP` (default 20,000) untimed records into the same ledger (a new process's first
+//! touches of memory and file pages are paid once, not per exchange, by a veil that runs for
+//! days), it times sending them in batches of 512 through [`LedgerHandle::send_blocking`] and
 //! [`LedgerHandle::flush_blocking`]: exchanges/s of wall time, and CPU per exchange of the
 //! writer thread (`veil-ledger`, read from `/proc/self/task/*/schedstat`, nanoseconds) and of
 //! the whole process. The writer runs at nice 0 here (veil runs it at nice 10 in best-effort
-//! mode), so on a shared machine it is not starved by other work. Targets: ≥ 20,000/s, ≤ 10 µs.
+//! mode), so on a shared machine it is not starved by other work. Targets (live traffic):
+//! ≥ 20,000/s, ≤ 10 µs.
 //!
 //! (b) after a `wal_checkpoint(TRUNCATE)`: file bytes / rows, and bytes per table (`dbstat`).
 //!
@@ -44,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::Connection;
-use veil::exchange::{ExchangeId, TraceParent, Usage};
+use veil::exchange::{TraceParent, Usage};
 use veil::ledger::report::{Dim, Filter};
 use veil::ledger::{Ledger, LedgerSettings, cards, dataset, erase, report, schema};
 use veil::record::Record;
@@ -92,6 +96,20 @@ impl Rng {
     }
 }
 
+/// A request id as veil makes one when the request arrives (a UUIDv7 of that time,
+/// [`veil::exchange::ExchangeId::new`]), for a request that arrived at `start`: in live traffic the ids reach
+/// the ledger in about the order of their starts, so the `request_id` index grows at its
+/// right edge, as the `start` index does. (Ids made at build time instead, in another order
+/// than the starts, put every insert into the index at a random page, which no live veil does.)
+fn request_id_at(start: SystemTime, rng: &mut Rng) -> String {
+    let since = start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        + Duration::from_millis(rng.below(1000));
+    let at = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
+    uuid::Uuid::new_v7(at).hyphenated().to_string()
+}
+
 /// One realistic record, shaped like `export::testing::openai_chat` / `anthropic_stream`.
 fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
     let (provider, req_model, resp_model) = MODELS[rng.below(MODELS.len() as u64) as usize];
@@ -115,9 +133,10 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         100_000 + rng.below(900_000)
     );
     let answer = "I'm sorry about the double charge. I have refunded one of them; you will see it within 5 business days. ".repeat(1 + rng.below(3) as usize);
+    let start = now - Duration::from_secs(rng.below(30 * DAY - 3600) + 60);
     let mut r = Record {
-        request_id: ExchangeId::new().to_string(),
-        start: now - Duration::from_secs(rng.below(30 * DAY - 3600) + 60),
+        request_id: request_id_at(start, rng),
+        start,
         duration: Duration::from_millis(300 + rng.below(4000)),
         time_to_first_chunk: anthropic.then(|| Duration::from_millis(200 + rng.below(400))),
         trace_parent: Some(TraceParent {
@@ -258,36 +277,45 @@ fn file_len(p: &Path, suffix: &str) -> u64 {
 /// How the ingested records are ordered.
 #[derive(Clone, Copy, PartialEq)]
 enum Order {
-    /// In start order, as live traffic reaches the ledger: the `start` index and the
-    /// AUTOINCREMENT ids grow at their right edge.
+    /// As live traffic reaches the ledger: in the order the exchanges end (start + duration),
+    /// so the `start` and `request_id` indexes and the AUTOINCREMENT ids grow near their right
+    /// edges. veil's ledger is only ever written this way: nothing replays old records into it.
     Live,
-    /// Starts spread at random over 30 days (a backfill, the worst case for the `start`
-    /// index: every batch touches pages all over it).
+    /// Starts (and so request ids) spread at random over 30 days, as a backfill of old records
+    /// would be: every batch touches pages all over both indexes. Not a workload veil has; a
+    /// stress figure for the indexes, not the target.
     Random,
 }
 
 fn ingest(dir: &Path, n: usize) {
-    ingest_in(dir, n, Order::Live);
+    ingest_in(dir, n, Order::Live, 0);
     println!();
-    let path = ingest_in(dir, n, Order::Random);
+    let prefill = env_usize("LEDGER_PREFILL", 1_000_000);
+    if prefill > 0 {
+        ingest_in(dir, n, Order::Live, prefill);
+        println!();
+    }
+    let path = ingest_in(dir, n, Order::Random, 0);
     size(&path);
 }
 
-fn ingest_in(dir: &Path, n: usize, order: Order) -> PathBuf {
+/// Ingests `n` records after `prefill` older rows (400 days to 30 days ago, exchanges only,
+/// as content retention leaves them) and the untimed warm-up.
+fn ingest_in(dir: &Path, n: usize, order: Order, prefill: usize) -> PathBuf {
     let label = match order {
-        Order::Live => "in start order (live traffic)",
-        Order::Random => "starts at random over 30 days (backfill)",
+        Order::Live => "in the order they end (live traffic)",
+        Order::Random => "starts at random over 30 days (a backfill; veil never does one)",
     };
     let warm = env_usize("LEDGER_WARMUP", 20_000).div_ceil(BATCH) * BATCH;
     println!(
-        "## (a) ingest: {n} records {label}, batches of {BATCH}, send_blocking + flush_blocking, after {warm} untimed"
+        "## (a) ingest: {n} records {label}, batches of {BATCH}, send_blocking + flush_blocking, after {warm} untimed, into a ledger of {prefill} older rows"
     );
     let now = SystemTime::now();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let t = Instant::now();
     let mut all: Vec<Record> = (0..warm + n).map(|k| record(k, &mut rng, now)).collect();
     if order == Order::Live {
-        all.sort_by_key(|r| r.start);
+        all.sort_by_key(|r| r.start + r.duration);
     }
     // Batches of exactly BATCH capacity, as the pipeline sends them. (Splitting the rest off
     // the front each time copied it and left every batch with the whole remainder's capacity:
@@ -313,10 +341,18 @@ fn ingest_in(dir: &Path, n: usize, order: Order) -> PathBuf {
 
     let path = dir
         .join(match order {
-            Order::Live => "ingest-live",
-            Order::Random => "ingest-random",
+            Order::Live => format!("ingest-live-{prefill}"),
+            Order::Random => format!("ingest-random-{prefill}"),
         })
         .join("ledger.db");
+    if prefill > 0 {
+        let t = Instant::now();
+        generate(&path, prefill, 400 * DAY, 30 * DAY + 3600);
+        println!(
+            "(prefill took {:.1} s, not timed)",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let ledger = Ledger::open(settings(&path), None, Default::default()).expect("open ledger");
     let handle = ledger.handle();
     // The first `warm` records (earliest, in start order) are not timed: a new process pays
@@ -419,8 +455,9 @@ fn size(path: &Path) {
     }
 }
 
-/// Fills a fresh ledger with `n` exchange rows in one transaction.
-fn generate(path: &Path, n: usize) {
+/// Fills a fresh ledger with `n` exchange rows in one transaction, their starts spread evenly
+/// from `older` to `newer` seconds ago, in start order (as the writer appends them).
+fn generate(path: &Path, n: usize, older: u64, newer: u64) {
     let ledger = Ledger::open(settings(path), None, Default::default()).expect("open ledger");
     assert!(ledger.shutdown(Duration::from_secs(30)));
     let mut conn = Connection::open(path).expect("open");
@@ -429,8 +466,7 @@ fn generate(path: &Path, n: usize) {
         .unwrap()
         .as_secs() as i64;
     let tx = conn.transaction().unwrap();
-    // Rows in start order (as the writer appends them), spread evenly over the last 30 days
-    // minus an hour; the distributions match `record` above.
+    // The distributions match `record` above.
     let n = tx
         .execute(
             "WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i + 1 < ?1)
@@ -441,7 +477,7 @@ fn generate(path: &Path, n: usize) {
             redactions_input, redactions_output, redactions, rules_digest)
          SELECT printf('%08x-0000-7000-8000-%012x', i, i * 7919),
             printf('%016x%016x', i / 3, 24301), printf('%016x', i * 31), 
-            strftime('%Y-%m-%dT%H:%M:%fZ', ?2 - 30 * 86400 + 60 + i * ((30 * 86400 - 3600) / CAST(?1 AS REAL)), 'unixepoch') || '000',
+            strftime('%Y-%m-%dT%H:%M:%fZ', ?2 - ?3 + i * ((?3 - ?4) / CAST(?1 AS REAL)), 'unixepoch') || '000',
             CASE i % 5 WHEN 3 THEN 'anthropic' WHEN 4 THEN 'anthropic' ELSE 'openai' END, 'chat',
             CASE i % 5 WHEN 0 THEN 'gpt-4o-mini' WHEN 1 THEN 'gpt-4o' WHEN 2 THEN 'o3-mini'
                        WHEN 3 THEN 'claude-sonnet-4-5' ELSE 'claude-haiku-4-5' END,
@@ -465,7 +501,7 @@ fn generate(path: &Path, n: usize) {
             CASE WHEN i % 5 >= 3 THEN 200000 + (i * 31) % 400000 END,
             600 + i % 4000, 400 + i % 3000, 2, 1, '{\"EMAIL\":1,\"PERSON\":1}', 'b3:5f0c8e1d2a7b'
          FROM g",
-            rusqlite::params![n as i64, now],
+            rusqlite::params![n as i64, now, older as i64, newer as i64],
         )
         .expect("generate rows");
     tx.commit().unwrap();
@@ -493,7 +529,7 @@ fn queries(dir: &Path, rows: usize) {
     println!("\n## (c) queries over {rows} rows, since = 30 days ago (every row matches)");
     let path = dir.join("query").join("ledger.db");
     let t = Instant::now();
-    generate(&path, rows);
+    generate(&path, rows, 30 * DAY - 60, 3600 - 60);
     println!("(generation took {:.1} s)", t.elapsed().as_secs_f64());
     let conn = schema::open_read_only(&path).expect("open read-only");
     let filter = Filter {
@@ -605,7 +641,7 @@ fn queries(dir: &Path, rows: usize) {
 
 fn export(dir: &Path, n: usize) {
     // The ledger also holds the ingest's untimed warm-up rows: the rate is of rows exported.
-    let path = ingest_in(dir, n, Order::Live);
+    let path = ingest_in(dir, n, Order::Live, 0);
     println!("\n## (d) veil export of every ledger row (no filter), best of 3");
     let conn = schema::open_read_only(&path).expect("ledger");
     let sel = dataset::Selection::default();
