@@ -25,7 +25,7 @@
 //! Everything binds 127.0.0.1; every loop is bounded in time and count. Environment:
 //! `LOAD_SECS` (window per cell, default 4), `LOAD_ROUNDS` (rounds per cell, medians reported,
 //! default 1), `LOAD_VEIL_CONFIG` (TOML lines added to both veils' `veil.toml`),
-//! `LOAD_PERF` (perf record arguments: profiles each veil cell, see [`perf_record`]),
+//! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
 //! `LOAD_CONNS` (a comma list of connection counts, default `1,8,64`), `LOAD_ONLY=veil` (the
 //! veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics` cost comparison
 //! instead, see [`metrics_cost`]).
@@ -485,11 +485,15 @@ async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
     }
 }
 
-/// With `LOAD_PERF=ARGS` set, a `perf record ARGS -p PID` of a veil target for the window,
-/// written to `target/perf-CONNS-NAME.data` (e.g. `LOAD_PERF="-F 1999 --call-graph dwarf"`).
+/// With `LOAD_PERF=ARGS` set, a `perf record ARGS -p PID` of a proxy target (veil or the
+/// no-op) for the window, written to `target/perf-CONNS-NAME.data` (e.g.
+/// `LOAD_PERF="-F 1999 --call-graph dwarf"`, or `LOAD_PERF="-e raw_syscalls:sys_enter"` to
+/// count system calls).
 fn perf_record(target: &Target, conns: usize) -> Option<KillOnDrop> {
     let args = std::env::var("LOAD_PERF").ok()?;
-    target.ledger.as_ref()?;
+    if !target.via_proxy {
+        return None;
+    }
     let out = format!(
         "{}/target/perf-{conns}-{}.data",
         env!("CARGO_MANIFEST_DIR"),
