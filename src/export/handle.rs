@@ -212,3 +212,37 @@ impl ExporterHandle {
         }
     }
 }
+
+/// The receiving side of an [`ExporterHandle::for_tests`] queue.
+#[cfg(test)]
+pub(crate) struct TestQueue(mpsc::Receiver<Item>);
+
+#[cfg(test)]
+impl ExporterHandle {
+    /// A handle on a bare queue of `capacity` items that the test reads, with no batcher.
+    pub(crate) fn for_tests(capacity: usize, counters: Arc<Counters>) -> (Self, TestQueue) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (ExporterHandle { tx, counters }, TestQueue(rx))
+    }
+}
+
+#[cfg(test)]
+impl TestQueue {
+    /// The next queued record's request id, waiting up to `wait` for it.
+    pub(crate) fn next_record(&mut self, wait: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match self.0.try_recv() {
+                Ok(Item::Record(r, _)) => return Some(r.request_id),
+                Ok(_) => continue,
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() >= deadline => {
+                    return None;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}

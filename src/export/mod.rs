@@ -66,6 +66,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use handle::{ExporterHandle, TrySendError};
+#[cfg(test)]
+pub(crate) use handle::TestQueue;
 pub use otlp::{AuditEvent, Encoding, FeedbackEvent, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError, StartError};
 
