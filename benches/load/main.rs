@@ -25,6 +25,9 @@
 //! Everything binds 127.0.0.1; every loop is bounded in time and count. Environment:
 //! `LOAD_SECS` (window per cell, default 4), `LOAD_ROUNDS` (rounds per cell, medians reported,
 //! default 1), `LOAD_VEIL_CONFIG` (TOML lines added to both veils' `veil.toml`),
+//! `LOAD_BASELINE` (the path of another veil binary, e.g. a build of the commit before a
+//! change: it runs as a fifth target, best-effort, in the same rounds, so a change is measured
+//! against what it replaced on the same machine in the same minutes),
 //! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
 //! `LOAD_CONNS` (a comma list of connection counts, default `1,8,64`), `LOAD_ONLY=veil` (the
 //! veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics` cost comparison
@@ -365,9 +368,11 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Starts the release veil in project directory `dir` (a `veil.toml` with `toml`, keys and
-/// data under `dir`), resolving api.openai.com to `upstream`, which it trusts by `upstream_ca`.
+/// Starts the veil binary `bin` in project directory `dir` (a `veil.toml` with `toml`, keys
+/// and data under `dir`), resolving api.openai.com to `upstream`, which it trusts by
+/// `upstream_ca`.
 fn start_veil(
+    bin: &Path,
     upstream: SocketAddr,
     upstream_ca: &Path,
     dir: &Path,
@@ -378,7 +383,7 @@ fn start_veil(
     std::fs::write(dir.join("veil.toml"), format!("{toml}\n{extra_toml}\n")).unwrap();
     let port = free_port();
     let child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_veil"))
+        Command::new(bin)
             .args(["run", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--resolve", &format!("api.openai.com:443:{upstream}")])
             .arg("--upstream-ca")
@@ -400,7 +405,7 @@ fn start_veil(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!("veil did not start");
+    panic!("veil did not start: {}", bin.display());
 }
 
 /// Rows in the SQLite ledger's `exchanges` table; 0 when there is none yet.
@@ -581,13 +586,27 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let (roles_dir, [be_dir, req_dir], upstream_child, upstream, upstream_ca) =
-            start_upstream(dir.path(), ["veil", "veil-required"]);
+        let (roles_dir, [be_dir, req_dir, base_dir], upstream_child, upstream, upstream_ca) =
+            start_upstream(dir.path(), ["veil", "veil-required", "veil-baseline"]);
+        let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
         let (noop_child, noop) =
             spawn_role("noop", &roles_dir, &[("VEIL_LOAD_UPSTREAM", upstream.to_string())]);
-        let (be_child, be) = start_veil(upstream, &upstream_ca, &be_dir, "", &[]);
+        let (be_child, be) = start_veil(bin, upstream, &upstream_ca, &be_dir, "", &[]);
         let (req_child, req) =
-            start_veil(upstream, &upstream_ca, &req_dir, "audit = \"required\"", &[]);
+            start_veil(bin, upstream, &upstream_ca, &req_dir, "audit = \"required\"", &[]);
+        // Another build to compare with in the same run (e.g. the commit before a change).
+        let baseline = std::env::var_os("LOAD_BASELINE").map(|b| {
+            let (child, addr) = start_veil(Path::new(&b), upstream, &upstream_ca, &base_dir, "", &[]);
+            let target = Target::new(
+                "baseline best-effort",
+                addr,
+                base_dir.join("keys/ca.pem"),
+                true,
+                child.0.id(),
+                Some(base_dir.join("data/ledger.db")),
+            );
+            (child, target)
+        });
         let direct =
             Target::new("direct", upstream, upstream_ca.clone(), false, upstream_child.0.id(), None);
         let noop = Target::new(
@@ -658,12 +677,15 @@ fn main() {
             sdk_time_to_first_chunk(&python, &direct, &[&noop, &veil_be]);
         }
         // Let the recording of everything so far land before cells count ledger rows.
-        for t in [&veil_be, &veil_req] {
+        let mut targets = vec![&direct, &noop, &veil_be, &veil_req];
+        if let Some((_, b)) = &baseline {
+            targets.push(b);
+        }
+        for t in &targets[2..] {
             settled_rows(t.ledger.as_deref().unwrap(), t.pid).await;
         }
 
         // 3. Throughput, latency, CPU, recorded fraction, peak RSS.
-        let targets = [&direct, &noop, &veil_be, &veil_req];
         let mut results: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); targets.len()]; 3];
         for round in 0..rounds {
             for (ci, conns) in [1, 8, 64].into_iter().enumerate() {
@@ -727,7 +749,7 @@ fn main() {
             (dir_bytes_matching(&be_dir.join("data"), "ledger.db")) as f64 / rows.max(1) as f64,
             dir_bytes(&be_dir.join("data/sealed")) as f64 / rows.max(1) as f64
         );
-        for t in [&noop, &veil_be, &veil_req] {
+        for t in &targets[1..] {
             let (rss, hwm) = rss_kib(t.pid);
             println!(
                 "{} at the end: RSS {:.1} MB (peak of the last cell {:.1} MB)",
@@ -736,7 +758,7 @@ fn main() {
                 hwm as f64 / 1024.0
             );
         }
-        drop((be_child, req_child, noop_child, upstream_child));
+        drop((be_child, req_child, noop_child, upstream_child, baseline));
     });
     drop(awake);
 }
@@ -872,8 +894,10 @@ fn metrics_cost(window: Duration) {
         let (_roles_dir, [dir_off, dir_on], upstream_child, upstream, upstream_ca) =
             start_upstream(dir.path(), ["off", "on"]);
         let metrics_port = free_port();
-        let (child_off, veil_off) = start_veil(upstream, &upstream_ca, &dir_off, "", &[]);
+        let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
+        let (child_off, veil_off) = start_veil(bin, upstream, &upstream_ca, &dir_off, "", &[]);
         let (child_on, veil_on) = start_veil(
+            bin,
             upstream,
             &upstream_ca,
             &dir_on,
