@@ -582,6 +582,50 @@ fn group_commit_acks_everything_and_survives_reopen() {
 }
 
 #[test]
+fn key_slots_written_in_runs_open_every_exchange_with_freed_slots_between() {
+    // A batch's key slots go to the file in runs of consecutive slots; slots freed by a
+    // forget are reused first, so one batch mixes reused slots and new ones. Every exchange
+    // must still open with its own key, after a reopen.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path(), ring(1));
+    let first: Vec<Exchange> = (0..10).map(|_| openai_chat()).collect();
+    for e in &first {
+        store.seal_blocking(e, None).unwrap();
+    }
+    let forgotten: Vec<ExchangeId> = [2, 5, 6].iter().map(|&i| first[i].id).collect();
+    let freed: Vec<u64> = forgotten
+        .iter()
+        .map(|id| store.entry(*id).unwrap().unwrap().slot)
+        .collect();
+    store.forget(&forgotten, "cli:test", "test").unwrap();
+    let burst: Vec<Exchange> = (0..40).map(|_| openai_chat()).collect();
+    let acks: Vec<SealAck> = burst
+        .iter()
+        .map(|e| store.submit(e, None).unwrap())
+        .collect();
+    for a in acks {
+        a.wait().unwrap();
+    }
+    let slots: Vec<u64> = burst
+        .iter()
+        .map(|e| store.entry(e.id).unwrap().unwrap().slot)
+        .collect();
+    assert!(
+        freed.iter().all(|f| slots.contains(f)),
+        "the freed slots {freed:?} were reused: {slots:?}"
+    );
+    drop(store);
+    let (store, _) = open(dir.path(), ring(1));
+    for e in first
+        .iter()
+        .filter(|e| !forgotten.contains(&e.id))
+        .chain(&burst)
+    {
+        assert_same(e, &store.unseal(e.id, "t", "t").unwrap());
+    }
+}
+
+#[test]
 fn second_open_is_locked() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, _) = open(dir.path(), ring(1));

@@ -38,7 +38,14 @@ pub(super) fn read_slot(slots: &File, n: u64) -> io::Result<[u8; SLOT_LEN]> {
 
 /// Writes slot `n` (not synced: the caller syncs once per batch).
 pub(super) fn write_slot(slots: &File, n: u64, slot: &[u8; SLOT_LEN]) -> io::Result<()> {
-    slots.write_all_at(slot, n * SLOT_LEN as u64)
+    write_slots(slots, n, slot)
+}
+
+/// Writes consecutive slots from `first` on, `bytes` being a whole number of slots (not
+/// synced: the caller syncs once per batch).
+pub(super) fn write_slots(slots: &File, first: u64, bytes: &[u8]) -> io::Result<()> {
+    debug_assert_eq!(bytes.len() % SLOT_LEN, 0);
+    slots.write_all_at(bytes, first * SLOT_LEN as u64)
 }
 
 impl Writer {

@@ -22,13 +22,14 @@ use super::compact::CompactStats;
 use super::degraded::RETRY_INTERVAL;
 use super::forget::{ForgetError, ForgetResult};
 use super::index::{BY_TIME, BY_USER, EXCHANGES, FREE_SLOTS, Index, IndexEntry, META, millis};
-use super::keyslots::write_slot;
+use super::keyslots::write_slots;
 use super::segments::SEG_HEADER;
 use super::submit::{Done, SealJob};
 use super::{db_err, io_err};
 use crate::exchange::ExchangeId;
 use crate::keys::Keyring;
 use crate::seal::audit::{AuditKind, AuditSink};
+use crate::seal::envelope::SLOT_LEN;
 use crate::seal::health::HealthState;
 use crate::seal::{ErrorKind, SealError};
 
@@ -260,6 +261,9 @@ impl Writer {
         let mut entries = Vec::with_capacity(batch.len());
         let mut reused = Vec::new();
         let mut stage_at = self.len;
+        // Key slots are written in runs: new slots come in order, so a batch's slots usually
+        // go in one `pwrite` instead of one each (a tenth of this thread's CPU under load).
+        let mut slots = SlotRun::default();
         for job in batch {
             if existing.contains(&job.id) || !seen.insert(job.id) {
                 let e = SealError::new(ErrorKind::Duplicate, format!("{}: already sealed", job.id));
@@ -291,7 +295,9 @@ impl Writer {
             if from_free {
                 reused.push(slot);
             }
-            write_slot(&self.slots, slot, &job.slot).map_err(|e| io_err("keyslots", e))?;
+            slots
+                .push(&self.slots, slot, &job.slot)
+                .map_err(|e| io_err("keyslots", e))?;
             let mut users = job.users.into_iter();
             entries.push((
                 job.id,
@@ -308,6 +314,9 @@ impl Writer {
             acks.push((job.id, job.ack, job.done, Ok(())));
         }
         self.flush_stage(stage_at)?;
+        slots
+            .flush(&self.slots)
+            .map_err(|e| io_err("keyslots", e))?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -350,6 +359,36 @@ impl Writer {
         meta.insert("next_slot", self.next_slot).map_err(db_err)?;
         meta.insert("receipts_done", self.receipts_done)
             .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// Consecutive key slots waiting to be written with one `pwrite` ([`write_slots`]).
+#[derive(Default)]
+struct SlotRun {
+    first: u64,
+    bytes: Vec<u8>,
+}
+
+impl SlotRun {
+    /// Adds slot `n`; writes the run so far first when `n` does not follow it.
+    fn push(&mut self, file: &std::fs::File, n: u64, slot: &[u8; SLOT_LEN]) -> std::io::Result<()> {
+        if !self.bytes.is_empty() && n != self.first + (self.bytes.len() / SLOT_LEN) as u64 {
+            self.flush(file)?;
+        }
+        if self.bytes.is_empty() {
+            self.first = n;
+        }
+        self.bytes.extend_from_slice(slot);
+        Ok(())
+    }
+
+    /// Writes the run (not synced: the caller syncs once per batch) and starts a new one.
+    fn flush(&mut self, file: &std::fs::File) -> std::io::Result<()> {
+        if !self.bytes.is_empty() {
+            write_slots(file, self.first, &self.bytes)?;
+            self.bytes.clear();
+        }
         Ok(())
     }
 }
