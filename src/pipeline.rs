@@ -305,13 +305,26 @@ impl Pipeline {
                 dropped("seal refused");
                 let n = self.counters.pipeline.seal_refused.inc();
                 if let Some(since) = logs.seal.hit() {
-                    tracing::error!(
-                        exchange.id = %exchange.id,
-                        error = %e,
-                        refused_total = n,
-                        since_last_line = since,
-                        "cannot seal exchange"
-                    );
+                    // Busy is best-effort doing what it promises under a burst (the disk is
+                    // behind; counted, traffic flows): a warning, as for a full recording
+                    // queue. Anything else is a store that cannot seal: an error.
+                    if e.kind() == crate::seal::ErrorKind::Busy {
+                        tracing::warn!(
+                            exchange.id = %exchange.id,
+                            error = %e,
+                            refused_total = n,
+                            since_last_line = since,
+                            "cannot seal exchange: the sealed store is behind (audit = best-effort)"
+                        );
+                    } else {
+                        tracing::error!(
+                            exchange.id = %exchange.id,
+                            error = %e,
+                            refused_total = n,
+                            since_last_line = since,
+                            "cannot seal exchange"
+                        );
+                    }
                 }
             }
         }
