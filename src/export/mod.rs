@@ -65,9 +65,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use handle::{ExporterHandle, TrySendError};
 #[cfg(test)]
 pub(crate) use handle::TestQueue;
+pub use handle::{ExporterHandle, TrySendError};
 pub use otlp::{AuditEvent, Encoding, FeedbackEvent, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError, StartError};
 
