@@ -12,9 +12,10 @@
 //! which the README states); the seal writer and the exporter each set one flag byte of the
 //! slot when their part is durable; a counted best-effort drop sets a third. Each flag is its
 //! own byte, written by one writer, so no write reads back and races another. What each slot
-//! holds is also mirrored in memory (one word per slot), so a mark checks that its slot still
-//! holds its exchange, and an acknowledge checks the slot it reuses, without reading the file:
-//! one `pwrite` per acknowledge and per mark, no `pread`.
+//! holds is also mirrored in memory (one word per slot: the sequence number of the exchange
+//! that took it, and its flags), so a mark checks that its slot still holds its exchange, and
+//! an acknowledge checks the slot it reuses, without reading the file: one `pwrite` per
+//! acknowledge and per mark, no `pread`.
 //!
 //! At the next start [`Journal::open`] reads the ring left behind: every slot whose exchange
 //! was acknowledged, not dropped on purpose, and not both sealed and recorded was lost in the
@@ -25,7 +26,8 @@
 //! batches, pending seals): at least [`SLOTS`] (64 Ki), more when `queue_capacity` asks for
 //! it ([`slots_for`]). A slot overwritten while still pending is counted in
 //! [`Journal::overwritten`] and logged (the crash count is then a lower bound); a mark checks
-//! the slot still holds its exchange's ID, so a late mark never lands on another exchange.
+//! the slot still holds its exchange (by sequence number), so a late mark does not land on
+//! another exchange, unless the ring wraps during the mark itself, which is then counted.
 //!
 //! The file is locked (`flock`) for as long as the journal is open: a second veil started on
 //! the same data dir fails before it reads or resets the ring of the one running.
@@ -223,22 +225,28 @@ impl Journal {
 
     /// Sets one flag byte of `slot`, if the slot still holds `slot`'s exchange (a ring that
     /// wrapped has given it to another one; its mark must not land there). The check is on
-    /// the in-memory mirror; as with a check on the file, a wrap between the check and the
-    /// write could still put the flag on the new exchange, which only a ring already counted
-    /// in [`Journal::overwritten`] can do.
+    /// the in-memory mirror, and the mirror's bit is set only after the file's byte: a wrap
+    /// between the check and the write can still put the flag on the new exchange in the
+    /// file, but then the acknowledge that took the slot saw this exchange's flag unset and
+    /// counted it in [`Journal::overwritten`] (the crash count may be low), as when the
+    /// check read the file.
     fn mark(&self, slot: Slot, flag: u64, bit: u64) {
         let cell = &self.state[slot.index as usize];
+        let mine = |v: u64| v >> F_BITS == tag(slot.seq) >> F_BITS;
         let mut v = cell.load(Ordering::Acquire);
+        if !mine(v) {
+            return;
+        }
+        self.write(&[1], offset(slot) + flag);
         loop {
-            if v >> F_BITS != tag(slot.seq) >> F_BITS {
+            if !mine(v) {
                 return;
             }
             match cell.compare_exchange_weak(v, v | bit, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
+                Ok(_) => return,
                 Err(now) => v = now,
             }
         }
-        self.write(&[1], offset(slot) + flag);
     }
 
     fn write(&self, buf: &[u8], at: u64) {
