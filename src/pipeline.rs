@@ -11,11 +11,11 @@
 //! 4. seal the full exchange under its request ID (the store encrypts on this thread and
 //!    group-commits on its own; a failure is logged and counted, never retried into memory).
 //!
-//! Steps 3 and 4 of exchanges taken while more wait in the queue go together, up to
-//! [`GROUP`] at a time, as soon as the queue is empty or the group full: each hand-off wakes
-//! a parked thread (the exporter's, the seal writer's), and under a backlog one wake-up then
-//! serves a group instead of one exchange. An exchange that arrives alone is handed off at
-//! once.
+//! Steps 3 and 4 of exchanges taken while more wait in the queue go together, as soon as the
+//! queue is empty or the group is full ([`GROUP`] exchanges, [`GROUP_BYTES`] of records, or
+//! a first exchange that has waited [`GROUP_WAIT`]): each hand-off wakes a parked thread (the
+//! exporter's, the seal writer's), and under a backlog one wake-up then serves a group
+//! instead of one exchange. An exchange that arrives alone is handed off at once.
 //!
 //! This module owns the threads, the hand-offs (drop or wait) and their counters; what a
 //! record holds is `record`'s business, what the rules are is `redact`'s. The rules can be
@@ -54,15 +54,52 @@ pub enum HandOff {
     Wait,
 }
 
-/// Most exchanges whose hand-offs (steps 3 and 4) wait to go together. Bounds what the group
-/// holds back: at ~45 µs of processing each, 16 exchanges delay the first one's hand-off by
-/// under a millisecond, and only while more are queued behind it.
+/// Most exchanges whose hand-offs (steps 3 and 4) wait to go together. At ~45 µs of
+/// processing each, 16 exchanges delay the first one's hand-off by under a millisecond, and
+/// only while more are queued behind it.
 pub const GROUP: usize = 16;
+
+/// Most record bytes ([`record::Record::wire_bytes`]) a group holds: the built records are
+/// not counted against the recording queue's byte bound (their exchanges still are), so a
+/// group of large exchanges goes early rather than hold 16 large records per worker.
+pub const GROUP_BYTES: u64 = 1 << 20;
+
+/// Longest the first exchange of a group waits for its hand-offs (an exchange near its
+/// redaction budget takes far longer than 45 µs to build; the group does not wait for 15
+/// of those).
+pub const GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// An exchange processed up to its hand-offs.
 struct Built {
     queued: Queued,
     record: record::Record,
+}
+
+/// The exchanges a worker has built and not yet handed off.
+#[derive(Default)]
+struct Group {
+    built: Vec<Built>,
+    bytes: u64,
+    since: Option<std::time::Instant>,
+}
+
+impl Group {
+    fn push(&mut self, b: Built) {
+        self.bytes += b.record.wire_bytes();
+        self.since.get_or_insert_with(std::time::Instant::now);
+        self.built.push(b);
+    }
+
+    /// Whether the group must go now, more exchanges queued or not.
+    fn full(&self) -> bool {
+        self.built.len() >= GROUP
+            || self.bytes >= GROUP_BYTES
+            || self.since.is_some_and(|t| t.elapsed() >= GROUP_WAIT)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.built.is_empty()
+    }
 }
 
 /// How long a waiting hand-off sleeps between tries when the sealed store is busy.
@@ -182,7 +219,7 @@ impl Pipeline {
                     .name(format!("veil-pipeline-{i}"))
                     .spawn(move || {
                         crate::os::lower_thread_priority(this.nice);
-                        let mut group: Vec<Built> = Vec::with_capacity(GROUP);
+                        let mut group = Group::default();
                         loop {
                             // One receiver shared by the workers; the lock is held only while
                             // waiting for the next exchange. A worker with a group never waits
@@ -208,7 +245,7 @@ impl Pipeline {
                                 continue;
                             };
                             group.push(this.build(exchange));
-                            if group.len() >= GROUP {
+                            if group.full() {
                                 this.hand_off_all(&mut group, &logs);
                             }
                         }
@@ -239,15 +276,16 @@ impl Pipeline {
             let key = record::scope_key(exchange, &conversation);
             recent.insert(crate::feedback::Rated::of(&record, &key));
         }
-        self.counters.pipeline.processed.inc();
         Built { queued, record }
     }
 
     /// Hands off every exchange of `group` (emptied), in order.
-    fn hand_off_all(&self, group: &mut Vec<Built>, logs: &Logs) {
-        for built in group.drain(..) {
+    fn hand_off_all(&self, group: &mut Group, logs: &Logs) {
+        for built in group.built.drain(..) {
             self.hand_off(built, logs);
         }
+        group.bytes = 0;
+        group.since = None;
     }
 
     /// Steps 3 and 4: record to the exporter, exchange to the store; the exchange's journal
@@ -264,6 +302,9 @@ impl Pipeline {
             tracing::trace!(exchange.id = %exchange.id, why, "journal: dropped");
         };
         let users = record.user_pseudonyms.clone();
+        // Counted as it leaves the pipeline, so `processed` never counts an exchange still
+        // held in a group (the drain-timeout message counts those as lost).
+        self.counters.pipeline.processed.inc();
         if let Some(exporter) = &self.exporter {
             let sent = match self.hand_off {
                 HandOff::Drop => exporter.try_send_journaled(record, slot),
@@ -458,6 +499,42 @@ mod tests {
         for w in workers {
             w.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_group_goes_when_full_by_count_by_bytes_or_by_age() {
+        let counters = Arc::new(Counters::default());
+        let (tx, mut rx) = crate::exchange::queue::channel(64, 64 << 20, counters);
+        let mut built = |wire: u64| {
+            tx.try_send(ex("/p", "{}", Some(200), Outcome::Complete))
+                .unwrap();
+            let mut record = crate::export::testing::base_record("r");
+            record.request_bytes = wire;
+            record.response_bytes = 0;
+            Built {
+                queued: rx.try_recv().unwrap(),
+                record,
+            }
+        };
+        let mut by_count = Group::default();
+        for _ in 0..GROUP - 1 {
+            by_count.push(built(10));
+            assert!(!by_count.full());
+        }
+        by_count.push(built(10));
+        assert!(by_count.full(), "{GROUP} exchanges");
+
+        let mut by_bytes = Group::default();
+        by_bytes.push(built(GROUP_BYTES / 2));
+        assert!(!by_bytes.full());
+        by_bytes.push(built(GROUP_BYTES / 2));
+        assert!(by_bytes.full(), "{GROUP_BYTES} bytes of records");
+
+        let mut by_age = Group::default();
+        by_age.push(built(10));
+        assert!(!by_age.full());
+        std::thread::sleep(GROUP_WAIT + std::time::Duration::from_millis(1));
+        assert!(by_age.full(), "the first exchange waited {GROUP_WAIT:?}");
     }
 
     #[test]
