@@ -77,12 +77,14 @@ pub struct Slot {
     id: ExchangeId,
 }
 
-/// Flag bits of a slot's in-memory mirror (see [`Journal::state`]).
-const F_ACKED: u64 = 1;
-const F_SEALED: u64 = 2;
-const F_RECORDED: u64 = 4;
-const F_DROPPED: u64 = 8;
+/// Low bits of a slot's in-memory mirror (see [`Journal::state`]) that hold its flags: flag
+/// byte `ACKED + k` of the file is bit `k` ([`bit`]).
 const F_BITS: u32 = 4;
+
+/// The mirror's bit for the flag byte at offset `flag` (`ACKED`..=`DROPPED`).
+fn bit(flag: u64) -> u64 {
+    1 << (flag - ACKED)
+}
 
 /// What the previous run left unrecorded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +104,7 @@ pub struct Journal {
     path: PathBuf,
     slots: u64,
     next: AtomicU64,
-    /// Per slot, what this process last wrote there: `(seq + 1) << 4 | flags` (`F_*`), 0 for
+    /// Per slot, what this process last wrote there: `(seq + 1) << 4 | flags` ([`bit`]), 0 for
     /// a slot not used yet. The file holds the same; this copy spares a `pread` per mark.
     state: Box<[AtomicU64]>,
     /// Slots reused while their exchange was still pending (the crash count may be low).
@@ -186,13 +188,10 @@ impl Journal {
         let at = offset(slot);
         // From here on a late mark of the slot's previous exchange finds another sequence
         // number and leaves the slot alone.
-        let old = self.state[slot.index as usize].swap(tag(seq) | F_ACKED, Ordering::AcqRel);
+        let old = self.state[slot.index as usize].swap(tag(seq) | bit(ACKED), Ordering::AcqRel);
         if old != 0 {
-            let f = old & ((1 << F_BITS) - 1);
-            let lost = f & F_ACKED != 0
-                && f & F_DROPPED == 0
-                && (f & F_SEALED == 0 || f & F_RECORDED == 0);
-            if lost && self.overwritten.inc() == 1 {
+            let set = |flag| old & bit(flag) != 0;
+            if is_lost_by(set) && self.overwritten.inc() == 1 {
                 tracing::warn!(
                     path = %self.path.display(),
                     slots = self.slots,
@@ -209,18 +208,18 @@ impl Journal {
 
     /// Notes that `slot`'s sealed copy is committed.
     pub fn sealed(&self, slot: Slot) {
-        self.mark(slot, SEALED, F_SEALED);
+        self.mark(slot, SEALED);
     }
 
     /// Notes that `slot`'s record is written (ledger, spool or collector).
     pub fn recorded(&self, slot: Slot) {
-        self.mark(slot, RECORDED, F_RECORDED);
+        self.mark(slot, RECORDED);
     }
 
     /// Notes that `slot` was dropped on purpose (best-effort, counted where it was dropped),
     /// so a crash does not report it again.
     pub fn dropped(&self, slot: Slot) {
-        self.mark(slot, DROPPED, F_DROPPED);
+        self.mark(slot, DROPPED);
     }
 
     /// Sets one flag byte of `slot`, if the slot still holds `slot`'s exchange (a ring that
@@ -230,7 +229,7 @@ impl Journal {
     /// file, but then the acknowledge that took the slot saw this exchange's flag unset and
     /// counted it in [`Journal::overwritten`] (the crash count may be low), as when the
     /// check read the file.
-    fn mark(&self, slot: Slot, flag: u64, bit: u64) {
+    fn mark(&self, slot: Slot, flag: u64) {
         let cell = &self.state[slot.index as usize];
         let mine = |v: u64| v >> F_BITS == tag(slot.seq) >> F_BITS;
         let mut v = cell.load(Ordering::Acquire);
@@ -242,7 +241,8 @@ impl Journal {
             if !mine(v) {
                 return;
             }
-            match cell.compare_exchange_weak(v, v | bit, Ordering::AcqRel, Ordering::Acquire) {
+            match cell.compare_exchange_weak(v, v | bit(flag), Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return,
                 Err(now) => v = now,
             }
@@ -275,9 +275,14 @@ fn offset(slot: Slot) -> u64 {
 }
 
 fn is_lost(slot: &[u8]) -> bool {
-    slot[ACKED as usize] == 1
-        && slot[DROPPED as usize] == 0
-        && (slot[SEALED as usize] == 0 || slot[RECORDED as usize] == 0)
+    is_lost_by(|flag| slot[flag as usize] == 1)
+}
+
+/// Whether an exchange whose flag byte at offset `flag` is set when `set(flag)` was lost:
+/// acknowledged, not dropped on purpose, and not both sealed and recorded. One rule for the
+/// file (at the next start) and the in-memory mirror (when a slot is reused).
+fn is_lost_by(set: impl Fn(u64) -> bool) -> bool {
+    set(ACKED) && !set(DROPPED) && (!set(SEALED) || !set(RECORDED))
 }
 
 fn read_ring(bytes: &[u8]) -> CrashReport {
