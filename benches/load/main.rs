@@ -7,8 +7,10 @@
 //! this process (hyper over rustls, HTTP/1.1 keep-alive, a ~2 KB non-streamed completion). It
 //! measures, in this order:
 //!
-//! 1. peak RSS of the no-op proxy and of veil at start and with 1,000 idle keep-alive
-//!    intercepted connections (each after one request);
+//! 1. RSS of the no-op proxy and of veil at start (and how much of it is file-backed), after
+//!    1,000 exchanges on one connection (what recording keeps), and with 1,000 idle keep-alive
+//!    intercepted connections on top (each after one request), so the cost per idle
+//!    connection is the difference of the last two;
 //! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil, with
 //!    this client and, when `VEIL_PYTHON` names a Python with the `openai` SDK, with the
 //!    official SDK (`ttfc.py`);
@@ -257,6 +259,29 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// File-backed resident KiB of `pid` (`RssFile` in proc(5)): mostly the binary's text, shared
+/// with the page cache.
+fn rss_file_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `target` has finished with what it was sent: recording landed in the ledger
+/// for veil ([`settled_rows`]), half a second for the no-op.
+async fn settle(target: &Target) {
+    match target.ledger.as_deref() {
+        Some(db) => {
+            settled_rows(db, target.pid).await;
+        }
+        None => tokio::time::sleep(Duration::from_millis(500)).await,
+    }
 }
 
 /// Resets `pid`'s peak RSS (VmHWM) to its current RSS (proc(5), `clear_refs` value 5).
@@ -639,11 +664,30 @@ fn main() {
             if awake_held { "yes (/dev/cpu_dma_latency = 0)" } else { "no (/dev/cpu_dma_latency not writable)" }
         );
 
-        // 1. Memory at rest and with 1,000 idle keep-alive intercepted connections.
-        println!("\n| proxy | RSS at start MB | RSS with 1,000 idle connections MB | peak MB |");
-        println!("| --- | --- | --- | --- |");
-        for target in [&noop, &veil_be] {
-            let start = rss_kib(target.pid).0;
+        // 1. Memory at rest, after 1,000 exchanges on one connection (what recording keeps:
+        // caches, queues and allocator arenas grown by the exchanges, not by connections), and
+        // with 1,000 idle keep-alive intercepted connections on top. The difference of the last
+        // two, per connection, is what an idle connection costs.
+        println!(
+            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | with 1,000 idle connections MB | per idle connection KB | peak MB |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- |");
+        let mut memory_targets = vec![&noop, &veil_be];
+        if let Some((_, b)) = &baseline {
+            memory_targets.push(b);
+        }
+        for target in memory_targets {
+            let (start, _) = rss_kib(target.pid);
+            let start_file = rss_file_kib(target.pid);
+            let mut one = open(target).await;
+            for _ in 0..1000 {
+                one.ready().await.unwrap();
+                let resp = one.send_request(completion_request(None)).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+            }
+            drop(one);
+            settle(target).await;
+            let (after, _) = rss_kib(target.pid);
             let mut idle = Vec::new();
             for _ in 0..1000 {
                 let mut c = open(target).await;
@@ -651,13 +695,16 @@ fn main() {
                 resp.into_body().collect().await.unwrap();
                 idle.push(c);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            settle(target).await;
             let (rss, hwm) = rss_kib(target.pid);
             println!(
-                "| {} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} |",
                 target.name,
                 start as f64 / 1024.0,
+                start_file as f64 / 1024.0,
+                after as f64 / 1024.0,
                 rss as f64 / 1024.0,
+                (rss as f64 - after as f64) / 1000.0,
                 hwm as f64 / 1024.0
             );
             drop(idle);

@@ -22,7 +22,7 @@ use crate::exchange;
 
 use super::conn::{Activity, Tracked, Watched};
 use super::leaf;
-use super::listener::http_server;
+use super::listener::{http_server, http1_server};
 use super::route::Target;
 use super::{Shared, Slot};
 
@@ -114,7 +114,7 @@ impl Shared {
                 // veil's own API inside the TLS session too: an app that sends everything to
                 // the provider's host through HTTPS_PROXY reaches it without a second client.
                 if super::reserved::is_reserved_in_session(&req) {
-                    let resp = shared.reserved(req).await;
+                    let resp = Box::pin(shared.reserved(req)).await;
                     return Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)));
                 }
                 let pq = req
@@ -122,17 +122,33 @@ impl Shared {
                     .path_and_query()
                     .map_or("/", |p| p.as_str())
                     .to_string();
-                let resp = shared.forward(req, &target, &pq, addr, &slot).await;
+                // Boxed, as `reserved` above: hyper allocates room for the service's future
+                // when the connection starts and keeps it for the connection's life, so an
+                // inline `forward` (~2 KB of state) cost every idle keep-alive connection that
+                // much. Boxed, it is allocated per request instead.
+                let resp = Box::pin(shared.forward(req, &target, &pq, addr, &slot)).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
         });
-        let builder = http_server();
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(Watched::new(tls, activity.clone()));
         // With upgrades: a WebSocket handshake's 101 hands the stream to its relay.
-        let conn = Box::pin(builder.serve_connection_with_upgrades(io, svc));
-        self.finish("intercepted connection", conn, &activity, |c| {
-            c.graceful_shutdown()
-        })
-        .await;
+        if h2 {
+            let builder = http_server();
+            let conn = Box::pin(builder.serve_connection_with_upgrades(io, svc));
+            self.finish("intercepted connection", conn, &activity, |c| {
+                c.graceful_shutdown()
+            })
+            .await;
+        } else {
+            // ALPN chose HTTP/1.1, or the client offered no ALPN (h2 over TLS requires it,
+            // RFC 9113 section 3.2): HTTP/1.1's own server, without the auto builder's version
+            // sniffing and the rewind buffer it keeps under the connection for its whole life.
+            let conn = Box::pin(http1_server().serve_connection(io, svc).with_upgrades());
+            self.finish("intercepted connection", conn, &activity, |c| {
+                c.graceful_shutdown()
+            })
+            .await;
+        }
     }
 }

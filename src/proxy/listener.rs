@@ -183,13 +183,13 @@ impl Shared {
         graceful: impl Fn(std::pin::Pin<&mut C>),
     ) where
         C: Future<Output = Result<(), E>>,
-        E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let graceful =
             |c: std::pin::Pin<&mut std::pin::Pin<Box<C>>>| graceful(c.get_mut().as_mut());
         match conn::drive(conn, activity, self.settings.limits, &self.cancel, graceful).await {
             Ended::Done(Ok(())) => {}
-            Ended::Done(Err(e)) => log_conn_error(what, &*e),
+            Ended::Done(Err(e)) => log_conn_error(what, &*e.into()),
             Ended::TimedOut(why) => {
                 self.counters.proxy.timed_out.inc();
                 tracing::debug!(reason = why.as_str(), "closing {what}");
@@ -207,7 +207,7 @@ impl Shared {
     ) -> Response<ProxyBody> {
         // Before routing: no gateway route (nor an absolute-form URL) can take `/veil/`.
         if super::reserved::is_reserved(&req) {
-            return self.reserved(req).await;
+            return Box::pin(self.reserved(req)).await;
         }
         match route::route(RequestHead::of(&req), &self.settings) {
             Route::Intercept { host, port } => {
@@ -225,8 +225,9 @@ impl Shared {
                 target,
                 path_and_query,
             } => {
-                self.forward(req, &target, &path_and_query, addr, &slot)
-                    .await
+                // Boxed, as in an intercepted session (`intercept`): the service future's
+                // room lives as long as the connection.
+                Box::pin(self.forward(req, &target, &path_and_query, addr, &slot)).await
             }
             Route::Reject(why) => {
                 let (parts, body) = req.into_parts();
@@ -251,6 +252,14 @@ pub(super) fn http_server() -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
+}
+
+/// [`http_server`]'s HTTP/1.1 half alone (the same settings), for an intercepted TLS session
+/// whose ALPN did not choose h2.
+pub(super) fn http1_server() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.header_read_timeout(None);
     builder
 }
 
