@@ -244,7 +244,10 @@ impl Pipeline {
                                 this.hand_off_all(&mut group, &logs);
                                 continue;
                             };
-                            group.push(this.build(exchange));
+                            let Some(built) = this.build_caught(exchange) else {
+                                continue;
+                            };
+                            group.push(built);
                             if group.full() {
                                 this.hand_off_all(&mut group, &logs);
                             }
@@ -255,11 +258,44 @@ impl Pipeline {
             .collect()
     }
 
+    /// [`Pipeline::build`], surviving a panic in it: a bug that one exchange's bytes trigger
+    /// (in a parser, a detector, the rules) must cost that exchange, not the worker thread,
+    /// the exchanges grouped behind it, and with every worker gone, all recording after it.
+    /// The exchange is not recorded nor sealed (without its record veil does not know its
+    /// users, which a seal is filed under for `forget --user`): counted as dropped
+    /// (`pipeline_failed`), marked dropped in the journal, logged with its id. The panic's
+    /// location is on stderr from veil's panic hook, its message withheld (`cli::panics`).
+    fn build_caught(&self, queued: Queued) -> Option<Built> {
+        let id = queued.id;
+        let mark = queued.journal().cloned().zip(queued.slot());
+        // The state a panic can leave half-updated is behind mutexes every user recovers
+        // from (`unwrap_or_else(into_inner)`): the retry memory, the recent exchanges.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(queued))) {
+            Ok(built) => Some(built),
+            Err(_) => {
+                if let Some((journal, slot)) = mark {
+                    journal.dropped(slot);
+                }
+                let n = self.counters.pipeline.failed.inc();
+                tracing::error!(
+                    exchange.id = %id,
+                    failed_total = n,
+                    "recording failed: the pipeline panicked on this exchange, which is not recorded (a bug: please report it with the panic line above)"
+                );
+                None
+            }
+        }
+    }
+
     /// Steps 1 and 2 of one exchange taken from the queue: parse, build the record, note it
     /// for retries and feedback. Its hand-offs follow in [`Pipeline::hand_off`].
     fn build(&self, queued: Queued) -> Built {
         let exchange: &Exchange = &queued;
         let _span = tracing::debug_span!("process_exchange", exchange.id = %exchange.id).entered();
+        #[cfg(test)]
+        if exchange.path == tests::PANICS {
+            panic!("a test's exchange");
+        }
         let rules = self.rules.current();
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
         let mut record =
@@ -442,11 +478,15 @@ mod tests {
         assert!(!r.is_retry(&ex(path, "{\"d\":5}", Some(200), Outcome::Complete)));
     }
 
+    /// The path of an exchange whose build panics (`Pipeline::build`, test builds only).
+    pub(super) const PANICS: &str = "/veil-test/panics";
+
     /// A pipeline with one worker over a bare exporter queue the test reads, no store.
     fn pipeline() -> (
         crate::exchange::queue::ExchangeSender,
         crate::export::TestQueue,
         Vec<std::thread::JoinHandle<()>>,
+        Arc<Counters>,
     ) {
         use crate::keys::{KeyId, Keyring, MasterKey};
         let counters = Arc::new(Counters::default());
@@ -460,7 +500,7 @@ mod tests {
             parse: ParseOptions::default(),
             exporter: Some(exporter),
             store: None,
-            counters,
+            counters: counters.clone(),
             nice: 0,
             hand_off: HandOff::Drop,
             redaction_budget: Budget::default(),
@@ -468,12 +508,34 @@ mod tests {
             retries: Arc::default(),
         }
         .spawn(rx, 1);
-        (tx, queue, workers)
+        (tx, queue, workers, counters)
+    }
+
+    #[test]
+    fn a_panic_on_one_exchange_costs_that_exchange_not_the_worker() {
+        let (tx, mut queue, workers, counters) = pipeline();
+        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+        tx.try_send(ex(PANICS, body, Some(200), Outcome::Complete))
+            .unwrap();
+        let after = ex("/v1/chat/completions", body, Some(200), Outcome::Complete);
+        let id = after.id.to_string();
+        tx.try_send(after).unwrap();
+        // The only worker panicked on the first exchange; the second is recorded all the same.
+        assert_eq!(
+            queue.next_record(std::time::Duration::from_secs(10)),
+            Some(id)
+        );
+        assert_eq!(counters.pipeline.failed.get(), 1);
+        assert_eq!(counters.pipeline.processed.get(), 1);
+        drop(tx);
+        for w in workers {
+            w.join().expect("the worker ends normally");
+        }
     }
 
     #[test]
     fn an_exchange_alone_is_handed_off_at_once_and_a_backlog_in_full_and_in_order() {
-        let (tx, mut queue, workers) = pipeline();
+        let (tx, mut queue, workers, _) = pipeline();
         let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
         let chat = |_| ex("/v1/chat/completions", body, Some(200), Outcome::Complete);
         // One exchange and nothing behind it: its record must not wait for a group to fill

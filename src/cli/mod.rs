@@ -26,6 +26,7 @@ mod export_sealed;
 mod feedback;
 mod ledger;
 mod operator;
+mod panics;
 mod rules;
 mod seal;
 mod show;
@@ -287,6 +288,7 @@ fn failure_code(e: &anyhow::Error) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    panics::install();
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

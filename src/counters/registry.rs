@@ -107,6 +107,10 @@ registry! {
         /// Exchanges processed (parsed, redacted, handed on).
         processed: Counter => "veil.pipeline.exchanges",
             "{exchange}", "Exchanges the pipeline parsed, redacted and handed on.";
+        /// Exchanges whose processing panicked (a bug): not recorded, not sealed; the worker
+        /// goes on with the next.
+        failed: Counter => "veil.exchanges.dropped" ["veil.drop.reason" = "pipeline_failed"],
+            "{exchange}", DROPPED;
         /// Records the exporter's queue refused (full, or shut down).
         export_dropped: Counter => "veil.exchanges.dropped" ["veil.drop.reason" = "export_queue_full"],
             "{exchange}", DROPPED;
