@@ -26,19 +26,29 @@ pub enum Part {
     Disk,
     /// The SQLite ledger cannot commit (disk full, locked, I/O error).
     Ledger,
+    /// Processing the last exchange panicked (a bug): it was not recorded. Recovers when a
+    /// later exchange is processed.
+    Pipeline,
 }
 
 impl Part {
     /// Every part, in report order.
-    pub const ALL: [Part; 4] = [Part::Seal, Part::Records, Part::Disk, Part::Ledger];
+    pub const ALL: [Part; 5] = [
+        Part::Seal,
+        Part::Records,
+        Part::Disk,
+        Part::Ledger,
+        Part::Pipeline,
+    ];
 
-    /// Short stable name (`seal`, `records`, `disk`, `ledger`).
+    /// Short stable name (`seal`, `records`, `disk`, `ledger`, `pipeline`).
     pub fn as_str(self) -> &'static str {
         match self {
             Part::Seal => "seal",
             Part::Records => "records",
             Part::Disk => "disk",
             Part::Ledger => "ledger",
+            Part::Pipeline => "pipeline",
         }
     }
 
@@ -53,12 +63,23 @@ struct State {
     reason: String,
 }
 
+/// How a blocking task ended without a result, for logs and health reasons: tokio's own text
+/// for a panicked task quotes the panic's message, which may quote the data being processed
+/// (see `cli::panics`), so it is never used.
+pub fn task_failure(e: &tokio::task::JoinError) -> &'static str {
+    if e.is_panic() {
+        "the task panicked (a bug: its location is in the log)"
+    } else {
+        "the task was cancelled"
+    }
+}
+
 /// The recording health of one veil. Share it as `Arc<Health>`.
 #[derive(Debug)]
 pub struct Health {
     /// One bit per degraded [`Part`].
     degraded: AtomicU32,
-    states: [Mutex<State>; 4],
+    states: [Mutex<State>; Part::ALL.len()],
     /// The registry: `recording.degradations` counts each part's transition to degraded,
     /// `recording.degraded` mirrors "any part degraded" (1/0).
     counters: Arc<Counters>,

@@ -29,6 +29,7 @@ use crate::counters::{Counters, LogEvery};
 use crate::exchange::queue::{ExchangeReceiver, Queued};
 use crate::exchange::{self, Exchange, ParseOptions, Pricing};
 use crate::export::ExporterHandle;
+use crate::health::Part;
 use crate::record;
 use crate::redact::{Budget, RulesHandle};
 use crate::seal::SealStore;
@@ -40,6 +41,8 @@ struct Logs {
     export: LogEvery,
     /// "cannot seal exchange" (a degraded store refuses every one).
     seal: LogEvery,
+    /// "the pipeline panicked on this exchange" (a bug every exchange may trigger).
+    failed: LogEvery,
 }
 
 /// What the pipeline does when the next step has no room.
@@ -201,6 +204,10 @@ pub struct Pipeline {
     pub recent: Option<Arc<crate::feedback::Recent>>,
     /// Recent failed requests, to count the retries SDKs do not mark.
     pub retries: Arc<Retries>,
+    /// Recording health: a panic while processing an exchange degrades
+    /// [`Part::Pipeline`](crate::health::Part::Pipeline) until a later exchange is processed, so
+    /// `audit = "required"` refuses rather than answer what it cannot record.
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 impl Pipeline {
@@ -244,7 +251,7 @@ impl Pipeline {
                                 this.hand_off_all(&mut group, &logs);
                                 continue;
                             };
-                            let Some(built) = this.build_caught(exchange) else {
+                            let Some(built) = this.build_caught(exchange, &logs) else {
                                 continue;
                             };
                             group.push(built);
@@ -263,25 +270,44 @@ impl Pipeline {
     /// the exchanges grouped behind it, and with every worker gone, all recording after it.
     /// The exchange is not recorded nor sealed (without its record veil does not know its
     /// users, which a seal is filed under for `forget --user`): counted as dropped
-    /// (`pipeline_failed`), marked dropped in the journal, logged with its id. The panic's
-    /// location is on stderr from veil's panic hook, its message withheld (`cli::panics`).
-    fn build_caught(&self, queued: Queued) -> Option<Built> {
+    /// (`pipeline_failed`), marked dropped in the journal, logged with its id (rate-limited),
+    /// and recording marked degraded (`pipeline`) until an exchange is processed again, so
+    /// `audit = "required"` refuses new requests meanwhile instead of answering them
+    /// unrecorded. The panic's location is on stderr from veil's panic hook, its message
+    /// withheld (`cli::panics`). The hand-offs after the build (export queue, sealing) are not
+    /// covered.
+    fn build_caught(&self, queued: Queued, logs: &Logs) -> Option<Built> {
         let id = queued.id;
         let mark = queued.journal().cloned().zip(queued.slot());
         // The state a panic can leave half-updated is behind mutexes every user recovers
         // from (`unwrap_or_else(into_inner)`): the retry memory, the recent exchanges.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(queued))) {
-            Ok(built) => Some(built),
+            Ok(built) => {
+                if let Some(h) = &self.health {
+                    // One atomic load unless degraded.
+                    h.recover(Part::Pipeline);
+                }
+                Some(built)
+            }
             Err(_) => {
                 if let Some((journal, slot)) = mark {
                     journal.dropped(slot);
                 }
                 let n = self.counters.pipeline.failed.inc();
-                tracing::error!(
-                    exchange.id = %id,
-                    failed_total = n,
-                    "recording failed: the pipeline panicked on this exchange, which is not recorded (a bug: please report it with the panic line above)"
-                );
+                if let Some(h) = &self.health {
+                    h.degrade(
+                        Part::Pipeline,
+                        "processing an exchange panicked (a bug: the panic's location is in the log)",
+                    );
+                }
+                if let Some(since) = logs.failed.hit() {
+                    tracing::error!(
+                        exchange.id = %id,
+                        failed_total = n,
+                        since_last_line = since,
+                        "recording failed: the pipeline panicked on this exchange, which is not recorded (a bug: please report it with the panic line above)"
+                    );
+                }
                 None
             }
         }
@@ -487,12 +513,14 @@ mod tests {
         crate::export::TestQueue,
         Vec<std::thread::JoinHandle<()>>,
         Arc<Counters>,
+        Arc<crate::health::Health>,
     ) {
         use crate::keys::{KeyId, Keyring, MasterKey};
         let counters = Arc::new(Counters::default());
         let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
         let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys).unwrap();
         let (exporter, queue) = ExporterHandle::for_tests(1024, counters.clone());
+        let health = Arc::new(crate::health::Health::new(counters.clone()));
         let (tx, rx) = crate::exchange::queue::channel(1024, 64 << 20, counters.clone());
         let workers = Pipeline {
             rules: Arc::new(RulesHandle::from_rules("rules.toml".into(), rules)),
@@ -506,17 +534,25 @@ mod tests {
             redaction_budget: Budget::default(),
             recent: None,
             retries: Arc::default(),
+            health: Some(health.clone()),
         }
         .spawn(rx, 1);
-        (tx, queue, workers, counters)
+        (tx, queue, workers, counters, health)
     }
 
     #[test]
     fn a_panic_on_one_exchange_costs_that_exchange_not_the_worker() {
-        let (tx, mut queue, workers, counters) = pipeline();
+        let (tx, mut queue, workers, counters, health) = pipeline();
         let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
         tx.try_send(ex(PANICS, body, Some(200), Outcome::Complete))
             .unwrap();
+        // Degraded until an exchange is processed again (so `required` refuses meanwhile).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !health.is_degraded(crate::health::Part::Pipeline) {
+            assert!(std::time::Instant::now() < deadline, "never degraded");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(counters.pipeline.failed.get(), 1);
         let after = ex("/v1/chat/completions", body, Some(200), Outcome::Complete);
         let id = after.id.to_string();
         tx.try_send(after).unwrap();
@@ -525,6 +561,7 @@ mod tests {
             queue.next_record(std::time::Duration::from_secs(10)),
             Some(id)
         );
+        assert!(health.is_ok(), "recovered by the next exchange");
         assert_eq!(counters.pipeline.failed.get(), 1);
         assert_eq!(counters.pipeline.processed.get(), 1);
         drop(tx);
@@ -535,7 +572,7 @@ mod tests {
 
     #[test]
     fn an_exchange_alone_is_handed_off_at_once_and_a_backlog_in_full_and_in_order() {
-        let (tx, mut queue, workers, _) = pipeline();
+        let (tx, mut queue, workers, _, _) = pipeline();
         let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
         let chat = |_| ex("/v1/chat/completions", body, Some(200), Outcome::Complete);
         // One exchange and nothing behind it: its record must not wait for a group to fill

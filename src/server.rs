@@ -536,6 +536,7 @@ pub async fn start(
         },
         recent: Some(recent.clone()),
         retries: Arc::default(),
+        health: Some(health.clone()),
     };
     let workers = pipeline.spawn(rx, config.pipeline_workers);
 
@@ -703,7 +704,8 @@ pub async fn start(
                 .queue
                 .queued
                 .get()
-                .saturating_sub(left_behind.pipeline.processed.get());
+                .saturating_sub(left_behind.pipeline.processed.get())
+                .saturating_sub(left_behind.pipeline.failed.get());
             tracing::error!(
                 exchanges = left,
                 drain_timeout_s = drain.as_secs_f32(),
@@ -950,7 +952,7 @@ async fn reload_on_sighup(
             Ok(Err(e)) => {
                 tracing::error!("rules reload rejected, previous rules stay in force: {e}")
             }
-            Err(e) => tracing::error!("rules reload failed: {e}"),
+            Err(e) => tracing::error!("rules reload failed: {}", crate::health::task_failure(&e)),
         }
     }
 }

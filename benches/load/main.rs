@@ -669,7 +669,7 @@ fn main() {
         // with 1,000 idle keep-alive intercepted connections on top. The difference of the last
         // two, per connection, is what an idle connection costs.
         println!(
-            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | with 1,000 idle connections MB | per idle connection KB | peak MB |"
+            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | with 1,000 idle connections MB | per idle connection KiB | peak MB |"
         );
         println!("| --- | --- | --- | --- | --- | --- |");
         let mut memory_targets = vec![&noop, &veil_be];

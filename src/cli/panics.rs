@@ -8,7 +8,8 @@
 //! (README). So the hook veil installs ([`install`]) reports where a panic happened and on which
 //! thread, prints the message only when it is a string literal of veil's source (a
 //! `&'static str` payload, which cannot hold runtime data), and withholds every formatted one.
-//! The backtrace follows when `RUST_BACKTRACE` asks for it (frames carry no data).
+//! The backtrace follows when `RUST_BACKTRACE` asks for it (frames carry no data). The line
+//! keeps std's "thread '…' panicked at" wording, which tests and operators grep for.
 
 use std::any::Any;
 use std::io::Write;
@@ -20,7 +21,10 @@ pub(super) fn install() {
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        let backtrace = std::backtrace::Backtrace::capture();
+        // As std's own hook: RUST_BACKTRACE decides (Backtrace::capture would let
+        // RUST_LIB_BACKTRACE, meant for error values, decide instead).
+        let wanted = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        let backtrace = wanted.then(std::backtrace::Backtrace::force_capture);
         let mut out = std::io::stderr().lock();
         report(
             info.payload(),
@@ -28,7 +32,7 @@ pub(super) fn install() {
             location.as_deref(),
             &mut out,
         );
-        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        if let Some(backtrace) = backtrace {
             let _ = writeln!(out, "{backtrace}");
         }
     }));
@@ -49,7 +53,7 @@ pub(super) fn report(
     };
     let _ = writeln!(
         out,
-        "veil: panic in thread '{thread}' at {location}; message: {message}. This is a bug: \
+        "veil: thread '{thread}' panicked at {location}; message: {message}. This is a bug: \
          please report it with this line (RUST_BACKTRACE=1 adds a backtrace)."
     );
 }
@@ -85,7 +89,10 @@ mod tests {
         let line = String::from_utf8(out).unwrap();
         assert!(!line.contains("4111"), "{line}");
         assert!(line.contains("withheld"), "{line}");
-        assert!(line.contains("'veil-pipeline-0'"), "{line}");
+        assert!(
+            line.contains("thread 'veil-pipeline-0' panicked at"),
+            "{line}"
+        );
         assert!(line.contains("src/x.rs:1:2"), "{line}");
 
         let payload = payload_of(|| panic!("invariant: a literal"));

@@ -194,10 +194,14 @@ pub(super) fn shutdown_line(f: &Facts, counters: &Counters) -> String {
     };
     format!(
         "veil stopped. Exchanges intercepted: {}, made into records: {}, dropped before \
-         recording: {}; {ledger}",
+         recording: {}{}; {ledger}",
         counters.proxy.intercepted.get(),
         counters.pipeline.processed.get(),
         counters.queue.dropped(),
+        match counters.pipeline.failed.get() {
+            0 => String::new(),
+            n => format!(", failed in processing (a bug, see the panic lines above): {n}"),
+        },
     )
 }
 

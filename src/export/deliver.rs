@@ -66,7 +66,7 @@ pub(super) async fn run_ledger(
                 continue;
             }
             Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
+            Err(e) => crate::health::task_failure(&e).to_string(),
         };
         observe_write(
             health.as_deref(),

@@ -28,7 +28,7 @@ async fn h1_and_h2_clients_against_h1_and_h2_upstreams() {
     for upstream in [Alpn::Http1Only, Alpn::H2AndHttp1] {
         let mock = Mock::start(upstream).await;
         let mut veil = Veil::start(&mock).await;
-        for proto in [Proto::Http1, Proto::H2] {
+        for proto in [Proto::Http1, Proto::Http1NoAlpn, Proto::H2] {
             let ctx = format!("client {proto:?}, upstream {upstream:?}");
             let mut client =
                 Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, proto).await;

@@ -71,7 +71,10 @@ impl SealStore {
                     not_destroyed = e.not_destroyed().len(),
                     "retention purge failed; receipts.jsonl lists what was destroyed"
                 ),
-                Err(e) => tracing::error!(error = %e, "retention purge task failed"),
+                Err(e) => tracing::error!(
+                    error = crate::health::task_failure(&e),
+                    "retention purge task failed"
+                ),
             }
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}

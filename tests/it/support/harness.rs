@@ -180,6 +180,8 @@ pub async fn connect(proxy: SocketAddr, host: &str, port: u16) -> (u16, TcpStrea
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Http1,
+    /// HTTP/1.1 with no ALPN offered (an old client): veil serves it as HTTP/1.1.
+    Http1NoAlpn,
     H2,
 }
 
@@ -195,6 +197,7 @@ impl Client {
         assert_eq!(code, 200, "CONNECT {host}");
         let alpn: &[&[u8]] = match proto {
             Proto::Http1 => &[b"http/1.1"],
+            Proto::Http1NoAlpn => &[],
             Proto::H2 => &[b"h2"],
         };
         let tls = tokio_rustls::TlsConnector::from(tls_client(ca_pem, alpn))
@@ -203,7 +206,10 @@ impl Client {
             .expect("TLS to veil with a leaf minted from veil's CA");
         let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
         match proto {
-            Proto::Http1 => {
+            Proto::Http1 | Proto::Http1NoAlpn => {
+                if proto == Proto::Http1NoAlpn {
+                    assert_eq!(negotiated, None, "no ALPN offered, none chosen");
+                }
                 let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                     .await
                     .unwrap();
