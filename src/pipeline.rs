@@ -205,7 +205,7 @@ pub struct Pipeline {
     /// Recent failed requests, to count the retries SDKs do not mark.
     pub retries: Arc<Retries>,
     /// Recording health: a panic while processing an exchange degrades
-    /// [`Part::Pipeline`](crate::health::Part::Pipeline) until a later exchange is processed, so
+    /// [`Part::Pipeline`] until a later exchange is processed, so
     /// `audit = "required"` refuses rather than answer what it cannot record.
     pub health: Option<Arc<crate::health::Health>>,
 }
