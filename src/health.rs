@@ -27,7 +27,8 @@ pub enum Part {
     /// The SQLite ledger cannot commit (disk full, locked, I/O error).
     Ledger,
     /// Processing the last exchange panicked (a bug): it was not recorded. Recovers when a
-    /// later exchange is processed.
+    /// later exchange is processed, or after [`crate::pipeline::PANIC_HOLD`] without another
+    /// panic.
     Pipeline,
 }
 

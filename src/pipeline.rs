@@ -43,7 +43,16 @@ struct Logs {
     seal: LogEvery,
     /// "the pipeline panicked on this exchange" (a bug every exchange may trigger).
     failed: LogEvery,
+    /// A thread waits to clear the `pipeline` degradation ([`PANIC_HOLD`]).
+    recovery_pending: std::sync::atomic::AtomicBool,
 }
+
+/// How long recording stays degraded after the last panic when no exchange is processed
+/// meanwhile. Under `audit = "required"` a degraded veil refuses new requests, so no exchange
+/// would come to recover it: without this clock one panic would refuse traffic until a
+/// restart. With it, a bug that panics on every exchange lets one exchange through (answered,
+/// not recorded) per hold, and a one-off panic costs at most a hold of refusals.
+pub const PANIC_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the pipeline does when the next step has no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -271,12 +280,12 @@ impl Pipeline {
     /// The exchange is not recorded nor sealed (without its record veil does not know its
     /// users, which a seal is filed under for `forget --user`): counted as dropped
     /// (`pipeline_failed`), marked dropped in the journal, logged with its id (rate-limited),
-    /// and recording marked degraded (`pipeline`) until an exchange is processed again, so
-    /// `audit = "required"` refuses new requests meanwhile instead of answering them
-    /// unrecorded. The panic's location is on stderr from veil's panic hook, its message
+    /// and recording marked degraded (`pipeline`) until an exchange is processed again or
+    /// [`PANIC_HOLD`] passes without another panic, so `audit = "required"` refuses new
+    /// requests meanwhile instead of answering them unrecorded. The panic's location is on stderr from veil's panic hook, its message
     /// withheld (`cli::panics`). The hand-offs after the build (export queue, sealing) are not
     /// covered.
-    fn build_caught(&self, queued: Queued, logs: &Logs) -> Option<Built> {
+    fn build_caught(&self, queued: Queued, logs: &Arc<Logs>) -> Option<Built> {
         let id = queued.id;
         let mark = queued.journal().cloned().zip(queued.slot());
         // The state a panic can leave half-updated is behind mutexes every user recovers
@@ -299,6 +308,7 @@ impl Pipeline {
                         Part::Pipeline,
                         "processing an exchange panicked (a bug: the panic's location is in the log)",
                     );
+                    self.recover_later(h, logs);
                 }
                 if let Some(since) = logs.failed.hit() {
                     tracing::error!(
@@ -310,6 +320,38 @@ impl Pipeline {
                 }
                 None
             }
+        }
+    }
+
+    /// Clears the `pipeline` degradation once [`PANIC_HOLD`] has passed with no new panic, on
+    /// a thread of its own (one at a time: a panic while it waits only extends the wait). If
+    /// the thread cannot be started, the next processed exchange still recovers it.
+    fn recover_later(&self, health: &Arc<crate::health::Health>, logs: &Arc<Logs>) {
+        use std::sync::atomic::Ordering;
+        if logs.recovery_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (health, logs2, counters) = (health.clone(), logs.clone(), self.counters.clone());
+        let spawned = std::thread::Builder::new()
+            .name("veil-pipeline-recover".into())
+            .spawn(move || {
+                let mut seen = counters.pipeline.failed.get();
+                loop {
+                    std::thread::sleep(PANIC_HOLD);
+                    let now = counters.pipeline.failed.get();
+                    if now == seen {
+                        break;
+                    }
+                    seen = now;
+                }
+                // Cleared before recovering: a panic from here on starts a new wait.
+                logs2.recovery_pending.store(false, Ordering::Release);
+                if counters.pipeline.failed.get() == seen {
+                    health.recover(Part::Pipeline);
+                }
+            });
+        if spawned.is_err() {
+            logs.recovery_pending.store(false, Ordering::Release);
         }
     }
 
@@ -564,6 +606,25 @@ mod tests {
         assert!(health.is_ok(), "recovered by the next exchange");
         assert_eq!(counters.pipeline.failed.get(), 1);
         assert_eq!(counters.pipeline.processed.get(), 1);
+        // A panic and then nothing (as under `required`, which refuses while degraded): the
+        // hold clears it, or one panic would refuse traffic until a restart.
+        tx.try_send(ex(PANICS, body, Some(200), Outcome::Complete))
+            .unwrap();
+        let degraded_at = std::time::Instant::now();
+        while !health.is_degraded(crate::health::Part::Pipeline) {
+            assert!(degraded_at.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        while !health.is_ok() {
+            assert!(
+                degraded_at.elapsed() < PANIC_HOLD * 3,
+                "still degraded after {:?}",
+                degraded_at.elapsed()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(degraded_at.elapsed() >= PANIC_HOLD - std::time::Duration::from_millis(100));
+        assert_eq!(counters.pipeline.failed.get(), 2);
         drop(tx);
         for w in workers {
             w.join().expect("the worker ends normally");
