@@ -213,9 +213,9 @@ pub struct Pipeline {
     pub recent: Option<Arc<crate::feedback::Recent>>,
     /// Recent failed requests, to count the retries SDKs do not mark.
     pub retries: Arc<Retries>,
-    /// Recording health: a panic while processing an exchange degrades
-    /// [`Part::Pipeline`] until a later exchange is processed, so
-    /// `audit = "required"` refuses rather than answer what it cannot record.
+    /// Recording health: a panic while processing an exchange degrades [`Part::Pipeline`]
+    /// until a later exchange is processed or [`PANIC_HOLD`] passes, so `audit = "required"`
+    /// refuses rather than answer what it cannot record.
     pub health: Option<Arc<crate::health::Health>>,
 }
 
@@ -282,9 +282,9 @@ impl Pipeline {
     /// (`pipeline_failed`), marked dropped in the journal, logged with its id (rate-limited),
     /// and recording marked degraded (`pipeline`) until an exchange is processed again or
     /// [`PANIC_HOLD`] passes without another panic, so `audit = "required"` refuses new
-    /// requests meanwhile instead of answering them unrecorded. The panic's location is on stderr from veil's panic hook, its message
-    /// withheld (`cli::panics`). The hand-offs after the build (export queue, sealing) are not
-    /// covered.
+    /// requests meanwhile instead of answering them unrecorded. The panic's location is on
+    /// stderr from veil's panic hook, its message withheld (`cli::panics`). The hand-offs
+    /// after the build (export queue, sealing) are not covered.
     fn build_caught(&self, queued: Queued, logs: &Arc<Logs>) -> Option<Built> {
         let id = queued.id;
         let mark = queued.journal().cloned().zip(queued.slot());
