@@ -7,7 +7,8 @@
 //!    ([`exchange::parse`]);
 //! 2. build the redacted [`Record`](crate::record::Record) under the compiled rules of the
 //!    exchange's scope ([`record::build`]);
-//! 3. hand the record to the exporter (`try_send`: a full exporter queue is a counted drop);
+//! 3. hand the record to the exporter (without waiting in best-effort mode: a full exporter
+//!    queue is a counted drop);
 //! 4. seal the full exchange under its request ID (the store encrypts on this thread and
 //!    group-commits on its own; a failure is logged and counted, never retried into memory).
 //!
@@ -15,7 +16,8 @@
 //! queue is empty or the group is full ([`GROUP`] exchanges, [`GROUP_BYTES`] of records, or
 //! a first exchange that has waited [`GROUP_WAIT`]): each hand-off wakes a parked thread (the
 //! exporter's, the seal writer's), and under a backlog one wake-up then serves a group
-//! instead of one exchange. An exchange that arrives alone is handed off at once.
+//! instead of one exchange (a group's records reach the exporter as one item). An exchange
+//! that arrives alone is handed off at once.
 //!
 //! This module owns the threads, the hand-offs (drop or wait) and their counters; what a
 //! record holds is `record`'s business, what the rules are is `redact`'s. The rules can be
@@ -383,20 +385,62 @@ impl Pipeline {
         Built { queued, record }
     }
 
-    /// Hands off every exchange of `group` (emptied), in order.
+    /// Steps 3 and 4 for every exchange of `group` (emptied), in order: the records to the
+    /// exporter as one item (one wake-up of its thread per group, not per record), then each
+    /// exchange to the store. An exchange's journal slot is marked dropped here when a
+    /// hand-off drops it (counted), and recorded or sealed by the exporter and the store once
+    /// durable. The exchanges' bytes count against the queue's byte bound until they are
+    /// dropped here.
     fn hand_off_all(&self, group: &mut Group, logs: &Logs) {
-        for built in group.built.drain(..) {
-            self.hand_off(built, logs);
-        }
         group.bytes = 0;
         group.since = None;
+        let mut sealing = Vec::with_capacity(group.built.len());
+        let mut records = Vec::with_capacity(group.built.len());
+        for Built { queued, record } in group.built.drain(..) {
+            // Counted as it leaves the pipeline, so `processed` never counts an exchange still
+            // held in a group (the drain-timeout message counts those as lost).
+            self.counters.pipeline.processed.inc();
+            let users = record.user_pseudonyms.clone();
+            records.push((record, queued.slot()));
+            sealing.push((queued, users));
+        }
+        if let Some(exporter) = &self.exporter {
+            let sent = match self.hand_off {
+                HandOff::Drop => exporter.try_send_group(records),
+                HandOff::Wait => exporter.send_group_blocking(records),
+            };
+            if let Err(e) = sent {
+                // The group's last records came back: their exchanges are the last ones.
+                let full = e.is_full();
+                let back = e.into_inner().len();
+                for (queued, _) in &sealing[sealing.len() - back..] {
+                    if let (Some(j), Some(s)) = (queued.journal(), queued.slot()) {
+                        j.dropped(s);
+                    }
+                    tracing::trace!(exchange.id = %queued.id, why = "export queue", "journal: dropped");
+                }
+                let n = self.counters.pipeline.export_dropped.add(back as u64);
+                if let Some(since) = logs.export.hit() {
+                    tracing::warn!(
+                        exchange.id = %sealing[sealing.len() - back].0.id,
+                        records = back,
+                        dropped_total = n,
+                        since_last_line = since,
+                        full,
+                        "exporter queue refused a record"
+                    );
+                }
+            }
+        }
+        for (queued, users) in sealing {
+            self.seal(queued, &users, logs);
+        }
     }
 
-    /// Steps 3 and 4: record to the exporter, exchange to the store; the exchange's journal
-    /// slot is marked dropped here when a hand-off drops it (counted), and recorded or sealed
-    /// by the exporter and the store once durable. The exchange's bytes count against the
-    /// queue's byte bound until it is dropped here.
-    fn hand_off(&self, Built { queued, record }: Built, logs: &Logs) {
+    /// Step 4: the full exchange to the sealed store, filed under its record's `users`. The
+    /// store tells the journal how the seal ended (durable, or failed); a refusal is marked
+    /// dropped here, counted and logged.
+    fn seal(&self, queued: Queued, users: &[crate::keys::UserPseudonym], logs: &Logs) {
         let exchange: &Exchange = &queued;
         let slot = queued.slot();
         let dropped = |why: &str| {
@@ -405,29 +449,6 @@ impl Pipeline {
             }
             tracing::trace!(exchange.id = %exchange.id, why, "journal: dropped");
         };
-        let users = record.user_pseudonyms.clone();
-        // Counted as it leaves the pipeline, so `processed` never counts an exchange still
-        // held in a group (the drain-timeout message counts those as lost).
-        self.counters.pipeline.processed.inc();
-        if let Some(exporter) = &self.exporter {
-            let sent = match self.hand_off {
-                HandOff::Drop => exporter.try_send_journaled(record, slot),
-                HandOff::Wait => exporter.send_blocking(record, slot),
-            };
-            if let Err(e) = sent {
-                dropped("export queue");
-                let n = self.counters.pipeline.export_dropped.inc();
-                if let Some(since) = logs.export.hit() {
-                    tracing::warn!(
-                        exchange.id = %exchange.id,
-                        dropped_total = n,
-                        since_last_line = since,
-                        full = e.is_full(),
-                        "exporter queue refused a record"
-                    );
-                }
-            }
-        }
         if let Some(store) = &self.store {
             // The store tells the journal how the seal ended: durable, or failed (counted by
             // the store's writer, so a crash does not report it again).
@@ -439,12 +460,12 @@ impl Pipeline {
                     }
                 })
             };
-            let mut result = store.submit_detached_users(exchange, &users, on_done());
+            let mut result = store.submit_detached_users(exchange, users, on_done());
             while self.hand_off == HandOff::Wait
                 && matches!(&result, Err(e) if e.kind() == crate::seal::ErrorKind::Busy)
             {
                 std::thread::sleep(BUSY_RETRY);
-                result = store.submit_detached_users(exchange, &users, on_done());
+                result = store.submit_detached_users(exchange, users, on_done());
             }
             if let Err(e) = result {
                 dropped("seal refused");
@@ -655,6 +676,14 @@ mod tests {
             .map_while(|_| queue.next_record(std::time::Duration::from_secs(10)))
             .collect();
         assert_eq!(got, ids);
+        // Sent 53 at once while the worker built one at a time, they went on in groups, each
+        // one item for the exporter (one wake-up of its thread, not 53).
+        assert!(
+            queue.items < 1 + ids.len() / 2,
+            "{} items for {} records",
+            queue.items,
+            ids.len() + 1
+        );
         drop(tx);
         for w in workers {
             w.join().unwrap();

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::erase::{self, Erased, SignalErased, Targets};
-use super::handle::Item;
+use super::handle::{Item, ItemReceiver};
 use super::otlp::{self, Batch};
 use super::{Destination, Encoding, ExporterSettings, Signal};
 use crate::counters::Counters;
@@ -173,11 +173,7 @@ impl Forgotten {
 }
 
 impl Batcher {
-    pub(super) async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Item>,
-        mut shutdown: oneshot::Receiver<()>,
-    ) {
+    pub(super) async fn run(mut self, mut rx: ItemReceiver, mut shutdown: oneshot::Receiver<()>) {
         let far = Duration::from_secs(86_400 * 365);
         let mut batch_deadline = Instant::now() + far;
         let mut metrics_tick = tokio::time::interval(self.settings.metrics_interval);
@@ -246,29 +242,9 @@ impl Batcher {
 
     fn push(&mut self, item: Item) {
         match item {
-            Item::Record(r, slot) => {
-                self.slots.extend(slot);
-                self.unwritten_bytes = self.unwritten_bytes.saturating_add(r.wire_bytes());
-                self.counters.export.exchanges.inc();
-                if r.content_dropped.is_some() {
-                    self.counters.export.content_dropped.inc();
-                }
-                // Spans and logs are built only for a signal that goes somewhere: with the
-                // ledger as the only sink, no OTLP is encoded at all. A record whose exchange
-                // or user was forgotten while it was in flight is never exported (the ledger
-                // lands it erased by its own tombstones).
-                let forgotten = self.forgotten.covers(&r, Instant::now());
-                if forgotten {
-                    tracing::debug!("a record forgotten while in flight is not exported");
-                } else if self.exports(Signal::Traces) || self.exports(Signal::Logs) {
-                    self.batch.push_record(&r);
-                }
-                if self.exports(Signal::Metrics) || self.settings.observe_series {
-                    super::metrics::observe(&self.counters, &r);
-                }
-                self.records_in_batch += 1;
-                if self.ledger.is_some() {
-                    self.records.push(*r);
+            Item::Records(group) => {
+                for (r, slot) in group {
+                    self.push_record(r, slot);
                 }
             }
             Item::Erase(..) => unreachable!("invariant: erases are handled by run"),
@@ -287,6 +263,34 @@ impl Batcher {
                     self.batch.logs.push(otlp::feedback_log(&f));
                 }
             }
+        }
+    }
+
+    /// One record of a received group: counted, built into the OTLP batch for each signal
+    /// that goes somewhere, and kept for the ledger.
+    fn push_record(&mut self, r: Record, slot: Option<Slot>) {
+        self.slots.extend(slot);
+        self.unwritten_bytes = self.unwritten_bytes.saturating_add(r.wire_bytes());
+        self.counters.export.exchanges.inc();
+        if r.content_dropped.is_some() {
+            self.counters.export.content_dropped.inc();
+        }
+        // Spans and logs are built only for a signal that goes somewhere: with the
+        // ledger as the only sink, no OTLP is encoded at all. A record whose exchange
+        // or user was forgotten while it was in flight is never exported (the ledger
+        // lands it erased by its own tombstones).
+        let forgotten = self.forgotten.covers(&r, Instant::now());
+        if forgotten {
+            tracing::debug!("a record forgotten while in flight is not exported");
+        } else if self.exports(Signal::Traces) || self.exports(Signal::Logs) {
+            self.batch.push_record(&r);
+        }
+        if self.exports(Signal::Metrics) || self.settings.observe_series {
+            super::metrics::observe(&self.counters, &r);
+        }
+        self.records_in_batch += 1;
+        if self.ledger.is_some() {
+            self.records.push(r);
         }
     }
 

@@ -67,7 +67,7 @@ use tokio::time::Instant;
 
 #[cfg(test)]
 pub(crate) use handle::TestQueue;
-pub use handle::{ExporterHandle, TrySendError};
+pub use handle::{ExporterHandle, Journaled, TrySendError};
 pub use otlp::{AuditEvent, Encoding, FeedbackEvent, Signal};
 pub use settings::{Destination, ExporterSettings, SettingsError, StartError};
 
@@ -173,7 +173,7 @@ impl Exporter {
         health: Option<Arc<Health>>,
     ) -> std::io::Result<Exporter> {
         let settings = Arc::new(settings);
-        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let (handle, rx) = handle::queue(settings.queue_capacity, counters.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut senders = Vec::new();
         let mut sender_txs = Vec::new();
@@ -235,7 +235,7 @@ impl Exporter {
         };
         let batcher = tokio::spawn(batcher.run(rx, shutdown_rx));
         Ok(Exporter {
-            handle: ExporterHandle { tx, counters },
+            handle,
             shutdown_tx: Some(shutdown_tx),
             stop_tx,
             batcher: Some(batcher),

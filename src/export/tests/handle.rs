@@ -72,11 +72,8 @@ async fn try_send_never_waits_and_returns_the_record_when_full() {
 // too. `send_blocking` waits for room; only a shut-down exporter refuses.
 #[test]
 fn send_blocking_waits_for_room_instead_of_dropping() {
-    let (tx, mut rx) = mpsc::channel(1);
-    let handle = ExporterHandle {
-        tx,
-        counters: Arc::default(),
-    };
+    let (handle, mut rx) = ExporterHandle::for_tests(1, Arc::default());
+    let next = |rx: &mut crate::export::TestQueue| rx.next_record(Duration::from_secs(5));
     handle
         .try_send(testing::openai_chat("r-1"))
         .expect("room for one");
@@ -90,18 +87,83 @@ fn send_blocking_waits_for_room_instead_of_dropping() {
     };
     std::thread::sleep(Duration::from_millis(100));
     assert!(!waiting.is_finished(), "waits while the queue is full");
-    assert!(matches!(rx.blocking_recv(), Some(Item::Record(..))));
+    assert_eq!(next(&mut rx).as_deref(), Some("r-1"));
     waiting.join().unwrap().expect("sent once there was room");
-    let Some(Item::Record(r, _)) = rx.blocking_recv() else {
-        panic!("the waiting record arrived");
+    assert_eq!(next(&mut rx).as_deref(), Some("r-2"));
+    // A sender waiting when the exporter shuts down is told so, not left waiting.
+    handle.try_send(testing::openai_chat("r-3")).unwrap();
+    let waiting = {
+        let handle = handle.clone();
+        std::thread::spawn(move || handle.send_blocking(testing::openai_chat("r-4"), None))
     };
-    assert_eq!(r.request_id, "r-2");
-    drop(rx);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!waiting.is_finished(), "waits while the queue is full");
+    rx.close();
+    let err = waiting.join().unwrap().unwrap_err();
+    assert!(err.is_closed());
+    assert_eq!(err.into_inner().request_id, "r-4");
     assert!(
         handle
-            .send_blocking(testing::openai_chat("r-3"), None)
+            .send_blocking(testing::openai_chat("r-5"), None)
             .unwrap_err()
             .is_closed()
+    );
+}
+
+// See: veil#18. Each item sent wakes the batcher's thread when it sleeps; a pipeline worker's
+// group of records goes as one item, yet the queue's bound still counts records.
+#[test]
+fn a_group_is_one_item_and_the_bound_counts_its_records() {
+    let (handle, mut rx) = ExporterHandle::for_tests(20, Arc::default());
+    let group = |ids: std::ops::Range<usize>| -> Vec<crate::export::Journaled> {
+        ids.map(|i| (testing::openai_chat(&format!("g-{i:02}")), None))
+            .collect()
+    };
+    handle.try_send_group(group(0..16)).unwrap();
+    // 4 places left: the first 4 of the next group go, its last 6 come back, in order.
+    let err = handle.try_send_group(group(16..26)).unwrap_err();
+    assert!(err.is_full());
+    let back: Vec<String> = err
+        .into_inner()
+        .into_iter()
+        .map(|(r, _)| r.request_id)
+        .collect();
+    assert_eq!(
+        back,
+        (20..26).map(|i| format!("g-{i:02}")).collect::<Vec<_>>()
+    );
+    assert!(
+        handle.try_send(testing::openai_chat("over")).is_err(),
+        "20 records fill a queue of 20 places, though they are 2 items"
+    );
+    let got: Vec<String> = (0..20)
+        .map_while(|_| rx.next_record(Duration::from_secs(5)))
+        .collect();
+    assert_eq!(
+        got,
+        (0..20).map(|i| format!("g-{i:02}")).collect::<Vec<_>>()
+    );
+    assert_eq!(rx.items, 2, "each group arrived as one item");
+    // Received, the places are free again.
+    handle.try_send_group(group(30..50)).unwrap();
+}
+
+// A waiting group larger than the whole bound goes in parts as room frees up, none lost.
+#[test]
+fn send_group_blocking_sends_a_group_larger_than_the_bound_in_parts() {
+    let (handle, mut rx) = ExporterHandle::for_tests(3, Arc::default());
+    let group: Vec<crate::export::Journaled> = (0..8)
+        .map(|i| (testing::openai_chat(&format!("p-{i}")), None))
+        .collect();
+    let sender = std::thread::spawn(move || handle.send_group_blocking(group));
+    let got: Vec<String> = (0..8)
+        .map_while(|_| rx.next_record(Duration::from_secs(5)))
+        .collect();
+    sender.join().unwrap().expect("all sent");
+    assert_eq!(got, (0..8).map(|i| format!("p-{i}")).collect::<Vec<_>>());
+    assert!(
+        rx.items >= 3,
+        "8 records through 3 places take at least 3 items"
     );
 }
 

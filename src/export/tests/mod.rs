@@ -14,7 +14,6 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::metric;
 
-use super::handle::Item;
 use super::testing::{self, Receiver, attrs};
 use super::*;
 use crate::record::Record;
