@@ -62,12 +62,14 @@
 //! is read once (a run's words are consumed), looked up once, and a cue is looked for in the
 //! 48 bytes before a segment. Linear in the text, charged one unit per byte and per word.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
-/// A fixed word list as a set. foldhash, not SipHash: the lookups of every capitalized word
-/// hashed with SipHash were ~6 % of the pipeline's CPU on English prose (`benches/load`,
-/// perf). The sets are built once from the lists and never grow, so no input can flood them.
-type WordSet = HashSet<&'static str, foldhash::fast::RandomState>;
+/// The fixed word lists as one map: lowercase word → the lists it is in ([`Kinds`] bits).
+/// One map, so a word is lowercased and looked up once however many lists ask about it
+/// (five sets cost ~4 lookups per capitalized word, ~7 % of the pipeline's CPU on English
+/// prose, `benches/load` with perf). foldhash, not SipHash (SipHash was ~6 %). Built once
+/// from the lists and never grown, so no input can flood it.
+type WordKinds = HashMap<&'static str, u8, foldhash::fast::RandomState>;
 use std::ops::Range;
 use std::sync::LazyLock;
 
@@ -1132,8 +1134,9 @@ pub(crate) fn find(
     let b = text.as_bytes();
     // Where the last run ended: starts before it were read as part of that run.
     let mut done = 0;
-    // The words of the current run (reused: one allocation per call).
-    let mut words = Vec::new();
+    // The words of the current run and what the word lists say of each (reused: one
+    // allocation each per call).
+    let (mut words, mut kinds) = (Vec::new(), Vec::new());
     match mode {
         Mode::Gated => {
             // 32 bytes at a time: a branch-free fold the compiler vectorizes says whether a
@@ -1146,7 +1149,7 @@ pub(crate) fn find(
                 for (j, &c) in chunk.iter().enumerate() {
                     let i = k * 32 + j;
                     if i >= done && start(c) {
-                        done = done.max(at(text, i, &mut words, out, meter)?);
+                        done = done.max(at(text, i, &mut words, &mut kinds, out, meter)?);
                     }
                 }
             }
@@ -1154,7 +1157,7 @@ pub(crate) fn find(
         Mode::Exhaustive => {
             for (i, _) in text.char_indices() {
                 if i >= done {
-                    done = done.max(at(text, i, &mut words, out, meter)?);
+                    done = done.max(at(text, i, &mut words, &mut kinds, out, meter)?);
                 }
             }
         }
@@ -1168,6 +1171,7 @@ fn at(
     text: &str,
     i: usize,
     words: &mut Vec<Range<usize>>,
+    kinds: &mut Vec<u8>,
     out: &mut Vec<Range<usize>>,
     meter: &mut Meter,
 ) -> Result<usize, Exceeded> {
@@ -1185,26 +1189,29 @@ fn at(
         words.push(next);
     }
     meter.work(words.len())?;
-    let compass = is_in(&COMPASS_SET, &text[words[0].clone()]);
+    kinds.clear();
+    kinds.extend(words.iter().map(|w| kinds_of(&text[w.clone()])));
+    let compass = kinds[0] & COMPASS != 0;
     let numbered = text[..i]
         .trim_end_matches([' ', '\t'])
         .ends_with(|c: char| c.is_ascii_digit());
-    if compass || numbered || words.iter().any(|w| is_in(&PLACE_SET, &text[w.clone()])) {
+    if compass || numbered || kinds.iter().any(|k| k & PLACE != 0) {
         return Ok(end);
     }
     // Segments: maximal stretches of words that are not guard words.
+    let is_guard = |k: usize| kinds[k] & GUARD_WORD != 0;
     let mut k = 0;
     while k < words.len() {
-        if is_guard(&text[words[k].clone()]) {
+        if is_guard(k) {
             k += 1;
             continue;
         }
         let mut j = k;
-        while j < words.len() && !is_guard(&text[words[j].clone()]) {
+        while j < words.len() && !is_guard(j) {
             j += 1;
         }
         meter.work(j - k)?;
-        if let Some(r) = segment(text, &words[k..j]) {
+        if let Some(r) = segment(text, &words[k..j], kinds[k]) {
             out.push(r);
         }
         k = j;
@@ -1212,11 +1219,12 @@ fn at(
     Ok(end)
 }
 
-/// The name a segment of name words is, if one of the module doc's rules accepts it.
-fn segment(text: &str, words: &[Range<usize>]) -> Option<Range<usize>> {
+/// The name a segment of name words is, if one of the module doc's rules accepts it;
+/// `first_kinds` are the [`kinds_of`] of its first word.
+fn segment(text: &str, words: &[Range<usize>], first_kinds: u8) -> Option<Range<usize>> {
     let start = words[0].start;
     let first = &text[words[0].clone()];
-    if is_in(&SOFT_SET, first) {
+    if first_kinds & SOFT_WORD != 0 {
         let named = given(first) != Given::No && cue_before(text, start);
         return named.then(|| start..words[words.len().min(MAX_NAME_WORDS) - 1].end);
     }
@@ -1436,7 +1444,7 @@ fn given(word: &str) -> Given {
     };
     if NAMES.get(lower.as_bytes()).is_none_or(|f| f & GIVEN == 0) {
         Given::No
-    } else if AMBIGUOUS_SET.contains(lower) {
+    } else if KINDS.get(lower).is_some_and(|k| k & AMBIGUOUS_WORD != 0) {
         Given::Ambiguous
     } else {
         Given::Yes
@@ -1461,27 +1469,42 @@ fn mid_sentence(text: &str, start: usize) -> bool {
         .is_some_and(|c| c.is_lowercase() || c == ',')
 }
 
-/// Whether a word (any case) is a guard word.
-fn is_guard(word: &str) -> bool {
-    is_in(&GUARD_SET, word)
-}
+/// Bits of [`WordKinds`]: the word is in [`GUARD`].
+const GUARD_WORD: u8 = 1;
+/// In [`SOFT`].
+const SOFT_WORD: u8 = 2;
+/// In [`AMBIGUOUS`].
+const AMBIGUOUS_WORD: u8 = 4;
+/// In [`PLACE_WORDS`].
+const PLACE: u8 = 8;
+/// A compass word (`north`, `south`, `east`, `west`).
+const COMPASS: u8 = 16;
 
-/// Whether a word (any case, at most 24 bytes) is in `set` (lowercase). Lowercased on the
-/// stack and looked up in a hash set: one `to_lowercase` allocation and a scan of a list of
-/// hundreds per word were most of the detector's cost on capitalized text.
-fn is_in(set: &WordSet, word: &str) -> bool {
+static KINDS: LazyLock<WordKinds> = LazyLock::new(|| {
+    let compass: &[&str] = &["north", "south", "east", "west"];
+    let mut kinds = WordKinds::default();
+    for (list, bit) in [
+        (GUARD, GUARD_WORD),
+        (SOFT, SOFT_WORD),
+        (AMBIGUOUS, AMBIGUOUS_WORD),
+        (PLACE_WORDS, PLACE),
+        (compass, COMPASS),
+    ] {
+        for &w in list {
+            *kinds.entry(w).or_default() |= bit;
+        }
+    }
+    kinds
+});
+
+/// The word lists a word (any case, at most 24 bytes) is in, as [`WordKinds`] bits (0 for
+/// none, and for a longer word). Lowercased on the stack and looked up once.
+fn kinds_of(word: &str) -> u8 {
     let mut buf = [0; 64];
-    word.len() <= 24 && lower(word, &mut buf).is_some_and(|l| set.contains(l))
+    if word.len() > 24 {
+        return 0;
+    }
+    lower(word, &mut buf)
+        .and_then(|l| KINDS.get(l).copied())
+        .unwrap_or(0)
 }
-
-/// A word list as a set, built on first use.
-fn set_of(list: &'static [&'static str]) -> WordSet {
-    list.iter().copied().collect()
-}
-
-static GUARD_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(GUARD));
-static SOFT_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(SOFT));
-static AMBIGUOUS_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(AMBIGUOUS));
-static PLACE_SET: LazyLock<WordSet> = LazyLock::new(|| set_of(PLACE_WORDS));
-static COMPASS_SET: LazyLock<WordSet> =
-    LazyLock::new(|| set_of(&["north", "south", "east", "west"]));
