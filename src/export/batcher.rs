@@ -119,6 +119,17 @@ const FORGOTTEN_TTL: Duration = Duration::from_secs(600);
 /// At most this many remembered request ids and pseudonyms; past it the oldest go first.
 const FORGOTTEN_MAX: usize = 100_000;
 
+/// A deadline that never comes (no batch pending).
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+
+/// How long the batcher waits after a wake-up before it takes what else was queued. Each
+/// item sent while the batcher waits on the queue wakes its runtime's thread (an `eventfd`
+/// write by the sender and a wake-up here); at one connection each record came alone and
+/// paid that whole round (`veil-export` ~5–7 µs per exchange, `benches/load`). Records are
+/// batched for up to `batch_age` (1 s) anyway, so waiting 1 ms costs nothing a reader sees.
+/// The queue's bound is unchanged: a pipeline that finds it full still drops or waits.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// The request ids and user pseudonyms of the forgets of the last [`FORGOTTEN_TTL`], in
 /// memory (a restart loses them, and with them nothing in flight: a restart drains or loses
 /// the queue first).
@@ -174,8 +185,7 @@ impl Forgotten {
 
 impl Batcher {
     pub(super) async fn run(mut self, mut rx: ItemReceiver, mut shutdown: oneshot::Receiver<()>) {
-        let far = Duration::from_secs(86_400 * 365);
-        let mut batch_deadline = Instant::now() + far;
+        let mut batch_deadline = Instant::now() + FAR;
         let mut metrics_tick = tokio::time::interval(self.settings.metrics_interval);
         metrics_tick.tick().await;
         let mut exported_exchanges = 0;
@@ -184,23 +194,21 @@ impl Batcher {
                 _ = &mut shutdown => break,
                 item = rx.recv() => match item {
                     None => break,
-                    Some(Item::Erase(targets, reply)) => self.erase(*targets, reply).await,
                     Some(item) => {
-                        if !self.pending() {
-                            batch_deadline = Instant::now() + self.settings.batch_age;
-                        }
-                        self.push(item);
-                        if self.records_in_batch >= self.settings.batch_max
-                            || self.batch.len() >= 2 * self.settings.batch_max
-                        {
-                            self.flush().await;
-                            batch_deadline = Instant::now() + far;
+                        self.take(item, &mut batch_deadline).await;
+                        // Linger, then take what came meanwhile: while this task sleeps it
+                        // is not waiting on the queue, so a record sent meanwhile wakes no
+                        // thread. One wake-up of this runtime then serves every record of
+                        // the next LINGER instead of one each.
+                        tokio::time::sleep(LINGER).await;
+                        while let Ok(item) = rx.try_recv() {
+                            self.take(item, &mut batch_deadline).await;
                         }
                     }
                 },
                 _ = tokio::time::sleep_until(batch_deadline), if self.pending() => {
                     self.flush().await;
-                    batch_deadline = Instant::now() + far;
+                    batch_deadline = Instant::now() + FAR;
                 }
                 _ = metrics_tick.tick() => {
                     // Only when something changed: no empty envelopes for an idle proxy.
@@ -227,6 +235,26 @@ impl Batcher {
         self.flush().await;
         if !self.counters.series.lock().is_empty() && self.exports(Signal::Metrics) {
             self.flush_metrics().await;
+        }
+    }
+
+    /// Takes one received item: an erase runs at once; anything else joins the batch, which
+    /// is flushed when full (`batch_max` records) and otherwise by `batch_deadline`, set
+    /// `batch_age` from its first item.
+    async fn take(&mut self, item: Item, batch_deadline: &mut Instant) {
+        if let Item::Erase(targets, reply) = item {
+            self.erase(*targets, reply).await;
+            return;
+        }
+        if !self.pending() {
+            *batch_deadline = Instant::now() + self.settings.batch_age;
+        }
+        self.push(item);
+        if self.records_in_batch >= self.settings.batch_max
+            || self.batch.len() >= 2 * self.settings.batch_max
+        {
+            self.flush().await;
+            *batch_deadline = Instant::now() + FAR;
         }
     }
 
