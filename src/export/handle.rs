@@ -238,6 +238,11 @@ impl<T> fmt::Display for TrySendError<T> {
 
 impl<T: fmt::Debug> std::error::Error for TrySendError<T> {}
 
+/// A one-record group's refusal as the refusal of that record.
+fn the_one(e: TrySendError<Vec<Journaled>>) -> TrySendError<Record> {
+    e.map(|mut g| g.pop().expect("invariant: the record came back").0)
+}
+
 /// The cheap, cloneable side the pipeline holds: queue records and audit events, reach the
 /// counters. Never waits, apart from the `_blocking` sends.
 #[derive(Clone)]
@@ -271,8 +276,7 @@ impl ExporterHandle {
         record: Record,
         slot: Option<Slot>,
     ) -> Result<(), TrySendError<Record>> {
-        self.try_send_group(vec![(record, slot)])
-            .map_err(|e| e.map(|mut g| g.pop().expect("invariant: the record came back").0))
+        self.try_send_group(vec![(record, slot)]).map_err(the_one)
     }
 
     /// Queues a group of records as one item, without waiting. As many as there is room for
@@ -317,7 +321,7 @@ impl ExporterHandle {
         slot: Option<Slot>,
     ) -> Result<(), TrySendError<Record>> {
         self.send_group_blocking(vec![(record, slot)])
-            .map_err(|e| e.map(|mut g| g.pop().expect("invariant: the record came back").0))
+            .map_err(the_one)
     }
 
     /// Queues a group of records, waiting for room: as one item when the whole group fits,
