@@ -262,7 +262,13 @@ impl LogEvery {
     /// Notes one occurrence; returns `Some(n)` when the caller should log now, `n` being the
     /// occurrences since the previous line (this one included).
     pub fn hit(&self) -> Option<u64> {
-        self.unreported.fetch_add(1, Ordering::Relaxed);
+        self.hit_n(1)
+    }
+
+    /// [`LogEvery::hit`] for `n` occurrences at once (e.g. a group of records refused
+    /// together): the count since the previous line includes all `n`.
+    pub fn hit_n(&self, n: u64) -> Option<u64> {
+        self.unreported.fetch_add(n, Ordering::Relaxed);
         let now = self
             .epoch
             .elapsed()

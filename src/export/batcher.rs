@@ -201,7 +201,13 @@ impl Batcher {
                         // thread. One wake-up of this runtime then serves every record of
                         // the next LINGER instead of one each.
                         tokio::time::sleep(LINGER).await;
-                        while let Ok(item) = rx.try_recv() {
+                        // At most a batch's worth per wake-up: a queue that a backlog keeps
+                        // full must not keep this loop from the other branches (shutdown,
+                        // the metrics tick, the batch deadline).
+                        let mut taken = 0;
+                        while taken < self.settings.batch_max {
+                            let Ok(item) = rx.try_recv() else { break };
+                            taken += item.places().max(1);
                             self.take(item, &mut batch_deadline).await;
                         }
                     }
@@ -220,7 +226,7 @@ impl Batcher {
                 }
             }
         }
-        // Drain what is queued (bounded by the channel's capacity), then the last batch.
+        // Drain what is queued (bounded by the queue's room), then the last batch.
         rx.close();
         while let Ok(item) = rx.try_recv() {
             if let Item::Erase(targets, reply) = item {

@@ -44,7 +44,7 @@ pub(super) enum Item {
 impl Item {
     /// The places the item takes in the queue's bound: one per record or event. An erase
     /// takes none: it is rare, small, and must not wait behind a full queue of records.
-    fn places(&self) -> usize {
+    pub(super) fn places(&self) -> usize {
         match self {
             Item::Records(r) => r.len(),
             Item::Audit(_) | Item::Feedback(_) => 1,

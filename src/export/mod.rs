@@ -10,9 +10,9 @@
 //! ([`ledger`]), which `veil tail` ([`tail`]) follows.
 //!
 //! ```text
-//! try_send ─▶ [bounded channel] ─▶ batcher ─┬─▶ traces sender ─▶ POST /v1/traces  ⇄ spool/traces/
-//!                                            ├─▶ logs sender   ─▶ POST /v1/logs    ⇄ spool/logs/
-//!                                            └─▶ metrics sender ▶ POST /v1/metrics ⇄ spool/metrics/
+//! try_send ─▶ [queue bounded in records] ─▶ batcher ─┬─▶ traces sender ─▶ POST /v1/traces  ⇄ spool/traces/
+//!                                                    ├─▶ logs sender   ─▶ POST /v1/logs    ⇄ spool/logs/
+//!                                                    └─▶ metrics sender ▶ POST /v1/metrics ⇄ spool/metrics/
 //! ```
 //!
 //! ## Wiring (in `veil run`)

@@ -69,7 +69,8 @@ pub struct ExporterSettings {
     pub signals: [SignalSettings; 3],
     /// The OTLP resource.
     pub resource: ResourceInfo,
-    /// Capacity of the record channel ([`ExporterHandle::try_send`](super::ExporterHandle::try_send)).
+    /// Records and events the export queue holds at most, a group counting each of its records
+    /// ([`ExporterHandle::try_send`](super::ExporterHandle::try_send)).
     pub queue_capacity: usize,
     /// A batch is sent when it holds this many records...
     pub batch_max: usize,

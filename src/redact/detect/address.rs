@@ -42,7 +42,7 @@
 
 use std::collections::HashSet;
 
-/// A fixed word list as a set, hashed with foldhash (see `person::WordSet`: built once, never
+/// A fixed word list as a set, hashed with foldhash (as `person::WordKinds`: built once, never
 /// grows, so no input can flood it).
 type WordSet = HashSet<&'static str, foldhash::fast::RandomState>;
 use std::ops::Range;

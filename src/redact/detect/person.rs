@@ -64,7 +64,8 @@
 
 use std::collections::HashMap;
 
-/// The fixed word lists as one map: lowercase word → the lists it is in ([`Kinds`] bits).
+/// The fixed word lists as one map: lowercase word → the lists it is in (bits: [`GUARD_WORD`],
+/// [`SOFT_WORD`], [`AMBIGUOUS_WORD`], [`PLACE`], [`COMPASS`]).
 /// One map, so a word is lowercased and looked up once however many lists ask about it
 /// (five sets cost ~4 lookups per capitalized word, ~7 % of the pipeline's CPU on English
 /// prose, `benches/load` with perf). foldhash, not SipHash (SipHash was ~6 %). Built once
