@@ -416,10 +416,7 @@ impl Pipeline {
                 let full = e.is_full();
                 let back = e.into_inner().len();
                 for (queued, _) in &sealing[sealing.len() - back..] {
-                    if let (Some(j), Some(s)) = (queued.journal(), queued.slot()) {
-                        j.dropped(s);
-                    }
-                    tracing::trace!(exchange.id = %queued.id, why = "export queue", "journal: dropped");
+                    journal_dropped(queued, "export queue");
                 }
                 let n = self.counters.pipeline.export_dropped.add(back as u64);
                 if let Some(since) = logs.export.hit_n(back as u64) {
@@ -445,12 +442,6 @@ impl Pipeline {
     fn seal(&self, queued: Queued, users: &[crate::keys::UserPseudonym], logs: &Logs) {
         let exchange: &Exchange = &queued;
         let slot = queued.slot();
-        let dropped = |why: &str| {
-            if let (Some(j), Some(s)) = (queued.journal(), slot) {
-                j.dropped(s);
-            }
-            tracing::trace!(exchange.id = %exchange.id, why, "journal: dropped");
-        };
         if let Some(store) = &self.store {
             // The store tells the journal how the seal ended: durable, or failed (counted by
             // the store's writer, so a crash does not report it again).
@@ -470,7 +461,7 @@ impl Pipeline {
                 result = store.submit_detached_users(exchange, users, on_done());
             }
             if let Err(e) = result {
-                dropped("seal refused");
+                journal_dropped(&queued, "seal refused");
                 let n = self.counters.pipeline.seal_refused.inc();
                 if let Some(since) = logs.seal.hit() {
                     // Busy is best-effort doing what it promises under a burst (the disk is
@@ -497,6 +488,14 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Marks the journal slot of `queued` dropped: a hand-off refused it, for `why`.
+fn journal_dropped(queued: &Queued, why: &str) {
+    if let (Some(j), Some(s)) = (queued.journal(), queued.slot()) {
+        j.dropped(s);
+    }
+    tracing::trace!(exchange.id = %queued.id, why, "journal: dropped");
 }
 
 #[cfg(test)]

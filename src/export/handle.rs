@@ -218,11 +218,15 @@ impl<T> TrySendError<T> {
         *self.item
     }
 
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> TrySendError<U> {
+    fn new(item: T, closed: bool) -> Self {
         TrySendError {
-            item: Box::new(f(*self.item)),
-            closed: self.closed,
+            item: Box::new(item),
+            closed,
         }
+    }
+
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> TrySendError<U> {
+        TrySendError::new(f(*self.item), self.closed)
     }
 }
 
@@ -286,10 +290,7 @@ impl ExporterHandle {
         &self,
         mut group: Vec<Journaled>,
     ) -> Result<(), TrySendError<Vec<Journaled>>> {
-        let refused = |group, closed| TrySendError {
-            item: Box::new(group),
-            closed,
-        };
+        let refused = TrySendError::new;
         if group.is_empty() {
             return Ok(());
         }
@@ -334,18 +335,12 @@ impl ExporterHandle {
     ) -> Result<(), TrySendError<Vec<Journaled>>> {
         while !group.is_empty() {
             let Some(k) = self.room.take(group.len()) else {
-                return Err(TrySendError {
-                    item: Box::new(group),
-                    closed: true,
-                });
+                return Err(TrySendError::new(group, true));
             };
             let rest = group.split_off(k);
             if let Err(mut sent) = self.send_taken(std::mem::replace(&mut group, rest)) {
                 sent.append(&mut group);
-                return Err(TrySendError {
-                    item: Box::new(sent),
-                    closed: true,
-                });
+                return Err(TrySendError::new(sent, true));
             }
         }
         Ok(())
@@ -370,10 +365,7 @@ impl ExporterHandle {
 
     /// Sends one event (one place) without waiting; a refusal gives it back.
     fn try_send_one(&self, item: Item) -> Result<(), TrySendError<Item>> {
-        let refused = |item, closed| TrySendError {
-            item: Box::new(item),
-            closed,
-        };
+        let refused = TrySendError::new;
         match self.room.try_take(1) {
             None => return Err(refused(item, true)),
             Some(0) => return Err(refused(item, false)),
