@@ -382,6 +382,15 @@ impl Pipeline {
             let key = record::scope_key(exchange, &conversation);
             recent.insert(crate::feedback::Rated::of(&record, &key));
         }
+        // Freed here, on the thread that made them, when no sink reads them (the ledger,
+        // spans and the feedback API read the text made above).
+        if self
+            .exporter
+            .as_ref()
+            .is_some_and(|e| !e.reads_content_trees())
+        {
+            record.shed_content_trees();
+        }
         Built { queued, record }
     }
 
@@ -579,11 +588,29 @@ mod tests {
         Arc<Counters>,
         Arc<crate::health::Health>,
     ) {
+        pipeline_reading_trees(true)
+    }
+
+    /// [`pipeline`] with an exporter that reads the records' content trees or not.
+    fn pipeline_reading_trees(
+        trees: bool,
+    ) -> (
+        crate::exchange::queue::ExchangeSender,
+        crate::export::TestQueue,
+        Vec<std::thread::JoinHandle<()>>,
+        Arc<Counters>,
+        Arc<crate::health::Health>,
+    ) {
         use crate::keys::{KeyId, Keyring, MasterKey};
         let counters = Arc::new(Counters::default());
         let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
         let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys).unwrap();
         let (exporter, queue) = ExporterHandle::for_tests(1024, counters.clone());
+        let exporter = if trees {
+            exporter
+        } else {
+            exporter.without_content_trees()
+        };
         let health = Arc::new(crate::health::Health::new(counters.clone()));
         let (tx, rx) = crate::exchange::queue::channel(1024, 64 << 20, counters.clone());
         let workers = Pipeline {
@@ -602,6 +629,45 @@ mod tests {
         }
         .spawn(rx, 1);
         (tx, queue, workers, counters, health)
+    }
+
+    #[test]
+    fn content_trees_are_freed_when_no_sink_reads_them_and_their_text_stays() {
+        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"say hi"}]}"#;
+        let mut texts = Vec::new();
+        for trees in [true, false] {
+            let (tx, mut queue, workers, _, _) = pipeline_reading_trees(trees);
+            tx.try_send(ex(
+                "/v1/chat/completions",
+                body,
+                Some(200),
+                Outcome::Complete,
+            ))
+            .unwrap();
+            let r = queue
+                .next_full(std::time::Duration::from_secs(10))
+                .expect("a record");
+            assert_eq!(r.input_messages.is_some(), trees, "trees kept: {trees}");
+            assert_eq!(r.content_trees_shed(), !trees);
+            let text = r.prepare().content.clone();
+            // Without its trees a clone must keep the text: there is nothing to remake it from.
+            assert_eq!(r.clone().prepare().content, text);
+            texts.push(text);
+            drop(tx);
+            for w in workers {
+                w.join().unwrap();
+            }
+        }
+        assert_eq!(
+            texts[0], texts[1],
+            "the same text with or without the trees"
+        );
+        let input = texts[1][1].as_deref().expect("the input's text");
+        // Chat Completions' system message stays among the input messages.
+        assert!(
+            input.contains("say hi") && input.contains("be brief"),
+            "{input}"
+        );
     }
 
     #[test]

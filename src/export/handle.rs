@@ -189,6 +189,7 @@ pub(super) fn queue(capacity: usize, counters: Arc<Counters>) -> (ExporterHandle
             tx,
             room: room.clone(),
             counters,
+            content_trees: true,
         },
         ItemReceiver { rx, room },
     )
@@ -254,6 +255,9 @@ pub struct ExporterHandle {
     tx: mpsc::UnboundedSender<Item>,
     room: Arc<Room>,
     pub(super) counters: Arc<Counters>,
+    /// Whether a sink reads a record's content trees (see
+    /// [`ExporterHandle::reads_content_trees`]); true unless the exporter says otherwise.
+    pub(super) content_trees: bool,
 }
 
 impl fmt::Debug for ExporterHandle {
@@ -265,6 +269,15 @@ impl fmt::Debug for ExporterHandle {
 }
 
 impl ExporterHandle {
+    /// Whether this exporter reads records' content as JSON trees (`input_messages` and the
+    /// like): only OTLP log events do, whose body is the content as a structured value, and
+    /// they are built only when the logs signal goes somewhere (a collector or records files).
+    /// When false, the pipeline frees the trees once their text is made
+    /// ([`Record::shed_content_trees`]): the ledger and spans read the text.
+    pub fn reads_content_trees(&self) -> bool {
+        self.content_trees
+    }
+
     /// Queues one record without waiting. On a full queue the record comes back in the
     /// error and nothing is counted: the caller decides (count it in
     /// `pipeline.export_dropped` of the
@@ -433,14 +446,21 @@ impl ExporterHandle {
 #[cfg(test)]
 pub(crate) struct TestQueue {
     rx: ItemReceiver,
-    /// Request ids of a group received and not yet returned.
-    pending: std::collections::VecDeque<String>,
+    /// Records of a group received and not yet returned.
+    pending: std::collections::VecDeque<Record>,
     /// Items received, counting a group as one.
     pub(crate) items: usize,
 }
 
 #[cfg(test)]
 impl ExporterHandle {
+    /// This handle as an exporter whose sinks read no content trees would hand it out (no
+    /// OTLP logs): the pipeline then frees them ([`Record::shed_content_trees`]).
+    pub(crate) fn without_content_trees(mut self) -> Self {
+        self.content_trees = false;
+        self
+    }
+
     /// A handle on a bare queue of `capacity` places that the test reads, with no batcher.
     pub(crate) fn for_tests(capacity: usize, counters: Arc<Counters>) -> (Self, TestQueue) {
         let (handle, rx) = queue(capacity, counters);
@@ -459,16 +479,20 @@ impl ExporterHandle {
 impl TestQueue {
     /// The next queued record's request id, waiting up to `wait` for it.
     pub(crate) fn next_record(&mut self, wait: std::time::Duration) -> Option<String> {
+        self.next_full(wait).map(|r| r.request_id)
+    }
+
+    /// The next queued record, waiting up to `wait` for it.
+    pub(crate) fn next_full(&mut self, wait: std::time::Duration) -> Option<Record> {
         let deadline = std::time::Instant::now() + wait;
         loop {
-            if let Some(id) = self.pending.pop_front() {
-                return Some(id);
+            if let Some(r) = self.pending.pop_front() {
+                return Some(r);
             }
             match self.rx.try_recv() {
                 Ok(Item::Records(g)) => {
                     self.items += 1;
-                    self.pending
-                        .extend(g.into_iter().map(|(r, _)| r.request_id));
+                    self.pending.extend(g.into_iter().map(|(r, _)| r));
                 }
                 Ok(_) => continue,
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,

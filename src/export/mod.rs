@@ -173,7 +173,10 @@ impl Exporter {
         health: Option<Arc<Health>>,
     ) -> std::io::Result<Exporter> {
         let settings = Arc::new(settings);
-        let (handle, rx) = handle::queue(settings.queue_capacity, counters.clone());
+        let (mut handle, rx) = handle::queue(settings.queue_capacity, counters.clone());
+        // Only log events read the content's trees (`Batcher::push_record` builds them only
+        // when the logs signal goes somewhere).
+        handle.content_trees = settings.signal(Signal::Logs).destination != Destination::Off;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut senders = Vec::new();
         let mut sender_txs = Vec::new();

@@ -144,14 +144,27 @@ pub struct Record {
 
 /// A cache of text derived from a record's content, filled once by [`Record::prepare`]. A
 /// cache, not data: two records compare equal whatever their caches hold, and a clone starts
-/// empty (so a clone whose content is then changed never carries its original's text). Build
-/// records with `prepared: Prepared::default()`.
+/// empty (so a clone whose content is then changed never carries its original's text), unless
+/// the content's trees were freed ([`Record::shed_content_trees`]): the text is then all that
+/// is left of the content, and a clone keeps it. Build records with
+/// `prepared: Prepared::default()`.
 #[derive(Debug, Default)]
-pub struct Prepared(OnceLock<PreparedText>);
+pub struct Prepared {
+    text: OnceLock<PreparedText>,
+    /// The content's JSON trees were freed after the text was made.
+    shed: bool,
+}
 
 impl Clone for Prepared {
     fn clone(&self) -> Self {
-        Prepared::default()
+        if self.shed {
+            Prepared {
+                text: self.text.clone(),
+                shed: true,
+            }
+        } else {
+            Prepared::default()
+        }
     }
 }
 
@@ -190,7 +203,14 @@ pub const CONTENT_ATTRIBUTES: [&str; 3] = [
 
 impl PreparedText {
     fn of(r: &Record) -> PreparedText {
-        let text = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string().into());
+        // `serde_json::to_string` writes into a `Vec` directly; `Value`'s `Display` (what
+        // `to_string()` on the value calls) adds a `fmt::Write` layer under the serializer
+        // (the whole serialization was ~7 % of the pipeline thread, benches/load at 8
+        // connections). Same compact text; a `Value` always serializes (string map keys).
+        let text = |v: &Option<serde_json::Value>| {
+            v.as_ref()
+                .map(|v| serde_json::to_string(v).unwrap_or_default().into())
+        };
         let tool_calls = r
             .output_messages
             .as_ref()
@@ -232,7 +252,30 @@ impl Record {
     /// same JSON trees again (serialization was ~18% of the writer's CPU, veil#12). Call it
     /// only once the content fields are final: later changes to them are not seen.
     pub fn prepare(&self) -> &PreparedText {
-        self.prepared.0.get_or_init(|| PreparedText::of(self))
+        self.prepared.text.get_or_init(|| PreparedText::of(self))
+    }
+
+    /// Makes the content's text ([`Record::prepare`]), then frees the JSON trees it was made
+    /// from (`system_instructions`, `input_messages`, `output_messages` become `None`), for a
+    /// record whose sinks read only the text: the SQLite ledger, spans and the feedback API
+    /// do; OTLP log events, whose body is the content as a structured value, need the trees
+    /// (see [`ExporterHandle::reads_content_trees`](crate::export::ExporterHandle::reads_content_trees)).
+    ///
+    /// The trees are many small allocations, several times the text's size: freed here, on
+    /// the pipeline thread that made them, they neither wait in the exporter's queue and the
+    /// ledger's batches nor are freed later on another thread (veil#18).
+    pub fn shed_content_trees(&mut self) {
+        self.prepare();
+        self.system_instructions = None;
+        self.input_messages = None;
+        self.output_messages = None;
+        self.prepared.shed = true;
+    }
+
+    /// Whether [`Record::shed_content_trees`] freed the content's trees (the text stays in
+    /// [`Record::prepare`]).
+    pub fn content_trees_shed(&self) -> bool {
+        self.prepared.shed
     }
 
     /// Request plus response body bytes on the wire (saturating): the size the disk watch

@@ -503,9 +503,15 @@ impl CompiledRules {
 
     /// True when a header may be exported: on the allowlist and never a credential.
     pub fn header_allowed(&self, name: &str) -> bool {
-        let name = name.trim().to_ascii_lowercase();
+        let name = name.trim();
+        // Recorded names are lowercase already (the proxy writes them so): copy only when not.
+        let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase().into()
+        } else {
+            name.into()
+        };
         !credentials::is_credential_header(&name)
-            && !self.identity_headers.contains(&name)
+            && !self.identity_headers.iter().any(|h| *h == *name)
             && self.header_allow.iter().any(|g| g.matches(&name))
     }
 

@@ -255,3 +255,26 @@ async fn records_count_as_unwritten_bytes_until_handed_on() {
     exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(metrics.export.unwritten_bytes.get(), 0);
 }
+
+#[tokio::test]
+async fn only_an_exporter_that_builds_log_events_reads_content_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    // Log events carry the content as a structured body: built for a collector and for the
+    // records files, so the pipeline must keep the trees then.
+    for s in [
+        settings(dir.path(), Some("http://127.0.0.1:9"), &[]),
+        settings(dir.path(), None, &[]),
+    ] {
+        let exporter = Exporter::start(s, Arc::default()).unwrap();
+        assert!(exporter.handle().reads_content_trees());
+        exporter.shutdown(Duration::from_millis(50)).await;
+    }
+    // The SQLite ledger alone (what `veil run` sets up without an endpoint) reads the text.
+    let exporter = Exporter::start(
+        settings(dir.path(), None, &[]).without_files(),
+        Arc::default(),
+    )
+    .unwrap();
+    assert!(!exporter.handle().reads_content_trees());
+    exporter.shutdown(Duration::from_millis(50)).await;
+}
