@@ -271,7 +271,7 @@ impl fmt::Debug for ExporterHandle {
 impl ExporterHandle {
     /// Whether this exporter reads records' content as JSON trees (`input_messages` and the
     /// like): only OTLP log events do, whose body is the content as a structured value, and
-    /// they are built only when the logs signal goes somewhere (a collector or records files).
+    /// they leave only when the logs signal goes somewhere (a collector or records files).
     /// When false, the pipeline frees the trees once their text is made
     /// ([`Record::shed_content_trees`]): the ledger and spans read the text.
     pub fn reads_content_trees(&self) -> bool {

@@ -174,8 +174,9 @@ impl Exporter {
     ) -> std::io::Result<Exporter> {
         let settings = Arc::new(settings);
         let (mut handle, rx) = handle::queue(settings.queue_capacity, counters.clone());
-        // Only log events read the content's trees (`Batcher::push_record` builds them only
-        // when the logs signal goes somewhere).
+        // Only log events read the content's trees, and they leave only when the logs signal
+        // goes somewhere (`Batch::push_record` builds one beside each span, and a flush keeps
+        // only the payloads of signals that are exported).
         handle.content_trees = settings.signal(Signal::Logs).destination != Destination::Off;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut senders = Vec::new();

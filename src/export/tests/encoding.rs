@@ -398,3 +398,38 @@ async fn python_opentelemetry_proto_decodes_our_protobuf() {
     assert_eq!(v["resource"]["service.name"], "veil");
     assert_eq!(v["resource"]["host.name"], "host-a");
 }
+
+#[tokio::test]
+async fn spans_carry_the_content_of_a_record_that_shed_its_trees() {
+    // Traces to a collector, logs nowhere (only a traces endpoint; the SQLite ledger would be
+    // the local sink): the pipeline sheds the content's trees, and the span must still carry
+    // the content, from the text.
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let traces = format!("{}/v1/traces", rx.endpoint());
+    let s = settings(
+        dir.path(),
+        None,
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &traces)],
+    )
+    .without_files();
+    let exporter = Exporter::start(s, Arc::default()).unwrap();
+    assert!(!exporter.handle().reads_content_trees());
+    let mut r = testing::openai_chat("r-shed");
+    r.shed_content_trees();
+    assert!(r.input_messages.is_none() && r.output_messages.is_none());
+    exporter.handle().try_send(r).unwrap();
+    let report = exporter.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained, "{report:?}");
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 1);
+    let a = attrs(&spans[0].attributes);
+    let input: serde_json::Value =
+        serde_json::from_str(&testing::s(&a, "gen_ai.input.messages").unwrap()).unwrap();
+    assert_eq!(
+        input[0]["parts"][0]["content"],
+        "I am [PERSON_1] ([EMAIL_1]), reset my password"
+    );
+    assert!(testing::s(&a, "gen_ai.output.messages").is_some_and(|o| o.contains("Link sent")));
+    assert!(rx.logs().is_empty(), "logs go nowhere");
+}
