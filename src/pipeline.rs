@@ -580,27 +580,23 @@ mod tests {
     /// The path of an exchange whose build panics (`Pipeline::build`, test builds only).
     pub(super) const PANICS: &str = "/veil-test/panics";
 
-    /// A pipeline with one worker over a bare exporter queue the test reads, no store.
-    fn pipeline() -> (
+    /// What [`pipeline`] hands a test: the recording queue's sender, the exporter queue it
+    /// reads, the worker threads, the registry and the health.
+    type Harness = (
         crate::exchange::queue::ExchangeSender,
         crate::export::TestQueue,
         Vec<std::thread::JoinHandle<()>>,
         Arc<Counters>,
         Arc<crate::health::Health>,
-    ) {
+    );
+
+    /// A pipeline with one worker over a bare exporter queue the test reads, no store.
+    fn pipeline() -> Harness {
         pipeline_reading_trees(true)
     }
 
     /// [`pipeline`] with an exporter that reads the records' content trees or not.
-    fn pipeline_reading_trees(
-        trees: bool,
-    ) -> (
-        crate::exchange::queue::ExchangeSender,
-        crate::export::TestQueue,
-        Vec<std::thread::JoinHandle<()>>,
-        Arc<Counters>,
-        Arc<crate::health::Health>,
-    ) {
+    fn pipeline_reading_trees(trees: bool) -> Harness {
         use crate::keys::{KeyId, Keyring, MasterKey};
         let counters = Arc::new(Counters::default());
         let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
