@@ -106,9 +106,16 @@ impl Group {
 
     /// Whether the group must go now, more exchanges queued or not.
     fn full(&self) -> bool {
+        self.full_at(std::time::Instant::now())
+    }
+
+    /// Whether the group must go at `now`: by count, by bytes, or by the age of its first.
+    fn full_at(&self, now: std::time::Instant) -> bool {
         self.built.len() >= GROUP
             || self.bytes >= GROUP_BYTES
-            || self.since.is_some_and(|t| t.elapsed() >= GROUP_WAIT)
+            || self
+                .since
+                .is_some_and(|t| now.saturating_duration_since(t) >= GROUP_WAIT)
     }
 
     fn is_empty(&self) -> bool {
@@ -769,25 +776,30 @@ mod tests {
                 record,
             }
         };
+        // Count and bytes are judged at the instant of the group's first push, so a slow
+        // machine (a push that takes longer than GROUP_WAIT) cannot make them pass by age.
+        let young = |g: &Group| g.full_at(g.since.expect("pushed"));
         let mut by_count = Group::default();
         for _ in 0..GROUP - 1 {
             by_count.push(built(10));
-            assert!(!by_count.full());
+            assert!(!young(&by_count));
         }
         by_count.push(built(10));
-        assert!(by_count.full(), "{GROUP} exchanges");
+        assert!(young(&by_count), "{GROUP} exchanges");
 
         let mut by_bytes = Group::default();
         by_bytes.push(built(GROUP_BYTES / 2));
-        assert!(!by_bytes.full());
+        assert!(!young(&by_bytes));
         by_bytes.push(built(GROUP_BYTES / 2));
-        assert!(by_bytes.full(), "{GROUP_BYTES} bytes of records");
+        assert!(young(&by_bytes), "{GROUP_BYTES} bytes of records");
 
         let mut by_age = Group::default();
         by_age.push(built(10));
-        assert!(!by_age.full());
+        let first = by_age.since.expect("pushed");
+        assert!(!by_age.full_at(first + GROUP_WAIT - std::time::Duration::from_micros(1)));
+        assert!(by_age.full_at(first + GROUP_WAIT), "the first exchange waited {GROUP_WAIT:?}");
         std::thread::sleep(GROUP_WAIT + std::time::Duration::from_millis(1));
-        assert!(by_age.full(), "the first exchange waited {GROUP_WAIT:?}");
+        assert!(by_age.full(), "full() reads the clock");
     }
 
     #[test]
