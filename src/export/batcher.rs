@@ -316,8 +316,12 @@ impl Batcher {
         let forgotten = self.forgotten.covers(&r, Instant::now());
         if forgotten {
             tracing::debug!("a record forgotten while in flight is not exported");
-        } else if self.exports(Signal::Traces) || self.exports(Signal::Logs) {
-            self.batch.push_record(&r);
+        } else {
+            let to = otlp::Signals {
+                traces: self.exports(Signal::Traces),
+                logs: self.exports(Signal::Logs),
+            };
+            self.batch.push_record_to(&r, to);
         }
         if self.exports(Signal::Metrics) || self.settings.observe_series {
             super::metrics::observe(&self.counters, &r);
@@ -470,6 +474,57 @@ impl Batcher {
             if let Job::Payload(p) = e.0 {
                 p.complete(false);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batcher whose exported signals are `exported`, without sender tasks behind them
+    /// (nothing is flushed here).
+    fn batcher(exported: &[Signal]) -> Batcher {
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            ExporterSettings::resolve(None, dir.path().to_path_buf(), &|_: &str| None).unwrap();
+        let sender_txs = Signal::ALL
+            .iter()
+            .map(|s| exported.contains(s).then(|| mpsc::channel::<Job>(1).0))
+            .collect();
+        Batcher {
+            settings: Arc::new(settings),
+            counters: Arc::new(Counters::default()),
+            started: SystemTime::now(),
+            batch: Batch::default(),
+            records_in_batch: 0,
+            records: Vec::new(),
+            slots: Vec::new(),
+            unwritten_bytes: 0,
+            sender_txs,
+            ledger: None,
+            forgotten: Forgotten::default(),
+        }
+    }
+
+    #[test]
+    fn a_record_is_built_only_into_the_signals_that_are_exported() {
+        for (exported, spans, logs) in [
+            (&[Signal::Traces, Signal::Logs][..], 1, 1),
+            (&[Signal::Traces][..], 1, 0),
+            (&[Signal::Logs][..], 0, 1),
+            (&[Signal::Metrics][..], 0, 0),
+        ] {
+            let mut b = batcher(exported);
+            b.push_record(crate::export::testing::openai_chat("r-1"), None);
+            assert_eq!(
+                (b.batch.spans.len(), b.batch.logs.len()),
+                (spans, logs),
+                "exported: {exported:?}"
+            );
+            // Counted and flushed as a record whatever it was built into.
+            assert_eq!(b.records_in_batch, 1);
+            assert_eq!(b.counters.export.exchanges.get(), 1);
         }
     }
 }

@@ -175,8 +175,8 @@ impl Exporter {
         let settings = Arc::new(settings);
         let (mut handle, rx) = handle::queue(settings.queue_capacity, counters.clone());
         // Only log events read the content's trees, and they leave only when the logs signal
-        // goes somewhere (`Batch::push_record` builds one beside each span, and a flush keeps
-        // only the payloads of signals that are exported).
+        // goes somewhere (`Batch::push_record_to` builds each signal only when it is
+        // exported).
         handle.content_trees = settings.signal(Signal::Logs).destination != Destination::Off;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut senders = Vec::new();

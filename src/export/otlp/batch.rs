@@ -28,14 +28,45 @@ pub struct Batch {
     pub logs: Vec<LogRecord>,
 }
 
+/// Which signals a record is built into: a signal that goes nowhere costs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signals {
+    /// Build the record's span.
+    pub traces: bool,
+    /// Build the record's log event (the only reader of its content trees).
+    pub logs: bool,
+}
+
+impl Signals {
+    /// Both the span and the log event.
+    pub const BOTH: Signals = Signals {
+        traces: true,
+        logs: true,
+    };
+}
+
 impl Batch {
     /// Adds one record's span and log event.
     pub fn push_record(&mut self, r: &Record) {
+        self.push_record_to(r, Signals::BOTH);
+    }
+
+    /// Adds one record's span and/or log event, as `to` asks; nothing when it asks neither.
+    pub fn push_record_to(&mut self, r: &Record, to: Signals) {
+        if !to.traces && !to.logs {
+            return;
+        }
         let ids = SpanIds::for_record(r);
         // Built once: the log event carries the span's attributes.
         let attributes = record_attributes(r);
-        self.spans.push(span_with(r, &ids, attributes.clone()));
-        self.logs.push(log_with(r, &ids, attributes));
+        match (to.traces, to.logs) {
+            (true, true) => {
+                self.spans.push(span_with(r, &ids, attributes.clone()));
+                self.logs.push(log_with(r, &ids, attributes));
+            }
+            (true, false) => self.spans.push(span_with(r, &ids, attributes)),
+            _ => self.logs.push(log_with(r, &ids, attributes)),
+        }
     }
 
     /// Number of items (spans plus logs).

@@ -36,7 +36,7 @@ use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use prost::Message;
 
 pub use attributes::{error_type, is_failed, json_to_any};
-pub use batch::Batch;
+pub use batch::{Batch, Signals};
 pub use log::{AuditEvent, EVALUATION_EVENT, FeedbackEvent, audit_log, feedback_log, record_log};
 pub use metrics::metrics_request;
 pub use resource::{ResourceInfo, parse_key_values};
