@@ -65,7 +65,15 @@ impl Shared {
                     leaf::server_config_for(&self.tls, leaf)
                 }
             };
-            start.into_stream(config).await.map_err(Handshake::Io)
+            // Boxed: the stream (rustls' connection inline, ~2 KB) is moved into the HTTP
+            // connection below, but a moved-from local of an async fn keeps its room in the
+            // task for as long as its scope lasts, here the connection's whole life; twice
+            // (as `tls` and as `io`), it was 4.4 KB of every idle connection's task.
+            start
+                .into_stream(config)
+                .await
+                .map(Box::new)
+                .map_err(Handshake::Io)
         };
         // Boxed, as the connection below: the handshake's state (rustls' connection and the
         // acceptor's) would otherwise be part of the task for the connection's whole life.
@@ -110,11 +118,15 @@ impl Shared {
             let target = target.clone();
             let slot = slot.clone();
             let in_flight = watched.begin(req.version());
-            async move {
+            // The whole request's future is boxed, allocated per request: hyper allocates
+            // room for the service's future when the connection starts and keeps it for the
+            // connection's life, so an inline future (`forward` is ~2 KB of state, the
+            // request itself ~250 bytes) cost every idle keep-alive connection that much.
+            Box::pin(async move {
                 // veil's own API inside the TLS session too: an app that sends everything to
                 // the provider's host through HTTPS_PROXY reaches it without a second client.
                 if super::reserved::is_reserved_in_session(&req) {
-                    let resp = Box::pin(shared.reserved(req)).await;
+                    let resp = shared.reserved(req).await;
                     return Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)));
                 }
                 let pq = req
@@ -122,13 +134,9 @@ impl Shared {
                     .path_and_query()
                     .map_or("/", |p| p.as_str())
                     .to_string();
-                // Boxed, as `reserved` above: hyper allocates room for the service's future
-                // when the connection starts and keeps it for the connection's life, so an
-                // inline `forward` (~2 KB of state) cost every idle keep-alive connection that
-                // much. Boxed, it is allocated per request instead.
-                let resp = Box::pin(shared.forward(req, &target, &pq, addr, &slot)).await;
+                let resp = shared.forward(req, &target, &pq, addr, &slot).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
-            }
+            })
         });
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(Watched::new(tls, activity.clone()));
@@ -152,3 +160,7 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "intercept_tests.rs"]
+mod tests;

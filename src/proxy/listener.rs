@@ -153,10 +153,12 @@ impl Shared {
             let shared = shared.clone();
             let slot = slot.clone();
             let in_flight = watched.begin(req.version());
-            async move {
+            // Boxed per request, as in an intercepted session (`intercept`): hyper keeps room
+            // for the service's future for the connection's life.
+            Box::pin(async move {
                 let resp = shared.dispatch(req, addr, slot).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
-            }
+            })
         });
         let builder = http_server();
         let io = TokioIo::new(Watched::new(stream, activity.clone()));
@@ -207,13 +209,16 @@ impl Shared {
     ) -> Response<ProxyBody> {
         // Before routing: no gateway route (nor an absolute-form URL) can take `/veil/`.
         if super::reserved::is_reserved(&req) {
-            return Box::pin(self.reserved(req)).await;
+            return self.reserved(req).await;
         }
         match route::route(RequestHead::of(&req), &self.settings) {
             Route::Intercept { host, port } => {
                 let shared = self.clone();
+                // Taken here, not in the task: a request moved inside it would keep its room
+                // (~250 bytes) for the connection's life.
+                let upgrade = hyper::upgrade::on(req);
                 self.spawn(async move {
-                    match hyper::upgrade::on(req).await {
+                    match upgrade.await {
                         Ok(upgraded) => shared.intercept(upgraded, host, port, addr, slot).await,
                         Err(e) => log_conn_error("CONNECT upgrade", &e),
                     }
@@ -225,9 +230,8 @@ impl Shared {
                 target,
                 path_and_query,
             } => {
-                // Boxed, as in an intercepted session (`intercept`): the service future's
-                // room lives as long as the connection.
-                Box::pin(self.forward(req, &target, &path_and_query, addr, &slot)).await
+                self.forward(req, &target, &path_and_query, addr, &slot)
+                    .await
             }
             Route::Reject(why) => {
                 let (parts, body) = req.into_parts();

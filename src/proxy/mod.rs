@@ -263,12 +263,19 @@ impl Shared {
     /// Spawns a connection or tunnel task: tracked (shutdown waits for it, bounded) and
     /// dropped when the drain time is up.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let kill = self.kill.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                () = task => {}
-                () = kill.cancelled() => {}
-            }
-        });
+        self.tracker.spawn(killable(task, &self.kill));
     }
+}
+
+/// `task`, dropped when `kill` fires, held once.
+///
+/// Not an `async move` block around `select!`: a future moved inside an async block keeps its
+/// room there after the move, so such a wrapper held every connection's task twice (an
+/// intercepted connection's was ~5.4 KB, for as long as the app keeps the connection).
+fn killable<F: Future>(
+    task: F,
+    kill: &CancellationToken,
+) -> impl Future<Output = Option<F::Output>> + use<F> {
+    use tokio_util::future::FutureExt;
+    task.with_cancellation_token_owned(kill.clone())
 }
