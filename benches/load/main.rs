@@ -8,9 +8,11 @@
 //! measures, in this order:
 //!
 //! 1. RSS of the no-op proxy and of veil at start (and how much of it is file-backed), after
-//!    1,000 exchanges on one connection (what recording keeps), and with 1,000 idle keep-alive
-//!    intercepted connections on top (each after one request), so the cost per idle
-//!    connection is the difference of the last two;
+//!    1,000 exchanges on one connection (what recording keeps), after 1,000 more (what 1,000
+//!    recorded exchanges add to caches still growing towards their bounds), and with 1,000
+//!    idle keep-alive intercepted connections on top (each after one request, which is
+//!    recorded too), so the cost per idle connection is the difference of the last two, of
+//!    which the growth per exchange of the step before is recording's, not the connection's;
 //! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil, with
 //!    this client and, when `VEIL_PYTHON` names a Python with the `openai` SDK, with the
 //!    official SDK (`ttfc.py`);
@@ -669,9 +671,9 @@ fn main() {
         // with 1,000 idle keep-alive intercepted connections on top. The difference of the last
         // two, per connection, is what an idle connection costs.
         println!(
-            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | with 1,000 idle connections MB | per idle connection KiB | peak MB |"
+            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | after 1,000 more MB | with 1,000 idle connections MB | per idle connection KiB | of it, what recording its exchange kept KiB | peak MB |"
         );
-        println!("| --- | --- | --- | --- | --- | --- |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         let mut memory_targets = vec![&noop, &veil_be];
         if let Some((_, b)) = &baseline {
             memory_targets.push(b);
@@ -679,15 +681,22 @@ fn main() {
         for target in memory_targets {
             let (start, _) = rss_kib(target.pid);
             let start_file = rss_file_kib(target.pid);
-            let mut one = open(target).await;
-            for _ in 0..1000 {
-                one.ready().await.unwrap();
-                let resp = one.send_request(completion_request(None)).await.unwrap();
-                resp.into_body().collect().await.unwrap();
+            let mut after = [0u64; 2];
+            for rss_after in &mut after {
+                let mut one = open(target).await;
+                for _ in 0..1000 {
+                    one.ready().await.unwrap();
+                    let resp = one.send_request(completion_request(None)).await.unwrap();
+                    resp.into_body().collect().await.unwrap();
+                }
+                drop(one);
+                settle(target).await;
+                *rss_after = rss_kib(target.pid).0;
             }
-            drop(one);
-            settle(target).await;
-            let (after, _) = rss_kib(target.pid);
+            // Each idle connection below made one request, and veil records it: the growth of
+            // the second 1,000 exchanges on one connection (caches on their way to their
+            // bounds) is what 1,000 recorded exchanges keep, apart from any connection.
+            let recording = after[1].saturating_sub(after[0]) as f64 / 1000.0;
             let mut idle = Vec::new();
             for _ in 0..1000 {
                 let mut c = open(target).await;
@@ -698,13 +707,15 @@ fn main() {
             settle(target).await;
             let (rss, hwm) = rss_kib(target.pid);
             println!(
-                "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 target.name,
                 start as f64 / 1024.0,
                 start_file as f64 / 1024.0,
-                after as f64 / 1024.0,
+                after[0] as f64 / 1024.0,
+                after[1] as f64 / 1024.0,
                 rss as f64 / 1024.0,
-                (rss as f64 - after as f64) / 1000.0,
+                (rss as f64 - after[1] as f64) / 1000.0,
+                recording,
                 hwm as f64 / 1024.0
             );
             drop(idle);
