@@ -19,6 +19,8 @@
 //! 3. for 1, 8 and 64 connections, each target in turn (the order rotates each round):
 //!    requests/s, latency p50/p99, the target's CPU per exchange (user + system, from
 //!    `/proc`, including recording that finishes after the window), veil's CPU by thread, the
+//!    requests answered with anything but 200 (`audit = "required"` refuses what it cannot
+//!    record once the recording queue is full; they count as refused, not as responses), the
 //!    recorded fraction (ledger rows added ÷ responses sent through veil, counted once the
 //!    ledger stops growing) and peak RSS during the cell (`/proc/PID/clear_refs` resets it).
 //!
@@ -161,6 +163,10 @@ struct Stats {
     /// Responses in the window, and all responses (the window's plus one warm-up per connection).
     requests: usize,
     responses: usize,
+    /// Requests answered with anything but 200 in the window: `audit = "required"` refuses
+    /// (503) what it could not record once the recording queue is full. Not in `requests`,
+    /// `responses` nor the latencies: they were never forwarded.
+    refused: usize,
     rps: f64,
     p50_us: f64,
     p99_us: f64,
@@ -181,31 +187,42 @@ async fn throughput(target: &Target, conns: usize, window: Duration) -> Stats {
         .into_iter()
         .map(|mut c| {
             tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(4096);
+                let (mut lat, mut refused) = (Vec::with_capacity(4096), 0);
                 // Bounded by time and by count.
-                while Instant::now() < deadline && lat.len() < 1_000_000 {
+                while Instant::now() < deadline && lat.len() + refused < 1_000_000 {
                     c.ready().await.unwrap();
                     let t = Instant::now();
                     let resp = c.send_request(completion_request(None)).await.unwrap();
+                    let status = resp.status();
                     let body = resp.into_body().collect().await.unwrap().to_bytes();
-                    assert!(body.len() > 2000);
+                    if status != http::StatusCode::OK {
+                        refused += 1;
+                        continue;
+                    }
+                    assert!(body.len() > 2000, "a 200 with {} bytes", body.len());
                     lat.push(t.elapsed().as_nanos() as u64);
                 }
-                lat
+                (lat, refused)
             })
         })
         .collect();
     let started = Instant::now();
-    let mut all = Vec::new();
+    let (mut all, mut refused) = (Vec::new(), 0);
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (lat, r) = t.await.unwrap();
+        all.extend(lat);
+        refused += r;
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    let pct = |p: f64| match all.len() {
+        0 => f64::NAN,
+        n => all[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0,
+    };
     Stats {
         requests: all.len(),
         responses: all.len() + conns,
+        refused,
         rps: all.len() as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
@@ -556,6 +573,7 @@ fn median_cell(cells: &[Cell]) -> Cell {
         stats: Stats {
             requests: mid.stats.requests,
             responses: mid.stats.responses,
+            refused: mid.stats.refused,
             rps: m(&|c| c.stats.rps),
             p50_us: m(&|c| c.stats.p50_us),
             p99_us: m(&|c| c.stats.p99_us),
@@ -775,7 +793,15 @@ fn main() {
                 let rec = c.recorded.map_or(("—".to_string(), "—".to_string()), |(r, per)| {
                     (
                         format!("{per:.0}"),
-                        format!("{r} of {} ({:.1} %)", c.stats.responses, 100.0 * r as f64 / c.stats.responses as f64),
+                        format!(
+                            "{r} of {} ({:.1} %){}",
+                            c.stats.responses,
+                            100.0 * r as f64 / c.stats.responses as f64,
+                            match c.stats.refused {
+                                0 => String::new(),
+                                n => format!("; {n} refused"),
+                            }
+                        ),
                     )
                 });
                 println!(
