@@ -797,7 +797,10 @@ mod tests {
         by_age.push(built(10));
         let first = by_age.since.expect("pushed");
         assert!(!by_age.full_at(first + GROUP_WAIT - std::time::Duration::from_micros(1)));
-        assert!(by_age.full_at(first + GROUP_WAIT), "the first exchange waited {GROUP_WAIT:?}");
+        assert!(
+            by_age.full_at(first + GROUP_WAIT),
+            "the first exchange waited {GROUP_WAIT:?}"
+        );
         std::thread::sleep(GROUP_WAIT + std::time::Duration::from_millis(1));
         assert!(by_age.full(), "full() reads the clock");
     }
