@@ -184,6 +184,29 @@ impl Forgotten {
 }
 
 impl Batcher {
+    /// A batcher with nothing pending. `sender_txs` is in [`Signal::ALL`] order, `None` for a
+    /// signal that goes nowhere.
+    pub(super) fn new(
+        settings: Arc<ExporterSettings>,
+        counters: Arc<Counters>,
+        sender_txs: Vec<Option<mpsc::Sender<Job>>>,
+        ledger: Option<LedgerHandle>,
+    ) -> Batcher {
+        Batcher {
+            settings,
+            counters,
+            started: SystemTime::now(),
+            batch: Batch::default(),
+            records_in_batch: 0,
+            records: Vec::new(),
+            slots: Vec::new(),
+            unwritten_bytes: 0,
+            sender_txs,
+            ledger,
+            forgotten: Forgotten::default(),
+        }
+    }
+
     pub(super) async fn run(mut self, mut rx: ItemReceiver, mut shutdown: oneshot::Receiver<()>) {
         let mut batch_deadline = Instant::now() + FAR;
         let mut metrics_tick = tokio::time::interval(self.settings.metrics_interval);
@@ -492,19 +515,12 @@ mod tests {
             .iter()
             .map(|s| exported.contains(s).then(|| mpsc::channel::<Job>(1).0))
             .collect();
-        Batcher {
-            settings: Arc::new(settings),
-            counters: Arc::new(Counters::default()),
-            started: SystemTime::now(),
-            batch: Batch::default(),
-            records_in_batch: 0,
-            records: Vec::new(),
-            slots: Vec::new(),
-            unwritten_bytes: 0,
+        Batcher::new(
+            Arc::new(settings),
+            Arc::new(Counters::default()),
             sender_txs,
-            ledger: None,
-            forgotten: Forgotten::default(),
-        }
+            None,
+        )
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub mod testing;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -78,7 +78,6 @@ use crate::journal::Journal;
 use crate::ledger::LedgerHandle;
 use batcher::{Batcher, Job};
 use deliver::{OtlpSender, run_ledger};
-use otlp::Batch;
 use sender::OtlpClient;
 use spool::Spool;
 
@@ -224,19 +223,7 @@ impl Exporter {
             sender_txs.push(Some(stx));
         }
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let batcher = Batcher {
-            settings: settings.clone(),
-            counters: counters.clone(),
-            started: SystemTime::now(),
-            batch: Batch::default(),
-            records_in_batch: 0,
-            records: Vec::new(),
-            slots: Vec::new(),
-            unwritten_bytes: 0,
-            sender_txs,
-            ledger,
-            forgotten: batcher::Forgotten::default(),
-        };
+        let batcher = Batcher::new(settings.clone(), counters.clone(), sender_txs, ledger);
         let batcher = tokio::spawn(batcher.run(rx, shutdown_rx));
         Ok(Exporter {
             handle,
