@@ -486,7 +486,8 @@ async fn settled_rows(db: &Path, pid: u32) -> usize {
 #[derive(Clone, Default)]
 struct Cell {
     stats: Stats,
-    /// The target's CPU per response, µs (the window, the warm-up and any recording after it).
+    /// The target's CPU per answer (response or refusal), µs (the window, the warm-up and any
+    /// recording after it).
     cpu_us: f64,
     /// Ledger rows added ÷ responses; CPU per recorded exchange (µs); veil only.
     recorded: Option<(usize, f64)>,
@@ -515,7 +516,8 @@ async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
         None => None,
     };
     let cpu = cpu_total(target.pid) - cpu0;
-    let responses = stats.responses.max(1) as f64;
+    // Per answer: a refused request (audit = required, queue full) costs CPU too.
+    let responses = (stats.responses + stats.refused).max(1) as f64;
     let mut threads: Vec<(String, f64)> = cpu_by_thread(target.pid)
         .into_iter()
         .map(|(n, s)| {
@@ -714,7 +716,7 @@ fn main() {
             // Each idle connection below made one request, and veil records it: the growth of
             // the second 1,000 exchanges on one connection (caches on their way to their
             // bounds) is what 1,000 recorded exchanges keep, apart from any connection.
-            let recording = after[1].saturating_sub(after[0]) as f64 / 1000.0;
+            let recording = (after[1] as f64 - after[0] as f64) / 1000.0;
             let mut idle = Vec::new();
             for _ in 0..1000 {
                 let mut c = open(target).await;
