@@ -1,7 +1,7 @@
 //! # OTLP batch: finished spans and log records gathered into one request per signal.
 //!
-//! Fifth stage of the OTLP encoder: the batcher pushes each record (span + log event, built
-//! once from the same attributes) and audit log; on flush, [`Batch`] hands out the traces
+//! Fifth stage of the OTLP encoder: the batcher pushes each record (its span and log event,
+//! each only when its signal is exported, from attributes built once) and audit log; on flush, [`Batch`] hands out the traces
 //! and logs requests under veil's [`ResourceInfo`] and scope, then [`encode`](super::encode)
 //! turns them into bytes for the senders.
 //!
