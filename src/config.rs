@@ -63,6 +63,9 @@ pub struct RawConfig {
     pub queue_capacity: Option<usize>,
     /// Most captured body bytes the recording queue holds (`256MiB`).
     pub queue_max_bytes: Option<String>,
+    /// How long an `audit = "required"` request waits for room in a full recording queue
+    /// before its 503 (`2s`; `0s` refuses at once).
+    pub queue_wait: Option<String>,
     /// Free space the data disk must keep (`256MiB`); below it recording is degraded.
     pub disk_reserve: Option<String>,
     /// Per-exchange redaction limits (`{ bytes = "8MiB", cpu = "1s" }`).
@@ -183,6 +186,7 @@ impl RawConfig {
             audit: other.audit.or(self.audit),
             queue_capacity: other.queue_capacity.or(self.queue_capacity),
             queue_max_bytes: other.queue_max_bytes.or(self.queue_max_bytes),
+            queue_wait: other.queue_wait.or(self.queue_wait),
             disk_reserve: other.disk_reserve.or(self.disk_reserve),
             redaction_budget: match (self.redaction_budget, other.redaction_budget) {
                 (Some(a), Some(b)) => Some(RawBudget {
@@ -519,8 +523,13 @@ pub struct Config {
     /// Recording queue capacity (default 4096 exchanges).
     pub queue_capacity: usize,
     /// Most captured body bytes waiting in the recording queue or being processed (default
-    /// 256 MiB): past it, best-effort drops (counted) and audit-required refuses (503).
+    /// 256 MiB): past it, best-effort drops (counted) and audit-required waits, then refuses
+    /// (503).
     pub queue_max_bytes: usize,
+    /// How long an `audit = "required"` request waits for room in a full recording queue
+    /// (either bound) before veil answers 503 (default 2 s; zero refuses at once). The wait
+    /// is back-pressure: a saturated recorder slows traffic instead of failing it.
+    pub queue_wait: Duration,
     /// Free space the data disk must keep (default 256 MiB). Below it recording counts as
     /// degraded: `/healthz` says so and `audit = "required"` refuses requests (503) before
     /// the disk is full rather than after a write failed.
@@ -705,6 +714,12 @@ impl Config {
                 "queue_max_bytes",
                 parse_size,
                 256 << 20,
+            )?,
+            queue_wait: opt(
+                raw.queue_wait,
+                "queue_wait",
+                parse_duration,
+                Duration::from_secs(2),
             )?,
             disk_reserve: opt(raw.disk_reserve, "disk_reserve", parse_size, 256 << 20)? as u64,
             redaction_budget: redaction_budget(raw.redaction_budget.unwrap_or_default())?,
@@ -1129,6 +1144,25 @@ mod tests {
             let err = Config::resolve(Some(file), RawConfig::default()).unwrap_err();
             assert!(err.0.starts_with(&format!("{key}:")), "{err}");
         }
+    }
+
+    /// `queue_wait` defaults to 2 s, may be zero (refuse at once), and a bad value names the
+    /// key.
+    #[test]
+    fn queue_wait_has_a_default_allows_zero_and_names_itself_when_bad() {
+        let c = Config::resolve(None, RawConfig::default()).unwrap();
+        assert_eq!(c.queue_wait, Duration::from_secs(2));
+        for (v, want) in [
+            ("0s", Duration::ZERO),
+            ("250ms", Duration::from_millis(250)),
+        ] {
+            let file: RawConfig = toml::from_str(&format!("queue_wait = \"{v}\"\n")).unwrap();
+            let c = Config::resolve(Some(file), RawConfig::default()).unwrap();
+            assert_eq!(c.queue_wait, want, "{v}");
+        }
+        let file: RawConfig = toml::from_str("queue_wait = \"soon\"\n").unwrap();
+        let err = Config::resolve(Some(file), RawConfig::default()).unwrap_err();
+        assert!(err.0.starts_with("queue_wait:"), "{err}");
     }
 
     #[test]

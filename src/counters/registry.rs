@@ -87,6 +87,14 @@ registry! {
         /// (audit required); counted by the queue and by the proxy's admission check.
         refused: Counter => "veil.exchanges.refused",
             "{request}", "Requests refused with 503 because they could not be recorded (audit = required).";
+        /// Requests that found the queue full and waited for room (up to `queue_wait`)
+        /// before going upstream (audit required); those still without room are also
+        /// `refused`.
+        waited: Counter => "veil.queue.waits",
+            "{request}", "Requests that waited for room in the recording queue before going upstream (audit = required).";
+        /// Requests waiting for room in the queue now (audit required).
+        waiting: Gauge => "veil.queue.waiting",
+            "{request}", "Requests waiting now for room in the recording queue (audit = required).";
         /// Captured body bytes waiting in the queue or being processed (released when the
         /// pipeline is done with the exchange).
         bytes: Gauge => "veil.queue.bytes",

@@ -3,8 +3,9 @@
 //! The seam between the hot path and recording. The proxy hands each finished [`Exchange`]
 //! over with [`ExchangeSender::try_send`] (best-effort: never waits, a full queue is a counted
 //! drop) or through a [`Reservation`] taken before the request went upstream (audit
-//! required: a request that cannot be recorded is refused instead). The pipeline takes
-//! [`Queued`] exchanges and holds each until it is processed.
+//! required: a request waits up to `queue_wait` for room, [`ExchangeSender::reserve`], and
+//! one that still cannot be recorded is refused instead). The pipeline takes [`Queued`]
+//! exchanges and holds each until it is processed.
 //!
 //! The queue is bounded in **count** (`queue_capacity`) and in **bytes** (`queue_max_bytes`):
 //! an exchange's captured bodies stay in memory from hand-off until the pipeline is done with
@@ -25,7 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 use super::Exchange;
 use crate::counters::{Counter, Counters, LogEvery};
@@ -78,6 +80,11 @@ struct Shared {
     log: LogEvery,
     /// Notes each hand-off, so a crash's losses can be counted at the next start.
     journal: Option<Arc<Journal>>,
+    /// Reservations waiting for the byte budget ([`ExchangeSender::reserve`]); `release`
+    /// wakes them only when there are some, so the consumer pays nothing otherwise.
+    bytes_waiters: AtomicUsize,
+    /// Woken by `release` while `bytes_waiters` > 0.
+    room: Notify,
 }
 
 impl Shared {
@@ -106,8 +113,45 @@ impl Shared {
     }
 
     fn release(&self, n: usize) {
-        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        // SeqCst with `bytes_waiters` (see `wait_for_bytes`): either a waiter sees the bytes
+        // gone or this sees the waiter.
+        self.bytes.fetch_sub(n, Ordering::SeqCst);
         self.counters.queue.bytes.sub(n as u64);
+        if self.bytes_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// A reservation may be taken: the byte budget is not used up (a lone exchange bigger
+    /// than the budget fills it alone).
+    fn bytes_room(&self) -> bool {
+        let used = self.bytes.load(Ordering::SeqCst);
+        used == 0 || used < self.max_bytes
+    }
+
+    /// Waits until [`Shared::bytes_room`] or `deadline`; false on the deadline.
+    async fn wait_for_bytes(&self, deadline: Instant) -> bool {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.bytes_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.bytes_waiters);
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a release between the check and the wait wakes
+            // it.
+            notified.as_mut().enable();
+            if self.bytes_room() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.bytes_room();
+            }
+        }
     }
 
     fn refuse(&self, why: Refusal, counter: &Counter, what: &str) {
@@ -153,6 +197,8 @@ pub fn channel_journaled(
         counters,
         log: LogEvery::new(LOG_EVERY),
         journal,
+        bytes_waiters: AtomicUsize::new(0),
+        room: Notify::new(),
     });
     (
         ExchangeSender {
@@ -163,7 +209,7 @@ pub fn channel_journaled(
     )
 }
 
-/// The proxy's side of the queue. Cheap to clone; never waits.
+/// The proxy's side of the queue. Cheap to clone; only [`ExchangeSender::reserve`] waits.
 #[derive(Debug, Clone)]
 pub struct ExchangeSender {
     tx: mpsc::Sender<Queued>,
@@ -218,37 +264,82 @@ impl ExchangeSender {
         }
     }
 
-    /// Reserves room for one exchange before its request goes upstream (audit required):
-    /// a slot, and the promise that the byte budget is not already used up. The exchange's
-    /// bytes are added when it is sent, so the queue may exceed `max_bytes` by what the
-    /// requests in flight capture (each bounded by `capture_limit`). A refusal is counted in
-    /// [`QueueCounters::refused`](crate::counters::QueueCounters::refused).
+    /// Reserves room for one exchange before its request goes upstream (audit required),
+    /// without waiting: a slot, and the promise that the byte budget is not already used up.
+    /// The exchange's bytes are added when it is sent, so the queue may exceed `max_bytes` by
+    /// what the requests in flight capture (each bounded by `capture_limit`). A refusal is
+    /// counted in [`QueueCounters::refused`](crate::counters::QueueCounters::refused).
+    /// A realtime response, which has already been answered, reserves this way.
     pub fn try_reserve(&self) -> Result<Reservation, Refusal> {
-        let c = &self.shared.counters.queue;
-        let used = self.shared.bytes.load(Ordering::Relaxed);
-        if used > 0 && used >= self.shared.max_bytes {
-            self.shared.refuse(
-                Refusal::Bytes,
-                &c.refused,
-                "request refused (audit = required)",
-            );
+        let got = self.reserve_now();
+        self.counted(got)
+    }
+
+    /// [`ExchangeSender::try_reserve`] that first waits up to `wait` for room (a slot, then
+    /// the byte budget) when the queue is full: under `audit = "required"` a saturated
+    /// recorder slows traffic down instead of refusing it. Requests that had to wait are
+    /// counted in [`QueueCounters::waited`](crate::counters::QueueCounters::waited) and
+    /// those waiting now in `waiting`; one still without room after `wait` is refused as by
+    /// `try_reserve`. A closed queue refuses at once. Slots go first come, first served
+    /// (tokio's channel semaphore is fair). Cancel-safe: a dropped wait holds nothing.
+    pub async fn reserve(&self, wait: Duration) -> Result<Reservation, Refusal> {
+        let got = match self.reserve_now() {
+            Err(Refusal::Full | Refusal::Bytes) if !wait.is_zero() => {
+                self.wait_for_room(wait).await
+            }
+            got => got,
+        };
+        self.counted(got)
+    }
+
+    /// One attempt, neither waiting nor counting.
+    fn reserve_now(&self) -> Result<Reservation, Refusal> {
+        if !self.shared.bytes_room() {
             return Err(Refusal::Bytes);
         }
         match self.tx.clone().try_reserve_owned() {
-            Ok(permit) => Ok(Reservation {
-                permit,
-                shared: self.shared.clone(),
-            }),
-            Err(e) => {
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => Refusal::Full,
-                    mpsc::error::TrySendError::Closed(_) => Refusal::Closed,
-                };
-                self.shared
-                    .refuse(why, &c.refused, "request refused (audit = required)");
-                Err(why)
-            }
+            Ok(permit) => Ok(self.reservation(permit)),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Refusal::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Refusal::Closed),
         }
+    }
+
+    /// Waits up to `wait` for a slot, then for the byte budget, holding the slot meanwhile.
+    async fn wait_for_room(&self, wait: Duration) -> Result<Reservation, Refusal> {
+        let deadline = Instant::now() + wait;
+        let c = &self.shared.counters.queue;
+        c.waited.inc();
+        c.waiting.add(1);
+        let _waiting = GaugeGuard(&c.waiting);
+        let permit = match tokio::time::timeout_at(deadline, self.tx.clone().reserve_owned()).await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(Refusal::Closed),
+            Err(_elapsed) => return Err(Refusal::Full),
+        };
+        if !self.shared.wait_for_bytes(deadline).await {
+            return Err(Refusal::Bytes);
+        }
+        Ok(self.reservation(permit))
+    }
+
+    fn reservation(&self, permit: mpsc::OwnedPermit<Queued>) -> Reservation {
+        Reservation {
+            permit,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Counts and logs a refusal (rate-limited).
+    fn counted(&self, got: Result<Reservation, Refusal>) -> Result<Reservation, Refusal> {
+        if let Err(why) = &got {
+            self.shared.refuse(
+                *why,
+                &self.shared.counters.queue.refused,
+                "request refused (audit = required)",
+            );
+        }
+        got
     }
 
     /// The registry this queue counts in (its `queue` section).
@@ -264,6 +355,15 @@ impl ExchangeSender {
     /// True when no exchange waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Takes one off a gauge when dropped (a wait that ends any way, cancellation included).
+struct GaugeGuard<'a>(&'a crate::counters::Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.sub(1);
     }
 }
 
@@ -518,6 +618,129 @@ mod tests {
         drop(rx);
         assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Closed));
         assert_eq!(c.queue.depth.get(), 0, "a closed queue holds nothing");
+    }
+
+    /// Under `audit = "required"` a full queue slows a request down instead of refusing it:
+    /// it gets the slot a worker frees, and counts as having waited, not as refused.
+    #[tokio::test]
+    async fn a_reservation_waits_for_the_slot_a_worker_frees() {
+        let (tx, mut rx) = channel(1, 1 << 20, Arc::default());
+        let c = tx.counters().clone();
+        tx.reserve(Duration::ZERO)
+            .await
+            .unwrap()
+            .send(exchange_of(1));
+        let waiter = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.reserve(Duration::from_secs(30)).await }
+        });
+        while c.queue.waiting.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "no room yet");
+        assert_eq!(c.queue.waited.get(), 1);
+        let _taken = rx.recv().await.unwrap();
+        waiter
+            .await
+            .unwrap()
+            .expect("the freed slot")
+            .send(exchange_of(1));
+        assert_eq!(c.queue.waiting.get(), 0);
+        assert_eq!((c.queue.refused.get(), c.queue.queued.get()), (0, 2));
+    }
+
+    /// The byte budget is waited for the same way: a release wakes the waiter.
+    #[tokio::test]
+    async fn a_reservation_waits_for_the_byte_budget() {
+        let (tx, mut rx) = channel(4, 10, Arc::default());
+        let c = tx.counters().clone();
+        tx.try_reserve().unwrap().send(exchange_of(11));
+        let waiter = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.reserve(Duration::from_secs(300)).await }
+        });
+        while c.queue.waiting.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let taken = rx.recv().await.unwrap();
+        // Taken but not processed: its bytes still count, so the waiter still waits.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "the budget is still used up");
+        drop(taken);
+        // Woken by the release, long before its own deadline.
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the release")
+            .unwrap()
+            .expect("room once the bytes are released");
+        assert_eq!((c.queue.waiting.get(), c.queue.refused.get()), (0, 0));
+        assert_eq!(tx.shared.bytes_waiters.load(Ordering::SeqCst), 0);
+    }
+
+    /// A wait is bounded by `queue_wait`: past it the request is refused (and counted both
+    /// as having waited and as refused), by whichever bound is still full.
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_is_refused_when_no_room_comes_in_time() {
+        let (tx, mut rx) = channel(1, 10, Arc::default());
+        let c = tx.counters().clone();
+        tx.try_reserve().unwrap().send(exchange_of(11));
+        let t = Instant::now();
+        assert_eq!(
+            tx.reserve(Duration::from_millis(50)).await.unwrap_err(),
+            Refusal::Full
+        );
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let _taken = rx.recv().await.unwrap();
+        // A slot is free now, the byte budget is not.
+        assert_eq!(
+            tx.reserve(Duration::from_millis(50)).await.unwrap_err(),
+            Refusal::Bytes
+        );
+        assert_eq!((c.queue.waited.get(), c.queue.refused.get()), (2, 2));
+        assert_eq!(c.queue.waiting.get(), 0);
+        // Zero waits not at all, and a closed queue refuses at once.
+        assert_eq!(
+            tx.reserve(Duration::ZERO).await.unwrap_err(),
+            Refusal::Bytes
+        );
+        drop((_taken, rx));
+        let t = Instant::now();
+        assert_eq!(
+            tx.reserve(Duration::from_secs(30)).await.unwrap_err(),
+            Refusal::Closed
+        );
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        assert_eq!((c.queue.waited.get(), c.queue.refused.get()), (2, 4));
+    }
+
+    /// A request that goes away while waiting (the app hung up) leaves nothing behind.
+    #[tokio::test]
+    async fn a_dropped_wait_holds_nothing() {
+        let (tx, mut rx) = channel(2, 10, Arc::default());
+        let c = tx.counters().clone();
+        tx.try_reserve().unwrap().send(exchange_of(11));
+        let waiter = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.reserve(Duration::from_secs(30)).await }
+        });
+        while tx.shared.bytes_waiters.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // It holds the second slot while it waits for bytes.
+        assert_eq!(
+            tx.reserve(Duration::ZERO).await.unwrap_err(),
+            Refusal::Bytes
+        );
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(c.queue.waiting.get(), 0);
+        assert_eq!(tx.shared.bytes_waiters.load(Ordering::SeqCst), 0);
+        drop(rx.recv().await.unwrap());
+        // Both slots are free again: the aborted wait gave its slot back.
+        let _a = tx.try_reserve().unwrap();
+        let _b = tx.try_reserve().unwrap();
     }
 
     #[test]

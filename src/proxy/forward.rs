@@ -67,14 +67,17 @@ impl Shared {
 
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
         let shown = format!("{}:{}", target.host, target.port);
-        let recording = match self.start_recording(
-            &parts,
-            target,
-            &path_and_query,
-            tags,
-            (id, t0, started_at),
-            addr,
-        ) {
+        let recording = match self
+            .start_recording(
+                &parts,
+                target,
+                &path_and_query,
+                tags,
+                (id, t0, started_at),
+                addr,
+            )
+            .await
+        {
             Ok(r) => r,
             Err(answer) => return *answer,
         };
@@ -180,10 +183,10 @@ impl Shared {
 
 impl Shared {
     /// For a recorded target: admits the request under the audit mode (a reservation in the
-    /// recording queue under `audit = "required"`, or veil's 503 answer when recording
-    /// cannot be made durable), fingerprints its head and starts its [`Recording`], whose
+    /// recording queue under `audit = "required"`, waiting up to `queue_wait` for room, or
+    /// veil's 503 answer when recording cannot be made durable or no room came), fingerprints its head and starts its [`Recording`], whose
     /// clocks started at `t0` / `started_at`. `None` for a target that is not recorded.
-    pub(super) fn start_recording(
+    pub(super) async fn start_recording(
         &self,
         parts: &http::request::Parts,
         target: &Target,
@@ -211,7 +214,7 @@ impl Shared {
                     Some(id),
                 )));
             }
-            Audit::Required => match self.queue.try_reserve() {
+            Audit::Required => match self.queue.reserve(self.settings.queue_wait).await {
                 Ok(reservation) => Sink::Reserved(reservation),
                 Err(why) => {
                     return Err(Box::new(self.answer(

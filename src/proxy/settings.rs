@@ -37,6 +37,8 @@ pub struct ProxySettings {
     pub routes: BTreeMap<String, GatewayRoute>,
     /// What happens when an exchange cannot be recorded.
     pub audit: Audit,
+    /// How long an `audit = "required"` request waits for room in the recording queue.
+    pub queue_wait: Duration,
     /// Bytes of each body kept for the record, per side.
     pub capture_limit: usize,
     /// PEM files trusted for upstream TLS besides the web roots.
@@ -69,6 +71,7 @@ impl ProxySettings {
             allow_ports: config.allow_ports.clone(),
             routes: config.routes.clone(),
             audit: config.audit,
+            queue_wait: config.queue_wait,
             capture_limit: config.capture_limit,
             upstream_ca: config.upstream_ca.clone(),
             connect_timeout: config.connect_timeout,

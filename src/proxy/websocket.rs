@@ -88,14 +88,17 @@ impl Shared {
 
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
         let realtime_model = realtime_model(&path_and_query);
-        let recording = match self.start_recording(
-            &parts,
-            target,
-            &path_and_query,
-            tags,
-            (id, t0, started_at),
-            addr,
-        ) {
+        let recording = match self
+            .start_recording(
+                &parts,
+                target,
+                &path_and_query,
+                tags,
+                (id, t0, started_at),
+                addr,
+            )
+            .await
+        {
             Ok(r) => r,
             Err(answer) => return *answer,
         };

@@ -542,6 +542,7 @@ async fn audit_required_refuses_what_it_cannot_record() {
     let mock = Mock::start(Alpn::Http1Only).await;
     let mut veil = Veil::start_with(&mock, |raw| {
         raw.queue_capacity = Some(1);
+        raw.queue_wait = Some("300ms".into());
         raw.audit = Some(veil::config::Audit::Required);
     })
     .await;
@@ -555,7 +556,9 @@ async fn audit_required_refuses_what_it_cannot_record() {
         .await;
     assert_eq!(resp.status(), 200);
     body_text(resp).await;
-    // The queue (capacity 1) now holds that exchange and nobody consumes it.
+    // The queue (capacity 1) now holds that exchange and nobody consumes it: the next
+    // request waits `queue_wait` for room, then is refused.
+    let asked = std::time::Instant::now();
     let resp = client
         .send(post_json(
             "api.openai.com",
@@ -564,6 +567,11 @@ async fn audit_required_refuses_what_it_cannot_record() {
         ))
         .await;
     assert_eq!(resp.status(), 503);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "refused only after queue_wait"
+    );
+    assert_eq!(veil.counters.queue.waited.get(), 1);
     let body: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
     assert_eq!(body["error"]["code"], "audit_unavailable");
     assert_eq!(
@@ -572,6 +580,65 @@ async fn audit_required_refuses_what_it_cannot_record() {
         "the refused request never went upstream"
     );
     assert_eq!(veil.counters.queue.refused.get(), 1);
+    veil.next_exchange().await;
+    veil.stop().await;
+}
+
+/// A saturated recorder under `audit = "required"` slows traffic instead of failing it: a
+/// request that finds the queue full waits (up to `queue_wait`) and goes upstream as soon as
+/// the pipeline takes an exchange.
+#[tokio::test]
+async fn audit_required_waits_for_room_instead_of_refusing() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| {
+        raw.queue_capacity = Some(1);
+        raw.queue_wait = Some("60s".into());
+        raw.audit = Some(veil::config::Audit::Required);
+    })
+    .await;
+    let ask = |addr, ca: String| async move {
+        let mut client = Client::connect(addr, "api.openai.com", &ca, Proto::Http1).await;
+        let resp = client
+            .send(post_json(
+                "api.openai.com",
+                "/v1/chat/completions",
+                &chat_request(),
+            ))
+            .await;
+        let status = resp.status();
+        body_text(resp).await;
+        status
+    };
+    assert_eq!(ask(veil.addr, veil.ca_pem.clone()).await, 200);
+    // The queue is full; the second request waits for room.
+    let second = tokio::spawn(ask(veil.addr, veil.ca_pem.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while veil.counters.queue.waiting.get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        mock.seen().len(),
+        1,
+        "a waiting request has not gone upstream"
+    );
+    assert!(!second.is_finished());
+    // The pipeline (here the test) takes the first exchange: the second goes through.
+    veil.next_exchange().await;
+    let status = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("answered once room came, long before queue_wait")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(mock.seen().len(), 2);
+    let q = &veil.counters.queue;
+    assert_eq!(
+        (q.waited.get(), q.refused.get(), q.waiting.get()),
+        (1, 0, 0)
+    );
     veil.next_exchange().await;
     veil.stop().await;
 }
