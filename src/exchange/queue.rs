@@ -284,8 +284,9 @@ impl ExchangeSender {
     /// (tokio's channel semaphore is fair). Cancel-safe: a dropped wait holds nothing.
     pub async fn reserve(&self, wait: Duration) -> Result<Reservation, Refusal> {
         let got = match self.reserve_now() {
+            // Boxed: only a wait pays for its timers, not every request's future.
             Err(Refusal::Full | Refusal::Bytes) if !wait.is_zero() => {
-                self.wait_for_room(wait).await
+                Box::pin(self.wait_for_room(wait)).await
             }
             got => got,
         };
@@ -320,13 +321,20 @@ impl ExchangeSender {
         if !self.shared.wait_for_bytes(deadline).await {
             return Err(Refusal::Bytes);
         }
-        Ok(self.reservation(permit))
+        // Releases also come from a closing queue dropping what it held.
+        if self.tx.is_closed() {
+            return Err(Refusal::Closed);
+        }
+        let mut reservation = self.reservation(permit);
+        reservation.waited = true;
+        Ok(reservation)
     }
 
     fn reservation(&self, permit: mpsc::OwnedPermit<Queued>) -> Reservation {
         Reservation {
             permit,
             shared: self.shared.clone(),
+            waited: false,
         }
     }
 
@@ -372,9 +380,16 @@ impl Drop for GaugeGuard<'_> {
 pub struct Reservation {
     permit: mpsc::OwnedPermit<Queued>,
     shared: Arc<Shared>,
+    waited: bool,
 }
 
 impl Reservation {
+    /// True when the queue was full and this reservation had to wait for room (whatever
+    /// was judged before the wait may have changed meanwhile).
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+
     /// Hands `exchange` over; never fails and never waits.
     pub fn send(self, exchange: Exchange) {
         let n = size_of_exchange(&exchange);
@@ -536,6 +551,17 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    /// Yields until `cond` holds; fails after 10 s instead of spinning forever.
+    async fn until(cond: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !cond() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("condition never held");
+    }
+
     fn exchange_of(bytes: usize) -> Exchange {
         let mut ex = empty_exchange();
         ex.id = super::super::ExchangeId::new();
@@ -634,9 +660,7 @@ mod tests {
             let tx = tx.clone();
             async move { tx.reserve(Duration::from_secs(30)).await }
         });
-        while c.queue.waiting.get() == 0 {
-            tokio::task::yield_now().await;
-        }
+        until(|| c.queue.waiting.get() > 0).await;
         assert!(!waiter.is_finished(), "no room yet");
         assert_eq!(c.queue.waited.get(), 1);
         let _taken = rx.recv().await.unwrap();
@@ -659,9 +683,7 @@ mod tests {
             let tx = tx.clone();
             async move { tx.reserve(Duration::from_secs(300)).await }
         });
-        while c.queue.waiting.get() == 0 {
-            tokio::task::yield_now().await;
-        }
+        until(|| c.queue.waiting.get() > 0).await;
         let taken = rx.recv().await.unwrap();
         // Taken but not processed: its bytes still count, so the waiter still waits.
         for _ in 0..100 {
@@ -715,6 +737,27 @@ mod tests {
         assert_eq!((c.queue.waited.get(), c.queue.refused.get()), (2, 4));
     }
 
+    /// A queue that closes while a reservation waits for bytes (its receiver dropped, which
+    /// releases what it held and so wakes the waiter) refuses it instead of handing out a
+    /// reservation nobody will take.
+    #[tokio::test]
+    async fn a_queue_closing_during_a_wait_refuses_it() {
+        let (tx, rx) = channel(2, 10, Arc::default());
+        tx.try_reserve().unwrap().send(exchange_of(11));
+        let waiter = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.reserve(Duration::from_secs(300)).await }
+        });
+        until(|| tx.shared.bytes_waiters.load(Ordering::SeqCst) > 0).await;
+        drop(rx);
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken when the queue closed")
+            .unwrap();
+        assert_eq!(got.unwrap_err(), Refusal::Closed);
+        assert_eq!(tx.counters().queue.refused.get(), 1);
+    }
+
     /// A request that goes away while waiting (the app hung up) leaves nothing behind.
     #[tokio::test]
     async fn a_dropped_wait_holds_nothing() {
@@ -725,9 +768,7 @@ mod tests {
             let tx = tx.clone();
             async move { tx.reserve(Duration::from_secs(30)).await }
         });
-        while tx.shared.bytes_waiters.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        until(|| tx.shared.bytes_waiters.load(Ordering::SeqCst) > 0).await;
         // It holds the second slot while it waits for bytes.
         assert_eq!(
             tx.reserve(Duration::ZERO).await.unwrap_err(),

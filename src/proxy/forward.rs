@@ -24,6 +24,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::config::Audit;
+use crate::exchange::queue::{Refusal, Reservation};
 use crate::exchange::{ExchangeId, Upstream, UpstreamFailure};
 
 use super::answer::id_header;
@@ -182,10 +183,10 @@ impl Shared {
 }
 
 impl Shared {
-    /// For a recorded target: admits the request under the audit mode (a reservation in the
-    /// recording queue under `audit = "required"`, waiting up to `queue_wait` for room, or
-    /// veil's 503 answer when recording cannot be made durable or no room came), fingerprints its head and starts its [`Recording`], whose
-    /// clocks started at `t0` / `started_at`. `None` for a target that is not recorded.
+    /// For a recorded target: admits the request under the audit mode (best-effort always;
+    /// `audit = "required"` through [`Shared::admit_required`]), fingerprints its head and
+    /// starts its [`Recording`], whose clocks started at `t0` / `started_at`. `None` for a
+    /// target that is not recorded; veil's 503 answer for a request not admitted.
     pub(super) async fn start_recording(
         &self,
         parts: &http::request::Parts,
@@ -200,31 +201,7 @@ impl Shared {
         }
         let sink = match self.settings.audit {
             Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
-            Audit::Required if self.health.as_ref().is_some_and(|h| !h.is_ok()) => {
-                let why = self
-                    .health
-                    .as_ref()
-                    .map(|h| h.summary())
-                    .unwrap_or_default();
-                self.counters.queue.refused.inc();
-                return Err(Box::new(self.answer(
-                    &ProxyError::audit_unavailable(format!(
-                        "veil cannot make this request's record durable ({why}) and audit = \"required\"; retry later"
-                    )),
-                    Some(id),
-                )));
-            }
-            Audit::Required => match self.queue.reserve(self.settings.queue_wait).await {
-                Ok(reservation) => Sink::Reserved(reservation),
-                Err(why) => {
-                    return Err(Box::new(self.answer(
-                        &ProxyError::audit_unavailable(format!(
-                            "veil cannot record this request ({why}) and audit = \"required\"; retry later"
-                        )),
-                        Some(id),
-                    )));
-                }
-            },
+            Audit::Required => Sink::Reserved(self.admit_required(id).await?),
         };
         self.counters.proxy.intercepted.inc();
         let (headers, key_fp) = self.fingerprinter.record_headers(&parts.headers);
@@ -248,6 +225,57 @@ impl Shared {
             api_key_fingerprint: key_fp.or(query_fp),
         };
         Ok(Some(Recording::start(meta, sink)))
+    }
+
+    /// Admits a request under `audit = "required"`: recording must be able to make it durable
+    /// ([`Health`](crate::health::Health)) and the recording queue must have room for it,
+    /// waited for up to `queue_wait` (back-pressure, [`ExchangeSender::reserve`]). Health is
+    /// judged again after a wait, which may have lasted while recording degraded; a wait
+    /// ends at once when shutdown begins. Refusals are counted in `queue.refused` (by the
+    /// queue for its own) and answered 503 `audit_unavailable`.
+    ///
+    /// [`ExchangeSender::reserve`]: crate::exchange::queue::ExchangeSender::reserve
+    async fn admit_required(
+        &self,
+        id: ExchangeId,
+    ) -> Result<Reservation, Box<Response<ProxyBody>>> {
+        self.healthy_for_required(id)?;
+        let reserved = tokio::select! {
+            biased;
+            r = self.queue.reserve(self.settings.queue_wait) => r,
+            _ = self.cancel.cancelled() => {
+                self.counters.queue.refused.inc();
+                Err(Refusal::Closed)
+            }
+        };
+        let reservation = reserved.map_err(|why| {
+            Box::new(self.answer(
+                &ProxyError::audit_unavailable(format!(
+                    "veil cannot record this request ({why}) and audit = \"required\"; retry later"
+                )),
+                Some(id),
+            ))
+        })?;
+        if reservation.waited() {
+            // Dropping the reservation on refusal gives its slot back.
+            self.healthy_for_required(id)?;
+        }
+        Ok(reservation)
+    }
+
+    /// `Err` (veil's 503, counted as refused) when recording cannot be made durable now.
+    fn healthy_for_required(&self, id: ExchangeId) -> Result<(), Box<Response<ProxyBody>>> {
+        let Some(health) = self.health.as_ref().filter(|h| !h.is_ok()) else {
+            return Ok(());
+        };
+        self.counters.queue.refused.inc();
+        Err(Box::new(self.answer(
+            &ProxyError::audit_unavailable(format!(
+                "veil cannot make this request's record durable ({}) and audit = \"required\"; retry later",
+                health.summary()
+            )),
+            Some(id),
+        )))
     }
 
     /// The app's request body as veil forwards it: a body that stops arriving ends the request

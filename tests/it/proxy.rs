@@ -634,13 +634,62 @@ async fn audit_required_waits_for_room_instead_of_refusing() {
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(mock.seen().len(), 2);
-    let q = &veil.counters.queue;
+    let counters = veil.counters.clone();
+    let q = &counters.queue;
     assert_eq!(
         (q.waited.get(), q.refused.get(), q.waiting.get()),
         (1, 0, 0)
     );
+
+    // Health is judged again after a wait: a request that waited while recording degraded
+    // is refused when room comes, and never goes upstream.
+    let third = tokio::spawn(ask(veil.addr, veil.ca_pem.clone()));
+    while q.waiting.get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    veil.health
+        .degrade(veil::health::Part::Seal, "index commit: disk full");
     veil.next_exchange().await;
-    veil.stop().await;
+    let status = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("answered once room came")
+        .unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(
+        mock.seen().len(),
+        2,
+        "the refused request never went upstream"
+    );
+    assert_eq!(
+        (q.waited.get(), q.refused.get(), q.waiting.get()),
+        (2, 1, 0)
+    );
+    assert_eq!(q.depth.get(), 0, "its reservation was given back");
+    veil.health.recover(veil::health::Part::Seal);
+
+    // A request still waiting when shutdown begins is refused at once, not cut.
+    assert_eq!(ask(veil.addr, veil.ca_pem.clone()).await, 200);
+    let fourth = tokio::spawn(ask(veil.addr, veil.ca_pem.clone()));
+    while q.waiting.get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::spawn(veil.stop());
+    let status = tokio::time::timeout(Duration::from_secs(10), fourth)
+        .await
+        .expect("answered when shutdown began, long before queue_wait")
+        .unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(mock.seen().len(), 3);
+    assert_eq!((q.waiting.get(), q.refused.get()), (0, 2));
+    stopping.await.unwrap();
 }
 
 #[tokio::test]
