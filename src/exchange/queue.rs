@@ -562,6 +562,12 @@ mod tests {
         .expect("condition never held");
     }
 
+    /// A reservation waiting (up to 300 s) on its own task.
+    fn spawn_reserve(tx: &ExchangeSender) -> tokio::task::JoinHandle<Result<Reservation, Refusal>> {
+        let tx = tx.clone();
+        tokio::spawn(async move { tx.reserve(Duration::from_secs(300)).await })
+    }
+
     fn exchange_of(bytes: usize) -> Exchange {
         let mut ex = empty_exchange();
         ex.id = super::super::ExchangeId::new();
@@ -656,10 +662,7 @@ mod tests {
             .await
             .unwrap()
             .send(exchange_of(1));
-        let waiter = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.reserve(Duration::from_secs(30)).await }
-        });
+        let waiter = spawn_reserve(&tx);
         until(|| c.queue.waiting.get() > 0).await;
         assert!(!waiter.is_finished(), "no room yet");
         assert_eq!(c.queue.waited.get(), 1);
@@ -679,10 +682,7 @@ mod tests {
         let (tx, mut rx) = channel(4, 10, Arc::default());
         let c = tx.counters().clone();
         tx.try_reserve().unwrap().send(exchange_of(11));
-        let waiter = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.reserve(Duration::from_secs(300)).await }
-        });
+        let waiter = spawn_reserve(&tx);
         until(|| c.queue.waiting.get() > 0).await;
         let taken = rx.recv().await.unwrap();
         // Taken but not processed: its bytes still count, so the waiter still waits.
@@ -744,10 +744,7 @@ mod tests {
     async fn a_queue_closing_during_a_wait_refuses_it() {
         let (tx, rx) = channel(2, 10, Arc::default());
         tx.try_reserve().unwrap().send(exchange_of(11));
-        let waiter = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.reserve(Duration::from_secs(300)).await }
-        });
+        let waiter = spawn_reserve(&tx);
         until(|| tx.shared.bytes_waiters.load(Ordering::SeqCst) > 0).await;
         drop(rx);
         let got = tokio::time::timeout(Duration::from_secs(10), waiter)
@@ -764,10 +761,7 @@ mod tests {
         let (tx, mut rx) = channel(2, 10, Arc::default());
         let c = tx.counters().clone();
         tx.try_reserve().unwrap().send(exchange_of(11));
-        let waiter = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.reserve(Duration::from_secs(30)).await }
-        });
+        let waiter = spawn_reserve(&tx);
         until(|| tx.shared.bytes_waiters.load(Ordering::SeqCst) > 0).await;
         // It holds the second slot while it waits for bytes.
         assert_eq!(

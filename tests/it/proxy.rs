@@ -540,12 +540,7 @@ async fn connect_to_other_ports_is_refused() {
 #[tokio::test]
 async fn audit_required_refuses_what_it_cannot_record() {
     let mock = Mock::start(Alpn::Http1Only).await;
-    let mut veil = Veil::start_with(&mock, |raw| {
-        raw.queue_capacity = Some(1);
-        raw.queue_wait = Some("300ms".into());
-        raw.audit = Some(veil::config::Audit::Required);
-    })
-    .await;
+    let mut veil = required_with_one_slot(&mock, "300ms").await;
     let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
     let resp = client
         .send(post_json(
@@ -584,18 +579,33 @@ async fn audit_required_refuses_what_it_cannot_record() {
     veil.stop().await;
 }
 
+/// A veil under `audit = "required"` whose recording queue holds one exchange, waiting
+/// `queue_wait` for room.
+async fn required_with_one_slot(mock: &Mock, queue_wait: &str) -> Veil {
+    Veil::start_with(mock, |raw| {
+        raw.queue_capacity = Some(1);
+        raw.queue_wait = Some(queue_wait.into());
+        raw.audit = Some(veil::config::Audit::Required);
+    })
+    .await
+}
+
+/// Returns once a request waits for room in the recording queue; fails after 10 s.
+async fn until_a_request_waits(counters: &veil::counters::Counters) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counters.queue.waiting.get() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no request waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A saturated recorder under `audit = "required"` slows traffic instead of failing it: a
 /// request that finds the queue full waits (up to `queue_wait`) and goes upstream as soon as
 /// the pipeline takes an exchange.
 #[tokio::test]
 async fn audit_required_waits_for_room_instead_of_refusing() {
     let mock = Mock::start(Alpn::Http1Only).await;
-    let mut veil = Veil::start_with(&mock, |raw| {
-        raw.queue_capacity = Some(1);
-        raw.queue_wait = Some("60s".into());
-        raw.audit = Some(veil::config::Audit::Required);
-    })
-    .await;
+    let mut veil = required_with_one_slot(&mock, "60s").await;
     let ask = |addr, ca: String| async move {
         let mut client = Client::connect(addr, "api.openai.com", &ca, Proto::Http1).await;
         let resp = client
@@ -612,14 +622,7 @@ async fn audit_required_waits_for_room_instead_of_refusing() {
     assert_eq!(ask(veil.addr, veil.ca_pem.clone()).await, 200);
     // The queue is full; the second request waits for room.
     let second = tokio::spawn(ask(veil.addr, veil.ca_pem.clone()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while veil.counters.queue.waiting.get() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_request_waits(&veil.counters).await;
     assert_eq!(
         mock.seen().len(),
         1,
@@ -644,13 +647,7 @@ async fn audit_required_waits_for_room_instead_of_refusing() {
     // Health is judged again after a wait: a request that waited while recording degraded
     // is refused when room comes, and never goes upstream.
     let third = tokio::spawn(ask(veil.addr, veil.ca_pem.clone()));
-    while q.waiting.get() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_request_waits(&veil.counters).await;
     veil.health
         .degrade(veil::health::Part::Seal, "index commit: disk full");
     veil.next_exchange().await;
@@ -674,13 +671,7 @@ async fn audit_required_waits_for_room_instead_of_refusing() {
     // A request still waiting when shutdown begins is refused at once, not cut.
     assert_eq!(ask(veil.addr, veil.ca_pem.clone()).await, 200);
     let fourth = tokio::spawn(ask(veil.addr, veil.ca_pem.clone()));
-    while q.waiting.get() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_a_request_waits(&veil.counters).await;
     let stopping = tokio::spawn(veil.stop());
     let status = tokio::time::timeout(Duration::from_secs(10), fourth)
         .await
