@@ -20,7 +20,8 @@
 //!    requests/s, latency p50/p99, the target's CPU per exchange (user + system, from
 //!    `/proc`, including recording that finishes after the window), veil's CPU by thread, the
 //!    requests answered with anything but 200 (`audit = "required"` refuses what it cannot
-//!    record once the recording queue is full; they count as refused, not as responses), the
+//!    record once the recording queue has stayed full for `queue_wait`; they count as refused,
+//!    not as responses), the
 //!    recorded fraction (ledger rows added ÷ responses sent through veil, counted once the
 //!    ledger stops growing) and peak RSS during the cell (`/proc/PID/clear_refs` resets it).
 //!
@@ -35,7 +36,8 @@
 //! change: it runs as a fifth target, best-effort, in the same rounds, so a change is measured
 //! against what it replaced on the same machine in the same minutes),
 //! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
-//! `LOAD_CONNS` (a comma list of connection counts, default `1,8,64`), `LOAD_ONLY=veil` (the
+//! `LOAD_CONNS` (a comma list of connection counts, default `1,8,64`; `0` runs steps 1 and 2
+//! alone, about a minute and a half), `VEIL_PYTHON` (step 2 with the official SDK), `LOAD_ONLY=veil` (the
 //! veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics` cost comparison
 //! instead, see [`metrics_cost`]).
 
