@@ -37,9 +37,9 @@
 //! against what it replaced on the same machine in the same minutes),
 //! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
 //! `LOAD_CONNS` (a comma list of connection counts, default `1,8,64`; `0` runs steps 1 and 2
-//! alone, about a minute and a half), `VEIL_PYTHON` (step 2 with the official SDK), `LOAD_ONLY=veil` (the
-//! veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics` cost comparison
-//! instead, see [`metrics_cost`]).
+//! alone, about a minute and a half), `VEIL_PYTHON` (step 2 with the official SDK too),
+//! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics`
+//! cost comparison instead, see [`metrics_cost`]).
 
 mod roles;
 
