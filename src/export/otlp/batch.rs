@@ -1,9 +1,9 @@
 //! # OTLP batch: finished spans and log records gathered into one request per signal.
 //!
 //! Fifth stage of the OTLP encoder: the batcher pushes each record (its span and log event,
-//! each only when its signal is exported, from attributes built once) and audit log; on flush, [`Batch`] hands out the traces
-//! and logs requests under veil's [`ResourceInfo`] and scope, then [`encode`](super::encode)
-//! turns them into bytes for the senders.
+//! each only when its signal is exported, from attributes built once) and audit log; on
+//! flush, [`Batch`] hands out the traces and logs requests under veil's [`ResourceInfo`] and
+//! scope, then [`encode`](super::encode) turns them into bytes for the senders.
 //!
 //! Owns: the request envelopes. Never encodes, sends or spools.
 
