@@ -10,7 +10,8 @@
 //! Bounds ([`Writer::enforce_bounds`]) run on the ticker's clock, in chunks of
 //! [`CHUNK`] rows per transaction so a check never holds the write lock long. The ticker
 //! ticks every [`PROBE_EVERY`](super::PROBE_EVERY): the bounds run once `check_every` has
-//! passed, and a degraded ledger tries a probe write on every tick.
+//! passed, and a degraded ledger tries a probe write on every tick. A tick that finds the
+//! writer idle for [`IDLE_RELEASE`] gives its page cache back ([`Writer::release_idle_cache`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +33,10 @@ const GROUP_ROWS: usize = 4096;
 /// The writer connection's page cache, KiB (`PRAGMA cache_size`, negative = KiB): room for a
 /// whole group's dirty pages, so a group is written to the WAL once, at its commit.
 const CACHE_KIB: i64 = 16 * 1024;
+
+/// How long the writer has written nothing before a tick gives its page cache back to the
+/// allocator ([`Writer::release_idle_cache`]).
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Rows deleted per transaction by a bounds check.
 const CHUNK: i64 = 5_000;
@@ -78,6 +83,10 @@ pub(super) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Where committed batches go to be freed.
     dropper: Dropper,
+    /// When the writer last touched the database (a group, feedback, a bounds check), and
+    /// whether its page cache may hold pages since ([`Writer::release_idle_cache`]).
+    last_write: Instant,
+    cache_held: bool,
 }
 
 /// Batches waiting to be freed before the writer waits for the dropper.
@@ -156,6 +165,8 @@ impl Writer {
             scratch: Scratch::default(),
             checkpointer,
             dropper: Dropper::start(settings_nice),
+            last_write: Instant::now(),
+            cache_held: true,
         }
     }
 
@@ -231,10 +242,15 @@ impl Writer {
                     }
                 }
             }
+            if rows > 0 || !feedback.is_empty() || check {
+                self.last_write = Instant::now();
+                self.cache_held = true;
+            }
             if check {
                 self.enforce_bounds();
             } else if probe {
                 self.probe();
+                self.release_idle_cache();
             }
             for tx in flushes {
                 let _ = tx.send(());
@@ -421,6 +437,23 @@ impl Writer {
             tracing::warn!(error = %e, "ledger bounds check failed; retried at the next check");
         }
         self.probe();
+    }
+
+    /// Gives the page cache back once the writer has been idle for [`IDLE_RELEASE`]
+    /// (`sqlite3_db_release_memory`, once per idle spell). The cache is sized for a whole
+    /// group's dirty pages ([`CACHE_KIB`]) and fills with the ledger's recent pages as it
+    /// grows: kept, a veil that is idle after a burst would hold it for good (16 MiB, most of
+    /// what it held at rest, veil#18). The next group reads the pages it needs back from the
+    /// operating system's file cache. A failure costs only the memory: logged at debug.
+    fn release_idle_cache(&mut self) {
+        if !self.cache_held || self.last_write.elapsed() < IDLE_RELEASE {
+            return;
+        }
+        self.cache_held = false;
+        match self.conn.release_memory() {
+            Ok(()) => tracing::debug!("ledger: idle, page cache released"),
+            Err(e) => tracing::debug!(error = %e, "ledger: could not release the page cache"),
+        }
     }
 
     /// While the ledger is degraded, tries a small write (the `probe` row of `meta`): its

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::harness::{Client, Proto, body_text, post_json};
 use crate::support::ledger::{json, text, wait_for_rows, wait_for_rows_in};
 use crate::support::mock_llm::{Alpn, Mock};
 use crate::support::process::{
@@ -357,6 +358,72 @@ async fn sigkill_during_writes_leaves_a_readable_ledger_with_every_row_tail_show
     );
     wait_for_rows(cwd.path(), kept.len() as u64 + 1);
     again.terminate();
+}
+
+/// veil#18: an idle ledger gives its page cache back. The writer's cache is sized for a whole
+/// group's pages (16 MiB) and fills as the ledger grows; kept for good, it was most of what a
+/// veil held at rest after a burst. Measured from outside, as the operator's `ps` would: the
+/// process's RSS once the burst's rows are in, then once the writer has been idle a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_ledger_gives_its_page_cache_back() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut proc = start(&mock, cwd.path(), free_port());
+    let ca = std::fs::read_to_string(cwd.path().join("keys/ca.pem")).unwrap();
+    let mut client = Client::connect(proc.addr, "api.openai.com", &ca, Proto::Http1).await;
+    // ~1 KB prompts, kept in the ledger's content table: ~10 MB of pages through the cache.
+    // (Rows of ~12 KB, all in overflow pages, leave the freed cache scattered through glibc's
+    // arena, which keeps most of it: docs/performance.md.)
+    const N: u64 = 6_000;
+    for i in 0..N {
+        let prompt = format!("{} {i}", "ledger filler words ".repeat(50));
+        let body = serde_json::json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": prompt}]});
+        let resp = client
+            .send(post_json("api.openai.com", "/v1/chat/completions", &body))
+            .await;
+        assert_eq!(resp.status(), 200);
+        body_text(resp).await;
+    }
+    wait_for_rows(cwd.path(), N);
+    // The records' own memory is freed as their group commits; what is left is caches.
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = rss_kib(proc.child.id());
+    // Given back after 1 s idle, seen on the writer's next 1 s tick.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let rest = loop {
+        let now = rss_kib(proc.child.id());
+        if busy.saturating_sub(now) >= 5 * 1024 || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("ledger page cache: RSS {busy} KiB busy, {rest} KiB at rest");
+    assert!(
+        busy.saturating_sub(rest) >= 5 * 1024,
+        "RSS {busy} KiB once the rows were in, {rest} KiB after 6 s idle: the ledger's page \
+         cache was not given back"
+    );
+    // And the ledger still takes rows after giving its cache back.
+    let body = serde_json::json!({"model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "after the rest"}]});
+    let resp = client
+        .send(post_json("api.openai.com", "/v1/chat/completions", &body))
+        .await;
+    assert_eq!(resp.status(), 200);
+    body_text(resp).await;
+    wait_for_rows(cwd.path(), N + 1);
+    proc.terminate();
+}
+
+/// Resident set size of process `pid`, KiB (`VmRSS` of `/proc/PID/status`).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }
 
 // ---- Bad ledger locations (veil#12): each a clear error or a counted drop, never a panic,
