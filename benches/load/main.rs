@@ -7,12 +7,16 @@
 //! this process (hyper over rustls, HTTP/1.1 keep-alive, a ~2 KB non-streamed completion). It
 //! measures, in this order:
 //!
-//! 1. RSS of the no-op proxy and of veil at start (and how much of it is file-backed), after
+//! 1. RSS of the no-op proxy and of veil at start (and how much of it is file-backed), at rest
+//!    ([`AT_REST`] without traffic once recording has caught up) after
 //!    1,000 exchanges on one connection (what recording keeps), after 1,000 more (what 1,000
 //!    recorded exchanges add to caches still growing towards their bounds), and with 1,000
 //!    idle keep-alive intercepted connections on top (each after one request, which is
 //!    recorded too), so the cost per idle connection is the difference of the last two, of
 //!    which the growth per exchange of the step before is recording's, not the connection's;
+//!    then, with those connections closed, after 20,000 more exchanges on one connection and
+//!    [`AT_REST`] without traffic: what a veil holds at rest once recording's caches have
+//!    reached their bounds (the ledger's page cache fills only as the ledger grows);
 //! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil, with
 //!    this client and, when `VEIL_PYTHON` names a Python with the `openai` SDK, with the
 //!    official SDK (`ttfc.py`);
@@ -29,6 +33,10 @@
 //! not fall into deep sleep states between requests at 1 connection: otherwise wake-up time
 //! dominates the latency figures of every target alike.
 //!
+//! It refuses to start (exit 2) when the open-descriptor limit is under ~2,200: 1,000 idle
+//! connections need ~2,100, and with fewer the proxies refuse connections and step 1 reports
+//! a wrong figure. `benches/load.sh` raises the limit to 8,192 first.
+//!
 //! Everything binds 127.0.0.1; every loop is bounded in time and count. Environment:
 //! `LOAD_SECS` (window per cell, default 4), `LOAD_ROUNDS` (rounds per cell, medians reported,
 //! default 1), `LOAD_VEIL_CONFIG` (TOML lines added to both veils' `veil.toml`),
@@ -36,8 +44,8 @@
 //! change: it runs as a fifth target, best-effort, in the same rounds, so a change is measured
 //! against what it replaced on the same machine in the same minutes),
 //! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
-//! `LOAD_CONNS` (a comma list of connection counts, default `1,8,64`; `0` runs steps 1 and 2
-//! alone, about a minute and a half), `VEIL_PYTHON` (step 2 with the official SDK too),
+//! `LOAD_CONNS` (a comma list of connection counts up to 1,024, default `1,8,64`; `0` runs
+//! steps 1 and 2 alone, about two minutes; anything else is refused, exit 2), `VEIL_PYTHON` (step 2 with the official SDK too),
 //! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics`
 //! cost comparison instead, see [`metrics_cost`]).
 
@@ -409,6 +417,11 @@ fn start_upstream<const N: usize>(
     (roles, dirs, child, addr, ca)
 }
 
+/// How long the memory step leaves a target without traffic, once its recording has caught
+/// up, before each RSS reading: longer than veil's ledger waits before it gives its page
+/// cache back (1 s idle, checked on a 1 s tick), so every figure is one at rest.
+const AT_REST: Duration = Duration::from_secs(3);
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -626,8 +639,15 @@ fn main() {
     let conns_list: Vec<usize> = std::env::var("LOAD_CONNS")
         .unwrap_or("1,8,64".into())
         .split(',')
-        .filter_map(|c| c.trim().parse().ok())
+        .map(|c| match c.trim().parse::<usize>() {
+            Ok(n) if n <= 1024 => n,
+            _ => fail(&format!(
+                "LOAD_CONNS={c:?}: give connection counts from 0 to 1024, comma-separated (e.g. 1,8,64; 0 alone for the memory and time-to-first-chunk steps only)"
+            )),
+        })
+        .filter(|&n| n > 0)
         .collect();
+    check_descriptor_limit();
     let only_veil = std::env::var("LOAD_ONLY").as_deref() == Ok("veil");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -693,9 +713,9 @@ fn main() {
         // with 1,000 idle keep-alive intercepted connections on top. The difference of the last
         // two, per connection, is what an idle connection costs.
         println!(
-            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | after 1,000 more MB | with 1,000 idle connections MB | per idle connection KiB | of it, what recording its exchange kept KiB | peak MB |"
+            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | after 1,000 more MB | with 1,000 idle connections MB | per idle connection KiB | of it, what recording its exchange kept KiB | at rest after 20,000 more MB | peak MB |"
         );
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         let mut memory_targets = vec![&noop, &veil_be];
         if let Some((_, b)) = &baseline {
             memory_targets.push(b);
@@ -713,6 +733,7 @@ fn main() {
                 }
                 drop(one);
                 settle(target).await;
+                tokio::time::sleep(AT_REST).await;
                 *rss_after = rss_kib(target.pid).0;
             }
             // Each idle connection below made one request, and veil records it: the growth of
@@ -727,9 +748,22 @@ fn main() {
                 idle.push(c);
             }
             settle(target).await;
-            let (rss, hwm) = rss_kib(target.pid);
+            tokio::time::sleep(AT_REST).await;
+            let (rss, _) = rss_kib(target.pid);
+            drop(idle);
+            // The steady state: recording's caches at their bounds, then no traffic.
+            let mut one = open(target).await;
+            for _ in 0..20_000 {
+                one.ready().await.unwrap();
+                let resp = one.send_request(completion_request(None)).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+            }
+            drop(one);
+            settle(target).await;
+            tokio::time::sleep(AT_REST).await;
+            let (at_rest, hwm) = rss_kib(target.pid);
             println!(
-                "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 target.name,
                 start as f64 / 1024.0,
                 start_file as f64 / 1024.0,
@@ -738,9 +772,9 @@ fn main() {
                 rss as f64 / 1024.0,
                 (rss as f64 - after[1] as f64) / 1000.0,
                 recording,
+                at_rest as f64 / 1024.0,
                 hwm as f64 / 1024.0
             );
-            drop(idle);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -766,12 +800,10 @@ fn main() {
         }
 
         // 3. Throughput, latency, CPU, recorded fraction, peak RSS.
-        let mut results: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); targets.len()]; 3];
+        let mut results: Vec<Vec<Vec<Cell>>> =
+            vec![vec![Vec::new(); targets.len()]; conns_list.len()];
         for round in 0..rounds {
-            for (ci, conns) in [1, 8, 64].into_iter().enumerate() {
-                if !conns_list.contains(&conns) {
-                    continue;
-                }
+            for (ci, &conns) in conns_list.iter().enumerate() {
                 for k in 0..targets.len() {
                     let ti = (k + round) % targets.len();
                     if only_veil && targets[ti].ledger.is_none() {
@@ -781,20 +813,82 @@ fn main() {
                 }
             }
         }
-        println!("\n| conns | target | req/s | ÷ no-op | p50 µs | p99 µs | added p50 µs | added p99 µs | CPU µs/response | CPU µs/recorded | recorded | peak RSS MB |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-        let mut thread_lines = Vec::new();
-        for (ci, conns) in [1, 8, 64].into_iter().enumerate() {
-            if results[ci][3].is_empty() {
-                continue;
+        if !conns_list.is_empty() {
+            print_cells(&conns_list, &results, &targets);
+        }
+        let db = veil_be.ledger.as_deref().unwrap();
+        let rows = ledger_rows(db);
+        println!(
+            "\nbest-effort veil's ledger: {rows} rows, {:.0} bytes per row (ledger.db and its WAL); sealed store {:.0} bytes per row",
+            (dir_bytes_matching(&be_dir.join("data"), "ledger.db")) as f64 / rows.max(1) as f64,
+            dir_bytes(&be_dir.join("data/sealed")) as f64 / rows.max(1) as f64
+        );
+        if !conns_list.is_empty() {
+            for t in &targets[1..] {
+                let (rss, hwm) = rss_kib(t.pid);
+                println!(
+                    "{} at the end: RSS {:.1} MB (peak of the last cell {:.1} MB)",
+                    t.name,
+                    rss as f64 / 1024.0,
+                    hwm as f64 / 1024.0
+                );
             }
-            let cells: Vec<Cell> = results[ci]
-                .iter()
-                .map(|c| if c.is_empty() { Cell::default() } else { median_cell(c) })
-                .collect();
-            let (d, n) = (&cells[0], &cells[1]);
-            for (ti, c) in cells.iter().enumerate() {
-                let rec = c.recorded.map_or(("—".to_string(), "—".to_string()), |(r, per)| {
+        }
+        drop((be_child, req_child, noop_child, upstream_child, baseline));
+    });
+    drop(awake);
+}
+
+/// Exits with status 2 and `message` on stderr: a setting the bench cannot run with.
+fn fail(message: &str) -> ! {
+    eprintln!("load bench: {message}");
+    std::process::exit(2);
+}
+
+/// Refuses to run when the soft limit on open descriptors is under what 1,000 idle
+/// connections need (~2,100: each is a socket in the bench and one or two in the proxy).
+/// Below it the proxies refuse connections and the memory step reports a wrong figure.
+fn check_descriptor_limit() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = soft.filter(|&n| n < 2_200) {
+        fail(&format!(
+            "the open-descriptor limit is {n}; 1,000 idle connections need ~2,100. Raise it \
+             (`ulimit -n 8192`, as benches/load.sh does) and run again"
+        ));
+    }
+}
+
+/// Step 3's table and veil's CPU by thread, medians over the rounds.
+fn print_cells(conns_list: &[usize], results: &[Vec<Vec<Cell>>], targets: &[&Target]) {
+    println!(
+        "\n| conns | target | req/s | ÷ no-op | p50 µs | p99 µs | added p50 µs | added p99 µs | CPU µs/response | CPU µs/recorded | recorded | peak RSS MB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut thread_lines = Vec::new();
+    for (ci, &conns) in conns_list.iter().enumerate() {
+        if results[ci][3].is_empty() {
+            continue;
+        }
+        let cells: Vec<Cell> = results[ci]
+            .iter()
+            .map(|c| {
+                if c.is_empty() {
+                    Cell::default()
+                } else {
+                    median_cell(c)
+                }
+            })
+            .collect();
+        let (d, n) = (&cells[0], &cells[1]);
+        for (ti, c) in cells.iter().enumerate() {
+            let rec = c
+                .recorded
+                .map_or(("—".to_string(), "—".to_string()), |(r, per)| {
                     (
                         format!("{per:.0}"),
                         format!(
@@ -808,47 +902,39 @@ fn main() {
                         ),
                     )
                 });
-                println!(
-                    "| {conns} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:+.0} | {:.1} | {} | {} | {:.1} |",
+            println!(
+                "| {conns} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:+.0} | {:.1} | {} | {} | {:.1} |",
+                targets[ti].name,
+                c.stats.rps,
+                c.stats.rps / n.stats.rps,
+                c.stats.p50_us,
+                c.stats.p99_us,
+                c.stats.p50_us - d.stats.p50_us,
+                c.stats.p99_us - d.stats.p99_us,
+                c.cpu_us,
+                rec.0,
+                rec.1,
+                c.peak_mb
+            );
+            if targets[ti].ledger.is_some() {
+                let shown: Vec<String> = c
+                    .threads
+                    .iter()
+                    .take(8)
+                    .map(|(n, us)| format!("{n} {us:.1}"))
+                    .collect();
+                thread_lines.push(format!(
+                    "- {conns} conns, {}: {}",
                     targets[ti].name,
-                    c.stats.rps,
-                    c.stats.rps / n.stats.rps,
-                    c.stats.p50_us,
-                    c.stats.p99_us,
-                    c.stats.p50_us - d.stats.p50_us,
-                    c.stats.p99_us - d.stats.p99_us,
-                    c.cpu_us,
-                    rec.0,
-                    rec.1,
-                    c.peak_mb
-                );
-                if targets[ti].ledger.is_some() {
-                    let shown: Vec<String> =
-                        c.threads.iter().take(8).map(|(n, us)| format!("{n} {us:.1}")).collect();
-                    thread_lines.push(format!("- {conns} conns, {}: {}", targets[ti].name, shown.join(", ")));
-                }
+                    shown.join(", ")
+                ));
             }
         }
-        println!("\nveil CPU by thread, µs per response:\n{}", thread_lines.join("\n"));
-        let db = veil_be.ledger.as_deref().unwrap();
-        let rows = ledger_rows(db);
-        println!(
-            "\nbest-effort veil's ledger: {rows} rows, {:.0} bytes per row (ledger.db and its WAL); sealed store {:.0} bytes per row",
-            (dir_bytes_matching(&be_dir.join("data"), "ledger.db")) as f64 / rows.max(1) as f64,
-            dir_bytes(&be_dir.join("data/sealed")) as f64 / rows.max(1) as f64
-        );
-        for t in &targets[1..] {
-            let (rss, hwm) = rss_kib(t.pid);
-            println!(
-                "{} at the end: RSS {:.1} MB (peak of the last cell {:.1} MB)",
-                t.name,
-                rss as f64 / 1024.0,
-                hwm as f64 / 1024.0
-            );
-        }
-        drop((be_child, req_child, noop_child, upstream_child, baseline));
-    });
-    drop(awake);
+    }
+    println!(
+        "\nveil CPU by thread, µs per response:\n{}",
+        thread_lines.join("\n")
+    );
 }
 
 /// Time to first chunk with the official openai SDK (`benches/load/ttfc.py`, run by the Python
