@@ -83,8 +83,8 @@ pub(super) struct Writer {
     checkpointer: Option<Checkpointer>,
     /// Where committed batches go to be freed.
     dropper: Dropper,
-    /// When the writer last touched the database (a group, feedback, a bounds check), and
-    /// whether its page cache may hold pages since ([`Writer::release_idle_cache`]).
+    /// When the writer last wrote records or feedback, and whether its page cache may hold
+    /// pages since it was last given back ([`Writer::release_idle_cache`]).
     last_write: Instant,
     cache_held: bool,
 }
@@ -242,14 +242,18 @@ impl Writer {
                     }
                 }
             }
-            if rows > 0 || !feedback.is_empty() || check {
+            if rows > 0 || !feedback.is_empty() {
                 self.last_write = Instant::now();
-                self.cache_held = true;
             }
+            // A bounds check reads and deletes pages too, but is no traffic: an idle veil's
+            // check does not put off the release, which then frees what the check read.
+            self.cache_held |= rows > 0 || !feedback.is_empty() || check;
             if check {
                 self.enforce_bounds();
             } else if probe {
                 self.probe();
+            }
+            if probe {
                 self.release_idle_cache();
             }
             for tx in flushes {
