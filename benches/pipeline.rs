@@ -5,82 +5,20 @@
 //!
 //! `cargo bench --bench pipeline`
 
-use std::hint::black_box;
-use std::time::{Duration, SystemTime};
+#[path = "fixtures/support_bot.rs"]
+mod support_bot;
 
-use bytes::Bytes;
+use std::hint::black_box;
+use std::time::Duration;
+
 use criterion::{Criterion, criterion_group, criterion_main};
-use veil::exchange::{
-    Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream, parse,
-};
+use support_bot::exchange;
+use veil::exchange::{ParseOptions, Pricing, parse};
 use veil::export::otlp::{Encoding, SpanIds, encode, record_log, record_span};
 use veil::keys::{KeyId, Keyring, MasterKey};
 use veil::record;
 use veil::redact::{BUILTIN_DEFAULT_RULES, CompiledRules};
 use veil::seal::envelope::{fresh_data_key, seal_frame};
-
-fn body(bytes: &str) -> Body {
-    Body {
-        wire_len: bytes.len() as u64,
-        chunks: vec![Bytes::from(bytes.to_string())],
-        truncated: false,
-        content_encoding: None,
-    }
-}
-
-/// A typical support-bot exchange: system prompt, a user turn with an email and a card
-/// number, a ~2 KB completion.
-fn exchange() -> Exchange {
-    let request = serde_json::json!({
-        "model": "gpt-4o-mini",
-        "user": "customer-4711",
-        "temperature": 0.2,
-        "messages": [
-            {"role": "system", "content": "You are a helpful support assistant for Northwind Bank. Be concise."},
-            {"role": "user", "content": "Hi, I'm Dana (dana.scully@example.com). I was charged twice on card 4111 1111 1111 1111 for order 258-5178128-6570704. Please refund one."}
-        ]
-    });
-    let response = serde_json::json!({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1_795_183_387,
-        "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": "I'm sorry about the double charge. ".repeat(55)}}],
-        "usage": {"prompt_tokens": 61, "completion_tokens": 410, "total_tokens": 471}
-    });
-    Exchange {
-        id: ExchangeId::new(),
-        started_at: SystemTime::now(),
-        timings: Timings {
-            request_end: Some(Duration::from_millis(1)),
-            response_headers: Some(Duration::from_millis(300)),
-            first_byte: Some(Duration::from_millis(300)),
-            end: Duration::from_millis(900),
-            ..Default::default()
-        },
-        client_addr: None,
-        route: Route::Intercept,
-        upstream: Upstream {
-            scheme: "https".into(),
-            host: "api.openai.com".into(),
-            port: 443,
-        },
-        client_version: "HTTP/1.1".into(),
-        method: "POST".into(),
-        path: "/v1/chat/completions".into(),
-        request_headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("authorization".into(), "fp_0123456789abcdef".into()),
-        ],
-        tags: vec![("x-veil-feature".into(), "support-bot".into())],
-        api_key_fingerprint: Some("fp_0123456789abcdef".into()),
-        request_body: body(&request.to_string()),
-        status: Some(200),
-        response_headers: vec![("content-type".into(), "application/json".into())],
-        response_body: body(&response.to_string()),
-        outcome: Outcome::Complete,
-        websocket: None,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [42; 32]));

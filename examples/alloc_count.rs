@@ -1,5 +1,6 @@
 //! Heap allocations per exchange in each step of the recording pipeline (parse, redact into a
-//! record, prepare the content's text, seal), counted by a wrapping global allocator. The
+//! record, prepare the content's text, seal) of the pipeline bench's exchange
+//! (`benches/fixtures/support_bot.rs`), counted by a wrapping global allocator. The
 //! count, not the time, is what this shows: under load, allocating and freeing is about a
 //! third of the pipeline thread's CPU (veil#18, docs/performance.md). `ALLOC_PROFILE=parse`,
 //! `build` or `seal` writes dhat's profile of that step by call site instead.
@@ -9,12 +10,11 @@
 //! ```
 //! `--no-default-features` leaves mimalloc out, so dhat's counting allocator can be the global
 //! one (the counts are the same under any allocator; a dev build counts as a release one).
-use std::time::{Duration, SystemTime};
+#[path = "../benches/fixtures/support_bot.rs"]
+mod support_bot;
 
-use bytes::Bytes;
-use veil::exchange::{
-    Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream, parse,
-};
+use support_bot::exchange;
+use veil::exchange::{ParseOptions, Pricing, parse};
 use veil::feedback::Rated;
 use veil::keys::{KeyId, Keyring, MasterKey};
 use veil::record;
@@ -24,74 +24,6 @@ use veil::seal::envelope::{fresh_data_key, seal_frame};
 #[cfg(not(feature = "mimalloc"))]
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
-
-fn body(bytes: String) -> Body {
-    Body {
-        wire_len: bytes.len() as u64,
-        chunks: vec![Bytes::from(bytes)],
-        truncated: false,
-        content_encoding: None,
-    }
-}
-
-/// The load bench's kind of exchange: a system prompt, a user turn with an email and a card
-/// number, a ~2 KB completion (as `benches/pipeline.rs`).
-fn exchange() -> Exchange {
-    let request = serde_json::json!({
-        "model": "gpt-4o-mini",
-        "user": "customer-4711",
-        "temperature": 0.2,
-        "messages": [
-            {"role": "system", "content": "You are a helpful support assistant for Northwind Bank. Be concise."},
-            {"role": "user", "content": "Hi, I'm Dana (dana.scully@example.com). I was charged twice on card 4111 1111 1111 1111 for order 258-5178128-6570704. Please refund one."}
-        ]
-    });
-    let response = serde_json::json!({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1_795_183_387,
-        "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": "I'm sorry about the double charge. ".repeat(55)}}],
-        "usage": {"prompt_tokens": 61, "completion_tokens": 410, "total_tokens": 471}
-    });
-    Exchange {
-        id: ExchangeId::new(),
-        started_at: SystemTime::now(),
-        timings: Timings {
-            request_end: Some(Duration::from_millis(1)),
-            response_headers: Some(Duration::from_millis(300)),
-            first_byte: Some(Duration::from_millis(300)),
-            end: Duration::from_millis(900),
-            ..Default::default()
-        },
-        client_addr: None,
-        route: Route::Intercept,
-        upstream: Upstream {
-            scheme: "https".into(),
-            host: "api.openai.com".into(),
-            port: 443,
-        },
-        client_version: "HTTP/1.1".into(),
-        method: "POST".into(),
-        path: "/v1/chat/completions".into(),
-        request_headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("authorization".into(), "fp_0123456789abcdef".into()),
-            ("user-agent".into(), "OpenAI/Python 1.54.0".into()),
-            ("x-stainless-retry-count".into(), "0".into()),
-        ],
-        tags: vec![("x-veil-feature".into(), "support-bot".into())],
-        api_key_fingerprint: Some("fp_0123456789abcdef".into()),
-        request_body: body(request.to_string()),
-        status: Some(200),
-        response_headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("x-request-id".into(), "req_0123456789".into()),
-        ],
-        response_body: body(response.to_string()),
-        outcome: Outcome::Complete,
-        websocket: None,
-    }
-}
 
 /// Allocations (blocks, bytes) made by `f`, the second of two calls (the first warms the
 /// caches of compiled patterns and lazily built tables).

@@ -422,6 +422,21 @@ fn start_upstream<const N: usize>(
 /// cache back (1 s idle, checked on a 1 s tick), so every figure is one at rest.
 const AT_REST: Duration = Duration::from_secs(3);
 
+/// Sends `n` exchanges one after another on one new connection to `target`, closes it, waits
+/// until recording has caught up and [`AT_REST`] more, and returns the RSS and its peak, KiB.
+async fn rss_at_rest_after(target: &Target, n: usize) -> (u64, u64) {
+    let mut one = open(target).await;
+    for _ in 0..n {
+        one.ready().await.unwrap();
+        let resp = one.send_request(completion_request(None)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    drop(one);
+    settle(target).await;
+    tokio::time::sleep(AT_REST).await;
+    rss_kib(target.pid)
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -725,16 +740,7 @@ fn main() {
             let start_file = rss_file_kib(target.pid);
             let mut after = [0u64; 2];
             for rss_after in &mut after {
-                let mut one = open(target).await;
-                for _ in 0..1000 {
-                    one.ready().await.unwrap();
-                    let resp = one.send_request(completion_request(None)).await.unwrap();
-                    resp.into_body().collect().await.unwrap();
-                }
-                drop(one);
-                settle(target).await;
-                tokio::time::sleep(AT_REST).await;
-                *rss_after = rss_kib(target.pid).0;
+                *rss_after = rss_at_rest_after(target, 1000).await.0;
             }
             // Each idle connection below made one request, and veil records it: the growth of
             // the second 1,000 exchanges on one connection (caches on their way to their
@@ -752,16 +758,7 @@ fn main() {
             let (rss, _) = rss_kib(target.pid);
             drop(idle);
             // The steady state: recording's caches at their bounds, then no traffic.
-            let mut one = open(target).await;
-            for _ in 0..20_000 {
-                one.ready().await.unwrap();
-                let resp = one.send_request(completion_request(None)).await.unwrap();
-                resp.into_body().collect().await.unwrap();
-            }
-            drop(one);
-            settle(target).await;
-            tokio::time::sleep(AT_REST).await;
-            let (at_rest, hwm) = rss_kib(target.pid);
+            let (at_rest, hwm) = rss_at_rest_after(target, 20_000).await;
             println!(
                 "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 target.name,
