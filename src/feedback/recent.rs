@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Exchanges kept: about 300 bytes each, so a few MiB at most.
+/// Exchanges kept: about 250 bytes each once packed, so ~4 MiB at most.
 pub const CAPACITY: usize = 16_384;
 
 /// What feedback needs of the exchange it rates. Holds no content: the rules' scope key,
@@ -134,7 +134,7 @@ impl Packed {
                 present |= 1 << k;
             }
             // Saturating: a field past 4 GiB cannot come through the proxy's limits; if one
-            // did, it would read back cut, never out of bounds.
+            // did, it would read back as absent (`field` checks its range), never out of bounds.
             ends[k] = u32::try_from(text.len()).unwrap_or(u32::MAX);
         }
         let packed = Packed {
