@@ -45,7 +45,8 @@
 //! against what it replaced on the same machine in the same minutes),
 //! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
 //! `LOAD_CONNS` (a comma list of connection counts up to 1,024, default `1,8,64`; `0` runs
-//! steps 1 and 2 alone, about two minutes; anything else is refused, exit 2), `VEIL_PYTHON` (step 2 with the official SDK too),
+//! steps 1 and 2 alone, about two minutes; a value that is not such a count is refused, exit
+//! 2), `VEIL_PYTHON` (step 2 with the official SDK too),
 //! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics`
 //! cost comparison instead, see [`metrics_cost`]).
 
