@@ -14,7 +14,7 @@
 mod support_bot;
 
 use support_bot::exchange;
-use veil::exchange::{ParseOptions, Pricing, parse};
+use veil::exchange::{Exchange, ParseOptions, Pricing, parse};
 use veil::feedback::Rated;
 use veil::keys::{KeyId, Keyring, MasterKey};
 use veil::record;
@@ -24,6 +24,19 @@ use veil::seal::envelope::{fresh_data_key, seal_frame};
 #[cfg(not(feature = "mimalloc"))]
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
+
+/// What every step needs: the shipped default rules under a fixed test key, the built-in
+/// prices, default parse options, and the exchange.
+fn setup() -> (CompiledRules, Pricing, ParseOptions, Exchange) {
+    let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [42; 32]));
+    let rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).expect("default rules");
+    (
+        rules,
+        Pricing::builtin(),
+        ParseOptions::default(),
+        exchange(),
+    )
+}
 
 /// Allocations (blocks, bytes) made by `f`, the second of two calls (the first warms the
 /// caches of compiled patterns and lazily built tables).
@@ -51,11 +64,7 @@ fn main() {
         return profile(&step);
     }
     let _profiler = dhat::Profiler::builder().testing().build();
-    let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [42; 32]));
-    let rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).expect("default rules");
-    let pricing = Pricing::builtin();
-    let opts = ParseOptions::default();
-    let ex = exchange();
+    let (rules, pricing, opts, ex) = setup();
 
     let mut rows = Vec::new();
     let (n, b, conv) = count(|| parse(&ex, &opts, &pricing));
@@ -102,11 +111,7 @@ fn main() {
 /// `ALLOC_PROFILE=build`: dhat's per-call-site profile of one step, run 1,000 times, written to
 /// `dhat-heap.json` (open it in dhat's viewer, or sort its program points by `tb`).
 fn profile(step: &str) {
-    let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [42; 32]));
-    let rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).expect("default rules");
-    let pricing = Pricing::builtin();
-    let opts = ParseOptions::default();
-    let ex = exchange();
+    let (rules, pricing, opts, ex) = setup();
     let conv = parse(&ex, &opts, &pricing);
     drop(record::build(&ex, &conv, &rules));
     let _profiler = dhat::Profiler::new_heap();
