@@ -7,15 +7,25 @@
 //! power cut there loses it. The journal makes that loss countable.
 //!
 //! `<data>/recording.journal` is a fixed ring of [`SLOTS`] slots of 32 bytes. The hand-off
-//! writes the exchange's ID into the next slot with one `pwrite` (no fsync: the page cache
-//! survives a killed process; a power cut may lose the last few seconds of the journal too,
-//! which the README states); the seal writer and the exporter each set one flag byte of the
-//! slot when their part is durable; a counted best-effort drop sets a third. Each flag is its
-//! own byte, written by one writer, so no write reads back and races another. What each slot
-//! holds is also mirrored in memory (one word per slot: the sequence number of the exchange
-//! that took it, and its flags), so a mark checks that its slot still holds its exchange, and
-//! an acknowledge checks the slot it reuses, without reading the file: one `pwrite` per
-//! acknowledge and per mark, no `pread`.
+//! writes the exchange's ID and its sequence number into the next slot with one `pwrite` (no
+//! fsync: the page cache survives a killed process; a power cut may lose the last few seconds
+//! of the journal too, which the README states). The marks go to a second ring of the same
+//! shape, `<data>/recording.marks`: the seal writer and the exporter each write the sequence
+//! number of the exchange whose part is durable into their own 8 bytes of its slot; a counted
+//! best-effort drop writes a third. A mark counts only where it matches the sequence number
+//! in the journal's slot, so an acknowledge never has to clear the marks of the exchange that
+//! had the slot before. Each field is written by one writer, so no write reads back and races
+//! another. What each slot holds is also mirrored in memory (one word per slot: the sequence
+//! number of the exchange that took it, and its flags), so a mark checks that its slot still
+//! holds its exchange, and an acknowledge checks the slot it reuses, without reading a file:
+//! one `pwrite` per acknowledge and per mark, no `pread`.
+//!
+//! Why two files: a write takes its file's inode lock. With one file, a forwarding thread's
+//! acknowledge waited for a recording thread's mark, and recording runs at a lower priority
+//! (best-effort), so the mark's thread could be preempted holding the lock: 287 of the
+//! forwarding threads' acknowledges took over 0.15 ms in 45 s at one connection, up to 17.7 ms
+//! (`perf trace --duration 0.15`, stop 39). Now the forwarding threads share a lock only with
+//! each other.
 //!
 //! At the next start [`Journal::open`] reads the ring left behind: every slot whose exchange
 //! was acknowledged, not dropped on purpose, and not both sealed and recorded was lost in the
@@ -41,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::counters::Counter;
 use crate::exchange::ExchangeId;
 
-/// Fewest slots in the ring (2 MiB file).
+/// Fewest slots in the ring (two 2 MiB files).
 pub const SLOTS: u64 = 64 * 1024;
 
 /// Slots for a recording queue of `queue_capacity`: twice what can be in flight at once (the
@@ -56,15 +66,27 @@ pub fn slots_for(queue_capacity: usize) -> u64 {
 
 const SLOT_LEN: u64 = 32;
 const HEADER_LEN: u64 = 32;
-const MAGIC: &[u8; 8] = b"VEILJRN1";
-/// Byte offsets of the flags inside a slot (after the 16-byte ID).
+/// The journal's header: this magic, then the slot count (u64, little-endian).
+const MAGIC: &[u8; 8] = b"VEILJRN2";
+/// The journal of veils before stop 39: the marks were flag bytes in the journal's own slots
+/// (at the offsets of the flags below). Still read at start, once, after an upgrade.
+const MAGIC_V1: &[u8; 8] = b"VEILJRN1";
+/// The marks' header: this magic, then the slot count, as the journal's.
+const MARKS_MAGIC: &[u8; 8] = b"VEILJRM1";
+/// The flags: byte offsets inside a journal slot (after the 16-byte ID) of the acknowledge
+/// (both versions) and of the marks (version 1 only). The marks' own slots hold, at
+/// `(flag - SEALED) * 8`, the sequence number + 1 (u64, little-endian) of the exchange marked.
 const ACKED: u64 = 16;
 const SEALED: u64 = 17;
 const RECORDED: u64 = 18;
 const DROPPED: u64 = 19;
+/// Offset inside a journal slot of its exchange's sequence number + 1 (u64, little-endian).
+const SEQ: usize = 24;
 
 /// File name under the data dir.
 pub const FILE: &str = "recording.journal";
+/// File name of the marks under the data dir.
+pub const MARKS_FILE: &str = "recording.marks";
 /// Where the IDs of exchanges lost in a crash are appended (one JSON object per line).
 pub const UNRECORDED_FILE: &str = "unrecorded.jsonl";
 
@@ -100,7 +122,10 @@ pub struct CrashReport {
 /// The journal of one running veil. Share it as `Arc<Journal>`.
 #[derive(Debug)]
 pub struct Journal {
+    /// Written by the forwarding threads (acknowledges) alone.
     file: File,
+    /// Written by the recording threads (marks) alone.
+    marks: File,
     path: PathBuf,
     slots: u64,
     next: AtomicU64,
@@ -114,9 +139,9 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens `<data>/recording.journal` with `slots` slots (see [`slots_for`]), reports what
-    /// a previous run left unrecorded (and appends those IDs to `<data>/unrecorded.jsonl`),
-    /// and starts a fresh ring.
+    /// Opens `<data>/recording.journal` and `<data>/recording.marks` with `slots` slots (see
+    /// [`slots_for`]), reports what a previous run left unrecorded (and appends those IDs to
+    /// `<data>/unrecorded.jsonl`), and starts both rings afresh.
     ///
     /// Errors: the data dir or the journal cannot be read or written, or another process
     /// holds the journal (`ErrorKind::WouldBlock`: a veil already runs on this data dir).
@@ -145,21 +170,29 @@ impl Journal {
         )?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let report = read_ring(&bytes);
+        // Opened under the journal's lock, which guards both files.
+        let mut marks = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(data.join(MARKS_FILE))?;
+        let mut mark_bytes = Vec::new();
+        marks.read_to_end(&mut mark_bytes)?;
+        let report = read_ring(&bytes, &mark_bytes);
         if !report.lost.is_empty() {
             append_unrecorded(&data.join(UNRECORDED_FILE), &report.lost)?;
         }
         let slots = slots.max(1);
-        file.set_len(0)?;
-        let mut header = [0u8; HEADER_LEN as usize];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..16].copy_from_slice(&slots.to_le_bytes());
-        file.write_all_at(&header, 0)?;
-        file.set_len(HEADER_LEN + slots * SLOT_LEN)?;
-        file.sync_all()?;
+        // The journal first: once its slots are empty, whatever the marks still hold counts
+        // for nothing.
+        reset(&file, MAGIC, slots)?;
+        reset(&marks, MARKS_MAGIC, slots)?;
         Ok((
             Journal {
                 file,
+                marks,
                 path,
                 slots,
                 next: AtomicU64::new(0),
@@ -177,7 +210,7 @@ impl Journal {
     }
 
     /// Notes that `id` was acknowledged and handed to recording; returns its slot. One
-    /// `pwrite` of 32 bytes.
+    /// `pwrite` of 32 bytes to the journal.
     pub fn acknowledge(&self, id: ExchangeId) -> Slot {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let slot = Slot {
@@ -202,7 +235,8 @@ impl Journal {
         let mut buf = [0u8; SLOT_LEN as usize];
         buf[..16].copy_from_slice(id.as_bytes());
         buf[ACKED as usize] = 1;
-        self.write(&buf, at);
+        buf[SEQ..].copy_from_slice(&(seq + 1).to_le_bytes());
+        self.write(&self.file, &buf, at);
         slot
     }
 
@@ -222,13 +256,14 @@ impl Journal {
         self.mark(slot, DROPPED);
     }
 
-    /// Sets one flag byte of `slot`, if the slot still holds `slot`'s exchange (a ring that
-    /// wrapped has given it to another one; its mark must not land there). The check is on
-    /// the in-memory mirror, and the mirror's bit is set only after the file's byte: a wrap
-    /// between the check and the write can still put the flag on the new exchange in the
-    /// file, but then the acknowledge that took the slot saw this exchange's flag unset and
-    /// counted it in [`Journal::overwritten`] (the crash count may be low), as when the
-    /// check read the file.
+    /// Writes `slot`'s mark `flag` (its sequence number, in the marks' ring), if the slot
+    /// still holds `slot`'s exchange (a ring that wrapped has given it to another one). The
+    /// check is on the in-memory mirror, and the mirror's bit is set only after the file's
+    /// write. A wrap between the check and the write puts this exchange's sequence number in
+    /// the slot, which the next start does not count for the new exchange (it has another);
+    /// it can overwrite a mark the new exchange had already written there, which then counts
+    /// that exchange as lost too (the count errs high, never low), and the acknowledge that
+    /// took the slot counted this one in [`Journal::overwritten`].
     fn mark(&self, slot: Slot, flag: u64) {
         let cell = &self.state[slot.index as usize];
         let mine = |v: u64| v >> F_BITS == tag(slot.seq) >> F_BITS;
@@ -236,7 +271,11 @@ impl Journal {
         if !mine(v) {
             return;
         }
-        self.write(&[1], offset(slot) + flag);
+        self.write(
+            &self.marks,
+            &(slot.seq + 1).to_le_bytes(),
+            offset(slot) + mark_field(flag),
+        );
         loop {
             if !mine(v) {
                 return;
@@ -249,8 +288,8 @@ impl Journal {
         }
     }
 
-    fn write(&self, buf: &[u8], at: u64) {
-        if let Err(e) = self.file.write_all_at(buf, at)
+    fn write(&self, file: &File, buf: &[u8], at: u64) {
+        if let Err(e) = file.write_all_at(buf, at)
             && self.write_errors.inc() == 1
         {
             tracing::warn!(path = %self.path.display(), error = %e, "recording journal write failed; a crash count may be low");
@@ -270,12 +309,29 @@ fn tag(seq: u64) -> u64 {
     (seq + 1) << F_BITS
 }
 
+/// Where `slot` starts, in either file.
 fn offset(slot: Slot) -> u64 {
     HEADER_LEN + slot.index * SLOT_LEN
 }
 
-fn is_lost(slot: &[u8]) -> bool {
-    is_lost_by(|flag| slot[flag as usize] == 1)
+/// Offset inside a marks slot of mark `flag` (`SEALED`, `RECORDED` or `DROPPED`).
+fn mark_field(flag: u64) -> u64 {
+    (flag - SEALED) * 8
+}
+
+/// Empties `file` and writes a ring of `slots` empty slots under a header of `magic`.
+fn reset(file: &File, magic: &[u8; 8], slots: u64) -> io::Result<()> {
+    file.set_len(0)?;
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(magic);
+    header[8..16].copy_from_slice(&slots.to_le_bytes());
+    file.write_all_at(&header, 0)?;
+    file.set_len(HEADER_LEN + slots * SLOT_LEN)?;
+    file.sync_all()
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
 }
 
 /// Whether an exchange whose flag byte at offset `flag` is set when `set(flag)` was lost:
@@ -285,20 +341,46 @@ fn is_lost_by(set: impl Fn(u64) -> bool) -> bool {
     set(ACKED) && !set(DROPPED) && (!set(SEALED) || !set(RECORDED))
 }
 
-fn read_ring(bytes: &[u8]) -> CrashReport {
+/// What the rings a run left behind say was lost: `bytes` the journal, `marks` the marks (a
+/// marks file that is missing, foreign or of another size counts as no marks at all, so
+/// every acknowledged exchange is reported: the count errs high, never low).
+fn read_ring(bytes: &[u8], marks: &[u8]) -> CrashReport {
     let mut report = CrashReport::default();
-    if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
+    let header = HEADER_LEN as usize;
+    if bytes.len() < header {
         return report;
     }
-    for slot in bytes[HEADER_LEN as usize..].chunks_exact(SLOT_LEN as usize) {
-        if !is_lost(slot) {
+    let v1 = match &bytes[..8] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_V1 => true,
+        _ => return report,
+    };
+    let marks = (!v1
+        && marks.len() == bytes.len()
+        && &marks[..8] == MARKS_MAGIC
+        && marks[8..16] == bytes[8..16])
+        .then(|| &marks[header..]);
+    let len = SLOT_LEN as usize;
+    for (i, slot) in bytes[header..].chunks_exact(len).enumerate() {
+        if slot[ACKED as usize] != 1 {
+            continue;
+        }
+        let seq = le_u64(&slot[SEQ..]);
+        let mark = marks.map(|m| &m[i * len..(i + 1) * len]);
+        let set = |flag: u64| match (flag, v1, mark) {
+            (ACKED, ..) => true,
+            (_, true, _) => slot[flag as usize] == 1,
+            (_, false, Some(m)) => le_u64(&m[mark_field(flag) as usize..]) == seq,
+            (_, false, None) => false,
+        };
+        if !is_lost_by(set) {
             continue;
         }
         let id = ExchangeId::from_bytes(slot[..16].try_into().expect("16 bytes"));
         report.lost.push(id);
-        match (slot[SEALED as usize], slot[RECORDED as usize]) {
-            (1, _) => report.sealed_only += 1,
-            (_, 1) => report.recorded_only += 1,
+        match (set(SEALED), set(RECORDED)) {
+            (true, _) => report.sealed_only += 1,
+            (_, true) => report.recorded_only += 1,
             _ => {}
         }
     }
@@ -419,6 +501,103 @@ mod tests {
             "the default queue fits the smallest ring"
         );
         assert!(slots_for(1 << 20) >= 4 << 20);
+    }
+
+    #[test]
+    fn marks_of_a_slots_previous_exchange_do_not_count_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 2).unwrap();
+        let a = j.acknowledge(ExchangeId::new());
+        j.sealed(a);
+        j.recorded(a);
+        let b = j.acknowledge(ExchangeId::new());
+        j.dropped(b);
+        let c = j.acknowledge(ExchangeId::new()); // took a's slot, where a's marks still are
+        assert_eq!(c.index, a.index);
+        assert_eq!(j.overwritten.get(), 0, "a was recorded");
+        drop(j);
+        let (_, report) = Journal::open(dir.path(), 2).unwrap();
+        assert_eq!(report.lost, vec![c.id]);
+    }
+
+    #[test]
+    fn acknowledges_write_the_journal_alone_and_marks_the_marks_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 4).unwrap();
+        let read = || {
+            (
+                std::fs::read(dir.path().join(FILE)).unwrap(),
+                std::fs::read(dir.path().join(MARKS_FILE)).unwrap(),
+            )
+        };
+        let (journal0, marks0) = read();
+        let a = j.acknowledge(ExchangeId::new());
+        let (journal1, marks1) = read();
+        assert_ne!(journal0, journal1);
+        assert_eq!(marks0, marks1, "an acknowledge wrote the marks");
+        j.sealed(a);
+        j.recorded(a);
+        j.dropped(a);
+        let (journal2, marks2) = read();
+        assert_eq!(journal1, journal2, "a mark wrote the journal");
+        let at = offset(a) as usize;
+        for flag in [SEALED, RECORDED, DROPPED] {
+            let field = at + mark_field(flag) as usize;
+            assert_eq!(le_u64(&marks2[field..]), a.seq + 1, "flag {flag}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(MARKS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_journal_left_by_a_veil_before_the_marks_file_is_read_once() {
+        // Version 1: flag bytes in the journal's own slots, no marks file.
+        let ids: Vec<ExchangeId> = (0..4).map(|_| ExchangeId::new()).collect();
+        let slots = 8u64;
+        let mut bytes = vec![0u8; (HEADER_LEN + slots * SLOT_LEN) as usize];
+        bytes[..8].copy_from_slice(MAGIC_V1);
+        bytes[8..16].copy_from_slice(&slots.to_le_bytes());
+        // 0: recorded. 1: sealed only. 2: nothing. 3: dropped.
+        let flags: [&[u64]; 4] = [&[SEALED, RECORDED], &[SEALED], &[], &[DROPPED]];
+        for (i, (id, set)) in ids.iter().zip(flags).enumerate() {
+            let at = (HEADER_LEN + i as u64 * SLOT_LEN) as usize;
+            bytes[at..at + 16].copy_from_slice(id.as_bytes());
+            bytes[at + ACKED as usize] = 1;
+            for &f in set {
+                bytes[at + f as usize] = 1;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), &bytes).unwrap();
+        let (j, report) = Journal::open(dir.path(), SLOTS).unwrap();
+        assert_eq!(report.lost, vec![ids[1], ids[2]]);
+        assert_eq!((report.sealed_only, report.recorded_only), (1, 0));
+        drop(j);
+        let (_, report) = Journal::open(dir.path(), SLOTS).unwrap();
+        assert!(report.lost.is_empty(), "the ring started over in version 2");
+    }
+
+    #[test]
+    fn a_missing_or_foreign_marks_file_reports_every_acknowledged_exchange() {
+        for marks in [None, Some(b"not marks".to_vec())] {
+            let dir = tempfile::tempdir().unwrap();
+            let (j, _) = Journal::open(dir.path(), SLOTS).unwrap();
+            let a = j.acknowledge(ExchangeId::new());
+            j.sealed(a);
+            j.recorded(a);
+            drop(j);
+            let path = dir.path().join(MARKS_FILE);
+            match &marks {
+                None => std::fs::remove_file(&path).unwrap(),
+                Some(b) => std::fs::write(&path, b).unwrap(),
+            }
+            let (_, report) = Journal::open(dir.path(), SLOTS).unwrap();
+            assert_eq!(report.lost, vec![a.id], "marks {marks:?}");
+        }
     }
 
     #[test]
