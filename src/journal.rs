@@ -409,6 +409,12 @@ fn append_unrecorded(path: &Path, lost: &[ExchangeId]) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The permission bits of `path`.
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
     fn a_restart_reports_what_was_acknowledged_but_not_recorded() {
         let dir = tempfile::tempdir().unwrap();
@@ -433,12 +439,7 @@ mod tests {
         // The ring started over: a clean restart reports nothing new.
         let (_, report) = Journal::open(dir.path(), SLOTS).unwrap();
         assert!(report.lost.is_empty());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode(&dir.path().join(FILE)), 0o600);
     }
 
     #[test]
@@ -545,12 +546,7 @@ mod tests {
             let field = at + mark_field(flag) as usize;
             assert_eq!(le_u64(&marks2[field..]), a.seq + 1, "flag {flag}");
         }
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(MARKS_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode(&dir.path().join(MARKS_FILE)), 0o600);
     }
 
     #[test]
