@@ -14,8 +14,8 @@
 //! number of the exchange whose part is durable into their own 8 bytes of its slot; a counted
 //! best-effort drop writes a third. A mark counts only where it matches the sequence number
 //! in the journal's slot, so an acknowledge never has to clear the marks of the exchange that
-//! had the slot before. Each field is written by one writer, so no write reads back and races
-//! another. What each slot holds is also mirrored in memory (one word per slot: the sequence
+//! had the slot before. Each field has one writer (but see below for a mark late by a whole
+//! ring), so no write reads back and races another. What each slot holds is also mirrored in memory (one word per slot: the sequence
 //! number of the exchange that took it, and its flags), so a mark checks that its slot still
 //! holds its exchange, and an acknowledge checks the slot it reuses, without reading a file:
 //! one `pwrite` per acknowledge and per mark, no `pread`.
@@ -36,11 +36,19 @@
 //! batches, pending seals): at least [`SLOTS`] (64 Ki), more when `queue_capacity` asks for
 //! it ([`slots_for`]). A slot overwritten while still pending is counted in
 //! [`Journal::overwritten`] and logged (the crash count is then a lower bound); a mark checks
-//! the slot still holds its exchange (by sequence number), so a late mark does not land on
-//! another exchange, unless the ring wraps during the mark itself, which is then counted.
+//! the slot still holds its exchange (by sequence number) and writes nothing otherwise. If
+//! the ring wraps during the mark itself, the mark lands in the slot but carries its own
+//! sequence number, so it never counts for the new exchange; it can erase a mark the new
+//! exchange had written there, which then counts it as lost too (errs high).
 //!
-//! The file is locked (`flock`) for as long as the journal is open: a second veil started on
-//! the same data dir fails before it reads or resets the ring of the one running.
+//! The journal is locked (`flock`) for as long as it is open, and the lock guards the marks
+//! too: a second veil started on the same data dir fails before it reads or resets either
+//! ring of the one running.
+//!
+//! Versions: a journal written before the marks had their own file (magic `VEILJRN1`, flag
+//! bytes in its slots) is read once after an upgrade. The other way round does not work: a
+//! veil from before that change reads this version as foreign, reports nothing and starts
+//! over, so a crash followed by a downgrade goes uncounted.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -100,10 +108,10 @@ pub struct Slot {
 }
 
 /// Low bits of a slot's in-memory mirror (see [`Journal::state`]) that hold its flags: flag
-/// byte `ACKED + k` of the file is bit `k` ([`bit`]).
+/// `ACKED + k` is bit `k` ([`bit`]).
 const F_BITS: u32 = 4;
 
-/// The mirror's bit for the flag byte at offset `flag` (`ACKED`..=`DROPPED`).
+/// The mirror's bit for flag `flag` (`ACKED`..=`DROPPED`).
 fn bit(flag: u64) -> u64 {
     1 << (flag - ACKED)
 }
@@ -127,10 +135,12 @@ pub struct Journal {
     /// Written by the recording threads (marks) alone.
     marks: File,
     path: PathBuf,
+    marks_path: PathBuf,
     slots: u64,
     next: AtomicU64,
     /// Per slot, what this process last wrote there: `(seq + 1) << 4 | flags` ([`bit`]), 0 for
-    /// a slot not used yet. The file holds the same; this copy spares a `pread` per mark.
+    /// a slot not used yet. The journal and the marks hold the same; this copy spares a
+    /// `pread` per mark.
     state: Box<[AtomicU64]>,
     /// Slots reused while their exchange was still pending (the crash count may be low).
     pub overwritten: Counter,
@@ -143,18 +153,22 @@ impl Journal {
     /// [`slots_for`]), reports what a previous run left unrecorded (and appends those IDs to
     /// `<data>/unrecorded.jsonl`), and starts both rings afresh.
     ///
-    /// Errors: the data dir or the journal cannot be read or written, or another process
-    /// holds the journal (`ErrorKind::WouldBlock`: a veil already runs on this data dir).
+    /// Errors: the journal, the marks or `unrecorded.jsonl` cannot be read or written (the
+    /// message starts with that file's path), or another process holds the journal
+    /// (`ErrorKind::WouldBlock`: a veil already runs on this data dir; the message says so).
     pub fn open(data: &Path, slots: u64) -> io::Result<(Journal, CrashReport)> {
         use std::io::Read;
         let path = data.join(FILE);
+        let marks_path = data.join(MARKS_FILE);
+        let unrecorded = data.join(UNRECORDED_FILE);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&path)?;
+            .open(&path)
+            .map_err(at(&path))?;
         // Held until the journal is dropped: the lock is what makes reading and resetting the
         // ring safe.
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
@@ -169,7 +183,7 @@ impl Journal {
             },
         )?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        file.read_to_end(&mut bytes).map_err(at(&path))?;
         // Opened under the journal's lock, which guards both files.
         let mut marks = OpenOptions::new()
             .read(true)
@@ -177,23 +191,28 @@ impl Journal {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(data.join(MARKS_FILE))?;
+            .open(&marks_path)
+            .map_err(at(&marks_path))?;
         let mut mark_bytes = Vec::new();
-        marks.read_to_end(&mut mark_bytes)?;
+        marks
+            .read_to_end(&mut mark_bytes)
+            .map_err(at(&marks_path))?;
         let report = read_ring(&bytes, &mark_bytes);
         if !report.lost.is_empty() {
-            append_unrecorded(&data.join(UNRECORDED_FILE), &report.lost)?;
+            // A crash from here to the reset below reports these again at the next start.
+            append_unrecorded(&unrecorded, &report.lost).map_err(at(&unrecorded))?;
         }
         let slots = slots.max(1);
         // The journal first: once its slots are empty, whatever the marks still hold counts
         // for nothing.
-        reset(&file, MAGIC, slots)?;
-        reset(&marks, MARKS_MAGIC, slots)?;
+        reset(&file, MAGIC, slots).map_err(at(&path))?;
+        reset(&marks, MARKS_MAGIC, slots).map_err(at(&marks_path))?;
         Ok((
             Journal {
                 file,
                 marks,
                 path,
+                marks_path,
                 slots,
                 next: AtomicU64::new(0),
                 state: (0..slots).map(|_| AtomicU64::new(0)).collect(),
@@ -236,7 +255,7 @@ impl Journal {
         buf[..16].copy_from_slice(id.as_bytes());
         buf[ACKED as usize] = 1;
         buf[SEQ..].copy_from_slice(&(seq + 1).to_le_bytes());
-        self.write(&self.file, &buf, at);
+        self.write(&self.file, &self.path, &buf, at);
         slot
     }
 
@@ -273,6 +292,7 @@ impl Journal {
         }
         self.write(
             &self.marks,
+            &self.marks_path,
             &(slot.seq + 1).to_le_bytes(),
             offset(slot) + mark_field(flag),
         );
@@ -288,11 +308,11 @@ impl Journal {
         }
     }
 
-    fn write(&self, file: &File, buf: &[u8], at: u64) {
+    fn write(&self, file: &File, path: &Path, buf: &[u8], at: u64) {
         if let Err(e) = file.write_all_at(buf, at)
             && self.write_errors.inc() == 1
         {
-            tracing::warn!(path = %self.path.display(), error = %e, "recording journal write failed; a crash count may be low");
+            tracing::warn!(path = %path.display(), error = %e, "recording journal write failed; a crash count may be low");
         }
     }
 }
@@ -307,6 +327,11 @@ impl PartialEq for Journal {
 /// The high bits of a slot's in-memory state for sequence number `seq` (never 0).
 fn tag(seq: u64) -> u64 {
     (seq + 1) << F_BITS
+}
+
+/// Labels an error with the file it is about.
+fn at(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Where `slot` starts, in either file.
@@ -366,6 +391,13 @@ fn read_ring(bytes: &[u8], marks: &[u8]) -> CrashReport {
             continue;
         }
         let seq = le_u64(&slot[SEQ..]);
+        // Never 0 in a slot this version wrote; 0 would match every unwritten mark.
+        if !v1 && seq == 0 {
+            report.lost.push(ExchangeId::from_bytes(
+                slot[..16].try_into().expect("16 bytes"),
+            ));
+            continue;
+        }
         let mark = marks.map(|m| &m[i * len..(i + 1) * len]);
         let set = |flag: u64| match (flag, v1, mark) {
             (ACKED, ..) => true,
@@ -519,6 +551,40 @@ mod tests {
         drop(j);
         let (_, report) = Journal::open(dir.path(), 2).unwrap();
         assert_eq!(report.lost, vec![c.id]);
+    }
+
+    #[test]
+    fn a_mark_late_by_a_whole_ring_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 2).unwrap();
+        let a = j.acknowledge(ExchangeId::new());
+        let b = j.acknowledge(ExchangeId::new());
+        j.dropped(b);
+        let c = j.acknowledge(ExchangeId::new()); // took a's slot
+        j.sealed(c);
+        j.recorded(c);
+        j.sealed(a); // late: would overwrite c's marks with a's sequence number
+        j.recorded(a);
+        drop(j);
+        let (_, report) = Journal::open(dir.path(), 2).unwrap();
+        assert!(report.lost.is_empty(), "c was recorded: {:?}", report.lost);
+    }
+
+    #[test]
+    fn a_marks_file_of_another_ring_counts_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), 4).unwrap();
+        let a = j.acknowledge(ExchangeId::new());
+        j.sealed(a);
+        j.recorded(a);
+        drop(j);
+        let path = dir.path().join(MARKS_FILE);
+        let mut marks = std::fs::read(&path).unwrap();
+        // Same length, another slot count: not this journal's marks.
+        marks[8..16].copy_from_slice(&5u64.to_le_bytes());
+        std::fs::write(&path, &marks).unwrap();
+        let (_, report) = Journal::open(dir.path(), 4).unwrap();
+        assert_eq!(report.lost, vec![a.id]);
     }
 
     #[test]

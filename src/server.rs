@@ -109,14 +109,9 @@ pub enum StartupError {
         /// The error.
         source: std::io::Error,
     },
-    /// The crash journal could not be opened: `<path>: …`, or, when another veil holds its
-    /// lock, the lock error alone (it already says so).
-    Journal {
-        /// The journal file, `None` when the lock is held elsewhere.
-        path: Option<PathBuf>,
-        /// The error.
-        source: std::io::Error,
-    },
+    /// The crash journal could not be opened ([`Journal::open`]'s error, which names the
+    /// file at fault, or says that another veil holds the journal's lock).
+    Journal(std::io::Error),
     /// The SQLite ledger could not be opened.
     Ledger(LedgerError),
     /// The exporter could not start (bad `OTEL_*` settings, spool or TLS file).
@@ -157,11 +152,7 @@ impl fmt::Display for StartupError {
             StartupError::DataDir { path, source } => {
                 write!(f, "data dir {}: {source}", path.display())
             }
-            StartupError::Journal { path: None, source } => source.fmt(f),
-            StartupError::Journal {
-                path: Some(p),
-                source,
-            } => write!(f, "{}: {source}", p.display()),
+            StartupError::Journal(source) => source.fmt(f),
             StartupError::Ledger(e) => e.fmt(f),
             StartupError::Export(e) => e.fmt(f),
             StartupError::Store { data, source } if source.is_locked() => write!(
@@ -438,11 +429,7 @@ pub async fn start(
         &config.data,
         crate::journal::slots_for(config.queue_capacity),
     )
-    .map_err(|source| StartupError::Journal {
-        path: (source.kind() != std::io::ErrorKind::WouldBlock)
-            .then(|| config.data.join(crate::journal::FILE)),
-        source,
-    })?;
+    .map_err(StartupError::Journal)?;
     report_crash(&crashed, &config.data);
     let journal = Arc::new(journal);
     // The one counter registry: every step below counts in it (the proxy through its queue),
@@ -996,15 +983,27 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_held_by_another_veil_shows_the_lock_error_alone() {
-        let source = std::io::Error::new(std::io::ErrorKind::WouldBlock, "journal is locked");
-        let err = StartupError::Journal { path: None, source };
-        assert_eq!(err.to_string(), "journal is locked");
-        let source = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
-        let err = StartupError::Journal {
-            path: Some(PathBuf::from("/d/journal")),
-            source,
-        };
-        assert_eq!(err.to_string(), "/d/journal: denied");
+    fn a_journal_error_is_shown_as_the_journal_says_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, _) = Journal::open(dir.path(), crate::journal::SLOTS).unwrap();
+        let err = StartupError::Journal(Journal::open(dir.path(), 1).unwrap_err());
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{} is in use by another process",
+                dir.path().join(crate::journal::FILE).display()
+            )),
+            "{err}"
+        );
+        drop(held);
+        // A marks file veil cannot open: the message names it, not the journal.
+        let marks = dir.path().join(crate::journal::MARKS_FILE);
+        std::fs::remove_file(&marks).unwrap();
+        std::fs::create_dir(&marks).unwrap();
+        let err = StartupError::Journal(Journal::open(dir.path(), 1).unwrap_err());
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", marks.display())),
+            "{err}"
+        );
     }
 }
