@@ -15,10 +15,11 @@
 //! best-effort drop writes a third. A mark counts only where it matches the sequence number
 //! in the journal's slot, so an acknowledge never has to clear the marks of the exchange that
 //! had the slot before. Each field has one writer (but see below for a mark late by a whole
-//! ring), so no write reads back and races another. What each slot holds is also mirrored in memory (one word per slot: the sequence
-//! number of the exchange that took it, and its flags), so a mark checks that its slot still
-//! holds its exchange, and an acknowledge checks the slot it reuses, without reading a file:
-//! one `pwrite` per acknowledge and per mark, no `pread`.
+//! ring), so no write reads back and races another. What each slot holds is also mirrored
+//! in memory (one word per slot: the sequence number of the exchange that took it, and its
+//! flags), so a mark checks that its slot still holds its exchange, and an acknowledge checks
+//! the slot it reuses, without reading a file: one `pwrite` per acknowledge and per mark, no
+//! `pread`.
 //!
 //! Why two files: a write takes its file's inode lock. With one file, a forwarding thread's
 //! acknowledge waited for a recording thread's mark, and recording runs at a lower priority
