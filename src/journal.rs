@@ -392,18 +392,13 @@ fn read_ring(bytes: &[u8], marks: &[u8]) -> CrashReport {
             continue;
         }
         let seq = le_u64(&slot[SEQ..]);
-        // Never 0 in a slot this version wrote; 0 would match every unwritten mark.
-        if !v1 && seq == 0 {
-            report.lost.push(ExchangeId::from_bytes(
-                slot[..16].try_into().expect("16 bytes"),
-            ));
-            continue;
-        }
         let mark = marks.map(|m| &m[i * len..(i + 1) * len]);
         let set = |flag: u64| match (flag, v1, mark) {
             (ACKED, ..) => true,
             (_, true, _) => slot[flag as usize] == 1,
-            (_, false, Some(m)) => le_u64(&m[mark_field(flag) as usize..]) == seq,
+            // A sequence of 0 is never written (it would match every unwritten mark): a
+            // slot holding one is foreign or torn and has no marks.
+            (_, false, Some(m)) => seq != 0 && le_u64(&m[mark_field(flag) as usize..]) == seq,
             (_, false, None) => false,
         };
         if !is_lost_by(set) {
@@ -446,6 +441,14 @@ mod tests {
     fn mode(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Acknowledges a new exchange and marks it sealed and recorded.
+    fn recorded_exchange(j: &Journal) -> Slot {
+        let slot = j.acknowledge(ExchangeId::new());
+        j.sealed(slot);
+        j.recorded(slot);
+        slot
     }
 
     #[test]
@@ -541,9 +544,7 @@ mod tests {
     fn marks_of_a_slots_previous_exchange_do_not_count_for_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path(), 2).unwrap();
-        let a = j.acknowledge(ExchangeId::new());
-        j.sealed(a);
-        j.recorded(a);
+        let a = recorded_exchange(&j);
         let b = j.acknowledge(ExchangeId::new());
         j.dropped(b);
         let c = j.acknowledge(ExchangeId::new()); // took a's slot, where a's marks still are
@@ -575,9 +576,7 @@ mod tests {
     fn a_marks_file_of_another_ring_counts_for_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path(), 4).unwrap();
-        let a = j.acknowledge(ExchangeId::new());
-        j.sealed(a);
-        j.recorded(a);
+        let a = recorded_exchange(&j);
         drop(j);
         let path = dir.path().join(MARKS_FILE);
         let mut marks = std::fs::read(&path).unwrap();
@@ -649,9 +648,7 @@ mod tests {
         for marks in [None, Some(b"not marks".to_vec())] {
             let dir = tempfile::tempdir().unwrap();
             let (j, _) = Journal::open(dir.path(), SLOTS).unwrap();
-            let a = j.acknowledge(ExchangeId::new());
-            j.sealed(a);
-            j.recorded(a);
+            let a = recorded_exchange(&j);
             drop(j);
             let path = dir.path().join(MARKS_FILE);
             match &marks {
