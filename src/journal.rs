@@ -330,9 +330,9 @@ fn tag(seq: u64) -> u64 {
     (seq + 1) << F_BITS
 }
 
-/// Labels an error with the file it is about.
+/// Labels an error with the file it is about ([`crate::os::with_path`]).
 fn at(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
-    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    move |e| crate::os::with_path(path, e)
 }
 
 /// Where `slot` starts, in either file.

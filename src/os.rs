@@ -170,7 +170,8 @@ pub fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> 
         .map_err(|e| with_path(path, e))
 }
 
-fn with_path(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+/// `e` with `path` in front of its message (`<path>: <e>`), its kind kept.
+pub(crate) fn with_path(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 

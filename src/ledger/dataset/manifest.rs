@@ -215,12 +215,9 @@ fn append_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .create(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| with_path(path, e))?;
+        .map_err(|e| crate::os::with_path(path, e))?;
     // One write of one line: appends of other exports never interleave inside it.
-    f.write_all(data).map_err(|e| with_path(path, e))?;
-    f.sync_all().map_err(|e| with_path(path, e))
-}
-
-fn with_path(path: &Path, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    f.write_all(data)
+        .map_err(|e| crate::os::with_path(path, e))?;
+    f.sync_all().map_err(|e| crate::os::with_path(path, e))
 }
