@@ -44,6 +44,8 @@
 //! change: it runs as a fifth target, best-effort, in the same rounds, so a change is measured
 //! against what it replaced on the same machine in the same minutes),
 //! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
+//! `LOAD_TIMELINE` (a directory: each request's start and latency per cell, see
+//! [`write_timeline`]),
 //! `LOAD_CONNS` (a comma list of connection counts up to 1,024, default `1,8,64`; `0` runs
 //! steps 1 and 2 alone, about two minutes; a value that is not such a count is refused, exit
 //! 2), `VEIL_PYTHON` (step 2 with the official SDK too),
@@ -194,11 +196,15 @@ async fn throughput(target: &Target, conns: usize, window: Duration) -> Stats {
         resp.into_body().collect().await.unwrap();
     }
     let deadline = Instant::now() + window;
+    // Each request's start in CLOCK_MONOTONIC nanoseconds (perf's `-k CLOCK_MONOTONIC`), for
+    // `LOAD_TIMELINE`: `Instant` reads the same clock, so one reading of each lines them up.
+    let (epoch, epoch_ns) = (Instant::now(), monotonic_ns());
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|mut c| {
             tokio::spawn(async move {
                 let (mut lat, mut refused) = (Vec::with_capacity(4096), 0);
+                let mut starts = Vec::with_capacity(4096);
                 // Bounded by time and by count.
                 while Instant::now() < deadline && lat.len() + refused < 1_000_000 {
                     c.ready().await.unwrap();
@@ -212,19 +218,22 @@ async fn throughput(target: &Target, conns: usize, window: Duration) -> Stats {
                     }
                     assert!(body.len() > 2000, "a 200 with {} bytes", body.len());
                     lat.push(t.elapsed().as_nanos() as u64);
+                    starts.push(epoch_ns + (t - epoch).as_nanos() as u64);
                 }
-                (lat, refused)
+                (lat, refused, starts)
             })
         })
         .collect();
     let started = Instant::now();
-    let (mut all, mut refused) = (Vec::new(), 0);
+    let (mut all, mut refused, mut timeline) = (Vec::new(), 0, Vec::new());
     for t in tasks {
-        let (lat, r) = t.await.unwrap();
+        let (lat, r, starts) = t.await.unwrap();
+        timeline.extend(starts.into_iter().zip(lat.iter().copied()));
         all.extend(lat);
         refused += r;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    write_timeline(target, conns, timeline);
     all.sort_unstable();
     let pct = |p: f64| match all.len() {
         0 => f64::NAN,
@@ -237,6 +246,35 @@ async fn throughput(target: &Target, conns: usize, window: Duration) -> Stats {
         rps: all.len() as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// With `LOAD_TIMELINE=DIR` set, each request of a cell as a line `START_NS LATENCY_NS` (start
+/// in CLOCK_MONOTONIC nanoseconds, sorted by start) in `DIR/timeline-CONNS-NAME.txt`, the
+/// file replaced by each round: the slowest requests' windows, to read against a system-wide
+/// `perf record -k CLOCK_MONOTONIC` of the same minutes (`LOAD_PERF="-a -k CLOCK_MONOTONIC
+/// -e sched:sched_switch ..."`).
+fn write_timeline(target: &Target, conns: usize, mut timeline: Vec<(u64, u64)>) {
+    let Ok(dir) = std::env::var("LOAD_TIMELINE") else {
+        return;
+    };
+    timeline.sort_unstable();
+    let path = format!(
+        "{dir}/timeline-{conns}-{}.txt",
+        target.name.replace(' ', "-")
+    );
+    let mut out = String::with_capacity(timeline.len() * 24);
+    for (start, lat) in timeline {
+        out.push_str(&format!("{start} {lat}\n"));
+    }
+    if let Err(e) = std::fs::write(&path, out) {
+        eprintln!("LOAD_TIMELINE: cannot write {path}: {e}");
     }
 }
 
@@ -570,7 +608,8 @@ async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
 /// With `LOAD_PERF=ARGS` set, a `perf record ARGS -p PID` of a proxy target (veil or the
 /// no-op) for the window, written to `target/perf-CONNS-NAME.data` (e.g.
 /// `LOAD_PERF="-F 1999 --call-graph dwarf"`, or `LOAD_PERF="-e raw_syscalls:sys_enter"` to
-/// count system calls).
+/// count system calls). With `-a` among the arguments the recording is system-wide instead
+/// (every process on the machine during the cell: the load generator and the upstream too).
 fn perf_record(target: &Target, conns: usize) -> Option<KillOnDrop> {
     let args = std::env::var("LOAD_PERF").ok()?;
     if !target.via_proxy {
@@ -581,10 +620,18 @@ fn perf_record(target: &Target, conns: usize) -> Option<KillOnDrop> {
         env!("CARGO_MANIFEST_DIR"),
         target.name.replace(' ', "-")
     );
+    let system_wide = args.split_whitespace().any(|a| a == "-a");
+    let pid = target.pid.to_string();
+    let only_target = ["-p", pid.as_str()];
     let child = Command::new("perf")
         .arg("record")
         .args(args.split_whitespace())
-        .args(["-p", &target.pid.to_string(), "-o", &out])
+        .args(if system_wide {
+            &[][..]
+        } else {
+            &only_target[..]
+        })
+        .args(["-o", &out])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
