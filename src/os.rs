@@ -20,6 +20,96 @@ pub fn lower_thread_priority(nice: i32) {
     }
 }
 
+/// How long a recording thread computes before it offers its core to a thread waiting for
+/// it ([`Courtesy`]).
+pub const COURTESY_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// How long a recording thread may go without waiting for work and still offer its core
+/// ([`Courtesy`]): past it the thread is behind (a backlog), and keeps the share of the cores
+/// its niceness gives it.
+pub const COURTESY_BUSY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A recording thread's offer of its core, made between items of work (an exchange built, a
+/// ledger row inserted, a sealed exchange indexed, a record added to an OTLP batch): once
+/// [`COURTESY_SLICE`] has passed since the last offer, or since the thread last waited for
+/// work, it calls `sched_yield`, so a thread woken onto this core (a forwarding thread, or the
+/// app and upstream when they share the machine) runs now instead of when the scheduler next
+/// looks, which can be milliseconds later.
+///
+/// Why: nice 10 is not enough. With the EEVDF scheduler (Linux 6.6+) a task just picked keeps
+/// its core for its slice ("run to parity") even when a nice-0 task wakes onto it, and with
+/// a 250 Hz tick the next check can be 4 ms away. Traced at one connection in
+/// `benches/load.sh` (`LOAD_TIMELINE`, docs/performance.md): the slowest requests waited
+/// 2-4 ms for a core while the ledger writer (nice 10) inserted a group of rows, the other
+/// core idle. A nice-10 process computing in 3 ms bursts delayed a remotely woken nice-0
+/// reader by 3.0 ms at p99; yielding every 100 µs, 0.3-0.5 ms (no hog at all: 0.7 ms, the idle
+/// core's wake-up). With no other thread runnable, `sched_yield` returns at once (well under
+/// a microsecond), so a busy thread pays a few syscalls per millisecond.
+///
+/// Only while the thread keeps up: once it has gone [`COURTESY_BUSY`] without waiting for
+/// work it stops offering until it next waits. Under saturation the forwarding threads always
+/// want the core, and a recording thread that yielded to them every 100 µs got less than its
+/// niceness's share: at 64 connections best-effort recorded 38 % of exchanges against 71 %
+/// without yields (same run).
+#[derive(Debug)]
+pub struct Courtesy {
+    since: std::time::Instant,
+    rested_at: std::time::Instant,
+    slice: std::time::Duration,
+    busy: std::time::Duration,
+    offered: u64,
+}
+
+impl Default for Courtesy {
+    fn default() -> Self {
+        Courtesy::every(COURTESY_SLICE, COURTESY_BUSY)
+    }
+}
+
+impl Courtesy {
+    /// Offers the core once `slice` has passed since the last offer, while the thread last
+    /// waited for work less than `busy` ago.
+    pub fn every(slice: std::time::Duration, busy: std::time::Duration) -> Courtesy {
+        let now = std::time::Instant::now();
+        Courtesy {
+            since: now,
+            rested_at: now,
+            slice,
+            busy,
+            offered: 0,
+        }
+    }
+
+    /// Between two items of work: yields the core if the slice has passed and the thread is
+    /// not behind (one clock read otherwise).
+    #[inline]
+    pub fn offer(&mut self) {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.since) < self.slice {
+            return;
+        }
+        if now.duration_since(self.rested_at) < self.busy {
+            std::thread::yield_now();
+            self.offered += 1;
+        }
+        self.since = std::time::Instant::now();
+    }
+
+    /// After the thread waited for work (it may have slept): the core was someone else's
+    /// meanwhile, so the next slice starts now, and the thread is keeping up.
+    #[inline]
+    pub fn rested(&mut self) {
+        let now = std::time::Instant::now();
+        self.since = now;
+        self.rested_at = now;
+    }
+
+    /// How many times the core was offered.
+    pub fn offered(&self) -> u64 {
+        self.offered
+    }
+}
+
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless
 /// `MIMALLOC_ALLOW_THP` is set, in which case mimalloc's own option decides. Called first in
 /// `main`: memory already backed by huge pages stays so.
@@ -212,6 +302,46 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(same, before);
+    }
+
+    #[test]
+    fn courtesy_offers_the_core_once_a_slice_has_passed_and_not_after_a_rest() {
+        let slice = std::time::Duration::from_millis(20);
+        let mut c = Courtesy::every(slice, std::time::Duration::from_secs(60));
+        c.offer();
+        assert_eq!(c.offered(), 0, "within the slice: no yield");
+        std::thread::sleep(slice);
+        c.offer();
+        assert_eq!(c.offered(), 1, "a slice passed: one yield");
+        c.offer();
+        assert_eq!(c.offered(), 1, "the next slice starts at the yield");
+        std::thread::sleep(slice);
+        c.rested();
+        c.offer();
+        assert_eq!(
+            c.offered(),
+            1,
+            "waiting for work was the rest: no yield right after"
+        );
+        assert!(Courtesy::default().slice == COURTESY_SLICE);
+        assert!(Courtesy::default().busy == COURTESY_BUSY);
+    }
+
+    #[test]
+    fn courtesy_stops_offering_once_the_thread_is_behind_until_it_rests() {
+        let slice = std::time::Duration::from_millis(5);
+        let mut c = Courtesy::every(slice, std::time::Duration::from_millis(30));
+        std::thread::sleep(slice);
+        c.offer();
+        assert_eq!(c.offered(), 1, "keeping up: offered");
+        // 40 ms without waiting for work: behind.
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        c.offer();
+        assert_eq!(c.offered(), 1, "behind: the core is kept");
+        c.rested();
+        std::thread::sleep(slice);
+        c.offer();
+        assert_eq!(c.offered(), 2, "after a wait for work it offers again");
     }
 
     #[test]

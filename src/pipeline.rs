@@ -245,13 +245,21 @@ impl Pipeline {
                     .spawn(move || {
                         crate::os::lower_thread_priority(this.nice);
                         let mut group = Group::default();
+                        let mut courtesy = crate::os::Courtesy::default();
                         loop {
                             // One receiver shared by the workers; the lock is held only while
                             // waiting for the next exchange. A worker with a group never waits
                             // for it: a lock held by another worker means that one waits for
                             // the queue, so the queue is empty and the group goes.
                             let next = if group.is_empty() {
-                                rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv()
+                                let mut rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                                // A wait for work is what tells `courtesy` this thread keeps
+                                // up; an exchange already waiting is a backlog.
+                                rx.try_recv().or_else(|| {
+                                    let next = rx.blocking_recv();
+                                    courtesy.rested();
+                                    next
+                                })
                             } else {
                                 match rx.try_lock() {
                                     Ok(mut rx) => rx.try_recv(),
@@ -269,7 +277,11 @@ impl Pipeline {
                                 this.hand_off_all(&mut group, &logs);
                                 continue;
                             };
-                            let Some(built) = this.build_caught(exchange, &logs) else {
+                            let built = this.build_caught(exchange, &logs);
+                            // Between exchanges: a forwarding thread woken onto this core
+                            // runs now, not after the group (`os::Courtesy`).
+                            courtesy.offer();
+                            let Some(built) = built else {
                                 continue;
                             };
                             group.push(built);

@@ -107,6 +107,8 @@ pub(super) struct Batcher {
     pub(super) ledger: Option<LedgerHandle>,
     /// The targets of recent forgets, so their records still in flight are not exported.
     pub(super) forgotten: Forgotten,
+    /// Offers the core between records ([`crate::os::Courtesy`]).
+    pub(super) courtesy: crate::os::Courtesy,
 }
 
 /// How long the batcher remembers a forget's targets. The queue is FIFO: a record queued
@@ -204,6 +206,7 @@ impl Batcher {
             sender_txs,
             ledger,
             forgotten: Forgotten::default(),
+            courtesy: crate::os::Courtesy::default(),
         }
     }
 
@@ -218,12 +221,14 @@ impl Batcher {
                 item = rx.recv() => match item {
                     None => break,
                     Some(item) => {
+                        self.courtesy.rested();
                         self.take(item, &mut batch_deadline).await;
                         // Linger, then take what came meanwhile: while this task sleeps it
                         // is not waiting on the queue, so a record sent meanwhile wakes no
                         // thread. One wake-up of this runtime then serves every record of
                         // the next LINGER instead of one each.
                         tokio::time::sleep(LINGER).await;
+                        self.courtesy.rested();
                         // At most a batch's worth per wake-up: a queue that a backlog keeps
                         // full must not keep this loop from the other branches (shutdown,
                         // the metrics tick, the batch deadline).
@@ -326,6 +331,9 @@ impl Batcher {
     /// One record of a received group: counted, built into the OTLP batch for each signal
     /// that goes somewhere, and kept for the ledger.
     fn push_record(&mut self, r: Record, slot: Option<Slot>) {
+        // The exporter's own runtime has this one worker thread: yielding it holds up no task
+        // of the forwarding runtime (`os::Courtesy`).
+        self.courtesy.offer();
         self.slots.extend(slot);
         self.unwritten_bytes = self.unwritten_bytes.saturating_add(r.wire_bytes());
         self.counters.export.exchanges.inc();

@@ -87,6 +87,8 @@ pub(super) struct Writer {
     /// pages since it was last given back ([`Writer::release_idle_cache`]).
     last_write: Instant,
     cache_held: bool,
+    /// Offers the core between rows ([`crate::os::Courtesy`]).
+    courtesy: crate::os::Courtesy,
 }
 
 /// Batches waiting to be freed before the writer waits for the dropper.
@@ -167,12 +169,26 @@ impl Writer {
             dropper: Dropper::start(settings_nice),
             last_write: Instant::now(),
             cache_held: true,
+            courtesy: crate::os::Courtesy::default(),
         }
     }
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         self.enforce_bounds();
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            // A wait for work is what tells `courtesy` this thread keeps up; a message already
+            // waiting is a backlog.
+            let first = match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => match rx.blocking_recv() {
+                    Some(msg) => {
+                        self.courtesy.rested();
+                        msg
+                    }
+                    None => break,
+                },
+            };
             // The batches as they came: appending them to one Vec would copy every record
             // (hundreds of bytes each) and reallocate as it grows.
             let mut batches: Vec<Vec<Record>> = Vec::new();
@@ -293,6 +309,9 @@ impl Writer {
             let mut days: HashMap<DayKey, DaySums, foldhash::fast::RandomState> =
                 HashMap::with_capacity_and_hasher(scratch.days, Default::default());
             for r in batches.iter().flatten() {
+                // A group of rows is milliseconds of CPU: a forwarding thread woken onto this
+                // core runs between two rows, not after the group (`os::Courtesy`).
+                self.courtesy.offer();
                 let start = row::IsoUtc::new(r.start);
                 let start = start.as_str();
                 // The app's trace, and veil's span in it: derived from the request id, the

@@ -160,6 +160,7 @@ impl Writer {
             failed_attempts: 0,
             health,
             doomed,
+            courtesy: crate::os::Courtesy::default(),
         };
         w.settle(l.file_len, l.committed, l.receipts_done, true)?;
         Ok(w)

@@ -103,6 +103,8 @@ pub(super) struct Writer {
     pub(super) health: Arc<HealthState>,
     /// Shared with [`Inner::doomed`].
     pub(super) doomed: Arc<Mutex<HashSet<ExchangeId>>>,
+    /// Offers the core between a batch's exchanges ([`crate::os::Courtesy`]).
+    pub(super) courtesy: crate::os::Courtesy,
 }
 
 impl Writer {
@@ -111,9 +113,18 @@ impl Writer {
         loop {
             let cmd = match next.take() {
                 Some(c) => c,
-                None if self.health.is_ok() => match rx.recv() {
+                // A wait for work is what tells `courtesy` this thread keeps up; a command
+                // already waiting is a backlog.
+                None if self.health.is_ok() => match rx.try_recv() {
                     Ok(c) => c,
-                    Err(_) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => match rx.recv() {
+                        Ok(c) => {
+                            self.courtesy.rested();
+                            c
+                        }
+                        Err(_) => break,
+                    },
                 },
                 // Degraded: wake up on our own to retry, so the store recovers (and `/healthz`
                 // says so) once space returns even when no command arrives.
@@ -135,6 +146,8 @@ impl Writer {
                     let since = self.last_commit.elapsed();
                     if since < COMMIT_INTERVAL {
                         std::thread::sleep(COMMIT_INTERVAL - since);
+                        // A batch within the interval: this thread keeps up (`os::Courtesy`).
+                        self.courtesy.rested();
                     }
                     while bytes < BATCH_MAX_BYTES && batch.len() < BATCH_MAX_JOBS {
                         match rx.try_recv() {
@@ -270,6 +283,7 @@ impl Writer {
         // go in one `pwrite` instead of one each (a tenth of this thread's CPU under load).
         let mut slots = SlotRun::default();
         for job in batch {
+            self.courtesy.offer();
             if existing.contains(&job.id) || !seen.insert(job.id) {
                 let e = SealError::new(ErrorKind::Duplicate, format!("{}: already sealed", job.id));
                 acks.push((job.id, job.ack, job.done, Err(e)));
@@ -336,6 +350,7 @@ impl Writer {
             let mut by_time = txn.open_table(BY_TIME).map_err(db_err)?;
             let mut free = txn.open_table(FREE_SLOTS).map_err(db_err)?;
             for (id, e) in &entries {
+                self.courtesy.offer();
                 ex.insert(id.as_bytes(), e.encode().as_slice())
                     .map_err(db_err)?;
                 for u in e.users() {
