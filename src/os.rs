@@ -43,8 +43,8 @@ pub const COURTESY_BUSY: std::time::Duration = std::time::Duration::from_millis(
 /// 2-4 ms for a core while the ledger writer (nice 10) inserted a group of rows, the other
 /// core idle. A nice-10 process computing in 3 ms bursts delayed a remotely woken nice-0
 /// reader by 3.0 ms at p99; yielding every 100 µs, 0.3-0.5 ms (no hog at all: 0.7 ms, the idle
-/// core's wake-up). With no other thread runnable, `sched_yield` returns at once (well under
-/// a microsecond), so a busy thread pays a few syscalls per millisecond.
+/// core's wake-up). With no other thread runnable, `sched_yield` returns at once (about 1 µs
+/// on that machine), so a busy thread pays about 1 % of its CPU for the offers.
 ///
 /// Only while the thread keeps up: once it has gone [`COURTESY_BUSY`] without waiting for
 /// work it stops offering until it next waits. Under saturation the forwarding threads always
