@@ -95,6 +95,18 @@ impl Courtesy {
         self.since = std::time::Instant::now();
     }
 
+    /// The thread's next item of work from its queue: `take(false)` must return one already
+    /// waiting without blocking, `take(true)` may block for one (`None` from it: the queue is
+    /// closed). Only an item the thread had to wait for counts as [`Courtesy::rested`]; one
+    /// already waiting is a backlog.
+    pub fn next<T>(&mut self, mut take: impl FnMut(bool) -> Option<T>) -> Option<T> {
+        take(false).or_else(|| {
+            let item = take(true);
+            self.rested();
+            item
+        })
+    }
+
     /// After the thread waited for work (it may have slept): the core was someone else's
     /// meanwhile, so the next slice starts now, and the thread is keeping up.
     #[inline]
@@ -325,6 +337,25 @@ mod tests {
         );
         assert!(Courtesy::default().slice == COURTESY_SLICE);
         assert!(Courtesy::default().busy == COURTESY_BUSY);
+    }
+
+    #[test]
+    fn courtesy_counts_only_a_wait_for_work_as_rest() {
+        let slice = std::time::Duration::from_millis(5);
+        let mut c = Courtesy::every(slice, std::time::Duration::from_millis(30));
+        let mut queue = vec![1, 2];
+        // 40 ms without waiting: behind; an item already waiting keeps it so.
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(c.next(|_| queue.pop()), Some(2));
+        std::thread::sleep(slice);
+        c.offer();
+        assert_eq!(c.offered(), 0, "a backlog is no rest");
+        // The queue empty: the blocking take is a wait, so the thread keeps up again.
+        queue.clear();
+        assert_eq!(c.next(|block| block.then_some(3)), Some(3));
+        std::thread::sleep(slice);
+        c.offer();
+        assert_eq!(c.offered(), 1, "after a wait for work it offers again");
     }
 
     #[test]

@@ -253,12 +253,12 @@ impl Pipeline {
                             // the queue, so the queue is empty and the group goes.
                             let next = if group.is_empty() {
                                 let mut rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                                // A wait for work is what tells `courtesy` this thread keeps
-                                // up; an exchange already waiting is a backlog.
-                                rx.try_recv().or_else(|| {
-                                    let next = rx.blocking_recv();
-                                    courtesy.rested();
-                                    next
+                                courtesy.next(|block| {
+                                    if block {
+                                        rx.blocking_recv()
+                                    } else {
+                                        rx.try_recv()
+                                    }
                                 })
                             } else {
                                 match rx.try_lock() {

@@ -175,20 +175,13 @@ impl Writer {
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         self.enforce_bounds();
-        loop {
-            // A wait for work is what tells `courtesy` this thread keeps up; a message already
-            // waiting is a backlog.
-            let first = match rx.try_recv() {
-                Ok(msg) => msg,
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => match rx.blocking_recv() {
-                    Some(msg) => {
-                        self.courtesy.rested();
-                        msg
-                    }
-                    None => break,
-                },
-            };
+        while let Some(first) = self.courtesy.next(|block| {
+            if block {
+                rx.blocking_recv()
+            } else {
+                rx.try_recv().ok()
+            }
+        }) {
             // The batches as they came: appending them to one Vec would copy every record
             // (hundreds of bytes each) and reallocate as it grows.
             let mut batches: Vec<Vec<Record>> = Vec::new();

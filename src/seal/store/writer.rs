@@ -113,18 +113,15 @@ impl Writer {
         loop {
             let cmd = match next.take() {
                 Some(c) => c,
-                // A wait for work is what tells `courtesy` this thread keeps up; a command
-                // already waiting is a backlog.
-                None if self.health.is_ok() => match rx.try_recv() {
-                    Ok(c) => c,
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                    Err(mpsc::TryRecvError::Empty) => match rx.recv() {
-                        Ok(c) => {
-                            self.courtesy.rested();
-                            c
-                        }
-                        Err(_) => break,
-                    },
+                None if self.health.is_ok() => match self.courtesy.next(|block| {
+                    if block {
+                        rx.recv().ok()
+                    } else {
+                        rx.try_recv().ok()
+                    }
+                }) {
+                    Some(c) => c,
+                    None => break,
                 },
                 // Degraded: wake up on our own to retry, so the store recovers (and `/healthz`
                 // says so) once space returns even when no command arrives.
