@@ -96,25 +96,34 @@ pub(crate) fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
 pub(crate) fn card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?;
     let sep = s.bytes().find(|b| !b.is_ascii_digit());
-    // Byte ranges of the digit groups within `s`.
-    let mut groups: Vec<Range<usize>> = Vec::with_capacity(6);
-    let mut start = 0;
+    // The lengths and ends of the first five digit groups within `s`: no card grouping has
+    // more ([`card_grouping`]), so only a prefix of at most five groups can be a card. On the
+    // stack: this runs for every card-shaped candidate (two allocations each, before).
+    const MOST: usize = 5;
+    let (mut lens, mut ends) = ([0; MOST], [0; MOST]);
+    let (mut groups, mut start) = (0, 0);
     for (i, b) in s.bytes().enumerate() {
         if !b.is_ascii_digit() {
             if Some(b) != sep {
                 return None; // mixed separators: "1234 5678-9012"
             }
-            groups.push(start..i);
+            if groups < MOST {
+                (lens[groups], ends[groups]) = (i - start, i);
+            }
+            groups += 1;
             start = i + 1;
         }
     }
-    groups.push(start..s.len());
-    for k in (1..=groups.len()).rev() {
-        let lens: Vec<usize> = groups[..k].iter().map(|g| g.len()).collect();
-        let end = groups[k - 1].end;
+    if groups < MOST {
+        (lens[groups], ends[groups]) = (s.len() - start, s.len());
+    }
+    groups += 1;
+    for k in (1..=groups.min(MOST)).rev() {
+        let lens = &lens[..k];
+        let end = ends[k - 1];
         let digits = &s.as_bytes()[..end];
         let n: usize = lens.iter().sum();
-        if !card_grouping(&lens) || !card_issuer(s.as_bytes(), n, k == 1) {
+        if !card_grouping(lens) || !card_issuer(s.as_bytes(), n, k == 1) {
             continue;
         }
         // A well-formed number that fails Luhn is not a card: do not look for a shorter one
@@ -499,6 +508,11 @@ mod tests {
         // A trailing group swallowed by the regex is trimmed.
         let t = "4111 1111 1111 1111 12";
         assert_eq!(card(t, 0..t.len()), Some(0..19));
+        // More groups than any card has: only the first five can make one.
+        let t = "4111 1111 1111 1111 12 34 56";
+        assert_eq!(card(t, 0..t.len()), Some(0..19));
+        let t = "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6";
+        assert_eq!(card(t, 0..t.len()), None);
     }
 
     #[test]

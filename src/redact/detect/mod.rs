@@ -209,15 +209,26 @@ impl Scanner {
             cx.meter.work(text.len())?;
             let full = 0..text.len();
             let whole = std::slice::from_ref(&full);
-            for g in &self.groups {
-                let ranges: &[Range<usize>] = match g.gate {
-                    Gate::Digit => &w.digit,
-                    Gate::At => &w.at,
-                    Gate::Colon => &w.colon,
-                    Gate::Always | Gate::Literal(..) => whole,
-                };
-                self.scan_group(g, text, ranges, out, cx)?;
-            }
+            // One set of matched pattern ids for every group and scan on this thread (a set
+            // may be larger than a group's pattern count): allocating it per group and scan
+            // was ~30 allocations per exchange.
+            let most = self.groups.iter().filter_map(|g| g.set.as_ref());
+            let need = most.map(|s| s.pattern_len()).max().unwrap_or(0);
+            WHICH.with_borrow_mut(|which| {
+                if which.capacity() < need {
+                    *which = PatternSet::new(need);
+                }
+                for g in &self.groups {
+                    let ranges: &[Range<usize>] = match g.gate {
+                        Gate::Digit => &w.digit,
+                        Gate::At => &w.at,
+                        Gate::Colon => &w.colon,
+                        Gate::Always | Gate::Literal(..) => whole,
+                    };
+                    self.scan_group(g, text, ranges, which, out, cx)?;
+                }
+                Ok(())
+            })?;
         }
         resolve(&self.detectors, out, cx.meter)
     }
@@ -291,12 +302,13 @@ impl Scanner {
     }
 
     /// Runs a gate's patterns over its windows: the set says which occur in a window, then
-    /// only those are located in it.
+    /// only those are located in it. `which` is scratch with room for the group's set.
     fn scan_group(
         &self,
         g: &Group,
         text: &str,
         ranges: &[Range<usize>],
+        which: &mut PatternSet,
         out: &mut Vec<Found>,
         cx: &mut Ctx<'_>,
     ) -> Result<(), Exceeded> {
@@ -307,11 +319,10 @@ impl Scanner {
             }
             return Ok(());
         };
-        let mut which = PatternSet::new(set.pattern_len());
         for w in ranges {
             which.clear();
             cx.meter.work(w.len())?;
-            set.which_overlapping_matches(&Input::new(text).range(w.clone()), &mut which);
+            set.which_overlapping_matches(&Input::new(text).range(w.clone()), which);
             for pid in which.iter() {
                 self.locate(
                     &self.patterns[g.members[pid.as_usize()]],
@@ -469,6 +480,12 @@ pub(super) fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
         n += l;
     }
     std::str::from_utf8(&buf[..n]).ok()
+}
+
+thread_local! {
+    /// [`Scanner::scan_group`]'s scratch: which patterns of a group's set occur in a window.
+    /// Scans do not nest, so one per thread is enough.
+    static WHICH: std::cell::RefCell<PatternSet> = std::cell::RefCell::new(PatternSet::new(0));
 }
 
 /// Per-scan state: the meter, and the footer memo of the pattern that has one.
