@@ -157,6 +157,30 @@ fn truncated_body() -> Exchange {
     ex
 }
 
+/// A relayed WebSocket session (veil#17): its frame counts and Realtime totals are sealed in
+/// the metadata, not in a body.
+fn websocket_session() -> Exchange {
+    let mut ex = openai_chat();
+    ex.id = ExchangeId::new();
+    ex.method = "GET".into();
+    ex.path = "/v1/realtime?model=gpt-realtime".into();
+    ex.status = Some(101);
+    ex.websocket = Some(crate::exchange::WebSocketSession {
+        frames_sent: 7,
+        frames_received: 11,
+        close_code: Some(1000),
+        unframed: false,
+        session: None,
+        realtime: Some(crate::exchange::realtime::RealtimeTotals {
+            responses: 2,
+            input_tokens: 40,
+            output_tokens: 90,
+            ..Default::default()
+        }),
+    });
+    ex
+}
+
 fn all_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -181,15 +205,18 @@ fn assert_same(a: &Exchange, b: &Exchange) {
     assert_eq!(a.client_addr, b.client_addr);
     assert_eq!(a.route, b.route);
     assert_eq!(a.upstream, b.upstream);
+    assert_eq!(a.client_version, b.client_version);
     assert_eq!(a.method, b.method);
     assert_eq!(a.path, b.path);
-    let scrubbed: Vec<_> = a
-        .request_headers
-        .iter()
-        .filter(|(k, _)| !crate::exchange::credentials::is_credential_header(k))
-        .cloned()
-        .collect();
-    assert_eq!(scrubbed, b.request_headers);
+    let scrubbed = |h: &crate::exchange::Headers| -> crate::exchange::Headers {
+        h.iter()
+            .filter(|(k, _)| !crate::exchange::credentials::is_credential_header(k))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(scrubbed(&a.request_headers), b.request_headers);
+    assert_eq!(scrubbed(&a.response_headers), b.response_headers);
+    assert_eq!(a.websocket, b.websocket);
     assert_eq!(a.tags, b.tags);
     assert_eq!(a.api_key_fingerprint, b.api_key_fingerprint);
     assert_eq!(a.status, b.status);
@@ -216,6 +243,7 @@ fn round_trip_and_no_plaintext_on_disk() {
         anthropic_stream(),
         gzip_body(),
         truncated_body(),
+        websocket_session(),
     ];
     let user = pseudonymize_user(&ring(1), "alice@example.com");
     for ex in &exs {
@@ -229,7 +257,7 @@ fn round_trip_and_no_plaintext_on_disk() {
     }
     let gz = exs[2].response_body.decoded(1 << 20).unwrap();
     assert!(contains(&gz, COMPLETION.as_bytes()));
-    assert_eq!(sink.0.lock().unwrap().len(), 4);
+    assert_eq!(sink.0.lock().unwrap().len(), exs.len());
     assert!(
         sink.0
             .lock()
