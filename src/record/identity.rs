@@ -26,9 +26,8 @@ pub(super) fn user_pseudonyms(
     conv: &Conversation,
     rules: &CompiledRules,
 ) -> Vec<UserPseudonym> {
-    let mut identity_headers = ex.tags.clone();
-    identity_headers.extend(ex.request_headers.iter().cloned());
-    let mut all = rules.find_users(conv.request_json.as_ref(), &identity_headers);
+    let identity_headers = ex.tags.iter().chain(&ex.request_headers);
+    let mut all = rules.find_users(conv.request_json.as_ref(), identity_headers);
     if let Some(p) = conv.user_id.as_deref().map(|u| rules.pseudonymize_user(u))
         && !all.contains(&p)
     {

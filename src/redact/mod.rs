@@ -247,6 +247,53 @@ pub struct Scope {
     default: FieldAction,
     fields: Vec<FieldRule>,
     scanner: Scanner,
+    clean: CleanMemo,
+}
+
+/// Short strings this scope's detectors found nothing in: JSON keys (`role`, `content`),
+/// roles, part types, finish reasons, model names, header values. They come back with every
+/// exchange, and a scan's fixed cost (the dictionary, the code detectors, the gates, the
+/// pattern sets) is most of what a short string costs: ~30 such scans per exchange were about
+/// a sixth of the pipeline thread (`benches/load`, stop 41). Whether the detectors find
+/// anything in a text depends on the text and the scope's detectors alone, so a string found
+/// clean once is clean again: the memo changes no result. Only clean strings are kept, each
+/// of at most [`CleanMemo::MAX_LEN`] bytes, in memory only, and a full memo starts over.
+#[derive(Default)]
+struct CleanMemo(
+    std::sync::Mutex<std::collections::HashSet<Box<str>, foldhash::fast::RandomState>>,
+);
+
+impl fmt::Debug for CleanMemo {
+    /// The count only: the strings are content, and a scope's `Debug` may reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map_or(0, |m| m.len());
+        write!(f, "CleanMemo({n} strings)")
+    }
+}
+
+impl CleanMemo {
+    /// Longest string kept, bytes.
+    const MAX_LEN: usize = 64;
+    /// Most strings kept; past it the memo is emptied and fills again.
+    const CAPACITY: usize = 1024;
+
+    /// Whether `s` was found clean before.
+    fn knows(&self, s: &str) -> bool {
+        s.len() <= Self::MAX_LEN && self.0.lock().is_ok_and(|m| m.contains(s))
+    }
+
+    /// Notes that `s` is clean.
+    fn learn(&self, s: &str) {
+        if s.len() > Self::MAX_LEN {
+            return;
+        }
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::CAPACITY {
+                m.clear();
+            }
+            m.insert(s.into());
+        }
+    }
 }
 
 impl Scope {
@@ -295,7 +342,14 @@ impl Counts {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Counts) {
         for (k, v) in &other.by_detector {
-            *self.by_detector.entry(k.clone()).or_default() += v;
+            // `entry` would take the key by value: a copy of the label for every merge, even
+            // of a label already counted.
+            match self.by_detector.get_mut(k) {
+                Some(n) => *n += v,
+                None => {
+                    self.by_detector.insert(k.clone(), *v);
+                }
+            }
         }
     }
 
@@ -537,10 +591,10 @@ impl CompiledRules {
     /// The user's pseudonym, from the first identity header present, else the first identity
     /// JSON path holding a string or number in `request`: the first of
     /// [`CompiledRules::find_users`].
-    pub fn find_user(
+    pub fn find_user<'h>(
         &self,
         request: Option<&Value>,
-        headers: &[(String, String)],
+        headers: impl IntoIterator<Item = &'h (String, String), IntoIter: Clone>,
     ) -> Option<UserPseudonym> {
         self.find_users(request, headers).into_iter().next()
     }
@@ -551,14 +605,17 @@ impl CompiledRules {
     /// one that names the record's user ([`CompiledRules::find_user`]); all of them index the
     /// exchange, so `forget --user` finds it by any (veil#13: a body's `user` overridden by
     /// `x-veil-user` was not found by the body's value). At most [`MAX_IDENTITIES`] values.
-    pub fn find_users(
+    /// `headers` are `(name, value)` pairs, searched once per identity header (an iterator,
+    /// so a caller can chain two lists without copying them).
+    pub fn find_users<'h>(
         &self,
         request: Option<&Value>,
-        headers: &[(String, String)],
+        headers: impl IntoIterator<Item = &'h (String, String), IntoIter: Clone>,
     ) -> Vec<UserPseudonym> {
+        let headers = headers.into_iter();
         let mut raw: Vec<String> = Vec::new();
         for h in &self.identity_headers {
-            if let Some((_, v)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h))
+            if let Some((_, v)) = headers.clone().find(|(k, _)| k.eq_ignore_ascii_case(h))
                 && !v.trim().is_empty()
             {
                 raw.push(v.trim().to_string());
@@ -814,9 +871,17 @@ impl CompiledRules {
         meter: &mut Meter,
     ) -> Result<Scrubbed, Exceeded> {
         meter.scan(s.len())?;
+        if scope.clean.knows(s) {
+            found.clear();
+            return Ok(Scrubbed::Same);
+        }
         let mut current = match self.scrub_once(s, scope, counts, found, meter)? {
             Scrubbed::Changed(c) => c,
-            other => return Ok(other),
+            Scrubbed::Same => {
+                scope.clean.learn(s);
+                return Ok(Scrubbed::Same);
+            }
+            Scrubbed::Drop => return Ok(Scrubbed::Drop),
         };
         for _ in 1..MAX_PASSES {
             match self.scrub_once(&current, scope, counts, found, meter)? {

@@ -615,6 +615,7 @@ pub(crate) fn compile(
         default: base_default,
         fields: base_fields.clone(),
         scanner: base_scanner,
+        clean: Default::default(),
     };
 
     let mut scopes = Vec::new();
@@ -657,6 +658,7 @@ pub(crate) fn compile(
                 default,
                 fields: f,
                 scanner,
+                clean: Default::default(),
             },
         ));
     }

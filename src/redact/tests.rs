@@ -32,6 +32,45 @@ fn compiled_rules_are_send_sync_and_debug_hides_keys() {
     assert!(!dbg.contains("42, 42"));
 }
 
+// === the memo of clean short strings ===
+
+#[test]
+fn short_clean_strings_are_remembered_and_what_matched_never_is() {
+    let r = compile(DEFAULT);
+    let scope = r.base_scope();
+    for _ in 0..2 {
+        let (t, c) = r.redact_text("application/json", scope);
+        assert_eq!((t.as_str(), c.total()), ("application/json", 0));
+    }
+    assert!(scope.clean.knows("application/json"));
+    // What a detector found is redacted and counted every time, never remembered.
+    for _ in 0..3 {
+        let (t, c) = r.redact_text("mail bo@example.com", scope);
+        assert_eq!(t, "mail [EMAIL]");
+        assert_eq!(c.get("EMAIL"), 1);
+    }
+    assert!(!scope.clean.knows("mail bo@example.com"));
+    // In a JSON walk too: keys and short values, and a key that holds an address.
+    let mut doc = json!({"role": "user", "bo@example.com": "text"});
+    let c = r.redact_json(&mut doc, Target::InputMessages, scope);
+    assert_eq!(c.get("EMAIL"), 1);
+    assert_eq!(doc, json!({"role": "user", "[EMAIL]": "text"}));
+    for clean in ["role", "user", "text"] {
+        assert!(scope.clean.knows(clean), "{clean}");
+    }
+    assert!(!scope.clean.knows("bo@example.com"));
+    // A longer string is not kept, and a full memo starts over: bounded either way.
+    let long = "a".repeat(CleanMemo::MAX_LEN + 1);
+    assert_eq!(r.redact_text(&long, scope).0, long);
+    assert!(!scope.clean.knows(&long));
+    for i in 0..CleanMemo::CAPACITY + 10 {
+        scope.clean.learn(&format!("zqx{i}"));
+    }
+    assert!(scope.clean.0.lock().unwrap().len() <= CleanMemo::CAPACITY);
+    // Its `Debug` (a scope's, which can reach a log) shows no string.
+    assert!(!format!("{scope:?}").contains("zqx1"));
+}
+
 // === errors name file, line, column and rule ===
 
 #[test]
