@@ -250,14 +250,17 @@ pub struct Scope {
     clean: CleanMemo,
 }
 
-/// Short strings this scope's detectors found nothing in: JSON keys (`role`, `content`),
-/// roles, part types, finish reasons, model names, header values. They come back with every
-/// exchange, and a scan's fixed cost (the dictionary, the code detectors, the gates, the
-/// pattern sets) is most of what a short string costs: ~30 such scans per exchange were about
-/// a sixth of the pipeline thread (`benches/load`, stop 41). Whether the detectors find
-/// anything in a text depends on the text and the scope's detectors alone, so a string found
-/// clean once is clean again: the memo changes no result. Only clean strings are kept, each
-/// of at most [`CleanMemo::MAX_LEN`] bytes, in memory only, and a full memo starts over.
+/// Short strings of veil's own vocabulary that this scope's detectors found nothing in: the
+/// field names of the GenAI messages veil writes (`role`, `parts`, `type`, `content`), their
+/// enum values (`user`, `text`, `stop`) and protocol headers' values (`application/json`).
+/// They come back with every exchange, and a scan's fixed cost (the dictionary, the code
+/// detectors, the gates, the pattern sets) is most of what a short string costs: ~20 such
+/// scans per exchange of the load bench (stop 41). Whether the detectors find anything in a
+/// text depends on the text and the scope's detectors alone, so a string found clean once is
+/// clean again: the memo changes no result. Only those positions consult it (never message
+/// content, tool arguments, ids, labels or other headers, so no content stays in memory past
+/// its exchange), only clean strings of at most [`CleanMemo::MAX_LEN`] bytes are kept, at
+/// most [`CleanMemo::CAPACITY`], and a full memo starts over.
 #[derive(Default)]
 struct CleanMemo(
     std::sync::Mutex<std::collections::HashSet<Box<str>, foldhash::fast::RandomState>>,
@@ -579,7 +582,15 @@ impl CompiledRules {
             .iter()
             .filter(|(k, _)| self.header_allowed(k))
             .filter_map(|(k, v)| {
-                match self.scrub_str(v, &self.base, &mut counts, &mut found, &mut meter) {
+                let vocabulary = vocabulary_header(k);
+                match self.scrub_str(
+                    v,
+                    &self.base,
+                    &mut counts,
+                    &mut found,
+                    &mut meter,
+                    vocabulary,
+                ) {
                     Ok(Scrubbed::Same) => Some((k.to_ascii_lowercase(), v.clone())),
                     Ok(Scrubbed::Changed(s)) => Some((k.to_ascii_lowercase(), s)),
                     Ok(Scrubbed::Drop) | Err(_) => None,
@@ -673,8 +684,13 @@ impl CompiledRules {
             .iter()
             .filter(|r| r.targets & target.bit() != 0)
             .collect();
+        let messages = matches!(
+            target,
+            Target::SystemInstructions | Target::InputMessages | Target::OutputMessages
+        );
         let mut w = Walk {
             rules: &rules,
+            messages,
             scope,
             counts: &mut counts,
             found: &mut found,
@@ -709,7 +725,7 @@ impl CompiledRules {
     ) -> Result<(String, Counts), Exceeded> {
         let mut counts = Counts::default();
         let mut found = Vec::new();
-        let out = match self.scrub_str(text, scope, &mut counts, &mut found, meter)? {
+        let out = match self.scrub_str(text, scope, &mut counts, &mut found, meter, false)? {
             Scrubbed::Same => text.to_string(),
             Scrubbed::Changed(s) => s,
             Scrubbed::Drop => String::new(),
@@ -771,7 +787,7 @@ impl CompiledRules {
         Ok(match action {
             FieldAction::Keep => Fate::Stay,
             FieldAction::Drop => Fate::Drop,
-            FieldAction::Scrub => return self.scrub_tree(v, w),
+            FieldAction::Scrub => return self.scrub_tree(v, w, true),
             FieldAction::Hash => self.transform(v, &|k: &FieldKeys, s: &str| k.hash(s)),
             FieldAction::Pseudonymize => {
                 self.transform(v, &|k: &FieldKeys, s: &str| k.tagged("p", b"field\0", s))
@@ -780,19 +796,24 @@ impl CompiledRules {
         })
     }
 
-    fn scrub_tree(&self, v: &mut Value, w: &mut Walk<'_>) -> Result<Fate, Exceeded> {
+    /// Scrubs every string, number and key of the subtree `v`. `at_path`: `v` is the node
+    /// `w.path` names (not a node below it, which the path does not follow).
+    fn scrub_tree(&self, v: &mut Value, w: &mut Walk<'_>, at_path: bool) -> Result<Fate, Exceeded> {
+        let vocabulary = at_path && w.messages && genai_value(w.path);
         Ok(match v {
-            Value::String(s) => match self.scrub_str(s, w.scope, w.counts, w.found, w.meter)? {
-                Scrubbed::Same => Fate::Stay,
-                Scrubbed::Changed(n) => {
-                    *s = n;
-                    Fate::Stay
+            Value::String(s) => {
+                match self.scrub_str(s, w.scope, w.counts, w.found, w.meter, vocabulary)? {
+                    Scrubbed::Same => Fate::Stay,
+                    Scrubbed::Changed(n) => {
+                        *s = n;
+                        Fate::Stay
+                    }
+                    Scrubbed::Drop => Fate::Drop,
                 }
-                Scrubbed::Drop => Fate::Drop,
-            },
+            }
             Value::Number(n) => {
                 let text = n.to_string();
-                match self.scrub_str(&text, w.scope, w.counts, w.found, w.meter)? {
+                match self.scrub_str(&text, w.scope, w.counts, w.found, w.meter, false)? {
                     Scrubbed::Same => Fate::Stay,
                     Scrubbed::Changed(n) => {
                         *v = Value::String(n);
@@ -804,8 +825,9 @@ impl CompiledRules {
             Value::Object(map) => {
                 let old = std::mem::take(map);
                 for (k, mut c) in old {
-                    let key = self.scrub_key(&k, w)?;
-                    if key != Scrubbed::Drop && self.scrub_tree(&mut c, w)? == Fate::Stay {
+                    // Below the path: a key here is content (`{"Alice Johnson": …}`).
+                    let key = self.scrub_str(&k, w.scope, w.counts, w.found, w.meter, false)?;
+                    if key != Scrubbed::Drop && self.scrub_tree(&mut c, w, false)? == Fate::Stay {
                         map.insert(key.or(k), c);
                     }
                 }
@@ -813,7 +835,7 @@ impl CompiledRules {
             }
             Value::Array(items) => {
                 for c in items.iter_mut() {
-                    if self.scrub_tree(c, w)? == Fate::Drop {
+                    if self.scrub_tree(c, w, false)? == Fate::Drop {
                         *c = Value::Null;
                     }
                 }
@@ -851,8 +873,10 @@ impl CompiledRules {
 
     /// Object keys can carry PII too (`{"bob@example.com": …}`): they are scrubbed by the
     /// detectors whatever the field action. `Drop` drops the entry.
+    /// Scrubs a key of the object at `w.path`.
     fn scrub_key(&self, k: &str, w: &mut Walk<'_>) -> Result<Scrubbed, Exceeded> {
-        self.scrub_str(k, w.scope, w.counts, w.found, w.meter)
+        let vocabulary = w.messages && genai_object(w.path);
+        self.scrub_str(k, w.scope, w.counts, w.found, w.meter, vocabulary)
     }
 
     /// Scrubs until nothing matches any more (at most [`MAX_PASSES`] passes). One pass is not
@@ -862,6 +886,10 @@ impl CompiledRules {
     ///
     /// The string is charged to the meter's byte budget once, before the first pass: the later
     /// passes rescan text that was already paid for (they cost work, not budget bytes).
+    ///
+    /// `vocabulary`: `s` is one of veil's own field names or enum values, or a protocol
+    /// header's value ([`vocabulary_header`]), never content: the scope's [`CleanMemo`] may
+    /// answer for it, and learns it when it is clean.
     fn scrub_str(
         &self,
         s: &str,
@@ -869,16 +897,19 @@ impl CompiledRules {
         counts: &mut Counts,
         found: &mut Vec<Found>,
         meter: &mut Meter,
+        vocabulary: bool,
     ) -> Result<Scrubbed, Exceeded> {
         meter.scan(s.len())?;
-        if scope.clean.knows(s) {
+        if vocabulary && scope.clean.knows(s) {
             found.clear();
             return Ok(Scrubbed::Same);
         }
         let mut current = match self.scrub_once(s, scope, counts, found, meter)? {
             Scrubbed::Changed(c) => c,
             Scrubbed::Same => {
-                scope.clean.learn(s);
+                if vocabulary {
+                    scope.clean.learn(s);
+                }
                 return Ok(Scrubbed::Same);
             }
             Scrubbed::Drop => return Ok(Scrubbed::Drop),
@@ -954,6 +985,50 @@ impl CompiledRules {
     }
 }
 
+/// Whether `path`, in a GenAI messages tree, names a message (`[i]`) or one of its parts
+/// (`[i].parts[j]`): objects whose keys veil's own model writes (`role`, `parts`,
+/// `finish_reason`; `type`, `content`, `arguments`, ...), not the app. Keys deeper down (tool
+/// arguments, tool results) are the app's content.
+fn genai_object(path: &[OwnedStep]) -> bool {
+    match path {
+        [OwnedStep::Index(_)] => true,
+        [OwnedStep::Index(_), OwnedStep::Key(p), OwnedStep::Index(_)] => p == "parts",
+        _ => false,
+    }
+}
+
+/// Whether `path`, in a GenAI messages tree, names a field that holds one of a few enum
+/// values (`role`, `finish_reason`; a part's `type`, `modality`, `mime_type`): the
+/// semantic conventions' vocabulary, not content.
+fn genai_value(path: &[OwnedStep]) -> bool {
+    let Some((OwnedStep::Key(k), parent)) = path.split_last() else {
+        return false;
+    };
+    match k.as_str() {
+        "role" | "finish_reason" => matches!(parent, [OwnedStep::Index(_)]),
+        "type" | "modality" | "mime_type" => genai_object(parent),
+        _ => false,
+    }
+}
+
+/// Whether an allowed header's value is protocol vocabulary (a media type, an encoding, an
+/// API version or beta flag, the SDK's own `x-stainless-*` description of itself), which the
+/// scope's [`CleanMemo`] may remember, rather than something that can name a person.
+fn vocabulary_header(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "content-type",
+        "content-encoding",
+        "accept",
+        "accept-encoding",
+        "openai-version",
+        "openai-beta",
+        "anthropic-version",
+        "anthropic-beta",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || name.len() > 12 && name[..12].eq_ignore_ascii_case("x-stainless-")
+}
+
 /// A step of the current path, owned so the tree can be mutated while walking.
 enum OwnedStep {
     Key(String),
@@ -972,6 +1047,10 @@ impl AsStep for OwnedStep {
 /// State of one `redact_json` walk.
 struct Walk<'a> {
     rules: &'a [&'a FieldRule],
+    /// A GenAI messages tree (`Target::SystemInstructions`, `InputMessages`, `OutputMessages`),
+    /// whose structure is veil's own: its field names and enum values may use the scope's
+    /// [`CleanMemo`].
+    messages: bool,
     scope: &'a Scope,
     counts: &'a mut Counts,
     found: &'a mut Vec<Found>,

@@ -35,34 +35,70 @@ fn compiled_rules_are_send_sync_and_debug_hides_keys() {
 // === the memo of clean short strings ===
 
 #[test]
-fn short_clean_strings_are_remembered_and_what_matched_never_is() {
+fn veils_own_vocabulary_is_remembered_content_and_matches_never_are() {
     let r = compile(DEFAULT);
     let scope = r.base_scope();
+    let knows = |s: &str| scope.clean.knows(s);
+    let messages = json!([
+        {"role": "user", "parts": [{"type": "text", "content": "hi there"}]},
+        {"role": "assistant", "parts": [
+            {"type": "tool_call", "name": "lookup", "arguments": {"city": "Paris"}}
+        ], "finish_reason": "tool_call"},
+        {"role": "user", "bo@example.com": "x", "parts": []}
+    ]);
     for _ in 0..2 {
-        let (t, c) = r.redact_text("application/json", scope);
-        assert_eq!((t.as_str(), c.total()), ("application/json", 0));
-    }
-    assert!(scope.clean.knows("application/json"));
-    // What a detector found is redacted and counted every time, never remembered.
-    for _ in 0..3 {
-        let (t, c) = r.redact_text("mail bo@example.com", scope);
-        assert_eq!(t, "mail [EMAIL]");
+        let mut doc = messages.clone();
+        let c = r.redact_json(&mut doc, Target::InputMessages, scope);
+        // Same output every time: the memo answers only for what a scan found clean.
         assert_eq!(c.get("EMAIL"), 1);
+        assert_eq!(doc[2]["[EMAIL]"], "x");
+        assert_eq!(doc[0]["parts"][0]["content"], "hi there");
     }
-    assert!(!scope.clean.knows("mail bo@example.com"));
-    // In a JSON walk too: keys and short values, and a key that holds an address.
-    let mut doc = json!({"role": "user", "bo@example.com": "text"});
-    let c = r.redact_json(&mut doc, Target::InputMessages, scope);
-    assert_eq!(c.get("EMAIL"), 1);
-    assert_eq!(doc, json!({"role": "user", "[EMAIL]": "text"}));
-    for clean in ["role", "user", "text"] {
-        assert!(scope.clean.knows(clean), "{clean}");
+    // Field names and enum values of the messages veil writes are remembered...
+    for clean in [
+        "role",
+        "parts",
+        "type",
+        "content",
+        "name",
+        "arguments",
+        "user",
+        "text",
+    ] {
+        assert!(knows(clean), "{clean}");
     }
-    assert!(!scope.clean.knows("bo@example.com"));
-    // A longer string is not kept, and a full memo starts over: bounded either way.
+    assert!(knows("tool_call") && knows("finish_reason") && knows("assistant"));
+    // ...content, tool arguments' keys and values, a tool's name and a match never are.
+    for never in ["hi there", "city", "Paris", "lookup", "bo@example.com", "x"] {
+        assert!(!knows(never), "{never}");
+    }
+    // Outside the messages trees nothing is remembered: a request's own fields, free text.
+    let mut req = json!({"metadata": {"team": "growth"}});
+    r.redact_json(&mut req, Target::Request, scope);
+    assert!(!knows("metadata") && !knows("team") && !knows("growth"));
+    assert_eq!(r.redact_text("plain words", scope).0, "plain words");
+    assert!(!knows("plain words"));
+    // Headers: a protocol header's value is, an app's header is not.
+    let kept = r.filter_headers(&[
+        ("content-type".into(), "application/json".into()),
+        ("user-agent".into(), "my-app/1.0".into()),
+    ]);
+    assert_eq!(kept.len(), 2);
+    assert!(knows("application/json") && !knows("my-app/1.0"));
+    // What a detector finds is redacted and counted every time.
+    for _ in 0..2 {
+        let mut doc = json!([{"role": "alice@example.com", "parts": []}]);
+        let c = r.redact_json(&mut doc, Target::OutputMessages, scope);
+        assert_eq!(
+            (doc[0]["role"].as_str(), c.get("EMAIL")),
+            (Some("[EMAIL]"), 1)
+        );
+    }
+    assert!(!knows("alice@example.com"));
+    // Bounded: a long string is not kept, and a full memo starts over.
     let long = "a".repeat(CleanMemo::MAX_LEN + 1);
-    assert_eq!(r.redact_text(&long, scope).0, long);
-    assert!(!scope.clean.knows(&long));
+    scope.clean.learn(&long);
+    assert!(!knows(&long));
     for i in 0..CleanMemo::CAPACITY + 10 {
         scope.clean.learn(&format!("zqx{i}"));
     }

@@ -209,21 +209,25 @@ impl Scanner {
             cx.meter.work(text.len())?;
             let full = 0..text.len();
             let whole = std::slice::from_ref(&full);
-            // One set of matched pattern ids for every group and scan on this thread (a set
-            // may be larger than a group's pattern count): allocating it per group and scan
-            // was ~30 allocations per exchange.
-            let most = self.groups.iter().filter_map(|g| g.set.as_ref());
-            let need = most.map(|s| s.pattern_len()).max().unwrap_or(0);
-            WHICH.with_borrow_mut(|which| {
-                if which.capacity() < need {
-                    *which = PatternSet::new(need);
-                }
+            // The sets of matched pattern ids are this thread's, one per group size: a set
+            // allocated per group and scan was ~30 allocations per exchange. Exactly the
+            // group's size, not larger: a search stops early once every pattern matched,
+            // which it can only tell from a full set.
+            WHICH.with_borrow_mut(|sets| {
                 for g in &self.groups {
                     let ranges: &[Range<usize>] = match g.gate {
                         Gate::Digit => &w.digit,
                         Gate::At => &w.at,
                         Gate::Colon => &w.colon,
                         Gate::Always | Gate::Literal(..) => whole,
+                    };
+                    let n = g.set.as_ref().map_or(0, |s| s.pattern_len());
+                    let which = match sets.iter().position(|s| s.capacity() == n) {
+                        Some(i) => &mut sets[i],
+                        None => {
+                            sets.push(PatternSet::new(n));
+                            sets.last_mut().expect("invariant: just pushed")
+                        }
                     };
                     self.scan_group(g, text, ranges, which, out, cx)?;
                 }
@@ -302,7 +306,7 @@ impl Scanner {
     }
 
     /// Runs a gate's patterns over its windows: the set says which occur in a window, then
-    /// only those are located in it. `which` is scratch with room for the group's set.
+    /// only those are located in it. `which` is scratch of exactly the group's set's size.
     fn scan_group(
         &self,
         g: &Group,
@@ -483,9 +487,10 @@ pub(super) fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
 }
 
 thread_local! {
-    /// [`Scanner::scan_group`]'s scratch: which patterns of a group's set occur in a window.
-    /// Scans do not nest, so one per thread is enough.
-    static WHICH: std::cell::RefCell<PatternSet> = std::cell::RefCell::new(PatternSet::new(0));
+    /// [`Scanner::scan_group`]'s scratch: which patterns of a group's set occur in a window,
+    /// one set per group size met on this thread (a handful: the built-in gates' groups and
+    /// the rules files' custom sets). Scans do not nest, so one of each is enough.
+    static WHICH: std::cell::RefCell<Vec<PatternSet>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Per-scan state: the meter, and the footer memo of the pattern that has one.
