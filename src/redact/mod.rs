@@ -267,7 +267,7 @@ struct CleanMemo(
 );
 
 impl fmt::Debug for CleanMemo {
-    /// The count only: the strings are content, and a scope's `Debug` may reach a log.
+    /// The count only: the strings came from exchanges, and a scope's `Debug` may reach a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.lock().map_or(0, |m| m.len());
         write!(f, "CleanMemo({n} strings)")
@@ -871,9 +871,9 @@ impl CompiledRules {
         Fate::Stay
     }
 
-    /// Object keys can carry PII too (`{"bob@example.com": …}`): they are scrubbed by the
-    /// detectors whatever the field action. `Drop` drops the entry.
-    /// Scrubs a key of the object at `w.path`.
+    /// Scrubs a key of the object at `w.path`. Object keys can carry PII too
+    /// (`{"bob@example.com": …}`): they are scrubbed by the detectors whatever the field
+    /// action. `Drop` drops the entry.
     fn scrub_key(&self, k: &str, w: &mut Walk<'_>) -> Result<Scrubbed, Exceeded> {
         let vocabulary = w.messages && genai_object(w.path);
         self.scrub_str(k, w.scope, w.counts, w.found, w.meter, vocabulary)
