@@ -1026,7 +1026,10 @@ fn vocabulary_header(name: &str) -> bool {
         "anthropic-beta",
     ];
     NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
-        || name.len() > 12 && name[..12].eq_ignore_ascii_case("x-stainless-")
+        || name
+            .as_bytes()
+            .get(..12)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"x-stainless-"))
 }
 
 /// A step of the current path, owned so the tree can be mutated while walking.
