@@ -474,12 +474,10 @@ impl Pipeline {
             // The store tells the journal how the seal ended: durable, or failed (counted by
             // the store's writer, so a crash does not report it again).
             let on_done = || -> crate::seal::OnDone {
-                let mark = queued.journal().cloned().zip(slot);
-                Box::new(move |durable| {
-                    if let Some((j, s)) = mark {
-                        if durable { j.sealed(s) } else { j.dropped(s) }
-                    }
-                })
+                match queued.journal().cloned().zip(slot) {
+                    Some((j, s)) => crate::seal::OnDone::Journal(j, s),
+                    None => crate::seal::OnDone::Call(Box::new(|_| {})),
+                }
             };
             let mut result = store.submit_detached_users(exchange, users, on_done());
             while self.hand_off == HandOff::Wait

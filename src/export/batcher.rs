@@ -74,13 +74,11 @@ impl BatchDone {
             self.lost.store(true, Release);
         }
         if self.remaining.fetch_sub(1, AcqRel) == 1 {
-            let lost = self.lost.load(Acquire);
-            for s in &self.slots {
-                if lost {
-                    self.journal.dropped(*s);
-                } else {
-                    self.journal.recorded(*s);
-                }
+            // One write per run of consecutive slots, not one per record.
+            if self.lost.load(Acquire) {
+                self.journal.dropped_all(&self.slots);
+            } else {
+                self.journal.recorded_all(&self.slots);
             }
         }
     }

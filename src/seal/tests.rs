@@ -949,7 +949,7 @@ fn detached_seals_on_a_full_disk_are_counted_failed_and_none_stays_pending() {
             .submit_detached_then(
                 &openai_chat(),
                 None,
-                Box::new(move |ok| tx.send(ok).unwrap()),
+                crate::seal::OnDone::Call(Box::new(move |ok| tx.send(ok).unwrap())),
             )
             .is_ok()
         {

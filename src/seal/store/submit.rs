@@ -15,6 +15,7 @@ use super::SealStore;
 use super::degraded::degraded_error;
 use super::writer::Command;
 use crate::exchange::{Exchange, ExchangeId};
+use crate::journal::{Journal, Slot};
 use crate::keys::Purpose;
 use crate::keys::UserPseudonym;
 use crate::seal::envelope::{self, SLOT_LEN};
@@ -67,26 +68,76 @@ pub(super) struct SealJob {
     pub(super) done: Option<Done>,
 }
 
-/// A callback told once whether a detached seal became durable: `true` after its commit,
-/// `false` when it failed or was dropped unwritten (refused while degraded, cut off by a
-/// failing batch, left in the queue at shutdown), so the caller never waits forever.
-pub type OnDone = Box<dyn FnOnce(bool) + Send>;
+/// Who is told once whether a detached seal became durable: yes after its commit, no when
+/// it failed or was dropped unwritten (refused while degraded, cut off by a failing batch,
+/// left in the queue at shutdown), so the caller never waits forever.
+pub enum OnDone {
+    /// A callback, called with `true` or `false`.
+    Call(Box<dyn FnOnce(bool) + Send>),
+    /// The exchange's recording journal slot: marked sealed once durable, with the rest of
+    /// its group commit in one write per run of slots ([`Journal::sealed_all`]), or dropped.
+    Journal(Arc<Journal>, Slot),
+}
 
-/// Calls its [`OnDone`] exactly once: `true` from [`Done::durable`], `false` when dropped.
+impl std::fmt::Debug for OnDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OnDone::Call(_) => f.write_str("OnDone::Call"),
+            OnDone::Journal(_, s) => f.debug_tuple("OnDone::Journal").field(s).finish(),
+        }
+    }
+}
+
+impl OnDone {
+    /// Tells it `false`.
+    fn failed(self) {
+        match self {
+            OnDone::Call(f) => f(false),
+            OnDone::Journal(j, s) => j.dropped(s),
+        }
+    }
+}
+
+/// Tells its [`OnDone`] exactly once: durable through [`Done::durable`], failed when dropped.
 pub(super) struct Done(Option<OnDone>);
 
 impl Done {
-    pub(super) fn durable(mut self) {
-        if let Some(f) = self.0.take() {
-            f(true);
+    /// Durable: a callback is called now; a journal slot joins `marks`, written once the
+    /// whole group is told ([`SealedMarks::write`]).
+    pub(super) fn durable(mut self, marks: &mut SealedMarks) {
+        match self.0.take() {
+            Some(OnDone::Call(f)) => f(true),
+            Some(OnDone::Journal(j, s)) => marks.push(j, s),
+            None => {}
         }
     }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f(false);
+        if let Some(d) = self.0.take() {
+            d.failed();
+        }
+    }
+}
+
+/// The journal slots a group commit made durable, by journal (there is one per running
+/// veil; a test may seal into another).
+#[derive(Default)]
+pub(super) struct SealedMarks(Vec<(Arc<Journal>, Vec<Slot>)>);
+
+impl SealedMarks {
+    fn push(&mut self, journal: Arc<Journal>, slot: Slot) {
+        match self.0.iter_mut().find(|(j, _)| Arc::ptr_eq(j, &journal)) {
+            Some((_, slots)) => slots.push(slot),
+            None => self.0.push((journal, vec![slot])),
+        }
+    }
+
+    /// Marks every slot sealed: one `pwrite` per run of consecutive slots.
+    pub(super) fn write(self) {
+        for (journal, slots) in self.0 {
+            journal.sealed_all(&slots);
         }
     }
 }
@@ -237,7 +288,7 @@ impl SealStore {
         // Counted on before the send: the writer may take the job, and count it off, at once.
         let gauge = &self.inner.health.counters.seal.pending;
         gauge.add(1);
-        let sent = self.send(Command::Seal(SealJob {
+        let sent = self.send(Command::Seal(Box::new(SealJob {
             _pending: guard,
             id: exchange.id,
             frame,
@@ -247,7 +298,7 @@ impl SealStore {
             ack,
             // From here on the writer owns the outcome: dropped unwritten counts as `false`.
             done: on_done.map(|f| Done(Some(f))),
-        }));
+        })));
         if sent.is_err() {
             gauge.sub(1);
         }

@@ -24,7 +24,7 @@ use super::forget::{ForgetError, ForgetResult};
 use super::index::{BY_TIME, BY_USER, EXCHANGES, FREE_SLOTS, Index, IndexEntry, META, millis};
 use super::keyslots::write_slots;
 use super::segments::SEG_HEADER;
-use super::submit::{Done, SealJob};
+use super::submit::{Done, SealJob, SealedMarks};
 use super::{db_err, io_err};
 use crate::exchange::ExchangeId;
 use crate::keys::Keyring;
@@ -51,7 +51,9 @@ const STAGE_LIMIT: usize = 64 << 10;
 
 /// What the writer thread is asked to do, in arrival order.
 pub(super) enum Command {
-    Seal(SealJob),
+    /// Boxed: the job is by far the largest command, and the channel's slots are as large as
+    /// the largest.
+    Seal(Box<SealJob>),
     Forget {
         ids: Vec<ExchangeId>,
         kind: AuditKind,
@@ -137,7 +139,7 @@ impl Writer {
             match cmd {
                 Command::Seal(job) => {
                     let mut bytes = job.frame.len();
-                    let mut batch = vec![job];
+                    let mut batch = vec![*job];
                     // Under load, let the batch fill until the commit interval since the last
                     // commit has passed; after a quiet spell, commit at once.
                     let since = self.last_commit.elapsed();
@@ -150,7 +152,7 @@ impl Writer {
                         match rx.try_recv() {
                             Ok(Command::Seal(j)) => {
                                 bytes += j.frame.len();
-                                batch.push(j);
+                                batch.push(*j);
                             }
                             Ok(other) => {
                                 next = Some(other);
@@ -222,9 +224,10 @@ impl Writer {
             self.health.counters.seal.detached_failures.add(unreached);
         }
         let mut logged = false;
+        let mut marks = SealedMarks::default();
         for (id, ack, done, r) in acks {
             if let (Some(done), Ok(()), Ok(())) = (done, &r, &result) {
-                done.durable();
+                done.durable(&mut marks);
             }
             let r = match (&result, r) {
                 (_, Err(e)) => Err(e),
@@ -246,6 +249,7 @@ impl Writer {
                 (None, Ok(())) => {}
             }
         }
+        marks.write();
     }
 
     #[allow(clippy::type_complexity)]
