@@ -16,14 +16,16 @@
 //! own per mark puts the marks of consecutive slots next to each other, so a batch made
 //! durable together (a seal writer's group commit, an exporter's batch) is marked with one
 //! `pwrite` per run of consecutive slots ([`Journal::sealed_all`], [`Journal::recorded_all`])
-//! instead of one per exchange (a tenth of the seal writer's CPU at 8 connections, stop 42). A mark counts only where it matches the sequence number
-//! in the journal's slot, so an acknowledge never has to clear the marks of the exchange that
-//! had the slot before. Each field has one writer (but see below for a mark late by a whole
-//! ring), so no write reads back and races another. What each slot holds is also mirrored
-//! in memory (one word per slot: the sequence number of the exchange that took it, and its
-//! flags), so a mark checks that its slot still holds its exchange, and an acknowledge checks
-//! the slot it reuses, without reading a file: one `pwrite` per acknowledge and per run of
-//! marks, no `pread`.
+//! instead of one per exchange (a tenth of the seal writer's CPU at 8 connections, stop 42);
+//! a drop outside a batch is one `pwrite`. A mark counts only where it matches the sequence
+//! number in the journal's slot, so an acknowledge never has to clear the marks of the
+//! exchange that had the slot before. No write reads back: a journal slot has one writer, a
+//! mark's entry is written whole with its own sequence number (several threads may drop, but
+//! an exchange is dropped once; see below for a mark late by a whole ring). What each slot
+//! holds is also mirrored in memory (one word per slot: the sequence number of the exchange
+//! that took it, and its flags), so a mark checks that its slot still holds its exchange, and
+//! an acknowledge checks the slot it reuses, without reading a file: one `pwrite` per
+//! acknowledge and per run of marks, no `pread`.
 //!
 //! Why two files: a write takes its file's inode lock. With one file, a forwarding thread's
 //! acknowledge waited for a recording thread's mark, and recording runs at a lower priority
@@ -67,7 +69,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::counters::Counter;
 use crate::exchange::ExchangeId;
 
-/// Fewest slots in the ring (two 2 MiB files).
+/// Fewest slots in the ring (a 2 MiB journal and 1.5 MiB of marks).
 pub const SLOTS: u64 = 64 * 1024;
 
 /// Slots for a recording queue of `queue_capacity`: twice what can be in flight at once (the
@@ -328,6 +330,7 @@ impl Journal {
             return;
         }
         held.sort_unstable_by_key(|s| s.index);
+        held.dedup_by_key(|s| s.index);
         let mut buf = Vec::with_capacity(held.len() * MARK_LEN as usize);
         for run in held.chunk_by(|a, b| b.index == a.index + 1) {
             buf.clear();
