@@ -275,13 +275,17 @@ impl Journal {
         slot
     }
 
-    /// Notes that `slot`'s sealed copy is committed.
-    pub fn sealed(&self, slot: Slot) {
+    /// Notes that `slot`'s sealed copy is committed (veil marks a group's at once:
+    /// [`Journal::sealed_all`]).
+    #[cfg(test)]
+    fn sealed(&self, slot: Slot) {
         self.mark(slot, SEALED);
     }
 
-    /// Notes that `slot`'s record is written (ledger, spool or collector).
-    pub fn recorded(&self, slot: Slot) {
+    /// Notes that `slot`'s record is written (veil marks a batch's at once:
+    /// [`Journal::recorded_all`]).
+    #[cfg(test)]
+    fn recorded(&self, slot: Slot) {
         self.mark(slot, RECORDED);
     }
 
@@ -291,14 +295,14 @@ impl Journal {
         self.mark(slot, DROPPED);
     }
 
-    /// [`Journal::sealed`] for every slot of `slots` (one group commit's): one `pwrite` per
-    /// run of consecutive slots instead of one per slot. Order does not matter.
+    /// Notes that the sealed copies of `slots` (one group commit's) are committed: one
+    /// `pwrite` per run of consecutive slots instead of one per slot. Order does not matter.
     pub fn sealed_all(&self, slots: &[Slot]) {
         self.mark_all(slots, SEALED);
     }
 
-    /// [`Journal::recorded`] for every slot of `slots` (one exporter batch's), as
-    /// [`Journal::sealed_all`].
+    /// Notes that the records of `slots` (one exporter batch's) are written (ledger, spool or
+    /// collector), as [`Journal::sealed_all`].
     pub fn recorded_all(&self, slots: &[Slot]) {
         self.mark_all(slots, RECORDED);
     }

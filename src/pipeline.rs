@@ -473,11 +473,9 @@ impl Pipeline {
         if let Some(store) = &self.store {
             // The store tells the journal how the seal ended: durable, or failed (counted by
             // the store's writer, so a crash does not report it again).
-            let on_done = || -> crate::seal::OnDone {
-                match queued.journal().cloned().zip(slot) {
-                    Some((j, s)) => crate::seal::OnDone::Journal(j, s),
-                    None => crate::seal::OnDone::Call(Box::new(|_| {})),
-                }
+            let on_done = || {
+                let mark = queued.journal().cloned().zip(slot);
+                mark.map(|(j, s)| crate::seal::OnDone::Journal(j, s))
             };
             let mut result = store.submit_detached_users(exchange, users, on_done());
             while self.hand_off == HandOff::Wait

@@ -218,14 +218,15 @@ impl SealStore {
     /// [`SealStore::submit_detached_then`] for an exchange whose identity sources named
     /// several users ([`Record::user_pseudonyms`](crate::record::Record::user_pseudonyms)):
     /// the first is the exchange's user, and every one of them indexes it, so
-    /// [`SealStore::forget_user`] finds it by any (veil#13).
+    /// [`SealStore::forget_user`] finds it by any (veil#13). With `on_done` `None` nobody is
+    /// told (a veil without a recording journal).
     pub fn submit_detached_users(
         &self,
         exchange: &Exchange,
         users: &[UserPseudonym],
-        on_done: OnDone,
+        on_done: Option<OnDone>,
     ) -> Result<(), SealError> {
-        self.enqueue(exchange, users.iter(), None, Some(on_done))
+        self.enqueue(exchange, users.iter(), None, on_done)
     }
 
     fn enqueue<'u>(

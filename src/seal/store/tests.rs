@@ -93,7 +93,7 @@ fn every_pseudonym_of_an_exchange_finds_it_and_forgetting_one_unindexes_all() {
             .submit_detached_users(
                 &ex,
                 &[bob.clone(), alice.clone(), bob.clone()],
-                OnDone::Call(Box::new(move |ok| tx.send(ok).unwrap())),
+                Some(OnDone::Call(Box::new(move |ok| tx.send(ok).unwrap()))),
             )
             .unwrap();
         assert!(rx.recv().unwrap(), "sealed");
