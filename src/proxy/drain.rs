@@ -21,9 +21,22 @@
 //! or logged; only their count is (debug). A draining stream still counts against the
 //! connection's h2 stream limit and its `max_connections` slot, so it cannot pile up.
 //!
-//! Rejected: draining before answering (the answer would wait on the app's upload, and a body
-//! over the bound would fail the same way); keeping the body unread until the answer is sent
-//! (that is what happened: h2 resets as soon as the answer ends).
+//! Draining after the answer was not enough on its own: curl, seeing an error status while
+//! it still uploads, stops and ends its stream at once (an empty `DATA` frame with
+//! `END_STREAM`), short of the `content-length` it declared. h2 must treat that request as
+//! malformed (RFC 9113 §8.1.1) and resets the stream with `PROTOCOL_ERROR`, dropping
+//! whatever of the answer it had not yet written: when the answer's `HEADERS` had left but
+//! not its `DATA`, curl got a status and then `(92) ... PROTOCOL_ERROR` (1 run in 30 under
+//! CI load). So an early answer also waits, briefly, for the drain: [`Drain::settled`] gives
+//! a [`Settled`] the answering code awaits (at most [`ANSWER_WAIT_MAX`]) after it let the body
+//! go. An app that can send its whole body without waiting for veil (it fits the stream
+//! window, which [`DRAIN_MAX_BYTES`] matches) has then sent it before it sees the answer;
+//! one that cannot, or that waits for the answer first, gets it after the bound, as before.
+//!
+//! Rejected: draining before answering with no bound (the answer would wait on the app's
+//! upload as long as it takes, and a body over the bound would fail the same way); keeping
+//! the body unread until the answer is sent (that is what happened: h2 resets as soon as
+//! the answer ends).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -43,6 +56,12 @@ pub const DRAIN_MAX_BYTES: u64 = 1 << 20;
 /// An abandoned h2 request body is read for at most this long. Between frames the body's
 /// own stall clock (`header_read_timeout`) still applies.
 pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
+/// An early answer over h2 waits at most this long for the drain of the body it left unread
+/// ([`Settled::wait`]): ample for an app next to veil to finish an upload of up to
+/// [`DRAIN_MAX_BYTES`] on a loaded machine, short enough that an app that waits for the
+/// answer before it sends (none of the providers' SDKs does) is not kept long.
+pub const ANSWER_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// Whether and how a dropped body is drained: only h2 bodies are, until `cancel` (shutdown).
 #[derive(Debug, Clone)]
@@ -76,6 +95,8 @@ where
     inner: Option<B>,
     policy: Option<DrainPolicy>,
     failed: bool,
+    /// Dropped when the body is let go of: at once, or when its drain stops.
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl<B> Drain<B>
@@ -88,7 +109,30 @@ where
             inner: Some(inner),
             policy,
             failed: false,
+            settled: None,
         }
+    }
+
+    /// A handle that resolves when this body has been let go of: at once when it is dropped
+    /// ended, failed, unread over HTTP/1.1 or outside a runtime; when its drain stops
+    /// otherwise. One handle per body: a second call replaces the first, which then resolves.
+    pub fn settled(&mut self) -> Settled {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.settled = Some(tx);
+        Settled(rx)
+    }
+}
+
+/// Resolves when a [`Drain`]'s body has been let go of (see [`Drain::settled`]).
+#[derive(Debug)]
+pub struct Settled(tokio::sync::oneshot::Receiver<()>);
+
+impl Settled {
+    /// Waits until the body has been let go of, at most `max`; true if it was. Call it after
+    /// the body was dropped: before, it waits out `max`.
+    pub async fn wait(self, max: Duration) -> bool {
+        // Nothing is ever sent: the sender's drop is the signal.
+        tokio::time::timeout(max, self.0).await.is_ok()
     }
 }
 
@@ -139,7 +183,11 @@ where
         // Outside a runtime (a test's last drop, a runtime shutting down) there is nobody to
         // read it: let it go.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(drain(inner, policy));
+            let settled = self.settled.take();
+            rt.spawn(async move {
+                drain(inner, policy).await;
+                drop(settled);
+            });
         }
     }
 }

@@ -188,3 +188,83 @@ async fn drain_reports_why_it_stopped() {
     let slow = drain(seen.upload([None]), policy).await;
     assert_eq!(slow, (0, Stopped::MaxTime));
 }
+
+/// An upload the test feeds chunk by chunk; it ends when the sender is dropped.
+struct Fed(tokio::sync::mpsc::Receiver<Bytes>, bool);
+
+impl Body for Fed {
+    type Data = Bytes;
+    type Error = &'static str;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, &'static str>>> {
+        let polled = self.0.poll_recv(cx);
+        if let Poll::Ready(None) = polled {
+            self.1 = true;
+        }
+        polled.map(|c| c.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.1
+    }
+}
+
+// See: veil#10. curl ends its upload short when it sees an error status, and h2 then resets
+// the stream with PROTOCOL_ERROR, answer and all: an early answer waits for the drain.
+#[tokio::test(start_paused = true)]
+async fn settled_resolves_when_the_drain_has_read_the_upload_to_its_end() {
+    let (app, rx) = tokio::sync::mpsc::channel(4);
+    let mut body = Drain::new(Fed(rx, false), h2());
+    let settled = body.settled();
+    drop(body);
+    let waiting = tokio::spawn(settled.wait(ANSWER_WAIT_MAX));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished(), "the upload has not ended yet");
+        app.send(Bytes::from_static(b"more")).await.unwrap();
+    }
+    drop(app);
+    settle().await;
+    assert!(waiting.is_finished(), "the upload ended: the answer may go");
+    assert!(waiting.await.unwrap(), "it did not wait out the bound");
+}
+
+#[tokio::test(start_paused = true)]
+async fn settled_gives_up_after_its_bound_on_an_app_that_does_not_send() {
+    let seen = Seen::default();
+    let mut body = Drain::new(seen.upload([None]), h2());
+    let settled = body.settled();
+    drop(body);
+    let started = tokio::time::Instant::now();
+    assert!(!settled.wait(ANSWER_WAIT_MAX).await);
+    assert_eq!(started.elapsed(), ANSWER_WAIT_MAX);
+    assert!(!seen.dropped(), "the drain itself goes on to its own bound");
+}
+
+#[tokio::test(start_paused = true)]
+async fn settled_resolves_at_once_for_a_body_that_is_not_drained() {
+    let policy = DrainPolicy::for_version(Version::HTTP_11, &CancellationToken::new());
+    let cases = [
+        (
+            "HTTP/1.1",
+            Drain::new(Seen::default().upload([None]), policy),
+        ),
+        ("ended", Drain::new(Seen::default().upload([]), h2())),
+    ];
+    for (case, mut body) in cases {
+        let settled = body.settled();
+        drop(body);
+        let started = tokio::time::Instant::now();
+        assert!(settled.wait(ANSWER_WAIT_MAX).await, "{case}");
+        assert!(started.elapsed().is_zero(), "{case}");
+    }
+    let seen = Seen::default();
+    let mut failed = Drain::new(seen.upload([Some(Err(())), None]), h2());
+    let settled = failed.settled();
+    assert!(failed.frame().await.unwrap().is_err());
+    drop(failed);
+    assert!(settled.wait(Duration::ZERO).await, "failed");
+}

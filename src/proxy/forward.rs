@@ -28,7 +28,7 @@ use crate::exchange::queue::{Refusal, Reservation};
 use crate::exchange::{ExchangeId, Upstream, UpstreamFailure};
 
 use super::answer::id_header;
-use super::drain::{Drain, DrainPolicy};
+use super::drain::{ANSWER_WAIT_MAX, Drain, DrainPolicy, Settled};
 use super::error::{self, ProxyError};
 use super::headers::{content_encoding, join_cookies, strip_hop_by_hop, take_veil_headers};
 use super::route::Target;
@@ -59,8 +59,10 @@ impl Shared {
         let started_at = SystemTime::now();
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
-        // Wrapped before any early answer below, so a body dropped unread is drained.
-        let body = self.request_body(body, client_version);
+        // Wrapped before any early answer below, so a body dropped unread is drained, and
+        // each of veil's own answers waits (bounded) for that drain: see `drain`.
+        let mut body = self.request_body(body, client_version);
+        let settled = body.settled();
         let tags = take_veil_headers(&mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
@@ -80,7 +82,10 @@ impl Shared {
             .await
         {
             Ok(r) => r,
-            Err(answer) => return *answer,
+            Err(answer) => {
+                drop(body);
+                return answer_unread(settled, *answer).await;
+            }
         };
         if let Some(rec) = &recording {
             lock(rec).request_encoding(content_encoding(&parts.headers));
@@ -88,7 +93,10 @@ impl Shared {
 
         let uri = match target.upstream_uri(&path_and_query) {
             Ok(uri) => uri,
-            Err(e) => return self.answer(&e, Some(id)),
+            Err(e) => {
+                drop(body);
+                return answer_unread(settled, self.answer(&e, Some(id))).await;
+            }
         };
         parts.uri = uri;
         // hyper-util picks h2 by ALPN per connection; a request marked HTTP/2 would be refused
@@ -143,13 +151,14 @@ impl Shared {
                 if let Some(rec) = &recording {
                     lock(rec).upstream_failed(UpstreamFailure::Protocol, e.to_string());
                 }
-                return self.answer(
+                let answer = self.answer(
                     &ProxyError::body_stalled(format!(
                         "the request body stalled: nothing arrived for {}s (header_read_timeout)",
                         self.settings.limits.header_read.as_secs_f32()
                     )),
                     recorded.then_some(id),
                 );
+                return answer_unread(settled, answer).await;
             }
             Ok(Err(e)) => (upstream::classify(&e, &shown), request_body_failed(&e)),
             Err(_) => (
@@ -178,8 +187,21 @@ impl Shared {
         } else {
             tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
         }
-        self.answer(&err, recorded.then_some(id))
+        answer_unread(settled, self.answer(&err, recorded.then_some(id))).await
     }
+}
+
+/// veil's own `answer` to a request whose body it let go of before its end, sent once that
+/// body's drain has stopped or after [`ANSWER_WAIT_MAX`], whichever comes first: an h2 app
+/// that can finish its upload then has, and does not end it short on seeing the answer,
+/// which h2 would reset together with the answer (see [`drain`](super::drain)). At once for
+/// a body that ended, failed, or is HTTP/1.1.
+pub(super) async fn answer_unread(
+    settled: Settled,
+    answer: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    settled.wait(ANSWER_WAIT_MAX).await;
+    answer
 }
 
 impl Shared {

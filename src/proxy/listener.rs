@@ -235,10 +235,12 @@ impl Shared {
             }
             Route::Reject(why) => {
                 let (parts, body) = req.into_parts();
-                // Unread: an h2 body is drained (bounded) so the answer is not followed by
-                // a reset some clients trip on (see `drain`).
-                drop(self.request_body(body, parts.version));
-                self.answer(&why, None)
+                // Unread: an h2 body is drained (bounded), and the answer waits for that
+                // (bounded), so it is not followed by a reset some clients trip on (see `drain`).
+                let mut body = self.request_body(body, parts.version);
+                let settled = body.settled();
+                drop(body);
+                super::forward::answer_unread(settled, self.answer(&why, None)).await
             }
         }
     }
