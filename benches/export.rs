@@ -82,8 +82,8 @@ fn record(i: usize) -> Record {
             {"role":"assistant","parts":[{"type":"text","content":"A reset link was sent to [EMAIL_1]."}],"finish_reason":"stop"}
         ])),
         tool_names: Vec::new(),
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
         request_bytes: 300,
         response_bytes: 900,
         websocket: None,

@@ -543,8 +543,8 @@ mod tests {
             client_version: "HTTP/1.1".into(),
             method: "POST".into(),
             path: path.into(),
-            request_headers: Vec::new(),
-            tags: Vec::new(),
+            request_headers: Default::default(),
+            tags: Default::default(),
             api_key_fingerprint: None,
             request_body: Body {
                 chunks: vec![Bytes::copy_from_slice(body.as_bytes())],
@@ -552,7 +552,7 @@ mod tests {
                 ..Body::default()
             },
             status,
-            response_headers: Vec::new(),
+            response_headers: Default::default(),
             response_body: Body::default(),
             outcome,
             websocket: None,

@@ -82,7 +82,10 @@ fn framed(choice: u8, size: usize, rest: &[u8]) {
         };
         let event = EVENTS[usize::from(kind) % EVENTS.len()];
         let headers: &[(&str, &str)] = if event == "exception" {
-            &[(":message-type", "exception"), (":exception-type", "throttlingException")]
+            &[
+                (":message-type", "exception"),
+                (":exception-type", "throttlingException"),
+            ]
         } else {
             &[(":message-type", "event"), (":event-type", event)]
         };
@@ -122,15 +125,16 @@ fn framed(choice: u8, size: usize, rest: &[u8]) {
         client_version: "HTTP/1.1".into(),
         method: "POST".into(),
         path: path.into(),
-        request_headers: Vec::new(),
-        tags: Vec::new(),
+        request_headers: Default::default(),
+        tags: Default::default(),
         api_key_fingerprint: None,
         request_body: body(req),
         status: Some(200),
         response_headers: vec![(
             "content-type".into(),
             "application/vnd.amazon.eventstream".into(),
-        )],
+        )]
+        .into(),
         response_body: body(&stream),
         outcome: Outcome::Complete,
         websocket: None,

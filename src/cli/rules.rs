@@ -23,7 +23,8 @@ use serde_json::{Map, Value};
 
 use crate::exchange::providers;
 use crate::exchange::{
-    self, Body, Exchange, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream,
+    self, Body, Exchange, ExchangeId, Headers, Outcome, ParseOptions, Pricing, Route, Timings,
+    Upstream,
 };
 use crate::keys::{KeyError, KeyId, Keyring, MasterKey};
 use crate::record::{self, Record};
@@ -232,7 +233,7 @@ fn test_exchange(
         truncated: false,
         content_encoding: None,
     };
-    let json = ("content-type".to_string(), "application/json".to_string());
+    let json = ("content-type", "application/json");
     let (status, response_headers, response_body) = match response {
         Some(r) => {
             // What the provider would have said: a stream when it looks like one.
@@ -242,10 +243,10 @@ fn test_exchange(
             } else {
                 "text/event-stream"
             };
-            let headers = vec![("content-type".to_string(), content_type.to_string())];
+            let headers: Headers = [("content-type", content_type)].into_iter().collect();
             (Some(200), headers, body(r))
         }
-        None => (None, Vec::new(), body(Vec::new())),
+        None => (None, Headers::new(), body(Vec::new())),
     };
     Ok(Exchange {
         id: ExchangeId::new(),
@@ -264,10 +265,10 @@ fn test_exchange(
         client_version: "HTTP/1.1".into(),
         method: "POST".into(),
         path: route.to_string(),
-        request_headers: vec![json],
+        request_headers: [json].into_iter().collect(),
         tags: dest
             .feature
-            .map(|f| vec![("x-veil-feature".to_string(), f.to_string())])
+            .map(|f| [("x-veil-feature", f)].into_iter().collect())
             .unwrap_or_default(),
         api_key_fingerprint: None,
         request_body: body(request),

@@ -15,6 +15,7 @@
 pub mod credentials;
 pub mod decode;
 pub mod eventstream;
+pub mod headers;
 pub mod json;
 pub mod model;
 pub mod operation;
@@ -26,6 +27,7 @@ pub mod realtime;
 pub mod sse;
 pub mod traceparent;
 
+pub use headers::Headers;
 pub use model::{Conversation, Usage};
 pub use operation::Operation;
 pub use pricing::Pricing;
@@ -208,10 +210,6 @@ impl fmt::Debug for Body {
             .finish()
     }
 }
-
-/// Header list: lowercase names, values as text (lossy for non-UTF-8 bytes), in wire order.
-/// Credential headers are already replaced by fingerprints.
-pub type Headers = Vec<(String, String)>;
 
 /// Offsets from [`Exchange::started_at`] (monotonic clock).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -399,7 +397,8 @@ pub struct Exchange {
     pub method: String,
     /// Path and query as sent upstream, with credential query parameters (`key=`) fingerprinted.
     pub path: String,
-    /// Request headers as sent upstream (credentials fingerprinted, `x-veil-*` removed).
+    /// Request headers as sent upstream (lowercase names, wire order; credentials
+    /// fingerprinted, `x-veil-*` removed).
     pub request_headers: Headers,
     /// The `x-veil-*` request headers the app sent (name lowercase, prefix kept), stripped
     /// before the request went upstream. E.g. `("x-veil-feature", "seo-audit")`.
@@ -436,7 +435,7 @@ impl Exchange {
         self.tags
             .iter()
             .find(|(k, _)| k.strip_prefix("x-veil-") == Some(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// True when either body was cut at the capture limit.
@@ -446,10 +445,7 @@ impl Exchange {
 }
 
 fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    headers.get(name)
 }
 
 #[cfg(test)]

@@ -383,8 +383,8 @@ pub fn base_record(id: &str) -> Record {
         input_messages: None,
         output_messages: None,
         tool_names: Vec::new(),
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
         request_bytes: 300,
         response_bytes: 900,
         websocket: None,
@@ -423,7 +423,7 @@ pub fn openai_chat(id: &str) -> Record {
     r.output_messages = Some(serde_json::json!([
         {"role":"assistant","parts":[{"type":"text","content":"Link sent to [EMAIL_1]."}],"finish_reason":"stop"}
     ]));
-    r.request_headers = vec![("User-Agent".into(), "openai-python/1.0".into())];
+    r.request_headers = vec![("User-Agent".into(), "openai-python/1.0".into())].into();
     r
 }
 

@@ -39,25 +39,29 @@ impl Fingerprinter {
     /// The recorded copy of `headers`: credential values replaced by fingerprints, lowercase
     /// names, wire order. Returns the headers and the API key's fingerprint, if any.
     pub fn record_headers(&self, headers: &HeaderMap) -> (Headers, Option<String>) {
-        let mut out = Vec::with_capacity(headers.len());
+        let bytes = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        let mut out = Headers::with_capacity(headers.len(), bytes);
         let mut api_key = None;
         for (name, value) in headers {
             let name = name.as_str();
             let text = String::from_utf8_lossy(value.as_bytes());
             if let Some(kind) = credentials::classify_header(name) {
                 let fp = self.fingerprint(&credentials::secret_of(name, &text));
+                out.push(name, &fp);
                 if api_key.is_none() && kind == CredentialHeader::ApiKey {
-                    api_key = Some(fp.clone());
+                    api_key = Some(fp);
                 }
-                out.push((name.to_string(), fp));
             } else if name == "sec-websocket-protocol" {
                 let (value, key) = self.record_subprotocols(&text);
                 if api_key.is_none() {
                     api_key = key;
                 }
-                out.push((name.to_string(), value));
+                out.push(name, &value);
             } else {
-                out.push((name.to_string(), text.into_owned()));
+                out.push(name, &text);
             }
         }
         (out, api_key)
@@ -153,6 +157,15 @@ fn names_a_credential(label: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// `record_headers`' fields as owned pairs, for indexing.
+    fn owned((h, key): (Headers, Option<String>)) -> (Vec<(String, String)>, Option<String>) {
+        let pairs = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (pairs, key)
+    }
+
     fn fingerprinter() -> Fingerprinter {
         let key = crate::keys::MasterKey::from_bytes(crate::keys::KeyId(1), [3; 32]);
         Fingerprinter::new(key.derive(crate::keys::Purpose::Fingerprint))
@@ -169,7 +182,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let (headers, from_header) = fp.record_headers(&h);
+        let (headers, from_header) = owned(fp.record_headers(&h));
         assert!(!headers[0].1.contains("AKIA") && !headers[0].1.contains("0badc0de"));
         let (path, from_url) = fp.record_path(
             "/model/m/invoke?X-Amz-Algorithm=AWS4-HMAC-SHA256\
@@ -196,7 +209,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let (headers, api_key) = fp.record_headers(&h);
+        let (headers, api_key) = owned(fp.record_headers(&h));
         let want = fp.fingerprint("sk-proj-SECRET");
         assert_eq!(
             headers[0].1,
@@ -220,7 +233,7 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.insert("sec-websocket-protocol", value.parse().unwrap());
-            let (headers, key) = fp.record_headers(&h);
+            let (headers, key) = owned(fp.record_headers(&h));
             assert!(!headers[0].1.contains(raw), "{value} -> {}", headers[0].1);
             assert!(key.is_some(), "{value}");
         }
@@ -229,7 +242,7 @@ mod tests {
             "sec-websocket-protocol",
             "graphql-transport-ws, v10.stomp".parse().unwrap(),
         );
-        let (headers, key) = fp.record_headers(&h);
+        let (headers, key) = owned(fp.record_headers(&h));
         assert_eq!(headers[0].1, "graphql-transport-ws, v10.stomp");
         assert_eq!(key, None);
     }
@@ -242,7 +255,7 @@ mod tests {
         h.insert("x-api-key", "sk-live-SECRET".parse().unwrap());
         h.insert("cookie", "session=COOKIESECRET".parse().unwrap());
         h.insert("content-type", "application/json".parse().unwrap());
-        let (headers, api_key) = fp.record_headers(&h);
+        let (headers, api_key) = owned(fp.record_headers(&h));
         let text = format!("{headers:?}");
         assert!(!text.contains("SECRET"), "{text}");
         // The same key via Bearer or x-api-key has the same fingerprint.

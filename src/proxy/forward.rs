@@ -214,7 +214,7 @@ impl Shared {
         parts: &http::request::Parts,
         target: &Target,
         path_and_query: &str,
-        tags: Vec<(String, String)>,
+        tags: crate::exchange::Headers,
         (id, t0, started_at): (ExchangeId, Instant, SystemTime),
         addr: SocketAddr,
     ) -> Result<Option<RecordingRef>, Box<Response<ProxyBody>>> {

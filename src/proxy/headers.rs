@@ -7,6 +7,7 @@
 //! [`HeaderMap`]: this module never sees bodies, never logs and never fingerprints or stores a
 //! credential (that is [`Fingerprinter`](super::Fingerprinter)'s job).
 
+use crate::exchange::Headers;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The `content-encoding` of a message, lowercased; `None` for none or `identity`.
@@ -19,19 +20,16 @@ pub(super) fn content_encoding(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Removes the `x-veil-*` headers (they tag the record and never go upstream) and returns them.
-pub(super) fn take_veil_headers(headers: &mut HeaderMap) -> Vec<(String, String)> {
+pub(super) fn take_veil_headers(headers: &mut HeaderMap) -> Headers {
     let names: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().starts_with("x-veil-"))
         .cloned()
         .collect();
-    let mut tags = Vec::with_capacity(names.len());
+    let mut tags = Headers::new();
     for name in names {
         for value in headers.get_all(&name) {
-            tags.push((
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            ));
+            tags.push(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
         }
         headers.remove(&name);
     }

@@ -131,7 +131,7 @@ impl Recording {
             request_body: Body::default(),
             request_end: None,
             status: None,
-            response_headers: Vec::new(),
+            response_headers: Headers::new(),
             response_headers_at: None,
             added: None,
             response_body: Body::default(),
@@ -213,7 +213,7 @@ impl Recording {
         self.request_body = body(request);
         self.response_body = body(response);
         self.status = Some(101);
-        self.response_headers = vec![("content-type".into(), "application/json".into())];
+        self.response_headers = [("content-type", "application/json")].into_iter().collect();
         self.response_headers_at = Some(now);
         self.request_end = Some((now, End::Complete));
         self.response_end = Some((now, End::Complete));

@@ -19,8 +19,8 @@ fn meta() -> RequestMeta {
         client_version: "HTTP/1.1".into(),
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
-        headers: vec![],
-        tags: vec![],
+        headers: Default::default(),
+        tags: Default::default(),
         api_key_fingerprint: None,
     }
 }
@@ -52,9 +52,13 @@ async fn exchange_is_emitted_once_with_both_bodies() {
         Ok(Frame::data(Bytes::from_static(b"data: b\n\n"))),
     ];
     let resp_inner = StreamBody::new(futures_lite_stream(chunks));
-    rec.lock()
-        .unwrap()
-        .response_head(200, vec![], None, Instant::now(), Instant::now());
+    rec.lock().unwrap().response_head(
+        200,
+        Default::default(),
+        None,
+        Instant::now(),
+        Instant::now(),
+    );
     let resp = TeeBody::recording(resp_inner, Side::Response, 1024, rec.clone());
     drop(rec);
     assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"q\":1}");
@@ -80,9 +84,13 @@ async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
     let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20, Default::default());
     for _ in 0..2 {
         let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
-        rec.lock()
-            .unwrap()
-            .response_head(200, vec![], None, Instant::now(), Instant::now());
+        rec.lock().unwrap().response_head(
+            200,
+            Default::default(),
+            None,
+            Instant::now(),
+            Instant::now(),
+        );
         let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
             vec![Ok(Frame::data(Bytes::from_static(b"partial")))];
         let mut resp = TeeBody::recording(

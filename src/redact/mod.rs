@@ -78,6 +78,7 @@ pub use rules::RulesError;
 use action::FieldKeys;
 use jsonpath::{AsStep, Step};
 
+use crate::exchange::Headers;
 use crate::exchange::credentials;
 use crate::keys::{Keyring, UserPseudonym};
 
@@ -573,7 +574,7 @@ impl CompiledRules {
     }
 
     /// The allowed headers, names lowercased, values scrubbed by the base scope's detectors.
-    pub fn filter_headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+    pub fn filter_headers(&self, headers: &Headers) -> Vec<(String, String)> {
         let mut found = Vec::new();
         let mut counts = Counts::default();
         // Headers are bounded by the proxy's header limits: not metered.
@@ -591,7 +592,7 @@ impl CompiledRules {
                     &mut meter,
                     vocabulary,
                 ) {
-                    Ok(Scrubbed::Same) => Some((k.to_ascii_lowercase(), v.clone())),
+                    Ok(Scrubbed::Same) => Some((k.to_ascii_lowercase(), v.to_string())),
                     Ok(Scrubbed::Changed(s)) => Some((k.to_ascii_lowercase(), s)),
                     Ok(Scrubbed::Drop) | Err(_) => None,
                 }
@@ -605,7 +606,7 @@ impl CompiledRules {
     pub fn find_user<'h>(
         &self,
         request: Option<&Value>,
-        headers: impl IntoIterator<Item = &'h (String, String), IntoIter: Clone>,
+        headers: impl IntoIterator<Item = (&'h str, &'h str), IntoIter: Clone>,
     ) -> Option<UserPseudonym> {
         self.find_users(request, headers).into_iter().next()
     }
@@ -621,7 +622,7 @@ impl CompiledRules {
     pub fn find_users<'h>(
         &self,
         request: Option<&Value>,
-        headers: impl IntoIterator<Item = &'h (String, String), IntoIter: Clone>,
+        headers: impl IntoIterator<Item = (&'h str, &'h str), IntoIter: Clone>,
     ) -> Vec<UserPseudonym> {
         let headers = headers.into_iter();
         let mut raw: Vec<String> = Vec::new();

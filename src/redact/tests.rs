@@ -79,10 +79,10 @@ fn veils_own_vocabulary_is_remembered_content_and_matches_never_are() {
     assert_eq!(r.redact_text("plain words", scope).0, "plain words");
     assert!(!knows("plain words"));
     // Headers: a protocol header's value is, an app's header is not.
-    let kept = r.filter_headers(&[
+    let kept = r.filter_headers(&crate::exchange::Headers::from(vec![
         ("content-type".into(), "application/json".into()),
         ("user-agent".into(), "my-app/1.0".into()),
-    ]);
+    ]));
     assert_eq!(kept.len(), 2);
     assert!(knows("application/json") && !knows("my-app/1.0"));
     // What a detector finds is redacted and counted every time.
@@ -389,11 +389,11 @@ fn headers_allowlist_never_lets_credentials_out() {
     assert!(r.header_allowed("x-ratelimit-remaining-tokens"));
     assert!(!r.header_allowed("x-veil-user"));
     assert!(!r.header_allowed("x-custom"));
-    let out = r.filter_headers(&[
+    let out = r.filter_headers(&crate::exchange::Headers::from(vec![
         ("Authorization".into(), "Bearer abc123def456ghi789".into()),
         ("user-agent".into(), "bot (mail bob@example.com)".into()),
         ("x-custom".into(), "v".into()),
-    ]);
+    ]));
     assert_eq!(
         out,
         vec![("user-agent".to_string(), "bot (mail [EMAIL])".to_string())]
@@ -404,16 +404,13 @@ fn headers_allowlist_never_lets_credentials_out() {
 fn find_user_prefers_headers_then_json() {
     let r = compile(DEFAULT);
     let body = json!({"metadata": {"user_id": 7}});
+    assert_eq!(r.find_user(Some(&body), []), Some(r.pseudonymize_user("7")));
+    let h = [("x-veil-user", "carol")];
     assert_eq!(
-        r.find_user(Some(&body), &[]),
-        Some(r.pseudonymize_user("7"))
-    );
-    let h = [("x-veil-user".to_string(), "carol".to_string())];
-    assert_eq!(
-        r.find_user(Some(&body), &h),
+        r.find_user(Some(&body), h),
         Some(r.pseudonymize_user("carol"))
     );
-    assert_eq!(r.find_user(Some(&json!({"x": 1})), &[]), None);
+    assert_eq!(r.find_user(Some(&json!({"x": 1})), []), None);
 }
 
 // See: veil#13
@@ -421,9 +418,9 @@ fn find_user_prefers_headers_then_json() {
 fn find_users_names_every_source_winner_first_deduplicated() {
     let r = compile(DEFAULT);
     let body = json!({"user": "alice@example.com", "metadata": {"user_id": "alice@example.com", "user": 7}});
-    let h = [("x-veil-user".to_string(), "bob".to_string())];
+    let h = [("x-veil-user", "bob")];
     assert_eq!(
-        r.find_users(Some(&body), &h),
+        r.find_users(Some(&body), h),
         vec![
             r.pseudonymize_user("bob"),
             r.pseudonymize_user("alice@example.com"),
@@ -431,7 +428,7 @@ fn find_users_names_every_source_winner_first_deduplicated() {
         ]
     );
     assert_eq!(
-        r.find_user(Some(&body), &h),
+        r.find_user(Some(&body), h),
         Some(r.pseudonymize_user("bob"))
     );
     // Bounded however many values the app sends.
@@ -442,7 +439,7 @@ fn find_users_names_every_source_winner_first_deduplicated() {
     rules = rules.replacen("json = [", "json = [\"$.list[*].user\", ", 1);
     let r = compile(&rules);
     assert_eq!(
-        r.find_users(Some(&json!({"list": many})), &[]).len(),
+        r.find_users(Some(&json!({"list": many})), []).len(),
         crate::redact::MAX_IDENTITIES
     );
 }
@@ -985,7 +982,7 @@ mod review_regressions {
         .unwrap();
         let body = serde_json::json!({"aaa_cache": "cache-v2", "safety_identifier": "alice"});
         assert_eq!(
-            rules.find_user(Some(&body), &[]),
+            rules.find_user(Some(&body), []),
             Some(crate::keys::pseudonymize_user(&keys, "alice"))
         );
     }

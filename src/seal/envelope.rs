@@ -214,16 +214,12 @@ fn scrub(headers: &Headers) -> Vec<(&str, &str)> {
     headers
         .iter()
         .filter(|(k, _)| !credentials::is_credential_header(k))
-        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
 }
 
 /// `pairs` borrowed.
 fn borrowed(pairs: &Headers) -> Vec<(&str, &str)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
+    pairs.iter().collect()
 }
 
 /// Serializes `ex` (credential headers dropped) into `out`, after whatever `out` holds.
@@ -381,12 +377,12 @@ pub(crate) fn decode_payload(plain: Bytes) -> Result<Exchange, SealError> {
         client_version: meta.client_version,
         method: meta.method,
         path: meta.path,
-        request_headers: meta.request_headers,
-        tags: meta.tags,
+        request_headers: meta.request_headers.into_iter().collect(),
+        tags: meta.tags.into_iter().collect(),
         api_key_fingerprint: meta.api_key_fingerprint,
         request_body,
         status: meta.status,
-        response_headers: meta.response_headers,
+        response_headers: meta.response_headers.into_iter().collect(),
         response_body,
         outcome: match meta.outcome {
             OutcomeMeta::Complete => Outcome::Complete,
@@ -747,8 +743,8 @@ mod tests {
         );
         assert_eq!(ex.status, Some(200));
         assert_eq!(
-            ex.tags,
-            vec![("x-veil-feature".to_string(), "triage".to_string())]
+            ex.tags.iter().collect::<Vec<_>>(),
+            [("x-veil-feature", "triage")]
         );
         assert_eq!(
             ex.request_body.chunks,

@@ -88,15 +88,17 @@ pub(crate) fn openai_chat() -> Exchange {
             ("authorization".into(), format!("Bearer {SECRET}")),
             ("X-Api-Key".into(), SECRET.into()),
             ("cookie".into(), format!("session={SECRET}")),
-        ],
-        tags: vec![("x-veil-feature".into(), "triage".into())],
+        ]
+        .into(),
+        tags: vec![("x-veil-feature".into(), "triage".into())].into(),
         api_key_fingerprint: Some("fp_0123456789abcdef".into()),
         request_body: body(&[req.as_bytes()]),
         status: Some(200),
         response_headers: vec![
             ("content-type".into(), "application/json".into()),
             ("set-cookie".into(), format!("s={SECRET}")),
-        ],
+        ]
+        .into(),
         response_body: body(&[resp.as_bytes()]),
         outcome: Outcome::Complete,
         websocket: None,
@@ -111,7 +113,7 @@ fn anthropic_stream() -> Exchange {
     };
     ex.upstream.host = "api.anthropic.com".into();
     ex.path = "/v1/messages".into();
-    ex.request_headers = vec![("anthropic-version".into(), "2023-06-01".into())];
+    ex.request_headers = vec![("anthropic-version".into(), "2023-06-01".into())].into();
     ex.request_body = body(&[format!(
         r#"{{"model":"claude-sonnet-4","stream":true,"messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#
     )
@@ -211,7 +213,6 @@ fn assert_same(a: &Exchange, b: &Exchange) {
     let scrubbed = |h: &crate::exchange::Headers| -> crate::exchange::Headers {
         h.iter()
             .filter(|(k, _)| !crate::exchange::credentials::is_credential_header(k))
-            .cloned()
             .collect()
     };
     assert_eq!(scrubbed(&a.request_headers), b.request_headers);
@@ -1482,7 +1483,7 @@ proptest::proptest! {
         let mut ex = openai_chat();
         ex.request_body.chunks = req.into_iter().map(Bytes::from).collect();
         ex.response_body.chunks = resp.into_iter().map(Bytes::from).collect();
-        ex.request_headers = headers;
+        ex.request_headers = headers.into();
         ex.status = status;
         let key = envelope::fresh_data_key();
         let frame = envelope::seal_frame(&ex, &key, KeyId(3)).unwrap();

@@ -52,12 +52,12 @@ fn exchange(host: &str, path: &str, req: &[u8], status: u16, ctype: &str, resp: 
         client_version: "HTTP/1.1".into(),
         method: "POST".into(),
         path: path.into(),
-        request_headers: vec![("content-type".into(), "application/json".into())],
-        tags: Vec::new(),
+        request_headers: vec![("content-type".into(), "application/json".into())].into(),
+        tags: Default::default(),
         api_key_fingerprint: Some("fp_test".into()),
         request_body: body(vec![Bytes::copy_from_slice(req)]),
         status: Some(status),
-        response_headers: vec![("content-type".into(), ctype.into())],
+        response_headers: vec![("content-type".into(), ctype.into())].into(),
         response_body: body(vec![Bytes::copy_from_slice(resp)]),
         outcome: Outcome::Complete,
         websocket: None,
@@ -1476,13 +1476,12 @@ fn gzip_encoded_stream_is_decoded_first() {
 #[test]
 fn identity_tags_and_trace_context() {
     let mut ex = chat_tools("openai/chat_tools_response.json", JSON, false);
-    ex.request_headers.push((
-        "traceparent".into(),
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
-    ));
-    ex.request_headers
-        .push(("tracestate".into(), "congo=t61rcWkgMzE".into()));
-    ex.tags.push(("x-veil-feature".into(), "seo-audit".into()));
+    ex.request_headers.push(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    ex.request_headers.push("tracestate", "congo=t61rcWkgMzE");
+    ex.tags.push("x-veil-feature", "seo-audit");
     let c = run(&ex);
     assert_eq!(c.feature.as_deref(), Some("seo-audit"));
     let tp = c.trace_parent.unwrap();
@@ -1492,18 +1491,17 @@ fn identity_tags_and_trace_context() {
     // The explicit tag beats the provider's field. (Configured JSON paths are the rules'
     // `[identity] json`, looked up by the record step.)
     assert_eq!(c.user_id.as_deref(), Some("sid-5b1c9e"));
-    ex.tags.push(("x-veil-user".into(), "tagged-user".into()));
-    ex.tags
-        .push(("x-veil-conversation".into(), "conv-7".into()));
+    ex.tags.push("x-veil-user", "tagged-user");
+    ex.tags.push("x-veil-conversation", "conv-7");
     let c = run(&ex);
     assert_eq!(c.user_id.as_deref(), Some("tagged-user"));
     assert_eq!(c.conversation_id.as_deref(), Some("conv-7"));
 
-    ex.request_headers.retain(|(k, _)| k != "traceparent");
-    ex.request_headers.push((
-        "traceparent".into(),
-        "00-00000000000000000000000000000000-00f067aa0ba902b7-01".into(),
-    ));
+    ex.request_headers.retain(|k, _| k != "traceparent");
+    ex.request_headers.push(
+        "traceparent",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    );
     assert_eq!(run(&ex).trace_parent, None);
 }
 
@@ -2246,8 +2244,8 @@ fn other_models_through_invoke_model_record_usage_but_no_content() {
         resp,
     );
     ex.response_headers.extend([
-        ("x-amzn-bedrock-input-token-count".into(), "18".into()),
-        ("x-amzn-bedrock-output-token-count".into(), "7".into()),
+        ("x-amzn-bedrock-input-token-count", "18"),
+        ("x-amzn-bedrock-output-token-count", "7"),
         (
             "x-amzn-requestid".into(),
             "5d1e2c3b-aaaa-bbbb-cccc-0123456789ab".into(),
@@ -2411,10 +2409,10 @@ fn bedrock_error_answers_take_their_type_from_x_amzn_errortype() {
         false,
     );
     ex.status = Some(429);
-    ex.response_headers.push((
-        "x-amzn-errortype".into(),
-        "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/".into(),
-    ));
+    ex.response_headers.push(
+        "x-amzn-errortype",
+        "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+    );
     let c = run(&ex);
     assert_eq!(c.error_type.as_deref(), Some("ThrottlingException"));
     assert!(!format!("{c:?}").contains("Too many requests"));

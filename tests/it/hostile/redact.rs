@@ -353,12 +353,12 @@ fn chat_exchange(request: &serde_json::Value) -> veil::exchange::Exchange {
         client_version: "HTTP/1.1".into(),
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
-        request_headers: vec![("content-type".into(), "application/json".into())],
-        tags: vec![("x-veil-feature".into(), "mail bob@example.com".into())],
+        request_headers: vec![("content-type".into(), "application/json".into())].into(),
+        tags: vec![("x-veil-feature".into(), "mail bob@example.com".into())].into(),
         api_key_fingerprint: None,
         request_body: body(request.to_string().into_bytes()),
         status: Some(200),
-        response_headers: vec![("content-type".into(), "application/json".into())],
+        response_headers: vec![("content-type".into(), "application/json".into())].into(),
         response_body: body(
             crate::support::mock_llm::openai_completion("gpt-4o-mini")
                 .to_string()
