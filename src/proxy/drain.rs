@@ -10,10 +10,9 @@
 //! request body is wrapped in a [`Drain`] before anything can answer early: when it is dropped
 //! before its end on an h2 stream, a background task reads what the app still sends and
 //! throws it away, up to [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`] (or until shutdown
-//! begins). The answer goes out at once; the stream closes cleanly when the app ends its
-//! upload or resets it (curl stops sending when it sees an error status), and only an app
-//! that keeps sending past the bounds gets the reset. A body that failed (the app reset it,
-//! or it stalled) is not drained: the app is not sending.
+//! begins). The stream then closes cleanly when the app ends its upload or resets it, and
+//! only an app that keeps sending past the bounds gets the reset. A body that failed (the app
+//! reset it, or it stalled) is not drained: the app is not sending.
 //!
 //! HTTP/1.1 bodies are left to hyper, which reads what is already buffered and otherwise
 //! closes the connection after the answer: clients handle that, and draining would keep such
@@ -27,11 +26,16 @@
 //! malformed (RFC 9113 §8.1.1) and resets the stream with `PROTOCOL_ERROR`, dropping
 //! whatever of the answer it had not yet written: when the answer's `HEADERS` had left but
 //! not its `DATA`, curl got a status and then `(92) ... PROTOCOL_ERROR` (1 run in 30 under
-//! CI load). So an early answer also waits, briefly, for the drain: [`Drain::settled`] gives
-//! a [`Settled`] the answering code awaits (at most [`ANSWER_WAIT_MAX`]) after it let the body
-//! go. An app that can send its whole body without waiting for veil (it fits the stream
-//! window, which [`DRAIN_MAX_BYTES`] matches) has then sent it before it sees the answer;
-//! one that cannot, or that waits for the answer first, gets it after the bound, as before.
+//! CI load). So veil's own answers also wait, briefly, for the body to be let go of:
+//! [`Drain::settled`] gives a [`Settled`] that resolves when the body is dropped ended, or when
+//! its drain stops (the app ended its upload, reset it, or a bound or shutdown stopped the
+//! drain); the answering code awaits it, at most [`ANSWER_WAIT_MAX`], after it let the body go
+//! (the body may also be held a while by hyper's task that streamed it to an h2 upstream). An
+//! app that can send its whole body without waiting for veil (it fits the stream window,
+//! which [`DRAIN_MAX_BYTES`] matches) has then sent it before it sees the answer. One whose
+//! body is larger gets the answer when the drain stops at [`DRAIN_MAX_BYTES`], followed by
+//! the reset; one that waits for the answer before it sends gets it after
+//! [`ANSWER_WAIT_MAX`].
 //!
 //! Rejected: draining before answering with no bound (the answer would wait on the app's
 //! upload as long as it takes, and a body over the bound would fail the same way); keeping

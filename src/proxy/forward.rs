@@ -158,6 +158,7 @@ impl Shared {
                     )),
                     recorded.then_some(id),
                 );
+                drop(recording);
                 return answer_unread(settled, answer).await;
             }
             Ok(Err(e)) => (upstream::classify(&e, &shown), request_body_failed(&e)),
@@ -187,7 +188,11 @@ impl Shared {
         } else {
             tracing::warn!(exchange.id = %id, kind = failure.kind.as_str(), "{}", failure.message);
         }
-        answer_unread(settled, self.answer(&err, recorded.then_some(id))).await
+        let answer = self.answer(&err, recorded.then_some(id));
+        // Let go before the wait: the exchange is recorded as it ended, and a reservation
+        // under audit = "required" is not held longer.
+        drop(recording);
+        answer_unread(settled, answer).await
     }
 }
 

@@ -89,11 +89,14 @@ impl Shared {
     /// Answers one request under `/veil/` (see the module docs).
     pub(super) async fn reserved(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        // A body left unread by an early answer is drained (bounded), as for veil's other
-        // answers (see `drain`); one that stops arriving ends on the stall clock.
-        let body = self.request_body(body, parts.version);
+        // A body left unread by an early answer (401, 404, 405, 413) is drained (bounded),
+        // and the answer waits for that (bounded), as for veil's other answers (see `drain`);
+        // one that stops arriving ends on the stall clock.
+        let mut body = self.request_body(body, parts.version);
+        let settled = body.settled();
+        // The body is gone (read, or dropped unread) when the answer is ready.
         let answer = self.reserved_answer(&parts, body).await;
-        json_answer(answer)
+        super::forward::answer_unread(settled, json_answer(answer)).await
     }
 
     async fn reserved_answer(

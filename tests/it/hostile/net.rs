@@ -1077,11 +1077,18 @@ where
     );
     app.send(Bytes::from(vec![b' '; half])).await.unwrap();
     drop(app);
+    let ended = Instant::now();
     let resp = tokio::time::timeout(Duration::from_secs(5), &mut answer)
         .await
         .expect("the answer comes once the upload ended")
         .unwrap()
         .unwrap();
+    // Not the bound (1 s from the drop, ~0.75 s from here): the upload's end let it go.
+    let after = ended.elapsed();
+    assert!(
+        after < Duration::from_millis(500),
+        "{status} came {after:?} after the upload ended"
+    );
     assert_eq!(resp.status().as_u16(), status);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(
@@ -1091,8 +1098,8 @@ where
 }
 
 // See: veil#10. Each of veil's early answers over h2 waits for the upload: refused under
-// audit = "required" (503), an upstream that refuses the connection (502), a refusal on the
-// proxy port over h2c (403).
+// audit = "required" (503), an upstream that refuses the connection (502), veil's reserved
+// API (404), a refusal on the proxy port over h2c (403).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_early_answers_wait_for_the_upload_to_end() {
     let mock = Mock::start(Alpn::H2AndHttp1).await;
@@ -1120,6 +1127,11 @@ async fn h2_early_answers_wait_for_the_upload_to_end() {
         .await
         .unwrap();
     early_answer_waits_for_the_upload(tls, url, 502, "upstream_connect").await;
+    let tls = tls_through(&unreachable, "api.openai.com", "api.openai.com", &[b"h2"])
+        .await
+        .unwrap();
+    let reserved = "https://api.openai.com/veil/v1/nothing-here";
+    early_answer_waits_for_the_upload(tls, reserved, 404, "not_found").await;
 
     let plain = TcpStream::connect(unreachable.addr).await.unwrap();
     let refused = format!("http://{}/v1/chat/completions", unreachable.addr);
