@@ -210,7 +210,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
             ])
         }),
         tool_names: Vec::new(),
-        request_headers: vec![("User-Agent".into(), "openai-python/1.54.0".into())].into(),
+        request_headers: vec![("User-Agent".into(), "openai-python/1.54.0".into())],
         response_headers: Default::default(),
         request_bytes: 600 + rng.below(4000),
         response_bytes: 400 + rng.below(3000),

@@ -423,7 +423,7 @@ pub fn openai_chat(id: &str) -> Record {
     r.output_messages = Some(serde_json::json!([
         {"role":"assistant","parts":[{"type":"text","content":"Link sent to [EMAIL_1]."}],"finish_reason":"stop"}
     ]));
-    r.request_headers = vec![("User-Agent".into(), "openai-python/1.0".into())].into();
+    r.request_headers = vec![("User-Agent".into(), "openai-python/1.0".into())];
     r
 }
 

@@ -37,6 +37,14 @@ fn capture_is_bounded_and_marks_truncation() {
     assert!(body.truncated);
 }
 
+/// A 200 with no headers arrived, now.
+fn response_head_200(rec: &RecordingRef) {
+    let now = Instant::now();
+    rec.lock()
+        .unwrap()
+        .response_head(200, Headers::new(), None, now, now);
+}
+
 #[tokio::test]
 async fn exchange_is_emitted_once_with_both_bodies() {
     let (tx, mut rx) = crate::exchange::queue::channel(4, 1 << 20, Default::default());
@@ -52,13 +60,7 @@ async fn exchange_is_emitted_once_with_both_bodies() {
         Ok(Frame::data(Bytes::from_static(b"data: b\n\n"))),
     ];
     let resp_inner = StreamBody::new(futures_lite_stream(chunks));
-    rec.lock().unwrap().response_head(
-        200,
-        Default::default(),
-        None,
-        Instant::now(),
-        Instant::now(),
-    );
+    response_head_200(&rec);
     let resp = TeeBody::recording(resp_inner, Side::Response, 1024, rec.clone());
     drop(rec);
     assert_eq!(req.collect().await.unwrap().to_bytes(), "{\"q\":1}");
@@ -84,13 +86,7 @@ async fn dropped_response_is_client_aborted_and_full_queue_counts_drops() {
     let (tx, mut rx) = crate::exchange::queue::channel(1, 1 << 20, Default::default());
     for _ in 0..2 {
         let rec = Recording::start(meta(), Sink::BestEffort(tx.clone()));
-        rec.lock().unwrap().response_head(
-            200,
-            Default::default(),
-            None,
-            Instant::now(),
-            Instant::now(),
-        );
+        response_head_200(&rec);
         let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
             vec![Ok(Frame::data(Bytes::from_static(b"partial")))];
         let mut resp = TeeBody::recording(
