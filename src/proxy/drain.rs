@@ -120,23 +120,31 @@ where
     /// A handle that resolves when this body has been let go of: at once when it is dropped
     /// ended, failed, unread over HTTP/1.1 or outside a runtime; when its drain stops
     /// otherwise. One handle per body: a second call replaces the first, which then resolves.
+    /// A body that is never drained (no policy: HTTP/1.1) gets a handle that is resolved
+    /// already, with no channel: every forwarded request asks for one.
     pub fn settled(&mut self) -> Settled {
+        if self.policy.is_none() {
+            return Settled(None);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.settled = Some(tx);
-        Settled(rx)
+        Settled(Some(rx))
     }
 }
 
 /// Resolves when a [`Drain`]'s body has been let go of (see [`Drain::settled`]).
 #[derive(Debug)]
-pub struct Settled(tokio::sync::oneshot::Receiver<()>);
+pub struct Settled(Option<tokio::sync::oneshot::Receiver<()>>);
 
 impl Settled {
     /// Waits until the body has been let go of, at most `max`; true if it was. Call it after
     /// the body was dropped: before, it waits out `max`.
     pub async fn wait(self, max: Duration) -> bool {
+        let Some(rx) = self.0 else {
+            return true;
+        };
         // Nothing is ever sent: the sender's drop is the signal.
-        tokio::time::timeout(max, self.0).await.is_ok()
+        tokio::time::timeout(max, rx).await.is_ok()
     }
 }
 
