@@ -124,9 +124,7 @@ impl<'a> IntoIterator for &'a Headers {
 impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(fields: I) -> Self {
         let mut headers = Headers::new();
-        for (name, value) in fields {
-            headers.push(name.as_ref(), value.as_ref());
-        }
+        headers.extend(fields);
         headers
     }
 }
