@@ -55,6 +55,13 @@ impl ExchangeId {
         ExchangeId(uuid::Uuid::now_v7())
     }
 
+    /// The ID as text, the same as `to_string()` gives (hyphenated, lowercase, 36 bytes),
+    /// written into `buf`: for the response header the proxy adds to every recorded exchange,
+    /// without a `String` or the formatting machinery on the forwarding path.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
+        self.0.hyphenated().encode_lower(buf)
+    }
+
     /// The 16 raw bytes (big-endian UUID layout).
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
@@ -462,6 +469,10 @@ mod tests {
         assert_eq!(ExchangeId::from_bytes(*a.as_bytes()), a);
         assert!(a.timestamp().unwrap() <= SystemTime::now());
         assert!("not-an-id".parse::<ExchangeId>().is_err());
+        // The header's text is the ID's text, which parses back to it.
+        let mut buf = [0; 36];
+        assert_eq!(a.encode(&mut buf), a.to_string());
+        assert_eq!(b.encode(&mut buf).parse::<ExchangeId>().unwrap(), b);
     }
 
     #[test]

@@ -38,7 +38,8 @@ impl Shared {
 }
 
 pub(super) fn id_header(id: ExchangeId) -> HeaderValue {
-    HeaderValue::from_str(&id.to_string()).expect("invariant: a UUID is a valid header value")
+    let mut text = [0; 36];
+    HeaderValue::from_str(id.encode(&mut text)).expect("invariant: a UUID is a valid header value")
 }
 
 pub(super) fn empty_ok() -> Response<ProxyBody> {
