@@ -47,8 +47,9 @@ pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {
 /// §7 requires and serde_json chooses: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other
 /// control characters as `\u00XX`, everything else as is).
 ///
-/// `scratch` is cleared and written; keeping it between calls keeps its capacity (the
-/// escaper reserves six times each string's length before writing it). Recursion follows the
+/// `scratch` is cleared and written; keeping it between calls keeps its capacity (the SIMD
+/// escaper reserves six times a string's length before writing it; strings over
+/// 1 MiB go through serde_json's escaping instead). Recursion follows the
 /// value's depth, which serde_json's parser bounds at 128.
 pub fn to_compact(v: &Value, scratch: &mut Vec<u8>) -> Box<str> {
     scratch.clear();
@@ -61,6 +62,21 @@ pub fn to_compact(v: &Value, scratch: &mut Vec<u8>) -> Box<str> {
     }
 }
 
+/// Strings longer than this, bytes, are escaped by serde_json: the SIMD escaper reserves six
+/// times a string's length before writing it, which for a large prompt (the capture limit is
+/// 32 MiB) would be a reservation of 192 MiB for one string.
+const SIMD_ESCAPE_MAX: usize = 1 << 20;
+
+/// `s` as a JSON string, quotes included, after whatever `out` holds.
+fn escape(s: &str, out: &mut Vec<u8>) {
+    if s.len() <= SIMD_ESCAPE_MAX {
+        json_escape_simd::escape_into(s, out);
+    } else {
+        // A `str` always serializes.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
 fn write_compact(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
@@ -70,7 +86,7 @@ fn write_compact(v: &Value, out: &mut Vec<u8>) {
         Value::Number(n) => {
             let _ = serde_json::to_writer(&mut *out, n);
         }
-        Value::String(s) => json_escape_simd::escape_into(s, out),
+        Value::String(s) => escape(s, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -87,7 +103,7 @@ fn write_compact(v: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                json_escape_simd::escape_into(k, out);
+                escape(k, out);
                 out.push(b':');
                 write_compact(item, out);
             }
@@ -202,6 +218,22 @@ mod tests {
             "{text}"
         );
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+    }
+
+    #[test]
+    fn strings_past_the_simd_bound_are_escaped_alike_in_bounded_room() {
+        let big = "a \"quoted\"\tline\n".repeat(SIMD_ESCAPE_MAX / 16 + 1);
+        assert!(big.len() > SIMD_ESCAPE_MAX);
+        let v = serde_json::json!([big, "small \"one\""]);
+        let mut scratch = Vec::new();
+        let text = to_compact(&v, &mut scratch);
+        assert_eq!(&*text, serde_json::to_string(&v).unwrap());
+        // serde_json's own growth for the large string: no six-fold reservation.
+        assert!(
+            scratch.capacity() < 4 * text.len(),
+            "{}",
+            scratch.capacity()
+        );
     }
 
     #[test]
