@@ -191,18 +191,18 @@ pub(super) fn merge(text: &str, v: &mut Vec<Range<usize>>) {
         return;
     }
     v.sort_unstable_by_key(|r| r.start);
-    let mut out: Vec<Range<usize>> = Vec::with_capacity(v.len());
-    for r in v.drain(..) {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
+    // In place: a range that starts inside the one kept before it extends that one.
+    v.dedup_by(|r, kept| {
+        let overlaps = r.start <= kept.end;
+        if overlaps {
+            kept.end = kept.end.max(r.end);
         }
-    }
-    for w in &mut out {
+        overlaps
+    });
+    for w in v.iter_mut() {
         w.start = text.floor_char_boundary(w.start);
         w.end = text.ceil_char_boundary(w.end);
     }
-    *v = out;
 }
 
 /// True when the range starts and ends at word edges (Unicode letters and digits).

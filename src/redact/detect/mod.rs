@@ -356,12 +356,15 @@ impl Scanner {
     ) -> Result<Option<Candidate>, Exceeded> {
         let from = input.start();
         let found = if p.group {
-            let mut caps = p.re.create_captures();
-            p.re.search_captures(input, &mut caps);
-            caps.get_match().map(|m| {
-                let m = m.range();
-                let r = caps.get_group(1).map_or(m.clone(), |g| g.range());
-                (m, r)
+            // The match and group 1 only, in slots on the stack: a `Captures` per candidate
+            // was an allocation per search (slot layout of one pattern: group 0's start and
+            // end, then group 1's; `GroupInfo`'s documented mapping).
+            let mut slots = [None; 4];
+            p.re.search_slots(input, &mut slots).and_then(|_| {
+                let span = |a: usize| Some(slots[a]?.get()..slots[a + 1]?.get());
+                let m = span(0)?;
+                let r = span(2).unwrap_or_else(|| m.clone());
+                Some((m, r))
             })
         } else {
             p.re.search(input).map(|m| (m.range(), m.range()))
