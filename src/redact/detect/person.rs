@@ -1153,13 +1153,15 @@ pub(crate) fn find(
             // 32 bytes at a time: a branch-free fold the compiler vectorizes gives a bit per
             // byte that may start a word (a capital or a non-ASCII lead byte); only those are
             // visited. Most chunks of prose hold none, and the rest one or two (a per-byte
-            // loop over such chunks was a quarter of the detector on prose).
-            let start = |c: u8| c.is_ascii_uppercase() | (c >= 0xC0);
-            for (k, chunk) in b.chunks(32).enumerate() {
-                let mut starts = chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |m, (j, &c)| m | (u32::from(start(c)) << j));
+            // loop over such chunks was a quarter of the detector on prose). Whole chunks as
+            // fixed-size arrays (`as_chunks`), so the fold has a known trip count; the tail
+            // is folded the same way.
+            let (whole, tail) = b.as_chunks::<32>();
+            let masks = whole
+                .iter()
+                .map(|c| starts_mask(c.as_slice()))
+                .chain([starts_mask(tail)]);
+            for (k, mut starts) in masks.enumerate() {
                 while starts != 0 {
                     let i = k * 32 + starts.trailing_zeros() as usize;
                     starts &= starts - 1;
@@ -1178,6 +1180,17 @@ pub(crate) fn find(
         }
     }
     Ok(())
+}
+
+/// A bit per byte of `chunk` (at most 32) that may start a name word: an ASCII capital or a
+/// non-ASCII lead byte. Inlined into its callers, so a `&[u8; 32]` gives a fixed trip count.
+#[inline(always)]
+fn starts_mask(chunk: &[u8]) -> u32 {
+    let start = |c: u8| c.is_ascii_uppercase() | (c >= 0xC0);
+    chunk
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (j, &c)| m | (u32::from(start(c)) << j))
 }
 
 /// Reads the run that starts at `i` if a name word starts there: pushes its names and returns
@@ -1300,11 +1313,29 @@ fn next_word(text: &str, end: usize) -> Option<Range<usize>> {
     }
 }
 
-/// Characters that glue a capitalized word to the one before it (`a_Name`, `@Name`): no name
-/// starts after them. A slice, not a `str`: `str::contains` ran a substring search per call.
-const GLUES: &[char] = &[
-    '_', '/', '\\', '@', '#', '$', '<', '>', '`', '~', '&', '%', '*', '+', '^', '|',
-];
+/// Whether `c` glues a capitalized word to the one before it (`a_Name`, `@Name`): no name
+/// starts after it. A `match`, not a search of a list: it is asked for nearly every
+/// capitalized word, twice.
+fn is_glue(c: char) -> bool {
+    matches!(
+        c,
+        '_' | '/'
+            | '\\'
+            | '@'
+            | '#'
+            | '$'
+            | '<'
+            | '>'
+            | '`'
+            | '~'
+            | '&'
+            | '%'
+            | '*'
+            | '+'
+            | '^'
+            | '|'
+    )
+}
 
 /// The name word starting at byte `i`, if one does (see the module doc's shape rules).
 fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
@@ -1314,7 +1345,7 @@ fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
     let dot_glued =
         before == Some('.') && beyond.is_some_and(|c| c.is_alphanumeric() || c == ')' || c == '_');
     if let Some(c) = before
-        && (c.is_alphanumeric() || GLUES.contains(&c) || dot_glued)
+        && (c.is_alphanumeric() || is_glue(c) || dot_glued)
     {
         // Not `=` nor `:`: `name=Jo`, `Name:Jo` are cues.
         return None;
@@ -1323,6 +1354,8 @@ fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
     let mut part_start = i;
     let mut chars = text[i..].char_indices().peekable();
     let mut prev: Option<char> = None;
+    // Counted on the way: the word's characters and whether one is lowercase.
+    let (mut count, mut lowercase) = (0, false);
     while let Some((o, c)) = chars.next() {
         let at = i + o;
         if c.is_uppercase() {
@@ -1336,6 +1369,7 @@ fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
             if at == part_start {
                 return None; // A part starts with a capital.
             }
+            lowercase = true;
         } else if (c == '-' || c == '\'' || c == '’')
             && prev.is_some_and(char::is_alphabetic)
             && chars.peek().is_some_and(|&(_, n)| n.is_uppercase())
@@ -1345,14 +1379,14 @@ fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
             break;
         }
         prev = Some(c);
+        count += 1;
         end = at + c.len_utf8();
         if end - i > MAX_WORD {
             return None;
         }
     }
-    let word = &text[i..end];
     // At least one capital and one lowercase letter, and not a lone initial.
-    if word.chars().count() < 2 || !word.chars().any(char::is_lowercase) {
+    if count < 2 || !lowercase {
         return None;
     }
     let after = &text[end..];
