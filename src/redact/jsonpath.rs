@@ -150,6 +150,25 @@ impl JsonPath {
         match_segs(&self.segs, path)
     }
 
+    /// False when no node at `path` or below it can match, so a walk looking for matches
+    /// need not enter it: `path` strays from the selector's leading child segments, or is
+    /// longer than a selector without recursive descent. True otherwise (conservative: any
+    /// `..` segment reached makes every subtree a candidate).
+    pub(crate) fn may_match_within<S: AsStep>(&self, path: &[S]) -> bool {
+        let mut steps = path.iter();
+        for seg in &self.segs {
+            match seg {
+                Seg::Descendant(_) => return true,
+                Seg::Child(sel) => match steps.next() {
+                    None => return true,
+                    Some(s) if sel.matches(s.as_step()) => {}
+                    Some(_) => return false,
+                },
+            }
+        }
+        steps.next().is_none()
+    }
+
     /// The selector as written.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -259,6 +278,42 @@ mod tests {
                 *want,
                 "{p} vs {path:?}"
             );
+        }
+    }
+
+    /// Pruning never skips a subtree holding a match: whenever a path matches, each of its
+    /// prefixes may match within.
+    #[test]
+    fn may_match_within_prunes_only_strays() {
+        let cases: &[(&str, &[Step<'_>], bool)] = &[
+            ("$.user", &[], true),
+            ("$.user", &[K("user")], true),
+            ("$.user", &[K("messages")], false),
+            ("$.user", &[K("user"), K("x")], false),
+            ("$.metadata.user_id", &[K("metadata")], true),
+            ("$.metadata.user_id", &[K("messages"), I(0)], false),
+            ("$.messages[*].content", &[K("messages"), I(7)], true),
+            ("$.messages[1].content", &[K("messages"), I(0)], false),
+            ("$..text", &[K("a"), I(0), K("b")], true),
+            ("$.a..text", &[K("b")], false),
+            ("$.a..text", &[K("a"), K("x"), K("y")], true),
+        ];
+        for (p, path, want) in cases {
+            let jp = JsonPath::parse(p).unwrap();
+            assert_eq!(jp.may_match_within(path), *want, "{p} within {path:?}");
+        }
+        let path = [K("m"), I(0), K("content"), I(2), K("text")];
+        for p in [
+            "$..text",
+            "$.m[*].content[2].text",
+            "$.m..text",
+            "$..content[*].text",
+        ] {
+            let jp = JsonPath::parse(p).unwrap();
+            assert!(jp.matches(&path), "{p}");
+            for n in 0..=path.len() {
+                assert!(jp.may_match_within(&path[..n]), "{p} within {n} steps");
+            }
         }
     }
 

@@ -637,8 +637,8 @@ impl CompiledRules {
         // user. (Walking the document once would follow its key order instead, which serde_json
         // sorts, and a `prompt_cache_key` would win over `user`.)
         if let Some(request) = request {
+            let mut path = Vec::new();
             for identity in &self.identity_paths {
-                let mut path = Vec::new();
                 find_identity(identity, request, &mut path, &mut raw);
             }
         }
@@ -1070,7 +1070,9 @@ fn find_identity<'a>(
     hits: &mut Vec<String>,
 ) {
     // Bounded: a request with thousands of matching leaves must not buy unbounded hashing.
-    if hits.len() >= 4 * MAX_IDENTITIES {
+    // Pruned: only subtrees the path can reach are walked (`$.user` reads one key of the
+    // root, not every message).
+    if hits.len() >= 4 * MAX_IDENTITIES || !identity.may_match_within(path) {
         return;
     }
     if identity.matches(path) {
