@@ -69,7 +69,8 @@ impl Shared {
         join_cookies(&mut parts.headers);
 
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
-        let shown = format!("{}:{}", target.host, target.port);
+        // For the error messages only: not formatted for a request that succeeds.
+        let shown = || format!("{}:{}", target.host, target.port);
         let recording = match self
             .start_recording(
                 &parts,
@@ -161,12 +162,13 @@ impl Shared {
                 drop(recording);
                 return answer_unread(settled, answer).await;
             }
-            Ok(Err(e)) => (upstream::classify(&e, &shown), request_body_failed(&e)),
+            Ok(Err(e)) => (upstream::classify(&e, &shown()), request_body_failed(&e)),
             Err(_) => (
                 UpstreamError::new(
                     UpstreamFailure::Timeout,
                     format!(
-                        "no response headers from upstream {shown} within {}s",
+                        "no response headers from upstream {} within {}s",
+                        shown(),
                         self.settings.upstream_timeout.as_secs_f32()
                     ),
                 ),

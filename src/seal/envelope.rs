@@ -224,9 +224,10 @@ fn borrowed(pairs: &Headers) -> Vec<(&str, &str)> {
 
 /// Serializes `ex` (credential headers dropped) into `out`, after whatever `out` holds.
 fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
-    let id = ex.id.to_string();
+    // On the stack: the id's text is fixed-length.
+    let mut id = [0; 36];
     let meta = MetaV1 {
-        id: id.as_str(),
+        id: ex.id.encode(&mut id),
         started_at_ns: ex
             .started_at
             .duration_since(SystemTime::UNIX_EPOCH)
