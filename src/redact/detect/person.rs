@@ -1337,8 +1337,41 @@ fn is_glue(c: char) -> bool {
     )
 }
 
+/// True when no name word can start at byte `i`, told by its first two or three bytes when
+/// they are ASCII: it does not start with a capital, or it ends after its one capital (`I'm`,
+/// `A `, `I-5`). The cheap answer for most capitals of prose (`I` above all); [`name_word`]'s
+/// loop gives `None` for every such start, and decides every other one itself.
+fn cannot_start(b: &[u8], i: usize) -> bool {
+    let Some(&c) = b.get(i) else {
+        return true;
+    };
+    if !c.is_ascii() {
+        return false;
+    }
+    if !c.is_ascii_uppercase() {
+        return true;
+    }
+    match b.get(i + 1) {
+        None => true,
+        Some(&n) if !n.is_ascii() || n.is_ascii_alphabetic() => false,
+        // A hyphen or apostrophe joins only a capital after it (`O'Brien`).
+        Some(b'-' | b'\'') => b
+            .get(i + 2)
+            .is_none_or(|&m| m.is_ascii() && !m.is_ascii_uppercase()),
+        Some(_) => true,
+    }
+}
+
 /// The name word starting at byte `i`, if one does (see the module doc's shape rules).
 fn name_word(text: &str, i: usize) -> Option<Range<usize>> {
+    if cannot_start(text.as_bytes(), i) {
+        return None;
+    }
+    read_name_word(text, i)
+}
+
+/// [`name_word`] without the shortcut: reads the word character by character.
+fn read_name_word(text: &str, i: usize) -> Option<Range<usize>> {
     let mut back = text[..i].chars().rev();
     let (before, beyond) = (back.next(), back.next());
     // A `.` glues only to a word before it (`obj.Name`), not to a sentence end (veil#16).
@@ -1562,4 +1595,38 @@ fn kinds_of(word: &str) -> u8 {
     lower(word, &mut buf)
         .and_then(|l| KINDS.get(l).copied())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cannot_start` only ever says what reading the word would: every start of three characters
+    /// from an alphabet of capitals (`O` joins by apostrophe), lowercase, separators, a digit
+    /// and non-ASCII letters and quotes, between a space and a lowercase word.
+    #[test]
+    fn cannot_start_agrees_with_name_word() {
+        let alphabet = [
+            "A", "O", "B", "a", "b", " ", "-", "'", "’", "2", ".", "_", "(", "É", "é",
+        ];
+        let mut told = 0;
+        for x in alphabet {
+            for y in alphabet {
+                for z in alphabet {
+                    for tail in ["", "n", " x"] {
+                        let text = format!(" {x}{y}{z}{tail}");
+                        if cannot_start(text.as_bytes(), 1) {
+                            told += 1;
+                            assert_eq!(read_name_word(&text, 1), None, "{text:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // The shortcut answers for most of these starts, not for none.
+        assert!(told > 5000, "{told}");
+        assert_eq!(name_word(" I'm here", 1), None);
+        assert_eq!(name_word(" O'Brien said", 1), Some(1..8));
+        assert_eq!(name_word(" Anna-Lena went", 1), Some(1..10));
+    }
 }
