@@ -1,10 +1,12 @@
 //! # The recording queue: finished exchanges from the proxy to the pipeline, bounded twice.
 //!
-//! The seam between the hot path and recording. The proxy hands each finished [`Exchange`]
-//! over with [`ExchangeSender::try_send`] (best-effort: never waits, a full queue is a counted
-//! drop) or through a [`Reservation`] taken before the request went upstream (audit
-//! required: a request waits up to `queue_wait` for room, [`ExchangeSender::reserve`], and
-//! one that still cannot be recorded is refused instead). The pipeline takes [`Queued`]
+//! The seam between the hot path and recording. The proxy reserves each exchange's slot before
+//! its request goes upstream, a [`Reservation`]: best-effort without waiting
+//! ([`ExchangeSender::try_admit`]: a request the queue has no room for is a counted drop and is
+//! never captured), audit required waiting up to `queue_wait` for room
+//! ([`ExchangeSender::reserve`]: one that still cannot be recorded is refused instead). What
+//! may last hours (a WebSocket session) is offered when it ends instead, with
+//! [`ExchangeSender::try_send`], so that it does not hold a slot meanwhile. The pipeline takes [`Queued`]
 //! exchanges and holds each until it is processed.
 //!
 //! The queue is bounded in **count** (`queue_capacity`) and in **bytes** (`queue_max_bytes`):
@@ -154,6 +156,29 @@ impl Shared {
         }
     }
 
+    /// Counts and logs a best-effort drop under its reason's counter.
+    fn drop_best_effort(&self, why: Refusal) {
+        let c = &self.counters.queue;
+        let counter = match why {
+            Refusal::Full => &c.dropped_full,
+            Refusal::Bytes => &c.dropped_bytes,
+            Refusal::Closed => &c.dropped_closed,
+        };
+        self.refuse(why, counter, "exchange not recorded (audit = best-effort)");
+    }
+
+    /// Hands an exchange whose `n` bytes are already taken from the budget to `send` (a
+    /// reserved slot), after noting it in the journal: noted before the send, since once
+    /// sent the pipeline may already be done with it; counted on the depth before the send,
+    /// since a worker may take it (and count it off) at once.
+    fn hand_over(self: &Arc<Self>, exchange: Exchange, n: usize, send: impl FnOnce(Queued)) {
+        let mut queued = Queued::new(exchange, n, self.clone());
+        queued.slot = self.journal.as_ref().map(|j| j.acknowledge(queued.id));
+        self.counters.queue.depth.add(1);
+        self.counters.queue.queued.inc();
+        send(queued);
+    }
+
     fn refuse(&self, why: Refusal, counter: &Counter, what: &str) {
         counter.inc();
         if let Some(n) = self.log.hit() {
@@ -218,50 +243,46 @@ pub struct ExchangeSender {
 
 impl ExchangeSender {
     /// Hands `exchange` over without waiting (best-effort). On refusal the exchange is dropped
-    /// here, counted and logged (rate-limited); the reason is returned.
+    /// here, counted and logged (rate-limited); the reason is returned. A refused exchange
+    /// leaves no trace in the journal: the slot is taken before the journal is written, so a
+    /// drop costs the forwarding thread no `pwrite` (it used to cost two: the acknowledge and
+    /// the drop mark).
     pub fn try_send(&self, exchange: Exchange) -> Result<(), Refusal> {
-        let c = &self.shared.counters.queue;
         let n = size_of_exchange(&exchange);
         if !self.shared.take(n) {
-            self.shared.refuse(
-                Refusal::Bytes,
-                &c.dropped_bytes,
-                "exchange not recorded (audit = best-effort)",
-            );
+            self.shared.drop_best_effort(Refusal::Bytes);
             return Err(Refusal::Bytes);
         }
-        let mut queued = Queued::new(exchange, n, self.shared.clone());
-        // Noted before the send: once sent, the pipeline may already be done with it.
-        queued.slot = self
-            .shared
-            .journal
-            .as_ref()
-            .map(|j| j.acknowledge(queued.id));
-        // Counted before the send: once sent, a worker may take it (and count it off) at once.
-        c.depth.add(1);
-        match self.tx.try_send(queued) {
-            Ok(()) => {
-                c.queued.inc();
-                Ok(())
-            }
+        let permit = match self.tx.try_reserve() {
+            Ok(permit) => permit,
             Err(e) => {
-                c.depth.sub(1);
-                let refused = match &e {
-                    mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                self.shared.release(n);
+                let why = match e {
+                    mpsc::error::TrySendError::Full(()) => Refusal::Full,
+                    mpsc::error::TrySendError::Closed(()) => Refusal::Closed,
                 };
-                if let (Some(j), Some(s)) = (&self.shared.journal, refused.slot) {
-                    j.dropped(s);
-                }
-                // Dropping the refused `Queued` gives its bytes back.
-                let (why, counter) = match e {
-                    mpsc::error::TrySendError::Full(_) => (Refusal::Full, &c.dropped_full),
-                    mpsc::error::TrySendError::Closed(_) => (Refusal::Closed, &c.dropped_closed),
-                };
-                self.shared
-                    .refuse(why, counter, "exchange not recorded (audit = best-effort)");
-                Err(why)
+                self.shared.drop_best_effort(why);
+                return Err(why);
             }
+        };
+        self.shared.hand_over(exchange, n, |q| permit.send(q));
+        Ok(())
+    }
+
+    /// Admits a best-effort exchange before its request goes upstream: a slot reserved now,
+    /// without waiting, so that an exchange the queue could not take is never captured (no
+    /// body copies, no header fingerprints, no journal write for it: under saturation the
+    /// forwarding threads spend nothing on what recording would drop). On refusal (the queue
+    /// is full, its byte budget used up, or recording stopped) the request is forwarded
+    /// unrecorded and the drop is counted (`veil.exchanges.dropped` by reason) and logged as
+    /// at the end. The byte budget is checked again when the exchange is handed over
+    /// ([`Reservation::try_send`]), so best-effort never holds more than `queue_max_bytes`.
+    pub fn try_admit(&self) -> Result<Reservation, Refusal> {
+        let got = self.reserve_now();
+        if let Err(why) = got {
+            self.shared.drop_best_effort(why);
         }
+        got
     }
 
     /// Reserves room for one exchange before its request goes upstream (audit required),
@@ -390,20 +411,33 @@ impl Reservation {
         self.waited
     }
 
-    /// Hands `exchange` over; never fails and never waits.
+    /// Hands `exchange` over; never fails and never waits (audit required: the exchange was
+    /// promised its room, so its bytes are added whatever the budget holds).
     pub fn send(self, exchange: Exchange) {
         let n = size_of_exchange(&exchange);
         self.shared.bytes.fetch_add(n, Ordering::AcqRel);
         self.shared.counters.queue.bytes.add(n as u64);
-        self.shared.counters.queue.queued.inc();
-        self.shared.counters.queue.depth.add(1);
-        let mut queued = Queued::new(exchange, n, self.shared.clone());
-        queued.slot = self
-            .shared
-            .journal
-            .as_ref()
-            .map(|j| j.acknowledge(queued.id));
-        self.permit.send(queued);
+        let permit = self.permit;
+        self.shared.hand_over(exchange, n, |q| {
+            permit.send(q);
+        });
+    }
+
+    /// Hands over an exchange admitted by [`ExchangeSender::try_admit`] (best-effort): the
+    /// slot is its own, but its bytes must still fit the budget (a lone exchange larger than
+    /// the whole budget is taken when nothing else waits). On refusal the exchange is
+    /// dropped, counted and logged, and its slot given back.
+    pub fn try_send(self, exchange: Exchange) -> Result<(), Refusal> {
+        let n = size_of_exchange(&exchange);
+        if !self.shared.take(n) {
+            self.shared.drop_best_effort(Refusal::Bytes);
+            return Err(Refusal::Bytes);
+        }
+        let permit = self.permit;
+        self.shared.hand_over(exchange, n, |q| {
+            permit.send(q);
+        });
+        Ok(())
     }
 }
 
@@ -794,5 +828,90 @@ mod tests {
         drop(a);
         assert_eq!(tx.counters().queue.refused.get(), 3);
         assert_eq!(tx.counters().queue.dropped(), 0, "refusals are not drops");
+    }
+
+    // See: veil#18. An exchange best-effort admits has its slot from the request's arrival; one
+    // that finds no room is a drop at once, and one whose bodies no longer fit the byte
+    // budget when it ends is a drop then, its slot given back.
+    #[test]
+    fn best_effort_admission_holds_a_slot_and_checks_the_bytes_at_the_end() {
+        let (tx, mut rx) = channel(2, 50, Arc::default());
+        let counters = tx.counters().clone();
+        let c = &counters.queue;
+        let a = tx.try_admit().unwrap();
+        let b = tx.try_admit().unwrap();
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Full);
+        assert_eq!(
+            (c.dropped_full.get(), c.refused.get()),
+            (1, 0),
+            "a drop, not a refusal"
+        );
+        a.try_send(exchange_of(40)).unwrap();
+        assert_eq!(b.try_send(exchange_of(20)), Err(Refusal::Bytes));
+        assert_eq!(c.dropped_bytes.get(), 1);
+        assert_eq!((c.queued.get(), c.depth.get(), c.bytes.get()), (1, 1, 40));
+        // b's slot was given back; the budget (40 of 50) still has room for an admission.
+        let d = tx.try_admit().unwrap();
+        d.try_send(exchange_of(10)).unwrap();
+        // Now both bounds are reached: refused by the byte budget first.
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Bytes);
+        let first = rx.blocking_recv().unwrap();
+        drop(rx.blocking_recv().unwrap());
+        // A slot is free but 40 bytes are still being processed: the budget decides.
+        let e = tx.try_admit().unwrap();
+        assert_eq!(e.try_send(exchange_of(11)), Err(Refusal::Bytes));
+        drop(first);
+        assert_eq!(c.bytes.get(), 0);
+        // Recording stopped: admission is refused as a drop.
+        drop(rx);
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Closed);
+        assert_eq!(
+            (
+                c.dropped_full.get(),
+                c.dropped_bytes.get(),
+                c.dropped_closed.get()
+            ),
+            (1, 3, 1)
+        );
+        assert_eq!(c.refused.get(), 0);
+    }
+
+    /// The journal's and the marks' bytes.
+    fn journal_files(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+        (
+            std::fs::read(dir.join(crate::journal::FILE)).unwrap(),
+            std::fs::read(dir.join(crate::journal::MARKS_FILE)).unwrap(),
+        )
+    }
+
+    // See: veil#18. A best-effort exchange the queue refuses used to cost the forwarding thread
+    // two journal writes (the acknowledge, then the drop mark) for an exchange never recorded.
+    #[test]
+    fn an_exchange_the_queue_refuses_writes_nothing_to_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), 16).unwrap();
+        let (tx, rx) = channel_journaled(1, 50, Some(Arc::new(journal)), Arc::default());
+        let before = journal_files(dir.path());
+        tx.try_send(exchange_of(10)).unwrap();
+        let queued = journal_files(dir.path());
+        assert_ne!(queued.0, before.0, "a queued exchange is acknowledged");
+        // Refused by the slot count, by the byte budget, and by a stopped recorder.
+        assert_eq!(tx.try_send(exchange_of(10)), Err(Refusal::Full));
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Full);
+        assert_eq!(tx.try_send(exchange_of(60)), Err(Refusal::Bytes));
+        drop(rx);
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Closed));
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Closed);
+        assert_eq!(
+            journal_files(dir.path()),
+            queued,
+            "a refusal wrote the journal"
+        );
+        assert_eq!(tx.counters().queue.dropped(), 5);
+        assert_eq!(
+            tx.counters().queue.bytes.get(),
+            0,
+            "refused bytes are given back"
+        );
     }
 }

@@ -37,6 +37,17 @@ use super::tee::{Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use super::upstream::{self, UpstreamError};
 use super::{ProxyBody, REQUEST_ID_HEADER, Shared, Slot};
 
+/// When a best-effort exchange takes its place in the recording queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HandOff {
+    /// A slot reserved when the request arrives: an HTTP exchange lasts seconds at most, and
+    /// one the queue has no room for then is not captured at all.
+    Admit,
+    /// Offered to the queue when it ends: a WebSocket session may last hours, and must not
+    /// hold a slot (at most `queue_capacity`) all that time.
+    AtEnd,
+}
+
 impl Shared {
     /// Sends one request upstream and streams the response back, teeing both bodies into a
     /// recording when the target is recorded. A WebSocket handshake goes to
@@ -78,7 +89,7 @@ impl Shared {
                 &path_and_query,
                 tags,
                 (id, t0, started_at),
-                addr,
+                (addr, HandOff::Admit),
             )
             .await
         {
@@ -212,10 +223,16 @@ pub(super) async fn answer_unread(
 }
 
 impl Shared {
-    /// For a recorded target: admits the request under the audit mode (best-effort always;
-    /// `audit = "required"` through [`Shared::admit_required`]), fingerprints its head and
-    /// starts its [`Recording`], whose clocks started at `t0` / `started_at`. `None` for a
-    /// target that is not recorded; veil's 503 answer for a request not admitted.
+    /// For a recorded target: admits the request under the audit mode, fingerprints its head
+    /// and starts its [`Recording`], whose clocks started at `t0` / `started_at`. Best-effort
+    /// with [`HandOff::Admit`] reserves a queue slot now, without waiting
+    /// ([`ExchangeSender::try_admit`]); with [`HandOff::AtEnd`] the exchange is offered to the
+    /// queue when it ends. `audit = "required"` goes through [`Shared::admit_required`].
+    /// `None` for a target that is not recorded, and for a best-effort request the queue has
+    /// no room for (counted as a drop: it is forwarded, nothing of it captured); veil's 503
+    /// answer for a request not admitted under `audit = "required"`.
+    ///
+    /// [`ExchangeSender::try_admit`]: crate::exchange::queue::ExchangeSender::try_admit
     pub(super) async fn start_recording(
         &self,
         parts: &http::request::Parts,
@@ -223,16 +240,22 @@ impl Shared {
         path_and_query: &str,
         tags: crate::exchange::Headers,
         (id, t0, started_at): (ExchangeId, Instant, SystemTime),
-        addr: SocketAddr,
+        (addr, hand_off): (SocketAddr, HandOff),
     ) -> Result<Option<RecordingRef>, Box<Response<ProxyBody>>> {
         if !target.record {
             return Ok(None);
         }
-        let sink = match self.settings.audit {
-            Audit::BestEffort => Sink::BestEffort(self.queue.clone()),
-            Audit::Required => Sink::Reserved(self.admit_required(id).await?),
-        };
         self.counters.proxy.intercepted.inc();
+        let sink = match (self.settings.audit, hand_off) {
+            (Audit::BestEffort, HandOff::Admit) => match self.queue.try_admit() {
+                Ok(slot) => Sink::Admitted(slot),
+                // Counted and logged by the queue as a drop: forwarded, not recorded, and
+                // nothing captured for it.
+                Err(_) => return Ok(None),
+            },
+            (Audit::BestEffort, HandOff::AtEnd) => Sink::BestEffort(self.queue.clone()),
+            (Audit::Required, _) => Sink::Reserved(self.admit_required(id).await?),
+        };
         let (headers, key_fp) = self.fingerprinter.record_headers(&parts.headers);
         let (path, query_fp) = self.fingerprinter.record_path(path_and_query);
         let meta = RequestMeta {

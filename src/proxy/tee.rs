@@ -10,8 +10,10 @@
 //! An exchange ends exactly once by construction: the `Recording` sits behind an `Arc` held by
 //! the request tee, the response tee and the handler, and it emits its `Exchange` in `Drop`,
 //! when the last of them lets go, whatever happened (end of stream, error, client hang-up).
-//! The hand-off is a `try_send` (or a slot reserved up front in audit-required mode): the hot
-//! path never waits on recording. This module never parses, logs or looks into a body.
+//! The hand-off uses a slot reserved before the request went upstream (best-effort: without
+//! waiting, and a request the queue has no room for is not recorded at all; audit required:
+//! waiting up to `queue_wait`), or a `try_send` at the end for a WebSocket session: the hot
+//! path never waits on recording in best-effort mode. This module never parses, logs or looks into a body.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,8 +32,13 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 /// Where a finished exchange goes.
 #[derive(Debug)]
 pub enum Sink {
-    /// Best-effort: `try_send` at the end; a full queue drops and counts (in the queue).
+    /// Best-effort, handed over at the end with `try_send`; a full queue drops and counts
+    /// (in the queue). For what may last long (a WebSocket session), which must not hold a
+    /// queue slot meanwhile.
     BestEffort(ExchangeSender),
+    /// Best-effort, admitted with a slot reserved before the request went upstream
+    /// ([`ExchangeSender::try_admit`]); the byte budget is checked at the end.
+    Admitted(Reservation),
     /// Audit-required: room reserved before the request went upstream.
     Reserved(Reservation),
 }
@@ -42,6 +49,9 @@ impl Sink {
             // A refusal is counted and logged by the queue.
             Sink::BestEffort(tx) => {
                 let _ = tx.try_send(exchange);
+            }
+            Sink::Admitted(r) => {
+                let _ = r.try_send(exchange);
             }
             Sink::Reserved(r) => r.send(exchange),
         }

@@ -95,7 +95,7 @@ impl Shared {
                 &path_and_query,
                 tags,
                 (id, t0, started_at),
-                addr,
+                (addr, super::forward::HandOff::AtEnd),
             )
             .await
         {

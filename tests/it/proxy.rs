@@ -689,7 +689,8 @@ async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
     let mut veil = Veil::start_with(&mock, |raw| raw.queue_capacity = Some(1)).await;
     assert_eq!(veil.counters.queue.capacity.get(), 1, "queue_capacity");
     let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
-    for _ in 0..3 {
+    let mut first: Option<String> = None;
+    for n in 0..3 {
         let resp = client
             .send(post_json(
                 "api.openai.com",
@@ -698,12 +699,26 @@ async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
             ))
             .await;
         assert_eq!(resp.status(), 200);
-        body_text(resp).await;
+        // The first holds the one slot; the others find the queue full when they arrive and
+        // are forwarded without being recorded (veil#18), so they carry no request ID.
+        assert_eq!(resp.headers().contains_key("x-veil-request-id"), n == 0);
+        let text = body_text(resp).await;
+        assert!(!text.is_empty());
+        // Forwarded whole, recorded or not.
+        assert_eq!(first.get_or_insert_with(|| text.clone()), &text);
+        if n > 0 {
+            // Counted when it arrived, not when it ended.
+            assert_eq!(veil.counters.queue.dropped_full.get(), n);
+        }
     }
-    // Drops are counted when the last tee lets go, just after the body ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(veil.counters.queue.queued.get(), 1);
     assert_eq!(veil.counters.queue.dropped(), 2);
+    assert_eq!(
+        veil.counters.proxy.intercepted.get(),
+        3,
+        "all three were intercepted"
+    );
     // The full queue as an operator sees it: depth at capacity (veil#15)...
     assert_eq!(veil.counters.queue.depth.get(), 1, "the queue is full");
     // ...and empty again once the pipeline (here the test) takes the exchange.
