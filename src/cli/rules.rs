@@ -587,6 +587,39 @@ mod tests {
         assert!(preview(&r, b"{}".to_vec(), None, &gemini, false).is_err());
     }
 
+    /// The record's labels that repeat (model names, feature) are remembered by the scope's
+    /// memo of clean strings once found clean; ids (the response id) never are.
+    #[test]
+    fn a_record_remembers_its_clean_models_and_feature_but_not_its_ids() {
+        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [9; 32]));
+        let r = CompiledRules::from_str(include_str!("../../rules/default.toml"), &keys).unwrap();
+        let dest = Destination {
+            provider: None,
+            host: None,
+            route: None,
+            feature: Some("support-bot"),
+        };
+        let request = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+        let response = br#"{"id":"chatcmpl-Zq81","object":"chat.completion","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}"#;
+        let ex = test_exchange(request.to_vec(), Some(response.to_vec()), &dest).unwrap();
+        let conv = exchange::parse(&ex, &ParseOptions::default(), &Pricing::builtin());
+        let scope = r.base_scope();
+        let labels = ["gpt-4o-mini", "gpt-4o-mini-2024-07-18", "support-bot"];
+        assert!(labels.iter().all(|l| !scope.remembers(l)));
+        for _ in 0..2 {
+            let rec = record::build(&ex, &conv, &r);
+            assert_eq!(rec.request_model.as_deref(), Some("gpt-4o-mini"));
+            assert_eq!(
+                rec.response_model.as_deref(),
+                Some("gpt-4o-mini-2024-07-18")
+            );
+            assert_eq!(rec.feature.as_deref(), Some("support-bot"));
+            assert_eq!(rec.response_id.as_deref(), Some("chatcmpl-Zq81"));
+        }
+        assert!(labels.iter().all(|l| scope.remembers(l)), "{labels:?}");
+        assert!(!scope.remembers("chatcmpl-Zq81"));
+    }
+
     #[test]
     fn provider_names_a_gateway_route_of_the_provider_table() {
         let dest = |p| Destination {

@@ -114,24 +114,44 @@ pub fn build_within(
     }
 
     // Label-like fields come from the app or the provider and could carry anything (an email
-    // as a model alias, free text in an error code): detectors and a length cap apply.
-    let mut label = |s: &str| -> String {
+    // as a model alias, free text in an error code): detectors and a length cap apply. Those
+    // whose values repeat across exchanges (`Repeats::Yes`: model names, the feature tag, the
+    // error type) may be answered by the scope's memo of clean strings
+    // ([`CompiledRules::redact_label`]); ids and tool names are scanned every time.
+    #[derive(Clone, Copy)]
+    enum Repeats {
+        Yes,
+        No,
+    }
+    let mut label = |s: &str, repeats: Repeats| -> String {
         let capped: String = s.chars().take(MAX_LABEL_CHARS).collect();
-        let (text, found) = rules.redact_text(&capped, scope);
+        let (text, found) = match repeats {
+            Repeats::Yes => rules.redact_label(&capped, scope),
+            Repeats::No => rules.redact_text(&capped, scope),
+        };
         all.merge(&found);
         text
     };
-    let request_model = conv.request_model.as_deref().map(&mut label);
-    let response_model = conv.response_model.as_deref().map(&mut label);
-    let conversation_id = conv.conversation_id.as_deref().map(&mut label);
-    let feature = conv.feature.as_deref().map(&mut label);
-    let error_type = conv.error_type.as_deref().map(&mut label);
-    let response_id = conv.response_id.as_deref().map(&mut label);
+    let request_model = conv
+        .request_model
+        .as_deref()
+        .map(|s| label(s, Repeats::Yes));
+    let response_model = conv
+        .response_model
+        .as_deref()
+        .map(|s| label(s, Repeats::Yes));
+    let conversation_id = conv
+        .conversation_id
+        .as_deref()
+        .map(|s| label(s, Repeats::No));
+    let feature = conv.feature.as_deref().map(|s| label(s, Repeats::Yes));
+    let error_type = conv.error_type.as_deref().map(|s| label(s, Repeats::Yes));
+    let response_id = conv.response_id.as_deref().map(|s| label(s, Repeats::No));
     let tool_names: Vec<String> = conv
         .tool_names
         .iter()
         .take(MAX_TOOL_NAMES)
-        .map(|t| label(t))
+        .map(|t| label(t, Repeats::No))
         .collect();
 
     let user_pseudonyms = identity::user_pseudonyms(ex, conv, rules);

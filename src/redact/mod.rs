@@ -10,6 +10,7 @@
 //!                                    │
 //!            redact_json(&mut Value, Target, &Scope) ──▶ Counts (per detector)
 //!            redact_text(&str, &Scope)              ──▶ (String, Counts)
+//!            redact_label(&str, &Scope)             ──▶ the same, memoized when clean
 //!            redact_json_within / redact_text_within (.., &mut Meter): the same under a
 //!                                                      Budget, or Err(Exceeded) and nothing
 //!            pseudonymize_user, header_allowed, filter_headers, find_user, find_users
@@ -258,10 +259,12 @@ pub struct Scope {
 /// detectors, the gates, the pattern sets) is most of what a short string costs: ~20 such
 /// scans per exchange of the load bench (stop 41). Whether the detectors find anything in a
 /// text depends on the text and the scope's detectors alone, so a string found clean once is
-/// clean again: the memo changes no result. Only those positions consult it (never message
-/// content, tool arguments, ids, labels or other headers, so no content stays in memory past
-/// its exchange), only clean strings of at most [`CleanMemo::MAX_LEN`] bytes are kept, at
-/// most [`CleanMemo::CAPACITY`], and a full memo starts over.
+/// clean again: the memo changes no result. Only those positions consult it, and the labels
+/// of [`CompiledRules::redact_label`] (model names, feature tags, error types: a clean one is
+/// written into the record as it is). Never message content, tool arguments, tool names, ids
+/// or other headers, so no content stays in memory past its exchange. Only clean strings of
+/// at most [`CleanMemo::MAX_LEN`] bytes are kept, at most [`CleanMemo::CAPACITY`], and a full
+/// memo starts over.
 #[derive(Default)]
 struct CleanMemo(
     std::sync::Mutex<std::collections::HashSet<Box<str>, foldhash::fast::RandomState>>,
@@ -314,6 +317,12 @@ impl Scope {
     /// The compiled detectors.
     pub fn scanner(&self) -> &Scanner {
         &self.scanner
+    }
+
+    /// Whether the scope's [`CleanMemo`] holds `s` (tests outside this module).
+    #[cfg(test)]
+    pub(crate) fn remembers(&self, s: &str) -> bool {
+        self.clean.knows(s)
     }
 }
 
@@ -724,9 +733,33 @@ impl CompiledRules {
         scope: &Scope,
         meter: &mut Meter,
     ) -> Result<(String, Counts), Exceeded> {
+        self.scrub_text(text, scope, meter, false)
+    }
+
+    /// [`CompiledRules::redact_text`] for a label whose values repeat across exchanges: a
+    /// request or response model name, a feature tag, an error type. The result is the same;
+    /// the scope's memo of clean short strings may answer for a value it found clean before,
+    /// and learns a clean one (at most 64 bytes). A clean label is written out as it is
+    /// (the ledger's `request_model`, the span's `gen_ai.request.model`), so the memo holds
+    /// nothing the records do not. Not for ids (`response_id`, a conversation id), which do not
+    /// repeat, nor for anything inside the content.
+    pub fn redact_label(&self, text: &str, scope: &Scope) -> (String, Counts) {
+        // An unlimited meter cannot be exceeded.
+        self.scrub_text(text, scope, &mut Meter::unlimited(), true)
+            .unwrap_or_default()
+    }
+
+    /// One text through [`CompiledRules::scrub_str`]; `vocabulary` as there.
+    fn scrub_text(
+        &self,
+        text: &str,
+        scope: &Scope,
+        meter: &mut Meter,
+        vocabulary: bool,
+    ) -> Result<(String, Counts), Exceeded> {
         let mut counts = Counts::default();
         let mut found = Vec::new();
-        let out = match self.scrub_str(text, scope, &mut counts, &mut found, meter, false)? {
+        let out = match self.scrub_str(text, scope, &mut counts, &mut found, meter, vocabulary)? {
             Scrubbed::Same => text.to_string(),
             Scrubbed::Changed(s) => s,
             Scrubbed::Drop => String::new(),

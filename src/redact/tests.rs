@@ -107,6 +107,40 @@ fn veils_own_vocabulary_is_remembered_content_and_matches_never_are() {
     assert!(!format!("{scope:?}").contains("zqx1"));
 }
 
+/// Labels whose values repeat (model names, feature tags, error types) go through the memo:
+/// the same output and counts as an unmemoized scan every time, clean ones remembered, a
+/// detector's match never.
+#[test]
+fn repeating_labels_are_remembered_when_clean_and_redacted_every_time_otherwise() {
+    let r = compile(DEFAULT);
+    let scope = r.base_scope();
+    let knows = |s: &str| scope.clean.knows(s);
+    for label in [
+        "gpt-4o-mini-2024-07-18",
+        "support-bot",
+        "rate_limit_exceeded",
+    ] {
+        assert!(!knows(label), "{label}");
+        for _ in 0..2 {
+            let (text, counts) = r.redact_label(label, scope);
+            assert_eq!((text.as_str(), counts.total()), (label, 0));
+        }
+        assert!(knows(label), "{label}");
+    }
+    // A match is redacted and counted on every call, as redact_text does, and never kept.
+    let alias = "ft:gpt-4o:alice@example.com";
+    let plain = r.redact_text(alias, scope);
+    for _ in 0..2 {
+        let (text, counts) = r.redact_label(alias, scope);
+        assert_eq!((&text, counts.get("EMAIL")), (&plain.0, 1));
+        assert_ne!(text, alias);
+    }
+    assert!(!knows(alias));
+    // redact_text itself remembers nothing.
+    r.redact_text("a-label-of-its-own", scope);
+    assert!(!knows("a-label-of-its-own"));
+}
+
 // === errors name file, line, column and rule ===
 
 #[test]
