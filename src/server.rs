@@ -7,8 +7,9 @@
 //! - the exporter and the sealed store open their spools and segments before the listener
 //!   binds, so records of the first request have somewhere to go; the exporter runs on its own
 //!   runtime so its batch encoding never stalls forwarding;
-//! - the recording queue is bounded (`queue_capacity`): the proxy `try_send`s into it and a
-//!   slow pipeline costs counted drops (or 503s in audit-required mode), never latency;
+//! - the recording queue is bounded (`queue_capacity`): a request takes its slot when it
+//!   arrives, without waiting under best-effort, so a slow pipeline costs counted drops (or
+//!   503s in audit-required mode), never latency;
 //! - the control socket (`<data>/veil.sock`, the admin API for veil's own uid) binds once the
 //!   store is open: the store's lock already proves no other veil uses this data dir, and the
 //!   commands that find veil through it need the store behind it;

@@ -34,9 +34,11 @@ registry! {
         /// CONNECT tunnels passed through blind: hosts not intercepted (`tunnel`).
         tunnels: Counter => "veil.proxy.tunnels",
             "{tunnel}", "CONNECT tunnels passed through blind (hosts not intercepted).";
-        /// Requests forwarded with recording (`forward`).
+        /// Requests to recorded hosts forwarded upstream: with their recording, or (best-effort)
+        /// without it when the recording queue had no room, counted in `veil.exchanges.dropped`
+        /// too. A request refused with 503 (`audit = "required"`) is not counted (`forward`).
         intercepted: Counter => "veil.proxy.intercepted",
-            "{request}", "Requests forwarded with recording.";
+            "{request}", "Requests to recorded hosts forwarded upstream, recorded or dropped from recording.";
         /// Requests refused with 403: a port outside `allow_ports`, or a destination veil does
         /// not connect to for apps (loopback, link-local, unspecified, its own listeners); also
         /// a TLS session whose SNI is not the CONNECT host (`answer`, `intercept`).

@@ -19,9 +19,10 @@
 //! [`channel`] ([`QueueCounters`](crate::counters::QueueCounters): `veil.queue.*`,
 //! `veil.exchanges.dropped`, `veil.exchanges.refused`), and each refusal is logged at most once
 //! per [`LOG_EVERY`] with the count since the last line. The same section holds the queue's
-//! `capacity` (set by [`channel`]) and its `depth`: up just before a hand-off (down again if
-//! it is refused), down when a worker takes the exchange, so a worker that takes it at once
-//! cannot count it off before it was counted on (a gauge saturates at 0).
+//! `capacity` (set by [`channel`]) and its `depth`: up just before a hand-off (a refused
+//! exchange never counts on: it is refused before), down when a worker takes the exchange, so
+//! a worker that takes it at once cannot count it off before it was counted on (a gauge
+//! saturates at 0).
 
 use std::fmt;
 use std::sync::Arc;
@@ -396,7 +397,9 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// Room for one exchange, reserved before its request went upstream (audit required).
+/// Room for one exchange, reserved before its request went upstream: waited for under
+/// `audit = "required"` ([`ExchangeSender::reserve`]), taken without waiting
+/// under best-effort ([`ExchangeSender::try_admit`]).
 #[derive(Debug)]
 pub struct Reservation {
     permit: mpsc::OwnedPermit<Queued>,

@@ -107,7 +107,9 @@ impl Shared {
             Ok(uri) => uri,
             Err(e) => {
                 drop(body);
-                return answer_unread(settled, self.answer(&e, Some(id))).await;
+                // The request id only where a record of the exchange will exist.
+                let id = recording.is_some().then_some(id);
+                return answer_unread(settled, self.answer(&e, id)).await;
             }
         };
         parts.uri = uri;
@@ -245,17 +247,22 @@ impl Shared {
         if !target.record {
             return Ok(None);
         }
-        self.counters.proxy.intercepted.inc();
         let sink = match (self.settings.audit, hand_off) {
             (Audit::BestEffort, HandOff::Admit) => match self.queue.try_admit() {
                 Ok(slot) => Sink::Admitted(slot),
                 // Counted and logged by the queue as a drop: forwarded, not recorded, and
-                // nothing captured for it.
-                Err(_) => return Ok(None),
+                // nothing captured for it. Intercepted all the same, so that intercepted =
+                // made into records + dropped before recording (the shutdown line).
+                Err(_) => {
+                    self.counters.proxy.intercepted.inc();
+                    return Ok(None);
+                }
             },
             (Audit::BestEffort, HandOff::AtEnd) => Sink::BestEffort(self.queue.clone()),
+            // A refusal (503) never goes upstream: not intercepted.
             (Audit::Required, _) => Sink::Reserved(self.admit_required(id).await?),
         };
+        self.counters.proxy.intercepted.inc();
         let (headers, key_fp) = self.fingerprinter.record_headers(&parts.headers);
         let (path, query_fp) = self.fingerprinter.record_path(path_and_query);
         let meta = RequestMeta {

@@ -104,7 +104,8 @@ impl Shared {
         };
         parts.uri = match target.upstream_uri(&path_and_query) {
             Ok(uri) => uri,
-            Err(e) => return self.answer(&e, Some(id)),
+            // The request id only where a record of the session will exist.
+            Err(e) => return self.answer(&e, recording.is_some().then_some(id)),
         };
         parts.version = Version::HTTP_11;
         self.counters.upstream.requests.inc();

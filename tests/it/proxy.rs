@@ -575,6 +575,8 @@ async fn audit_required_refuses_what_it_cannot_record() {
         "the refused request never went upstream"
     );
     assert_eq!(veil.counters.queue.refused.get(), 1);
+    // Only the request that went upstream with its recording counts as intercepted.
+    assert_eq!(veil.counters.proxy.intercepted.get(), 1);
     veil.next_exchange().await;
     veil.stop().await;
 }
