@@ -520,8 +520,9 @@ pub struct Config {
     pub capture_limit: usize,
     /// Recording queue policy.
     pub audit: Audit,
-    /// Recording queue capacity (default 4096 exchanges): a recorded HTTP request holds its
-    /// slot from its arrival, so this bounds requests in flight plus exchanges waiting.
+    /// Recording queue capacity (default 4096 exchanges). Under `audit = "required"` a
+    /// request holds its slot from its arrival, so there this bounds requests in flight plus
+    /// exchanges waiting; under best-effort only exchanges waiting.
     pub queue_capacity: usize,
     /// Most captured body bytes waiting in the recording queue or being processed (default
     /// 256 MiB): past it, best-effort drops (counted) and audit-required waits, then refuses

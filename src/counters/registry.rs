@@ -105,9 +105,8 @@ registry! {
         capacity: Gauge => "veil.queue.capacity",
             "{exchange}", "Exchanges the recording queue holds at most (queue_capacity).";
         /// Exchanges handed over and not yet taken by a pipeline worker (a slot reserved for
-        /// a request in flight, in either audit mode, counts once its exchange is sent). When
-        /// the depth and the recorded requests in flight fill `capacity`, best-effort
-        /// requests are forwarded unrecorded (`dropped_full`).
+        /// a request in flight under `audit = "required"` counts once its exchange is sent).
+        /// At `capacity`, best-effort requests are forwarded unrecorded (`dropped_full`).
         depth: Gauge => "veil.queue.depth",
             "{exchange}", "Exchanges waiting in the recording queue for a pipeline worker.";
     }

@@ -1,13 +1,13 @@
 //! # The recording queue: finished exchanges from the proxy to the pipeline, bounded twice.
 //!
-//! The seam between the hot path and recording. The proxy reserves each exchange's slot before
-//! its request goes upstream, a [`Reservation`]: best-effort without waiting
-//! ([`ExchangeSender::try_admit`]: a request the queue has no room for is a counted drop and is
-//! never captured), audit required waiting up to `queue_wait` for room
-//! ([`ExchangeSender::reserve`]: one that still cannot be recorded is refused instead). What
-//! may last hours (a WebSocket session) is offered when it ends instead, with
-//! [`ExchangeSender::try_send`], so that it does not hold a slot meanwhile. The pipeline takes [`Queued`]
-//! exchanges and holds each until it is processed.
+//! The seam between the hot path and recording. Under best-effort the proxy asks, before a
+//! request goes upstream, whether the queue has room ([`ExchangeSender::try_admit`]: a request
+//! that finds none is a counted drop and is never captured) and offers the exchange when it
+//! ends ([`ExchangeSender::try_send`]); nothing is held meanwhile, so a long stream costs no
+//! slot. Under audit required it reserves the exchange's slot before the request goes upstream,
+//! waiting up to `queue_wait` for room ([`ExchangeSender::reserve`], a [`Reservation`]: one that
+//! still cannot be recorded is refused instead). The pipeline takes [`Queued`] exchanges and
+//! holds each until it is processed.
 //!
 //! The queue is bounded in **count** (`queue_capacity`) and in **bytes** (`queue_max_bytes`):
 //! an exchange's captured bodies stay in memory from hand-off until the pipeline is done with
@@ -270,20 +270,27 @@ impl ExchangeSender {
         Ok(())
     }
 
-    /// Admits a best-effort exchange before its request goes upstream: a slot reserved now,
-    /// without waiting, so that an exchange the queue could not take is never captured (no
-    /// body copies, no header fingerprints, no journal write for it: under saturation the
-    /// forwarding threads spend nothing on what recording would drop). On refusal (the queue
+    /// Whether a best-effort exchange should be captured at all, asked before its request goes
+    /// upstream: the queue has a free slot and byte budget left now. When it has not (the queue
     /// is full, its byte budget used up, or recording stopped) the request is forwarded
-    /// unrecorded and the drop is counted (`veil.exchanges.dropped` by reason) and logged as
-    /// at the end. The byte budget is checked again when the exchange is handed over
-    /// ([`Reservation::try_send`]), so best-effort never holds more than `queue_max_bytes`.
-    pub fn try_admit(&self) -> Result<Reservation, Refusal> {
-        let got = self.reserve_now();
-        if let Err(why) = got {
-            self.shared.drop_best_effort(why);
-        }
-        got
+    /// uncaptured and the drop is counted (`veil.exchanges.dropped` by reason) and logged as at
+    /// the end: under saturation the forwarding threads spend nothing (body copies, header
+    /// fingerprints, journal writes) on what recording would drop. Nothing is reserved: the
+    /// exchange is offered with [`ExchangeSender::try_send`] when it ends, which may still
+    /// refuse it, so a stream that lasts minutes holds no slot (a reservation held for a
+    /// request's life let ~`queue_capacity` long streams make all other traffic unrecorded).
+    pub fn try_admit(&self) -> Result<(), Refusal> {
+        let why = if self.tx.is_closed() {
+            Refusal::Closed
+        } else if !self.shared.bytes_room() {
+            Refusal::Bytes
+        } else if self.tx.capacity() == 0 {
+            Refusal::Full
+        } else {
+            return Ok(());
+        };
+        self.shared.drop_best_effort(why);
+        Err(why)
     }
 
     /// Reserves room for one exchange before its request goes upstream (audit required),
@@ -397,9 +404,7 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// Room for one exchange, reserved before its request went upstream: waited for under
-/// `audit = "required"` ([`ExchangeSender::reserve`]), taken without waiting
-/// under best-effort ([`ExchangeSender::try_admit`]).
+/// Room for one exchange, reserved before its request went upstream (audit required).
 #[derive(Debug)]
 pub struct Reservation {
     permit: mpsc::OwnedPermit<Queued>,
@@ -424,23 +429,6 @@ impl Reservation {
         self.shared.hand_over(exchange, n, |q| {
             permit.send(q);
         });
-    }
-
-    /// Hands over an exchange admitted by [`ExchangeSender::try_admit`] (best-effort): the
-    /// slot is its own, but its bytes must still fit the budget (a lone exchange larger than
-    /// the whole budget is taken when nothing else waits). On refusal the exchange is
-    /// dropped, counted and logged, and its slot given back.
-    pub fn try_send(self, exchange: Exchange) -> Result<(), Refusal> {
-        let n = size_of_exchange(&exchange);
-        if !self.shared.take(n) {
-            self.shared.drop_best_effort(Refusal::Bytes);
-            return Err(Refusal::Bytes);
-        }
-        let permit = self.permit;
-        self.shared.hand_over(exchange, n, |q| {
-            permit.send(q);
-        });
-        Ok(())
     }
 }
 
@@ -833,37 +821,42 @@ mod tests {
         assert_eq!(tx.counters().queue.dropped(), 0, "refusals are not drops");
     }
 
-    // See: veil#18. An exchange best-effort admits has its slot from the request's arrival; one
-    // that finds no room is a drop at once, and one whose bodies no longer fit the byte
-    // budget when it ends is a drop then, its slot given back.
+    // See: veil#18. Best-effort asks for room when the request arrives and holds nothing: a
+    // request that finds none is a drop at once; one admitted is offered at its end, where
+    // the queue may refuse it after all.
     #[test]
-    fn best_effort_admission_holds_a_slot_and_checks_the_bytes_at_the_end() {
+    fn best_effort_admission_checks_for_room_and_holds_nothing() {
         let (tx, mut rx) = channel(2, 50, Arc::default());
         let counters = tx.counters().clone();
         let c = &counters.queue;
-        let a = tx.try_admit().unwrap();
-        let b = tx.try_admit().unwrap();
+        // Asking holds no slot: any number of requests in flight may be admitted.
+        for _ in 0..5 {
+            tx.try_admit().unwrap();
+        }
+        assert_eq!((c.dropped(), c.depth.get(), c.bytes.get()), (0, 0, 0));
+        tx.try_send(exchange_of(10)).unwrap();
+        tx.try_send(exchange_of(10)).unwrap();
         assert_eq!(tx.try_admit().unwrap_err(), Refusal::Full);
         assert_eq!(
             (c.dropped_full.get(), c.refused.get()),
             (1, 0),
             "a drop, not a refusal"
         );
-        a.try_send(exchange_of(40)).unwrap();
-        assert_eq!(b.try_send(exchange_of(20)), Err(Refusal::Bytes));
-        assert_eq!(c.dropped_bytes.get(), 1);
-        assert_eq!((c.queued.get(), c.depth.get(), c.bytes.get()), (1, 1, 40));
-        // b's slot was given back; the budget (40 of 50) still has room for an admission.
-        let d = tx.try_admit().unwrap();
-        d.try_send(exchange_of(10)).unwrap();
-        // Now both bounds are reached: refused by the byte budget first.
-        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Bytes);
-        let first = rx.blocking_recv().unwrap();
+        // Admitted while there was room, refused at its end when there is none.
         drop(rx.blocking_recv().unwrap());
-        // A slot is free but 40 bytes are still being processed: the budget decides.
-        let e = tx.try_admit().unwrap();
-        assert_eq!(e.try_send(exchange_of(11)), Err(Refusal::Bytes));
-        drop(first);
+        tx.try_admit().unwrap();
+        tx.try_send(exchange_of(30)).unwrap();
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Full));
+        // A free slot, but the byte budget (40 of 50 held) decides at the end...
+        let held = rx.blocking_recv().unwrap();
+        tx.try_admit().unwrap();
+        assert_eq!(tx.try_send(exchange_of(11)), Err(Refusal::Bytes));
+        // ...and at arrival once it is used up.
+        tx.try_send(exchange_of(10)).unwrap();
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Bytes);
+        drop(held);
+        drop(rx.blocking_recv().unwrap());
+        drop(rx.blocking_recv().unwrap());
         assert_eq!(c.bytes.get(), 0);
         // Recording stopped: admission is refused as a drop.
         drop(rx);
@@ -874,7 +867,7 @@ mod tests {
                 c.dropped_bytes.get(),
                 c.dropped_closed.get()
             ),
-            (1, 3, 1)
+            (2, 2, 1)
         );
         assert_eq!(c.refused.get(), 0);
     }

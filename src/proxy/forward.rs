@@ -37,14 +37,15 @@ use super::tee::{Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use super::upstream::{self, UpstreamError};
 use super::{ProxyBody, REQUEST_ID_HEADER, Shared, Slot};
 
-/// When a best-effort exchange takes its place in the recording queue.
+/// Whether a best-effort exchange asks the recording queue for room when it arrives. Either
+/// way it is offered to the queue when it ends, and holds no slot meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum HandOff {
-    /// A slot reserved when the request arrives: an HTTP exchange lasts seconds at most, and
-    /// one the queue has no room for then is not captured at all.
+    /// Asked when the request arrives: one the queue has no room for then is forwarded and
+    /// not captured at all (a counted drop).
     Admit,
-    /// Offered to the queue when it ends: a WebSocket session may last hours, and must not
-    /// hold a slot (at most `queue_capacity`) all that time.
+    /// Not asked: a WebSocket session may last hours, and the queue's room when it starts
+    /// says little about its room when it ends.
     AtEnd,
 }
 
@@ -227,9 +228,9 @@ pub(super) async fn answer_unread(
 impl Shared {
     /// For a recorded target: admits the request under the audit mode, fingerprints its head
     /// and starts its [`Recording`], whose clocks started at `t0` / `started_at`. Best-effort
-    /// with [`HandOff::Admit`] reserves a queue slot now, without waiting
-    /// ([`ExchangeSender::try_admit`]); with [`HandOff::AtEnd`] the exchange is offered to the
-    /// queue when it ends. `audit = "required"` goes through [`Shared::admit_required`].
+    /// with [`HandOff::Admit`] first asks the queue whether it has room now, reserving nothing
+    /// ([`ExchangeSender::try_admit`]); the exchange is offered to the queue when it ends.
+    /// `audit = "required"` goes through [`Shared::admit_required`].
     /// `None` for a target that is not recorded, and for a best-effort request the queue has
     /// no room for (counted as a drop: it is forwarded, nothing of it captured); veil's 503
     /// answer for a request not admitted under `audit = "required"`.
@@ -249,7 +250,7 @@ impl Shared {
         }
         let sink = match (self.settings.audit, hand_off) {
             (Audit::BestEffort, HandOff::Admit) => match self.queue.try_admit() {
-                Ok(slot) => Sink::Admitted(slot),
+                Ok(()) => Sink::BestEffort(self.queue.clone()),
                 // Counted and logged by the queue as a drop: forwarded, not recorded, and
                 // nothing captured for it. Intercepted all the same, so that intercepted =
                 // made into records + dropped before recording (the shutdown line).

@@ -32,13 +32,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 /// Where a finished exchange goes.
 #[derive(Debug)]
 pub enum Sink {
-    /// Best-effort, handed over at the end with `try_send`; a full queue drops and counts
-    /// (in the queue). For what may last long (a WebSocket session), which must not hold a
-    /// queue slot meanwhile.
+    /// Best-effort, handed over at the end with `try_send` (an HTTP request was first admitted
+    /// with [`ExchangeSender::try_admit`], which reserves nothing); a full queue drops and
+    /// counts (in the queue).
     BestEffort(ExchangeSender),
-    /// Best-effort, admitted with a slot reserved before the request went upstream
-    /// ([`ExchangeSender::try_admit`]); the byte budget is checked at the end.
-    Admitted(Reservation),
     /// Audit-required: room reserved before the request went upstream.
     Reserved(Reservation),
 }
@@ -49,9 +46,6 @@ impl Sink {
             // A refusal is counted and logged by the queue.
             Sink::BestEffort(tx) => {
                 let _ = tx.try_send(exchange);
-            }
-            Sink::Admitted(r) => {
-                let _ = r.try_send(exchange);
             }
             Sink::Reserved(r) => r.send(exchange),
         }

@@ -701,11 +701,20 @@ async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
             ))
             .await;
         assert_eq!(resp.status(), 200);
-        // The first holds the one slot; the others find the queue full when they arrive and
-        // are forwarded without being recorded (veil#18), so they carry no request ID.
+        // The first fills the one slot when it ends; the others find the queue full when they
+        // arrive and are forwarded without being recorded (veil#18): no request ID.
         assert_eq!(resp.headers().contains_key("x-veil-request-id"), n == 0);
         let text = body_text(resp).await;
         assert!(!text.is_empty());
+        if n == 0 {
+            // Handed over once both bodies have ended: wait for it, so the next request
+            // finds the queue full when it arrives.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while veil.counters.queue.depth.get() < 1 {
+                assert!(std::time::Instant::now() < deadline, "never queued");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         // Forwarded whole, recorded or not.
         assert_eq!(first.get_or_insert_with(|| text.clone()), &text);
         if n > 0 {
@@ -726,6 +735,52 @@ async fn best_effort_keeps_traffic_flowing_and_counts_drops() {
     // ...and empty again once the pipeline (here the test) takes the exchange.
     veil.next_exchange().await;
     assert_eq!(veil.counters.queue.depth.get(), 0);
+    veil.stop().await;
+}
+
+/// veil#18: under best-effort, a request in flight holds no slot of the recording queue, so
+/// requests that last (a stream, a slow upstream) cannot keep the others from being recorded.
+/// (For a while a best-effort request held its slot from its arrival: `queue_capacity` long
+/// requests then made all other traffic unrecorded.)
+#[tokio::test]
+async fn best_effort_requests_in_flight_hold_no_queue_slot() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| raw.queue_capacity = Some(1)).await;
+    // A request whose upstream does not answer: in flight until the test ends.
+    let (addr, ca) = (veil.addr, veil.ca_pem.clone());
+    let hanging = tokio::spawn(async move {
+        let mut client = Client::connect(addr, "api.openai.com", &ca, Proto::Http1).await;
+        client.send(get("api.openai.com", "/hang")).await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mock.seen().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never went upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let resp = client
+        .send(post_json(
+            "api.openai.com",
+            "/v1/chat/completions",
+            &chat_request(),
+        ))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let id = resp
+        .headers()
+        .get("x-veil-request-id")
+        .expect("recorded: the request in flight holds no slot")
+        .to_str()
+        .unwrap()
+        .to_string();
+    body_text(resp).await;
+    let ex = veil.next_exchange().await;
+    assert_eq!(ex.id.to_string(), id);
+    assert_eq!(veil.counters.queue.dropped(), 0);
+    hanging.abort();
     veil.stop().await;
 }
 
