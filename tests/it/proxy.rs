@@ -784,6 +784,53 @@ async fn best_effort_requests_in_flight_hold_no_queue_slot() {
     veil.stop().await;
 }
 
+/// veil#18: best-effort admits a request when the queue has room on its arrival, and the
+/// exchange is offered again at its end: one whose bodies no longer fit the byte budget then
+/// is dropped (counted, never queued later), though its response already carried its id, and
+/// it is forwarded whole all the same.
+#[tokio::test]
+async fn best_effort_drops_at_its_end_what_no_longer_fits() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| {
+        raw.queue_capacity = Some(4);
+        raw.queue_max_bytes = Some("8KiB".into());
+    })
+    .await;
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let mut ask = async |prompt: String| {
+        let body = serde_json::json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": prompt}]});
+        let resp = client
+            .send(post_json("api.openai.com", "/v1/chat/completions", &body))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let id = resp.headers().contains_key("x-veil-request-id");
+        (id, body_text(resp).await)
+    };
+    // A small exchange, queued and not taken: its bytes stay on the budget.
+    assert!(ask("hello".into()).await.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while veil.counters.queue.depth.get() < 1 {
+        assert!(std::time::Instant::now() < deadline, "never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Room on arrival (a slot, budget left), too big for what is left at its end.
+    let (id, text) = ask("x".repeat(12 * 1024)).await;
+    assert!(id, "admitted when it arrived");
+    assert!(!text.is_empty(), "forwarded whole");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while veil.counters.queue.dropped_bytes.get() < 1 {
+        assert!(std::time::Instant::now() < deadline, "never dropped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(veil.counters.queue.dropped(), 1);
+    let first = veil.next_exchange().await;
+    assert!(first.request_body.captured_len() < 1024);
+    veil.assert_no_exchange(Duration::from_millis(300)).await;
+    assert_eq!(veil.counters.queue.queued.get(), 1);
+    veil.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_lets_in_flight_streams_finish() {
     let mock = Mock::start(Alpn::Http1Only).await;
