@@ -761,13 +761,7 @@ async fn best_effort_requests_in_flight_hold_no_queue_slot() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
-    let resp = client
-        .send(post_json(
-            "api.openai.com",
-            "/v1/chat/completions",
-            &chat_request(),
-        ))
-        .await;
+    let resp = client.chat("hi").await;
     assert_eq!(resp.status(), 200);
     let id = resp
         .headers()
@@ -798,11 +792,7 @@ async fn best_effort_drops_at_its_end_what_no_longer_fits() {
     .await;
     let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
     let mut ask = async |prompt: String| {
-        let body = serde_json::json!({"model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": prompt}]});
-        let resp = client
-            .send(post_json("api.openai.com", "/v1/chat/completions", &body))
-            .await;
+        let resp = client.chat(&prompt).await;
         assert_eq!(resp.status(), 200);
         let id = resp.headers().contains_key("x-veil-request-id");
         (id, body_text(resp).await)

@@ -232,6 +232,15 @@ impl Client {
         }
     }
 
+    /// POSTs an OpenAI chat completion whose one user message is `prompt` to
+    /// `api.openai.com` (model `gpt-4o-mini`).
+    pub async fn chat(&mut self, prompt: &str) -> Response<Incoming> {
+        let body = serde_json::json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": prompt}]});
+        self.send(post_json("api.openai.com", "/v1/chat/completions", &body))
+            .await
+    }
+
     pub async fn send(&mut self, req: Request<ReqBody>) -> Response<Incoming> {
         match self {
             Client::H1(s) => {
