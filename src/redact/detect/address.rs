@@ -144,12 +144,15 @@ fn after_street_word(text: &str, d: usize) -> bool {
             break;
         }
     }
-    let word = before[start..].trim_start_matches(['-', '\'', '’']);
-    let name = ["l'", "d'", "l’", "d’"]
-        .iter()
-        .find_map(|a| word.strip_prefix(a))
-        .unwrap_or(word);
-    name.chars().next().is_some_and(char::is_uppercase)
+    // Every part of the joined word is a word start of its own (`word_start`: an alphanumeric
+    // character after one that is not), so a street name may begin at any of them: `Iweg` in
+    // `00-Iweg 171`, `Italia` in `d'Italia 3`. Any part that begins with a capital counts.
+    let mut prev: Option<char> = None;
+    before[start..].chars().any(|c| {
+        let starts = prev.is_none_or(|p| !p.is_alphanumeric());
+        prev = Some(c);
+        starts && c.is_uppercase()
+    })
 }
 
 /// Gated mode's test before trying a digit run that starts at `d`: false when no form can

@@ -403,6 +403,20 @@ fn gated_scan_equals_exhaustive_scan() {
         s.find_exhaustive(text, &mut b);
         assert_eq!(a, b, "text: {text:?}");
     }
+    // Found by the `scan_gates` fuzz target: a street word that starts inside a hyphenated
+    // token (`00-Iweg`). The gate read the whole token, saw no capital first and skipped the
+    // window; the address parser starts at `Iweg`, a word start of its own.
+    for text in [
+        "1-0--01 00-Iweg  171\u{1d}2@YringccC\0",
+        "ref 00-Iweg 171",
+        "x-d'Italia 3",
+    ] {
+        s.find(text, &mut a);
+        s.find_exhaustive(text, &mut b);
+        assert_eq!(a, b, "text: {text:?}");
+    }
+    s.find("ref 00-Iweg 171", &mut a);
+    assert_eq!(a.len(), 1, "the street is found");
 }
 
 /// The unprefixed phone pattern skips ahead to where a region hint is near enough
