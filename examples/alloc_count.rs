@@ -8,7 +8,7 @@
 //! ```text
 //! cargo run --release --no-default-features --example alloc_count
 //! ```
-//! `--no-default-features` leaves mimalloc out, so dhat's counting allocator can be the global
+//! `--no-default-features` leaves jemalloc out, so dhat's counting allocator can be the global
 //! one (the counts are the same under any allocator; a dev build counts as a release one).
 #[path = "../benches/fixtures/support_bot.rs"]
 mod support_bot;
@@ -21,7 +21,7 @@ use veil::record;
 use veil::redact::{BUILTIN_DEFAULT_RULES, CompiledRules};
 use veil::seal::envelope::{fresh_data_key, seal_frame};
 
-#[cfg(not(feature = "mimalloc"))]
+#[cfg(not(feature = "jemalloc"))]
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
@@ -53,9 +53,9 @@ fn count<T>(mut f: impl FnMut() -> T) -> (u64, u64, T) {
 }
 
 fn main() {
-    if cfg!(feature = "mimalloc") {
+    if cfg!(feature = "jemalloc") {
         eprintln!(
-            "alloc_count: mimalloc is the global allocator in this build, so nothing can count; \
+            "alloc_count: jemalloc is the global allocator in this build, so nothing can count; \
              run `cargo run --release --no-default-features --example alloc_count`"
         );
         std::process::exit(2);

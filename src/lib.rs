@@ -25,10 +25,10 @@
 #![deny(missing_docs)]
 
 // The global allocator is set here, not in main.rs, so the benches and tests that link the
-// library measure and run what the binary runs. Why mimalloc: see its line in Cargo.toml.
-#[cfg(feature = "mimalloc")]
+// library measure and run what the binary runs. Why jemalloc: see its line in Cargo.toml.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 pub mod admin;
 pub mod cli;

@@ -123,21 +123,92 @@ impl Courtesy {
 }
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless
-/// `MIMALLOC_ALLOW_THP` is set, in which case mimalloc's own option decides. Called first in
-/// `main`: memory already backed by huge pages stays so.
+/// `VEIL_ALLOW_THP` is set. Called first in `main`: memory already backed by huge pages stays
+/// so.
 ///
-/// Why: mimalloc asks for huge pages on its arenas (`madvise(MADV_HUGEPAGE)`), so on a kernel
-/// whose THP mode is `madvise` or `always` each arena that is touched at all costs 2 MiB of
-/// RSS. Measured on this project's 2-core machine (`cargo bench --bench load`, and an idle
-/// `veil run`): at start 48.6 MB with huge pages, 30.0 MB without (anonymous memory 32.6 →
-/// 13.7 MB); with 1,000 idle intercepted connections 122 MB → 81 MB; throughput within the
-/// run's noise. The flag is per process and inherited by children. A failure (a kernel
-/// without the flag) is ignored: it costs memory, never correctness.
+/// Why: on a kernel whose THP mode is `always` (or `madvise`, for an allocator that asks, as
+/// mimalloc did: veil's allocator until stop 50), each allocator arena that is touched at all
+/// costs 2 MiB of RSS. Measured with mimalloc on this project's 2-core machine (`cargo bench
+/// --bench load`, and an idle `veil run`): at start 48.6 MB with huge pages, 30.0 MB without
+/// (anonymous memory 32.6 → 13.7 MB); with 1,000 idle intercepted connections 122 MB → 81 MB;
+/// throughput within the run's noise. jemalloc does not ask by default, so under `madvise`
+/// this changes nothing. The flag is per process and inherited by children. A failure (a
+/// kernel without the flag) is ignored: it costs memory, never correctness.
 pub fn without_transparent_huge_pages() {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+    if std::env::var_os("VEIL_ALLOW_THP").is_some() {
         return;
     }
     let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
+/// How long jemalloc keeps freed pages before giving them back to the kernel, milliseconds
+/// (`dirty_decay_ms`; jemalloc's default is 10,000).
+pub const FREED_PAGES_DECAY_MS: isize = 1_000;
+
+/// Makes the allocator give freed memory back to the kernel about a second after it is freed,
+/// from jemalloc's background thread, so that a thread that goes idle after a burst (a
+/// recording thread waiting for the next exchange) does not keep the pages it freed. Returns
+/// whether the settings were applied: `Ok(false)` when `_RJEM_MALLOC_CONF` is set (jemalloc read
+/// its own options from it at start, and they decide) or when veil is built without the
+/// `jemalloc` feature; `Err` names the setting jemalloc refused. Called first in `main`, before
+/// any other thread exists, so every arena gets the setting. A failure costs memory, never
+/// correctness, so `main` ignores it.
+///
+/// The settings (jemalloc's `mallctl` names, <https://jemalloc.net/jemalloc.3.html>):
+/// `arenas.dirty_decay_ms` and `arena.<i>.dirty_decay_ms` = [`FREED_PAGES_DECAY_MS`] (new
+/// arenas, and the ones that exist already), `muzzy_decay_ms` = 0 (a purged page is returned
+/// with `MADV_DONTNEED` at once, so it leaves the RSS, rather than kept lazily), and
+/// `background_thread` = true (purging happens on jemalloc's own thread on time, not only when
+/// the owning thread next allocates).
+///
+/// Why: measured with `LOAD_CONNS=0 benches/load.sh` on this project's 2-core machine
+/// (docs/performance.md, stop 50's round): veil at rest after 22,000 exchanges 36-37 MB
+/// against 45-55 with mimalloc (which keeps an idle thread's freed pages until that thread
+/// allocates again), with 1,000 idle connections 46 MB against 57, at the same instructions
+/// per exchange.
+#[cfg(feature = "jemalloc")]
+pub fn return_freed_memory_promptly() -> Result<bool, String> {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+        return Ok(false);
+    }
+    let refused = |name: &str, e: tikv_jemalloc_ctl::Error| format!("jemalloc refused {name}: {e}");
+    b"arenas.dirty_decay_ms\0"
+        .name()
+        .write(FREED_PAGES_DECAY_MS)
+        .map_err(|e| refused("arenas.dirty_decay_ms", e))?;
+    b"arenas.muzzy_decay_ms\0"
+        .name()
+        .write(0isize)
+        .map_err(|e| refused("arenas.muzzy_decay_ms", e))?;
+    // The arenas made before this call (arena 0 at least) keep the value they were made with.
+    let arenas =
+        tikv_jemalloc_ctl::arenas::narenas::read().map_err(|e| refused("arenas.narenas", e))?;
+    let mut dirty = b"arena.0.dirty_decay_ms\0"
+        .name()
+        .mib::<[usize; 3]>()
+        .map_err(|e| refused("arena.0.dirty_decay_ms", e))?;
+    let mut muzzy = b"arena.0.muzzy_decay_ms\0"
+        .name()
+        .mib::<[usize; 3]>()
+        .map_err(|e| refused("arena.0.muzzy_decay_ms", e))?;
+    for i in 0..arenas as usize {
+        dirty[1] = i;
+        muzzy[1] = i;
+        // An arena no thread has chosen yet does not exist (EFAULT); it is made with the
+        // defaults written above.
+        let _ = dirty.write(FREED_PAGES_DECAY_MS);
+        let _ = muzzy.write(0isize);
+    }
+    tikv_jemalloc_ctl::background_thread::write(true)
+        .map_err(|e| refused("background_thread", e))?;
+    Ok(true)
+}
+
+/// Without the `jemalloc` feature there is nothing to set: `Ok(false)`.
+#[cfg(not(feature = "jemalloc"))]
+pub fn return_freed_memory_promptly() -> Result<bool, String> {
+    Ok(false)
 }
 
 /// The current thread's niceness (for tests).
@@ -280,6 +351,48 @@ pub(crate) fn with_path(path: &std::path::Path, e: std::io::Error) -> std::io::E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings `main` makes are the ones jemalloc then reports, for the arenas that
+    /// existed before the call (this test process has many threads) and for one made after.
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn the_allocator_is_set_to_give_freed_pages_back_within_a_second() {
+        use tikv_jemalloc_ctl::{Access, AsName};
+        assert_eq!(return_freed_memory_promptly(), Ok(true));
+        assert!(tikv_jemalloc_ctl::background_thread::read().unwrap());
+        let read = |name: &[u8]| -> isize { name.name().read().unwrap() };
+        assert_eq!(read(b"arenas.dirty_decay_ms\0"), FREED_PAGES_DECAY_MS);
+        assert_eq!(read(b"arenas.muzzy_decay_ms\0"), 0);
+        assert_eq!(read(b"arena.0.dirty_decay_ms\0"), FREED_PAGES_DECAY_MS);
+        assert_eq!(read(b"arena.0.muzzy_decay_ms\0"), 0);
+        let arenas = tikv_jemalloc_ctl::arenas::narenas::read().unwrap() as usize;
+        let mut dirty = b"arena.0.dirty_decay_ms\0"
+            .name()
+            .mib::<[usize; 3]>()
+            .unwrap();
+        let mut set = 0;
+        for i in 0..arenas {
+            dirty[1] = i;
+            // Arenas no thread has chosen yet do not exist.
+            if let Ok(ms) = Access::<isize>::read(&dirty) {
+                assert_eq!(ms, FREED_PAGES_DECAY_MS, "arena {i}");
+                set += 1;
+            }
+        }
+        assert!(set >= 1);
+        // A thread's arena, whenever it was made, has the setting.
+        let (arena, ms) = std::thread::spawn(move || {
+            let touch = vec![1u8; 64 << 10];
+            let arena: u32 = b"thread.arena\0".name().read().unwrap();
+            dirty[1] = arena as usize;
+            let ms: isize = dirty.read().unwrap();
+            drop(touch);
+            (arena, ms)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ms, FREED_PAGES_DECAY_MS, "arena {arena}");
+    }
 
     #[test]
     fn a_temp_file_in_a_missing_directory_is_an_error_about_that_directory() {

@@ -44,9 +44,10 @@ pub fn run_role_if_child() -> bool {
     let Ok(role) = std::env::var("VEIL_LOAD_ROLE") else {
         return false;
     };
-    // The same allocator setting as `veil run`, so the baseline's memory is not inflated by
-    // huge pages veil does not use.
+    // The same allocator settings as `veil run` (no huge pages, freed pages given back after a
+    // second), so the baseline's memory is measured as veil's is.
     veil::os::without_transparent_huge_pages();
+    let _ = veil::os::return_freed_memory_promptly();
     // Exit when the parent goes away (it holds our stdin).
     std::thread::spawn(|| {
         let mut sink = [0u8; 64];

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use crate::support::mock_llm::{Alpn, Mock};
-use crate::support::process::{VeilProcess, resolve_args, veil};
+use crate::support::process::{VeilProcess, project, resolve_args, veil, veil_bin};
 
 fn run_args(mock: &Mock) -> Vec<String> {
     let mut args = resolve_args(mock.addr);
@@ -321,4 +321,40 @@ fn a_new_intercept_host_outside_the_ca_constraints_is_refused_at_start() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Names of the threads of process `pid` (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_string())
+        .collect()
+}
+
+/// `veil run` turns on jemalloc's background thread, which gives freed pages back to the
+/// kernel about a second after they are freed (`os::return_freed_memory_promptly`); a
+/// `_RJEM_MALLOC_CONF` in the environment is the operator's, and veil then sets nothing.
+#[test]
+fn veil_runs_the_allocators_purging_thread_unless_its_options_are_given() {
+    for (conf, want) in [(None, true), (Some("narenas:2"), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        project(dir.path());
+        let mut cmd = std::process::Command::new(veil_bin());
+        cmd.current_dir(dir.path()).env_remove("_RJEM_MALLOC_CONF");
+        if let Some(conf) = conf {
+            cmd.env("_RJEM_MALLOC_CONF", conf);
+        }
+        let mut v = VeilProcess::spawn(&mut cmd, &[]);
+        // jemalloc names the thread it starts (`jemalloc_bg_thd`); listening comes after
+        // the setting, so the thread exists by now when it is on.
+        let names = thread_names(v.child.id());
+        assert_eq!(
+            names.iter().any(|n| n == "jemalloc_bg_thd"),
+            want,
+            "_RJEM_MALLOC_CONF={conf:?}: threads {names:?}"
+        );
+        assert!(v.terminate().success(), "{}", v.stderr());
+    }
 }
