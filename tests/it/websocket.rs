@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::harness::{Veil, connect, tls_client};
+use crate::support::harness::{Client, Proto, Veil, body_text, connect, tls_client};
 use crate::support::mock_llm::{Alpn, Mock};
 use veil::exchange::Outcome;
 
@@ -181,5 +181,53 @@ async fn an_upstream_close_and_a_refused_upgrade_are_recorded() {
     assert_eq!(ex.status, Some(403));
     assert!(ex.websocket.is_none());
     assert!(String::from_utf8_lossy(&ex.response_body.bytes()).contains("no realtime"));
+    veil.stop().await;
+}
+
+/// Under best-effort a WebSocket session is offered to the recording queue when it ends (it
+/// may last hours, so it holds no slot meanwhile): with the queue full then, the session is
+/// relayed whole all the same, and its exchange is dropped and counted, never waited for.
+#[tokio::test]
+async fn a_session_that_ends_to_a_full_queue_is_relayed_and_counted_as_dropped() {
+    let mock = Mock::start(Alpn::Http1Only).await;
+    let mut veil = Veil::start_with(&mock, |raw| raw.queue_capacity = Some(1)).await;
+    // The session opens while the queue has room: it takes none.
+    let (mut ws, resp) = open(&veil, "/v1/realtime?model=gpt-realtime")
+        .await
+        .expect("the 101 reaches the app");
+    assert_eq!(resp.status(), 101);
+    // An HTTP exchange fills the queue's one slot (the harness takes nothing until asked).
+    let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, Proto::Http1).await;
+    let chat = client.chat("hello").await;
+    assert_eq!(chat.status(), 200);
+    body_text(chat).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while veil.counters.queue.depth.get() < 1 {
+        assert!(std::time::Instant::now() < deadline, "never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Frames still cross both ways while the queue is full.
+    ws.send(Message::text("while full")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(1), ws.next())
+        .await
+        .expect("the echo crosses veil within a second")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Message::text("echo: while full"));
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while veil.counters.queue.dropped() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session's end was not counted as a drop"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(veil.counters.queue.dropped_full.get(), 1);
+    // What the queue holds is the chat, and nothing comes after it.
+    let first = veil.next_exchange().await;
+    assert!(first.websocket.is_none(), "the queued exchange is the chat");
+    veil.assert_no_exchange(Duration::from_millis(300)).await;
     veil.stop().await;
 }
