@@ -145,31 +145,37 @@ pub fn without_transparent_huge_pages() {
 /// (`dirty_decay_ms`; jemalloc's default is 10,000).
 pub const FREED_PAGES_DECAY_MS: isize = 1_000;
 
-/// Makes the allocator give freed memory back to the kernel about a second after it is freed,
-/// from jemalloc's background thread, so that a thread that goes idle after a burst (a
-/// recording thread waiting for the next exchange) does not keep the pages it freed. Returns
-/// whether the settings were applied: `Ok(false)` when `_RJEM_MALLOC_CONF` is set (jemalloc read
-/// its own options from it at start, and they decide) or when veil is built without the
-/// `jemalloc` feature; `Err` names the setting jemalloc refused. Called first in `main`, before
-/// any other thread exists, so every arena gets the setting. A failure costs memory, never
-/// correctness, so `main` ignores it.
+/// Makes the allocator give freed memory back to the kernel within a second or two of its
+/// being freed, from one jemalloc background thread, so that a thread that goes idle after a
+/// burst (a recording thread waiting for the next exchange) does not keep the pages it freed:
+/// only what its thread cache holds (small objects, up to 32 KiB each) waits for its next run.
+/// Returns whether the settings were applied: `Ok(false)` when jemalloc's own options are
+/// given (`_RJEM_MALLOC_CONF`, or the `/etc/_rjem_malloc.conf` symlink: jemalloc read them at
+/// start, and they decide) or when veil is built without the `jemalloc` feature; `Err` names
+/// the setting jemalloc refused. Called first in `main`, before any other thread exists, so
+/// every arena gets the setting. A failure costs memory, never correctness, so `main` ignores
+/// it.
 ///
 /// The settings (jemalloc's `mallctl` names, <https://jemalloc.net/jemalloc.3.html>):
 /// `arenas.dirty_decay_ms` and `arena.<i>.dirty_decay_ms` = [`FREED_PAGES_DECAY_MS`] (new
-/// arenas, and the ones that exist already), `muzzy_decay_ms` = 0 (a purged page is returned
-/// with `MADV_DONTNEED` at once, so it leaves the RSS, rather than kept lazily), and
-/// `background_thread` = true (purging happens on jemalloc's own thread on time, not only when
-/// the owning thread next allocates).
+/// arenas, and the ones that exist already; jemalloc purges along a curve over that time and
+/// its thread may sleep up to a second more between passes), `muzzy_decay_ms` = 0 (jemalloc's
+/// default, set so the operator's file cannot half-apply: a purged page is returned with
+/// `MADV_DONTNEED` at once, so it leaves the RSS), `max_background_threads` = 1 (jemalloc
+/// would start up to 4; one serves every arena of a small proxy) and `background_thread` =
+/// true (purging happens on jemalloc's own thread on time, not only when the owning thread
+/// next allocates).
 ///
-/// Why: measured with `LOAD_CONNS=0 benches/load.sh` on this project's 2-core machine
-/// (docs/performance.md, stop 50's round): veil at rest after 22,000 exchanges 36-37 MB
-/// against 45-55 with mimalloc (which keeps an idle thread's freed pages until that thread
-/// allocates again), with 1,000 idle connections 46 MB against 57, at the same instructions
-/// per exchange.
+/// Why: measured with `benches/load.sh` on this project's 2-core machine (docs/performance.md,
+/// stop 50's round): veil at rest after 22,000 exchanges 36-37 MB against 45-55 with mimalloc
+/// (which keeps an idle thread's freed pages until that thread allocates again), with 1,000
+/// idle connections 46 MB against 57, at the same instructions per exchange.
 #[cfg(feature = "jemalloc")]
 pub fn return_freed_memory_promptly() -> Result<bool, String> {
     use tikv_jemalloc_ctl::{Access, AsName};
-    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+    if std::env::var_os("_RJEM_MALLOC_CONF").is_some()
+        || std::fs::symlink_metadata("/etc/_rjem_malloc.conf").is_ok()
+    {
         return Ok(false);
     }
     let refused = |name: &str, e: tikv_jemalloc_ctl::Error| format!("jemalloc refused {name}: {e}");
@@ -200,6 +206,10 @@ pub fn return_freed_memory_promptly() -> Result<bool, String> {
         let _ = dirty.write(FREED_PAGES_DECAY_MS);
         let _ = muzzy.write(0isize);
     }
+    // The thread count can be set only while background threads are off (they are: veil
+    // starts them here).
+    tikv_jemalloc_ctl::max_background_threads::write(1)
+        .map_err(|e| refused("max_background_threads", e))?;
     tikv_jemalloc_ctl::background_thread::write(true)
         .map_err(|e| refused("background_thread", e))?;
     Ok(true)
@@ -352,46 +362,34 @@ pub(crate) fn with_path(path: &std::path::Path, e: std::io::Error) -> std::io::E
 mod tests {
     use super::*;
 
-    /// The settings `main` makes are the ones jemalloc then reports, for the arenas that
-    /// existed before the call (this test process has many threads) and for one made after.
+    /// The settings `main` makes are the ones jemalloc then reports, for an arena that existed
+    /// before the call and for one made after it. (Assumes jemalloc's options are not given
+    /// in the environment, as in CI: then the function rightly sets nothing.)
     #[cfg(feature = "jemalloc")]
     #[test]
     fn the_allocator_is_set_to_give_freed_pages_back_within_a_second() {
         use tikv_jemalloc_ctl::{Access, AsName};
         assert_eq!(return_freed_memory_promptly(), Ok(true));
         assert!(tikv_jemalloc_ctl::background_thread::read().unwrap());
+        assert_eq!(tikv_jemalloc_ctl::max_background_threads::read(), Ok(1));
         let read = |name: &[u8]| -> isize { name.name().read().unwrap() };
         assert_eq!(read(b"arenas.dirty_decay_ms\0"), FREED_PAGES_DECAY_MS);
         assert_eq!(read(b"arenas.muzzy_decay_ms\0"), 0);
+        // Arena 0 exists from jemalloc's start, made with the 10 s default.
         assert_eq!(read(b"arena.0.dirty_decay_ms\0"), FREED_PAGES_DECAY_MS);
         assert_eq!(read(b"arena.0.muzzy_decay_ms\0"), 0);
-        let arenas = tikv_jemalloc_ctl::arenas::narenas::read().unwrap() as usize;
+        // An arena made now (as a thread's first allocation makes one) gets the default.
+        let made: u32 = b"arenas.create\0".name().read().unwrap();
         let mut dirty = b"arena.0.dirty_decay_ms\0"
             .name()
             .mib::<[usize; 3]>()
             .unwrap();
-        let mut set = 0;
-        for i in 0..arenas {
-            dirty[1] = i;
-            // Arenas no thread has chosen yet do not exist.
-            if let Ok(ms) = Access::<isize>::read(&dirty) {
-                assert_eq!(ms, FREED_PAGES_DECAY_MS, "arena {i}");
-                set += 1;
-            }
-        }
-        assert!(set >= 1);
-        // A thread's arena, whenever it was made, has the setting.
-        let (arena, ms) = std::thread::spawn(move || {
-            let touch = vec![1u8; 64 << 10];
-            let arena: u32 = b"thread.arena\0".name().read().unwrap();
-            dirty[1] = arena as usize;
-            let ms: isize = dirty.read().unwrap();
-            drop(touch);
-            (arena, ms)
-        })
-        .join()
-        .unwrap();
-        assert_eq!(ms, FREED_PAGES_DECAY_MS, "arena {arena}");
+        dirty[1] = made as usize;
+        assert_eq!(
+            Access::<isize>::read(&dirty),
+            Ok(FREED_PAGES_DECAY_MS),
+            "arena {made}"
+        );
     }
 
     #[test]

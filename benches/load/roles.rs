@@ -44,8 +44,8 @@ pub fn run_role_if_child() -> bool {
     let Ok(role) = std::env::var("VEIL_LOAD_ROLE") else {
         return false;
     };
-    // The same allocator settings as `veil run` (no huge pages, freed pages given back after a
-    // second), so the baseline's memory is measured as veil's is.
+    // The same allocator settings as `veil run` (no huge pages, freed pages given back within
+    // a second or two), so the baseline's memory is measured as veil's is.
     veil::os::without_transparent_huge_pages();
     let _ = veil::os::return_freed_memory_promptly();
     // Exit when the parent goes away (it holds our stdin).

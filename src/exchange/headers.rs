@@ -3,7 +3,7 @@
 //! The proxy copies every intercepted request's and response's header fields into the
 //! recording on the forwarding threads, and the pipeline frees them on another. As a
 //! `Vec<(String, String)>` that was two allocations per field (~40 per exchange, each freed
-//! on a thread other than the one that made it, mimalloc's slow path); packed, it is two per
+//! on a thread other than the one that made it, an allocator's slow path); packed, it is two per
 //! list: one buffer of text and one of offsets (veil#18).
 
 use std::fmt;

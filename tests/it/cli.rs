@@ -338,7 +338,10 @@ fn thread_names(pid: u32) -> Vec<String> {
 /// `_RJEM_MALLOC_CONF` in the environment is the operator's, and veil then sets nothing.
 #[test]
 fn veil_runs_the_allocators_purging_thread_unless_its_options_are_given() {
-    for (conf, want) in [(None, true), (Some("narenas:2"), false)] {
+    for (conf, want) in [
+        (None, cfg!(feature = "jemalloc")),
+        (Some("narenas:2"), false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         project(dir.path());
         let mut cmd = std::process::Command::new(veil_bin());
@@ -347,12 +350,21 @@ fn veil_runs_the_allocators_purging_thread_unless_its_options_are_given() {
             cmd.env("_RJEM_MALLOC_CONF", conf);
         }
         let mut v = VeilProcess::spawn(&mut cmd, &[]);
-        // jemalloc names the thread it starts (`jemalloc_bg_thd`); listening comes after
-        // the setting, so the thread exists by now when it is on.
-        let names = thread_names(v.child.id());
+        // The thread exists before veil listens, but names itself (`jemalloc_bg_thd`) once
+        // it runs: poll briefly for the name, then require exactly one such thread, or none.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let names = loop {
+            let names = thread_names(v.child.id());
+            let found = names.iter().any(|n| n == "jemalloc_bg_thd");
+            if found || !want || std::time::Instant::now() > deadline {
+                break names;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let purging = names.iter().filter(|n| *n == "jemalloc_bg_thd").count();
         assert_eq!(
-            names.iter().any(|n| n == "jemalloc_bg_thd"),
-            want,
+            purging,
+            usize::from(want),
             "_RJEM_MALLOC_CONF={conf:?}: threads {names:?}"
         );
         assert!(v.terminate().success(), "{}", v.stderr());
