@@ -333,9 +333,9 @@ fn thread_names(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// `veil run` turns on jemalloc's background thread, which gives freed pages back to the
-/// kernel about a second after they are freed (`os::return_freed_memory_promptly`); a
-/// `_RJEM_MALLOC_CONF` in the environment is the operator's, and veil then sets nothing.
+/// `veil run` turns on one jemalloc background thread, which gives freed pages back to the
+/// kernel within a second or two (`os::return_freed_memory_promptly`); a `_RJEM_MALLOC_CONF`
+/// in the environment is the operator's, and veil then sets nothing.
 #[test]
 fn veil_runs_the_allocators_purging_thread_unless_its_options_are_given() {
     for (conf, want) in [
