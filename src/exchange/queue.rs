@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -88,6 +88,10 @@ struct Shared {
     bytes_waiters: AtomicUsize,
     /// Woken by `release` while `bytes_waiters` > 0.
     room: Notify,
+    /// Set when the consumer is gone (its [`ExchangeReceiver`] dropped): a reservation's
+    /// [`Reservation::send`] then counts its exchange as dropped (`closed`) instead of handing
+    /// it to a channel nobody reads, where it would be freed uncounted.
+    receiver_gone: AtomicBool,
 }
 
 impl Shared {
@@ -225,6 +229,7 @@ pub fn channel_journaled(
         journal,
         bytes_waiters: AtomicUsize::new(0),
         room: Notify::new(),
+        receiver_gone: AtomicBool::new(false),
     });
     (
         ExchangeSender {
@@ -420,8 +425,21 @@ impl Reservation {
     }
 
     /// Hands `exchange` over; never fails and never waits (audit required: the exchange was
-    /// promised its room, so its bytes are added whatever the budget holds).
+    /// promised its room, so its bytes are added whatever the budget holds). When recording
+    /// stopped since the reservation (the [`ExchangeReceiver`] is gone), the exchange is counted
+    /// as dropped (`veil.exchanges.dropped`, reason `closed`) and logged instead. (The server
+    /// keeps its receiver until every sender is gone, so there this does not happen; a receiver
+    /// dropped between the check and the hand-off is not seen.)
     pub fn send(self, exchange: Exchange) {
+        if self.shared.receiver_gone.load(Ordering::Acquire) {
+            self.shared.refuse(
+                Refusal::Closed,
+                &self.shared.counters.queue.dropped_closed,
+                "exchange not recorded (audit = required: recording stopped after its room was \
+                 reserved)",
+            );
+            return;
+        }
         let n = size_of_exchange(&exchange);
         self.shared.bytes.fetch_add(n, Ordering::AcqRel);
         self.shared.counters.queue.bytes.add(n as u64);
@@ -437,6 +455,12 @@ impl Reservation {
 pub struct ExchangeReceiver {
     rx: mpsc::Receiver<Queued>,
     shared: Arc<Shared>,
+}
+
+impl Drop for ExchangeReceiver {
+    fn drop(&mut self) {
+        self.shared.receiver_gone.store(true, Ordering::Release);
+    }
 }
 
 impl ExchangeReceiver {
@@ -778,6 +802,28 @@ mod tests {
             .unwrap();
         assert_eq!(got.unwrap_err(), Refusal::Closed);
         assert_eq!(tx.counters().queue.refused.get(), 1);
+    }
+
+    /// A reservation whose consumer went away before its exchange ended counts the exchange
+    /// as dropped (closed), holds nothing and notes nothing in the journal.
+    #[test]
+    fn a_reservation_sent_after_recording_stopped_is_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), 16).unwrap();
+        let (tx, rx) = channel_journaled(2, 1 << 20, Some(Arc::new(journal)), Arc::default());
+        let reserved = tx.try_reserve().unwrap();
+        let before = journal_files(dir.path());
+        drop(rx);
+        reserved.send(exchange_of(100));
+        let c = &tx.counters().queue;
+        assert_eq!((c.dropped_closed.get(), c.dropped()), (1, 1));
+        assert_eq!((c.queued.get(), c.depth.get(), c.bytes.get()), (0, 0, 0));
+        assert_eq!(tx.shared.bytes.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            journal_files(dir.path()),
+            before,
+            "nothing acknowledged for it"
+        );
     }
 
     /// A request that goes away while waiting (the app hung up) leaves nothing behind.
