@@ -323,16 +323,6 @@ fn a_new_intercept_host_outside_the_ca_constraints_is_refused_at_start() {
     );
 }
 
-/// Names of the threads of process `pid` (`/proc/PID/task/*/comm`).
-fn thread_names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-        .map(|n| n.trim_end().to_string())
-        .collect()
-}
-
 /// `veil run` turns on one jemalloc background thread, which gives freed pages back to the
 /// kernel within a second or two (`os::return_freed_memory_promptly`); a `_RJEM_MALLOC_CONF`
 /// in the environment is the operator's, and veil then sets nothing.
@@ -354,7 +344,10 @@ fn veil_runs_the_allocators_purging_thread_unless_its_options_are_given() {
         // it runs: poll briefly for the name, then require exactly one such thread, or none.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let names = loop {
-            let names = thread_names(v.child.id());
+            let names: Vec<String> = thread_niceness(v.child.id())
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
             let found = names.iter().any(|n| n == "jemalloc_bg_thd");
             if found || !want || std::time::Instant::now() > deadline {
                 break names;
