@@ -427,7 +427,8 @@ impl Reservation {
     /// Hands `exchange` over; never fails and never waits (audit required: the exchange was
     /// promised its room, so its bytes are added whatever the budget holds). When recording
     /// stopped since the reservation (the [`ExchangeReceiver`] is gone), the exchange is counted
-    /// as dropped (`veil.exchanges.dropped`, reason `closed`) and logged instead. (The server
+    /// as dropped (`veil.exchanges.dropped`, `veil.drop.reason` = `recording_stopped`) and
+    /// logged instead. (The server
     /// keeps its receiver until every sender is gone, so there this does not happen; a receiver
     /// dropped between the check and the hand-off is not seen.)
     pub fn send(self, exchange: Exchange) {
@@ -435,8 +436,7 @@ impl Reservation {
             self.shared.refuse(
                 Refusal::Closed,
                 &self.shared.counters.queue.dropped_closed,
-                "exchange not recorded (audit = required: recording stopped after its room was \
-                 reserved)",
+                "exchange not recorded (audit = required; its room was reserved before)",
             );
             return;
         }
