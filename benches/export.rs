@@ -93,6 +93,7 @@ fn record(i: usize) -> Record {
         chunk_gaps: Default::default(),
         retry: false,
         prepared: Default::default(),
+        in_flight: Default::default(),
     }
 }
 

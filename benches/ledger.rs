@@ -221,6 +221,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         chunk_gaps: Default::default(),
         retry: false,
         prepared: Default::default(),
+        in_flight: Default::default(),
     };
     // One identity source, as most apps send: the winner only, so no `exchange_users` row.
     r.user_pseudonyms = r.user_pseudonym.iter().cloned().collect();

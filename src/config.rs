@@ -59,9 +59,10 @@ pub struct RawConfig {
     pub capture_limit: Option<String>,
     /// `best-effort` or `required`.
     pub audit: Option<Audit>,
-    /// Capacity of the recording queue, in exchanges.
+    /// Most exchanges in flight in recording (queued, being processed, or waiting for the
+    /// exporter, the ledger or the sealed store).
     pub queue_capacity: Option<usize>,
-    /// Most captured body bytes the recording queue holds (`256MiB`).
+    /// Most captured body bytes of the exchanges in flight in recording (`256MiB`).
     pub queue_max_bytes: Option<String>,
     /// How long an `audit = "required"` request waits for room in a full recording queue
     /// before its 503 (`2s`; `0s` refuses at once).
@@ -520,13 +521,14 @@ pub struct Config {
     pub capture_limit: usize,
     /// Recording queue policy.
     pub audit: Audit,
-    /// Recording queue capacity (default 4096 exchanges). Under `audit = "required"` a
-    /// request holds its slot from its arrival, so there this bounds requests in flight plus
-    /// exchanges waiting; under best-effort only exchanges waiting.
+    /// Most exchanges in flight in recording (default 4096), end to end: an exchange holds
+    /// its place from hand-off until its record and its sealed frame are freed
+    /// ([`crate::exchange::queue`]). Under `audit = "required"` a request holds its place
+    /// from its arrival, so there this also bounds requests in flight.
     pub queue_capacity: usize,
-    /// Most captured body bytes waiting in the recording queue or being processed (default
-    /// 256 MiB): past it, best-effort drops (counted) and audit-required waits, then refuses
-    /// (503).
+    /// Most captured body bytes of the exchanges in flight in recording, held as long as their
+    /// places (default 256 MiB): past it, best-effort drops (counted) and audit-required
+    /// waits, then refuses (503).
     pub queue_max_bytes: usize,
     /// How long an `audit = "required"` request waits for room in a full recording queue
     /// (either bound) before veil answers 503 (default 2 s; zero refuses at once). The wait

@@ -389,6 +389,9 @@ impl Pipeline {
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
         let mut record =
             record::build_within(exchange, &conversation, &rules, self.redaction_budget);
+        // The record keeps the exchange's place in the queue's bounds until it is freed
+        // (after the exporter and the ledger's writer are done with it).
+        record.in_flight = queued.in_flight();
         // Every exchange is noted (its failure may be retried later), also one its SDK
         // already marked.
         record.retry |= self.retries.is_retry(exchange);
@@ -477,12 +480,15 @@ impl Pipeline {
                 let mark = queued.journal().cloned().zip(slot);
                 mark.map(|(j, s)| crate::seal::OnDone::Journal(j, s))
             };
-            let mut result = store.submit_detached_users(exchange, users, on_done());
+            // The frame keeps the exchange's place in the queue's bounds until it is freed.
+            let submit =
+                || store.submit_detached_users(exchange, users, on_done(), queued.in_flight());
+            let mut result = submit();
             while self.hand_off == HandOff::Wait
                 && matches!(&result, Err(e) if e.kind() == crate::seal::ErrorKind::Busy)
             {
                 std::thread::sleep(BUSY_RETRY);
-                result = store.submit_detached_users(exchange, users, on_done());
+                result = submit();
             }
             if let Err(e) = result {
                 journal_dropped(&queued, "seal refused");
@@ -679,6 +685,71 @@ mod tests {
             input.contains("say hi") && input.contains("be brief"),
             "{input}"
         );
+    }
+
+    // See: veil#18. `queue_capacity` bounds what recording holds end to end: the record the
+    // pipeline built and the sealed frame it queued each keep their exchange's place until
+    // they are freed, so a backlog after the queue (records for the ledger, frames for the
+    // disk) no longer comes on top of the queue's own.
+    #[test]
+    fn the_record_and_the_sealed_frame_keep_their_exchanges_place() {
+        use crate::keys::{KeyId, Keyring, MasterKey};
+        let counters = Arc::new(Counters::default());
+        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
+        let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys).unwrap();
+        let (exporter, mut queue) = ExporterHandle::for_tests(16, counters.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let store = SealStore::open(dir.path(), keys, Default::default()).unwrap();
+        let (tx, rx) = crate::exchange::queue::channel(1, 64 << 20, counters.clone());
+        let workers = Pipeline {
+            rules: Arc::new(RulesHandle::from_rules("rules.toml".into(), rules)),
+            pricing: Arc::new(Pricing::builtin()),
+            parse: ParseOptions::default(),
+            exporter: Some(exporter),
+            store: Some(store.clone()),
+            counters: counters.clone(),
+            nice: 0,
+            hand_off: HandOff::Drop,
+            redaction_budget: Budget::default(),
+            recent: None,
+            retries: Arc::default(),
+            health: None,
+        }
+        .spawn(rx, 1);
+        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+        let exchange = ex("/v1/chat/completions", body, Some(200), Outcome::Complete);
+        let id = exchange.id;
+        tx.try_send(exchange).unwrap();
+        let record = queue
+            .next_full(std::time::Duration::from_secs(10))
+            .expect("a record");
+        assert!(
+            record.in_flight.holds(),
+            "the record holds its exchange's place"
+        );
+        // Sealed and durable: the frame is freed, the record still holds the place.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !matches!(store.entry(id), Ok(Some(_))) {
+            assert!(std::time::Instant::now() < deadline, "never sealed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(counters.pipeline.processed.get(), 1);
+        assert_eq!(counters.queue.depth.get(), 0, "the worker took it");
+        assert_eq!(counters.queue.in_flight.get(), 1);
+        assert_eq!(
+            tx.try_admit().unwrap_err(),
+            crate::exchange::queue::Refusal::Full
+        );
+        drop(record);
+        assert_eq!(
+            (counters.queue.in_flight.get(), counters.queue.bytes.get()),
+            (0, 0)
+        );
+        tx.try_admit().unwrap();
+        drop(tx);
+        for w in workers {
+            w.join().unwrap();
+        }
     }
 
     #[test]

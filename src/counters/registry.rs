@@ -97,16 +97,23 @@ registry! {
         /// Requests waiting for room in the queue now (audit required).
         waiting: Gauge => "veil.queue.waiting",
             "{request}", "Requests waiting now for room in the recording queue (audit = required).";
-        /// Captured body bytes waiting in the queue or being processed (released when the
-        /// pipeline is done with the exchange).
+        /// Captured body bytes of the exchanges in flight (`in_flight`): released when
+        /// recording is done with the exchange (its record and sealed frame freed), not when
+        /// a worker takes it.
         bytes: Gauge => "veil.queue.bytes",
-            "By", "Captured body bytes in the recording queue or being processed.";
+            "By", "Captured body bytes of the exchanges in flight in recording (counted against queue_max_bytes).";
+        /// Exchanges admitted to recording (or reserved for, under `audit = "required"`)
+        /// whose exchange, record or sealed frame is still in memory: queued, being
+        /// processed, waiting for the exporter, the ledger or the sealed store. At most
+        /// `capacity`; at it, best-effort requests are forwarded unrecorded (`dropped_full`).
+        in_flight: Gauge => "veil.queue.in_flight",
+            "{exchange}", "Exchanges in flight in recording: queued, being processed, or waiting for the exporter, the ledger or the sealed store (at most queue_capacity).";
         /// `queue_capacity`, set when the queue is made (`channel`).
         capacity: Gauge => "veil.queue.capacity",
-            "{exchange}", "Exchanges the recording queue holds at most (queue_capacity).";
+            "{exchange}", "Exchanges recording holds in flight at most (queue_capacity).";
         /// Exchanges handed over and not yet taken by a pipeline worker (a slot reserved for
-        /// a request in flight under `audit = "required"` counts once its exchange is sent).
-        /// At `capacity`, best-effort requests are forwarded unrecorded (`dropped_full`).
+        /// a request in flight under `audit = "required"` counts once its exchange is sent):
+        /// the part of `in_flight` that waits for a worker.
         depth: Gauge => "veil.queue.depth",
             "{exchange}", "Exchanges waiting in the recording queue for a pipeline worker.";
     }

@@ -4,16 +4,26 @@
 //! request goes upstream, whether the queue has room ([`ExchangeSender::try_admit`]: a request
 //! that finds none is a counted drop and is never captured) and offers the exchange when it
 //! ends ([`ExchangeSender::try_send`]); nothing is held meanwhile, so a long stream costs no
-//! slot. Under audit required it reserves the exchange's slot before the request goes upstream,
-//! waiting up to `queue_wait` for room ([`ExchangeSender::reserve`], a [`Reservation`]: one that
-//! still cannot be recorded is refused instead). The pipeline takes [`Queued`] exchanges and
-//! holds each until it is processed.
+//! place. Under audit required it reserves the exchange's place before the request goes
+//! upstream, waiting up to `queue_wait` for room ([`ExchangeSender::reserve`], a
+//! [`Reservation`]: one that still cannot be recorded is refused instead). The pipeline takes
+//! [`Queued`] exchanges and holds each until it is processed.
 //!
-//! The queue is bounded in **count** (`queue_capacity`) and in **bytes** (`queue_max_bytes`):
-//! an exchange's captured bodies stay in memory from hand-off until the pipeline is done with
-//! it, so a burst of forty 20 MB prompts once held ~900 MB while a count bound of 4096 was
-//! nowhere near. Bytes are released when the [`Queued`] is dropped, i.e. after processing,
-//! which is when the memory is actually freed.
+//! The queue is bounded in **count** (`queue_capacity`) and in **bytes** (`queue_max_bytes`),
+//! and both bounds hold for an exchange's whole recording life, not only while it waits for a
+//! worker: an exchange keeps its place (one of `queue_capacity`, its captured body bytes of
+//! `queue_max_bytes`) from hand-off until the last thing made from it is freed: the
+//! [`Queued`] exchange while the pipeline processes it, then its record (through the exporter
+//! and the ledger's writer, [`crate::record::Record::in_flight`]) and its sealed frame
+//! (until the store's writer has committed or failed it), each holding an [`InFlight`] share.
+//! So `queue_capacity` and `queue_max_bytes` bound what recording holds in memory end to end:
+//! a burst of forty 20 MB prompts once held ~900 MB while a count bound of 4096 was nowhere
+//! near, and until stop 51 the stages after the queue (4,096 pending seals, 4,096 records
+//! for export, the ledger's batches) each held their own backlog on top of the queue's, so a
+//! saturated best-effort veil held ~3× `queue_capacity` exchanges' worth (docs/performance.md,
+//! stop 51). The bytes charged are the captured bodies' length: the record and the sealed
+//! frame made from them are each about that size again, so the memory recording holds is
+//! about two to three times `queue_max_bytes` at most.
 //!
 //! Every hand-off and refusal is counted in the `queue` section of the registry handed to
 //! [`channel`] ([`QueueCounters`](crate::counters::QueueCounters): `veil.queue.*`,
@@ -73,9 +83,14 @@ impl fmt::Display for Refusal {
 
 #[derive(Debug)]
 struct Shared {
-    /// Captured bytes handed over and not yet released by the consumer.
+    /// Captured bytes handed over and not yet released (the exchange and everything made from
+    /// it freed).
     bytes: AtomicUsize,
     max_bytes: usize,
+    /// Places taken: exchanges handed over (or reserved for, under audit required) and not
+    /// yet released, at most `capacity`.
+    in_flight: AtomicUsize,
+    capacity: usize,
     /// The registry; this queue counts in its `queue` section, and the proxy reads it from here
     /// (so the proxy and its queue can never count into two registries).
     counters: Arc<Counters>,
@@ -83,10 +98,10 @@ struct Shared {
     log: LogEvery,
     /// Notes each hand-off, so a crash's losses can be counted at the next start.
     journal: Option<Arc<Journal>>,
-    /// Reservations waiting for the byte budget ([`ExchangeSender::reserve`]); `release`
-    /// wakes them only when there are some, so the consumer pays nothing otherwise.
-    bytes_waiters: AtomicUsize,
-    /// Woken by `release` while `bytes_waiters` > 0.
+    /// Reservations waiting for a place or the byte budget ([`ExchangeSender::reserve`]);
+    /// a release wakes them only when there are some, so the consumer pays nothing otherwise.
+    waiters: AtomicUsize,
+    /// Woken by a release while `waiters` > 0.
     room: Notify,
     /// Set when the consumer is gone (its [`ExchangeReceiver`] dropped): a reservation's
     /// [`Reservation::send`] then counts its exchange as dropped (`closed`) instead of handing
@@ -120,13 +135,48 @@ impl Shared {
     }
 
     fn release(&self, n: usize) {
-        // SeqCst with `bytes_waiters` (see `wait_for_bytes`): either a waiter sees the bytes
-        // gone or this sees the waiter.
+        // SeqCst with `waiters` (see `wait_for_room`): either a waiter sees the bytes gone or
+        // this sees the waiter.
         self.bytes.fetch_sub(n, Ordering::SeqCst);
         self.counters.queue.bytes.sub(n as u64);
-        if self.bytes_waiters.load(Ordering::SeqCst) > 0 {
-            self.room.notify_waiters();
+        self.wake_waiters();
+    }
+
+    /// Wakes one waiting reservation, if any: the one woken passes the wake-up on when room
+    /// is left after it ([`Shared::wait_for_room`]), so a release wakes the waiters one at a
+    /// time rather than all of them (at 64 waiting requests, each release once woke 64 tasks
+    /// to find one place).
+    fn wake_waiters(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_one();
         }
+    }
+
+    /// Takes a place, if one of `capacity` is free.
+    fn take_place(self: &Arc<Self>) -> Option<Place> {
+        let mut cur = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if cur >= self.capacity {
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.counters.queue.in_flight.add(1);
+                    return Some(Place(self.clone()));
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// A place is free now (not taken).
+    fn place_room(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) < self.capacity
     }
 
     /// A reservation may be taken: the byte budget is not used up (a lone exchange bigger
@@ -136,29 +186,49 @@ impl Shared {
         used == 0 || used < self.max_bytes
     }
 
-    /// Waits until [`Shared::bytes_room`] or `deadline`; false on the deadline.
-    async fn wait_for_bytes(&self, deadline: Instant) -> bool {
+    /// Waits until a place is free and taken, and [`Shared::bytes_room`] holds, or until
+    /// `deadline`: the place, or which bound still held at the deadline.
+    async fn wait_for_room(self: &Arc<Self>, deadline: Instant) -> Result<Place, Refusal> {
         struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        self.bytes_waiters.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.bytes_waiters);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiters);
         loop {
             let notified = self.room.notified();
             let mut notified = std::pin::pin!(notified);
             // Registered before the check, so a release between the check and the wait wakes
             // it.
             notified.as_mut().enable();
-            if self.bytes_room() {
-                return true;
+            if let Ok(place) = self.room_now() {
+                // Room left for another waiter: pass the wake-up on. (A wake-up this one was
+                // given and did not need is passed on by tokio when `notified` is dropped.)
+                if self.waiters.load(Ordering::SeqCst) > 1 && self.place_room() && self.bytes_room()
+                {
+                    self.room.notify_one();
+                }
+                return Ok(place);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.bytes_room();
+                return self.room_now();
             }
         }
+    }
+
+    /// A place, taken, when one is free and the byte budget is not used up. Checks both
+    /// before taking, so a refusal gives nothing back (a place taken and given back would
+    /// wake the waiters, this one among them, for nothing).
+    fn room_now(self: &Arc<Self>) -> Result<Place, Refusal> {
+        if !self.place_room() {
+            return Err(Refusal::Full);
+        }
+        if !self.bytes_room() {
+            return Err(Refusal::Bytes);
+        }
+        self.take_place().ok_or(Refusal::Full)
     }
 
     /// Counts and logs a best-effort drop under its reason's counter.
@@ -176,8 +246,8 @@ impl Shared {
     /// reserved slot), after noting it in the journal: noted before the send, since once
     /// sent the pipeline may already be done with it; counted on the depth before the send,
     /// since a worker may take it (and count it off) at once.
-    fn hand_over(self: &Arc<Self>, exchange: Exchange, n: usize, send: impl FnOnce(Queued)) {
-        let mut queued = Queued::new(exchange, n, self.clone());
+    fn hand_over(&self, exchange: Exchange, ticket: Ticket, send: impl FnOnce(Queued)) {
+        let mut queued = Queued::new(exchange, ticket);
         queued.slot = self.journal.as_ref().map(|j| j.acknowledge(queued.id));
         self.counters.queue.depth.add(1);
         self.counters.queue.queued.inc();
@@ -198,8 +268,9 @@ impl Shared {
     }
 }
 
-/// Creates a queue holding at most `capacity` exchanges and `max_bytes` of captured bodies,
-/// counting in `counters.queue`.
+/// Creates a queue holding at most `capacity` exchanges and `max_bytes` of captured bodies in
+/// flight (queued, being processed, or held as a record or sealed frame: see the module
+/// docs), counting in `counters.queue`.
 ///
 /// # Panics
 /// When `capacity` is 0 or above tokio's limit (`usize::MAX >> 3`); the config bounds it.
@@ -224,10 +295,12 @@ pub fn channel_journaled(
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
         max_bytes,
+        in_flight: AtomicUsize::new(0),
+        capacity,
         counters,
         log: LogEvery::new(LOG_EVERY),
         journal,
-        bytes_waiters: AtomicUsize::new(0),
+        waiters: AtomicUsize::new(0),
         room: Notify::new(),
         receiver_gone: AtomicBool::new(false),
     });
@@ -255,28 +328,40 @@ impl ExchangeSender {
     /// the drop mark).
     pub fn try_send(&self, exchange: Exchange) -> Result<(), Refusal> {
         let n = size_of_exchange(&exchange);
-        if !self.shared.take(n) {
-            self.shared.drop_best_effort(Refusal::Bytes);
-            return Err(Refusal::Bytes);
+        let refused = |why| {
+            self.shared.drop_best_effort(why);
+            Err(why)
+        };
+        if self.tx.is_closed() {
+            return refused(Refusal::Closed);
         }
+        let Some(place) = self.shared.take_place() else {
+            return refused(Refusal::Full);
+        };
+        if !self.shared.take(n) {
+            return refused(Refusal::Bytes);
+        }
+        // Freed first on a refusal below: the bytes, then the place.
+        let ticket = Ticket { bytes: n, place };
+        // A place taken means a slot is free: the channel holds fewer exchanges than are in
+        // flight.
         let permit = match self.tx.try_reserve() {
             Ok(permit) => permit,
             Err(e) => {
-                self.shared.release(n);
-                let why = match e {
+                drop(ticket);
+                return refused(match e {
                     mpsc::error::TrySendError::Full(()) => Refusal::Full,
                     mpsc::error::TrySendError::Closed(()) => Refusal::Closed,
-                };
-                self.shared.drop_best_effort(why);
-                return Err(why);
+                });
             }
         };
-        self.shared.hand_over(exchange, n, |q| permit.send(q));
+        self.shared.hand_over(exchange, ticket, |q| permit.send(q));
         Ok(())
     }
 
     /// Whether a best-effort exchange should be captured at all, asked before its request goes
-    /// upstream: the queue has a free slot and byte budget left now. When it has not (the queue
+    /// upstream: a place is free (fewer than `queue_capacity` exchanges in flight) and byte
+    /// budget is left now. When it has not (the queue
     /// is full, its byte budget used up, or recording stopped) the request is forwarded
     /// uncaptured and the drop is counted (`veil.exchanges.dropped` by reason) and logged as at
     /// the end: under saturation the forwarding threads spend nothing (body copies, header
@@ -287,10 +372,10 @@ impl ExchangeSender {
     pub fn try_admit(&self) -> Result<(), Refusal> {
         let why = if self.tx.is_closed() {
             Refusal::Closed
+        } else if !self.shared.place_room() {
+            Refusal::Full
         } else if !self.shared.bytes_room() {
             Refusal::Bytes
-        } else if self.tx.capacity() == 0 {
-            Refusal::Full
         } else {
             return Ok(());
         };
@@ -299,7 +384,8 @@ impl ExchangeSender {
     }
 
     /// Reserves room for one exchange before its request goes upstream (audit required),
-    /// without waiting: a slot, and the promise that the byte budget is not already used up.
+    /// without waiting: a place in flight, and the promise that the byte budget is not already
+    /// used up.
     /// The exchange's bytes are added when it is sent, so the queue may exceed `max_bytes` by
     /// what the requests in flight capture (each bounded by `capture_limit`). A refusal is
     /// counted in [`QueueCounters::refused`](crate::counters::QueueCounters::refused).
@@ -309,13 +395,13 @@ impl ExchangeSender {
         self.counted(got)
     }
 
-    /// [`ExchangeSender::try_reserve`] that first waits up to `wait` for room (a slot, then
-    /// the byte budget) when the queue is full: under `audit = "required"` a saturated
+    /// [`ExchangeSender::try_reserve`] that first waits up to `wait` for room (a place and
+    /// the byte budget) when recording is full: under `audit = "required"` a saturated
     /// recorder slows traffic down instead of refusing it. Requests that had to wait are
     /// counted in [`QueueCounters::waited`](crate::counters::QueueCounters::waited) and
     /// those waiting now in `waiting`; one still without room after `wait` is refused as by
-    /// `try_reserve`. A closed queue refuses at once. Slots go first come, first served
-    /// (tokio's channel semaphore is fair). Cancel-safe: a dropped wait holds nothing.
+    /// `try_reserve`. A closed queue refuses at once. Places go close to first come, first
+    /// served (see `wait_for_room`). Cancel-safe: a dropped wait holds nothing.
     pub async fn reserve(&self, wait: Duration) -> Result<Reservation, Refusal> {
         let got = match self.reserve_now() {
             // Boxed: only a wait pays for its timers, not every request's future.
@@ -329,46 +415,43 @@ impl ExchangeSender {
 
     /// One attempt, neither waiting nor counting.
     fn reserve_now(&self) -> Result<Reservation, Refusal> {
-        if !self.shared.bytes_room() {
-            return Err(Refusal::Bytes);
+        if self.tx.is_closed() {
+            return Err(Refusal::Closed);
         }
-        match self.tx.clone().try_reserve_owned() {
-            Ok(permit) => Ok(self.reservation(permit)),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Refusal::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Refusal::Closed),
-        }
+        let place = self.shared.room_now()?;
+        self.reservation(place)
     }
 
-    /// Waits up to `wait` for a slot, then for the byte budget, holding the slot meanwhile.
+    /// Waits up to `wait` for a place and the byte budget. A release wakes one waiter
+    /// (tokio's `Notify` wakes the longest waiting first), but a request that arrives then may
+    /// take the place first: close to first come, first served, not exactly.
     async fn wait_for_room(&self, wait: Duration) -> Result<Reservation, Refusal> {
         let deadline = Instant::now() + wait;
         let c = &self.shared.counters.queue;
         c.waited.inc();
         c.waiting.add(1);
         let _waiting = GaugeGuard(&c.waiting);
-        let permit = match tokio::time::timeout_at(deadline, self.tx.clone().reserve_owned()).await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => return Err(Refusal::Closed),
-            Err(_elapsed) => return Err(Refusal::Full),
-        };
-        if !self.shared.wait_for_bytes(deadline).await {
-            return Err(Refusal::Bytes);
-        }
+        let place = self.shared.wait_for_room(deadline).await?;
         // Releases also come from a closing queue dropping what it held.
         if self.tx.is_closed() {
             return Err(Refusal::Closed);
         }
-        let mut reservation = self.reservation(permit);
+        let mut reservation = self.reservation(place)?;
         reservation.waited = true;
         Ok(reservation)
     }
 
-    fn reservation(&self, permit: mpsc::OwnedPermit<Queued>) -> Reservation {
-        Reservation {
-            permit,
-            shared: self.shared.clone(),
-            waited: false,
+    /// The channel slot for `place` (there is one: the channel holds fewer exchanges than
+    /// are in flight).
+    fn reservation(&self, place: Place) -> Result<Reservation, Refusal> {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Ok(Reservation {
+                permit,
+                place,
+                waited: false,
+            }),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Refusal::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Refusal::Closed),
         }
     }
 
@@ -409,11 +492,12 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// Room for one exchange, reserved before its request went upstream (audit required).
+/// Room for one exchange, reserved before its request went upstream (audit required): its
+/// place in flight and its slot in the channel, given back if it is dropped unsent.
 #[derive(Debug)]
 pub struct Reservation {
     permit: mpsc::OwnedPermit<Queued>,
-    shared: Arc<Shared>,
+    place: Place,
     waited: bool,
 }
 
@@ -432,19 +516,20 @@ impl Reservation {
     /// keeps its receiver until every sender is gone, so there this does not happen; a receiver
     /// dropped between the check and the hand-off is not seen.)
     pub fn send(self, exchange: Exchange) {
-        if self.shared.receiver_gone.load(Ordering::Acquire) {
-            self.shared.refuse(
+        let shared = self.place.0.clone();
+        if shared.receiver_gone.load(Ordering::Acquire) {
+            shared.refuse(
                 Refusal::Closed,
-                &self.shared.counters.queue.dropped_closed,
+                &shared.counters.queue.dropped_closed,
                 "exchange not recorded (audit = required; its room was reserved before)",
             );
             return;
         }
         let n = size_of_exchange(&exchange);
-        self.shared.bytes.fetch_add(n, Ordering::AcqRel);
-        self.shared.counters.queue.bytes.add(n as u64);
-        let permit = self.permit;
-        self.shared.hand_over(exchange, n, |q| {
+        shared.bytes.fetch_add(n, Ordering::AcqRel);
+        shared.counters.queue.bytes.add(n as u64);
+        let Reservation { permit, place, .. } = self;
+        shared.hand_over(exchange, Ticket { bytes: n, place }, |q| {
             permit.send(q);
         });
     }
@@ -496,23 +581,93 @@ impl ExchangeReceiver {
     }
 }
 
-/// One exchange taken from the queue. Its bytes count against `queue_max_bytes` until this is
-/// dropped (or [`Queued::into_exchange`] is called): hold it while processing.
+/// One exchange taken from the queue. It holds the exchange's place in flight and its bytes
+/// of `queue_max_bytes` until it is dropped (or [`Queued::into_exchange`] is called) and no
+/// [`InFlight`] share taken from it ([`Queued::in_flight`]) is left: hold it while
+/// processing, and give a share to each thing made from it that stays in memory after it.
 pub struct Queued {
     exchange: Exchange,
-    bytes: usize,
-    shared: Arc<Shared>,
+    ticket: Arc<Ticket>,
     slot: Option<Slot>,
 }
 
+/// An exchange's place in flight and its charge of the byte budget, given back when dropped
+/// (when the [`Queued`] and every [`InFlight`] share of it are gone).
+#[derive(Debug)]
+struct Ticket {
+    bytes: usize,
+    place: Place,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.place.0.release(self.bytes);
+    }
+}
+
+/// One of `queue_capacity` places, given back when dropped.
+#[derive(Debug)]
+struct Place(Arc<Shared>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        // SeqCst with `waiters`, as in `Shared::release`.
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.counters.queue.in_flight.sub(1);
+        self.0.wake_waiters();
+    }
+}
+
+/// A share of an exchange's place in the recording queue's bounds (one of `queue_capacity`
+/// and its captured bytes of `queue_max_bytes`): the place is given back when the [`Queued`]
+/// exchange and every share taken from it ([`Queued::in_flight`]) are dropped. The pipeline
+/// gives one to the record it builds ([`Record::in_flight`](crate::record::Record::in_flight))
+/// and one to the sealed frame it queues, so the bounds hold until recording is done with
+/// the exchange, not only until a worker takes it.
+///
+/// An accounting token, not data: a clone is empty (a copy of a record does not hold its
+/// exchange's place, only the original does), and any two compare equal.
+#[derive(Default)]
+pub struct InFlight(Option<Arc<Ticket>>);
+
+impl InFlight {
+    /// Whether this share holds a place (an empty one is the default, or a clone).
+    pub fn holds(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Clone for InFlight {
+    fn clone(&self) -> Self {
+        InFlight(None)
+    }
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InFlight").field(&self.holds()).finish()
+    }
+}
+
 impl Queued {
-    fn new(exchange: Exchange, bytes: usize, shared: Arc<Shared>) -> Self {
+    fn new(exchange: Exchange, ticket: Ticket) -> Self {
         Queued {
             exchange,
-            bytes,
-            shared,
+            ticket: Arc::new(ticket),
             slot: None,
         }
+    }
+
+    /// A share of this exchange's place in flight, for something made from it that outlives
+    /// the `Queued` (see [`InFlight`]).
+    pub fn in_flight(&self) -> InFlight {
+        InFlight(Some(self.ticket.clone()))
     }
 
     /// The exchange's journal slot, when the queue keeps a journal: mark it sealed and
@@ -523,7 +678,7 @@ impl Queued {
 
     /// The queue's journal, if any.
     pub fn journal(&self) -> Option<&Arc<Journal>> {
-        self.shared.journal.as_ref()
+        self.ticket.place.0.journal.as_ref()
     }
 
     /// The exchange.
@@ -531,8 +686,8 @@ impl Queued {
         &self.exchange
     }
 
-    /// Releases the exchange's bytes from the budget and returns it (tests and tools that
-    /// keep exchanges past processing).
+    /// Returns the exchange, releasing its place and bytes unless an [`InFlight`] share of
+    /// them is still held (tests and tools that keep exchanges past processing).
     pub fn into_exchange(mut self) -> Exchange {
         std::mem::replace(&mut self.exchange, empty_exchange())
     }
@@ -549,14 +704,8 @@ impl fmt::Debug for Queued {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queued")
             .field("id", &self.exchange.id)
-            .field("bytes", &self.bytes)
+            .field("bytes", &self.ticket.bytes)
             .finish()
-    }
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        self.shared.release(self.bytes);
     }
 }
 
@@ -702,9 +851,11 @@ mod tests {
     }
 
     /// Under `audit = "required"` a full queue slows a request down instead of refusing it:
-    /// it gets the slot a worker frees, and counts as having waited, not as refused.
+    /// it gets the place a finished exchange frees, and counts as having waited, not as
+    /// refused. A worker taking the exchange frees nothing: what it processes is still in
+    /// memory.
     #[tokio::test]
-    async fn a_reservation_waits_for_the_slot_a_worker_frees() {
+    async fn a_reservation_waits_for_the_place_a_finished_exchange_frees() {
         let (tx, mut rx) = channel(1, 1 << 20, Arc::default());
         let c = tx.counters().clone();
         tx.reserve(Duration::ZERO)
@@ -715,7 +866,15 @@ mod tests {
         until(|| c.queue.waiting.get() > 0).await;
         assert!(!waiter.is_finished(), "no room yet");
         assert_eq!(c.queue.waited.get(), 1);
-        let _taken = rx.recv().await.unwrap();
+        let taken = rx.recv().await.unwrap();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !waiter.is_finished(),
+            "taken, not finished: its place is still held"
+        );
+        drop(taken);
         waiter
             .await
             .unwrap()
@@ -747,39 +906,43 @@ mod tests {
             .unwrap()
             .expect("room once the bytes are released");
         assert_eq!((c.queue.waiting.get(), c.queue.refused.get()), (0, 0));
-        assert_eq!(tx.shared.bytes_waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(tx.shared.waiters.load(Ordering::SeqCst), 0);
     }
 
     /// A wait is bounded by `queue_wait`: past it the request is refused (and counted both
     /// as having waited and as refused), by whichever bound is still full.
     #[tokio::test(start_paused = true)]
     async fn a_reservation_is_refused_when_no_room_comes_in_time() {
-        let (tx, mut rx) = channel(1, 10, Arc::default());
+        // Every place taken (by an exchange a worker holds: taking it freed nothing).
+        let (tx, mut rx) = channel(1, 1 << 20, Arc::default());
         let c = tx.counters().clone();
-        tx.try_reserve().unwrap().send(exchange_of(11));
+        tx.try_reserve().unwrap().send(exchange_of(1));
+        let taken = rx.recv().await.unwrap();
         let t = Instant::now();
         assert_eq!(
             tx.reserve(Duration::from_millis(50)).await.unwrap_err(),
             Refusal::Full
         );
         assert!(t.elapsed() >= Duration::from_millis(50));
-        let _taken = rx.recv().await.unwrap();
-        // A slot is free now, the byte budget is not.
+        drop(taken);
+        // A place free, the byte budget used up.
+        let (tx2, rx2) = channel(2, 10, c.clone());
+        tx2.try_reserve().unwrap().send(exchange_of(11));
         assert_eq!(
-            tx.reserve(Duration::from_millis(50)).await.unwrap_err(),
+            tx2.reserve(Duration::from_millis(50)).await.unwrap_err(),
             Refusal::Bytes
         );
         assert_eq!((c.queue.waited.get(), c.queue.refused.get()), (2, 2));
         assert_eq!(c.queue.waiting.get(), 0);
         // Zero waits not at all, and a closed queue refuses at once.
         assert_eq!(
-            tx.reserve(Duration::ZERO).await.unwrap_err(),
+            tx2.reserve(Duration::ZERO).await.unwrap_err(),
             Refusal::Bytes
         );
-        drop((_taken, rx));
+        drop(rx2);
         let t = Instant::now();
         assert_eq!(
-            tx.reserve(Duration::from_secs(30)).await.unwrap_err(),
+            tx2.reserve(Duration::from_secs(30)).await.unwrap_err(),
             Refusal::Closed
         );
         assert_eq!(t.elapsed(), Duration::ZERO);
@@ -794,7 +957,7 @@ mod tests {
         let (tx, rx) = channel(2, 10, Arc::default());
         tx.try_reserve().unwrap().send(exchange_of(11));
         let waiter = spawn_reserve(&tx);
-        until(|| tx.shared.bytes_waiters.load(Ordering::SeqCst) > 0).await;
+        until(|| tx.shared.waiters.load(Ordering::SeqCst) > 0).await;
         drop(rx);
         let got = tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
@@ -833,8 +996,9 @@ mod tests {
         let c = tx.counters().clone();
         tx.try_reserve().unwrap().send(exchange_of(11));
         let waiter = spawn_reserve(&tx);
-        until(|| tx.shared.bytes_waiters.load(Ordering::SeqCst) > 0).await;
-        // It holds the second slot while it waits for bytes.
+        until(|| tx.shared.waiters.load(Ordering::SeqCst) > 0).await;
+        // It waits for the byte budget, holding no place meanwhile.
+        assert_eq!(c.queue.in_flight.get(), 1);
         assert_eq!(
             tx.reserve(Duration::ZERO).await.unwrap_err(),
             Refusal::Bytes
@@ -842,11 +1006,35 @@ mod tests {
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
         assert_eq!(c.queue.waiting.get(), 0);
-        assert_eq!(tx.shared.bytes_waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(tx.shared.waiters.load(Ordering::SeqCst), 0);
         drop(rx.recv().await.unwrap());
-        // Both slots are free again: the aborted wait gave its slot back.
+        // Both places are free again: the aborted wait took none.
         let _a = tx.try_reserve().unwrap();
         let _b = tx.try_reserve().unwrap();
+    }
+
+    /// A release wakes one waiter, not all of them; the one woken passes the wake-up on while
+    /// room is left, so one release that frees room for several serves them all at once
+    /// rather than one per release (the others would wait to their `queue_wait` and get a
+    /// 503 with room free).
+    #[tokio::test]
+    async fn one_release_with_room_for_several_serves_every_waiter() {
+        let (tx, mut rx) = channel(4, 10, Arc::default());
+        tx.try_reserve().unwrap().send(exchange_of(11));
+        let waiters: Vec<_> = (0..3).map(|_| spawn_reserve(&tx)).collect();
+        until(|| tx.shared.waiters.load(Ordering::SeqCst) == 3).await;
+        drop(rx.recv().await.unwrap());
+        let mut served = Vec::new();
+        for w in waiters {
+            served.push(
+                tokio::time::timeout(Duration::from_secs(10), w)
+                    .await
+                    .expect("woken by the release, long before its own deadline")
+                    .unwrap()
+                    .expect("room for all three"),
+            );
+        }
+        assert_eq!(tx.counters().queue.in_flight.get(), 3);
     }
 
     #[test]
@@ -872,38 +1060,48 @@ mod tests {
     // the queue may refuse it after all.
     #[test]
     fn best_effort_admission_checks_for_room_and_holds_nothing() {
-        let (tx, mut rx) = channel(2, 50, Arc::default());
+        let (tx, mut rx) = channel(3, 50, Arc::default());
         let counters = tx.counters().clone();
         let c = &counters.queue;
-        // Asking holds no slot: any number of requests in flight may be admitted.
+        // Asking holds no place: any number of requests in flight may be admitted.
         for _ in 0..5 {
             tx.try_admit().unwrap();
         }
-        assert_eq!((c.dropped(), c.depth.get(), c.bytes.get()), (0, 0, 0));
-        tx.try_send(exchange_of(10)).unwrap();
-        tx.try_send(exchange_of(10)).unwrap();
+        assert_eq!(
+            (c.dropped(), c.depth.get(), c.bytes.get(), c.in_flight.get()),
+            (0, 0, 0, 0)
+        );
+        for _ in 0..3 {
+            tx.try_send(exchange_of(10)).unwrap();
+        }
+        assert_eq!((c.in_flight.get(), c.bytes.get()), (3, 30));
         assert_eq!(tx.try_admit().unwrap_err(), Refusal::Full);
         assert_eq!(
             (c.dropped_full.get(), c.refused.get()),
             (1, 0),
             "a drop, not a refusal"
         );
+        // A worker taking an exchange frees no place: what it processes is in memory.
+        let taken = rx.blocking_recv().unwrap();
+        assert_eq!(c.depth.get(), 2);
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Full);
+        drop(taken);
+        assert_eq!((c.in_flight.get(), c.bytes.get()), (2, 20));
         // Admitted while there was room, refused at its end when there is none.
-        drop(rx.blocking_recv().unwrap());
         tx.try_admit().unwrap();
         tx.try_send(exchange_of(30)).unwrap();
         assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Full));
-        // A free slot, but the byte budget (40 of 50 held) decides at the end...
-        let held = rx.blocking_recv().unwrap();
+        // A free place, but the byte budget (40 of 50 held) decides at the end...
+        drop(rx.blocking_recv().unwrap());
         tx.try_admit().unwrap();
         assert_eq!(tx.try_send(exchange_of(11)), Err(Refusal::Bytes));
-        // ...and at arrival once it is used up.
-        tx.try_send(exchange_of(10)).unwrap();
+        // ...and at arrival once it is used up (50 of 50, a place free).
+        drop(rx.blocking_recv().unwrap());
+        tx.try_send(exchange_of(20)).unwrap();
         assert_eq!(tx.try_admit().unwrap_err(), Refusal::Bytes);
-        drop(held);
         drop(rx.blocking_recv().unwrap());
         drop(rx.blocking_recv().unwrap());
-        assert_eq!(c.bytes.get(), 0);
+        assert_eq!((c.in_flight.get(), c.bytes.get()), (0, 0));
         // Recording stopped: admission is refused as a drop.
         drop(rx);
         assert_eq!(tx.try_admit().unwrap_err(), Refusal::Closed);
@@ -913,9 +1111,63 @@ mod tests {
                 c.dropped_bytes.get(),
                 c.dropped_closed.get()
             ),
-            (2, 2, 1)
+            (3, 2, 1)
         );
         assert_eq!(c.refused.get(), 0);
+    }
+
+    // See: veil#18. An exchange's place (and its bytes) stay taken until everything made
+    // from it is freed, not only until a worker takes it: the stages after the queue (the
+    // record on its way to the ledger, the sealed frame on its way to the disk) used to hold
+    // ~3x `queue_capacity` exchanges on top of the queue's own under a burst.
+    #[test]
+    fn an_exchange_keeps_its_place_until_its_last_share_is_freed() {
+        let (tx, mut rx) = channel(1, 50, Arc::default());
+        let counters = tx.counters().clone();
+        let c = &counters.queue;
+        tx.try_send(exchange_of(10)).unwrap();
+        let queued = rx.blocking_recv().unwrap();
+        let (record, frame) = (queued.in_flight(), queued.in_flight());
+        assert!(record.holds() && frame.holds());
+        let copy = record.clone();
+        assert!(!copy.holds(), "a clone holds no place");
+        assert_eq!(copy, record, "a token, not data: any two compare equal");
+        drop(queued);
+        assert_eq!(
+            (c.in_flight.get(), c.bytes.get(), c.depth.get()),
+            (1, 10, 0)
+        );
+        assert_eq!(tx.try_admit().unwrap_err(), Refusal::Full);
+        drop((record, copy));
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Full));
+        drop(frame);
+        assert_eq!((c.in_flight.get(), c.bytes.get()), (0, 0));
+        tx.try_admit().unwrap();
+        tx.try_send(exchange_of(1)).unwrap();
+        assert_eq!(c.dropped_full.get(), 2);
+    }
+
+    /// Under audit required a reservation waiting for a place is woken by the last share's
+    /// release, not before.
+    #[tokio::test]
+    async fn a_reservation_gets_the_place_the_last_share_frees() {
+        let (tx, mut rx) = channel(1, 1 << 20, Arc::default());
+        tx.try_reserve().unwrap().send(exchange_of(1));
+        let queued = rx.recv().await.unwrap();
+        let share = queued.in_flight();
+        drop(queued);
+        let waiter = spawn_reserve(&tx);
+        until(|| tx.counters().queue.waiting.get() > 0).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "the share still holds the place");
+        drop(share);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the release")
+            .unwrap()
+            .expect("the freed place");
     }
 
     /// The journal's and the marks' bytes.
@@ -932,14 +1184,16 @@ mod tests {
     fn an_exchange_the_queue_refuses_writes_nothing_to_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path(), 16).unwrap();
-        let (tx, rx) = channel_journaled(1, 50, Some(Arc::new(journal)), Arc::default());
+        let (tx, mut rx) = channel_journaled(2, 50, Some(Arc::new(journal)), Arc::default());
         let before = journal_files(dir.path());
+        tx.try_send(exchange_of(10)).unwrap();
         tx.try_send(exchange_of(10)).unwrap();
         let queued = journal_files(dir.path());
         assert_ne!(queued.0, before.0, "a queued exchange is acknowledged");
-        // Refused by the slot count, by the byte budget, and by a stopped recorder.
+        // Refused by the place count, by the byte budget, and by a stopped recorder.
         assert_eq!(tx.try_send(exchange_of(10)), Err(Refusal::Full));
         assert_eq!(tx.try_admit().unwrap_err(), Refusal::Full);
+        drop(rx.try_recv().unwrap());
         assert_eq!(tx.try_send(exchange_of(60)), Err(Refusal::Bytes));
         drop(rx);
         assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Closed));

@@ -394,6 +394,7 @@ pub fn base_record(id: &str) -> Record {
         chunk_gaps: Default::default(),
         retry: false,
         prepared: Default::default(),
+        in_flight: Default::default(),
     }
 }
 

@@ -204,6 +204,7 @@ pub fn build_within(
         chunk_gaps: ex.timings.chunk_gaps.clone(),
         retry: is_retry(&ex.request_headers),
         prepared: super::Prepared::default(),
+        in_flight: Default::default(),
     }
 }
 

@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use crate::counters::series::ChunkGaps;
+use crate::exchange::queue::InFlight;
 use crate::exchange::{Operation, OutcomeKind, Provider, TraceParent, Usage};
 use crate::keys::UserPseudonym;
 
@@ -140,6 +141,11 @@ pub struct Record {
     pub retry: bool,
     /// Text made once from the content above for every sink: see [`Record::prepare`].
     pub prepared: Prepared,
+    /// The exchange's place in the recording queue's bounds (`queue_capacity`,
+    /// `queue_max_bytes`), held while this record is in memory (through the exporter and the
+    /// ledger's writer) so those bounds cover it; set by the pipeline. Not data: a clone holds
+    /// none and any two compare equal. Build records with `in_flight: InFlight::default()`.
+    pub in_flight: InFlight,
 }
 
 /// A cache of text derived from a record's content, filled once by [`Record::prepare`]. A

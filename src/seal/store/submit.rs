@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::SealStore;
 use super::degraded::degraded_error;
 use super::writer::Command;
+use crate::exchange::queue::InFlight;
 use crate::exchange::{Exchange, ExchangeId};
 use crate::journal::{Journal, Slot};
 use crate::keys::Purpose;
@@ -54,6 +55,9 @@ impl SealAck {
 pub(super) struct SealJob {
     /// Counts this job as in flight until it is dropped (written, failed or discarded).
     pub(super) _pending: PendingGuard,
+    /// The exchange's place in the recording queue's bounds, held until the frame is freed
+    /// (empty for callers outside the pipeline).
+    pub(super) _in_flight: InFlight,
     pub(super) id: ExchangeId,
     pub(super) frame: Vec<u8>,
     pub(super) slot: [u8; SLOT_LEN],
@@ -184,7 +188,13 @@ impl SealStore {
         user: Option<&UserPseudonym>,
     ) -> Result<SealAck, SealError> {
         let (ack, rx) = oneshot::channel();
-        self.enqueue(exchange, user.into_iter(), Some(ack), None)?;
+        self.enqueue(
+            exchange,
+            user.into_iter(),
+            Some(ack),
+            None,
+            InFlight::default(),
+        )?;
         Ok(SealAck {
             id: exchange.id,
             rx,
@@ -199,7 +209,7 @@ impl SealStore {
         exchange: &Exchange,
         user: Option<&UserPseudonym>,
     ) -> Result<(), SealError> {
-        self.enqueue(exchange, user.into_iter(), None, None)
+        self.enqueue(exchange, user.into_iter(), None, None, InFlight::default())
     }
 
     /// [`SealStore::submit_detached`] that calls `on_done` once the outcome is known: `true`
@@ -212,21 +222,32 @@ impl SealStore {
         user: Option<&UserPseudonym>,
         on_done: OnDone,
     ) -> Result<(), SealError> {
-        self.enqueue(exchange, user.into_iter(), None, Some(on_done))
+        self.enqueue(
+            exchange,
+            user.into_iter(),
+            None,
+            Some(on_done),
+            InFlight::default(),
+        )
     }
 
     /// [`SealStore::submit_detached_then`] for an exchange whose identity sources named
     /// several users ([`Record::user_pseudonyms`](crate::record::Record::user_pseudonyms)):
     /// the first is the exchange's user, and every one of them indexes it, so
     /// [`SealStore::forget_user`] finds it by any (veil#13). With `on_done` `None` nobody is
-    /// told (a veil without a recording journal).
+    /// told (a veil without a recording journal). The job holds `in_flight` (the exchange's
+    /// place in the recording queue's bounds, [`Queued::in_flight`]) until its frame is freed,
+    /// so the queue's bounds cover the frames waiting for the disk.
+    ///
+    /// [`Queued::in_flight`]: crate::exchange::queue::Queued::in_flight
     pub fn submit_detached_users(
         &self,
         exchange: &Exchange,
         users: &[UserPseudonym],
         on_done: Option<OnDone>,
+        in_flight: InFlight,
     ) -> Result<(), SealError> {
-        self.enqueue(exchange, users.iter(), None, on_done)
+        self.enqueue(exchange, users.iter(), None, on_done, in_flight)
     }
 
     fn enqueue<'u>(
@@ -235,6 +256,7 @@ impl SealStore {
         users: impl Iterator<Item = &'u UserPseudonym>,
         ack: Option<oneshot::Sender<Result<(), SealError>>>,
         on_done: Option<OnDone>,
+        in_flight: InFlight,
     ) -> Result<(), SealError> {
         if !self.inner.health.is_ok() {
             return Err(degraded_error(&self.inner.health));
@@ -291,6 +313,7 @@ impl SealStore {
         gauge.add(1);
         let sent = self.send(Command::Seal(Box::new(SealJob {
             _pending: guard,
+            _in_flight: in_flight,
             id: exchange.id,
             frame,
             slot,

@@ -77,6 +77,50 @@ fn submit_refuses_past_the_pending_bound_and_recovers() {
     }
 }
 
+// See: veil#18. A pipeline seal holds its exchange's place in the recording queue's bounds
+// until the writer is done with its frame: given back once it is written, and at once when the
+// store refuses it. A share kept by the store would hold a place for good, and a queue whose
+// places all leak records nothing more.
+#[test]
+fn a_seal_gives_its_exchanges_place_back_when_written_or_refused() {
+    use crate::exchange::queue::channel;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = crate::seal::tests::ring(3);
+    let store = SealStore::open(dir.path(), ring, Default::default()).unwrap();
+    let counters = std::sync::Arc::new(crate::counters::Counters::default());
+    let (queue, mut taken) = channel(2, 1 << 20, counters.clone());
+    for attempt in 0..2 {
+        queue.try_send(crate::seal::tests::openai_chat()).unwrap();
+        let queued = taken.try_recv().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = counters.clone();
+        let submitted = store.submit_detached_users(
+            &queued,
+            &[],
+            Some(OnDone::Call(Box::new(move |ok| {
+                tx.send((ok, c.queue.in_flight.get())).unwrap()
+            }))),
+            queued.in_flight(),
+        );
+        drop(queued);
+        if attempt == 0 {
+            submitted.unwrap();
+            assert_eq!(
+                rx.recv().unwrap(),
+                (true, 0),
+                "durable, and the place given back"
+            );
+            store.degrade_for_test("a test");
+        } else {
+            assert!(submitted.is_err(), "a degraded store refuses");
+        }
+        assert_eq!(
+            (counters.queue.in_flight.get(), counters.queue.bytes.get()),
+            (0, 0)
+        );
+    }
+}
+
 // See: veil#13. Only the winning identity source indexed the exchange: a user named in the
 // body but overridden by `x-veil-user` was not found by `forget --user`.
 #[test]
@@ -94,6 +138,7 @@ fn every_pseudonym_of_an_exchange_finds_it_and_forgetting_one_unindexes_all() {
                 &ex,
                 &[bob.clone(), alice.clone(), bob.clone()],
                 Some(OnDone::Call(Box::new(move |ok| tx.send(ok).unwrap()))),
+                Default::default(),
             )
             .unwrap();
         assert!(rx.recv().unwrap(), "sealed");
