@@ -618,6 +618,17 @@ mod tests {
 
     /// [`pipeline`] with an exporter that reads the records' content trees or not.
     fn pipeline_reading_trees(trees: bool) -> Harness {
+        pipeline_with(1024, trees, |_| None)
+    }
+
+    /// A pipeline with one worker over a recording queue of `capacity` places and a bare
+    /// exporter queue the test reads, sealing into the store `store` opens with the
+    /// pipeline's keyring, if any.
+    fn pipeline_with(
+        capacity: usize,
+        trees: bool,
+        store: impl FnOnce(crate::keys::Keyring) -> Option<SealStore>,
+    ) -> Harness {
         use crate::keys::{KeyId, Keyring, MasterKey};
         let counters = Arc::new(Counters::default());
         let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
@@ -629,13 +640,13 @@ mod tests {
             exporter.without_content_trees()
         };
         let health = Arc::new(crate::health::Health::new(counters.clone()));
-        let (tx, rx) = crate::exchange::queue::channel(1024, 64 << 20, counters.clone());
+        let (tx, rx) = crate::exchange::queue::channel(capacity, 64 << 20, counters.clone());
         let workers = Pipeline {
             rules: Arc::new(RulesHandle::from_rules("rules.toml".into(), rules)),
             pricing: Arc::new(Pricing::builtin()),
             parse: ParseOptions::default(),
             exporter: Some(exporter),
-            store: None,
+            store: store(keys),
             counters: counters.clone(),
             nice: 0,
             hand_off: HandOff::Drop,
@@ -693,29 +704,13 @@ mod tests {
     // disk) no longer comes on top of the queue's own.
     #[test]
     fn the_record_and_the_sealed_frame_keep_their_exchanges_place() {
-        use crate::keys::{KeyId, Keyring, MasterKey};
-        let counters = Arc::new(Counters::default());
-        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
-        let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys).unwrap();
-        let (exporter, mut queue) = ExporterHandle::for_tests(16, counters.clone());
         let dir = tempfile::tempdir().unwrap();
-        let store = SealStore::open(dir.path(), keys, Default::default()).unwrap();
-        let (tx, rx) = crate::exchange::queue::channel(1, 64 << 20, counters.clone());
-        let workers = Pipeline {
-            rules: Arc::new(RulesHandle::from_rules("rules.toml".into(), rules)),
-            pricing: Arc::new(Pricing::builtin()),
-            parse: ParseOptions::default(),
-            exporter: Some(exporter),
-            store: Some(store.clone()),
-            counters: counters.clone(),
-            nice: 0,
-            hand_off: HandOff::Drop,
-            redaction_budget: Budget::default(),
-            recent: None,
-            retries: Arc::default(),
-            health: None,
-        }
-        .spawn(rx, 1);
+        let mut store = None;
+        let (tx, mut queue, workers, counters, _) = pipeline_with(1, true, |keys| {
+            store = Some(SealStore::open(dir.path(), keys, Default::default()).unwrap());
+            store.clone()
+        });
+        let store = store.unwrap();
         let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
         let exchange = ex("/v1/chat/completions", body, Some(200), Outcome::Complete);
         let id = exchange.id;
