@@ -736,10 +736,16 @@ mod tests {
             crate::exchange::queue::Refusal::Full
         );
         drop(record);
-        assert_eq!(
-            (counters.queue.in_flight.get(), counters.queue.bytes.get()),
-            (0, 0)
-        );
+        // The worker drops its `Queued` right after the seal is queued, which may come after
+        // the seal is visible: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (counters.queue.in_flight.get(), counters.queue.bytes.get()) != (0, 0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the place never came back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         tx.try_admit().unwrap();
         drop(tx);
         for w in workers {

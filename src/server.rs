@@ -788,7 +788,12 @@ const WRITES_PER_RECORD_BYTE: u64 = 5;
 
 /// What the recording stages hold in memory and have yet to write: an exchange is counted
 /// from the recording queue until its sealed copy is committed and its record has reached
-/// the ledger. Counting only the queue once let admitted exchanges outgrow the disk: past
+/// the ledger. Since stop 51 the queue's bytes stay charged until an exchange's record and
+/// sealed frame are freed (`exchange::queue::InFlight`), so an exchange past the pipeline is
+/// counted twice here, in the queue's bytes and in its stage's: the estimate errs high (up
+/// to about twice what is left to write under a backlog), which degrades recording earlier
+/// on a filling disk, never later. Counting the queue's bytes alone would miss records the
+/// batcher has encoded for the records files without the ledger (they hold no place). Counting only the queue once let admitted exchanges outgrow the disk: past
 /// the queue, a batch of records waiting in the exporter (up to `batch_age`) and the
 /// ledger's queue wrote several MiB the free-space check had not seen, and a seal that
 /// veil had already answered 200 for hit ENOSPC. See: veil#10 (flaky

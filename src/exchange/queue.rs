@@ -15,7 +15,8 @@
 //! `queue_max_bytes`) from hand-off until the last thing made from it is freed: the
 //! [`Queued`] exchange while the pipeline processes it, then its record (through the exporter
 //! and the ledger's writer, [`crate::record::Record::in_flight`]) and its sealed frame
-//! (until the store's writer has committed or failed it), each holding an [`InFlight`] share.
+//! (until the store's writer has copied it into its write buffer, or failed it), each holding
+//! an [`InFlight`] share.
 //! So `queue_capacity` and `queue_max_bytes` bound what recording holds in memory end to end:
 //! a burst of forty 20 MB prompts once held ~900 MB while a count bound of 4096 was nowhere
 //! near, and until stop 51 the stages after the queue (4,096 pending seals, 4,096 records
@@ -52,9 +53,10 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Why the queue did not take an exchange (best-effort) or a reservation (audit required).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// `queue_capacity` exchanges are waiting.
+    /// `queue_capacity` exchanges are in flight (queued, being processed, or waiting for the
+    /// exporter, the ledger or the sealed store).
     Full,
-    /// `queue_max_bytes` of captured bodies are waiting.
+    /// `queue_max_bytes` of captured bodies are in flight.
     Bytes,
     /// Recording has stopped.
     Closed,
@@ -134,12 +136,13 @@ impl Shared {
         }
     }
 
-    fn release(&self, n: usize) {
-        // SeqCst with `waiters` (see `wait_for_room`): either a waiter sees the bytes gone or
-        // this sees the waiter.
+    /// Gives `n` bytes back without waking anyone: the [`Place`] given back with them wakes
+    /// a waiter once both are free ([`Ticket`]'s drop), so one finished exchange wakes one.
+    fn release_bytes(&self, n: usize) {
+        // SeqCst with `waiters` (see `wait_for_room`), through the place's release that
+        // follows: either a waiter sees the bytes gone or the release sees the waiter.
         self.bytes.fetch_sub(n, Ordering::SeqCst);
         self.counters.queue.bytes.sub(n as u64);
-        self.wake_waiters();
     }
 
     /// Wakes one waiting reservation, if any: the one woken passes the wake-up on when room
@@ -242,8 +245,8 @@ impl Shared {
         self.refuse(why, counter, "exchange not recorded (audit = best-effort)");
     }
 
-    /// Hands an exchange whose `n` bytes are already taken from the budget to `send` (a
-    /// reserved slot), after noting it in the journal: noted before the send, since once
+    /// Hands an exchange whose place and bytes `ticket` holds to `send` (a reserved channel
+    /// slot), after noting it in the journal: noted before the send, since once
     /// sent the pipeline may already be done with it; counted on the depth before the send,
     /// since a worker may take it (and count it off) at once.
     fn hand_over(&self, exchange: Exchange, ticket: Ticket, send: impl FnOnce(Queued)) {
@@ -601,7 +604,8 @@ struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.place.0.release(self.bytes);
+        // The bytes first; the place (dropped right after, as a field) then wakes a waiter.
+        self.place.0.release_bytes(self.bytes);
     }
 }
 

@@ -260,7 +260,7 @@ impl Batcher {
                 continue;
             }
             self.push(item);
-            if self.records_in_batch >= self.settings.batch_max {
+            if self.batch_full() {
                 self.flush().await;
             }
         }
@@ -282,12 +282,26 @@ impl Batcher {
             *batch_deadline = Instant::now() + self.settings.batch_age;
         }
         self.push(item);
-        if self.records_in_batch >= self.settings.batch_max
-            || self.batch.len() >= 2 * self.settings.batch_max
-        {
+        if self.batch_full() || self.batch.len() >= 2 * self.settings.batch_max {
             self.flush().await;
             *batch_deadline = Instant::now() + FAR;
         }
+    }
+
+    /// Whether the batch holds `batch_max` records or, with the ledger on, half of the
+    /// recording queue's places (`queue_capacity`): records kept for the ledger hold their
+    /// exchanges' places ([`Record::in_flight`]), so under a `queue_capacity` below
+    /// `batch_max` a batch waiting for `batch_age` would hold every place and stop admission
+    /// for up to a second.
+    fn batch_full(&self) -> bool {
+        let max = if self.ledger.is_some() {
+            self.settings
+                .batch_max
+                .min((self.settings.queue_capacity / 2).max(1))
+        } else {
+            self.settings.batch_max
+        };
+        self.records_in_batch >= max
     }
 
     /// Whether a record or an audit event waits to be flushed.
@@ -527,6 +541,33 @@ mod tests {
             sender_txs,
             None,
         )
+    }
+
+    // See: veil#18. Records kept for the ledger hold their exchanges' places in the recording
+    // queue: with `queue_capacity = 64` a batch waiting for 512 records or a second held all
+    // 64, and admission stopped until the batch's age flushed it.
+    #[test]
+    fn with_the_ledger_a_batch_is_full_at_half_the_queues_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::ledger::LedgerSettings::new(dir.path().join("ledger.db"));
+        let ledger = crate::ledger::Ledger::open(settings, None, Default::default()).unwrap();
+        for (with_ledger, capacity, full_at) in [
+            (true, 4, 2),
+            (true, 1, 1),
+            (true, 4096, 512),
+            (false, 4, 512),
+        ] {
+            let mut b = batcher(&[Signal::Traces]);
+            let mut settings = (*b.settings).clone();
+            settings.queue_capacity = capacity;
+            b.settings = Arc::new(settings);
+            b.ledger = with_ledger.then(|| ledger.handle());
+            for n in 1..=full_at {
+                assert!(!b.batch_full(), "{capacity} places: full before {n}");
+                b.push_record(crate::export::testing::openai_chat("r-1"), None);
+            }
+            assert!(b.batch_full(), "{capacity} places, ledger {with_ledger}");
+        }
     }
 
     #[test]
