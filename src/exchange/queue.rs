@@ -225,13 +225,20 @@ impl Shared {
     /// before taking, so a refusal gives nothing back (a place taken and given back would
     /// wake the waiters, this one among them, for nothing).
     fn room_now(self: &Arc<Self>) -> Result<Place, Refusal> {
-        if !self.place_room() {
-            return Err(Refusal::Full);
-        }
-        if !self.bytes_room() {
-            return Err(Refusal::Bytes);
-        }
+        self.room()?;
         self.take_place().ok_or(Refusal::Full)
+    }
+
+    /// Whether a place is free and the byte budget is not used up, taking nothing; which
+    /// bound is reached first when not.
+    fn room(&self) -> Result<(), Refusal> {
+        if !self.place_room() {
+            Err(Refusal::Full)
+        } else if !self.bytes_room() {
+            Err(Refusal::Bytes)
+        } else {
+            Ok(())
+        }
     }
 
     /// Counts and logs a best-effort drop under its reason's counter.
@@ -373,17 +380,15 @@ impl ExchangeSender {
     /// refuse it, so a stream that lasts minutes holds no slot (a reservation held for a
     /// request's life let ~`queue_capacity` long streams make all other traffic unrecorded).
     pub fn try_admit(&self) -> Result<(), Refusal> {
-        let why = if self.tx.is_closed() {
-            Refusal::Closed
-        } else if !self.shared.place_room() {
-            Refusal::Full
-        } else if !self.shared.bytes_room() {
-            Refusal::Bytes
+        let got = if self.tx.is_closed() {
+            Err(Refusal::Closed)
         } else {
-            return Ok(());
+            self.shared.room()
         };
-        self.shared.drop_best_effort(why);
-        Err(why)
+        if let Err(why) = got {
+            self.shared.drop_best_effort(why);
+        }
+        got
     }
 
     /// Reserves room for one exchange before its request goes upstream (audit required),
@@ -770,6 +775,26 @@ mod tests {
         tokio::spawn(async move { tx.reserve(Duration::from_secs(300)).await })
     }
 
+    /// Gives `waiter` a hundred chances to run and checks that it still waits (`why`).
+    async fn still_waiting<T>(waiter: &tokio::task::JoinHandle<T>, why: &str) {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "{why}");
+    }
+
+    /// The reservation `waiter` got once a release woke it, long before its own deadline.
+    async fn woken(
+        waiter: tokio::task::JoinHandle<Result<Reservation, Refusal>>,
+        what: &str,
+    ) -> Reservation {
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the release, long before its own deadline")
+            .unwrap()
+            .expect(what)
+    }
+
     fn exchange_of(bytes: usize) -> Exchange {
         let mut ex = empty_exchange();
         ex.id = super::super::ExchangeId::new();
@@ -871,13 +896,7 @@ mod tests {
         assert!(!waiter.is_finished(), "no room yet");
         assert_eq!(c.queue.waited.get(), 1);
         let taken = rx.recv().await.unwrap();
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        assert!(
-            !waiter.is_finished(),
-            "taken, not finished: its place is still held"
-        );
+        still_waiting(&waiter, "taken, not finished: its place is still held").await;
         drop(taken);
         waiter
             .await
@@ -898,17 +917,9 @@ mod tests {
         until(|| c.queue.waiting.get() > 0).await;
         let taken = rx.recv().await.unwrap();
         // Taken but not processed: its bytes still count, so the waiter still waits.
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!waiter.is_finished(), "the budget is still used up");
+        still_waiting(&waiter, "the budget is still used up").await;
         drop(taken);
-        // Woken by the release, long before its own deadline.
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("woken by the release")
-            .unwrap()
-            .expect("room once the bytes are released");
+        woken(waiter, "room once the bytes are released").await;
         assert_eq!((c.queue.waiting.get(), c.queue.refused.get()), (0, 0));
         assert_eq!(tx.shared.waiters.load(Ordering::SeqCst), 0);
     }
@@ -1030,13 +1041,7 @@ mod tests {
         drop(rx.recv().await.unwrap());
         let mut served = Vec::new();
         for w in waiters {
-            served.push(
-                tokio::time::timeout(Duration::from_secs(10), w)
-                    .await
-                    .expect("woken by the release, long before its own deadline")
-                    .unwrap()
-                    .expect("room for all three"),
-            );
+            served.push(woken(w, "room for all three").await);
         }
         assert_eq!(tx.counters().queue.in_flight.get(), 3);
     }
@@ -1162,16 +1167,9 @@ mod tests {
         drop(queued);
         let waiter = spawn_reserve(&tx);
         until(|| tx.counters().queue.waiting.get() > 0).await;
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!waiter.is_finished(), "the share still holds the place");
+        still_waiting(&waiter, "the share still holds the place").await;
         drop(share);
-        tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("woken by the release")
-            .unwrap()
-            .expect("the freed place");
+        woken(waiter, "the freed place").await;
     }
 
     /// The journal's and the marks' bytes.
