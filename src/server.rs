@@ -442,6 +442,7 @@ pub async fn start(
         Some(journal.clone()),
         counters.clone(),
     );
+    let unprocessed = tx.unprocessed();
     let health = Arc::new(Health::new(counters.clone()));
     let ledger = match config.ledger.clone() {
         Some(mut settings) => {
@@ -636,6 +637,7 @@ pub async fn start(
     };
     let backlog = Backlog {
         counters: counters.clone(),
+        queue: unprocessed,
         store: store.clone(),
     };
     tokio::spawn(watch_disk(
@@ -788,19 +790,21 @@ const WRITES_PER_RECORD_BYTE: u64 = 5;
 
 /// What the recording stages hold in memory and have yet to write: an exchange is counted
 /// from the recording queue until its sealed copy is committed and its record has reached
-/// the ledger. Since stop 51 the queue's bytes stay charged until an exchange's record and
-/// sealed frame are freed (`exchange::queue::InFlight`), so an exchange past the pipeline is
-/// counted twice here, in the queue's bytes and in its stage's: the estimate errs high (up
-/// to about twice what is left to write under a backlog), which degrades recording earlier
-/// on a filling disk, never later. Counting the queue's bytes alone would miss records the
-/// batcher has encoded for the records files without the ledger (they hold no place). Counting only the queue once let admitted exchanges outgrow the disk: past
-/// the queue, a batch of records waiting in the exporter (up to `batch_age`) and the
-/// ledger's queue wrote several MiB the free-space check had not seen, and a seal that
+/// the ledger, each byte once: as a raw capture until a worker has processed it
+/// ([`Unprocessed`](crate::exchange::queue::Unprocessed): the queue's `veil.queue.bytes`
+/// stays charged until the record and the sealed frame are freed too, so adding it to the
+/// stages' bytes counted an exchange past the pipeline twice, stop 51), then as its sealed
+/// frame in the store's pending bytes and as its record in the exporter's unwritten and the
+/// ledger's queued bytes. Counting only the queue once let admitted exchanges outgrow the
+/// disk: past the queue, a batch of records waiting in the exporter (up to `batch_age`) and
+/// the ledger's queue wrote several MiB the free-space check had not seen, and a seal that
 /// veil had already answered 200 for hit ENOSPC. See: veil#10 (flaky
 /// `audit_required_on_a_filling_disk_answers_only_what_it_sealed`).
 struct Backlog {
-    /// The registry: the queue's bytes, the exporter's unwritten and the ledger's queued bytes.
+    /// The exporter's unwritten and the ledger's queued bytes.
     counters: Arc<Counters>,
+    /// The queue's captures not yet processed.
+    queue: crate::exchange::queue::Unprocessed,
     store: SealStore,
 }
 
@@ -813,9 +817,8 @@ impl Backlog {
             .unwritten_bytes
             .get()
             .saturating_add(c.ledger.queued_bytes.get());
-        c.queue
-            .bytes
-            .get()
+        self.queue
+            .bytes()
             .saturating_mul(WRITES_PER_QUEUED_BYTE)
             .saturating_add(self.store.pending_bytes())
             .saturating_add(records.saturating_mul(WRITES_PER_RECORD_BYTE))
@@ -953,6 +956,43 @@ async fn reload_on_sighup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The disk watch counts an exchange's bytes once: as its raw capture until the worker
+    /// has processed it, then as what its stages hold, although the queue's own bytes stay
+    /// charged (its bound) until the record made from it is freed.
+    #[test]
+    fn the_backlog_counts_a_processed_exchange_by_its_stages_only() {
+        use crate::keys::{KeyId, Keyring, MasterKey};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
+        let store = SealStore::open(dir.path(), keys, Default::default()).unwrap();
+        let counters = Arc::new(Counters::default());
+        let (tx, mut rx) = crate::exchange::queue::channel(4, 1 << 20, counters.clone());
+        let backlog = Backlog {
+            counters: counters.clone(),
+            queue: tx.unprocessed(),
+            store,
+        };
+        let ex = crate::seal::tests::openai_chat();
+        let captured = (ex.request_body.captured_len() + ex.response_body.captured_len()) as u64;
+        assert!(captured > 0);
+        tx.try_send(ex).unwrap();
+        assert_eq!(
+            backlog.pending_write_bytes(),
+            captured * WRITES_PER_QUEUED_BYTE
+        );
+        // The worker turns it into a record waiting in the exporter (300 bytes) and frees
+        // the capture; the record keeps the exchange's place and bytes in the queue.
+        let queued = rx.try_recv().unwrap();
+        let record_share = queued.in_flight();
+        counters.export.unwritten_bytes.add(300);
+        drop(queued);
+        assert_eq!(counters.queue.bytes.get(), captured);
+        assert_eq!(backlog.pending_write_bytes(), 300 * WRITES_PER_RECORD_BYTE);
+        counters.export.unwritten_bytes.sub(300);
+        drop(record_share);
+        assert_eq!(backlog.pending_write_bytes(), 0);
+    }
 
     #[test]
     fn trust_bundle_in_a_missing_keys_dir_names_the_bundle_path() {

@@ -89,6 +89,10 @@ struct Shared {
     /// it freed).
     bytes: AtomicUsize,
     max_bytes: usize,
+    /// Captured bytes of exchanges handed over whose [`Queued`] is still alive: the raw
+    /// captures no worker has yet turned into a record and a sealed frame (and freed). Read by
+    /// the disk watch through [`Unprocessed`]; what comes after is counted by each stage.
+    unprocessed: AtomicUsize,
     /// Places taken: exchanges handed over (or reserved for, under audit required) and not
     /// yet released, at most `capacity`.
     in_flight: AtomicUsize,
@@ -257,6 +261,8 @@ impl Shared {
     /// sent the pipeline may already be done with it; counted on the depth before the send,
     /// since a worker may take it (and count it off) at once.
     fn hand_over(&self, exchange: Exchange, ticket: Ticket, send: impl FnOnce(Queued)) {
+        // Given back by the `Queued`'s drop, whatever happens to it from here.
+        self.unprocessed.fetch_add(ticket.bytes, Ordering::Relaxed);
         let mut queued = Queued::new(exchange, ticket);
         queued.slot = self.journal.as_ref().map(|j| j.acknowledge(queued.id));
         self.counters.queue.depth.add(1);
@@ -305,6 +311,7 @@ pub fn channel_journaled(
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
         max_bytes,
+        unprocessed: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
         capacity,
         counters,
@@ -475,6 +482,11 @@ impl ExchangeSender {
         got
     }
 
+    /// A reader of the captured bytes no worker has processed yet (see [`Unprocessed`]).
+    pub fn unprocessed(&self) -> Unprocessed {
+        Unprocessed(self.shared.clone())
+    }
+
     /// The registry this queue counts in (its `queue` section).
     pub fn counters(&self) -> &Arc<Counters> {
         &self.shared.counters
@@ -497,6 +509,23 @@ struct GaugeGuard<'a>(&'a crate::counters::Gauge);
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.sub(1);
+    }
+}
+
+/// The captured bytes of exchanges handed over and not yet processed: counted from the
+/// hand-over until the worker drops the [`Queued`] exchange, after it has handed the record
+/// and the sealed frame made from it to their stages (which count them from there). Unlike
+/// `veil.queue.bytes`, which stays charged until those are freed too (the bound of
+/// `queue_max_bytes`), each captured byte is here only while it is still the raw capture, so
+/// an estimate adding every stage's bytes counts an exchange once. Holds no sender: it does
+/// not keep the queue open.
+#[derive(Debug, Clone)]
+pub struct Unprocessed(Arc<Shared>);
+
+impl Unprocessed {
+    /// Bytes of captured bodies (as `queue_max_bytes` counts them) waiting for or in a worker.
+    pub fn bytes(&self) -> u64 {
+        self.0.unprocessed.load(Ordering::Relaxed) as u64
     }
 }
 
@@ -605,6 +634,15 @@ pub struct Queued {
 struct Ticket {
     bytes: usize,
     place: Place,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let shared = &self.ticket.place.0;
+        shared
+            .unprocessed
+            .fetch_sub(self.ticket.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Ticket {
@@ -1154,6 +1192,39 @@ mod tests {
         tx.try_admit().unwrap();
         tx.try_send(exchange_of(1)).unwrap();
         assert_eq!(c.dropped_full.get(), 2);
+    }
+
+    /// The unprocessed bytes (what the disk watch counts of the queue) last only while the
+    /// raw capture does: from the hand-over, best-effort or reserved, until the worker drops
+    /// the `Queued`, while the queue's bytes stay charged until the last share is freed.
+    #[test]
+    fn unprocessed_bytes_end_when_the_worker_drops_the_exchange_not_its_shares() {
+        let (tx, mut rx) = channel(4, 1 << 20, Arc::default());
+        let counters = tx.counters().clone();
+        let unprocessed = tx.unprocessed();
+        tx.try_send(exchange_of(10)).unwrap();
+        tx.try_reserve().unwrap().send(exchange_of(7));
+        assert_eq!(unprocessed.bytes(), 17, "both, waiting for a worker");
+        let first = rx.blocking_recv().unwrap();
+        assert_eq!(unprocessed.bytes(), 17, "taken is not yet processed");
+        let share = first.in_flight();
+        drop(first);
+        assert_eq!(unprocessed.bytes(), 7);
+        assert_eq!(counters.queue.bytes.get(), 17, "the share keeps the bound");
+        // Kept past processing (a tool): no longer the queue's to write.
+        let kept = rx.blocking_recv().unwrap().into_exchange();
+        assert_eq!(unprocessed.bytes(), 0);
+        drop((share, kept));
+        assert_eq!(counters.queue.bytes.get(), 0);
+        // An exchange the queue refuses never counts.
+        let (tx, _rx) = channel(1, 5, Arc::default());
+        assert_eq!(
+            tx.try_send(exchange_of(6)),
+            Ok(()),
+            "alone, over the budget"
+        );
+        assert_eq!(tx.try_send(exchange_of(1)), Err(Refusal::Full));
+        assert_eq!(tx.unprocessed().bytes(), 6);
     }
 
     /// Under audit required a reservation waiting for a place is woken by the last share's
