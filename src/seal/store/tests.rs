@@ -121,6 +121,68 @@ fn a_seal_gives_its_exchanges_place_back_when_written_or_refused() {
     }
 }
 
+/// A sealed frame waiting for the writer keeps its exchange's place after the pipeline has
+/// dropped the exchange: the bound covers frames not yet staged, not only those in a batch.
+/// The writer is held inside the completion callback of an earlier seal, so the second one
+/// waits in the store's channel for as long as the test needs.
+#[test]
+fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
+    use crate::exchange::queue::{InFlight, channel};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();
+    let counters = std::sync::Arc::new(crate::counters::Counters::default());
+    let (queue, mut taken) = channel(1, 1 << 20, counters.clone());
+    // The first seal's callback runs on the writer thread: it says so and waits.
+    let (writer_held, held) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    store
+        .submit_detached_users(
+            &crate::seal::tests::openai_chat(),
+            &[],
+            Some(OnDone::Call(Box::new(move |_| {
+                writer_held.send(()).unwrap();
+                released.recv_timeout(Duration::from_secs(10)).unwrap();
+            }))),
+            InFlight::default(),
+        )
+        .unwrap();
+    held.recv_timeout(Duration::from_secs(10)).unwrap();
+    queue.try_send(crate::seal::tests::openai_chat()).unwrap();
+    let queued = taken.try_recv().unwrap();
+    let (done_tx, done) = mpsc::channel();
+    store
+        .submit_detached_users(
+            &queued,
+            &[],
+            Some(OnDone::Call(Box::new(move |ok| done_tx.send(ok).unwrap()))),
+            queued.in_flight(),
+        )
+        .unwrap();
+    drop(queued);
+    assert_eq!(
+        counters.queue.in_flight.get(),
+        1,
+        "the frame, not yet staged, holds the place"
+    );
+    assert_eq!(
+        queue.try_admit(),
+        Err(crate::exchange::queue::Refusal::Full)
+    );
+    release.send(()).unwrap();
+    assert!(
+        done.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "sealed"
+    );
+    assert_eq!(
+        (counters.queue.in_flight.get(), counters.queue.bytes.get()),
+        (0, 0)
+    );
+    queue.try_admit().unwrap();
+}
+
 // See: veil#13. Only the winning identity source indexed the exchange: a user named in the
 // body but overridden by `x-veil-user` was not found by `forget --user`.
 #[test]
