@@ -42,11 +42,18 @@ pub(super) struct EraseJob {
 pub(super) struct Payload {
     pub(super) body: Bytes,
     pub(super) done: Option<Arc<BatchDone>>,
+    /// Its records' share of `export.unwritten_bytes`, held until every payload made from
+    /// them is dropped (written, delivered, spooled or lost).
+    unwritten: Option<Arc<Unwritten>>,
 }
 
 impl Payload {
     pub(super) fn new(body: Bytes) -> Self {
-        Payload { body, done: None }
+        Payload {
+            body,
+            done: None,
+            unwritten: None,
+        }
     }
 
     /// The payload is durable (written, spooled or delivered) or definitely lost.
@@ -54,6 +61,22 @@ impl Payload {
         if let Some(d) = &self.done {
             d.complete(durable);
         }
+    }
+}
+
+/// A flushed batch's records as `export.unwritten_bytes` (their wire bytes), given back when
+/// dropped: the disk watch (`server::Backlog`) counts them until their last payload has left
+/// the sender's queue, not only until the batcher hands the payloads over. Without it, up to
+/// [`SENDER_QUEUE`](super::SENDER_QUEUE) encoded batches per signal waiting for the records
+/// files were counted by nothing once the record's queue place was freed (stop 52).
+struct Unwritten {
+    counters: Arc<Counters>,
+    bytes: u64,
+}
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        self.counters.export.unwritten_bytes.sub(self.bytes);
     }
 }
 
@@ -423,6 +446,14 @@ impl Batcher {
                 ledger_done = Some(Box::new(move |ok| done.complete(ok)));
             }
         }
+        // Given back when the last payload is dropped, or below when there is none.
+        let unwritten = Arc::new(Unwritten {
+            counters: self.counters.clone(),
+            bytes: std::mem::take(&mut self.unwritten_bytes),
+        });
+        for (_, p) in &mut payloads {
+            p.unwritten = Some(unwritten.clone());
+        }
         for (signal, payload) in payloads {
             self.hand_over(signal, payload).await;
         }
@@ -430,10 +461,7 @@ impl Batcher {
             // The ledger counts these bytes as its own from here (`ledger.queued_bytes`).
             ledger.send(records, ledger_done).await;
         }
-        self.counters
-            .export
-            .unwritten_bytes
-            .sub(std::mem::take(&mut self.unwritten_bytes));
+        drop(unwritten);
     }
 
     async fn flush_metrics(&mut self) {
@@ -568,6 +596,37 @@ mod tests {
             }
             assert!(b.batch_full(), "{capacity} places, ledger {with_ledger}");
         }
+    }
+
+    /// A flushed batch's records stay counted as unwritten (what the disk watch adds up)
+    /// while their payloads wait in the senders' queues, and are given back once the last
+    /// payload is dropped, not when the batcher hands them over.
+    #[tokio::test]
+    async fn flushed_records_stay_unwritten_until_their_last_payload_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            ExporterSettings::resolve(None, dir.path().to_path_buf(), &|_: &str| None).unwrap();
+        let (traces_tx, mut traces) = mpsc::channel::<Job>(1);
+        let (logs_tx, mut logs) = mpsc::channel::<Job>(1);
+        let sender_txs = vec![Some(traces_tx), Some(logs_tx), None];
+        assert_eq!(Signal::ALL[..2], [Signal::Traces, Signal::Logs]);
+        let counters = Arc::new(Counters::default());
+        let mut b = Batcher::new(Arc::new(settings), counters.clone(), sender_txs, None);
+        let record = crate::export::testing::openai_chat("r-1");
+        let bytes = record.wire_bytes();
+        // As the exporter's handle counts it on the way in.
+        counters.export.unwritten_bytes.add(bytes);
+        b.push_record(record, None);
+        b.flush().await;
+        let gauge = || counters.export.unwritten_bytes.get();
+        assert_eq!(gauge(), bytes, "both payloads wait for their senders");
+        let Some(Job::Payload(trace)) = traces.recv().await else {
+            panic!("a traces payload")
+        };
+        drop(trace);
+        assert_eq!(gauge(), bytes, "the logs payload is still unwritten");
+        drop(logs.recv().await);
+        assert_eq!(gauge(), 0);
     }
 
     #[test]
