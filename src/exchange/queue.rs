@@ -15,7 +15,7 @@
 //! `queue_max_bytes`) from hand-off until the last thing made from it is freed: the
 //! [`Queued`] exchange while the pipeline processes it, then its record (through the exporter
 //! and the ledger's writer, [`crate::record::Record::in_flight`]) and its sealed frame
-//! (until the store's writer has copied it into its write buffer, or failed it), each holding
+//! (until the store's writer has written it to the segment file, or failed it), each holding
 //! an [`InFlight`] share.
 //! So `queue_capacity` and `queue_max_bytes` bound what recording holds in memory end to end:
 //! a burst of forty 20 MB prompts once held ~900 MB while a count bound of 4096 was nowhere

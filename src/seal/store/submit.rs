@@ -53,9 +53,10 @@ impl SealAck {
 }
 
 pub(super) struct SealJob {
-    /// Counts this job as in flight until it is dropped (written, failed or discarded).
+    /// Counts this job as in flight until it is dropped: once its frame is written to the
+    /// segment file (the writer keeps it past staging), failed or discarded.
     pub(super) _pending: PendingGuard,
-    /// The exchange's place in the recording queue's bounds, held until the frame is freed
+    /// The exchange's place in the recording queue's bounds, held as long as `_pending`
     /// (empty for callers outside the pipeline).
     pub(super) _in_flight: InFlight,
     pub(super) id: ExchangeId,
@@ -236,8 +237,9 @@ impl SealStore {
     /// the first is the exchange's user, and every one of them indexes it, so
     /// [`SealStore::forget_user`] finds it by any (veil#13). With `on_done` `None` nobody is
     /// told (a veil without a recording journal). The job holds `in_flight` (the exchange's
-    /// place in the recording queue's bounds, [`Queued::in_flight`]) until its frame is freed,
-    /// so the queue's bounds cover the frames waiting for the disk.
+    /// place in the recording queue's bounds, [`Queued::in_flight`]) until its frame is
+    /// written to the segment file (or failed), so the queue's bounds cover the frames waiting
+    /// for the disk.
     ///
     /// [`Queued::in_flight`]: crate::exchange::queue::Queued::in_flight
     pub fn submit_detached_users(

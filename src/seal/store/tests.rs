@@ -183,6 +183,61 @@ fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
     queue.try_admit().unwrap();
 }
 
+/// A staged frame is counted (the store's pending bytes, which the disk watch adds up, and
+/// its exchange's queue place) until the writer has written it to the segment file: the
+/// writer stages up to 64 MiB of small frames before one write.
+#[test]
+fn a_staged_frame_is_counted_until_it_is_written() {
+    use crate::exchange::queue::channel;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();
+    let (go, wait) = mpsc::channel();
+    *super::writer::tests::PAUSE_BEFORE_WRITE.lock().unwrap() =
+        Some((store.inner.dir.clone(), wait));
+    let counters = std::sync::Arc::new(crate::counters::Counters::default());
+    let (queue, mut taken) = channel(1, 1 << 20, counters.clone());
+    queue.try_send(crate::seal::tests::openai_chat()).unwrap();
+    let queued = taken.try_recv().unwrap();
+    let (done_tx, done) = mpsc::channel();
+    store
+        .submit_detached_users(
+            &queued,
+            &[],
+            Some(OnDone::Call(Box::new(move |ok| done_tx.send(ok).unwrap()))),
+            queued.in_flight(),
+        )
+        .unwrap();
+    drop(queued);
+    // The writer took the job and staged its frame; it waits before writing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while super::writer::tests::PAUSE_BEFORE_WRITE
+        .lock()
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never paused"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        store.pending_bytes() > 0,
+        "staged, not written: still pending"
+    );
+    assert_eq!(counters.queue.in_flight.get(), 1, "and holding its place");
+    go.send(()).unwrap();
+    assert!(
+        done.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "sealed"
+    );
+    assert_eq!(store.pending_bytes(), 0);
+    assert_eq!(counters.queue.in_flight.get(), 0);
+}
+
 // See: veil#13. Only the winning identity source indexed the exchange: a user named in the
 // body but overridden by `x-veil-user` was not found by `forget --user`.
 #[test]

@@ -283,6 +283,10 @@ impl Writer {
         // Key slots are written in runs: new slots come in order, so a batch's slots usually
         // go in one `pwrite` instead of one each (a tenth of this thread's CPU under load).
         let mut slots = SlotRun::default();
+        // Each job's share of the pending bytes (what the disk watch counts as still to be
+        // written) and its queue place, until its frame is in the segment file, not only in
+        // `stage` (up to `BATCH_MAX_BYTES` of small frames are staged before one write).
+        let mut unwritten = Vec::with_capacity(batch.len());
         for job in batch {
             self.courtesy.offer();
             if existing.contains(&job.id) || !seen.insert(job.id) {
@@ -332,8 +336,12 @@ impl Writer {
                 },
             ));
             acks.push((job.id, job.ack, job.done, Ok(())));
+            unwritten.push((job._pending, job._in_flight));
         }
+        #[cfg(test)]
+        tests::pause_before_write(&self.dir);
         self.flush_stage(stage_at)?;
+        drop(unwritten);
         slots
             .flush(&self.slots)
             .map_err(|e| io_err("keyslots", e))?;
@@ -411,5 +419,27 @@ impl SlotRun {
             self.bytes.clear();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::sync::mpsc::Receiver;
+
+    /// A store directory whose writer waits, after staging a batch's frames and before writing
+    /// them, until the receiver yields (or is dropped). Keyed by directory so that the other
+    /// tests' writers, running in parallel, never wait.
+    pub(crate) static PAUSE_BEFORE_WRITE: Mutex<Option<(PathBuf, Receiver<()>)>> = Mutex::new(None);
+
+    pub(super) fn pause_before_write(dir: &Path) {
+        let mut pause = PAUSE_BEFORE_WRITE.lock().unwrap();
+        if pause.as_ref().is_some_and(|(d, _)| d == dir)
+            && let Some((_, rx)) = pause.take()
+        {
+            drop(pause);
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+        }
     }
 }
