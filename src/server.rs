@@ -789,13 +789,16 @@ const WRITES_PER_QUEUED_BYTE: u64 = 6;
 const WRITES_PER_RECORD_BYTE: u64 = 5;
 
 /// What the recording stages hold in memory and have yet to write: an exchange is counted
-/// from the recording queue until its sealed copy is committed and its record has reached
-/// the ledger, each byte once: as a raw capture until a worker has processed it
-/// ([`Unprocessed`](crate::exchange::queue::Unprocessed): the queue's `veil.queue.bytes`
-/// stays charged until the record and the sealed frame are freed too, so adding it to the
-/// stages' bytes counted an exchange past the pipeline twice, stop 51), then as its sealed
-/// frame in the store's pending bytes and as its record in the exporter's unwritten and the
-/// ledger's queued bytes. Counting only the queue once let admitted exchanges outgrow the
+/// from the recording queue until its sealed frame is written to a segment file and its
+/// record to the ledger and the records files (or the collector or spool), as a raw capture
+/// until a worker has processed it ([`Unprocessed`](crate::exchange::queue::Unprocessed):
+/// the queue's `veil.queue.bytes` stays charged until the record and the sealed frame are
+/// freed too, so adding it to the stages' bytes counted an exchange past the pipeline twice,
+/// stop 51), then as its sealed frame in the store's pending bytes and as its record in the
+/// exporter's unwritten bytes (until the last payload made from it has left the senders'
+/// queues) and the ledger's queued bytes. Where two stages overlap for a moment (a group's
+/// records are handed to the exporter before its frames are sealed; the ledger's and the
+/// records files' copies) it errs high, never low. Counting only the queue once let admitted exchanges outgrow the
 /// disk: past the queue, a batch of records waiting in the exporter (up to `batch_age`) and
 /// the ledger's queue wrote several MiB the free-space check had not seen, and a seal that
 /// veil had already answered 200 for hit ENOSPC. See: veil#10 (flaky
