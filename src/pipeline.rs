@@ -420,8 +420,9 @@ impl Pipeline {
     /// exporter as one item (one wake-up of its thread per group, not per record), then each
     /// exchange to the store. An exchange's journal slot is marked dropped here when a
     /// hand-off drops it (counted), and recorded or sealed by the exporter and the store once
-    /// durable. The exchanges' bytes count against the queue's byte bound until they are
-    /// dropped here. Under `audit = "required"` a group's seals wait until all its records
+    /// durable. The raw exchanges are dropped here, after their records and frames have been
+    /// handed on (so the disk watch's count of unprocessed bytes never misses them); their
+    /// places and bytes in the queue's bounds stay held by those until they are freed. Under `audit = "required"` a group's seals wait until all its records
     /// are queued for export (at most [`GROUP`] records behind a slow exporter), where each
     /// exchange once waited for its own record only.
     fn hand_off_all(&self, group: &mut Group, logs: &Logs) {

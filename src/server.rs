@@ -829,7 +829,7 @@ impl Backlog {
 }
 
 /// Watches the data disk every [`DISK_CHECK_INTERVAL`]: when its free space, less what the
-/// exchanges waiting in the recording queue are about to write, falls below `reserve`,
+/// exchanges still in recording's memory are about to write ([`Backlog`]), falls below `reserve`,
 /// recording is degraded ([`Part::Disk`]), so `audit = "required"` refuses requests before a
 /// write fails rather than after. While records writes are degraded it also probes the disk
 /// with a small synced write, so recording recovers once space returns even if no traffic
