@@ -121,20 +121,49 @@ fn a_seal_gives_its_exchanges_place_back_when_written_or_refused() {
     }
 }
 
+/// An exchange through a recording queue of one place, taken as the pipeline takes it and
+/// sealed detached with its share of the place, as the pipeline seals it, then dropped:
+/// the queue (both ends: a queue whose worker is gone refuses as closed), its counters, and
+/// where the seal's outcome arrives.
+fn seal_from_the_queue(
+    store: &SealStore,
+) -> (
+    (
+        crate::exchange::queue::ExchangeSender,
+        crate::exchange::queue::ExchangeReceiver,
+    ),
+    std::sync::Arc<crate::counters::Counters>,
+    std::sync::mpsc::Receiver<bool>,
+) {
+    let counters = std::sync::Arc::new(crate::counters::Counters::default());
+    let (queue, mut taken) = crate::exchange::queue::channel(1, 1 << 20, counters.clone());
+    queue.try_send(crate::seal::tests::openai_chat()).unwrap();
+    let queued = taken.try_recv().unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    store
+        .submit_detached_users(
+            &queued,
+            &[],
+            Some(OnDone::Call(Box::new(move |ok| done_tx.send(ok).unwrap()))),
+            queued.in_flight(),
+        )
+        .unwrap();
+    drop(queued);
+    ((queue, taken), counters, done)
+}
+
 /// A sealed frame waiting for the writer keeps its exchange's place after the pipeline has
 /// dropped the exchange: the bound covers frames not yet staged, not only those in a batch.
 /// The writer is held inside the completion callback of an earlier seal, so the second one
 /// waits in the store's channel for as long as the test needs.
 #[test]
 fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
-    use crate::exchange::queue::{InFlight, channel};
+    use crate::exchange::queue::InFlight;
     use std::sync::mpsc;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let store =
         SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();
-    let counters = std::sync::Arc::new(crate::counters::Counters::default());
-    let (queue, mut taken) = channel(1, 1 << 20, counters.clone());
     // The first seal's callback runs on the writer thread: it says so and waits.
     let (writer_held, held) = mpsc::channel();
     let (release, released) = mpsc::channel::<()>();
@@ -150,18 +179,7 @@ fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
         )
         .unwrap();
     held.recv_timeout(Duration::from_secs(10)).unwrap();
-    queue.try_send(crate::seal::tests::openai_chat()).unwrap();
-    let queued = taken.try_recv().unwrap();
-    let (done_tx, done) = mpsc::channel();
-    store
-        .submit_detached_users(
-            &queued,
-            &[],
-            Some(OnDone::Call(Box::new(move |ok| done_tx.send(ok).unwrap()))),
-            queued.in_flight(),
-        )
-        .unwrap();
-    drop(queued);
+    let ((queue, _taken), counters, done) = seal_from_the_queue(&store);
     assert_eq!(
         counters.queue.in_flight.get(),
         1,
@@ -188,7 +206,6 @@ fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
 /// writer stages up to 64 MiB of small frames before one write.
 #[test]
 fn a_staged_frame_is_counted_until_it_is_written() {
-    use crate::exchange::queue::channel;
     use std::sync::mpsc;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
@@ -197,20 +214,7 @@ fn a_staged_frame_is_counted_until_it_is_written() {
     let (go, wait) = mpsc::channel();
     *super::writer::tests::PAUSE_BEFORE_WRITE.lock().unwrap() =
         Some((store.inner.dir.clone(), wait));
-    let counters = std::sync::Arc::new(crate::counters::Counters::default());
-    let (queue, mut taken) = channel(1, 1 << 20, counters.clone());
-    queue.try_send(crate::seal::tests::openai_chat()).unwrap();
-    let queued = taken.try_recv().unwrap();
-    let (done_tx, done) = mpsc::channel();
-    store
-        .submit_detached_users(
-            &queued,
-            &[],
-            Some(OnDone::Call(Box::new(move |ok| done_tx.send(ok).unwrap()))),
-            queued.in_flight(),
-        )
-        .unwrap();
-    drop(queued);
+    let (_queue, counters, done) = seal_from_the_queue(&store);
     // The writer took the job and staged its frame; it waits before writing.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while super::writer::tests::PAUSE_BEFORE_WRITE
