@@ -422,9 +422,10 @@ impl Pipeline {
     /// hand-off drops it (counted), and recorded or sealed by the exporter and the store once
     /// durable. The raw exchanges are dropped here, after their records and frames have been
     /// handed on (so the disk watch's count of unprocessed bytes never misses them); their
-    /// places and bytes in the queue's bounds stay held by those until they are freed. Under `audit = "required"` a group's seals wait until all its records
-    /// are queued for export (at most [`GROUP`] records behind a slow exporter), where each
-    /// exchange once waited for its own record only.
+    /// places and bytes in the queue's bounds stay held by those until they are freed. Under
+    /// `audit = "required"` a group's seals wait until all its records are queued for export
+    /// (at most [`GROUP`] records behind a slow exporter), where each exchange once waited for
+    /// its own record only.
     fn hand_off_all(&self, group: &mut Group, logs: &Logs) {
         group.bytes = 0;
         group.since = None;

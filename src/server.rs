@@ -798,11 +798,11 @@ const WRITES_PER_RECORD_BYTE: u64 = 5;
 /// exporter's unwritten bytes (until the last payload made from it has left the senders'
 /// queues) and the ledger's queued bytes. Where two stages overlap for a moment (a group's
 /// records are handed to the exporter before its frames are sealed; the ledger's and the
-/// records files' copies) it errs high, never low. Counting only the queue once let admitted exchanges outgrow the
-/// disk: past the queue, a batch of records waiting in the exporter (up to `batch_age`) and
-/// the ledger's queue wrote several MiB the free-space check had not seen, and a seal that
-/// veil had already answered 200 for hit ENOSPC. See: veil#10 (flaky
-/// `audit_required_on_a_filling_disk_answers_only_what_it_sealed`).
+/// records files' copies) it errs high, never low. Counting only the queue once let
+/// admitted exchanges outgrow the disk: past the queue, a batch of records waiting in the
+/// exporter (up to `batch_age`) and the ledger's queue wrote several MiB the free-space check
+/// had not seen, and a seal that veil had already answered 200 for hit ENOSPC. See: veil#10
+/// (flaky `audit_required_on_a_filling_disk_answers_only_what_it_sealed`).
 struct Backlog {
     /// The exporter's unwritten and the ledger's queued bytes.
     counters: Arc<Counters>,
