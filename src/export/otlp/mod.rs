@@ -13,6 +13,8 @@
 //! - `metrics`: histogram points per record and the metrics request;
 //! - `batch`: spans and logs gathered into the traces and logs requests;
 //! - `resource`: the OTLP resource (`service.name`, `OTEL_RESOURCE_ATTRIBUTES`).
+//! - `wire`: the traces and logs requests as protobuf, each nested message measured once
+//!   (`prost`'s own bytes, without its walk of a deep message once per level above it).
 //!
 //! This file holds the wire vocabulary ([`Signal`], [`Encoding`], [`encode`]) and the
 //! instrumentation scope.
@@ -29,10 +31,16 @@ mod log;
 mod metrics;
 mod resource;
 mod span;
+mod wire;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 pub use attributes::{error_type, is_failed, json_to_any};
@@ -109,10 +117,48 @@ pub(super) fn unix_nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Encodes a request in `enc`. JSON through the crate's serde (hex IDs, string int64s).
-pub fn encode<M: Message + serde::Serialize>(msg: &M, enc: Encoding) -> Vec<u8> {
+/// Encodes a request in `enc`. Protobuf as `prost` writes it ([`OtlpMessage::to_protobuf`]),
+/// JSON through the crate's serde (hex IDs, string int64s).
+pub fn encode<M: OtlpMessage>(msg: &M, enc: Encoding) -> Vec<u8> {
     match enc {
-        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Protobuf => msg.to_protobuf(),
         Encoding::Json => serde_json::to_vec(msg).expect("invariant: OTLP messages serialize"),
     }
 }
+
+/// A message veil encodes: the three export requests, and one span or log record (benches).
+pub trait OtlpMessage: Message + serde::Serialize + Sized {
+    /// The protobuf bytes, exactly `prost`'s `encode_to_vec`. The traces and logs requests,
+    /// spans and log records measure each nested message once (`wire`: `prost` walks a
+    /// message once per level above it, and a log event's content body is deep); the
+    /// metrics request is `prost`'s own.
+    fn to_protobuf(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+}
+
+impl OtlpMessage for ExportTraceServiceRequest {
+    fn to_protobuf(&self) -> Vec<u8> {
+        wire::traces(self)
+    }
+}
+
+impl OtlpMessage for ExportLogsServiceRequest {
+    fn to_protobuf(&self) -> Vec<u8> {
+        wire::logs(self)
+    }
+}
+
+impl OtlpMessage for Span {
+    fn to_protobuf(&self) -> Vec<u8> {
+        wire::span(self)
+    }
+}
+
+impl OtlpMessage for LogRecord {
+    fn to_protobuf(&self) -> Vec<u8> {
+        wire::log_record(self)
+    }
+}
+
+impl OtlpMessage for ExportMetricsServiceRequest {}

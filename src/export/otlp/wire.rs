@@ -1,0 +1,422 @@
+//! # Protobuf for the traces and logs requests, each nested message measured once.
+//!
+//! `prost` writes a nested message as its tag, its length, then its fields, and it works the
+//! length out by walking the message (`encoded_len`) just before writing it. A value `d`
+//! messages deep is therefore walked `d` times, and a record's log event is deep: its body is
+//! the redacted content as an `AnyValue` tree (messages → parts → text) under the log record,
+//! its scope, its resource and the request, ~18 levels at the text of a part. Encoding one
+//! exchange's span and log event this way cost ~53k instructions, more than parsing its
+//! bodies (callgrind on `benches/pipeline.rs`, docs/performance.md, stop 53).
+//!
+//! [`traces`] and [`logs`] write the same bytes in two passes over the same code
+//! ([`Fields`]): the first measures every nested message bottom-up and keeps the lengths in
+//! visiting order, the second writes, taking each length as it reaches the message. Each value
+//! is visited twice whatever its depth. The shallow parts that occur once per request (the
+//! resource, the instrumentation scope) and the span's events, links and status (veil writes
+//! none of the first two, and the status is flat) go through `prost` itself.
+//!
+//! The bytes are `prost`'s, byte for byte: fields in tag order (as `prost-derive` sorts
+//! them), proto3 scalars omitted at their default, a set `oneof` member and a present
+//! optional message always written, `int32` and enum values sign-extended to ten bytes when
+//! negative (<https://protobuf.dev/programming-guides/encoding/>). The unit tests compare
+//! both on random and real messages. Every field of the message types is named in a
+//! destructuring pattern, so a field added to `opentelemetry-proto` fails the build here
+//! instead of being left out of the bytes.
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, KeyValue, KeyValueList, any_value,
+};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use prost::encoding::{encode_varint, encoded_len_varint};
+
+/// `ExportTraceServiceRequest` as protobuf: the bytes of `prost`'s `encode_to_vec`.
+pub fn traces(req: &ExportTraceServiceRequest) -> Vec<u8> {
+    let mut m = Measure::default();
+    traces_fields(&mut m, req);
+    m.write(|w| traces_fields(w, req))
+}
+
+/// `ExportLogsServiceRequest` as protobuf: the bytes of `prost`'s `encode_to_vec`.
+pub fn logs(req: &ExportLogsServiceRequest) -> Vec<u8> {
+    let mut m = Measure::default();
+    logs_fields(&mut m, req);
+    m.write(|w| logs_fields(w, req))
+}
+
+/// One span as protobuf (a message on its own, as `prost`'s `encode_to_vec` writes it).
+pub fn span(s: &Span) -> Vec<u8> {
+    let mut m = Measure::default();
+    span_fields(&mut m, s);
+    m.write(|w| span_fields(w, s))
+}
+
+/// One log record as protobuf (a message on its own, as `prost`'s `encode_to_vec` writes it).
+pub fn log_record(r: &LogRecord) -> Vec<u8> {
+    let mut m = Measure::default();
+    log_record_fields(&mut m, r);
+    m.write(|w| log_record_fields(w, r))
+}
+
+/// Where a message's fields go: counted ([`Measure`]) or written ([`Write`]). The field
+/// helpers take the field's number; the caller decides omission where proto3 omits a default.
+trait Fields {
+    /// A length-delimited field of raw bytes (string, bytes).
+    fn bytes(&mut self, tag: u32, b: &[u8]);
+    /// A varint field.
+    fn varint(&mut self, tag: u32, v: u64);
+    /// A fixed 64-bit field (fixed64, double).
+    fn fixed64(&mut self, tag: u32, v: u64);
+    /// A fixed 32-bit field.
+    fn fixed32(&mut self, tag: u32, v: u32);
+    /// A nested message whose fields `body` writes.
+    fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self));
+    /// A nested message `prost` encodes (shallow ones only: it walks `m` twice).
+    fn prost<M: Message>(&mut self, tag: u32, m: &M);
+}
+
+const LEN: u32 = 2;
+const VARINT: u32 = 0;
+const I64: u32 = 1;
+const I32: u32 = 5;
+
+fn key_len(tag: u32) -> usize {
+    encoded_len_varint(u64::from(tag << 3))
+}
+
+/// The first pass: bytes counted, and each nested message's length kept in visiting order.
+#[derive(Default)]
+struct Measure {
+    len: usize,
+    lens: Vec<usize>,
+}
+
+impl Measure {
+    /// The second pass, into a buffer of exactly the measured size: `fields` must visit
+    /// what the first pass visited.
+    fn write(self, fields: impl FnOnce(&mut Write)) -> Vec<u8> {
+        let mut w = Write {
+            out: Vec::with_capacity(self.len),
+            lens: self.lens,
+            next: 0,
+        };
+        fields(&mut w);
+        debug_assert_eq!(
+            w.out.len(),
+            self.len,
+            "the two passes wrote different lengths"
+        );
+        w.out
+    }
+}
+
+impl Fields for Measure {
+    fn bytes(&mut self, tag: u32, b: &[u8]) {
+        self.len += key_len(tag) + encoded_len_varint(b.len() as u64) + b.len();
+    }
+    fn varint(&mut self, tag: u32, v: u64) {
+        self.len += key_len(tag) + encoded_len_varint(v);
+    }
+    fn fixed64(&mut self, tag: u32, _: u64) {
+        self.len += key_len(tag) + 8;
+    }
+    fn fixed32(&mut self, tag: u32, _: u32) {
+        self.len += key_len(tag) + 4;
+    }
+    fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
+        let at = self.lens.len();
+        self.lens.push(0);
+        let outer = std::mem::take(&mut self.len);
+        body(self);
+        let inner = std::mem::replace(&mut self.len, outer);
+        self.lens[at] = inner;
+        self.len += key_len(tag) + encoded_len_varint(inner as u64) + inner;
+    }
+    fn prost<M: Message>(&mut self, tag: u32, m: &M) {
+        let inner = m.encoded_len();
+        self.len += key_len(tag) + encoded_len_varint(inner as u64) + inner;
+    }
+}
+
+/// The second pass: the bytes, each nested message's length taken from the first pass.
+struct Write {
+    out: Vec<u8>,
+    lens: Vec<usize>,
+    next: usize,
+}
+
+impl Write {
+    fn key(&mut self, tag: u32, wire: u32) {
+        encode_varint(u64::from(tag << 3 | wire), &mut self.out);
+    }
+}
+
+impl Fields for Write {
+    fn bytes(&mut self, tag: u32, b: &[u8]) {
+        self.key(tag, LEN);
+        encode_varint(b.len() as u64, &mut self.out);
+        self.out.extend_from_slice(b);
+    }
+    fn varint(&mut self, tag: u32, v: u64) {
+        self.key(tag, VARINT);
+        encode_varint(v, &mut self.out);
+    }
+    fn fixed64(&mut self, tag: u32, v: u64) {
+        self.key(tag, I64);
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn fixed32(&mut self, tag: u32, v: u32) {
+        self.key(tag, I32);
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+    fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
+        // The passes visit the same messages in the same order, so the index cannot run
+        // past the lengths; `unwrap_or` keeps a bug from panicking on the exporter's thread
+        // (the debug assertion in [`Measure::write`] and the tests would catch it).
+        let len = self.lens.get(self.next).copied().unwrap_or(0);
+        self.next += 1;
+        self.key(tag, LEN);
+        encode_varint(len as u64, &mut self.out);
+        body(self);
+    }
+    fn prost<M: Message>(&mut self, tag: u32, m: &M) {
+        prost::encoding::message::encode(tag, m, &mut self.out);
+    }
+}
+
+// proto3 scalars: omitted at their default value, as prost does.
+
+fn string<F: Fields>(f: &mut F, tag: u32, s: &str) {
+    if !s.is_empty() {
+        f.bytes(tag, s.as_bytes());
+    }
+}
+
+fn uint32<F: Fields>(f: &mut F, tag: u32, v: u32) {
+    if v != 0 {
+        f.varint(tag, u64::from(v));
+    }
+}
+
+/// int32 and enum fields: a negative value is sign-extended to 64 bits (ten bytes).
+fn int32<F: Fields>(f: &mut F, tag: u32, v: i32) {
+    if v != 0 {
+        f.varint(tag, i64::from(v) as u64);
+    }
+}
+
+fn fixed64<F: Fields>(f: &mut F, tag: u32, v: u64) {
+    if v != 0 {
+        f.fixed64(tag, v);
+    }
+}
+
+fn fixed32<F: Fields>(f: &mut F, tag: u32, v: u32) {
+    if v != 0 {
+        f.fixed32(tag, v);
+    }
+}
+
+fn traces_fields<F: Fields>(f: &mut F, req: &ExportTraceServiceRequest) {
+    let ExportTraceServiceRequest { resource_spans } = req;
+    for rs in resource_spans {
+        f.message(1, |f| resource_spans_fields(f, rs));
+    }
+}
+
+fn resource_spans_fields<F: Fields>(f: &mut F, rs: &ResourceSpans) {
+    let ResourceSpans {
+        resource,
+        scope_spans,
+        schema_url,
+    } = rs;
+    if let Some(r) = resource {
+        f.prost(1, r);
+    }
+    for ss in scope_spans {
+        f.message(2, |f| scope_spans_fields(f, ss));
+    }
+    string(f, 3, schema_url);
+}
+
+fn scope_spans_fields<F: Fields>(f: &mut F, ss: &ScopeSpans) {
+    let ScopeSpans {
+        scope,
+        spans,
+        schema_url,
+    } = ss;
+    if let Some(s) = scope {
+        f.prost(1, s);
+    }
+    for s in spans {
+        f.message(2, |f| span_fields(f, s));
+    }
+    string(f, 3, schema_url);
+}
+
+fn span_fields<F: Fields>(f: &mut F, s: &Span) {
+    let Span {
+        trace_id,
+        span_id,
+        trace_state,
+        parent_span_id,
+        flags,
+        name,
+        kind,
+        start_time_unix_nano,
+        end_time_unix_nano,
+        attributes,
+        dropped_attributes_count,
+        events,
+        dropped_events_count,
+        links,
+        dropped_links_count,
+        status,
+    } = s;
+    if !trace_id.is_empty() {
+        f.bytes(1, trace_id);
+    }
+    if !span_id.is_empty() {
+        f.bytes(2, span_id);
+    }
+    string(f, 3, trace_state);
+    if !parent_span_id.is_empty() {
+        f.bytes(4, parent_span_id);
+    }
+    string(f, 5, name);
+    int32(f, 6, *kind);
+    fixed64(f, 7, *start_time_unix_nano);
+    fixed64(f, 8, *end_time_unix_nano);
+    for kv in attributes {
+        f.message(9, |f| key_value_fields(f, kv));
+    }
+    uint32(f, 10, *dropped_attributes_count);
+    for e in events {
+        f.prost(11, e);
+    }
+    uint32(f, 12, *dropped_events_count);
+    for l in links {
+        f.prost(13, l);
+    }
+    uint32(f, 14, *dropped_links_count);
+    if let Some(st) = status {
+        f.prost(15, st);
+    }
+    fixed32(f, 16, *flags);
+}
+
+fn logs_fields<F: Fields>(f: &mut F, req: &ExportLogsServiceRequest) {
+    let ExportLogsServiceRequest { resource_logs } = req;
+    for rl in resource_logs {
+        f.message(1, |f| resource_logs_fields(f, rl));
+    }
+}
+
+fn resource_logs_fields<F: Fields>(f: &mut F, rl: &ResourceLogs) {
+    let ResourceLogs {
+        resource,
+        scope_logs,
+        schema_url,
+    } = rl;
+    if let Some(r) = resource {
+        f.prost(1, r);
+    }
+    for sl in scope_logs {
+        f.message(2, |f| scope_logs_fields(f, sl));
+    }
+    string(f, 3, schema_url);
+}
+
+fn scope_logs_fields<F: Fields>(f: &mut F, sl: &ScopeLogs) {
+    let ScopeLogs {
+        scope,
+        log_records,
+        schema_url,
+    } = sl;
+    if let Some(s) = scope {
+        f.prost(1, s);
+    }
+    for r in log_records {
+        f.message(2, |f| log_record_fields(f, r));
+    }
+    string(f, 3, schema_url);
+}
+
+fn log_record_fields<F: Fields>(f: &mut F, r: &LogRecord) {
+    let LogRecord {
+        time_unix_nano,
+        observed_time_unix_nano,
+        severity_number,
+        severity_text,
+        body,
+        attributes,
+        dropped_attributes_count,
+        flags,
+        trace_id,
+        span_id,
+        event_name,
+    } = r;
+    fixed64(f, 1, *time_unix_nano);
+    int32(f, 2, *severity_number);
+    string(f, 3, severity_text);
+    if let Some(b) = body {
+        f.message(5, |f| any_value_fields(f, b));
+    }
+    for kv in attributes {
+        f.message(6, |f| key_value_fields(f, kv));
+    }
+    uint32(f, 7, *dropped_attributes_count);
+    fixed32(f, 8, *flags);
+    if !trace_id.is_empty() {
+        f.bytes(9, trace_id);
+    }
+    if !span_id.is_empty() {
+        f.bytes(10, span_id);
+    }
+    fixed64(f, 11, *observed_time_unix_nano);
+    string(f, 12, event_name);
+}
+
+fn key_value_fields<F: Fields>(f: &mut F, kv: &KeyValue) {
+    let KeyValue {
+        key,
+        value,
+        key_strindex,
+    } = kv;
+    string(f, 1, key);
+    if let Some(v) = value {
+        f.message(2, |f| any_value_fields(f, v));
+    }
+    int32(f, 3, *key_strindex);
+}
+
+/// A set `oneof` member is written even at its type's default (an empty string, `false`, 0).
+fn any_value_fields<F: Fields>(f: &mut F, v: &AnyValue) {
+    use any_value::Value;
+    let AnyValue { value } = v;
+    match value {
+        None => {}
+        Some(Value::StringValue(s)) => f.bytes(1, s.as_bytes()),
+        Some(Value::BoolValue(b)) => f.varint(2, u64::from(*b)),
+        Some(Value::IntValue(i)) => f.varint(3, *i as u64),
+        Some(Value::DoubleValue(d)) => f.fixed64(4, d.to_bits()),
+        Some(Value::ArrayValue(ArrayValue { values })) => f.message(5, |f| {
+            for v in values {
+                f.message(1, |f| any_value_fields(f, v));
+            }
+        }),
+        Some(Value::KvlistValue(KeyValueList { values })) => f.message(6, |f| {
+            for kv in values {
+                f.message(1, |f| key_value_fields(f, kv));
+            }
+        }),
+        Some(Value::BytesValue(b)) => f.bytes(7, b),
+        Some(Value::StringValueStrindex(i)) => f.varint(8, i64::from(*i) as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests;
