@@ -1,6 +1,6 @@
-//! Exporter throughput: records/s encoded (protobuf, JSON) and delivered to a local OTLP/HTTP
-//! receiver through the full exporter, against a baseline that POSTs the same pre-encoded
-//! batches directly (the cost of HTTP alone).
+//! Exporter throughput: records/s encoded (protobuf, JSON), their metric series updated, and
+//! delivered to a local OTLP/HTTP receiver through the full exporter, against a baseline that
+//! POSTs the same pre-encoded batches directly (the cost of HTTP alone).
 //!
 //! `cargo bench --bench export` (add `-- --quick` for a short run).
 
@@ -144,6 +144,21 @@ fn bench(c: &mut Criterion) {
     for (name, enc) in [("protobuf", Encoding::Protobuf), ("json", Encoding::Json)] {
         g.bench_function(name, |b| b.iter(|| encode_batch(&records, &res, enc)));
     }
+    g.finish();
+
+    // The per-exchange metric series a batch's records update (the batcher calls this for
+    // every record when metrics are exported), in steady state: after the first iteration
+    // every series exists.
+    let counters = Counters::default();
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("observe", |b| {
+        b.iter(|| {
+            for r in &records {
+                veil::export::metrics::observe(&counters, r);
+            }
+        })
+    });
     g.finish();
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1077,11 +1077,11 @@ fn metrics_cost(window: Duration) {
             let key = vec![
                 (
                     "gen_ai.request.model",
-                    SeriesValue::Str(format!("model-{}", i % 40)),
+                    SeriesValue::Str(format!("model-{}", i % 40).into()),
                 ),
                 (
                     "veil.feature",
-                    SeriesValue::Str(format!("feature-{}", i / 40)),
+                    SeriesValue::Str(format!("feature-{}", i / 40).into()),
                 ),
             ];
             s.add(&REQUESTS, key.clone(), 1.0);

@@ -253,7 +253,7 @@ mod tests {
                     "gen_ai.request.model",
                     SeriesValue::Str("gpt\"4\\\nx".into()),
                 ),
-                ("error.type", SeriesValue::Str(String::new())),
+                ("error.type", SeriesValue::Str("".into())),
             ];
             s.observe(&OPERATION_DURATION, key.clone(), 0.015);
             s.observe(&OPERATION_DURATION, key.clone(), 100.0);

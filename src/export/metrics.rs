@@ -24,7 +24,7 @@ use super::otlp::error_type;
 pub fn observe(counters: &Counters, r: &Record) {
     let mut s = counters.series.lock();
     let capped = Capped::of(&mut s, counters, r);
-    let str = |v: &str| SeriesValue::Str(v.to_string());
+    let str = |v: &str| SeriesValue::Str(v.into());
     let provider = ("gen_ai.provider.name", str(r.provider.as_str()));
     let operation = ("gen_ai.operation.name", str(r.operation.as_str()));
     let error = error_type(r);
@@ -84,7 +84,7 @@ pub fn observe(counters: &Counters, r: &Record) {
     let mut k = short.clone();
     k.extend([
         operation,
-        ("http.status_class", SeriesValue::Str(status_class)),
+        ("http.status_class", SeriesValue::Str(status_class.into())),
         ("veil.outcome", str(r.outcome.as_str())),
         ("error.type", str(error.as_deref().unwrap_or(""))),
         (
