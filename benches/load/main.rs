@@ -50,7 +50,11 @@
 //! steps 1 and 2 alone, about two minutes; a value that is not such a count is refused, exit
 //! 2), `VEIL_PYTHON` (step 2 with the official SDK too),
 //! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics`
-//! cost comparison instead, see [`metrics_cost`]).
+//! cost comparison instead, see [`metrics_cost`]), `LOAD_OTLP=1` (each veil, the baseline
+//! included, exports OTLP/HTTP protobuf to a collector of its own, the `collector` role: a cell
+//! then waits for the exports to stop as well as the ledger, and reports the spans and log
+//! records its collector received, bytes per span and the collector's CPU, which is not
+//! counted in veil's).
 
 mod roles;
 
@@ -81,6 +85,8 @@ struct Target {
     pid: u32,
     /// veil's SQLite ledger, when the target is a veil.
     ledger: Option<PathBuf>,
+    /// The collector this veil exports OTLP to (`LOAD_OTLP=1`): its address and PID.
+    collector: Option<(SocketAddr, u32)>,
 }
 
 impl Target {
@@ -101,6 +107,7 @@ impl Target {
             via_proxy,
             pid,
             ledger,
+            collector: None,
         }
     }
 }
@@ -347,9 +354,52 @@ async fn settle(target: &Target) {
     match target.ledger.as_deref() {
         Some(db) => {
             settled_rows(db, target.pid).await;
+            settled_exports(target).await;
         }
         None => tokio::time::sleep(Duration::from_millis(500)).await,
     }
+}
+
+/// What `target`'s collector has received so far: spans, log records, metric exports and
+/// bytes; `None` when the target exports nothing or the collector does not answer.
+fn collector_counts(target: &Target) -> Option<[u64; 4]> {
+    use std::io::Read;
+    let (addr, _) = target.collector?;
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    tcp.write_all(b"GET /counts HTTP/1.1\r\nhost: collector\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    let line = text.lines().last()?;
+    let mut counts = [0u64; 4];
+    for (slot, key) in counts
+        .iter_mut()
+        .zip(["spans=", "logs=", "metrics=", "bytes="])
+    {
+        *slot = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))?
+            .parse()
+            .ok()?;
+    }
+    Some(counts)
+}
+
+/// Waits (at most 30 s) until `target`'s collector stopped receiving spans and log records for
+/// longer than veil's batch age (1 s): the last partial batch is flushed by age after the
+/// ledger has its rows. Returns at once when the target exports nothing.
+async fn settled_exports(target: &Target) -> Option<[u64; 4]> {
+    let mut last = collector_counts(target)?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = collector_counts(target)?;
+        if now[..2] == last[..2] {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
 }
 
 /// Resets `pid`'s peak RSS (VmHWM) to its current RSS (proc(5), `clear_refs` value 5).
@@ -564,12 +614,17 @@ struct Cell {
     peak_mb: f64,
     /// CPU by thread per response, µs.
     threads: Vec<(String, f64)>,
+    /// With `LOAD_OTLP=1`: what the collector received during the cell (spans, log records,
+    /// metric exports, bytes) and its CPU per response, µs.
+    exported: Option<([u64; 4], f64)>,
 }
 
 async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
     let threads0 = cpu_by_thread(target.pid);
     let cpu0 = cpu_total(target.pid);
     let rows0 = target.ledger.as_deref().map(ledger_rows);
+    let exported0 = collector_counts(target);
+    let collector_cpu0 = target.collector.map(|(_, pid)| cpu_total(pid));
     reset_peak(target.pid);
     let perf = perf_record(target, conns);
     let stats = throughput(target, conns, window).await;
@@ -583,6 +638,10 @@ async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
     let rows = match target.ledger.as_deref() {
         Some(db) => Some(settled_rows(db, target.pid).await - rows0.unwrap_or(0)),
         None => None,
+    };
+    let exported = match (exported0, settled_exports(target).await) {
+        (Some(before), Some(after)) => Some(std::array::from_fn(|i| after[i] - before[i])),
+        _ => None,
     };
     let cpu = cpu_total(target.pid) - cpu0;
     // Per answer: a refused request (audit = required, queue full) costs CPU too.
@@ -602,6 +661,10 @@ async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
         recorded: rows.map(|r| (r, cpu * 1e6 / r.max(1) as f64)),
         peak_mb: rss_kib(target.pid).1 as f64 / 1024.0,
         threads,
+        exported: exported.zip(target.collector).map(|(counts, (_, pid))| {
+            let cpu = cpu_total(pid) - collector_cpu0.unwrap_or(0.0);
+            (counts, cpu * 1e6 / responses)
+        }),
     }
 }
 
@@ -664,6 +727,9 @@ fn median_cell(cells: &[Cell]) -> Cell {
             .map(|(r, _)| (r, m(&|c| c.recorded.map_or(0.0, |x| x.1)))),
         peak_mb: m(&|c| c.peak_mb),
         threads: mid.threads,
+        exported: mid
+            .exported
+            .map(|(counts, _)| (counts, m(&|c| c.exported.map_or(0.0, |x| x.1)))),
     }
 }
 
@@ -723,13 +789,25 @@ fn main() {
         let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
         let (noop_child, noop) =
             spawn_role("noop", &roles_dir, &[("VEIL_LOAD_UPSTREAM", upstream.to_string())]);
-        let (be_child, be) = start_veil(bin, upstream, &upstream_ca, &be_dir, "", &[]);
-        let (req_child, req) =
-            start_veil(bin, upstream, &upstream_ca, &req_dir, "audit = \"required\"", &[]);
+        // With LOAD_OTLP=1 each veil exports to a collector of its own (roles.rs), so a cell
+        // counts what its veil exported and the collector's CPU is not veil's.
+        let otlp = std::env::var("LOAD_OTLP").is_ok_and(|v| v == "1");
+        let with_collector = |bin: &Path, dir: &Path, toml: &str| {
+            let collector = otlp.then(|| spawn_role("collector", &roles_dir, &[]));
+            let toml = match &collector {
+                Some((_, addr)) => format!("{toml}\notlp_endpoint = \"http://{addr}\""),
+                None => toml.to_string(),
+            };
+            let (child, addr) = start_veil(bin, upstream, &upstream_ca, dir, &toml, &[]);
+            (child, addr, collector)
+        };
+        let (be_child, be, be_collector) = with_collector(bin, &be_dir, "");
+        let (req_child, req, req_collector) =
+            with_collector(bin, &req_dir, "audit = \"required\"");
         // Another build to compare with in the same run (e.g. the commit before a change).
         let baseline = std::env::var_os("LOAD_BASELINE").map(|b| {
-            let (child, addr) = start_veil(Path::new(&b), upstream, &upstream_ca, &base_dir, "", &[]);
-            let target = Target::new(
+            let (child, addr, collector) = with_collector(Path::new(&b), &base_dir, "");
+            let mut target = Target::new(
                 "baseline best-effort",
                 addr,
                 base_dir.join("keys/ca.pem"),
@@ -737,7 +815,8 @@ fn main() {
                 child.0.id(),
                 Some(base_dir.join("data/ledger.db")),
             );
-            (child, target)
+            target.collector = collector.as_ref().map(|(c, a)| (*a, c.0.id()));
+            (child, target, collector)
         });
         let direct =
             Target::new("direct", upstream, upstream_ca.clone(), false, upstream_child.0.id(), None);
@@ -749,7 +828,7 @@ fn main() {
             noop_child.0.id(),
             None,
         );
-        let veil_be = Target::new(
+        let mut veil_be = Target::new(
             "veil best-effort",
             be,
             be_dir.join("keys/ca.pem"),
@@ -757,7 +836,8 @@ fn main() {
             be_child.0.id(),
             Some(be_dir.join("data/ledger.db")),
         );
-        let veil_req = Target::new(
+        veil_be.collector = be_collector.as_ref().map(|(c, a)| (*a, c.0.id()));
+        let mut veil_req = Target::new(
             "veil required",
             req,
             req_dir.join("keys/ca.pem"),
@@ -765,10 +845,12 @@ fn main() {
             req_child.0.id(),
             Some(req_dir.join("data/ledger.db")),
         );
+        veil_req.collector = req_collector.as_ref().map(|(c, a)| (*a, c.0.id()));
         println!(
-            "## veil load benchmark: {}s per cell, {rounds} round(s) (medians), 2 KB completion, HTTP/1.1 keep-alive TLS; CPUs held awake: {}",
+            "## veil load benchmark: {}s per cell, {rounds} round(s) (medians), 2 KB completion, HTTP/1.1 keep-alive TLS; CPUs held awake: {}; OTLP export: {}",
             window.as_secs(),
-            if awake_held { "yes (/dev/cpu_dma_latency = 0)" } else { "no (/dev/cpu_dma_latency not writable)" }
+            if awake_held { "yes (/dev/cpu_dma_latency = 0)" } else { "no (/dev/cpu_dma_latency not writable)" },
+            if otlp { "on (LOAD_OTLP=1, a collector per veil)" } else { "off (set LOAD_OTLP=1)" }
         );
 
         // 1. Memory at rest, after 1,000 exchanges on one connection (what recording keeps:
@@ -780,7 +862,7 @@ fn main() {
         );
         println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         let mut memory_targets = vec![&noop, &veil_be];
-        if let Some((_, b)) = &baseline {
+        if let Some((_, b, _)) = &baseline {
             memory_targets.push(b);
         }
         for target in memory_targets {
@@ -837,11 +919,11 @@ fn main() {
         }
         // Let the recording of everything so far land before cells count ledger rows.
         let mut targets = vec![&direct, &noop, &veil_be, &veil_req];
-        if let Some((_, b)) = &baseline {
+        if let Some((_, b, _)) = &baseline {
             targets.push(b);
         }
         for t in &targets[2..] {
-            settled_rows(t.ledger.as_deref().unwrap(), t.pid).await;
+            settle(t).await;
         }
 
         // 3. Throughput, latency, CPU, recorded fraction, peak RSS.
@@ -880,6 +962,7 @@ fn main() {
             }
         }
         drop((be_child, req_child, noop_child, upstream_child, baseline));
+        drop((be_collector, req_collector));
     });
     drop(awake);
 }
@@ -915,6 +998,7 @@ fn print_cells(conns_list: &[usize], results: &[Vec<Vec<Cell>>], targets: &[&Tar
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut thread_lines = Vec::new();
+    let mut export_lines = Vec::new();
     for (ci, &conns) in conns_list.iter().enumerate() {
         if results[ci][3].is_empty() {
             continue;
@@ -974,12 +1058,27 @@ fn print_cells(conns_list: &[usize], results: &[Vec<Vec<Cell>>], targets: &[&Tar
                     shown.join(", ")
                 ));
             }
+            if let Some(([spans, logs, metrics, bytes], collector_us)) = c.exported {
+                export_lines.push(format!(
+                    "- {conns} conns, {}: {spans} spans for {} responses ({:.1} %), {logs} log records, {metrics} metric exports, {:.0} bytes on the wire per span and its log record; the collector's CPU {collector_us:.1} µs/response",
+                    targets[ti].name,
+                    c.stats.responses,
+                    100.0 * spans as f64 / c.stats.responses.max(1) as f64,
+                    bytes as f64 / spans.max(1) as f64,
+                ));
+            }
         }
     }
     println!(
         "\nveil CPU by thread, µs per response:\n{}",
         thread_lines.join("\n")
     );
+    if !export_lines.is_empty() {
+        println!(
+            "\nOTLP export (each veil to its own collector; the collector's CPU is not in veil's):\n{}",
+            export_lines.join("\n")
+        );
+    }
 }
 
 /// Time to first chunk with the official openai SDK (`benches/load/ttfc.py`, run by the Python

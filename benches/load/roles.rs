@@ -1,6 +1,6 @@
-//! The two servers the load benchmark measures veil against, run as child processes of the
-//! benchmark binary itself (`VEIL_LOAD_ROLE=upstream|noop`), so each one's CPU and memory are
-//! its own and the baseline is built from this repository alone:
+//! The servers the load benchmark measures veil against, run as child processes of the
+//! benchmark binary itself (`VEIL_LOAD_ROLE=upstream|noop|collector`), so each one's CPU and
+//! memory are its own and the baseline is built from this repository alone:
 //!
 //! - **upstream**: a fast TLS provider. It answers `POST /v1/chat/completions` with one
 //!   precomputed ~2 KB chat completion (no JSON built per request, nothing kept), or, when the
@@ -10,6 +10,13 @@
 //!   rcgen, hyper-rustls, hyper-util's pooled client), shaped like the hudsucker library: it
 //!   answers `CONNECT`, terminates TLS with a leaf it signs for the host (cached per host),
 //!   and forwards each request to the upstream with bodies untouched, recording nothing.
+//! - **collector**: an OTLP/HTTP collector that keeps nothing (`LOAD_OTLP=1` gives each veil
+//!   its own). It decodes each `POST /v1/traces`, `/v1/logs` and `/v1/metrics` (protobuf or
+//!   JSON, gzip or not), as a real collector must before it can do anything with them, counts
+//!   the spans and log records, and answers 200 with an empty response. `GET /counts` answers
+//!   `spans=N logs=N metrics=N bytes=N`: what it was sent so far (`bytes` as received on the
+//!   wire), so the benchmark can tell what veil exported during a cell. A body it cannot
+//!   decode is answered 400 and counted nowhere, so a broken export shows as missing spans.
 //!
 //! A child prints `addr=IP:PORT` on stdout once it listens and exits when its stdin closes,
 //! so it never outlives the benchmark. It binds 127.0.0.1 only.
@@ -20,6 +27,8 @@ use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,6 +72,7 @@ pub fn run_role_if_child() -> bool {
         match role.as_str() {
             "upstream" => upstream(&dir).await,
             "noop" => noop(&dir).await,
+            "collector" => collector().await,
             other => panic!("unknown VEIL_LOAD_ROLE {other}"),
         }
     });
@@ -207,6 +217,156 @@ async fn upstream(dir: &std::path::Path) {
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+/// What the collector role has been sent, in total.
+#[derive(Default)]
+struct Received {
+    spans: AtomicU64,
+    logs: AtomicU64,
+    metrics: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The spans, log records and metric exports in one OTLP/HTTP request body, decoded as
+/// `content_type` says (protobuf unless it says JSON) after gunzip when `gzip`; `None` when the
+/// body does not decode as the request `path` names.
+fn count_otlp(path: &str, content_type: &str, gzip: bool, body: &[u8]) -> Option<(u64, u64, u64)> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let mut plain = Vec::new();
+    let body = if gzip {
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut plain)
+            .ok()?;
+        &plain[..]
+    } else {
+        body
+    };
+    if content_type.starts_with("application/json") {
+        // OTLP/JSON: count the leaves under the two levels of grouping.
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let count = |outer: &str, inner: &str, leaf: &str| -> u64 {
+            let list = |v: &serde_json::Value, k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_array())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            list(&v, outer)
+                .iter()
+                .flat_map(|r| list(r, inner))
+                .map(|s| list(&s, leaf).len() as u64)
+                .sum()
+        };
+        return match path {
+            "/v1/traces" => Some((count("resourceSpans", "scopeSpans", "spans"), 0, 0)),
+            "/v1/logs" => Some((0, count("resourceLogs", "scopeLogs", "logRecords"), 0)),
+            "/v1/metrics" => v.get("resourceMetrics").map(|_| (0, 0, 1)),
+            _ => None,
+        };
+    }
+    match path {
+        "/v1/traces" => {
+            let r = ExportTraceServiceRequest::decode(body).ok()?;
+            let n = r
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len() as u64)
+                .sum();
+            Some((n, 0, 0))
+        }
+        "/v1/logs" => {
+            let r = ExportLogsServiceRequest::decode(body).ok()?;
+            let n = r
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len() as u64)
+                .sum();
+            Some((0, n, 0))
+        }
+        "/v1/metrics" => ExportMetricsServiceRequest::decode(body)
+            .ok()
+            .map(|_| (0, 0, 1)),
+        _ => None,
+    }
+}
+
+async fn collector() {
+    let received = Arc::new(Received::default());
+    let listener = listen().await;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let received = received.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let received = received.clone();
+                async move {
+                    let path = req.uri().path().to_string();
+                    if req.method() == http::Method::GET && path == "/counts" {
+                        let r = &received;
+                        let text = format!(
+                            "spans={} logs={} metrics={} bytes={}\n",
+                            r.spans.load(Relaxed),
+                            r.logs.load(Relaxed),
+                            r.metrics.load(Relaxed),
+                            r.bytes.load(Relaxed)
+                        );
+                        return Ok::<_, Infallible>(full(
+                            StatusCode::OK,
+                            "text/plain",
+                            Bytes::from(text),
+                        ));
+                    }
+                    let header = |name: &str| {
+                        req.headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_ascii_lowercase()
+                    };
+                    let content_type = header("content-type");
+                    let gzip = header("content-encoding") == "gzip";
+                    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+                        return Ok(full(StatusCode::BAD_REQUEST, "text/plain", Bytes::new()));
+                    };
+                    let Some((spans, logs, metrics)) =
+                        count_otlp(&path, &content_type, gzip, &body)
+                    else {
+                        return Ok(full(
+                            StatusCode::BAD_REQUEST,
+                            "text/plain",
+                            Bytes::from_static(b"not an OTLP export request\n"),
+                        ));
+                    };
+                    received.spans.fetch_add(spans, Relaxed);
+                    received.logs.fetch_add(logs, Relaxed);
+                    received.metrics.fetch_add(metrics, Relaxed);
+                    received.bytes.fetch_add(body.len() as u64, Relaxed);
+                    // An empty Export*ServiceResponse: no bytes in protobuf, `{}` in JSON.
+                    Ok(if content_type.starts_with("application/json") {
+                        full(
+                            StatusCode::OK,
+                            "application/json",
+                            Bytes::from_static(b"{}"),
+                        )
+                    } else {
+                        full(StatusCode::OK, "application/x-protobuf", Bytes::new())
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
     }
