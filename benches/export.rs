@@ -19,7 +19,7 @@ use veil::counters::Counters;
 use veil::exchange::{Operation, OutcomeKind, TraceParent, Usage};
 use veil::export::otlp::{Batch, ResourceInfo};
 use veil::export::sender::{Attempt, OtlpClient};
-use veil::export::{Encoding, Exporter, ExporterSettings, Signal, otlp};
+use veil::export::{Encoding, Exporter, ExporterSettings, Signal};
 use veil::keys::UserPseudonym;
 use veil::record::Record;
 
@@ -97,13 +97,20 @@ fn record(i: usize) -> Record {
     }
 }
 
-fn encode_batch(records: &[Record], res: &ResourceInfo, enc: Encoding) -> (Vec<u8>, Vec<u8>) {
-    let mut b = Batch::default();
+/// One batch of `records` as the exporter's batcher makes it: pushed into its batch for `enc`
+/// (kept from one flush to the next, as the batcher keeps it; protobuf is written as records
+/// are pushed), then the two requests' bytes.
+fn encode_batch(
+    b: &mut Batch,
+    records: &[Record],
+    res: &ResourceInfo,
+    enc: Encoding,
+) -> (Vec<u8>, Vec<u8>) {
     for r in records {
         b.push_record(r);
     }
-    let t = otlp::encode(&b.traces_request(res).unwrap(), enc);
-    let l = otlp::encode(&b.logs_request(res).unwrap(), enc);
+    let t = b.traces_payload(res, enc).unwrap();
+    let l = b.logs_payload(res, enc).unwrap();
     (t, l)
 }
 
@@ -133,7 +140,12 @@ fn bench(c: &mut Criterion) {
     let res = ResourceInfo::from_env(&|_| None, Some("bench".into()));
 
     // Assert once before timing: the batch decodes back to BATCH spans.
-    let (t, _) = encode_batch(&records, &res, Encoding::Protobuf);
+    let (t, _) = encode_batch(
+        &mut Batch::new(Encoding::Protobuf, Encoding::Protobuf),
+        &records,
+        &res,
+        Encoding::Protobuf,
+    );
     let req =
         opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(&t[..])
             .unwrap();
@@ -142,7 +154,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(BATCH as u64));
     for (name, enc) in [("protobuf", Encoding::Protobuf), ("json", Encoding::Json)] {
-        g.bench_function(name, |b| b.iter(|| encode_batch(&records, &res, enc)));
+        let mut batch = Batch::new(enc, enc);
+        g.bench_function(name, |b| {
+            b.iter(|| encode_batch(&mut batch, &records, &res, enc))
+        });
     }
     g.finish();
 
@@ -175,7 +190,12 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(8));
 
     // Baseline: the same batches, pre-encoded, POSTed directly.
-    let (t, l) = encode_batch(&records, &res, Encoding::Protobuf);
+    let (t, l) = encode_batch(
+        &mut Batch::new(Encoding::Protobuf, Encoding::Protobuf),
+        &records,
+        &res,
+        Encoding::Protobuf,
+    );
     let (t, l) = (Bytes::from(t), Bytes::from(l));
     let client = OtlpClient::new();
     g.bench_function("direct_post_protobuf", |b| {

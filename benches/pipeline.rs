@@ -14,7 +14,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use support_bot::exchange;
 use veil::exchange::{ParseOptions, Pricing, parse};
-use veil::export::otlp::{Encoding, SpanIds, encode, record_log, record_span};
+use veil::export::otlp::{Batch, Encoding, ResourceInfo, SpanIds, encode, record_log, record_span};
 use veil::keys::{KeyId, Keyring, MasterKey};
 use veil::record;
 use veil::redact::{BUILTIN_DEFAULT_RULES, CompiledRules};
@@ -53,14 +53,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("redact_to_record", |b| {
         b.iter(|| black_box(record::build(black_box(&ex), &conv, &rules)))
     });
+    // As the exporter writes protobuf: straight from the record into its batch, here a
+    // batch of one (a collector's request per exchange, the most it can cost per record).
+    let resource = ResourceInfo::from_env(&|_| None, Some("bench".into()));
+    let mut batch = Batch::new(Encoding::Protobuf, Encoding::Protobuf);
     g.bench_function("otlp_encode_span_and_log", |b| {
         b.iter(|| {
-            let ids = SpanIds::for_record(&record);
-            let span = record_span(&record, &ids);
-            let log = record_log(&record, &ids);
+            batch.push_record(&record);
             black_box((
-                encode(&span, Encoding::Protobuf),
-                encode(&log, Encoding::Protobuf),
+                batch.traces_payload(&resource, Encoding::Protobuf),
+                batch.logs_payload(&resource, Encoding::Protobuf),
             ))
         })
     });
@@ -80,9 +82,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let conv = parse(&ex, &opts, &pricing);
             let record = record::build(&ex, &conv, &rules);
-            let ids = SpanIds::for_record(&record);
-            let span = encode(&record_span(&record, &ids), Encoding::Protobuf);
-            let log = encode(&record_log(&record, &ids), Encoding::Protobuf);
+            batch.push_record(&record);
+            let span = batch.traces_payload(&resource, Encoding::Protobuf);
+            let log = batch.logs_payload(&resource, Encoding::Protobuf);
             let sealed = seal_frame(&ex, &fresh_data_key(), KeyId(1)).unwrap();
             black_box((span, log, sealed))
         })

@@ -206,6 +206,15 @@ impl Forgotten {
     }
 }
 
+/// What `signal`'s payloads are encoded in.
+fn encoding(settings: &ExporterSettings, signal: Signal) -> Encoding {
+    match settings.signal(signal).destination {
+        // The ledger is OTLP/JSON lines whatever the wire protocol.
+        Destination::File => Encoding::Json,
+        Destination::Otlp(_) | Destination::Off => settings.signal(signal).encoding,
+    }
+}
+
 impl Batcher {
     /// A batcher with nothing pending. `sender_txs` is in [`Signal::ALL`] order, `None` for a
     /// signal that goes nowhere.
@@ -215,11 +224,15 @@ impl Batcher {
         sender_txs: Vec<Option<mpsc::Sender<Job>>>,
         ledger: Option<LedgerHandle>,
     ) -> Batcher {
+        let batch = Batch::new(
+            encoding(&settings, Signal::Traces),
+            encoding(&settings, Signal::Logs),
+        );
         Batcher {
             settings,
             counters,
             started: SystemTime::now(),
-            batch: Batch::default(),
+            batch,
             records_in_batch: 0,
             records: Vec::new(),
             slots: Vec::new(),
@@ -350,14 +363,14 @@ impl Batcher {
                 // The sealed store keeps its own durable audit log; this is the copy for
                 // the collector or the records files.
                 if self.exports(Signal::Logs) {
-                    self.batch.logs.push(otlp::audit_log(&a));
+                    self.batch.push_log(otlp::audit_log(&a));
                 }
             }
             Item::Feedback(f) => {
                 // The ledger row is the feedback API's own write; this is the copy for the
                 // collector or the records files.
                 if self.exports(Signal::Logs) {
-                    self.batch.logs.push(otlp::feedback_log(&f));
+                    self.batch.push_log(otlp::feedback_log(&f));
                 }
             }
         }
@@ -399,26 +412,20 @@ impl Batcher {
     }
 
     fn encoding(&self, signal: Signal) -> Encoding {
-        match self.settings.signal(signal).destination {
-            // The ledger is OTLP/JSON lines whatever the wire protocol.
-            Destination::File => Encoding::Json,
-            Destination::Otlp(_) | Destination::Off => self.settings.signal(signal).encoding,
-        }
+        encoding(&self.settings, signal)
     }
 
     async fn flush(&mut self) {
         self.records_in_batch = 0;
         let res = &self.settings.resource;
-        let traces = self.batch.traces_request(res).map(|req| {
-            Payload::new(Bytes::from(otlp::encode(
-                &req,
-                self.encoding(Signal::Traces),
-            )))
-        });
+        let traces = self
+            .batch
+            .traces_payload(res, self.encoding(Signal::Traces))
+            .map(|b| Payload::new(Bytes::from(b)));
         let logs = self
             .batch
-            .logs_request(res)
-            .map(|req| Payload::new(Bytes::from(otlp::encode(&req, self.encoding(Signal::Logs)))));
+            .logs_payload(res, self.encoding(Signal::Logs))
+            .map(|b| Payload::new(Bytes::from(b)));
         let mut payloads: Vec<(Signal, Payload)> = [(Signal::Traces, traces), (Signal::Logs, logs)]
             .into_iter()
             .filter_map(|(s, p)| p.map(|p| (s, p)))
@@ -639,11 +646,7 @@ mod tests {
         ] {
             let mut b = batcher(exported);
             b.push_record(crate::export::testing::openai_chat("r-1"), None);
-            assert_eq!(
-                (b.batch.spans.len(), b.batch.logs.len()),
-                (spans, logs),
-                "exported: {exported:?}"
-            );
+            assert_eq!(b.batch.counts(), (spans, logs), "exported: {exported:?}");
             // Counted and flushed as a record whatever it was built into.
             assert_eq!(b.records_in_batch, 1);
             assert_eq!(b.counters.export.exchanges.get(), 1);

@@ -61,18 +61,6 @@ pub(super) fn bool_value(b: bool) -> AnyValue {
     }
 }
 
-pub(super) fn str_array(items: &[String]) -> AnyValue {
-    AnyValue {
-        value: Some(any_value::Value::ArrayValue(ArrayValue {
-            values: items.iter().map(|s| str_value(s)).collect(),
-        })),
-    }
-}
-
-pub(super) fn u64_int(n: u64) -> AnyValue {
-    int_value(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
 /// Converts JSON to a structured `AnyValue` (objects → kvlist, arrays → array), as the log
 /// event's body must be structured (otel-genai.md §1.2).
 pub fn json_to_any(v: &serde_json::Value) -> AnyValue {
@@ -95,19 +83,6 @@ pub fn json_to_any(v: &serde_json::Value) -> AnyValue {
     AnyValue { value }
 }
 
-/// A request parameter as an attribute value: scalars and scalar arrays as they are,
-/// anything else as a JSON string.
-pub(super) fn param_value(v: &serde_json::Value) -> Option<AnyValue> {
-    use serde_json::Value as J;
-    match v {
-        J::Null => None,
-        J::Bool(_) | J::Number(_) | J::String(_) => Some(json_to_any(v)),
-        J::Array(a) if a.iter().all(|x| matches!(x, J::String(_))) => Some(json_to_any(v)),
-        J::Array(a) if a.iter().all(|x| x.is_number()) => Some(json_to_any(v)),
-        _ => Some(str_value(&v.to_string())),
-    }
-}
-
 /// True when the record describes a failed exchange (status ERROR on the span).
 pub fn is_failed(r: &Record) -> bool {
     r.error_type.is_some()
@@ -128,60 +103,187 @@ pub fn error_type(r: &Record) -> Option<String> {
     )
 }
 
+/// An attribute's name: `prefix` then `name`, the latter ASCII-lowercased when `lower` (an
+/// HTTP header or a detector name under its `http.*.header.` or `veil.redaction.count.`
+/// prefix). Kept in parts so the protobuf writer needs no joined `String`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Key<'a> {
+    pub prefix: &'static str,
+    pub name: &'a str,
+    pub lower: bool,
+}
+
+impl Key<'_> {
+    /// The whole name, as the attribute list carries it.
+    pub fn joined(&self) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + self.name.len());
+        k.push_str(self.prefix);
+        if self.lower {
+            k.extend(self.name.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            k.push_str(self.name);
+        }
+        k
+    }
+}
+
+fn name(name: &'static str) -> Key<'static> {
+    Key {
+        prefix: name,
+        name: "",
+        lower: false,
+    }
+}
+
+/// The strings of an array attribute, borrowed from the record.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Strs<'a> {
+    /// A list of strings.
+    List(&'a [String]),
+    /// The names of a map (the detectors that counted).
+    Keys(&'a std::collections::BTreeMap<String, u64>),
+}
+
+impl<'a> Strs<'a> {
+    /// Each string, in order.
+    pub fn each(self, mut f: impl FnMut(&'a str)) {
+        match self {
+            Strs::List(l) => l.iter().for_each(|s| f(s)),
+            Strs::Keys(m) => m.keys().for_each(|s| f(s)),
+        }
+    }
+}
+
+/// An attribute's value, borrowed from the record where it can be.
+#[derive(Debug, Clone)]
+pub(super) enum Val<'a> {
+    Str(&'a str),
+    /// A string made for the attribute (`error.type` from a status, a parameter as JSON).
+    String(String),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    Strs(Strs<'a>),
+    /// A JSON value as [`json_to_any`] converts it.
+    Json(&'a serde_json::Value),
+}
+
+impl Val<'_> {
+    /// The `AnyValue` the attribute list carries.
+    pub fn to_any(&self) -> AnyValue {
+        match self {
+            Val::Str(s) => str_value(s),
+            Val::String(s) => AnyValue {
+                value: Some(any_value::Value::StringValue(s.clone())),
+            },
+            Val::Int(i) => int_value(*i),
+            Val::Double(d) => double_value(*d),
+            Val::Bool(b) => bool_value(*b),
+            Val::Strs(items) => {
+                let mut values = Vec::new();
+                items.each(|s| values.push(str_value(s)));
+                AnyValue {
+                    value: Some(any_value::Value::ArrayValue(ArrayValue { values })),
+                }
+            }
+            Val::Json(v) => json_to_any(v),
+        }
+    }
+}
+
+fn u64_val<'a>(n: u64) -> Val<'a> {
+    Val::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// A request parameter as an attribute value: scalars and scalar arrays as they are,
+/// anything else as a JSON string; `None` for JSON null.
+fn param_val(v: &serde_json::Value) -> Option<Val<'_>> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => None,
+        J::Bool(_) | J::Number(_) | J::String(_) => Some(Val::Json(v)),
+        J::Array(a) if a.iter().all(|x| matches!(x, J::String(_))) => Some(Val::Json(v)),
+        J::Array(a) if a.iter().all(|x| x.is_number()) => Some(Val::Json(v)),
+        _ => Some(Val::String(v.to_string())),
+    }
+}
+
 /// Attributes common to the span and the log event (no content).
 pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
     let mut a = Vec::with_capacity(40);
-    a.push(kv("gen_ai.operation.name", str_value(r.operation.as_str())));
-    a.push(kv("gen_ai.provider.name", str_value(r.provider.as_str())));
+    each_attribute(r, |k, v| {
+        a.push(KeyValue {
+            key: k.joined(),
+            value: Some(v.to_any()),
+            key_strindex: 0,
+        })
+    });
+    a
+}
+
+/// Calls `emit` with each attribute common to the span and the log event (no content), in
+/// the order the attribute list has them: the one naming of a record's fields, shared by the
+/// attribute list ([`record_attributes`]) and the protobuf writer (`wire`).
+pub(super) fn each_attribute<'a>(r: &'a Record, mut emit: impl FnMut(Key<'a>, Val<'a>)) {
+    emit(
+        name("gen_ai.operation.name"),
+        Val::Str(r.operation.as_str()),
+    );
+    emit(name("gen_ai.provider.name"), Val::Str(r.provider.as_str()));
     if let Some(m) = &r.request_model {
-        a.push(kv("gen_ai.request.model", str_value(m)));
+        emit(name("gen_ai.request.model"), Val::Str(m));
     }
-    a.push(kv("server.address", str_value(&r.server_address)));
-    a.push(kv("server.port", int_value(i64::from(r.server_port))));
+    emit(name("server.address"), Val::Str(&r.server_address));
+    emit(name("server.port"), Val::Int(i64::from(r.server_port)));
     if let Some(e) = error_type(r) {
-        a.push(kv("error.type", str_value(&e)));
+        emit(name("error.type"), Val::String(e));
     }
     if let Some(s) = r.status {
-        a.push(kv("http.response.status_code", int_value(i64::from(s))));
+        emit(name("http.response.status_code"), Val::Int(i64::from(s)));
     }
     if let Some(v) = &r.conversation_id {
-        a.push(kv("gen_ai.conversation.id", str_value(v)));
+        emit(name("gen_ai.conversation.id"), Val::Str(v));
     }
     if r.stream {
-        a.push(kv("gen_ai.request.stream", bool_value(true)));
+        emit(name("gen_ai.request.stream"), Val::Bool(true));
     }
     for (k, v) in &r.request_params {
-        let name = if k.starts_with("gen_ai.") {
-            k.clone()
+        let prefix = if k.starts_with("gen_ai.") {
+            ""
         } else if GENAI_PARAMS.contains(&k.as_str()) {
-            format!("gen_ai.request.{k}")
+            "gen_ai.request."
         } else {
-            format!("veil.request.{k}")
+            "veil.request."
         };
-        if let Some(val) = param_value(v) {
-            a.push(kv(&name, val));
+        if let Some(val) = param_val(v) {
+            let key = Key {
+                prefix,
+                name: k,
+                lower: false,
+            };
+            emit(key, val);
         }
     }
     if let Some(v) = &r.response_id {
-        a.push(kv("gen_ai.response.id", str_value(v)));
+        emit(name("gen_ai.response.id"), Val::Str(v));
     }
     if let Some(v) = &r.response_model {
-        a.push(kv("gen_ai.response.model", str_value(v)));
+        emit(name("gen_ai.response.model"), Val::Str(v));
     }
     if !r.finish_reasons.is_empty() {
-        a.push(kv(
-            "gen_ai.response.finish_reasons",
-            str_array(&r.finish_reasons),
-        ));
+        emit(
+            name("gen_ai.response.finish_reasons"),
+            Val::Strs(Strs::List(&r.finish_reasons)),
+        );
     }
     if let Some(t) = r.time_to_first_chunk {
-        a.push(kv(
-            "gen_ai.response.time_to_first_chunk",
-            double_value(t.as_secs_f64()),
-        ));
+        emit(
+            name("gen_ai.response.time_to_first_chunk"),
+            Val::Double(t.as_secs_f64()),
+        );
     }
     let u = &r.usage;
-    for (name, v) in [
+    for (label, v) in [
         ("gen_ai.usage.input_tokens", u.input_tokens),
         ("gen_ai.usage.output_tokens", u.output_tokens),
         ("gen_ai.usage.cache_read.input_tokens", u.cache_read_tokens),
@@ -199,81 +301,94 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
         ),
     ] {
         if let Some(n) = v {
-            a.push(kv(name, u64_int(n)));
+            emit(name(label), u64_val(n));
         }
     }
     if let Some(p) = &r.user_pseudonym {
-        a.push(kv("user.id", str_value(p.as_str())));
-        a.push(kv("enduser.pseudo.id", str_value(p.as_str())));
+        emit(name("user.id"), Val::Str(p.as_str()));
+        emit(name("enduser.pseudo.id"), Val::Str(p.as_str()));
     }
-    a.push(kv("veil.request.id", str_value(&r.request_id)));
+    emit(name("veil.request.id"), Val::Str(&r.request_id));
     if let Some(f) = &r.feature {
-        a.push(kv("veil.feature", str_value(f)));
+        emit(name("veil.feature"), Val::Str(f));
     }
-    a.push(kv("veil.rules.digest", str_value(&r.rules_digest)));
-    a.push(kv(
-        "veil.redaction.input.count",
-        u64_int(r.redactions_input),
-    ));
-    a.push(kv(
-        "veil.redaction.output.count",
-        u64_int(r.redactions_output),
-    ));
+    emit(name("veil.rules.digest"), Val::Str(&r.rules_digest));
+    emit(
+        name("veil.redaction.input.count"),
+        u64_val(r.redactions_input),
+    );
+    emit(
+        name("veil.redaction.output.count"),
+        u64_val(r.redactions_output),
+    );
     if !r.redactions.is_empty() {
-        let types: Vec<String> = r.redactions.keys().cloned().collect();
-        a.push(kv("veil.redaction.types", str_array(&types)));
+        emit(
+            name("veil.redaction.types"),
+            Val::Strs(Strs::Keys(&r.redactions)),
+        );
         for (detector, n) in &r.redactions {
-            let key = format!("veil.redaction.count.{}", detector.to_ascii_lowercase());
-            a.push(kv(&key, u64_int(*n)));
+            let key = Key {
+                prefix: "veil.redaction.count.",
+                name: detector,
+                lower: true,
+            };
+            emit(key, u64_val(*n));
         }
     }
     if let Some(c) = r.cost_usd {
-        a.push(kv("veil.cost.usd", double_value(c)));
+        emit(name("veil.cost.usd"), Val::Double(c));
         // Langfuse reads the cost from here (otel-genai.md §5).
-        a.push(kv("gen_ai.usage.cost", double_value(c)));
+        emit(name("gen_ai.usage.cost"), Val::Double(c));
     }
-    a.push(kv("veil.truncated", bool_value(r.truncated)));
-    a.push(kv("veil.aborted", bool_value(r.aborted)));
+    emit(name("veil.truncated"), Val::Bool(r.truncated));
+    emit(name("veil.aborted"), Val::Bool(r.aborted));
     if let Some(reason) = r.content_dropped {
-        a.push(kv("veil.content_dropped", str_value(reason)));
+        emit(name("veil.content_dropped"), Val::Str(reason));
     }
     if let Some(e) = &r.parse_error {
-        a.push(kv("veil.parse_error", str_value(e)));
+        emit(name("veil.parse_error"), Val::Str(e));
     }
     if let Some(fp) = &r.api_key_fingerprint {
-        a.push(kv("veil.api_key.fingerprint", str_value(fp)));
+        emit(name("veil.api_key.fingerprint"), Val::Str(fp));
     }
-    a.push(kv("veil.outcome", str_value(r.outcome.as_str())));
+    emit(name("veil.outcome"), Val::Str(r.outcome.as_str()));
     if !r.tool_names.is_empty() {
-        a.push(kv("veil.tool.names", str_array(&r.tool_names)));
+        emit(
+            name("veil.tool.names"),
+            Val::Strs(Strs::List(&r.tool_names)),
+        );
     }
     for (prefix, headers) in [
         ("http.request.header.", &r.request_headers),
         ("http.response.header.", &r.response_headers),
     ] {
-        for (name, value) in headers {
-            let key = format!("{prefix}{}", name.to_ascii_lowercase());
-            a.push(kv(&key, str_array(std::slice::from_ref(value))));
+        for (header, value) in headers {
+            let key = Key {
+                prefix,
+                name: header,
+                lower: true,
+            };
+            emit(key, Val::Strs(Strs::List(std::slice::from_ref(value))));
         }
     }
-    a.push(kv("http.request.body.size", u64_int(r.request_bytes)));
-    a.push(kv("http.response.body.size", u64_int(r.response_bytes)));
+    emit(name("http.request.body.size"), u64_val(r.request_bytes));
+    emit(name("http.response.body.size"), u64_val(r.response_bytes));
     if let Some(ws) = r.websocket.as_ref().filter(|w| w.session.is_some()) {
         // One response of a Realtime session: its session's request id, no frame counts.
         if let Some(s) = &ws.session {
-            a.push(kv("veil.websocket.session_id", str_value(s.as_str())));
+            emit(name("veil.websocket.session_id"), Val::Str(s.as_str()));
         }
     } else if let Some(ws) = &r.websocket {
-        a.push(kv("veil.websocket.frames_sent", u64_int(ws.frames_sent)));
-        a.push(kv(
-            "veil.websocket.frames_received",
-            u64_int(ws.frames_received),
-        ));
+        emit(name("veil.websocket.frames_sent"), u64_val(ws.frames_sent));
+        emit(
+            name("veil.websocket.frames_received"),
+            u64_val(ws.frames_received),
+        );
         if let Some(code) = ws.close_code {
-            a.push(kv("veil.websocket.close_code", u64_int(u64::from(code))));
+            emit(name("veil.websocket.close_code"), u64_val(u64::from(code)));
         }
         if let Some(t) = &ws.realtime {
-            for (name, n) in [
+            for (label, n) in [
                 ("veil.realtime.responses", t.responses),
                 ("veil.realtime.input_tokens", t.input_tokens),
                 ("veil.realtime.output_tokens", t.output_tokens),
@@ -281,11 +396,10 @@ pub(super) fn record_attributes(r: &Record) -> Vec<KeyValue> {
                 ("veil.realtime.output_audio_bytes", t.output_audio_bytes),
                 ("veil.realtime.events_lost", t.events_lost),
             ] {
-                a.push(kv(name, u64_int(n)));
+                emit(name(label), u64_val(n));
             }
         }
     }
-    a
 }
 
 /// Content fields present in the record, by attribute name.

@@ -11,10 +11,12 @@
 //! - `span`: the CLIENT span and its IDs (W3C parent);
 //! - `log`: the log event of a record (content as body) and of an audit event;
 //! - `metrics`: histogram points per record and the metrics request;
-//! - `batch`: spans and logs gathered into the traces and logs requests;
+//! - `batch`: spans and logs gathered into the traces and logs requests (written as protobuf
+//!   as records are pushed, or kept as messages for OTLP/JSON);
 //! - `resource`: the OTLP resource (`service.name`, `OTEL_RESOURCE_ATTRIBUTES`).
 //! - `wire`: the traces and logs requests as protobuf, each nested message measured once
-//!   (`prost`'s own bytes, without its walk of a deep message once per level above it).
+//!   (`prost`'s own bytes, without its walk of a deep message once per level above it), and
+//!   a record's span and log event written straight from the record.
 //!
 //! This file holds the wire vocabulary ([`Signal`], [`Encoding`], [`encode`]) and the
 //! instrumentation scope.

@@ -72,6 +72,20 @@ pub fn record_span(r: &Record, ids: &SpanIds) -> Span {
     span_with(r, ids, record_attributes(r))
 }
 
+/// The span's ERROR status with what failed, for a failed record; `None` (unset) otherwise.
+pub(super) fn failure_status(r: &Record) -> Option<Status> {
+    if !is_failed(r) {
+        return None;
+    }
+    let message = match (r.status, &r.error_type) {
+        (Some(s), Some(e)) => format!("upstream answered {s} ({e})"),
+        (Some(s), None) => format!("upstream answered {s}"),
+        (None, Some(e)) => format!("exchange failed: {e} ({})", r.outcome.as_str()),
+        (None, None) => format!("exchange failed ({})", r.outcome.as_str()),
+    };
+    Some(Status { message, code: 2 })
+}
+
 pub(super) fn span_with(r: &Record, ids: &SpanIds, mut attributes: Vec<KeyValue>) -> Span {
     // On spans, content is a JSON string (otel-genai.md §1.2): the text the pipeline worker
     // already made for the ledger.
@@ -82,17 +96,7 @@ pub(super) fn span_with(r: &Record, ids: &SpanIds, mut attributes: Vec<KeyValue>
     }
     let start = unix_nanos(r.start);
     let end = unix_nanos(r.start + r.duration);
-    let status = if is_failed(r) {
-        let message = match (r.status, &r.error_type) {
-            (Some(s), Some(e)) => format!("upstream answered {s} ({e})"),
-            (Some(s), None) => format!("upstream answered {s}"),
-            (None, Some(e)) => format!("exchange failed: {e} ({})", r.outcome.as_str()),
-            (None, None) => format!("exchange failed ({})", r.outcome.as_str()),
-        };
-        Some(Status { message, code: 2 })
-    } else {
-        None
-    };
+    let status = failure_status(r);
     Span {
         trace_id: ids.trace_id.to_vec(),
         span_id: ids.span_id.to_vec(),

@@ -360,14 +360,15 @@ async fn python_opentelemetry_proto_decodes_our_protobuf() {
         ),
         Err(e) => panic!("cannot run {}: {e}", python.display()),
     }
-    let mut batch = otlp::Batch::default();
+    // The batch the exporter makes: spans written straight from the records.
+    let mut batch = otlp::Batch::new(Encoding::Protobuf, Encoding::Protobuf);
     batch.push_record(&testing::openai_chat("py-1"));
     batch.push_record(&testing::upstream_error("py-2"));
     let res = otlp::ResourceInfo::from_env(&|_| None, Some("host-a".into()));
-    let req = batch.traces_request(&res).unwrap();
+    let bytes = batch.traces_payload(&res, Encoding::Protobuf).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("traces.pb");
-    std::fs::write(&file, otlp::encode(&req, Encoding::Protobuf)).unwrap();
+    std::fs::write(&file, bytes).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/otlp_decode.py");
     let out = std::process::Command::new(&python)
         .arg(&script)
