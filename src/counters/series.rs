@@ -192,13 +192,73 @@ pub type SeriesKey = Vec<(&'static str, SeriesValue)>;
 /// A series attribute value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SeriesValue {
-    /// A string attribute. Shared, so the attribute lists built for one record's dozen series
-    /// clone a value by its count, not its bytes (`export::metrics::observe`).
-    Str(Arc<str>),
+    /// A string attribute.
+    Str(Text),
     /// An integer attribute.
     Int(i64),
     /// A boolean attribute.
     Bool(bool),
+}
+
+/// The text of a string attribute: a name veil itself writes (a provider, an operation, a
+/// token type: no allocation), or a value that came with traffic, shared so the attribute
+/// lists built for one record's dozen series clone it by its count, not its bytes
+/// (`export::metrics::observe`). Compared, ordered and hashed as the `str` it holds, so the
+/// two forms of one text are the same attribute value.
+#[derive(Debug, Clone)]
+pub enum Text {
+    /// Text that lives as long as the program.
+    Static(&'static str),
+    /// Text from traffic.
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text::Shared(s.into())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Shared(s.into())
+    }
 }
 
 impl std::fmt::Display for SeriesValue {
@@ -319,8 +379,8 @@ pub struct SeriesState {
     pub histograms: BTreeMap<&'static str, BTreeMap<SeriesKey, Histogram>>,
     /// metric name → attribute set → running sum.
     pub sums: BTreeMap<&'static str, BTreeMap<SeriesKey, f64>>,
-    /// capped key → the values kept for it.
-    kept: BTreeMap<&'static str, HashSet<String>>,
+    /// capped key → the values kept for it (handed out shared, not copied per record).
+    kept: BTreeMap<&'static str, HashSet<Arc<str>>>,
 }
 
 impl SeriesState {
@@ -328,14 +388,15 @@ impl SeriesState {
     /// [`OTHER`]; `capped` is true when the value was replaced (the caller counts it).
     pub fn cap(&mut self, key: &'static str, value: &str) -> (SeriesValue, bool) {
         let kept = self.kept.entry(key).or_default();
-        if kept.contains(value) {
-            return (SeriesValue::Str(value.into()), false);
+        if let Some(v) = kept.get(value) {
+            return (SeriesValue::Str(Text::Shared(v.clone())), false);
         }
         if kept.len() < MAX_VALUES {
-            kept.insert(value.to_string());
-            return (SeriesValue::Str(value.into()), false);
+            let v: Arc<str> = value.into();
+            kept.insert(v.clone());
+            return (SeriesValue::Str(Text::Shared(v)), false);
         }
-        (SeriesValue::Str(OTHER.into()), true)
+        (SeriesValue::Str(Text::Static(OTHER)), true)
     }
 
     /// Records `v` into the histogram `desc` for the attribute set `key` (sorted here).
@@ -420,6 +481,33 @@ impl Series {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_and_shared_text_are_one_attribute_value() {
+        use std::collections::HashSet;
+        let fixed = SeriesValue::Str(Text::Static("stop"));
+        let shared = SeriesValue::Str(Text::from("stop"));
+        assert_eq!(fixed, shared);
+        assert_eq!(fixed.cmp(&shared), std::cmp::Ordering::Equal);
+        assert!(HashSet::from([fixed.clone()]).contains(&shared));
+        assert!(SeriesValue::Str(Text::Static("length")) < shared);
+        // One series whichever form a record used.
+        let mut s = SeriesState::default();
+        s.add(
+            &REQUESTS,
+            vec![("gen_ai.response.finish_reason", fixed)],
+            1.0,
+        );
+        s.add(
+            &REQUESTS,
+            vec![("gen_ai.response.finish_reason", shared)],
+            2.0,
+        );
+        let series = &s.sums[REQUESTS.name];
+        assert_eq!(series.len(), 1);
+        assert_eq!(series.values().next(), Some(&3.0));
+        assert_eq!(Text::from(String::from("x")).to_string(), "x");
+    }
 
     #[test]
     fn histogram_buckets_are_upper_inclusive() {

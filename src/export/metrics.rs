@@ -15,18 +15,40 @@ use crate::counters::Counters;
 use crate::counters::series::{
     ADDED_LATENCY, COST, OPERATION_DURATION, RATE_LIMITED, REQUESTS, RETRIES, SeriesKey,
     SeriesState, SeriesValue, TIME_PER_OUTPUT_CHUNK, TIME_TO_FIRST_CHUNK, TOKEN_USAGE, TOKENS,
+    Text,
 };
 use crate::record::Record;
 
 use super::otlp::error_type;
 
+/// Finish reasons the providers document (OpenAI `finish_reason`, Anthropic `stop_reason`,
+/// Gemini `finishReason`), kept as static text; any other is allocated per record.
+const FINISH_REASONS: &[&str] = &[
+    "stop",
+    "length",
+    "tool_calls",
+    "content_filter",
+    "function_call",
+    "end_turn",
+    "max_tokens",
+    "stop_sequence",
+    "tool_use",
+    "pause_turn",
+    "refusal",
+    "STOP",
+    "MAX_TOKENS",
+    "SAFETY",
+];
+
 /// Adds one record's points to the per-exchange series of `counters`.
 pub fn observe(counters: &Counters, r: &Record) {
     let mut s = counters.series.lock();
     let capped = Capped::of(&mut s, counters, r);
+    // Names veil writes are static; a value from traffic is allocated once per record.
+    let fixed = |v: &'static str| SeriesValue::Str(Text::Static(v));
     let str = |v: &str| SeriesValue::Str(v.into());
-    let provider = ("gen_ai.provider.name", str(r.provider.as_str()));
-    let operation = ("gen_ai.operation.name", str(r.operation.as_str()));
+    let provider = ("gen_ai.provider.name", fixed(r.provider.as_str()));
+    let operation = ("gen_ai.operation.name", fixed(r.operation.as_str()));
     let error = error_type(r);
 
     // The GenAI histograms: the semantic conventions' attributes, plus the feature.
@@ -50,7 +72,7 @@ pub fn observe(counters: &Counters, r: &Record) {
         // Without counts, MUST NOT report.
         if let Some(n) = n {
             let mut k = base.clone();
-            k.push(("gen_ai.token.type", str(ty)));
+            k.push(("gen_ai.token.type", fixed(ty)));
             s.observe(&TOKEN_USAGE, k, n as f64);
         }
     }
@@ -71,25 +93,36 @@ pub fn observe(counters: &Counters, r: &Record) {
         .request_model
         .clone()
         .or_else(|| capped.response_model.clone())
-        .unwrap_or_else(|| str(""));
+        .unwrap_or_else(|| fixed(""));
     let short: SeriesKey = vec![
         provider.clone(),
         ("gen_ai.request.model", model),
         ("veil.feature", capped.feature.clone()),
     ];
-    let status_class = match r.status {
-        Some(s @ 100..=599) => format!("{}xx", s / 100),
-        _ => "none".to_string(),
+    let status_class = match r.status.map(|s| s / 100) {
+        Some(1) => "1xx",
+        Some(2) => "2xx",
+        Some(3) => "3xx",
+        Some(4) => "4xx",
+        Some(5) => "5xx",
+        _ => "none",
     };
+    let finish_reason = r.finish_reasons.first().map_or("", String::as_str);
     let mut k = short.clone();
     k.extend([
         operation,
-        ("http.status_class", SeriesValue::Str(status_class.into())),
-        ("veil.outcome", str(r.outcome.as_str())),
-        ("error.type", str(error.as_deref().unwrap_or(""))),
+        ("http.status_class", fixed(status_class)),
+        ("veil.outcome", fixed(r.outcome.as_str())),
+        (
+            "error.type",
+            error.as_deref().map_or_else(|| fixed(""), str),
+        ),
         (
             "gen_ai.response.finish_reason",
-            str(r.finish_reasons.first().map_or("", String::as_str)),
+            match FINISH_REASONS.iter().find(|f| **f == finish_reason) {
+                Some(f) => fixed(f),
+                None => str(finish_reason),
+            },
         ),
     ]);
     s.add(&REQUESTS, k, 1.0);
@@ -105,7 +138,7 @@ pub fn observe(counters: &Counters, r: &Record) {
     ] {
         if let Some(n) = n {
             let mut k = short.clone();
-            k.push(("gen_ai.token.type", str(ty)));
+            k.push(("gen_ai.token.type", fixed(ty)));
             s.add(&TOKENS, k, n as f64);
         }
     }
@@ -136,7 +169,7 @@ pub fn observe(counters: &Counters, r: &Record) {
         if let Some(t) = t {
             s.observe(
                 &ADDED_LATENCY,
-                vec![("direction", str(direction))],
+                vec![("direction", fixed(direction))],
                 t.as_secs_f64(),
             );
         }
