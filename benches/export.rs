@@ -97,20 +97,15 @@ fn record(i: usize) -> Record {
     }
 }
 
-/// One batch of `records` as the exporter's batcher makes it: pushed into its batch for `enc`
-/// (kept from one flush to the next, as the batcher keeps it; protobuf is written as records
-/// are pushed), then the two requests' bytes.
-fn encode_batch(
-    b: &mut Batch,
-    records: &[Record],
-    res: &ResourceInfo,
-    enc: Encoding,
-) -> (Vec<u8>, Vec<u8>) {
+/// One batch of `records` as the exporter's batcher makes it: pushed into its batch (made for
+/// one encoding and kept from one flush to the next, as the batcher keeps it; protobuf is
+/// written as records are pushed), then the two requests' bytes.
+fn encode_batch(b: &mut Batch, records: &[Record], res: &ResourceInfo) -> (Vec<u8>, Vec<u8>) {
     for r in records {
         b.push_record(r);
     }
-    let t = b.traces_payload(res, enc).unwrap();
-    let l = b.logs_payload(res, enc).unwrap();
+    let t = b.traces_payload(res).unwrap();
+    let l = b.logs_payload(res).unwrap();
     (t, l)
 }
 
@@ -144,7 +139,6 @@ fn bench(c: &mut Criterion) {
         &mut Batch::new(Encoding::Protobuf, Encoding::Protobuf),
         &records,
         &res,
-        Encoding::Protobuf,
     );
     let req =
         opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(&t[..])
@@ -156,7 +150,7 @@ fn bench(c: &mut Criterion) {
     for (name, enc) in [("protobuf", Encoding::Protobuf), ("json", Encoding::Json)] {
         let mut batch = Batch::new(enc, enc);
         g.bench_function(name, |b| {
-            b.iter(|| encode_batch(&mut batch, &records, &res, enc))
+            b.iter(|| encode_batch(&mut batch, &records, &res))
         });
     }
     g.finish();
@@ -194,7 +188,6 @@ fn bench(c: &mut Criterion) {
         &mut Batch::new(Encoding::Protobuf, Encoding::Protobuf),
         &records,
         &res,
-        Encoding::Protobuf,
     );
     let (t, l) = (Bytes::from(t), Bytes::from(l));
     let client = OtlpClient::new();

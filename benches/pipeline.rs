@@ -61,8 +61,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             batch.push_record(&record);
             black_box((
-                batch.traces_payload(&resource, Encoding::Protobuf),
-                batch.logs_payload(&resource, Encoding::Protobuf),
+                batch.traces_payload(&resource),
+                batch.logs_payload(&resource),
             ))
         })
     });
@@ -83,8 +83,8 @@ fn bench(c: &mut Criterion) {
             let conv = parse(&ex, &opts, &pricing);
             let record = record::build(&ex, &conv, &rules);
             batch.push_record(&record);
-            let span = batch.traces_payload(&resource, Encoding::Protobuf);
-            let log = batch.logs_payload(&resource, Encoding::Protobuf);
+            let span = batch.traces_payload(&resource);
+            let log = batch.logs_payload(&resource);
             let sealed = seal_frame(&ex, &fresh_data_key(), KeyId(1)).unwrap();
             black_box((span, log, sealed))
         })

@@ -420,11 +420,11 @@ impl Batcher {
         let res = &self.settings.resource;
         let traces = self
             .batch
-            .traces_payload(res, self.encoding(Signal::Traces))
+            .traces_payload(res)
             .map(|b| Payload::new(Bytes::from(b)));
         let logs = self
             .batch
-            .logs_payload(res, self.encoding(Signal::Logs))
+            .logs_payload(res)
             .map(|b| Payload::new(Bytes::from(b)));
         let mut payloads: Vec<(Signal, Payload)> = [(Signal::Traces, traces), (Signal::Logs, logs)]
             .into_iter()

@@ -398,6 +398,18 @@ pub fn base_record(id: &str) -> Record {
     }
 }
 
+/// The fixtures below, one of each kind: OpenAI chat, Anthropic stream, embeddings, an
+/// upstream error, an opaque exchange.
+pub fn fixtures() -> [Record; 5] {
+    [
+        openai_chat("r-openai"),
+        anthropic_stream("r-anthropic"),
+        embeddings("r-embed"),
+        upstream_error("r-error"),
+        opaque("r-opaque"),
+    ]
+}
+
 /// A non-streaming OpenAI chat with redacted content and a traceparent.
 pub fn openai_chat(id: &str) -> Record {
     let mut r = base_record(id);

@@ -101,7 +101,7 @@ impl Signals {
 impl Batch {
     /// An empty batch whose traces and logs go out in `traces` and `logs`: a protobuf signal
     /// is written as records are pushed, an OTLP/JSON one kept as messages. `Batch::default()`
-    /// keeps both as messages.
+    /// keeps both as messages (OTLP/JSON).
     pub fn new(traces: Encoding, logs: Encoding) -> Self {
         let written = |e: Encoding| (e == Encoding::Protobuf).then(Written::default);
         Batch {
@@ -177,38 +177,47 @@ impl Batch {
         self.len() == 0
     }
 
-    /// The traces request encoded in `enc`, `None` when there are no spans; the batch's spans
-    /// are taken. `enc` is the encoding given to [`Batch::new`]; were it not, written spans
-    /// would be decoded and encoded again, never lost.
-    pub fn traces_payload(&mut self, res: &ResourceInfo, enc: Encoding) -> Option<Vec<u8>> {
+    /// The traces request in the encoding given to [`Batch::new`], `None` when there are no
+    /// spans; the batch's spans are taken.
+    pub fn traces_payload(&mut self, res: &ResourceInfo) -> Option<Vec<u8>> {
         let Some(w) = &mut self.written_spans else {
-            return self.traces_request(res).map(|req| encode(&req, enc));
+            return self
+                .traces_request(res)
+                .map(|req| encode(&req, Encoding::Json));
         };
         // A span pushed as a message into a protobuf batch joins the written ones.
         for s in std::mem::take(&mut self.spans) {
             w.push(&mut self.lens, &s);
         }
-        let bytes = w.take_request(res)?;
-        Some(match enc {
-            Encoding::Protobuf => bytes,
-            Encoding::Json => reencode::<ExportTraceServiceRequest>(&bytes, enc),
-        })
+        let request = w.take_request(res);
+        self.release_scratch();
+        request
     }
 
-    /// The logs request encoded in `enc`, `None` when there are no log records; the batch's
-    /// log records are taken (`enc` as for [`Batch::traces_payload`]).
-    pub fn logs_payload(&mut self, res: &ResourceInfo, enc: Encoding) -> Option<Vec<u8>> {
+    /// The logs request in the encoding given to [`Batch::new`], `None` when there are no log
+    /// records; the batch's log records are taken.
+    pub fn logs_payload(&mut self, res: &ResourceInfo) -> Option<Vec<u8>> {
         let Some(w) = &mut self.written_logs else {
-            return self.logs_request(res).map(|req| encode(&req, enc));
+            return self
+                .logs_request(res)
+                .map(|req| encode(&req, Encoding::Json));
         };
         for l in std::mem::take(&mut self.logs) {
             w.push(&mut self.lens, &l);
         }
-        let bytes = w.take_request(res)?;
-        Some(match enc {
-            Encoding::Protobuf => bytes,
-            Encoding::Json => reencode::<ExportLogsServiceRequest>(&bytes, enc),
-        })
+        let request = w.take_request(res);
+        self.release_scratch();
+        request
+    }
+
+    /// Gives the writer's scratch back once it has grown past what ordinary records need: a
+    /// record with a huge content tree (a million parts) needs one entry per nested message,
+    /// and an idle exporter must not keep that (found by review at stop 54).
+    fn release_scratch(&mut self) {
+        const KEEP: usize = 1 << 14;
+        if self.lens.capacity() > KEEP {
+            self.lens = Vec::new();
+        }
     }
 
     /// The traces request of the spans kept as messages, `None` when there are none (no
@@ -249,10 +258,32 @@ impl Batch {
     }
 }
 
-/// Protobuf `bytes` of an `M` (this module's own writing) encoded in `enc` instead.
-fn reencode<M: super::OtlpMessage + Default>(bytes: &[u8], enc: Encoding) -> Vec<u8> {
-    match M::decode(bytes) {
-        Ok(m) => encode(&m, enc),
-        Err(e) => unreachable!("invariant: the batch wrote a request prost cannot decode: {e}"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::testing;
+
+    #[test]
+    fn a_huge_records_scratch_is_given_back_at_the_flush() {
+        let mut r = testing::openai_chat("r-huge");
+        let part = serde_json::json!({"type": "text", "content": "a"});
+        r.input_messages = Some(serde_json::json!([
+            {"role": "user", "parts": vec![part; 20_000]}
+        ]));
+        let res = ResourceInfo::from_env(&|_| None, None);
+        let mut b = Batch::new(Encoding::Protobuf, Encoding::Protobuf);
+        b.push_record(&r);
+        // One length per nested message: well past what the batch keeps between flushes.
+        assert!(b.lens.capacity() > 1 << 14, "{}", b.lens.capacity());
+        assert!(b.traces_payload(&res).is_some());
+        assert!(b.logs_payload(&res).is_some());
+        assert_eq!(b.lens.capacity(), 0);
+        // An ordinary record's scratch stays for the next batch.
+        b.push_record(&testing::openai_chat("r-small"));
+        let kept = b.lens.capacity();
+        assert!(kept > 0);
+        b.traces_payload(&res);
+        b.logs_payload(&res);
+        assert_eq!(b.lens.capacity(), kept);
     }
 }

@@ -365,7 +365,7 @@ async fn python_opentelemetry_proto_decodes_our_protobuf() {
     batch.push_record(&testing::openai_chat("py-1"));
     batch.push_record(&testing::upstream_error("py-2"));
     let res = otlp::ResourceInfo::from_env(&|_| None, Some("host-a".into()));
-    let bytes = batch.traces_payload(&res, Encoding::Protobuf).unwrap();
+    let bytes = batch.traces_payload(&res).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("traces.pb");
     std::fs::write(&file, bytes).unwrap();

@@ -129,18 +129,14 @@ fn records_are_written_as_their_built_messages_encode() {
     failed_no_status.outcome = OutcomeKind::UpstreamFailed;
     let mut failed_with_type = testing::upstream_error("r-typed");
     failed_with_type.status = None;
-    for r in [
-        testing::openai_chat("r-openai"),
-        testing::anthropic_stream("r-anthropic"),
-        testing::embeddings("r-embed"),
-        testing::upstream_error("r-error"),
-        testing::opaque("r-opaque"),
+    let others = [
         every_field("r-every"),
         session_response,
         failed_no_status,
         failed_with_type,
-    ] {
-        assert_written_as_built(&r);
+    ];
+    for r in testing::fixtures().iter().chain(&others) {
+        assert_written_as_built(r);
     }
 }
 
@@ -239,8 +235,8 @@ fn a_protobuf_batch_is_the_message_batchs_request() {
     );
     built.spans.push(extra.clone());
     written.spans.push(extra);
-    let traces = written.traces_payload(&res, Encoding::Protobuf).unwrap();
-    let logs = written.logs_payload(&res, Encoding::Protobuf).unwrap();
+    let traces = written.traces_payload(&res).unwrap();
+    let logs = written.logs_payload(&res).unwrap();
     same(
         &traces,
         &built.traces_request(&res).unwrap().encode_to_vec(),
@@ -248,41 +244,40 @@ fn a_protobuf_batch_is_the_message_batchs_request() {
     same(&logs, &built.logs_request(&res).unwrap().encode_to_vec());
     // Taken: the batch is empty again, and an empty signal makes no request.
     assert!(written.is_empty());
-    assert_eq!(written.traces_payload(&res, Encoding::Protobuf), None);
-    assert_eq!(written.logs_payload(&res, Encoding::Protobuf), None);
+    assert_eq!(written.traces_payload(&res), None);
+    assert_eq!(written.logs_payload(&res), None);
 }
 
 #[test]
-fn a_written_batch_asked_for_json_gives_the_message_batchs_json() {
+fn a_json_batch_keeps_messages_and_encodes_them_as_json() {
     let (res, event) = (resource(), audit_log(&audit()));
     let mut built = Batch::default();
     fill(&mut built, &event);
-    let mut written = Batch::new(Encoding::Protobuf, Encoding::Protobuf);
-    fill(&mut written, &event);
-    let json = |b: &mut Batch| {
-        (
-            b.traces_payload(&res, Encoding::Json).unwrap(),
-            b.logs_payload(&res, Encoding::Json).unwrap(),
-        )
-    };
-    let (t, l) = json(&mut written);
-    assert!(
-        t.starts_with(b"{\"resourceSpans\""),
-        "{}",
-        String::from_utf8_lossy(&t)
-    );
-    let (bt, bl) = json(&mut built);
-    same(&t, &bt);
-    same(&l, &bl);
-    // A JSON batch keeps messages, encoded as asked.
-    let mut kept = Batch::new(Encoding::Json, Encoding::Json);
-    fill(&mut kept, &event);
-    let req = kept.traces_request(&res).unwrap();
-    fill(&mut kept, &event);
+    let traces = encode(&built.traces_request(&res).unwrap(), Encoding::Json);
+    let logs = encode(&built.logs_request(&res).unwrap(), Encoding::Json);
+    for mut kept in [Batch::new(Encoding::Json, Encoding::Json), Batch::default()] {
+        fill(&mut kept, &event);
+        assert_eq!(kept.counts(), (4, 5));
+        let t = kept.traces_payload(&res).unwrap();
+        assert!(
+            t.starts_with(b"{\"resourceSpans\""),
+            "{}",
+            String::from_utf8_lossy(&t)
+        );
+        same(&t, &traces);
+        same(&kept.logs_payload(&res).unwrap(), &logs);
+        assert!(kept.is_empty());
+    }
+    // One signal written, the other kept: each in its own encoding.
+    let mut mixed = Batch::new(Encoding::Protobuf, Encoding::Json);
+    fill(&mut mixed, &event);
+    let mut again = Batch::default();
+    fill(&mut again, &event);
     same(
-        &kept.traces_payload(&res, Encoding::Protobuf).unwrap(),
-        &encode(&req, Encoding::Protobuf),
+        &mixed.traces_payload(&res).unwrap(),
+        &again.traces_request(&res).unwrap().encode_to_vec(),
     );
+    same(&mixed.logs_payload(&res).unwrap(), &logs);
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {

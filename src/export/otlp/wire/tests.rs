@@ -24,13 +24,7 @@ fn real_records_encode_to_prosts_bytes() {
         Some("host-a".into()),
     );
     let mut batch = Batch::default();
-    for r in [
-        testing::openai_chat("r-openai"),
-        testing::anthropic_stream("r-anthropic"),
-        testing::embeddings("r-embed"),
-        testing::upstream_error("r-error"),
-        testing::opaque("r-opaque"),
-    ] {
+    for r in testing::fixtures() {
         batch.push_record(&r);
     }
     let t = batch.traces_request(&res).expect("spans");
