@@ -65,8 +65,24 @@ impl Written {
         self.count += 1;
     }
 
-    /// The request around the items, which are taken.
-    fn take_request(&mut self, res: &ResourceInfo) -> Option<Vec<u8>> {
+    /// The request around the items, which are taken, with `kept` (messages pushed into the
+    /// batch as messages) written after them; `None` when there is nothing. Gives the
+    /// writer's scratch back once it has grown past what ordinary records need: a record with
+    /// a huge content tree (a million parts) needs one entry per nested message, and an idle
+    /// exporter must not keep that (found by review at stop 54).
+    fn take_request<M: wire::Describe>(
+        &mut self,
+        lens: &mut Vec<usize>,
+        kept: Vec<M>,
+        res: &ResourceInfo,
+    ) -> Option<Vec<u8>> {
+        const KEEP: usize = 1 << 14;
+        for m in &kept {
+            self.push(lens, m);
+        }
+        if lens.capacity() > KEEP {
+            *lens = Vec::new();
+        }
         if self.count == 0 {
             return None;
         }
@@ -178,45 +194,25 @@ impl Batch {
     }
 
     /// The traces request in the encoding given to [`Batch::new`], `None` when there are no
-    /// spans; the batch's spans are taken.
+    /// spans; the batch's spans are taken (a span pushed as a message into a protobuf batch
+    /// goes out with the written ones).
     pub fn traces_payload(&mut self, res: &ResourceInfo) -> Option<Vec<u8>> {
-        let Some(w) = &mut self.written_spans else {
-            return self
+        match &mut self.written_spans {
+            Some(w) => w.take_request(&mut self.lens, std::mem::take(&mut self.spans), res),
+            None => self
                 .traces_request(res)
-                .map(|req| encode(&req, Encoding::Json));
-        };
-        // A span pushed as a message into a protobuf batch joins the written ones.
-        for s in std::mem::take(&mut self.spans) {
-            w.push(&mut self.lens, &s);
+                .map(|req| encode(&req, Encoding::Json)),
         }
-        let request = w.take_request(res);
-        self.release_scratch();
-        request
     }
 
     /// The logs request in the encoding given to [`Batch::new`], `None` when there are no log
     /// records; the batch's log records are taken.
     pub fn logs_payload(&mut self, res: &ResourceInfo) -> Option<Vec<u8>> {
-        let Some(w) = &mut self.written_logs else {
-            return self
+        match &mut self.written_logs {
+            Some(w) => w.take_request(&mut self.lens, std::mem::take(&mut self.logs), res),
+            None => self
                 .logs_request(res)
-                .map(|req| encode(&req, Encoding::Json));
-        };
-        for l in std::mem::take(&mut self.logs) {
-            w.push(&mut self.lens, &l);
-        }
-        let request = w.take_request(res);
-        self.release_scratch();
-        request
-    }
-
-    /// Gives the writer's scratch back once it has grown past what ordinary records need: a
-    /// record with a huge content tree (a million parts) needs one entry per nested message,
-    /// and an idle exporter must not keep that (found by review at stop 54).
-    fn release_scratch(&mut self) {
-        const KEEP: usize = 1 << 14;
-        if self.lens.capacity() > KEEP {
-            self.lens = Vec::new();
+                .map(|req| encode(&req, Encoding::Json)),
         }
     }
 
