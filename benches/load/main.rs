@@ -360,17 +360,27 @@ async fn settle(target: &Target) {
     }
 }
 
+/// The whole answer (head and body) to a plain-HTTP `GET path` on `addr`, within 5 s; `None`
+/// when it cannot be had. For the bench's own local servers only (veil's `/metrics`, the
+/// collector role's counts).
+async fn http_get(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.ok()?;
+        Some(answer)
+    })
+    .await
+    .ok()?
+}
+
 /// What `target`'s collector has received so far: spans, log records, metric exports and
 /// bytes; `None` when the target exports nothing or the collector does not answer.
-fn collector_counts(target: &Target) -> Option<[u64; 4]> {
-    use std::io::Read;
+async fn collector_counts(target: &Target) -> Option<[u64; 4]> {
     let (addr, _) = target.collector?;
-    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    tcp.write_all(b"GET /counts HTTP/1.1\r\nhost: collector\r\nconnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).ok()?;
+    let text = String::from_utf8(http_get(addr, "/counts").await?).ok()?;
     let line = text.lines().last()?;
     let mut counts = [0u64; 4];
     for (slot, key) in counts
@@ -390,10 +400,10 @@ fn collector_counts(target: &Target) -> Option<[u64; 4]> {
 /// longer than veil's batch age (1 s): the last partial batch is flushed by age after the
 /// ledger has its rows. Returns at once when the target exports nothing.
 async fn settled_exports(target: &Target) -> Option<[u64; 4]> {
-    let mut last = collector_counts(target)?;
+    let mut last = collector_counts(target).await?;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let now = collector_counts(target)?;
+        let now = collector_counts(target).await?;
         if now[..2] == last[..2] {
             return Some(now);
         }
@@ -623,7 +633,7 @@ async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
     let threads0 = cpu_by_thread(target.pid);
     let cpu0 = cpu_total(target.pid);
     let rows0 = target.ledger.as_deref().map(ledger_rows);
-    let exported0 = collector_counts(target);
+    let exported0 = collector_counts(target).await;
     let collector_cpu0 = target.collector.map(|(_, pid)| cpu_total(pid));
     reset_peak(target.pid);
     let perf = perf_record(target, conns);
@@ -1212,6 +1222,7 @@ fn metrics_cost(window: Duration) {
         let (_roles_dir, [dir_off, dir_on], upstream_child, upstream, upstream_ca) =
             start_upstream(dir.path(), ["off", "on"]);
         let metrics_port = free_port();
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], metrics_port));
         let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
         let (child_off, veil_off) = start_veil(bin, upstream, &upstream_ca, &dir_off, "", &[]);
         let (child_on, veil_on) = start_veil(
@@ -1235,11 +1246,8 @@ fn metrics_cost(window: Duration) {
                 let mut scrapes = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && scrapes.len() < 10_000 {
                     let t = Instant::now();
-                    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", metrics_port)).await {
-                        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        scrapes.push((t.elapsed().as_secs_f64() * 1e3, buf.len()));
+                    if let Some(answer) = http_get(metrics_addr, "/metrics").await {
+                        scrapes.push((t.elapsed().as_secs_f64() * 1e3, answer.len()));
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
