@@ -62,9 +62,10 @@ impl Shared {
         slot: &Slot,
     ) -> Response<ProxyBody> {
         if super::websocket::is_upgrade(&req) {
-            return self
-                .websocket(req, target, path_and_query, addr, slot.clone())
-                .await;
+            // Boxed, as are the other rare branches (the early answers, the wait for room
+            // under audit = "required"): a future holds room for its largest branch, and
+            // every request's future is copied into its box when it starts.
+            return Box::pin(self.websocket(req, target, path_and_query, addr, slot.clone())).await;
         }
         let id = ExchangeId::new();
         let t0 = Instant::now();
@@ -117,7 +118,7 @@ impl Shared {
         // hyper-util picks h2 by ALPN per connection; a request marked HTTP/2 would be refused
         // on an HTTP/1 connection.
         parts.version = Version::HTTP_11;
-        let body = match &recording {
+        let body = Box::new(match &recording {
             Some(rec) => TeeBody::recording(
                 body,
                 Side::Request,
@@ -125,7 +126,7 @@ impl Shared {
                 rec.clone(),
             ),
             None => TeeBody::passthrough(body),
-        };
+        });
         // Counted as handed to the pool, new connection or reused (the connector counts
         // the new ones), whatever the upstream then answers.
         self.counters.upstream.requests.inc();
@@ -217,12 +218,17 @@ impl Shared {
 /// that can finish its upload then has, and does not end it short on seeing the answer,
 /// which h2 would reset together with the answer (see [`drain`](super::drain)). At once for
 /// a body that ended, failed, or is HTTP/1.1.
-pub(super) async fn answer_unread(
+///
+/// Boxed: an early answer is rare, and the wait's ~870 bytes of state would otherwise be
+/// part of every request's future, which is built and moved on every request.
+pub(super) fn answer_unread(
     settled: Settled,
     answer: Response<ProxyBody>,
-) -> Response<ProxyBody> {
-    settled.wait(ANSWER_WAIT_MAX).await;
-    answer
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>> {
+    Box::pin(async move {
+        settled.wait(ANSWER_WAIT_MAX).await;
+        answer
+    })
 }
 
 impl Shared {
@@ -261,7 +267,7 @@ impl Shared {
             },
             (Audit::BestEffort, HandOff::AtEnd) => Sink::BestEffort(self.queue.clone()),
             // A refusal (503) never goes upstream: not intercepted.
-            (Audit::Required, _) => Sink::Reserved(self.admit_required(id).await?),
+            (Audit::Required, _) => Sink::Reserved(Box::pin(self.admit_required(id)).await?),
         };
         self.counters.proxy.intercepted.inc();
         let (headers, key_fp) = self.fingerprinter.record_headers(&parts.headers);
