@@ -623,10 +623,16 @@ impl ExchangeReceiver {
 /// [`InFlight`] share taken from it ([`Queued::in_flight`]) is left: hold it while
 /// processing, and give a share to each thing made from it that stays in memory after it.
 pub struct Queued {
-    exchange: Exchange,
+    /// Boxed: a `Queued` is moved into the channel's slot and out of it again, on the
+    /// forwarding thread and the pipeline's, and the channel's blocks hold room for 32 of
+    /// them whether used or not. A pointer instead of the exchange's ~830 bytes.
+    exchange: Box<Exchange>,
     ticket: Arc<Ticket>,
     slot: Option<Slot>,
 }
+
+// Kept small on purpose (see `Queued::exchange`): unboxing the exchange fails the build.
+const _: () = assert!(std::mem::size_of::<Queued>() <= 64);
 
 /// An exchange's place in flight and its charge of the byte budget, given back when dropped
 /// (when the [`Queued`] and every [`InFlight`] share of it are gone).
@@ -705,7 +711,7 @@ impl fmt::Debug for InFlight {
 impl Queued {
     fn new(exchange: Exchange, ticket: Ticket) -> Self {
         Queued {
-            exchange,
+            exchange: Box::new(exchange),
             ticket: Arc::new(ticket),
             slot: None,
         }
@@ -736,7 +742,7 @@ impl Queued {
     /// Returns the exchange, releasing its place and bytes unless an [`InFlight`] share of
     /// them is still held (tests and tools that keep exchanges past processing).
     pub fn into_exchange(mut self) -> Exchange {
-        std::mem::replace(&mut self.exchange, empty_exchange())
+        *std::mem::replace(&mut self.exchange, Box::new(empty_exchange()))
     }
 }
 
