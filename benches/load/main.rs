@@ -683,6 +683,15 @@ async fn cell(target: &Target, conns: usize, window: Duration) -> Cell {
 /// `LOAD_PERF="-F 1999 --call-graph dwarf"`, or `LOAD_PERF="-e raw_syscalls:sys_enter"` to
 /// count system calls). With `-a` among the arguments the recording is system-wide instead
 /// (every process on the machine during the cell: the load generator and the upstream too).
+///
+/// Bytes copied per request, by caller: a uprobe on the C library's `memmove` with its
+/// length (`perf probe -x /lib/x86_64-linux-gnu/libc.so.6 -a
+/// 'mm=__memmove_avx512_unaligned_erms len=%dx:u64'`, the variant `perf report` names on
+/// this machine), then `LOAD_PERF="-e probe_libc:mm --call-graph dwarf,8192"` and
+/// `perf script -F comm,ip,sym,trace`: every call is recorded (the probe is not sampled), so
+/// keep the window short (`LOAD_SECS=2`; veil runs ~40× slower under it) and divide by a
+/// call made once per request (`hyper_util`'s `ResponseFuture::new`). docs/performance.md,
+/// stop 55's round.
 fn perf_record(target: &Target, conns: usize) -> Option<KillOnDrop> {
     let args = std::env::var("LOAD_PERF").ok()?;
     if !target.via_proxy {
