@@ -60,6 +60,7 @@ pub mod detect;
 pub mod eval;
 mod handle;
 pub mod jsonpath;
+mod memo;
 mod phone;
 pub mod rules;
 
@@ -78,6 +79,7 @@ pub use rules::RulesError;
 
 use action::FieldKeys;
 use jsonpath::{AsStep, Step};
+use memo::{Look, Outcome, ScrubMemo};
 
 use crate::exchange::Headers;
 use crate::exchange::credentials;
@@ -250,6 +252,9 @@ pub struct Scope {
     fields: Vec<FieldRule>,
     scanner: Scanner,
     clean: CleanMemo,
+    /// This scope's place in its rules file (0 for the top level): its part of the
+    /// [`ScrubMemo`]'s key, since each scope has its own detectors.
+    slot: u32,
 }
 
 /// Short strings of veil's own vocabulary that this scope's detectors found nothing in: the
@@ -342,6 +347,11 @@ impl Counts {
         }
     }
 
+    /// Heap bytes the counts take, roughly (the memo charges them to its bound).
+    fn heap_size(&self) -> usize {
+        self.by_detector.keys().map(|k| k.len() + 48).sum()
+    }
+
     /// Count for one detector (0 when it never matched).
     pub fn get(&self, label: &str) -> u64 {
         self.by_detector.get(label).copied().unwrap_or(0)
@@ -386,6 +396,7 @@ pub struct CompiledRules {
     base: Scope,
     scopes: Vec<(ScopeMatch, Scope)>,
     keys: FieldKeys,
+    memo: ScrubMemo,
 }
 
 impl fmt::Debug for CompiledRules {
@@ -401,6 +412,7 @@ impl fmt::Debug for CompiledRules {
                     .collect::<Vec<_>>(),
             )
             .field("keys", &"<redacted>")
+            .field("memo", &self.memo)
             .finish()
     }
 }
@@ -528,10 +540,14 @@ impl CompiledRules {
         identity_paths: Vec<JsonPath>,
         identity_headers: Vec<String>,
         header_allow: Vec<Glob>,
-        base: Scope,
-        scopes: Vec<(ScopeMatch, Scope)>,
+        mut base: Scope,
+        mut scopes: Vec<(ScopeMatch, Scope)>,
         keys: &Keyring,
     ) -> CompiledRules {
+        base.slot = 0;
+        for (slot, (_, s)) in (1..).zip(scopes.iter_mut()) {
+            s.slot = slot;
+        }
         CompiledRules {
             digest,
             identity_paths,
@@ -540,7 +556,39 @@ impl CompiledRules {
             base,
             scopes,
             keys: FieldKeys::new(keys),
+            memo: ScrubMemo::new(ScrubMemo::DEFAULT_BYTES),
         }
+    }
+
+    /// Bounds the memo of long texts' redactions at `bytes` (0 turns it off); the default is
+    /// [`CompiledRules::DEFAULT_MEMO_BYTES`]. What the memo remembers goes with it. See
+    /// `memo.rs`: an answer from the memo is what scanning the text again would give.
+    pub fn set_memo_bytes(&mut self, bytes: usize) {
+        self.memo = ScrubMemo::new(bytes);
+    }
+
+    /// The memo's default bound: 4 MiB.
+    pub const DEFAULT_MEMO_BYTES: usize = ScrubMemo::DEFAULT_BYTES;
+
+    /// The memo's bound in bytes (0: off).
+    pub fn memo_bytes(&self) -> usize {
+        self.memo.bound()
+    }
+
+    /// Texts answered from the memo so far (since these rules were compiled).
+    pub fn memo_hits(&self) -> u64 {
+        self.memo.hits()
+    }
+
+    /// Bytes the memo holds now, as charged to its bound.
+    pub fn memo_held(&self) -> usize {
+        self.memo.bytes()
+    }
+
+    /// Forgets every redaction the memo holds: a `forget` calls it, so no redacted output of
+    /// a forgotten exchange stays in memory, and benchmarks, to start cold.
+    pub fn clear_memo(&self) {
+        self.memo.clear();
     }
 
     /// Hex digest (32 digits) of the format version, the file text and any dictionary files:
@@ -924,6 +972,10 @@ impl CompiledRules {
     /// `vocabulary`: `s` is one of veil's own field names or enum values, or a protocol
     /// header's value ([`vocabulary_header`]), never content: the scope's [`CleanMemo`] may
     /// answer for it, and learns it when it is clean.
+    ///
+    /// A text of [`ScrubMemo::MIN_LEN`] bytes or more that was scrubbed before under this
+    /// scope is answered by the memo (`memo.rs`), with the same counts; it is still charged
+    /// to the byte budget, so the budget's outcome does not depend on what the memo holds.
     fn scrub_str(
         &self,
         s: &str,
@@ -934,6 +986,42 @@ impl CompiledRules {
         vocabulary: bool,
     ) -> Result<Scrubbed, Exceeded> {
         meter.scan(s.len())?;
+        match self.memo.look(scope.slot, s) {
+            Look::Pass => self.scrub_scanned(s, scope, counts, found, meter, vocabulary),
+            Look::Hit(e) => {
+                found.clear();
+                counts.merge(&e.counts);
+                Ok(match &e.outcome {
+                    Outcome::Same => Scrubbed::Same,
+                    Outcome::Changed(t) => Scrubbed::Changed(t.to_string()),
+                    Outcome::Drop => Scrubbed::Drop,
+                })
+            }
+            Look::Learn(key) => {
+                let mut mine = Counts::default();
+                let r = self.scrub_scanned(s, scope, &mut mine, found, meter, vocabulary)?;
+                let outcome = match &r {
+                    Scrubbed::Same => Outcome::Same,
+                    Scrubbed::Changed(t) => Outcome::Changed(t.as_str().into()),
+                    Scrubbed::Drop => Outcome::Drop,
+                };
+                counts.merge(&mine);
+                self.memo.learn(key, outcome, mine);
+                Ok(r)
+            }
+        }
+    }
+
+    /// [`CompiledRules::scrub_str`] after the byte budget was charged, without the memo.
+    fn scrub_scanned(
+        &self,
+        s: &str,
+        scope: &Scope,
+        counts: &mut Counts,
+        found: &mut Vec<Found>,
+        meter: &mut Meter,
+        vocabulary: bool,
+    ) -> Result<Scrubbed, Exceeded> {
         if vocabulary && scope.clean.knows(s) {
             found.clear();
             return Ok(Scrubbed::Same);

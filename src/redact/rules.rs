@@ -616,6 +616,7 @@ pub(crate) fn compile(
         fields: base_fields.clone(),
         scanner: base_scanner,
         clean: Default::default(),
+        slot: 0,
     };
 
     let mut scopes = Vec::new();
@@ -659,6 +660,7 @@ pub(crate) fn compile(
                 fields: f,
                 scanner,
                 clean: Default::default(),
+                slot: 0,
             },
         ));
     }

@@ -141,6 +141,200 @@ fn repeating_labels_are_remembered_when_clean_and_redacted_every_time_otherwise(
     assert!(!knows("a-label-of-its-own"));
 }
 
+// === the memo of long texts ===
+
+/// `rules` with no memo: what a scan gives, the reference the memo is checked against.
+fn unmemoized(text: &str) -> CompiledRules {
+    let mut r = compile(text);
+    r.set_memo_bytes(0);
+    r
+}
+
+/// Long texts (the memo's minimum and more) with and without something to mask.
+fn long_texts() -> Vec<String> {
+    let pad = "The quick brown fox jumps over the lazy dog. ".repeat(3);
+    vec![
+        format!("You are the support assistant of Northwind Bank. {pad}"),
+        format!("Hi, I'm Dana Scully (dana.scully@example.com), card 4111 1111 1111 1111. {pad}"),
+        format!("{pad}Call me on +44 20 7946 0958 or write to bob@example.org, thanks Priya!"),
+        format!("{pad}-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----"),
+    ]
+}
+
+// See: veil#18. An answer from the memo is what a scan gives: text, counts, dropped fields.
+#[test]
+fn the_memo_answers_what_a_scan_gives_from_a_texts_third_sighting() {
+    let profile = "version = 1\ndefault = \"scrub\"\n[detectors]\nbuiltin = [\"all\"]\nactions = { email = \"pseudonymize\", private_key = \"drop_field\" }\n";
+    for text in [DEFAULT, STRICT, profile] {
+        let (r, fresh) = (compile(text), unmemoized(text));
+        assert_eq!(r.memo_bytes(), CompiledRules::DEFAULT_MEMO_BYTES);
+        let (scope, fresh_scope) = (r.base_scope(), fresh.base_scope());
+        let texts = long_texts();
+        for round in 0..4u64 {
+            for t in &texts {
+                assert!(t.len() >= ScrubMemo::MIN_LEN);
+                assert_eq!(r.redact_text(t, scope), fresh.redact_text(t, fresh_scope));
+                // In a document: a dropped field is dropped from the memo too.
+                let doc = json!([{"role": "user", "parts": [{"type": "text", "content": t}]}]);
+                let (mut a, mut b) = (doc.clone(), doc);
+                let ca = r.redact_json(&mut a, Target::InputMessages, scope);
+                let cb = fresh.redact_json(&mut b, Target::InputMessages, fresh_scope);
+                assert_eq!((a, ca), (b, cb));
+            }
+            // Each text is looked up twice per round: the first sighting is noted, the
+            // second remembered, every later one answered. (The strict profile hashes
+            // content instead of scrubbing it, so only redact_text asks the memo there.)
+            let want = match text == STRICT {
+                false => 2 * round * texts.len() as u64,
+                true => round.saturating_sub(1) * texts.len() as u64,
+            };
+            assert_eq!(r.memo_hits(), want, "round {round}");
+        }
+        assert_eq!(fresh.memo_hits(), 0);
+    }
+    // Short texts are scanned every time.
+    let r = compile(DEFAULT);
+    for _ in 0..4 {
+        r.redact_text("mail bob@example.org", r.base_scope());
+    }
+    assert_eq!(r.memo_hits(), 0);
+}
+
+#[test]
+fn the_memo_keeps_no_raw_value_and_its_debug_no_text() {
+    let r = compile(DEFAULT);
+    for _ in 0..3 {
+        for t in long_texts() {
+            r.redact_text(&t, r.base_scope());
+        }
+    }
+    let outputs = r.memo.outputs();
+    assert!(outputs.len() >= 2, "{outputs:?}");
+    for raw in [
+        "dana.scully@example.com",
+        "4111 1111 1111 1111",
+        "Dana Scully",
+        "7946 0958",
+        "bob@example.org",
+        "MIIEvQIBADANBg",
+    ] {
+        for o in &outputs {
+            assert!(!o.contains(raw), "{raw} in {o}");
+        }
+    }
+    let dbg = format!("{r:?}");
+    assert!(
+        dbg.contains("ScrubMemo(") && !dbg.contains("Northwind") && !dbg.contains("[EMAIL]"),
+        "{dbg}"
+    );
+    // Emptied by forget: the next sightings are first ones again.
+    r.clear_memo();
+    assert!(r.memo.outputs().is_empty());
+    let hits = r.memo_hits();
+    let t = &long_texts()[1];
+    for _ in 0..2 {
+        r.redact_text(t, r.base_scope());
+    }
+    assert_eq!(r.memo_hits(), hits);
+    r.redact_text(t, r.base_scope());
+    assert_eq!(r.memo_hits(), hits + 1);
+}
+
+#[test]
+fn the_memo_is_bounded_keeps_what_is_used_and_can_be_off() {
+    let mut r = compile(DEFAULT);
+    let bound = 64 << 10;
+    r.set_memo_bytes(bound);
+    let scope = r.base_scope();
+    let hot = &long_texts()[1];
+    let pad = "lorem ipsum dolor sit amet ".repeat(8);
+    for i in 0..3_000 {
+        r.redact_text(hot, scope);
+        // Each unique text comes twice, so it is remembered and takes room.
+        let cold = format!("{pad} ticket {i} for carol{i}@example.com");
+        r.redact_text(&cold, scope);
+        r.redact_text(&cold, scope);
+        assert!(
+            r.memo.bytes() <= bound + bound / 4,
+            "{} bytes at {i}",
+            r.memo.bytes()
+        );
+    }
+    // The hot text was answered every time after its second sighting.
+    assert!(r.memo_hits() >= 2_998, "{}", r.memo_hits());
+    // Off: nothing is remembered.
+    r.set_memo_bytes(0);
+    for _ in 0..4 {
+        r.redact_text(hot, r.base_scope());
+    }
+    assert_eq!((r.memo_hits(), r.memo.bytes()), (0, 0));
+}
+
+// The byte budget charges a remembered text as a scanned one: whether an exchange's content
+// is dropped never depends on what the memo holds.
+#[test]
+fn a_remembered_text_is_still_charged_to_the_byte_budget() {
+    let r = compile(DEFAULT);
+    let t = &long_texts()[1];
+    for _ in 0..3 {
+        r.redact_text(t, r.base_scope());
+    }
+    let hits = r.memo_hits();
+    let budget = Budget {
+        max_bytes: t.len() as u64 - 1,
+        max_cpu: std::time::Duration::MAX,
+    };
+    let mut meter = budget.start();
+    assert_eq!(
+        r.redact_text_within(t, r.base_scope(), &mut meter),
+        Err(Exceeded::Bytes)
+    );
+    let mut meter = Budget::UNLIMITED.start();
+    r.redact_text_within(t, r.base_scope(), &mut meter).unwrap();
+    assert_eq!(meter.bytes_scanned(), t.len() as u64);
+    assert_eq!(r.memo_hits(), hits + 1);
+}
+
+// Each scope has its own detectors, so a text remembered under one is not an answer under
+// another.
+#[test]
+fn scopes_do_not_share_remembered_texts() {
+    let text = r#"
+        version = 1
+        [detectors]
+        builtin = ["email"]
+        [[scopes]]
+        name = "hr"
+        [scopes.match]
+        feature = "hr-*"
+        [[scopes.detectors.dictionary]]
+        name = "employee"
+        words = ["Jane Roe"]
+    "#;
+    let (r, fresh) = (compile(text), unmemoized(text));
+    let key = ScopeKey {
+        feature: Some("hr-onboarding"),
+        ..ScopeKey::default()
+    };
+    let t = format!("{} Jane Roe wrote from jane@example.com", "x ".repeat(70));
+    for _ in 0..3 {
+        for k in [ScopeKey::default(), key] {
+            let got = r.redact_text(&t, r.scope_for(&k));
+            assert_eq!(got, fresh.redact_text(&t, fresh.scope_for(&k)));
+        }
+    }
+    let (base, hr) = (
+        r.redact_text(&t, r.base_scope()).0,
+        r.redact_text(&t, r.scope_for(&key)).0,
+    );
+    assert!(
+        base.contains("Jane Roe") && !hr.contains("Jane Roe"),
+        "{base} / {hr}"
+    );
+    // Per scope: noted, remembered, then answered twice.
+    assert_eq!(r.memo_hits(), 4);
+}
+
 // === errors name file, line, column and rule ===
 
 #[test]
@@ -648,6 +842,10 @@ mod props {
     static PSEUDO: LazyLock<CompiledRules> = LazyLock::new(|| {
         compile("version = 1\n[detectors]\nbuiltin = [\"all\"]\naction = \"pseudonymize\"\n")
     });
+    static DEF_FRESH: LazyLock<CompiledRules> = LazyLock::new(|| unmemoized(DEFAULT));
+    static PSEUDO_FRESH: LazyLock<CompiledRules> = LazyLock::new(|| {
+        unmemoized("version = 1\n[detectors]\nbuiltin = [\"all\"]\naction = \"pseudonymize\"\n")
+    });
 
     fn pieces() -> impl Strategy<Value = String> {
         let piece = prop_oneof![
@@ -690,6 +888,22 @@ mod props {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        // See: veil#18. Whatever the text, the memo's answer (third sighting on) is the scan's.
+        #[test]
+        fn the_memo_answers_as_a_scan(parts in proptest::collection::vec(pieces(), 8..24)) {
+            let text = parts.concat();
+            for (r, fresh) in [(&*DEF, &*DEF_FRESH), (&*PSEUDO, &*PSEUDO_FRESH)] {
+                let want = fresh.redact_text(&text, fresh.base_scope());
+                let hits = r.memo_hits();
+                for _ in 0..3 {
+                    prop_assert_eq!(&r.redact_text(&text, r.base_scope()), &want);
+                }
+                if text.len() >= ScrubMemo::MIN_LEN {
+                    prop_assert!(r.memo_hits() > hits);
+                }
+            }
+        }
 
         #[test]
         fn scrub_is_idempotent(text in pieces()) {
@@ -765,7 +979,8 @@ mod cost {
     use proptest::test_runner::{Config, RngSeed};
     use std::sync::LazyLock;
 
-    static DEF: LazyLock<CompiledRules> = LazyLock::new(|| compile(DEFAULT));
+    // Without the memo: what is measured is the scan, not a remembered answer.
+    static DEF: LazyLock<CompiledRules> = LazyLock::new(|| unmemoized(DEFAULT));
 
     /// See [`DENSE_UNITS`].
     const DENSE: &[&str] = crate::redact::DENSE_UNITS;
