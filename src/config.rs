@@ -71,6 +71,8 @@ pub struct RawConfig {
     pub disk_reserve: Option<String>,
     /// Per-exchange redaction limits (`{ bytes = "8MiB", cpu = "1s" }`).
     pub redaction_budget: Option<RawBudget>,
+    /// Most memory the memo of long texts' redactions holds (`4MiB`; `0` turns it off).
+    pub redaction_memo: Option<String>,
     /// Upstream connect timeout (`10s`).
     pub connect_timeout: Option<String>,
     /// Time allowed for upstream response headers (`300s`).
@@ -189,6 +191,7 @@ impl RawConfig {
             queue_max_bytes: other.queue_max_bytes.or(self.queue_max_bytes),
             queue_wait: other.queue_wait.or(self.queue_wait),
             disk_reserve: other.disk_reserve.or(self.disk_reserve),
+            redaction_memo: other.redaction_memo.or(self.redaction_memo),
             redaction_budget: match (self.redaction_budget, other.redaction_budget) {
                 (Some(a), Some(b)) => Some(RawBudget {
                     bytes: b.bytes.or(a.bytes),
@@ -541,6 +544,10 @@ pub struct Config {
     /// Per-exchange redaction limits (default 8 MiB of text, 1 s of CPU): past either the
     /// exchange's content is dropped from its record, whole, marked and counted.
     pub redaction_budget: crate::redact::Budget,
+    /// Most bytes the memo of long texts' redactions holds (default 4 MiB, 0: off): a system
+    /// prompt or an earlier turn of a conversation that comes back is answered from it
+    /// instead of scanned again, with the same result ([`crate::redact::CompiledRules`]).
+    pub redaction_memo: usize,
     /// Upstream connect timeout (default 10 s).
     pub connect_timeout: Duration,
     /// Time allowed for upstream response headers (default 300 s: long completions).
@@ -727,6 +734,12 @@ impl Config {
             )?,
             disk_reserve: opt(raw.disk_reserve, "disk_reserve", parse_size, 256 << 20)? as u64,
             redaction_budget: redaction_budget(raw.redaction_budget.unwrap_or_default())?,
+            redaction_memo: opt(
+                raw.redaction_memo,
+                "redaction_memo",
+                parse_size,
+                crate::redact::CompiledRules::DEFAULT_MEMO_BYTES,
+            )?,
             connect_timeout: opt(
                 raw.connect_timeout,
                 "connect_timeout",

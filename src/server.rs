@@ -244,7 +244,7 @@ impl Prepared {
         } else {
             RulesHandle::load(config.rules.clone(), &keyring)?
         };
-        let rules = Arc::new(rules);
+        let rules = Arc::new(rules.with_memo_bytes(config.redaction_memo));
         let pricing = match &config.pricing {
             Some(path) => Pricing::load(path)?,
             None => Pricing::builtin(),
@@ -576,9 +576,12 @@ pub async fn start(
             erase
         }),
         // A forgotten exchange leaves the feedback service's memory too: with `ledger = false`
-        // that map is all that knows it, and it must not be rated any more (veil#14).
+        // that map is all that knows it, and it must not be rated any more (veil#14). The
+        // redaction memo may hold its redacted texts: it is emptied (it fills again as texts
+        // come back).
         on_forget: Some({
             let recent = recent.clone();
+            let rules = rules.clone();
             Arc::new(move |ids: &[String], user: Option<&str>| {
                 for id in ids {
                     recent.remove(id);
@@ -586,6 +589,7 @@ pub async fn start(
                 if let Some(user) = user {
                     recent.remove_user(user);
                 }
+                rules.current().clear_memo();
             }) as crate::admin::OnForget
         }),
     };
@@ -597,7 +601,13 @@ pub async fn start(
         let counters = counters.clone();
         let rules = rules.clone();
         let exposition: crate::admin::Exposition = Arc::new(move || {
-            crate::counters::exposition::render(&counters, rules.current().digest())
+            let rules = rules.current();
+            let info = crate::counters::exposition::RulesInfo {
+                digest: rules.digest().to_string(),
+                memo_hits: rules.memo_hits(),
+                memo_bytes: rules.memo_held() as u64,
+            };
+            crate::counters::exposition::render(&counters, &info)
         });
         let cancel = cancel.clone();
         tokio::spawn(crate::admin::serve_metrics(

@@ -1210,9 +1210,13 @@ fn metrics_cost(window: Duration) {
     }
     let mut times = Vec::new();
     let mut bytes = 0;
+    let rules = veil::counters::exposition::RulesInfo {
+        digest: "digest".into(),
+        ..Default::default()
+    };
     for _ in 0..50 {
         let t = Instant::now();
-        bytes = veil::counters::exposition::render(&counters, "digest").len();
+        bytes = veil::counters::exposition::render(&counters, &rules).len();
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);

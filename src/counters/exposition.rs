@@ -29,13 +29,25 @@ use super::{Counters, MetricDesc, MetricKind};
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Renders every metric of `counters`, plus `veil_rules_info{rules_digest="…"} 1` for the
-/// rules in force, as OpenMetrics text.
-pub fn render(counters: &std::sync::Arc<Counters>, rules_digest: &str) -> String {
+/// What `/metrics` shows of the rules in force, read when it is rendered.
+#[derive(Debug, Clone, Default)]
+pub struct RulesInfo {
+    /// Their digest, as every record carries it.
+    pub digest: String,
+    /// Long texts their redaction memo answered instead of a scan, since they were loaded.
+    pub memo_hits: u64,
+    /// Bytes their redaction memo holds now.
+    pub memo_bytes: u64,
+}
+
+/// Renders every metric of `counters`, plus, for the rules in force,
+/// `veil_rules_info{rules_digest="…"} 1`, `veil_redaction_memo_hits_total` and
+/// `veil_redaction_memo_bytes`, as OpenMetrics text.
+pub fn render(counters: &std::sync::Arc<Counters>, rules: &RulesInfo) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Exposition {
         counters: counters.clone(),
-        rules_digest: rules_digest.to_string(),
+        rules: rules.clone(),
     }));
     let mut out = String::with_capacity(16 * 1024);
     prometheus_client::encoding::text::encode(&mut out, &registry)
@@ -47,7 +59,7 @@ pub fn render(counters: &std::sync::Arc<Counters>, rules_digest: &str) -> String
 #[derive(Debug)]
 struct Exposition {
     counters: std::sync::Arc<Counters>,
-    rules_digest: String,
+    rules: RulesInfo,
 }
 
 impl Collector for Exposition {
@@ -60,8 +72,24 @@ impl Collector for Exposition {
             None,
             MetricType::Info,
         )?;
-        let info = [("rules_digest", escape(&self.rules_digest))];
-        m.encode_info(&info.as_slice())
+        let info = [("rules_digest", escape(&self.rules.digest))];
+        m.encode_info(&info.as_slice())?;
+        // The memo belongs to the rules in force: a reload starts it again from zero, which
+        // Prometheus reads as a counter reset.
+        let mut m = encoder.encode_descriptor(
+            "veil_redaction_memo_hits",
+            "Long texts the redaction memo answered instead of a scan (since the rules in force were loaded).",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(&self.rules.memo_hits, None)?;
+        let mut m = encoder.encode_descriptor(
+            "veil_redaction_memo_bytes",
+            "Bytes the redaction memo holds (at most redaction_memo).",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&self.rules.memo_bytes)
     }
 }
 
@@ -201,7 +229,14 @@ mod tests {
         c.ledger.dropped.add(3);
         c.queue.dropped_full.add(2);
         c.queue.bytes.set(7);
-        let text = render(&c, "abc123");
+        let text = render(
+            &c,
+            &RulesInfo {
+                digest: "abc123".into(),
+                memo_hits: 5,
+                memo_bytes: 4096,
+            },
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(
             text.contains("# TYPE veil_exchanges_dropped counter\n"),
@@ -223,6 +258,14 @@ mod tests {
         ));
         assert!(samples.contains(&"veil_queue_bytes 7"), "{text}");
         assert!(samples.contains(&"veil_rules_info{rules_digest=\"abc123\"} 1"));
+        assert!(
+            samples.contains(&"veil_redaction_memo_hits_total 5"),
+            "{text}"
+        );
+        assert!(
+            samples.contains(&"veil_redaction_memo_bytes 4096"),
+            "{text}"
+        );
         // Every fixed entry is there, once.
         for (d, _) in c.snapshot() {
             let name = prometheus_name(d);
@@ -259,7 +302,7 @@ mod tests {
             s.observe(&OPERATION_DURATION, key.clone(), 100.0);
             s.add(&REQUESTS, key, 2.0);
         }
-        let text = render(&c, "d");
+        let text = render(&c, &RulesInfo::default());
         let samples = lines(&text);
         let model = "gen_ai_request_model=\"gpt\\\"4\\\\\\nx\"";
         assert!(

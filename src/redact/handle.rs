@@ -20,16 +20,15 @@ pub const BUILTIN_DEFAULT_RULES: &str = include_str!("../../rules/default.toml")
 pub struct RulesHandle {
     path: PathBuf,
     current: RwLock<Arc<CompiledRules>>,
+    /// The redaction memo's bound, given to every compile ([`RulesHandle::with_memo_bytes`]).
+    memo_bytes: usize,
 }
 
 impl RulesHandle {
     /// Loads and compiles `path`. A bad file is an error naming file, line and column.
     pub fn load(path: PathBuf, keys: &Keyring) -> Result<Self, RulesError> {
         let rules = CompiledRules::load(&path, keys)?;
-        Ok(RulesHandle {
-            path,
-            current: RwLock::new(Arc::new(rules)),
-        })
+        Ok(Self::from_rules(path, rules))
     }
 
     /// The shipped `rules/default.toml`, compiled into the binary: used when `veil run` starts
@@ -42,9 +41,23 @@ impl RulesHandle {
     /// Wraps already compiled rules (tests, tools).
     pub fn from_rules(path: PathBuf, rules: CompiledRules) -> Self {
         RulesHandle {
+            memo_bytes: rules.memo_bytes(),
             path,
             current: RwLock::new(Arc::new(rules)),
         }
+    }
+
+    /// Bounds the redaction memo of the rules in force and of every reload at `bytes`
+    /// (`redaction_memo` in veil.toml; 0 turns it off). Call it before [`RulesHandle::current`]:
+    /// rules already handed out keep their memo.
+    pub fn with_memo_bytes(mut self, bytes: usize) -> Self {
+        self.memo_bytes = bytes;
+        let current = self.current.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Unshared until the handle is: `current()` is what shares the rules.
+        if let Some(rules) = Arc::get_mut(current) {
+            rules.set_memo_bytes(bytes);
+        }
+        self
     }
 
     /// The rules in force.
@@ -59,7 +72,8 @@ impl RulesHandle {
     /// from now on and their digest is returned; on failure the old rules stay in force and the
     /// error (file:line:col) is returned for logging.
     pub fn reload(&self, keys: &Keyring) -> Result<String, RulesError> {
-        let rules = CompiledRules::load(&self.path, keys)?;
+        let mut rules = CompiledRules::load(&self.path, keys)?;
+        rules.set_memo_bytes(self.memo_bytes);
         let digest = rules.digest().to_string();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
         Ok(digest)

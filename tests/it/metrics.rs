@@ -268,3 +268,99 @@ async fn metrics_count_requests_cost_tokens_rate_limits_retries_chunks_and_veils
     assert_eq!(status_of(port, "GET", "/metricsx"), 404);
     assert_eq!(status_of(port, "POST", "/metrics"), 405);
 }
+
+// See: veil#18. A system prompt that comes back with every request is scanned twice, then
+// answered by the redaction memo: the records are the same as a scan's, the raw value is
+// nowhere, `/metrics` counts the answers, and a forget empties the memo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_that_comes_back_is_answered_by_the_redaction_memo_and_forget_empties_it() {
+    let mock = Mock::start(Alpn::H2AndHttp1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+        "--metrics-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--admin-listen".to_string(),
+        format!("127.0.0.1:{admin}"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = VeilProcess::start(&args, dir.path());
+    let said = format!("Prometheus metrics: http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proc.stderr().contains(&said) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(proc.stderr().contains(&said), "{}", proc.stderr());
+
+    let raw = "ops-lead@northwind.example";
+    let system = format!(
+        "You are the billing assistant of Northwind. When unsure, escalate to {raw}. {}",
+        "Answer briefly and politely, and cite the policy section you rely on. ".repeat(4)
+    );
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": format!("question {i}")}
+        ]})
+        .to_string();
+        ids.push(curl_chat(&proc, dir.path(), &body, &[]).0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (text, m) = loop {
+        let (text, m) = scrape(port);
+        if sum(&m, "veil_requests_total", &[]) >= 4.0 || Instant::now() > deadline {
+            break (text, m);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Sightings three and four at least (a record may look the prompt up more than once).
+    assert!(
+        sum(&m, "veil_redaction_memo_hits_total", &[]) >= 2.0,
+        "{text}"
+    );
+    assert!(sum(&m, "veil_redaction_memo_bytes", &[]) > 0.0, "{text}");
+
+    // Every record carries the prompt redacted the same way: the memo's answers are the scan's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let out = veil(
+            &[
+                "sql",
+                "SELECT input_messages FROM content",
+                "--format",
+                "json",
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows: Vec<String> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["input_messages"].to_string())
+            .collect();
+        if rows.len() >= 4 || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    // (The system message is the first input message of an OpenAI chat.)
+    let redacted = "When unsure, escalate to [EMAIL]. Answer briefly";
+    assert!(rows.iter().all(|r| r.contains(redacted)), "{rows:?}");
+    crate::support::files::assert_nowhere(&[raw], b"", &proc.stderr(), dir.path());
+
+    // A forget empties the memo.
+    let out = veil(
+        &["forget", &ids[0], "--admin", &format!("127.0.0.1:{admin}")],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (text, m) = scrape(port);
+    assert_eq!(sum(&m, "veil_redaction_memo_bytes", &[]), 0.0, "{text}");
+}
