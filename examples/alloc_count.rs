@@ -25,11 +25,13 @@ use veil::seal::envelope::{fresh_data_key, seal_frame};
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-/// What every step needs: the shipped default rules under a fixed test key, the built-in
-/// prices, default parse options, and the exchange.
+/// What every step needs: the shipped default rules under a fixed test key (without the
+/// redaction memo), the built-in prices, default parse options, and the exchange.
 fn setup() -> (CompiledRules, Pricing, ParseOptions, Exchange) {
     let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [42; 32]));
-    let rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).expect("default rules");
+    let mut rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).expect("default rules");
+    // Each exchange's texts are new, as real answers are: no remembered redaction.
+    rules.set_memo_bytes(0);
     (
         rules,
         Pricing::builtin(),

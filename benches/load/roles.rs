@@ -131,11 +131,40 @@ fn full(status: StatusCode, ctype: &'static str, body: Bytes) -> Response<Body> 
 }
 
 /// The ~2 KB completion every non-streamed request gets (usage included, so veil prices it).
-pub fn completion_body() -> Bytes {
-    let text = "The quick brown fox jumps over the lazy dog. ".repeat(45);
-    Bytes::from(format!(
-        r#"{{"id":"chatcmpl-bench","object":"chat.completion","created":1795183387,"model":"gpt-4o-mini-2024-07-18","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":52,"completion_tokens":19,"total_tokens":71}},"system_fingerprint":"fp_bench"}}"#
-    ))
+/// Each one's text is its own, as real answers are: `Reply <8 letters>:` numbers it (letters,
+/// not digits, so no detector's trigger changes). A text that came back every time would be
+/// answered by veil's redaction memo instead of scanned, which real answers are not.
+pub struct Completion {
+    template: Bytes,
+    /// Where the 8 letters are in `template`.
+    at: usize,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Completion {
+    pub fn new() -> Self {
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(45);
+        let template = format!(
+            r#"{{"id":"chatcmpl-bench","object":"chat.completion","created":1795183387,"model":"gpt-4o-mini-2024-07-18","choices":[{{"index":0,"message":{{"role":"assistant","content":"Reply aaaaaaaa: {text}","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":52,"completion_tokens":19,"total_tokens":71}},"system_fingerprint":"fp_bench"}}"#
+        );
+        let at = template.find("Reply aaaaaaaa").expect("the placeholder") + "Reply ".len();
+        Completion {
+            template: Bytes::from(template),
+            at,
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The next response body: the template with the next number in its letters.
+    pub fn body(&self) -> Bytes {
+        let mut n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut b = self.template.to_vec();
+        for c in &mut b[self.at..self.at + 8] {
+            *c = b'a' + (n % 26) as u8;
+            n /= 26;
+        }
+        Bytes::from(b)
+    }
 }
 
 fn sse_chunk(delta: &str, finish: Option<&str>) -> Bytes {
@@ -187,7 +216,7 @@ async fn upstream(dir: &std::path::Path) {
     let acceptor =
         tokio_rustls::TlsAcceptor::from(server_config(&issuer, &["api.openai.com", "localhost"]));
     let listener = listen().await;
-    let completion = completion_body();
+    let completion = Arc::new(Completion::new());
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -211,7 +240,7 @@ async fn upstream(dir: &std::path::Path) {
                     let _ = req.into_body().collect().await;
                     Ok::<_, Infallible>(match chunks {
                         Some((n, ms)) => stream(n, Duration::from_millis(ms)),
-                        None => full(StatusCode::OK, "application/json", completion),
+                        None => full(StatusCode::OK, "application/json", completion.body()),
                     })
                 }
             });
