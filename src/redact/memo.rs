@@ -11,9 +11,10 @@
 //! gives, byte for byte, counts included (`redact::tests::memo`).
 //!
 //! ## What it holds, and what it does not
-//! - **No raw text.** A text is known by a BLAKE3 keyed hash (256 bits) under a key drawn at
-//!   random when the memo is made and never written anywhere, so the memo cannot be searched
-//!   for a guessed value, in memory or in a core dump.
+//! - **No raw text.** A text is known by a keyed digest (SipHash-2-4 with 128 bits below
+//!   4 KiB, BLAKE3 with 256 above) under keys drawn at random when the memo is made and never
+//!   written anywhere, so the memo cannot be searched for a guessed value, in memory or in a
+//!   core dump.
 //! - **Redacted output**: what the record carries anyway (the ledger's content, the OTLP
 //!   body). `forget` empties the memo (the `on_forget` hook of `veil run`), like the feedback
 //!   service's recent exchanges, so no output of a forgotten exchange outlives it in memory.
@@ -26,29 +27,37 @@
 //! ## Cost
 //! A text seen for the first time costs one 64-bit keyed hash (foldhash, ~30 GB/s) and a set
 //! insert: nothing is digested or stored for a text that never comes back. The second time it
-//! is seen it is scrubbed, digested (BLAKE3, ~1-6 GB/s) and stored; from the third on the
-//! digest is all it costs (a scan costs several ns per byte). The fast hash only says where to
-//! look: an answer is used only when the BLAKE3 digests agree, so a collision of the fast hash
-//! (chance, or crafted by someone who could learn its seed) is a miss, never a wrong answer.
-//! The check must be a cryptographic digest, not a second fast hash: "unchanged" means "keep
-//! this text", so answering it for a different text would write that text out unredacted.
-//! (BLAKE3 is ~1 GB/s on texts under 1 KiB, a quarter of what the `pipeline_conversation`
-//! bench spends with the memo on; ring's GMAC was no faster.)
+//! is seen it is scrubbed, digested and stored; from the third on the digest is all it costs
+//! (~0.35 ns per byte; a scan costs 1.5 to several ns per byte, more on text dense with
+//! capitals and digits). The fast hash only says where to look: an answer is used only when
+//! the digests agree, so a collision of the fast hash (chance, or crafted by someone who could
+//! learn its seed) is a miss, never a wrong answer. The check must be a keyed PRF, not a
+//! second fast hash: "unchanged" means "keep this text", so answering it for a different text
+//! would write that text out unredacted. Which PRF was measured: BLAKE3 alone does ~1 GB/s on
+//! texts under 1 KiB, which on the load bench's conversations (`LOAD_HISTORY=8`) cost about
+//! what the scans it saved did; SipHash-2-4 does ~2.8 GB/s there (ring's GMAC and RustCrypto's
+//! POLYVAL ~1.9).
 //!
 //! Owns: the memo's maps and its bound. Never logs, and its `Debug` shows counts only.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use siphasher::sip128::{Hasher128, SipHasher24};
 
 use super::Counts;
 
 /// Room one remembered text takes beside its output and counts (its keys, the map's slot,
 /// the `Arc`), charged to the bound.
 const ENTRY_OVERHEAD: usize = 112;
+
+/// From this length on a text's check is BLAKE3 (its chunks hash in parallel, ~6 GB/s at
+/// 16 KiB), below it SipHash-2-4 (~2.8 GB/s; BLAKE3 does ~1 GB/s on a single chunk).
+const BLAKE3_FROM: usize = 4 << 10;
 
 /// Room one text seen once takes (its fast hash and the set's slot), charged to the bound.
 const SEEN_OVERHEAD: usize = 24;
@@ -94,6 +103,8 @@ pub(super) struct ScrubMemo {
     bound: usize,
     /// The BLAKE3 key, random per memo.
     key: [u8; 32],
+    /// The SipHash key, random per memo.
+    sip_key: [u8; 16],
     /// The fast hash's seed, random per memo.
     fast: foldhash::fast::RandomState,
     maps: Mutex<Generations>,
@@ -146,6 +157,7 @@ impl ScrubMemo {
         ScrubMemo {
             bound,
             key: rand::random(),
+            sip_key: rand::random(),
             fast: foldhash::fast::RandomState::default(),
             maps: Mutex::default(),
             hits: AtomicU64::new(0),
@@ -249,11 +261,23 @@ impl ScrubMemo {
             .collect()
     }
 
+    /// The check of `text` under scope `slot`: keyed SipHash-2-4 (128 bits) below
+    /// [`BLAKE3_FROM`] bytes, keyed BLAKE3 (256 bits) from there, whichever is faster at that
+    /// length. Both are PRFs under a key no one else has, so two texts share a digest only by
+    /// a chance of 2^-128 or less; the length picks the function, so the two never meet.
     fn digest(&self, slot: u32, text: &str) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.key);
-        h.update(&slot.to_le_bytes());
-        h.update(text.as_bytes());
-        *h.finalize().as_bytes()
+        if text.len() >= BLAKE3_FROM {
+            let mut h = blake3::Hasher::new_keyed(&self.key);
+            h.update(&slot.to_le_bytes());
+            h.update(text.as_bytes());
+            return *h.finalize().as_bytes();
+        }
+        let mut h = SipHasher24::new_with_key(&self.sip_key);
+        h.write(&slot.to_le_bytes());
+        h.write(text.as_bytes());
+        let mut out = [0; 32];
+        out[..16].copy_from_slice(&h.finish128().as_bytes());
+        out
     }
 
     fn file(&self, g: &mut Generations, fast: u64, e: Arc<Entry>, size: usize) {

@@ -150,7 +150,8 @@ fn unmemoized(text: &str) -> CompiledRules {
     r
 }
 
-/// Long texts (the memo's minimum and more) with and without something to mask.
+/// Long texts (the memo's minimum and more, on both sides of 4 KiB) with and without
+/// something to mask.
 fn long_texts() -> Vec<String> {
     let pad = "The quick brown fox jumps over the lazy dog. ".repeat(3);
     vec![
@@ -158,6 +159,8 @@ fn long_texts() -> Vec<String> {
         format!("Hi, I'm Dana Scully (dana.scully@example.com), card 4111 1111 1111 1111. {pad}"),
         format!("{pad}Call me on +44 20 7946 0958 or write to bob@example.org, thanks Priya!"),
         format!("{pad}-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----"),
+        // Past 4 KiB the memo's check is BLAKE3, below it SipHash.
+        format!("{}Write to carol@example.net.", pad.repeat(32)),
     ]
 }
 
@@ -211,6 +214,7 @@ fn the_memo_keeps_no_raw_value_and_its_debug_no_text() {
     let outputs = r.memo.outputs();
     assert!(outputs.len() >= 2, "{outputs:?}");
     for raw in [
+        "carol@example.net",
         "dana.scully@example.com",
         "4111 1111 1111 1111",
         "Dana Scully",
