@@ -50,7 +50,9 @@
 //! steps 1 and 2 alone, about two minutes; a value that is not such a count is refused, exit
 //! 2), `VEIL_PYTHON` (step 2 with the official SDK too),
 //! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics`
-//! cost comparison instead, see [`metrics_cost`]), `LOAD_OTLP=1` (each veil, the baseline
+//! cost comparison instead, see [`metrics_cost`]), `LOAD_HISTORY=N` (conversations of N turns
+//! whose requests re-send the system prompt and every earlier turn, see [`history_turns`]),
+//! `LOAD_OTLP=1` (each veil, the baseline
 //! included, exports OTLP/HTTP protobuf to a collector of its own, the `collector` role: a cell
 //! then waits for the exports to stop as well as the ledger, and reports the spans and log
 //! records its collector received, bytes per span and the collector's CPU, which is not
@@ -178,6 +180,77 @@ fn completion_request(stream_chunks: Option<&str>) -> Request<Full<Bytes>> {
     req
 }
 
+/// `LOAD_HISTORY=N`: each connection holds a support conversation of `N` turns (then starts a
+/// new one), and each request re-sends the system prompt (~2.4 KB) and every earlier turn, as a
+/// chat or an agent does: turn k carries k − 1 questions (~300 bytes, every third with an
+/// email) and answers (~600 bytes) before its own question. Unset or 0: the one-line request.
+fn history_turns() -> usize {
+    std::env::var("LOAD_HISTORY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `n` in six lowercase letters: ids in the conversation's text without digits, so no detector
+/// trigger depends on them.
+fn letters(mut n: u64) -> String {
+    (0..6)
+        .map(|_| {
+            let c = char::from(b'a' + (n % 26) as u8);
+            n /= 26;
+            c
+        })
+        .collect()
+}
+
+/// Turn `turn` (from 1) of conversation `conv` (unique per connection and cycle): the request
+/// of [`history_turns`].
+fn conversation_request(conv: u64, turn: usize) -> Request<Full<Bytes>> {
+    let system = format!(
+        "You are the support assistant of Northwind Bank. {}",
+        "Answer in two short paragraphs, cite the relevant policy section, never promise a \
+         refund before the dispute team confirmed it, and escalate fraud reports at once. "
+            .repeat(12)
+    );
+    let id = letters(conv);
+    let question = |j: usize| {
+        let contact = if j.is_multiple_of(3) {
+            format!(
+                " You can reach me at customer-{id}-{}@example.com.",
+                letters(j as u64)
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "Question {} of {id}: the payment I made on Monday still shows as pending and the \
+             merchant says it never arrived; what should I do next, and how long does a trace \
+             usually take?{contact} Thanks for your help with this, it is urgent.",
+            letters(j as u64)
+        )
+    };
+    let answer = |j: usize| {
+        format!(
+            "Answer {} of {id}: I'm sorry about the delay. {}",
+            letters(j as u64),
+            "Pending card payments usually settle within three working days; if the \
+             merchant still has not received it after that, we open a trace with the card \
+             network. "
+                .repeat(4)
+        )
+    };
+    let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
+    for j in 1..turn {
+        messages.push(serde_json::json!({"role": "user", "content": question(j)}));
+        messages.push(serde_json::json!({"role": "assistant", "content": answer(j)}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": question(turn)}));
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": messages}).to_string();
+    let mut req = completion_request(None);
+    *req.body_mut() = Full::new(Bytes::from(body));
+    req
+}
+
 #[derive(Clone, Copy, Default)]
 struct Stats {
     /// Responses in the window, and all responses (the window's plus one warm-up per connection).
@@ -206,17 +279,31 @@ async fn throughput(target: &Target, conns: usize, window: Duration) -> Stats {
     // Each request's start in CLOCK_MONOTONIC nanoseconds (perf's `-k CLOCK_MONOTONIC`), for
     // `LOAD_TIMELINE`: `Instant` reads the same clock, so one reading of each lines them up.
     let (epoch, epoch_ns) = (Instant::now(), monotonic_ns());
+    let turns = history_turns();
+    // Conversation ids are unique across cells and rounds: a veil must not see one again.
+    static CONVERSATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|mut c| {
             tokio::spawn(async move {
                 let (mut lat, mut refused) = (Vec::with_capacity(4096), 0);
                 let mut starts = Vec::with_capacity(4096);
+                let next = || CONVERSATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (mut conv, mut turn) = (next(), 1);
                 // Bounded by time and by count.
                 while Instant::now() < deadline && lat.len() + refused < 1_000_000 {
                     c.ready().await.unwrap();
+                    let req = if turns == 0 {
+                        completion_request(None)
+                    } else {
+                        if turn > turns {
+                            (conv, turn) = (next(), 1);
+                        }
+                        turn += 1;
+                        conversation_request(conv, turn - 1)
+                    };
                     let t = Instant::now();
-                    let resp = c.send_request(completion_request(None)).await.unwrap();
+                    let resp = c.send_request(req).await.unwrap();
                     let status = resp.status();
                     let body = resp.into_body().collect().await.unwrap().to_bytes();
                     if status != http::StatusCode::OK {
@@ -866,8 +953,12 @@ fn main() {
         );
         veil_req.collector = req_collector.as_ref().map(|(c, a)| (*a, c.0.id()));
         println!(
-            "## veil load benchmark: {}s per cell, {rounds} round(s) (medians), 2 KB completion, HTTP/1.1 keep-alive TLS; CPUs held awake: {}; OTLP export: {}",
+            "## veil load benchmark: {}s per cell, {rounds} round(s) (medians), 2 KB completion, {}, HTTP/1.1 keep-alive TLS; CPUs held awake: {}; OTLP export: {}",
             window.as_secs(),
+            match history_turns() {
+                0 => "one-line request".to_string(),
+                n => format!("conversations of {n} turns re-sending their history (LOAD_HISTORY={n})"),
+            },
             if awake_held { "yes (/dev/cpu_dma_latency = 0)" } else { "no (/dev/cpu_dma_latency not writable)" },
             if otlp { "on (LOAD_OTLP=1, a collector per veil)" } else { "off (set LOAD_OTLP=1)" }
         );
