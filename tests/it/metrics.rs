@@ -54,6 +54,33 @@ fn sum(samples: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// veil in front of `mock`, serving `/metrics` on `port` (and `extra` arguments), once it
+/// says so.
+fn start_with_metrics(
+    mock: &Mock,
+    cwd: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> VeilProcess {
+    let mut args = resolve_args(mock.addr);
+    args.extend([
+        "--upstream-ca".to_string(),
+        mock.ca_path.display().to_string(),
+        "--metrics-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+    ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = VeilProcess::start(&args, cwd);
+    let said = format!("Prometheus metrics: http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proc.stderr().contains(&said) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(proc.stderr().contains(&said), "{}", proc.stderr());
+    proc
+}
+
 fn status_of(port: u16, method: &str, path: &str) -> u16 {
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
@@ -68,21 +95,7 @@ async fn metrics_count_requests_cost_tokens_rate_limits_retries_chunks_and_veils
     let mock = Mock::start(Alpn::H2AndHttp1).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut args = resolve_args(mock.addr);
-    args.extend([
-        "--upstream-ca".to_string(),
-        mock.ca_path.display().to_string(),
-        "--metrics-listen".to_string(),
-        format!("127.0.0.1:{port}"),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let proc = VeilProcess::start(&args, dir.path());
-    let said = format!("Prometheus metrics: http://127.0.0.1:{port}/metrics");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proc.stderr().contains(&said) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(proc.stderr().contains(&said), "{}", proc.stderr());
+    let proc = start_with_metrics(&mock, dir.path(), port, &[]);
 
     let plain = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let stream = serde_json::json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
@@ -277,23 +290,8 @@ async fn a_prompt_that_comes_back_is_answered_by_the_redaction_memo_and_forget_e
     let mock = Mock::start(Alpn::H2AndHttp1).await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let mut args = resolve_args(mock.addr);
-    args.extend([
-        "--upstream-ca".to_string(),
-        mock.ca_path.display().to_string(),
-        "--metrics-listen".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--admin-listen".to_string(),
-        format!("127.0.0.1:{admin}"),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let proc = VeilProcess::start(&args, dir.path());
-    let said = format!("Prometheus metrics: http://127.0.0.1:{port}/metrics");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proc.stderr().contains(&said) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(proc.stderr().contains(&said), "{}", proc.stderr());
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let proc = start_with_metrics(&mock, dir.path(), port, &["--admin-listen", &admin_listen]);
 
     let raw = "ops-lead@northwind.example";
     let system = format!(
@@ -356,10 +354,7 @@ async fn a_prompt_that_comes_back_is_answered_by_the_redaction_memo_and_forget_e
     crate::support::files::assert_nowhere(&[raw], b"", &proc.stderr(), dir.path());
 
     // A forget empties the memo.
-    let out = veil(
-        &["forget", &ids[0], "--admin", &format!("127.0.0.1:{admin}")],
-        dir.path(),
-    );
+    let out = veil(&["forget", &ids[0], "--admin", &admin_listen], dir.path());
     assert!(out.status.success(), "{out:?}");
     let (text, m) = scrape(port);
     assert_eq!(sum(&m, "veil_redaction_memo_bytes", &[]), 0.0, "{text}");
