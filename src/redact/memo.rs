@@ -109,7 +109,6 @@ pub(super) struct ScrubMemo {
     fast: foldhash::fast::RandomState,
     maps: Mutex<Generations>,
     hits: AtomicU64,
-    learned: AtomicU64,
 }
 
 #[derive(Default)]
@@ -161,7 +160,6 @@ impl ScrubMemo {
             fast: foldhash::fast::RandomState::default(),
             maps: Mutex::default(),
             hits: AtomicU64::new(0),
-            learned: AtomicU64::new(0),
         }
     }
 
@@ -223,7 +221,6 @@ impl ScrubMemo {
         }
         if let Ok(mut g) = self.maps.lock() {
             self.file(&mut g, key.fast, e, size);
-            self.learned.fetch_add(1, Ordering::Relaxed);
         }
     }
 
