@@ -395,6 +395,9 @@ impl Pipeline {
             &rules,
             self.redaction_budget,
         ));
+        // A forget that ran since this exchange started may cover it: what its redaction
+        // filed in the memo goes (see `clear_memo_if_forgotten_since`).
+        rules.clear_memo_if_forgotten_since(exchange.started_at);
         // The record keeps the exchange's place in the queue's bounds until it is freed
         // (after the exporter and the ledger's writer are done with it).
         record.in_flight = queued.in_flight();
@@ -637,10 +640,26 @@ mod tests {
         trees: bool,
         store: impl FnOnce(crate::keys::Keyring) -> Option<SealStore>,
     ) -> Harness {
+        let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys()).unwrap();
+        let rules = Arc::new(RulesHandle::from_rules("rules.toml".into(), rules));
+        pipeline_over(capacity, trees, store, rules)
+    }
+
+    /// The keys of every harness.
+    fn keys() -> crate::keys::Keyring {
         use crate::keys::{KeyId, Keyring, MasterKey};
+        Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]))
+    }
+
+    /// [`pipeline_with`] under the rules `rules` hands out.
+    fn pipeline_over(
+        capacity: usize,
+        trees: bool,
+        store: impl FnOnce(crate::keys::Keyring) -> Option<SealStore>,
+        rules: Arc<RulesHandle>,
+    ) -> Harness {
         let counters = Arc::new(Counters::default());
-        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [7; 32]));
-        let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys).unwrap();
+        let keys = keys();
         let (exporter, queue) = ExporterHandle::for_tests(1024, counters.clone());
         let exporter = if trees {
             exporter
@@ -650,7 +669,7 @@ mod tests {
         let health = Arc::new(crate::health::Health::new(counters.clone()));
         let (tx, rx) = crate::exchange::queue::channel(capacity, 64 << 20, counters.clone());
         let workers = Pipeline {
-            rules: Arc::new(RulesHandle::from_rules("rules.toml".into(), rules)),
+            rules,
             pricing: Arc::new(Pricing::builtin()),
             parse: ParseOptions::default(),
             exporter: Some(exporter),
@@ -891,6 +910,47 @@ mod tests {
         );
         std::thread::sleep(GROUP_WAIT + std::time::Duration::from_millis(1));
         assert!(by_age.full(), "full() reads the clock");
+    }
+
+    // See: veil#18. The redaction memo holds redacted output; a forget empties it. An exchange
+    // that was already queued when the forget ran (it may be one the forget covers) must not
+    // leave what its redaction filed there once it is built; one that started after the
+    // forget fills the memo as usual.
+    #[test]
+    fn an_exchange_that_started_before_a_forget_leaves_nothing_in_the_redaction_memo() {
+        let text = "Please summarise the attached quarterly report for the board and keep the tone \
+                    neutral; highlight revenue, churn and the hiring plan in three short bullets.";
+        let body = serde_json::json!({
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": text}, {"role": "user", "content": text}],
+        })
+        .to_string();
+        let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys()).unwrap();
+        let rules = Arc::new(RulesHandle::from_rules("rules.toml".into(), rules));
+        let (tx, mut queue, workers, _, _) = pipeline_over(1024, true, |_| None, rules.clone());
+        let mut send = |e: Exchange| {
+            tx.try_send(e).unwrap();
+            queue
+                .next_full(std::time::Duration::from_secs(10))
+                .expect("a record")
+        };
+        let path = "/v1/chat/completions";
+        let queued = ex(path, &body, Some(200), Outcome::Complete);
+        // The forget runs while the exchange waits in the queue.
+        rules.current().clear_memo();
+        send(queued);
+        assert_eq!(rules.current().memo_held(), 0, "filed after the forget");
+        // An exchange that started after the forget: its text, seen twice, is remembered.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        send(ex(path, &body, Some(200), Outcome::Complete));
+        assert!(rules.current().memo_held() > 0);
+        let hits = rules.current().memo_hits();
+        send(ex(path, &body, Some(200), Outcome::Complete));
+        assert!(rules.current().memo_hits() >= hits + 2);
+        drop(tx);
+        for w in workers {
+            w.join().unwrap();
+        }
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!   core dump.
 //! - **Redacted output**: what the record carries anyway (the ledger's content, the OTLP
 //!   body). `forget` empties the memo (the `on_forget` hook of `veil run`), like the feedback
-//!   service's recent exchanges, so no output of a forgotten exchange outlives it in memory.
+//!   service's recent exchanges, so no output of a forgotten exchange outlives it in memory;
+//!   an exchange that started before the forget empties it again when it is built
+//!   ([`ScrubMemo::clear_if_cleared_since`]), since it may be one the forget covered.
 //! - **Bounded in bytes** ([`ScrubMemo::new`], `redaction_memo` in veil.toml, 4 MiB by
 //!   default, 0 turns it off): two generations of half the bound each. A full current
 //!   generation becomes the old one and the old one is dropped; a text found in the old one
@@ -46,6 +48,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use siphasher::sip128::{Hasher128, SipHasher24};
 
@@ -115,6 +118,9 @@ pub(super) struct ScrubMemo {
 struct Generations {
     current: Generation,
     old: Generation,
+    /// When a forget last emptied the memo ([`ScrubMemo::clear`]): an exchange that started
+    /// before it may be one it forgot ([`ScrubMemo::clear_if_cleared_since`]).
+    cleared_at: Option<SystemTime>,
 }
 
 #[derive(Default)]
@@ -224,10 +230,31 @@ impl ScrubMemo {
         }
     }
 
-    /// Empties the memo (`forget`, tests).
+    /// Empties the memo (`forget`, tests) and notes when, in the same critical section as
+    /// the clear, so a text filed after it is seen by [`ScrubMemo::clear_if_cleared_since`].
     pub(super) fn clear(&self) {
         if let Ok(mut g) = self.maps.lock() {
-            *g = Generations::default();
+            *g = Generations {
+                cleared_at: Some(SystemTime::now()),
+                ..Generations::default()
+            };
+        }
+    }
+
+    /// Empties the memo again, without noting a new clear, if it was cleared at or after
+    /// `started` (an exchange's start): that exchange may be one the clear's forget covered,
+    /// and what it filed while it was being redacted must not outlive it. Whether it did.
+    pub(super) fn clear_if_cleared_since(&self, started: SystemTime) -> bool {
+        let Ok(mut g) = self.maps.lock() else {
+            return false;
+        };
+        match g.cleared_at {
+            Some(at) if at >= started => {
+                g.current = Generation::default();
+                g.old = Generation::default();
+                true
+            }
+            _ => false,
         }
     }
 

@@ -591,6 +591,18 @@ impl CompiledRules {
         self.memo.clear();
     }
 
+    /// Empties the memo again if a forget emptied it at or after `started`, the start of the
+    /// exchange just redacted (the pipeline calls this once per record); returns whether it
+    /// did. An exchange already in the recording queue or on a pipeline worker when the
+    /// forget ran may be one it covers (the ledger erases such a record by its tombstones,
+    /// the exporter drops it): the texts it filed after the forget's clear must go too. Every
+    /// exchange that started before the last forget empties the memo once more as it is
+    /// built, so after a forget the memo fills again only from exchanges that started after
+    /// it.
+    pub fn clear_memo_if_forgotten_since(&self, started: std::time::SystemTime) -> bool {
+        self.memo.clear_if_cleared_since(started)
+    }
+
     /// Hex digest (32 digits) of the format version, the file text and any dictionary files:
     /// goes into every record as `rules_digest`.
     pub fn digest(&self) -> &str {

@@ -244,6 +244,42 @@ fn the_memo_keeps_no_raw_value_and_its_debug_no_text() {
     assert_eq!(r.memo_hits(), hits + 1);
 }
 
+// An exchange that started before a forget may be one it covers: whatever its redaction filed
+// after the forget's clear is emptied again once it is built; one that started after keeps it.
+#[test]
+fn what_an_exchange_older_than_the_last_forget_filed_is_cleared_again() {
+    let r = compile(DEFAULT);
+    let scope = r.base_scope();
+    let t = &long_texts()[1];
+    let before = std::time::SystemTime::now();
+    for _ in 0..3 {
+        r.redact_text(t, scope);
+    }
+    assert!(r.memo_held() > 0);
+    // No forget yet: nothing to clear.
+    assert!(!r.clear_memo_if_forgotten_since(before));
+    assert!(r.memo_held() > 0);
+    r.clear_memo();
+    // The older exchange goes on after the forget's clear and files its text again.
+    for _ in 0..2 {
+        r.redact_text(t, scope);
+    }
+    assert!(r.memo_held() > 0);
+    assert!(r.clear_memo_if_forgotten_since(before));
+    assert_eq!(r.memo_held(), 0);
+    // An exchange that started after the forget keeps what it filed, and the memo answers.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let after = std::time::SystemTime::now();
+    for _ in 0..3 {
+        r.redact_text(t, scope);
+    }
+    assert!(!r.clear_memo_if_forgotten_since(after));
+    assert!(r.memo_held() > 0);
+    let hits = r.memo_hits();
+    r.redact_text(t, scope);
+    assert_eq!(r.memo_hits(), hits + 1);
+}
+
 #[test]
 fn the_memo_is_bounded_keeps_what_is_used_and_can_be_off() {
     let mut r = compile(DEFAULT);
