@@ -388,6 +388,9 @@ impl Pipeline {
             panic!("a test's exchange");
         }
         let rules = self.rules.current();
+        // When the build ends, also by a panic: a forget that ran since this exchange started
+        // may cover it, so what its redaction filed in the memo goes.
+        let _after_forget = MemoAfterForget(&rules, exchange.started_at);
         let conversation = exchange::parse(exchange, &self.parse, &self.pricing);
         let mut record = Box::new(record::build_within(
             exchange,
@@ -395,9 +398,6 @@ impl Pipeline {
             &rules,
             self.redaction_budget,
         ));
-        // A forget that ran since this exchange started may cover it: what its redaction
-        // filed in the memo goes (see `clear_memo_if_forgotten_since`).
-        rules.clear_memo_if_forgotten_since(exchange.started_at);
         // The record keeps the exchange's place in the queue's bounds until it is freed
         // (after the exporter and the ledger's writer are done with it).
         record.in_flight = queued.in_flight();
@@ -528,6 +528,16 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// On drop, [`crate::redact::CompiledRules::clear_memo_if_forgotten_since`] for an exchange
+/// that started at the time it holds.
+struct MemoAfterForget<'a>(&'a crate::redact::CompiledRules, std::time::SystemTime);
+
+impl Drop for MemoAfterForget<'_> {
+    fn drop(&mut self) {
+        self.0.clear_memo_if_forgotten_since(self.1);
     }
 }
 
