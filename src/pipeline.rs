@@ -650,9 +650,13 @@ mod tests {
         trees: bool,
         store: impl FnOnce(crate::keys::Keyring) -> Option<SealStore>,
     ) -> Harness {
+        pipeline_over(capacity, trees, store, default_rules())
+    }
+
+    /// The built-in rules with the memo at its default bound, as `veil run` starts.
+    fn default_rules() -> Arc<RulesHandle> {
         let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys()).unwrap();
-        let rules = Arc::new(RulesHandle::from_rules("rules.toml".into(), rules));
-        pipeline_over(capacity, trees, store, rules)
+        Arc::new(RulesHandle::from_rules("rules.toml".into(), rules))
     }
 
     /// The keys of every harness.
@@ -935,8 +939,7 @@ mod tests {
             "messages": [{"role": "user", "content": text}, {"role": "user", "content": text}],
         })
         .to_string();
-        let rules = crate::redact::CompiledRules::from_str("version = 1\n", &keys()).unwrap();
-        let rules = Arc::new(RulesHandle::from_rules("rules.toml".into(), rules));
+        let rules = default_rules();
         let (tx, mut queue, workers, _, _) = pipeline_over(1024, true, |_| None, rules.clone());
         let mut send = |e: Exchange| {
             tx.try_send(e).unwrap();
