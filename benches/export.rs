@@ -100,7 +100,7 @@ fn record(i: usize) -> Record {
 /// One batch of `records` as the exporter's batcher makes it: pushed into its batch (made for
 /// one encoding and kept from one flush to the next, as the batcher keeps it; protobuf is
 /// written as records are pushed), then the two requests' bytes.
-fn encode_batch(b: &mut Batch, records: &[Record], res: &ResourceInfo) -> (Vec<u8>, Vec<u8>) {
+fn encode_batch(b: &mut Batch, records: &[Record], res: &ResourceInfo) -> (Bytes, Bytes) {
     for r in records {
         b.push_record(r);
     }
@@ -189,7 +189,6 @@ fn bench(c: &mut Criterion) {
         &records,
         &res,
     );
-    let (t, l) = (Bytes::from(t), Bytes::from(l));
     let client = OtlpClient::new();
     g.bench_function("direct_post_protobuf", |b| {
         b.iter_custom(|iters| {

@@ -418,14 +418,8 @@ impl Batcher {
     async fn flush(&mut self) {
         self.records_in_batch = 0;
         let res = &self.settings.resource;
-        let traces = self
-            .batch
-            .traces_payload(res)
-            .map(|b| Payload::new(Bytes::from(b)));
-        let logs = self
-            .batch
-            .logs_payload(res)
-            .map(|b| Payload::new(Bytes::from(b)));
+        let traces = self.batch.traces_payload(res).map(Payload::new);
+        let logs = self.batch.logs_payload(res).map(Payload::new);
         let mut payloads: Vec<(Signal, Payload)> = [(Signal::Traces, traces), (Signal::Logs, logs)]
             .into_iter()
             .filter_map(|(s, p)| p.map(|p| (s, p)))

@@ -17,8 +17,9 @@
 //!
 //! The exporter's batches go further ([`RecordSpan`], [`RecordLog`], [`append`]): a record's
 //! span and log event are written straight from the `Record` as it is pushed, with no
-//! `Span` or `LogRecord` built, kept and dropped, and [`around`] puts the request around
-//! them at the flush. The attributes are named once, by `attributes::each_attribute`, for
+//! `Span` or `LogRecord` built, kept and dropped, and at the flush the request's [`head`]
+//! goes into room left before them and its [`tail`] after them ([`around`] when there is no
+//! room). The attributes are named once, by `attributes::each_attribute`, for
 //! both this writer and the built messages.
 //!
 //! The bytes are `prost`'s, byte for byte: fields in tag order (as `prost-derive` sorts
@@ -95,8 +96,6 @@ pub(super) trait Fields {
     fn prost<M: Message>(&mut self, tag: u32, m: &M);
     /// A string field written from an attribute name's parts ([`Key`]), not joined first.
     fn key(&mut self, tag: u32, k: Key<'_>);
-    /// Fields already encoded (a batch's spans or log records), as they are.
-    fn raw(&mut self, b: &[u8]);
 }
 
 const LEN: u32 = 2;
@@ -163,9 +162,6 @@ impl Fields for Measure {
     fn key(&mut self, tag: u32, k: Key<'_>) {
         let n = k.prefix.len() + k.name.len();
         self.len += key_len(tag) + encoded_len_varint(n as u64) + n;
-    }
-    fn raw(&mut self, b: &[u8]) {
-        self.len += b.len();
     }
 }
 
@@ -235,9 +231,6 @@ impl Fields for Write {
         } else {
             self.out.extend_from_slice(k.name.as_bytes());
         }
-    }
-    fn raw(&mut self, b: &[u8]) {
-        self.out.extend_from_slice(b);
     }
 }
 
@@ -650,24 +643,56 @@ pub(super) fn append<D: Describe>(
 /// requests, resources and scopes of the two signals number their fields alike (resource 1,
 /// scopes 2, schema_url 3; scope 1, items 2, schema_url 3), so one writer serves both. The
 /// bytes are those of the request `Batch::traces_request` or `Batch::logs_request` makes of
-/// the same items.
+/// the same items: [`head`], the items, then [`tail`].
 pub(super) fn around(resource: &Resource, scope: &InstrumentationScope, items: &[u8]) -> Vec<u8> {
-    let mut m = Measure::default();
-    envelope(&mut m, resource, scope, items);
-    m.write(|w| envelope(w, resource, scope, items))
+    let mut out = head(resource, scope, items.len());
+    out.reserve(items.len() + tail_len());
+    out.extend_from_slice(items);
+    tail(&mut out);
+    out
 }
 
-/// Request { resource_* 1: { resource 1, scope_* 2: { scope 1, items 2..., schema_url 3 } } };
-/// the outer `schema_url` is empty and omitted.
-fn envelope<F: Fields>(f: &mut F, resource: &Resource, scope: &InstrumentationScope, items: &[u8]) {
-    f.message(1, |f| {
-        f.prost(1, resource);
-        f.message(2, |f| {
-            f.prost(1, scope);
-            f.raw(items);
-            string(f, 3, SCHEMA_URL);
-        });
-    });
+/// The bytes of the request that come before `items` bytes of written items:
+/// `Request { resource_* 1: { resource 1, scope_* 2: { scope 1, ` (the outer `schema_url`
+/// is empty and omitted). A batch reserves room for them before its first item, so that
+/// the request is made without copying the items (`batch::Written`).
+pub(super) fn head(resource: &Resource, scope: &InstrumentationScope, items: usize) -> Vec<u8> {
+    let field = |tag: u32, inner: usize| key_len(tag) + encoded_len_varint(inner as u64) + inner;
+    let scopes = field(1, scope.encoded_len()) + items + tail_len();
+    let request = field(1, resource.encoded_len()) + field(2, scopes);
+    // All of the request but its items and tail.
+    let len = key_len(1) + encoded_len_varint(request as u64) + request - items - tail_len();
+    let mut w = Write {
+        out: Vec::with_capacity(len),
+        lens: Vec::new(),
+        next: 0,
+    };
+    w.tag(1, LEN);
+    varint(&mut w.out, request as u64);
+    w.prost(1, resource);
+    w.tag(2, LEN);
+    varint(&mut w.out, scopes as u64);
+    w.prost(1, scope);
+    debug_assert_eq!(w.out.len(), len, "the head's length was miscounted");
+    w.out
+}
+
+/// The bytes of the request after its items: ` schema_url 3 } }`.
+pub(super) fn tail(out: &mut Vec<u8>) {
+    let mut w = Write {
+        out: std::mem::take(out),
+        lens: Vec::new(),
+        next: 0,
+    };
+    string(&mut w, 3, SCHEMA_URL);
+    *out = w.out;
+}
+
+/// The length of [`tail`]'s bytes.
+fn tail_len() -> usize {
+    let mut m = Measure::default();
+    string(&mut m, 3, SCHEMA_URL);
+    m.len
 }
 
 /// A record's attribute as a `KeyValue`'s fields (`key_strindex` 0, omitted).
