@@ -40,6 +40,20 @@ const FINISH_REASONS: &[&str] = &[
     "SAFETY",
 ];
 
+/// `key` and then `more`, in one allocation (a clone grown by a push reallocated: 1.5 % of
+/// the exporter thread at 64 connections, stop 58's profile).
+fn with<I>(key: &SeriesKey, more: I) -> SeriesKey
+where
+    I: IntoIterator<Item = (&'static str, SeriesValue)>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let more = more.into_iter();
+    let mut k = Vec::with_capacity(key.len() + more.len());
+    k.extend(key.iter().cloned());
+    k.extend(more);
+    k
+}
+
 /// Adds one record's points to the per-exchange series of `counters`.
 pub fn observe(counters: &Counters, r: &Record) {
     let mut s = counters.series.lock();
@@ -71,15 +85,11 @@ pub fn observe(counters: &Counters, r: &Record) {
     ] {
         // Without counts, MUST NOT report.
         if let Some(n) = n {
-            let mut k = base.clone();
-            k.push(("gen_ai.token.type", fixed(ty)));
+            let k = with(&base, [("gen_ai.token.type", fixed(ty))]);
             s.observe(&TOKEN_USAGE, k, n as f64);
         }
     }
-    let mut k = base.clone();
-    if let Some(e) = &error {
-        k.push(("error.type", str(e)));
-    }
+    let k = with(&base, error.as_deref().map(|e| ("error.type", str(e))));
     s.observe(&OPERATION_DURATION, k, r.duration.as_secs_f64());
     if let Some(t) = r.time_to_first_chunk {
         s.observe(&TIME_TO_FIRST_CHUNK, base.clone(), t.as_secs_f64());
@@ -108,23 +118,25 @@ pub fn observe(counters: &Counters, r: &Record) {
         _ => "none",
     };
     let finish_reason = r.finish_reasons.first().map_or("", String::as_str);
-    let mut k = short.clone();
-    k.extend([
-        operation,
-        ("http.status_class", fixed(status_class)),
-        ("veil.outcome", fixed(r.outcome.as_str())),
-        (
-            "error.type",
-            error.as_deref().map_or_else(|| fixed(""), str),
-        ),
-        (
-            "gen_ai.response.finish_reason",
-            match FINISH_REASONS.iter().find(|f| **f == finish_reason) {
-                Some(f) => fixed(f),
-                None => str(finish_reason),
-            },
-        ),
-    ]);
+    let k = with(
+        &short,
+        [
+            operation,
+            ("http.status_class", fixed(status_class)),
+            ("veil.outcome", fixed(r.outcome.as_str())),
+            (
+                "error.type",
+                error.as_deref().map_or_else(|| fixed(""), str),
+            ),
+            (
+                "gen_ai.response.finish_reason",
+                match FINISH_REASONS.iter().find(|f| **f == finish_reason) {
+                    Some(f) => fixed(f),
+                    None => str(finish_reason),
+                },
+            ),
+        ],
+    );
     s.add(&REQUESTS, k, 1.0);
     if let Some(cost) = r.cost_usd.filter(|c| c.is_finite() && *c >= 0.0) {
         s.add(&COST, short.clone(), cost);
@@ -137,8 +149,7 @@ pub fn observe(counters: &Counters, r: &Record) {
         ("reasoning", r.usage.reasoning_tokens),
     ] {
         if let Some(n) = n {
-            let mut k = short.clone();
-            k.push(("gen_ai.token.type", fixed(ty)));
+            let k = with(&short, [("gen_ai.token.type", fixed(ty))]);
             s.add(&TOKENS, k, n as f64);
         }
     }
