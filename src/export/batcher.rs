@@ -117,6 +117,11 @@ pub(super) struct Batcher {
     pub(super) records_in_batch: usize,
     /// The records of the batch, for the ledger (empty without one).
     pub(super) records: Vec<Record>,
+    /// Places reserved for the next batch's records at its first: the recent batches' size
+    /// ([`otlp::recent_size`]). Grown by doubling instead, the vector of ~1.2 KB records
+    /// reallocating and copying itself was 3 % of the exporter thread at 64 connections
+    /// (stop 58's profile).
+    pub(super) records_hint: usize,
     /// Journal slots of the records in `batch`.
     pub(super) slots: Vec<Slot>,
     /// `export.unwritten_bytes` of the records in `batch`, released once they are
@@ -235,6 +240,7 @@ impl Batcher {
             batch,
             records_in_batch: 0,
             records: Vec::new(),
+            records_hint: 0,
             slots: Vec::new(),
             unwritten_bytes: 0,
             sender_txs,
@@ -407,6 +413,9 @@ impl Batcher {
         }
         self.records_in_batch += 1;
         if self.ledger.is_some() {
+            if self.records.capacity() == 0 {
+                self.records.reserve(self.records_hint);
+            }
             self.records.push(r);
         }
     }
@@ -426,6 +435,7 @@ impl Batcher {
             .collect();
         payloads.retain(|(s, _)| self.exports(*s));
         let records = std::mem::take(&mut self.records);
+        self.records_hint = otlp::recent_size(self.records_hint, records.len());
         let slots = std::mem::take(&mut self.slots);
         let to_ledger = self.ledger.is_some() && !records.is_empty();
         let parts = payloads.len() + usize::from(to_ledger);

@@ -52,11 +52,12 @@ struct Written {
     /// faults on the fresh copy (stop 58's profile, docs/performance.md).
     bytes: Vec<u8>,
     count: usize,
-    /// The last batch's items in bytes; a quarter more is reserved at the first message of
-    /// the next: a batch grown by doubling copied itself ~2× over on its way to a few MB
-    /// (callgrind, `benches/export.rs`), and one that outgrew the last batch's size by a
-    /// little was copied once more (stop 58's profile). Reserved only once a message comes,
-    /// so an idle exporter holds no buffer.
+    /// The recent batches' items in bytes ([`recent_size`]); a quarter more is reserved at
+    /// the first message of the next: a batch grown by doubling copied itself ~2× over on its
+    /// way to a few MB (callgrind, `benches/export.rs`), and one that outgrew the last
+    /// batch's size (a full batch after one flushed by its age) was copied once more (stop
+    /// 58's profile). Reserved only once a message comes, so an idle exporter holds no
+    /// buffer.
     hint: usize,
     /// The room kept for the head: the last head's length and [`HEAD_SLACK`] (0 before the
     /// first request, whose head is then put around a copy of the items).
@@ -105,7 +106,7 @@ impl Written {
         let gap = std::mem::replace(&mut self.gap, 0);
         self.count = 0;
         let items = bytes.len() - gap;
-        self.hint = items;
+        self.hint = recent_size(self.hint, items);
         let (resource, scope) = (res.to_proto(), scope());
         let head = wire::head(&resource, &scope, items);
         self.gap = head.len() + HEAD_SLACK;
@@ -117,6 +118,14 @@ impl Written {
         wire::tail(&mut bytes);
         Some(Bytes::from(bytes).slice(at..))
     }
+}
+
+/// The size to reserve for the next batch, given the last reservation's `hint` and the size
+/// of the batch just flushed: the larger of the two, the hint shrinking by a quarter per
+/// batch, so that one small batch (flushed by its age) does not leave the next full one to
+/// grow by copying, and the reservation still follows the load down within a few batches.
+pub(crate) fn recent_size(hint: usize, last: usize) -> usize {
+    last.max(hint - hint.div_ceil(4))
 }
 
 /// The repeated field of the items in `ScopeSpans` and `ScopeLogs`.
@@ -361,5 +370,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_reservation_outlasts_one_small_batch_and_follows_the_load_down() {
+        assert_eq!(recent_size(0, 1000), 1000);
+        // A batch flushed by its age after a full one keeps most of the reservation.
+        assert_eq!(recent_size(1000, 10), 750);
+        // A larger batch raises it at once.
+        assert_eq!(recent_size(750, 2000), 2000);
+        // Small batches bring it down within a few dozen flushes, to zero when idle.
+        let mut hint = 1 << 20;
+        for _ in 0..60 {
+            hint = recent_size(hint, 0);
+        }
+        assert_eq!(hint, 0);
     }
 }

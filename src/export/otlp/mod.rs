@@ -46,6 +46,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 pub use attributes::{error_type, is_failed, json_to_any};
+pub(crate) use batch::recent_size;
 pub use batch::{Batch, Signals};
 pub use log::{AuditEvent, EVALUATION_EVENT, FeedbackEvent, audit_log, feedback_log, record_log};
 pub use metrics::metrics_request;
