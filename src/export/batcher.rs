@@ -436,6 +436,7 @@ impl Batcher {
         payloads.retain(|(s, _)| self.exports(*s));
         let records = std::mem::take(&mut self.records);
         self.records_hint = otlp::recent_size(self.records_hint, records.len());
+        let records = otlp::fitted(records);
         let slots = std::mem::take(&mut self.slots);
         let to_ledger = self.ledger.is_some() && !records.is_empty();
         let parts = payloads.len() + usize::from(to_ledger);

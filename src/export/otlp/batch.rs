@@ -116,7 +116,7 @@ impl Written {
         };
         bytes[at..gap].copy_from_slice(&head);
         wire::tail(&mut bytes);
-        Some(Bytes::from(bytes).slice(at..))
+        Some(Bytes::from(fitted(bytes)).slice(at..))
     }
 }
 
@@ -126,6 +126,18 @@ impl Written {
 /// grow by copying, and the reservation still follows the load down within a few batches.
 pub(crate) fn recent_size(hint: usize, last: usize) -> usize {
     last.max(hint - hint.div_ceil(4))
+}
+
+/// `v` with its spare capacity given back when it is more than half its length: a small
+/// batch after a large one (the reservation follows the load down only gradually) would
+/// otherwise keep the large one's room while it waits in a queue, where only its length is
+/// counted. The allocator shrinks a large allocation in place; a small one is copied, which
+/// costs little.
+pub(crate) fn fitted<T>(mut v: Vec<T>) -> Vec<T> {
+    if v.capacity() - v.len() > v.len() / 2 {
+        v.shrink_to_fit();
+    }
+    v
 }
 
 /// The repeated field of the items in `ScopeSpans` and `ScopeLogs`.
@@ -329,17 +341,20 @@ mod tests {
         use prost::Message;
         let host = |h: &str| ResourceInfo::from_env(&|_| None, Some(h.into()));
         let mut b = Batch::new(Encoding::Protobuf, Encoding::Protobuf);
-        // Batch sizes that move the items' lengths across varint widths (1 record, then 300:
-        // ~2 KB, then ~500 KB), and a resource that grows between two batches (no room:
-        // around a copy) and shrinks back.
+        // Batch sizes that move the items' lengths across varint widths (1 record, ~2 KB,
+        // then 300, ~500 KB), a resource that grows between two batches (no room: around a
+        // copy) and shrinks back, and a small batch after large ones (its unused room given
+        // back: a small buffer moves). Whether each request is a slice of the buffer its
+        // items were written into: `None` where that is not the point.
         let rounds = [
-            (1, host("h")),
-            (300, host("h")),
-            (1, host("h")),
-            (2, host("a-much-longer-host-name.example")),
-            (3, host("h")),
+            (1, host("h"), Some(false)),
+            (300, host("h"), Some(true)),
+            (300, host("h"), Some(true)),
+            (300, host("a-much-longer-host-name.example"), Some(false)),
+            (300, host("h"), Some(true)),
+            (1, host("h"), None),
         ];
-        for (round, (records, res)) in rounds.iter().enumerate() {
+        for (round, (records, res, in_place)) in rounds.iter().enumerate() {
             let mut built = Batch::default();
             for i in 0..*records {
                 let r = testing::openai_chat(&format!("r-{round}-{i}"));
@@ -359,9 +374,7 @@ mod tests {
                 &built.logs_request(res).unwrap().encode_to_vec()[..],
                 "round {round}"
             );
-            // From the second request on, each is a slice of the buffer its items were
-            // written into, unless the resource grew past the room left for the head.
-            let in_place = round > 0 && round != 3;
+            let Some(in_place) = *in_place else { continue };
             for (payload, buffer) in [(&traces, spans), (&logs_req, logs)] {
                 assert_eq!(
                     buffer.contains(&(payload.as_ptr() as usize)),
@@ -370,6 +383,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_batch_gives_back_room_it_did_not_use() {
+        let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
+        v.extend_from_slice(&[1; 1000]);
+        let v = fitted(v);
+        assert!(v.capacity() < 1500, "{}", v.capacity());
+        assert_eq!(v, [1; 1000]);
+        // A batch about the size reserved keeps its buffer as it is.
+        let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
+        v.resize(900 << 10, 2);
+        let at = v.as_ptr();
+        let kept = fitted(v);
+        assert_eq!((kept.as_ptr(), kept.capacity()), (at, 1 << 20));
     }
 
     #[test]

@@ -46,8 +46,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 pub use attributes::{error_type, is_failed, json_to_any};
-pub(crate) use batch::recent_size;
 pub use batch::{Batch, Signals};
+pub(crate) use batch::{fitted, recent_size};
 pub use log::{AuditEvent, EVALUATION_EVENT, FeedbackEvent, audit_log, feedback_log, record_log};
 pub use metrics::metrics_request;
 pub use resource::{ResourceInfo, parse_key_values};
