@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(b.lens.capacity(), kept);
     }
 
-    /// Where a written signal's items start in memory, and the end of its buffer.
+    /// The memory of a written signal's buffer: its room for the head, then its items.
     fn items_at(w: &Option<Written>) -> std::ops::Range<usize> {
         let w = w.as_ref().expect("a protobuf signal");
         let base = w.bytes.as_ptr() as usize;
