@@ -37,7 +37,28 @@ pub(super) fn take_veil_headers(headers: &mut HeaderMap) -> Headers {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection, not to the message.
+///
+/// One pass over the names first: most messages carry none of these, and removing each
+/// absent name hashed it (nine lookups per message, twice per exchange: ~1 % of the
+/// forwarding threads at 64 connections, stop 59's profile).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let any = headers.keys().any(|n| {
+        matches!(
+            n.as_str(),
+            "connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+        )
+    });
+    if !any {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -104,6 +125,35 @@ mod tests {
             h.get("x-custom").is_none() && h.get("connection").is_none() && h.get("te").is_none()
         );
         assert!(h.get("content-type").is_some());
+    }
+
+    /// Each hop-by-hop name alone, without a `Connection` header, is still stripped: the
+    /// pass that skips messages with none of them must know every one.
+    #[test]
+    fn every_hop_by_hop_name_is_stripped_on_its_own() {
+        for name in [
+            "connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", "application/json".parse().unwrap());
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            assert!(h.get(name).is_none(), "{name} was kept");
+            assert_eq!(h.len(), 1, "{name}");
+        }
+        // `te: trailers` is the one value that may travel.
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").unwrap(), "trailers");
     }
 
     #[test]

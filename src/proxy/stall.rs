@@ -28,8 +28,14 @@ use tokio::time::Instant;
 pub struct StallClock<B> {
     inner: B,
     limit: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    armed: bool,
+    /// When the body last moved: the first ask, then every frame (`None` before the first).
+    since: Option<Instant>,
+    /// The timer, made the first time the body is not ready and reset to `since + limit`
+    /// when asked again. A body that is always ready (a request whose bytes came with its
+    /// head, the usual case) never makes one: a `Sleep` clones the runtime's handle and
+    /// registers with the timer wheel, and creating and dropping one per request was about
+    /// 0.4 % of the forwarding threads at 64 connections (stop 59's profile).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> StallClock<B> {
@@ -38,8 +44,8 @@ impl<B> StallClock<B> {
         StallClock {
             inner,
             limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
-            armed: false,
+            since: None,
+            sleep: None,
         }
     }
 }
@@ -94,21 +100,28 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if !this.armed {
-            this.armed = true;
-            let at = Instant::now() + this.limit;
-            this.sleep.as_mut().reset(at);
-        }
+        let since = *this.since.get_or_insert_with(Instant::now);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let at = Instant::now() + this.limit;
-                this.sleep.as_mut().reset(at);
+                this.since = Some(Instant::now());
                 Poll::Ready(frame.map(|r| r.map_err(BodyError::Inner)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(this.limit)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let at = since + this.limit;
+                let sleep = match &mut this.sleep {
+                    Some(sleep) => {
+                        if sleep.deadline() != at {
+                            sleep.as_mut().reset(at);
+                        }
+                        sleep
+                    }
+                    None => this.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+                };
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(this.limit)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -147,6 +160,20 @@ mod tests {
         }
     }
 
+    /// Yields what its channel is sent; pending while the channel is empty and open.
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
     // See: veil#10. `Content-Length: 100000` and then nothing held a slot for 300 s.
     #[tokio::test(start_paused = true)]
     async fn a_body_that_never_arrives_fails_after_the_limit() {
@@ -161,6 +188,42 @@ mod tests {
         assert!(err.is_stalled(), "{err}");
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
         assert!(err.to_string().contains("stalled"));
+    }
+
+    /// The clock restarts with every frame: a body that moves is never cut, however long it
+    /// takes in all, and the first wait after a frame is measured from that frame.
+    #[tokio::test(start_paused = true)]
+    async fn every_frame_restarts_the_clock() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let mut clocked = StallClock::new(Fed(rx), Duration::from_secs(10));
+        let feeder = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+            // Then nothing more, the sender held open.
+            std::future::pending::<()>().await;
+        });
+        let t0 = Instant::now();
+        for k in 1..=3u64 {
+            let frame = clocked.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+            assert_eq!(t0.elapsed(), Duration::from_secs(8 * k));
+        }
+        let err = clocked.frame().await.unwrap().unwrap_err();
+        assert!(err.is_stalled(), "{err}");
+        // 10 s after the last frame, not after the first wait's timer.
+        assert_eq!(t0.elapsed(), Duration::from_secs(34));
+        feeder.abort();
+    }
+
+    /// A body that is ready whenever it is asked never makes a timer.
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_body_makes_no_timer() {
+        let body = Chunks(vec![Some(Bytes::from_static(b"a"))].into());
+        let mut clocked = StallClock::new(body, Duration::from_secs(1));
+        while clocked.frame().await.is_some() {}
+        assert!(clocked.sleep.is_none());
     }
 
     #[tokio::test(start_paused = true)]
