@@ -472,9 +472,11 @@ pub(super) fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
     // character was the detector's largest cost on prose; non-ASCII words keep the Unicode
     // mapping (the Kelvin sign lowercases to `k`, `İ` to two characters).
     if w.is_ascii() {
+        // One pass, no `memcpy` call: these words are a few bytes long.
         let b = buf.get_mut(..w.len())?;
-        b.copy_from_slice(w.as_bytes());
-        b.make_ascii_lowercase();
+        for (d, s) in b.iter_mut().zip(w.as_bytes()) {
+            *d = s.to_ascii_lowercase();
+        }
         return std::str::from_utf8(b).ok();
     }
     let mut n = 0;
