@@ -54,8 +54,9 @@ pub const SLOT_MAGIC: u32 = 0x564B_5331;
 /// sector and an in-place overwrite (forget, rewrap) cannot tear.
 pub const SLOT_LEN: usize = 128;
 const TAG_LEN: usize = 16;
-/// Bytes reserved up front for a frame's JSON metadata (typically 0.6-1.5 KB with headers).
-const META_ESTIMATE: usize = 2048;
+/// Bytes of a frame's JSON metadata that do not grow with the exchange: the field names,
+/// the id, timestamps, route, outcome and WebSocket counts, with room to spare (~450 used).
+const META_FIXED: usize = 768;
 const SEAL_AAD: &[u8] = b"veil-seal-v1";
 const WRAP_AAD: &[u8] = b"veil-wrap-v1";
 
@@ -163,16 +164,18 @@ enum OutcomeMeta<S> {
 }
 
 /// The metadata of a version-1 payload: `S` is `&str` when sealing, `String` when opening;
-/// `W` the WebSocket session likewise (`&WebSocketSession`, `WebSocketSession`).
+/// `W` the WebSocket session likewise (`&WebSocketSession`, `WebSocketSession`); `A` the
+/// client's address, a `SocketAddr` when sealing (serde writes it as its `Display` text,
+/// from a stack buffer) and the `String` it is read back as when opening.
 #[derive(Serialize, Deserialize)]
-struct MetaV1<S, W> {
+struct MetaV1<S, W, A> {
     id: S,
     started_at_ns: u128,
     request_end_ns: Option<u64>,
     response_headers_ns: Option<u64>,
     first_byte_ns: Option<u64>,
     end_ns: u64,
-    client_addr: Option<String>,
+    client_addr: Option<A>,
     route: RouteMeta<S>,
     scheme: S,
     host: S,
@@ -237,7 +240,7 @@ fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
         response_headers_ns: ex.timings.response_headers.map(ns),
         first_byte_ns: ex.timings.first_byte.map(ns),
         end_ns: ns(ex.timings.end),
-        client_addr: ex.client_addr.map(|a| a.to_string()),
+        client_addr: ex.client_addr,
         route: match &ex.route {
             Route::Intercept => RouteMeta::Intercept,
             Route::Gateway { name } => RouteMeta::Gateway { name },
@@ -273,7 +276,7 @@ fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
     // estimate (the tag's 16 bytes used to reallocate the whole frame every time, ~6 % of the
     // pipeline thread at 8 connections in `benches/load.sh`).
     out.reserve(
-        5 + META_ESTIMATE
+        5 + meta_estimate(ex)
             + ex.request_body.captured_len()
             + ex.response_body.captured_len()
             + TAG_LEN,
@@ -297,6 +300,34 @@ fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
         out.extend_from_slice(c);
     }
     Ok(())
+}
+
+/// Bytes to reserve for `ex`'s JSON metadata: [`META_FIXED`], each header and tag with its
+/// JSON punctuation, and each body chunk's length entry. Text that JSON escapes can exceed
+/// it; then [`encode_payload`] grows the frame once. A fixed 2 KiB used to be too small for
+/// the headers of an ordinary SDK request, and growing the frame was ~6 % of the seal's
+/// submit.
+fn meta_estimate(ex: &Exchange) -> usize {
+    // `["name","value"],` is the pair plus 6 bytes; escapes are rare in header values.
+    let pairs = |h: &Headers| h.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+    // A chunk length: up to 20 digits and a comma.
+    let chunks = ex.request_body.chunks.len() + ex.response_body.chunks.len();
+    META_FIXED
+        + ex.path.len()
+        + ex.upstream.host.len()
+        + ex.client_version.len()
+        + ex.method.len()
+        + ex.api_key_fingerprint.as_ref().map_or(0, String::len)
+        + pairs(&ex.request_headers)
+        + pairs(&ex.response_headers)
+        + pairs(&ex.tags)
+        + 21 * chunks
+        + match &ex.outcome {
+            Outcome::UpstreamAborted { reason } | Outcome::UpstreamFailed { reason, .. } => {
+                reason.len()
+            }
+            Outcome::Complete | Outcome::ClientAborted => 0,
+        }
 }
 
 fn bad(why: impl std::fmt::Display) -> SealError {
@@ -338,7 +369,7 @@ pub(crate) fn decode_payload(plain: Bytes) -> Result<Exchange, SealError> {
         .checked_add(meta_len)
         .filter(|e| *e <= plain.len())
         .ok_or_else(|| bad("metadata length out of range"))?;
-    let meta: MetaV1<String, crate::exchange::WebSocketSession> =
+    let meta: MetaV1<String, crate::exchange::WebSocketSession, String> =
         serde_json::from_slice(&plain[5..meta_end]).map_err(|e| bad(format!("metadata: {e}")))?;
     let mut pos = meta_end;
     let request_body = take_body(meta.request_body, &plain, &mut pos)?;
@@ -602,6 +633,51 @@ mod tests {
     use super::*;
     use aes_gcm::aead::{AeadInPlace, KeyInit};
     use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
+
+    /// The metadata fits the room reserved for it, for each kind of exchange the seal tests
+    /// use (a chat, a long stream of chunks, a gzip body, a truncated one, a WebSocket
+    /// session), and for one with 60 headers; and the client address is written as its
+    /// `Display` text, as it was when the seal made a `String` of it (IPv4, and IPv6 with a
+    /// scope id).
+    #[test]
+    fn metadata_fits_its_estimate_and_keeps_its_address_text() {
+        use crate::seal::tests as t;
+        let mut many = t::openai_chat();
+        many.request_headers = (0..60)
+            .map(|k| (format!("x-header-{k}"), "v".repeat(40)))
+            .collect::<Vec<_>>()
+            .into();
+        let addrs: [SocketAddr; 2] = [
+            "203.0.113.9:50000".parse().unwrap(),
+            "[fe80::1%3]:443".parse().unwrap(),
+        ];
+        for (k, mut ex) in [
+            t::openai_chat(),
+            t::anthropic_stream(),
+            t::gzip_body(),
+            t::truncated_body(),
+            t::websocket_session(),
+            many,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            ex.client_addr = Some(addrs[k % 2]);
+            let mut out = Vec::new();
+            encode_payload(&ex, &mut out).unwrap();
+            let meta_len = u32::from_le_bytes(out[1..5].try_into().unwrap()) as usize;
+            assert!(
+                meta_len <= meta_estimate(&ex),
+                "exchange {k}: {meta_len} > {}",
+                meta_estimate(&ex)
+            );
+            let meta = std::str::from_utf8(&out[5..5 + meta_len]).unwrap();
+            let text = format!("\"client_addr\":\"{}\"", addrs[k % 2]);
+            assert!(meta.contains(&text), "{meta}");
+            let back = decode_payload(Bytes::from(out)).unwrap();
+            assert_eq!(back.client_addr, Some(addrs[k % 2]));
+        }
+    }
 
     /// The store's AES-256-GCM is the standard one: a frame sealed here opens with another
     /// implementation (the RustCrypto crate veil sealed with before it used ring), and a

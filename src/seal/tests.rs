@@ -105,7 +105,7 @@ pub(crate) fn openai_chat() -> Exchange {
     }
 }
 
-fn anthropic_stream() -> Exchange {
+pub(crate) fn anthropic_stream() -> Exchange {
     let mut ex = openai_chat();
     ex.id = ExchangeId::new();
     ex.route = Route::Gateway {
@@ -131,7 +131,7 @@ fn anthropic_stream() -> Exchange {
     ex
 }
 
-fn gzip_body() -> Exchange {
+pub(crate) fn gzip_body() -> Exchange {
     use flate2::{Compression, write::GzEncoder};
     let mut ex = openai_chat();
     ex.id = ExchangeId::new();
@@ -144,7 +144,7 @@ fn gzip_body() -> Exchange {
     ex
 }
 
-fn truncated_body() -> Exchange {
+pub(crate) fn truncated_body() -> Exchange {
     let mut ex = openai_chat();
     ex.id = ExchangeId::new();
     let big = PROMPT.repeat(2000);
@@ -161,7 +161,7 @@ fn truncated_body() -> Exchange {
 
 /// A relayed WebSocket session (veil#17): its frame counts and Realtime totals are sealed in
 /// the metadata, not in a body.
-fn websocket_session() -> Exchange {
+pub(crate) fn websocket_session() -> Exchange {
     let mut ex = openai_chat();
     ex.id = ExchangeId::new();
     ex.method = "GET".into();
