@@ -36,26 +36,29 @@ pub(super) fn take_veil_headers(headers: &mut HeaderMap) -> Headers {
     tags
 }
 
+/// The hop-by-hop headers (RFC 9110 §7.6.1) always removed, besides `te` (kept when it is
+/// `trailers`) and whatever `Connection` lists; `keep-alive` and `proxy-connection` are the
+/// legacy ones.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection, not to the message.
 ///
 /// One pass over the names first: most messages carry none of these, and removing each
 /// absent name hashed it (nine lookups per message, twice per exchange: ~1 % of the
 /// forwarding threads at 64 connections, stop 59's profile).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let any = headers.keys().any(|n| {
-        matches!(
-            n.as_str(),
-            "connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "keep-alive"
-                | "proxy-connection"
-                | "te"
-        )
-    });
+    let any = headers
+        .keys()
+        .any(|n| n == header::TE || HOP_BY_HOP.contains(&n.as_str()));
     if !any {
         return;
     }
@@ -69,18 +72,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     if headers
         .get(header::TE)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
