@@ -67,8 +67,9 @@ pub fn to_compact(v: &Value, scratch: &mut Vec<u8>) -> Box<str> {
 /// 32 MiB) would be a reservation of 192 MiB for one string.
 const SIMD_ESCAPE_MAX: usize = 1 << 20;
 
-/// `s` as a JSON string, quotes included, after whatever `out` holds.
-fn escape(s: &str, out: &mut Vec<u8>) {
+/// `s` as a JSON string, quotes included, after whatever `out` holds: the bytes
+/// `serde_json::to_writer(out, s)` writes.
+pub(crate) fn escape(s: &str, out: &mut Vec<u8>) {
     if s.len() <= SIMD_ESCAPE_MAX {
         json_escape_simd::escape_into(s, out);
     } else {

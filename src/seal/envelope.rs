@@ -39,6 +39,7 @@ use super::{ErrorKind, SealError};
 use crate::exchange::credentials;
 use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
+    WebSocketSession,
 };
 use crate::keys::{DerivedKey, KeyId};
 
@@ -229,8 +230,46 @@ fn borrowed(pairs: &Headers) -> Vec<(&str, &str)> {
 fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
     // On the stack: the id's text is fixed-length.
     let mut id = [0; 36];
-    let meta = MetaV1 {
-        id: ex.id.encode(&mut id),
+    let meta = meta_v1(ex, &mut id);
+    // The metadata is serialized in place after a placeholder for its length, and the room
+    // reserved covers the bodies and the GCM tag `seal_frame` appends: the frame is built in
+    // one allocation, grown at most once, exactly, when the metadata is larger than the
+    // estimate (the tag's 16 bytes used to reallocate the whole frame every time, ~6 % of the
+    // pipeline thread at 8 connections in `benches/load.sh`).
+    out.reserve(
+        5 + meta_estimate(ex)
+            + ex.request_body.captured_len()
+            + ex.response_body.captured_len()
+            + TAG_LEN,
+    );
+    out.push(FORMAT_VERSION);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write_meta(&meta, out)?;
+    let meta_len = u32::try_from(out.len() - len_at - 4)
+        .map_err(|_| SealError::new(ErrorKind::Format, "metadata too large"))?;
+    out[len_at..len_at + 4].copy_from_slice(&meta_len.to_le_bytes());
+    // Metadata past the estimate (a long stream's chunk table): grow once, exactly.
+    out.reserve_exact(ex.request_body.captured_len() + ex.response_body.captured_len() + TAG_LEN);
+    for c in ex
+        .request_body
+        .chunks
+        .iter()
+        .chain(&ex.response_body.chunks)
+    {
+        out.extend_from_slice(c);
+    }
+    Ok(())
+}
+
+/// `ex`'s metadata as a version-1 payload writes it (credential headers dropped), borrowing
+/// from `ex` and from `id`, the buffer its id's text is written into.
+fn meta_v1<'a>(
+    ex: &'a Exchange,
+    id: &'a mut [u8; 36],
+) -> MetaV1<&'a str, &'a WebSocketSession, SocketAddr> {
+    MetaV1 {
+        id: ex.id.encode(id),
         started_at_ns: ex
             .started_at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -269,36 +308,159 @@ fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
             },
         },
         websocket: ex.websocket.as_ref(),
-    };
-    // The metadata is serialized in place after a placeholder for its length, and the room
-    // reserved covers the bodies and the GCM tag `seal_frame` appends: the frame is built in
-    // one allocation, grown at most once, exactly, when the metadata is larger than the
-    // estimate (the tag's 16 bytes used to reallocate the whole frame every time, ~6 % of the
-    // pipeline thread at 8 connections in `benches/load.sh`).
-    out.reserve(
-        5 + meta_estimate(ex)
-            + ex.request_body.captured_len()
-            + ex.response_body.captured_len()
-            + TAG_LEN,
-    );
-    out.push(FORMAT_VERSION);
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    serde_json::to_writer(&mut *out, &meta)
-        .map_err(|e| SealError::new(ErrorKind::Format, format!("encode: {e}")))?;
-    let meta_len = u32::try_from(out.len() - len_at - 4)
-        .map_err(|_| SealError::new(ErrorKind::Format, "metadata too large"))?;
-    out[len_at..len_at + 4].copy_from_slice(&meta_len.to_le_bytes());
-    // Metadata past the estimate (a long stream's chunk table): grow once, exactly.
-    out.reserve_exact(ex.request_body.captured_len() + ex.response_body.captured_len() + TAG_LEN);
-    for c in ex
-        .request_body
-        .chunks
-        .iter()
-        .chain(&ex.response_body.chunks)
-    {
-        out.extend_from_slice(c);
     }
+}
+
+/// `meta` as JSON after whatever `out` holds: the bytes `serde_json::to_writer(out, meta)`
+/// writes (field order, `null` for `None`, the enums' `kind` tags, pairs as two-element
+/// arrays; tested against it), written straight instead of through serde's serializer, whose
+/// per-field calls and byte-at-a-time string escaping were ~8k instructions per exchange,
+/// a third of sealing it (stop 61, callgrind on `benches/pipeline.rs`). Strings go through
+/// the SIMD escaper the record's content uses
+/// ([`crate::exchange::json::escape`]), integers through `itoa`
+/// (serde_json's own). The WebSocket session, rare, is still serialized by serde.
+///
+/// Errors: only the WebSocket session's serialization could fail (it cannot: plain counters).
+fn write_meta(
+    meta: &MetaV1<&str, &WebSocketSession, SocketAddr>,
+    out: &mut Vec<u8>,
+) -> Result<(), SealError> {
+    use crate::exchange::json::escape;
+    fn num(n: impl itoa::Integer, out: &mut Vec<u8>) {
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+    fn opt_num(n: Option<impl itoa::Integer>, out: &mut Vec<u8>) {
+        match n {
+            Some(n) => num(n, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    fn opt_str(s: Option<&str>, out: &mut Vec<u8>) {
+        match s {
+            Some(s) => escape(s, out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    fn pairs(p: &[(&str, &str)], out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, (k, v)) in p.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'[');
+            escape(k, out);
+            out.push(b',');
+            escape(v, out);
+            out.push(b']');
+        }
+        out.push(b']');
+    }
+    fn body(b: &BodyMeta<&str>, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"chunks\":[");
+        for (i, n) in b.chunks.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            num(*n, out);
+        }
+        out.extend_from_slice(b"],\"wire_len\":");
+        num(b.wire_len, out);
+        out.extend_from_slice(if b.truncated {
+            b",\"truncated\":true,\"content_encoding\":"
+        } else {
+            b",\"truncated\":false,\"content_encoding\":"
+        });
+        opt_str(b.content_encoding, out);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"{\"id\":");
+    escape(meta.id, out);
+    out.extend_from_slice(b",\"started_at_ns\":");
+    num(meta.started_at_ns, out);
+    out.extend_from_slice(b",\"request_end_ns\":");
+    opt_num(meta.request_end_ns, out);
+    out.extend_from_slice(b",\"response_headers_ns\":");
+    opt_num(meta.response_headers_ns, out);
+    out.extend_from_slice(b",\"first_byte_ns\":");
+    opt_num(meta.first_byte_ns, out);
+    out.extend_from_slice(b",\"end_ns\":");
+    num(meta.end_ns, out);
+    out.extend_from_slice(b",\"client_addr\":");
+    match meta.client_addr {
+        Some(addr) => {
+            // serde's text for a `SocketAddr` is its `Display` form (at most 58 bytes), made
+            // on the stack as serde makes it.
+            use std::io::Write;
+            let mut buf = [0u8; 64];
+            let mut w = &mut buf[..];
+            let written = write!(w, "{addr}").is_ok();
+            let n = 64 - w.len();
+            match std::str::from_utf8(&buf[..n]) {
+                Ok(text) if written => escape(text, out),
+                _ => escape(&addr.to_string(), out),
+            }
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"route\":");
+    match meta.route {
+        RouteMeta::Intercept => out.extend_from_slice(b"{\"kind\":\"intercept\"}"),
+        RouteMeta::Gateway { name } => {
+            out.extend_from_slice(b"{\"kind\":\"gateway\",\"name\":");
+            escape(name, out);
+            out.push(b'}');
+        }
+        RouteMeta::PlainHttp => out.extend_from_slice(b"{\"kind\":\"plain_http\"}"),
+    }
+    out.extend_from_slice(b",\"scheme\":");
+    escape(meta.scheme, out);
+    out.extend_from_slice(b",\"host\":");
+    escape(meta.host, out);
+    out.extend_from_slice(b",\"port\":");
+    num(meta.port, out);
+    out.extend_from_slice(b",\"client_version\":");
+    escape(meta.client_version, out);
+    out.extend_from_slice(b",\"method\":");
+    escape(meta.method, out);
+    out.extend_from_slice(b",\"path\":");
+    escape(meta.path, out);
+    out.extend_from_slice(b",\"request_headers\":");
+    pairs(&meta.request_headers, out);
+    out.extend_from_slice(b",\"tags\":");
+    pairs(&meta.tags, out);
+    out.extend_from_slice(b",\"api_key_fingerprint\":");
+    opt_str(meta.api_key_fingerprint, out);
+    out.extend_from_slice(b",\"request_body\":");
+    body(&meta.request_body, out);
+    out.extend_from_slice(b",\"status\":");
+    opt_num(meta.status, out);
+    out.extend_from_slice(b",\"response_headers\":");
+    pairs(&meta.response_headers, out);
+    out.extend_from_slice(b",\"response_body\":");
+    body(&meta.response_body, out);
+    out.extend_from_slice(b",\"outcome\":");
+    match meta.outcome {
+        OutcomeMeta::Complete => out.extend_from_slice(b"{\"kind\":\"complete\"}"),
+        OutcomeMeta::ClientAborted => out.extend_from_slice(b"{\"kind\":\"client_aborted\"}"),
+        OutcomeMeta::UpstreamAborted { reason } => {
+            out.extend_from_slice(b"{\"kind\":\"upstream_aborted\",\"reason\":");
+            escape(reason, out);
+            out.push(b'}');
+        }
+        OutcomeMeta::UpstreamFailed { failure, reason } => {
+            out.extend_from_slice(b"{\"kind\":\"upstream_failed\",\"failure\":");
+            escape(failure, out);
+            out.extend_from_slice(b",\"reason\":");
+            escape(reason, out);
+            out.push(b'}');
+        }
+    }
+    if let Some(ws) = meta.websocket {
+        out.extend_from_slice(b",\"websocket\":");
+        serde_json::to_writer(&mut *out, ws)
+            .map_err(|e| SealError::new(ErrorKind::Format, format!("encode: {e}")))?;
+    }
+    out.push(b'}');
     Ok(())
 }
 
@@ -677,6 +839,95 @@ mod tests {
             let back = decode_payload(Bytes::from(out)).unwrap();
             assert_eq!(back.client_addr, Some(addrs[k % 2]));
         }
+    }
+
+    /// The hand-written metadata is byte for byte what serde_json writes for the same
+    /// `MetaV1` (which is also how it is read back): every kind of exchange the seal tests use,
+    /// every route and outcome, absent and present optional fields, IPv4 and IPv6 addresses,
+    /// and text that JSON must escape (quotes, backslashes, every control character, DEL,
+    /// U+2028, non-ASCII) in every string field.
+    #[test]
+    fn handwritten_metadata_is_serde_json_byte_for_byte() {
+        use crate::seal::tests as t;
+        let hostile: String = (0u8..0x20)
+            .map(char::from)
+            .chain("\"\\/\u{7f}\u{2028}é漢🦀 plain".chars())
+            .collect();
+        let mut odd = t::openai_chat();
+        odd.route = Route::Gateway {
+            name: hostile.clone(),
+        };
+        odd.upstream.scheme = hostile.clone();
+        odd.upstream.host = hostile.clone();
+        odd.client_version = hostile.clone();
+        odd.method = hostile.clone();
+        odd.path = hostile.clone();
+        odd.request_headers = vec![
+            (hostile.clone(), hostile.clone()),
+            (String::new(), String::new()),
+        ]
+        .into();
+        odd.response_headers = vec![("x".to_string(), hostile.clone())].into();
+        odd.tags = vec![(hostile.clone(), "t".to_string())].into();
+        odd.api_key_fingerprint = Some(hostile.clone());
+        odd.request_body.content_encoding = Some(hostile.clone());
+        odd.request_body.truncated = true;
+        odd.outcome = Outcome::UpstreamFailed {
+            kind: UpstreamFailure::Tls,
+            reason: hostile.clone(),
+        };
+        odd.client_addr = Some("[fe80::1%3]:443".parse().unwrap());
+        let mut bare = t::openai_chat();
+        bare.route = Route::PlainHttp;
+        bare.timings = Timings {
+            end: Duration::from_nanos(u64::MAX),
+            ..Default::default()
+        };
+        bare.started_at = SystemTime::UNIX_EPOCH;
+        bare.status = None;
+        bare.api_key_fingerprint = None;
+        bare.request_headers = Headers::default();
+        bare.response_headers = Headers::default();
+        bare.tags = Headers::default();
+        bare.request_body.chunks.clear();
+        bare.outcome = Outcome::ClientAborted;
+        bare.client_addr = Some("203.0.113.9:50000".parse().unwrap());
+        let mut aborted = t::anthropic_stream();
+        aborted.outcome = Outcome::UpstreamAborted {
+            reason: hostile.clone(),
+        };
+        aborted.client_addr = None;
+        let cases = [
+            t::openai_chat(),
+            t::anthropic_stream(),
+            t::gzip_body(),
+            t::truncated_body(),
+            t::websocket_session(),
+            odd,
+            bare,
+            aborted,
+        ];
+        let mut kinds = std::collections::HashSet::new();
+        for (k, ex) in cases.iter().enumerate() {
+            let mut id = [0; 36];
+            let meta = meta_v1(ex, &mut id);
+            kinds.insert(std::mem::discriminant(&ex.outcome));
+            let mut ours = b"prefix".to_vec();
+            write_meta(&meta, &mut ours).unwrap();
+            let theirs = serde_json::to_vec(&meta).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&ours[6..]),
+                String::from_utf8_lossy(&theirs),
+                "exchange {k}"
+            );
+            assert_eq!(
+                &ours[..6],
+                b"prefix",
+                "exchange {k}: appended, not overwritten"
+            );
+        }
+        assert_eq!(kinds.len(), 4, "every outcome");
+        assert!(cases.iter().any(|ex| ex.websocket.is_some()));
     }
 
     /// The store's AES-256-GCM is the standard one: a frame sealed here opens with another
