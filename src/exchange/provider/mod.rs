@@ -19,6 +19,7 @@
 
 mod anthropic;
 mod bedrock;
+mod direct;
 mod gemini;
 mod ollama;
 mod openai;
@@ -452,6 +453,13 @@ fn parse_response(
     }
     if ex.response_body.truncated {
         return Err("response body truncated at the capture limit".into());
+    }
+    // The most common answer, read without a tree when it is what it should be; anything
+    // else (or anything odd about it) goes the tree's way below.
+    if matches!(t.api, Api::OpenAiChat | Api::OpenAiCompletions)
+        && openai::chat_response_direct(&body, c)
+    {
+        return Ok(());
     }
     let resp: Value = match json::from_slice(&body) {
         Ok(v) => v,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::direct::{self, Text};
 use super::{
     UNFINISHED, arguments, copy_number, copy_stop, finish_reason, media_from_url, str_of,
     text_or_blocks, u64_of,
@@ -221,13 +222,13 @@ fn chat_message(m: &Value) -> InputMessage {
 /// `tool_calls` (and legacy `function_call`) of an assistant message (Ollama's messages carry
 /// the same shape, with `arguments` as an object).
 pub(super) fn tool_calls(m: &Value) -> Vec<Part> {
+    tool_call_parts(m.get("tool_calls"), m.get("function_call"))
+}
+
+/// [`tool_calls`] of a message whose `tool_calls` and `function_call` members are these.
+fn tool_call_parts(calls: Option<&Value>, function_call: Option<&Value>) -> Vec<Part> {
     let mut parts = Vec::new();
-    for call in m
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for call in calls.and_then(Value::as_array).into_iter().flatten() {
         let f = call.get("function").unwrap_or(&Value::Null);
         parts.push(Part::ToolCall {
             id: str_of(call, "id"),
@@ -237,7 +238,7 @@ pub(super) fn tool_calls(m: &Value) -> Vec<Part> {
             arguments: f.get("arguments").and_then(arguments),
         });
     }
-    if let Some(f) = m.get("function_call").filter(|f| f.is_object()) {
+    if let Some(f) = function_call.filter(|f| f.is_object()) {
         parts.push(Part::ToolCall {
             id: None,
             name: str_of(f, "name").unwrap_or_default(),
@@ -249,35 +250,137 @@ pub(super) fn tool_calls(m: &Value) -> Vec<Part> {
 
 /// A Chat Completions (or legacy Completions) response object.
 pub(super) fn chat_response(resp: &Value, c: &mut Conversation) {
-    c.response_id = str_of(resp, "id");
-    c.response_model = str_of(resp, "model");
-    if let Some(u) = resp.get("usage").filter(|u| u.is_object()) {
-        c.usage = usage(u);
-    }
-    let mut choices: Vec<&Value> = resp
+    let choices = resp
         .get("choices")
         .and_then(Value::as_array)
-        .map(|a| a.iter().collect())
+        .map(|a| a.iter().map(ChoiceView::of_tree).collect())
         .unwrap_or_default();
-    choices.sort_by_key(|ch| u64_of(ch, "index").unwrap_or(0));
+    fill_chat_response(
+        resp.get("id").and_then(Value::as_str),
+        resp.get("model").and_then(Value::as_str),
+        resp.get("usage"),
+        choices,
+        c,
+    );
+}
+
+/// [`chat_response`] of `body`, read without building its tree ([`super::direct`]). `false`,
+/// with `c` untouched, when the body is not a Chat Completions object whose members have the
+/// types this reads (or is not JSON at all): the caller then parses the tree, which decides.
+/// When `true`, `c` holds what [`chat_response`] of the body's tree would have put there.
+pub(super) fn chat_response_direct(body: &[u8], c: &mut Conversation) -> bool {
+    let Ok(answer) = serde_json::from_slice::<ChatAnswer>(body) else {
+        return false;
+    };
+    let choices = answer
+        .choices
+        .iter()
+        .flatten()
+        .map(ChoiceView::of_direct)
+        .collect();
+    fill_chat_response(
+        answer.id.get(),
+        answer.model.get(),
+        answer.usage.as_ref(),
+        choices,
+        c,
+    );
+    true
+}
+
+/// What [`chat_response`] reads of one choice, from either reading.
+struct ChoiceView<'a> {
+    index: Option<u64>,
+    text: Option<&'a str>,
+    /// Only an object counts as a message.
+    message: Option<MessageView<'a>>,
+    finish_reason: Option<&'a str>,
+}
+
+/// What [`chat_response`] reads of a choice's message.
+struct MessageView<'a> {
+    reasoning_content: Option<&'a str>,
+    reasoning: Option<&'a str>,
+    content: Option<&'a str>,
+    refusal: Option<&'a str>,
+    audio: Option<&'a Value>,
+    tool_calls: Option<&'a Value>,
+    function_call: Option<&'a Value>,
+}
+
+impl<'a> ChoiceView<'a> {
+    fn of_tree(ch: &'a Value) -> Self {
+        let text = |v: &'a Value, key: &str| v.get(key).and_then(Value::as_str);
+        ChoiceView {
+            index: u64_of(ch, "index"),
+            text: text(ch, "text"),
+            message: ch
+                .get("message")
+                .filter(|m| m.is_object())
+                .map(|m| MessageView {
+                    reasoning_content: text(m, "reasoning_content"),
+                    reasoning: text(m, "reasoning"),
+                    content: text(m, "content"),
+                    refusal: text(m, "refusal"),
+                    audio: m.get("audio"),
+                    tool_calls: m.get("tool_calls"),
+                    function_call: m.get("function_call"),
+                }),
+            finish_reason: text(ch, "finish_reason"),
+        }
+    }
+
+    fn of_direct(ch: &'a ChatChoice<'_>) -> Self {
+        ChoiceView {
+            index: ch.index.as_ref().and_then(Value::as_u64),
+            text: ch.text.get(),
+            message: ch.message.as_ref().map(|m| MessageView {
+                reasoning_content: m.reasoning_content.get(),
+                reasoning: m.reasoning.get(),
+                content: m.content.get(),
+                refusal: m.refusal.get(),
+                audio: m.audio.as_ref(),
+                tool_calls: m.tool_calls.as_ref(),
+                function_call: m.function_call.as_ref(),
+            }),
+            finish_reason: ch.finish_reason.get(),
+        }
+    }
+}
+
+/// The conversation's answer from a Chat Completions response's members (either reading).
+fn fill_chat_response(
+    id: Option<&str>,
+    model: Option<&str>,
+    usage_member: Option<&Value>,
+    mut choices: Vec<ChoiceView>,
+    c: &mut Conversation,
+) {
+    // A non-empty string field, as `str_of` reads one.
+    let nonempty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+    c.response_id = nonempty(id);
+    c.response_model = nonempty(model);
+    if let Some(u) = usage_member.filter(|u| u.is_object()) {
+        c.usage = usage(u);
+    }
+    choices.sort_by_key(|ch| ch.index.unwrap_or(0));
     for ch in choices {
         let mut parts = Vec::new();
-        if let Some(text) = str_of(ch, "text") {
+        if let Some(text) = nonempty(ch.text) {
             parts.push(Part::text(text)); // legacy Completions
         }
-        if let Some(m) = ch.get("message").filter(|m| m.is_object()) {
-            if let Some(reasoning) =
-                str_of(m, "reasoning_content").or_else(|| str_of(m, "reasoning"))
+        if let Some(m) = ch.message {
+            if let Some(reasoning) = nonempty(m.reasoning_content).or_else(|| nonempty(m.reasoning))
             {
                 parts.push(Part::Reasoning { content: reasoning });
             }
-            if let Some(text) = str_of(m, "content") {
+            if let Some(text) = nonempty(m.content) {
                 parts.push(Part::text(text));
             }
-            if let Some(refusal) = str_of(m, "refusal") {
+            if let Some(refusal) = nonempty(m.refusal) {
                 parts.push(Part::Refusal { content: refusal });
             }
-            if let Some(audio) = m.get("audio").filter(|a| a.is_object()) {
+            if let Some(audio) = m.audio.filter(|a| a.is_object()) {
                 // An audio answer (`modalities: ["text", "audio"]`): its transcript is the
                 // answer's text, recorded (and redacted) as any text; the audio itself only as
                 // its size. A folded stream carries the size, not the bytes (`STREAMED_AUDIO_BYTES`).
@@ -296,18 +399,88 @@ pub(super) fn chat_response(resp: &Value, c: &mut Conversation) {
                 }
                 parts.push(blob);
             }
-            parts.extend(tool_calls(m));
+            parts.extend(tool_call_parts(m.tool_calls, m.function_call));
         }
         c.output_messages.push(OutputMessage {
             role: Role::Assistant,
             parts,
             finish_reason: ch
-                .get("finish_reason")
-                .and_then(Value::as_str)
+                .finish_reason
                 .map_or_else(|| UNFINISHED.to_string(), finish_reason),
         });
     }
 }
+
+// The members of a Chat Completions answer that `chat_response` reads, read from the text
+// (`super::direct`): text fields borrowed, the small or rare structured ones as trees, every
+// other member parsed as a tree and dropped.
+
+#[derive(Default)]
+struct ChatAnswer<'de> {
+    id: Text<'de>,
+    model: Text<'de>,
+    usage: Option<Value>,
+    choices: Option<Vec<ChatChoice<'de>>>,
+}
+
+direct::object!(
+    ChatAnswer,
+    "a Chat Completions response",
+    |out, key, map| {
+        match key {
+            "id" => out.id = map.next_value()?,
+            "model" => out.model = map.next_value()?,
+            "usage" => out.usage = map.next_value()?,
+            "choices" => out.choices = map.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+);
+
+#[derive(Default)]
+struct ChatChoice<'de> {
+    index: Option<Value>,
+    text: Text<'de>,
+    message: Option<ChatMessage<'de>>,
+    finish_reason: Text<'de>,
+}
+
+direct::object!(ChatChoice, "a choice", |out, key, map| {
+    match key {
+        "index" => out.index = map.next_value()?,
+        "text" => out.text = map.next_value()?,
+        "message" => out.message = map.next_value()?,
+        "finish_reason" => out.finish_reason = map.next_value()?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+});
+
+#[derive(Default)]
+struct ChatMessage<'de> {
+    reasoning_content: Text<'de>,
+    reasoning: Text<'de>,
+    content: Text<'de>,
+    refusal: Text<'de>,
+    audio: Option<Value>,
+    tool_calls: Option<Value>,
+    function_call: Option<Value>,
+}
+
+direct::object!(ChatMessage, "a message", |out, key, map| {
+    match key {
+        "reasoning_content" => out.reasoning_content = map.next_value()?,
+        "reasoning" => out.reasoning = map.next_value()?,
+        "content" => out.content = map.next_value()?,
+        "refusal" => out.refusal = map.next_value()?,
+        "audio" => out.audio = map.next_value()?,
+        "tool_calls" => out.tool_calls = map.next_value()?,
+        "function_call" => out.function_call = map.next_value()?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+});
 
 /// Key of a folded stream's `message.audio` that carries the decoded size of the audio it
 /// streamed: the fold keeps the size, never the base64 bytes.

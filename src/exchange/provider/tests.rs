@@ -2542,3 +2542,221 @@ fn realtime_responses_parse_like_chat_with_audio_priced_at_audio_rates() {
     session.websocket = Some(Default::default());
     assert_eq!(run(&session).operation, Operation::Unknown);
 }
+
+// === Chat Completions answers read without a tree (openai::chat_response_direct) ===
+
+/// The conversation both readings start from.
+fn blank() -> Conversation {
+    base(&exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        b"{}",
+        200,
+        "application/json",
+        b"{}",
+    ))
+}
+
+/// What the tree reading (`json::from_slice`, then `openai::chat_response`) makes of `body`,
+/// `None` when the tree parse refuses it.
+fn chat_answer_by_tree(body: &[u8]) -> Option<Conversation> {
+    let v = json::from_slice(body).ok()?;
+    let mut c = blank();
+    openai::chat_response(&v, &mut c);
+    Some(c)
+}
+
+/// What the direct reading makes of `body`, `None` when it leaves it to the tree.
+fn chat_answer_direct(body: &[u8]) -> Option<Conversation> {
+    let mut c = blank();
+    if openai::chat_response_direct(body, &mut c) {
+        Some(c)
+    } else {
+        assert_eq!(c, blank(), "a refusal leaves the conversation untouched");
+        None
+    }
+}
+
+/// Real answers (the fixtures and the audio answer's shape) are read directly, and to the same
+/// conversation as the tree gives: id, model, usage with details, choices out of order, tool
+/// calls (parsed and unparsable arguments, the legacy `function_call`), reasoning, refusal,
+/// audio, legacy Completions text, and strings with escapes.
+#[test]
+fn direct_chat_answers_equal_the_tree_reading() {
+    let mut bodies: Vec<Vec<u8>> = [
+        "openai/chat_n2_response.json",
+        "openai/chat_refusal_response.json",
+        "openai/chat_tools_response.json",
+        "openai/completions_response.json",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    bodies.push(
+        json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+            "system_fingerprint": null, "service_tier": "default",
+            "choices": [
+                {"index": 1, "finish_reason": "length", "logprobs": null,
+                 "message": {"role": "assistant", "content": "second \"quoted\" \\ line\nnext é 🦀",
+                             "reasoning_content": "think", "annotations": []}},
+                {"index": 0, "finish_reason": "tool_calls",
+                 "message": {"role": "assistant", "content": null, "refusal": null,
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function",
+                         "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}},
+                        {"id": "call_2", "type": "function",
+                         "function": {"name": "broken", "arguments": "{not json"}}],
+                    "function_call": {"name": "legacy", "arguments": "{}"}}},
+                {"index": 2, "finish_reason": null,
+                 "message": {"role": "assistant", "reasoning": "fallback reasoning",
+                    "audio": {"id": "a", "data": "UklGRg==", "transcript": "Hello"}}}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+                "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 1},
+                "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 4}}})
+        .to_string()
+        .into_bytes(),
+    );
+    // Escapes in keys and values: decoded, not borrowed, and still the same members.
+    bodies.push(
+        br#"{"\u0069d":"c\u00e9","model":"gpt-4o-mini","choices":[{"index":0,"message":{"content":"tab\there \ud83e\udd80"},"finish_reason":"stop"}]}"#
+            .to_vec(),
+    );
+    for (k, body) in bodies.iter().enumerate() {
+        let direct =
+            chat_answer_direct(body).unwrap_or_else(|| panic!("answer {k} is read directly"));
+        let tree = chat_answer_by_tree(body).expect("the tree reads it too");
+        assert_eq!(direct, tree, "answer {k}");
+        assert!(!direct.output_messages.is_empty(), "answer {k} has choices");
+    }
+}
+
+/// Bodies the direct reading must leave to the tree, each for a reason the module doc names:
+/// a member of an unexpected type, not an object, a lone surrogate, invalid UTF-8, and what
+/// only the tree refuses (a number out of range, nesting past serde_json's limit, in members
+/// the direct reading does not otherwise read).
+#[test]
+fn direct_chat_reading_leaves_odd_answers_to_the_tree() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let cases: Vec<Vec<u8>> = vec![
+        br#"{"id":5,"choices":[]}"#.to_vec(),
+        br#"{"choices":{"0":{}}}"#.to_vec(),
+        br#"{"choices":[1]}"#.to_vec(),
+        br#"{"choices":[{"message":"hi"}]}"#.to_vec(),
+        br#"{"choices":[{"message":{"content":[{"type":"text","text":"hi"}]}}]}"#.to_vec(),
+        br#"[]"#.to_vec(),
+        b"   ".to_vec(),
+        br#"{"choices":[{"message":{"content":"cut \ud800 here"}}]}"#.to_vec(),
+        b"{\"model\":\"m\xff\"}".to_vec(),
+        br#"{"created":1e400,"choices":[]}"#.to_vec(),
+        format!(r#"{{"extra":{deep},"choices":[]}}"#).into_bytes(),
+        br#"{"choices":[]} trailing"#.to_vec(),
+    ];
+    for (k, body) in cases.iter().enumerate() {
+        assert!(
+            chat_answer_direct(body).is_none(),
+            "case {k} is left to the tree"
+        );
+    }
+    // The tree makes something of some of them (the surrogate is repaired; odd members are
+    // read as absent), so leaving them is what keeps the two readings the same.
+    assert!(chat_answer_by_tree(&cases[0]).is_some());
+    assert!(chat_answer_by_tree(&cases[7]).is_some());
+}
+
+/// A JSON value of any type, as text: the leaves include what the two readings could disagree
+/// on (escapes, a lone surrogate, an out-of-range number, empty strings, deep nesting).
+fn any_json() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        Just("true".to_string()),
+        Just("0".to_string()),
+        Just("3".to_string()),
+        Just("-1".to_string()),
+        Just("1.5".to_string()),
+        Just("18446744073709551616".to_string()),
+        Just("1e400".to_string()),
+        Just(r#""""#.to_string()),
+        Just(r#""plain""#.to_string()),
+        Just(r#""stop""#.to_string()),
+        Just(r#""q\"uote\\ \n é""#.to_string()),
+        Just(r#""\ud800 lone""#.to_string()),
+        Just(r#""\ud83e\udd80""#.to_string()),
+        Just(r#"{"name":"f","arguments":"{\"a\":1}"}"#.to_string()),
+        Just(format!("{}{}", "[".repeat(130), "]".repeat(130))),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec(("[a-z_]{1,8}", inner), 0..4).prop_map(|v| {
+                let m: Vec<String> = v.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", m.join(","))
+            }),
+        ]
+    })
+}
+
+/// An object whose members are drawn from `keys` (each may repeat, as JSON allows) with values
+/// from `value`, plus members nobody reads.
+fn object_of(
+    keys: &'static [&'static str],
+    value: impl Strategy<Value = String> + Clone,
+) -> impl Strategy<Value = String> {
+    let key = proptest::sample::select(keys.to_vec());
+    proptest::collection::vec((key, value), 0..6).prop_map(|members| {
+        let m: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", m.join(","))
+    })
+}
+
+fn chat_answer_text() -> impl Strategy<Value = String> {
+    let message = object_of(
+        &[
+            "content",
+            "reasoning_content",
+            "reasoning",
+            "refusal",
+            "audio",
+            "tool_calls",
+            "function_call",
+            "role",
+            "annotations",
+        ],
+        prop_oneof![
+            3 => any_json(),
+            1 => Just(r#"{"data":"UklGRg==","transcript":"hi"}"#.to_string()),
+            1 => Just(r#"[{"id":"c","function":{"name":"f","arguments":"{}"}}]"#.to_string()),
+        ],
+    );
+    let choice = object_of(
+        &["index", "text", "message", "finish_reason", "logprobs"],
+        prop_oneof![2 => any_json(), 2 => message],
+    );
+    let choices = proptest::collection::vec(prop_oneof![4 => choice, 1 => any_json()], 0..4)
+        .prop_map(|v| format!("[{}]", v.join(",")));
+    object_of(
+        &["id", "model", "usage", "choices", "object", "created"],
+        prop_oneof![
+            2 => any_json(),
+            3 => choices,
+            1 => Just(r#"{"prompt_tokens":5,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1}}"#.to_string()),
+        ],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whenever the direct reading takes an answer, the tree reads the same answer to the same
+    /// conversation; when the tree refuses a body, so does the direct reading.
+    #[test]
+    fn direct_chat_reading_agrees_with_the_tree(body in chat_answer_text()) {
+        let tree = chat_answer_by_tree(body.as_bytes());
+        if let Some(direct) = chat_answer_direct(body.as_bytes()) {
+            prop_assert_eq!(Some(direct), tree, "{}", body);
+        }
+    }
+}

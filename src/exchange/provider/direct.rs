@@ -1,0 +1,146 @@
+//! # Reading the fields a dialect needs straight from the JSON text.
+//!
+//! The dialect modules read `serde_json::Value` trees. For the most common answer, a Chat
+//! Completions response, building the tree was the largest step of the parse: every key and
+//! string of the answer allocated and inserted into a map, the content copied twice (into the
+//! tree, then out of it). The pieces here let a dialect read an object's fields as they are
+//! parsed instead: the fields it reads borrowed from the text where they have no escapes, every
+//! other field parsed as a `Value` and dropped.
+//!
+//! What makes the two readings agree (openai.rs tests them against each other):
+//! - every byte is validated by the same serde_json parser, to the same depth (the object
+//!   visitors here count towards its recursion limit as the tree's maps do), and fields the
+//!   dialect does not read are parsed as the trees parse them (`Value`), not skipped
+//!   (serde_json's skipping accepts numbers out of range and nesting past the limit, which the
+//!   tree refuses);
+//! - a key given twice: the last one wins, as in the tree's map;
+//! - a field of a type the reader does not expect (a number where text is read, an array
+//!   where an object is) is an error, and the caller then takes the tree path, which decides
+//!   what such a field means. So does anything serde_json refuses, lone surrogate escapes
+//!   included (the tree path repairs them, `exchange::json`).
+//!
+//! Owns: nothing but parsing. Never logs; errors are serde_json's (kind and position only).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+/// An object key, borrowed from the text unless it has escapes (then decoded, owned).
+pub(super) struct Key<'de>(pub(super) Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor).map(Key)
+    }
+}
+
+/// A field read as text: a JSON string (borrowed unless it has escapes) or `null` (`None`).
+/// Any other type is an error: the caller falls back to the tree.
+#[derive(Default)]
+pub(super) struct Text<'de>(pub(super) Option<Cow<'de, str>>);
+
+impl<'de> Text<'de> {
+    /// The text, borrowed.
+    pub(super) fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_option(OptionalStr).map(Text)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(s))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s))
+    }
+}
+
+struct OptionalStr;
+
+impl<'de> Visitor<'de> for OptionalStr {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(StrVisitor).map(Some)
+    }
+}
+
+/// Visits the members of an object in order: `field(key, map)` reads the value of a key it
+/// knows (with `map.next_value`) and returns `true`; for any other key it returns `false`,
+/// and the value is parsed as a `Value` and dropped, so it is validated as the tree would
+/// validate it.
+pub(super) fn members<'de, A: MapAccess<'de>>(
+    mut map: A,
+    mut field: impl FnMut(&str, &mut A) -> Result<bool, A::Error>,
+) -> Result<(), A::Error> {
+    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        if !field(&key, &mut map)? {
+            map.next_value::<Value>()?;
+        }
+    }
+    Ok(())
+}
+
+/// Implements `Deserialize` for `$ty<'de>`, a `Default` struct read from a JSON object:
+/// `|$out, $key, $map| $body` is the [`members`] callback, with `$out` the struct being
+/// filled. Anything but an object is an error (`deserialize_map`).
+macro_rules! object {
+    ($ty:ident, $what:literal, |$out:ident, $key:ident, $map:ident| $body:block) => {
+        impl<'de> serde::Deserialize<'de> for $ty<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty<'de>;
+
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($what)
+                    }
+
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<$ty<'de>, A::Error> {
+                        let mut $out = $ty::default();
+                        $crate::exchange::provider::direct::members(map, |$key, $map| $body)?;
+                        Ok($out)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+pub(super) use object;
