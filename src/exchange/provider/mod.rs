@@ -15,7 +15,10 @@
 //! index blindly: every field is optional, because the input is whatever crossed the wire.
 //! Streams are folded back into the non-streamed response shape of the same API and then
 //! parsed by the same function, so a streamed and a non-streamed response of the same
-//! content produce the same model by construction.
+//! content produce the same model by construction. One answer, the most common, is first
+//! read without a tree: a Chat Completions response (`openai::chat_response_direct`, built on
+//! `direct`), which falls back to the tree for anything it does not expect, and is tested to
+//! give what the tree gives whenever it does not.
 
 mod anthropic;
 mod bedrock;
