@@ -269,7 +269,7 @@ pub(super) fn chat_response(resp: &Value, c: &mut Conversation) {
 /// types this reads (or is not JSON at all): the caller then parses the tree, which decides.
 /// When `true`, `c` holds what [`chat_response`] of the body's tree would have put there.
 pub(super) fn chat_response_direct(body: &[u8], c: &mut Conversation) -> bool {
-    let Ok(answer) = serde_json::from_slice::<ChatAnswer>(body) else {
+    let Ok(answer) = crate::exchange::json::parse_text::<ChatAnswer>(body) else {
         return false;
     };
     let choices = answer
