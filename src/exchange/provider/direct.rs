@@ -7,7 +7,7 @@
 //! parsed instead: the fields it reads borrowed from the text where they have no escapes, every
 //! other field parsed as a `Value` and dropped.
 //!
-//! What makes the two readings agree (openai.rs tests them against each other):
+//! What makes the two readings agree (`provider/tests.rs` tests them against each other):
 //! - every byte is validated by the same serde_json parser, to the same depth (the object
 //!   visitors here count towards its recursion limit as the tree's maps do), and fields the
 //!   dialect does not read are parsed as the trees parse them (`Value`), not skipped
