@@ -248,22 +248,44 @@ fn is_empty(v: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::{Body, ParseOptions, Pricing};
+    use crate::exchange::{
+        Body, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream,
+    };
     use crate::keys::{KeyId, Keyring, MasterKey};
     use crate::redact::BUILTIN_DEFAULT_RULES;
 
-    /// The seal tests' chat exchange, asking for `model`.
     fn chat(model: &str) -> Exchange {
         let body =
             serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
                 .to_string();
-        let mut ex = crate::seal::tests::openai_chat();
-        ex.request_body = Body {
-            wire_len: body.len() as u64,
-            chunks: vec![bytes::Bytes::from(body)],
-            ..Body::default()
-        };
-        ex
+        Exchange {
+            id: ExchangeId::new(),
+            started_at: std::time::SystemTime::now(),
+            timings: Timings::default(),
+            client_addr: None,
+            route: Route::Intercept,
+            upstream: Upstream {
+                scheme: "https".into(),
+                host: "api.openai.com".into(),
+                port: 443,
+            },
+            client_version: "HTTP/1.1".into(),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            request_headers: Default::default(),
+            tags: Default::default(),
+            api_key_fingerprint: None,
+            request_body: Body {
+                wire_len: body.len() as u64,
+                chunks: vec![bytes::Bytes::from(body)],
+                ..Body::default()
+            },
+            status: None,
+            response_headers: Default::default(),
+            response_body: Body::default(),
+            outcome: Outcome::ClientAborted,
+            websocket: None,
+        }
     }
 
     /// A label is capped at [`MAX_LABEL_CHARS`] characters, not bytes: a label of exactly the
