@@ -966,6 +966,41 @@ mod tests {
         }
     }
 
+    /// A label is capped at [`record::MAX_LABEL_CHARS`] characters, not bytes: a label of
+    /// exactly the cap stays whole (ASCII, and multi-byte characters, which a cap in bytes
+    /// would cut), one character more is cut to the cap.
+    #[test]
+    fn labels_are_capped_in_characters() {
+        use crate::keys::{KeyId, Keyring, MasterKey};
+        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [3; 32]));
+        let rules =
+            crate::redact::CompiledRules::from_str(crate::redact::BUILTIN_DEFAULT_RULES, &keys)
+                .unwrap();
+        let n = record::MAX_LABEL_CHARS;
+        for (model, kept) in [
+            ("m".repeat(n), n),
+            ("m".repeat(n + 1), n),
+            ("é".repeat(n), n),
+            ("é".repeat(n + 40), n),
+            ("é".repeat(n / 2 + 1), n / 2 + 1),
+        ] {
+            let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string();
+            let ex = ex("/v1/chat/completions", &body, None, Outcome::ClientAborted);
+            let conv = exchange::parse(&ex, &ParseOptions::default(), &Pricing::builtin());
+            assert_eq!(conv.request_model.as_deref(), Some(model.as_str()));
+            let rec = record::build(&ex, &conv, &rules);
+            let got = rec.request_model.expect("a model");
+            let c = model.chars().next().unwrap();
+            assert_eq!(
+                got,
+                c.to_string().repeat(kept),
+                "{} of {c}",
+                model.chars().count()
+            );
+        }
+    }
+
     #[test]
     fn the_memory_of_failures_is_bounded() {
         let r = Retries::default();

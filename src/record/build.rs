@@ -21,7 +21,7 @@ const MAX_TOOL_NAMES: usize = 256;
 
 /// Longest label (model, feature, conversation id, error type, tool name) exported. Real ones
 /// are short; a long one is an app putting content where metadata belongs.
-const MAX_LABEL_CHARS: usize = 256;
+pub(crate) const MAX_LABEL_CHARS: usize = 256;
 
 /// Builds the redacted record of one exchange under the default redaction budget
 /// ([`Budget::DEFAULT`]); see [`build_within`].
@@ -242,79 +242,5 @@ fn is_empty(v: &Value) -> bool {
         Value::Object(o) => o.is_empty(),
         Value::String(s) => s.is_empty(),
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::exchange::{
-        Body, ExchangeId, Outcome, ParseOptions, Pricing, Route, Timings, Upstream,
-    };
-    use crate::keys::{KeyId, Keyring, MasterKey};
-    use crate::redact::BUILTIN_DEFAULT_RULES;
-
-    fn chat(model: &str) -> Exchange {
-        let body =
-            serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-                .to_string();
-        Exchange {
-            id: ExchangeId::new(),
-            started_at: std::time::SystemTime::now(),
-            timings: Timings::default(),
-            client_addr: None,
-            route: Route::Intercept,
-            upstream: Upstream {
-                scheme: "https".into(),
-                host: "api.openai.com".into(),
-                port: 443,
-            },
-            client_version: "HTTP/1.1".into(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            request_headers: Default::default(),
-            tags: Default::default(),
-            api_key_fingerprint: None,
-            request_body: Body {
-                wire_len: body.len() as u64,
-                chunks: vec![bytes::Bytes::from(body)],
-                ..Body::default()
-            },
-            status: None,
-            response_headers: Default::default(),
-            response_body: Body::default(),
-            outcome: Outcome::ClientAborted,
-            websocket: None,
-        }
-    }
-
-    /// A label is capped at [`MAX_LABEL_CHARS`] characters, not bytes: a label of exactly the
-    /// cap stays whole (ASCII, and multi-byte characters, which a cap in bytes would cut),
-    /// one character more is cut to the cap.
-    #[test]
-    fn labels_are_capped_in_characters() {
-        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [3; 32]));
-        let rules = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).unwrap();
-        let n = MAX_LABEL_CHARS;
-        for (model, kept) in [
-            ("m".repeat(n), n),
-            ("m".repeat(n + 1), n),
-            ("é".repeat(n), n),
-            ("é".repeat(n + 40), n),
-            ("é".repeat(n / 2 + 1), n / 2 + 1),
-        ] {
-            let ex = chat(&model);
-            let conv = crate::exchange::parse(&ex, &ParseOptions::default(), &Pricing::builtin());
-            assert_eq!(conv.request_model.as_deref(), Some(model.as_str()));
-            let rec = build(&ex, &conv, &rules);
-            let got = rec.request_model.expect("a model");
-            let c = model.chars().next().unwrap();
-            assert_eq!(
-                got,
-                c.to_string().repeat(kept),
-                "{} of {c}",
-                model.chars().count()
-            );
-        }
     }
 }

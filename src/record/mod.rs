@@ -23,6 +23,8 @@
 mod build;
 mod identity;
 
+#[cfg(test)]
+pub(crate) use build::MAX_LABEL_CHARS;
 pub use build::{build, build_within, scope_key};
 
 use std::collections::BTreeMap;
