@@ -37,6 +37,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::woken::Woken;
+
 /// After veil decides to close an idle connection it asks for a graceful close (h2 GOAWAY) and
 /// gives the peer this long to take it before dropping the socket. Nothing is in flight, so
 /// this only spares the client a reset.
@@ -198,17 +200,21 @@ pub async fn drive<C: Future>(
     graceful: impl Fn(Pin<&mut C>),
 ) -> Ended<C::Output> {
     let mut conn = pin!(conn);
-    let timer = tokio::time::sleep_until(activity.start + limits.header_read);
-    let mut timer = pin!(timer);
+    // Both polled only when they fire, not on each of the connection's wake-ups: the token
+    // is shared by every connection (see `woken`).
+    let mut cancelled = pin!(Woken::new(cancel.cancelled()));
+    let mut timer = pin!(Woken::new(tokio::time::sleep_until(
+        activity.start + limits.header_read
+    )));
     loop {
         tokio::select! {
             r = conn.as_mut() => return Ended::Done(r),
-            () = cancel.cancelled() => {
+            () = cancelled.as_mut() => {
                 graceful(conn.as_mut());
                 return Ended::Done(conn.await);
             }
             () = timer.as_mut() => match activity.verdict(Instant::now(), limits) {
-                Verdict::Until(at) => timer.as_mut().reset(at),
+                Verdict::Until(at) => timer.as_mut().rearm().reset(at),
                 Verdict::Close(why) => {
                     graceful(conn.as_mut());
                     let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;

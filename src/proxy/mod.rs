@@ -67,6 +67,7 @@ pub mod tee;
 mod tunnel;
 pub mod upstream;
 mod websocket;
+pub mod woken;
 
 use std::fmt;
 use std::future::Future;
@@ -274,15 +275,12 @@ impl Shared {
     }
 }
 
-/// `task`, dropped when `kill` fires, held once.
+/// `task`, dropped when `kill` fires, held once ([`woken::Killable`]: the token is looked at
+/// only when it fired, not on each of the task's wake-ups).
 ///
 /// Not an `async move` block around `select!`: a future moved inside an async block keeps its
 /// room there after the move, so such a wrapper held every connection's task twice (an
 /// intercepted connection's was ~5.4 KB, for as long as the app keeps the connection).
-fn killable<F: Future>(
-    task: F,
-    kill: &CancellationToken,
-) -> impl Future<Output = Option<F::Output>> + use<F> {
-    use tokio_util::future::FutureExt;
-    task.with_cancellation_token_owned(kill.clone())
+fn killable<F: Future>(task: F, kill: &CancellationToken) -> woken::Killable<F> {
+    woken::Killable::new(task, kill.clone())
 }
