@@ -130,12 +130,29 @@ impl Shared {
         // Counted as handed to the pool, new connection or reused (the connector counts
         // the new ones), whatever the upstream then answers.
         self.counters.upstream.requests.inc();
-        let sent_at = Instant::now();
-        let sent = tokio::time::timeout(
-            self.settings.upstream_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
+        // One clock read for both (tokio's clock is the system's unless a test pauses it).
+        let now = tokio::time::Instant::now();
+        let sent_at = now.into_std();
+        // The connection's kept timer, not `tokio::time::timeout`'s new one (see
+        // `ClientSlot::upstream_timer`).
+        let deadline = now + self.settings.upstream_timeout;
+        let mut timer = slot.upstream_timer(deadline);
+        let mut request = self.client.request(Request::from_parts(parts, body));
+        let sent = loop {
+            tokio::select! {
+                biased;
+                r = &mut request => break Ok(r),
+                () = timer.as_mut() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        break Err(());
+                    }
+                    // A kept timer that was due before this request's deadline.
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        };
+        drop(request);
+        slot.keep_timer(timer);
         let arrived = Instant::now();
         let recorded = recording.is_some();
         let (failure, body_failed) = match sent {

@@ -404,6 +404,46 @@ async fn upstream_timeout_is_a_504() {
     veil.stop().await;
 }
 
+/// Each connection keeps its last request's `upstream_timeout` timer for the next request
+/// (`ClientSlot::upstream_timer`): a kept timer whose deadline has passed must not cut the
+/// next request, and it must still fire for a request the upstream never answers.
+#[tokio::test]
+async fn upstream_timeout_holds_for_each_request_on_a_kept_connection() {
+    for proto in [Proto::Http1, Proto::H2] {
+        let mock = Mock::start(Alpn::H2AndHttp1).await;
+        let mut veil =
+            Veil::start_with(&mock, |raw| raw.upstream_timeout = Some("300ms".into())).await;
+        let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, proto).await;
+        let resp = client.send(get("api.openai.com", "/error")).await;
+        assert_eq!(resp.status(), 429, "{proto:?}: the upstream's own answer");
+        body_text(resp).await;
+        // Past the first request's deadline: its timer, kept, has run out.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let resp = client.send(get("api.openai.com", "/error")).await;
+        assert_eq!(
+            resp.status(),
+            429,
+            "{proto:?}: a request on the kept connection is not cut by the old deadline"
+        );
+        body_text(resp).await;
+        // Mid-way through the last request's 300 ms: the kept timer, still running, fires
+        // 150 ms into the next request, which must wait on to its own deadline.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = std::time::Instant::now();
+        let resp = client.send(get("api.openai.com", "/hang")).await;
+        let took = started.elapsed();
+        assert_eq!(resp.status(), 504, "{proto:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+            "{proto:?}: cut after {took:?}, not after upstream_timeout (300 ms)"
+        );
+        for _ in 0..3 {
+            veil.next_exchange().await;
+        }
+        veil.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn client_abort_mid_stream_yields_one_aborted_exchange() {
     for proto in [Proto::Http1, Proto::H2] {
