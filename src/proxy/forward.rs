@@ -81,7 +81,12 @@ impl Shared {
         parts.headers.remove(header::HOST);
         join_cookies(&mut parts.headers);
 
-        let path_and_query = format!("{}{}", target.prefix, path_and_query);
+        // Copied only under a gateway route's prefix.
+        let path_and_query: std::borrow::Cow<'_, str> = if target.prefix.is_empty() {
+            path_and_query.into()
+        } else {
+            format!("{}{}", target.prefix, path_and_query).into()
+        };
         // For the error messages only: not formatted for a request that succeeds.
         let shown = || format!("{}:{}", target.host, target.port);
         let recording = match self

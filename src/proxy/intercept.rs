@@ -132,12 +132,10 @@ impl Shared {
                     let resp = Box::pin(shared.reserved(req)).await;
                     return Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)));
                 }
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                let resp = shared.forward(req, &target, &pq, addr, &slot).await;
+                // A clone of the parsed part shares its bytes: no copy per request.
+                let pq = req.uri().path_and_query().cloned();
+                let pq = pq.as_ref().map_or("/", |p| p.as_str());
+                let resp = shared.forward(req, &target, pq, addr, &slot).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             })
         });
