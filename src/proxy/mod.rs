@@ -43,7 +43,7 @@
 //! | `destinations.rs` | `--resolve`, the destination policy, the one checked connect | a `TcpStream`, or an `UpstreamError` (`refused` for 403) |
 //! | `tee.rs` | bodies forwarded frame by frame, copied into a bounded capture | one `Exchange` into the recording queue, exactly once |
 //! | `error.rs`, `answer.rs` | `ProxyError` (side, status, code, metric label); veil's JSON answer, counted in one place | the response to the app |
-//! | `conn.rs`, `stall.rs`, `drain.rs` | connection clocks (the admin API's too); the request-body stall clock; the bounded drain of an h2 request body dropped unread, which veil's own early answers wait for (bounded, 1 s), so the answer is not followed or cut short by a reset the app trips on | — |
+//! | `conn.rs`, `woken.rs`, `stall.rs`, `drain.rs` | connection clocks (the admin API's too), whose shutdown tokens and timers are polled only when they fire; the request-body stall clock; the bounded drain of an h2 request body dropped unread, which veil's own early answers wait for (bounded, 1 s), so the answer is not followed or cut short by a reset the app trips on | — |
 
 mod answer;
 pub mod ca;
