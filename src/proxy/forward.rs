@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::header;
+use http::uri::PathAndQuery;
 use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -31,7 +32,7 @@ use super::answer::id_header;
 use super::drain::{ANSWER_WAIT_MAX, Drain, DrainPolicy, Settled};
 use super::error::{self, ProxyError};
 use super::headers::{content_encoding, join_cookies, strip_hop_by_hop, take_veil_headers};
-use super::route::Target;
+use super::route::{Target, bad_url};
 use super::stall::{BodyError, StallClock};
 use super::tee::{Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use super::upstream::{self, UpstreamError};
@@ -57,7 +58,7 @@ impl Shared {
         self: &Arc<Self>,
         req: Request<Incoming>,
         target: &Target,
-        path_and_query: &str,
+        path_and_query: PathAndQuery,
         addr: SocketAddr,
         slot: &Slot,
     ) -> Response<ProxyBody> {
@@ -65,7 +66,14 @@ impl Shared {
             // Boxed, as are the other rare branches (the early answers, the wait for room
             // under audit = "required"): a future holds room for its largest branch, and
             // every request's future is copied into its box when it starts.
-            return Box::pin(self.websocket(req, target, path_and_query, addr, slot.clone())).await;
+            return Box::pin(self.websocket(
+                req,
+                target,
+                path_and_query.as_str(),
+                addr,
+                slot.clone(),
+            ))
+            .await;
         }
         let id = ExchangeId::new();
         let t0 = Instant::now();
@@ -82,18 +90,26 @@ impl Shared {
         join_cookies(&mut parts.headers);
 
         // Copied only under a gateway route's prefix.
-        let path_and_query: std::borrow::Cow<'_, str> = if target.prefix.is_empty() {
-            path_and_query.into()
+        let path_and_query = if target.prefix.is_empty() {
+            Ok(path_and_query)
         } else {
-            format!("{}{}", target.prefix, path_and_query).into()
+            PathAndQuery::try_from(format!("{}{}", target.prefix, path_and_query))
+                .map_err(|e| bad_url(&e))
         };
         // For the error messages only: not formatted for a request that succeeds.
         let shown = || format!("{}:{}", target.host, target.port);
+        let path_and_query = match path_and_query {
+            Ok(pq) => pq,
+            Err(e) => {
+                drop(body);
+                return answer_unread(settled, self.answer(&e, None)).await;
+            }
+        };
         let recording = match self
             .start_recording(
                 &parts,
                 target,
-                &path_and_query,
+                path_and_query.as_str(),
                 tags,
                 (id, t0, started_at),
                 (addr, HandOff::Admit),
@@ -110,7 +126,7 @@ impl Shared {
             lock(rec).request_encoding(content_encoding(&parts.headers));
         }
 
-        let uri = match target.upstream_uri(&path_and_query) {
+        let uri = match target.upstream_uri(path_and_query) {
             Ok(uri) => uri,
             Err(e) => {
                 drop(body);

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Request;
+use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -100,15 +101,22 @@ impl Shared {
                 return;
             }
         };
-        let shared = self.clone();
-        let target = Arc::new(Target {
-            scheme: "https",
+        // The CONNECT host was a parsed URI authority, so it makes one again.
+        let target = match Target::new(
+            "https",
             host,
             port,
-            prefix: String::new(),
-            route: exchange::Route::Intercept,
-            record: true,
-        });
+            String::new(),
+            exchange::Route::Intercept,
+            true,
+        ) {
+            Ok(target) => Arc::new(target),
+            Err(e) => {
+                tracing::warn!(error = %e, "intercepted host makes no upstream URL; closing");
+                return;
+            }
+        };
+        let shared = self.clone();
         // The session's clock starts now: its first request head is due header_read_timeout
         // after the handshake.
         let activity = Activity::new();
@@ -133,8 +141,11 @@ impl Shared {
                     return Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)));
                 }
                 // A clone of the parsed part shares its bytes: no copy per request.
-                let pq = req.uri().path_and_query().cloned();
-                let pq = pq.as_ref().map_or("/", |p| p.as_str());
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
                 let resp = shared.forward(req, &target, pq, addr, &slot).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             })

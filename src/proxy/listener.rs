@@ -230,7 +230,7 @@ impl Shared {
                 target,
                 path_and_query,
             } => {
-                self.forward(req, &target, &path_and_query, addr, &slot)
+                self.forward(req, &target, path_and_query, addr, &slot)
                     .await
             }
             Route::Reject(why) => {

@@ -20,6 +20,7 @@
 //! (else 403 `port_not_allowed`) and an IP literal must be an address veil may reach for apps
 //! (else 403 `destination_refused`). Both refusals are counted as refused by the caller.
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, StatusCode, Uri};
 
 use crate::config::authority_port;
@@ -68,19 +69,21 @@ pub enum Route {
     Forward {
         /// Where it goes and whether it is recorded.
         target: Target,
-        /// Path and query to send upstream, after [`Target::prefix`].
-        path_and_query: String,
+        /// Path and query to send upstream, after [`Target::prefix`]: the request's own,
+        /// shared, for an absolute-form request.
+        path_and_query: PathAndQuery,
     },
     /// Answer with veil's own error and go nowhere.
     Reject(ProxyError),
 }
 
-/// Where a forwarded request goes and whether it is recorded.
+/// Where a forwarded request goes and whether it is recorded. Built by [`Target::new`],
+/// which also parses the upstream authority once, for every request sent to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// `http` or `https`.
     pub scheme: &'static str,
-    /// Upstream host.
+    /// Upstream host, without IPv6 brackets.
     pub host: String,
     /// Upstream port.
     pub port: u16,
@@ -90,34 +93,74 @@ pub struct Target {
     pub route: exchange::Route,
     /// Whether the exchange is recorded.
     pub record: bool,
+    /// `host[:port]` as sent upstream: IPv6 in brackets, the port only when it is not the
+    /// scheme's default. A clone shares its bytes.
+    authority: Authority,
 }
 
 impl Target {
+    /// The target `scheme://host:port` + `prefix` (`scheme` is `https` or anything else for
+    /// `http`; `host` lowercase, without IPv6 brackets).
+    ///
+    /// # Errors
+    /// veil's 400 `bad_request` when `host` and `port` do not make a URI authority.
+    pub fn new(
+        scheme: &'static str,
+        host: String,
+        port: u16,
+        prefix: String,
+        route: exchange::Route,
+        record: bool,
+    ) -> Result<Target, ProxyError> {
+        let scheme = if scheme == "https" { "https" } else { "http" };
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let bracketed = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let authority = if port == default_port {
+            bracketed
+        } else {
+            format!("{bracketed}:{port}")
+        };
+        let authority = Authority::try_from(authority).map_err(|e| bad_url(&e))?;
+        Ok(Target {
+            scheme,
+            host,
+            port,
+            prefix,
+            route,
+            record,
+            authority,
+        })
+    }
+
     /// The upstream URL for `path_and_query` (the gateway prefix already applied): the
-    /// target's scheme and host, its port only when not the scheme's default.
+    /// target's scheme and authority (see [`Target::new`]), nothing parsed or copied again.
     ///
     /// # Errors
     /// veil's 400 answer when the parts do not make a URI (a path that is not one).
-    pub fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
-        let default_port = if self.scheme == "https" { 443 } else { 80 };
-        let authority = if self.port == default_port {
-            self.host.clone()
+    pub fn upstream_uri(&self, path_and_query: PathAndQuery) -> Result<Uri, ProxyError> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if self.scheme == "https" {
+            Scheme::HTTPS
         } else {
-            format!("{}:{}", self.host, self.port)
-        };
-        Uri::builder()
-            .scheme(self.scheme)
-            .authority(authority)
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| {
-                ProxyError::internal(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("cannot build upstream URL: {e}"),
-                )
-            })
+            Scheme::HTTP
+        });
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|e| bad_url(&e))
     }
+}
+
+/// veil's 400 for an upstream URL that cannot be built from a request's parts.
+pub(super) fn bad_url(e: &dyn std::fmt::Display) -> ProxyError {
+    ProxyError::internal(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("cannot build upstream URL: {e}"),
+    )
 }
 
 /// Decides what the request with `head` is, under `settings` (see the module docs).
@@ -206,17 +249,25 @@ fn absolute(uri: &Uri, settings: &ProxySettings) -> Route {
     if let Some(refusal) = refuse(settings, &host, port, "a request") {
         return Route::Reject(refusal);
     }
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    Route::Forward {
-        target: Target {
-            scheme,
-            record: settings.is_intercepted(&host, port),
-            host,
-            port,
-            prefix: String::new(),
-            route: exchange::Route::PlainHttp,
+    // The request's own parsed part: a clone shares its bytes.
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let record = settings.is_intercepted(&host, port);
+    match Target::new(
+        scheme,
+        host,
+        port,
+        String::new(),
+        exchange::Route::PlainHttp,
+        record,
+    ) {
+        Ok(target) => Route::Forward {
+            target,
+            path_and_query,
         },
-        path_and_query,
+        Err(e) => Route::Reject(e),
     }
 }
 
@@ -240,26 +291,34 @@ fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
     };
     let rest = &trimmed[name_end..];
     let path_and_query = if rest.starts_with('/') {
-        rest.to_string()
+        PathAndQuery::try_from(rest)
     } else {
-        format!("/{rest}")
+        PathAndQuery::try_from(format!("/{rest}"))
     };
-    Route::Forward {
-        target: Target {
-            scheme: if route.scheme == "https" {
-                "https"
-            } else {
-                "http"
-            },
-            host: route.host.clone(),
-            port: route.port,
-            prefix: route.prefix.clone(),
-            route: exchange::Route::Gateway {
-                name: route.name.clone(),
-            },
-            record: true,
+    let path_and_query = match path_and_query {
+        Ok(pq) => pq,
+        Err(e) => return Route::Reject(bad_url(&e)),
+    };
+    let target = Target::new(
+        if route.scheme == "https" {
+            "https"
+        } else {
+            "http"
         },
-        path_and_query,
+        route.host.clone(),
+        route.port,
+        route.prefix.clone(),
+        exchange::Route::Gateway {
+            name: route.name.clone(),
+        },
+        true,
+    );
+    match target {
+        Ok(target) => Route::Forward {
+            target,
+            path_and_query,
+        },
+        Err(e) => Route::Reject(e),
     }
 }
 

@@ -137,14 +137,15 @@ fn absolute_form_is_forwarded_and_recorded_when_intercepted() {
     assert_eq!(path_and_query, "/v1/chat/completions?x=1");
     assert_eq!(
         target,
-        Target {
-            scheme: "https",
-            host: "api.openai.com".into(),
-            port: 443,
-            prefix: String::new(),
-            route: exchange::Route::PlainHttp,
-            record: true,
-        }
+        Target::new(
+            "https",
+            "api.openai.com".into(),
+            443,
+            String::new(),
+            exchange::Route::PlainHttp,
+            true,
+        )
+        .unwrap()
     );
 }
 
@@ -261,4 +262,58 @@ fn unknown_gateway_route_is_404_naming_the_routes() {
         "{}",
         why.message()
     );
+}
+
+#[test]
+fn upstream_uri_has_the_port_only_when_not_the_default_and_ipv6_in_brackets() {
+    let uri = |scheme, host: &str, port| {
+        let t = Target::new(
+            scheme,
+            host.into(),
+            port,
+            String::new(),
+            exchange::Route::Intercept,
+            true,
+        )
+        .unwrap();
+        t.upstream_uri(PathAndQuery::from_static("/v1/x?a=1"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        uri("https", "api.openai.com", 443),
+        "https://api.openai.com/v1/x?a=1"
+    );
+    assert_eq!(
+        uri("https", "api.openai.com", 8443),
+        "https://api.openai.com:8443/v1/x?a=1"
+    );
+    assert_eq!(
+        uri("http", "example.com", 80),
+        "http://example.com/v1/x?a=1"
+    );
+    assert_eq!(
+        uri("http", "example.com", 443),
+        "http://example.com:443/v1/x?a=1"
+    );
+    // route() keeps hosts without brackets; the URI must put them back.
+    assert_eq!(uri("https", "::1", 8443), "https://[::1]:8443/v1/x?a=1");
+    assert_eq!(
+        uri("https", "2001:db8::1", 443),
+        "https://[2001:db8::1]/v1/x?a=1"
+    );
+}
+
+#[test]
+fn a_host_that_makes_no_authority_is_veils_400() {
+    let e = Target::new(
+        "https",
+        "bad host".into(),
+        443,
+        String::new(),
+        exchange::Route::Intercept,
+        true,
+    )
+    .unwrap_err();
+    assert_eq!(e.status(), StatusCode::BAD_REQUEST);
 }

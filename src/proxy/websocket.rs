@@ -23,6 +23,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
@@ -39,7 +40,7 @@ use super::error;
 use super::forward::lock;
 use super::headers::{content_encoding, strip_hop_by_hop, take_veil_headers};
 use super::realtime::{self, Capture, Captured, Emitter};
-use super::route::Target;
+use super::route::{Target, bad_url};
 use super::tee::{RecordingRef, SessionEnd, Side, TeeBody};
 use super::tunnel::{TunnelEnd, copy_tunnel};
 use super::upstream;
@@ -87,12 +88,16 @@ impl Shared {
         restore_upgrade(&mut parts.headers, upgrade);
 
         let path_and_query = format!("{}{}", target.prefix, path_and_query);
-        let realtime_model = realtime_model(&path_and_query);
+        let path_and_query = match PathAndQuery::try_from(path_and_query) {
+            Ok(pq) => pq,
+            Err(e) => return self.answer(&bad_url(&e), None),
+        };
+        let realtime_model = realtime_model(path_and_query.as_str());
         let recording = match self
             .start_recording(
                 &parts,
                 target,
-                &path_and_query,
+                path_and_query.as_str(),
                 tags,
                 (id, t0, started_at),
                 (addr, super::forward::HandOff::AtEnd),
@@ -102,7 +107,7 @@ impl Shared {
             Ok(r) => r,
             Err(answer) => return *answer,
         };
-        parts.uri = match target.upstream_uri(&path_and_query) {
+        parts.uri = match target.upstream_uri(path_and_query) {
             Ok(uri) => uri,
             // The request id only where a record of the session will exist.
             Err(e) => return self.answer(&e, recording.is_some().then_some(id)),
