@@ -35,6 +35,7 @@ pub use provider::{ParseOptions, parse};
 pub use providers::Provider;
 pub use traceparent::TraceParent;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -153,8 +154,8 @@ pub enum Route {
 /// Where the exchange was sent: what the app addressed, before any `--resolve` override.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// `https` or `http`.
-    pub scheme: String,
+    /// `https` or `http` (borrowed when the proxy captured it: no allocation per exchange).
+    pub scheme: Cow<'static, str>,
     /// Host name as the app addressed it (lowercase), e.g. `api.openai.com`.
     pub host: String,
     /// Port as the app addressed it.
@@ -382,6 +383,43 @@ pub struct WebSocketSession {
     pub realtime: Option<realtime::RealtimeTotals>,
 }
 
+/// `version` as an [`Exchange`] names it: `HTTP/0.9`, `HTTP/1.0`, `HTTP/1.1`, `HTTP/2.0`,
+/// `HTTP/3.0` (the `http` crate's `Debug` names), borrowed for every version it knows.
+pub fn version_name(version: http::Version) -> Cow<'static, str> {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9".into(),
+        http::Version::HTTP_10 => "HTTP/1.0".into(),
+        http::Version::HTTP_11 => "HTTP/1.1".into(),
+        http::Version::HTTP_2 => "HTTP/2.0".into(),
+        http::Version::HTTP_3 => "HTTP/3.0".into(),
+        other => format!("{other:?}").into(),
+    }
+}
+
+/// `method` as an [`Exchange`] names it (RFC 9110's token, as sent): borrowed for the
+/// methods RFC 9110 and RFC 5789 define, copied for an extension method.
+pub fn method_name(method: &http::Method) -> Cow<'static, str> {
+    use http::Method as M;
+    let known = [
+        M::GET,
+        M::POST,
+        M::PUT,
+        M::DELETE,
+        M::HEAD,
+        M::OPTIONS,
+        M::CONNECT,
+        M::PATCH,
+        M::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "CONNECT", "PATCH", "TRACE",
+    ];
+    match known.iter().position(|m| m == method) {
+        Some(i) => NAMES[i].into(),
+        None => method.as_str().to_owned().into(),
+    }
+}
+
 /// One intercepted request/response pair. Built once by the proxy's capture, read by
 /// every later step; nothing mutates it after the hand-off.
 #[derive(Debug, Clone)]
@@ -398,10 +436,10 @@ pub struct Exchange {
     pub route: Route,
     /// What the app addressed.
     pub upstream: Upstream,
-    /// HTTP version the app spoke to veil (`HTTP/1.1`, `HTTP/2.0`).
-    pub client_version: String,
-    /// Request method.
-    pub method: String,
+    /// HTTP version the app spoke to veil (`HTTP/1.1`, `HTTP/2.0`; see [`version_name`]).
+    pub client_version: Cow<'static, str>,
+    /// Request method (see [`method_name`]).
+    pub method: Cow<'static, str>,
     /// Path and query as sent upstream, with credential query parameters (`key=`) fingerprinted.
     pub path: String,
     /// Request headers as sent upstream (lowercase names, wire order; credentials
@@ -458,6 +496,39 @@ fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_and_method_names_are_the_http_crates_and_borrowed_when_known() {
+        use http::{Method, Version};
+        for v in [
+            Version::HTTP_09,
+            Version::HTTP_10,
+            Version::HTTP_11,
+            Version::HTTP_2,
+            Version::HTTP_3,
+        ] {
+            let name = version_name(v);
+            assert_eq!(name, format!("{v:?}"));
+            assert!(matches!(name, Cow::Borrowed(_)), "{v:?} allocated");
+        }
+        for m in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::PATCH,
+            Method::TRACE,
+        ] {
+            let name = method_name(&m);
+            assert_eq!(name, m.as_str());
+            assert!(matches!(name, Cow::Borrowed(_)), "{m} allocated");
+        }
+        let odd = Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(method_name(&odd), "PROPFIND");
+    }
 
     #[test]
     fn id_round_trips_and_orders_by_time() {

@@ -68,9 +68,9 @@ pub struct RequestMeta {
     /// What the app addressed.
     pub upstream: Upstream,
     /// App's HTTP version.
-    pub client_version: String,
+    pub client_version: std::borrow::Cow<'static, str>,
     /// Method.
-    pub method: String,
+    pub method: std::borrow::Cow<'static, str>,
     /// Path and query, credentials fingerprinted.
     pub path: String,
     /// Request headers, credentials fingerprinted.

@@ -564,12 +564,12 @@ pub(crate) fn decode_payload(plain: Bytes) -> Result<Exchange, SealError> {
             RouteMeta::PlainHttp => Route::PlainHttp,
         },
         upstream: Upstream {
-            scheme: meta.scheme,
+            scheme: meta.scheme.into(),
             host: meta.host,
             port: meta.port,
         },
-        client_version: meta.client_version,
-        method: meta.method,
+        client_version: meta.client_version.into(),
+        method: meta.method.into(),
         path: meta.path,
         request_headers: meta.request_headers.into_iter().collect(),
         tags: meta.tags.into_iter().collect(),
@@ -857,10 +857,10 @@ mod tests {
         odd.route = Route::Gateway {
             name: hostile.clone(),
         };
-        odd.upstream.scheme = hostile.clone();
+        odd.upstream.scheme = hostile.clone().into();
         odd.upstream.host = hostile.clone();
-        odd.client_version = hostile.clone();
-        odd.method = hostile.clone();
+        odd.client_version = hostile.clone().into();
+        odd.method = hostile.clone().into();
         odd.path = hostile.clone();
         odd.request_headers = vec![
             (hostile.clone(), hostile.clone()),
@@ -1066,7 +1066,7 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
         );
         assert_eq!(
-            (ex.method.as_str(), ex.path.as_str()),
+            (&*ex.method, ex.path.as_str()),
             ("POST", "/v1/chat/completions")
         );
         assert_eq!(ex.status, Some(200));
