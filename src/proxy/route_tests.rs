@@ -280,28 +280,37 @@ fn upstream_uri_has_the_port_only_when_not_the_default_and_ipv6_in_brackets() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(
-        uri("https", "api.openai.com", 443),
-        "https://api.openai.com/v1/x?a=1"
-    );
-    assert_eq!(
-        uri("https", "api.openai.com", 8443),
-        "https://api.openai.com:8443/v1/x?a=1"
-    );
-    assert_eq!(
-        uri("http", "example.com", 80),
-        "http://example.com/v1/x?a=1"
-    );
-    assert_eq!(
-        uri("http", "example.com", 443),
-        "http://example.com:443/v1/x?a=1"
-    );
     // route() keeps hosts without brackets; the URI must put them back.
-    assert_eq!(uri("https", "::1", 8443), "https://[::1]:8443/v1/x?a=1");
-    assert_eq!(
-        uri("https", "2001:db8::1", 443),
-        "https://[2001:db8::1]/v1/x?a=1"
-    );
+    for (scheme, host, port, want) in [
+        (
+            "https",
+            "api.openai.com",
+            443,
+            "https://api.openai.com/v1/x?a=1",
+        ),
+        (
+            "https",
+            "api.openai.com",
+            8443,
+            "https://api.openai.com:8443/v1/x?a=1",
+        ),
+        ("http", "example.com", 80, "http://example.com/v1/x?a=1"),
+        (
+            "http",
+            "example.com",
+            443,
+            "http://example.com:443/v1/x?a=1",
+        ),
+        ("https", "::1", 8443, "https://[::1]:8443/v1/x?a=1"),
+        (
+            "https",
+            "2001:db8::1",
+            443,
+            "https://[2001:db8::1]/v1/x?a=1",
+        ),
+    ] {
+        assert_eq!(uri(scheme, host, port), want);
+    }
 }
 
 #[test]
