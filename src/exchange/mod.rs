@@ -399,24 +399,13 @@ pub fn version_name(version: http::Version) -> Cow<'static, str> {
 /// `method` as an [`Exchange`] names it (RFC 9110's token, as sent): borrowed for the
 /// methods RFC 9110 and RFC 5789 define, copied for an extension method.
 pub fn method_name(method: &http::Method) -> Cow<'static, str> {
-    use http::Method as M;
-    let known = [
-        M::GET,
-        M::POST,
-        M::PUT,
-        M::DELETE,
-        M::HEAD,
-        M::OPTIONS,
-        M::CONNECT,
-        M::PATCH,
-        M::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
+    const KNOWN: [&str; 9] = [
         "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "CONNECT", "PATCH", "TRACE",
     ];
-    match known.iter().position(|m| m == method) {
-        Some(i) => NAMES[i].into(),
-        None => method.as_str().to_owned().into(),
+    let name = method.as_str();
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(k) => Cow::Borrowed(k),
+        None => name.to_owned().into(),
     }
 }
 

@@ -32,7 +32,7 @@ use super::answer::id_header;
 use super::drain::{ANSWER_WAIT_MAX, Drain, DrainPolicy, Settled};
 use super::error::{self, ProxyError};
 use super::headers::{content_encoding, join_cookies, strip_hop_by_hop, take_veil_headers};
-use super::route::{Target, bad_url};
+use super::route::Target;
 use super::stall::{BodyError, StallClock};
 use super::tee::{Recording, RecordingRef, RequestMeta, Side, Sink, TeeBody};
 use super::upstream::{self, UpstreamError};
@@ -66,14 +66,7 @@ impl Shared {
             // Boxed, as are the other rare branches (the early answers, the wait for room
             // under audit = "required"): a future holds room for its largest branch, and
             // every request's future is copied into its box when it starts.
-            return Box::pin(self.websocket(
-                req,
-                target,
-                path_and_query.as_str(),
-                addr,
-                slot.clone(),
-            ))
-            .await;
+            return Box::pin(self.websocket(req, target, path_and_query, addr, slot.clone())).await;
         }
         let id = ExchangeId::new();
         let t0 = Instant::now();
@@ -89,16 +82,9 @@ impl Shared {
         parts.headers.remove(header::HOST);
         join_cookies(&mut parts.headers);
 
-        // Copied only under a gateway route's prefix.
-        let path_and_query = if target.prefix.is_empty() {
-            Ok(path_and_query)
-        } else {
-            PathAndQuery::try_from(format!("{}{}", target.prefix, path_and_query))
-                .map_err(|e| bad_url(&e))
-        };
         // For the error messages only: not formatted for a request that succeeds.
         let shown = || format!("{}:{}", target.host, target.port);
-        let path_and_query = match path_and_query {
+        let path_and_query = match target.with_prefix(path_and_query) {
             Ok(pq) => pq,
             Err(e) => {
                 drop(body);

@@ -105,7 +105,7 @@ impl Target {
     /// # Errors
     /// veil's 400 `bad_request` when `host` and `port` do not make a URI authority.
     pub fn new(
-        scheme: &'static str,
+        scheme: &str,
         host: String,
         port: u16,
         prefix: String,
@@ -152,10 +152,22 @@ impl Target {
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).map_err(|e| bad_url(&e))
     }
+
+    /// `path_and_query` under the gateway prefix: the same part, not copied, when there is
+    /// no prefix.
+    ///
+    /// # Errors
+    /// veil's 400 answer when prefix and path do not make a path.
+    pub fn with_prefix(&self, path_and_query: PathAndQuery) -> Result<PathAndQuery, ProxyError> {
+        if self.prefix.is_empty() {
+            return Ok(path_and_query);
+        }
+        PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix)).map_err(|e| bad_url(&e))
+    }
 }
 
 /// veil's 400 for an upstream URL that cannot be built from a request's parts.
-pub(super) fn bad_url(e: &dyn std::fmt::Display) -> ProxyError {
+fn bad_url(e: &dyn std::fmt::Display) -> ProxyError {
     ProxyError::internal(
         StatusCode::BAD_REQUEST,
         "bad_request",
@@ -300,11 +312,7 @@ fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
         Err(e) => return Route::Reject(bad_url(&e)),
     };
     let target = Target::new(
-        if route.scheme == "https" {
-            "https"
-        } else {
-            "http"
-        },
+        &route.scheme,
         route.host.clone(),
         route.port,
         route.prefix.clone(),

@@ -40,7 +40,7 @@ use super::error;
 use super::forward::lock;
 use super::headers::{content_encoding, strip_hop_by_hop, take_veil_headers};
 use super::realtime::{self, Capture, Captured, Emitter};
-use super::route::{Target, bad_url};
+use super::route::Target;
 use super::tee::{RecordingRef, SessionEnd, Side, TeeBody};
 use super::tunnel::{TunnelEnd, copy_tunnel};
 use super::upstream;
@@ -71,7 +71,7 @@ impl Shared {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         target: &Target,
-        path_and_query: &str,
+        path_and_query: PathAndQuery,
         addr: SocketAddr,
         slot: Slot,
     ) -> Response<ProxyBody> {
@@ -87,10 +87,9 @@ impl Shared {
         parts.headers.remove(header::HOST);
         restore_upgrade(&mut parts.headers, upgrade);
 
-        let path_and_query = format!("{}{}", target.prefix, path_and_query);
-        let path_and_query = match PathAndQuery::try_from(path_and_query) {
+        let path_and_query = match target.with_prefix(path_and_query) {
             Ok(pq) => pq,
-            Err(e) => return self.answer(&bad_url(&e), None),
+            Err(e) => return self.answer(&e, None),
         };
         let realtime_model = realtime_model(path_and_query.as_str());
         let recording = match self
