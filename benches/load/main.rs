@@ -17,9 +17,12 @@
 //!    then, with those connections closed, after 20,000 more exchanges on one connection and
 //!    [`AT_REST`] without traffic: what a veil holds at rest once recording's caches have
 //!    reached their bounds (the ledger's page cache fills only as the ledger grows);
-//! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil, with
-//!    this client and, when `VEIL_PYTHON` names a Python with the `openai` SDK, with the
-//!    official SDK (`ttfc.py`);
+//! 2. time to first chunk of a stream of 50 chunks 5 ms apart, direct, no-op and veil (and the
+//!    baseline), with this client and, when `VEIL_PYTHON` names a Python with the `openai` SDK,
+//!    with the official SDK (`ttfc.py`): `LOAD_TTFC_STREAMS` streams per target (default 60),
+//!    taken in rounds of one stream per target so that drift of the machine falls on all
+//!    alike; what each proxy adds is the median of its per-round differences from direct,
+//!    with a 95 % confidence interval and the 10th and 90th percentiles ([`Added`]);
 //! 3. for 1, 8 and 64 connections, each target in turn (the order rotates each round):
 //!    requests/s, latency p50/p99, the target's CPU per exchange (user + system, from
 //!    `/proc`, including recording that finishes after the window), veil's CPU by thread, the
@@ -39,7 +42,9 @@
 //!
 //! Everything binds 127.0.0.1; every loop is bounded in time and count. Environment:
 //! `LOAD_SECS` (window per cell, default 4), `LOAD_ROUNDS` (rounds per cell, medians reported,
-//! default 1), `LOAD_VEIL_CONFIG` (TOML lines added to both veils' `veil.toml`),
+//! default 1), `LOAD_VEIL_CONFIG` (TOML lines added to each veil's `veil.toml`),
+//! `LOAD_BASELINE_CONFIG` (the baseline's lines instead, so one build is compared with itself
+//! under other settings),
 //! `LOAD_BASELINE` (the path of another veil binary, e.g. a build of the commit before a
 //! change: it runs as a fifth target, best-effort, in the same rounds, so a change is measured
 //! against what it replaced on the same machine in the same minutes),
@@ -49,7 +54,8 @@
 //! `LOAD_CONNS` (a comma list of connection counts up to 1,024, default `1,8,64`; `0` runs
 //! steps 1 and 2 alone, about two minutes; a value that is not such a count is refused, exit
 //! 2), `VEIL_PYTHON` (step 2 with the official SDK too),
-//! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=metrics` (the `/metrics`
+//! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=ttfc` (step 2 alone,
+//! about a minute), `LOAD_ONLY=metrics` (the `/metrics`
 //! cost comparison instead, see [`metrics_cost`]), `LOAD_HISTORY=N` (conversations of N turns
 //! whose requests re-send the system prompt and every earlier turn, see [`history_turns`]),
 //! `LOAD_OTLP=1` (each veil, the baseline
@@ -372,36 +378,126 @@ fn write_timeline(target: &Target, conns: usize, mut timeline: Vec<(u64, u64)>) 
     }
 }
 
-/// Median time to the first content chunk (ms) of `runs` streams of 50 chunks 5 ms apart.
-async fn time_to_first_chunk(target: &Target, runs: usize) -> f64 {
-    let mut c = open(target).await;
-    let mut ttfc = Vec::new();
-    for _ in 0..runs {
-        c.ready().await.unwrap();
-        let t = Instant::now();
-        let resp = c
-            .send_request(completion_request(Some("50,5")))
-            .await
-            .unwrap();
-        let mut body = resp.into_body();
-        // The role chunk comes at once, content chunks 5 ms apart: time to the first content.
-        let mut frames = 0;
-        let mut first = None;
-        while let Some(frame) = body.frame().await {
-            let data = frame.unwrap().into_data().unwrap_or_default();
-            if first.is_none() && data.windows(6).any(|w| w == b"part0 ") {
-                first = Some(t.elapsed());
-            }
-            frames += 1;
-        }
-        assert!(
-            frames >= 50,
-            "{}: stream arrived in {frames} frames: something buffered",
-            target.name
-        );
-        ttfc.push(first.expect("first content chunk seen").as_secs_f64() * 1000.0);
+/// Time to the first content chunk (ms) of streams of 50 chunks 5 ms apart: `streams` per
+/// target, measured in rounds of one stream per target (the order rotates each round, each
+/// target on a keep-alive connection of its own), after two rounds of warm-up that are not
+/// counted. Returns each target's times in round order, so `[t][i]` and `[u][i]` were taken
+/// within a second of each other and their difference is free of the machine's drift.
+async fn time_to_first_chunk(targets: &[&Target], streams: usize) -> Vec<Vec<f64>> {
+    let mut conns = Vec::new();
+    for t in targets {
+        conns.push(open(t).await);
     }
-    median(ttfc)
+    let mut times = vec![Vec::with_capacity(streams); targets.len()];
+    for round in 0..streams + 2 {
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            let ms = first_chunk_ms(targets[i], &mut conns[i]).await;
+            if round >= 2 {
+                times[i].push(ms);
+            }
+        }
+    }
+    times
+}
+
+/// One stream's time to its first content chunk (ms); it reads the stream to its end and
+/// panics when it came in fewer than 50 frames (something buffered it).
+async fn first_chunk_ms(target: &Target, c: &mut SendRequest<Full<Bytes>>) -> f64 {
+    c.ready().await.unwrap();
+    let t = Instant::now();
+    let resp = c
+        .send_request(completion_request(Some("50,5")))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    // The role chunk comes at once, content chunks 5 ms apart: time to the first content.
+    let mut frames = 0;
+    let mut first = None;
+    while let Some(frame) = body.frame().await {
+        let data = frame.unwrap().into_data().unwrap_or_default();
+        if first.is_none() && data.windows(6).any(|w| w == b"part0 ") {
+            first = Some(t.elapsed());
+        }
+        frames += 1;
+    }
+    assert!(
+        frames >= 50,
+        "{}: stream arrived in {frames} frames: something buffered",
+        target.name
+    );
+    first.expect("first content chunk seen").as_secs_f64() * 1000.0
+}
+
+/// What `proxied` adds to `direct`, stream by stream (`proxied[i] - direct[i]`, ms): the
+/// median, its 95 % confidence interval and the 10th and 90th percentiles.
+///
+/// The interval is the distribution-free one for a median: the order statistics of ranks
+/// `floor((n - 1.96 √n) / 2)` and `ceil(1 + (n + 1.96 √n) / 2)` (1-based, the normal
+/// approximation of the binomial; Conover, *Practical Nonparametric Statistics*, 3rd ed.,
+/// §3.2), clamped to the sample. Below about 8 streams it is the whole range.
+struct Added {
+    median: f64,
+    ci: (f64, f64),
+    p10: f64,
+    p90: f64,
+}
+
+impl Added {
+    fn paired(direct: &[f64], proxied: &[f64]) -> Added {
+        let mut d: Vec<f64> = proxied.iter().zip(direct).map(|(p, d)| p - d).collect();
+        d.sort_by(f64::total_cmp);
+        let n = d.len() as f64;
+        let half = 1.96 * n.sqrt();
+        let lo = (((n - half) / 2.0).floor() as usize).max(1);
+        let hi = ((1.0 + (n + half) / 2.0).ceil() as usize).min(d.len());
+        Added {
+            median: median(d.clone()),
+            ci: (d[lo - 1], d[hi - 1]),
+            p10: percentile(&d, 0.10),
+            p90: percentile(&d, 0.90),
+        }
+    }
+}
+
+impl std::fmt::Display for Added {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:+.2} ms (95 % CI {:+.2} to {:+.2}; p10 {:+.2}, p90 {:+.2})",
+            self.median, self.ci.0, self.ci.1, self.p10, self.p90
+        )
+    }
+}
+
+/// Prints step 2's lines: direct's median and spread, then what each proxy adds, paired
+/// stream by stream with direct's, and, with a baseline build, veil against the baseline.
+fn print_first_chunk(how: &str, names: &[&str], times: &[Vec<f64>]) {
+    let direct = &times[0];
+    let mut sorted = direct.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "\ntime to first chunk, {how} (50 chunks 5 ms apart, {} streams per target in rounds of one each): direct {:.2} ms (p10 {:.2}, p90 {:.2}); added over direct, paired by round:",
+        direct.len(),
+        median(direct.clone()),
+        percentile(&sorted, 0.10),
+        percentile(&sorted, 0.90)
+    );
+    for (name, t) in names.iter().zip(times).skip(1) {
+        println!("- {name}: {}", Added::paired(direct, t));
+    }
+    let find = |n: &str| names.iter().position(|x| *x == n);
+    if let (Some(v), Some(b)) = (find("veil best-effort"), find("baseline best-effort")) {
+        println!(
+            "- veil best-effort over baseline best-effort: {}",
+            Added::paired(&times[b], &times[v])
+        );
+    }
+}
+
+/// The `q` quantile (0 to 1) of a sorted, non-empty sample: the nearest rank.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * (sorted.len() as f64 - 1.0)).round() as usize).min(sorted.len() - 1)]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -628,9 +724,23 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Starts the veil binary `bin` in project directory `dir` (a `veil.toml` with `toml`, keys
-/// and data under `dir`), resolving api.openai.com to `upstream`, which it trusts by
-/// `upstream_ca`.
+/// The baseline veil's project directory (`LOAD_BASELINE`).
+const BASELINE_DIR: &str = "veil-baseline";
+
+/// The TOML lines `LOAD_VEIL_CONFIG` adds to each veil's `veil.toml`; for the baseline,
+/// `LOAD_BASELINE_CONFIG`'s instead when it is set (so one build can be compared with itself
+/// under two settings in the same run).
+fn extra_config(baseline: bool) -> String {
+    let own = baseline
+        .then(|| std::env::var("LOAD_BASELINE_CONFIG").ok())
+        .flatten();
+    own.or_else(|| std::env::var("LOAD_VEIL_CONFIG").ok())
+        .unwrap_or_default()
+}
+
+/// Starts the veil binary `bin` in project directory `dir` (a `veil.toml` with `toml` and
+/// [`extra_config`]'s lines, keys and data under `dir`), resolving api.openai.com to
+/// `upstream`, which it trusts by `upstream_ca`.
 fn start_veil(
     bin: &Path,
     upstream: SocketAddr,
@@ -639,7 +749,7 @@ fn start_veil(
     toml: &str,
     extra: &[String],
 ) -> (KillOnDrop, SocketAddr) {
-    let extra_toml = std::env::var("LOAD_VEIL_CONFIG").unwrap_or_default();
+    let extra_toml = extra_config(dir.ends_with(BASELINE_DIR));
     std::fs::write(dir.join("veil.toml"), format!("{toml}\n{extra_toml}\n")).unwrap();
     let port = free_port();
     let child = KillOnDrop(
@@ -884,6 +994,10 @@ fn main() {
         .collect();
     check_descriptor_limit();
     let only_veil = std::env::var("LOAD_ONLY").as_deref() == Ok("veil");
+    // Step 2 alone (about a minute with the defaults): to compare time to first chunk between
+    // builds or settings.
+    let only_ttfc = std::env::var("LOAD_ONLY").as_deref() == Ok("ttfc");
+    let conns_list = if only_ttfc { Vec::new() } else { conns_list };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -891,7 +1005,7 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let (roles_dir, [be_dir, req_dir, base_dir], upstream_child, upstream, upstream_ca) =
-            start_upstream(dir.path(), ["veil", "veil-required", "veil-baseline"]);
+            start_upstream(dir.path(), ["veil", "veil-required", BASELINE_DIR]);
         let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
         let (noop_child, noop) =
             spawn_role("noop", &roles_dir, &[("VEIL_LOAD_UPSTREAM", upstream.to_string())]);
@@ -963,69 +1077,22 @@ fn main() {
             if otlp { "on (LOAD_OTLP=1, a collector per veil)" } else { "off (set LOAD_OTLP=1)" }
         );
 
-        // 1. Memory at rest, after 1,000 exchanges on one connection (what recording keeps:
-        // caches, queues and allocator arenas grown by the exchanges, not by connections), and
-        // with 1,000 idle keep-alive intercepted connections on top. The difference of the last
-        // two, per connection, is what an idle connection costs.
-        println!(
-            "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | after 1,000 more MB | with 1,000 idle connections MB | per idle connection KiB | of it, what recording its exchange kept KiB | at rest after 20,000 more MB | peak MB |"
-        );
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-        let mut memory_targets = vec![&noop, &veil_be];
-        if let Some((_, b, _)) = &baseline {
-            memory_targets.push(b);
-        }
-        for target in memory_targets {
-            let (start, _) = rss_kib(target.pid);
-            let start_file = rss_file_kib(target.pid);
-            let mut after = [0u64; 2];
-            for rss_after in &mut after {
-                *rss_after = rss_at_rest_after(target, 1000).await.0;
-            }
-            // Each idle connection below made one request, and veil records it: the growth of
-            // the second 1,000 exchanges on one connection (caches on their way to their
-            // bounds) is what 1,000 recorded exchanges keep, apart from any connection.
-            let recording = (after[1] as f64 - after[0] as f64) / 1000.0;
-            let mut idle = Vec::new();
-            for _ in 0..1000 {
-                let mut c = open(target).await;
-                let resp = c.send_request(completion_request(None)).await.unwrap();
-                resp.into_body().collect().await.unwrap();
-                idle.push(c);
-            }
-            settle(target).await;
-            tokio::time::sleep(AT_REST).await;
-            let (rss, _) = rss_kib(target.pid);
-            drop(idle);
-            // The steady state: recording's caches at their bounds, then no traffic.
-            let (at_rest, hwm) = rss_at_rest_after(target, 20_000).await;
-            println!(
-                "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                target.name,
-                start as f64 / 1024.0,
-                start_file as f64 / 1024.0,
-                after[0] as f64 / 1024.0,
-                after[1] as f64 / 1024.0,
-                rss as f64 / 1024.0,
-                (rss as f64 - after[1] as f64) / 1000.0,
-                recording,
-                at_rest as f64 / 1024.0,
-                hwm as f64 / 1024.0
-            );
+        if !only_ttfc {
+            memory_step(&noop, &veil_be, baseline.as_ref().map(|(_, b, _)| b)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         // 2. Time to first chunk.
-        let d = time_to_first_chunk(&direct, 20).await;
-        let n = time_to_first_chunk(&noop, 20).await;
-        let v = time_to_first_chunk(&veil_be, 20).await;
-        println!(
-            "\ntime to first chunk (50 chunks 5 ms apart, median of 20): direct {d:.2} ms, no-op {n:.2} ms ({:+.2}), veil {v:.2} ms ({:+.2})",
-            n - d,
-            v - d
-        );
+        let streams = env_num("LOAD_TTFC_STREAMS", 60).clamp(1, 1000) as usize;
+        let mut ttfc_targets = vec![&direct, &noop, &veil_be];
+        if let Some((_, b, _)) = &baseline {
+            ttfc_targets.push(b);
+        }
+        let names: Vec<&str> = ttfc_targets.iter().map(|t| t.name).collect();
+        let times = time_to_first_chunk(&ttfc_targets, streams).await;
+        print_first_chunk("this client", &names, &times);
         if let Ok(python) = std::env::var("VEIL_PYTHON") {
-            sdk_time_to_first_chunk(&python, &direct, &[&noop, &veil_be]);
+            sdk_time_to_first_chunk(&python, &ttfc_targets, streams);
         }
         // Let the recording of everything so far land before cells count ledger rows.
         let mut targets = vec![&direct, &noop, &veil_be, &veil_req];
@@ -1075,6 +1142,57 @@ fn main() {
         drop((be_collector, req_collector));
     });
     drop(awake);
+}
+
+/// Step 1: memory at rest, after 1,000 exchanges on one connection (what recording keeps:
+/// caches, queues and allocator arenas grown by the exchanges, not by connections), and with
+/// 1,000 idle keep-alive intercepted connections on top. The difference of the last two, per
+/// connection, is what an idle connection costs.
+async fn memory_step(noop: &Target, veil_be: &Target, baseline: Option<&Target>) {
+    println!(
+        "\n| proxy | RSS at start MB (file-backed) | after 1,000 exchanges on 1 connection MB | after 1,000 more MB | with 1,000 idle connections MB | per idle connection KiB | of it, what recording its exchange kept KiB | at rest after 20,000 more MB | peak MB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut memory_targets = vec![noop, veil_be];
+    memory_targets.extend(baseline);
+    for target in memory_targets {
+        let (start, _) = rss_kib(target.pid);
+        let start_file = rss_file_kib(target.pid);
+        let mut after = [0u64; 2];
+        for rss_after in &mut after {
+            *rss_after = rss_at_rest_after(target, 1000).await.0;
+        }
+        // Each idle connection below made one request, and veil records it: the growth of
+        // the second 1,000 exchanges on one connection (caches on their way to their
+        // bounds) is what 1,000 recorded exchanges keep, apart from any connection.
+        let recording = (after[1] as f64 - after[0] as f64) / 1000.0;
+        let mut idle = Vec::new();
+        for _ in 0..1000 {
+            let mut c = open(target).await;
+            let resp = c.send_request(completion_request(None)).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+            idle.push(c);
+        }
+        settle(target).await;
+        tokio::time::sleep(AT_REST).await;
+        let (rss, _) = rss_kib(target.pid);
+        drop(idle);
+        // The steady state: recording's caches at their bounds, then no traffic.
+        let (at_rest, hwm) = rss_at_rest_after(target, 20_000).await;
+        println!(
+            "| {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            target.name,
+            start as f64 / 1024.0,
+            start_file as f64 / 1024.0,
+            after[0] as f64 / 1024.0,
+            after[1] as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            (rss as f64 - after[1] as f64) / 1000.0,
+            recording,
+            at_rest as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+    }
 }
 
 /// Exits with status 2 and `message` on stderr: a setting the bench cannot run with.
@@ -1192,38 +1310,55 @@ fn print_cells(conns_list: &[usize], results: &[Vec<Vec<Cell>>], targets: &[&Tar
 }
 
 /// Time to first chunk with the official openai SDK (`benches/load/ttfc.py`, run by the Python
-/// `VEIL_PYTHON` names): direct, then through each proxy by `HTTPS_PROXY`-style proxying, 20
-/// streams each (medians). A missing SDK or a failed run is reported, never fatal.
-fn sdk_time_to_first_chunk(python: &str, direct: &Target, proxies: &[&Target]) {
-    let mut targets = vec![serde_json::json!({
-        "name": direct.name,
-        "base_url": format!("https://localhost:{}/v1", direct.addr.port()),
-        "proxy": null,
-        "ca": direct.ca_path,
-    })];
-    for t in proxies {
-        targets.push(serde_json::json!({
-            "name": t.name,
-            "base_url": "https://api.openai.com/v1",
-            "proxy": format!("http://{}", t.addr),
-            "ca": t.ca_path,
-        }));
-    }
-    let spec = serde_json::json!({"runs": 20, "targets": targets}).to_string();
+/// `VEIL_PYTHON` names): `targets[0]` is direct, the others proxies reached by `HTTPS_PROXY`,
+/// `streams` each in rounds of one per target as [`time_to_first_chunk`] does. A missing SDK or
+/// a failed run is reported, never fatal.
+fn sdk_time_to_first_chunk(python: &str, targets: &[&Target], streams: usize) {
+    let spec: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|t| {
+            if t.via_proxy {
+                serde_json::json!({
+                    "name": t.name,
+                    "base_url": "https://api.openai.com/v1",
+                    "proxy": format!("http://{}", t.addr),
+                    "ca": t.ca_path,
+                })
+            } else {
+                serde_json::json!({
+                    "name": t.name,
+                    "base_url": format!("https://localhost:{}/v1", t.addr.port()),
+                    "proxy": null,
+                    "ca": t.ca_path,
+                })
+            }
+        })
+        .collect();
+    let spec = serde_json::json!({"runs": streams, "targets": spec}).to_string();
     let out = Command::new(python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/ttfc.py"))
         .arg(&spec)
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy")
         .output();
-    let medians: Option<serde_json::Map<String, serde_json::Value>> = match &out {
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> = match &out {
         Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
         _ => None,
     };
-    let Some(m) = medians else {
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    let times: Option<Vec<Vec<f64>>> = parsed.and_then(|m| {
+        names
+            .iter()
+            .map(|n| {
+                let list = m.get(*n)?.as_array()?;
+                let v: Option<Vec<f64>> = list.iter().map(|x| x.as_f64()).collect();
+                v.filter(|v| v.len() == streams)
+            })
+            .collect()
+    });
+    let Some(times) = times else {
         println!(
-            "
-time to first chunk with the openai SDK: not measured ({})",
+            "\ntime to first chunk with the openai SDK: not measured ({})",
             match &out {
                 Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
                 Err(e) => e.to_string(),
@@ -1231,16 +1366,7 @@ time to first chunk with the openai SDK: not measured ({})",
         );
         return;
     };
-    let ms = |name: &str| m.get(name).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-    let d = ms(direct.name);
-    let shown: Vec<String> = proxies
-        .iter()
-        .map(|t| format!("{} {:.2} ms ({:+.2})", t.name, ms(t.name), ms(t.name) - d))
-        .collect();
-    println!(
-        "time to first chunk with the official openai SDK (50 chunks 5 ms apart, median of 20): direct {d:.2} ms, {}",
-        shown.join(", ")
-    );
+    print_first_chunk("the official openai SDK", &names, &times);
 }
 
 /// Total size of the files under `dir` (recursively); 0 when it does not exist.
