@@ -20,10 +20,12 @@
 //! (else 403 `port_not_allowed`) and an IP literal must be an address veil may reach for apps
 //! (else 403 `destination_refused`). Both refusals are counted as refused by the caller.
 
+use std::borrow::Cow;
+
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, StatusCode, Uri};
 
-use crate::config::authority_port;
+use crate::config::{GatewayRoute, authority_port};
 use crate::exchange;
 
 use super::error::ProxyError;
@@ -48,9 +50,10 @@ impl<'a> RequestHead<'a> {
     }
 }
 
-/// What veil does with one request on the proxy port.
+/// What veil does with one request on the proxy port (`'s`: the [`ProxySettings`] it was
+/// decided under, which hold each gateway route's [`Target`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Route<'s> {
     /// CONNECT to an intercepted host: answer 200, then terminate TLS with a minted leaf.
     Intercept {
         /// The CONNECT host, lowercase, without IPv6 brackets.
@@ -67,8 +70,9 @@ pub enum Route {
     },
     /// Send the request upstream (absolute form or a gateway route).
     Forward {
-        /// Where it goes and whether it is recorded.
-        target: Target,
+        /// Where it goes and whether it is recorded: a gateway route's, built when the
+        /// settings were, or an absolute-form request's own.
+        target: Cow<'s, Target>,
         /// Path and query to send upstream, after [`Target::prefix`]: the request's own,
         /// shared, for an absolute-form request.
         path_and_query: PathAndQuery,
@@ -176,7 +180,7 @@ fn bad_url(e: &dyn std::fmt::Display) -> ProxyError {
 }
 
 /// Decides what the request with `head` is, under `settings` (see the module docs).
-pub fn route(head: RequestHead<'_>, settings: &ProxySettings) -> Route {
+pub fn route<'s>(head: RequestHead<'_>, settings: &'s ProxySettings) -> Route<'s> {
     if head.method == Method::CONNECT {
         return connect(head.uri, settings);
     }
@@ -186,7 +190,7 @@ pub fn route(head: RequestHead<'_>, settings: &ProxySettings) -> Route {
     gateway(head.uri, settings)
 }
 
-fn connect(uri: &Uri, settings: &ProxySettings) -> Route {
+fn connect(uri: &Uri, settings: &ProxySettings) -> Route<'static> {
     let Some(authority) = uri.authority() else {
         return Route::Reject(ProxyError::bad_request(
             StatusCode::BAD_REQUEST,
@@ -228,7 +232,7 @@ fn connect(uri: &Uri, settings: &ProxySettings) -> Route {
 }
 
 /// `GET http://host/path` through the proxy: plain HTTP, recorded if the host is intercepted.
-fn absolute(uri: &Uri, settings: &ProxySettings) -> Route {
+fn absolute(uri: &Uri, settings: &ProxySettings) -> Route<'static> {
     let scheme = match uri.scheme_str() {
         Some("http") => "http",
         Some("https") => "https",
@@ -276,21 +280,22 @@ fn absolute(uri: &Uri, settings: &ProxySettings) -> Route {
         record,
     ) {
         Ok(target) => Route::Forward {
-            target,
+            target: Cow::Owned(target),
             path_and_query,
         },
         Err(e) => Route::Reject(e),
     }
 }
 
-/// `/NAME/rest` → the route's base URL + `/rest`.
-fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
+/// `/NAME/rest` → the route's base URL + `/rest`, to the route's [`Target`] as the settings
+/// hold it (nothing built per request).
+fn gateway<'s>(uri: &Uri, settings: &'s ProxySettings) -> Route<'s> {
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     let trimmed = pq.trim_start_matches('/');
     let name_end = trimmed.find(['/', '?']).unwrap_or(trimmed.len());
     let name = &trimmed[..name_end];
-    let Some(route) = settings.routes.get(name) else {
-        let names: Vec<&str> = settings.routes.keys().map(String::as_str).collect();
+    let Some(target) = settings.gateways.get(name) else {
+        let names: Vec<&str> = settings.gateways.keys().map(String::as_str).collect();
         return Route::Reject(ProxyError::bad_request(
             StatusCode::NOT_FOUND,
             "no_route",
@@ -311,7 +316,20 @@ fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
         Ok(pq) => pq,
         Err(e) => return Route::Reject(bad_url(&e)),
     };
-    let target = Target::new(
+    match target {
+        Ok(target) => Route::Forward {
+            target: Cow::Borrowed(target),
+            path_and_query,
+        },
+        Err(e) => Route::Reject(e.clone()),
+    }
+}
+
+/// The [`Target`] of gateway route `route`: always recorded, its name in the record. `Err` is
+/// what a request to it is answered with, which [`GatewayRoute::parse`] rules out (its host
+/// and port come from a parsed URI authority).
+pub fn gateway_target(route: &GatewayRoute) -> Result<Target, ProxyError> {
+    Target::new(
         &route.scheme,
         route.host.clone(),
         route.port,
@@ -320,14 +338,7 @@ fn gateway(uri: &Uri, settings: &ProxySettings) -> Route {
             name: route.name.clone(),
         },
         true,
-    );
-    match target {
-        Ok(target) => Route::Forward {
-            target,
-            path_and_query,
-        },
-        Err(e) => Route::Reject(e),
-    }
+    )
 }
 
 /// The rules every proxied destination obeys, CONNECT or absolute-form: the port must be

@@ -11,15 +11,27 @@ fn defaults() -> ProxySettings {
     settings(RawConfig::default())
 }
 
-fn decide(method: Method, uri: &str, s: &ProxySettings) -> Route {
+/// The route of `method uri` under `s`, its target owned (so a test may drop `s`).
+fn decide(method: Method, uri: &str, s: &ProxySettings) -> Route<'static> {
     let uri: Uri = uri.parse().expect("test URI parses");
-    route(
+    match route(
         RequestHead {
             method: &method,
             uri: &uri,
         },
         s,
-    )
+    ) {
+        Route::Forward {
+            target,
+            path_and_query,
+        } => Route::Forward {
+            target: Cow::Owned(target.into_owned()),
+            path_and_query,
+        },
+        Route::Intercept { host, port } => Route::Intercept { host, port },
+        Route::Tunnel { host, port } => Route::Tunnel { host, port },
+        Route::Reject(why) => Route::Reject(why),
+    }
 }
 
 fn rejection(r: Route) -> ProxyError {
@@ -136,7 +148,7 @@ fn absolute_form_is_forwarded_and_recorded_when_intercepted() {
     };
     assert_eq!(path_and_query, "/v1/chat/completions?x=1");
     assert_eq!(
-        target,
+        *target,
         Target::new(
             "https",
             "api.openai.com".into(),
@@ -208,6 +220,25 @@ fn gateway_path_goes_to_the_route_base() {
         }
     );
     assert!(target.record, "gateway traffic is always recorded");
+}
+
+#[test]
+fn a_gateway_request_borrows_the_target_the_settings_built() {
+    let s = defaults();
+    let uri: Uri = "/openai/v1/models".parse().unwrap();
+    let head = RequestHead {
+        method: &Method::GET,
+        uri: &uri,
+    };
+    let Route::Forward {
+        target: Cow::Borrowed(target),
+        ..
+    } = route(head, &s)
+    else {
+        panic!("expected a forward to the settings' own target");
+    };
+    let built = s.gateways["openai"].as_ref().unwrap();
+    assert!(std::ptr::eq(target, built), "not built per request");
 }
 
 #[test]

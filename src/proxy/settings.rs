@@ -15,11 +15,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Audit, Config, GatewayRoute, HostPattern};
+use crate::config::{Audit, Config, HostPattern};
 
 use super::ca::CaScope;
 use super::conn;
 use super::destinations::{Destinations, Resolver};
+use super::error::ProxyError;
+use super::route::{self, Target};
 
 /// What the proxy needs from the configuration: where it listens, what it intercepts and may
 /// reach, its clocks and its limits.
@@ -33,8 +35,9 @@ pub struct ProxySettings {
     pub ca_name_constraints: bool,
     /// Ports CONNECT and absolute-form requests may reach.
     pub allow_ports: Vec<u16>,
-    /// Gateway routes by name (`/NAME/...`).
-    pub routes: BTreeMap<String, GatewayRoute>,
+    /// Gateway routes by name (`/NAME/...`), each one's upstream built once, here
+    /// ([`route::gateway_target`]).
+    pub gateways: BTreeMap<String, Result<Target, ProxyError>>,
     /// What happens when an exchange cannot be recorded.
     pub audit: Audit,
     /// How long an `audit = "required"` request waits for room in the recording queue.
@@ -69,7 +72,11 @@ impl ProxySettings {
             intercept: config.intercept.clone(),
             ca_name_constraints: config.ca_name_constraints,
             allow_ports: config.allow_ports.clone(),
-            routes: config.routes.clone(),
+            gateways: config
+                .routes
+                .iter()
+                .map(|(name, r)| (name.clone(), route::gateway_target(r)))
+                .collect(),
             audit: config.audit,
             queue_wait: config.queue_wait,
             capture_limit: config.capture_limit,
@@ -144,6 +151,7 @@ impl ProxySettings {
 mod tests {
     use super::*;
     use crate::config::RawConfig;
+    use crate::exchange;
 
     fn config(raw: RawConfig) -> Config {
         Config::resolve(None, raw).expect("test config resolves")
@@ -171,7 +179,34 @@ mod tests {
             assert_eq!(s.is_intercepted(host, port), intercepted, "{host}:{port}");
             assert_eq!(s.is_port_allowed(host, port), allowed, "{host}:{port}");
         }
-        assert_eq!(s.routes, c.routes);
+        // Each gateway route's target, built once here, is the one its base URL names.
+        assert!(!c.routes.is_empty(), "the default routes");
+        assert_eq!(
+            s.gateways.keys().collect::<Vec<_>>(),
+            c.routes.keys().collect::<Vec<_>>()
+        );
+        for (name, r) in &c.routes {
+            let t = s.gateways[name]
+                .as_ref()
+                .expect("a parsed base URL makes a target");
+            assert_eq!(
+                (
+                    t.scheme,
+                    t.host.as_str(),
+                    t.port,
+                    t.prefix.as_str(),
+                    t.record
+                ),
+                (
+                    r.scheme.as_str(),
+                    r.host.as_str(),
+                    r.port,
+                    r.prefix.as_str(),
+                    true
+                )
+            );
+            assert_eq!(t.route, exchange::Route::Gateway { name: name.clone() });
+        }
         assert_eq!(
             s.limits,
             conn::Limits {
