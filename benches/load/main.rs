@@ -378,10 +378,14 @@ fn write_timeline(target: &Target, conns: usize, mut timeline: Vec<(u64, u64)>) 
     }
 }
 
+/// The pause after each stream of the time-to-first-chunk step, so the recording of one
+/// target's stream is over before the next target's starts.
+const TTFC_PAUSE: Duration = Duration::from_millis(150);
+
 /// Time to the first content chunk (ms) of streams of 50 chunks 5 ms apart: `streams` per
 /// target, measured in rounds of one stream per target (the order rotates each round, each
-/// target on a keep-alive connection of its own), after two rounds of warm-up that are not
-/// counted. Returns each target's times in round order, so `[t][i]` and `[u][i]` were taken
+/// target on a keep-alive connection of its own, [`TTFC_PAUSE`] after each stream), after two
+/// rounds of warm-up that are not counted. Returns each target's times in round order, so `[t][i]` and `[u][i]` were taken
 /// within a second of each other and their difference is free of the machine's drift.
 async fn time_to_first_chunk(targets: &[&Target], streams: usize) -> Vec<Vec<f64>> {
     let mut conns = Vec::new();
@@ -396,6 +400,9 @@ async fn time_to_first_chunk(targets: &[&Target], streams: usize) -> Vec<Vec<f64
             if round >= 2 {
                 times[i].push(ms);
             }
+            // A veil records the stream just ended on its other threads; without the pause that
+            // work fell on the next target's stream (the one after veil in every round).
+            tokio::time::sleep(TTFC_PAUSE).await;
         }
     }
     times

@@ -5,7 +5,8 @@ Called by benches/load/main.rs when VEIL_PYTHON names a Python with `openai` ins
 "proxy" (an http:// proxy URL or null), "ca" (PEM file the client trusts)}]}. It makes one SDK
 client per target, then streams chat completions of 50 chunks 5 ms apart (the bench upstream's
 `x-mock-chunks: 50,5`) in rounds of one stream per target, the order rotating each round, so
-that the i-th times of two targets were taken moments apart. Two warm-up rounds are not
+that the i-th times of two targets were taken moments apart, with a 150 ms pause after each
+stream. Two warm-up rounds are not
 counted. It prints one JSON object: {name: [milliseconds from the call to the first content
 chunk, in round order]}.
 """
@@ -59,6 +60,9 @@ def main():
             ms = first_chunk_ms(targets[i], clients[i])
             if round_ >= 2:
                 times[i].append(ms)
+            # As the Rust client does (TTFC_PAUSE): a veil's recording of this stream is over
+            # before the next target's stream starts.
+            time.sleep(0.15)
     for c in clients:
         c.close()
     print(json.dumps({t["name"]: ts for t, ts in zip(targets, times)}))
