@@ -2,8 +2,9 @@
 //!
 //! The forward stage starts a [`Recording`] for a recorded request (its [`RequestMeta`] and
 //! the [`Sink`] it goes to) and wraps the request body and, later, the response body in a
-//! [`TeeBody`]. Each tee forwards every frame as it arrives; data frames are also cloned (a
-//! `Bytes` refcount bump, no copy) into the tee's own [`Capture`], up to the limit. No lock is
+//! [`TeeBody`]. Each tee forwards every frame as it arrives; data frames are also copied into
+//! the tee's own [`Capture`] (past its first [`COPY_MAX`] bytes, cloned: a `Bytes` refcount
+//! bump), up to the limit. No lock is
 //! taken per frame: each tee deposits its capture into the shared `Recording` once, when its
 //! body ends or is dropped.
 //!
@@ -26,7 +27,7 @@ use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
     WebSocketSession,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 /// Where a finished exchange goes.
@@ -298,20 +299,42 @@ impl Drop for Recording {
 }
 
 /// A bounded capture of one body's data frames.
+///
+/// Its first [`COPY_MAX`] bytes are copied out of each frame as it passes, into one buffer of
+/// the capture's own. A frame's bytes are a slice of the connection's read buffer (hyper's, or
+/// rustls' for h2); a capture that kept that slice kept the buffer alive until the body ended,
+/// so hyper could not reuse it and read the next chunk into new memory. Streams paid for it in
+/// page faults on the forwarding threads (~27 per stream of 50 chunks, from the allocator's
+/// purged pages; `perf record -e page-faults` during `LOAD_ONLY=ttfc`) and every body in the
+/// recording queue pinned a read buffer (veil's peak RSS at 64 connections was ~196 MB before
+/// bodies were copied at their end, at stop 38). Bytes past `COPY_MAX` are kept as the shared
+/// frames they came in: they fill the buffers they pin, and copying them would cost more than
+/// it saves.
 #[derive(Debug)]
 pub struct Capture {
-    chunks: Vec<Bytes>,
+    /// The first `COPY_MAX` captured bytes, back to back.
+    copied: BytesMut,
+    /// Where each copied chunk ends in `copied`, in order.
+    ends: Vec<usize>,
+    /// The chunks after those, as forwarded (shared).
+    shared: Vec<Bytes>,
     captured: usize,
     wire_len: u64,
     truncated: bool,
     limit: usize,
 }
 
+/// Captured bytes up to this many are copied as they arrive ([`Capture`]); the rest of a body
+/// is kept as the frames it came in.
+pub const COPY_MAX: usize = 256 << 10;
+
 impl Capture {
     /// An empty capture keeping at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Capture {
-            chunks: Vec::new(),
+            copied: BytesMut::new(),
+            ends: Vec::new(),
+            shared: Vec::new(),
             captured: 0,
             wire_len: 0,
             truncated: false,
@@ -319,60 +342,62 @@ impl Capture {
         }
     }
 
-    /// Records one data frame (a refcount bump; a slice when it crosses the limit).
+    /// Records one data frame: copied while the capture holds under [`COPY_MAX`] bytes, a
+    /// shared clone after; cut at the limit, which marks the capture truncated.
     pub fn push(&mut self, data: &Bytes) {
         self.wire_len += data.len() as u64;
-        let room = self.limit - self.captured;
-        if data.len() <= room {
-            if !data.is_empty() {
-                self.chunks.push(data.clone());
-                self.captured += data.len();
-            }
-        } else {
-            if room > 0 {
-                self.chunks.push(data.slice(..room));
-                self.captured += room;
-            }
+        let take = data.len().min(self.limit - self.captured);
+        if take < data.len() {
             self.truncated = true;
         }
-    }
-
-    fn into_body(self, content_encoding: Option<String>) -> Body {
-        Body {
-            chunks: self.chunks,
-            wire_len: self.wire_len,
-            truncated: self.truncated,
-            content_encoding,
+        if take == 0 {
+            return;
+        }
+        self.captured += take;
+        let need = self.copied.len() + take;
+        if self.shared.is_empty() && need <= COPY_MAX {
+            if need > self.copied.capacity() {
+                // Exact for a body that comes in one frame; doubling after that (never past
+                // COPY_MAX), so a stream of small chunks is copied about twice in all.
+                let capacity = need.max(self.copied.capacity() * 2).min(COPY_MAX);
+                self.copied.reserve(capacity - self.copied.len());
+            }
+            self.copied.extend_from_slice(&data[..take]);
+            self.ends.push(self.copied.len());
+        } else if take == data.len() {
+            self.shared.push(data.clone());
+        } else {
+            self.shared.push(data.slice(..take));
         }
     }
-}
 
-/// Bodies up to this many captured bytes are copied into one buffer of their exact size when
-/// they end ([`compact`]); larger ones keep the forwarded chunks as they are.
-pub const COMPACT_MAX: usize = 256 << 10;
-
-/// The chunks, copied into one buffer of exactly their total size and handed back as slices of
-/// it (so chunk boundaries survive), when the total is at most [`COMPACT_MAX`].
-///
-/// A captured chunk shares the allocation hyper read it into: the connection's read buffer,
-/// which hyper grows adaptively from 8 KiB towards hundreds of KiB under load. Held in the
-/// recording queue (which counts captured bytes, not the allocations they pin), a 2 KB
-/// response kept its whole read buffer alive: veil's peak RSS at 64 connections was ~196 MB
-/// best-effort (`benches/load`). One copy per body at its end (~2 KB here) frees them as soon
-/// as hyper moves on. Larger bodies are left shared: their chunks fill the buffers they pin,
-/// and copying them on the forwarding path (the copy runs when the body ends, before hyper
-/// sees its end) would cost more than it saves.
-pub fn compact(chunks: Vec<Bytes>) -> Vec<Bytes> {
-    let total: usize = chunks.iter().map(Bytes::len).sum();
-    if chunks.is_empty() || total > COMPACT_MAX {
-        return chunks;
+    /// The captured body, its chunks as they crossed the wire (the copied ones are slices of
+    /// one buffer), without a content encoding.
+    fn into_body(self) -> Body {
+        let len = self.copied.len();
+        // A buffer that grew by doubling may hold up to twice its bytes; one that would waste
+        // more than a quarter is copied to its exact size, so a body waiting in the recording
+        // queue holds about what the queue counts.
+        let copied = if self.copied.capacity() - len > len / 4 {
+            BytesMut::from(&self.copied[..])
+        } else {
+            self.copied
+        };
+        let mut all = copied.freeze();
+        let mut chunks = Vec::with_capacity(self.ends.len() + self.shared.len());
+        let mut start = 0;
+        for end in self.ends {
+            chunks.push(all.split_to(end - start));
+            start = end;
+        }
+        chunks.extend(self.shared);
+        Body {
+            chunks,
+            wire_len: self.wire_len,
+            truncated: self.truncated,
+            content_encoding: None,
+        }
     }
-    let mut buf = bytes::BytesMut::with_capacity(total);
-    for c in &chunks {
-        buf.extend_from_slice(c);
-    }
-    let mut all = buf.freeze();
-    chunks.iter().map(|c| all.split_to(c.len())).collect()
 }
 
 /// Which body a tee wraps.
@@ -422,22 +447,22 @@ impl<B: HttpBody> TeeBody<B> {
     }
 
     fn finish(&mut self, end: End) {
-        let Some((mut capture, recording)) = self.tap.take() else {
+        let Some((capture, recording)) = self.tap.take() else {
             return;
         };
         let now = Instant::now();
-        // Copied out of hyper's buffers before the lock, so the other side never waits on it.
-        capture.chunks = compact(std::mem::take(&mut capture.chunks));
+        // Built before the lock (it may copy), so the other side never waits on it.
+        let mut body = capture.into_body();
         let mut rec = recording.lock().unwrap_or_else(|e| e.into_inner());
         match self.side {
             Side::Request => {
-                let enc = rec.request_body.content_encoding.take();
-                rec.request_body = capture.into_body(enc);
+                body.content_encoding = rec.request_body.content_encoding.take();
+                rec.request_body = body;
                 rec.request_end = Some((now, end));
             }
             Side::Response => {
-                let enc = rec.response_body.content_encoding.take();
-                rec.response_body = capture.into_body(enc);
+                body.content_encoding = rec.response_body.content_encoding.take();
+                rec.response_body = body;
                 rec.first_byte = self.first_byte;
                 rec.chunk_gaps = std::mem::take(&mut self.chunk_gaps);
                 rec.response_end = Some((now, end));

@@ -31,7 +31,7 @@ fn capture_is_bounded_and_marks_truncation() {
     c.push(&Bytes::from_static(b"0123456"));
     c.push(&Bytes::from_static(b"789abc"));
     c.push(&Bytes::from_static(b"def"));
-    let body = c.into_body(None);
+    let body = c.into_body();
     assert_eq!(&body.bytes()[..], b"0123456789");
     assert_eq!(body.wire_len, 16);
     assert!(body.truncated);
@@ -135,34 +135,90 @@ impl<T: Unpin> futures_core::Stream for VecStream<T> {
     }
 }
 
-/// A captured body no longer pins the read buffers its chunks were cut from: its chunks are
-/// copied into one buffer of exactly their size, back to back, boundaries and bytes kept. A
-/// body over `COMPACT_MAX` keeps its chunks as forwarded.
+/// A capture does not pin the read buffers its frames were cut from: its first `COPY_MAX`
+/// bytes are copied as they arrive into one buffer, back to back, bytes and boundaries kept;
+/// what comes after is kept as forwarded.
 #[test]
-fn compact_copies_small_bodies_out_of_the_buffers_they_were_read_into() {
-    // Two chunks cut from one 64 KiB "read buffer", as hyper hands them out.
-    let read_buffer = Bytes::from(vec![7u8; 64 << 10]);
-    let chunks = vec![read_buffer.slice(0..100), read_buffer.slice(100..2100)];
+fn capture_copies_frames_out_of_the_buffers_they_were_read_into() {
+    // Frames cut from one 64 KiB "read buffer", as hyper hands them out.
+    let read_buffer = Bytes::from((0..64 << 10).map(|i| i as u8).collect::<Vec<u8>>());
+    let frames = [
+        read_buffer.slice(0..100),
+        read_buffer.slice(100..2100),
+        read_buffer.slice(2100..2101),
+    ];
     let inside = |b: &Bytes| {
         let (start, p) = (read_buffer.as_ptr() as usize, b.as_ptr() as usize);
         p >= start && p < start + read_buffer.len()
     };
-    assert!(chunks.iter().all(inside));
-    let out = compact(chunks.clone());
-    assert_eq!(out, chunks, "same bytes, same boundaries");
-    assert!(!out.iter().any(inside), "copied out of the read buffer");
+    let mut c = Capture::new(1 << 20);
+    for f in &frames {
+        c.push(f);
+    }
+    let body = c.into_body();
+    assert_eq!(body.chunks, frames, "same bytes, same boundaries");
+    assert!(
+        !body.chunks.iter().any(inside),
+        "copied out of the read buffer"
+    );
     assert_eq!(
-        out[1].as_ptr() as usize,
-        out[0].as_ptr() as usize + 100,
+        body.chunks[1].as_ptr() as usize,
+        body.chunks[0].as_ptr() as usize + 100,
         "one buffer, back to back"
     );
+    assert_eq!((body.wire_len, body.truncated), (2101, false));
 
-    let big = Bytes::from(vec![1u8; COMPACT_MAX + 1]);
-    let kept = compact(vec![big.clone()]);
+    // Past COPY_MAX the frames are kept as they came, after the copied ones.
+    let big = Bytes::from(vec![1u8; COPY_MAX]);
+    let mut c = Capture::new(1 << 20);
+    c.push(&frames[0]);
+    c.push(&big);
+    c.push(&frames[1]);
+    let body = c.into_body();
     assert_eq!(
-        kept[0].as_ptr(),
-        big.as_ptr(),
-        "a large body is left shared"
+        body.chunks,
+        [frames[0].clone(), big.clone(), frames[1].clone()]
     );
-    assert!(compact(Vec::new()).is_empty());
+    assert!(!inside(&body.chunks[0]));
+    assert_eq!(
+        body.chunks[1].as_ptr(),
+        big.as_ptr(),
+        "a large frame is left shared"
+    );
+    assert!(inside(&body.chunks[2]), "and every frame after it");
+
+    let empty = Capture::new(10).into_body();
+    assert!(empty.chunks.is_empty());
+    assert_eq!((empty.wire_len, empty.truncated), (0, false));
+}
+
+/// Streams of many small chunks grow the copy by doubling; the body comes out the same
+/// whatever the frame sizes, and a cut at the limit lands inside the frame that crosses it.
+#[test]
+fn capture_of_many_frames_keeps_every_byte_and_cuts_at_the_limit() {
+    let text: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for frame in [1, 7, 100, 4096, 10_000] {
+        for limit in [0, 1, 999, 10_000, 20_000] {
+            let mut c = Capture::new(limit);
+            let frames: Vec<Bytes> = text.chunks(frame).map(Bytes::copy_from_slice).collect();
+            for f in &frames {
+                c.push(f);
+            }
+            let body = c.into_body();
+            let kept = limit.min(text.len());
+            assert_eq!(
+                &body.bytes()[..],
+                &text[..kept],
+                "frame {frame}, limit {limit}"
+            );
+            assert_eq!(body.wire_len, text.len() as u64);
+            assert_eq!(body.truncated, limit < text.len());
+            assert_eq!(
+                body.chunks.len(),
+                kept.div_ceil(frame),
+                "frame {frame}, limit {limit}"
+            );
+            assert!(body.chunks.iter().all(|c| !c.is_empty()));
+        }
+    }
 }
