@@ -55,7 +55,7 @@
 //! steps 1 and 2 alone, about two minutes; a value that is not such a count is refused, exit
 //! 2), `VEIL_PYTHON` (step 2 with the official SDK too),
 //! `LOAD_ONLY=veil` (the veil cells alone, for profiling), `LOAD_ONLY=ttfc` (step 2 alone,
-//! about a minute), `LOAD_ONLY=metrics` (the `/metrics`
+//! one to two minutes), `LOAD_ONLY=metrics` (the `/metrics`
 //! cost comparison instead, see [`metrics_cost`]), `LOAD_HISTORY=N` (conversations of N turns
 //! whose requests re-send the system prompt and every earlier turn, see [`history_turns`]),
 //! `LOAD_OTLP=1` (each veil, the baseline
@@ -1001,7 +1001,7 @@ fn main() {
         .collect();
     check_descriptor_limit();
     let only_veil = std::env::var("LOAD_ONLY").as_deref() == Ok("veil");
-    // Step 2 alone (about a minute with the defaults): to compare time to first chunk between
+    // Step 2 alone (one to two minutes with the defaults): to compare time to first chunk between
     // builds or settings.
     let only_ttfc = std::env::var("LOAD_ONLY").as_deref() == Ok("ttfc");
     let conns_list = if only_ttfc { Vec::new() } else { conns_list };
@@ -1249,7 +1249,24 @@ fn print_cells(conns_list: &[usize], results: &[Vec<Vec<Cell>>], targets: &[&Tar
             })
             .collect();
         let (d, n) = (&cells[0], &cells[1]);
+        // LOAD_ONLY=veil measures no direct or no-op cell: no row, and nothing against them.
+        let (with_direct, with_noop) = (!results[ci][0].is_empty(), !results[ci][1].is_empty());
         for (ti, c) in cells.iter().enumerate() {
+            if results[ci][ti].is_empty() {
+                continue;
+            }
+            let ratio = if with_noop {
+                format!("{:.2}", c.stats.rps / n.stats.rps)
+            } else {
+                "—".to_string()
+            };
+            let added = |v: f64, base: f64| {
+                if with_direct {
+                    format!("{:+.0}", v - base)
+                } else {
+                    "—".to_string()
+                }
+            };
             let rec = c
                 .recorded
                 .map_or(("—".to_string(), "—".to_string()), |(r, per)| {
@@ -1267,14 +1284,13 @@ fn print_cells(conns_list: &[usize], results: &[Vec<Vec<Cell>>], targets: &[&Tar
                     )
                 });
             println!(
-                "| {conns} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:+.0} | {:+.0} | {:.1} | {} | {} | {:.1} |",
+                "| {conns} | {} | {:.0} | {ratio} | {:.0} | {:.0} | {} | {} | {:.1} | {} | {} | {:.1} |",
                 targets[ti].name,
                 c.stats.rps,
-                c.stats.rps / n.stats.rps,
                 c.stats.p50_us,
                 c.stats.p99_us,
-                c.stats.p50_us - d.stats.p50_us,
-                c.stats.p99_us - d.stats.p99_us,
+                added(c.stats.p50_us, d.stats.p50_us),
+                added(c.stats.p99_us, d.stats.p99_us),
                 c.cpu_us,
                 rec.0,
                 rec.1,
