@@ -3,8 +3,8 @@
 //! The forward stage starts a [`Recording`] for a recorded request (its [`RequestMeta`] and
 //! the [`Sink`] it goes to) and wraps the request body and, later, the response body in a
 //! [`TeeBody`]. Each tee forwards every frame as it arrives; data frames are also copied into
-//! the tee's own [`Capture`] (past its first [`COPY_MAX`] bytes, cloned: a `Bytes` refcount
-//! bump), up to the limit. No lock is
+//! the tee's own [`Capture`] (from the frame that would take the copy past [`COPY_MAX`] on,
+//! cloned: a `Bytes` refcount bump), up to the limit. No lock is
 //! taken per frame: each tee deposits its capture into the shared `Recording` once, when its
 //! body ends or is dropped.
 //!
@@ -27,7 +27,7 @@ use crate::exchange::{
     Body, Exchange, ExchangeId, Headers, Outcome, Route, Timings, Upstream, UpstreamFailure,
     WebSocketSession,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 /// Where a finished exchange goes.
@@ -300,20 +300,20 @@ impl Drop for Recording {
 
 /// A bounded capture of one body's data frames.
 ///
-/// Its first [`COPY_MAX`] bytes are copied out of each frame as it passes, into one buffer of
-/// the capture's own. A frame's bytes are a slice of the connection's read buffer (hyper's, or
+/// Its frames are copied as they pass into one buffer of the capture's own, whole frames
+/// while the total stays within [`COPY_MAX`]. A frame's bytes are a slice of the connection's read buffer (hyper's, or
 /// rustls' for h2); a capture that kept that slice kept the buffer alive until the body ended,
 /// so hyper could not reuse it and read the next chunk into new memory. Streams paid for it in
 /// page faults on the forwarding threads (~27 per stream of 50 chunks, from the allocator's
 /// purged pages; `perf record -e page-faults` during `LOAD_ONLY=ttfc`) and every body in the
 /// recording queue pinned a read buffer (veil's peak RSS at 64 connections was ~196 MB before
-/// bodies were copied at their end, at stop 38). Bytes past `COPY_MAX` are kept as the shared
-/// frames they came in: they fill the buffers they pin, and copying them would cost more than
-/// it saves.
+/// bodies were copied at their end, at stop 38). The frame that would take the copy past
+/// `COPY_MAX`, and every frame after it, is kept as the shared frame it came in: large frames
+/// fill the buffers they pin, and copying them would cost more than it saves.
 #[derive(Debug)]
 pub struct Capture {
-    /// The first `COPY_MAX` captured bytes, back to back.
-    copied: BytesMut,
+    /// The copied frames, back to back; its capacity never exceeds `COPY_MAX`.
+    copied: Vec<u8>,
     /// Where each copied chunk ends in `copied`, in order.
     ends: Vec<usize>,
     /// The chunks after those, as forwarded (shared).
@@ -324,15 +324,15 @@ pub struct Capture {
     limit: usize,
 }
 
-/// Captured bytes up to this many are copied as they arrive ([`Capture`]); the rest of a body
-/// is kept as the frames it came in.
+/// Whole frames are copied as they arrive while a capture holds at most this many bytes
+/// ([`Capture`]); the rest of a body is kept as the frames it came in.
 pub const COPY_MAX: usize = 256 << 10;
 
 impl Capture {
     /// An empty capture keeping at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Capture {
-            copied: BytesMut::new(),
+            copied: Vec::new(),
             ends: Vec::new(),
             shared: Vec::new(),
             captured: 0,
@@ -342,8 +342,9 @@ impl Capture {
         }
     }
 
-    /// Records one data frame: copied while the capture holds under [`COPY_MAX`] bytes, a
-    /// shared clone after; cut at the limit, which marks the capture truncated.
+    /// Records one data frame: copied while the copy stays within [`COPY_MAX`] bytes, a shared
+    /// clone from the first frame that would not fit; cut at the limit, which marks the
+    /// capture truncated.
     pub fn push(&mut self, data: &Bytes) {
         self.wire_len += data.len() as u64;
         let take = data.len().min(self.limit - self.captured);
@@ -357,10 +358,11 @@ impl Capture {
         let need = self.copied.len() + take;
         if self.shared.is_empty() && need <= COPY_MAX {
             if need > self.copied.capacity() {
-                // Exact for a body that comes in one frame; doubling after that (never past
-                // COPY_MAX), so a stream of small chunks is copied about twice in all.
+                // Exact for a body that comes in one frame; doubling after that, never past
+                // COPY_MAX (`reserve_exact`: `reserve` would double past it on its own), so a
+                // stream of small chunks is copied about twice while it arrives.
                 let capacity = need.max(self.copied.capacity() * 2).min(COPY_MAX);
-                self.copied.reserve(capacity - self.copied.len());
+                self.copied.reserve_exact(capacity - self.copied.len());
             }
             self.copied.extend_from_slice(&data[..take]);
             self.ends.push(self.copied.len());
@@ -374,16 +376,16 @@ impl Capture {
     /// The captured body, its chunks as they crossed the wire (the copied ones are slices of
     /// one buffer), without a content encoding.
     fn into_body(self) -> Body {
-        let len = self.copied.len();
+        let mut copied = self.copied;
+        let len = copied.len();
         // A buffer that grew by doubling may hold up to twice its bytes; one that would waste
-        // more than a quarter is copied to its exact size, so a body waiting in the recording
-        // queue holds about what the queue counts.
-        let copied = if self.copied.capacity() - len > len / 4 {
-            BytesMut::from(&self.copied[..])
-        } else {
-            self.copied
-        };
-        let mut all = copied.freeze();
+        // more than a quarter is shrunk to its exact size (a copy, unless the allocator shrinks
+        // it in place), so a body waiting in the recording queue holds about what the queue
+        // counts.
+        if copied.capacity() - len > len / 4 {
+            copied.shrink_to_fit();
+        }
+        let mut all = Bytes::from(copied);
         let mut chunks = Vec::with_capacity(self.ends.len() + self.shared.len());
         let mut start = 0;
         for end in self.ends {

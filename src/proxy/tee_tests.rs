@@ -187,9 +187,47 @@ fn capture_copies_frames_out_of_the_buffers_they_were_read_into() {
     );
     assert!(inside(&body.chunks[2]), "and every frame after it");
 
+    // A limit inside the frame that crosses COPY_MAX, and one inside a later shared frame.
+    for (limit, kept) in [
+        (100 + 5, [100, 5, 0]),
+        (100 + COPY_MAX + 7, [100, COPY_MAX, 7]),
+    ] {
+        let mut c = Capture::new(limit);
+        c.push(&frames[0]);
+        c.push(&big);
+        c.push(&frames[1]);
+        let body = c.into_body();
+        let lens: Vec<usize> = body.chunks.iter().map(Bytes::len).collect();
+        let want: Vec<usize> = kept.into_iter().filter(|&n| n > 0).collect();
+        assert_eq!(lens, want, "limit {limit}");
+        assert!(body.truncated);
+        assert_eq!(body.wire_len, (100 + COPY_MAX + 2000) as u64);
+        assert_eq!(&body.bytes()[..100], &frames[0][..]);
+    }
+
     let empty = Capture::new(10).into_body();
     assert!(empty.chunks.is_empty());
     assert_eq!((empty.wire_len, empty.truncated), (0, false));
+}
+
+/// The copy's buffer never grows past `COPY_MAX`, however the frames come: `Vec::reserve`
+/// alone would double it past that (to ~2× `COPY_MAX`).
+#[test]
+fn capture_copy_never_holds_more_than_copy_max() {
+    for (first, then) in [(200_000, 1_000), (100, 100), (COPY_MAX - 1, 1), (1, 4096)] {
+        let mut c = Capture::new(1 << 30);
+        c.push(&Bytes::from(vec![1u8; first]));
+        let frame = Bytes::from(vec![2u8; then]);
+        for _ in 0..(2 * COPY_MAX / then) {
+            c.push(&frame);
+            assert!(
+                c.copied.capacity() <= COPY_MAX,
+                "first {first}, then {then}: capacity {}",
+                c.copied.capacity()
+            );
+        }
+        assert!(!c.shared.is_empty(), "the rest is kept shared");
+    }
 }
 
 /// Streams of many small chunks grow the copy by doubling; the body comes out the same
