@@ -301,9 +301,10 @@ impl Drop for Recording {
 /// A bounded capture of one body's data frames.
 ///
 /// Its frames are copied as they pass into one buffer of the capture's own, whole frames
-/// while the total stays within [`COPY_MAX`]. A frame's bytes are a slice of the connection's read buffer (hyper's, or
-/// rustls' for h2); a capture that kept that slice kept the buffer alive until the body ended,
-/// so hyper could not reuse it and read the next chunk into new memory. Streams paid for it in
+/// while the total stays within [`COPY_MAX`]. A frame's bytes are a slice of the connection's
+/// read buffer (hyper's, or rustls' for h2); a capture that kept that slice kept the buffer
+/// alive until the body ended, so hyper could not reuse it and read the next chunk into new
+/// memory. Streams paid for it in
 /// page faults on the forwarding threads (~27 per stream of 50 chunks, from the allocator's
 /// purged pages; `perf record -e page-faults` during `LOAD_ONLY=ttfc`) and every body in the
 /// recording queue pinned a read buffer (veil's peak RSS at 64 connections was ~196 MB before
