@@ -459,7 +459,7 @@ impl Added {
         let lo = (((n - half) / 2.0).floor() as usize).max(1);
         let hi = ((1.0 + (n + half) / 2.0).ceil() as usize).min(d.len());
         Added {
-            median: median(d.clone()),
+            median: d[d.len() / 2],
             ci: (d[lo - 1], d[hi - 1]),
             p10: percentile(&d, 0.10),
             p90: percentile(&d, 0.90),
