@@ -12,20 +12,30 @@ added it) stamps both veil and the bench's no-op proxy: each stamp is an `Instan
 global vector and printed by a side thread every 50 ms as `VEILS <pid> <label> <µs>`, so no
 write sits on the path being timed. Labels:
 
-    rd  a read of the app's decrypted bytes        f0  the proxy's forward function begins
+    rd  a read of the app's decrypted bytes*       f0  the proxy's forward function begins
     f3  the request is handed to hyper's client    uw  a write to the upstream's TCP socket
     ur  a read from the upstream's TCP socket      ck  a response data frame out of hyper
-    wr/wv  a write into the app's TLS stream
+    wr/wv  a write into the app's TLS stream*
     veil only: sv (service entered), g0-g3 (admitted, request headers recorded, path
     recorded, recording started), r0/r2 (response head arrived / handled)
 
-Usage (veil's stderr and the no-op's reach the bench's stderr):
+*In veil these stamps sit in `conn::Watched`, which wraps both the app's TLS stream and the
+TCP stream under it, so veil also logs a TCP-level read before each decrypted read and a
+TCP-level write after each write into the TLS. Taking the last read before `f0` and the
+first write after the frame picks the TLS-level ones, as in the no-op. The two warm-up
+rounds are included (the first request's upstream write comes after a TCP and TLS connect).
+
+Usage (veil's stderr and the no-op's reach the bench's stderr; a target directory of its
+own, so the stamped veil does not stay behind in `target/release`):
 
     git apply benches/load/hops.patch
-    cargo build --release --locked --bench load
-    LOAD_ONLY=ttfc target/release/deps/load-<hash> --bench 2> stamps.txt
+    CARGO_TARGET_DIR=target/hops LOAD_ONLY=ttfc benches/load.sh 2> stamps.txt
     benches/load/hops.py stamps.txt
     git apply -R benches/load/hops.patch
+
+Each process writes a batch of stamps with one `write`, so with stderr sent to a file the
+two processes' lines do not cut into each other; lines that do not parse are counted and
+reported.
 
 For each process and each request it takes the app's read before `f0`, then `f3`, the first
 upstream write after it, the second data frame (the first content chunk), the upstream read
@@ -107,11 +117,18 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: hops.py STAMPS (the bench's stderr with hops.patch applied)")
     by_pid = collections.defaultdict(list)
+    bad = 0
     with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
         for line in f:
+            if "VEILS" not in line:
+                continue
             parts = line.split()
-            if len(parts) == 4 and parts[0] == "VEILS":
+            if len(parts) == 4 and parts[0] == "VEILS" and parts[3].isdigit():
                 by_pid[parts[1]].append((parts[2], int(parts[3])))
+            else:
+                bad += 1
+    if bad:
+        print(f"{bad} stamp lines did not parse and were left out", file=sys.stderr)
     if not by_pid:
         sys.exit("no VEILS lines: was hops.patch applied and the bench's stderr kept?")
     for pid, events in by_pid.items():
