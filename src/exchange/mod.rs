@@ -9,8 +9,8 @@
 //! ever sees an API key, a bearer token or a cookie. Request bodies and response bodies are
 //! kept as the chunks that crossed the wire, boundaries kept (whole frames copied out of the
 //! connection's buffers as they passed while the copy stays within 256 KiB, the rest shared:
-//! `proxy::tee::Capture`); decoding
-//! `Content-Encoding` happens here, off the hot path, with a bound.
+//! `proxy::tee::Capture`); decoding `Content-Encoding` happens here, off the hot path, with a
+//! bound.
 //!
 //! This module must never touch the network, the rules, OTLP or crypto.
 

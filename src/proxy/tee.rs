@@ -304,13 +304,13 @@ impl Drop for Recording {
 /// while the total stays within [`COPY_MAX`]. A frame's bytes are a slice of the connection's
 /// read buffer (hyper's, or rustls' for h2); a capture that kept that slice kept the buffer
 /// alive until the body ended, so hyper could not reuse it and read the next chunk into new
-/// memory. Streams paid for it in
-/// page faults on the forwarding threads (~27 per stream of 50 chunks, from the allocator's
-/// purged pages; `perf record -e page-faults` during `LOAD_ONLY=ttfc`) and every body in the
-/// recording queue pinned a read buffer (veil's peak RSS at 64 connections was ~196 MB before
-/// bodies were copied at their end, at stop 38). The frame that would take the copy past
-/// `COPY_MAX`, and every frame after it, is kept as the shared frame it came in: large frames
-/// fill the buffers they pin, and copying them would cost more than it saves.
+/// memory. Streams paid for it in page faults on the forwarding threads (~27 per stream of 50
+/// chunks, from the allocator's purged pages; `perf record -e page-faults` during
+/// `LOAD_ONLY=ttfc`) and every body in the recording queue pinned a read buffer (veil's peak
+/// RSS at 64 connections was ~196 MB before bodies were copied at their end, at stop 38).
+/// The frame that would take the copy past `COPY_MAX`, and every frame after it, is kept as
+/// the shared frame it came in: large frames fill the buffers they pin, and copying them
+/// would cost more than it saves.
 #[derive(Debug)]
 pub struct Capture {
     /// The copied frames, back to back; its capacity never exceeds `COPY_MAX`.
