@@ -17,7 +17,8 @@ write sits on the path being timed. Labels:
     ur  a read from the upstream's TCP socket      ck  a response data frame out of hyper
     wr/wv  a write into the app's TLS stream*
     veil only: sv (service entered), g0-g3 (admitted, request headers recorded, path
-    recorded, recording started), r0/r2 (response head arrived / handled)
+    recorded, recording started), h0/h1 (around a credential header's fingerprint, inside
+    the header copy), r0/r2 (response head arrived / handled)
 
 *In veil these stamps sit in `conn::Watched`, which wraps both the app's TLS stream and the
 TCP stream under it, so veil also logs a TCP-level read before each decrypted read and a
@@ -57,7 +58,7 @@ HOPS = [
     ("ur>w", "chunk relay"),
     ("path", "request path + chunk relay"),
 ]
-STEPS = [("f0", "g0"), ("g0", "g1"), ("g1", "g2"), ("g2", "g3"), ("g3", "f3"), ("r0", "r2")]
+STEPS = [("f0", "g0"), ("g0", "h0"), ("h0", "h1"), ("h1", "g1"), ("g0", "g1"), ("g1", "g2"), ("g2", "g3"), ("g3", "f3"), ("r0", "r2")]
 
 
 def quantiles(values):
