@@ -8,7 +8,7 @@ plus its relay of that one chunk (read from upstream → written to the app); th
 head is handled inside the 5 ms and is not on the path.
 
 `hops.patch` (a throwaway diagnostic patch, never built by CI; made against the commit that
-added it) stamps both veil and the bench's no-op proxy: each stamp is an `Instant` pushed to a
+last changed it) stamps both veil and the bench's no-op proxy: each stamp is an `Instant` pushed to a
 global vector and printed by a side thread every 50 ms as `VEILS <pid> <label> <µs>`, so no
 write sits on the path being timed. Labels:
 
@@ -58,7 +58,17 @@ HOPS = [
     ("ur>w", "chunk relay"),
     ("path", "request path + chunk relay"),
 ]
-STEPS = [("f0", "g0"), ("g0", "h0"), ("h0", "h1"), ("h1", "g1"), ("g0", "g1"), ("g1", "g2"), ("g2", "g3"), ("g3", "f3"), ("r0", "r2")]
+STEPS = [
+    ("f0", "g0"),
+    ("g0", "h0"),
+    ("h0", "h1"),
+    ("h1", "g1"),
+    ("g0", "g1"),
+    ("g1", "g2"),
+    ("g2", "g3"),
+    ("g3", "f3"),
+    ("r0", "r2"),
+]
 
 
 def quantiles(values):
