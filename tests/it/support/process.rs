@@ -146,13 +146,34 @@ pub fn resolve_args(mock: SocketAddr) -> Vec<String> {
         .collect()
 }
 
-/// A port nobody listens on right now (bound, then released).
+/// A port nobody listens on right now, for a test to hand veil (`admin_listen`, a second
+/// listener) before veil binds it.
+///
+/// Taken below the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`,
+/// 32768-60999 by default), where a port-0 bind never lands: a port taken by binding port 0
+/// and releasing it could be handed by the kernel to another test's port-0 listener in the
+/// gap before veil binds it (a CI run failed so: "cannot listen on admin_listen
+/// 127.0.0.1:36003: Address already in use"). A process-wide counter keeps two tests of this
+/// binary from getting the same port; the start point depends on the process id, so two
+/// test processes at once start far apart. Each candidate is checked by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1024);
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(low + (start + n) % span).expect("ports fit in u16");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{low}-{}", low + span - 1);
 }
 
 /// POSTs `body` to the chat completions API through `proc` with curl (trusting the CA under
