@@ -47,7 +47,10 @@
 //! under other settings),
 //! `LOAD_BASELINE` (the path of another veil binary, e.g. a build of the commit before a
 //! change: it runs as a fifth target, best-effort, in the same rounds, so a change is measured
-//! against what it replaced on the same machine in the same minutes),
+//! against what it replaced on the same machine in the same minutes; `LOAD_BASELINE_NAME` names
+//! it in the report), `LOAD_FORWARD_ONLY=1` (read by `benches/load.sh`: the baseline is this
+//! commit built with the `forward-only` feature, which intercepts and forwards but records
+//! nothing, named `veil forward-only`: forwarding alone beside the full veil in one run),
 //! `LOAD_PERF` (perf record arguments: profiles each proxy cell, see [`perf_record`]),
 //! `LOAD_TIMELINE` (a directory: each request's start and latency per cell, see
 //! [`write_timeline`]),
@@ -494,9 +497,10 @@ fn print_first_chunk(how: &str, names: &[&str], times: &[Vec<f64>]) {
         println!("- {name}: {}", Added::paired(direct, t));
     }
     let find = |n: &str| names.iter().position(|x| *x == n);
-    if let (Some(v), Some(b)) = (find("veil best-effort"), find("baseline best-effort")) {
+    if let (Some(v), Some(b)) = (find("veil best-effort"), find(baseline_name())) {
         println!(
-            "- veil best-effort over baseline best-effort: {}",
+            "- veil best-effort over {}: {}",
+            baseline_name(),
             Added::paired(&times[b], &times[v])
         );
     }
@@ -733,6 +737,18 @@ fn free_port() -> u16 {
 
 /// The baseline veil's project directory (`LOAD_BASELINE`).
 const BASELINE_DIR: &str = "veil-baseline";
+
+/// The baseline's name in the report: `LOAD_BASELINE_NAME`, else `baseline best-effort`
+/// (`benches/load.sh` names a `forward-only` build `veil forward-only`).
+fn baseline_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::var("LOAD_BASELINE_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| "baseline best-effort".to_string())
+    })
+}
 
 /// The TOML lines `LOAD_VEIL_CONFIG` adds to each veil's `veil.toml`; for the baseline,
 /// `LOAD_BASELINE_CONFIG`'s instead when it is set (so one build can be compared with itself
@@ -1035,7 +1051,7 @@ fn main() {
         let baseline = std::env::var_os("LOAD_BASELINE").map(|b| {
             let (child, addr, collector) = with_collector(Path::new(&b), &base_dir, "");
             let mut target = Target::new(
-                "baseline best-effort",
+                baseline_name(),
                 addr,
                 base_dir.join("keys/ca.pem"),
                 true,

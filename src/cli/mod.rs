@@ -42,9 +42,22 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Audit, Config, RawConfig};
 
+/// What a `forward-only` build logs at every start, after the start lines.
+const FORWARD_ONLY_WARNING: &str = "this veil was built with the forward-only feature, for the load bench: it intercepts and forwards but records nothing (no ledger rows, no sealed exchanges, no OTLP); build without it for any other use";
+
+/// `veil --version`'s number, with a warning in a build that records nothing.
+const VERSION: &str = if cfg!(feature = "forward-only") {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (forward-only build, for benchmarks: records nothing)"
+    )
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// veil: a privacy-enforcing log redaction proxy for LLM traffic.
 #[derive(Debug, Parser)]
-#[command(name = "veil", version, about, long_about = None)]
+#[command(name = "veil", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -495,6 +508,9 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         facts.metrics = running.metrics_addr;
         for line in startup::startup_lines(&facts) {
             tracing::info!("{line}");
+        }
+        if cfg!(feature = "forward-only") {
+            tracing::warn!("{FORWARD_ONLY_WARNING}");
         }
         done.await?;
         tracing::info!("{}", startup::shutdown_line(&facts, &running.counters));

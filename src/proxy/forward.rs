@@ -261,7 +261,8 @@ impl Shared {
     /// with [`HandOff::Admit`] first asks the queue whether it has room now, reserving nothing
     /// ([`ExchangeSender::try_admit`]); the exchange is offered to the queue when it ends.
     /// `audit = "required"` goes through [`Shared::admit_required`].
-    /// `None` for a target that is not recorded, and for a best-effort request the queue has
+    /// `None` for a target that is not recorded (every target in a build with the
+    /// `forward-only` feature), and for a best-effort request the queue has
     /// no room for (counted as a drop: it is forwarded, nothing of it captured); veil's 503
     /// answer for a request not admitted under `audit = "required"`.
     ///
@@ -275,7 +276,9 @@ impl Shared {
         (id, t0, started_at): (ExchangeId, Instant, SystemTime),
         (addr, hand_off): (SocketAddr, HandOff),
     ) -> Result<Option<RecordingRef>, Box<Response<ProxyBody>>> {
-        if !target.record {
+        // A `forward-only` build (the load bench's measure of forwarding alone) records
+        // nothing: every target is forwarded as one that is not recorded.
+        if !target.record || cfg!(feature = "forward-only") {
             return Ok(None);
         }
         let sink = match (self.settings.audit, hand_off) {

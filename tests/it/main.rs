@@ -13,6 +13,9 @@ mod feedback;
 mod first_hour;
 mod forget;
 mod forget_spool;
+// The forward-only build records nothing: its one test runs only in such a build.
+#[cfg(feature = "forward-only")]
+mod forward_only;
 mod health;
 mod hostile;
 mod ledger;
