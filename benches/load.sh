@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 8192 ] || ulimit -n 8192 2>/dev/null || true
 if [ "${LOAD_FORWARD_ONLY:-}" = 1 ]; then
   [ -z "${LOAD_BASELINE:-}" ] || { echo "LOAD_FORWARD_ONLY=1 is a baseline: unset LOAD_BASELINE" >&2; exit 2; }
-  dir="${CARGO_TARGET_DIR:-target}/forward-only"
+  # Absolute: the bench starts each veil in its own project directory.
+  dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")/forward-only"
   # The bench profile, as the bench's own veil is built (cross-crate optimized); like
   # release, it writes under release/.
   cargo build --locked --profile bench --features forward-only --bin veil --target-dir "$dir"
