@@ -1287,7 +1287,12 @@ fn print_cells(conns_list: &[usize], results: &[Vec<Vec<Cell>>], targets: &[&Tar
                 .recorded
                 .map_or(("—".to_string(), "—".to_string()), |(r, per)| {
                     (
-                        format!("{per:.0}"),
+                        // No row, no CPU per row (a forward-only build records nothing).
+                        if r == 0 {
+                            "—".to_string()
+                        } else {
+                            format!("{per:.0}")
+                        },
                         format!(
                             "{r} of {} ({:.1} %){}",
                             c.stats.responses,
