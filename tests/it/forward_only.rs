@@ -4,11 +4,9 @@
 //! `cargo test --features forward-only --test it forward_only` (every recording test of this
 //! binary fails in such a build, by design).
 
-use std::process::Command;
-
 use crate::support::ledger::json;
 use crate::support::mock_llm::{Alpn, Mock, openai_completion};
-use crate::support::process::{VeilProcess, resolve_args, veil};
+use crate::support::process::{VeilProcess, curl_chat_output, resolve_args, veil};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_only_build_forwards_intact_records_nothing_and_says_so() {
@@ -31,25 +29,7 @@ async fn a_forward_only_build_forwards_intact_records_nothing_and_says_so() {
         "messages": [{"role": "user", "content": "forward-only marker 7f3e from dana.scully@example.com"}]
     })
     .to_string();
-    let out = Command::new("curl")
-        .args(["-sS", "--fail-with-body", "-D", "-", "--cacert"])
-        .arg(cwd.path().join("keys/ca.pem"))
-        .env("HTTPS_PROXY", format!("http://{}", proc.addr))
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-H",
-            "x-veil-feature: bench",
-        ])
-        .args(["-d", &body, "https://api.openai.com/v1/chat/completions"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl: {text}\nveil said:\n{}",
-        proc.stderr()
-    );
+    let text = curl_chat_output(&proc, cwd.path(), &body, &["-H", "x-veil-feature: bench"]);
     // The proxy's CONNECT answer, then the upstream's head, then its body.
     let (head, answer) = text.rsplit_once("\r\n\r\n").expect("a head and a body");
     // Intercepted (the app's TLS session ended at veil, under veil's CA) and forwarded: the

@@ -180,6 +180,21 @@ pub fn free_port() -> u16 {
 /// `cwd/keys`, plus `extra` curl arguments); the answer must be a success. Returns the request
 /// id veil assigned and curl's output (headers and body).
 pub fn curl_chat(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> (String, String) {
+    let text = curl_chat_output(proc, cwd, body, extra);
+    let id = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-veil-request-id: ")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("x-veil-request-id");
+    (id, text)
+}
+
+/// [`curl_chat`] without looking for a request id: curl's output (the proxy's `CONNECT`
+/// answer, then the upstream's head and body).
+pub fn curl_chat_output(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> String {
     let out = Command::new("curl")
         .args(["-sS", "--fail-with-body", "-D", "-", "--cacert"])
         .arg(cwd.join("keys/ca.pem"))
@@ -196,15 +211,7 @@ pub fn curl_chat(proc: &VeilProcess, cwd: &Path, body: &str, extra: &[&str]) -> 
         String::from_utf8_lossy(&out.stderr),
         proc.stderr()
     );
-    let id = text
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-veil-request-id: ")
-                .map(|v| v.trim().to_string())
-        })
-        .expect("x-veil-request-id");
-    (id, text)
+    text
 }
 
 /// POSTs `body` to the chat completions API through `proc` with curl like [`curl_chat`], for
