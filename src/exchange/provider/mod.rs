@@ -257,6 +257,13 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
     // it too (rules `[identity] json`), also where veil parses nothing else.
     let request = request_json(ex, opts);
     let understood = match &target {
+        // The upstream failed before veil read any of the request body (hyper sends it only
+        // on a connection): nothing to parse, and "not JSON" would blame the app's body for
+        // the upstream's failure. The endpoint still says what was asked.
+        Some(t) if unread_before_upstream_failed(ex) => {
+            c.operation = t.operation;
+            Ok(())
+        }
         Some(t) => parse_bodies(ex, t, &request, opts, &mut c),
         None => Err("unrecognized endpoint".to_string()),
     };
@@ -273,7 +280,17 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
     c
 }
 
-/// The metadata that needs no body parsing.
+/// True when the upstream failed (no response) and veil read none of the request body.
+fn unread_before_upstream_failed(ex: &Exchange) -> bool {
+    matches!(ex.outcome, Outcome::UpstreamFailed { .. })
+        && ex.status.is_none()
+        && ex.request_body.wire_len == 0
+        && ex.request_body.captured_len() == 0
+}
+
+/// The metadata that needs no body parsing. An upstream failure (no response) is the
+/// `error_type` whatever the bodies hold (`connect`, `tls`, `timeout`, `protocol`), so an
+/// exchange whose request body cannot be parsed still counts among the errors.
 fn base(ex: &Exchange) -> Conversation {
     Conversation {
         provider: Provider::for_host(&ex.upstream.host).unwrap_or(Provider::Unknown),
@@ -300,7 +317,12 @@ fn base(ex: &Exchange) -> Conversation {
             .and_then(|tp| traceparent::parse(tp, ex.request_header("tracestate"))),
         timings: ConversationTimings::default(),
         status: ex.status,
-        error_type: None,
+        error_type: match &ex.outcome {
+            Outcome::UpstreamFailed { kind, .. } if ex.status.is_none() => {
+                Some(kind.as_str().to_string())
+            }
+            _ => None,
+        },
         parse_error: None,
         aborted: ex.outcome.is_aborted(),
         truncated: ex.is_truncated(),

@@ -1456,6 +1456,50 @@ fn upstream_failure_is_the_error_type() {
     assert!(c.output_messages.is_empty());
 }
 
+/// The upstream could not be reached: hyper never read the request body, so the exchange
+/// holds none. The failure is the error and the endpoint the operation; the empty body is not
+/// reported as a body that is not JSON. (The ledger row used to have no `error_type`, so
+/// `veil report` counted no error for it.)
+#[test]
+fn upstream_failure_before_the_body_was_read_is_an_error_not_a_parse_failure() {
+    let mut ex = chat_n2("openai/chat_n2_response.json", JSON, false);
+    ex.status = None;
+    ex.request_body = Body::default();
+    ex.response_body = Body::default();
+    ex.outcome = Outcome::UpstreamFailed {
+        kind: UpstreamFailure::Connect,
+        reason: "connection refused".into(),
+    };
+    let c = run(&ex);
+    assert_eq!(c.error_type.as_deref(), Some("connect"));
+    assert_eq!(c.parse_error, None);
+    assert_eq!(c.operation.as_str(), "chat");
+    assert_eq!(c.provider.as_str(), "openai");
+}
+
+/// A request body that is not JSON still leaves an upstream failure counted as an error.
+#[test]
+fn upstream_failure_with_a_body_that_is_not_json_is_still_an_error() {
+    let mut ex = chat_n2("openai/chat_n2_response.json", JSON, false);
+    ex.status = None;
+    ex.request_body = body(vec![Bytes::from_static(b"{\"model\": \"gpt")]);
+    ex.request_body.wire_len = 15;
+    ex.response_body = Body::default();
+    ex.outcome = Outcome::UpstreamFailed {
+        kind: UpstreamFailure::Tls,
+        reason: "bad certificate".into(),
+    };
+    let c = run(&ex);
+    assert_eq!(c.error_type.as_deref(), Some("tls"));
+    assert!(
+        c.parse_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("request body is not JSON")),
+        "{:?}",
+        c.parse_error
+    );
+}
+
 #[test]
 fn gzip_encoded_stream_is_decoded_first() {
     use std::io::Write as _;
