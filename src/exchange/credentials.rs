@@ -23,15 +23,19 @@ pub enum CredentialHeader {
     ProxyAuth,
     /// A session cookie (`cookie` on requests, `set-cookie` on responses).
     Cookie,
-    /// A temporary credential's session token (AWS `x-amz-security-token`): secret, but the
-    /// key that names the account is the access key ID in `authorization`.
+    /// A token that goes with a key or stands in for one (AWS `x-amz-security-token`, a
+    /// temporary credential's session token; the generic `x-auth-token` and `x-access-token`):
+    /// secret, but not the key the provider bills (for AWS that is the access key ID in
+    /// `authorization`).
     SessionToken,
 }
 
 /// Every credential header, lowercase, with its kind. Sources: RFC 9110 §11.6.2
 /// (`authorization`), §11.7.2 (`proxy-authorization`), RFC 6265 (`cookie`, `set-cookie`), and
 /// the providers' own key headers: Anthropic `x-api-key`, Azure OpenAI `api-key`, Gemini
-/// `x-goog-api-key`, AWS `x-amz-security-token` (SigV4 with temporary credentials).
+/// `x-goog-api-key`, AWS `x-amz-security-token` (SigV4 with temporary credentials); Azure API
+/// Management's subscription key `ocp-apim-subscription-key` (Azure OpenAI behind a gateway);
+/// and the common token headers `x-auth-token` and `x-access-token` of other gateways.
 const HEADERS: &[(&str, CredentialHeader)] = &[
     ("authorization", CredentialHeader::ApiKey),
     ("proxy-authorization", CredentialHeader::ProxyAuth),
@@ -41,10 +45,15 @@ const HEADERS: &[(&str, CredentialHeader)] = &[
     ("cookie", CredentialHeader::Cookie),
     ("set-cookie", CredentialHeader::Cookie),
     ("x-amz-security-token", CredentialHeader::SessionToken),
+    ("ocp-apim-subscription-key", CredentialHeader::ApiKey),
+    ("x-auth-token", CredentialHeader::SessionToken),
+    ("x-access-token", CredentialHeader::SessionToken),
 ];
 
 /// Query parameters whose values are credentials: Gemini's `?key=`, OAuth's `access_token`, and
-/// the common spellings of API keys, tokens and signed-URL signatures. Lowercase; compared after
+/// the common spellings of API keys, tokens, passwords and signed-URL signatures; OAuth 2.0's
+/// `client_secret`, `refresh_token`, `id_token` and authorization `code` (RFC 6749 §4.1.2,
+/// §2.3.1, §6; OpenID Connect Core §2). Lowercase; compared after
 /// percent-decoding and lowercasing the name (see [`is_credential_param`]).
 const PARAMS: &[&str] = &[
     "key",
@@ -52,9 +61,19 @@ const PARAMS: &[&str] = &[
     "api-key",
     "apikey",
     "x-goog-api-key",
+    "x-api-key",
+    "api_token",
     "access_token",
+    "access-token",
+    "refresh_token",
+    "id_token",
+    "client_secret",
+    "code",
     "token",
     "auth",
+    "secret",
+    "password",
+    "passwd",
     "sig",
     "signature",
     // SigV4 presigned URLs (AWS "Authenticating requests: using query parameters").
@@ -77,6 +96,16 @@ pub fn classify_header(name: &str) -> Option<CredentialHeader> {
         .iter()
         .find(|(c, _)| c.eq_ignore_ascii_case(name))
         .map(|(_, kind)| *kind)
+}
+
+/// Which key header names the exchange's API key when an app sends several: the position of
+/// `name` (any case) in the list above, so `authorization` comes first and the providers' own
+/// headers before a gateway's; `usize::MAX` for a name that is not a credential header.
+pub fn api_key_rank(name: &str) -> usize {
+    HEADERS
+        .iter()
+        .position(|(c, _)| c.eq_ignore_ascii_case(name))
+        .unwrap_or(usize::MAX)
 }
 
 /// True when header `name` (any case) carries a credential.
@@ -167,7 +196,7 @@ mod tests {
             assert!(is_credential_header(&name.to_ascii_uppercase()), "{name}");
             assert_eq!(name, name.to_ascii_lowercase(), "the list is lowercase");
         }
-        assert_eq!(credential_headers().count(), 8);
+        assert_eq!(credential_headers().count(), 11);
     }
 
     #[test]
@@ -192,6 +221,17 @@ mod tests {
             classify_header("X-Amz-Security-Token"),
             Some(CredentialHeader::SessionToken)
         );
+        assert_eq!(
+            classify_header("Ocp-Apim-Subscription-Key"),
+            Some(CredentialHeader::ApiKey)
+        );
+        for name in ["X-Auth-Token", "x-access-token"] {
+            assert_eq!(
+                classify_header(name),
+                Some(CredentialHeader::SessionToken),
+                "{name}"
+            );
+        }
     }
 
     #[test]
@@ -220,6 +260,11 @@ mod tests {
             "Signature",
             "X-Amz-Signature",
             "X-Amz-Credential",
+            "x-api-key",
+            "client_secret",
+            "Password",
+            "code",
+            "refresh_token",
         ] {
             assert!(is_credential_param(name), "{name}");
         }

@@ -37,34 +37,40 @@ impl Fingerprinter {
     }
 
     /// The recorded copy of `headers`: credential values replaced by fingerprints, lowercase
-    /// names, wire order. Returns the headers and the API key's fingerprint, if any.
+    /// names, wire order. Returns the headers and the API key's fingerprint, if any: with
+    /// several key headers, the one [`credentials::api_key_rank`] prefers (`authorization`
+    /// first), so the choice does not depend on the header map's order.
     pub fn record_headers(&self, headers: &HeaderMap) -> (Headers, Option<String>) {
         let bytes = headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len())
             .sum();
         let mut out = Headers::with_capacity(headers.len(), bytes);
-        let mut api_key = None;
+        // The key's fingerprint with its rank (lower is preferred; a subprotocol's key last).
+        let mut api_key: Option<(usize, String)> = None;
         for (name, value) in headers {
             let name = name.as_str();
             let text = String::from_utf8_lossy(value.as_bytes());
             if let Some(kind) = credentials::classify_header(name) {
                 let fp = self.fingerprint(&credentials::secret_of(name, &text));
                 out.push(name, &fp);
-                if api_key.is_none() && kind == CredentialHeader::ApiKey {
-                    api_key = Some(fp);
+                if kind == CredentialHeader::ApiKey {
+                    let rank = credentials::api_key_rank(name);
+                    if api_key.as_ref().is_none_or(|(r, _)| rank < *r) {
+                        api_key = Some((rank, fp));
+                    }
                 }
             } else if name == "sec-websocket-protocol" {
                 let (value, key) = self.record_subprotocols(&text);
                 if api_key.is_none() {
-                    api_key = key;
+                    api_key = key.map(|k| (usize::MAX, k));
                 }
                 out.push(name, &value);
             } else {
                 out.push(name, &text);
             }
         }
-        (out, api_key)
+        (out, api_key.map(|(_, fp)| fp))
     }
 
     /// A `Sec-WebSocket-Protocol` value (RFC 6455 §11.3.4: comma-separated subprotocol
@@ -272,5 +278,40 @@ mod tests {
         let (path, _) = fp.record_path("/x?access_token=ya29.SECRET&k%65y=AIzaSECRET2&alt=json");
         assert!(!path.contains("SECRET"), "{path}");
         assert!(path.ends_with("&alt=json"), "{path}");
+    }
+
+    /// With several key headers the exchange's key is `authorization`'s, then the providers'
+    /// own headers' before a gateway's, whatever order the header map iterates in.
+    #[test]
+    fn the_api_key_is_chosen_by_rank_not_by_map_order() {
+        let fp = fingerprinter();
+        let names = [
+            "ocp-apim-subscription-key",
+            "x-goog-api-key",
+            "api-key",
+            "x-api-key",
+        ];
+        for first in 0..names.len() {
+            let mut h = HeaderMap::new();
+            for k in 0..names.len() {
+                let name = names[(first + k) % names.len()];
+                h.insert(name, format!("KEY-{name}").parse().unwrap());
+            }
+            let (_, key) = fp.record_headers(&h);
+            assert_eq!(key, Some(fp.fingerprint("KEY-x-api-key")), "first {first}");
+            h.insert("authorization", "Bearer KEY-auth".parse().unwrap());
+            let (_, key) = fp.record_headers(&h);
+            assert_eq!(key, Some(fp.fingerprint("KEY-auth")), "first {first}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("ocp-apim-subscription-key", "APIM".parse().unwrap());
+        h.insert("x-auth-token", "TOKEN".parse().unwrap());
+        let (headers, key) = owned(fp.record_headers(&h));
+        assert_eq!(
+            key,
+            Some(fp.fingerprint("APIM")),
+            "x-auth-token is not the billed key"
+        );
+        assert!(!format!("{headers:?}").contains("TOKEN"), "{headers:?}");
     }
 }

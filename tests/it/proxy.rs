@@ -505,10 +505,16 @@ async fn credentials_are_forwarded_but_never_in_the_exchange() {
         let mut client = Client::connect(veil.addr, "api.openai.com", &veil.ca_pem, proto).await;
         let mut req = post_json(
             "api.openai.com",
-            "/v1/chat/completions?key=AIzaQUERYSECRET",
+            "/v1/chat/completions?key=AIzaQUERYSECRET&client_secret=CLIENTSECRET&password=PASSWORDSECRET",
             &chat_request(),
         );
         let h = req.headers_mut();
+        h.insert(
+            "ocp-apim-subscription-key",
+            "APIMKEYSECRET".parse().unwrap(),
+        );
+        h.insert("x-auth-token", "XAUTHSECRET".parse().unwrap());
+        h.insert("x-access-token", "XACCESSSECRET".parse().unwrap());
         h.insert(
             "authorization",
             "Bearer sk-proj-BEARERSECRET".parse().unwrap(),
@@ -525,6 +531,11 @@ async fn credentials_are_forwarded_but_never_in_the_exchange() {
             "forwarded intact"
         );
         assert!(seen.path.contains("key=AIzaQUERYSECRET"));
+        assert!(seen.path.contains("password=PASSWORDSECRET"));
+        assert_eq!(
+            seen.headers["x-auth-token"], "XAUTHSECRET",
+            "forwarded intact"
+        );
         let ex = veil.next_exchange().await;
         let dump = format!("{ex:?} {:?} {:?}", ex.request_headers, ex.path);
         for secret in [
@@ -534,6 +545,11 @@ async fn credentials_are_forwarded_but_never_in_the_exchange() {
             "AZUREKEYSECRET",
             "GOOGKEYSECRET",
             "COOKIESECRET",
+            "CLIENTSECRET",
+            "PASSWORDSECRET",
+            "APIMKEYSECRET",
+            "XAUTHSECRET",
+            "XACCESSSECRET",
         ] {
             assert!(
                 !dump.contains(secret),
