@@ -91,28 +91,45 @@ pub(crate) fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
     n > 0 && sum.is_multiple_of(10)
 }
 
+/// Whether `c` may separate a card number's digit groups: space, tab, dash, dot, and the
+/// no-break spaces word processors and locales put between groups (U+00A0, U+202F narrow,
+/// U+2009 thin). One number uses one of them throughout.
+pub(crate) fn is_card_separator(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '\t' | '-' | '.' | '\u{A0}' | '\u{202F}' | '\u{2009}'
+    )
+}
+
 /// Payment card: known issuer prefix and length, card-style grouping, Luhn. Tries shorter
 /// group-aligned prefixes when the greedy candidate swallowed a trailing number.
+///
+/// Only a digit next to the number makes it part of something longer: a letter or `_` does
+/// not (`rate_limit_4111111111111111`, `card4111111111111111` are cards), since identifiers,
+/// tool-call ids and error types that embed a card number must not carry it out in clear.
 pub(crate) fn card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?;
-    let sep = s.bytes().find(|b| !b.is_ascii_digit());
+    let sep = s.chars().find(|c| !c.is_ascii_digit());
     // The lengths and ends of the first five digit groups within `s`: no card grouping has
     // more ([`card_grouping`]), so only a prefix of at most five groups can be a card. On the
     // stack: this runs for every card-shaped candidate (two allocations each, before).
     const MOST: usize = 5;
     let (mut lens, mut ends) = ([0; MOST], [0; MOST]);
-    let (mut groups, mut start) = (0, 0);
-    for (i, b) in s.bytes().enumerate() {
-        if !b.is_ascii_digit() {
-            if Some(b) != sep {
-                return None; // mixed separators: "1234 5678-9012"
-            }
-            if groups < MOST {
-                (lens[groups], ends[groups]) = (i - start, i);
-            }
-            groups += 1;
-            start = i + 1;
+    let (mut groups, mut start, mut digits_seen) = (0, 0, 0);
+    for (i, c) in s.char_indices() {
+        if c.is_ascii_digit() {
+            digits_seen += 1;
+            continue;
         }
+        if Some(c) != sep {
+            return None; // mixed separators: "1234 5678-9012"
+        }
+        if groups < MOST {
+            (lens[groups], ends[groups]) = (digits_seen, i);
+        }
+        groups += 1;
+        digits_seen = 0;
+        start = i + c.len_utf8();
     }
     if groups < MOST {
         (lens[groups], ends[groups]) = (s.len() - start, s.len());
@@ -132,21 +149,47 @@ pub(crate) fn card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
             return None;
         }
         let out = r.start..r.start + end;
-        return (isolated(text, &out) && !continues_card(text, out.start)).then_some(out);
+        let digit_beside = prev_char(text, out.start).is_some_and(char::is_numeric)
+            || next_char(text, out.end).is_some_and(char::is_numeric);
+        return (!digit_beside && !in_hex_token(text, &out) && !continues_card(text, out.start))
+            .then_some(out);
     }
     None
 }
 
-/// True when a 4-digit group joined by a space or dash precedes `start`: the candidate is the
-/// tail of a longer card-shaped number (which already failed on its own).
+/// True when the letters glued to `r` on either side are all hex digits (`abcd1234…`,
+/// `…9f`): the digits are a piece of a UUID, a hash or another hex token, not a card. A
+/// letter that is not a hex digit (`card4111…`, `0x4111…`) does not make one.
+fn in_hex_token(text: &str, r: &Range<usize>) -> bool {
+    let b = text.as_bytes();
+    let before = b[..r.start]
+        .iter()
+        .rev()
+        .take_while(|c| c.is_ascii_alphanumeric());
+    let after = b[r.end..].iter().take_while(|c| c.is_ascii_alphanumeric());
+    all_hex(before) || all_hex(after)
+}
+
+/// True when `run` is not empty and every byte of it is an ASCII hex digit.
+fn all_hex<'a>(run: impl Iterator<Item = &'a u8>) -> bool {
+    let mut any = false;
+    for c in run {
+        if !c.is_ascii_hexdigit() {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// True when a 4-digit group joined by a card separator precedes `start`: the candidate is
+/// the tail of a longer card-shaped number (which already failed on its own).
 fn continues_card(text: &str, start: usize) -> bool {
-    let before = text.get(..start).unwrap_or("").as_bytes();
-    let Some((&sep, rest)) = before.split_last() else {
+    let before = text.get(..start).unwrap_or("");
+    let Some(sep) = before.chars().next_back().filter(|&c| is_card_separator(c)) else {
         return false;
     };
-    if sep != b' ' && sep != b'-' {
-        return false;
-    }
+    let rest = &before.as_bytes()[..before.len() - sep.len_utf8()];
     let run = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
     run == 4 && (rest.len() == 4 || !rest[rest.len() - 5].is_ascii_alphanumeric())
 }
@@ -513,6 +556,31 @@ mod tests {
         assert_eq!(card(t, 0..t.len()), Some(0..19));
         let t = "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6";
         assert_eq!(card(t, 0..t.len()), None);
+        // Other separators, one per number.
+        for s in [
+            "4111\t1111\t1111\t1111",
+            "4111.1111.1111.1111",
+            "4111\u{A0}1111\u{A0}1111\u{A0}1111",
+            "4111\u{202F}1111\u{202F}1111\u{202F}1111",
+            "5500.0055.5555.5559",
+        ] {
+            assert!(whole(card, s), "{s:?}");
+        }
+        assert!(!whole(card, "4111.1111 1111.1111"), "mixed separators");
+        // A letter or `_` beside the number does not hide it; a digit does.
+        let t = "rate_limit_4111111111111111";
+        assert_eq!(card(t, 11..t.len()), Some(11..t.len()));
+        let t = "pay4111111111111111x";
+        assert_eq!(card(t, 3..19), Some(3..19));
+        // Hex letters beside it: a piece of a UUID or a hash.
+        let t = "abcd4111-1111-1111-1111-8f3c2a1b9d7e";
+        assert_eq!(card(t, 4..23), None, "hex before");
+        let t = "4111111111111111fe";
+        assert_eq!(card(t, 0..16), None, "hex after");
+        let t = "94111111111111111";
+        assert_eq!(card(t, 1..t.len()), None, "digit before");
+        let t = "41111111111111119";
+        assert_eq!(card(t, 0..16), None, "digit after");
     }
 
     #[test]

@@ -19,6 +19,8 @@ const PLANTED: &[&str] = &[
     "AKIAIOSFODNN7EXAMPLE",
     "sk-proj-PLANTEDSECRETKEY0123456789",
     "customer-7781-raw-id",
+    // A card glued to an identifier (sent as the stream's feature tag below): still a card.
+    "5500005555555559",
 ];
 
 fn start(mock: &Mock, dir: &Path, otlp: &str, admin_port: u16) -> VeilProcess {
@@ -103,7 +105,8 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
         ],
     );
     let stream_body = serde_json::json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": prompt}]}).to_string();
-    let (stream_id, _) = curl_chat(&proc, dir.path(), &stream_body, &[]);
+    let feature = format!("x-veil-feature: checkout_{}", PLANTED[6]);
+    let (stream_id, _) = curl_chat(&proc, dir.path(), &stream_body, &["-H", &feature]);
 
     eventually(
         "both spans and both logs at the receiver",

@@ -330,9 +330,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "credit_card",
         label: "CREDIT_CARD",
-        // ISO/IEC 7812 PAN, 12-19 digits, optionally grouped by spaces or dashes.
+        // ISO/IEC 7812 PAN, 12-19 digits, optionally grouped by one separator
+        // (`checksum::is_card_separator`). No word boundary: `checksum::card` rejects only a
+        // digit beside the number, so one glued to a letter or `_` is still found.
         patterns: &[pat(
-            r"(?-u:\b)(?:[2-6][0-9]|06)(?:[ \-]?[0-9]){10,17}(?-u:\b)",
+            r"(?:[2-6][0-9]|06)(?:[ \t.\-\x{A0}\x{202F}\x{2009}]?[0-9]){10,17}",
             checksum::card,
         )],
         trigger: Trigger::Digit,

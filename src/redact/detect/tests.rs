@@ -59,6 +59,34 @@ const POSITIVES: &[Case] = &[
         "card 3782 822463 10005",
         &[("CREDIT_CARD", "3782 822463 10005")],
     ),
+    // Glued to an identifier (an upstream error type, a tool-call id, a tag): still a card.
+    (
+        "rate_limit_4111111111111111",
+        &[("CREDIT_CARD", "4111111111111111")],
+    ),
+    (
+        "call_5500005555555559 done",
+        &[("CREDIT_CARD", "5500005555555559")],
+    ),
+    (
+        "pay4111111111111111",
+        &[("CREDIT_CARD", "4111111111111111")],
+    ),
+    // Grouped by a dot, a tab or a no-break space.
+    (
+        "card 4111.1111.1111.1111.",
+        &[("CREDIT_CARD", "4111.1111.1111.1111")],
+    ),
+    (
+        "card 4111\t1111\t1111\t1111",
+        &[("CREDIT_CARD", "4111\t1111\t1111\t1111")],
+    ),
+    (
+        "card 4111\u{A0}1111\u{A0}1111\u{A0}1111 ok",
+        &[("CREDIT_CARD", "4111\u{A0}1111\u{A0}1111\u{A0}1111")],
+    ),
+    // A longer run of digits is not a card, whatever window of it passes Luhn.
+    ("id 94111111111111111", &[]),
     (
         "IBAN GB82 WEST 1234 5698 7654 32, thanks",
         &[("IBAN", "GB82 WEST 1234 5698 7654 32")],
