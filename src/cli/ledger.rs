@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 
-use super::table::{Cell, Format, json_rows, write_csv, write_table};
+use super::table::{Cell, Format, RowsFormat, TailFormat, json_rows, write_csv, write_table};
 use crate::ledger::report::{Dim, Filter, Report, ReportRow, report};
 use crate::ledger::{cards, html, row, schema, sql, tail};
 
@@ -59,7 +59,7 @@ pub(super) struct SqlArgs {
     query: String,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
-    format: Format,
+    format: RowsFormat,
     /// Stop the query after this long.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     timeout: String,
@@ -81,9 +81,9 @@ pub(super) struct TailArgs {
     /// when `records_files = true`, or when the ledger is off).
     #[arg(long)]
     records_files: bool,
-    /// Output format (`table` or `json`, one object per line when following).
+    /// Output format (`json`: one object per line).
     #[arg(long, value_enum, default_value = "table")]
-    format: Format,
+    format: TailFormat,
 }
 
 pub(super) fn ledger_path(data: &Path) -> std::path::PathBuf {
@@ -127,10 +127,14 @@ fn filter(args: &ReportArgs, keys: &Path) -> anyhow::Result<Filter> {
     let (since, until) = since_until(args.since.as_deref(), args.until.as_deref())?;
     let mut equals = Vec::new();
     for f in &args.filters {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--where {f:?}: expected DIM=VALUE, e.g. feature=billing"))?;
-        let dim: Dim = k.parse().map_err(|e| anyhow!("--where: {e}"))?;
+        let (k, v) = f.split_once('=').ok_or_else(|| {
+            super::BadArgs(format!(
+                "--where {f:?}: expected DIM=VALUE, e.g. feature=billing"
+            ))
+        })?;
+        let dim: Dim = k
+            .parse()
+            .map_err(|e| super::BadArgs(format!("--where: {e}")))?;
         let v = if dim == Dim::User && !crate::keys::is_user_pseudonym(v) {
             let ring = crate::keys::Keyring::load(keys).with_context(|| {
                 format!("--where user={v}: a raw user id is pseudonymized with the master keys in {}; pass the pseudonym (u_…) instead if they are elsewhere", keys.display())
@@ -407,9 +411,6 @@ fn print_cards(
 
 /// Runs `veil sql`.
 pub(super) fn run_sql(args: SqlArgs, data: &Path) -> anyhow::Result<ExitCode> {
-    if args.format == Format::Html {
-        bail!("--format html is for `veil report`; use table, csv or json");
-    }
     let timeout: Duration =
         crate::config::parse_duration(&args.timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
     let conn = schema::open_read_only(&ledger_path(data))?;
@@ -436,9 +437,9 @@ pub(super) fn run_sql(args: SqlArgs, data: &Path) -> anyhow::Result<ExitCode> {
         .collect();
     let mut out = std::io::stdout().lock();
     match args.format {
-        Format::Table => write_table(&mut out, &header, &rows)?,
-        Format::Csv => write_csv(&mut out, &header, &rows)?,
-        _ => {
+        RowsFormat::Table => write_table(&mut out, &header, &rows)?,
+        RowsFormat::Csv => write_csv(&mut out, &header, &rows)?,
+        RowsFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &json_rows(&header, &rows))?;
             writeln!(out)?;
         }
@@ -491,11 +492,7 @@ pub(super) fn run_tail(args: TailArgs, data: &Path) -> anyhow::Result<ExitCode> 
         );
     }
     let path = ledger_path(data);
-    let json = match args.format {
-        Format::Table => false,
-        Format::Json => true,
-        f => bail!("veil tail prints table or json, not {f:?}"),
-    };
+    let json = args.format == TailFormat::Json;
     // Following a ledger that veil has not created yet: wait for it.
     let conn = loop {
         match schema::open_read_only(&path) {

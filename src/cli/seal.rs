@@ -172,8 +172,10 @@ pub fn run(cmd: &SealCommand, cfg: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A request id given on the command line; a malformed one is a usage error (exit 2).
 fn parse_id(s: &str) -> anyhow::Result<ExchangeId> {
-    s.parse::<ExchangeId>().map_err(|e| anyhow!(e))
+    s.parse::<ExchangeId>()
+        .map_err(|e| anyhow::Error::new(super::BadArgs(e.to_string())))
 }
 
 /// `veil unseal ID [--raw]`.

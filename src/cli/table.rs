@@ -20,6 +20,26 @@ pub(super) enum Format {
     Html,
 }
 
+/// `--format` of `veil sql`: rows only (the page of charts is `veil report`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum RowsFormat {
+    /// Aligned columns with a header row.
+    Table,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// A JSON document.
+    Json,
+}
+
+/// `--format` of `veil tail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum TailFormat {
+    /// Aligned columns with a header row.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
 /// One cell: text, or a number (right-aligned in tables, unquoted in JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Cell {

@@ -115,14 +115,34 @@ async fn html_report_is_one_safe_offline_page_that_chromium_draws_without_compla
     );
     assert_eq!(out.status.code(), Some(2), "--by is refused, not ignored");
     assert!(!cwd.path().join("x.html").exists());
-    // A bad --since or --until is a usage error too, in report and export alike.
+    // A bad --since, --until, --where or request id is a usage error too.
     for args in [
         &["report", "--since", "1x"][..],
         &["report", "--until", "yesterday"],
         &["export", "--since", "1x"],
+        &["report", "--where", "foo"],
+        &["forget", "not-an-id"],
+        &["unseal", "not-an-id"],
     ] {
         let out = veil(args, cwd.path());
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+    // `html` is `veil report`'s alone, `csv` is not `veil tail`'s: neither command offers
+    // them (--help lists what each takes) and both refuse them as usage errors.
+    for (args, offered) in [
+        (
+            &["sql", "SELECT 1", "--format", "html"][..],
+            "table, csv, json",
+        ),
+        (&["tail", "--format", "csv"], "table, json"),
+    ] {
+        let out = veil(args, cwd.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("[possible values: {offered}]")),
+            "{err}"
+        );
     }
 
     // The page: 0600, written whole (no temp file left beside it).
