@@ -403,13 +403,13 @@ fn errors_have_positions_and_rules() {
             "version = 1\n[[detectors.regex]]\nname = \"X\"\npattern = \"(a\"\n",
             4,
             11,
-            "bad regex",
+            "bad regex: unclosed group",
         ),
         (
             "version = 1\n[[detectors.regex]]\nname = \"X\"\npattern = \"(a{1000}){1000}\"\n",
             4,
             11,
-            "bad regex",
+            "bad regex: ",
         ),
         (
             "version = 1\n[headers]\nallow = [\"content-type\", \"Authorization\"]\n",

@@ -201,7 +201,7 @@ impl Scanner {
                         .hybrid_cache_capacity(USER_REGEX_SIZE_LIMIT * 2),
                 )
                 .build(&p.regex)
-                .map_err(|e| ScanBuildError::Pattern(i, e.to_string()))?;
+                .map_err(|e| ScanBuildError::Pattern(i, regex_error(&e)))?;
             if p.user {
                 // Bounded separately and more tightly than built-ins.
                 regex::RegexBuilder::new(&p.regex)
@@ -307,4 +307,25 @@ impl Scanner {
             want,
         })
     }
+}
+
+/// What is wrong with a pattern, in one line: regex-syntax's own reason (`unclosed group`,
+/// `repetition quantifier expects a valid decimal`), not the builder's "error parsing pattern
+/// 0", or the size limit it would exceed.
+fn regex_error(e: &meta::BuildError) -> String {
+    if let Some(syntax) = e.syntax_error() {
+        // regex-syntax prints a picture of the pattern and a caret, then `error: <reason>`.
+        let text = syntax.to_string();
+        return text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("error: "))
+            .map_or(text.clone(), str::to_string);
+    }
+    if let Some(limit) = e.size_limit() {
+        return format!(
+            "the compiled pattern would exceed the {limit}-byte size limit: simplify it (fewer or smaller repetitions)"
+        );
+    }
+    e.to_string()
 }
