@@ -148,7 +148,19 @@ impl fmt::Display for StartupError {
                 addr,
                 source,
             } => {
-                write!(f, "cannot listen on {which}{addr}: {source}")
+                write!(f, "cannot listen on {which}{addr}: {source}")?;
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    let (flag, key) = match *which {
+                        "" => ("--listen", "listen"),
+                        "admin_listen " => ("--admin-listen", "admin_listen"),
+                        _ => ("--metrics-listen", "metrics_listen"),
+                    };
+                    write!(
+                        f,
+                        " (another process holds the port: stop it, or give veil another port with {flag}, or `{key}` in veil.toml)"
+                    )?;
+                }
+                Ok(())
             }
             StartupError::DataDir { path, source } => {
                 write!(f, "data dir {}: {source}", path.display())
@@ -1038,6 +1050,11 @@ mod tests {
             err.to_string()
                 .starts_with(&format!("cannot listen on admin_listen {addr}: ")),
             "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("another port with --admin-listen, or `admin_listen` in veil.toml)"),
+            "says what to do: {err}"
         );
     }
 

@@ -406,6 +406,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(running)) => format!("http://{running}"),
                 _ => format!("http://{}", config.listen),
             };
+            if ca.proxy.is_none() {
+                // Valid lines all the same (an app may start before veil), but an app that
+                // uses them now gets "connection refused": say so where a person reads it.
+                eprintln!(
+                    "veil env: no veil is running with data dir {}; these lines point at {proxy},                      where `veil run` with the same settings will listen",
+                    config.data.display()
+                );
+            }
             println!("# Point an app at veil: eval \"$(veil env)\"");
             println!("export HTTPS_PROXY={proxy}");
             println!("export https_proxy={proxy}");

@@ -242,6 +242,16 @@ async fn operator_commands_reach_a_running_veil_through_its_control_socket() {
         err.contains("no veil is running with data dir") && err.contains("veil run --data"),
         "{err}"
     );
+    // `env` still prints the lines (an app may start before veil), and says on stderr that
+    // nothing listens there yet.
+    let out = w.veil(&["env"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("export HTTPS_PROXY=http://"),
+        "{out:?}"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("veil env: no veil is running"), "{err}");
 }
 
 // See: veil#13. `veil env` in an app's directory created a second CA there, so the app
