@@ -147,6 +147,19 @@ impl Exporter {
         if ledger.is_some() && !config.records_files {
             settings = settings.without_files();
         }
+        if config.records_files
+            && settings
+                .signals
+                .iter()
+                .all(|s| matches!(s.destination, settings::Destination::Otlp(_)))
+        {
+            // Asked for and not written: say so once, where the operator looks.
+            tracing::warn!(
+                "records_files = true has no effect: every signal goes to the OTLP collector \
+                 (spooled under data/spool/ while it is down); records files are written only \
+                 for signals with no collector"
+            );
+        }
         settings.queue_capacity = config.queue_capacity;
         settings.journal = journal;
         settings.observe_series = config.metrics_listen.is_some();

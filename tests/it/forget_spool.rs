@@ -107,6 +107,8 @@ async fn forget_while_the_collector_is_down_erases_the_spool_and_the_collector_n
     collector.stop();
     let cwd = tempfile::tempdir().unwrap();
     let data = cwd.path().join("data");
+    // Asked for, but every signal has a collector: veil says it writes no records files.
+    std::fs::write(cwd.path().join("veil.toml"), "records_files = true\n").unwrap();
     let mut args = resolve_args(mock.addr);
     args.extend([
         "--upstream-ca".to_string(),
@@ -128,6 +130,11 @@ async fn forget_while_the_collector_is_down_erases_the_spool_and_the_collector_n
         &["-H", &format!("x-veil-user: {raw_user}")],
     );
     let (kept, _) = curl_chat(&proc, cwd.path(), &chat("frank", "walrus-phrase-d"), &[]);
+    assert!(
+        proc.stderr().contains("records_files = true has no effect"),
+        "{}",
+        proc.stderr()
+    );
     let spool = data.join("spool");
     let all = [&by_id, &in_body, &in_header, &kept];
     assert!(
