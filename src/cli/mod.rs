@@ -410,7 +410,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Valid lines all the same (an app may start before veil), but an app that
                 // uses them now gets "connection refused": say so where a person reads it.
                 eprintln!(
-                    "veil env: no veil is running with data dir {}; these lines point at {proxy},                      where `veil run` with the same settings will listen",
+                    "veil env: no veil is running with data dir {}; these lines point at {proxy}, \
+                     where `veil run` with the same settings will listen",
                     config.data.display()
                 );
             }

@@ -91,48 +91,45 @@ pub(crate) fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
     n > 0 && sum.is_multiple_of(10)
 }
 
-/// Whether `c` may separate a card number's digit groups: space, tab, dash, dot, and the
-/// no-break spaces word processors and locales put between groups (U+00A0, U+202F narrow,
-/// U+2009 thin). One number uses one of them throughout.
-pub(crate) fn is_card_separator(c: char) -> bool {
-    matches!(
-        c,
-        ' ' | '\t' | '-' | '.' | '\u{A0}' | '\u{202F}' | '\u{2009}'
-    )
-}
-
 /// Payment card: known issuer prefix and length, card-style grouping, Luhn. Tries shorter
-/// group-aligned prefixes when the greedy candidate swallowed a trailing number.
+/// group-aligned prefixes when the greedy candidate swallowed a trailing number, or ran on
+/// into more digits than a card has.
 ///
 /// Only a digit next to the number makes it part of something longer: a letter or `_` does
-/// not (`rate_limit_4111111111111111`, `card4111111111111111` are cards), since identifiers,
-/// tool-call ids and error types that embed a card number must not carry it out in clear.
+/// not (`rate_limit_4111111111111111`, `pay4111111111111111` are cards), since identifiers,
+/// tool-call ids and error types that embed a card number must not carry it out in clear;
+/// hex letters glued to it do ([`in_hex_token`]: a UUID or a hash). A second kind of
+/// separator ends the number (`4111 1111 1111 1111<TAB>123`: the next field). The separators
+/// the built-in pattern allows between groups: space, tab, dash, dot, and the no-break spaces
+/// word processors and locales put there (U+00A0, U+202F narrow, U+2009 thin).
 pub(crate) fn card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?;
+    if prev_char(text, r.start).is_some_and(char::is_numeric) {
+        return None;
+    }
     let sep = s.chars().find(|c| !c.is_ascii_digit());
     // The lengths and ends of the first five digit groups within `s`: no card grouping has
     // more ([`card_grouping`]), so only a prefix of at most five groups can be a card. On the
     // stack: this runs for every card-shaped candidate (two allocations each, before).
     const MOST: usize = 5;
     let (mut lens, mut ends) = ([0; MOST], [0; MOST]);
-    let (mut groups, mut start, mut digits_seen) = (0, 0, 0);
+    let (mut groups, mut start, mut stop) = (0, 0, s.len());
     for (i, c) in s.char_indices() {
         if c.is_ascii_digit() {
-            digits_seen += 1;
             continue;
         }
         if Some(c) != sep {
-            return None; // mixed separators: "1234 5678-9012"
+            stop = i;
+            break;
         }
         if groups < MOST {
-            (lens[groups], ends[groups]) = (digits_seen, i);
+            (lens[groups], ends[groups]) = (i - start, i);
         }
         groups += 1;
-        digits_seen = 0;
         start = i + c.len_utf8();
     }
     if groups < MOST {
-        (lens[groups], ends[groups]) = (s.len() - start, s.len());
+        (lens[groups], ends[groups]) = (stop - start, stop);
     }
     groups += 1;
     for k in (1..=groups.min(MOST)).rev() {
@@ -140,7 +137,13 @@ pub(crate) fn card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
         let end = ends[k - 1];
         let digits = &s.as_bytes()[..end];
         let n: usize = lens.iter().sum();
-        if !card_grouping(lens) || !card_issuer(s.as_bytes(), n, k == 1) {
+        let out = r.start..r.start + end;
+        // More digits right after: the number goes on past what the pattern takes (19
+        // digits), so this prefix is not the whole of it.
+        if !card_grouping(lens)
+            || !card_issuer(s.as_bytes(), n, k == 1)
+            || next_char(text, out.end).is_some_and(char::is_numeric)
+        {
             continue;
         }
         // A well-formed number that fails Luhn is not a card: do not look for a shorter one
@@ -148,18 +151,15 @@ pub(crate) fn card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
         if !luhn(digits.iter().copied().filter(u8::is_ascii_digit)) {
             return None;
         }
-        let out = r.start..r.start + end;
-        let digit_beside = prev_char(text, out.start).is_some_and(char::is_numeric)
-            || next_char(text, out.end).is_some_and(char::is_numeric);
-        return (!digit_beside && !in_hex_token(text, &out) && !continues_card(text, out.start))
-            .then_some(out);
+        let own = sep.filter(|_| k > 1);
+        return (!in_hex_token(text, &out) && !continues_card(text, out.start, own)).then_some(out);
     }
     None
 }
 
 /// True when the letters glued to `r` on either side are all hex digits (`abcd1234…`,
 /// `…9f`): the digits are a piece of a UUID, a hash or another hex token, not a card. A
-/// letter that is not a hex digit (`card4111…`, `0x4111…`) does not make one.
+/// letter that is not a hex digit (`pay4111…`, `0x4111…`) does not make one.
 fn in_hex_token(text: &str, r: &Range<usize>) -> bool {
     let b = text.as_bytes();
     let before = b[..r.start]
@@ -182,11 +182,17 @@ fn all_hex<'a>(run: impl Iterator<Item = &'a u8>) -> bool {
     any
 }
 
-/// True when a 4-digit group joined by a card separator precedes `start`: the candidate is
-/// the tail of a longer card-shaped number (which already failed on its own).
-fn continues_card(text: &str, start: usize) -> bool {
+/// True when a 4-digit group joined by a space or a dash (or by `own`, the candidate's own
+/// separator) precedes `start`: the candidate is the tail of a longer card-shaped number
+/// (which already failed on its own). A tab or a dot before a bare number is a field or a
+/// sentence boundary, not a join.
+fn continues_card(text: &str, start: usize, own: Option<char>) -> bool {
     let before = text.get(..start).unwrap_or("");
-    let Some(sep) = before.chars().next_back().filter(|&c| is_card_separator(c)) else {
+    let Some(sep) = before
+        .chars()
+        .next_back()
+        .filter(|&c| c == ' ' || c == '-' || Some(c) == own)
+    else {
         return false;
     };
     let rest = &before.as_bytes()[..before.len() - sep.len_utf8()];

@@ -262,6 +262,8 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
         // the upstream's failure. The endpoint still says what was asked.
         Some(t) if unread_before_upstream_failed(ex) => {
             c.operation = t.operation;
+            c.request_model = t.path_model.clone();
+            c.stream = t.path_stream;
             Ok(())
         }
         Some(t) => parse_bodies(ex, t, &request, opts, &mut c),

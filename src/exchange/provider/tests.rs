@@ -1475,6 +1475,25 @@ fn upstream_failure_before_the_body_was_read_is_an_error_not_a_parse_failure() {
     assert_eq!(c.parse_error, None);
     assert_eq!(c.operation.as_str(), "chat");
     assert_eq!(c.provider.as_str(), "openai");
+
+    // The path still names the model and the stream when it does (Gemini).
+    let mut ex = gemini(
+        "streamGenerateContent",
+        "gemini/generate_response.json",
+        JSON,
+    );
+    ex.status = None;
+    ex.request_body = Body::default();
+    ex.response_body = Body::default();
+    ex.outcome = Outcome::UpstreamFailed {
+        kind: UpstreamFailure::Connect,
+        reason: "connection refused".into(),
+    };
+    let c = run(&ex);
+    assert_eq!(c.error_type.as_deref(), Some("connect"));
+    assert_eq!(c.parse_error, None);
+    assert_eq!(c.request_model.as_deref(), Some("gemini-2.5-flash"));
+    assert!(c.stream);
 }
 
 /// A request body that is not JSON still leaves an upstream failure counted as an error.

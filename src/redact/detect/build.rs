@@ -322,9 +322,12 @@ fn regex_error(e: &meta::BuildError) -> String {
             .find_map(|l| l.strip_prefix("error: "))
             .map_or(text.clone(), str::to_string);
     }
-    if let Some(limit) = e.size_limit() {
+    if e.size_limit().is_some() {
+        // The builder's own limit is a multiple of the one user patterns are held to (the
+        // `regex` crate's check in `Scanner::build`): name that one, as rules/README.md does.
         return format!(
-            "the compiled pattern would exceed the {limit}-byte size limit: simplify it (fewer or smaller repetitions)"
+            "the compiled pattern exceeds the size limit ({} MiB): simplify it (fewer or smaller repetitions)",
+            USER_REGEX_SIZE_LIMIT >> 20
         );
     }
     e.to_string()

@@ -330,12 +330,13 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         key: "credit_card",
         label: "CREDIT_CARD",
-        // ISO/IEC 7812 PAN, 12-19 digits, optionally grouped by one separator
-        // (`checksum::is_card_separator`). No word boundary: `checksum::card` rejects only a
-        // digit beside the number, so one glued to a letter or `_` is still found.
-        patterns: &[pat(
-            r"(?:[2-6][0-9]|06)(?:[ \t.\-\x{A0}\x{202F}\x{2009}]?[0-9]){10,17}",
-            checksum::card,
+        // ISO/IEC 7812 PAN, 12-19 digits, optionally grouped by one separator (see
+        // `checksum::card`). Not a word boundary before it but any character that is not a
+        // digit (group 1 is the number): one glued to a letter or `_` is still found, and a
+        // long run of digits is tried once, not at each of its digits.
+        patterns: &[grp(
+            r"(?:^|[^0-9])((?:[2-6][0-9]|06)(?:[ \t.\-\x{A0}\x{202F}\x{2009}]?[0-9]){10,17})",
+            Some(checksum::card),
         )],
         trigger: Trigger::Digit,
     },

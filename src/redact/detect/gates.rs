@@ -18,7 +18,10 @@ pub(super) struct Want {
 /// `` .-/()``) that a digit-gated match can have: IPv4 `1.2.3.4`, a national phone `01 23`, a
 /// date `1/2/90` or a year all have four; cards, SSNs and NANP numbers more. Every separator a
 /// digit pattern allows between two digits fits in such a gap (`) (` in `+44 (0) (20)`).
-/// The exception is an IBAN (`GB82 WEST …`), which opens its own window at `[A-Z]{2}[0-9]{2}`.
+/// The exceptions: an IBAN (`GB82 WEST …`), which opens its own window at `[A-Z]{2}[0-9]{2}`;
+/// and a card whose groups are joined by a tab or a no-break space (U+00A0, U+202F, U+2009),
+/// whose groups are clusters of their own: every group but the last has four or more digits,
+/// so each opens a window, and the last is within [`DIGIT_RIGHT`] of the one before.
 pub(super) const MIN_CLUSTER_DIGITS: usize = 4;
 /// Longest run of separators inside a digit cluster.
 pub(super) const MAX_CLUSTER_GAP: usize = 3;
