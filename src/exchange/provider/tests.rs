@@ -1456,13 +1456,9 @@ fn upstream_failure_is_the_error_type() {
     assert!(c.output_messages.is_empty());
 }
 
-/// The upstream could not be reached: hyper never read the request body, so the exchange
-/// holds none. The failure is the error and the endpoint the operation; the empty body is not
-/// reported as a body that is not JSON. (The ledger row used to have no `error_type`, so
-/// `veil report` counted no error for it.)
-#[test]
-fn upstream_failure_before_the_body_was_read_is_an_error_not_a_parse_failure() {
-    let mut ex = chat_n2("openai/chat_n2_response.json", JSON, false);
+/// `ex` as it is recorded when the upstream could not be reached: no response, and none of
+/// the request body read (hyper sends it only on a connection); parsed.
+fn refused_before_reading(mut ex: Exchange) -> Conversation {
     ex.status = None;
     ex.request_body = Body::default();
     ex.response_body = Body::default();
@@ -1470,26 +1466,27 @@ fn upstream_failure_before_the_body_was_read_is_an_error_not_a_parse_failure() {
         kind: UpstreamFailure::Connect,
         reason: "connection refused".into(),
     };
-    let c = run(&ex);
+    run(&ex)
+}
+
+/// The upstream could not be reached, so the exchange holds no request body. The failure is
+/// the error and the endpoint the operation; the empty body is not reported as a body that
+/// is not JSON. (The ledger row used to have no `error_type`, so `veil report` counted no
+/// error for it.)
+#[test]
+fn upstream_failure_before_the_body_was_read_is_an_error_not_a_parse_failure() {
+    let c = refused_before_reading(chat_n2("openai/chat_n2_response.json", JSON, false));
     assert_eq!(c.error_type.as_deref(), Some("connect"));
     assert_eq!(c.parse_error, None);
     assert_eq!(c.operation.as_str(), "chat");
     assert_eq!(c.provider.as_str(), "openai");
 
     // The path still names the model and the stream when it does (Gemini).
-    let mut ex = gemini(
+    let c = refused_before_reading(gemini(
         "streamGenerateContent",
         "gemini/generate_response.json",
         JSON,
-    );
-    ex.status = None;
-    ex.request_body = Body::default();
-    ex.response_body = Body::default();
-    ex.outcome = Outcome::UpstreamFailed {
-        kind: UpstreamFailure::Connect,
-        reason: "connection refused".into(),
-    };
-    let c = run(&ex);
+    ));
     assert_eq!(c.error_type.as_deref(), Some("connect"));
     assert_eq!(c.parse_error, None);
     assert_eq!(c.request_model.as_deref(), Some("gemini-2.5-flash"));
