@@ -92,20 +92,17 @@ pub fn credential_headers() -> impl Iterator<Item = &'static str> + Clone {
 /// are case-insensitive, RFC 9110 §5.1); `None` when it carries no credential. `name` is taken
 /// as is: a caller holding untrusted text trims it first.
 pub fn classify_header(name: &str) -> Option<CredentialHeader> {
-    HEADERS
-        .iter()
-        .find(|(c, _)| c.eq_ignore_ascii_case(name))
-        .map(|(_, kind)| *kind)
+    ranked_header(name).map(|(_, kind)| kind)
 }
 
-/// Which key header names the exchange's API key when an app sends several: the position of
-/// `name` (any case) in the list above, so `authorization` comes first and the providers' own
-/// headers before a gateway's; `usize::MAX` for a name that is not a credential header.
-pub fn api_key_rank(name: &str) -> usize {
+/// [`classify_header`] with the header's rank: its position in the list above, so
+/// `authorization` comes first and the providers' own key headers before a gateway's. With
+/// several key headers, the lowest rank names the exchange's API key.
+pub fn ranked_header(name: &str) -> Option<(usize, CredentialHeader)> {
     HEADERS
         .iter()
         .position(|(c, _)| c.eq_ignore_ascii_case(name))
-        .unwrap_or(usize::MAX)
+        .map(|i| (i, HEADERS[i].1))
 }
 
 /// True when header `name` (any case) carries a credential.

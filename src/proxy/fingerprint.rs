@@ -38,7 +38,7 @@ impl Fingerprinter {
 
     /// The recorded copy of `headers`: credential values replaced by fingerprints, lowercase
     /// names, wire order. Returns the headers and the API key's fingerprint, if any: with
-    /// several key headers, the one [`credentials::api_key_rank`] prefers (`authorization`
+    /// several key headers, the one [`credentials::ranked_header`] ranks first (`authorization`
     /// first), so the choice does not depend on the header map's order.
     pub fn record_headers(&self, headers: &HeaderMap) -> (Headers, Option<String>) {
         let bytes = headers
@@ -51,14 +51,13 @@ impl Fingerprinter {
         for (name, value) in headers {
             let name = name.as_str();
             let text = String::from_utf8_lossy(value.as_bytes());
-            if let Some(kind) = credentials::classify_header(name) {
+            if let Some((rank, kind)) = credentials::ranked_header(name) {
                 let fp = self.fingerprint(&credentials::secret_of(name, &text));
                 out.push(name, &fp);
-                if kind == CredentialHeader::ApiKey {
-                    let rank = credentials::api_key_rank(name);
-                    if api_key.as_ref().is_none_or(|(r, _)| rank < *r) {
-                        api_key = Some((rank, fp));
-                    }
+                if kind == CredentialHeader::ApiKey
+                    && api_key.as_ref().is_none_or(|(r, _)| rank < *r)
+                {
+                    api_key = Some((rank, fp));
                 }
             } else if name == "sec-websocket-protocol" {
                 let (value, key) = self.record_subprotocols(&text);

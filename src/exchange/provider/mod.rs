@@ -413,10 +413,8 @@ fn parse_response(
     opts: &ParseOptions,
     c: &mut Conversation,
 ) -> Result<(), String> {
+    // No response: an upstream failure is already the error type (`base`).
     let Some(status) = ex.status else {
-        if let Outcome::UpstreamFailed { kind, .. } = &ex.outcome {
-            c.error_type = Some(kind.as_str().to_string());
-        }
         return Ok(());
     };
     let content_type = ex

@@ -316,11 +316,12 @@ fn regex_error(e: &meta::BuildError) -> String {
     if let Some(syntax) = e.syntax_error() {
         // regex-syntax prints a picture of the pattern and a caret, then `error: <reason>`.
         let text = syntax.to_string();
-        return text
+        let reason = text
             .lines()
             .rev()
             .find_map(|l| l.strip_prefix("error: "))
-            .map_or(text.clone(), str::to_string);
+            .map(str::to_string);
+        return reason.unwrap_or(text);
     }
     if e.size_limit().is_some() {
         // The builder's own limit is a multiple of the one user patterns are held to (the
