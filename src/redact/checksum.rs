@@ -439,6 +439,30 @@ pub(crate) fn token(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     s.bytes().any(|b| b.is_ascii_digit()).then_some(r)
 }
 
+/// The value after a password word, without the sentence's closing punctuation: at least 6
+/// bytes, and not a type or schema word (`password: string`, `Password: required`), which
+/// code and API schemas put there.
+pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    const NOT_VALUES: &[&str] = &[
+        "string",
+        "String",
+        "number",
+        "integer",
+        "boolean",
+        "required",
+        "optional",
+        "undefined",
+        "nullable",
+        "invalid",
+        "missing",
+        "changed",
+        "******",
+    ];
+    // Sentence punctuation after the value is the sentence's.
+    let s = text.get(r.clone())?.trim_end_matches(['.', '!', '?', ':']);
+    (s.len() >= 6 && !NOT_VALUES.contains(&s)).then_some(r.start..r.start + s.len())
+}
+
 /// Token alphabets for [`key`]: which bytes belong to a format (see `rules/README.md`).
 /// `[A-Za-z0-9_-]`: OpenAI, Anthropic and Google keys, JWT segments.
 pub(crate) const B64URL: u8 = 0;

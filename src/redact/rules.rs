@@ -310,12 +310,14 @@ const ALWAYS_ON: &[&str] = &[
     "anthropic_api_key",
     "openai_api_key",
     "github_token",
+    "gitlab_token",
     "slack_token",
     "stripe_secret_key",
     "google_api_key",
     "aws_access_key_id",
     "aws_secret_access_key",
     "bearer_token",
+    "password",
 ];
 
 fn detectors(

@@ -21,6 +21,13 @@ const PLANTED: &[&str] = &[
     "customer-7781-raw-id",
     // A card glued to an identifier (sent as the stream's feature tag below): still a card.
     "5500005555555559",
+    // Disguised (sent inside the prompt below): a fullwidth `＠` and fullwidth card digits,
+    // the part of a key after a zero-width space, a password and a GitLab token.
+    "jane＠example.org",
+    "４１１１　１１１１　１１１１　１１１１",
+    "ZWSPKEY0123456789abcdef",
+    "Plant3dPassw0rd",
+    "glpat-PLANTEDgitlab0123456789",
 ];
 
 fn start(mock: &Mock, dir: &Path, otlp: &str, admin_port: u16) -> VeilProcess {
@@ -83,8 +90,17 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
     let proc = start(&mock, dir.path(), &receiver.endpoint(), admin);
 
     let prompt = format!(
-        "My email is {} and my card is {}; SSN {}. Key {}.",
-        PLANTED[0], PLANTED[1], PLANTED[2], PLANTED[3]
+        "My email is {} and my card is {}; SSN {}. Key {}. Also {} and {}, \
+         key sk-proj-PLANTED\u{200B}{}, db_password={} and {}.",
+        PLANTED[0],
+        PLANTED[1],
+        PLANTED[2],
+        PLANTED[3],
+        PLANTED[7],
+        PLANTED[8],
+        PLANTED[9],
+        PLANTED[10],
+        PLANTED[11]
     );
     let body = serde_json::json!({
         "model": "gpt-4o-mini",

@@ -215,6 +215,22 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         trigger: Trigger::Literal(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"], 0),
     },
     Builtin {
+        key: "gitlab_token",
+        label: "GITLAB_TOKEN",
+        // GitLab's documented token prefixes (docs.gitlab.com, "Token prefixes"): personal,
+        // deploy, runner, CI/CD job, pipeline trigger and OAuth application secrets, then at
+        // least 20 of base64url. A newer token's `.01.…` routing suffix is left: the secret
+        // is the part before it.
+        patterns: &[pat(
+            r"gl(?:pat|dt|rt|cbt|ptt|oas)-[A-Za-z0-9_\-]{20,}",
+            checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
+        )],
+        trigger: Trigger::Literal(
+            &["glpat-", "gldt-", "glrt-", "glcbt-", "glptt-", "gloas-"],
+            0,
+        ),
+    },
+    Builtin {
         key: "slack_token",
         label: "SLACK_TOKEN",
         patterns: &[
@@ -301,6 +317,20 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             Some(checksum::token),
         )],
         trigger: Trigger::Literal(&["bearer", "Bearer", "BEARER"], 0),
+    },
+    Builtin {
+        key: "password",
+        label: "PASSWORD",
+        // A value assigned to a password word (`password=…`, `"passwd": "…"`, `PASSPHRASE:
+        // …`, `db_password=…`): the word stays, the value goes. The value ends at whitespace,
+        // a quote, a bracket, `<` `>` `,` `;` `&` (a query string's next parameter), and is
+        // at least 6 bytes; type and schema words (`password: string`) are not passwords.
+        // The three casings the literal pass looks for, as for `secret` and `bearer`.
+        patterns: &[grp(
+            r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)["']?[ \t]*[:=][ \t]*["']?([^\s"'<>(){}\[\],;&]{6,})"#,
+            Some(checksum::password),
+        )],
+        trigger: Trigger::Literal(&["pass", "Pass", "PASS"], 0),
     },
     Builtin {
         key: "email",

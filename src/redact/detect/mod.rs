@@ -43,6 +43,10 @@
 //! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
 //! fuzz target keep it so.
 //!
+//! A text holding invisible characters (a zero-width space inside a key) or fullwidth forms
+//! (`４１１１…`, `＠`) is scanned as its skeleton, with those folded away, and the spans are
+//! mapped back to its bytes (`fold.rs`); ASCII text skips this in one vectorized check.
+//!
 //! Patterns use ASCII word boundaries (`(?-u:\b)`) so the lazy DFA never has to give up on
 //! non-ASCII text; letters outside ASCII are matched explicitly where they matter (emails).
 //!
@@ -51,6 +55,7 @@
 //! - `builtin.rs`: the built-in detectors (patterns, validators, triggers), in priority order.
 //! - `build.rs`: what a scanner is built from (`ScannerSpec`, filled by the rules compiler)
 //!   and `Scanner::build`.
+//! - `fold.rs`: the skeleton of a disguised text and the map back to its bytes.
 //! - `gates.rs`: the trigger pass (1) and its windows.
 //! - `literals.rs`: the literal pass (3) and the PEM footer search.
 //! - `person.rs`: the `PERSON` detector (code: gazetteer, cues, precision guard).
@@ -70,10 +75,12 @@ use regex_automata::{Anchored, Input, MatchKind, PatternSet};
 
 use super::budget::{Exceeded, Meter};
 use super::checksum::{self, Check};
+use fold::Folded;
 
 mod address;
 mod build;
 mod builtin;
+mod fold;
 mod gates;
 mod literals;
 mod person;
@@ -182,7 +189,13 @@ impl Scanner {
         out: &mut Vec<Found>,
         meter: &mut Meter,
     ) -> Result<(), Exceeded> {
-        let r = self.find_gated(text, out, &mut Ctx::new(meter, true));
+        let r = match Folded::of(text) {
+            None => self.find_gated(text, out, &mut Ctx::new(meter, true)),
+            Some(f) => meter
+                .work(text.len())
+                .and_then(|()| self.find_gated(&f.text, out, &mut Ctx::new(meter, true)))
+                .map(|()| f.map_back(out)),
+        };
         if r.is_err() {
             out.clear();
         }
@@ -241,6 +254,16 @@ impl Scanner {
     /// over the whole text. Slow; the reference the gated scan is tested (and fuzzed) against.
     #[doc(hidden)]
     pub fn find_exhaustive(&self, text: &str, out: &mut Vec<Found>) {
+        match Folded::of(text) {
+            None => self.find_all(text, out),
+            Some(f) => {
+                self.find_all(&f.text, out);
+                f.map_back(out);
+            }
+        }
+    }
+
+    fn find_all(&self, text: &str, out: &mut Vec<Found>) {
         out.clear();
         if text.is_empty() {
             return;

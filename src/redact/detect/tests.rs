@@ -85,6 +85,64 @@ const POSITIVES: &[Case] = &[
         "card 4111\u{A0}1111\u{A0}1111\u{A0}1111 ok",
         &[("CREDIT_CARD", "4111\u{A0}1111\u{A0}1111\u{A0}1111")],
     ),
+    // Disguised: fullwidth forms, invisible characters inside the value (detect/fold.rs).
+    (
+        "card ４１１１　１１１１　１１１１　１１１１ ok",
+        &[("CREDIT_CARD", "４１１１　１１１１　１１１１　１１１１")],
+    ),
+    (
+        "card ４１１１１１１１１１１１１１１１。",
+        &[("CREDIT_CARD", "４１１１１１１１１１１１１１１１")],
+    ),
+    (
+        "card 4111\u{200B}1111\u{200B}1111\u{200B}1111 ok",
+        &[("CREDIT_CARD", "4111\u{200B}1111\u{200B}1111\u{200B}1111")],
+    ),
+    (
+        "mail ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ now",
+        &[("EMAIL", "ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ")],
+    ),
+    (
+        "mail jane＠example.com now",
+        &[("EMAIL", "jane＠example.com")],
+    ),
+    (
+        "mail ja\u{00AD}ne@exam\u{200D}ple.com now",
+        &[("EMAIL", "ja\u{00AD}ne@exam\u{200D}ple.com")],
+    ),
+    (
+        "key sk-proj-CANARYkk\u{200B}0123456789abcdefghij\u{FEFF}XYZ end",
+        &[(
+            "OPENAI_API_KEY",
+            "sk-proj-CANARYkk\u{200B}0123456789abcdefghij\u{FEFF}XYZ",
+        )],
+    ),
+    (
+        "token glpat-AbCdEfGhIjKlMnOpQrSt012 ok",
+        &[("GITLAB_TOKEN", "glpat-AbCdEfGhIjKlMnOpQrSt012")],
+    ),
+    (
+        "deploy gldt-abcdefghij0123456789_x/x",
+        &[("GITLAB_TOKEN", "gldt-abcdefghij0123456789_x")],
+    ),
+    // A password: the word stays, the value goes; the sentence's punctuation stays.
+    (
+        "postgres://x?db_password=hunter22&user=app",
+        &[("PASSWORD", "hunter22")],
+    ),
+    (
+        r#"{"password": "s3cr3t!pw", "user": "x"}"#,
+        &[("PASSWORD", "s3cr3t!pw")],
+    ),
+    (
+        "PASSWORD: correcthorsebatterystaple.",
+        &[("PASSWORD", "correcthorsebatterystaple")],
+    ),
+    ("Passwd=Tr0ub4dor&3", &[("PASSWORD", "Tr0ub4dor")]),
+    (
+        "my passphrase = 'ocean-lamp-77' ok",
+        &[("PASSWORD", "ocean-lamp-77")],
+    ),
     // A longer run of digits is not a card, whatever window of it passes Luhn.
     ("id 94111111111111111", &[]),
     ("id 41111111111111111111", &[]),
@@ -251,6 +309,11 @@ const HARD_NEGATIVES: &[&str] = &[
     "ref 123-45-6789.4 and 123-45-6789-A",
     "10.0.0.7.x and 10.0.0.7-rc1",
     "at 12:30:45 12:30:45:030 12345678",
+    // A password word with no value after it, a type, or a short value.
+    "password: string; passwd: String, Password: required.",
+    "the password is wrong; passwords: 3; password_hash=abcdef123456; pass=1234",
+    "reset your Password: <your password here> or password = [PASSWORD]",
+    "glpat-short and xglpat-abcdefghijklmnopqrstuvwxyz",
 ];
 
 #[test]
@@ -639,6 +702,22 @@ const SECRETS: &[(&str, &str, &str, &str, bool)] = &[
         false,
     ),
     (
+        "GITLAB_TOKEN",
+        "",
+        "glpat-AbCdEfGhIjKlMnOpQrSt012",
+        "-_",
+        false,
+    ),
+    // A password runs to whitespace, a quote, a bracket or `<>,;&`: every other character,
+    // non-ASCII ones too, is part of it.
+    (
+        "PASSWORD",
+        "password=",
+        "hunter22",
+        "/=+?#`.:!|\\*%@~$^-_",
+        false,
+    ),
+    (
         "ANTHROPIC_API_KEY",
         "",
         "sk-ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789_-abcdefghijklmnopqrstuvwxyzAA",
@@ -753,7 +832,8 @@ fn every_secret_is_masked_whatever_follows_or_precedes_it() {
     let mut checked = 0;
     for &(label, label_text, token, alphabet, fixed) in SECRETS {
         for &n in NEIGHBOURS {
-            let joins = n.len() == 1 && alphabet.contains(n);
+            let joins =
+                (n.len() == 1 && alphabet.contains(n)) || (label == "PASSWORD" && !n.is_ascii());
             // After the token.
             let text = format!("{label_text}{token}{n}");
             let at = label_text.len()..label_text.len() + token.len();
@@ -1116,6 +1196,8 @@ const VALUES: &[(&str, &str, &str)] = &[
         "Bearer abcdefghijklmnop0123",
         "abcdefghijklmnop0123",
     ),
+    ("GITLAB_TOKEN", "glpat-AbCdEfGhIjKlMnOpQrSt012", ""),
+    ("PASSWORD", "password=hunter22", "hunter22"),
     ("EMAIL", "jane.doe@example.co.uk", ""),
     ("IBAN", "GB82 WEST 1234 5698 7654 32", ""),
     ("IBAN", "DE89370400440532013000", ""),
