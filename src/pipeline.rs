@@ -966,6 +966,39 @@ mod tests {
         }
     }
 
+    /// A number the app chose is exported as sent, unless its digits are something a
+    /// detector masks (a card number as `seed`): then it is not exported at all, and counted.
+    #[test]
+    fn a_card_number_sent_as_a_numeric_parameter_is_not_exported() {
+        use crate::keys::{KeyId, Keyring, MasterKey};
+        let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [3; 32]));
+        let rules =
+            crate::redact::CompiledRules::from_str(crate::redact::BUILTIN_DEFAULT_RULES, &keys)
+                .unwrap();
+        for (seed, kept) in [
+            (serde_json::json!(4111111111111111u64), false),
+            (serde_json::json!(-5500005555555559i64), false),
+            (serde_json::json!(4111111111111112u64), true), // fails Luhn
+            (serde_json::json!(42), true),
+            (serde_json::json!(1.5), true),
+        ] {
+            let body = serde_json::json!({"model": "gpt-4o", "seed": seed, "temperature": 0.2,
+                "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+            let ex = ex("/v1/chat/completions", &body, None, Outcome::ClientAborted);
+            let conv = exchange::parse(&ex, &ParseOptions::default(), &Pricing::builtin());
+            assert_eq!(conv.params.get("seed"), Some(&seed), "parsed as sent");
+            let rec = record::build(&ex, &conv, &rules);
+            assert_eq!(rec.request_params.contains_key("seed"), kept, "{seed}");
+            assert_eq!(
+                rec.request_params.get("temperature"),
+                Some(&serde_json::json!(0.2))
+            );
+            let cards = rec.redactions.get("CREDIT_CARD").copied().unwrap_or(0);
+            assert_eq!(cards, u64::from(!kept), "{seed}: {:?}", rec.redactions);
+        }
+    }
+
     /// A label is capped at [`record::MAX_LABEL_CHARS`] characters, not bytes: a label of
     /// exactly the cap stays whole (ASCII, and multi-byte characters, which a cap in bytes
     /// would cut), one character more is cut to the cap.

@@ -19,6 +19,11 @@ use crate::redact::{Budget, CompiledRules, Counts, ScopeKey, Target};
 /// scanning with them (256 × 256 characters at most).
 const MAX_TOOL_NAMES: usize = 256;
 
+/// Shortest number (its decimal form, sign included) a request parameter's value is scanned
+/// as text: the shortest a detector finds on its own is a 12-digit card number (ISO/IEC 7812);
+/// bare phone numbers and SSNs need words around them that a number never has.
+const MIN_SCANNED_DIGITS: usize = 12;
+
 /// Longest label (model, feature, conversation id, error type, tool name) exported. Real ones
 /// are short; a long one is an app putting content where metadata belongs.
 pub(crate) const MAX_LABEL_CHARS: usize = 256;
@@ -78,13 +83,30 @@ pub fn build_within(
         &mut output,
     );
 
-    // Request parameters are not content, but stop sequences are free text.
+    // Request parameters are not content, but stop sequences are free text, and a number
+    // the app chose (`seed`) can be a card number: a long integer is scanned as its digits,
+    // and dropped when a detector matches them (the attribute's type is a number, so there
+    // is nothing to mask it with).
     let mut params_found = Counts::default();
     let mut request_params: BTreeMap<String, Value> = conv
         .params
         .iter()
         .filter_map(|(k, v)| {
-            if matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null) {
+            if let Value::Number(n) = v {
+                let digits = n.to_string();
+                if digits.len() >= MIN_SCANNED_DIGITS {
+                    let mut s = Value::String(digits);
+                    let found = rules
+                        .redact_json_within(&mut s, Target::Request, scope, &mut meter)
+                        .ok()?;
+                    if found.total() > 0 {
+                        params_found.merge(&found);
+                        return None;
+                    }
+                }
+                return Some((k.clone(), v.clone()));
+            }
+            if matches!(v, Value::Bool(_) | Value::Null) {
                 return Some((k.clone(), v.clone()));
             }
             let mut v = v.clone();
