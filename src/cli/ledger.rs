@@ -266,7 +266,12 @@ fn report_cells(r: &ReportRow) -> Vec<Cell> {
         Cell::int(r.output_tokens),
         Cell::int(r.cached_tokens),
         Cell::opt_real(r.cache_hit_ratio, 3),
-        Cell::usd(r.cost_usd),
+        // A group where no exchange had a price has no known cost: `-`, not 0.
+        if r.requests > 0 && r.unpriced == r.requests {
+            Cell::Text(None)
+        } else {
+            Cell::usd(r.cost_usd)
+        },
         Cell::opt_usd(r.cost_per_request_usd),
         Cell::int(r.unpriced),
         Cell::opt_real(r.duration_ms.p50, 1),
@@ -455,30 +460,76 @@ pub(super) fn run_sql(args: SqlArgs, data: &Path) -> anyhow::Result<ExitCode> {
 
 const TAIL_POLL: Duration = Duration::from_millis(500);
 
+/// `veil tail`'s columns: name and width (negative: right-aligned). A value wider than its
+/// column pushes the rest right rather than being cut.
+const TAIL_COLUMNS: &[(&str, i8)] = &[
+    ("start (UTC)", 27),
+    ("status", 6),
+    ("outcome", 16),
+    ("provider", 17),
+    ("model", 28),
+    ("feature", 14),
+    ("user", 18),
+    ("in_tok", -7),
+    ("out_tok", -7),
+    ("cost_usd", -10),
+    ("ms", -7),
+    ("ttfc_ms", -7),
+    ("request_id", 0),
+];
+
+/// One line of `veil tail`'s table: `cells` laid out in [`TAIL_COLUMNS`].
+fn tail_columns<S: AsRef<str>>(cells: &[S]) -> String {
+    let mut line = String::new();
+    for (i, (cell, (_, width))) in cells.iter().zip(TAIL_COLUMNS).enumerate() {
+        let cell = cell.as_ref();
+        if i > 0 {
+            line.push(' ');
+        }
+        let w = usize::from(width.unsigned_abs());
+        let pad = w.saturating_sub(cell.chars().count());
+        if *width < 0 {
+            line.extend(std::iter::repeat_n(' ', pad));
+            line.push_str(cell);
+        } else {
+            line.push_str(cell);
+            if i + 1 < TAIL_COLUMNS.len() {
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+    }
+    line
+}
+
+/// The header line: the column names, `#` first so tools that skip comments skip it.
+fn tail_header() -> String {
+    let mut names: Vec<String> = TAIL_COLUMNS.iter().map(|(n, _)| n.to_string()).collect();
+    names[0].insert_str(0, "# ");
+    tail_columns(&names)
+}
+
 fn tail_line(r: &tail::TailRow) -> String {
     let ms = |us: i64| format!("{:.0}", us as f64 / 1000.0);
     let cost = r
         .cost_nusd
         .map_or("-".into(), |n| format!("{:.6}", n as f64 / 1e9));
     let tok = |t: Option<i64>| t.map_or("-".into(), |t| t.to_string());
-    super::table::printable(&format!(
-        "{:<27} {:<7} {:<10} {:<28} {:<14} {:<18} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
-        r.start,
-        r.status_text(),
-        r.provider,
-        r.model.as_deref().unwrap_or("-"),
-        r.feature.as_deref().unwrap_or("-"),
-        r.user.as_deref().unwrap_or("-"),
+    super::table::printable(&tail_columns(&[
+        r.start.clone(),
+        r.status.map_or("-".into(), |s| s.to_string()),
+        r.outcome.clone(),
+        r.provider.clone(),
+        r.model.clone().unwrap_or_else(|| "-".into()),
+        r.feature.clone().unwrap_or_else(|| "-".into()),
+        r.user.clone().unwrap_or_else(|| "-".into()),
         tok(r.input_tokens),
         tok(r.output_tokens),
         cost,
         ms(r.duration_us),
         r.ttfc_us.map_or("-".into(), ms),
-        r.request_id,
-    ))
+        r.request_id.clone(),
+    ]))
 }
-
-const TAIL_HEADER: &str = "# start (UTC)                status  provider   model                        feature        user               in_tok  out_tok   cost_usd   ms  ttfc_ms  request_id";
 
 /// Runs `veil tail`: the last `lines` exchanges of the ledger, then new ones with `-f`.
 pub(super) fn run_tail(args: TailArgs, data: &Path) -> anyhow::Result<ExitCode> {
@@ -519,7 +570,7 @@ pub(super) fn run_tail(args: TailArgs, data: &Path) -> anyhow::Result<ExitCode> 
             }
             out.flush()
         };
-    if !json && writeln!(out, "{TAIL_HEADER}").is_err() {
+    if !json && writeln!(out, "{}", tail_header()).is_err() {
         return Ok(ExitCode::SUCCESS);
     }
     let first = tail::latest(&conn, args.lines)?;
@@ -544,5 +595,55 @@ pub(super) fn run_tail(args: TailArgs, data: &Path) -> anyhow::Result<ExitCode> 
             // The reader went away (`veil tail -f | head`): stop quietly.
             return Ok(ExitCode::SUCCESS);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every column of a row starts where its header's name starts, whatever the row holds
+    /// (a provider name as long as `openai_compatible`), and the status column holds the HTTP
+    /// status, next to the outcome.
+    #[test]
+    fn tail_columns_line_up_under_their_header() {
+        let header = tail_header();
+        let row = tail::TailRow {
+            id: 1,
+            start: "2026-12-06T21:00:00.123456Z".into(),
+            request_id: "01a24caa-4a29-76c5-9787-aadb80af7bc0".into(),
+            provider: "openai_compatible".into(),
+            operation: "chat".into(),
+            model: Some("gpt-4o-mini".into()),
+            feature: None,
+            user: Some("u_a48249f36f09157e".into()),
+            status: Some(500),
+            outcome: "upstream_aborted".into(),
+            error_type: Some("500".into()),
+            input_tokens: Some(12),
+            output_tokens: None,
+            cost_nusd: Some(9_000),
+            duration_us: 1_500,
+            ttfc_us: None,
+        };
+        let line = tail_line(&row);
+        let starts = |s: &str| -> Vec<usize> {
+            let b = s.as_bytes();
+            (0..b.len())
+                .filter(|&i| b[i] != b' ' && (i == 0 || b[i - 1] == b' '))
+                .collect()
+        };
+        // The left-aligned columns (start, status, outcome, provider, model, feature, user)
+        // start where their names do; the header's "start (UTC)" is two words.
+        let (h, l) = (starts(&header), starts(&line));
+        // The header's first column is three words: "# start (UTC)".
+        assert_eq!(h[3..9], l[1..7], "\n{header}\n{line}");
+        assert_eq!(header.find("request_id"), line.find(&row.request_id));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            fields[1..4],
+            ["500", "upstream_aborted", "openai_compatible"]
+        );
+        assert_eq!(fields[9], "0.000009");
     }
 }

@@ -113,7 +113,12 @@ impl Cell {
     fn raw(&self) -> String {
         match self {
             Cell::Text(s) => s.clone().unwrap_or_default(),
-            Cell::Num(n, _) => n.to_string(),
+            // Plain decimals, never `9e-6` (`f64`'s Display never uses an exponent): a CSV
+            // column of costs reads the same in every row and in every spreadsheet.
+            Cell::Num(n, _) => match n.as_f64().filter(|_| n.is_f64()) {
+                Some(f) => f.to_string(),
+                None => n.to_string(),
+            },
         }
     }
 
@@ -246,6 +251,17 @@ mod tests {
         assert_eq!(lines[0], "feature  requests  cost_usd");
         assert_eq!(lines[1], "billing        12      0.50");
         assert_eq!(lines[2], "a\u{FFFD}[31mb         3         -");
+        let mut out = Vec::new();
+        write_csv(
+            &mut out,
+            &["n"],
+            &[vec![Cell::usd(0.000009)], vec![Cell::usd(1e-12)]],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "n\n0.000009\n0.000000000001\n"
+        );
         let mut out = Vec::new();
         write_csv(&mut out, &["feature", "requests", "cost_usd"], &rows).unwrap();
         assert_eq!(

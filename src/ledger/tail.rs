@@ -45,22 +45,6 @@ pub struct TailRow {
     pub ttfc_us: Option<i64>,
 }
 
-impl TailRow {
-    /// What the status column shows: `aborted` for an exchange either side cut, the HTTP
-    /// status otherwise, `-` when none arrived.
-    pub fn status_text(&self) -> String {
-        if self.outcome.ends_with("aborted") {
-            "aborted".into()
-        } else if let Some(s) = self.status {
-            s.to_string()
-        } else if self.outcome == "upstream_failed" {
-            "failed".into()
-        } else {
-            "-".into()
-        }
-    }
-}
-
 const COLUMNS: &str = "id, start, request_id, provider, operation,
     COALESCE(response_model, request_model), feature, user, status, outcome, error_type,
     input_tokens, output_tokens, cost_nusd, duration_us, ttfc_us";

@@ -454,26 +454,25 @@ async fn sdk_traffic_report_totals_equal_what_the_clients_saw() {
         "{outcomes:?}"
     );
 
-    // veil tail shows both: the abandoned stream as `aborted`, the failed call as its 429.
+    // veil tail shows both: the abandoned stream's outcome, the failed call's 429.
     let n = calls.len().to_string();
     let out = veil(&["tail", "-n", &n], cwd);
     let (tail, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    let status_of = |id: &str| {
+    // Columns: start, status, outcome, ...
+    let columns_of = |id: &str| {
         let line = tail
             .lines()
             .find(|l| l.ends_with(id))
             .unwrap_or_else(|| panic!("{id} not in veil tail:\n{tail}"));
-        line.split_whitespace().nth(1).unwrap().to_string()
+        let c: Vec<String> = line.split_whitespace().map(String::from).collect();
+        (c[1].clone(), c[2].clone())
     };
+    let (_, outcome) = columns_of(aborted["request_id"].as_str().unwrap());
+    assert_eq!(outcome, "client_aborted", "{tail}");
     assert_eq!(
-        status_of(aborted["request_id"].as_str().unwrap()),
-        "aborted",
-        "{tail}"
-    );
-    assert_eq!(
-        status_of(failed["request_id"].as_str().unwrap()),
-        "429",
+        columns_of(failed["request_id"].as_str().unwrap()),
+        ("429".to_string(), "complete".to_string()),
         "{tail}"
     );
     // Credentials never reach the log.
