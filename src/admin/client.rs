@@ -143,7 +143,9 @@ impl fmt::Display for AdminError {
             ),
             AdminErrorKind::Refused => match self.at {
                 Endpoint::Tcp(_) => write!(f, "admin API: {status}: {}", self.detail),
-                Endpoint::Control(_) => write!(f, "{}: {status}: {}", self.at, self.detail),
+                // Same uid, same host: the operator's own veil refused, and its words say
+                // why; the HTTP status of a local socket tells them nothing more.
+                Endpoint::Control(_) => write!(f, "the running veil refused: {}", self.detail),
             },
             AdminErrorKind::Unreadable => write!(
                 f,
@@ -446,6 +448,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal on the control socket says what the veil said, without HTTP's words; on a
+    /// TCP admin API (maybe a remote one) the status stays.
+    #[test]
+    fn a_refusal_on_the_control_socket_reads_without_http_status() {
+        let refused = |at: Endpoint| AdminError {
+            kind: AdminErrorKind::Refused,
+            at,
+            status: Some(StatusCode::NOT_FOUND),
+            endpoint: "/veil/v1/exchanges/{id}",
+            detail: "no exchange 01a2 is sealed here".into(),
+            failure: None,
+        };
+        assert_eq!(
+            refused(Endpoint::Control("data/veil.sock".into())).to_string(),
+            "the running veil refused: no exchange 01a2 is sealed here"
+        );
+        assert_eq!(
+            refused(Endpoint::Tcp("127.0.0.1:9000".parse().unwrap())).to_string(),
+            "admin API: 404 Not Found: no exchange 01a2 is sealed here"
+        );
+    }
 
     /// A stand-in for a veil of another version: answers every request on 127.0.0.1:0 with
     /// `status` and `body`, until the returned sender is dropped.

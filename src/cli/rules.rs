@@ -155,7 +155,7 @@ pub fn run_rules(cmd: RulesCommand, keys_dir: &Path) -> anyhow::Result<ExitCode>
             let (keys, real) = keys_or_ephemeral(keys_dir)?;
             if !real {
                 eprintln!(
-                    "note: no keys in {}; pseudonyms and hashes use a throwaway key",
+                    "note: no master key in {}; pseudonyms and hashes use a throwaway key",
                     keys_dir.display()
                 );
             }
@@ -322,11 +322,15 @@ fn preview(
         )?;
     }
     write_rows(&mut t, &rows, show_matches)?;
-    writeln!(
-        t,
-        "\nredactions recorded: {}",
-        rec.redactions.values().sum::<u64>()
-    )?;
+    let recorded = rec.redactions.values().sum::<u64>();
+    writeln!(t, "\nredactions recorded: {recorded}")?;
+    if recorded == 0 && !rows.is_empty() {
+        writeln!(
+            t,
+            "  (the detectors match above, but the rules drop, hash or encrypt those fields \
+             whole, so no value of them reaches the record: see the fields printed on stdout)"
+        )?;
+    }
     for (label, n) in &rec.redactions {
         writeln!(t, "  {label:<22} {n}")?;
     }
@@ -497,7 +501,7 @@ pub fn run_decrypt(args: DecryptArgs, keys_dir: &Path) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("cannot decrypt: {e}");
+            eprintln!("veil decrypt: cannot decrypt: {e}");
             Ok(ExitCode::FAILURE)
         }
     }

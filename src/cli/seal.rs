@@ -243,7 +243,7 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
         let exports =
             exports.or_else(|| op.erase_local(dirs, ids.clone(), Some(pseudonym.clone())));
         if ids.is_empty() {
-            let failed = print_exports_receipt(exports.as_ref(), false);
+            let failed = print_exports_receipt(exports.as_ref(), false, dirs);
             if already {
                 println!("already forgotten: user {pseudonym} (nothing of it is left)");
                 return Ok(failed.unwrap_or(ExitCode::SUCCESS));
@@ -254,7 +254,7 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
             return Ok(failed.unwrap_or(ExitCode::from(1)));
         }
         print_receipt(ids.len());
-        let failed = print_exports_receipt(exports.as_ref(), true);
+        let failed = print_exports_receipt(exports.as_ref(), true, dirs);
         print_datasets(&dirs.data, &ids);
         eprintln!("forgot {} exchange(s) of user {pseudonym}", ids.len());
         return Ok(failed.unwrap_or(ExitCode::SUCCESS));
@@ -296,7 +296,7 @@ pub fn run_forget(args: &ForgetArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCod
             .then(|| op.erase_local(dirs, known, None))
             .flatten()
     });
-    let failed = print_exports_receipt(exports.as_ref(), now > 0);
+    let failed = print_exports_receipt(exports.as_ref(), now > 0, dirs);
     let asked: Vec<String> = ids.iter().map(ToString::to_string).collect();
     print_datasets(&dirs.data, &asked);
     if let Some(failed) = failed {
@@ -328,7 +328,16 @@ fn print_receipt(n: usize) {
 /// removed something though nothing was destroyed in the store now (an id or user forgotten
 /// before). `None` from a veil that could not be asked (a bare admin API): said so.
 /// Returns exit code 2 when a file could not be rewritten (named, with what is left in it).
-fn print_exports_receipt(exports: Option<&Erased>, always: bool) -> Option<ExitCode> {
+fn print_exports_receipt(
+    exports: Option<&Erased>,
+    always: bool,
+    dirs: &StoreDirs,
+) -> Option<ExitCode> {
+    // The data dir the erasing veil uses: this one's, unless a remote veil was asked.
+    let data = match dirs.admin {
+        None => dirs.data.display().to_string(),
+        Some(_) => "<its data dir>".to_string(),
+    };
     let Some(e) = exports else {
         if always {
             println!(
@@ -340,11 +349,11 @@ fn print_exports_receipt(exports: Option<&Erased>, always: bool) -> Option<ExitC
     let removed = e.spool_records + e.records_removed > 0;
     if always || removed || !e.not_reached.is_empty() {
         println!(
-            "  removed: spool <data>/spool/ (batches not yet sent): {} record(s) in {} file(s)",
+            "  removed: spool {data}/spool/ (batches not yet sent): {} record(s) in {} file(s)",
             e.spool_records, e.spool_files
         );
         println!(
-            "  removed: records files <data>/records/*.jsonl: {} record(s) in {} line(s)",
+            "  removed: records files {data}/records/*.jsonl: {} record(s) in {} line(s)",
             e.records_removed, e.records_lines
         );
         if e.not_reached.is_empty() {
@@ -418,9 +427,9 @@ pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode>
             println!("would purge {id}");
         }
         println!(
-            "would purge {} exchange(s) older than {}s (dry run: nothing destroyed)",
+            "would purge {} exchange(s) older than {} (dry run: nothing destroyed)",
             ids.len(),
-            older.as_secs()
+            super::startup::duration_words(older)
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -432,9 +441,9 @@ pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode>
         println!("purged {id}");
     }
     println!(
-        "purged {} exchange(s) older than {}s",
+        "purged {} exchange(s) older than {}",
         ids.len(),
-        older.as_secs()
+        super::startup::duration_words(older)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -442,8 +451,26 @@ pub fn run_purge(args: &PurgeArgs, dirs: &StoreDirs) -> anyhow::Result<ExitCode>
 /// `veil compact`.
 pub fn run_compact(dirs: &StoreDirs) -> anyhow::Result<ExitCode> {
     let v = Operator::open(dirs)?.compact()?;
-    println!("{}", serde_json::to_string(&v)?);
+    println!("{}", compact_words(&v));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `veil compact`'s answer in words, like every other command's.
+fn compact_words(v: &crate::admin::api::CompactResponse) -> String {
+    if v.segments_removed == 0 && v.frames_moved == 0 {
+        return "compacted: nothing to reclaim (no segment holds forgotten or purged exchanges)"
+            .into();
+    }
+    let b = v.bytes_reclaimed;
+    let size = match b {
+        0..1024 => format!("{b} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        _ => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+    };
+    format!(
+        "compacted: {} segment file(s) removed, {} live frame(s) moved, {size} reclaimed",
+        v.segments_removed, v.frames_moved
+    )
 }
 
 /// `veil keys rotate`: adds a key to `<keys>/master.keys`. A running veil (reachable through
@@ -494,6 +521,26 @@ pub(super) mod tests {
     use crate::keys::pseudonymize_user;
     use crate::seal::tests::openai_chat;
     use crate::seal::{SealOptions, SealStore};
+
+    #[test]
+    fn compact_answers_in_words() {
+        let words = |segments_removed, frames_moved, bytes_reclaimed| {
+            compact_words(&crate::admin::api::CompactResponse {
+                segments_removed,
+                frames_moved,
+                bytes_reclaimed,
+            })
+        };
+        assert_eq!(
+            words(0, 0, 0),
+            "compacted: nothing to reclaim (no segment holds forgotten or purged exchanges)"
+        );
+        assert_eq!(
+            words(2, 17, 3 * 1_048_576 / 2),
+            "compacted: 2 segment file(s) removed, 17 live frame(s) moved, 1.5 MiB reclaimed"
+        );
+        assert!(words(1, 0, 900).ends_with(" 900 bytes reclaimed"));
+    }
 
     /// Store dirs under `root` (`data/`, `keys/`), no admin API.
     pub(in crate::cli) fn dirs(root: &std::path::Path) -> StoreDirs {

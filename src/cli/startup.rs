@@ -230,7 +230,7 @@ fn hosts_words(hosts: &[HostPattern]) -> String {
 
 /// `30 days`, `12 hours`, `5 minutes`, `90 seconds`, `250 ms`: the largest unit that divides
 /// the duration exactly, as the config would have said it.
-fn duration_words(d: Duration) -> String {
+pub(super) fn duration_words(d: Duration) -> String {
     let ms = d.as_millis();
     let units: [(u128, &str, &str); 4] = [
         (86_400_000, "day", "days"),

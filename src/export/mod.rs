@@ -122,6 +122,17 @@ impl Drop for Exporter {
     }
 }
 
+/// Batches an earlier run spooled for `signal`'s collector: `(batches, bytes)`, `None` when
+/// there are none (or no spool directory: it is never created here).
+fn spool_left(data_dir: &std::path::Path, signal: Signal) -> Option<(usize, u64)> {
+    let dir = data_dir.join("spool").join(signal.name());
+    if !dir.is_dir() {
+        return None;
+    }
+    let spool = Spool::open(&dir, u64::MAX).ok()?;
+    (!spool.is_empty()).then(|| (spool.len(), spool.bytes()))
+}
+
 impl Exporter {
     /// Resolves settings from the config and `env` (use `|k| std::env::var(k).ok()` in the
     /// binary) and starts the exporter counting in `counters` (every entry of which its
@@ -195,7 +206,22 @@ impl Exporter {
         let mut sender_txs = Vec::new();
         for signal in Signal::ALL {
             let (stx, srx) = mpsc::channel::<Job>(SENDER_QUEUE);
-            let task = match &settings.signal(signal).destination {
+            let destination = &settings.signal(signal).destination;
+            if !matches!(destination, Destination::Otlp(_))
+                && let Some((batches, bytes)) = spool_left(&settings.data_dir, signal)
+            {
+                tracing::warn!(
+                    "export: {batches} {} batch(es) ({bytes} bytes) from a run with a collector wait in {}; no collector takes {} now, so they stay until one does (they are sent then); `veil forget` still reaches them, and deleting the directory drops them",
+                    signal.name(),
+                    settings
+                        .data_dir
+                        .join("spool")
+                        .join(signal.name())
+                        .display(),
+                    signal.name()
+                );
+            }
+            let task = match destination {
                 Destination::Off => {
                     sender_txs.push(None);
                     continue;

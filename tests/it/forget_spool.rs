@@ -155,7 +155,7 @@ async fn forget_while_the_collector_is_down_erases_the_spool_and_the_collector_n
     assert!(stdout.contains(&format!("forgotten {by_id}")), "{stdout}");
     // Its span and its log record, from the batches waiting for the collector.
     assert!(
-        stdout.contains("removed: spool <data>/spool/ (batches not yet sent): 2 record(s)"),
+        stdout.contains("spool/ (batches not yet sent): 2 record(s)") && !stdout.contains("<data>"),
         "{stdout}"
     );
     assert!(
@@ -170,7 +170,7 @@ async fn forget_while_the_collector_is_down_erases_the_spool_and_the_collector_n
         assert!(stdout.contains(&format!("forgotten {id}")), "{stdout}");
     }
     assert!(
-        stdout.contains("removed: spool <data>/spool/ (batches not yet sent): 4 record(s)"),
+        stdout.contains("spool/ (batches not yet sent): 4 record(s)") && !stdout.contains("<data>"),
         "{stdout}"
     );
     let pseudonym = stderr
@@ -283,7 +283,7 @@ async fn forget_rewrites_the_records_files_without_the_forgotten_records() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains(&format!("forgotten {gone}")), "{stdout}");
     assert!(
-        stdout.contains("removed: records files <data>/records/*.jsonl: 2 record(s)"),
+        stdout.contains("records/*.jsonl: 2 record(s)") && !stdout.contains("<data>"),
         "{stdout}"
     );
     let traces: Vec<String> = files(&records)

@@ -79,3 +79,19 @@ async fn export_all(s: ExporterSettings, recs: Vec<Record>) -> Arc<crate::counte
     assert!(report.drained, "{report:?}");
     metrics
 }
+
+/// A spool an earlier run left for a collector that is no longer configured is found (and
+/// warned about at start), and looking never creates a spool directory.
+#[test]
+fn batches_left_for_a_removed_collector_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(spool_left(dir.path(), Signal::Traces), None);
+    assert!(!dir.path().join("spool").exists(), "looking created it");
+    let traces = dir.path().join("spool").join(Signal::Traces.name());
+    let mut spool = Spool::open(&traces, 1 << 20).unwrap();
+    spool.push(Encoding::Json, b"{}").unwrap();
+    spool.push(Encoding::Json, b"{\"a\":1}").unwrap();
+    let (batches, bytes) = spool_left(dir.path(), Signal::Traces).expect("two batches");
+    assert_eq!((batches, bytes), (2, spool.bytes()));
+    assert_eq!(spool_left(dir.path(), Signal::Logs), None);
+}

@@ -294,8 +294,18 @@ impl Writer {
         let path = ledger_path(&self.dir);
         match crate::ledger::erase::forget_ids(&path, &ids) {
             Ok(e) => {
-                if !e.no_ledger {
+                // Erasing is idempotent and gets repeated (recovery does it again, and one
+                // forget was seen logging it three times): only an erase that found
+                // something is worth an info line; the repeats go to debug.
+                if !e.no_ledger && (e.rows > 0 || e.content > 0) {
                     tracing::info!(
+                        rows = e.rows,
+                        content = e.content,
+                        wal_wiped = e.wal_wiped,
+                        "forget: erased from the ledger"
+                    );
+                } else if !e.no_ledger {
+                    tracing::debug!(
                         rows = e.rows,
                         content = e.content,
                         wal_wiped = e.wal_wiped,
