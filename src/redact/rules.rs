@@ -320,6 +320,39 @@ const ALWAYS_ON: &[&str] = &[
     "password",
 ];
 
+/// `text` with every value an always-on (secret or credential) detector finds replaced by
+/// `[LABEL]`; borrowed when there is none. For text that is kept outside the rules' reach,
+/// where no credential may stay: the request path of a sealed exchange (a key sent inside the
+/// URL path, `/v1/keys/sk-proj-…/usage`).
+pub(crate) fn mask_secrets(text: &str) -> std::borrow::Cow<'_, str> {
+    static SECRETS: std::sync::LazyLock<Scanner> = std::sync::LazyLock::new(|| {
+        let mut spec = ScannerSpec::default();
+        for b in detect::BUILTINS
+            .iter()
+            .filter(|b| ALWAYS_ON.contains(&b.key))
+        {
+            spec.add_builtin(b, InlineAction::Mask);
+        }
+        Scanner::build(&spec).expect("invariant: the built-in secret detectors compile")
+    });
+    let mut found = Vec::new();
+    SECRETS.find(text, &mut found);
+    if found.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for f in &found {
+        out.push_str(&text[last..f.start]);
+        out.push('[');
+        out.push_str(SECRETS.label(f.detector));
+        out.push(']');
+        last = f.end;
+    }
+    out.push_str(&text[last..]);
+    std::borrow::Cow::Owned(out)
+}
+
 fn detectors(
     ctx: &Ctx<'_>,
     layers: &[(&RawDetectors, &str)],

@@ -230,7 +230,11 @@ fn borrowed(pairs: &Headers) -> Vec<(&str, &str)> {
 fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
     // On the stack: the id's text is fixed-length.
     let mut id = [0; 36];
-    let meta = meta_v1(ex, &mut id);
+    // A key sent inside the URL path (`/v1/keys/sk-proj-…/usage`) is a credential too: the
+    // proxy fingerprinted the credential query parameters; here the secret detectors mask
+    // what is left (a no-op borrow for a path without one).
+    let path = crate::redact::rules::mask_secrets(&ex.path);
+    let meta = meta_v1(ex, &mut id, &path);
     // The metadata is serialized in place after a placeholder for its length, and the room
     // reserved covers the bodies and the GCM tag `seal_frame` appends: the frame is built in
     // one allocation, grown at most once, exactly, when the metadata is larger than the
@@ -267,6 +271,7 @@ fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
 fn meta_v1<'a>(
     ex: &'a Exchange,
     id: &'a mut [u8; 36],
+    path: &'a str,
 ) -> MetaV1<&'a str, &'a WebSocketSession, SocketAddr> {
     MetaV1 {
         id: ex.id.encode(id),
@@ -290,7 +295,7 @@ fn meta_v1<'a>(
         port: ex.upstream.port,
         client_version: &ex.client_version,
         method: &ex.method,
-        path: &ex.path,
+        path,
         request_headers: scrub(&ex.request_headers),
         tags: borrowed(&ex.tags),
         api_key_fingerprint: ex.api_key_fingerprint.as_deref(),
@@ -910,7 +915,7 @@ mod tests {
         let mut kinds = std::collections::HashSet::new();
         for (k, ex) in cases.iter().enumerate() {
             let mut id = [0; 36];
-            let meta = meta_v1(ex, &mut id);
+            let meta = meta_v1(ex, &mut id, &ex.path);
             kinds.insert(std::mem::discriminant(&ex.outcome));
             let mut ours = b"prefix".to_vec();
             write_meta(&meta, &mut ours).unwrap();
@@ -928,6 +933,31 @@ mod tests {
         }
         assert_eq!(kinds.len(), 4, "every outcome");
         assert!(cases.iter().any(|ex| ex.websocket.is_some()));
+    }
+
+    /// A key sent inside the URL path never reaches the sealed copy: the secret detectors
+    /// mask it (fingerprinted query parameters and the rest of the path stay as sent).
+    #[test]
+    fn a_key_inside_the_url_path_is_not_sealed() {
+        let mut ex = crate::seal::tests::openai_chat();
+        let key = "sk-proj-PATHSECRETabcdefghij0123456789";
+        ex.path =
+            format!("/v1/keys/{key}/usage;token=glpat-PATHgitlab0123456789ab?alt=sse&key=fp_00");
+        let data_key = fresh_data_key();
+        let frame = seal_frame(&ex, &data_key, KeyId(1)).unwrap();
+        let opened = open_frame(frame, ex.id, &data_key).unwrap();
+        assert_eq!(
+            opened.path,
+            "/v1/keys/[OPENAI_API_KEY]/usage;token=[GITLAB_TOKEN]?alt=sse&key=fp_00"
+        );
+        // A path without one is kept as sent.
+        let mut plain = crate::seal::tests::openai_chat();
+        plain.path = "/v1/chat/completions?api-version=2024-10-21".into();
+        let frame = seal_frame(&plain, &data_key, KeyId(1)).unwrap();
+        assert_eq!(
+            open_frame(frame, plain.id, &data_key).unwrap().path,
+            plain.path
+        );
     }
 
     /// The store's AES-256-GCM is the standard one: a frame sealed here opens with another
