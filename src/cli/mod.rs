@@ -518,6 +518,9 @@ fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         for line in startup::startup_lines(&facts) {
             tracing::info!("{line}");
         }
+        for line in startup::startup_warnings(&facts) {
+            tracing::warn!("{line}");
+        }
         if cfg!(feature = "forward-only") {
             tracing::warn!("{FORWARD_ONLY_WARNING}");
         }

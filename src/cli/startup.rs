@@ -49,6 +49,12 @@ pub(super) struct Facts {
     pub(super) data: PathBuf,
     /// The control socket the operator commands reach this veil through.
     pub(super) control: PathBuf,
+    /// `resolve` overrides: `host:port → addr`.
+    pub(super) resolve: Vec<String>,
+    /// Extra upstream trust roots (`upstream_ca`).
+    pub(super) upstream_ca: Vec<PathBuf>,
+    /// Gateway routes the config added or changed: `/name/ → base`.
+    pub(super) routes: Vec<String>,
 }
 
 impl Facts {
@@ -86,6 +92,27 @@ impl Facts {
             keys: absolute(&config.keys),
             data: absolute(&config.data),
             control: absolute(control),
+            resolve: config
+                .resolve
+                .iter()
+                .map(|r| format!("{}:{} → {}", r.host, r.port, r.target))
+                .collect(),
+            upstream_ca: config.upstream_ca.iter().map(|p| absolute(p)).collect(),
+            routes: config
+                .routes
+                .values()
+                .filter(|r| {
+                    !crate::exchange::providers::gateways().any(|g| {
+                        crate::config::GatewayRoute::parse(g.name, g.base).as_ref() == Ok(*r)
+                    })
+                })
+                .map(|r| {
+                    format!(
+                        "/{}/ → {}://{}:{}{}",
+                        r.name, r.scheme, r.host, r.port, r.prefix
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -158,7 +185,7 @@ pub(super) fn startup_lines(f: &Facts) -> Vec<String> {
         Some(a) => format!("http://{a}/metrics"),
         None => "off".to_string(),
     };
-    vec![
+    let mut lines = vec![
         format!(
             "veil is running: HTTPS_PROXY=http://{addr} (trust the CA {}), or gateway http://{addr}/openai/v1",
             f.ca.display()
@@ -178,7 +205,39 @@ pub(super) fn startup_lines(f: &Facts) -> Vec<String> {
             f.control.display()
         ),
         format!("admin API: {admin}; Prometheus metrics: {metrics}"),
-    ]
+    ];
+    if !f.routes.is_empty() {
+        lines.push(format!(
+            "gateway routes of this config: {}",
+            f.routes.join(", ")
+        ));
+    }
+    lines
+}
+
+/// What `veil run` warns about at start: settings that send traffic somewhere other than
+/// where the app addressed it, or trust more than the system's roots. Right for a test bench,
+/// a finding in production; so each start says them, not only the config file.
+pub(super) fn startup_warnings(f: &Facts) -> Vec<String> {
+    let mut out = Vec::new();
+    if !f.resolve.is_empty() {
+        out.push(format!(
+            "resolve overrides: {}; veil connects there, not where DNS points (meant for tests)",
+            f.resolve.join(", ")
+        ));
+    }
+    if !f.upstream_ca.is_empty() {
+        let files: Vec<String> = f
+            .upstream_ca
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        out.push(format!(
+            "upstream_ca: upstream TLS also trusts the roots in {}",
+            files.join(", ")
+        ));
+    }
+    out
 }
 
 /// The line `veil run` logs after its shutdown drained: what it did while it ran and where
@@ -302,6 +361,44 @@ mod tests {
         ] {
             assert!(all.contains(want), "{want:?} missing from:\n{all}");
         }
+        let f = facts("data = \"/d\"");
+        assert!(
+            startup_warnings(&f).is_empty(),
+            "{:?}",
+            startup_warnings(&f)
+        );
+        assert!(
+            !all.contains("gateway routes"),
+            "only the config's own: {all}"
+        );
+    }
+
+    /// Settings that send traffic elsewhere or trust more roots are said at every start, and
+    /// so are the routes the config added (not the built-in ones).
+    #[test]
+    fn overrides_and_added_routes_are_said_at_start() {
+        let f = facts(
+            "data = \"/d\"\nresolve = [\"api.openai.com:443:127.0.0.1:18682\"]\n\
+             upstream_ca = [\"/t/ca.pem\"]\n\
+             [routes]\nlocal = \"http://127.0.0.1:11434/v1\"",
+        );
+        let warnings = startup_warnings(&f).join("\n");
+        assert!(
+            warnings.contains("resolve overrides: api.openai.com:443 → 127.0.0.1:18682;"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("trusts the roots in /t/ca.pem"),
+            "{warnings}"
+        );
+        let lines = startup_lines(&f);
+        assert_no_debug(&lines);
+        let all = lines.join("\n");
+        assert!(
+            all.contains("gateway routes of this config: /local/ → http://127.0.0.1:11434/v1"),
+            "{all}"
+        );
+        assert!(!all.contains("/openai/ →"), "{all}");
     }
 
     #[test]
