@@ -981,6 +981,8 @@ mod tests {
             (serde_json::json!(4111111111111112u64), true), // fails Luhn
             (serde_json::json!(42), true),
             (serde_json::json!(1.5), true),
+            // Rounded past 2^53: no detector can check it, so it is not exported (not counted).
+            (serde_json::json!(6011000000000000004.0f64), false),
         ] {
             let body = serde_json::json!({"model": "gpt-4o", "seed": seed, "temperature": 0.2,
                 "messages": [{"role": "user", "content": "hi"}]})
@@ -995,7 +997,8 @@ mod tests {
                 Some(&serde_json::json!(0.2))
             );
             let cards = rec.redactions.get("CREDIT_CARD").copied().unwrap_or(0);
-            assert_eq!(cards, u64::from(!kept), "{seed}: {:?}", rec.redactions);
+            let counted = !kept && seed.is_i64();
+            assert_eq!(cards, u64::from(counted), "{seed}: {:?}", rec.redactions);
         }
     }
 

@@ -93,6 +93,12 @@ pub fn build_within(
         .iter()
         .filter_map(|(k, v)| {
             if let Value::Number(n) = v {
+                // A float of 1e11 or more is no sampling parameter, and past 2^53 its digits
+                // are rounded (a 19-digit card as `6.011000000000000e18`) so no detector can
+                // check them: it is left out.
+                if n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 1e11) {
+                    return None;
+                }
                 let digits = n.to_string();
                 if digits.len() >= MIN_SCANNED_DIGITS {
                     let mut s = Value::String(digits);

@@ -439,28 +439,56 @@ pub(crate) fn token(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     s.bytes().any(|b| b.is_ascii_digit()).then_some(r)
 }
 
-/// The value after a password word, without the sentence's closing punctuation: at least 6
-/// bytes, and not a type or schema word (`password: string`, `Password: required`), which
-/// code and API schemas put there.
+/// Values after a password word that are code or schema, not a password: types, schema
+/// words, placeholders (compared ignoring ASCII case).
+const NOT_PASSWORDS: &[&str] = &[
+    "string",
+    "str",
+    "number",
+    "integer",
+    "boolean",
+    "required",
+    "optional",
+    "undefined",
+    "nullable",
+    "invalid",
+    "missing",
+    "changed",
+    "secretstr",
+    "password",
+    "passwd",
+    "passphrase",
+    "******",
+];
+
+/// True when `v` is code rather than a password: a schema word, a variable (`$DB_PASSWORD`,
+/// `${PASS}`), or a dotted name of letters (`self.password`, `os.environ`).
+fn code_not_password(v: &str) -> bool {
+    NOT_PASSWORDS.iter().any(|w| w.eq_ignore_ascii_case(v))
+        || v.starts_with('$')
+        || (v.contains('.')
+            && v.split('.').all(|seg| {
+                !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+            }))
+}
+
+/// The bare value after a password word, without the sentence's closing punctuation: at
+/// least 6 bytes, not code ([`code_not_password`]), and not a call or an index of a name
+/// without digits (`getpass()`, `os.environ[…]`, `Optional[str]`: the value's class stops
+/// right before `(` or `[`; `hunter22(` is still a password).
 pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    const NOT_VALUES: &[&str] = &[
-        "string",
-        "String",
-        "number",
-        "integer",
-        "boolean",
-        "required",
-        "optional",
-        "undefined",
-        "nullable",
-        "invalid",
-        "missing",
-        "changed",
-        "******",
-    ];
     // Sentence punctuation after the value is the sentence's.
     let s = text.get(r.clone())?.trim_end_matches(['.', '!', '?', ':']);
-    (s.len() >= 6 && !NOT_VALUES.contains(&s)).then_some(r.start..r.start + s.len())
+    let called = matches!(text.as_bytes().get(r.end), Some(b'(' | b'['))
+        && !s.bytes().any(|b| b.is_ascii_digit());
+    (s.len() >= 6 && !called && !code_not_password(s)).then_some(r.start..r.start + s.len())
+}
+
+/// A quoted value after a password word (the quotes say where it ends, so any length and
+/// any character but a line break): not code ([`code_not_password`]).
+pub(crate) fn password_quoted(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = text.get(r.clone())?;
+    (!s.trim().is_empty() && !code_not_password(s)).then_some(r)
 }
 
 /// Token alphabets for [`key`]: which bytes belong to a format (see `rules/README.md`).

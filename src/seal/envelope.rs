@@ -241,7 +241,7 @@ fn encode_payload(ex: &Exchange, out: &mut Vec<u8>) -> Result<(), SealError> {
     // estimate (the tag's 16 bytes used to reallocate the whole frame every time, ~6 % of the
     // pipeline thread at 8 connections in `benches/load.sh`).
     out.reserve(
-        5 + meta_estimate(ex)
+        5 + meta_estimate(ex, &path)
             + ex.request_body.captured_len()
             + ex.response_body.captured_len()
             + TAG_LEN,
@@ -474,13 +474,13 @@ fn write_meta(
 /// it; then [`encode_payload`] grows the frame once. It replaces a fixed 2 KiB, which an
 /// exchange with many headers outgrew (stop 59's profile put the growth at ~6 % of the
 /// seal's submit).
-fn meta_estimate(ex: &Exchange) -> usize {
+fn meta_estimate(ex: &Exchange, path: &str) -> usize {
     // `["name","value"],` is the pair plus 6 bytes; escapes are rare in header values.
     let pairs = |h: &Headers| h.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
     // A chunk length: up to 20 digits and a comma.
     let chunks = ex.request_body.chunks.len() + ex.response_body.chunks.len();
     META_FIXED
-        + ex.path.len()
+        + path.len()
         + ex.upstream.host.len()
         + ex.client_version.len()
         + ex.method.len()
@@ -834,9 +834,9 @@ mod tests {
             encode_payload(&ex, &mut out).unwrap();
             let meta_len = u32::from_le_bytes(out[1..5].try_into().unwrap()) as usize;
             assert!(
-                meta_len <= meta_estimate(&ex),
+                meta_len <= meta_estimate(&ex, &ex.path),
                 "exchange {k}: {meta_len} > {}",
-                meta_estimate(&ex)
+                meta_estimate(&ex, &ex.path)
             );
             let meta = std::str::from_utf8(&out[5..5 + meta_len]).unwrap();
             let text = format!("\"client_addr\":\"{}\"", addrs[k % 2]);
@@ -949,6 +949,14 @@ mod tests {
         assert_eq!(
             opened.path,
             "/v1/keys/[OPENAI_API_KEY]/usage;token=[GITLAB_TOKEN]?alt=sse&key=fp_00"
+        );
+        // Percent-encoded, it is the same key to the server: masked all the same.
+        let mut enc = crate::seal::tests::openai_chat();
+        enc.path = "/v1/keys/sk%2Dproj-PATHSECRETabcdefghij0123456789/usage?a=%41".into();
+        let frame = seal_frame(&enc, &data_key, KeyId(1)).unwrap();
+        assert_eq!(
+            open_frame(frame, enc.id, &data_key).unwrap().path,
+            "/v1/keys/[OPENAI_API_KEY]/usage?a=%41"
         );
         // A path without one is kept as sent.
         let mut plain = crate::seal::tests::openai_chat();

@@ -218,15 +218,19 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "gitlab_token",
         label: "GITLAB_TOKEN",
         // GitLab's documented token prefixes (docs.gitlab.com, "Token prefixes"): personal,
-        // deploy, runner, CI/CD job, pipeline trigger and OAuth application secrets, then at
-        // least 20 of base64url. A newer token's `.01.…` routing suffix is left: the secret
+        // deploy, runner, CI/CD job, pipeline trigger, OAuth application secret, feed,
+        // incoming mail, agent, SCIM and feature-flag client tokens, then at least 20 of
+        // base64url. A newer token's `.01.…` routing suffix is left: the secret
         // is the part before it.
         patterns: &[pat(
-            r"gl(?:pat|dt|rt|cbt|ptt|oas)-[A-Za-z0-9_\-]{20,}",
+            r"gl(?:pat|dt|rt|cbt|ptt|oas|ft|imt|agent|soat|ffct)-[A-Za-z0-9_\-]{20,}",
             checksum::key::<{ checksum::B64URL }, { checksum::ANY_LEN }>,
         )],
         trigger: Trigger::Literal(
-            &["glpat-", "gldt-", "glrt-", "glcbt-", "glptt-", "gloas-"],
+            &[
+                "glpat-", "gldt-", "glrt-", "glcbt-", "glptt-", "gloas-", "glft-", "glimt-",
+                "glagent-", "glsoat-", "glffct-",
+            ],
             0,
         ),
     },
@@ -322,14 +326,39 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         key: "password",
         label: "PASSWORD",
         // A value assigned to a password word (`password=…`, `"passwd": "…"`, `PASSPHRASE:
-        // …`, `db_password=…`): the word stays, the value goes. The value ends at whitespace,
-        // a quote, a bracket, `<` `>` `,` `;` `&` (a query string's next parameter), and is
-        // at least 6 bytes; type and schema words (`password: string`) are not passwords.
+        // …`, `db_password=…`, `password => '…'`, `password := "…"`, JSON escaped inside a
+        // string): the word stays, the value goes. Quoted, the value runs to its closing
+        // quote (up to 256 bytes, one line); bare, it ends at whitespace, a quote, a bracket,
+        // `<` `>` `,` `;` `&` (a query string's next parameter), and is at least 6 bytes.
+        // Code is not a password: [`checksum::password`] rejects type and schema words,
+        // variables and calls (`password: string`, `password=os.environ[…]`, `$DB_PASSWORD`).
         // The three casings the literal pass looks for, as for `secret` and `bearer`.
-        patterns: &[grp(
-            r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)["']?[ \t]*[:=][ \t]*["']?([^\s"'<>(){}\[\],;&]{6,})"#,
-            Some(checksum::password),
-        )],
+        patterns: &[
+            grp(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
+                    r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
+                    r#"\\?"([^"\\\r\n]{1,256})\\?""#
+                ),
+                Some(checksum::password_quoted),
+            ),
+            grp(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
+                    r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
+                    r#"'([^'\r\n]{1,256})'"#
+                ),
+                Some(checksum::password_quoted),
+            ),
+            grp(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
+                    r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
+                    r#"\\?["']?([^\s"'<>(){}\[\],;&]{6,})"#
+                ),
+                Some(checksum::password),
+            ),
+        ],
         trigger: Trigger::Literal(&["pass", "Pass", "PASS"], 0),
     },
     Builtin {

@@ -44,8 +44,9 @@
 //! fuzz target keep it so.
 //!
 //! A text holding invisible characters (a zero-width space inside a key) or fullwidth forms
-//! (`４１１１…`, `＠`) is scanned as its skeleton, with those folded away, and the spans are
-//! mapped back to its bytes (`fold.rs`); ASCII text skips this in one vectorized check.
+//! (`４１１１…`, `＠`) is also scanned as its skeleton, with those folded away; the
+//! skeleton's spans are mapped back to the text's bytes and resolved with the text's own
+//! (`fold.rs`). ASCII text skips this in one vectorized check.
 //!
 //! Patterns use ASCII word boundaries (`(?-u:\b)`) so the lazy DFA never has to give up on
 //! non-ASCII text; letters outside ASCII are matched explicitly where they matter (emails).
@@ -189,13 +190,15 @@ impl Scanner {
         out: &mut Vec<Found>,
         meter: &mut Meter,
     ) -> Result<(), Exceeded> {
-        let r = match Folded::of(text) {
-            None => self.find_gated(text, out, &mut Ctx::new(meter, true)),
-            Some(f) => meter
-                .work(text.len())
-                .and_then(|()| self.find_gated(&f.text, out, &mut Ctx::new(meter, true)))
-                .map(|()| f.map_back(out)),
-        };
+        let mut r = self.find_gated(text, out, &mut Ctx::new(meter, true));
+        if r.is_ok() && Folded::needed(text) {
+            r = meter.work(text.len()).and_then(|()| {
+                let f = Folded::of(text);
+                let mut more = Vec::new();
+                self.find_gated(&f.text, &mut more, &mut Ctx::new(meter, true))?;
+                self.union(&f, out, &mut more, meter)
+            });
+        }
         if r.is_err() {
             out.clear();
         }
@@ -254,13 +257,30 @@ impl Scanner {
     /// over the whole text. Slow; the reference the gated scan is tested (and fuzzed) against.
     #[doc(hidden)]
     pub fn find_exhaustive(&self, text: &str, out: &mut Vec<Found>) {
-        match Folded::of(text) {
-            None => self.find_all(text, out),
-            Some(f) => {
-                self.find_all(&f.text, out);
-                f.map_back(out);
-            }
+        self.find_all(text, out);
+        if Folded::needed(text) {
+            let f = Folded::of(text);
+            let mut more = Vec::new();
+            self.find_all(&f.text, &mut more);
+            // Unlimited: cannot fail.
+            let _ = self.union(&f, out, &mut more, &mut Meter::unlimited());
         }
+    }
+
+    /// The matches of a text (`out`) and of its skeleton (`skeleton`, in skeleton offsets)
+    /// as one resolved list in the text's offsets: a value the skeleton shows whole (a key
+    /// with a zero-width space inside) and one only the text shows apart (a key after a
+    /// zero-width space that the skeleton glues to the word before) are both masked.
+    fn union(
+        &self,
+        f: &Folded,
+        out: &mut Vec<Found>,
+        skeleton: &mut [Found],
+        meter: &mut Meter,
+    ) -> Result<(), Exceeded> {
+        f.map_back(skeleton);
+        out.extend_from_slice(skeleton);
+        resolve(&self.detectors, out, meter)
     }
 
     fn find_all(&self, text: &str, out: &mut Vec<Found>) {

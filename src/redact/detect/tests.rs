@@ -125,6 +125,10 @@ const POSITIVES: &[Case] = &[
         "deploy gldt-abcdefghij0123456789_x/x",
         &[("GITLAB_TOKEN", "gldt-abcdefghij0123456789_x")],
     ),
+    (
+        "feed glft-abcdefghij0123456789_x ok",
+        &[("GITLAB_TOKEN", "glft-abcdefghij0123456789_x")],
+    ),
     // A password: the word stays, the value goes; the sentence's punctuation stays.
     (
         "postgres://x?db_password=hunter22&user=app",
@@ -142,6 +146,53 @@ const POSITIVES: &[Case] = &[
     (
         "my passphrase = 'ocean-lamp-77' ok",
         &[("PASSWORD", "ocean-lamp-77")],
+    ),
+    // Quoted: to the closing quote, spaces and punctuation included.
+    (
+        "password: \"correct horse battery staple\"",
+        &[("PASSWORD", "correct horse battery staple")],
+    ),
+    ("PASSWORD='p@ss w0rd!'", &[("PASSWORD", "p@ss w0rd!")]),
+    (
+        r#"{"password": "a,b;c&d(e)f"}"#,
+        &[("PASSWORD", "a,b;c&d(e)f")],
+    ),
+    // JSON escaped inside a string: the bare reading runs one byte further (the escape's
+    // backslash) and, longer, wins; the value is masked either way.
+    (
+        r#"args: "{\"password\": \"s3cr3t\"}""#,
+        &[("PASSWORD", "s3cr3t\\")],
+    ),
+    ("login(password => 'x9')", &[("PASSWORD", "x9")]),
+    ("password := \"hunter2\"", &[("PASSWORD", "hunter2")]),
+    // The skeleton glues what an invisible character kept apart; the text's own scan still
+    // sees the value (review of the fold: these were masked before it, and must stay so).
+    (
+        "Here\u{200B}sk-proj-abcdefghijklmnopqrstuvwxyz0123",
+        &[("OPENAI_API_KEY", "sk-proj-abcdefghijklmnopqrstuvwxyz0123")],
+    ),
+    (
+        "ｋｅｙsk-proj-abcdefghijklmnopqrstuvwxyz0123",
+        &[("OPENAI_API_KEY", "sk-proj-abcdefghijklmnopqrstuvwxyz0123")],
+    ),
+    (
+        "4111111111111111\u{200B}7",
+        &[("CREDIT_CARD", "4111111111111111")],
+    ),
+    // Bidi marks and tag characters hide the rest of a key as well as a zero-width space.
+    (
+        "sk-proj-abcdefghijklmnopqrst\u{200E}uvwxyz0123 end",
+        &[(
+            "OPENAI_API_KEY",
+            "sk-proj-abcdefghijklmnopqrst\u{200E}uvwxyz0123",
+        )],
+    ),
+    (
+        "x \u{E0073}\u{E006B}\u{E002D}\u{E0070}\u{E0072}\u{E006F}\u{E006A}\u{E002D}\u{E0061}\u{E0062}\u{E0063}\u{E0064}\u{E0065}\u{E0066}\u{E0067}\u{E0068}\u{E0069}\u{E006A}\u{E006B}\u{E006C}\u{E006D}\u{E006E}\u{E006F}\u{E0070}\u{E0071}\u{E0072}\u{E0073}\u{E0074}\u{E0030}\u{E0031} y",
+        &[(
+            "OPENAI_API_KEY",
+            "\u{E0073}\u{E006B}\u{E002D}\u{E0070}\u{E0072}\u{E006F}\u{E006A}\u{E002D}\u{E0061}\u{E0062}\u{E0063}\u{E0064}\u{E0065}\u{E0066}\u{E0067}\u{E0068}\u{E0069}\u{E006A}\u{E006B}\u{E006C}\u{E006D}\u{E006E}\u{E006F}\u{E0070}\u{E0071}\u{E0072}\u{E0073}\u{E0074}\u{E0030}\u{E0031}",
+        )],
     ),
     // A longer run of digits is not a card, whatever window of it passes Luhn.
     ("id 94111111111111111", &[]),
@@ -313,6 +364,11 @@ const HARD_NEGATIVES: &[&str] = &[
     "password: string; passwd: String, Password: required.",
     "the password is wrong; passwords: 3; password_hash=abcdef123456; pass=1234",
     "reset your Password: <your password here> or password = [PASSWORD]",
+    // Code: types, variables, calls, indexes, attributes.
+    "def f(password: Optional[str]) -> None: password = getpass.getpass()",
+    "password=os.environ['DB'] password = self.password password=password",
+    "password: SecretStr; Password: Required. password = $DB_PASSWORD; password: z.string()",
+    r#"{"password": "${PASSWORD}", "passwd": "string"}"#,
     "glpat-short and xglpat-abcdefghijklmnopqrstuvwxyz",
 ];
 
