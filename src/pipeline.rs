@@ -972,9 +972,17 @@ mod tests {
     fn a_card_number_sent_as_a_numeric_parameter_is_not_exported() {
         use crate::keys::{KeyId, Keyring, MasterKey};
         let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [3; 32]));
-        let rules =
-            crate::redact::CompiledRules::from_str(crate::redact::BUILTIN_DEFAULT_RULES, &keys)
-                .unwrap();
+        // The default profile, and the strict one, which hashes every field.
+        for profile in [
+            crate::redact::BUILTIN_DEFAULT_RULES,
+            include_str!("../rules/strict.toml"),
+        ] {
+            let rules = crate::redact::CompiledRules::from_str(profile, &keys).unwrap();
+            numeric_parameters_under(&rules);
+        }
+    }
+
+    fn numeric_parameters_under(rules: &crate::redact::CompiledRules) {
         for (seed, kept) in [
             (serde_json::json!(4111111111111111u64), false),
             (serde_json::json!(-5500005555555559i64), false),
@@ -990,7 +998,7 @@ mod tests {
             let ex = ex("/v1/chat/completions", &body, None, Outcome::ClientAborted);
             let conv = exchange::parse(&ex, &ParseOptions::default(), &Pricing::builtin());
             assert_eq!(conv.params.get("seed"), Some(&seed), "parsed as sent");
-            let rec = record::build(&ex, &conv, &rules);
+            let rec = record::build(&ex, &conv, rules);
             assert_eq!(rec.request_params.contains_key("seed"), kept, "{seed}");
             assert_eq!(
                 rec.request_params.get("temperature"),

@@ -101,10 +101,9 @@ pub fn build_within(
                 }
                 let digits = n.to_string();
                 if digits.len() >= MIN_SCANNED_DIGITS {
-                    let mut s = Value::String(digits);
-                    let found = rules
-                        .redact_json_within(&mut s, Target::Request, scope, &mut meter)
-                        .ok()?;
+                    // The detectors themselves, whatever the rules do with request fields
+                    // (a profile that hashes every field would never run them here).
+                    let (_, found) = rules.redact_text_within(&digits, scope, &mut meter).ok()?;
                     if found.total() > 0 {
                         params_found.merge(&found);
                         return None;

@@ -5,8 +5,8 @@
 //! over the bytes does not: a zero-width space inside an API key (`sk-proj-ab\u{200B}cd…`
 //! kept most of the key readable past the mask), a soft hyphen inside an email, a card number
 //! or an `＠` in fullwidth forms (U+FF01..U+FF5E, what East Asian input methods type). When a
-//! text holds any of these, the detectors scan its *skeleton* instead, and each span found is
-//! mapped back to the original bytes, so the mask covers the disguised value whole.
+//! text holds any of these, the detectors also scan its *skeleton*, and each span found there
+//! is mapped back to the original bytes, so the mask covers the disguised value whole.
 //!
 //! What is folded (Unicode 15; the removed set is the Default_Ignorable_Code_Point property
 //! of `DerivedCoreProperties.txt`, characters a renderer shows as nothing):
