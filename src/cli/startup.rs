@@ -107,9 +107,11 @@ impl Facts {
                     })
                 })
                 .map(|r| {
+                    // A gateway URL can carry a key in its path: the log gets it masked.
+                    let prefix = crate::redact::rules::mask_secrets(&r.prefix);
                     format!(
-                        "/{}/ → {}://{}:{}{}",
-                        r.name, r.scheme, r.host, r.port, r.prefix
+                        "/{}/ → {}://{}:{}{prefix}",
+                        r.name, r.scheme, r.host, r.port
                     )
                 })
                 .collect(),
@@ -399,6 +401,16 @@ mod tests {
             "{all}"
         );
         assert!(!all.contains("/openai/ →"), "{all}");
+        // A key in a route's path is masked in the log.
+        let f = facts(
+            "data = \"/d\"\n[routes]\ngw = \"https://gw.example/k/sk-proj-ROUTEKEYabcdefghij0123456789/v1\"",
+        );
+        let all = startup_lines(&f).join("\n");
+        assert!(
+            all.contains("/gw/ → https://gw.example:443/k/[OPENAI_API_KEY]/v1"),
+            "{all}"
+        );
+        assert!(!all.contains("ROUTEKEY"), "{all}");
     }
 
     #[test]

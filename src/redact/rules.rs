@@ -337,74 +337,21 @@ pub(crate) fn mask_secrets(text: &str) -> std::borrow::Cow<'_, str> {
         Scanner::build(&spec).expect("invariant: the built-in secret detectors compile")
     });
     let mut found = Vec::new();
-    SECRETS.find(text, &mut found);
-    let mut spans: Vec<(usize, usize, usize)> =
-        found.iter().map(|f| (f.start, f.end, f.detector)).collect();
-    if let Some((decoded, origin)) = percent_decoded(text) {
-        SECRETS.find(&decoded, &mut found);
-        spans.extend(
-            found
-                .iter()
-                .map(|f| (origin[f.start], origin[f.end], f.detector)),
-        );
-    }
-    if spans.is_empty() {
+    SECRETS.find_in_url(text, &mut found);
+    if found.is_empty() {
         return std::borrow::Cow::Borrowed(text);
     }
-    // Overlapping spans (the same key found encoded and decoded) become one mask.
-    spans.sort_unstable();
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
-    for (start, end, detector) in spans {
-        if end <= last {
-            continue;
-        }
-        out.push_str(&text[last..start.max(last)]);
-        if start >= last {
-            out.push('[');
-            out.push_str(SECRETS.label(detector));
-            out.push(']');
-        }
-        last = end;
+    for f in &found {
+        out.push_str(&text[last..f.start]);
+        out.push('[');
+        out.push_str(SECRETS.label(f.detector));
+        out.push(']');
+        last = f.end;
     }
     out.push_str(&text[last..]);
     std::borrow::Cow::Owned(out)
-}
-
-/// `text` with each `%XX` that encodes printable ASCII decoded (RFC 3986 §2.1), and the
-/// original offset of every decoded byte (plus the end); `None` when nothing is encoded.
-fn percent_decoded(text: &str) -> Option<(String, Vec<usize>)> {
-    let b = text.as_bytes();
-    let hex = |c: u8| char::from(c).to_digit(16);
-    let mut out = String::with_capacity(text.len());
-    let mut origin = Vec::with_capacity(text.len() + 1);
-    let mut i = 0;
-    let mut any = false;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            )
-            && let Some(c) = char::from_u32(h * 16 + l).filter(|c| c.is_ascii_graphic())
-        {
-            out.push(c);
-            origin.push(i);
-            i += 3;
-            any = true;
-            continue;
-        }
-        // Copy one character (the text is UTF-8; continuation bytes map one to one).
-        let ch = text[i..]
-            .chars()
-            .next()
-            .expect("invariant: i is a char boundary");
-        out.push(ch);
-        origin.extend(i..i + ch.len_utf8());
-        i += ch.len_utf8();
-    }
-    origin.push(text.len());
-    any.then_some((out, origin))
 }
 
 fn detectors(

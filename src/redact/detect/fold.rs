@@ -101,6 +101,39 @@ impl Folded {
         Folded { text: out, marks }
     }
 
+    /// `text` with each `%XX` that encodes printable ASCII decoded (RFC 3986 §2.1), mapped
+    /// back like a skeleton; `None` when nothing is encoded (or the text is too long to map).
+    pub(super) fn percent_decoded(text: &str) -> Option<Folded> {
+        let b = text.as_bytes();
+        u32::try_from(b.len()).ok()?;
+        let hex = |i: usize| b.get(i).and_then(|&c| char::from(c).to_digit(16));
+        let mut out = String::with_capacity(text.len());
+        let mut marks = vec![(0, 0)];
+        let mut copied = 0;
+        let mut i = 0;
+        while let Some(p) = text[i..].find('%').map(|p| i + p) {
+            i = p + 1;
+            let Some(c) = hex(p + 1)
+                .zip(hex(p + 2))
+                .and_then(|(h, l)| char::from_u32(h * 16 + l))
+                .filter(char::is_ascii_graphic)
+            else {
+                continue;
+            };
+            out.push_str(&text[copied..p]);
+            out.push(c);
+            copied = p + 3;
+            i = copied;
+            // Offsets fit: the text's length was checked above.
+            marks.push((out.len() as u32, copied as u32));
+        }
+        if marks.len() == 1 {
+            return None;
+        }
+        out.push_str(&text[copied..]);
+        Some(Folded { text: out, marks })
+    }
+
     /// The original offset of skeleton offset `i`: where the character at `i` starts (after
     /// any removed characters before it), or the original's end for the skeleton's end.
     fn origin(&self, i: usize) -> usize {
@@ -179,5 +212,16 @@ mod tests {
         let s = f.text.find("sk-").unwrap();
         let (os, oe) = f.original(s, s + 3);
         assert_eq!(&text[os..oe], "\u{E0073}\u{E006B}\u{E002D}");
+    }
+
+    #[test]
+    fn percent_escapes_of_printable_ascii_decode_and_map_back() {
+        let text = "/k/sk%2Dproj-ab%5Fc?x=%41%20%zz%";
+        let f = Folded::percent_decoded(text).unwrap();
+        assert_eq!(f.text, "/k/sk-proj-ab_c?x=A%20%zz%");
+        let s = f.text.find("sk-").unwrap();
+        let e = s + "sk-proj-ab_c".len();
+        assert_eq!(f.original(s, e), (3, 3 + "sk%2Dproj-ab%5Fc".len()));
+        assert!(Folded::percent_decoded("/v1/chat?a=%20").is_none());
     }
 }

@@ -267,6 +267,19 @@ impl Scanner {
         }
     }
 
+    /// [`Scanner::find`] over a URL's text and, when it holds `%XX` escapes of printable
+    /// ASCII, over its decoded form too (`sk%2Dproj-…` is the same key to the server); every
+    /// span in the text's offsets, resolved together.
+    pub(crate) fn find_in_url(&self, text: &str, out: &mut Vec<Found>) {
+        self.find(text, out);
+        if let Some(f) = Folded::percent_decoded(text) {
+            let mut more = Vec::new();
+            self.find(&f.text, &mut more);
+            // Unlimited: cannot fail.
+            let _ = self.union(&f, out, &mut more, &mut Meter::unlimited());
+        }
+    }
+
     /// The matches of a text (`out`) and of its skeleton (`skeleton`, in skeleton offsets)
     /// as one resolved list in the text's offsets: a value the skeleton shows whole (a key
     /// with a zero-width space inside) and one only the text shows apart (a key after a
