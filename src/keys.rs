@@ -169,6 +169,9 @@ pub enum KeyError {
     Invalid(String),
     /// Reading or writing the keys dir failed.
     Io(PathBuf, std::io::Error),
+    /// A file this process was about to create exists now: another process created it
+    /// meanwhile (two first starts on one keys dir). Never overwritten.
+    Appeared(PathBuf),
 }
 
 impl fmt::Display for KeyError {
@@ -181,6 +184,11 @@ impl fmt::Display for KeyError {
             ),
             KeyError::Invalid(why) => write!(f, "invalid master key: {why}"),
             KeyError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            KeyError::Appeared(p) => write!(
+                f,
+                "{} was created by another process while this veil was starting (two first starts on one keys dir?); it was left as it is: start again to use it",
+                p.display()
+            ),
         }
     }
 }
@@ -232,13 +240,31 @@ impl Keyring {
     }
 
     /// Loads the keys, creating `<dir>/master.keys` (0600) with one fresh secret if neither
-    /// the file nor the environment variable exists.
+    /// the file nor the environment variable exists. Never replaces a file that appears
+    /// meanwhile (another process creating the keys at the same moment): that one is loaded.
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
+        let mut unsaved = Unsaved::default();
+        let ring = Self::load_or_generate(dir, &mut unsaved)?;
+        match unsaved.save() {
+            Ok(()) => Ok(ring),
+            Err(KeyError::Appeared(_)) => Self::load(dir),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Keyring::load`], or with neither the file nor the environment variable, one fresh
+    /// secret (id 1) that is only in memory: its `master.keys` is added to `unsaved`, to be
+    /// written when the caller is sure it will use it ([`Unsaved::save`]).
+    pub fn load_or_generate(dir: &Path, unsaved: &mut Unsaved) -> Result<Self, KeyError> {
         match Self::load(dir) {
             Err(KeyError::Missing(path)) => {
                 let ring = Keyring::single(MasterKey::generate(KeyId(1)));
-                ring.save(dir)?;
-                tracing::info!(path = %path.display(), "created master key");
+                unsaved.add(
+                    path,
+                    ring.to_text().as_bytes(),
+                    Unsaved::SECRET,
+                    "master key",
+                );
                 Ok(ring)
             }
             other => other,
@@ -272,6 +298,11 @@ impl Keyring {
 
     /// Writes `<dir>/master.keys` with mode 0600 (atomically: temp file + rename).
     pub fn save(&self, dir: &Path) -> Result<(), KeyError> {
+        write_secret_file(&dir.join(MASTER_FILE), self.to_text().as_bytes())
+    }
+
+    /// The `master.keys` text: one `k<id>:<64 hex>` line per secret, oldest first.
+    fn to_text(&self) -> Zeroizing<String> {
         let mut text = Zeroizing::new(String::new());
         for key in self.keys.values() {
             text.push_str(&format!("{}:", key.id));
@@ -280,7 +311,7 @@ impl Keyring {
             }
             text.push('\n');
         }
-        write_secret_file(&dir.join(MASTER_FILE), text.as_bytes())
+        text
     }
 
     /// The newest key: used for every new wrap and encryption.
@@ -483,28 +514,135 @@ pub fn prepare_keys_dir(dir: &Path) -> Result<(), KeyError> {
 
 /// Writes a secret file with mode 0600 from the start (never world-readable, not even briefly),
 /// via a temp file and rename so a crash leaves the old file or the new one. A missing parent
-/// dir is created 0700.
+/// dir is created 0700. Replaces the file if it exists (a rotation's new `master.keys`); a
+/// file that must not be replaced is made with [`create_file`].
 pub fn write_secret_file(path: &Path, data: &[u8]) -> Result<(), KeyError> {
+    let tmp = write_temp(path, data, 0o600)?;
+    let renamed = fs::rename(&tmp, path).map_err(|e| KeyError::Io(path.to_path_buf(), e));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    renamed?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Creates `path` holding `data` with permission bits `mode` (0600 for a secret), complete or
+/// not at all: written and flushed under a temp name in the same dir, then linked to `path`,
+/// which fails if `path` exists, so a file another process created meanwhile is never
+/// replaced ([`KeyError::Appeared`]). A missing parent dir is created 0700.
+pub fn create_file(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
+    let tmp = write_temp(path, data, mode)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_parent(path);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(KeyError::Appeared(path.to_path_buf()))
+        }
+        Err(e) => Err(KeyError::Io(path.to_path_buf(), e)),
+    }
+}
+
+/// `data` in a new file beside `path` (`.<name>.<pid>-<random>.tmp`, created exclusively with
+/// `mode`, so neither a stale file nor a planted symlink lends it a mode or a target, and two
+/// writers never share one), flushed to disk. Removed again on any failure.
+fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
-    let tmp = path.with_extension("tmp");
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{name}.{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let io = |e| KeyError::Io(tmp.clone(), e);
-    // A stale temp file (or a symlink planted there) must not lend us its mode or target.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(io)?;
-    file.write_all(data).map_err(io)?;
-    file.sync_all().map_err(io)?;
+    let written = file.write_all(data).and_then(|()| file.sync_all());
     drop(file);
-    fs::rename(&tmp, path).map_err(|e| KeyError::Io(path.to_path_buf(), e))
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(tmp)
+}
+
+/// Flushes `path`'s dir, so a new name in it survives a crash (best effort: a dir that cannot
+/// be opened or flushed costs durability of the name, not the write).
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+    {
+        let _ = d.sync_all();
+    }
+}
+
+/// Key material a first start made in memory (a master key, the CA, its certificate), not
+/// yet on disk: `veil run` writes it ([`Unsaved::save`]) only once its listeners are bound
+/// and it holds its data dir, so a start that fails (a port in use, a second veil on the same
+/// dir) leaves no key behind for a later start to pick up. Each file is created, never
+/// replaced ([`create_file`]), in the order added. `Debug` shows the paths only.
+#[derive(Default)]
+pub struct Unsaved {
+    files: Vec<(PathBuf, Zeroizing<Vec<u8>>, u32, &'static str)>,
+}
+
+impl fmt::Debug for Unsaved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.files.iter().map(|(p, ..)| p))
+            .finish()
+    }
+}
+
+impl Unsaved {
+    /// Permission bits of a secret file.
+    pub const SECRET: u32 = 0o600;
+    /// Permission bits of a public file (a CA certificate apps must read).
+    pub const PUBLIC: u32 = 0o644;
+
+    /// Adds `data` for `path` with permission bits `mode`; `what` names it in the log line
+    /// ("created master key").
+    pub fn add(&mut self, path: PathBuf, data: &[u8], mode: u32, what: &'static str) {
+        self.files
+            .push((path, Zeroizing::new(data.to_vec()), mode, what));
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The paths waiting to be written, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, ..)| p.as_path())
+    }
+
+    /// Creates every file, in order, logging each. Stops at the first failure:
+    /// [`KeyError::Appeared`] when one exists by now (what was written before it stays, and
+    /// the next start loads it), [`KeyError::Io`] otherwise.
+    pub fn save(self) -> Result<(), KeyError> {
+        for (path, data, mode, what) in self.files {
+            create_file(&path, &data, mode)?;
+            tracing::info!(path = %path.display(), "created {what}");
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -551,6 +689,79 @@ mod tests {
         assert_eq!(loaded.current().id(), id);
         assert_eq!(loaded.identity().id(), KeyId(1));
         assert_eq!(*loaded.identity().derive(Purpose::Pseudonym).bytes(), first);
+    }
+
+    #[test]
+    fn a_generated_key_is_written_only_when_saved_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unsaved = Unsaved::default();
+        let ring = Keyring::load_or_generate(dir.path(), &mut unsaved).unwrap();
+        assert!(
+            !dir.path().join(MASTER_FILE).exists(),
+            "written before save"
+        );
+        assert_eq!(
+            unsaved.paths().collect::<Vec<_>>(),
+            [dir.path().join(MASTER_FILE)]
+        );
+        assert!(!format!("{unsaved:?}").contains(&format!("{:02x}", ring.current().secret[0])));
+        unsaved.save().unwrap();
+        let loaded = Keyring::load(dir.path()).unwrap();
+        assert_eq!(
+            loaded.identity().derive(Purpose::Pseudonym).bytes(),
+            ring.identity().derive(Purpose::Pseudonym).bytes()
+        );
+        let mode = fs::metadata(dir.path().join(MASTER_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A second first start's key, made before the file existed, is refused, not written.
+        let mut late = Unsaved::default();
+        late.add(
+            dir.path().join(MASTER_FILE),
+            b"k1:00",
+            Unsaved::SECRET,
+            "master key",
+        );
+        let err = late.save().unwrap_err();
+        assert!(
+            matches!(&err, KeyError::Appeared(p) if p.ends_with(MASTER_FILE)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("start again"), "{err}");
+        assert!(Keyring::load(dir.path()).is_ok(), "the first key is intact");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, [MASTER_FILE], "no temp file left");
+    }
+
+    #[test]
+    fn first_starts_racing_on_one_keys_dir_all_end_with_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let ring = Keyring::load_or_create(dir.path()).unwrap();
+                        *ring.identity().derive(Purpose::Pseudonym).bytes()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = *Keyring::load(dir.path())
+            .unwrap()
+            .identity()
+            .derive(Purpose::Pseudonym)
+            .bytes();
+        assert!(keys.iter().all(|k| *k == on_disk), "a key was replaced");
     }
 
     // Moved from seal::tests (`raw_user_ids_are_refused`): `SealStore::submit` takes a

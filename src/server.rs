@@ -239,14 +239,21 @@ pub struct Prepared {
     pub pricing: Arc<Pricing>,
     /// veil's CA.
     pub ca: Arc<CertificateAuthority>,
+    /// The keys and CA a first run made, written by [`start`] once its listeners are bound
+    /// and it holds the data dir (so a start that fails leaves none behind).
+    pub unsaved: crate::keys::Unsaved,
 }
 
 impl Prepared {
-    /// Creates (first run) or loads keys and CA, compiles the rules, loads prices, and writes
-    /// the trust bundle.
+    /// Loads keys and CA (on a first run makes them, in memory only: [`start`] writes them),
+    /// compiles the rules and loads prices.
     pub fn load(config: Config) -> Result<Self, StartupError> {
-        crate::keys::prepare_keys_dir(&config.keys).map_err(StartupError::KeysDir)?;
-        let keyring = Keyring::load_or_create(&config.keys)?;
+        if config.keys.exists() {
+            // Only the warning about a loose mode here: a missing dir is created by `start`.
+            crate::keys::prepare_keys_dir(&config.keys).map_err(StartupError::KeysDir)?;
+        }
+        let mut unsaved = crate::keys::Unsaved::default();
+        let keyring = Keyring::load_or_generate(&config.keys, &mut unsaved)?;
         let rules = if config.rules_is_default && !config.rules.exists() {
             tracing::info!(
                 "{} not found: using the built-in default rules (pseudonymize users, scrub all content)",
@@ -261,17 +268,18 @@ impl Prepared {
             Some(path) => Pricing::load(path)?,
             None => Pricing::builtin(),
         };
-        let ca = Arc::new(CertificateAuthority::load_or_create(
+        let ca = Arc::new(CertificateAuthority::load_or_generate(
             &config.keys,
             ProxySettings::from_config(&config).ca_scope(),
+            &mut unsaved,
         )?);
-        write_trust_bundle(&config.keys, ca.cert_pem())?;
         Ok(Prepared {
             config,
             keyring,
             rules,
             pricing: Arc::new(pricing),
             ca,
+            unsaved,
         })
     }
 }
@@ -355,6 +363,7 @@ pub async fn start(
         rules,
         pricing,
         ca,
+        unsaved,
     } = prepared;
     if !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "the proxy listens beyond loopback: anyone who can reach it can use it");
@@ -445,6 +454,12 @@ pub async fn start(
     .map_err(StartupError::Journal)?;
     report_crash(&crashed, &config.data);
     let journal = Arc::new(journal);
+    // The listeners are bound and the data dir is this veil's (the journal's lock): the keys
+    // and CA a first run made are written now, and never over ones another process wrote
+    // meanwhile. Before this point a failed start leaves no key behind.
+    crate::keys::prepare_keys_dir(&config.keys).map_err(StartupError::KeysDir)?;
+    unsaved.save()?;
+    write_trust_bundle(&config.keys, ca.cert_pem())?;
     // The one counter registry: every step below counts in it (the proxy through its queue),
     // and the exporter's metrics requests read all of it.
     let counters = Arc::new(Counters::default());

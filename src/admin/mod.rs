@@ -57,7 +57,7 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use crate::keys::{KeyError, write_secret_file};
+use crate::keys::{KeyError, Unsaved, create_file};
 
 pub mod api;
 pub mod client;
@@ -130,9 +130,15 @@ impl AdminToken {
                 for b in raw.iter() {
                     hex.push_str(&format!("{b:02x}"));
                 }
-                write_secret_file(&path, hex.as_bytes())?;
-                tracing::info!(path = %path.display(), "created admin token");
-                Ok(Self::from_secret(hex.as_str()))
+                match create_file(&path, hex.as_bytes(), Unsaved::SECRET) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "created admin token");
+                        Ok(Self::from_secret(hex.as_str()))
+                    }
+                    // Another process created one meanwhile: never replaced, used.
+                    Err(KeyError::Appeared(_)) => Self::load(keys_dir),
+                    Err(e) => Err(e),
+                }
             }
             other => other,
         }

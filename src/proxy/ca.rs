@@ -92,6 +92,24 @@ impl CertificateAuthority {
     /// `scope`'s hosts when it says so). A loaded CA whose name constraints leave out one of
     /// `scope`'s hosts is an error: apps would reject every leaf for that host.
     pub fn load_or_create(dir: &Path, scope: CaScope<'_>) -> Result<Self, CaError> {
+        let mut unsaved = crate::keys::Unsaved::default();
+        let ca = Self::load_or_generate(dir, scope, &mut unsaved)?;
+        match unsaved.save() {
+            Ok(()) => Ok(ca),
+            // Created by another process meanwhile: use that one.
+            Err(crate::keys::KeyError::Appeared(_)) => Self::load_or_create(dir, scope),
+            Err(e) => Err(CaError(e.to_string())),
+        }
+    }
+
+    /// [`CertificateAuthority::load_or_create`], except that a new CA is only in memory: its
+    /// key (0600) and then its certificate are added to `unsaved`, to be written when the
+    /// caller is sure it will use them ([`crate::keys::Unsaved::save`]).
+    pub fn load_or_generate(
+        dir: &Path,
+        scope: CaScope<'_>,
+        unsaved: &mut crate::keys::Unsaved,
+    ) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         match (cert_path.exists(), key_path.exists()) {
@@ -111,7 +129,7 @@ impl CertificateAuthority {
                 }
                 Ok(ca)
             }
-            (false, false) => Self::create(&cert_path, &key_path, scope),
+            (false, false) => Self::generate(&cert_path, &key_path, scope, unsaved),
             (true, false) => Err(CaError(format!(
                 "{} exists but {} is missing: restore the key or remove the certificate to start over",
                 cert_path.display(),
@@ -202,7 +220,12 @@ impl CertificateAuthority {
         )))
     }
 
-    fn create(cert_path: &Path, key_path: &Path, scope: CaScope<'_>) -> Result<Self, CaError> {
+    fn generate(
+        cert_path: &Path,
+        key_path: &Path,
+        scope: CaScope<'_>,
+        unsaved: &mut crate::keys::Unsaved,
+    ) -> Result<Self, CaError> {
         let key = KeyPair::generate().map_err(|e| CaError(format!("generating CA key: {e}")))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -234,12 +257,21 @@ impl CertificateAuthority {
             .self_signed(&key)
             .map_err(|e| CaError(format!("signing CA certificate: {e}")))?;
         let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-        crate::keys::write_secret_file(key_path, key_pem.as_bytes())
-            .map_err(|e| CaError(e.to_string()))?;
         let cert_pem = cert.pem();
-        std::fs::write(cert_path, &cert_pem)
-            .map_err(|e| CaError(format!("{}: {e}", cert_path.display())))?;
-        tracing::info!(path = %cert_path.display(), "created CA certificate");
+        // The key first: a certificate without its key on disk would be trusted by apps and
+        // useless to veil.
+        unsaved.add(
+            key_path.to_path_buf(),
+            key_pem.as_bytes(),
+            crate::keys::Unsaved::SECRET,
+            "CA key",
+        );
+        unsaved.add(
+            cert_path.to_path_buf(),
+            cert_pem.as_bytes(),
+            crate::keys::Unsaved::PUBLIC,
+            "CA certificate",
+        );
         Ok(CertificateAuthority {
             issuer: Issuer::new(params, key),
             cert_pem,

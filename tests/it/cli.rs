@@ -213,6 +213,49 @@ async fn a_second_veil_on_the_same_data_dir_fails_cleanly() {
     );
 }
 
+/// A first start that fails (its port taken, its rules file broken) writes no key: keys a
+/// failed start left would be picked up by the next start in that dir, and with two first
+/// starts at once, the one that failed used to replace the running one's master key.
+#[test]
+fn a_first_start_that_fails_leaves_no_key_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let left = || -> Vec<String> {
+        std::fs::read_dir(&keys)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let out = veil(&["run", "--listen", &listen], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in use"), "{err}");
+    assert_eq!(left(), Vec::<String>::new(), "{err}");
+
+    std::fs::write(dir.path().join("broken.toml"), "version = 1\n[[fields\n").unwrap();
+    let out = veil(
+        &["run", "--listen", "127.0.0.1:0", "--rules", "broken.toml"],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("broken.toml"),
+        "{err}"
+    );
+    assert_eq!(left(), Vec::<String>::new(), "{err}");
+
+    // The next start that runs makes them, and only them (no temp file left).
+    let mut v = VeilProcess::start(&[], dir.path());
+    let mut files = left();
+    files.sort();
+    assert_eq!(files, ["ca-bundle.pem", "ca.key", "ca.pem", "master.keys"]);
+    assert!(v.terminate().success(), "{}", v.stderr());
+}
+
 /// Niceness of each thread of process `pid`, by thread name (`/proc/PID/task/*/stat`).
 fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
     let mut out = Vec::new();
