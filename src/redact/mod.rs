@@ -1082,6 +1082,9 @@ impl CompiledRules {
             counts.add(&d.label);
             out.push_str(&s[last..f.start]);
             let value = &s[f.start..f.end];
+            // What a pseudonym or hash is computed from: one value, one result, however it
+            // was disguised.
+            let value = || detect::canonical(value);
             match d.action {
                 InlineAction::DropField => return Ok(Scrubbed::Drop),
                 InlineAction::Mask => {
@@ -1099,7 +1102,7 @@ impl CompiledRules {
                         .to_ascii_lowercase();
                     let mut domain = d.label.as_bytes().to_vec();
                     domain.push(0);
-                    let p = self.keys.tagged(&c.to_string(), &domain, value);
+                    let p = self.keys.tagged(&c.to_string(), &domain, &value());
                     out.push_str(&format!("[{}:{p}]", d.label));
                 }
                 InlineAction::Hash => {
@@ -1108,7 +1111,7 @@ impl CompiledRules {
                     out.push_str(&format!(
                         "[{}:{}]",
                         d.label,
-                        self.keys.hash_short(&domain, value)
+                        self.keys.hash_short(&domain, &value())
                     ));
                 }
             }

@@ -552,6 +552,46 @@ fn field_rules_and_default_apply_to_the_right_nodes() {
 }
 
 #[test]
+fn a_disguised_value_gets_the_pseudonym_and_hash_of_its_plain_form() {
+    let r = unmemoized(
+        r#"
+        version = 1
+        default = "scrub"
+        [detectors]
+        builtin = ["email", "credit_card", "openai_api_key"]
+        actions = { email = "pseudonymize", credit_card = "hash", openai_api_key = "hash" }
+    "#,
+    );
+    let key = "sk-proj-Xq7v2mB9kLp4Rt8wZy3nHs6dJf1gCa5eUo0iTb";
+    let zw = format!("{}\u{200b}{}", &key[..12], &key[12..]);
+    let redact = |t: &str| r.redact_text(t, r.base_scope()).0;
+    for (plain, disguised) in [
+        (
+            "mail jane@example.com now",
+            "mail jane\u{ff20}example.com now",
+        ),
+        (
+            "mail jane@example.com now",
+            "mail jane@example\u{00ad}.com now",
+        ),
+        (
+            "card 4111 1111 1111 1111 ok",
+            "card \u{ff14}\u{ff11}\u{ff11}\u{ff11} 1111 1111 1111 ok",
+        ),
+        (&format!("key {key} ok"), &format!("key {zw} ok")),
+    ] {
+        let (a, b) = (redact(plain), redact(disguised));
+        assert!(a.contains(":h_") || a.contains(":e_"), "{a}");
+        assert_eq!(a, b, "{disguised:?}");
+    }
+    // Still keyed on the value: another address gets another pseudonym.
+    assert_ne!(
+        redact("mail jane@example.com now"),
+        redact("mail jane\u{ff20}example.org now")
+    );
+}
+
+#[test]
 fn keys_numbers_and_drop_field_are_scrubbed() {
     let r = compile(
         "version = 1\n[detectors]\nbuiltin = [\"all\"]\nactions = { private_key = \"drop_field\" }\n",

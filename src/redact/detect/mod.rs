@@ -119,6 +119,19 @@ impl InlineAction {
     }
 }
 
+/// The form of a matched value that its pseudonym or hash is computed from: the value as
+/// written, or when it holds invisible characters, tag characters, Unicode dashes or
+/// fullwidth forms, its skeleton (those removed or read as the ASCII they stand for, as the
+/// detectors read them: `fold.rs`), so `jane＠example.com` and `jane@example.com` get one
+/// pseudonym, as they are one address. Borrowed (one `is_ascii` pass) for ASCII.
+pub(crate) fn canonical(value: &str) -> std::borrow::Cow<'_, str> {
+    if Folded::needed(value) {
+        std::borrow::Cow::Owned(Folded::of(value).text)
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
 /// One accepted match: a byte range of the scanned text and its detector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Found {
