@@ -491,6 +491,102 @@ pub(crate) fn password_quoted(text: &str, r: Range<usize>) -> Option<Range<usize
     (!s.trim().is_empty() && !code_not_password(s)).then_some(r)
 }
 
+/// Where the password word (`password`, `passwd`, `passphrase`, any case) that ends at `end`
+/// starts.
+fn password_word_start(text: &str, end: usize) -> Option<usize> {
+    let before = text.as_bytes().get(..end)?;
+    ["password", "passwd", "passphrase"].iter().find_map(|w| {
+        let start = end.checked_sub(w.len())?;
+        before[start..]
+            .eq_ignore_ascii_case(w.as_bytes())
+            .then_some(start)
+    })
+}
+
+/// Whether the value starting at `r.start` follows a command-line flag of a password word
+/// (`--password `, `--db-password "`): blanks and an opening quote before the value, and
+/// before the word a run of `[A-Za-z0-9_-]` that starts with `--` and starts a token.
+fn after_password_flag(text: &str, r: &Range<usize>) -> bool {
+    let b = text.as_bytes();
+    let mut i = r.start;
+    if i > 0 && matches!(b[i - 1], b'"' | b'\'') {
+        i -= 1;
+    }
+    let blanks_end = i;
+    while i > 0 && matches!(b[i - 1], b' ' | b'\t') {
+        i -= 1;
+    }
+    let Some(word) = (i < blanks_end)
+        .then(|| password_word_start(text, i))
+        .flatten()
+    else {
+        return false;
+    };
+    let mut j = word;
+    while j > 0 && (b[j - 1].is_ascii_alphanumeric() || matches!(b[j - 1], b'-' | b'_')) {
+        j -= 1;
+    }
+    text[j..word].starts_with("--")
+        && (j == 0 || !(b[j - 1].is_ascii_alphanumeric() || b[j - 1] >= 0x80))
+}
+
+/// A bare value after a password flag (`--password hunter22`): [`password`]'s rules, and the
+/// flag's `--` before the word.
+pub(crate) fn password_flag(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    if !after_password_flag(text, &r) {
+        return None;
+    }
+    password(text, r)
+}
+
+/// A quoted value after a password flag (`--password "a b"`): [`password_quoted`]'s rules,
+/// and the flag's `--` before the word.
+pub(crate) fn password_flag_quoted(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    if !after_password_flag(text, &r) {
+        return None;
+    }
+    password_quoted(text, r)
+}
+
+/// The text of an XML element named by a password word (`<password>`, `<db_password>`,
+/// `<ns:Passphrase>`; no attributes): [`password_quoted`]'s rules, and the element's `<`
+/// before its name.
+pub(crate) fn password_element(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let b = text.as_bytes();
+    let word = password_word_start(text, r.start.checked_sub(1)?)?;
+    let mut j = word;
+    while j > 0
+        && (b[j - 1].is_ascii_alphanumeric() || matches!(b[j - 1], b'-' | b'_' | b'.' | b':'))
+    {
+        j -= 1;
+    }
+    if j == 0 || b[j - 1] != b'<' {
+        return None;
+    }
+    password_quoted(text, r)
+}
+
+/// The value of `pass=` or `pwd=` (any case): the word starts a token or follows `_`
+/// (`&pass=`, `DB_PASS=`, `;Pwd=`; not `bypass=`), the value is not a path (`PWD=/home/…`,
+/// `~/…`, `./…`), and [`password`]'s rules hold.
+pub(crate) fn password_short_word(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let b = text.as_bytes();
+    let eq = r.start.checked_sub(1)?;
+    let word = ["pass", "pwd"].iter().find_map(|w| {
+        let start = eq.checked_sub(w.len())?;
+        b[start..eq]
+            .eq_ignore_ascii_case(w.as_bytes())
+            .then_some(start)
+    })?;
+    if word > 0 && (b[word - 1].is_ascii_alphanumeric() || b[word - 1] >= 0x80) {
+        return None;
+    }
+    if matches!(b.get(r.start), Some(b'/' | b'~' | b'.')) {
+        return None;
+    }
+    password(text, r)
+}
+
 /// Token alphabets for [`key`]: which bytes belong to a format (see `rules/README.md`).
 /// `[A-Za-z0-9_-]`: OpenAI, Anthropic and Google keys, JWT segments.
 pub(crate) const B64URL: u8 = 0;

@@ -358,8 +358,48 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 ),
                 Some(checksum::password),
             ),
+            // A command line's flag (`--password hunter22`, `--db-password 'a b'`): the
+            // checks require `--` before the word, so prose (`the password field`) is not
+            // read as one; a bare value may not start with `-` (the next flag).
+            grp(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
+                    r#"[ \t]+"([^"\r\n]{1,256})""#
+                ),
+                Some(checksum::password_flag_quoted),
+            ),
+            grp(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
+                    r#"[ \t]+'([^'\r\n]{1,256})'"#
+                ),
+                Some(checksum::password_flag_quoted),
+            ),
+            grp(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
+                    r#"[ \t]+([^\s"'<>(){}\[\],;&\-][^\s"'<>(){}\[\],;&]{5,})"#
+                ),
+                Some(checksum::password_flag),
+            ),
+            // An XML element (`<password>…</password>`, `<db:Password>…`): the value runs to
+            // the next tag, on one line.
+            grp(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
+                    r#">([^<\r\n]{1,256})</"#
+                ),
+                Some(checksum::password_element),
+            ),
+            // The short words, only as `word=value` with the word starting a token or after
+            // `_` (`&pass=…`, `DB_PASS=…`, ODBC's `Pwd=…;`; not `bypass=`, `cwd=`), the value
+            // as a bare one, and not a path (`PWD=/home/…` is the shell's working directory).
+            grp(
+                r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&]{6,})"#,
+                Some(checksum::password_short_word),
+            ),
         ],
-        trigger: Trigger::Literal(&["pass", "Pass", "PASS"], 0),
+        trigger: Trigger::Literal(&["pass", "Pass", "PASS", "pwd", "Pwd", "PWD"], 0),
     },
     Builtin {
         key: "email",

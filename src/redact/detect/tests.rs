@@ -164,6 +164,36 @@ const POSITIVES: &[Case] = &[
         &[("PASSWORD", "s3cr3t\\")],
     ),
     ("login(password => 'x9')", &[("PASSWORD", "x9")]),
+    // A command line's flag, an XML element, and the short words as `word=value`.
+    (
+        "mysql -u root --password hunter22 -h db",
+        &[("PASSWORD", "hunter22")],
+    ),
+    ("pg_dump --db-password 'a b c' x", &[("PASSWORD", "a b c")]),
+    (
+        "run --passphrase \"ocean lamp\"",
+        &[("PASSWORD", "ocean lamp")],
+    ),
+    (
+        "<user>app</user><password>Tr0ub4dor&amp;3</password>",
+        &[("PASSWORD", "Tr0ub4dor&amp;3")],
+    ),
+    (
+        "<db:Password>s3cr3t!</db:Password>",
+        &[("PASSWORD", "s3cr3t!")],
+    ),
+    (
+        "Server=db;Uid=sa;Pwd=Secr3tPw;Encrypt=yes",
+        &[("PASSWORD", "Secr3tPw")],
+    ),
+    (
+        "https://x/login?user=bob&pass=hunter22",
+        &[("PASSWORD", "hunter22")],
+    ),
+    (
+        "DB_PASS=correct-horse-7",
+        &[("PASSWORD", "correct-horse-7")],
+    ),
     ("password := \"hunter2\"", &[("PASSWORD", "hunter2")]),
     // The skeleton glues what an invisible character kept apart; the text's own scan still
     // sees the value (review of the fold: these were masked before it, and must stay so).
@@ -369,6 +399,12 @@ const HARD_NEGATIVES: &[&str] = &[
     "password=os.environ['DB'] password = self.password password=password",
     "password: SecretStr; Password: Required. password = $DB_PASSWORD; password: z.string()",
     r#"{"password": "${PASSWORD}", "passwd": "string"}"#,
+    // Not a flag, an element or a short word: prose, help text, a path, a longer word.
+    "the password field is required, enter your password below",
+    "--password PASSWORD  the password; --password <pw>; --password --verbose; --password-stdin",
+    "docker login --password $REGISTRY_TOKEN and --password \"$PASS\"",
+    "<label>Password</label><password></password><password>${DB_PASS}</password>",
+    "PWD=/home/app/src OLDPWD=/tmp bypass=enabled1 compass=northwest cwd=/srv pass=short",
     "glpat-short and xglpat-abcdefghijklmnopqrstuvwxyz",
 ];
 
