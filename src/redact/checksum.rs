@@ -587,6 +587,30 @@ pub(crate) fn password_short_word(text: &str, r: Range<usize>) -> Option<Range<u
     password(text, r)
 }
 
+/// A base64 run (standard alphabet, padding optional; a last lone character is ignored) whose
+/// decoded text holds a value an always-on detector finds: the whole run, else `None`. The
+/// decoded bytes are read as UTF-8 up to the first invalid byte. Linear in the run: one
+/// decode and one scan by the always-on detectors (this one included: a decoded text that is
+/// itself such a run is decoded again, each level 3/4 as long as the one before).
+pub(crate) fn base64_secret(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let body = text.get(r.clone())?.trim_end_matches('=');
+    let usable = body.len() - usize::from(body.len() % 4 == 1);
+    let decoded = LENIENT.decode(&body.as_bytes()[..usable]).ok()?;
+    let valid = match std::str::from_utf8(&decoded) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&decoded[..e.valid_up_to()]).ok()?,
+    };
+    crate::redact::rules::holds_secret(valid).then_some(r)
+}
+
 /// Token alphabets for [`key`]: which bytes belong to a format (see `rules/README.md`).
 /// `[A-Za-z0-9_-]`: OpenAI, Anthropic and Google keys, JWT segments.
 pub(crate) const B64URL: u8 = 0;

@@ -318,14 +318,11 @@ const ALWAYS_ON: &[&str] = &[
     "aws_secret_access_key",
     "bearer_token",
     "password",
+    "base64_secret",
 ];
 
-/// `text` with every value an always-on (secret or credential) detector finds replaced by
-/// `[LABEL]`; borrowed when there is none. For text that is kept outside the rules' reach,
-/// where no credential may stay: the request path of a sealed exchange (a key sent inside the
-/// URL path, `/v1/keys/sk-proj-…/usage`). Percent-encoded text is scanned decoded as well
-/// (`sk%2Dproj-…` is the same key to the server), and a match there masks the encoded bytes.
-pub(crate) fn mask_secrets(text: &str) -> std::borrow::Cow<'_, str> {
+/// The always-on detectors as one scanner, built on first use.
+fn secrets() -> &'static Scanner {
     static SECRETS: std::sync::LazyLock<Scanner> = std::sync::LazyLock::new(|| {
         let mut spec = ScannerSpec::default();
         for b in detect::BUILTINS
@@ -336,8 +333,25 @@ pub(crate) fn mask_secrets(text: &str) -> std::borrow::Cow<'_, str> {
         }
         Scanner::build(&spec).expect("invariant: the built-in secret detectors compile")
     });
+    &SECRETS
+}
+
+/// Whether an always-on (secret or credential) detector finds a value in `text` (the
+/// decoded text of a base64 run: `checksum::base64_secret`).
+pub(crate) fn holds_secret(text: &str) -> bool {
     let mut found = Vec::new();
-    SECRETS.find_in_url(text, &mut found);
+    secrets().find(text, &mut found);
+    !found.is_empty()
+}
+
+/// `text` with every value an always-on (secret or credential) detector finds replaced by
+/// `[LABEL]`; borrowed when there is none. For text that is kept outside the rules' reach,
+/// where no credential may stay: the request path of a sealed exchange (a key sent inside the
+/// URL path, `/v1/keys/sk-proj-…/usage`). Percent-encoded text is scanned decoded as well
+/// (`sk%2Dproj-…` is the same key to the server), and a match there masks the encoded bytes.
+pub(crate) fn mask_secrets(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut found = Vec::new();
+    secrets().find_in_url(text, &mut found);
     if found.is_empty() {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -346,7 +360,7 @@ pub(crate) fn mask_secrets(text: &str) -> std::borrow::Cow<'_, str> {
     for f in &found {
         out.push_str(&text[last..f.start]);
         out.push('[');
-        out.push_str(SECRETS.label(f.detector));
+        out.push_str(secrets().label(f.detector));
         out.push(']');
         last = f.end;
     }

@@ -28,6 +28,9 @@ const PLANTED: &[&str] = &[
     "ZWSPKEY0123456789abcdef",
     "Plant3dPassw0rd",
     "glpat-PLANTEDgitlab0123456789",
+    // A key sent base64-encoded (`sk-proj-PLANTEDb64key…`) and a password after a flag.
+    "c2stcHJvai1QTEFOVEVEYjY0a2V5MDEyMzQ1Njc4OWFiY2RlZg==",
+    "Fl4gPassw0rd",
 ];
 
 fn start(mock: &Mock, dir: &Path, otlp: &str, admin_port: u16) -> VeilProcess {
@@ -91,7 +94,8 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
 
     let prompt = format!(
         "My email is {} and my card is {}; SSN {}. Key {}. Also {} and {}, \
-         key sk-proj-PLANTED\u{200B}{}, db_password={} and {}.",
+         key sk-proj-PLANTED\u{200B}{}, db_password={} and {}; data: {{token: {}}}, \
+         run mysql --password {} -h db.",
         PLANTED[0],
         PLANTED[1],
         PLANTED[2],
@@ -100,7 +104,9 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
         PLANTED[8],
         PLANTED[9],
         PLANTED[10],
-        PLANTED[11]
+        PLANTED[11],
+        PLANTED[12],
+        PLANTED[13]
     );
     let body = serde_json::json!({
         "model": "gpt-4o-mini",

@@ -402,6 +402,31 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         trigger: Trigger::Literal(&["pass", "Pass", "PASS", "pwd", "Pwd", "PWD"], 0),
     },
     Builtin {
+        key: "base64_secret",
+        label: "BASE64_SECRET",
+        // A secret sent base64-encoded (a Kubernetes Secret's `data`, a config blob):
+        // `c2stcHJvai1…` is `sk-proj-…`. The run starts with the encoding of a secret's prefix
+        // at the start of the encoded stream (`sk-` `sk_` `gh*` `github` `glp` `AKIA` `ASIA`
+        // `AIza` `xox` `-----` `eyJ`), and is masked whole when its decoded text holds a value
+        // an always-on detector finds ([`checksum::base64_secret`]). Standard alphabet,
+        // padding optional.
+        patterns: &[Pat {
+            re: r"(?:c2st|c2tf|Z2h|Z2l0|Z2xw|QUtJ|QVNJ|QUl6|eG94|LS0tLS1|ZXlK)[A-Za-z0-9+/]{12,}={0,2}",
+            check: Some(checksum::base64_secret),
+            group: false,
+            footer: None,
+            lead: None,
+            skip: None,
+        }],
+        trigger: Trigger::Literal(
+            &[
+                "c2st", "c2tf", "Z2h", "Z2l0", "Z2xw", "QUtJ", "QVNJ", "QUl6", "eG94", "LS0tLS1",
+                "ZXlK",
+            ],
+            0,
+        ),
+    },
+    Builtin {
         key: "email",
         label: "EMAIL",
         // RFC 5322 addr-spec, practical subset, with internationalized (UTF-8) local parts and

@@ -164,6 +164,31 @@ const POSITIVES: &[Case] = &[
         &[("PASSWORD", "s3cr3t\\")],
     ),
     ("login(password => 'x9')", &[("PASSWORD", "x9")]),
+    // A secret sent base64-encoded: the whole run goes, padding included.
+    (
+        "data:\n  OPENAI_API_KEY: c2stcHJvai1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ekFCQ0RFRkdISUpLTE1OT1BRUlNUVVY=\n",
+        &[(
+            "BASE64_SECRET",
+            "c2stcHJvai1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ekFCQ0RFRkdISUpLTE1OT1BRUlNUVVY=",
+        )],
+    ),
+    (
+        "token: Z2hwXzAxMjM0NTY3ODlhYmNkZWZnaGlqQUJDREVGR0hJSjAxMjM0NQ==, id: QUtJQUlPU0ZPRE5ON0VYQU1QTEU=",
+        &[
+            (
+                "BASE64_SECRET",
+                "Z2hwXzAxMjM0NTY3ODlhYmNkZWZnaGlqQUJDREVGR0hJSjAxMjM0NQ==",
+            ),
+            ("BASE64_SECRET", "QUtJQUlPU0ZPRE5ON0VYQU1QTEU="),
+        ],
+    ),
+    (
+        "key.pem: LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpNSUlCT2dJQkFBSkJBS2ozNEdreEZoRDkwdmNOTFlMSW5GRVg2UHB5MXRQZjlDbnpqNHA0V0dlSwotLS0tLUVORCBSU0EgUFJJVkFURSBLRVktLS0tLQo=",
+        &[(
+            "BASE64_SECRET",
+            "LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpNSUlCT2dJQkFBSkJBS2ozNEdreEZoRDkwdmNOTFlMSW5GRVg2UHB5MXRQZjlDbnpqNHA0V0dlSwotLS0tLUVORCBSU0EgUFJJVkFURSBLRVktLS0tLQo=",
+        )],
+    ),
     // A command line's flag, an XML element, and the short words as `word=value`.
     (
         "mysql -u root --password hunter22 -h db",
@@ -406,6 +431,8 @@ const HARD_NEGATIVES: &[&str] = &[
     "<label>Password</label><password></password><password>${DB_PASS}</password>",
     "PWD=/home/app/src OLDPWD=/tmp bypass=enabled1 compass=northwest cwd=/srv pass=short",
     "glpat-short and xglpat-abcdefghijklmnopqrstuvwxyz",
+    // Base64 that starts like an encoded secret and is not one: text, a key too short.
+    "Z2hvc3Qgc3RvcmllcyBhcmUgZnVuIHRvIHJlYWQgYXQgbmlnaHQ= and c2stcHJvai1hYmNkZWZnaGlq",
 ];
 
 #[test]
@@ -798,6 +825,14 @@ const SECRETS: &[(&str, &str, &str, &str, bool)] = &[
         "",
         "glpat-AbCdEfGhIjKlMnOpQrSt012",
         "-_",
+        false,
+    ),
+    // More base64 after the run is decoded with it (the key is still in there).
+    (
+        "BASE64_SECRET",
+        "",
+        "c2stcHJvai1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ekFCQ0RFRkdISUpLTE1OT1BRUlNU",
+        "+/=",
         false,
     ),
     // A password runs to whitespace, a quote, a bracket or `<>,;&`: every other character,
@@ -1289,6 +1324,11 @@ const VALUES: &[(&str, &str, &str)] = &[
         "abcdefghijklmnop0123",
     ),
     ("GITLAB_TOKEN", "glpat-AbCdEfGhIjKlMnOpQrSt012", ""),
+    (
+        "BASE64_SECRET",
+        "c2stcHJvai1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ekFCQ0RFRkdISUpLTE1OT1BRUlNU",
+        "",
+    ),
     ("PASSWORD", "password=hunter22", "hunter22"),
     ("EMAIL", "jane.doe@example.co.uk", ""),
     ("IBAN", "GB82 WEST 1234 5698 7654 32", ""),
