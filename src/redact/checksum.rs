@@ -465,11 +465,30 @@ const NOT_PASSWORDS: &[&str] = &[
 /// `${PASS}`), or a dotted name of letters (`self.password`, `os.environ`).
 fn code_not_password(v: &str) -> bool {
     NOT_PASSWORDS.iter().any(|w| w.eq_ignore_ascii_case(v))
+        || is_placeholder(v)
         || v.starts_with('$')
         || (v.contains('.')
             && v.split('.').all(|seg| {
                 !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
             }))
+}
+
+/// True for a bracketed label: what veil writes in place of a value (`[PASSWORD]`,
+/// `[EMAIL:e_1f3a…]`, `[PHONE:h_…]`) or a placeholder of the same shape (`[REDACTED]`). A
+/// quoted password that veil masked is such a label; read as a password again it was masked
+/// again on every pass, and the text dropped as unsettled.
+fn is_placeholder(v: &str) -> bool {
+    let Some(inner) = v.strip_prefix('[').and_then(|v| v.strip_suffix(']')) else {
+        return false;
+    };
+    let (label, tag) = inner.split_once(':').unwrap_or((inner, ""));
+    !label.is_empty()
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The bare value after a password word, without the sentence's closing punctuation: at
@@ -481,7 +500,12 @@ pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?.trim_end_matches(['.', '!', '?', ':']);
     let called = matches!(text.as_bytes().get(r.end), Some(b'(' | b'['))
         && !s.bytes().any(|b| b.is_ascii_digit());
-    (s.len() >= 6 && !called && !code_not_password(s)).then_some(r.start..r.start + s.len())
+    // veil's own pseudonym or hash of a password (`[PASSWORD:p_1f3a…]`): the word and the
+    // `:` are its label, the tag is no password.
+    let tag = text.as_bytes().get(r.end) == Some(&b']')
+        && matches!(s.as_bytes(), [b'a'..=b'z', b'_', rest @ ..]
+            if !rest.is_empty() && rest.iter().all(u8::is_ascii_hexdigit));
+    (s.len() >= 6 && !called && !tag && !code_not_password(s)).then_some(r.start..r.start + s.len())
 }
 
 /// A quoted value after a password word (the quotes say where it ends, so any length and
@@ -587,12 +611,9 @@ pub(crate) fn password_short_word(text: &str, r: Range<usize>) -> Option<Range<u
     password(text, r)
 }
 
-/// A base64 run (standard alphabet, padding optional; a last lone character is ignored) whose
-/// decoded text holds a value an always-on detector finds: the whole run, else `None`. The
-/// decoded bytes are read as UTF-8 up to the first invalid byte. Linear in the run: one
-/// decode and one scan by the always-on detectors (this one included: a decoded text that is
-/// itself such a run is decoded again, each level 3/4 as long as the one before).
-pub(crate) fn base64_secret(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+/// Base64 (standard alphabet) decoded leniently: padding optional, a last lone character
+/// ignored, trailing bits allowed. `None` for a byte outside the alphabet.
+fn decode_base64(run: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -601,9 +622,26 @@ pub(crate) fn base64_secret(text: &str, r: Range<usize>) -> Option<Range<usize>>
             .with_decode_padding_mode(DecodePaddingMode::RequireNone)
             .with_decode_allow_trailing_bits(true),
     );
-    let body = text.get(r.clone())?.trim_end_matches('=');
+    let body = run.trim_end_matches('=');
     let usable = body.len() - usize::from(body.len() % 4 == 1);
-    let decoded = LENIENT.decode(&body.as_bytes()[..usable]).ok()?;
+    LENIENT.decode(&body.as_bytes()[..usable]).ok()
+}
+
+/// The token of `Basic <token>` (RFC 7617): it decodes to UTF-8 text with a `:` between the
+/// user-id and the password and no control character.
+pub(crate) fn basic_credentials(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let decoded = decode_base64(text.get(r.clone())?)?;
+    let s = std::str::from_utf8(&decoded).ok()?;
+    (s.contains(':') && !s.chars().any(char::is_control)).then_some(r)
+}
+
+/// A base64 run (standard alphabet, padding optional; a last lone character is ignored) whose
+/// decoded text holds a value an always-on detector finds: the whole run, else `None`. The
+/// decoded bytes are read as UTF-8 up to the first invalid byte. Linear in the run: one
+/// decode and one scan by the always-on detectors (this one included: a decoded text that is
+/// itself such a run is decoded again, each level 3/4 as long as the one before).
+pub(crate) fn base64_secret(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let decoded = decode_base64(text.get(r.clone())?)?;
     let valid = match std::str::from_utf8(&decoded) {
         Ok(s) => s,
         Err(e) => std::str::from_utf8(&decoded[..e.valid_up_to()]).ok()?,

@@ -318,6 +318,7 @@ const ALWAYS_ON: &[&str] = &[
     "aws_secret_access_key",
     "bearer_token",
     "password",
+    "basic_auth",
     "base64_secret",
 ];
 

@@ -31,6 +31,12 @@ const PLANTED: &[&str] = &[
     // A key sent base64-encoded (`sk-proj-PLANTEDb64key…`) and a password after a flag.
     "c2stcHJvai1QTEFOVEVEYjY0a2V5MDEyMzQ1Njc4OWFiY2RlZg==",
     "Fl4gPassw0rd",
+    // HTTP Basic credentials (`alice:Pl4ntedBasic`) and a connection string's password.
+    "YWxpY2U6UGw0bnRlZEJhc2lj",
+    "Pl4ntedRedisPw",
+    // A quoted password: masked, and the message around it kept (it was dropped whole when
+    // the detector matched its own mask on every pass).
+    "Qu0tedPl4nt",
 ];
 
 fn start(mock: &Mock, dir: &Path, otlp: &str, admin_port: u16) -> VeilProcess {
@@ -95,7 +101,7 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
     let prompt = format!(
         "My email is {} and my card is {}; SSN {}. Key {}. Also {} and {}, \
          key sk-proj-PLANTED\u{200B}{}, db_password={} and {}; data: {{token: {}}}, \
-         run mysql --password {} -h db.",
+         run mysql --password {} -h db; Authorization: Basic {}; redis://:{}@cache:6379/0; {{\"password\": \"{}\"}}.",
         PLANTED[0],
         PLANTED[1],
         PLANTED[2],
@@ -106,7 +112,10 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
         PLANTED[10],
         PLANTED[11],
         PLANTED[12],
-        PLANTED[13]
+        PLANTED[13],
+        PLANTED[14],
+        PLANTED[15],
+        PLANTED[16]
     );
     let body = serde_json::json!({
         "model": "gpt-4o-mini",
@@ -207,7 +216,7 @@ async fn exchanges_become_redacted_records_and_sealed_exchanges_can_be_forgotten
     // Redacted content is there, masked.
     let input = attr(span, "gen_ai.input.messages").expect("scrubbed input messages exported");
     assert!(
-        input.contains("[EMAIL") && input.contains("My email is"),
+        input.contains("[EMAIL") && input.contains("My email is") && input.contains("[PASSWORD]"),
         "{input}"
     );
 

@@ -398,8 +398,27 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&]{6,})"#,
                 Some(checksum::password_short_word),
             ),
+            // A URL's userinfo (RFC 3986 §3.2.1: `postgres://app:…@db`, `redis://:…@cache`):
+            // the user stays, the password goes. No `[` `]` (not allowed there, and a mask
+            // is one).
+            grp(
+                r#"://[^\s/:@"'<>]{0,64}:([^\s/@"'<>\[\]]{1,256})@"#,
+                Some(checksum::password_quoted),
+            ),
         ],
-        trigger: Trigger::Literal(&["pass", "Pass", "PASS", "pwd", "Pwd", "PWD"], 0),
+        trigger: Trigger::Literal(&["pass", "Pass", "PASS", "pwd", "Pwd", "PWD", "://"], 0),
+    },
+    Builtin {
+        key: "basic_auth",
+        label: "BASIC_AUTH",
+        // RFC 7617 `Basic <base64(user:password)>`: the word stays, the credentials go. The
+        // token must decode to printable text with a `:` ([`checksum::basic_credentials`]),
+        // so prose (`Basic Instructions`) is not one. The three casings, as for `Bearer`.
+        patterns: &[grp(
+            r"(?:basic|Basic|BASIC)[ \t]+([A-Za-z0-9+/]{6,}={0,2})",
+            Some(checksum::basic_credentials),
+        )],
+        trigger: Trigger::Literal(&["basic", "Basic", "BASIC"], 0),
     },
     Builtin {
         key: "base64_secret",
