@@ -541,10 +541,56 @@ pub fn create_file(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> 
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // A symlink to nothing (a secrets mount not there yet) is not another process.
+            if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+                && fs::metadata(path).is_err()
+            {
+                return Err(KeyError::Io(
+                    path.to_path_buf(),
+                    std::io::Error::other("a symbolic link to a file that does not exist"),
+                ));
+            }
             Err(KeyError::Appeared(path.to_path_buf()))
+        }
+        // A file system without hard links (some FUSE and SMB mounts): the file is created
+        // in place, exclusively, so it is still never replaced (a crash mid-write can leave
+        // it short, which the next start reports as invalid).
+        Err(e)
+            if [rustix::io::Errno::PERM, rustix::io::Errno::OPNOTSUPP]
+                .iter()
+                .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+        {
+            create_in_place(path, data, mode)
         }
         Err(e) => Err(KeyError::Io(path.to_path_buf(), e)),
     }
+}
+
+/// [`create_file`] where hard links are not supported: `path` created exclusively with
+/// `mode`, written and flushed; removed again if the write fails.
+fn create_in_place(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| KeyError::Io(path.to_path_buf(), e);
+    let mut file = match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(KeyError::Appeared(path.to_path_buf()));
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let written = file.write_all(data).and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = written {
+        let _ = fs::remove_file(path);
+        return Err(io(e));
+    }
+    sync_parent(path);
+    Ok(())
 }
 
 /// `data` in a new file beside `path` (`.<name>.<pid>-<random>.tmp`, created exclusively with
@@ -738,6 +784,31 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names, [MASTER_FILE], "no temp file left");
+    }
+
+    #[test]
+    fn a_key_file_linked_to_nothing_is_named_as_such_not_as_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("absent/master.keys"),
+            dir.path().join(MASTER_FILE),
+        )
+        .unwrap();
+        let err = Keyring::load_or_create(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("symbolic link") && !err.contains("another process"),
+            "{err}"
+        );
+        // The CA's key likewise: an error, not a retry without end.
+        std::os::unix::fs::symlink(dir.path().join("absent/ca.key"), dir.path().join("ca.key"))
+            .unwrap();
+        let err = crate::proxy::CertificateAuthority::load_or_create(
+            dir.path(),
+            crate::proxy::CaScope::ANY,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
     }
 
     #[test]

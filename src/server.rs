@@ -457,7 +457,8 @@ pub async fn start(
     // The listeners are bound and the data dir is this veil's (the journal's lock): the keys
     // and CA a first run made are written now, and never over ones another process wrote
     // meanwhile. Before this point a failed start leaves no key behind.
-    crate::keys::prepare_keys_dir(&config.keys).map_err(StartupError::KeysDir)?;
+    // (Its mode was checked by `Prepared::load` when it existed; made here 0700 otherwise.)
+    crate::keys::create_private_dir(&config.keys).map_err(StartupError::KeysDir)?;
     unsaved.save()?;
     write_trust_bundle(&config.keys, ca.cert_pem())?;
     // The one counter registry: every step below counts in it (the proxy through its queue),

@@ -96,8 +96,16 @@ impl CertificateAuthority {
         let ca = Self::load_or_generate(dir, scope, &mut unsaved)?;
         match unsaved.save() {
             Ok(()) => Ok(ca),
-            // Created by another process meanwhile: use that one.
-            Err(crate::keys::KeyError::Appeared(_)) => Self::load_or_create(dir, scope),
+            // Created by another process meanwhile: use that one, if it is complete now.
+            Err(e @ crate::keys::KeyError::Appeared(_)) => {
+                let mut again = crate::keys::Unsaved::default();
+                let ca = Self::load_or_generate(dir, scope, &mut again)?;
+                if again.is_empty() {
+                    Ok(ca)
+                } else {
+                    Err(CaError(e.to_string()))
+                }
+            }
             Err(e) => Err(CaError(e.to_string())),
         }
     }

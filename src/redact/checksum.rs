@@ -605,7 +605,8 @@ pub(crate) fn password_short_word(text: &str, r: Range<usize>) -> Option<Range<u
     if word > 0 && (b[word - 1].is_ascii_alphanumeric() || b[word - 1] >= 0x80) {
         return None;
     }
-    if matches!(b.get(r.start), Some(b'/' | b'~' | b'.')) {
+    let drive = matches!(b.get(r.start..r.start + 3), Some([d, b':', b'\\' | b'/']) if d.is_ascii_alphabetic());
+    if drive || matches!(b.get(r.start), Some(b'/' | b'~' | b'.')) {
         return None;
     }
     password(text, r)
@@ -638,8 +639,10 @@ pub(crate) fn basic_credentials(text: &str, r: Range<usize>) -> Option<Range<usi
 /// A base64 run (standard alphabet, padding optional; a last lone character is ignored) whose
 /// decoded text holds a value an always-on detector finds: the whole run, else `None`. The
 /// decoded bytes are read as UTF-8 up to the first invalid byte. Linear in the run: one
-/// decode and one scan by the always-on detectors (this one included: a decoded text that is
-/// itself such a run is decoded again, each level 3/4 as long as the one before).
+/// decode and one scan by the always-on detectors (this one included, so a decoded text that
+/// itself holds such a run is decoded too, each level 3/4 as long as the one before). That
+/// work is not charged to the redaction budget. Only runs aligned on the secret's start are
+/// tried: a key later in an encoded file, or encoded twice, is not found.
 pub(crate) fn base64_secret(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let decoded = decode_base64(text.get(r.clone())?)?;
     let valid = match std::str::from_utf8(&decoded) {

@@ -402,7 +402,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // the user stays, the password goes. No `[` `]` (not allowed there, and a mask
             // is one).
             grp(
-                r#"://[^\s/:@"'<>]{0,64}:([^\s/@"'<>\[\]]{1,256})@"#,
+                r#"://[^\s/:@?#"'<>]{0,64}:([^\s/@?#"'<>\[\]]{1,256})@"#,
                 Some(checksum::password_quoted),
             ),
         ],
@@ -426,11 +426,12 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // A secret sent base64-encoded (a Kubernetes Secret's `data`, a config blob):
         // `c2stcHJvai1…` is `sk-proj-…`. The run starts with the encoding of a secret's prefix
         // at the start of the encoded stream (`sk-` `sk_` `gh*` `github` `glp` `AKIA` `ASIA`
-        // `AIza` `xox` `-----` `eyJ`), and is masked whole when its decoded text holds a value
+        // `AIza` `xox` `-----` `eyJ`, and `{"`: encoded JSON such as a `.dockerconfigjson`),
+        // and is masked whole when its decoded text holds a value
         // an always-on detector finds ([`checksum::base64_secret`]). Standard alphabet,
         // padding optional.
         patterns: &[Pat {
-            re: r"(?:c2st|c2tf|Z2h|Z2l0|Z2xw|QUtJ|QVNJ|QUl6|eG94|LS0tLS1|ZXlK)[A-Za-z0-9+/]{12,}={0,2}",
+            re: r"(?:c2st|c2tf|Z2h|Z2l0|Z2xw|QUtJ|QVNJ|QUl6|eG94|LS0tLS1|ZXlK|eyJ)[A-Za-z0-9+/]{12,}={0,2}",
             check: Some(checksum::base64_secret),
             group: false,
             footer: None,
@@ -440,7 +441,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         trigger: Trigger::Literal(
             &[
                 "c2st", "c2tf", "Z2h", "Z2l0", "Z2xw", "QUtJ", "QVNJ", "QUl6", "eG94", "LS0tLS1",
-                "ZXlK",
+                "ZXlK", "eyJ",
             ],
             0,
         ),

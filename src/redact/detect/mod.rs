@@ -563,7 +563,10 @@ pub(super) fn lower<'b>(w: &str, buf: &'b mut [u8; 64]) -> Option<&'b str> {
 thread_local! {
     /// [`Scanner::scan_group`]'s scratch: which patterns of a group's set occur in a window,
     /// one set per group size met on this thread (a handful: the built-in gates' groups and
-    /// the rules files' custom sets). Scans do not nest, so one of each is enough.
+    /// the rules files' custom sets). One of each is enough: the only scan that nests (the
+    /// always-on scan of a decoded base64 run, `checksum::base64_secret`) runs from a
+    /// literal-gated pattern's check, outside this borrow; a check that scans must stay
+    /// literal-gated, or this borrow panics.
     static WHICH: std::cell::RefCell<Vec<PatternSet>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

@@ -203,6 +203,14 @@ const POSITIVES: &[Case] = &[
             "LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpNSUlCT2dJQkFBSkJBS2ozNEdreEZoRDkwdmNOTFlMSW5GRVg2UHB5MXRQZjlDbnpqNHA0V0dlSwotLS0tLUVORCBSU0EgUFJJVkFURSBLRVktLS0tLQo=",
         )],
     ),
+    // Encoded JSON (a Kubernetes `.dockerconfigjson`) holding a password.
+    (
+        ".dockerconfigjson: eyJhdXRocyI6eyJyLmlvIjp7InVzZXJuYW1lIjoidSIsInBhc3N3b3JkIjoiUGw0bnRlZFB3OSJ9fX0=",
+        &[(
+            "BASE64_SECRET",
+            "eyJhdXRocyI6eyJyLmlvIjp7InVzZXJuYW1lIjoidSIsInBhc3N3b3JkIjoiUGw0bnRlZFB3OSJ9fX0=",
+        )],
+    ),
     // A command line's flag, an XML element, and the short words as `word=value`.
     (
         "mysql -u root --password hunter22 -h db",
@@ -447,6 +455,7 @@ const HARD_NEGATIVES: &[&str] = &[
     "glpat-short and xglpat-abcdefghijklmnopqrstuvwxyz",
     // A URL with a port, a user without a password, a templated password; Basic prose.
     "http://example.com:8080/x ssh://deploy@host:22 https://u:${TOKEN}@h/ and http://a:b/c@d",
+    "https://host:8080?u=a@b and PWD=C:\\Users\\me",
     "Basic Instructions apply; BASIC INPUT/OUTPUT SYSTEM; basic auth is off",
     // Base64 that starts like an encoded secret and is not one: text, a key too short.
     "Z2hvc3Qgc3RvcmllcyBhcmUgZnVuIHRvIHJlYWQgYXQgbmlnaHQ= and c2stcHJvai1hYmNkZWZnaGlq",
