@@ -569,35 +569,36 @@ pub fn create_file(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> 
 /// [`create_file`] where hard links are not supported: `path` created exclusively with
 /// `mode`, written and flushed; removed again if the write fails.
 fn create_in_place(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
+    write_new(path, data, mode).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyError::Appeared(path.to_path_buf()),
+        _ => KeyError::Io(path.to_path_buf(), e),
+    })?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// Creates `path` exclusively with permission bits `mode` (failing if it exists, never
+/// following a planted symlink), writes `data` and flushes it; removes the file again if the
+/// write fails.
+fn write_new(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| KeyError::Io(path.to_path_buf(), e);
-    let mut file = match fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(KeyError::Appeared(path.to_path_buf()));
-        }
-        Err(e) => return Err(io(e)),
-    };
+        .open(path)?;
     let written = file.write_all(data).and_then(|()| file.sync_all());
     drop(file);
-    if let Err(e) = written {
+    if written.is_err() {
         let _ = fs::remove_file(path);
-        return Err(io(e));
     }
-    sync_parent(path);
-    Ok(())
+    written
 }
 
 /// `data` in a new file beside `path` (`.<name>.<pid>-<random>.tmp`, created exclusively with
 /// `mode`, so neither a stale file nor a planted symlink lends it a mode or a target, and two
 /// writers never share one), flushed to disk. Removed again on any failure.
 fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, KeyError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
     let name = path
@@ -608,19 +609,7 @@ fn write_temp(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, KeyError> 
         std::process::id(),
         rand::random::<u64>()
     ));
-    let io = |e| KeyError::Io(tmp.clone(), e);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    let written = file.write_all(data).and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io(e));
-    }
+    write_new(&tmp, data, mode).map_err(|e| KeyError::Io(tmp.clone(), e))?;
     Ok(tmp)
 }
 

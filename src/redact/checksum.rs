@@ -515,16 +515,21 @@ pub(crate) fn password_quoted(text: &str, r: Range<usize>) -> Option<Range<usize
     (!s.trim().is_empty() && !code_not_password(s)).then_some(r)
 }
 
-/// Where the password word (`password`, `passwd`, `passphrase`, any case) that ends at `end`
-/// starts.
-fn password_word_start(text: &str, end: usize) -> Option<usize> {
+/// Where the one of `words` (any case) that ends at `end` starts.
+fn word_ending_at(text: &str, end: usize, words: &[&str]) -> Option<usize> {
     let before = text.as_bytes().get(..end)?;
-    ["password", "passwd", "passphrase"].iter().find_map(|w| {
+    words.iter().find_map(|w| {
         let start = end.checked_sub(w.len())?;
         before[start..]
             .eq_ignore_ascii_case(w.as_bytes())
             .then_some(start)
     })
+}
+
+/// Where the password word (`password`, `passwd`, `passphrase`, any case) that ends at `end`
+/// starts.
+fn password_word_start(text: &str, end: usize) -> Option<usize> {
+    word_ending_at(text, end, &["password", "passwd", "passphrase"])
 }
 
 /// Whether the value starting at `r.start` follows a command-line flag of a password word
@@ -596,12 +601,7 @@ pub(crate) fn password_element(text: &str, r: Range<usize>) -> Option<Range<usiz
 pub(crate) fn password_short_word(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let b = text.as_bytes();
     let eq = r.start.checked_sub(1)?;
-    let word = ["pass", "pwd"].iter().find_map(|w| {
-        let start = eq.checked_sub(w.len())?;
-        b[start..eq]
-            .eq_ignore_ascii_case(w.as_bytes())
-            .then_some(start)
-    })?;
+    let word = word_ending_at(text, eq, &["pass", "pwd"])?;
     if word > 0 && (b[word - 1].is_ascii_alphanumeric() || b[word - 1] >= 0x80) {
         return None;
     }
