@@ -501,6 +501,7 @@ pub fn loose_mode(path: &Path) -> Option<u32> {
 /// this first.
 pub fn prepare_keys_dir(dir: &Path) -> Result<(), KeyError> {
     create_private_dir(dir)?;
+    remove_stale_temps(dir);
     if let Some(mode) = loose_mode(dir) {
         tracing::warn!(
             path = %dir.display(),
@@ -510,6 +511,74 @@ pub fn prepare_keys_dir(dir: &Path) -> Result<(), KeyError> {
         );
     }
     Ok(())
+}
+
+/// Removes the temp files ([`write_temp`]'s `.<name>.<pid>-<16 hex>.tmp`) that a process
+/// killed between writing a key file and linking or renaming it left in `dir`: those whose
+/// pid no longer runs, written over a minute ago. A file of a live process (or one whose liveness cannot be told: another
+/// user's) is left, and so is any name not of that exact shape. Best effort: a dir that cannot
+/// be read, or a file that cannot be removed, is logged and skipped.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_owner) else {
+            continue;
+        };
+        let gone = pid != std::process::id()
+            && i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_some_and(|p| {
+                    rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)
+                });
+        // A pid in another pid namespace (two containers sharing the keys volume) looks gone
+        // while its process writes: a temp file lives for milliseconds, so one older than a
+        // minute is left over whatever the pid says.
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_TEMP_AGE);
+        if !gone || !old {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => tracing::info!(
+                path = %path.display(),
+                "removed a temp file left by a veil that stopped while writing a key file"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "could not remove a temp file left by a veil that stopped while writing a key file"
+            ),
+        }
+    }
+}
+
+/// How old a temp file of a process that no longer runs must be before it is removed.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The pid in a [`write_temp`] name (`.<name>.<pid>-<16 lowercase hex>.tmp`), `None` for any
+/// other name.
+fn temp_owner(file_name: &str) -> Option<u32> {
+    let stem = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (name, tail) = stem.rsplit_once('.')?;
+    let (pid, random) = tail.split_once('-')?;
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    (!name.is_empty()
+        && random.len() == 16
+        && random.chars().all(hex)
+        && !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit()))
+    .then(|| pid.parse().ok())
+    .flatten()
 }
 
 /// Writes a secret file with mode 0600 from the start (never world-readable, not even briefly),
@@ -826,6 +895,48 @@ mod tests {
 
     // Moved from seal::tests (`raw_user_ids_are_refused`): `SealStore::submit` takes a
     // `UserPseudonym` now, so the refusal lives in the one checked parse from text.
+    #[test]
+    fn temp_files_of_stopped_runs_are_removed_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that ran and is gone: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let mine = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        let names = [
+            (format!(".master.keys.{dead}-0123456789abcdef.tmp"), false),
+            (format!(".ca.key.{dead}-fedcba9876543210.tmp"), false),
+            (format!(".master.keys.{mine}-0123456789abcdef.tmp"), true),
+            (format!(".master.keys.{parent}-0123456789abcdef.tmp"), true),
+            // Not of write_temp's shape: never touched.
+            (format!(".master.keys.{dead}-0123.tmp"), true),
+            (format!("master.keys.{dead}-0123456789abcdef.tmp"), true),
+            (format!(".master.keys.{dead}-0123456789ABCDEF.tmp"), true),
+            (format!("..{dead}-0123456789abcdef.tmp"), true),
+            ("master.keys".to_string(), true),
+        ];
+        let written_before = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        for (name, _) in &names {
+            let file = fs::File::create(dir.path().join(name)).unwrap();
+            file.set_modified(written_before).unwrap();
+        }
+        // Of a process that is gone, but just written: maybe another pid namespace's.
+        let fresh = format!(".master.keys.{dead}-1111111111111111.tmp");
+        fs::write(dir.path().join(&fresh), b"x").unwrap();
+        // A dir of that shape is not a temp file.
+        let subdir = format!(".admin.token.{dead}-00000000000000aa.tmp");
+        fs::create_dir(dir.path().join(&subdir)).unwrap();
+        prepare_keys_dir(dir.path()).unwrap();
+        for (name, kept) in &names {
+            assert_eq!(dir.path().join(name).exists(), *kept, "{name}");
+        }
+        assert!(dir.path().join(subdir).is_dir());
+        assert!(dir.path().join(fresh).exists());
+        assert_eq!(temp_owner(".x.12-0123456789abcdef.tmp"), Some(12));
+        assert_eq!(temp_owner(".x.99999999999-0123456789abcdef.tmp"), None);
+    }
+
     #[test]
     fn raw_user_ids_are_refused() {
         assert_eq!(
