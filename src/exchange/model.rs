@@ -363,6 +363,11 @@ pub struct Conversation {
     /// endpoint veil does not understand), so the record step never decodes it again.
     /// `None` when it is not JSON or could not be decoded. Raw content: redact before use.
     pub request_json: Option<Value>,
+    /// [`Conversation::request_json`] lacks the request's `messages` member: a Chat
+    /// Completions request whose messages were read from the text without a tree (veil#18).
+    /// A rules identity path that reaches into `messages` then reads
+    /// [`request_tree`](crate::exchange::provider::request_tree) instead.
+    pub request_messages_omitted: bool,
 }
 
 impl Conversation {

@@ -8,7 +8,8 @@
 //!
 //! The request JSON is the one the provider parse already decoded and parsed
 //! ([`Conversation::request_json`]), also for an endpoint veil does not parse: the body is
-//! never decoded twice.
+//! decoded once, and a second time only for a Chat Completions request read without its
+//! messages' tree when an identity path reaches into them.
 
 use crate::exchange::{Conversation, Exchange};
 use crate::keys::UserPseudonym;
@@ -27,7 +28,16 @@ pub(super) fn user_pseudonyms(
     rules: &CompiledRules,
 ) -> Vec<UserPseudonym> {
     let identity_headers = ex.tags.iter().chain(&ex.request_headers);
-    let mut all = rules.find_users(conv.request_json.as_ref(), identity_headers);
+    // A Chat Completions request read directly has no `messages` in its tree; the whole tree
+    // is parsed again only for rules that look for a user inside the messages.
+    let whole;
+    let request = if conv.request_messages_omitted && rules.identity_may_reach("messages") {
+        whole = crate::exchange::provider::request_tree(ex);
+        whole.as_ref()
+    } else {
+        conv.request_json.as_ref()
+    };
+    let mut all = rules.find_users(request, identity_headers);
     if let Some(p) = conv.user_id.as_deref().map(|u| rules.pseudonymize_user(u))
         && !all.contains(&p)
     {

@@ -724,6 +724,14 @@ impl CompiledRules {
         out
     }
 
+    /// Whether an identity JSON path may match the root member `key` or a node below it
+    /// (`$.user` may not reach `messages`; `$.messages[0].name` and `$..user` may).
+    pub fn identity_may_reach(&self, key: &str) -> bool {
+        self.identity_paths
+            .iter()
+            .any(|p| p.may_match_within(&[Step::Key(key)]))
+    }
+
     /// Redacts a JSON document in place under `scope` and returns what the detectors found.
     /// The document stays valid JSON; only dropped fields disappear (array elements become
     /// `null`). A dropped root becomes `null`. No cost limit: see

@@ -1,11 +1,12 @@
 //! # Reading the fields a dialect needs straight from the JSON text.
 //!
-//! The dialect modules read `serde_json::Value` trees. For the most common answer, a Chat
-//! Completions response, building the tree was the largest step of the parse: every key and
-//! string of the answer allocated and inserted into a map, the content copied twice (into the
+//! The dialect modules read `serde_json::Value` trees. For the most common exchange, a Chat
+//! Completions request and response, building the trees was the largest step of the parse:
+//! every key and string allocated and inserted into a map, the content copied twice (into the
 //! tree, then out of it). The pieces here let a dialect read an object's fields as they are
 //! parsed instead: the fields it reads borrowed from the text where they have no escapes, every
-//! other field parsed as a `Value` and dropped.
+//! other field parsed as a `Value` and dropped (or kept, where the dialect keeps it: a
+//! request's members other than its messages).
 //!
 //! What makes the two readings agree (`provider/tests.rs` tests them against each other):
 //! - every byte is validated by the same serde_json parser, to the same depth (the object
@@ -51,6 +52,77 @@ impl<'de> Text<'de> {
 impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_option(OptionalStr).map(Text)
+    }
+}
+
+/// A field that is most often a string (a message's `content`): the string borrowed from the
+/// text unless it has escapes, any other JSON value parsed as the tree would parse it.
+pub(super) enum TextOr<'de> {
+    /// A JSON string.
+    Text(Cow<'de, str>),
+    /// Any other value (an array of parts, a number, `null`), parsed as a `Value`.
+    Tree(Value),
+}
+
+impl<'de> Deserialize<'de> for TextOr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextOrVisitor)
+    }
+}
+
+struct TextOrVisitor;
+
+impl<'de> Visitor<'de> for TextOrVisitor {
+    type Value = TextOr<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(TextOr::Text(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(TextOr::Text(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+        Ok(TextOr::Text(Cow::Owned(s)))
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(TextOr::Tree(Value::Bool(b)))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(TextOr::Tree(Value::from(n)))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(TextOr::Tree(Value::from(n)))
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+        Ok(TextOr::Tree(Value::from(n)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(TextOr::Tree(Value::Null))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(TextOr::Tree(Value::Null))
+    }
+
+    // Arrays and objects go to `Value`'s own visitor, inside the same parser: the same
+    // validation and the same recursion limit as the tree's.
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(TextOr::Tree)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(TextOr::Tree)
     }
 }
 

@@ -15,10 +15,12 @@
 //! index blindly: every field is optional, because the input is whatever crossed the wire.
 //! Streams are folded back into the non-streamed response shape of the same API and then
 //! parsed by the same function, so a streamed and a non-streamed response of the same
-//! content produce the same model by construction. One answer, the most common, is first
-//! read without a tree: a Chat Completions response (`openai::chat_response_direct`, built on
-//! `direct`), which falls back to the tree for anything it does not expect, and is tested to
-//! give what the tree gives whenever it does not.
+//! content produce the same model by construction. The most common exchange is first read
+//! without trees: a Chat Completions response (`openai::chat_response_direct`) and request
+//! (`openai::chat_request_direct`: its messages read as they are parsed, the other members
+//! kept as a tree for the parameters and the rules' identity paths), both built on `direct`.
+//! Each falls back to the tree for anything it does not expect, and is tested to give what
+//! the tree gives whenever it does not.
 
 mod anthropic;
 mod bedrock;
@@ -254,8 +256,21 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
         c.provider = t.provider;
     }
     // Decoded and parsed once, whatever the endpoint: the record step looks the user up in
-    // it too (rules `[identity] json`), also where veil parses nothing else.
-    let request = request_json(ex, opts);
+    // it too (rules `[identity] json`), also where veil parses nothing else. A Chat
+    // Completions request is read without the tree of its messages when it can be
+    // (`openai::chat_request_direct`); `read` then says its dialect parser has run.
+    let direct = target.as_ref().is_some_and(|t| {
+        t.api == Api::OpenAiChat && !ex.request_body.truncated && !unread_before_upstream_failed(ex)
+    });
+    let mut read = false;
+    let request = decoded_request(ex, opts).and_then(|raw| {
+        if direct && let Some(rest) = openai::chat_request_direct(&raw, &mut c) {
+            read = true;
+            c.request_messages_omitted = true;
+            return Ok(rest);
+        }
+        json::from_slice(&raw).map_err(|e| not_json("request", &e))
+    });
     let understood = match &target {
         // The upstream failed before veil read any of the request body (hyper sends it only
         // on a connection): nothing to parse, and "not JSON" would blame the app's body for
@@ -266,7 +281,7 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
             c.stream = t.path_stream;
             Ok(())
         }
-        Some(t) => parse_bodies(ex, t, &request, opts, &mut c),
+        Some(t) => parse_bodies(ex, t, &request, read, opts, &mut c),
         None => Err("unrecognized endpoint".to_string()),
     };
     c.request_json = request.ok();
@@ -331,6 +346,7 @@ fn base(ex: &Exchange) -> Conversation {
         request_bytes: ex.request_body.wire_len,
         response_bytes: ex.response_body.wire_len,
         request_json: None,
+        request_messages_omitted: false,
     }
 }
 
@@ -350,19 +366,29 @@ fn make_opaque(c: &mut Conversation) {
     c.user_id = None;
 }
 
-/// The request body decoded (bounded by `decode_limit`) and parsed, or why not.
-fn request_json(ex: &Exchange, opts: &ParseOptions) -> Result<Value, String> {
-    let raw = ex
-        .request_body
+/// The request body decoded (bounded by `decode_limit`), or why not.
+fn decoded_request(ex: &Exchange, opts: &ParseOptions) -> Result<Bytes, String> {
+    ex.request_body
         .decoded(opts.decode_limit)
-        .map_err(|e| format!("request body: {e}"))?;
-    json::from_slice(&raw).map_err(|e| not_json("request", &e))
+        .map_err(|e| format!("request body: {e}"))
 }
 
+/// The request body's whole tree, as [`parse`] reads it when it reads no part of it directly:
+/// decoded under the default [`ParseOptions`], `None` when that fails or it is not JSON. For
+/// the record step when [`Conversation::request_messages_omitted`] and a rules identity path
+/// reaches into `messages` (rare: the shipped rules read root members only).
+pub fn request_tree(ex: &Exchange) -> Option<Value> {
+    let raw = decoded_request(ex, &ParseOptions::default()).ok()?;
+    json::from_slice(&raw).ok()
+}
+
+/// `read`: the request's dialect parser already ran on it (`request` is then the tree
+/// without the members it read directly).
 fn parse_bodies(
     ex: &Exchange,
     t: &Target,
     request: &Result<Value, String>,
+    read: bool,
     opts: &ParseOptions,
     c: &mut Conversation,
 ) -> Result<(), String> {
@@ -387,6 +413,7 @@ fn parse_bodies(
         t
     };
     match t.api {
+        _ if read => {}
         Api::OpenAiChat => openai::chat_request(req, c),
         Api::OpenAiCompletions => openai::completions_request(req, c),
         Api::OpenAiResponses => openai::responses_request(req, c),

@@ -188,6 +188,25 @@ pub(super) fn chat_request(req: &Value, c: &mut Conversation) {
     }
 }
 
+/// [`chat_request`] of `body`, read without building the tree of its `messages`
+/// ([`super::direct`]): each message's fields read as they are parsed, a string `content`
+/// borrowed from the text, every other member of the request parsed as a tree. `None`, with
+/// `c` untouched, when the body is not an object whose `messages` and message fields have the
+/// types this reads (or is not JSON at all): the caller then parses the tree, which decides.
+/// When `Some`, `c` holds what [`chat_request`] of the body's tree would have put there, and
+/// the value is that tree without its `messages` member (what the record step reads for the
+/// rules' identity paths, [`super::request_tree`] when one reaches into the messages).
+pub(super) fn chat_request_direct(body: &[u8], c: &mut Conversation) -> Option<Value> {
+    let request = crate::exchange::json::parse_text::<ChatRequest>(body).ok()?;
+    let rest = Value::Object(request.rest);
+    params(&rest, c);
+    tool_names(&rest, c);
+    for m in request.messages.into_iter().flatten() {
+        c.input_messages.push(m.into_input());
+    }
+    Some(rest)
+}
+
 fn chat_message(m: &Value) -> InputMessage {
     let role = role(m.get("role").and_then(Value::as_str));
     let mut parts = Vec::new();
@@ -408,6 +427,98 @@ fn fill_chat_response(
                 .finish_reason
                 .map_or_else(|| UNFINISHED.to_string(), finish_reason),
         });
+    }
+}
+
+// A Chat Completions request as `chat_request` reads it, from the text (`super::direct`):
+// `messages` member by member, every other member kept as a tree.
+
+#[derive(Default)]
+struct ChatRequest<'de> {
+    /// `null` reads as absent, as the tree's `as_array` does.
+    messages: Option<Vec<RequestMessage<'de>>>,
+    /// Every member but `messages`, in the tree's map (the last of a key given twice wins).
+    rest: Map<String, Value>,
+}
+
+direct::object!(
+    ChatRequest,
+    "a Chat Completions request",
+    |out, key, map| {
+        if key == "messages" {
+            out.messages = map.next_value()?;
+        } else {
+            out.rest.insert(key.to_string(), map.next_value()?);
+        }
+        Ok(true)
+    }
+);
+
+#[derive(Default)]
+struct RequestMessage<'de> {
+    role: Text<'de>,
+    /// `null` reads as absent: both make no part (a tool message: a `null` response).
+    content: Option<direct::TextOr<'de>>,
+    name: Text<'de>,
+    refusal: Text<'de>,
+    tool_call_id: Text<'de>,
+    tool_calls: Option<Value>,
+    function_call: Option<Value>,
+}
+
+direct::object!(RequestMessage, "a message", |out, key, map| {
+    match key {
+        "role" => out.role = map.next_value()?,
+        "content" => out.content = map.next_value()?,
+        "name" => out.name = map.next_value()?,
+        "refusal" => out.refusal = map.next_value()?,
+        "tool_call_id" => out.tool_call_id = map.next_value()?,
+        "tool_calls" => out.tool_calls = map.next_value()?,
+        "function_call" => out.function_call = map.next_value()?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+});
+
+impl RequestMessage<'_> {
+    /// What [`chat_message`] makes of the same message's tree.
+    fn into_input(self) -> InputMessage {
+        let nonempty = |t: &Text| t.get().filter(|s| !s.is_empty()).map(str::to_string);
+        let role = role(self.role.get());
+        let mut parts = Vec::new();
+        if role == Role::Tool {
+            let response = match self.content {
+                None => Value::Null,
+                Some(direct::TextOr::Text(s)) => Value::String(s.into_owned()),
+                Some(direct::TextOr::Tree(v)) => text_or_blocks(&v, content_part),
+            };
+            parts.push(Part::ToolCallResponse {
+                id: nonempty(&self.tool_call_id),
+                response,
+            });
+        } else {
+            match self.content {
+                None => {}
+                Some(direct::TextOr::Text(s)) => parts.push(Part::text(s.into_owned())),
+                Some(direct::TextOr::Tree(v)) => parts.extend(content_parts(Some(&v))),
+            }
+        }
+        if let Some(refusal) = nonempty(&self.refusal) {
+            parts.push(Part::Refusal { content: refusal });
+        }
+        parts.extend(tool_call_parts(
+            self.tool_calls.as_ref(),
+            self.function_call.as_ref(),
+        ));
+        InputMessage {
+            role,
+            parts,
+            name: if role == Role::Tool {
+                None
+            } else {
+                nonempty(&self.name)
+            },
+        }
     }
 }
 

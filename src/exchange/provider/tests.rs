@@ -2820,3 +2820,230 @@ proptest! {
         }
     }
 }
+
+// === Chat Completions requests read without their messages' tree (openai::chat_request_direct) ===
+
+/// What the tree reading (`json::from_slice`, then `openai::chat_request`) makes of `body`,
+/// and the tree without its `messages`; `None` when the tree parse refuses it or it is not an
+/// object (which `parse` refuses before any dialect reads it).
+fn chat_request_by_tree(body: &[u8]) -> Option<(Conversation, Value)> {
+    let mut v = json::from_slice(body).ok()?;
+    v.is_object().then_some(())?;
+    let mut c = blank();
+    openai::chat_request(&v, &mut c);
+    v.as_object_mut().unwrap().remove("messages");
+    Some((c, v))
+}
+
+/// What the direct reading makes of `body`, `None` when it leaves it to the tree.
+fn chat_request_direct(body: &[u8]) -> Option<(Conversation, Value)> {
+    let mut c = blank();
+    match openai::chat_request_direct(body, &mut c) {
+        Some(rest) => Some((c, rest)),
+        None => {
+            assert_eq!(c, blank(), "a refusal leaves the conversation untouched");
+            None
+        }
+    }
+}
+
+/// Real requests (the fixtures) and one with every kind of message are read directly, to the
+/// same conversation as the tree gives and with the same tree less `messages`: system and
+/// developer prompts, parts, a tool message's text and blocks, an assistant's tool calls and
+/// legacy `function_call`, names, refusal, escapes, a `null` content, and the parameters,
+/// tools and user members read from the rest.
+#[test]
+fn direct_chat_requests_equal_the_tree_reading() {
+    let mut bodies: Vec<Vec<u8>> = [
+        "openai/chat_n2_request.json",
+        "openai/chat_tools_request.json",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    bodies.push(
+        json!({"model": "gpt-4o", "temperature": 0.2, "max_completion_tokens": 50,
+            "stop": ["END", 3], "n": 2, "stream": true, "user": "u-1",
+            "metadata": {"user_id": "m-1"},
+            "tools": [{"type": "function", "function": {"name": "lookup"}},
+                      {"type": "file_search"}],
+            "functions": [{"name": "legacy_fn"}],
+            "messages": [
+                {"role": "developer", "content": "Be brief. \"quoted\" \\ é 🦀"},
+                {"role": "system", "content": [{"type": "text", "text": "part one"}]},
+                {"role": "user", "name": "jane", "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    {"type": "input_audio", "input_audio": {"format": "wav", "data": "UklGRg=="}},
+                    {"type": "file", "file": {"file_id": "file-1"}},
+                    {"type": "mystery"}]},
+                {"role": "assistant", "content": null, "refusal": "no",
+                 "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}}],
+                 "function_call": {"name": "legacy", "arguments": "{bad"}},
+                {"role": "tool", "tool_call_id": "call_1", "name": "ignored", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "call_2",
+                 "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "function", "content": [{"type": "text", "text": "a"},
+                    {"type": "image_url", "image_url": "https://example.com/x.png"}]},
+                {"role": "tool"},
+                {"role": "user", "content": ""},
+                {"role": "user", "content": 5},
+                {"content": "no role"}]})
+        .to_string()
+        .into_bytes(),
+    );
+    // Escapes in keys and values; `messages` given twice (the last wins); a `null` list.
+    bodies.push(
+        br#"{"m\u006fdel":"g","messages":[{"role":"user","content":"x"}],"messages":[{"r\u006fle":"user","content":"tab\there \ud83e\udd80"}]}"#
+            .to_vec(),
+    );
+    bodies.push(br#"{"model":"g","messages":null}"#.to_vec());
+    bodies.push(br#"{}"#.to_vec());
+    for (k, body) in bodies.iter().enumerate() {
+        let direct =
+            chat_request_direct(body).unwrap_or_else(|| panic!("request {k} is read directly"));
+        let tree = chat_request_by_tree(body).expect("the tree reads it too");
+        assert_eq!(direct, tree, "request {k}");
+    }
+    // The one with every kind reads to something: the comparison is not of two empties.
+    let (c, rest) = chat_request_direct(&bodies[2]).unwrap();
+    assert_eq!(c.input_messages.len(), 11);
+    assert_eq!(c.tool_names, ["lookup", "file_search", "legacy_fn"]);
+    assert_eq!(c.user_id.as_deref(), Some("u-1"));
+    assert!(rest.get("metadata").is_some() && rest.get("messages").is_none());
+}
+
+/// Bodies the direct reading must leave to the tree: a message or field of an unexpected type,
+/// `messages` not a list, not an object, a lone surrogate, invalid UTF-8, and what only the tree
+/// refuses (a number out of range, nesting past serde_json's limit, in members read as trees).
+#[test]
+fn direct_chat_request_reading_leaves_odd_requests_to_the_tree() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let cases: Vec<Vec<u8>> = vec![
+        br#"{"messages":{"0":{}}}"#.to_vec(),
+        br#"{"messages":[1]}"#.to_vec(),
+        br#"{"messages":[{"role":5,"content":"hi"}]}"#.to_vec(),
+        br#"{"messages":[{"role":"user","name":["x"]}]}"#.to_vec(),
+        br#"[]"#.to_vec(),
+        b"   ".to_vec(),
+        br#"{"messages":[{"content":"cut \ud800 here"}]}"#.to_vec(),
+        b"{\"model\":\"m\xff\"}".to_vec(),
+        br#"{"temperature":1e400,"messages":[]}"#.to_vec(),
+        format!(r#"{{"messages":[{{"content":{deep}}}]}}"#).into_bytes(),
+        format!(r#"{{"tools":{deep},"messages":[]}}"#).into_bytes(),
+        br#"{"messages":[]} trailing"#.to_vec(),
+    ];
+    for (k, body) in cases.iter().enumerate() {
+        assert!(
+            chat_request_direct(body).is_none(),
+            "case {k} is left to the tree"
+        );
+    }
+    // The tree makes something of some of them (odd members read as absent; the surrogate
+    // repaired), so leaving them is what keeps the two readings the same.
+    assert!(chat_request_by_tree(&cases[0]).is_some());
+    assert!(chat_request_by_tree(&cases[6]).is_some());
+}
+
+fn chat_request_text() -> impl Strategy<Value = String> {
+    let message = object_of(
+        &[
+            "role",
+            "content",
+            "name",
+            "refusal",
+            "tool_call_id",
+            "tool_calls",
+            "function_call",
+            "audio",
+        ],
+        prop_oneof![
+            3 => any_json(),
+            1 => Just(r#""tool""#.to_string()),
+            1 => Just(r#""assistant""#.to_string()),
+            2 => Just(r#""plain \"text\" é""#.to_string()),
+            1 => Just(r#"[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]"#.to_string()),
+            1 => Just(r#"[{"id":"c","function":{"name":"f","arguments":"{}"}}]"#.to_string()),
+        ],
+    );
+    let messages = proptest::collection::vec(prop_oneof![4 => message, 1 => any_json()], 0..4)
+        .prop_map(|v| format!("[{}]", v.join(",")));
+    object_of(
+        &[
+            "messages",
+            "model",
+            "user",
+            "tools",
+            "stop",
+            "temperature",
+            "stream",
+            "n",
+            "max_tokens",
+        ],
+        prop_oneof![
+            2 => any_json(),
+            3 => messages,
+            1 => Just(r#"[{"type":"function","function":{"name":"f"}}]"#.to_string()),
+        ],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whenever the direct reading takes a request, the tree reads the same request to the
+    /// same conversation and the same tree less `messages`; when the tree refuses a body, so
+    /// does the direct reading.
+    #[test]
+    fn direct_chat_request_reading_agrees_with_the_tree(body in chat_request_text()) {
+        let tree = chat_request_by_tree(body.as_bytes());
+        if let Some(direct) = chat_request_direct(body.as_bytes()) {
+            prop_assert_eq!(Some(direct), tree, "{}", body);
+        }
+    }
+}
+
+/// The record step finds a user named inside the messages of a request read directly (its
+/// tree lacks them) by reading the whole tree again, and only for rules that look there: the
+/// shipped rules read root members, which the direct reading keeps.
+#[test]
+fn identity_paths_into_messages_find_users_of_requests_read_directly() {
+    use crate::keys::{KeyId, Keyring, MasterKey};
+    use crate::redact::{BUILTIN_DEFAULT_RULES, CompiledRules};
+    let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [3; 32]));
+    let body = json!({"model": "gpt-4o", "user": "root-user",
+        "messages": [{"role": "user", "name": "named-user", "content": "hi",
+                      "metadata": {"tenant_user": "deep-user"}}]})
+    .to_string();
+    let ex = exchange(
+        "api.openai.com",
+        "/v1/chat/completions",
+        body.as_bytes(),
+        200,
+        "application/json",
+        &fixture("openai/chat_n2_response.json"),
+    );
+    let conv = run(&ex);
+    assert!(conv.request_messages_omitted, "read directly");
+    assert_eq!(conv.input_messages.len(), 1);
+    let rules = CompiledRules::from_str(
+        "version = 1\n[identity]\njson = [\"$.messages[0].name\", \"$..tenant_user\", \"$.user\"]\n",
+        &keys,
+    )
+    .unwrap();
+    assert!(rules.identity_may_reach("messages"));
+    let record = crate::record::build(&ex, &conv, &rules);
+    let want: Vec<_> = ["named-user", "deep-user", "root-user"]
+        .iter()
+        .map(|u| crate::keys::pseudonymize_user(&keys, u))
+        .collect();
+    assert_eq!(record.user_pseudonyms, want);
+    let shipped = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).unwrap();
+    assert!(!shipped.identity_may_reach("messages"));
+    let record = crate::record::build(&ex, &conv, &shipped);
+    assert_eq!(
+        record.user_pseudonym,
+        Some(crate::keys::pseudonymize_user(&keys, "root-user"))
+    );
+}
