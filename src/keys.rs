@@ -513,11 +513,15 @@ pub fn prepare_keys_dir(dir: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Removes the temp files ([`write_temp`]'s `.<name>.<pid>-<16 hex>.tmp`) that a process
+/// Removes the temp files (`write_temp`'s `.<name>.<pid>-<16 hex>.tmp`) that a process
 /// killed between writing a key file and linking or renaming it left in `dir`: those whose
-/// pid no longer runs, written over a minute ago. A file of a live process (or one whose liveness cannot be told: another
-/// user's) is left, and so is any name not of that exact shape. Best effort: a dir that cannot
-/// be read, or a file that cannot be removed, is logged and skipped.
+/// pid no longer runs (or is this process's own: an earlier run's, since this runs before any
+/// key file is written), written over a minute ago. A file of another live process (or one
+/// whose liveness cannot be told: another user's) is left, and so is any name not of that
+/// exact shape. Best effort: a dir that cannot be read is skipped, a file that cannot be
+/// removed is logged. On a keys dir shared between hosts, a clock more than a minute ahead of
+/// the file server's can take another host's temp file for a stale one: that host's key write
+/// then fails with an error and writes nothing (its existing key files are untouched).
 pub fn remove_stale_temps(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -527,8 +531,10 @@ pub fn remove_stale_temps(dir: &Path) {
         let Some(pid) = name.to_str().and_then(temp_owner) else {
             continue;
         };
-        let gone = pid != std::process::id()
-            && i32::try_from(pid)
+        // Our own pid is an earlier run's (a container's veil restarted as pid 1): this runs
+        // before this process writes any key file.
+        let gone = pid == std::process::id()
+            || i32::try_from(pid)
                 .ok()
                 .and_then(rustix::process::Pid::from_raw)
                 .is_some_and(|p| {
@@ -896,48 +902,6 @@ mod tests {
     // Moved from seal::tests (`raw_user_ids_are_refused`): `SealStore::submit` takes a
     // `UserPseudonym` now, so the refusal lives in the one checked parse from text.
     #[test]
-    fn temp_files_of_stopped_runs_are_removed_and_no_others() {
-        let dir = tempfile::tempdir().unwrap();
-        // A pid that ran and is gone: a child that has exited and been reaped.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        let mine = std::process::id();
-        let parent = std::os::unix::process::parent_id();
-        let names = [
-            (format!(".master.keys.{dead}-0123456789abcdef.tmp"), false),
-            (format!(".ca.key.{dead}-fedcba9876543210.tmp"), false),
-            (format!(".master.keys.{mine}-0123456789abcdef.tmp"), true),
-            (format!(".master.keys.{parent}-0123456789abcdef.tmp"), true),
-            // Not of write_temp's shape: never touched.
-            (format!(".master.keys.{dead}-0123.tmp"), true),
-            (format!("master.keys.{dead}-0123456789abcdef.tmp"), true),
-            (format!(".master.keys.{dead}-0123456789ABCDEF.tmp"), true),
-            (format!("..{dead}-0123456789abcdef.tmp"), true),
-            ("master.keys".to_string(), true),
-        ];
-        let written_before = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
-        for (name, _) in &names {
-            let file = fs::File::create(dir.path().join(name)).unwrap();
-            file.set_modified(written_before).unwrap();
-        }
-        // Of a process that is gone, but just written: maybe another pid namespace's.
-        let fresh = format!(".master.keys.{dead}-1111111111111111.tmp");
-        fs::write(dir.path().join(&fresh), b"x").unwrap();
-        // A dir of that shape is not a temp file.
-        let subdir = format!(".admin.token.{dead}-00000000000000aa.tmp");
-        fs::create_dir(dir.path().join(&subdir)).unwrap();
-        prepare_keys_dir(dir.path()).unwrap();
-        for (name, kept) in &names {
-            assert_eq!(dir.path().join(name).exists(), *kept, "{name}");
-        }
-        assert!(dir.path().join(subdir).is_dir());
-        assert!(dir.path().join(fresh).exists());
-        assert_eq!(temp_owner(".x.12-0123456789abcdef.tmp"), Some(12));
-        assert_eq!(temp_owner(".x.99999999999-0123456789abcdef.tmp"), None);
-    }
-
-    #[test]
     fn raw_user_ids_are_refused() {
         assert_eq!(
             UserPseudonym::parse("alice@example.com"),
@@ -956,6 +920,52 @@ mod tests {
         let p = pseudonymize_user(&ring, "alice@example.com");
         assert_eq!(UserPseudonym::parse(p.as_str()), Ok(p.clone()));
         assert_eq!(p.as_str().parse::<UserPseudonym>(), Ok(p));
+    }
+
+    #[test]
+    fn temp_files_of_stopped_runs_are_removed_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that ran and is gone: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let mine = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        let names = [
+            (format!(".master.keys.{dead}-0123456789abcdef.tmp"), false),
+            (format!(".ca.key.{dead}-fedcba9876543210.tmp"), false),
+            // Our own pid: an earlier run's, restarted with the same pid.
+            (format!(".master.keys.{mine}-0123456789abcdef.tmp"), false),
+            (format!(".master.keys.{parent}-0123456789abcdef.tmp"), true),
+            // Not of write_temp's shape: never touched.
+            (format!(".master.keys.{dead}-0123.tmp"), true),
+            (format!("master.keys.{dead}-0123456789abcdef.tmp"), true),
+            (format!(".master.keys.{dead}-0123456789ABCDEF.tmp"), true),
+            (format!("..{dead}-0123456789abcdef.tmp"), true),
+            ("master.keys".to_string(), true),
+        ];
+        let written_before = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        for (name, _) in &names {
+            let file = fs::File::create(dir.path().join(name)).unwrap();
+            file.set_modified(written_before).unwrap();
+        }
+        // Of a process that is gone, but just written: maybe another pid namespace's.
+        let fresh = format!(".master.keys.{dead}-1111111111111111.tmp");
+        fs::write(dir.path().join(&fresh), b"x").unwrap();
+        let fresh_mine = format!(".ca.key.{mine}-1111111111111111.tmp");
+        fs::write(dir.path().join(&fresh_mine), b"x").unwrap();
+        // A dir of that shape is not a temp file.
+        let subdir = format!(".admin.token.{dead}-00000000000000aa.tmp");
+        fs::create_dir(dir.path().join(&subdir)).unwrap();
+        prepare_keys_dir(dir.path()).unwrap();
+        for (name, kept) in &names {
+            assert_eq!(dir.path().join(name).exists(), *kept, "{name}");
+        }
+        assert!(dir.path().join(subdir).is_dir());
+        assert!(dir.path().join(fresh).exists());
+        assert!(dir.path().join(fresh_mine).exists());
+        assert_eq!(temp_owner(".x.12-0123456789abcdef.tmp"), Some(12));
+        assert_eq!(temp_owner(".x.99999999999-0123456789abcdef.tmp"), None);
     }
 
     #[test]

@@ -363,14 +363,26 @@ pub struct Conversation {
     /// endpoint veil does not understand), so the record step never decodes it again.
     /// `None` when it is not JSON or could not be decoded. Raw content: redact before use.
     pub request_json: Option<Value>,
-    /// [`Conversation::request_json`] lacks the request's `messages` member: a Chat
-    /// Completions request whose messages were read from the text without a tree (veil#18).
-    /// A rules identity path that reaches into `messages` then reads
-    /// [`request_tree`](crate::exchange::provider::request_tree) instead.
-    pub request_messages_omitted: bool,
+    /// The decoded request body when [`Conversation::request_json`] lacks its `messages`
+    /// member (a Chat Completions request whose messages were read from the text without a
+    /// tree, veil#18); `None` otherwise. A rules identity path that reaches into `messages`
+    /// parses the whole tree from it ([`Conversation::request_tree`]). Raw content, like
+    /// `request_json`.
+    pub request_messages_omitted: Option<bytes::Bytes>,
 }
 
 impl Conversation {
+    /// The request body's whole tree, for a rules identity path that reaches into
+    /// `messages`: [`Conversation::request_json`] itself when it is whole, else parsed from
+    /// [`Conversation::request_messages_omitted`] (the same bytes `request_json` was read from,
+    /// so the same tree). `None` when the body is not JSON.
+    pub fn request_tree(&self) -> std::borrow::Cow<'_, Option<Value>> {
+        match &self.request_messages_omitted {
+            None => std::borrow::Cow::Borrowed(&self.request_json),
+            Some(raw) => std::borrow::Cow::Owned(crate::exchange::json::from_slice(raw).ok()),
+        }
+    }
+
     /// `gen_ai.input.messages` as JSON.
     pub fn input_messages_json(&self) -> Value {
         to_json(&self.input_messages)

@@ -8,8 +8,9 @@
 //!
 //! The request JSON is the one the provider parse already decoded and parsed
 //! ([`Conversation::request_json`]), also for an endpoint veil does not parse: the body is
-//! decoded once, and a second time only for a Chat Completions request read without its
-//! messages' tree when an identity path reaches into them.
+//! decoded once. A Chat Completions request read without its messages' tree is parsed a second
+//! time, from the same decoded bytes, only for rules with an identity path that reaches into
+//! its messages ([`Conversation::request_tree`]).
 
 use crate::exchange::{Conversation, Exchange};
 use crate::keys::UserPseudonym;
@@ -31,9 +32,10 @@ pub(super) fn user_pseudonyms(
     // A Chat Completions request read directly has no `messages` in its tree; the whole tree
     // is parsed again only for rules that look for a user inside the messages.
     let whole;
-    let request = if conv.request_messages_omitted && rules.identity_may_reach("messages") {
-        whole = crate::exchange::provider::request_tree(ex);
-        whole.as_ref()
+    let request = if conv.request_messages_omitted.is_some() && rules.identity_may_reach("messages")
+    {
+        whole = conv.request_tree();
+        whole.as_ref().as_ref()
     } else {
         conv.request_json.as_ref()
     };

@@ -266,7 +266,7 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
     let request = decoded_request(ex, opts).and_then(|raw| {
         if direct && let Some(rest) = openai::chat_request_direct(&raw, &mut c) {
             read = true;
-            c.request_messages_omitted = true;
+            c.request_messages_omitted = Some(raw);
             return Ok(rest);
         }
         json::from_slice(&raw).map_err(|e| not_json("request", &e))
@@ -346,7 +346,7 @@ fn base(ex: &Exchange) -> Conversation {
         request_bytes: ex.request_body.wire_len,
         response_bytes: ex.response_body.wire_len,
         request_json: None,
-        request_messages_omitted: false,
+        request_messages_omitted: None,
     }
 }
 
@@ -371,15 +371,6 @@ fn decoded_request(ex: &Exchange, opts: &ParseOptions) -> Result<Bytes, String> 
     ex.request_body
         .decoded(opts.decode_limit)
         .map_err(|e| format!("request body: {e}"))
-}
-
-/// The request body's whole tree, as [`parse`] reads it when it reads no part of it directly:
-/// decoded under the default [`ParseOptions`], `None` when that fails or it is not JSON. For
-/// the record step when [`Conversation::request_messages_omitted`] and a rules identity path
-/// reaches into `messages` (rare: the shipped rules read root members only).
-pub fn request_tree(ex: &Exchange) -> Option<Value> {
-    let raw = decoded_request(ex, &ParseOptions::default()).ok()?;
-    json::from_slice(&raw).ok()
 }
 
 /// `read`: the request's dialect parser already ran on it (`request` is then the tree

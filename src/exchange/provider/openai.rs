@@ -195,7 +195,7 @@ pub(super) fn chat_request(req: &Value, c: &mut Conversation) {
 /// types this reads (or is not JSON at all): the caller then parses the tree, which decides.
 /// When `Some`, `c` holds what [`chat_request`] of the body's tree would have put there, and
 /// the value is that tree without its `messages` member (what the record step reads for the
-/// rules' identity paths, [`super::request_tree`] when one reaches into the messages).
+/// rules' identity paths; `Conversation::request_tree` when one reaches into the messages).
 pub(super) fn chat_request_direct(body: &[u8], c: &mut Conversation) -> Option<Value> {
     let request = crate::exchange::json::parse_text::<ChatRequest>(body).ok()?;
     let rest = Value::Object(request.rest);
