@@ -376,10 +376,12 @@ impl Conversation {
     /// `messages`: [`Conversation::request_json`] itself when it is whole, else parsed from
     /// [`Conversation::request_messages_omitted`] (the same bytes `request_json` was read from,
     /// so the same tree). `None` when the body is not JSON.
-    pub fn request_tree(&self) -> std::borrow::Cow<'_, Option<Value>> {
+    pub fn request_tree(&self) -> Option<std::borrow::Cow<'_, Value>> {
         match &self.request_messages_omitted {
-            None => std::borrow::Cow::Borrowed(&self.request_json),
-            Some(raw) => std::borrow::Cow::Owned(crate::exchange::json::from_slice(raw).ok()),
+            None => self.request_json.as_ref().map(std::borrow::Cow::Borrowed),
+            Some(raw) => crate::exchange::json::from_slice(raw)
+                .ok()
+                .map(std::borrow::Cow::Owned),
         }
     }
 

@@ -35,7 +35,7 @@ pub(super) fn user_pseudonyms(
     let request = if conv.request_messages_omitted.is_some() && rules.identity_may_reach("messages")
     {
         whole = conv.request_tree();
-        whole.as_ref().as_ref()
+        whole.as_deref()
     } else {
         conv.request_json.as_ref()
     };

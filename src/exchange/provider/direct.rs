@@ -188,8 +188,19 @@ pub(super) fn members<'de, A: MapAccess<'de>>(
 
 /// Implements `Deserialize` for `$ty<'de>`, a `Default` struct read from a JSON object:
 /// `|$out, $key, $map| $body` is the [`members`] callback, with `$out` the struct being
-/// filled. Anything but an object is an error (`deserialize_map`).
+/// filled. Anything but an object is an error (`deserialize_map`). The form
+/// `object!($ty, $what, [field, …])` reads each member named like one of those fields into
+/// it, and parses any other as a tree and drops it.
 macro_rules! object {
+    ($ty:ident, $what:literal, [$($field:ident),+ $(,)?]) => {
+        $crate::exchange::provider::direct::object!($ty, $what, |out, key, map| {
+            match key {
+                $(stringify!($field) => out.$field = map.next_value()?,)+
+                _ => return Ok(false),
+            }
+            Ok(true)
+        });
+    };
     ($ty:ident, $what:literal, |$out:ident, $key:ident, $map:ident| $body:block) => {
         impl<'de> serde::Deserialize<'de> for $ty<'de> {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

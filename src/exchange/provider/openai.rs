@@ -466,19 +466,19 @@ struct RequestMessage<'de> {
     function_call: Option<Value>,
 }
 
-direct::object!(RequestMessage, "a message", |out, key, map| {
-    match key {
-        "role" => out.role = map.next_value()?,
-        "content" => out.content = map.next_value()?,
-        "name" => out.name = map.next_value()?,
-        "refusal" => out.refusal = map.next_value()?,
-        "tool_call_id" => out.tool_call_id = map.next_value()?,
-        "tool_calls" => out.tool_calls = map.next_value()?,
-        "function_call" => out.function_call = map.next_value()?,
-        _ => return Ok(false),
-    }
-    Ok(true)
-});
+direct::object!(
+    RequestMessage,
+    "a message",
+    [
+        role,
+        content,
+        name,
+        refusal,
+        tool_call_id,
+        tool_calls,
+        function_call
+    ]
+);
 
 impl RequestMessage<'_> {
     /// What [`chat_message`] makes of the same message's tree.
@@ -537,16 +537,7 @@ struct ChatAnswer<'de> {
 direct::object!(
     ChatAnswer,
     "a Chat Completions response",
-    |out, key, map| {
-        match key {
-            "id" => out.id = map.next_value()?,
-            "model" => out.model = map.next_value()?,
-            "usage" => out.usage = map.next_value()?,
-            "choices" => out.choices = map.next_value()?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
+    [id, model, usage, choices]
 );
 
 #[derive(Default)]
@@ -557,16 +548,11 @@ struct ChatChoice<'de> {
     finish_reason: Text<'de>,
 }
 
-direct::object!(ChatChoice, "a choice", |out, key, map| {
-    match key {
-        "index" => out.index = map.next_value()?,
-        "text" => out.text = map.next_value()?,
-        "message" => out.message = map.next_value()?,
-        "finish_reason" => out.finish_reason = map.next_value()?,
-        _ => return Ok(false),
-    }
-    Ok(true)
-});
+direct::object!(
+    ChatChoice,
+    "a choice",
+    [index, text, message, finish_reason]
+);
 
 #[derive(Default)]
 struct ChatMessage<'de> {
@@ -579,19 +565,19 @@ struct ChatMessage<'de> {
     function_call: Option<Value>,
 }
 
-direct::object!(ChatMessage, "a message", |out, key, map| {
-    match key {
-        "reasoning_content" => out.reasoning_content = map.next_value()?,
-        "reasoning" => out.reasoning = map.next_value()?,
-        "content" => out.content = map.next_value()?,
-        "refusal" => out.refusal = map.next_value()?,
-        "audio" => out.audio = map.next_value()?,
-        "tool_calls" => out.tool_calls = map.next_value()?,
-        "function_call" => out.function_call = map.next_value()?,
-        _ => return Ok(false),
-    }
-    Ok(true)
-});
+direct::object!(
+    ChatMessage,
+    "a message",
+    [
+        reasoning_content,
+        reasoning,
+        content,
+        refusal,
+        audio,
+        tool_calls,
+        function_call
+    ]
+);
 
 /// Key of a folded stream's `message.audio` that carries the decoded size of the audio it
 /// streamed: the fold keeps the size, never the base64 bytes.
