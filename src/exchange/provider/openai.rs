@@ -208,24 +208,65 @@ pub(super) fn chat_request_direct(body: &[u8], c: &mut Conversation) -> Option<V
 }
 
 fn chat_message(m: &Value) -> InputMessage {
-    let role = role(m.get("role").and_then(Value::as_str));
+    let text = |key: &str| m.get(key).and_then(Value::as_str);
+    input_message(InputView {
+        role: text("role"),
+        content: m.get("content").map(|c| match c {
+            Value::String(s) => ContentView::Text(s.into()),
+            other => ContentView::Tree(std::borrow::Cow::Borrowed(other)),
+        }),
+        name: text("name"),
+        refusal: text("refusal"),
+        tool_call_id: text("tool_call_id"),
+        tool_calls: m.get("tool_calls"),
+        function_call: m.get("function_call"),
+    })
+}
+
+/// What [`chat_message`] reads of one request message, from either reading (the tree, or
+/// [`RequestMessage`] read from the text).
+struct InputView<'a> {
+    role: Option<&'a str>,
+    content: Option<ContentView<'a>>,
+    name: Option<&'a str>,
+    refusal: Option<&'a str>,
+    tool_call_id: Option<&'a str>,
+    tool_calls: Option<&'a Value>,
+    function_call: Option<&'a Value>,
+}
+
+/// A message's `content`: a string, or any other value (parts, `null`).
+enum ContentView<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Tree(std::borrow::Cow<'a, Value>),
+}
+
+/// The input message of a Chat Completions request message.
+fn input_message(m: InputView) -> InputMessage {
+    let nonempty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+    let role = role(m.role);
     let mut parts = Vec::new();
     if role == Role::Tool {
-        let response = m
-            .get("content")
-            .map(|c| text_or_blocks(c, content_part))
-            .unwrap_or(Value::Null);
+        let response = match m.content {
+            None => Value::Null,
+            Some(ContentView::Text(s)) => Value::String(s.into_owned()),
+            Some(ContentView::Tree(v)) => text_or_blocks(&v, content_part),
+        };
         parts.push(Part::ToolCallResponse {
-            id: str_of(m, "tool_call_id"),
+            id: nonempty(m.tool_call_id),
             response,
         });
     } else {
-        parts.extend(content_parts(m.get("content")));
+        match m.content {
+            None => {}
+            Some(ContentView::Text(s)) => parts.push(Part::text(s.into_owned())),
+            Some(ContentView::Tree(v)) => parts.extend(content_parts(Some(&v))),
+        }
     }
-    if let Some(refusal) = str_of(m, "refusal") {
+    if let Some(refusal) = nonempty(m.refusal) {
         parts.push(Part::Refusal { content: refusal });
     }
-    parts.extend(tool_calls(m));
+    parts.extend(tool_call_parts(m.tool_calls, m.function_call));
     InputMessage {
         role,
         parts,
@@ -233,7 +274,7 @@ fn chat_message(m: &Value) -> InputMessage {
         name: if role == Role::Tool {
             None
         } else {
-            str_of(m, "name")
+            nonempty(m.name)
         },
     }
 }
@@ -483,42 +524,18 @@ direct::object!(
 impl RequestMessage<'_> {
     /// What [`chat_message`] makes of the same message's tree.
     fn into_input(self) -> InputMessage {
-        let nonempty = |t: &Text| t.get().filter(|s| !s.is_empty()).map(str::to_string);
-        let role = role(self.role.get());
-        let mut parts = Vec::new();
-        if role == Role::Tool {
-            let response = match self.content {
-                None => Value::Null,
-                Some(direct::TextOr::Text(s)) => Value::String(s.into_owned()),
-                Some(direct::TextOr::Tree(v)) => text_or_blocks(&v, content_part),
-            };
-            parts.push(Part::ToolCallResponse {
-                id: nonempty(&self.tool_call_id),
-                response,
-            });
-        } else {
-            match self.content {
-                None => {}
-                Some(direct::TextOr::Text(s)) => parts.push(Part::text(s.into_owned())),
-                Some(direct::TextOr::Tree(v)) => parts.extend(content_parts(Some(&v))),
-            }
-        }
-        if let Some(refusal) = nonempty(&self.refusal) {
-            parts.push(Part::Refusal { content: refusal });
-        }
-        parts.extend(tool_call_parts(
-            self.tool_calls.as_ref(),
-            self.function_call.as_ref(),
-        ));
-        InputMessage {
-            role,
-            parts,
-            name: if role == Role::Tool {
-                None
-            } else {
-                nonempty(&self.name)
-            },
-        }
+        input_message(InputView {
+            role: self.role.get(),
+            content: self.content.map(|c| match c {
+                direct::TextOr::Text(s) => ContentView::Text(s),
+                direct::TextOr::Tree(v) => ContentView::Tree(std::borrow::Cow::Owned(v)),
+            }),
+            name: self.name.get(),
+            refusal: self.refusal.get(),
+            tool_call_id: self.tool_call_id.get(),
+            tool_calls: self.tool_calls.as_ref(),
+            function_call: self.function_call.as_ref(),
+        })
     }
 }
 
