@@ -398,10 +398,19 @@ pub(crate) fn ssn(text: &str, r: Range<usize>) -> Option<Range<usize>> {
 }
 
 /// True when the candidate continues a number to its left (`5718 0592 …`: the tail of a
-/// longer digit sequence is not a phone number of its own).
+/// longer digit sequence is not a phone number of its own). Digits glued to a letter or `_`
+/// on their left are the end of a name (`order A12 415-555-0148`, `x86`, `v2`), not a number
+/// the candidate continues.
 pub(crate) fn continues_number(text: &str, start: usize) -> bool {
-    let mut it = text.get(..start).unwrap_or("").chars().rev();
-    matches!((it.next(), it.next()), (Some(' ' | '-' | '.' | '/'), Some(c)) if c.is_ascii_digit())
+    let before = text.as_bytes().get(..start).unwrap_or_default();
+    let [rest @ .., d, b' ' | b'-' | b'.' | b'/'] = before else {
+        return false;
+    };
+    if !d.is_ascii_digit() {
+        return false;
+    }
+    let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    !matches!(rest[..rest.len() - digits].last(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
 }
 
 /// IPv4: not a piece of a longer dotted sequence (`1.2.3.4.5`, versions `v1.2.3.4`).
@@ -491,21 +500,61 @@ fn is_placeholder(v: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// The bare value after a password word, without the sentence's closing punctuation: at
-/// least 6 bytes, not code ([`code_not_password`]), and not a call or an index of a name
-/// without digits (`getpass()`, `os.environ[…]`, `Optional[str]`: the value's class stops
-/// right before `(` or `[`; `hunter22(` is still a password).
+/// `raw` up to its first bracket that it does not close itself: an opener never closed
+/// (`hunter22(`, `os.environ['…` cut at a quote) or a closer of a bracket opened before it
+/// (`f(password=hunter22)`). Brackets opened and closed inside stay (`P@ss(w0rd)1`).
+fn balanced_prefix(raw: &str) -> &str {
+    // Open brackets' positions, innermost last; deeper nesting than this ends the value.
+    let mut open = [(0usize, 0u8); 8];
+    let mut depth = 0;
+    for (i, &b) in raw.as_bytes().iter().enumerate() {
+        let closes = match b {
+            b'(' | b'[' | b'{' => {
+                if depth == open.len() {
+                    return &raw[..open[0].0];
+                }
+                open[depth] = (i, b);
+                depth += 1;
+                continue;
+            }
+            b')' => b'(',
+            b']' => b'[',
+            b'}' => b'{',
+            _ => continue,
+        };
+        match depth.checked_sub(1) {
+            Some(top) if open[top].1 == closes => depth = top,
+            Some(_) => return &raw[..open[0].0],
+            None => return &raw[..i],
+        }
+    }
+    if depth == 0 { raw } else { &raw[..open[0].0] }
+}
+
+/// The bare value after a password word: up to a bracket it does not close itself
+/// ([`balanced_prefix`]), without the sentence's closing punctuation, at least 6 bytes, not
+/// code ([`code_not_password`]), not a Python format field (`%(password)s`), and not a call
+/// or an index of a name without digits (`getpass()`, `os.environ[…]`, `Optional[str]`,
+/// `secrets.token_hex(16)`; `hunter22(` and `P@ss(w0rd)1` are passwords).
 pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let raw = text.get(r.clone())?;
     // Sentence punctuation after the value is the sentence's.
-    let s = text.get(r.clone())?.trim_end_matches(['.', '!', '?', ':']);
-    let called = matches!(text.as_bytes().get(r.end), Some(b'(' | b'['))
-        && !s.bytes().any(|b| b.is_ascii_digit());
+    let s = balanced_prefix(raw).trim_end_matches(['.', '!', '?', ':']);
+    let end = r.start + s.len();
+    // A name of letters, `_` and `.` right before `(` or `[`, in the value or just after it.
+    let name = s.find(['(', '[']).unwrap_or(s.len());
+    let called = name > 0
+        && matches!(text.as_bytes().get(r.start + name), Some(b'(' | b'['))
+        && s[..name]
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'.');
     // veil's own pseudonym or hash of a password (`[PASSWORD:p_1f3a…]`): the word and the
     // `:` are its label, the tag is no password.
-    let tag = text.as_bytes().get(r.end) == Some(&b']')
+    let tag = text.as_bytes().get(end) == Some(&b']')
         && matches!(s.as_bytes(), [b'a'..=b'z', b'_', rest @ ..]
             if !rest.is_empty() && rest.iter().all(u8::is_ascii_hexdigit));
-    (s.len() >= 6 && !called && !tag && !code_not_password(s)).then_some(r.start..r.start + s.len())
+    (s.len() >= 6 && !called && !tag && !s.starts_with("%(") && !code_not_password(s))
+        .then_some(r.start..end)
 }
 
 /// A quoted value after a password word (the quotes say where it ends, so any length and
@@ -513,6 +562,13 @@ pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
 pub(crate) fn password_quoted(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?;
     (!s.trim().is_empty() && !code_not_password(s)).then_some(r)
+}
+
+/// A password given to a command-line option that takes one (OpenSSL's `pass:`, `sshpass
+/// -p`, `mysql -p…`): any length, not code ([`code_not_password`]: `$SSHPASS`,
+/// `[PASSWORD]`).
+pub(crate) fn password_option(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    password_quoted(text, r)
 }
 
 /// Where the one of `words` (any case) that ends at `end` starts.

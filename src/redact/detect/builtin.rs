@@ -114,6 +114,30 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
     }
 }
 
+/// A bare shell word holding a password, as capture group 1: no blank, quote or `; & | < >
+/// ( )` (the shell would end the word there), up to 256 bytes, not starting with `-`.
+macro_rules! shell_word {
+    () => {
+        r#"([^\s"'`;&|<>()\-][^\s"'`;&|<>()]{0,255})"#
+    };
+}
+
+/// `sshpass`, optionally `-v`, then `-p` (the password follows, glued or after blanks).
+macro_rules! sshpass_p {
+    () => {
+        r#"(?-u:\b)sshpass(?:[ \t]+-v)*[ \t]+-p[ \t]*"#
+    };
+}
+
+/// A MySQL or MariaDB client (`mysql`, `mysqldump`, `mariadb-dump`, ...), up to 12 other
+/// arguments of the same command (no `;`, `&` or `|` between), then `-p` with the password
+/// glued to it.
+macro_rules! mysql_p {
+    () => {
+        r#"(?-u:\b)(?:mysql[a-z]*|mariadb(?:-[a-z]+)?)(?:[ \t]+[^\s;&|]+){0,12}?[ \t]+-p"#
+    };
+}
+
 pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
     Pat {
         re,
@@ -328,8 +352,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // A value assigned to a password word (`password=…`, `"passwd": "…"`, `PASSPHRASE:
         // …`, `db_password=…`, `password => '…'`, `password := "…"`, JSON escaped inside a
         // string): the word stays, the value goes. Quoted, the value runs to its closing
-        // quote (up to 256 bytes, one line); bare, it ends at whitespace, a quote, a bracket,
-        // `<` `>` `,` `;` `&` (a query string's next parameter), and is at least 6 bytes.
+        // quote (up to 256 bytes, one line); bare, it ends at whitespace, a quote, `<` `>`
+        // `,` `;` `&` (a query string's next parameter) or a bracket it did not open
+        // (`P@ss(w0rd)1` is one value, `f(password=hunter22)` ends before `)`), does not
+        // start with a bracket (`[PASSWORD]`, `{pw}`, `(hidden)`), and is at least 6 bytes.
         // Code is not a password: [`checksum::password`] rejects type and schema words,
         // variables and calls (`password: string`, `password=os.environ[…]`, `$DB_PASSWORD`).
         // The three casings the literal pass looks for, as for `secret` and `bearer`.
@@ -354,7 +380,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    r#"\\?["']?([^\s"'<>(){}\[\],;&]{6,})"#
+                    r#"\\?["']?([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#
                 ),
                 Some(checksum::password),
             ),
@@ -378,7 +404,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
-                    r#"[ \t]+([^\s"'<>(){}\[\],;&\-][^\s"'<>(){}\[\],;&]{5,})"#
+                    r#"[ \t]+([^\s"'<>(){}\[\],;&\-][^\s"'<>,;&]{5,})"#
                 ),
                 Some(checksum::password_flag),
             ),
@@ -395,8 +421,49 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // `_` (`&pass=…`, `DB_PASS=…`, ODBC's `Pwd=…;`; not `bypass=`, `cwd=`), the value
             // as a bare one, and not a path (`PWD=/home/…` is the shell's working directory).
             grp(
-                r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&]{6,})"#,
+                r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#,
                 Some(checksum::password_short_word),
+            ),
+            // Command lines that take a password in a form of their own: OpenSSL's `pass:`
+            // source (`-passin pass:…`, `-passout`, `-pass`; openssl-passphrase-options(1)),
+            // `sshpass -p …`, and the MySQL clients' `-p…` glued to its flag (`mysql -u root
+            // -phunter22`; `-p` alone prompts). Any length: the option says it is a password.
+            // A bare value is a shell word, so it ends at a blank, a quote or `; & | < > ( )`.
+            grp(
+                concat!(r#"(?-u:\B)-pass(?:in|out)?[ \t]+pass:"#, shell_word!()),
+                Some(checksum::password_option),
+            ),
+            grp(
+                r#"(?-u:\B)-pass(?:in|out)?[ \t]+(?:pass:"|"pass:)([^"\r\n]{1,256})""#,
+                Some(checksum::password_option),
+            ),
+            grp(
+                r#"(?-u:\B)-pass(?:in|out)?[ \t]+(?:pass:'|'pass:)([^'\r\n]{1,256})'"#,
+                Some(checksum::password_option),
+            ),
+            grp(
+                concat!(sshpass_p!(), shell_word!()),
+                Some(checksum::password_option),
+            ),
+            grp(
+                concat!(sshpass_p!(), r#""([^"\r\n]{1,256})""#),
+                Some(checksum::password_option),
+            ),
+            grp(
+                concat!(sshpass_p!(), r#"'([^'\r\n]{1,256})'"#),
+                Some(checksum::password_option),
+            ),
+            grp(
+                concat!(mysql_p!(), shell_word!()),
+                Some(checksum::password_option),
+            ),
+            grp(
+                concat!(mysql_p!(), r#""([^"\r\n]{1,256})""#),
+                Some(checksum::password_option),
+            ),
+            grp(
+                concat!(mysql_p!(), r#"'([^'\r\n]{1,256})'"#),
+                Some(checksum::password_option),
             ),
             // A URL's userinfo (RFC 3986 §3.2.1: `postgres://app:…@db`, `redis://:…@cache`):
             // the user stays, the password goes. No `[` `]` (not allowed there, and a mask
@@ -406,7 +473,13 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_quoted),
             ),
         ],
-        trigger: Trigger::Literal(&["pass", "Pass", "PASS", "pwd", "Pwd", "PWD", "://"], 0),
+        trigger: Trigger::Literal(
+            &[
+                "pass", "Pass", "PASS", "pwd", "Pwd", "PWD", "://", "-pass", "sshpass", "mysql",
+                "mariadb",
+            ],
+            0,
+        ),
     },
     Builtin {
         key: "basic_auth",

@@ -242,6 +242,38 @@ const POSITIVES: &[Case] = &[
         &[("PASSWORD", "correct-horse-7")],
     ),
     ("password := \"hunter2\"", &[("PASSWORD", "hunter2")]),
+    // Brackets the value opens and closes are part of it; one it did not open ends it.
+    (
+        "mysql --password P@ss(w0rd)1 -h db",
+        &[("PASSWORD", "P@ss(w0rd)1")],
+    ),
+    ("password=Hunt3r(x) ok", &[("PASSWORD", "Hunt3r(x)")]),
+    ("pass=9a[1]{2}bc", &[("PASSWORD", "9a[1]{2}bc")]),
+    (
+        "connect(user=app, password=hunter22).",
+        &[("PASSWORD", "hunter22")],
+    ),
+    ("(password: s3cr3t!pw)", &[("PASSWORD", "s3cr3t!pw")]),
+    ("password=hunter22(", &[("PASSWORD", "hunter22")]),
+    // Options that take a password: OpenSSL's `pass:`, sshpass, the MySQL clients' `-p`.
+    (
+        "openssl pkcs12 -in a.p12 -passin pass:Secr3t -passout pass:\"a b\"",
+        &[("PASSWORD", "Secr3t"), ("PASSWORD", "a b")],
+    ),
+    (
+        "openssl enc -aes256 -pass 'pass:x'; -pass pass:'y z' -passin \"pass:u v\"",
+        &[("PASSWORD", "x"), ("PASSWORD", "y z"), ("PASSWORD", "u v")],
+    ),
+    (
+        "sshpass -p hunter2 ssh root@10.0.0.7",
+        &[("PASSWORD", "hunter2"), ("IPV4", "10.0.0.7")],
+    ),
+    ("/usr/bin/sshpass -v -p'a b' scp x", &[("PASSWORD", "a b")]),
+    (
+        "mysql -h db -u root -pTr0ub4dor; mysqldump -uroot -p\"x y\" app",
+        &[("PASSWORD", "Tr0ub4dor"), ("PASSWORD", "x y")],
+    ),
+    ("mariadb-dump -P 3306 -pk", &[("PASSWORD", "k")]),
     // The skeleton glues what an invisible character kept apart; the text's own scan still
     // sees the value (review of the fold: these were masked before it, and must stay so).
     (
@@ -397,6 +429,12 @@ const POSITIVES: &[Case] = &[
         &[("DATE_OF_BIRTH", "July 4, 1976")],
     ),
     ("dob=04/23/2002.", &[("DATE_OF_BIRTH", "04/23/2002")]),
+    // A phone number after a token ending in a digit (an order id): not the tail of a
+    // longer number.
+    (
+        "order A12 415-555-0148 and x86 030 12345678",
+        &[("PHONE", "415-555-0148"), ("PHONE", "030 12345678")],
+    ),
     // See: veil#16 (a number ending a sentence was taken for a version or an address)
     ("Call me at (415) 555-0148.", &[("PHONE", "(415) 555-0148")]),
     (
@@ -441,6 +479,8 @@ const HARD_NEGATIVES: &[&str] = &[
     "password: string; passwd: String, Password: required.",
     "the password is wrong; passwords: 3; password_hash=abcdef123456; pass=1234",
     "reset your Password: <your password here> or password = [PASSWORD]",
+    "password: (hidden) or password={pw} or password={{password}} or Password: [here](x)",
+    "password=%(password)s; password = secrets.token_hex(16); password=Secret(x)",
     // Code: types, variables, calls, indexes, attributes.
     "def f(password: Optional[str]) -> None: password = getpass.getpass()",
     "password=os.environ['DB'] password = self.password password=password",
@@ -452,6 +492,10 @@ const HARD_NEGATIVES: &[&str] = &[
     "docker login --password $REGISTRY_TOKEN and --password \"$PASS\"",
     "<label>Password</label><password></password><password>${DB_PASS}</password>",
     "PWD=/home/app/src OLDPWD=/tmp bypass=enabled1 compass=northwest cwd=/srv pass=short",
+    // Options that take a password, without one: a prompt, a variable, another source.
+    "mysql -u root -p app; mysql -p$MYSQL_PWD; mysql --port=3306 -P 3306; libmysql -px",
+    "sshpass -e ssh h; sshpass -p \"$SSHPASS\" ssh h; sshpass -f pw.txt; xsshpass -p abc",
+    "openssl rsa -passin env:PW -passin file:pw.txt -passout stdin; x-passin pass:abc",
     "glpat-short and xglpat-abcdefghijklmnopqrstuvwxyz",
     // A URL with a port, a user without a password, a templated password; Basic prose.
     "http://example.com:8080/x ssh://deploy@host:22 https://u:${TOKEN}@h/ and http://a:b/c@d",
