@@ -1,5 +1,7 @@
-//! Parsing throughput of `exchange::parse`: a 50-chunk streamed chat completion and a
-//! 100 KB chat request, plus the bare SSE parser on the same stream.
+//! Parsing throughput of `exchange::parse`: a 50-chunk streamed chat completion, a 100 KB
+//! Chat Completions request and a 100 KB Anthropic Messages request of content blocks (an
+//! agent's transcript: text, tool use and tool results), plus the bare SSE parser on the
+//! same stream.
 //!
 //! Each input is parsed and checked once before timing, so a regression that silently
 //! parses nothing cannot look fast.
@@ -102,6 +104,36 @@ fn request_100k() -> Vec<u8> {
     .expect("invariant: a json! value serializes")
 }
 
+/// A ~100 KB Messages request of content blocks, as an agent sends it: a system prompt,
+/// then turns of a user's text, an assistant's text and tool use, and the tool's result.
+fn messages_request_100k() -> Vec<u8> {
+    let text = "Please summarize the following paragraph about observability pipelines, \
+                keeping names like Jane Doe and emails like jane@example.com intact. ";
+    let mut messages = Vec::new();
+    let (mut i, mut len) = (0, 0);
+    while len < 100_000 {
+        let turn = [
+            serde_json::json!({"role": "user", "content": [
+                {"type": "text", "text": text.repeat(2)},
+                {"type": "tool_result", "tool_use_id": format!("toolu_{i}"), "content": text.repeat(2)}]}),
+            serde_json::json!({"role": "assistant", "content": [
+                {"type": "text", "text": text},
+                {"type": "tool_use", "id": format!("toolu_{}", i + 1), "name": "search",
+                 "input": {"query": "observability pipelines", "limit": 5}}]}),
+        ];
+        len += turn.iter().map(|m| m.to_string().len()).sum::<usize>();
+        messages.extend(turn);
+        i += 1;
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": true,
+        "system": [{"type": "text", "text": "You are terse."}],
+        "tools": [{"name": "search", "input_schema": {"type": "object"}}],
+        "messages": messages
+    }))
+    .expect("invariant: a json! value serializes")
+}
+
 fn bench(c: &mut Criterion) {
     let pricing = Pricing::builtin();
     let opts = ParseOptions::default();
@@ -143,6 +175,28 @@ fn bench(c: &mut Criterion) {
     );
     g.bench_function("request_100k", |b| {
         b.iter(|| black_box(parse(black_box(&req_ex), &opts, &pricing)))
+    });
+
+    let req = messages_request_100k();
+    g.throughput(Throughput::Bytes(req.len() as u64));
+    let mut messages_ex = exchange(
+        req,
+        "application/json",
+        vec![Bytes::from_static(
+            b"{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[]}",
+        )],
+    );
+    messages_ex.upstream.host = "api.anthropic.com".into();
+    messages_ex.path = "/v1/messages".into();
+    let check = parse(&messages_ex, &opts, &pricing);
+    assert!(
+        check.input_messages.len() > 100 && check.tool_names == ["search"],
+        "{} {:?}",
+        check.input_messages.len(),
+        check.tool_names
+    );
+    g.bench_function("messages_request_100k", |b| {
+        b.iter(|| black_box(parse(black_box(&messages_ex), &opts, &pricing)))
     });
     g.finish();
 }

@@ -364,10 +364,10 @@ pub struct Conversation {
     /// `None` when it is not JSON or could not be decoded. Raw content: redact before use.
     pub request_json: Option<Value>,
     /// The decoded request body when [`Conversation::request_json`] lacks its `messages`
-    /// member (a Chat Completions request whose messages were read from the text without a
-    /// tree, veil#18); `None` otherwise. A rules identity path that reaches into `messages`
-    /// parses the whole tree from it ([`Conversation::request_tree`]). Raw content, like
-    /// `request_json`.
+    /// member (a Chat Completions or Messages request whose messages were read from the text
+    /// without a tree, veil#18); `None` otherwise. A rules identity path that reaches into
+    /// `messages` parses the whole tree from it ([`Conversation::request_tree`]). Raw content,
+    /// like `request_json`.
     pub request_messages_omitted: Option<bytes::Bytes>,
 }
 

@@ -8,9 +8,9 @@
 //!
 //! The request JSON is the one the provider parse already decoded and parsed
 //! ([`Conversation::request_json`]), also for an endpoint veil does not parse: the body is
-//! decoded once. A Chat Completions request read without its messages' tree is parsed a second
-//! time, from the same decoded bytes, only for rules with an identity path that reaches into
-//! its messages ([`Conversation::request_tree`]).
+//! decoded once. A Chat Completions or Messages request read without its messages' tree is
+//! parsed a second time, from the same decoded bytes, only for rules with an identity path
+//! that reaches into its messages ([`Conversation::request_tree`]).
 
 use crate::exchange::{Conversation, Exchange};
 use crate::keys::UserPseudonym;
@@ -29,8 +29,8 @@ pub(super) fn user_pseudonyms(
     rules: &CompiledRules,
 ) -> Vec<UserPseudonym> {
     let identity_headers = ex.tags.iter().chain(&ex.request_headers);
-    // A Chat Completions request read directly has no `messages` in its tree; the whole tree
-    // is parsed again only for rules that look for a user inside the messages.
+    // A Chat Completions or Messages request read directly has no `messages` in its tree;
+    // the whole tree is parsed again only for rules that look for a user inside the messages.
     let whole;
     let request = if conv.request_messages_omitted.is_some() && rules.identity_may_reach("messages")
     {

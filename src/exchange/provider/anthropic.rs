@@ -4,10 +4,12 @@
 //! `message_stop`) is folded back into a `message` object, tool inputs rebuilt from their
 //! `input_json_delta` fragments, and parsed like a non-streamed response.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use super::direct::{self, Text};
 use super::{
     UNFINISHED, arguments, blob, copy_number, copy_stop, finish_reason, media_from_url, str_of,
     text_or_blocks, u64_of,
@@ -17,6 +19,24 @@ use crate::exchange::model::{Conversation, InputMessage, Modality, OutputMessage
 
 /// A Messages request.
 pub(super) fn request(req: &Value, c: &mut Conversation) {
+    request_head(req, c);
+    for m in req
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        c.input_messages.push(InputMessage {
+            role: role(m.get("role").and_then(Value::as_str)),
+            parts: blocks(m.get("content")),
+            name: None,
+        });
+    }
+}
+
+/// Everything of a Messages request but its `messages`: model, parameters, the user in
+/// `metadata`, tool names and the system prompt.
+fn request_head(req: &Value, c: &mut Conversation) {
     c.request_model = str_of(req, "model");
     copy_number(c, req, "max_tokens", "max_tokens");
     copy_number(c, req, "temperature", "temperature");
@@ -35,22 +55,43 @@ pub(super) fn request(req: &Value, c: &mut Conversation) {
             .extend(str_of(tool, "name").or_else(|| str_of(tool, "type")));
     }
     c.system_instructions = blocks(req.get("system"));
-    for m in req
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let role = match m.get("role").and_then(Value::as_str) {
-            Some("assistant") => Role::Assistant,
-            _ => Role::User,
+}
+
+/// A message's role: `assistant`, else the user (Messages has no other).
+fn role(r: Option<&str>) -> Role {
+    match r {
+        Some("assistant") => Role::Assistant,
+        _ => Role::User,
+    }
+}
+
+/// A Messages request read from the text (`super::direct`, veil#18): each message's blocks
+/// read as they are parsed, their text borrowed from the body, every other member of the
+/// request kept as a tree and read by [`request_head`]. `None`, and `c` untouched, when the
+/// body is not an object whose `messages`, messages and blocks have the types this reads (or
+/// is not JSON at all): the caller then parses the tree, which decides. When `Some`, `c` holds
+/// what [`request`] of the body's tree would have put there, and the value is that tree
+/// without its `messages` member.
+pub(super) fn request_direct(body: &[u8], c: &mut Conversation) -> Option<Value> {
+    let request = crate::exchange::json::parse_text::<MessagesRequest>(body).ok()?;
+    let rest = Value::Object(request.rest);
+    request_head(&rest, c);
+    for m in request.messages.into_iter().flatten() {
+        let parts = match m.content {
+            Some(direct::TextOr::Text(s)) => vec![Part::text(s.into_owned())],
+            Some(direct::TextOr::List(blocks)) => blocks
+                .into_iter()
+                .filter_map(RequestBlock::into_part)
+                .collect(),
+            Some(direct::TextOr::Tree(_)) | None => Vec::new(),
         };
         c.input_messages.push(InputMessage {
-            role,
-            parts: blocks(m.get("content")),
+            role: role(m.role.get()),
+            parts,
             name: None,
         });
     }
+    Some(rest)
 }
 
 /// Content that is a string or a list of blocks.
@@ -62,13 +103,45 @@ fn blocks(content: Option<&Value>) -> Vec<Part> {
     }
 }
 
+/// A content block of a tree.
 fn block(b: &Value) -> Option<Part> {
-    let kind = b.get("type").and_then(Value::as_str)?;
+    let text = |key: &str| b.get(key).and_then(Value::as_str);
+    block_part(BlockView {
+        kind: text("type"),
+        text: text("text"),
+        thinking: text("thinking"),
+        id: text("id"),
+        name: text("name"),
+        tool_use_id: text("tool_use_id"),
+        source: b.get("source"),
+        input: b.get("input"),
+        content: b.get("content").map(Cow::Borrowed),
+    })
+}
+
+/// What [`block_part`] reads of one content block, from either reading (the tree, or
+/// [`RequestBlock`] read from the text).
+struct BlockView<'a> {
+    kind: Option<&'a str>,
+    text: Option<&'a str>,
+    thinking: Option<&'a str>,
+    id: Option<&'a str>,
+    name: Option<&'a str>,
+    tool_use_id: Option<&'a str>,
+    source: Option<&'a Value>,
+    input: Option<&'a Value>,
+    content: Option<Cow<'a, Value>>,
+}
+
+/// The part of a content block; `None` for a block without a `type`.
+fn block_part(b: BlockView) -> Option<Part> {
+    let nonempty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+    let kind = b.kind?;
     Some(match kind {
-        "text" => Part::text(str_of(b, "text").unwrap_or_default()),
+        "text" => Part::text(b.text.unwrap_or_default().to_string()),
         "image" | "document" => {
             let fallback = (kind == "image").then_some(Modality::Image);
-            let src = b.get("source").unwrap_or(&Value::Null);
+            let src = b.source.unwrap_or(&Value::Null);
             match src.get("type").and_then(Value::as_str) {
                 Some("base64") => blob(
                     src.get("media_type").and_then(Value::as_str),
@@ -88,19 +161,21 @@ fn block(b: &Value) -> Option<Part> {
             }
         }
         "tool_use" => Part::ToolCall {
-            id: str_of(b, "id"),
-            name: str_of(b, "name").unwrap_or_default(),
-            arguments: b.get("input").and_then(arguments),
+            id: nonempty(b.id),
+            name: nonempty(b.name).unwrap_or_default(),
+            arguments: b.input.and_then(arguments),
         },
         "tool_result" => Part::ToolCallResponse {
-            id: str_of(b, "tool_use_id"),
-            response: b
-                .get("content")
-                .map(|c| text_or_blocks(c, block))
-                .unwrap_or(Value::Null),
+            id: nonempty(b.tool_use_id),
+            response: match b.content {
+                None => Value::Null,
+                // A string result is the response itself: moved, not copied.
+                Some(Cow::Owned(v @ Value::String(_))) => v,
+                Some(v) => text_or_blocks(&v, block),
+            },
         },
         "thinking" => Part::Reasoning {
-            content: str_of(b, "thinking").unwrap_or_default(),
+            content: b.thinking.unwrap_or_default().to_string(),
         },
         // Encrypted by Anthropic: present, but nothing readable.
         "redacted_thinking" => Part::Reasoning {
@@ -110,6 +185,81 @@ fn block(b: &Value) -> Option<Part> {
             kind: other.to_string(),
         },
     })
+}
+
+// A Messages request as `request` reads it, from the text (`super::direct`): `messages`
+// message by message and block by block, every other member kept as a tree.
+
+#[derive(Default)]
+struct MessagesRequest<'de> {
+    /// `null` reads as absent, as the tree's `as_array` does.
+    messages: Option<Vec<RequestMessage<'de>>>,
+    /// Every member but `messages`, in the tree's map (the last of a key given twice wins).
+    rest: Map<String, Value>,
+}
+
+direct::object!(MessagesRequest, "a Messages request", |out, key, map| {
+    if key == "messages" {
+        out.messages = map.next_value()?;
+    } else {
+        out.rest.insert(key.to_string(), map.next_value()?);
+    }
+    Ok(true)
+});
+
+#[derive(Default)]
+struct RequestMessage<'de> {
+    role: Text<'de>,
+    /// `null` reads as absent: neither makes a part.
+    content: Option<direct::TextOr<'de, RequestBlock<'de>>>,
+}
+
+direct::object!(RequestMessage, "a message", [role, content]);
+
+#[derive(Default)]
+struct RequestBlock<'de> {
+    kind: Text<'de>,
+    text: Text<'de>,
+    thinking: Text<'de>,
+    id: Text<'de>,
+    name: Text<'de>,
+    tool_use_id: Text<'de>,
+    source: Option<Value>,
+    input: Option<Value>,
+    content: Option<Value>,
+}
+
+direct::object!(RequestBlock, "a content block", |out, key, map| {
+    match key {
+        "type" => out.kind = map.next_value()?,
+        "text" => out.text = map.next_value()?,
+        "thinking" => out.thinking = map.next_value()?,
+        "id" => out.id = map.next_value()?,
+        "name" => out.name = map.next_value()?,
+        "tool_use_id" => out.tool_use_id = map.next_value()?,
+        "source" => out.source = map.next_value()?,
+        "input" => out.input = map.next_value()?,
+        "content" => out.content = map.next_value()?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+});
+
+impl RequestBlock<'_> {
+    /// What [`block`] makes of the same block's tree.
+    fn into_part(self) -> Option<Part> {
+        block_part(BlockView {
+            kind: self.kind.get(),
+            text: self.text.get(),
+            thinking: self.thinking.get(),
+            id: self.id.get(),
+            name: self.name.get(),
+            tool_use_id: self.tool_use_id.get(),
+            source: self.source.as_ref(),
+            input: self.input.as_ref(),
+            content: self.content.map(Cow::Owned),
+        })
+    }
 }
 
 /// Anthropic usage: `input_tokens` excludes cache reads and writes, the GenAI

@@ -56,24 +56,27 @@ impl<'de> Deserialize<'de> for Text<'de> {
 }
 
 /// A field that is most often a string (a message's `content`): the string borrowed from the
-/// text unless it has escapes, any other JSON value parsed as the tree would parse it.
-pub(super) enum TextOr<'de> {
+/// text unless it has escapes, each element of an array read as `T` (`Value` by default: the
+/// array as the tree would parse it), any other JSON value parsed as a `Value`.
+pub(super) enum TextOr<'de, T = Value> {
     /// A JSON string.
     Text(Cow<'de, str>),
-    /// Any other value (an array of parts, a number, `null`), parsed as a `Value`.
+    /// A JSON array, each element read as `T`.
+    List(Vec<T>),
+    /// Any other value (an object, a number, `null`), parsed as a `Value`.
     Tree(Value),
 }
 
-impl<'de> Deserialize<'de> for TextOr<'de> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for TextOr<'de, T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(TextOrVisitor)
+        d.deserialize_any(TextOrVisitor(std::marker::PhantomData))
     }
 }
 
-struct TextOrVisitor;
+struct TextOrVisitor<T>(std::marker::PhantomData<T>);
 
-impl<'de> Visitor<'de> for TextOrVisitor {
-    type Value = TextOr<'de>;
+impl<'de, T: Deserialize<'de>> Visitor<'de> for TextOrVisitor<T> {
+    type Value = TextOr<'de, T>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -115,10 +118,10 @@ impl<'de> Visitor<'de> for TextOrVisitor {
         Ok(TextOr::Tree(Value::Null))
     }
 
-    // Arrays and objects go to `Value`'s own visitor, inside the same parser: the same
-    // validation and the same recursion limit as the tree's.
+    // Arrays and objects are read inside the same parser: the same validation and the same
+    // recursion limit as the tree's.
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Value::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(TextOr::Tree)
+        Vec::<T>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(TextOr::List)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {

@@ -15,10 +15,11 @@
 //! index blindly: every field is optional, because the input is whatever crossed the wire.
 //! Streams are folded back into the non-streamed response shape of the same API and then
 //! parsed by the same function, so a streamed and a non-streamed response of the same
-//! content produce the same model by construction. The most common exchange is first read
+//! content produce the same model by construction. The most common exchanges are first read
 //! without trees: a Chat Completions response (`openai::chat_response_direct`) and request
-//! (`openai::chat_request_direct`: its messages read as they are parsed, the other members
-//! kept as a tree for the parameters and the rules' identity paths), both built on `direct`.
+//! (`openai::chat_request_direct`), and a Messages request (`anthropic::request_direct`): a
+//! request's messages read as they are parsed, its other members kept as a tree for the
+//! parameters and the rules' identity paths; all built on `direct`.
 //! Each falls back to the tree for anything it does not expect, and is tested to give what
 //! the tree gives whenever it does not.
 
@@ -257,14 +258,22 @@ pub fn parse(ex: &Exchange, opts: &ParseOptions, pricing: &Pricing) -> Conversat
     }
     // Decoded and parsed once, whatever the endpoint: the record step looks the user up in
     // it too (rules `[identity] json`), also where veil parses nothing else. A Chat
-    // Completions request is read without the tree of its messages when it can be
-    // (`openai::chat_request_direct`); `read` then says its dialect parser has run.
-    let direct = target.as_ref().is_some_and(|t| {
-        t.api == Api::OpenAiChat && !ex.request_body.truncated && !unread_before_upstream_failed(ex)
+    // Completions or Messages request is read without the tree of its messages when it can
+    // be (`openai::chat_request_direct`, `anthropic::request_direct`); `read` then says its
+    // dialect parser has run.
+    let direct = target.as_ref().map(|t| t.api).filter(|&api| {
+        matches!(api, Api::OpenAiChat | Api::AnthropicMessages)
+            && !ex.request_body.truncated
+            && !unread_before_upstream_failed(ex)
     });
     let mut read = false;
     let request = decoded_request(ex, opts).and_then(|raw| {
-        if direct && let Some(rest) = openai::chat_request_direct(&raw, &mut c) {
+        let rest = match direct {
+            Some(Api::OpenAiChat) => openai::chat_request_direct(&raw, &mut c),
+            Some(_) => anthropic::request_direct(&raw, &mut c),
+            None => None,
+        };
+        if let Some(rest) = rest {
             read = true;
             c.request_messages_omitted = Some(raw);
             return Ok(rest);

@@ -528,6 +528,9 @@ impl RequestMessage<'_> {
             role: self.role.get(),
             content: self.content.map(|c| match c {
                 direct::TextOr::Text(s) => ContentView::Text(s),
+                direct::TextOr::List(v) => {
+                    ContentView::Tree(std::borrow::Cow::Owned(Value::Array(v)))
+                }
                 direct::TextOr::Tree(v) => ContentView::Tree(std::borrow::Cow::Owned(v)),
             }),
             name: self.name.get(),

@@ -3047,3 +3047,329 @@ fn identity_paths_into_messages_find_users_of_requests_read_directly() {
         Some(crate::keys::pseudonymize_user(&keys, "root-user"))
     );
 }
+
+/// What the tree reading of a Messages request makes of `body`: the conversation, and the tree
+/// less `messages`.
+fn messages_request_by_tree(body: &[u8]) -> Option<(Conversation, Value)> {
+    let mut v = json::from_slice(body).ok()?;
+    v.is_object().then_some(())?;
+    let mut c = blank();
+    anthropic::request(&v, &mut c);
+    v.as_object_mut().unwrap().remove("messages");
+    Some((c, v))
+}
+
+/// What the direct reading of a Messages request makes of `body`, `None` when it leaves it to
+/// the tree.
+fn messages_request_direct(body: &[u8]) -> Option<(Conversation, Value)> {
+    let mut c = blank();
+    match anthropic::request_direct(body, &mut c) {
+        Some(rest) => Some((c, rest)),
+        None => {
+            assert_eq!(c, blank(), "a refusal leaves the conversation untouched");
+            None
+        }
+    }
+}
+
+/// A real Messages request (the fixture) and one with every kind of block are read directly,
+/// to the same conversation as the tree gives and with the same tree less `messages`: text,
+/// images and documents of each source, tool use with object and string inputs, tool results
+/// as text, blocks and `null`, thinking, redacted thinking, unknown and typeless blocks, the
+/// system prompt, tools and the user in `metadata`.
+#[test]
+fn direct_messages_requests_equal_the_tree_reading() {
+    let mut bodies: Vec<Vec<u8>> = vec![fixture("anthropic/messages_request.json")];
+    bodies.push(
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "temperature": 0.5,
+            "top_k": 5, "stop_sequences": ["END", 7], "stream": true,
+            "metadata": {"user_id": "u-7"},
+            "system": [{"type": "text", "text": "Be brief. \"quoted\" \\ é 🦀",
+                        "cache_control": {"type": "ephemeral"}}],
+            "tools": [{"name": "lookup", "input_schema": {"type": "object"}},
+                      {"type": "web_search_20250305"}],
+            "messages": [
+                {"role": "user", "content": "plain"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "look", "citations": null},
+                    {"type": "text", "text": ""},
+                    {"type": "text"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                 "data": "iVBORw0KGgo="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://x.example/a.png"}},
+                    {"type": "image", "source": {"type": "url"}},
+                    {"type": "document", "source": {"type": "file", "file_id": "file_1"}},
+                    {"type": "document", "source": {"type": "text", "data": "the doc",
+                                                    "media_type": "text/plain"}},
+                    {"type": "document", "source": null},
+                    {"type": "image"},
+                    {"type": "mystery", "text": "x"},
+                    {"text": "no type"}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                    {"type": "redacted_thinking", "data": "opaque"},
+                    {"type": "text", "text": "calling"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "lookup",
+                     "input": {"q": "x"}},
+                    {"type": "tool_use", "id": "", "name": "raw", "input": "{\"a\": 1}"},
+                    {"type": "tool_use", "input": null}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": true,
+                     "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                    {"type": "tool_result", "tool_use_id": "toolu_3",
+                     "content": [{"type": "text", "text": "see"},
+                                 {"type": "image", "source": {"type": "base64",
+                                    "media_type": "image/jpeg", "data": "/9j/"}}]},
+                    {"type": "tool_result", "tool_use_id": "toolu_4", "content": null},
+                    {"type": "tool_result", "content": {"odd": 1}},
+                    {"type": "tool_result"}]},
+                {"role": "system", "content": "an unknown role"},
+                {"content": "no role"},
+                {"role": "user", "content": null},
+                {"role": "user", "content": 5},
+                {"role": "user", "content": {"type": "text", "text": "an object"}},
+                {"role": "user"}]})
+        .to_string()
+        .into_bytes(),
+    );
+    // Escapes in keys and values; `messages` given twice (the last wins); a `null` list.
+    bodies.push(
+        br#"{"m\u006fdel":"c","messages":[{"role":"user","content":"x"}],"messages":[{"r\u006fle":"assistant","content":[{"t\u0079pe":"text","text":"tab\there \ud83e\udd80"}]}]}"#
+            .to_vec(),
+    );
+    bodies.push(br#"{"model":"c","messages":null}"#.to_vec());
+    bodies.push(br#"{}"#.to_vec());
+    for (k, body) in bodies.iter().enumerate() {
+        let direct =
+            messages_request_direct(body).unwrap_or_else(|| panic!("request {k} is read directly"));
+        let tree = messages_request_by_tree(body).expect("the tree reads it too");
+        assert_eq!(direct, tree, "request {k}");
+    }
+    // The one with every kind reads to something: the comparison is not of two empties.
+    let (c, rest) = messages_request_direct(&bodies[1]).unwrap();
+    assert_eq!(c.input_messages.len(), 10);
+    assert_eq!(
+        c.input_messages[1].parts.len(),
+        10,
+        "the typeless block and the image without its URL are no parts"
+    );
+    assert_eq!(c.input_messages[3].parts.len(), 6);
+    assert_eq!(c.tool_names, ["lookup", "web_search_20250305"]);
+    assert_eq!(c.user_id.as_deref(), Some("u-7"));
+    assert_eq!(c.system_instructions.len(), 1);
+    assert!(rest.get("system").is_some() && rest.get("messages").is_none());
+    // A string tool result is the response itself.
+    assert!(matches!(&c.input_messages[3].parts[0],
+        Part::ToolCallResponse { response: Value::String(s), .. } if s == "sunny"));
+}
+
+/// Bodies the direct reading of a Messages request does not take: a member of a type it
+/// does not read (the tree reads it as absent), anything serde_json refuses, a lone surrogate
+/// (the tree repairs it), nesting past the limit.
+#[test]
+fn direct_messages_request_reading_leaves_odd_requests_to_the_tree() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let cases: Vec<Vec<u8>> = vec![
+        br#"{"messages":{"0":{}}}"#.to_vec(),
+        br#"{"messages":[1]}"#.to_vec(),
+        br#"{"messages":[{"role":5,"content":"hi"}]}"#.to_vec(),
+        br#"{"messages":[{"role":"user","content":[3]}]}"#.to_vec(),
+        br#"{"messages":[{"role":"user","content":[{"type":1}]}]}"#.to_vec(),
+        br#"{"messages":[{"role":"user","content":[{"type":"text","text":["x"]}]}]}"#.to_vec(),
+        br#"{"messages":[{"role":"user","content":[{"type":"tool_use","id":7}]}]}"#.to_vec(),
+        br#"[]"#.to_vec(),
+        br#"{"messages":[{"content":"cut \ud800 here"}]}"#.to_vec(),
+        b"{\"model\":\"m\xff\"}".to_vec(),
+        br#"{"max_tokens":1e400,"messages":[]}"#.to_vec(),
+        format!(r#"{{"messages":[{{"content":[{{"type":"tool_result","content":{deep}}}]}}]}}"#)
+            .into_bytes(),
+        format!(r#"{{"system":{deep},"messages":[]}}"#).into_bytes(),
+        br#"{"messages":[]} trailing"#.to_vec(),
+    ];
+    for (k, body) in cases.iter().enumerate() {
+        assert!(
+            messages_request_direct(body).is_none(),
+            "case {k} is left to the tree"
+        );
+    }
+    // The tree makes something of some of them (odd members read as absent; the surrogate
+    // repaired), so leaving them is what keeps the two readings the same.
+    assert!(messages_request_by_tree(&cases[0]).is_some());
+    assert!(messages_request_by_tree(&cases[3]).is_some());
+    assert!(messages_request_by_tree(&cases[8]).is_some());
+}
+
+fn messages_request_text() -> impl Strategy<Value = String> {
+    // Each member mostly of the type the direct reading takes, sometimes anything: a body
+    // the direct reading takes must often hold blocks, or the agreement says little.
+    let text = || {
+        prop_oneof![
+            12 => prop_oneof![
+                Just(r#""plain""#.to_string()),
+                Just(r#""q\"uote\\ \n é""#.to_string()),
+                Just(r#""""#.to_string()),
+                Just("null".to_string()),
+            ],
+            1 => any_json(),
+        ]
+        .boxed()
+    };
+    let kind = prop_oneof![
+        12 => prop_oneof![
+            Just(r#""text""#.to_string()),
+            Just(r#""tool_use""#.to_string()),
+            Just(r#""tool_result""#.to_string()),
+            Just(r#""image""#.to_string()),
+            Just(r#""document""#.to_string()),
+            Just(r#""thinking""#.to_string()),
+            Just(r#""redacted_thinking""#.to_string()),
+            Just(r#""other""#.to_string()),
+        ],
+        1 => any_json(),
+    ]
+    .boxed();
+    let source = prop_oneof![
+        2 => Just(r#"{"type":"base64","media_type":"image/png","data":"iVBO"}"#.to_string()),
+        1 => Just(r#"{"type":"url","url":"https://x/y.png"}"#.to_string()),
+        1 => Just(r#"{"type":"text","data":"doc"}"#.to_string()),
+        1 => Just(r#"{"type":"file","file_id":"f"}"#.to_string()),
+        2 => any_json(),
+    ]
+    .boxed();
+    let result = prop_oneof![
+        2 => text(),
+        2 => Just(r#"[{"type":"text","text":"a"},{"type":"text","text":"b"}]"#.to_string()),
+        1 => Just(r#"[{"type":"text","text":"a"},{"type":"image","source":{"type":"url","url":"https://x/y.png"}}]"#.to_string()),
+        1 => any_json(),
+    ]
+    .boxed();
+    let member = prop_oneof![
+        1 => (Just("type"), kind.clone()),
+        2 => (Just("text"), text()),
+        1 => (Just("thinking"), text()),
+        1 => (Just("id"), text()),
+        1 => (Just("name"), text()),
+        1 => (Just("tool_use_id"), text()),
+        1 => (Just("source"), source),
+        1 => (Just("input"), any_json().boxed()),
+        1 => (Just("content"), result),
+        1 => (Just("citations"), any_json().boxed()),
+    ];
+    // Mostly typed first (a block without a type is no part), sometimes not at all.
+    let first_type =
+        prop_oneof![6 => kind.prop_map(|k| format!("\"type\":{k}")), 1 => Just(String::new())];
+    let block =
+        (first_type, proptest::collection::vec(member, 0..5)).prop_map(|(first, members)| {
+            let m: Vec<String> = (!first.is_empty())
+                .then_some(first)
+                .into_iter()
+                .chain(members.iter().map(|(k, v)| format!("\"{k}\":{v}")))
+                .collect();
+            format!("{{{}}}", m.join(","))
+        });
+    let blocks = proptest::collection::vec(prop_oneof![16 => block, 1 => any_json()], 0..4)
+        .prop_map(|v| format!("[{}]", v.join(",")));
+    let role = prop_oneof![
+        2 => Just(r#""user""#.to_string()),
+        2 => Just(r#""assistant""#.to_string()),
+        1 => text(),
+    ]
+    .boxed();
+    let content = prop_oneof![4 => blocks, 2 => text()].boxed();
+    let message = proptest::collection::vec(
+        prop_oneof![(Just("role"), role), (Just("content"), content)],
+        0..3,
+    )
+    .prop_map(|members| {
+        let m: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", m.join(","))
+    });
+    let messages = proptest::collection::vec(prop_oneof![8 => message, 1 => any_json()], 0..4)
+        .prop_map(|v| format!("[{}]", v.join(",")));
+    let other = prop_oneof![
+        2 => any_json(),
+        1 => Just(r#"[{"name":"f","input_schema":{}}]"#.to_string()),
+        1 => Just(r#"{"user_id":"u"}"#.to_string()),
+        1 => Just(r#"[{"type":"text","text":"sys"}]"#.to_string()),
+    ]
+    .boxed();
+    let member = prop_oneof![
+        3 => (Just("messages"), prop_oneof![8 => messages, 1 => any_json()].boxed()),
+        1 => (
+            proptest::sample::select(vec![
+                "model", "system", "tools", "metadata", "stop_sequences", "temperature",
+                "stream", "max_tokens",
+            ]),
+            other,
+        ),
+    ];
+    proptest::collection::vec(member, 0..6).prop_map(|members| {
+        let m: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", m.join(","))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whenever the direct reading takes a Messages request, the tree reads the same request
+    /// to the same conversation and the same tree less `messages`; when the tree refuses a
+    /// body, so does the direct reading.
+    #[test]
+    fn direct_messages_request_reading_agrees_with_the_tree(body in messages_request_text()) {
+        let tree = messages_request_by_tree(body.as_bytes());
+        if let Some(direct) = messages_request_direct(body.as_bytes()) {
+            prop_assert_eq!(Some(direct), tree, "{}", body);
+        }
+    }
+}
+
+/// As for Chat Completions: a Messages request read directly keeps `metadata` in its tree
+/// (the shipped rules' `$.metadata.user_id`), and rules with a path into the messages read
+/// the whole tree again.
+#[test]
+fn identity_paths_into_messages_find_users_of_messages_requests_read_directly() {
+    use crate::keys::{KeyId, Keyring, MasterKey};
+    use crate::redact::{BUILTIN_DEFAULT_RULES, CompiledRules};
+    let keys = Keyring::single(MasterKey::from_bytes(KeyId(1), [4; 32]));
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 10,
+        "metadata": {"user_id": "meta-user"},
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi", "tenant_user": "deep-user"}]}]})
+    .to_string();
+    let ex = exchange(
+        "api.anthropic.com",
+        "/v1/messages",
+        body.as_bytes(),
+        200,
+        "application/json",
+        &fixture("anthropic/messages_response.json"),
+    );
+    let conv = run(&ex);
+    assert!(conv.request_messages_omitted.is_some(), "read directly");
+    assert_eq!(conv.input_messages.len(), 1);
+    let rules = CompiledRules::from_str(
+        "version = 1\n[identity]\njson = [\"$..tenant_user\", \"$.metadata.user_id\"]\n",
+        &keys,
+    )
+    .unwrap();
+    let record = crate::record::build(&ex, &conv, &rules);
+    let want: Vec<_> = ["deep-user", "meta-user"]
+        .iter()
+        .map(|u| crate::keys::pseudonymize_user(&keys, u))
+        .collect();
+    assert_eq!(record.user_pseudonyms, want);
+    let shipped = CompiledRules::from_str(BUILTIN_DEFAULT_RULES, &keys).unwrap();
+    let record = crate::record::build(&ex, &conv, &shipped);
+    assert_eq!(
+        record.user_pseudonym,
+        Some(crate::keys::pseudonymize_user(&keys, "meta-user"))
+    );
+}
