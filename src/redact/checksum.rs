@@ -399,8 +399,9 @@ pub(crate) fn ssn(text: &str, r: Range<usize>) -> Option<Range<usize>> {
 
 /// True when the candidate continues a number to its left (`5718 0592 …`: the tail of a
 /// longer digit sequence is not a phone number of its own). Digits glued to a letter or `_`
-/// on their left are the end of a name (`order A12 415-555-0148`, `x86`, `v2`), not a number
-/// the candidate continues.
+/// on their left end a name (`order A12 415-555-0148`, `x86`), not a number the candidate
+/// continues, unless the word before that name holds a digit too: then all are groups of
+/// one code (a parcel's tracking number, `1Z 999 AA1 01 2345 6784`).
 pub(crate) fn continues_number(text: &str, start: usize) -> bool {
     let before = text.as_bytes().get(..start).unwrap_or_default();
     let [rest @ .., d, b' ' | b'-' | b'.' | b'/'] = before else {
@@ -409,8 +410,27 @@ pub(crate) fn continues_number(text: &str, start: usize) -> bool {
     if !d.is_ascii_digit() {
         return false;
     }
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
     let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
-    !matches!(rest[..rest.len() - digits].last(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
+    let rest = &rest[..rest.len() - digits];
+    if !rest.last().is_some_and(word) {
+        return true;
+    }
+    // A name: is the word before it part of the same code?
+    let name = rest.iter().rev().take_while(|b| word(b)).count();
+    let rest = &rest[..rest.len() - name];
+    let gap = rest
+        .iter()
+        .rev()
+        .take_while(|b| matches!(b, b' ' | b'-'))
+        .count();
+    let rest = &rest[..rest.len() - gap];
+    gap > 0
+        && rest
+            .iter()
+            .rev()
+            .take_while(|b| word(b))
+            .any(u8::is_ascii_digit)
 }
 
 /// IPv4: not a piece of a longer dotted sequence (`1.2.3.4.5`, versions `v1.2.3.4`).
@@ -500,21 +520,29 @@ fn is_placeholder(v: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// `raw` up to its first bracket that it does not close itself: an opener never closed
-/// (`hunter22(`, `os.environ['…` cut at a quote) or a closer of a bracket opened before it
-/// (`f(password=hunter22)`). Brackets opened and closed inside stay (`P@ss(w0rd)1`).
+/// Closing brackets and a sentence's closing punctuation: what may follow a bare value.
+fn closes_or_ends(b: u8) -> bool {
+    matches!(b, b')' | b']' | b'}' | b'.' | b'!' | b'?' | b':')
+}
+
+/// `raw` up to a closer of a bracket opened before the value, when only closers and sentence
+/// punctuation follow it (`f(password=hunter22).`, `{"pass":hunter22}`). Brackets the value
+/// opens and closes stay (`P@ss(w0rd)1`), and so do an opener it never closes (`hunter22(`)
+/// and a stray closer with more of the value after it (`Xk]9mQ2!z`).
 fn balanced_prefix(raw: &str) -> &str {
-    // Open brackets' positions, innermost last; deeper nesting than this ends the value.
-    let mut open = [(0usize, 0u8); 8];
+    let b = raw.as_bytes();
+    // Where the run of closers and punctuation that ends `raw` starts.
+    let tail = b.len() - b.iter().rev().take_while(|&&c| closes_or_ends(c)).count();
+    // Open brackets, innermost last; past this depth brackets are taken as they come.
+    let mut open = [0u8; 32];
     let mut depth = 0;
-    for (i, &b) in raw.as_bytes().iter().enumerate() {
-        let closes = match b {
+    for (i, &c) in b.iter().enumerate() {
+        let closes = match c {
             b'(' | b'[' | b'{' => {
-                if depth == open.len() {
-                    return &raw[..open[0].0];
+                if let Some(slot) = open.get_mut(depth) {
+                    *slot = c;
+                    depth += 1;
                 }
-                open[depth] = (i, b);
-                depth += 1;
                 continue;
             }
             b')' => b'(',
@@ -523,38 +551,102 @@ fn balanced_prefix(raw: &str) -> &str {
             _ => continue,
         };
         match depth.checked_sub(1) {
-            Some(top) if open[top].1 == closes => depth = top,
-            Some(_) => return &raw[..open[0].0],
-            None => return &raw[..i],
+            Some(top) if open[top] == closes => depth = top,
+            _ if i >= tail => return &raw[..i],
+            _ => {}
         }
     }
-    if depth == 0 { raw } else { &raw[..open[0].0] }
+    raw
+}
+
+/// True when `s` is a call or an index of a name without digits, as code has them
+/// (`getpass()`, `os.environ[…`, `Optional[str]`, `secrets.token_hex(16)`,
+/// `String::new()`, `std::env::var(…`, `get-pass(x)`): a name of letters, `_ . : -` right
+/// before the first `(` or `[`, and the brackets then either left open or closed with nothing
+/// after them but another call, index, member or `?`. `hunter22(`, `P@ss(w0rd)1` and
+/// `Tr(0ub)4dor` are not calls.
+fn is_call(s: &str) -> bool {
+    let Some(open) = s.find(['(', '[']) else {
+        return false;
+    };
+    let name = &s.as_bytes()[..open];
+    let named = matches!(name.first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_')
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.' | b':' | b'-'));
+    if !named {
+        return false;
+    }
+    let mut depth = 0usize;
+    for (i, c) in s.bytes().enumerate().skip(open) {
+        match c {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => continue,
+        }
+        if depth == 0 {
+            return matches!(
+                s.as_bytes().get(i + 1),
+                None | Some(b'.' | b'(' | b'[' | b'?')
+            );
+        }
+    }
+    true
+}
+
+/// The most a bare value's pattern reads (`{5,255}` after its first byte): a longer value is
+/// read on by [`password`] once accepted, so a run of candidates never reads the rest of the
+/// run once per candidate.
+const BARE_MAX: usize = 256;
+
+/// What a bare value does not end on: a sentence's punctuation, an opener (`hunter22(`).
+const VALUE_END: [char; 7] = ['.', '!', '?', ':', '(', '[', '{'];
+
+/// What ends a bare value: whitespace, a quote, `< > , ; &`.
+fn ends_bare(c: u8) -> bool {
+    c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>' | b',' | b';' | b'&')
 }
 
 /// The bare value after a password word: up to a bracket it does not close itself
 /// ([`balanced_prefix`]), without the sentence's closing punctuation, at least 6 bytes, not
-/// code ([`code_not_password`]), not a Python format field (`%(password)s`), and not a call
-/// or an index of a name without digits (`getpass()`, `os.environ[…]`, `Optional[str]`,
-/// `secrets.token_hex(16)`; `hunter22(` and `P@ss(w0rd)1` are passwords).
+/// code ([`code_not_password`]), not a template (`%(password)s`, `#{pw}`, `%{pw}`,
+/// `@(Model.Password)`) and not a call or an index of a name without digits ([`is_call`]). A
+/// value longer than the pattern reads ([`BARE_MAX`]) is masked to its end.
 pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    bare_password(text, r, true)
+}
+
+/// [`password`], with or without the test for code calls (a command line's flag takes no
+/// code, so `--password Welcome[42]!` is a password).
+fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Range<usize>> {
     let raw = text.get(r.clone())?;
-    // Sentence punctuation after the value is the sentence's.
-    let s = balanced_prefix(raw).trim_end_matches(['.', '!', '?', ':']);
-    let end = r.start + s.len();
-    // A name of letters, `_` and `.` right before `(` or `[`, in the value or just after it.
-    let name = s.find(['(', '[']).unwrap_or(s.len());
-    let called = name > 0
-        && matches!(text.as_bytes().get(r.start + name), Some(b'(' | b'['))
-        && s[..name]
-            .bytes()
-            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'.');
-    // veil's own pseudonym or hash of a password (`[PASSWORD:p_1f3a…]`): the word and the
-    // `:` are its label, the tag is no password.
-    let tag = text.as_bytes().get(end) == Some(&b']')
-        && matches!(s.as_bytes(), [b'a'..=b'z', b'_', rest @ ..]
-            if !rest.is_empty() && rest.iter().all(u8::is_ascii_hexdigit));
-    (s.len() >= 6 && !called && !tag && !s.starts_with("%(") && !code_not_password(s))
-        .then_some(r.start..end)
+    // Sentence punctuation after the value is the sentence's, and so is an opener it ends on.
+    let value = balanced_prefix(raw);
+    let s = value.trim_end_matches(VALUE_END);
+    let mut end = r.start + s.len();
+    // veil's own pseudonym or hash of a password (`[PASSWORD:p_1f3a…]`, whatever follows
+    // it): the word and the `:` are its label, the tag is no password.
+    let tag = raw.split_once(']').is_some_and(|(t, _)| {
+        matches!(t.as_bytes(), [b'a'..=b'z', b'_', rest @ ..]
+            if !rest.is_empty() && rest.iter().all(u8::is_ascii_hexdigit))
+    });
+    let template = ["%(", "#{", "%{", "@(", "@{"]
+        .iter()
+        .any(|t| s.starts_with(t));
+    if s.len() < 6 || tag || template || (calls_are_code && is_call(value)) || code_not_password(s)
+    {
+        return None;
+    }
+    // Cut at the pattern's limit with more of the value after it: mask the value to its end.
+    if r.len() >= BARE_MAX && end == r.end {
+        let more = text.as_bytes()[r.end..]
+            .iter()
+            .take_while(|&&c| !ends_bare(c))
+            .count();
+        let whole = balanced_prefix(&text[r.start..r.end + more]).trim_end_matches(VALUE_END);
+        end = end.max(r.start + whole.len());
+    }
+    Some(r.start..end)
 }
 
 /// A quoted value after a password word (the quotes say where it ends, so any length and
@@ -569,6 +661,27 @@ pub(crate) fn password_quoted(text: &str, r: Range<usize>) -> Option<Range<usize
 /// `[PASSWORD]`).
 pub(crate) fn password_option(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     password_quoted(text, r)
+}
+
+/// The password glued to a MySQL client's `-p` ([`password_option`]'s rules), unless it is a
+/// port mapping (`-p3306:3306`, `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line).
+pub(crate) fn password_mysql(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = text.get(r.clone())?;
+    let ports = s.split_once('/').map_or(s, |(p, proto)| {
+        if proto == "tcp" || proto == "udp" {
+            p
+        } else {
+            s
+        }
+    });
+    let mapping = ports.contains(':')
+        && ports
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b':');
+    if mapping {
+        return None;
+    }
+    password_option(text, r)
 }
 
 /// Where the one of `words` (any case) that ends at `end` starts.
@@ -615,13 +728,14 @@ fn after_password_flag(text: &str, r: &Range<usize>) -> bool {
         && (j == 0 || !(b[j - 1].is_ascii_alphanumeric() || b[j - 1] >= 0x80))
 }
 
-/// A bare value after a password flag (`--password hunter22`): [`password`]'s rules, and the
-/// flag's `--` before the word.
+/// A bare value after a password flag (`--password hunter22`): [`password`]'s rules but the
+/// one for calls (a flag takes no code: `--password Welcome[42]!`), and the flag's `--`
+/// before the word.
 pub(crate) fn password_flag(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     if !after_password_flag(text, &r) {
         return None;
     }
-    password(text, r)
+    bare_password(text, r, false)
 }
 
 /// A quoted value after a password flag (`--password "a b"`): [`password_quoted`]'s rules,

@@ -114,27 +114,74 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
     }
 }
 
-/// A bare shell word holding a password, as capture group 1: no blank, quote or `; & | < >
-/// ( )` (the shell would end the word there), up to 256 bytes, not starting with `-`.
+/// A bare shell word holding a password, as capture group 1: no blank, quote, `\` or
+/// `; & | < > ( )` (the shell would end the word there, or it is an escaped quote of JSON
+/// text), up to 256 bytes, not starting with `-` (the next option).
 macro_rules! shell_word {
     () => {
-        r#"([^\s"'`;&|<>()\-][^\s"'`;&|<>()]{0,255})"#
+        r#"([^\s"'`;&|<>()\\\-][^\s"'`;&|<>()\\]{0,255})"#
     };
 }
 
-/// `sshpass`, optionally `-v`, then `-p` (the password follows, glued or after blanks).
+/// [`shell_word!`] glued to its option (`-pX`, `pass:X`): it may start with `-`.
+macro_rules! glued_word {
+    () => {
+        r#"([^\s"'`;&|<>()\\][^\s"'`;&|<>()\\]{0,255})"#
+    };
+}
+
+/// A double-quoted password as capture group 1, the quotes JSON-escaped or not.
+macro_rules! double_quoted {
+    () => {
+        r#"\\?"([^"\\\r\n]{1,256})\\?""#
+    };
+}
+
+/// Blanks between a command's words: spaces, tabs, or a line continued with `\`.
+macro_rules! blanks {
+    () => {
+        r#"(?:[ \t]|\\\r?\n)+"#
+    };
+}
+
+/// OpenSSL's password options (`-passin`, `-passout`, `-pass`, `-password`), starting a word.
+macro_rules! openssl_pass {
+    () => {
+        r#"(?-u:\B)-pass(?:in|out|word)?[ \t]+"#
+    };
+}
+
+/// `sshpass`, its other options (`-v`, `-P prompt`, `-d fd`), then `-p`; the password follows,
+/// glued or after blanks.
 macro_rules! sshpass_p {
     () => {
-        r#"(?-u:\b)sshpass(?:[ \t]+-v)*[ \t]+-p[ \t]*"#
+        concat!(
+            r#"(?-u:\b)sshpass(?:"#,
+            blanks!(),
+            r#"-(?:v|[Pd](?:[ \t]*(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\s"']+))))*"#,
+            blanks!(),
+            r#"-p[ \t]*"#
+        )
     };
 }
 
-/// A MySQL or MariaDB client (`mysql`, `mysqldump`, `mariadb-dump`, ...), up to 12 other
-/// arguments of the same command (no `;`, `&` or `|` between), then `-p` with the password
-/// glued to it.
+/// A MySQL or MariaDB client (`mysql`, `mysqldump`, `mariadb-dump`, `mysql.exe`, ...), up to
+/// 32 options before `-p` (`--long[=value]`, `-x value`, `-xvalue`; any other word, such as
+/// prose or another command's argument, ends the command), then `-p` with the password glued
+/// to it.
 macro_rules! mysql_p {
     () => {
-        r#"(?-u:\b)(?:mysql[a-z]*|mariadb(?:-[a-z]+)?)(?:[ \t]+[^\s;&|]+){0,12}?[ \t]+-p"#
+        concat!(
+            r#"(?-u:\b)(?:mysql(?:dump|admin|import|check|show|slap|pump|sh|binlog)?"#,
+            r#"|mariadb(?:-(?:dump|admin|import|check|show|slap|binlog))?)(?:\.exe)?"#,
+            r#"(?:"#,
+            blanks!(),
+            r#"(?:--[^\s;&|]+|-[A-Za-oq-z](?:[^\s;&|]+|"#,
+            blanks!(),
+            r#"[^\s;&|\-][^\s;&|]*)?)){0,32}?"#,
+            blanks!(),
+            r#"-p"#
+        )
     };
 }
 
@@ -380,7 +427,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    r#"\\?["']?([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#
+                    r#"\\?["']?([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,255})"#
                 ),
                 Some(checksum::password),
             ),
@@ -404,7 +451,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
-                    r#"[ \t]+([^\s"'<>(){}\[\],;&\-][^\s"'<>,;&]{5,})"#
+                    r#"[ \t]+([^\s"'<>(){}\[\],;&\-][^\s"'<>,;&]{5,255})"#
                 ),
                 Some(checksum::password_flag),
             ),
@@ -421,24 +468,28 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // `_` (`&pass=…`, `DB_PASS=…`, ODBC's `Pwd=…;`; not `bypass=`, `cwd=`), the value
             // as a bare one, and not a path (`PWD=/home/…` is the shell's working directory).
             grp(
-                r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#,
+                r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,255})"#,
                 Some(checksum::password_short_word),
             ),
             // Command lines that take a password in a form of their own: OpenSSL's `pass:`
-            // source (`-passin pass:…`, `-passout`, `-pass`; openssl-passphrase-options(1)),
-            // `sshpass -p …`, and the MySQL clients' `-p…` glued to its flag (`mysql -u root
-            // -phunter22`; `-p` alone prompts). Any length: the option says it is a password.
-            // A bare value is a shell word, so it ends at a blank, a quote or `; & | < > ( )`.
+            // source (`-passin pass:…`, `-passout`, `-pass`, `-password`;
+            // openssl-passphrase-options(1)), `sshpass -p …`, and the MySQL clients' `-p…`
+            // glued to its flag (`mysql -u root -phunter22`; `-p` alone prompts). Any length:
+            // the option says it is a password. A bare value is a shell word, so it ends at a
+            // blank, a quote or `; & | < > ( )`.
             grp(
-                concat!(r#"(?-u:\B)-pass(?:in|out)?[ \t]+pass:"#, shell_word!()),
+                concat!(openssl_pass!(), "pass:", glued_word!()),
                 Some(checksum::password_option),
             ),
             grp(
-                r#"(?-u:\B)-pass(?:in|out)?[ \t]+(?:pass:"|"pass:)([^"\r\n]{1,256})""#,
+                concat!(
+                    openssl_pass!(),
+                    r#"(?:pass:\\?"|\\?"pass:)([^"\\\r\n]{1,256})\\?""#
+                ),
                 Some(checksum::password_option),
             ),
             grp(
-                r#"(?-u:\B)-pass(?:in|out)?[ \t]+(?:pass:'|'pass:)([^'\r\n]{1,256})'"#,
+                concat!(openssl_pass!(), r#"(?:pass:'|'pass:)([^'\r\n]{1,256})'"#),
                 Some(checksum::password_option),
             ),
             grp(
@@ -446,7 +497,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_option),
             ),
             grp(
-                concat!(sshpass_p!(), r#""([^"\r\n]{1,256})""#),
+                concat!(sshpass_p!(), double_quoted!()),
                 Some(checksum::password_option),
             ),
             grp(
@@ -454,11 +505,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_option),
             ),
             grp(
-                concat!(mysql_p!(), shell_word!()),
-                Some(checksum::password_option),
+                concat!(mysql_p!(), glued_word!()),
+                Some(checksum::password_mysql),
             ),
             grp(
-                concat!(mysql_p!(), r#""([^"\r\n]{1,256})""#),
+                concat!(mysql_p!(), double_quoted!()),
                 Some(checksum::password_option),
             ),
             grp(

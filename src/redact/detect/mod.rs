@@ -467,7 +467,7 @@ impl Scanner {
         r: Range<usize>,
         out: &mut Vec<Found>,
         cx: &mut Ctx<'_>,
-    ) -> Result<bool, Exceeded> {
+    ) -> Result<Option<usize>, Exceeded> {
         cx.meter.work(r.len() + 1)?;
         let ok = (r.start < r.end)
             .then_some(r)
@@ -476,17 +476,14 @@ impl Scanner {
                 None => Some(r),
             })
             .filter(|r| r.start < r.end && self.context_ok(p, text, r));
-        Ok(match ok {
-            Some(r) => {
-                out.push(Found {
-                    start: r.start,
-                    end: r.end,
-                    detector: p.detector,
-                });
-                true
-            }
-            None => false,
-        })
+        Ok(ok.map(|r| {
+            out.push(Found {
+                start: r.start,
+                end: r.end,
+                detector: p.detector,
+            });
+            r.end
+        }))
     }
 
     /// Runs one pattern over window `w` of `text`, validating candidates. After an accepted
@@ -603,14 +600,16 @@ type Candidate = (Range<usize>, Range<usize>);
 /// (documented in `rules/README.md`).
 const RESTART_SPAN: usize = 128;
 
-/// Where a search resumes after candidate `m`: its end if accepted; one character later if
-/// rejected and short, so an overlapping valid match is still found; its end if rejected and
-/// longer than [`RESTART_SPAN`].
-fn resume_at(text: &str, m: &Range<usize>, accepted: bool) -> usize {
-    let at = if accepted || m.len() > RESTART_SPAN {
-        m.end.max(m.start + 1)
-    } else {
-        m.start + 1
+/// Where a search resumes after candidate `m`: if accepted, where the accepted value ends
+/// (`accepted`: before the candidate's end when the check kept less of it, so a value the
+/// pattern read past is still found: `[password=abc123][password=abc123]`; after it when the
+/// check read on); one character later if rejected and short, so an overlapping valid match
+/// is still found; its end if rejected and longer than [`RESTART_SPAN`].
+fn resume_at(text: &str, m: &Range<usize>, accepted: Option<usize>) -> usize {
+    let at = match accepted {
+        Some(end) => end.max(m.start + 1),
+        None if m.len() > RESTART_SPAN => m.end.max(m.start + 1),
+        None => m.start + 1,
     };
     text.ceil_char_boundary(at)
 }

@@ -274,6 +274,49 @@ const POSITIVES: &[Case] = &[
         &[("PASSWORD", "Tr0ub4dor"), ("PASSWORD", "x y")],
     ),
     ("mariadb-dump -P 3306 -pk", &[("PASSWORD", "k")]),
+    // Found by review: stray closers, letters before a bracket that is no call, a flag's
+    // value that reads like a call, a run of values without a blank between them.
+    ("pass=Xk]9mQ2!z ok", &[("PASSWORD", "Xk]9mQ2!z")]),
+    ("PASS=Tr(0ub)4dor", &[("PASSWORD", "Tr(0ub)4dor")]),
+    (
+        "run --password Welcome[42]!",
+        &[("PASSWORD", "Welcome[42]")],
+    ),
+    (
+        "[password=abc123][password=abc123][password=abc123][password=abc123]",
+        &[(
+            "PASSWORD",
+            "abc123][password=abc123][password=abc123][password=abc123]",
+        )],
+    ),
+    // Quotes escaped as in JSON text, a line continued with `\`, other spellings and
+    // options, many options before `-p`, a value starting with `-` glued to its option.
+    (
+        "mysql -u root -p\\\"S3cret pw\\\" db; x -passin \\\"pass:a b\\\"",
+        &[("PASSWORD", "S3cret pw"), ("PASSWORD", "a b")],
+    ),
+    (
+        "mysql -h db \\\n  -u root \\\n  -pS3cret app",
+        &[("PASSWORD", "S3cret")],
+    ),
+    (
+        "openssl pkcs12 -export -password pass:S3cret -out x.p12",
+        &[("PASSWORD", "S3cret")],
+    ),
+    (
+        "sshpass -P \"Enter pw\" -d 3 -p S3cret ssh h",
+        &[("PASSWORD", "S3cret")],
+    ),
+    (
+        "mysql.exe -u root -pS3cret; mysqldump -p-Xy9z app",
+        &[("PASSWORD", "S3cret"), ("PASSWORD", "-Xy9z")],
+    ),
+    (
+        "mysqldump --single-transaction --quick --lock-tables=false --routines --triggers \
+         --events --hex-blob --set-gtid-purged=OFF --column-statistics=0 -h db -P 3306 -u bk \
+         -pS3cret app",
+        &[("PASSWORD", "S3cret")],
+    ),
     // The skeleton glues what an invisible character kept apart; the text's own scan still
     // sees the value (review of the fold: these were masked before it, and must stay so).
     (
@@ -481,6 +524,9 @@ const HARD_NEGATIVES: &[&str] = &[
     "reset your Password: <your password here> or password = [PASSWORD]",
     "password: (hidden) or password={pw} or password={{password}} or Password: [here](x)",
     "password=%(password)s; password = secrets.token_hex(16); password=Secret(x)",
+    "let password = std::env::var(\"DB_PASSWORD\")?; password: String::new(), x",
+    "password = Hash::make(x); password = std::string(argv[1]); password = get-pass(x)",
+    "password=#{db_password} password=%{db_password} password=@(Model.Password)",
     // Code: types, variables, calls, indexes, attributes.
     "def f(password: Optional[str]) -> None: password = getpass.getpass()",
     "password=os.environ['DB'] password = self.password password=password",
@@ -496,6 +542,13 @@ const HARD_NEGATIVES: &[&str] = &[
     "mysql -u root -p app; mysql -p$MYSQL_PWD; mysql --port=3306 -P 3306; libmysql -px",
     "sshpass -e ssh h; sshpass -p \"$SSHPASS\" ssh h; sshpass -f pw.txt; xsshpass -p abc",
     "openssl rsa -passin env:PW -passin file:pw.txt -passout stdin; x-passin pass:abc",
+    // Another command's `-p…` on a line that names a MySQL client (review): a path, an
+    // argument, prose, a container's port mapping.
+    "find /etc/mysql -name '*.cnf' -print; pip install mysqlclient -pre",
+    "docker run --name db -e A=1 -p3306:3306 -d mysql:8; docker run mysql -p127.0.0.1:3306:3306",
+    "the mysql service is behind ssh -p2222; use mysql or run perl -pi -e s/a/b/",
+    // A parcel's tracking number: groups of one code, not a phone number after a name.
+    "Tracking 1Z 999 AA1 01 2345 6784",
     "glpat-short and xglpat-abcdefghijklmnopqrstuvwxyz",
     // A URL with a port, a user without a password, a templated password; Basic prose.
     "http://example.com:8080/x ssh://deploy@host:22 https://u:${TOKEN}@h/ and http://a:b/c@d",
