@@ -561,19 +561,22 @@ fn balanced_prefix(raw: &str) -> &str {
 
 /// True when `s` is a call or an index of a name without digits, as code has them
 /// (`getpass()`, `os.environ[…`, `Optional[str]`, `secrets.token_hex(16)`,
-/// `String::new()`, `std::env::var(…`, `get-pass(x)`): a name of letters, `_ . : -` right
-/// before the first `(` or `[`, and the brackets then either left open or closed with nothing
-/// after them but another call, index, member or `?`. `hunter22(`, `P@ss(w0rd)1` and
-/// `Tr(0ub)4dor` are not calls.
+/// `String::new()`, `std::env::var(…`): a name of letters, `_` and `.`, its parts joined by
+/// `::`, right before the first `(` or `[`, and the brackets then either left open or closed
+/// with nothing after them but another call, index, member or `?`. `hunter22(`,
+/// `P@ss(w0rd)1`, `Tr(0ub)4dor`, `Blue-Sky(99)` and `Hello:World(1)` are not calls.
 fn is_call(s: &str) -> bool {
     let Some(open) = s.find(['(', '[']) else {
         return false;
     };
-    let name = &s.as_bytes()[..open];
-    let named = matches!(name.first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_')
-        && name
-            .iter()
-            .all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.' | b':' | b'-'));
+    let name = &s[..open];
+    let named = matches!(name.bytes().next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && name.split("::").all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.'))
+        });
     if !named {
         return false;
     }
@@ -626,10 +629,11 @@ fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Ra
     let mut end = r.start + s.len();
     // veil's own pseudonym or hash of a password (`[PASSWORD:p_1f3a…]`, whatever follows
     // it): the word and the `:` are its label, the tag is no password.
-    let tag = raw.split_once(']').is_some_and(|(t, _)| {
-        matches!(t.as_bytes(), [b'a'..=b'z', b'_', rest @ ..]
+    let tag = r.start.checked_sub(1).and_then(|i| text.as_bytes().get(i)) == Some(&b':')
+        && raw.split_once(']').is_some_and(|(t, _)| {
+            matches!(t.as_bytes(), [b'a'..=b'z', b'_', rest @ ..]
             if !rest.is_empty() && rest.iter().all(u8::is_ascii_hexdigit))
-    });
+        });
     let template = ["%(", "#{", "%{", "@(", "@{"]
         .iter()
         .any(|t| s.starts_with(t));
@@ -637,8 +641,9 @@ fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Ra
     {
         return None;
     }
-    // Cut at the pattern's limit with more of the value after it: mask the value to its end.
-    if r.len() >= BARE_MAX && end == r.end {
+    // Read to the pattern's limit: the value may go on past it (and what the window's end
+    // looked like, punctuation or a closer, may be inside it). Mask it to its end.
+    if r.len() >= BARE_MAX {
         let more = text.as_bytes()[r.end..]
             .iter()
             .take_while(|&&c| !ends_bare(c))

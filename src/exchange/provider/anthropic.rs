@@ -73,7 +73,8 @@ fn role(r: Option<&str>) -> Role {
 /// what [`request`] of the body's tree would have put there, and the value is that tree
 /// without its `messages` member.
 pub(super) fn request_direct(body: &[u8], c: &mut Conversation) -> Option<Value> {
-    let request = crate::exchange::json::parse_text::<MessagesRequest>(body).ok()?;
+    let request =
+        crate::exchange::json::parse_text::<direct::Request<RequestMessage>>(body).ok()?;
     let rest = Value::Object(request.rest);
     request_head(&rest, c);
     for m in request.messages.into_iter().flatten() {
@@ -187,25 +188,8 @@ fn block_part(b: BlockView) -> Option<Part> {
     })
 }
 
-// A Messages request as `request` reads it, from the text (`super::direct`): `messages`
-// message by message and block by block, every other member kept as a tree.
-
-#[derive(Default)]
-struct MessagesRequest<'de> {
-    /// `null` reads as absent, as the tree's `as_array` does.
-    messages: Option<Vec<RequestMessage<'de>>>,
-    /// Every member but `messages`, in the tree's map (the last of a key given twice wins).
-    rest: Map<String, Value>,
-}
-
-direct::object!(MessagesRequest, "a Messages request", |out, key, map| {
-    if key == "messages" {
-        out.messages = map.next_value()?;
-    } else {
-        out.rest.insert(key.to_string(), map.next_value()?);
-    }
-    Ok(true)
-});
+// A Messages request's messages as `request` reads them, from the text
+// (`super::direct::Request`): message by message and block by block.
 
 #[derive(Default)]
 struct RequestMessage<'de> {

@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// An object key, borrowed from the text unless it has escapes (then decoded, owned).
 pub(super) struct Key<'de>(pub(super) Cow<'de, str>);
@@ -187,6 +187,46 @@ pub(super) fn members<'de, A: MapAccess<'de>>(
         }
     }
     Ok(())
+}
+
+/// A request read as its `messages` (each as `M`) and every other member kept as a tree, in
+/// the tree's map (the last of a key given twice wins), for the dialect's functions that read
+/// parameters, tools and the rules' identity paths from a tree.
+pub(super) struct Request<M> {
+    /// `null` reads as absent, as the tree's `as_array` does.
+    pub(super) messages: Option<Vec<M>>,
+    /// Every member but `messages`.
+    pub(super) rest: Map<String, Value>,
+}
+
+impl<'de, M: Deserialize<'de>> Deserialize<'de> for Request<M> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<M>(std::marker::PhantomData<M>);
+        impl<'de, M: Deserialize<'de>> Visitor<'de> for V<M> {
+            type Value = Request<M>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a request object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Request<M>, A::Error> {
+                let mut out = Request {
+                    messages: None,
+                    rest: Map::new(),
+                };
+                members(map, |key, map| {
+                    if key == "messages" {
+                        out.messages = map.next_value()?;
+                    } else {
+                        out.rest.insert(key.to_string(), map.next_value()?);
+                    }
+                    Ok(true)
+                })?;
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// Implements `Deserialize` for `$ty<'de>`, a `Default` struct read from a JSON object:

@@ -197,7 +197,8 @@ pub(super) fn chat_request(req: &Value, c: &mut Conversation) {
 /// the value is that tree without its `messages` member (what the record step reads for the
 /// rules' identity paths; `Conversation::request_tree` when one reaches into the messages).
 pub(super) fn chat_request_direct(body: &[u8], c: &mut Conversation) -> Option<Value> {
-    let request = crate::exchange::json::parse_text::<ChatRequest>(body).ok()?;
+    let request =
+        crate::exchange::json::parse_text::<direct::Request<RequestMessage>>(body).ok()?;
     let rest = Value::Object(request.rest);
     params(&rest, c);
     tool_names(&rest, c);
@@ -471,29 +472,8 @@ fn fill_chat_response(
     }
 }
 
-// A Chat Completions request as `chat_request` reads it, from the text (`super::direct`):
-// `messages` member by member, every other member kept as a tree.
-
-#[derive(Default)]
-struct ChatRequest<'de> {
-    /// `null` reads as absent, as the tree's `as_array` does.
-    messages: Option<Vec<RequestMessage<'de>>>,
-    /// Every member but `messages`, in the tree's map (the last of a key given twice wins).
-    rest: Map<String, Value>,
-}
-
-direct::object!(
-    ChatRequest,
-    "a Chat Completions request",
-    |out, key, map| {
-        if key == "messages" {
-            out.messages = map.next_value()?;
-        } else {
-            out.rest.insert(key.to_string(), map.next_value()?);
-        }
-        Ok(true)
-    }
-);
+// A Chat Completions request's messages as `chat_request` reads them, from the text
+// (`super::direct::Request`): member by member.
 
 #[derive(Default)]
 struct RequestMessage<'de> {

@@ -147,7 +147,7 @@ macro_rules! blanks {
 /// OpenSSL's password options (`-passin`, `-passout`, `-pass`, `-password`), starting a word.
 macro_rules! openssl_pass {
     () => {
-        r#"(?-u:\B)-pass(?:in|out|word)?[ \t]+"#
+        concat!(r#"(?-u:\B)-pass(?:in|out|word)?"#, blanks!())
     };
 }
 
@@ -160,15 +160,38 @@ macro_rules! sshpass_p {
             blanks!(),
             r#"-(?:v|[Pd](?:[ \t]*(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\s"']+))))*"#,
             blanks!(),
-            r#"-p[ \t]*"#
+            r#"-p(?:[ \t]|\\\r?\n)*"#
         )
     };
 }
 
-/// A MySQL or MariaDB client (`mysql`, `mysqldump`, `mariadb-dump`, `mysql.exe`, ...), up to
-/// 32 options before `-p` (`--long[=value]`, `-x value`, `-xvalue`; any other word, such as
-/// prose or another command's argument, ends the command), then `-p` with the password glued
-/// to it.
+/// An argument of a MySQL client that is no option: a word not starting with `-` or a quote.
+macro_rules! mysql_word {
+    () => {
+        r#"[^\s;&|\-'"][^\s;&|]*"#
+    };
+}
+
+/// One option of a MySQL client other than `-p`: `--long`, `--long=value`, `--long value`,
+/// `-x value` or `-xvalue`.
+macro_rules! mysql_option {
+    () => {
+        concat!(
+            r#"(?:--[^\s;&|]+(?:"#,
+            blanks!(),
+            mysql_word!(),
+            r#")?|-[A-Za-oq-z](?:[^\s;&|]+|"#,
+            blanks!(),
+            mysql_word!(),
+            r#")?)"#
+        )
+    };
+}
+
+/// A MySQL or MariaDB client (`mysql`, `mysqldump`, `mariadb-dump`, `mysql.exe`, ...), its
+/// options (up to 32, and one other word among them: the database), then `-p` with the
+/// password glued to it. More other words (prose, another command's arguments) end the
+/// command.
 macro_rules! mysql_p {
     () => {
         concat!(
@@ -176,9 +199,14 @@ macro_rules! mysql_p {
             r#"|mariadb(?:-(?:dump|admin|import|check|show|slap|binlog))?)(?:\.exe)?"#,
             r#"(?:"#,
             blanks!(),
-            r#"(?:--[^\s;&|]+|-[A-Za-oq-z](?:[^\s;&|]+|"#,
+            mysql_option!(),
+            r#"){0,32}?(?:"#,
             blanks!(),
-            r#"[^\s;&|\-][^\s;&|]*)?)){0,32}?"#,
+            mysql_word!(),
+            r#"(?:"#,
+            blanks!(),
+            mysql_option!(),
+            r#"){0,32}?)?"#,
             blanks!(),
             r#"-p"#
         )

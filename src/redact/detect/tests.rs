@@ -274,6 +274,24 @@ const POSITIVES: &[Case] = &[
         &[("PASSWORD", "Tr0ub4dor"), ("PASSWORD", "x y")],
     ),
     ("mariadb-dump -P 3306 -pk", &[("PASSWORD", "k")]),
+    // Second review: long options with a value, the database among the options, lines
+    // continued between an option and its value, names with `-` or `:` before a bracket.
+    (
+        "mysql --host db.example.com --user root -pS3cretXy; mysql mydb -u root -pQ2w",
+        &[("PASSWORD", "S3cretXy"), ("PASSWORD", "Q2w")],
+    ),
+    (
+        "sshpass -p \\\n S3cretXy ssh h; openssl rsa -passin \\\n pass:Q2w",
+        &[("PASSWORD", "S3cretXy"), ("PASSWORD", "Q2w")],
+    ),
+    (
+        "password=Blue-Sky(99) and password: Hello:World(1)",
+        &[("PASSWORD", "Blue-Sky(99)"), ("PASSWORD", "Hello:World(1)")],
+    ),
+    (
+        "password=x_deadbeef]Zq9Lm2Kp",
+        &[("PASSWORD", "x_deadbeef]Zq9Lm2Kp")],
+    ),
     // Found by review: stray closers, letters before a bracket that is no call, a flag's
     // value that reads like a call, a run of values without a blank between them.
     ("pass=Xk]9mQ2!z ok", &[("PASSWORD", "Xk]9mQ2!z")]),
@@ -525,7 +543,7 @@ const HARD_NEGATIVES: &[&str] = &[
     "password: (hidden) or password={pw} or password={{password}} or Password: [here](x)",
     "password=%(password)s; password = secrets.token_hex(16); password=Secret(x)",
     "let password = std::env::var(\"DB_PASSWORD\")?; password: String::new(), x",
-    "password = Hash::make(x); password = std::string(argv[1]); password = get-pass(x)",
+    "password = Hash::make(x); password = std::string(argv[1]); password = a.b(x)",
     "password=#{db_password} password=%{db_password} password=@(Model.Password)",
     // Code: types, variables, calls, indexes, attributes.
     "def f(password: Optional[str]) -> None: password = getpass.getpass()",
@@ -1740,4 +1758,25 @@ fn assert_masks_under_one_percent_of_clean_words(s: &Scanner) {
 #[test]
 fn all_builtins_mask_under_one_percent_of_words_of_text_without_pii() {
     assert_masks_under_one_percent_of_clean_words(&all());
+}
+
+/// A bare password longer than its pattern reads (256 bytes) is masked to its end, whatever
+/// byte the pattern's window ended on (second review: a `.`, `:` or `)` there was trimmed as
+/// the sentence's and the rest of the value left in the text).
+#[test]
+fn a_bare_password_past_the_patterns_window_is_masked_to_its_end() {
+    let scanner = all();
+    let mut out = Vec::new();
+    for at_window_end in [".", ":", ")", "!", "x"] {
+        let value = format!("{}{at_window_end}SECRETTAIL{}", "A".repeat(255), "B".repeat(300));
+        for text in [
+            format!("password={value} next"),
+            format!("run --password {value} next"),
+            format!("DB_PASS={value} next"),
+        ] {
+            scanner.find(&text, &mut out);
+            let got: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
+            assert_eq!(got, [value.as_str()], "window ends on {at_window_end:?}: {text:.40}");
+        }
+    }
 }
