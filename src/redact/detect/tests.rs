@@ -1768,7 +1768,11 @@ fn a_bare_password_past_the_patterns_window_is_masked_to_its_end() {
     let scanner = all();
     let mut out = Vec::new();
     for at_window_end in [".", ":", ")", "!", "x"] {
-        let value = format!("{}{at_window_end}SECRETTAIL{}", "A".repeat(255), "B".repeat(300));
+        let value = format!(
+            "{}{at_window_end}SECRETTAIL{}",
+            "A".repeat(255),
+            "B".repeat(300)
+        );
         for text in [
             format!("password={value} next"),
             format!("run --password {value} next"),
@@ -1776,7 +1780,11 @@ fn a_bare_password_past_the_patterns_window_is_masked_to_its_end() {
         ] {
             scanner.find(&text, &mut out);
             let got: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
-            assert_eq!(got, [value.as_str()], "window ends on {at_window_end:?}: {text:.40}");
+            assert_eq!(
+                got,
+                [value.as_str()],
+                "window ends on {at_window_end:?}: {text:.40}"
+            );
         }
     }
 }
