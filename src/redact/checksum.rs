@@ -610,8 +610,8 @@ fn ends_bare(c: u8) -> bool {
     c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>' | b',' | b';' | b'&')
 }
 
-/// The bare value after a password word: up to a bracket it does not close itself
-/// ([`balanced_prefix`]), without the sentence's closing punctuation, at least 6 bytes, not
+/// The bare value after a password word: without closers of brackets opened before it
+/// ([`balanced_prefix`]) and the sentence's closing punctuation, at least 6 bytes, not
 /// code ([`code_not_password`]), not a template (`%(password)s`, `#{pw}`, `%{pw}`,
 /// `@(Model.Password)`) and not a call or an index of a name without digits ([`is_call`]). A
 /// value longer than the pattern reads ([`BARE_MAX`]) is masked to its end.
