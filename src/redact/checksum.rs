@@ -597,24 +597,13 @@ fn is_call(s: &str) -> bool {
     true
 }
 
-/// The most a bare value's pattern reads (`{5,255}` after its first byte): a longer value is
-/// read on by [`password`] once accepted, so a run of candidates never reads the rest of the
-/// run once per candidate.
-const BARE_MAX: usize = 256;
-
 /// What a bare value does not end on: a sentence's punctuation, an opener (`hunter22(`).
 const VALUE_END: [char; 7] = ['.', '!', '?', ':', '(', '[', '{'];
-
-/// What ends a bare value: whitespace, a quote, `< > , ; &`.
-fn ends_bare(c: u8) -> bool {
-    c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'<' | b'>' | b',' | b';' | b'&')
-}
 
 /// The bare value after a password word: without closers of brackets opened before it
 /// ([`balanced_prefix`]) and the sentence's closing punctuation, at least 6 bytes, not
 /// code ([`code_not_password`]), not a template (`%(password)s`, `#{pw}`, `%{pw}`,
-/// `@(Model.Password)`) and not a call or an index of a name without digits ([`is_call`]). A
-/// value longer than the pattern reads ([`BARE_MAX`]) is masked to its end.
+/// `@(Model.Password)`) and not a call or an index of a name without digits ([`is_call`]).
 pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     bare_password(text, r, true)
 }
@@ -626,7 +615,7 @@ fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Ra
     // Sentence punctuation after the value is the sentence's, and so is an opener it ends on.
     let value = balanced_prefix(raw);
     let s = value.trim_end_matches(VALUE_END);
-    let mut end = r.start + s.len();
+    let end = r.start + s.len();
     // veil's own pseudonym or hash of a password (`[PASSWORD:p_1f3a…]`, whatever follows
     // it): the word and the `:` are its label, the tag is no password.
     let tag = r.start.checked_sub(1).and_then(|i| text.as_bytes().get(i)) == Some(&b':')
@@ -640,16 +629,6 @@ fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Ra
     if s.len() < 6 || tag || template || (calls_are_code && is_call(value)) || code_not_password(s)
     {
         return None;
-    }
-    // Read to the pattern's limit: the value may go on past it (and what the window's end
-    // looked like, punctuation or a closer, may be inside it). Mask it to its end.
-    if r.len() >= BARE_MAX {
-        let more = text.as_bytes()[r.end..]
-            .iter()
-            .take_while(|&&c| !ends_bare(c))
-            .count();
-        let whole = balanced_prefix(&text[r.start..r.end + more]).trim_end_matches(VALUE_END);
-        end = end.max(r.start + whole.len());
     }
     Some(r.start..end)
 }

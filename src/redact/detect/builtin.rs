@@ -119,21 +119,21 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
 /// text), up to 256 bytes, not starting with `-` (the next option).
 macro_rules! shell_word {
     () => {
-        r#"([^\s"'`;&|<>()\\\-][^\s"'`;&|<>()\\]{0,255})"#
+        r#"([^\s"'`;&|<>()\\\-][^\s"'`;&|<>()\\]*)"#
     };
 }
 
 /// [`shell_word!`] glued to its option (`-pX`, `pass:X`): it may start with `-`.
 macro_rules! glued_word {
     () => {
-        r#"([^\s"'`;&|<>()\\][^\s"'`;&|<>()\\]{0,255})"#
+        r#"([^\s"'`;&|<>()\\][^\s"'`;&|<>()\\]*)"#
     };
 }
 
 /// A double-quoted password as capture group 1, the quotes JSON-escaped or not.
 macro_rules! double_quoted {
     () => {
-        r#"\\?"([^"\\\r\n]{1,256})\\?""#
+        r#"\\?"([^"\\\r\n]+)\\?""#
     };
 }
 
@@ -189,7 +189,8 @@ macro_rules! mysql_option {
 }
 
 /// A MySQL or MariaDB client (`mysql`, `mysqldump`, `mariadb-dump`, `mysql.exe`, ...), its
-/// options (up to 32, and one other word among them: the database), then `-p` with the
+/// options (up to 24 before and 24 after one other word among them: the database; each
+/// bounded repetition is compiled into the automaton, so the bound is memory), then `-p` with the
 /// password glued to it. More other words (prose, another command's arguments) end the
 /// command.
 macro_rules! mysql_p {
@@ -200,13 +201,13 @@ macro_rules! mysql_p {
             r#"(?:"#,
             blanks!(),
             mysql_option!(),
-            r#"){0,32}?(?:"#,
+            r#"){0,24}?(?:"#,
             blanks!(),
             mysql_word!(),
             r#"(?:"#,
             blanks!(),
             mysql_option!(),
-            r#"){0,32}?)?"#,
+            r#"){0,24}?)?"#,
             blanks!(),
             r#"-p"#
         )
@@ -455,7 +456,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    r#"\\?["']?([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,255})"#
+                    r#"\\?["']?([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#
                 ),
                 Some(checksum::password),
             ),
@@ -479,7 +480,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
-                    r#"[ \t]+([^\s"'<>(){}\[\],;&\-][^\s"'<>,;&]{5,255})"#
+                    r#"[ \t]+([^\s"'<>(){}\[\],;&\-][^\s"'<>,;&]{5,})"#
                 ),
                 Some(checksum::password_flag),
             ),
@@ -496,7 +497,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // `_` (`&pass=…`, `DB_PASS=…`, ODBC's `Pwd=…;`; not `bypass=`, `cwd=`), the value
             // as a bare one, and not a path (`PWD=/home/…` is the shell's working directory).
             grp(
-                r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,255})"#,
+                r#"(?:pass|Pass|PASS|pwd|Pwd|PWD)=([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#,
                 Some(checksum::password_short_word),
             ),
             // Command lines that take a password in a form of their own: OpenSSL's `pass:`
@@ -512,12 +513,12 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             grp(
                 concat!(
                     openssl_pass!(),
-                    r#"(?:pass:\\?"|\\?"pass:)([^"\\\r\n]{1,256})\\?""#
+                    r#"(?:pass:\\?"|\\?"pass:)([^"\\\r\n]+)\\?""#
                 ),
                 Some(checksum::password_option),
             ),
             grp(
-                concat!(openssl_pass!(), r#"(?:pass:'|'pass:)([^'\r\n]{1,256})'"#),
+                concat!(openssl_pass!(), r#"(?:pass:'|'pass:)([^'\r\n]+)'"#),
                 Some(checksum::password_option),
             ),
             grp(
@@ -529,7 +530,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_option),
             ),
             grp(
-                concat!(sshpass_p!(), r#"'([^'\r\n]{1,256})'"#),
+                concat!(sshpass_p!(), r#"'([^'\r\n]+)'"#),
                 Some(checksum::password_option),
             ),
             grp(
@@ -541,7 +542,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_option),
             ),
             grp(
-                concat!(mysql_p!(), r#"'([^'\r\n]{1,256})'"#),
+                concat!(mysql_p!(), r#"'([^'\r\n]+)'"#),
                 Some(checksum::password_option),
             ),
             // A URL's userinfo (RFC 3986 §3.2.1: `postgres://app:…@db`, `redis://:…@cache`):

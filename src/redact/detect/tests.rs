@@ -1760,9 +1760,10 @@ fn all_builtins_mask_under_one_percent_of_words_of_text_without_pii() {
     assert_masks_under_one_percent_of_clean_words(&all());
 }
 
-/// A bare password longer than its pattern reads (256 bytes) is masked to its end, whatever
-/// byte the pattern's window ended on (second review: a `.`, `:` or `)` there was trimmed as
-/// the sentence's and the rest of the value left in the text).
+/// A bare password longer than 256 bytes is masked to its end, whatever byte comes at 256
+/// (second review: when the patterns read at most 256 bytes, a `.`, `:` or `)` there was
+/// trimmed as the sentence's and the rest of the value left in the text; the patterns now
+/// read the whole value).
 #[test]
 fn a_bare_password_past_the_patterns_window_is_masked_to_its_end() {
     let scanner = all();
@@ -1770,8 +1771,8 @@ fn a_bare_password_past_the_patterns_window_is_masked_to_its_end() {
     for at_window_end in [".", ":", ")", "!", "x"] {
         let value = format!(
             "{}{at_window_end}SECRETTAIL{}",
-            "A".repeat(255),
-            "B".repeat(300)
+            "a1".repeat(127) + "x",
+            "b2".repeat(150)
         );
         for text in [
             format!("password={value} next"),
