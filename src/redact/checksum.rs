@@ -647,10 +647,31 @@ pub(crate) fn password_option(text: &str, r: Range<usize>) -> Option<Range<usize
     password_quoted(text, r)
 }
 
-/// The password glued to a MySQL client's `-p` ([`password_option`]'s rules), unless it is a
-/// port mapping (`-p3306:3306`, `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line).
+/// The password given to a MySQL client's `-p` ([`password_option`]'s rules): `r` is the
+/// value as the pattern read it, glued to `-p` or quoted (`-p"…"`, `-p\"…\"` inside a JSON
+/// string, `-p'…'`), and the range kept is inside the quotes. A glued word that is a port
+/// mapping (`-p3306:3306`, `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line) is
+/// no password.
 pub(crate) fn password_mysql(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?;
+    // The pattern's quoted forms are `"…"` or `\"…\"` (a JSON string's escapes) and `'…'`,
+    // the value holding no quote of its kind (nor, double-quoted, a backslash); a glued
+    // word starts with none of `"` `'` `\`.
+    let b = s.as_bytes();
+    let (open, close) = match b {
+        [b'\'', ..] => (1, 1),
+        [b'"', .., b'\\', b'"'] => (1, 2),
+        [b'"', ..] => (1, 1),
+        [b'\\', b'"', .., b'\\', b'"'] => (2, 2),
+        [b'\\', ..] => (2, 1),
+        _ => (0, 0),
+    };
+    if open > 0 {
+        let inner = r.start + open..r.end.checked_sub(close)?;
+        return (inner.start < inner.end)
+            .then_some(inner)
+            .and_then(|inner| password_option(text, inner));
+    }
     let ports = s.split_once('/').map_or(s, |(p, proto)| {
         if proto == "tcp" || proto == "udp" {
             p
@@ -732,8 +753,8 @@ pub(crate) fn password_flag_quoted(text: &str, r: Range<usize>) -> Option<Range<
 }
 
 /// The text of an XML element named by a password word (`<password>`, `<db_password>`,
-/// `<ns:Passphrase>`; no attributes): [`password_quoted`]'s rules, and the element's `<`
-/// before its name.
+/// `<ns:Passphrase>`; no attributes): [`password_quoted`]'s rules, the element's `<`
+/// before its name, and a closing tag's `</` right after the value.
 pub(crate) fn password_element(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let b = text.as_bytes();
     let word = password_word_start(text, r.start.checked_sub(1)?)?;
@@ -743,7 +764,7 @@ pub(crate) fn password_element(text: &str, r: Range<usize>) -> Option<Range<usiz
     {
         j -= 1;
     }
-    if j == 0 || b[j - 1] != b'<' {
+    if j == 0 || b[j - 1] != b'<' || !text[r.end..].starts_with("</") {
         return None;
     }
     password_quoted(text, r)

@@ -323,7 +323,7 @@ const ALWAYS_ON: &[&str] = &[
 ];
 
 /// The always-on detectors as one scanner, built on first use.
-fn secrets() -> &'static Scanner {
+pub(super) fn secrets() -> &'static Scanner {
     static SECRETS: std::sync::LazyLock<Scanner> = std::sync::LazyLock::new(|| {
         let mut spec = ScannerSpec::default();
         for b in detect::BUILTINS

@@ -1214,6 +1214,33 @@ mod cost {
     }
 }
 
+// === memory held from start ===
+
+/// The detectors' automata are built when the rules compile and held for the process's life:
+/// once per scope, and the always-on secret detectors once more (`rules::secrets`). A bounded
+/// repetition (`[^"]{1,256}`) compiles into that many copies of its class, so one pattern can
+/// cost megabytes unnoticed: stop 72's password patterns made the default rules' detectors
+/// 11 MB, stop 73 brought every built-in together to 1.5 MB and the always-on ones to
+/// 1.1 MB. The bounds leave room for a few more patterns, not for another repetition.
+#[test]
+fn the_shipped_profiles_detectors_hold_little_memory() {
+    const MIB: usize = 1 << 20;
+    for (name, text) in [
+        ("default", DEFAULT),
+        ("strict", STRICT),
+        ("encrypted", ENCRYPTED),
+    ] {
+        let r = compile(text);
+        let held = r.base_scope().scanner().memory_usage();
+        assert!(
+            held < 5 * MIB / 2,
+            "{name}: the detectors' automata hold {held} bytes; a bounded repetition?"
+        );
+    }
+    let held = rules::secrets().memory_usage();
+    assert!(held < 2 * MIB, "always-on: {held} bytes");
+}
+
 // === the corpus ===
 
 /// The labelled development corpus, committed with the tests (`tests/fixtures/pii/`, a copy

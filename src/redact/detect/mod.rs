@@ -189,6 +189,29 @@ impl Scanner {
         self.detectors.is_empty()
     }
 
+    /// Heap bytes held by the compiled automata: every pattern's regex (and its footer's),
+    /// the gates' pattern sets, the literal pass and the dictionary (each engine's own
+    /// `memory_usage`). Not the lazy DFAs' caches, which grow per searching thread as text is
+    /// scanned (`regex_automata`'s caches are bounded per regex). A scanner is built per
+    /// rules scope and kept for the process's life, so this is memory veil holds from start.
+    pub fn memory_usage(&self) -> usize {
+        let patterns: usize = self
+            .patterns
+            .iter()
+            .map(|p| p.re.memory_usage() + p.footer.as_ref().map_or(0, |f| f.1.memory_usage()))
+            .sum();
+        let sets: usize = self
+            .groups
+            .iter()
+            .filter_map(|g| g.set.as_ref())
+            .map(meta::Regex::memory_usage)
+            .sum();
+        patterns
+            + sets
+            + self.literals.as_ref().map_or(0, |l| l.ac.memory_usage())
+            + self.dict.as_ref().map_or(0, |d| d.0.memory_usage())
+    }
+
     /// Every accepted match in `text`, sorted by start, never overlapping.
     pub fn find(&self, text: &str, out: &mut Vec<Found>) {
         // An unlimited meter cannot be exceeded.

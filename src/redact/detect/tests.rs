@@ -1789,3 +1789,103 @@ fn a_bare_password_past_the_patterns_window_is_masked_to_its_end() {
         }
     }
 }
+
+#[test]
+fn long_passwords_are_masked_whole_in_every_form() {
+    let scanner = all();
+    let mut out = Vec::new();
+    let phrase = "correct horse battery staple ".repeat(20) + "end";
+    let word = "Tr0ub4dor&3".repeat(40).replace('&', "x");
+    for (text, value) in [
+        (format!(r#"{{"password": "{phrase}"}}"#), phrase.as_str()),
+        (
+            format!(r#"{{\"password\": \"{phrase}\"}}"#),
+            phrase.as_str(),
+        ),
+        (format!("password = '{phrase}'"), phrase.as_str()),
+        (format!(r#"run --password "{phrase}" now"#), phrase.as_str()),
+        (format!("run --password '{phrase}' now"), phrase.as_str()),
+        (format!("<password>{phrase}</password>"), phrase.as_str()),
+        (format!("postgres://app:{word}@db:5432/x"), word.as_str()),
+        (format!("postgres://{word}:{word}@db:5432/x"), word.as_str()),
+        (
+            format!(r#"mysql -u root -p"{phrase}" shop"#),
+            phrase.as_str(),
+        ),
+        (format!("mysql -u root -p'{phrase}' shop"), phrase.as_str()),
+        (
+            format!(r#"{{"cmd": "mysql -u root -p\"{phrase}\" shop"}}"#),
+            phrase.as_str(),
+        ),
+        (format!("mysql -u root -p{word} shop"), word.as_str()),
+    ] {
+        scanner.find(&text, &mut out);
+        let got: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
+        assert_eq!(got, [value], "{text:.60}");
+    }
+}
+
+#[test]
+fn an_element_without_its_closing_tag_is_no_password_and_costs_one_read() {
+    let scanner = all();
+    let mut out = Vec::new();
+    // No `</` after the value: not an element's text.
+    for text in [
+        "<password>hunter22 and more",
+        "<password>hunter22<br>",
+        "the password>hunter22</b> arrow",
+    ] {
+        scanner.find(text, &mut out);
+        assert!(out.is_empty(), "{text}: {out:?}");
+    }
+    // Many `password>` on one line with no closing tag. The pattern reads the value to the
+    // line's end whether or not a tag follows (the check asks for it), so the candidate from
+    // the first one is the whole line and the scan resumes past it; a pattern that asked for
+    // `</` itself would fail after reading the line from every one of them (quadratic).
+    let b = BUILTINS.iter().position(|b| b.key == "password").unwrap();
+    let first: usize = BUILTINS[..b].iter().map(|b| b.patterns.len()).sum();
+    let element = BUILTINS[b]
+        .patterns
+        .iter()
+        .position(|p| p.re.ends_with(r#">([^<\r\n]+)"#))
+        .expect("the element pattern");
+    let re = &scanner.patterns[first + element].re;
+    let mut per_byte = Vec::new();
+    for n in [1_000, 10_000] {
+        let text = "password>x ".repeat(n);
+        let m = re
+            .search(&Input::new(&text).anchored(Anchored::Yes))
+            .expect("a candidate without its closing tag");
+        assert_eq!(m.end(), text.len());
+        let mut meter = Meter::unlimited();
+        scanner.find_within(&text, &mut out, &mut meter).unwrap();
+        assert!(out.is_empty());
+        per_byte.push(meter.work_done() as f64 / text.len() as f64);
+    }
+    assert!(per_byte[1] < per_byte[0] * 1.5, "{per_byte:?}");
+}
+
+#[test]
+fn quoted_mysql_passwords_keep_their_quotes() {
+    let scanner = all();
+    let mut out = Vec::new();
+    for (text, value) in [
+        (r#"mysql -u root -p"s3cr3t pass" db"#, "s3cr3t pass"),
+        (r#"mysql -u root -p\"s3cr3t pass\" db"#, "s3cr3t pass"),
+        (r#"mysql -u root -p'it''s' db"#, "it"),
+        (r#"mysql -u root -p's3cr\et' db"#, r"s3cr\et"),
+        ("mysql -u root -phunter22 db", "hunter22"),
+    ] {
+        scanner.find(text, &mut out);
+        let got: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
+        assert_eq!(got, [value], "{text}");
+    }
+    for text in [
+        r#"mysql -u root -p"" db"#,
+        "mysql -u root -p'' db",
+        "docker run -p3306:3306 mysql -p3306:3306",
+    ] {
+        scanner.find(text, &mut out);
+        assert!(out.is_empty(), "{text}: {out:?}");
+    }
+}
