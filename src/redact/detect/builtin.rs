@@ -79,6 +79,15 @@ pub(super) struct Pat {
     /// Where a search may resume: a necessary condition of the validator that is cheaper to
     /// test over a stretch of text than per candidate (see [`Skip`]). Gated scans only.
     pub(super) skip: Option<Skip>,
+    /// After a candidate, accepted or not, the search resumes one character on (at the next
+    /// literal), never past the candidate (see [`resume_at`](super::resume_at)). For
+    /// patterns whose candidate can run over the start of a real match, but whose attempts
+    /// read disjoint stretches, so that trying every start stays linear: a quoted password's
+    /// value runs to the next quote of its kind, and a quote left open earlier on the line
+    /// pairs with the opening quote of the next password, whose value the skip would hide;
+    /// every attempt that reads a value has an opening quote of its own, and the value ends
+    /// at the next one.
+    pub(super) rescan: bool,
 }
 
 /// `skip(text, at, end)`: the first position in `at..end` at which a match of the pattern
@@ -111,6 +120,7 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
         footer: None,
         lead: None,
         skip: None,
+        rescan: false,
     }
 }
 
@@ -225,6 +235,16 @@ pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         footer: None,
         lead: None,
         skip: None,
+        rescan: false,
+    }
+}
+
+/// [`grp`] for a quoted value that runs to the next quote of its kind: searched again from
+/// every start ([`Pat::rescan`]).
+pub(super) const fn quoted(re: &'static str, check: Check) -> Pat {
+    Pat {
+        rescan: true,
+        ..grp(re, Some(check))
     }
 }
 
@@ -261,6 +281,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             }),
             lead: None,
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -280,6 +301,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
@@ -439,21 +461,21 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // variables and calls (`password: string`, `password=os.environ[…]`, `$DB_PASSWORD`).
         // The three casings the literal pass looks for, as for `secret` and `bearer`.
         patterns: &[
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
                     double_quoted!()
                 ),
-                Some(checksum::password_quoted),
+                checksum::password_quoted,
             ),
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
                     r#"'([^'\r\n]+)'"#
                 ),
-                Some(checksum::password_quoted),
+                checksum::password_quoted,
             ),
             grp(
                 concat!(
@@ -466,19 +488,19 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // A command line's flag (`--password hunter22`, `--db-password 'a b'`): the
             // checks require `--` before the word, so prose (`the password field`) is not
             // read as one; a bare value may not start with `-` (the next flag).
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
                     r#"[ \t]+"([^"\r\n]+)""#
                 ),
-                Some(checksum::password_flag_quoted),
+                checksum::password_flag_quoted,
             ),
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
                     r#"[ \t]+'([^'\r\n]+)'"#
                 ),
-                Some(checksum::password_flag_quoted),
+                checksum::password_flag_quoted,
             ),
             grp(
                 concat!(
@@ -598,6 +620,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: None,
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::Literal(
             &[
@@ -619,6 +642,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: None,
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::At,
     },
