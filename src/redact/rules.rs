@@ -502,7 +502,6 @@ fn detectors(
                 footer: None,
                 lead: None,
                 skip: None,
-                rescan: false,
             });
             origins.patterns.push(Some((r.pattern.span(), rule)));
         }

@@ -79,15 +79,6 @@ pub(super) struct Pat {
     /// Where a search may resume: a necessary condition of the validator that is cheaper to
     /// test over a stretch of text than per candidate (see [`Skip`]). Gated scans only.
     pub(super) skip: Option<Skip>,
-    /// After a candidate, accepted or not, the search resumes one character on (at the next
-    /// literal), never past the candidate (see [`resume_at`](super::resume_at)). For
-    /// patterns whose candidate can run over the start of a real match, but whose attempts
-    /// read disjoint stretches, so that trying every start stays linear: a quoted password's
-    /// value runs to the next quote of its kind, and a quote left open earlier on the line
-    /// pairs with the opening quote of the next password, whose value the skip would hide;
-    /// every attempt that reads a value has an opening quote of its own, and the value ends
-    /// at the next one.
-    pub(super) rescan: bool,
 }
 
 /// `skip(text, at, end)`: the first position in `at..end` at which a match of the pattern
@@ -120,7 +111,6 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
         footer: None,
         lead: None,
         skip: None,
-        rescan: false,
     }
 }
 
@@ -235,16 +225,6 @@ pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         footer: None,
         lead: None,
         skip: None,
-        rescan: false,
-    }
-}
-
-/// [`grp`] for a quoted value that runs to the next quote of its kind: searched again from
-/// every start ([`Pat::rescan`]).
-pub(super) const fn quoted(re: &'static str, check: Check) -> Pat {
-    Pat {
-        rescan: true,
-        ..grp(re, Some(check))
     }
 }
 
@@ -281,7 +261,6 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             }),
             lead: None,
             skip: None,
-            rescan: false,
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -301,7 +280,6 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
             skip: None,
-            rescan: false,
         }],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
@@ -453,7 +431,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // A value assigned to a password word (`password=…`, `"passwd": "…"`, `PASSPHRASE:
         // …`, `db_password=…`, `password => '…'`, `password := "…"`, JSON escaped inside a
         // string): the word stays, the value goes. Quoted, the value runs to its closing
-        // quote (any length, one line); bare, it ends at whitespace, a quote, `<` `>`
+        // quote (up to 256 bytes, one line; the bound is what makes a quote left open earlier
+        // on the line fail, instead of pairing with the next password's opening quote and
+        // hiding it, and it costs ~0.3 MB of automaton per pattern); bare, it ends at whitespace, a quote, `<` `>`
         // `,` `;` `&` (a query string's next parameter) or a bracket it did not open
         // (`P@ss(w0rd)1` is one value, `f(password=hunter22)` ends before `)`), does not
         // start with a bracket (`[PASSWORD]`, `{pw}`, `(hidden)`), and is at least 6 bytes.
@@ -461,21 +441,21 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // variables and calls (`password: string`, `password=os.environ[…]`, `$DB_PASSWORD`).
         // The three casings the literal pass looks for, as for `secret` and `bearer`.
         patterns: &[
-            quoted(
+            grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    double_quoted!()
+                    r#"\\?"([^"\\\r\n]{1,256})\\?""#
                 ),
-                checksum::password_quoted,
+                Some(checksum::password_quoted),
             ),
-            quoted(
+            grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    r#"'([^'\r\n]+)'"#
+                    r#"'([^'\r\n]{1,256})'"#
                 ),
-                checksum::password_quoted,
+                Some(checksum::password_quoted),
             ),
             grp(
                 concat!(
@@ -488,19 +468,19 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // A command line's flag (`--password hunter22`, `--db-password 'a b'`): the
             // checks require `--` before the word, so prose (`the password field`) is not
             // read as one; a bare value may not start with `-` (the next flag).
-            quoted(
+            grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
-                    r#"[ \t]+"([^"\r\n]+)""#
+                    r#"[ \t]+"([^"\r\n]{1,256})""#
                 ),
-                checksum::password_flag_quoted,
+                Some(checksum::password_flag_quoted),
             ),
-            quoted(
+            grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
-                    r#"[ \t]+'([^'\r\n]+)'"#
+                    r#"[ \t]+'([^'\r\n]{1,256})'"#
                 ),
-                checksum::password_flag_quoted,
+                Some(checksum::password_flag_quoted),
             ),
             grp(
                 concat!(
@@ -620,7 +600,6 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: None,
             skip: None,
-            rescan: false,
         }],
         trigger: Trigger::Literal(
             &[
@@ -642,7 +621,6 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: None,
             skip: None,
-            rescan: false,
         }],
         trigger: Trigger::At,
     },
