@@ -431,9 +431,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // A value assigned to a password word (`password=…`, `"passwd": "…"`, `PASSPHRASE:
         // …`, `db_password=…`, `password => '…'`, `password := "…"`, JSON escaped inside a
         // string): the word stays, the value goes. Quoted, the value runs to its closing
-        // quote (up to 256 bytes, one line; the bound is what makes a quote left open earlier
-        // on the line fail, instead of pairing with the next password's opening quote and
-        // hiding it, and it costs ~0.3 MB of automaton per pattern); bare, it ends at whitespace, a quote, `<` `>`
+        // quote (up to 256 bytes, one line: the bound makes a quote left open earlier on the
+        // line fail instead of pairing with the next password's opening quote and hiding it;
+        // it costs ~0.3 MB of automaton per pattern, see docs/performance.md, stop 73); bare,
+        // it ends at whitespace, a quote, `<` `>`
         // `,` `;` `&` (a query string's next parameter) or a bracket it did not open
         // (`P@ss(w0rd)1` is one value, `f(password=hunter22)` ends before `)`), does not
         // start with a bracket (`[PASSWORD]`, `{pw}`, `(hidden)`), and is at least 6 bytes.
