@@ -123,17 +123,31 @@ macro_rules! shell_word {
     };
 }
 
-/// [`shell_word!`] glued to its option (`-pX`, `pass:X`): it may start with `-`.
+/// [`shell_word!`] glued to its option (`-pX`, `pass:X`): it may start with `-`. Uncaptured.
+macro_rules! glued_run {
+    () => {
+        r#"[^\s"'`;&|<>()\\][^\s"'`;&|<>()\\]*"#
+    };
+}
+
+/// [`glued_run!`] as capture group 1.
 macro_rules! glued_word {
     () => {
-        r#"([^\s"'`;&|<>()\\][^\s"'`;&|<>()\\]*)"#
+        concat!("(", glued_run!(), ")")
+    };
+}
+
+/// The text of a double-quoted password (no quote, backslash or line end). Uncaptured.
+macro_rules! double_quoted_text {
+    () => {
+        r#"[^"\\\r\n]+"#
     };
 }
 
 /// A double-quoted password as capture group 1, the quotes JSON-escaped or not.
 macro_rules! double_quoted {
     () => {
-        r#"\\?"([^"\\\r\n]+)\\?""#
+        concat!(r#"\\?"("#, double_quoted_text!(), r#")\\?""#)
     };
 }
 
@@ -193,9 +207,9 @@ macro_rules! mysql_option {
 
 /// A MySQL or MariaDB client (`mysql`, `mysqldump`, `mariadb-dump`, `mysql.exe`, ...), its
 /// options (up to 24 before and 24 after one other word among them: the database; each
-/// bounded repetition is compiled into the automaton, so the bound is memory), then `-p` with the
-/// password glued to it. More other words (prose, another command's arguments) end the
-/// command.
+/// bounded repetition is compiled into the automaton, so the bound is memory), then `-p`,
+/// the password glued to it or quoted right after it. More other words (prose, another
+/// command's arguments) end the command.
 macro_rules! mysql_p {
     () => {
         concat!(
@@ -550,8 +564,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             grp(
                 concat!(
                     mysql_p!(),
-                    r#"(\\?"[^"\\\r\n]+\\?"|'[^'\r\n]+'|"#,
-                    r#"[^\s"'`;&|<>()\\][^\s"'`;&|<>()\\]*)"#
+                    r#"(\\?""#,
+                    double_quoted_text!(),
+                    r#"\\?"|'[^'\r\n]+'|"#,
+                    glued_run!(),
+                    ")"
                 ),
                 Some(checksum::password_mysql),
             ),
