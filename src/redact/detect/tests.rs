@@ -1282,31 +1282,50 @@ fn pem_block_extends_to_its_footer_only_through_body_bytes() {
 
 // === cost: linear in the text, whatever the density of matches (veil#10) ===
 
-/// The first `resolve`: every candidate against every kept match.
-fn resolve_quadratic(detectors: &[Detector], found: &mut Vec<Found>) {
-    found.sort_by_key(|f| {
+/// A slow `resolve`: merges any two overlapping groups until none overlap, then labels each
+/// group by its best member (longest, then priority, then leftmost).
+fn resolve_slow(detectors: &[Detector], found: &mut Vec<Found>) {
+    let rank = |f: &Found| {
         (
             std::cmp::Reverse(f.end - f.start),
             detectors[f.detector].priority,
             f.start,
             f.detector,
         )
-    });
-    let mut kept: Vec<Found> = Vec::new();
-    for f in found.drain(..) {
-        if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
-            kept.push(f);
+    };
+    // (start, end, best member) of each group.
+    let mut groups: Vec<(usize, usize, Found)> =
+        found.iter().map(|f| (f.start, f.end, *f)).collect();
+    'merge: loop {
+        for i in 0..groups.len() {
+            for j in i + 1..groups.len() {
+                let (a, b) = (groups[i], groups[j]);
+                if a.0 < b.1 && b.0 < a.1 {
+                    let best = if rank(&a.2) <= rank(&b.2) { a.2 } else { b.2 };
+                    groups[i] = (a.0.min(b.0), a.1.max(b.1), best);
+                    groups.swap_remove(j);
+                    continue 'merge;
+                }
+            }
         }
+        break;
     }
-    kept.sort_by_key(|f| f.start);
-    *found = kept;
+    groups.sort_by_key(|g| g.0);
+    *found = groups
+        .into_iter()
+        .map(|(start, end, best)| Found {
+            start,
+            end,
+            detector: best.detector,
+        })
+        .collect();
 }
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
     #[test]
-    fn resolve_keeps_what_the_quadratic_version_kept(
+    fn resolve_masks_the_union_of_overlapping_candidates(
         spans in proptest::collection::vec((0usize..200, 1usize..30, 0usize..3), 0..120)
     ) {
         let detectors: Vec<Detector> = (0..3)
@@ -1320,11 +1339,41 @@ proptest::proptest! {
             .iter()
             .map(|&(start, len, detector)| Found { start, end: start + len, detector })
             .collect();
-        let (mut fast, mut slow) = (found.clone(), found);
+        let (mut fast, mut slow) = (found.clone(), found.clone());
         resolve(&detectors, &mut fast, &mut Meter::unlimited()).unwrap();
-        resolve_quadratic(&detectors, &mut slow);
-        proptest::prop_assert_eq!(fast, slow);
+        resolve_slow(&detectors, &mut slow);
+        proptest::prop_assert_eq!(&fast, &slow);
+        // Disjoint, in order, and no candidate's byte left outside them.
+        proptest::prop_assert!(fast.windows(2).all(|w| w[0].end <= w[1].start));
+        for f in &found {
+            proptest::prop_assert!(
+                fast.iter().any(|k| k.start <= f.start && f.end <= k.end),
+                "{f:?} not covered by {fast:?}"
+            );
+        }
     }
+}
+
+#[test]
+fn partly_overlapping_candidates_are_masked_together() {
+    let detectors: Vec<Detector> = ["A", "B"]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Detector {
+            label: (*l).into(),
+            action: InlineAction::Mask,
+            priority: i as u32,
+        })
+        .collect();
+    let f = |start, end, detector| Found {
+        start,
+        end,
+        detector,
+    };
+    let mut found = vec![f(10, 30, 1), f(0, 12, 0), f(28, 33, 0), f(33, 40, 0)];
+    resolve(&detectors, &mut found, &mut Meter::unlimited()).unwrap();
+    // 0..12 and 28..33 overlap the longest (10..30, B) and go with it; 33..40 only touches.
+    assert_eq!(found, vec![f(0, 33, 1), f(33, 40, 0)]);
 }
 
 // See: veil#10
@@ -1880,5 +1929,32 @@ fn quoted_mysql_passwords_keep_their_quotes() {
     ] {
         scanner.find(text, &mut out);
         assert!(out.is_empty(), "{text}: {out:?}");
+    }
+}
+
+#[test]
+fn a_candidate_running_into_a_password_takes_it_along() {
+    // The prompt's quote opens a candidate (`password: " pw; … DB_PASSWORD='Xy"`) that runs
+    // into the real password's value (`Xy"9#kLm2q!`) and is the longer: both are masked as
+    // one span, where keeping only the longer left `9#kLm2q!` in the text.
+    let scanner = all();
+    let mut out = Vec::new();
+    for (text, secret) in [
+        (
+            r#"read -p "New password: " pw; export DB_PASSWORD='Xy"9#kLm2q!'"#,
+            "9#kLm2q!",
+        ),
+        (
+            r#"prompt_password: "Enter new password: "  # then DB_PASSWORD='Xy"9#kLm2q!'"#,
+            "9#kLm2q!",
+        ),
+    ] {
+        scanner.find(text, &mut out);
+        let masked: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
+        assert!(
+            masked.iter().any(|m| m.contains(secret)),
+            "{text}: {masked:?}"
+        );
+        assert!(out.iter().all(|f| scanner.label(f.detector) == "PASSWORD"));
     }
 }
