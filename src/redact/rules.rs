@@ -502,6 +502,7 @@ fn detectors(
                 footer: None,
                 lead: None,
                 skip: None,
+                rescan: false,
             });
             origins.patterns.push(Some((r.pattern.span(), rule)));
         }

@@ -48,6 +48,8 @@ pub(crate) struct PatternSpec {
     pub lead: Option<fn(u8) -> bool>,
     /// Where a gated search may resume (built-ins only, see [`Skip`]).
     pub skip: Option<Skip>,
+    /// Search again one character after every candidate (built-ins only, see [`Pat::rescan`]).
+    pub rescan: bool,
 }
 
 /// The prefilter condition under which a pattern can match, and so how it is searched:
@@ -145,6 +147,7 @@ impl ScannerSpec {
                 footer: p.footer,
                 lead: p.lead,
                 skip: p.skip,
+                rescan: p.rescan,
             });
         }
         detector
@@ -166,6 +169,8 @@ pub(super) struct Pattern {
     pub(super) lead: Option<fn(u8) -> bool>,
     /// See [`Pat::skip`].
     pub(super) skip: Option<Skip>,
+    /// See [`Pat::rescan`].
+    pub(super) rescan: bool,
 }
 
 /// Why a scanner could not be built. Carries the index of the offending pattern or dictionary.
@@ -233,6 +238,7 @@ impl Scanner {
                 footer,
                 lead: p.lead,
                 skip: p.skip,
+                rescan: p.rescan,
             });
         }
         let mut keys: Vec<u8> = spec

@@ -79,6 +79,15 @@ pub(super) struct Pat {
     /// Where a search may resume: a necessary condition of the validator that is cheaper to
     /// test over a stretch of text than per candidate (see [`Skip`]). Gated scans only.
     pub(super) skip: Option<Skip>,
+    /// After a candidate, accepted or not, the search resumes one character on (at the next
+    /// literal), never past the candidate (see [`resume_at`](super::resume_at)). For
+    /// patterns whose candidate can run over the start of a real match, but whose attempts
+    /// read disjoint stretches, so that trying every start stays linear: a quoted password's
+    /// value runs to the next quote of its kind, and a quote left open earlier on the line
+    /// pairs with the opening quote of the next password, whose value the skip would hide;
+    /// every attempt that reads a value has an opening quote of its own, and the value ends
+    /// at the next one.
+    pub(super) rescan: bool,
 }
 
 /// `skip(text, at, end)`: the first position in `at..end` at which a match of the pattern
@@ -111,6 +120,7 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
         footer: None,
         lead: None,
         skip: None,
+        rescan: false,
     }
 }
 
@@ -239,6 +249,16 @@ pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         footer: None,
         lead: None,
         skip: None,
+        rescan: false,
+    }
+}
+
+/// [`grp`] for a quoted value that runs to the next quote of its kind: searched again from
+/// every start ([`Pat::rescan`]).
+pub(super) const fn quoted(re: &'static str, check: Check) -> Pat {
+    Pat {
+        rescan: true,
+        ..grp(re, Some(check))
     }
 }
 
@@ -275,6 +295,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             }),
             lead: None,
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -294,6 +315,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
@@ -445,10 +467,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // A value assigned to a password word (`password=…`, `"passwd": "…"`, `PASSPHRASE:
         // …`, `db_password=…`, `password => '…'`, `password := "…"`, JSON escaped inside a
         // string): the word stays, the value goes. Quoted, the value runs to its closing
-        // quote (up to 256 bytes, one line: the bound makes a quote left open earlier on the
-        // line fail instead of pairing with the next password's opening quote and hiding it;
-        // it costs ~0.3 MB of automaton per pattern, see docs/performance.md, stop 73); bare,
-        // it ends at whitespace, a quote, `<` `>`
+        // quote (any length, one line; a candidate that runs from a quote left open earlier
+        // into the next password is masked with it, and the search starts again at every
+        // password word: [`Pat::rescan`]); bare, it ends at whitespace, a quote, `<` `>`
         // `,` `;` `&` (a query string's next parameter) or a bracket it did not open
         // (`P@ss(w0rd)1` is one value, `f(password=hunter22)` ends before `)`), does not
         // start with a bracket (`[PASSWORD]`, `{pw}`, `(hidden)`), and is at least 6 bytes.
@@ -456,21 +477,21 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // variables and calls (`password: string`, `password=os.environ[…]`, `$DB_PASSWORD`).
         // The three casings the literal pass looks for, as for `secret` and `bearer`.
         patterns: &[
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    r#"\\?"([^"\\\r\n]{1,256})\\?""#
+                    double_quoted!()
                 ),
-                Some(checksum::password_quoted),
+                checksum::password_quoted,
             ),
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    r#"'([^'\r\n]{1,256})'"#
+                    r#"'([^'\r\n]+)'"#
                 ),
-                Some(checksum::password_quoted),
+                checksum::password_quoted,
             ),
             grp(
                 concat!(
@@ -483,19 +504,19 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             // A command line's flag (`--password hunter22`, `--db-password 'a b'`): the
             // checks require `--` before the word, so prose (`the password field`) is not
             // read as one; a bare value may not start with `-` (the next flag).
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
-                    r#"[ \t]+"([^"\r\n]{1,256})""#
+                    r#"[ \t]+"([^"\r\n]+)""#
                 ),
-                Some(checksum::password_flag_quoted),
+                checksum::password_flag_quoted,
             ),
-            grp(
+            quoted(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
-                    r#"[ \t]+'([^'\r\n]{1,256})'"#
+                    r#"[ \t]+'([^'\r\n]+)'"#
                 ),
-                Some(checksum::password_flag_quoted),
+                checksum::password_flag_quoted,
             ),
             grp(
                 concat!(
@@ -618,6 +639,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: None,
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::Literal(
             &[
@@ -639,6 +661,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             footer: None,
             lead: None,
             skip: None,
+            rescan: false,
         }],
         trigger: Trigger::At,
     },

@@ -110,7 +110,7 @@ impl Scanner {
                     match self.candidate(p, text, &input, cx)? {
                         Some((whole, r)) => {
                             let accepted = self.accept(p, text, r, out, cx)?;
-                            resume[pi] = resume_at(text, &whole, accepted);
+                            resume[pi] = resume_at(text, p, &whole, accepted);
                         }
                         None => match p.lead {
                             Some(lead) => {

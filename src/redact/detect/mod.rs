@@ -36,7 +36,8 @@
 //!
 //! Linear in the text whatever the density of matches (veil#10): overlaps are merged in
 //! O(m log m); a rejected candidate is retried one character later only when it is short
-//! (`RESTART_SPAN`); a PEM block's END line is found by substring search with a memo
+//! (`RESTART_SPAN`; a quoted password, whose attempts read disjoint stretches, is retried at
+//! every start: `Pat::rescan`); a PEM block's END line is found by substring search with a memo
 //! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
 //! (`Pat::lead`); a pattern whose validator needs something nearby skips to where it could be
 //! (`Pat::skip`: unprefixed phone numbers and region hints). [`Scanner::find_within`] charges
@@ -537,7 +538,7 @@ impl Scanner {
                 break;
             };
             let accepted = self.accept(p, text, r, out, cx)?;
-            at = resume_at(text, &m, accepted);
+            at = resume_at(text, p, &m, accepted);
         }
         Ok(())
     }
@@ -627,9 +628,11 @@ const RESTART_SPAN: usize = 128;
 /// (`accepted`: before the candidate's end when the check kept less of it, so a value the
 /// pattern read past is still found: `[password=abc123][password=abc123]`; after it when the
 /// check read on); one character later if rejected and short, so an overlapping valid match
-/// is still found; its end if rejected and longer than [`RESTART_SPAN`].
-fn resume_at(text: &str, m: &Range<usize>, accepted: Option<usize>) -> usize {
+/// is still found; its end if rejected and longer than [`RESTART_SPAN`]. A pattern marked
+/// [`Pat::rescan`] always resumes one character later.
+fn resume_at(text: &str, p: &Pattern, m: &Range<usize>, accepted: Option<usize>) -> usize {
     let at = match accepted {
+        _ if p.rescan => m.start + 1,
         Some(end) => end.max(m.start + 1),
         None if m.len() > RESTART_SPAN => m.end.max(m.start + 1),
         None => m.start + 1,
