@@ -564,12 +564,25 @@ fn balanced_prefix(raw: &str) -> &str {
 /// `String::new()`, `std::env::var(…`): a name of letters, `_` and `.`, its parts joined by
 /// `::`, right before the first `(` or `[`, and the brackets then either left open or closed
 /// with nothing after them but another call, index, member or `?`. `hunter22(`,
-/// `P@ss(w0rd)1`, `Tr(0ub)4dor`, `Blue-Sky(99)` and `Hello:World(1)` are not calls.
+/// `P@ss(w0rd)1`, `Tr(0ub)4dor`, `Blue-Sky(99)` and `Hello:World(1)` are not calls, nor is
+/// one capitalized word called with a number and nothing else (`Summer(2024)`,
+/// `Welcome(1)`): people make passwords so, and code's calls with a number are named in
+/// lower case, snake or camel case, or dotted (`token_hex(16)`, `os.urandom(32)`,
+/// `CharField(128)`).
 fn is_call(s: &str) -> bool {
     let Some(open) = s.find(['(', '[']) else {
         return false;
     };
     let name = &s[..open];
+    let word_and_number = matches!(name.as_bytes(), [b'A'..=b'Z', rest @ ..]
+        if !rest.is_empty() && rest.iter().all(u8::is_ascii_lowercase))
+        && s[open..]
+            .strip_prefix('(')
+            .and_then(|a| a.strip_suffix(')'))
+            .is_some_and(|a| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()));
+    if word_and_number {
+        return false;
+    }
     let named = matches!(name.bytes().next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
         && name.split("::").all(|part| {
             !part.is_empty()

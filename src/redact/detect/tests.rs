@@ -296,6 +296,15 @@ const POSITIVES: &[Case] = &[
     // value that reads like a call, a run of values without a blank between them.
     ("pass=Xk]9mQ2!z ok", &[("PASSWORD", "Xk]9mQ2!z")]),
     ("PASS=Tr(0ub)4dor", &[("PASSWORD", "Tr(0ub)4dor")]),
+    // A capitalized word called with a number is how people write passwords, not code.
+    (
+        "password=Summer(2024) and DB_PASSWORD=Welcome(1); password: Hunter(22)",
+        &[
+            ("PASSWORD", "Summer(2024)"),
+            ("PASSWORD", "Welcome(1)"),
+            ("PASSWORD", "Hunter(22)"),
+        ],
+    ),
     (
         "run --password Welcome[42]!",
         &[("PASSWORD", "Welcome[42]")],
@@ -542,6 +551,7 @@ const HARD_NEGATIVES: &[&str] = &[
     "reset your Password: <your password here> or password = [PASSWORD]",
     "password: (hidden) or password={pw} or password={{password}} or Password: [here](x)",
     "password=%(password)s; password = secrets.token_hex(16); password=Secret(x)",
+    "password = urandom(16); password = CharField(128); password = Secret(x1)",
     "let password = std::env::var(\"DB_PASSWORD\")?; password: String::new(), x",
     "password = Hash::make(x); password = std::string(argv[1]); password = a.b(x)",
     "password=#{db_password} password=%{db_password} password=@(Model.Password)",
