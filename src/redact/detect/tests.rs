@@ -2057,3 +2057,29 @@ fn a_long_quoted_passphrase_is_masked_whole() {
         assert!(covered(&text, &out, phrase), "{text:.40}…: {out:?}");
     }
 }
+
+/// The prose between a quoted prompt naming a password and the next quoted string is no
+/// password (review of stop 74: unbounded, it masked the rest of the line), while a password
+/// after such a prompt is still found, and a short gap is still masked.
+#[test]
+fn prose_between_quoted_strings_is_no_password() {
+    let scanner = all();
+    let mut out = Vec::new();
+    let prose = " even for correct credentials. I checked the server logs and the database; ";
+    for text in [
+        format!(r#"the login page shows "Invalid password: "{prose}the console says "expired"."#),
+        format!(r#"a field labelled "Password:"{prose}and another labelled "Username:""#),
+        format!(r#"it asks "Enter passphrase: "{prose}then "Confirm:""#),
+    ] {
+        scanner.find(&text, &mut out);
+        let masked: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
+        assert!(masked.is_empty(), "{text}: {masked:?}");
+    }
+    let text = format!(r#"printf "Enter password: "; {prose} app --password "Tr0ub4dor 3x""#);
+    scanner.find(&text, &mut out);
+    assert!(covered(&text, &out, "Tr0ub4dor 3x"), "{out:?}");
+    let text = r#"password: "  leading blanks, short" and PASSWORD=' x y'"#;
+    scanner.find(text, &mut out);
+    assert!(covered(text, &out, "  leading blanks, short"), "{out:?}");
+    assert!(covered(text, &out, " x y"), "{out:?}");
+}
