@@ -24,9 +24,9 @@
 //! Candidates go through their validator (Luhn, mod 97, ranges, edge checks), then overlaps
 //! are resolved deterministically: overlapping candidates become one span covering them all
 //! (no byte of any stays in the text), labelled by the longest, then the detector with the
-//! higher priority (lower number), then the leftmost. [`Scanner::find_exhaustive`] runs every pattern
-//! over the whole text; tests and a fuzz target check that the gated scan finds exactly the
-//! same.
+//! higher priority (lower number), then the leftmost. [`Scanner::find_exhaustive`] runs every
+//! pattern over the whole text; tests and a fuzz target check that the gated scan finds
+//! exactly the same.
 //!
 //! Why not one leftmost-first `find_iter` over the set? Because a candidate that fails its
 //! validator (a 16-digit number failing Luhn) would hide a valid, shorter match of another
@@ -37,10 +37,10 @@
 //! Linear in the text whatever the density of matches (veil#10): overlaps are merged in
 //! O(m log m); a rejected candidate is retried one character later only when it is short
 //! (`RESTART_SPAN`; a quoted password, whose attempts read disjoint stretches, is retried at
-//! every start: `Pat::rescan`); a PEM block's END line is found by substring search with a memo
-//! (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url run
-//! (`Pat::lead`); a pattern whose validator needs something nearby skips to where it could be
-//! (`Pat::skip`: unprefixed phone numbers and region hints). [`Scanner::find_within`] charges
+//! every start: `Pat::rescan`); a PEM block's END line is found by substring search with a
+//! memo (`Footer`), not by a lazy regex; a failed JWT attempt skips the rest of its base64url
+//! run (`Pat::lead`); a pattern whose validator needs something nearby skips to where it could
+//! be (`Pat::skip`: unprefixed phone numbers and region hints). [`Scanner::find_within`] charges
 //! the work to a [`Meter`] and stops, with no matches, when its budget runs out. The property test
 //! `redact::tests::cost::work_per_byte_stays_flat_on_match_dense_text` and the `redact_dense`
 //! fuzz target keep it so.
