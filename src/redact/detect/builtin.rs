@@ -161,6 +161,23 @@ macro_rules! double_quoted {
     };
 }
 
+/// The key a password is assigned to: a password word (`password`, `passwd`, `passphrase`,
+/// in three casings) ending a word, or followed by a suffix naming another field of the same
+/// kind (`password_confirmation`, `passwordConfirm`, `password2`, `new_password_again`) or a
+/// deployment (`REDIS_PASSWORD_PROD`, `db_password_staging`). Uncaptured.
+macro_rules! password_key {
+    () => {
+        concat!(
+            r#"(?:[Pp]ass(?:word|wd|phrase)(?:[_-]?(?:confirm(?:ation)?|again|repeat|verify"#,
+            r#"|new|old|current|[0-9]{1,2})|[_-](?:prod|production|staging|stage|dev|test|qa"#,
+            r#"|uat|local)|Confirm(?:ation)?|Again|Repeat|Verify|New|Old|Current)?"#,
+            r#"|PASS(?:WORD|WD|PHRASE)(?:_(?:CONFIRM(?:ATION)?|AGAIN|REPEAT|VERIFY|NEW|OLD"#,
+            r#"|CURRENT|PROD|PRODUCTION|STAGING|STAGE|DEV|TEST|QA|UAT|LOCAL)|_?[0-9]{1,2})?)"#,
+            r#"(?-u:\b)"#
+        )
+    };
+}
+
 /// Blanks between a command's words: spaces, tabs, or a line continued with `\`.
 macro_rules! blanks {
     () => {
@@ -479,7 +496,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         patterns: &[
             quoted(
                 concat!(
-                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
+                    password_key!(),
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
                     double_quoted!()
                 ),
@@ -487,7 +504,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             ),
             quoted(
                 concat!(
-                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
+                    password_key!(),
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
                     r#"'([^'\r\n]+)'"#
                 ),
@@ -495,7 +512,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             ),
             grp(
                 concat!(
-                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))(?-u:\b)"#,
+                    password_key!(),
                     r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
                     r#"\\?["']?([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#
                 ),

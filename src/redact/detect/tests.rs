@@ -2083,3 +2083,39 @@ fn prose_between_quoted_strings_is_no_password() {
     assert!(covered(text, &out, "  leading blanks, short"), "{out:?}");
     assert!(covered(text, &out, " x y"), "{out:?}");
 }
+
+/// A password key with a suffix naming a second field of the same secret or a deployment
+/// (review of stop 74: `password_confirmation` and `REDIS_PASSWORD_PROD` were left).
+#[test]
+fn suffixed_password_keys_are_read_as_password_keys() {
+    check(
+        &all(),
+        &[
+            (
+                r#"{"password": "abc def", "password_confirmation": "abc def"}"#,
+                &[("PASSWORD", "abc def"), ("PASSWORD", "abc def")],
+            ),
+            (
+                "REDIS_PASSWORD_PROD=hunter22xyz PASSWORD2=Zq9Lm2Kp8 PASSWD_NEW=Yt5Rk1Wq",
+                &[
+                    ("PASSWORD", "hunter22xyz"),
+                    ("PASSWORD", "Zq9Lm2Kp8"),
+                    ("PASSWORD", "Yt5Rk1Wq"),
+                ],
+            ),
+            (
+                "new_password2 = \"abc def ghi\"; passwordConfirm: 'xyz 123'; db_password_staging: Tr0ub4dor",
+                &[
+                    ("PASSWORD", "abc def ghi"),
+                    ("PASSWORD", "xyz 123"),
+                    ("PASSWORD", "Tr0ub4dor"),
+                ],
+            ),
+            // Other suffixes name settings, not the secret.
+            (
+                "password_hash=abcdef123456 password_policy: strong123 password_length=123456",
+                &[],
+            ),
+        ],
+    );
+}
