@@ -646,31 +646,18 @@ fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Ra
     Some(r.start..end)
 }
 
-/// Longer than this and starting with a blank, a quoted "value" is the prose between two
-/// quoted strings, not a password ([`password_quoted`]).
-const PROSE_GAP: usize = 32;
-
 /// A quoted value after a password word (the quotes say where it ends, so any length and
-/// any character but a line break): not code ([`code_not_password`]), and not the text
-/// between two quoted strings: in `shows "Invalid password: " even for … "expired"` the
-/// quote after `password: ` closes the prompt, and what runs from it to the next quote is
-/// prose, which starts with a blank where a password almost never does. Only past
-/// [`PROSE_GAP`] bytes: a short gap (`"Password:" or "`) costs little to mask, and a password
-/// the gap ran into is found on its own (the quoted patterns search again from every start).
+/// any character but a line break): not code ([`code_not_password`]).
 pub(crate) fn password_quoted(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let s = text.get(r.clone())?;
-    if s.len() > PROSE_GAP && s.starts_with(char::is_whitespace) {
-        return None;
-    }
-    password_option(text, r)
+    (!s.trim().is_empty() && !code_not_password(s)).then_some(r)
 }
 
 /// A password given to a command-line option that takes one (OpenSSL's `pass:`, `sshpass
 /// -p`, `mysql -p…`): any length, not code ([`code_not_password`]: `$SSHPASS`,
 /// `[PASSWORD]`).
 pub(crate) fn password_option(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    let s = text.get(r.clone())?;
-    (!s.trim().is_empty() && !code_not_password(s)).then_some(r)
+    password_quoted(text, r)
 }
 
 /// The password given to a MySQL client's `-p` ([`password_option`]'s rules): `r` is the
@@ -779,7 +766,7 @@ pub(crate) fn password_flag_quoted(text: &str, r: Range<usize>) -> Option<Range<
 }
 
 /// The text of an XML element named by a password word (`<password>`, `<db_password>`,
-/// `<ns:Passphrase>`; no attributes): [`password_option`]'s rules, the element's `<`
+/// `<ns:Passphrase>`; no attributes): [`password_quoted`]'s rules, the element's `<`
 /// before its name, and a closing tag's `</` right after the value.
 pub(crate) fn password_element(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let b = text.as_bytes();
@@ -793,7 +780,7 @@ pub(crate) fn password_element(text: &str, r: Range<usize>) -> Option<Range<usiz
     if j == 0 || b[j - 1] != b'<' || !text[r.end..].starts_with("</") {
         return None;
     }
-    password_option(text, r)
+    password_quoted(text, r)
 }
 
 /// The value of `pass=` or `pwd=` (any case): the word starts a token or follows `_`

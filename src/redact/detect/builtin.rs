@@ -163,17 +163,16 @@ macro_rules! double_quoted {
 
 /// The key a password is assigned to: a password word (`password`, `passwd`, `passphrase`,
 /// in three casings) ending a word, or followed by a suffix naming another field of the same
-/// kind (`password_confirmation`, `passwordConfirm`, `password2`, `new_password_again`) or a
-/// deployment (`REDIS_PASSWORD_PROD`, `db_password_staging`). Uncaptured.
+/// secret (`password_confirmation`, `passwordConfirm`, `Password_2`, `new_password_again`)
+/// or a deployment (`REDIS_PASSWORD_PROD`, `db-password-staging`, `passwordProd`): one
+/// suffix word in any ASCII case, after `_`, `-` or nothing. Uncaptured.
 macro_rules! password_key {
     () => {
         concat!(
-            r#"(?:[Pp]ass(?:word|wd|phrase)(?:[_-]?(?:confirm(?:ation)?|again|repeat|verify"#,
-            r#"|new|old|current|[0-9]{1,2})|[_-](?:prod|production|staging|stage|dev|test|qa"#,
-            r#"|uat|local)|Confirm(?:ation)?|Again|Repeat|Verify|New|Old|Current)?"#,
-            r#"|PASS(?:WORD|WD|PHRASE)(?:_(?:CONFIRM(?:ATION)?|AGAIN|REPEAT|VERIFY|NEW|OLD"#,
-            r#"|CURRENT|PROD|PRODUCTION|STAGING|STAGE|DEV|TEST|QA|UAT|LOCAL)|_?[0-9]{1,2})?)"#,
-            r#"(?-u:\b)"#
+            r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
+            r#"(?:[_-]?(?i-u:confirm(?:ation)?|again|repeat|retype|verify|verification|new|old"#,
+            r#"|current|prod|production|preprod|staging|stage|stg|dev|development|test|qa|uat"#,
+            r#"|sandbox|local|[0-9]{1,2}))?(?-u:\b)"#
         )
     };
 }

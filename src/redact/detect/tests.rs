@@ -2058,30 +2058,32 @@ fn a_long_quoted_passphrase_is_masked_whole() {
     }
 }
 
-/// The prose between a quoted prompt naming a password and the next quoted string is no
-/// password (review of stop 74: unbounded, it masked the rest of the line), while a password
-/// after such a prompt is still found, and a short gap is still masked.
+/// A quoted value is masked whole whatever it starts with, and what runs from a quoted
+/// prompt naming a password to the next quote on the line is masked as a value. Stop 74 tried
+/// reading a long value that starts with a blank as prose between two quoted strings (`shows
+/// "Invalid password: " even for … "expired"`, masked to the next quote); a review found it
+/// left such passwords whole in the clear, and the text after a prompt too (a command's
+/// password no detector knows), so the over-masking stays: the safe side.
 #[test]
-fn prose_between_quoted_strings_is_no_password() {
+fn a_quoted_value_starting_with_blanks_is_masked_whole() {
     let scanner = all();
     let mut out = Vec::new();
-    let prose = " even for correct credentials. I checked the server logs and the database; ";
+    let phrase = " correct horse battery staple and more words";
     for text in [
-        format!(r#"the login page shows "Invalid password: "{prose}the console says "expired"."#),
-        format!(r#"a field labelled "Password:"{prose}and another labelled "Username:""#),
-        format!(r#"it asks "Enter passphrase: "{prose}then "Confirm:""#),
+        format!(r#"passphrase: "{phrase}""#),
+        format!(r#"{{"password": "{phrase}"}}"#),
+        format!(r#"{{\"password\": \"{phrase}\"}}"#),
+        format!("PASSWORD='{phrase}'"),
+        format!(r#"app --password "{phrase}""#),
+        format!("password: \"\t{phrase}\""),
     ] {
         scanner.find(&text, &mut out);
-        let masked: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
-        assert!(masked.is_empty(), "{text}: {masked:?}");
+        assert!(covered(&text, &out, phrase), "{text}: {out:?}");
     }
-    let text = format!(r#"printf "Enter password: "; {prose} app --password "Tr0ub4dor 3x""#);
-    scanner.find(&text, &mut out);
-    assert!(covered(&text, &out, "Tr0ub4dor 3x"), "{out:?}");
-    let text = r#"password: "  leading blanks, short" and PASSWORD=' x y'"#;
+    let text =
+        r#"read -p "Password: " pw; docker login -u me -p hunter22xyz registry.io; echo "x""#;
     scanner.find(text, &mut out);
-    assert!(covered(text, &out, "  leading blanks, short"), "{out:?}");
-    assert!(covered(text, &out, " x y"), "{out:?}");
+    assert!(covered(text, &out, "hunter22xyz"), "{out:?}");
 }
 
 /// A password key with a suffix naming a second field of the same secret or a deployment
@@ -2110,6 +2112,19 @@ fn suffixed_password_keys_are_read_as_password_keys() {
                     ("PASSWORD", "xyz 123"),
                     ("PASSWORD", "Tr0ub4dor"),
                 ],
+            ),
+            // One suffix word in any case, after `_`, `-` or nothing.
+            (
+                "passwordProd: Zq9Lm2Kp8 Password_Confirm=Yt5Rk1Wq PASSWORD-PROD=hunter22xyz",
+                &[
+                    ("PASSWORD", "Zq9Lm2Kp8"),
+                    ("PASSWORD", "Yt5Rk1Wq"),
+                    ("PASSWORD", "hunter22xyz"),
+                ],
+            ),
+            (
+                "DB_PASSWORD_STG=Zq9Lm2Kp8 password_verification: Yt5Rk1Wq",
+                &[("PASSWORD", "Zq9Lm2Kp8"), ("PASSWORD", "Yt5Rk1Wq")],
             ),
             // Other suffixes name settings, not the secret.
             (
