@@ -624,7 +624,12 @@ pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
 /// [`password`], with or without the test for code calls (a command line's flag takes no
 /// code, so `--password Welcome[42]!` is a password).
 fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Range<usize>> {
-    let raw = text.get(r.clone())?;
+    let mut raw = text.get(r.clone())?;
+    // Inside a JSON string the closing quote is escaped (`{\"password\":\"…\"}`): its
+    // backslash is not the value's, and masking it would break the escaped JSON.
+    if raw.ends_with('\\') && text[r.end..].starts_with(['"', '\'']) {
+        raw = &raw[..raw.len() - 1];
+    }
     // Sentence punctuation after the value is the sentence's, and so is an opener it ends on.
     let value = balanced_prefix(raw);
     let s = value.trim_end_matches(VALUE_END);

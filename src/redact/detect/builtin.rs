@@ -177,6 +177,19 @@ macro_rules! password_key {
     };
 }
 
+/// A [`password_key!`] and what assigns a value to it: `:`, `=`, `=>` or `:=`, the key
+/// quoted or not (JSON-escaped too: `\"password\": `), and the key may be a prompt ending
+/// in its own `:` (`{"password: ": "…"}`, pexpect's and Ansible's maps from a prompt to its
+/// answer). Uncaptured.
+macro_rules! password_assign {
+    () => {
+        concat!(
+            password_key!(),
+            r#"(?:[ \t]*:[ \t]*\\?["']|\\?["']?)[ \t]*(?:=>|:=|[:=])[ \t]*"#
+        )
+    };
+}
+
 /// Blanks between a command's words: spaces, tabs, or a line continued with `\`.
 macro_rules! blanks {
     () => {
@@ -494,25 +507,16 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         // The three casings the literal pass looks for, as for `secret` and `bearer`.
         patterns: &[
             quoted(
-                concat!(
-                    password_key!(),
-                    r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    double_quoted!()
-                ),
+                concat!(password_assign!(), double_quoted!()),
                 checksum::password_quoted,
             ),
             quoted(
-                concat!(
-                    password_key!(),
-                    r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
-                    r#"'([^'\r\n]+)'"#
-                ),
+                concat!(password_assign!(), r#"'([^'\r\n]+)'"#),
                 checksum::password_quoted,
             ),
             grp(
                 concat!(
-                    password_key!(),
-                    r#"\\?["']?[ \t]*(?:=>|:=|[:=])[ \t]*"#,
+                    password_assign!(),
                     r#"\\?["']?([^\s"'<>(){}\[\],;&][^\s"'<>,;&]{5,})"#
                 ),
                 Some(checksum::password),

@@ -157,11 +157,11 @@ const POSITIVES: &[Case] = &[
         r#"{"password": "a,b;c&d(e)f"}"#,
         &[("PASSWORD", "a,b;c&d(e)f")],
     ),
-    // JSON escaped inside a string: the bare reading runs one byte further (the escape's
-    // backslash) and, longer, wins; the value is masked either way.
+    // JSON escaped inside a string: the bare reading stops before the closing quote's
+    // escape, as the quoted one does.
     (
         r#"args: "{\"password\": \"s3cr3t\"}""#,
-        &[("PASSWORD", "s3cr3t\\")],
+        &[("PASSWORD", "s3cr3t")],
     ),
     ("login(password => 'x9')", &[("PASSWORD", "x9")]),
     // A URL's password (the user stays; a longer email reading of the same bytes wins, and
@@ -2132,5 +2132,35 @@ fn suffixed_password_keys_are_read_as_password_keys() {
                 &[],
             ),
         ],
+    );
+}
+
+/// A map from a prompt to its answer (pexpect's `events`, Ansible's `expect` responses) and a
+/// value inside escaped JSON without blanks (review of stop 74: the first left the answer in
+/// the clear, the second masked the closing quote's backslash, breaking the escaped JSON).
+#[test]
+fn prompt_maps_and_escaped_json_values_are_masked_exactly() {
+    let scanner = all();
+    let mut out = Vec::new();
+    for (text, value) in [
+        (
+            r#"pexpect.run("ssh admin@host", events={"password: ": "Xk9mQ2zLp7\n"})"#,
+            "Xk9mQ2zLp7",
+        ),
+        (
+            r#"responses: {"(?i)password:": "Xk9mQ2zLp7"}"#,
+            "Xk9mQ2zLp7",
+        ),
+        ("responses: {'Password: ': 'Xk9m Q2zLp7'}", "Xk9m Q2zLp7"),
+    ] {
+        scanner.find(text, &mut out);
+        assert!(covered(text, &out, value), "{text}: {out:?}");
+    }
+    check(
+        &scanner,
+        &[(
+            r#"{\"password\":\"Xk9mQ2zLp7\",\"user\":\"bob\"}"#,
+            &[("PASSWORD", "Xk9mQ2zLp7")],
+        )],
     );
 }
