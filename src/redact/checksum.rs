@@ -665,31 +665,36 @@ pub(crate) fn password_option(text: &str, r: Range<usize>) -> Option<Range<usize
     password_quoted(text, r)
 }
 
-/// The password given to a MySQL client's `-p` ([`password_option`]'s rules): `r` is the
-/// value as the pattern read it, glued to `-p` or quoted (`-p"…"`, `-p\"…\"` inside a JSON
-/// string, `-p'…'`), and the range kept is inside the quotes. A glued word that is a port
-/// mapping (`-p3306:3306`, `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line) is
-/// no password.
-pub(crate) fn password_mysql(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    let s = text.get(r.clone())?;
-    // The pattern's quoted forms are `"…"` or `\"…\"` (a JSON string's escapes) and `'…'`,
-    // the value holding no quote of its kind (nor, double-quoted, a backslash); a glued
-    // word starts with none of `"` `'` `\`.
-    let b = s.as_bytes();
+/// `r` without the quotes around it, and whether it had them: a command option's value as
+/// the patterns read it, double-quoted (`"…"`, or `\"…\"` inside a JSON string), single-quoted
+/// (`'…'`, no quote of its kind inside; double-quoted, no backslash either) or bare (starting
+/// with none of `"` `'` `\`). `None` when the quotes hold nothing.
+fn unquote(text: &str, r: Range<usize>) -> Option<(Range<usize>, bool)> {
+    let b = text.get(r.clone())?.as_bytes();
     let (open, close) = match b {
         [b'\'', ..] => (1, 1),
         [b'"', .., b'\\', b'"'] => (1, 2),
         [b'"', ..] => (1, 1),
         [b'\\', b'"', .., b'\\', b'"'] => (2, 2),
         [b'\\', ..] => (2, 1),
-        _ => (0, 0),
+        _ => return Some((r, false)),
     };
-    if open > 0 {
-        let inner = r.start + open..r.end.checked_sub(close)?;
-        return (inner.start < inner.end)
-            .then_some(inner)
-            .and_then(|inner| password_option(text, inner));
+    let inner = r.start + open..r.end.checked_sub(close)?;
+    (inner.start < inner.end).then_some((inner, true))
+}
+
+/// The password given to a command's option (the MySQL clients' `-p…`, `redis-cli -a`,
+/// `ldapsearch -w`, `sqlcmd -P`, `docker login -p`, keytool's `-storepass`; see the
+/// `password` built-in): `r` is the value as the pattern read it, glued to its option or
+/// after it, quoted or not, and the range kept is inside the quotes ([`unquote`]);
+/// [`password_option`]'s rules. A bare word that is a port mapping (`-p3306:3306`,
+/// `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line) is no password.
+pub(crate) fn password_option_value(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let (inner, quoted) = unquote(text, r)?;
+    if quoted {
+        return password_option(text, inner);
     }
+    let s = &text[inner.clone()];
     let ports = s.split_once('/').map_or(s, |(p, proto)| {
         if proto == "tcp" || proto == "udp" {
             p
@@ -704,7 +709,71 @@ pub(crate) fn password_mysql(text: &str, r: Range<usize>) -> Option<Range<usize>
     if mapping {
         return None;
     }
-    password_option(text, r)
+    password_option(text, inner)
+}
+
+/// The password in a command's `user<SEP>password` option value (`curl -u user:pw`, `SEP` =
+/// `:`; `smbclient -U user%pw`, `SEP` = `%`): what follows the first `SEP` inside the quotes
+/// ([`unquote`]), [`password_option`]'s rules. Without `SEP` the command asks for the
+/// password, and there is none to mask.
+pub(crate) fn password_after<const SEP: char>(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let (inner, _) = unquote(text, r)?;
+    let sep = text[inner.clone()].find(SEP)?;
+    let pw = inner.start + sep + SEP.len_utf8()..inner.end;
+    (pw.start < pw.end)
+        .then_some(pw)
+        .and_then(|pw| password_option(text, pw))
+}
+
+/// How far back [`in_sql_user_statement`] reads for the statement's verb.
+const SQL_STATEMENT_BACK: usize = 512;
+
+/// Whether the SQL statement that `at` is in creates or alters a user, role, group or login,
+/// or grants (MySQL 5's `GRANT … IDENTIFIED BY`), or sets a password (`SET PASSWORD`): those
+/// words, any case, as consecutive words within [`SQL_STATEMENT_BACK`] bytes before `at`
+/// and after the last `;` there. Bounded, so a candidate's check costs a constant.
+fn in_sql_user_statement(text: &str, at: usize) -> bool {
+    let from = text.floor_char_boundary(at.saturating_sub(SQL_STATEMENT_BACK));
+    let Some(before) = text.get(from..at) else {
+        return false;
+    };
+    let stmt = before.rsplit(';').next().unwrap_or(before);
+    let is = |w: &str, k: &[&str]| k.iter().any(|k| w.eq_ignore_ascii_case(k));
+    let mut prev = "";
+    for w in stmt
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+    {
+        if is(w, &["grant"])
+            || (is(prev, &["create", "alter"]) && is(w, &["user", "role", "group", "login"]))
+            || (is(prev, &["set"]) && is(w, &["password"]))
+        {
+            return true;
+        }
+        prev = w;
+    }
+    false
+}
+
+/// SQL's words that may follow `IDENTIFIED BY` and are no password (MySQL's `BY RANDOM
+/// PASSWORD`, Oracle's `BY VALUES '…'`).
+const SQL_NOT_PASSWORDS: [&str; 3] = ["random", "password", "values"];
+
+/// The password after SQL's `IDENTIFIED BY` (MySQL, MariaDB, Oracle: `CREATE USER … IDENTIFIED
+/// BY 'pw'`, `IDENTIFIED WITH plugin BY 'pw'`, Oracle's unquoted `IDENTIFIED BY tiger`):
+/// inside its quotes ([`unquote`]), [`password_option`]'s rules. A bare word must be in a
+/// statement about a user ([`in_sql_user_statement`]): prose says "identified by name".
+pub(crate) fn password_sql(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let (inner, quoted) = unquote(text, r.clone())?;
+    if !quoted {
+        let w = &text[inner.clone()];
+        if SQL_NOT_PASSWORDS.iter().any(|k| w.eq_ignore_ascii_case(k))
+            || !in_sql_user_statement(text, r.start)
+        {
+            return None;
+        }
+    }
+    password_option(text, inner)
 }
 
 /// Where the one of `words` (any case) that ends at `end` starts.
@@ -725,8 +794,9 @@ fn password_word_start(text: &str, end: usize) -> Option<usize> {
 }
 
 /// Whether the value starting at `r.start` follows a command-line flag of a password word
-/// (`--password `, `--db-password "`): blanks and an opening quote before the value, and
-/// before the word a run of `[A-Za-z0-9_-]` that starts with `--` and starts a token.
+/// (`--password `, `--db-password "`, PowerShell's and Java tools' `-Password`,
+/// `-AdminPassword`, `-password`): blanks and an opening quote before the value, and before
+/// the word a run of `[A-Za-z0-9_-]` that starts with `-` and starts a token.
 fn after_password_flag(text: &str, r: &Range<usize>) -> bool {
     let b = text.as_bytes();
     let mut i = r.start;
@@ -747,24 +817,29 @@ fn after_password_flag(text: &str, r: &Range<usize>) -> bool {
     while j > 0 && (b[j - 1].is_ascii_alphanumeric() || matches!(b[j - 1], b'-' | b'_')) {
         j -= 1;
     }
-    text[j..word].starts_with("--")
+    text[j..word].starts_with('-')
         && (j == 0 || !(b[j - 1].is_ascii_alphanumeric() || b[j - 1] >= 0x80))
 }
 
 /// A bare value after a password flag (`--password hunter22`): [`password`]'s rules but the
-/// one for calls (a flag takes no code: `--password Welcome[42]!`), and the flag's `--`
-/// before the word.
+/// one for calls (a flag takes no code: `--password Welcome[42]!`), the flag's `-` or `--`
+/// before the word, and no OpenSSL source (`-password env:PW`; `pass:…` is OpenSSL's pattern).
 pub(crate) fn password_flag(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    if !after_password_flag(text, &r) {
+    // OpenSSL's `-password pass:…` is its own pattern's; `env:`, `file:`, `fd:` name a source.
+    let source = ["pass:", "env:", "file:", "fd:"]
+        .iter()
+        .any(|p| text[r.clone()].starts_with(p));
+    if source || !after_password_flag(text, &r) {
         return None;
     }
     bare_password(text, r, false)
 }
 
-/// A quoted value after a password flag (`--password "a b"`): [`password_quoted`]'s rules,
-/// and the flag's `--` before the word.
+/// A quoted value after a password flag (`--password "a b"`) or after SQL's `PASSWORD` in a
+/// statement about a user (PostgreSQL's `CREATE ROLE app LOGIN PASSWORD '…'`, `ALTER USER app
+/// WITH ENCRYPTED PASSWORD '…'`; [`in_sql_user_statement`]): [`password_quoted`]'s rules.
 pub(crate) fn password_flag_quoted(text: &str, r: Range<usize>) -> Option<Range<usize>> {
-    if !after_password_flag(text, &r) {
+    if !after_password_flag(text, &r) && !in_sql_user_statement(text, r.start) {
         return None;
     }
     password_quoted(text, r)

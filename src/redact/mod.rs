@@ -421,8 +421,8 @@ impl fmt::Debug for CompiledRules {
 /// look-alikes its validator rejects, the prefixes of every secret, glued and separated, the
 /// shapes that made some pass super-linear before veil#10 (repeated emails, PEM headers in
 /// prose, `-eyJ` runs, `xoxb-` runs, colon runs), and names, street addresses and phone-region
-/// hints (veil#16). Shared by the work-per-byte property test and the `redact_dense` fuzz
-/// target; not an API.
+/// hints (veil#16), passwords in their forms. Shared by the work-per-byte property test and
+/// the `redact_dense` fuzz target; not an API.
 #[doc(hidden)]
 pub const DENSE_UNITS: &[&str] = &[
     "lorem ipsum alice@example.com sit amet ",
@@ -484,6 +484,17 @@ pub const DENSE_UNITS: &[&str] = &[
     "612 345 678 ",
     "Dear Priya Patel, ",
     "Mr ",
+    // Passwords: assigned, quoted, after a flag, a command's option, SQL (stop 75).
+    "password=hunter22 ",
+    "password: '",
+    "'",
+    "-Password \"x\" ",
+    "docker login -u ci -p ",
+    "redis-cli -a $X ",
+    "curl -u a:",
+    "-storepass ",
+    "CREATE USER x IDENTIFIED BY ",
+    "ALTER ROLE x PASSWORD '",
 ];
 
 /// Upper bound on scrub passes over one string (see `scrub_str`); real text needs 2 at most.

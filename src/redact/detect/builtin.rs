@@ -88,6 +88,12 @@ pub(super) struct Pat {
     /// every attempt that reads a value has an opening quote of its own, and the value ends
     /// at the next one.
     pub(super) rescan: bool,
+    /// The literals this pattern is tried at, when not its detector's
+    /// ([`Trigger::Literal`]'s, with the same `back`): a pattern anchored on a word of its
+    /// own (a command's name: `redis-cli`, `docker login`) is then not tried at every
+    /// literal of its detector, nor the detector's other patterns at its words. Every match
+    /// must start with one of them, as for the detector's.
+    pub(super) literals: Option<&'static [&'static str]>,
 }
 
 /// `skip(text, at, end)`: the first position in `at..end` at which a match of the pattern
@@ -121,6 +127,7 @@ pub(super) const fn pat(re: &'static str, check: Check) -> Pat {
         lead: None,
         skip: None,
         rescan: false,
+        literals: None,
     }
 }
 
@@ -270,6 +277,42 @@ macro_rules! mysql_p {
     };
 }
 
+/// The arguments of a command before the option looked for: up to 16 words, each a run of
+/// anything but ASCII blanks and `; & |` (a quoted argument holding blanks counts as several).
+/// ASCII only, as in [`mysql_word!`]. Uncaptured.
+macro_rules! command_args {
+    () => {
+        concat!("(?:", blanks!(), r#"[^\t\n\x0B\x0C\r ;&|]+){0,16}?"#)
+    };
+}
+
+/// The value of a command's password option, glued to it or after blanks, as capture group 1
+/// with its quotes: double-quoted (JSON-escaped too), single-quoted, or a shell word
+/// ([`shell_word!`]'s bytes). [`checksum::password_option_value`] takes the quotes off.
+macro_rules! option_value {
+    () => {
+        concat!(r#"(?:[ \t]|\\\r?\n)*"#, option_word!())
+    };
+}
+
+/// [`option_value!`]'s value alone, glued to what comes before it.
+macro_rules! option_word {
+    () => {
+        concat!(
+            r#"(\\?""#,
+            double_quoted_text!(),
+            r#"\\?"|'[^'\r\n]+'|[^\s"'`;&|<>()\\\-][^\s"'`;&|<>()\\]*)"#
+        )
+    };
+}
+
+/// SQL's blanks: spaces, tabs, line breaks.
+macro_rules! sql_blanks {
+    () => {
+        r#"[ \t\r\n]+"#
+    };
+}
+
 pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
     Pat {
         re,
@@ -279,6 +322,7 @@ pub(super) const fn grp(re: &'static str, check: Option<Check>) -> Pat {
         lead: None,
         skip: None,
         rescan: false,
+        literals: None,
     }
 }
 
@@ -288,6 +332,14 @@ pub(super) const fn quoted(re: &'static str, check: Check) -> Pat {
     Pat {
         rescan: true,
         ..grp(re, Some(check))
+    }
+}
+
+/// `p`, tried at `literals` instead of its detector's ([`Pat::literals`]).
+pub(super) const fn at(literals: &'static [&'static str], p: Pat) -> Pat {
+    Pat {
+        literals: Some(literals),
+        ..p
     }
 }
 
@@ -325,6 +377,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             lead: None,
             skip: None,
             rescan: false,
+            literals: None,
         }],
         trigger: Trigger::Literal(&["-----BEGIN"], 0),
     },
@@ -345,6 +398,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             lead: Some(checksum::in_alphabet::<{ checksum::B64URL }>),
             skip: None,
             rescan: false,
+            literals: None,
         }],
         trigger: Trigger::Literal(&["eyJ"], 0),
     },
@@ -599,7 +653,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_option),
             ),
             // One pattern for the three forms of the MySQL value (glued word, double- or
-            // single-quoted), the quotes inside its group, [`checksum::password_mysql`]
+            // single-quoted), the quotes inside its group, [`checksum::password_option_value`]
             // taking them off: its option repetitions are most of the detectors' compiled
             // memory, so they are compiled once (stop 73: 2.2 MB as three patterns).
             grp(
@@ -611,7 +665,214 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                     glued_run!(),
                     ")"
                 ),
-                Some(checksum::password_mysql),
+                Some(checksum::password_option_value),
+            ),
+            // Other commands' password options, each pattern tried only where its command's
+            // name occurs ([`at`]): the command, up to 16 arguments ([`command_args!`]), the
+            // option, its value glued or after blanks ([`option_value!`]). Registry and cloud
+            // logins' `-p` (`docker login -u u -p …`, `az login`, `oc login`; the literal is
+            // the two words with one space), MongoDB's shells and tools, `rabbitmqadmin`,
+            // PsExec: `-p`.
+            at(
+                &[
+                    "docker login",
+                    "podman login",
+                    "nerdctl login",
+                    "buildah login",
+                    "skopeo login",
+                    "oras login",
+                    "helm registry login",
+                    "az login",
+                    "oc login",
+                    "cf login",
+                    "mongo",
+                    "rabbitmqadmin",
+                    "psexec",
+                    "PsExec",
+                ],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)(?:(?:docker|podman|nerdctl|buildah|skopeo|oras|helm registry"#,
+                        r#"|az|oc|cf) login|mongo(?:sh|dump|restore|import|export|stat|top|files)?"#,
+                        r#"|rabbitmqadmin|psexec(?:64)?|PsExec(?:64)?)(?:\.exe)?"#,
+                        command_args!(),
+                        blanks!(),
+                        "-p",
+                        option_value!()
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
+            // Redis's clients: `-a` or `--pass`.
+            at(
+                &["redis-cli", "keydb-cli", "valkey-cli"],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)(?:redis|keydb|valkey)-cli(?:\.exe)?"#,
+                        command_args!(),
+                        blanks!(),
+                        "(?:-a|--pass=?)",
+                        option_value!()
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
+            // OpenLDAP's clients: `-w` (`-W` prompts).
+            at(
+                &["ldap"],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn"#,
+                        r#"|exop|url|vi)(?:\.exe)?"#,
+                        command_args!(),
+                        blanks!(),
+                        "-w",
+                        option_value!()
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
+            // `-P`: SQL Server's `sqlcmd`, `bcp`, `osql`; Sybase `isql`; `ipmitool`; the
+            // Mosquitto clients; `zip` and `unzip`.
+            at(
+                &[
+                    "sqlcmd",
+                    "bcp",
+                    "osql",
+                    "isql",
+                    "ipmitool",
+                    "mosquitto_",
+                    "zip",
+                    "unzip",
+                ],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)(?:sqlcmd|bcp|osql|isql|ipmitool|mosquitto_(?:pub|sub|rr)|zip"#,
+                        r#"|unzip)(?:\.exe)?"#,
+                        command_args!(),
+                        blanks!(),
+                        "-P",
+                        option_value!()
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
+            // 7-Zip's and RAR's `-p`, the password glued to it (`-p` alone prompts, and the
+            // next word is the archive).
+            at(
+                &["7z", "rar", "unrar"],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)(?:7z[ar]?|rar|unrar)(?:\.exe)?"#,
+                        command_args!(),
+                        blanks!(),
+                        "-p",
+                        option_word!()
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
+            // curl's `-u user:password` (`--user`, and `-U`/`--proxy-user` for the proxy):
+            // the user stays, the password goes; without `:` curl asks for it.
+            at(
+                &["curl"],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)curl(?:\.exe)?"#,
+                        command_args!(),
+                        blanks!(),
+                        r#"(?:-u|-U|--user|--proxy-user)(?:[ \t]|\\\r?\n|=)*"#,
+                        option_word!()
+                    ),
+                    Some(checksum::password_after::<':'>),
+                ),
+            ),
+            // Samba's clients' `-U user%password`.
+            at(
+                &["smbclient", "rpcclient", "smbcacls", "smbget", "smbtree"],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)(?:smbclient|rpcclient|smbcacls|smbget|smbtree)(?:\.exe)?"#,
+                        command_args!(),
+                        blanks!(),
+                        r#"(?:-U|--user(?:name)?)(?:[ \t]|\\\r?\n|=)*"#,
+                        option_word!()
+                    ),
+                    Some(checksum::password_after::<'%'>),
+                ),
+            ),
+            // Java's keytool and jarsigner: `-storepass`, `-keypass` and their `-src`/`-dest`
+            // forms, the password after blanks (`-storepass:env VAR` names a variable).
+            at(
+                &[
+                    "-storepass",
+                    "-keypass",
+                    "-srcstorepass",
+                    "-deststorepass",
+                    "-srckeypass",
+                    "-destkeypass",
+                ],
+                grp(
+                    concat!(
+                        r#"(?-u:\B)-(?:src|dest)?(?:store|key)pass"#,
+                        blanks!(),
+                        option_word!()
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
+            // PowerShell's `ConvertTo-SecureString "…" -AsPlainText` (or `-String "…"`): a
+            // quoted literal made into a credential.
+            at(
+                &["ConvertTo-SecureString", "convertto-securestring"],
+                grp(
+                    concat!(
+                        r#"(?:ConvertTo-SecureString|convertto-securestring)(?:[ \t]+-String)?"#,
+                        r#"[ \t]+(\\?""#,
+                        double_quoted_text!(),
+                        r#"\\?"|'[^'\r\n]+')"#
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
+            // SQL: `IDENTIFIED BY '…'` (MySQL, MariaDB, Oracle; `IDENTIFIED WITH plugin BY`,
+            // `BY PASSWORD '<hash>'`, Oracle's bare `IDENTIFIED BY tiger` in a statement about
+            // a user: [`checksum::password_sql`]) and MySQL's `SET PASSWORD [FOR u] = '…'`
+            // (or `= PASSWORD('…')`). PostgreSQL's `PASSWORD '…'` is the flag pattern above,
+            // its check asking for a statement about a user.
+            at(
+                &["identified", "IDENTIFIED", "Identified"],
+                grp(
+                    concat!(
+                        r#"(?-u:\b)(?:identified|IDENTIFIED|Identified)(?:"#,
+                        sql_blanks!(),
+                        r#"(?i-u:with)"#,
+                        sql_blanks!(),
+                        r#"['"`]?[A-Za-z0-9_]+['"`]?)?"#,
+                        sql_blanks!(),
+                        r#"(?i-u:by|as)(?:"#,
+                        sql_blanks!(),
+                        r#"(?i-u:password|values))?"#,
+                        sql_blanks!(),
+                        r#"(\\?""#,
+                        double_quoted_text!(),
+                        r#"\\?"|'[^'\r\n]+'|[^\s"'`;,()\\]+)"#
+                    ),
+                    Some(checksum::password_sql),
+                ),
+            ),
+            at(
+                &["SET PASSWORD", "set password", "Set Password"],
+                grp(
+                    concat!(
+                        r#"(?:SET PASSWORD|set password|Set Password)(?:[ \t]+(?i-u:for)[ \t]+"#,
+                        r#"[^\s=;]+)?[ \t]*=[ \t]*(?:(?i-u:(?:old_)?password)\([ \t]*)?"#,
+                        r#"(\\?""#,
+                        double_quoted_text!(),
+                        r#"\\?"|'[^'\r\n]+')"#
+                    ),
+                    Some(checksum::password_option_value),
+                ),
             ),
             // A URL's userinfo (RFC 3986 §3.2.1: `postgres://app:…@db`, `redis://:…@cache`):
             // the user stays, the password goes. No `[` `]` (not allowed there, and a mask
@@ -660,6 +921,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             lead: None,
             skip: None,
             rescan: false,
+            literals: None,
         }],
         trigger: Trigger::Literal(
             &[
@@ -682,6 +944,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             lead: None,
             skip: None,
             rescan: false,
+            literals: None,
         }],
         trigger: Trigger::At,
     },

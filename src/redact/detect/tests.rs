@@ -2164,3 +2164,132 @@ fn prompt_maps_and_escaped_json_values_are_masked_exactly() {
         )],
     );
 }
+
+/// Command lines and SQL that carry a password in a form of their own (stop 75: each of these
+/// leaked before): single-dash password flags, command options named by their command, and
+/// SQL's user statements. Each password is masked exactly, and the command, the user and
+/// the option stay.
+#[test]
+fn command_options_and_sql_statements_mask_their_passwords() {
+    let scanner = all();
+    check(&scanner, COMMAND_PASSWORDS);
+    // Prose, prompts, variables, other options with the same letter, ports.
+    let mut out = Vec::new();
+    let mut exhaustive = Vec::new();
+    for text in COMMAND_NOT_PASSWORDS {
+        scanner.find(text, &mut out);
+        let got: Vec<&str> = out.iter().map(|f| &text[f.start..f.end]).collect();
+        assert!(got.is_empty(), "{text}: {got:?}");
+    }
+    // Each pattern is tried only at its own literals: the gated scan finds what the
+    // exhaustive one does.
+    for text in COMMAND_PASSWORDS
+        .iter()
+        .map(|c| c.0)
+        .chain(COMMAND_NOT_PASSWORDS.iter().copied())
+    {
+        scanner.find(text, &mut out);
+        scanner.find_exhaustive(text, &mut exhaustive);
+        assert_eq!(out, exhaustive, "{text}");
+    }
+}
+
+const COMMAND_PASSWORDS: &[Case] = &[
+    (
+        "New-LocalUser bob -Password 'Xk9mQ2zLp7'; Connect-X -AdminPassword Xk9mQ2zLp8",
+        &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Xk9mQ2zLp8")],
+    ),
+    (
+        "$pw = ConvertTo-SecureString \"Xk9m Q2zLp7\" -AsPlainText -Force",
+        &[("PASSWORD", "Xk9m Q2zLp7")],
+    ),
+    (
+        "ConvertTo-SecureString -String 'Xk9mQ2zLp7' -AsPlainText",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "keytool -importkeystore -srcstorepass Xk9mQ2 -deststorepass 'Lp7 a' -keypass k3y",
+        &[
+            ("PASSWORD", "Xk9mQ2"),
+            ("PASSWORD", "Lp7 a"),
+            ("PASSWORD", "k3y"),
+        ],
+    ),
+    (
+        "docker login -u ci -p Xk9mQ2zLp7 registry.example.com",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "az login --service-principal -u app -p \"Xk9m~Q2\" --tenant t",
+        &[("PASSWORD", "Xk9m~Q2")],
+    ),
+    (
+        "mongosh --host db -u admin -p Xk9mQ2zLp7 --authenticationDatabase admin",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "redis-cli -h cache -p 6380 -a Xk9mQ2zLp7 ping; redis-cli --pass=Lp7Xk9",
+        &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Lp7Xk9")],
+    ),
+    (
+        "ldapsearch -x -H ldap://dc -D \"cn=admin,dc=ex\" -w 'Xk9m Q2' -b dc=ex",
+        &[("PASSWORD", "Xk9m Q2")],
+    ),
+    (
+        "sqlcmd -S db,1433 -U sa -P Xk9mQ2zLp7 -Q \"SELECT 1\"",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "ipmitool -I lanplus -H 10.0.0.7 -U root -P Xk9mQ2 chassis status",
+        &[("IPV4", "10.0.0.7"), ("PASSWORD", "Xk9mQ2")],
+    ),
+    (
+        "7z x -pXk9mQ2zLp7 backup.7z; zip -r -P Lp7Xk9 out.zip dir",
+        &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Lp7Xk9")],
+    ),
+    (
+        "curl -s -u admin:Xk9mQ2zLp7 https://h/api; curl --user 'bob:Lp7 Xk9' h",
+        &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Lp7 Xk9")],
+    ),
+    (
+        "smbclient //fs/share -U 'CORP\\bob%Xk9mQ2zLp7' -c ls",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "CREATE USER 'app'@'%' IDENTIFIED BY 'Xk9m Q2zLp7';",
+        &[("PASSWORD", "Xk9m Q2zLp7")],
+    ),
+    (
+        "alter user app identified with mysql_native_password by \"Xk9mQ2\";",
+        &[("PASSWORD", "Xk9mQ2")],
+    ),
+    (
+        "CREATE USER scott IDENTIFIED BY tiger DEFAULT TABLESPACE users;",
+        &[("PASSWORD", "tiger")],
+    ),
+    (
+        "CREATE ROLE app WITH LOGIN PASSWORD 'Xk9mQ2zLp7'; ALTER USER app PASSWORD 'k'",
+        &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "k")],
+    ),
+    (
+        "SET PASSWORD FOR 'bob'@'localhost' = PASSWORD('Xk9mQ2zLp7');",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "GRANT ALL ON db.* TO 'u'@'%' IDENTIFIED BY PASSWORD '*94BDCEBE19083CE2A1';",
+        &[("PASSWORD", "*94BDCEBE19083CE2A1")],
+    ),
+];
+
+const COMMAND_NOT_PASSWORDS: &[&str] = &[
+    "the user was identified by name; it is identified as admin; identified by email",
+    "CREATE USER bob IDENTIFIED BY RANDOM PASSWORD; CREATE USER x IDENTIFIED BY $PW",
+    "a non-password field; re-enter password below; docker run -p 8080:80 nginx",
+    "docker login -u ci -p $TOKEN; docker login --password-stdin; mysqlsh -p",
+    "redis-cli -p 6380 ping; redis-cli --askpass; ldapsearch -W -x; sqlcmd -P",
+    "7z a -p backup.7z dir; rar a -p- x.rar; unzip -P \"$PW\" a.zip",
+    "curl -u admin https://h; curl --user-agent x h; smbclient -U bob //fs/s",
+    "keytool -storepass:env STOREPASS; -storepass $PASS; ConvertTo-SecureString $pw",
+    "openssl pkcs12 -password env:P12_PASS -passout file:pw.txt -password fd:3",
+    "a password 'is required' says the form; SELECT password 'x' FROM t",
+];
