@@ -621,8 +621,9 @@ pub(crate) fn password(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     bare_password(text, r, true)
 }
 
-/// [`password`], with or without the test for code calls (a command line's flag takes no
-/// code, so `--password Welcome[42]!` is a password).
+/// [`password`], or with `calls_are_code` false a flag's value: no test for code calls (a
+/// command line's flag takes no code, so `--password Welcome[42]!` is a password) and a
+/// trailing `!` kept (`-AdminPassword Hunter22!`: passwords end so more often than commands).
 fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Range<usize>> {
     let mut raw = text.get(r.clone())?;
     // Inside a JSON string the closing quote is escaped (`{\"password\":\"…\"}`): its
@@ -632,7 +633,7 @@ fn bare_password(text: &str, r: Range<usize>, calls_are_code: bool) -> Option<Ra
     }
     // Sentence punctuation after the value is the sentence's, and so is an opener it ends on.
     let value = balanced_prefix(raw);
-    let s = value.trim_end_matches(VALUE_END);
+    let s = value.trim_end_matches(|c| VALUE_END.contains(&c) && (calls_are_code || c != '!'));
     let end = r.start + s.len();
     // veil's own pseudonym or hash of a password (`[PASSWORD:p_1f3a…]`, whatever follows
     // it): the word and the `:` are its label, the tag is no password.
@@ -687,14 +688,28 @@ fn unquote(text: &str, r: Range<usize>) -> Option<(Range<usize>, bool)> {
 /// `ldapsearch -w`, `sqlcmd -P`, `docker login -p`, keytool's `-storepass`; see the
 /// `password` built-in): `r` is the value as the pattern read it, glued to its option or
 /// after it, quoted or not, and the range kept is inside the quotes ([`unquote`]);
-/// [`password_option`]'s rules. A bare word that is a port mapping (`-p3306:3306`,
-/// `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line) is no password.
+/// [`password_option`]'s rules. A bare word goes without closers of brackets opened before
+/// it (`(sqlcmd -P x)`), and is no password when it is a port mapping (`-p3306:3306`,
+/// `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line) or reads as prose or a
+/// placeholder rather than a password ([`option_prose`]).
 pub(crate) fn password_option_value(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let bare = !matches!(text.as_bytes().get(r.start), Some(b'"' | b'\'' | b'\\'));
+    let pw = password_glued(text, r)?;
+    (!(bare && option_prose(&text[pw.clone()]))).then_some(pw)
+}
+
+/// [`password_option_value`] for a value glued to its option (the MySQL clients' `-pk`,
+/// 7-Zip's `-p…`): the option says it is a password, whatever the word.
+pub(crate) fn password_glued(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let (inner, quoted) = unquote(text, r)?;
     if quoted {
         return password_option(text, inner);
     }
-    let s = &text[inner.clone()];
+    let s = balanced_prefix(&text[inner.clone()]);
+    let inner = inner.start..inner.start + s.len();
+    if s.is_empty() {
+        return None;
+    }
     let ports = s.split_once('/').map_or(s, |(p, proto)| {
         if proto == "tcp" || proto == "udp" {
             p
@@ -710,6 +725,30 @@ pub(crate) fn password_option_value(text: &str, r: Range<usize>) -> Option<Range
         return None;
     }
     password_option(text, inner)
+}
+
+/// Words a command's bare option value is not a password as: a port (up to 5 digits: `ssh -p
+/// 2222` after a command the pattern took for another one), a word of up to 3 lower-case
+/// letters (`mongo -p to be prompted`), a usage text's placeholder (`-storepass arg`,
+/// `-P value`), a Windows variable (`%SQLPW%`) or a trailing `\` (the escaped quote of a
+/// JSON string is not the value's).
+fn option_prose(s: &str) -> bool {
+    const PLACEHOLDERS: [&str; 9] = [
+        "arg",
+        "args",
+        "value",
+        "option",
+        "options",
+        "parameter",
+        "password",
+        "passwd",
+        "pass",
+    ];
+    let b = s.as_bytes();
+    (b.len() <= 5 && b.iter().all(u8::is_ascii_digit))
+        || (b.len() <= 3 && b.iter().all(u8::is_ascii_lowercase))
+        || PLACEHOLDERS.iter().any(|w| s.eq_ignore_ascii_case(w))
+        || (b.len() > 2 && b[0] == b'%' && b[b.len() - 1] == b'%')
 }
 
 /// The password in a command's `user<SEP>password` option value (`curl -u user:pw`, `SEP` =
@@ -729,9 +768,11 @@ pub(crate) fn password_after<const SEP: char>(text: &str, r: Range<usize>) -> Op
 const SQL_STATEMENT_BACK: usize = 512;
 
 /// Whether the SQL statement that `at` is in creates or alters a user, role, group or login,
-/// or grants (MySQL 5's `GRANT … IDENTIFIED BY`), or sets a password (`SET PASSWORD`): those
-/// words, any case, as consecutive words within [`SQL_STATEMENT_BACK`] bytes before `at`
-/// and after the last `;` there. Bounded, so a candidate's check costs a constant.
+/// or a database link (Oracle's `CONNECT TO u IDENTIFIED BY`), sets a role or a password
+/// (`SET ROLE r IDENTIFIED BY`, `SET PASSWORD`), or grants on something to someone (MySQL 5's
+/// `GRANT … ON … TO … IDENTIFIED BY`): those words, any case, as consecutive words (`GRANT`,
+/// `ON`, `TO` in that order) within [`SQL_STATEMENT_BACK`] bytes before `at` and after the
+/// last `;` there. Bounded, so a candidate's check costs a constant.
 fn in_sql_user_statement(text: &str, at: usize) -> bool {
     let from = text.floor_char_boundary(at.saturating_sub(SQL_STATEMENT_BACK));
     let Some(before) = text.get(from..at) else {
@@ -740,13 +781,21 @@ fn in_sql_user_statement(text: &str, at: usize) -> bool {
     let stmt = before.rsplit(';').next().unwrap_or(before);
     let is = |w: &str, k: &[&str]| k.iter().any(|k| w.eq_ignore_ascii_case(k));
     let mut prev = "";
+    // How far `GRANT … ON … TO` has got: 1 after `grant`, 2 after `on`.
+    let mut grant = 0;
     for w in stmt
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
     {
-        if is(w, &["grant"])
-            || (is(prev, &["create", "alter"]) && is(w, &["user", "role", "group", "login"]))
-            || (is(prev, &["set"]) && is(w, &["password"]))
+        grant = match grant {
+            0 if is(w, &["grant"]) => 1,
+            1 if is(w, &["on"]) => 2,
+            2 if is(w, &["to"]) => return true,
+            g => g,
+        };
+        if (is(prev, &["create", "alter"]) && is(w, &["user", "role", "group", "login"]))
+            || (is(prev, &["set"]) && is(w, &["password", "role"]))
+            || (is(prev, &["database"]) && is(w, &["link"]))
         {
             return true;
         }
@@ -761,17 +810,15 @@ const SQL_NOT_PASSWORDS: [&str; 3] = ["random", "password", "values"];
 
 /// The password after SQL's `IDENTIFIED BY` (MySQL, MariaDB, Oracle: `CREATE USER … IDENTIFIED
 /// BY 'pw'`, `IDENTIFIED WITH plugin BY 'pw'`, Oracle's unquoted `IDENTIFIED BY tiger`):
-/// inside its quotes ([`unquote`]), [`password_option`]'s rules. A bare word must be in a
-/// statement about a user ([`in_sql_user_statement`]): prose says "identified by name".
+/// inside its quotes ([`unquote`]), [`password_option`]'s rules, in a statement about a user
+/// ([`in_sql_user_statement`]): prose says "identified by name", "identified by 'id'".
 pub(crate) fn password_sql(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let (inner, quoted) = unquote(text, r.clone())?;
-    if !quoted {
-        let w = &text[inner.clone()];
-        if SQL_NOT_PASSWORDS.iter().any(|k| w.eq_ignore_ascii_case(k))
-            || !in_sql_user_statement(text, r.start)
-        {
-            return None;
-        }
+    let keyword = SQL_NOT_PASSWORDS
+        .iter()
+        .any(|k| text[inner.clone()].eq_ignore_ascii_case(k));
+    if (!quoted && keyword) || !in_sql_user_statement(text, r.start) {
+        return None;
     }
     password_option(text, inner)
 }
@@ -798,27 +845,34 @@ fn password_word_start(text: &str, end: usize) -> Option<usize> {
 /// `-AdminPassword`, `-password`): blanks and an opening quote before the value, and before
 /// the word a run of `[A-Za-z0-9_-]` that starts with `-` and starts a token.
 fn after_password_flag(text: &str, r: &Range<usize>) -> bool {
+    password_flag_dashes(text, r).is_some()
+}
+
+/// [`after_password_flag`]'s flag, and how many dashes start it (1 or 2).
+fn password_flag_dashes(text: &str, r: &Range<usize>) -> Option<usize> {
     let b = text.as_bytes();
     let mut i = r.start;
     if i > 0 && matches!(b[i - 1], b'"' | b'\'') {
         i -= 1;
+        // A JSON string's escaped quote (`-Password \"…\"`).
+        if i > 0 && b[i - 1] == b'\\' {
+            i -= 1;
+        }
     }
     let blanks_end = i;
     while i > 0 && matches!(b[i - 1], b' ' | b'\t') {
         i -= 1;
     }
-    let Some(word) = (i < blanks_end)
+    let word = (i < blanks_end)
         .then(|| password_word_start(text, i))
-        .flatten()
-    else {
-        return false;
-    };
+        .flatten()?;
     let mut j = word;
     while j > 0 && (b[j - 1].is_ascii_alphanumeric() || matches!(b[j - 1], b'-' | b'_')) {
         j -= 1;
     }
-    text[j..word].starts_with('-')
-        && (j == 0 || !(b[j - 1].is_ascii_alphanumeric() || b[j - 1] >= 0x80))
+    let starts_token = j == 0 || !(b[j - 1].is_ascii_alphanumeric() || b[j - 1] >= 0x80);
+    let flag = &text[j..word];
+    (flag.starts_with('-') && starts_token).then(|| 1 + usize::from(flag.starts_with("--")))
 }
 
 /// A bare value after a password flag (`--password hunter22`): [`password`]'s rules but the
@@ -829,7 +883,16 @@ pub(crate) fn password_flag(text: &str, r: Range<usize>) -> Option<Range<usize>>
     let source = ["pass:", "env:", "file:", "fd:"]
         .iter()
         .any(|p| text[r.clone()].starts_with(p));
-    if source || !after_password_flag(text, &r) {
+    // A single-dash flag is also how help text and prose name a parameter (`The -Password
+    // parameter accepts`, `-Password  Specifies the password`): a value of letters only
+    // after one is taken for a word.
+    let letters = text[r.clone()].bytes().all(|b| b.is_ascii_alphabetic());
+    match password_flag_dashes(text, &r) {
+        Some(2) => {}
+        Some(_) if !letters => {}
+        _ => return None,
+    }
+    if source {
         return None;
     }
     bare_password(text, r, false)

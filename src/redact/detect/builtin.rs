@@ -277,12 +277,33 @@ macro_rules! mysql_p {
     };
 }
 
-/// The arguments of a command before the option looked for: up to 16 words, each a run of
-/// anything but ASCII blanks and `; & |` (a quoted argument holding blanks counts as several).
-/// ASCII only, as in [`mysql_word!`]. Uncaptured.
+/// The arguments of a command before the option looked for: up to 8 words (16 for curl's
+/// headers and data: `command_args!(16)`), each a run of
+/// quoted strings (one line; blanks and `; & |` inside them are the argument's) and bytes
+/// other than blanks, quotes, `; & |` and a JSON-escaped line break (`\n` in a JSON string
+/// ends the command as a line break does). ASCII blanks only, as in [`mysql_word!`]. Each
+/// repetition is about 5 KB of automaton (stop 75): 8 for the commands that take few options.
+/// Uncaptured.
 macro_rules! command_args {
     () => {
-        concat!("(?:", blanks!(), r#"[^\t\n\x0B\x0C\r ;&|]+){0,16}?"#)
+        command_args!(8)
+    };
+    ($n:literal) => {
+        concat!(
+            "(?:",
+            blanks!(),
+            r#"(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\t\n\x0B\x0C\r ;&|"'\\]|\\[^n\t\n\x0B\x0C\r ])+){0,"#,
+            stringify!($n),
+            "}?"
+        )
+    };
+}
+
+/// A command's name: `names` starting a word, optionally `.exe`, and the closing quote of a
+/// quoted program path (`"C:\Program Files\7-Zip\7z.exe" a …`). Uncaptured.
+macro_rules! command {
+    ($names:expr) => {
+        concat!(r#"(?-u:\b)(?:"#, $names, r#")(?:\.exe|\.EXE)?["']?"#)
     };
 }
 
@@ -295,13 +316,16 @@ macro_rules! option_value {
     };
 }
 
-/// [`option_value!`]'s value alone, glued to what comes before it.
+/// [`option_value!`]'s value alone, glued to what comes before it. Double-quoted, a
+/// backslash escapes the byte after it unless that is a quote (`"CORP\alice:pw"`; `\"`
+/// closes a JSON-escaped value); bare, brackets may follow its first byte (`P@ss(w0rd)`:
+/// `cmd.exe` takes them; [`checksum::password_option_value`] drops closers of brackets
+/// opened before the value).
 macro_rules! option_word {
     () => {
         concat!(
-            r#"(\\?""#,
-            double_quoted_text!(),
-            r#"\\?"|'[^'\r\n]+'|[^\s"'`;&|<>()\\\-][^\s"'`;&|<>()\\]*)"#
+            r#"(\\?"(?:[^"\\\r\n]|\\[^"\r\n])+\\?"|'[^'\r\n]+'"#,
+            r#"|[^\s"'`;&|<>(){}\[\]\\\-][^\s"'`;&|<>\\]*)"#
         )
     };
 }
@@ -592,6 +616,14 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 ),
                 checksum::password_flag_quoted,
             ),
+            // The same in a JSON string (`"cmd": "… -Password \"…\""`).
+            quoted(
+                concat!(
+                    r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
+                    r#"[ \t]+\\"([^"\\\r\n]+)\\""#
+                ),
+                checksum::password_flag_quoted,
+            ),
             grp(
                 concat!(
                     r#"(?:[Pp]ass(?:word|wd|phrase)|PASS(?:WORD|WD|PHRASE))"#,
@@ -653,7 +685,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_option),
             ),
             // One pattern for the three forms of the MySQL value (glued word, double- or
-            // single-quoted), the quotes inside its group, [`checksum::password_option_value`]
+            // single-quoted), the quotes inside its group, [`checksum::password_glued`]
             // taking them off: its option repetitions are most of the detectors' compiled
             // memory, so they are compiled once (stop 73: 2.2 MB as three patterns).
             grp(
@@ -665,10 +697,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                     glued_run!(),
                     ")"
                 ),
-                Some(checksum::password_option_value),
+                Some(checksum::password_glued),
             ),
             // Other commands' password options, each pattern tried only where its command's
-            // name occurs ([`at`]): the command, up to 16 arguments ([`command_args!`]), the
+            // name occurs ([`at`]): the command, up to 8 arguments ([`command_args!`]), the
             // option, its value glued or after blanks ([`option_value!`]). Registry and cloud
             // logins' `-p` (`docker login -u u -p …`, `az login`, `oc login`; the literal is
             // the two words with one space), MongoDB's shells and tools, `rabbitmqadmin`,
@@ -685,16 +717,23 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                     "az login",
                     "oc login",
                     "cf login",
+                    "docker.exe login",
+                    "podman.exe login",
+                    "oc.exe login",
+                    "az.exe login",
                     "mongo",
                     "rabbitmqadmin",
                     "psexec",
                     "PsExec",
+                    "PSEXEC",
                 ],
                 grp(
                     concat!(
-                        r#"(?-u:\b)(?:(?:docker|podman|nerdctl|buildah|skopeo|oras|helm registry"#,
-                        r#"|az|oc|cf) login|mongo(?:sh|dump|restore|import|export|stat|top|files)?"#,
-                        r#"|rabbitmqadmin|psexec(?:64)?|PsExec(?:64)?)(?:\.exe)?"#,
+                        command!(concat!(
+                            r#"(?:docker|podman|nerdctl|buildah|skopeo|oras|helm registry|az|oc"#,
+                            r#"|cf)(?:\.exe)? login|mongo(?:sh|dump|restore|import|export|stat"#,
+                            r#"|top|files)?|rabbitmqadmin|psexec(?:64)?|PsExec(?:64)?|PSEXEC(?:64)?"#
+                        )),
                         command_args!(),
                         blanks!(),
                         "-p",
@@ -708,7 +747,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 &["redis-cli", "keydb-cli", "valkey-cli"],
                 grp(
                     concat!(
-                        r#"(?-u:\b)(?:redis|keydb|valkey)-cli(?:\.exe)?"#,
+                        command!(r#"(?:redis|keydb|valkey)-cli"#),
                         command_args!(),
                         blanks!(),
                         "(?:-a|--pass=?)",
@@ -722,8 +761,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 &["ldap"],
                 grp(
                     concat!(
-                        r#"(?-u:\b)ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn"#,
-                        r#"|exop|url|vi)(?:\.exe)?"#,
+                        command!(concat!(
+                            r#"ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn"#,
+                            r#"|exop|url|vi)"#
+                        )),
                         command_args!(),
                         blanks!(),
                         "-w",
@@ -737,8 +778,12 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             at(
                 &[
                     "sqlcmd",
+                    "SQLCMD",
+                    "Sqlcmd",
                     "bcp",
+                    "BCP",
                     "osql",
+                    "OSQL",
                     "isql",
                     "ipmitool",
                     "mosquitto_",
@@ -747,8 +792,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 ],
                 grp(
                     concat!(
-                        r#"(?-u:\b)(?:sqlcmd|bcp|osql|isql|ipmitool|mosquitto_(?:pub|sub|rr)|zip"#,
-                        r#"|unzip)(?:\.exe)?"#,
+                        command!(concat!(
+                            r#"sqlcmd|SQLCMD|Sqlcmd|bcp|BCP|osql|OSQL|isql|ipmitool"#,
+                            r#"|mosquitto_(?:pub|sub|rr)|zip|unzip"#
+                        )),
                         command_args!(),
                         blanks!(),
                         "-P",
@@ -758,18 +805,21 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 ),
             ),
             // 7-Zip's and RAR's `-p`, the password glued to it (`-p` alone prompts, and the
-            // next word is the archive).
+            // next word is the archive), after the command's letter (`7z a`, `rar x`: a path
+            // ending in `.7z` is no command).
             at(
                 &["7z", "rar", "unrar"],
                 grp(
                     concat!(
-                        r#"(?-u:\b)(?:7z[ar]?|rar|unrar)(?:\.exe)?"#,
+                        command!(r#"7z[ar]?|rar|unrar"#),
+                        blanks!(),
+                        r#"(?:rn|[abdehiltux])(?-u:\b)"#,
                         command_args!(),
                         blanks!(),
                         "-p",
                         option_word!()
                     ),
-                    Some(checksum::password_option_value),
+                    Some(checksum::password_glued),
                 ),
             ),
             // curl's `-u user:password` (`--user`, and `-U`/`--proxy-user` for the proxy):
@@ -778,8 +828,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 &["curl"],
                 grp(
                     concat!(
-                        r#"(?-u:\b)curl(?:\.exe)?"#,
-                        command_args!(),
+                        command!("curl"),
+                        command_args!(16),
                         blanks!(),
                         r#"(?:-u|-U|--user|--proxy-user)(?:[ \t]|\\\r?\n|=)*"#,
                         option_word!()
@@ -792,7 +842,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 &["smbclient", "rpcclient", "smbcacls", "smbget", "smbtree"],
                 grp(
                     concat!(
-                        r#"(?-u:\b)(?:smbclient|rpcclient|smbcacls|smbget|smbtree)(?:\.exe)?"#,
+                        command!("smbclient|rpcclient|smbcacls|smbget|smbtree"),
                         command_args!(),
                         blanks!(),
                         r#"(?:-U|--user(?:name)?)(?:[ \t]|\\\r?\n|=)*"#,
@@ -821,13 +871,18 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                     Some(checksum::password_option_value),
                 ),
             ),
-            // PowerShell's `ConvertTo-SecureString "…" -AsPlainText` (or `-String "…"`): a
-            // quoted literal made into a credential.
+            // PowerShell's `ConvertTo-SecureString "…" -AsPlainText` (its switches, and
+            // `-String`, may come first): a quoted literal made into a credential.
             at(
-                &["ConvertTo-SecureString", "convertto-securestring"],
+                &[
+                    "ConvertTo-SecureString",
+                    "convertto-securestring",
+                    "CONVERTTO-SECURESTRING",
+                ],
                 grp(
                     concat!(
-                        r#"(?:ConvertTo-SecureString|convertto-securestring)(?:[ \t]+-String)?"#,
+                        r#"(?:ConvertTo-SecureString|convertto-securestring"#,
+                        r#"|CONVERTTO-SECURESTRING)(?:[ \t]+-(?i-u:asplaintext|force|string))*"#,
                         r#"[ \t]+(\\?""#,
                         double_quoted_text!(),
                         r#"\\?"|'[^'\r\n]+')"#

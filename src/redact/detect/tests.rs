@@ -307,7 +307,7 @@ const POSITIVES: &[Case] = &[
     ),
     (
         "run --password Welcome[42]!",
-        &[("PASSWORD", "Welcome[42]")],
+        &[("PASSWORD", "Welcome[42]!")],
     ),
     (
         "[password=abc123][password=abc123][password=abc123][password=abc123]",
@@ -2279,9 +2279,60 @@ const COMMAND_PASSWORDS: &[Case] = &[
         "GRANT ALL ON db.* TO 'u'@'%' IDENTIFIED BY PASSWORD '*94BDCEBE19083CE2A1';",
         &[("PASSWORD", "*94BDCEBE19083CE2A1")],
     ),
+    // Found by review (helper-86): backslashes and brackets in the value, quoted arguments
+    // holding `&` `;` or blanks, Windows program paths and casings, switches first, a
+    // trailing `!`, JSON-escaped quotes, Oracle's other statements.
+    (
+        "curl --ntlm -u \"CORP\\alice:Xk9mQ2\" https://i; sqlcmd -U sa -P \"Pa\\ss22\"",
+        &[("PASSWORD", "Xk9mQ2"), ("PASSWORD", "Pa\\ss22")],
+    ),
+    (
+        "curl \"https://x/api?a=1&b=2\" -H \"Accept: a/b c\" -u admin:Xk9mQ2zLp7",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "sqlcmd -S srv -Q \"use db; select 1\" -U sa -P yourStrong(!)Password",
+        &[("PASSWORD", "yourStrong(!)Password")],
+    ),
+    (
+        "\"C:\\Program Files\\7-Zip\\7z.exe\" a -pXk9mQ2 o.7z; SQLCMD.EXE -U sa -P Lp7Xk9",
+        &[("PASSWORD", "Xk9mQ2"), ("PASSWORD", "Lp7Xk9")],
+    ),
+    (
+        "docker.exe login -u ci -p Xk9mQ2zLp7",
+        &[("PASSWORD", "Xk9mQ2zLp7")],
+    ),
+    (
+        "ConvertTo-SecureString -AsPlainText -Force -String \"Hunter22!\"",
+        &[("PASSWORD", "Hunter22!")],
+    ),
+    (
+        "Connect-X -AdminPassword Hunter22! -Force",
+        &[("PASSWORD", "Hunter22!")],
+    ),
+    (
+        r#"{"ps": "Connect-VIServer -User admin -Password \"Hunter22!\""}"#,
+        &[("PASSWORD", "Hunter22!")],
+    ),
+    (
+        "CREATE DATABASE LINK r CONNECT TO scott IDENTIFIED BY tiger22 USING 'orcl';",
+        &[("PASSWORD", "tiger22")],
+    ),
+    (
+        "SET ROLE app_role IDENTIFIED BY secret22;",
+        &[("PASSWORD", "secret22")],
+    ),
 ];
 
 const COMMAND_NOT_PASSWORDS: &[&str] = &[
+    r#"{"cmd":"docker login reg.io\ndocker run -p 8080 nginx"}"#,
+    r#"{"cmd":"zip -r site.zip public\nscp -P 2222 site.zip host:/srv"}"#,
+    "The -Password parameter accepts a SecureString. -Password     Specifies the password.",
+    "The -storepass option sets it; keytool -list [-storepass arg]",
+    "find /backups -name *.7z -print; Use mongo -p to be prompted; mongosh or ssh -p 2222 h",
+    "Each row is identified by \"customer_id\"; each record is identified by 'order_no'.",
+    "We grant access to each employee identified by their badge number.",
+    "sqlcmd -S srv -U sa -P %SQLPW%; -storepass %STOREPASS%; sqlcmd -P {{ sql_password }}",
     "the user was identified by name; it is identified as admin; identified by email",
     "CREATE USER bob IDENTIFIED BY RANDOM PASSWORD; CREATE USER x IDENTIFIED BY $PW",
     "a non-password field; re-enter password below; docker run -p 8080:80 nginx",
