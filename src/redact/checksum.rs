@@ -693,9 +693,22 @@ fn unquote(text: &str, r: Range<usize>) -> Option<(Range<usize>, bool)> {
 /// `-p127.0.0.1:3306:3306/tcp`: a container's, on the same line) or reads as prose or a
 /// placeholder rather than a password ([`option_prose`]).
 pub(crate) fn password_option_value(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    password_option_value_or_port(text, r, false)
+}
+
+/// [`password_option_value`] for `-p`, which other commands use for a port: a bare value of
+/// up to 5 digits is none (`mongosh or ssh -p 2222 host`, the pattern having taken `ssh`'s
+/// option for the MongoDB shell's).
+pub(crate) fn password_option_not_port(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    password_option_value_or_port(text, r, true)
+}
+
+fn password_option_value_or_port(text: &str, r: Range<usize>, ports: bool) -> Option<Range<usize>> {
     let bare = !matches!(text.as_bytes().get(r.start), Some(b'"' | b'\'' | b'\\'));
     let pw = password_glued(text, r)?;
-    (!(bare && option_prose(&text[pw.clone()]))).then_some(pw)
+    let s = &text[pw.clone()];
+    let port = ports && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
+    (!(bare && (port || option_prose(s)))).then_some(pw)
 }
 
 /// [`password_option_value`] for a value glued to its option (the MySQL clients' `-pk`,
@@ -727,25 +740,35 @@ pub(crate) fn password_glued(text: &str, r: Range<usize>) -> Option<Range<usize>
     password_option(text, inner)
 }
 
-/// Words a command's bare option value is not a password as: a port (up to 5 digits: `ssh -p
-/// 2222` after a command the pattern took for another one), a word of up to 3 lower-case
-/// letters (`mongo -p to be prompted`), a usage text's placeholder (`-storepass arg`,
-/// `-P value`), a Windows variable (`%SQLPW%`) or a trailing `\` (the escaped quote of a
-/// JSON string is not the value's).
+/// Words a command's bare option value is not a password as: a word of up to 3 lower-case
+/// letters (`mongo -p to be prompted`), a usage text's placeholder (`-storepass arg`, `-P
+/// value`) or a word prose puts after an option it names (`redis-cli -a with care`, `-P
+/// followed by`), a Windows variable (`%SQLPW%`) or a template (`{{ pw }}`).
 fn option_prose(s: &str) -> bool {
-    const PLACEHOLDERS: [&str; 9] = [
+    const PLACEHOLDERS: [&str; 20] = [
         "arg",
         "args",
         "value",
         "option",
         "options",
         "parameter",
-        "password",
-        "passwd",
-        "pass",
+        "flag",
+        "switch",
+        "with",
+        "then",
+        "that",
+        "this",
+        "from",
+        "your",
+        "will",
+        "must",
+        "when",
+        "only",
+        "also",
+        "followed",
     ];
     let b = s.as_bytes();
-    (b.len() <= 5 && b.iter().all(u8::is_ascii_digit))
+    s.starts_with("{{")
         || (b.len() <= 3 && b.iter().all(u8::is_ascii_lowercase))
         || PLACEHOLDERS.iter().any(|w| s.eq_ignore_ascii_case(w))
         || (b.len() > 2 && b[0] == b'%' && b[b.len() - 1] == b'%')
@@ -768,7 +791,8 @@ pub(crate) fn password_after<const SEP: char>(text: &str, r: Range<usize>) -> Op
 const SQL_STATEMENT_BACK: usize = 512;
 
 /// Whether the SQL statement that `at` is in creates or alters a user, role, group or login,
-/// or a database link (Oracle's `CONNECT TO u IDENTIFIED BY`), sets a role or a password
+/// (`CREATE OR REPLACE USER` too) or a database link (Oracle's `CONNECT TO u IDENTIFIED BY`),
+/// sets a role or a password
 /// (`SET ROLE r IDENTIFIED BY`, `SET PASSWORD`), or grants on something to someone (MySQL 5's
 /// `GRANT … ON … TO … IDENTIFIED BY`): those words, any case, as consecutive words (`GRANT`,
 /// `ON`, `TO` in that order) within [`SQL_STATEMENT_BACK`] bytes before `at` and after the
@@ -793,7 +817,7 @@ fn in_sql_user_statement(text: &str, at: usize) -> bool {
             2 if is(w, &["to"]) => return true,
             g => g,
         };
-        if (is(prev, &["create", "alter"]) && is(w, &["user", "role", "group", "login"]))
+        if (is(prev, &["create", "alter", "replace"]) && is(w, &["user", "role", "group", "login"]))
             || (is(prev, &["set"]) && is(w, &["password", "role"]))
             || (is(prev, &["database"]) && is(w, &["link"]))
         {
@@ -810,15 +834,19 @@ const SQL_NOT_PASSWORDS: [&str; 3] = ["random", "password", "values"];
 
 /// The password after SQL's `IDENTIFIED BY` (MySQL, MariaDB, Oracle: `CREATE USER … IDENTIFIED
 /// BY 'pw'`, `IDENTIFIED WITH plugin BY 'pw'`, Oracle's unquoted `IDENTIFIED BY tiger`):
-/// inside its quotes ([`unquote`]), [`password_option`]'s rules, in a statement about a user
-/// ([`in_sql_user_statement`]): prose says "identified by name", "identified by 'id'".
+/// inside its quotes ([`unquote`]), [`password_option`]'s rules. A bare word must be in a
+/// statement about a user ([`in_sql_user_statement`]): prose says "identified by name". A
+/// quoted one need not (Oracle's `GRANT CONNECT TO u IDENTIFIED BY '…'`, `ADMINISTER KEY
+/// MANAGEMENT … IDENTIFIED BY "…"`): prose that quotes a word after "identified by" loses it.
 pub(crate) fn password_sql(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let (inner, quoted) = unquote(text, r.clone())?;
-    let keyword = SQL_NOT_PASSWORDS
-        .iter()
-        .any(|k| text[inner.clone()].eq_ignore_ascii_case(k));
-    if (!quoted && keyword) || !in_sql_user_statement(text, r.start) {
-        return None;
+    if !quoted {
+        let w = &text[inner.clone()];
+        if SQL_NOT_PASSWORDS.iter().any(|k| w.eq_ignore_ascii_case(k))
+            || !in_sql_user_statement(text, r.start)
+        {
+            return None;
+        }
     }
     password_option(text, inner)
 }
@@ -885,11 +913,15 @@ pub(crate) fn password_flag(text: &str, r: Range<usize>) -> Option<Range<usize>>
         .any(|p| text[r.clone()].starts_with(p));
     // A single-dash flag is also how help text and prose name a parameter (`The -Password
     // parameter accepts`, `-Password  Specifies the password`): a value of letters only
-    // after one is taken for a word.
+    // after one, with more words after it, is taken for prose (`-Password VMware`,
+    // `-password changeme -user x` stay passwords).
     let letters = text[r.clone()].bytes().all(|b| b.is_ascii_alphabetic());
+    let words_follow = text[r.end..]
+        .trim_start_matches([' ', '\t'])
+        .starts_with(|c: char| c.is_ascii_alphabetic());
     match password_flag_dashes(text, &r) {
         Some(2) => {}
-        Some(_) if !letters => {}
+        Some(_) if !(letters && words_follow) => {}
         _ => return None,
     }
     if source {

@@ -277,22 +277,20 @@ macro_rules! mysql_p {
     };
 }
 
-/// The arguments of a command before the option looked for: up to 8 words (16 for curl's
-/// headers and data: `command_args!(16)`), each a run of
-/// quoted strings (one line; blanks and `; & |` inside them are the argument's) and bytes
-/// other than blanks, quotes, `; & |` and a JSON-escaped line break (`\n` in a JSON string
-/// ends the command as a line break does). ASCII blanks only, as in [`mysql_word!`]. Each
-/// repetition is about 5 KB of automaton (stop 75): 8 for the commands that take few options.
-/// Uncaptured.
+/// The arguments of a command before the option looked for: up to 12 words (16 for curl's
+/// headers and data: `command_args!(16)`), each a run of quoted strings (one line; blanks
+/// and `; & |` inside them are the argument's) and bytes other than blanks, quotes and `; &
+/// |`. ASCII blanks only, as in [`mysql_word!`]. Each repetition is about 4 KB of automaton
+/// (stop 75). Uncaptured.
 macro_rules! command_args {
     () => {
-        command_args!(8)
+        command_args!(12)
     };
     ($n:literal) => {
         concat!(
             "(?:",
             blanks!(),
-            r#"(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\t\n\x0B\x0C\r ;&|"'\\]|\\[^n\t\n\x0B\x0C\r ])+){0,"#,
+            r#"(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\t\n\x0B\x0C\r ;&|"'])+){0,"#,
             stringify!($n),
             "}?"
         )
@@ -325,7 +323,7 @@ macro_rules! option_word {
     () => {
         concat!(
             r#"(\\?"(?:[^"\\\r\n]|\\[^"\r\n])+\\?"|'[^'\r\n]+'"#,
-            r#"|[^\s"'`;&|<>(){}\[\]\\\-][^\s"'`;&|<>\\]*)"#
+            r#"|[^\s"'`;&|<>()\\\-][^\s"'`;&|<>\\]*)"#
         )
     };
 }
@@ -700,7 +698,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 Some(checksum::password_glued),
             ),
             // Other commands' password options, each pattern tried only where its command's
-            // name occurs ([`at`]): the command, up to 8 arguments ([`command_args!`]), the
+            // name occurs ([`at`]): the command, up to 12 arguments ([`command_args!`]), the
             // option, its value glued or after blanks ([`option_value!`]). Registry and cloud
             // logins' `-p` (`docker login -u u -p …`, `az login`, `oc login`; the literal is
             // the two words with one space), MongoDB's shells and tools, `rabbitmqadmin`,
@@ -739,7 +737,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                         "-p",
                         option_value!()
                     ),
-                    Some(checksum::password_option_value),
+                    Some(checksum::password_option_not_port),
                 ),
             ),
             // Redis's clients: `-a` or `--pass`.

@@ -2322,17 +2322,42 @@ const COMMAND_PASSWORDS: &[Case] = &[
         "SET ROLE app_role IDENTIFIED BY secret22;",
         &[("PASSWORD", "secret22")],
     ),
+    // Found by the second review (helper-87): more arguments, Windows paths, quoted SQL
+    // without a user statement, values starting with a bracket, PINs, letters-only values.
+    (
+        "ldapsearch -x -H ldap://h -b dc=x -s sub -D cn=admin -w Secr3t!x",
+        &[("PASSWORD", "Secr3t!x")],
+    ),
+    (
+        "bcp db.dbo.t out C:\\data\\new.csv -U sa -P Secr3t!x",
+        &[("PASSWORD", "Secr3t!x")],
+    ),
+    (
+        "GRANT CONNECT TO scott IDENTIFIED BY 'Tiger123'; CREATE OR REPLACE USER b IDENTIFIED BY tiger",
+        &[("PASSWORD", "Tiger123"), ("PASSWORD", "tiger")],
+    ),
+    (
+        "sqlcmd -P {Xk9#mQ2}; redis-cli -a ]Xk9#mQ2z; zip -P 1234 a.zip f",
+        &[
+            ("PASSWORD", "{Xk9#mQ2}"),
+            ("PASSWORD", "]Xk9#mQ2z"),
+            ("PASSWORD", "1234"),
+        ],
+    ),
+    (
+        "Set-X -Password VMware; Set-Y -password changeme -user x",
+        &[("PASSWORD", "VMware"), ("PASSWORD", "changeme")],
+    ),
 ];
 
 const COMMAND_NOT_PASSWORDS: &[&str] = &[
-    r#"{"cmd":"docker login reg.io\ndocker run -p 8080 nginx"}"#,
-    r#"{"cmd":"zip -r site.zip public\nscp -P 2222 site.zip host:/srv"}"#,
     "The -Password parameter accepts a SecureString. -Password     Specifies the password.",
     "The -storepass option sets it; keytool -list [-storepass arg]",
     "find /backups -name *.7z -print; Use mongo -p to be prompted; mongosh or ssh -p 2222 h",
-    "Each row is identified by \"customer_id\"; each record is identified by 'order_no'.",
+    "Each row is identified by customer_id; each record is identified by order_no.",
     "We grant access to each employee identified by their badge number.",
     "sqlcmd -S srv -U sa -P %SQLPW%; -storepass %STOREPASS%; sqlcmd -P {{ sql_password }}",
+    "Use redis-cli -a with care; the -Password parameter takes a SecureString",
     "the user was identified by name; it is identified as admin; identified by email",
     "CREATE USER bob IDENTIFIED BY RANDOM PASSWORD; CREATE USER x IDENTIFIED BY $PW",
     "a non-password field; re-enter password below; docker run -p 8080:80 nginx",
