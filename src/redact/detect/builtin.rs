@@ -187,12 +187,13 @@ macro_rules! password_key {
 /// A [`password_key!`] and what assigns a value to it: `:`, `=`, `=>` or `:=`, the key
 /// quoted or not (JSON-escaped too: `\"password\": `), and the key may be a prompt ending
 /// in its own `:` (`{"password: ": "…"}`, pexpect's and Ansible's maps from a prompt to its
-/// answer). Uncaptured.
+/// answer) or a subscript, bare or URL-encoded (a form's `user[password]=…`,
+/// `user%5Bpassword%5D=…`; `config["password"] = "…"`). Uncaptured.
 macro_rules! password_assign {
     () => {
         concat!(
             password_key!(),
-            r#"(?:[ \t]*:[ \t]*\\?["']|\\?["']?)[ \t]*(?:=>|:=|[:=])[ \t]*"#
+            r#"(?:[ \t]*:[ \t]*\\?["']|\\?["']?)(?:\]|%5[Dd])?[ \t]*(?:=>|:=|[:=])[ \t]*"#
         )
     };
 }

@@ -2322,6 +2322,15 @@ const COMMAND_PASSWORDS: &[Case] = &[
         "SET ROLE app_role IDENTIFIED BY secret22;",
         &[("PASSWORD", "secret22")],
     ),
+    // A form's fields and code's subscripts (leaked before stop 75 too).
+    (
+        "user[password]=Xk9mQ2zLp7&user%5Bpassword_confirmation%5D=Lp7Xk9mQ2z&commit=Go",
+        &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Lp7Xk9mQ2z")],
+    ),
+    (
+        "config[\"password\"] = \"Xk9m Q2\"; params[:password] = 'Lp7 Xk9'; row['pw'] == x",
+        &[("PASSWORD", "Xk9m Q2"), ("PASSWORD", "Lp7 Xk9")],
+    ),
     // Found by the second review (helper-87): more arguments, Windows paths, quoted SQL
     // without a user statement, values starting with a bracket, PINs, letters-only values.
     (
