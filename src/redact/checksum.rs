@@ -667,9 +667,9 @@ pub(crate) fn password_option(text: &str, r: Range<usize>) -> Option<Range<usize
 }
 
 /// `r` without the quotes around it, and whether it had them: a command option's value as
-/// the patterns read it, double-quoted (`"…"`, or `\"…\"` inside a JSON string), single-quoted
-/// (`'…'`, no quote of its kind inside; double-quoted, no backslash either) or bare (starting
-/// with none of `"` `'` `\`). `None` when the quotes hold nothing.
+/// the patterns read it, double-quoted (`"…"`, or `\"…\"` inside a JSON string: a value
+/// ending in `\"` is read as JSON-escaped), single-quoted (`'…'`, no quote of its kind inside)
+/// or bare (starting with none of `"` `'` `\`). `None` when the quotes hold nothing.
 fn unquote(text: &str, r: Range<usize>) -> Option<(Range<usize>, bool)> {
     let b = text.get(r.clone())?.as_bytes();
     let (open, close) = match b {
@@ -790,13 +790,13 @@ pub(crate) fn password_after<const SEP: char>(text: &str, r: Range<usize>) -> Op
 /// How far back [`in_sql_user_statement`] reads for the statement's verb.
 const SQL_STATEMENT_BACK: usize = 512;
 
-/// Whether the SQL statement that `at` is in creates or alters a user, role, group or login,
+/// Whether the SQL statement that `at` is in creates or alters a user, role, group or login
 /// (`CREATE OR REPLACE USER` too) or a database link (Oracle's `CONNECT TO u IDENTIFIED BY`),
-/// sets a role or a password
-/// (`SET ROLE r IDENTIFIED BY`, `SET PASSWORD`), or grants on something to someone (MySQL 5's
-/// `GRANT … ON … TO … IDENTIFIED BY`): those words, any case, as consecutive words (`GRANT`,
-/// `ON`, `TO` in that order) within [`SQL_STATEMENT_BACK`] bytes before `at` and after the
-/// last `;` there. Bounded, so a candidate's check costs a constant.
+/// sets a role or a password (`SET ROLE r IDENTIFIED BY`, `SET PASSWORD`), or grants on
+/// something to someone (MySQL 5's `GRANT … ON … TO … IDENTIFIED BY`): those words, any case,
+/// as consecutive words (`GRANT`, `ON`, `TO` in that order) within [`SQL_STATEMENT_BACK`]
+/// bytes before `at` and after the last `;` there. Bounded, so a candidate's check costs a
+/// constant.
 fn in_sql_user_statement(text: &str, at: usize) -> bool {
     let from = text.floor_char_boundary(at.saturating_sub(SQL_STATEMENT_BACK));
     let Some(before) = text.get(from..at) else {
