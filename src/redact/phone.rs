@@ -5,7 +5,8 @@
 //! prefix `0` (`030 12345678`, `06.12.34.56.78`, `(0)20 7946 0958`), and, only when the text
 //! names a region, digit groups with no prefix (`612 345 678` near "teléfono"). Whether a
 //! shape is a phone number is decided here, by Google's libphonenumber metadata (the
-//! `phonenumber` crate, a port of it, metadata 9.0.x): a number must be *valid* for a region,
+//! `phonenumber` crate's, metadata 9.0.x, which `build.rs` writes into statics: the fields
+//! below, for every region): a number must be *valid* for a region,
 //! i.e. match that region's length and number-range patterns. So a new country needs metadata,
 //! which the crate ships, not a new regex.
 //!
@@ -29,19 +30,20 @@
 //! [`HINT_BEFORE`] + [`HINT_AFTER`] bytes); at most [`MAX_REGIONS`] named regions and
 //! [`MAX_TRIMS`] trims, so a candidate costs a bounded amount. Unprefixed digit groups are
 //! searched only within reach of a hint ([`hinted_skip`]): a table of numbers with no hint
-//! costs one hint search, not one rejected candidate per group. The metadata is loaded once
-//! per process (about 0.15 s), and the default regions compiled, by [`warm`] when a scanner
-//! with the phone detector is built, not by the first exchange.
+//! costs one hint search, not one rejected candidate per group. The metadata is static (no
+//! start-up cost, no heap); a region's patterns are compiled on its first use, the default
+//! regions' by [`warm`] when a scanner with the phone detector is built, not by the first
+//! exchange.
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{LazyLock, OnceLock};
 
 use aho_corasick::AhoCorasick;
 
-use phonenumber::country::Id;
-
 use super::checksum::{Side, apart, continues_number, glued};
+
+/// A region's id in the metadata: ISO 3166-1 alpha-2 (`DE`), `001` for non-geographic codes.
+type Id = &'static str;
 
 /// Bytes before a candidate searched for region hints.
 pub(crate) const HINT_BEFORE: usize = 160;
@@ -56,100 +58,100 @@ pub(crate) const MAX_TRIMS: usize = 4;
 /// with `.`) and the region each names. Country names in English and the country's language,
 /// the telephone vocabulary of one language, and address domains.
 pub(crate) const HINTS: &[(&str, Id)] = &[
-    ("germany", Id::DE),
-    ("deutschland", Id::DE),
-    ("nummer", Id::DE),
-    ("telefon", Id::DE),
-    ("telefonnummer", Id::DE),
-    ("rufnummer", Id::DE),
-    ("handy", Id::DE),
-    ("mobilnummer", Id::DE),
-    ("festnetz", Id::DE),
-    (".de", Id::DE),
-    ("austria", Id::AT),
-    ("österreich", Id::AT),
-    (".at", Id::AT),
-    ("switzerland", Id::CH),
-    ("schweiz", Id::CH),
-    ("suisse", Id::CH),
-    ("svizzera", Id::CH),
-    (".ch", Id::CH),
-    ("france", Id::FR),
-    ("numéro", Id::FR),
-    ("téléphone", Id::FR),
-    ("portable", Id::FR),
-    ("appelez", Id::FR),
-    ("joindre", Id::FR),
-    (".fr", Id::FR),
-    ("belgium", Id::BE),
-    ("belgique", Id::BE),
-    ("belgië", Id::BE),
-    (".be", Id::BE),
-    ("spain", Id::ES),
-    ("españa", Id::ES),
-    ("teléfono", Id::ES),
-    ("móvil", Id::ES),
-    ("llámame", Id::ES),
-    ("llamar", Id::ES),
-    (".es", Id::ES),
-    ("mexico", Id::MX),
-    ("méxico", Id::MX),
-    (".mx", Id::MX),
-    ("italy", Id::IT),
-    ("italia", Id::IT),
-    ("telefono", Id::IT),
-    ("cellulare", Id::IT),
-    ("chiamami", Id::IT),
-    (".it", Id::IT),
-    ("netherlands", Id::NL),
-    ("nederland", Id::NL),
-    ("telefoonnummer", Id::NL),
-    ("mobiel", Id::NL),
-    (".nl", Id::NL),
-    ("portugal", Id::PT),
-    ("telemóvel", Id::PT),
-    (".pt", Id::PT),
-    ("brazil", Id::BR),
-    ("brasil", Id::BR),
-    ("celular", Id::BR),
-    (".br", Id::BR),
-    ("poland", Id::PL),
-    ("polska", Id::PL),
-    ("telefonu", Id::PL),
-    (".pl", Id::PL),
-    ("sweden", Id::SE),
-    ("sverige", Id::SE),
-    (".se", Id::SE),
-    ("ireland", Id::IE),
-    (".ie", Id::IE),
-    ("australia", Id::AU),
-    (".au", Id::AU),
-    ("india", Id::IN),
-    (".in", Id::IN),
-    ("japan", Id::JP),
-    (".jp", Id::JP),
-    ("united kingdom", Id::GB),
-    ("uk", Id::GB),
-    ("england", Id::GB),
-    ("scotland", Id::GB),
-    ("wales", Id::GB),
-    (".uk", Id::GB),
-    ("canada", Id::CA),
-    (".ca", Id::CA),
-    ("usa", Id::US),
-    ("united states", Id::US),
+    ("germany", "DE"),
+    ("deutschland", "DE"),
+    ("nummer", "DE"),
+    ("telefon", "DE"),
+    ("telefonnummer", "DE"),
+    ("rufnummer", "DE"),
+    ("handy", "DE"),
+    ("mobilnummer", "DE"),
+    ("festnetz", "DE"),
+    (".de", "DE"),
+    ("austria", "AT"),
+    ("österreich", "AT"),
+    (".at", "AT"),
+    ("switzerland", "CH"),
+    ("schweiz", "CH"),
+    ("suisse", "CH"),
+    ("svizzera", "CH"),
+    (".ch", "CH"),
+    ("france", "FR"),
+    ("numéro", "FR"),
+    ("téléphone", "FR"),
+    ("portable", "FR"),
+    ("appelez", "FR"),
+    ("joindre", "FR"),
+    (".fr", "FR"),
+    ("belgium", "BE"),
+    ("belgique", "BE"),
+    ("belgië", "BE"),
+    (".be", "BE"),
+    ("spain", "ES"),
+    ("españa", "ES"),
+    ("teléfono", "ES"),
+    ("móvil", "ES"),
+    ("llámame", "ES"),
+    ("llamar", "ES"),
+    (".es", "ES"),
+    ("mexico", "MX"),
+    ("méxico", "MX"),
+    (".mx", "MX"),
+    ("italy", "IT"),
+    ("italia", "IT"),
+    ("telefono", "IT"),
+    ("cellulare", "IT"),
+    ("chiamami", "IT"),
+    (".it", "IT"),
+    ("netherlands", "NL"),
+    ("nederland", "NL"),
+    ("telefoonnummer", "NL"),
+    ("mobiel", "NL"),
+    (".nl", "NL"),
+    ("portugal", "PT"),
+    ("telemóvel", "PT"),
+    (".pt", "PT"),
+    ("brazil", "BR"),
+    ("brasil", "BR"),
+    ("celular", "BR"),
+    (".br", "BR"),
+    ("poland", "PL"),
+    ("polska", "PL"),
+    ("telefonu", "PL"),
+    (".pl", "PL"),
+    ("sweden", "SE"),
+    ("sverige", "SE"),
+    (".se", "SE"),
+    ("ireland", "IE"),
+    (".ie", "IE"),
+    ("australia", "AU"),
+    (".au", "AU"),
+    ("india", "IN"),
+    (".in", "IN"),
+    ("japan", "JP"),
+    (".jp", "JP"),
+    ("united kingdom", "GB"),
+    ("uk", "GB"),
+    ("england", "GB"),
+    ("scotland", "GB"),
+    ("wales", "GB"),
+    (".uk", "GB"),
+    ("canada", "CA"),
+    (".ca", "CA"),
+    ("usa", "US"),
+    ("united states", "US"),
 ];
 
 /// Regions a trunk-prefixed national number is checked against when the text gives no hint.
-const DEFAULT_NATIONAL: &[Id] = &[Id::GB, Id::DE, Id::FR];
+const DEFAULT_NATIONAL: &[Id] = &["GB", "DE", "FR"];
 /// Regions a North American shape is checked against when the text gives no hint.
-const DEFAULT_NANP: &[Id] = &[Id::US, Id::CA];
+const DEFAULT_NANP: &[Id] = &["US", "CA"];
 
-/// Loads the metadata now (about 0.15 s once per process), so the first exchange does not
-/// pay for it.
+/// Compiles the default regions' patterns now (a few ms once per process), so the first
+/// exchange does not pay for it.
 pub(crate) fn warm() {
     for id in DEFAULT_NATIONAL.iter().chain(DEFAULT_NANP) {
-        let _ = region(id.as_ref());
+        let _ = region(id);
     }
 }
 
@@ -174,11 +176,11 @@ pub(crate) fn intl(text: &str, r: Range<usize>) -> Option<Range<usize>> {
         (1..=first.min(3)).any(|n| {
             digits.len() > n
                 && digits[..n].parse::<u16>().is_ok_and(|cc| {
-                    phonenumber::metadata::DATABASE
-                        .by_code(&cc)
-                        .unwrap_or_default()
+                    let from = BY_CODE.partition_point(|&(c, _)| c < cc);
+                    BY_CODE[from..]
                         .iter()
-                        .any(|m| region(m.id()).is_some_and(|r| r.valid(&digits[n..])))
+                        .take_while(|&&(c, _)| c == cc)
+                        .any(|&(_, i)| compiled(i.into()).is_some_and(|r| r.valid(&digits[n..])))
                 })
         })
     })
@@ -228,7 +230,7 @@ fn national_in(text: &str, r: Range<usize>, defaults: &[Id], plan: Plan) -> Opti
         let digits = digits(candidate);
         regions
             .iter()
-            .any(|&id| region(id.as_ref()).is_some_and(|r| r.valid_national(&digits, prefixed)))
+            .any(|&id| region(id).is_some_and(|r| r.valid_national(&digits, prefixed)))
     };
     // The defaults first: most numbers are valid there whole, and that needs no search for
     // hints. Otherwise the regions the text names join them (a hinted region may accept more
@@ -240,11 +242,7 @@ fn national_in(text: &str, r: Range<usize>, defaults: &[Id], plan: Plan) -> Opti
     }
     let mut regions = hints(text, &r);
     if plan == Plan::Unprefixed {
-        regions.retain(|id| {
-            phonenumber::metadata::DATABASE
-                .by_id(id.as_ref())
-                .is_some_and(|m| m.national_prefix().is_none())
-        });
+        regions.retain(|&id| meta(id).is_some_and(|m| m.national_prefix.is_none()));
     }
     if regions.iter().all(|id| defaults.contains(id)) {
         return found;
@@ -276,50 +274,30 @@ struct Region {
     /// The general description: every valid national significant number matches it.
     general: regex::Regex,
     /// Lengths a national significant number can have.
-    lengths: Vec<u16>,
+    lengths: &'static [u16],
     /// Fixed line, mobile, toll free, premium rate, shared cost, personal, VoIP, pager, UAN,
     /// voicemail: a valid number matches one (libphonenumber's `is_valid`).
-    types: Vec<(regex::Regex, Vec<u16>)>,
+    types: Vec<(regex::Regex, &'static [u16])>,
 }
 
 impl Region {
-    fn compile(m: &phonenumber::Metadata) -> Option<Region> {
-        // The metadata's patterns keep the XML source's line breaks and indentation, which are
-        // not part of the pattern.
-        let clean = |p: &str| p.split_whitespace().collect::<String>();
-        let full = |p: &str| ascii(&format!("^(?:{})$", clean(p)));
-        let d = m.descriptors();
-        let types = [
-            d.fixed_line(),
-            d.mobile(),
-            d.toll_free(),
-            d.premium_rate(),
-            d.shared_cost(),
-            d.personal_number(),
-            d.voip(),
-            d.pager(),
-            d.uan(),
-            d.voicemail(),
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(|t| {
-            Some((
-                full(t.national_number().as_str())?,
-                t.possible_length().to_vec(),
-            ))
-        })
-        .collect();
-        let prefix = match m.national_prefix_for_parsing() {
-            Some(p) => Some(ascii(&format!("^(?:{})", clean(p.as_str())))?),
+    fn compile(m: &'static Meta) -> Option<Region> {
+        let full = |p: &str| ascii(&format!("^(?:{p})$"));
+        let types = m
+            .types
+            .iter()
+            .filter_map(|t| Some((full(t.pattern)?, t.lengths)))
+            .collect();
+        let prefix = match m.prefix_for_parsing {
+            Some(p) => Some(ascii(&format!("^(?:{p})"))?),
             None => m
-                .national_prefix()
+                .national_prefix
                 .and_then(|p| ascii(&format!("^{}", regex::escape(p)))),
         };
         Some(Region {
             prefix,
-            general: full(d.general().national_number().as_str())?,
-            lengths: d.general().possible_length().to_vec(),
+            general: full(m.general.pattern)?,
+            lengths: m.general.lengths,
             types,
         })
     }
@@ -360,24 +338,57 @@ fn ascii(pattern: &str) -> Option<regex::Regex> {
         .ok()
 }
 
-/// Compiled regions by id (`DE`, `001` for non-geographic codes), filled on first use.
-type Regions = HashMap<String, Option<Arc<Region>>>;
-static REGIONS: LazyLock<RwLock<Regions>> = LazyLock::new(Default::default);
+/// One region of libphonenumber's metadata, as much of it as the checks here read; `build.rs`
+/// writes every region's from the `phonenumber` crate's database into [`REGIONS`].
+struct Meta {
+    /// The region's id ([`Id`]).
+    id: Id,
+    /// The trunk prefix a national number is written with (`0`); `None` where there is none.
+    national_prefix: Option<&'static str>,
+    /// The pattern that strips the trunk prefix (and carrier codes) when it is not just
+    /// [`Meta::national_prefix`].
+    prefix_for_parsing: Option<&'static str>,
+    /// The general description: every valid national significant number matches it.
+    general: Desc,
+    /// Fixed line, mobile, toll free, premium rate, shared cost, personal, VoIP, pager, UAN,
+    /// voicemail, those the region has, in that order.
+    types: &'static [Desc],
+}
+
+/// A number type's national significant numbers: its pattern (no blanks) and lengths.
+struct Desc {
+    pattern: &'static str,
+    lengths: &'static [u16],
+}
+
+// `REGION_COUNT`, `REGIONS` (sorted by id, then country code: the non-geographic codes,
+// +800, +808, +870, ..., are all `001`) and `BY_CODE` (country code, index in `REGIONS`;
+// sorted by code), written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/phone_meta.rs"));
+
+/// Region `id`'s metadata (for `001`, one of the non-geographic codes'; look those up by
+/// code, in [`BY_CODE`]).
+fn meta(id: &str) -> Option<&'static Meta> {
+    let i = REGIONS.binary_search_by(|m| m.id.cmp(id)).ok()?;
+    Some(&REGIONS[i])
+}
+
+/// Each region's compiled plan, by index in [`REGIONS`], compiled on first use.
+static COMPILED: [OnceLock<Option<Region>>; REGION_COUNT] =
+    [const { OnceLock::new() }; REGION_COUNT];
+
+/// Region `i`'s compiled plan; `None` for metadata that does not compile.
+fn compiled(i: usize) -> Option<&'static Region> {
+    COMPILED[i]
+        .get_or_init(|| Region::compile(&REGIONS[i]))
+        .as_ref()
+}
 
 /// Region `id`'s compiled plan; `None` for an unknown id or metadata that does not compile.
-fn region(id: &str) -> Option<Arc<Region>> {
-    if let Some(r) = REGIONS.read().unwrap_or_else(|e| e.into_inner()).get(id) {
-        return r.clone();
-    }
-    let r = phonenumber::metadata::DATABASE
-        .by_id(id)
-        .and_then(Region::compile)
-        .map(Arc::new);
-    REGIONS
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.to_string(), r.clone());
-    r
+/// For `001`, as [`meta`].
+fn region(id: &str) -> Option<&'static Region> {
+    let i = REGIONS.binary_search_by(|m| m.id.cmp(id)).ok()?;
+    compiled(i)
 }
 
 /// The longest prefix of the candidate, ending at a digit group, that `valid` accepts and that
@@ -472,11 +483,7 @@ pub(crate) const UNPREFIXED_MAX_LEN: usize = 19;
 /// patterns the index of the word in [`HINTS`].
 static UNPREFIXED_HINTS: LazyLock<(AhoCorasick, Vec<usize>)> = LazyLock::new(|| {
     let index: Vec<usize> = (0..HINTS.len())
-        .filter(|&i| {
-            phonenumber::metadata::DATABASE
-                .by_id(HINTS[i].1.as_ref())
-                .is_some_and(|m| m.national_prefix().is_none())
-        })
+        .filter(|&i| meta(HINTS[i].1).is_some_and(|m| m.national_prefix.is_none()))
         .collect();
     // Leftmost: the search can use a prefilter, which the overlapping one cannot.
     let ac = AhoCorasick::builder()
@@ -542,14 +549,55 @@ mod tests {
     /// not would leave its region unable to validate any number, silently.
     #[test]
     fn every_region_of_the_metadata_compiles() {
-        let db = &*phonenumber::metadata::DATABASE;
-        let mut n = 0;
-        for m in db.iter() {
-            let r = Region::compile(m).unwrap_or_else(|| panic!("{} does not compile", m.id()));
-            assert!(!r.types.is_empty(), "{} has no number types", m.id());
-            n += 1;
+        for m in &REGIONS {
+            let r = Region::compile(m).unwrap_or_else(|| panic!("{} does not compile", m.id));
+            assert!(!r.types.is_empty(), "{} has no number types", m.id);
         }
-        assert!(n > 200, "only {n} regions in the metadata");
+        assert!(
+            REGIONS.len() > 200,
+            "only {} regions in the metadata",
+            REGIONS.len()
+        );
+    }
+
+    /// The lookups' binary searches need `REGIONS` sorted by id and `BY_CODE` by code, and
+    /// `BY_CODE` must list every region under its own code.
+    #[test]
+    fn the_metadata_tables_are_sorted_and_agree() {
+        assert!(REGIONS.windows(2).all(|w| w[0].id <= w[1].id));
+        assert!(
+            REGIONS
+                .windows(2)
+                .all(|w| w[0].id < w[1].id || w[0].id == "001")
+        );
+        assert!(BY_CODE.windows(2).all(|w| w[0] <= w[1]));
+        let mut listed: Vec<u16> = BY_CODE.iter().map(|&(_, i)| i).collect();
+        listed.sort();
+        assert!(
+            listed.iter().copied().eq(0..REGIONS.len() as u16),
+            "each region once"
+        );
+        let by_code = |code: u16| -> Vec<Id> {
+            BY_CODE
+                .iter()
+                .filter(|&&(c, _)| c == code)
+                .map(|&(_, i)| REGIONS[usize::from(i)].id)
+                .collect()
+        };
+        assert_eq!(by_code(49), ["DE"]);
+        assert_eq!(by_code(34), ["ES"]);
+        // Each non-geographic code has its own plan, all under the id `001`.
+        assert_eq!(by_code(800), ["001"]);
+        assert_eq!(by_code(979), ["001"]);
+        assert_eq!(meta("DE").map(|m| m.national_prefix), Some(Some("0")));
+        assert_eq!(meta("ES").map(|m| m.national_prefix), Some(None));
+        assert!(meta("XX").is_none() && region("XX").is_none());
+        // Country code 1 is shared by the NANP's regions.
+        let nanp = by_code(1);
+        assert!(
+            nanp.contains(&"US") && nanp.contains(&"CA") && nanp.len() > 10,
+            "{nanp:?}"
+        );
     }
 
     fn whole(f: fn(&str, Range<usize>) -> Option<Range<usize>>, t: &str) -> Option<&str> {
@@ -568,6 +616,9 @@ mod tests {
             "trailing groups dropped until valid"
         );
         assert_eq!(whole(intl, "+1 2"), None);
+        // A non-geographic code is checked against its own plan (UIFN: 800 and 8 digits).
+        assert_eq!(whole(intl, "+800 1234 5678"), Some("+800 1234 5678"));
+        assert_eq!(whole(intl, "+800 1234 567"), None);
         assert_eq!(whole(intl, "+44 1234"), None, "too short for the UK");
         assert_eq!(
             whole(intl, "004-9231516-6951108"),
@@ -645,8 +696,8 @@ mod tests {
     #[test]
     fn hints_are_whole_words_in_order() {
         let t = "Telefon in Deutschland, or call the UK office: 0";
-        assert_eq!(hints(t, &(t.len() - 1..t.len())), vec![Id::DE, Id::GB]);
+        assert_eq!(hints(t, &(t.len() - 1..t.len())), vec!["DE", "GB"]);
         assert!(hints("Ukulele lessons: 0", &(17..18)).is_empty());
-        assert_eq!(hints("mail me at a@b.fr: 0", &(19..20)), vec![Id::FR]);
+        assert_eq!(hints("mail me at a@b.fr: 0", &(19..20)), vec!["FR"]);
     }
 }
