@@ -792,8 +792,11 @@ fn start_veil(
             .expect("veil binary"),
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Its CA too, which the targets read next: a veil freshly copied (not yet in the page
+    // cache) was once seen listening before the file was there to read.
+    let ca = dir.join("keys/ca.pem");
     for _ in 0..400 {
-        if std::net::TcpStream::connect(addr).is_ok() {
+        if std::net::TcpStream::connect(addr).is_ok() && ca.is_file() {
             return (child, addr);
         }
         std::thread::sleep(Duration::from_millis(25));

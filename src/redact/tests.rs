@@ -1216,8 +1216,9 @@ mod cost {
 
 // === memory held from start ===
 
-/// The detectors' automata are built when the rules compile and held for the process's life:
-/// once per scope, and the always-on secret detectors once more (`rules::secrets`). A bounded
+/// The detectors' automata are built when the rules compile and held for the process's life;
+/// since stop 76 a built-in pattern's once per process, shared by every scope's scanner and
+/// the always-on secret detectors' (`rules::secrets`), which this test still counts apart. A bounded
 /// repetition (`[^"]{1,256}`) compiles into that many copies of its class, so one pattern can
 /// cost megabytes unnoticed: stop 72's password patterns made the default rules' detectors
 /// 11 MB; stop 73 and stop 74 (the quoted password values unbounded once overlapping matches

@@ -161,11 +161,55 @@ impl ScannerSpec {
     }
 }
 
+/// One detector pattern's regex, as every scanner compiles it. Errors are
+/// [`regex_error`]'s line.
+fn compile_pattern(regex: &str, onepass: bool) -> Result<meta::Regex, String> {
+    meta::Regex::builder()
+        .syntax(regex_automata::util::syntax::Config::new().nest_limit(64))
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(USER_REGEX_SIZE_LIMIT * 4))
+                .hybrid_cache_capacity(USER_REGEX_SIZE_LIMIT * 2)
+                .onepass(onepass),
+        )
+        .build(regex)
+        .map_err(|e| regex_error(&e))
+}
+
+/// Most built-in patterns [`shared_builtin`] keeps (the shipped detectors have about 200; a
+/// pattern past the bound is compiled for its scanner alone).
+const SHARED_BUILTINS: usize = 1024;
+
+/// A built-in pattern's regex, compiled once per process and shared by every scanner that
+/// holds it: each rules scope's, the always-on secret detectors' (`rules::secrets`, built at
+/// the first exchange, 1.4 MB of automata of its own before), and those of rules reloaded
+/// on SIGHUP. The pattern's lazy DFA caches are shared too (the regex's own pool, one cache
+/// per thread using it). User patterns are not shared: a rules file's regexes are freed with
+/// its scanners.
+fn shared_builtin(regex: &str, onepass: bool) -> Result<Arc<meta::Regex>, String> {
+    type Compiled = std::collections::HashMap<(String, bool), Arc<meta::Regex>>;
+    static COMPILED: std::sync::LazyLock<std::sync::Mutex<Compiled>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = (regex.to_string(), onepass);
+    if let Some(re) = COMPILED.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(Arc::clone(re));
+    }
+    // Compiled outside the lock (milliseconds); a scanner built at the same time on another
+    // thread may compile it too, and the first one kept wins.
+    let re = Arc::new(compile_pattern(regex, onepass)?);
+    let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    if compiled.len() >= SHARED_BUILTINS && !compiled.contains_key(&key) {
+        return Ok(re);
+    }
+    Ok(Arc::clone(compiled.entry(key).or_insert(re)))
+}
+
 /// A regex pattern ready to locate spans.
 #[derive(Debug)]
 pub(super) struct Pattern {
     pub(super) detector: usize,
-    pub(super) re: meta::Regex,
+    /// Shared between scanners for a built-in pattern ([`shared_builtin`]).
+    pub(super) re: Arc<meta::Regex>,
     pub(super) check: Option<Check>,
     pub(super) group: bool,
     pub(super) context: Vec<String>,
@@ -205,19 +249,16 @@ impl Scanner {
                     ),
                 ));
             }
-            let re = meta::Regex::builder()
-                .syntax(regex_automata::util::syntax::Config::new().nest_limit(64))
-                .configure(
-                    meta::Config::new()
-                        .nfa_size_limit(Some(USER_REGEX_SIZE_LIMIT * 4))
-                        .hybrid_cache_capacity(USER_REGEX_SIZE_LIMIT * 2)
-                        // A literal-gated pattern is tried anchored and reports few
-                        // candidates: the one-pass DFA made their capture spans no faster
-                        // (stop 75, dense password text) and held 0.2 MB among them.
-                        .onepass(!matches!(p.gate, Gate::Literal(..))),
-                )
-                .build(&p.regex)
-                .map_err(|e| ScanBuildError::Pattern(i, regex_error(&e)))?;
+            // A literal-gated pattern is tried anchored and reports few candidates: the
+            // one-pass DFA made their capture spans no faster (stop 75, dense password text)
+            // and held 0.2 MB among them.
+            let onepass = !matches!(p.gate, Gate::Literal(..));
+            let re = if p.user {
+                compile_pattern(&p.regex, onepass).map(Arc::new)
+            } else {
+                shared_builtin(&p.regex, onepass)
+            }
+            .map_err(|e| ScanBuildError::Pattern(i, e))?;
             if p.user {
                 // Bounded separately and more tightly than built-ins.
                 regex::RegexBuilder::new(&p.regex)

@@ -945,6 +945,69 @@ fn dictionary_is_whole_word_and_case_insensitive() {
     );
 }
 
+/// A built-in pattern is compiled once per process (`build::shared_builtin`): a scanner
+/// holding some of the built-ins (the always-on secret detectors') shares each pattern's
+/// automata with every other scanner holding it, while a user pattern, even one written like
+/// a built-in, is the scanner's own.
+#[test]
+fn built_in_patterns_are_compiled_once_and_shared() {
+    let everything = all();
+    let mut spec = ScannerSpec::default();
+    for b in BUILTINS
+        .iter()
+        .filter(|b| ["password", "jwt"].contains(&b.key))
+    {
+        spec.add_builtin(b, InlineAction::Mask);
+    }
+    let some = Scanner::build(&spec).unwrap();
+    assert!(some.patterns.len() > 10, "{}", some.patterns.len());
+    for p in &some.patterns {
+        let shared = everything
+            .patterns
+            .iter()
+            .filter(|q| Arc::ptr_eq(&q.re, &p.re));
+        assert_eq!(
+            shared.count(),
+            1,
+            "each pattern is one of the other scanner's"
+        );
+    }
+    // A user pattern is compiled for its own scanner.
+    let user = |regex: &str| {
+        let mut spec = ScannerSpec::default();
+        spec.detectors.push(Detector {
+            label: "X".into(),
+            action: InlineAction::Mask,
+            priority: 100,
+        });
+        spec.patterns.push(PatternSpec {
+            detector: 0,
+            regex: regex.into(),
+            check: None,
+            group: false,
+            context: vec![],
+            window: 0,
+            user: true,
+            gate: Gate::Always,
+            footer: None,
+            lead: None,
+            skip: None,
+            rescan: false,
+        });
+        Scanner::build(&spec).unwrap()
+    };
+    let (a, b) = (user("foo[0-9]+"), user("foo[0-9]+"));
+    assert!(!Arc::ptr_eq(&a.patterns[0].re, &b.patterns[0].re));
+    // And two scanners of the same built-ins share every pattern.
+    let again = Scanner::build(&spec).unwrap();
+    assert!(
+        some.patterns
+            .iter()
+            .zip(&again.patterns)
+            .all(|(x, y)| Arc::ptr_eq(&x.re, &y.re))
+    );
+}
+
 #[test]
 fn user_regex_limits() {
     let mut spec = ScannerSpec::default();
