@@ -33,10 +33,11 @@ fn main() {
 }
 
 /// `REGION_COUNT`, `REGIONS` (every region of the metadata, sorted by id; the non-geographic
-/// codes share the id `001`, by code) and `BY_CODE`
-/// (country code, index in `REGIONS`; sorted by code) as Rust source, in the shapes `src/redact/phone.rs` defines
-/// (`Meta`, `Desc`). Patterns lose the XML source's line breaks and indentation, which are not
-/// part of them.
+/// codes share the id `001`, by code), `BY_CODE` (country code, index in `REGIONS`; sorted by
+/// code) and `EXAMPLES` (the metadata's example number of each type of each region, with its
+/// index in `REGIONS`: for the tests) as Rust source, in the shapes `src/redact/phone.rs`
+/// defines (`Meta`, `Desc`). Patterns lose the XML source's line breaks and indentation,
+/// which are not part of them.
 fn phone_meta() -> String {
     use std::fmt::Write;
     let clean = |p: &str| p.split_whitespace().collect::<String>();
@@ -60,9 +61,10 @@ fn phone_meta() -> String {
          static REGIONS: [Meta; REGION_COUNT] = [\n",
         regions.len()
     );
-    for m in &regions {
+    let mut examples = Vec::new();
+    for (i, m) in regions.iter().enumerate() {
         let d = m.descriptors();
-        let types: Vec<String> = [
+        let types: Vec<&phonenumber::metadata::Descriptor> = [
             d.fixed_line(),
             d.mobile(),
             d.toll_free(),
@@ -76,8 +78,9 @@ fn phone_meta() -> String {
         ]
         .into_iter()
         .flatten()
-        .map(desc)
         .collect();
+        examples.extend(types.iter().filter_map(|t| Some((i, t.example()?))));
+        let types: Vec<String> = types.into_iter().map(desc).collect();
         writeln!(
             out,
             "    Meta {{ id: {:?}, national_prefix: {:?}, prefix_for_parsing: {:?}, \
@@ -99,6 +102,10 @@ fn phone_meta() -> String {
     codes.sort();
     for (code, i) in codes {
         writeln!(out, "    ({code}, {i}),").expect("write to a String");
+    }
+    out.push_str("];\n#[cfg(test)]\nstatic EXAMPLES: &[(u16, &str)] = &[\n");
+    for (i, example) in examples {
+        writeln!(out, "    ({i}, {example:?}),").expect("write to a String");
     }
     out.push_str("];\n");
     out

@@ -560,6 +560,30 @@ mod tests {
         );
     }
 
+    /// Every number type's example in the metadata is valid for its own region, read through
+    /// the generated tables and [`Region::valid`] (libphonenumber's `is_valid`): the tables
+    /// carry what the check needs, for every region, the non-geographic codes included.
+    #[test]
+    fn the_metadata_s_own_examples_are_valid() {
+        assert!(EXAMPLES.len() > 1000, "only {} examples", EXAMPLES.len());
+        for &(i, example) in EXAMPLES {
+            let m = &REGIONS[usize::from(i)];
+            let r = compiled(i.into()).unwrap_or_else(|| panic!("{} does not compile", m.id));
+            assert!(r.valid(example), "{} {example}", m.id);
+        }
+        // A number of one non-geographic code is not valid under another's plan.
+        let plan = |code: u16| {
+            let at = BY_CODE.partition_point(|&(c, _)| c < code);
+            compiled(BY_CODE[at].1.into()).expect("compiles")
+        };
+        let uifn = EXAMPLES
+            .iter()
+            .find(|&&(i, _)| std::ptr::eq(compiled(i.into()).unwrap(), plan(800)))
+            .map(|&(_, e)| e)
+            .expect("+800 has an example");
+        assert!(plan(800).valid(uifn) && !plan(979).valid(uifn), "{uifn}");
+    }
+
     /// The lookups' binary searches need `REGIONS` sorted by id and `BY_CODE` by code, and
     /// `BY_CODE` must list every region under its own code.
     #[test]
