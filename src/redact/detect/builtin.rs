@@ -773,7 +773,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                 ),
             ),
             // `-P`: SQL Server's `sqlcmd`, `bcp`, `osql`; Sybase `isql`; `ipmitool`; the
-            // Mosquitto clients; `zip` and `unzip`.
+            // Mosquitto clients; `zip` and `unzip`, whose flags are often combined, `-P`
+            // last (`zip -rP …`, `unzip -oP …`, `zip -9erP …`).
             at(
                 &[
                     "sqlcmd",
@@ -797,7 +798,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                         )),
                         command_args!(),
                         blanks!(),
-                        "-P",
+                        "-[a-z0-9]{0,4}P",
                         option_value!()
                     ),
                     Some(checksum::password_option_value),
@@ -805,7 +806,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             ),
             // 7-Zip's and RAR's `-p`, the password glued to it (`-p` alone prompts, and the
             // next word is the archive), after the command's letter (`7z a`, `rar x`: a path
-            // ending in `.7z` is no command).
+            // ending in `.7z` is no command); RAR's `-hp`, which encrypts the names too.
             at(
                 &["7z", "rar", "unrar"],
                 grp(
@@ -815,7 +816,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                         r#"(?:rn|[abdehiltux])(?-u:\b)"#,
                         command_args!(),
                         blanks!(),
-                        "-p",
+                        "-h?p",
                         option_word!()
                     ),
                     Some(checksum::password_glued),

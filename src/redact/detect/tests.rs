@@ -2311,6 +2311,14 @@ const COMMAND_PASSWORDS: &[Case] = &[
         &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Lp7Xk9")],
     ),
     (
+        "rar a -hpXk9mQ2zLp7 x.rar d; zip -rP Lp7Xk9mQ out.zip d; unzip -oP 'Q2 zLp' a.zip",
+        &[
+            ("PASSWORD", "Xk9mQ2zLp7"),
+            ("PASSWORD", "Lp7Xk9mQ"),
+            ("PASSWORD", "Q2 zLp"),
+        ],
+    ),
+    (
         "curl -s -u admin:Xk9mQ2zLp7 https://h/api; curl --user 'bob:Lp7 Xk9' h",
         &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Lp7 Xk9")],
     ),
@@ -2436,6 +2444,7 @@ const COMMAND_NOT_PASSWORDS: &[&str] = &[
     "docker login -u ci -p $TOKEN; docker login --password-stdin; mysqlsh -p",
     "redis-cli -p 6380 ping; redis-cli --askpass; ldapsearch -W -x; sqlcmd -P",
     "7z a -p backup.7z dir; rar a -p- x.rar; unzip -P \"$PW\" a.zip",
+    "rar a -hp x.rar dir; zip -r -p out.zip dir; zip -rP $ZIP_PW out.zip dir",
     "curl -u admin https://h; curl --user-agent x h; smbclient -U bob //fs/s",
     "keytool -storepass:env STOREPASS; -storepass $PASS; ConvertTo-SecureString $pw",
     "openssl pkcs12 -password env:P12_PASS -passout file:pw.txt -password fd:3",
