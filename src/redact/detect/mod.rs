@@ -195,6 +195,8 @@ impl Scanner {
     /// `memory_usage`). Not the lazy DFAs' caches, which grow per searching thread as text is
     /// scanned (`regex_automata`'s caches are bounded per regex). A scanner is built per
     /// rules scope and kept for the process's life, so this is memory veil holds from start.
+    /// A built-in pattern's regex is shared by every scanner holding it and counted in each,
+    /// so the sum over scanners overstates what the process holds.
     pub fn memory_usage(&self) -> usize {
         let patterns: usize = self
             .patterns
