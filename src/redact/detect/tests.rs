@@ -973,29 +973,7 @@ fn built_in_patterns_are_compiled_once_and_shared() {
         );
     }
     // A user pattern is compiled for its own scanner.
-    let user = |regex: &str| {
-        let mut spec = ScannerSpec::default();
-        spec.detectors.push(Detector {
-            label: "X".into(),
-            action: InlineAction::Mask,
-            priority: 100,
-        });
-        spec.patterns.push(PatternSpec {
-            detector: 0,
-            regex: regex.into(),
-            check: None,
-            group: false,
-            context: vec![],
-            window: 0,
-            user: true,
-            gate: Gate::Always,
-            footer: None,
-            lead: None,
-            skip: None,
-            rescan: false,
-        });
-        Scanner::build(&spec).unwrap()
-    };
+    let user = |regex: &str| Scanner::build(&user_spec(regex)).unwrap();
     let (a, b) = (user("foo[0-9]+"), user("foo[0-9]+"));
     assert!(!Arc::ptr_eq(&a.patterns[0].re, &b.patterns[0].re));
     // And two scanners of the same built-ins share every pattern.
@@ -1008,17 +986,17 @@ fn built_in_patterns_are_compiled_once_and_shared() {
     );
 }
 
-#[test]
-fn user_regex_limits() {
+/// A spec of one user detector, `X`, whose one pattern is `regex`.
+fn user_spec(regex: &str) -> ScannerSpec {
     let mut spec = ScannerSpec::default();
     spec.detectors.push(Detector {
         label: "X".into(),
         action: InlineAction::Mask,
         priority: 100,
     });
-    let mut p = PatternSpec {
+    spec.patterns.push(PatternSpec {
         detector: 0,
-        regex: "(a{1000}){1000}".into(),
+        regex: regex.into(),
         check: None,
         group: false,
         context: vec![],
@@ -1029,8 +1007,14 @@ fn user_regex_limits() {
         lead: None,
         skip: None,
         rescan: false,
-    };
-    spec.patterns.push(p.clone());
+    });
+    spec
+}
+
+#[test]
+fn user_regex_limits() {
+    let mut spec = user_spec("(a{1000}){1000}");
+    let mut p = spec.patterns[0].clone();
     assert!(matches!(
         Scanner::build(&spec),
         Err(ScanBuildError::Pattern(0, _))
