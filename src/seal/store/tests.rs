@@ -201,13 +201,97 @@ fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
     queue.try_admit().unwrap();
 }
 
+/// The tests that pause a writer (`writer::tests::PAUSE_BEFORE_WRITE`, one slot), one at a
+/// time: each waits for the slot to be taken, which another test's writer could do.
+static ONE_PAUSE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A large batch of small frames is written a MiB at a time (`writer::STAGE_FLUSH`), not
+/// staged whole: the stage keeps its room between batches, so one burst would otherwise hold
+/// up to 64 MiB for the process's life. The writer is held in an earlier seal's callback
+/// while 3,000 exchanges (~13 MB of frames) queue up, then paused before its next batch's
+/// last write: by then the segment file already holds megabytes of that batch.
+#[test]
+fn a_large_batch_is_written_a_mib_at_a_time() {
+    use crate::exchange::queue::InFlight;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let _one_pause = ONE_PAUSE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();
+    let (writer_held, held) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    store
+        .submit_detached_users(
+            &crate::seal::tests::openai_chat(),
+            &[],
+            Some(OnDone::Call(Box::new(move |_| {
+                writer_held.send(()).unwrap();
+                released.recv_timeout(Duration::from_secs(10)).unwrap();
+            }))),
+            InFlight::default(),
+        )
+        .unwrap();
+    held.recv_timeout(Duration::from_secs(10)).unwrap();
+    let segments = || -> u64 {
+        std::fs::read_dir(store.inner.dir.join("segments"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let before = segments();
+    let (go, wait) = mpsc::channel();
+    *super::writer::tests::PAUSE_BEFORE_WRITE.lock().unwrap() =
+        Some((store.inner.dir.clone(), wait));
+    let (sealed_tx, sealed) = mpsc::channel();
+    let n = 3000;
+    for _ in 0..n {
+        let tx = sealed_tx.clone();
+        store
+            .submit_detached_users(
+                &crate::seal::tests::openai_chat(),
+                &[],
+                Some(OnDone::Call(Box::new(move |ok| tx.send(ok).unwrap()))),
+                InFlight::default(),
+            )
+            .unwrap();
+    }
+    release.send(()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while super::writer::tests::PAUSE_BEFORE_WRITE
+        .lock()
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never paused"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Without the flushes nothing of the batch is in the file yet (every frame is staged).
+    let pending = store.pending_bytes();
+    let written = segments() - before;
+    assert!(
+        written >= 2 * super::writer::STAGE_FLUSH as u64,
+        "written before the batch's last write: {written} ({pending} bytes pending)"
+    );
+    go.send(()).unwrap();
+    for _ in 0..n {
+        assert!(sealed.recv_timeout(Duration::from_secs(10)).unwrap());
+    }
+}
+
 /// A staged frame is counted (the store's pending bytes, which the disk watch adds up, and
 /// its exchange's queue place) until the writer has written it to the segment file: the
-/// writer stages up to 64 MiB of small frames before one write.
+/// writer stages up to a MiB of small frames before one write.
 #[test]
 fn a_staged_frame_is_counted_until_it_is_written() {
     use std::sync::mpsc;
     use std::time::Duration;
+    let _one_pause = ONE_PAUSE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let store =
         SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();

@@ -46,8 +46,14 @@ const BATCH_MAX_JOBS: usize = 8192;
 /// up to 10 ms more of sealed exchanges (a process crash loses none of what was written;
 /// the recording journal counts either loss).
 pub(super) const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-/// Frames smaller than this are staged and written with one syscall per batch.
+/// Frames smaller than this are staged and written with one syscall per batch, or per
+/// [`STAGE_FLUSH`] bytes of them.
 const STAGE_LIMIT: usize = 64 << 10;
+/// Staged frames are written whenever this many bytes are staged: one `pwrite` per MiB
+/// costs nothing measurable, and the stage, whose room is kept between batches, stays about
+/// this large instead of growing to the largest batch it ever held (up to [`BATCH_MAX_BYTES`],
+/// for the process's life: a burst of 4,096 pending seals of ~4 KB left 16 MB behind).
+pub(super) const STAGE_FLUSH: usize = 1 << 20;
 
 /// What the writer thread is asked to do, in arrival order.
 pub(super) enum Command {
@@ -285,7 +291,7 @@ impl Writer {
         let mut slots = SlotRun::default();
         // Each job's share of the pending bytes (what the disk watch counts as still to be
         // written) and its queue place, until its frame is in the segment file, not only in
-        // `stage` (up to `BATCH_MAX_BYTES` of small frames are staged before one write).
+        // `stage` (up to `STAGE_FLUSH` bytes of small frames are staged before one write).
         let mut unwritten = Vec::with_capacity(batch.len());
         for job in batch {
             self.courtesy.offer();
@@ -303,6 +309,9 @@ impl Writer {
             let offset = self.len;
             if job.frame.len() < STAGE_LIMIT {
                 self.stage.extend_from_slice(&job.frame);
+                if self.stage.len() >= STAGE_FLUSH {
+                    self.flush_stage(stage_at)?;
+                }
             } else {
                 self.flush_stage(stage_at)?;
                 self.seg
