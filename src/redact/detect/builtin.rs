@@ -772,6 +772,22 @@ pub(crate) const BUILTINS: &[Builtin] = &[
                     Some(checksum::password_option_value),
                 ),
             ),
+            // `ldappasswd`'s new or old password, `-s` or `-a` (`-S` and `-A` prompt). One
+            // pattern, so only the first of the two is masked: a pattern each held 62 KB of
+            // automaton more, past the always-on scanner's bound.
+            at(
+                &["ldappasswd"],
+                grp(
+                    concat!(
+                        command!("ldappasswd"),
+                        command_args!(),
+                        blanks!(),
+                        "-[sa]",
+                        option_value!()
+                    ),
+                    Some(checksum::password_option_value),
+                ),
+            ),
             // `-P`: SQL Server's `sqlcmd`, `bcp`, `osql`; Sybase `isql`; `ipmitool`; the
             // Mosquitto clients; `zip` and `unzip`, whose flags are often combined, `-P`
             // last (`zip -rP …`, `unzip -oP …`, `zip -9erP …`).

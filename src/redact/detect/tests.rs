@@ -2295,6 +2295,14 @@ const COMMAND_PASSWORDS: &[Case] = &[
         &[("PASSWORD", "Xk9mQ2zLp7"), ("PASSWORD", "Lp7Xk9")],
     ),
     (
+        "ldappasswd -x -D cn=admin,dc=ex -w Adm1nXk9 -s N3wXk9mQ uid=bob; ldappasswd -a 0ldXk9mQ",
+        &[
+            ("PASSWORD", "Adm1nXk9"),
+            ("PASSWORD", "N3wXk9mQ"),
+            ("PASSWORD", "0ldXk9mQ"),
+        ],
+    ),
+    (
         "rar a -hpXk9mQ2zLp7 x.rar d; zip -rP Lp7Xk9mQ out.zip d; unzip -oP 'Q2 zLp' a.zip",
         &[
             ("PASSWORD", "Xk9mQ2zLp7"),
@@ -2429,6 +2437,7 @@ const COMMAND_NOT_PASSWORDS: &[&str] = &[
     "redis-cli -p 6380 ping; redis-cli --askpass; ldapsearch -W -x; sqlcmd -P",
     "7z a -p backup.7z dir; rar a -p- x.rar; unzip -P \"$PW\" a.zip",
     "rar a -hp x.rar dir; zip -r -p out.zip dir; zip -rP $ZIP_PW out.zip dir",
+    "ldapsearch -x -s sub -a always -b dc=ex uid=bob; ldappasswd -x -S -A uid=bob,dc=ex",
     "curl -u admin https://h; curl --user-agent x h; smbclient -U bob //fs/s",
     "keytool -storepass:env STOREPASS; -storepass $PASS; ConvertTo-SecureString $pw",
     "openssl pkcs12 -password env:P12_PASS -passout file:pw.txt -password fd:3",
