@@ -152,19 +152,12 @@ fn seal_from_the_queue(
     ((queue, taken), counters, done)
 }
 
-/// A sealed frame waiting for the writer keeps its exchange's place after the pipeline has
-/// dropped the exchange: the bound covers frames not yet staged, not only those in a batch.
-/// The writer is held inside the completion callback of an earlier seal, so the second one
-/// waits in the store's channel for as long as the test needs.
-#[test]
-fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
-    use crate::exchange::queue::InFlight;
+/// Seals one exchange whose completion callback, which runs on the writer thread, waits:
+/// returns once the writer is held there, with what releases it. Exchanges submitted
+/// meanwhile wait in the store's channel and go in the next batch.
+fn hold_the_writer(store: &SealStore) -> std::sync::mpsc::Sender<()> {
     use std::sync::mpsc;
     use std::time::Duration;
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();
-    // The first seal's callback runs on the writer thread: it says so and waits.
     let (writer_held, held) = mpsc::channel();
     let (release, released) = mpsc::channel::<()>();
     store
@@ -175,10 +168,24 @@ fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
                 writer_held.send(()).unwrap();
                 released.recv_timeout(Duration::from_secs(10)).unwrap();
             }))),
-            InFlight::default(),
+            crate::exchange::queue::InFlight::default(),
         )
         .unwrap();
     held.recv_timeout(Duration::from_secs(10)).unwrap();
+    release
+}
+
+/// A sealed frame waiting for the writer keeps its exchange's place after the pipeline has
+/// dropped the exchange: the bound covers frames not yet staged, not only those in a batch.
+/// The writer is held inside the completion callback of an earlier seal, so the second one
+/// waits in the store's channel for as long as the test needs.
+#[test]
+fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();
+    let release = hold_the_writer(&store);
     let ((queue, _taken), counters, done) = seal_from_the_queue(&store);
     assert_eq!(
         counters.queue.in_flight.get(),
@@ -201,6 +208,23 @@ fn a_frame_waiting_for_the_writer_keeps_its_exchanges_place() {
     queue.try_admit().unwrap();
 }
 
+/// Waits (at most 10 s) until a writer has taken the pause set in
+/// `writer::tests::PAUSE_BEFORE_WRITE`, i.e. staged a batch and stopped before writing it.
+fn wait_until_paused() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while super::writer::tests::PAUSE_BEFORE_WRITE
+        .lock()
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never paused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// The tests that pause a writer (`writer::tests::PAUSE_BEFORE_WRITE`, one slot), one at a
 /// time: each waits for the slot to be taken, which another test's writer could do.
 static ONE_PAUSE: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -219,20 +243,7 @@ fn a_large_batch_is_written_a_mib_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let store =
         SealStore::open(dir.path(), crate::seal::tests::ring(3), Default::default()).unwrap();
-    let (writer_held, held) = mpsc::channel();
-    let (release, released) = mpsc::channel::<()>();
-    store
-        .submit_detached_users(
-            &crate::seal::tests::openai_chat(),
-            &[],
-            Some(OnDone::Call(Box::new(move |_| {
-                writer_held.send(()).unwrap();
-                released.recv_timeout(Duration::from_secs(10)).unwrap();
-            }))),
-            InFlight::default(),
-        )
-        .unwrap();
-    held.recv_timeout(Duration::from_secs(10)).unwrap();
+    let release = hold_the_writer(&store);
     let segments = || -> u64 {
         std::fs::read_dir(store.inner.dir.join("segments"))
             .unwrap()
@@ -259,18 +270,7 @@ fn a_large_batch_is_written_a_mib_at_a_time() {
             .unwrap();
     }
     release.send(()).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while super::writer::tests::PAUSE_BEFORE_WRITE
-        .lock()
-        .unwrap()
-        .is_some()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never paused"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until_paused();
     // Without the flushes nothing of the batch is in the file yet (every frame is staged).
     let pending = store.pending_bytes();
     let written = segments() - before;
@@ -300,18 +300,7 @@ fn a_staged_frame_is_counted_until_it_is_written() {
         Some((store.inner.dir.clone(), wait));
     let (_queue, counters, done) = seal_from_the_queue(&store);
     // The writer took the job and staged its frame; it waits before writing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while super::writer::tests::PAUSE_BEFORE_WRITE
-        .lock()
-        .unwrap()
-        .is_some()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never paused"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until_paused();
     assert!(
         store.pending_bytes() > 0,
         "staged, not written: still pending"
