@@ -176,11 +176,7 @@ pub(crate) fn intl(text: &str, r: Range<usize>) -> Option<Range<usize>> {
         (1..=first.min(3)).any(|n| {
             digits.len() > n
                 && digits[..n].parse::<u16>().is_ok_and(|cc| {
-                    let from = BY_CODE.partition_point(|&(c, _)| c < cc);
-                    BY_CODE[from..]
-                        .iter()
-                        .take_while(|&&(c, _)| c == cc)
-                        .any(|&(_, i)| compiled(i.into()).is_some_and(|r| r.valid(&digits[n..])))
+                    plans(cc).any(|i| compiled(i).is_some_and(|r| r.valid(&digits[n..])))
                 })
         })
     })
@@ -369,8 +365,21 @@ include!(concat!(env!("OUT_DIR"), "/phone_meta.rs"));
 /// Region `id`'s metadata (for `001`, one of the non-geographic codes'; look those up by
 /// code, in [`BY_CODE`]).
 fn meta(id: &str) -> Option<&'static Meta> {
-    let i = REGIONS.binary_search_by(|m| m.id.cmp(id)).ok()?;
-    Some(&REGIONS[i])
+    Some(&REGIONS[index(id)?])
+}
+
+/// Region `id`'s index in [`REGIONS`] (for `001`, as [`meta`]).
+fn index(id: &str) -> Option<usize> {
+    REGIONS.binary_search_by(|m| m.id.cmp(id)).ok()
+}
+
+/// The indexes in [`REGIONS`] of country code `cc`'s plans (several for a shared code: `1`).
+fn plans(cc: u16) -> impl Iterator<Item = usize> {
+    let from = BY_CODE.partition_point(|&(c, _)| c < cc);
+    BY_CODE[from..]
+        .iter()
+        .take_while(move |&&(c, _)| c == cc)
+        .map(|&(_, i)| usize::from(i))
 }
 
 /// Each region's compiled plan, by index in [`REGIONS`], compiled on first use.
@@ -387,8 +396,7 @@ fn compiled(i: usize) -> Option<&'static Region> {
 /// Region `id`'s compiled plan; `None` for an unknown id or metadata that does not compile.
 /// For `001`, as [`meta`].
 fn region(id: &str) -> Option<&'static Region> {
-    let i = REGIONS.binary_search_by(|m| m.id.cmp(id)).ok()?;
-    compiled(i)
+    compiled(index(id)?)
 }
 
 /// The longest prefix of the candidate, ending at a digit group, that `valid` accepts and that
@@ -572,10 +580,7 @@ mod tests {
             assert!(r.valid(example), "{} {example}", m.id);
         }
         // A number of one non-geographic code is not valid under another's plan.
-        let plan = |code: u16| {
-            let at = BY_CODE.partition_point(|&(c, _)| c < code);
-            compiled(BY_CODE[at].1.into()).expect("compiles")
-        };
+        let plan = |code: u16| compiled(plans(code).next().expect("a plan")).expect("compiles");
         let uifn = EXAMPLES
             .iter()
             .find(|&&(i, _)| std::ptr::eq(compiled(i.into()).unwrap(), plan(800)))

@@ -52,7 +52,7 @@ const STAGE_LIMIT: usize = 64 << 10;
 /// Staged frames are written whenever this many bytes are staged: one `pwrite` per MiB
 /// costs nothing measurable, and the stage, whose room is kept between batches, stays about
 /// this large instead of growing to the largest batch it ever held (up to [`BATCH_MAX_BYTES`],
-/// for the process's life: a burst of 4,096 pending seals of ~4 KB left 16 MB behind).
+/// for the process's life: a batch of 4,096 seals of ~4 KB is 16 MB).
 pub(super) const STAGE_FLUSH: usize = 1 << 20;
 
 /// What the writer thread is asked to do, in arrival order.
