@@ -159,6 +159,7 @@ fn record(i: usize, rng: &mut Rng, now: SystemTime) -> Record {
         }
         .into(),
         server_port: 443,
+        route: "/v1/chat/completions".into(),
         status: Some(if errored { 429 } else { 200 }),
         error_type: errored.then(|| "rate_limit_exceeded".into()),
         finish_reasons: if errored {

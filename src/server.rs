@@ -472,9 +472,14 @@ pub async fn start(
     );
     let unprocessed = tx.unprocessed();
     let health = Arc::new(Health::new(counters.clone()));
+    // The feedback API (veil#14): the pipeline remembers recent exchanges, the ledger writer
+    // takes out those it has committed, the service reads them (and the ledger), scrubs, and
+    // hands on to the ledger writer and the exporter.
+    let recent = Arc::new(crate::feedback::Recent::default());
     let ledger = match config.ledger.clone() {
         Some(mut settings) => {
             settings.nice = nice;
+            settings.recent = Some(recent.clone());
             Some(crate::ledger::Ledger::open(
                 settings,
                 Some(health.clone()),
@@ -515,9 +520,6 @@ pub async fn start(
         source,
     })?;
 
-    // The feedback API (veil#14): the pipeline remembers recent exchanges, the service
-    // reads them (and the ledger), scrubs, and hands on to the ledger writer and the exporter.
-    let recent = Arc::new(crate::feedback::Recent::default());
     let feedback = Arc::new(
         crate::feedback::FeedbackService::new(
             rules.clone(),

@@ -357,6 +357,7 @@ pub fn base_record(id: &str) -> Record {
         conversation_id: None,
         server_address: "api.openai.com".into(),
         server_port: 443,
+        route: "/v1/chat/completions".into(),
         status: Some(200),
         error_type: None,
         finish_reasons: vec!["stop".into()],

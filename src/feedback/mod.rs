@@ -31,7 +31,7 @@ pub mod request;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
 
@@ -40,11 +40,11 @@ use crate::config::Secret;
 use crate::counters::Counters;
 use crate::export::{ExporterHandle, FeedbackEvent};
 use crate::ledger::LedgerHandle;
-use crate::ledger::feedback::FeedbackRow;
+use crate::ledger::feedback::{FeedbackRow, RatedRow};
 use crate::proxy::reserved::{ApiAnswer, VeilApi};
 use crate::redact::{RulesHandle, ScopeKey, Target};
 
-pub use recent::{Rated, Recent};
+pub use recent::{Rated, Recent, Waited};
 pub use request::{FeedbackRequest, Invalid, Scope};
 
 /// How long a feedback waits for an exchange veil issued moments ago and is still recording.
@@ -289,9 +289,9 @@ impl FeedbackService {
         Ok(id)
     }
 
-    /// The exchange `req` rates: the ledger row when there is one (it knows whether the
-    /// exchange was forgotten), with what the [`Recent`] map adds (host, route, response id);
-    /// else the map alone, waiting [`FRESH_WAIT`] for an id issued in the last minute.
+    /// The exchange `req` rates: from the [`Recent`] map while its record is on its way to
+    /// the ledger, else from its ledger row (which knows whether it was forgotten); an id
+    /// issued in the last minute that neither has is waited for, up to [`FRESH_WAIT`].
     fn rated(&self, req: &FeedbackRequest, id: &str) -> Result<Rated, FeedbackError> {
         let unknown = || FeedbackError::UnknownRequest(id.to_string());
         let conn = self.ledger.as_ref().and_then(|(_, path)| {
@@ -304,45 +304,27 @@ impl FeedbackService {
                 }
             }
         });
-        let row = match &conn {
+        // The map first: the ledger writer takes an exchange out of it only after its row is
+        // committed, so a miss here followed by a read of the ledger cannot miss both.
+        let row = |conn: &Option<rusqlite::Connection>| match conn {
             Some(c) => crate::ledger::feedback::exchange(c, id).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "feedback: ledger lookup failed");
                 None
             }),
             None => None,
         };
-        let mut recent = self.recent.get(id);
-        if row.is_none() && recent.is_none() && self.is_fresh(req) {
-            recent = self.wait_for(id);
-        }
-        let rated = match (row, recent) {
-            (Some(row), _) if row.forgotten => return Err(unknown()),
-            (Some(row), recent) => {
-                let recent = recent.unwrap_or_default();
-                let parent = row.trace_id.as_deref().and_then(parse_hex16);
-                let (trace_id, span_id) = match recent.request_id.is_empty() {
-                    false => (recent.trace_id, recent.span_id),
-                    true => crate::exchange::traceparent::veil_span_in(id, parent),
-                };
-                Rated {
-                    request_id: id.to_string(),
-                    host: recent.host,
-                    route: recent.route,
-                    model: row.request_model.or(recent.model),
-                    feature: row.feature,
-                    user: row.user,
-                    task: recent.task.or_else(|| {
-                        row.trace_id
-                            .map(|t| format!("trace:{t}"))
-                            .or(row.conversation.map(|c| format!("conversation:{c}")))
-                    }),
-                    response_id: recent.response_id,
-                    trace_id,
-                    span_id,
-                }
-            }
-            (None, Some(recent)) => recent,
-            (None, None) => return Err(unknown()),
+        let seen = self.recent.commits();
+        let rated = match self.recent.get(id) {
+            Some(recent) => recent,
+            None => match row(&conn) {
+                Some(row) if row.forgotten => return Err(unknown()),
+                Some(row) => from_row(id, row),
+                None if self.is_fresh(req) => match self.wait_for(id, seen, || row(&conn)) {
+                    Some(Ok(rated)) => rated,
+                    Some(Err(())) | None => return Err(unknown()),
+                },
+                None => return Err(unknown()),
+            },
         };
         // Forgotten in the last day while its record was still on its way (or after the map
         // took it in): the ledger's tombstones say so.
@@ -367,12 +349,32 @@ impl FeedbackService {
             .is_some_and(|age| age <= FRESH_AGE)
     }
 
-    fn wait_for(&self, id: &str) -> Option<Rated> {
+    /// Waits for an exchange that was neither in the map nor in the ledger when the map had
+    /// seen `seen` commits, up to [`FRESH_WAIT`]: `Some(Ok)` when it arrives in either (`row`
+    /// reads the ledger again after each commit since), `Some(Err)` when its row says it was
+    /// forgotten, `None` at the deadline or when [`MAX_WAITERS`] already wait.
+    fn wait_for(
+        &self,
+        id: &str,
+        mut seen: u64,
+        row: impl Fn() -> Option<RatedRow>,
+    ) -> Option<Result<Rated, ()>> {
         if self.waiters.fetch_add(1, Ordering::AcqRel) >= MAX_WAITERS {
             self.waiters.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let got = self.recent.wait_for(id, FRESH_WAIT);
+        let until = Instant::now() + FRESH_WAIT;
+        let got = loop {
+            match self.recent.wait_for(id, until, &mut seen) {
+                Waited::Found(r) => break Some(Ok(*r)),
+                Waited::TimedOut => break None,
+                Waited::Committed => match row() {
+                    Some(row) if row.forgotten => break Some(Err(())),
+                    Some(row) => break Some(Ok(from_row(id, row))),
+                    None => continue,
+                },
+            }
+        };
         self.waiters.fetch_sub(1, Ordering::AcqRel);
         got
     }
@@ -428,6 +430,30 @@ impl VeilApi for FeedbackService {
 
     fn feedback(&self, body: &[u8]) -> ApiAnswer {
         self.handle(body)
+    }
+}
+
+/// What feedback needs of an exchange, from its ledger row: veil's span ids are derived from
+/// the request id (and the app's trace) as the exporter derived them.
+fn from_row(id: &str, row: RatedRow) -> Rated {
+    let parent = row.trace_id.as_deref().and_then(parse_hex16);
+    let (trace_id, span_id) = crate::exchange::traceparent::veil_span_in(id, parent);
+    let task = match (row.trace_id, row.conversation) {
+        (Some(t), _) => Some(format!("trace:{t}")),
+        (None, Some(c)) => Some(format!("conversation:{c}")),
+        (None, None) => None,
+    };
+    Rated {
+        request_id: id.to_string(),
+        host: row.host,
+        route: row.route,
+        model: row.request_model,
+        feature: row.feature,
+        user: row.user,
+        task,
+        response_id: row.response_id,
+        trace_id,
+        span_id,
     }
 }
 

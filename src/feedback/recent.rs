@@ -4,14 +4,16 @@
 //! A feedback often follows its answer within milliseconds, while the exchange's record is
 //! still in the pipeline, the exporter's batch or the ledger's queue: the ledger alone would
 //! answer 404 for a request id veil has just issued. The pipeline inserts each exchange here
-//! as soon as its record is built ([`Recent::insert`]); [`Recent::wait_for`] lets the
-//! feedback service wait, bounded, for an id whose exchange is still on its way. The map is
-//! bounded ([`CAPACITY`] entries, oldest out first); an older exchange is read from the
-//! ledger instead.
+//! as soon as its record is built ([`Recent::insert`]); the ledger writer takes out those it
+//! has committed ([`Recent::committed`]), whose rows answer from then on, so with a ledger the
+//! map holds only the exchanges on their way to it (none at rest). [`Recent::wait_for`] lets
+//! the feedback service wait, bounded, for an id whose exchange is still on its way. The map
+//! is bounded ([`CAPACITY`] entries, oldest out first: without a ledger, or past a ledger
+//! that dropped records); an older exchange is read from the ledger instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Exchanges kept: about 250 bytes each once packed, so ~4 MiB at most.
 pub const CAPACITY: usize = 16_384;
@@ -78,6 +80,17 @@ impl Rated {
     }
 }
 
+/// What [`Recent::wait_for`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waited {
+    /// The exchange arrived.
+    Found(Box<Rated>),
+    /// The ledger committed exchanges meanwhile: the one waited for may be in it now.
+    Committed,
+    /// Neither, by the deadline.
+    TimedOut,
+}
+
 /// The bounded map (see the module docs).
 #[derive(Debug, Default)]
 pub struct Recent {
@@ -93,6 +106,9 @@ struct Inner {
     /// of a veil at rest after 22,000 exchanges, veil#18).
     by_id: HashMap<Arc<str>, Box<Packed>, foldhash::fast::RandomState>,
     order: VecDeque<Arc<str>>,
+    /// Calls of [`Recent::committed`] that took something out: a waiter that sees it move
+    /// looks in the ledger again.
+    commits: u64,
     /// Callers in [`Recent::wait_for`]: only then does an insert wake anyone. std's
     /// `Condvar::notify_all` makes a `futex` system call whether or not a thread waits: 1.7 %
     /// of the pipeline thread at 8 connections (perf, veil#18), for feedback that almost never
@@ -227,17 +243,30 @@ impl Recent {
         inner.by_id.get(request_id).map(|r| r.rated(request_id))
     }
 
-    /// The exchange with `request_id`, waiting up to `wait` for it to be inserted.
-    pub fn wait_for(&self, request_id: &str, wait: Duration) -> Option<Rated> {
-        let until = Instant::now() + wait;
+    /// How many commits have taken exchanges out so far: read it before looking for an id
+    /// here and in the ledger, and pass it to [`Recent::wait_for`], so that a commit between
+    /// the look and the wait is not missed.
+    pub fn commits(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).commits
+    }
+
+    /// The exchange with `request_id`, waiting until `until` for it to be inserted; or
+    /// [`Waited::Committed`] as soon as the ledger writer has taken exchanges out since
+    /// `*seen` commits (this one may be among them: look in the ledger, then wait again;
+    /// `*seen` is brought up to date).
+    pub fn wait_for(&self, request_id: &str, until: Instant, seen: &mut u64) -> Waited {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = inner.by_id.get(request_id) {
-                return Some(r.rated(request_id));
+                return Waited::Found(Box::new(r.rated(request_id)));
+            }
+            if inner.commits != *seen {
+                *seen = inner.commits;
+                return Waited::Committed;
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return None;
+                return Waited::TimedOut;
             }
             inner.waiting += 1;
             inner = self
@@ -246,6 +275,40 @@ impl Recent {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
             inner.waiting -= 1;
+        }
+    }
+
+    /// Takes out the exchanges the ledger has committed (their rows answer from now on), and
+    /// wakes the waiters so that they look there. Called by the ledger writer after each
+    /// commit, with the request ids of the group; ids not held are skipped.
+    pub fn committed<'a>(&self, request_ids: impl IntoIterator<Item = &'a str>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let before = inner.by_id.len();
+        for id in request_ids {
+            inner.by_id.remove(id);
+        }
+        if inner.by_id.len() == before {
+            return;
+        }
+        let Inner { by_id, order, .. } = &mut *inner;
+        // Exchanges are committed about in the order they were inserted: the ids taken out
+        // are mostly at the front. One taken out from further in stays in `order` until it
+        // reaches the front, where it is dropped (eviction skips it: it removes nothing).
+        while order.front().is_some_and(|id| !by_id.contains_key(id)) {
+            order.pop_front();
+        }
+        // After a burst the table keeps the room it grew to; give it back once it is mostly
+        // empty, not at every commit (each would reallocate under a steady load).
+        if by_id.capacity() > 1024 && by_id.len() < by_id.capacity() / 8 {
+            by_id.shrink_to(by_id.len() * 2);
+            order.retain(|id| by_id.contains_key(id));
+            order.shrink_to(by_id.len() * 2);
+        }
+        inner.commits += 1;
+        let wake = inner.waiting > 0;
+        drop(inner);
+        if wake {
+            self.arrived.notify_all();
         }
     }
 
@@ -267,6 +330,7 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn rated(id: &str) -> Rated {
         Rated {
@@ -323,12 +387,14 @@ mod tests {
     fn a_waiter_is_woken_by_the_insert() {
         let r = Arc::new(Recent::default());
         let r2 = r.clone();
-        let t = std::thread::spawn(move || r2.wait_for("late", Duration::from_secs(5)));
+        let t = std::thread::spawn(move || {
+            r2.wait_for("late", Instant::now() + Duration::from_secs(5), &mut 0)
+        });
         std::thread::sleep(Duration::from_millis(50));
         let start = Instant::now();
         r.insert(rated("late"));
         let got = t.join().unwrap();
-        assert_eq!(got.map(|g| g.request_id).as_deref(), Some("late"));
+        assert_eq!(got, Waited::Found(Box::new(rated("late"))));
         assert!(start.elapsed() < Duration::from_secs(4));
     }
 
@@ -336,7 +402,8 @@ mod tests {
     fn a_wait_for_an_id_that_never_comes_ends_at_its_bound() {
         let r = Recent::default();
         let start = Instant::now();
-        assert!(r.wait_for("never", Duration::from_millis(100)).is_none());
+        let until = Instant::now() + Duration::from_millis(100);
+        assert_eq!(r.wait_for("never", until, &mut 0), Waited::TimedOut);
         let took = start.elapsed();
         assert!(
             took >= Duration::from_millis(100) && took < Duration::from_secs(2),
@@ -380,5 +447,74 @@ mod tests {
         }
         assert!(r.get("b").is_none(), "the oldest held goes first");
         assert!(r.get("d").is_some());
+    }
+
+    #[test]
+    fn committed_exchanges_leave_and_the_room_is_given_back() {
+        let r = Recent::default();
+        for i in 0..CAPACITY {
+            r.insert(rated(&format!("id-{i}")));
+        }
+        let grown = r.inner.lock().unwrap().by_id.capacity();
+        // The ledger commits the first half, then all but the newest ten, in groups.
+        let ids: Vec<String> = (0..CAPACITY).map(|i| format!("id-{i}")).collect();
+        r.committed(ids[..CAPACITY / 2].iter().map(String::as_str));
+        assert_eq!(r.len(), CAPACITY / 2);
+        assert!(r.get("id-0").is_none());
+        assert!(r.get(&format!("id-{}", CAPACITY / 2)).is_some());
+        for group in ids[CAPACITY / 2..CAPACITY - 10].chunks(4096) {
+            r.committed(group.iter().map(String::as_str));
+        }
+        assert_eq!(r.len(), 10);
+        let inner = r.inner.lock().unwrap();
+        assert_eq!(
+            inner.order.len(),
+            10,
+            "no committed id is left in the order"
+        );
+        assert!(
+            inner.by_id.capacity() < grown / 8,
+            "{} of {grown}",
+            inner.by_id.capacity()
+        );
+        drop(inner);
+        // An id committed out of order leaves the map at once, the order when it is in front.
+        r.committed(["id-16380"]);
+        assert!(r.get("id-16380").is_none());
+        assert!(r.get("id-16379").is_some());
+        assert_eq!(r.len(), 9);
+        // Unknown ids change nothing.
+        r.committed(["nope"]);
+        assert_eq!(r.len(), 9);
+    }
+
+    #[test]
+    fn a_waiter_hears_of_a_commit_and_looks_in_the_ledger() {
+        let r = Arc::new(Recent::default());
+        r.insert(rated("other"));
+        let r2 = r.clone();
+        let mut seen = r.commits();
+        let t = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(5);
+            let got = r2.wait_for("mine", until, &mut seen);
+            (got, seen)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        // A commit that takes nothing out does not end the wait ...
+        r.committed(["absent"]);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!t.is_finished());
+        // ... one that does, ends it at once.
+        r.committed(["other"]);
+        assert_eq!(t.join().unwrap(), (Waited::Committed, 1));
+        assert!(start.elapsed() < Duration::from_secs(4));
+        // A commit before the wait began, after `seen` was read, ends it at once too.
+        r.insert(rated("again"));
+        let mut seen = r.commits();
+        r.committed(["again"]);
+        let until = Instant::now() + Duration::from_secs(5);
+        assert_eq!(r.wait_for("mine", until, &mut seen), Waited::Committed);
+        assert_eq!(seen, 2);
     }
 }

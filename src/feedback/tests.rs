@@ -340,3 +340,94 @@ fn accepted_refused_and_unexported_feedback_is_counted_by_reason() {
     assert!(ledger.handle().flush_blocking());
     assert_eq!(rows(&path).len(), 1, "only the accepted one is stored");
 }
+
+/// A service whose ledger takes committed exchanges out of the service's [`Recent`] map, as
+/// `veil run` wires them.
+fn wired() -> (tempfile::TempDir, crate::ledger::Ledger, FeedbackService) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join(crate::ledger::FILE_NAME);
+    let recent = Arc::new(Recent::default());
+    let mut settings = crate::ledger::LedgerSettings::new(path.clone());
+    settings.nice = 0;
+    settings.recent = Some(recent.clone());
+    let ledger = crate::ledger::Ledger::open(settings, None, Default::default()).unwrap();
+    let svc = FeedbackService::new(
+        rules(),
+        recent,
+        Some((ledger.handle(), path)),
+        None,
+        Access::Loopback,
+    );
+    (dir, ledger, svc)
+}
+
+/// What the pipeline puts in the map for `r`.
+fn rated_of(r: &crate::record::Record) -> Rated {
+    let key = crate::redact::ScopeKey {
+        host: Some(&r.server_address),
+        route: Some(&r.route),
+        model: r.request_model.as_deref(),
+        feature: r.feature.as_deref(),
+    };
+    Rated::of(r, &key)
+}
+
+#[test]
+fn a_committed_exchange_leaves_the_map_and_its_row_rates_it_alike() {
+    let (_dir, ledger, svc) = wired();
+    let mut r = openai_chat(ID);
+    r.route = "/openai/deployments/gpt-4o/chat/completions".into();
+    r.server_address = "example-resource.openai.azure.com".into();
+    svc.recent.insert(rated_of(&r));
+    let held = svc.recent.get(ID).unwrap();
+    assert_eq!(held.response_id.as_deref(), Some("chatcmpl-9J3u"));
+    let req = request::parse(
+        serde_json::json!({"request_id": ID, "name": "n", "score": 1})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(svc.rated(&req, ID), Ok(held.clone()));
+
+    ledger.handle().send_blocking(vec![r], None);
+    assert!(ledger.handle().flush_blocking());
+    assert!(svc.recent.is_empty(), "the commit took it out of the map");
+    // From the row alone: the same scope key, task, response id and span ids.
+    assert_eq!(svc.rated(&req, ID), Ok(held));
+    let a = post(
+        &svc,
+        serde_json::json!({"request_id": ID, "name": "n", "score": 1}),
+    );
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+}
+
+#[test]
+fn a_waiting_feedback_is_answered_by_the_row_a_commit_just_wrote() {
+    let (_dir, ledger, svc) = wired();
+    let svc = Arc::new(svc);
+    // Issued just now, so it is waited for; its exchange never passes through the map (the
+    // map missed it between the feedback's two looks), only through the ledger.
+    let fresh = uuid::Uuid::now_v7().to_string();
+    let body = serde_json::json!({"request_id": fresh, "name": "n", "score": 1});
+    let s2 = svc.clone();
+    let start = std::time::Instant::now();
+    let t = std::thread::spawn(move || post(&s2, body));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!t.is_finished(), "the feedback waits for its exchange");
+    ledger
+        .handle()
+        .send_blocking(vec![openai_chat(&fresh)], None);
+    assert!(ledger.handle().flush_blocking());
+    // The next commit that takes an exchange out of the map wakes the waiter, which then
+    // finds the row.
+    let other = openai_chat(OTHER);
+    svc.recent.insert(rated_of(&other));
+    ledger.handle().send_blocking(vec![other], None);
+    let a = t.join().unwrap();
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    assert!(
+        start.elapsed() < FRESH_WAIT,
+        "answered at the commit, not at the wait's end: {:?}",
+        start.elapsed()
+    );
+}

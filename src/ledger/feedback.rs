@@ -93,6 +93,12 @@ pub struct RatedRow {
     pub trace_id: Option<String>,
     /// `exchanges.request_model`, for the rules' scope.
     pub request_model: Option<String>,
+    /// `exchanges.host`, for the rules' scope (NULL in rows written before schema version 6).
+    pub host: Option<String>,
+    /// `exchanges.route`, for the rules' scope (likewise).
+    pub route: Option<String>,
+    /// `exchanges.response_id` (likewise).
+    pub response_id: Option<String>,
     /// `exchanges.forgotten`.
     pub forgotten: bool,
 }
@@ -103,7 +109,8 @@ pub struct RatedRow {
 /// A failed query.
 pub fn exchange(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<RatedRow>> {
     conn.query_row(
-        "SELECT feature, user, conversation, trace_id, request_model, forgotten
+        "SELECT feature, user, conversation, trace_id, request_model, host, route, response_id,
+                forgotten
          FROM exchanges WHERE request_id = ?1",
         [request_id],
         |r| {
@@ -113,7 +120,10 @@ pub fn exchange(conn: &Connection, request_id: &str) -> rusqlite::Result<Option<
                 conversation: r.get(2)?,
                 trace_id: r.get(3)?,
                 request_model: r.get(4)?,
-                forgotten: r.get(5)?,
+                host: r.get(5)?,
+                route: r.get(6)?,
+                response_id: r.get(7)?,
+                forgotten: r.get(8)?,
             })
         },
     )

@@ -81,6 +81,9 @@ pub struct LedgerSettings {
     /// Niceness of the writer thread ([`crate::os::RECORDING_NICE`] in best-effort mode, 0
     /// when the audit is required).
     pub nice: i32,
+    /// The feedback API's map of exchanges on their way to the ledger: the writer takes out
+    /// those it has committed ([`crate::feedback::Recent::committed`]).
+    pub recent: Option<Arc<crate::feedback::Recent>>,
 }
 
 impl LedgerSettings {
@@ -93,6 +96,7 @@ impl LedgerSettings {
             max_size: 2 << 30,
             check_every: Duration::from_secs(60),
             nice: crate::os::RECORDING_NICE,
+            recent: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::LedgerError;
 
 /// Schema version this veil writes and reads.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// `PRAGMA application_id` of a veil ledger: the bytes `veil`.
 pub const APPLICATION_ID: i64 = 0x7665_696c;
@@ -157,6 +157,19 @@ CREATE INDEX feedback_user ON feedback (user) WHERE user IS NOT NULL;
 /// instead ([`forget_user`](super::erase::forget_user), ahead of its write lock), and so does
 /// `veil report --where user=…`.
 const DDL_V5: &str = "DROP INDEX IF EXISTS exchanges_user;";
+
+/// Version 6 adds to `exchanges` what feedback needs of an exchange besides what the row held:
+/// `host` and `route` (with the model and the feature, the key that picks the rules scope a
+/// feedback's comment is scrubbed with) and `response_id` (`gen_ai.response.id`, which the
+/// feedback's OTLP event carries). With them the feedback API reads a committed exchange from
+/// its row alone, and its in-memory map of recent exchanges holds only those not yet
+/// committed (veil#18: the map was the largest part of a veil's heap at rest). Rows written
+/// before have them NULL.
+const DDL_V6: &str = "
+ALTER TABLE exchanges ADD COLUMN host TEXT;
+ALTER TABLE exchanges ADD COLUMN route TEXT;
+ALTER TABLE exchanges ADD COLUMN response_id TEXT;
+";
 
 /// SQLite page size of a new ledger, bytes. 16 KiB rather than SQLite's 4 KiB default: a
 /// typical content row (a few hundred bytes to a few KiB of redacted JSON) then fits in its
@@ -356,6 +369,9 @@ fn try_open_writer(path: &Path) -> Result<Connection, Fault> {
         }
         if version < 5 {
             tx.execute_batch(DDL_V5)?;
+        }
+        if version < 6 {
+            tx.execute_batch(DDL_V6)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;

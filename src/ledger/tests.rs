@@ -630,6 +630,10 @@ fn tombstones_are_swept_after_their_ttl() {
     );
 }
 
+/// Undoes version 6 (the columns it adds), for a file made to look older.
+const V6: &str = "ALTER TABLE exchanges DROP COLUMN host; ALTER TABLE exchanges DROP COLUMN route;
+                  ALTER TABLE exchanges DROP COLUMN response_id;";
+
 #[test]
 fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -637,10 +641,10 @@ fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
     {
         let (c, _) = schema::open_writer(&path).unwrap();
         // Back to what version 1 wrote: no tombstone table.
-        c.execute_batch(
-            "DROP TABLE forgotten; DROP TABLE exchange_users; DROP TABLE feedback;
-             PRAGMA user_version = 1;",
-        )
+        c.execute_batch(&format!(
+            "DROP TABLE forgotten; DROP TABLE exchange_users; DROP TABLE feedback; {V6}
+                 PRAGMA user_version = 1;"
+        ))
         .unwrap();
         c.execute(
             "INSERT INTO exchanges (request_id, start, provider, operation, outcome, stream,
@@ -959,8 +963,10 @@ fn a_version_2_ledger_is_upgraded_in_place_and_still_finds_its_users() {
     {
         let (c, _) = schema::open_writer(&path).unwrap();
         // Back to what version 2 wrote: no exchange_users, no feedback.
-        c.execute_batch("DROP TABLE exchange_users; DROP TABLE feedback; PRAGMA user_version = 2;")
-            .unwrap();
+        c.execute_batch(&format!(
+            "DROP TABLE exchange_users; DROP TABLE feedback; {V6} PRAGMA user_version = 2;"
+        ))
+        .unwrap();
         c.execute(
             "INSERT INTO exchanges (request_id, start, provider, operation, user, outcome, stream,
              duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
@@ -1246,4 +1252,53 @@ fn wal_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push("-wal");
     p.into()
+}
+
+#[test]
+fn a_version_5_ledger_gains_host_route_and_response_id_and_new_rows_fill_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join(FILE_NAME);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let (c, _) = schema::open_writer(&path).unwrap();
+        c.execute_batch(&format!("{V6} PRAGMA user_version = 5;"))
+            .unwrap();
+        c.execute(
+            "INSERT INTO exchanges (request_id, start, provider, operation, outcome, stream,
+             duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
+             rules_digest) VALUES ('v5-row', '2026-11-01T00:00:00.000000Z', 'openai', 'chat',
+             'ok', 0, 1, 0, 0, 0, 0, 'd')",
+            [],
+        )
+        .unwrap();
+    }
+    let mut settings = LedgerSettings::new(path.clone());
+    settings.nice = 0;
+    let ledger = Ledger::open(settings, None, Default::default()).unwrap();
+    send(&ledger, vec![openai_chat("r1")]);
+    assert!(ledger.shutdown(Duration::from_secs(10)));
+    let conn = schema::open_read_only(&path).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, schema::SCHEMA_VERSION);
+    let row = |id: &str| -> (Option<String>, Option<String>, Option<String>) {
+        conn.query_row(
+            "SELECT host, route, response_id FROM exchanges WHERE request_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        row("v5-row"),
+        (None, None, None),
+        "an older row keeps NULLs"
+    );
+    let r1 = openai_chat("r1");
+    assert_eq!(
+        row("r1"),
+        (Some(r1.server_address), Some(r1.route), r1.response_id)
+    );
+    assert!(row("r1").2.is_some(), "the sample has a response id");
 }

@@ -47,10 +47,10 @@ const INSERT_EXCHANGE: &str = "INSERT OR IGNORE INTO exchanges (
     stream, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
     reasoning_tokens, cost_nusd, duration_us, ttfc_us, tool_calls, request_bytes,
     response_bytes, redactions_input, redactions_output, redactions, rules_digest,
-    content_dropped, parse_error, forgotten)
+    content_dropped, parse_error, forgotten, host, route, response_id)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
             ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35,
-            ?36)";
+            ?36, ?37, ?38, ?39)";
 
 const INSERT_USER: &str = "INSERT OR IGNORE INTO exchange_users (exchange, user) VALUES (?1, ?2)";
 
@@ -232,6 +232,9 @@ impl Writer {
                         .fold(0u64, |n, b| n.saturating_add(super::wire_bytes(b))),
                 );
                 let ok = result.is_ok();
+                if ok && let Some(recent) = &self.settings.recent {
+                    recent.committed(batches.iter().flatten().map(|r| r.request_id.as_str()));
+                }
                 for done in dones {
                     done(ok);
                 }
@@ -378,6 +381,9 @@ impl Writer {
                     r.content_dropped,
                     r.parse_error,
                     forgotten,
+                    r.server_address,
+                    r.route,
+                    r.response_id,
                 ])?;
                 if n == 0 {
                     continue;

@@ -180,6 +180,8 @@ pub fn build_within(
     let feature = conv.feature.as_deref().map(|s| label(s, Repeats::Yes));
     let error_type = conv.error_type.as_deref().map(|s| label(s, Repeats::Yes));
     let response_id = conv.response_id.as_deref().map(|s| label(s, Repeats::No));
+    // Routes repeat (a few per provider), so the memo answers for them.
+    let route = label(scope_route(&ex.path), Repeats::Yes);
     let tool_names: Vec<String> = conv
         .tool_names
         .iter()
@@ -204,6 +206,7 @@ pub fn build_within(
         conversation_id,
         server_address: conv.server_address.clone(),
         server_port: conv.server_port,
+        route,
         status: conv.status,
         error_type,
         finish_reasons: conv.finish_reasons.clone(),
@@ -256,10 +259,15 @@ fn is_retry(headers: &Headers) -> bool {
 pub fn scope_key<'a>(ex: &'a Exchange, conv: &'a Conversation) -> ScopeKey<'a> {
     ScopeKey {
         host: Some(&conv.server_address),
-        route: Some(ex.path.split('?').next().unwrap_or("/")),
+        route: Some(scope_route(&ex.path)),
         model: conv.request_model.as_deref(),
         feature: conv.feature.as_deref(),
     }
+}
+
+/// The request path without its query: the scope key's `route`.
+fn scope_route(path: &str) -> &str {
+    path.split('?').next().unwrap_or("/")
 }
 
 fn is_empty(v: &Value) -> bool {

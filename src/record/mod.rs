@@ -65,6 +65,10 @@ pub struct Record {
     pub server_address: String,
     /// `server.port`.
     pub server_port: u16,
+    /// The request path without its query (the rules' scope `route`), through the rules'
+    /// detectors as a label is; the ledger keeps it so feedback finds the exchange's rules
+    /// scope after the record has left memory. Not exported over OTLP.
+    pub route: String,
     /// HTTP status from upstream (absent when none arrived).
     pub status: Option<u16>,
     /// `error.type`: the HTTP status or the provider's error type or veil's failure class.
