@@ -634,6 +634,18 @@ fn tombstones_are_swept_after_their_ttl() {
 const V6: &str = "ALTER TABLE exchanges DROP COLUMN host; ALTER TABLE exchanges DROP COLUMN route;
                   ALTER TABLE exchanges DROP COLUMN response_id;";
 
+/// A row as every version since 1 could hold it: the columns version 1 requires, and `user`.
+fn insert_old_row(c: &rusqlite::Connection, request_id: &str, user: Option<&str>) {
+    c.execute(
+        "INSERT INTO exchanges (request_id, start, provider, operation, user, outcome, stream,
+         duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
+         rules_digest) VALUES (?1, '2026-11-01T00:00:00.000000Z', 'openai', 'chat', ?2, 'ok', 0,
+         1, 0, 0, 0, 0, 'd')",
+        rusqlite::params![request_id, user],
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -646,14 +658,7 @@ fn a_version_1_ledger_is_upgraded_in_place_and_keeps_its_rows() {
                  PRAGMA user_version = 1;"
         ))
         .unwrap();
-        c.execute(
-            "INSERT INTO exchanges (request_id, start, provider, operation, outcome, stream,
-             duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
-             rules_digest) VALUES ('v1-row', '2026-11-01T00:00:00.000000Z', 'openai', 'chat',
-             'ok', 0, 1, 0, 0, 0, 0, 'd')",
-            [],
-        )
-        .unwrap();
+        insert_old_row(&c, "v1-row", None);
     }
     // An erase never migrates: on version 1 it erases without a tombstone.
     assert_eq!(erase::forget_ids(&path, &["nope".into()]).unwrap().rows, 0);
@@ -967,14 +972,7 @@ fn a_version_2_ledger_is_upgraded_in_place_and_still_finds_its_users() {
             "DROP TABLE exchange_users; DROP TABLE feedback; {V6} PRAGMA user_version = 2;"
         ))
         .unwrap();
-        c.execute(
-            "INSERT INTO exchanges (request_id, start, provider, operation, user, outcome, stream,
-             duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
-             rules_digest) VALUES ('v2-row', '2026-11-01T00:00:00.000000Z', 'openai', 'chat',
-             'u_2222222222222222', 'ok', 0, 1, 0, 0, 0, 0, 'd')",
-            [],
-        )
-        .unwrap();
+        insert_old_row(&c, "v2-row", Some("u_2222222222222222"));
     }
     // An erase never migrates: on version 2 it finds users by `exchanges.user` only.
     let nobody = UserPseudonym::parse("u_9999999999999999").unwrap();
@@ -1263,14 +1261,7 @@ fn a_version_5_ledger_gains_host_route_and_response_id_and_new_rows_fill_them() 
         let (c, _) = schema::open_writer(&path).unwrap();
         c.execute_batch(&format!("{V6} PRAGMA user_version = 5;"))
             .unwrap();
-        c.execute(
-            "INSERT INTO exchanges (request_id, start, provider, operation, outcome, stream,
-             duration_us, request_bytes, response_bytes, redactions_input, redactions_output,
-             rules_digest) VALUES ('v5-row', '2026-11-01T00:00:00.000000Z', 'openai', 'chat',
-             'ok', 0, 1, 0, 0, 0, 0, 'd')",
-            [],
-        )
-        .unwrap();
+        insert_old_row(&c, "v5-row", None);
     }
     let mut settings = LedgerSettings::new(path.clone());
     settings.nice = 0;
