@@ -15,7 +15,7 @@ mod support_bot;
 
 use support_bot::exchange;
 use veil::exchange::{Exchange, ParseOptions, Pricing, parse};
-use veil::feedback::Rated;
+use veil::feedback::{Rated, Recent};
 use veil::keys::{KeyId, Keyring, MasterKey};
 use veil::record;
 use veil::redact::{BUILTIN_DEFAULT_RULES, CompiledRules};
@@ -85,9 +85,11 @@ fn main() {
     ));
     let record = record::build(&ex, &conv, &rules);
     record.prepare();
-    let key = record::scope_key(&ex, &conv);
-    let (n, b, _) = count(|| Rated::of(&record, &key));
-    rows.push(("feedback's recent entry", n, b));
+    let (n, b, _) = count(|| Rated::of(&record));
+    rows.push(("feedback's recent entry as a `Rated`", n, b));
+    let recent = Recent::default();
+    let (n, b, _) = count(|| recent.insert_of(&record));
+    rows.push(("feedback's recent entry packed into the map", n, b));
     let data_key = fresh_data_key();
     let (n, b, _) = count(|| seal_frame(&ex, &data_key, KeyId(1)).expect("seals"));
     rows.push(("seal frame", n, b));
@@ -95,11 +97,9 @@ fn main() {
         let conv = parse(&ex, &opts, &pricing);
         let mut record = record::build(&ex, &conv, &rules);
         record.prepare();
-        let key = record::scope_key(&ex, &conv);
-        let rated = Rated::of(&record, &key);
+        recent.insert_of(&record);
         record.shed_content_trees();
-        let sealed = seal_frame(&ex, &data_key, KeyId(1)).expect("seals");
-        (record, rated, sealed)
+        seal_frame(&ex, &data_key, KeyId(1)).expect("seals")
     });
     rows.push(("all of it", n, b));
 

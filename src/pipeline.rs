@@ -410,8 +410,7 @@ impl Pipeline {
         // Before the record leaves: a feedback posted right after the answer finds it here
         // while the record is still on its way to the ledger.
         if let Some(recent) = &self.recent {
-            let key = record::scope_key(exchange, &conversation);
-            recent.insert(crate::feedback::Rated::of(&record, &key));
+            recent.insert_of(&record);
         }
         // Freed here, on the thread that made them, when no sink reads them (the ledger,
         // spans and the feedback API read the text made above).

@@ -367,7 +367,12 @@ impl FeedbackService {
         let got = loop {
             match self.recent.wait_for(id, until, &mut seen) {
                 Waited::Found(r) => break Some(Ok(*r)),
-                Waited::TimedOut => break None,
+                // A last look: the row may have landed after a commit this wait missed.
+                Waited::TimedOut => match row() {
+                    Some(row) if row.forgotten => break Some(Err(())),
+                    Some(row) => break Some(Ok(from_row(id, row))),
+                    None => break None,
+                },
                 Waited::Committed => match row() {
                     Some(row) if row.forgotten => break Some(Err(())),
                     Some(row) => break Some(Ok(from_row(id, row))),

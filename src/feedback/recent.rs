@@ -46,37 +46,39 @@ pub struct Rated {
 }
 
 impl Rated {
-    /// What feedback needs of `record`, whose rules scope was chosen by `key`.
-    pub fn of(record: &crate::record::Record, key: &crate::redact::ScopeKey<'_>) -> Rated {
+    /// What feedback needs of `record`: its scope key as the ledger row keeps it (the host,
+    /// and the route, model and feature after the rules' detectors), so that a feedback picks
+    /// the same rules scope whether the map or the row answers.
+    pub fn of(record: &crate::record::Record) -> Rated {
         let p = record.prepare();
-        let (trace_id, span_id) = (p.trace_id, p.span_id);
-        // The cost cards' task: the app's trace first, else the conversation.
-        let task = match (&record.trace_parent, &record.conversation_id) {
-            (Some(tp), _) => Some(format!(
-                "trace:{}",
-                tp.trace_id
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )),
-            (None, Some(c)) => Some(format!("conversation:{c}")),
-            (None, None) => None,
-        };
         Rated {
             request_id: record.request_id.clone(),
-            host: key.host.map(str::to_owned),
-            route: key.route.map(str::to_owned),
-            model: key.model.map(str::to_owned),
-            feature: key.feature.map(str::to_owned),
+            host: Some(record.server_address.clone()),
+            route: Some(record.route.clone()),
+            model: record.request_model.clone(),
+            feature: record.feature.clone(),
             user: record
                 .user_pseudonym
                 .as_ref()
                 .map(|u| u.as_str().to_owned()),
-            task,
+            task: task_of(record),
             response_id: record.response_id.clone(),
-            trace_id,
-            span_id,
+            trace_id: p.trace_id,
+            span_id: p.span_id,
         }
+    }
+}
+
+/// The cost cards' task of `record`: the app's trace first (`trace:<32 hex>`), else the
+/// conversation (`conversation:<id>`).
+fn task_of(record: &crate::record::Record) -> Option<String> {
+    match (&record.trace_parent, &record.conversation_id) {
+        (Some(tp), _) => Some(format!(
+            "trace:{}",
+            crate::ledger::row::hex_array::<16, 32>(&tp.trace_id).as_str()
+        )),
+        (None, Some(c)) => Some(format!("conversation:{c}")),
+        (None, None) => None,
     }
 }
 
@@ -106,8 +108,7 @@ struct Inner {
     /// of a veil at rest after 22,000 exchanges, veil#18).
     by_id: HashMap<Arc<str>, Box<Packed>, foldhash::fast::RandomState>,
     order: VecDeque<Arc<str>>,
-    /// Calls of [`Recent::committed`] that took something out: a waiter that sees it move
-    /// looks in the ledger again.
+    /// Calls of [`Recent::committed`]: a waiter that sees it move looks in the ledger again.
     commits: u64,
     /// Callers in [`Recent::wait_for`]: only then does an insert wake anyone. std's
     /// `Condvar::notify_all` makes a `futex` system call whether or not a thread waits: 1.7 %
@@ -137,17 +138,9 @@ struct Packed {
 const USER: usize = 4;
 
 impl Packed {
-    fn of(r: Rated) -> (Arc<str>, Packed) {
-        let fields = [
-            r.host,
-            r.route,
-            r.model,
-            r.feature,
-            r.user,
-            r.task,
-            r.response_id,
-        ];
-        let mut text = String::with_capacity(fields.iter().flatten().map(String::len).sum());
+    /// `fields` in [`Packed::text`]'s order, end to end in one allocation.
+    fn pack(fields: [Option<&str>; FIELDS], trace_id: [u8; 16], span_id: [u8; 8]) -> Packed {
+        let mut text = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
         let (mut ends, mut present) = ([0u32; FIELDS], 0u8);
         for (k, f) in fields.iter().enumerate() {
             if let Some(f) = f {
@@ -158,14 +151,29 @@ impl Packed {
             // did, it would read back as absent (`field` checks its range), never out of bounds.
             ends[k] = u32::try_from(text.len()).unwrap_or(u32::MAX);
         }
-        let packed = Packed {
+        Packed {
             text: text.into_boxed_str(),
             ends,
             present,
-            trace_id: r.trace_id,
-            span_id: r.span_id,
-        };
-        (Arc::from(r.request_id), packed)
+            trace_id,
+            span_id,
+        }
+    }
+
+    fn of(r: &Rated) -> Packed {
+        Packed::pack(
+            [
+                r.host.as_deref(),
+                r.route.as_deref(),
+                r.model.as_deref(),
+                r.feature.as_deref(),
+                r.user.as_deref(),
+                r.task.as_deref(),
+                r.response_id.as_deref(),
+            ],
+            r.trace_id,
+            r.span_id,
+        )
     }
 
     /// Field `k`, as it was inserted.
@@ -198,14 +206,42 @@ impl Recent {
     /// Adds (or replaces) an exchange, dropping the oldest past [`CAPACITY`], and wakes the
     /// waiters.
     pub fn insert(&self, rated: Rated) {
-        let (id, packed) = Packed::of(rated);
+        self.insert_packed(Arc::from(rated.request_id.as_str()), Packed::of(&rated));
+    }
+
+    /// [`Recent::insert`] of [`Rated::of`]`(record)`, packed from the record's fields without
+    /// the owned copies a [`Rated`] would make (the pipeline's call, once per exchange).
+    pub fn insert_of(&self, record: &crate::record::Record) {
+        let p = record.prepare();
+        let task = task_of(record);
+        let packed = Packed::pack(
+            [
+                Some(&record.server_address),
+                Some(&record.route),
+                record.request_model.as_deref(),
+                record.feature.as_deref(),
+                record.user_pseudonym.as_ref().map(|u| u.as_str()),
+                task.as_deref(),
+                record.response_id.as_deref(),
+            ],
+            p.trace_id,
+            p.span_id,
+        );
+        self.insert_packed(Arc::from(record.request_id.as_str()), packed);
+    }
+
+    fn insert_packed(&self, id: Arc<str>, packed: Packed) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.by_id.insert(id.clone(), Box::new(packed)).is_none() {
             inner.order.push_back(id);
         }
-        while inner.order.len() > CAPACITY {
-            if let Some(old) = inner.order.pop_front() {
-                inner.by_id.remove(&old);
+        // Past the bound in live entries; ids already committed or removed are skipped over.
+        while inner.by_id.len() > CAPACITY {
+            match inner.order.pop_front() {
+                Some(old) => {
+                    inner.by_id.remove(&old);
+                }
+                None => break,
             }
         }
         let wake = inner.waiting > 0;
@@ -243,7 +279,7 @@ impl Recent {
         inner.by_id.get(request_id).map(|r| r.rated(request_id))
     }
 
-    /// How many commits have taken exchanges out so far: read it before looking for an id
+    /// How many ledger commits there have been so far: read it before looking for an id
     /// here and in the ledger, and pass it to [`Recent::wait_for`], so that a commit between
     /// the look and the wait is not missed.
     pub fn commits(&self) -> u64 {
@@ -251,8 +287,8 @@ impl Recent {
     }
 
     /// The exchange with `request_id`, waiting until `until` for it to be inserted; or
-    /// [`Waited::Committed`] as soon as the ledger writer has taken exchanges out since
-    /// `*seen` commits (this one may be among them: look in the ledger, then wait again;
+    /// [`Waited::Committed`] as soon as the ledger writer has committed since `*seen`
+    /// commits (this one may be among them: look in the ledger, then wait again;
     /// `*seen` is brought up to date).
     pub fn wait_for(&self, request_id: &str, until: Instant, seen: &mut u64) -> Waited {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -283,27 +319,32 @@ impl Recent {
     /// commit, with the request ids of the group; ids not held are skipped.
     pub fn committed<'a>(&self, request_ids: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let before = inner.by_id.len();
-        for id in request_ids {
-            inner.by_id.remove(id);
-        }
-        if inner.by_id.len() == before {
-            return;
-        }
         let Inner { by_id, order, .. } = &mut *inner;
-        // Exchanges are committed about in the order they were inserted: the ids taken out
-        // are mostly at the front. One taken out from further in stays in `order` until it
-        // reaches the front, where it is dropped (eviction skips it: it removes nothing).
-        while order.front().is_some_and(|id| !by_id.contains_key(id)) {
-            order.pop_front();
+        let before = by_id.len();
+        for id in request_ids {
+            by_id.remove(id);
         }
-        // After a burst the table keeps the room it grew to; give it back once it is mostly
-        // empty, not at every commit (each would reallocate under a steady load).
-        if by_id.capacity() > 1024 && by_id.len() < by_id.capacity() / 8 {
-            by_id.shrink_to(by_id.len() * 2);
-            order.retain(|id| by_id.contains_key(id));
-            order.shrink_to(by_id.len() * 2);
+        if by_id.len() != before {
+            // Exchanges are committed about in the order they were inserted: the ids taken
+            // out are mostly at the front. One taken out from further in stays in `order`
+            // until it reaches the front, or until such ids outnumber the live ones (an
+            // exchange that never commits, dropped by a full ledger queue, holds the front).
+            while order.front().is_some_and(|id| !by_id.contains_key(id)) {
+                order.pop_front();
+            }
+            if order.len() > 2 * by_id.len() + 64 {
+                order.retain(|id| by_id.contains_key(id));
+            }
+            // After a burst the table keeps the room it grew to; give it back once it is
+            // mostly empty, not at every commit (each would reallocate under a steady load).
+            if by_id.capacity() > 1024 && by_id.len() < by_id.capacity() / 8 {
+                by_id.shrink_to(by_id.len() * 2);
+                order.shrink_to(by_id.len() * 2);
+            }
         }
+        // Every commit, whether or not it took something out: the one waited for may have
+        // left the map before it (evicted, or inserted and taken out between a feedback's
+        // looks) and be in this one.
         inner.commits += 1;
         let wake = inner.waiting > 0;
         drop(inner);
@@ -489,6 +530,31 @@ mod tests {
     }
 
     #[test]
+    fn an_exchange_that_never_commits_does_not_pin_the_others_ids() {
+        let r = Recent::default();
+        // The first is dropped on its way to the ledger; every later one commits.
+        r.insert(rated("dropped"));
+        for i in 0..CAPACITY * 2 {
+            let id = format!("id-{i}");
+            r.insert(rated(&id));
+            r.committed([id.as_str()]);
+        }
+        assert_eq!(r.len(), 1);
+        assert!(
+            r.get("dropped").is_some(),
+            "live entries are evicted past CAPACITY only"
+        );
+        assert!(r.inner.lock().unwrap().order.len() <= 2 + 64);
+        // Eviction counts live entries: the map holds CAPACITY of them.
+        for i in 0..CAPACITY {
+            r.insert(rated(&format!("n-{i}")));
+        }
+        assert_eq!(r.len(), CAPACITY);
+        assert!(r.get("dropped").is_none(), "the oldest live one went first");
+        assert!(r.get("n-0").is_some());
+    }
+
+    #[test]
     fn a_waiter_hears_of_a_commit_and_looks_in_the_ledger() {
         let r = Arc::new(Recent::default());
         r.insert(rated("other"));
@@ -501,20 +567,18 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(50));
         let start = Instant::now();
-        // A commit that takes nothing out does not end the wait ...
+        // Any commit ends the wait at once, whether or not it took something out of the map
+        // (the one waited for may have been evicted before it was committed).
         r.committed(["absent"]);
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!t.is_finished());
-        // ... one that does, ends it at once.
-        r.committed(["other"]);
         assert_eq!(t.join().unwrap(), (Waited::Committed, 1));
         assert!(start.elapsed() < Duration::from_secs(4));
+        assert!(r.get("other").is_some());
         // A commit before the wait began, after `seen` was read, ends it at once too.
-        r.insert(rated("again"));
         let mut seen = r.commits();
-        r.committed(["again"]);
+        r.committed(["other"]);
         let until = Instant::now() + Duration::from_secs(5);
         assert_eq!(r.wait_for("mine", until, &mut seen), Waited::Committed);
         assert_eq!(seen, 2);
+        assert!(r.get("other").is_none());
     }
 }

@@ -158,13 +158,7 @@ fn an_unknown_request_id_is_404_and_writes_nothing() {
 fn an_exchange_still_on_its_way_is_found_in_the_recent_map() {
     let (_dir, path, ledger, svc) = service(Vec::new());
     let r = openai_chat(ID);
-    let key = crate::redact::ScopeKey {
-        host: Some("api.openai.com"),
-        route: Some("/v1/chat/completions"),
-        model: r.request_model.as_deref(),
-        feature: r.feature.as_deref(),
-    };
-    svc.recent.insert(Rated::of(&r, &key));
+    svc.recent.insert(Rated::of(&r));
     let a = post(
         &svc,
         serde_json::json!({"request_id": ID, "name": "n", "score": 0.5}),
@@ -361,24 +355,13 @@ fn wired() -> (tempfile::TempDir, crate::ledger::Ledger, FeedbackService) {
     (dir, ledger, svc)
 }
 
-/// What the pipeline puts in the map for `r`.
-fn rated_of(r: &crate::record::Record) -> Rated {
-    let key = crate::redact::ScopeKey {
-        host: Some(&r.server_address),
-        route: Some(&r.route),
-        model: r.request_model.as_deref(),
-        feature: r.feature.as_deref(),
-    };
-    Rated::of(r, &key)
-}
-
 #[test]
 fn a_committed_exchange_leaves_the_map_and_its_row_rates_it_alike() {
     let (_dir, ledger, svc) = wired();
     let mut r = openai_chat(ID);
     r.route = "/openai/deployments/gpt-4o/chat/completions".into();
     r.server_address = "example-resource.openai.azure.com".into();
-    svc.recent.insert(rated_of(&r));
+    svc.recent.insert(Rated::of(&r));
     let held = svc.recent.get(ID).unwrap();
     assert_eq!(held.response_id.as_deref(), Some("chatcmpl-9J3u"));
     let req = request::parse(
@@ -421,7 +404,7 @@ fn a_waiting_feedback_is_answered_by_the_row_a_commit_just_wrote() {
     // The next commit that takes an exchange out of the map wakes the waiter, which then
     // finds the row.
     let other = openai_chat(OTHER);
-    svc.recent.insert(rated_of(&other));
+    svc.recent.insert(Rated::of(&other));
     ledger.handle().send_blocking(vec![other], None);
     let a = t.join().unwrap();
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
@@ -430,4 +413,32 @@ fn a_waiting_feedback_is_answered_by_the_row_a_commit_just_wrote() {
         "answered at the commit, not at the wait's end: {:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn the_pipelines_packing_holds_what_rated_of_says() {
+    let traced = openai_chat(ID);
+    let mut conversation = openai_chat(OTHER);
+    conversation.trace_parent = None;
+    conversation.conversation_id = Some("conv_42".into());
+    let mut neither = openai_chat("0190a5e2-7c4d-7b3e-9f1a-2b3c4d5e6f72");
+    neither.trace_parent = None;
+    neither.conversation_id = None;
+    neither.user_pseudonym = None;
+    neither.response_id = None;
+    let (by_record, by_rated) = (Recent::default(), Recent::default());
+    for r in [&traced, &conversation, &neither] {
+        by_record.insert_of(r);
+        by_rated.insert(Rated::of(r));
+        let got = by_record.get(&r.request_id).unwrap();
+        assert_eq!(Some(&got), by_rated.get(&r.request_id).as_ref());
+        assert_eq!(got.host.as_deref(), Some("api.openai.com"));
+    }
+    let task = |id: &str| by_record.get(id).unwrap().task;
+    assert_eq!(
+        task(ID).as_deref(),
+        Some("trace:4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(task(OTHER).as_deref(), Some("conversation:conv_42"));
+    assert_eq!(task(&neither.request_id), None);
 }

@@ -243,15 +243,22 @@ fn forget_removes_content_and_pseudonym_from_every_file_byte() {
     r.input_messages =
         Some(serde_json::json!([{"role":"user","parts":[{"type":"text","content":secret}]}]));
     r.user_pseudonym = Some(UserPseudonym::parse("u_0123456789abcdef").unwrap());
+    // Ids that could fetch the exchange back from the provider.
+    r.route = "/v1/threads/thread_forgettable5519/runs".into();
+    r.response_id = Some("resp_forgettable8823".into());
     let mut keep = openai_chat("r2");
     keep.input_messages = Some(
         serde_json::json!([{"role":"user","parts":[{"type":"text","content":"kept-phrase-1177"}]}]),
     );
     send(&ledger, vec![r, keep]);
-    assert!(contains(
-        &file_bytes(&path),
-        "unique-forgettable-phrase-7731"
-    ));
+    let bytes = file_bytes(&path);
+    for text in [
+        "unique-forgettable-phrase-7731",
+        "thread_forgettable5519",
+        "resp_forgettable8823",
+    ] {
+        assert!(contains(&bytes, text), "{text} was written");
+    }
     let erased = erase::forget_ids(&path, &["r1".into(), "nope".into()]).unwrap();
     assert_eq!((erased.rows, erased.content), (1, 1));
     assert_eq!(erased.request_ids, ["r1"]);
@@ -265,6 +272,9 @@ fn forget_removes_content_and_pseudonym_from_every_file_byte() {
         !contains(&bytes, "u_0123456789abcdef"),
         "the pseudonym survives in the files"
     );
+    for id in ["thread_forgettable5519", "resp_forgettable8823"] {
+        assert!(!contains(&bytes, id), "{id} survives in the files");
+    }
     assert!(
         contains(&bytes, "kept-phrase-1177"),
         "other exchanges are untouched"
@@ -552,6 +562,8 @@ fn a_record_landing_after_its_forget_lands_already_erased() {
             Some(serde_json::json!([{"role":"user","parts":[{"type":"text","content":secret}]}]));
         r.user_pseudonym = user.cloned();
         r.start = start;
+        r.route = format!("/v1/threads/thread_{id}/runs");
+        r.response_id = Some(format!("resp_{id}"));
         r
     };
     let after_erase = SystemTime::now() + Duration::from_secs(5);
@@ -578,6 +590,20 @@ fn a_record_landing_after_its_forget_lands_already_erased() {
     assert_eq!(forgotten("late-id"), 1);
     assert_eq!(forgotten("late-of-user"), 1);
     assert_eq!(forgotten("new-of-user"), 0);
+    // A forgotten one lands without the ids that could fetch it back; the new one keeps them.
+    let ids = |id: &str| {
+        count(
+            &path,
+            &format!(
+                "SELECT (route IS NOT NULL) + (response_id IS NOT NULL) FROM exchanges
+                 WHERE request_id = '{id}'"
+            ),
+        )
+    };
+    assert_eq!(
+        (ids("late-id"), ids("late-of-user"), ids("new-of-user")),
+        (0, 0, 2)
+    );
     assert_eq!(
         count(
             &path,

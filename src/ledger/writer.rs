@@ -382,8 +382,9 @@ impl Writer {
                     r.parse_error,
                     forgotten,
                     r.server_address,
-                    r.route,
-                    r.response_id,
+                    // Ids that can fetch the exchange back from the provider go with it.
+                    Some(&r.route).filter(|_| !forgotten),
+                    r.response_id.as_ref().filter(|_| !forgotten),
                 ])?;
                 if n == 0 {
                     continue;

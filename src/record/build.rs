@@ -180,8 +180,8 @@ pub fn build_within(
     let feature = conv.feature.as_deref().map(|s| label(s, Repeats::Yes));
     let error_type = conv.error_type.as_deref().map(|s| label(s, Repeats::Yes));
     let response_id = conv.response_id.as_deref().map(|s| label(s, Repeats::No));
-    // Routes repeat (a few per provider), so the memo answers for them.
-    let route = label(scope_route(&ex.path), Repeats::Yes);
+    // Not through the memo: a route can hold an id (`/v1/threads/thread_…/runs`).
+    let route = label(scope_route(&ex.path), Repeats::No);
     let tool_names: Vec<String> = conv
         .tool_names
         .iter()
