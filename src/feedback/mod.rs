@@ -3,7 +3,8 @@
 //! `POST /veil/v1/feedback` on the proxy port reaches [`FeedbackService`] through the proxy's
 //! reserved-path hook ([`VeilApi`]); `veil feedback` reaches the same service through the
 //! control socket. One feedback is checked ([`request::parse`]), matched to the exchange it
-//! rates (the [`Recent`] map the pipeline fills, else the ledger row), its comment scrubbed by
+//! rates (the [`Recent`] map the pipeline fills and the ledger writer empties as it commits,
+//! else the ledger row), its comment scrubbed by
 //! the rules with the rated exchange's scope (as content: the same field rules, default and
 //! detectors as `gen_ai.input.messages`), then written as a `feedback` row through the ledger
 //! writer's queue and exported as a `gen_ai.evaluation.result` OTLP log record on the rated
