@@ -232,13 +232,16 @@ fn erase<B>(
         let mut del_users = (version >= 3)
             .then(|| tx.prepare_cached("DELETE FROM exchange_users WHERE exchange = ?1"))
             .transpose()?;
-        // Since version 6 the row also holds the route and the response id, which can fetch
-        // the exchange back from the provider (`/v1/threads/thread_…`, `resp_…`): they go too.
+        // The ids that can fetch the exchange back from the provider go too: the conversation
+        // (`conv_…`), and since version 6 the route and the response id
+        // (`/v1/threads/thread_…`, `resp_…`).
         let mut upd = tx.prepare_cached(if version >= 6 {
-            "UPDATE exchanges SET user = NULL, route = NULL, response_id = NULL, forgotten = 1
+            "UPDATE exchanges SET user = NULL, conversation = NULL, route = NULL,
+                                  response_id = NULL, forgotten = 1
              WHERE id = ?1 AND forgotten = 0"
         } else {
-            "UPDATE exchanges SET user = NULL, forgotten = 1 WHERE id = ?1 AND forgotten = 0"
+            "UPDATE exchanges SET user = NULL, conversation = NULL, forgotten = 1
+             WHERE id = ?1 AND forgotten = 0"
         })?;
         for (rowid, request_id) in found {
             erased.content += del.execute([rowid])? as u64;

@@ -246,6 +246,7 @@ fn forget_removes_content_and_pseudonym_from_every_file_byte() {
     // Ids that could fetch the exchange back from the provider.
     r.route = "/v1/threads/thread_forgettable5519/runs".into();
     r.response_id = Some("resp_forgettable8823".into());
+    r.conversation_id = Some("conv_forgettable3307".into());
     let mut keep = openai_chat("r2");
     keep.input_messages = Some(
         serde_json::json!([{"role":"user","parts":[{"type":"text","content":"kept-phrase-1177"}]}]),
@@ -256,6 +257,7 @@ fn forget_removes_content_and_pseudonym_from_every_file_byte() {
         "unique-forgettable-phrase-7731",
         "thread_forgettable5519",
         "resp_forgettable8823",
+        "conv_forgettable3307",
     ] {
         assert!(contains(&bytes, text), "{text} was written");
     }
@@ -272,7 +274,11 @@ fn forget_removes_content_and_pseudonym_from_every_file_byte() {
         !contains(&bytes, "u_0123456789abcdef"),
         "the pseudonym survives in the files"
     );
-    for id in ["thread_forgettable5519", "resp_forgettable8823"] {
+    for id in [
+        "thread_forgettable5519",
+        "resp_forgettable8823",
+        "conv_forgettable3307",
+    ] {
         assert!(!contains(&bytes, id), "{id} survives in the files");
     }
     assert!(
@@ -564,6 +570,7 @@ fn a_record_landing_after_its_forget_lands_already_erased() {
         r.start = start;
         r.route = format!("/v1/threads/thread_{id}/runs");
         r.response_id = Some(format!("resp_{id}"));
+        r.conversation_id = Some(format!("conv_{id}"));
         r
     };
     let after_erase = SystemTime::now() + Duration::from_secs(5);
@@ -595,14 +602,14 @@ fn a_record_landing_after_its_forget_lands_already_erased() {
         count(
             &path,
             &format!(
-                "SELECT (route IS NOT NULL) + (response_id IS NOT NULL) FROM exchanges
-                 WHERE request_id = '{id}'"
+                "SELECT (route IS NOT NULL) + (response_id IS NOT NULL)
+                        + (conversation IS NOT NULL) FROM exchanges WHERE request_id = '{id}'"
             ),
         )
     };
     assert_eq!(
         (ids("late-id"), ids("late-of-user"), ids("new-of-user")),
-        (0, 0, 2)
+        (0, 0, 3)
     );
     assert_eq!(
         count(

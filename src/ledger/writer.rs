@@ -356,7 +356,9 @@ impl Writer {
                     r.response_model,
                     user,
                     r.feature,
-                    r.conversation_id,
+                    // Like the route and the response id below: an id that can fetch the
+                    // exchange back from the provider (a `conv_…` of OpenAI's conversations).
+                    r.conversation_id.as_ref().filter(|_| !forgotten),
                     r.api_key_fingerprint,
                     r.status,
                     r.outcome.as_str(),
@@ -382,7 +384,6 @@ impl Writer {
                     r.parse_error,
                     forgotten,
                     r.server_address,
-                    // Ids that can fetch the exchange back from the provider go with it.
                     Some(&r.route).filter(|_| !forgotten),
                     r.response_id.as_ref().filter(|_| !forgotten),
                 ])?;
