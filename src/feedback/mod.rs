@@ -364,21 +364,23 @@ impl FeedbackService {
             self.waiters.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        let look = || {
+            row().map(|row| match row.forgotten {
+                true => Err(()),
+                false => Ok(from_row(id, row)),
+            })
+        };
         let until = Instant::now() + FRESH_WAIT;
         let got = loop {
             match self.recent.wait_for(id, until, &mut seen) {
                 Waited::Found(r) => break Some(Ok(*r)),
                 // A last look: the row may have landed after a commit this wait missed.
-                Waited::TimedOut => match row() {
-                    Some(row) if row.forgotten => break Some(Err(())),
-                    Some(row) => break Some(Ok(from_row(id, row))),
-                    None => break None,
-                },
-                Waited::Committed => match row() {
-                    Some(row) if row.forgotten => break Some(Err(())),
-                    Some(row) => break Some(Ok(from_row(id, row))),
-                    None => continue,
-                },
+                Waited::TimedOut => break look(),
+                Waited::Committed => {
+                    if let Some(got) = look() {
+                        break Some(got);
+                    }
+                }
             }
         };
         self.waiters.fetch_sub(1, Ordering::AcqRel);
