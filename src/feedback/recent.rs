@@ -50,22 +50,7 @@ impl Rated {
     /// and the route, model and feature after the rules' detectors), so that a feedback picks
     /// the same rules scope whether the map or the row answers.
     pub fn of(record: &crate::record::Record) -> Rated {
-        let p = record.prepare();
-        Rated {
-            request_id: record.request_id.clone(),
-            host: Some(record.server_address.clone()),
-            route: Some(record.route.clone()),
-            model: record.request_model.clone(),
-            feature: record.feature.clone(),
-            user: record
-                .user_pseudonym
-                .as_ref()
-                .map(|u| u.as_str().to_owned()),
-            task: task_of(record),
-            response_id: record.response_id.clone(),
-            trace_id: p.trace_id,
-            span_id: p.span_id,
-        }
+        Packed::of_record(record).rated(&record.request_id)
     }
 }
 
@@ -160,6 +145,25 @@ impl Packed {
         }
     }
 
+    /// What feedback needs of `record` (see [`Rated::of`]).
+    fn of_record(record: &crate::record::Record) -> Packed {
+        let p = record.prepare();
+        let task = task_of(record);
+        Packed::pack(
+            [
+                Some(&record.server_address),
+                Some(&record.route),
+                record.request_model.as_deref(),
+                record.feature.as_deref(),
+                record.user_pseudonym.as_ref().map(|u| u.as_str()),
+                task.as_deref(),
+                record.response_id.as_deref(),
+            ],
+            p.trace_id,
+            p.span_id,
+        )
+    }
+
     fn of(r: &Rated) -> Packed {
         Packed::pack(
             [
@@ -212,21 +216,7 @@ impl Recent {
     /// [`Recent::insert`] of [`Rated::of`]`(record)`, packed from the record's fields without
     /// the owned copies a [`Rated`] would make (the pipeline's call, once per exchange).
     pub fn insert_of(&self, record: &crate::record::Record) {
-        let p = record.prepare();
-        let task = task_of(record);
-        let packed = Packed::pack(
-            [
-                Some(&record.server_address),
-                Some(&record.route),
-                record.request_model.as_deref(),
-                record.feature.as_deref(),
-                record.user_pseudonym.as_ref().map(|u| u.as_str()),
-                task.as_deref(),
-                record.response_id.as_deref(),
-            ],
-            p.trace_id,
-            p.span_id,
-        );
+        let packed = Packed::of_record(record);
         self.insert_packed(Arc::from(record.request_id.as_str()), packed);
     }
 
